@@ -1,0 +1,28 @@
+//! `diplo-api`: the contract shared by Diplo's control plane, agent and CLI.
+//!
+//! * [`pb`]: the gRPC types and services generated from `proto/diplo/v1`.
+//! * [`token`]: join tokens (which pin the cluster CA) and API bearer tokens.
+//! * [`pki`]: the cluster CA, node and operator certificates, peer identities.
+//! * [`runtime`]: the container runtimes and the per-platform preference rules.
+//! * [`fingerprint`]: what an agent reports about its host.
+
+pub mod fingerprint;
+pub mod pki;
+pub mod runtime;
+pub mod token;
+
+/// Generated protobuf and gRPC code for the `diplo.v1` package.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("diplo.v1");
+
+    /// Encoded file descriptor set of `diplo.v1`, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("diplo_descriptor");
+}
+
+/// Installs rustls' ring crypto provider for the process. Every binary and test
+/// harness calls this once before the first TLS use; later calls do nothing.
+pub fn install_crypto_provider() {
+    // An Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
