@@ -160,11 +160,19 @@ impl CertificateAuthority {
 /// stays on the node.
 pub fn generate_csr(node_name: &str) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate()?;
+    Ok((key.serialize_pem(), csr_with(node_name, &key)?))
+}
+
+/// A fresh CSR for an existing key (certificate renewal keeps the node's key).
+pub fn csr_for_key(node_name: &str, key_pem: &str) -> Result<String, PkiError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| invalid("node key", e))?;
+    csr_with(node_name, &key)
+}
+
+fn csr_with(node_name: &str, key: &KeyPair) -> Result<String, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = distinguished_name(node_name, "diplo-nodes");
-    let csr = params.serialize_request(&key)?;
-    let csr_pem = csr.pem()?;
-    Ok((key.serialize_pem(), csr_pem))
+    Ok(params.serialize_request(key)?.pem()?)
 }
 
 /// Lower-case hex sha256 of the first certificate in a PEM bundle.
@@ -177,6 +185,13 @@ pub fn not_after_pem(cert_pem: &str) -> Result<OffsetDateTime, PkiError> {
     let der = pem_to_der(cert_pem)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| invalid("certificate", e))?;
     Ok(cert.validity().not_after.to_datetime())
+}
+
+/// Start of validity of the first certificate in a PEM bundle.
+pub fn not_before_pem(cert_pem: &str) -> Result<OffsetDateTime, PkiError> {
+    let der = pem_to_der(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| invalid("certificate", e))?;
+    Ok(cert.validity().not_before.to_datetime())
 }
 
 /// The Diplo identity in a (verified) DER certificate.
@@ -264,7 +279,8 @@ mod tests {
     #[test]
     fn node_certificate_carries_only_the_node_id_the_control_plane_chose() {
         let ca = CertificateAuthority::generate("test").expect("ca");
-        let (_key, csr) = generate_csr("pi-4").expect("csr");
+        let (key, csr) = generate_csr("pi-4").expect("csr");
+        assert!(csr_for_key("pi-4", &key).expect("renewal csr").contains("CERTIFICATE REQUEST"));
         let (cert_pem, expires) = ca.sign_node_csr(&csr, "node-123", "pi-4", DAY).expect("sign");
         let der = pem_to_der(&cert_pem).expect("der");
         assert_eq!(peer_identity(&der).expect("identity"), PeerIdentity::Node { node_id: "node-123".into() });

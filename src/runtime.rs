@@ -70,6 +70,11 @@ impl From<Runtime> for RuntimeKind {
 }
 
 impl RuntimeKind {
+    /// The short name (`docker`, ...), `unspecified` for the zero value.
+    pub fn short_name(self) -> &'static str {
+        self.runtime().map_or("unspecified", Runtime::name)
+    }
+
     /// The domain runtime, `None` for `RUNTIME_KIND_UNSPECIFIED`.
     pub fn runtime(self) -> Option<Runtime> {
         match self {

@@ -1,1 +1,41 @@
-//! placeholder
+//! Diplo's node agent: fingerprints its host, joins the cluster over mTLS and keeps one
+//! session open to the control plane. See `ARCHITECTURE.md` for the map.
+
+pub mod fingerprint;
+pub mod identity;
+pub mod runtime;
+pub mod session;
+pub mod tls;
+
+use std::path::PathBuf;
+
+use fingerprint::ProbeConfig;
+
+/// Everything the agent needs to start.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Control plane gRPC address, `HOST:PORT`.
+    pub server: String,
+    /// Join token; needed only until the node has an identity.
+    pub token: Option<String>,
+    /// Node name asked for at join.
+    pub name: String,
+    /// Where the identity lives.
+    pub data_dir: PathBuf,
+    /// How the host is probed.
+    pub probe: ProbeConfig,
+}
+
+impl AgentConfig {
+    /// A configuration with probing settings from the environment.
+    pub fn new(server: String, token: Option<String>, name: String, data_dir: PathBuf) -> Self {
+        AgentConfig { server, token, name, data_dir, probe: ProbeConfig::from_env() }
+    }
+}
+
+/// Joins if needed, then keeps the session open. Returns only on a fatal error
+/// (bad token, CA mismatch, node removed).
+pub async fn run(config: AgentConfig) -> Result<(), session::AgentError> {
+    let identity = session::ensure_identity(&config.server, config.token.as_deref(), &config.name, &config.data_dir).await?;
+    Err(session::run_sessions(&config.server, identity, &config.data_dir, &config.probe).await)
+}

@@ -1,1 +1,46 @@
-fn main() {}
+//! `diplo-agent`: joins a Diplo cluster and keeps a session with its control plane.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "diplo-agent", version, about = "Diplo node agent")]
+struct Cli {
+    /// Control plane gRPC address, HOST:PORT.
+    #[arg(long, env = "DIPLO_SERVER")]
+    server: String,
+    /// Join token from `diplo join-token create` (needed on first start only).
+    #[arg(long, env = "DIPLO_TOKEN")]
+    token: Option<String>,
+    /// Node name (default: the host name).
+    #[arg(long, env = "DIPLO_NODE_NAME")]
+    name: Option<String>,
+    /// Where the node identity is kept.
+    #[arg(long, env = "DIPLO_AGENT_DATA_DIR", default_value = "/var/lib/diplo/agent")]
+    data_dir: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    diplo_api::install_crypto_provider();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DIPLO_LOG").unwrap_or_else(|_| "info,h2=warn,bollard=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let name = cli.name.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_lowercase()).unwrap_or_else(|_| "node".into())
+    });
+    let config = diplo_agent::AgentConfig::new(cli.server, cli.token, name, cli.data_dir);
+    tokio::select! {
+        result = diplo_agent::run(config) => {
+            let err = result.err().map(|e| e.to_string()).unwrap_or_else(|| "stopped".into());
+            eprintln!("diplo-agent: error: {err}");
+            std::process::ExitCode::FAILURE
+        }
+        _ = tokio::signal::ctrl_c() => std::process::ExitCode::SUCCESS,
+    }
+}

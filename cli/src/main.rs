@@ -1,1 +1,212 @@
-fn main() {}
+//! `diplo`: the operator CLI. Talks gRPC (mTLS) to the control plane named by its
+//! context file.
+
+mod client;
+mod output;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use diplo_api::context::CliContext;
+use diplo_api::pb;
+use diplo_api::pb::cluster_service_client::ClusterServiceClient;
+
+#[derive(Parser)]
+#[command(name = "diplo", version, about = "Operate a Diplo cluster")]
+struct Cli {
+    /// CLI context file (default: ~/.config/diplo/config.toml, then ./.diplo/cli.toml).
+    #[arg(long, global = true, env = "DIPLO_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Cluster status: nodes by health and the runtimes available.
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Nodes of the cluster.
+    Nodes {
+        #[command(subcommand)]
+        command: NodesCommand,
+    },
+    /// Join tokens for new agents.
+    JoinToken {
+        #[command(subcommand)]
+        command: JoinTokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// List nodes.
+    Ls {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Show one node (JSON).
+    Show { node: String },
+    /// Stop new work from landing on a node.
+    Cordon { node: String },
+    /// Let new work land on a node again.
+    Uncordon { node: String },
+    /// Cordon a node and move its work away.
+    Drain { node: String },
+    /// Remove a node and revoke its certificate.
+    Rm { node: String },
+}
+
+#[derive(Subcommand)]
+enum JoinTokenCommand {
+    /// Create a token; prints only the token.
+    Create {
+        /// Lifetime, e.g. 30m, 24h (default 24h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Refuse the token after its first use.
+        #[arg(long)]
+        single_use: bool,
+        /// Labels for nodes joining with it: k=v,k2=v2.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+    },
+    /// List tokens (never their secrets).
+    Ls,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    diplo_api::install_crypto_provider();
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("diplo: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let context = CliContext::load(&client::context_path(cli.config)?)?;
+    let mut cluster = ClusterServiceClient::new(client::connect(&context).await?);
+    match cli.command {
+        Command::Status { output } => {
+            let status = cluster.get_status(pb::GetStatusRequest {}).await.map_err(status_error)?.into_inner();
+            let runtimes: Vec<&str> = status
+                .available_runtimes
+                .iter()
+                .map(|k| output::runtime_name(*k))
+                .collect();
+            match output {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "nodes": {"total": status.nodes_total, "ready": status.nodes_ready, "unhealthy": status.nodes_unhealthy, "down": status.nodes_down},
+                        "instances": {"total": status.instances_total, "running": status.instances_running},
+                        "available_runtimes": runtimes,
+                    })
+                ),
+                Format::Table => {
+                    println!("Control plane: {}", context.server);
+                    println!(
+                        "Nodes: {} total, {} ready, {} unhealthy, {} down",
+                        status.nodes_total, status.nodes_ready, status.nodes_unhealthy, status.nodes_down
+                    );
+                    println!("Instances: {} total, {} running", status.instances_total, status.instances_running);
+                    println!("Runtimes available: {}", if runtimes.is_empty() { "none".into() } else { runtimes.join(", ") });
+                }
+            }
+        }
+        Command::Nodes { command } => nodes(&mut cluster, command).await?,
+        Command::JoinToken { command } => join_token(&mut cluster, command).await?,
+    }
+    Ok(())
+}
+
+type Cluster = ClusterServiceClient<tonic::transport::Channel>;
+
+async fn nodes(cluster: &mut Cluster, command: NodesCommand) -> Result<()> {
+    let node_ref = |node: String| pb::NodeRef { node };
+    let show = |node: pb::Node| println!("{}", serde_json::to_string_pretty(&output::node_json(&node)).unwrap_or_default());
+    match command {
+        NodesCommand::Ls { output: format } => {
+            let nodes = cluster.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner().nodes;
+            match format {
+                Format::Json => {
+                    let list: Vec<_> = nodes.iter().map(output::node_json).collect();
+                    println!("{}", serde_json::Value::Array(list));
+                }
+                Format::Table => println!("{}", output::nodes_table(&nodes)),
+            }
+        }
+        NodesCommand::Show { node } => {
+            show(cluster.get_node(pb::GetNodeRequest { node }).await.map_err(status_error)?.into_inner());
+        }
+        NodesCommand::Cordon { node } => show(cluster.cordon_node(node_ref(node)).await.map_err(status_error)?.into_inner()),
+        NodesCommand::Uncordon { node } => show(cluster.uncordon_node(node_ref(node)).await.map_err(status_error)?.into_inner()),
+        NodesCommand::Drain { node } => show(cluster.drain_node(node_ref(node)).await.map_err(status_error)?.into_inner()),
+        NodesCommand::Rm { node } => {
+            cluster.remove_node(node_ref(node.clone())).await.map_err(status_error)?;
+            println!("node {node} removed");
+        }
+    }
+    Ok(())
+}
+
+async fn join_token(cluster: &mut Cluster, command: JoinTokenCommand) -> Result<()> {
+    match command {
+        JoinTokenCommand::Create { ttl, single_use, labels } => {
+            let labels = parse_labels(&labels)?;
+            let request = pb::CreateJoinTokenRequest { ttl_seconds: ttl.map_or(0, |t| t.as_secs().max(1)), single_use, labels };
+            let created = cluster.create_join_token(request).await.map_err(status_error)?.into_inner();
+            println!("{}", created.token);
+        }
+        JoinTokenCommand::Ls => {
+            let tokens = cluster.list_join_tokens(pb::ListJoinTokensRequest {}).await.map_err(status_error)?.into_inner().tokens;
+            println!("{:<10}  {:<25}  {:<10}  {:>4}  STATE", "ID", "EXPIRES", "SINGLE-USE", "USES");
+            for token in tokens {
+                let expires = token.expires_at.map(|t| t.seconds).and_then(|s| chrono::DateTime::from_timestamp(s, 0));
+                let expired = expires.is_some_and(|at| at <= chrono::Utc::now());
+                let state = if token.revoked { "revoked" } else if expired { "expired" } else { "active" };
+                let expires = expires.map_or("-".into(), |at| at.to_rfc3339());
+                println!("{:<10}  {:<25}  {:<10}  {:>4}  {state}", token.id, expires, token.single_use, token.uses);
+            }
+        }
+        JoinTokenCommand::Revoke { id } => {
+            cluster.revoke_join_token(pb::RevokeJoinTokenRequest { id: id.clone() }).await.map_err(status_error)?;
+            println!("join token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+fn parse_labels(labels: &[String]) -> Result<HashMap<String, String>> {
+    labels
+        .iter()
+        .filter(|l| !l.is_empty())
+        .map(|label| {
+            let (k, v) = label.split_once('=').with_context(|| format!("invalid --labels entry {label:?}: expected key=value"))?;
+            Ok((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}

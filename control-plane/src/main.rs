@@ -1,1 +1,85 @@
-fn main() {}
+//! `diplo-control-plane`: `serve` for production, `dev` for a one-host install with an
+//! in-process agent and embedded SQLite.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use diplo_control_plane::config::Config;
+use diplo_control_plane::server::{run, Mode};
+
+#[derive(Parser)]
+#[command(name = "diplo-control-plane", version, about = "Diplo control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane.
+    Serve(Options),
+    /// Run the control plane with a local agent and embedded SQLite (data in ./.diplo).
+    Dev(Options),
+}
+
+#[derive(clap::Args)]
+struct Options {
+    /// Data directory (CA, credentials, SQLite database).
+    #[arg(long, env = "DIPLO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// REST listen address.
+    #[arg(long, env = "DIPLO_REST_ADDR", default_value = "0.0.0.0:8080")]
+    rest_addr: SocketAddr,
+    /// gRPC (TLS) listen address.
+    #[arg(long, env = "DIPLO_GRPC_ADDR", default_value = "0.0.0.0:7443")]
+    grpc_addr: SocketAddr,
+    /// State store: postgres://… or sqlite://PATH (default: SQLite in the data directory).
+    #[arg(long, env = "DIPLO_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Heartbeat interval agents must keep (e.g. 5s).
+    #[arg(long, env = "DIPLO_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// Silence after which a node is down and its workloads move (e.g. 30s).
+    #[arg(long, env = "DIPLO_DOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    down_grace: Duration,
+    /// Extra DNS names or IPs for the server certificate (comma-separated).
+    #[arg(long, env = "DIPLO_TLS_SANS", value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// Lifetime of node certificates (e.g. 24h).
+    #[arg(long, env = "DIPLO_NODE_CERT_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration)]
+    node_cert_lifetime: Duration,
+}
+
+impl Options {
+    fn into_config(self, default_dir: &str) -> anyhow::Result<Config> {
+        if self.heartbeat_interval.is_zero() {
+            anyhow::bail!("invalid --heartbeat-interval: must be greater than zero");
+        }
+        let mut config = Config::new(self.data_dir.unwrap_or_else(|| PathBuf::from(default_dir)));
+        config.rest_addr = self.rest_addr;
+        config.grpc_addr = self.grpc_addr;
+        config.database_url = self.database_url.filter(|url| !url.is_empty());
+        config.heartbeat_interval = self.heartbeat_interval;
+        config.down_grace = self.down_grace;
+        config.tls_sans = self.tls_san;
+        config.node_cert_lifetime = self.node_cert_lifetime;
+        Ok(config)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    diplo_api::install_crypto_provider();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DIPLO_LOG").unwrap_or_else(|_| "info,sqlx=warn,h2=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(options) => run(options.into_config("/var/lib/diplo/control-plane")?, Mode::Serve).await,
+        Command::Dev(options) => run(options.into_config(".diplo")?, Mode::Dev).await,
+    }
+}

@@ -1,0 +1,262 @@
+//! Joining and the long-lived session: the agent dials out (it listens on nothing),
+//! sends its fingerprint, then heartbeats; it reconnects with backoff and jitter, and
+//! renews its certificate at two thirds of its lifetime.
+
+use std::path::Path;
+use std::time::Duration;
+
+use diplo_api::pb::{self, agent_service_client::AgentServiceClient};
+use diplo_api::token::JoinToken;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::fingerprint::{probe, ProbeConfig};
+use crate::identity::Identity;
+use crate::tls::{connect_mtls, connect_pinned, TlsError};
+
+/// Why the agent stopped for good (retrying cannot help).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The token could not be parsed.
+    #[error("invalid --token: {0}")]
+    Token(#[from] diplo_api::token::TokenError),
+    /// No identity on disk and no token to get one.
+    #[error("no node identity in {0} and no --token given: a join token is needed the first time")]
+    NoToken(String),
+    /// TLS set-up or CA pinning failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The control plane refused the join or the session for good.
+    #[error("the control plane refused this node: {0}")]
+    Refused(String),
+    /// Reading or writing the identity files.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// Generating the key or CSR.
+    #[error(transparent)]
+    Pki(#[from] diplo_api::pki::PkiError),
+}
+
+/// Joins with `token` unless `data_dir` already holds an identity; returns it.
+pub async fn ensure_identity(
+    server: &str,
+    token: Option<&str>,
+    node_name: &str,
+    data_dir: &Path,
+) -> Result<Identity, AgentError> {
+    if Identity::exists(data_dir) {
+        let identity = Identity::load(data_dir)?;
+        tracing::info!(node_id = %identity.node_id, node = %identity.node_name, "using saved node identity");
+        return Ok(identity);
+    }
+    let token: JoinToken = token.ok_or_else(|| AgentError::NoToken(data_dir.display().to_string()))?.parse()?;
+    let (key_pem, csr_pem) = diplo_api::pki::generate_csr(node_name)?;
+    let mut backoff = Backoff::default();
+    let response = loop {
+        match join_once(server, &token, node_name, &csr_pem).await {
+            Ok(response) => break response,
+            Err(JoinAttempt::Fatal(err)) => return Err(err),
+            Err(JoinAttempt::Retry(reason)) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(server, error = %reason, retry_in = ?wait, "cannot join yet");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    let presented = diplo_api::pki::fingerprint_pem(&response.ca_pem)?;
+    if presented != token.ca_hash {
+        return Err(TlsError::CaMismatch { expected: token.ca_hash.clone(), presented }.into());
+    }
+    let identity = Identity {
+        node_id: response.node_id,
+        node_name: node_name.to_owned(),
+        key_pem,
+        cert_pem: response.certificate_pem,
+        ca_pem: response.ca_pem,
+    };
+    identity.save(data_dir)?;
+    tracing::info!(node_id = %identity.node_id, node = %node_name, "joined the cluster");
+    Ok(identity)
+}
+
+enum JoinAttempt {
+    Fatal(AgentError),
+    Retry(String),
+}
+
+async fn join_once(server: &str, token: &JoinToken, node_name: &str, csr_pem: &str) -> Result<pb::JoinResponse, JoinAttempt> {
+    let channel = match connect_pinned(server, &token.ca_hash).await {
+        Ok(channel) => channel,
+        Err(err @ (TlsError::CaMismatch { .. } | TlsError::Address(_))) => return Err(JoinAttempt::Fatal(err.into())),
+        Err(err) => return Err(JoinAttempt::Retry(err.to_string())),
+    };
+    let request = pb::JoinRequest { token: token.to_string(), node_name: node_name.to_owned(), csr_pem: csr_pem.to_owned() };
+    match AgentServiceClient::new(channel).join(request).await {
+        Ok(response) => Ok(response.into_inner()),
+        Err(status) if retryable(&status) => Err(JoinAttempt::Retry(status.message().to_owned())),
+        Err(status) => Err(JoinAttempt::Fatal(AgentError::Refused(status.message().to_owned()))),
+    }
+}
+
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Internal)
+}
+
+/// Exponential backoff from 0.5 s to 30 s with ±20 % jitter, so that many agents
+/// reconnecting after a control-plane restart do not arrive in lockstep.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = Duration::from_millis(500).saturating_mul(1u32 << self.attempt.min(6)).min(Duration::from_secs(30));
+        self.attempt = self.attempt.saturating_add(1);
+        base.mul_f64(rand::rng().random_range(0.8..1.2))
+    }
+
+    /// Back to the shortest delay after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Keeps a session open forever, reconnecting as needed. Returns only when the control
+/// plane refuses the node for good (removed, or its certificate is no longer valid).
+pub async fn run_sessions(server: &str, mut identity: Identity, data_dir: &Path, probe_config: &ProbeConfig) -> AgentError {
+    let mut backoff = Backoff::default();
+    loop {
+        match session_once(server, &mut identity, data_dir, probe_config, &mut backoff).await {
+            SessionEnd::Fatal(err) => return err,
+            SessionEnd::Retry(reason) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(server, error = %reason, retry_in = ?wait, "session lost; reconnecting");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+enum SessionEnd {
+    Fatal(AgentError),
+    Retry(String),
+}
+
+async fn session_once(
+    server: &str,
+    identity: &mut Identity,
+    data_dir: &Path,
+    probe_config: &ProbeConfig,
+    backoff: &mut Backoff,
+) -> SessionEnd {
+    let channel = match connect_mtls(server, &identity.ca_pem, &identity.cert_pem, &identity.key_pem).await {
+        Ok(channel) => channel,
+        Err(err @ TlsError::Pem { .. }) => return SessionEnd::Fatal(err.into()),
+        Err(err) => return SessionEnd::Retry(err.to_string()),
+    };
+    let mut client = AgentServiceClient::new(channel);
+    let fingerprint = probe(probe_config).await;
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
+    let hello = pb::Hello { fingerprint: Some((&fingerprint).into()), containers: Vec::new() };
+    // Fresh channel with room for 16: the hello always fits.
+    let _ = tx.try_send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) });
+    let mut downstream = match client.session(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return end_for(status),
+    };
+    let interval = match downstream.message().await {
+        Ok(Some(pb::ControlMessage { body: Some(pb::control_message::Body::Welcome(welcome)) })) => {
+            Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)))
+        }
+        Ok(_) => return SessionEnd::Retry("session opened without a welcome".into()),
+        Err(status) => return end_for(status),
+    };
+    backoff.reset();
+    let runtimes: Vec<&str> = fingerprint.available_runtimes().iter().map(|r| r.name()).collect();
+    tracing::info!(node_id = %identity.node_id, heartbeat = ?interval, runtimes = ?runtimes, "session open");
+
+    let mut heartbeat = tokio::time::interval(interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sequence = 0u64;
+    let mut renew_at = renewal_time(&identity.cert_pem);
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                sequence += 1;
+                let beat = pb::Heartbeat { sequence, containers: Vec::new(), runtimes: Vec::new() };
+                if tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) }).await.is_err() {
+                    return SessionEnd::Retry("session stream closed".into());
+                }
+            }
+            _ = tokio::time::sleep_until(renew_at) => {
+                match renew(&mut client, identity, data_dir).await {
+                    Ok(()) => renew_at = renewal_time(&identity.cert_pem),
+                    Err(reason) => {
+                        tracing::warn!(error = %reason, "certificate renewal failed; retrying in 30 s");
+                        renew_at = tokio::time::Instant::now() + Duration::from_secs(30);
+                    }
+                }
+            }
+            message = downstream.message() => match message {
+                Ok(Some(message)) => tracing::debug!(?message, "control message"),
+                Ok(None) => return SessionEnd::Retry("the control plane closed the session".into()),
+                Err(status) => return end_for(status),
+            },
+        }
+    }
+}
+
+/// When to renew a certificate: at two thirds of its lifetime (now if unreadable).
+fn renewal_time(cert_pem: &str) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let Ok(not_after) = diplo_api::pki::not_after_pem(cert_pem) else { return now };
+    let Ok(not_before) = diplo_api::pki::not_before_pem(cert_pem) else { return now };
+    let lifetime = (not_after - not_before).unsigned_abs();
+    let renew_at = not_before + lifetime * 2 / 3;
+    let remaining = (renew_at - time::OffsetDateTime::now_utc()).try_into().unwrap_or(Duration::ZERO);
+    now + remaining
+}
+
+async fn renew(client: &mut AgentServiceClient<tonic::transport::Channel>, identity: &mut Identity, data_dir: &Path) -> Result<(), String> {
+    // The key stays the same: only a new CSR for it is sent.
+    let csr_pem = diplo_api::pki::csr_for_key(&identity.node_name, &identity.key_pem).map_err(|e| e.to_string())?;
+    let response = client
+        .renew_certificate(pb::RenewCertificateRequest { csr_pem })
+        .await
+        .map_err(|status| status.message().to_owned())?
+        .into_inner();
+    identity.save_certificate(data_dir, response.certificate_pem).map_err(|e| e.to_string())?;
+    tracing::info!(node_id = %identity.node_id, "node certificate renewed");
+    Ok(())
+}
+
+fn end_for(status: tonic::Status) -> SessionEnd {
+    match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => SessionEnd::Fatal(AgentError::Refused(format!(
+            "{} (if this node was removed, delete its data directory and join again with a new token)",
+            status.message()
+        ))),
+        _ => SessionEnd::Retry(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_a_cap_and_resets() {
+        let mut backoff = Backoff::default();
+        let first = backoff.next_delay();
+        assert!(first >= Duration::from_millis(400) && first <= Duration::from_millis(600), "{first:?}");
+        for _ in 0..20 {
+            assert!(backoff.next_delay() <= Duration::from_secs(36));
+        }
+        assert!(backoff.next_delay() >= Duration::from_secs(24));
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(600));
+    }
+}

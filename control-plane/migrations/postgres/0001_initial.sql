@@ -1,0 +1,50 @@
+-- Diplo control-plane state, PostgreSQL backend.
+-- Timestamps are unix milliseconds (BIGINT); labels and fingerprints are JSON text.
+-- Keep in step with migrations/sqlite/0001_initial.sql: same tables, same semantics.
+
+CREATE TABLE nodes (
+    id           TEXT    NOT NULL PRIMARY KEY,
+    name         TEXT    NOT NULL,
+    status       TEXT    NOT NULL CHECK (status IN ('ready', 'unhealthy', 'down')),
+    fingerprint  TEXT    NOT NULL,
+    cordoned     BOOLEAN NOT NULL DEFAULT FALSE,
+    labels       TEXT    NOT NULL DEFAULT '{}',
+    joined_at    BIGINT  NOT NULL,
+    last_seen_at BIGINT  NOT NULL,
+    address      TEXT    NOT NULL DEFAULT '',
+    CONSTRAINT nodes_name_key UNIQUE (name)
+);
+
+CREATE TABLE join_tokens (
+    id          TEXT    NOT NULL PRIMARY KEY,
+    secret_hash TEXT    NOT NULL,
+    created_at  BIGINT  NOT NULL,
+    expires_at  BIGINT  NOT NULL,
+    single_use  BOOLEAN NOT NULL,
+    uses        BIGINT  NOT NULL DEFAULT 0 CHECK (uses >= 0),
+    revoked     BOOLEAN NOT NULL DEFAULT FALSE,
+    labels      TEXT    NOT NULL DEFAULT '{}'
+);
+
+CREATE INDEX join_tokens_created_at ON join_tokens (created_at);
+
+CREATE TABLE api_tokens (
+    id          TEXT    NOT NULL PRIMARY KEY,
+    secret_hash TEXT    NOT NULL,
+    name        TEXT    NOT NULL,
+    role        TEXT    NOT NULL CHECK (role IN ('admin', 'deployer', 'viewer')),
+    created_at  BIGINT  NOT NULL,
+    expires_at  BIGINT,
+    revoked     BOOLEAN NOT NULL DEFAULT FALSE
+);
+
+CREATE INDEX api_tokens_created_at ON api_tokens (created_at);
+
+CREATE TABLE events (
+    sequence BIGSERIAL NOT NULL PRIMARY KEY,
+    at       BIGINT    NOT NULL,
+    kind     TEXT      NOT NULL,
+    actor    TEXT      NOT NULL,
+    subject  TEXT      NOT NULL,
+    message  TEXT      NOT NULL
+);

@@ -1,0 +1,61 @@
+//! Control-plane settings, from flags or `DIPLO_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the control plane needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the CA, credentials and the SQLite database live.
+    pub data_dir: PathBuf,
+    /// REST gateway address.
+    pub rest_addr: SocketAddr,
+    /// gRPC (TLS) address.
+    pub grpc_addr: SocketAddr,
+    /// `postgres://…` or `sqlite://…`; `None`: SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a node is declared down.
+    pub down_grace: Duration,
+    /// Extra DNS names or IPs for the server certificate (besides localhost, the
+    /// host name and the loopback addresses).
+    pub tls_sans: Vec<String>,
+    /// Lifetime of node certificates.
+    pub node_cert_lifetime: Duration,
+}
+
+impl Config {
+    /// Defaults for a data directory: REST on 8080, gRPC on 7443, 5 s heartbeats,
+    /// down after 30 s, 24 h node certificates.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Config {
+            data_dir,
+            rest_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            database_url: None,
+            heartbeat_interval: Duration::from_secs(5),
+            down_grace: Duration::from_secs(30),
+            tls_sans: Vec::new(),
+            node_cert_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// The database URL in effect: the configured one or the embedded SQLite file.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("diplo.db").display()),
+        }
+    }
+
+    /// An address clients on this host can dial to reach `addr` (unspecified → loopback).
+    pub fn local_dial_addr(addr: SocketAddr) -> SocketAddr {
+        if addr.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+        } else {
+            addr
+        }
+    }
+}

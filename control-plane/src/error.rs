@@ -1,0 +1,56 @@
+//! The service layer's error type. gRPC and REST adapters map each kind to a status
+//! code (`InvalidArgument` / 400, `NotFound` / 404, ...); messages name the field or
+//! record at fault and never contain a secret.
+
+use crate::store::StoreError;
+
+/// What went wrong in a service call.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is malformed; `field` names the culprit.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        /// Request field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No credential, or one that is not valid.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// A valid credential that may not do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The system is not in a state that allows this.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Anything else: a database or internal failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// Shorthand for [`ServiceError::InvalidArgument`].
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        ServiceError::InvalidArgument { field, message: message.into() }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::AlreadyExists { .. } => ServiceError::AlreadyExists(err.to_string()),
+            StoreError::NotFound { .. } => ServiceError::NotFound(err.to_string()),
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Result alias for service calls.
+pub type ServiceResult<T> = Result<T, ServiceError>;

@@ -1,0 +1,115 @@
+//! `AgentService`: join, certificate renewal and the session stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use diplo_api::pb::{self, agent_message::Body};
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::caller;
+use super::convert::{session_message, status_from, timestamp};
+use crate::service::{ControlPlane, JoinInput};
+
+/// The gRPC face of the agent-facing half of [`ControlPlane`].
+pub struct AgentApi {
+    control_plane: Arc<ControlPlane>,
+}
+
+impl AgentApi {
+    pub fn new(control_plane: Arc<ControlPlane>) -> Self {
+        AgentApi { control_plane }
+    }
+}
+
+fn remote<T>(request: &Request<T>) -> String {
+    request.remote_addr().map(|addr| addr.to_string()).unwrap_or_default()
+}
+
+type ControlStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for AgentApi {
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let address = remote(&request);
+        let req = request.into_inner();
+        let input = JoinInput { token: req.token, node_name: req.node_name, csr_pem: req.csr_pem, address };
+        let out = self.control_plane.join(input).await.map_err(|err| {
+            tracing::warn!(error = %err, "join refused");
+            status_from(err)
+        })?;
+        Ok(Response::new(pb::JoinResponse {
+            node_id: out.node_id,
+            certificate_pem: out.certificate_pem,
+            ca_pem: out.ca_pem,
+            expires_at: Some(timestamp(out.expires_at)),
+        }))
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let out = self.control_plane.renew_node_certificate(&caller, &request.into_inner().csr_pem).await.map_err(status_from)?;
+        Ok(Response::new(pb::RenewCertificateResponse {
+            certificate_pem: out.certificate_pem,
+            expires_at: Some(timestamp(out.expires_at)),
+        }))
+    }
+
+    type SessionStream = ControlStream;
+
+    async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<ControlStream>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let address = remote(&request);
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::AgentMessage { body: Some(Body::Hello(hello)) }) => hello,
+            Some(_) => return Err(Status::invalid_argument("invalid session: the first message must be hello")),
+            None => return Err(Status::invalid_argument("invalid session: closed before hello")),
+        };
+        let fingerprint = hello.fingerprint.ok_or_else(|| Status::invalid_argument("invalid hello.fingerprint: missing"))?;
+        let (node_id, session, downstream) =
+            self.control_plane.open_session(&caller, fingerprint.into(), &address).await.map_err(status_from)?;
+
+        let control_plane = self.control_plane.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(pb::AgentMessage { body: Some(Body::Heartbeat(_)) })) => {
+                        if let Err(err) = control_plane.heartbeat(&caller, &node_id) {
+                            tracing::warn!(node_id = %node_id, error = %err, "heartbeat refused; ending session");
+                            break;
+                        }
+                    }
+                    Ok(Some(pb::AgentMessage { body: Some(Body::Result(result)) })) => {
+                        tracing::debug!(node_id = %node_id, request_id = %result.request_id, ok = result.ok, "command result");
+                    }
+                    Ok(Some(_)) => tracing::warn!(node_id = %node_id, "unexpected session message ignored"),
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(node_id = %node_id, error = %status, "session stream error");
+                        break;
+                    }
+                }
+            }
+            control_plane.close_session(&node_id, session);
+        });
+
+        let outbound = tokio_stream::wrappers::ReceiverStream::new(downstream).map(|message| Ok(session_message(message)));
+        Ok(Response::new(Box::pin(outbound)))
+    }
+
+    async fn stream_output(
+        &self,
+        request: Request<Streaming<pb::OutputChunk>>,
+    ) -> Result<Response<pb::StreamOutputResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        // Bulk output belongs to commands (logs, exec, builds), which arrive with the
+        // runtime drivers; until a command can be outstanding, no stream is expected.
+        tracing::warn!(caller = %caller.actor(), "output stream without an outstanding command");
+        Err(Status::failed_precondition("no command with bulk output is outstanding for this node"))
+    }
+}

@@ -1,0 +1,104 @@
+//! `ClusterService`: status, nodes and join tokens for operators.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diplo_api::pb;
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use super::convert::{cluster_status, join_token, node, status_from, timestamp};
+use crate::service::ControlPlane;
+
+/// The gRPC face of the operator half of [`ControlPlane`] for cluster and nodes.
+pub struct ClusterApi {
+    control_plane: Arc<ControlPlane>,
+}
+
+impl ClusterApi {
+    pub fn new(control_plane: Arc<ControlPlane>) -> Self {
+        ClusterApi { control_plane }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_service_server::ClusterService for ClusterApi {
+    async fn get_status(&self, request: Request<pb::GetStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let status = self.control_plane.cluster_status(&caller).await.map_err(status_from)?;
+        Ok(Response::new(cluster_status(&status)))
+    }
+
+    async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let nodes = self.control_plane.list_nodes(&caller).await.map_err(status_from)?;
+        Ok(Response::new(pb::ListNodesResponse { nodes: nodes.iter().map(node).collect() }))
+    }
+
+    async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::Node>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let record = self.control_plane.get_node(&caller, &request.into_inner().node).await.map_err(status_from)?;
+        Ok(Response::new(node(&record)))
+    }
+
+    async fn cordon_node(&self, request: Request<pb::NodeRef>) -> Result<Response<pb::Node>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let record = self.control_plane.set_cordoned(&caller, &request.into_inner().node, true).await.map_err(status_from)?;
+        Ok(Response::new(node(&record)))
+    }
+
+    async fn uncordon_node(&self, request: Request<pb::NodeRef>) -> Result<Response<pb::Node>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let record = self.control_plane.set_cordoned(&caller, &request.into_inner().node, false).await.map_err(status_from)?;
+        Ok(Response::new(node(&record)))
+    }
+
+    async fn drain_node(&self, request: Request<pb::NodeRef>) -> Result<Response<pb::Node>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let record = self.control_plane.drain_node(&caller, &request.into_inner().node).await.map_err(status_from)?;
+        Ok(Response::new(node(&record)))
+    }
+
+    async fn remove_node(&self, request: Request<pb::NodeRef>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        self.control_plane.remove_node(&caller, &request.into_inner().node).await.map_err(status_from)?;
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let req = request.into_inner();
+        let ttl = (req.ttl_seconds > 0).then(|| Duration::from_secs(req.ttl_seconds));
+        let created = self
+            .control_plane
+            .create_join_token(&caller, ttl, req.single_use, req.labels.into_iter().collect())
+            .await
+            .map_err(status_from)?;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            token: created.token,
+            id: created.record.id.clone(),
+            expires_at: Some(timestamp(created.record.expires_at)),
+        }))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let tokens = self.control_plane.list_join_tokens(&caller).await.map_err(status_from)?;
+        Ok(Response::new(pb::ListJoinTokensResponse { tokens: tokens.iter().map(join_token).collect() }))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        self.control_plane.revoke_join_token(&caller, &request.into_inner().id).await.map_err(status_from)?;
+        Ok(Response::new(pb::RevokeJoinTokenResponse {}))
+    }
+}

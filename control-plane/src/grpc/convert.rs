@@ -1,0 +1,84 @@
+//! Conversions between domain types and wire types, and service errors to gRPC status.
+
+use chrono::{DateTime, Utc};
+use diplo_api::pb;
+
+use crate::error::ServiceError;
+use crate::model::{JoinTokenRecord, NodeRecord, NodeStatus, SessionMessage};
+use crate::service::ClusterStatus;
+
+/// Maps a service error to the gRPC status with the same meaning.
+pub fn status_from(err: ServiceError) -> tonic::Status {
+    let message = err.to_string();
+    match err {
+        ServiceError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
+        ServiceError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+        ServiceError::PermissionDenied(_) => tonic::Status::permission_denied(message),
+        ServiceError::NotFound(_) => tonic::Status::not_found(message),
+        ServiceError::AlreadyExists(_) => tonic::Status::already_exists(message),
+        ServiceError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+        ServiceError::Internal(_) => tonic::Status::internal(message),
+    }
+}
+
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0) }
+}
+
+pub fn node_status(status: NodeStatus) -> pb::NodeStatus {
+    match status {
+        NodeStatus::Ready => pb::NodeStatus::Ready,
+        NodeStatus::Unhealthy => pb::NodeStatus::Unhealthy,
+        NodeStatus::Down => pb::NodeStatus::Down,
+    }
+}
+
+pub fn node(record: &NodeRecord) -> pb::Node {
+    let mut fingerprint = pb::NodeFingerprint::from(&record.fingerprint);
+    fingerprint.labels.extend(record.labels.clone());
+    pb::Node {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        status: node_status(record.status) as i32,
+        fingerprint: Some(fingerprint),
+        cordoned: record.cordoned,
+        joined_at: Some(timestamp(record.joined_at)),
+        last_seen_at: Some(timestamp(record.last_seen_at)),
+        address: record.address.clone(),
+    }
+}
+
+pub fn cluster_status(status: &ClusterStatus) -> pb::ClusterStatus {
+    pb::ClusterStatus {
+        nodes_total: u32::try_from(status.nodes.len()).unwrap_or(u32::MAX),
+        nodes_ready: status.count(NodeStatus::Ready),
+        nodes_unhealthy: status.count(NodeStatus::Unhealthy),
+        nodes_down: status.count(NodeStatus::Down),
+        instances_total: status.instances_total,
+        instances_running: status.instances_running,
+        available_runtimes: status.available_runtimes.iter().map(|r| pb::RuntimeKind::from(*r) as i32).collect(),
+        timestamp: Some(timestamp(Utc::now())),
+    }
+}
+
+pub fn join_token(record: &JoinTokenRecord) -> pb::JoinTokenInfo {
+    pb::JoinTokenInfo {
+        id: record.id.clone(),
+        created_at: Some(timestamp(record.created_at)),
+        expires_at: Some(timestamp(record.expires_at)),
+        single_use: record.single_use,
+        uses: record.uses,
+        revoked: record.revoked,
+        labels: record.labels.clone().into_iter().collect(),
+    }
+}
+
+pub fn session_message(message: SessionMessage) -> pb::ControlMessage {
+    let body = match message {
+        SessionMessage::Welcome { node_id, heartbeat_interval } => pb::control_message::Body::Welcome(pb::Welcome {
+            node_id,
+            heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
+        }),
+    };
+    pb::ControlMessage { body: Some(body) }
+}

@@ -1,0 +1,79 @@
+//! gRPC adapter: TLS server, reflection (v1 and v1alpha), health, and thin service
+//! implementations that turn wire types into domain calls on [`ControlPlane`].
+
+mod agent;
+mod auth;
+mod cluster;
+mod convert;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use diplo_api::pb::agent_service_server::AgentServiceServer;
+use diplo_api::pb::cluster_service_server::ClusterServiceServer;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::service::ControlPlane;
+
+pub use convert::status_from;
+
+/// Errors while starting the gRPC server.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcServeError {
+    /// TLS, bind or serve failure.
+    #[error("gRPC server on {addr}: {source}")]
+    Transport {
+        /// Listen address.
+        addr: SocketAddr,
+        /// Transport error.
+        source: tonic::transport::Error,
+    },
+    /// Reflection service could not be built from the descriptor sets.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves gRPC over TLS on `listener` until `shutdown` resolves. Client certificates
+/// are optional at the handshake (so that `Join` works without one) but, when
+/// presented, must chain to the cluster CA; each RPC then checks who is calling.
+pub async fn serve(
+    control_plane: Arc<ControlPlane>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), GrpcServeError> {
+    let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let pki = control_plane.pki();
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&pki.server_chain_pem, &pki.server_key_pem))
+        .client_ca_root(Certificate::from_pem(pki.ca.cert_pem()))
+        .client_auth_optional(true);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<AgentServiceServer<agent::AgentApi>>().await;
+    health_reporter.set_serving::<ClusterServiceServer<cluster::ClusterApi>>().await;
+
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        builder
+            .register_encoded_file_descriptor_set(diplo_api::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tracing::info!(%addr, "gRPC (TLS) listening");
+    Server::builder()
+        .tls_config(tls)
+        .map_err(|source| GrpcServeError::Transport { addr, source })?
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AgentServiceServer::new(agent::AgentApi::new(control_plane.clone())))
+        .add_service(ClusterServiceServer::new(cluster::ClusterApi::new(control_plane)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|source| GrpcServeError::Transport { addr, source })
+}

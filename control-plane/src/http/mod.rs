@@ -1,0 +1,58 @@
+//! REST gateway (JSON): thin axum handlers over [`ControlPlane`]. Every route but
+//! `GET /healthz` needs `Authorization: Bearer <token>`.
+
+mod error;
+mod status;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::auth::Caller;
+use crate::error::ServiceError;
+use crate::service::ControlPlane;
+
+pub use error::ApiError;
+
+/// Builds the REST router.
+pub fn router(control_plane: Arc<ControlPlane>) -> Router {
+    let api = Router::new()
+        .route("/api/status", get(status::system_status))
+        .route("/api/v1/compute/cluster/status", get(status::cluster_status))
+        .route("/api/v1/nodes", get(status::list_nodes))
+        .route("/api/v1/nodes/{node}", get(status::get_node))
+        .route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
+    Router::new().route("/healthz", get(|| async { "ok" })).merge(api).with_state(control_plane)
+}
+
+/// Serves the REST gateway on `listener` until `shutdown` resolves.
+pub async fn serve(
+    control_plane: Arc<ControlPlane>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "REST listening");
+    }
+    axum::serve(listener, router(control_plane)).with_graceful_shutdown(shutdown).await
+}
+
+/// Resolves the bearer token into a [`Caller`] stored in the request's extensions.
+async fn authenticate(State(control_plane): State<Arc<ControlPlane>>, mut request: Request, next: Next) -> Response {
+    let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(bearer) = header.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))) else {
+        return ApiError::from(ServiceError::Unauthenticated("missing `Authorization: Bearer <token>` header".into()))
+            .into_response();
+    };
+    match control_plane.authenticate_bearer(bearer.trim()).await {
+        Ok(caller) => {
+            request.extensions_mut().insert::<Caller>(caller);
+            next.run(request).await
+        }
+        Err(err) => ApiError::from(err).into_response(),
+    }
+}

@@ -1,0 +1,157 @@
+//! Status routes: `/api/status` (SPEC shape plus `nodes`), cluster status, nodes.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
+use diplo_api::runtime::{PlatformClass, Runtime};
+use serde::Serialize;
+
+use super::ApiError;
+use crate::auth::Caller;
+use crate::model::{NodeRecord, NodeStatus};
+use crate::service::ControlPlane;
+
+/// `GET /api/status`.
+#[derive(Debug, Serialize)]
+pub struct SystemStatus {
+    timestamp: DateTime<Utc>,
+    system: SystemInfo,
+    runtime: RuntimeSummary,
+    applications: Vec<serde_json::Value>,
+    nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Serialize)]
+struct SystemInfo {
+    os: &'static str,
+    architecture: String,
+    runtime: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct RuntimeSummary {
+    available: Vec<Runtime>,
+    preferred: Option<Runtime>,
+    supported_languages: Vec<String>,
+    supported_images: Vec<String>,
+}
+
+/// A node as REST shows it.
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    id: String,
+    name: String,
+    status: NodeStatus,
+    cordoned: bool,
+    os: String,
+    arch: String,
+    os_release: String,
+    kernel: String,
+    hostname: String,
+    cpus: u32,
+    memory_bytes: u64,
+    virtualization: String,
+    raspberry_pi_model: String,
+    available: Vec<Runtime>,
+    preferred: Option<Runtime>,
+    runtimes: Vec<diplo_api::fingerprint::RuntimeReport>,
+    labels: std::collections::BTreeMap<String, String>,
+    address: String,
+    joined_at: DateTime<Utc>,
+    last_seen_at: DateTime<Utc>,
+}
+
+impl From<&NodeRecord> for NodeView {
+    fn from(node: &NodeRecord) -> Self {
+        let fp = &node.fingerprint;
+        NodeView {
+            id: node.id.clone(),
+            name: node.name.clone(),
+            status: node.status,
+            cordoned: node.cordoned,
+            os: fp.os.clone(),
+            arch: fp.arch.clone(),
+            os_release: fp.os_release.clone(),
+            kernel: fp.kernel.clone(),
+            hostname: fp.hostname.clone(),
+            cpus: fp.cpus,
+            memory_bytes: fp.memory_bytes,
+            virtualization: fp.virtualization.clone(),
+            raspberry_pi_model: fp.raspberry_pi_model.clone(),
+            available: fp.available_runtimes(),
+            preferred: fp.preferred_runtime(),
+            runtimes: fp.runtimes.clone(),
+            labels: node.labels.clone(),
+            address: node.address.clone(),
+            joined_at: node.joined_at,
+            last_seen_at: node.last_seen_at,
+        }
+    }
+}
+
+/// The control plane host's architecture in Go/OCI spelling.
+fn host_arch() -> String {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64".into(),
+        "aarch64" => "arm64".into(),
+        "arm" => "arm".into(),
+        other => other.into(),
+    }
+}
+
+pub async fn system_status(
+    State(control_plane): State<Arc<ControlPlane>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<SystemStatus>, ApiError> {
+    let status = control_plane.cluster_status(&caller).await?;
+    let arch = host_arch();
+    let preferred = PlatformClass::of(std::env::consts::OS, &arch, false).preferred(&status.available_runtimes);
+    Ok(Json(SystemStatus {
+        timestamp: Utc::now(),
+        system: SystemInfo { os: std::env::consts::OS, architecture: arch, runtime: "hybrid" },
+        runtime: RuntimeSummary {
+            available: status.available_runtimes.clone(),
+            preferred,
+            // Builds from source arrive with the build issue; until then nothing is claimed.
+            supported_languages: Vec::new(),
+            supported_images: Vec::new(),
+        },
+        applications: Vec::new(),
+        nodes: status.nodes.iter().map(NodeView::from).collect(),
+    }))
+}
+
+pub async fn cluster_status(
+    State(control_plane): State<Arc<ControlPlane>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = control_plane.cluster_status(&caller).await?;
+    Ok(Json(serde_json::json!({
+        "nodes": {
+            "total": status.nodes.len(),
+            "ready": status.count(NodeStatus::Ready),
+            "unhealthy": status.count(NodeStatus::Unhealthy),
+            "down": status.count(NodeStatus::Down),
+        },
+        "instances": { "total": status.instances_total, "running": status.instances_running },
+    })))
+}
+
+pub async fn list_nodes(
+    State(control_plane): State<Arc<ControlPlane>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
+    let nodes = control_plane.list_nodes(&caller).await?;
+    Ok(Json(nodes.iter().map(NodeView::from).collect()))
+}
+
+pub async fn get_node(
+    State(control_plane): State<Arc<ControlPlane>>,
+    Extension(caller): Extension<Caller>,
+    Path(node): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    let record = control_plane.get_node(&caller, &node).await?;
+    Ok(Json(NodeView::from(&record)))
+}

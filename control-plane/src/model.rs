@@ -1,0 +1,204 @@
+//! Domain types of the control plane. Wire types (prost, serde DTOs) convert to and
+//! from these at the edges; the service, scheduler and store speak only these.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use diplo_api::fingerprint::Fingerprint;
+use serde::{Deserialize, Serialize};
+
+/// A node's health as the control plane sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Heartbeats arrive on time.
+    Ready,
+    /// Three heartbeats missed.
+    Unhealthy,
+    /// Silent past the down grace period.
+    Down,
+}
+
+impl NodeStatus {
+    /// Lower-case name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Unhealthy => "unhealthy",
+            NodeStatus::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for NodeStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ready" => Ok(NodeStatus::Ready),
+            "unhealthy" => Ok(NodeStatus::Unhealthy),
+            "down" => Ok(NodeStatus::Down),
+            other => Err(format!("unknown node status {other:?}")),
+        }
+    }
+}
+
+/// A node as persisted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    /// Stable id assigned at join (also in the node certificate's SAN).
+    pub id: String,
+    /// Unique, human-chosen name.
+    pub name: String,
+    /// Last persisted health.
+    pub status: NodeStatus,
+    /// Last fingerprint the agent reported.
+    pub fingerprint: Fingerprint,
+    /// Cordoned nodes receive no new work.
+    pub cordoned: bool,
+    /// Labels given at join (from the join token) or by operators.
+    pub labels: BTreeMap<String, String>,
+    /// When the node joined.
+    pub joined_at: DateTime<Utc>,
+    /// Last heartbeat persisted (written on status changes, not per heartbeat).
+    pub last_seen_at: DateTime<Utc>,
+    /// Source address of the node's session.
+    pub address: String,
+}
+
+/// A persisted status change, written in batches by the node monitor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStatusChange {
+    /// Node id.
+    pub node_id: String,
+    /// New status.
+    pub status: NodeStatus,
+    /// Last heartbeat seen at the time of the change.
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// A join token as persisted: the secret itself is never stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinTokenRecord {
+    /// Public id (the part before the dot).
+    pub id: String,
+    /// sha256 hex of the secret.
+    pub secret_hash: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Refused from this time on.
+    pub expires_at: DateTime<Utc>,
+    /// Refused after its first use.
+    pub single_use: bool,
+    /// Successful joins so far.
+    pub uses: u32,
+    /// Revoked tokens are refused.
+    pub revoked: bool,
+    /// Labels given to nodes joining with it.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Operator roles, from most to least powerful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including tokens and nodes.
+    Admin,
+    /// Deploy, scale, container operations, builds.
+    Deployer,
+    /// Read only.
+    Viewer,
+}
+
+impl Role {
+    /// Lower-case name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Deployer => "deployer",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "deployer" => Ok(Role::Deployer),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(format!("unknown role {other:?}: expected admin, deployer or viewer")),
+        }
+    }
+}
+
+/// An API bearer token as persisted: only the secret's hash is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiTokenRecord {
+    /// Public id.
+    pub id: String,
+    /// sha256 hex of the secret.
+    pub secret_hash: String,
+    /// Who or what the token is for.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// `None`: never expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Revoked tokens are refused.
+    pub revoked: bool,
+}
+
+/// An event to append to the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// e.g. `node.ready`, `node.down`, `join_token.created`.
+    pub kind: String,
+    /// Operator identity, node id or `system`.
+    pub actor: String,
+    /// Node, deployment or container id.
+    pub subject: String,
+    /// Human-readable summary (never a secret).
+    pub message: String,
+}
+
+/// A stored event with its sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    /// Increasing sequence number, assigned by the store.
+    pub sequence: u64,
+    /// The event.
+    pub event: NewEvent,
+}
+
+/// A message pushed down an agent's session (the gRPC adapter converts it to the wire).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionMessage {
+    /// First answer to the agent's hello: its node id and the heartbeat interval to keep.
+    Welcome {
+        /// The node's id.
+        node_id: String,
+        /// How often to send heartbeats.
+        heartbeat_interval: std::time::Duration,
+    },
+}

@@ -1,0 +1,216 @@
+//! Live node tracking: heartbeats update memory only (DESIGN invariant 7); a monitor
+//! turns silence into `unhealthy` (3 missed heartbeats) and `down` (past the grace
+//! period) and hands the changes to the caller to persist in one batch.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::model::{NodeStatus, NodeStatusChange};
+
+/// Heartbeats a node may miss before it is unhealthy.
+pub const MISSED_HEARTBEATS_UNHEALTHY: u32 = 3;
+
+/// The status a node has after `silence` without a heartbeat.
+pub fn status_after(silence: Duration, heartbeat_interval: Duration, down_grace: Duration) -> NodeStatus {
+    if silence >= down_grace {
+        NodeStatus::Down
+    } else if silence >= heartbeat_interval * MISSED_HEARTBEATS_UNHEALTHY {
+        NodeStatus::Unhealthy
+    } else {
+        NodeStatus::Ready
+    }
+}
+
+/// Messages the control plane pushes down a node's session.
+pub type Downstream<T> = mpsc::Sender<T>;
+
+struct LiveNode<T> {
+    last_seen: Instant,
+    last_seen_wall: DateTime<Utc>,
+    status: NodeStatus,
+    persisted: NodeStatus,
+    session: Option<(u64, Downstream<T>)>,
+}
+
+/// What the registry knows about one node right now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveStatus {
+    /// Current status.
+    pub status: NodeStatus,
+    /// Last heartbeat (wall clock).
+    pub last_seen_at: DateTime<Utc>,
+    /// A session stream is open.
+    pub connected: bool,
+}
+
+/// In-memory state of every known node, generic over the downstream message type so
+/// that wire types stay in the gRPC adapter.
+pub struct NodeRegistry<T> {
+    heartbeat_interval: Duration,
+    down_grace: Duration,
+    nodes: Mutex<HashMap<String, LiveNode<T>>>,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+impl<T> NodeRegistry<T> {
+    /// An empty registry with the cluster's timing settings.
+    pub fn new(heartbeat_interval: Duration, down_grace: Duration) -> Self {
+        NodeRegistry {
+            heartbeat_interval,
+            down_grace,
+            nodes: Mutex::new(HashMap::new()),
+            next_session: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveNode<T>>> {
+        // A poisoned lock only means another thread panicked mid-update of plain data.
+        self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts tracking a node as last seen now with a known persisted status. Nodes
+    /// loaded at start-up get a full grace period to reconnect.
+    pub fn track(&self, node_id: &str, persisted: NodeStatus) {
+        let node = LiveNode {
+            last_seen: Instant::now(),
+            last_seen_wall: Utc::now(),
+            status: persisted,
+            persisted,
+            session: None,
+        };
+        self.lock().insert(node_id.to_owned(), node);
+    }
+
+    /// Records an opened session (which also counts as a heartbeat and is persisted by
+    /// the caller as `ready`). Returns the session's number; a previous session of the
+    /// same node is dropped, which closes its stream.
+    pub fn connect(&self, node_id: &str, downstream: Downstream<T>) -> u64 {
+        let session = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut nodes = self.lock();
+        let node = nodes.entry(node_id.to_owned()).or_insert_with(|| LiveNode {
+            last_seen: Instant::now(),
+            last_seen_wall: Utc::now(),
+            status: NodeStatus::Ready,
+            persisted: NodeStatus::Ready,
+            session: None,
+        });
+        node.last_seen = Instant::now();
+        node.last_seen_wall = Utc::now();
+        node.status = NodeStatus::Ready;
+        node.persisted = NodeStatus::Ready;
+        node.session = Some((session, downstream));
+        session
+    }
+
+    /// Records a heartbeat. Returns `false` for an unknown node (e.g. removed).
+    pub fn heartbeat(&self, node_id: &str) -> bool {
+        let mut nodes = self.lock();
+        let Some(node) = nodes.get_mut(node_id) else { return false };
+        node.last_seen = Instant::now();
+        node.last_seen_wall = Utc::now();
+        node.status = NodeStatus::Ready;
+        true
+    }
+
+    /// Forgets a session when its stream ends, unless a newer one replaced it.
+    pub fn disconnect(&self, node_id: &str, session: u64) {
+        if let Some(node) = self.lock().get_mut(node_id) {
+            if node.session.as_ref().is_some_and(|(id, _)| *id == session) {
+                node.session = None;
+            }
+        }
+    }
+
+    /// Stops tracking a node; its session stream, if any, is closed.
+    pub fn remove(&self, node_id: &str) -> bool {
+        self.lock().remove(node_id).is_some()
+    }
+
+    /// Whether the node is tracked (it exists and was not removed).
+    pub fn contains(&self, node_id: &str) -> bool {
+        self.lock().contains_key(node_id)
+    }
+
+    /// The node's live status, `None` when unknown.
+    pub fn live_status(&self, node_id: &str) -> Option<LiveStatus> {
+        self.lock().get(node_id).map(|node| LiveStatus {
+            status: node.status,
+            last_seen_at: node.last_seen_wall,
+            connected: node.session.is_some(),
+        })
+    }
+
+    /// The downstream channel of the node's open session.
+    pub fn downstream(&self, node_id: &str) -> Option<Downstream<T>> {
+        self.lock().get(node_id).and_then(|node| node.session.as_ref().map(|(_, tx)| tx.clone()))
+    }
+
+    /// Re-evaluates every node at `now` and returns the changes not yet persisted.
+    pub fn tick(&self, now: Instant) -> Vec<NodeStatusChange> {
+        let mut changes = Vec::new();
+        for (id, node) in self.lock().iter_mut() {
+            node.status = status_after(now.saturating_duration_since(node.last_seen), self.heartbeat_interval, self.down_grace);
+            if node.status != node.persisted {
+                node.persisted = node.status;
+                changes.push(NodeStatusChange { node_id: id.clone(), status: node.status, last_seen_at: node.last_seen_wall });
+            }
+        }
+        changes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HB: Duration = Duration::from_secs(5);
+    const GRACE: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn silence_turns_ready_into_unhealthy_then_down() {
+        assert_eq!(status_after(Duration::from_secs(0), HB, GRACE), NodeStatus::Ready);
+        assert_eq!(status_after(Duration::from_secs(14), HB, GRACE), NodeStatus::Ready);
+        assert_eq!(status_after(Duration::from_secs(15), HB, GRACE), NodeStatus::Unhealthy);
+        assert_eq!(status_after(Duration::from_secs(29), HB, GRACE), NodeStatus::Unhealthy);
+        assert_eq!(status_after(Duration::from_secs(30), HB, GRACE), NodeStatus::Down);
+        // A grace shorter than three heartbeats goes straight to down.
+        assert_eq!(status_after(Duration::from_secs(10), HB, Duration::from_secs(8)), NodeStatus::Down);
+    }
+
+    #[test]
+    fn tick_reports_each_change_once_and_a_heartbeat_revives() {
+        let registry: NodeRegistry<()> = NodeRegistry::new(HB, GRACE);
+        registry.track("n1", NodeStatus::Ready);
+        let start = Instant::now();
+        assert!(registry.tick(start).is_empty());
+        let changes = registry.tick(start + Duration::from_secs(16));
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].status, NodeStatus::Unhealthy);
+        assert!(registry.tick(start + Duration::from_secs(17)).is_empty(), "reported once");
+        assert_eq!(registry.tick(start + Duration::from_secs(31))[0].status, NodeStatus::Down);
+        assert!(registry.heartbeat("n1"));
+        let revived = registry.tick(Instant::now());
+        assert_eq!(revived[0].status, NodeStatus::Ready);
+        assert!(!registry.heartbeat("unknown"));
+    }
+
+    #[tokio::test]
+    async fn removal_closes_the_session_and_stale_disconnects_are_ignored() {
+        let registry: NodeRegistry<u8> = NodeRegistry::new(HB, GRACE);
+        let (tx1, mut rx1) = mpsc::channel(1);
+        let first = registry.connect("n1", tx1);
+        let (tx2, mut rx2) = mpsc::channel(1);
+        registry.connect("n1", tx2);
+        assert_eq!(rx1.recv().await, None, "replaced session is closed");
+        registry.disconnect("n1", first);
+        assert!(registry.live_status("n1").expect("known").connected);
+        assert!(registry.remove("n1"));
+        assert_eq!(rx2.recv().await, None, "removed node's session is closed");
+        assert!(!registry.contains("n1"));
+    }
+}

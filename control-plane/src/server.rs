@@ -1,0 +1,158 @@
+//! Start-up and wiring: data directory, store, PKI, admin credentials, the gRPC and
+//! REST listeners, the node monitor and, in dev mode, an in-process local agent.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use crate::auth::Caller;
+use crate::config::Config;
+use crate::model::Role;
+use crate::pki::ClusterPki;
+use crate::service::ControlPlane;
+
+/// How the control plane runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Control plane only.
+    Serve,
+    /// Control plane plus an in-process agent for this host (data in `<data>/agent`).
+    Dev,
+}
+
+/// Runs the control plane until SIGINT/SIGTERM or until a listener fails.
+pub async fn run(config: Config, mode: Mode) -> Result<()> {
+    create_private_dir(&config.data_dir)?;
+    let db_url = config.effective_database_url();
+    let store = crate::store::open(&db_url).await.context("opening the state store")?;
+    tracing::info!(backend = store.backend(), database = %crate::store::mask_password(&db_url), "state store ready");
+    let pki = ClusterPki::load_or_create(&config.data_dir, &config.tls_sans).context("preparing the cluster PKI")?;
+
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;
+    let rest_listener = TcpListener::bind(config.rest_addr)
+        .await
+        .with_context(|| format!("cannot listen for REST on {}", config.rest_addr))?;
+    let grpc_addr = Config::local_dial_addr(grpc_listener.local_addr()?);
+    let rest_addr = Config::local_dial_addr(rest_listener.local_addr()?);
+
+    let control_plane = ControlPlane::new(config.clone(), store, pki).await?;
+    let admin = crate::credentials::ensure_admin(&control_plane, &config.data_dir, grpc_addr, rest_addr)
+        .await
+        .context("writing the admin credentials")?;
+    println!("Diplo control plane is up.");
+    println!("  gRPC (TLS): {grpc_addr}   REST: http://{rest_addr}");
+    println!("  CA fingerprint: {}", control_plane.pki().ca.fingerprint());
+    println!("  Admin credentials in {} (ca.pem, admin.pem, admin-key.pem, admin.token)", config.data_dir.display());
+    println!("  CLI: diplo --config {} nodes ls", admin.cli_config.display());
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let monitor = tokio::spawn(control_plane.clone().run_node_monitor());
+    let mut grpc = tokio::spawn(crate::grpc::serve(control_plane.clone(), grpc_listener, shutdown(shutdown_rx.clone())));
+    let mut rest = tokio::spawn(crate::http::serve(control_plane.clone(), rest_listener, shutdown(shutdown_rx.clone())));
+
+    let agent = match mode {
+        Mode::Serve => None,
+        Mode::Dev => Some(start_local_agent(&control_plane, &config.data_dir.join("agent"), grpc_addr).await?),
+    };
+
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        result = &mut grpc => result.context("gRPC task").and_then(|r| r.context("gRPC server")),
+        result = &mut rest => result.context("REST task").and_then(|r| r.context("REST server")),
+    };
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    monitor.abort();
+    if let Some(agent) = agent {
+        agent.abort();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = (&mut grpc).await;
+        let _ = (&mut rest).await;
+    })
+    .await;
+    outcome
+}
+
+/// Starts this host's agent in-process, joining with a fresh single-use token unless it
+/// already has an identity from an earlier run.
+async fn start_local_agent(
+    control_plane: &Arc<ControlPlane>,
+    agent_dir: &Path,
+    grpc_addr: std::net::SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let token = if diplo_agent::identity::Identity::exists(agent_dir) {
+        None
+    } else {
+        let system = Caller::Operator { name: "dev-mode".into(), role: Role::Admin };
+        let created = control_plane
+            .create_join_token(&system, Some(Duration::from_secs(600)), true, Default::default())
+            .await?;
+        Some(created.token)
+    };
+    let name = sanitize_node_name(&crate::pki::hostname());
+    let agent_config = diplo_agent::AgentConfig::new(grpc_addr.to_string(), token, name, agent_dir.to_owned());
+    Ok(tokio::spawn(async move {
+        if let Err(err) = diplo_agent::run(agent_config).await {
+            tracing::error!(error = format!("{err:#}"), "local agent stopped");
+        }
+    }))
+}
+
+/// A host name made into a valid node name.
+fn sanitize_node_name(hostname: &str) -> String {
+    let name: String = hostname
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .collect();
+    let name = name.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if name.is_empty() { "local".to_owned() } else { name.chars().take(63).collect() }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_become_valid_node_names() {
+        assert_eq!(sanitize_node_name("My_Host"), "my-host");
+        assert_eq!(sanitize_node_name("--"), "local");
+        assert!(crate::service::validate_node_name(&sanitize_node_name(&"x".repeat(100))).is_ok());
+    }
+}

@@ -1,0 +1,156 @@
+//! Durable state. One [`Store`] trait, two backends: SQLite (embedded default, a file in
+//! the data directory) and PostgreSQL (production, several control-plane replicas).
+//! All SQL of the project lives under this module; migrations live per backend in
+//! `control-plane/migrations/{sqlite,postgres}` and run at start-up.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::model::{
+    ApiTokenRecord, EventRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatusChange,
+};
+use diplo_api::fingerprint::Fingerprint;
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key (node name, token id) is already taken.
+    #[error("{what} {key:?} already exists")]
+    AlreadyExists {
+        /// Kind of record ("node", "join token", ...).
+        what: &'static str,
+        /// The conflicting key.
+        key: String,
+    },
+    /// The record to change does not exist.
+    #[error("{what} {key:?} not found")]
+    NotFound {
+        /// Kind of record.
+        what: &'static str,
+        /// The missing key.
+        key: String,
+    },
+    /// The database could not be reached or opened.
+    #[error("cannot connect to database {url}: {reason}")]
+    Connect {
+        /// The URL with any password masked.
+        url: String,
+        /// Driver message.
+        reason: String,
+    },
+    /// The URL names no supported backend.
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be decoded (corrupt or from a newer version).
+    #[error("corrupt stored value in {column}: {reason}")]
+    Corrupt {
+        /// Table and column.
+        column: &'static str,
+        /// Decoder message.
+        reason: String,
+    },
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything the control plane persists. Implementations are cheap to clone behind
+/// an `Arc` and safe to share between tasks.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Backend name, `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    // ---- nodes ----
+
+    /// Inserts a new node. `AlreadyExists` when its id or name is taken.
+    async fn insert_node(&self, node: &NodeRecord) -> StoreResult<()>;
+    /// Node by id or, failing that, by name.
+    async fn get_node(&self, id_or_name: &str) -> StoreResult<Option<NodeRecord>>;
+    /// All nodes, ordered by name.
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>>;
+    /// Records a fresh session: new fingerprint, address, status ready and last seen
+    /// time. `NotFound` for an unknown id.
+    async fn record_session(
+        &self,
+        node_id: &str,
+        fingerprint: &Fingerprint,
+        address: &str,
+        seen_at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Applies a batch of status changes in one transaction; unknown ids are skipped.
+    async fn apply_status_changes(&self, changes: &[NodeStatusChange]) -> StoreResult<()>;
+    /// Sets or clears the cordon flag. `NotFound` for an unknown id.
+    async fn set_cordoned(&self, node_id: &str, cordoned: bool) -> StoreResult<()>;
+    /// Deletes a node; `false` when there was none.
+    async fn delete_node(&self, node_id: &str) -> StoreResult<bool>;
+
+    // ---- join tokens ----
+
+    /// Inserts a join token. `AlreadyExists` when the id is taken.
+    async fn insert_join_token(&self, token: &JoinTokenRecord) -> StoreResult<()>;
+    /// Join token by id.
+    async fn get_join_token(&self, id: &str) -> StoreResult<Option<JoinTokenRecord>>;
+    /// All join tokens, newest first.
+    async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>>;
+    /// Atomically counts one use of a token if it is still usable at `now` (not revoked,
+    /// not expired, and for single-use tokens not used yet). Returns whether it was.
+    async fn use_join_token(&self, id: &str, now: DateTime<Utc>) -> StoreResult<bool>;
+    /// Marks a token revoked; `false` when there was none.
+    async fn revoke_join_token(&self, id: &str) -> StoreResult<bool>;
+
+    // ---- API tokens ----
+
+    /// Inserts an API token. `AlreadyExists` when the id is taken.
+    async fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()>;
+    /// API token by id.
+    async fn get_api_token(&self, id: &str) -> StoreResult<Option<ApiTokenRecord>>;
+    /// All API tokens, newest first.
+    async fn list_api_tokens(&self) -> StoreResult<Vec<ApiTokenRecord>>;
+    /// Marks an API token revoked; `false` when there was none.
+    async fn revoke_api_token(&self, id: &str) -> StoreResult<bool>;
+
+    // ---- events ----
+
+    /// Appends an event and returns its sequence number (strictly increasing).
+    async fn append_event(&self, event: &NewEvent) -> StoreResult<u64>;
+    /// Up to `limit` events with a sequence number above `after`, oldest first.
+    async fn list_events(&self, after: u64, limit: u32) -> StoreResult<Vec<EventRecord>>;
+}
+
+/// Opens the store a URL names and runs its migrations: `sqlite://PATH` (created when
+/// missing) or `postgres://…` / `postgresql://…`. Gives up within about 10 seconds
+/// when the database cannot be reached, naming it (password masked).
+pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(mask_password(url)))
+    }
+}
+
+/// The URL with the password part of its userinfo replaced by `***`.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}

@@ -1,0 +1,446 @@
+//! PostgreSQL backend: production, several control-plane replicas sharing one database.
+//!
+//! Same schema and semantics as the SQLite backend: timestamps are unix milliseconds
+//! (sub-millisecond precision is dropped), labels and fingerprints JSON text. The
+//! conditional `UPDATE` in [`Store::use_join_token`] is atomic: under READ COMMITTED a
+//! racing update waits for the row lock and re-checks its `WHERE` on the new row.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use diplo_api::fingerprint::Fingerprint;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, Row};
+
+use super::{mask_password, Store, StoreError, StoreResult};
+use crate::model::{
+    ApiTokenRecord, EventRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus,
+    NodeStatusChange, Role,
+};
+
+/// How long opening the pool (or any later acquire) waits for a connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the diagnostic connection attempt after a pool time-out may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections in the pool.
+const MAX_CONNECTIONS: u32 = 10;
+
+/// The PostgreSQL [`Store`]: a connection pool.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to the database a `postgres://…` URL names and runs the pending
+    /// migrations. Fails within about 7 seconds, naming the URL (password masked),
+    /// when the server cannot be reached.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let connect_error =
+            |reason: String| StoreError::Connect { url: mask_password(url), reason };
+        let options = PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?;
+        let pool = match PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => pool,
+            Err(sqlx::Error::PoolTimedOut) => {
+                // The pool retries refused connections until its deadline and then only
+                // says it timed out: one more direct attempt tells why.
+                let reason = match tokio::time::timeout(PROBE_TIMEOUT, options.connect()).await {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(conn)) => {
+                        let _ = conn.close().await;
+                        "server answered only after the pool timed out".to_owned()
+                    }
+                    Err(_) => "no answer".to_owned(),
+                };
+                return Err(connect_error(format!(
+                    "timed out after {}s: {reason}",
+                    ACQUIRE_TIMEOUT.as_secs()
+                )));
+            }
+            Err(e) => return Err(connect_error(e.to_string())),
+        };
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// Closes every connection of the pool; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+// ---- conversions shared by the queries below ----
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(column: &'static str, ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt { column, reason: format!("timestamp {ms} out of range") })
+}
+
+fn to_json<T: serde::Serialize>(column: &'static str, value: &T) -> StoreResult<String> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Corrupt { column, reason: format!("cannot encode: {e}") })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(column: &'static str, text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { column, reason: e.to_string() })
+}
+
+/// Maps a unique-key violation to `AlreadyExists`, anything else to `Database`.
+fn insert_error(err: sqlx::Error, what: &'static str, key: impl FnOnce(&str) -> String) -> StoreError {
+    if let sqlx::Error::Database(db) = &err {
+        if db.is_unique_violation() {
+            // PostgreSQL names the constraint, e.g. `nodes_name_key`.
+            let constraint = db.constraint().unwrap_or_else(|| db.message());
+            return StoreError::AlreadyExists { what, key: key(constraint) };
+        }
+    }
+    StoreError::Database(err)
+}
+
+fn node_from_row(row: &PgRow) -> StoreResult<NodeRecord> {
+    let status: String = row.try_get("status")?;
+    let fingerprint: String = row.try_get("fingerprint")?;
+    let labels: String = row.try_get("labels")?;
+    Ok(NodeRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        status: NodeStatus::from_str(&status)
+            .map_err(|reason| StoreError::Corrupt { column: "nodes.status", reason })?,
+        fingerprint: from_json("nodes.fingerprint", &fingerprint)?,
+        cordoned: row.try_get("cordoned")?,
+        labels: from_json::<BTreeMap<String, String>>("nodes.labels", &labels)?,
+        joined_at: time("nodes.joined_at", row.try_get("joined_at")?)?,
+        last_seen_at: time("nodes.last_seen_at", row.try_get("last_seen_at")?)?,
+        address: row.try_get("address")?,
+    })
+}
+
+fn join_token_from_row(row: &PgRow) -> StoreResult<JoinTokenRecord> {
+    let uses: i64 = row.try_get("uses")?;
+    let labels: String = row.try_get("labels")?;
+    Ok(JoinTokenRecord {
+        id: row.try_get("id")?,
+        secret_hash: row.try_get("secret_hash")?,
+        created_at: time("join_tokens.created_at", row.try_get("created_at")?)?,
+        expires_at: time("join_tokens.expires_at", row.try_get("expires_at")?)?,
+        single_use: row.try_get("single_use")?,
+        uses: u32::try_from(uses).map_err(|e| StoreError::Corrupt {
+            column: "join_tokens.uses",
+            reason: format!("{uses}: {e}"),
+        })?,
+        revoked: row.try_get("revoked")?,
+        labels: from_json("join_tokens.labels", &labels)?,
+    })
+}
+
+fn api_token_from_row(row: &PgRow) -> StoreResult<ApiTokenRecord> {
+    let role: String = row.try_get("role")?;
+    let expires_at: Option<i64> = row.try_get("expires_at")?;
+    Ok(ApiTokenRecord {
+        id: row.try_get("id")?,
+        secret_hash: row.try_get("secret_hash")?,
+        name: row.try_get("name")?,
+        role: Role::from_str(&role)
+            .map_err(|reason| StoreError::Corrupt { column: "api_tokens.role", reason })?,
+        created_at: time("api_tokens.created_at", row.try_get("created_at")?)?,
+        expires_at: expires_at.map(|ms| time("api_tokens.expires_at", ms)).transpose()?,
+        revoked: row.try_get("revoked")?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> StoreResult<EventRecord> {
+    let sequence: i64 = row.try_get("sequence")?;
+    Ok(EventRecord {
+        sequence: u64::try_from(sequence).map_err(|e| StoreError::Corrupt {
+            column: "events.sequence",
+            reason: format!("{sequence}: {e}"),
+        })?,
+        event: NewEvent {
+            at: time("events.at", row.try_get("at")?)?,
+            kind: row.try_get("kind")?,
+            actor: row.try_get("actor")?,
+            subject: row.try_get("subject")?,
+            message: row.try_get("message")?,
+        },
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    // ---- nodes ----
+
+    async fn insert_node(&self, node: &NodeRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO nodes (id, name, status, fingerprint, cordoned, labels, joined_at, \
+             last_seen_at, address) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&node.id)
+        .bind(&node.name)
+        .bind(node.status.as_str())
+        .bind(to_json("nodes.fingerprint", &node.fingerprint)?)
+        .bind(node.cordoned)
+        .bind(to_json("nodes.labels", &node.labels)?)
+        .bind(millis(node.joined_at))
+        .bind(millis(node.last_seen_at))
+        .bind(&node.address)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            insert_error(e, "node", |msg| {
+                if msg.contains("nodes_name_key") { node.name.clone() } else { node.id.clone() }
+            })
+        })?;
+        Ok(())
+    }
+
+    async fn get_node(&self, id_or_name: &str) -> StoreResult<Option<NodeRecord>> {
+        let row = sqlx::query(
+            "SELECT id, name, status, fingerprint, cordoned, labels, joined_at, last_seen_at, \
+             address FROM nodes WHERE id = $1 OR name = $1 \
+             ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1",
+        )
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, name, status, fingerprint, cordoned, labels, joined_at, last_seen_at, \
+             address FROM nodes ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    async fn record_session(
+        &self,
+        node_id: &str,
+        fingerprint: &Fingerprint,
+        address: &str,
+        seen_at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE nodes SET fingerprint = $1, address = $2, status = 'ready', \
+             last_seen_at = $3 WHERE id = $4",
+        )
+        .bind(to_json("nodes.fingerprint", fingerprint)?)
+        .bind(address)
+        .bind(millis(seen_at))
+        .bind(node_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "node", key: node_id.to_owned() });
+        }
+        Ok(())
+    }
+
+    async fn apply_status_changes(&self, changes: &[NodeStatusChange]) -> StoreResult<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for change in changes {
+            sqlx::query("UPDATE nodes SET status = $1, last_seen_at = $2 WHERE id = $3")
+                .bind(change.status.as_str())
+                .bind(millis(change.last_seen_at))
+                .bind(&change.node_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_cordoned(&self, node_id: &str, cordoned: bool) -> StoreResult<()> {
+        let done = sqlx::query("UPDATE nodes SET cordoned = $1 WHERE id = $2")
+            .bind(cordoned)
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "node", key: node_id.to_owned() });
+        }
+        Ok(())
+    }
+
+    async fn delete_node(&self, node_id: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---- join tokens ----
+
+    async fn insert_join_token(&self, token: &JoinTokenRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, single_use, uses, \
+             revoked, labels) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&token.id)
+        .bind(&token.secret_hash)
+        .bind(millis(token.created_at))
+        .bind(millis(token.expires_at))
+        .bind(token.single_use)
+        .bind(i64::from(token.uses))
+        .bind(token.revoked)
+        .bind(to_json("join_tokens.labels", &token.labels)?)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| insert_error(e, "join token", |_| token.id.clone()))?;
+        Ok(())
+    }
+
+    async fn get_join_token(&self, id: &str) -> StoreResult<Option<JoinTokenRecord>> {
+        let row = sqlx::query(
+            "SELECT id, secret_hash, created_at, expires_at, single_use, uses, revoked, labels \
+             FROM join_tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(join_token_from_row).transpose()
+    }
+
+    async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, secret_hash, created_at, expires_at, single_use, uses, revoked, labels \
+             FROM join_tokens ORDER BY created_at DESC, id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(join_token_from_row).collect()
+    }
+
+    async fn use_join_token(&self, id: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        // One statement: a racing update of the same row waits for its lock and then
+        // re-evaluates the condition, so two joins cannot both see `uses = 0`.
+        let done = sqlx::query(
+            "UPDATE join_tokens SET uses = uses + 1 WHERE id = $1 AND NOT revoked \
+             AND expires_at > $2 AND (NOT single_use OR uses = 0)",
+        )
+        .bind(id)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke_join_token(&self, id: &str) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE join_tokens SET revoked = TRUE WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---- API tokens ----
+
+    async fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, secret_hash, name, role, created_at, expires_at, \
+             revoked) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&token.id)
+        .bind(&token.secret_hash)
+        .bind(&token.name)
+        .bind(token.role.as_str())
+        .bind(millis(token.created_at))
+        .bind(token.expires_at.map(millis))
+        .bind(token.revoked)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| insert_error(e, "API token", |_| token.id.clone()))?;
+        Ok(())
+    }
+
+    async fn get_api_token(&self, id: &str) -> StoreResult<Option<ApiTokenRecord>> {
+        let row = sqlx::query(
+            "SELECT id, secret_hash, name, role, created_at, expires_at, revoked \
+             FROM api_tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(api_token_from_row).transpose()
+    }
+
+    async fn list_api_tokens(&self) -> StoreResult<Vec<ApiTokenRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, secret_hash, name, role, created_at, expires_at, revoked \
+             FROM api_tokens ORDER BY created_at DESC, id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(api_token_from_row).collect()
+    }
+
+    async fn revoke_api_token(&self, id: &str) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE api_tokens SET revoked = TRUE WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---- events ----
+
+    async fn append_event(&self, event: &NewEvent) -> StoreResult<u64> {
+        // BIGSERIAL values are handed out before commit, so two concurrent appends could
+        // commit out of sequence order and a reader paging with `after` would skip one.
+        // The table lock (self-conflicting, readers unaffected) makes sequence order
+        // commit order, across replicas too.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        let sequence: i64 = sqlx::query_scalar(
+            "INSERT INTO events (at, kind, actor, subject, message) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING sequence",
+        )
+        .bind(millis(event.at))
+        .bind(&event.kind)
+        .bind(&event.actor)
+        .bind(&event.subject)
+        .bind(&event.message)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        u64::try_from(sequence).map_err(|e| StoreError::Corrupt {
+            column: "events.sequence",
+            reason: format!("{sequence}: {e}"),
+        })
+    }
+
+    async fn list_events(&self, after: u64, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT sequence, at, kind, actor, subject, message FROM events \
+             WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
