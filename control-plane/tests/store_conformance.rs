@@ -20,7 +20,10 @@ type Case = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Runs a case on a fresh SQLite file.
 async fn with_sqlite(case: Case) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("state").join("diplo.db").display());
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("state").join("diplo.db").display()
+    );
     let store = store::open(&url).await.expect("open sqlite store");
     assert_eq!(store.backend(), "sqlite");
     case(store).await;
@@ -28,7 +31,9 @@ async fn with_sqlite(case: Case) {
 
 /// Runs a case on a fresh PostgreSQL database, or skips (fails on CI) without one.
 async fn with_postgres(case: Case) {
-    let Some(db) = pg::TestDatabase::create().await else { return };
+    let Some(db) = pg::TestDatabase::create().await else {
+        return;
+    };
     let store = store::open(&db.url).await.expect("open postgres store");
     assert_eq!(store.backend(), "postgres");
     let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(case(store))).await;
@@ -83,18 +88,22 @@ mod cases {
     use chrono::{DateTime, Duration, TimeZone, Utc};
     use diplo_api::fingerprint::Fingerprint;
     use diplo_control_plane::model::{
-        ApiTokenRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, NodeStatusChange,
-        Role,
+        ApiTokenRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, NodeStatusChange, Role,
     };
     use diplo_control_plane::store::{Store, StoreError};
 
     /// A fixed time at millisecond precision (what the stores keep).
     fn t0() -> DateTime<Utc> {
-        Utc.timestamp_millis_opt(1_750_000_000_123).single().expect("valid time")
+        Utc.timestamp_millis_opt(1_750_000_000_123)
+            .single()
+            .expect("valid time")
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn fingerprint(hostname: &str, cpus: u32) -> Fingerprint {
@@ -164,7 +173,11 @@ mod cases {
     }
 
     async fn get_node(store: &dyn Store, key: &str) -> NodeRecord {
-        store.get_node(key).await.expect("get_node").unwrap_or_else(|| panic!("no node {key}"))
+        store
+            .get_node(key)
+            .await
+            .expect("get_node")
+            .unwrap_or_else(|| panic!("no node {key}"))
     }
 
     // ---- nodes ----
@@ -190,8 +203,13 @@ mod cases {
         assert_eq!(get_node(&*store, "charlie").await, c);
 
         // Ordered by name, whatever the insertion order.
-        let names: Vec<String> =
-            store.list_nodes().await.expect("list").into_iter().map(|n| n.name).collect();
+        let names: Vec<String> = store
+            .list_nodes()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
         assert_eq!(names, ["alpha", "bravo", "charlie"]);
 
         // An id wins over another node's equal name.
@@ -202,7 +220,10 @@ mod cases {
     }
 
     pub async fn nodes_duplicate_id_or_name(store: Arc<dyn Store>) {
-        store.insert_node(&node("n-1", "alpha")).await.expect("insert");
+        store
+            .insert_node(&node("n-1", "alpha"))
+            .await
+            .expect("insert");
 
         match store.insert_node(&node("n-2", "alpha")).await {
             Err(StoreError::AlreadyExists { what, key }) => {
@@ -231,7 +252,10 @@ mod cases {
 
         let fp = fingerprint("alpha-rebuilt", 8);
         let seen = t0() + Duration::minutes(10);
-        store.record_session("n-1", &fp, "198.51.100.7:51234", seen).await.expect("session");
+        store
+            .record_session("n-1", &fp, "198.51.100.7:51234", seen)
+            .await
+            .expect("session");
 
         let got = get_node(&*store, "n-1").await;
         assert_eq!(got.fingerprint, fp);
@@ -258,32 +282,57 @@ mod cases {
 
         let later = t0() + Duration::minutes(3);
         let changes = [
-            NodeStatusChange { node_id: "n-1".into(), status: NodeStatus::Unhealthy, last_seen_at: later },
-            NodeStatusChange { node_id: "ghost".into(), status: NodeStatus::Down, last_seen_at: later },
+            NodeStatusChange {
+                node_id: "n-1".into(),
+                status: NodeStatus::Unhealthy,
+                last_seen_at: later,
+            },
+            NodeStatusChange {
+                node_id: "ghost".into(),
+                status: NodeStatus::Down,
+                last_seen_at: later,
+            },
             NodeStatusChange {
                 node_id: "n-3".into(),
                 status: NodeStatus::Down,
                 last_seen_at: later + Duration::seconds(1),
             },
         ];
-        store.apply_status_changes(&changes).await.expect("batch with an unknown id");
+        store
+            .apply_status_changes(&changes)
+            .await
+            .expect("batch with an unknown id");
 
         let a = get_node(&*store, "n-1").await;
         assert_eq!((a.status, a.last_seen_at), (NodeStatus::Unhealthy, later));
         let b = get_node(&*store, "n-2").await;
         assert_eq!(b, node("n-2", "bravo"), "node outside the batch untouched");
         let c = get_node(&*store, "n-3").await;
-        assert_eq!((c.status, c.last_seen_at), (NodeStatus::Down, later + Duration::seconds(1)));
-        assert_eq!(store.get_node("ghost").await.expect("get"), None, "unknown id not created");
+        assert_eq!(
+            (c.status, c.last_seen_at),
+            (NodeStatus::Down, later + Duration::seconds(1))
+        );
+        assert_eq!(
+            store.get_node("ghost").await.expect("get"),
+            None,
+            "unknown id not created"
+        );
 
         // Back to ready.
-        let back = [NodeStatusChange { node_id: "n-3".into(), status: NodeStatus::Ready, last_seen_at: later }];
+        let back = [NodeStatusChange {
+            node_id: "n-3".into(),
+            status: NodeStatus::Ready,
+            last_seen_at: later,
+        }];
         store.apply_status_changes(&back).await.expect("batch");
         assert_eq!(get_node(&*store, "n-3").await.status, NodeStatus::Ready);
     }
 
     pub async fn nodes_cordon(store: Arc<dyn Store>) {
-        store.insert_node(&node("n-1", "alpha")).await.expect("insert");
+        store
+            .insert_node(&node("n-1", "alpha"))
+            .await
+            .expect("insert");
         store.set_cordoned("n-1", true).await.expect("cordon");
         assert!(get_node(&*store, "n-1").await.cordoned);
         store.set_cordoned("n-1", true).await.expect("cordon twice");
@@ -303,8 +352,14 @@ mod cases {
     }
 
     pub async fn nodes_delete(store: Arc<dyn Store>) {
-        store.insert_node(&node("n-1", "alpha")).await.expect("insert");
-        store.insert_node(&node("n-2", "bravo")).await.expect("insert");
+        store
+            .insert_node(&node("n-1", "alpha"))
+            .await
+            .expect("insert");
+        store
+            .insert_node(&node("n-2", "bravo"))
+            .await
+            .expect("insert");
         assert!(store.delete_node("n-1").await.expect("delete"));
         assert!(!store.delete_node("n-1").await.expect("delete again"));
         assert!(!store.delete_node("ghost").await.expect("delete unknown"));
@@ -312,7 +367,10 @@ mod cases {
         assert_eq!(store.get_node("alpha").await.expect("get"), None);
         assert_eq!(store.list_nodes().await.expect("list").len(), 1);
         // The name is free again.
-        store.insert_node(&node("n-9", "alpha")).await.expect("reuse name");
+        store
+            .insert_node(&node("n-9", "alpha"))
+            .await
+            .expect("reuse name");
         assert_eq!(get_node(&*store, "alpha").await.id, "n-9");
     }
 
@@ -329,55 +387,124 @@ mod cases {
         store.insert_join_token(&old).await.expect("insert");
         store.insert_join_token(&new).await.expect("insert");
 
-        assert_eq!(store.get_join_token("jt-old").await.expect("get"), Some(old.clone()));
-        assert_eq!(store.get_join_token("jt-new").await.expect("get"), Some(new.clone()));
+        assert_eq!(
+            store.get_join_token("jt-old").await.expect("get"),
+            Some(old.clone())
+        );
+        assert_eq!(
+            store.get_join_token("jt-new").await.expect("get"),
+            Some(new.clone())
+        );
 
         // Newest first.
-        let ids: Vec<String> =
-            store.list_join_tokens().await.expect("list").into_iter().map(|t| t.id).collect();
+        let ids: Vec<String> = store
+            .list_join_tokens()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
         assert_eq!(ids, ["jt-new", "jt-old"]);
 
-        match store.insert_join_token(&join_token("jt-old", t0(), false)).await {
+        match store
+            .insert_join_token(&join_token("jt-old", t0(), false))
+            .await
+        {
             Err(StoreError::AlreadyExists { key, .. }) => assert_eq!(key, "jt-old"),
             other => panic!("duplicate join token: expected AlreadyExists, got {other:?}"),
         }
 
         assert!(store.revoke_join_token("jt-old").await.expect("revoke"));
-        assert!(store.revoke_join_token("jt-old").await.expect("revoke twice"));
-        assert!(!store.revoke_join_token("ghost").await.expect("revoke unknown"));
-        let revoked = store.get_join_token("jt-old").await.expect("get").expect("present");
+        assert!(
+            store
+                .revoke_join_token("jt-old")
+                .await
+                .expect("revoke twice")
+        );
+        assert!(
+            !store
+                .revoke_join_token("ghost")
+                .await
+                .expect("revoke unknown")
+        );
+        let revoked = store
+            .get_join_token("jt-old")
+            .await
+            .expect("get")
+            .expect("present");
         assert!(revoked.revoked);
-        assert_eq!(revoked, JoinTokenRecord { revoked: true, ..old });
+        assert_eq!(
+            revoked,
+            JoinTokenRecord {
+                revoked: true,
+                ..old
+            }
+        );
     }
 
     pub async fn join_tokens_expired_and_revoked(store: Arc<dyn Store>) {
         let token = join_token("jt", t0(), false);
         store.insert_join_token(&token).await.expect("insert");
 
-        assert!(!store.use_join_token("ghost", t0()).await.expect("use unknown"));
+        assert!(
+            !store
+                .use_join_token("ghost", t0())
+                .await
+                .expect("use unknown")
+        );
 
         // Usable until just before expiry, refused at and after it.
         let just_before = token.expires_at - Duration::milliseconds(1);
         assert!(store.use_join_token("jt", just_before).await.expect("use"));
-        assert!(!store.use_join_token("jt", token.expires_at).await.expect("use at expiry"));
-        assert!(!store
-            .use_join_token("jt", token.expires_at + Duration::days(1))
-            .await
-            .expect("use after expiry"));
-        assert_eq!(store.get_join_token("jt").await.expect("get").expect("present").uses, 1);
+        assert!(
+            !store
+                .use_join_token("jt", token.expires_at)
+                .await
+                .expect("use at expiry")
+        );
+        assert!(
+            !store
+                .use_join_token("jt", token.expires_at + Duration::days(1))
+                .await
+                .expect("use after expiry")
+        );
+        assert_eq!(
+            store
+                .get_join_token("jt")
+                .await
+                .expect("get")
+                .expect("present")
+                .uses,
+            1
+        );
 
         // Revoked: refused even within its lifetime.
         assert!(store.revoke_join_token("jt").await.expect("revoke"));
         assert!(!store.use_join_token("jt", t0()).await.expect("use revoked"));
-        assert_eq!(store.get_join_token("jt").await.expect("get").expect("present").uses, 1);
+        assert_eq!(
+            store
+                .get_join_token("jt")
+                .await
+                .expect("get")
+                .expect("present")
+                .uses,
+            1
+        );
     }
 
     pub async fn join_tokens_single_use(store: Arc<dyn Store>) {
-        store.insert_join_token(&join_token("jt", t0(), true)).await.expect("insert");
+        store
+            .insert_join_token(&join_token("jt", t0(), true))
+            .await
+            .expect("insert");
         assert!(store.use_join_token("jt", t0()).await.expect("first use"));
         assert!(!store.use_join_token("jt", t0()).await.expect("second use"));
         assert!(!store.use_join_token("jt", t0()).await.expect("third use"));
-        let got = store.get_join_token("jt").await.expect("get").expect("present");
+        let got = store
+            .get_join_token("jt")
+            .await
+            .expect("get")
+            .expect("present");
         assert_eq!(got.uses, 1);
         assert!(!got.revoked);
     }
@@ -386,7 +513,10 @@ mod cases {
         // Several rounds, each with its own token and two (then more) racing joins.
         for round in 0..10 {
             let id = format!("jt-{round}");
-            store.insert_join_token(&join_token(&id, t0(), true)).await.expect("insert");
+            store
+                .insert_join_token(&join_token(&id, t0(), true))
+                .await
+                .expect("insert");
             let racers = if round < 5 { 2 } else { 6 };
             let barrier = Arc::new(tokio::sync::Barrier::new(racers));
             let tasks: Vec<_> = (0..racers)
@@ -404,13 +534,27 @@ mod cases {
                     winners += 1;
                 }
             }
-            assert_eq!(winners, 1, "round {round}: exactly one racer wins a single-use token");
-            assert_eq!(store.get_join_token(&id).await.expect("get").expect("present").uses, 1);
+            assert_eq!(
+                winners, 1,
+                "round {round}: exactly one racer wins a single-use token"
+            );
+            assert_eq!(
+                store
+                    .get_join_token(&id)
+                    .await
+                    .expect("get")
+                    .expect("present")
+                    .uses,
+                1
+            );
         }
     }
 
     pub async fn join_tokens_multi_use(store: Arc<dyn Store>) {
-        store.insert_join_token(&join_token("jt", t0(), false)).await.expect("insert");
+        store
+            .insert_join_token(&join_token("jt", t0(), false))
+            .await
+            .expect("insert");
         for _ in 0..5 {
             assert!(store.use_join_token("jt", t0()).await.expect("use"));
         }
@@ -424,7 +568,15 @@ mod cases {
         for task in tasks {
             assert!(task.await.expect("task"));
         }
-        assert_eq!(store.get_join_token("jt").await.expect("get").expect("present").uses, 13);
+        assert_eq!(
+            store
+                .get_join_token("jt")
+                .await
+                .expect("get")
+                .expect("present")
+                .uses,
+            13
+        );
     }
 
     // ---- API tokens ----
@@ -441,28 +593,63 @@ mod cases {
             store.insert_api_token(t).await.expect("insert");
         }
 
-        assert_eq!(store.get_api_token("at-1").await.expect("get"), Some(admin.clone()));
-        assert_eq!(store.get_api_token("at-2").await.expect("get"), Some(deployer.clone()));
-        assert_eq!(store.get_api_token("at-3").await.expect("get"), Some(viewer.clone()));
+        assert_eq!(
+            store.get_api_token("at-1").await.expect("get"),
+            Some(admin.clone())
+        );
+        assert_eq!(
+            store.get_api_token("at-2").await.expect("get"),
+            Some(deployer.clone())
+        );
+        assert_eq!(
+            store.get_api_token("at-3").await.expect("get"),
+            Some(viewer.clone())
+        );
 
-        let ids: Vec<String> =
-            store.list_api_tokens().await.expect("list").into_iter().map(|t| t.id).collect();
+        let ids: Vec<String> = store
+            .list_api_tokens()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
         assert_eq!(ids, ["at-3", "at-2", "at-1"], "newest first");
 
-        match store.insert_api_token(&api_token("at-1", t0(), Role::Viewer)).await {
+        match store
+            .insert_api_token(&api_token("at-1", t0(), Role::Viewer))
+            .await
+        {
             Err(StoreError::AlreadyExists { key, .. }) => assert_eq!(key, "at-1"),
             other => panic!("duplicate API token: expected AlreadyExists, got {other:?}"),
         }
-        assert_eq!(store.get_api_token("at-1").await.expect("get"), Some(admin.clone()));
+        assert_eq!(
+            store.get_api_token("at-1").await.expect("get"),
+            Some(admin.clone())
+        );
 
         assert!(store.revoke_api_token("at-2").await.expect("revoke"));
         assert!(store.revoke_api_token("at-2").await.expect("revoke twice"));
-        assert!(!store.revoke_api_token("ghost").await.expect("revoke unknown"));
+        assert!(
+            !store
+                .revoke_api_token("ghost")
+                .await
+                .expect("revoke unknown")
+        );
         assert_eq!(
             store.get_api_token("at-2").await.expect("get"),
-            Some(ApiTokenRecord { revoked: true, ..deployer })
+            Some(ApiTokenRecord {
+                revoked: true,
+                ..deployer
+            })
         );
-        assert!(!store.get_api_token("at-1").await.expect("get").expect("present").revoked);
+        assert!(
+            !store
+                .get_api_token("at-1")
+                .await
+                .expect("get")
+                .expect("present")
+                .revoked
+        );
     }
 
     // ---- events ----
@@ -474,7 +661,10 @@ mod cases {
         for n in 0..10 {
             sequences.push(store.append_event(&event(n)).await.expect("append"));
         }
-        assert!(sequences.windows(2).all(|w| w[0] < w[1]), "strictly increasing: {sequences:?}");
+        assert!(
+            sequences.windows(2).all(|w| w[0] < w[1]),
+            "strictly increasing: {sequences:?}"
+        );
         assert!(sequences[0] > 0);
 
         let all = store.list_events(0, 100).await.expect("list");
@@ -497,11 +687,35 @@ mod cases {
         assert_eq!(paged, sequences);
 
         let tail = store.list_events(sequences[6], 100).await.expect("tail");
-        assert_eq!(tail.iter().map(|e| e.sequence).collect::<Vec<_>>(), sequences[7..]);
-        assert!(store.list_events(sequences[9], 100).await.expect("past end").is_empty());
-        assert!(store.list_events(u64::MAX, 100).await.expect("huge after").is_empty());
-        assert!(store.list_events(0, 0).await.expect("zero limit").is_empty());
-        assert_eq!(store.list_events(0, 1).await.expect("one")[0].sequence, sequences[0]);
+        assert_eq!(
+            tail.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            sequences[7..]
+        );
+        assert!(
+            store
+                .list_events(sequences[9], 100)
+                .await
+                .expect("past end")
+                .is_empty()
+        );
+        assert!(
+            store
+                .list_events(u64::MAX, 100)
+                .await
+                .expect("huge after")
+                .is_empty()
+        );
+        assert!(
+            store
+                .list_events(0, 0)
+                .await
+                .expect("zero limit")
+                .is_empty()
+        );
+        assert_eq!(
+            store.list_events(0, 1).await.expect("one")[0].sequence,
+            sequences[0]
+        );
 
         // Later appends continue above everything listed.
         let next = store.append_event(&event(99)).await.expect("append");
@@ -522,8 +736,13 @@ mod cases {
         sequences.sort_unstable();
         sequences.dedup();
         assert_eq!(sequences.len(), 20, "distinct sequence numbers");
-        let listed: Vec<u64> =
-            store.list_events(0, 100).await.expect("list").into_iter().map(|e| e.sequence).collect();
+        let listed: Vec<u64> = store
+            .list_events(0, 100)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|e| e.sequence)
+            .collect();
         assert_eq!(listed, sequences);
     }
 }
@@ -538,8 +757,14 @@ async fn sqlite_reopen_keeps_data() {
     use diplo_control_plane::store::SqliteStore;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("a").join("b").join("diplo.db").display());
-    let at = Utc.timestamp_millis_opt(1_750_000_000_000).single().expect("time");
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("a").join("b").join("diplo.db").display()
+    );
+    let at = Utc
+        .timestamp_millis_opt(1_750_000_000_000)
+        .single()
+        .expect("time");
     let node = NodeRecord {
         id: "n-1".into(),
         name: "alpha".into(),
@@ -564,11 +789,18 @@ async fn sqlite_reopen_keeps_data() {
     let seq = first.append_event(&event).await.expect("append");
     first.close().await;
     drop(first);
-    assert!(dir.path().join("a/b/diplo.db").is_file(), "file and parent dirs created");
+    assert!(
+        dir.path().join("a/b/diplo.db").is_file(),
+        "file and parent dirs created"
+    );
 
     for round in 0..2 {
         let again = SqliteStore::open(&url).await.expect("reopen");
-        assert_eq!(again.get_node("n-1").await.expect("get"), Some(node.clone()), "round {round}");
+        assert_eq!(
+            again.get_node("n-1").await.expect("get"),
+            Some(node.clone()),
+            "round {round}"
+        );
         let events = again.list_events(0, 10).await.expect("events");
         assert_eq!(events.len(), 1 + round);
         assert_eq!(events[0].sequence, seq);
@@ -611,15 +843,26 @@ async fn postgres_unreachable_fails_fast() {
         Ok(_) => panic!("connected to 127.0.0.1:1"),
     };
     let message = err.to_string();
-    assert!(matches!(err, store::StoreError::Connect { .. }), "{message}");
+    assert!(
+        matches!(err, store::StoreError::Connect { .. }),
+        "{message}"
+    );
     assert!(message.contains("127.0.0.1:1"), "{message}");
     assert!(!message.contains("s3cr3t-pw"), "{message}");
-    eprintln!("unreachable PostgreSQL after {:?}: {message}", started.elapsed());
+    eprintln!(
+        "unreachable PostgreSQL after {:?}: {message}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn unsupported_url() {
-    for url in ["mysql://x", "mysql://root:hunter2@db/x", "", "/var/lib/diplo/state.db"] {
+    for url in [
+        "mysql://x",
+        "mysql://root:hunter2@db/x",
+        "",
+        "/var/lib/diplo/state.db",
+    ] {
         match store::open(url).await {
             Err(store::StoreError::UnsupportedUrl(shown)) => {
                 assert!(!shown.contains("hunter2"), "{shown}");
@@ -673,7 +916,11 @@ mod pg {
                 .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
             let _ = admin.close().await;
             let url = with_database(&base_url, &name);
-            Some(TestDatabase { base_url, name, url })
+            Some(TestDatabase {
+                base_url,
+                name,
+                url,
+            })
         }
 
         /// Drops the database, ignoring failures.

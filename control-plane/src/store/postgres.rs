@@ -15,7 +15,7 @@ use diplo_api::fingerprint::Fingerprint;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 
-use super::{mask_password, Store, StoreError, StoreResult};
+use super::{Store, StoreError, StoreResult, mask_password};
 use crate::model::{
     ApiTokenRecord, EventRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus,
     NodeStatusChange, Role,
@@ -39,8 +39,10 @@ impl PostgresStore {
     /// migrations. Fails within about 7 seconds, naming the URL (password masked),
     /// when the server cannot be reached.
     pub async fn open(url: &str) -> StoreResult<Self> {
-        let connect_error =
-            |reason: String| StoreError::Connect { url: mask_password(url), reason };
+        let connect_error = |reason: String| StoreError::Connect {
+            url: mask_password(url),
+            reason,
+        };
         let options = PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?;
         let pool = match PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
@@ -84,27 +86,41 @@ fn millis(t: DateTime<Utc>) -> i64 {
 }
 
 fn time(column: &'static str, ms: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| StoreError::Corrupt { column, reason: format!("timestamp {ms} out of range") })
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
+        column,
+        reason: format!("timestamp {ms} out of range"),
+    })
 }
 
 fn to_json<T: serde::Serialize>(column: &'static str, value: &T) -> StoreResult<String> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Corrupt { column, reason: format!("cannot encode: {e}") })
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        column,
+        reason: format!("cannot encode: {e}"),
+    })
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(column: &'static str, text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { column, reason: e.to_string() })
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        column,
+        reason: e.to_string(),
+    })
 }
 
 /// Maps a unique-key violation to `AlreadyExists`, anything else to `Database`.
-fn insert_error(err: sqlx::Error, what: &'static str, key: impl FnOnce(&str) -> String) -> StoreError {
-    if let sqlx::Error::Database(db) = &err {
-        if db.is_unique_violation() {
-            // PostgreSQL names the constraint, e.g. `nodes_name_key`.
-            let constraint = db.constraint().unwrap_or_else(|| db.message());
-            return StoreError::AlreadyExists { what, key: key(constraint) };
-        }
+fn insert_error(
+    err: sqlx::Error,
+    what: &'static str,
+    key: impl FnOnce(&str) -> String,
+) -> StoreError {
+    if let sqlx::Error::Database(db) = &err
+        && db.is_unique_violation()
+    {
+        // PostgreSQL names the constraint, e.g. `nodes_name_key`.
+        let constraint = db.constraint().unwrap_or_else(|| db.message());
+        return StoreError::AlreadyExists {
+            what,
+            key: key(constraint),
+        };
     }
     StoreError::Database(err)
 }
@@ -116,8 +132,10 @@ fn node_from_row(row: &PgRow) -> StoreResult<NodeRecord> {
     Ok(NodeRecord {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        status: NodeStatus::from_str(&status)
-            .map_err(|reason| StoreError::Corrupt { column: "nodes.status", reason })?,
+        status: NodeStatus::from_str(&status).map_err(|reason| StoreError::Corrupt {
+            column: "nodes.status",
+            reason,
+        })?,
         fingerprint: from_json("nodes.fingerprint", &fingerprint)?,
         cordoned: row.try_get("cordoned")?,
         labels: from_json::<BTreeMap<String, String>>("nodes.labels", &labels)?,
@@ -152,10 +170,14 @@ fn api_token_from_row(row: &PgRow) -> StoreResult<ApiTokenRecord> {
         id: row.try_get("id")?,
         secret_hash: row.try_get("secret_hash")?,
         name: row.try_get("name")?,
-        role: Role::from_str(&role)
-            .map_err(|reason| StoreError::Corrupt { column: "api_tokens.role", reason })?,
+        role: Role::from_str(&role).map_err(|reason| StoreError::Corrupt {
+            column: "api_tokens.role",
+            reason,
+        })?,
         created_at: time("api_tokens.created_at", row.try_get("created_at")?)?,
-        expires_at: expires_at.map(|ms| time("api_tokens.expires_at", ms)).transpose()?,
+        expires_at: expires_at
+            .map(|ms| time("api_tokens.expires_at", ms))
+            .transpose()?,
         revoked: row.try_get("revoked")?,
     })
 }
@@ -203,7 +225,11 @@ impl Store for PostgresStore {
         .await
         .map_err(|e| {
             insert_error(e, "node", |msg| {
-                if msg.contains("nodes_name_key") { node.name.clone() } else { node.id.clone() }
+                if msg.contains("nodes_name_key") {
+                    node.name.clone()
+                } else {
+                    node.id.clone()
+                }
             })
         })?;
         Ok(())
@@ -249,7 +275,10 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: "node", key: node_id.to_owned() });
+            return Err(StoreError::NotFound {
+                what: "node",
+                key: node_id.to_owned(),
+            });
         }
         Ok(())
     }
@@ -278,7 +307,10 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: "node", key: node_id.to_owned() });
+            return Err(StoreError::NotFound {
+                what: "node",
+                key: node_id.to_owned(),
+            });
         }
         Ok(())
     }
@@ -412,7 +444,9 @@ impl Store for PostgresStore {
         // The table lock (self-conflicting, readers unaffected) makes sequence order
         // commit order, across replicas too.
         let mut tx = self.pool.begin().await?;
-        sqlx::query("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        sqlx::query("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
         let sequence: i64 = sqlx::query_scalar(
             "INSERT INTO events (at, kind, actor, subject, message) \
              VALUES ($1, $2, $3, $4, $5) RETURNING sequence",

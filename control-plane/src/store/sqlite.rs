@@ -12,13 +12,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diplo_api::fingerprint::Fingerprint;
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::Row;
 
-use super::{mask_password, Store, StoreError, StoreResult};
+use super::{Store, StoreError, StoreResult, mask_password};
 use crate::model::{
     ApiTokenRecord, EventRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus,
     NodeStatusChange, Role,
@@ -41,8 +41,10 @@ impl SqliteStore {
     /// Opens (creating it and its parent directory when missing) the database a
     /// `sqlite://PATH` URL names and runs the pending migrations.
     pub async fn open(url: &str) -> StoreResult<Self> {
-        let connect_error =
-            |reason: String| StoreError::Connect { url: mask_password(url), reason };
+        let connect_error = |reason: String| StoreError::Connect {
+            url: mask_password(url),
+            reason,
+        };
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| connect_error(e.to_string()))?
             .create_if_missing(true)
@@ -89,26 +91,40 @@ fn millis(t: DateTime<Utc>) -> i64 {
 }
 
 fn time(column: &'static str, ms: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| StoreError::Corrupt { column, reason: format!("timestamp {ms} out of range") })
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
+        column,
+        reason: format!("timestamp {ms} out of range"),
+    })
 }
 
 fn to_json<T: serde::Serialize>(column: &'static str, value: &T) -> StoreResult<String> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Corrupt { column, reason: format!("cannot encode: {e}") })
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        column,
+        reason: format!("cannot encode: {e}"),
+    })
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(column: &'static str, text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { column, reason: e.to_string() })
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        column,
+        reason: e.to_string(),
+    })
 }
 
 /// Maps a unique-key violation to `AlreadyExists`, anything else to `Database`.
-fn insert_error(err: sqlx::Error, what: &'static str, key: impl FnOnce(&str) -> String) -> StoreError {
-    if let sqlx::Error::Database(db) = &err {
-        if db.is_unique_violation() {
-            // SQLite names the column: "UNIQUE constraint failed: nodes.name".
-            return StoreError::AlreadyExists { what, key: key(db.message()) };
-        }
+fn insert_error(
+    err: sqlx::Error,
+    what: &'static str,
+    key: impl FnOnce(&str) -> String,
+) -> StoreError {
+    if let sqlx::Error::Database(db) = &err
+        && db.is_unique_violation()
+    {
+        // SQLite names the column: "UNIQUE constraint failed: nodes.name".
+        return StoreError::AlreadyExists {
+            what,
+            key: key(db.message()),
+        };
     }
     StoreError::Database(err)
 }
@@ -120,8 +136,10 @@ fn node_from_row(row: &SqliteRow) -> StoreResult<NodeRecord> {
     Ok(NodeRecord {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        status: NodeStatus::from_str(&status)
-            .map_err(|reason| StoreError::Corrupt { column: "nodes.status", reason })?,
+        status: NodeStatus::from_str(&status).map_err(|reason| StoreError::Corrupt {
+            column: "nodes.status",
+            reason,
+        })?,
         fingerprint: from_json("nodes.fingerprint", &fingerprint)?,
         cordoned: row.try_get("cordoned")?,
         labels: from_json::<BTreeMap<String, String>>("nodes.labels", &labels)?,
@@ -156,10 +174,14 @@ fn api_token_from_row(row: &SqliteRow) -> StoreResult<ApiTokenRecord> {
         id: row.try_get("id")?,
         secret_hash: row.try_get("secret_hash")?,
         name: row.try_get("name")?,
-        role: Role::from_str(&role)
-            .map_err(|reason| StoreError::Corrupt { column: "api_tokens.role", reason })?,
+        role: Role::from_str(&role).map_err(|reason| StoreError::Corrupt {
+            column: "api_tokens.role",
+            reason,
+        })?,
         created_at: time("api_tokens.created_at", row.try_get("created_at")?)?,
-        expires_at: expires_at.map(|ms| time("api_tokens.expires_at", ms)).transpose()?,
+        expires_at: expires_at
+            .map(|ms| time("api_tokens.expires_at", ms))
+            .transpose()?,
         revoked: row.try_get("revoked")?,
     })
 }
@@ -207,7 +229,11 @@ impl Store for SqliteStore {
         .await
         .map_err(|e| {
             insert_error(e, "node", |msg| {
-                if msg.contains("nodes.name") { node.name.clone() } else { node.id.clone() }
+                if msg.contains("nodes.name") {
+                    node.name.clone()
+                } else {
+                    node.id.clone()
+                }
             })
         })?;
         Ok(())
@@ -253,7 +279,10 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: "node", key: node_id.to_owned() });
+            return Err(StoreError::NotFound {
+                what: "node",
+                key: node_id.to_owned(),
+            });
         }
         Ok(())
     }
@@ -282,7 +311,10 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { what: "node", key: node_id.to_owned() });
+            return Err(StoreError::NotFound {
+                what: "node",
+                key: node_id.to_owned(),
+            });
         }
         Ok(())
     }
