@@ -202,10 +202,10 @@ pub fn peer_identity(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
         .map_err(|e| invalid("certificate", e))?
         .ok_or(PkiError::NoIdentity)?;
     for name in &san.value.general_names {
-        if let x509_parser::extensions::GeneralName::URI(uri) = name {
-            if let Some(identity) = parse_identity_uri(uri) {
-                return Ok(identity);
-            }
+        if let x509_parser::extensions::GeneralName::URI(uri) = name
+            && let Some(identity) = parse_identity_uri(uri)
+        {
+            return Ok(identity);
         }
     }
     Err(PkiError::NoIdentity)
@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn garbage_is_rejected_with_what_was_wrong() {
         let ca = CertificateAuthority::generate("test").expect("ca");
-        let err = ca.sign_node_csr("not a csr", "n", "n", DAY).err().expect("must fail");
+        let err = ca.sign_node_csr("not a csr", "n", "n", DAY).expect_err("must fail");
         assert!(err.to_string().contains("CSR"), "{err}");
         let server = ca.issue_server(&["localhost".into()], DAY).expect("server");
         let der = pem_to_der(&server.cert_pem).expect("der");

@@ -118,10 +118,10 @@ impl<T> NodeRegistry<T> {
 
     /// Forgets a session when its stream ends, unless a newer one replaced it.
     pub fn disconnect(&self, node_id: &str, session: u64) {
-        if let Some(node) = self.lock().get_mut(node_id) {
-            if node.session.as_ref().is_some_and(|(id, _)| *id == session) {
-                node.session = None;
-            }
+        if let Some(node) = self.lock().get_mut(node_id)
+            && node.session.as_ref().is_some_and(|(id, _)| *id == session)
+        {
+            node.session = None;
         }
     }
 

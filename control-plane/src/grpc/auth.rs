@@ -10,18 +10,18 @@ use crate::service::ControlPlane;
 
 /// Resolves the caller of a request, or `Unauthenticated`.
 pub async fn caller<T>(control_plane: &ControlPlane, request: &Request<T>) -> Result<Caller, Status> {
-    if let Some(certs) = request.peer_certs() {
-        if let Some(leaf) = certs.first() {
-            // The TLS layer has already verified the chain against the cluster CA.
-            return match peer_identity(leaf) {
-                Ok(PeerIdentity::Node { node_id }) => Ok(Caller::Node { node_id }),
-                Ok(PeerIdentity::Operator { role, name }) => {
-                    let role = role.parse().map_err(|e: String| Status::unauthenticated(e))?;
-                    Ok(Caller::Operator { name, role })
-                }
-                Err(err) => Err(Status::unauthenticated(err.to_string())),
-            };
-        }
+    if let Some(certs) = request.peer_certs()
+        && let Some(leaf) = certs.first()
+    {
+        // The TLS layer has already verified the chain against the cluster CA.
+        return match peer_identity(leaf) {
+            Ok(PeerIdentity::Node { node_id }) => Ok(Caller::Node { node_id }),
+            Ok(PeerIdentity::Operator { role, name }) => {
+                let role = role.parse().map_err(|e: String| Status::unauthenticated(e))?;
+                Ok(Caller::Operator { name, role })
+            }
+            Err(err) => Err(Status::unauthenticated(err.to_string())),
+        };
     }
     let Some(value) = request.metadata().get("authorization") else {
         return Err(Status::unauthenticated("no client certificate and no authorization bearer token"));
