@@ -6,6 +6,7 @@
 //! * [`runtime`]: the container runtimes and the per-platform preference rules.
 //! * [`fingerprint`]: what an agent reports about its host.
 
+pub mod container;
 pub mod context;
 pub mod files;
 pub mod fingerprint;

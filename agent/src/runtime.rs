@@ -1,7 +1,125 @@
-//! Container runtimes on this host. Only `runtime/*` links runtime client libraries
-//! (bollard, containerd-client).
+//! Container runtimes on this host behind one trait, [`ContainerRuntime`], over domain
+//! types only. Only `runtime/*` links runtime client libraries (bollard,
+//! containerd-client); every container Diplo creates carries Diplo's labels, and
+//! `list` returns only those.
 
 pub mod containerd;
 pub mod docker;
 pub mod lxc;
 pub mod podman;
+
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diplo_api::container::{
+    ContainerInfo, ContainerSpec, ContainerStats, ExecOutput, LogChunk, LogOptions, RuntimeEvent,
+};
+use diplo_api::runtime::Runtime;
+use futures::Stream;
+
+/// What a runtime operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image or container does not exist.
+    #[error("{what} {name:?} not found")]
+    NotFound {
+        /// `image` or `container`.
+        what: &'static str,
+        /// The reference or id.
+        name: String,
+    },
+    /// Something is in the way (name taken, host port in use).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The request is invalid; `field` names the culprit.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        /// Spec field at fault.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// This runtime cannot do this operation.
+    #[error("{runtime} does not support {operation}")]
+    Unsupported {
+        /// The runtime.
+        runtime: Runtime,
+        /// The operation.
+        operation: &'static str,
+    },
+    /// The runtime's daemon or tools cannot be reached.
+    #[error("{runtime} is unavailable: {message}")]
+    Unavailable {
+        /// The runtime.
+        runtime: Runtime,
+        /// Why.
+        message: String,
+    },
+    /// The runtime reported an error.
+    #[error("{runtime}: {message}")]
+    Failed {
+        /// The runtime.
+        runtime: Runtime,
+        /// Its message.
+        message: String,
+    },
+}
+
+/// Result alias for runtime operations.
+pub type RuntimeResult<T> = Result<T, RuntimeError>;
+
+/// A stream of items from a runtime (logs, events).
+pub type RuntimeStream<T> = Pin<Box<dyn Stream<Item = RuntimeResult<T>> + Send>>;
+
+/// Where images come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Registries (`host:port`) reached over plain HTTP. Loopback registries always are.
+    pub insecure: Vec<String>,
+}
+
+impl RegistryConfig {
+    /// Whether `registry` (`host:port`) is reached over plain HTTP.
+    pub fn is_insecure(&self, registry: &str) -> bool {
+        let host = registry.rsplit_once(':').map_or(registry, |(host, _)| host);
+        host == "localhost" || host.starts_with("127.") || host == "[::1]" || self.insecure.iter().any(|r| r == registry)
+    }
+}
+
+/// One container runtime on this host. Implementations add Diplo's labels at create,
+/// list only containers carrying them, and never touch any other container.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync {
+    /// Which runtime this is.
+    fn runtime(&self) -> Runtime;
+    /// The runtime's version.
+    async fn version(&self) -> RuntimeResult<String>;
+    /// Makes `image` present locally, pulling it when missing.
+    async fn ensure_image(&self, image: &str) -> RuntimeResult<()>;
+    /// Imports an OCI/Docker archive and tags it `reference`.
+    async fn import_image(&self, archive: &Path, reference: &str) -> RuntimeResult<()>;
+    /// Creates (not starts) a container; returns its id.
+    async fn create(&self, spec: &ContainerSpec) -> RuntimeResult<String>;
+    /// Starts a created or stopped container.
+    async fn start(&self, id: &str) -> RuntimeResult<()>;
+    /// Stops a container: SIGTERM, then SIGKILL after `grace`.
+    async fn stop(&self, id: &str, grace: Duration) -> RuntimeResult<()>;
+    /// Stops then starts.
+    async fn restart(&self, id: &str, grace: Duration) -> RuntimeResult<()>;
+    /// Removes a container; `force` stops it first. Leaves nothing behind.
+    async fn remove(&self, id: &str, force: bool) -> RuntimeResult<()>;
+    /// Containers carrying Diplo's labels.
+    async fn list(&self) -> RuntimeResult<Vec<ContainerInfo>>;
+    /// One container (by id or name).
+    async fn inspect(&self, id: &str) -> RuntimeResult<ContainerInfo>;
+    /// Its output.
+    async fn logs(&self, id: &str, options: LogOptions) -> RuntimeResult<RuntimeStream<LogChunk>>;
+    /// Runs argv inside the container and collects its output.
+    async fn exec(&self, id: &str, argv: &[String]) -> RuntimeResult<ExecOutput>;
+    /// A resource usage sample.
+    async fn stats(&self, id: &str) -> RuntimeResult<ContainerStats>;
+    /// Start, die, oom and health events of Diplo's containers.
+    async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>>;
+}

@@ -1,0 +1,314 @@
+//! Runtime-neutral container types shared by the agent's drivers and the control plane.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Label carrying the deployment (or `direct` for single containers) a container belongs to.
+pub const LABEL_DEPLOYMENT: &str = "diplo.deployment";
+/// Label carrying the instance id of a container.
+pub const LABEL_INSTANCE: &str = "diplo.instance";
+/// Label carrying the node id that created the container.
+pub const LABEL_NODE: &str = "diplo.node";
+
+/// When a runtime restarts a container by itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never.
+    #[default]
+    No,
+    /// Always, also after a daemon restart.
+    Always,
+    /// When it exits non-zero.
+    OnFailure,
+    /// Always, unless it was stopped by hand.
+    UnlessStopped,
+}
+
+impl FromStr for RestartPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" | "no" => Ok(RestartPolicy::No),
+            "always" => Ok(RestartPolicy::Always),
+            "on-failure" => Ok(RestartPolicy::OnFailure),
+            "unless-stopped" => Ok(RestartPolicy::UnlessStopped),
+            other => Err(format!("unknown restart policy {other:?}: expected no, always, on-failure or unless-stopped")),
+        }
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::UnlessStopped => "unless-stopped",
+        })
+    }
+}
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// A host port on the node forwarded to a port in the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// Port on the node.
+    pub host_port: u16,
+    /// Port inside the container.
+    pub container_port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+}
+
+/// A named volume or host path mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Volume name, or an absolute host path for a bind mount.
+    pub source: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+impl Mount {
+    /// A bind mount (absolute host path) rather than a named volume.
+    pub fn is_bind(&self) -> bool {
+        self.source.starts_with('/')
+    }
+}
+
+/// A command run inside the container to judge its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// argv of the check; exit 0 means healthy.
+    pub test: Vec<String>,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Consecutive failures before unhealthy.
+    pub retries: u32,
+}
+
+/// Everything needed to create a container, on any runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Container name, unique on the node.
+    pub name: String,
+    /// OCI image reference.
+    pub image: String,
+    /// argv; empty runs the image's default command.
+    pub command: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Published ports.
+    pub ports: Vec<PortMapping>,
+    /// Volumes and bind mounts.
+    pub mounts: Vec<Mount>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in millicores.
+    pub cpu_millis: Option<u32>,
+    /// Restart policy.
+    pub restart_policy: RestartPolicy,
+    /// Read-only root filesystem.
+    pub read_only: bool,
+    /// Paths mounted as tmpfs.
+    pub tmpfs: Vec<String>,
+    /// Capabilities to drop (`ALL` for all).
+    pub cap_drop: Vec<String>,
+    /// Forbid privilege escalation.
+    pub no_new_privileges: bool,
+    /// Labels; Diplo's own (`diplo.*`) are added by the agent.
+    pub labels: BTreeMap<String, String>,
+    /// Health check.
+    pub healthcheck: Option<HealthCheck>,
+}
+
+/// A container's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    /// Created, never started.
+    Created,
+    /// Running.
+    Running,
+    /// Paused.
+    Paused,
+    /// Restarting.
+    Restarting,
+    /// Exited (see the exit code).
+    Exited,
+    /// Anything the runtime reports that has no equivalent.
+    Unknown,
+}
+
+/// Health as reported by the runtime's health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not checked yet.
+    Starting,
+    /// Last checks passed.
+    Healthy,
+    /// Retries exhausted.
+    Unhealthy,
+}
+
+/// A container as observed on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// Runtime's id for the container.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Image reference it was created from.
+    pub image: String,
+    /// Lifecycle state.
+    pub status: ContainerStatus,
+    /// Exit code of the last run (0 while running).
+    pub exit_code: i64,
+    /// Main process id on the host while running.
+    pub pid: Option<u32>,
+    /// Address on the runtime's network.
+    pub ip_address: Option<String>,
+    /// Published ports.
+    pub ports: Vec<PortMapping>,
+    /// Start time of the current or last run (RFC 3339).
+    pub started_at: Option<String>,
+    /// Health check state, if it has a check.
+    pub health: Option<Health>,
+    /// All labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What an exec returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code of the command.
+    pub exit_code: i64,
+    /// Bytes written to stdout.
+    pub stdout: Vec<u8>,
+    /// Bytes written to stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// Which logs to read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Keep streaming new output.
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail: Option<u32>,
+    /// Prefix lines with timestamps.
+    pub timestamps: bool,
+}
+
+/// Which stream a log chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A piece of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    /// stdout or stderr.
+    pub stream: OutputStream,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// A resource usage sample.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// CPU use in percent of one core over the sample.
+    pub cpu_percent: f64,
+    /// Memory in use, bytes.
+    pub memory_bytes: u64,
+    /// Memory limit, bytes (0 = none).
+    pub memory_limit_bytes: u64,
+    /// Bytes received on all interfaces.
+    pub network_rx_bytes: u64,
+    /// Bytes sent on all interfaces.
+    pub network_tx_bytes: u64,
+}
+
+/// Something that happened to a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeEvent {
+    /// Container id.
+    pub container_id: String,
+    /// What happened.
+    pub kind: RuntimeEventKind,
+}
+
+/// Kinds of container events Diplo follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeEventKind {
+    /// Started.
+    Start,
+    /// Its main process exited.
+    Die,
+    /// Killed for running out of memory.
+    Oom,
+    /// Health turned healthy.
+    Healthy,
+    /// Health turned unhealthy.
+    Unhealthy,
+}
+
+/// Checks a container name: 1 to 63 characters of letters, digits, `_`, `.` and `-`,
+/// starting with a letter or digit (what every runtime accepts).
+pub fn validate_container_name(name: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if name.is_empty() || name.len() > 63 || !name.chars().all(ok) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "{name:?} must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies_parse_and_print() {
+        for policy in [RestartPolicy::No, RestartPolicy::Always, RestartPolicy::OnFailure, RestartPolicy::UnlessStopped] {
+            assert_eq!(policy.to_string().parse::<RestartPolicy>(), Ok(policy));
+        }
+        assert!("sometimes".parse::<RestartPolicy>().is_err());
+    }
+
+    #[test]
+    fn container_names_are_checked() {
+        assert!(validate_container_name("web-1.a_b").is_ok());
+        for bad in ["", "-x", "a b", "x/y", &"a".repeat(64)] {
+            assert!(validate_container_name(bad).is_err(), "{bad}");
+        }
+    }
+}
