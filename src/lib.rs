@@ -6,6 +6,7 @@
 //! * [`runtime`]: the container runtimes and the per-platform preference rules.
 //! * [`fingerprint`]: what an agent reports about its host.
 
+pub mod command;
 pub mod container;
 pub mod context;
 pub mod files;
@@ -13,6 +14,7 @@ pub mod fingerprint;
 pub mod pki;
 pub mod runtime;
 pub mod token;
+pub mod wire;
 
 /// Generated protobuf and gRPC code for the `diplo.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -1,13 +1,20 @@
 //! Diplo's node agent: fingerprints its host, joins the cluster over mTLS and keeps one
 //! session open to the control plane. See `ARCHITECTURE.md` for the map.
 
+pub mod drivers;
+pub mod executor;
 pub mod fingerprint;
 pub mod identity;
+pub mod port_publisher;
 pub mod runtime;
 pub mod session;
 pub mod tls;
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Grace period for restarts ordered without one.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 use fingerprint::ProbeConfig;
 
@@ -24,12 +31,14 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// How the host is probed.
     pub probe: ProbeConfig,
+    /// Registries reached over plain HTTP (loopback ones always are).
+    pub registry: runtime::RegistryConfig,
 }
 
 impl AgentConfig {
     /// A configuration with probing settings from the environment.
     pub fn new(server: String, token: Option<String>, name: String, data_dir: PathBuf) -> Self {
-        AgentConfig { server, token, name, data_dir, probe: ProbeConfig::from_env() }
+        AgentConfig { server, token, name, data_dir, probe: ProbeConfig::from_env(), registry: runtime::RegistryConfig::default() }
     }
 }
 
@@ -37,5 +46,9 @@ impl AgentConfig {
 /// (bad token, CA mismatch, node removed).
 pub async fn run(config: AgentConfig) -> Result<(), session::AgentError> {
     let identity = session::ensure_identity(&config.server, config.token.as_deref(), &config.name, &config.data_dir).await?;
-    Err(session::run_sessions(&config.server, identity, &config.data_dir, &config.probe).await)
+    let fingerprint = fingerprint::probe(&config.probe).await;
+    let drivers = drivers::connect_available(&fingerprint, &config.probe, &config.registry, &config.data_dir).await;
+    let executor = executor::Executor::new(identity.node_id.clone(), drivers);
+    tracing::info!(runtimes = ?executor.runtimes(), "runtime drivers ready");
+    Err(session::run_sessions(&config.server, identity, &config.data_dir, &config.probe, &executor).await)
 }

@@ -5,6 +5,7 @@
 
 pub mod containerd;
 pub mod docker;
+mod docker_api;
 pub mod lxc;
 pub mod podman;
 

@@ -11,6 +11,12 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use diplo_api::command::{command_result, AgentCommand, CommandOp, CommandOutcome, CommandOutput};
+use diplo_api::container::OutputStream;
+use diplo_api::wire::container_state;
+use tokio_stream::StreamExt;
+
+use crate::executor::Executor;
 use crate::fingerprint::{probe, ProbeConfig};
 use crate::identity::Identity;
 use crate::tls::{connect_mtls, connect_pinned, TlsError};
@@ -126,10 +132,16 @@ impl Backoff {
 
 /// Keeps a session open forever, reconnecting as needed. Returns only when the control
 /// plane refuses the node for good (removed, or its certificate is no longer valid).
-pub async fn run_sessions(server: &str, mut identity: Identity, data_dir: &Path, probe_config: &ProbeConfig) -> AgentError {
+pub async fn run_sessions(
+    server: &str,
+    mut identity: Identity,
+    data_dir: &Path,
+    probe_config: &ProbeConfig,
+    executor: &Executor,
+) -> AgentError {
     let mut backoff = Backoff::default();
     loop {
-        match session_once(server, &mut identity, data_dir, probe_config, &mut backoff).await {
+        match session_once(server, &mut identity, data_dir, probe_config, executor, &mut backoff).await {
             SessionEnd::Fatal(err) => return err,
             SessionEnd::Retry(reason) => {
                 let wait = backoff.next_delay();
@@ -150,6 +162,7 @@ async fn session_once(
     identity: &mut Identity,
     data_dir: &Path,
     probe_config: &ProbeConfig,
+    executor: &Executor,
     backoff: &mut Backoff,
 ) -> SessionEnd {
     let channel = match connect_mtls(server, &identity.ca_pem, &identity.cert_pem, &identity.key_pem).await {
@@ -160,7 +173,7 @@ async fn session_once(
     let mut client = AgentServiceClient::new(channel);
     let fingerprint = probe(probe_config).await;
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
-    let hello = pb::Hello { fingerprint: Some((&fingerprint).into()), containers: Vec::new() };
+    let hello = pb::Hello { fingerprint: Some((&fingerprint).into()), containers: observed(executor, &identity.node_id).await };
     // Fresh channel with room for 16: the hello always fits.
     let _ = tx.try_send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) });
     let mut downstream = match client.session(ReceiverStream::new(rx)).await {
@@ -186,7 +199,8 @@ async fn session_once(
         tokio::select! {
             _ = heartbeat.tick() => {
                 sequence += 1;
-                let beat = pb::Heartbeat { sequence, containers: Vec::new(), runtimes: Vec::new() };
+                let containers = observed(executor, &identity.node_id).await;
+                let beat = pb::Heartbeat { sequence, containers, runtimes: Vec::new() };
                 if tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) }).await.is_err() {
                     return SessionEnd::Retry("session stream closed".into());
                 }
@@ -201,12 +215,96 @@ async fn session_once(
                 }
             }
             message = downstream.message() => match message {
-                Ok(Some(message)) => tracing::debug!(?message, "control message"),
+                Ok(Some(pb::ControlMessage { body: Some(pb::control_message::Body::Command(command)) })) => {
+                    spawn_command(command, executor.clone(), client.clone(), tx.clone(), identity.node_id.clone());
+                }
+                Ok(Some(message)) => tracing::debug!(?message, "control message ignored"),
                 Ok(None) => return SessionEnd::Retry("the control plane closed the session".into()),
                 Err(status) => return end_for(status),
             },
         }
     }
+}
+
+/// Wire states of every container Diplo runs here.
+async fn observed(executor: &Executor, node_id: &str) -> Vec<pb::ContainerState> {
+    executor.observe().await.iter().map(|(runtime, info)| container_state(info, node_id, *runtime)).collect()
+}
+
+/// Runs a command in the background and sends its result up the session; a followed
+/// log is acknowledged first, then streamed over a separate `StreamOutput` call.
+fn spawn_command(
+    command: pb::Command,
+    executor: Executor,
+    client: AgentServiceClient<tonic::transport::Channel>,
+    session: mpsc::Sender<pb::AgentMessage>,
+    node_id: String,
+) {
+    tokio::spawn(async move {
+        let request_id = command.request_id.clone();
+        let runtime_kind = command.runtime;
+        let command = match AgentCommand::try_from(command) {
+            Ok(command) => command,
+            Err(err) => {
+                let result = pb::CommandResult {
+                    request_id,
+                    ok: false,
+                    error_code: "INVALID_ARGUMENT".into(),
+                    error_message: err.to_string(),
+                    ..Default::default()
+                };
+                let _ = session.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Result(result)) }).await;
+                tracing::warn!(runtime = runtime_kind, error = %err, "invalid command refused");
+                return;
+            }
+        };
+        tracing::info!(request_id = %command.request_id, runtime = %command.runtime, op = ?std::mem::discriminant(&command.op), "command");
+        if let CommandOp::Logs { id, options } = &command.op
+            && options.follow
+        {
+            let stream = executor.follow_logs(command.runtime, id.clone(), *options).await;
+            let ack: CommandOutcome = stream.as_ref().map(|_| CommandOutput::default()).map_err(Clone::clone);
+            let result = command_result(&command.request_id, &node_id, command.runtime, &ack);
+            let _ = session.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Result(result)) }).await;
+            if let Ok(stream) = stream {
+                forward_output(client, command.request_id.clone(), stream).await;
+            }
+            return;
+        }
+        let outcome = executor.execute(command.clone()).await;
+        if let Err(err) = &outcome {
+            tracing::warn!(request_id = %command.request_id, error = %err.message, "command failed");
+        }
+        let result = command_result(&command.request_id, &node_id, command.runtime, &outcome);
+        let _ = session.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Result(result)) }).await;
+    });
+}
+
+/// Streams a command's output to the control plane until either side stops.
+fn forward_output(
+    mut client: AgentServiceClient<tonic::transport::Channel>,
+    request_id: String,
+    stream: crate::runtime::RuntimeStream<diplo_api::container::LogChunk>,
+) -> futures::future::BoxFuture<'static, ()> {
+    let (tx, rx) = mpsc::channel::<pb::OutputChunk>(16);
+    tokio::spawn(async move {
+        let mut stream = stream;
+        while let Some(Ok(chunk)) = stream.next().await {
+            let stream_name = match chunk.stream {
+                OutputStream::Stdout => "stdout",
+                OutputStream::Stderr => "stderr",
+            };
+            let chunk = pb::OutputChunk { request_id: request_id.clone(), stream: stream_name.into(), data: chunk.data, eof: false };
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    Box::pin(async move {
+        if let Err(status) = client.stream_output(ReceiverStream::new(rx)).await {
+            tracing::debug!(error = %status, "output stream ended");
+        }
+    })
 }
 
 /// When to renew a certificate: at two thirds of its lifetime (now if unreadable).

@@ -2,6 +2,7 @@
 //! context file.
 
 mod client;
+mod containers;
 mod output;
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use diplo_api::context::CliContext;
 use diplo_api::pb;
 use diplo_api::pb::cluster_service_client::ClusterServiceClient;
+use diplo_api::pb::container_service_client::ContainerServiceClient;
 
 #[derive(Parser)]
 #[command(name = "diplo", version, about = "Operate a Diplo cluster")]
@@ -25,7 +27,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Table,
     Json,
 }
@@ -42,6 +44,11 @@ enum Command {
     Nodes {
         #[command(subcommand)]
         command: NodesCommand,
+    },
+    /// Containers on the cluster's nodes.
+    Containers {
+        #[command(subcommand)]
+        command: ContainersCommand,
     },
     /// Join tokens for new agents.
     JoinToken {
@@ -68,6 +75,80 @@ enum NodesCommand {
     Drain { node: String },
     /// Remove a node and revoke its certificate.
     Rm { node: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ContainersCommand {
+    /// List containers.
+    Ls {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Pull, create and start a container.
+    Run {
+        /// Container name.
+        #[arg(long)]
+        name: String,
+        /// Publish HOST:CONTAINER[/udp] (repeatable).
+        #[arg(short, long = "publish")]
+        publish: Vec<String>,
+        /// Environment KEY=VALUE (repeatable).
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// Runtime: docker, containerd, lxc or podman (default: the node's preferred).
+        #[arg(long)]
+        runtime: Option<String>,
+        /// Node id or name (default: chosen by the control plane).
+        #[arg(long)]
+        node: Option<String>,
+        /// Restart policy: no, always, on-failure, unless-stopped.
+        #[arg(long, default_value = "no")]
+        restart: String,
+        /// Image reference.
+        image: String,
+        /// Command and arguments.
+        #[arg(trailing_var_arg = true)]
+        command: Vec<String>,
+    },
+    /// Start a container.
+    Start { id: String },
+    /// Stop a container.
+    Stop {
+        id: String,
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(short = 't', long, default_value_t = 10)]
+        time: u32,
+    },
+    /// Restart a container.
+    Restart { id: String },
+    /// Remove a container.
+    Rm {
+        id: String,
+        /// Stop it first if running.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Print a container's logs.
+    Logs {
+        id: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u32>,
+    },
+    /// Run a command in a container; exits with its exit code.
+    Exec {
+        id: String,
+        /// Command and arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -102,13 +183,15 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+/// A gRPC status as a CLI error (its message names what went wrong).
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
 async fn run(cli: Cli) -> Result<()> {
     let context = CliContext::load(&client::context_path(cli.config)?)?;
-    let mut cluster = ClusterServiceClient::new(client::connect(&context).await?);
+    let channel = client::connect(&context).await?;
+    let mut cluster = ClusterServiceClient::new(channel.clone());
     match cli.command {
         Command::Status { output } => {
             let status = cluster.get_status(pb::GetStatusRequest {}).await.map_err(status_error)?.into_inner();
@@ -139,6 +222,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Nodes { command } => nodes(&mut cluster, command).await?,
         Command::JoinToken { command } => join_token(&mut cluster, command).await?,
+        Command::Containers { command } => containers::run(ContainerServiceClient::new(channel), command).await?,
     }
     Ok(())
 }

@@ -15,6 +15,9 @@ pub enum ServiceError {
         /// What is wrong with it.
         message: String,
     },
+    /// The request is malformed; the message (from an agent) already names the field.
+    #[error("{0}")]
+    InvalidRequest(String),
     /// No credential, or one that is not valid.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
@@ -30,6 +33,12 @@ pub enum ServiceError {
     /// The system is not in a state that allows this.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The runtime cannot do this operation.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A node or runtime that should do this cannot be reached right now.
+    #[error("{0}")]
+    Unavailable(String),
     /// Anything else: a database or internal failure.
     #[error("internal error: {0}")]
     Internal(String),

@@ -191,6 +191,15 @@ pub struct EventRecord {
     pub event: NewEvent,
 }
 
+/// A container observed on a node, with the runtime that runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    /// The runtime.
+    pub runtime: diplo_api::runtime::Runtime,
+    /// What the runtime reported.
+    pub info: diplo_api::container::ContainerInfo,
+}
+
 /// A message pushed down an agent's session (the gRPC adapter converts it to the wire).
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionMessage {
@@ -201,4 +210,6 @@ pub enum SessionMessage {
         /// How often to send heartbeats.
         heartbeat_interval: std::time::Duration,
     },
+    /// A command to carry out.
+    Command(diplo_api::command::AgentCommand),
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use crate::model::{NodeStatus, NodeStatusChange};
+use crate::model::{NodeStatus, NodeStatusChange, ObservedContainer};
 
 /// Heartbeats a node may miss before it is unhealthy.
 pub const MISSED_HEARTBEATS_UNHEALTHY: u32 = 3;
@@ -34,6 +34,9 @@ struct LiveNode<T> {
     status: NodeStatus,
     persisted: NodeStatus,
     session: Option<(u64, Downstream<T>)>,
+    containers: Vec<ObservedContainer>,
+    /// Joined but no session yet: never counted ready before its first hello.
+    awaiting_session: bool,
 }
 
 /// What the registry knows about one node right now.
@@ -75,12 +78,24 @@ impl<T> NodeRegistry<T> {
     /// Starts tracking a node as last seen now with a known persisted status. Nodes
     /// loaded at start-up get a full grace period to reconnect.
     pub fn track(&self, node_id: &str, persisted: NodeStatus) {
+        self.insert(node_id, persisted, false);
+    }
+
+    /// Starts tracking a node that has just joined: `unhealthy` until its session opens
+    /// (then `ready`), `down` if it stays silent past the grace period.
+    pub fn track_joined(&self, node_id: &str) {
+        self.insert(node_id, NodeStatus::Unhealthy, true);
+    }
+
+    fn insert(&self, node_id: &str, status: NodeStatus, awaiting_session: bool) {
         let node = LiveNode {
             last_seen: Instant::now(),
             last_seen_wall: Utc::now(),
-            status: persisted,
-            persisted,
+            status,
+            persisted: status,
             session: None,
+            containers: Vec::new(),
+            awaiting_session,
         };
         self.lock().insert(node_id.to_owned(), node);
     }
@@ -97,7 +112,10 @@ impl<T> NodeRegistry<T> {
             status: NodeStatus::Ready,
             persisted: NodeStatus::Ready,
             session: None,
+            containers: Vec::new(),
+            awaiting_session: false,
         });
+        node.awaiting_session = false;
         node.last_seen = Instant::now();
         node.last_seen_wall = Utc::now();
         node.status = NodeStatus::Ready;
@@ -112,7 +130,9 @@ impl<T> NodeRegistry<T> {
         let Some(node) = nodes.get_mut(node_id) else { return false };
         node.last_seen = Instant::now();
         node.last_seen_wall = Utc::now();
-        node.status = NodeStatus::Ready;
+        if !node.awaiting_session {
+            node.status = NodeStatus::Ready;
+        }
         true
     }
 
@@ -149,11 +169,48 @@ impl<T> NodeRegistry<T> {
         self.lock().get(node_id).and_then(|node| node.session.as_ref().map(|(_, tx)| tx.clone()))
     }
 
+    /// Replaces what a node reported running (from a hello or heartbeat).
+    pub fn set_containers(&self, node_id: &str, containers: Vec<ObservedContainer>) {
+        if let Some(node) = self.lock().get_mut(node_id) {
+            node.containers = containers;
+        }
+    }
+
+    /// Records one container's latest state (after a command), replacing the old entry.
+    pub fn upsert_container(&self, node_id: &str, container: ObservedContainer) {
+        if let Some(node) = self.lock().get_mut(node_id) {
+            node.containers.retain(|c| c.info.id != container.info.id);
+            node.containers.push(container);
+        }
+    }
+
+    /// Forgets a removed container.
+    pub fn forget_container(&self, node_id: &str, container_id: &str) {
+        if let Some(node) = self.lock().get_mut(node_id) {
+            node.containers.retain(|c| c.info.id != container_id);
+        }
+    }
+
+    /// Every observed container with its node id, ordered by node then name.
+    pub fn containers(&self) -> Vec<(String, ObservedContainer)> {
+        let mut all: Vec<(String, ObservedContainer)> = self
+            .lock()
+            .iter()
+            .flat_map(|(id, node)| node.containers.iter().map(move |c| (id.clone(), c.clone())))
+            .collect();
+        all.sort_by(|a, b| (&a.0, &a.1.info.name).cmp(&(&b.0, &b.1.info.name)));
+        all
+    }
+
     /// Re-evaluates every node at `now` and returns the changes not yet persisted.
     pub fn tick(&self, now: Instant) -> Vec<NodeStatusChange> {
         let mut changes = Vec::new();
         for (id, node) in self.lock().iter_mut() {
-            node.status = status_after(now.saturating_duration_since(node.last_seen), self.heartbeat_interval, self.down_grace);
+            let mut status = status_after(now.saturating_duration_since(node.last_seen), self.heartbeat_interval, self.down_grace);
+            if node.awaiting_session && status == NodeStatus::Ready {
+                status = NodeStatus::Unhealthy;
+            }
+            node.status = status;
             if node.status != node.persisted {
                 node.persisted = node.status;
                 changes.push(NodeStatusChange { node_id: id.clone(), status: node.status, last_seen_at: node.last_seen_wall });
@@ -197,6 +254,19 @@ mod tests {
         let revived = registry.tick(Instant::now());
         assert_eq!(revived[0].status, NodeStatus::Ready);
         assert!(!registry.heartbeat("unknown"));
+    }
+
+    #[test]
+    fn a_joined_node_is_not_ready_before_its_session() {
+        let registry: NodeRegistry<()> = NodeRegistry::new(HB, GRACE);
+        registry.track_joined("n1");
+        let start = Instant::now();
+        assert!(registry.tick(start).is_empty(), "stays unhealthy, no change");
+        assert_eq!(registry.live_status("n1").expect("known").status, NodeStatus::Unhealthy);
+        assert_eq!(registry.tick(start + GRACE)[0].status, NodeStatus::Down);
+        let (tx, _rx) = mpsc::channel(1);
+        registry.connect("n1", tx);
+        assert_eq!(registry.live_status("n1").expect("known").status, NodeStatus::Ready);
     }
 
     #[tokio::test]

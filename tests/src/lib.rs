@@ -1,1 +1,910 @@
-//! Harness for cluster-level tests.
+//! Harness for cluster-level tests: the real `diplo-control-plane`, `diplo-agent` and
+//! `diplo` binaries run as separate processes.
+//!
+//! * [`ControlPlane::start`] runs `diplo-control-plane serve` in a fresh temporary
+//!   directory on free loopback ports and waits until it answers.
+//! * [`Agent::start`] (or [`ControlPlane::start_agent`]) runs `diplo-agent` against it.
+//! * [`ControlPlane::cli`] runs `diplo --config <data>/cli.toml …`;
+//!   [`ControlPlane::rest_get`] calls the REST gateway.
+//! * [`wait_until`] polls a condition against a deadline and fails with the last
+//!   observation.
+//!
+//! Every test gets its own directories and ports, so tests run in parallel. Child
+//! processes are killed (SIGKILL) when their handle is dropped; when the test is
+//! panicking, the tails of their logs are printed and the temporary directory is kept.
+//!
+//! The binaries are taken from the target directory this test executable was built
+//! into. `cargo nextest run -p diplo-tests` does not build other packages' binaries, so
+//! the harness runs `cargo build --workspace --bins` first: once per nextest run (the
+//! outcome is shared through a stamp file named after `NEXTEST_RUN_ID`), or once per
+//! test process under `cargo test`. It is a no-op when the binaries are fresh, and
+//! cargo's own lock serialises concurrent builds. Set `DIPLO_TESTS_NO_BUILD=1` to skip
+//! it and use binaries built beforehand.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long a control plane may take to come up.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time limit of one CLI invocation.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time limit of one REST request.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of each log printed when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+
+// ---------------------------------------------------------------------------------
+// Binaries
+
+/// The binaries under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// `diplo-control-plane`.
+    ControlPlane,
+    /// `diplo-agent`.
+    Agent,
+    /// `diplo`, the operator CLI.
+    Cli,
+}
+
+impl Binary {
+    fn file_name(self) -> &'static str {
+        match self {
+            Binary::ControlPlane => "diplo-control-plane",
+            Binary::Agent => "diplo-agent",
+            Binary::Cli => "diplo",
+        }
+    }
+}
+
+/// Path of a binary under test (built first if needed, see the crate docs). Panics
+/// with a hint when it is missing.
+pub fn binary(bin: Binary) -> PathBuf {
+    let path = binaries_dir().join(bin.file_name());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` (the tests use the binaries in {})",
+        path.display(),
+        binaries_dir().display()
+    );
+    path
+}
+
+/// `<target>/<profile>`, the directory holding this test executable's `deps/`.
+fn binaries_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("cannot find the test executable's path");
+        let parent = exe
+            .parent()
+            .expect("the test executable has a parent directory");
+        let profile_dir = if parent.file_name().is_some_and(|n| n == "deps") {
+            parent
+                .parent()
+                .expect("deps/ has a parent directory")
+                .to_owned()
+        } else {
+            parent.to_owned()
+        };
+        if std::env::var_os("DIPLO_TESTS_NO_BUILD").is_none_or(|v| v.is_empty() || v == "0") {
+            build_binaries(&profile_dir);
+        }
+        profile_dir
+    })
+}
+
+/// Runs `cargo build --workspace --bins` for the profile (and target triple) whose
+/// output directory is `profile_dir`, unless a test process of the same nextest run
+/// (`NEXTEST_RUN_ID`) already did: its outcome is recorded in a stamp file, so that
+/// later tests of a run neither rebuild nor see binaries change under them, and a
+/// failed build fails them at once.
+fn build_binaries(profile_dir: &Path) {
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_owned();
+    let mut target_dir = profile_dir
+        .parent()
+        .expect("the profile directory has a parent")
+        .to_owned();
+    let mut triple = None;
+    // `<target>/<triple>/<profile>` when built with `--target`.
+    if !target_dir.join("CACHEDIR.TAG").exists()
+        && let Some(up) = target_dir.parent()
+        && up.join("CACHEDIR.TAG").exists()
+    {
+        triple = target_dir.file_name().map(|t| t.to_owned());
+        target_dir = up.to_owned();
+    }
+    let stamp = std::env::var("NEXTEST_RUN_ID")
+        .ok()
+        .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .map(|id| {
+            target_dir
+                .join("tmp")
+                .join(format!("diplo-tests-build-{profile}-{id}"))
+        });
+    if let Some(outcome) = stamp
+        .as_deref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+    {
+        assert!(outcome.trim() == "ok", "{}", outcome.trim());
+        return;
+    }
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("Cargo.toml");
+    let mut command = Command::new(&cargo);
+    command
+        .args(["build", "--workspace", "--bins", "--manifest-path"])
+        .arg(&manifest);
+    command.env("CARGO_TARGET_DIR", &target_dir);
+    // Cargo sets these for the test process. Some build scripts (ring's) rerun when
+    // one changes, so inheriting them would make this build and a plain
+    // `cargo build` in a shell rebuild each other's dependencies.
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str()
+            && (name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .contains(&name))
+        {
+            command.env_remove(name);
+        }
+    }
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    if let Some(triple) = triple {
+        command.arg("--target").arg(triple);
+    }
+    let started = Instant::now();
+    eprintln!("[harness] building the binaries: {command:?}");
+    let outcome = match command.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!(
+            "`cargo build --workspace --bins` failed ({status}); fix the build, or build the binaries yourself \
+             (`cargo build --workspace`) and set DIPLO_TESTS_NO_BUILD=1"
+        )),
+        Err(e) => Err(format!(
+            "cannot run {cargo:?} to build the binaries ({e}); run `cargo build --workspace` and set DIPLO_TESTS_NO_BUILD=1"
+        )),
+    };
+    if let Some(stamp) = &stamp {
+        let _ = std::fs::create_dir_all(stamp.parent().unwrap_or(&target_dir));
+        let text = match &outcome {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => format!("an earlier test of this run could not build the binaries: {e}"),
+        };
+        // Written whole under a temporary name, then renamed: readers never see half.
+        let partial = stamp.with_extension(format!("{}.partial", std::process::id()));
+        if std::fs::write(&partial, text).is_ok() {
+            let _ = std::fs::rename(&partial, stamp);
+        }
+        remove_old_stamps(stamp);
+    }
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+    eprintln!("[harness] binaries ready in {:.1?}", started.elapsed());
+}
+
+/// Removes stamps of earlier runs (older than an hour) next to `current`.
+fn remove_old_stamps(current: &Path) {
+    let Some(dir) = current.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        let ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("diplo-tests-build-"));
+        if ours && old && path != current {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A command for a binary under test, without any `DIPLO_*` variable from the test's
+/// environment (but `DIPLO_LOG`) so that a developer's settings cannot leak in.
+fn command_for(bin: Binary) -> Command {
+    let mut command = Command::new(binary(bin));
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str()
+            && name.starts_with("DIPLO_")
+            && name != "DIPLO_LOG"
+        {
+            command.env_remove(name);
+        }
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+// ---------------------------------------------------------------------------------
+// Small helpers
+
+/// A free TCP port on 127.0.0.1 (bound to port 0, read, released). Another process may
+/// take it in between; [`ControlPlane::start`] retries with new ports when that happens.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("cannot bind 127.0.0.1:0")
+        .port()
+}
+
+/// Calls `check` every `poll` until it returns `Ok`, and returns that value. Panics
+/// after `timeout`, naming `what` and quoting the last `Err` observation.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    poll: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let started = Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let last = match check() {
+            Ok(value) => return value,
+            Err(observation) => observation,
+        };
+        let elapsed = started.elapsed();
+        if elapsed >= timeout {
+            panic!(
+                "timed out after {elapsed:.1?} ({attempts} checks) waiting for {what}; last observation: {last}"
+            );
+        }
+        std::thread::sleep(poll.min(timeout - elapsed));
+    }
+}
+
+/// The last `lines` lines of a text file (empty when unreadable).
+fn tail(path: &Path, lines: usize) -> String {
+    let text = read_lossy(path);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn read_lossy(path: &Path) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = File::open(path) {
+        let _ = file.read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Runs `command` with its output captured; kills it after `timeout`.
+fn output_with_timeout(mut command: Command, timeout: Duration) -> Output {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let description = format!("{command:?}");
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{description} did not finish within {timeout:?}");
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("waiting for {description}: {e}"),
+        }
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// A REST response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// The body as text.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body parsed as JSON (panics with the body when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response (HTTP {}) is not JSON ({e}): {}",
+                self.status, self.body
+            )
+        })
+    }
+}
+
+/// `GET url`, with `authorization` as the raw `Authorization` header when given. Runs
+/// on its own thread, so it may be called from sync and async tests alike.
+pub fn http_get(url: &str, authorization: Option<&str>) -> Result<HttpResponse, String> {
+    let url = url.to_owned();
+    let authorization = authorization.map(str::to_owned);
+    std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut request = client.get(&url);
+        if let Some(value) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let response = request.send().map_err(|e| format!("GET {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .map_err(|e| format!("GET {url}: reading the body: {e}"))?;
+        Ok(HttpResponse { status, body })
+    })
+    .join()
+    .map_err(|_| "the HTTP thread panicked".to_owned())?
+}
+
+// ---------------------------------------------------------------------------------
+// Processes
+
+/// A child process whose stdout and stderr go to files; killed when dropped.
+pub struct Process {
+    label: String,
+    child: Child,
+    exit: Option<ExitStatus>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Process {
+    /// Spawns `command` with its output appended to `<log_base>.stdout` / `.stderr`.
+    fn spawn(label: &str, mut command: Command, log_base: &Path) -> Process {
+        let stdout = PathBuf::from(format!("{}.stdout", log_base.display()));
+        let stderr = PathBuf::from(format!("{}.stderr", log_base.display()));
+        let open = |path: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap_or_else(|e| panic!("cannot open log {}: {e}", path.display()))
+        };
+        command.stdout(open(&stdout)).stderr(open(&stderr));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label} ({command:?}): {e}"));
+        Process {
+            label: label.to_owned(),
+            child,
+            exit: None,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status, if it has exited (does not block).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self
+                .child
+                .try_wait()
+                .unwrap_or_else(|e| panic!("waiting for {}: {e}", self.label));
+        }
+        self.exit
+    }
+
+    /// Waits up to `timeout` for it to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills it with SIGKILL (no clean shutdown) and reaps it.
+    pub fn kill(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            self.exit = self.child.wait().ok();
+        }
+    }
+
+    /// Everything it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        read_lossy(&self.stdout)
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        read_lossy(&self.stderr)
+    }
+
+    /// The tails of both logs, for failure messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "----- {label} stdout ({stdout}) -----\n{}\n----- {label} stderr ({stderr}) -----\n{}\n----- end of {label} -----",
+            tail(&self.stdout, LOG_TAIL_LINES),
+            tail(&self.stderr, LOG_TAIL_LINES),
+            label = self.label,
+            stdout = self.stdout.display(),
+            stderr = self.stderr.display(),
+        )
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Control plane
+
+/// Settings for [`ControlPlane::start`]; `None` keeps the binary's default.
+#[derive(Debug, Clone, Default)]
+pub struct ControlPlaneOptions {
+    /// `DIPLO_HEARTBEAT_INTERVAL`.
+    pub heartbeat_interval: Option<Duration>,
+    /// `DIPLO_DOWN_GRACE`.
+    pub down_grace: Option<Duration>,
+    /// `DIPLO_DATABASE_URL` (default: SQLite in the data directory).
+    pub database_url: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl ControlPlaneOptions {
+    /// Fast failure detection: 1 s heartbeats, down after `down_grace`.
+    pub fn fast(down_grace: Duration) -> Self {
+        ControlPlaneOptions {
+            heartbeat_interval: Some(Duration::from_secs(1)),
+            down_grace: Some(down_grace),
+            ..Default::default()
+        }
+    }
+}
+
+/// A `diplo-control-plane serve` process with its own temporary directory.
+pub struct ControlPlane {
+    process: Process,
+    grpc_addr: SocketAddr,
+    rest_addr: SocketAddr,
+    data_dir: PathBuf,
+    dir: Option<tempfile::TempDir>,
+}
+
+fn humantime(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
+
+impl ControlPlane {
+    /// Starts a control plane and waits (up to [`STARTUP_TIMEOUT`]) until `cli.toml`
+    /// exists and `GET /healthz` answers. Retries with other ports if one was taken.
+    pub fn start(options: ControlPlaneOptions) -> ControlPlane {
+        let dir = tempfile::Builder::new()
+            .prefix("diplo-test-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let mut attempt = 0;
+        let mut dir = Some(dir);
+        loop {
+            attempt += 1;
+            let mut control_plane =
+                Self::spawn_in(dir.take().expect("temporary directory"), &options);
+            match control_plane.wait_ready(STARTUP_TIMEOUT) {
+                Ok(()) => return control_plane,
+                Err(reason)
+                    if attempt < 3 && control_plane.process.stderr().contains("cannot listen") =>
+                {
+                    eprintln!(
+                        "[harness] control plane could not bind its ports ({reason}); retrying with others"
+                    );
+                    control_plane.process.kill();
+                    dir = control_plane.dir.take();
+                }
+                Err(reason) => panic!(
+                    "the control plane did not come up: {reason}\n{}",
+                    control_plane.process.logs()
+                ),
+            }
+        }
+    }
+
+    /// Spawns a control plane without waiting for it (to watch it fail, for example).
+    pub fn spawn(options: ControlPlaneOptions) -> ControlPlane {
+        let dir = tempfile::Builder::new()
+            .prefix("diplo-test-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        Self::spawn_in(dir, &options)
+    }
+
+    fn spawn_in(dir: tempfile::TempDir, options: &ControlPlaneOptions) -> ControlPlane {
+        let data_dir = dir.path().join("data");
+        let grpc_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut rest_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        while rest_addr.port() == grpc_addr.port() {
+            rest_addr.set_port(free_port());
+        }
+        let mut command = command_for(Binary::ControlPlane);
+        command
+            .arg("serve")
+            .env("DIPLO_DATA_DIR", &data_dir)
+            .env("DIPLO_GRPC_ADDR", grpc_addr.to_string())
+            .env("DIPLO_REST_ADDR", rest_addr.to_string());
+        if let Some(interval) = options.heartbeat_interval {
+            command.env("DIPLO_HEARTBEAT_INTERVAL", humantime(interval));
+        }
+        if let Some(grace) = options.down_grace {
+            command.env("DIPLO_DOWN_GRACE", humantime(grace));
+        }
+        if let Some(url) = &options.database_url {
+            command.env("DIPLO_DATABASE_URL", url);
+        }
+        command.envs(options.env.iter().map(|(k, v)| (k, v)));
+        let process = Process::spawn("control plane", command, &dir.path().join("control-plane"));
+        ControlPlane {
+            process,
+            grpc_addr,
+            rest_addr,
+            data_dir,
+            dir: Some(dir),
+        }
+    }
+
+    /// Waits until `cli.toml` exists and `GET /healthz` answers `ok`; `Err` if the
+    /// process exits first or `timeout` passes.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let url = self.rest_url("/healthz");
+        loop {
+            if let Some(status) = self.process.try_exit() {
+                return Err(format!("it exited with {status} while starting"));
+            }
+            let last = if !self.file("cli.toml").is_file() {
+                "no cli.toml yet".to_owned()
+            } else {
+                match http_get(&url, None) {
+                    Ok(response) if response.status == 200 && response.body.trim() == "ok" => {
+                        return Ok(());
+                    }
+                    Ok(response) => format!(
+                        "/healthz answered HTTP {}: {}",
+                        response.status, response.body
+                    ),
+                    Err(e) => e,
+                }
+            };
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not ready after {timeout:?}; last observation: {last}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The process (to kill it, wait for it or read its logs).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// Everything it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.process.stdout()
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
+    }
+
+    /// The tails of its logs, for failure messages.
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+
+    /// gRPC (TLS) address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// REST address.
+    pub fn rest_addr(&self) -> SocketAddr {
+        self.rest_addr
+    }
+
+    /// Its data directory (`DIPLO_DATA_DIR`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A file in its data directory (`ca.pem`, `admin.pem`, `admin.token`, …).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.data_dir.join(name)
+    }
+
+    /// The contents of a file in its data directory (panics when unreadable).
+    pub fn read_file(&self, name: &str) -> String {
+        let path = self.file(name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    }
+
+    /// The admin's REST bearer token (`admin.token`, trimmed).
+    pub fn admin_token(&self) -> String {
+        self.read_file("admin.token").trim().to_owned()
+    }
+
+    /// `http://<rest addr><path>`.
+    pub fn rest_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.rest_addr)
+    }
+
+    /// `GET <path>` on the REST gateway with a raw `Authorization` header, if given.
+    pub fn rest_get(&self, path: &str, authorization: Option<&str>) -> HttpResponse {
+        http_get(&self.rest_url(path), authorization)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    /// `GET <path>` as the admin; panics unless it answers 200 with JSON.
+    pub fn rest_json(&self, path: &str) -> serde_json::Value {
+        let response = self.rest_get(path, Some(&format!("Bearer {}", self.admin_token())));
+        assert_eq!(response.status, 200, "GET {path}: {}", response.body);
+        response.json()
+    }
+
+    /// Runs `diplo --config <data>/cli.toml <args>` (time limit [`CLI_TIMEOUT`]).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut command = command_for(Binary::Cli);
+        command
+            .arg("--config")
+            .arg(self.file("cli.toml"))
+            .args(args);
+        output_with_timeout(command, CLI_TIMEOUT)
+    }
+
+    /// [`ControlPlane::cli`], asserting success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "`diplo {}` failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A fresh join token (`diplo join-token create <extra>`).
+    pub fn join_token(&self, extra: &[&str]) -> String {
+        let mut args = vec!["join-token", "create"];
+        args.extend_from_slice(extra);
+        let token = self.cli_ok(&args).trim().to_owned();
+        assert!(
+            token.starts_with("DIPLO1::"),
+            "unexpected join token output: {token:?}"
+        );
+        token
+    }
+
+    /// The nodes as `diplo nodes ls -o json` shows them; `Err` with the reason when
+    /// the CLI fails (for use inside [`wait_until`]).
+    pub fn try_nodes(&self) -> Result<Vec<serde_json::Value>, String> {
+        let output = self.cli(&["nodes", "ls", "-o", "json"]);
+        if !output.status.success() {
+            return Err(format!(
+                "`diplo nodes ls` failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        match serde_json::from_slice(&output.stdout) {
+            Ok(serde_json::Value::Array(nodes)) => Ok(nodes),
+            Ok(other) => Err(format!(
+                "`diplo nodes ls -o json` printed a non-array: {other}"
+            )),
+            Err(e) => Err(format!(
+                "`diplo nodes ls -o json` printed invalid JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )),
+        }
+    }
+
+    /// The nodes as `diplo nodes ls -o json` shows them (panics when the CLI fails).
+    pub fn nodes(&self) -> Vec<serde_json::Value> {
+        self.try_nodes().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Where [`ControlPlane::start_agent`] keeps the agent called `name`.
+    pub fn agent_data_dir(&self, name: &str) -> PathBuf {
+        self.dir
+            .as_ref()
+            .expect("temporary directory")
+            .path()
+            .join("agents")
+            .join(name)
+    }
+
+    /// Starts an agent called `name` with its data in [`ControlPlane::agent_data_dir`].
+    pub fn start_agent(&self, name: &str, token: Option<&str>) -> Agent {
+        Agent::start(
+            &self.grpc_addr.to_string(),
+            name,
+            token,
+            &self.agent_data_dir(name),
+        )
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.process.kill();
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("[harness] test failed; keeping {}", dir.keep().display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Agent
+
+/// A `diplo-agent` process.
+pub struct Agent {
+    process: Process,
+    name: String,
+    data_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts `diplo-agent --server <server> --name <name> --data-dir <data_dir>
+    /// [--token <token>]`, logging to `<data_dir>.stdout` / `.stderr` (appended, so a
+    /// restarted agent keeps the earlier logs).
+    pub fn start(server: &str, name: &str, token: Option<&str>, data_dir: &Path) -> Agent {
+        if let Some(parent) = data_dir.parent() {
+            std::fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+        }
+        let mut command = command_for(Binary::Agent);
+        command
+            .arg("--server")
+            .arg(server)
+            .arg("--name")
+            .arg(name)
+            .arg("--data-dir")
+            .arg(data_dir);
+        if let Some(token) = token {
+            command.arg("--token").arg(token);
+        }
+        let process = Process::spawn(&format!("agent {name}"), command, data_dir);
+        Agent {
+            process,
+            name: name.to_owned(),
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    /// Its node name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The process (to kill it, wait for it or read its logs).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// Kills it with SIGKILL, as a crash or power loss would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Waits up to `timeout` for it to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait_exit(timeout)
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
+    }
+
+    /// The tails of its logs, for failure messages.
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+}
+
+/// This host's architecture in Go/OCI spelling, as agents report it.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "x86" => "386",
+        other => other,
+    }
+}
+
+/// The node called `name` in a node list, if any.
+pub fn find_node<'a>(nodes: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
+    nodes.iter().find(|node| node["name"] == name)
+}

@@ -1,12 +1,53 @@
-//! containerd, through its gRPC API (containerd-client).
+//! containerd, through its gRPC API (containerd-client): the fingerprint's probe and
+//! [`ContainerdRuntime`], Diplo's driver for containerd 1.6+ in namespace `diplo`.
+//!
+//! containerd 1.6 has no Transfer service, so images are pulled client side
+//! (`registry`, `image`); containers get an OCI spec built here (`spec`), a network
+//! from the CNI plugins (`cni`) and their output in plain files (`logs`).
 
-use std::time::Duration;
+mod cni;
+mod image;
+mod logs;
+mod metrics;
+mod reference;
+mod registry;
+mod spec;
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use containerd_client::events::{TaskExit, TaskOom, TaskStart};
+use containerd_client::services::v1::container::Runtime as ContainerRuntimeInfo;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::version_client::VersionClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest,
+    ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, ListTasksRequest,
+    MetricsRequest, StartRequest, SubscribeRequest, WaitRequest, containers_client::ContainersClient,
+    events_client::EventsClient, tasks_client::TasksClient,
+};
+use containerd_client::types::Mount as PbMount;
+use containerd_client::types::v1::{Process, Status as TaskStatus};
+use diplo_api::container::{
+    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, ExecOutput, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk,
+    LogOptions, PortMapping, RuntimeEvent, RuntimeEventKind, validate_container_name,
+};
 use diplo_api::fingerprint::RuntimeReport;
 use diplo_api::runtime::Runtime;
+use futures::StreamExt;
+use prost::Message;
+use reference::Reference;
+use serde::{Deserialize, Serialize};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic::metadata::MetadataValue;
 
 use super::docker::{describe_error, describe_timeout};
+use super::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream};
 
 /// Probes containerd on `socket` (a path, or `unix://path`): available when the
 /// `Version` RPC answers within `timeout`; `version` is the one it reports. containerd
@@ -44,6 +85,977 @@ async fn query(socket: &str) -> Result<String, String> {
     Ok(response.into_inner().version)
 }
 
+
+/// containerd namespace of everything Diplo creates (never `moby`, Docker's).
+pub const NAMESPACE: &str = "diplo";
+/// The shim every container runs under.
+pub const RUNTIME_NAME: &str = "io.containerd.runc.v2";
+/// Snapshotter for images and containers.
+pub const SNAPSHOTTER: &str = "overlayfs";
+/// Label carrying the container's name (ids are random).
+pub const LABEL_NAME: &str = "diplo.name";
+/// Container extension holding the `ContainerSpec` (JSON) it was created from.
+pub const SPEC_EXTENSION: &str = "diplo.spec";
+const SPEC_EXTENSION_TYPE: &str = "diplo.io/ContainerSpec";
+/// Default bridge of Diplo's container network.
+pub const DEFAULT_BRIDGE: &str = "diplo0";
+/// Default subnet of Diplo's container network. Not 10.88.0.0/16: Podman's default
+/// network (`podman0`) uses that one on the same hosts.
+pub const DEFAULT_SUBNET: &str = "10.89.0.0/16";
+/// host-local's allocation store. Host-wide, not per state directory: addresses belong
+/// to the bridge, which every Diplo runtime instance on the host shares.
+pub const DEFAULT_IPAM_DIR: &str = "/var/lib/cni/networks";
+/// The container's log file (CRI format) in its state directory.
+const LOG_FILE: &str = "container.log";
+/// Where the CNI plugins live on Debian.
+pub const DEFAULT_CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+/// What Diplo remembers of a container beyond containerd's records (`state.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    exit_code: Option<i64>,
+    network: Option<NetworkState>,
+}
+
+/// The CNI attachment of a running (or not yet cleaned up) task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NetworkState {
+    result: serde_json::Value,
+    ports: Vec<PortMapping>,
+    ip: Option<String>,
+}
+
+/// containerd through its gRPC API, namespace [`NAMESPACE`]: images pulled client side,
+/// containers run by the runc v2 shim, networking by the CNI plugins, state under
+/// `state_dir/<id>/` (logs, `/etc` files, `state.json`).
+pub struct ContainerdRuntime {
+    channel: Channel,
+    registry: registry::RegistryClient,
+    state_dir: PathBuf,
+    snapshotter: String,
+    network: cni::Network,
+    create_lock: tokio::sync::Mutex<()>,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    cpu_samples: std::sync::Mutex<HashMap<String, (Instant, u64)>>,
+    copiers: std::sync::Mutex<HashMap<String, LogCopier>>,
+}
+
+/// The task copying a container's FIFOs into its log; `done` turns true at the end.
+struct LogCopier {
+    handle: tokio::task::JoinHandle<()>,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for ContainerdRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerdRuntime").field("state_dir", &self.state_dir).field("network", &self.network).finish()
+    }
+}
+
+/// `message` with the namespace header and, when given, the lease header.
+pub(crate) fn request<T>(message: T, lease: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("containerd-namespace", MetadataValue::from_static(NAMESPACE));
+    if let Some(lease) = lease
+        && let Ok(value) = lease.parse()
+    {
+        request.metadata_mut().insert("containerd-lease", value);
+    }
+    request
+}
+
+/// A containerd error as a runtime error.
+pub(crate) fn grpc_error(status: tonic::Status) -> RuntimeError {
+    let message = status.message().trim().to_owned();
+    let message = if message.is_empty() { format!("{:?}", status.code()) } else { message };
+    match status.code() {
+        Code::AlreadyExists => RuntimeError::Conflict(message),
+        Code::Unavailable => RuntimeError::Unavailable { runtime: Runtime::Containerd, message },
+        _ => RuntimeError::Failed { runtime: Runtime::Containerd, message },
+    }
+}
+
+pub(crate) fn failed(message: impl Into<String>) -> RuntimeError {
+    RuntimeError::Failed { runtime: Runtime::Containerd, message: message.into() }
+}
+
+pub(crate) fn not_found_image(name: &str) -> RuntimeError {
+    RuntimeError::NotFound { what: "image", name: name.to_owned() }
+}
+
+fn not_found_container(name: &str) -> RuntimeError {
+    RuntimeError::NotFound { what: "container", name: name.to_owned() }
+}
+
+/// `bytes` random bytes, hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    rand::fill(&mut buffer[..]);
+    hex::encode(buffer)
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn is_identifier(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 76 && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Directories of a snapshot's mounts, top first (overlay's upper and lower dirs, or a bind's source).
+fn rootfs_dirs(mounts: &[PbMount]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for mount in mounts {
+        match mount.r#type.as_str() {
+            "bind" | "rbind" => dirs.push(PathBuf::from(&mount.source)),
+            "overlay" => {
+                for option in &mount.options {
+                    if let Some(upper) = option.strip_prefix("upperdir=") {
+                        dirs.insert(0, PathBuf::from(upper));
+                    } else if let Some(lower) = option.strip_prefix("lowerdir=") {
+                        dirs.extend(lower.split(':').map(PathBuf::from));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    dirs
+}
+
+/// Reads `relative` from the topmost layer of a snapshot that has it.
+fn read_rootfs_file(mounts: &[PbMount], relative: &str) -> Option<String> {
+    rootfs_dirs(mounts).iter().find_map(|dir| std::fs::read_to_string(dir.join(relative)).ok())
+}
+
+impl ContainerdRuntime {
+    /// Connects to containerd on `socket` (a path or `unix://path`) and checks that it
+    /// answers. `state_dir` holds per-container state, logs and CNI allocations.
+    pub async fn connect(socket: &str, registry: RegistryConfig, state_dir: PathBuf) -> RuntimeResult<Self> {
+        let path = socket.strip_prefix("unix://").unwrap_or(socket).to_owned();
+        let unavailable = |message: String| RuntimeError::Unavailable { runtime: Runtime::Containerd, message };
+        if !Path::new(&path).exists() {
+            return Err(unavailable(format!("no socket at {path}")));
+        }
+        let channel = tokio::time::timeout(Duration::from_secs(10), containerd_client::connect(&path))
+            .await
+            .map_err(|_| unavailable(format!("no answer from {path} within 10s")))?
+            .map_err(|e| unavailable(format!("cannot connect to {path}: {}", describe_error(&e))))?;
+        tokio::time::timeout(Duration::from_secs(10), VersionClient::new(channel.clone()).version(()))
+            .await
+            .map_err(|_| unavailable(format!("no answer from {path} within 10s")))?
+            .map_err(|status| unavailable(format!("{path}: {}", status.message())))?;
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| failed(format!("cannot create state directory {}: {e}", state_dir.display())))?;
+        let network = cni::Network {
+            name: NAMESPACE.to_owned(),
+            bridge: DEFAULT_BRIDGE.to_owned(),
+            subnet: DEFAULT_SUBNET.to_owned(),
+            plugin_dir: PathBuf::from(DEFAULT_CNI_PLUGIN_DIR),
+            ipam_dir: PathBuf::from(DEFAULT_IPAM_DIR),
+        };
+        ContainerdRuntime {
+            channel,
+            registry: registry::RegistryClient::new(registry)?,
+            state_dir,
+            snapshotter: SNAPSHOTTER.to_owned(),
+            network,
+            create_lock: tokio::sync::Mutex::new(()),
+            locks: std::sync::Mutex::new(HashMap::new()),
+            cpu_samples: std::sync::Mutex::new(HashMap::new()),
+            copiers: std::sync::Mutex::new(HashMap::new()),
+        }
+        .reattached()
+        .await
+    }
+
+    /// Resumes copying the output of containers started by an earlier agent.
+    async fn reattached(self) -> RuntimeResult<Self> {
+        let tasks = TasksClient::new(self.channel.clone())
+            .list(request(ListTasksRequest { filter: String::new() }, None))
+            .await
+            .map_err(grpc_error)?
+            .into_inner()
+            .tasks;
+        for task in tasks {
+            let id = if task.container_id.is_empty() { task.id.clone() } else { task.container_id.clone() };
+            let dir = self.container_dir(&id);
+            if task.status != TaskStatus::Running as i32 || !is_identifier(&id) || !dir.join("state.json").exists() {
+                continue;
+            }
+            match logs::open_fifos(&dir.join("stdout.fifo"), &dir.join("stderr.fifo")) {
+                Ok((out, err)) => self.spawn_log_copier(&id, out, err),
+                Err(error) => tracing::warn!(id, %error, "cannot reattach to the output of a running container"),
+            }
+        }
+        Ok(self)
+    }
+
+    /// Uses bridge `bridge` with subnet `subnet` (CIDR) instead of the defaults.
+    pub fn with_network(mut self, bridge: &str, subnet: &str) -> Self {
+        self.network.bridge = bridge.to_owned();
+        self.network.subnet = subnet.to_owned();
+        self
+    }
+
+    /// Keeps host-local's IP allocations in `dir` instead of [`DEFAULT_IPAM_DIR`].
+    pub fn with_ipam_dir(mut self, dir: PathBuf) -> Self {
+        self.network.ipam_dir = dir;
+        self
+    }
+
+    /// Uses the CNI plugins in `dir` instead of [`DEFAULT_CNI_PLUGIN_DIR`].
+    pub fn with_cni_plugin_dir(mut self, dir: PathBuf) -> Self {
+        self.network.plugin_dir = dir;
+        self
+    }
+
+    /// Where host-local keeps its IP allocations (one file per address, naming its container).
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.network.ipam_dir.join(&self.network.name)
+    }
+
+    /// The pinned network namespace of container `id` (exists while it is started).
+    pub fn netns_path(id: &str) -> PathBuf {
+        cni::Network::netns_path(id)
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join(id)
+    }
+
+    fn read_state(&self, id: &str) -> State {
+        std::fs::read(self.container_dir(id).join("state.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn write_state(&self, id: &str, state: &State) -> RuntimeResult<()> {
+        let dir = self.container_dir(id);
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| failed(e.to_string()))?;
+        let temporary = dir.join("state.json.tmp");
+        std::fs::write(&temporary, bytes)
+            .and_then(|()| std::fs::rename(&temporary, dir.join("state.json")))
+            .map_err(|e| failed(format!("cannot write state of {id}: {e}")))
+    }
+
+    fn spawn_log_copier(&self, id: &str, stdout: tokio::net::unix::pipe::Receiver, stderr: tokio::net::unix::pipe::Receiver) {
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        let path = self.container_dir(id).join(LOG_FILE);
+        let handle = tokio::spawn(async move {
+            logs::copy(stdout, stderr, path).await;
+            let _ = done_tx.send(true);
+        });
+        if let Ok(mut copiers) = self.copiers.lock()
+            && let Some(previous) = copiers.insert(id.to_owned(), LogCopier { handle, done })
+        {
+            previous.handle.abort();
+        }
+    }
+
+    /// Waits up to `limit` for the log copier of `id` to reach the end of the output.
+    async fn wait_log_copier(&self, id: &str, limit: Duration) {
+        let done = self.copiers.lock().ok().and_then(|copiers| copiers.get(id).map(|c| c.done.clone()));
+        if let Some(mut done) = done {
+            let _ = tokio::time::timeout(limit, done.wait_for(|d| *d)).await;
+        }
+    }
+
+    fn stop_log_copier(&self, id: &str) {
+        if let Ok(mut copiers) = self.copiers.lock()
+            && let Some(copier) = copiers.remove(id)
+        {
+            copier.handle.abort();
+        }
+    }
+
+    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let mutex = match self.locks.lock() {
+            Ok(mut locks) => locks.entry(id.to_owned()).or_default().clone(),
+            Err(poisoned) => poisoned.into_inner().entry(id.to_owned()).or_default().clone(),
+        };
+        mutex.lock_owned().await
+    }
+
+    /// A Diplo container by id or name.
+    async fn container(&self, id_or_name: &str) -> RuntimeResult<Container> {
+        let mut containers = ContainersClient::new(self.channel.clone());
+        if is_identifier(id_or_name) {
+            match containers.get(request(GetContainerRequest { id: id_or_name.to_owned() }, None)).await {
+                Ok(response) => {
+                    if let Some(container) = response.into_inner().container
+                        && container.labels.contains_key(LABEL_INSTANCE)
+                    {
+                        return Ok(container);
+                    }
+                }
+                Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {}
+                Err(status) => return Err(grpc_error(status)),
+            }
+        }
+        self.find_by_name(id_or_name).await?.ok_or_else(|| not_found_container(id_or_name))
+    }
+
+    async fn find_by_name(&self, name: &str) -> RuntimeResult<Option<Container>> {
+        if validate_container_name(name).is_err() {
+            return Ok(None);
+        }
+        let filter = format!("labels.\"{LABEL_NAME}\"==\"{name}\",labels.\"{LABEL_INSTANCE}\"");
+        let response = ContainersClient::new(self.channel.clone())
+            .list(request(ListContainersRequest { filters: vec![filter] }, None))
+            .await
+            .map_err(grpc_error)?;
+        Ok(response.into_inner().containers.into_iter().next())
+    }
+
+    /// The `ContainerSpec` stored with a container.
+    fn stored_spec(container: &Container) -> ContainerSpec {
+        container
+            .extensions
+            .get(SPEC_EXTENSION)
+            .and_then(|any| serde_json::from_slice(&any.value).ok())
+            .unwrap_or_else(|| ContainerSpec {
+                name: container.labels.get(LABEL_NAME).cloned().unwrap_or_default(),
+                image: container.image.clone(),
+                ..Default::default()
+            })
+    }
+
+    async fn task(&self, id: &str) -> RuntimeResult<Option<Process>> {
+        match TasksClient::new(self.channel.clone())
+            .get(request(GetRequest { container_id: id.to_owned(), exec_id: String::new() }, None))
+            .await
+        {
+            Ok(response) => Ok(response.into_inner().process),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(grpc_error(status)),
+        }
+    }
+
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> RuntimeResult<()> {
+        let kill = KillRequest { container_id: id.to_owned(), exec_id: String::new(), signal, all };
+        match TasksClient::new(self.channel.clone()).kill(request(kill, None)).await {
+            Ok(_) => Ok(()),
+            // Already exited.
+            Err(status) if matches!(status.code(), Code::NotFound | Code::FailedPrecondition) => Ok(()),
+            Err(status) => Err(grpc_error(status)),
+        }
+    }
+
+    /// Waits for the task's exit up to `limit`; `true` when it exited.
+    async fn wait_exit(&self, id: &str, limit: Duration) -> RuntimeResult<bool> {
+        let wait = WaitRequest { container_id: id.to_owned(), exec_id: String::new() };
+        let mut tasks = TasksClient::new(self.channel.clone());
+        match tokio::time::timeout(limit, tasks.wait(request(wait, None))).await {
+            Err(_) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(status)) if status.code() == Code::NotFound => Ok(true),
+            Ok(Err(status)) => Err(grpc_error(status)),
+        }
+    }
+
+    /// SIGTERM, `grace`, SIGKILL: returns once the task's process is gone.
+    async fn terminate(&self, id: &str, grace: Duration) -> RuntimeResult<()> {
+        self.kill(id, SIGTERM, false).await?;
+        if self.wait_exit(id, grace).await? {
+            return Ok(());
+        }
+        self.kill(id, SIGKILL, true).await?;
+        if self.wait_exit(id, Duration::from_secs(30)).await? {
+            Ok(())
+        } else {
+            Err(failed(format!("container {id} did not die within 30s of SIGKILL")))
+        }
+    }
+
+    /// Deletes an exited (or never started) task, records its exit and detaches the network.
+    async fn cleanup_task(&self, id: &str, spec: &ContainerSpec) -> RuntimeResult<()> {
+        let delete = DeleteTaskRequest { container_id: id.to_owned() };
+        match TasksClient::new(self.channel.clone()).delete(request(delete, None)).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                let mut state = self.read_state(id);
+                if state.started_at.is_some() {
+                    state.exit_code = Some(i64::from(response.exit_status));
+                    state.finished_at = response
+                        .exited_at
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+                        .or_else(|| Some(now_rfc3339()));
+                    self.write_state(id, &state)?;
+                }
+            }
+            Err(status) if status.code() == Code::NotFound => {}
+            Err(status) => return Err(grpc_error(status)),
+        }
+        self.wait_log_copier(id, Duration::from_secs(2)).await;
+        self.stop_log_copier(id);
+        self.teardown_network(id, spec).await
+    }
+
+    /// CNI DEL and namespace removal; a no-op when nothing is attached.
+    async fn teardown_network(&self, id: &str, spec: &ContainerSpec) -> RuntimeResult<()> {
+        let mut state = self.read_state(id);
+        let netns = cni::Network::netns_path(id);
+        if state.network.is_none() && !netns.exists() {
+            return Ok(());
+        }
+        let (ports, cached) = match &state.network {
+            Some(network) => (network.ports.clone(), Some(network.result.clone())),
+            None => (spec.ports.clone(), None),
+        };
+        let deleted = self.network.del(id, &netns, &ports, cached.as_ref()).await;
+        let removed = cni::Network::delete_netns(id).await;
+        deleted.map_err(failed)?;
+        removed.map_err(failed)?;
+        if state.network.take().is_some() && self.container_dir(id).exists() {
+            self.write_state(id, &state)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the container's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
+    fn write_etc_files(&self, id: &str, name: &str, ip: Option<&str>) -> RuntimeResult<()> {
+        let dir = self.container_dir(id);
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let write = |file: &str, text: String| {
+            // Rewritten in place: the bind mount follows the inode.
+            std::fs::write(dir.join(file), text).map_err(|e| failed(format!("cannot write {file} of {id}: {e}")))
+        };
+        write("hosts", spec::hosts_file(name, ip))?;
+        write("resolv.conf", spec::resolv_conf(&host_resolv))?;
+        write("hostname", format!("{name}\n"))
+    }
+
+    async fn create_leased(&self, lease: &image::Lease, id: &str, spec: &ContainerSpec, reference: &Reference, local: &image::LocalImage) -> RuntimeResult<()> {
+        let dir = self.container_dir(id);
+        let netns = cni::Network::netns_path(id);
+        let volumes = self.state_dir.join("volumes");
+        let (hosts, resolv, hostname) = (dir.join("hosts"), dir.join("resolv.conf"), dir.join("hostname"));
+        let paths = spec::HostPaths { netns: &netns, hosts: &hosts, resolv_conf: &resolv, hostname: &hostname, volumes: &volumes };
+        // Validate before touching anything.
+        spec::runtime_spec(id, spec, &local.config, &spec::User::default(), &paths)?;
+        for mount in spec.mounts.iter().filter(|m| !m.is_bind()) {
+            std::fs::create_dir_all(volumes.join(&mount.source)).map_err(|e| failed(format!("cannot create volume {}: {e}", mount.source)))?;
+        }
+        let prepare = PrepareSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: id.to_owned(),
+            parent: local.chain_id.clone(),
+            labels: HashMap::new(),
+        };
+        let mounts = SnapshotsClient::new(self.channel.clone()).prepare(request(prepare, Some(&lease.0))).await.map_err(grpc_error)?.into_inner().mounts;
+        let image_user = local.config.config.as_ref().and_then(|c| c.user.clone()).unwrap_or_default();
+        let user = if image_user.is_empty() {
+            spec::User::default()
+        } else {
+            let passwd = read_rootfs_file(&mounts, "etc/passwd");
+            let group = read_rootfs_file(&mounts, "etc/group");
+            spec::resolve_user(&image_user, passwd.as_deref(), group.as_deref())
+                .map_err(|message| RuntimeError::InvalidArgument { field: "image", message })?
+        };
+        let runtime_spec = spec::runtime_spec(id, spec, &local.config, &user, &paths)?;
+        let mut labels: HashMap<String, String> = spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        labels.insert(LABEL_NAME.to_owned(), spec.name.clone());
+        labels.entry(LABEL_INSTANCE.to_owned()).or_insert_with(|| spec.name.clone());
+        labels.entry(LABEL_DEPLOYMENT.to_owned()).or_insert_with(|| "direct".to_owned());
+        if let Some((key, _)) = labels.iter().find(|(k, v)| k.len() + v.len() > 4096 || k.is_empty()) {
+            return Err(RuntimeError::InvalidArgument { field: "labels", message: format!("label {key:?} is empty or too long") });
+        }
+        let spec_json = serde_json::to_vec(spec).map_err(|e| failed(e.to_string()))?;
+        let container = Container {
+            id: id.to_owned(),
+            labels,
+            image: reference.to_string(),
+            runtime: Some(ContainerRuntimeInfo { name: RUNTIME_NAME.to_owned(), options: None }),
+            spec: Some(prost_types::Any {
+                type_url: spec::SPEC_TYPE_URL.to_owned(),
+                value: serde_json::to_vec(&runtime_spec).map_err(|e| failed(e.to_string()))?,
+            }),
+            snapshotter: self.snapshotter.clone(),
+            snapshot_key: id.to_owned(),
+            extensions: HashMap::from([(
+                SPEC_EXTENSION.to_owned(),
+                prost_types::Any { type_url: SPEC_EXTENSION_TYPE.to_owned(), value: spec_json },
+            )]),
+            ..Default::default()
+        };
+        ContainersClient::new(self.channel.clone())
+            .create(request(CreateContainerRequest { container: Some(container) }, Some(&lease.0)))
+            .await
+            .map_err(grpc_error)?;
+        Ok(())
+    }
+
+    async fn remove_snapshot(&self, key: &str) -> RuntimeResult<()> {
+        let remove = RemoveSnapshotRequest { snapshotter: self.snapshotter.clone(), key: key.to_owned() };
+        match SnapshotsClient::new(self.channel.clone()).remove(request(remove, None)).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => Ok(()),
+            Err(status) => Err(grpc_error(status)),
+        }
+    }
+
+    async fn start_locked(&self, container: &Container) -> RuntimeResult<()> {
+        let id = container.id.as_str();
+        let spec = Self::stored_spec(container);
+        if let Some(process) = self.task(id).await? {
+            match TaskStatus::try_from(process.status).unwrap_or(TaskStatus::Unknown) {
+                TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing => return Ok(()),
+                _ => self.cleanup_task(id, &spec).await?,
+            }
+        }
+        self.teardown_network(id, &spec).await?;
+        cni::check_ports_free(&spec.ports).await.map_err(RuntimeError::Conflict)?;
+        let dir = self.container_dir(id);
+        std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+        let netns = cni::Network::create_netns(id).await.map_err(failed)?;
+        let result = match self.network.add(id, &netns, &spec.ports).await {
+            Ok(result) => result,
+            Err(error) => {
+                let _ = cni::Network::delete_netns(id).await;
+                return Err(failed(error));
+            }
+        };
+        let ip = cni::ip_of(&result);
+        let mut state = self.read_state(id);
+        state.network = Some(NetworkState { result, ports: spec.ports.clone(), ip: ip.clone() });
+        let started = async {
+            self.write_state(id, &state)?;
+            self.write_etc_files(id, &spec.name, ip.as_deref())?;
+            self.create_and_start_task(id).await
+        }
+        .await;
+        if let Err(error) = started {
+            let _ = TasksClient::new(self.channel.clone()).delete(request(DeleteTaskRequest { container_id: id.to_owned() }, None)).await;
+            if let Err(cleanup) = self.teardown_network(id, &spec).await {
+                tracing::warn!(id, error = %cleanup, "network cleanup after a failed start failed");
+            }
+            return Err(error);
+        }
+        let mut state = self.read_state(id);
+        state.started_at = Some(now_rfc3339());
+        state.finished_at = None;
+        state.exit_code = None;
+        self.write_state(id, &state)
+    }
+
+    async fn create_and_start_task(&self, id: &str) -> RuntimeResult<()> {
+        let dir = self.container_dir(id);
+        let (stdout, stderr) = (dir.join("stdout.fifo"), dir.join("stderr.fifo"));
+        for path in [&stdout, &stderr] {
+            let _ = std::fs::remove_file(path);
+            let output = tokio::process::Command::new("mkfifo")
+                .arg("-m")
+                .arg("600")
+                .arg(path)
+                .output()
+                .await
+                .map_err(|e| failed(format!("cannot run mkfifo: {e}")))?;
+            if !output.status.success() {
+                return Err(failed(format!("mkfifo {}: {}", path.display(), String::from_utf8_lossy(&output.stderr).trim())));
+            }
+        }
+        // Readers first: the shim's open for writing waits for one.
+        let (out_reader, err_reader) =
+            logs::open_fifos(&stdout, &stderr).map_err(|e| failed(format!("cannot open the output FIFOs of {id}: {e}")))?;
+        let mounts = SnapshotsClient::new(self.channel.clone())
+            .mounts(request(MountsRequest { snapshotter: self.snapshotter.clone(), key: id.to_owned() }, None))
+            .await
+            .map_err(grpc_error)?
+            .into_inner()
+            .mounts;
+        let create = CreateTaskRequest {
+            container_id: id.to_owned(),
+            rootfs: mounts,
+            stdin: String::new(),
+            stdout: stdout.display().to_string(),
+            stderr: stderr.display().to_string(),
+            terminal: false,
+            ..Default::default()
+        };
+        let mut tasks = TasksClient::new(self.channel.clone());
+        tasks.create(request(create, None)).await.map_err(grpc_error)?;
+        self.spawn_log_copier(id, out_reader, err_reader);
+        tasks.start(request(StartRequest { container_id: id.to_owned(), exec_id: String::new() }, None)).await.map_err(grpc_error)?;
+        Ok(())
+    }
+
+    fn info(&self, container: &Container, task: Option<&Process>) -> ContainerInfo {
+        let spec = Self::stored_spec(container);
+        let state = self.read_state(&container.id);
+        let (status, exit_code, pid) = match task {
+            Some(process) => match TaskStatus::try_from(process.status).unwrap_or(TaskStatus::Unknown) {
+                TaskStatus::Running => (ContainerStatus::Running, 0, Some(process.pid)),
+                TaskStatus::Paused | TaskStatus::Pausing => (ContainerStatus::Paused, 0, Some(process.pid)),
+                TaskStatus::Created => (ContainerStatus::Created, 0, Some(process.pid)),
+                TaskStatus::Stopped => (ContainerStatus::Exited, i64::from(process.exit_status), None),
+                TaskStatus::Unknown => (ContainerStatus::Unknown, 0, None),
+            },
+            None if state.started_at.is_some() => (ContainerStatus::Exited, state.exit_code.unwrap_or(0), None),
+            None => (ContainerStatus::Created, 0, None),
+        };
+        let attached = matches!(status, ContainerStatus::Running | ContainerStatus::Paused);
+        ContainerInfo {
+            id: container.id.clone(),
+            name: container.labels.get(LABEL_NAME).cloned().unwrap_or_else(|| spec.name.clone()),
+            image: if spec.image.is_empty() { container.image.clone() } else { spec.image.clone() },
+            status,
+            exit_code,
+            pid: pid.filter(|p| *p != 0),
+            ip_address: if attached { state.network.and_then(|n| n.ip) } else { None },
+            ports: spec.ports.clone(),
+            started_at: state.started_at,
+            health: None,
+            labels: container.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+
+    async fn metrics_sample(&self, id: &str) -> RuntimeResult<metrics::Sample> {
+        let response = TasksClient::new(self.channel.clone())
+            .metrics(request(MetricsRequest { filters: vec![format!("id=={id}")] }, None))
+            .await
+            .map_err(grpc_error)?;
+        let metric = response.into_inner().metrics.into_iter().find(|m| m.id == id);
+        match metric.and_then(|m| m.data) {
+            Some(data) => metrics::decode(&data).map_err(failed),
+            None => Err(failed(format!("containerd reported no metrics for {id}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for ContainerdRuntime {
+    fn runtime(&self) -> Runtime {
+        Runtime::Containerd
+    }
+
+    async fn version(&self) -> RuntimeResult<String> {
+        let response = VersionClient::new(self.channel.clone()).version(()).await.map_err(grpc_error)?;
+        Ok(response.into_inner().version)
+    }
+
+    async fn ensure_image(&self, image: &str) -> RuntimeResult<()> {
+        let reference = Reference::parse(image).map_err(|message| RuntimeError::InvalidArgument { field: "image", message })?;
+        self.ensure_local_image(&reference).await.map(drop)
+    }
+
+    async fn import_image(&self, archive: &Path, reference: &str) -> RuntimeResult<()> {
+        let reference = Reference::parse(reference).map_err(|message| RuntimeError::InvalidArgument { field: "reference", message })?;
+        self.import_archive(archive, &reference).await
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> RuntimeResult<String> {
+        validate_container_name(&spec.name).map_err(|message| RuntimeError::InvalidArgument { field: "name", message })?;
+        let reference = Reference::parse(&spec.image).map_err(|message| RuntimeError::InvalidArgument { field: "image", message })?;
+        if let Some(port) = spec.ports.iter().find(|p| p.host_port == 0 || p.container_port == 0) {
+            return Err(RuntimeError::InvalidArgument { field: "ports", message: format!("port 0 in {}:{}", port.host_port, port.container_port) });
+        }
+        let _create = self.create_lock.lock().await;
+        if self.find_by_name(&spec.name).await?.is_some() {
+            return Err(RuntimeError::Conflict(format!("container name {:?} is already in use", spec.name)));
+        }
+        cni::check_ports_free(&spec.ports).await.map_err(RuntimeError::Conflict)?;
+        let local = self.ensure_local_image(&reference).await?;
+        let id = random_hex(32);
+        let dir = self.container_dir(&id);
+        std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+        let result = async {
+            self.write_etc_files(&id, &spec.name, None)?;
+            self.write_state(&id, &State::default())?;
+            let lease = self.create_lease().await?;
+            let result = self.create_leased(&lease, &id, spec, &reference, &local).await;
+            self.delete_lease(lease).await;
+            result
+        }
+        .await;
+        if let Err(error) = result {
+            let _ = self.remove_snapshot(&id).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(error);
+        }
+        Ok(id)
+    }
+
+    async fn start(&self, id: &str) -> RuntimeResult<()> {
+        let container = self.container(id).await?;
+        let _lock = self.lock(&container.id).await;
+        self.start_locked(&container).await
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> RuntimeResult<()> {
+        let container = self.container(id).await?;
+        let id = container.id.as_str();
+        let _lock = self.lock(id).await;
+        let spec = Self::stored_spec(&container);
+        if let Some(process) = self.task(id).await? {
+            let status = TaskStatus::try_from(process.status).unwrap_or(TaskStatus::Unknown);
+            if matches!(status, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing) {
+                self.terminate(id, grace).await?;
+            }
+        }
+        self.cleanup_task(id, &spec).await
+    }
+
+    async fn restart(&self, id: &str, grace: Duration) -> RuntimeResult<()> {
+        let container = self.container(id).await?;
+        self.stop(&container.id, grace).await?;
+        self.start(&container.id).await
+    }
+
+    async fn remove(&self, id: &str, force: bool) -> RuntimeResult<()> {
+        let container = self.container(id).await?;
+        let id = container.id.as_str();
+        let _lock = self.lock(id).await;
+        let spec = Self::stored_spec(&container);
+        if let Some(process) = self.task(id).await? {
+            let status = TaskStatus::try_from(process.status).unwrap_or(TaskStatus::Unknown);
+            if matches!(status, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing) {
+                if !force {
+                    return Err(RuntimeError::Conflict(format!("container {} is running: stop it first or force", spec.name)));
+                }
+                self.kill(id, SIGKILL, true).await?;
+                self.wait_exit(id, Duration::from_secs(30)).await?;
+            }
+        }
+        self.cleanup_task(id, &spec).await?;
+        match ContainersClient::new(self.channel.clone()).delete(request(DeleteContainerRequest { id: id.to_owned() }, None)).await {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::NotFound => {}
+            Err(status) => return Err(grpc_error(status)),
+        }
+        self.remove_snapshot(id).await?;
+        let dir = self.container_dir(id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| failed(format!("cannot remove {}: {e}", dir.display())))?;
+        }
+        self.stop_log_copier(id);
+        if let Ok(mut samples) = self.cpu_samples.lock() {
+            samples.remove(id);
+        }
+        if let Ok(mut locks) = self.locks.lock() {
+            locks.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> RuntimeResult<Vec<ContainerInfo>> {
+        let filter = format!("labels.\"{LABEL_INSTANCE}\"");
+        let containers = ContainersClient::new(self.channel.clone())
+            .list(request(ListContainersRequest { filters: vec![filter] }, None))
+            .await
+            .map_err(grpc_error)?
+            .into_inner()
+            .containers;
+        let tasks = TasksClient::new(self.channel.clone())
+            .list(request(ListTasksRequest { filter: String::new() }, None))
+            .await
+            .map_err(grpc_error)?
+            .into_inner()
+            .tasks;
+        let by_id: HashMap<&str, &Process> = tasks.iter().map(|t| (if t.container_id.is_empty() { t.id.as_str() } else { t.container_id.as_str() }, t)).collect();
+        let mut infos: Vec<ContainerInfo> = containers.iter().map(|c| self.info(c, by_id.get(c.id.as_str()).copied())).collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(infos)
+    }
+
+    async fn inspect(&self, id: &str) -> RuntimeResult<ContainerInfo> {
+        let container = self.container(id).await?;
+        let task = self.task(&container.id).await?;
+        Ok(self.info(&container, task.as_ref()))
+    }
+
+    async fn logs(&self, id: &str, options: LogOptions) -> RuntimeResult<RuntimeStream<LogChunk>> {
+        let container = self.container(id).await?;
+        let running = |task: Option<&Process>| {
+            task.is_some_and(|p| matches!(TaskStatus::try_from(p.status), Ok(TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing | TaskStatus::Created)))
+        };
+        if !running(self.task(&container.id).await?.as_ref()) {
+            // The process is gone: let the copier write its last lines first.
+            self.wait_log_copier(&container.id, Duration::from_secs(2)).await;
+        }
+        let path = self.container_dir(&container.id).join(LOG_FILE);
+        let (records, mut offset) = logs::tail(&path, options.tail).await.map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<RuntimeResult<LogChunk>>(64);
+        let channel = self.channel.clone();
+        let container_id = container.id.clone();
+        let copier_done = self.copiers.lock().ok().and_then(|copiers| copiers.get(&container.id).map(|c| c.done.clone()));
+        tokio::spawn(async move {
+            for record in records {
+                if tx.send(Ok(record.into_chunk(options.timestamps))).await.is_err() {
+                    return;
+                }
+            }
+            if !options.follow {
+                return;
+            }
+            let mut tasks = TasksClient::new(channel);
+            let mut pending: Vec<u8> = Vec::new();
+            loop {
+                let task = tasks.get(request(GetRequest { container_id: container_id.clone(), exec_id: String::new() }, None)).await;
+                let alive = task.ok().and_then(|r| r.into_inner().process).is_some_and(|p| running(Some(&p)))
+                    || copier_done.as_ref().is_some_and(|done| !*done.borrow());
+                match logs::read_from(&path, offset).await {
+                    Ok((data, end)) => {
+                        offset = end;
+                        pending.extend_from_slice(&data);
+                        let (records, used) = logs::parse_records(&pending);
+                        pending.drain(..used);
+                        for record in records {
+                            if tx.send(Ok(record.into_chunk(options.timestamps))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(failed(format!("cannot read {}: {e}", path.display())))).await;
+                        return;
+                    }
+                }
+                if !alive || tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn exec(&self, id: &str, argv: &[String]) -> RuntimeResult<ExecOutput> {
+        if argv.is_empty() {
+            return Err(RuntimeError::InvalidArgument { field: "argv", message: "exec needs a command".to_owned() });
+        }
+        let container = self.container(id).await?;
+        let id = container.id.as_str();
+        let running = self.task(id).await?.is_some_and(|p| p.status == TaskStatus::Running as i32);
+        if !running {
+            return Err(RuntimeError::Conflict(format!("container {} is not running", Self::stored_spec(&container).name)));
+        }
+        let runtime_spec: serde_json::Value =
+            container.spec.as_ref().and_then(|any| serde_json::from_slice(&any.value).ok()).unwrap_or_default();
+        let process = spec::exec_process(&runtime_spec, argv);
+        let exec_id = format!("exec-{}", random_hex(8));
+        let dir = self.container_dir(id).join("exec");
+        std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+        let (stdout, stderr) = (dir.join(format!("{exec_id}.out")), dir.join(format!("{exec_id}.err")));
+        let result = async {
+            for path in [&stdout, &stderr] {
+                std::fs::File::create(path).map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
+            }
+            let mut tasks = TasksClient::new(self.channel.clone());
+            let exec = ExecProcessRequest {
+                container_id: id.to_owned(),
+                stdin: String::new(),
+                stdout: stdout.display().to_string(),
+                stderr: stderr.display().to_string(),
+                terminal: false,
+                spec: Some(prost_types::Any {
+                    type_url: spec::PROCESS_TYPE_URL.to_owned(),
+                    value: serde_json::to_vec(&process).map_err(|e| failed(e.to_string()))?,
+                }),
+                exec_id: exec_id.clone(),
+            };
+            tasks.exec(request(exec, None)).await.map_err(grpc_error)?;
+            let outcome = async {
+                tasks.start(request(StartRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None)).await.map_err(grpc_error)?;
+                let waited = tasks
+                    .wait(request(WaitRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None))
+                    .await
+                    .map_err(grpc_error)?;
+                Ok::<i64, RuntimeError>(i64::from(waited.into_inner().exit_status))
+            }
+            .await;
+            // Deleting the process waits for the shim to finish copying its output.
+            let _ = tasks.delete_process(request(DeleteProcessRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None)).await;
+            let exit_code = outcome?;
+            let read = |path: &Path| std::fs::read(path).map_err(|e| failed(format!("cannot read {}: {e}", path.display())));
+            Ok(ExecOutput { exit_code, stdout: read(&stdout)?, stderr: read(&stderr)? })
+        }
+        .await;
+        let _ = std::fs::remove_file(&stdout);
+        let _ = std::fs::remove_file(&stderr);
+        result
+    }
+
+    async fn stats(&self, id: &str) -> RuntimeResult<ContainerStats> {
+        let container = self.container(id).await?;
+        let id = container.id.as_str();
+        let Some(process) = self.task(id).await?.filter(|p| p.status == TaskStatus::Running as i32) else {
+            return Ok(ContainerStats::default());
+        };
+        let now = Instant::now();
+        let sample = self.metrics_sample(id).await?;
+        let previous = self.cpu_samples.lock().ok().and_then(|samples| samples.get(id).copied());
+        let (then, before, now, sample) = match previous.filter(|(at, _)| now.duration_since(*at) < Duration::from_secs(60)) {
+            Some((at, cpu)) => (at, cpu, now, sample),
+            None => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let later = Instant::now();
+                let second = self.metrics_sample(id).await?;
+                (now, sample.cpu_nanos, later, second)
+            }
+        };
+        if let Ok(mut samples) = self.cpu_samples.lock() {
+            samples.insert(id.to_owned(), (now, sample.cpu_nanos));
+        }
+        let wall = now.duration_since(then).as_nanos() as f64;
+        let cpu_percent = if wall > 0.0 { sample.cpu_nanos.saturating_sub(before) as f64 / wall * 100.0 } else { 0.0 };
+        let (network_rx_bytes, network_tx_bytes) = std::fs::read_to_string(format!("/proc/{}/net/dev", process.pid))
+            .map(|text| metrics::network_bytes(&text))
+            .unwrap_or_default();
+        Ok(ContainerStats {
+            cpu_percent,
+            memory_bytes: sample.memory_bytes,
+            memory_limit_bytes: sample.memory_limit_bytes,
+            network_rx_bytes,
+            network_tx_bytes,
+        })
+    }
+
+    async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>> {
+        let filters = ["/tasks/start", "/tasks/exit", "/tasks/oom"]
+            .iter()
+            .map(|topic| format!("namespace=={NAMESPACE},topic==\"{topic}\""))
+            .collect();
+        let stream = EventsClient::new(self.channel.clone())
+            .subscribe(request(SubscribeRequest { filters }, None))
+            .await
+            .map_err(grpc_error)?
+            .into_inner();
+        let events = stream.filter_map(|item| async move {
+            let envelope = match item {
+                Ok(envelope) => envelope,
+                Err(status) => return Some(Err(grpc_error(status))),
+            };
+            if envelope.namespace != NAMESPACE {
+                return None;
+            }
+            let data = envelope.event?.value;
+            let (container_id, kind) = match envelope.topic.as_str() {
+                "/tasks/start" => (TaskStart::decode(data.as_slice()).ok()?.container_id, RuntimeEventKind::Start),
+                "/tasks/exit" => {
+                    let exit = TaskExit::decode(data.as_slice()).ok()?;
+                    // Exec processes exit too; only the container's own process counts.
+                    if !exit.id.is_empty() && exit.id != exit.container_id {
+                        return None;
+                    }
+                    (exit.container_id, RuntimeEventKind::Die)
+                }
+                "/tasks/oom" => (TaskOom::decode(data.as_slice()).ok()?.container_id, RuntimeEventKind::Oom),
+                _ => return None,
+            };
+            Some(Ok(RuntimeEvent { container_id, kind }))
+        });
+        Ok(Box::pin(events))
+    }
+}
+
+const SIGTERM: u32 = 15;
+const SIGKILL: u32 = 9;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +1085,20 @@ mod tests {
         let report = probe(&path.display().to_string(), Duration::from_millis(300)).await;
         assert!(!report.available);
         assert_eq!(report.error, format!("no answer from {} within 300ms", path.display()));
+    }
+
+    #[test]
+    fn rootfs_dirs_read_overlay_and_bind_mounts() {
+        let overlay = PbMount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec!["index=off".into(), "workdir=/w".into(), "upperdir=/u".into(), "lowerdir=/l1:/l2".into()],
+        };
+        let dirs: Vec<String> = rootfs_dirs(&[overlay]).iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(dirs, ["/u", "/l1", "/l2"]);
+        let bind = PbMount { r#type: "bind".into(), source: "/fs".into(), target: String::new(), options: vec!["ro".into()] };
+        assert_eq!(rootfs_dirs(&[bind]), [PathBuf::from("/fs")]);
+        assert!(is_identifier("0123abcd") && !is_identifier("a b") && !is_identifier(""));
     }
 }

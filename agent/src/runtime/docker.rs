@@ -1,13 +1,35 @@
-//! Docker Engine, through its API socket (bollard). The probe is shared with Podman,
-//! whose service speaks the same Docker-compatible API.
+//! Docker Engine, through its API socket (bollard). The driver and the probe are shared
+//! with Podman, whose service speaks the same Docker-compatible API.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ImportImageOptions, InspectContainerOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, RestartContainerOptions, StartContainerOptions,
+    StatsOptions, StopContainerOptions, TagImageOptions,
+};
+use diplo_api::container::{
+    ContainerInfo, ContainerSpec, ContainerStats, ExecOutput, LABEL_INSTANCE, LogChunk, LogOptions, OutputStream,
+    PortMapping, Protocol, RuntimeEvent, validate_container_name,
+};
 use diplo_api::fingerprint::RuntimeReport;
 use diplo_api::runtime::Runtime;
-use tracing::debug;
+use futures::{StreamExt, TryStreamExt};
+use hyper::body::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+use tracing::{debug, warn};
+
+use super::docker_api::{self, ArchiveKind, ImageRef};
+use super::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream};
 
 /// Probes the Docker daemon on `socket` (a path, or `unix://path`): available when the
 /// daemon answers `/version` within `timeout`; `version` is the server's version string.
@@ -56,6 +78,698 @@ async fn query(socket: &str, timeout: Duration) -> Result<(String, bool), String
     };
     let version = version.version.filter(|v| !v.is_empty()).or(version.api_version).unwrap_or_default();
     Ok((version, rootless))
+}
+
+/// How long a request may wait for the daemon's answer. Streams (logs, events, pulls)
+/// are not limited once they have started; a stop may take its grace period on top.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a Podman pull may go without a byte from the service.
+const PULL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an exec's exit code may take to appear after its output ended.
+const EXEC_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A container runtime speaking the Docker Engine API on a unix socket: Docker itself,
+/// or Podman's Docker-compatible service (see [`super::podman::connect`]).
+///
+/// Containers it creates carry Diplo's labels (`diplo.instance`, defaulting to the
+/// container name; `diplo.deployment`, defaulting to `direct`; `diplo.node` when set
+/// with [`DockerRuntime::with_node`]). Every other operation first checks that its
+/// container carries `diplo.instance` and answers [`RuntimeError::NotFound`] for any
+/// other container, so Diplo never touches containers it did not create.
+#[derive(Debug)]
+pub struct DockerRuntime {
+    runtime: Runtime,
+    socket: String,
+    registry: RegistryConfig,
+    node: Option<String>,
+    client: OnceCell<Docker>,
+}
+
+impl DockerRuntime {
+    /// A runtime for the daemon on `socket` (a path, or `unix://path`), reported as
+    /// `runtime` ([`Runtime::Docker`] or [`Runtime::Podman`]). Nothing is sent yet: the
+    /// first operation connects and negotiates the API version down to the daemon's
+    /// (Docker 20.10 and Podman 4.3 speak 1.41, bollard defaults to a newer one); while
+    /// the daemon cannot be reached, operations fail with [`RuntimeError::Unavailable`]
+    /// and the next one tries again.
+    ///
+    /// Images from registries that `registry` calls insecure (loopback always) are
+    /// pulled over plain HTTP by Podman; Docker decides that itself (loopback is allowed
+    /// by default, other registries need `insecure-registries` in its `daemon.json`).
+    pub fn connect(socket: &str, registry: RegistryConfig, runtime: Runtime) -> DockerRuntime {
+        DockerRuntime {
+            runtime,
+            socket: socket.strip_prefix("unix://").unwrap_or(socket).to_owned(),
+            registry,
+            node: None,
+            client: OnceCell::new(),
+        }
+    }
+
+    /// Labels the containers it creates `diplo.node = node` (unless their spec has one).
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// The daemon's socket path.
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    /// The negotiated client, connecting on first use.
+    async fn docker(&self) -> RuntimeResult<&Docker> {
+        self.client
+            .get_or_try_init(|| async {
+                let docker = Docker::connect_with_unix(&self.socket, REQUEST_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION)
+                    .map_err(|e| self.unavailable(&e))?;
+                let docker = docker.negotiate_version().await.map_err(|e| self.unavailable(&e))?;
+                debug!(runtime = %self.runtime, socket = %self.socket, api = ?docker.client_version(), "connected");
+                Ok(docker)
+            })
+            .await
+    }
+
+    fn unavailable(&self, error: &bollard::errors::Error) -> RuntimeError {
+        RuntimeError::Unavailable { runtime: self.runtime, message: format!("{}: {}", self.socket, describe_bollard(error)) }
+    }
+
+    /// Maps a bollard error about `what` (`image`, `container`) called `name`.
+    fn error(&self, error: &bollard::errors::Error, what: &'static str, name: &str) -> RuntimeError {
+        map_error(self.runtime, &self.socket, error, what, name)
+    }
+
+    /// Inspects `id` and checks that it is one of Diplo's containers.
+    async fn owned(&self, docker: &Docker, id: &str) -> RuntimeResult<ContainerInspectResponse> {
+        let not_found = || RuntimeError::NotFound { what: "container", name: id.to_owned() };
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+        if id.is_empty() || !id.chars().all(ok) {
+            return Err(not_found());
+        }
+        let found = docker.inspect_container(id, None::<InspectContainerOptions>).await.map_err(|e| self.error(&e, "container", id))?;
+        let labels = found.config.as_ref().and_then(|config| config.labels.as_ref());
+        if labels.is_some_and(|labels| docker_api::is_diplo(labels)) { Ok(found) } else { Err(not_found()) }
+    }
+
+    /// Removes what a failed create may have left under `name`, if it is ours.
+    async fn remove_leftover(&self, docker: &Docker, name: &str, instance: &str) {
+        let Ok(found) = docker.inspect_container(name, None::<InspectContainerOptions>).await else { return };
+        let labels = found.config.and_then(|config| config.labels).unwrap_or_default();
+        if labels.get(LABEL_INSTANCE).map(String::as_str) != Some(instance) {
+            return;
+        }
+        let id = found.id.unwrap_or_else(|| name.to_owned());
+        let options = RemoveContainerOptions { force: true, v: true, link: false };
+        if let Err(error) = docker.remove_container(&id, Some(options)).await {
+            warn!(runtime = %self.runtime, container = name, error = %describe_bollard(&error), "cannot remove a half-created container");
+        }
+    }
+
+    /// Pulls through `POST /images/create` (Docker, and Podman for secure registries).
+    async fn pull_compat(&self, docker: &Docker, image: &ImageRef, reference: &str) -> RuntimeResult<()> {
+        let options = CreateImageOptions {
+            from_image: Some(image.repository.clone()),
+            tag: Some(image.tag.clone()),
+            ..Default::default()
+        };
+        let mut progress = docker.create_image(Some(options), None, None);
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(info) => debug!(image = reference, status = info.status.as_deref().unwrap_or_default(), "pull"),
+                Err(error) => return Err(self.pull_error(&error, reference)),
+            }
+        }
+        Ok(())
+    }
+
+    fn pull_error(&self, error: &bollard::errors::Error, reference: &str) -> RuntimeError {
+        use bollard::errors::Error as E;
+        let message = match error {
+            E::DockerResponseServerError { status_code: 404, .. } => {
+                return RuntimeError::NotFound { what: "image", name: reference.to_owned() };
+            }
+            E::DockerResponseServerError { status_code: 400, message } => {
+                return RuntimeError::InvalidArgument { field: "image", message: message.trim().to_owned() };
+            }
+            E::DockerResponseServerError { message, .. } => message.trim(),
+            E::DockerStreamError { error } => error.trim(),
+            other => return self.error(other, "image", reference),
+        };
+        pull_failure(self.runtime, reference, message)
+    }
+
+    /// Pulls through Podman's own `POST /libpod/images/pull`, which (unlike its
+    /// Docker-compatible endpoint) takes `tlsVerify`: plain-HTTP registries then work
+    /// without an `insecure = true` entry in `registries.conf`. bollard has no call for
+    /// it, so this is one HTTP/1.0 request on the socket.
+    async fn pull_libpod(&self, image: &ImageRef, reference: &str) -> RuntimeResult<()> {
+        let tls_verify = !self.registry.is_insecure(image.registry());
+        let path = format!("/v4.0.0/libpod/images/pull?reference={}&tlsVerify={tls_verify}", query_escape(&image.qualified()));
+        let (status, body) = post_unix(&self.socket, &path, PULL_IDLE_TIMEOUT).await.map_err(|error| RuntimeError::Unavailable {
+            runtime: self.runtime,
+            message: format!("{}: {}", self.socket, describe_io(&error)),
+        })?;
+        let text = String::from_utf8_lossy(&body);
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|value| value.get("message")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| text.trim().to_owned());
+            if status == 404 {
+                return Err(RuntimeError::NotFound { what: "image", name: reference.to_owned() });
+            }
+            return Err(pull_failure(self.runtime, reference, &message));
+        }
+        for line in text.lines() {
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if let Some(error) = value.get("error").and_then(serde_json::Value::as_str).filter(|e| !e.is_empty()) {
+                return Err(pull_failure(self.runtime, reference, error));
+            }
+            if let Some(line) = value.get("stream").and_then(serde_json::Value::as_str) {
+                debug!(image = reference, "pull: {}", line.trim());
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects an import's or load's progress; returns its text lines.
+    async fn drain_build_info(
+        &self,
+        mut progress: impl futures::Stream<Item = Result<bollard::models::BuildInfo, bollard::errors::Error>> + Unpin,
+        reference: &str,
+    ) -> RuntimeResult<String> {
+        let mut text = String::new();
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(|error| self.import_error(&error, reference))?;
+            for line in [info.stream, info.status].into_iter().flatten() {
+                text.push_str(&line);
+                if !line.ends_with('\n') {
+                    text.push('\n');
+                }
+            }
+        }
+        Ok(text)
+    }
+
+    fn import_error(&self, error: &bollard::errors::Error, reference: &str) -> RuntimeError {
+        use bollard::errors::Error as E;
+        match error {
+            E::DockerResponseServerError { status_code: 400..=499, message } => {
+                RuntimeError::InvalidArgument { field: "archive", message: message.trim().to_owned() }
+            }
+            E::DockerResponseServerError { message, .. } | E::DockerStreamError { error: message } => RuntimeError::Failed {
+                runtime: self.runtime,
+                message: format!("importing {reference}: {}", message.trim()),
+            },
+            other => self.error(other, "image", reference),
+        }
+    }
+}
+
+/// Maps a bollard error about `what` called `name`: 404 → not found, 409 → conflict,
+/// no connection → unavailable, anything else → failed with the daemon's message.
+fn map_error(runtime: Runtime, socket: &str, error: &bollard::errors::Error, what: &'static str, name: &str) -> RuntimeError {
+    use bollard::errors::Error as E;
+    match error {
+        E::DockerResponseServerError { status_code: 404, .. } => RuntimeError::NotFound { what, name: name.to_owned() },
+        E::DockerResponseServerError { status_code: 409, message } => RuntimeError::Conflict(message.trim().to_owned()),
+        E::DockerResponseServerError { message, .. } => RuntimeError::Failed { runtime, message: message.trim().to_owned() },
+        E::SocketNotFoundError(_) | E::HyperLegacyError { .. } | E::IOError { .. } | E::RequestTimeoutError => {
+            RuntimeError::Unavailable { runtime, message: format!("{socket}: {}", describe_bollard(error)) }
+        }
+        other => RuntimeError::Failed { runtime, message: describe_bollard(other) },
+    }
+}
+
+/// The daemon's message in a bollard error, if it has one.
+fn daemon_message(error: &bollard::errors::Error) -> Option<&str> {
+    use bollard::errors::Error as E;
+    match error {
+        E::DockerResponseServerError { message, .. } => Some(message.trim()),
+        E::DockerStreamError { error } => Some(error.trim()),
+        _ => None,
+    }
+}
+
+/// A pull that the daemon refused with `message`.
+fn pull_failure(runtime: Runtime, reference: &str, message: &str) -> RuntimeError {
+    if docker_api::means_missing_image(message) {
+        RuntimeError::NotFound { what: "image", name: reference.to_owned() }
+    } else {
+        RuntimeError::Failed { runtime, message: format!("pulling {reference}: {message}") }
+    }
+}
+
+/// A start that failed on a host port.
+fn port_conflict(message: &str) -> RuntimeError {
+    RuntimeError::Conflict(format!("host port already in use: {message}"))
+}
+
+/// Fails with a conflict naming the port when a host port of `ports` is already bound
+/// on this host, by any process or running container (Docker's proxy and Podman's
+/// conmon hold published ports open). Best effort, and only meaningful when the agent
+/// shares the daemon's network namespace; the daemon's own error at start is mapped to
+/// a conflict as well.
+fn check_host_ports(ports: &[PortMapping]) -> RuntimeResult<()> {
+    for port in ports {
+        let bound = match port.protocol {
+            Protocol::Tcp => std::net::TcpListener::bind(("0.0.0.0", port.host_port)).map(drop),
+            Protocol::Udp => std::net::UdpSocket::bind(("0.0.0.0", port.host_port)).map(drop),
+        };
+        if let Err(error) = bound
+            && error.kind() == std::io::ErrorKind::AddrInUse
+        {
+            let protocol = match port.protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+            };
+            return Err(RuntimeError::Conflict(format!("host port {}/{protocol} is already in use", port.host_port)));
+        }
+    }
+    Ok(())
+}
+
+/// `grace` as the whole seconds of a stop's `t`, rounded up.
+fn grace_seconds(grace: Duration) -> i32 {
+    let seconds = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+    i32::try_from(seconds).unwrap_or(i32::MAX)
+}
+
+/// Percent-encodes a query value (image references need it only for `+`).
+fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'/' | b':' | b'@') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Sends `POST path` with HTTP/1.0 on the unix socket and returns the status and body,
+/// reading until the server closes; fails when it stays silent for `idle`.
+async fn post_unix(socket: &str, path: &str, idle: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {}", describe_timeout(idle)));
+    let mut stream = tokio::time::timeout(idle, tokio::net::UnixStream::connect(socket)).await.map_err(|_| timed_out())??;
+    let request = format!("POST {path} HTTP/1.0\r\nHost: d\r\nContent-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = tokio::time::timeout(idle, stream.read(&mut buffer)).await.map_err(|_| timed_out())??;
+        if read == 0 {
+            break;
+        }
+        response.extend_from_slice(&buffer[..read]);
+    }
+    parse_http_response(&response)
+}
+
+/// Status and body of a complete HTTP/1.x response (chunked or not).
+fn parse_http_response(response: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad HTTP response: {why}"));
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| invalid("no end of headers"))?;
+    let head = String::from_utf8_lossy(&response[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| invalid("no status"))?;
+    let chunked = lines.any(|line| {
+        let line = line.to_ascii_lowercase();
+        line.starts_with("transfer-encoding:") && line.contains("chunked")
+    });
+    let body = &response[end + 4..];
+    if !chunked {
+        return Ok((status, body.to_vec()));
+    }
+    let mut out = Vec::new();
+    let mut rest = body;
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(|| invalid("truncated chunk"))?;
+        let size_text = String::from_utf8_lossy(&rest[..line_end]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim().to_owned();
+        let size = usize::from_str_radix(&size_text, 16).map_err(|_| invalid("bad chunk size"))?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok((status, out));
+        }
+        let chunk = rest.get(..size).ok_or_else(|| invalid("truncated chunk"))?;
+        out.extend_from_slice(chunk);
+        rest = rest.get(size + 2..).unwrap_or_default();
+    }
+}
+
+/// The file at `path` as a stream of byte chunks.
+async fn file_chunks(
+    path: &Path,
+) -> std::io::Result<impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static> {
+    let file = tokio::fs::File::open(path).await?;
+    Ok(futures::stream::try_unfold(file, |mut file| async move {
+        let mut buffer = vec![0u8; 256 * 1024];
+        let read = file.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(None);
+        }
+        buffer.truncate(read);
+        Ok(Some((Bytes::from(buffer), file)))
+    }))
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    fn runtime(&self) -> Runtime {
+        self.runtime
+    }
+
+    async fn version(&self) -> RuntimeResult<String> {
+        let docker = self.docker().await?;
+        let version = docker.version().await.map_err(|e| self.error(&e, "daemon", &self.socket))?;
+        Ok(version.version.filter(|v| !v.is_empty()).or(version.api_version).unwrap_or_default())
+    }
+
+    async fn ensure_image(&self, image: &str) -> RuntimeResult<()> {
+        docker_api::check_image_reference(image)?;
+        let docker = self.docker().await?;
+        match docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(error) => return Err(self.error(&error, "image", image)),
+        }
+        let parsed = ImageRef::parse(image);
+        debug!(runtime = %self.runtime, image, "pulling");
+        if self.runtime == Runtime::Podman {
+            self.pull_libpod(&parsed, image).await
+        } else {
+            self.pull_compat(docker, &parsed, image).await
+        }
+    }
+
+    async fn import_image(&self, archive: &Path, reference: &str) -> RuntimeResult<()> {
+        docker_api::check_image_reference(reference)?;
+        let target = ImageRef::parse(reference);
+        if target.digest {
+            return Err(RuntimeError::InvalidArgument { field: "image", message: format!("cannot tag an image with a digest ({reference})") });
+        }
+        let bad_archive = |error: std::io::Error| RuntimeError::InvalidArgument {
+            field: "archive",
+            message: format!("{}: {}", archive.display(), describe_io(&error)),
+        };
+        let path = archive.to_owned();
+        let kind = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&path).and_then(|file| docker_api::archive_kind(std::io::BufReader::new(file)))
+        })
+        .await
+        .map_err(|error| RuntimeError::Failed { runtime: self.runtime, message: format!("reading the archive: {error}") })?
+        .map_err(bad_archive)?;
+        let docker = self.docker().await?;
+        let chunks = file_chunks(archive).await.map_err(bad_archive)?;
+        match kind {
+            ArchiveKind::Image => {
+                let options = ImportImageOptions { quiet: false, platform: None };
+                let progress = docker.import_image_stream(options, chunks, None);
+                let text = self.drain_build_info(Box::pin(progress), reference).await?;
+                let loaded = docker_api::loaded_images(&text);
+                let Some(source) = loaded.first() else {
+                    return Err(RuntimeError::Failed {
+                        runtime: self.runtime,
+                        message: format!("importing {reference}: the daemon loaded no image ({})", text.trim()),
+                    });
+                };
+                let options = TagImageOptions { repo: Some(target.repository.clone()), tag: Some(target.tag.clone()) };
+                docker.tag_image(source, Some(options)).await.map_err(|e| self.error(&e, "image", source))?;
+            }
+            ArchiveKind::RootFs => {
+                let options = CreateImageOptions {
+                    from_src: Some("-".to_owned()),
+                    repo: Some(target.repository.clone()),
+                    tag: Some(target.tag.clone()),
+                    ..Default::default()
+                };
+                let mut progress = docker.create_image(Some(options), Some(bollard::body_try_stream(chunks)), None);
+                while let Some(item) = progress.next().await {
+                    item.map_err(|error| match &error {
+                        bollard::errors::Error::DockerResponseServerError { status_code: 400..=499, message } => {
+                            RuntimeError::InvalidArgument { field: "archive", message: message.trim().to_owned() }
+                        }
+                        bollard::errors::Error::DockerResponseServerError { message, .. }
+                        | bollard::errors::Error::DockerStreamError { error: message } => RuntimeError::Failed {
+                            runtime: self.runtime,
+                            message: format!("importing {reference}: {}", message.trim()),
+                        },
+                        other => self.error(other, "image", reference),
+                    })?;
+                }
+            }
+        }
+        docker.inspect_image(reference).await.map_err(|error| RuntimeError::Failed {
+            runtime: self.runtime,
+            message: format!("importing {reference}: the image is not there afterwards ({})", describe_bollard(&error)),
+        })?;
+        Ok(())
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> RuntimeResult<String> {
+        validate_container_name(&spec.name).map_err(|message| RuntimeError::InvalidArgument { field: "name", message })?;
+        let labels = docker_api::labels_for(spec, self.node.as_deref());
+        let instance = labels.get(LABEL_INSTANCE).cloned().unwrap_or_default();
+        let body = docker_api::create_body(spec, labels)?;
+        check_host_ports(&spec.ports)?;
+        let docker = self.docker().await?;
+        let options = CreateContainerOptions { name: Some(spec.name.clone()), platform: String::new() };
+        let created = match docker.create_container(Some(options), body).await {
+            Ok(created) => created,
+            Err(error) => {
+                let message = daemon_message(&error).unwrap_or_default();
+                let mapped = match &error {
+                    _ if docker_api::means_port_in_use(message) => port_conflict(message),
+                    bollard::errors::Error::DockerResponseServerError { status_code: 409, .. } => {
+                        RuntimeError::Conflict(format!("container name {:?} is already in use", spec.name))
+                    }
+                    _ if docker_api::means_name_in_use(message) => {
+                        RuntimeError::Conflict(format!("container name {:?} is already in use", spec.name))
+                    }
+                    bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => {
+                        RuntimeError::NotFound { what: "image", name: spec.image.clone() }
+                    }
+                    _ if docker_api::means_missing_image(message) && message.contains(spec.image.as_str()) => {
+                        RuntimeError::NotFound { what: "image", name: spec.image.clone() }
+                    }
+                    bollard::errors::Error::DockerResponseServerError { status_code: 400, message } => {
+                        RuntimeError::InvalidArgument { field: "spec", message: message.trim().to_owned() }
+                    }
+                    other => self.error(other, "container", &spec.name),
+                };
+                // A request that failed on the way (timeout, dropped connection, daemon
+                // error after the fact) may still have created it.
+                if matches!(mapped, RuntimeError::Unavailable { .. } | RuntimeError::Failed { .. }) {
+                    self.remove_leftover(docker, &spec.name, &instance).await;
+                }
+                return Err(mapped);
+            }
+        };
+        for warning in &created.warnings {
+            warn!(runtime = %self.runtime, container = %spec.name, "create: {warning}");
+        }
+        // Without its labels the container would be invisible to Diplo and leak.
+        let verified = match docker.inspect_container(&created.id, None::<InspectContainerOptions>).await {
+            Ok(found) if found.config.as_ref().and_then(|c| c.labels.as_ref()).is_some_and(|l| docker_api::is_diplo(l)) => Ok(()),
+            Ok(_) => Err(RuntimeError::Failed { runtime: self.runtime, message: "the daemon dropped the container's labels".to_owned() }),
+            Err(error) => Err(self.error(&error, "container", &spec.name)),
+        };
+        if let Err(error) = verified {
+            let options = RemoveContainerOptions { force: true, v: true, link: false };
+            if let Err(cleanup) = docker.remove_container(&created.id, Some(options)).await {
+                warn!(runtime = %self.runtime, container = %spec.name, error = %describe_bollard(&cleanup), "cannot remove a half-created container");
+            }
+            return Err(error);
+        }
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> RuntimeResult<()> {
+        let docker = self.docker().await?;
+        let found = self.owned(docker, id).await?;
+        let target = found.id.as_deref().unwrap_or(id);
+        docker.start_container(target, None::<StartContainerOptions>).await.map_err(|error| match daemon_message(&error) {
+            Some(message) if docker_api::means_port_in_use(message) => port_conflict(message),
+            _ => self.error(&error, "container", id),
+        })
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> RuntimeResult<()> {
+        let docker = self.docker().await?;
+        let found = self.owned(docker, id).await?;
+        let target = found.id.as_deref().unwrap_or(id);
+        let options = StopContainerOptions { t: Some(grace_seconds(grace)), signal: None };
+        let patient = docker.clone().with_timeout(REQUEST_TIMEOUT + grace);
+        patient.stop_container(target, Some(options)).await.map_err(|e| self.error(&e, "container", id))
+    }
+
+    async fn restart(&self, id: &str, grace: Duration) -> RuntimeResult<()> {
+        let docker = self.docker().await?;
+        let found = self.owned(docker, id).await?;
+        let target = found.id.as_deref().unwrap_or(id);
+        let options = RestartContainerOptions { t: Some(grace_seconds(grace)), signal: None };
+        let patient = docker.clone().with_timeout(REQUEST_TIMEOUT + grace);
+        patient.restart_container(target, Some(options)).await.map_err(|error| match daemon_message(&error) {
+            Some(message) if docker_api::means_port_in_use(message) => port_conflict(message),
+            _ => self.error(&error, "container", id),
+        })
+    }
+
+    async fn remove(&self, id: &str, force: bool) -> RuntimeResult<()> {
+        let docker = self.docker().await?;
+        let found = self.owned(docker, id).await?;
+        let target = found.id.as_deref().unwrap_or(id);
+        // `v` removes the container's anonymous volumes too; named volumes stay.
+        let options = RemoveContainerOptions { force, v: true, link: false };
+        let patient = docker.clone().with_timeout(REQUEST_TIMEOUT * 2);
+        patient.remove_container(target, Some(options)).await.map_err(|e| self.error(&e, "container", id))
+    }
+
+    async fn list(&self) -> RuntimeResult<Vec<ContainerInfo>> {
+        let docker = self.docker().await?;
+        let filters = HashMap::from([("label".to_owned(), vec![LABEL_INSTANCE.to_owned()])]);
+        let options = ListContainersOptions { all: true, limit: None, size: false, filters: Some(filters) };
+        let summaries = docker.list_containers(Some(options)).await.map_err(|e| self.error(&e, "container", "*"))?;
+        let ids: Vec<String> = summaries
+            .into_iter()
+            .filter(|summary| summary.labels.as_ref().is_some_and(|labels| docker_api::is_diplo(labels)))
+            .filter_map(|summary| summary.id)
+            .collect();
+        let inspected = futures::future::join_all(ids.iter().map(|id| docker.inspect_container(id, None::<InspectContainerOptions>))).await;
+        let mut containers = Vec::with_capacity(ids.len());
+        for (id, result) in ids.iter().zip(inspected) {
+            match result {
+                Ok(found) => {
+                    let info = docker_api::container_info(found);
+                    if docker_api::is_diplo(&info.labels) {
+                        containers.push(info);
+                    }
+                }
+                // Removed between the list and the inspect.
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(error) => return Err(self.error(&error, "container", id)),
+            }
+        }
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(containers)
+    }
+
+    async fn inspect(&self, id: &str) -> RuntimeResult<ContainerInfo> {
+        let docker = self.docker().await?;
+        Ok(docker_api::container_info(self.owned(docker, id).await?))
+    }
+
+    async fn logs(&self, id: &str, options: LogOptions) -> RuntimeResult<RuntimeStream<LogChunk>> {
+        let docker = self.docker().await?;
+        let found = self.owned(docker, id).await?;
+        let target = found.id.unwrap_or_else(|| id.to_owned());
+        let options = LogsOptions {
+            follow: options.follow,
+            stdout: true,
+            stderr: true,
+            since: 0,
+            until: 0,
+            timestamps: options.timestamps,
+            tail: options.tail.map_or_else(|| "all".to_owned(), |tail| tail.to_string()),
+        };
+        let (runtime, socket, name) = (self.runtime, self.socket.clone(), id.to_owned());
+        let stream = docker.logs(&target, Some(options)).filter_map(move |item| {
+            let chunk = match item {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    Some(Ok(LogChunk { stream: OutputStream::Stdout, data: message.to_vec() }))
+                }
+                Ok(LogOutput::StdErr { message }) => Some(Ok(LogChunk { stream: OutputStream::Stderr, data: message.to_vec() })),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(error) => Some(Err(map_error(runtime, &socket, &error, "container", &name))),
+            };
+            futures::future::ready(chunk)
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn exec(&self, id: &str, argv: &[String]) -> RuntimeResult<ExecOutput> {
+        if argv.is_empty() {
+            return Err(RuntimeError::InvalidArgument { field: "argv", message: "the command is empty".to_owned() });
+        }
+        let docker = self.docker().await?;
+        let found = self.owned(docker, id).await?;
+        let target = found.id.as_deref().unwrap_or(id);
+        let config = CreateExecOptions::<String> {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(argv.to_vec()),
+            ..Default::default()
+        };
+        let exec = docker.create_exec(target, config).await.map_err(|e| self.error(&e, "container", id))?;
+        let mut output = ExecOutput::default();
+        let started = docker
+            .start_exec(&exec.id, Some(StartExecOptions { detach: false, tty: false, output_capacity: None }))
+            .await
+            .map_err(|e| self.error(&e, "container", id))?;
+        let StartExecResults::Attached { output: mut stream, input } = started else {
+            return Err(RuntimeError::Failed { runtime: self.runtime, message: "the exec did not attach".to_owned() });
+        };
+        drop(input);
+        while let Some(item) = stream.next().await {
+            match item.map_err(|e| self.error(&e, "container", id))? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => output.stdout.extend_from_slice(&message),
+                LogOutput::StdErr { message } => output.stderr.extend_from_slice(&message),
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        // The exit code can lag the end of the output a little.
+        let deadline = Instant::now() + EXEC_EXIT_TIMEOUT;
+        loop {
+            let inspected = docker.inspect_exec(&exec.id).await.map_err(|e| self.error(&e, "container", id))?;
+            if inspected.running != Some(true)
+                && let Some(code) = inspected.exit_code
+            {
+                output.exit_code = code;
+                return Ok(output);
+            }
+            if Instant::now() >= deadline {
+                return Err(RuntimeError::Failed {
+                    runtime: self.runtime,
+                    message: format!("the exec's exit code did not appear within {}", describe_timeout(EXEC_EXIT_TIMEOUT)),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn stats(&self, id: &str) -> RuntimeResult<ContainerStats> {
+        let docker = self.docker().await?;
+        let found = self.owned(docker, id).await?;
+        let target = found.id.as_deref().unwrap_or(id);
+        // stream=false with one-shot=false: the daemon samples twice, filling precpu_stats.
+        let mut samples = docker.stats(target, Some(StatsOptions { stream: false, one_shot: false }));
+        match samples.next().await {
+            Some(Ok(sample)) => Ok(docker_api::container_stats(&sample)),
+            Some(Err(error)) => Err(self.error(&error, "container", id)),
+            None => Err(RuntimeError::Failed { runtime: self.runtime, message: format!("no stats for {id}") }),
+        }
+    }
+
+    async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>> {
+        let docker = self.docker().await?;
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("event".to_owned(), ["start", "die", "oom", "health_status"].map(str::to_owned).to_vec()),
+            ("label".to_owned(), vec![LABEL_INSTANCE.to_owned()]),
+        ]);
+        let options = EventsOptions { since: None, until: None, filters: Some(filters) };
+        let (runtime, socket) = (self.runtime, self.socket.clone());
+        let stream = docker.events(Some(options)).map_err(move |error| map_error(runtime, &socket, &error, "events", "")).try_filter_map(
+            |message| futures::future::ready(Ok(docker_api::runtime_event(&message))),
+        );
+        Ok(Box::pin(stream))
+    }
 }
 
 /// A short sentence for a bollard error: the OS error for connection failures, the

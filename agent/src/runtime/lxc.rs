@@ -4,6 +4,10 @@
 //! `PATH`, `lxc-create --version` runs, and the network link the default container
 //! config attaches to (normally the `lxcbr0` bridge of `lxc-net`) exists, because
 //! `lxc-start` fails without it.
+//!
+//! [`LxcRuntime`] is the driver: see `lxc/driver.rs` for how Diplo's container model maps
+//! onto LXC (static addresses on the bridge, ports published by the agent, a state file
+//! next to each container's config).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -14,6 +18,13 @@ use diplo_api::runtime::Runtime;
 use tracing::debug;
 
 use super::docker::{describe_io, describe_timeout};
+
+mod config;
+mod driver;
+mod image;
+
+pub use config::{CgroupVersion, LxcNetwork};
+pub use driver::{CONSOLE_LOG, DEFAULT_LXC_PATH, LxcRuntime, START_LOG, STATE_FILE};
 
 /// LXC's default container config, which names the bridge containers attach to.
 pub const DEFAULT_CONFIG: &str = "/etc/lxc/default.conf";

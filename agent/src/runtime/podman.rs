@@ -1,11 +1,20 @@
-//! Podman, through its Docker-compatible API socket (`podman system service`).
+//! Podman, through its Docker-compatible API socket (`podman system service`). The
+//! driver is [`DockerRuntime`], reporting [`Runtime::Podman`]; it pulls through Podman's
+//! own endpoint so that plain-HTTP registries need no `registries.conf` entry.
 
 use std::time::Duration;
 
 use diplo_api::fingerprint::RuntimeReport;
 use diplo_api::runtime::Runtime;
 
-use super::docker::probe_docker_api;
+use super::RegistryConfig;
+use super::docker::{DockerRuntime, probe_docker_api};
+
+/// The Podman service on `socket` (a path, or `unix://path`) as a container runtime;
+/// see [`DockerRuntime::connect`] (nothing is sent before the first operation).
+pub fn connect(socket: &str, registry: RegistryConfig) -> DockerRuntime {
+    DockerRuntime::connect(socket, registry, Runtime::Podman)
+}
 
 /// Probes the Podman service on `socket` (a path, or `unix://path`) through the
 /// Docker-compatible API: available when it answers `/version` within `timeout`;
@@ -24,5 +33,19 @@ mod tests {
         assert_eq!(report.runtime, Runtime::Podman);
         assert!(!report.available);
         assert_eq!(report.error, "no answer from /nonexistent/podman.sock: no such socket");
+    }
+
+    #[tokio::test]
+    async fn missing_socket_makes_the_driver_unavailable() {
+        use crate::runtime::{ContainerRuntime, RuntimeError};
+        let podman = connect("unix:///nonexistent/podman.sock", RegistryConfig::default());
+        assert_eq!(podman.runtime(), Runtime::Podman);
+        assert_eq!(podman.socket(), "/nonexistent/podman.sock");
+        match podman.version().await {
+            Err(RuntimeError::Unavailable { runtime: Runtime::Podman, message }) => {
+                assert_eq!(message, "/nonexistent/podman.sock: no such socket");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
     }
 }

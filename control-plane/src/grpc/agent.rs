@@ -10,7 +10,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::caller;
 use super::convert::{session_message, status_from, timestamp};
+use crate::model::ObservedContainer;
 use crate::service::{ControlPlane, JoinInput};
+use diplo_api::command::command_outcome;
+use diplo_api::container::{LogChunk, OutputStream};
+use diplo_api::wire::container_info;
 
 /// The gRPC face of the agent-facing half of [`ControlPlane`].
 pub struct AgentApi {
@@ -25,6 +29,17 @@ impl AgentApi {
 
 fn remote<T>(request: &Request<T>) -> String {
     request.remote_addr().map(|addr| addr.to_string()).unwrap_or_default()
+}
+
+/// Observed containers from the wire; entries without a known runtime are dropped.
+fn observed(states: Vec<pb::ContainerState>) -> Vec<ObservedContainer> {
+    states
+        .into_iter()
+        .filter_map(|state| {
+            let (info, _, runtime) = container_info(state);
+            Some(ObservedContainer { runtime: runtime?, info })
+        })
+        .collect()
 }
 
 type ControlStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
@@ -71,21 +86,26 @@ impl pb::agent_service_server::AgentService for AgentApi {
             None => return Err(Status::invalid_argument("invalid session: closed before hello")),
         };
         let fingerprint = hello.fingerprint.ok_or_else(|| Status::invalid_argument("invalid hello.fingerprint: missing"))?;
+        let containers = observed(hello.containers);
         let (node_id, session, downstream) =
-            self.control_plane.open_session(&caller, fingerprint.into(), &address).await.map_err(status_from)?;
+            self.control_plane.open_session(&caller, fingerprint.into(), containers, &address).await.map_err(status_from)?;
 
         let control_plane = self.control_plane.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
-                    Ok(Some(pb::AgentMessage { body: Some(Body::Heartbeat(_)) })) => {
-                        if let Err(err) = control_plane.heartbeat(&caller, &node_id) {
+                    Ok(Some(pb::AgentMessage { body: Some(Body::Heartbeat(beat)) })) => {
+                        if let Err(err) = control_plane.heartbeat(&caller, &node_id, observed(beat.containers)) {
                             tracing::warn!(node_id = %node_id, error = %err, "heartbeat refused; ending session");
                             break;
                         }
                     }
                     Ok(Some(pb::AgentMessage { body: Some(Body::Result(result)) })) => {
-                        tracing::debug!(node_id = %node_id, request_id = %result.request_id, ok = result.ok, "command result");
+                        let request_id = result.request_id.clone();
+                        tracing::debug!(node_id = %node_id, request_id = %request_id, ok = result.ok, "command result");
+                        if let Err(err) = control_plane.command_result(&caller, &request_id, command_outcome(result)) {
+                            tracing::warn!(node_id = %node_id, error = %err, "command result refused");
+                        }
                     }
                     Ok(Some(_)) => tracing::warn!(node_id = %node_id, "unexpected session message ignored"),
                     Ok(None) => break,
@@ -107,9 +127,29 @@ impl pb::agent_service_server::AgentService for AgentApi {
         request: Request<Streaming<pb::OutputChunk>>,
     ) -> Result<Response<pb::StreamOutputResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
-        // Bulk output belongs to commands (logs, exec, builds), which arrive with the
-        // runtime drivers; until a command can be outstanding, no stream is expected.
-        tracing::warn!(caller = %caller.actor(), "output stream without an outstanding command");
-        Err(Status::failed_precondition("no command with bulk output is outstanding for this node"))
+        let mut chunks = request.into_inner();
+        let mut sink = None;
+        let mut request_id = String::new();
+        while let Some(chunk) = chunks.message().await? {
+            if sink.is_none() {
+                request_id = chunk.request_id.clone();
+                match self.control_plane.output_sink(&caller, &request_id).map_err(status_from)? {
+                    Some(tx) => sink = Some(tx),
+                    None => return Err(Status::cancelled("nobody is reading this output any more")),
+                }
+            }
+            if chunk.eof {
+                break;
+            }
+            let stream = if chunk.stream == "stderr" { OutputStream::Stderr } else { OutputStream::Stdout };
+            if let Some(tx) = &sink
+                && tx.send(LogChunk { stream, data: chunk.data }).await.is_err()
+            {
+                self.control_plane.close_output(&request_id);
+                return Err(Status::cancelled("the reader went away"));
+            }
+        }
+        self.control_plane.close_output(&request_id);
+        Ok(Response::new(pb::StreamOutputResponse {}))
     }
 }

@@ -11,7 +11,9 @@ use crate::service::ClusterStatus;
 pub fn status_from(err: ServiceError) -> tonic::Status {
     let message = err.to_string();
     match err {
-        ServiceError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
+        ServiceError::InvalidArgument { .. } | ServiceError::InvalidRequest(_) => tonic::Status::invalid_argument(message),
+        ServiceError::Unsupported(_) => tonic::Status::unimplemented(message),
+        ServiceError::Unavailable(_) => tonic::Status::unavailable(message),
         ServiceError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
         ServiceError::PermissionDenied(_) => tonic::Status::permission_denied(message),
         ServiceError::NotFound(_) => tonic::Status::not_found(message),
@@ -79,6 +81,7 @@ pub fn session_message(message: SessionMessage) -> pb::ControlMessage {
             node_id,
             heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
         }),
+        SessionMessage::Command(command) => pb::control_message::Body::Command((&command).into()),
     };
     pb::ControlMessage { body: Some(body) }
 }

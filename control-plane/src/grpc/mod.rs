@@ -4,6 +4,7 @@
 mod agent;
 mod auth;
 mod cluster;
+mod containers;
 mod convert;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use diplo_api::pb::agent_service_server::AgentServiceServer;
 use diplo_api::pb::cluster_service_server::ClusterServiceServer;
+use diplo_api::pb::container_service_server::ContainerServiceServer;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::service::ControlPlane;
@@ -52,6 +54,7 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AgentServiceServer<agent::AgentApi>>().await;
     health_reporter.set_serving::<ClusterServiceServer<cluster::ClusterApi>>().await;
+    health_reporter.set_serving::<ContainerServiceServer<containers::ContainerApi>>().await;
 
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
@@ -72,7 +75,8 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AgentServiceServer::new(agent::AgentApi::new(control_plane.clone())))
-        .add_service(ClusterServiceServer::new(cluster::ClusterApi::new(control_plane)))
+        .add_service(ClusterServiceServer::new(cluster::ClusterApi::new(control_plane.clone())))
+        .add_service(ContainerServiceServer::new(containers::ContainerApi::new(control_plane)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|source| GrpcServeError::Transport { addr, source })

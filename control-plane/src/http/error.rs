@@ -20,7 +20,11 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self.0 {
-            ServiceError::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            ServiceError::InvalidArgument { .. } | ServiceError::InvalidRequest(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_argument")
+            }
+            ServiceError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
+            ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ServiceError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ServiceError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),

@@ -1,6 +1,7 @@
 //! REST gateway (JSON): thin axum handlers over [`ControlPlane`]. Every route but
 //! `GET /healthz` needs `Authorization: Bearer <token>`.
 
+mod containers;
 mod error;
 mod status;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::Caller;
@@ -25,6 +26,15 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/compute/cluster/status", get(status::cluster_status))
         .route("/api/v1/nodes", get(status::list_nodes))
         .route("/api/v1/nodes/{node}", get(status::get_node))
+        .route("/api/v1/containers", get(containers::list).post(containers::create))
+        .route("/api/v1/containers/{id}", axum::routing::delete(containers::remove))
+        .route("/api/v1/containers/{id}/start", post(containers::start))
+        .route("/api/v1/containers/{id}/stop", post(containers::stop))
+        .route("/api/v1/containers/{id}/restart", post(containers::restart))
+        .route("/api/v1/containers/{id}/logs", get(containers::logs))
+        .route("/api/v1/containers/{id}/exec", post(containers::exec))
+        .route("/api/v1/runtime/info", get(containers::runtime_info))
+        .route("/api/{runtime}/status", get(containers::runtime_status))
         .route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
     Router::new().route("/healthz", get(|| async { "ok" })).merge(api).with_state(control_plane)
 }

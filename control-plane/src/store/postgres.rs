@@ -5,7 +5,6 @@
 //! conditional `UPDATE` in [`Store::use_join_token`] is atomic: under READ COMMITTED a
 //! racing update waits for the row lock and re-checks its `WHERE` on the new row.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,12 +12,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diplo_api::fingerprint::Fingerprint;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Connection};
 
+use super::rows::{
+    api_token_from_row, event_from_row, insert_error, join_token_from_row, millis, node_from_row,
+    require_found, sequence, to_json,
+};
 use super::{Store, StoreError, StoreResult, mask_password};
 use crate::model::{
-    ApiTokenRecord, EventRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus,
-    NodeStatusChange, Role,
+    ApiTokenRecord, EventRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatusChange,
 };
 
 /// How long opening the pool (or any later acquire) waits for a connection.
@@ -79,124 +81,38 @@ impl PostgresStore {
     }
 }
 
-// ---- conversions shared by the queries below ----
+// ---- query steps shared by the methods below ----
 
-fn millis(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn time(column: &'static str, ms: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
-        column,
-        reason: format!("timestamp {ms} out of range"),
-    })
-}
-
-fn to_json<T: serde::Serialize>(column: &'static str, value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
-        column,
-        reason: format!("cannot encode: {e}"),
-    })
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(column: &'static str, text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        column,
-        reason: e.to_string(),
-    })
-}
-
-/// Maps a unique-key violation to `AlreadyExists`, anything else to `Database`.
-fn insert_error(
-    err: sqlx::Error,
-    what: &'static str,
-    key: impl FnOnce(&str) -> String,
-) -> StoreError {
-    if let sqlx::Error::Database(db) = &err
-        && db.is_unique_violation()
-    {
-        // PostgreSQL names the constraint, e.g. `nodes_name_key`.
-        let constraint = db.constraint().unwrap_or_else(|| db.message());
-        return StoreError::AlreadyExists {
-            what,
-            key: key(constraint),
-        };
+impl PostgresStore {
+    /// Runs `sql` with `key` bound to `$1`; returns whether it changed any row.
+    async fn execute_keyed(&self, sql: &'static str, key: &str) -> StoreResult<bool> {
+        let done = sqlx::query(sql).bind(key).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
     }
-    StoreError::Database(err)
-}
 
-fn node_from_row(row: &PgRow) -> StoreResult<NodeRecord> {
-    let status: String = row.try_get("status")?;
-    let fingerprint: String = row.try_get("fingerprint")?;
-    let labels: String = row.try_get("labels")?;
-    Ok(NodeRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        status: NodeStatus::from_str(&status).map_err(|reason| StoreError::Corrupt {
-            column: "nodes.status",
-            reason,
-        })?,
-        fingerprint: from_json("nodes.fingerprint", &fingerprint)?,
-        cordoned: row.try_get("cordoned")?,
-        labels: from_json::<BTreeMap<String, String>>("nodes.labels", &labels)?,
-        joined_at: time("nodes.joined_at", row.try_get("joined_at")?)?,
-        last_seen_at: time("nodes.last_seen_at", row.try_get("last_seen_at")?)?,
-        address: row.try_get("address")?,
-    })
-}
+    /// Runs `sql` with `key` bound to `$1` and decodes the row it returns, if any.
+    async fn fetch_keyed<T>(
+        &self,
+        sql: &'static str,
+        key: &str,
+        decode: fn(&PgRow) -> StoreResult<T>,
+    ) -> StoreResult<Option<T>> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
 
-fn join_token_from_row(row: &PgRow) -> StoreResult<JoinTokenRecord> {
-    let uses: i64 = row.try_get("uses")?;
-    let labels: String = row.try_get("labels")?;
-    Ok(JoinTokenRecord {
-        id: row.try_get("id")?,
-        secret_hash: row.try_get("secret_hash")?,
-        created_at: time("join_tokens.created_at", row.try_get("created_at")?)?,
-        expires_at: time("join_tokens.expires_at", row.try_get("expires_at")?)?,
-        single_use: row.try_get("single_use")?,
-        uses: u32::try_from(uses).map_err(|e| StoreError::Corrupt {
-            column: "join_tokens.uses",
-            reason: format!("{uses}: {e}"),
-        })?,
-        revoked: row.try_get("revoked")?,
-        labels: from_json("join_tokens.labels", &labels)?,
-    })
-}
-
-fn api_token_from_row(row: &PgRow) -> StoreResult<ApiTokenRecord> {
-    let role: String = row.try_get("role")?;
-    let expires_at: Option<i64> = row.try_get("expires_at")?;
-    Ok(ApiTokenRecord {
-        id: row.try_get("id")?,
-        secret_hash: row.try_get("secret_hash")?,
-        name: row.try_get("name")?,
-        role: Role::from_str(&role).map_err(|reason| StoreError::Corrupt {
-            column: "api_tokens.role",
-            reason,
-        })?,
-        created_at: time("api_tokens.created_at", row.try_get("created_at")?)?,
-        expires_at: expires_at
-            .map(|ms| time("api_tokens.expires_at", ms))
-            .transpose()?,
-        revoked: row.try_get("revoked")?,
-    })
-}
-
-fn event_from_row(row: &PgRow) -> StoreResult<EventRecord> {
-    let sequence: i64 = row.try_get("sequence")?;
-    Ok(EventRecord {
-        sequence: u64::try_from(sequence).map_err(|e| StoreError::Corrupt {
-            column: "events.sequence",
-            reason: format!("{sequence}: {e}"),
-        })?,
-        event: NewEvent {
-            at: time("events.at", row.try_get("at")?)?,
-            kind: row.try_get("kind")?,
-            actor: row.try_get("actor")?,
-            subject: row.try_get("subject")?,
-            message: row.try_get("message")?,
-        },
-    })
+    /// Runs `sql` and decodes every row it returns.
+    async fn fetch_all<T>(
+        &self,
+        sql: &'static str,
+        decode: fn(&PgRow) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        rows.iter().map(decode).collect()
+    }
 }
 
 #[async_trait]
@@ -224,8 +140,10 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(|e| {
-            insert_error(e, "node", |msg| {
-                if msg.contains("nodes_name_key") {
+            insert_error(e, "node", |db| {
+                // PostgreSQL names the constraint, e.g. `nodes_name_key`.
+                let violated = db.constraint().unwrap_or_else(|| db.message());
+                if violated.contains("nodes_name_key") {
                     node.name.clone()
                 } else {
                     node.id.clone()
@@ -236,25 +154,23 @@ impl Store for PostgresStore {
     }
 
     async fn get_node(&self, id_or_name: &str) -> StoreResult<Option<NodeRecord>> {
-        let row = sqlx::query(
+        self.fetch_keyed(
             "SELECT id, name, status, fingerprint, cordoned, labels, joined_at, last_seen_at, \
              address FROM nodes WHERE id = $1 OR name = $1 \
              ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1",
+            id_or_name,
+            node_from_row,
         )
-        .bind(id_or_name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(node_from_row).transpose()
+        .await
     }
 
     async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
-        let rows = sqlx::query(
+        self.fetch_all(
             "SELECT id, name, status, fingerprint, cordoned, labels, joined_at, last_seen_at, \
              address FROM nodes ORDER BY name",
+            node_from_row,
         )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(node_from_row).collect()
+        .await
     }
 
     async fn record_session(
@@ -274,13 +190,7 @@ impl Store for PostgresStore {
         .bind(node_id)
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "node",
-                key: node_id.to_owned(),
-            });
-        }
-        Ok(())
+        require_found(done.rows_affected(), "node", node_id)
     }
 
     async fn apply_status_changes(&self, changes: &[NodeStatusChange]) -> StoreResult<()> {
@@ -306,21 +216,12 @@ impl Store for PostgresStore {
             .bind(node_id)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "node",
-                key: node_id.to_owned(),
-            });
-        }
-        Ok(())
+        require_found(done.rows_affected(), "node", node_id)
     }
 
     async fn delete_node(&self, node_id: &str) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM nodes WHERE id = $1")
-            .bind(node_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        self.execute_keyed("DELETE FROM nodes WHERE id = $1", node_id)
+            .await
     }
 
     // ---- join tokens ----
@@ -345,24 +246,22 @@ impl Store for PostgresStore {
     }
 
     async fn get_join_token(&self, id: &str) -> StoreResult<Option<JoinTokenRecord>> {
-        let row = sqlx::query(
+        self.fetch_keyed(
             "SELECT id, secret_hash, created_at, expires_at, single_use, uses, revoked, labels \
              FROM join_tokens WHERE id = $1",
+            id,
+            join_token_from_row,
         )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(join_token_from_row).transpose()
+        .await
     }
 
     async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>> {
-        let rows = sqlx::query(
+        self.fetch_all(
             "SELECT id, secret_hash, created_at, expires_at, single_use, uses, revoked, labels \
              FROM join_tokens ORDER BY created_at DESC, id DESC",
+            join_token_from_row,
         )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(join_token_from_row).collect()
+        .await
     }
 
     async fn use_join_token(&self, id: &str, now: DateTime<Utc>) -> StoreResult<bool> {
@@ -380,11 +279,8 @@ impl Store for PostgresStore {
     }
 
     async fn revoke_join_token(&self, id: &str) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE join_tokens SET revoked = TRUE WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        self.execute_keyed("UPDATE join_tokens SET revoked = TRUE WHERE id = $1", id)
+            .await
     }
 
     // ---- API tokens ----
@@ -408,32 +304,27 @@ impl Store for PostgresStore {
     }
 
     async fn get_api_token(&self, id: &str) -> StoreResult<Option<ApiTokenRecord>> {
-        let row = sqlx::query(
+        self.fetch_keyed(
             "SELECT id, secret_hash, name, role, created_at, expires_at, revoked \
              FROM api_tokens WHERE id = $1",
+            id,
+            api_token_from_row,
         )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(api_token_from_row).transpose()
+        .await
     }
 
     async fn list_api_tokens(&self) -> StoreResult<Vec<ApiTokenRecord>> {
-        let rows = sqlx::query(
+        self.fetch_all(
             "SELECT id, secret_hash, name, role, created_at, expires_at, revoked \
              FROM api_tokens ORDER BY created_at DESC, id DESC",
+            api_token_from_row,
         )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(api_token_from_row).collect()
+        .await
     }
 
     async fn revoke_api_token(&self, id: &str) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE api_tokens SET revoked = TRUE WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        self.execute_keyed("UPDATE api_tokens SET revoked = TRUE WHERE id = $1", id)
+            .await
     }
 
     // ---- events ----
@@ -447,7 +338,7 @@ impl Store for PostgresStore {
         sqlx::query("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
-        let sequence: i64 = sqlx::query_scalar(
+        let value: i64 = sqlx::query_scalar(
             "INSERT INTO events (at, kind, actor, subject, message) \
              VALUES ($1, $2, $3, $4, $5) RETURNING sequence",
         )
@@ -459,10 +350,7 @@ impl Store for PostgresStore {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        u64::try_from(sequence).map_err(|e| StoreError::Corrupt {
-            column: "events.sequence",
-            reason: format!("{sequence}: {e}"),
-        })
+        sequence(value)
     }
 
     async fn list_events(&self, after: u64, limit: u32) -> StoreResult<Vec<EventRecord>> {

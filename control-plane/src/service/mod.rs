@@ -1,6 +1,11 @@
 //! The one service layer: every capability is a method here, called by both the gRPC
 //! and the REST adapters with domain types.
 
+mod commands;
+mod containers;
+
+pub use containers::{place_container, ContainerView, CreateContainer, Logs, RuntimeStatus, DEFAULT_STOP_GRACE};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +20,7 @@ use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::{ServiceError, ServiceResult};
 use crate::model::{
-    ApiTokenRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, Role, SessionMessage,
+    ApiTokenRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, ObservedContainer, Role, SessionMessage,
 };
 use crate::nodes::NodeRegistry;
 use crate::pki::ClusterPki;
@@ -85,6 +90,7 @@ pub struct ControlPlane {
     store: Arc<dyn Store>,
     pki: ClusterPki,
     nodes: NodeRegistry<SessionMessage>,
+    pending: commands::PendingCommands,
 }
 
 impl ControlPlane {
@@ -95,7 +101,7 @@ impl ControlPlane {
         for node in store.list_nodes().await? {
             nodes.track(&node.id, node.status);
         }
-        Ok(Arc::new(ControlPlane { config, store, pki, nodes }))
+        Ok(Arc::new(ControlPlane { config, store, pki, nodes, pending: Default::default() }))
     }
 
     /// The settings in effect.
@@ -150,7 +156,8 @@ impl ControlPlane {
         let node = NodeRecord {
             id: node_id.clone(),
             name: input.node_name.clone(),
-            status: NodeStatus::Ready,
+            // Not ready until its session opens and reports what the node offers.
+            status: NodeStatus::Unhealthy,
             fingerprint: Fingerprint::default(),
             cordoned: false,
             labels: record.labels.clone(),
@@ -159,7 +166,7 @@ impl ControlPlane {
             address: input.address.clone(),
         };
         self.store.insert_node(&node).await?;
-        self.nodes.track(&node_id, NodeStatus::Ready);
+        self.nodes.track_joined(&node_id);
         tracing::info!(node_id = %node_id, node = %input.node_name, address = %input.address, token_id = %record.id, "node joined");
         self.emit("node.joined", &format!("node:{node_id}"), &node_id, format!("node {} joined from {}", input.node_name, input.address))
             .await;
@@ -178,6 +185,7 @@ impl ControlPlane {
         &self,
         caller: &Caller,
         fingerprint: Fingerprint,
+        containers: Vec<ObservedContainer>,
         address: &str,
     ) -> ServiceResult<(String, u64, mpsc::Receiver<SessionMessage>)> {
         let Caller::Node { node_id } = caller else {
@@ -190,6 +198,7 @@ impl ControlPlane {
         // The channel is new and empty: this cannot fail for lack of room.
         let _ = tx.try_send(welcome);
         let session = self.nodes.connect(node_id, tx);
+        self.nodes.set_containers(node_id, containers);
         let runtimes: Vec<&str> = fingerprint.available_runtimes().iter().map(|r| r.name()).collect();
         tracing::info!(node_id = %node_id, node = %node.name, address, runtimes = ?runtimes, session, "session opened");
         self.emit("node.ready", &caller.actor(), node_id, format!("node {} connected", node.name)).await;
@@ -216,10 +225,11 @@ impl ControlPlane {
         })
     }
 
-    /// Records a heartbeat from the caller's own node.
-    pub fn heartbeat(&self, caller: &Caller, node_id: &str) -> ServiceResult<()> {
+    /// Records a heartbeat from the caller's own node with the containers it runs.
+    pub fn heartbeat(&self, caller: &Caller, node_id: &str, containers: Vec<ObservedContainer>) -> ServiceResult<()> {
         caller.require_node(node_id)?;
         if self.nodes.heartbeat(node_id) {
+            self.nodes.set_containers(node_id, containers);
             Ok(())
         } else {
             Err(ServiceError::PermissionDenied(format!("node {node_id} has been removed from the cluster")))

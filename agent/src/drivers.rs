@@ -1,0 +1,43 @@
+//! Starting a driver for every runtime the fingerprint found available.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use diplo_api::fingerprint::Fingerprint;
+use diplo_api::runtime::Runtime;
+
+use crate::fingerprint::ProbeConfig;
+use crate::runtime::containerd::ContainerdRuntime;
+use crate::runtime::docker::DockerRuntime;
+use crate::runtime::{ContainerRuntime, RegistryConfig};
+
+/// Connects a driver for each available runtime. A runtime whose driver cannot start is
+/// left out and logged; the others still work.
+pub async fn connect_available(
+    fingerprint: &Fingerprint,
+    probe: &ProbeConfig,
+    registry: &RegistryConfig,
+    data_dir: &Path,
+) -> Vec<Arc<dyn ContainerRuntime>> {
+    let mut drivers: Vec<Arc<dyn ContainerRuntime>> = Vec::new();
+    for runtime in fingerprint.available_runtimes() {
+        let driver: Result<Arc<dyn ContainerRuntime>, String> = match runtime {
+            Runtime::Docker => Ok(Arc::new(DockerRuntime::connect(&probe.docker_socket, registry.clone(), Runtime::Docker))),
+            Runtime::Podman => Ok(Arc::new(crate::runtime::podman::connect(&probe.podman_socket, registry.clone()))),
+            Runtime::Containerd => ContainerdRuntime::connect(&probe.containerd_socket, registry.clone(), data_dir.join("containerd"))
+                .await
+                .map(|driver| Arc::new(driver) as Arc<dyn ContainerRuntime>)
+                .map_err(|e| e.to_string()),
+            Runtime::Lxc => lxc_driver(registry, data_dir).await,
+        };
+        match driver {
+            Ok(driver) => drivers.push(driver),
+            Err(err) => tracing::warn!(%runtime, error = %err, "runtime available but its driver could not start"),
+        }
+    }
+    drivers
+}
+
+async fn lxc_driver(_registry: &RegistryConfig, _data_dir: &Path) -> Result<Arc<dyn ContainerRuntime>, String> {
+    Err("the LXC driver is not wired in yet".into())
+}

@@ -1,0 +1,155 @@
+//! Carries out commands from the control plane on this node's runtimes, and observes
+//! the containers Diplo runs here (for heartbeats and re-adoption after a restart).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use diplo_api::command::{AgentCommand, CommandError, CommandErrorCode, CommandOp, CommandOutcome, CommandOutput};
+use diplo_api::container::{ContainerInfo, ExecOutput, LogChunk, LogOptions, OutputStream, LABEL_NODE};
+use diplo_api::runtime::Runtime;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+
+use crate::runtime::{ContainerRuntime, RuntimeError, RuntimeStream};
+
+/// The runtimes this node can drive, by kind.
+#[derive(Clone, Default)]
+pub struct Executor {
+    node_id: String,
+    runtimes: BTreeMap<Runtime, Arc<dyn ContainerRuntime>>,
+}
+
+impl Executor {
+    /// An executor for `node_id` over the given drivers.
+    pub fn new(node_id: String, runtimes: Vec<Arc<dyn ContainerRuntime>>) -> Self {
+        Executor { node_id, runtimes: runtimes.into_iter().map(|r| (r.runtime(), r)).collect() }
+    }
+
+    /// The runtimes available.
+    pub fn runtimes(&self) -> Vec<Runtime> {
+        self.runtimes.keys().copied().collect()
+    }
+
+    fn driver(&self, runtime: Runtime) -> Result<&Arc<dyn ContainerRuntime>, CommandError> {
+        self.runtimes.get(&runtime).ok_or_else(|| CommandError {
+            code: CommandErrorCode::FailedPrecondition,
+            message: format!("{runtime} is not available on this node"),
+        })
+    }
+
+    /// Runs one command (except followed logs: see [`Executor::follow_logs`]).
+    pub fn execute(&self, command: AgentCommand) -> BoxFuture<'static, CommandOutcome> {
+        let driver = self.driver(command.runtime).cloned();
+        let node_id = self.node_id.clone();
+        Box::pin(async move { run_op(driver?, command.op, node_id).await.map_err(command_error) })
+    }
+
+    /// Opens a followed log stream for a `Logs` command with `follow`.
+    pub fn follow_logs(&self, runtime: Runtime, id: String, options: LogOptions) -> BoxFuture<'static, Result<RuntimeStream<LogChunk>, CommandError>> {
+        let driver = self.driver(runtime).cloned();
+        Box::pin(async move { driver?.logs(&id, options).await.map_err(command_error) })
+    }
+
+    /// Every container this node created (Diplo's labels with this node's id), on every
+    /// runtime; containers of other agents sharing a runtime are not ours. A runtime that
+    /// fails to list is skipped (and logged) so that one broken daemon hides nothing else.
+    pub async fn observe(&self) -> Vec<(Runtime, ContainerInfo)> {
+        let node_id = self.node_id.as_str();
+        let lists = futures::future::join_all(self.runtimes.iter().map(|(runtime, driver)| async move {
+            match driver.list().await {
+                Ok(list) => list
+                    .into_iter()
+                    .filter(|info| info.labels.get(LABEL_NODE).is_some_and(|owner| owner == node_id))
+                    .map(|info| (*runtime, info))
+                    .collect(),
+                Err(err) => {
+                    tracing::warn!(%runtime, error = %err, "cannot list containers");
+                    Vec::new()
+                }
+            }
+        }))
+        .await;
+        lists.into_iter().flatten().collect()
+    }
+}
+
+async fn run_op(driver: Arc<dyn ContainerRuntime>, op: CommandOp, node_id: String) -> Result<CommandOutput, RuntimeError> {
+    let driver = driver.as_ref();
+    let output = match &op {
+        CommandOp::Create(spec) => {
+            let mut spec = spec.clone();
+            spec.labels.insert(LABEL_NODE.into(), node_id);
+            container(create_and_start(driver, &spec).await?)
+        }
+        CommandOp::Start(id) => {
+            driver.start(id).await?;
+            container(driver.inspect(id).await?)
+        }
+        CommandOp::Stop { id, grace } => {
+            driver.stop(id, *grace).await?;
+            container(driver.inspect(id).await?)
+        }
+        CommandOp::Restart(id) => {
+            driver.restart(id, crate::DEFAULT_GRACE).await?;
+            container(driver.inspect(id).await?)
+        }
+        CommandOp::Remove { id, force } => {
+            driver.remove(id, *force).await?;
+            CommandOutput::default()
+        }
+        CommandOp::Exec { id, argv } => CommandOutput { exec: Some(driver.exec(id, argv).await?), ..Default::default() },
+        CommandOp::Logs { id, options } => {
+            CommandOutput { exec: Some(collect_logs(driver.logs(id, *options).await?).await?), ..Default::default() }
+        }
+        CommandOp::PullImage(image) => {
+            driver.ensure_image(image).await?;
+            CommandOutput::default()
+        }
+        CommandOp::Inspect(id) => container(driver.inspect(id).await?),
+        CommandOp::Stats(id) => CommandOutput { stats: Some(driver.stats(id).await?), ..Default::default() },
+    };
+    Ok(output)
+}
+
+fn container(info: ContainerInfo) -> CommandOutput {
+    CommandOutput { container: Some(info), ..Default::default() }
+}
+
+/// Pulls, creates and starts; a container that fails to start is removed again so that
+/// nothing half-created stays behind.
+async fn create_and_start(driver: &dyn ContainerRuntime, spec: &diplo_api::container::ContainerSpec) -> Result<ContainerInfo, RuntimeError> {
+    driver.ensure_image(&spec.image).await?;
+    let id = driver.create(spec).await?;
+    if let Err(err) = driver.start(&id).await {
+        if let Err(cleanup) = driver.remove(&id, true).await {
+            tracing::warn!(container = %id, error = %cleanup, "could not remove a container that failed to start");
+        }
+        return Err(err);
+    }
+    driver.inspect(&id).await
+}
+
+async fn collect_logs(mut stream: RuntimeStream<LogChunk>) -> Result<ExecOutput, RuntimeError> {
+    let mut output = ExecOutput::default();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        match chunk.stream {
+            OutputStream::Stdout => output.stdout.extend(chunk.data),
+            OutputStream::Stderr => output.stderr.extend(chunk.data),
+        }
+    }
+    Ok(output)
+}
+
+/// Maps a driver error to the code the control plane turns into a gRPC/HTTP status.
+pub fn command_error(err: RuntimeError) -> CommandError {
+    let code = match &err {
+        RuntimeError::NotFound { .. } => CommandErrorCode::NotFound,
+        RuntimeError::Conflict(_) => CommandErrorCode::AlreadyExists,
+        RuntimeError::InvalidArgument { .. } => CommandErrorCode::InvalidArgument,
+        RuntimeError::Unsupported { .. } => CommandErrorCode::Unimplemented,
+        RuntimeError::Unavailable { .. } => CommandErrorCode::Unavailable,
+        RuntimeError::Failed { .. } => CommandErrorCode::Internal,
+    };
+    CommandError { code, message: err.to_string() }
+}

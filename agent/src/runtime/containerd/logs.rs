@@ -1,0 +1,266 @@
+//! Container output. The runc shim writes the task's stdout and stderr into two FIFOs;
+//! a copier task in the agent stamps each line and appends it to one log file in the
+//! CRI format (`<RFC 3339 time> <stdout|stderr> <F|P> <bytes>`: `F` a full line whose
+//! newline was dropped, `P` a part of a longer or unterminated line), so that logs keep
+//! the order of both streams and can carry timestamps. Reading tails records backwards;
+//! following polls the file.
+//!
+//! The shim keeps a reader of its own on each FIFO, so the container never gets EPIPE
+//! when the agent is away; it blocks once the FIFO buffer is full, until a new agent
+//! reattaches a copier.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+
+use diplo_api::container::{LogChunk, OutputStream};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+
+const BLOCK: u64 = 64 * 1024;
+/// A line longer than this is written in parts.
+const MAX_RECORD: usize = 16 * 1024;
+
+/// One record of the log file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// RFC 3339 time the copier read it.
+    pub time: String,
+    /// stdout or stderr.
+    pub stream: OutputStream,
+    /// The bytes, with their newline for full lines.
+    pub data: Vec<u8>,
+}
+
+impl Record {
+    /// As a log chunk, optionally prefixed with its time like Docker does.
+    pub fn into_chunk(self, timestamps: bool) -> LogChunk {
+        let data = if timestamps {
+            let mut data = Vec::with_capacity(self.time.len() + 1 + self.data.len());
+            data.extend_from_slice(self.time.as_bytes());
+            data.push(b' ');
+            data.extend_from_slice(&self.data);
+            data
+        } else {
+            self.data
+        };
+        LogChunk { stream: self.stream, data }
+    }
+}
+
+/// Parses one line of the log file (without its newline).
+pub fn parse_record(line: &[u8]) -> Option<Record> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let time = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let stream = match parts.next()? {
+        b"stdout" => OutputStream::Stdout,
+        b"stderr" => OutputStream::Stderr,
+        _ => return None,
+    };
+    let full = match parts.next()? {
+        b"F" => true,
+        b"P" => false,
+        _ => return None,
+    };
+    let mut data = parts.next().unwrap_or_default().to_vec();
+    if full {
+        data.push(b'\n');
+    }
+    Some(Record { time, stream, data })
+}
+
+/// Parses the complete lines of `data`; returns the records and how many bytes they used
+/// (a trailing line without newline is left for later).
+pub fn parse_records(data: &[u8]) -> (Vec<Record>, usize) {
+    let mut records = Vec::new();
+    let mut used = 0;
+    while let Some(end) = data[used..].iter().position(|b| *b == b'\n') {
+        if let Some(record) = parse_record(&data[used..used + end]) {
+            records.push(record);
+        }
+        used += end + 1;
+    }
+    (records, used)
+}
+
+fn encode(stream: OutputStream, full: bool, content: &[u8], out: &mut Vec<u8>) {
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let name = match stream {
+        OutputStream::Stdout => "stdout",
+        OutputStream::Stderr => "stderr",
+    };
+    out.extend_from_slice(format!("{time} {name} {} ", if full { "F" } else { "P" }).as_bytes());
+    out.extend_from_slice(content);
+    out.push(b'\n');
+}
+
+/// Moves the complete lines of `pending` into records in `out`; long or (at `eof`)
+/// unterminated rest goes out as a part.
+fn drain_lines(stream: OutputStream, pending: &mut Vec<u8>, eof: bool, out: &mut Vec<u8>) {
+    let mut start = 0;
+    while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
+        encode(stream, true, &pending[start..start + end], out);
+        start += end + 1;
+    }
+    while pending.len() - start >= MAX_RECORD {
+        encode(stream, false, &pending[start..start + MAX_RECORD], out);
+        start += MAX_RECORD;
+    }
+    if eof && start < pending.len() {
+        encode(stream, false, &pending[start..], out);
+        start = pending.len();
+    }
+    pending.drain(..start);
+}
+
+/// Opens the read ends of a task's FIFOs (the shim must hold their write ends).
+pub fn open_fifos(stdout: &Path, stderr: &Path) -> std::io::Result<(pipe::Receiver, pipe::Receiver)> {
+    Ok((pipe::OpenOptions::new().open_receiver(stdout)?, pipe::OpenOptions::new().open_receiver(stderr)?))
+}
+
+/// Copies both FIFOs into the log file at `path` until both reach end of file (the
+/// container's output closed).
+pub async fn copy(mut stdout: pipe::Receiver, mut stderr: pipe::Receiver, path: PathBuf) {
+    let mut file = match tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot open the container log; output is dropped");
+            return;
+        }
+    };
+    let mut pending = [Vec::new(), Vec::new()];
+    let mut open = [true, true];
+    let mut buffers = [vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]];
+    while open[0] || open[1] {
+        let [out_buffer, err_buffer] = &mut buffers;
+        let (index, read) = tokio::select! {
+            read = stdout.read(out_buffer), if open[0] => (0, read),
+            read = stderr.read(err_buffer), if open[1] => (1, read),
+        };
+        let stream = if index == 0 { OutputStream::Stdout } else { OutputStream::Stderr };
+        let mut out = Vec::new();
+        match read {
+            Ok(0) | Err(_) => {
+                open[index] = false;
+                drain_lines(stream, &mut pending[index], true, &mut out);
+            }
+            Ok(n) => {
+                pending[index].extend_from_slice(&buffers[index][..n]);
+                drain_lines(stream, &mut pending[index], false, &mut out);
+            }
+        }
+        if !out.is_empty()
+            && let Err(error) = file.write_all(&out).await
+        {
+            tracing::warn!(path = %path.display(), %error, "cannot write the container log");
+        }
+    }
+    let _ = file.flush().await;
+}
+
+/// The last `lines` records of the log at `path` (all when `None`) and the file's
+/// length; a missing file is empty.
+pub async fn tail(path: &Path, lines: Option<u32>) -> std::io::Result<(Vec<Record>, u64)> {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata().await?.len();
+    let wanted = match lines {
+        Some(0) => return Ok((Vec::new(), len)),
+        Some(n) => n as usize,
+        None => usize::MAX,
+    };
+    // Read blocks from the end until the buffer holds more than `wanted` newlines.
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut position = len;
+    while position > 0 && (wanted == usize::MAX || buffer.iter().filter(|b| **b == b'\n').count() <= wanted) {
+        let start = position.saturating_sub(BLOCK);
+        let mut block = vec![0u8; (position - start) as usize];
+        file.seek(SeekFrom::Start(start)).await?;
+        file.read_exact(&mut block).await?;
+        block.extend_from_slice(&buffer);
+        buffer = block;
+        position = start;
+    }
+    // Drop a first line that may be cut, unless the buffer starts at the file's start.
+    let body = if position > 0 {
+        match buffer.iter().position(|b| *b == b'\n') {
+            Some(i) => &buffer[i + 1..],
+            None => &[][..],
+        }
+    } else {
+        &buffer[..]
+    };
+    let (mut records, _) = parse_records(body);
+    if records.len() > wanted {
+        records.drain(..records.len() - wanted);
+    }
+    Ok((records, len))
+}
+
+/// The bytes appended to `path` since `offset` (starting over if it shrank).
+pub async fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata().await?.len();
+    let offset = if len < offset { 0 } else { offset };
+    file.seek(SeekFrom::Start(offset)).await?;
+    let mut data = Vec::with_capacity((len - offset) as usize);
+    file.read_to_end(&mut data).await?;
+    let end = offset + data.len() as u64;
+    Ok((data, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let mut out = Vec::new();
+        let mut pending = b"one\ntwo\npart".to_vec();
+        drain_lines(OutputStream::Stdout, &mut pending, false, &mut out);
+        assert_eq!(pending, b"part");
+        drain_lines(OutputStream::Stderr, &mut pending, true, &mut out);
+        assert!(pending.is_empty());
+        let (records, used) = parse_records(&out);
+        assert_eq!(used, out.len());
+        let data: Vec<(OutputStream, &[u8])> = records.iter().map(|r| (r.stream, r.data.as_slice())).collect();
+        assert_eq!(data, [(OutputStream::Stdout, &b"one\n"[..]), (OutputStream::Stdout, b"two\n"), (OutputStream::Stderr, b"part")]);
+        assert!(records[0].time.starts_with("20") && records[0].time.ends_with('Z'));
+        let chunk = records[0].clone().into_chunk(true);
+        assert_eq!(chunk.data, format!("{} one\n", records[0].time).into_bytes());
+        let mut long = vec![b'x'; MAX_RECORD + 5];
+        let mut out = Vec::new();
+        drain_lines(OutputStream::Stdout, &mut long, false, &mut out);
+        assert_eq!(long.len(), 5);
+        assert_eq!(parse_records(&out).0[0].data.len(), MAX_RECORD);
+        assert_eq!(parse_record(b"t stdout F a b c").map(|r| r.data), Some(b"a b c\n".to_vec()));
+        assert_eq!(parse_record(b"garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn tails_big_logs_and_follows_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut text = Vec::new();
+        for i in 0..20_000 {
+            encode(if i % 2 == 0 { OutputStream::Stdout } else { OutputStream::Stderr }, true, format!("line {i}").as_bytes(), &mut text);
+        }
+        std::fs::write(&path, &text).unwrap();
+        let (records, end) = tail(&path, Some(3)).await.unwrap();
+        let data: Vec<&[u8]> = records.iter().map(|r| r.data.as_slice()).collect();
+        assert_eq!(data, [&b"line 19997\n"[..], b"line 19998\n", b"line 19999\n"]);
+        assert_eq!(end, text.len() as u64);
+        assert_eq!(tail(&path, None).await.unwrap().0.len(), 20_000);
+        std::fs::OpenOptions::new().append(true).open(&path).and_then(|mut f| std::io::Write::write_all(&mut f, b"more")).unwrap();
+        let (data, next) = read_from(&path, end).await.unwrap();
+        assert_eq!(data, b"more");
+        assert_eq!(next, end + 4);
+        assert_eq!(tail(&dir.path().join("missing"), Some(1)).await.unwrap(), (Vec::new(), 0));
+    }
+}

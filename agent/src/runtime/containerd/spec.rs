@@ -1,0 +1,417 @@
+//! The OCI runtime spec (config.json) for a Diplo container, built by hand: process
+//! from the spec or the image, Docker's default capabilities, the usual pseudo
+//! filesystems, Diplo's binds, resources and namespaces (network: a pinned netns).
+
+use std::path::Path;
+
+use diplo_api::container::ContainerSpec;
+use serde_json::{Value, json};
+
+use super::image::ImageConfig;
+use crate::runtime::{RuntimeError, RuntimeResult};
+
+/// `type_url` of a runtime spec in containerd.
+pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// `type_url` of a process spec (exec) in containerd.
+pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The process identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct User {
+    /// uid.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+}
+
+/// Host paths the spec refers to.
+#[derive(Debug, Clone)]
+pub struct HostPaths<'a> {
+    /// The pinned network namespace.
+    pub netns: &'a Path,
+    /// `/etc/hosts` for the container.
+    pub hosts: &'a Path,
+    /// `/etc/resolv.conf` for the container.
+    pub resolv_conf: &'a Path,
+    /// `/etc/hostname` for the container.
+    pub hostname: &'a Path,
+    /// Where named volumes live (`<dir>/<name>`).
+    pub volumes: &'a Path,
+}
+
+/// argv: `spec.command` when given, else the image's Entrypoint + Cmd.
+pub fn process_args(spec: &ContainerSpec, image: &ImageConfig) -> RuntimeResult<Vec<String>> {
+    if !spec.command.is_empty() {
+        return Ok(spec.command.clone());
+    }
+    let run = image.config.clone().unwrap_or_default();
+    let args: Vec<String> = run.entrypoint.unwrap_or_default().into_iter().chain(run.cmd.unwrap_or_default()).collect();
+    if args.is_empty() {
+        return Err(RuntimeError::InvalidArgument {
+            field: "command",
+            message: format!("image {} has no default command; give one", spec.image),
+        });
+    }
+    Ok(args)
+}
+
+/// The image's environment overridden by the spec's, with a default `PATH`.
+pub fn environment(spec: &ContainerSpec, image: &ImageConfig) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |key: &str, value: &str| match env.iter_mut().find(|(k, _)| k == key) {
+        Some(entry) => entry.1 = value.to_owned(),
+        None => env.push((key.to_owned(), value.to_owned())),
+    };
+    let default_path = DEFAULT_PATH.split_once('=').map(|(_, v)| v).unwrap_or_default();
+    set("PATH", default_path);
+    for entry in image.config.as_ref().and_then(|c| c.env.as_ref()).into_iter().flatten() {
+        let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+        set(key, value);
+    }
+    for (key, value) in &spec.env {
+        set(key, value);
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Docker's default capabilities minus `cap_drop` (`ALL` drops everything; names with
+/// or without `CAP_`, any case).
+pub fn capabilities(cap_drop: &[String]) -> Vec<String> {
+    let dropped: Vec<String> = cap_drop
+        .iter()
+        .map(|c| {
+            let upper = c.trim().to_ascii_uppercase();
+            if upper == "ALL" || upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") }
+        })
+        .collect();
+    if dropped.iter().any(|c| c == "ALL") {
+        return Vec::new();
+    }
+    DEFAULT_CAPABILITIES.iter().filter(|c| !dropped.iter().any(|d| d == *c)).map(|c| (*c).to_owned()).collect()
+}
+
+/// Resolves an image's `User` (`uid`, `uid:gid`, `name`, `name:group`) against the
+/// image's `/etc/passwd` and `/etc/group` when given.
+pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Result<User, String> {
+    let user = user.trim();
+    if user.is_empty() {
+        return Ok(User::default());
+    }
+    let (user_part, group_part) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd_entries: Vec<Vec<&str>> = passwd.unwrap_or_default().lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 4).collect();
+    let group_entries: Vec<Vec<&str>> = group.unwrap_or_default().lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 3).collect();
+    let (uid, name, passwd_gid) = match user_part.parse::<u32>() {
+        Ok(uid) => {
+            let entry = passwd_entries.iter().find(|f| f[2].parse::<u32>() == Ok(uid));
+            (uid, entry.map(|f| f[0].to_owned()), entry.and_then(|f| f[3].parse::<u32>().ok()))
+        }
+        Err(_) => {
+            let entry = passwd_entries.iter().find(|f| f[0] == user_part).ok_or_else(|| {
+                if user_part == "root" { String::new() } else { format!("no user {user_part:?} in the image's /etc/passwd") }
+            });
+            match entry {
+                Ok(f) => (
+                    f[2].parse::<u32>().map_err(|_| format!("bad uid for {user_part}"))?,
+                    Some(user_part.to_owned()),
+                    f[3].parse::<u32>().ok(),
+                ),
+                Err(e) if e.is_empty() => (0, Some("root".to_owned()), Some(0)),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let gid = match group_part {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_entries
+                .iter()
+                .find(|f| f[0] == g)
+                .and_then(|f| f[2].parse::<u32>().ok())
+                .ok_or_else(|| format!("no group {g:?} in the image's /etc/group"))?,
+        },
+        None => passwd_gid.unwrap_or(0),
+    };
+    let mut additional_gids = Vec::new();
+    if let Some(name) = &name {
+        for f in &group_entries {
+            if f.len() >= 4 && f[3].split(',').any(|m| m == name)
+                && let Ok(g) = f[2].parse::<u32>()
+                && g != gid
+                && !additional_gids.contains(&g)
+            {
+                additional_gids.push(g);
+            }
+        }
+    }
+    Ok(User { uid, gid, additional_gids })
+}
+
+/// The process part of the spec (also the template for execs).
+pub fn process(spec: &ContainerSpec, image: &ImageConfig, user: &User) -> RuntimeResult<Value> {
+    let caps = capabilities(&spec.cap_drop);
+    let cwd = image.config.as_ref().and_then(|c| c.working_dir.clone()).filter(|d| d.starts_with('/')).unwrap_or_else(|| "/".to_owned());
+    Ok(json!({
+        "terminal": false,
+        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
+        "args": process_args(spec, image)?,
+        "env": environment(spec, image),
+        "cwd": cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "noNewPrivileges": spec.no_new_privileges,
+    }))
+}
+
+/// Mounts: pseudo filesystems, Diplo's /etc files, tmpfs entries, volumes and binds.
+pub fn mounts(spec: &ContainerSpec, paths: &HostPaths<'_>) -> RuntimeResult<Vec<Value>> {
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ];
+    for (target, source) in [("/etc/hosts", paths.hosts), ("/etc/resolv.conf", paths.resolv_conf), ("/etc/hostname", paths.hostname)] {
+        if spec.mounts.iter().any(|m| m.target == target) {
+            continue;
+        }
+        mounts.push(json!({"destination": target, "type": "bind", "source": source, "options": ["rbind", "rprivate", "rw"]}));
+    }
+    for target in &spec.tmpfs {
+        if !target.starts_with('/') {
+            return Err(RuntimeError::InvalidArgument { field: "tmpfs", message: format!("{target:?} is not an absolute path") });
+        }
+        mounts.push(json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "noexec", "mode=1777"]}));
+    }
+    for mount in &spec.mounts {
+        if !mount.target.starts_with('/') {
+            return Err(RuntimeError::InvalidArgument { field: "mounts", message: format!("target {:?} is not an absolute path", mount.target) });
+        }
+        let source = if mount.is_bind() {
+            if !Path::new(&mount.source).exists() {
+                return Err(RuntimeError::InvalidArgument { field: "mounts", message: format!("bind source {} does not exist", mount.source) });
+            }
+            mount.source.clone()
+        } else {
+            let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+            if mount.source.is_empty() || !mount.source.chars().all(ok) || mount.source.starts_with('.') {
+                return Err(RuntimeError::InvalidArgument { field: "mounts", message: format!("bad volume name {:?}", mount.source) });
+            }
+            paths.volumes.join(&mount.source).display().to_string()
+        };
+        let mode = if mount.read_only { "ro" } else { "rw" };
+        mounts.push(json!({"destination": mount.target, "type": "bind", "source": source, "options": ["rbind", "rprivate", mode]}));
+    }
+    Ok(mounts)
+}
+
+/// The whole runtime spec.
+pub fn runtime_spec(id: &str, spec: &ContainerSpec, image: &ImageConfig, user: &User, paths: &HostPaths<'_>) -> RuntimeResult<Value> {
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    if let Some(bytes) = spec.memory_bytes {
+        if bytes < 6 * 1024 * 1024 {
+            return Err(RuntimeError::InvalidArgument { field: "memory_bytes", message: "the minimum memory limit is 6 MiB".to_owned() });
+        }
+        resources["memory"] = json!({"limit": bytes});
+    }
+    if let Some(millis) = spec.cpu_millis {
+        if millis == 0 {
+            return Err(RuntimeError::InvalidArgument { field: "cpu_millis", message: "must be positive".to_owned() });
+        }
+        resources["cpu"] = json!({"quota": i64::from(millis) * 100, "period": 100_000u64});
+    }
+    let hostname: String = spec.name.chars().take(63).collect();
+    Ok(json!({
+        "ociVersion": "1.0.2-dev",
+        "process": process(spec, image, user)?,
+        "root": {"path": "rootfs", "readonly": spec.read_only},
+        "hostname": hostname,
+        "mounts": mounts(spec, paths)?,
+        "linux": {
+            "resources": resources,
+            "cgroupsPath": format!("/{}/{id}", super::NAMESPACE),
+            "namespaces": [
+                {"type": "pid"},
+                {"type": "ipc"},
+                {"type": "uts"},
+                {"type": "mount"},
+                {"type": "network", "path": paths.netns},
+            ],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+            ],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }))
+}
+
+/// An exec's process spec: the container's process with `argv` instead of its args.
+pub fn exec_process(container_spec: &Value, argv: &[String]) -> Value {
+    let mut process = container_spec.get("process").cloned().unwrap_or_else(|| json!({"cwd": "/", "user": {"uid": 0, "gid": 0}}));
+    process["args"] = json!(argv);
+    process["terminal"] = json!(false);
+    process
+}
+
+/// `/etc/hosts` for a container named `name` at `ip`.
+pub fn hosts_file(name: &str, ip: Option<&str>) -> String {
+    let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if let Some(ip) = ip {
+        text.push_str(&format!("{ip}\t{name}\n"));
+    }
+    text
+}
+
+/// `/etc/resolv.conf` for a container: the host's without loopback name servers (they
+/// are unreachable from the container's network namespace), falling back to public ones.
+pub fn resolv_conf(host: &str) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("nameserver") {
+            let server = words.next().unwrap_or_default();
+            if server.starts_with("127.") || server == "::1" {
+                continue;
+            }
+            servers += 1;
+        }
+        lines.push(line);
+    }
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    if servers == 0 {
+        text.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use diplo_api::container::Mount;
+
+    use super::super::image::RunConfig;
+    use super::*;
+
+    fn image(entrypoint: &[&str], cmd: &[&str], env: &[&str]) -> ImageConfig {
+        ImageConfig {
+            config: Some(RunConfig {
+                user: None,
+                env: Some(env.iter().map(|s| (*s).to_owned()).collect()),
+                entrypoint: Some(entrypoint.iter().map(|s| (*s).to_owned()).collect()),
+                cmd: Some(cmd.iter().map(|s| (*s).to_owned()).collect()),
+                working_dir: Some("/work".to_owned()),
+            }),
+            rootfs: None,
+        }
+    }
+
+    #[test]
+    fn args_come_from_the_spec_or_the_image() {
+        let img = image(&["/entry"], &["a", "b"], &[]);
+        let mut spec = ContainerSpec { image: "x".into(), ..Default::default() };
+        assert_eq!(process_args(&spec, &img).unwrap(), ["/entry", "a", "b"]);
+        spec.command = vec!["sh".into()];
+        assert_eq!(process_args(&spec, &img).unwrap(), ["sh"]);
+        spec.command.clear();
+        assert!(matches!(process_args(&spec, &image(&[], &[], &[])), Err(RuntimeError::InvalidArgument { field: "command", .. })));
+    }
+
+    #[test]
+    fn env_merges_image_and_spec() {
+        let img = image(&[], &["sh"], &["PATH=/bin", "A=1", "B=2"]);
+        let mut spec = ContainerSpec::default();
+        spec.env.insert("B".into(), "3".into());
+        spec.env.insert("C".into(), "x=y".into());
+        assert_eq!(environment(&spec, &img), ["PATH=/bin", "A=1", "B=3", "C=x=y"]);
+        assert_eq!(environment(&spec, &ImageConfig::default())[0], DEFAULT_PATH);
+    }
+
+    #[test]
+    fn capabilities_drop() {
+        assert_eq!(capabilities(&[]).len(), DEFAULT_CAPABILITIES.len());
+        let caps = capabilities(&["net_raw".into(), "CAP_KILL".into()]);
+        assert!(!caps.contains(&"CAP_NET_RAW".to_owned()) && !caps.contains(&"CAP_KILL".to_owned()));
+        assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len() - 2);
+        assert!(capabilities(&["all".into()]).is_empty());
+    }
+
+    #[test]
+    fn users_resolve() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n";
+        let group = "root:x:0:\nwww:x:33:\nextra:x:50:www,other\n";
+        assert_eq!(resolve_user("", None, None).unwrap(), User::default());
+        assert_eq!(resolve_user("1000:1000", None, None).unwrap(), User { uid: 1000, gid: 1000, additional_gids: vec![] });
+        assert_eq!(resolve_user("www", Some(passwd), Some(group)).unwrap(), User { uid: 33, gid: 33, additional_gids: vec![50] });
+        assert_eq!(resolve_user("33:extra", Some(passwd), Some(group)).unwrap().gid, 50);
+        assert_eq!(resolve_user("root", None, None).unwrap(), User::default());
+        assert!(resolve_user("nobody", Some(passwd), Some(group)).is_err());
+    }
+
+    #[test]
+    fn runtime_spec_has_the_essentials() {
+        let dir = PathBuf::from("/state");
+        let paths = HostPaths { netns: &dir.join("ns"), hosts: &dir.join("hosts"), resolv_conf: &dir.join("r"), hostname: &dir.join("h"), volumes: &dir.join("v") };
+        let spec = ContainerSpec {
+            name: "web".into(),
+            image: "x".into(),
+            command: vec!["sh".into()],
+            read_only: true,
+            memory_bytes: Some(64 << 20),
+            cpu_millis: Some(500),
+            tmpfs: vec!["/tmp".into()],
+            mounts: vec![Mount { source: "data".into(), target: "/data".into(), read_only: true }],
+            no_new_privileges: true,
+            ..Default::default()
+        };
+        let value = runtime_spec("abc", &spec, &ImageConfig::default(), &User::default(), &paths).unwrap();
+        assert_eq!(value["root"]["readonly"], true);
+        assert_eq!(value["process"]["noNewPrivileges"], true);
+        assert_eq!(value["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(value["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(value["linux"]["namespaces"][4]["path"], "/state/ns");
+        assert_eq!(value["linux"]["cgroupsPath"], "/diplo/abc");
+        let mounts = value["mounts"].as_array().unwrap();
+        assert!(mounts.iter().any(|m| m["destination"] == "/tmp" && m["type"] == "tmpfs"));
+        assert!(mounts.iter().any(|m| m["destination"] == "/data" && m["source"] == "/state/v/data" && m["options"][2] == "ro"));
+        let bad = ContainerSpec { mounts: vec![Mount { source: "/nonexistent/x".into(), target: "/x".into(), read_only: false }], ..spec };
+        assert!(matches!(runtime_spec("abc", &bad, &ImageConfig::default(), &User::default(), &paths), Err(RuntimeError::InvalidArgument { field: "mounts", .. })));
+    }
+
+    #[test]
+    fn resolv_conf_drops_loopback_servers() {
+        assert_eq!(resolv_conf("nameserver 127.0.0.53\nsearch x\n"), "search x\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+        assert_eq!(resolv_conf("nameserver 10.0.0.1\n"), "nameserver 10.0.0.1\n");
+    }
+}

@@ -1,0 +1,564 @@
+//! Pure pieces of the LXC driver: spec validation, the config block appended to a
+//! container's `config`, and parsers for what the LXC tools print.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Component, Path, PathBuf};
+
+use diplo_api::container::{ContainerSpec, Protocol, validate_container_name};
+
+use crate::runtime::{RuntimeError, RuntimeResult};
+
+/// Marks the start of what the driver appends to a container's config.
+pub(super) const BLOCK_MARKER: &str = "# --- managed by the Diplo agent (diplo-lxc) ---";
+
+/// Which cgroup hierarchy the host runs; decides the `lxc.cgroup*` keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// Legacy or hybrid hierarchy: `lxc.cgroup.*` keys, per-controller directories.
+    V1,
+    /// Unified hierarchy: `lxc.cgroup2.*` keys.
+    V2,
+}
+
+impl CgroupVersion {
+    /// V2 when `<root>/cgroup.controllers` exists (a pure unified mount), else V1.
+    pub fn detect(cgroup_root: &Path) -> Self {
+        if cgroup_root.join("cgroup.controllers").exists() { CgroupVersion::V2 } else { CgroupVersion::V1 }
+    }
+}
+
+/// The bridge network containers join, with the static range the driver allocates from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LxcNetwork {
+    /// Host bridge (`lxcbr0`).
+    pub bridge: String,
+    /// The bridge's address, the containers' default gateway (`10.0.3.1`).
+    pub gateway: Ipv4Addr,
+    /// Prefix length of the bridge network (`24`).
+    pub prefix: u8,
+    /// First address handed out (`10.0.3.100`).
+    pub first: Ipv4Addr,
+    /// Last address handed out (`10.0.3.250`).
+    pub last: Ipv4Addr,
+}
+
+impl Default for LxcNetwork {
+    /// `lxc-net`'s defaults: `lxcbr0`, `10.0.3.1/24`; static addresses 10.0.3.100-250.
+    fn default() -> Self {
+        LxcNetwork {
+            bridge: super::DEFAULT_BRIDGE.to_owned(),
+            gateway: Ipv4Addr::new(10, 0, 3, 1),
+            prefix: 24,
+            first: Ipv4Addr::new(10, 0, 3, 100),
+            last: Ipv4Addr::new(10, 0, 3, 250),
+        }
+    }
+}
+
+impl LxcNetwork {
+    /// The first address of the range not in `used`.
+    pub(super) fn pick(&self, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        (u32::from(self.first)..=u32::from(self.last)).map(Ipv4Addr::from).find(|ip| !used.contains(ip) && *ip != self.gateway)
+    }
+}
+
+/// A mount as it goes into the config: host source, target relative to the rootfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ResolvedMount {
+    /// Host path (bind source or volume directory).
+    pub source: PathBuf,
+    /// Target relative to the rootfs, no leading `/`.
+    pub target: String,
+    /// Read-only.
+    pub read_only: bool,
+    /// The source is a file (bind a file onto a file).
+    pub is_file: bool,
+}
+
+/// Everything besides the spec that goes into the config block.
+#[derive(Debug, Clone)]
+pub(super) struct BlockInputs<'a> {
+    pub cgroup: CgroupVersion,
+    pub network: &'a LxcNetwork,
+    pub ip: Ipv4Addr,
+    pub console_log: &'a Path,
+    pub mounts: &'a [ResolvedMount],
+    /// tmpfs targets relative to the rootfs.
+    pub tmpfs: &'a [String],
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> RuntimeError {
+    RuntimeError::InvalidArgument { field, message: message.into() }
+}
+
+/// Checks everything the LXC driver can check about `spec` before touching the host.
+pub(super) fn validate(spec: &ContainerSpec) -> RuntimeResult<()> {
+    validate_container_name(&spec.name).map_err(|message| invalid("name", message))?;
+    if spec.image.trim().is_empty() {
+        return Err(invalid("image", "an image reference is required"));
+    }
+    if spec.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("image", format!("{:?} is not an image reference", spec.image)));
+    }
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains('=') || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid("env", format!("{key:?} is not a valid variable name")));
+        }
+        if value.contains(['\n', '\r', '\0']) {
+            return Err(invalid("env", format!("the value of {key} contains a line break or NUL, which LXC's config cannot carry")));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for port in &spec.ports {
+        if port.host_port == 0 {
+            return Err(invalid("ports", format!("host port 0 (for container port {}): the LXC driver needs an explicit host port", port.container_port)));
+        }
+        if port.container_port == 0 {
+            return Err(invalid("ports", format!("container port 0 (for host port {})", port.host_port)));
+        }
+        if !seen.insert((port.host_port, port.protocol)) {
+            return Err(invalid("ports", format!("host port {}/{} is published twice", port.host_port, protocol_name(port.protocol))));
+        }
+    }
+    for mount in &spec.mounts {
+        relative_target(&mount.target).map_err(|m| invalid("mounts", m))?;
+        if mount.is_bind() {
+            check_fstab_word(&mount.source).map_err(|m| invalid("mounts", m))?;
+            if Path::new(&mount.source).components().any(|c| c == Component::ParentDir) {
+                return Err(invalid("mounts", format!("bind source {:?} must not contain ..", mount.source)));
+            }
+        } else {
+            let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+            if mount.source.is_empty() || !mount.source.chars().all(ok) || !mount.source.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                return Err(invalid("mounts", format!("{:?} is neither an absolute host path nor a volume name", mount.source)));
+            }
+        }
+    }
+    for path in &spec.tmpfs {
+        relative_target(path).map_err(|m| invalid("tmpfs", m))?;
+    }
+    capabilities(&spec.cap_drop)?;
+    if spec.memory_bytes == Some(0) {
+        return Err(invalid("memory_bytes", "must be positive"));
+    }
+    if spec.cpu_millis == Some(0) {
+        return Err(invalid("cpu_millis", "must be positive"));
+    }
+    Ok(())
+}
+
+/// `tcp` / `udp`.
+pub(super) fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// A word of an fstab line: no whitespace, no control characters, not empty.
+fn check_fstab_word(word: &str) -> Result<(), String> {
+    if word.is_empty() || word.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{word:?}: paths with whitespace or control characters are not supported by LXC mount entries"));
+    }
+    Ok(())
+}
+
+/// An absolute container path as a normalised path relative to the rootfs
+/// (`/var/data/` → `var/data`). Rejects relative paths, `..`, `/` itself and paths
+/// LXC's fstab-style mount entries cannot carry.
+pub(super) fn relative_target(target: &str) -> Result<String, String> {
+    check_fstab_word(target)?;
+    if !target.starts_with('/') {
+        return Err(format!("{target:?} must be an absolute path"));
+    }
+    let mut parts = Vec::new();
+    for component in Path::new(target).components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
+            Component::ParentDir | Component::Prefix(_) => return Err(format!("{target:?} must not contain ..")),
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!("{target:?}: cannot mount over the root"));
+    }
+    Ok(parts.join("/"))
+}
+
+/// What `cap_drop` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum CapDrop {
+    /// Nothing beyond LXC's defaults.
+    None,
+    /// Every capability.
+    All,
+    /// These (lower case, no `cap_` prefix, as LXC wants them).
+    Some(Vec<String>),
+}
+
+/// Normalises `cap_drop` (`CAP_NET_RAW`, `net_raw`, `ALL`).
+pub(super) fn capabilities(cap_drop: &[String]) -> RuntimeResult<CapDrop> {
+    let mut names = Vec::new();
+    for cap in cap_drop {
+        let lower = cap.trim().to_ascii_lowercase();
+        if lower == "all" {
+            return Ok(CapDrop::All);
+        }
+        let name = lower.strip_prefix("cap_").unwrap_or(&lower);
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            return Err(invalid("cap_drop", format!("{cap:?} is not a capability name")));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(if names.is_empty() { CapDrop::None } else { CapDrop::Some(names) })
+}
+
+/// The block appended to the config `lxc-create -t oci` wrote. Later keys win over the
+/// template's (the network is reset with `lxc.net =` and defined again).
+pub(super) fn config_block(spec: &ContainerSpec, inputs: &BlockInputs<'_>) -> RuntimeResult<String> {
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(format!("\n{BLOCK_MARKER}"));
+    line(format!("lxc.console.logfile = {}", inputs.console_log.display()));
+    // PID 1 gets SIGTERM on lxc-stop (LXC's default is SIGPWR, which an application
+    // ignores); lxc-stop -t GRACE sends SIGKILL when it has not exited by then.
+    line("lxc.signal.halt = SIGTERM".to_owned());
+    let net = inputs.network;
+    line("lxc.net =".to_owned());
+    line("lxc.net.0.type = veth".to_owned());
+    line(format!("lxc.net.0.link = {}", net.bridge));
+    line("lxc.net.0.flags = up".to_owned());
+    line("lxc.net.0.name = eth0".to_owned());
+    line(format!("lxc.net.0.ipv4.address = {}/{}", inputs.ip, net.prefix));
+    line(format!("lxc.net.0.ipv4.gateway = {}", net.gateway));
+    for (key, value) in &spec.env {
+        line(format!("lxc.environment = {key}={value}"));
+    }
+    if let Some(bytes) = spec.memory_bytes {
+        match inputs.cgroup {
+            CgroupVersion::V1 => line(format!("lxc.cgroup.memory.limit_in_bytes = {bytes}")),
+            CgroupVersion::V2 => line(format!("lxc.cgroup2.memory.max = {bytes}")),
+        }
+    }
+    if let Some(millis) = spec.cpu_millis {
+        let period: u64 = 100_000;
+        let quota = (u64::from(millis) * period / 1000).max(1000);
+        match inputs.cgroup {
+            CgroupVersion::V1 => {
+                line(format!("lxc.cgroup.cpu.cfs_period_us = {period}"));
+                line(format!("lxc.cgroup.cpu.cfs_quota_us = {quota}"));
+            }
+            CgroupVersion::V2 => line(format!("lxc.cgroup2.cpu.max = {quota} {period}")),
+        }
+    }
+    if spec.read_only {
+        line("lxc.rootfs.options = ro".to_owned());
+    }
+    for target in inputs.tmpfs {
+        line(format!("lxc.mount.entry = tmpfs {target} tmpfs rw,nosuid,nodev,mode=1777,create=dir 0 0"));
+    }
+    for mount in inputs.mounts {
+        let source = mount.source.to_str().ok_or_else(|| invalid("mounts", format!("{} is not UTF-8", mount.source.display())))?;
+        check_fstab_word(source).map_err(|m| invalid("mounts", m))?;
+        let create = if mount.is_file { "create=file" } else { "create=dir" };
+        let ro = if mount.read_only { ",ro" } else { "" };
+        line(format!("lxc.mount.entry = {source} {} none rbind,{create}{ro} 0 0", mount.target));
+    }
+    match capabilities(&spec.cap_drop)? {
+        CapDrop::None => {}
+        CapDrop::All => {
+            // Keep and drop are exclusive; the included common.conf sets a drop list.
+            line("lxc.cap.drop =".to_owned());
+            line("lxc.cap.keep = none".to_owned());
+        }
+        CapDrop::Some(names) => line(format!("lxc.cap.drop = {}", names.join(" "))),
+    }
+    if spec.no_new_privileges {
+        line("lxc.no_new_privs = 1".to_owned());
+    }
+    Ok(out)
+}
+
+/// Every `lxc.net.N.ipv4.address` (and pre-3.0 `lxc.network.ipv4`) in a config.
+pub(super) fn config_ipv4_addresses(config: &str) -> Vec<Ipv4Addr> {
+    config
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            let key = key.trim();
+            let is_address = (key.starts_with("lxc.net.") && key.ends_with(".ipv4.address")) || key == "lxc.network.ipv4";
+            if !is_address || line.trim_start().starts_with('#') {
+                return None;
+            }
+            let value = value.trim();
+            let address = value.split(['/', ' ']).next()?;
+            address.parse().ok()
+        })
+        .collect()
+}
+
+/// What `lxc-info -s -p -i` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct InfoOutput {
+    /// `RUNNING`, `STOPPED`, `FROZEN`, `STARTING`, `STOPPING`, `ABORTING`, ...
+    pub state: String,
+    /// Init's pid on the host.
+    pub pid: Option<u32>,
+    /// First IPv4 address.
+    pub ip: Option<String>,
+}
+
+/// Parses `lxc-info` output (`State:  RUNNING`, `PID:  123`, `IP:  10.0.3.5`).
+pub(super) fn parse_info(text: &str) -> InfoOutput {
+    let mut info = InfoOutput::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        match key.trim() {
+            "State" => info.state = value.to_owned(),
+            "PID" => info.pid = value.parse().ok(),
+            "IP" => {
+                if info.ip.is_none() && value.parse::<Ipv4Addr>().is_ok() {
+                    info.ip = Some(value.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    info
+}
+
+/// The exit code of the last run, from the log `lxc-start -o FILE -l INFO` wrote:
+/// `Child <pid> ended on error (N)` → N, `... ended on signal Killed(9)` → 128 + 9, a
+/// logged `Container init process ... exited` without either → 0. `None` when the log
+/// says nothing about an exit.
+pub(super) fn parse_exit_code(log: &str) -> Option<i64> {
+    let mut code = None;
+    for line in log.lines() {
+        if let Some(at) = line.find("ended on error (") {
+            let rest = &line[at + "ended on error (".len()..];
+            if let Some(n) = rest.split(')').next().and_then(|n| n.trim().parse::<i64>().ok()) {
+                code = Some(n);
+            }
+        } else if let Some(at) = line.find("ended on signal") {
+            let rest = &line[at..];
+            let number = rest.rsplit_once('(').and_then(|(_, tail)| tail.split(')').next()).and_then(|n| n.trim().parse::<i64>().ok());
+            if let Some(n) = number {
+                code = Some(128 + n);
+            }
+        } else if line.contains("Container init process") && line.contains("exited") && code.is_none() {
+            code = Some(0);
+        }
+    }
+    code
+}
+
+/// The most telling `ERROR` message of an lxc-start log (`Failed to exec "/x"` rather than
+/// the generic "The container failed to start").
+pub(super) fn start_error(log: &str) -> Option<String> {
+    let messages: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(" ERROR "))
+        .map(|line| line.split_once(" - ").map_or(line, |(_, rest)| rest.split_once(" - ").map_or(rest, |(_, m)| m)).trim())
+        .collect();
+    let generic = |m: &&str| {
+        m.contains("sync_wait") || m.contains("An error occurred in another process") || m.contains("failed to start")
+            || m.contains("Received container state") || m.contains("To get more details") || m.contains("Additional information")
+            || m.contains("Failed to spawn container")
+    };
+    messages.iter().find(|m| !generic(m)).or_else(|| messages.first()).map(|m| (*m).to_owned())
+}
+
+/// The last meaningful line of an LXC tool's stderr, without the
+/// `lxc-start: NAME: file.c: func: 123 ` prefix.
+pub(super) fn tool_error(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
+    // "lxc-start: c1: ../src/lxc/tools/lxc_start.c: main: 306 The container failed to start"
+    let parts: Vec<&str> = line.splitn(5, ": ").collect();
+    if parts.len() == 5 && parts[2].ends_with(".c") {
+        let message = parts[4];
+        return message.split_once(' ').filter(|(n, _)| n.chars().all(|c| c.is_ascii_digit())).map_or(message, |(_, m)| m).to_owned();
+    }
+    line.to_owned()
+}
+
+/// Renders an argv for messages.
+pub(super) fn show_argv(argv: &[String]) -> String {
+    let mut out = String::new();
+    for (i, arg) in argv.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+            let _ = write!(out, "{arg:?}");
+        } else {
+            out.push_str(arg);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diplo_api::container::{Mount, PortMapping};
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec { name: "web".into(), image: "127.0.0.1:5000/diplo/busybox:latest".into(), ..ContainerSpec::default() }
+    }
+
+    fn field(result: RuntimeResult<()>) -> &'static str {
+        match result {
+            Err(RuntimeError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn specs_are_validated() {
+        assert!(validate(&spec()).is_ok());
+        assert_eq!(field(validate(&ContainerSpec { name: "bad name".into(), ..spec() })), "name");
+        assert_eq!(field(validate(&ContainerSpec { name: String::new(), ..spec() })), "name");
+        assert_eq!(field(validate(&ContainerSpec { image: " ".into(), ..spec() })), "image");
+        let mut s = spec();
+        s.env.insert("A=B".into(), "x".into());
+        assert_eq!(field(validate(&s)), "env");
+        let mut s = spec();
+        s.env.insert("A".into(), "x\ny".into());
+        assert_eq!(field(validate(&s)), "env");
+        let port = PortMapping { host_port: 8080, container_port: 80, protocol: Protocol::Tcp };
+        let s = ContainerSpec { ports: vec![port, port], ..spec() };
+        assert_eq!(field(validate(&s)), "ports");
+        let s = ContainerSpec { ports: vec![PortMapping { host_port: 0, ..port }], ..spec() };
+        assert_eq!(field(validate(&s)), "ports");
+        let s = ContainerSpec { ports: vec![port, PortMapping { protocol: Protocol::Udp, ..port }], ..spec() };
+        assert!(validate(&s).is_ok());
+        let bad_mount = Mount { source: "/srv/x".into(), target: "data".into(), read_only: false };
+        assert_eq!(field(validate(&ContainerSpec { mounts: vec![bad_mount], ..spec() })), "mounts");
+        let bad_volume = Mount { source: "a/b".into(), target: "/data".into(), read_only: false };
+        assert_eq!(field(validate(&ContainerSpec { mounts: vec![bad_volume], ..spec() })), "mounts");
+        assert_eq!(field(validate(&ContainerSpec { tmpfs: vec!["/a/../b".into()], ..spec() })), "tmpfs");
+        assert_eq!(field(validate(&ContainerSpec { tmpfs: vec!["/".into()], ..spec() })), "tmpfs");
+        assert_eq!(field(validate(&ContainerSpec { cap_drop: vec!["NET RAW".into()], ..spec() })), "cap_drop");
+        assert_eq!(field(validate(&ContainerSpec { memory_bytes: Some(0), ..spec() })), "memory_bytes");
+        assert_eq!(field(validate(&ContainerSpec { cpu_millis: Some(0), ..spec() })), "cpu_millis");
+    }
+
+    #[test]
+    fn targets_become_relative() {
+        assert_eq!(relative_target("/var/data/").as_deref(), Ok("var/data"));
+        assert_eq!(relative_target("/tmp").as_deref(), Ok("tmp"));
+        assert!(relative_target("/a b").is_err());
+        assert!(relative_target("tmp").is_err());
+    }
+
+    #[test]
+    fn capability_names_are_normalised() {
+        assert_eq!(capabilities(&[]).ok(), Some(CapDrop::None));
+        assert_eq!(capabilities(&["all".into()]).ok(), Some(CapDrop::All));
+        assert_eq!(
+            capabilities(&["CAP_NET_RAW".into(), "chown".into(), "net_raw".into()]).ok(),
+            Some(CapDrop::Some(vec!["net_raw".into(), "chown".into()]))
+        );
+    }
+
+    #[test]
+    fn config_block_carries_the_spec() {
+        let mut s = spec();
+        s.env.insert("GREETING".into(), "hello world".into());
+        s.memory_bytes = Some(64 << 20);
+        s.cpu_millis = Some(500);
+        s.read_only = true;
+        s.cap_drop = vec!["ALL".into()];
+        s.no_new_privileges = true;
+        let network = LxcNetwork::default();
+        let mounts = [ResolvedMount { source: "/srv/data".into(), target: "data".into(), read_only: true, is_file: false }];
+        let tmpfs = ["tmp".to_owned()];
+        let console = PathBuf::from("/var/lib/lxc/web/console.log");
+        let inputs = BlockInputs {
+            cgroup: CgroupVersion::V1,
+            network: &network,
+            ip: Ipv4Addr::new(10, 0, 3, 100),
+            console_log: &console,
+            mounts: &mounts,
+            tmpfs: &tmpfs,
+        };
+        let block = config_block(&s, &inputs).expect("block");
+        for expected in [
+            BLOCK_MARKER,
+            "lxc.console.logfile = /var/lib/lxc/web/console.log",
+            "lxc.signal.halt = SIGTERM",
+            "lxc.net =\n",
+            "lxc.net.0.link = lxcbr0",
+            "lxc.net.0.ipv4.address = 10.0.3.100/24",
+            "lxc.net.0.ipv4.gateway = 10.0.3.1",
+            "lxc.environment = GREETING=hello world",
+            "lxc.cgroup.memory.limit_in_bytes = 67108864",
+            "lxc.cgroup.cpu.cfs_quota_us = 50000",
+            "lxc.rootfs.options = ro",
+            "lxc.mount.entry = tmpfs tmp tmpfs rw,nosuid,nodev,mode=1777,create=dir 0 0",
+            "lxc.mount.entry = /srv/data data none rbind,create=dir,ro 0 0",
+            "lxc.cap.drop =\nlxc.cap.keep = none",
+            "lxc.no_new_privs = 1",
+        ] {
+            assert!(block.contains(expected), "{expected:?} missing from\n{block}");
+        }
+        let v2 = config_block(&s, &BlockInputs { cgroup: CgroupVersion::V2, ..inputs }).expect("block");
+        assert!(v2.contains("lxc.cgroup2.memory.max = 67108864"), "{v2}");
+        assert!(v2.contains("lxc.cgroup2.cpu.max = 50000 100000"), "{v2}");
+        assert_eq!(config_ipv4_addresses(&block), vec![Ipv4Addr::new(10, 0, 3, 100)]);
+    }
+
+    #[test]
+    fn addresses_are_picked_from_the_range() {
+        let network = LxcNetwork::default();
+        let mut used = BTreeSet::new();
+        assert_eq!(network.pick(&used), Some(Ipv4Addr::new(10, 0, 3, 100)));
+        used.insert(Ipv4Addr::new(10, 0, 3, 100));
+        assert_eq!(network.pick(&used), Some(Ipv4Addr::new(10, 0, 3, 101)));
+        let full: BTreeSet<_> = (100..=250).map(|n| Ipv4Addr::new(10, 0, 3, n)).collect();
+        assert_eq!(network.pick(&full), None);
+        let config = "lxc.net.0.type = veth\n# lxc.net.0.ipv4.address = 10.0.3.9/24\nlxc.net.1.ipv4.address = 10.0.3.7/24\nlxc.network.ipv4 = 10.0.3.8/24 10.0.3.255\n";
+        assert_eq!(config_ipv4_addresses(config), vec![Ipv4Addr::new(10, 0, 3, 7), Ipv4Addr::new(10, 0, 3, 8)]);
+    }
+
+    #[test]
+    fn lxc_info_is_parsed() {
+        let info = parse_info("Name:           c1\nState:          RUNNING\nPID:            7066\nIP:             fe80::1\nIP:             10.0.3.200\n");
+        assert_eq!(info, InfoOutput { state: "RUNNING".into(), pid: Some(7066), ip: Some("10.0.3.200".into()) });
+        assert_eq!(parse_info("State:          STOPPED\n").pid, None);
+    }
+
+    #[test]
+    fn exit_codes_come_from_the_start_log() {
+        let error = "lxc-start c 2026 DEBUG    start - ../src/lxc/start.c:signal_handler:464 - Container init process 5903 exited\n\
+                     lxc-start c 2026 INFO     error - ../src/lxc/error.c:lxc_error_set_and_log:31 - Child <5903> ended on error (2)\n";
+        assert_eq!(parse_exit_code(error), Some(2));
+        let killed = "lxc-start c 2026 INFO     error - ../src/lxc/error.c:lxc_error_set_and_log:34 - Child <10075> ended on signal Killed(9)\n";
+        assert_eq!(parse_exit_code(killed), Some(137));
+        assert_eq!(parse_exit_code("lxc-start c 2026 INFO start - x - Container init process 5 exited\n"), Some(0));
+        assert_eq!(parse_exit_code("nothing\n"), None);
+    }
+
+    #[test]
+    fn start_errors_are_found() {
+        let log = "lxc-start c 1 ERROR    start - ../src/lxc/start.c:start:2197 - No such file or directory - Failed to exec \"/nonexistent\"\n\
+                   lxc-start c 1 ERROR    sync - ../src/lxc/sync.c:sync_wait:34 - An error occurred in another process (expected sequence number 7)\n\
+                   lxc-start c 1 ERROR    lxc_start - ../src/lxc/tools/lxc_start.c:main:306 - The container failed to start\n";
+        assert_eq!(start_error(log).as_deref(), Some("No such file or directory - Failed to exec \"/nonexistent\""));
+        assert_eq!(start_error("INFO only\n"), None);
+        assert_eq!(
+            tool_error(b"lxc-start: c1: ../src/lxc/tools/lxc_start.c: main: 306 The container failed to start\n"),
+            "The container failed to start"
+        );
+        assert_eq!(tool_error(b"plain message\n\n"), "plain message");
+    }
+}

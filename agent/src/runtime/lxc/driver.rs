@@ -1,0 +1,1450 @@
+//! [`LxcRuntime`]: the [`ContainerRuntime`] over LXC's command-line tools.
+//!
+//! How Diplo's container model maps onto LXC:
+//!
+//! * **Images** are pulled with `skopeo copy docker://REF oci:CACHE/DIR:latest` into one OCI
+//!   layout per reference under the image cache (plain HTTP for insecure and loopback
+//!   registries). `lxc-create -t oci -- --url oci:CACHE/DIR:latest` unpacks a copy as
+//!   the container's rootfs.
+//! * **Ids** are container names: LXC has nothing else.
+//! * **Command**: LXC splits `lxc.init.cmd` on blanks without honouring quotes, so the argv
+//!   (the image's `Entrypoint` + the spec's command or the image's `Cmd`) is kept in the
+//!   state file and handed to `lxc-start -d -- ARGV` on every start; it runs as PID 1.
+//! * **State**: LXC has no labels, so `diplo.json` next to the container's `config` keeps
+//!   the spec (labels included), the resolved argv, the static address and the last start
+//!   time. A directory without it is not Diplo's and is never touched.
+//! * **Network**: veth on `lxcbr0` with a static address from 10.0.3.100-250 (no DHCP client
+//!   needed in the image); ports are published by the agent's [`PortPublisher`] to
+//!   `ADDRESS:CONTAINER_PORT` while the container runs.
+//! * **Stop**: `lxc.signal.halt = SIGTERM`, then `lxc-stop -t GRACE` (SIGKILL after the
+//!   grace period). Like any PID 1, a process without a SIGTERM handler ignores it and is
+//!   killed when the grace period ends.
+//! * **Exit code**: LXC does not keep it; `lxc-start -o diplo-start.log -l INFO` makes the
+//!   monitor log `Child <pid> ended on error (N)` / `ended on signal ...(N)` (128 + N),
+//!   which `inspect` reads back.
+//! * **Logs**: with a static shell on the host (busybox-static), PID 1's stdout and stderr
+//!   go to two files of the container directory (see `logs.rs`), timed by checkpoints;
+//!   without one, the console log (`lxc.console.logfile`, always configured) is read as
+//!   stdout. Follow polls the files.
+//! * **Events**: LXC has no event API the agent can rely on; [`LxcRuntime::events`] polls
+//!   `lxc-ls --running` every second and emits `Start`/`Die` on transitions (a run shorter
+//!   than the poll is noticed from its recorded start time).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use diplo_api::container::{
+    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, ExecOutput, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk,
+    LogOptions, Protocol, RuntimeEvent, RuntimeEventKind, validate_container_name,
+};
+use diplo_api::runtime::Runtime;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::config::{self, BlockInputs, CgroupVersion, InfoOutput, LxcNetwork, ResolvedMount};
+use super::image;
+use super::logs::{self, LogFiles};
+use crate::port_publisher::PortPublisher;
+use crate::runtime::docker::{describe_io, describe_timeout};
+use crate::runtime::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream};
+
+/// `diplo.deployment` of a container created on its own.
+const DIRECT_DEPLOYMENT: &str = "direct";
+/// Where LXC keeps containers unless told otherwise.
+pub const DEFAULT_LXC_PATH: &str = "/var/lib/lxc";
+/// The driver's state file in a container's directory.
+pub const STATE_FILE: &str = "diplo.json";
+/// The console log (`lxc.console.logfile`) in a container's directory.
+pub const CONSOLE_LOG: &str = "console.log";
+/// The log of the last `lxc-start` (and its monitor) in a container's directory.
+pub const START_LOG: &str = "diplo-start.log";
+/// Directory under the LXC path holding address reservations of creates in flight.
+const RESERVATIONS: &str = ".diplo-ip-reservations";
+/// Directory under the LXC path holding named volumes.
+const VOLUMES: &str = ".diplo-volumes";
+/// Reservations older than this are left-overs of a crashed agent.
+const RESERVATION_TTL: Duration = Duration::from_secs(600);
+/// Interval of the event and log-follow polls.
+const EVENT_POLL: Duration = Duration::from_secs(1);
+const LOG_POLL: Duration = Duration::from_millis(250);
+
+/// Creates run one at a time in this process: the name, port and address checks and the
+/// `lxc-create` must not interleave.
+static CREATE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runtime error helpers.
+fn failed(message: impl Into<String>) -> RuntimeError {
+    RuntimeError::Failed { runtime: Runtime::Lxc, message: message.into() }
+}
+
+fn not_found(name: &str) -> RuntimeError {
+    RuntimeError::NotFound { what: "container", name: name.to_owned() }
+}
+
+/// What the driver remembers about a container (`diplo.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    /// The spec it was created from, labels included.
+    spec: ContainerSpec,
+    /// What runs as PID 1.
+    argv: Vec<String>,
+    /// Its static address on the bridge.
+    ip: Ipv4Addr,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339 time of the last successful `lxc-start`.
+    #[serde(default)]
+    started_at: Option<String>,
+    /// Output goes to `diplo-log/{stdout,stderr}` through the shim (else: console log).
+    #[serde(default)]
+    log_files: bool,
+}
+
+/// A CPU usage reading: cumulative nanoseconds at an instant.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    at: Instant,
+    usage_ns: u64,
+}
+
+/// Drives LXC through `lxc-*` tools and `skopeo`. See the module docs for the mapping.
+#[derive(Debug)]
+pub struct LxcRuntime {
+    lxc_path: PathBuf,
+    image_cache: PathBuf,
+    registry: RegistryConfig,
+    publisher: Arc<PortPublisher>,
+    network: LxcNetwork,
+    cgroup_root: PathBuf,
+    shim: Option<PathBuf>,
+    cpu_samples: Mutex<HashMap<String, CpuSample>>,
+    checkpointers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+/// Static shells the driver looks for on the host, for the output shim.
+pub const SHIM_CANDIDATES: [&str; 3] = ["/bin/busybox", "/usr/bin/busybox", "/usr/lib/busybox-static/busybox"];
+
+/// The first of [`SHIM_CANDIDATES`] that is a statically linked executable.
+pub fn find_static_shell() -> Option<PathBuf> {
+    SHIM_CANDIDATES.iter().map(PathBuf::from).find(|path| is_static_executable(path))
+}
+
+/// Whether `path` is an executable ELF file without a program interpreter (statically
+/// linked, so it runs in any root filesystem).
+pub fn is_static_executable(path: &Path) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = std::fs::metadata(path) else { return false };
+    if !metadata.is_file() || metadata.permissions().mode() & 0o111 == 0 {
+        return false;
+    }
+    let mut head = vec![0u8; 4096];
+    let Ok(read) = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) else { return false };
+    head.truncate(read);
+    elf_has_no_interpreter(&head)
+}
+
+/// For the first bytes of a 64-bit little-endian ELF file: whether its program headers
+/// (which must lie within `head`) lack `PT_INTERP`.
+fn elf_has_no_interpreter(head: &[u8]) -> bool {
+    let u16_at = |at: usize| head.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |at: usize| head.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u64_at = |at: usize| head.get(at..at + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes);
+    // Magic, ELFCLASS64, little endian.
+    if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else { return false };
+    let Ok(phoff) = usize::try_from(phoff) else { return false };
+    (0..phnum).all(|i| {
+        let at = phoff + i * phentsize;
+        // PT_INTERP = 3; a header beyond what we read counts as "cannot tell".
+        u32_at(at).is_some_and(|kind| kind != 3)
+    })
+}
+
+impl LxcRuntime {
+    /// A driver for containers under `lxc_path` (normally [`DEFAULT_LXC_PATH`]) keeping
+    /// pulled images under `image_cache`, publishing ports with `publisher`.
+    pub fn new(lxc_path: PathBuf, image_cache: PathBuf, registry: RegistryConfig, publisher: Arc<PortPublisher>) -> Self {
+        LxcRuntime {
+            lxc_path,
+            image_cache,
+            registry,
+            publisher,
+            network: LxcNetwork::default(),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            shim: find_static_shell(),
+            cpu_samples: Mutex::new(HashMap::new()),
+            checkpointers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Uses `shell` (a statically linked `sh`, or `None` for the console log only) as the
+    /// output shim of containers created from now on. By default the first static
+    /// busybox of [`SHIM_CANDIDATES`].
+    #[must_use]
+    pub fn with_shim(mut self, shell: Option<PathBuf>) -> Self {
+        self.shim = shell;
+        self
+    }
+
+    /// The OCI layout directory `reference` is (or would be) cached in.
+    pub fn image_layout(&self, reference: &str) -> PathBuf {
+        self.image_cache.join(image::cache_dir_name(reference))
+    }
+
+    /// Uses another bridge network and static range than `lxc-net`'s defaults.
+    #[must_use]
+    pub fn with_network(mut self, network: LxcNetwork) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// The LXC path containers live under.
+    pub fn lxc_path(&self) -> &Path {
+        &self.lxc_path
+    }
+
+    /// The port publisher.
+    pub fn publisher(&self) -> &Arc<PortPublisher> {
+        &self.publisher
+    }
+
+    /// Takes over the running Diplo containers after an agent restart: publishes their
+    /// ports again (the publisher starts empty) and resumes timing their output. Returns
+    /// how many containers it covered.
+    pub async fn resume_running(&self) -> RuntimeResult<usize> {
+        let mut count = 0;
+        for name in owned_names(&self.lxc_path) {
+            let Ok(state) = self.load(&name) else { continue };
+            let Ok(info) = self.info(&name).await else { continue };
+            if info.state != "RUNNING" {
+                continue;
+            }
+            self.publish_ports(&state).await?;
+            self.watch_output(&state, info.pid);
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    fn log_files(&self, state: &State) -> LogFiles {
+        let dir = self.dir(&state.spec.name);
+        if state.log_files { LogFiles::files(&dir) } else { LogFiles::console(&dir, &dir.join(CONSOLE_LOG)) }
+    }
+
+    /// Records output checkpoints of a running container until its `pid` is gone.
+    fn watch_output(&self, state: &State, pid: Option<u32>) {
+        let files = self.log_files(state);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let task = handle.spawn(async move {
+            loop {
+                tokio::time::sleep(logs::CHECKPOINT_INTERVAL).await;
+                let _ = files.checkpoint(logs::now_nanos());
+                if !pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+                    return;
+                }
+            }
+        });
+        let mut checkpointers = self.checkpointers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        checkpointers.retain(|_, task| !task.is_finished());
+        if let Some(old) = checkpointers.insert(state.spec.name.clone(), task) {
+            old.abort();
+        }
+    }
+
+    fn forget_output(&self, name: &str) {
+        let mut checkpointers = self.checkpointers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(task) = checkpointers.remove(name) {
+            task.abort();
+        }
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.lxc_path.join(name)
+    }
+
+    /// `-n NAME -P LXC_PATH` followed by `rest`.
+    fn args(&self, name: &str, rest: &[&str]) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["-n".into(), name.into(), "-P".into(), self.lxc_path.clone().into_os_string()];
+        args.extend(rest.iter().map(OsString::from));
+        args
+    }
+
+    /// The state of a Diplo container; `NotFound` for anything else.
+    fn load(&self, id: &str) -> RuntimeResult<State> {
+        if validate_container_name(id).is_err() {
+            return Err(not_found(id));
+        }
+        load_state(&self.dir(id)).ok_or_else(|| not_found(id))
+    }
+
+    fn save(&self, state: &State) -> RuntimeResult<()> {
+        let dir = self.dir(&state.spec.name);
+        let text = serde_json::to_vec_pretty(state).map_err(|e| failed(format!("cannot encode the state of {}: {e}", state.spec.name)))?;
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, dir.join(STATE_FILE)))
+            .map_err(|e| failed(format!("cannot write {}: {}", dir.join(STATE_FILE).display(), describe_io(&e))))
+    }
+
+    async fn info(&self, name: &str) -> RuntimeResult<InfoOutput> {
+        info_at(&self.lxc_path, name).await
+    }
+
+    /// Makes `reference` present in the cache; returns its layout directory.
+    async fn pull(&self, reference: &str) -> RuntimeResult<PathBuf> {
+        let layout = self.image_cache.join(image::cache_dir_name(reference));
+        if image::layout_present(&layout) {
+            return Ok(layout);
+        }
+        let insecure = image::registry_of(reference).is_some_and(|registry| self.registry.is_insecure(registry));
+        let source = format!("docker://{reference}");
+        let mut args: Vec<&str> = vec!["copy", "--quiet"];
+        if insecure {
+            args.push("--src-tls-verify=false");
+        }
+        args.push(&source);
+        self.fill_layout(&layout, &[args], reference).await?;
+        Ok(layout)
+    }
+
+    /// Runs the first `skopeo` argv (with `oci:TMP:latest` appended) that succeeds, then
+    /// moves the temporary layout to `layout`, replacing what was there.
+    async fn fill_layout(&self, layout: &Path, attempts: &[Vec<&str>], reference: &str) -> RuntimeResult<()> {
+        std::fs::create_dir_all(&self.image_cache)
+            .map_err(|e| failed(format!("cannot create the image cache {}: {}", self.image_cache.display(), describe_io(&e))))?;
+        let tmp = self.image_cache.join(format!(".tmp-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let destination = format!("oci:{}:{}", tmp.display(), image::CACHE_TAG);
+        let mut messages = Vec::new();
+        let mut not_found_seen = false;
+        for attempt in attempts {
+            let mut args: Vec<OsString> = attempt.iter().map(OsString::from).collect();
+            args.push(destination.clone().into());
+            let output = run_tool("skopeo", &args, Some(Duration::from_secs(1800))).await;
+            let output = match output {
+                Ok(output) => output,
+                Err(error) => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    return Err(error);
+                }
+            };
+            if output.status.success() {
+                messages.clear();
+                break;
+            }
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            not_found_seen |= image::is_not_found(&stderr);
+            messages.push(image::skopeo_message(&stderr));
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        if !messages.is_empty() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if not_found_seen {
+                return Err(RuntimeError::NotFound { what: "image", name: reference.to_owned() });
+            }
+            return Err(failed(format!("cannot get image {reference}: {}", messages.join("; "))));
+        }
+        if image::layout_present(layout) {
+            let _ = std::fs::remove_dir_all(layout);
+        }
+        if let Err(error) = std::fs::rename(&tmp, layout) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // Someone else filled it meanwhile.
+            if !image::layout_present(layout) {
+                return Err(failed(format!("cannot move the image into {}: {}", layout.display(), describe_io(&error))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Caches a root filesystem tarball (plain or gzip) as a one-layer image in `layout`.
+    async fn import_rootfs(&self, archive: &Path, layout: &Path) -> RuntimeResult<()> {
+        let tmp = self.image_cache.join(format!(".tmp-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let result = async {
+            std::fs::create_dir_all(&tmp).map_err(|e| failed(format!("cannot create {}: {}", tmp.display(), describe_io(&e))))?;
+            let mut tarball = archive.to_path_buf();
+            if image::is_gzip(archive) {
+                tarball = tmp.join(".rootfs.tar");
+                let output = std::fs::File::create(&tarball).map_err(|e| failed(format!("cannot create {}: {}", tarball.display(), describe_io(&e))))?;
+                let mut command = tokio::process::Command::new("gzip");
+                command.arg("-dc").arg(archive).stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped()).kill_on_drop(true);
+                let done = finish("gzip", command, Some(Duration::from_secs(1800))).await?;
+                if !done.status.success() {
+                    return Err(RuntimeError::InvalidArgument {
+                        field: "archive",
+                        message: format!("{} is not a readable gzip archive: {}", archive.display(), String::from_utf8_lossy(&done.stderr).trim()),
+                    });
+                }
+            }
+            let (archive_owned, tmp_owned, tarball_owned) = (archive.to_path_buf(), tmp.clone(), tarball.clone());
+            tokio::task::spawn_blocking(move || {
+                check_tar(&tarball_owned).map_err(|message| RuntimeError::InvalidArgument {
+                    field: "archive",
+                    message: format!("{} is neither an image archive nor a root filesystem tarball: {message}", archive_owned.display()),
+                })?;
+                image::write_rootfs_layout(&tmp_owned, &tarball_owned)
+                    .map_err(|e| failed(format!("cannot write an image layout to {}: {}", tmp_owned.display(), describe_io(&e))))
+            })
+            .await
+            .map_err(|e| failed(format!("import task failed: {e}")))??;
+            if tarball != archive {
+                let _ = std::fs::remove_file(&tarball);
+            }
+            if layout.exists() {
+                let _ = std::fs::remove_dir_all(layout);
+            }
+            std::fs::rename(&tmp, layout).map_err(|e| failed(format!("cannot move the image into {}: {}", layout.display(), describe_io(&e))))
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// Host ports of `spec` must not be published, reserved by another Diplo container, or
+    /// bound by anything on the host.
+    fn check_ports(&self, spec: &ContainerSpec) -> RuntimeResult<()> {
+        if spec.ports.is_empty() {
+            return Ok(());
+        }
+        let mut reserved: HashMap<(u16, Protocol), String> = HashMap::new();
+        for name in owned_names(&self.lxc_path) {
+            if name == spec.name {
+                continue;
+            }
+            if let Some(state) = load_state(&self.dir(&name)) {
+                for port in &state.spec.ports {
+                    reserved.insert((port.host_port, port.protocol), name.clone());
+                }
+            }
+        }
+        for port in &spec.ports {
+            let shown = format!("{}/{}", port.host_port, config::protocol_name(port.protocol));
+            if let Some(owner) = self.publisher.owner_of(port.host_port, port.protocol).or_else(|| reserved.get(&(port.host_port, port.protocol)).cloned()) {
+                return Err(RuntimeError::Conflict(format!("host port {shown} is already in use (published for container {owner})")));
+            }
+            let bound = match port.protocol {
+                Protocol::Tcp => std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port.host_port)).map(drop),
+                Protocol::Udp => std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port.host_port)).map(drop),
+            };
+            match bound {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
+                    return Err(RuntimeError::Conflict(format!("host port {shown} is already in use")));
+                }
+                Err(error) => {
+                    return Err(RuntimeError::InvalidArgument { field: "ports", message: format!("cannot bind host port {shown}: {}", describe_io(&error)) });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bind sources (must exist) and volume directories (created) of `spec`.
+    fn resolve_mounts(&self, spec: &ContainerSpec) -> RuntimeResult<Vec<ResolvedMount>> {
+        let mut mounts = Vec::new();
+        for mount in &spec.mounts {
+            let target = config::relative_target(&mount.target).map_err(|message| RuntimeError::InvalidArgument { field: "mounts", message })?;
+            let (source, is_file) = if mount.is_bind() {
+                let source = PathBuf::from(&mount.source);
+                let metadata = std::fs::metadata(&source).map_err(|e| RuntimeError::InvalidArgument {
+                    field: "mounts",
+                    message: format!("bind source {}: {}", source.display(), describe_io(&e)),
+                })?;
+                (source, !metadata.is_dir())
+            } else {
+                let source = self.lxc_path.join(VOLUMES).join(&mount.source);
+                std::fs::create_dir_all(&source)
+                    .map_err(|e| failed(format!("cannot create volume directory {}: {}", source.display(), describe_io(&e))))?;
+                (source, false)
+            };
+            mounts.push(ResolvedMount { source, target, read_only: mount.read_only, is_file });
+        }
+        Ok(mounts)
+    }
+
+    /// Picks a free static address and reserves it (a file under the LXC path) until
+    /// the guard drops; by then the container's config carries it.
+    fn reserve_ip(&self) -> RuntimeResult<(Ipv4Addr, Reservation)> {
+        let mut used = BTreeSet::new();
+        if let Ok(entries) = std::fs::read_dir(&self.lxc_path) {
+            for entry in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(entry.path().join("config")) {
+                    used.extend(config::config_ipv4_addresses(&text));
+                }
+            }
+        }
+        let reservations = self.lxc_path.join(RESERVATIONS);
+        std::fs::create_dir_all(&reservations)
+            .map_err(|e| failed(format!("cannot create {}: {}", reservations.display(), describe_io(&e))))?;
+        if let Ok(entries) = std::fs::read_dir(&reservations) {
+            for entry in entries.flatten() {
+                let fresh = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < RESERVATION_TTL);
+                match entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) {
+                    Some(ip) if fresh => {
+                        used.insert(ip);
+                    }
+                    _ => {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+        loop {
+            let ip = self.network.pick(&used).ok_or_else(|| {
+                RuntimeError::Conflict(format!("no free address left in {}-{}", self.network.first, self.network.last))
+            })?;
+            let path = reservations.join(ip.to_string());
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(_) => return Ok((ip, Reservation(path))),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                    used.insert(ip);
+                }
+                Err(error) => return Err(failed(format!("cannot reserve {ip}: {}", describe_io(&error)))),
+            }
+        }
+    }
+
+    /// Everything after `lxc-create`: mount points, the config block, resolv.conf, the
+    /// state file.
+    fn configure(&self, spec: &ContainerSpec, argv: Vec<String>, ip: Ipv4Addr, mounts: &[ResolvedMount]) -> RuntimeResult<()> {
+        let dir = self.dir(&spec.name);
+        let rootfs = dir.join("rootfs");
+        let invalid = |field: &'static str| move |message: String| RuntimeError::InvalidArgument { field, message };
+        let config_path = dir.join("config");
+        let mut config = std::fs::read_to_string(&config_path)
+            .map_err(|e| failed(format!("cannot read {}: {}", config_path.display(), describe_io(&e))))?;
+        let mut mounts = mounts.to_vec();
+        let state = State { spec: spec.clone(), argv, ip, created_at: now_rfc3339(), started_at: None, log_files: self.shim.is_some() };
+        if let Some(shim) = &self.shim {
+            let files = self.log_files(&state);
+            let owner = config::init_owner(&config);
+            files.prepare(owner.filter(|o| *o != (0, 0))).map_err(|e| failed(format!("cannot create the log files of {}: {}", spec.name, describe_io(&e))))?;
+            let relative = |path: &str| path.trim_start_matches('/').to_owned();
+            mounts.push(ResolvedMount { source: shim.clone(), target: relative(logs::CONTAINER_SHIM), read_only: true, is_file: true });
+            mounts.push(ResolvedMount { source: dir.join(logs::LOG_DIR), target: relative(logs::CONTAINER_LOG_DIR), read_only: false, is_file: false });
+        }
+        // Mount points are created now (confined to the rootfs, symlinks resolved inside
+        // it) because LXC cannot create them in a read-only rootfs.
+        let mut resolved_mounts = Vec::new();
+        for mount in &mounts {
+            let target = prepare_target(&rootfs, &mount.target, mount.is_file).map_err(invalid("mounts"))?;
+            resolved_mounts.push(ResolvedMount { target, ..mount.clone() });
+        }
+        let mut tmpfs = Vec::new();
+        for path in &spec.tmpfs {
+            let relative = config::relative_target(path).map_err(invalid("tmpfs"))?;
+            tmpfs.push(prepare_target(&rootfs, &relative, false).map_err(invalid("tmpfs"))?);
+        }
+        let console_log = dir.join(CONSOLE_LOG);
+        let inputs = BlockInputs {
+            cgroup: CgroupVersion::detect(&self.cgroup_root),
+            network: &self.network,
+            ip,
+            console_log: &console_log,
+            mounts: &resolved_mounts,
+            tmpfs: &tmpfs,
+        };
+        let block = config::config_block(spec, &inputs)?;
+        config.push_str(&block);
+        std::fs::write(&config_path, config).map_err(|e| failed(format!("cannot write {}: {}", config_path.display(), describe_io(&e))))?;
+        write_resolv_conf(&rootfs, self.network.gateway);
+        self.save(&state)
+    }
+
+    /// What `lxc-start` runs: the argv itself, or through the output shim with its
+    /// program resolved in the rootfs (the shim's busybox would otherwise prefer its own
+    /// applet of the same name).
+    fn launch_argv(&self, state: &State) -> RuntimeResult<Vec<String>> {
+        if !state.log_files {
+            return Ok(state.argv.clone());
+        }
+        let dir = self.dir(&state.spec.name);
+        let config = std::fs::read_to_string(dir.join("config")).unwrap_or_default();
+        let program = state.argv.first().map_or("/bin/sh", String::as_str);
+        let path_var = config::config_path_variable(&config);
+        let resolved = resolve_executable(&dir.join("rootfs"), program, &path_var).ok_or_else(|| {
+            failed(format!("cannot start {}: executable file {program:?} not found in the image (PATH {path_var})", state.spec.name))
+        })?;
+        let mut argv = vec![logs::CONTAINER_SHIM.to_owned(), "-c".to_owned(), logs::shim_script(), "diplo-init".to_owned(), resolved];
+        argv.extend(state.argv.iter().skip(1).cloned());
+        Ok(argv)
+    }
+
+    /// Stops (kill), destroys and deletes whatever is left of container `name`.
+    async fn destroy_quietly(&self, name: &str) {
+        let _ = run_tool("lxc-stop", &self.args(name, &["-k"]), Some(Duration::from_secs(60))).await;
+        match run_tool("lxc-destroy", &self.args(name, &["-f"]), Some(Duration::from_secs(120))).await {
+            Ok(output) if !output.status.success() => debug!(name, error = %config::tool_error(&output.stderr), "lxc-destroy failed"),
+            Err(error) => debug!(name, %error, "lxc-destroy failed"),
+            Ok(_) => {}
+        }
+        let dir = self.dir(name);
+        if dir.exists()
+            && let Err(error) = std::fs::remove_dir_all(&dir)
+        {
+            warn!(name, error = %describe_io(&error), "cannot delete {}", dir.display());
+        }
+    }
+
+    /// (Re)publishes the ports of a running container.
+    async fn publish_ports(&self, state: &State) -> RuntimeResult<()> {
+        let name = &state.spec.name;
+        self.publisher.unpublish_owner(name).await;
+        for port in &state.spec.ports {
+            let target = SocketAddr::new(IpAddr::V4(state.ip), port.container_port);
+            if let Err(error) = self.publisher.publish_for(name, port.host_port, port.protocol, target) {
+                self.publisher.unpublish_owner(name).await;
+                let shown = format!("{}/{}", port.host_port, config::protocol_name(port.protocol));
+                return Err(if error.kind() == io::ErrorKind::AddrInUse {
+                    RuntimeError::Conflict(format!("host port {shown} is already in use"))
+                } else {
+                    failed(format!("cannot publish host port {shown}: {}", describe_io(&error)))
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `lxc-stop`: SIGTERM (lxc.signal.halt), SIGKILL after `grace`; `-k` for no grace.
+    async fn stop_container(&self, name: &str, grace: Duration) -> RuntimeResult<()> {
+        let seconds = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let seconds_text = seconds.to_string();
+        let rest: Vec<&str> = if seconds == 0 { vec!["-k"] } else { vec!["-t", &seconds_text] };
+        let output = run_tool("lxc-stop", &self.args(name, &rest), Some(Duration::from_secs(seconds + 60))).await?;
+        // Exit status 2: it was not running, which is what we want.
+        if output.status.success() || output.status.code() == Some(2) {
+            return Ok(());
+        }
+        if self.info(name).await.is_ok_and(|i| i.state == "STOPPED") {
+            return Ok(());
+        }
+        Err(failed(format!("lxc-stop {name}: {}", config::tool_error(&output.stderr))))
+    }
+
+    fn container_info(&self, state: &State, info: &InfoOutput) -> ContainerInfo {
+        let running = info.state == "RUNNING";
+        let status = match info.state.as_str() {
+            "RUNNING" => ContainerStatus::Running,
+            "STOPPED" if state.started_at.is_some() => ContainerStatus::Exited,
+            "STOPPED" => ContainerStatus::Created,
+            "FROZEN" | "FREEZING" => ContainerStatus::Paused,
+            _ => ContainerStatus::Unknown,
+        };
+        let exit_code = if status == ContainerStatus::Exited {
+            std::fs::read_to_string(self.dir(&state.spec.name).join(START_LOG))
+                .ok()
+                .and_then(|log| config::parse_exit_code(&log))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        ContainerInfo {
+            id: state.spec.name.clone(),
+            name: state.spec.name.clone(),
+            image: state.spec.image.clone(),
+            status,
+            exit_code,
+            pid: if running { info.pid } else { None },
+            ip_address: if running { info.ip.clone().or_else(|| Some(state.ip.to_string())) } else { None },
+            ports: state.spec.ports.clone(),
+            started_at: state.started_at.clone(),
+            health: None,
+            labels: state.spec.labels.clone(),
+        }
+    }
+
+    /// Cumulative CPU nanoseconds, memory in use and memory limit of a running container's
+    /// cgroup, found through `/proc/PID/cgroup`.
+    fn cgroup_usage(&self, pid: u32) -> (Option<u64>, u64, u64) {
+        let Ok(membership) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return (None, 0, 0) };
+        let read = |path: PathBuf| std::fs::read_to_string(path).ok().map(|t| t.trim().to_owned());
+        let number = |path: PathBuf| read(path).and_then(|t| t.parse::<u64>().ok());
+        let stat_field = |path: PathBuf, key: &str| {
+            read(path).and_then(|t| {
+                t.lines().find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse::<u64>().ok()))
+            })
+        };
+        let mut v1: HashMap<String, PathBuf> = HashMap::new();
+        let mut unified: Option<PathBuf> = None;
+        for line in membership.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let relative = path.trim_start_matches('/');
+            if controllers.is_empty() {
+                unified = Some(PathBuf::from(relative));
+            } else {
+                for controller in controllers.split(',') {
+                    v1.insert(controller.to_owned(), self.cgroup_root.join(controllers).join(relative));
+                }
+            }
+        }
+        if let Some(memory) = v1.get("memory") {
+            let usage = number(memory.join("memory.usage_in_bytes")).unwrap_or(0);
+            let inactive = stat_field(memory.join("memory.stat"), "total_inactive_file").unwrap_or(0);
+            let limit = number(memory.join("memory.limit_in_bytes")).filter(|l| *l < (1 << 60)).unwrap_or(0);
+            let cpu = v1.get("cpuacct").and_then(|dir| number(dir.join("cpuacct.usage")));
+            return (cpu, usage.saturating_sub(inactive), limit);
+        }
+        let Some(relative) = unified else { return (None, 0, 0) };
+        let dir = self.cgroup_root.join(relative);
+        let usage = number(dir.join("memory.current")).unwrap_or(0);
+        let inactive = stat_field(dir.join("memory.stat"), "inactive_file").unwrap_or(0);
+        let limit = read(dir.join("memory.max")).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+        let cpu = stat_field(dir.join("cpu.stat"), "usage_usec").map(|us| us * 1000);
+        (cpu, usage.saturating_sub(inactive), limit)
+    }
+
+    fn remember_cpu(&self, name: &str, sample: Option<CpuSample>) -> Option<CpuSample> {
+        let mut samples = self.cpu_samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match sample {
+            Some(sample) => samples.insert(name.to_owned(), sample),
+            None => samples.remove(name),
+        }
+    }
+}
+
+/// A reserved address; the reservation file goes when this drops.
+struct Reservation(PathBuf);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn load_state(dir: &Path) -> Option<State> {
+    let text = std::fs::read(dir.join(STATE_FILE)).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(state) => Some(state),
+        Err(error) => {
+            warn!(dir = %dir.display(), %error, "unreadable {STATE_FILE}; ignoring the container");
+            None
+        }
+    }
+}
+
+/// Names of the containers under `lxc_path` that carry Diplo's state file.
+fn owned_names(lxc_path: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(lxc_path) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|entry| entry.path().join(STATE_FILE).is_file())
+        .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+        .filter(|name| validate_container_name(name).is_ok())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn info_at(lxc_path: &Path, name: &str) -> RuntimeResult<InfoOutput> {
+    let args: Vec<OsString> =
+        vec!["-n".into(), name.into(), "-P".into(), lxc_path.as_os_str().to_owned(), "-s".into(), "-p".into(), "-i".into()];
+    let output = run_tool("lxc-info", &args, Some(Duration::from_secs(30))).await?;
+    if !output.status.success() {
+        if !lxc_path.join(name).join("config").exists() {
+            return Err(not_found(name));
+        }
+        return Err(failed(format!("lxc-info {name}: {}", config::tool_error(&output.stderr))));
+    }
+    Ok(config::parse_info(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Runs an LXC tool or skopeo with stdin closed, collecting its output.
+async fn run_tool(program: &str, args: &[OsString], timeout: Option<Duration>) -> RuntimeResult<Output> {
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    finish(program, command, timeout).await
+}
+
+async fn finish(program: &str, mut command: tokio::process::Command, timeout: Option<Duration>) -> RuntimeResult<Output> {
+    let run = command.output();
+    let result = match timeout {
+        Some(timeout) => tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| failed(format!("{program} did not finish within {}", describe_timeout(timeout))))?,
+        None => run.await,
+    };
+    match result {
+        Ok(output) => Ok(output),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            Err(RuntimeError::Unavailable { runtime: Runtime::Lxc, message: format!("{program} not found on PATH") })
+        }
+        Err(error) => Err(failed(format!("cannot run {program}: {}", describe_io(&error)))),
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i64 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => i64::from(code),
+        (None, Some(signal)) => 128 + i64::from(signal),
+        (None, None) => -1,
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The components of `relative` (a path inside the container) resolved the way the
+/// container will see them: symlinks are followed but never leave `rootfs`. Components
+/// that do not exist yet are kept as they are.
+fn resolve_in_rootfs(rootfs: &Path, relative: &str) -> Result<Vec<OsString>, String> {
+    let mut resolved: Vec<OsString> = Vec::new();
+    let mut pending: VecDeque<OsString> = Path::new(relative).components().filter_map(component_name).collect();
+    let mut hops = 0;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate: PathBuf = resolved.iter().fold(rootfs.to_path_buf(), |p, c| p.join(c)).join(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(format!("/{relative}: too many levels of symbolic links"));
+                }
+                let link = std::fs::read_link(&candidate).map_err(|e| format!("/{relative}: {}", describe_io(&e)))?;
+                if link.is_absolute() {
+                    resolved.clear();
+                }
+                let mut next: VecDeque<OsString> = link.components().filter_map(component_name).collect();
+                next.extend(pending);
+                pending = next;
+            }
+            Ok(metadata) => {
+                if !metadata.is_dir() && !pending.is_empty() {
+                    return Err(format!("/{relative}: {} is not a directory", candidate.display()));
+                }
+                resolved.push(part);
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => resolved.push(part),
+            Err(error) => return Err(format!("/{relative}: {}", describe_io(&error))),
+        }
+    }
+    Ok(resolved)
+}
+
+/// Resolves `relative` inside `rootfs` (see [`resolve_in_rootfs`]), creates the directory
+/// (or, for `is_file`, an empty file) if missing, and returns the resolved path relative
+/// to the rootfs: LXC cannot create mount points in a read-only rootfs.
+fn prepare_target(rootfs: &Path, relative: &str, is_file: bool) -> Result<String, String> {
+    let resolved = resolve_in_rootfs(rootfs, relative)?;
+    if resolved.is_empty() {
+        return Err(format!("/{relative} resolves to the root"));
+    }
+    let full = resolved.iter().fold(rootfs.to_path_buf(), |p, c| p.join(c));
+    let created = if is_file {
+        let parent = full.parent().unwrap_or(rootfs);
+        std::fs::create_dir_all(parent).and_then(|()| {
+            if full.exists() { Ok(()) } else { std::fs::OpenOptions::new().write(true).create_new(true).open(&full).map(drop) }
+        })
+    } else {
+        std::fs::create_dir_all(&full)
+    };
+    created.map_err(|e| format!("cannot create /{relative} in the rootfs: {}", describe_io(&e)))?;
+    let parts: Vec<String> = resolved.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    Ok(parts.join("/"))
+}
+
+/// Where the container finds `program`: itself when it holds a `/` (if it exists, for
+/// absolute paths), else the first executable file `DIR/program` for DIR in `path_var`.
+fn resolve_executable(rootfs: &Path, program: &str, path_var: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |inside: &str| {
+        let Ok(resolved) = resolve_in_rootfs(rootfs, inside.trim_start_matches('/')) else { return false };
+        let full = resolved.iter().fold(rootfs.to_path_buf(), |p, c| p.join(c));
+        std::fs::symlink_metadata(full).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return (!program.starts_with('/') || executable(program)).then(|| program.to_owned());
+    }
+    path_var
+        .split(':')
+        .filter(|dir| dir.starts_with('/'))
+        .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
+        .find(|candidate| executable(candidate))
+}
+
+fn component_name(component: Component<'_>) -> Option<OsString> {
+    match component {
+        Component::Normal(name) => Some(name.to_owned()),
+        Component::ParentDir => Some(OsStr::new("..").to_owned()),
+        Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+    }
+}
+
+/// Gives the container a resolver (the bridge's dnsmasq) when the image has none; never
+/// follows a symlink out of the rootfs.
+fn write_resolv_conf(rootfs: &Path, gateway: Ipv4Addr) {
+    let etc = rootfs.join("etc");
+    if !std::fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
+    let path = etc.join("resolv.conf");
+    if std::fs::symlink_metadata(&path).is_ok() {
+        return;
+    }
+    // create_new refuses to follow a (dangling) symlink.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut file| io::Write::write_all(&mut file, format!("nameserver {gateway}\n").as_bytes()));
+    if let Err(error) = written {
+        debug!(error = %describe_io(&error), "cannot write {}", path.display());
+    }
+}
+
+/// Checks that `path` starts with a tar header (`ustar` magic or a valid checksum).
+fn check_tar(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut header = [0u8; 512];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header)).map_err(|e| describe_io(&e))?;
+    if &header[257..262] == b"ustar" {
+        return Ok(());
+    }
+    let stored = std::str::from_utf8(&header[148..156]).ok().map(|t| t.trim_matches(|c: char| c == '\0' || c == ' ')).and_then(|t| u32::from_str_radix(t, 8).ok());
+    let mut copy = header;
+    copy[148..156].copy_from_slice(b"        ");
+    let sum: u32 = copy.iter().map(|b| u32::from(*b)).sum();
+    if stored == Some(sum) && header.iter().any(|b| *b != 0) { Ok(()) } else { Err("no tar header".to_owned()) }
+}
+
+/// Diplo containers with whether each runs and when it last started.
+async fn snapshot(lxc_path: &Path) -> RuntimeResult<BTreeMap<String, (bool, Option<String>)>> {
+    let args: Vec<OsString> = vec!["-P".into(), lxc_path.as_os_str().to_owned(), "--running".into(), "-1".into()];
+    let output = run_tool("lxc-ls", &args, Some(Duration::from_secs(30))).await?;
+    if !output.status.success() {
+        return Err(failed(format!("lxc-ls: {}", config::tool_error(&output.stderr))));
+    }
+    let running: BTreeSet<String> = String::from_utf8_lossy(&output.stdout).split_whitespace().map(str::to_owned).collect();
+    Ok(owned_names(lxc_path)
+        .into_iter()
+        .map(|name| {
+            let started = load_state(&lxc_path.join(&name)).and_then(|s| s.started_at);
+            let is_running = running.contains(&name);
+            (name, (is_running, started))
+        })
+        .collect())
+}
+
+/// The event poll: compares snapshots every second until the receiver goes away.
+async fn watch_events(lxc_path: PathBuf, publisher: Arc<PortPublisher>, tx: mpsc::Sender<RuntimeResult<RuntimeEvent>>) {
+    let mut previous = match snapshot(&lxc_path).await {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            let _ = tx.send(Err(error)).await;
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep(EVENT_POLL) => {}
+        }
+        let current = match snapshot(&lxc_path).await {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                debug!(%error, "lxc event poll failed");
+                continue;
+            }
+        };
+        let mut events = Vec::new();
+        for (name, (running, started)) in &current {
+            let (was_running, was_started) = previous.get(name).cloned().unwrap_or((false, None));
+            let restarted = started.is_some() && *started != was_started;
+            if *running && (!was_running || restarted) {
+                if was_running {
+                    events.push((name.clone(), RuntimeEventKind::Die));
+                }
+                events.push((name.clone(), RuntimeEventKind::Start));
+            } else if !*running && was_running {
+                events.push((name.clone(), RuntimeEventKind::Die));
+            } else if !*running && restarted {
+                // Started and ended between two polls.
+                events.push((name.clone(), RuntimeEventKind::Start));
+                events.push((name.clone(), RuntimeEventKind::Die));
+            }
+        }
+        for (name, (was_running, _)) in &previous {
+            if *was_running && !current.contains_key(name) {
+                events.push((name.clone(), RuntimeEventKind::Die));
+            }
+        }
+        for (name, kind) in events {
+            if kind == RuntimeEventKind::Die && !current.get(&name).is_some_and(|(running, _)| *running) {
+                publisher.unpublish_owner(&name).await;
+            }
+            if tx.send(Ok(RuntimeEvent { container_id: name, kind })).await.is_err() {
+                return;
+            }
+        }
+        previous = current;
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for LxcRuntime {
+    fn runtime(&self) -> Runtime {
+        Runtime::Lxc
+    }
+
+    async fn version(&self) -> RuntimeResult<String> {
+        let output = run_tool("lxc-create", &[OsString::from("--version")], Some(Duration::from_secs(30))).await?;
+        let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if !output.status.success() || version.is_empty() {
+            return Err(RuntimeError::Unavailable {
+                runtime: Runtime::Lxc,
+                message: format!("lxc-create --version failed: {}", config::tool_error(&output.stderr)),
+            });
+        }
+        Ok(version)
+    }
+
+    async fn ensure_image(&self, image: &str) -> RuntimeResult<()> {
+        if image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(RuntimeError::InvalidArgument { field: "image", message: format!("{image:?} is not an image reference") });
+        }
+        self.pull(image).await.map(drop)
+    }
+
+    async fn import_image(&self, archive: &Path, reference: &str) -> RuntimeResult<()> {
+        if !archive.is_file() {
+            return Err(RuntimeError::InvalidArgument { field: "archive", message: format!("{} is not a file", archive.display()) });
+        }
+        if reference.trim().is_empty() || reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(RuntimeError::InvalidArgument { field: "image", message: format!("{reference:?} is not an image reference") });
+        }
+        let layout = self.image_layout(reference);
+        let docker = format!("docker-archive:{}", archive.display());
+        let oci = format!("oci-archive:{}", archive.display());
+        let attempts = vec![vec!["copy", "--quiet", docker.as_str()], vec!["copy", "--quiet", oci.as_str()]];
+        match self.fill_layout(&layout, &attempts, reference).await {
+            // Not an image archive: a root filesystem tarball, as `docker import` takes.
+            Err(RuntimeError::NotFound { .. } | RuntimeError::Failed { .. }) => self.import_rootfs(archive, &layout).await,
+            other => other,
+        }
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> RuntimeResult<String> {
+        config::validate(spec)?;
+        let mut spec = spec.clone();
+        spec.labels.entry(LABEL_INSTANCE.to_owned()).or_insert_with(|| spec.name.clone());
+        spec.labels.entry(LABEL_DEPLOYMENT.to_owned()).or_insert_with(|| DIRECT_DEPLOYMENT.to_owned());
+        let spec = &spec;
+        let name = spec.name.as_str();
+        let layout = self.pull(&spec.image).await?;
+        let argv = image::resolve_command(&layout, &spec.command).map_err(|e| failed(format!("image {}: {e}", spec.image)))?;
+
+        let _serial = CREATE_LOCK.lock().await;
+        let dir = self.dir(name);
+        if std::fs::symlink_metadata(&dir).is_ok() {
+            return Err(RuntimeError::Conflict(format!("container name {name:?} is already in use")));
+        }
+        self.check_ports(spec)?;
+        let mounts = self.resolve_mounts(spec)?;
+        let (ip, reservation) = self.reserve_ip()?;
+        let url = format!("oci:{}:{}", layout.display(), image::CACHE_TAG);
+        let args = self.args(name, &["-t", "oci", "--", "--url", &url]);
+        let output = run_tool("lxc-create", &args, Some(Duration::from_secs(600))).await;
+        let output = match output {
+            Ok(output) => output,
+            Err(error) => {
+                if dir.exists() {
+                    self.destroy_quietly(name).await;
+                }
+                return Err(error);
+            }
+        };
+        if !output.status.success() {
+            let message = config::tool_error(&output.stderr);
+            if message.contains("already exists") {
+                return Err(RuntimeError::Conflict(format!("container name {name:?} is already in use")));
+            }
+            if dir.exists() {
+                self.destroy_quietly(name).await;
+            }
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let detail = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            return Err(failed(format!("lxc-create {name} from {}: {message}{}", spec.image, if detail.is_empty() { String::new() } else { format!(" ({})", detail.trim()) })));
+        }
+        let configured = self.configure(spec, argv, ip, &mounts);
+        drop(reservation);
+        if let Err(error) = configured {
+            self.destroy_quietly(name).await;
+            return Err(error);
+        }
+        debug!(name, %ip, "created lxc container");
+        Ok(name.to_owned())
+    }
+
+    async fn start(&self, id: &str) -> RuntimeResult<()> {
+        let mut state = self.load(id)?;
+        let name = state.spec.name.clone();
+        let info = self.info(&name).await?;
+        if info.state == "RUNNING" {
+            if self.publisher.published(&name).len() != state.spec.ports.len() {
+                self.publish_ports(&state).await?;
+            }
+            return Ok(());
+        }
+        // Fail before starting when a host port was taken since create.
+        for port in &state.spec.ports {
+            if let Some(owner) = self.publisher.owner_of(port.host_port, port.protocol).filter(|o| *o != name) {
+                return Err(RuntimeError::Conflict(format!(
+                    "host port {}/{} is already in use (published for container {owner})",
+                    port.host_port,
+                    config::protocol_name(port.protocol)
+                )));
+            }
+        }
+        self.publisher.unpublish_owner(&name).await;
+        let log_path = self.dir(&name).join(START_LOG);
+        let log = std::fs::File::create(&log_path).map_err(|e| failed(format!("cannot create {}: {}", log_path.display(), describe_io(&e))))?;
+        let launch = self.launch_argv(&state)?;
+        let mut args = self.args(&name, &["-d", "-l", "INFO", "-o"]);
+        args.push(log_path.clone().into_os_string());
+        args.push("--".into());
+        args.extend(launch.iter().map(OsString::from));
+        // The daemonised monitor may keep inherited descriptors: give it the log file
+        // rather than pipes nobody would close.
+        let mut command = tokio::process::Command::new("lxc-start");
+        command.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log)).kill_on_drop(true);
+        let status = finish("lxc-start", command, Some(Duration::from_secs(120))).await?.status;
+        if !status.success() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let message = config::start_error(&log).unwrap_or_else(|| format!("lxc-start exited with {status}"));
+            return Err(failed(format!("cannot start {name} ({}): {message}", config::show_argv(&state.argv))));
+        }
+        state.started_at = Some(now_rfc3339());
+        self.save(&state)?;
+        self.remember_cpu(&name, None);
+        let pid = self.info(&name).await.ok().and_then(|i| i.pid);
+        self.watch_output(&state, pid);
+        if let Err(error) = self.publish_ports(&state).await {
+            let _ = self.stop_container(&name, Duration::ZERO).await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> RuntimeResult<()> {
+        let state = self.load(id)?;
+        let name = &state.spec.name;
+        let info = self.info(name).await?;
+        if info.state != "STOPPED" {
+            self.stop_container(name, grace).await?;
+        }
+        self.publisher.unpublish_owner(name).await;
+        Ok(())
+    }
+
+    async fn restart(&self, id: &str, grace: Duration) -> RuntimeResult<()> {
+        self.stop(id, grace).await?;
+        self.start(id).await
+    }
+
+    async fn remove(&self, id: &str, force: bool) -> RuntimeResult<()> {
+        let state = self.load(id)?;
+        let name = state.spec.name.clone();
+        let info = self.info(&name).await?;
+        if info.state != "STOPPED" {
+            if !force {
+                return Err(RuntimeError::Conflict(format!("container {name} is running; stop it first or force the removal")));
+            }
+            self.stop_container(&name, Duration::ZERO).await?;
+        }
+        let output = run_tool("lxc-destroy", &self.args(&name, &["-f"]), Some(Duration::from_secs(300))).await?;
+        self.publisher.unpublish_owner(&name).await;
+        self.remember_cpu(&name, None);
+        self.forget_output(&name);
+        let dir = self.dir(&name);
+        if !output.status.success() && dir.join("config").exists() {
+            return Err(failed(format!("lxc-destroy {name}: {}", config::tool_error(&output.stderr))));
+        }
+        if std::fs::symlink_metadata(&dir).is_ok() {
+            std::fs::remove_dir_all(&dir).map_err(|e| failed(format!("cannot delete {}: {}", dir.display(), describe_io(&e))))?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> RuntimeResult<Vec<ContainerInfo>> {
+        let mut containers = Vec::new();
+        for name in owned_names(&self.lxc_path) {
+            let Some(state) = load_state(&self.dir(&name)) else { continue };
+            if !state.spec.labels.contains_key(LABEL_INSTANCE) {
+                continue;
+            }
+            match self.info(&name).await {
+                Ok(info) => containers.push(self.container_info(&state, &info)),
+                // Removed while we were listing.
+                Err(RuntimeError::NotFound { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(containers)
+    }
+
+    async fn inspect(&self, id: &str) -> RuntimeResult<ContainerInfo> {
+        let state = self.load(id)?;
+        let info = self.info(&state.spec.name).await?;
+        let container = self.container_info(&state, &info);
+        if container.status != ContainerStatus::Running && !self.publisher.published(&container.name).is_empty() {
+            // It ended by itself: its forwards lead nowhere.
+            self.publisher.unpublish_owner(&container.name).await;
+        }
+        Ok(container)
+    }
+
+    async fn logs(&self, id: &str, options: LogOptions) -> RuntimeResult<RuntimeStream<LogChunk>> {
+        let state = self.load(id)?;
+        let files = self.log_files(&state);
+        let now = logs::now_nanos();
+        if let Err(error) = files.checkpoint(now) {
+            debug!(name = %state.spec.name, error = %describe_io(&error), "cannot record a log checkpoint");
+        }
+        let (lines, offsets) = files.lines_since([0, 0], now, options.follow);
+        let lines = match options.tail {
+            Some(n) => logs::tail(lines, n),
+            None => lines,
+        };
+        let first = logs::chunks(lines, options.timestamps);
+        if !options.follow {
+            return Ok(Box::pin(futures::stream::iter(first.into_iter().map(Ok))));
+        }
+        let info = self.info(&state.spec.name).await?;
+        let pid = if info.state == "RUNNING" { info.pid } else { None };
+        let timestamps = options.timestamps;
+        let (tx, rx) = mpsc::channel::<RuntimeResult<LogChunk>>(16);
+        tokio::spawn(async move {
+            for chunk in first {
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            let mut offsets = offsets;
+            loop {
+                let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                let now = logs::now_nanos();
+                let _ = files.checkpoint(now);
+                // Once it has ended, a last read takes a final line without newline too.
+                let (lines, next) = files.lines_since(offsets, now, alive);
+                offsets = next;
+                for chunk in logs::chunks(lines, timestamps) {
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                if !alive {
+                    return;
+                }
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(LOG_POLL) => {}
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn exec(&self, id: &str, argv: &[String]) -> RuntimeResult<ExecOutput> {
+        if argv.is_empty() {
+            return Err(RuntimeError::InvalidArgument { field: "argv", message: "exec needs a command".to_owned() });
+        }
+        let state = self.load(id)?;
+        let name = &state.spec.name;
+        let info = self.info(name).await?;
+        if info.state != "RUNNING" {
+            return Err(RuntimeError::Conflict(format!("container {name} is not running")));
+        }
+        let mut args = self.args(name, &["--clear-env", "--"]);
+        args.extend(argv.iter().map(OsString::from));
+        let output = run_tool("lxc-attach", &args, None).await?;
+        Ok(ExecOutput { exit_code: exit_code(output.status), stdout: output.stdout, stderr: output.stderr })
+    }
+
+    async fn stats(&self, id: &str) -> RuntimeResult<ContainerStats> {
+        let state = self.load(id)?;
+        let name = &state.spec.name;
+        let info = self.info(name).await?;
+        let (Some(pid), "RUNNING") = (info.pid, info.state.as_str()) else {
+            self.remember_cpu(name, None);
+            return Ok(ContainerStats { memory_limit_bytes: state.spec.memory_bytes.unwrap_or(0), ..ContainerStats::default() });
+        };
+        let (cpu, memory_bytes, limit) = self.cgroup_usage(pid);
+        let mut cpu_percent = 0.0;
+        if let Some(usage_ns) = cpu {
+            let now = CpuSample { at: Instant::now(), usage_ns };
+            let previous = match self.remember_cpu(name, Some(now)) {
+                Some(previous) if now.at.duration_since(previous.at) < Duration::from_secs(60) && previous.usage_ns <= usage_ns => Some(previous),
+                _ => None,
+            };
+            // Without a recent reading, take two a short while apart.
+            let (before, after) = match previous {
+                Some(previous) => (previous, now),
+                None => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let (cpu, _, _) = self.cgroup_usage(pid);
+                    let later = CpuSample { at: Instant::now(), usage_ns: cpu.unwrap_or(usage_ns) };
+                    self.remember_cpu(name, Some(later));
+                    (now, later)
+                }
+            };
+            let wall = after.at.duration_since(before.at).as_nanos() as f64;
+            if wall > 0.0 {
+                cpu_percent = after.usage_ns.saturating_sub(before.usage_ns) as f64 / wall * 100.0;
+            }
+        }
+        let (network_rx_bytes, network_tx_bytes) = network_bytes(pid);
+        Ok(ContainerStats {
+            cpu_percent,
+            memory_bytes,
+            memory_limit_bytes: if limit > 0 { limit } else { state.spec.memory_bytes.unwrap_or(0) },
+            network_rx_bytes,
+            network_tx_bytes,
+        })
+    }
+
+    async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(watch_events(self.lxc_path.clone(), Arc::clone(&self.publisher), tx));
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// Received and sent bytes over the container's interfaces but `lo`, from
+/// `/proc/PID/net/dev` (which shows the network namespace of PID).
+fn network_bytes(pid: u32) -> (u64, u64) {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/dev")) else { return (0, 0) };
+    let mut totals = (0, 0);
+    for line in text.lines().skip(2) {
+        let Some((interface, counters)) = line.split_once(':') else { continue };
+        if interface.trim() == "lo" {
+            continue;
+        }
+        let fields: Vec<u64> = counters.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        if fields.len() >= 9 {
+            totals.0 += fields[0];
+            totals.1 += fields[8];
+        }
+    }
+    totals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_confined_to_the_rootfs() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join("rootfs");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(rootfs.join("usr/share")).expect("mkdir");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        // An absolute link resolves inside the rootfs, not on the host.
+        symlink(&outside, rootfs.join("escape")).expect("symlink");
+        assert_eq!(prepare_target(&rootfs, "escape/data", false).as_deref(), Ok(outside.strip_prefix("/").expect("abs").join("data").to_str().expect("utf8")));
+        assert!(rootfs.join(outside.strip_prefix("/").expect("abs")).join("data").is_dir());
+        assert!(!outside.join("data").exists());
+        // Relative links and .. stay inside too.
+        symlink("../../..", rootfs.join("usr/share/up")).expect("symlink");
+        assert_eq!(prepare_target(&rootfs, "usr/share/up/srv", false).as_deref(), Ok("srv"));
+        assert!(rootfs.join("srv").is_dir());
+        assert_eq!(prepare_target(&rootfs, "etc/app.conf", true).as_deref(), Ok("etc/app.conf"));
+        assert!(rootfs.join("etc/app.conf").is_file());
+        std::fs::write(rootfs.join("file"), "x").expect("write");
+        assert!(prepare_target(&rootfs, "file/sub", false).is_err());
+        symlink("/", rootfs.join("root-link")).expect("symlink");
+        assert!(prepare_target(&rootfs, "root-link", false).is_err());
+    }
+
+    #[test]
+    fn executables_are_found_in_the_rootfs() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
+        std::fs::create_dir_all(rootfs.join("usr/bin")).expect("mkdir");
+        std::fs::write(rootfs.join("bin/busybox"), "x").expect("write");
+        std::fs::set_permissions(rootfs.join("bin/busybox"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        symlink("/bin/busybox", rootfs.join("bin/httpd")).expect("symlink");
+        std::fs::write(rootfs.join("usr/bin/data"), "x").expect("write");
+        let path = "/usr/local/bin:/usr/bin:/bin";
+        assert_eq!(resolve_executable(&rootfs, "httpd", path).as_deref(), Some("/bin/httpd"));
+        assert_eq!(resolve_executable(&rootfs, "/bin/busybox", path).as_deref(), Some("/bin/busybox"));
+        assert_eq!(resolve_executable(&rootfs, "/bin/nope", path), None);
+        assert_eq!(resolve_executable(&rootfs, "data", path), None, "not executable");
+        assert_eq!(resolve_executable(&rootfs, "ls", path), None);
+        assert_eq!(resolve_executable(&rootfs, "./run", path).as_deref(), Some("./run"));
+    }
+
+    #[test]
+    fn static_executables_are_recognised() {
+        let mut elf = vec![0u8; 256];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        elf[64..68].copy_from_slice(&1u32.to_le_bytes());
+        elf[120..124].copy_from_slice(&6u32.to_le_bytes());
+        assert!(elf_has_no_interpreter(&elf));
+        elf[120..124].copy_from_slice(&3u32.to_le_bytes());
+        assert!(!elf_has_no_interpreter(&elf));
+        assert!(!elf_has_no_interpreter(b"#!/bin/sh\n"));
+        if Path::new("/bin/busybox").exists() {
+            println!("/bin/busybox static: {}", is_static_executable(Path::new("/bin/busybox")));
+        }
+        assert!(!is_static_executable(Path::new("/nonexistent")));
+    }
+
+    #[test]
+    fn resolv_conf_never_follows_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc")).expect("mkdir");
+        let victim = dir.path().join("victim");
+        std::os::unix::fs::symlink(&victim, rootfs.join("etc/resolv.conf")).expect("symlink");
+        write_resolv_conf(&rootfs, Ipv4Addr::new(10, 0, 3, 1));
+        assert!(!victim.exists());
+        std::fs::remove_file(rootfs.join("etc/resolv.conf")).expect("rm");
+        write_resolv_conf(&rootfs, Ipv4Addr::new(10, 0, 3, 1));
+        assert_eq!(std::fs::read_to_string(rootfs.join("etc/resolv.conf")).expect("read"), "nameserver 10.0.3.1\n");
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let state = State {
+            spec: ContainerSpec { name: "c".into(), image: "i".into(), ..ContainerSpec::default() },
+            argv: vec!["/bin/sh".into()],
+            ip: Ipv4Addr::new(10, 0, 3, 100),
+            created_at: now_rfc3339(),
+            started_at: None,
+            log_files: true,
+        };
+        let text = serde_json::to_string(&state).expect("encode");
+        let back: State = serde_json::from_str(&text).expect("decode");
+        assert_eq!(back.spec, state.spec);
+        assert_eq!(back.ip, state.ip);
+    }
+}

@@ -1,0 +1,712 @@
+//! Conformance suite for the [`ContainerRuntime`] drivers, run against the real runtimes
+//! of this host (see `scripts/setup-host`: Docker, Podman and a plain-HTTP registry on
+//! 127.0.0.1:5000 holding `diplo/busybox:latest`).
+//!
+//! Every case is a generic async function over `&dyn ContainerRuntime`; a runtime joins
+//! the suite with one `#[tokio::test]` building a [`Target`] (containerd, LXC or a fake
+//! later: one line each). Out-of-band checks that the trait deliberately cannot do
+//! (creating a container without Diplo's labels, removing an image) go through an
+//! optional [`Backdoor`], here the runtime's CLI.
+//!
+//! A runtime that does not answer skips its suite with a loud message, or fails it under
+//! `CI=true`. Containers are named `diplo-conf-<random>-<case>` and removed at the end,
+//! also when a case panics.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use diplo_agent::fingerprint::ProbeConfig;
+use diplo_agent::runtime::docker::DockerRuntime;
+use diplo_agent::runtime::{ContainerRuntime, RegistryConfig, RuntimeError, podman};
+use diplo_api::container::{
+    ContainerInfo, ContainerSpec, ContainerStatus, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk, LogOptions,
+    OutputStream, PortMapping, Protocol, RuntimeEventKind,
+};
+use diplo_api::runtime::Runtime;
+use futures::StreamExt;
+
+/// The local registry setup-host runs.
+const REGISTRY: &str = "127.0.0.1:5000";
+/// The test image every case runs.
+const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
+/// A second tag of the same image, removed locally before the pull case so that
+/// `ensure_image` really pulls (the suite adds it to the registry if missing).
+const PULL_IMAGE: &str = "127.0.0.1:5000/diplo/busybox:conformance";
+/// The longest a runtime's whole suite may take.
+const SUITE_BUDGET: Duration = Duration::from_secs(60);
+
+// ------------------------------------------------------------------ runtimes under test
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_conforms() {
+    let socket = ProbeConfig::from_env().docker_socket;
+    let runtime = DockerRuntime::connect(&socket, RegistryConfig::default(), Runtime::Docker);
+    run_suite(Target::new(runtime).with_backdoor(Cli::new("docker"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_conforms() {
+    let socket = ProbeConfig::from_env().podman_socket;
+    let runtime = podman::connect(&socket, RegistryConfig::default());
+    run_suite(Target::new(runtime).with_backdoor(Cli::new("podman"))).await;
+}
+
+// ------------------------------------------------------------------ harness
+
+/// What the suite needs that the trait does not offer, for checks from outside.
+trait Backdoor: Send + Sync {
+    /// Whether the tool works at all (else the checks needing it are skipped).
+    fn available(&self) -> bool;
+    /// Creates and starts a container without Diplo's labels; returns its id.
+    fn create_foreign(&self, name: &str, image: &str) -> Result<String, String>;
+    /// Whether a container (any) exists, and its state (`running`, `exited`, ...).
+    fn container_state(&self, id: &str) -> Option<String>;
+    /// Force-removes a container (any).
+    fn remove_container(&self, id: &str);
+    /// Whether an image reference exists locally.
+    fn image_exists(&self, reference: &str) -> bool;
+    /// Removes a local image reference (an untag when others remain).
+    fn remove_image(&self, reference: &str);
+    /// Writes `reference` as an image archive (`docker save`) to `path`.
+    fn save_image(&self, reference: &str, path: &Path) -> Result<(), String>;
+}
+
+/// A Docker-compatible CLI (`docker`, `podman`).
+struct Cli {
+    program: &'static str,
+}
+
+impl Cli {
+    fn new(program: &'static str) -> Self {
+        Cli { program }
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let output = Command::new(self.program).args(args).output().map_err(|e| format!("{} {args:?}: {e}", self.program))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        } else {
+            Err(format!("{} {args:?}: {}", self.program, String::from_utf8_lossy(&output.stderr).trim()))
+        }
+    }
+}
+
+impl Backdoor for Cli {
+    fn available(&self) -> bool {
+        self.run(&["version"]).is_ok()
+    }
+
+    fn create_foreign(&self, name: &str, image: &str) -> Result<String, String> {
+        self.run(&["run", "-d", "--name", name, image, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"])
+    }
+
+    fn container_state(&self, id: &str) -> Option<String> {
+        self.run(&["inspect", "--type", "container", "--format", "{{.State.Status}}", id]).ok()
+    }
+
+    fn remove_container(&self, id: &str) {
+        let _ = self.run(&["rm", "-f", "-v", id]);
+    }
+
+    fn image_exists(&self, reference: &str) -> bool {
+        self.run(&["image", "inspect", reference]).is_ok()
+    }
+
+    fn remove_image(&self, reference: &str) {
+        let _ = self.run(&["rmi", reference]);
+    }
+
+    fn save_image(&self, reference: &str, path: &Path) -> Result<(), String> {
+        let path = path.to_string_lossy();
+        self.run(&["save", "-o", &path, reference]).map(drop)
+    }
+}
+
+/// One runtime under test.
+struct Target {
+    runtime: Arc<dyn ContainerRuntime>,
+    backdoor: Option<Arc<dyn Backdoor>>,
+}
+
+impl Target {
+    fn new(runtime: impl ContainerRuntime + 'static) -> Self {
+        Target { runtime: Arc::new(runtime), backdoor: None }
+    }
+
+    fn with_backdoor(mut self, backdoor: impl Backdoor + 'static) -> Self {
+        self.backdoor = Some(Arc::new(backdoor));
+        self
+    }
+}
+
+/// What a case gets: the runtime, the backdoor if it works, unique names, cleanup.
+struct Ctx {
+    runtime: Arc<dyn ContainerRuntime>,
+    backdoor: Option<Arc<dyn Backdoor>>,
+    prefix: String,
+    cleanup: Cleanup,
+}
+
+impl Ctx {
+    fn rt(&self) -> &dyn ContainerRuntime {
+        self.runtime.as_ref()
+    }
+
+    /// A unique container name for this run, removed at the end whatever happens.
+    fn name(&self, case: &str) -> String {
+        let name = format!("{}-{case}", self.prefix);
+        self.cleanup.lock().containers.push(name.clone());
+        name
+    }
+
+    /// A spec for a container of this run running `script` in `sh -c`.
+    fn spec(&self, case: &str, script: &str) -> ContainerSpec {
+        ContainerSpec {
+            name: self.name(case),
+            image: IMAGE.to_owned(),
+            command: vec!["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()],
+            ..Default::default()
+        }
+    }
+
+    /// Creates and starts `spec`; returns the id.
+    async fn run(&self, spec: &ContainerSpec) -> String {
+        let id = self.rt().create(spec).await.unwrap_or_else(|e| panic!("create {}: {e}", spec.name));
+        self.rt().start(&id).await.unwrap_or_else(|e| panic!("start {}: {e}", spec.name));
+        id
+    }
+
+    /// Polls inspect until `done` holds (at most `within`); returns the last state.
+    async fn wait_for(&self, id: &str, within: Duration, what: &str, done: impl Fn(&ContainerInfo) -> bool) -> ContainerInfo {
+        let deadline = Instant::now() + within;
+        loop {
+            let info = self.rt().inspect(id).await.unwrap_or_else(|e| panic!("inspect {id}: {e}"));
+            if done(&info) {
+                return info;
+            }
+            assert!(Instant::now() < deadline, "{id} not {what} within {within:?}: {info:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Leftovers {
+    containers: Vec<String>,
+    foreign: Vec<String>,
+    images: Vec<String>,
+}
+
+/// Removes everything a run created when dropped, even after a panic: the containers
+/// through the runtime itself (on a thread of its own, the test's executor may be gone),
+/// foreign containers and images through the backdoor.
+struct Cleanup {
+    runtime: Arc<dyn ContainerRuntime>,
+    backdoor: Option<Arc<dyn Backdoor>>,
+    leftovers: Mutex<Leftovers>,
+}
+
+impl Cleanup {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Leftovers> {
+        self.leftovers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let leftovers = std::mem::take(&mut *self.lock());
+        let runtime = self.runtime.clone();
+        let containers = leftovers.containers;
+        let cleaner = std::thread::spawn(move || {
+            let Ok(executor) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            executor.block_on(async {
+                for name in containers {
+                    match runtime.remove(&name, true).await {
+                        Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
+                        Err(error) => eprintln!("cleanup: cannot remove {name}: {error}"),
+                    }
+                }
+            });
+        });
+        let _ = cleaner.join();
+        if let Some(backdoor) = &self.backdoor {
+            for id in leftovers.foreign {
+                backdoor.remove_container(&id);
+            }
+            for image in leftovers.images {
+                backdoor.remove_image(&image);
+            }
+        }
+    }
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Runs every case against `target`, in order, within [`SUITE_BUDGET`].
+async fn run_suite(target: Target) {
+    let kind = target.runtime.runtime();
+    match target.runtime.version().await {
+        Ok(version) => println!("{kind} {version}: running the runtime conformance suite"),
+        Err(error) if ci() => panic!("{kind} is unavailable and CI=true: {error}"),
+        Err(error) => {
+            eprintln!("\n{}\n!!! SKIPPING the {kind} conformance suite: {error}\n!!! (set CI=true to make this a failure)\n{}\n", "!".repeat(78), "!".repeat(78));
+            return;
+        }
+    }
+    let backdoor = target.backdoor.filter(|b| b.available());
+    if backdoor.is_none() {
+        eprintln!("!!! {kind}: no working CLI, the out-of-band checks are skipped");
+    }
+    let prefix = format!("diplo-conf-{:08x}", rand::random::<u32>());
+    let ctx = Ctx {
+        runtime: target.runtime.clone(),
+        backdoor: backdoor.clone(),
+        prefix,
+        cleanup: Cleanup { runtime: target.runtime, backdoor, leftovers: Mutex::default() },
+    };
+    let started = Instant::now();
+    macro_rules! case {
+        ($case:ident) => {{
+            let at = Instant::now();
+            $case(&ctx).await;
+            println!("  {kind} {:<40} ok ({:.2?})", stringify!($case), at.elapsed());
+        }};
+    }
+    case!(pulls_from_the_local_registry);
+    case!(unknown_image_is_not_found);
+    case!(serves_http_on_a_published_port);
+    case!(logs_hold_the_output);
+    case!(exec_returns_output_and_exit_code);
+    case!(stop_honours_the_grace_period);
+    case!(events_report_start_and_die);
+    case!(remove_leaves_nothing);
+    case!(list_returns_only_labelled_containers);
+    case!(host_port_in_use_is_a_conflict);
+    case!(taken_name_is_a_conflict);
+    case!(invalid_name_is_rejected);
+    case!(imports_archives);
+    let elapsed = started.elapsed();
+    drop(ctx);
+    println!("{kind}: conformance suite passed in {elapsed:.2?}");
+    assert!(elapsed < SUITE_BUDGET, "the {kind} suite took {elapsed:?} (budget {SUITE_BUDGET:?})");
+}
+
+// ------------------------------------------------------------------ helpers
+
+/// A host port nobody listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind(("0.0.0.0", 0)).expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// One HTTP/1.0 exchange with `addr`; returns status, headers (lower-cased names) and body.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad response: {}", String::from_utf8_lossy(&response)));
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Ok((status, headers, response[end + 4..].to_vec()))
+}
+
+/// Makes sure the registry has [`PULL_IMAGE`]: copies `latest`'s manifest to the
+/// `conformance` tag (same blobs, nothing else to upload).
+fn ensure_pull_tag_in_registry() {
+    let accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json";
+    let tag = PULL_IMAGE.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("conformance");
+    let head = http(REGISTRY, "GET", &format!("/v2/diplo/busybox/manifests/{tag}"), &[("Accept", accept)], b"").expect("registry answers");
+    if head.0 == 200 {
+        return;
+    }
+    let (status, headers, manifest) =
+        http(REGISTRY, "GET", "/v2/diplo/busybox/manifests/latest", &[("Accept", accept)], b"").expect("registry answers");
+    assert_eq!(status, 200, "the registry has no diplo/busybox:latest (run scripts/setup-host)");
+    let media_type = headers.iter().find(|(n, _)| n == "content-type").map(|(_, v)| v.clone()).expect("content type");
+    let (status, _, body) = http(REGISTRY, "PUT", &format!("/v2/diplo/busybox/manifests/{tag}"), &[("Content-Type", &media_type)], &manifest)
+        .expect("registry answers");
+    assert_eq!(status, 201, "tagging diplo/busybox:{tag} in the registry: {}", String::from_utf8_lossy(&body));
+}
+
+/// Collects a finite log stream into (stdout, stderr).
+async fn collect_logs(ctx: &Ctx, id: &str, options: LogOptions) -> (String, String) {
+    let mut stream = ctx.rt().logs(id, options).await.unwrap_or_else(|e| panic!("logs {id}: {e}"));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let collected = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.next().await {
+            let LogChunk { stream, data } = chunk.unwrap_or_else(|e| panic!("log stream of {id}: {e}"));
+            match stream {
+                OutputStream::Stdout => out.extend(data),
+                OutputStream::Stderr => err.extend(data),
+            }
+        }
+    })
+    .await;
+    assert!(collected.is_ok(), "the logs of {id} did not end (follow = false)");
+    (String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+}
+
+fn assert_not_found(result: Result<impl std::fmt::Debug, RuntimeError>, what: &str, name: &str) {
+    match result {
+        Err(RuntimeError::NotFound { what: w, name: n }) => {
+            assert_eq!(w, what, "NotFound names the wrong kind of thing");
+            assert!(n.contains(name), "NotFound names {n:?}, expected {name:?}");
+        }
+        other => panic!("expected NotFound {{ {what}, {name} }}, got {other:?}"),
+    }
+}
+
+/// A container script that runs until SIGTERM and exits 0 on it.
+const POLITE: &str = "trap 'exit 0' TERM; while true; do sleep 0.1; done";
+/// A container script that ignores SIGTERM.
+const STUBBORN: &str = "trap 'echo ignoring TERM' TERM; while true; do sleep 0.1; done";
+
+// ------------------------------------------------------------------ cases
+
+async fn pulls_from_the_local_registry(ctx: &Ctx) {
+    ensure_pull_tag_in_registry();
+    if let Some(backdoor) = &ctx.backdoor {
+        backdoor.remove_image(PULL_IMAGE);
+        assert!(!backdoor.image_exists(PULL_IMAGE), "{PULL_IMAGE} is still there before the pull");
+    }
+    ctx.rt().ensure_image(PULL_IMAGE).await.unwrap_or_else(|e| panic!("pull {PULL_IMAGE}: {e}"));
+    if let Some(backdoor) = &ctx.backdoor {
+        assert!(backdoor.image_exists(PULL_IMAGE), "{PULL_IMAGE} is not there after the pull");
+    }
+    // Present now: a no-op.
+    ctx.rt().ensure_image(PULL_IMAGE).await.unwrap_or_else(|e| panic!("second ensure {PULL_IMAGE}: {e}"));
+    ctx.rt().ensure_image(IMAGE).await.unwrap_or_else(|e| panic!("pull {IMAGE}: {e}"));
+}
+
+async fn unknown_image_is_not_found(ctx: &Ctx) {
+    let missing = format!("{REGISTRY}/diplo/no-such-image-{}:latest", ctx.prefix);
+    assert_not_found(ctx.rt().ensure_image(&missing).await, "image", &missing);
+    // Creating from an image that is not there is refused the same way, leaving nothing.
+    let spec = ContainerSpec { image: missing.clone(), ..ctx.spec("noimage", "true") };
+    assert_not_found(ctx.rt().create(&spec).await, "image", &missing);
+    assert_not_found(ctx.rt().inspect(&spec.name).await, "container", &spec.name);
+}
+
+async fn serves_http_on_a_published_port(ctx: &Ctx) {
+    let port = free_port();
+    let mut spec = ctx.spec("http", "mkdir -p /www && echo hello-diplo > /www/index.html && exec httpd -f -p 8080 -h /www");
+    spec.ports = vec![PortMapping { host_port: port, container_port: 8080, protocol: Protocol::Tcp }];
+    spec.labels.insert("conformance".to_owned(), "yes".to_owned());
+    let id = ctx.run(&spec).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = format!("127.0.0.1:{port}");
+    let body = loop {
+        match tokio::task::spawn_blocking({
+            let addr = addr.clone();
+            move || http(&addr, "GET", "/", &[], b"")
+        })
+        .await
+        .expect("join")
+        {
+            Ok((200, _, body)) => break String::from_utf8_lossy(&body).into_owned(),
+            other => {
+                assert!(Instant::now() < deadline, "no HTTP answer on {addr} within 10 s: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(body.contains("hello-diplo"), "unexpected body {body:?}");
+
+    let info = ctx.rt().inspect(&id).await.expect("inspect");
+    assert_eq!(info.id, id);
+    assert_eq!(info.name, spec.name);
+    assert_eq!(info.image, IMAGE);
+    assert_eq!(info.status, ContainerStatus::Running);
+    assert_eq!(info.exit_code, 0);
+    assert!(info.pid.is_some_and(|pid| pid > 1), "pid {:?}", info.pid);
+    assert!(info.started_at.as_deref().is_some_and(|at| at.len() >= 20), "started_at {:?}", info.started_at);
+    assert!(info.ip_address.is_some(), "no IP address: {info:?}");
+    assert_eq!(info.ports, spec.ports);
+    assert_eq!(info.health, None);
+    assert_eq!(info.labels.get(LABEL_INSTANCE), Some(&spec.name), "labels {:?}", info.labels);
+    assert_eq!(info.labels.get(LABEL_DEPLOYMENT).map(String::as_str), Some("direct"));
+    assert_eq!(info.labels.get("conformance").map(String::as_str), Some("yes"));
+    // Inspect by name as well as by id.
+    assert_eq!(ctx.rt().inspect(&spec.name).await.expect("inspect by name").id, id);
+
+    let listed = ctx.rt().list().await.expect("list");
+    assert!(listed.iter().any(|c| c.id == id && c.status == ContainerStatus::Running), "not listed: {listed:?}");
+
+    let stats = ctx.rt().stats(&id).await.expect("stats");
+    assert!(stats.memory_bytes > 0, "stats {stats:?}");
+    assert!(stats.network_rx_bytes > 0, "the HTTP request should count as received bytes: {stats:?}");
+    assert!(stats.cpu_percent >= 0.0 && stats.cpu_percent.is_finite(), "stats {stats:?}");
+
+    ctx.rt().remove(&id, true).await.expect("remove");
+}
+
+async fn logs_hold_the_output(ctx: &Ctx) {
+    let spec = ctx.spec("logs", "echo first-line; echo marker-out; echo marker-err >&2; echo last-line");
+    let id = ctx.run(&spec).await;
+    let info = ctx.wait_for(&id, Duration::from_secs(10), "exited", |c| c.status == ContainerStatus::Exited).await;
+    assert_eq!(info.exit_code, 0);
+
+    let (out, err) = collect_logs(ctx, &id, LogOptions::default()).await;
+    assert_eq!(out, "first-line\nmarker-out\nlast-line\n");
+    assert_eq!(err, "marker-err\n");
+
+    let (out, _) = collect_logs(ctx, &id, LogOptions { tail: Some(1), ..Default::default() }).await;
+    assert_eq!(out, "last-line\n", "tail = 1");
+
+    let (out, _) = collect_logs(ctx, &id, LogOptions { timestamps: true, ..Default::default() }).await;
+    let first = out.lines().next().unwrap_or_default();
+    assert!(first.starts_with("20") && first.ends_with(" first-line"), "timestamped line {first:?}");
+
+    // Following a running container delivers new output as it comes.
+    let spec = ctx.spec("follow", "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.2; done");
+    let id = ctx.run(&spec).await;
+    let mut stream = ctx.rt().logs(&id, LogOptions { follow: true, ..Default::default() }).await.expect("follow logs");
+    let mut seen = String::new();
+    let followed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.expect("chunk").data));
+            if seen.contains("tick-3\n") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(followed.is_ok(), "followed logs stopped at {seen:?}");
+    drop(stream);
+    ctx.rt().remove(&id, true).await.expect("remove follow");
+}
+
+async fn exec_returns_output_and_exit_code(ctx: &Ctx) {
+    let spec = ctx.spec("exec", POLITE);
+    let id = ctx.run(&spec).await;
+    let argv: Vec<String> = ["sh", "-c", "echo out; echo err >&2; exit 3"].map(str::to_owned).to_vec();
+    let output = ctx.rt().exec(&id, &argv).await.expect("exec");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "err\n");
+    assert_eq!(output.exit_code, 3);
+
+    let output = ctx.rt().exec(&id, &["cat".to_owned(), "/etc/passwd".to_owned()]).await.expect("exec cat");
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("root:"), "{output:?}");
+    assert_eq!(output.exit_code, 0);
+
+    assert!(matches!(ctx.rt().exec(&id, &[]).await, Err(RuntimeError::InvalidArgument { field: "argv", .. })));
+    let ghost = format!("{}-ghost", ctx.prefix);
+    assert_not_found(ctx.rt().exec(&ghost, &argv).await, "container", &ghost);
+    ctx.rt().remove(&id, true).await.expect("remove");
+}
+
+async fn stop_honours_the_grace_period(ctx: &Ctx) {
+    let polite = ctx.run(&ctx.spec("polite", POLITE)).await;
+    let stubborn = ctx.run(&ctx.spec("stubborn", STUBBORN)).await;
+    for id in [&polite, &stubborn] {
+        ctx.wait_for(id, Duration::from_secs(10), "running", |c| c.status == ContainerStatus::Running).await;
+    }
+    // Let the shells install their traps.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let at = Instant::now();
+    ctx.rt().stop(&polite, Duration::from_secs(10)).await.expect("stop polite");
+    let polite_took = at.elapsed();
+    assert!(polite_took < Duration::from_secs(3), "a container exiting on SIGTERM took {polite_took:?} to stop");
+    let info = ctx.rt().inspect(&polite).await.expect("inspect polite");
+    assert_eq!((info.status, info.exit_code), (ContainerStatus::Exited, 0), "{info:?}");
+
+    let at = Instant::now();
+    ctx.rt().stop(&stubborn, Duration::from_secs(2)).await.expect("stop stubborn");
+    let stubborn_took = at.elapsed();
+    assert!(stubborn_took >= Duration::from_secs(2), "SIGKILL came before the 2 s grace period: {stubborn_took:?}");
+    assert!(stubborn_took < Duration::from_secs(8), "stop with a 2 s grace period took {stubborn_took:?}");
+    let info = ctx.rt().inspect(&stubborn).await.expect("inspect stubborn");
+    assert_eq!(info.status, ContainerStatus::Exited, "{info:?}");
+    assert_eq!(info.exit_code, 137, "killed by SIGKILL: {info:?}");
+
+    // Stopping a stopped container is fine; restart brings it back.
+    ctx.rt().stop(&polite, Duration::from_secs(1)).await.expect("stop again");
+    ctx.rt().restart(&polite, Duration::from_secs(1)).await.expect("restart");
+    let info = ctx.wait_for(&polite, Duration::from_secs(10), "running", |c| c.status == ContainerStatus::Running).await;
+    assert!(info.pid.is_some());
+    for id in [&polite, &stubborn] {
+        ctx.rt().remove(id, true).await.expect("remove");
+    }
+}
+
+async fn events_report_start_and_die(ctx: &Ctx) {
+    let mut events = ctx.rt().events().await.expect("events");
+    let spec = ctx.spec("events", "sleep 0.3; exit 4");
+    let id = ctx.rt().create(&spec).await.expect("create");
+    // Give the subscription a moment to be in place at the daemon.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ctx.rt().start(&id).await.expect("start");
+    let mut seen = Vec::new();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.next().await {
+            let event = event.expect("event");
+            if event.container_id == id {
+                seen.push(event.kind);
+                if event.kind == RuntimeEventKind::Die {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "no die event for {id} within 10 s; saw {seen:?}");
+    assert_eq!(seen, vec![RuntimeEventKind::Start, RuntimeEventKind::Die]);
+    let info = ctx.rt().inspect(&id).await.expect("inspect");
+    assert_eq!((info.status, info.exit_code), (ContainerStatus::Exited, 4));
+    ctx.rt().remove(&id, false).await.expect("remove an exited container without force");
+}
+
+async fn remove_leaves_nothing(ctx: &Ctx) {
+    let spec = ctx.spec("remove", POLITE);
+    let id = ctx.run(&spec).await;
+    // Not forced: a running container stays.
+    assert!(ctx.rt().remove(&id, false).await.is_err(), "removed a running container without force");
+    ctx.rt().remove(&id, true).await.expect("remove");
+    assert_not_found(ctx.rt().inspect(&id).await, "container", &id);
+    assert_not_found(ctx.rt().inspect(&spec.name).await, "container", &spec.name);
+    let listed = ctx.rt().list().await.expect("list");
+    assert!(!listed.iter().any(|c| c.id == id || c.name == spec.name), "still listed: {listed:?}");
+    if let Some(backdoor) = &ctx.backdoor {
+        assert_eq!(backdoor.container_state(&id), None, "the runtime still has it");
+    }
+    assert_not_found(ctx.rt().remove(&id, true).await, "container", &id);
+    assert_not_found(ctx.rt().start(&id).await, "container", &id);
+    assert_not_found(ctx.rt().stop(&id, Duration::from_secs(1)).await, "container", &id);
+    assert_not_found(ctx.rt().logs(&id, LogOptions::default()).await.map(drop), "container", &id);
+    assert_not_found(ctx.rt().stats(&id).await, "container", &id);
+}
+
+async fn list_returns_only_labelled_containers(ctx: &Ctx) {
+    let Some(backdoor) = &ctx.backdoor else {
+        eprintln!("  (skipped: needs a CLI to create a container without Diplo's labels)");
+        return;
+    };
+    let foreign_name = format!("{}-foreign", ctx.prefix);
+    let foreign = backdoor.create_foreign(&foreign_name, IMAGE).expect("create a foreign container");
+    ctx.cleanup.lock().foreign.push(foreign.clone());
+    let ours = ctx.rt().create(&ctx.spec("labelled", POLITE)).await.expect("create");
+
+    let listed = ctx.rt().list().await.expect("list");
+    assert!(listed.iter().any(|c| c.id == ours), "our container is not listed");
+    assert!(!listed.iter().any(|c| c.id == foreign || c.name == foreign_name), "a foreign container is listed: {listed:?}");
+    assert!(listed.iter().all(|c| c.labels.contains_key(LABEL_INSTANCE)), "{listed:?}");
+
+    // Invisible and untouchable by id or name.
+    for handle in [&foreign, &foreign_name] {
+        assert_not_found(ctx.rt().inspect(handle).await, "container", handle);
+        assert_not_found(ctx.rt().stop(handle, Duration::ZERO).await, "container", handle);
+        assert_not_found(ctx.rt().remove(handle, true).await, "container", handle);
+    }
+    assert_eq!(backdoor.container_state(&foreign).as_deref(), Some("running"), "the foreign container was touched");
+    backdoor.remove_container(&foreign);
+    ctx.rt().remove(&ours, true).await.expect("remove");
+}
+
+async fn host_port_in_use_is_a_conflict(ctx: &Ctx) {
+    let listener = TcpListener::bind(("0.0.0.0", 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut spec = ctx.spec("busyport", POLITE);
+    spec.ports = vec![PortMapping { host_port: port, container_port: 8080, protocol: Protocol::Tcp }];
+    // A runtime may find out only at start; either way it says conflict and leaves nothing.
+    let outcome = match ctx.rt().create(&spec).await {
+        Ok(id) => ctx.rt().start(&id).await.map(|()| id),
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Err(RuntimeError::Conflict(message)) => assert!(message.contains(&port.to_string()), "conflict does not name port {port}: {message}"),
+        other => panic!("expected a conflict on host port {port}, got {other:?}"),
+    }
+    drop(listener);
+    assert_not_found(ctx.rt().inspect(&spec.name).await, "container", &spec.name);
+    let listed = ctx.rt().list().await.expect("list");
+    assert!(!listed.iter().any(|c| c.name == spec.name), "left behind: {listed:?}");
+    if let Some(backdoor) = &ctx.backdoor {
+        assert_eq!(backdoor.container_state(&spec.name), None, "the runtime still has {}", spec.name);
+    }
+}
+
+async fn taken_name_is_a_conflict(ctx: &Ctx) {
+    let spec = ctx.spec("twice", POLITE);
+    let id = ctx.rt().create(&spec).await.expect("create");
+    match ctx.rt().create(&spec).await {
+        Err(RuntimeError::Conflict(message)) => assert!(message.contains(&spec.name), "conflict does not name {}: {message}", spec.name),
+        other => panic!("expected a name conflict, got {other:?}"),
+    }
+    // The first one is intact.
+    assert_eq!(ctx.rt().inspect(&spec.name).await.expect("inspect").id, id);
+    ctx.rt().remove(&id, true).await.expect("remove");
+}
+
+async fn invalid_name_is_rejected(ctx: &Ctx) {
+    for bad in ["bad name!", "", "-leading-dash", "x/y"] {
+        let spec = ContainerSpec { name: bad.to_owned(), ..ctx.spec("unused", "true") };
+        match ctx.rt().create(&spec).await {
+            Err(RuntimeError::InvalidArgument { field, .. }) => assert_eq!(field, "name", "{bad:?}"),
+            other => panic!("expected InvalidArgument {{ name }} for {bad:?}, got {other:?}"),
+        }
+    }
+}
+
+async fn imports_archives(ctx: &Ctx) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A root filesystem: the host's static busybox, nothing else.
+    if Path::new("/bin/busybox").exists() && Command::new("tar").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("bin")).expect("mkdir");
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
+        let archive = dir.path().join("rootfs.tar");
+        let status = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&archive).arg(".").status().expect("tar");
+        assert!(status.success());
+        let reference = format!("diplo-conf/rootfs-{}:v1", ctx.prefix.trim_start_matches("diplo-conf-"));
+        ctx.cleanup.lock().images.push(reference.clone());
+        ctx.rt().import_image(&archive, &reference).await.unwrap_or_else(|e| panic!("import {reference}: {e}"));
+        let spec = ContainerSpec {
+            image: reference.clone(),
+            command: ["/bin/busybox", "echo", "imported-ok"].map(str::to_owned).to_vec(),
+            ..ctx.spec("imported", "")
+        };
+        let id = ctx.run(&spec).await;
+        ctx.wait_for(&id, Duration::from_secs(10), "exited", |c| c.status == ContainerStatus::Exited).await;
+        let (out, _) = collect_logs(ctx, &id, LogOptions::default()).await;
+        assert_eq!(out, "imported-ok\n");
+        ctx.rt().remove(&id, true).await.expect("remove");
+    } else {
+        eprintln!("  (root filesystem import skipped: needs /bin/busybox and tar)");
+    }
+    // An image archive (`docker save`).
+    if let Some(backdoor) = &ctx.backdoor {
+        let archive = dir.path().join("image.tar");
+        backdoor.save_image(IMAGE, &archive).expect("save the test image");
+        let reference = format!("diplo-conf/loaded-{}:v1", ctx.prefix.trim_start_matches("diplo-conf-"));
+        ctx.cleanup.lock().images.push(reference.clone());
+        ctx.rt().import_image(&archive, &reference).await.unwrap_or_else(|e| panic!("import {reference}: {e}"));
+        assert!(backdoor.image_exists(&reference), "{reference} is not there after the import");
+    }
+    let missing = dir.path().join("missing.tar");
+    assert!(matches!(
+        ctx.rt().import_image(&missing, "diplo-conf/missing:v1").await,
+        Err(RuntimeError::InvalidArgument { field: "archive", .. })
+    ));
+}

@@ -1,0 +1,359 @@
+//! Direct container operations on a chosen node (the mikrocloud-style API): every
+//! operation is routed to the agent of the node that runs the container.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use diplo_api::command::CommandOp;
+use diplo_api::container::{
+    validate_container_name, ContainerInfo, ContainerSpec, ExecOutput, LogChunk, LogOptions, LABEL_DEPLOYMENT,
+    LABEL_INSTANCE, LABEL_NODE,
+};
+use diplo_api::fingerprint::RuntimeReport;
+use diplo_api::runtime::Runtime;
+use tokio::sync::mpsc;
+
+use super::ControlPlane;
+use crate::auth::Caller;
+use crate::error::{ServiceError, ServiceResult};
+use crate::model::{NodeRecord, NodeStatus, ObservedContainer, Role};
+
+/// Default grace period between SIGTERM and SIGKILL.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A container with where it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerView {
+    /// Node id.
+    pub node_id: String,
+    /// Node name.
+    pub node_name: String,
+    /// Runtime running it.
+    pub runtime: Runtime,
+    /// Observed state.
+    pub info: ContainerInfo,
+}
+
+/// A request to run one container.
+#[derive(Debug, Clone, Default)]
+pub struct CreateContainer {
+    /// What to run.
+    pub spec: ContainerSpec,
+    /// Forced runtime; `None`: the node's preferred one.
+    pub runtime: Option<Runtime>,
+    /// Node id or name; `None`: chosen among ready nodes.
+    pub node: Option<String>,
+}
+
+/// Either the whole logs, or a live stream of them.
+pub enum Logs {
+    /// Everything so far.
+    Complete(ExecOutput),
+    /// Output as it comes, until the container stops or the receiver is dropped.
+    Follow(mpsc::Receiver<LogChunk>),
+}
+
+/// One runtime's status across the cluster (`/api/{runtime}/status`).
+#[derive(Debug, Clone)]
+pub struct RuntimeStatus {
+    /// Which runtime.
+    pub runtime: Runtime,
+    /// Available on at least one ready node.
+    pub available: bool,
+    /// Version on the first ready node that has it.
+    pub version: String,
+    /// Per ready node: its report for this runtime.
+    pub nodes: Vec<(String, RuntimeReport)>,
+}
+
+/// Picks the node and runtime for a new container: ready, not cordoned nodes that offer
+/// the forced runtime (or any runtime), fewest containers first, then by name. With no
+/// candidate, the error lists each node's reason.
+pub fn place_container(
+    nodes: &[NodeRecord],
+    container_counts: &HashMap<String, usize>,
+    forced_node: Option<&str>,
+    forced_runtime: Option<Runtime>,
+) -> Result<(String, Runtime), Vec<String>> {
+    let mut reasons = Vec::new();
+    let mut candidates = Vec::new();
+    for node in nodes {
+        if forced_node.is_some_and(|wanted| wanted != node.id && wanted != node.name) {
+            continue;
+        }
+        let runtime = match forced_runtime {
+            Some(runtime) if node.fingerprint.available_runtimes().contains(&runtime) => Some(runtime),
+            Some(runtime) => {
+                reasons.push(format!("{}: {runtime} is not available", node.name));
+                continue;
+            }
+            None => node.fingerprint.preferred_runtime(),
+        };
+        let Some(runtime) = runtime else {
+            reasons.push(format!("{}: no container runtime available", node.name));
+            continue;
+        };
+        if node.status != NodeStatus::Ready {
+            reasons.push(format!("{}: node is {}", node.name, node.status));
+            continue;
+        }
+        if node.cordoned {
+            reasons.push(format!("{}: node is cordoned", node.name));
+            continue;
+        }
+        candidates.push((container_counts.get(&node.id).copied().unwrap_or(0), node.name.clone(), node.id.clone(), runtime));
+    }
+    candidates.sort();
+    match candidates.into_iter().next() {
+        Some((_, _, id, runtime)) => Ok((id, runtime)),
+        None => {
+            if let Some(wanted) = forced_node
+                && reasons.is_empty()
+            {
+                reasons.push(format!("{wanted}: no such node"));
+            }
+            if reasons.is_empty() {
+                reasons.push("the cluster has no nodes".into());
+            }
+            Err(reasons)
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Containers Diplo runs, optionally on one node.
+    pub async fn list_containers(&self, caller: &Caller, node: Option<&str>) -> ServiceResult<Vec<ContainerView>> {
+        caller.require_operator(Role::Viewer)?;
+        let names = self.node_names().await?;
+        let node_id = match node.filter(|n| !n.is_empty()) {
+            Some(node) => Some(self.find_node(node).await?.id),
+            None => None,
+        };
+        Ok(self
+            .nodes
+            .containers()
+            .into_iter()
+            .filter(|(id, _)| node_id.as_ref().is_none_or(|wanted| wanted == id))
+            .map(|(node_id, c)| view(&names, node_id, c))
+            .collect())
+    }
+
+    /// Pulls the image if needed, creates and starts a container on the chosen node.
+    pub async fn create_container(&self, caller: &Caller, request: CreateContainer) -> ServiceResult<ContainerView> {
+        caller.require_operator(Role::Deployer)?;
+        let mut spec = request.spec;
+        validate_container_name(&spec.name).map_err(|message| ServiceError::invalid("name", message))?;
+        if spec.image.trim().is_empty() {
+            return Err(ServiceError::invalid("image", "an image reference is required"));
+        }
+        if let Some(port) = duplicate_host_port(&spec) {
+            return Err(ServiceError::invalid("ports", format!("host port {port} is published twice")));
+        }
+        if self.nodes.containers().iter().any(|(_, c)| c.info.name == spec.name) {
+            return Err(ServiceError::AlreadyExists(format!("a container named {:?} already exists", spec.name)));
+        }
+        let mut nodes = self.store.list_nodes().await?;
+        for node in &mut nodes {
+            self.apply_live_status(node);
+        }
+        let counts = self.nodes.containers().into_iter().fold(HashMap::new(), |mut counts, (node_id, _)| {
+            *counts.entry(node_id).or_insert(0usize) += 1;
+            counts
+        });
+        let (node_id, runtime) = place_container(&nodes, &counts, request.node.as_deref(), request.runtime)
+            .map_err(|reasons| ServiceError::FailedPrecondition(format!("no node can run this container: {}", reasons.join("; "))))?;
+        spec.labels.insert(LABEL_INSTANCE.into(), uuid::Uuid::new_v4().to_string());
+        spec.labels.entry(LABEL_DEPLOYMENT.into()).or_insert_with(|| "direct".into());
+        spec.labels.insert(LABEL_NODE.into(), node_id.clone());
+        let name = spec.name.clone();
+        let output = self.send_command(&node_id, runtime, CommandOp::Create(spec)).await?;
+        let info = output.container.ok_or_else(|| ServiceError::Internal("the agent reported no container".into()))?;
+        self.nodes.upsert_container(&node_id, ObservedContainer { runtime, info: info.clone() });
+        tracing::info!(node_id = %node_id, %runtime, container = %name, id = %info.id, "container created");
+        self.emit("container.created", &caller.actor(), &info.id, format!("container {name} created on node {node_id} with {runtime}"))
+            .await;
+        let names = self.node_names().await?;
+        Ok(view(&names, node_id, ObservedContainer { runtime, info }))
+    }
+
+    /// Starts a container.
+    pub async fn start_container(&self, caller: &Caller, id: &str) -> ServiceResult<ContainerView> {
+        self.lifecycle(caller, id, "started", |id| CommandOp::Start(id)).await
+    }
+
+    /// Stops a container (SIGTERM, SIGKILL after `grace`).
+    pub async fn stop_container(&self, caller: &Caller, id: &str, grace: Option<Duration>) -> ServiceResult<ContainerView> {
+        let grace = grace.unwrap_or(DEFAULT_STOP_GRACE);
+        self.lifecycle(caller, id, "stopped", move |id| CommandOp::Stop { id, grace }).await
+    }
+
+    /// Restarts a container.
+    pub async fn restart_container(&self, caller: &Caller, id: &str) -> ServiceResult<ContainerView> {
+        self.lifecycle(caller, id, "restarted", |id| CommandOp::Restart(id)).await
+    }
+
+    /// Removes a container; `force` stops it first.
+    pub async fn remove_container(&self, caller: &Caller, id: &str, force: bool) -> ServiceResult<()> {
+        caller.require_operator(Role::Deployer)?;
+        let found = self.find_container(id)?;
+        self.send_command(&found.node_id, found.runtime, CommandOp::Remove { id: found.info.id.clone(), force }).await?;
+        self.nodes.forget_container(&found.node_id, &found.info.id);
+        self.emit("container.removed", &caller.actor(), &found.info.id, format!("container {} removed", found.info.name)).await;
+        Ok(())
+    }
+
+    /// Runs argv inside a container.
+    pub async fn exec_in_container(&self, caller: &Caller, id: &str, argv: Vec<String>) -> ServiceResult<ExecOutput> {
+        caller.require_operator(Role::Deployer)?;
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(ServiceError::invalid("argv", "a command to run is required"));
+        }
+        let found = self.find_container(id)?;
+        let output = self.send_command(&found.node_id, found.runtime, CommandOp::Exec { id: found.info.id.clone(), argv }).await?;
+        self.emit("container.exec", &caller.actor(), &found.info.id, format!("exec in container {}", found.info.name)).await;
+        Ok(output.exec.unwrap_or_default())
+    }
+
+    /// A container's logs, whole or followed.
+    pub async fn container_logs(&self, caller: &Caller, id: &str, options: LogOptions) -> ServiceResult<Logs> {
+        caller.require_operator(Role::Viewer)?;
+        let found = self.find_container(id)?;
+        let op = CommandOp::Logs { id: found.info.id.clone(), options };
+        if options.follow {
+            Ok(Logs::Follow(self.open_output(&found.node_id, found.runtime, op).await?))
+        } else {
+            Ok(Logs::Complete(self.send_command(&found.node_id, found.runtime, op).await?.exec.unwrap_or_default()))
+        }
+    }
+
+    /// One runtime's availability across ready nodes.
+    pub async fn runtime_status(&self, caller: &Caller, runtime: Runtime) -> ServiceResult<RuntimeStatus> {
+        let nodes = self.list_nodes(caller).await?;
+        let reports: Vec<(String, RuntimeReport)> = nodes
+            .iter()
+            .filter(|n| n.status == NodeStatus::Ready)
+            .filter_map(|n| n.fingerprint.runtimes.iter().find(|r| r.runtime == runtime).map(|r| (n.name.clone(), r.clone())))
+            .collect();
+        let available = reports.iter().find(|(_, r)| r.available);
+        Ok(RuntimeStatus {
+            runtime,
+            available: available.is_some(),
+            version: available.map(|(_, r)| r.version.clone()).unwrap_or_default(),
+            nodes: reports,
+        })
+    }
+
+    async fn lifecycle(
+        &self,
+        caller: &Caller,
+        id: &str,
+        verb: &str,
+        op: impl FnOnce(String) -> CommandOp,
+    ) -> ServiceResult<ContainerView> {
+        caller.require_operator(Role::Deployer)?;
+        let found = self.find_container(id)?;
+        let output = self.send_command(&found.node_id, found.runtime, op(found.info.id.clone())).await?;
+        let info = output.container.unwrap_or_else(|| found.info.clone());
+        self.nodes.upsert_container(&found.node_id, ObservedContainer { runtime: found.runtime, info: info.clone() });
+        self.emit(&format!("container.{verb}"), &caller.actor(), &info.id, format!("container {} {verb}", info.name)).await;
+        Ok(ContainerView { info, ..found })
+    }
+
+    /// A container by id, unique id prefix (≥ 4 characters) or name.
+    fn find_container(&self, id: &str) -> ServiceResult<ContainerView> {
+        if id.trim().is_empty() {
+            return Err(ServiceError::invalid("id", "a container id or name is required"));
+        }
+        let all = self.nodes.containers();
+        let exact: Vec<_> = all.iter().filter(|(_, c)| c.info.id == id || c.info.name == id).collect();
+        let matches = if exact.is_empty() && id.len() >= 4 {
+            all.iter().filter(|(_, c)| c.info.id.starts_with(id)).collect()
+        } else {
+            exact
+        };
+        match matches.as_slice() {
+            [(node_id, c)] => Ok(ContainerView { node_id: node_id.clone(), node_name: String::new(), runtime: c.runtime, info: c.info.clone() }),
+            [] => Err(ServiceError::NotFound(format!("container {id:?} not found"))),
+            _ => Err(ServiceError::invalid("id", format!("{id:?} matches several containers; use the full id"))),
+        }
+    }
+
+    async fn node_names(&self) -> ServiceResult<HashMap<String, String>> {
+        Ok(self.store.list_nodes().await?.into_iter().map(|n| (n.id, n.name)).collect())
+    }
+}
+
+fn view(names: &HashMap<String, String>, node_id: String, container: ObservedContainer) -> ContainerView {
+    ContainerView {
+        node_name: names.get(&node_id).cloned().unwrap_or_default(),
+        node_id,
+        runtime: container.runtime,
+        info: container.info,
+    }
+}
+
+fn duplicate_host_port(spec: &ContainerSpec) -> Option<u16> {
+    let mut seen = std::collections::HashSet::new();
+    spec.ports.iter().find(|p| !seen.insert((p.host_port, p.protocol))).map(|p| p.host_port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use diplo_api::fingerprint::Fingerprint;
+
+    fn node(name: &str, arch: &str, runtimes: &[Runtime], status: NodeStatus) -> NodeRecord {
+        NodeRecord {
+            id: format!("id-{name}"),
+            name: name.into(),
+            status,
+            fingerprint: Fingerprint {
+                os: "linux".into(),
+                arch: arch.into(),
+                runtimes: runtimes
+                    .iter()
+                    .map(|r| RuntimeReport {
+                        runtime: *r,
+                        available: true,
+                        version: "1".into(),
+                        endpoint: String::new(),
+                        error: String::new(),
+                        rootless: false,
+                    })
+                    .collect(),
+                ..Fingerprint::default()
+            },
+            cordoned: false,
+            labels: Default::default(),
+            joined_at: Utc::now(),
+            last_seen_at: Utc::now(),
+            address: String::new(),
+        }
+    }
+
+    #[test]
+    fn placement_prefers_the_platform_runtime_and_the_emptiest_node() {
+        let nodes = vec![
+            node("pi", "arm64", &[Runtime::Docker, Runtime::Lxc], NodeStatus::Ready),
+            node("x86", "amd64", &[Runtime::Lxc, Runtime::Docker], NodeStatus::Ready),
+        ];
+        let busy = HashMap::from([("id-pi".to_owned(), 3)]);
+        assert_eq!(place_container(&nodes, &busy, None, None), Ok(("id-x86".into(), Runtime::Docker)));
+        assert_eq!(place_container(&nodes, &HashMap::new(), Some("pi"), None), Ok(("id-pi".into(), Runtime::Lxc)));
+        assert_eq!(place_container(&nodes, &busy, None, Some(Runtime::Lxc)), Ok(("id-x86".into(), Runtime::Lxc)));
+    }
+
+    #[test]
+    fn no_candidate_gives_each_nodes_reason() {
+        let mut cordoned = node("c", "amd64", &[Runtime::Docker], NodeStatus::Ready);
+        cordoned.cordoned = true;
+        let nodes = vec![node("a", "amd64", &[Runtime::Docker], NodeStatus::Down), cordoned];
+        let reasons = place_container(&nodes, &HashMap::new(), None, None).unwrap_err();
+        assert_eq!(reasons, vec!["a: node is down".to_owned(), "c: node is cordoned".to_owned()]);
+        let reasons = place_container(&nodes, &HashMap::new(), None, Some(Runtime::Containerd)).unwrap_err();
+        assert!(reasons.iter().all(|r| r.contains("containerd is not available")), "{reasons:?}");
+        let reasons = place_container(&nodes, &HashMap::new(), Some("ghost"), None).unwrap_err();
+        assert_eq!(reasons, vec!["ghost: no such node".to_owned()]);
+    }
+}

@@ -1,0 +1,261 @@
+//! Commands the control plane sends down an agent's session and their outcomes, as
+//! domain types with their wire conversions.
+
+use std::time::Duration;
+
+use crate::container::{ContainerInfo, ContainerSpec, ContainerStats, ExecOutput, LogOptions};
+use crate::pb;
+use crate::runtime::Runtime;
+use crate::wire::{container_info, container_state, WireError};
+
+/// One lifecycle operation for an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOp {
+    /// Pull the image if needed, create and start a container.
+    Create(ContainerSpec),
+    /// Start a container.
+    Start(String),
+    /// Stop a container with a grace period.
+    Stop {
+        /// Container id.
+        id: String,
+        /// Time between SIGTERM and SIGKILL.
+        grace: Duration,
+    },
+    /// Restart a container.
+    Restart(String),
+    /// Remove a container.
+    Remove {
+        /// Container id.
+        id: String,
+        /// Stop it first if running.
+        force: bool,
+    },
+    /// Run a command inside a container.
+    Exec {
+        /// Container id.
+        id: String,
+        /// argv.
+        argv: Vec<String>,
+    },
+    /// Read a container's logs (with `follow`, streamed over a bulk stream).
+    Logs {
+        /// Container id.
+        id: String,
+        /// Which logs.
+        options: LogOptions,
+    },
+    /// Make an image present on the node.
+    PullImage(String),
+    /// Observe one container.
+    Inspect(String),
+    /// Sample a container's resource use.
+    Stats(String),
+}
+
+/// A command with its correlation id and the runtime it targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentCommand {
+    /// Correlates the result and any bulk output.
+    pub request_id: String,
+    /// Runtime to use.
+    pub runtime: Runtime,
+    /// The operation.
+    pub op: CommandOp,
+}
+
+/// Error categories an agent reports, mirroring gRPC codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandErrorCode {
+    /// NOT_FOUND.
+    NotFound,
+    /// ALREADY_EXISTS (a conflict: name taken, port in use).
+    AlreadyExists,
+    /// INVALID_ARGUMENT.
+    InvalidArgument,
+    /// UNIMPLEMENTED (the runtime cannot do this).
+    Unimplemented,
+    /// UNAVAILABLE.
+    Unavailable,
+    /// FAILED_PRECONDITION.
+    FailedPrecondition,
+    /// INTERNAL.
+    Internal,
+}
+
+impl CommandErrorCode {
+    fn as_str(self) -> &'static str {
+        match self {
+            CommandErrorCode::NotFound => "NOT_FOUND",
+            CommandErrorCode::AlreadyExists => "ALREADY_EXISTS",
+            CommandErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            CommandErrorCode::Unimplemented => "UNIMPLEMENTED",
+            CommandErrorCode::Unavailable => "UNAVAILABLE",
+            CommandErrorCode::FailedPrecondition => "FAILED_PRECONDITION",
+            CommandErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    fn parse(code: &str) -> Self {
+        match code {
+            "NOT_FOUND" => CommandErrorCode::NotFound,
+            "ALREADY_EXISTS" => CommandErrorCode::AlreadyExists,
+            "INVALID_ARGUMENT" => CommandErrorCode::InvalidArgument,
+            "UNIMPLEMENTED" => CommandErrorCode::Unimplemented,
+            "UNAVAILABLE" => CommandErrorCode::Unavailable,
+            "FAILED_PRECONDITION" => CommandErrorCode::FailedPrecondition,
+            _ => CommandErrorCode::Internal,
+        }
+    }
+}
+
+/// A failed command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CommandError {
+    /// Category.
+    pub code: CommandErrorCode,
+    /// The agent's message (names the image, port or field).
+    pub message: String,
+}
+
+/// What a successful command returned.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CommandOutput {
+    /// The container after the operation, when there is one.
+    pub container: Option<ContainerInfo>,
+    /// Exec output, or logs without follow (exit code 0).
+    pub exec: Option<ExecOutput>,
+    /// Resource sample.
+    pub stats: Option<ContainerStats>,
+}
+
+/// The outcome of a command, as the control plane sees it.
+pub type CommandOutcome = Result<CommandOutput, CommandError>;
+
+impl From<&AgentCommand> for pb::Command {
+    fn from(command: &AgentCommand) -> Self {
+        use pb::command::Op;
+        let op = match &command.op {
+            CommandOp::Create(spec) => Op::Create(spec.into()),
+            CommandOp::Start(id) => Op::Start(id.clone()),
+            CommandOp::Stop { id, grace } => {
+                Op::Stop(pb::StopContainer { id: id.clone(), grace_seconds: u32::try_from(grace.as_secs()).unwrap_or(u32::MAX) })
+            }
+            CommandOp::Restart(id) => Op::Restart(id.clone()),
+            CommandOp::Remove { id, force } => Op::Remove(pb::RemoveContainer { id: id.clone(), force: *force }),
+            CommandOp::Exec { id, argv } => Op::Exec(pb::ExecInContainer { id: id.clone(), argv: argv.clone() }),
+            CommandOp::Logs { id, options } => Op::Logs(pb::FetchLogs {
+                id: id.clone(),
+                follow: options.follow,
+                tail: options.tail.unwrap_or(0),
+                timestamps: options.timestamps,
+            }),
+            CommandOp::PullImage(image) => Op::PullImage(image.clone()),
+            CommandOp::Inspect(id) => Op::Inspect(id.clone()),
+            CommandOp::Stats(id) => Op::Stats(id.clone()),
+        };
+        pb::Command { request_id: command.request_id.clone(), runtime: pb::RuntimeKind::from(command.runtime) as i32, op: Some(op) }
+    }
+}
+
+impl TryFrom<pb::Command> for AgentCommand {
+    type Error = WireError;
+
+    fn try_from(command: pb::Command) -> Result<Self, WireError> {
+        use pb::command::Op;
+        let invalid = |field: &str, message: &str| WireError { field: field.into(), message: message.into() };
+        let runtime = pb::RuntimeKind::try_from(command.runtime)
+            .ok()
+            .and_then(pb::RuntimeKind::runtime)
+            .ok_or_else(|| invalid("runtime", "a runtime is required"))?;
+        let op = match command.op.ok_or_else(|| invalid("op", "an operation is required"))? {
+            Op::Create(spec) => CommandOp::Create(spec.try_into()?),
+            Op::Start(id) => CommandOp::Start(id),
+            Op::Stop(stop) => CommandOp::Stop { id: stop.id, grace: Duration::from_secs(u64::from(stop.grace_seconds)) },
+            Op::Restart(id) => CommandOp::Restart(id),
+            Op::Remove(remove) => CommandOp::Remove { id: remove.id, force: remove.force },
+            Op::Exec(exec) => CommandOp::Exec { id: exec.id, argv: exec.argv },
+            Op::Logs(logs) => CommandOp::Logs {
+                id: logs.id,
+                options: LogOptions { follow: logs.follow, tail: (logs.tail > 0).then_some(logs.tail), timestamps: logs.timestamps },
+            },
+            Op::PullImage(image) => CommandOp::PullImage(image),
+            Op::Inspect(id) => CommandOp::Inspect(id),
+            Op::Stats(id) => CommandOp::Stats(id),
+        };
+        Ok(AgentCommand { request_id: command.request_id, runtime, op })
+    }
+}
+
+/// The wire result of a command run on `node_id` with `runtime`.
+pub fn command_result(request_id: &str, node_id: &str, runtime: Runtime, outcome: &CommandOutcome) -> pb::CommandResult {
+    match outcome {
+        Ok(output) => {
+            let exec = output.exec.clone().unwrap_or_default();
+            pb::CommandResult {
+                request_id: request_id.to_owned(),
+                ok: true,
+                error_code: String::new(),
+                error_message: String::new(),
+                container: output.container.as_ref().map(|c| container_state(c, node_id, runtime)),
+                exit_code: i32::try_from(exec.exit_code).unwrap_or(i32::MAX),
+                stdout: exec.stdout,
+                stderr: exec.stderr,
+                stats: output.stats.as_ref().map(Into::into),
+            }
+        }
+        Err(err) => pb::CommandResult {
+            request_id: request_id.to_owned(),
+            ok: false,
+            error_code: err.code.as_str().to_owned(),
+            error_message: err.message.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+/// The domain outcome of a wire result.
+pub fn command_outcome(result: pb::CommandResult) -> CommandOutcome {
+    if !result.ok {
+        return Err(CommandError { code: CommandErrorCode::parse(&result.error_code), message: result.error_message });
+    }
+    Ok(CommandOutput {
+        container: result.container.map(|c| container_info(c).0),
+        exec: Some(ExecOutput { exit_code: i64::from(result.exit_code), stdout: result.stdout, stderr: result.stderr }),
+        stats: result.stats.map(Into::into),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip() {
+        let ops = [
+            CommandOp::Create(ContainerSpec { name: "a".into(), image: "img".into(), ..Default::default() }),
+            CommandOp::Stop { id: "c".into(), grace: Duration::from_secs(3) },
+            CommandOp::Remove { id: "c".into(), force: true },
+            CommandOp::Exec { id: "c".into(), argv: vec!["ls".into()] },
+            CommandOp::Logs { id: "c".into(), options: LogOptions { follow: true, tail: Some(5), timestamps: false } },
+            CommandOp::Inspect("c".into()),
+        ];
+        for op in ops {
+            let command = AgentCommand { request_id: "r1".into(), runtime: Runtime::Podman, op };
+            assert_eq!(AgentCommand::try_from(pb::Command::from(&command)), Ok(command));
+        }
+        let missing = pb::Command { request_id: "r".into(), runtime: 0, op: None };
+        assert_eq!(AgentCommand::try_from(missing).unwrap_err().field, "runtime");
+    }
+
+    #[test]
+    fn outcomes_round_trip_with_their_error_code() {
+        let err = CommandError { code: CommandErrorCode::AlreadyExists, message: "host port 8080 is in use".into() };
+        let wire = command_result("r", "n", Runtime::Docker, &Err(err.clone()));
+        assert_eq!(command_outcome(wire), Err(err));
+        let ok = CommandOutput { exec: Some(ExecOutput { exit_code: 3, stdout: b"out".to_vec(), stderr: vec![] }), ..Default::default() };
+        let back = command_outcome(command_result("r", "n", Runtime::Docker, &Ok(ok))).expect("ok");
+        assert_eq!(back.exec.expect("exec").exit_code, 3);
+    }
+}

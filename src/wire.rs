@@ -1,0 +1,316 @@
+//! Conversions between the runtime-neutral container types and their wire forms, with
+//! validation of what arrives from the wire (errors name the field).
+
+use std::time::Duration;
+
+use crate::container::{
+    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, Health, HealthCheck, Mount, PortMapping,
+    Protocol, RestartPolicy,
+};
+use crate::pb;
+
+/// A wire message that does not make a valid domain value.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {field}: {message}")]
+pub struct WireError {
+    /// Field at fault, e.g. `spec.ports[0].host_port`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> WireError {
+    WireError { field: field.into(), message: message.into() }
+}
+
+fn port(field: String, value: u32) -> Result<u16, WireError> {
+    u16::try_from(value).ok().filter(|p| *p != 0).ok_or_else(|| invalid(field, format!("{value} is not a port (1-65535)")))
+}
+
+impl From<&ContainerSpec> for pb::ContainerSpec {
+    fn from(spec: &ContainerSpec) -> Self {
+        pb::ContainerSpec {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            environment: spec.env.clone().into_iter().collect(),
+            ports: spec
+                .ports
+                .iter()
+                .map(|p| pb::PortMapping {
+                    host_port: u32::from(p.host_port),
+                    container_port: u32::from(p.container_port),
+                    protocol: match p.protocol {
+                        Protocol::Tcp => "tcp".into(),
+                        Protocol::Udp => "udp".into(),
+                    },
+                })
+                .collect(),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|m| pb::Mount { source: m.source.clone(), target: m.target.clone(), read_only: m.read_only })
+                .collect(),
+            memory_bytes: spec.memory_bytes.unwrap_or(0),
+            cpu_millis: spec.cpu_millis.unwrap_or(0),
+            restart_policy: spec.restart_policy.to_string(),
+            read_only: spec.read_only,
+            tmpfs: spec.tmpfs.clone(),
+            cap_drop: spec.cap_drop.clone(),
+            no_new_privileges: spec.no_new_privileges,
+            labels: spec.labels.clone().into_iter().collect(),
+            healthcheck: spec.healthcheck.as_ref().map(|h| pb::HealthCheck {
+                test: h.test.clone(),
+                interval_seconds: u32::try_from(h.interval.as_secs()).unwrap_or(u32::MAX),
+                timeout_seconds: u32::try_from(h.timeout.as_secs()).unwrap_or(u32::MAX),
+                retries: h.retries,
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::ContainerSpec> for ContainerSpec {
+    type Error = WireError;
+
+    fn try_from(spec: pb::ContainerSpec) -> Result<Self, WireError> {
+        if spec.image.trim().is_empty() {
+            return Err(invalid("image", "an image reference is required"));
+        }
+        let ports = spec
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let protocol = match p.protocol.as_str() {
+                    "" | "tcp" => Protocol::Tcp,
+                    "udp" => Protocol::Udp,
+                    other => return Err(invalid(format!("ports[{i}].protocol"), format!("{other:?}: expected tcp or udp"))),
+                };
+                Ok(PortMapping {
+                    host_port: port(format!("ports[{i}].host_port"), p.host_port)?,
+                    container_port: port(format!("ports[{i}].container_port"), p.container_port)?,
+                    protocol,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mounts = spec
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if !m.target.starts_with('/') {
+                    return Err(invalid(format!("mounts[{i}].target"), format!("{:?} must be an absolute path", m.target)));
+                }
+                if m.source.is_empty() {
+                    return Err(invalid(format!("mounts[{i}].source"), "a volume name or absolute host path is required"));
+                }
+                Ok(Mount { source: m.source.clone(), target: m.target.clone(), read_only: m.read_only })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let restart_policy: RestartPolicy = spec.restart_policy.parse().map_err(|e: String| invalid("restart_policy", e))?;
+        let healthcheck = match spec.healthcheck {
+            Some(h) if !h.test.is_empty() => Some(HealthCheck {
+                test: h.test,
+                interval: Duration::from_secs(u64::from(h.interval_seconds.max(1))),
+                timeout: Duration::from_secs(u64::from(h.timeout_seconds.max(1))),
+                retries: h.retries.max(1),
+            }),
+            _ => None,
+        };
+        Ok(ContainerSpec {
+            name: spec.name,
+            image: spec.image,
+            command: spec.command,
+            env: spec.environment.into_iter().collect(),
+            ports,
+            mounts,
+            memory_bytes: (spec.memory_bytes > 0).then_some(spec.memory_bytes),
+            cpu_millis: (spec.cpu_millis > 0).then_some(spec.cpu_millis),
+            restart_policy,
+            read_only: spec.read_only,
+            tmpfs: spec.tmpfs,
+            cap_drop: spec.cap_drop,
+            no_new_privileges: spec.no_new_privileges,
+            labels: spec.labels.into_iter().collect(),
+            healthcheck,
+        })
+    }
+}
+
+fn status_name(status: ContainerStatus) -> &'static str {
+    match status {
+        ContainerStatus::Created => "created",
+        ContainerStatus::Running => "running",
+        ContainerStatus::Paused => "paused",
+        ContainerStatus::Restarting => "restarting",
+        ContainerStatus::Exited => "exited",
+        ContainerStatus::Unknown => "unknown",
+    }
+}
+
+fn status_from_name(name: &str) -> ContainerStatus {
+    match name {
+        "created" => ContainerStatus::Created,
+        "running" => ContainerStatus::Running,
+        "paused" => ContainerStatus::Paused,
+        "restarting" => ContainerStatus::Restarting,
+        "exited" => ContainerStatus::Exited,
+        _ => ContainerStatus::Unknown,
+    }
+}
+
+/// The wire form of an observed container on `node_id`, run by `runtime`.
+pub fn container_state(info: &ContainerInfo, node_id: &str, runtime: crate::runtime::Runtime) -> pb::ContainerState {
+    pb::ContainerState {
+        id: info.id.clone(),
+        name: info.name.clone(),
+        node_id: node_id.to_owned(),
+        runtime: pb::RuntimeKind::from(runtime) as i32,
+        image: info.image.clone(),
+        status: status_name(info.status).to_owned(),
+        exit_code: i32::try_from(info.exit_code).unwrap_or(i32::MAX),
+        ip_address: info.ip_address.clone().unwrap_or_default(),
+        ports: pb::ContainerSpec::from(&ContainerSpec { ports: info.ports.clone(), ..ContainerSpec::default() }).ports,
+        started_at: info.started_at.clone().unwrap_or_default(),
+        health: match info.health {
+            Some(Health::Starting) => "starting".into(),
+            Some(Health::Healthy) => "healthy".into(),
+            Some(Health::Unhealthy) => "unhealthy".into(),
+            None => String::new(),
+        },
+        labels: info.labels.clone().into_iter().collect(),
+        pid: info.pid.unwrap_or(0),
+    }
+}
+
+/// The domain form of an observed container, with the node id and runtime it came with.
+/// Ports that are out of range are dropped (an agent never reports them).
+pub fn container_info(state: pb::ContainerState) -> (ContainerInfo, String, Option<crate::runtime::Runtime>) {
+    let runtime = pb::RuntimeKind::try_from(state.runtime).ok().and_then(pb::RuntimeKind::runtime);
+    let ports = state
+        .ports
+        .iter()
+        .filter_map(|p| {
+            Some(PortMapping {
+                host_port: u16::try_from(p.host_port).ok()?,
+                container_port: u16::try_from(p.container_port).ok()?,
+                protocol: if p.protocol == "udp" { Protocol::Udp } else { Protocol::Tcp },
+            })
+        })
+        .collect();
+    let info = ContainerInfo {
+        id: state.id,
+        name: state.name,
+        image: state.image,
+        status: status_from_name(&state.status),
+        exit_code: i64::from(state.exit_code),
+        pid: (state.pid != 0).then_some(state.pid),
+        ip_address: (!state.ip_address.is_empty()).then_some(state.ip_address),
+        ports,
+        started_at: (!state.started_at.is_empty()).then_some(state.started_at),
+        health: match state.health.as_str() {
+            "starting" => Some(Health::Starting),
+            "healthy" => Some(Health::Healthy),
+            "unhealthy" => Some(Health::Unhealthy),
+            _ => None,
+        },
+        labels: state.labels.into_iter().collect(),
+    };
+    (info, state.node_id, runtime)
+}
+
+impl From<&ContainerStats> for pb::ContainerStats {
+    fn from(stats: &ContainerStats) -> Self {
+        pb::ContainerStats {
+            cpu_percent: stats.cpu_percent,
+            memory_bytes: stats.memory_bytes,
+            memory_limit_bytes: stats.memory_limit_bytes,
+            network_rx_bytes: stats.network_rx_bytes,
+            network_tx_bytes: stats.network_tx_bytes,
+        }
+    }
+}
+
+impl From<pb::ContainerStats> for ContainerStats {
+    fn from(stats: pb::ContainerStats) -> Self {
+        ContainerStats {
+            cpu_percent: stats.cpu_percent,
+            memory_bytes: stats.memory_bytes,
+            memory_limit_bytes: stats.memory_limit_bytes,
+            network_rx_bytes: stats.network_rx_bytes,
+            network_tx_bytes: stats.network_tx_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Runtime;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            name: "web".into(),
+            image: "127.0.0.1:5000/diplo/busybox:latest".into(),
+            command: vec!["httpd".into(), "-f".into()],
+            env: [("A".to_owned(), "1".to_owned())].into(),
+            ports: vec![PortMapping { host_port: 8080, container_port: 80, protocol: Protocol::Tcp }],
+            mounts: vec![Mount { source: "data".into(), target: "/data".into(), read_only: false }],
+            memory_bytes: Some(64 << 20),
+            cpu_millis: Some(500),
+            restart_policy: RestartPolicy::UnlessStopped,
+            read_only: true,
+            tmpfs: vec!["/tmp".into()],
+            cap_drop: vec!["ALL".into()],
+            no_new_privileges: true,
+            labels: [("team".to_owned(), "a".to_owned())].into(),
+            healthcheck: Some(HealthCheck {
+                test: vec!["true".into()],
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                retries: 3,
+            }),
+        }
+    }
+
+    #[test]
+    fn specs_round_trip() {
+        let spec = spec();
+        assert_eq!(ContainerSpec::try_from(pb::ContainerSpec::from(&spec)), Ok(spec));
+    }
+
+    #[test]
+    fn bad_wire_specs_name_the_field() {
+        let mut wire = pb::ContainerSpec::from(&spec());
+        wire.ports[0].host_port = 70000;
+        assert_eq!(ContainerSpec::try_from(wire).unwrap_err().field, "ports[0].host_port");
+        let mut wire = pb::ContainerSpec::from(&spec());
+        wire.restart_policy = "sometimes".into();
+        assert_eq!(ContainerSpec::try_from(wire).unwrap_err().field, "restart_policy");
+        let mut wire = pb::ContainerSpec::from(&spec());
+        wire.mounts[0].target = "data".into();
+        assert_eq!(ContainerSpec::try_from(wire).unwrap_err().field, "mounts[0].target");
+        let mut wire = pb::ContainerSpec::from(&spec());
+        wire.image = " ".into();
+        assert_eq!(ContainerSpec::try_from(wire).unwrap_err().field, "image");
+    }
+
+    #[test]
+    fn observed_containers_round_trip() {
+        let info = ContainerInfo {
+            id: "abc".into(),
+            name: "web".into(),
+            image: "img".into(),
+            status: ContainerStatus::Running,
+            exit_code: 0,
+            pid: Some(42),
+            ip_address: Some("10.0.3.5".into()),
+            ports: vec![PortMapping { host_port: 8080, container_port: 80, protocol: Protocol::Udp }],
+            started_at: Some("2026-01-01T00:00:00Z".into()),
+            health: Some(Health::Healthy),
+            labels: [("diplo.instance".to_owned(), "i1".to_owned())].into(),
+        };
+        let (back, node, runtime) = container_info(container_state(&info, "n1", Runtime::Lxc));
+        assert_eq!((back, node.as_str(), runtime), (info, "n1", Some(Runtime::Lxc)));
+    }
+}
