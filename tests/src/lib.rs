@@ -34,7 +34,7 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time limit of one CLI invocation.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time limit of one REST request.
-pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Lines of each log printed when a test fails.
 const LOG_TAIL_LINES: usize = 60;
 
@@ -377,7 +377,18 @@ impl HttpResponse {
 /// `GET url`, with `authorization` as the raw `Authorization` header when given. Runs
 /// on its own thread, so it may be called from sync and async tests alike.
 pub fn http_get(url: &str, authorization: Option<&str>) -> Result<HttpResponse, String> {
+    http_request("GET", url, authorization, None)
+}
+
+/// `METHOD url` with an optional JSON body; see [`http_get`].
+pub fn http_request(
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Result<HttpResponse, String> {
     let url = url.to_owned();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
     let authorization = authorization.map(str::to_owned);
     std::thread::spawn(move || {
         let client = reqwest::blocking::Client::builder()
@@ -385,11 +396,14 @@ pub fn http_get(url: &str, authorization: Option<&str>) -> Result<HttpResponse, 
             .no_proxy()
             .build()
             .map_err(|e| e.to_string())?;
-        let mut request = client.get(&url);
+        let mut request = client.request(method.clone(), &url);
         if let Some(value) = authorization {
             request = request.header(reqwest::header::AUTHORIZATION, value);
         }
-        let response = request.send().map_err(|e| format!("GET {url}: {e}"))?;
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().map_err(|e| format!("{method} {url}: {e}"))?;
         let status = response.status().as_u16();
         let body = response
             .text()
@@ -722,6 +736,29 @@ impl ControlPlane {
         let response = self.rest_get(path, Some(&format!("Bearer {}", self.admin_token())));
         assert_eq!(response.status, 200, "GET {path}: {}", response.body);
         response.json()
+    }
+
+    /// `METHOD <path>` as the admin with an optional JSON body.
+    pub fn rest(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> HttpResponse {
+        let authorization = format!("Bearer {}", self.admin_token());
+        http_request(method, &self.rest_url(path), Some(&authorization), body).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts an agent and waits until its node is ready and has reported its host.
+    /// Returns the agent and the node as `diplo nodes ls -o json` shows it.
+    pub fn start_ready_agent(&self, name: &str, token: Option<&str>) -> (Agent, serde_json::Value) {
+        let mut agent = self.start_agent(name, token);
+        let node = wait_until(&format!("{name} to be ready"), Duration::from_secs(60), Duration::from_millis(250), || {
+            if let Some(status) = agent.process().try_exit() {
+                panic!("the agent exited with {status}:\n{}", agent.logs());
+            }
+            let nodes = self.try_nodes()?;
+            match find_node(&nodes, name) {
+                Some(node) if node["status"] == "ready" && node["os"] != "" => Ok(node.clone()),
+                other => Err(format!("{name}: {other:?}")),
+            }
+        });
+        (agent, node)
     }
 
     /// Runs `diplo --config <data>/cli.toml <args>` (time limit [`CLI_TIMEOUT`]).

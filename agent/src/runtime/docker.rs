@@ -10,10 +10,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ImportImageOptions, InspectContainerOptions,
-    ListContainersOptions, LogsOptions, RemoveContainerOptions, RestartContainerOptions, StartContainerOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ImportImageOptions, LogsOptions, RemoveContainerOptions, RestartContainerOptions, StartContainerOptions,
     StatsOptions, StopContainerOptions, TagImageOptions,
 };
 use diplo_api::container::{
@@ -28,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
-use super::docker_api::{self, ArchiveKind, ImageRef};
+use super::docker_api::{self, ArchiveKind, ImageRef, Inspected, Listed};
 use super::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream};
 
 /// Probes the Docker daemon on `socket` (a path, or `unix://path`): available when the
@@ -159,28 +157,46 @@ impl DockerRuntime {
         map_error(self.runtime, &self.socket, error, what, name)
     }
 
-    /// Inspects `id` and checks that it is one of Diplo's containers.
-    async fn owned(&self, docker: &Docker, id: &str) -> RuntimeResult<ContainerInspectResponse> {
-        let not_found = || RuntimeError::NotFound { what: "container", name: id.to_owned() };
+    /// `GET path` (under the negotiated API version) as JSON, read leniently where
+    /// bollard's models are too strict for Podman. 404 → not found `what` `name`.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, docker: &Docker, path: &str, what: &'static str, name: &str) -> RuntimeResult<T> {
+        let path = format!("/v{}{path}", docker.client_version());
+        let (status, body) = unix_request(&self.socket, "GET", &path, REQUEST_TIMEOUT).await.map_err(|error| {
+            RuntimeError::Unavailable { runtime: self.runtime, message: format!("{}: {}", self.socket, describe_io(&error)) }
+        })?;
+        match status {
+            200..=299 => serde_json::from_slice(&body).map_err(|error| RuntimeError::Failed {
+                runtime: self.runtime,
+                message: format!("unexpected answer to GET {path}: {error}"),
+            }),
+            404 => Err(RuntimeError::NotFound { what, name: name.to_owned() }),
+            _ => Err(RuntimeError::Failed { runtime: self.runtime, message: daemon_error_text(&body) }),
+        }
+    }
+
+    /// Inspects a container by id or name (any container).
+    async fn inspect_any(&self, docker: &Docker, id: &str) -> RuntimeResult<Inspected> {
         let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
         if id.is_empty() || !id.chars().all(ok) {
-            return Err(not_found());
+            return Err(RuntimeError::NotFound { what: "container", name: id.to_owned() });
         }
-        let found = docker.inspect_container(id, None::<InspectContainerOptions>).await.map_err(|e| self.error(&e, "container", id))?;
-        let labels = found.config.as_ref().and_then(|config| config.labels.as_ref());
-        if labels.is_some_and(|labels| docker_api::is_diplo(labels)) { Ok(found) } else { Err(not_found()) }
+        self.get_json(docker, &format!("/containers/{id}/json"), "container", id).await
+    }
+
+    /// Inspects `id` and checks that it is one of Diplo's containers.
+    async fn owned(&self, docker: &Docker, id: &str) -> RuntimeResult<Inspected> {
+        let found = self.inspect_any(docker, id).await?;
+        if found.is_diplo() { Ok(found) } else { Err(RuntimeError::NotFound { what: "container", name: id.to_owned() }) }
     }
 
     /// Removes what a failed create may have left under `name`, if it is ours.
     async fn remove_leftover(&self, docker: &Docker, name: &str, instance: &str) {
-        let Ok(found) = docker.inspect_container(name, None::<InspectContainerOptions>).await else { return };
-        let labels = found.config.and_then(|config| config.labels).unwrap_or_default();
-        if labels.get(LABEL_INSTANCE).map(String::as_str) != Some(instance) {
+        let Ok(found) = self.inspect_any(docker, name).await else { return };
+        if found.labels().and_then(|labels| labels.get(LABEL_INSTANCE)).map(String::as_str) != Some(instance) {
             return;
         }
-        let id = found.id.unwrap_or_else(|| name.to_owned());
         let options = RemoveContainerOptions { force: true, v: true, link: false };
-        if let Err(error) = docker.remove_container(&id, Some(options)).await {
+        if let Err(error) = docker.remove_container(&found.id, Some(options)).await {
             warn!(runtime = %self.runtime, container = name, error = %describe_bollard(&error), "cannot remove a half-created container");
         }
     }
@@ -225,16 +241,13 @@ impl DockerRuntime {
     async fn pull_libpod(&self, image: &ImageRef, reference: &str) -> RuntimeResult<()> {
         let tls_verify = !self.registry.is_insecure(image.registry());
         let path = format!("/v4.0.0/libpod/images/pull?reference={}&tlsVerify={tls_verify}", query_escape(&image.qualified()));
-        let (status, body) = post_unix(&self.socket, &path, PULL_IDLE_TIMEOUT).await.map_err(|error| RuntimeError::Unavailable {
+        let (status, body) = unix_request(&self.socket, "POST", &path, PULL_IDLE_TIMEOUT).await.map_err(|error| RuntimeError::Unavailable {
             runtime: self.runtime,
             message: format!("{}: {}", self.socket, describe_io(&error)),
         })?;
         let text = String::from_utf8_lossy(&body);
         if !(200..300).contains(&status) {
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|value| value.get("message")?.as_str().map(str::to_owned))
-                .unwrap_or_else(|| text.trim().to_owned());
+            let message = daemon_error_text(&body);
             if status == 404 {
                 return Err(RuntimeError::NotFound { what: "image", name: reference.to_owned() });
             }
@@ -368,12 +381,12 @@ fn query_escape(value: &str) -> String {
     out
 }
 
-/// Sends `POST path` with HTTP/1.0 on the unix socket and returns the status and body,
-/// reading until the server closes; fails when it stays silent for `idle`.
-async fn post_unix(socket: &str, path: &str, idle: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+/// Sends `METHOD path` with HTTP/1.0 on the unix socket and returns the status and
+/// body, reading until the server closes; fails when it stays silent for `idle`.
+async fn unix_request(socket: &str, method: &str, path: &str, idle: Duration) -> std::io::Result<(u16, Vec<u8>)> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {}", describe_timeout(idle)));
     let mut stream = tokio::time::timeout(idle, tokio::net::UnixStream::connect(socket)).await.map_err(|_| timed_out())??;
-    let request = format!("POST {path} HTTP/1.0\r\nHost: d\r\nContent-Length: 0\r\n\r\n");
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: d\r\nContent-Length: 0\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     let mut buffer = vec![0u8; 16 * 1024];
@@ -385,6 +398,15 @@ async fn post_unix(socket: &str, path: &str, idle: Duration) -> std::io::Result<
         response.extend_from_slice(&buffer[..read]);
     }
     parse_http_response(&response)
+}
+
+/// The `message` of a daemon's JSON error body, else the body itself.
+fn daemon_error_text(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|value| value.get("message")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| text.trim().to_owned())
 }
 
 /// Status and body of a complete HTTP/1.x response (chunked or not).
@@ -536,7 +558,12 @@ impl ContainerRuntime for DockerRuntime {
         validate_container_name(&spec.name).map_err(|message| RuntimeError::InvalidArgument { field: "name", message })?;
         let labels = docker_api::labels_for(spec, self.node.as_deref());
         let instance = labels.get(LABEL_INSTANCE).cloned().unwrap_or_default();
-        let body = docker_api::create_body(spec, labels)?;
+        // Docker binds published ports on 0.0.0.0 as asked. Podman 4 (netavark) turns an
+        // explicit 0.0.0.0 into a `-d 0.0.0.0/32` DNAT match that no packet has, so the
+        // port would accept connections and never answer: leave the address to it
+        // (every address, which includes 0.0.0.0).
+        let host_ip = (self.runtime != Runtime::Podman).then_some("0.0.0.0");
+        let body = docker_api::create_body(spec, labels, host_ip)?;
         check_host_ports(&spec.ports)?;
         let docker = self.docker().await?;
         let options = CreateContainerOptions { name: Some(spec.name.clone()), platform: String::new() };
@@ -575,10 +602,10 @@ impl ContainerRuntime for DockerRuntime {
             warn!(runtime = %self.runtime, container = %spec.name, "create: {warning}");
         }
         // Without its labels the container would be invisible to Diplo and leak.
-        let verified = match docker.inspect_container(&created.id, None::<InspectContainerOptions>).await {
-            Ok(found) if found.config.as_ref().and_then(|c| c.labels.as_ref()).is_some_and(|l| docker_api::is_diplo(l)) => Ok(()),
+        let verified = match self.inspect_any(docker, &created.id).await {
+            Ok(found) if found.is_diplo() => Ok(()),
             Ok(_) => Err(RuntimeError::Failed { runtime: self.runtime, message: "the daemon dropped the container's labels".to_owned() }),
-            Err(error) => Err(self.error(&error, "container", &spec.name)),
+            Err(error) => Err(error),
         };
         if let Err(error) = verified {
             let options = RemoveContainerOptions { force: true, v: true, link: false };
@@ -593,7 +620,7 @@ impl ContainerRuntime for DockerRuntime {
     async fn start(&self, id: &str) -> RuntimeResult<()> {
         let docker = self.docker().await?;
         let found = self.owned(docker, id).await?;
-        let target = found.id.as_deref().unwrap_or(id);
+        let target = found.id.as_str();
         docker.start_container(target, None::<StartContainerOptions>).await.map_err(|error| match daemon_message(&error) {
             Some(message) if docker_api::means_port_in_use(message) => port_conflict(message),
             _ => self.error(&error, "container", id),
@@ -603,7 +630,7 @@ impl ContainerRuntime for DockerRuntime {
     async fn stop(&self, id: &str, grace: Duration) -> RuntimeResult<()> {
         let docker = self.docker().await?;
         let found = self.owned(docker, id).await?;
-        let target = found.id.as_deref().unwrap_or(id);
+        let target = found.id.as_str();
         let options = StopContainerOptions { t: Some(grace_seconds(grace)), signal: None };
         let patient = docker.clone().with_timeout(REQUEST_TIMEOUT + grace);
         patient.stop_container(target, Some(options)).await.map_err(|e| self.error(&e, "container", id))
@@ -612,7 +639,7 @@ impl ContainerRuntime for DockerRuntime {
     async fn restart(&self, id: &str, grace: Duration) -> RuntimeResult<()> {
         let docker = self.docker().await?;
         let found = self.owned(docker, id).await?;
-        let target = found.id.as_deref().unwrap_or(id);
+        let target = found.id.as_str();
         let options = RestartContainerOptions { t: Some(grace_seconds(grace)), signal: None };
         let patient = docker.clone().with_timeout(REQUEST_TIMEOUT + grace);
         patient.restart_container(target, Some(options)).await.map_err(|error| match daemon_message(&error) {
@@ -624,7 +651,7 @@ impl ContainerRuntime for DockerRuntime {
     async fn remove(&self, id: &str, force: bool) -> RuntimeResult<()> {
         let docker = self.docker().await?;
         let found = self.owned(docker, id).await?;
-        let target = found.id.as_deref().unwrap_or(id);
+        let target = found.id.as_str();
         // `v` removes the container's anonymous volumes too; named volumes stay.
         let options = RemoveContainerOptions { force, v: true, link: false };
         let patient = docker.clone().with_timeout(REQUEST_TIMEOUT * 2);
@@ -633,27 +660,23 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn list(&self) -> RuntimeResult<Vec<ContainerInfo>> {
         let docker = self.docker().await?;
-        let filters = HashMap::from([("label".to_owned(), vec![LABEL_INSTANCE.to_owned()])]);
-        let options = ListContainersOptions { all: true, limit: None, size: false, filters: Some(filters) };
-        let summaries = docker.list_containers(Some(options)).await.map_err(|e| self.error(&e, "container", "*"))?;
-        let ids: Vec<String> = summaries
+        let filters = format!(r#"{{"label":["{LABEL_INSTANCE}"]}}"#);
+        let path = format!("/containers/json?all=1&filters={}", query_escape(&filters));
+        let listed: Vec<Listed> = self.get_json(docker, &path, "container", "*").await?;
+        let ids: Vec<String> = listed
             .into_iter()
-            .filter(|summary| summary.labels.as_ref().is_some_and(|labels| docker_api::is_diplo(labels)))
-            .filter_map(|summary| summary.id)
+            .filter(|entry| entry.labels.as_ref().is_some_and(|labels| docker_api::is_diplo(labels)))
+            .map(|entry| entry.id)
             .collect();
-        let inspected = futures::future::join_all(ids.iter().map(|id| docker.inspect_container(id, None::<InspectContainerOptions>))).await;
+        let inspected = futures::future::join_all(ids.iter().map(|id| self.inspect_any(docker, id))).await;
         let mut containers = Vec::with_capacity(ids.len());
-        for (id, result) in ids.iter().zip(inspected) {
+        for result in inspected {
             match result {
-                Ok(found) => {
-                    let info = docker_api::container_info(found);
-                    if docker_api::is_diplo(&info.labels) {
-                        containers.push(info);
-                    }
-                }
+                Ok(found) if found.is_diplo() => containers.push(docker_api::container_info(found)),
+                Ok(_) => {}
                 // Removed between the list and the inspect.
-                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
-                Err(error) => return Err(self.error(&error, "container", id)),
+                Err(RuntimeError::NotFound { .. }) => {}
+                Err(error) => return Err(error),
             }
         }
         containers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -668,7 +691,7 @@ impl ContainerRuntime for DockerRuntime {
     async fn logs(&self, id: &str, options: LogOptions) -> RuntimeResult<RuntimeStream<LogChunk>> {
         let docker = self.docker().await?;
         let found = self.owned(docker, id).await?;
-        let target = found.id.unwrap_or_else(|| id.to_owned());
+        let target = found.id;
         let options = LogsOptions {
             follow: options.follow,
             stdout: true,
@@ -699,7 +722,7 @@ impl ContainerRuntime for DockerRuntime {
         }
         let docker = self.docker().await?;
         let found = self.owned(docker, id).await?;
-        let target = found.id.as_deref().unwrap_or(id);
+        let target = found.id.as_str();
         let config = CreateExecOptions::<String> {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -746,7 +769,7 @@ impl ContainerRuntime for DockerRuntime {
     async fn stats(&self, id: &str) -> RuntimeResult<ContainerStats> {
         let docker = self.docker().await?;
         let found = self.owned(docker, id).await?;
-        let target = found.id.as_deref().unwrap_or(id);
+        let target = found.id.as_str();
         // stream=false with one-shot=false: the daemon samples twice, filling precpu_stats.
         let mut samples = docker.stats(target, Some(StatsOptions { stream: false, one_shot: false }));
         match samples.next().await {
@@ -758,12 +781,19 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>> {
         let docker = self.docker().await?;
-        let filters = HashMap::from([
-            ("type".to_owned(), vec!["container".to_owned()]),
-            ("event".to_owned(), ["start", "die", "oom", "health_status"].map(str::to_owned).to_vec()),
-            ("label".to_owned(), vec![LABEL_INSTANCE.to_owned()]),
-        ]);
-        let options = EventsOptions { since: None, until: None, filters: Some(filters) };
+        let mut filters = HashMap::from([("type".to_owned(), vec!["container".to_owned()])]);
+        // Podman 4.3 matches `event` against its own names (`died`, not `die`) and
+        // `label` only as key=value, so it gets the type filter alone; the rest is
+        // filtered here for both.
+        if self.runtime != Runtime::Podman {
+            filters.insert("event".to_owned(), ["start", "die", "oom", "health_status"].map(str::to_owned).to_vec());
+            filters.insert("label".to_owned(), vec![LABEL_INSTANCE.to_owned()]);
+        }
+        // The request goes out at the stream's first poll; `since` = now makes the
+        // daemon replay what happened in between, so nothing after this call is missed.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let since = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
+        let options = EventsOptions { since: Some(since), until: None, filters: Some(filters) };
         let (runtime, socket) = (self.runtime, self.socket.clone());
         let stream = docker.events(Some(options)).map_err(move |error| map_error(runtime, &socket, &error, "events", "")).try_filter_map(
             |message| futures::future::ready(Ok(docker_api::runtime_event(&message))),

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerStatsResponse, EventMessage,
-    HealthConfig, HealthStatusEnum, HostConfig, Mount as ApiMount, MountType, PortBinding, RestartPolicy as ApiRestart,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerStatsResponse, EventMessage, HealthConfig, HostConfig, Mount as ApiMount, MountType,
+    PortBinding, RestartPolicy as ApiRestart, RestartPolicyNameEnum,
 };
+use serde::Deserialize;
 use diplo_api::container::{
     ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, Health, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_NODE,
     PortMapping, Protocol, RestartPolicy, RuntimeEvent, RuntimeEventKind,
@@ -123,9 +123,15 @@ fn duration_nanos(field: &'static str, duration: std::time::Duration) -> Result<
     i64::try_from(duration.as_nanos()).map_err(|_| invalid(field, format!("{duration:?} is too long")))
 }
 
-/// The create request for `spec`, with `labels` (see [`labels_for`]). Checks what the
-/// daemon would reject with a less helpful message, naming the field at fault.
-pub(crate) fn create_body(spec: &ContainerSpec, labels: HashMap<String, String>) -> Result<ContainerCreateBody, RuntimeError> {
+/// The create request for `spec`, with `labels` (see [`labels_for`]), publishing ports
+/// on `host_ip` (`Some("0.0.0.0")`: every IPv4 address; `None`: the daemon's default,
+/// every address). Checks what the daemon would reject with a less helpful message,
+/// naming the field at fault.
+pub(crate) fn create_body(
+    spec: &ContainerSpec,
+    labels: HashMap<String, String>,
+    host_ip: Option<&str>,
+) -> Result<ContainerCreateBody, RuntimeError> {
     check_image_reference(&spec.image)?;
 
     let mut env = Vec::with_capacity(spec.env.len());
@@ -150,7 +156,7 @@ pub(crate) fn create_body(spec: &ContainerSpec, labels: HashMap<String, String>)
         if !exposed.contains(&key) {
             exposed.push(key.clone());
         }
-        let binding = PortBinding { host_ip: Some("0.0.0.0".to_owned()), host_port: Some(port.host_port.to_string()) };
+        let binding = PortBinding { host_ip: host_ip.map(str::to_owned), host_port: Some(port.host_port.to_string()) };
         bindings.entry(key).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(binding);
     }
 
@@ -253,34 +259,151 @@ pub(crate) fn create_body(spec: &ContainerSpec, labels: HashMap<String, String>)
     })
 }
 
+/// The parts of `GET /containers/{id}/json` Diplo reads. Read leniently (strings, not
+/// bollard's enums, every field optional): Podman answers states such as `stopped` and
+/// `configured` that Docker's API schema does not have.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct Inspected {
+    /// Full id.
+    pub id: String,
+    /// `/name`.
+    pub name: String,
+    /// Image id (Docker) or name.
+    pub image: Option<String>,
+    /// Creation-time configuration.
+    pub config: Option<InspectedConfig>,
+    /// Run state.
+    pub state: Option<InspectedState>,
+    /// Host configuration (published ports).
+    pub host_config: Option<InspectedHostConfig>,
+    /// Networks the container is on.
+    pub network_settings: Option<InspectedNetworkSettings>,
+}
+
+/// `Config` of an inspected container.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct InspectedConfig {
+    /// The image reference it was created from.
+    pub image: Option<String>,
+    /// Its labels.
+    pub labels: Option<HashMap<String, String>>,
+}
+
+/// `State` of an inspected container.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct InspectedState {
+    /// `created`, `running`, `exited`, … (Podman: also `configured`, `stopped`).
+    pub status: Option<String>,
+    /// Exit code of the last run.
+    pub exit_code: Option<i64>,
+    /// Main process id, 0 when not running.
+    pub pid: Option<i64>,
+    /// RFC 3339; the zero time when never started.
+    pub started_at: Option<String>,
+    /// Health check state.
+    pub health: Option<InspectedHealth>,
+}
+
+/// `State.Health` of an inspected container.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct InspectedHealth {
+    /// `starting`, `healthy`, `unhealthy`, `none`.
+    pub status: Option<String>,
+}
+
+/// `HostConfig` of an inspected container.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct InspectedHostConfig {
+    /// `8080/tcp` → host bindings.
+    pub port_bindings: Option<HashMap<String, Option<Vec<InspectedBinding>>>>,
+}
+
+/// One host binding of a published port.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct InspectedBinding {
+    /// Host address (empty: all).
+    pub host_ip: Option<String>,
+    /// Host port, as a string.
+    pub host_port: Option<String>,
+}
+
+/// `NetworkSettings` of an inspected container.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct InspectedNetworkSettings {
+    /// Address on the default network (older API versions).
+    #[serde(rename = "IPAddress")]
+    pub ip_address: Option<String>,
+    /// Network name → endpoint.
+    #[serde(rename = "Networks")]
+    pub networks: Option<HashMap<String, InspectedEndpoint>>,
+}
+
+/// A container's endpoint on one network.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct InspectedEndpoint {
+    /// Its IPv4 address.
+    #[serde(rename = "IPAddress")]
+    pub ip_address: Option<String>,
+}
+
+/// One entry of `GET /containers/json`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct Listed {
+    /// Full id.
+    pub id: String,
+    /// Its labels.
+    pub labels: Option<HashMap<String, String>>,
+}
+
+impl Inspected {
+    /// Its labels (none when the daemon sends `null`).
+    pub fn labels(&self) -> Option<&HashMap<String, String>> {
+        self.config.as_ref().and_then(|config| config.labels.as_ref())
+    }
+
+    /// Whether it is one of Diplo's containers.
+    pub fn is_diplo(&self) -> bool {
+        self.labels().is_some_and(|labels| is_diplo(labels))
+    }
+}
+
 /// A container as the domain sees it, from `GET /containers/{id}/json`.
-pub(crate) fn container_info(response: ContainerInspectResponse) -> ContainerInfo {
-    let state = response.state.unwrap_or_default();
-    let config = response.config.unwrap_or_default();
-    let status = match state.status {
-        Some(ContainerStateStatusEnum::CREATED) => ContainerStatus::Created,
-        Some(ContainerStateStatusEnum::RUNNING) => ContainerStatus::Running,
-        Some(ContainerStateStatusEnum::PAUSED) => ContainerStatus::Paused,
-        Some(ContainerStateStatusEnum::RESTARTING) => ContainerStatus::Restarting,
-        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => ContainerStatus::Exited,
+pub(crate) fn container_info(inspected: Inspected) -> ContainerInfo {
+    let state = inspected.state.unwrap_or_default();
+    let config = inspected.config.unwrap_or_default();
+    let status = match state.status.as_deref().unwrap_or_default() {
+        "created" | "configured" => ContainerStatus::Created,
+        "running" => ContainerStatus::Running,
+        "paused" => ContainerStatus::Paused,
+        "restarting" => ContainerStatus::Restarting,
+        "exited" | "stopped" | "dead" => ContainerStatus::Exited,
         _ => ContainerStatus::Unknown,
     };
     let running = status == ContainerStatus::Running;
-    let health = state.health.and_then(|health| match health.status {
-        Some(HealthStatusEnum::STARTING) => Some(Health::Starting),
-        Some(HealthStatusEnum::HEALTHY) => Some(Health::Healthy),
-        Some(HealthStatusEnum::UNHEALTHY) => Some(Health::Unhealthy),
+    let health = state.health.and_then(|health| match health.status.as_deref()? {
+        "starting" => Some(Health::Starting),
+        "healthy" => Some(Health::Healthy),
+        "unhealthy" => Some(Health::Unhealthy),
         _ => None,
     });
-    let ip_address = response.network_settings.and_then(|settings| {
-        let networks: BTreeMap<String, _> = settings.networks.unwrap_or_default().into_iter().collect();
-        networks.into_values().filter_map(|endpoint| endpoint.ip_address).find(|ip| !ip.is_empty())
+    let ip_address = inspected.network_settings.and_then(|settings| {
+        let networks: BTreeMap<String, InspectedEndpoint> = settings.networks.unwrap_or_default().into_iter().collect();
+        networks.into_values().filter_map(|endpoint| endpoint.ip_address).chain(settings.ip_address).find(|ip| !ip.is_empty())
     });
-    let ports = response.host_config.and_then(|host| host.port_bindings).map(ports_from_bindings).unwrap_or_default();
+    let ports = inspected.host_config.and_then(|host| host.port_bindings).map(ports_from_bindings).unwrap_or_default();
     ContainerInfo {
-        id: response.id.unwrap_or_default(),
-        name: response.name.unwrap_or_default().trim_start_matches('/').to_owned(),
-        image: config.image.or(response.image).unwrap_or_default(),
+        id: inspected.id,
+        name: inspected.name.trim_start_matches('/').to_owned(),
+        image: config.image.or(inspected.image).unwrap_or_default(),
         status,
         exit_code: if running { 0 } else { state.exit_code.unwrap_or_default() },
         pid: state.pid.filter(|pid| *pid > 0).and_then(|pid| u32::try_from(pid).ok()),
@@ -294,19 +417,19 @@ pub(crate) fn container_info(response: ContainerInspectResponse) -> ContainerInf
 
 /// Published ports from a port map (`8080/tcp` → bindings), sorted, without duplicates
 /// (a port bound on IPv4 and IPv6 appears once).
-fn ports_from_bindings(bindings: HashMap<String, Option<Vec<PortBinding>>>) -> Vec<PortMapping> {
+fn ports_from_bindings(bindings: HashMap<String, Option<Vec<InspectedBinding>>>) -> Vec<PortMapping> {
     let mut ports = BTreeSet::new();
     for (key, bindings) in bindings {
         let (port, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
-        let protocol = match protocol {
-            "tcp" => Protocol::Tcp,
-            "udp" => Protocol::Udp,
+        let udp = match protocol {
+            "tcp" => false,
+            "udp" => true,
             _ => continue,
         };
         let Ok(container_port) = port.parse::<u16>() else { continue };
         for binding in bindings.unwrap_or_default() {
             if let Some(Ok(host_port)) = binding.host_port.as_deref().map(str::parse::<u16>) {
-                ports.insert((host_port, container_port, protocol == Protocol::Udp));
+                ports.insert((host_port, container_port, udp));
             }
         }
     }
@@ -363,16 +486,14 @@ pub(crate) fn container_stats(response: &ContainerStatsResponse) -> ContainerSta
     }
 }
 
-/// The domain event for a daemon event about one of Diplo's containers, if Diplo
-/// follows its kind. Health changes arrive as `health_status: healthy` (Docker) or as
+/// The domain event for a daemon event about one of Diplo's containers (its attributes
+/// carry `diplo.instance`), if Diplo follows its kind. Health changes arrive as `health_status: healthy` (Docker) or as
 /// `health_status` with the state in an attribute (Podman).
 pub(crate) fn runtime_event(message: &EventMessage) -> Option<RuntimeEvent> {
     let actor = message.actor.as_ref()?;
-    let attributes = actor.attributes.as_ref();
-    if let Some(attributes) = attributes
-        && !attributes.is_empty()
-        && !attributes.contains_key(LABEL_INSTANCE)
-    {
+    // Container events carry the container's labels among their attributes.
+    let attributes = actor.attributes.as_ref().filter(|attributes| attributes.contains_key(LABEL_INSTANCE))?;
+    if message.typ.is_some_and(|typ| typ.as_ref() != "container") {
         return None;
     }
     let action = message.action.as_deref()?;
@@ -385,7 +506,7 @@ pub(crate) fn runtime_event(message: &EventMessage) -> Option<RuntimeEvent> {
         "die" => RuntimeEventKind::Die,
         "oom" => RuntimeEventKind::Oom,
         "health_status" => {
-            let state = detail.or_else(|| attributes?.get("health_status").map(String::as_str))?;
+            let state = detail.or_else(|| attributes.get("health_status").map(String::as_str))?;
             match state {
                 "healthy" => RuntimeEventKind::Healthy,
                 "unhealthy" => RuntimeEventKind::Unhealthy,
@@ -571,7 +692,7 @@ mod tests {
         assert_eq!(labels.get(LABEL_INSTANCE).map(String::as_str), Some("web"));
         assert_eq!(labels.get(LABEL_DEPLOYMENT).map(String::as_str), Some("direct"));
         assert_eq!(labels.get(LABEL_NODE).map(String::as_str), Some("node-1"));
-        let body = create_body(&spec, labels).expect("body");
+        let body = create_body(&spec, labels, Some("0.0.0.0")).expect("body");
         let host = body.host_config.expect("host config");
         let bindings = host.port_bindings.expect("bindings");
         let binding = &bindings["8080/tcp"].as_ref().expect("some")[0];
@@ -596,7 +717,7 @@ mod tests {
 
     #[test]
     fn bad_specs_name_their_field() {
-        let field = |spec: ContainerSpec| match create_body(&spec, HashMap::new()) {
+        let field = |spec: ContainerSpec| match create_body(&spec, HashMap::new(), None) {
             Err(RuntimeError::InvalidArgument { field, .. }) => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
         };
@@ -608,6 +729,28 @@ mod tests {
         assert_eq!(field(ContainerSpec { mounts: vec![mount], ..base.clone() }), "mounts");
         assert_eq!(field(ContainerSpec { memory_bytes: Some(u64::MAX), ..base.clone() }), "memory_bytes");
         assert_eq!(field(ContainerSpec { env: [("A=B".to_owned(), String::new())].into(), ..base }), "env");
+    }
+
+    #[test]
+    fn podman_states_are_read() {
+        let json = r#"{"Id":"abc","Name":"/web","Image":"sha256:1","Config":{"Image":"busybox","Labels":null},
+            "State":{"Status":"stopped","ExitCode":137,"Pid":0,"StartedAt":"2026-01-01T00:00:00Z","Health":{"Status":"healthy"}},
+            "HostConfig":{"PortBindings":{"8080/tcp":[{"HostIp":"","HostPort":"18080"}],"53/udp":[{"HostIp":"0.0.0.0","HostPort":"5353"},{"HostIp":"::","HostPort":"5353"}]}},
+            "NetworkSettings":{"IPAddress":"","Networks":{"podman":{"IPAddress":"10.88.0.2"}}}}"#;
+        let info = container_info(serde_json::from_str(json).expect("parse"));
+        assert_eq!(info.name, "web");
+        assert_eq!(info.image, "busybox");
+        assert_eq!((info.status, info.exit_code, info.pid), (ContainerStatus::Exited, 137, None));
+        assert_eq!(info.health, Some(Health::Healthy));
+        assert_eq!(info.ip_address.as_deref(), Some("10.88.0.2"));
+        assert_eq!(info.ports, vec![
+            PortMapping { host_port: 5353, container_port: 53, protocol: Protocol::Udp },
+            PortMapping { host_port: 18080, container_port: 8080, protocol: Protocol::Tcp },
+        ]);
+        assert!(info.labels.is_empty());
+        let created: Inspected = serde_json::from_str(r#"{"State":{"Status":"configured","StartedAt":"0001-01-01T00:00:00Z"}}"#).expect("parse");
+        let info = container_info(created);
+        assert_eq!((info.status, info.started_at), (ContainerStatus::Created, None));
     }
 
     #[test]
@@ -629,6 +772,7 @@ mod tests {
         assert_eq!(kind(event("health_status", &[(LABEL_INSTANCE, "i"), ("health_status", "unhealthy")])), Some(RuntimeEventKind::Unhealthy));
         assert_eq!(kind(event("create", &ours)), None);
         assert_eq!(kind(event("start", &[("name", "foreign")])), None);
+        assert_eq!(kind(event("start", &[])), None);
     }
 
     #[test]

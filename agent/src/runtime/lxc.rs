@@ -22,9 +22,12 @@ use super::docker::{describe_io, describe_timeout};
 mod config;
 mod driver;
 mod image;
+mod logs;
 
 pub use config::{CgroupVersion, LxcNetwork};
-pub use driver::{CONSOLE_LOG, DEFAULT_LXC_PATH, LxcRuntime, START_LOG, STATE_FILE};
+pub use driver::{
+    CONSOLE_LOG, DEFAULT_LXC_PATH, LxcRuntime, SHIM_CANDIDATES, START_LOG, STATE_FILE, find_static_shell, is_static_executable,
+};
 
 /// LXC's default container config, which names the bridge containers attach to.
 pub const DEFAULT_CONFIG: &str = "/etc/lxc/default.conf";

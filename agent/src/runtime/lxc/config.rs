@@ -304,6 +304,37 @@ pub(super) fn config_ipv4_addresses(config: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// The last value of `key` in a config (`key = value` lines, comments skipped).
+fn config_value<'a>(config: &'a str, key: &str) -> Option<&'a str> {
+    config
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .filter(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim())
+        .next_back()
+}
+
+/// `lxc.init.uid`/`lxc.init.gid` (what the oci template derived from the image's
+/// `User`), `None` when unset.
+pub(super) fn init_owner(config: &str) -> Option<(u32, u32)> {
+    let uid = config_value(config, "lxc.init.uid")?.parse().ok()?;
+    let gid = config_value(config, "lxc.init.gid").and_then(|g| g.parse().ok()).unwrap_or(uid);
+    Some((uid, gid))
+}
+
+/// The `PATH` PID 1 gets: the last `lxc.environment = PATH=...`, else the usual default.
+pub(super) fn config_path_variable(config: &str) -> String {
+    config
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .filter(|(k, _)| k.trim() == "lxc.environment")
+        .filter_map(|(_, v)| v.trim().strip_prefix("PATH=").map(str::to_owned))
+        .next_back()
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned())
+}
+
 /// What `lxc-info -s -p -i` says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct InfoOutput {
@@ -324,11 +355,7 @@ pub(super) fn parse_info(text: &str) -> InfoOutput {
         match key.trim() {
             "State" => info.state = value.to_owned(),
             "PID" => info.pid = value.parse().ok(),
-            "IP" => {
-                if info.ip.is_none() && value.parse::<Ipv4Addr>().is_ok() {
-                    info.ip = Some(value.to_owned());
-                }
-            }
+            "IP" if info.ip.is_none() && value.parse::<Ipv4Addr>().is_ok() => info.ip = Some(value.to_owned()),
             _ => {}
         }
     }
@@ -528,6 +555,15 @@ mod tests {
         assert_eq!(network.pick(&full), None);
         let config = "lxc.net.0.type = veth\n# lxc.net.0.ipv4.address = 10.0.3.9/24\nlxc.net.1.ipv4.address = 10.0.3.7/24\nlxc.network.ipv4 = 10.0.3.8/24 10.0.3.255\n";
         assert_eq!(config_ipv4_addresses(config), vec![Ipv4Addr::new(10, 0, 3, 7), Ipv4Addr::new(10, 0, 3, 8)]);
+    }
+
+    #[test]
+    fn init_owner_and_path_come_from_the_config() {
+        let config = "lxc.environment = PATH=/bin\nlxc.init.uid = 1000\nlxc.init.gid = 100\nlxc.environment = PATH=/usr/bin:/bin\n# lxc.environment = PATH=/x\n";
+        assert_eq!(init_owner(config), Some((1000, 100)));
+        assert_eq!(config_path_variable(config), "/usr/bin:/bin");
+        assert_eq!(init_owner(""), None);
+        assert!(config_path_variable("").contains("/usr/bin"));
     }
 
     #[test]
