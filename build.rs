@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("diplo_descriptor.bin"))
         .compile_protos(&protos, &[PathBuf::from("proto")])?;
-    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=proto/diplo/v1");
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
     Ok(())
 }

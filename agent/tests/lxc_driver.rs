@@ -160,6 +160,10 @@ async fn http_get(port: u16) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
+async fn info_started(env: &Env, id: &str) -> String {
+    env.rt().inspect(id).await.expect("inspect").started_at.expect("started_at")
+}
+
 fn assert_not_found<T: std::fmt::Debug>(result: Result<T, RuntimeError>, what: &str) {
     match result {
         Err(RuntimeError::NotFound { what: w, .. }) => assert_eq!(w, what),
@@ -275,7 +279,8 @@ async fn stop_honours_the_grace_period() {
 async fn short_runs_report_exit_codes_events_and_logs() {
     let Some(env) = env().await else { return };
     let mut events = env.rt().events().await.expect("events");
-    let spec = env.spec("short", "echo first-line; echo marker-err >&2; echo last-line; sleep 0.3; exit 4");
+    // stderr well ahead: the two streams are copied separately.
+    let spec = env.spec("short", "echo marker-err >&2; sleep 0.3; echo first-line; echo last-line; sleep 0.3; exit 4");
     let id = env.rt().create(&spec).await.expect("create");
     assert_eq!(env.rt().inspect(&id).await.expect("inspect").status, ContainerStatus::Created);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -301,10 +306,15 @@ async fn short_runs_report_exit_codes_events_and_logs() {
     let (out, err) = env.logs(&id, LogOptions::default()).await;
     assert_eq!((out.as_str(), err.as_str()), ("first-line\nlast-line\n", "marker-err\n"));
     let (out, err) = env.logs(&id, LogOptions { tail: Some(1), ..LogOptions::default() }).await;
-    assert_eq!((out.as_str(), err.as_str()), ("last-line\n", "marker-err\n"), "tail counts per stream");
+    assert_eq!((out.as_str(), err.as_str()), ("last-line\n", ""), "tail 1");
+    let (out, err) = env.logs(&id, LogOptions { tail: Some(3), ..LogOptions::default() }).await;
+    assert_eq!((out.as_str(), err.as_str()), ("first-line\nlast-line\n", "marker-err\n"), "tail 3");
     let (out, _) = env.logs(&id, LogOptions { timestamps: true, ..LogOptions::default() }).await;
-    let first = out.lines().next().unwrap_or_default();
-    assert!(first.starts_with("20") && first.ends_with("Z first-line"), "{first:?}");
+    let stamped: Vec<&str> = out.lines().collect();
+    assert_eq!(stamped.len(), 2, "{out:?}");
+    assert!(stamped[0].starts_with("20") && stamped[0].ends_with("Z first-line"), "{out:?}");
+    let started = info_started(&env, &id).await;
+    assert!(stamped[0][..10] == started[..10], "log time {} vs start {started}", stamped[0]);
 
     // Exec needs a running container.
     assert!(matches!(env.rt().exec(&id, &["true".to_owned()]).await, Err(RuntimeError::Conflict(_))));
@@ -444,4 +454,51 @@ async fn imports_a_root_filesystem_tarball() {
         Err(RuntimeError::InvalidArgument { field: "archive", .. }) => {}
         other => panic!("expected InvalidArgument archive, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_driver_resumes_running_containers() {
+    let Some(env) = env().await else { return };
+    let port = free_port();
+    let mut spec = env.spec(
+        "resume",
+        "mkdir -p /www && echo resumed > /www/index.html && httpd -p 8080 -h /www && i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.1; done",
+    );
+    spec.ports = vec![PortMapping { host_port: port, container_port: 8080, protocol: Protocol::Tcp }];
+    let id = env.run(&spec).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before, _) = env.logs(&id, LogOptions::default()).await;
+    assert!(before.contains("tick-1\n"), "{before:?}");
+
+    // The agent goes away: its publisher and output pumps with it.
+    let Env { runtime, publisher, prefix, guard, _cache: cache } = env;
+    drop(runtime);
+    drop(publisher);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "port {port} still published");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let publisher = Arc::new(PortPublisher::new());
+    let runtime = LxcRuntime::new(PathBuf::from(LXC_PATH), cache.path().to_path_buf(), RegistryConfig::default(), Arc::clone(&publisher));
+    let env = Env { runtime: Arc::new(runtime), publisher, prefix, guard, _cache: cache };
+    assert!(env.runtime.resume_running().await.expect("resume") >= 1);
+    assert_eq!(env.rt().inspect(&id).await.expect("inspect").status, ContainerStatus::Running);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match http_get(port).await {
+            Ok(response) if response.contains("resumed") => break,
+            other => {
+                assert!(Instant::now() < deadline, "no answer on port {port} after resume: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (after, _) = env.logs(&id, LogOptions::default()).await;
+    assert!(after.starts_with(&before), "output was lost or reordered");
+    // Nothing written while no agent read was lost: the ticks are consecutive.
+    let ticks: Vec<u64> = after.lines().filter_map(|l| l.strip_prefix("tick-")?.parse().ok()).collect();
+    assert!(ticks.len() > 10, "{after:?}");
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
+    env.rt().remove(&id, true).await.expect("remove");
 }

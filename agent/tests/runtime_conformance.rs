@@ -305,8 +305,11 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// One HTTP/1.0 exchange with `addr`; returns status, headers (lower-cased names) and body.
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+/// Status, headers (lower-cased names) and body of an HTTP response.
+type HttpResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// One HTTP/1.0 exchange with `addr`.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpResponse> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
@@ -712,4 +715,91 @@ async fn imports_archives(ctx: &Ctx) {
         ctx.rt().import_image(&missing, "diplo-conf/missing:v1").await,
         Err(RuntimeError::InvalidArgument { field: "archive", .. })
     ));
+}
+
+// ------------------------------------------------------------------ LXC
+
+/// The suite for the LXC driver (`/var/lib/lxc`, images cached in a temporary directory),
+/// with the `lxc-*` tools and skopeo as its backdoor.
+mod lxc_conformance {
+    use std::path::PathBuf;
+
+    use diplo_agent::port_publisher::PortPublisher;
+    use diplo_agent::runtime::lxc::{DEFAULT_LXC_PATH, LxcRuntime};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lxc_conforms() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let make = || LxcRuntime::new(PathBuf::from(DEFAULT_LXC_PATH), cache.path().to_path_buf(), RegistryConfig::default(), Arc::new(PortPublisher::new()));
+        let backdoor = LxcTools { images: make(), scratch: tempfile::tempdir().expect("tempdir") };
+        run_suite(Target::new(make()).with_backdoor(backdoor)).await;
+    }
+
+    /// `lxc-*` and skopeo; images are the driver's cached OCI layouts.
+    struct LxcTools {
+        /// Only asked where a reference's layout lives.
+        images: LxcRuntime,
+        scratch: tempfile::TempDir,
+    }
+
+    fn run(program: &str, args: &[&str]) -> Result<String, String> {
+        let output = Command::new(program).args(args).output().map_err(|e| format!("{program} {args:?}: {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        } else {
+            Err(format!("{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr).trim()))
+        }
+    }
+
+    impl Backdoor for LxcTools {
+        fn available(&self) -> bool {
+            run("lxc-ls", &["--version"]).is_ok() && run("skopeo", &["--version"]).is_ok()
+        }
+
+        fn create_foreign(&self, name: &str, image: &str) -> Result<String, String> {
+            let layout = self.scratch.path().join("foreign");
+            if !layout.join("index.json").exists() {
+                let destination = format!("oci:{}:latest", layout.display());
+                run("skopeo", &["copy", "--quiet", "--src-tls-verify=false", &format!("docker://{image}"), &destination])?;
+            }
+            let url = format!("oci:{}:latest", layout.display());
+            run("lxc-create", &["-n", name, "-P", DEFAULT_LXC_PATH, "-t", "oci", "--", "--url", &url])?;
+            run("lxc-start", &["-n", name, "-P", DEFAULT_LXC_PATH, "-d", "--", "/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"])?;
+            Ok(name.to_owned())
+        }
+
+        fn container_state(&self, id: &str) -> Option<String> {
+            if !Path::new(DEFAULT_LXC_PATH).join(id).join("config").exists() {
+                return None;
+            }
+            let state = run("lxc-info", &["-n", id, "-P", DEFAULT_LXC_PATH, "-s", "-H"]).ok()?;
+            Some(if state == "STOPPED" { "exited".to_owned() } else { state.to_ascii_lowercase() })
+        }
+
+        fn remove_container(&self, id: &str) {
+            if Path::new(DEFAULT_LXC_PATH).join(id).join("config").exists() {
+                let _ = run("lxc-stop", &["-n", id, "-P", DEFAULT_LXC_PATH, "-k"]);
+                let _ = run("lxc-destroy", &["-n", id, "-P", DEFAULT_LXC_PATH, "-f"]);
+            }
+        }
+
+        fn image_exists(&self, reference: &str) -> bool {
+            self.images.image_layout(reference).join("index.json").is_file()
+        }
+
+        fn remove_image(&self, reference: &str) {
+            let _ = std::fs::remove_dir_all(self.images.image_layout(reference));
+        }
+
+        fn save_image(&self, reference: &str, path: &Path) -> Result<(), String> {
+            let layout = self.images.image_layout(reference);
+            if !layout.join("index.json").is_file() {
+                return Err(format!("{reference} is not cached"));
+            }
+            let source = format!("oci:{}:latest", layout.display());
+            run("skopeo", &["copy", "--quiet", &source, &format!("docker-archive:{}", path.display())]).map(drop)
+        }
+    }
 }

@@ -11,8 +11,8 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ImportImageOptions, LogsOptions, RemoveContainerOptions, RestartContainerOptions, StartContainerOptions,
-    StatsOptions, StopContainerOptions, TagImageOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ImportImageOptions, LogsOptions, RemoveContainerOptions,
+    RemoveImageOptions, RestartContainerOptions, StartContainerOptions, StatsOptions, StopContainerOptions, TagImageOptions,
 };
 use diplo_api::container::{
     ContainerInfo, ContainerSpec, ContainerStats, ExecOutput, LABEL_INSTANCE, LogChunk, LogOptions, OutputStream,
@@ -159,7 +159,13 @@ impl DockerRuntime {
 
     /// `GET path` (under the negotiated API version) as JSON, read leniently where
     /// bollard's models are too strict for Podman. 404 → not found `what` `name`.
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, docker: &Docker, path: &str, what: &'static str, name: &str) -> RuntimeResult<T> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        docker: &Docker,
+        path: &str,
+        what: &'static str,
+        name: &str,
+    ) -> RuntimeResult<T> {
         let path = format!("/v{}{path}", docker.client_version());
         let (status, body) = unix_request(&self.socket, "GET", &path, REQUEST_TIMEOUT).await.map_err(|error| {
             RuntimeError::Unavailable { runtime: self.runtime, message: format!("{}: {}", self.socket, describe_io(&error)) }
@@ -176,8 +182,9 @@ impl DockerRuntime {
 
     /// Inspects a container by id or name (any container).
     async fn inspect_any(&self, docker: &Docker, id: &str) -> RuntimeResult<Inspected> {
+        // Ids are hex, names follow validate_container_name: nothing else may reach the URL.
         let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-        if id.is_empty() || !id.chars().all(ok) {
+        if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) || !id.chars().all(ok) {
             return Err(RuntimeError::NotFound { what: "container", name: id.to_owned() });
         }
         self.get_json(docker, &format!("/containers/{id}/json"), "container", id).await
@@ -201,7 +208,7 @@ impl DockerRuntime {
         }
     }
 
-    /// Pulls through `POST /images/create` (Docker, and Podman for secure registries).
+    /// Pulls through `POST /images/create` (Docker).
     async fn pull_compat(&self, docker: &Docker, image: &ImageRef, reference: &str) -> RuntimeResult<()> {
         let options = CreateImageOptions {
             from_image: Some(image.repository.clone()),
@@ -241,11 +248,11 @@ impl DockerRuntime {
     async fn pull_libpod(&self, image: &ImageRef, reference: &str) -> RuntimeResult<()> {
         let tls_verify = !self.registry.is_insecure(image.registry());
         let path = format!("/v4.0.0/libpod/images/pull?reference={}&tlsVerify={tls_verify}", query_escape(&image.qualified()));
-        let (status, body) = unix_request(&self.socket, "POST", &path, PULL_IDLE_TIMEOUT).await.map_err(|error| RuntimeError::Unavailable {
+        let answer = unix_request(&self.socket, "POST", &path, PULL_IDLE_TIMEOUT).await;
+        let (status, body) = answer.map_err(|error| RuntimeError::Unavailable {
             runtime: self.runtime,
             message: format!("{}: {}", self.socket, describe_io(&error)),
         })?;
-        let text = String::from_utf8_lossy(&body);
         if !(200..300).contains(&status) {
             let message = daemon_error_text(&body);
             if status == 404 {
@@ -253,7 +260,7 @@ impl DockerRuntime {
             }
             return Err(pull_failure(self.runtime, reference, &message));
         }
-        for line in text.lines() {
+        for line in String::from_utf8_lossy(&body).lines() {
             let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else { continue };
             if let Some(error) = value.get("error").and_then(serde_json::Value::as_str).filter(|e| !e.is_empty()) {
                 return Err(pull_failure(self.runtime, reference, error));
@@ -525,12 +532,10 @@ impl ContainerRuntime for DockerRuntime {
                 docker.tag_image(source, Some(options)).await.map_err(|e| self.error(&e, "image", source))?;
             }
             ArchiveKind::RootFs => {
-                let options = CreateImageOptions {
-                    from_src: Some("-".to_owned()),
-                    repo: Some(target.repository.clone()),
-                    tag: Some(target.tag.clone()),
-                    ..Default::default()
-                };
+                // Podman's import ignores `tag` (and would move `repo:latest`): import
+                // under a throwaway name, tag that, then drop the throwaway name.
+                let scratch = format!("diplo-import/{:016x}", rand::random::<u64>());
+                let options = CreateImageOptions { from_src: Some("-".to_owned()), repo: Some(scratch.clone()), ..Default::default() };
                 let mut progress = docker.create_image(Some(options), Some(bollard::body_try_stream(chunks)), None);
                 while let Some(item) = progress.next().await {
                     item.map_err(|error| match &error {
@@ -545,6 +550,15 @@ impl ContainerRuntime for DockerRuntime {
                         other => self.error(other, "image", reference),
                     })?;
                 }
+                let scratch = format!("{scratch}:latest");
+                let options = TagImageOptions { repo: Some(target.repository.clone()), tag: Some(target.tag.clone()) };
+                let tagged = docker.tag_image(&scratch, Some(options)).await.map_err(|e| self.error(&e, "image", &scratch));
+                // Untags only: the image keeps the name it was just given.
+                let untag = RemoveImageOptions { force: false, noprune: true, platforms: None };
+                if let Err(error) = docker.remove_image(&scratch, Some(untag), None).await {
+                    warn!(runtime = %self.runtime, image = %scratch, error = %describe_bollard(&error), "cannot drop the import's scratch name");
+                }
+                tagged?;
             }
         }
         docker.inspect_image(reference).await.map_err(|error| RuntimeError::Failed {
@@ -665,7 +679,7 @@ impl ContainerRuntime for DockerRuntime {
         let listed: Vec<Listed> = self.get_json(docker, &path, "container", "*").await?;
         let ids: Vec<String> = listed
             .into_iter()
-            .filter(|entry| entry.labels.as_ref().is_some_and(|labels| docker_api::is_diplo(labels)))
+            .filter(|entry| entry.labels.as_ref().is_some_and(docker_api::is_diplo))
             .map(|entry| entry.id)
             .collect();
         let inspected = futures::future::join_all(ids.iter().map(|id| self.inspect_any(docker, id))).await;
@@ -871,6 +885,39 @@ mod tests {
         assert_eq!(describe_error(&wrapped), "connection refused");
         assert_eq!(describe_timeout(Duration::from_secs(3)), "3s");
         assert_eq!(describe_timeout(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn raw_responses_parse() {
+        let plain = b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n{\"a\":1}\n";
+        assert_eq!(parse_http_response(plain).expect("plain"), (200, b"{\"a\":1}\n".to_vec()));
+        let chunked = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnot \r\n5\r\nfound\r\n0\r\n\r\n";
+        assert_eq!(parse_http_response(chunked).expect("chunked"), (404, b"not found".to_vec()));
+        assert!(parse_http_response(b"garbage").is_err());
+        assert_eq!(daemon_error_text(br#"{"message":"no such image"}"#), "no such image");
+        assert_eq!(daemon_error_text(b" plain text "), "plain text");
+    }
+
+    #[test]
+    fn small_conversions() {
+        assert_eq!(grace_seconds(Duration::ZERO), 0);
+        assert_eq!(grace_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(grace_seconds(Duration::from_secs(10)), 10);
+        assert_eq!(query_escape("127.0.0.1:5000/a/b:c+d"), "127.0.0.1:5000/a/b:c%2Bd");
+        assert_eq!(query_escape(r#"{"label":["x"]}"#), "%7B%22label%22:%5B%22x%22%5D%7D");
+    }
+
+    #[test]
+    fn busy_host_ports_are_conflicts() {
+        let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mapping = PortMapping { host_port: port, container_port: 80, protocol: Protocol::Tcp };
+        match check_host_ports(&[mapping]) {
+            Err(RuntimeError::Conflict(message)) => assert_eq!(message, format!("host port {port}/tcp is already in use")),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        drop(listener);
+        assert!(check_host_ports(&[mapping]).is_ok());
     }
 
     #[tokio::test]

@@ -372,7 +372,7 @@ impl Inspected {
 
     /// Whether it is one of Diplo's containers.
     pub fn is_diplo(&self) -> bool {
-        self.labels().is_some_and(|labels| is_diplo(labels))
+        self.labels().is_some_and(is_diplo)
     }
 }
 

@@ -23,9 +23,9 @@
 //!   monitor log `Child <pid> ended on error (N)` / `ended on signal ...(N)` (128 + N),
 //!   which `inspect` reads back.
 //! * **Logs**: with a static shell on the host (busybox-static), PID 1's stdout and stderr
-//!   go to two files of the container directory (see `logs.rs`), timed by checkpoints;
-//!   without one, the console log (`lxc.console.logfile`, always configured) is read as
-//!   stdout. Follow polls the files.
+//!   go to two FIFOs the agent copies into a timed record file (see `logs.rs`); without
+//!   one, the console log (`lxc.console.logfile`, always configured) is read as stdout.
+//!   Follow polls the file.
 //! * **Events**: LXC has no event API the agent can rely on; [`LxcRuntime::events`] polls
 //!   `lxc-ls --running` every second and emits `Start`/`Die` on transitions (a run shorter
 //!   than the poll is noticed from its recorded start time).
@@ -66,6 +66,8 @@ pub const STATE_FILE: &str = "diplo.json";
 pub const CONSOLE_LOG: &str = "console.log";
 /// The log of the last `lxc-start` (and its monitor) in a container's directory.
 pub const START_LOG: &str = "diplo-start.log";
+/// The container's copy of the shim shell, in its directory.
+const SHIM_COPY: &str = "diplo-shim";
 /// Directory under the LXC path holding address reservations of creates in flight.
 const RESERVATIONS: &str = ".diplo-ip-reservations";
 /// Directory under the LXC path holding named volumes.
@@ -75,6 +77,8 @@ const RESERVATION_TTL: Duration = Duration::from_secs(600);
 /// Interval of the event and log-follow polls.
 const EVENT_POLL: Duration = Duration::from_secs(1);
 const LOG_POLL: Duration = Duration::from_millis(250);
+/// How long a log follower waits, after the container ended, for its last output.
+const LOG_DRAIN: Duration = Duration::from_millis(600);
 
 /// Creates run one at a time in this process: the name, port and address checks and the
 /// `lxc-create` must not interleave.
@@ -126,7 +130,7 @@ pub struct LxcRuntime {
     cgroup_root: PathBuf,
     shim: Option<PathBuf>,
     cpu_samples: Mutex<HashMap<String, CpuSample>>,
-    checkpointers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    pumps: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 /// Static shells the driver looks for on the host, for the output shim.
@@ -184,7 +188,7 @@ impl LxcRuntime {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             shim: find_static_shell(),
             cpu_samples: Mutex::new(HashMap::new()),
-            checkpointers: Mutex::new(HashMap::new()),
+            pumps: Mutex::new(HashMap::new()),
         }
     }
 
@@ -231,7 +235,9 @@ impl LxcRuntime {
                 continue;
             }
             self.publish_ports(&state).await?;
-            self.watch_output(&state, info.pid);
+            if let Some(slot) = self.start_pump(&state) {
+                slot.store(info.pid.unwrap_or(u32::MAX), std::sync::atomic::Ordering::Relaxed);
+            }
             count += 1;
         }
         Ok(count)
@@ -239,32 +245,49 @@ impl LxcRuntime {
 
     fn log_files(&self, state: &State) -> LogFiles {
         let dir = self.dir(&state.spec.name);
-        if state.log_files { LogFiles::files(&dir) } else { LogFiles::console(&dir, &dir.join(CONSOLE_LOG)) }
+        if state.log_files { LogFiles::records(&dir) } else { LogFiles::console(&dir.join(CONSOLE_LOG)) }
     }
 
-    /// Records output checkpoints of a running container until its `pid` is gone.
-    fn watch_output(&self, state: &State, pid: Option<u32>) {
-        let files = self.log_files(state);
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    /// Starts copying a container's output FIFOs into its record file (replacing an
+    /// earlier pump); returns the slot to put init's pid into once known.
+    fn start_pump(&self, state: &State) -> Option<logs::PidSlot> {
+        let LogFiles::Records { fifos, records } = self.log_files(state) else { return None };
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let slot: logs::PidSlot = Arc::default();
+        let name = state.spec.name.clone();
+        let pid = Arc::clone(&slot);
         let task = handle.spawn(async move {
-            loop {
-                tokio::time::sleep(logs::CHECKPOINT_INTERVAL).await;
-                let _ = files.checkpoint(logs::now_nanos());
-                if !pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
-                    return;
-                }
+            if let Err(error) = logs::pump(fifos, records, pid).await {
+                warn!(name, error = %describe_io(&error), "cannot copy the container's output");
             }
         });
-        let mut checkpointers = self.checkpointers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        checkpointers.retain(|_, task| !task.is_finished());
-        if let Some(old) = checkpointers.insert(state.spec.name.clone(), task) {
+        let mut pumps = self.pumps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        pumps.retain(|_, task| !task.is_finished());
+        if let Some(old) = pumps.insert(state.spec.name.clone(), task) {
             old.abort();
+        }
+        Some(slot)
+    }
+
+    /// When the pump of a container that is no longer running is still draining, waits
+    /// (briefly) until it is done, so that logs read now hold the last output.
+    async fn await_pump_if_ended(&self, name: &str) {
+        let active = |pumps: &HashMap<String, tokio::task::JoinHandle<()>>| pumps.get(name).is_some_and(|t| !t.is_finished());
+        if !active(&self.pumps.lock().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+            return;
+        }
+        if self.info(name).await.is_ok_and(|i| i.state == "RUNNING") {
+            return;
+        }
+        let deadline = Instant::now() + LOG_DRAIN;
+        while Instant::now() < deadline && active(&self.pumps.lock().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    fn forget_output(&self, name: &str) {
-        let mut checkpointers = self.checkpointers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(task) = checkpointers.remove(name) {
+    fn stop_pump(&self, name: &str) {
+        let mut pumps = self.pumps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(task) = pumps.remove(name) {
             task.abort();
         }
     }
@@ -521,7 +544,7 @@ impl LxcRuntime {
 
     /// Everything after `lxc-create`: mount points, the config block, resolv.conf, the
     /// state file.
-    fn configure(&self, spec: &ContainerSpec, argv: Vec<String>, ip: Ipv4Addr, mounts: &[ResolvedMount]) -> RuntimeResult<()> {
+    async fn configure(&self, spec: &ContainerSpec, argv: Vec<String>, ip: Ipv4Addr, mounts: &[ResolvedMount]) -> RuntimeResult<()> {
         let dir = self.dir(&spec.name);
         let rootfs = dir.join("rootfs");
         let invalid = |field: &'static str| move |message: String| RuntimeError::InvalidArgument { field, message };
@@ -533,9 +556,13 @@ impl LxcRuntime {
         if let Some(shim) = &self.shim {
             let files = self.log_files(&state);
             let owner = config::init_owner(&config);
-            files.prepare(owner.filter(|o| *o != (0, 0))).map_err(|e| failed(format!("cannot create the log files of {}: {}", spec.name, describe_io(&e))))?;
+            files.prepare(owner.filter(|o| *o != (0, 0))).await.map_err(|e| failed(format!("cannot create the log files of {}: {}", spec.name, describe_io(&e))))?;
+            // A copy of its own: a container able to remount the bind writable changes
+            // nothing on the host.
+            let copy = dir.join(SHIM_COPY);
+            std::fs::copy(shim, &copy).map_err(|e| failed(format!("cannot copy the shim {}: {}", shim.display(), describe_io(&e))))?;
             let relative = |path: &str| path.trim_start_matches('/').to_owned();
-            mounts.push(ResolvedMount { source: shim.clone(), target: relative(logs::CONTAINER_SHIM), read_only: true, is_file: true });
+            mounts.push(ResolvedMount { source: copy, target: relative(logs::CONTAINER_SHIM), read_only: true, is_file: true });
             mounts.push(ResolvedMount { source: dir.join(logs::LOG_DIR), target: relative(logs::CONTAINER_LOG_DIR), read_only: false, is_file: false });
         }
         // Mount points are created now (confined to the rootfs, symlinks resolved inside
@@ -714,6 +741,17 @@ impl LxcRuntime {
         match sample {
             Some(sample) => samples.insert(name.to_owned(), sample),
             None => samples.remove(name),
+        }
+    }
+}
+
+impl Drop for LxcRuntime {
+    /// Stops copying output: the containers keep running and their output waits in the
+    /// FIFOs for the next driver's [`LxcRuntime::resume_running`].
+    fn drop(&mut self) {
+        let pumps = std::mem::take(&mut *self.pumps.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for task in pumps.into_values() {
+            task.abort();
         }
     }
 }
@@ -1085,7 +1123,7 @@ impl ContainerRuntime for LxcRuntime {
             let detail = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
             return Err(failed(format!("lxc-create {name} from {}: {message}{}", spec.image, if detail.is_empty() { String::new() } else { format!(" ({})", detail.trim()) })));
         }
-        let configured = self.configure(spec, argv, ip, &mounts);
+        let configured = self.configure(spec, argv, ip, &mounts).await;
         drop(reservation);
         if let Err(error) = configured {
             self.destroy_quietly(name).await;
@@ -1119,6 +1157,8 @@ impl ContainerRuntime for LxcRuntime {
         let log_path = self.dir(&name).join(START_LOG);
         let log = std::fs::File::create(&log_path).map_err(|e| failed(format!("cannot create {}: {}", log_path.display(), describe_io(&e))))?;
         let launch = self.launch_argv(&state)?;
+        // Read the output from the first byte on.
+        let pid_slot = self.start_pump(&state);
         let mut args = self.args(&name, &["-d", "-l", "INFO", "-o"]);
         args.push(log_path.clone().into_os_string());
         args.push("--".into());
@@ -1130,6 +1170,7 @@ impl ContainerRuntime for LxcRuntime {
         let status = finish("lxc-start", command, Some(Duration::from_secs(120))).await?.status;
         if !status.success() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            self.stop_pump(&name);
             let message = config::start_error(&log).unwrap_or_else(|| format!("lxc-start exited with {status}"));
             return Err(failed(format!("cannot start {name} ({}): {message}", config::show_argv(&state.argv))));
         }
@@ -1137,7 +1178,10 @@ impl ContainerRuntime for LxcRuntime {
         self.save(&state)?;
         self.remember_cpu(&name, None);
         let pid = self.info(&name).await.ok().and_then(|i| i.pid);
-        self.watch_output(&state, pid);
+        if let Some(slot) = pid_slot {
+            // No pid: it has already ended; the pump drains what it wrote and stops.
+            slot.store(pid.unwrap_or(u32::MAX), std::sync::atomic::Ordering::Relaxed);
+        }
         if let Err(error) = self.publish_ports(&state).await {
             let _ = self.stop_container(&name, Duration::ZERO).await;
             return Err(error);
@@ -1174,7 +1218,7 @@ impl ContainerRuntime for LxcRuntime {
         let output = run_tool("lxc-destroy", &self.args(&name, &["-f"]), Some(Duration::from_secs(300))).await?;
         self.publisher.unpublish_owner(&name).await;
         self.remember_cpu(&name, None);
-        self.forget_output(&name);
+        self.stop_pump(&name);
         let dir = self.dir(&name);
         if !output.status.success() && dir.join("config").exists() {
             return Err(failed(format!("lxc-destroy {name}: {}", config::tool_error(&output.stderr))));
@@ -1215,12 +1259,9 @@ impl ContainerRuntime for LxcRuntime {
 
     async fn logs(&self, id: &str, options: LogOptions) -> RuntimeResult<RuntimeStream<LogChunk>> {
         let state = self.load(id)?;
+        self.await_pump_if_ended(&state.spec.name).await;
         let files = self.log_files(&state);
-        let now = logs::now_nanos();
-        if let Err(error) = files.checkpoint(now) {
-            debug!(name = %state.spec.name, error = %describe_io(&error), "cannot record a log checkpoint");
-        }
-        let (lines, offsets) = files.lines_since([0, 0], now, options.follow);
+        let (lines, offset) = files.lines_since(0, options.follow);
         let lines = match options.tail {
             Some(n) => logs::tail(lines, n),
             None => lines,
@@ -1239,20 +1280,23 @@ impl ContainerRuntime for LxcRuntime {
                     return;
                 }
             }
-            let mut offsets = offsets;
+            let mut offset = offset;
+            let mut ended = false;
             loop {
                 let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-                let now = logs::now_nanos();
-                let _ = files.checkpoint(now);
-                // Once it has ended, a last read takes a final line without newline too.
-                let (lines, next) = files.lines_since(offsets, now, alive);
-                offsets = next;
+                if !alive {
+                    // Give the pump time to drain what the container wrote last.
+                    tokio::time::sleep(LOG_DRAIN).await;
+                    ended = true;
+                }
+                let (lines, next) = files.lines_since(offset, !ended);
+                offset = next;
                 for chunk in logs::chunks(lines, timestamps) {
                     if tx.send(Ok(chunk)).await.is_err() {
                         return;
                     }
                 }
-                if !alive {
+                if ended {
                     return;
                 }
                 tokio::select! {

@@ -1,59 +1,66 @@
 //! Container output for the LXC driver.
 //!
-//! LXC itself only offers the console log, where stdout and stderr are one stream. When
-//! the host has a static shell (busybox-static), the driver bind-mounts it into the
-//! container and starts PID 1 as `SHIM -c 'exec "$@" >>/.diplo/log/stdout
-//! 2>>/.diplo/log/stderr' diplo-init ARGV...`: the shell replaces itself with the
-//! application, which stays PID 1 with its stdout and stderr appended to two files of the
-//! container directory (bind-mounted at `/.diplo/log`). Without such a shell everything
-//! comes from the console log, as stdout.
+//! LXC itself only offers the console log, where stdout and stderr are one stream and
+//! nothing is timed. When the host has a static shell (busybox-static), the driver
+//! bind-mounts it into the container and starts PID 1 as
+//! `SHIM -c 'exec "$@" 1<>/.diplo/log/stdout 2<>/.diplo/log/stderr' diplo-init ARGV...`:
+//! the shell replaces itself with the application, which stays PID 1 with its stdout and
+//! stderr on two FIFOs of the container directory (bind-mounted at `/.diplo/log`).
 //!
-//! Files have no times, so the driver keeps *checkpoints*: `NANOS STDOUT_LEN STDERR_LEN`
-//! lines appended to `diplo-log-times` whenever the lengths changed — every
-//! [`CHECKPOINT_INTERVAL`] while a container runs (a task started with it) and at every
-//! read. A line gets the time of the first checkpoint covering its end: at most one
-//! interval late while the agent watches, the time of the read otherwise. The relative
-//! order of stdout and stderr lines within one interval is unknown, which is why `tail`
-//! counts lines per stream.
+//! The agent's [`pump`] reads both FIFOs and appends one record per line to
+//! `diplo-log.records` (outside the container's reach): `NANOS o|e F|P BYTES`, `F` for a
+//! full line (its newline dropped), `P` for a piece without one (a line longer than
+//! [`MAX_LINE`], or the last bytes before the container ended). Times are arrival times.
+//! The order of stdout against stderr is the order the pump sees them in, which, as with
+//! any runtime copying the two streams separately, is exact only when they are not written
+//! within microseconds of each other.
+//!
+//! The FIFOs are opened read-write on both sides: the container never blocks opening them
+//! and never gets `SIGPIPE`, so it survives an agent restart; while no agent reads, output
+//! waits in the pipe (64 KiB, then the writer blocks) and is timed when read.
+//!
+//! Without a static shell, the console log is read instead: everything as stdout, timed
+//! by the file's modification time.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use diplo_api::container::{LogChunk, OutputStream};
+use tokio::io::AsyncReadExt;
 
-/// How often a running container's log lengths are recorded.
-pub(super) const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Directory (in the container directory) holding the raw output files.
+/// Directory (in the container directory) holding the FIFOs.
 pub(super) const LOG_DIR: &str = "diplo-log";
 /// Where [`LOG_DIR`] appears inside the container.
 pub(super) const CONTAINER_LOG_DIR: &str = "/.diplo/log";
 /// Where the shim shell appears inside the container.
 pub(super) const CONTAINER_SHIM: &str = "/.diplo/sh";
-/// The checkpoint file (in the container directory, out of the container's reach).
-const TIMES_FILE: &str = "diplo-log-times";
+/// The record file (in the container directory).
+const RECORDS: &str = "diplo-log.records";
+/// Longer lines are recorded in pieces (Docker splits at 16 KiB too).
+pub(super) const MAX_LINE: usize = 16 * 1024;
+/// How often the pump checks whether the container still runs.
+const LIVENESS_POLL: Duration = Duration::from_millis(200);
 
 /// The shim's script: `$@` is the application's argv.
 pub(super) fn shim_script() -> String {
-    format!("exec \"$@\" >>{CONTAINER_LOG_DIR}/stdout 2>>{CONTAINER_LOG_DIR}/stderr")
+    format!("exec \"$@\" 1<>{CONTAINER_LOG_DIR}/stdout 2<>{CONTAINER_LOG_DIR}/stderr")
 }
 
-/// The output files of one container.
+/// Where a container's output is.
 #[derive(Debug, Clone)]
-pub(super) struct LogFiles {
-    /// stdout and stderr files; in console mode, the console log and nothing.
-    streams: [Option<PathBuf>; 2],
-    times: PathBuf,
-    /// The console turns `\n` into `\r\n`; undo it when reading the console log.
-    console: bool,
-}
-
-/// One stored checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Checkpoint {
-    nanos: i64,
-    lengths: [u64; 2],
+pub(super) enum LogFiles {
+    /// FIFOs read by the pump into a record file.
+    Records {
+        /// stdout and stderr FIFOs.
+        fifos: [PathBuf; 2],
+        /// The record file.
+        records: PathBuf,
+    },
+    /// The console log.
+    Console(PathBuf),
 }
 
 /// A line (with its newline, if it has one) of one stream and its time.
@@ -65,145 +72,209 @@ pub(super) struct Line {
 }
 
 impl LogFiles {
-    /// Separate stdout/stderr files under `container_dir/diplo-log`.
-    pub fn files(container_dir: &Path) -> Self {
+    /// FIFOs under `container_dir/diplo-log`, records next to it.
+    pub fn records(container_dir: &Path) -> Self {
         let dir = container_dir.join(LOG_DIR);
-        LogFiles { streams: [Some(dir.join("stdout")), Some(dir.join("stderr"))], times: container_dir.join(TIMES_FILE), console: false }
+        LogFiles::Records { fifos: [dir.join("stdout"), dir.join("stderr")], records: container_dir.join(RECORDS) }
     }
 
-    /// Everything from the console log, as stdout.
-    pub fn console(container_dir: &Path, console_log: &Path) -> Self {
-        LogFiles { streams: [Some(console_log.to_path_buf()), None], times: container_dir.join(TIMES_FILE), console: true }
+    /// The console log.
+    pub fn console(console_log: &Path) -> Self {
+        LogFiles::Console(console_log.to_path_buf())
     }
 
-    /// Creates the output files (owned by `owner`, the uid/gid PID 1 runs as).
-    pub fn prepare(&self, owner: Option<(u32, u32)>) -> io::Result<()> {
-        if self.console {
-            return Ok(());
+    /// Creates the FIFOs (owned by `owner`, the uid/gid PID 1 runs as) and the record file.
+    pub async fn prepare(&self, owner: Option<(u32, u32)>) -> io::Result<()> {
+        let LogFiles::Records { fifos, records } = self else { return Ok(()) };
+        let dir = fifos[0].parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let output = tokio::process::Command::new("mkfifo")
+            .arg("-m")
+            .arg("0600")
+            .args(fifos.iter())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        if !output.status.success() {
+            return Err(io::Error::other(format!("mkfifo: {}", String::from_utf8_lossy(&output.stderr).trim())));
         }
-        for path in self.streams.iter().flatten() {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-                if let Some((uid, gid)) = owner {
-                    std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
-                }
-            }
-            std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+            for fifo in fifos {
+                std::os::unix::fs::chown(fifo, Some(uid), Some(gid))?;
             }
         }
+        std::fs::OpenOptions::new().create(true).append(true).open(records)?;
         Ok(())
     }
 
-    fn lengths(&self) -> [u64; 2] {
-        let length = |path: &Option<PathBuf>| path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
-        [length(&self.streams[0]), length(&self.streams[1])]
-    }
-
-    fn checkpoints(&self) -> Vec<Checkpoint> {
-        let Ok(text) = std::fs::read_to_string(&self.times) else { return Vec::new() };
-        text.lines()
-            .filter_map(|line| {
-                let mut fields = line.split_whitespace();
-                let nanos = fields.next()?.parse().ok()?;
-                let out = fields.next()?.parse().ok()?;
-                let err = fields.next()?.parse().ok()?;
-                Some(Checkpoint { nanos, lengths: [out, err] })
-            })
-            .collect()
-    }
-
-    /// Records the current lengths at `now` if they changed since the last checkpoint.
-    pub fn checkpoint(&self, now: i64) -> io::Result<()> {
-        let lengths = self.lengths();
-        let last = self.checkpoints().last().map(|c| c.lengths).unwrap_or([0, 0]);
-        if lengths == last {
-            return Ok(());
-        }
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.times)?;
-        writeln!(file, "{now} {} {}", lengths[0], lengths[1])
-    }
-
-    /// Bytes of stream `index` from `offset` to its end, with the offset of the end.
-    fn read(&self, index: usize, offset: u64) -> (Vec<u8>, u64) {
-        let Some(path) = &self.streams[index] else { return (Vec::new(), offset) };
-        let Ok(mut file) = std::fs::File::open(path) else { return (Vec::new(), offset) };
-        // A file that shrank (replaced by hand) is read from its start.
-        let length = file.metadata().map_or(0, |m| m.len());
-        let offset = if length < offset { 0 } else { offset };
-        if file.seek(SeekFrom::Start(offset)).is_err() {
-            return (Vec::new(), offset);
-        }
-        let mut data = Vec::new();
-        let _ = file.read_to_end(&mut data);
-        let end = offset + data.len() as u64;
-        (data, end)
-    }
-
-    /// The lines of both streams from `offsets` on, each with its time (`now` for output
-    /// no checkpoint covers), and the new offsets. With `complete_only`, a trailing line
-    /// without newline is left for the next read.
-    pub fn lines_since(&self, offsets: [u64; 2], now: i64, complete_only: bool) -> (Vec<Line>, [u64; 2]) {
-        let checkpoints = self.checkpoints();
-        let mut lines = Vec::new();
-        let mut next = offsets;
-        for index in 0..2 {
-            let (data, _) = self.read(index, offsets[index]);
-            let stream = if index == 0 { OutputStream::Stdout } else { OutputStream::Stderr };
-            let mut start = 0;
-            let mut position = offsets[index];
-            while start < data.len() {
-                let end = match data[start..].iter().position(|b| *b == b'\n') {
-                    Some(at) => start + at + 1,
-                    None if complete_only => break,
-                    None => data.len(),
-                };
-                let line_end = position + (end - start) as u64;
-                let nanos = checkpoints.iter().find(|c| c.lengths[index] >= line_end).map_or(now, |c| c.nanos);
-                let mut bytes = data[start..end].to_vec();
-                if self.console {
-                    bytes = crlf_to_lf(&bytes);
-                }
-                lines.push(Line { stream, nanos, data: bytes });
-                position = line_end;
-                start = end;
+    /// The lines from byte `offset` of the underlying file on, and the offset after the
+    /// last complete line. With `complete_only` false, a trailing piece without newline is
+    /// taken too (console mode; records are always complete lines).
+    pub fn lines_since(&self, offset: u64, complete_only: bool) -> (Vec<Line>, u64) {
+        match self {
+            LogFiles::Records { records, .. } => {
+                let (data, start) = read_from(records, offset);
+                let end = data.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+                let lines = data[..end].split(|b| *b == b'\n').filter(|r| !r.is_empty()).filter_map(parse_record).collect();
+                (lines, start + end as u64)
             }
-            next[index] = position;
+            LogFiles::Console(path) => {
+                let nanos = std::fs::metadata(path).and_then(|m| m.modified()).map_or_else(|_| now_nanos(), system_nanos);
+                let (data, start) = read_from(path, offset);
+                let mut lines = Vec::new();
+                let mut position = 0;
+                while position < data.len() {
+                    let end = match data[position..].iter().position(|b| *b == b'\n') {
+                        Some(at) => position + at + 1,
+                        None if complete_only => break,
+                        None => data.len(),
+                    };
+                    lines.push(Line { stream: OutputStream::Stdout, nanos, data: crlf_to_lf(&data[position..end]) });
+                    position = end;
+                }
+                (lines, start + position as u64)
+            }
         }
-        // Time order; within one time stdout first, each stream in its own order.
-        lines.sort_by_key(|line| (line.nanos, line.stream == OutputStream::Stderr));
-        (lines, next)
     }
+}
+
+/// Bytes of `path` from `offset` (from 0 if the file is shorter: replaced) to its end,
+/// with the offset they start at.
+fn read_from(path: &Path, offset: u64) -> (Vec<u8>, u64) {
+    let Ok(mut file) = std::fs::File::open(path) else { return (Vec::new(), offset) };
+    let length = file.metadata().map_or(0, |m| m.len());
+    let offset = if length < offset { 0 } else { offset };
+    let mut data = Vec::new();
+    if file.seek(SeekFrom::Start(offset)).is_ok() {
+        let _ = file.read_to_end(&mut data);
+    }
+    (data, offset)
+}
+
+/// One record line (without its newline): `NANOS o|e F|P BYTES`.
+fn parse_record(record: &[u8]) -> Option<Line> {
+    let mut fields = record.splitn(4, |b| *b == b' ');
+    let nanos = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    let stream = match fields.next()? {
+        b"o" => OutputStream::Stdout,
+        b"e" => OutputStream::Stderr,
+        _ => return None,
+    };
+    let full = match fields.next()? {
+        b"F" => true,
+        b"P" => false,
+        _ => return None,
+    };
+    let mut data = fields.next().unwrap_or_default().to_vec();
+    if full {
+        data.push(b'\n');
+    }
+    Some(Line { stream, nanos, data })
+}
+
+fn format_record(nanos: i64, stream: usize, full: bool, data: &[u8]) -> Vec<u8> {
+    let mut record = format!("{nanos} {} {} ", if stream == 0 { 'o' } else { 'e' }, if full { 'F' } else { 'P' }).into_bytes();
+    record.extend_from_slice(data);
+    record.push(b'\n');
+    record
 }
 
 fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
-    let mut i = 0;
-    while i < data.len() {
-        if data[i] == b'\r' && data.get(i + 1) == Some(&b'\n') {
-            i += 1;
+    for (i, byte) in data.iter().enumerate() {
+        if *byte == b'\r' && data.get(i + 1) == Some(&b'\n') {
             continue;
         }
-        out.push(data[i]);
-        i += 1;
+        out.push(*byte);
     }
     out
 }
 
-/// Keeps only the last `tail` lines of each stream.
-pub(super) fn tail(lines: Vec<Line>, tail: u32) -> Vec<Line> {
-    let tail = tail as usize;
-    let counts = [OutputStream::Stdout, OutputStream::Stderr].map(|s| lines.iter().filter(|l| l.stream == s).count());
-    let mut seen = [0usize; 2];
-    lines
-        .into_iter()
-        .filter(|line| {
-            let index = usize::from(line.stream == OutputStream::Stderr);
-            seen[index] += 1;
-            seen[index] + tail > counts[index]
-        })
-        .collect()
+/// Splits what a stream delivered into records: full lines, and pieces of at most
+/// [`MAX_LINE`] bytes; what remains waits in `pending` for more.
+fn take_records(pending: &mut Vec<u8>, stream: usize, nanos: i64, flush: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        if let Some(at) = pending.iter().take(MAX_LINE + 1).position(|b| *b == b'\n') {
+            out.extend(format_record(nanos, stream, true, &pending[..at]));
+            pending.drain(..=at);
+        } else if pending.len() >= MAX_LINE || (flush && !pending.is_empty()) {
+            let take = pending.len().min(MAX_LINE);
+            out.extend(format_record(nanos, stream, false, &pending[..take]));
+            pending.drain(..take);
+        } else {
+            return out;
+        }
+    }
+}
+
+/// The pid of a container's init once known (0 until then).
+pub(super) type PidSlot = Arc<AtomicU32>;
+
+/// Copies the FIFOs into the record file until the container's init (its pid put into
+/// `pid` once known) is gone and the FIFOs are drained. Meant to run from before
+/// `lxc-start` so that even the first output is timed and ordered.
+pub(super) async fn pump(fifos: [PathBuf; 2], records: PathBuf, pid: PidSlot) -> io::Result<()> {
+    let open = |path: &Path| {
+        // The directory is the container's to write in: never follow what it put there.
+        use std::os::unix::fs::FileTypeExt;
+        if !std::fs::symlink_metadata(path)?.file_type().is_fifo() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a FIFO", path.display())));
+        }
+        tokio::net::unix::pipe::OpenOptions::new().read_write(true).open_receiver(path)
+    };
+    let mut out = open(&fifos[0])?;
+    let mut err = open(&fifos[1])?;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&records)?;
+    let mut pending = [Vec::new(), Vec::new()];
+    let (mut out_buffer, mut err_buffer) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut tick = tokio::time::interval(LIVENESS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let (stream, read) = tokio::select! {
+            read = out.read(&mut out_buffer) => (0, Some(read)),
+            read = err.read(&mut err_buffer) => (1, Some(read)),
+            _ = tick.tick() => (0, None),
+        };
+        let Some(read) = read else {
+            let known = pid.load(Ordering::Relaxed);
+            if known == 0 || Path::new(&format!("/proc/{known}")).exists() {
+                continue;
+            }
+            // Ended: take what is left in the pipes, then stop.
+            for (stream, receiver, buffer) in [(0, &out, &mut out_buffer), (1, &err, &mut err_buffer)] {
+                while let Ok(count) = receiver.try_read(buffer) {
+                    if count == 0 {
+                        break;
+                    }
+                    pending[stream].extend_from_slice(&buffer[..count]);
+                }
+            }
+            let nanos = now_nanos();
+            let mut rest = take_records(&mut pending[0], 0, nanos, true);
+            rest.extend(take_records(&mut pending[1], 1, nanos, true));
+            file.write_all(&rest)?;
+            return Ok(());
+        };
+        let count = read?;
+        if count == 0 {
+            continue;
+        }
+        let data = if stream == 0 { &out_buffer[..count] } else { &err_buffer[..count] };
+        pending[stream].extend_from_slice(data);
+        let records = take_records(&mut pending[stream], stream, now_nanos(), false);
+        if !records.is_empty() {
+            file.write_all(&records)?;
+        }
+    }
+}
+
+/// Keeps the last `tail` lines.
+pub(super) fn tail(mut lines: Vec<Line>, tail: u32) -> Vec<Line> {
+    let keep = (tail as usize).min(lines.len());
+    lines.split_off(lines.len() - keep)
 }
 
 /// RFC 3339 with nanoseconds, as Docker prints log times.
@@ -214,6 +285,10 @@ pub(super) fn format_time(nanos: i64) -> String {
 /// Nanoseconds since the epoch, now.
 pub(super) fn now_nanos() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+}
+
+fn system_nanos(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Consecutive lines of one stream become one chunk; with `timestamps`, every line is
@@ -239,49 +314,43 @@ pub(super) fn chunks(lines: Vec<Line>, timestamps: bool) -> Vec<LogChunk> {
 mod tests {
     use super::*;
 
-    fn append(path: &Path, data: &[u8]) {
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open");
-        file.write_all(data).expect("write");
+    #[test]
+    fn records_round_trip() {
+        let mut pending = b"one\ntwo\nthr".to_vec();
+        let records = take_records(&mut pending, 0, 5, false);
+        assert_eq!(records, b"5 o F one\n5 o F two\n");
+        assert_eq!(pending, b"thr");
+        let records = take_records(&mut pending, 1, 6, true);
+        assert_eq!(records, b"6 e P thr\n");
+        assert!(pending.is_empty());
+        let mut long = vec![b'x'; MAX_LINE + 10];
+        let records = take_records(&mut long, 0, 7, false);
+        assert_eq!(records.len(), "7 o P ".len() + MAX_LINE + 1);
+        assert_eq!(long.len(), 10);
+
+        assert_eq!(parse_record(b"5 o F one"), Some(Line { stream: OutputStream::Stdout, nanos: 5, data: b"one\n".to_vec() }));
+        assert_eq!(parse_record(b"6 e P a b"), Some(Line { stream: OutputStream::Stderr, nanos: 6, data: b"a b".to_vec() }));
+        assert_eq!(parse_record(b"6 e F "), Some(Line { stream: OutputStream::Stderr, nanos: 6, data: b"\n".to_vec() }));
+        assert_eq!(parse_record(b"x o F y"), None);
     }
 
     #[test]
-    fn lines_get_the_time_of_their_checkpoint() {
+    fn record_files_are_read_by_complete_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let files = LogFiles::files(dir.path());
-        files.prepare(None).expect("prepare");
-        let out = dir.path().join(LOG_DIR).join("stdout");
-        let err = dir.path().join(LOG_DIR).join("stderr");
-        append(&out, b"one\n");
-        files.checkpoint(100).expect("checkpoint");
-        files.checkpoint(150).expect("unchanged: no checkpoint");
-        append(&err, b"oops\n");
-        append(&out, b"two\nthr");
-        files.checkpoint(200).expect("checkpoint");
-        append(&out, b"ee\n");
-
-        let (lines, offsets) = files.lines_since([0, 0], 300, false);
-        let shown: Vec<(OutputStream, i64, &[u8])> = lines.iter().map(|l| (l.stream, l.nanos, l.data.as_slice())).collect();
-        assert_eq!(
-            shown,
-            vec![
-                (OutputStream::Stdout, 100, b"one\n".as_slice()),
-                (OutputStream::Stdout, 200, b"two\n".as_slice()),
-                (OutputStream::Stderr, 200, b"oops\n".as_slice()),
-                (OutputStream::Stdout, 300, b"three\n".as_slice()),
-            ]
-        );
-        assert_eq!(offsets, [14, 5]);
-
-        append(&out, b"partial");
-        let (lines, next) = files.lines_since(offsets, 400, true);
+        let files = LogFiles::records(dir.path());
+        let LogFiles::Records { records, .. } = &files else { unreachable!() };
+        std::fs::write(records, b"1 e F err\n2 o F out\n3 o F hal").expect("write");
+        let (lines, offset) = files.lines_since(0, true);
+        assert_eq!(lines.len(), 2);
+        assert_eq!((lines[0].stream, lines[1].stream), (OutputStream::Stderr, OutputStream::Stdout));
+        assert_eq!(offset, 20);
+        let (lines, same) = files.lines_since(offset, true);
         assert!(lines.is_empty());
-        assert_eq!(next, offsets);
-        let (lines, _) = files.lines_since(offsets, 400, false);
-        assert_eq!(lines, vec![Line { stream: OutputStream::Stdout, nanos: 400, data: b"partial".to_vec() }]);
+        assert_eq!(same, offset);
     }
 
     #[test]
-    fn tail_counts_per_stream_and_chunks_group() {
+    fn tails_and_chunks() {
         let line = |stream, text: &str| Line { stream, nanos: 1_700_000_000_000_000_000, data: text.as_bytes().to_vec() };
         let lines = vec![
             line(OutputStream::Stdout, "a\n"),
@@ -289,8 +358,8 @@ mod tests {
             line(OutputStream::Stderr, "e\n"),
             line(OutputStream::Stdout, "c\n"),
         ];
-        let kept = tail(lines.clone(), 1);
-        assert_eq!(kept, vec![line(OutputStream::Stderr, "e\n"), line(OutputStream::Stdout, "c\n")]);
+        assert_eq!(tail(lines.clone(), 1), vec![line(OutputStream::Stdout, "c\n")]);
+        assert_eq!(tail(lines.clone(), 9).len(), 4);
         let grouped = chunks(lines, false);
         assert_eq!(grouped.len(), 3);
         assert_eq!(grouped[0].data, b"a\nb\n");
@@ -302,12 +371,43 @@ mod tests {
     fn console_mode_reads_the_console_as_stdout() {
         let dir = tempfile::tempdir().expect("tempdir");
         let console = dir.path().join("console.log");
-        append(&console, b"hi\r\nthere\r");
-        let files = LogFiles::console(dir.path(), &console);
-        let (lines, offsets) = files.lines_since([0, 0], 5, true);
-        assert_eq!(lines, vec![Line { stream: OutputStream::Stdout, nanos: 5, data: b"hi\n".to_vec() }]);
-        append(&console, b"\n");
-        let (lines, _) = files.lines_since(offsets, 6, true);
-        assert_eq!(lines, vec![Line { stream: OutputStream::Stdout, nanos: 6, data: b"there\n".to_vec() }]);
+        std::fs::write(&console, b"hi\r\nthere").expect("write");
+        let files = LogFiles::console(&console);
+        let (lines, offset) = files.lines_since(0, true);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].data, b"hi\n");
+        let (lines, _) = files.lines_since(offset, false);
+        assert_eq!(lines[0].data, b"there");
+    }
+
+    #[tokio::test]
+    async fn the_pump_records_both_fifos_until_the_process_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = LogFiles::records(dir.path());
+        files.prepare(None).await.expect("prepare");
+        let LogFiles::Records { fifos, records } = files.clone() else { unreachable!() };
+        let pid: PidSlot = Arc::new(AtomicU32::new(0));
+        let pump = tokio::spawn(pump(fifos.clone(), records, Arc::clone(&pid)));
+        // A writer like the shim: both FIFOs opened read-write.
+        let script = format!(
+            "exec 1<>{} 2<>{}; echo err-first >&2; sleep 0.2; echo out-1; printf 'no-newline'",
+            fifos[0].display(),
+            fifos[1].display()
+        );
+        let mut child = tokio::process::Command::new("sh").arg("-c").arg(script).spawn().expect("sh");
+        pid.store(child.id().expect("pid"), Ordering::Relaxed);
+        child.wait().await.expect("wait");
+        tokio::time::timeout(Duration::from_secs(5), pump).await.expect("pump ends").expect("join").expect("pump");
+        let (lines, _) = files.lines_since(0, true);
+        let shown: Vec<(OutputStream, &[u8])> = lines.iter().map(|l| (l.stream, l.data.as_slice())).collect();
+        assert_eq!(
+            shown,
+            vec![
+                (OutputStream::Stderr, b"err-first\n".as_slice()),
+                (OutputStream::Stdout, b"out-1\n".as_slice()),
+                (OutputStream::Stdout, b"no-newline".as_slice()),
+            ]
+        );
+        assert!(lines[0].nanos + 150_000_000 <= lines[1].nanos, "times: {lines:?}");
     }
 }
