@@ -1,6 +1,6 @@
 //! Starting a driver for every runtime the fingerprint found available.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use diplo_api::fingerprint::Fingerprint;
@@ -8,7 +8,9 @@ use diplo_api::runtime::Runtime;
 
 use crate::fingerprint::ProbeConfig;
 use crate::runtime::containerd::ContainerdRuntime;
+use crate::port_publisher::PortPublisher;
 use crate::runtime::docker::DockerRuntime;
+use crate::runtime::lxc::{LxcRuntime, DEFAULT_LXC_PATH};
 use crate::runtime::{ContainerRuntime, RegistryConfig};
 
 /// Connects a driver for each available runtime. A runtime whose driver cannot start is
@@ -38,6 +40,20 @@ pub async fn connect_available(
     drivers
 }
 
-async fn lxc_driver(_registry: &RegistryConfig, _data_dir: &Path) -> Result<Arc<dyn ContainerRuntime>, String> {
-    Err("the LXC driver is not wired in yet".into())
+/// The LXC driver, which first takes over containers still running from before an
+/// agent restart (their ports are published by this process, so they need publishing
+/// again).
+async fn lxc_driver(registry: &RegistryConfig, data_dir: &Path) -> Result<Arc<dyn ContainerRuntime>, String> {
+    let driver = LxcRuntime::new(
+        PathBuf::from(DEFAULT_LXC_PATH),
+        data_dir.join("lxc-images"),
+        registry.clone(),
+        Arc::new(PortPublisher::new()),
+    );
+    match driver.resume_running().await {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(count, "re-adopted running LXC containers"),
+        Err(err) => tracing::warn!(error = %err, "could not re-adopt every running LXC container"),
+    }
+    Ok(Arc::new(driver))
 }

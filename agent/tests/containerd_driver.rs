@@ -48,7 +48,10 @@ async fn harness() -> Option<Harness> {
         }),
         Err(error) if ci() => panic!("containerd is unavailable and CI=true: {error}"),
         Err(error) => {
-            eprintln!("\n{0}\n!!! SKIPPING the containerd driver test: {error}\n!!! (set CI=true to make this a failure)\n{0}\n", "!".repeat(78));
+            eprintln!(
+                "\n{0}\n!!! SKIPPING the containerd driver test: {error}\n!!! (set CI=true to make this a failure)\n{0}\n",
+                "!".repeat(78)
+            );
             None
         }
     }
@@ -61,7 +64,7 @@ impl Harness {
 
     fn spec(&self, case: &str, script: &str) -> ContainerSpec {
         let name = format!("{}-{case}", self.prefix);
-        self.names.lock().unwrap().push(name.clone());
+        self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(name.clone());
         ContainerSpec {
             name,
             image: IMAGE.to_owned(),
@@ -182,7 +185,10 @@ async fn runs_an_http_server_and_cleans_up() {
     h.rt().ensure_image(IMAGE).await.expect("ensure again");
 
     let port = free_port();
-    let mut spec = h.spec("http", "echo starting; echo warming >&2; mkdir -p /www && echo hello-diplo > /www/index.html && exec httpd -f -p 8080 -h /www");
+    let mut spec = h.spec(
+        "http",
+        "echo starting; echo warming >&2; mkdir -p /www && echo hello-diplo > /www/index.html && exec httpd -f -p 8080 -h /www",
+    );
     spec.ports = vec![PortMapping { host_port: port, container_port: 8080, protocol: Protocol::Tcp }];
     spec.memory_bytes = Some(64 << 20);
     spec.env.insert("GREETING".into(), "hi".into());
@@ -223,7 +229,18 @@ async fn runs_an_http_server_and_cleans_up() {
     let argv: Vec<String> = ["sh", "-c", "echo out; echo err >&2; exit 3"].map(str::to_owned).to_vec();
     let output = h.rt().exec(&id, &argv).await.expect("exec");
     assert_eq!((output.exit_code, output.stdout.as_slice(), output.stderr.as_slice()), (3, &b"out\n"[..], &b"err\n"[..]));
-    let output = h.rt().exec(&id, &["sh".into(), "-c".into(), "echo $GREETING; cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max".into()]).await.expect("exec env");
+    let output = h
+        .rt()
+        .exec(
+            &id,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo $GREETING; cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max".into(),
+            ],
+        )
+        .await
+        .expect("exec env");
     assert_eq!(String::from_utf8_lossy(&output.stdout), format!("hi\n{}\n", 64 << 20));
 
     let stats = h.rt().stats(&id).await.expect("stats");

@@ -368,11 +368,12 @@ async fn host_port_in_use_is_a_conflict_and_leaves_nothing() {
 
     // A port another Diplo container was created with is taken too, even before it runs.
     drop(listener);
+    let port = free_port();
     let mut first = env.spec("firstport", POLITE);
-    first.ports = spec.ports.clone();
+    first.ports = vec![PortMapping { host_port: port, container_port: 80, protocol: Protocol::Tcp }];
     let first_id = env.rt().create(&first).await.expect("create");
     let mut second = env.spec("secondport", POLITE);
-    second.ports = spec.ports.clone();
+    second.ports = first.ports.clone();
     assert!(matches!(env.rt().create(&second).await, Err(RuntimeError::Conflict(m)) if m.contains(&port.to_string())));
     assert!(!Path::new(LXC_PATH).join(&second.name).exists());
     // And a taken name is a conflict that leaves the first one alone.

@@ -803,3 +803,99 @@ mod lxc_conformance {
         }
     }
 }
+
+// ------------------------------------------------------------------ containerd
+
+/// containerd joins the suite: Diplo's namespace `diplo`, out-of-band checks through
+/// `ctr -n diplo`, which names images fully (`docker.io/library/x:latest`).
+mod containerd_suite {
+    use super::*;
+    use diplo_agent::runtime::containerd::{ContainerdRuntime, NAMESPACE};
+
+    const SOCKET: &str = "/run/containerd/containerd.sock";
+
+    struct Ctr;
+
+    impl Ctr {
+        fn run(&self, args: &[&str]) -> Result<String, String> {
+            let output = Command::new("ctr").arg("-n").arg(NAMESPACE).args(args).output().map_err(|e| format!("ctr {args:?}: {e}"))?;
+            if output.status.success() {
+                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            } else {
+                Err(format!("ctr {args:?}: {}", String::from_utf8_lossy(&output.stderr).trim()))
+            }
+        }
+    }
+
+    /// `name[:tag]` the way containerd records it.
+    fn full(reference: &str) -> String {
+        let (first, _) = reference.split_once('/').unwrap_or(("", reference));
+        let mut full = if first.contains(['.', ':']) || first == "localhost" {
+            reference.to_owned()
+        } else if reference.contains('/') {
+            format!("docker.io/{reference}")
+        } else {
+            format!("docker.io/library/{reference}")
+        };
+        let last = full.rsplit('/').next().unwrap_or_default();
+        if !last.contains(':') && !last.contains('@') {
+            full.push_str(":latest");
+        }
+        full
+    }
+
+    impl Backdoor for Ctr {
+        fn available(&self) -> bool {
+            self.run(&["version"]).is_ok()
+        }
+
+        fn create_foreign(&self, name: &str, image: &str) -> Result<String, String> {
+            self.run(&["run", "-d", &full(image), name, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"])
+                .map(|_| name.to_owned())
+        }
+
+        fn container_state(&self, id: &str) -> Option<String> {
+            let containers = self.run(&["containers", "ls", "-q"]).ok()?;
+            if !containers.lines().any(|line| line.trim() == id) {
+                return None;
+            }
+            let tasks = self.run(&["tasks", "ls"]).ok()?;
+            let status = tasks.lines().skip(1).find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.first() == Some(&id)).then(|| fields.get(2).map(|s| s.to_ascii_lowercase())).flatten()
+            });
+            Some(status.unwrap_or_else(|| "created".to_owned()))
+        }
+
+        fn remove_container(&self, id: &str) {
+            let _ = self.run(&["tasks", "rm", "-f", id]);
+            let _ = self.run(&["containers", "rm", id]);
+        }
+
+        fn image_exists(&self, reference: &str) -> bool {
+            let full = full(reference);
+            self.run(&["images", "ls", "-q"]).is_ok_and(|out| out.lines().any(|line| line.trim() == full))
+        }
+
+        fn remove_image(&self, reference: &str) {
+            let _ = self.run(&["images", "rm", &full(reference)]);
+        }
+
+        fn save_image(&self, reference: &str, path: &Path) -> Result<(), String> {
+            self.run(&["images", "export", &path.to_string_lossy(), &full(reference)]).map(drop)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn containerd_conforms() {
+        let state = tempfile::tempdir().expect("state directory");
+        match ContainerdRuntime::connect(SOCKET, RegistryConfig::default(), state.path().join("containerd")).await {
+            Ok(runtime) => run_suite(Target::new(runtime).with_backdoor(Ctr)).await,
+            Err(error) if ci() => panic!("containerd is unavailable and CI=true: {error}"),
+            Err(error) => eprintln!(
+                "\n{0}\n!!! SKIPPING the containerd conformance suite: {error}\n!!! (set CI=true to make this a failure)\n{0}\n",
+                "!".repeat(78)
+            ),
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! agent killed with SIGKILL re-adopting its containers without restarting them.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use diplo_tests::{free_port, http_get, wait_until, ControlPlane, ControlPlaneOptions};
@@ -15,6 +16,24 @@ const POLL: Duration = Duration::from_millis(250);
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+/// Force-removes every container the control plane knows when dropped, so that a
+/// failing test leaves nothing running behind (declare it after the control plane).
+struct RemoveAllOnDrop<'a>(&'a ControlPlane);
+
+impl Drop for RemoveAllOnDrop<'_> {
+    fn drop(&mut self) {
+        let authorization = format!("Bearer {}", self.0.admin_token());
+        let Ok(listed) = diplo_tests::http_request("GET", &self.0.rest_url("/api/v1/containers"), Some(&authorization), None) else { return };
+        let Ok(Value::Array(listed)) = serde_json::from_str::<Value>(&listed.body) else { return };
+        for container in listed {
+            if let Some(id) = container["id"].as_str() {
+                let url = self.0.rest_url(&format!("/api/v1/containers/{id}?force=true"));
+                let _ = diplo_tests::http_request("DELETE", &url, Some(&authorization), None);
+            }
+        }
+    }
 }
 
 fn in_ci() -> bool {
@@ -60,6 +79,7 @@ fn containers(control_plane: &ControlPlane) -> Vec<Value> {
 
 fn lifecycle_on(runtime: &str) {
     let (control_plane, _agent, available) = cluster();
+    let _cleanup = RemoveAllOnDrop(&control_plane);
     if !wanted(runtime, &available) {
         return;
     }
@@ -102,6 +122,35 @@ fn lifecycle_on(runtime: &str) {
     assert!(logs.contains(&format!("started-{runtime}")));
     let rest_logs = control_plane.rest("GET", &format!("/api/v1/containers/{id}/logs"), None);
     assert!(rest_logs.body.contains(&format!("started-{runtime}")), "{}", rest_logs.body);
+
+    // Followed logs stream what the container writes after the request started.
+    let (url_host, path) = (control_plane.rest_addr(), format!("/api/v1/containers/{id}/logs?follow=true"));
+    let mut follower = std::net::TcpStream::connect(url_host).expect("connect to REST");
+    follower.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    write!(
+        follower,
+        "GET {path} HTTP/1.1\r\nHost: {url_host}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        control_plane.admin_token()
+    )
+    .expect("send");
+    std::thread::sleep(Duration::from_millis(500));
+    let marker = format!("followed-{runtime}");
+    let wrote = control_plane.rest(
+        "POST",
+        &format!("/api/v1/containers/{id}/exec"),
+        Some(json!({ "argv": ["sh", "-c", format!("echo {marker} > /proc/1/fd/1")] })),
+    );
+    assert_eq!(wrote.status, 200, "{}", wrote.body);
+    let mut streamed = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&streamed).contains(&marker) {
+        match follower.read(&mut buffer) {
+            Ok(0) => panic!("the followed log ended early: {}", String::from_utf8_lossy(&streamed)),
+            Ok(n) => streamed.extend_from_slice(&buffer[..n]),
+            Err(e) => panic!("no {marker} in the followed log ({e}): {}", String::from_utf8_lossy(&streamed)),
+        }
+    }
+    drop(follower);
 
     // Exec returns stdout, stderr and the exit code (the CLI exits with it).
     let exec = control_plane.rest(
@@ -164,6 +213,7 @@ fn container_lifecycle_on_lxc() {
 #[test]
 fn bad_container_requests_get_clear_errors_and_leave_nothing_behind() {
     let (control_plane, _agent, available) = cluster();
+    let _cleanup = RemoveAllOnDrop(&control_plane);
     let runtime = if available.iter().any(|r| r == "docker") { "docker" } else { available.first().map(String::as_str).unwrap_or("docker") };
     let create = |body: Value| control_plane.rest("POST", "/api/v1/containers", Some(body));
 
@@ -207,6 +257,7 @@ fn bad_container_requests_get_clear_errors_and_leave_nothing_behind() {
 #[test]
 fn a_killed_agent_readopts_its_containers_without_restarting_them() {
     let (control_plane, mut agent, available) = cluster();
+    let _cleanup = RemoveAllOnDrop(&control_plane);
     // One container per runtime (three of them), so that re-adoption is shown on each.
     let runtimes: Vec<&str> = ["docker", "containerd", "lxc", "podman"]
         .into_iter()
@@ -235,7 +286,7 @@ fn a_killed_agent_readopts_its_containers_without_restarting_them() {
     }
 
     agent.process().kill();
-    let mut agent = control_plane.start_agent("node-c", None);
+    agent = control_plane.start_agent("node-c", None);
     let after = wait_until("the containers to be re-adopted", Duration::from_secs(60), POLL, || {
         if let Some(status) = agent.process().try_exit() {
             panic!("the restarted agent exited with {status}:\n{}", agent.logs());

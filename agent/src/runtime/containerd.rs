@@ -26,25 +26,24 @@ use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotR
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest,
-    ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, ListTasksRequest,
-    MetricsRequest, StartRequest, SubscribeRequest, WaitRequest, containers_client::ContainersClient,
-    events_client::EventsClient, tasks_client::TasksClient,
+    ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, ListTasksRequest, MetricsRequest,
+    StartRequest, SubscribeRequest, WaitRequest, containers_client::ContainersClient, events_client::EventsClient,
+    tasks_client::TasksClient,
 };
 use containerd_client::types::Mount as PbMount;
 use containerd_client::types::v1::{Process, Status as TaskStatus};
 use diplo_api::container::{
-    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, ExecOutput, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk,
-    LogOptions, PortMapping, RuntimeEvent, RuntimeEventKind, validate_container_name,
+    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, ExecOutput, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk, LogOptions,
+    PortMapping, RuntimeEvent, RuntimeEventKind, validate_container_name,
 };
 use diplo_api::fingerprint::RuntimeReport;
 use diplo_api::runtime::Runtime;
-use futures::StreamExt;
 use prost::Message;
 use reference::Reference;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
 
 use super::docker::{describe_error, describe_timeout};
 use super::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream};
@@ -84,7 +83,6 @@ async fn query(socket: &str) -> Result<String, String> {
     })?;
     Ok(response.into_inner().version)
 }
-
 
 /// containerd namespace of everything Diplo creates (never `moby`, Docker's).
 pub const NAMESPACE: &str = "diplo";
@@ -247,8 +245,7 @@ impl ContainerdRuntime {
             .await
             .map_err(|_| unavailable(format!("no answer from {path} within 10s")))?
             .map_err(|status| unavailable(format!("{path}: {}", status.message())))?;
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|e| failed(format!("cannot create state directory {}: {e}", state_dir.display())))?;
+        std::fs::create_dir_all(&state_dir).map_err(|e| failed(format!("cannot create state directory {}: {e}", state_dir.display())))?;
         let network = cni::Network {
             name: NAMESPACE.to_owned(),
             bridge: DEFAULT_BRIDGE.to_owned(),
@@ -413,15 +410,11 @@ impl ContainerdRuntime {
 
     /// The `ContainerSpec` stored with a container.
     fn stored_spec(container: &Container) -> ContainerSpec {
-        container
-            .extensions
-            .get(SPEC_EXTENSION)
-            .and_then(|any| serde_json::from_slice(&any.value).ok())
-            .unwrap_or_else(|| ContainerSpec {
-                name: container.labels.get(LABEL_NAME).cloned().unwrap_or_default(),
-                image: container.image.clone(),
-                ..Default::default()
-            })
+        container.extensions.get(SPEC_EXTENSION).and_then(|any| serde_json::from_slice(&any.value).ok()).unwrap_or_else(|| ContainerSpec {
+            name: container.labels.get(LABEL_NAME).cloned().unwrap_or_default(),
+            image: container.image.clone(),
+            ..Default::default()
+        })
     }
 
     async fn task(&self, id: &str) -> RuntimeResult<Option<Process>> {
@@ -530,7 +523,14 @@ impl ContainerdRuntime {
         write("hostname", format!("{name}\n"))
     }
 
-    async fn create_leased(&self, lease: &image::Lease, id: &str, spec: &ContainerSpec, reference: &Reference, local: &image::LocalImage) -> RuntimeResult<()> {
+    async fn create_leased(
+        &self,
+        lease: &image::Lease,
+        id: &str,
+        spec: &ContainerSpec,
+        reference: &Reference,
+        local: &image::LocalImage,
+    ) -> RuntimeResult<()> {
         let dir = self.container_dir(id);
         let netns = cni::Network::netns_path(id);
         let volumes = self.state_dir.join("volumes");
@@ -539,7 +539,8 @@ impl ContainerdRuntime {
         // Validate before touching anything.
         spec::runtime_spec(id, spec, &local.config, &spec::User::default(), &paths)?;
         for mount in spec.mounts.iter().filter(|m| !m.is_bind()) {
-            std::fs::create_dir_all(volumes.join(&mount.source)).map_err(|e| failed(format!("cannot create volume {}: {e}", mount.source)))?;
+            std::fs::create_dir_all(volumes.join(&mount.source))
+                .map_err(|e| failed(format!("cannot create volume {}: {e}", mount.source)))?;
         }
         let prepare = PrepareSnapshotRequest {
             snapshotter: self.snapshotter.clone(),
@@ -547,7 +548,12 @@ impl ContainerdRuntime {
             parent: local.chain_id.clone(),
             labels: HashMap::new(),
         };
-        let mounts = SnapshotsClient::new(self.channel.clone()).prepare(request(prepare, Some(&lease.0))).await.map_err(grpc_error)?.into_inner().mounts;
+        let mounts = SnapshotsClient::new(self.channel.clone())
+            .prepare(request(prepare, Some(&lease.0)))
+            .await
+            .map_err(grpc_error)?
+            .into_inner()
+            .mounts;
         let image_user = local.config.config.as_ref().and_then(|c| c.user.clone()).unwrap_or_default();
         let user = if image_user.is_empty() {
             spec::User::default()
@@ -752,7 +758,10 @@ impl ContainerRuntime for ContainerdRuntime {
         validate_container_name(&spec.name).map_err(|message| RuntimeError::InvalidArgument { field: "name", message })?;
         let reference = Reference::parse(&spec.image).map_err(|message| RuntimeError::InvalidArgument { field: "image", message })?;
         if let Some(port) = spec.ports.iter().find(|p| p.host_port == 0 || p.container_port == 0) {
-            return Err(RuntimeError::InvalidArgument { field: "ports", message: format!("port 0 in {}:{}", port.host_port, port.container_port) });
+            return Err(RuntimeError::InvalidArgument {
+                field: "ports",
+                message: format!("port 0 in {}:{}", port.host_port, port.container_port),
+            });
         }
         let _create = self.create_lock.lock().await;
         if self.find_by_name(&spec.name).await?.is_some() {
@@ -856,7 +865,8 @@ impl ContainerRuntime for ContainerdRuntime {
             .map_err(grpc_error)?
             .into_inner()
             .tasks;
-        let by_id: HashMap<&str, &Process> = tasks.iter().map(|t| (if t.container_id.is_empty() { t.id.as_str() } else { t.container_id.as_str() }, t)).collect();
+        let by_id: HashMap<&str, &Process> =
+            tasks.iter().map(|t| (if t.container_id.is_empty() { t.id.as_str() } else { t.container_id.as_str() }, t)).collect();
         let mut infos: Vec<ContainerInfo> = containers.iter().map(|c| self.info(c, by_id.get(c.id.as_str()).copied())).collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(infos)
@@ -871,14 +881,20 @@ impl ContainerRuntime for ContainerdRuntime {
     async fn logs(&self, id: &str, options: LogOptions) -> RuntimeResult<RuntimeStream<LogChunk>> {
         let container = self.container(id).await?;
         let running = |task: Option<&Process>| {
-            task.is_some_and(|p| matches!(TaskStatus::try_from(p.status), Ok(TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing | TaskStatus::Created)))
+            task.is_some_and(|p| {
+                matches!(
+                    TaskStatus::try_from(p.status),
+                    Ok(TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing | TaskStatus::Created)
+                )
+            })
         };
         if !running(self.task(&container.id).await?.as_ref()) {
             // The process is gone: let the copier write its last lines first.
             self.wait_log_copier(&container.id, Duration::from_secs(2)).await;
         }
         let path = self.container_dir(&container.id).join(LOG_FILE);
-        let (records, mut offset) = logs::tail(&path, options.tail).await.map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+        let (records, mut offset) =
+            logs::tail(&path, options.tail).await.map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<RuntimeResult<LogChunk>>(64);
         let channel = self.channel.clone();
         let container_id = container.id.clone();
@@ -960,7 +976,10 @@ impl ContainerRuntime for ContainerdRuntime {
             };
             tasks.exec(request(exec, None)).await.map_err(grpc_error)?;
             let outcome = async {
-                tasks.start(request(StartRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None)).await.map_err(grpc_error)?;
+                tasks
+                    .start(request(StartRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None))
+                    .await
+                    .map_err(grpc_error)?;
                 let waited = tasks
                     .wait(request(WaitRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None))
                     .await
@@ -969,7 +988,8 @@ impl ContainerRuntime for ContainerdRuntime {
             }
             .await;
             // Deleting the process waits for the shim to finish copying its output.
-            let _ = tasks.delete_process(request(DeleteProcessRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None)).await;
+            let _ =
+                tasks.delete_process(request(DeleteProcessRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None)).await;
             let exit_code = outcome?;
             let read = |path: &Path| std::fs::read(path).map_err(|e| failed(format!("cannot read {}: {e}", path.display())));
             Ok(ExecOutput { exit_code, stdout: read(&stdout)?, stderr: read(&stderr)? })
@@ -1003,9 +1023,8 @@ impl ContainerRuntime for ContainerdRuntime {
         }
         let wall = now.duration_since(then).as_nanos() as f64;
         let cpu_percent = if wall > 0.0 { sample.cpu_nanos.saturating_sub(before) as f64 / wall * 100.0 } else { 0.0 };
-        let (network_rx_bytes, network_tx_bytes) = std::fs::read_to_string(format!("/proc/{}/net/dev", process.pid))
-            .map(|text| metrics::network_bytes(&text))
-            .unwrap_or_default();
+        let (network_rx_bytes, network_tx_bytes) =
+            std::fs::read_to_string(format!("/proc/{}/net/dev", process.pid)).map(|text| metrics::network_bytes(&text)).unwrap_or_default();
         Ok(ContainerStats {
             cpu_percent,
             memory_bytes: sample.memory_bytes,
@@ -1016,41 +1035,70 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 
     async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>> {
+        // Fail now if containerd is away; the subscription itself answers only with its
+        // first event (containerd sends no headers before), so it runs in a task of its own.
+        VersionClient::new(self.channel.clone()).version(()).await.map_err(grpc_error)?;
         let filters = ["/tasks/start", "/tasks/exit", "/tasks/oom"]
             .iter()
             .map(|topic| format!("namespace=={NAMESPACE},topic==\"{topic}\""))
             .collect();
-        let stream = EventsClient::new(self.channel.clone())
-            .subscribe(request(SubscribeRequest { filters }, None))
-            .await
-            .map_err(grpc_error)?
-            .into_inner();
-        let events = stream.filter_map(|item| async move {
-            let envelope = match item {
-                Ok(envelope) => envelope,
-                Err(status) => return Some(Err(grpc_error(status))),
+        let (tx, rx) = tokio::sync::mpsc::channel::<RuntimeResult<RuntimeEvent>>(256);
+        let mut client = EventsClient::new(self.channel.clone());
+        tokio::spawn(async move {
+            let subscribed = tokio::select! {
+                _ = tx.closed() => return,
+                subscribed = client.subscribe(request(SubscribeRequest { filters }, None)) => subscribed,
             };
-            if envelope.namespace != NAMESPACE {
+            let mut stream = match subscribed {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    let _ = tx.send(Err(grpc_error(status))).await;
+                    return;
+                }
+            };
+            loop {
+                let item = tokio::select! {
+                    _ = tx.closed() => return,
+                    item = stream.message() => item,
+                };
+                let event = match item {
+                    Ok(Some(envelope)) => match runtime_event(envelope) {
+                        Some(event) => Ok(event),
+                        None => continue,
+                    },
+                    Ok(None) => return,
+                    Err(status) => Err(grpc_error(status)),
+                };
+                let last = event.is_err();
+                if tx.send(event).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// A containerd event as a Diplo event, if it is one Diplo follows.
+fn runtime_event(envelope: containerd_client::types::Envelope) -> Option<RuntimeEvent> {
+    if envelope.namespace != NAMESPACE {
+        return None;
+    }
+    let data = envelope.event?.value;
+    let (container_id, kind) = match envelope.topic.as_str() {
+        "/tasks/start" => (TaskStart::decode(data.as_slice()).ok()?.container_id, RuntimeEventKind::Start),
+        "/tasks/exit" => {
+            let exit = TaskExit::decode(data.as_slice()).ok()?;
+            // Exec processes exit too; only the container's own process counts.
+            if !exit.id.is_empty() && exit.id != exit.container_id {
                 return None;
             }
-            let data = envelope.event?.value;
-            let (container_id, kind) = match envelope.topic.as_str() {
-                "/tasks/start" => (TaskStart::decode(data.as_slice()).ok()?.container_id, RuntimeEventKind::Start),
-                "/tasks/exit" => {
-                    let exit = TaskExit::decode(data.as_slice()).ok()?;
-                    // Exec processes exit too; only the container's own process counts.
-                    if !exit.id.is_empty() && exit.id != exit.container_id {
-                        return None;
-                    }
-                    (exit.container_id, RuntimeEventKind::Die)
-                }
-                "/tasks/oom" => (TaskOom::decode(data.as_slice()).ok()?.container_id, RuntimeEventKind::Oom),
-                _ => return None,
-            };
-            Some(Ok(RuntimeEvent { container_id, kind }))
-        });
-        Ok(Box::pin(events))
-    }
+            (exit.container_id, RuntimeEventKind::Die)
+        }
+        "/tasks/oom" => (TaskOom::decode(data.as_slice()).ok()?.container_id, RuntimeEventKind::Oom),
+        _ => return None,
+    };
+    Some(RuntimeEvent { container_id, kind })
 }
 
 const SIGTERM: u32 = 15;

@@ -227,9 +227,9 @@ pub async fn check_ports_free(ports: &[PortMapping]) -> Result<(), String> {
 
 fn dnat_rule_for(rules: &str, port: u16) -> bool {
     let needle = format!("--dport {port}");
-    rules.lines().any(|line| {
-        line.contains("DNAT") && line.split(&needle).nth(1).is_some_and(|after| after.is_empty() || after.starts_with(' '))
-    })
+    rules
+        .lines()
+        .any(|line| line.contains("DNAT") && line.split(&needle).nth(1).is_some_and(|after| after.is_empty() || after.starts_with(' ')))
 }
 
 fn netns_name(id: &str) -> String {
@@ -238,11 +238,7 @@ fn netns_name(id: &str) -> String {
 
 async fn run_ip(args: &[&str]) -> Result<(), String> {
     let output = tokio::process::Command::new("ip").args(args).output().await.map_err(|e| format!("cannot run ip: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
-    }
+    if output.status.success() { Ok(()) } else { Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim())) }
 }
 
 #[cfg(test)]

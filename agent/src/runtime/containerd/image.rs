@@ -10,9 +10,8 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    AbortRequest, ApplyRequest, CreateImageRequest, GetImageRequest, Image, InfoRequest, ReadContentRequest,
-    UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest, content_client::ContentClient,
-    diff_client::DiffClient, images_client::ImagesClient,
+    AbortRequest, ApplyRequest, CreateImageRequest, GetImageRequest, Image, InfoRequest, ReadContentRequest, UpdateImageRequest,
+    UpdateRequest, WriteAction, WriteContentRequest, content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
 };
 use containerd_client::types::{Descriptor as PbDescriptor, Mount as PbMount};
 use serde::{Deserialize, Serialize};
@@ -22,8 +21,7 @@ use tonic::Code;
 
 use super::reference::Reference;
 use super::registry::{
-    MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, media_type_of_document,
-    sha256_digest,
+    MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, media_type_of_document, sha256_digest,
 };
 use super::{ContainerdRuntime, failed, grpc_error, not_found_image, random_hex, request};
 use crate::runtime::{RuntimeError, RuntimeResult};
@@ -193,7 +191,8 @@ pub fn host_architecture() -> &'static str {
 /// The index entry for linux on this host's architecture (any variant).
 fn pick_platform(index: &Index) -> Option<&Descriptor> {
     let arch = host_architecture();
-    let is_manifest = |d: &&Descriptor| d.media_type.is_empty() || d.media_type == MEDIA_OCI_MANIFEST || d.media_type == MEDIA_DOCKER_MANIFEST;
+    let is_manifest =
+        |d: &&Descriptor| d.media_type.is_empty() || d.media_type == MEDIA_OCI_MANIFEST || d.media_type == MEDIA_DOCKER_MANIFEST;
     let matching = |d: &&Descriptor| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch);
     index.manifests.iter().filter(is_manifest).find(matching).or_else(|| {
         // Single-platform indexes (e.g. from an OCI layout) may not say their platform.
@@ -276,7 +275,8 @@ impl ContainerdRuntime {
         };
         let Some(target) = image.and_then(|i| i.target) else { return Ok(None) };
         let Some(bytes) = self.read_blob_if_present(&target.digest).await? else { return Ok(None) };
-        let mut media_type = if target.media_type.is_empty() { media_type_of_document(&bytes).unwrap_or_default() } else { target.media_type };
+        let mut media_type =
+            if target.media_type.is_empty() { media_type_of_document(&bytes).unwrap_or_default() } else { target.media_type };
         let mut bytes = bytes;
         if is_index(&media_type) {
             let index: Index = parse_json(&bytes, "image index")?;
@@ -322,9 +322,8 @@ impl ContainerdRuntime {
         let mut fetched = self.registry.manifest(reference, reference.manifest_reference()).await?;
         if is_index(&fetched.media_type) {
             let index: Index = parse_json(&fetched.bytes, "image index")?;
-            let chosen = pick_platform(&index).ok_or_else(|| {
-                failed(format!("{reference} has no image for linux/{}", host_architecture()))
-            })?;
+            let chosen =
+                pick_platform(&index).ok_or_else(|| failed(format!("{reference} has no image for linux/{}", host_architecture())))?;
             fetched = self.registry.manifest(reference, &chosen.digest.clone()).await?;
         }
         if !is_manifest(&fetched.media_type) {
@@ -354,8 +353,7 @@ impl ContainerdRuntime {
             platform: None,
             annotations: None,
         };
-        self.write_blob(lease, &manifest_descriptor, BlobSource::Memory(Some(fetched.bytes)), manifest_gc_labels(&manifest))
-            .await?;
+        self.write_blob(lease, &manifest_descriptor, BlobSource::Memory(Some(fetched.bytes)), manifest_gc_labels(&manifest)).await?;
         self.unpack(lease, &manifest, &config).await?;
         self.record_image(lease, &reference.to_string(), &manifest_descriptor).await
     }
@@ -373,7 +371,17 @@ impl ContainerdRuntime {
         tokio::fs::create_dir_all(&dir).await.map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
         let result = async {
             if top_level("index.json") || top_level("manifest.json") {
-                run_tar(&[std::ffi::OsStr::new("-xf"), archive.as_os_str(), std::ffi::OsStr::new("-C"), dir.as_os_str(), std::ffi::OsStr::new("--no-same-owner")], archive).await?;
+                run_tar(
+                    &[
+                        std::ffi::OsStr::new("-xf"),
+                        archive.as_os_str(),
+                        std::ffi::OsStr::new("-C"),
+                        dir.as_os_str(),
+                        std::ffi::OsStr::new("--no-same-owner"),
+                    ],
+                    archive,
+                )
+                .await?;
             } else {
                 rootfs_image(archive, &dir).await?;
             }
@@ -400,7 +408,8 @@ impl ContainerdRuntime {
         };
         let manifest: Manifest = parse_json(&manifest_bytes, "image manifest")?;
         let config_path = blob_paths(&manifest.config.digest);
-        let config_bytes = std::fs::read(&config_path).map_err(|e| failed(format!("archive lacks config {}: {e}", manifest.config.digest)))?;
+        let config_bytes =
+            std::fs::read(&config_path).map_err(|e| failed(format!("archive lacks config {}: {e}", manifest.config.digest)))?;
         let config: ImageConfig = parse_json(&config_bytes, "image config")?;
         for descriptor in std::iter::once(&manifest.config).chain(&manifest.layers) {
             if self.blob_exists(&descriptor.digest).await? {
@@ -444,11 +453,7 @@ impl ContainerdRuntime {
     async fn unpack(&self, lease: &Lease, manifest: &Manifest, config: &ImageConfig) -> RuntimeResult<String> {
         let diff_ids = config.rootfs.as_ref().map(|r| r.diff_ids.clone()).unwrap_or_default();
         if diff_ids.len() != manifest.layers.len() {
-            return Err(failed(format!(
-                "image config lists {} diff ids for {} layers",
-                diff_ids.len(),
-                manifest.layers.len()
-            )));
+            return Err(failed(format!("image config lists {} diff ids for {} layers", diff_ids.len(), manifest.layers.len())));
         }
         let chains = chain_ids(&diff_ids);
         let mut snapshots = SnapshotsClient::new(self.channel.clone());
@@ -500,7 +505,8 @@ impl ContainerdRuntime {
             labels: HashMap::from([(label.clone(), top.clone())]),
             ..Default::default()
         };
-        let update = UpdateRequest { info: Some(info), update_mask: Some(prost_types::FieldMask { paths: vec![format!("labels.{label}")] }) };
+        let update =
+            UpdateRequest { info: Some(info), update_mask: Some(prost_types::FieldMask { paths: vec![format!("labels.{label}")] }) };
         ContentClient::new(self.channel.clone()).update(request(update, Some(&lease.0))).await.map_err(grpc_error)?;
         Ok(top)
     }
@@ -648,13 +654,16 @@ fn oci_layout_manifest(dir: &Path, reference: &Reference) -> RuntimeResult<(Desc
         }
     };
     let mut bytes = read(&chosen.digest)?;
-    let mut media_type = if chosen.media_type.is_empty() { media_type_of_document(&bytes).unwrap_or_default() } else { chosen.media_type.clone() };
+    let mut media_type =
+        if chosen.media_type.is_empty() { media_type_of_document(&bytes).unwrap_or_default() } else { chosen.media_type.clone() };
     if is_index(&media_type) {
         let nested: Index = parse_json(&bytes, "image index")?;
-        let platform = pick_platform(&nested).ok_or_else(|| failed(format!("the archive has no image for linux/{}", host_architecture())))?;
+        let platform =
+            pick_platform(&nested).ok_or_else(|| failed(format!("the archive has no image for linux/{}", host_architecture())))?;
         chosen = platform.clone();
         bytes = read(&chosen.digest)?;
-        media_type = if chosen.media_type.is_empty() { media_type_of_document(&bytes).unwrap_or_default() } else { chosen.media_type.clone() };
+        media_type =
+            if chosen.media_type.is_empty() { media_type_of_document(&bytes).unwrap_or_default() } else { chosen.media_type.clone() };
     }
     if !is_manifest(&media_type) {
         return Err(failed(format!("unsupported manifest type {media_type:?} in the archive")));
@@ -683,9 +692,8 @@ async fn docker_archive_manifest(dir: &Path, reference: &Reference) -> RuntimeRe
     let text = std::fs::read(dir.join("manifest.json")).map_err(|e| failed(format!("cannot read manifest.json: {e}")))?;
     let entries: Vec<DockerArchiveEntry> = parse_json(&text, "manifest.json")?;
     let full = reference.to_string();
-    let matches = |e: &&DockerArchiveEntry| {
-        e.repo_tags.iter().flatten().any(|tag| Reference::parse(tag).is_ok_and(|r| r.to_string() == full))
-    };
+    let matches =
+        |e: &&DockerArchiveEntry| e.repo_tags.iter().flatten().any(|tag| Reference::parse(tag).is_ok_and(|r| r.to_string() == full));
     let entry = match entries.iter().find(matches) {
         Some(entry) => entry,
         None if entries.len() == 1 => &entries[0],
@@ -709,7 +717,8 @@ async fn docker_archive_manifest(dir: &Path, reference: &Reference) -> RuntimeRe
         let gzip = std::fs::File::open(&path)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
             .is_ok_and(|()| magic == [0x1f, 0x8b]);
-        let media_type = if gzip { "application/vnd.docker.image.rootfs.diff.tar.gzip" } else { "application/vnd.docker.image.rootfs.diff.tar" };
+        let media_type =
+            if gzip { "application/vnd.docker.image.rootfs.diff.tar.gzip" } else { "application/vnd.docker.image.rootfs.diff.tar" };
         layers.push(serde_json::json!({"mediaType": media_type, "size": file_size(&path)?, "digest": digest}));
         paths.insert(digest, path);
     }
@@ -777,7 +786,10 @@ async fn rootfs_image(archive: &Path, dir: &Path) -> RuntimeResult<()> {
                 .await
                 .map_err(|e| failed(format!("cannot run {tool}: {e}")))?;
             if !status.success() {
-                return Err(RuntimeError::InvalidArgument { field: "archive", message: format!("{tool} cannot decompress {}", archive.display()) });
+                return Err(RuntimeError::InvalidArgument {
+                    field: "archive",
+                    message: format!("{tool} cannot decompress {}", archive.display()),
+                });
             }
         }
     }

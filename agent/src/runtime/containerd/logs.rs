@@ -118,43 +118,51 @@ pub fn open_fifos(stdout: &Path, stderr: &Path) -> std::io::Result<(pipe::Receiv
 }
 
 /// Copies both FIFOs into the log file at `path` until both reach end of file (the
-/// container's output closed).
-pub async fn copy(mut stdout: pipe::Receiver, mut stderr: pipe::Receiver, path: PathBuf) {
+/// container's output closed). Each FIFO has a reader task of its own that stamps its
+/// lines as soon as they arrive and hands them to one writer, so that the file keeps
+/// the order in which the two streams were written as well as two pipes allow.
+pub async fn copy(stdout: pipe::Receiver, stderr: pipe::Receiver, path: PathBuf) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    for (pipe, stream) in [(stdout, OutputStream::Stdout), (stderr, OutputStream::Stderr)] {
+        tokio::spawn(read_stream(pipe, stream, tx.clone()));
+    }
+    drop(tx);
     let mut file = match tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await {
-        Ok(file) => file,
+        Ok(file) => Some(file),
         Err(error) => {
             tracing::warn!(path = %path.display(), %error, "cannot open the container log; output is dropped");
-            return;
+            None
         }
     };
-    let mut pending = [Vec::new(), Vec::new()];
-    let mut open = [true, true];
-    let mut buffers = [vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]];
-    while open[0] || open[1] {
-        let [out_buffer, err_buffer] = &mut buffers;
-        let (index, read) = tokio::select! {
-            read = stdout.read(out_buffer), if open[0] => (0, read),
-            read = stderr.read(err_buffer), if open[1] => (1, read),
-        };
-        let stream = if index == 0 { OutputStream::Stdout } else { OutputStream::Stderr };
-        let mut out = Vec::new();
-        match read {
-            Ok(0) | Err(_) => {
-                open[index] = false;
-                drain_lines(stream, &mut pending[index], true, &mut out);
-            }
-            Ok(n) => {
-                pending[index].extend_from_slice(&buffers[index][..n]);
-                drain_lines(stream, &mut pending[index], false, &mut out);
-            }
-        }
-        if !out.is_empty()
-            && let Err(error) = file.write_all(&out).await
+    while let Some(records) = rx.recv().await {
+        if let Some(file) = file.as_mut()
+            && let Err(error) = file.write_all(&records).await
         {
             tracing::warn!(path = %path.display(), %error, "cannot write the container log");
         }
     }
-    let _ = file.flush().await;
+    if let Some(mut file) = file {
+        let _ = file.flush().await;
+    }
+}
+
+async fn read_stream(mut pipe: pipe::Receiver, stream: OutputStream, records: tokio::sync::mpsc::UnboundedSender<Vec<u8>>) {
+    let mut pending = Vec::new();
+    let mut buffer = vec![0u8; 32 * 1024];
+    loop {
+        let mut out = Vec::new();
+        let eof = match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => true,
+            Ok(n) => {
+                pending.extend_from_slice(&buffer[..n]);
+                false
+            }
+        };
+        drain_lines(stream, &mut pending, eof, &mut out);
+        if (!out.is_empty() && records.send(out).is_err()) || eof {
+            return;
+        }
+    }
 }
 
 /// The last `lines` records of the log at `path` (all when `None`) and the file's

@@ -142,7 +142,10 @@ mod tests {
         };
         let any = prost_types::Any { type_url: V1.into(), value: m.encode_to_vec() };
         assert_eq!(decode(&any).unwrap(), Sample { cpu_nanos: 5_000, memory_bytes: 1000, memory_limit_bytes: 0 });
-        let m = v2::Metrics { cpu: Some(v2::CpuStat { usage_usec: 3 }), memory: Some(v2::MemoryStat { inactive_file: 0, usage: 10, usage_limit: 64 }) };
+        let m = v2::Metrics {
+            cpu: Some(v2::CpuStat { usage_usec: 3 }),
+            memory: Some(v2::MemoryStat { inactive_file: 0, usage: 10, usage_limit: 64 }),
+        };
         let any = prost_types::Any { type_url: format!("types.containerd.io/{V2}"), value: m.encode_to_vec() };
         assert_eq!(decode(&any).unwrap(), Sample { cpu_nanos: 3000, memory_bytes: 10, memory_limit_bytes: 64 });
         assert!(decode(&prost_types::Any { type_url: "x".into(), value: vec![] }).is_err());

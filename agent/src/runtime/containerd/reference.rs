@@ -53,11 +53,7 @@ impl Reference {
             Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => (first.to_owned(), path.to_owned()),
             _ => (DOCKER_HUB.to_owned(), name.to_owned()),
         };
-        let repository = if registry == DOCKER_HUB && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
+        let repository = if registry == DOCKER_HUB && !repository.contains('/') { format!("library/{repository}") } else { repository };
         let component_ok = |part: &str| {
             !part.is_empty()
                 && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))

@@ -15,12 +15,7 @@ use super::{failed, not_found_image};
 use crate::runtime::{RegistryConfig, RuntimeResult};
 
 /// Manifest media types Diplo understands, for the `Accept` header.
-pub const MANIFEST_TYPES: &[&str] = &[
-    MEDIA_OCI_INDEX,
-    MEDIA_DOCKER_LIST,
-    MEDIA_OCI_MANIFEST,
-    MEDIA_DOCKER_MANIFEST,
-];
+pub const MANIFEST_TYPES: &[&str] = &[MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST];
 /// OCI image index.
 pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// Docker manifest list.
@@ -77,11 +72,8 @@ impl RegistryClient {
         if !status.is_success() {
             return Err(failed(format!("registry answered {status} for {url}: {}", body_text(response).await)));
         }
-        let header_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
+        let header_type =
+            response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
         let bytes = response.bytes().await.map_err(|e| failed(format!("reading {url}: {e}")))?.to_vec();
         let digest = sha256_digest(&bytes);
         if tag_or_digest.starts_with("sha256:") && tag_or_digest != digest {
@@ -117,8 +109,7 @@ impl RegistryClient {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let Some(challenge) = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned)
-        else {
+        let Some(challenge) = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
             return Ok(response);
         };
         let Some(token) = self.fetch_token(&challenge, reference).await? else {
@@ -227,7 +218,8 @@ mod tests {
 
     #[test]
     fn bearer_challenges_parse() {
-        let p = parse_challenge(r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#);
+        let p =
+            parse_challenge(r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#);
         assert_eq!(p["realm"], "https://auth.docker.io/token");
         assert_eq!(p["service"], "registry.docker.io");
         assert_eq!(p["scope"], "repository:library/busybox:pull");

@@ -123,8 +123,10 @@ pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Re
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let passwd_entries: Vec<Vec<&str>> = passwd.unwrap_or_default().lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 4).collect();
-    let group_entries: Vec<Vec<&str>> = group.unwrap_or_default().lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 3).collect();
+    let passwd_entries: Vec<Vec<&str>> =
+        passwd.unwrap_or_default().lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 4).collect();
+    let group_entries: Vec<Vec<&str>> =
+        group.unwrap_or_default().lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 3).collect();
     let (uid, name, passwd_gid) = match user_part.parse::<u32>() {
         Ok(uid) => {
             let entry = passwd_entries.iter().find(|f| f[2].parse::<u32>() == Ok(uid));
@@ -159,7 +161,8 @@ pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Re
     let mut additional_gids = Vec::new();
     if let Some(name) = &name {
         for f in &group_entries {
-            if f.len() >= 4 && f[3].split(',').any(|m| m == name)
+            if f.len() >= 4
+                && f[3].split(',').any(|m| m == name)
                 && let Ok(g) = f[2].parse::<u32>()
                 && g != gid
                 && !additional_gids.contains(&g)
@@ -207,15 +210,23 @@ pub fn mounts(spec: &ContainerSpec, paths: &HostPaths<'_>) -> RuntimeResult<Vec<
         if !target.starts_with('/') {
             return Err(RuntimeError::InvalidArgument { field: "tmpfs", message: format!("{target:?} is not an absolute path") });
         }
-        mounts.push(json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "noexec", "mode=1777"]}));
+        mounts.push(
+            json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "noexec", "mode=1777"]}),
+        );
     }
     for mount in &spec.mounts {
         if !mount.target.starts_with('/') {
-            return Err(RuntimeError::InvalidArgument { field: "mounts", message: format!("target {:?} is not an absolute path", mount.target) });
+            return Err(RuntimeError::InvalidArgument {
+                field: "mounts",
+                message: format!("target {:?} is not an absolute path", mount.target),
+            });
         }
         let source = if mount.is_bind() {
             if !Path::new(&mount.source).exists() {
-                return Err(RuntimeError::InvalidArgument { field: "mounts", message: format!("bind source {} does not exist", mount.source) });
+                return Err(RuntimeError::InvalidArgument {
+                    field: "mounts",
+                    message: format!("bind source {} does not exist", mount.source),
+                });
             }
             mount.source.clone()
         } else {
@@ -382,7 +393,13 @@ mod tests {
     #[test]
     fn runtime_spec_has_the_essentials() {
         let dir = PathBuf::from("/state");
-        let paths = HostPaths { netns: &dir.join("ns"), hosts: &dir.join("hosts"), resolv_conf: &dir.join("r"), hostname: &dir.join("h"), volumes: &dir.join("v") };
+        let paths = HostPaths {
+            netns: &dir.join("ns"),
+            hosts: &dir.join("hosts"),
+            resolv_conf: &dir.join("r"),
+            hostname: &dir.join("h"),
+            volumes: &dir.join("v"),
+        };
         let spec = ContainerSpec {
             name: "web".into(),
             image: "x".into(),
@@ -406,7 +423,10 @@ mod tests {
         assert!(mounts.iter().any(|m| m["destination"] == "/tmp" && m["type"] == "tmpfs"));
         assert!(mounts.iter().any(|m| m["destination"] == "/data" && m["source"] == "/state/v/data" && m["options"][2] == "ro"));
         let bad = ContainerSpec { mounts: vec![Mount { source: "/nonexistent/x".into(), target: "/x".into(), read_only: false }], ..spec };
-        assert!(matches!(runtime_spec("abc", &bad, &ImageConfig::default(), &User::default(), &paths), Err(RuntimeError::InvalidArgument { field: "mounts", .. })));
+        assert!(matches!(
+            runtime_spec("abc", &bad, &ImageConfig::default(), &User::default(), &paths),
+            Err(RuntimeError::InvalidArgument { field: "mounts", .. })
+        ));
     }
 
     #[test]

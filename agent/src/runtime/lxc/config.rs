@@ -58,9 +58,13 @@ impl Default for LxcNetwork {
 }
 
 impl LxcNetwork {
-    /// The first address of the range not in `used`.
-    pub(super) fn pick(&self, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-        (u32::from(self.first)..=u32::from(self.last)).map(Ipv4Addr::from).find(|ip| !used.contains(ip) && *ip != self.gateway)
+    /// The first address of the range not in `used`, starting after `last` (the previous
+    /// pick) and wrapping around: a freed address is handed out again as late as possible,
+    /// when the host's neighbour cache has long forgotten its old MAC address.
+    pub(super) fn pick(&self, used: &BTreeSet<Ipv4Addr>, last: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let (first, end) = (u32::from(self.first), u32::from(self.last));
+        let start = last.map(u32::from).filter(|l| (first..end).contains(l)).map_or(first, |l| l + 1);
+        (start..=end).chain(first..start).map(Ipv4Addr::from).find(|ip| !used.contains(ip) && *ip != self.gateway)
     }
 }
 
@@ -548,11 +552,17 @@ mod tests {
     fn addresses_are_picked_from_the_range() {
         let network = LxcNetwork::default();
         let mut used = BTreeSet::new();
-        assert_eq!(network.pick(&used), Some(Ipv4Addr::new(10, 0, 3, 100)));
-        used.insert(Ipv4Addr::new(10, 0, 3, 100));
-        assert_eq!(network.pick(&used), Some(Ipv4Addr::new(10, 0, 3, 101)));
-        let full: BTreeSet<_> = (100..=250).map(|n| Ipv4Addr::new(10, 0, 3, n)).collect();
-        assert_eq!(network.pick(&full), None);
+        let ip = |n| Ipv4Addr::new(10, 0, 3, n);
+        assert_eq!(network.pick(&used, None), Some(ip(100)));
+        used.insert(ip(100));
+        assert_eq!(network.pick(&used, None), Some(ip(101)));
+        // Round robin: after the last pick, wrapping around.
+        assert_eq!(network.pick(&BTreeSet::new(), Some(ip(100))), Some(ip(101)));
+        assert_eq!(network.pick(&BTreeSet::new(), Some(ip(250))), Some(ip(100)));
+        assert_eq!(network.pick(&BTreeSet::from([ip(100)]), Some(ip(250))), Some(ip(101)));
+        assert_eq!(network.pick(&BTreeSet::new(), Some(ip(7))), Some(ip(100)));
+        let full: BTreeSet<_> = (100..=250).map(ip).collect();
+        assert_eq!(network.pick(&full, Some(ip(120))), None);
         let config = "lxc.net.0.type = veth\n# lxc.net.0.ipv4.address = 10.0.3.9/24\nlxc.net.1.ipv4.address = 10.0.3.7/24\nlxc.network.ipv4 = 10.0.3.8/24 10.0.3.255\n";
         assert_eq!(config_ipv4_addresses(config), vec![Ipv4Addr::new(10, 0, 3, 7), Ipv4Addr::new(10, 0, 3, 8)]);
     }

@@ -337,13 +337,14 @@ impl LxcRuntime {
             args.push("--src-tls-verify=false");
         }
         args.push(&source);
-        self.fill_layout(&layout, &[args], reference).await?;
+        self.fill_layout(&layout, &[args], reference, false).await?;
         Ok(layout)
     }
 
     /// Runs the first `skopeo` argv (with `oci:TMP:latest` appended) that succeeds, then
-    /// moves the temporary layout to `layout`, replacing what was there.
-    async fn fill_layout(&self, layout: &Path, attempts: &[Vec<&str>], reference: &str) -> RuntimeResult<()> {
+    /// moves the temporary layout to `layout`. What is there already is kept (a pull
+    /// that lost a race) or, with `replace` (an import), swapped out.
+    async fn fill_layout(&self, layout: &Path, attempts: &[Vec<&str>], reference: &str, replace: bool) -> RuntimeResult<()> {
         std::fs::create_dir_all(&self.image_cache)
             .map_err(|e| failed(format!("cannot create the image cache {}: {}", self.image_cache.display(), describe_io(&e))))?;
         let tmp = self.image_cache.join(format!(".tmp-{}-{:08x}", std::process::id(), rand::random::<u32>()));
@@ -377,11 +378,29 @@ impl LxcRuntime {
             }
             return Err(failed(format!("cannot get image {reference}: {}", messages.join("; "))));
         }
+        self.install_layout(&tmp, layout, replace)
+    }
+
+    /// Moves the complete layout `tmp` to `layout` (see [`Self::fill_layout`]).
+    fn install_layout(&self, tmp: &Path, layout: &Path, replace: bool) -> RuntimeResult<()> {
+        let mut old = None;
         if image::layout_present(layout) {
-            let _ = std::fs::remove_dir_all(layout);
+            if !replace {
+                let _ = std::fs::remove_dir_all(tmp);
+                return Ok(());
+            }
+            // Swap, then delete: there is no moment without a layout.
+            let aside = self.image_cache.join(format!(".old-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+            if std::fs::rename(layout, &aside).is_ok() {
+                old = Some(aside);
+            }
         }
-        if let Err(error) = std::fs::rename(&tmp, layout) {
-            let _ = std::fs::remove_dir_all(&tmp);
+        let moved = std::fs::rename(tmp, layout);
+        if let Some(old) = old {
+            let _ = std::fs::remove_dir_all(old);
+        }
+        if let Err(error) = moved {
+            let _ = std::fs::remove_dir_all(tmp);
             // Someone else filled it meanwhile.
             if !image::layout_present(layout) {
                 return Err(failed(format!("cannot move the image into {}: {}", layout.display(), describe_io(&error))));
@@ -423,10 +442,7 @@ impl LxcRuntime {
             if tarball != archive {
                 let _ = std::fs::remove_file(&tarball);
             }
-            if layout.exists() {
-                let _ = std::fs::remove_dir_all(layout);
-            }
-            std::fs::rename(&tmp, layout).map_err(|e| failed(format!("cannot move the image into {}: {}", layout.display(), describe_io(&e))))
+            self.install_layout(&tmp, layout, true)
         }
         .await;
         if result.is_err() {
@@ -521,19 +537,25 @@ impl LxcRuntime {
                     Some(ip) if fresh => {
                         used.insert(ip);
                     }
-                    _ => {
+                    Some(_) => {
                         let _ = std::fs::remove_file(entry.path());
                     }
+                    None => {}
                 }
             }
         }
+        let cursor = reservations.join(".last");
+        let last = std::fs::read_to_string(&cursor).ok().and_then(|t| t.trim().parse().ok());
         loop {
-            let ip = self.network.pick(&used).ok_or_else(|| {
+            let ip = self.network.pick(&used, last).ok_or_else(|| {
                 RuntimeError::Conflict(format!("no free address left in {}-{}", self.network.first, self.network.last))
             })?;
             let path = reservations.join(ip.to_string());
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(_) => return Ok((ip, Reservation(path))),
+                Ok(_) => {
+                    let _ = std::fs::write(&cursor, ip.to_string());
+                    return Ok((ip, Reservation(path)));
+                }
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
                     used.insert(ip);
                 }
@@ -625,6 +647,18 @@ impl LxcRuntime {
             && let Err(error) = std::fs::remove_dir_all(&dir)
         {
             warn!(name, error = %describe_io(&error), "cannot delete {}", dir.display());
+        }
+    }
+
+    /// Drops the host's neighbour (ARP) entry for `ip` on the bridge: it may still hold
+    /// the MAC address of an earlier container with this address, and the host would
+    /// send to it until the entry expires. Best effort (`ip neigh flush`).
+    async fn forget_neighbour(&self, ip: Ipv4Addr) {
+        let args: Vec<OsString> = ["neigh", "flush", "to", &ip.to_string(), "dev", &self.network.bridge].iter().map(OsString::from).collect();
+        match run_tool("ip", &args, Some(Duration::from_secs(10))).await {
+            Ok(output) if !output.status.success() => debug!(%ip, error = %String::from_utf8_lossy(&output.stderr).trim(), "ip neigh flush failed"),
+            Err(error) => debug!(%ip, %error, "cannot run ip neigh flush"),
+            Ok(_) => {}
         }
     }
 
@@ -1074,7 +1108,7 @@ impl ContainerRuntime for LxcRuntime {
         let docker = format!("docker-archive:{}", archive.display());
         let oci = format!("oci-archive:{}", archive.display());
         let attempts = vec![vec!["copy", "--quiet", docker.as_str()], vec!["copy", "--quiet", oci.as_str()]];
-        match self.fill_layout(&layout, &attempts, reference).await {
+        match self.fill_layout(&layout, &attempts, reference, true).await {
             // Not an image archive: a root filesystem tarball, as `docker import` takes.
             Err(RuntimeError::NotFound { .. } | RuntimeError::Failed { .. }) => self.import_rootfs(archive, &layout).await,
             other => other,
@@ -1157,6 +1191,7 @@ impl ContainerRuntime for LxcRuntime {
         let log_path = self.dir(&name).join(START_LOG);
         let log = std::fs::File::create(&log_path).map_err(|e| failed(format!("cannot create {}: {}", log_path.display(), describe_io(&e))))?;
         let launch = self.launch_argv(&state)?;
+        self.forget_neighbour(state.ip).await;
         // Read the output from the first byte on.
         let pid_slot = self.start_pump(&state);
         let mut args = self.args(&name, &["-d", "-l", "INFO", "-o"]);
