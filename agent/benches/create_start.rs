@@ -341,6 +341,8 @@ struct Row {
     label: String,
     cli_command: String,
     diplo: Vec<Duration>,
+    /// The `create` part of each Diplo sample.
+    diplo_create: Vec<Duration>,
     cli: Vec<Duration>,
 }
 
@@ -425,9 +427,17 @@ async fn connect(runtime: Runtime, probe: &ProbeConfig, scratch: &Scratch) -> Be
     Ok((driver, cli))
 }
 
+/// One timed create+start.
+struct Sample {
+    total: Duration,
+    /// How long `create` took (Diplo only).
+    create: Option<Duration>,
+    owned: Owned,
+}
+
 /// Times one create+start of `side` under `name`; the container is in `ledger` until
 /// removed.
-async fn once(target: &Target, settings: &Settings, ledger: &Ledger, side: Side, name: &str, ports: bool) -> BenchResult<(Duration, Owned)> {
+async fn once(target: &Target, settings: &Settings, ledger: &Ledger, side: Side, name: &str, ports: bool) -> BenchResult<Sample> {
     let host_port = if ports { Some(free_port()?) } else { None };
     match side {
         Side::Diplo => {
@@ -450,12 +460,13 @@ async fn once(target: &Target, settings: &Settings, ledger: &Ledger, side: Side,
                 Ok(Err(error)) => return Err(format!("{} create {name}: {error}", target.runtime)),
                 Ok(Ok(id)) => id,
             };
+            let create = started.elapsed();
             match tokio::time::timeout(OP_TIMEOUT, driver.start(&id)).await {
                 Err(_) => return Err(format!("{} start {name}: timed out", target.runtime)),
                 Ok(Err(error)) => return Err(format!("{} start {name}: {error}", target.runtime)),
                 Ok(Ok(())) => {}
             }
-            Ok((started.elapsed(), owned))
+            Ok(Sample { total: started.elapsed(), create: Some(create), owned })
         }
         Side::Cli => {
             let owned = Owned::Cli(target.cli.clone(), name.to_owned());
@@ -465,7 +476,7 @@ async fn once(target: &Target, settings: &Settings, ledger: &Ledger, side: Side,
             for argv in &commands {
                 run(argv).await?;
             }
-            Ok((started.elapsed(), owned))
+            Ok(Sample { total: started.elapsed(), create: None, owned })
         }
     }
 }
@@ -473,7 +484,7 @@ async fn once(target: &Target, settings: &Settings, ledger: &Ledger, side: Side,
 /// Warm-up and measured rounds of one variant (with or without a published port).
 async fn measure(target: &Target, settings: &Settings, ledger: &Ledger, ports: bool) -> BenchResult<Row> {
     let label = if ports { format!("{} + 1 port", target.runtime) } else { target.runtime.to_string() };
-    let mut row = Row { label: label.clone(), cli_command: target.cli.describe(&settings.image, ports), diplo: Vec::new(), cli: Vec::new() };
+    let mut row = Row { label: label.clone(), cli_command: target.cli.describe(&settings.image, ports), diplo: Vec::new(), diplo_create: Vec::new(), cli: Vec::new() };
     let pid = std::process::id();
     let variant = if ports { "p" } else { "n" };
     let total = settings.warmup + settings.iterations;
@@ -483,13 +494,17 @@ async fn measure(target: &Target, settings: &Settings, ledger: &Ledger, ports: b
         let mut line = Vec::new();
         for side in order {
             let name = format!("dbench-{pid}-{}-{variant}{}-{round}", target.runtime, side.tag());
-            let (elapsed, owned) = once(target, settings, ledger, side, &name, ports).await?;
-            ledger.remove(&owned).await?;
+            let sample = once(target, settings, ledger, side, &name, ports).await?;
+            let elapsed = sample.total;
+            ledger.remove(&sample.owned).await?;
             tokio::time::sleep(settings.settle).await;
             line.push(format!("{}={:.1}ms", if side == Side::Diplo { "diplo" } else { "cli" }, ms(elapsed)));
             if measured {
                 match side {
-                    Side::Diplo => row.diplo.push(elapsed),
+                    Side::Diplo => {
+                        row.diplo.push(elapsed);
+                        row.diplo_create.extend(sample.create);
+                    }
                     Side::Cli => row.cli.push(elapsed),
                 }
             }
@@ -667,18 +682,21 @@ fn print_report(settings: &Settings, fingerprint: &Fingerprint, outcomes: &[Outc
         }
     }
     println!();
-    println!("Details (ms): min / mean / max per side");
+    println!("Details (ms): min / mean / max per side; Diplo's median split into `create` and `start`");
     println!();
-    println!("| runtime | Diplo min | Diplo mean | Diplo max | CLI min | CLI mean | CLI max | CLI command |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    println!("| runtime | Diplo min | Diplo mean | Diplo max | Diplo create / start (median) | CLI min | CLI mean | CLI max | CLI command |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for outcome in outcomes {
         if let Outcome::Measured(row) = outcome {
+            let starts: Vec<Duration> = row.diplo.iter().zip(&row.diplo_create).map(|(total, create)| total.saturating_sub(*create)).collect();
             println!(
-                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | `{}` |",
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1} | `{}` |",
                 row.label,
                 percentile(&row.diplo, 0.0),
                 mean(&row.diplo),
                 percentile(&row.diplo, 100.0),
+                median(&row.diplo_create),
+                median(&starts),
                 percentile(&row.cli, 0.0),
                 mean(&row.cli),
                 percentile(&row.cli, 100.0),

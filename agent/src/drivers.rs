@@ -13,13 +13,14 @@ use crate::runtime::docker::DockerRuntime;
 use crate::runtime::lxc::{LxcRuntime, DEFAULT_LXC_PATH};
 use crate::runtime::{ContainerRuntime, RegistryConfig};
 
-/// Connects a driver for each available runtime. A runtime whose driver cannot start is
+/// Connects a driver for each available runtime of node `node_id`. A runtime whose driver cannot start is
 /// left out and logged; the others still work.
 pub async fn connect_available(
     fingerprint: &Fingerprint,
     probe: &ProbeConfig,
     registry: &RegistryConfig,
     data_dir: &Path,
+    node_id: &str,
 ) -> Vec<Arc<dyn ContainerRuntime>> {
     let mut drivers: Vec<Arc<dyn ContainerRuntime>> = Vec::new();
     for runtime in fingerprint.available_runtimes() {
@@ -30,7 +31,7 @@ pub async fn connect_available(
                 .await
                 .map(|driver| Arc::new(driver) as Arc<dyn ContainerRuntime>)
                 .map_err(|e| e.to_string()),
-            Runtime::Lxc => lxc_driver(registry, data_dir).await,
+            Runtime::Lxc => lxc_driver(registry, data_dir, node_id).await,
         };
         match driver {
             Ok(driver) => drivers.push(driver),
@@ -43,14 +44,14 @@ pub async fn connect_available(
 /// The LXC driver, which first takes over containers still running from before an
 /// agent restart (their ports are published by this process, so they need publishing
 /// again).
-async fn lxc_driver(registry: &RegistryConfig, data_dir: &Path) -> Result<Arc<dyn ContainerRuntime>, String> {
+async fn lxc_driver(registry: &RegistryConfig, data_dir: &Path, node_id: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
     let driver = LxcRuntime::new(
         PathBuf::from(DEFAULT_LXC_PATH),
         data_dir.join("lxc-images"),
         registry.clone(),
         Arc::new(PortPublisher::new()),
     );
-    match driver.resume_running().await {
+    match driver.resume_running(Some(node_id)).await {
         Ok(0) => {}
         Ok(count) => tracing::info!(count, "re-adopted running LXC containers"),
         Err(err) => tracing::warn!(error = %err, "could not re-adopt every running LXC container"),

@@ -47,7 +47,7 @@ impl AgentConfig {
 pub async fn run(config: AgentConfig) -> Result<(), session::AgentError> {
     let identity = session::ensure_identity(&config.server, config.token.as_deref(), &config.name, &config.data_dir).await?;
     let fingerprint = fingerprint::probe(&config.probe).await;
-    let drivers = drivers::connect_available(&fingerprint, &config.probe, &config.registry, &config.data_dir).await;
+    let drivers = drivers::connect_available(&fingerprint, &config.probe, &config.registry, &config.data_dir, &identity.node_id).await;
     let executor = executor::Executor::new(identity.node_id.clone(), drivers);
     tracing::info!(runtimes = ?executor.runtimes(), "runtime drivers ready");
     Err(session::run_sessions(&config.server, identity, &config.data_dir, &config.probe, &executor).await)

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use diplo_agent::runtime::containerd::{ContainerdRuntime, NAMESPACE};
 use diplo_agent::runtime::{ContainerRuntime, RegistryConfig, RuntimeError};
-use diplo_api::container::{ContainerSpec, ContainerStatus, LogOptions, OutputStream, PortMapping, Protocol};
+use diplo_api::container::{ContainerSpec, ContainerStatus, LogOptions, Mount, OutputStream, PortMapping, Protocol};
 use futures::StreamExt;
 
 const SOCKET: &str = "/run/containerd/containerd.sock";
@@ -269,6 +269,42 @@ async fn runs_an_http_server_and_cleans_up() {
     h.rt().remove(&id, true).await.expect("remove");
     assert!(matches!(h.rt().inspect(&id).await, Err(RuntimeError::NotFound { what: "container", .. })));
     assert_nothing_left(&h, &id, Some(port));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_security_resources_and_mounts() {
+    let Some(h) = harness().await else { return };
+    let host_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(host_dir.path().join("hello.txt"), "from-host\n").expect("write");
+    let volume = format!("{}-vol", h.prefix);
+    let mut spec = h.spec("secure", "sleep 60");
+    spec.read_only = true;
+    spec.tmpfs = vec!["/tmp".into()];
+    spec.cap_drop = vec!["ALL".into()];
+    spec.no_new_privileges = true;
+    spec.cpu_millis = Some(500);
+    spec.mounts = vec![
+        Mount { source: host_dir.path().display().to_string(), target: "/host".into(), read_only: true },
+        Mount { source: volume.clone(), target: "/data".into(), read_only: false },
+    ];
+    let id = h.rt().create(&spec).await.expect("create");
+    h.rt().start(&id).await.expect("start");
+    let exec = |script: &str| {
+        let argv = ["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+        let (rt, id) = (h.rt(), id.clone());
+        async move { rt.exec(&id, &argv).await.expect("exec") }
+    };
+    let out = exec("touch /root-is-writable 2>/dev/null && echo yes || echo no; touch /tmp/x && echo tmp-ok").await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no\ntmp-ok\n");
+    let out = exec("grep -E '^(CapEff|NoNewPrivs)' /proc/self/status").await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "CapEff:\t0000000000000000\nNoNewPrivs:\t1\n");
+    let out = exec("cat /host/hello.txt; echo x > /host/new 2>/dev/null || echo host-ro; echo kept > /data/file; hostname").await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("from-host\nhost-ro\n{}\n", spec.name));
+    assert_eq!(std::fs::read_to_string(h.state_dir.join("volumes").join(&volume).join("file")).expect("volume file"), "kept\n");
+    let out = exec("cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max").await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "50000\n");
+    h.rt().remove(&id, true).await.expect("remove");
+    assert_nothing_left(&h, &id, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

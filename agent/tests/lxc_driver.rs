@@ -482,7 +482,7 @@ async fn a_new_driver_resumes_running_containers() {
     let publisher = Arc::new(PortPublisher::new());
     let runtime = LxcRuntime::new(PathBuf::from(LXC_PATH), cache.path().to_path_buf(), RegistryConfig::default(), Arc::clone(&publisher));
     let env = Env { runtime: Arc::new(runtime), publisher, prefix, guard, _cache: cache };
-    assert!(env.runtime.resume_running().await.expect("resume") >= 1);
+    assert!(env.runtime.resume_running(None).await.expect("resume") >= 1);
     assert_eq!(env.rt().inspect(&id).await.expect("inspect").status, ContainerStatus::Running);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -287,17 +287,19 @@ fn a_killed_agent_readopts_its_containers_without_restarting_them() {
 
     agent.process().kill();
     agent = control_plane.start_agent("node-c", None);
-    let after = wait_until("the containers to be re-adopted", Duration::from_secs(60), POLL, || {
+    // The new agent has a session once a command reaches it; its next heartbeat then
+    // replaces what the control plane knew with what it observes now.
+    let probe_id = before.keys().next().expect("a container").clone();
+    wait_until("a session with the restarted agent", Duration::from_secs(60), POLL, || {
         if let Some(status) = agent.process().try_exit() {
             panic!("the restarted agent exited with {status}:\n{}", agent.logs());
         }
-        let nodes = control_plane.try_nodes()?;
-        if !nodes.iter().any(|n| n["name"] == "node-c" && n["status"] == "ready") {
-            return Err(format!("node not ready yet: {nodes:?}"));
-        }
-        let listed = containers(&control_plane);
-        if listed.len() == before.len() { Ok(listed) } else { Err(format!("{listed:?}")) }
+        let exec = control_plane.rest("POST", &format!("/api/v1/containers/{probe_id}/exec"), Some(json!({"argv": ["true"]})));
+        if exec.status == 200 { Ok(()) } else { Err(exec.body) }
     });
+    std::thread::sleep(Duration::from_secs(3));
+    let after = containers(&control_plane);
+    assert_eq!(after.len(), before.len(), "none lost, none duplicated: {after:?}");
     for container in &after {
         let id = container["id"].as_str().expect("id");
         let old = before.get(id).unwrap_or_else(|| panic!("a new container appeared: {container}"));

@@ -746,7 +746,10 @@ impl ContainerRuntime for ContainerdRuntime {
 
     async fn ensure_image(&self, image: &str) -> RuntimeResult<()> {
         let reference = Reference::parse(image).map_err(|message| RuntimeError::InvalidArgument { field: "image", message })?;
-        self.ensure_local_image(&reference).await.map(drop)
+        let lease = self.create_lease().await?;
+        let result = self.ensure_local_image(&lease, &reference).await;
+        self.delete_lease(lease).await;
+        result.map(drop)
     }
 
     async fn import_image(&self, archive: &Path, reference: &str) -> RuntimeResult<()> {
@@ -768,19 +771,25 @@ impl ContainerRuntime for ContainerdRuntime {
             return Err(RuntimeError::Conflict(format!("container name {:?} is already in use", spec.name)));
         }
         cni::check_ports_free(&spec.ports).await.map_err(RuntimeError::Conflict)?;
-        let local = self.ensure_local_image(&reference).await?;
+        // One lease from the image to the container record: nothing in between is collected.
+        let lease = self.create_lease().await?;
+        let local = match self.ensure_local_image(&lease, &reference).await {
+            Ok(local) => local,
+            Err(error) => {
+                self.delete_lease(lease).await;
+                return Err(error);
+            }
+        };
         let id = random_hex(32);
         let dir = self.container_dir(&id);
-        std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
         let result = async {
+            std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
             self.write_etc_files(&id, &spec.name, None)?;
             self.write_state(&id, &State::default())?;
-            let lease = self.create_lease().await?;
-            let result = self.create_leased(&lease, &id, spec, &reference, &local).await;
-            self.delete_lease(lease).await;
-            result
+            self.create_leased(&lease, &id, spec, &reference, &local).await
         }
         .await;
+        self.delete_lease(lease).await;
         if let Err(error) = result {
             let _ = self.remove_snapshot(&id).await;
             let _ = std::fs::remove_dir_all(&dir);

@@ -230,8 +230,9 @@ fn manifest_gc_labels(manifest: &Manifest) -> HashMap<String, String> {
     labels
 }
 
-/// A lease keeps what a pull writes from the garbage collector until the image record
-/// references it; it expires by itself should the agent die mid-way.
+/// A lease keeps what a pull writes, and what an operation found already there and
+/// builds on, from the garbage collector until something else references it (the image
+/// record, the container); it expires by itself should the agent die mid-way.
 pub(super) struct Lease(pub String);
 
 impl ContainerdRuntime {
@@ -247,6 +248,24 @@ impl ContainerdRuntime {
         Ok(Lease(id))
     }
 
+    /// Adds existing content (`content`, a digest) or a snapshot (`snapshots/<snapshotter>`,
+    /// a key) to `lease`, before it is checked for: the GC may be removing it right now
+    /// (say the image record was just deleted) and must not once it is found.
+    async fn lease_resource(&self, lease: &Lease, kind: &str, id: &str) -> RuntimeResult<()> {
+        use containerd_client::services::v1::{AddResourceRequest, Resource, leases_client::LeasesClient};
+        let add = AddResourceRequest { id: lease.0.clone(), resource: Some(Resource { id: id.to_owned(), r#type: kind.to_owned() }) };
+        LeasesClient::new(self.channel.clone()).add_resource(request(add, None)).await.map_err(grpc_error)?;
+        Ok(())
+    }
+
+    async fn lease_blob(&self, lease: &Lease, digest: &str) -> RuntimeResult<()> {
+        self.lease_resource(lease, "content", digest).await
+    }
+
+    pub(super) async fn lease_snapshot(&self, lease: &Lease, key: &str) -> RuntimeResult<()> {
+        self.lease_resource(lease, &format!("snapshots/{}", self.snapshotter), key).await
+    }
+
     pub(super) async fn delete_lease(&self, lease: Lease) {
         use containerd_client::services::v1::{DeleteRequest, leases_client::LeasesClient};
         if let Err(status) =
@@ -256,18 +275,19 @@ impl ContainerdRuntime {
         }
     }
 
-    /// Makes `reference` present and unpacked: local if it is, else pulled.
-    pub(super) async fn ensure_local_image(&self, reference: &Reference) -> RuntimeResult<LocalImage> {
-        if let Some(image) = self.local_image(&reference.to_string()).await? {
+    /// Makes `reference` present and unpacked, local if it is, else pulled; its top
+    /// snapshot is held by `lease`.
+    pub(super) async fn ensure_local_image(&self, lease: &Lease, reference: &Reference) -> RuntimeResult<LocalImage> {
+        if let Some(image) = self.local_image(lease, &reference.to_string()).await? {
             return Ok(image);
         }
-        self.pull(reference).await?;
-        self.local_image(&reference.to_string()).await?.ok_or_else(|| not_found_image(&reference.to_string()))
+        self.pull_leased(lease, reference).await?;
+        self.local_image(lease, &reference.to_string()).await?.ok_or_else(|| not_found_image(&reference.to_string()))
     }
 
     /// The image named `name` if it is recorded and its blobs are here; unpacks it when
     /// its snapshots are missing. `None` when it must be pulled.
-    pub(super) async fn local_image(&self, name: &str) -> RuntimeResult<Option<LocalImage>> {
+    async fn local_image(&self, lease: &Lease, name: &str) -> RuntimeResult<Option<LocalImage>> {
         let image = match ImagesClient::new(self.channel.clone()).get(request(GetImageRequest { name: name.to_owned() }, None)).await {
             Ok(response) => response.into_inner().image,
             Err(status) if status.code() == Code::NotFound => return Ok(None),
@@ -296,28 +316,21 @@ impl ContainerdRuntime {
         let Some(top) = chains.last().cloned() else {
             return Err(failed(format!("image {name} has no layers")));
         };
+        self.lease_snapshot(lease, &top).await?;
         if !self.snapshot_exists(&top).await? {
             for layer in &manifest.layers {
+                self.lease_blob(lease, &layer.digest).await?;
                 if !self.blob_exists(&layer.digest).await? {
                     return Ok(None);
                 }
             }
-            let lease = self.create_lease().await?;
-            let result = self.unpack(&lease, &manifest, &config).await;
-            self.delete_lease(lease).await;
-            result?;
+            self.lease_blob(lease, &manifest.config.digest).await?;
+            self.unpack(lease, &manifest, &config).await?;
         }
         Ok(Some(LocalImage { config, chain_id: top }))
     }
 
     /// Pulls `reference` from its registry into the content store, records and unpacks it.
-    pub(super) async fn pull(&self, reference: &Reference) -> RuntimeResult<()> {
-        let lease = self.create_lease().await?;
-        let result = self.pull_leased(&lease, reference).await;
-        self.delete_lease(lease).await;
-        result
-    }
-
     async fn pull_leased(&self, lease: &Lease, reference: &Reference) -> RuntimeResult<()> {
         let mut fetched = self.registry.manifest(reference, reference.manifest_reference()).await?;
         if is_index(&fetched.media_type) {
@@ -330,6 +343,7 @@ impl ContainerdRuntime {
             return Err(failed(format!("{reference}: unsupported manifest type {:?}", fetched.media_type)));
         }
         let manifest: Manifest = parse_json(&fetched.bytes, "image manifest")?;
+        self.lease_blob(lease, &manifest.config.digest).await?;
         let config_bytes = match self.read_blob_if_present(&manifest.config.digest).await? {
             Some(bytes) => bytes,
             None => {
@@ -341,6 +355,7 @@ impl ContainerdRuntime {
         };
         let config: ImageConfig = parse_json(&config_bytes, "image config")?;
         for layer in &manifest.layers {
+            self.lease_blob(lease, &layer.digest).await?;
             if !self.blob_exists(&layer.digest).await? {
                 let response = self.registry.blob(reference, &layer.digest).await?;
                 self.write_blob(lease, layer, BlobSource::Http(response), HashMap::new()).await?;
@@ -412,6 +427,7 @@ impl ContainerdRuntime {
             std::fs::read(&config_path).map_err(|e| failed(format!("archive lacks config {}: {e}", manifest.config.digest)))?;
         let config: ImageConfig = parse_json(&config_bytes, "image config")?;
         for descriptor in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            self.lease_blob(lease, &descriptor.digest).await?;
             if self.blob_exists(&descriptor.digest).await? {
                 continue;
             }
@@ -459,6 +475,7 @@ impl ContainerdRuntime {
         let mut snapshots = SnapshotsClient::new(self.channel.clone());
         let mut parent = String::new();
         for ((layer, diff_id), chain) in manifest.layers.iter().zip(&diff_ids).zip(&chains) {
+            self.lease_snapshot(lease, chain).await?;
             if self.snapshot_exists(chain).await? {
                 parent = chain.clone();
                 continue;

@@ -224,12 +224,16 @@ impl LxcRuntime {
     }
 
     /// Takes over the running Diplo containers after an agent restart: publishes their
-    /// ports again (the publisher starts empty) and resumes timing their output. Returns
-    /// how many containers it covered.
-    pub async fn resume_running(&self) -> RuntimeResult<usize> {
+    /// ports again (the publisher starts empty) and resumes timing their output. With
+    /// `node_id`, only containers labelled `diplo.node` = `node_id` are taken over (other
+    /// agents may share this LXC path). Returns how many containers it covered.
+    pub async fn resume_running(&self, node_id: Option<&str>) -> RuntimeResult<usize> {
         let mut count = 0;
         for name in owned_names(&self.lxc_path) {
             let Ok(state) = self.load(&name) else { continue };
+            if node_id.is_some_and(|own| state.spec.labels.get(diplo_api::container::LABEL_NODE).map(String::as_str) != Some(own)) {
+                continue;
+            }
             let Ok(info) = self.info(&name).await else { continue };
             if info.state != "RUNNING" {
                 continue;
