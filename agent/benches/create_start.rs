@@ -627,6 +627,11 @@ fn lxc_layout(scratch: &Scratch, image: &str) -> Option<String> {
     layout.join("index.json").is_file().then(|| format!("oci:{}:{}", layout.display(), layout_tag(&layout)))
 }
 
+/// `/proc/loadavg`'s 1, 5 and 15 minute averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
 fn machine_info(fingerprint: &Fingerprint) -> Vec<String> {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -652,7 +657,7 @@ fn machine_info(fingerprint: &Fingerprint) -> Vec<String> {
     lines
 }
 
-fn print_report(settings: &Settings, fingerprint: &Fingerprint, outcomes: &[Outcome]) {
+fn print_report(settings: &Settings, fingerprint: &Fingerprint, outcomes: &[Outcome], load_before: &str) {
     println!();
     println!("## Container create+start latency");
     println!();
@@ -661,6 +666,7 @@ fn print_report(settings: &Settings, fingerprint: &Fingerprint, outcomes: &[Outc
     for line in machine_info(fingerprint) {
         println!("{line}");
     }
+    println!("- Load average (1/5/15 min): {load_before} before, {} after", load_average());
     println!();
     println!("| runtime | Diplo median | Diplo p90 | CLI median | CLI p90 | overhead % (median) |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -740,6 +746,7 @@ async fn main() -> std::process::ExitCode {
     probe.timeout = Duration::from_secs(10);
     let fingerprint = fingerprint::probe(&probe).await;
     let ledger = Ledger::default();
+    let load_before = load_average();
 
     // In a task of its own so that a panic still reaches the clean-up below.
     let task = tokio::spawn(bench(settings.clone(), fingerprint.clone(), Arc::clone(&scratch), ledger.clone()));
@@ -765,7 +772,7 @@ async fn main() -> std::process::ExitCode {
     drop(scratch);
     match outcomes {
         Some(outcomes) => {
-            print_report(&settings, &fingerprint, &outcomes);
+            print_report(&settings, &fingerprint, &outcomes, &load_before);
             if failures.is_empty() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }
         }
         None => std::process::ExitCode::FAILURE,
