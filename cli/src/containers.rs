@@ -117,7 +117,7 @@ fn print_table(containers: &[pb::ContainerState]) {
     }
 }
 
-fn parse_pairs(pairs: &[String], flag: &str) -> Result<HashMap<String, String>> {
+pub(crate) fn parse_pairs(pairs: &[String], flag: &str) -> Result<HashMap<String, String>> {
     pairs
         .iter()
         .map(|pair| {
@@ -127,7 +127,7 @@ fn parse_pairs(pairs: &[String], flag: &str) -> Result<HashMap<String, String>> 
         .collect()
 }
 
-fn parse_publish(text: &str) -> Result<pb::PortMapping> {
+pub(crate) fn parse_publish(text: &str) -> Result<pb::PortMapping> {
     let (ports, protocol) = text.split_once('/').unwrap_or((text, "tcp"));
     let (host, container) = ports.split_once(':').with_context(|| format!("invalid --publish {text:?}: expected HOST:CONTAINER"))?;
     let port = |p: &str| p.parse::<u16>().with_context(|| format!("invalid --publish {text:?}: {p:?} is not a port"));

@@ -3,6 +3,7 @@
 
 mod client;
 mod containers;
+mod deployments;
 mod output;
 
 use std::collections::HashMap;
@@ -50,6 +51,58 @@ enum Command {
         #[command(subcommand)]
         command: ContainersCommand,
     },
+    /// Deploy an image as a set of replicas the control plane keeps running.
+    Deploy {
+        /// Deployment name.
+        name: String,
+        /// Image reference.
+        #[arg(long)]
+        image: String,
+        /// Number of replicas.
+        #[arg(short, long, default_value_t = 1)]
+        replicas: u32,
+        /// Publish HOST:CONTAINER[/udp] (repeatable).
+        #[arg(short, long = "publish")]
+        publish: Vec<String>,
+        /// Environment KEY=VALUE (repeatable).
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// Runtime: docker, containerd, lxc or podman (default: each node's preferred).
+        #[arg(long)]
+        runtime: Option<String>,
+        /// Only this node (id or name).
+        #[arg(long)]
+        node: Option<String>,
+        /// binpack (default) or spread.
+        #[arg(long)]
+        strategy: Option<String>,
+        /// Restart policy: no, always, on-failure, unless-stopped.
+        #[arg(long, default_value = "always")]
+        restart: String,
+        /// Same key twice creates one deployment.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Return at once instead of showing progress.
+        #[arg(short, long)]
+        detach: bool,
+        /// Give up showing progress after this long (e.g. 2m).
+        #[arg(long, default_value = "3m", value_parser = deployments::parse_timeout)]
+        timeout: Duration,
+        /// Command and arguments.
+        #[arg(trailing_var_arg = true)]
+        command: Vec<String>,
+    },
+    /// Deployments.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+    /// Cluster events (deployments, instances, nodes, audit).
+    Events {
+        /// Keep printing new events.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Join tokens for new agents.
     JoinToken {
         #[command(subcommand)]
@@ -75,6 +128,24 @@ enum NodesCommand {
     Drain { node: String },
     /// Remove a node and revoke its certificate.
     Rm { node: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AppsCommand {
+    /// List deployments.
+    Ls {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Show one deployment with its instances (JSON).
+    Show { name: String },
+    /// Change the number of replicas.
+    Scale { name: String, replicas: u32 },
+    /// Go back to the previous revision.
+    Rollback { name: String },
+    /// Delete a deployment and its containers.
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +294,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Nodes { command } => nodes(&mut cluster, command).await?,
         Command::JoinToken { command } => join_token(&mut cluster, command).await?,
         Command::Containers { command } => containers::run(ContainerServiceClient::new(channel), command).await?,
+        Command::Deploy { name, image, replicas, publish, env, runtime, node, strategy, restart, idempotency_key, detach, timeout, command } => {
+            let args = deployments::DeployArgs {
+                name, image, replicas, publish, env, runtime, node, strategy, restart, idempotency_key, detach, timeout, command,
+            };
+            deployments::deploy(channel, args).await?
+        }
+        Command::Apps { command } => deployments::apps(channel, command).await?,
+        Command::Events { follow } => deployments::events(channel, follow).await?,
     }
     Ok(())
 }

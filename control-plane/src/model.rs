@@ -213,3 +213,161 @@ pub enum SessionMessage {
     /// A command to carry out.
     Command(diplo_api::command::AgentCommand),
 }
+
+/// Where a deployment's instances may run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Constraints {
+    /// Only this node (id or name).
+    pub node: Option<String>,
+    /// Only nodes carrying all these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Only nodes with this OS (`linux`).
+    pub os: Option<String>,
+    /// Only nodes with this architecture (`amd64`, `arm64`, `arm`).
+    pub arch: Option<String>,
+}
+
+/// How replicas are spread over nodes (Nomad's terms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Fill the busiest node that fits first (fewer nodes in use).
+    #[default]
+    Binpack,
+    /// Prefer the emptiest node (even load).
+    Spread,
+}
+
+/// The desired state of a deployment: one revision's worth of spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSpec {
+    /// Unique name (also the prefix of its containers' names).
+    pub name: String,
+    /// Number of instances to keep running.
+    pub replicas: u32,
+    /// Forced runtime; `None`: each node's preferred one.
+    pub runtime: Option<diplo_api::runtime::Runtime>,
+    /// Placement constraints.
+    pub constraints: Constraints,
+    /// Binpack or spread.
+    pub strategy: Strategy,
+    /// Instances replaced at once in a rolling update (at least 1).
+    pub max_parallel: u32,
+    /// Template for every instance's container (`name` is set per instance).
+    pub container: diplo_api::container::ContainerSpec,
+}
+
+/// A deployment's lifecycle as shown to operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentStatus {
+    /// Instances are being placed or started.
+    Deploying,
+    /// Every desired instance runs.
+    Running,
+    /// Some instances cannot be placed or keep failing.
+    Degraded,
+    /// Being removed.
+    Deleting,
+}
+
+impl DeploymentStatus {
+    /// Lower-case name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::Deploying => "deploying",
+            DeploymentStatus::Running => "running",
+            DeploymentStatus::Degraded => "degraded",
+            DeploymentStatus::Deleting => "deleting",
+        }
+    }
+}
+
+impl FromStr for DeploymentStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "deploying" => Ok(DeploymentStatus::Deploying),
+            "running" => Ok(DeploymentStatus::Running),
+            "degraded" => Ok(DeploymentStatus::Degraded),
+            "deleting" => Ok(DeploymentStatus::Deleting),
+            other => Err(format!("unknown deployment status {other:?}")),
+        }
+    }
+}
+
+/// A deployment as persisted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentRecord {
+    /// Stable id.
+    pub id: String,
+    /// Current revision number (1 for a new deployment).
+    pub revision: u32,
+    /// The current revision's spec.
+    pub spec: DeploymentSpec,
+    /// Lifecycle status.
+    pub status: DeploymentStatus,
+    /// Why it is degraded, or progress.
+    pub message: String,
+    /// Key of the request that created it, for idempotent retries.
+    pub idempotency_key: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What should become of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceDesired {
+    /// Keep it running.
+    Run,
+    /// Remove its container, then the instance.
+    Remove,
+}
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceStatus {
+    /// Not placed yet (no node fits, or waiting).
+    Pending,
+    /// Placed; the create command is on its way or running.
+    Starting,
+    /// Its container runs.
+    Running,
+    /// Its container failed; it will be retried.
+    Failed,
+    /// Its node is down; a replacement is scheduled elsewhere.
+    Lost,
+}
+
+/// One replica of a deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRecord {
+    /// Stable id (also the `diplo.instance` label of its container).
+    pub id: String,
+    /// Deployment id.
+    pub deployment_id: String,
+    /// Revision it runs.
+    pub revision: u32,
+    /// Node it is placed on.
+    pub node_id: Option<String>,
+    /// Runtime it runs with.
+    pub runtime: Option<diplo_api::runtime::Runtime>,
+    /// Container id once created.
+    pub container_id: Option<String>,
+    /// Keep or remove.
+    pub desired: InstanceDesired,
+    /// Life stage.
+    pub status: InstanceStatus,
+    /// Last error or progress note.
+    pub message: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}

@@ -55,6 +55,7 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let monitor = tokio::spawn(control_plane.clone().run_node_monitor());
+    let reconciler = tokio::spawn(control_plane.clone().run_reconciler());
     let mut grpc = tokio::spawn(crate::grpc::serve(control_plane.clone(), grpc_listener, shutdown(shutdown_rx.clone())));
     let mut rest = tokio::spawn(crate::http::serve(control_plane.clone(), rest_listener, shutdown(shutdown_rx.clone())));
 
@@ -71,6 +72,7 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     monitor.abort();
+    reconciler.abort();
     if let Some(agent) = agent {
         agent.abort();
     }

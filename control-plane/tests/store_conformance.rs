@@ -79,6 +79,15 @@ conformance!(
     api_tokens_crud,
     events_sequence_and_paging,
     events_concurrent_appends,
+    deployments_create_get_list,
+    deployments_duplicates,
+    deployments_save_and_revisions,
+    deployments_save_conflicts,
+    deployments_delete_cascades,
+    instances_insert_list,
+    instances_insert_is_atomic,
+    instances_update,
+    instances_delete,
 );
 
 mod cases {
@@ -86,9 +95,15 @@ mod cases {
     use std::sync::Arc;
 
     use chrono::{DateTime, Duration, TimeZone, Utc};
+    use diplo_api::container::{
+        ContainerSpec, HealthCheck, Mount, PortMapping, Protocol, RestartPolicy,
+    };
     use diplo_api::fingerprint::Fingerprint;
+    use diplo_api::runtime::Runtime;
     use diplo_control_plane::model::{
-        ApiTokenRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, NodeStatusChange, Role,
+        ApiTokenRecord, Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus,
+        InstanceDesired, InstanceRecord, InstanceStatus, JoinTokenRecord, NewEvent, NodeRecord,
+        NodeStatus, NodeStatusChange, Role, Strategy,
     };
     use diplo_control_plane::store::{Store, StoreError};
 
@@ -170,6 +185,117 @@ mod cases {
             subject: format!("node-{n}"),
             message: format!("event number {n}"),
         }
+    }
+
+    /// A plain spec: `replicas` instances of `image`.
+    fn spec(name: &str, image: &str, replicas: u32) -> DeploymentSpec {
+        DeploymentSpec {
+            name: name.to_owned(),
+            replicas,
+            max_parallel: 1,
+            container: ContainerSpec {
+                image: image.to_owned(),
+                ..ContainerSpec::default()
+            },
+            ..DeploymentSpec::default()
+        }
+    }
+
+    /// A spec with every field set, to check the JSON round trip.
+    fn full_spec(name: &str) -> DeploymentSpec {
+        DeploymentSpec {
+            name: name.to_owned(),
+            replicas: 5,
+            runtime: Some(Runtime::Containerd),
+            constraints: Constraints {
+                node: Some("alpha".to_owned()),
+                labels: labels(&[("zone", "attic")]),
+                os: Some("linux".to_owned()),
+                arch: Some("arm64".to_owned()),
+            },
+            strategy: Strategy::Spread,
+            max_parallel: 2,
+            container: ContainerSpec {
+                name: String::new(),
+                image: "registry.example/app:1.2.3".to_owned(),
+                command: vec!["serve".to_owned(), "--port=8080".to_owned()],
+                env: labels(&[("MODE", "prod"), ("QUOTE", "a \"b\" 'c' ünïcode")]),
+                ports: vec![PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: Protocol::Udp,
+                }],
+                mounts: vec![Mount {
+                    source: "/srv/data".to_owned(),
+                    target: "/data".to_owned(),
+                    read_only: true,
+                }],
+                memory_bytes: Some(256 << 20),
+                cpu_millis: Some(500),
+                restart_policy: RestartPolicy::UnlessStopped,
+                read_only: true,
+                tmpfs: vec!["/tmp".to_owned()],
+                cap_drop: vec!["ALL".to_owned()],
+                no_new_privileges: true,
+                labels: labels(&[("team", "web")]),
+                healthcheck: Some(HealthCheck {
+                    test: vec!["curl".to_owned(), "-f".to_owned(), "localhost".to_owned()],
+                    interval: std::time::Duration::from_secs(30),
+                    timeout: std::time::Duration::from_millis(2500),
+                    retries: 3,
+                }),
+            },
+        }
+    }
+
+    /// A new deployment at revision 1, created at `t0()`.
+    fn deployment(id: &str, name: &str, key: Option<&str>) -> DeploymentRecord {
+        DeploymentRecord {
+            id: id.to_owned(),
+            revision: 1,
+            spec: spec(name, "nginx:1.27", 2),
+            status: DeploymentStatus::Deploying,
+            message: String::new(),
+            idempotency_key: key.map(str::to_owned),
+            created_at: t0(),
+            updated_at: t0(),
+        }
+    }
+
+    /// A pending, unplaced instance at revision 1, created `offset_ms` after `t0()`.
+    fn instance(id: &str, deployment_id: &str, offset_ms: i64) -> InstanceRecord {
+        let at = t0() + Duration::milliseconds(offset_ms);
+        InstanceRecord {
+            id: id.to_owned(),
+            deployment_id: deployment_id.to_owned(),
+            revision: 1,
+            node_id: None,
+            runtime: None,
+            container_id: None,
+            desired: InstanceDesired::Run,
+            status: InstanceStatus::Pending,
+            message: String::new(),
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    async fn get_deployment(store: &dyn Store, key: &str) -> DeploymentRecord {
+        store
+            .get_deployment(key)
+            .await
+            .expect("get_deployment")
+            .unwrap_or_else(|| panic!("no deployment {key}"))
+    }
+
+    async fn instance_ids(store: &dyn Store, deployment_id: Option<&str>) -> Vec<String> {
+        store
+            .list_instances(deployment_id)
+            .await
+            .expect("list_instances")
+            .into_iter()
+            .map(|i| i.id)
+            .collect()
     }
 
     async fn get_node(store: &dyn Store, key: &str) -> NodeRecord {
@@ -744,6 +870,618 @@ mod cases {
             .map(|e| e.sequence)
             .collect();
         assert_eq!(listed, sequences);
+    }
+
+    // ---- deployments ----
+
+    pub async fn deployments_create_get_list(store: Arc<dyn Store>) {
+        assert!(store.list_deployments().await.expect("list").is_empty());
+        assert_eq!(store.get_deployment("nope").await.expect("get"), None);
+        assert_eq!(
+            store.find_deployment_by_key("nope").await.expect("find"),
+            None
+        );
+
+        let web = deployment("d-2", "web", None);
+        let mut api = deployment("d-1", "api", Some("key-1"));
+        api.status = DeploymentStatus::Running;
+        api.message = "all 2 instances running".to_owned();
+        api.updated_at = t0() + Duration::seconds(9);
+        let mut worker = deployment("d-3", "worker", Some("key-3"));
+        worker.spec = full_spec("worker");
+        worker.status = DeploymentStatus::Degraded;
+        for d in [&web, &worker, &api] {
+            store.create_deployment(d).await.expect("create");
+        }
+
+        // Round trip by id and by name, every field intact.
+        assert_eq!(get_deployment(&*store, "d-2").await, web);
+        assert_eq!(get_deployment(&*store, "web").await, web);
+        assert_eq!(get_deployment(&*store, "api").await, api);
+        assert_eq!(get_deployment(&*store, "d-3").await, worker);
+
+        // Ordered by name, whatever the insertion order.
+        let names: Vec<String> = store
+            .list_deployments()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|d| d.spec.name)
+            .collect();
+        assert_eq!(names, ["api", "web", "worker"]);
+        assert_eq!(
+            store.list_deployments().await.expect("list")[2],
+            worker,
+            "listed records are complete"
+        );
+
+        // By idempotency key.
+        assert_eq!(
+            store.find_deployment_by_key("key-1").await.expect("find"),
+            Some(api.clone())
+        );
+        assert_eq!(
+            store.find_deployment_by_key("key-3").await.expect("find"),
+            Some(worker.clone())
+        );
+        assert_eq!(
+            store.find_deployment_by_key("d-1").await.expect("find"),
+            None
+        );
+
+        // Creating writes revision 1 with its spec, and only that.
+        assert_eq!(
+            store.get_revision("d-3", 1).await.expect("revision"),
+            Some(worker.spec.clone())
+        );
+        assert_eq!(
+            store.get_revision("d-2", 1).await.expect("revision"),
+            Some(web.spec.clone())
+        );
+        assert_eq!(store.get_revision("d-3", 2).await.expect("revision"), None);
+        assert_eq!(store.get_revision("d-3", 0).await.expect("revision"), None);
+        assert_eq!(
+            store.get_revision("ghost", 1).await.expect("revision"),
+            None
+        );
+        assert_eq!(
+            store.get_revision("worker", 1).await.expect("revision"),
+            None,
+            "revisions are by id, not by name"
+        );
+
+        // An id wins over another deployment's equal name.
+        let tricky = deployment("d-4", "d-1", None);
+        store
+            .create_deployment(&tricky)
+            .await
+            .expect("create tricky");
+        assert_eq!(get_deployment(&*store, "d-1").await.spec.name, "api");
+        assert_eq!(get_deployment(&*store, "d-4").await.spec.name, "d-1");
+    }
+
+    pub async fn deployments_duplicates(store: Arc<dyn Store>) {
+        let first = deployment("d-1", "web", Some("key-1"));
+        store.create_deployment(&first).await.expect("create");
+
+        match store
+            .create_deployment(&deployment("d-2", "web", None))
+            .await
+        {
+            Err(StoreError::AlreadyExists { what, key }) => {
+                assert_eq!(what, "deployment");
+                assert_eq!(key, "web");
+            }
+            other => panic!("duplicate name: expected AlreadyExists, got {other:?}"),
+        }
+        match store
+            .create_deployment(&deployment("d-1", "api", None))
+            .await
+        {
+            Err(StoreError::AlreadyExists { what, key }) => {
+                assert_eq!(what, "deployment");
+                assert_eq!(key, "d-1");
+            }
+            other => panic!("duplicate id: expected AlreadyExists, got {other:?}"),
+        }
+        let mut retry = deployment("d-3", "api", Some("key-1"));
+        retry.spec = spec("api", "httpd:2", 1);
+        match store.create_deployment(&retry).await {
+            Err(StoreError::AlreadyExists { what, key }) => {
+                assert_eq!(what, "idempotency key");
+                assert_eq!(key, "key-1");
+            }
+            other => panic!("duplicate idempotency key: expected AlreadyExists, got {other:?}"),
+        }
+
+        // The key still finds the first deployment, and nothing was half-written.
+        assert_eq!(
+            store.find_deployment_by_key("key-1").await.expect("find"),
+            Some(first.clone())
+        );
+        assert_eq!(store.get_deployment("api").await.expect("get"), None);
+        assert_eq!(store.get_deployment("d-2").await.expect("get"), None);
+        assert_eq!(store.get_deployment("d-3").await.expect("get"), None);
+        assert_eq!(store.get_revision("d-2", 1).await.expect("revision"), None);
+        assert_eq!(store.get_revision("d-3", 1).await.expect("revision"), None);
+        assert_eq!(
+            store.get_revision("d-1", 1).await.expect("revision"),
+            Some(first.spec.clone()),
+            "the first deployment's revision is untouched"
+        );
+        assert_eq!(get_deployment(&*store, "d-1").await, first);
+        assert_eq!(store.list_deployments().await.expect("list").len(), 1);
+
+        // Deployments without a key never conflict with each other.
+        store
+            .create_deployment(&deployment("d-4", "db", None))
+            .await
+            .expect("no key");
+        store
+            .create_deployment(&deployment("d-5", "cache", None))
+            .await
+            .expect("no key either");
+        assert_eq!(store.list_deployments().await.expect("list").len(), 3);
+    }
+
+    pub async fn deployments_save_and_revisions(store: Arc<dyn Store>) {
+        let created = deployment("d-1", "web", Some("key-1"));
+        store.create_deployment(&created).await.expect("create");
+        store
+            .create_deployment(&deployment("d-2", "api", None))
+            .await
+            .expect("create other");
+
+        // A new revision: recorded next to the first.
+        let mut v2 = created.clone();
+        v2.revision = 2;
+        v2.spec = full_spec("web");
+        v2.status = DeploymentStatus::Running;
+        v2.message = "rolled out".to_owned();
+        v2.updated_at = t0() + Duration::minutes(1);
+        store.save_deployment(&v2).await.expect("save revision 2");
+        assert_eq!(get_deployment(&*store, "d-1").await, v2);
+        assert_eq!(get_deployment(&*store, "web").await, v2);
+        assert_eq!(
+            store.get_revision("d-1", 1).await.expect("revision"),
+            Some(created.spec.clone()),
+            "revision 1 kept"
+        );
+        assert_eq!(
+            store.get_revision("d-1", 2).await.expect("revision"),
+            Some(v2.spec.clone())
+        );
+
+        // Same revision again: the deployment is updated, the recorded revision is not
+        // duplicated nor rewritten.
+        let mut again = v2.clone();
+        again.status = DeploymentStatus::Degraded;
+        again.message = "1 of 5 instances failing".to_owned();
+        again.spec.replicas = 7;
+        again.updated_at = t0() + Duration::minutes(2);
+        store
+            .save_deployment(&again)
+            .await
+            .expect("save same revision");
+        store
+            .save_deployment(&again)
+            .await
+            .expect("save same revision twice");
+        assert_eq!(get_deployment(&*store, "d-1").await, again);
+        assert_eq!(
+            store.get_revision("d-1", 2).await.expect("revision"),
+            Some(v2.spec.clone()),
+            "a recorded revision is never rewritten"
+        );
+        assert_eq!(store.get_revision("d-1", 3).await.expect("revision"), None);
+
+        // Revision 3, renaming: the name follows the spec.
+        let mut v3 = again.clone();
+        v3.revision = 3;
+        v3.spec = spec("frontend", "nginx:1.28", 3);
+        v3.status = DeploymentStatus::Deploying;
+        v3.updated_at = t0() + Duration::minutes(3);
+        store.save_deployment(&v3).await.expect("save revision 3");
+        assert_eq!(get_deployment(&*store, "frontend").await, v3);
+        assert_eq!(store.get_deployment("web").await.expect("get"), None);
+        for (revision, expected) in [(1, &created.spec), (2, &v2.spec), (3, &v3.spec)] {
+            assert_eq!(
+                store
+                    .get_revision("d-1", revision)
+                    .await
+                    .expect("revision")
+                    .as_ref(),
+                Some(expected),
+                "revision {revision}"
+            );
+        }
+
+        // The creating request's key and the creation time stay.
+        let mut v4 = v3.clone();
+        v4.revision = 4;
+        v4.idempotency_key = None;
+        v4.created_at = t0() + Duration::days(1);
+        v4.updated_at = t0() + Duration::minutes(4);
+        store.save_deployment(&v4).await.expect("save revision 4");
+        let got = get_deployment(&*store, "d-1").await;
+        assert_eq!(got.idempotency_key.as_deref(), Some("key-1"));
+        assert_eq!(got.created_at, created.created_at);
+        assert_eq!((got.revision, got.updated_at), (4, v4.updated_at));
+        assert_eq!(
+            store.find_deployment_by_key("key-1").await.expect("find"),
+            Some(got)
+        );
+
+        // The other deployment is untouched.
+        assert_eq!(
+            get_deployment(&*store, "d-2").await,
+            deployment("d-2", "api", None)
+        );
+        assert_eq!(store.get_revision("d-2", 2).await.expect("revision"), None);
+    }
+
+    pub async fn deployments_save_conflicts(store: Arc<dyn Store>) {
+        store
+            .create_deployment(&deployment("d-1", "web", None))
+            .await
+            .expect("create");
+        store
+            .create_deployment(&deployment("d-2", "api", None))
+            .await
+            .expect("create");
+
+        let mut ghost = deployment("ghost", "ghost", None);
+        ghost.revision = 2;
+        match store.save_deployment(&ghost).await {
+            Err(StoreError::NotFound { what, key }) => {
+                assert_eq!(what, "deployment");
+                assert_eq!(key, "ghost");
+            }
+            other => panic!("unknown deployment: expected NotFound, got {other:?}"),
+        }
+        assert_eq!(store.get_deployment("ghost").await.expect("get"), None);
+        assert_eq!(
+            store.get_revision("ghost", 2).await.expect("revision"),
+            None
+        );
+        // By name is not by id.
+        let mut by_name = deployment("web", "web", None);
+        by_name.revision = 2;
+        assert!(matches!(
+            store.save_deployment(&by_name).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert_eq!(store.get_revision("d-1", 2).await.expect("revision"), None);
+
+        // Renaming onto another deployment's name, in a new revision: nothing changes.
+        let mut clash = deployment("d-2", "web", None);
+        clash.revision = 2;
+        match store.save_deployment(&clash).await {
+            Err(StoreError::AlreadyExists { what, key }) => {
+                assert_eq!(what, "deployment");
+                assert_eq!(key, "web");
+            }
+            other => panic!("name clash: expected AlreadyExists, got {other:?}"),
+        }
+        assert_eq!(
+            get_deployment(&*store, "d-2").await,
+            deployment("d-2", "api", None)
+        );
+        assert_eq!(get_deployment(&*store, "web").await.id, "d-1");
+        assert_eq!(store.get_revision("d-2", 2).await.expect("revision"), None);
+    }
+
+    pub async fn deployments_delete_cascades(store: Arc<dyn Store>) {
+        let web = deployment("d-1", "web", Some("key-1"));
+        let api = deployment("d-2", "api", None);
+        store.create_deployment(&web).await.expect("create");
+        store.create_deployment(&api).await.expect("create");
+        let mut v2 = web.clone();
+        v2.revision = 2;
+        v2.spec.replicas = 3;
+        store.save_deployment(&v2).await.expect("save");
+        store
+            .insert_instances(&[
+                instance("i-1", "d-1", 0),
+                instance("i-2", "d-2", 1),
+                instance("i-3", "d-1", 2),
+            ])
+            .await
+            .expect("insert instances");
+
+        assert!(store.delete_deployment("d-1").await.expect("delete"));
+        assert_eq!(store.get_deployment("d-1").await.expect("get"), None);
+        assert_eq!(store.get_deployment("web").await.expect("get"), None);
+        assert_eq!(
+            store.find_deployment_by_key("key-1").await.expect("find"),
+            None
+        );
+        assert_eq!(store.get_revision("d-1", 1).await.expect("revision"), None);
+        assert_eq!(store.get_revision("d-1", 2).await.expect("revision"), None);
+        assert!(instance_ids(&*store, Some("d-1")).await.is_empty());
+        assert_eq!(instance_ids(&*store, None).await, ["i-2"]);
+
+        // The other deployment keeps everything.
+        assert_eq!(get_deployment(&*store, "d-2").await, api);
+        assert_eq!(
+            store.get_revision("d-2", 1).await.expect("revision"),
+            Some(api.spec.clone())
+        );
+
+        assert!(!store.delete_deployment("d-1").await.expect("delete again"));
+        assert!(
+            !store
+                .delete_deployment("ghost")
+                .await
+                .expect("delete unknown")
+        );
+        assert!(
+            !store.delete_deployment("api").await.expect("by name"),
+            "by name is not by id"
+        );
+        assert_eq!(store.list_deployments().await.expect("list"), vec![api]);
+
+        // Id, name and key are free again, with no history left over.
+        let reborn = deployment("d-1", "web", Some("key-1"));
+        store.create_deployment(&reborn).await.expect("recreate");
+        assert_eq!(get_deployment(&*store, "web").await, reborn);
+        assert_eq!(store.get_revision("d-1", 2).await.expect("revision"), None);
+        assert!(instance_ids(&*store, Some("d-1")).await.is_empty());
+    }
+
+    // ---- instances ----
+
+    pub async fn instances_insert_list(store: Arc<dyn Store>) {
+        for (id, name) in [("d-1", "web"), ("d-2", "api")] {
+            store
+                .create_deployment(&deployment(id, name, None))
+                .await
+                .expect("create");
+        }
+        assert!(instance_ids(&*store, None).await.is_empty());
+        store.insert_instances(&[]).await.expect("empty batch");
+
+        // Every status, desired state and runtime, and both empty and set options.
+        let statuses = [
+            InstanceStatus::Pending,
+            InstanceStatus::Starting,
+            InstanceStatus::Running,
+            InstanceStatus::Failed,
+            InstanceStatus::Lost,
+        ];
+        let mut placed: Vec<InstanceRecord> = Vec::new();
+        for (n, status) in statuses.into_iter().enumerate() {
+            let mut i = instance(&format!("i-p{n}"), "d-1", 100 - n as i64 * 10);
+            i.revision = 2;
+            i.node_id = Some(format!("n-{n}"));
+            i.runtime = Some(Runtime::ALL[n % Runtime::ALL.len()]);
+            i.container_id = Some(format!("c0ffee{n}"));
+            i.desired = if n % 2 == 0 {
+                InstanceDesired::Run
+            } else {
+                InstanceDesired::Remove
+            };
+            i.status = status;
+            i.message = format!("note {n}: \"quoted\" ünïcode");
+            i.updated_at = i.created_at + Duration::seconds(n as i64);
+            placed.push(i);
+        }
+        // Same creation time: ordered by id.
+        let tie_b = instance("i-tb", "d-1", 50);
+        let tie_a = instance("i-ta", "d-1", 50);
+        let other = instance("i-o1", "d-2", 0);
+        let other_late = instance("i-o2", "d-2", 1_000);
+
+        let mut batch = placed.clone();
+        batch.extend([
+            tie_b.clone(),
+            other_late.clone(),
+            tie_a.clone(),
+            other.clone(),
+        ]);
+        store.insert_instances(&batch).await.expect("insert batch");
+
+        // Every field intact, ordered by creation time then id.
+        let d1 = store.list_instances(Some("d-1")).await.expect("list d-1");
+        let mut expected: Vec<InstanceRecord> = placed.clone();
+        expected.extend([tie_a.clone(), tie_b.clone()]);
+        expected.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        assert_eq!(d1, expected);
+        assert_eq!(
+            d1.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["i-ta", "i-tb", "i-p4", "i-p3", "i-p2", "i-p1", "i-p0"]
+        );
+        assert_eq!(
+            store.list_instances(Some("d-2")).await.expect("list d-2"),
+            vec![other.clone(), other_late.clone()]
+        );
+
+        // All deployments: one ordering across them.
+        assert_eq!(
+            instance_ids(&*store, None).await,
+            [
+                "i-o1", "i-ta", "i-tb", "i-p4", "i-p3", "i-p2", "i-p1", "i-p0", "i-o2"
+            ]
+        );
+        assert!(instance_ids(&*store, Some("ghost")).await.is_empty());
+        assert!(
+            instance_ids(&*store, Some("web")).await.is_empty(),
+            "by deployment id, not name"
+        );
+    }
+
+    pub async fn instances_insert_is_atomic(store: Arc<dyn Store>) {
+        store
+            .create_deployment(&deployment("d-1", "web", None))
+            .await
+            .expect("create");
+        let first = instance("i-1", "d-1", 0);
+        store
+            .insert_instances(std::slice::from_ref(&first))
+            .await
+            .expect("insert");
+
+        // A taken id in the middle of a batch: nothing of the batch is inserted.
+        let mut taken = instance("i-1", "d-1", 5);
+        taken.status = InstanceStatus::Running;
+        match store
+            .insert_instances(&[instance("i-2", "d-1", 1), taken, instance("i-3", "d-1", 2)])
+            .await
+        {
+            Err(StoreError::AlreadyExists { what, key }) => {
+                assert_eq!(what, "instance");
+                assert_eq!(key, "i-1");
+            }
+            other => panic!("duplicate instance id: expected AlreadyExists, got {other:?}"),
+        }
+        assert_eq!(
+            store.list_instances(None).await.expect("list"),
+            vec![first.clone()]
+        );
+
+        // The same id twice within one batch.
+        match store
+            .insert_instances(&[instance("i-4", "d-1", 1), instance("i-4", "d-1", 2)])
+            .await
+        {
+            Err(StoreError::AlreadyExists { what, key }) => {
+                assert_eq!(what, "instance");
+                assert_eq!(key, "i-4");
+            }
+            other => panic!("id repeated in a batch: expected AlreadyExists, got {other:?}"),
+        }
+        assert_eq!(instance_ids(&*store, None).await, ["i-1"]);
+
+        // An unknown deployment: NotFound, nothing inserted.
+        match store
+            .insert_instances(&[instance("i-5", "d-1", 1), instance("i-6", "ghost", 2)])
+            .await
+        {
+            Err(StoreError::NotFound { what, key }) => {
+                assert_eq!(what, "deployment");
+                assert_eq!(key, "ghost");
+            }
+            other => panic!("unknown deployment: expected NotFound, got {other:?}"),
+        }
+        assert_eq!(instance_ids(&*store, None).await, ["i-1"]);
+
+        // The store still works after the failed batches.
+        store
+            .insert_instances(&[instance("i-2", "d-1", 1), instance("i-3", "d-1", 2)])
+            .await
+            .expect("insert after failures");
+        assert_eq!(
+            instance_ids(&*store, Some("d-1")).await,
+            ["i-1", "i-2", "i-3"]
+        );
+    }
+
+    pub async fn instances_update(store: Arc<dyn Store>) {
+        store
+            .create_deployment(&deployment("d-1", "web", None))
+            .await
+            .expect("create");
+        let mut originals = Vec::new();
+        for n in 1..=3 {
+            let mut i = instance(&format!("i-{n}"), "d-1", n);
+            i.node_id = Some("n-1".to_owned());
+            i.runtime = Some(Runtime::Docker);
+            originals.push(i);
+        }
+        store.insert_instances(&originals).await.expect("insert");
+        store.update_instances(&[]).await.expect("empty batch");
+
+        let later = t0() + Duration::minutes(5);
+        let mut started = originals[0].clone();
+        started.revision = 2;
+        started.node_id = Some("n-2".to_owned());
+        started.runtime = Some(Runtime::Podman);
+        started.container_id = Some("abc123".to_owned());
+        started.status = InstanceStatus::Running;
+        started.message = "started".to_owned();
+        started.updated_at = later;
+        let mut removed = originals[2].clone();
+        removed.node_id = None;
+        removed.runtime = None;
+        removed.container_id = None;
+        removed.desired = InstanceDesired::Remove;
+        removed.status = InstanceStatus::Lost;
+        removed.message = "node n-1 down".to_owned();
+        removed.updated_at = later + Duration::seconds(1);
+        let ghost = instance("ghost", "d-1", 9);
+        store
+            .update_instances(&[started.clone(), ghost, removed.clone()])
+            .await
+            .expect("batch with an unknown id");
+
+        assert_eq!(
+            store.list_instances(Some("d-1")).await.expect("list"),
+            vec![started.clone(), originals[1].clone(), removed.clone()],
+            "updated, untouched, updated"
+        );
+        assert_eq!(
+            instance_ids(&*store, None).await,
+            ["i-1", "i-2", "i-3"],
+            "unknown id not created"
+        );
+
+        // And back: options set again, repeated updates are idempotent.
+        let mut restarted = removed.clone();
+        restarted.node_id = Some("n-3".to_owned());
+        restarted.runtime = Some(Runtime::Lxc);
+        restarted.container_id = Some("def456".to_owned());
+        restarted.desired = InstanceDesired::Run;
+        restarted.status = InstanceStatus::Starting;
+        for _ in 0..2 {
+            store
+                .update_instances(std::slice::from_ref(&restarted))
+                .await
+                .expect("update");
+        }
+        assert_eq!(
+            store.list_instances(Some("d-1")).await.expect("list")[2],
+            restarted
+        );
+    }
+
+    pub async fn instances_delete(store: Arc<dyn Store>) {
+        for (id, name) in [("d-1", "web"), ("d-2", "api")] {
+            store
+                .create_deployment(&deployment(id, name, None))
+                .await
+                .expect("create");
+        }
+        store
+            .insert_instances(&[
+                instance("i-1", "d-1", 0),
+                instance("i-2", "d-1", 1),
+                instance("i-3", "d-2", 2),
+                instance("i-4", "d-1", 3),
+            ])
+            .await
+            .expect("insert");
+        store.delete_instances(&[]).await.expect("empty batch");
+        assert_eq!(instance_ids(&*store, None).await.len(), 4);
+
+        store
+            .delete_instances(&["i-1".to_owned(), "ghost".to_owned(), "i-3".to_owned()])
+            .await
+            .expect("delete with an unknown id");
+        assert_eq!(instance_ids(&*store, None).await, ["i-2", "i-4"]);
+        assert!(instance_ids(&*store, Some("d-2")).await.is_empty());
+        store
+            .delete_instances(&["i-1".to_owned()])
+            .await
+            .expect("delete again");
+
+        // Deployments are untouched, and the ids are free again.
+        assert_eq!(store.list_deployments().await.expect("list").len(), 2);
+        store
+            .insert_instances(&[instance("i-1", "d-2", 9)])
+            .await
+            .expect("reuse id");
+        assert_eq!(instance_ids(&*store, Some("d-2")).await, ["i-1"]);
+        assert_eq!(instance_ids(&*store, None).await, ["i-2", "i-4", "i-1"]);
     }
 }
 

@@ -6,6 +6,7 @@ mod auth;
 mod cluster;
 mod containers;
 mod convert;
+mod deployments;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use std::time::Duration;
 use diplo_api::pb::agent_service_server::AgentServiceServer;
 use diplo_api::pb::cluster_service_server::ClusterServiceServer;
 use diplo_api::pb::container_service_server::ContainerServiceServer;
+use diplo_api::pb::deployment_service_server::DeploymentServiceServer;
+use diplo_api::pb::event_service_server::EventServiceServer;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::service::ControlPlane;
@@ -55,6 +58,8 @@ pub async fn serve(
     health_reporter.set_serving::<AgentServiceServer<agent::AgentApi>>().await;
     health_reporter.set_serving::<ClusterServiceServer<cluster::ClusterApi>>().await;
     health_reporter.set_serving::<ContainerServiceServer<containers::ContainerApi>>().await;
+    health_reporter.set_serving::<DeploymentServiceServer<deployments::DeploymentApi>>().await;
+    health_reporter.set_serving::<EventServiceServer<deployments::DeploymentApi>>().await;
 
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
@@ -76,7 +81,9 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(AgentServiceServer::new(agent::AgentApi::new(control_plane.clone())))
         .add_service(ClusterServiceServer::new(cluster::ClusterApi::new(control_plane.clone())))
-        .add_service(ContainerServiceServer::new(containers::ContainerApi::new(control_plane)))
+        .add_service(ContainerServiceServer::new(containers::ContainerApi::new(control_plane.clone())))
+        .add_service(DeploymentServiceServer::new(deployments::DeploymentApi::new(control_plane.clone())))
+        .add_service(EventServiceServer::new(deployments::DeploymentApi::new(control_plane)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|source| GrpcServeError::Transport { addr, source })

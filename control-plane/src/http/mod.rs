@@ -2,6 +2,7 @@
 //! `GET /healthz` needs `Authorization: Bearer <token>`.
 
 mod containers;
+mod deployments;
 mod error;
 mod status;
 
@@ -35,6 +36,18 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/containers/{id}/exec", post(containers::exec))
         .route("/api/v1/runtime/info", get(containers::runtime_info))
         .route("/api/{runtime}/status", get(containers::runtime_status))
+        .route("/api/unified/deploy", post(deployments::deploy))
+        .route("/api/deploy", post(deployments::deploy))
+        .route("/api/v1/deployments", get(deployments::list).post(deployments::deploy))
+        .route(
+            "/api/v1/deployments/{name}",
+            get(deployments::get).put(deployments::update).delete(deployments::delete),
+        )
+        .route("/api/v1/deployments/{name}/scale", post(deployments::scale))
+        .route("/api/v1/deployments/{name}/rollback", post(deployments::rollback))
+        .route("/api/v1/compute/instances", get(deployments::instances))
+        .route("/api/v1/compute/instances/{id}", get(deployments::instance))
+        .route("/api/v1/events", get(deployments::events))
         .route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
     Router::new().route("/healthz", get(|| async { "ok" })).merge(api).with_state(control_plane)
 }

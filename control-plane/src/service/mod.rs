@@ -3,8 +3,12 @@
 
 mod commands;
 mod containers;
+mod deployments;
+mod reconciler;
 
 pub use containers::{place_container, ContainerView, CreateContainer, Logs, RuntimeStatus, DEFAULT_STOP_GRACE};
+pub use deployments::{validate_deployment_spec, DeployInput, Deployed, DeploymentView};
+pub use reconciler::{instance_container, Fit, RECONCILE_PERIOD};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +24,8 @@ use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::{ServiceError, ServiceResult};
 use crate::model::{
-    ApiTokenRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, ObservedContainer, Role, SessionMessage,
+    ApiTokenRecord, EventRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, ObservedContainer, Role,
+    SessionMessage,
 };
 use crate::nodes::NodeRegistry;
 use crate::pki::ClusterPki;
@@ -91,6 +96,9 @@ pub struct ControlPlane {
     pki: ClusterPki,
     nodes: NodeRegistry<SessionMessage>,
     pending: commands::PendingCommands,
+    events: tokio::sync::broadcast::Sender<EventRecord>,
+    reconcile: tokio::sync::Notify,
+    in_flight: reconciler::InFlight,
 }
 
 impl ControlPlane {
@@ -101,7 +109,17 @@ impl ControlPlane {
         for node in store.list_nodes().await? {
             nodes.track(&node.id, node.status);
         }
-        Ok(Arc::new(ControlPlane { config, store, pki, nodes, pending: Default::default() }))
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        Ok(Arc::new(ControlPlane {
+            config,
+            store,
+            pki,
+            nodes,
+            pending: Default::default(),
+            events,
+            reconcile: tokio::sync::Notify::new(),
+            in_flight: Default::default(),
+        }))
     }
 
     /// The settings in effect.
@@ -262,6 +280,7 @@ impl ControlPlane {
             let message = format!("node is {} (last heartbeat {})", change.status, change.last_seen_at.to_rfc3339());
             self.emit(&format!("node.{}", change.status), "system", &change.node_id, message).await;
         }
+        self.nudge_reconciler();
         Ok(())
     }
 
@@ -452,9 +471,33 @@ impl ControlPlane {
 
     async fn emit(&self, kind: &str, actor: &str, subject: &str, message: String) {
         let event = NewEvent { at: Utc::now(), kind: kind.to_owned(), actor: actor.to_owned(), subject: subject.to_owned(), message };
-        if let Err(err) = self.store.append_event(&event).await {
-            tracing::error!(error = %err, kind, "could not record event");
+        match self.store.append_event(&event).await {
+            Ok(sequence) => {
+                // No subscriber is fine: nobody is watching.
+                let _ = self.events.send(EventRecord { sequence, event });
+            }
+            Err(err) => tracing::error!(error = %err, kind, "could not record event"),
         }
+    }
+
+    /// Events from now on (after replaying stored ones above `after`, up to 1000).
+    pub async fn watch_events(
+        &self,
+        caller: &Caller,
+        after: Option<u64>,
+    ) -> ServiceResult<(Vec<EventRecord>, tokio::sync::broadcast::Receiver<EventRecord>)> {
+        caller.require_operator(Role::Viewer)?;
+        let live = self.events.subscribe();
+        let replay = match after {
+            Some(after) => self.store.list_events(after, 1000).await?,
+            None => Vec::new(),
+        };
+        Ok((replay, live))
+    }
+
+    /// Wakes the reconciler (after a change of desired or observed state).
+    pub fn nudge_reconciler(&self) {
+        self.reconcile.notify_one();
     }
 }
 

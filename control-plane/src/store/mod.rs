@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    ApiTokenRecord, EventRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatusChange,
+    ApiTokenRecord, DeploymentRecord, DeploymentSpec, EventRecord, InstanceRecord, JoinTokenRecord, NewEvent,
+    NodeRecord, NodeStatusChange,
 };
 use diplo_api::fingerprint::Fingerprint;
 
@@ -131,6 +132,37 @@ pub trait Store: Send + Sync + 'static {
     async fn append_event(&self, event: &NewEvent) -> StoreResult<u64>;
     /// Up to `limit` events with a sequence number above `after`, oldest first.
     async fn list_events(&self, after: u64, limit: u32) -> StoreResult<Vec<EventRecord>>;
+
+    // ---- deployments ----
+
+    /// Inserts a deployment and its revision `deployment.revision` (with its spec) in one
+    /// transaction. `AlreadyExists` when the id, the name or the idempotency key is taken.
+    async fn create_deployment(&self, deployment: &DeploymentRecord) -> StoreResult<()>;
+    /// Deployment by id or, failing that, by name.
+    async fn get_deployment(&self, id_or_name: &str) -> StoreResult<Option<DeploymentRecord>>;
+    /// The deployment created with this idempotency key.
+    async fn find_deployment_by_key(&self, idempotency_key: &str) -> StoreResult<Option<DeploymentRecord>>;
+    /// All deployments, ordered by name.
+    async fn list_deployments(&self) -> StoreResult<Vec<DeploymentRecord>>;
+    /// Updates a deployment (by id) and, in the same transaction, records its revision
+    /// `deployment.revision` with `deployment.spec` if that revision is new. `NotFound`
+    /// for an unknown id.
+    async fn save_deployment(&self, deployment: &DeploymentRecord) -> StoreResult<()>;
+    /// The spec of one revision of a deployment.
+    async fn get_revision(&self, deployment_id: &str, revision: u32) -> StoreResult<Option<DeploymentSpec>>;
+    /// Deletes a deployment with its revisions and instances; `false` when there was none.
+    async fn delete_deployment(&self, deployment_id: &str) -> StoreResult<bool>;
+
+    // ---- instances ----
+
+    /// Inserts instances in one transaction. `AlreadyExists` when an id is taken.
+    async fn insert_instances(&self, instances: &[InstanceRecord]) -> StoreResult<()>;
+    /// Updates instances (by id) in one transaction; unknown ids are skipped.
+    async fn update_instances(&self, instances: &[InstanceRecord]) -> StoreResult<()>;
+    /// Instances of one deployment, or of all with `None`, ordered by creation time then id.
+    async fn list_instances(&self, deployment_id: Option<&str>) -> StoreResult<Vec<InstanceRecord>>;
+    /// Deletes instances by id in one transaction.
+    async fn delete_instances(&self, ids: &[String]) -> StoreResult<()>;
 }
 
 /// Opens the store a URL names and runs its migrations: `sqlite://PATH` (created when

@@ -1,9 +1,10 @@
 //! PostgreSQL backend: production, several control-plane replicas sharing one database.
 //!
 //! Same schema and semantics as the SQLite backend: timestamps are unix milliseconds
-//! (sub-millisecond precision is dropped), labels and fingerprints JSON text. The
-//! conditional `UPDATE` in [`Store::use_join_token`] is atomic: under READ COMMITTED a
-//! racing update waits for the row lock and re-checks its `WHERE` on the new row.
+//! (sub-millisecond precision is dropped), labels, fingerprints and deployment specs JSON
+//! text. The conditional `UPDATE` in [`Store::use_join_token`] is atomic: under READ
+//! COMMITTED a racing update waits for the row lock and re-checks its `WHERE` on the
+//! new row.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,16 +12,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diplo_api::fingerprint::Fingerprint;
+use diplo_api::runtime::Runtime;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection};
 
 use super::rows::{
-    api_token_from_row, event_from_row, insert_error, join_token_from_row, millis, node_from_row,
-    require_found, sequence, to_json,
+    api_token_from_row, deployment_from_row, desired_str, event_from_row, from_json,
+    insert_conflict, insert_error, insert_instance_error, instance_from_row, instance_status_str,
+    join_token_from_row, millis, node_from_row, require_found, sequence, to_json,
 };
 use super::{Store, StoreError, StoreResult, mask_password};
 use crate::model::{
-    ApiTokenRecord, EventRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatusChange,
+    ApiTokenRecord, DeploymentRecord, DeploymentSpec, EventRecord, InstanceRecord, JoinTokenRecord,
+    NewEvent, NodeRecord, NodeStatusChange,
 };
 
 /// How long opening the pool (or any later acquire) waits for a connection.
@@ -81,6 +85,27 @@ impl PostgresStore {
     }
 }
 
+/// Records a deployment's revision unless that revision is already recorded.
+const INSERT_REVISION: &str = "INSERT INTO deployment_revisions \
+     (deployment_id, revision, spec, created_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (deployment_id, revision) DO NOTHING";
+
+/// Maps a failed write of `deployment` to `AlreadyExists` naming the taken key.
+fn deployment_conflict(err: sqlx::Error, deployment: &DeploymentRecord) -> StoreError {
+    insert_conflict(err, |db| {
+        // PostgreSQL names the constraint, e.g. `deployments_name_key`.
+        let violated = db.constraint().unwrap_or_else(|| db.message());
+        if violated.contains("deployments_idempotency_key_key") {
+            let key = deployment.idempotency_key.clone().unwrap_or_default();
+            ("idempotency key", key)
+        } else if violated.contains("deployments_name_key") {
+            ("deployment", deployment.spec.name.clone())
+        } else {
+            ("deployment", deployment.id.clone())
+        }
+    })
+}
+
 // ---- query steps shared by the methods below ----
 
 impl PostgresStore {
@@ -111,6 +136,17 @@ impl PostgresStore {
         decode: fn(&PgRow) -> StoreResult<T>,
     ) -> StoreResult<Vec<T>> {
         let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Runs `sql` with `key` bound to `$1` and decodes every row it returns.
+    async fn fetch_all_keyed<T>(
+        &self,
+        sql: &'static str,
+        key: &str,
+        decode: fn(&PgRow) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        let rows = sqlx::query(sql).bind(key).fetch_all(&self.pool).await?;
         rows.iter().map(decode).collect()
     }
 }
@@ -364,5 +400,240 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    // ---- deployments ----
+
+    async fn create_deployment(&self, deployment: &DeploymentRecord) -> StoreResult<()> {
+        let spec = to_json("deployments.spec", &deployment.spec)?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO deployments (id, name, revision, spec, status, message, \
+             idempotency_key, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&deployment.id)
+        .bind(&deployment.spec.name)
+        .bind(i64::from(deployment.revision))
+        .bind(&spec)
+        .bind(deployment.status.as_str())
+        .bind(&deployment.message)
+        .bind(deployment.idempotency_key.as_deref())
+        .bind(millis(deployment.created_at))
+        .bind(millis(deployment.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| deployment_conflict(e, deployment))?;
+        sqlx::query(INSERT_REVISION)
+            .bind(&deployment.id)
+            .bind(i64::from(deployment.revision))
+            .bind(&spec)
+            .bind(millis(deployment.created_at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_deployment(&self, id_or_name: &str) -> StoreResult<Option<DeploymentRecord>> {
+        self.fetch_keyed(
+            "SELECT id, revision, spec, status, message, idempotency_key, created_at, \
+             updated_at FROM deployments WHERE id = $1 OR name = $1 \
+             ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1",
+            id_or_name,
+            deployment_from_row,
+        )
+        .await
+    }
+
+    async fn find_deployment_by_key(
+        &self,
+        idempotency_key: &str,
+    ) -> StoreResult<Option<DeploymentRecord>> {
+        self.fetch_keyed(
+            "SELECT id, revision, spec, status, message, idempotency_key, created_at, \
+             updated_at FROM deployments WHERE idempotency_key = $1",
+            idempotency_key,
+            deployment_from_row,
+        )
+        .await
+    }
+
+    async fn list_deployments(&self) -> StoreResult<Vec<DeploymentRecord>> {
+        self.fetch_all(
+            "SELECT id, revision, spec, status, message, idempotency_key, created_at, \
+             updated_at FROM deployments ORDER BY name",
+            deployment_from_row,
+        )
+        .await
+    }
+
+    async fn save_deployment(&self, deployment: &DeploymentRecord) -> StoreResult<()> {
+        // The idempotency key and the creation time belong to the creating request and
+        // are kept; the name follows the spec.
+        let spec = to_json("deployments.spec", &deployment.spec)?;
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE deployments SET name = $1, revision = $2, spec = $3, status = $4, \
+             message = $5, updated_at = $6 WHERE id = $7",
+        )
+        .bind(&deployment.spec.name)
+        .bind(i64::from(deployment.revision))
+        .bind(&spec)
+        .bind(deployment.status.as_str())
+        .bind(&deployment.message)
+        .bind(millis(deployment.updated_at))
+        .bind(&deployment.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| deployment_conflict(e, deployment))?;
+        require_found(done.rows_affected(), "deployment", &deployment.id)?;
+        sqlx::query(INSERT_REVISION)
+            .bind(&deployment.id)
+            .bind(i64::from(deployment.revision))
+            .bind(&spec)
+            .bind(millis(deployment.updated_at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_revision(
+        &self,
+        deployment_id: &str,
+        revision: u32,
+    ) -> StoreResult<Option<DeploymentSpec>> {
+        let spec: Option<String> = sqlx::query_scalar(
+            "SELECT spec FROM deployment_revisions WHERE deployment_id = $1 AND revision = $2",
+        )
+        .bind(deployment_id)
+        .bind(i64::from(revision))
+        .fetch_optional(&self.pool)
+        .await?;
+        spec.map(|text| from_json("deployment_revisions.spec", &text))
+            .transpose()
+    }
+
+    async fn delete_deployment(&self, deployment_id: &str) -> StoreResult<bool> {
+        // Children first and explicitly, rather than relying on ON DELETE CASCADE.
+        let mut tx = self.pool.begin().await?;
+        for sql in [
+            "DELETE FROM instances WHERE deployment_id = $1",
+            "DELETE FROM deployment_revisions WHERE deployment_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(deployment_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let done = sqlx::query("DELETE FROM deployments WHERE id = $1")
+            .bind(deployment_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---- instances ----
+
+    async fn insert_instances(&self, instances: &[InstanceRecord]) -> StoreResult<()> {
+        if instances.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for instance in instances {
+            sqlx::query(
+                "INSERT INTO instances (id, deployment_id, revision, node_id, runtime, \
+                 container_id, desired, status, message, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(&instance.id)
+            .bind(&instance.deployment_id)
+            .bind(i64::from(instance.revision))
+            .bind(instance.node_id.as_deref())
+            .bind(instance.runtime.map(Runtime::name))
+            .bind(instance.container_id.as_deref())
+            .bind(desired_str(instance.desired))
+            .bind(instance_status_str(instance.status))
+            .bind(&instance.message)
+            .bind(millis(instance.created_at))
+            .bind(millis(instance.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| insert_instance_error(e, instance))?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_instances(&self, instances: &[InstanceRecord]) -> StoreResult<()> {
+        // The deployment and the creation time of an instance never change.
+        if instances.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for instance in instances {
+            sqlx::query(
+                "UPDATE instances SET revision = $1, node_id = $2, runtime = $3, \
+                 container_id = $4, desired = $5, status = $6, message = $7, updated_at = $8 \
+                 WHERE id = $9",
+            )
+            .bind(i64::from(instance.revision))
+            .bind(instance.node_id.as_deref())
+            .bind(instance.runtime.map(Runtime::name))
+            .bind(instance.container_id.as_deref())
+            .bind(desired_str(instance.desired))
+            .bind(instance_status_str(instance.status))
+            .bind(&instance.message)
+            .bind(millis(instance.updated_at))
+            .bind(&instance.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_instances(
+        &self,
+        deployment_id: Option<&str>,
+    ) -> StoreResult<Vec<InstanceRecord>> {
+        match deployment_id {
+            Some(deployment_id) => {
+                self.fetch_all_keyed(
+                    "SELECT id, deployment_id, revision, node_id, runtime, container_id, \
+                     desired, status, message, created_at, updated_at FROM instances \
+                     WHERE deployment_id = $1 ORDER BY created_at, id",
+                    deployment_id,
+                    instance_from_row,
+                )
+                .await
+            }
+            None => {
+                self.fetch_all(
+                    "SELECT id, deployment_id, revision, node_id, runtime, container_id, \
+                     desired, status, message, created_at, updated_at FROM instances \
+                     ORDER BY created_at, id",
+                    instance_from_row,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn delete_instances(&self, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query("DELETE FROM instances WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! What both backends share below the SQL: value conversions (timestamps as unix
-//! milliseconds, labels and fingerprints as JSON text), the mapping of driver errors to
-//! [`StoreError`], and the row decoders, generic over the driver's row type.
+//! milliseconds, labels, fingerprints and deployment specs as JSON text, enums as their
+//! lower-case names), the mapping of driver errors to [`StoreError`], and the row
+//! decoders, generic over the driver's row type.
 //!
 //! The SQL itself stays in the backend modules: the dialects differ.
 
@@ -13,8 +14,10 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{StoreError, StoreResult};
 use crate::model::{
-    ApiTokenRecord, EventRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, Role,
+    ApiTokenRecord, DeploymentRecord, DeploymentStatus, EventRecord, InstanceDesired,
+    InstanceRecord, InstanceStatus, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, Role,
 };
+use diplo_api::runtime::Runtime;
 
 // ---- values ----
 
@@ -60,6 +63,61 @@ pub(super) fn sequence(value: i64) -> StoreResult<u64> {
     })
 }
 
+/// A stored count or revision number (`BIGINT`) read back; `Corrupt` naming `column`
+/// when it does not fit a `u32`.
+pub(super) fn small_count(column: &'static str, value: i64) -> StoreResult<u32> {
+    u32::try_from(value).map_err(|e| StoreError::Corrupt {
+        column,
+        reason: format!("{value}: {e}"),
+    })
+}
+
+/// An instance's desired state as stored.
+pub(super) fn desired_str(desired: InstanceDesired) -> &'static str {
+    match desired {
+        InstanceDesired::Run => "run",
+        InstanceDesired::Remove => "remove",
+    }
+}
+
+/// A stored desired state read back; `Corrupt` when unknown.
+fn parse_desired(text: &str) -> StoreResult<InstanceDesired> {
+    match text {
+        "run" => Ok(InstanceDesired::Run),
+        "remove" => Ok(InstanceDesired::Remove),
+        other => Err(StoreError::Corrupt {
+            column: "instances.desired",
+            reason: format!("unknown desired state {other:?}"),
+        }),
+    }
+}
+
+/// An instance's status as stored.
+pub(super) fn instance_status_str(status: InstanceStatus) -> &'static str {
+    match status {
+        InstanceStatus::Pending => "pending",
+        InstanceStatus::Starting => "starting",
+        InstanceStatus::Running => "running",
+        InstanceStatus::Failed => "failed",
+        InstanceStatus::Lost => "lost",
+    }
+}
+
+/// A stored instance status read back; `Corrupt` when unknown.
+fn parse_instance_status(text: &str) -> StoreResult<InstanceStatus> {
+    match text {
+        "pending" => Ok(InstanceStatus::Pending),
+        "starting" => Ok(InstanceStatus::Starting),
+        "running" => Ok(InstanceStatus::Running),
+        "failed" => Ok(InstanceStatus::Failed),
+        "lost" => Ok(InstanceStatus::Lost),
+        other => Err(StoreError::Corrupt {
+            column: "instances.status",
+            reason: format!("unknown instance status {other:?}"),
+        }),
+    }
+}
+
 // ---- errors ----
 
 /// Maps a unique-key violation to `AlreadyExists`, anything else to `Database`. `key`
@@ -70,15 +128,37 @@ pub(super) fn insert_error(
     what: &'static str,
     key: impl FnOnce(&dyn DatabaseError) -> String,
 ) -> StoreError {
+    insert_conflict(err, |db| (what, key(db)))
+}
+
+/// [`insert_error`] for tables with several unique keys of different kinds: `conflict`
+/// gets the driver's error and returns both the kind and the conflicting key.
+pub(super) fn insert_conflict(
+    err: sqlx::Error,
+    conflict: impl FnOnce(&dyn DatabaseError) -> (&'static str, String),
+) -> StoreError {
     if let sqlx::Error::Database(db) = &err
         && db.is_unique_violation()
     {
-        return StoreError::AlreadyExists {
-            what,
-            key: key(&**db),
-        };
+        let (what, key) = conflict(&**db);
+        return StoreError::AlreadyExists { what, key };
     }
     StoreError::Database(err)
+}
+
+/// Maps the failure of inserting `instance`: a taken id to `AlreadyExists`, a
+/// deployment id naming no deployment (foreign key) to `NotFound`, anything else to
+/// `Database`.
+pub(super) fn insert_instance_error(err: sqlx::Error, instance: &InstanceRecord) -> StoreError {
+    if let sqlx::Error::Database(db) = &err
+        && db.is_foreign_key_violation()
+    {
+        return StoreError::NotFound {
+            what: "deployment",
+            key: instance.deployment_id.clone(),
+        };
+    }
+    insert_error(err, "instance", |_| instance.id.clone())
 }
 
 /// `NotFound` for `what` `key` when a statement changed no row (`affected` is its
@@ -116,12 +196,20 @@ where
 
 /// A row of either backend: its columns decode to every Rust type the tables use.
 pub(super) trait StoreRow:
-    ReadColumn<String> + ReadColumn<i64> + ReadColumn<Option<i64>> + ReadColumn<bool>
+    ReadColumn<String>
+    + ReadColumn<Option<String>>
+    + ReadColumn<i64>
+    + ReadColumn<Option<i64>>
+    + ReadColumn<bool>
 {
 }
 
 impl<R> StoreRow for R where
-    R: ReadColumn<String> + ReadColumn<i64> + ReadColumn<Option<i64>> + ReadColumn<bool>
+    R: ReadColumn<String>
+        + ReadColumn<Option<String>>
+        + ReadColumn<i64>
+        + ReadColumn<Option<i64>>
+        + ReadColumn<bool>
 {
 }
 
@@ -156,10 +244,7 @@ pub(super) fn join_token_from_row<R: StoreRow>(row: &R) -> StoreResult<JoinToken
         created_at: time("join_tokens.created_at", row.column("created_at")?)?,
         expires_at: time("join_tokens.expires_at", row.column("expires_at")?)?,
         single_use: row.column("single_use")?,
-        uses: u32::try_from(uses).map_err(|e| StoreError::Corrupt {
-            column: "join_tokens.uses",
-            reason: format!("{uses}: {e}"),
-        })?,
+        uses: small_count("join_tokens.uses", uses)?,
         revoked: row.column("revoked")?,
         labels: from_json("join_tokens.labels", &labels)?,
     })
@@ -196,5 +281,51 @@ pub(super) fn event_from_row<R: StoreRow>(row: &R) -> StoreResult<EventRecord> {
             subject: row.column("subject")?,
             message: row.column("message")?,
         },
+    })
+}
+
+/// Decodes a row of `deployments` (all its columns; `name` is the spec's and not read).
+pub(super) fn deployment_from_row<R: StoreRow>(row: &R) -> StoreResult<DeploymentRecord> {
+    let spec: String = row.column("spec")?;
+    let status: String = row.column("status")?;
+    Ok(DeploymentRecord {
+        id: row.column("id")?,
+        revision: small_count("deployments.revision", row.column("revision")?)?,
+        spec: from_json("deployments.spec", &spec)?,
+        status: DeploymentStatus::from_str(&status).map_err(|reason| StoreError::Corrupt {
+            column: "deployments.status",
+            reason,
+        })?,
+        message: row.column("message")?,
+        idempotency_key: row.column("idempotency_key")?,
+        created_at: time("deployments.created_at", row.column("created_at")?)?,
+        updated_at: time("deployments.updated_at", row.column("updated_at")?)?,
+    })
+}
+
+/// Decodes a row of `instances` (all its columns).
+pub(super) fn instance_from_row<R: StoreRow>(row: &R) -> StoreResult<InstanceRecord> {
+    let runtime: Option<String> = row.column("runtime")?;
+    let desired: String = row.column("desired")?;
+    let status: String = row.column("status")?;
+    Ok(InstanceRecord {
+        id: row.column("id")?,
+        deployment_id: row.column("deployment_id")?,
+        revision: small_count("instances.revision", row.column("revision")?)?,
+        node_id: row.column("node_id")?,
+        runtime: runtime
+            .map(|name| {
+                Runtime::from_str(&name).map_err(|e| StoreError::Corrupt {
+                    column: "instances.runtime",
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?,
+        container_id: row.column("container_id")?,
+        desired: parse_desired(&desired)?,
+        status: parse_instance_status(&status)?,
+        message: row.column("message")?,
+        created_at: time("instances.created_at", row.column("created_at")?)?,
+        updated_at: time("instances.updated_at", row.column("updated_at")?)?,
     })
 }

@@ -1,0 +1,195 @@
+//! `diplo deploy`, `diplo apps …` and `diplo events` through `DeploymentService` and
+//! `EventService`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use diplo_api::pb;
+use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
+use diplo_api::pb::event_service_client::EventServiceClient;
+use tonic::transport::Channel;
+
+use crate::output::runtime_name;
+use crate::status_error;
+
+/// What `diplo deploy` asks for.
+pub struct DeployArgs {
+    pub name: String,
+    pub image: String,
+    pub replicas: u32,
+    pub publish: Vec<String>,
+    pub env: Vec<String>,
+    pub runtime: Option<String>,
+    pub node: Option<String>,
+    pub strategy: Option<String>,
+    pub restart: String,
+    pub idempotency_key: Option<String>,
+    pub detach: bool,
+    pub timeout: Duration,
+    pub command: Vec<String>,
+}
+
+/// Deploys, then shows progress until every replica runs (exit 0) or the timeout passes
+/// with the deployment still not running (exit 1, with its message).
+pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
+    let mut client = DeploymentServiceClient::new(channel);
+    let runtime = match &args.runtime {
+        Some(name) => pb::RuntimeKind::from(name.parse::<diplo_api::runtime::Runtime>()?) as i32,
+        None => 0,
+    };
+    let container = pb::ContainerSpec {
+        image: args.image.clone(),
+        command: args.command,
+        environment: crate::containers::parse_pairs(&args.env, "--env")?,
+        ports: args.publish.iter().map(|p| crate::containers::parse_publish(p)).collect::<Result<_>>()?,
+        restart_policy: args.restart,
+        ..Default::default()
+    };
+    let spec = pb::DeploymentSpec {
+        name: args.name.clone(),
+        image: args.image,
+        replicas: args.replicas,
+        runtime,
+        constraints: Some(pb::Constraints { node: args.node.unwrap_or_default(), ..Default::default() }),
+        container: Some(container),
+        strategy: args.strategy.unwrap_or_default(),
+        max_parallel: 1,
+        ..Default::default()
+    };
+    let request = pb::DeployRequest { spec: Some(spec), idempotency_key: args.idempotency_key.unwrap_or_default() };
+    let deployment = client.deploy(request).await.map_err(status_error)?.into_inner();
+    println!("deployment {} created (id {}, revision {})", args.name, deployment.id, deployment.revision);
+    if args.detach {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let current = client.get_deployment(pb::DeploymentRef { name: args.name.clone() }).await.map_err(status_error)?.into_inner();
+        let counts = current.instances.iter().fold(HashMap::<&str, usize>::new(), |mut counts, i| {
+            *counts.entry(i.status.as_str()).or_default() += 1;
+            counts
+        });
+        let mut summary: Vec<String> = counts.iter().map(|(status, n)| format!("{n} {status}")).collect();
+        summary.sort();
+        let line = format!("{}: {} [{}] {}", args.name, current.status, summary.join(", "), current.message);
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if current.status == "running" {
+            for instance in &current.instances {
+                println!("  {}  node {}  {}  {}", instance.id, instance.node_id, runtime_name(instance.runtime), instance.status);
+            }
+            return Ok(());
+        }
+        if started.elapsed() > args.timeout {
+            bail!("{} is still {} after {:?}: {}", args.name, current.status, args.timeout, current.message);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `diplo apps …`.
+pub async fn apps(channel: Channel, command: crate::AppsCommand) -> Result<()> {
+    let mut client = DeploymentServiceClient::new(channel);
+    match command {
+        crate::AppsCommand::Ls { output } => {
+            let list = client.list_deployments(pb::ListDeploymentsRequest {}).await.map_err(status_error)?.into_inner().deployments;
+            match output {
+                crate::Format::Json => println!("{}", serde_json::Value::Array(list.iter().map(deployment_json).collect())),
+                crate::Format::Table => {
+                    println!("{:<24}  {:<10}  {:>8}  {:>4}  {:<30}  MESSAGE", "NAME", "STATUS", "RUNNING", "REV", "IMAGE");
+                    for d in &list {
+                        let spec = d.spec.clone().unwrap_or_default();
+                        let running = d.instances.iter().filter(|i| i.status == "running").count();
+                        println!(
+                            "{:<24}  {:<10}  {:>8}  {:>4}  {:<30}  {}",
+                            spec.name,
+                            d.status,
+                            format!("{running}/{}", spec.replicas),
+                            d.revision,
+                            spec.image,
+                            d.message
+                        );
+                    }
+                }
+            }
+        }
+        crate::AppsCommand::Show { name } => {
+            let d = client.get_deployment(pb::DeploymentRef { name }).await.map_err(status_error)?.into_inner();
+            println!("{}", serde_json::to_string_pretty(&deployment_json(&d))?);
+        }
+        crate::AppsCommand::Scale { name, replicas } => {
+            let d = client.scale(pb::ScaleRequest { name: name.clone(), replicas }).await.map_err(status_error)?.into_inner();
+            println!("{name} scaled to {replicas} (revision {})", d.revision);
+        }
+        crate::AppsCommand::Rollback { name } => {
+            let d = client.rollback(pb::DeploymentRef { name: name.clone() }).await.map_err(status_error)?.into_inner();
+            println!("{name} rolled back (now revision {})", d.revision);
+        }
+        crate::AppsCommand::Rm { name } => {
+            client.delete_deployment(pb::DeploymentRef { name: name.clone() }).await.map_err(status_error)?;
+            println!("{name} is being deleted");
+        }
+    }
+    Ok(())
+}
+
+fn deployment_json(d: &pb::Deployment) -> serde_json::Value {
+    let spec = d.spec.clone().unwrap_or_default();
+    let instances: Vec<serde_json::Value> = d
+        .instances
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "id": i.id, "node_id": i.node_id, "runtime": runtime_name(i.runtime), "status": i.status,
+                "revision": i.revision, "container_id": i.container.as_ref().map(|c| c.id.clone()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "id": d.id,
+        "name": spec.name,
+        "image": spec.image,
+        "replicas": spec.replicas,
+        "runtime_type": (spec.runtime != 0).then(|| runtime_name(spec.runtime)),
+        "revision": d.revision,
+        "status": d.status,
+        "message": d.message,
+        "instances": instances,
+    })
+}
+
+/// `diplo events [-f]`: stored events, then (with `follow`) new ones as they happen.
+pub async fn events(channel: Channel, follow: bool) -> Result<()> {
+    let mut client = EventServiceClient::new(channel);
+    let mut stream = client
+        .watch(pb::WatchRequest { kinds: Vec::new(), after_sequence: 0, replay: true })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    loop {
+        let next = if follow {
+            stream.message().await.map_err(status_error)?
+        } else {
+            // Without -f: print what is stored, stop once nothing more arrives.
+            match tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
+                Ok(message) => message.map_err(status_error)?,
+                Err(_) => None,
+            }
+        };
+        let Some(event) = next else { return Ok(()) };
+        let at = event
+            .at
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+            .map_or_else(String::new, |t| t.to_rfc3339());
+        println!("{at}  {:<22}  {:<28}  {}", event.kind, event.actor, event.message);
+    }
+}
+
+/// Parses `--timeout` style durations for clap.
+pub fn parse_timeout(text: &str) -> Result<Duration> {
+    humantime::parse_duration(text).with_context(|| format!("invalid duration {text:?}"))
+}

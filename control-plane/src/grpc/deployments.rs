@@ -1,0 +1,226 @@
+//! `DeploymentService` and `EventService`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use diplo_api::pb;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use super::convert::{status_from, timestamp};
+use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, InstanceRecord, InstanceStatus, Strategy};
+use crate::service::{ControlPlane, DeployInput, DeploymentView};
+
+/// The gRPC face of deployments and events.
+pub struct DeploymentApi {
+    control_plane: Arc<ControlPlane>,
+}
+
+impl DeploymentApi {
+    pub fn new(control_plane: Arc<ControlPlane>) -> Self {
+        DeploymentApi { control_plane }
+    }
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("invalid {field}: {message}"))
+}
+
+/// The domain spec of a wire spec; errors name the field.
+pub fn spec_from_pb(spec: Option<pb::DeploymentSpec>) -> Result<DeploymentSpec, Status> {
+    let spec = spec.ok_or_else(|| invalid("spec", "missing"))?;
+    let mut container = spec.container.unwrap_or_default();
+    if container.image.is_empty() {
+        container.image = spec.image.clone();
+    }
+    if container.image.is_empty() && !spec.repo_url.is_empty() {
+        return Err(invalid("image", "building from repo_url is not available yet: give an OCI image"));
+    }
+    let container = diplo_api::container::ContainerSpec::try_from(container).map_err(|e| invalid(&e.field, &e.message))?;
+    let runtime = match pb::RuntimeKind::try_from(spec.runtime) {
+        Ok(kind) => kind.runtime(),
+        Err(_) => return Err(invalid("runtime", format!("unknown value {}", spec.runtime))),
+    };
+    let strategy = match spec.strategy.as_str() {
+        "" | "binpack" => Strategy::Binpack,
+        "spread" => Strategy::Spread,
+        other => return Err(invalid("strategy", format!("{other:?}: expected binpack or spread"))),
+    };
+    let constraints = spec.constraints.map_or_else(Constraints::default, |c| Constraints {
+        node: (!c.node.is_empty()).then_some(c.node),
+        labels: c.labels.into_iter().collect(),
+        os: (!c.os.is_empty()).then_some(c.os),
+        arch: (!c.arch.is_empty()).then_some(c.arch),
+    });
+    Ok(DeploymentSpec {
+        name: spec.name,
+        replicas: spec.replicas,
+        runtime,
+        constraints,
+        strategy,
+        max_parallel: spec.max_parallel.max(1),
+        container,
+    })
+}
+
+fn spec_to_pb(spec: &DeploymentSpec) -> pb::DeploymentSpec {
+    pb::DeploymentSpec {
+        name: spec.name.clone(),
+        image: spec.container.image.clone(),
+        repo_url: String::new(),
+        language: String::new(),
+        replicas: spec.replicas,
+        runtime: spec.runtime.map_or(pb::RuntimeKind::Unspecified, Into::into) as i32,
+        constraints: Some(pb::Constraints {
+            node: spec.constraints.node.clone().unwrap_or_default(),
+            labels: spec.constraints.labels.clone().into_iter().collect(),
+            os: spec.constraints.os.clone().unwrap_or_default(),
+            arch: spec.constraints.arch.clone().unwrap_or_default(),
+        }),
+        container: Some((&spec.container).into()),
+        strategy: match spec.strategy {
+            Strategy::Binpack => "binpack".into(),
+            Strategy::Spread => "spread".into(),
+        },
+        max_parallel: spec.max_parallel,
+    }
+}
+
+fn instance_to_pb(instance: &InstanceRecord, deployment: &str) -> pb::Instance {
+    let status = match instance.status {
+        InstanceStatus::Pending => "pending",
+        InstanceStatus::Starting => "starting",
+        InstanceStatus::Running => "running",
+        InstanceStatus::Failed => "failed",
+        InstanceStatus::Lost => "lost",
+    };
+    pb::Instance {
+        id: instance.id.clone(),
+        deployment: deployment.to_owned(),
+        revision: instance.revision,
+        node_id: instance.node_id.clone().unwrap_or_default(),
+        runtime: instance.runtime.map_or(pb::RuntimeKind::Unspecified, Into::into) as i32,
+        status: status.into(),
+        container: instance.container_id.as_ref().map(|id| pb::ContainerState { id: id.clone(), ..Default::default() }),
+    }
+}
+
+fn deployment_to_pb(deployment: &DeploymentRecord, instances: &[InstanceRecord]) -> pb::Deployment {
+    pb::Deployment {
+        id: deployment.id.clone(),
+        spec: Some(spec_to_pb(&deployment.spec)),
+        revision: deployment.revision,
+        status: deployment.status.as_str().into(),
+        message: deployment.message.clone(),
+        created_at: Some(timestamp(deployment.created_at)),
+        updated_at: Some(timestamp(deployment.updated_at)),
+        instances: instances.iter().map(|i| instance_to_pb(i, &deployment.spec.name)).collect(),
+    }
+}
+
+fn view_to_pb(view: &DeploymentView) -> pb::Deployment {
+    deployment_to_pb(&view.deployment, &view.instances)
+}
+
+#[tonic::async_trait]
+impl pb::deployment_service_server::DeploymentService for DeploymentApi {
+    async fn deploy(&self, request: Request<pb::DeployRequest>) -> Result<Response<pb::Deployment>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let req = request.into_inner();
+        let spec = spec_from_pb(req.spec)?;
+        let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
+        let deployed = self.control_plane.deploy(&caller, DeployInput { spec, idempotency_key: key }).await.map_err(status_from)?;
+        Ok(Response::new(deployment_to_pb(&deployed.deployment, &[])))
+    }
+
+    async fn get_deployment(&self, request: Request<pb::DeploymentRef>) -> Result<Response<pb::Deployment>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let view = self.control_plane.get_deployment(&caller, &request.into_inner().name).await.map_err(status_from)?;
+        Ok(Response::new(view_to_pb(&view)))
+    }
+
+    async fn list_deployments(
+        &self,
+        request: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let views = self.control_plane.list_deployments(&caller).await.map_err(status_from)?;
+        Ok(Response::new(pb::ListDeploymentsResponse { deployments: views.iter().map(view_to_pb).collect() }))
+    }
+
+    async fn scale(&self, request: Request<pb::ScaleRequest>) -> Result<Response<pb::Deployment>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let req = request.into_inner();
+        let deployment = self.control_plane.scale(&caller, &req.name, req.replicas).await.map_err(status_from)?;
+        Ok(Response::new(deployment_to_pb(&deployment, &[])))
+    }
+
+    async fn update(&self, request: Request<pb::UpdateRequest>) -> Result<Response<pb::Deployment>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let req = request.into_inner();
+        let mut spec = spec_from_pb(req.spec)?;
+        if req.max_parallel > 0 {
+            spec.max_parallel = req.max_parallel;
+        }
+        let deployment = self.control_plane.update_deployment(&caller, spec).await.map_err(status_from)?;
+        Ok(Response::new(deployment_to_pb(&deployment, &[])))
+    }
+
+    async fn rollback(&self, request: Request<pb::DeploymentRef>) -> Result<Response<pb::Deployment>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let deployment = self.control_plane.rollback(&caller, &request.into_inner().name).await.map_err(status_from)?;
+        Ok(Response::new(deployment_to_pb(&deployment, &[])))
+    }
+
+    async fn delete_deployment(
+        &self,
+        request: Request<pb::DeploymentRef>,
+    ) -> Result<Response<pb::DeleteDeploymentResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        self.control_plane.delete_deployment(&caller, &request.into_inner().name).await.map_err(status_from)?;
+        Ok(Response::new(pb::DeleteDeploymentResponse {}))
+    }
+
+    async fn list_instances(
+        &self,
+        request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let name = request.into_inner().deployment;
+        let instances = self.control_plane.list_instances(&caller, Some(&name)).await.map_err(status_from)?;
+        Ok(Response::new(pb::ListInstancesResponse { instances: instances.iter().map(|i| instance_to_pb(i, &name)).collect() }))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::event_service_server::EventService for DeploymentApi {
+    type WatchStream = EventStream;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<EventStream>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let req = request.into_inner();
+        let after = req.replay.then_some(req.after_sequence);
+        let (replay, live) = self.control_plane.watch_events(&caller, after).await.map_err(status_from)?;
+        let kinds = req.kinds;
+        let to_pb = move |record: crate::model::EventRecord| -> Option<Result<pb::Event, Status>> {
+            if !kinds.is_empty() && !kinds.iter().any(|k| record.event.kind.starts_with(k.as_str())) {
+                return None;
+            }
+            Some(Ok(pb::Event {
+                sequence: record.sequence,
+                at: Some(timestamp(record.event.at)),
+                kind: record.event.kind,
+                actor: record.event.actor,
+                subject: record.event.subject,
+                message: record.event.message,
+                attributes: Default::default(),
+            }))
+        };
+        let live = tokio_stream::StreamExt::filter_map(tokio_stream::wrappers::BroadcastStream::new(live), |r| r.ok());
+        let all = tokio_stream::StreamExt::chain(tokio_stream::iter(replay), live);
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::filter_map(all, to_pb))))
+    }
+}

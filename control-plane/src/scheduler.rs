@@ -1,0 +1,1028 @@
+//! The scheduler: which nodes run a deployment's new replicas.
+//!
+//! [`place`] is a pure function (DESIGN.md invariant 2): no I/O, no clock, no randomness,
+//! and its answer depends only on its arguments. It takes its own input types, filled by the
+//! caller from the store's view of the cluster, never wire types.
+//!
+//! # How a replica is placed
+//!
+//! 1. **Filter.** A node is eligible when it is ready and not cordoned, matches the
+//!    constraints (node id or name, every label, os, arch), offers a runtime (the forced one,
+//!    or any runtime its platform accepts, SPEC §2), runs an os/arch the image is built for
+//!    (when the image's platforms are known), has the CPU and memory free (a capacity of 0
+//!    means unknown and is not checked) and has every requested host port free.
+//! 2. **Score** (integers only, higher is better), a weighted sum whose terms are bounded so
+//!    that each weight dominates everything below it:
+//!    * anti-affinity: [`ANTI_AFFINITY`] per instance of the same deployment already on the
+//!      node (including replicas placed earlier in the same call), so replicas spread over
+//!      distinct nodes whenever enough nodes fit;
+//!    * runtime preference: [`RUNTIME_RANK`] per step the chosen runtime sits below the top
+//!      of the node platform's preference order (0 for every node when the runtime is forced);
+//!    * image locality: [`IMAGE_LOCAL`] when the node already holds the image;
+//!    * fit: utilization after placement in basis points (mean of CPU and memory, 0..=10 000):
+//!      binpack adds it (fill busy nodes first), spread adds its complement (emptiest first);
+//!    * load: the node's instance count (all deployments, capped at 1 000), added by binpack
+//!      and subtracted by spread, which mostly breaks ties when requests ask for no resources.
+//! 3. **Tie-break** by node name, then id: the lexicographically smaller wins. Node ids are
+//!    unique, so the result does not depend on the order of `nodes`.
+//!
+//! Replicas are placed one at a time; after each, the chosen node's usage, ports and instance
+//! count are updated. Only that node's score changes, so after one O(nodes) pass each further
+//! replica costs O(log nodes) (a binary heap). Rejection reasons are only rendered when a
+//! placement fails.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
+use std::fmt;
+
+use diplo_api::container::Protocol;
+use diplo_api::runtime::{PlatformClass, Runtime};
+
+use crate::model::{Constraints, Strategy};
+
+/// Score penalty per instance of the same deployment already on a node.
+pub const ANTI_AFFINITY: i64 = 1_000_000;
+/// Score penalty per step below the platform's most preferred runtime.
+pub const RUNTIME_RANK: i64 = 10_000;
+/// Score bonus when the node already holds the image.
+pub const IMAGE_LOCAL: i64 = 2_000;
+/// Utilization of a full node, in basis points.
+const FULL: u64 = 10_000;
+/// Instance counts above this no longer change the load term.
+const LOAD_CAP: u64 = 1_000;
+
+/// A node as the scheduler sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCandidate {
+    /// Stable node id.
+    pub id: String,
+    /// Node name (unique in practice; ties are broken by id).
+    pub name: String,
+    /// OS family (`linux`, `darwin`).
+    pub os: String,
+    /// Architecture, Go/OCI spelling (`amd64`, `arm64`, `arm`); `uname -m` spellings work too.
+    pub arch: String,
+    /// Whether the node is a Raspberry Pi.
+    pub raspberry_pi: bool,
+    /// Heartbeats arrive on time.
+    pub ready: bool,
+    /// Operators asked that nothing new lands here.
+    pub cordoned: bool,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Runtimes probed as available on the node.
+    pub runtimes: Vec<Runtime>,
+    /// CPU capacity in millicores (CPUs × 1000); 0 means unknown, not checked.
+    pub cpu_millis: u64,
+    /// Memory capacity in bytes; 0 means unknown, not checked.
+    pub memory_bytes: u64,
+    /// CPU already reserved by instances on the node, in millicores.
+    pub used_cpu_millis: u64,
+    /// Memory already reserved by instances on the node, in bytes.
+    pub used_memory_bytes: u64,
+    /// Host ports already bound on the node.
+    pub used_ports: HashSet<(u16, Protocol)>,
+    /// Image references present on the node (for locality).
+    pub images: BTreeSet<String>,
+    /// Running instances per deployment id.
+    pub instances: BTreeMap<String, u32>,
+}
+
+/// What to place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlacementRequest {
+    /// The deployment the replicas belong to (for anti-affinity).
+    pub deployment_id: String,
+    /// Replicas to place now.
+    pub count: u32,
+    /// Image reference (for locality).
+    pub image: String,
+    /// The `(os, arch)` pairs the image is built for; `None`: unknown, not filtered.
+    pub image_platforms: Option<Vec<(String, String)>>,
+    /// Forced runtime; `None`: each node's preferred one.
+    pub runtime: Option<Runtime>,
+    /// Where replicas may run.
+    pub constraints: Constraints,
+    /// CPU reserved per replica, in millicores.
+    pub cpu_millis: u64,
+    /// Memory reserved per replica, in bytes.
+    pub memory_bytes: u64,
+    /// Host ports each replica binds (port 0 binds an ephemeral port and is not reserved).
+    pub ports: Vec<(u16, Protocol)>,
+    /// Binpack or spread.
+    pub strategy: Strategy,
+}
+
+/// One replica's place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The node that runs it.
+    pub node_id: String,
+    /// The runtime it runs under.
+    pub runtime: Runtime,
+}
+
+/// Not every replica could be placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoFit {
+    /// The replicas that were placed, in order.
+    pub placed: Vec<Placement>,
+    /// Why each node refused the next replica (`"n2: host port 8080/tcp in use"`), one per
+    /// node, sorted by node name then id.
+    pub reasons: Vec<String>,
+}
+
+impl fmt::Display for NoFit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no node fits (placed {} replica(s) first)", self.placed.len())?;
+        if !self.reasons.is_empty() {
+            write!(f, ": {}", self.reasons.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NoFit {}
+
+/// Places `request.count` replicas on `nodes`. Returns one [`Placement`] per replica, in
+/// placement order, or [`NoFit`] with the replicas that did fit and why every node refused
+/// the next one. Deterministic, and independent of the order of `nodes` (given unique ids).
+pub fn place(nodes: &[NodeCandidate], request: &PlacementRequest) -> Result<Vec<Placement>, NoFit> {
+    if request.count == 0 {
+        return Ok(Vec::new());
+    }
+    let ctx = Context::new(request);
+    let mut entries: Vec<Entry<'_>> = nodes.iter().filter_map(|node| ctx.admit(node).ok()).collect();
+
+    let count = request.count as usize;
+    let mut placed = Vec::with_capacity(count.min(entries.len().max(1)).min(1024));
+    if count == 1 {
+        // One replica: a linear maximum, no heap to build.
+        let best = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| ctx.refusal(entry).is_none())
+            .map(|(slot, entry)| entry.key(slot, &ctx))
+            .max();
+        if let Some(key) = best {
+            placed.push(ctx.commit(&mut entries[key.slot]));
+        }
+    } else {
+        let mut heap: BinaryHeap<Key<'_>> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| ctx.refusal(entry).is_none())
+            .map(|(slot, entry)| entry.key(slot, &ctx))
+            .collect();
+        // Only the chosen node's score changes, so every other key in the heap stays exact.
+        while placed.len() < count {
+            let Some(key) = heap.pop() else { break };
+            let entry = &mut entries[key.slot];
+            placed.push(ctx.commit(entry));
+            if ctx.refusal(entry).is_none() {
+                heap.push(entry.key(key.slot, &ctx));
+            }
+        }
+    }
+
+    if placed.len() == count {
+        return Ok(placed);
+    }
+    Err(NoFit { placed, reasons: ctx.reasons(nodes, &entries) })
+}
+
+/// The request, digested once per call.
+struct Context<'r> {
+    request: &'r PlacementRequest,
+    /// Normalized os constraint.
+    os: Option<&'r str>,
+    /// Normalized arch constraint.
+    arch: Option<&'r str>,
+    /// Normalized image platforms; `None`: not filtered.
+    platforms: Option<Vec<(&'r str, &'r str)>>,
+    /// Reserved host ports (non-zero), without duplicates.
+    ports: Vec<(u16, Protocol)>,
+    /// A host port the request lists twice: it can never fit.
+    duplicate_port: Option<(u16, Protocol)>,
+}
+
+/// An eligible node and its usage as replicas land on it during this call.
+struct Entry<'a> {
+    node: &'a NodeCandidate,
+    runtime: Runtime,
+    /// Runtime rank and image locality: what does not change during the call.
+    base: i64,
+    used_cpu: u64,
+    used_memory: u64,
+    /// Instances of this deployment, including those placed in this call.
+    instances: u64,
+    /// Instances of every deployment, including those placed in this call.
+    total_instances: u64,
+    /// Replicas placed here in this call.
+    placed: u32,
+}
+
+/// Why a node refuses a replica. Rendered into text only when placement fails.
+enum Refusal<'a> {
+    NotReady,
+    Cordoned,
+    NotTheNode(&'a str),
+    Os(&'a str),
+    Arch(&'a str),
+    Label { key: &'a str, want: &'a str },
+    RuntimeMissing(Runtime),
+    NoRuntime,
+    ImagePlatform,
+    DuplicatePort(u16, Protocol),
+    PortInUse(u16, Protocol),
+    PortTakenNow(u16, Protocol),
+    Cpu { free: u64 },
+    Memory { free: u64 },
+}
+
+impl<'r> Context<'r> {
+    fn new(request: &'r PlacementRequest) -> Self {
+        let constraints = &request.constraints;
+        let non_empty = |value: &'r Option<String>| value.as_deref().filter(|value| !value.is_empty());
+        let platforms = request
+            .image_platforms
+            .as_ref()
+            .filter(|platforms| !platforms.is_empty())
+            .map(|platforms| platforms.iter().map(|(os, arch)| (normalize_os(os), normalize_arch(arch))).collect());
+        let mut ports: Vec<(u16, Protocol)> = Vec::with_capacity(request.ports.len());
+        let mut duplicate_port = None;
+        for &port in request.ports.iter().filter(|(number, _)| *number != 0) {
+            if ports.contains(&port) {
+                duplicate_port.get_or_insert(port);
+            } else {
+                ports.push(port);
+            }
+        }
+        Context {
+            request,
+            os: non_empty(&constraints.os).map(normalize_os),
+            arch: non_empty(&constraints.arch).map(normalize_arch),
+            platforms,
+            ports,
+            duplicate_port,
+        }
+    }
+
+    fn constraints(&self) -> &'r Constraints {
+        &self.request.constraints
+    }
+
+    /// The checks that do not change during the call; on success, the node's entry.
+    fn admit<'a>(&self, node: &'a NodeCandidate) -> Result<Entry<'a>, Refusal<'r>> {
+        if !node.ready {
+            return Err(Refusal::NotReady);
+        }
+        if node.cordoned {
+            return Err(Refusal::Cordoned);
+        }
+        let constraints = self.constraints();
+        if let Some(want) = constraints.node.as_deref().filter(|want| !want.is_empty())
+            && want != node.id
+            && want != node.name
+        {
+            return Err(Refusal::NotTheNode(want));
+        }
+        if let Some(want) = self.os
+            && want != normalize_os(&node.os)
+        {
+            return Err(Refusal::Os(want));
+        }
+        if let Some(want) = self.arch
+            && want != normalize_arch(&node.arch)
+        {
+            return Err(Refusal::Arch(want));
+        }
+        for (key, want) in &constraints.labels {
+            if node.labels.get(key) != Some(want) {
+                return Err(Refusal::Label { key, want });
+            }
+        }
+        let (runtime, rank) = match self.request.runtime {
+            Some(forced) if node.runtimes.contains(&forced) => (forced, 0),
+            Some(forced) => return Err(Refusal::RuntimeMissing(forced)),
+            None => {
+                let class = PlatformClass::of(&node.os, &node.arch, node.raspberry_pi);
+                let Some(runtime) = class.preferred(&node.runtimes) else {
+                    return Err(Refusal::NoRuntime);
+                };
+                let rank = class.preference().iter().position(|&r| r == runtime).unwrap_or(0);
+                (runtime, rank as i64)
+            }
+        };
+        if let Some(platforms) = &self.platforms {
+            let os = normalize_os(&node.os);
+            let arch = normalize_arch(&node.arch);
+            if !platforms.iter().any(|&(p_os, p_arch)| p_os == os && p_arch == arch) {
+                return Err(Refusal::ImagePlatform);
+            }
+        }
+        if let Some((number, protocol)) = self.duplicate_port {
+            return Err(Refusal::DuplicatePort(number, protocol));
+        }
+        if !node.used_ports.is_empty()
+            && let Some(&(number, protocol)) = self.ports.iter().find(|port| node.used_ports.contains(port))
+        {
+            return Err(Refusal::PortInUse(number, protocol));
+        }
+        let local = !self.request.image.is_empty() && node.images.contains(self.request.image.as_str());
+        let instances = node.instances.get(self.request.deployment_id.as_str()).copied().unwrap_or(0);
+        let total_instances = node.instances.values().map(|&n| u64::from(n)).sum();
+        Ok(Entry {
+            node,
+            runtime,
+            base: if local { IMAGE_LOCAL } else { 0 } - RUNTIME_RANK * rank,
+            used_cpu: node.used_cpu_millis,
+            used_memory: node.used_memory_bytes,
+            instances: u64::from(instances),
+            total_instances,
+            placed: 0,
+        })
+    }
+
+    /// The checks that change as replicas land: resources and ports taken in this call.
+    fn refusal(&self, entry: &Entry<'_>) -> Option<Refusal<'r>> {
+        let node = entry.node;
+        let request = self.request;
+        if node.cpu_millis != 0 && node.cpu_millis.saturating_sub(entry.used_cpu) < request.cpu_millis {
+            return Some(Refusal::Cpu { free: node.cpu_millis.saturating_sub(entry.used_cpu) });
+        }
+        if node.memory_bytes != 0 && node.memory_bytes.saturating_sub(entry.used_memory) < request.memory_bytes {
+            return Some(Refusal::Memory { free: node.memory_bytes.saturating_sub(entry.used_memory) });
+        }
+        if entry.placed > 0
+            && let Some(&(number, protocol)) = self.ports.first()
+        {
+            return Some(Refusal::PortTakenNow(number, protocol));
+        }
+        None
+    }
+
+    /// Places one replica on `entry`, which fits.
+    fn commit(&self, entry: &mut Entry<'_>) -> Placement {
+        entry.used_cpu = entry.used_cpu.saturating_add(self.request.cpu_millis);
+        entry.used_memory = entry.used_memory.saturating_add(self.request.memory_bytes);
+        entry.instances += 1;
+        entry.total_instances += 1;
+        entry.placed += 1;
+        Placement { node_id: entry.node.id.clone(), runtime: entry.runtime }
+    }
+
+    /// One line per node explaining why it takes no further replica, sorted by name then id.
+    fn reasons(&self, nodes: &[NodeCandidate], entries: &[Entry<'_>]) -> Vec<String> {
+        if nodes.is_empty() {
+            return vec!["no nodes in the cluster".to_owned()];
+        }
+        // Entries were built from `nodes` in order, so one cursor pairs them up.
+        let mut next = 0;
+        let mut lines: Vec<(&str, &str, String)> = Vec::new();
+        for node in nodes {
+            let refusal = match entries.get(next) {
+                Some(entry) if std::ptr::eq(entry.node, node) => {
+                    next += 1;
+                    self.refusal(entry)
+                }
+                _ => self.admit(node).err(),
+            };
+            if let Some(refusal) = refusal {
+                let name = if node.name.is_empty() { &node.id } else { &node.name };
+                lines.push((&node.name, &node.id, format!("{name}: {}", self.explain(node, &refusal))));
+            }
+        }
+        lines.sort();
+        lines.into_iter().map(|(_, _, line)| line).collect()
+    }
+
+    fn explain(&self, node: &NodeCandidate, refusal: &Refusal<'_>) -> String {
+        let request = self.request;
+        match *refusal {
+            Refusal::NotReady => "not ready".to_owned(),
+            Refusal::Cordoned => "cordoned".to_owned(),
+            Refusal::NotTheNode(want) => format!("not node {want:?} (constraint)"),
+            Refusal::Os(want) => format!("os is {}, constraint wants {want}", node.os),
+            Refusal::Arch(want) => format!("arch is {}, constraint wants {want}", node.arch),
+            Refusal::Label { key, want } => match node.labels.get(key) {
+                Some(have) => format!("label {key}={have}, constraint wants {key}={want}"),
+                None => format!("missing label {key}={want}"),
+            },
+            Refusal::RuntimeMissing(runtime) => {
+                format!("runtime {runtime} not available (has {})", runtime_list(&node.runtimes))
+            }
+            Refusal::NoRuntime => {
+                format!("no usable runtime for {}/{} (has {})", node.os, node.arch, runtime_list(&node.runtimes))
+            }
+            Refusal::ImagePlatform => {
+                let platforms = request.image_platforms.as_deref().unwrap_or_default();
+                let list: Vec<String> = platforms.iter().map(|(os, arch)| format!("{os}/{arch}")).collect();
+                format!("image is {} only, node is {}/{}", list.join(", "), node.os, node.arch)
+            }
+            Refusal::DuplicatePort(number, protocol) => {
+                format!("request binds host port {number}/{} twice", protocol_name(protocol))
+            }
+            Refusal::PortInUse(number, protocol) => format!("host port {number}/{} in use", protocol_name(protocol)),
+            Refusal::PortTakenNow(number, protocol) => {
+                format!("host port {number}/{} in use (by a replica placed now)", protocol_name(protocol))
+            }
+            Refusal::Cpu { free } => format!("not enough cpu: need {}m, {free}m free", request.cpu_millis),
+            Refusal::Memory { free } => {
+                format!("not enough memory: need {}, {} free", bytes(request.memory_bytes), bytes(free))
+            }
+        }
+    }
+}
+
+impl<'a> Entry<'a> {
+    fn score(&self, ctx: &Context<'_>) -> i64 {
+        let request = ctx.request;
+        let cpu = utilization(self.used_cpu.saturating_add(request.cpu_millis), self.node.cpu_millis);
+        let memory = utilization(self.used_memory.saturating_add(request.memory_bytes), self.node.memory_bytes);
+        let used = match (cpu, memory) {
+            (Some(cpu), Some(memory)) => (cpu + memory) / 2,
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => FULL / 2,
+        };
+        let load = self.total_instances.min(LOAD_CAP) as i64;
+        let fit = match request.strategy {
+            Strategy::Binpack => used as i64 + load,
+            Strategy::Spread => (FULL - used) as i64 - load,
+        };
+        self.base + fit - ANTI_AFFINITY.saturating_mul(self.instances.min(1 << 40) as i64)
+    }
+
+    fn key(&self, slot: usize, ctx: &Context<'_>) -> Key<'a> {
+        Key { score: self.score(ctx), name: &self.node.name, id: &self.node.id, slot }
+    }
+}
+
+/// A node's rank for the next replica: the greatest key wins.
+#[derive(PartialEq, Eq)]
+struct Key<'a> {
+    score: i64,
+    name: &'a str,
+    id: &'a str,
+    slot: usize,
+}
+
+impl Ord for Key<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .cmp(&other.score)
+            // Smaller name, then smaller id, wins ties.
+            .then_with(|| other.name.cmp(self.name))
+            .then_with(|| other.id.cmp(self.id))
+            .then_with(|| other.slot.cmp(&self.slot))
+    }
+}
+
+impl PartialOrd for Key<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// `used / capacity` in basis points (capped at full); `None` when the capacity is unknown.
+fn utilization(used: u64, capacity: u64) -> Option<u64> {
+    if capacity == 0 {
+        return None;
+    }
+    let ratio = match used.checked_mul(FULL) {
+        Some(scaled) => scaled / capacity,
+        None => used / (capacity / FULL).max(1),
+    };
+    Some(ratio.min(FULL))
+}
+
+/// OS spellings that mean the same thing.
+fn normalize_os(os: &str) -> &str {
+    match os {
+        "macos" | "osx" => "darwin",
+        other => other,
+    }
+}
+
+/// `uname -m` spellings to Go/OCI ones.
+fn normalize_arch(arch: &str) -> &str {
+    match arch {
+        "x86_64" | "x86-64" | "x64" => "amd64",
+        "aarch64" | "arm64v8" => "arm64",
+        "armv7l" | "armv6l" | "armhf" | "armel" | "armv7" | "armv6" => "arm",
+        "i386" | "i686" => "386",
+        other => other,
+    }
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn runtime_list(runtimes: &[Runtime]) -> String {
+    if runtimes.is_empty() {
+        return "none".to_owned();
+    }
+    runtimes.iter().map(|runtime| runtime.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// Bytes in binary units with one decimal (`1.5GiB`, `512MiB`, `100B`).
+fn bytes(value: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if value >= size {
+            let tenths = (u128::from(value) * 10 / u128::from(size)) as u64;
+            return if tenths % 10 == 0 {
+                format!("{}{unit}", tenths / 10)
+            } else {
+                format!("{}.{}{unit}", tenths / 10, tenths % 10)
+            };
+        }
+    }
+    format!("{value}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Strategy;
+    use Runtime::*;
+    use proptest::prelude::*;
+    use proptest::strategy::Strategy as _;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    fn node(name: &str, arch: &str, runtimes: &[Runtime]) -> NodeCandidate {
+        NodeCandidate {
+            id: format!("id-{name}"),
+            name: name.to_owned(),
+            os: "linux".to_owned(),
+            arch: arch.to_owned(),
+            ready: true,
+            runtimes: runtimes.to_vec(),
+            cpu_millis: 4_000,
+            memory_bytes: 8 * GIB,
+            ..NodeCandidate::default()
+        }
+    }
+
+    fn request(count: u32) -> PlacementRequest {
+        PlacementRequest {
+            deployment_id: "dep".to_owned(),
+            count,
+            image: "nginx:1.27".to_owned(),
+            ..PlacementRequest::default()
+        }
+    }
+
+    fn on(placements: &[Placement]) -> Vec<&str> {
+        placements.iter().map(|placement| placement.node_id.as_str()).collect()
+    }
+
+    #[test]
+    fn each_node_gets_its_platforms_preferred_runtime() {
+        let arm = node("arm", "arm64", &[Docker, Lxc, Containerd]);
+        let x86 = node("x86", "amd64", &[Lxc, Podman, Docker]);
+        let pi = NodeCandidate { raspberry_pi: true, ..node("pi", "arm", &[Podman, Lxc]) };
+        let mac = NodeCandidate { os: "darwin".to_owned(), ..node("mac", "arm64", &[Lxc, Containerd]) };
+        let uname = node("uname", "aarch64", &[Docker, Lxc]);
+        for (candidate, want) in [(arm, Lxc), (x86, Docker), (pi, Lxc), (mac, Containerd), (uname, Lxc)] {
+            let placed = place(std::slice::from_ref(&candidate), &request(1)).unwrap();
+            assert_eq!(placed, vec![Placement { node_id: candidate.id.clone(), runtime: want }], "{}", candidate.name);
+        }
+        // Several nodes at once: each replica runs under its own node's preference.
+        let nodes = [node("a", "arm64", &[Docker, Lxc]), node("b", "amd64", &[Lxc, Docker])];
+        let mut placed = place(&nodes, &request(2)).unwrap();
+        placed.sort_by(|x, y| x.node_id.cmp(&y.node_id));
+        assert_eq!(placed[0], Placement { node_id: "id-a".to_owned(), runtime: Lxc });
+        assert_eq!(placed[1], Placement { node_id: "id-b".to_owned(), runtime: Docker });
+    }
+
+    #[test]
+    fn nodes_with_the_platforms_first_choice_win_over_lesser_runtimes() {
+        // Binpack prefers the busier node, but it only offers Podman (x86 rank 2).
+        let busy = NodeCandidate { used_cpu_millis: 3_000, ..node("busy", "amd64", &[Podman]) };
+        let idle = node("idle", "amd64", &[Docker]);
+        let placed = place(&[busy, idle], &request(1)).unwrap();
+        assert_eq!(placed, vec![Placement { node_id: "id-idle".to_owned(), runtime: Docker }]);
+    }
+
+    #[test]
+    fn a_forced_runtime_limits_nodes_and_says_so_when_none_offers_it() {
+        let nodes = [node("a", "amd64", &[Docker]), node("b", "arm64", &[Lxc, Podman])];
+        let forced = PlacementRequest { runtime: Some(Podman), ..request(1) };
+        let placed = place(&nodes, &forced).unwrap();
+        assert_eq!(placed, vec![Placement { node_id: "id-b".to_owned(), runtime: Podman }]);
+
+        let forced = PlacementRequest { runtime: Some(Containerd), ..request(1) };
+        let no_fit = place(&nodes, &forced).unwrap_err();
+        assert!(no_fit.placed.is_empty());
+        assert_eq!(
+            no_fit.reasons,
+            vec![
+                "a: runtime containerd not available (has docker)",
+                "b: runtime containerd not available (has lxc, podman)",
+            ]
+        );
+        assert!(no_fit.to_string().contains("runtime containerd not available"), "{no_fit}");
+    }
+
+    #[test]
+    fn nodes_without_a_usable_runtime_are_skipped() {
+        let nodes = [node("none", "amd64", &[]), NodeCandidate { os: "darwin".to_owned(), ..node("mac", "arm64", &[Lxc]) }];
+        let no_fit = place(&nodes, &request(1)).unwrap_err();
+        assert_eq!(
+            no_fit.reasons,
+            vec!["mac: no usable runtime for darwin/arm64 (has lxc)", "none: no usable runtime for linux/amd64 (has none)"]
+        );
+    }
+
+    #[test]
+    fn constraints_select_nodes() {
+        let mut eu = node("eu-1", "amd64", &[Docker]);
+        eu.labels.insert("zone".to_owned(), "eu".to_owned());
+        eu.labels.insert("disk".to_owned(), "ssd".to_owned());
+        let mut us = node("us-1", "amd64", &[Docker]);
+        us.labels.insert("zone".to_owned(), "us".to_owned());
+        let pi = NodeCandidate { raspberry_pi: true, ..node("pi", "arm64", &[Lxc]) };
+        let nodes = [eu, us, pi];
+        let with = |constraints: Constraints| PlacementRequest { constraints, ..request(1) };
+        let run = |constraints: Constraints| on(&place(&nodes, &with(constraints)).unwrap()).join(",");
+
+        assert_eq!(run(Constraints { node: Some("us-1".to_owned()), ..Constraints::default() }), "id-us-1");
+        assert_eq!(run(Constraints { node: Some("id-pi".to_owned()), ..Constraints::default() }), "id-pi");
+        assert_eq!(run(Constraints { arch: Some("arm64".to_owned()), ..Constraints::default() }), "id-pi");
+        assert_eq!(run(Constraints { arch: Some("aarch64".to_owned()), ..Constraints::default() }), "id-pi");
+        let labels = BTreeMap::from([("zone".to_owned(), "eu".to_owned()), ("disk".to_owned(), "ssd".to_owned())]);
+        assert_eq!(run(Constraints { labels, ..Constraints::default() }), "id-eu-1");
+
+        let labels = BTreeMap::from([("zone".to_owned(), "eu".to_owned())]);
+        let no_fit = place(
+            &nodes,
+            &with(Constraints { labels, os: Some("linux".to_owned()), arch: Some("arm64".to_owned()), node: None }),
+        )
+        .unwrap_err();
+        assert_eq!(
+            no_fit.reasons,
+            vec![
+                "eu-1: arch is amd64, constraint wants arm64",
+                "pi: missing label zone=eu",
+                "us-1: arch is amd64, constraint wants arm64",
+            ]
+        );
+        let no_fit = place(&nodes, &with(Constraints { os: Some("darwin".to_owned()), ..Constraints::default() }))
+            .unwrap_err();
+        assert_eq!(no_fit.reasons[0], "eu-1: os is linux, constraint wants darwin");
+        let no_fit = place(&nodes, &with(Constraints { node: Some("nope".to_owned()), ..Constraints::default() }))
+            .unwrap_err();
+        assert_eq!(no_fit.reasons[1], "pi: not node \"nope\" (constraint)");
+        let labels = BTreeMap::from([("zone".to_owned(), "eu".to_owned())]);
+        let only_us = [nodes[1].clone()];
+        let no_fit = place(&only_us, &with(Constraints { labels, ..Constraints::default() })).unwrap_err();
+        assert_eq!(no_fit.reasons, vec!["us-1: label zone=us, constraint wants zone=eu"]);
+    }
+
+    #[test]
+    fn image_platforms_filter_nodes_when_known() {
+        let nodes = [node("arm", "arm64", &[Lxc]), node("x86", "x86_64", &[Docker])];
+        let amd64_only = PlacementRequest {
+            image_platforms: Some(vec![("linux".to_owned(), "amd64".to_owned())]),
+            ..request(2)
+        };
+        let no_fit = place(&nodes, &amd64_only).unwrap_err();
+        assert_eq!(on(&no_fit.placed), vec!["id-x86"]);
+        assert_eq!(no_fit.reasons[0], "arm: image is linux/amd64 only, node is linux/arm64");
+        // Unknown platforms filter nothing.
+        assert_eq!(place(&nodes, &request(2)).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn host_ports_are_never_taken_twice() {
+        let mut busy = node("busy", "amd64", &[Docker]);
+        busy.used_ports.insert((8080, Protocol::Tcp));
+        let nodes = [busy, node("free-1", "amd64", &[Docker]), node("free-2", "amd64", &[Docker])];
+        let web = PlacementRequest { ports: vec![(8080, Protocol::Tcp)], ..request(3) };
+        let no_fit = place(&nodes, &web).unwrap_err();
+        let mut placed = on(&no_fit.placed);
+        placed.sort_unstable();
+        assert_eq!(placed, vec!["id-free-1", "id-free-2"]);
+        assert_eq!(
+            no_fit.reasons,
+            vec![
+                "busy: host port 8080/tcp in use",
+                "free-1: host port 8080/tcp in use (by a replica placed now)",
+                "free-2: host port 8080/tcp in use (by a replica placed now)",
+            ]
+        );
+        // The same number over UDP is another port; port 0 reserves nothing.
+        let udp = PlacementRequest { ports: vec![(8080, Protocol::Udp), (0, Protocol::Tcp)], ..request(3) };
+        assert_eq!(place(&nodes, &udp).unwrap().len(), 3);
+        let twice = PlacementRequest { ports: vec![(53, Protocol::Udp), (53, Protocol::Udp)], ..request(1) };
+        let no_fit = place(&nodes[1..2], &twice).unwrap_err();
+        assert_eq!(no_fit.reasons, vec!["free-1: request binds host port 53/udp twice"]);
+    }
+
+    #[test]
+    fn resources_are_never_overcommitted() {
+        let small = NodeCandidate { used_cpu_millis: 500, ..node("small", "amd64", &[Docker]) };
+        let sized = PlacementRequest { cpu_millis: 1_000, memory_bytes: 512 * MIB, ..request(5) };
+        let no_fit = place(std::slice::from_ref(&small), &sized).unwrap_err();
+        assert_eq!(no_fit.placed.len(), 3);
+        assert_eq!(no_fit.reasons, vec!["small: not enough cpu: need 1000m, 500m free"]);
+
+        let memory = PlacementRequest { memory_bytes: 3 * GIB, ..request(3) };
+        let no_fit = place(std::slice::from_ref(&small), &memory).unwrap_err();
+        assert_eq!(no_fit.placed.len(), 2);
+        assert_eq!(no_fit.reasons, vec!["small: not enough memory: need 3GiB, 2GiB free"]);
+
+        // A capacity of 0 is unknown: not checked.
+        let unknown = NodeCandidate { cpu_millis: 0, memory_bytes: 0, ..small };
+        assert_eq!(place(&[unknown], &PlacementRequest { count: 50, ..sized }).unwrap().len(), 50);
+    }
+
+    #[test]
+    fn not_ready_and_cordoned_nodes_take_nothing() {
+        let nodes = [
+            NodeCandidate { ready: false, ..node("down", "amd64", &[Docker]) },
+            NodeCandidate { cordoned: true, ..node("drained", "amd64", &[Docker]) },
+        ];
+        let no_fit = place(&nodes, &request(1)).unwrap_err();
+        assert_eq!(no_fit.reasons, vec!["down: not ready", "drained: cordoned"]);
+        let no_fit = place(&[], &request(1)).unwrap_err();
+        assert_eq!(no_fit.reasons, vec!["no nodes in the cluster"]);
+        assert_eq!(place(&[], &request(0)), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn binpack_fills_busy_nodes_and_spread_prefers_empty_ones() {
+        let busy = NodeCandidate { used_cpu_millis: 3_000, used_memory_bytes: 4 * GIB, ..node("busy", "amd64", &[Docker]) };
+        let idle = node("idle", "amd64", &[Docker]);
+        let nodes = [idle, busy];
+        let sized = PlacementRequest { cpu_millis: 500, memory_bytes: 256 * MIB, ..request(1) };
+        assert_eq!(on(&place(&nodes, &sized).unwrap()), vec!["id-busy"]);
+        let spread = PlacementRequest { strategy: Strategy::Spread, ..sized };
+        assert_eq!(on(&place(&nodes, &spread).unwrap()), vec!["id-idle"]);
+    }
+
+    #[test]
+    fn replicas_avoid_nodes_already_running_the_deployment() {
+        let mut busy = NodeCandidate { used_cpu_millis: 3_000, ..node("busy", "amd64", &[Docker]) };
+        busy.instances.insert("dep".to_owned(), 1);
+        busy.instances.insert("other".to_owned(), 4);
+        let nodes = [busy, node("idle", "amd64", &[Docker]), node("idle-2", "amd64", &[Docker])];
+        // Binpack would pick the busy node, but it already runs one: the idle ones come first,
+        // then the replicas go round again.
+        assert_eq!(on(&place(&nodes, &request(4)).unwrap()), vec!["id-idle", "id-idle-2", "id-busy", "id-idle"]);
+    }
+
+    #[test]
+    fn image_locality_and_names_break_ties() {
+        let nodes = [node("c", "amd64", &[Docker]), node("b", "amd64", &[Docker]), node("a", "amd64", &[Docker])];
+        assert_eq!(on(&place(&nodes, &request(3)).unwrap()), vec!["id-a", "id-b", "id-c"]);
+        let mut cached = nodes.clone();
+        cached[0].images.insert("nginx:1.27".to_owned());
+        assert_eq!(on(&place(&cached, &request(1)).unwrap()), vec!["id-c"]);
+        // Equal names fall back to ids.
+        let twins = [
+            NodeCandidate { id: "z".to_owned(), ..node("same", "amd64", &[Docker]) },
+            NodeCandidate { id: "y".to_owned(), ..node("same", "amd64", &[Docker]) },
+        ];
+        assert_eq!(on(&place(&twins, &request(1)).unwrap()), vec!["y"]);
+    }
+
+    #[test]
+    fn byte_counts_read_well() {
+        assert_eq!(bytes(100), "100B");
+        assert_eq!(bytes(512 * MIB), "512MiB");
+        assert_eq!(bytes(GIB + GIB / 2), "1.5GiB");
+        assert_eq!(bytes(u64::MAX), "16777215.9TiB");
+    }
+
+    // ---- properties ----
+
+    const PORTS: [(u16, Protocol); 4] = [(80, Protocol::Tcp), (80, Protocol::Udp), (8080, Protocol::Tcp), (53, Protocol::Udp)];
+
+    fn subset<T: Copy + std::fmt::Debug>(items: &'static [T]) -> impl proptest::strategy::Strategy<Value = Vec<T>> {
+        proptest::collection::vec(any::<bool>(), items.len())
+            .prop_map(move |mask| items.iter().zip(mask).filter(|(_, on)| *on).map(|(item, _)| *item).collect())
+    }
+
+    fn capacity(max: u64) -> impl proptest::strategy::Strategy<Value = u64> {
+        prop_oneof![1 => Just(0u64), 4 => 0..=max]
+    }
+
+    prop_compose! {
+        fn arb_node()(
+            name in 0..6u8,
+            arch in prop::sample::select(vec!["amd64", "x86_64", "arm64", "arm"]),
+            raspberry_pi in prop::bool::weighted(0.2),
+            ready in prop::bool::weighted(0.9),
+            cordoned in prop::bool::weighted(0.1),
+            zone in prop::option::of(prop::sample::select(vec!["a", "b"])),
+            runtimes in subset(&Runtime::ALL),
+            cpu_millis in capacity(8_000),
+            memory_bytes in capacity(16 * GIB),
+            used_cpu_millis in 0..6_000u64,
+            used_memory_bytes in 0..12 * GIB,
+            used_ports in subset(&PORTS),
+            has_image in any::<bool>(),
+            mine in 0..3u32,
+            others in 0..5u32,
+        ) -> NodeCandidate {
+            NodeCandidate {
+                id: String::new(),
+                name: format!("n{name}"),
+                os: "linux".to_owned(),
+                arch: arch.to_owned(),
+                raspberry_pi,
+                ready,
+                cordoned,
+                labels: zone.map(|zone| ("zone".to_owned(), zone.to_owned())).into_iter().collect(),
+                runtimes,
+                cpu_millis,
+                memory_bytes,
+                used_cpu_millis,
+                used_memory_bytes,
+                used_ports: used_ports.into_iter().collect(),
+                images: if has_image { BTreeSet::from(["img".to_owned()]) } else { BTreeSet::new() },
+                instances: [("dep".to_owned(), mine), ("other".to_owned(), others)]
+                    .into_iter()
+                    .filter(|(_, count)| *count > 0)
+                    .collect(),
+            }
+        }
+    }
+
+    /// Nodes with unique ids (names may repeat, to exercise the id tie-break).
+    fn arb_nodes(max: usize) -> impl proptest::strategy::Strategy<Value = Vec<NodeCandidate>> {
+        proptest::collection::vec(arb_node(), 0..max).prop_map(|mut nodes| {
+            for (index, node) in nodes.iter_mut().enumerate() {
+                node.id = format!("id-{:02}", (index * 7) % 97);
+            }
+            nodes
+        })
+    }
+
+    prop_compose! {
+        fn arb_request()(
+            count in 1..12u32,
+            runtime in prop::option::weighted(0.25, prop::sample::select(Runtime::ALL.to_vec())),
+            zone in prop::option::weighted(0.2, prop::sample::select(vec!["a", "b"])),
+            arch in prop::option::weighted(0.1, prop::sample::select(vec!["amd64", "arm64"])),
+            platforms in prop::option::weighted(0.3, subset(&[("linux", "amd64"), ("linux", "arm64"), ("linux", "arm")])),
+            cpu_millis in prop_oneof![Just(0u64), 0..3_000u64],
+            memory_bytes in prop_oneof![Just(0u64), 0..4 * GIB],
+            ports in prop_oneof![2 => Just(Vec::new()), 1 => subset(&PORTS)],
+            spread in any::<bool>(),
+        ) -> PlacementRequest {
+            PlacementRequest {
+                deployment_id: "dep".to_owned(),
+                count,
+                image: "img".to_owned(),
+                image_platforms: platforms
+                    .map(|list| list.into_iter().map(|(os, arch)| (os.to_owned(), arch.to_owned())).collect()),
+                runtime,
+                constraints: Constraints {
+                    labels: zone.map(|zone| ("zone".to_owned(), zone.to_owned())).into_iter().collect(),
+                    arch: arch.map(str::to_owned),
+                    ..Constraints::default()
+                },
+                cpu_millis,
+                memory_bytes,
+                ports,
+                strategy: if spread { Strategy::Spread } else { Strategy::Binpack },
+            }
+        }
+    }
+
+    fn outcome(result: &Result<Vec<Placement>, NoFit>) -> &[Placement] {
+        match result {
+            Ok(placed) => placed,
+            Err(no_fit) => &no_fit.placed,
+        }
+    }
+
+    fn per_node(placed: &[Placement]) -> BTreeMap<&str, u64> {
+        let mut counts = BTreeMap::new();
+        for placement in placed {
+            *counts.entry(placement.node_id.as_str()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    proptest! {
+        #[test]
+        fn placements_respect_capacity_ports_and_eligibility(nodes in arb_nodes(12), request in arb_request()) {
+            let result = place(&nodes, &request);
+            let placed = outcome(&result);
+            match &result {
+                Ok(placed) => prop_assert_eq!(placed.len(), request.count as usize),
+                Err(no_fit) => {
+                    prop_assert!(no_fit.placed.len() < request.count as usize);
+                    prop_assert_eq!(no_fit.reasons.len(), nodes.len().max(1));
+                }
+            }
+            let reserved: Vec<_> = request.ports.iter().filter(|(number, _)| *number != 0).collect();
+            for (id, &count) in &per_node(placed) {
+                let node = nodes.iter().find(|node| node.id == *id).unwrap();
+                prop_assert!(node.ready && !node.cordoned);
+                if request.cpu_millis > 0 && node.cpu_millis > 0 {
+                    prop_assert!(node.used_cpu_millis + count * request.cpu_millis <= node.cpu_millis);
+                }
+                if request.memory_bytes > 0 && node.memory_bytes > 0 {
+                    prop_assert!(node.used_memory_bytes + count * request.memory_bytes <= node.memory_bytes);
+                }
+                if !reserved.is_empty() {
+                    prop_assert_eq!(count, 1, "one host port bound twice on {}", id);
+                    prop_assert!(reserved.iter().all(|port| !node.used_ports.contains(port)));
+                }
+            }
+            for placement in placed {
+                let node = nodes.iter().find(|node| node.id == placement.node_id).unwrap();
+                prop_assert!(node.runtimes.contains(&placement.runtime));
+                if let Some(forced) = request.runtime {
+                    prop_assert_eq!(placement.runtime, forced);
+                }
+            }
+        }
+
+        #[test]
+        fn placement_is_deterministic_and_ignores_node_order(
+            (nodes, shuffled) in arb_nodes(12).prop_flat_map(|nodes| (Just(nodes.clone()), Just(nodes).prop_shuffle())),
+            request in arb_request(),
+        ) {
+            let first = place(&nodes, &request);
+            prop_assert_eq!(&first, &place(&nodes, &request));
+            prop_assert_eq!(&first, &place(&shuffled, &request));
+        }
+
+        #[test]
+        fn placing_many_equals_placing_one_at_a_time(nodes in arb_nodes(10), request in arb_request()) {
+            let batch = place(&nodes, &request);
+            let mut nodes = nodes;
+            let mut one_by_one = Vec::new();
+            for _ in 0..request.count {
+                let Ok(placed) = place(&nodes, &PlacementRequest { count: 1, ..request.clone() }) else { break };
+                let node = nodes.iter_mut().find(|node| node.id == placed[0].node_id).unwrap();
+                node.used_cpu_millis += request.cpu_millis;
+                node.used_memory_bytes += request.memory_bytes;
+                node.used_ports.extend(request.ports.iter().filter(|(number, _)| *number != 0));
+                *node.instances.entry(request.deployment_id.clone()).or_insert(0) += 1;
+                one_by_one.extend(placed);
+            }
+            prop_assert_eq!(outcome(&batch), one_by_one.as_slice());
+        }
+
+        #[test]
+        fn replicas_spread_over_distinct_nodes_when_enough_fit(
+            nodes in arb_nodes(12).prop_map(|nodes| nodes.into_iter().map(|node| NodeCandidate {
+                ready: true,
+                cordoned: false,
+                runtimes: vec![Docker, Lxc],
+                cpu_millis: 0,
+                memory_bytes: 0,
+                instances: node.instances.into_iter().filter(|(deployment, _)| deployment != "dep").collect(),
+                ..node
+            }).collect::<Vec<_>>()),
+            count in 1..12u32,
+            spread in any::<bool>(),
+            cpu_millis in 0..1_000u64,
+            prior in proptest::collection::vec(0..3u32, 12),
+        ) {
+            let request = PlacementRequest {
+                count,
+                cpu_millis,
+                strategy: if spread { Strategy::Spread } else { Strategy::Binpack },
+                ..request(count)
+            };
+            // No instances yet: every replica on its own node while nodes remain.
+            if count as usize <= nodes.len() {
+                let placed = place(&nodes, &request).unwrap();
+                let counts = per_node(&placed);
+                prop_assert_eq!(counts.len(), count as usize, "{:?}", placed);
+            }
+            // With instances already running: placement levels counts up (water-filling).
+            let mut running = nodes.clone();
+            for (node, prior) in running.iter_mut().zip(&prior) {
+                if *prior > 0 {
+                    node.instances.insert("dep".to_owned(), *prior);
+                }
+            }
+            if !running.is_empty() {
+                let placed = place(&running, &request).unwrap();
+                let added = per_node(&placed);
+                let total = |node: &NodeCandidate| {
+                    u64::from(node.instances.get("dep").copied().unwrap_or(0)) + added.get(node.id.as_str()).copied().unwrap_or(0)
+                };
+                let least = running.iter().map(total).min().unwrap();
+                for node in running.iter().filter(|node| added.contains_key(node.id.as_str())) {
+                    prop_assert!(total(node) - 1 <= least, "{} has {} while another has {}", node.id, total(node), least);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Deployments: desired state committed first, then converged by the reconciler.
+
+use chrono::Utc;
+use diplo_api::container::validate_container_name;
+
+use super::ControlPlane;
+use crate::auth::Caller;
+use crate::error::{ServiceError, ServiceResult};
+use crate::model::{DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceRecord, Role};
+
+/// Longest deployment name: instance containers are named `<name>-<8 hex>`.
+pub const MAX_DEPLOYMENT_NAME: usize = 54;
+/// Most replicas one deployment may ask for.
+pub const MAX_REPLICAS: u32 = 1000;
+
+/// A deploy request.
+#[derive(Debug, Clone)]
+pub struct DeployInput {
+    /// The desired state.
+    pub spec: DeploymentSpec,
+    /// Same key twice creates one deployment.
+    pub idempotency_key: Option<String>,
+}
+
+/// A created deployment with the runtime its first replica gets.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    /// The committed deployment.
+    pub deployment: DeploymentRecord,
+    /// Runtime chosen for the first replica (the forced one, or the best node's).
+    pub runtime: Option<diplo_api::runtime::Runtime>,
+}
+
+/// A deployment with its instances.
+#[derive(Debug, Clone)]
+pub struct DeploymentView {
+    /// The deployment.
+    pub deployment: DeploymentRecord,
+    /// Its instances (all revisions).
+    pub instances: Vec<InstanceRecord>,
+}
+
+/// Checks a deployment spec; the error names the field.
+pub fn validate_deployment_spec(spec: &DeploymentSpec) -> ServiceResult<()> {
+    validate_container_name(&spec.name).map_err(|message| ServiceError::invalid("name", message))?;
+    if spec.name.len() > MAX_DEPLOYMENT_NAME {
+        return Err(ServiceError::invalid("name", format!("at most {MAX_DEPLOYMENT_NAME} characters")));
+    }
+    if spec.container.image.trim().is_empty() {
+        return Err(ServiceError::invalid("image", "an image reference is required"));
+    }
+    if spec.replicas > MAX_REPLICAS {
+        return Err(ServiceError::invalid("replicas", format!("at most {MAX_REPLICAS}")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for port in &spec.container.ports {
+        if !seen.insert((port.host_port, port.protocol)) {
+            return Err(ServiceError::invalid("ports", format!("host port {} is published twice", port.host_port)));
+        }
+    }
+    for mount in &spec.container.mounts {
+        if !mount.target.starts_with('/') {
+            return Err(ServiceError::invalid("volumes", format!("{:?} must be an absolute path", mount.target)));
+        }
+    }
+    Ok(())
+}
+
+impl ControlPlane {
+    /// Commits a new deployment (durably, before anything is started) and wakes the
+    /// reconciler. With an idempotency key already used, returns that deployment.
+    /// Fails without committing anything when no node could ever run it.
+    pub async fn deploy(&self, caller: &Caller, input: DeployInput) -> ServiceResult<Deployed> {
+        caller.require_operator(Role::Deployer)?;
+        let mut spec = input.spec;
+        spec.max_parallel = spec.max_parallel.max(1);
+        validate_deployment_spec(&spec)?;
+        if let Some(key) = input.idempotency_key.as_deref().filter(|k| !k.is_empty()) {
+            if let Some(existing) = self.store.find_deployment_by_key(key).await? {
+                return Ok(Deployed { runtime: existing.spec.runtime, deployment: existing });
+            }
+        }
+        if self.store.get_deployment(&spec.name).await?.is_some() {
+            return Err(ServiceError::AlreadyExists(format!("deployment {:?} already exists", spec.name)));
+        }
+        let mut runtime = spec.runtime;
+        if spec.replicas > 0 {
+            let fit = self.placement_preview(&spec).await?;
+            runtime = fit.runtime.or(runtime);
+            if fit.placed == 0 {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "no node can run {}: {}",
+                    spec.name,
+                    fit.reasons.join("; ")
+                )));
+            }
+        }
+        let now = Utc::now();
+        let record = DeploymentRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            revision: 1,
+            spec,
+            status: DeploymentStatus::Deploying,
+            message: String::new(),
+            idempotency_key: input.idempotency_key.filter(|k| !k.is_empty()),
+            created_at: now,
+            updated_at: now,
+        };
+        match self.store.create_deployment(&record).await {
+            Ok(()) => {}
+            // A concurrent request with the same key won the race: answer with its result.
+            Err(err @ crate::store::StoreError::AlreadyExists { .. }) => {
+                if let Some(key) = record.idempotency_key.as_deref()
+                    && let Some(existing) = self.store.find_deployment_by_key(key).await?
+                {
+                    return Ok(Deployed { runtime: existing.spec.runtime, deployment: existing });
+                }
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        }
+        tracing::info!(deployment = %record.spec.name, id = %record.id, replicas = record.spec.replicas, "deployment created");
+        self.emit(
+            "deployment.created",
+            &caller.actor(),
+            &record.id,
+            format!("deployment {} created with {} replicas of {}", record.spec.name, record.spec.replicas, record.spec.container.image),
+        )
+        .await;
+        self.nudge_reconciler();
+        Ok(Deployed { deployment: record, runtime })
+    }
+
+    /// A deployment with its instances.
+    pub async fn get_deployment(&self, caller: &Caller, name: &str) -> ServiceResult<DeploymentView> {
+        caller.require_operator(Role::Viewer)?;
+        let deployment = self.find_deployment(name).await?;
+        let instances = self.store.list_instances(Some(&deployment.id)).await?;
+        Ok(DeploymentView { deployment, instances })
+    }
+
+    /// Every deployment with its instances.
+    pub async fn list_deployments(&self, caller: &Caller) -> ServiceResult<Vec<DeploymentView>> {
+        caller.require_operator(Role::Viewer)?;
+        let instances = self.store.list_instances(None).await?;
+        Ok(self
+            .store
+            .list_deployments()
+            .await?
+            .into_iter()
+            .map(|deployment| {
+                let mine = instances.iter().filter(|i| i.deployment_id == deployment.id).cloned().collect();
+                DeploymentView { deployment, instances: mine }
+            })
+            .collect())
+    }
+
+    /// Every instance, or one deployment's.
+    pub async fn list_instances(&self, caller: &Caller, deployment: Option<&str>) -> ServiceResult<Vec<InstanceRecord>> {
+        caller.require_operator(Role::Viewer)?;
+        match deployment.filter(|d| !d.is_empty()) {
+            Some(name) => {
+                let deployment = self.find_deployment(name).await?;
+                Ok(self.store.list_instances(Some(&deployment.id)).await?)
+            }
+            None => Ok(self.store.list_instances(None).await?),
+        }
+    }
+
+    /// Changes the replica count (same revision).
+    pub async fn scale(&self, caller: &Caller, name: &str, replicas: u32) -> ServiceResult<DeploymentRecord> {
+        caller.require_operator(Role::Deployer)?;
+        if replicas > MAX_REPLICAS {
+            return Err(ServiceError::invalid("replicas", format!("at most {MAX_REPLICAS}")));
+        }
+        let mut deployment = self.find_live_deployment(name).await?;
+        let from = deployment.spec.replicas;
+        deployment.spec.replicas = replicas;
+        deployment.status = DeploymentStatus::Deploying;
+        deployment.updated_at = Utc::now();
+        self.store.save_deployment(&deployment).await?;
+        self.emit("deployment.scaled", &caller.actor(), &deployment.id, format!("{name} scaled from {from} to {replicas}")).await;
+        self.nudge_reconciler();
+        Ok(deployment)
+    }
+
+    /// Makes a new revision from a changed spec; the reconciler rolls it out
+    /// `max_parallel` instances at a time.
+    pub async fn update_deployment(&self, caller: &Caller, spec: DeploymentSpec) -> ServiceResult<DeploymentRecord> {
+        caller.require_operator(Role::Deployer)?;
+        validate_deployment_spec(&spec)?;
+        let mut deployment = self.find_live_deployment(&spec.name).await?;
+        let mut spec = spec;
+        spec.max_parallel = spec.max_parallel.max(1);
+        if spec == deployment.spec {
+            return Ok(deployment);
+        }
+        deployment.revision += 1;
+        deployment.spec = spec;
+        deployment.status = DeploymentStatus::Deploying;
+        deployment.updated_at = Utc::now();
+        self.store.save_deployment(&deployment).await?;
+        let message = format!("{} updated to revision {}", deployment.spec.name, deployment.revision);
+        self.emit("deployment.updated", &caller.actor(), &deployment.id, message).await;
+        self.nudge_reconciler();
+        Ok(deployment)
+    }
+
+    /// Rolls back to the previous revision's spec (as a new revision, Nomad style),
+    /// keeping the current replica count.
+    pub async fn rollback(&self, caller: &Caller, name: &str) -> ServiceResult<DeploymentRecord> {
+        caller.require_operator(Role::Deployer)?;
+        let mut deployment = self.find_live_deployment(name).await?;
+        if deployment.revision <= 1 {
+            return Err(ServiceError::FailedPrecondition(format!("{name} has no previous revision")));
+        }
+        let mut previous = self
+            .store
+            .get_revision(&deployment.id, deployment.revision - 1)
+            .await?
+            .ok_or_else(|| ServiceError::Internal(format!("revision {} of {name} is missing", deployment.revision - 1)))?;
+        previous.replicas = deployment.spec.replicas;
+        let from = deployment.revision;
+        deployment.revision += 1;
+        deployment.spec = previous;
+        deployment.status = DeploymentStatus::Deploying;
+        deployment.updated_at = Utc::now();
+        self.store.save_deployment(&deployment).await?;
+        let message = format!("{name} rolled back from revision {from} to the spec of revision {} (now {})", from - 1, deployment.revision);
+        self.emit("deployment.rolled_back", &caller.actor(), &deployment.id, message).await;
+        self.nudge_reconciler();
+        Ok(deployment)
+    }
+
+    /// Marks a deployment for deletion; the reconciler removes its containers, then it.
+    pub async fn delete_deployment(&self, caller: &Caller, name: &str) -> ServiceResult<()> {
+        caller.require_operator(Role::Deployer)?;
+        let mut deployment = self.find_deployment(name).await?;
+        deployment.status = DeploymentStatus::Deleting;
+        deployment.updated_at = Utc::now();
+        self.store.save_deployment(&deployment).await?;
+        self.emit("deployment.deleting", &caller.actor(), &deployment.id, format!("{name} is being deleted")).await;
+        self.nudge_reconciler();
+        Ok(())
+    }
+
+    async fn find_deployment(&self, name: &str) -> ServiceResult<DeploymentRecord> {
+        if name.trim().is_empty() {
+            return Err(ServiceError::invalid("name", "a deployment name is required"));
+        }
+        self.store.get_deployment(name).await?.ok_or_else(|| ServiceError::NotFound(format!("deployment {name:?} not found")))
+    }
+
+    async fn find_live_deployment(&self, name: &str) -> ServiceResult<DeploymentRecord> {
+        let deployment = self.find_deployment(name).await?;
+        if deployment.status == DeploymentStatus::Deleting {
+            return Err(ServiceError::FailedPrecondition(format!("deployment {name:?} is being deleted")));
+        }
+        Ok(deployment)
+    }
+}
