@@ -49,6 +49,8 @@ const COMMAND: [&str; 2] = ["/bin/sleep", "3600"];
 const CONTAINER_PORT: u16 = 8080;
 /// containerd namespace of Diplo's driver, where it keeps its images.
 const CTR_NAMESPACE: &str = "diplo";
+/// Where the LXC driver reserves static addresses, under its LXC path.
+const LXC_RESERVATIONS: &str = ".diplo-ip-reservations";
 /// Limit of any single operation.
 const OP_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -344,6 +346,8 @@ struct Row {
     /// The `create` part of each Diplo sample.
     diplo_create: Vec<Duration>,
     cli: Vec<Duration>,
+    /// The first command of each two-command CLI sample (`lxc-create`).
+    cli_create: Vec<Duration>,
 }
 
 /// One outcome per runtime variant: a row, or why it was skipped.
@@ -430,7 +434,7 @@ async fn connect(runtime: Runtime, probe: &ProbeConfig, scratch: &Scratch) -> Be
 /// One timed create+start.
 struct Sample {
     total: Duration,
-    /// How long `create` took (Diplo only).
+    /// How long `create` took (Diplo), or the first of two commands (`lxc-create`).
     create: Option<Duration>,
     owned: Owned,
 }
@@ -473,10 +477,14 @@ async fn once(target: &Target, settings: &Settings, ledger: &Ledger, side: Side,
             ledger.add(owned.clone());
             let commands = target.cli.run_commands(&settings.image, name, host_port);
             let started = Instant::now();
+            let mut create = None;
             for argv in &commands {
                 run(argv).await?;
+                if commands.len() == 2 && create.is_none() {
+                    create = Some(started.elapsed());
+                }
             }
-            Ok(Sample { total: started.elapsed(), create: None, owned })
+            Ok(Sample { total: started.elapsed(), create, owned })
         }
     }
 }
@@ -484,7 +492,7 @@ async fn once(target: &Target, settings: &Settings, ledger: &Ledger, side: Side,
 /// Warm-up and measured rounds of one variant (with or without a published port).
 async fn measure(target: &Target, settings: &Settings, ledger: &Ledger, ports: bool) -> BenchResult<Row> {
     let label = if ports { format!("{} + 1 port", target.runtime) } else { target.runtime.to_string() };
-    let mut row = Row { label: label.clone(), cli_command: target.cli.describe(&settings.image, ports), diplo: Vec::new(), diplo_create: Vec::new(), cli: Vec::new() };
+    let mut row = Row { label: label.clone(), cli_command: target.cli.describe(&settings.image, ports), diplo: Vec::new(), diplo_create: Vec::new(), cli: Vec::new(), cli_create: Vec::new() };
     let pid = std::process::id();
     let variant = if ports { "p" } else { "n" };
     let total = settings.warmup + settings.iterations;
@@ -505,7 +513,10 @@ async fn measure(target: &Target, settings: &Settings, ledger: &Ledger, ports: b
                         row.diplo.push(elapsed);
                         row.diplo_create.extend(sample.create);
                     }
-                    Side::Cli => row.cli.push(elapsed),
+                    Side::Cli => {
+                        row.cli.push(elapsed);
+                        row.cli_create.extend(sample.create);
+                    }
                 }
             }
         }
@@ -688,24 +699,30 @@ fn print_report(settings: &Settings, fingerprint: &Fingerprint, outcomes: &[Outc
         }
     }
     println!();
-    println!("Details (ms): min / mean / max per side; Diplo's median split into `create` and `start`");
+    println!("Details (ms): min / mean / max per side; medians split into create and start where there are two steps");
     println!();
-    println!("| runtime | Diplo min | Diplo mean | Diplo max | Diplo create / start (median) | CLI min | CLI mean | CLI max | CLI command |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| runtime | Diplo min | Diplo mean | Diplo max | Diplo create / start (median) | CLI min | CLI mean | CLI max | CLI create / start (median) | CLI command |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for outcome in outcomes {
         if let Outcome::Measured(row) = outcome {
-            let starts: Vec<Duration> = row.diplo.iter().zip(&row.diplo_create).map(|(total, create)| total.saturating_sub(*create)).collect();
+            let split = |totals: &[Duration], creates: &[Duration]| {
+                if creates.len() != totals.len() || creates.is_empty() {
+                    return "—".to_owned();
+                }
+                let starts: Vec<Duration> = totals.iter().zip(creates).map(|(total, create)| total.saturating_sub(*create)).collect();
+                format!("{:.1} / {:.1}", median(creates), median(&starts))
+            };
             println!(
-                "| {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1} | `{}` |",
+                "| {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} | `{}` |",
                 row.label,
                 percentile(&row.diplo, 0.0),
                 mean(&row.diplo),
                 percentile(&row.diplo, 100.0),
-                median(&row.diplo_create),
-                median(&starts),
+                split(&row.diplo, &row.diplo_create),
                 percentile(&row.cli, 0.0),
                 mean(&row.cli),
                 percentile(&row.cli, 100.0),
+                split(&row.cli, &row.cli_create),
                 row.cli_command
             );
         }
@@ -747,6 +764,8 @@ async fn main() -> std::process::ExitCode {
     let fingerprint = fingerprint::probe(&probe).await;
     let ledger = Ledger::default();
     let load_before = load_average();
+    let reservations = Path::new(DEFAULT_LXC_PATH).join(LXC_RESERVATIONS);
+    let reservations_existed = reservations.exists();
 
     // In a task of its own so that a panic still reaches the clean-up below.
     let task = tokio::spawn(bench(settings.clone(), fingerprint.clone(), Arc::clone(&scratch), ledger.clone()));
@@ -770,6 +789,12 @@ async fn main() -> std::process::ExitCode {
         eprintln!("warning: could not clean up: {failure}");
     }
     drop(scratch);
+    if !reservations_existed {
+        // The LXC driver's address bookkeeping, made by this run: only its cursor is
+        // left when no create is in flight (remove_dir fails otherwise, and that is fine).
+        let _ = std::fs::remove_file(reservations.join(".last"));
+        let _ = std::fs::remove_dir(&reservations);
+    }
     match outcomes {
         Some(outcomes) => {
             print_report(&settings, &fingerprint, &outcomes, &load_before);

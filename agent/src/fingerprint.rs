@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use diplo_api::runtime::Runtime;
 use diplo_api::fingerprint::{Fingerprint, RuntimeReport};
 use tracing::debug;
 
@@ -28,6 +29,8 @@ pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const ARCH_OVERRIDE_ENV: &str = "DIPLO_FINGERPRINT_ARCH";
 /// Environment variable overriding the reported OS (for tests).
 pub const OS_OVERRIDE_ENV: &str = "DIPLO_FINGERPRINT_OS";
+/// Comma-separated runtimes this agent may use (e.g. `docker,lxc`); unset: all.
+pub const RUNTIMES_ENV: &str = "DIPLO_RUNTIMES";
 
 /// Where and how to probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +49,9 @@ pub struct ProbeConfig {
     pub labels: BTreeMap<String, String>,
     /// Time limit of each runtime probe.
     pub timeout: Duration,
+    /// Only these runtimes may be used on this node (`None`: all). Others are reported
+    /// unavailable, saying so.
+    pub allowed: Option<Vec<Runtime>>,
 }
 
 impl Default for ProbeConfig {
@@ -60,6 +66,7 @@ impl Default for ProbeConfig {
             os_override: None,
             labels: BTreeMap::new(),
             timeout: DEFAULT_PROBE_TIMEOUT,
+            allowed: None,
         }
     }
 }
@@ -85,6 +92,20 @@ impl ProbeConfig {
         }
         config.arch_override = var(ARCH_OVERRIDE_ENV).map(|arch| go_arch(&arch));
         config.os_override = var(OS_OVERRIDE_ENV);
+        if let Some(list) = var(RUNTIMES_ENV) {
+            let parsed: Vec<Runtime> = list
+                .split(',')
+                .filter(|name| !name.trim().is_empty())
+                .filter_map(|name| match name.parse() {
+                    Ok(runtime) => Some(runtime),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "ignoring an unknown runtime in {RUNTIMES_ENV}");
+                        None
+                    }
+                })
+                .collect();
+            config.allowed = Some(parsed);
+        }
         config
     }
 }
@@ -104,7 +125,13 @@ pub async fn probe(config: &ProbeConfig) -> Fingerprint {
         debug!(%error, "reading host facts failed; reporting none");
         HostFacts::default()
     });
-    let runtimes: Vec<RuntimeReport> = vec![docker, containerd, lxc, podman];
+    let mut runtimes: Vec<RuntimeReport> = vec![docker, containerd, lxc, podman];
+    if let Some(allowed) = &config.allowed {
+        for report in runtimes.iter_mut().filter(|r| !allowed.contains(&r.runtime)) {
+            report.available = false;
+            report.error = format!("disabled on this agent ({RUNTIMES_ENV})");
+        }
+    }
     for report in &runtimes {
         debug!(runtime = %report.runtime, available = report.available, version = %report.version,
             endpoint = %report.endpoint, error = %report.error, "runtime probed");

@@ -70,9 +70,8 @@ fn cluster(size: usize, seed: u64) -> Vec<NodeCandidate> {
             }
             let cpu_millis = *rng.pick(&[2_000, 4_000, 8_000, 16_000]);
             let memory_bytes = *rng.pick(&[2, 4, 8, 16, 32, 64]) * GIB;
-            let used_ports: HashSet<(u16, Protocol)> = (0..rng.below(5))
-                .map(|_| (*rng.pick(&[80, 443, 8080, 5432, 6379, 9090]), Protocol::Tcp))
-                .collect();
+            let used_ports: HashSet<(u16, Protocol)> =
+                (0..rng.below(5)).map(|_| (*rng.pick(&[80, 443, 8080, 5432, 6379, 9090]), Protocol::Tcp)).collect();
             let images: BTreeSet<String> =
                 (0..rng.below(7)).map(|_| format!("registry.example/app-{}:1.0", rng.below(20))).collect();
             let instances: BTreeMap<String, u32> =

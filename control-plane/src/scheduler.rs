@@ -423,11 +423,15 @@ impl<'r> Context<'r> {
             Refusal::DuplicatePort(number, protocol) => {
                 format!("request binds host port {number}/{} twice", protocol_name(protocol))
             }
-            Refusal::PortInUse(number, protocol) => format!("host port {number}/{} in use", protocol_name(protocol)),
+            Refusal::PortInUse(number, protocol) => {
+                format!("host port {number}/{} in use", protocol_name(protocol))
+            }
             Refusal::PortTakenNow(number, protocol) => {
                 format!("host port {number}/{} in use (by a replica placed now)", protocol_name(protocol))
             }
-            Refusal::Cpu { free } => format!("not enough cpu: need {}m, {free}m free", request.cpu_millis),
+            Refusal::Cpu { free } => {
+                format!("not enough cpu: need {}m, {free}m free", request.cpu_millis)
+            }
             Refusal::Memory { free } => {
                 format!("not enough memory: need {}, {} free", bytes(request.memory_bytes), bytes(free))
             }
@@ -535,7 +539,7 @@ fn bytes(value: u64) -> String {
     for (unit, size) in UNITS {
         if value >= size {
             let tenths = (u128::from(value) * 10 / u128::from(size)) as u64;
-            return if tenths % 10 == 0 {
+            return if tenths.is_multiple_of(10) {
                 format!("{}{unit}", tenths / 10)
             } else {
                 format!("{}.{}{unit}", tenths / 10, tenths % 10)
@@ -633,11 +637,15 @@ mod tests {
 
     #[test]
     fn nodes_without_a_usable_runtime_are_skipped() {
-        let nodes = [node("none", "amd64", &[]), NodeCandidate { os: "darwin".to_owned(), ..node("mac", "arm64", &[Lxc]) }];
+        let nodes =
+            [node("none", "amd64", &[]), NodeCandidate { os: "darwin".to_owned(), ..node("mac", "arm64", &[Lxc]) }];
         let no_fit = place(&nodes, &request(1)).unwrap_err();
         assert_eq!(
             no_fit.reasons,
-            vec!["mac: no usable runtime for darwin/arm64 (has lxc)", "none: no usable runtime for linux/amd64 (has none)"]
+            vec![
+                "mac: no usable runtime for darwin/arm64 (has lxc)",
+                "none: no usable runtime for linux/amd64 (has none)"
+            ]
         );
     }
 
@@ -674,11 +682,11 @@ mod tests {
                 "us-1: arch is amd64, constraint wants arm64",
             ]
         );
-        let no_fit = place(&nodes, &with(Constraints { os: Some("darwin".to_owned()), ..Constraints::default() }))
-            .unwrap_err();
+        let no_fit =
+            place(&nodes, &with(Constraints { os: Some("darwin".to_owned()), ..Constraints::default() })).unwrap_err();
         assert_eq!(no_fit.reasons[0], "eu-1: os is linux, constraint wants darwin");
-        let no_fit = place(&nodes, &with(Constraints { node: Some("nope".to_owned()), ..Constraints::default() }))
-            .unwrap_err();
+        let no_fit =
+            place(&nodes, &with(Constraints { node: Some("nope".to_owned()), ..Constraints::default() })).unwrap_err();
         assert_eq!(no_fit.reasons[1], "pi: not node \"nope\" (constraint)");
         let labels = BTreeMap::from([("zone".to_owned(), "eu".to_owned())]);
         let only_us = [nodes[1].clone()];
@@ -691,6 +699,7 @@ mod tests {
         let nodes = [node("arm", "arm64", &[Lxc]), node("x86", "x86_64", &[Docker])];
         let amd64_only = PlacementRequest {
             image_platforms: Some(vec![("linux".to_owned(), "amd64".to_owned())]),
+            ports: vec![(80, Protocol::Tcp)],
             ..request(2)
         };
         let no_fit = place(&nodes, &amd64_only).unwrap_err();
@@ -759,7 +768,8 @@ mod tests {
 
     #[test]
     fn binpack_fills_busy_nodes_and_spread_prefers_empty_ones() {
-        let busy = NodeCandidate { used_cpu_millis: 3_000, used_memory_bytes: 4 * GIB, ..node("busy", "amd64", &[Docker]) };
+        let busy =
+            NodeCandidate { used_cpu_millis: 3_000, used_memory_bytes: 4 * GIB, ..node("busy", "amd64", &[Docker]) };
         let idle = node("idle", "amd64", &[Docker]);
         let nodes = [idle, busy];
         let sized = PlacementRequest { cpu_millis: 500, memory_bytes: 256 * MIB, ..request(1) };
@@ -804,7 +814,8 @@ mod tests {
 
     // ---- properties ----
 
-    const PORTS: [(u16, Protocol); 4] = [(80, Protocol::Tcp), (80, Protocol::Udp), (8080, Protocol::Tcp), (53, Protocol::Udp)];
+    const PORTS: [(u16, Protocol); 4] =
+        [(80, Protocol::Tcp), (80, Protocol::Udp), (8080, Protocol::Tcp), (53, Protocol::Udp)];
 
     fn subset<T: Copy + std::fmt::Debug>(items: &'static [T]) -> impl proptest::strategy::Strategy<Value = Vec<T>> {
         proptest::collection::vec(any::<bool>(), items.len())

@@ -555,6 +555,7 @@ pub struct ControlPlane {
     rest_addr: SocketAddr,
     data_dir: PathBuf,
     dir: Option<tempfile::TempDir>,
+    options: ControlPlaneOptions,
 }
 
 fn humantime(duration: Duration) -> String {
@@ -604,12 +605,35 @@ impl ControlPlane {
     }
 
     fn spawn_in(dir: tempfile::TempDir, options: &ControlPlaneOptions) -> ControlPlane {
-        let data_dir = dir.path().join("data");
         let grpc_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut rest_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         while rest_addr.port() == grpc_addr.port() {
             rest_addr.set_port(free_port());
         }
+        let process = Self::spawn_process(dir.path(), grpc_addr, rest_addr, options);
+        ControlPlane {
+            process,
+            grpc_addr,
+            rest_addr,
+            data_dir: dir.path().join("data"),
+            dir: Some(dir),
+            options: options.clone(),
+        }
+    }
+
+    /// Kills the control plane with SIGKILL (a crash) and starts it again on the same
+    /// data directory and addresses; waits until it is ready.
+    pub fn crash_and_restart(&mut self) {
+        self.process.kill();
+        let dir = self.dir.as_ref().expect("temporary directory").path().to_owned();
+        self.process = Self::spawn_process(&dir, self.grpc_addr, self.rest_addr, &self.options);
+        if let Err(reason) = self.wait_ready(STARTUP_TIMEOUT) {
+            panic!("the control plane did not come back: {reason}\n{}", self.process.logs());
+        }
+    }
+
+    fn spawn_process(dir: &Path, grpc_addr: SocketAddr, rest_addr: SocketAddr, options: &ControlPlaneOptions) -> Process {
+        let data_dir = dir.join("data");
         let mut command = command_for(Binary::ControlPlane);
         command
             .arg("serve")
@@ -626,14 +650,7 @@ impl ControlPlane {
             command.env("DIPLO_DATABASE_URL", url);
         }
         command.envs(options.env.iter().map(|(k, v)| (k, v)));
-        let process = Process::spawn("control plane", command, &dir.path().join("control-plane"));
-        ControlPlane {
-            process,
-            grpc_addr,
-            rest_addr,
-            data_dir,
-            dir: Some(dir),
-        }
+        Process::spawn("control plane", command, &dir.join("control-plane"))
     }
 
     /// Waits until `cli.toml` exists and `GET /healthz` answers `ok`; `Err` if the
@@ -747,7 +764,12 @@ impl ControlPlane {
     /// Starts an agent and waits until its node is ready and has reported its host.
     /// Returns the agent and the node as `diplo nodes ls -o json` shows it.
     pub fn start_ready_agent(&self, name: &str, token: Option<&str>) -> (Agent, serde_json::Value) {
-        let mut agent = self.start_agent(name, token);
+        self.start_ready_agent_with_env(name, token, &[])
+    }
+
+    /// [`ControlPlane::start_ready_agent`] with extra environment variables.
+    pub fn start_ready_agent_with_env(&self, name: &str, token: Option<&str>, env: &[(&str, &str)]) -> (Agent, serde_json::Value) {
+        let mut agent = self.start_agent_with_env(name, token, env);
         let node = wait_until(&format!("{name} to be ready"), Duration::from_secs(60), Duration::from_millis(250), || {
             if let Some(status) = agent.process().try_exit() {
                 panic!("the agent exited with {status}:\n{}", agent.logs());
@@ -836,12 +858,12 @@ impl ControlPlane {
 
     /// Starts an agent called `name` with its data in [`ControlPlane::agent_data_dir`].
     pub fn start_agent(&self, name: &str, token: Option<&str>) -> Agent {
-        Agent::start(
-            &self.grpc_addr.to_string(),
-            name,
-            token,
-            &self.agent_data_dir(name),
-        )
+        self.start_agent_with_env(name, token, &[])
+    }
+
+    /// [`ControlPlane::start_agent`] with extra environment variables.
+    pub fn start_agent_with_env(&self, name: &str, token: Option<&str>, env: &[(&str, &str)]) -> Agent {
+        Agent::start_with_env(&self.grpc_addr.to_string(), name, token, &self.agent_data_dir(name), env)
     }
 }
 
@@ -871,6 +893,11 @@ impl Agent {
     /// [--token <token>]`, logging to `<data_dir>.stdout` / `.stderr` (appended, so a
     /// restarted agent keeps the earlier logs).
     pub fn start(server: &str, name: &str, token: Option<&str>, data_dir: &Path) -> Agent {
+        Self::start_with_env(server, name, token, data_dir, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables (e.g. fingerprint overrides).
+    pub fn start_with_env(server: &str, name: &str, token: Option<&str>, data_dir: &Path, env: &[(&str, &str)]) -> Agent {
         if let Some(parent) = data_dir.parent() {
             std::fs::create_dir_all(parent)
                 .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
@@ -886,6 +913,7 @@ impl Agent {
         if let Some(token) = token {
             command.arg("--token").arg(token);
         }
+        command.envs(env.iter().copied());
         let process = Process::spawn(&format!("agent {name}"), command, data_dir);
         Agent {
             process,

@@ -1,0 +1,241 @@
+//! Deployments end to end with real agents and runtimes: replicas spread over nodes, a
+//! node killed with SIGKILL has its replica rescheduled and, back again, its surplus copy
+//! removed; a control plane killed mid-deploy converges with no duplicate; runtime
+//! choice follows each node's platform; idempotent and duplicate deploys.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use diplo_tests::{wait_until, Agent, ControlPlane, ControlPlaneOptions};
+use serde_json::{json, Value};
+
+const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
+const POLL: Duration = Duration::from_millis(300);
+const DOWN_GRACE: Duration = Duration::from_secs(6);
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{:x}{:x}", std::process::id(), nanos % 0xffff)
+}
+
+fn httpd() -> Vec<&'static str> {
+    vec!["/bin/sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"]
+}
+
+/// Docker containers of a deployment, as Docker itself lists them (running or not).
+fn docker_containers(deployment: &str) -> Vec<String> {
+    let output = std::process::Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter", &format!("label=diplo.deployment={deployment}")])
+        .output()
+        .expect("run docker ps");
+    String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
+}
+
+fn deployment(control_plane: &ControlPlane, name: &str) -> Value {
+    control_plane.rest_json(&format!("/api/v1/deployments/{name}"))
+}
+
+/// Node ids of the deployment's running instances.
+fn running_nodes(deployment: &Value) -> Vec<String> {
+    deployment["instances"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter(|i| i["status"] == "running" && i["desired"] == "run")
+                .filter_map(|i| i["node"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A control plane with agents `names`, each limited to Docker (same runtime everywhere
+/// keeps the assertions about containers simple).
+fn cluster(names: &[&str]) -> (ControlPlane, Vec<Agent>) {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(DOWN_GRACE));
+    let token = control_plane.join_token(&[]);
+    let agents = names
+        .iter()
+        .map(|name| control_plane.start_ready_agent_with_env(name, Some(&token), &[("DIPLO_RUNTIMES", "docker")]).0)
+        .collect();
+    (control_plane, agents)
+}
+
+struct DeleteOnDrop<'a>(&'a ControlPlane, String);
+
+impl Drop for DeleteOnDrop<'_> {
+    fn drop(&mut self) {
+        let authorization = format!("Bearer {}", self.0.admin_token());
+        let url = self.0.rest_url(&format!("/api/v1/deployments/{}", self.1));
+        let _ = diplo_tests::http_request("DELETE", &url, Some(&authorization), None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !docker_containers(&self.1).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        for id in docker_containers(&self.1) {
+            let _ = std::process::Command::new("docker").args(["rm", "-f", &id]).output();
+        }
+    }
+}
+
+#[test]
+fn replicas_spread_and_move_when_a_node_dies_then_the_surplus_copy_goes() {
+    let (control_plane, mut agents) = cluster(&["n1", "n2", "n3"]);
+    let name = unique("web");
+    let _cleanup = DeleteOnDrop(&control_plane, name.clone());
+    let body = json!({"name": name, "image": IMAGE, "replicas": 3, "command": httpd(), "restart_policy": "always"});
+    let key = format!("key-{name}");
+    let authorization = format!("Bearer {}", control_plane.admin_token());
+    let post = |body: &Value, key: &str| {
+        let client = reqwest::blocking::Client::new();
+        let response = client
+            .post(control_plane.rest_url("/api/unified/deploy"))
+            .header("Authorization", &authorization)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .expect("POST deploy");
+        (response.status().as_u16(), response.json::<Value>().expect("JSON"))
+    };
+
+    let (status, created) = post(&body, &key);
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "deploying");
+    assert_eq!(created["runtime_type"], "docker", "{created}");
+    // The same request again creates nothing new.
+    let (status, again) = post(&body, &key);
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["id"], created["id"]);
+    // The same name under another key is a conflict.
+    let (status, conflict) = post(&body, "another-key");
+    assert_eq!(status, 409, "{conflict}");
+    let listed = control_plane.rest_json("/api/v1/deployments");
+    assert_eq!(listed.as_array().map(|l| l.iter().filter(|d| d["name"] == name.as_str()).count()), Some(1));
+
+    // Three replicas on three different nodes.
+    let spread = wait_until("3 replicas on 3 nodes", Duration::from_secs(90), POLL, || {
+        let d = deployment(&control_plane, &name);
+        let nodes: BTreeSet<String> = running_nodes(&d).into_iter().collect();
+        if d["status"] == "running" && nodes.len() == 3 { Ok(nodes) } else { Err(d.to_string()) }
+    });
+    assert_eq!(docker_containers(&name).len(), 3);
+
+    // Kill n1's agent: once n1 is down, its replica runs elsewhere within 30 s.
+    let n1 = control_plane.nodes().into_iter().find(|n| n["name"] == "n1").expect("n1");
+    let n1_id = n1["id"].as_str().expect("id").to_owned();
+    assert!(spread.contains(&n1_id));
+    agents[0].kill();
+    wait_until("n1 to be down", Duration::from_secs(30), POLL, || {
+        let node = control_plane.nodes().into_iter().find(|n| n["name"] == "n1").expect("n1");
+        if node["status"] == "down" { Ok(()) } else { Err(node["status"].to_string()) }
+    });
+    let down_at = Instant::now();
+    wait_until("the lost replica to run elsewhere", Duration::from_secs(30), POLL, || {
+        let d = deployment(&control_plane, &name);
+        let nodes = running_nodes(&d);
+        if nodes.len() == 3 && !nodes.contains(&n1_id) { Ok(()) } else { Err(d.to_string()) }
+    });
+    eprintln!("[test] rescheduled {:.1?} after n1 was declared down", down_at.elapsed());
+
+    // n1 comes back: its old copy is removed, one copy kept: three containers in all.
+    agents[0] = control_plane.start_agent_with_env("n1", None, &[("DIPLO_RUNTIMES", "docker")]);
+    wait_until("the surplus copy to be removed", Duration::from_secs(60), POLL, || {
+        let containers = docker_containers(&name);
+        let d = deployment(&control_plane, &name);
+        if containers.len() == 3 && running_nodes(&d).len() == 3 { Ok(()) } else { Err(format!("{containers:?} {d}")) }
+    });
+
+    // Scale down, then delete: containers go too.
+    let scaled = control_plane.rest("POST", &format!("/api/v1/deployments/{name}/scale"), Some(json!({"replicas": 1})));
+    assert_eq!(scaled.status, 200, "{}", scaled.body);
+    wait_until("one replica left", Duration::from_secs(60), POLL, || {
+        let containers = docker_containers(&name);
+        if containers.len() == 1 { Ok(()) } else { Err(format!("{containers:?}")) }
+    });
+    let deleted = control_plane.rest("DELETE", &format!("/api/v1/deployments/{name}"), None);
+    assert_eq!(deleted.status, 202, "{}", deleted.body);
+    wait_until("everything removed", Duration::from_secs(60), POLL, || {
+        let gone = control_plane.rest("GET", &format!("/api/v1/deployments/{name}"), None).status == 404;
+        if gone && docker_containers(&name).is_empty() { Ok(()) } else { Err(format!("{:?}", docker_containers(&name))) }
+    });
+}
+
+#[test]
+fn a_control_plane_killed_mid_deploy_converges_without_duplicates() {
+    let (mut control_plane, _agents) = cluster(&["m1", "m2"]);
+    let name = unique("crash");
+    let created = control_plane.rest(
+        "POST",
+        "/api/deploy",
+        Some(json!({"name": name, "image": IMAGE, "replicas": 3, "command": httpd()})),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    // Crash right after the deploy was accepted, while instances are being created.
+    control_plane.crash_and_restart();
+    let _cleanup = DeleteOnDrop(&control_plane, name.clone());
+    wait_until("the deployment to converge", Duration::from_secs(120), POLL, || {
+        let d = deployment(&control_plane, &name);
+        let containers = docker_containers(&name);
+        if d["status"] == "running" && running_nodes(&d).len() == 3 && containers.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{containers:?} {d}"))
+        }
+    });
+    // And it stays at exactly three.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(docker_containers(&name).len(), 3, "no duplicate appeared");
+    assert_eq!(running_nodes(&deployment(&control_plane, &name)).len(), 3);
+}
+
+#[test]
+fn runtime_choice_follows_each_nodes_platform_and_a_forced_runtime_needs_a_node() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(DOWN_GRACE));
+    let token = control_plane.join_token(&[]);
+    let limited = [("DIPLO_RUNTIMES", "docker,lxc")];
+    let (_pi, pi) = control_plane
+        .start_ready_agent_with_env("pi", Some(&token), &[limited[0], ("DIPLO_FINGERPRINT_ARCH", "arm64")]);
+    let (_x86, x86) = control_plane.start_ready_agent_with_env("x86", Some(&token), &limited);
+    assert_eq!(pi["arch"], "arm64");
+    assert_eq!(pi["preferred"], "lxc", "{pi}");
+    assert_eq!(x86["preferred"], "docker", "{x86}");
+
+    for (node, expected) in [("pi", "lxc"), ("x86", "docker")] {
+        let name = unique(&format!("on-{node}"));
+        let created = control_plane.rest(
+            "POST",
+            "/api/unified/deploy",
+            Some(json!({"name": name, "image": IMAGE, "replicas": 1, "command": httpd(), "constraints": {"node": node}})),
+        );
+        assert_eq!(created.status, 201, "{}", created.body);
+        assert_eq!(created.json()["runtime_type"], expected, "{}", created.body);
+        let running = wait_until(&format!("{name} running"), Duration::from_secs(90), POLL, || {
+            let d = deployment(&control_plane, &name);
+            if d["status"] == "running" { Ok(d) } else { Err(d.to_string()) }
+        });
+        assert_eq!(running["instances"][0]["runtime"], expected, "{running}");
+        let deleted = control_plane.rest("DELETE", &format!("/api/v1/deployments/{name}"), None);
+        assert_eq!(deleted.status, 202);
+        wait_until(&format!("{name} deleted"), Duration::from_secs(60), POLL, || {
+            let status = control_plane.rest("GET", &format!("/api/v1/deployments/{name}"), None).status;
+            if status == 404 { Ok(()) } else { Err(status.to_string()) }
+        });
+    }
+
+    let refused = control_plane.rest(
+        "POST",
+        "/api/unified/deploy",
+        Some(json!({"name": unique("nowhere"), "image": IMAGE, "runtime_type": "containerd"})),
+    );
+    assert!(refused.status == 409 || refused.status == 400, "{}", refused.body);
+    for expected in ["pi", "x86", "containerd"] {
+        assert!(refused.body.contains(expected), "the reasons name {expected}: {}", refused.body);
+    }
+    let listed = control_plane.rest_json("/api/v1/deployments");
+    assert_eq!(listed, json!([]), "nothing was committed");
+
+    let bad = control_plane.rest("POST", "/api/unified/deploy", Some(json!({"name": "x", "image": IMAGE, "replicas": -1})));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let no_image = control_plane.rest("POST", "/api/unified/deploy", Some(json!({"name": "x", "repo_url": "file:///nonexistent/repo.git"})));
+    assert_eq!(no_image.status, 400, "{}", no_image.body);
+    assert!(no_image.body.contains("image"), "{}", no_image.body);
+}
