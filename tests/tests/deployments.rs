@@ -239,3 +239,68 @@ fn runtime_choice_follows_each_nodes_platform_and_a_forced_runtime_needs_a_node(
     assert_eq!(no_image.status, 400, "{}", no_image.body);
     assert!(no_image.body.contains("image"), "{}", no_image.body);
 }
+
+/// `VERSION` of every container of a deployment, as Docker reports their environment.
+fn versions(deployment: &str) -> Vec<String> {
+    docker_containers(deployment)
+        .iter()
+        .map(|id| {
+            let output = std::process::Command::new("docker")
+                .args(["inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", id])
+                .output()
+                .expect("docker inspect");
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .find_map(|line| line.strip_prefix("VERSION=").map(str::to_owned))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn rolling_update_rollback_and_drain() {
+    let (control_plane, _agents) = cluster(&["r1", "r2"]);
+    let name = unique("roll");
+    let _cleanup = DeleteOnDrop(&control_plane, name.clone());
+    let spec = |version: &str| json!({"name": name, "image": IMAGE, "replicas": 2, "command": httpd(), "environment": {"VERSION": version}});
+    let created = control_plane.rest("POST", "/api/unified/deploy", Some(spec("1")));
+    assert_eq!(created.status, 201, "{}", created.body);
+    let converged = |what: &str, revision: u64, version: &str| {
+        wait_until(what, Duration::from_secs(120), POLL, || {
+            let d = deployment(&control_plane, &name);
+            let current = d["instances"].as_array().map_or(0, |l| {
+                l.iter().filter(|i| i["revision"] == revision && i["status"] == "running").count()
+            });
+            let versions = versions(&name);
+            if d["status"] == "running" && d["revision"] == revision && current == 2 && versions == [version, version] {
+                Ok(())
+            } else {
+                Err(format!("{versions:?} {d}"))
+            }
+        })
+    };
+    converged("revision 1", 1, "1");
+
+    let updated = control_plane.rest("PUT", &format!("/api/v1/deployments/{name}"), Some(spec("2")));
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    assert_eq!(updated.json()["revision"], 2);
+    converged("the rolling update to revision 2", 2, "2");
+
+    let rolled_back = control_plane.rest("POST", &format!("/api/v1/deployments/{name}/rollback"), None);
+    assert_eq!(rolled_back.status, 200, "{}", rolled_back.body);
+    assert_eq!(rolled_back.json()["revision"], 3);
+    converged("the rollback (revision 3 = spec of 1)", 3, "1");
+
+    // Draining r1 moves its replica to r2; nothing lands on r1 any more.
+    let r1 = control_plane.nodes().into_iter().find(|n| n["name"] == "r1").expect("r1");
+    let r1_id = r1["id"].as_str().expect("id").to_owned();
+    control_plane.cli_ok(&["nodes", "drain", "r1"]);
+    wait_until("r1 to be drained", Duration::from_secs(90), POLL, || {
+        let d = deployment(&control_plane, &name);
+        let nodes = running_nodes(&d);
+        let containers = docker_containers(&name);
+        if nodes.len() == 2 && !nodes.contains(&r1_id) && containers.len() == 2 { Ok(()) } else { Err(format!("{containers:?} {d}")) }
+    });
+    let r1 = control_plane.nodes().into_iter().find(|n| n["name"] == "r1").expect("r1");
+    assert_eq!(r1["cordoned"], true);
+}

@@ -346,7 +346,22 @@ impl ControlPlane {
     /// workloads elsewhere joins this once deployments exist.)
     pub async fn drain_node(&self, caller: &Caller, node: &str) -> ServiceResult<NodeRecord> {
         let record = self.set_cordoned(caller, node, true).await?;
-        self.emit("node.drained", &caller.actor(), &record.id, format!("node {} drained", record.name)).await;
+        let mut moved: Vec<crate::model::InstanceRecord> = self
+            .store
+            .list_instances(None)
+            .await?
+            .into_iter()
+            .filter(|i| i.node_id.as_deref() == Some(record.id.as_str()) && i.desired == crate::model::InstanceDesired::Run)
+            .collect();
+        for instance in &mut moved {
+            instance.status = crate::model::InstanceStatus::Lost;
+            instance.message = format!("node {} drained; moving elsewhere", record.name);
+            instance.updated_at = Utc::now();
+        }
+        self.store.update_instances(&moved).await?;
+        let message = format!("node {} drained: {} instance(s) move elsewhere", record.name, moved.len());
+        self.emit("node.drained", &caller.actor(), &record.id, message).await;
+        self.nudge_reconciler();
         Ok(record)
     }
 

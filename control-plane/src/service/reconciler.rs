@@ -239,6 +239,7 @@ impl ControlPlane {
         let now = Utc::now();
         let mut changed: Vec<InstanceRecord> = Vec::new();
         let mut dropped: Vec<String> = Vec::new();
+        let mut lost_here: Vec<InstanceRecord> = Vec::new();
 
         // 1. Match instances with what their nodes report.
         for instance in &mut instances {
@@ -262,12 +263,9 @@ impl ControlPlane {
                     self.emit("instance.lost", "system", &instance.id, instance.message.clone()).await;
                 }
             } else if instance.status == InstanceStatus::Lost {
-                // Its node came back after a replacement was made: remove this copy.
+                // Its node is back (or was drained): this copy goes once replacements run.
                 if world.node_usable(&node_id) {
-                    match world.container_of(instance) {
-                        Some(container) => self.dispatch_remove(instance, &node_id, container.id.clone()),
-                        None => dropped.push(instance.id.clone()),
-                    }
+                    lost_here.push(instance.clone());
                 }
             } else if let Some(container) = world.container_of(instance) {
                 instance.container_id = Some(container.id.clone());
@@ -404,6 +402,21 @@ impl ControlPlane {
                 && world.node_usable(node)
             {
                 self.dispatch_remove(instance, node, container.id.clone());
+            }
+        }
+
+        // Lost copies on reachable nodes (a node that came back, a drained node) go once
+        // the deployment runs in full elsewhere: one copy kept, no gap.
+        if running_current >= replicas {
+            for instance in &lost_here {
+                let node = instance.node_id.as_deref().unwrap_or_default();
+                match world.container_of(instance) {
+                    Some(container) => self.dispatch_remove(instance, node, container.id.clone()),
+                    None => dropped.push(instance.id.clone()),
+                }
+            }
+            if !dropped.is_empty() {
+                self.store.delete_instances(&dropped).await?;
             }
         }
 
