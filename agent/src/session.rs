@@ -64,7 +64,8 @@ pub async fn ensure_identity(
             Ok(response) => break response,
             Err(JoinAttempt::Fatal(err)) => return Err(err),
             Err(JoinAttempt::Retry(reason)) => {
-                let wait = backoff.next_delay();
+                // A rate-limited attempt says when the next one is allowed.
+                let wait = backoff.next_delay().max(retry_hint(&reason).unwrap_or_default());
                 tracing::warn!(server, error = %reason, retry_in = ?wait, "cannot join yet");
                 tokio::time::sleep(wait).await;
             }
@@ -106,7 +107,21 @@ async fn join_once(server: &str, token: &JoinToken, node_name: &str, csr_pem: &s
 }
 
 fn retryable(status: &tonic::Status) -> bool {
-    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Internal)
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Internal
+            | tonic::Code::ResourceExhausted
+    )
+}
+
+/// The wait a refusal asks for ("…; retry in N s"), if it names one.
+fn retry_hint(message: &str) -> Option<Duration> {
+    let (_, rest) = message.rsplit_once("retry in ")?;
+    let seconds: u64 = rest.trim().strip_suffix('s')?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds.min(3600)))
 }
 
 /// Exponential backoff from 0.5 s to 30 s with ±20 % jitter, so that many agents
@@ -344,6 +359,15 @@ fn end_for(status: tonic::Status) -> SessionEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limited_joins_are_retried_after_the_hinted_wait() {
+        let status = tonic::Status::resource_exhausted("too many join attempts from 10.0.0.1; retry in 6 s");
+        assert!(retryable(&status));
+        assert_eq!(retry_hint(status.message()), Some(Duration::from_secs(6)));
+        assert_eq!(retry_hint("join token abc was revoked"), None);
+        assert!(!retryable(&tonic::Status::unauthenticated("join token abc was revoked")));
+    }
 
     #[test]
     fn backoff_grows_with_jitter_up_to_a_cap_and_resets() {

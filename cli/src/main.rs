@@ -108,6 +108,11 @@ enum Command {
         #[command(subcommand)]
         command: JoinTokenCommand,
     },
+    /// API bearer tokens for operators and automation (admin only).
+    ApiToken {
+        #[command(subcommand)]
+        command: ApiTokenCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -242,6 +247,26 @@ enum JoinTokenCommand {
     Revoke { id: String },
 }
 
+#[derive(Subcommand)]
+enum ApiTokenCommand {
+    /// Create a token; prints only the token (shown once).
+    Create {
+        /// What it may do: admin, deployer or viewer.
+        #[arg(long, value_parser = ["admin", "deployer", "viewer"])]
+        role: String,
+        /// Lifetime, e.g. 30m, 90d (default: never expires).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Who or what it is for (shown in events); default token-<id>.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List tokens (never their secrets).
+    Ls,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     diplo_api::install_crypto_provider();
@@ -293,6 +318,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Nodes { command } => nodes(&mut cluster, command).await?,
         Command::JoinToken { command } => join_token(&mut cluster, command).await?,
+        Command::ApiToken { command } => api_token(&mut cluster, command).await?,
         Command::Containers { command } => containers::run(ContainerServiceClient::new(channel), command).await?,
         Command::Deploy { name, image, replicas, publish, env, runtime, node, strategy, restart, idempotency_key, detach, timeout, command } => {
             let args = deployments::DeployArgs {
@@ -358,6 +384,34 @@ async fn join_token(cluster: &mut Cluster, command: JoinTokenCommand) -> Result<
         JoinTokenCommand::Revoke { id } => {
             cluster.revoke_join_token(pb::RevokeJoinTokenRequest { id: id.clone() }).await.map_err(status_error)?;
             println!("join token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn api_token(cluster: &mut Cluster, command: ApiTokenCommand) -> Result<()> {
+    let time = |t: Option<prost_types::Timestamp>| t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0));
+    match command {
+        ApiTokenCommand::Create { role, ttl, name } => {
+            let request = pb::CreateApiTokenRequest { name, role, ttl_seconds: ttl.map_or(0, |t| t.as_secs().max(1)) };
+            let created = cluster.create_api_token(request).await.map_err(status_error)?.into_inner();
+            println!("{}", created.token);
+        }
+        ApiTokenCommand::Ls => {
+            let tokens = cluster.list_api_tokens(pb::ListApiTokensRequest {}).await.map_err(status_error)?.into_inner().tokens;
+            println!("{:<10}  {:<20}  {:<8}  {:<25}  {:<25}  STATE", "ID", "NAME", "ROLE", "CREATED", "EXPIRES");
+            for token in tokens {
+                let expires = time(token.expires_at);
+                let expired = expires.is_some_and(|at| at <= chrono::Utc::now());
+                let state = if token.revoked { "revoked" } else if expired { "expired" } else { "active" };
+                let created = time(token.created_at).map_or("-".into(), |at| at.to_rfc3339());
+                let expires = expires.map_or("never".into(), |at| at.to_rfc3339());
+                println!("{:<10}  {:<20}  {:<8}  {created:<25}  {expires:<25}  {state}", token.id, token.name, token.role);
+            }
+        }
+        ApiTokenCommand::Revoke { id } => {
+            cluster.revoke_api_token(pb::RevokeApiTokenRequest { id: id.clone() }).await.map_err(status_error)?;
+            println!("API token {id} revoked");
         }
     }
     Ok(())

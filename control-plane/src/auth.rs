@@ -40,6 +40,14 @@ impl Caller {
         }
     }
 
+    /// Requires a node certificate (of any node); returns its node id.
+    pub fn require_any_node(&self) -> Result<&str, ServiceError> {
+        match self {
+            Caller::Node { node_id } => Ok(node_id),
+            Caller::Operator { .. } => Err(ServiceError::PermissionDenied("only a node certificate may do this".into())),
+        }
+    }
+
     /// Requires the node certificate of `node_id` itself.
     pub fn require_node(&self, node_id: &str) -> Result<(), ServiceError> {
         match self {
@@ -68,5 +76,7 @@ mod tests {
         assert!(node.require_node("n1").is_ok());
         assert!(node.require_node("n2").is_err());
         assert!(admin.require_node("n1").is_err());
+        assert_eq!(node.require_any_node().ok(), Some("n1"));
+        assert!(admin.require_any_node().is_err());
     }
 }

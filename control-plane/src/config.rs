@@ -24,11 +24,14 @@ pub struct Config {
     pub tls_sans: Vec<String>,
     /// Lifetime of node certificates.
     pub node_cert_lifetime: Duration,
+    /// Join attempts allowed per source IP and minute (a burst of as many, then one
+    /// every `60 / n` seconds).
+    pub join_rate_limit: u32,
 }
 
 impl Config {
     /// Defaults for a data directory: REST on 8080, gRPC on 7443, 5 s heartbeats,
-    /// down after 30 s, 24 h node certificates.
+    /// down after 30 s, 24 h node certificates, 10 join attempts per minute and IP.
     pub fn new(data_dir: PathBuf) -> Self {
         Config {
             data_dir,
@@ -39,6 +42,7 @@ impl Config {
             down_grace: Duration::from_secs(30),
             tls_sans: Vec::new(),
             node_cert_lifetime: Duration::from_secs(24 * 3600),
+            join_rate_limit: 10,
         }
     }
 

@@ -61,8 +61,8 @@ pub async fn ensure_admin(
 
     let token_path = data_dir.join("admin.token");
     if !stored_token_matches(control_plane, &token_path).await? {
-        let token = control_plane.create_api_token("admin", Role::Admin, None).await?;
-        write_private(&token_path, &format!("{token}\n"))?;
+        let created = control_plane.issue_api_token("system", "admin", Role::Admin, None).await?;
+        write_private(&token_path, &format!("{}\n", created.token))?;
     }
 
     let cli_config = data_dir.join("cli.toml");

@@ -39,6 +39,9 @@ pub enum ServiceError {
     /// A node or runtime that should do this cannot be reached right now.
     #[error("{0}")]
     Unavailable(String),
+    /// Too many attempts from the same source; the message says when to retry.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Anything else: a database or internal failure.
     #[error("internal error: {0}")]
     Internal(String),

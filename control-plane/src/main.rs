@@ -50,6 +50,9 @@ struct Options {
     /// Lifetime of node certificates (e.g. 24h).
     #[arg(long, env = "DIPLO_NODE_CERT_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration)]
     node_cert_lifetime: Duration,
+    /// Join attempts allowed per source IP and minute.
+    #[arg(long, env = "DIPLO_JOIN_RATE_LIMIT", default_value_t = 10)]
+    join_rate_limit: u32,
 }
 
 impl Options {
@@ -65,6 +68,10 @@ impl Options {
         config.down_grace = self.down_grace;
         config.tls_sans = self.tls_san;
         config.node_cert_lifetime = self.node_cert_lifetime;
+        if self.join_rate_limit == 0 {
+            anyhow::bail!("invalid --join-rate-limit: must be at least 1 attempt per minute");
+        }
+        config.join_rate_limit = self.join_rate_limit;
         Ok(config)
     }
 }

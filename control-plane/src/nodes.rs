@@ -103,25 +103,18 @@ impl<T> NodeRegistry<T> {
     /// Records an opened session (which also counts as a heartbeat and is persisted by
     /// the caller as `ready`). Returns the session's number; a previous session of the
     /// same node is dropped, which closes its stream.
-    pub fn connect(&self, node_id: &str, downstream: Downstream<T>) -> u64 {
+    /// `None` for a node that is not tracked (removed meanwhile): it gets no session.
+    pub fn connect(&self, node_id: &str, downstream: Downstream<T>) -> Option<u64> {
         let session = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut nodes = self.lock();
-        let node = nodes.entry(node_id.to_owned()).or_insert_with(|| LiveNode {
-            last_seen: Instant::now(),
-            last_seen_wall: Utc::now(),
-            status: NodeStatus::Ready,
-            persisted: NodeStatus::Ready,
-            session: None,
-            containers: Vec::new(),
-            awaiting_session: false,
-        });
+        let node = nodes.get_mut(node_id)?;
         node.awaiting_session = false;
         node.last_seen = Instant::now();
         node.last_seen_wall = Utc::now();
         node.status = NodeStatus::Ready;
         node.persisted = NodeStatus::Ready;
         node.session = Some((session, downstream));
-        session
+        Some(session)
     }
 
     /// Records a heartbeat. Returns `false` for an unknown node (e.g. removed).
@@ -272,8 +265,9 @@ mod tests {
     #[tokio::test]
     async fn removal_closes_the_session_and_stale_disconnects_are_ignored() {
         let registry: NodeRegistry<u8> = NodeRegistry::new(HB, GRACE);
+        registry.track("n1", NodeStatus::Ready);
         let (tx1, mut rx1) = mpsc::channel(1);
-        let first = registry.connect("n1", tx1);
+        let first = registry.connect("n1", tx1).expect("tracked");
         let (tx2, mut rx2) = mpsc::channel(1);
         registry.connect("n1", tx2);
         assert_eq!(rx1.recv().await, None, "replaced session is closed");
@@ -282,5 +276,7 @@ mod tests {
         assert!(registry.remove("n1"));
         assert_eq!(rx2.recv().await, None, "removed node's session is closed");
         assert!(!registry.contains("n1"));
+        let (tx3, _rx3) = mpsc::channel(1);
+        assert_eq!(registry.connect("n1", tx3), None, "a removed node gets no session");
     }
 }

@@ -152,7 +152,9 @@ pub fn place(nodes: &[NodeCandidate], request: &PlacementRequest) -> Result<Vec<
         return Ok(Vec::new());
     }
     let ctx = Context::new(request);
-    let mut entries: Vec<Entry<'_>> = nodes.iter().filter_map(|node| ctx.admit(node).ok()).collect();
+    let mut memo = PlatformMemo::default();
+    let mut entries: Vec<Entry<'_>> = Vec::with_capacity(nodes.len());
+    entries.extend(nodes.iter().filter_map(|node| ctx.admit(&mut memo, node).ok()));
 
     let count = request.count as usize;
     let mut placed = Vec::with_capacity(count.min(entries.len().max(1)).min(1024));
@@ -272,8 +274,20 @@ impl<'r> Context<'r> {
         &self.request.constraints
     }
 
+    /// What a node's os, arch and Raspberry Pi flag imply for this request.
+    fn platform(&self, node: &NodeCandidate) -> Platform {
+        let os = normalize_os(&node.os);
+        let arch = normalize_arch(&node.arch);
+        Platform {
+            class: PlatformClass::of(&node.os, &node.arch, node.raspberry_pi),
+            os_ok: self.os.is_none_or(|want| want == os),
+            arch_ok: self.arch.is_none_or(|want| want == arch),
+            image_ok: self.platforms.as_ref().is_none_or(|platforms| platforms.contains(&(os, arch))),
+        }
+    }
+
     /// The checks that do not change during the call; on success, the node's entry.
-    fn admit<'a>(&self, node: &'a NodeCandidate) -> Result<Entry<'a>, Refusal<'r>> {
+    fn admit<'a>(&self, memo: &mut PlatformMemo, node: &'a NodeCandidate) -> Result<Entry<'a>, Refusal<'r>> {
         if !node.ready {
             return Err(Refusal::NotReady);
         }
@@ -287,14 +301,11 @@ impl<'r> Context<'r> {
         {
             return Err(Refusal::NotTheNode(want));
         }
-        if let Some(want) = self.os
-            && want != normalize_os(&node.os)
-        {
+        let platform = memo.get(node, || self.platform(node));
+        if let (Some(want), false) = (self.os, platform.os_ok) {
             return Err(Refusal::Os(want));
         }
-        if let Some(want) = self.arch
-            && want != normalize_arch(&node.arch)
-        {
+        if let (Some(want), false) = (self.arch, platform.arch_ok) {
             return Err(Refusal::Arch(want));
         }
         for (key, want) in &constraints.labels {
@@ -306,7 +317,7 @@ impl<'r> Context<'r> {
             Some(forced) if node.runtimes.contains(&forced) => (forced, 0),
             Some(forced) => return Err(Refusal::RuntimeMissing(forced)),
             None => {
-                let class = PlatformClass::of(&node.os, &node.arch, node.raspberry_pi);
+                let class = platform.class;
                 let Some(runtime) = class.preferred(&node.runtimes) else {
                     return Err(Refusal::NoRuntime);
                 };
@@ -314,12 +325,8 @@ impl<'r> Context<'r> {
                 (runtime, rank as i64)
             }
         };
-        if let Some(platforms) = &self.platforms {
-            let os = normalize_os(&node.os);
-            let arch = normalize_arch(&node.arch);
-            if !platforms.iter().any(|&(p_os, p_arch)| p_os == os && p_arch == arch) {
-                return Err(Refusal::ImagePlatform);
-            }
+        if !platform.image_ok {
+            return Err(Refusal::ImagePlatform);
         }
         if let Some((number, protocol)) = self.duplicate_port {
             return Err(Refusal::DuplicatePort(number, protocol));
@@ -378,6 +385,7 @@ impl<'r> Context<'r> {
             return vec!["no nodes in the cluster".to_owned()];
         }
         // Entries were built from `nodes` in order, so one cursor pairs them up.
+        let mut memo = PlatformMemo::default();
         let mut next = 0;
         let mut lines: Vec<(&str, &str, String)> = Vec::new();
         for node in nodes {
@@ -386,7 +394,7 @@ impl<'r> Context<'r> {
                     next += 1;
                     self.refusal(entry)
                 }
-                _ => self.admit(node).err(),
+                _ => self.admit(&mut memo, node).err(),
             };
             if let Some(refusal) = refusal {
                 let name = if node.name.is_empty() { &node.id } else { &node.name };
@@ -460,6 +468,54 @@ impl<'a> Entry<'a> {
     fn key(&self, slot: usize, ctx: &Context<'_>) -> Key<'a> {
         Key { score: self.score(ctx), name: &self.node.name, id: &self.node.id, slot }
     }
+}
+
+/// What a node's platform implies for the request at hand.
+#[derive(Clone, Copy)]
+struct Platform {
+    class: PlatformClass,
+    /// The os constraint (if any) accepts it.
+    os_ok: bool,
+    /// The arch constraint (if any) accepts it.
+    arch_ok: bool,
+    /// The image (if its platforms are known) is built for it.
+    image_ok: bool,
+}
+
+/// Remembers [`Platform`]s for the call. Clusters run a handful of distinct platforms, so
+/// after the first node of each, a node's platform costs two integer compares (os and arch
+/// packed into integers) instead of a dozen string matches and normalizations.
+#[derive(Default)]
+struct PlatformMemo {
+    seen: Vec<(u128, u128, bool, Platform)>,
+}
+
+impl PlatformMemo {
+    /// Distinct platforms remembered; more are computed each time (still correct, slower).
+    const CAPACITY: usize = 16;
+
+    fn get(&mut self, node: &NodeCandidate, compute: impl FnOnce() -> Platform) -> Platform {
+        let (Some(os), Some(arch)) = (pack(&node.os), pack(&node.arch)) else { return compute() };
+        let key = (os, arch, node.raspberry_pi);
+        if let Some(&(_, _, _, platform)) = self.seen.iter().find(|seen| (seen.0, seen.1, seen.2) == key) {
+            return platform;
+        }
+        let platform = compute();
+        if self.seen.len() < Self::CAPACITY {
+            self.seen.push((os, arch, node.raspberry_pi, platform));
+        }
+        platform
+    }
+}
+
+/// A string of at most 15 bytes as an integer (its length, then its bytes), so that equal
+/// strings and only they give equal integers; `None` for longer strings.
+fn pack(text: &str) -> Option<u128> {
+    let bytes = text.as_bytes();
+    if bytes.len() > 15 {
+        return None;
+    }
+    Some(bytes.iter().fold(bytes.len() as u128, |packed, &byte| (packed << 8) | u128::from(byte)))
 }
 
 /// A node's rank for the next replica: the greatest key wins.
@@ -802,6 +858,34 @@ mod tests {
             NodeCandidate { id: "y".to_owned(), ..node("same", "amd64", &[Docker]) },
         ];
         assert_eq!(on(&place(&twins, &request(1)).unwrap()), vec!["y"]);
+    }
+
+    #[test]
+    fn platforms_beyond_the_memo_and_long_names_are_still_checked() {
+        // More distinct platforms than the memo holds, and os/arch names too long to pack.
+        let mut nodes: Vec<NodeCandidate> =
+            (0..40).map(|index| node(&format!("n{index:02}"), &format!("arch{index}"), &[Docker])).collect();
+        nodes.push(NodeCandidate { os: "a-very-long-os-name".to_owned(), ..node("long", "amd64", &[Docker]) });
+        nodes.push(node("x86", "x86_64", &[Docker]));
+        nodes.push(NodeCandidate { raspberry_pi: true, ..node("pi", "x86_64", &[Docker, Lxc]) });
+        let pick = |os: &str, arch: &str| PlacementRequest {
+            image_platforms: Some(vec![(os.to_owned(), arch.to_owned())]),
+            ..request(1)
+        };
+        assert_eq!(on(&place(&nodes, &pick("linux", "arch33")).unwrap()), vec!["id-n33"]);
+        assert_eq!(on(&place(&nodes, &pick("a-very-long-os-name", "amd64")).unwrap()), vec!["id-long"]);
+        // The Pi (same os/arch strings as x86, another class) gets LXC, x86 Docker.
+        let amd64 = PlacementRequest { count: 2, ports: vec![(80, Protocol::Tcp)], ..pick("linux", "amd64") };
+        assert_eq!(
+            place(&nodes, &amd64).unwrap(),
+            vec![
+                Placement { node_id: "id-pi".to_owned(), runtime: Lxc },
+                Placement { node_id: "id-x86".to_owned(), runtime: Docker },
+            ]
+        );
+        assert_eq!(pack("linux"), pack("linux"));
+        assert_ne!(pack("arm"), pack("arm\0"));
+        assert_eq!(pack("0123456789abcdef"), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Wrong input fails fast, clearly and safely: join tokens that do not fit, an
 //! unreachable database, REST calls without valid credentials, a single-use token
-//! used twice.
+//! used twice, revoked and expired join tokens.
 
 use std::time::{Duration, Instant};
 
@@ -218,4 +218,52 @@ fn single_use_token_cannot_be_used_twice() {
     let nodes = control_plane.nodes();
     let names: Vec<&str> = nodes.iter().filter_map(|n| n["name"].as_str()).collect();
     assert_eq!(names, ["first"], "only the first node joined");
+}
+
+#[test]
+fn revoked_and_expired_join_tokens_are_refused_with_the_reason() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::default());
+    let revoked = control_plane.join_token(&[]);
+    let id = revoked
+        .rsplit("::")
+        .next()
+        .and_then(|credential| credential.split('.').next())
+        .expect("DIPLO1::<hash>::<id>.<secret>")
+        .to_owned();
+    let out = control_plane.cli_ok(&["join-token", "revoke", &id]);
+    assert!(out.contains("revoked"), "{out}");
+    let expired = control_plane.join_token(&["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    for (name, token, reason) in [
+        ("with-revoked", &revoked, "was revoked"),
+        ("with-expired", &expired, "expired at"),
+    ] {
+        let mut agent = control_plane.start_agent(name, Some(token));
+        let status = agent.wait_exit(AGENT_EXIT_TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "the agent still runs with a token that {reason}:\n{}",
+                agent.logs()
+            )
+        });
+        assert!(
+            !status.success(),
+            "{name} must be refused:\n{}",
+            agent.logs()
+        );
+        let stderr = agent.stderr();
+        assert!(
+            stderr.contains(reason),
+            "{name}: stderr should say the token {reason}:\n{stderr}"
+        );
+        assert!(
+            !agent.data_dir().join("node.json").exists(),
+            "no identity may be saved"
+        );
+    }
+    assert_eq!(
+        control_plane.nodes(),
+        Vec::<serde_json::Value>::new(),
+        "no node was added"
+    );
 }

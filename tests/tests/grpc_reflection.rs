@@ -1,6 +1,7 @@
 //! The gRPC endpoint as grpcurl and operators meet it: reflection (v1 and v1alpha) and
 //! health over mutual TLS with the admin credentials; client certificates from another
-//! CA are refused; without a certificate, a bearer token is required.
+//! CA are refused; without a certificate, a bearer token is required — for reflection
+//! too; health alone is open.
 
 use std::time::Duration;
 
@@ -308,4 +309,124 @@ async fn without_client_certificate_a_bearer_token_is_required() {
         .expect("ListNodes with the admin bearer token")
         .into_inner();
     assert!(nodes.nodes.is_empty(), "{nodes:?}");
+}
+
+/// `authorization: Bearer <token>` on every call.
+fn with_bearer(
+    token: &str,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    let value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {token}").parse().expect("metadata");
+    move |mut request: tonic::Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+        Ok(request)
+    }
+}
+
+#[tokio::test]
+async fn reflection_needs_a_credential_and_health_does_not() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient as V1;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest as V1Request;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse as V1Response;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as V1alpha;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as V1alphaRequest;
+
+    diplo_api::install_crypto_provider();
+    let control_plane = ControlPlane::start(ControlPlaneOptions::default());
+    let channel = connect(&control_plane, None, Some("localhost"))
+        .await
+        .unwrap_or_else(|e| panic!("TLS without a client certificate: {e}"));
+    let v1_request = || tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(V1Request::ListServices(String::new())),
+    };
+    let v1alpha_request = || tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(V1alphaRequest::ListServices(String::new())),
+    };
+
+    // No credential, or a bearer token that was never issued: refused, both versions.
+    let unknown = format!("dpl_abcdefgh.{}", "x".repeat(32));
+    for (case, bearer) in [
+        ("no credential", None),
+        ("an unknown bearer token", Some(unknown.as_str())),
+    ] {
+        let v1 = match bearer {
+            None => {
+                V1::new(channel.clone())
+                    .server_reflection_info(tokio_stream::iter([v1_request()]))
+                    .await
+            }
+            Some(token) => {
+                V1::with_interceptor(channel.clone(), with_bearer(token))
+                    .server_reflection_info(tokio_stream::iter([v1_request()]))
+                    .await
+            }
+        };
+        let status = v1.expect_err(&format!("reflection v1 with {case} must be refused"));
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "v1, {case}: {status:?}"
+        );
+        let v1alpha = match bearer {
+            None => {
+                V1alpha::new(channel.clone())
+                    .server_reflection_info(tokio_stream::iter([v1alpha_request()]))
+                    .await
+            }
+            Some(token) => {
+                V1alpha::with_interceptor(channel.clone(), with_bearer(token))
+                    .server_reflection_info(tokio_stream::iter([v1alpha_request()]))
+                    .await
+            }
+        };
+        let status = v1alpha.expect_err(&format!("reflection v1alpha with {case} must be refused"));
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "v1alpha, {case}: {status:?}"
+        );
+    }
+
+    // A bearer token is enough (grpcurl -H 'authorization: Bearer …').
+    let admin = control_plane.admin_token();
+    let mut responses = V1::with_interceptor(channel.clone(), with_bearer(&admin))
+        .server_reflection_info(tokio_stream::iter([v1_request()]))
+        .await
+        .expect("reflection v1 with the admin bearer token")
+        .into_inner();
+    match responses
+        .message()
+        .await
+        .expect("a response")
+        .and_then(|r| r.message_response)
+    {
+        Some(V1Response::ListServicesResponse(list)) => {
+            let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            assert!(
+                names.iter().any(|n| n == "diplo.v1.ClusterService"),
+                "{names:?}"
+            );
+        }
+        other => panic!("ListServices answered {other:?}"),
+    }
+    V1alpha::with_interceptor(channel.clone(), with_bearer(&admin))
+        .server_reflection_info(tokio_stream::iter([v1alpha_request()]))
+        .await
+        .expect("reflection v1alpha with the admin bearer token");
+
+    // Health stays open.
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let response = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health without credentials")
+        .into_inner();
+    assert_eq!(response.status, ServingStatus::Serving as i32);
 }

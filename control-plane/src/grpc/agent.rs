@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use diplo_api::pb::{self, agent_message::Body};
 use futures::Stream;
-use tokio_stream::StreamExt;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::caller;
 use super::convert::{session_message, status_from, timestamp};
-use crate::model::ObservedContainer;
+use crate::model::{ObservedContainer, SessionMessage};
 use crate::service::{ControlPlane, JoinInput};
 use diplo_api::command::command_outcome;
-use diplo_api::container::{LogChunk, OutputStream};
+use diplo_api::container::{LogChunk, OutputStream, LABEL_NODE};
 use diplo_api::wire::container_info;
 
 /// The gRPC face of the agent-facing half of [`ControlPlane`].
@@ -42,7 +42,62 @@ fn observed(states: Vec<pb::ContainerState>) -> Vec<ObservedContainer> {
         .collect()
 }
 
+/// The node ids a report gives for its containers: each state's `node_id` and
+/// `diplo.node` label (for the node authorizer).
+fn reported_nodes(states: &[pb::ContainerState]) -> impl Iterator<Item = &str> {
+    states.iter().flat_map(|state| [Some(state.node_id.as_str()), state.labels.get(LABEL_NODE).map(String::as_str)]).flatten()
+}
+
 type ControlStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+
+/// The downstream half of a session: messages for the agent until the session is
+/// closed, then the status it ended with: the refusal the inbound side sent on `end`,
+/// `PermissionDenied` when the node was removed, or OK (a newer session replaced it).
+fn control_stream(
+    downstream: mpsc::Receiver<SessionMessage>,
+    end: oneshot::Receiver<Status>,
+    control_plane: Arc<ControlPlane>,
+    node_id: String,
+) -> ControlStream {
+    struct State {
+        downstream: mpsc::Receiver<SessionMessage>,
+        end: Option<oneshot::Receiver<Status>>,
+        control_plane: Arc<ControlPlane>,
+        node_id: String,
+    }
+    let state = State { downstream, end: Some(end), control_plane, node_id };
+    Box::pin(futures::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        let ended = match state.end.as_mut() {
+            Some(end) => tokio::select! {
+                biased;
+                status = end => {
+                    state.end = None;
+                    match status {
+                        Ok(status) => return Some((Err(status), None)),
+                        // The inbound side ended without a refusal: go on until closed.
+                        Err(_) => state.downstream.recv().await,
+                    }
+                }
+                message = state.downstream.recv() => message,
+            },
+            None => state.downstream.recv().await,
+        };
+        match ended {
+            Some(message) => Some((Ok(session_message(message)), Some(state))),
+            None => {
+                if let Some(status) = state.end.as_mut().and_then(|end| end.try_recv().ok()) {
+                    Some((Err(status), None))
+                } else if !state.control_plane.is_member(&state.node_id) {
+                    let message = format!("node {} was removed from the cluster", state.node_id);
+                    Some((Err(Status::permission_denied(message)), None))
+                } else {
+                    None
+                }
+            }
+        }
+    }))
+}
 
 #[tonic::async_trait]
 impl pb::agent_service_server::AgentService for AgentApi {
@@ -86,25 +141,37 @@ impl pb::agent_service_server::AgentService for AgentApi {
             None => return Err(Status::invalid_argument("invalid session: closed before hello")),
         };
         let fingerprint = hello.fingerprint.ok_or_else(|| Status::invalid_argument("invalid hello.fingerprint: missing"))?;
+        self.control_plane.authorize_report(&caller, "hello", reported_nodes(&hello.containers)).await.map_err(status_from)?;
         let containers = observed(hello.containers);
         let (node_id, session, downstream) =
             self.control_plane.open_session(&caller, fingerprint.into(), containers, &address).await.map_err(status_from)?;
 
         let control_plane = self.control_plane.clone();
+        let (end_tx, end_rx) = oneshot::channel();
+        let outbound = control_stream(downstream, end_rx, control_plane.clone(), node_id.clone());
         tokio::spawn(async move {
+            // Why the session ends, when it is refused.
+            let mut refused = None;
             loop {
                 match inbound.message().await {
                     Ok(Some(pb::AgentMessage { body: Some(Body::Heartbeat(beat)) })) => {
-                        if let Err(err) = control_plane.heartbeat(&caller, &node_id, observed(beat.containers)) {
+                        let checked = match control_plane.authorize_report(&caller, "heartbeat", reported_nodes(&beat.containers)).await {
+                            Ok(()) => control_plane.heartbeat(&caller, &node_id, observed(beat.containers)),
+                            Err(err) => Err(err),
+                        };
+                        if let Err(err) = checked {
                             tracing::warn!(node_id = %node_id, error = %err, "heartbeat refused; ending session");
+                            refused = Some(status_from(err));
                             break;
                         }
                     }
                     Ok(Some(pb::AgentMessage { body: Some(Body::Result(result)) })) => {
                         let request_id = result.request_id.clone();
                         tracing::debug!(node_id = %node_id, request_id = %request_id, ok = result.ok, "command result");
-                        if let Err(err) = control_plane.command_result(&caller, &request_id, command_outcome(result)) {
-                            tracing::warn!(node_id = %node_id, error = %err, "command result refused");
+                        if let Err(err) = control_plane.command_result(&caller, &request_id, command_outcome(result)).await {
+                            tracing::warn!(node_id = %node_id, error = %err, "command result refused; ending session");
+                            refused = Some(status_from(err));
+                            break;
                         }
                     }
                     Ok(Some(_)) => tracing::warn!(node_id = %node_id, "unexpected session message ignored"),
@@ -115,11 +182,13 @@ impl pb::agent_service_server::AgentService for AgentApi {
                     }
                 }
             }
+            if let Some(status) = refused {
+                // Sent before the session closes, so that the stream ends with it.
+                let _ = end_tx.send(status);
+            }
             control_plane.close_session(&node_id, session);
         });
-
-        let outbound = tokio_stream::wrappers::ReceiverStream::new(downstream).map(|message| Ok(session_message(message)));
-        Ok(Response::new(Box::pin(outbound)))
+        Ok(Response::new(outbound))
     }
 
     async fn stream_output(
@@ -127,13 +196,14 @@ impl pb::agent_service_server::AgentService for AgentApi {
         request: Request<Streaming<pb::OutputChunk>>,
     ) -> Result<Response<pb::StreamOutputResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
+        caller.require_any_node().map_err(status_from)?;
         let mut chunks = request.into_inner();
         let mut sink = None;
         let mut request_id = String::new();
         while let Some(chunk) = chunks.message().await? {
             if sink.is_none() {
                 request_id = chunk.request_id.clone();
-                match self.control_plane.output_sink(&caller, &request_id).map_err(status_from)? {
+                match self.control_plane.output_sink(&caller, &request_id).await.map_err(status_from)? {
                     Some(tx) => sink = Some(tx),
                     None => return Err(Status::cancelled("nobody is reading this output any more")),
                 }

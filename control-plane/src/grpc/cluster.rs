@@ -1,4 +1,4 @@
-//! `ClusterService`: status, nodes and join tokens for operators.
+//! `ClusterService`: status, nodes, join tokens and API tokens for operators.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +7,8 @@ use diplo_api::pb;
 use tonic::{Request, Response, Status};
 
 use super::auth::caller;
-use super::convert::{cluster_status, join_token, node, status_from, timestamp};
-use crate::service::ControlPlane;
+use super::convert::{api_token, cluster_status, join_token, node, status_from, timestamp};
+use crate::service::{ControlPlane, NewApiToken};
 
 /// The gRPC face of the operator half of [`ControlPlane`] for cluster and nodes.
 pub struct ClusterApi {
@@ -100,5 +100,42 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         let caller = caller(&self.control_plane, &request).await?;
         self.control_plane.revoke_join_token(&caller, &request.into_inner().id).await.map_err(status_from)?;
         Ok(Response::new(pb::RevokeJoinTokenResponse {}))
+    }
+
+    async fn create_api_token(
+        &self,
+        request: Request<pb::CreateApiTokenRequest>,
+    ) -> Result<Response<pb::CreateApiTokenResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let req = request.into_inner();
+        let ttl = (req.ttl_seconds > 0).then(|| Duration::from_secs(req.ttl_seconds));
+        let created = self
+            .control_plane
+            .create_api_token(&caller, NewApiToken { name: req.name, role: req.role, ttl })
+            .await
+            .map_err(status_from)?;
+        Ok(Response::new(pb::CreateApiTokenResponse {
+            token: created.token,
+            id: created.record.id.clone(),
+            expires_at: created.record.expires_at.map(timestamp),
+        }))
+    }
+
+    async fn list_api_tokens(
+        &self,
+        request: Request<pb::ListApiTokensRequest>,
+    ) -> Result<Response<pb::ListApiTokensResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let tokens = self.control_plane.list_api_tokens(&caller).await.map_err(status_from)?;
+        Ok(Response::new(pb::ListApiTokensResponse { tokens: tokens.iter().map(api_token).collect() }))
+    }
+
+    async fn revoke_api_token(
+        &self,
+        request: Request<pb::RevokeApiTokenRequest>,
+    ) -> Result<Response<pb::RevokeApiTokenResponse>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        self.control_plane.revoke_api_token(&caller, &request.into_inner().id).await.map_err(status_from)?;
+        Ok(Response::new(pb::RevokeApiTokenResponse {}))
     }
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use diplo_api::pb;
 
 use crate::error::ServiceError;
-use crate::model::{JoinTokenRecord, NodeRecord, NodeStatus, SessionMessage};
+use crate::model::{ApiTokenRecord, JoinTokenRecord, NodeRecord, NodeStatus, SessionMessage};
 use crate::service::ClusterStatus;
 
 /// Maps a service error to the gRPC status with the same meaning.
@@ -14,6 +14,7 @@ pub fn status_from(err: ServiceError) -> tonic::Status {
         ServiceError::InvalidArgument { .. } | ServiceError::InvalidRequest(_) => tonic::Status::invalid_argument(message),
         ServiceError::Unsupported(_) => tonic::Status::unimplemented(message),
         ServiceError::Unavailable(_) => tonic::Status::unavailable(message),
+        ServiceError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
         ServiceError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
         ServiceError::PermissionDenied(_) => tonic::Status::permission_denied(message),
         ServiceError::NotFound(_) => tonic::Status::not_found(message),
@@ -72,6 +73,18 @@ pub fn join_token(record: &JoinTokenRecord) -> pb::JoinTokenInfo {
         uses: record.uses,
         revoked: record.revoked,
         labels: record.labels.clone().into_iter().collect(),
+    }
+}
+
+/// An API token as listed: never its secret nor the secret's hash.
+pub fn api_token(record: &ApiTokenRecord) -> pb::ApiTokenInfo {
+    pb::ApiTokenInfo {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        role: record.role.to_string(),
+        created_at: Some(timestamp(record.created_at)),
+        expires_at: record.expires_at.map(timestamp),
+        revoked: record.revoked,
     }
 }
 

@@ -17,6 +17,7 @@ use diplo_api::pb::cluster_service_server::ClusterServiceServer;
 use diplo_api::pb::container_service_server::ContainerServiceServer;
 use diplo_api::pb::deployment_service_server::DeploymentServiceServer;
 use diplo_api::pb::event_service_server::EventServiceServer;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::service::ControlPlane;
@@ -42,6 +43,8 @@ pub enum GrpcServeError {
 /// Serves gRPC over TLS on `listener` until `shutdown` resolves. Client certificates
 /// are optional at the handshake (so that `Join` works without one) but, when
 /// presented, must chain to the cluster CA; each RPC then checks who is calling.
+/// Reflection needs a credential too (any role); only `AgentService.Join` and
+/// `grpc.health.v1` are open.
 pub async fn serve(
     control_plane: Arc<ControlPlane>,
     listener: tokio::net::TcpListener,
@@ -66,8 +69,15 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(diplo_api::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
-    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+    let require_credential = auth::RequireCredential::new(control_plane.clone());
+    let reflection_v1 = InterceptedService::new(
+        reflection(tonic_reflection::server::Builder::configure()).build_v1()?,
+        require_credential.clone(),
+    );
+    let reflection_v1alpha = InterceptedService::new(
+        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?,
+        require_credential,
+    );
 
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tracing::info!(%addr, "gRPC (TLS) listening");

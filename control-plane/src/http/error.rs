@@ -25,6 +25,7 @@ impl IntoResponse for ApiError {
             }
             ServiceError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
             ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ServiceError::ResourceExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
             ServiceError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ServiceError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),

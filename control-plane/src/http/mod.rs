@@ -71,7 +71,7 @@ async fn authenticate(State(control_plane): State<Arc<ControlPlane>>, mut reques
         return ApiError::from(ServiceError::Unauthenticated("missing `Authorization: Bearer <token>` header".into()))
             .into_response();
     };
-    match control_plane.authenticate_bearer(bearer.trim()).await {
+    match control_plane.authenticate_bearer(bearer.trim()) {
         Ok(caller) => {
             request.extensions_mut().insert::<Caller>(caller);
             next.run(request).await

@@ -107,27 +107,43 @@ impl ControlPlane {
         Ok(rx)
     }
 
-    /// Delivers a command result from the caller's own node.
-    pub fn command_result(&self, caller: &Caller, request_id: &str, outcome: CommandOutcome) -> ServiceResult<()> {
-        let mut results = lock(&self.pending.results);
-        let Some((node_id, _)) = results.get(request_id) else {
-            tracing::debug!(request_id, "result for no pending command (timed out?)");
-            return Ok(());
+    /// Delivers a command result from the caller's own node. A result for another
+    /// node's command is refused and audited (`security.refused`).
+    pub async fn command_result(&self, caller: &Caller, request_id: &str, outcome: CommandOutcome) -> ServiceResult<()> {
+        caller.require_any_node()?;
+        let foreign = {
+            let mut results = lock(&self.pending.results);
+            match results.get(request_id) {
+                None => {
+                    tracing::debug!(request_id, "result for no pending command (timed out?)");
+                    return Ok(());
+                }
+                Some((node_id, _)) if caller.require_node(node_id).is_err() => node_id.clone(),
+                Some(_) => {
+                    if let Some((_, tx)) = results.remove(request_id) {
+                        let _ = tx.send(outcome);
+                    }
+                    return Ok(());
+                }
+            }
         };
-        caller.require_node(node_id)?;
-        if let Some((_, tx)) = results.remove(request_id) {
-            let _ = tx.send(outcome);
-        }
-        Ok(())
+        Err(self.refuse(caller, format!("sent the result of command {request_id}, which was sent to node {foreign}")).await)
     }
 
     /// The sink for a command's bulk output, for the caller's own node; `None` when
-    /// nobody waits for it any more.
-    pub fn output_sink(&self, caller: &Caller, request_id: &str) -> ServiceResult<Option<mpsc::Sender<LogChunk>>> {
-        let outputs = lock(&self.pending.outputs);
-        let Some((node_id, tx)) = outputs.get(request_id) else { return Ok(None) };
-        caller.require_node(node_id)?;
-        Ok(Some(tx.clone()))
+    /// nobody waits for it any more. Output of another node's command is refused and
+    /// audited (`security.refused`).
+    pub async fn output_sink(&self, caller: &Caller, request_id: &str) -> ServiceResult<Option<mpsc::Sender<LogChunk>>> {
+        caller.require_any_node()?;
+        let foreign = {
+            let outputs = lock(&self.pending.outputs);
+            match outputs.get(request_id) {
+                None => return Ok(None),
+                Some((node_id, _)) if caller.require_node(node_id).is_err() => node_id.clone(),
+                Some((_, tx)) => return Ok(Some(tx.clone())),
+            }
+        };
+        Err(self.refuse(caller, format!("streamed output for command {request_id}, which was sent to node {foreign}")).await)
     }
 
     /// Forgets an output stream that ended.

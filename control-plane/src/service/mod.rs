@@ -5,37 +5,33 @@ mod commands;
 mod containers;
 mod deployments;
 mod reconciler;
+mod tokens;
 
 pub use containers::{place_container, ContainerView, CreateContainer, Logs, RuntimeStatus, DEFAULT_STOP_GRACE};
 pub use deployments::{validate_deployment_spec, DeployInput, Deployed, DeploymentView};
 pub use reconciler::{instance_container, Fit, RECONCILE_PERIOD};
+pub use tokens::{ApiTokenCache, CreatedApiToken, CreatedJoinToken, NewApiToken, DEFAULT_JOIN_TOKEN_TTL};
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diplo_api::fingerprint::Fingerprint;
 use diplo_api::runtime::Runtime;
-use diplo_api::token::{hash_secret, ApiToken, JoinToken};
+use diplo_api::token::{hash_secret, JoinToken};
 use tokio::sync::mpsc;
 
 use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::{ServiceError, ServiceResult};
-use crate::model::{
-    ApiTokenRecord, EventRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, ObservedContainer, Role,
-    SessionMessage,
-};
+use crate::model::{EventRecord, NewEvent, NodeRecord, NodeStatus, ObservedContainer, Role, SessionMessage};
 use crate::nodes::NodeRegistry;
 use crate::pki::ClusterPki;
+use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 
-/// Default lifetime of a join token.
-pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
-
 /// A join request as the service sees it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JoinInput {
     /// The whole join token.
     pub token: String,
@@ -45,6 +41,13 @@ pub struct JoinInput {
     pub csr_pem: String,
     /// Source address, for logs and the node record.
     pub address: String,
+}
+
+// The token carries its secret: debug output leaves it out.
+impl std::fmt::Debug for JoinInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinInput").field("node_name", &self.node_name).field("address", &self.address).finish_non_exhaustive()
+    }
 }
 
 /// What a successful join returns to the agent.
@@ -80,15 +83,6 @@ impl ClusterStatus {
     }
 }
 
-/// A freshly created join token: the whole token is shown once.
-#[derive(Debug, Clone)]
-pub struct CreatedJoinToken {
-    /// The token to hand to `diplo-agent --token`.
-    pub token: String,
-    /// Its stored record.
-    pub record: JoinTokenRecord,
-}
-
 /// The control plane's state and behaviour.
 pub struct ControlPlane {
     config: Config,
@@ -99,6 +93,8 @@ pub struct ControlPlane {
     events: tokio::sync::broadcast::Sender<EventRecord>,
     reconcile: tokio::sync::Notify,
     in_flight: reconciler::InFlight,
+    api_tokens: tokens::ApiTokenCache,
+    join_limiter: RateLimiter,
 }
 
 impl ControlPlane {
@@ -110,6 +106,8 @@ impl ControlPlane {
             nodes.track(&node.id, node.status);
         }
         let (events, _) = tokio::sync::broadcast::channel(1024);
+        let api_tokens = tokens::ApiTokenCache::new(store.list_api_tokens().await?);
+        let join_limiter = RateLimiter::new(config.join_rate_limit, Duration::from_secs(60));
         Ok(Arc::new(ControlPlane {
             config,
             store,
@@ -119,6 +117,8 @@ impl ControlPlane {
             events,
             reconcile: tokio::sync::Notify::new(),
             in_flight: Default::default(),
+            api_tokens,
+            join_limiter,
         }))
     }
 
@@ -139,8 +139,17 @@ impl ControlPlane {
 
     // ---- agents ----
 
-    /// Exchanges a join token and CSR for a node certificate.
+    /// Exchanges a join token and CSR for a node certificate. Attempts are limited per
+    /// source IP ([`Config::join_rate_limit`] a minute).
     pub async fn join(&self, input: JoinInput) -> ServiceResult<JoinOutput> {
+        let source = crate::ratelimit::source_key(&input.address);
+        if let Err(wait) = self.join_limiter.check(&source, Instant::now()) {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            tracing::warn!(source = %source, retry_in_s = seconds, "join attempt refused: rate limit");
+            return Err(ServiceError::ResourceExhausted(format!(
+                "too many join attempts from {source}; retry in {seconds} s"
+            )));
+        }
         let token: JoinToken = input.token.parse().map_err(|e| ServiceError::invalid("token", format!("{e}")))?;
         validate_node_name(&input.node_name)?;
         if token.ca_hash != self.pki.ca.fingerprint() {
@@ -155,7 +164,7 @@ impl ControlPlane {
             .await?
             .filter(|record| record.secret_hash == hash_secret(&token.secret))
             .ok_or_else(|| ServiceError::Unauthenticated("join token not recognized".into()))?;
-        join_token_usable(&record, now)?;
+        tokens::join_token_usable(&record, now)?;
         if self.store.get_node(&input.node_name).await?.is_some() {
             return Err(ServiceError::AlreadyExists(format!(
                 "node name {:?} is already in the cluster; pick another --name or remove it with `diplo nodes rm {}`",
@@ -215,7 +224,10 @@ impl ControlPlane {
         let welcome = SessionMessage::Welcome { node_id: node_id.clone(), heartbeat_interval: self.config.heartbeat_interval };
         // The channel is new and empty: this cannot fail for lack of room.
         let _ = tx.try_send(welcome);
-        let session = self.nodes.connect(node_id, tx);
+        let session = self
+            .nodes
+            .connect(node_id, tx)
+            .ok_or_else(|| ServiceError::PermissionDenied(format!("node {node_id} is not a member of this cluster")))?;
         self.nodes.set_containers(node_id, containers);
         let runtimes: Vec<&str> = fingerprint.available_runtimes().iter().map(|r| r.name()).collect();
         tracing::info!(node_id = %node_id, node = %node.name, address, runtimes = ?runtimes, session, "session opened");
@@ -235,6 +247,9 @@ impl ControlPlane {
             .sign_node_csr(csr_pem, node_id, &node.name, self.config.node_cert_lifetime)
             .map_err(|e| ServiceError::invalid("csr_pem", e.to_string()))?;
         tracing::info!(node_id = %node_id, node = %node.name, "node certificate renewed");
+        let until = DateTime::from_timestamp(expires.unix_timestamp(), 0).unwrap_or_else(Utc::now);
+        self.emit("node.certificate_renewed", &caller.actor(), node_id, format!("node {} certificate renewed until {}", node.name, until.to_rfc3339()))
+            .await;
         Ok(JoinOutput {
             node_id: node_id.clone(),
             certificate_pem,
@@ -266,6 +281,43 @@ impl ControlPlane {
             Some(node) if node.id == node_id && self.nodes.contains(node_id) => Ok(node),
             _ => Err(ServiceError::PermissionDenied(format!("node {node_id} is not a member of this cluster"))),
         }
+    }
+
+    /// Whether a node is still a member of the cluster, from memory (a removed node is
+    /// forgotten at once, so its certificate is refused from its next call on).
+    pub fn is_member(&self, node_id: &str) -> bool {
+        self.nodes.contains(node_id)
+    }
+
+    /// Node authorizer for reports: a node may report only its own node and
+    /// containers. `reported` are the node ids a hello or heartbeat gives for its
+    /// containers (empty: not given). A report naming another node is refused with
+    /// `PermissionDenied` and audited as `security.refused`.
+    pub async fn authorize_report<'a>(
+        &self,
+        caller: &Caller,
+        what: &str,
+        reported: impl IntoIterator<Item = &'a str>,
+    ) -> ServiceResult<()> {
+        let own = caller.require_any_node()?;
+        match reported.into_iter().find(|id| !id.is_empty() && *id != own) {
+            Some(other) => Err(self.refuse(caller, format!("{what} reported a container of node {other}")).await),
+            None => Ok(()),
+        }
+    }
+
+    /// Records something a node tried and the node authorizer refused as a
+    /// `security.refused` event (who and what; never a secret), and returns the
+    /// `PermissionDenied` error to answer with.
+    pub async fn refuse(&self, caller: &Caller, attempt: String) -> ServiceError {
+        let actor = caller.actor();
+        let subject = match caller {
+            Caller::Node { node_id } => node_id.clone(),
+            Caller::Operator { name, .. } => name.clone(),
+        };
+        tracing::warn!(actor = %actor, attempt = %attempt, "refused by the node authorizer");
+        self.emit("security.refused", &actor, &subject, format!("{actor} refused: {attempt}")).await;
+        ServiceError::PermissionDenied(format!("{actor} may act only for its own node: {attempt}"))
     }
 
     /// Re-evaluates node health and persists the changes in one batch.
@@ -375,99 +427,6 @@ impl ControlPlane {
         Ok(())
     }
 
-    // ---- operators: tokens ----
-
-    /// Creates a join token.
-    pub async fn create_join_token(
-        &self,
-        caller: &Caller,
-        ttl: Option<Duration>,
-        single_use: bool,
-        labels: BTreeMap<String, String>,
-    ) -> ServiceResult<CreatedJoinToken> {
-        caller.require_operator(Role::Admin)?;
-        let ttl = ttl.unwrap_or(DEFAULT_JOIN_TOKEN_TTL);
-        let ttl = chrono::Duration::from_std(ttl)
-            .ok()
-            .filter(|ttl| *ttl > chrono::Duration::zero() && *ttl <= chrono::Duration::days(3650))
-            .ok_or_else(|| ServiceError::invalid("ttl", "must be between 1 second and 10 years"))?;
-        for key in labels.keys() {
-            if key.is_empty() || key.len() > 63 {
-                return Err(ServiceError::invalid("labels", format!("label key {key:?} must be 1 to 63 characters")));
-            }
-        }
-        let token = JoinToken::generate(&self.pki.ca.fingerprint());
-        let now = Utc::now();
-        let record = JoinTokenRecord {
-            id: token.id.clone(),
-            secret_hash: hash_secret(&token.secret),
-            created_at: now,
-            expires_at: now + ttl,
-            single_use,
-            uses: 0,
-            revoked: false,
-            labels,
-        };
-        self.store.insert_join_token(&record).await?;
-        self.emit("join_token.created", &caller.actor(), &record.id, format!("join token {} created", record.id)).await;
-        Ok(CreatedJoinToken { token: token.to_string(), record })
-    }
-
-    /// Every join token (never their secrets).
-    pub async fn list_join_tokens(&self, caller: &Caller) -> ServiceResult<Vec<JoinTokenRecord>> {
-        caller.require_operator(Role::Admin)?;
-        Ok(self.store.list_join_tokens().await?)
-    }
-
-    /// Revokes a join token.
-    pub async fn revoke_join_token(&self, caller: &Caller, id: &str) -> ServiceResult<()> {
-        caller.require_operator(Role::Admin)?;
-        if !self.store.revoke_join_token(id).await? {
-            return Err(ServiceError::NotFound(format!("join token {id:?} not found")));
-        }
-        self.emit("join_token.revoked", &caller.actor(), id, format!("join token {id} revoked")).await;
-        Ok(())
-    }
-
-    /// Creates an API bearer token with a role; returns the whole token (shown once).
-    pub async fn create_api_token(&self, name: &str, role: Role, ttl: Option<Duration>) -> ServiceResult<String> {
-        let token = ApiToken::generate();
-        let now = Utc::now();
-        let expires_at = match ttl {
-            Some(ttl) => Some(now + chrono::Duration::from_std(ttl).map_err(|_| ServiceError::invalid("ttl", "too long"))?),
-            None => None,
-        };
-        let record = ApiTokenRecord {
-            id: token.id.clone(),
-            secret_hash: hash_secret(&token.secret),
-            name: name.to_owned(),
-            role,
-            created_at: now,
-            expires_at,
-            revoked: false,
-        };
-        self.store.insert_api_token(&record).await?;
-        Ok(token.to_string())
-    }
-
-    /// Resolves a bearer token to its caller.
-    pub async fn authenticate_bearer(&self, bearer: &str) -> ServiceResult<Caller> {
-        let token: ApiToken = bearer.parse().map_err(|_| ServiceError::Unauthenticated("malformed bearer token".into()))?;
-        let record = self
-            .store
-            .get_api_token(&token.id)
-            .await?
-            .filter(|record| record.secret_hash == hash_secret(&token.secret))
-            .ok_or_else(|| ServiceError::Unauthenticated("bearer token not recognized".into()))?;
-        if record.revoked {
-            return Err(ServiceError::Unauthenticated("bearer token was revoked".into()));
-        }
-        if record.expires_at.is_some_and(|at| at <= Utc::now()) {
-            return Err(ServiceError::Unauthenticated("bearer token expired".into()));
-        }
-        Ok(Caller::Operator { name: record.name, role: record.role })
-    }
-
     // ---- helpers ----
 
     async fn find_node(&self, node: &str) -> ServiceResult<NodeRecord> {
@@ -530,21 +489,6 @@ pub fn validate_node_name(name: &str) -> ServiceResult<()> {
     Ok(())
 }
 
-/// Why a stored join token can no longer be used at `now`, if it cannot.
-fn join_token_usable(record: &JoinTokenRecord, now: DateTime<Utc>) -> ServiceResult<()> {
-    let refuse = |why: String| Err(ServiceError::Unauthenticated(why));
-    if record.revoked {
-        return refuse(format!("join token {} was revoked", record.id));
-    }
-    if record.expires_at <= now {
-        return refuse(format!("join token {} expired at {}", record.id, record.expires_at.to_rfc3339()));
-    }
-    if record.single_use && record.uses > 0 {
-        return refuse(format!("join token {} was single-use and has already been used", record.id));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,27 +502,5 @@ mod tests {
             let err = validate_node_name(bad).expect_err(bad);
             assert!(err.to_string().starts_with("invalid node_name"), "{err}");
         }
-    }
-
-    #[test]
-    fn join_tokens_are_refused_with_their_reason() {
-        let now = Utc::now();
-        let token = JoinTokenRecord {
-            id: "abc".into(),
-            secret_hash: String::new(),
-            created_at: now,
-            expires_at: now + chrono::Duration::hours(1),
-            single_use: true,
-            uses: 0,
-            revoked: false,
-            labels: BTreeMap::new(),
-        };
-        assert!(join_token_usable(&token, now).is_ok());
-        let used = JoinTokenRecord { uses: 1, ..token.clone() };
-        assert!(join_token_usable(&used, now).unwrap_err().to_string().contains("already been used"));
-        let revoked = JoinTokenRecord { revoked: true, ..token.clone() };
-        assert!(join_token_usable(&revoked, now).unwrap_err().to_string().contains("revoked"));
-        let later = now + chrono::Duration::hours(2);
-        assert!(join_token_usable(&token, later).unwrap_err().to_string().contains("expired"));
     }
 }

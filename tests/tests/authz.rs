@@ -1,0 +1,1641 @@
+//! Who may call what, walked over every RPC of every served gRPC service and every REST
+//! route: no credential → Unauthenticated / 401, a viewer writing → PermissionDenied /
+//! 403, a deployer managing tokens or nodes → PermissionDenied, a node certificate
+//! calling an operator RPC → PermissionDenied. The lists of RPCs and routes are checked
+//! against what the control plane serves (gRPC reflection, the REST router's source),
+//! so a new RPC or route without an entry here fails the walk.
+//!
+//! Also: the node authorizer (a node reporting another node's containers is refused
+//! and audited), certificates from another CA, expired and removed nodes' certificates,
+//! API tokens end to end (CLI, REST, revocation, expiry, audit), and join rate limits.
+//! Join tokens that are expired, revoked or used up are covered in `bad_input.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use diplo_api::pb;
+use diplo_api::pb::agent_service_client::AgentServiceClient;
+use diplo_api::pb::cluster_service_client::ClusterServiceClient;
+use diplo_api::pb::container_service_client::ContainerServiceClient;
+use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
+use diplo_api::pb::event_service_client::EventServiceClient;
+use diplo_tests::{ControlPlane, ControlPlaneOptions, find_node};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request, Status, Streaming};
+
+/// A well-formed API token that was never issued.
+const UNKNOWN_TOKEN: &str = "dpl_abcdefgh.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+// ---------------------------------------------------------------------------------
+// Connections and credentials
+
+/// Adds `authorization: Bearer …` to every call when it holds a value.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Ch = InterceptedService<Channel, Bearer>;
+
+fn bearer(token: Option<&str>) -> Bearer {
+    Bearer(token.map(|t| format!("Bearer {t}").parse().expect("bearer metadata")))
+}
+
+/// A TLS channel to the control plane presenting `identity` when given; `Err` when
+/// the connection (handshake included) fails.
+async fn try_connect(
+    control_plane: &ControlPlane,
+    identity: Option<Identity>,
+) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(control_plane.read_file("ca.pem")))
+        .domain_name("localhost");
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Endpoint::from_shared(format!("https://{}", control_plane.grpc_addr()))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+async fn connect(control_plane: &ControlPlane, identity: Option<Identity>) -> Channel {
+    try_connect(control_plane, identity)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect: {e}\n{}", control_plane.logs()))
+}
+
+fn admin_identity(control_plane: &ControlPlane) -> Identity {
+    Identity::from_pem(
+        control_plane.read_file("admin.pem"),
+        control_plane.read_file("admin-key.pem"),
+    )
+}
+
+async fn admin(control_plane: &ControlPlane) -> ClusterServiceClient<Channel> {
+    ClusterServiceClient::new(connect(control_plane, Some(admin_identity(control_plane))).await)
+}
+
+/// A node joined through the `Join` RPC, as an agent would (the key stays here).
+struct JoinedNode {
+    id: String,
+    name: String,
+    cert_pem: String,
+    key_pem: String,
+    expires_at: i64,
+}
+
+impl JoinedNode {
+    fn identity(&self) -> Identity {
+        Identity::from_pem(&self.cert_pem, &self.key_pem)
+    }
+}
+
+async fn join_token(
+    control_plane: &ControlPlane,
+    request: pb::CreateJoinTokenRequest,
+) -> pb::CreateJoinTokenResponse {
+    admin(control_plane)
+        .await
+        .create_join_token(request)
+        .await
+        .expect("CreateJoinToken as admin")
+        .into_inner()
+}
+
+async fn try_join(
+    control_plane: &ControlPlane,
+    token: &str,
+    name: &str,
+) -> Result<JoinedNode, Status> {
+    let (key_pem, csr_pem) = diplo_api::pki::generate_csr(name).expect("CSR");
+    let channel = connect(control_plane, None).await;
+    let request = pb::JoinRequest {
+        token: token.to_owned(),
+        node_name: name.to_owned(),
+        csr_pem,
+    };
+    let response = AgentServiceClient::new(channel)
+        .join(request)
+        .await?
+        .into_inner();
+    Ok(JoinedNode {
+        id: response.node_id,
+        name: name.to_owned(),
+        cert_pem: response.certificate_pem,
+        key_pem,
+        expires_at: response.expires_at.map_or(0, |t| t.seconds),
+    })
+}
+
+async fn join(control_plane: &ControlPlane, name: &str) -> JoinedNode {
+    let token = join_token(control_plane, pb::CreateJoinTokenRequest::default())
+        .await
+        .token;
+    try_join(control_plane, &token, name)
+        .await
+        .unwrap_or_else(|s| panic!("join {name}: {s:?}\n{}", control_plane.logs()))
+}
+
+fn hello(containers: Vec<pb::ContainerState>) -> pb::AgentMessage {
+    let hello = pb::Hello {
+        fingerprint: Some(pb::NodeFingerprint::default()),
+        containers,
+    };
+    pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Hello(hello)),
+    }
+}
+
+fn heartbeat(containers: Vec<pb::ContainerState>) -> pb::AgentMessage {
+    let beat = pb::Heartbeat {
+        sequence: 1,
+        containers,
+        runtimes: Vec::new(),
+    };
+    pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Heartbeat(beat)),
+    }
+}
+
+/// Opens a session with `hello`; returns the sender of further messages and the
+/// downstream after its welcome.
+async fn open_session(
+    channel: Channel,
+    hello: pb::AgentMessage,
+) -> Result<
+    (
+        mpsc::Sender<pb::AgentMessage>,
+        Streaming<pb::ControlMessage>,
+    ),
+    Status,
+> {
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(hello).await.expect("queue hello");
+    let mut downstream = AgentServiceClient::new(channel)
+        .session(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match downstream.message().await? {
+        Some(pb::ControlMessage {
+            body: Some(pb::control_message::Body::Welcome(_)),
+        }) => Ok((tx, downstream)),
+        other => panic!("a welcome expected first, got {other:?}"),
+    }
+}
+
+/// How a session's downstream ended within `limit`: `Err(status)`, or `Ok(())` for a
+/// clean end. Panics when it is still open.
+async fn session_end(
+    downstream: &mut Streaming<pb::ControlMessage>,
+    limit: Duration,
+) -> Result<(), Status> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, downstream.message()).await {
+            Err(_) => panic!("the session is still open {limit:?} later"),
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(status)) => return Err(status),
+        }
+    }
+}
+
+/// Every stored event (replayed through `EventService.Watch` as the admin).
+async fn events(control_plane: &ControlPlane) -> Vec<pb::Event> {
+    let channel = connect(control_plane, Some(admin_identity(control_plane))).await;
+    let request = pb::WatchRequest {
+        kinds: Vec::new(),
+        after_sequence: 0,
+        replay: true,
+    };
+    let mut stream = EventServiceClient::new(channel)
+        .watch(request)
+        .await
+        .expect("Watch as admin")
+        .into_inner();
+    let mut all = Vec::new();
+    while let Ok(Ok(Some(event))) =
+        tokio::time::timeout(Duration::from_millis(700), stream.message()).await
+    {
+        all.push(event);
+    }
+    all
+}
+
+/// Polls the events until one matches.
+async fn wait_for_event(
+    control_plane: &ControlPlane,
+    what: &str,
+    matches: impl Fn(&pb::Event) -> bool,
+) -> pb::Event {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let all = events(control_plane).await;
+        if let Some(event) = all.iter().find(|e| matches(e)) {
+            return event.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event {what}; events: {all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A failure of the connection (handshake refused), not an answer of a service.
+fn is_transport_failure(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unknown | Code::Unavailable | Code::Cancelled
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// The gRPC table
+
+/// Who may call an RPC or route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone (`Join`, health, `GET /healthz`).
+    Open,
+    /// Any valid credential, node or operator (reflection).
+    AnyCredential,
+    /// Operators from `viewer` up.
+    Viewer,
+    /// Operators from `deployer` up.
+    Deployer,
+    /// Admins only.
+    Admin,
+    /// Node certificates only (the agent's own RPCs).
+    Node,
+}
+
+/// The credentials the walk calls with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Nobody,
+    UnknownToken,
+    Viewer,
+    Deployer,
+    Admin,
+    Node,
+}
+
+const EVERYONE: [Who; 6] = [
+    Who::Nobody,
+    Who::UnknownToken,
+    Who::Viewer,
+    Who::Deployer,
+    Who::Admin,
+    Who::Node,
+];
+
+/// `None`: let through (any answer but Unauthenticated / PermissionDenied);
+/// `Some(code)`: refused with that code.
+fn refusal(access: Access, who: Who) -> Option<Code> {
+    match (access, who) {
+        (Access::Open, _) => None,
+        (_, Who::Nobody | Who::UnknownToken) => Some(Code::Unauthenticated),
+        (Access::AnyCredential, _) => None,
+        (Access::Node, Who::Node) => None,
+        (Access::Node, _) | (_, Who::Node) => Some(Code::PermissionDenied),
+        (Access::Viewer, _) => None,
+        (Access::Deployer, Who::Viewer) => Some(Code::PermissionDenied),
+        (Access::Deployer, _) => None,
+        (Access::Admin, Who::Admin) => None,
+        (Access::Admin, _) => Some(Code::PermissionDenied),
+    }
+}
+
+type Call = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
+
+/// One RPC: its full name, who may call it, and a call with a valid request (so that
+/// only the credential decides between refusal and an answer).
+struct Rpc {
+    method: &'static str,
+    access: Access,
+    call: fn(Ch) -> Call,
+}
+
+macro_rules! rpc {
+    ($method:literal, $access:ident, $client:ident :: $rpc:ident($request:expr)) => {
+        Rpc {
+            method: $method,
+            access: Access::$access,
+            call: |channel| {
+                Box::pin(async move { $client::new(channel).$rpc($request).await.map(drop) })
+            },
+        }
+    };
+}
+
+/// A name nothing has.
+fn nope() -> String {
+    "authz-nope".to_owned()
+}
+
+fn container_spec(name: &str) -> pb::ContainerSpec {
+    pb::ContainerSpec {
+        name: name.into(),
+        image: "busybox".into(),
+        restart_policy: "no".into(),
+        ..Default::default()
+    }
+}
+
+fn deployment_spec(name: &str) -> pb::DeploymentSpec {
+    pb::DeploymentSpec {
+        name: name.into(),
+        image: "busybox".into(),
+        replicas: 1,
+        container: Some(container_spec(name)),
+        ..Default::default()
+    }
+}
+
+fn list_services_request() -> tonic_reflection::pb::v1::ServerReflectionRequest {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    }
+}
+
+fn list_services_request_v1alpha() -> tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    }
+}
+
+fn renew_request() -> pb::RenewCertificateRequest {
+    pb::RenewCertificateRequest {
+        csr_pem: diplo_api::pki::generate_csr("authz-node").expect("CSR").1,
+    }
+}
+
+fn output_chunks() -> tokio_stream::Iter<std::vec::IntoIter<pb::OutputChunk>> {
+    tokio_stream::iter(vec![pb::OutputChunk {
+        request_id: "no-such-request".into(),
+        stream: "stdout".into(),
+        data: b"x".to_vec(),
+        eof: true,
+    }])
+}
+
+/// Every RPC the control plane serves.
+fn rpcs() -> Vec<Rpc> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient as ReflectionV1;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as ReflectionV1alpha;
+    vec![
+        // AgentService
+        rpc!(
+            "diplo.v1.AgentService/Join",
+            Open,
+            AgentServiceClient::join(pb::JoinRequest::default())
+        ),
+        rpc!(
+            "diplo.v1.AgentService/RenewCertificate",
+            Node,
+            AgentServiceClient::renew_certificate(renew_request())
+        ),
+        rpc!(
+            "diplo.v1.AgentService/Session",
+            Node,
+            AgentServiceClient::session(tokio_stream::iter(vec![hello(Vec::new())]))
+        ),
+        rpc!(
+            "diplo.v1.AgentService/StreamOutput",
+            Node,
+            AgentServiceClient::stream_output(output_chunks())
+        ),
+        // ClusterService
+        rpc!(
+            "diplo.v1.ClusterService/GetStatus",
+            Viewer,
+            ClusterServiceClient::get_status(pb::GetStatusRequest {})
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/ListNodes",
+            Viewer,
+            ClusterServiceClient::list_nodes(pb::ListNodesRequest {})
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/GetNode",
+            Viewer,
+            ClusterServiceClient::get_node(pb::GetNodeRequest { node: nope() })
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/CordonNode",
+            Admin,
+            ClusterServiceClient::cordon_node(pb::NodeRef { node: nope() })
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/UncordonNode",
+            Admin,
+            ClusterServiceClient::uncordon_node(pb::NodeRef { node: nope() })
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/DrainNode",
+            Admin,
+            ClusterServiceClient::drain_node(pb::NodeRef { node: nope() })
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/RemoveNode",
+            Admin,
+            ClusterServiceClient::remove_node(pb::NodeRef { node: nope() })
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/CreateJoinToken",
+            Admin,
+            ClusterServiceClient::create_join_token(pb::CreateJoinTokenRequest {
+                ttl_seconds: 60,
+                single_use: true,
+                labels: Default::default()
+            })
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/ListJoinTokens",
+            Admin,
+            ClusterServiceClient::list_join_tokens(pb::ListJoinTokensRequest {})
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/RevokeJoinToken",
+            Admin,
+            ClusterServiceClient::revoke_join_token(pb::RevokeJoinTokenRequest { id: nope() })
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/CreateApiToken",
+            Admin,
+            ClusterServiceClient::create_api_token(pb::CreateApiTokenRequest {
+                name: "probe".into(),
+                role: "viewer".into(),
+                ttl_seconds: 60
+            })
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/ListApiTokens",
+            Admin,
+            ClusterServiceClient::list_api_tokens(pb::ListApiTokensRequest {})
+        ),
+        rpc!(
+            "diplo.v1.ClusterService/RevokeApiToken",
+            Admin,
+            ClusterServiceClient::revoke_api_token(pb::RevokeApiTokenRequest { id: nope() })
+        ),
+        // ContainerService
+        rpc!(
+            "diplo.v1.ContainerService/ListContainers",
+            Viewer,
+            ContainerServiceClient::list_containers(pb::ListContainersRequest::default())
+        ),
+        rpc!(
+            "diplo.v1.ContainerService/CreateContainer",
+            Deployer,
+            ContainerServiceClient::create_container(pb::CreateContainerRequest {
+                spec: Some(container_spec("authz-probe")),
+                start: true,
+                ..Default::default()
+            })
+        ),
+        rpc!(
+            "diplo.v1.ContainerService/StartContainer",
+            Deployer,
+            ContainerServiceClient::start_container(pb::ContainerRef { id: nope() })
+        ),
+        rpc!(
+            "diplo.v1.ContainerService/StopContainer",
+            Deployer,
+            ContainerServiceClient::stop_container(pb::StopContainerRequest {
+                id: nope(),
+                grace_seconds: 1
+            })
+        ),
+        rpc!(
+            "diplo.v1.ContainerService/RestartContainer",
+            Deployer,
+            ContainerServiceClient::restart_container(pb::ContainerRef { id: nope() })
+        ),
+        rpc!(
+            "diplo.v1.ContainerService/RemoveContainer",
+            Deployer,
+            ContainerServiceClient::remove_container(pb::RemoveContainerRequest {
+                id: nope(),
+                force: true
+            })
+        ),
+        rpc!(
+            "diplo.v1.ContainerService/ContainerLogs",
+            Viewer,
+            ContainerServiceClient::container_logs(pb::ContainerLogsRequest {
+                id: nope(),
+                ..Default::default()
+            })
+        ),
+        rpc!(
+            "diplo.v1.ContainerService/Exec",
+            Deployer,
+            ContainerServiceClient::exec(pb::ExecRequest {
+                id: nope(),
+                argv: vec!["true".into()]
+            })
+        ),
+        // DeploymentService
+        rpc!(
+            "diplo.v1.DeploymentService/Deploy",
+            Deployer,
+            DeploymentServiceClient::deploy(pb::DeployRequest {
+                spec: Some(deployment_spec("authz-probe")),
+                ..Default::default()
+            })
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/GetDeployment",
+            Viewer,
+            DeploymentServiceClient::get_deployment(pb::DeploymentRef { name: nope() })
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/ListDeployments",
+            Viewer,
+            DeploymentServiceClient::list_deployments(pb::ListDeploymentsRequest {})
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/Scale",
+            Deployer,
+            DeploymentServiceClient::scale(pb::ScaleRequest {
+                name: nope(),
+                replicas: 2
+            })
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/Update",
+            Deployer,
+            DeploymentServiceClient::update(pb::UpdateRequest {
+                spec: Some(deployment_spec("authz-nope")),
+                ..Default::default()
+            })
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/Rollback",
+            Deployer,
+            DeploymentServiceClient::rollback(pb::DeploymentRef { name: nope() })
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/DeleteDeployment",
+            Deployer,
+            DeploymentServiceClient::delete_deployment(pb::DeploymentRef { name: nope() })
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/ListInstances",
+            Viewer,
+            DeploymentServiceClient::list_instances(pb::ListInstancesRequest::default())
+        ),
+        // EventService
+        rpc!(
+            "diplo.v1.EventService/Watch",
+            Viewer,
+            EventServiceClient::watch(pb::WatchRequest::default())
+        ),
+        // Health: open, so that load balancers and probes need nothing.
+        rpc!(
+            "grpc.health.v1.Health/Check",
+            Open,
+            HealthClient::check(tonic_health::pb::HealthCheckRequest::default())
+        ),
+        rpc!(
+            "grpc.health.v1.Health/Watch",
+            Open,
+            HealthClient::watch(tonic_health::pb::HealthCheckRequest::default())
+        ),
+        // Reflection: any credential.
+        rpc!(
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            AnyCredential,
+            ReflectionV1::server_reflection_info(tokio_stream::iter(vec![list_services_request()]))
+        ),
+        rpc!(
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            AnyCredential,
+            ReflectionV1alpha::server_reflection_info(tokio_stream::iter(vec![
+                list_services_request_v1alpha()
+            ]))
+        ),
+    ]
+}
+
+/// The methods of `service` declared in `files` (encoded file descriptors).
+fn declared_methods(service: &str, files: Vec<Vec<u8>>) -> Vec<String> {
+    let mut methods = Vec::new();
+    let mut found = false;
+    for bytes in files {
+        let file =
+            prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("a file descriptor");
+        for declared in &file.service {
+            if format!("{}.{}", file.package(), declared.name()) == service {
+                found = true;
+                methods.extend(
+                    declared
+                        .method
+                        .iter()
+                        .map(|m| format!("{service}/{}", m.name())),
+                );
+            }
+        }
+    }
+    assert!(
+        found,
+        "reflection returned no descriptor declaring {service}"
+    );
+    methods
+}
+
+/// Every method of every service reflection (v1, then v1alpha for what v1 does not
+/// list, i.e. v1alpha itself) knows, as `package.Service/Method`.
+async fn reflected_methods(channel: Channel) -> BTreeSet<String> {
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let mut v1_client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let mut ask_v1 = async |request: v1::server_reflection_request::MessageRequest| {
+        let request = v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        let mut responses = v1_client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection v1")
+            .into_inner();
+        responses
+            .message()
+            .await
+            .expect("a reflection answer")
+            .expect("not the end")
+            .message_response
+            .expect("an answer")
+    };
+    let mut v1alpha_client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let mut ask_v1alpha = async |request: v1alpha::server_reflection_request::MessageRequest| {
+        let request = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        let mut responses = v1alpha_client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection v1alpha")
+            .into_inner();
+        responses
+            .message()
+            .await
+            .expect("a reflection answer")
+            .expect("not the end")
+            .message_response
+            .expect("an answer")
+    };
+
+    let mut methods = BTreeSet::new();
+    let services = match ask_v1(v1::server_reflection_request::MessageRequest::ListServices(
+        String::new(),
+    ))
+    .await
+    {
+        v1::server_reflection_response::MessageResponse::ListServicesResponse(list) => {
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
+        other => panic!("v1 ListServices answered {other:?}"),
+    };
+    for service in &services {
+        match ask_v1(
+            v1::server_reflection_request::MessageRequest::FileContainingSymbol(service.clone()),
+        )
+        .await
+        {
+            v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files) => {
+                methods.extend(declared_methods(service, files.file_descriptor_proto));
+            }
+            other => panic!("v1 FileContainingSymbol({service}) answered {other:?}"),
+        }
+    }
+    let more = match ask_v1alpha(
+        v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+    )
+    .await
+    {
+        v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list) => list
+            .service
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|s| !services.contains(s))
+            .collect::<Vec<_>>(),
+        other => panic!("v1alpha ListServices answered {other:?}"),
+    };
+    for service in &more {
+        match ask_v1alpha(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                service.clone(),
+            ),
+        )
+        .await
+        {
+            v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files) => {
+                methods.extend(declared_methods(service, files.file_descriptor_proto));
+            }
+            other => panic!("v1alpha FileContainingSymbol({service}) answered {other:?}"),
+        }
+    }
+    methods
+}
+
+/// Calls `path` with an empty message, to tell a served method from one that only
+/// exists in the descriptors (answered `Unimplemented` by the router).
+async fn raw_call(channel: Channel, path: &str) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("channel ready");
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::try_from(format!("/{path}")).expect("a path");
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    match grpc.unary(Request::new(()), path, codec).await {
+        Ok(_) => Status::ok(""),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn every_rpc_requires_the_right_credential() {
+    diplo_api::install_crypto_provider();
+    let options = ControlPlaneOptions {
+        // The walk calls Join once per credential.
+        env: vec![("DIPLO_JOIN_RATE_LIMIT".into(), "1000".into())],
+        ..Default::default()
+    };
+    let control_plane = ControlPlane::start(options);
+    let admin_channel = connect(&control_plane, Some(admin_identity(&control_plane))).await;
+    let mut admin_client = ClusterServiceClient::new(admin_channel.clone());
+    let mut token = async |role: &str| {
+        let request = pb::CreateApiTokenRequest {
+            name: format!("walk-{role}"),
+            role: role.into(),
+            ttl_seconds: 3600,
+        };
+        admin_client
+            .create_api_token(request)
+            .await
+            .expect("CreateApiToken as admin")
+            .into_inner()
+            .token
+    };
+    let viewer = token("viewer").await;
+    let deployer = token("deployer").await;
+    let node = join(&control_plane, "authz-node").await;
+
+    // The table covers exactly what is served.
+    let table = rpcs();
+    let listed: BTreeSet<String> = table.iter().map(|r| r.method.to_owned()).collect();
+    assert_eq!(listed.len(), table.len(), "an RPC is listed twice");
+    let reflected = reflected_methods(admin_channel.clone()).await;
+    let mut unserved = Vec::new();
+    for method in reflected.difference(&listed) {
+        let status = raw_call(admin_channel.clone(), method).await;
+        assert_eq!(
+            status.code(),
+            Code::Unimplemented,
+            "{method} is served but has no entry in this walk: add it to rpcs() with who may call it ({status:?})"
+        );
+        unserved.push(method.clone());
+    }
+    eprintln!("[test] declared but not served (skipped): {unserved:?}");
+    let missing: Vec<_> = listed.difference(&reflected).collect();
+    assert!(
+        missing.is_empty(),
+        "the walk lists RPCs reflection does not know: {missing:?}"
+    );
+
+    let mut channels = BTreeMap::new();
+    for who in EVERYONE {
+        let (identity, token) = match who {
+            Who::Nobody => (None, None),
+            Who::UnknownToken => (None, Some(UNKNOWN_TOKEN)),
+            Who::Viewer => (None, Some(viewer.as_str())),
+            Who::Deployer => (None, Some(deployer.as_str())),
+            Who::Admin => (Some(admin_identity(&control_plane)), None),
+            Who::Node => (Some(node.identity()), None),
+        };
+        let channel = connect(&control_plane, identity).await;
+        channels.insert(
+            format!("{who:?}"),
+            InterceptedService::new(channel, bearer(token)),
+        );
+    }
+
+    let mut failures = Vec::new();
+    let mut calls = 0;
+    for rpc in &table {
+        for who in EVERYONE {
+            let channel = channels[&format!("{who:?}")].clone();
+            let outcome = tokio::time::timeout(Duration::from_secs(30), (rpc.call)(channel))
+                .await
+                .unwrap_or_else(|_| panic!("{} as {who:?} did not answer", rpc.method));
+            calls += 1;
+            let code = outcome.as_ref().err().map(Status::code);
+            let expected = refusal(rpc.access, who);
+            let fine = match expected {
+                Some(refused) => code == Some(refused),
+                None => !matches!(code, Some(Code::Unauthenticated | Code::PermissionDenied)),
+            };
+            if !fine {
+                failures.push(format!(
+                    "{} ({:?}) as {who:?}: expected {}, got {outcome:?}",
+                    rpc.method,
+                    rpc.access,
+                    expected.map_or("to be let through".to_owned(), |c| format!("{c:?}")),
+                ));
+            }
+        }
+    }
+    eprintln!("[test] {calls} calls over {} RPCs", table.len());
+    assert!(
+        failures.is_empty(),
+        "{} wrong answers:\n{}\n{}",
+        failures.len(),
+        failures.join("\n"),
+        control_plane.logs()
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// The REST table
+
+/// One REST route as the router declares it, with a concrete request.
+struct Route {
+    method: &'static str,
+    template: &'static str,
+    access: Access,
+    path: &'static str,
+    body: Option<serde_json::Value>,
+}
+
+fn route(
+    method: &'static str,
+    template: &'static str,
+    access: Access,
+    path: &'static str,
+) -> Route {
+    Route {
+        method,
+        template,
+        access,
+        path,
+        body: None,
+    }
+}
+
+fn routes() -> Vec<Route> {
+    use Access::*;
+    let deploy_body =
+        || Some(serde_json::json!({"name": "authz-rest", "image": "busybox", "replicas": 1}));
+    vec![
+        route("GET", "/healthz", Open, "/healthz"),
+        route("GET", "/api/status", Viewer, "/api/status"),
+        route(
+            "GET",
+            "/api/v1/compute/cluster/status",
+            Viewer,
+            "/api/v1/compute/cluster/status",
+        ),
+        route("GET", "/api/v1/nodes", Viewer, "/api/v1/nodes"),
+        route(
+            "GET",
+            "/api/v1/nodes/{node}",
+            Viewer,
+            "/api/v1/nodes/authz-nope",
+        ),
+        route("GET", "/api/v1/containers", Viewer, "/api/v1/containers"),
+        Route {
+            body: Some(serde_json::json!({"name": "authz-rest", "image": "busybox"})),
+            ..route("POST", "/api/v1/containers", Deployer, "/api/v1/containers")
+        },
+        route(
+            "DELETE",
+            "/api/v1/containers/{id}",
+            Deployer,
+            "/api/v1/containers/authz-nope",
+        ),
+        route(
+            "POST",
+            "/api/v1/containers/{id}/start",
+            Deployer,
+            "/api/v1/containers/authz-nope/start",
+        ),
+        route(
+            "POST",
+            "/api/v1/containers/{id}/stop",
+            Deployer,
+            "/api/v1/containers/authz-nope/stop",
+        ),
+        route(
+            "POST",
+            "/api/v1/containers/{id}/restart",
+            Deployer,
+            "/api/v1/containers/authz-nope/restart",
+        ),
+        route(
+            "GET",
+            "/api/v1/containers/{id}/logs",
+            Viewer,
+            "/api/v1/containers/authz-nope/logs",
+        ),
+        Route {
+            body: Some(serde_json::json!({"argv": ["true"]})),
+            ..route(
+                "POST",
+                "/api/v1/containers/{id}/exec",
+                Deployer,
+                "/api/v1/containers/authz-nope/exec",
+            )
+        },
+        route(
+            "GET",
+            "/api/v1/runtime/info",
+            Viewer,
+            "/api/v1/runtime/info",
+        ),
+        route("GET", "/api/{runtime}/status", Viewer, "/api/docker/status"),
+        Route {
+            body: deploy_body(),
+            ..route(
+                "POST",
+                "/api/unified/deploy",
+                Deployer,
+                "/api/unified/deploy",
+            )
+        },
+        Route {
+            body: deploy_body(),
+            ..route("POST", "/api/deploy", Deployer, "/api/deploy")
+        },
+        route("GET", "/api/v1/deployments", Viewer, "/api/v1/deployments"),
+        Route {
+            body: deploy_body(),
+            ..route(
+                "POST",
+                "/api/v1/deployments",
+                Deployer,
+                "/api/v1/deployments",
+            )
+        },
+        route(
+            "GET",
+            "/api/v1/deployments/{name}",
+            Viewer,
+            "/api/v1/deployments/authz-nope",
+        ),
+        Route {
+            body: Some(
+                serde_json::json!({"name": "authz-nope", "image": "busybox", "replicas": 1}),
+            ),
+            ..route(
+                "PUT",
+                "/api/v1/deployments/{name}",
+                Deployer,
+                "/api/v1/deployments/authz-nope",
+            )
+        },
+        route(
+            "DELETE",
+            "/api/v1/deployments/{name}",
+            Deployer,
+            "/api/v1/deployments/authz-nope",
+        ),
+        Route {
+            body: Some(serde_json::json!({"replicas": 2})),
+            ..route(
+                "POST",
+                "/api/v1/deployments/{name}/scale",
+                Deployer,
+                "/api/v1/deployments/authz-nope/scale",
+            )
+        },
+        route(
+            "POST",
+            "/api/v1/deployments/{name}/rollback",
+            Deployer,
+            "/api/v1/deployments/authz-nope/rollback",
+        ),
+        route(
+            "GET",
+            "/api/v1/compute/instances",
+            Viewer,
+            "/api/v1/compute/instances",
+        ),
+        route(
+            "GET",
+            "/api/v1/compute/instances/{id}",
+            Viewer,
+            "/api/v1/compute/instances/authz-nope",
+        ),
+        route("GET", "/api/v1/events", Viewer, "/api/v1/events"),
+    ]
+}
+
+/// `(METHOD, path)` of every `.route(…)` in the REST router's source.
+fn router_routes() -> BTreeSet<(String, String)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../control-plane/src/http/mod.rs"
+    );
+    let source =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let mut found = BTreeSet::new();
+    let mut rest = source.as_str();
+    while let Some(start) = rest.find(".route(") {
+        rest = &rest[start + ".route(".len()..];
+        // The call's arguments: up to the matching parenthesis.
+        let mut depth = 1;
+        let end = rest
+            .char_indices()
+            .find(|(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map(|(i, _)| i)
+            .expect("a closing parenthesis");
+        let arguments = &rest[..end];
+        let template = arguments.split('"').nth(1).expect("a path literal");
+        for method in ["get", "post", "put", "delete", "patch"] {
+            let call = format!("{method}(");
+            let mut from = 0;
+            while let Some(at) = arguments[from..].find(&call) {
+                let at = from + at;
+                let before = arguments[..at].chars().next_back();
+                if before.is_none_or(|c| !(c.is_alphanumeric() || c == '_')) {
+                    found.insert((method.to_uppercase(), template.to_owned()));
+                }
+                from = at + call.len();
+            }
+        }
+    }
+    assert!(found.len() > 10, "parsing the router found only {found:?}");
+    found
+}
+
+/// `METHOD url` with a bearer token; the status and (unless it is an event stream)
+/// the body.
+fn rest_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let (url, token) = (url.to_owned(), token.map(str::to_owned));
+    std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .no_proxy()
+            .build()
+            .expect("client");
+        let mut request = client.request(method.clone(), &url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = response.status().as_u16();
+        let streaming = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        // An event stream never ends: its status is the answer.
+        let body = if streaming {
+            String::new()
+        } else {
+            response.text().unwrap_or_default()
+        };
+        (status, body)
+    })
+    .join()
+    .expect("the HTTP thread panicked")
+}
+
+fn create_api_token(
+    control_plane: &ControlPlane,
+    role: &str,
+    name: &str,
+    ttl: Option<&str>,
+) -> String {
+    let mut args = vec!["api-token", "create", "--role", role, "--name", name];
+    if let Some(ttl) = ttl {
+        args.extend(["--ttl", ttl]);
+    }
+    let stdout = control_plane.cli_ok(&args);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("dpl_"),
+        "only the token expected, got {stdout:?}"
+    );
+    lines[0].to_owned()
+}
+
+#[test]
+fn every_rest_route_requires_the_right_bearer_token() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::default());
+    let viewer = create_api_token(&control_plane, "viewer", "rest-viewer", Some("1h"));
+    let deployer = create_api_token(&control_plane, "deployer", "rest-deployer", Some("1h"));
+    let admin = control_plane.admin_token();
+
+    let table = routes();
+    let listed: BTreeSet<(String, String)> = table
+        .iter()
+        .map(|r| (r.method.to_owned(), r.template.to_owned()))
+        .collect();
+    assert_eq!(listed.len(), table.len(), "a route is listed twice");
+    let served = router_routes();
+    let missing: Vec<_> = served.difference(&listed).collect();
+    assert!(
+        missing.is_empty(),
+        "routes without an entry in this walk (add them to routes()): {missing:?}"
+    );
+    let stale: Vec<_> = listed.difference(&served).collect();
+    assert!(
+        stale.is_empty(),
+        "the walk lists routes the router does not have: {stale:?}"
+    );
+
+    let callers: [(Who, Option<&str>); 5] = [
+        (Who::Nobody, None),
+        (Who::UnknownToken, Some(UNKNOWN_TOKEN)),
+        (Who::Viewer, Some(&viewer)),
+        (Who::Deployer, Some(&deployer)),
+        (Who::Admin, Some(&admin)),
+    ];
+    let mut failures = Vec::new();
+    for route in &table {
+        for (who, token) in callers {
+            let (status, body) = rest_call(
+                route.method,
+                &control_plane.rest_url(route.path),
+                token,
+                route.body.clone(),
+            );
+            let expected = refusal(route.access, who).map(|code| match code {
+                Code::Unauthenticated => 401,
+                _ => 403,
+            });
+            let fine = match expected {
+                Some(refused) => status == refused,
+                None => status != 401 && status != 403,
+            };
+            if !fine {
+                failures.push(format!("{} {} as {who:?}: expected {expected:?} (None: let through), got {status} {body}", route.method, route.path));
+            }
+            if expected.is_some() && !body.trim_start().starts_with('{') {
+                failures.push(format!(
+                    "{} {} as {who:?}: a JSON error body expected, got {body:?}",
+                    route.method, route.path
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} wrong answers:\n{}\n{}",
+        failures.len(),
+        failures.join("\n"),
+        control_plane.logs()
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Node authorizer and node certificates
+
+fn foreign_container(node_id: &str, by_label: bool) -> pb::ContainerState {
+    let mut state = pb::ContainerState {
+        id: "c0ffee".into(),
+        name: "stolen".into(),
+        runtime: pb::RuntimeKind::Docker as i32,
+        image: "busybox".into(),
+        status: "running".into(),
+        ..Default::default()
+    };
+    if by_label {
+        state.labels.insert("diplo.node".into(), node_id.into());
+    } else {
+        state.node_id = node_id.into();
+    }
+    state
+}
+
+#[tokio::test]
+async fn a_node_reporting_another_nodes_containers_is_refused_and_audited() {
+    diplo_api::install_crypto_provider();
+    let control_plane = ControlPlane::start(ControlPlaneOptions::default());
+    let a = join(&control_plane, "node-a").await;
+    let b = join(&control_plane, "node-b").await;
+    let a_channel = connect(&control_plane, Some(a.identity())).await;
+
+    // Hello naming B's container: the session is not opened.
+    let status = open_session(
+        a_channel.clone(),
+        hello(vec![foreign_container(&b.id, false)]),
+    )
+    .await
+    .expect_err("a hello with another node's container must be refused");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains(&b.id),
+        "the refusal names what was tried: {status:?}"
+    );
+    let event = wait_for_event(&control_plane, "security.refused for the hello", |e| {
+        e.kind == "security.refused"
+            && e.actor == format!("node:{}", a.id)
+            && e.message.contains("hello")
+    })
+    .await;
+    assert!(
+        event.message.contains(&b.id) && event.at.is_some(),
+        "{event:?}"
+    );
+
+    // Its own containers are fine; a heartbeat claiming B's (by label) ends the session.
+    let mut own = foreign_container(&a.id, false);
+    own.labels.insert("diplo.node".into(), a.id.clone());
+    let (tx, mut downstream) = open_session(a_channel.clone(), hello(vec![own.clone()]))
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "a hello with its own containers: {s:?}\n{}",
+                control_plane.logs()
+            )
+        });
+    tx.send(heartbeat(vec![own.clone()]))
+        .await
+        .expect("send heartbeat");
+    tx.send(heartbeat(vec![own, foreign_container(&b.id, true)]))
+        .await
+        .expect("send heartbeat");
+    let end = session_end(&mut downstream, Duration::from_secs(10)).await;
+    let status = end.expect_err("the session must end with an error");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    wait_for_event(&control_plane, "security.refused for the heartbeat", |e| {
+        e.kind == "security.refused"
+            && e.actor == format!("node:{}", a.id)
+            && e.message.contains("heartbeat")
+            && e.message.contains(&b.id)
+    })
+    .await;
+
+    // Output for a command A was never sent is refused to an operator outright.
+    let admin_channel = connect(&control_plane, Some(admin_identity(&control_plane))).await;
+    let status = AgentServiceClient::new(admin_channel)
+        .stream_output(output_chunks())
+        .await
+        .expect_err("operators cannot stream command output");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    drop(tx);
+}
+
+#[tokio::test]
+async fn node_certificates_from_another_ca_expired_or_removed_are_refused() {
+    diplo_api::install_crypto_provider();
+    const LIFETIME_S: i64 = 4;
+    let options = ControlPlaneOptions {
+        env: vec![("DIPLO_NODE_CERT_LIFETIME".into(), format!("{LIFETIME_S}s"))],
+        ..Default::default()
+    };
+    let control_plane = ControlPlane::start(options);
+    let short = join(&control_plane, "short-lived").await;
+
+    // While valid, the certificate works.
+    let channel = connect(&control_plane, Some(short.identity())).await;
+    AgentServiceClient::new(channel)
+        .renew_certificate(renew_request())
+        .await
+        .expect("RenewCertificate while valid");
+
+    // A certificate for the same node id from another CA: refused by TLS.
+    let rogue_ca = diplo_api::pki::CertificateAuthority::generate("rogue").expect("rogue CA");
+    let (rogue_key, csr) = diplo_api::pki::generate_csr("short-lived").expect("CSR");
+    let (rogue_cert, _) = rogue_ca
+        .sign_node_csr(&csr, &short.id, "short-lived", Duration::from_secs(3600))
+        .expect("rogue node cert");
+    expect_handshake_refused(
+        &control_plane,
+        Identity::from_pem(rogue_cert, rogue_key),
+        "a node certificate from another CA",
+    )
+    .await;
+
+    // Once expired, refused by TLS (a new connection: the handshake checks validity).
+    let expired_at =
+        Duration::from_secs(u64::try_from(short.expires_at).expect("expiry after 1970"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    tokio::time::sleep(expired_at.saturating_sub(now) + Duration::from_millis(1500)).await;
+    expect_handshake_refused(
+        &control_plane,
+        short.identity(),
+        "an expired node certificate",
+    )
+    .await;
+
+    // A removed node: its open session ends at once and its next call is refused.
+    let gone = join(&control_plane, "to-remove").await;
+    let gone_channel = connect(&control_plane, Some(gone.identity())).await;
+    let (_tx, mut downstream) = open_session(gone_channel.clone(), hello(Vec::new()))
+        .await
+        .expect("session of to-remove");
+    let removed_at = Instant::now();
+    let out = control_plane.cli_ok(&["nodes", "rm", "to-remove"]);
+    assert!(out.contains("removed"), "{out}");
+    let status = session_end(&mut downstream, Duration::from_secs(5))
+        .await
+        .expect_err("the session must end with an error");
+    eprintln!(
+        "[test] session of the removed node ended {:.1?} after `nodes rm`",
+        removed_at.elapsed()
+    );
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    for (what, outcome) in [
+        (
+            "RenewCertificate",
+            AgentServiceClient::new(gone_channel.clone())
+                .renew_certificate(renew_request())
+                .await
+                .map(drop),
+        ),
+        (
+            "Session",
+            open_session(gone_channel.clone(), hello(Vec::new()))
+                .await
+                .map(drop),
+        ),
+        (
+            "reflection",
+            tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+                gone_channel.clone(),
+            )
+            .server_reflection_info(tokio_stream::iter(vec![list_services_request()]))
+            .await
+            .map(drop),
+        ),
+    ] {
+        let status = outcome.expect_err(what);
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{what} by a removed node: {status:?}"
+        );
+        assert!(
+            status.message().contains("not a member"),
+            "{what}: {status:?}"
+        );
+    }
+    assert!(find_node(&control_plane.nodes(), "to-remove").is_none());
+    assert_eq!(gone.name, "to-remove");
+}
+
+async fn expect_handshake_refused(control_plane: &ControlPlane, identity: Identity, what: &str) {
+    match try_connect(control_plane, Some(identity)).await {
+        Err(e) => eprintln!("[test] {what}: refused at connect: {e}"),
+        // TLS 1.3: the client may finish its side first; the first call then fails.
+        Ok(channel) => match AgentServiceClient::new(channel)
+            .renew_certificate(renew_request())
+            .await
+        {
+            Ok(_) => panic!("{what} was accepted"),
+            Err(status) => {
+                eprintln!("[test] {what}: refused at the first call: {status:?}");
+                assert!(
+                    is_transport_failure(&status),
+                    "{what}: the TLS layer should refuse it, got {status:?}"
+                );
+            }
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// API tokens
+
+#[tokio::test]
+async fn api_tokens_are_created_listed_revoked_and_expire_with_audit() {
+    diplo_api::install_crypto_provider();
+    let control_plane = ControlPlane::start(ControlPlaneOptions::default());
+    let token = create_api_token(&control_plane, "viewer", "ci-reader", Some("1h"));
+    let id = token
+        .trim_start_matches("dpl_")
+        .split('.')
+        .next()
+        .expect("id")
+        .to_owned();
+    let secret = token.rsplit('.').next().expect("secret").to_owned();
+
+    let listed = control_plane.cli_ok(&["api-token", "ls"]);
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not listed:\n{listed}"));
+    assert!(
+        line.contains("ci-reader") && line.contains("viewer") && line.ends_with("active"),
+        "{line}"
+    );
+    assert!(!listed.contains(&secret), "the secret is listed:\n{listed}");
+
+    let status = rest_call(
+        "GET",
+        &control_plane.rest_url("/api/v1/nodes"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status.0, 200, "a viewer reads: {status:?}");
+    let body = serde_json::json!({"name": "nope", "image": "busybox"});
+    let status = rest_call(
+        "POST",
+        &control_plane.rest_url("/api/v1/deployments"),
+        Some(&token),
+        Some(body),
+    );
+    assert_eq!(status.0, 403, "a viewer cannot deploy: {status:?}");
+
+    // The role is checked, naming the field: by the CLI and by the service.
+    let output = control_plane.cli(&["api-token", "create", "--role", "boss"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--role"), "{stderr}");
+    let status = admin(&control_plane)
+        .await
+        .create_api_token(pb::CreateApiTokenRequest {
+            name: String::new(),
+            role: "boss".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect_err("an unknown role");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("invalid role"), "{status:?}");
+
+    // Revoked: refused from the next request on, with the reason.
+    let out = control_plane.cli_ok(&["api-token", "revoke", &id]);
+    assert!(out.contains("revoked"), "{out}");
+    let (status, body) = rest_call(
+        "GET",
+        &control_plane.rest_url("/api/v1/nodes"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    let listed = control_plane.cli_ok(&["api-token", "ls"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&id) && l.ends_with("revoked")),
+        "{listed}"
+    );
+
+    // Expired: refused with the reason.
+    let short = admin(&control_plane)
+        .await
+        .create_api_token(pb::CreateApiTokenRequest {
+            name: "short".into(),
+            role: "admin".into(),
+            ttl_seconds: 1,
+        })
+        .await
+        .expect("CreateApiToken")
+        .into_inner();
+    assert!(short.expires_at.is_some());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = rest_call(
+        "GET",
+        &control_plane.rest_url("/api/status"),
+        Some(&short.token),
+        None,
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("expired"), "{body}");
+
+    // Audited with who and what; no event carries a secret.
+    let all = events(&control_plane).await;
+    let created = all
+        .iter()
+        .find(|e| e.kind == "api_token.created" && e.subject == id)
+        .expect("api_token.created");
+    assert_eq!(created.actor, "admin:admin", "{created:?}");
+    assert!(created.at.is_some());
+    let revoked = all
+        .iter()
+        .find(|e| e.kind == "api_token.revoked" && e.subject == id)
+        .expect("api_token.revoked");
+    assert_eq!(revoked.actor, "admin:admin", "{revoked:?}");
+    let short_secret = short.token.rsplit('.').next().expect("secret");
+    let admin_secret = control_plane
+        .admin_token()
+        .rsplit('.')
+        .next()
+        .expect("secret")
+        .to_owned();
+    for event in &all {
+        let text = format!("{event:?}");
+        for secret in [secret.as_str(), short_secret, admin_secret.as_str()] {
+            assert!(
+                !text.contains(secret),
+                "an event carries a token secret: {event:?}"
+            );
+        }
+    }
+    let logs = format!("{}{}", control_plane.stdout(), control_plane.stderr());
+    assert!(
+        !logs.contains(&secret) && !logs.contains(short_secret),
+        "a token secret is in the logs"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Join
+
+#[tokio::test]
+async fn join_attempts_are_rate_limited_per_source_and_agents_retry() {
+    diplo_api::install_crypto_provider();
+    const LIMIT: usize = 6;
+    let options = ControlPlaneOptions {
+        env: vec![("DIPLO_JOIN_RATE_LIMIT".into(), LIMIT.to_string())],
+        ..Default::default()
+    };
+    let control_plane = ControlPlane::start(options);
+    let token = join_token(&control_plane, pb::CreateJoinTokenRequest::default())
+        .await
+        .token;
+    for attempt in 0..LIMIT {
+        let status = try_join(&control_plane, "not-a-token", "limited")
+            .await
+            .err()
+            .expect("a bad token is refused");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "attempt {attempt}: {status:?}"
+        );
+    }
+    let status = try_join(&control_plane, &token, "limited")
+        .await
+        .err()
+        .expect("rate limited");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let message = status.message();
+    assert!(
+        message.starts_with("too many join attempts from 127.0.0.1; retry in "),
+        "{message}"
+    );
+    let seconds: u64 = message
+        .rsplit("retry in ")
+        .next()
+        .and_then(|s| s.trim_end_matches(" s").parse().ok())
+        .expect("seconds");
+    assert!((1..=10).contains(&seconds), "{message}");
+
+    // An agent is refused at first, waits and joins.
+    let (mut agent, _) = control_plane.start_ready_agent("patient", Some(&token));
+    let stderr = agent.stderr();
+    assert!(
+        stderr.contains("too many join attempts"),
+        "the agent met the limit and retried:\n{stderr}"
+    );
+    agent.kill();
+}
