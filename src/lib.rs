@@ -5,6 +5,8 @@
 //! * [`pki`]: the cluster CA, node and operator certificates, peer identities.
 //! * [`runtime`]: the container runtimes and the per-platform preference rules.
 //! * [`fingerprint`]: what an agent reports about its host.
+//! * `registry` (feature `registry`): image references, an OCI registry client, and
+//!   the platforms an image is built for.
 
 pub mod command;
 pub mod container;
@@ -12,6 +14,8 @@ pub mod context;
 pub mod files;
 pub mod fingerprint;
 pub mod pki;
+#[cfg(feature = "registry")]
+pub mod registry;
 pub mod runtime;
 pub mod token;
 pub mod wire;

@@ -14,6 +14,12 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 const SPIFFE_NODE: &str = "spiffe://diplo/node/";
+
+/// How far back a leaf certificate's `not_before` is set before its issuance, to
+/// tolerate clock skew between the control plane and nodes. It is not part of the
+/// certificate's lifetime: a node certificate issued for 24 h is valid from 5 min
+/// before its issuance until 24 h after it.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(5 * 60);
 const SPIFFE_OPERATOR: &str = "spiffe://diplo/operator/";
 
 /// Errors from certificate handling.
@@ -232,7 +238,7 @@ fn leaf_params(common_name: &str, organization: &str, lifetime: Duration) -> Res
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
     // Tolerate small clock skew between control plane and nodes.
-    params.not_before = now - time::Duration::minutes(5);
+    params.not_before = now - time::Duration::try_from(CLOCK_SKEW_ALLOWANCE).map_err(|e| invalid("clock skew allowance", e))?;
     params.not_after = now + time::Duration::try_from(lifetime).map_err(|e| invalid("lifetime", e))?;
     Ok(params)
 }

@@ -74,20 +74,9 @@ pub type RuntimeResult<T> = Result<T, RuntimeError>;
 /// A stream of items from a runtime (logs, events).
 pub type RuntimeStream<T> = Pin<Box<dyn Stream<Item = RuntimeResult<T>> + Send>>;
 
-/// Where images come from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RegistryConfig {
-    /// Registries (`host:port`) reached over plain HTTP. Loopback registries always are.
-    pub insecure: Vec<String>,
-}
-
-impl RegistryConfig {
-    /// Whether `registry` (`host:port`) is reached over plain HTTP.
-    pub fn is_insecure(&self, registry: &str) -> bool {
-        let host = registry.rsplit_once(':').map_or(registry, |(host, _)| host);
-        host == "localhost" || host.starts_with("127.") || host == "[::1]" || self.insecure.iter().any(|r| r == registry)
-    }
-}
+/// Where images come from (which registries speak plain HTTP); shared with the
+/// control plane, which reads image platforms from the same registries.
+pub use diplo_api::registry::RegistryConfig;
 
 /// One container runtime on this host. Implementations add Diplo's labels at create,
 /// list only containers carrying them, and never touch any other container.

@@ -222,7 +222,7 @@ async fn session_once(
             }
             _ = tokio::time::sleep_until(renew_at) => {
                 match renew(&mut client, identity, data_dir).await {
-                    Ok(()) => renew_at = renewal_time(&identity.cert_pem),
+                    Ok(()) => renew_at = renewal_time(&identity.cert_pem).max(tokio::time::Instant::now() + MIN_RENEWAL_INTERVAL),
                     Err(reason) => {
                         tracing::warn!(error = %reason, "certificate renewal failed; retrying in 30 s");
                         renew_at = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -327,11 +327,24 @@ fn renewal_time(cert_pem: &str) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     let Ok(not_after) = diplo_api::pki::not_after_pem(cert_pem) else { return now };
     let Ok(not_before) = diplo_api::pki::not_before_pem(cert_pem) else { return now };
-    let lifetime = (not_after - not_before).unsigned_abs();
-    let renew_at = not_before + lifetime * 2 / 3;
-    let remaining = (renew_at - time::OffsetDateTime::now_utc()).try_into().unwrap_or(Duration::ZERO);
+    let remaining = (renewal_at(not_before, not_after) - time::OffsetDateTime::now_utc()).try_into().unwrap_or(Duration::ZERO);
     now + remaining
 }
+
+/// Two thirds into a certificate's lifetime. The lifetime counts from its issuance,
+/// not from `not_before`, which the control plane backdates by
+/// [`diplo_api::pki::CLOCK_SKEW_ALLOWANCE`]: counted from `not_before`, a 2-minute
+/// certificate (valid 7 minutes) would be due for renewal before it was issued.
+fn renewal_at(not_before: time::OffsetDateTime, not_after: time::OffsetDateTime) -> time::OffsetDateTime {
+    let backdate = time::Duration::try_from(diplo_api::pki::CLOCK_SKEW_ALLOWANCE).unwrap_or(time::Duration::ZERO);
+    // A certificate valid for less than the allowance was not backdated (not by us).
+    let issued = if not_before + backdate < not_after { not_before + backdate } else { not_before };
+    issued + (not_after - issued) * 2 / 3
+}
+
+/// The shortest wait between two renewals, so that a certificate that is due again at
+/// once (a lifetime shorter than the control plane's clock skew) cannot cause a loop.
+const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(10);
 
 async fn renew(client: &mut AgentServiceClient<tonic::transport::Channel>, identity: &mut Identity, data_dir: &Path) -> Result<(), String> {
     // The key stays the same: only a new CSR for it is sent.
@@ -367,6 +380,30 @@ mod tests {
         assert_eq!(retry_hint(status.message()), Some(Duration::from_secs(6)));
         assert_eq!(retry_hint("join token abc was revoked"), None);
         assert!(!retryable(&tonic::Status::unauthenticated("join token abc was revoked")));
+    }
+
+    #[test]
+    fn renewal_is_due_two_thirds_into_the_lifetime_counted_from_issuance() {
+        let issued = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("timestamp");
+        let backdate = time::Duration::try_from(diplo_api::pki::CLOCK_SKEW_ALLOWANCE).expect("allowance");
+        // As the control plane issues them: not_before backdated, not_after = issued + lifetime.
+        for (lifetime, expected) in [
+            (time::Duration::minutes(2), time::Duration::seconds(80)),
+            (time::Duration::hours(24), time::Duration::hours(16)),
+        ] {
+            assert_eq!(renewal_at(issued - backdate, issued + lifetime), issued + expected, "{lifetime}");
+        }
+        // Not backdated (shorter than the allowance): counted from not_before.
+        assert_eq!(renewal_at(issued, issued + time::Duration::minutes(3)), issued + time::Duration::minutes(2));
+    }
+
+    #[test]
+    fn a_freshly_issued_short_certificate_is_not_due_at_once() {
+        let ca = diplo_api::pki::CertificateAuthority::generate("test").expect("CA");
+        let (_key, csr) = diplo_api::pki::generate_csr("n1").expect("CSR");
+        let (cert, _) = ca.sign_node_csr(&csr, "id-1", "n1", Duration::from_secs(120)).expect("signed");
+        let wait = renewal_time(&cert).saturating_duration_since(tokio::time::Instant::now());
+        assert!(wait > Duration::from_secs(70) && wait <= Duration::from_secs(80), "{wait:?}");
     }
 
     #[test]

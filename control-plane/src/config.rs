@@ -27,6 +27,17 @@ pub struct Config {
     /// Join attempts allowed per source IP and minute (a burst of as many, then one
     /// every `60 / n` seconds).
     pub join_rate_limit: u32,
+    /// Certificate and key for serving REST over HTTPS; `None`: plain HTTP.
+    pub rest_tls: Option<RestTls>,
+}
+
+/// PEM files for the REST gateway's TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestTls {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The leaf's private key.
+    pub key: PathBuf,
 }
 
 impl Config {
@@ -43,6 +54,7 @@ impl Config {
             tls_sans: Vec::new(),
             node_cert_lifetime: Duration::from_secs(24 * 3600),
             join_rate_limit: 10,
+            rest_tls: None,
         }
     }
 

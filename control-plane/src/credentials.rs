@@ -42,12 +42,13 @@ pub struct AdminFiles {
 }
 
 /// Makes sure the admin certificate, token and CLI context exist and are valid for
-/// this cluster; reuses what is already there.
+/// this cluster; reuses what is already there. `rest_url` is the REST gateway's
+/// (`http://…` or `https://…`).
 pub async fn ensure_admin(
     control_plane: &ControlPlane,
     data_dir: &Path,
     grpc: SocketAddr,
-    rest: SocketAddr,
+    rest_url: &str,
 ) -> Result<AdminFiles, CredentialsError> {
     let ca = &control_plane.pki().ca;
     let cert_path = data_dir.join("admin.pem");
@@ -69,7 +70,7 @@ pub async fn ensure_admin(
     let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
     let context = CliContext {
         server: format!("https://{grpc}"),
-        rest: format!("http://{rest}"),
+        rest: rest_url.to_owned(),
         ca: absolute(&data_dir.join("ca.pem")),
         cert: absolute(&cert_path),
         key: absolute(&key_path),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use diplo_control_plane::config::Config;
+use diplo_control_plane::config::{Config, RestTls};
 use diplo_control_plane::server::{run, Mode};
 
 #[derive(Parser)]
@@ -53,6 +53,12 @@ struct Options {
     /// Join attempts allowed per source IP and minute.
     #[arg(long, env = "DIPLO_JOIN_RATE_LIMIT", default_value_t = 10)]
     join_rate_limit: u32,
+    /// PEM certificate chain for serving REST over HTTPS (with --rest-tls-key).
+    #[arg(long, env = "DIPLO_REST_TLS_CERT")]
+    rest_tls_cert: Option<PathBuf>,
+    /// PEM private key for serving REST over HTTPS (with --rest-tls-cert).
+    #[arg(long, env = "DIPLO_REST_TLS_KEY")]
+    rest_tls_key: Option<PathBuf>,
 }
 
 impl Options {
@@ -72,6 +78,17 @@ impl Options {
             anyhow::bail!("invalid --join-rate-limit: must be at least 1 attempt per minute");
         }
         config.join_rate_limit = self.join_rate_limit;
+        let non_empty = |path: Option<PathBuf>| path.filter(|p| !p.as_os_str().is_empty());
+        config.rest_tls = match (non_empty(self.rest_tls_cert), non_empty(self.rest_tls_key)) {
+            (Some(cert), Some(key)) => Some(RestTls { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!(
+                "--rest-tls-cert (DIPLO_REST_TLS_CERT) is set but --rest-tls-key (DIPLO_REST_TLS_KEY) is missing: HTTPS needs both"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "--rest-tls-key (DIPLO_REST_TLS_KEY) is set but --rest-tls-cert (DIPLO_REST_TLS_CERT) is missing: HTTPS needs both"
+            ),
+        };
         Ok(config)
     }
 }

@@ -21,15 +21,22 @@
 //!    * image locality: [`IMAGE_LOCAL`] when the node already holds the image;
 //!    * fit: utilization after placement in basis points (mean of CPU and memory, 0..=10 000):
 //!      binpack adds it (fill busy nodes first), spread adds its complement (emptiest first);
-//!    * load: the node's instance count (all deployments, capped at 1 000), added by binpack
-//!      and subtracted by spread, which mostly breaks ties when requests ask for no resources.
+//!    * load: how many deployments run on the node (capped at 1 000), added by binpack and
+//!      subtracted by spread, which mostly breaks ties when requests ask for no resources.
 //! 3. **Tie-break** by node name, then id: the lexicographically smaller wins. Node ids are
 //!    unique, so the result does not depend on the order of `nodes`.
 //!
 //! Replicas are placed one at a time; after each, the chosen node's usage, ports and instance
 //! count are updated. Only that node's score changes, so after one O(nodes) pass each further
-//! replica costs O(log nodes) (a binary heap). Rejection reasons are only rendered when a
-//! placement fails.
+//! replica costs O(log nodes) (a binary heap).
+//!
+//! The pass is memory-bound (each node's strings, sets and maps live on the heap), so it
+//! touches as little as it can: a node's platform is worked out once per distinct
+//! (os, arch, Pi) in the call, and the image and instance look-ups, which walk B-trees of
+//! strings, are deferred: every node first gets an upper bound (image present if it holds any,
+//! no instances), and only nodes whose bound beats the best exact score are looked up. The
+//! result is the same as scoring every node exactly. Rejection reasons are only rendered when
+//! a placement fails.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
@@ -159,13 +166,19 @@ pub fn place(nodes: &[NodeCandidate], request: &PlacementRequest) -> Result<Vec<
     let count = request.count as usize;
     let mut placed = Vec::with_capacity(count.min(entries.len().max(1)).min(1024));
     if count == 1 {
-        // One replica: a linear maximum, no heap to build.
-        let best = entries
-            .iter()
-            .enumerate()
-            .filter(|(_, entry)| ctx.refusal(entry).is_none())
-            .map(|(slot, entry)| entry.key(slot, &ctx))
-            .max();
+        // One replica: a linear maximum, no heap to build. A node is only looked up when its
+        // upper bound beats the best exact key so far.
+        let mut best: Option<Key<'_>> = None;
+        for (slot, entry) in entries.iter_mut().enumerate() {
+            if ctx.refusal(entry).is_some() || best.as_ref().is_some_and(|best| entry.key(slot, &ctx) <= *best) {
+                continue;
+            }
+            entry.look_up(&ctx);
+            let key = entry.key(slot, &ctx);
+            if best.as_ref().is_none_or(|best| key > *best) {
+                best = Some(key);
+            }
+        }
         if let Some(key) = best {
             placed.push(ctx.commit(&mut entries[key.slot]));
         }
@@ -176,10 +189,17 @@ pub fn place(nodes: &[NodeCandidate], request: &PlacementRequest) -> Result<Vec<
             .filter(|(_, entry)| ctx.refusal(entry).is_none())
             .map(|(slot, entry)| entry.key(slot, &ctx))
             .collect();
-        // Only the chosen node's score changes, so every other key in the heap stays exact.
+        // Keys are exact or (not yet looked up) upper bounds. A popped bound is looked up and
+        // goes back exact; a popped exact key beats every other node's bound, so it is the
+        // best. Only the chosen node's score changes, so every other key stays valid.
         while placed.len() < count {
             let Some(key) = heap.pop() else { break };
             let entry = &mut entries[key.slot];
+            if !entry.looked_up {
+                entry.look_up(&ctx);
+                heap.push(entry.key(key.slot, &ctx));
+                continue;
+            }
             placed.push(ctx.commit(entry));
             if ctx.refusal(entry).is_none() {
                 heap.push(entry.key(key.slot, &ctx));
@@ -212,16 +232,19 @@ struct Context<'r> {
 struct Entry<'a> {
     node: &'a NodeCandidate,
     runtime: Runtime,
-    /// Runtime rank and image locality: what does not change during the call.
+    /// The runtime rank penalty: what does not change during the call.
     base: i64,
     used_cpu: u64,
     used_memory: u64,
-    /// Instances of this deployment, including those placed in this call.
-    instances: u64,
-    /// Instances of every deployment, including those placed in this call.
-    total_instances: u64,
     /// Replicas placed here in this call.
     placed: u32,
+    /// Whether `local` and `existing` were looked up (in the node's image set and instance
+    /// map, the costly part of scoring). Until then [`Entry::score`] is an upper bound.
+    looked_up: bool,
+    /// The node holds the image.
+    local: bool,
+    /// Instances of this deployment on the node before the call.
+    existing: u64,
 }
 
 /// Why a node refuses a replica. Rendered into text only when placement fails.
@@ -331,24 +354,35 @@ impl<'r> Context<'r> {
         if let Some((number, protocol)) = self.duplicate_port {
             return Err(Refusal::DuplicatePort(number, protocol));
         }
-        if !node.used_ports.is_empty()
-            && let Some(&(number, protocol)) = self.ports.iter().find(|port| node.used_ports.contains(port))
-        {
-            return Err(Refusal::PortInUse(number, protocol));
+        if !self.ports.is_empty() && self.port_in_use(node) {
+            // Report the first requested port in use, whatever the set's iteration order.
+            if let Some(&(number, protocol)) = self.ports.iter().find(|port| node.used_ports.contains(port)) {
+                return Err(Refusal::PortInUse(number, protocol));
+            }
         }
-        let local = !self.request.image.is_empty() && node.images.contains(self.request.image.as_str());
-        let instances = node.instances.get(self.request.deployment_id.as_str()).copied().unwrap_or(0);
-        let total_instances = node.instances.values().map(|&n| u64::from(n)).sum();
         Ok(Entry {
             node,
             runtime,
-            base: if local { IMAGE_LOCAL } else { 0 } - RUNTIME_RANK * rank,
+            base: -RUNTIME_RANK * rank,
             used_cpu: node.used_cpu_millis,
             used_memory: node.used_memory_bytes,
-            instances: u64::from(instances),
-            total_instances,
             placed: 0,
+            // Nothing to look up in empty sets: the bound is exact.
+            looked_up: node.images.is_empty() && node.instances.is_empty(),
+            local: false,
+            existing: 0,
         })
+    }
+
+    /// Whether any requested host port is bound on the node. Nodes bind few ports, and
+    /// scanning a small set beats hashing every requested port (SipHash is not cheap).
+    fn port_in_use(&self, node: &NodeCandidate) -> bool {
+        let used = &node.used_ports;
+        if used.len() <= 8 {
+            used.iter().any(|port| self.ports.contains(port))
+        } else {
+            self.ports.iter().any(|port| used.contains(port))
+        }
     }
 
     /// The checks that change as replicas land: resources and ports taken in this call.
@@ -369,12 +403,16 @@ impl<'r> Context<'r> {
         None
     }
 
-    /// Places one replica on `entry`, which fits.
+    /// Whether the node may hold the image, without looking: an upper bound for locality.
+    fn may_be_local(&self, node: &NodeCandidate) -> bool {
+        !self.request.image.is_empty() && !node.images.is_empty()
+    }
+
+    /// Places one replica on `entry`, which fits and was looked up.
     fn commit(&self, entry: &mut Entry<'_>) -> Placement {
+        debug_assert!(entry.looked_up);
         entry.used_cpu = entry.used_cpu.saturating_add(self.request.cpu_millis);
         entry.used_memory = entry.used_memory.saturating_add(self.request.memory_bytes);
-        entry.instances += 1;
-        entry.total_instances += 1;
         entry.placed += 1;
         Placement { node_id: entry.node.id.clone(), runtime: entry.runtime }
     }
@@ -448,8 +486,26 @@ impl<'r> Context<'r> {
 }
 
 impl<'a> Entry<'a> {
+    /// Looks the image and this deployment's instances up on the node.
+    fn look_up(&mut self, ctx: &Context<'_>) {
+        if self.looked_up {
+            return;
+        }
+        let request = ctx.request;
+        self.local = ctx.may_be_local(self.node) && self.node.images.contains(request.image.as_str());
+        self.existing = self.node.instances.get(request.deployment_id.as_str()).map_or(0, |&n| u64::from(n));
+        self.looked_up = true;
+    }
+
+    /// The node's score for the next replica; an upper bound of it until [`Entry::look_up`]
+    /// (the image counted as present if the node holds any image, no instances counted).
     fn score(&self, ctx: &Context<'_>) -> i64 {
         let request = ctx.request;
+        let (local, existing) =
+            if self.looked_up { (self.local, self.existing) } else { (ctx.may_be_local(self.node), 0) };
+        // Deployments on the node, counting this one once replicas land here. Before a
+        // look-up nothing has landed (`commit` needs one), so this is exact either way.
+        let load = self.node.instances.len() as u64 + u64::from(self.placed > 0 && existing == 0);
         let cpu = utilization(self.used_cpu.saturating_add(request.cpu_millis), self.node.cpu_millis);
         let memory = utilization(self.used_memory.saturating_add(request.memory_bytes), self.node.memory_bytes);
         let used = match (cpu, memory) {
@@ -457,12 +513,14 @@ impl<'a> Entry<'a> {
             (Some(one), None) | (None, Some(one)) => one,
             (None, None) => FULL / 2,
         };
-        let load = self.total_instances.min(LOAD_CAP) as i64;
+        let load = load.min(LOAD_CAP) as i64;
         let fit = match request.strategy {
             Strategy::Binpack => used as i64 + load,
             Strategy::Spread => (FULL - used) as i64 - load,
         };
-        self.base + fit - ANTI_AFFINITY.saturating_mul(self.instances.min(1 << 40) as i64)
+        let instances = existing + u64::from(self.placed);
+        let local = if local { IMAGE_LOCAL } else { 0 };
+        self.base + local + fit - ANTI_AFFINITY.saturating_mul(instances.min(1 << 40) as i64)
     }
 
     fn key(&self, slot: usize, ctx: &Context<'_>) -> Key<'a> {
@@ -1043,6 +1101,32 @@ mod tests {
                     prop_assert_eq!(placement.runtime, forced);
                 }
             }
+        }
+
+        #[test]
+        fn deferred_look_ups_pick_what_scoring_every_node_exactly_picks(
+            nodes in arb_nodes(16),
+            request in arb_request(),
+        ) {
+            let request = PlacementRequest { count: 1, ..request };
+            let ctx = Context::new(&request);
+            let mut memo = PlatformMemo::default();
+            let exact = nodes
+                .iter()
+                .filter_map(|node| ctx.admit(&mut memo, node).ok())
+                .enumerate()
+                .filter(|(_, entry)| ctx.refusal(entry).is_none())
+                .map(|(slot, mut entry)| {
+                    let bound = entry.key(slot, &ctx).score;
+                    entry.look_up(&ctx);
+                    let key = entry.key(slot, &ctx);
+                    assert!(key.score <= bound, "the bound {bound} is below the exact score {}", key.score);
+                    (key, entry.node.id.clone())
+                })
+                .max_by(|a, b| a.0.cmp(&b.0))
+                .map(|(_, id)| id);
+            let placed = place(&nodes, &request).ok().map(|placed| placed[0].node_id.clone());
+            prop_assert_eq!(placed, exact);
         }
 
         #[test]

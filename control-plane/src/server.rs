@@ -26,6 +26,10 @@ pub enum Mode {
 /// Runs the control plane until SIGINT/SIGTERM or until a listener fails.
 pub async fn run(config: Config, mode: Mode) -> Result<()> {
     create_private_dir(&config.data_dir)?;
+    let rest_tls = match &config.rest_tls {
+        Some(files) => Some(crate::http::tls::server_config(&files.cert, &files.key)?),
+        None => None,
+    };
     let db_url = config.effective_database_url();
     let store = crate::store::open(&db_url).await.context("opening the state store")?;
     tracing::info!(backend = store.backend(), database = %crate::store::mask_password(&db_url), "state store ready");
@@ -41,11 +45,12 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
     let rest_addr = Config::local_dial_addr(rest_listener.local_addr()?);
 
     let control_plane = ControlPlane::new(config.clone(), store, pki).await?;
-    let admin = crate::credentials::ensure_admin(&control_plane, &config.data_dir, grpc_addr, rest_addr)
+    let rest_url = format!("{}://{rest_addr}", if rest_tls.is_some() { "https" } else { "http" });
+    let admin = crate::credentials::ensure_admin(&control_plane, &config.data_dir, grpc_addr, &rest_url)
         .await
         .context("writing the admin credentials")?;
     println!("Diplo control plane is up.");
-    println!("  gRPC (TLS): {grpc_addr}   REST: http://{rest_addr}");
+    println!("  gRPC (TLS): {grpc_addr}   REST: {rest_url}");
     println!("  CA fingerprint: {}", control_plane.pki().ca.fingerprint());
     println!("  Admin credentials in {} (ca.pem, admin.pem, admin-key.pem, admin.token)", config.data_dir.display());
     println!("  CLI: diplo --config {} nodes ls", admin.cli_config.display());
@@ -57,7 +62,7 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
     let monitor = tokio::spawn(control_plane.clone().run_node_monitor());
     let reconciler = tokio::spawn(control_plane.clone().run_reconciler());
     let mut grpc = tokio::spawn(crate::grpc::serve(control_plane.clone(), grpc_listener, shutdown(shutdown_rx.clone())));
-    let mut rest = tokio::spawn(crate::http::serve(control_plane.clone(), rest_listener, shutdown(shutdown_rx.clone())));
+    let mut rest = tokio::spawn(crate::http::serve(control_plane.clone(), rest_listener, rest_tls, shutdown(shutdown_rx.clone())));
 
     let agent = match mode {
         Mode::Serve => None,

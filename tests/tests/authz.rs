@@ -1059,6 +1059,36 @@ fn routes() -> Vec<Route> {
             Viewer,
             "/api/v1/compute/instances/authz-nope",
         ),
+        route(
+            "DELETE",
+            "/api/v1/compute/instances/{id}",
+            Deployer,
+            "/api/v1/compute/instances/authz-nope",
+        ),
+        route(
+            "PUT",
+            "/api/v1/compute/instances/{id}/start",
+            Deployer,
+            "/api/v1/compute/instances/authz-nope/start",
+        ),
+        route(
+            "PUT",
+            "/api/v1/compute/instances/{id}/stop",
+            Deployer,
+            "/api/v1/compute/instances/authz-nope/stop",
+        ),
+        route(
+            "PUT",
+            "/api/v1/compute/instances/{id}/restart",
+            Deployer,
+            "/api/v1/compute/instances/authz-nope/restart",
+        ),
+        route(
+            "GET",
+            "/api/v1/compute/instances/{id}/usage",
+            Viewer,
+            "/api/v1/compute/instances/authz-nope/usage",
+        ),
         route("GET", "/api/v1/events", Viewer, "/api/v1/events"),
     ]
 }

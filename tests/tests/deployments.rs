@@ -1,7 +1,8 @@
 //! Deployments end to end with real agents and runtimes: replicas spread over nodes, a
 //! node killed with SIGKILL has its replica rescheduled and, back again, its surplus copy
 //! removed; a control plane killed mid-deploy converges with no duplicate; runtime
-//! choice follows each node's platform; idempotent and duplicate deploys.
+//! choice follows each node's platform; idempotent and duplicate deploys; an image's
+//! platforms filter placement, and an image its registry lacks is refused.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -201,10 +202,12 @@ fn runtime_choice_follows_each_nodes_platform_and_a_forced_runtime_needs_a_node(
 
     for (node, expected) in [("pi", "lxc"), ("x86", "docker")] {
         let name = unique(&format!("on-{node}"));
+        // Image platforms are a hard filter: the arm64 node needs an image built for arm64.
+        let image = if node == "pi" { multi_platform_image() } else { IMAGE.to_owned() };
         let created = control_plane.rest(
             "POST",
             "/api/unified/deploy",
-            Some(json!({"name": name, "image": IMAGE, "replicas": 1, "command": httpd(), "constraints": {"node": node}})),
+            Some(json!({"name": name, "image": image, "replicas": 1, "command": httpd(), "constraints": {"node": node}})),
         );
         assert_eq!(created.status, 201, "{}", created.body);
         assert_eq!(created.json()["runtime_type"], expected, "{}", created.body);
@@ -303,4 +306,105 @@ fn rolling_update_rollback_and_drain() {
     });
     let r1 = control_plane.nodes().into_iter().find(|n| n["name"] == "r1").expect("r1");
     assert_eq!(r1["cordoned"], true);
+}
+
+/// `127.0.0.1:5000/diplo/busybox:multiarch`: a manifest list naming linux/amd64 and
+/// linux/arm64, both pointing at the (amd64) manifest of [`IMAGE`], pushed to the local
+/// registry if it is not there. It lets a node whose fingerprint says arm64 (on an amd64
+/// host) pass the image platform filter and still run the image.
+fn multi_platform_image() -> String {
+    const LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    const MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    let url = |tag: &str| format!("http://127.0.0.1:5000/v2/diplo/busybox/manifests/{tag}");
+    let client = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client");
+    let single = client.get(url("latest")).header("Accept", MANIFEST).send().expect("GET the test image's manifest");
+    assert!(single.status().is_success(), "the local registry lacks {IMAGE}: {}", single.status());
+    let bytes = single.bytes().expect("manifest bytes");
+    let digest = format!("sha256:{}", sha256_hex(&bytes));
+    let entry = |arch: &str| json!({"mediaType": MANIFEST, "digest": digest, "size": bytes.len(), "platform": {"architecture": arch, "os": "linux"}});
+    let list = json!({"schemaVersion": 2, "mediaType": LIST, "manifests": [entry("amd64"), entry("arm64")]});
+    let pushed = client.put(url("multiarch")).header("Content-Type", LIST).body(list.to_string()).send().expect("PUT the manifest list");
+    assert!(pushed.status().is_success(), "pushing the manifest list: {} {:?}", pushed.status(), pushed.text());
+    "127.0.0.1:5000/diplo/busybox:multiarch".to_owned()
+}
+
+/// SHA-256 of `bytes` in hex, with `sha256sum` (the test crate links no hash crate).
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sha256sum");
+    child.stdin.take().expect("stdin").write_all(bytes).expect("write to sha256sum");
+    let output = child.wait_with_output().expect("sha256sum");
+    String::from_utf8_lossy(&output.stdout).split_whitespace().next().expect("a digest").to_owned()
+}
+
+#[test]
+fn image_platforms_filter_placement_and_unknown_images_are_refused() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(DOWN_GRACE));
+    let token = control_plane.join_token(&[]);
+    let docker = ("DIPLO_RUNTIMES", "docker");
+    let (_arm, arm) = control_plane.start_ready_agent_with_env("arm", Some(&token), &[docker, ("DIPLO_FINGERPRINT_ARCH", "arm64")]);
+    let (_x86, x86) = control_plane.start_ready_agent_with_env("x86", Some(&token), &[docker]);
+    assert_eq!(arm["arch"], "arm64", "{arm}");
+    assert_eq!(x86["arch"], "amd64", "this test needs an amd64 host: {x86}");
+    let x86_id = x86["id"].as_str().expect("id").to_owned();
+
+    // IMAGE is one linux/amd64 manifest: both replicas go to x86 (spreading would put one
+    // on each node), none to the arm64 node, although its Docker could run it.
+    let name = unique("amd64-only");
+    let _cleanup = DeleteOnDrop(&control_plane, name.clone());
+    let created = control_plane.rest(
+        "POST",
+        "/api/unified/deploy",
+        Some(json!({"name": name, "image": IMAGE, "replicas": 2, "command": httpd()})),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.json()["runtime_type"], "docker", "{}", created.body);
+    let running = wait_until("2 replicas on x86", Duration::from_secs(90), POLL, || {
+        let d = deployment(&control_plane, &name);
+        let nodes = running_nodes(&d);
+        if d["status"] == "running" && nodes.len() == 2 { Ok(d) } else { Err(d.to_string()) }
+    });
+    assert_eq!(running_nodes(&running), vec![x86_id.clone(), x86_id.clone()], "{running}");
+    assert_eq!(running["message"], "", "{running}");
+
+    // Constrained to the arm64 node: refused with the reason, nothing committed.
+    let pinned = unique("amd64-on-arm");
+    let refused = control_plane.rest(
+        "POST",
+        "/api/unified/deploy",
+        Some(json!({"name": pinned, "image": IMAGE, "command": httpd(), "constraints": {"node": "arm"}})),
+    );
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("arm: image is linux/amd64 only, node is linux/arm64"), "{}", refused.body);
+    assert_eq!(control_plane.rest("GET", &format!("/api/v1/deployments/{pinned}"), None).status, 404);
+
+    // An image its registry does not have: 404 naming it, nothing committed.
+    let ghost = unique("ghost");
+    let unknown = control_plane.rest(
+        "POST",
+        "/api/unified/deploy",
+        Some(json!({"name": ghost, "image": "127.0.0.1:5000/diplo/no-such-image:latest"})),
+    );
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert!(unknown.body.contains("127.0.0.1:5000/diplo/no-such-image:latest"), "{}", unknown.body);
+    assert_eq!(control_plane.rest("GET", &format!("/api/v1/deployments/{ghost}"), None).status, 404);
+
+    // A registry that cannot be reached does not block placement; the message says why.
+    let unreachable = unique("unreachable");
+    let _cleanup_unreachable = DeleteOnDrop(&control_plane, unreachable.clone());
+    let accepted = control_plane.rest(
+        "POST",
+        "/api/unified/deploy",
+        Some(json!({"name": unreachable, "image": "127.0.0.1:1/diplo/busybox:latest", "restart_policy": "no"})),
+    );
+    assert_eq!(accepted.status, 201, "{}", accepted.body);
+    wait_until("the message to say why platforms are not checked", Duration::from_secs(30), POLL, || {
+        let d = deployment(&control_plane, &unreachable);
+        let message = d["message"].as_str().unwrap_or_default();
+        if message.contains("not checked") && message.contains("127.0.0.1:1") { Ok(()) } else { Err(d.to_string()) }
+    });
 }

@@ -2,15 +2,13 @@
 //! [`ContainerdRuntime`], Diplo's driver for containerd 1.6+ in namespace `diplo`.
 //!
 //! containerd 1.6 has no Transfer service, so images are pulled client side
-//! (`registry`, `image`); containers get an OCI spec built here (`spec`), a network
+//! (`image`, over the shared registry client `diplo_api::registry`); containers get an OCI spec built here (`spec`), a network
 //! from the CNI plugins (`cni`) and their output in plain files (`logs`).
 
 mod cni;
 mod image;
 mod logs;
 mod metrics;
-mod reference;
-mod registry;
 mod spec;
 
 use std::collections::HashMap;
@@ -37,9 +35,9 @@ use diplo_api::container::{
     PortMapping, RuntimeEvent, RuntimeEventKind, validate_container_name,
 };
 use diplo_api::fingerprint::RuntimeReport;
+use diplo_api::registry::{Reference, RegistryClient, RegistryError};
 use diplo_api::runtime::Runtime;
 use prost::Message;
-use reference::Reference;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
@@ -130,7 +128,7 @@ struct NetworkState {
 /// `state_dir/<id>/` (logs, `/etc` files, `state.json`).
 pub struct ContainerdRuntime {
     channel: Channel,
-    registry: registry::RegistryClient,
+    registry: RegistryClient,
     state_dir: PathBuf,
     snapshotter: String,
     network: cni::Network,
@@ -181,6 +179,17 @@ pub(crate) fn failed(message: impl Into<String>) -> RuntimeError {
 
 pub(crate) fn not_found_image(name: &str) -> RuntimeError {
     RuntimeError::NotFound { what: "image", name: name.to_owned() }
+}
+
+/// Registry errors as the driver reports them: a missing image is `NotFound`, the rest
+/// fails with the registry's message.
+impl From<RegistryError> for RuntimeError {
+    fn from(error: RegistryError) -> Self {
+        match error {
+            RegistryError::NotFound(image) => not_found_image(&image),
+            RegistryError::Unreachable(message) | RegistryError::Failed(message) => failed(message),
+        }
+    }
 }
 
 fn not_found_container(name: &str) -> RuntimeError {
@@ -255,7 +264,7 @@ impl ContainerdRuntime {
         };
         ContainerdRuntime {
             channel,
-            registry: registry::RegistryClient::new(registry)?,
+            registry: RegistryClient::new(registry, concat!("diplo-agent/", env!("CARGO_PKG_VERSION")))?,
             state_dir,
             snapshotter: SNAPSHOTTER.to_owned(),
             network,

@@ -63,7 +63,7 @@ fn parse_port(field: &'static str, text: &str) -> Result<u16, ServiceError> {
 }
 
 impl CreateBody {
-    fn into_request(self) -> Result<CreateContainer, ServiceError> {
+    pub(super) fn into_request(self) -> Result<CreateContainer, ServiceError> {
         let ports = self
             .ports
             .iter()

@@ -22,7 +22,7 @@ use super::ApiError;
 use crate::auth::Caller;
 use crate::error::ServiceError;
 use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, InstanceRecord, Strategy};
-use crate::service::{ControlPlane, DeployInput, DeploymentView};
+use crate::service::{ControlPlane, DeployInput, DeploymentView, InstanceView};
 
 type Api = State<Arc<ControlPlane>>;
 
@@ -147,7 +147,7 @@ fn mount(text: &str) -> Result<Mount, ServiceError> {
 
 impl DeployBody {
     /// The deployment spec this body asks for.
-    fn into_spec(self) -> Result<DeploymentSpec, ServiceError> {
+    pub(super) fn into_spec(self) -> Result<DeploymentSpec, ServiceError> {
         let image = match (self.image.filter(|i| !i.trim().is_empty()), self.repo_url.filter(|r| !r.is_empty())) {
             (Some(image), _) => image,
             (None, Some(_)) => {
@@ -342,14 +342,75 @@ pub async fn instances(State(cp): Api, Extension(caller): Extension<Caller>, Que
     Ok(Json(instances.iter().map(|i| instance_json(i, names.get(&i.deployment_id).map(String::as_str))).collect()))
 }
 
+/// An instance with its container as its node last reported it.
+fn instance_view_json(view: &InstanceView) -> Value {
+    let mut value = instance_json(&view.instance, Some(&view.deployment));
+    value["container"] = match &view.container {
+        Some(c) => json!({
+            "id": c.id,
+            "name": c.name,
+            "image": c.image,
+            "status": c.status,
+            "exit_code": c.exit_code,
+            "started_at": c.started_at,
+            "health": c.health,
+        }),
+        None => Value::Null,
+    };
+    value
+}
+
 pub async fn instance(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let instance = cp
-        .list_instances(&caller, None)
-        .await?
-        .into_iter()
-        .find(|i| i.id == id)
-        .ok_or_else(|| ServiceError::NotFound(format!("instance {id:?} not found")))?;
-    Ok(Json(instance_json(&instance, None)))
+    Ok(Json(instance_view_json(&cp.get_instance(&caller, &id).await?)))
+}
+
+/// `PUT /api/v1/compute/instances/{id}/start`.
+pub async fn start_instance(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(instance_view_json(&cp.start_instance(&caller, &id).await?)))
+}
+
+/// `?grace=SECONDS` for stop.
+#[derive(Debug, Deserialize)]
+pub struct StopQuery {
+    grace: Option<u64>,
+}
+
+/// `PUT /api/v1/compute/instances/{id}/stop`: the deployment's restart policy applies
+/// afterwards, as after any exit.
+pub async fn stop_instance(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(instance_view_json(&cp.stop_instance(&caller, &id, q.grace.map(Duration::from_secs)).await?)))
+}
+
+/// `PUT /api/v1/compute/instances/{id}/restart`.
+pub async fn restart_instance(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(instance_view_json(&cp.restart_instance(&caller, &id).await?)))
+}
+
+/// `DELETE /api/v1/compute/instances/{id}`: 202; the deployment replaces the instance.
+pub async fn delete_instance(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let view = cp.delete_instance(&caller, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(instance_view_json(&view))).into_response())
+}
+
+/// `GET /api/v1/compute/instances/{id}/usage`: one sample taken on the instance's node.
+pub async fn instance_usage(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let usage = cp.instance_usage(&caller, &id).await?;
+    Ok(Json(json!({
+        "instance_id": usage.instance_id,
+        "node": usage.node_id,
+        "runtime": usage.runtime,
+        "cpu_percent": usage.stats.cpu_percent,
+        "memory_bytes": usage.stats.memory_bytes,
+        "memory_limit_bytes": usage.stats.memory_limit_bytes,
+        "network_rx_bytes": usage.stats.network_rx_bytes,
+        "network_tx_bytes": usage.stats.network_tx_bytes,
+        "timestamp": chrono::Utc::now(),
+    })))
 }
 
 /// `?after=SEQUENCE` to replay stored events first.

@@ -4,14 +4,16 @@
 mod containers;
 mod deployments;
 mod error;
+pub mod fuzz;
 mod status;
+pub mod tls;
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::auth::Caller;
@@ -46,22 +48,35 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/deployments/{name}/scale", post(deployments::scale))
         .route("/api/v1/deployments/{name}/rollback", post(deployments::rollback))
         .route("/api/v1/compute/instances", get(deployments::instances))
-        .route("/api/v1/compute/instances/{id}", get(deployments::instance))
+        .route("/api/v1/compute/instances/{id}", get(deployments::instance).delete(deployments::delete_instance))
+        .route("/api/v1/compute/instances/{id}/start", put(deployments::start_instance))
+        .route("/api/v1/compute/instances/{id}/stop", put(deployments::stop_instance))
+        .route("/api/v1/compute/instances/{id}/restart", put(deployments::restart_instance))
+        .route("/api/v1/compute/instances/{id}/usage", get(deployments::instance_usage))
         .route("/api/v1/events", get(deployments::events))
         .route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
     Router::new().route("/healthz", get(|| async { "ok" })).merge(api).with_state(control_plane)
 }
 
-/// Serves the REST gateway on `listener` until `shutdown` resolves.
+/// Serves the REST gateway on `listener` until `shutdown` resolves: over HTTPS with
+/// `tls` (see [`tls::server_config`]), else plain HTTP.
 pub async fn serve(
     control_plane: Arc<ControlPlane>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "REST listening");
+        tracing::info!(%addr, scheme, "REST listening");
     }
-    axum::serve(listener, router(control_plane)).with_graceful_shutdown(shutdown).await
+    match tls {
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, config)?;
+            axum::serve(listener, router(control_plane)).with_graceful_shutdown(shutdown).await
+        }
+        None => axum::serve(listener, router(control_plane)).with_graceful_shutdown(shutdown).await,
+    }
 }
 
 /// Resolves the bearer token into a [`Caller`] stored in the request's extensions.

@@ -142,13 +142,7 @@ impl ControlPlane {
     pub async fn create_container(&self, caller: &Caller, request: CreateContainer) -> ServiceResult<ContainerView> {
         caller.require_operator(Role::Deployer)?;
         let mut spec = request.spec;
-        validate_container_name(&spec.name).map_err(|message| ServiceError::invalid("name", message))?;
-        if spec.image.trim().is_empty() {
-            return Err(ServiceError::invalid("image", "an image reference is required"));
-        }
-        if let Some(port) = duplicate_host_port(&spec) {
-            return Err(ServiceError::invalid("ports", format!("host port {port} is published twice")));
-        }
+        check_container_spec(&spec)?;
         if self.nodes.containers().iter().any(|(_, c)| c.info.name == spec.name) {
             return Err(ServiceError::AlreadyExists(format!("a container named {:?} already exists", spec.name)));
         }
@@ -290,6 +284,18 @@ fn view(names: &HashMap<String, String>, node_id: String, container: ObservedCon
         runtime: container.runtime,
         info: container.info,
     }
+}
+
+/// The checks of a container to run that need no state: its name, image and ports.
+pub fn check_container_spec(spec: &ContainerSpec) -> ServiceResult<()> {
+    validate_container_name(&spec.name).map_err(|message| ServiceError::invalid("name", message))?;
+    if spec.image.trim().is_empty() {
+        return Err(ServiceError::invalid("image", "an image reference is required"));
+    }
+    if let Some(port) = duplicate_host_port(spec) {
+        return Err(ServiceError::invalid("ports", format!("host port {port} is published twice")));
+    }
+    Ok(())
 }
 
 fn duplicate_host_port(spec: &ContainerSpec) -> Option<u16> {

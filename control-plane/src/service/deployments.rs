@@ -3,6 +3,7 @@
 use chrono::Utc;
 use diplo_api::container::validate_container_name;
 
+use super::images::PlatformLookup;
 use super::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ServiceError, ServiceResult};
@@ -69,7 +70,10 @@ pub fn validate_deployment_spec(spec: &DeploymentSpec) -> ServiceResult<()> {
 impl ControlPlane {
     /// Commits a new deployment (durably, before anything is started) and wakes the
     /// reconciler. With an idempotency key already used, returns that deployment.
-    /// Fails without committing anything when no node could ever run it.
+    /// Fails without committing anything when its image is not in its registry
+    /// (`NotFound`) or no node could run it now (`FailedPrecondition`, with each node's
+    /// reason, e.g. `n1: image is linux/amd64 only, node is linux/arm64`). A registry that
+    /// cannot be asked does not block it: the image's platforms are then not checked.
     pub async fn deploy(&self, caller: &Caller, input: DeployInput) -> ServiceResult<Deployed> {
         caller.require_operator(Role::Deployer)?;
         let mut spec = input.spec;
@@ -83,9 +87,10 @@ impl ControlPlane {
         if self.store.get_deployment(&spec.name).await?.is_some() {
             return Err(ServiceError::AlreadyExists(format!("deployment {:?} already exists", spec.name)));
         }
+        let platforms = self.check_image(&spec.container.image).await?;
         let mut runtime = spec.runtime;
         if spec.replicas > 0 {
-            let fit = self.placement_preview(&spec).await?;
+            let fit = self.placement_preview(&spec, platforms.platforms()).await?;
             runtime = fit.runtime.or(runtime);
             if fit.placed == 0 {
                 return Err(ServiceError::FailedPrecondition(format!(
@@ -167,6 +172,24 @@ impl ControlPlane {
         }
     }
 
+    /// The platforms of `image` from its registry, asked now unless freshly known. An
+    /// image its registry does not have is `NotFound`, a reference that does not parse
+    /// `InvalidArgument`; an unreachable registry is not an error (platforms unknown).
+    async fn check_image(&self, image: &str) -> ServiceResult<PlatformLookup> {
+        let lookup = self.image_platforms.lookup_fresh(image).await;
+        match &lookup {
+            PlatformLookup::UnknownImage(reference) => Err(ServiceError::NotFound(format!(
+                "image {reference} not found: its registry has no such repository or tag (or refuses anonymous pulls)"
+            ))),
+            PlatformLookup::InvalidReference(message) => Err(ServiceError::invalid("image", message.clone())),
+            PlatformLookup::Unavailable(why) => {
+                tracing::warn!(image, why, "cannot read the image's platforms; placement will not check them");
+                Ok(lookup)
+            }
+            PlatformLookup::Known(_) => Ok(lookup),
+        }
+    }
+
     /// Changes the replica count (same revision).
     pub async fn scale(&self, caller: &Caller, name: &str, replicas: u32) -> ServiceResult<DeploymentRecord> {
         caller.require_operator(Role::Deployer)?;
@@ -194,6 +217,9 @@ impl ControlPlane {
         spec.max_parallel = spec.max_parallel.max(1);
         if spec == deployment.spec {
             return Ok(deployment);
+        }
+        if spec.container.image != deployment.spec.container.image {
+            self.check_image(&spec.container.image).await?;
         }
         deployment.revision += 1;
         deployment.spec = spec;

@@ -4,11 +4,15 @@
 mod commands;
 mod containers;
 mod deployments;
+mod images;
+mod instances;
 mod reconciler;
 mod tokens;
 
-pub use containers::{place_container, ContainerView, CreateContainer, Logs, RuntimeStatus, DEFAULT_STOP_GRACE};
+pub use containers::{check_container_spec, place_container, ContainerView, CreateContainer, Logs, RuntimeStatus, DEFAULT_STOP_GRACE};
 pub use deployments::{validate_deployment_spec, DeployInput, Deployed, DeploymentView};
+pub use images::{PlatformCache, PlatformLookup, PLATFORMS_TTL};
+pub use instances::{InstanceUsage, InstanceView};
 pub use reconciler::{instance_container, Fit, RECONCILE_PERIOD};
 pub use tokens::{ApiTokenCache, CreatedApiToken, CreatedJoinToken, NewApiToken, DEFAULT_JOIN_TOKEN_TTL};
 
@@ -95,6 +99,8 @@ pub struct ControlPlane {
     in_flight: reconciler::InFlight,
     api_tokens: tokens::ApiTokenCache,
     join_limiter: RateLimiter,
+    /// Image platforms read from registries (placement's hard filter), cached.
+    image_platforms: Arc<images::PlatformCache>,
 }
 
 impl ControlPlane {
@@ -119,6 +125,7 @@ impl ControlPlane {
             in_flight: Default::default(),
             api_tokens,
             join_limiter,
+            image_platforms: images::PlatformCache::new(diplo_api::registry::RegistryConfig::default()),
         }))
     }
 

@@ -14,6 +14,7 @@ use diplo_api::container::{
     ContainerInfo, ContainerSpec, ContainerStatus, Health, RestartPolicy, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_NODE,
 };
 
+use super::images::PlatformLookup;
 use super::ControlPlane;
 use crate::error::{ServiceError, ServiceResult};
 use crate::model::{
@@ -34,11 +35,11 @@ const FAILED_RETRY: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 pub struct InFlight(Mutex<HashSet<String>>);
 
 impl InFlight {
-    fn begin(&self, instance: &str) -> bool {
+    pub(super) fn begin(&self, instance: &str) -> bool {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(instance.to_owned())
     }
 
-    fn end(&self, instance: &str) {
+    pub(super) fn end(&self, instance: &str) {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(instance);
     }
 
@@ -136,12 +137,14 @@ impl World {
     }
 }
 
-fn request_for(deployment_id: &str, spec: &DeploymentSpec, count: u32) -> PlacementRequest {
+/// What the scheduler is asked for `count` new replicas of `spec`; `platforms`: the
+/// image's, from its registry (`None`: unknown, not filtered).
+fn request_for(deployment_id: &str, spec: &DeploymentSpec, count: u32, platforms: Option<Vec<(String, String)>>) -> PlacementRequest {
     PlacementRequest {
         deployment_id: deployment_id.to_owned(),
         count,
         image: spec.container.image.clone(),
-        image_platforms: None,
+        image_platforms: platforms,
         runtime: spec.runtime,
         constraints: spec.constraints.clone(),
         cpu_millis: u64::from(spec.container.cpu_millis.unwrap_or(0)),
@@ -180,12 +183,13 @@ impl ControlPlane {
         })
     }
 
-    /// How many replicas of `spec` fit on the cluster now.
-    pub(crate) async fn placement_preview(&self, spec: &DeploymentSpec) -> ServiceResult<Fit> {
+    /// How many replicas of `spec` fit on the cluster now, on nodes whose os/arch is one
+    /// of `platforms` (the image's; `None`: not checked).
+    pub(crate) async fn placement_preview(&self, spec: &DeploymentSpec, platforms: Option<Vec<(String, String)>>) -> ServiceResult<Fit> {
         let world = self.world().await?;
         let specs: HashMap<String, DeploymentSpec> = world.deployments.iter().map(|d| (d.id.clone(), d.spec.clone())).collect();
         let candidates = world.candidates(&specs);
-        let request = request_for("preview", spec, spec.replicas.max(1));
+        let request = request_for("preview", spec, spec.replicas.max(1), platforms);
         Ok(match scheduler::place(&candidates, &request) {
             Ok(placed) => Fit {
                 placed: u32::try_from(placed.len()).unwrap_or(u32::MAX),
@@ -216,17 +220,33 @@ impl ControlPlane {
         let world = self.world().await?;
         let specs: HashMap<String, DeploymentSpec> = world.deployments.iter().map(|d| (d.id.clone(), d.spec.clone())).collect();
         let mut candidates = world.candidates(&specs);
+        let platforms = self.image_platforms_of(&world.deployments).await;
         for deployment in &world.deployments {
             let instances: Vec<InstanceRecord> =
                 world.instances.iter().filter(|i| i.deployment_id == deployment.id).cloned().collect();
             if deployment.status == DeploymentStatus::Deleting {
                 self.reconcile_deletion(&world, deployment, instances).await?;
             } else {
-                self.reconcile_deployment(&world, &mut candidates, deployment, instances).await?;
+                let lookup = platforms.get(&deployment.spec.container.image);
+                self.reconcile_deployment(&world, &mut candidates, deployment, instances, lookup).await?;
             }
         }
         self.remove_orphans(&world);
         Ok(())
+    }
+
+    /// The platforms of every live deployment's image (cached; the registry is only
+    /// waited for the first time an image is met, all images at once).
+    async fn image_platforms_of(self: &Arc<Self>, deployments: &[DeploymentRecord]) -> HashMap<String, PlatformLookup> {
+        let mut images: Vec<&str> = deployments
+            .iter()
+            .filter(|d| d.status != DeploymentStatus::Deleting)
+            .map(|d| d.spec.container.image.as_str())
+            .collect();
+        images.sort_unstable();
+        images.dedup();
+        let lookups = futures::future::join_all(images.iter().map(|image| self.image_platforms.lookup(image))).await;
+        images.into_iter().map(str::to_owned).zip(lookups).collect()
     }
 
     async fn reconcile_deployment(
@@ -235,6 +255,7 @@ impl ControlPlane {
         candidates: &mut Vec<NodeCandidate>,
         deployment: &DeploymentRecord,
         mut instances: Vec<InstanceRecord>,
+        platforms: Option<&PlatformLookup>,
     ) -> ServiceResult<()> {
         let now = Utc::now();
         let mut changed: Vec<InstanceRecord> = Vec::new();
@@ -335,7 +356,12 @@ impl ControlPlane {
         }
         let mut created = Vec::new();
         if want > 0 {
-            let request = request_for(&deployment.id, &deployment.spec, u32::try_from(want).unwrap_or(u32::MAX));
+            let request = request_for(
+                &deployment.id,
+                &deployment.spec,
+                u32::try_from(want).unwrap_or(u32::MAX),
+                platforms.and_then(PlatformLookup::platforms),
+            );
             let placements = match scheduler::place(candidates, &request) {
                 Ok(placements) => placements,
                 Err(no_fit) => {
@@ -421,13 +447,17 @@ impl ControlPlane {
         }
 
         // 6. Status.
-        let (status, message) = if running_current >= replicas && old.is_empty() && current.len() == replicas {
+        let (status, mut message) = if running_current >= replicas && old.is_empty() && current.len() == replicas {
             (DeploymentStatus::Running, String::new())
         } else if !reasons.is_empty() {
             (DeploymentStatus::Degraded, format!("cannot place every replica: {}", reasons.join("; ")))
         } else {
             (DeploymentStatus::Deploying, format!("{running_current}/{replicas} running"))
         };
+        // Why placement did not check the image's platforms, when it could not.
+        if let Some(note) = platforms.and_then(|p| p.note(&deployment.spec.container.image)) {
+            message = if message.is_empty() { note } else { format!("{message}; {note}") };
+        }
         if status != deployment.status || message != deployment.message {
             // Re-read so that a concurrent scale or update is not overwritten.
             if let Some(mut fresh) = self.store.get_deployment(&deployment.id).await?
@@ -522,7 +552,8 @@ impl ControlPlane {
         });
     }
 
-    fn dispatch_remove(self: &Arc<Self>, instance: &InstanceRecord, node_id: &str, container_id: String) {
+    /// Removes an instance's container on its node, then the instance record.
+    pub(super) fn dispatch_remove(self: &Arc<Self>, instance: &InstanceRecord, node_id: &str, container_id: String) {
         let Some(runtime) = instance.runtime else { return };
         if !self.in_flight.begin(&instance.id) {
             return;

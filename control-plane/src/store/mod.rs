@@ -14,6 +14,7 @@ use crate::model::{
 };
 use diplo_api::fingerprint::Fingerprint;
 
+mod common;
 mod postgres;
 mod rows;
 mod sqlite;

@@ -3,7 +3,8 @@
 //! lower-case names), the mapping of driver errors to [`StoreError`], and the row
 //! decoders, generic over the driver's row type.
 //!
-//! The SQL itself stays in the backend modules: the dialects differ.
+//! The SQL itself is in `common` (the statements both dialects share) and in the
+//! backend modules (the rest).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

@@ -2,7 +2,7 @@
 //! blobs with the Content service, record the image with the Images service and unpack
 //! its layers with the Diff service onto a Snapshots chain named by chain ids.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -14,65 +14,20 @@ use containerd_client::services::v1::{
     UpdateRequest, WriteAction, WriteContentRequest, content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
 };
 use containerd_client::types::{Descriptor as PbDescriptor, Mount as PbMount};
-use serde::{Deserialize, Serialize};
+use diplo_api::registry::{
+    Descriptor, Index, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST, Manifest, Reference, is_index, is_manifest, media_type_of_document,
+    sha256_digest,
+};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tonic::Code;
 
-use super::reference::Reference;
-use super::registry::{
-    MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, media_type_of_document, sha256_digest,
-};
 use super::{ContainerdRuntime, failed, grpc_error, not_found_image, random_hex, request};
 use crate::runtime::{RuntimeError, RuntimeResult};
 
 /// Size of one Content.Write message.
 const CHUNK: usize = 1 << 20;
-
-/// An OCI descriptor as found in manifests and indexes.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Descriptor {
-    /// Media type.
-    #[serde(rename = "mediaType", default)]
-    pub media_type: String,
-    /// `sha256:...`.
-    pub digest: String,
-    /// Bytes.
-    pub size: i64,
-    /// For index entries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    /// Annotations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
-}
-
-/// The platform of an index entry.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Platform {
-    /// `amd64`, `arm64`, ...
-    #[serde(default)]
-    pub architecture: String,
-    /// `linux`.
-    #[serde(default)]
-    pub os: String,
-    /// `v8`, ...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Index {
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-}
 
 /// The parts of an image's config file Diplo uses.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -198,14 +153,6 @@ fn pick_platform(index: &Index) -> Option<&Descriptor> {
         // Single-platform indexes (e.g. from an OCI layout) may not say their platform.
         if index.manifests.len() == 1 && index.manifests[0].platform.is_none() { index.manifests.first() } else { None }
     })
-}
-
-fn is_index(media_type: &str) -> bool {
-    media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_LIST
-}
-
-fn is_manifest(media_type: &str) -> bool {
-    media_type == MEDIA_OCI_MANIFEST || media_type == MEDIA_DOCKER_MANIFEST
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> RuntimeResult<T> {
@@ -847,6 +794,7 @@ async fn file_digest(path: &Path) -> RuntimeResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use diplo_api::registry::Platform;
 
     #[test]
     fn chain_ids_follow_the_oci_spec() {

@@ -1,0 +1,600 @@
+//! The [`Store`] methods whose SQL both dialects share, written once.
+//!
+//! Both backends bind with `$n` placeholders and store the same schema, so most
+//! statements are the same text with the same binds on SQLite and PostgreSQL. The
+//! [`impl_store!`] macro expands them, with the query steps they use, for one backend;
+//! each backend passes in what differs: its driver, how a unique violation names the
+//! taken key, and the methods whose SQL or locking is its own.
+//!
+//! [`Store`]: super::Store
+
+/// Records a deployment's revision unless that revision is already recorded.
+pub(super) const INSERT_REVISION: &str = "INSERT INTO deployment_revisions \
+     (deployment_id, revision, spec, created_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (deployment_id, revision) DO NOTHING";
+
+/// Implements [`Store`](super::Store) for a backend's store type: the shared methods
+/// below plus the backend's own, given after `specific`.
+///
+/// - `store`: the store type; it has a field `pool` holding the backend's pool.
+/// - `database`: the [`sqlx::Database`] of the backend.
+/// - `backend`: the name [`Store::backend`](super::Store::backend) returns.
+/// - `node_conflict`: `fn(sqlx::Error, &NodeRecord) -> StoreError`, mapping a failed
+///   insert of a node (see [`insert_error`](super::rows::insert_error)).
+/// - `deployment_conflict`: `fn(sqlx::Error, &DeploymentRecord) -> StoreError`, the
+///   same for a write of a deployment.
+/// - `specific`: the remaining [`Store`](super::Store) methods (`append_event`),
+///   written as in an `impl Store` block. They are expanded next to the shared ones, so
+///   the imports below (model types, `StoreResult`, the row helpers) are in scope, and
+///   they can call the query steps the macro adds to the store type (`execute_keyed`,
+///   `fetch_keyed`, `fetch_all`, `fetch_all_keyed`, `insert_event`).
+macro_rules! impl_store {
+    (
+        store: $store:ty,
+        database: $db:ty,
+        backend: $backend:literal,
+        node_conflict: $node_conflict:path,
+        deployment_conflict: $deployment_conflict:path,
+        specific: { $($specific:tt)* } $(,)?
+    ) => {
+        const _: () = {
+            use async_trait::async_trait;
+            use chrono::{DateTime, Utc};
+            use diplo_api::fingerprint::Fingerprint;
+            use diplo_api::runtime::Runtime;
+
+            use $crate::model::{
+                ApiTokenRecord, DeploymentRecord, DeploymentSpec, EventRecord, InstanceRecord,
+                JoinTokenRecord, NewEvent, NodeRecord, NodeStatusChange,
+            };
+            use $crate::store::common::INSERT_REVISION;
+            use $crate::store::rows::{
+                api_token_from_row, deployment_from_row, desired_str, event_from_row, from_json,
+                insert_error, insert_instance_error, instance_from_row, instance_status_str,
+                join_token_from_row, millis, node_from_row, require_found, to_json,
+            };
+            use $crate::store::{Store, StoreResult};
+
+            // ---- query steps shared by the methods below ----
+
+            impl $store {
+                /// Runs `sql` with `key` bound to `$1`; returns whether it changed any row.
+                async fn execute_keyed(&self, sql: &'static str, key: &str) -> StoreResult<bool> {
+                    let done = sqlx::query(sql).bind(key).execute(&self.pool).await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                /// Runs `sql` with `key` bound to `$1` and decodes the row it returns, if any.
+                async fn fetch_keyed<T>(
+                    &self,
+                    sql: &'static str,
+                    key: &str,
+                    decode: fn(&<$db as sqlx::Database>::Row) -> StoreResult<T>,
+                ) -> StoreResult<Option<T>> {
+                    let row = sqlx::query(sql)
+                        .bind(key)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.as_ref().map(decode).transpose()
+                }
+
+                /// Runs `sql` and decodes every row it returns.
+                async fn fetch_all<T>(
+                    &self,
+                    sql: &'static str,
+                    decode: fn(&<$db as sqlx::Database>::Row) -> StoreResult<T>,
+                ) -> StoreResult<Vec<T>> {
+                    let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+                    rows.iter().map(decode).collect()
+                }
+
+                /// Runs `sql` with `key` bound to `$1` and decodes every row it returns.
+                async fn fetch_all_keyed<T>(
+                    &self,
+                    sql: &'static str,
+                    key: &str,
+                    decode: fn(&<$db as sqlx::Database>::Row) -> StoreResult<T>,
+                ) -> StoreResult<Vec<T>> {
+                    let rows = sqlx::query(sql).bind(key).fetch_all(&self.pool).await?;
+                    rows.iter().map(decode).collect()
+                }
+
+                /// Inserts `event` through `executor` (the pool or a transaction) and
+                /// returns the sequence number it got, as stored.
+                async fn insert_event<'e, E>(executor: E, event: &NewEvent) -> StoreResult<i64>
+                where
+                    E: sqlx::Executor<'e, Database = $db>,
+                {
+                    let value: i64 = sqlx::query_scalar(
+                        "INSERT INTO events (at, kind, actor, subject, message) \
+                         VALUES ($1, $2, $3, $4, $5) RETURNING sequence",
+                    )
+                    .bind(millis(event.at))
+                    .bind(&event.kind)
+                    .bind(&event.actor)
+                    .bind(&event.subject)
+                    .bind(&event.message)
+                    .fetch_one(executor)
+                    .await?;
+                    Ok(value)
+                }
+            }
+
+            #[async_trait]
+            impl Store for $store {
+                fn backend(&self) -> &'static str {
+                    $backend
+                }
+
+                // ---- nodes ----
+
+                async fn insert_node(&self, node: &NodeRecord) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO nodes (id, name, status, fingerprint, cordoned, labels, \
+                         joined_at, last_seen_at, address) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(&node.id)
+                    .bind(&node.name)
+                    .bind(node.status.as_str())
+                    .bind(to_json("nodes.fingerprint", &node.fingerprint)?)
+                    .bind(node.cordoned)
+                    .bind(to_json("nodes.labels", &node.labels)?)
+                    .bind(millis(node.joined_at))
+                    .bind(millis(node.last_seen_at))
+                    .bind(&node.address)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $node_conflict(e, node))?;
+                    Ok(())
+                }
+
+                async fn get_node(&self, id_or_name: &str) -> StoreResult<Option<NodeRecord>> {
+                    self.fetch_keyed(
+                        "SELECT id, name, status, fingerprint, cordoned, labels, joined_at, \
+                         last_seen_at, address FROM nodes WHERE id = $1 OR name = $1 \
+                         ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1",
+                        id_or_name,
+                        node_from_row,
+                    )
+                    .await
+                }
+
+                async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+                    self.fetch_all(
+                        "SELECT id, name, status, fingerprint, cordoned, labels, joined_at, \
+                         last_seen_at, address FROM nodes ORDER BY name",
+                        node_from_row,
+                    )
+                    .await
+                }
+
+                async fn record_session(
+                    &self,
+                    node_id: &str,
+                    fingerprint: &Fingerprint,
+                    address: &str,
+                    seen_at: DateTime<Utc>,
+                ) -> StoreResult<()> {
+                    let done = sqlx::query(
+                        "UPDATE nodes SET fingerprint = $1, address = $2, status = 'ready', \
+                         last_seen_at = $3 WHERE id = $4",
+                    )
+                    .bind(to_json("nodes.fingerprint", fingerprint)?)
+                    .bind(address)
+                    .bind(millis(seen_at))
+                    .bind(node_id)
+                    .execute(&self.pool)
+                    .await?;
+                    require_found(done.rows_affected(), "node", node_id)
+                }
+
+                async fn apply_status_changes(
+                    &self,
+                    changes: &[NodeStatusChange],
+                ) -> StoreResult<()> {
+                    if changes.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.pool.begin().await?;
+                    for change in changes {
+                        sqlx::query("UPDATE nodes SET status = $1, last_seen_at = $2 WHERE id = $3")
+                            .bind(change.status.as_str())
+                            .bind(millis(change.last_seen_at))
+                            .bind(&change.node_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn set_cordoned(&self, node_id: &str, cordoned: bool) -> StoreResult<()> {
+                    let done = sqlx::query("UPDATE nodes SET cordoned = $1 WHERE id = $2")
+                        .bind(cordoned)
+                        .bind(node_id)
+                        .execute(&self.pool)
+                        .await?;
+                    require_found(done.rows_affected(), "node", node_id)
+                }
+
+                async fn delete_node(&self, node_id: &str) -> StoreResult<bool> {
+                    self.execute_keyed("DELETE FROM nodes WHERE id = $1", node_id)
+                        .await
+                }
+
+                // ---- join tokens ----
+
+                async fn insert_join_token(&self, token: &JoinTokenRecord) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, \
+                         single_use, uses, revoked, labels) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .bind(&token.id)
+                    .bind(&token.secret_hash)
+                    .bind(millis(token.created_at))
+                    .bind(millis(token.expires_at))
+                    .bind(token.single_use)
+                    .bind(i64::from(token.uses))
+                    .bind(token.revoked)
+                    .bind(to_json("join_tokens.labels", &token.labels)?)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| insert_error(e, "join token", |_| token.id.clone()))?;
+                    Ok(())
+                }
+
+                async fn get_join_token(&self, id: &str) -> StoreResult<Option<JoinTokenRecord>> {
+                    self.fetch_keyed(
+                        "SELECT id, secret_hash, created_at, expires_at, single_use, uses, \
+                         revoked, labels FROM join_tokens WHERE id = $1",
+                        id,
+                        join_token_from_row,
+                    )
+                    .await
+                }
+
+                async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>> {
+                    self.fetch_all(
+                        "SELECT id, secret_hash, created_at, expires_at, single_use, uses, \
+                         revoked, labels FROM join_tokens ORDER BY created_at DESC, id DESC",
+                        join_token_from_row,
+                    )
+                    .await
+                }
+
+                async fn use_join_token(&self, id: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+                    // One statement, atomic on both backends: SQLite serialises writers, and in
+                    // PostgreSQL a racing update of the same row waits for its lock and then
+                    // re-evaluates the condition. So two joins cannot both see `uses = 0`.
+                    let done = sqlx::query(
+                        "UPDATE join_tokens SET uses = uses + 1 WHERE id = $1 AND NOT revoked \
+                         AND expires_at > $2 AND (NOT single_use OR uses = 0)",
+                    )
+                    .bind(id)
+                    .bind(millis(now))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn revoke_join_token(&self, id: &str) -> StoreResult<bool> {
+                    self.execute_keyed("UPDATE join_tokens SET revoked = TRUE WHERE id = $1", id)
+                        .await
+                }
+
+                // ---- API tokens ----
+
+                async fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO api_tokens (id, secret_hash, name, role, created_at, \
+                         expires_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(&token.id)
+                    .bind(&token.secret_hash)
+                    .bind(&token.name)
+                    .bind(token.role.as_str())
+                    .bind(millis(token.created_at))
+                    .bind(token.expires_at.map(millis))
+                    .bind(token.revoked)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| insert_error(e, "API token", |_| token.id.clone()))?;
+                    Ok(())
+                }
+
+                async fn get_api_token(&self, id: &str) -> StoreResult<Option<ApiTokenRecord>> {
+                    self.fetch_keyed(
+                        "SELECT id, secret_hash, name, role, created_at, expires_at, revoked \
+                         FROM api_tokens WHERE id = $1",
+                        id,
+                        api_token_from_row,
+                    )
+                    .await
+                }
+
+                async fn list_api_tokens(&self) -> StoreResult<Vec<ApiTokenRecord>> {
+                    self.fetch_all(
+                        "SELECT id, secret_hash, name, role, created_at, expires_at, revoked \
+                         FROM api_tokens ORDER BY created_at DESC, id DESC",
+                        api_token_from_row,
+                    )
+                    .await
+                }
+
+                async fn revoke_api_token(&self, id: &str) -> StoreResult<bool> {
+                    self.execute_keyed("UPDATE api_tokens SET revoked = TRUE WHERE id = $1", id)
+                        .await
+                }
+
+                // ---- events ----
+
+                async fn list_events(
+                    &self,
+                    after: u64,
+                    limit: u32,
+                ) -> StoreResult<Vec<EventRecord>> {
+                    let after = i64::try_from(after).unwrap_or(i64::MAX);
+                    let rows = sqlx::query(
+                        "SELECT sequence, at, kind, actor, subject, message FROM events \
+                         WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+                    )
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(event_from_row).collect()
+                }
+
+                // ---- deployments ----
+
+                async fn create_deployment(
+                    &self,
+                    deployment: &DeploymentRecord,
+                ) -> StoreResult<()> {
+                    let spec = to_json("deployments.spec", &deployment.spec)?;
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query(
+                        "INSERT INTO deployments (id, name, revision, spec, status, message, \
+                         idempotency_key, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(&deployment.id)
+                    .bind(&deployment.spec.name)
+                    .bind(i64::from(deployment.revision))
+                    .bind(&spec)
+                    .bind(deployment.status.as_str())
+                    .bind(&deployment.message)
+                    .bind(deployment.idempotency_key.as_deref())
+                    .bind(millis(deployment.created_at))
+                    .bind(millis(deployment.updated_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| $deployment_conflict(e, deployment))?;
+                    sqlx::query(INSERT_REVISION)
+                        .bind(&deployment.id)
+                        .bind(i64::from(deployment.revision))
+                        .bind(&spec)
+                        .bind(millis(deployment.created_at))
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn get_deployment(
+                    &self,
+                    id_or_name: &str,
+                ) -> StoreResult<Option<DeploymentRecord>> {
+                    self.fetch_keyed(
+                        "SELECT id, revision, spec, status, message, idempotency_key, created_at, \
+                         updated_at FROM deployments WHERE id = $1 OR name = $1 \
+                         ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1",
+                        id_or_name,
+                        deployment_from_row,
+                    )
+                    .await
+                }
+
+                async fn find_deployment_by_key(
+                    &self,
+                    idempotency_key: &str,
+                ) -> StoreResult<Option<DeploymentRecord>> {
+                    self.fetch_keyed(
+                        "SELECT id, revision, spec, status, message, idempotency_key, created_at, \
+                         updated_at FROM deployments WHERE idempotency_key = $1",
+                        idempotency_key,
+                        deployment_from_row,
+                    )
+                    .await
+                }
+
+                async fn list_deployments(&self) -> StoreResult<Vec<DeploymentRecord>> {
+                    self.fetch_all(
+                        "SELECT id, revision, spec, status, message, idempotency_key, created_at, \
+                         updated_at FROM deployments ORDER BY name",
+                        deployment_from_row,
+                    )
+                    .await
+                }
+
+                async fn save_deployment(&self, deployment: &DeploymentRecord) -> StoreResult<()> {
+                    // The idempotency key and the creation time belong to the creating request and
+                    // are kept; the name follows the spec.
+                    let spec = to_json("deployments.spec", &deployment.spec)?;
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query(
+                        "UPDATE deployments SET name = $1, revision = $2, spec = $3, status = $4, \
+                         message = $5, updated_at = $6 WHERE id = $7",
+                    )
+                    .bind(&deployment.spec.name)
+                    .bind(i64::from(deployment.revision))
+                    .bind(&spec)
+                    .bind(deployment.status.as_str())
+                    .bind(&deployment.message)
+                    .bind(millis(deployment.updated_at))
+                    .bind(&deployment.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| $deployment_conflict(e, deployment))?;
+                    require_found(done.rows_affected(), "deployment", &deployment.id)?;
+                    sqlx::query(INSERT_REVISION)
+                        .bind(&deployment.id)
+                        .bind(i64::from(deployment.revision))
+                        .bind(&spec)
+                        .bind(millis(deployment.updated_at))
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn get_revision(
+                    &self,
+                    deployment_id: &str,
+                    revision: u32,
+                ) -> StoreResult<Option<DeploymentSpec>> {
+                    let spec: Option<String> = sqlx::query_scalar(
+                        "SELECT spec FROM deployment_revisions \
+                         WHERE deployment_id = $1 AND revision = $2",
+                    )
+                    .bind(deployment_id)
+                    .bind(i64::from(revision))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    spec.map(|text| from_json("deployment_revisions.spec", &text))
+                        .transpose()
+                }
+
+                async fn delete_deployment(&self, deployment_id: &str) -> StoreResult<bool> {
+                    // Children first and explicitly, rather than relying on ON DELETE CASCADE.
+                    let mut tx = self.pool.begin().await?;
+                    for sql in [
+                        "DELETE FROM instances WHERE deployment_id = $1",
+                        "DELETE FROM deployment_revisions WHERE deployment_id = $1",
+                    ] {
+                        sqlx::query(sql)
+                            .bind(deployment_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    let done = sqlx::query("DELETE FROM deployments WHERE id = $1")
+                        .bind(deployment_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                // ---- instances ----
+
+                async fn insert_instances(&self, instances: &[InstanceRecord]) -> StoreResult<()> {
+                    if instances.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.pool.begin().await?;
+                    for instance in instances {
+                        sqlx::query(
+                            "INSERT INTO instances (id, deployment_id, revision, node_id, runtime, \
+                             container_id, desired, status, message, created_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                        )
+                        .bind(&instance.id)
+                        .bind(&instance.deployment_id)
+                        .bind(i64::from(instance.revision))
+                        .bind(instance.node_id.as_deref())
+                        .bind(instance.runtime.map(Runtime::name))
+                        .bind(instance.container_id.as_deref())
+                        .bind(desired_str(instance.desired))
+                        .bind(instance_status_str(instance.status))
+                        .bind(&instance.message)
+                        .bind(millis(instance.created_at))
+                        .bind(millis(instance.updated_at))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| insert_instance_error(e, instance))?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn update_instances(&self, instances: &[InstanceRecord]) -> StoreResult<()> {
+                    // The deployment and the creation time of an instance never change.
+                    if instances.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.pool.begin().await?;
+                    for instance in instances {
+                        sqlx::query(
+                            "UPDATE instances SET revision = $1, node_id = $2, runtime = $3, \
+                             container_id = $4, desired = $5, status = $6, message = $7, \
+                             updated_at = $8 WHERE id = $9",
+                        )
+                        .bind(i64::from(instance.revision))
+                        .bind(instance.node_id.as_deref())
+                        .bind(instance.runtime.map(Runtime::name))
+                        .bind(instance.container_id.as_deref())
+                        .bind(desired_str(instance.desired))
+                        .bind(instance_status_str(instance.status))
+                        .bind(&instance.message)
+                        .bind(millis(instance.updated_at))
+                        .bind(&instance.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn list_instances(
+                    &self,
+                    deployment_id: Option<&str>,
+                ) -> StoreResult<Vec<InstanceRecord>> {
+                    match deployment_id {
+                        Some(deployment_id) => {
+                            self.fetch_all_keyed(
+                                "SELECT id, deployment_id, revision, node_id, runtime, \
+                                 container_id, desired, status, message, created_at, updated_at \
+                                 FROM instances \
+                                 WHERE deployment_id = $1 ORDER BY created_at, id",
+                                deployment_id,
+                                instance_from_row,
+                            )
+                            .await
+                        }
+                        None => {
+                            self.fetch_all(
+                                "SELECT id, deployment_id, revision, node_id, runtime, \
+                                 container_id, desired, status, message, created_at, updated_at \
+                                 FROM instances \
+                                 ORDER BY created_at, id",
+                                instance_from_row,
+                            )
+                            .await
+                        }
+                    }
+                }
+
+                async fn delete_instances(&self, ids: &[String]) -> StoreResult<()> {
+                    if ids.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.pool.begin().await?;
+                    for id in ids {
+                        sqlx::query("DELETE FROM instances WHERE id = $1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                $($specific)*
+            }
+        };
+    };
+}
+
+pub(super) use impl_store;

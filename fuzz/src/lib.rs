@@ -1,0 +1,137 @@
+//! What the control plane does with bytes from an agent or from a REST client, as plain
+//! functions for the fuzz targets in `fuzz_targets/`: decode, then the same domain
+//! conversions and checks the control plane applies (and, where the result is stored or
+//! sent on, that it survives that). None of them may panic, whatever the input.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use diplo_api::command::command_outcome;
+use diplo_api::container::{LogChunk, OutputStream, LABEL_NODE};
+use diplo_api::fingerprint::Fingerprint;
+use diplo_api::pb::{self, agent_message::Body};
+use diplo_api::pki::CertificateAuthority;
+use diplo_api::token::{ApiToken, JoinToken};
+use diplo_api::wire::{container_info, container_state};
+use diplo_control_plane::http::fuzz as rest;
+use diplo_control_plane::model::DeploymentSpec;
+use prost::Message;
+
+/// The node id certificates are issued for.
+const NODE_ID: &str = "0b7f6c1e-fuzz-4e5a-9d1c-000000000001";
+
+/// A CA generated once per process, standing for the cluster's.
+fn ca() -> &'static CertificateAuthority {
+    static CA: OnceLock<CertificateAuthority> = OnceLock::new();
+    CA.get_or_init(|| CertificateAuthority::generate("fuzz").expect("a CA can be generated"))
+}
+
+/// `AgentService.Session` messages: hello (fingerprint and containers), heartbeats and
+/// command results.
+pub fn agent_message(data: &[u8]) {
+    let Ok(message) = pb::AgentMessage::decode(data) else { return };
+    match message.body {
+        Some(Body::Hello(hello)) => {
+            if let Some(fingerprint) = hello.fingerprint {
+                node_fingerprint(fingerprint);
+            }
+            containers(hello.containers);
+        }
+        Some(Body::Heartbeat(beat)) => containers(beat.containers),
+        Some(Body::Result(result)) => {
+            let outcome = command_outcome(result);
+            let _ = format!("{outcome:?}");
+        }
+        None => {}
+    }
+}
+
+/// A hello's fingerprint becomes the node's, is stored as JSON (`nodes.fingerprint`) and
+/// read back, drives placement, and is sent to operators.
+fn node_fingerprint(wire: pb::NodeFingerprint) {
+    let fingerprint = Fingerprint::from(wire);
+    let _ = (fingerprint.available_runtimes(), fingerprint.platform(), fingerprint.preferred_runtime());
+    let json = serde_json::to_string(&fingerprint).expect("a fingerprint serializes to JSON");
+    let stored: Fingerprint = serde_json::from_str(&json).expect("a stored fingerprint reads back");
+    assert_eq!(stored, fingerprint, "the fingerprint changed through the store");
+    let _ = pb::NodeFingerprint::from(&fingerprint).encode_to_vec();
+}
+
+/// Observed containers: the node ids they claim (for the node authorizer), their domain
+/// form, and the wire form they are shown in again.
+fn containers(states: Vec<pb::ContainerState>) {
+    for state in states {
+        let _claimed = [Some(state.node_id.as_str()), state.labels.get(LABEL_NODE).map(String::as_str)];
+        let (info, node_id, runtime) = container_info(state);
+        let Some(runtime) = runtime else { continue };
+        // What the control plane shows is what it read: converting again changes nothing.
+        let (again, again_node, again_runtime) = container_info(container_state(&info, &node_id, runtime));
+        assert_eq!((&again, &again_node, again_runtime), (&info, &node_id, Some(runtime)));
+    }
+}
+
+/// `AgentService.Join`: the token, the node name, and (for a valid name) the CSR signed
+/// by the cluster CA.
+pub fn join_request(data: &[u8]) {
+    let Ok(request) = pb::JoinRequest::decode(data) else { return };
+    if let Ok(token) = request.token.parse::<JoinToken>() {
+        let printed = token.to_string();
+        let reparsed: JoinToken = printed.parse().expect("a printed join token parses");
+        assert_eq!(reparsed.to_string(), printed);
+        let _ = diplo_api::token::hash_secret(&token.secret);
+    }
+    if diplo_control_plane::service::validate_node_name(&request.node_name).is_ok() {
+        sign(&request.csr_pem, &request.node_name);
+    }
+}
+
+/// `AgentService.RenewCertificate`: the CSR, signed for an existing node.
+pub fn renew_certificate(data: &[u8]) {
+    let Ok(request) = pb::RenewCertificateRequest::decode(data) else { return };
+    sign(&request.csr_pem, "node-1");
+}
+
+/// Signs a CSR as the control plane does; a certificate it issues must be readable by
+/// the agent (validity) and carry the node's identity.
+fn sign(csr_pem: &str, node_name: &str) {
+    let Ok((cert_pem, expires)) = ca().sign_node_csr(csr_pem, NODE_ID, node_name, Duration::from_secs(24 * 3600)) else {
+        return;
+    };
+    let not_after = diplo_api::pki::not_after_pem(&cert_pem).expect("an issued certificate has a validity");
+    assert_eq!(not_after.unix_timestamp(), expires.unix_timestamp());
+    diplo_api::pki::not_before_pem(&cert_pem).expect("an issued certificate has a validity");
+    diplo_api::pki::fingerprint_pem(&cert_pem).expect("an issued certificate is PEM");
+}
+
+/// `AgentService.StreamOutput` chunks, as forwarded to the reader.
+pub fn output_chunk(data: &[u8]) {
+    let Ok(chunk) = pb::OutputChunk::decode(data) else { return };
+    let stream = if chunk.stream == "stderr" { OutputStream::Stderr } else { OutputStream::Stdout };
+    let forwarded = LogChunk { stream, data: chunk.data };
+    let _ = (chunk.request_id.len(), chunk.eof, forwarded.data.len());
+}
+
+/// `POST /api/v1/containers`, and (the same bytes) as a bearer token.
+pub fn rest_create_container(data: &[u8]) {
+    let _ = rest::create_container(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = text.trim().parse::<ApiToken>();
+    }
+}
+
+/// `POST /api/unified/deploy` and `PUT /api/v1/deployments/web`; an accepted spec is
+/// stored as JSON (`deployments.spec`) and read back.
+pub fn rest_deploy(data: &[u8]) {
+    if let Ok(spec) = rest::deploy(data) {
+        let json = serde_json::to_string(&spec).expect("a deployment spec serializes to JSON");
+        let stored: DeploymentSpec = serde_json::from_str(&json).expect("a stored deployment spec reads back");
+        assert_eq!(stored, spec, "the deployment spec changed through the store");
+    }
+    let _ = rest::update_deployment("web", data);
+}
+
+/// `POST /api/v1/deployments/{name}/scale` and `POST /api/v1/containers/{id}/exec`.
+pub fn rest_scale_exec(data: &[u8]) {
+    let _ = rest::scale(data);
+    let _ = rest::exec(data);
+}

@@ -1,0 +1,541 @@
+//! A minimal OCI distribution (registry v2) client over reqwest: manifests and blobs,
+//! anonymous bearer tokens, plain HTTP for loopback and configured insecure registries;
+//! and the platforms an image is built for, read from its manifest.
+//!
+//! Behind the `registry` cargo feature (the CLI does not link reqwest). The containerd
+//! driver pulls client side with it (containerd 1.6 has no Transfer service); the control
+//! plane reads image platforms with it, a hard filter for placement.
+
+mod reference;
+
+use std::collections::{BTreeMap, HashMap};
+use std::error::Error as StdError;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use reference::{DOCKER_HUB, Reference};
+
+/// Manifest media types Diplo understands, for the `Accept` header.
+pub const MANIFEST_TYPES: &[&str] = &[MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST];
+/// OCI image index.
+pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker manifest list.
+pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// OCI image manifest.
+pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Docker image manifest, schema 2.
+pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// What went wrong talking to a registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry does not have this repository or manifest (or refuses anonymous
+    /// access to it): the image reference.
+    #[error("image {0} not found")]
+    NotFound(String),
+    /// The registry (or its token service) could not be reached.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Anything else: an unexpected answer, an invalid document.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Result alias for registry calls.
+pub type RegistryResult<T> = Result<T, RegistryError>;
+
+/// Where images come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Registries (`host:port`) reached over plain HTTP. Loopback registries always are.
+    pub insecure: Vec<String>,
+}
+
+impl RegistryConfig {
+    /// Whether `registry` (`host:port`) is reached over plain HTTP.
+    pub fn is_insecure(&self, registry: &str) -> bool {
+        let host = registry.rsplit_once(':').map_or(registry, |(host, _)| host);
+        host == "localhost" || host.starts_with("127.") || host == "[::1]" || self.insecure.iter().any(|r| r == registry)
+    }
+}
+
+/// An OCI descriptor as found in manifests and indexes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Descriptor {
+    /// Media type.
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    /// `sha256:...`.
+    pub digest: String,
+    /// Bytes.
+    pub size: i64,
+    /// For index entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// The platform of an index entry, or of an image config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Platform {
+    /// `amd64`, `arm64`, ...
+    #[serde(default)]
+    pub architecture: String,
+    /// `linux`.
+    #[serde(default)]
+    pub os: String,
+    /// `v8`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// An image manifest: its config and layers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    /// The image config blob.
+    pub config: Descriptor,
+    /// Layer blobs, bottom first.
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+}
+
+/// An image index (OCI) or manifest list (Docker).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Index {
+    /// One entry per platform (and attestations).
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+}
+
+/// A manifest as fetched.
+pub struct FetchedManifest {
+    /// Its media type (from the response, else from the document).
+    pub media_type: String,
+    /// `sha256:...` of the bytes.
+    pub digest: String,
+    /// The document.
+    pub bytes: Vec<u8>,
+}
+
+/// Where a manifest's platforms are: listed by an index, or in the config blob of a
+/// single-platform manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestPlatforms {
+    /// An index: its entries' platforms (attestations and duplicates left out).
+    Listed(Vec<Platform>),
+    /// A single manifest: the platform is in this config blob.
+    InConfig(Descriptor),
+}
+
+/// The platforms an image is built for, with the digest of the manifest they were read
+/// from (to tell later whether the tag moved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePlatforms {
+    /// `sha256:...` of the top-level manifest (index or single manifest).
+    pub digest: String,
+    /// Sorted, without duplicates.
+    pub platforms: Vec<Platform>,
+}
+
+/// Whether `media_type` is an index or manifest list.
+pub fn is_index(media_type: &str) -> bool {
+    media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_LIST
+}
+
+/// Whether `media_type` is a single image manifest.
+pub fn is_manifest(media_type: &str) -> bool {
+    media_type == MEDIA_OCI_MANIFEST || media_type == MEDIA_DOCKER_MANIFEST
+}
+
+/// Where the platforms of the manifest `bytes` (of type `media_type`, else guessed from
+/// the document) are.
+pub fn manifest_platforms(media_type: &str, bytes: &[u8]) -> RegistryResult<ManifestPlatforms> {
+    let guessed;
+    let media_type = if media_type.is_empty() {
+        guessed = media_type_of_document(bytes).unwrap_or_default();
+        guessed.as_str()
+    } else {
+        media_type
+    };
+    if is_index(media_type) {
+        let index: Index = parse_json(bytes, "image index")?;
+        let is_image = |d: &&Descriptor| d.media_type.is_empty() || is_manifest(&d.media_type) || is_index(&d.media_type);
+        let mut platforms: Vec<Platform> = index
+            .manifests
+            .iter()
+            .filter(is_image)
+            .filter_map(|d| d.platform.clone())
+            // BuildKit attestations are listed as `unknown/unknown`.
+            .filter(|p| !p.os.is_empty() && !p.architecture.is_empty() && p.os != "unknown" && p.architecture != "unknown")
+            .collect();
+        platforms.sort();
+        platforms.dedup();
+        if platforms.is_empty() {
+            return Err(RegistryError::Failed("the image index lists no platform".to_owned()));
+        }
+        return Ok(ManifestPlatforms::Listed(platforms));
+    }
+    if is_manifest(media_type) {
+        let manifest: Manifest = parse_json(bytes, "image manifest")?;
+        return Ok(ManifestPlatforms::InConfig(manifest.config));
+    }
+    Err(RegistryError::Failed(format!("unsupported manifest type {media_type:?}")))
+}
+
+/// The platform an image config file (`{"os", "architecture", "variant"?, ...}`) names.
+pub fn config_platform(bytes: &[u8]) -> RegistryResult<Platform> {
+    let platform: Platform = parse_json(bytes, "image config")?;
+    if platform.os.is_empty() || platform.architecture.is_empty() {
+        return Err(RegistryError::Failed("the image config names no os/architecture".to_owned()));
+    }
+    Ok(platform)
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> RegistryResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| RegistryError::Failed(format!("invalid {what}: {e}")))
+}
+
+/// Talks to registries.
+pub struct RegistryClient {
+    http: reqwest::Client,
+    config: RegistryConfig,
+    /// Bearer tokens by `registry/repository`.
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+impl RegistryClient {
+    /// A client that says it is `user_agent`; `config` says which registries speak plain
+    /// HTTP.
+    pub fn new(config: RegistryConfig, user_agent: &str) -> RegistryResult<Self> {
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(Duration::from_secs(15))
+            .user_agent(user_agent)
+            .build()
+            .map_err(|e| RegistryError::Failed(format!("cannot build the registry client: {e}")))?;
+        Ok(RegistryClient { http, config, tokens: Mutex::new(HashMap::new()) })
+    }
+
+    fn repository_url(&self, reference: &Reference) -> String {
+        let scheme = if self.config.is_insecure(&reference.registry) { "http" } else { "https" };
+        format!("{scheme}://{}/v2/{}", reference.api_host(), reference.repository)
+    }
+
+    /// Fetches the manifest `tag_or_digest` of `reference`'s repository. A missing
+    /// repository or manifest is [`RegistryError::NotFound`].
+    pub async fn manifest(&self, reference: &Reference, tag_or_digest: &str) -> RegistryResult<FetchedManifest> {
+        let url = format!("{}/manifests/{tag_or_digest}", self.repository_url(reference));
+        let response = self.get(reference, &url, &MANIFEST_TYPES.join(", ")).await?;
+        let status = response.status();
+        if matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(RegistryError::NotFound(reference.to_string()));
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Failed(format!("registry answered {status} for {url}: {}", body_text(response).await)));
+        }
+        let header_type =
+            response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
+        let bytes = response.bytes().await.map_err(|e| RegistryError::Unreachable(format!("reading {url}: {e}")))?.to_vec();
+        let digest = sha256_digest(&bytes);
+        if tag_or_digest.starts_with("sha256:") && tag_or_digest != digest {
+            return Err(RegistryError::Failed(format!("manifest {tag_or_digest} from {url} has digest {digest}")));
+        }
+        let media_type = match header_type {
+            Some(t) if MANIFEST_TYPES.contains(&t.as_str()) => t,
+            _ => media_type_of_document(&bytes).unwrap_or_default(),
+        };
+        Ok(FetchedManifest { media_type, digest, bytes })
+    }
+
+    /// The digest of manifest `tag_or_digest`, from a `HEAD` request (which, unlike a
+    /// `GET`, Docker Hub does not count against its pull limit); `None` when the
+    /// registry does not say.
+    pub async fn manifest_digest(&self, reference: &Reference, tag_or_digest: &str) -> RegistryResult<Option<String>> {
+        let url = format!("{}/manifests/{tag_or_digest}", self.repository_url(reference));
+        let response = self.request(reqwest::Method::HEAD, reference, &url, &MANIFEST_TYPES.join(", ")).await?;
+        let status = response.status();
+        if matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(RegistryError::NotFound(reference.to_string()));
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Failed(format!("registry answered {status} for HEAD {url}")));
+        }
+        Ok(response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .filter(|d| d.starts_with("sha256:"))
+            .map(str::to_owned))
+    }
+
+    /// Starts downloading blob `digest`; the caller reads the body.
+    pub async fn blob(&self, reference: &Reference, digest: &str) -> RegistryResult<reqwest::Response> {
+        let url = format!("{}/blobs/{digest}", self.repository_url(reference));
+        let response = self.get(reference, &url, "*/*").await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(RegistryError::Failed(format!("blob {digest} of {reference} is missing from its registry")));
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Failed(format!("registry answered {status} for {url}: {}", body_text(response).await)));
+        }
+        Ok(response)
+    }
+
+    /// The platforms `reference` is built for: its index's entries, or its single
+    /// manifest's config (`os`/`architecture`).
+    pub async fn platforms(&self, reference: &Reference) -> RegistryResult<ImagePlatforms> {
+        let fetched = self.manifest(reference, reference.manifest_reference()).await?;
+        let platforms = match manifest_platforms(&fetched.media_type, &fetched.bytes)? {
+            ManifestPlatforms::Listed(platforms) => platforms,
+            ManifestPlatforms::InConfig(config) => {
+                let response = self.blob(reference, &config.digest).await?;
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| RegistryError::Unreachable(format!("downloading the config of {reference}: {e}")))?;
+                vec![config_platform(&bytes)?]
+            }
+        };
+        Ok(ImagePlatforms { digest: fetched.digest, platforms })
+    }
+
+    async fn get(&self, reference: &Reference, url: &str, accept: &str) -> RegistryResult<reqwest::Response> {
+        self.request(reqwest::Method::GET, reference, url, accept).await
+    }
+
+    /// A request with the cached token; on 401 with a bearer challenge, fetches an
+    /// anonymous token and retries once.
+    async fn request(&self, method: reqwest::Method, reference: &Reference, url: &str, accept: &str) -> RegistryResult<reqwest::Response> {
+        let key = format!("{}/{}", reference.registry, reference.repository);
+        let token = self.tokens.lock().ok().and_then(|tokens| tokens.get(&key).cloned());
+        let response = self.send(method.clone(), url, accept, token.as_deref()).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let Some(challenge) = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+            return Ok(response);
+        };
+        let Some(token) = self.fetch_token(&challenge, reference).await? else {
+            return Ok(response);
+        };
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(key, token.clone());
+        }
+        self.send(method, url, accept, Some(&token)).await
+    }
+
+    async fn send(&self, method: reqwest::Method, url: &str, accept: &str, token: Option<&str>) -> RegistryResult<reqwest::Response> {
+        let mut request = self.http.request(method, url).header(ACCEPT, accept);
+        if let Some(token) = token
+            && let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            request = request.header(AUTHORIZATION, value);
+        }
+        request.send().await.map_err(|e| RegistryError::Unreachable(format!("cannot reach registry at {url}: {}", describe(&e))))
+    }
+
+    /// Anonymous token for a `Bearer realm=...,service=...,scope=...` challenge; `None`
+    /// for other schemes (Basic needs credentials Diplo does not have).
+    async fn fetch_token(&self, challenge: &str, reference: &Reference) -> RegistryResult<Option<String>> {
+        let Some(params) = challenge.strip_prefix("Bearer ").or_else(|| challenge.strip_prefix("bearer ")) else {
+            return Ok(None);
+        };
+        let params = parse_challenge(params);
+        let Some(realm) = params.get("realm") else { return Ok(None) };
+        let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", reference.repository));
+        let mut query = vec![("scope", scope)];
+        if let Some(service) = params.get("service") {
+            query.push(("service", service.clone()));
+        }
+        let response = self
+            .http
+            .get(realm)
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| RegistryError::Unreachable(format!("cannot reach token service {realm}: {}", describe(&e))))?;
+        if !response.status().is_success() {
+            return Ok(None);
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| RegistryError::Failed(format!("token from {realm}: {e}")))?;
+        Ok(body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str()).map(str::to_owned))
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The media type a manifest document declares, or guesses from its shape.
+pub fn media_type_of_document(bytes: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if let Some(t) = value.get("mediaType").and_then(|t| t.as_str()) {
+        return Some(t.to_owned());
+    }
+    if value.get("manifests").is_some() {
+        Some(MEDIA_OCI_INDEX.to_owned())
+    } else if value.get("layers").is_some() {
+        Some(MEDIA_OCI_MANIFEST.to_owned())
+    } else {
+        None
+    }
+}
+
+fn parse_challenge(params: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else { break };
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.find('"') {
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            }
+        };
+        out.insert(key, value.to_owned());
+        rest = after.trim_start_matches(',').trim();
+    }
+    out
+}
+
+async fn body_text(response: reqwest::Response) -> String {
+    let text = response.text().await.unwrap_or_default();
+    let text = text.trim();
+    if text.chars().count() > 300 { format!("{}...", text.chars().take(300).collect::<String>()) } else { text.to_owned() }
+}
+
+/// A short sentence for a transport error: the OS error for connection failures
+/// (`connection refused`), else the error with its innermost cause.
+fn describe(error: &(dyn StdError + 'static)) -> String {
+    let mut innermost: &(dyn StdError + 'static) = error;
+    let mut io: Option<&std::io::Error> = None;
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<std::io::Error>() {
+            io = Some(found);
+        }
+        innermost = e;
+        current = e.source();
+    }
+    if let Some(io) = io {
+        let text = io.to_string();
+        let text = text.find(" (os error").map_or(text.as_str(), |at| &text[..at]);
+        let mut chars = text.chars();
+        return match chars.next() {
+            Some(first) => first.to_lowercase().chain(chars).collect(),
+            None => format!("{:?}", io.kind()),
+        };
+    }
+    let outer = error.to_string();
+    let inner = innermost.to_string();
+    if std::ptr::addr_eq(innermost, error) || outer.contains(&inner) { outer } else { format!("{outer}: {inner}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_parse() {
+        let p =
+            parse_challenge(r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#);
+        assert_eq!(p["realm"], "https://auth.docker.io/token");
+        assert_eq!(p["service"], "registry.docker.io");
+        assert_eq!(p["scope"], "repository:library/busybox:pull");
+        let p = parse_challenge("realm=http://x/token, service=x");
+        assert_eq!(p["realm"], "http://x/token");
+        assert_eq!(p["service"], "x");
+    }
+
+    #[test]
+    fn documents_tell_their_type() {
+        assert_eq!(media_type_of_document(br#"{"manifests":[]}"#).as_deref(), Some(MEDIA_OCI_INDEX));
+        assert_eq!(media_type_of_document(br#"{"mediaType":"x","layers":[]}"#).as_deref(), Some("x"));
+        assert_eq!(sha256_digest(b""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn loopback_registries_are_plain_http() {
+        let config = RegistryConfig { insecure: vec!["registry.lan:5000".to_owned()] };
+        for insecure in ["127.0.0.1:5000", "localhost:5000", "localhost", "[::1]:5000", "registry.lan:5000"] {
+            assert!(config.is_insecure(insecure), "{insecure}");
+        }
+        for secure in ["docker.io", "registry.lan:5001", "ghcr.io"] {
+            assert!(!config.is_insecure(secure), "{secure}");
+        }
+    }
+
+    fn platform(os: &str, architecture: &str, variant: Option<&str>) -> Platform {
+        Platform { os: os.to_owned(), architecture: architecture.to_owned(), variant: variant.map(str::to_owned) }
+    }
+
+    #[test]
+    fn an_index_lists_its_platforms() {
+        // A BuildKit multi-platform index with an attestation entry and a duplicate arch.
+        let index = br#"{
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:a", "size": 1,
+                 "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:b", "size": 1,
+                 "platform": {"architecture": "amd64", "os": "linux"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:c", "size": 1,
+                 "platform": {"architecture": "amd64", "os": "linux"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:d", "size": 1,
+                 "platform": {"architecture": "unknown", "os": "unknown"},
+                 "annotations": {"vnd.docker.reference.type": "attestation-manifest"}}
+            ]
+        }"#;
+        let expected = vec![platform("linux", "amd64", None), platform("linux", "arm64", Some("v8"))];
+        assert_eq!(manifest_platforms(MEDIA_OCI_INDEX, index), Ok(ManifestPlatforms::Listed(expected.clone())));
+        // Without a media type (header or field), the shape tells.
+        let bare = String::from_utf8_lossy(index).replace(r#""mediaType": "application/vnd.oci.image.index.v1+json","#, "");
+        assert_eq!(manifest_platforms("", bare.as_bytes()), Ok(ManifestPlatforms::Listed(expected)));
+        // A Docker manifest list says the same.
+        let list = br#"{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+            "manifests": [{"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": "sha256:e", "size": 1,
+                           "platform": {"architecture": "arm", "os": "linux", "variant": "v7"}}]}"#;
+        assert_eq!(manifest_platforms(MEDIA_DOCKER_LIST, list), Ok(ManifestPlatforms::Listed(vec![platform("linux", "arm", Some("v7"))])));
+        // An index that names no platform tells nothing.
+        assert!(manifest_platforms(MEDIA_OCI_INDEX, br#"{"manifests": []}"#).is_err());
+    }
+
+    #[test]
+    fn a_single_manifest_has_its_platform_in_its_config() {
+        // The local test registry's busybox: a Docker schema 2 manifest.
+        let manifest = br#"{
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 936,
+                       "digest": "sha256:7fe57be400581843a15268822eae44a9ed52e8fb6191860768e97b22c3265f94"},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1069425,
+                        "digest": "sha256:af632fc703b9104e1198e53443b93c3eb4f0028f1646234f868c247ce62be4bb"}]
+        }"#;
+        let Ok(ManifestPlatforms::InConfig(config)) = manifest_platforms(MEDIA_DOCKER_MANIFEST, manifest) else {
+            panic!("a single manifest points at its config");
+        };
+        assert_eq!(config.digest, "sha256:7fe57be400581843a15268822eae44a9ed52e8fb6191860768e97b22c3265f94");
+        let config = br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        assert_eq!(config_platform(config), Ok(platform("linux", "amd64", None)));
+        let config = br#"{"architecture":"arm64","variant":"v8","os":"linux"}"#;
+        assert_eq!(config_platform(config), Ok(platform("linux", "arm64", Some("v8"))));
+        assert!(config_platform(br#"{"config":{}}"#).is_err());
+        assert!(manifest_platforms("application/vnd.example", b"{}").is_err());
+    }
+}
