@@ -121,6 +121,10 @@ struct NetworkState {
     result: serde_json::Value,
     ports: Vec<PortMapping>,
     ip: Option<String>,
+    /// The plugin types attached (DEL runs the same chain); absent in state written by
+    /// earlier versions, which attached [`cni::Network::legacy_chain`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<Vec<String>>,
 }
 
 /// containerd through its gRPC API, namespace [`NAMESPACE`]: images pulled client side,
@@ -132,6 +136,8 @@ pub struct ContainerdRuntime {
     state_dir: PathBuf,
     snapshotter: String,
     network: cni::Network,
+    /// Set once the bridge's `FORWARD` rules are known to be in place.
+    forward_rules: tokio::sync::OnceCell<()>,
     create_lock: tokio::sync::Mutex<()>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     cpu_samples: std::sync::Mutex<HashMap<String, (Instant, u64)>>,
@@ -268,13 +274,31 @@ impl ContainerdRuntime {
             state_dir,
             snapshotter: SNAPSHOTTER.to_owned(),
             network,
+            forward_rules: tokio::sync::OnceCell::new(),
             create_lock: tokio::sync::Mutex::new(()),
             locks: std::sync::Mutex::new(HashMap::new()),
             cpu_samples: std::sync::Mutex::new(HashMap::new()),
             copiers: std::sync::Mutex::new(HashMap::new()),
         }
         .reattached()
+        .await?
+        .with_forward_rules()
         .await
+    }
+
+    /// Installs the bridge's `FORWARD` rules now rather than on the first start; a failure
+    /// is only logged here (the first start tries again and reports it).
+    async fn with_forward_rules(self) -> RuntimeResult<Self> {
+        if let Err(error) = self.ensure_forward_rules().await {
+            tracing::warn!(%error, "cannot install the FORWARD rules of the container bridge yet");
+        }
+        Ok(self)
+    }
+
+    /// One-time (per driver and bridge) check that `FORWARD` lets the bridge's traffic
+    /// through; replaces the per-container CNI `firewall` plugin.
+    async fn ensure_forward_rules(&self) -> RuntimeResult<()> {
+        self.forward_rules.get_or_try_init(|| async { self.network.ensure_forward_rules().await.map_err(failed) }).await.map(drop)
     }
 
     /// Resumes copying the output of containers started by an earlier agent.
@@ -303,6 +327,8 @@ impl ContainerdRuntime {
     pub fn with_network(mut self, bridge: &str, subnet: &str) -> Self {
         self.network.bridge = bridge.to_owned();
         self.network.subnet = subnet.to_owned();
+        // Rules for the new bridge are installed on the first start.
+        self.forward_rules = tokio::sync::OnceCell::new();
         self
     }
 
@@ -505,11 +531,15 @@ impl ContainerdRuntime {
         if state.network.is_none() && !netns.exists() {
             return Ok(());
         }
-        let (ports, cached) = match &state.network {
-            Some(network) => (network.ports.clone(), Some(network.result.clone())),
-            None => (spec.ports.clone(), None),
+        let (ports, cached, chain) = match &state.network {
+            Some(network) => (
+                network.ports.clone(),
+                Some(network.result.clone()),
+                network.chain.clone().unwrap_or_else(cni::Network::legacy_chain),
+            ),
+            None => (spec.ports.clone(), None, cni::Network::chain(&spec.ports)),
         };
-        let deleted = self.network.del(id, &netns, &ports, cached.as_ref()).await;
+        let deleted = self.network.del(id, &netns, &chain, &ports, cached.as_ref()).await;
         let removed = cni::Network::delete_netns(id).await;
         deleted.map_err(failed)?;
         removed.map_err(failed)?;
@@ -623,29 +653,50 @@ impl ContainerdRuntime {
                 _ => self.cleanup_task(id, &spec).await?,
             }
         }
+        self.ensure_forward_rules().await?;
         self.teardown_network(id, &spec).await?;
         cni::check_ports_free(&spec.ports).await.map_err(RuntimeError::Conflict)?;
         let dir = self.container_dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+        if !dir.join("hosts").exists() {
+            // The task bind-mounts them; rewritten with the address before it starts.
+            self.write_etc_files(id, &spec.name, None)?;
+        }
         let netns = cni::Network::create_netns(id).await.map_err(failed)?;
-        let result = match self.network.add(id, &netns, &spec.ports).await {
+        let chain = cni::Network::chain(&spec.ports);
+        // runc only needs the pinned namespace to exist: attach the network while the task
+        // is created, and start the process once both are done.
+        let (attached, created) = tokio::join!(self.network.add(id, &netns, &chain, &spec.ports), self.create_task(id));
+        let delete_task = || async {
+            let _ = TasksClient::new(self.channel.clone()).delete(request(DeleteTaskRequest { container_id: id.to_owned() }, None)).await;
+        };
+        let result = match attached {
             Ok(result) => result,
             Err(error) => {
+                if created.is_ok() {
+                    delete_task().await;
+                }
                 let _ = cni::Network::delete_netns(id).await;
                 return Err(failed(error));
             }
         };
         let ip = cni::ip_of(&result);
         let mut state = self.read_state(id);
-        state.network = Some(NetworkState { result, ports: spec.ports.clone(), ip: ip.clone() });
+        state.network = Some(NetworkState { result, ports: spec.ports.clone(), ip: ip.clone(), chain: Some(chain) });
         let started = async {
             self.write_state(id, &state)?;
+            let (out_reader, err_reader) = created?;
             self.write_etc_files(id, &spec.name, ip.as_deref())?;
-            self.create_and_start_task(id).await
+            self.spawn_log_copier(id, out_reader, err_reader);
+            TasksClient::new(self.channel.clone())
+                .start(request(StartRequest { container_id: id.to_owned(), exec_id: String::new() }, None))
+                .await
+                .map_err(grpc_error)?;
+            Ok(())
         }
         .await;
         if let Err(error) = started {
-            let _ = TasksClient::new(self.channel.clone()).delete(request(DeleteTaskRequest { container_id: id.to_owned() }, None)).await;
+            delete_task().await;
             if let Err(cleanup) = self.teardown_network(id, &spec).await {
                 tracing::warn!(id, error = %cleanup, "network cleanup after a failed start failed");
             }
@@ -658,7 +709,8 @@ impl ContainerdRuntime {
         self.write_state(id, &state)
     }
 
-    async fn create_and_start_task(&self, id: &str) -> RuntimeResult<()> {
+    /// Creates the output FIFOs and the task (not started); returns the FIFOs' readers.
+    async fn create_task(&self, id: &str) -> RuntimeResult<(tokio::net::unix::pipe::Receiver, tokio::net::unix::pipe::Receiver)> {
         let dir = self.container_dir(id);
         let (stdout, stderr) = (dir.join("stdout.fifo"), dir.join("stderr.fifo"));
         for path in [&stdout, &stderr] {
@@ -692,11 +744,8 @@ impl ContainerdRuntime {
             terminal: false,
             ..Default::default()
         };
-        let mut tasks = TasksClient::new(self.channel.clone());
-        tasks.create(request(create, None)).await.map_err(grpc_error)?;
-        self.spawn_log_copier(id, out_reader, err_reader);
-        tasks.start(request(StartRequest { container_id: id.to_owned(), exec_id: String::new() }, None)).await.map_err(grpc_error)?;
-        Ok(())
+        TasksClient::new(self.channel.clone()).create(request(create, None)).await.map_err(grpc_error)?;
+        Ok((out_reader, err_reader))
     }
 
     fn info(&self, container: &Container, task: Option<&Process>) -> ContainerInfo {

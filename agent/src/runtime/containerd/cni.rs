@@ -1,6 +1,10 @@
-//! Container networking with the CNI plugins (bridge + host-local, portmap, firewall,
-//! loopback), run by hand per the CNI spec: `CNI_*` in the environment, the network
-//! config on stdin, the result on stdout, `prevResult` passed along the chain.
+//! Container networking with the CNI plugins (bridge + host-local, and portmap when the
+//! container publishes ports), run by hand per the CNI spec: `CNI_*` in the environment,
+//! the network config on stdin, the result on stdout, `prevResult` passed along the chain.
+//!
+//! No per-container `firewall` plugin: the driver makes sure once (see
+//! [`Network::ensure_forward_rules`]) that the filter table's `FORWARD` chain accepts the
+//! bridge's traffic, which is all the plugin's rules did (Docker sets the policy to `DROP`).
 //!
 //! Each container gets a network namespace of its own pinned at
 //! `/var/run/netns/diplo-<id>` (`ip netns add`) before its task exists, so CNI ADD runs
@@ -18,6 +22,8 @@ use tokio::io::AsyncWriteExt;
 const CNI_VERSION: &str = "1.0.0";
 /// Where pinned namespaces live (`ip netns`).
 const NETNS_DIR: &str = "/var/run/netns";
+/// Serialises checking and inserting the `FORWARD` rules across processes.
+const FORWARD_LOCK: &str = "/run/diplo-forward.lock";
 
 /// Diplo's container network.
 #[derive(Debug, Clone)]
@@ -60,19 +66,28 @@ impl Network {
         run_ip(&["netns", "delete", &netns_name(id)]).await
     }
 
-    fn plugins(&self, ports: &[PortMapping]) -> Vec<Value> {
-        let mappings: Vec<Value> = ports
-            .iter()
-            .map(|p| {
-                json!({
-                    "hostPort": p.host_port,
-                    "containerPort": p.container_port,
-                    "protocol": match p.protocol { Protocol::Tcp => "tcp", Protocol::Udp => "udp" },
-                })
-            })
-            .collect();
-        vec![
-            json!({
+    /// The plugin types of the chain for a container publishing `ports`: `portmap` only
+    /// when there is a port to publish.
+    pub fn chain(ports: &[PortMapping]) -> Vec<String> {
+        let mut chain = vec!["bridge".to_owned()];
+        if !ports.is_empty() {
+            chain.push("portmap".to_owned());
+        }
+        chain
+    }
+
+    /// The chain attached by earlier versions of the driver (state without a chain).
+    pub fn legacy_chain() -> Vec<String> {
+        ["bridge", "portmap", "firewall"].map(str::to_owned).to_vec()
+    }
+
+    fn plugins(&self, chain: &[String], ports: &[PortMapping]) -> Vec<Value> {
+        chain.iter().map(|plugin| self.plugin(plugin, ports)).collect()
+    }
+
+    fn plugin(&self, plugin: &str, ports: &[PortMapping]) -> Value {
+        match plugin {
+            "bridge" => json!({
                 "type": "bridge",
                 "bridge": self.bridge,
                 "isGateway": true,
@@ -85,26 +100,74 @@ impl Network {
                     "dataDir": self.ipam_dir,
                 },
             }),
-            json!({
-                "type": "portmap",
-                "capabilities": {"portMappings": true},
-                "snat": true,
-                "runtimeConfig": {"portMappings": mappings},
-            }),
-            json!({"type": "firewall", "backend": "iptables"}),
+            "portmap" => {
+                let mappings: Vec<Value> = ports
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "hostPort": p.host_port,
+                            "containerPort": p.container_port,
+                            "protocol": match p.protocol { Protocol::Tcp => "tcp", Protocol::Udp => "udp" },
+                        })
+                    })
+                    .collect();
+                json!({
+                    "type": "portmap",
+                    "capabilities": {"portMappings": true},
+                    "snat": true,
+                    "runtimeConfig": {"portMappings": mappings},
+                })
+            }
+            "firewall" => json!({"type": "firewall", "backend": "iptables"}),
+            other => json!({"type": other}),
+        }
+    }
+
+    /// The two filter-table `FORWARD` rules that let the bridge's traffic through: all of
+    /// it from the containers (out of the bridge, and container to container), and into
+    /// the containers what answers their connections or was forwarded to a published port
+    /// (`DNAT`). The same as the `firewall` plugin's per-address rules, plus published
+    /// ports reached from other hosts.
+    fn forward_rules(&self) -> [Vec<String>; 2] {
+        let comment = format!("diplo: containers on {}", self.bridge);
+        let rule = |args: &[&str]| -> Vec<String> {
+            args.iter().map(|a| (*a).to_owned()).chain(["-m", "comment", "--comment", &comment, "-j", "ACCEPT"].map(str::to_owned)).collect()
+        };
+        [
+            rule(&["-i", &self.bridge, "-s", &self.subnet]),
+            rule(&["-o", &self.bridge, "-d", &self.subnet, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT"]),
         ]
+    }
+
+    /// Makes sure [`Self::forward_rules`] are at the top of `FORWARD` (idempotent; check
+    /// and insert under a host-wide `flock` so that agents starting together do not insert
+    /// them twice).
+    pub async fn ensure_forward_rules(&self) -> Result<(), String> {
+        const CHECK_OR_INSERT: &str = r#"iptables -w -C FORWARD "$@" 2>/dev/null || iptables -w -I FORWARD 1 "$@""#;
+        for rule in self.forward_rules().iter().rev() {
+            let output = tokio::process::Command::new("flock")
+                .args(["-w", "30", FORWARD_LOCK, "sh", "-c", CHECK_OR_INSERT, "sh"])
+                .args(rule)
+                .output()
+                .await
+                .map_err(|e| format!("cannot run flock and iptables: {e}"))?;
+            if !output.status.success() {
+                return Err(format!("iptables -I FORWARD 1 {}: {}", rule.join(" "), String::from_utf8_lossy(&output.stderr).trim()));
+            }
+        }
+        Ok(())
     }
 
     /// CNI ADD of the whole chain into `netns`; returns the final result. On failure
     /// whatever was set up is deleted again.
-    pub async fn add(&self, id: &str, netns: &Path, ports: &[PortMapping]) -> Result<Value, String> {
+    pub async fn add(&self, id: &str, netns: &Path, chain: &[String], ports: &[PortMapping]) -> Result<Value, String> {
         let mut previous: Option<Value> = None;
-        for plugin in self.plugins(ports) {
+        for plugin in self.plugins(chain, ports) {
             let config = self.plugin_config(plugin, previous.as_ref());
             match self.exec("ADD", id, netns, "eth0", &config).await {
                 Ok(result) => previous = Some(result),
                 Err(error) => {
-                    if let Err(cleanup) = self.del(id, netns, ports, previous.as_ref()).await {
+                    if let Err(cleanup) = self.del(id, netns, chain, ports, previous.as_ref()).await {
                         tracing::warn!(id, error = %cleanup, "CNI cleanup after a failed ADD failed");
                     }
                     return Err(error);
@@ -116,9 +179,9 @@ impl Network {
 
     /// CNI DEL of the whole chain, last plugin first, each given the cached ADD result.
     /// Idempotent; every plugin is tried and the first error returned.
-    pub async fn del(&self, id: &str, netns: &Path, ports: &[PortMapping], cached: Option<&Value>) -> Result<(), String> {
+    pub async fn del(&self, id: &str, netns: &Path, chain: &[String], ports: &[PortMapping], cached: Option<&Value>) -> Result<(), String> {
         let mut first_error = None;
-        for plugin in self.plugins(ports).into_iter().rev() {
+        for plugin in self.plugins(chain, ports).into_iter().rev() {
             let config = self.plugin_config(plugin, cached);
             if let Err(error) = self.exec("DEL", id, netns, "eth0", &config).await {
                 first_error.get_or_insert(error);
@@ -269,12 +332,20 @@ mod tests {
             plugin_dir: "/usr/lib/cni".into(),
             ipam_dir: "/state/ipam".into(),
         };
-        let plugins = network.plugins(&[PortMapping { host_port: 8080, container_port: 80, protocol: Protocol::Tcp }]);
+        let ports = [PortMapping { host_port: 8080, container_port: 80, protocol: Protocol::Tcp }];
+        assert_eq!(Network::chain(&[]), ["bridge"]);
+        assert_eq!(Network::chain(&ports), ["bridge", "portmap"]);
+        let plugins = network.plugins(&Network::chain(&ports), &ports);
         assert_eq!(plugins[0]["ipam"]["dataDir"], "/state/ipam");
         assert_eq!(plugins[1]["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
         let config = network.plugin_config(plugins[1].clone(), Some(&json!({"ips": []})));
         assert_eq!(config["name"], "diplo");
         assert_eq!(config["cniVersion"], CNI_VERSION);
         assert!(config.get("prevResult").is_some());
+        assert_eq!(network.plugins(&Network::legacy_chain(), &[])[2]["type"], "firewall");
+        let [from, to] = network.forward_rules();
+        assert_eq!(from[..4], ["-i", "diplo0", "-s", "10.89.0.0/16"]);
+        assert_eq!(to[..4], ["-o", "diplo0", "-d", "10.89.0.0/16"]);
+        assert_eq!(to.last().map(String::as_str), Some("ACCEPT"));
     }
 }
