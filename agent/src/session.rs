@@ -210,6 +210,8 @@ async fn session_once(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence = 0u64;
     let mut renew_at = renewal_time(&identity.cert_pem);
+    // A renewal runs beside the loop, so that heartbeats go on while it is under way.
+    let mut renewal: Option<tokio::task::JoinHandle<Result<String, String>>> = None;
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
@@ -220,9 +222,21 @@ async fn session_once(
                     return SessionEnd::Retry("session stream closed".into());
                 }
             }
-            _ = tokio::time::sleep_until(renew_at) => {
-                match renew(&mut client, identity, data_dir).await {
-                    Ok(()) => renew_at = renewal_time(&identity.cert_pem).max(tokio::time::Instant::now() + MIN_RENEWAL_INTERVAL),
+            _ = tokio::time::sleep_until(renew_at), if renewal.is_none() => {
+                renewal = Some(tokio::spawn(request_certificate(client.clone(), identity.node_name.clone(), identity.key_pem.clone())));
+            }
+            Some(outcome) = futures::future::OptionFuture::from(renewal.as_mut()) => {
+                renewal = None;
+                let saved = match outcome {
+                    Ok(Ok(cert_pem)) => identity.save_certificate(data_dir, cert_pem).map_err(|e| e.to_string()),
+                    Ok(Err(reason)) => Err(reason),
+                    Err(err) => Err(format!("renewal task failed: {err}")),
+                };
+                match saved {
+                    Ok(()) => {
+                        tracing::info!(node_id = %identity.node_id, "node certificate renewed");
+                        renew_at = renewal_time(&identity.cert_pem).max(tokio::time::Instant::now() + MIN_RENEWAL_INTERVAL);
+                    }
                     Err(reason) => {
                         tracing::warn!(error = %reason, "certificate renewal failed; retrying in 30 s");
                         renew_at = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -346,17 +360,22 @@ fn renewal_at(not_before: time::OffsetDateTime, not_after: time::OffsetDateTime)
 /// once (a lifetime shorter than the control plane's clock skew) cannot cause a loop.
 const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(10);
 
-async fn renew(client: &mut AgentServiceClient<tonic::transport::Channel>, identity: &mut Identity, data_dir: &Path) -> Result<(), String> {
-    // The key stays the same: only a new CSR for it is sent.
-    let csr_pem = diplo_api::pki::csr_for_key(&identity.node_name, &identity.key_pem).map_err(|e| e.to_string())?;
-    let response = client
-        .renew_certificate(pb::RenewCertificateRequest { csr_pem })
+/// How long a renewal may take before it is given up (and retried later).
+const RENEWAL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A new certificate for the node's key (the key stays the same: only a new CSR for it
+/// is sent), over the session's connection.
+async fn request_certificate(
+    mut client: AgentServiceClient<tonic::transport::Channel>,
+    node_name: String,
+    key_pem: String,
+) -> Result<String, String> {
+    let csr_pem = diplo_api::pki::csr_for_key(&node_name, &key_pem).map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(RENEWAL_TIMEOUT, client.renew_certificate(pb::RenewCertificateRequest { csr_pem }))
         .await
-        .map_err(|status| status.message().to_owned())?
-        .into_inner();
-    identity.save_certificate(data_dir, response.certificate_pem).map_err(|e| e.to_string())?;
-    tracing::info!(node_id = %identity.node_id, "node certificate renewed");
-    Ok(())
+        .map_err(|_| format!("no answer within {RENEWAL_TIMEOUT:?}"))?
+        .map_err(|status| status.message().to_owned())?;
+    Ok(response.into_inner().certificate_pem)
 }
 
 fn end_for(status: tonic::Status) -> SessionEnd {

@@ -12,7 +12,8 @@
 //!    (when the image's platforms are known), has the CPU and memory free (a capacity of 0
 //!    means unknown and is not checked) and has every requested host port free.
 //! 2. **Score** (integers only, higher is better), a weighted sum whose terms are bounded so
-//!    that each weight dominates everything below it:
+//!    that anti-affinity outweighs everything else, and runtime preference everything below it;
+//!    image locality, fit and load are traded against each other:
 //!    * anti-affinity: [`ANTI_AFFINITY`] per instance of the same deployment already on the
 //!      node (including replicas placed earlier in the same call), so replicas spread over
 //!      distinct nodes whenever enough nodes fit;
@@ -31,12 +32,13 @@
 //! replica costs O(log nodes) (a binary heap).
 //!
 //! The pass is memory-bound (each node's strings, sets and maps live on the heap), so it
-//! touches as little as it can: a node's platform is worked out once per distinct
-//! (os, arch, Pi) in the call, and the image and instance look-ups, which walk B-trees of
-//! strings, are deferred: every node first gets an upper bound (image present if it holds any,
-//! no instances), and only nodes whose bound beats the best exact score are looked up. The
-//! result is the same as scoring every node exactly. Rejection reasons are only rendered when
-//! a placement fails.
+//! touches as little as it can. A node's platform (its class, whether the constraints and the
+//! image accept it, its preferred runtime for each set of available runtimes) is worked out
+//! once per distinct (os, arch, Pi) in the call. The image and instance look-ups, which walk
+//! B-trees of strings, are deferred: every node first gets an upper bound (image present if it
+//! holds any, no instances), and only nodes whose bound beats the best exact score are looked
+//! up, which gives the same result as scoring every node exactly. Placing one replica keeps
+//! only the best node so far. Rejection reasons are only rendered when a placement fails.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
@@ -50,7 +52,7 @@ use crate::model::{Constraints, Strategy};
 /// Score penalty per instance of the same deployment already on a node.
 pub const ANTI_AFFINITY: i64 = 1_000_000;
 /// Score penalty per step below the platform's most preferred runtime.
-pub const RUNTIME_RANK: i64 = 10_000;
+pub const RUNTIME_RANK: i64 = 100_000;
 /// Score bonus when the node already holds the image.
 pub const IMAGE_LOCAL: i64 = 2_000;
 /// Utilization of a full node, in basis points.
@@ -87,7 +89,8 @@ pub struct NodeCandidate {
     pub used_cpu_millis: u64,
     /// Memory already reserved by instances on the node, in bytes.
     pub used_memory_bytes: u64,
-    /// Host ports already bound on the node.
+    /// Host ports already bound on the node. (A hash set: `Protocol` is not `Ord`. Only
+    /// membership is used, so its iteration order cannot leak into results.)
     pub used_ports: HashSet<(u16, Protocol)>,
     /// Image references present on the node (for locality).
     pub images: BTreeSet<String>,
@@ -160,50 +163,34 @@ pub fn place(nodes: &[NodeCandidate], request: &PlacementRequest) -> Result<Vec<
     }
     let ctx = Context::new(request);
     let mut memo = PlatformMemo::default();
+    if request.count == 1 {
+        return place_one(nodes, &ctx, &mut memo);
+    }
     let mut entries: Vec<Entry<'_>> = Vec::with_capacity(nodes.len());
     entries.extend(nodes.iter().filter_map(|node| ctx.admit(&mut memo, node).ok()));
 
     let count = request.count as usize;
     let mut placed = Vec::with_capacity(count.min(entries.len().max(1)).min(1024));
-    if count == 1 {
-        // One replica: a linear maximum, no heap to build. A node is only looked up when its
-        // upper bound beats the best exact key so far.
-        let mut best: Option<Key<'_>> = None;
-        for (slot, entry) in entries.iter_mut().enumerate() {
-            if ctx.refusal(entry).is_some() || best.as_ref().is_some_and(|best| entry.key(slot, &ctx) <= *best) {
-                continue;
-            }
+    let mut heap: BinaryHeap<Key<'_>> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| ctx.refusal(entry).is_none())
+        .map(|(slot, entry)| entry.key(slot, &ctx))
+        .collect();
+    // Keys are exact or (not yet looked up) upper bounds. A popped bound is looked up and
+    // goes back exact; a popped exact key beats every other node's bound, so it is the
+    // best. Only the chosen node's score changes, so every other key stays valid.
+    while placed.len() < count {
+        let Some(key) = heap.pop() else { break };
+        let entry = &mut entries[key.slot];
+        if !entry.looked_up {
             entry.look_up(&ctx);
-            let key = entry.key(slot, &ctx);
-            if best.as_ref().is_none_or(|best| key > *best) {
-                best = Some(key);
-            }
+            heap.push(entry.key(key.slot, &ctx));
+            continue;
         }
-        if let Some(key) = best {
-            placed.push(ctx.commit(&mut entries[key.slot]));
-        }
-    } else {
-        let mut heap: BinaryHeap<Key<'_>> = entries
-            .iter()
-            .enumerate()
-            .filter(|(_, entry)| ctx.refusal(entry).is_none())
-            .map(|(slot, entry)| entry.key(slot, &ctx))
-            .collect();
-        // Keys are exact or (not yet looked up) upper bounds. A popped bound is looked up and
-        // goes back exact; a popped exact key beats every other node's bound, so it is the
-        // best. Only the chosen node's score changes, so every other key stays valid.
-        while placed.len() < count {
-            let Some(key) = heap.pop() else { break };
-            let entry = &mut entries[key.slot];
-            if !entry.looked_up {
-                entry.look_up(&ctx);
-                heap.push(entry.key(key.slot, &ctx));
-                continue;
-            }
-            placed.push(ctx.commit(entry));
-            if ctx.refusal(entry).is_none() {
-                heap.push(entry.key(key.slot, &ctx));
-            }
+        placed.push(ctx.commit(entry));
+        if ctx.refusal(entry).is_none() {
+            heap.push(entry.key(key.slot, &ctx));
         }
     }
 
@@ -211,6 +198,33 @@ pub fn place(nodes: &[NodeCandidate], request: &PlacementRequest) -> Result<Vec<
         return Ok(placed);
     }
     Err(NoFit { placed, reasons: ctx.reasons(nodes, &entries) })
+}
+
+/// One replica: a single pass keeping the best node so far, no entries stored and no heap.
+/// A node is only looked up when its upper bound beats the best exact key so far.
+fn place_one(nodes: &[NodeCandidate], ctx: &Context<'_>, memo: &mut PlatformMemo) -> Result<Vec<Placement>, NoFit> {
+    let mut best: Option<(Key<'_>, Entry<'_>)> = None;
+    for (slot, node) in nodes.iter().enumerate() {
+        let Ok(mut entry) = ctx.admit(memo, node) else { continue };
+        if ctx.refusal(&entry).is_some() {
+            continue;
+        }
+        if let Some((best, _)) = &best {
+            let bound = entry.score(ctx);
+            if bound < best.score || (bound == best.score && entry.key_with(bound, slot) <= *best) {
+                continue;
+            }
+        }
+        entry.look_up(ctx);
+        let key = entry.key(slot, ctx);
+        if best.as_ref().is_none_or(|(best, _)| key > *best) {
+            best = Some((key, entry));
+        }
+    }
+    match best {
+        Some((_, mut entry)) => Ok(vec![ctx.commit(&mut entry)]),
+        None => Err(NoFit { placed: Vec::new(), reasons: ctx.reasons(nodes, &[]) }),
+    }
 }
 
 /// The request, digested once per call.
@@ -301,8 +315,22 @@ impl<'r> Context<'r> {
     fn platform(&self, node: &NodeCandidate) -> Platform {
         let os = normalize_os(&node.os);
         let arch = normalize_arch(&node.arch);
+        let class = PlatformClass::of(&node.os, &node.arch, node.raspberry_pi);
+        // The preferred runtime and its rank for every set of available runtimes.
+        let choice = std::array::from_fn(|available| {
+            let mut runtimes = [Runtime::Docker; Runtime::ALL.len()];
+            let mut count = 0;
+            for runtime in Runtime::ALL.into_iter().filter(|&runtime| available & 1 << runtime as usize != 0) {
+                runtimes[count] = runtime;
+                count += 1;
+            }
+            let runtime = class.preferred(&runtimes[..count])?;
+            let rank = class.preference().iter().position(|&r| r == runtime).unwrap_or(0);
+            Some((runtime, rank as u8))
+        });
         Platform {
-            class: PlatformClass::of(&node.os, &node.arch, node.raspberry_pi),
+            class,
+            choice,
             os_ok: self.os.is_none_or(|want| want == os),
             arch_ok: self.arch.is_none_or(|want| want == arch),
             image_ok: self.platforms.as_ref().is_none_or(|platforms| platforms.contains(&(os, arch))),
@@ -339,13 +367,17 @@ impl<'r> Context<'r> {
         let (runtime, rank) = match self.request.runtime {
             Some(forced) if node.runtimes.contains(&forced) => (forced, 0),
             Some(forced) => return Err(Refusal::RuntimeMissing(forced)),
+            // "Anything else": the first available, in the node's order.
+            None if platform.class == PlatformClass::Other => match node.runtimes.first() {
+                Some(&runtime) => (runtime, 0),
+                None => return Err(Refusal::NoRuntime),
+            },
             None => {
-                let class = platform.class;
-                let Some(runtime) = class.preferred(&node.runtimes) else {
-                    return Err(Refusal::NoRuntime);
-                };
-                let rank = class.preference().iter().position(|&r| r == runtime).unwrap_or(0);
-                (runtime, rank as i64)
+                let available = node.runtimes.iter().fold(0usize, |set, &runtime| set | 1 << runtime as usize);
+                match platform.choice[available] {
+                    Some((runtime, rank)) => (runtime, i64::from(rank)),
+                    None => return Err(Refusal::NoRuntime),
+                }
             }
         };
         if !platform.image_ok {
@@ -432,7 +464,11 @@ impl<'r> Context<'r> {
                     next += 1;
                     self.refusal(entry)
                 }
-                _ => self.admit(&mut memo, node).err(),
+                // Not among `entries`: refused outright, or eligible with nothing placed.
+                _ => match self.admit(&mut memo, node) {
+                    Err(refusal) => Some(refusal),
+                    Ok(fresh) => self.refusal(&fresh),
+                },
             };
             if let Some(refusal) = refusal {
                 let name = if node.name.is_empty() { &node.id } else { &node.name };
@@ -524,7 +560,11 @@ impl<'a> Entry<'a> {
     }
 
     fn key(&self, slot: usize, ctx: &Context<'_>) -> Key<'a> {
-        Key { score: self.score(ctx), name: &self.node.name, id: &self.node.id, slot }
+        self.key_with(self.score(ctx), slot)
+    }
+
+    fn key_with(&self, score: i64, slot: usize) -> Key<'a> {
+        Key { score, name: &self.node.name, id: &self.node.id, slot }
     }
 }
 
@@ -532,6 +572,10 @@ impl<'a> Entry<'a> {
 #[derive(Clone, Copy)]
 struct Platform {
     class: PlatformClass,
+    /// The preferred runtime and its rank in the platform's order, indexed by the set of
+    /// available runtimes (bit `runtime as usize`). Unused for [`PlatformClass::Other`], whose
+    /// choice depends on the order runtimes are listed in.
+    choice: [Option<(Runtime, u8)>; 1 << Runtime::ALL.len()],
     /// The os constraint (if any) accepts it.
     os_ok: bool,
     /// The arch constraint (if any) accepts it.
@@ -727,6 +771,17 @@ mod tests {
         let idle = node("idle", "amd64", &[Docker]);
         let placed = place(&[busy, idle], &request(1)).unwrap();
         assert_eq!(placed, vec![Placement { node_id: "id-idle".to_owned(), runtime: Docker }]);
+        // Even one step down (Docker on ARM), a full node holding the image loses to an empty one.
+        let mut full = NodeCandidate {
+            used_cpu_millis: 3_900,
+            used_memory_bytes: 8 * GIB - 1,
+            instances: BTreeMap::from([("other".to_owned(), 9)]),
+            ..node("full", "arm64", &[Docker])
+        };
+        full.images.insert("nginx:1.27".to_owned());
+        let empty = node("empty", "arm64", &[Lxc]);
+        let placed = place(&[full, empty], &PlacementRequest { cpu_millis: 100, ..request(1) }).unwrap();
+        assert_eq!(placed, vec![Placement { node_id: "id-empty".to_owned(), runtime: Lxc }]);
     }
 
     #[test]
