@@ -53,7 +53,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Api
     serde_json::from_slice(body).map_err(|e| ApiError(ServiceError::invalid("body", e.to_string())))
 }
 
-fn parse_port(field: &'static str, text: &str) -> Result<u16, ServiceError> {
+pub(super) fn parse_port(field: &'static str, text: &str) -> Result<u16, ServiceError> {
     let number = text.split('/').next().unwrap_or(text);
     number
         .parse::<u16>()

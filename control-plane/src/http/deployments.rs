@@ -17,7 +17,7 @@ use diplo_api::runtime::Runtime;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::containers::parse_body;
+use super::containers::{parse_body, parse_port};
 use super::ApiError;
 use crate::auth::Caller;
 use crate::error::ServiceError;
@@ -107,14 +107,6 @@ pub struct DeployBody {
     labels: BTreeMap<String, String>,
 }
 
-fn port(text: &str) -> Result<u16, ServiceError> {
-    text.split('/')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-        .filter(|p| *p != 0)
-        .ok_or_else(|| ServiceError::invalid("ports", format!("{text:?} is not a port (1-65535)")))
-}
-
 /// `256m` → bytes (k, m, g suffixes, powers of 1024), or a plain number of bytes.
 fn memory_bytes(value: &Value) -> Result<u64, ServiceError> {
     let bad = || ServiceError::invalid("resources.memory", format!("{value} is not a size like 256m or 1g"));
@@ -160,7 +152,7 @@ impl DeployBody {
             .iter()
             .map(|(host, container)| {
                 let protocol = if container.ends_with("/udp") { Protocol::Udp } else { Protocol::Tcp };
-                Ok(PortMapping { host_port: port(host)?, container_port: port(container)?, protocol })
+                Ok(PortMapping { host_port: parse_port("ports", host)?, container_port: parse_port("ports", container)?, protocol })
             })
             .collect::<Result<Vec<_>, ServiceError>>()?;
         let restart_policy: RestartPolicy = self

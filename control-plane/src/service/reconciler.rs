@@ -532,10 +532,10 @@ impl ControlPlane {
         }
         let spec = instance_container(deployment, instance);
         let this = self.clone();
-        let instance_id = instance.id.clone();
+        let (instance_id, deployment_id) = (instance.id.clone(), instance.deployment_id.clone());
         tokio::spawn(async move {
             let outcome = this.send_command(&node_id, runtime, CommandOp::Create(spec)).await;
-            this.finish(&instance_id, &node_id, runtime, outcome).await;
+            this.finish(&deployment_id, &instance_id, &node_id, runtime, outcome).await;
         });
     }
 
@@ -545,10 +545,10 @@ impl ControlPlane {
             return;
         }
         let this = self.clone();
-        let (instance_id, node_id) = (instance.id.clone(), node_id.to_owned());
+        let (instance_id, node_id, deployment_id) = (instance.id.clone(), node_id.to_owned(), instance.deployment_id.clone());
         tokio::spawn(async move {
             let outcome = this.send_command(&node_id, runtime, op).await;
-            this.finish(&instance_id, &node_id, runtime, outcome).await;
+            this.finish(&deployment_id, &instance_id, &node_id, runtime, outcome).await;
         });
     }
 
@@ -577,9 +577,9 @@ impl ControlPlane {
     }
 
     /// Records the outcome of a create/start/restart on the instance.
-    async fn finish(&self, instance_id: &str, node_id: &str, runtime: diplo_api::runtime::Runtime, outcome: ServiceResult<CommandOutput>) {
+    async fn finish(&self, deployment_id: &str, instance_id: &str, node_id: &str, runtime: diplo_api::runtime::Runtime, outcome: ServiceResult<CommandOutput>) {
         let update = async {
-            let Some(mut instance) = self.store.list_instances(None).await?.into_iter().find(|i| i.id == instance_id) else {
+            let Some(mut instance) = self.store.list_instances(Some(deployment_id)).await?.into_iter().find(|i| i.id == instance_id) else {
                 return Ok::<(), ServiceError>(());
             };
             match outcome {
