@@ -147,28 +147,7 @@ fn build_binaries(profile_dir: &Path) {
         .args(["build", "--workspace", "--bins", "--manifest-path"])
         .arg(&manifest);
     command.env("CARGO_TARGET_DIR", &target_dir);
-    // Cargo sets these for the test process. Some build scripts (ring's) rerun when
-    // one changes, so inheriting them would make this build and a plain
-    // `cargo build` in a shell rebuild each other's dependencies.
-    for (name, _) in std::env::vars_os() {
-        if let Some(name) = name.to_str()
-            && (name.starts_with("CARGO_PKG_")
-                || name.starts_with("CARGO_BIN_EXE_")
-                || [
-                    "CARGO_MANIFEST_DIR",
-                    "CARGO_MANIFEST_PATH",
-                    "CARGO_CRATE_NAME",
-                    "CARGO_BIN_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "CARGO_RUSTC_CURRENT_DIR",
-                    "OUT_DIR",
-                ]
-                .contains(&name))
-        {
-            command.env_remove(name);
-        }
-    }
+    remove_cargo_test_env(&mut command);
     match profile.as_str() {
         "debug" => {}
         "release" => {
@@ -210,6 +189,38 @@ fn build_binaries(profile_dir: &Path) {
         panic!("{e}");
     }
     eprintln!("[harness] binaries ready in {:.1?}", started.elapsed());
+}
+
+/// Removes from `command` the variables cargo sets for a test process. Some build
+/// scripts (ring's) rerun when one changes, so a `cargo build` inheriting them and a
+/// plain `cargo build` in a shell would rebuild each other's dependencies.
+pub fn remove_cargo_test_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str()
+            && (name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .contains(&name))
+        {
+            command.env_remove(name);
+        }
+    }
+}
+
+/// The cargo target directory holding the binaries under test (built first if needed),
+/// for tests that run cargo themselves and must find the build already made.
+pub fn target_dir() -> PathBuf {
+    let profile_dir = binaries_dir();
+    profile_dir.parent().unwrap_or(profile_dir).to_owned()
 }
 
 /// Removes stamps of earlier runs (older than an hour) next to `current`.
@@ -306,7 +317,7 @@ fn read_lossy(path: &Path) -> String {
 }
 
 /// Runs `command` with its output captured; kills it after `timeout`.
-fn output_with_timeout(mut command: Command, timeout: Duration) -> Output {
+pub fn output_with_timeout(mut command: Command, timeout: Duration) -> Output {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let description = format!("{command:?}");
     let mut child = command
@@ -428,7 +439,7 @@ pub struct Process {
 
 impl Process {
     /// Spawns `command` with its output appended to `<log_base>.stdout` / `.stderr`.
-    fn spawn(label: &str, mut command: Command, log_base: &Path) -> Process {
+    pub fn spawn(label: &str, mut command: Command, log_base: &Path) -> Process {
         let stdout = PathBuf::from(format!("{}.stdout", log_base.display()));
         let stderr = PathBuf::from(format!("{}.stderr", log_base.display()));
         let open = |path: &Path| {
