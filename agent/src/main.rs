@@ -56,3 +56,25 @@ async fn main() -> std::process::ExitCode {
         _ = tokio::signal::ctrl_c() => std::process::ExitCode::SUCCESS,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_are_allowed_one_flag_each() {
+        let cli = Cli::try_parse_from([
+            "diplo-agent",
+            "--server",
+            "cp:7443",
+            "--allow-host-path",
+            "/srv/a",
+            "--allow-host-path",
+            "/srv/b",
+        ])
+        .expect("two allowed host paths");
+        assert_eq!(cli.allow_host_path, vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+        let cli = Cli::try_parse_from(["diplo-agent", "--server", "cp:7443"]).expect("no allowed host path");
+        assert!(cli.allow_host_path.is_empty(), "nothing is allowed by default");
+    }
+}

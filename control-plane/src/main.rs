@@ -120,3 +120,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_takes_the_local_agents_host_path_allowlist() {
+        let cli = Cli::try_parse_from(["diplo-control-plane", "dev", "--allow-host-path", "/srv/a", "--allow-host-path", "/srv/b"])
+            .expect("dev with two allowed host paths");
+        let Command::Dev(dev) = cli.command else { panic!("dev expected") };
+        assert_eq!(dev.allow_host_path, vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+        let Command::Dev(dev) = Cli::try_parse_from(["diplo-control-plane", "dev"]).expect("dev").command else { panic!("dev expected") };
+        assert!(dev.allow_host_path.is_empty(), "nothing is allowed by default");
+        let err = Cli::try_parse_from(["diplo-control-plane", "serve", "--allow-host-path", "/srv/a"]).err().expect("serve runs no agent");
+        assert!(err.to_string().contains("--allow-host-path"), "{err}");
+    }
+}

@@ -3,12 +3,19 @@
 //! 403, a deployer managing tokens or nodes → PermissionDenied, a node certificate
 //! calling an operator RPC → PermissionDenied. The lists of RPCs and routes are checked
 //! against what the control plane serves (gRPC reflection, the REST router's source),
-//! so a new RPC or route without an entry here fails the walk.
+//! so a new RPC or route without an entry here fails the walk. Requests whose content
+//! needs more than their RPC's or route's role (a host bind mount: admins only) are
+//! walked too.
 //!
 //! Also: the node authorizer (a node reporting another node's containers is refused
 //! and audited), certificates from another CA, expired and removed nodes' certificates,
 //! API tokens end to end (CLI, REST, revocation, expiry, audit), and join rate limits.
-//! Join tokens that are expired, revoked or used up are covered in `bad_input.rs`.
+//! What roles may ask of the nodes, end to end with a real agent: host bind mounts
+//! (admins only, and only inside the agent's `--allow-host-path` allowlist, links
+//! resolved), `diplo.*` labels (reserved), label constraints (matched by admin-set node
+//! labels only, never by what a node reports) and environment values (hidden from
+//! viewers). Join tokens that are expired, revoked or used up are covered in
+//! `bad_input.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -405,6 +412,57 @@ fn output_chunks() -> tokio_stream::Iter<std::vec::IntoIter<pb::OutputChunk>> {
         data: b"x".to_vec(),
         eof: true,
     }])
+}
+
+/// A container spec mounting the host's `/`.
+fn host_root_spec(name: &str) -> pb::ContainerSpec {
+    pb::ContainerSpec {
+        mounts: vec![pb::Mount {
+            source: "/".into(),
+            target: "/host".into(),
+            read_only: true,
+        }],
+        ..container_spec(name)
+    }
+}
+
+fn host_root_deployment(name: &str) -> pb::DeploymentSpec {
+    pb::DeploymentSpec {
+        container: Some(host_root_spec(name)),
+        ..deployment_spec(name)
+    }
+}
+
+/// Requests whose content asks for more than their RPC's role: a host bind mount is for
+/// admins only, whichever RPC carries it.
+fn privileged_requests() -> Vec<Rpc> {
+    vec![
+        rpc!(
+            "diplo.v1.ContainerService/CreateContainer with a host bind mount",
+            Admin,
+            ContainerServiceClient::create_container(pb::CreateContainerRequest {
+                spec: Some(host_root_spec("authz-probe")),
+                start: true,
+                ..Default::default()
+            })
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/Deploy with a host bind mount",
+            Admin,
+            DeploymentServiceClient::deploy(pb::DeployRequest {
+                spec: Some(host_root_deployment("authz-probe")),
+                ..Default::default()
+            })
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/Update with a host bind mount",
+            Admin,
+            DeploymentServiceClient::update(pb::UpdateRequest {
+                spec: Some(host_root_deployment("authz-nope")),
+                ..Default::default()
+            })
+        ),
+    ]
 }
 
 /// Every RPC the control plane serves.
@@ -855,7 +913,8 @@ async fn every_rpc_requires_the_right_credential() {
 
     let mut failures = Vec::new();
     let mut calls = 0;
-    for rpc in &table {
+    let privileged = privileged_requests();
+    for rpc in table.iter().chain(&privileged) {
         for who in EVERYONE {
             let channel = channels[&format!("{who:?}")].clone();
             let outcome = tokio::time::timeout(Duration::from_secs(30), (rpc.call)(channel))
@@ -1093,6 +1152,34 @@ fn routes() -> Vec<Route> {
     ]
 }
 
+/// Requests whose body asks for more than their route's role: a host bind mount is for
+/// admins only.
+fn privileged_routes() -> Vec<Route> {
+    use Access::*;
+    let body = |name: &str| {
+        Some(serde_json::json!({"name": name, "image": "busybox", "replicas": 1, "volumes": ["/:/host:ro"]}))
+    };
+    vec![
+        Route {
+            body: body("authz-rest"),
+            ..route("POST", "/api/unified/deploy", Admin, "/api/unified/deploy")
+        },
+        Route {
+            body: body("authz-rest"),
+            ..route("POST", "/api/v1/deployments", Admin, "/api/v1/deployments")
+        },
+        Route {
+            body: body("authz-nope"),
+            ..route(
+                "PUT",
+                "/api/v1/deployments/{name}",
+                Admin,
+                "/api/v1/deployments/authz-nope",
+            )
+        },
+    ]
+}
+
 /// `(METHOD, path)` of every `.route(…)` in the REST router's source.
 fn router_routes() -> BTreeSet<(String, String)> {
     let path = concat!(
@@ -1234,7 +1321,8 @@ fn every_rest_route_requires_the_right_bearer_token() {
         (Who::Admin, Some(&admin)),
     ];
     let mut failures = Vec::new();
-    for route in &table {
+    let privileged = privileged_routes();
+    for route in table.iter().chain(&privileged) {
         for (who, token) in callers {
             let (status, body) = rest_call(
                 route.method,
