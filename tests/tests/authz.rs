@@ -2183,3 +2183,53 @@ async fn a_label_a_node_reports_itself_does_not_attract_constrained_workloads() 
     };
     assert_eq!(placed, vouched.id, "the instance goes to the node the admin labelled, not {}", claimer.id);
 }
+
+#[tokio::test]
+async fn dev_mode_holds_its_local_agent_to_the_allowlist() {
+    diplo_api::install_crypto_provider();
+    let host = tempfile::tempdir().expect("temporary directory");
+    let allowed = host.path().canonicalize().expect("canonical temporary directory").join("allowed");
+    std::fs::create_dir_all(&allowed).expect("allowed");
+    let allowed_text = allowed.display().to_string();
+    let options = ControlPlaneOptions {
+        dev: true,
+        env: vec![
+            ("DIPLO_RUNTIMES".into(), "docker".into()),
+            ("DIPLO_ALLOW_HOST_PATHS".into(), allowed_text.clone()),
+        ],
+        ..Default::default()
+    };
+    let control_plane = ControlPlane::start(options);
+    let node = diplo_tests::wait_until("the local agent to be ready", Duration::from_secs(60), Duration::from_millis(250), || {
+        match control_plane.try_nodes()?.first() {
+            Some(node) if node["status"] == "ready" && node["os"] != "" => Ok(node.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let _cleanup = RemoveWorkloadsOnDrop {
+        control_plane: &control_plane,
+        volumes: Vec::new(),
+    };
+    if !node["available"].to_string().contains("docker") {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI=true but docker is not available on the local node: {node}"
+        );
+        eprintln!("[test] SKIPPED: docker is not available here (not CI)");
+        return;
+    }
+    let admin = admin_channel(&control_plane).await;
+    let refused = ContainerServiceClient::new(admin.clone())
+        .create_container(create_request(sleeper(&unique("dev-root"), vec![mount("/", "/host")])))
+        .await
+        .expect_err("/ is outside the local agent's allowlist");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("--allow-host-path") && refused.message().contains(&allowed_text),
+        "{refused:?}"
+    );
+    ContainerServiceClient::new(admin)
+        .create_container(create_request(sleeper(&unique("dev-in"), vec![mount(&allowed_text, "/data")])))
+        .await
+        .unwrap_or_else(|s| panic!("inside the allowlist given to dev: {s:?}\n{}", control_plane.logs()));
+}
