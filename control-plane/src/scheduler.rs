@@ -7,9 +7,9 @@
 //! # How a replica is placed
 //!
 //! 1. **Filter.** A node is eligible when it is ready and not cordoned, matches the
-//!    constraints (node id or name, every label among those an admin gave the node, os,
-//!    arch), offers a runtime (the forced one,
-//!    or any runtime its platform accepts, SPEC §2), runs an os/arch the image is built for
+//!    constraints (node id or name, os, arch, and every label among those an admin gave
+//!    the node: what a node reports about itself never counts), offers a runtime (the
+//!    forced one, or any runtime its platform accepts, SPEC §2), runs an os/arch the image is built for
 //!    (when the image's platforms are known), has the CPU and memory free (a capacity of 0
 //!    means unknown and is not checked) and has every requested host port free.
 //! 2. **Score** (integers only, higher is better), a weighted sum whose terms are bounded so
