@@ -79,6 +79,9 @@ pub enum CommandErrorCode {
     Unavailable,
     /// FAILED_PRECONDITION.
     FailedPrecondition,
+    /// PERMISSION_DENIED (the agent's own policy refuses it, e.g. a host path outside its
+    /// allowlist).
+    PermissionDenied,
     /// INTERNAL.
     Internal,
 }
@@ -92,6 +95,7 @@ impl CommandErrorCode {
             CommandErrorCode::Unimplemented => "UNIMPLEMENTED",
             CommandErrorCode::Unavailable => "UNAVAILABLE",
             CommandErrorCode::FailedPrecondition => "FAILED_PRECONDITION",
+            CommandErrorCode::PermissionDenied => "PERMISSION_DENIED",
             CommandErrorCode::Internal => "INTERNAL",
         }
     }
@@ -104,6 +108,7 @@ impl CommandErrorCode {
             "UNIMPLEMENTED" => CommandErrorCode::Unimplemented,
             "UNAVAILABLE" => CommandErrorCode::Unavailable,
             "FAILED_PRECONDITION" => CommandErrorCode::FailedPrecondition,
+            "PERMISSION_DENIED" => CommandErrorCode::PermissionDenied,
             _ => CommandErrorCode::Internal,
         }
     }
@@ -254,6 +259,8 @@ mod tests {
         let err = CommandError { code: CommandErrorCode::AlreadyExists, message: "host port 8080 is in use".into() };
         let wire = command_result("r", "n", Runtime::Docker, &Err(err.clone()));
         assert_eq!(command_outcome(wire), Err(err));
+        let err = CommandError { code: CommandErrorCode::PermissionDenied, message: "host path / is not allowed".into() };
+        assert_eq!(command_outcome(command_result("r", "n", Runtime::Docker, &Err(err.clone()))), Err(err));
         let ok = CommandOutput { exec: Some(ExecOutput { exit_code: 3, stdout: b"out".to_vec(), stderr: vec![] }), ..Default::default() };
         let back = command_outcome(command_result("r", "n", Runtime::Docker, &Ok(ok))).expect("ok");
         assert_eq!(back.exec.expect("exec").exit_code, 3);

@@ -13,6 +13,14 @@ pub const LABEL_DEPLOYMENT: &str = "diplo.deployment";
 pub const LABEL_INSTANCE: &str = "diplo.instance";
 /// Label carrying the node id that created the container.
 pub const LABEL_NODE: &str = "diplo.node";
+/// Prefix of the labels Diplo sets itself; requests may not set them.
+pub const RESERVED_LABEL_PREFIX: &str = "diplo.";
+
+/// Whether a label key belongs to Diplo (`diplo.*`, any case): such labels decide which
+/// deployment, instance and node a container belongs to, so only Diplo sets them.
+pub fn is_reserved_label(key: &str) -> bool {
+    key.get(..RESERVED_LABEL_PREFIX.len()).is_some_and(|prefix| prefix.eq_ignore_ascii_case(RESERVED_LABEL_PREFIX))
+}
 
 /// When a runtime restarts a container by itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +310,16 @@ mod tests {
             assert_eq!(policy.to_string().parse::<RestartPolicy>(), Ok(policy));
         }
         assert!("sometimes".parse::<RestartPolicy>().is_err());
+    }
+
+    #[test]
+    fn diplo_labels_are_reserved_in_any_case() {
+        for reserved in [LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_NODE, "diplo.anything", "DIPLO.node", "Diplo.x", "diplo."] {
+            assert!(is_reserved_label(reserved), "{reserved}");
+        }
+        for free in ["team", "diplo", "diplonode", "x.diplo.node", "", "é"] {
+            assert!(!is_reserved_label(free), "{free}");
+        }
     }
 
     #[test]

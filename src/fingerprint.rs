@@ -50,7 +50,8 @@ pub struct Fingerprint {
     pub runtimes: Vec<RuntimeReport>,
     /// Agent version.
     pub agent_version: String,
-    /// Node labels.
+    /// Labels the node reports about itself: informational only, placement constraints
+    /// match the labels an admin gave the node (its join token's), never these.
     pub labels: BTreeMap<String, String>,
 }
 

@@ -10,6 +10,7 @@ use diplo_api::runtime::Runtime;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 
+use crate::host_paths::HostPathPolicy;
 use crate::runtime::{ContainerRuntime, RuntimeError, RuntimeStream};
 
 /// The runtimes this node can drive, by kind.
@@ -17,12 +18,32 @@ use crate::runtime::{ContainerRuntime, RuntimeError, RuntimeStream};
 pub struct Executor {
     node_id: String,
     runtimes: BTreeMap<Runtime, Arc<dyn ContainerRuntime>>,
+    host_paths: HostPathPolicy,
 }
 
 impl Executor {
-    /// An executor for `node_id` over the given drivers.
+    /// An executor for `node_id` over the given drivers, allowing no host bind mount.
     pub fn new(node_id: String, runtimes: Vec<Arc<dyn ContainerRuntime>>) -> Self {
-        Executor { node_id, runtimes: runtimes.into_iter().map(|r| (r.runtime(), r)).collect() }
+        Executor { node_id, runtimes: runtimes.into_iter().map(|r| (r.runtime(), r)).collect(), host_paths: HostPathPolicy::default() }
+    }
+
+    /// The same executor, letting containers bind-mount the host paths `policy` allows.
+    pub fn with_host_paths(mut self, policy: HostPathPolicy) -> Self {
+        self.host_paths = policy;
+        self
+    }
+
+    /// Refuses a container whose bind mounts reach outside the host path allowlist,
+    /// before any runtime sees it.
+    fn check_host_paths(&self, op: &CommandOp) -> Result<(), CommandError> {
+        let CommandOp::Create(spec) = op else { return Ok(()) };
+        for mount in spec.mounts.iter().filter(|mount| mount.is_bind()) {
+            if let Err(message) = self.host_paths.check(&mount.source) {
+                tracing::warn!(container = %spec.name, source = %mount.source, target = %mount.target, "host bind mount refused");
+                return Err(CommandError { code: CommandErrorCode::PermissionDenied, message });
+            }
+        }
+        Ok(())
     }
 
     /// The runtimes available.
@@ -39,6 +60,9 @@ impl Executor {
 
     /// Runs one command (except followed logs: see [`Executor::follow_logs`]).
     pub fn execute(&self, command: AgentCommand) -> BoxFuture<'static, CommandOutcome> {
+        if let Err(refused) = self.check_host_paths(&command.op) {
+            return Box::pin(async move { Err(refused) });
+        }
         let driver = self.driver(command.runtime).cloned();
         let node_id = self.node_id.clone();
         Box::pin(async move { run_op(driver?, command.op, node_id).await.map_err(command_error) })
@@ -152,4 +176,39 @@ pub fn command_error(err: RuntimeError) -> CommandError {
         RuntimeError::Failed { .. } => CommandErrorCode::Internal,
     };
     CommandError { code, message: err.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use diplo_api::container::{ContainerSpec, Mount};
+
+    use super::*;
+
+    fn create(mounts: Vec<Mount>) -> AgentCommand {
+        let spec = ContainerSpec { name: "web".into(), image: "busybox".into(), mounts, ..ContainerSpec::default() };
+        AgentCommand { request_id: "r1".into(), runtime: Runtime::Docker, op: CommandOp::Create(spec) }
+    }
+
+    #[tokio::test]
+    async fn host_bind_mounts_outside_the_allowlist_are_refused_before_any_runtime() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let allowed = dir.path().canonicalize().expect("canonical path");
+        let mount = |source: &str| Mount { source: source.into(), target: "/data".into(), read_only: false };
+        let executor = Executor::default().with_host_paths(HostPathPolicy::new([allowed.clone()]).expect("policy"));
+
+        for source in ["/", "/var/run/docker.sock", "/etc/../etc"] {
+            let err = executor.execute(create(vec![mount("data"), mount(source)])).await.expect_err(source);
+            assert_eq!(err.code, CommandErrorCode::PermissionDenied, "{source}: {err:?}");
+            assert!(err.message.contains(source) && err.message.contains("--allow-host-path"), "{}", err.message);
+        }
+        // Allowed paths and named volumes get as far as the runtime (none here).
+        let inside = allowed.join("sub").display().to_string();
+        for mounts in [vec![mount(&inside)], vec![mount("data")], vec![]] {
+            let err = executor.execute(create(mounts.clone())).await.expect_err("no runtime");
+            assert_eq!(err.code, CommandErrorCode::FailedPrecondition, "{mounts:?}: {err:?}");
+        }
+        // Nothing is allowed by default.
+        let err = Executor::default().execute(create(vec![mount(&inside)])).await.expect_err("default");
+        assert_eq!(err.code, CommandErrorCode::PermissionDenied, "{err:?}");
+    }
 }

@@ -4,6 +4,7 @@
 pub mod drivers;
 pub mod executor;
 pub mod fingerprint;
+pub mod host_paths;
 pub mod identity;
 pub mod port_publisher;
 pub mod runtime;
@@ -33,12 +34,22 @@ pub struct AgentConfig {
     pub probe: ProbeConfig,
     /// Registries reached over plain HTTP (loopback ones always are).
     pub registry: runtime::RegistryConfig,
+    /// Host paths containers may bind-mount (none by default).
+    pub host_paths: host_paths::HostPathPolicy,
 }
 
 impl AgentConfig {
     /// A configuration with probing settings from the environment.
     pub fn new(server: String, token: Option<String>, name: String, data_dir: PathBuf) -> Self {
-        AgentConfig { server, token, name, data_dir, probe: ProbeConfig::from_env(), registry: runtime::RegistryConfig::default() }
+        AgentConfig {
+            server,
+            token,
+            name,
+            data_dir,
+            probe: ProbeConfig::from_env(),
+            registry: runtime::RegistryConfig::default(),
+            host_paths: host_paths::HostPathPolicy::default(),
+        }
     }
 }
 
@@ -48,7 +59,7 @@ pub async fn run(config: AgentConfig) -> Result<(), session::AgentError> {
     let identity = session::ensure_identity(&config.server, config.token.as_deref(), &config.name, &config.data_dir).await?;
     let fingerprint = fingerprint::probe(&config.probe).await;
     let drivers = drivers::connect_available(&fingerprint, &config.probe, &config.registry, &config.data_dir, &identity.node_id).await;
-    let executor = executor::Executor::new(identity.node_id.clone(), drivers);
-    tracing::info!(runtimes = ?executor.runtimes(), "runtime drivers ready");
+    let executor = executor::Executor::new(identity.node_id.clone(), drivers).with_host_paths(config.host_paths.clone());
+    tracing::info!(runtimes = ?executor.runtimes(), allowed_host_paths = ?config.host_paths.allowed(), "runtime drivers ready");
     Err(session::run_sessions(&config.server, identity, &config.data_dir, &config.probe, &executor).await)
 }

@@ -19,6 +19,10 @@ struct Cli {
     /// Where the node identity is kept.
     #[arg(long, env = "DIPLO_AGENT_DATA_DIR", default_value = "/var/lib/diplo/agent")]
     data_dir: PathBuf,
+    /// A host directory whose contents containers may bind-mount (repeatable; none by
+    /// default). Absolute, without `..`; symbolic links are resolved before the check.
+    #[arg(long = "allow-host-path", value_name = "DIR", env = "DIPLO_ALLOW_HOST_PATHS", value_delimiter = ',')]
+    allow_host_path: Vec<PathBuf>,
 }
 
 #[tokio::main]
@@ -34,7 +38,15 @@ async fn main() -> std::process::ExitCode {
     let name = cli.name.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_lowercase()).unwrap_or_else(|_| "node".into())
     });
-    let config = diplo_agent::AgentConfig::new(cli.server, cli.token, name, cli.data_dir);
+    let host_paths = match diplo_agent::host_paths::HostPathPolicy::new(cli.allow_host_path) {
+        Ok(policy) => policy,
+        Err(err) => {
+            eprintln!("diplo-agent: error: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut config = diplo_agent::AgentConfig::new(cli.server, cli.token, name, cli.data_dir);
+    config.host_paths = host_paths;
     tokio::select! {
         result = diplo_agent::run(config) => {
             let err = result.err().map(|e| e.to_string()).unwrap_or_else(|| "stopped".into());
@@ -42,5 +54,27 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
         _ = tokio::signal::ctrl_c() => std::process::ExitCode::SUCCESS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_are_allowed_one_flag_each() {
+        let cli = Cli::try_parse_from([
+            "diplo-agent",
+            "--server",
+            "cp:7443",
+            "--allow-host-path",
+            "/srv/a",
+            "--allow-host-path",
+            "/srv/b",
+        ])
+        .expect("two allowed host paths");
+        assert_eq!(cli.allow_host_path, vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+        let cli = Cli::try_parse_from(["diplo-agent", "--server", "cp:7443"]).expect("no allowed host path");
+        assert!(cli.allow_host_path.is_empty(), "nothing is allowed by default");
     }
 }

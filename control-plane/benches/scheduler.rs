@@ -85,6 +85,7 @@ fn cluster(size: usize, seed: u64) -> Vec<NodeCandidate> {
                 ready: rng.chance(98),
                 cordoned: rng.chance(1),
                 labels,
+                reported_labels: BTreeMap::new(),
                 runtimes,
                 cpu_millis,
                 memory_bytes,

@@ -40,6 +40,11 @@ impl Caller {
         }
     }
 
+    /// Whether this is an operator with `least` or a more powerful role.
+    pub fn has_role(&self, least: Role) -> bool {
+        matches!(self, Caller::Operator { role, .. } if *role <= least)
+    }
+
     /// Requires a node certificate (of any node); returns its node id.
     pub fn require_any_node(&self) -> Result<&str, ServiceError> {
         match self {
@@ -78,5 +83,8 @@ mod tests {
         assert!(admin.require_node("n1").is_err());
         assert_eq!(node.require_any_node().ok(), Some("n1"));
         assert!(admin.require_any_node().is_err());
+        assert!(admin.has_role(Role::Admin) && admin.has_role(Role::Viewer));
+        assert!(viewer.has_role(Role::Viewer) && !viewer.has_role(Role::Deployer));
+        assert!(!node.has_role(Role::Viewer));
     }
 }

@@ -21,7 +21,17 @@ enum Command {
     /// Run the control plane.
     Serve(Options),
     /// Run the control plane with a local agent and embedded SQLite (data in ./.diplo).
-    Dev(Options),
+    Dev(DevOptions),
+}
+
+#[derive(clap::Args)]
+struct DevOptions {
+    #[command(flatten)]
+    options: Options,
+    /// A host directory whose contents the local agent's containers may bind-mount
+    /// (repeatable; none by default), as `diplo-agent --allow-host-path`.
+    #[arg(long = "allow-host-path", value_name = "DIR", env = "DIPLO_ALLOW_HOST_PATHS", value_delimiter = ',')]
+    allow_host_path: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -104,6 +114,26 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(options) => run(options.into_config("/var/lib/diplo/control-plane")?, Mode::Serve).await,
-        Command::Dev(options) => run(options.into_config(".diplo")?, Mode::Dev).await,
+        Command::Dev(dev) => {
+            let host_paths = diplo_agent::host_paths::HostPathPolicy::new(dev.allow_host_path).map_err(anyhow::Error::msg)?;
+            run(dev.options.into_config(".diplo")?, Mode::Dev { host_paths }).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_takes_the_local_agents_host_path_allowlist() {
+        let cli = Cli::try_parse_from(["diplo-control-plane", "dev", "--allow-host-path", "/srv/a", "--allow-host-path", "/srv/b"])
+            .expect("dev with two allowed host paths");
+        let Command::Dev(dev) = cli.command else { panic!("dev expected") };
+        assert_eq!(dev.allow_host_path, vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+        let Command::Dev(dev) = Cli::try_parse_from(["diplo-control-plane", "dev"]).expect("dev").command else { panic!("dev expected") };
+        assert!(dev.allow_host_path.is_empty(), "nothing is allowed by default");
+        let err = Cli::try_parse_from(["diplo-control-plane", "serve", "--allow-host-path", "/srv/a"]).err().expect("serve runs no agent");
+        assert!(err.to_string().contains("--allow-host-path"), "{err}");
     }
 }

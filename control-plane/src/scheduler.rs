@@ -7,8 +7,9 @@
 //! # How a replica is placed
 //!
 //! 1. **Filter.** A node is eligible when it is ready and not cordoned, matches the
-//!    constraints (node id or name, every label, os, arch), offers a runtime (the forced one,
-//!    or any runtime its platform accepts, SPEC §2), runs an os/arch the image is built for
+//!    constraints (node id or name, os, arch, and every label among those an admin gave
+//!    the node: what a node reports about itself never counts), offers a runtime (the
+//!    forced one, or any runtime its platform accepts, SPEC §2), runs an os/arch the image is built for
 //!    (when the image's platforms are known), has the CPU and memory free (a capacity of 0
 //!    means unknown and is not checked) and has every requested host port free.
 //! 2. **Score** (integers only, higher is better), a weighted sum whose terms are bounded so
@@ -77,8 +78,13 @@ pub struct NodeCandidate {
     pub ready: bool,
     /// Operators asked that nothing new lands here.
     pub cordoned: bool,
-    /// Node labels.
+    /// Labels an admin gave the node (its join token's): the only labels a
+    /// `labels` constraint matches. A node's own report must not attract workloads (and
+    /// their environment) meant for nodes an admin vouched for.
     pub labels: BTreeMap<String, String>,
+    /// Labels the node reports about itself: never matched, only named in refusals so that
+    /// an operator sees why a node that claims a label does not get the workload.
+    pub reported_labels: BTreeMap<String, String>,
     /// Runtimes probed as available on the node.
     pub runtimes: Vec<Runtime>,
     /// CPU capacity in millicores (CPUs × 1000); 0 means unknown, not checked.
@@ -487,9 +493,12 @@ impl<'r> Context<'r> {
             Refusal::NotTheNode(want) => format!("not node {want:?} (constraint)"),
             Refusal::Os(want) => format!("os is {}, constraint wants {want}", node.os),
             Refusal::Arch(want) => format!("arch is {}, constraint wants {want}", node.arch),
-            Refusal::Label { key, want } => match node.labels.get(key) {
-                Some(have) => format!("label {key}={have}, constraint wants {key}={want}"),
-                None => format!("missing label {key}={want}"),
+            Refusal::Label { key, want } => match (node.labels.get(key), node.reported_labels.get(key)) {
+                (Some(have), _) => format!("label {key}={have}, constraint wants {key}={want}"),
+                (None, Some(reported)) => format!(
+                    "missing label {key}={want} (the node reports {key}={reported} itself; only labels an admin set count)"
+                ),
+                (None, None) => format!("missing label {key}={want}"),
             },
             Refusal::RuntimeMissing(runtime) => {
                 format!("runtime {runtime} not available (has {})", runtime_list(&node.runtimes))
@@ -864,6 +873,48 @@ mod tests {
     }
 
     #[test]
+    fn label_constraints_match_admin_set_labels_only() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        type Pairs = &'static [(&'static str, &'static str)];
+        // (admin-set labels, labels the node reports, constraint, Ok: placed / Err: the reason)
+        let cases: [(Pairs, Pairs, Pairs, Result<(), &str>); 7] = [
+            (&[("zone", "secure")], &[], &[("zone", "secure")], Ok(())),
+            (&[("zone", "secure")], &[("zone", "public")], &[("zone", "secure")], Ok(())),
+            (&[], &[], &[], Ok(())),
+            (
+                &[],
+                &[("zone", "secure")],
+                &[("zone", "secure")],
+                Err("n: missing label zone=secure (the node reports zone=secure itself; only labels an admin set count)"),
+            ),
+            (
+                &[("zone", "public")],
+                &[("zone", "secure")],
+                &[("zone", "secure")],
+                Err("n: label zone=public, constraint wants zone=secure"),
+            ),
+            (&[("zone", "secure")], &[("disk", "ssd")], &[("zone", "secure"), ("disk", "ssd")], Err("n: missing label disk=ssd (the node reports disk=ssd itself; only labels an admin set count)")),
+            (&[], &[("os", "linux")], &[("os", "linux")], Err("n: missing label os=linux (the node reports os=linux itself; only labels an admin set count)")),
+        ];
+        for (admin, reported, wanted, expected) in cases {
+            let candidate =
+                NodeCandidate { labels: labels(admin), reported_labels: labels(reported), ..node("n", "amd64", &[Docker]) };
+            let constraints = Constraints { labels: labels(wanted), ..Constraints::default() };
+            let got = place(&[candidate], &PlacementRequest { constraints, ..request(1) });
+            match expected {
+                Ok(()) => assert_eq!(on(&got.expect("placed")), vec!["id-n"], "{admin:?} {reported:?} {wanted:?}"),
+                Err(reason) => assert_eq!(got.expect_err("refused").reasons, vec![reason], "{admin:?} {reported:?} {wanted:?}"),
+            }
+        }
+        // The fingerprint's facts stay matchable by their own keys.
+        let arm = NodeCandidate { reported_labels: labels(&[("zone", "secure")]), ..node("arm", "arm64", &[Docker]) };
+        let constraints = Constraints { os: Some("linux".to_owned()), arch: Some("arm64".to_owned()), ..Constraints::default() };
+        assert_eq!(on(&place(&[arm], &PlacementRequest { constraints, ..request(1) }).unwrap()), vec!["id-arm"]);
+    }
+
+    #[test]
     fn image_platforms_filter_nodes_when_known() {
         let nodes = [node("arm", "arm64", &[Lxc]), node("x86", "x86_64", &[Docker])];
         let amd64_only = PlacementRequest {
@@ -1050,6 +1101,7 @@ mod tests {
                 ready,
                 cordoned,
                 labels: zone.map(|zone| ("zone".to_owned(), zone.to_owned())).into_iter().collect(),
+                reported_labels: BTreeMap::new(),
                 runtimes,
                 cpu_millis,
                 memory_bytes,

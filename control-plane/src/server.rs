@@ -15,12 +15,16 @@ use crate::pki::ClusterPki;
 use crate::service::ControlPlane;
 
 /// How the control plane runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     /// Control plane only.
     Serve,
     /// Control plane plus an in-process agent for this host (data in `<data>/agent`).
-    Dev,
+    Dev {
+        /// Host paths the local agent lets containers bind-mount (as the agent's
+        /// `--allow-host-path`; none by default).
+        host_paths: diplo_agent::host_paths::HostPathPolicy,
+    },
 }
 
 /// Runs the control plane until SIGINT/SIGTERM or until a listener fails.
@@ -66,7 +70,9 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
 
     let agent = match mode {
         Mode::Serve => None,
-        Mode::Dev => Some(start_local_agent(&control_plane, &config.data_dir.join("agent"), grpc_addr).await?),
+        Mode::Dev { host_paths } => {
+            Some(start_local_agent(&control_plane, &config.data_dir.join("agent"), grpc_addr, host_paths).await?)
+        }
     };
 
     let outcome = tokio::select! {
@@ -95,6 +101,7 @@ async fn start_local_agent(
     control_plane: &Arc<ControlPlane>,
     agent_dir: &Path,
     grpc_addr: std::net::SocketAddr,
+    host_paths: diplo_agent::host_paths::HostPathPolicy,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let token = if diplo_agent::identity::Identity::exists(agent_dir) {
         None
@@ -106,7 +113,8 @@ async fn start_local_agent(
         Some(created.token)
     };
     let name = sanitize_node_name(&crate::pki::hostname());
-    let agent_config = diplo_agent::AgentConfig::new(grpc_addr.to_string(), token, name, agent_dir.to_owned());
+    let mut agent_config = diplo_agent::AgentConfig::new(grpc_addr.to_string(), token, name, agent_dir.to_owned());
+    agent_config.host_paths = host_paths;
     Ok(tokio::spawn(async move {
         if let Err(err) = diplo_agent::run(agent_config).await {
             tracing::error!(error = format!("{err:#}"), "local agent stopped");

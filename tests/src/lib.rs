@@ -546,6 +546,9 @@ pub struct ControlPlaneOptions {
     pub database_url: Option<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// Run `diplo-control-plane dev` (with its in-process agent for this host) instead
+    /// of `serve`.
+    pub dev: bool,
 }
 
 impl ControlPlaneOptions {
@@ -647,7 +650,7 @@ impl ControlPlane {
         let data_dir = dir.join("data");
         let mut command = command_for(Binary::ControlPlane);
         command
-            .arg("serve")
+            .arg(if options.dev { "dev" } else { "serve" })
             .env("DIPLO_DATA_DIR", &data_dir)
             .env("DIPLO_GRPC_ADDR", grpc_addr.to_string())
             .env("DIPLO_REST_ADDR", rest_addr.to_string());

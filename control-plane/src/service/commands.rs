@@ -48,6 +48,7 @@ impl ControlPlane {
             CommandErrorCode::Unimplemented => ServiceError::Unsupported(err.message),
             CommandErrorCode::Unavailable => ServiceError::Unavailable(err.message),
             CommandErrorCode::FailedPrecondition => ServiceError::FailedPrecondition(err.message),
+            CommandErrorCode::PermissionDenied => ServiceError::PermissionDenied(err.message),
             CommandErrorCode::Internal => ServiceError::Internal(err.message),
         })
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use diplo_api::command::CommandOp;
 use diplo_api::container::{
-    validate_container_name, ContainerInfo, ContainerSpec, ExecOutput, LogChunk, LogOptions, LABEL_DEPLOYMENT,
-    LABEL_INSTANCE, LABEL_NODE,
+    is_reserved_label, validate_container_name, ContainerInfo, ContainerSpec, ExecOutput, LogChunk, LogOptions,
+    LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_NODE, RESERVED_LABEL_PREFIX,
 };
 use diplo_api::fingerprint::RuntimeReport;
 use diplo_api::runtime::Runtime;
@@ -143,6 +143,7 @@ impl ControlPlane {
         caller.require_operator(Role::Deployer)?;
         let mut spec = request.spec;
         check_container_spec(&spec)?;
+        check_workload(caller, &spec)?;
         if self.nodes.containers().iter().any(|(_, c)| c.info.name == spec.name) {
             return Err(ServiceError::AlreadyExists(format!("a container named {:?} already exists", spec.name)));
         }
@@ -157,7 +158,7 @@ impl ControlPlane {
         let (node_id, runtime) = place_container(&nodes, &counts, request.node.as_deref(), request.runtime)
             .map_err(|reasons| ServiceError::FailedPrecondition(format!("no node can run this container: {}", reasons.join("; "))))?;
         spec.labels.insert(LABEL_INSTANCE.into(), uuid::Uuid::new_v4().to_string());
-        spec.labels.entry(LABEL_DEPLOYMENT.into()).or_insert_with(|| "direct".into());
+        spec.labels.insert(LABEL_DEPLOYMENT.into(), "direct".into());
         spec.labels.insert(LABEL_NODE.into(), node_id.clone());
         let name = spec.name.clone();
         let output = self.send_command(&node_id, runtime, CommandOp::Create(spec)).await?;
@@ -286,6 +287,29 @@ fn view(names: &HashMap<String, String>, node_id: String, container: ObservedCon
     }
 }
 
+/// The checks every workload (a container, or a deployment's container template) goes
+/// through, from REST and gRPC alike: no label in Diplo's reserved `diplo.*` namespace
+/// (those labels tie a container to its deployment, instance and node), and host bind
+/// mounts for admins only (a host path can hand the whole node to the container; named
+/// volumes are open to deployers). Agents further hold bind mounts to their own allowlist.
+pub fn check_workload(caller: &Caller, spec: &ContainerSpec) -> ServiceResult<()> {
+    if let Some(key) = spec.labels.keys().find(|key| is_reserved_label(key)) {
+        return Err(ServiceError::invalid(
+            "labels",
+            format!("{key:?} is reserved: labels starting with {RESERVED_LABEL_PREFIX:?} are set by Diplo only"),
+        ));
+    }
+    if let Some(mount) = spec.mounts.iter().find(|mount| mount.is_bind())
+        && !caller.has_role(Role::Admin)
+    {
+        return Err(ServiceError::PermissionDenied(format!(
+            "mounting the host path {} (at {}) needs the admin role: a host bind mount can expose the whole node; use a named volume instead",
+            mount.source, mount.target
+        )));
+    }
+    Ok(())
+}
+
 /// The checks of a container to run that need no state: its name, image and ports.
 pub fn check_container_spec(spec: &ContainerSpec) -> ServiceResult<()> {
     validate_container_name(&spec.name).map_err(|message| ServiceError::invalid("name", message))?;
@@ -307,7 +331,57 @@ fn duplicate_host_port(spec: &ContainerSpec) -> Option<u16> {
 mod tests {
     use super::*;
     use chrono::Utc;
+    use diplo_api::container::Mount;
     use diplo_api::fingerprint::Fingerprint;
+
+    #[test]
+    fn workloads_keep_out_of_diplo_labels_and_host_paths_need_an_admin() {
+        let operator = |role| Caller::Operator { name: "o".into(), role };
+        let (admin, deployer, viewer) = (operator(Role::Admin), operator(Role::Deployer), operator(Role::Viewer));
+        let node = Caller::Node { node_id: "n1".into() };
+        let mount = |source: &str| Mount { source: source.into(), target: "/data".into(), read_only: false };
+        let spec = |labels: &[(&str, &str)], mounts: Vec<Mount>| ContainerSpec {
+            name: "web".into(),
+            image: "busybox".into(),
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            mounts,
+            ..ContainerSpec::default()
+        };
+        enum Want {
+            Ok,
+            Labels,
+            Denied,
+        }
+        let cases: Vec<(&Caller, ContainerSpec, Want)> = vec![
+            (&deployer, spec(&[("team", "a")], vec![mount("data")]), Want::Ok),
+            (&viewer, spec(&[], vec![mount("data")]), Want::Ok),
+            (&admin, spec(&[], vec![mount("/"), mount("data")]), Want::Ok),
+            (&deployer, spec(&[], vec![mount("data"), mount("/")]), Want::Denied),
+            (&deployer, spec(&[], vec![mount("/var/run/docker.sock")]), Want::Denied),
+            (&viewer, spec(&[], vec![mount("/srv")]), Want::Denied),
+            (&node, spec(&[], vec![mount("/srv")]), Want::Denied),
+            (&admin, spec(&[(LABEL_INSTANCE, "i1")], vec![]), Want::Labels),
+            (&deployer, spec(&[("team", "a"), (LABEL_DEPLOYMENT, "other")], vec![]), Want::Labels),
+            (&deployer, spec(&[("Diplo.Node", "n2")], vec![]), Want::Labels),
+            // A reserved label is a bad request whoever asks, before any role question.
+            (&deployer, spec(&[(LABEL_NODE, "n2")], vec![mount("/")]), Want::Labels),
+        ];
+        for (caller, spec, want) in cases {
+            let got = check_workload(caller, &spec);
+            let what = format!("{caller:?} {:?} {:?}: {got:?}", spec.labels, spec.mounts);
+            match want {
+                Want::Ok => assert!(got.is_ok(), "{what}"),
+                Want::Labels => assert!(matches!(got, Err(ServiceError::InvalidArgument { field: "labels", .. })), "{what}"),
+                Want::Denied => match got {
+                    Err(ServiceError::PermissionDenied(message)) => {
+                        let path = &spec.mounts.iter().find(|m| m.is_bind()).expect("a bind mount").source;
+                        assert!(message.contains(path.as_str()) && message.contains("admin"), "{what}");
+                    }
+                    _ => panic!("{what}"),
+                },
+            }
+        }
+    }
 
     fn node(name: &str, arch: &str, runtimes: &[Runtime], status: NodeStatus) -> NodeRecord {
         NodeRecord {

@@ -3,6 +3,7 @@
 use chrono::Utc;
 use diplo_api::container::validate_container_name;
 
+use super::containers::check_workload;
 use super::images::PlatformLookup;
 use super::ControlPlane;
 use crate::auth::Caller;
@@ -13,6 +14,9 @@ use crate::model::{DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceR
 pub const MAX_DEPLOYMENT_NAME: usize = 54;
 /// Most replicas one deployment may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
+
+/// What a viewer reads in place of each environment value of a deployment.
+pub const HIDDEN_ENV_VALUE: &str = "(hidden)";
 
 /// A deploy request.
 #[derive(Debug, Clone)]
@@ -67,6 +71,18 @@ pub fn validate_deployment_spec(spec: &DeploymentSpec) -> ServiceResult<()> {
     Ok(())
 }
 
+/// Deployments as `caller` may read them: environment values (often credentials) only
+/// for deployers and admins; viewers see the variable names with [`HIDDEN_ENV_VALUE`].
+/// Every adapter reads deployments through this, so the rule holds for REST and gRPC.
+fn visible_to(caller: &Caller, mut view: DeploymentView) -> DeploymentView {
+    if !caller.has_role(Role::Deployer) {
+        for value in view.deployment.spec.container.env.values_mut() {
+            *value = HIDDEN_ENV_VALUE.to_owned();
+        }
+    }
+    view
+}
+
 impl ControlPlane {
     /// Commits a new deployment (durably, before anything is started) and wakes the
     /// reconciler. With an idempotency key already used, returns that deployment.
@@ -79,6 +95,7 @@ impl ControlPlane {
         let mut spec = input.spec;
         spec.max_parallel = spec.max_parallel.max(1);
         validate_deployment_spec(&spec)?;
+        check_workload(caller, &spec.container)?;
         if let Some(key) = input.idempotency_key.as_deref().filter(|k| !k.is_empty()) {
             if let Some(existing) = self.store.find_deployment_by_key(key).await? {
                 return Ok(Deployed { runtime: existing.spec.runtime, deployment: existing });
@@ -141,7 +158,7 @@ impl ControlPlane {
         caller.require_operator(Role::Viewer)?;
         let deployment = self.find_deployment(name).await?;
         let instances = self.store.list_instances(Some(&deployment.id)).await?;
-        Ok(DeploymentView { deployment, instances })
+        Ok(visible_to(caller, DeploymentView { deployment, instances }))
     }
 
     /// Every deployment with its instances.
@@ -155,7 +172,7 @@ impl ControlPlane {
             .into_iter()
             .map(|deployment| {
                 let mine = instances.iter().filter(|i| i.deployment_id == deployment.id).cloned().collect();
-                DeploymentView { deployment, instances: mine }
+                visible_to(caller, DeploymentView { deployment, instances: mine })
             })
             .collect())
     }
@@ -212,6 +229,7 @@ impl ControlPlane {
     pub async fn update_deployment(&self, caller: &Caller, spec: DeploymentSpec) -> ServiceResult<DeploymentRecord> {
         caller.require_operator(Role::Deployer)?;
         validate_deployment_spec(&spec)?;
+        check_workload(caller, &spec.container)?;
         let mut deployment = self.find_live_deployment(&spec.name).await?;
         let mut spec = spec;
         spec.max_parallel = spec.max_parallel.max(1);
@@ -245,6 +263,7 @@ impl ControlPlane {
             .get_revision(&deployment.id, deployment.revision - 1)
             .await?
             .ok_or_else(|| ServiceError::Internal(format!("revision {} of {name} is missing", deployment.revision - 1)))?;
+        check_workload(caller, &previous.container)?;
         previous.replicas = deployment.spec.replicas;
         let from = deployment.revision;
         deployment.revision += 1;

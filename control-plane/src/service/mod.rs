@@ -9,8 +9,8 @@ mod instances;
 mod reconciler;
 mod tokens;
 
-pub use containers::{check_container_spec, place_container, ContainerView, CreateContainer, Logs, RuntimeStatus, DEFAULT_STOP_GRACE};
-pub use deployments::{validate_deployment_spec, DeployInput, Deployed, DeploymentView};
+pub use containers::{check_container_spec, check_workload, place_container, ContainerView, CreateContainer, Logs, RuntimeStatus, DEFAULT_STOP_GRACE};
+pub use deployments::{validate_deployment_spec, DeployInput, HIDDEN_ENV_VALUE, Deployed, DeploymentView};
 pub use images::{PlatformCache, PlatformLookup, PLATFORMS_TTL};
 pub use instances::{InstanceUsage, InstanceView};
 pub use reconciler::{instance_container, Fit, RECONCILE_PERIOD};

@@ -97,8 +97,6 @@ impl World {
             .iter()
             .map(|node| {
                 let fp = &node.fingerprint;
-                let mut labels = fp.labels.clone();
-                labels.extend(node.labels.clone());
                 let mut candidate = NodeCandidate {
                     id: node.id.clone(),
                     name: node.name.clone(),
@@ -107,7 +105,8 @@ impl World {
                     raspberry_pi: !fp.raspberry_pi_model.is_empty(),
                     ready: node.status == NodeStatus::Ready && self.connected.get(&node.id).copied().unwrap_or(false),
                     cordoned: node.cordoned,
-                    labels,
+                    labels: node.labels.clone(),
+                    reported_labels: fp.labels.clone(),
                     runtimes: fp.available_runtimes(),
                     cpu_millis: u64::from(fp.cpus) * 1000,
                     memory_bytes: fp.memory_bytes,
