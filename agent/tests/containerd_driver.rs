@@ -481,7 +481,19 @@ async fn image_user_files_are_read_inside_the_image_only() {
         let reference = format!("diplo-test/hostile-{}-{case}:v1", h.prefix);
         h.rt().import_image(&archive, &reference).await.unwrap_or_else(|e| panic!("import {case}: {e}"));
         let spec = ContainerSpec { image: reference.clone(), command: Vec::new(), ..h.spec(case, "") };
-        let outcome = tokio::time::timeout(Duration::from_secs(60), h.rt().create(&spec)).await;
+        // On a thread and runtime of its own: a driver that blocked a thread on the
+        // image's files could not stop a timeout of this one from firing.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (create_spec, state_dir) = (spec.clone(), h.state_dir.clone());
+        std::thread::spawn(move || {
+            let executor = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            let outcome = executor.block_on(async {
+                let runtime = ContainerdRuntime::connect(SOCKET, RegistryConfig::default(), state_dir).await?;
+                runtime.create(&create_spec).await
+            });
+            let _ = tx.send(outcome);
+        });
+        let outcome = rx.recv_timeout(Duration::from_secs(60));
         let _ = Command::new("ctr").args(["-n", NAMESPACE, "images", "rm", &format!("docker.io/{reference}")]).output();
         match outcome {
             Err(_) => panic!("{case}: create hung on the image's files"),
