@@ -504,4 +504,17 @@ async fn image_user_files_are_read_inside_the_image_only() {
         }
         assert!(matches!(h.rt().inspect(&spec.name).await, Err(RuntimeError::NotFound { .. })), "{case}: container left behind");
     }
+
+    // A working directory under /proc (a runtime's leaked descriptor leads to the host).
+    let archive = dir.path().join("proc-cwd.tar");
+    hostile_image::oci_archive(&root, serde_json::json!({ "WorkingDir": "/proc/self/fd/7", "Cmd": ["/bin/sh", "-c", "sleep 30"] }), &archive);
+    let reference = format!("diplo-test/hostile-{}-proc-cwd:v1", h.prefix);
+    h.rt().import_image(&archive, &reference).await.expect("import");
+    let spec = ContainerSpec { image: reference.clone(), command: Vec::new(), ..h.spec("proc-cwd", "") };
+    let outcome = h.rt().create(&spec).await;
+    let _ = Command::new("ctr").args(["-n", NAMESPACE, "images", "rm", &format!("docker.io/{reference}")]).output();
+    match outcome {
+        Err(RuntimeError::InvalidArgument { field: "image", message }) => assert!(message.contains("/proc/self/fd/7"), "{message}"),
+        other => panic!("expected InvalidArgument image for a WorkingDir under /proc, got {other:?}"),
+    }
 }

@@ -626,6 +626,12 @@ async fn image_content_never_reaches_the_host() {
     let spec = ContainerSpec { image: reference, command: Vec::new(), ..env.spec("cwd-inject", "") };
     assert_refused(&env, &spec, "image", "WorkingDir", &marker).await;
 
+    // A working directory under /proc (a runtime's leaked descriptor leads to the host).
+    let config = serde_json::json!({ "WorkingDir": "/proc/self/fd/7", "Cmd": ["/bin/sh", "-c", POLITE] });
+    let reference = import_hostile(&env, dir.path(), &root, Some(config)).await;
+    let spec = ContainerSpec { image: reference, command: Vec::new(), ..env.spec("proc-cwd", "") };
+    assert_refused(&env, &spec, "image", "/proc/self/fd/7", &marker).await;
+
     // An Env entry without a value would hand PID 1 a variable of the host.
     let config = serde_json::json!({ "Env": ["HOME"], "Cmd": ["/bin/sh", "-c", POLITE] });
     let reference = import_hostile(&env, dir.path(), &root, Some(config)).await;

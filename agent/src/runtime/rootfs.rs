@@ -224,6 +224,26 @@ fn describe_type(metadata: &std::fs::Metadata) -> &'static str {
     }
 }
 
+/// PID 1's working directory from an image's `WorkingDir`: `/` when unset or relative;
+/// refused when it holds a control character, a `..` component or lies under `/proc`
+/// (where a runtime's leaked descriptors, `/proc/self/fd/N`, lead to the host).
+pub fn working_dir(image_value: &str) -> Result<String, String> {
+    if !image_value.starts_with('/') {
+        return Ok("/".to_owned());
+    }
+    if image_value.chars().any(char::is_control) {
+        return Err(format!("WorkingDir {image_value:?} holds a control character"));
+    }
+    let parts: Vec<Component<'_>> = Path::new(image_value).components().collect();
+    if parts.contains(&Component::ParentDir) {
+        return Err(format!("WorkingDir {image_value:?} holds .."));
+    }
+    if parts.iter().find(|c| matches!(c, Component::Normal(_))) == Some(&Component::Normal(OsStr::new("proc"))) {
+        return Err(format!("WorkingDir {image_value:?} lies under /proc"));
+    }
+    Ok(image_value.to_owned())
+}
+
 /// The process identity of a container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct User {
@@ -424,6 +444,17 @@ mod tests {
         let fifo = root.join("etc/fifo");
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
         assert!(write_file(&root, "/etc/fifo", b"x").expect_err("fifo").contains("FIFO"));
+    }
+
+    #[test]
+    fn working_directories_are_checked() {
+        assert_eq!(working_dir("").as_deref(), Ok("/"));
+        assert_eq!(working_dir("app").as_deref(), Ok("/"));
+        assert_eq!(working_dir("/srv/my app").as_deref(), Ok("/srv/my app"));
+        assert_eq!(working_dir("/processes").as_deref(), Ok("/processes"));
+        for bad in ["/proc/self/fd/7", "//proc/1/cwd", "/./proc", "/srv/../proc/self/cwd", "/\nlxc.hook.pre-start = /bin/true", "/a\rb"] {
+            assert!(working_dir(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

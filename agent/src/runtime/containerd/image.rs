@@ -763,6 +763,7 @@ async fn rootfs_image(archive: &Path, dir: &Path) -> RuntimeResult<()> {
             let out = std::fs::File::create(&layer).map_err(|e| failed(format!("cannot create {}: {e}", layer.display())))?;
             let status = tokio::process::Command::new(tool)
                 .arg("-dc")
+                .arg("--")
                 .arg(archive)
                 .stdout(out)
                 .status()

@@ -106,7 +106,8 @@ pub fn capabilities(cap_drop: &[String]) -> Vec<String> {
 /// The process part of the spec (also the template for execs).
 pub fn process(spec: &ContainerSpec, image: &ImageConfig, user: &User) -> RuntimeResult<Value> {
     let caps = capabilities(&spec.cap_drop);
-    let cwd = image.config.as_ref().and_then(|c| c.working_dir.clone()).filter(|d| d.starts_with('/')).unwrap_or_else(|| "/".to_owned());
+    let cwd = crate::runtime::rootfs::working_dir(image.config.as_ref().and_then(|c| c.working_dir.as_deref()).unwrap_or_default())
+        .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?;
     Ok(json!({
         "terminal": false,
         "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},

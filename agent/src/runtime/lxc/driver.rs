@@ -427,7 +427,7 @@ impl LxcRuntime {
                 tarball = tmp.join(".rootfs.tar");
                 let output = std::fs::File::create(&tarball).map_err(|e| failed(format!("cannot create {}: {}", tarball.display(), describe_io(&e))))?;
                 let mut command = tokio::process::Command::new("gzip");
-                command.arg("-dc").arg(archive).stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped()).kill_on_drop(true);
+                command.arg("-dc").arg("--").arg(archive).stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped()).kill_on_drop(true);
                 let done = finish("gzip", command, Some(Duration::from_secs(1800))).await?;
                 if !done.status.success() {
                     return Err(RuntimeError::InvalidArgument {
@@ -643,8 +643,9 @@ impl LxcRuntime {
         let console_log = dir.join(CONSOLE_LOG);
         let includes: Vec<PathBuf> =
             ["common.conf", "oci.common.conf"].iter().map(|name| Path::new(LXC_TEMPLATE_CONFIG).join(name)).filter(|path| path.is_file()).collect();
-        let cwd = Some(settings.working_dir.as_str()).filter(|d| d.starts_with('/')).unwrap_or("/");
-        let image_lines = ImageLines { rootfs: &rootfs, includes: &includes, env: &settings.env, uid: user.uid, gid: user.gid, cwd };
+        let cwd = rootfs::working_dir(&settings.working_dir)
+            .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?;
+        let image_lines = ImageLines { rootfs: &rootfs, includes: &includes, env: &settings.env, uid: user.uid, gid: user.gid, cwd: &cwd };
         let inputs = BlockInputs {
             cgroup: CgroupVersion::detect(&self.cgroup_root),
             network: &self.network,
