@@ -464,7 +464,9 @@ async fn image_user_files_are_read_inside_the_image_only() {
     let user = format!("hostonly{:04x}", rand::random::<u16>());
     std::fs::write(&host_passwd.0, format!("{user}:x:4242:4242::/:/bin/sh\n")).expect("write");
 
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, String, &str)> = vec![
+    /// Puts the hostile file into the image's /etc.
+    type Plant<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Plant<'_>, String, &str)> = vec![
         // Only the host's file knows this user: an absolute link resolves inside the image.
         ("host-passwd", Box::new(|etc: &Path| std::os::unix::fs::symlink(host_passwd.path(), etc.join("passwd")).expect("symlink")), user.clone(), user.as_str()),
         // Endless: /dev/zero of the image (absent), never the host's.
