@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Component, Path, PathBuf};
 
 use diplo_api::container::{ContainerSpec, Protocol, validate_container_name};
+use diplo_api::registry::Reference;
 
 use crate::runtime::{RuntimeError, RuntimeResult};
 
@@ -195,15 +196,28 @@ fn invalid(field: &'static str, message: impl Into<String>) -> RuntimeError {
     RuntimeError::InvalidArgument { field, message: message.into() }
 }
 
+/// An image reference the tools may be given (`docker://REF` for skopeo): one word that
+/// parses as a reference (see [`Reference::parse`]) with a registry host of letters,
+/// digits, `.`, `-` and a port, never starting with `-`.
+pub(super) fn check_reference(reference: &str) -> RuntimeResult<()> {
+    if reference.trim().is_empty() {
+        return Err(invalid("image", "an image reference is required"));
+    }
+    if reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("image", format!("{reference:?} is not an image reference")));
+    }
+    let parsed = Reference::parse(reference).map_err(|message| invalid("image", message))?;
+    let host_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':');
+    if reference.starts_with('-') || !parsed.registry.chars().all(host_ok) || parsed.registry.starts_with(['-', '.', ':']) {
+        return Err(invalid("image", format!("{reference:?}: invalid registry {:?}", parsed.registry)));
+    }
+    Ok(())
+}
+
 /// Checks everything the LXC driver can check about `spec` before touching the host.
 pub(super) fn validate(spec: &ContainerSpec) -> RuntimeResult<()> {
     validate_container_name(&spec.name).map_err(|message| invalid("name", message))?;
-    if spec.image.trim().is_empty() {
-        return Err(invalid("image", "an image reference is required"));
-    }
-    if spec.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid("image", format!("{:?} is not an image reference", spec.image)));
-    }
+    check_reference(&spec.image)?;
     for (key, value) in &spec.env {
         if key.is_empty() || key.contains('=') || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid("env", format!("{key:?} is not a valid variable name")));
@@ -556,6 +570,12 @@ mod tests {
         assert_eq!(field(validate(&ContainerSpec { name: "bad name".into(), ..spec() })), "name");
         assert_eq!(field(validate(&ContainerSpec { name: String::new(), ..spec() })), "name");
         assert_eq!(field(validate(&ContainerSpec { image: " ".into(), ..spec() })), "image");
+        for bad in ["-x", "--help", "--src-creds=a:b", "a.b#c/x", "-a.b/x", "UPPER/case", "x\ny"] {
+            assert_eq!(field(validate(&ContainerSpec { image: bad.into(), ..spec() })), "image", "{bad:?}");
+        }
+        for good in ["busybox", "127.0.0.1:5000/diplo/busybox:latest", "localhost/x:v1", "diplo-lxc/rootfs-a-1:v1"] {
+            assert!(check_reference(good).is_ok(), "{good:?}");
+        }
         let mut s = spec();
         s.env.insert("A=B".into(), "x".into());
         assert_eq!(field(validate(&s)), "env");

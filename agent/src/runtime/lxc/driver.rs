@@ -572,10 +572,15 @@ impl LxcRuntime {
         }
     }
 
-    /// Unpacks the image `layout` into the container's rootfs with `umoci raw unpack`.
+    /// Unpacks the image `layout` into the container's rootfs with `umoci raw unpack`
+    /// (`--rootless` when the agent is not root, as LXC's `oci` template does).
     async fn unpack(&self, layout: &Path, rootfs: &Path, reference: &str) -> RuntimeResult<()> {
         let image = format!("{}:{}", layout.display(), image::CACHE_TAG);
-        let args: Vec<OsString> = vec!["--log=error".into(), "raw".into(), "unpack".into(), "--image".into(), image.into(), rootfs.into()];
+        let mut args: Vec<OsString> = vec!["--log=error".into(), "raw".into(), "unpack".into()];
+        if rootless() {
+            args.push("--rootless".into());
+        }
+        args.extend([OsString::from("--image"), image.into(), rootfs.into()]);
         let output = run_tool("umoci", &args, Some(Duration::from_secs(1800))).await?;
         if !output.status.success() {
             return Err(failed(format!("cannot unpack image {reference}: {}", config::tool_error(&output.stderr))));
@@ -641,8 +646,8 @@ impl LxcRuntime {
             tmpfs.push((path.clone(), prepare_target(&rootfs, &relative, false).map_err(invalid("tmpfs"))?));
         }
         let console_log = dir.join(CONSOLE_LOG);
-        let includes: Vec<PathBuf> =
-            ["common.conf", "oci.common.conf"].iter().map(|name| Path::new(LXC_TEMPLATE_CONFIG).join(name)).filter(|path| path.is_file()).collect();
+        let included: &[&str] = if rootless() { &["common.conf", "userns.conf", "oci.common.conf"] } else { &["common.conf", "oci.common.conf"] };
+        let includes: Vec<PathBuf> = included.iter().map(|name| Path::new(LXC_TEMPLATE_CONFIG).join(name)).filter(|path| path.is_file()).collect();
         let cwd = rootfs::working_dir(&settings.working_dir)
             .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?;
         let image_lines = ImageLines { rootfs: &rootfs, includes: &includes, env: &settings.env, uid: user.uid, gid: user.gid, cwd: &cwd };
@@ -907,6 +912,11 @@ async fn finish(program: &str, mut command: tokio::process::Command, timeout: Op
     }
 }
 
+/// Whether the agent runs as another user than root.
+fn rootless() -> bool {
+    super::effective_uid().is_some_and(|uid| uid != 0)
+}
+
 fn exit_code(status: std::process::ExitStatus) -> i64 {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -1096,9 +1106,7 @@ impl ContainerRuntime for LxcRuntime {
     }
 
     async fn ensure_image(&self, image: &str) -> RuntimeResult<()> {
-        if image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(RuntimeError::InvalidArgument { field: "image", message: format!("{image:?} is not an image reference") });
-        }
+        config::check_reference(image)?;
         self.pull(image).await.map(drop)
     }
 
@@ -1106,9 +1114,7 @@ impl ContainerRuntime for LxcRuntime {
         if !archive.is_file() {
             return Err(RuntimeError::InvalidArgument { field: "archive", message: format!("{} is not a file", archive.display()) });
         }
-        if reference.trim().is_empty() || reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(RuntimeError::InvalidArgument { field: "image", message: format!("{reference:?} is not an image reference") });
-        }
+        config::check_reference(reference)?;
         let layout = self.image_layout(reference);
         let docker = format!("docker-archive:{}", archive.display());
         let oci = format!("oci-archive:{}", archive.display());
