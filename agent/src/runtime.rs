@@ -8,6 +8,7 @@ pub mod docker;
 mod docker_api;
 pub mod lxc;
 pub mod podman;
+pub mod rootfs;
 
 use std::path::Path;
 use std::pin::Pin;

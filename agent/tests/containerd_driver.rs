@@ -450,3 +450,73 @@ async fn imports_an_oci_archive_and_a_root_filesystem() {
         Err(RuntimeError::InvalidArgument { field: "archive", .. })
     ));
 }
+
+mod hostile_image;
+
+use hostile_image::HostFile;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_user_files_are_read_inside_the_image_only() {
+    let Some(h) = harness().await else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(root) = hostile_image::busybox_root(dir.path()) else { return };
+    let host_passwd = HostFile::new("host-passwd");
+    let user = format!("hostonly{:04x}", rand::random::<u16>());
+    std::fs::write(&host_passwd.0, format!("{user}:x:4242:4242::/:/bin/sh\n")).expect("write");
+
+    /// Puts the hostile file into the image's /etc.
+    type Plant<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Plant<'_>, String, &str)> = vec![
+        // Only the host's file knows this user: an absolute link resolves inside the image.
+        ("host-passwd", Box::new(|etc: &Path| std::os::unix::fs::symlink(host_passwd.path(), etc.join("passwd")).expect("symlink")), user.clone(), user.as_str()),
+        // Endless: /dev/zero of the image (absent), never the host's.
+        ("zero-passwd", Box::new(|etc: &Path| std::os::unix::fs::symlink("/dev/zero", etc.join("passwd")).expect("symlink")), "someone".to_owned(), "someone"),
+        // Blocks any reader: refused without opening it for long.
+        ("fifo-group", Box::new(|etc: &Path| hostile_image::mkfifo(&etc.join("group"))), "1000:staff".to_owned(), "/etc/group"),
+    ];
+    for (case, plant, image_user, named) in cases {
+        let case_root = dir.path().join(case);
+        assert!(Command::new("cp").arg("-a").arg(&root).arg(&case_root).status().expect("cp").success());
+        plant(&case_root.join("etc"));
+        let archive = dir.path().join(format!("{case}.tar"));
+        hostile_image::oci_archive(&case_root, serde_json::json!({ "User": image_user, "Cmd": ["/bin/sh", "-c", "sleep 30"] }), &archive);
+        let reference = format!("diplo-test/hostile-{}-{case}:v1", h.prefix);
+        h.rt().import_image(&archive, &reference).await.unwrap_or_else(|e| panic!("import {case}: {e}"));
+        let spec = ContainerSpec { image: reference.clone(), command: Vec::new(), ..h.spec(case, "") };
+        // On a thread and runtime of its own: a driver that blocked a thread on the
+        // image's files could not stop a timeout of this one from firing.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (create_spec, state_dir) = (spec.clone(), h.state_dir.clone());
+        std::thread::spawn(move || {
+            let executor = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            let outcome = executor.block_on(async {
+                let runtime = ContainerdRuntime::connect(SOCKET, RegistryConfig::default(), state_dir).await?;
+                runtime.create(&create_spec).await
+            });
+            let _ = tx.send(outcome);
+        });
+        let outcome = rx.recv_timeout(Duration::from_secs(60));
+        let _ = Command::new("ctr").args(["-n", NAMESPACE, "images", "rm", &format!("docker.io/{reference}")]).output();
+        match outcome {
+            Err(_) => panic!("{case}: create hung on the image's files"),
+            Ok(Err(RuntimeError::InvalidArgument { field: "image", message })) => {
+                assert!(message.contains(named), "{case}: {named:?} not named in {message:?}");
+            }
+            Ok(other) => panic!("{case}: expected InvalidArgument image, got {other:?}"),
+        }
+        assert!(matches!(h.rt().inspect(&spec.name).await, Err(RuntimeError::NotFound { .. })), "{case}: container left behind");
+    }
+
+    // A working directory under /proc (a runtime's leaked descriptor leads to the host).
+    let archive = dir.path().join("proc-cwd.tar");
+    hostile_image::oci_archive(&root, serde_json::json!({ "WorkingDir": "/proc/self/fd/7", "Cmd": ["/bin/sh", "-c", "sleep 30"] }), &archive);
+    let reference = format!("diplo-test/hostile-{}-proc-cwd:v1", h.prefix);
+    h.rt().import_image(&archive, &reference).await.expect("import");
+    let spec = ContainerSpec { image: reference.clone(), command: Vec::new(), ..h.spec("proc-cwd", "") };
+    let outcome = h.rt().create(&spec).await;
+    let _ = Command::new("ctr").args(["-n", NAMESPACE, "images", "rm", &format!("docker.io/{reference}")]).output();
+    match outcome {
+        Err(RuntimeError::InvalidArgument { field: "image", message }) => assert!(message.contains("/proc/self/fd/7"), "{message}"),
+        other => panic!("expected InvalidArgument image for a WorkingDir under /proc, got {other:?}"),
+    }
+}

@@ -503,3 +503,138 @@ async fn a_new_driver_resumes_running_containers() {
     assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
     env.rt().remove(&id, true).await.expect("remove");
 }
+
+mod hostile_image;
+
+use hostile_image::HostFile;
+
+/// Imports `root` as a unique image: a bare root filesystem tarball, or with `config` an
+/// OCI archive whose image config is `config`.
+async fn import_hostile(env: &Env, dir: &Path, root: &Path, config: Option<serde_json::Value>) -> String {
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let reference = format!("diplo-lxc/hostile-{}-{tag}:v1", env.prefix);
+    let archive = dir.join(format!("image-{tag}.tar"));
+    match config {
+        Some(config) => hostile_image::oci_archive(root, config, &archive),
+        None => hostile_image::tar(root, &archive),
+    }
+    env.rt().import_image(&archive, &reference).await.unwrap_or_else(|e| panic!("import {reference}: {e}"));
+    reference
+}
+
+/// Expects `create` to be refused with InvalidArgument `field`, naming `named`, leaving
+/// nothing behind and having run nothing on the host. A container created anyway is
+/// started (as a deployment would), to show what the image did.
+async fn assert_refused(env: &Env, spec: &ContainerSpec, field: &str, named: &str, marker: &HostFile) {
+    let outcome = tokio::time::timeout(Duration::from_secs(120), env.rt().create(spec)).await.expect("create did not finish in 120 s");
+    if let Ok(id) = &outcome {
+        let config = std::fs::read_to_string(Path::new(LXC_PATH).join(id).join("config")).unwrap_or_default();
+        let _ = env.rt().start(id).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!marker.0.exists(), "the image ran a command on the host ({} exists); config:\n{config}", marker.path());
+        assert!(!config.lines().any(|l| l.trim_start().starts_with("lxc.hook")), "the image added a config line:\n{config}");
+    }
+    match outcome {
+        Err(RuntimeError::InvalidArgument { field: f, message }) => {
+            assert_eq!(f, field, "{message}");
+            assert!(message.contains(named), "{named:?} not named in {message:?}");
+        }
+        other => panic!("expected InvalidArgument {field} for {}, got {other:?}", spec.name),
+    }
+    assert!(!marker.0.exists(), "{} exists", marker.path());
+    assert!(!Path::new(LXC_PATH).join(&spec.name).exists(), "{} left behind", spec.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_symlinks_cannot_add_config_lines() {
+    let Some(env) = env().await else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(root) = hostile_image::busybox_root(dir.path()) else { return };
+    let marker = HostFile::new("pwned");
+    // Resolved in the rootfs, the mount target becomes `x` + a line of its own; `;:`
+    // ends the hook's command before the words LXC appends to it.
+    let payload = format!("x\nlxc.hook.pre-start = /bin/touch {} ;:", marker.path());
+    std::os::unix::fs::symlink(&payload, root.join("data")).expect("symlink");
+    std::os::unix::fs::symlink(&payload, root.join("bound")).expect("symlink");
+    let reference = import_hostile(&env, dir.path(), &root, None).await;
+    let host = tempfile::tempdir().expect("tempdir");
+
+    let base = |case: &str| ContainerSpec { image: reference.clone(), ..env.spec(case, POLITE) };
+    let spec = ContainerSpec { tmpfs: vec!["/data".to_owned()], ..base("tmpfs-inject") };
+    assert_refused(&env, &spec, "tmpfs", "/data", &marker).await;
+    let bind = Mount { source: host.path().display().to_string(), target: "/bound".to_owned(), read_only: true };
+    let spec = ContainerSpec { mounts: vec![bind], ..base("bind-inject") };
+    assert_refused(&env, &spec, "mounts", "/bound", &marker).await;
+    // Without the hostile targets the image runs.
+    let id = env.run(&ContainerSpec { tmpfs: vec!["/scratch".to_owned()], ..base("plain") }).await;
+    let (code, out, _) = env.exec(&id, "touch /scratch/x && echo ok").await;
+    assert_eq!((code, out.as_str()), (0, "ok\n"));
+    env.rt().remove(&id, true).await.expect("remove");
+    assert!(!marker.0.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_content_never_reaches_the_host() {
+    let Some(env) = env().await else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(root) = hostile_image::busybox_root(dir.path()) else { return };
+    let marker = HostFile::new("pwned-cwd");
+
+    // /etc/hosts and /etc/hostname pointing at files of the host: written inside the rootfs.
+    let (hosts_victim, hostname_victim) = (HostFile::new("victim-hosts"), HostFile::new("victim-hostname"));
+    for victim in [&hosts_victim, &hostname_victim] {
+        std::fs::write(&victim.0, "untouched\n").expect("write victim");
+    }
+    std::os::unix::fs::symlink(hosts_victim.path(), root.join("etc/hosts")).expect("symlink");
+    std::os::unix::fs::symlink(hostname_victim.path(), root.join("etc/hostname")).expect("symlink");
+    let reference = import_hostile(&env, dir.path(), &root, None).await;
+    let spec = ContainerSpec { image: reference, ..env.spec("etc-links", POLITE) };
+    let id = env.run(&spec).await;
+    for victim in [&hosts_victim, &hostname_victim] {
+        assert_eq!(std::fs::read_to_string(&victim.0).expect("read victim"), "untouched\n", "{} was written", victim.path());
+    }
+    let (code, out, _) = env.exec(&id, "cat /etc/hosts /etc/hostname").await;
+    assert_eq!(code, 0);
+    assert!(out.contains("127.0.0.1") && out.contains(&spec.name), "{out}");
+    env.rt().remove(&id, true).await.expect("remove");
+    std::fs::remove_file(root.join("etc/hosts")).expect("rm");
+    std::fs::remove_file(root.join("etc/hostname")).expect("rm");
+
+    // A user only the host's file knows, through an image /etc/passwd pointing at it.
+    let host_passwd = HostFile::new("host-passwd");
+    let user = format!("hostonly{:04x}", rand::random::<u16>());
+    std::fs::write(&host_passwd.0, format!("{user}:x:4242:4242::/:/bin/sh\n")).expect("write");
+    std::os::unix::fs::symlink(host_passwd.path(), root.join("etc/passwd")).expect("symlink");
+    let config = serde_json::json!({ "User": user, "Cmd": ["/bin/sh", "-c", POLITE] });
+    let reference = import_hostile(&env, dir.path(), &root, Some(config)).await;
+    let spec = ContainerSpec { image: reference, command: Vec::new(), ..env.spec("host-user", "") };
+    assert_refused(&env, &spec, "image", &user, &marker).await;
+    std::fs::remove_file(root.join("etc/passwd")).expect("rm");
+
+    // A FIFO as /etc/passwd: refused at once, nothing hangs.
+    hostile_image::mkfifo(&root.join("etc/passwd"));
+    let config = serde_json::json!({ "User": "someone", "Cmd": ["/bin/sh", "-c", POLITE] });
+    let reference = import_hostile(&env, dir.path(), &root, Some(config)).await;
+    let spec = ContainerSpec { image: reference, command: Vec::new(), ..env.spec("fifo-passwd", "") };
+    assert_refused(&env, &spec, "image", "/etc/passwd", &marker).await;
+    std::fs::remove_file(root.join("etc/passwd")).expect("rm");
+
+    // A WorkingDir holding a config line.
+    let cwd = format!("/\nlxc.hook.pre-start = /bin/touch {} ;:", marker.path());
+    let config = serde_json::json!({ "WorkingDir": cwd, "Cmd": ["/bin/sh", "-c", POLITE] });
+    let reference = import_hostile(&env, dir.path(), &root, Some(config)).await;
+    let spec = ContainerSpec { image: reference, command: Vec::new(), ..env.spec("cwd-inject", "") };
+    assert_refused(&env, &spec, "image", "WorkingDir", &marker).await;
+
+    // A working directory under /proc (a runtime's leaked descriptor leads to the host).
+    let config = serde_json::json!({ "WorkingDir": "/proc/self/fd/7", "Cmd": ["/bin/sh", "-c", POLITE] });
+    let reference = import_hostile(&env, dir.path(), &root, Some(config)).await;
+    let spec = ContainerSpec { image: reference, command: Vec::new(), ..env.spec("proc-cwd", "") };
+    assert_refused(&env, &spec, "image", "/proc/self/fd/7", &marker).await;
+
+    // An Env entry without a value would hand PID 1 a variable of the host.
+    let config = serde_json::json!({ "Env": ["HOME"], "Cmd": ["/bin/sh", "-c", POLITE] });
+    let reference = import_hostile(&env, dir.path(), &root, Some(config)).await;
+    let spec = ContainerSpec { image: reference, command: Vec::new(), ..env.spec("env-inherit", "") };
+    assert_refused(&env, &spec, "image", "HOME", &marker).await;
+}

@@ -44,7 +44,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use super::docker::{describe_error, describe_timeout};
-use super::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream};
+use super::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream, rootfs};
 
 /// Probes containerd on `socket` (a path, or `unix://path`): available when the
 /// `Version` RPC answers within `timeout`; `version` is the one it reports. containerd
@@ -238,10 +238,6 @@ fn rootfs_dirs(mounts: &[PbMount]) -> Vec<PathBuf> {
     dirs
 }
 
-/// Reads `relative` from the topmost layer of a snapshot that has it.
-fn read_rootfs_file(mounts: &[PbMount], relative: &str) -> Option<String> {
-    rootfs_dirs(mounts).iter().find_map(|dir| std::fs::read_to_string(dir.join(relative)).ok())
-}
 
 impl ContainerdRuntime {
     /// Connects to containerd on `socket` (a path or `unix://path`) and checks that it
@@ -597,10 +593,16 @@ impl ContainerdRuntime {
         let user = if image_user.is_empty() {
             spec::User::default()
         } else {
-            let passwd = read_rootfs_file(&mounts, "etc/passwd");
-            let group = read_rootfs_file(&mounts, "etc/group");
-            spec::resolve_user(&image_user, passwd.as_deref(), group.as_deref())
-                .map_err(|message| RuntimeError::InvalidArgument { field: "image", message })?
+            // The image's /etc/passwd and /etc/group, resolved inside the snapshot's layers.
+            let layers = rootfs_dirs(&mounts);
+            let user = image_user.clone();
+            tokio::task::spawn_blocking(move || rootfs::image_user(&layers, &user))
+                .await
+                .map_err(|e| failed(format!("user resolution task failed: {e}")))?
+                .map_err(|message| RuntimeError::InvalidArgument {
+                    field: "image",
+                    message: format!("image {reference} user {image_user:?}: {message}"),
+                })?
         };
         let runtime_spec = spec::runtime_spec(id, spec, &local.config, &user, &paths)?;
         let mut labels: HashMap<String, String> = spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

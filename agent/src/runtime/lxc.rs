@@ -1,4 +1,4 @@
-//! LXC, driven through its command-line tools (`lxc-create -t oci`, `lxc-start`, ...).
+//! LXC, driven through its command-line tools (`lxc-create`, `lxc-start`, ...).
 //!
 //! LXC has no daemon to ask, so "available" means: `lxc-create` and `lxc-start` are on
 //! `PATH`, `lxc-create --version` runs, and the network link the default container

@@ -369,7 +369,7 @@ impl ContainerdRuntime {
             });
         };
         let manifest: Manifest = parse_json(&manifest_bytes, "image manifest")?;
-        let config_path = blob_paths(&manifest.config.digest);
+        let config_path = blob_paths(&manifest.config.digest)?;
         let config_bytes =
             std::fs::read(&config_path).map_err(|e| failed(format!("archive lacks config {}: {e}", manifest.config.digest)))?;
         let config: ImageConfig = parse_json(&config_bytes, "image config")?;
@@ -378,7 +378,7 @@ impl ContainerdRuntime {
             if self.blob_exists(&descriptor.digest).await? {
                 continue;
             }
-            let path = blob_paths(&descriptor.digest);
+            let path = blob_paths(&descriptor.digest)?;
             let file = tokio::fs::File::open(&path).await.map_err(|e| failed(format!("archive lacks blob {}: {e}", descriptor.digest)))?;
             self.write_blob(lease, descriptor, BlobSource::File(file), HashMap::new()).await?;
         }
@@ -586,18 +586,39 @@ impl ContainerdRuntime {
     }
 }
 
-type BlobPaths = Box<dyn Fn(&str) -> PathBuf + Send + Sync>;
+type BlobPaths = Box<dyn Fn(&str) -> RuntimeResult<PathBuf> + Send + Sync>;
+
+/// The regular file `name` (a path the archive's own index or manifest gives) of the
+/// archive extracted in `dir`: symlinks are resolved inside `dir`, never on the host, and
+/// anything but a regular file (a FIFO, a device) is refused.
+fn archive_member(dir: &Path, name: &str) -> RuntimeResult<PathBuf> {
+    let invalid = |message: String| RuntimeError::InvalidArgument { field: "archive", message };
+    let resolved = crate::runtime::rootfs::resolve(&[dir.to_path_buf()], name).map_err(|e| invalid(format!("member {name:?}: {e}")))?;
+    let path = resolved.iter().fold(dir.to_path_buf(), |p, c| p.join(c));
+    match std::fs::symlink_metadata(&path) {
+        Ok(metadata) if metadata.file_type().is_file() => Ok(path),
+        Ok(_) => Err(invalid(format!("member {name:?} is not a regular file"))),
+        Err(error) => Err(invalid(format!("archive lacks {name:?}: {error}"))),
+    }
+}
+
+/// `blobs/<algorithm>/<hex>` of an OCI layout for `digest`, refusing anything but
+/// `algorithm:hex`.
+fn blob_member(dir: &Path, digest: &str) -> RuntimeResult<PathBuf> {
+    let well_formed = digest.split_once(':').filter(|(algorithm, hex)| {
+        !algorithm.is_empty() && algorithm.chars().all(|c| c.is_ascii_alphanumeric()) && !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())
+    });
+    let Some((algorithm, hex)) = well_formed else {
+        return Err(RuntimeError::InvalidArgument { field: "archive", message: format!("{digest:?} is not a digest") });
+    };
+    archive_member(dir, &format!("blobs/{algorithm}/{hex}"))
+}
 
 /// From an OCI layout: the manifest for `reference` (by `org.opencontainers.image.ref.name`
 /// or `io.containerd.image.name`, else the only one), resolving an index to this platform.
 fn oci_layout_manifest(dir: &Path, reference: &Reference) -> RuntimeResult<(Descriptor, Vec<u8>, BlobPaths)> {
-    let root = dir.to_path_buf();
-    let blob_path = move |digest: &str| {
-        let (algorithm, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
-        root.join("blobs").join(algorithm).join(hex)
-    };
-    let read = |digest: &str| std::fs::read(blob_path(digest)).map_err(|e| failed(format!("archive lacks blob {digest}: {e}")));
-    let index_bytes = std::fs::read(dir.join("index.json")).map_err(|e| failed(format!("cannot read index.json: {e}")))?;
+    let read = |digest: &str| std::fs::read(blob_member(dir, digest)?).map_err(|e| failed(format!("archive lacks blob {digest}: {e}")));
+    let index_bytes = std::fs::read(archive_member(dir, "index.json")?).map_err(|e| failed(format!("cannot read index.json: {e}")))?;
     let index: Index = parse_json(&index_bytes, "index.json")?;
     let wanted_tag = reference.tag.clone().unwrap_or_default();
     let full = reference.to_string();
@@ -634,10 +655,7 @@ fn oci_layout_manifest(dir: &Path, reference: &Reference) -> RuntimeResult<(Desc
     }
     let descriptor = Descriptor { media_type, digest: sha256_digest(&bytes), size: bytes.len() as i64, platform: None, annotations: None };
     let root = dir.to_path_buf();
-    let paths: BlobPaths = Box::new(move |digest: &str| {
-        let (algorithm, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
-        root.join("blobs").join(algorithm).join(hex)
-    });
+    let paths: BlobPaths = Box::new(move |digest: &str| blob_member(&root, digest));
     Ok((descriptor, bytes, paths))
 }
 
@@ -653,7 +671,7 @@ struct DockerArchiveEntry {
 /// From a `docker save` archive: builds a Docker schema 2 manifest over its config and
 /// layer files (digests computed here; gzip layers are recognised by their magic).
 async fn docker_archive_manifest(dir: &Path, reference: &Reference) -> RuntimeResult<(Descriptor, Vec<u8>, BlobPaths)> {
-    let text = std::fs::read(dir.join("manifest.json")).map_err(|e| failed(format!("cannot read manifest.json: {e}")))?;
+    let text = std::fs::read(archive_member(dir, "manifest.json")?).map_err(|e| failed(format!("cannot read manifest.json: {e}")))?;
     let entries: Vec<DockerArchiveEntry> = parse_json(&text, "manifest.json")?;
     let full = reference.to_string();
     let matches =
@@ -669,13 +687,13 @@ async fn docker_archive_manifest(dir: &Path, reference: &Reference) -> RuntimeRe
         }
     };
     let mut paths: HashMap<String, PathBuf> = HashMap::new();
-    let config_path = dir.join(&entry.config);
+    let config_path = archive_member(dir, &entry.config)?;
     let config_digest = file_digest(&config_path).await?;
     let config_size = file_size(&config_path)?;
     paths.insert(config_digest.clone(), config_path);
     let mut layers = Vec::new();
     for layer in &entry.layers {
-        let path = dir.join(layer);
+        let path = archive_member(dir, layer)?;
         let digest = file_digest(&path).await?;
         let mut magic = [0u8; 2];
         let gzip = std::fs::File::open(&path)
@@ -700,8 +718,9 @@ async fn docker_archive_manifest(dir: &Path, reference: &Reference) -> RuntimeRe
         platform: None,
         annotations: None,
     };
-    let fallback = dir.to_path_buf();
-    let lookup: BlobPaths = Box::new(move |digest: &str| paths.get(digest).cloned().unwrap_or_else(|| fallback.join(digest)));
+    let lookup: BlobPaths = Box::new(move |digest: &str| {
+        paths.get(digest).cloned().ok_or_else(|| RuntimeError::InvalidArgument { field: "archive", message: format!("no file for {digest}") })
+    });
     Ok((descriptor, bytes, lookup))
 }
 
@@ -744,6 +763,7 @@ async fn rootfs_image(archive: &Path, dir: &Path) -> RuntimeResult<()> {
             let out = std::fs::File::create(&layer).map_err(|e| failed(format!("cannot create {}: {e}", layer.display())))?;
             let status = tokio::process::Command::new(tool)
                 .arg("-dc")
+                .arg("--")
                 .arg(archive)
                 .stdout(out)
                 .status()
@@ -795,6 +815,31 @@ async fn file_digest(path: &Path) -> RuntimeResult<String> {
 mod tests {
     use super::*;
     use diplo_api::registry::Platform;
+
+    #[test]
+    fn archive_members_stay_in_the_archive() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("x");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "host").expect("write");
+        std::fs::create_dir_all(root.join("blobs/sha256")).expect("mkdir");
+        std::fs::write(root.join("blobs/sha256/ab12"), "blob").expect("write");
+        std::fs::write(root.join("manifest.json"), "[]").expect("write");
+        symlink(&secret, root.join("abs")).expect("symlink");
+        symlink("../secret", root.join("up")).expect("symlink");
+        symlink("blobs/sha256/ab12", root.join("dup")).expect("symlink");
+        symlink("/dev/zero", root.join("zero")).expect("symlink");
+        assert!(std::process::Command::new("mkfifo").arg(root.join("fifo")).status().expect("mkfifo").success());
+        assert_eq!(blob_member(&root, "sha256:ab12").expect("blob"), root.join("blobs/sha256/ab12"));
+        assert_eq!(archive_member(&root, "dup").expect("relative link inside"), root.join("blobs/sha256/ab12"));
+        for name in ["abs", "up", "../secret", "/etc/passwd", "zero", "fifo", "blobs", "missing"] {
+            assert!(matches!(archive_member(&root, name), Err(RuntimeError::InvalidArgument { field: "archive", .. })), "{name}");
+        }
+        for digest in ["sha256:../../secret", "sha256:", "ab12", "../x:ab", "sha256:ab/12"] {
+            assert!(matches!(blob_member(&root, digest), Err(RuntimeError::InvalidArgument { field: "archive", .. })), "{digest}");
+        }
+    }
 
     #[test]
     fn chain_ids_follow_the_oci_spec() {

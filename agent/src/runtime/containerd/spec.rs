@@ -35,16 +35,7 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The process identity.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct User {
-    /// uid.
-    pub uid: u32,
-    /// gid.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub additional_gids: Vec<u32>,
-}
+pub use crate::runtime::rootfs::User;
 
 /// Host paths the spec refers to.
 #[derive(Debug, Clone)]
@@ -112,72 +103,11 @@ pub fn capabilities(cap_drop: &[String]) -> Vec<String> {
     DEFAULT_CAPABILITIES.iter().filter(|c| !dropped.iter().any(|d| d == *c)).map(|c| (*c).to_owned()).collect()
 }
 
-/// Resolves an image's `User` (`uid`, `uid:gid`, `name`, `name:group`) against the
-/// image's `/etc/passwd` and `/etc/group` when given.
-pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Result<User, String> {
-    let user = user.trim();
-    if user.is_empty() {
-        return Ok(User::default());
-    }
-    let (user_part, group_part) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let passwd_entries: Vec<Vec<&str>> =
-        passwd.unwrap_or_default().lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 4).collect();
-    let group_entries: Vec<Vec<&str>> =
-        group.unwrap_or_default().lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 3).collect();
-    let (uid, name, passwd_gid) = match user_part.parse::<u32>() {
-        Ok(uid) => {
-            let entry = passwd_entries.iter().find(|f| f[2].parse::<u32>() == Ok(uid));
-            (uid, entry.map(|f| f[0].to_owned()), entry.and_then(|f| f[3].parse::<u32>().ok()))
-        }
-        Err(_) => {
-            let entry = passwd_entries.iter().find(|f| f[0] == user_part).ok_or_else(|| {
-                if user_part == "root" { String::new() } else { format!("no user {user_part:?} in the image's /etc/passwd") }
-            });
-            match entry {
-                Ok(f) => (
-                    f[2].parse::<u32>().map_err(|_| format!("bad uid for {user_part}"))?,
-                    Some(user_part.to_owned()),
-                    f[3].parse::<u32>().ok(),
-                ),
-                Err(e) if e.is_empty() => (0, Some("root".to_owned()), Some(0)),
-                Err(e) => return Err(e),
-            }
-        }
-    };
-    let gid = match group_part {
-        Some(g) => match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => group_entries
-                .iter()
-                .find(|f| f[0] == g)
-                .and_then(|f| f[2].parse::<u32>().ok())
-                .ok_or_else(|| format!("no group {g:?} in the image's /etc/group"))?,
-        },
-        None => passwd_gid.unwrap_or(0),
-    };
-    let mut additional_gids = Vec::new();
-    if let Some(name) = &name {
-        for f in &group_entries {
-            if f.len() >= 4
-                && f[3].split(',').any(|m| m == name)
-                && let Ok(g) = f[2].parse::<u32>()
-                && g != gid
-                && !additional_gids.contains(&g)
-            {
-                additional_gids.push(g);
-            }
-        }
-    }
-    Ok(User { uid, gid, additional_gids })
-}
-
 /// The process part of the spec (also the template for execs).
 pub fn process(spec: &ContainerSpec, image: &ImageConfig, user: &User) -> RuntimeResult<Value> {
     let caps = capabilities(&spec.cap_drop);
-    let cwd = image.config.as_ref().and_then(|c| c.working_dir.clone()).filter(|d| d.starts_with('/')).unwrap_or_else(|| "/".to_owned());
+    let cwd = crate::runtime::rootfs::working_dir(image.config.as_ref().and_then(|c| c.working_dir.as_deref()).unwrap_or_default())
+        .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?;
     Ok(json!({
         "terminal": false,
         "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
@@ -376,18 +306,6 @@ mod tests {
         assert!(!caps.contains(&"CAP_NET_RAW".to_owned()) && !caps.contains(&"CAP_KILL".to_owned()));
         assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len() - 2);
         assert!(capabilities(&["all".into()]).is_empty());
-    }
-
-    #[test]
-    fn users_resolve() {
-        let passwd = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n";
-        let group = "root:x:0:\nwww:x:33:\nextra:x:50:www,other\n";
-        assert_eq!(resolve_user("", None, None).unwrap(), User::default());
-        assert_eq!(resolve_user("1000:1000", None, None).unwrap(), User { uid: 1000, gid: 1000, additional_gids: vec![] });
-        assert_eq!(resolve_user("www", Some(passwd), Some(group)).unwrap(), User { uid: 33, gid: 33, additional_gids: vec![50] });
-        assert_eq!(resolve_user("33:extra", Some(passwd), Some(group)).unwrap().gid, 50);
-        assert_eq!(resolve_user("root", None, None).unwrap(), User::default());
-        assert!(resolve_user("nobody", Some(passwd), Some(group)).is_err());
     }
 
     #[test]

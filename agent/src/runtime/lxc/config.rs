@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Component, Path, PathBuf};
 
 use diplo_api::container::{ContainerSpec, Protocol, validate_container_name};
+use diplo_api::registry::Reference;
 
 use crate::runtime::{RuntimeError, RuntimeResult};
 
@@ -71,6 +72,8 @@ impl LxcNetwork {
 /// A mount as it goes into the config: host source, target relative to the rootfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ResolvedMount {
+    /// The target as the spec gave it (for messages).
+    pub requested: String,
     /// Host path (bind source or volume directory).
     pub source: PathBuf,
     /// Target relative to the rootfs, no leading `/`.
@@ -89,30 +92,137 @@ pub(super) struct BlockInputs<'a> {
     pub ip: Ipv4Addr,
     pub console_log: &'a Path,
     pub mounts: &'a [ResolvedMount],
-    /// tmpfs targets relative to the rootfs.
-    pub tmpfs: &'a [String],
+    /// tmpfs targets: as the spec gave them, and relative to the rootfs.
+    pub tmpfs: &'a [(String, String)],
+    /// What the image asks for.
+    pub image: &'a ImageLines<'a>,
+}
+
+/// The image-derived part of the config (what LXC's `oci` template would write).
+#[derive(Debug, Clone)]
+pub(super) struct ImageLines<'a> {
+    /// The container's root filesystem (a directory on the host).
+    pub rootfs: &'a Path,
+    /// Config files included before Diplo's lines (LXC's `common.conf`, `oci.common.conf`).
+    pub includes: &'a [PathBuf],
+    /// The image's `Env` entries (`NAME=value`).
+    pub env: &'a [String],
+    /// uid and gid of PID 1 (the image's `User`, resolved in the rootfs).
+    pub uid: u32,
+    pub gid: u32,
+    /// PID 1's working directory (the image's `WorkingDir`, `/` when unset).
+    pub cwd: &'a str,
+}
+
+/// A config value and what it may hold; checked by [`check_value`] before any line is
+/// written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConfigValue<'a> {
+    /// Fields joined by single spaces, each non-empty and free of whitespace, control
+    /// characters, `#` and `\` (fstab escapes): the fields of an `lxc.mount.entry`, a
+    /// path, a name, a number. No fields resets a list key (`lxc.net =`).
+    Words(&'a [&'a str]),
+    /// Free text read whole (an environment entry, a working directory): no control
+    /// character but tab, no leading or trailing blank (LXC trims them).
+    Text(&'a str),
+}
+
+/// Whether `value` can be written as it is (see [`ConfigValue`]); the reason when not.
+pub(super) fn check_value(value: ConfigValue<'_>) -> Result<(), String> {
+    match value {
+        ConfigValue::Words(words) => {
+            for word in words {
+                check_fstab_word(word)?;
+            }
+        }
+        ConfigValue::Text(text) => {
+            if let Some(c) = text.chars().find(|c| c.is_control() && *c != '\t') {
+                return Err(format!("{text:?} holds the control character {c:?}, which an LXC config line cannot carry"));
+            }
+            if text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
+                return Err(format!("{text:?} starts or ends with a blank, which LXC would drop"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The lines Diplo appends to a container's config. [`ConfigLines::push`] is the only
+/// way a line gets in: its value is checked against its format first.
+#[derive(Debug)]
+pub(super) struct ConfigLines {
+    text: String,
+}
+
+impl ConfigLines {
+    /// An empty block, headed by [`BLOCK_MARKER`].
+    pub(super) fn new() -> Self {
+        ConfigLines { text: format!("\n{BLOCK_MARKER}\n") }
+    }
+
+    /// Appends `key = value` after checking the key (an `lxc.*` name) and the value
+    /// (see [`check_value`]).
+    pub(super) fn push(&mut self, key: &str, value: ConfigValue<'_>) -> Result<(), String> {
+        let key_ok = key.starts_with("lxc.") && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_'));
+        if !key_ok {
+            return Err(format!("{key:?} is not an LXC config key"));
+        }
+        check_value(value).map_err(|reason| format!("{key}: {reason}"))?;
+        let text = match value {
+            ConfigValue::Words(words) => words.join(" "),
+            ConfigValue::Text(text) => text.to_owned(),
+        };
+        if text.is_empty() {
+            let _ = writeln!(self.text, "{key} =");
+        } else {
+            let _ = writeln!(self.text, "{key} = {text}");
+        }
+        Ok(())
+    }
+
+    /// [`Self::push`], blaming `field` of the spec (with `what` in the message) when the
+    /// value does not fit.
+    fn put(&mut self, field: &'static str, what: &str, key: &str, value: ConfigValue<'_>) -> RuntimeResult<()> {
+        self.push(key, value).map_err(|reason| invalid(field, format!("{what}: {reason}")))
+    }
+
+    /// The block.
+    pub(super) fn finish(self) -> String {
+        self.text
+    }
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> RuntimeError {
     RuntimeError::InvalidArgument { field, message: message.into() }
 }
 
+/// An image reference the tools may be given (`docker://REF` for skopeo): one word that
+/// parses as a reference (see [`Reference::parse`]) with a registry host of letters,
+/// digits, `.`, `-` and a port, never starting with `-`.
+pub(super) fn check_reference(reference: &str) -> RuntimeResult<()> {
+    if reference.trim().is_empty() {
+        return Err(invalid("image", "an image reference is required"));
+    }
+    if reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("image", format!("{reference:?} is not an image reference")));
+    }
+    let parsed = Reference::parse(reference).map_err(|message| invalid("image", message))?;
+    let host_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':');
+    if reference.starts_with('-') || !parsed.registry.chars().all(host_ok) || parsed.registry.starts_with(['-', '.', ':']) {
+        return Err(invalid("image", format!("{reference:?}: invalid registry {:?}", parsed.registry)));
+    }
+    Ok(())
+}
+
 /// Checks everything the LXC driver can check about `spec` before touching the host.
 pub(super) fn validate(spec: &ContainerSpec) -> RuntimeResult<()> {
     validate_container_name(&spec.name).map_err(|message| invalid("name", message))?;
-    if spec.image.trim().is_empty() {
-        return Err(invalid("image", "an image reference is required"));
-    }
-    if spec.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid("image", format!("{:?} is not an image reference", spec.image)));
-    }
+    check_reference(&spec.image)?;
     for (key, value) in &spec.env {
         if key.is_empty() || key.contains('=') || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid("env", format!("{key:?} is not a valid variable name")));
         }
-        if value.contains(['\n', '\r', '\0']) {
-            return Err(invalid("env", format!("the value of {key} contains a line break or NUL, which LXC's config cannot carry")));
-        }
+        check_value(ConfigValue::Text(&format!("{key}={value}"))).map_err(|reason| invalid("env", format!("the value of {key}: {reason}")))?;
     }
     let mut seen = std::collections::HashSet::new();
     for port in &spec.ports {
@@ -161,10 +271,14 @@ pub(super) fn protocol_name(protocol: Protocol) -> &'static str {
     }
 }
 
-/// A word of an fstab line: no whitespace, no control characters, not empty.
+/// A word of an fstab line (and of any one-word config value): not empty, no whitespace,
+/// no control character, no `#` (a comment) and no `\` (fstab's octal escapes).
 fn check_fstab_word(word: &str) -> Result<(), String> {
-    if word.is_empty() || word.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{word:?}: paths with whitespace or control characters are not supported by LXC mount entries"));
+    if word.is_empty() {
+        return Err("an empty field".to_owned());
+    }
+    if let Some(c) = word.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, '#' | '\\')) {
+        return Err(format!("{word:?} holds {c:?}, which an LXC config line cannot carry there"));
     }
     Ok(())
 }
@@ -221,34 +335,49 @@ pub(super) fn capabilities(cap_drop: &[String]) -> RuntimeResult<CapDrop> {
     Ok(if names.is_empty() { CapDrop::None } else { CapDrop::Some(names) })
 }
 
-/// The block appended to the config `lxc-create -t oci` wrote. Later keys win over the
-/// template's (the network is reset with `lxc.net =` and defined again).
+/// The block appended to the config `lxc-create -t none` wrote: the image's settings,
+/// then the spec's. Later keys win (the network is reset with `lxc.net =` and defined
+/// again). Every line goes through [`ConfigLines::push`].
 pub(super) fn config_block(spec: &ContainerSpec, inputs: &BlockInputs<'_>) -> RuntimeResult<String> {
-    let mut out = String::new();
-    let mut line = |text: String| {
-        out.push_str(&text);
-        out.push('\n');
-    };
-    line(format!("\n{BLOCK_MARKER}"));
-    line(format!("lxc.console.logfile = {}", inputs.console_log.display()));
+    use ConfigValue::{Text, Words};
+    let mut out = ConfigLines::new();
+    let image = inputs.image;
+    let rootfs = image.rootfs.to_str().ok_or_else(|| invalid("name", format!("{} is not UTF-8", image.rootfs.display())))?;
+    out.put("name", "root filesystem", "lxc.rootfs.path", Words(&[&format!("dir:{rootfs}")]))?;
+    out.put("name", "console log", "lxc.console.logfile", Words(&[&inputs.console_log.to_string_lossy()]))?;
+    out.put("name", "mounts", "lxc.mount.auto", Words(&["proc:mixed", "sys:mixed", "cgroup:mixed"]))?;
+    for entry in image.env {
+        // `lxc.environment = NAME` without a value would hand PID 1 the host's variable.
+        let Some((name, _)) = entry.split_once('=').filter(|(name, _)| !name.is_empty() && !name.contains(char::is_whitespace)) else {
+            return Err(invalid("image", format!("image {} Env entry {entry:?} is not NAME=value", spec.image)));
+        };
+        out.put("image", &format!("image {} Env {name}", spec.image), "lxc.environment", Text(entry))?;
+    }
+    for include in image.includes {
+        out.put("name", "included config", "lxc.include", Words(&[&include.to_string_lossy()]))?;
+    }
+    out.put("name", "name", "lxc.uts.name", Words(&[&spec.name]))?;
+    out.put("image", "uid", "lxc.init.uid", Words(&[&image.uid.to_string()]))?;
+    out.put("image", "gid", "lxc.init.gid", Words(&[&image.gid.to_string()]))?;
+    out.put("image", &format!("image {} WorkingDir", spec.image), "lxc.init.cwd", Text(image.cwd))?;
     // PID 1 gets SIGTERM on lxc-stop (LXC's default is SIGPWR, which an application
     // ignores); lxc-stop -t GRACE sends SIGKILL when it has not exited by then.
-    line("lxc.signal.halt = SIGTERM".to_owned());
+    out.put("name", "halt signal", "lxc.signal.halt", Words(&["SIGTERM"]))?;
     let net = inputs.network;
-    line("lxc.net =".to_owned());
-    line("lxc.net.0.type = veth".to_owned());
-    line(format!("lxc.net.0.link = {}", net.bridge));
-    line("lxc.net.0.flags = up".to_owned());
-    line("lxc.net.0.name = eth0".to_owned());
-    line(format!("lxc.net.0.ipv4.address = {}/{}", inputs.ip, net.prefix));
-    line(format!("lxc.net.0.ipv4.gateway = {}", net.gateway));
+    out.put("name", "network", "lxc.net", Words(&[]))?;
+    out.put("name", "network", "lxc.net.0.type", Words(&["veth"]))?;
+    out.put("name", "bridge", "lxc.net.0.link", Words(&[&net.bridge]))?;
+    out.put("name", "network", "lxc.net.0.flags", Words(&["up"]))?;
+    out.put("name", "network", "lxc.net.0.name", Words(&["eth0"]))?;
+    out.put("name", "address", "lxc.net.0.ipv4.address", Words(&[&format!("{}/{}", inputs.ip, net.prefix)]))?;
+    out.put("name", "gateway", "lxc.net.0.ipv4.gateway", Words(&[&net.gateway.to_string()]))?;
     for (key, value) in &spec.env {
-        line(format!("lxc.environment = {key}={value}"));
+        out.put("env", &format!("variable {key}"), "lxc.environment", Text(&format!("{key}={value}")))?;
     }
     if let Some(bytes) = spec.memory_bytes {
         match inputs.cgroup {
-            CgroupVersion::V1 => line(format!("lxc.cgroup.memory.limit_in_bytes = {bytes}")),
-            CgroupVersion::V2 => line(format!("lxc.cgroup2.memory.max = {bytes}")),
+            CgroupVersion::V1 => out.put("memory_bytes", "limit", "lxc.cgroup.memory.limit_in_bytes", Words(&[&bytes.to_string()]))?,
+            CgroupVersion::V2 => out.put("memory_bytes", "limit", "lxc.cgroup2.memory.max", Words(&[&bytes.to_string()]))?,
         }
     }
     if let Some(millis) = spec.cpu_millis {
@@ -256,38 +385,39 @@ pub(super) fn config_block(spec: &ContainerSpec, inputs: &BlockInputs<'_>) -> Ru
         let quota = (u64::from(millis) * period / 1000).max(1000);
         match inputs.cgroup {
             CgroupVersion::V1 => {
-                line(format!("lxc.cgroup.cpu.cfs_period_us = {period}"));
-                line(format!("lxc.cgroup.cpu.cfs_quota_us = {quota}"));
+                out.put("cpu_millis", "period", "lxc.cgroup.cpu.cfs_period_us", Words(&[&period.to_string()]))?;
+                out.put("cpu_millis", "quota", "lxc.cgroup.cpu.cfs_quota_us", Words(&[&quota.to_string()]))?;
             }
-            CgroupVersion::V2 => line(format!("lxc.cgroup2.cpu.max = {quota} {period}")),
+            CgroupVersion::V2 => out.put("cpu_millis", "quota", "lxc.cgroup2.cpu.max", Words(&[&quota.to_string(), &period.to_string()]))?,
         }
     }
     if spec.read_only {
-        line("lxc.rootfs.options = ro".to_owned());
+        out.put("read_only", "rootfs options", "lxc.rootfs.options", Words(&["ro"]))?;
     }
-    for target in inputs.tmpfs {
-        line(format!("lxc.mount.entry = tmpfs {target} tmpfs rw,nosuid,nodev,mode=1777,create=dir 0 0"));
+    for (requested, target) in inputs.tmpfs {
+        let what = format!("tmpfs {requested} (resolved in the image to {:?})", format!("/{target}"));
+        out.put("tmpfs", &what, "lxc.mount.entry", Words(&["tmpfs", target, "tmpfs", "rw,nosuid,nodev,mode=1777,create=dir", "0", "0"]))?;
     }
     for mount in inputs.mounts {
         let source = mount.source.to_str().ok_or_else(|| invalid("mounts", format!("{} is not UTF-8", mount.source.display())))?;
-        check_fstab_word(source).map_err(|m| invalid("mounts", m))?;
         let create = if mount.is_file { "create=file" } else { "create=dir" };
         let ro = if mount.read_only { ",ro" } else { "" };
-        line(format!("lxc.mount.entry = {source} {} none rbind,{create}{ro} 0 0", mount.target));
+        let what = format!("mount {source} on {} (resolved in the image to {:?})", mount.requested, format!("/{}", mount.target));
+        out.put("mounts", &what, "lxc.mount.entry", Words(&[source, &mount.target, "none", &format!("rbind,{create}{ro}"), "0", "0"]))?;
     }
     match capabilities(&spec.cap_drop)? {
         CapDrop::None => {}
         CapDrop::All => {
             // Keep and drop are exclusive; the included common.conf sets a drop list.
-            line("lxc.cap.drop =".to_owned());
-            line("lxc.cap.keep = none".to_owned());
+            out.put("cap_drop", "capabilities", "lxc.cap.drop", Words(&[]))?;
+            out.put("cap_drop", "capabilities", "lxc.cap.keep", Words(&["none"]))?;
         }
-        CapDrop::Some(names) => line(format!("lxc.cap.drop = {}", names.join(" "))),
+        CapDrop::Some(names) => out.put("cap_drop", "capabilities", "lxc.cap.drop", Words(&names.iter().map(String::as_str).collect::<Vec<_>>()))?,
     }
     if spec.no_new_privileges {
-        line("lxc.no_new_privs = 1".to_owned());
+        out.put("no_new_privileges", "no_new_privs", "lxc.no_new_privs", Words(&["1"]))?;
     }
-    Ok(out)
+    Ok(out.finish())
 }
 
 /// Every `lxc.net.N.ipv4.address` (and pre-3.0 `lxc.network.ipv4`) in a config.
@@ -306,25 +436,6 @@ pub(super) fn config_ipv4_addresses(config: &str) -> Vec<Ipv4Addr> {
             address.parse().ok()
         })
         .collect()
-}
-
-/// The last value of `key` in a config (`key = value` lines, comments skipped).
-fn config_value<'a>(config: &'a str, key: &str) -> Option<&'a str> {
-    config
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .filter_map(|line| line.split_once('='))
-        .filter(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim())
-        .next_back()
-}
-
-/// `lxc.init.uid`/`lxc.init.gid` (what the oci template derived from the image's
-/// `User`), `None` when unset.
-pub(super) fn init_owner(config: &str) -> Option<(u32, u32)> {
-    let uid = config_value(config, "lxc.init.uid")?.parse().ok()?;
-    let gid = config_value(config, "lxc.init.gid").and_then(|g| g.parse().ok()).unwrap_or(uid);
-    Some((uid, gid))
 }
 
 /// The `PATH` PID 1 gets: the last `lxc.environment = PATH=...`, else the usual default.
@@ -459,6 +570,12 @@ mod tests {
         assert_eq!(field(validate(&ContainerSpec { name: "bad name".into(), ..spec() })), "name");
         assert_eq!(field(validate(&ContainerSpec { name: String::new(), ..spec() })), "name");
         assert_eq!(field(validate(&ContainerSpec { image: " ".into(), ..spec() })), "image");
+        for bad in ["-x", "--help", "--src-creds=a:b", "a.b#c/x", "-a.b/x", "UPPER/case", "x\ny"] {
+            assert_eq!(field(validate(&ContainerSpec { image: bad.into(), ..spec() })), "image", "{bad:?}");
+        }
+        for good in ["busybox", "127.0.0.1:5000/diplo/busybox:latest", "localhost/x:v1", "diplo-lxc/rootfs-a-1:v1"] {
+            assert!(check_reference(good).is_ok(), "{good:?}");
+        }
         let mut s = spec();
         s.env.insert("A=B".into(), "x".into());
         assert_eq!(field(validate(&s)), "env");
@@ -511,9 +628,13 @@ mod tests {
         s.cap_drop = vec!["ALL".into()];
         s.no_new_privileges = true;
         let network = LxcNetwork::default();
-        let mounts = [ResolvedMount { source: "/srv/data".into(), target: "data".into(), read_only: true, is_file: false }];
-        let tmpfs = ["tmp".to_owned()];
+        let mounts = [ResolvedMount { requested: "/data".into(), source: "/srv/data".into(), target: "data".into(), read_only: true, is_file: false }];
+        let tmpfs = [("/tmp".to_owned(), "tmp".to_owned())];
         let console = PathBuf::from("/var/lib/lxc/web/console.log");
+        let rootfs = PathBuf::from("/var/lib/lxc/web/rootfs");
+        let includes = [PathBuf::from("/usr/share/lxc/config/common.conf")];
+        let env = ["PATH=/usr/bin:/bin".to_owned()];
+        let image = ImageLines { rootfs: &rootfs, includes: &includes, env: &env, uid: 33, gid: 34, cwd: "/srv/app" };
         let inputs = BlockInputs {
             cgroup: CgroupVersion::V1,
             network: &network,
@@ -521,10 +642,17 @@ mod tests {
             console_log: &console,
             mounts: &mounts,
             tmpfs: &tmpfs,
+            image: &image,
         };
         let block = config_block(&s, &inputs).expect("block");
         for expected in [
             BLOCK_MARKER,
+            "lxc.rootfs.path = dir:/var/lib/lxc/web/rootfs",
+            "lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed",
+            "lxc.environment = PATH=/usr/bin:/bin",
+            "lxc.include = /usr/share/lxc/config/common.conf",
+            "lxc.uts.name = web",
+            "lxc.init.uid = 33\nlxc.init.gid = 34\nlxc.init.cwd = /srv/app",
             "lxc.console.logfile = /var/lib/lxc/web/console.log",
             "lxc.signal.halt = SIGTERM",
             "lxc.net =\n",
@@ -546,6 +674,83 @@ mod tests {
         assert!(v2.contains("lxc.cgroup2.memory.max = 67108864"), "{v2}");
         assert!(v2.contains("lxc.cgroup2.cpu.max = 50000 100000"), "{v2}");
         assert_eq!(config_ipv4_addresses(&block), vec![Ipv4Addr::new(10, 0, 3, 100)]);
+        // Nothing but `key = value` lines under the marker.
+        assert!(block.lines().skip(2).all(|l| l.starts_with("lxc.") && l.contains(" =")), "{block}");
+
+        // A value that would break out of its line refuses the container, naming the path.
+        let hostile = "x\nlxc.hook.pre-start = /bin/touch /tmp/pwned";
+        let bad_tmpfs = [("/data".to_owned(), hostile.to_owned())];
+        let error = config_block(&s, &BlockInputs { tmpfs: &bad_tmpfs, ..inputs.clone() }).expect_err("newline in a tmpfs target");
+        match error {
+            RuntimeError::InvalidArgument { field: "tmpfs", message } => {
+                assert!(message.contains("tmpfs /data") && message.contains("\\n"), "{message}")
+            }
+            other => panic!("expected InvalidArgument tmpfs, got {other:?}"),
+        }
+        let bad_mounts = [ResolvedMount { target: "a b".into(), ..mounts[0].clone() }];
+        assert!(matches!(
+            config_block(&s, &BlockInputs { mounts: &bad_mounts, ..inputs.clone() }),
+            Err(RuntimeError::InvalidArgument { field: "mounts", message }) if message.contains("on /data")
+        ));
+        let bad_env = ["A=1\nlxc.hook.start-host = /bin/true".to_owned()];
+        let bad_image = ImageLines { env: &bad_env, ..image.clone() };
+        assert!(matches!(config_block(&s, &BlockInputs { image: &bad_image, ..inputs.clone() }), Err(RuntimeError::InvalidArgument { field: "image", .. })));
+        let bad_image = ImageLines { cwd: "/\nlxc.hook.pre-start = /bin/true", ..image.clone() };
+        assert!(matches!(
+            config_block(&s, &BlockInputs { image: &bad_image, ..inputs.clone() }),
+            Err(RuntimeError::InvalidArgument { field: "image", message }) if message.contains("WorkingDir")
+        ));
+        let mut hostile_env = spec();
+        hostile_env.env.insert("A".into(), "1\rlxc.hook.pre-start = /bin/true".into());
+        assert!(matches!(config_block(&hostile_env, &inputs), Err(RuntimeError::InvalidArgument { field: "env", .. })));
+    }
+
+    #[test]
+    fn config_values_are_checked_against_their_format() {
+        use ConfigValue::{Text, Words};
+        let table: &[(ConfigValue<'_>, bool)] = &[
+            (Words(&["/var/lib/lxc/web/rootfs"]), true),
+            (Words(&["tmpfs", "tmp", "tmpfs", "rw,nosuid,nodev,mode=1777,create=dir", "0", "0"]), true),
+            (Words(&["dir:/var/lib/lxc/web/rootfs"]), true),
+            (Words(&["ü/ß"]), true),
+            (Words(&[]), true),
+            (Words(&[""]), false),
+            (Words(&["a", ""]), false),
+            (Words(&["x\nlxc.hook.pre-start = /bin/true"]), false),
+            (Words(&["a b"]), false),
+            (Words(&["a\rb"]), false),
+            (Words(&["a\0b"]), false),
+            (Words(&["a\tb"]), false),
+            (Words(&[" a"]), false),
+            (Words(&["a "]), false),
+            (Words(&["a#b"]), false),
+            (Words(&["a\\040b"]), false),
+            (Words(&["a\u{85}b"]), false),
+            (Words(&["a\u{2028}b"]), false),
+            (Text("GREETING=hello world"), true),
+            (Text("COLOR=#fff"), true),
+            (Text("TABS=a\tb"), true),
+            (Text("/srv/my app"), true),
+            (Text(""), true),
+            (Text("A=1\nlxc.hook.pre-start = /bin/true"), false),
+            (Text("A=1\r"), false),
+            (Text("A=\0"), false),
+            (Text("A=\u{1b}[0m"), false),
+            (Text(" A=1"), false),
+            (Text("A=1 "), false),
+        ];
+        for (value, ok) in table {
+            assert_eq!(check_value(*value).is_ok(), *ok, "{value:?}: {:?}", check_value(*value));
+        }
+        let mut lines = ConfigLines::new();
+        assert!(lines.push("lxc.init.cwd", Text("/")).is_ok());
+        assert!(lines.push("lxc.net", Words(&[])).is_ok());
+        assert!(lines.push("lxc.mount.entry", Words(&["/a", "b", "none", "rbind", "0", "0"])).is_ok());
+        assert!(lines.push("lxc.hook.pre-start = /bin/true\nlxc.x", Words(&["y"])).is_err());
+        assert!(lines.push("not.lxc", Words(&["y"])).is_err());
+        assert!(lines.push("lxc.init.cwd", Text("/\nlxc.hook.pre-start = /bin/true")).is_err());
+        assert!(lines.push("lxc.mount.entry", Words(&["/a", "b\nlxc.hook.pre-start = /bin/true", "none"])).is_err());
+        assert_eq!(lines.finish(), format!("\n{BLOCK_MARKER}\nlxc.init.cwd = /\nlxc.net =\nlxc.mount.entry = /a b none rbind 0 0\n"));
     }
 
     #[test]
@@ -568,11 +773,9 @@ mod tests {
     }
 
     #[test]
-    fn init_owner_and_path_come_from_the_config() {
+    fn path_comes_from_the_config() {
         let config = "lxc.environment = PATH=/bin\nlxc.init.uid = 1000\nlxc.init.gid = 100\nlxc.environment = PATH=/usr/bin:/bin\n# lxc.environment = PATH=/x\n";
-        assert_eq!(init_owner(config), Some((1000, 100)));
         assert_eq!(config_path_variable(config), "/usr/bin:/bin");
-        assert_eq!(init_owner(""), None);
         assert!(config_path_variable("").contains("/usr/bin"));
     }
 

@@ -4,8 +4,10 @@
 //!
 //! * **Images** are pulled with `skopeo copy docker://REF oci:CACHE/DIR:latest` into one OCI
 //!   layout per reference under the image cache (plain HTTP for insecure and loopback
-//!   registries). `lxc-create -t oci -- --url oci:CACHE/DIR:latest` unpacks a copy as
-//!   the container's rootfs.
+//!   registries). A container is `lxc-create -t none` plus `umoci raw unpack` of the
+//!   layout as its rootfs; the driver then does what LXC's `oci` template would (user,
+//!   working directory, environment, `/etc/hostname`, `/etc/hosts`), confined to the
+//!   rootfs, and writes every config line through one checked emitter.
 //! * **Ids** are container names: LXC has nothing else.
 //! * **Command**: LXC splits `lxc.init.cmd` on blanks without honouring quotes, so the argv
 //!   (the image's `Entrypoint` + the spec's command or the image's `Cmd`) is kept in the
@@ -30,11 +32,11 @@
 //!   `lxc-ls --running` every second and emits `Start`/`Die` on transitions (a run shorter
 //!   than the poll is noticed from its recorded start time).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::ffi::{OsStr, OsString};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -49,15 +51,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::config::{self, BlockInputs, CgroupVersion, InfoOutput, LxcNetwork, ResolvedMount};
+use super::config::{self, BlockInputs, CgroupVersion, ImageLines, InfoOutput, LxcNetwork, ResolvedMount};
 use super::image;
 use super::logs::{self, LogFiles};
 use crate::port_publisher::PortPublisher;
 use crate::runtime::docker::{describe_io, describe_timeout};
-use crate::runtime::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream};
+use crate::runtime::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream, rootfs};
 
 /// `diplo.deployment` of a container created on its own.
 const DIRECT_DEPLOYMENT: &str = "direct";
+/// Where LXC keeps the config files its templates include.
+const LXC_TEMPLATE_CONFIG: &str = "/usr/share/lxc/config";
 /// Where LXC keeps containers unless told otherwise.
 pub const DEFAULT_LXC_PATH: &str = "/var/lib/lxc";
 /// The driver's state file in a container's directory.
@@ -423,7 +427,7 @@ impl LxcRuntime {
                 tarball = tmp.join(".rootfs.tar");
                 let output = std::fs::File::create(&tarball).map_err(|e| failed(format!("cannot create {}: {}", tarball.display(), describe_io(&e))))?;
                 let mut command = tokio::process::Command::new("gzip");
-                command.arg("-dc").arg(archive).stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped()).kill_on_drop(true);
+                command.arg("-dc").arg("--").arg(archive).stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped()).kill_on_drop(true);
                 let done = finish("gzip", command, Some(Duration::from_secs(1800))).await?;
                 if !done.status.success() {
                     return Err(RuntimeError::InvalidArgument {
@@ -512,7 +516,7 @@ impl LxcRuntime {
                     .map_err(|e| failed(format!("cannot create volume directory {}: {}", source.display(), describe_io(&e))))?;
                 (source, false)
             };
-            mounts.push(ResolvedMount { source, target, read_only: mount.read_only, is_file });
+            mounts.push(ResolvedMount { requested: mount.target.clone(), source, target, read_only: mount.read_only, is_file });
         }
         Ok(mounts)
     }
@@ -568,28 +572,66 @@ impl LxcRuntime {
         }
     }
 
-    /// Everything after `lxc-create`: mount points, the config block, resolv.conf, the
-    /// state file.
-    async fn configure(&self, spec: &ContainerSpec, argv: Vec<String>, ip: Ipv4Addr, mounts: &[ResolvedMount]) -> RuntimeResult<()> {
+    /// Unpacks the image `layout` into the container's rootfs with `umoci raw unpack`
+    /// (`--rootless` when the agent is not root, as LXC's `oci` template does).
+    async fn unpack(&self, layout: &Path, rootfs: &Path, reference: &str) -> RuntimeResult<()> {
+        let image = format!("{}:{}", layout.display(), image::CACHE_TAG);
+        let mut args: Vec<OsString> = vec!["--log=error".into(), "raw".into(), "unpack".into()];
+        if rootless() {
+            args.push("--rootless".into());
+        }
+        args.extend([OsString::from("--image"), image.into(), rootfs.into()]);
+        let output = run_tool("umoci", &args, Some(Duration::from_secs(1800))).await?;
+        if !output.status.success() {
+            return Err(failed(format!("cannot unpack image {reference}: {}", config::tool_error(&output.stderr))));
+        }
+        Ok(())
+    }
+
+    /// Everything after `lxc-create -t none`: the rootfs unpacked from the image, the
+    /// image's user resolved in it, `/etc/hostname` and `/etc/hosts`, mount points, the
+    /// config block, resolv.conf, the state file. What LXC's `oci` template would do, but
+    /// confined to the rootfs (see [`rootfs`]) and with every config value checked.
+    async fn configure(&self, spec: &ContainerSpec, layout: &Path, argv: Vec<String>, ip: Ipv4Addr, mounts: &[ResolvedMount]) -> RuntimeResult<()> {
         let dir = self.dir(&spec.name);
         let rootfs = dir.join("rootfs");
         let invalid = |field: &'static str| move |message: String| RuntimeError::InvalidArgument { field, message };
         let config_path = dir.join("config");
         let mut config = std::fs::read_to_string(&config_path)
             .map_err(|e| failed(format!("cannot read {}: {}", config_path.display(), describe_io(&e))))?;
+        self.unpack(layout, &rootfs, &spec.image).await?;
+        let settings = image::run_settings(layout).map_err(|e| failed(format!("image {}: {e}", spec.image)))?;
+        let user = {
+            let (rootfs, name, user) = (rootfs.clone(), spec.name.clone(), settings.user.clone());
+            tokio::task::spawn_blocking(move || -> Result<rootfs::User, String> {
+                let resolved = rootfs::image_user(std::slice::from_ref(&rootfs), &user).map_err(|e| format!("user {user:?}: {e}"))?;
+                rootfs::write_file(&rootfs, "/etc/hostname", format!("{name}\n").as_bytes())?;
+                rootfs::write_file(&rootfs, "/etc/hosts", image::hosts_file(&name).as_bytes())?;
+                Ok(resolved)
+            })
+            .await
+            .map_err(|e| failed(format!("rootfs task failed: {e}")))?
+            .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?
+        };
         let mut mounts = mounts.to_vec();
         let state = State { spec: spec.clone(), argv, ip, created_at: now_rfc3339(), started_at: None, log_files: self.shim.is_some() };
         if let Some(shim) = &self.shim {
             let files = self.log_files(&state);
-            let owner = config::init_owner(&config);
-            files.prepare(owner.filter(|o| *o != (0, 0))).await.map_err(|e| failed(format!("cannot create the log files of {}: {}", spec.name, describe_io(&e))))?;
+            let owner = Some((user.uid, user.gid)).filter(|o| *o != (0, 0));
+            files.prepare(owner).await.map_err(|e| failed(format!("cannot create the log files of {}: {}", spec.name, describe_io(&e))))?;
             // A copy of its own: a container able to remount the bind writable changes
             // nothing on the host.
             let copy = dir.join(SHIM_COPY);
             std::fs::copy(shim, &copy).map_err(|e| failed(format!("cannot copy the shim {}: {}", shim.display(), describe_io(&e))))?;
             let relative = |path: &str| path.trim_start_matches('/').to_owned();
-            mounts.push(ResolvedMount { source: copy, target: relative(logs::CONTAINER_SHIM), read_only: true, is_file: true });
-            mounts.push(ResolvedMount { source: dir.join(logs::LOG_DIR), target: relative(logs::CONTAINER_LOG_DIR), read_only: false, is_file: false });
+            mounts.push(ResolvedMount { requested: logs::CONTAINER_SHIM.to_owned(), source: copy, target: relative(logs::CONTAINER_SHIM), read_only: true, is_file: true });
+            mounts.push(ResolvedMount {
+                requested: logs::CONTAINER_LOG_DIR.to_owned(),
+                source: dir.join(logs::LOG_DIR),
+                target: relative(logs::CONTAINER_LOG_DIR),
+                read_only: false,
+                is_file: false,
+            });
         }
         // Mount points are created now (confined to the rootfs, symlinks resolved inside
         // it) because LXC cannot create them in a read-only rootfs.
@@ -601,9 +643,14 @@ impl LxcRuntime {
         let mut tmpfs = Vec::new();
         for path in &spec.tmpfs {
             let relative = config::relative_target(path).map_err(invalid("tmpfs"))?;
-            tmpfs.push(prepare_target(&rootfs, &relative, false).map_err(invalid("tmpfs"))?);
+            tmpfs.push((path.clone(), prepare_target(&rootfs, &relative, false).map_err(invalid("tmpfs"))?));
         }
         let console_log = dir.join(CONSOLE_LOG);
+        let included: &[&str] = if rootless() { &["common.conf", "userns.conf", "oci.common.conf"] } else { &["common.conf", "oci.common.conf"] };
+        let includes: Vec<PathBuf> = included.iter().map(|name| Path::new(LXC_TEMPLATE_CONFIG).join(name)).filter(|path| path.is_file()).collect();
+        let cwd = rootfs::working_dir(&settings.working_dir)
+            .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?;
+        let image_lines = ImageLines { rootfs: &rootfs, includes: &includes, env: &settings.env, uid: user.uid, gid: user.gid, cwd: &cwd };
         let inputs = BlockInputs {
             cgroup: CgroupVersion::detect(&self.cgroup_root),
             network: &self.network,
@@ -611,6 +658,7 @@ impl LxcRuntime {
             console_log: &console_log,
             mounts: &resolved_mounts,
             tmpfs: &tmpfs,
+            image: &image_lines,
         };
         let block = config::config_block(spec, &inputs)?;
         config.push_str(&block);
@@ -864,6 +912,11 @@ async fn finish(program: &str, mut command: tokio::process::Command, timeout: Op
     }
 }
 
+/// Whether the agent runs as another user than root.
+fn rootless() -> bool {
+    super::effective_uid().is_some_and(|uid| uid != 0)
+}
+
 fn exit_code(status: std::process::ExitStatus) -> i64 {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -877,44 +930,10 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The components of `relative` (a path inside the container) resolved the way the
-/// container will see them: symlinks are followed but never leave `rootfs`. Components
-/// that do not exist yet are kept as they are.
+/// `relative` (a path inside the container) resolved inside `rootfs` the way the
+/// container will see it (see [`rootfs::resolve`]).
 fn resolve_in_rootfs(rootfs: &Path, relative: &str) -> Result<Vec<OsString>, String> {
-    let mut resolved: Vec<OsString> = Vec::new();
-    let mut pending: VecDeque<OsString> = Path::new(relative).components().filter_map(component_name).collect();
-    let mut hops = 0;
-    while let Some(part) = pending.pop_front() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate: PathBuf = resolved.iter().fold(rootfs.to_path_buf(), |p, c| p.join(c)).join(&part);
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(metadata) if metadata.file_type().is_symlink() => {
-                hops += 1;
-                if hops > 40 {
-                    return Err(format!("/{relative}: too many levels of symbolic links"));
-                }
-                let link = std::fs::read_link(&candidate).map_err(|e| format!("/{relative}: {}", describe_io(&e)))?;
-                if link.is_absolute() {
-                    resolved.clear();
-                }
-                let mut next: VecDeque<OsString> = link.components().filter_map(component_name).collect();
-                next.extend(pending);
-                pending = next;
-            }
-            Ok(metadata) => {
-                if !metadata.is_dir() && !pending.is_empty() {
-                    return Err(format!("/{relative}: {} is not a directory", candidate.display()));
-                }
-                resolved.push(part);
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => resolved.push(part),
-            Err(error) => return Err(format!("/{relative}: {}", describe_io(&error))),
-        }
-    }
-    Ok(resolved)
+    rootfs::resolve(&[rootfs.to_path_buf()], relative)
 }
 
 /// Resolves `relative` inside `rootfs` (see [`resolve_in_rootfs`]), creates the directory
@@ -956,14 +975,6 @@ fn resolve_executable(rootfs: &Path, program: &str, path_var: &str) -> Option<St
         .filter(|dir| dir.starts_with('/'))
         .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
         .find(|candidate| executable(candidate))
-}
-
-fn component_name(component: Component<'_>) -> Option<OsString> {
-    match component {
-        Component::Normal(name) => Some(name.to_owned()),
-        Component::ParentDir => Some(OsStr::new("..").to_owned()),
-        Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-    }
 }
 
 /// Gives the container a resolver (the bridge's dnsmasq) when the image has none; never
@@ -1095,9 +1106,7 @@ impl ContainerRuntime for LxcRuntime {
     }
 
     async fn ensure_image(&self, image: &str) -> RuntimeResult<()> {
-        if image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(RuntimeError::InvalidArgument { field: "image", message: format!("{image:?} is not an image reference") });
-        }
+        config::check_reference(image)?;
         self.pull(image).await.map(drop)
     }
 
@@ -1105,9 +1114,7 @@ impl ContainerRuntime for LxcRuntime {
         if !archive.is_file() {
             return Err(RuntimeError::InvalidArgument { field: "archive", message: format!("{} is not a file", archive.display()) });
         }
-        if reference.trim().is_empty() || reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(RuntimeError::InvalidArgument { field: "image", message: format!("{reference:?} is not an image reference") });
-        }
+        config::check_reference(reference)?;
         let layout = self.image_layout(reference);
         let docker = format!("docker-archive:{}", archive.display());
         let oci = format!("oci-archive:{}", archive.display());
@@ -1137,8 +1144,10 @@ impl ContainerRuntime for LxcRuntime {
         self.check_ports(spec)?;
         let mounts = self.resolve_mounts(spec)?;
         let (ip, reservation) = self.reserve_ip()?;
-        let url = format!("oci:{}:{}", layout.display(), image::CACHE_TAG);
-        let args = self.args(name, &["-t", "oci", "--", "--url", &url]);
+        // No template: LXC's `oci` template runs as root over image content (it follows
+        // the image's symlinks on the host and writes image strings into the config raw);
+        // `configure` does its work confined to the rootfs.
+        let args = self.args(name, &["-t", "none"]);
         let output = run_tool("lxc-create", &args, Some(Duration::from_secs(600))).await;
         let output = match output {
             Ok(output) => output,
@@ -1161,7 +1170,7 @@ impl ContainerRuntime for LxcRuntime {
             let detail = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
             return Err(failed(format!("lxc-create {name} from {}: {message}{}", spec.image, if detail.is_empty() { String::new() } else { format!(" ({})", detail.trim()) })));
         }
-        let configured = self.configure(spec, argv, ip, &mounts).await;
+        let configured = self.configure(spec, &layout, argv, ip, &mounts).await;
         drop(reservation);
         if let Err(error) = configured {
             self.destroy_quietly(name).await;

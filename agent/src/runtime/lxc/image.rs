@@ -1,5 +1,5 @@
 //! The LXC driver's image cache: one OCI layout directory per image reference, filled by
-//! `skopeo copy`, read by `lxc-create -t oci -- --url oci:DIR:latest`.
+//! `skopeo copy`, unpacked into a container's rootfs by `umoci raw unpack`.
 
 use std::path::{Path, PathBuf};
 
@@ -69,7 +69,7 @@ pub(super) fn layout_present(layout: &Path) -> bool {
 }
 
 /// The command actually run: `Entrypoint` + (`command` or `Cmd`), `/bin/sh` when that is
-/// empty (what the oci template falls back to).
+/// empty (what LXC's oci template falls back to).
 pub(super) fn resolve_command(layout: &Path, command: &[String]) -> Result<Vec<String>, String> {
     let config = image_config(layout)?;
     let strings = |key: &str| -> Vec<String> {
@@ -90,6 +90,37 @@ pub(super) fn resolve_command(layout: &Path, command: &[String]) -> Result<Vec<S
         argv.push("/bin/sh".to_owned());
     }
     Ok(argv)
+}
+
+/// What an image's config says about running it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct RunSettings {
+    /// `Env` (`NAME=value` entries).
+    pub env: Vec<String>,
+    /// `User` (`uid`, `name`, `uid:gid`, ...; empty for root).
+    pub user: String,
+    /// `WorkingDir` (empty when unset).
+    pub working_dir: String,
+}
+
+/// The [`RunSettings`] of the image in `layout`.
+pub(super) fn run_settings(layout: &Path) -> Result<RunSettings, String> {
+    let config = image_config(layout)?;
+    let text = |key: &str| config.get("config").and_then(|c| c.get(key)).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+    let env = config
+        .get("config")
+        .and_then(|c| c.get("Env"))
+        .and_then(serde_json::Value::as_array)
+        .map(|items| items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    Ok(RunSettings { env, user: text("User"), working_dir: text("WorkingDir") })
+}
+
+/// The container's `/etc/hosts`: loopback names and its own name.
+pub(super) fn hosts_file(name: &str) -> String {
+    format!(
+        "127.0.0.1   localhost\n127.0.1.1   {name}\n::1     localhost ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n"
+    )
 }
 
 fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, String> {
@@ -142,7 +173,7 @@ fn host_architecture() -> &'static str {
 
 /// Writes an OCI layout (tag [`CACHE_TAG`]) into the empty or missing directory `layout`
 /// for a root filesystem tarball (uncompressed; what `docker import` takes): its one
-/// layer, plus a layer holding an empty `/etc`, which LXC's oci template needs.
+/// layer, plus a layer holding an empty `/etc` (for `/etc/hostname` and `/etc/hosts`).
 pub(super) fn write_rootfs_layout(layout: &Path, rootfs_tar: &Path) -> std::io::Result<()> {
     use std::io::{Read, Write};
     let blobs = layout.join("blobs").join("sha256");
@@ -181,7 +212,7 @@ pub(super) fn write_rootfs_layout(layout: &Path, rootfs_tar: &Path) -> std::io::
         "os": "linux",
         "config": { "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] },
         "rootfs": { "type": "layers", "diff_ids": [layer_digest, etc_digest] },
-        "history": [{ "created_by": "diplo import (root filesystem)" }, { "created_by": "diplo import: /etc for lxc-create -t oci" }],
+        "history": [{ "created_by": "diplo import (root filesystem)" }, { "created_by": "diplo import: /etc" }],
     });
     let (config_digest, config_size) = put(config.to_string().as_bytes())?;
     let layer = |digest: &str, size: u64| serde_json::json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size });
@@ -313,5 +344,6 @@ mod tests {
         assert!(layout_present(layout));
         assert_eq!(resolve_command(layout, &[]).expect("argv"), ["/bin/app", "--port", "80"]);
         assert_eq!(resolve_command(layout, &["-v".to_owned()]).expect("argv"), ["/bin/app", "-v"]);
+        assert_eq!(run_settings(layout).expect("settings"), RunSettings::default());
     }
 }
