@@ -96,10 +96,10 @@ impl ControlPlane {
         spec.max_parallel = spec.max_parallel.max(1);
         validate_deployment_spec(&spec)?;
         check_workload(caller, &spec.container)?;
-        if let Some(key) = input.idempotency_key.as_deref().filter(|k| !k.is_empty()) {
-            if let Some(existing) = self.store.find_deployment_by_key(key).await? {
-                return Ok(Deployed { runtime: existing.spec.runtime, deployment: existing });
-            }
+        if let Some(key) = input.idempotency_key.as_deref().filter(|k| !k.is_empty())
+            && let Some(existing) = self.store.find_deployment_by_key(key).await?
+        {
+            return Ok(Deployed { runtime: existing.spec.runtime, deployment: existing });
         }
         if self.store.get_deployment(&spec.name).await?.is_some() {
             return Err(ServiceError::AlreadyExists(format!("deployment {:?} already exists", spec.name)));
