@@ -167,7 +167,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
                     }
                     Ok(Some(pb::AgentMessage { body: Some(Body::Result(result)) })) => {
                         let request_id = result.request_id.clone();
-                        tracing::debug!(node_id = %node_id, request_id = %request_id, ok = result.ok, "command result");
+                        tracing::debug!(node_id = %node_id, request_id = %diplo_api::text::node_text(&request_id), ok = result.ok, "command result");
                         if let Err(err) = control_plane.command_result(&caller, &request_id, command_outcome(result)).await {
                             tracing::warn!(node_id = %node_id, error = %err, "command result refused; ending session");
                             refused = Some(status_from(err));

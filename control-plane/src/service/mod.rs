@@ -31,8 +31,12 @@ use crate::error::{ServiceError, ServiceResult};
 use crate::model::{EventRecord, NewEvent, NodeRecord, NodeStatus, ObservedContainer, Role, SessionMessage};
 use crate::nodes::NodeRegistry;
 use crate::pki::ClusterPki;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Audit, AuditLimiter, RateLimiter};
 use crate::store::Store;
+
+/// `security.refused` events recorded per node and minute; further refusals are
+/// counted and summarised in one event when the minute is over.
+pub const REFUSAL_EVENTS_PER_MINUTE: u32 = 10;
 
 /// A join request as the service sees it.
 #[derive(Clone)]
@@ -99,6 +103,8 @@ pub struct ControlPlane {
     in_flight: reconciler::InFlight,
     api_tokens: tokens::ApiTokenCache,
     join_limiter: RateLimiter,
+    /// `security.refused` events per node and minute.
+    refusal_audit: AuditLimiter,
     /// Image platforms read from registries (placement's hard filter), cached.
     image_platforms: Arc<images::PlatformCache>,
 }
@@ -125,6 +131,7 @@ impl ControlPlane {
             in_flight: Default::default(),
             api_tokens,
             join_limiter,
+            refusal_audit: AuditLimiter::new(REFUSAL_EVENTS_PER_MINUTE, Duration::from_secs(60)),
             image_platforms: images::PlatformCache::new(diplo_api::registry::RegistryConfig::default()),
         }))
     }
@@ -308,32 +315,68 @@ impl ControlPlane {
     ) -> ServiceResult<()> {
         let own = caller.require_any_node()?;
         match reported.into_iter().find(|id| !id.is_empty() && *id != own) {
-            Some(other) => Err(self.refuse(caller, format!("{what} reported a container of node {other}")).await),
+            Some(other) => {
+                Err(self.refuse(caller, format!("{what} reported a container of node {}", diplo_api::text::node_text(other))).await)
+            }
             None => Ok(()),
         }
     }
 
     /// Records something a node tried and the node authorizer refused as a
     /// `security.refused` event (who and what; never a secret), and returns the
-    /// `PermissionDenied` error to answer with.
+    /// `PermissionDenied` error to answer with. `attempt` is bounded and escaped
+    /// ([`diplo_api::text::node_text`]); at most [`REFUSAL_EVENTS_PER_MINUTE`] events are
+    /// recorded per node and minute, the rest are counted and summarised.
     pub async fn refuse(&self, caller: &Caller, attempt: String) -> ServiceError {
         let actor = caller.actor();
         let subject = match caller {
             Caller::Node { node_id } => node_id.clone(),
             Caller::Operator { name, .. } => name.clone(),
         };
-        tracing::warn!(actor = %actor, attempt = %attempt, "refused by the node authorizer");
-        self.emit("security.refused", &actor, &subject, format!("{actor} refused: {attempt}")).await;
+        let attempt = diplo_api::text::node_text(&attempt);
+        match self.refusal_audit.admit(&subject, Instant::now()) {
+            Audit::Record { suppressed_before } => {
+                if suppressed_before > 0 {
+                    self.emit_refusal_summary(&subject, suppressed_before).await;
+                }
+                tracing::warn!(actor = %actor, attempt = %attempt, "refused by the node authorizer");
+                self.emit("security.refused", &actor, &subject, format!("{actor} refused: {attempt}")).await;
+            }
+            Audit::Suppress => tracing::debug!(actor = %actor, attempt = %attempt, "refused by the node authorizer (not audited: over the rate)"),
+        }
         ServiceError::PermissionDenied(format!("{actor} may act only for its own node: {attempt}"))
+    }
+
+    /// The event that stands for `count` refusals of `subject` not recorded one by one.
+    async fn emit_refusal_summary(&self, subject: &str, count: u64) {
+        tracing::warn!(subject, count, "refusals not audited one by one (over the rate)");
+        let message = format!(
+            "{count} more refusal(s) of {subject} within a minute were not recorded one by one (at most {REFUSAL_EVENTS_PER_MINUTE} a minute)"
+        );
+        self.emit("security.refused", "system", subject, message).await;
+    }
+
+    /// Summarises the refusals of every node whose audit minute ended with refusals
+    /// left unrecorded.
+    pub async fn flush_refusal_summaries(&self, now: Instant) {
+        for (subject, count) in self.refusal_audit.take_ended(now) {
+            self.emit_refusal_summary(&subject, count).await;
+        }
     }
 
     /// Re-evaluates node health and persists the changes in one batch.
     pub async fn check_nodes(&self, now: Instant) -> ServiceResult<()> {
+        // A change stays pending in the registry until written: a failed write is
+        // retried, with whatever status the node has by then, at the next tick.
         let changes = self.nodes.tick(now);
         if changes.is_empty() {
             return Ok(());
         }
-        self.store.apply_status_changes(&changes).await?;
+        if let Err(err) = self.store.apply_status_changes(&changes).await {
+            tracing::warn!(error = %err, changes = changes.len(), "cannot persist node status changes; retrying at the next check");
+            return Err(err.into());
+        }
+        self.nodes.mark_persisted(&changes);
         for change in &changes {
             tracing::warn!(node_id = %change.node_id, status = %change.status, last_seen = %change.last_seen_at, "node status changed");
             let message = format!("node is {} (last heartbeat {})", change.status, change.last_seen_at.to_rfc3339());
@@ -353,6 +396,7 @@ impl ControlPlane {
             if let Err(err) = self.check_nodes(Instant::now()).await {
                 tracing::error!(error = %err, "node health check failed");
             }
+            self.flush_refusal_summaries(Instant::now()).await;
         }
     }
 
@@ -499,6 +543,40 @@ pub fn validate_node_name(name: &str) -> ServiceResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A control plane on a fresh SQLite file in `dir`.
+    pub(crate) async fn control_plane(dir: &std::path::Path) -> Arc<ControlPlane> {
+        let store = crate::store::open(&format!("sqlite://{}", dir.join("diplo.db").display())).await.expect("store");
+        let pki = ClusterPki::load_or_create(dir, &[]).expect("pki");
+        ControlPlane::new(Config::new(dir.to_owned()), store, pki).await.expect("control plane")
+    }
+
+    #[tokio::test]
+    async fn refusals_are_audited_bounded_and_at_most_n_a_minute_per_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control_plane = control_plane(dir.path()).await;
+        let hostile = Caller::Node { node_id: "node-a".into() };
+        let other = Caller::Node { node_id: "node-b".into() };
+        let long_id = format!("{}\n\u{1b}[2Jforged line", "x".repeat(50_000));
+        for _ in 0..200 {
+            let err = control_plane.authorize_report(&hostile, "heartbeat", [long_id.as_str()]).await.expect_err("refused");
+            assert!(err.to_string().chars().count() < 600, "the answer quotes the whole id");
+        }
+        control_plane.authorize_report(&other, "hello", ["node-c"]).await.expect_err("refused");
+        let events = control_plane.store().list_events(0, 1000).await.expect("events");
+        let of = |node: &str| events.iter().filter(|e| e.event.kind == "security.refused" && e.event.subject == node).count();
+        assert_eq!(of("node-a"), REFUSAL_EVENTS_PER_MINUTE as usize, "events of the hostile node");
+        assert_eq!(of("node-b"), 1, "another node keeps its own quota");
+        for event in &events {
+            assert!(event.event.message.chars().count() < 400, "{} chars", event.event.message.chars().count());
+            assert!(!event.event.message.contains('\n') && !event.event.message.contains('\u{1b}'), "{:?}", event.event.message);
+        }
+        // When the minute is over, one event says how many went unrecorded.
+        control_plane.flush_refusal_summaries(Instant::now() + Duration::from_secs(61)).await;
+        let events = control_plane.store().list_events(0, 1000).await.expect("events");
+        let summary = events.iter().rev().find(|e| e.event.subject == "node-a").expect("summary");
+        assert!(summary.event.message.starts_with("190 more refusal(s) of node-a"), "{}", summary.event.message);
+    }
 
     #[test]
     fn node_names_are_validated_naming_the_field() {
