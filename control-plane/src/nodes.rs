@@ -195,7 +195,20 @@ impl<T> NodeRegistry<T> {
         all
     }
 
-    /// Re-evaluates every node at `now` and returns the changes not yet persisted.
+    /// Records that `changes` were written to the store: [`NodeRegistry::tick`] reports
+    /// them no more.
+    pub fn mark_persisted(&self, changes: &[NodeStatusChange]) {
+        let mut nodes = self.lock();
+        for change in changes {
+            if let Some(node) = nodes.get_mut(&change.node_id) {
+                node.persisted = change.status;
+            }
+        }
+    }
+
+    /// Re-evaluates every node at `now` and returns the statuses that differ from the
+    /// persisted ones: a change is reported again at every tick until
+    /// [`NodeRegistry::mark_persisted`] records it written (a failed write is retried).
     pub fn tick(&self, now: Instant) -> Vec<NodeStatusChange> {
         let mut changes = Vec::new();
         for (id, node) in self.lock().iter_mut() {
@@ -205,7 +218,6 @@ impl<T> NodeRegistry<T> {
             }
             node.status = status;
             if node.status != node.persisted {
-                node.persisted = node.status;
                 changes.push(NodeStatusChange { node_id: id.clone(), status: node.status, last_seen_at: node.last_seen_wall });
             }
         }
@@ -241,12 +253,32 @@ mod tests {
         let changes = registry.tick(start + Duration::from_secs(16));
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].status, NodeStatus::Unhealthy);
+        registry.mark_persisted(&changes);
         assert!(registry.tick(start + Duration::from_secs(17)).is_empty(), "reported once");
-        assert_eq!(registry.tick(start + Duration::from_secs(31))[0].status, NodeStatus::Down);
+        let down = registry.tick(start + Duration::from_secs(31));
+        assert_eq!(down[0].status, NodeStatus::Down);
+        registry.mark_persisted(&down);
         assert!(registry.heartbeat("n1"));
         let revived = registry.tick(Instant::now());
         assert_eq!(revived[0].status, NodeStatus::Ready);
         assert!(!registry.heartbeat("unknown"));
+    }
+
+    #[test]
+    fn a_change_whose_write_failed_is_reported_again_until_persisted() {
+        let registry: NodeRegistry<()> = NodeRegistry::new(HB, GRACE);
+        registry.track("n1", NodeStatus::Ready);
+        let start = Instant::now();
+        let changes = registry.tick(start + Duration::from_secs(16));
+        assert_eq!(changes.len(), 1);
+        // The write of that batch failed: nothing marked persisted, the next tick retries.
+        let again = registry.tick(start + Duration::from_secs(17));
+        assert_eq!(again, changes, "a change not persisted is reported again");
+        // The status moved on meanwhile: the newest one is reported.
+        let newer = registry.tick(start + Duration::from_secs(31));
+        assert_eq!(newer[0].status, NodeStatus::Down);
+        registry.mark_persisted(&newer);
+        assert!(registry.tick(start + Duration::from_secs(32)).is_empty(), "persisted: reported no more");
     }
 
     #[test]
