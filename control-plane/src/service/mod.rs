@@ -494,7 +494,8 @@ impl ControlPlane {
         }
     }
 
-    async fn emit(&self, kind: &str, actor: &str, subject: &str, message: String) {
+    /// Records an event and passes it to the watchers.
+    pub(crate) async fn emit(&self, kind: &str, actor: &str, subject: &str, message: String) {
         let event = NewEvent { at: Utc::now(), kind: kind.to_owned(), actor: actor.to_owned(), subject: subject.to_owned(), message };
         match self.store.append_event(&event).await {
             Ok(sequence) => {
@@ -505,25 +506,58 @@ impl ControlPlane {
         }
     }
 
-    /// Events from now on (after replaying stored ones above `after`, up to 1000).
+    /// Events from now on (after replaying stored ones above `after`, up to 1000), as
+    /// [`WatchItem`]s: a watcher too slow for the live events is told how many it
+    /// missed instead of losing them silently.
     pub async fn watch_events(
         &self,
         caller: &Caller,
         after: Option<u64>,
-    ) -> ServiceResult<(Vec<EventRecord>, tokio::sync::broadcast::Receiver<EventRecord>)> {
+    ) -> ServiceResult<std::pin::Pin<Box<dyn futures::Stream<Item = WatchItem> + Send>>> {
         caller.require_operator(Role::Viewer)?;
         let live = self.events.subscribe();
         let replay = match after {
             Some(after) => self.store.list_events(after, 1000).await?,
             None => Vec::new(),
         };
-        Ok((replay, live))
+        Ok(Box::pin(watch_stream(replay, live)))
     }
 
     /// Wakes the reconciler (after a change of desired or observed state).
     pub fn nudge_reconciler(&self) {
         self.reconcile.notify_one();
     }
+}
+
+/// What an event watcher receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchItem {
+    /// The next event.
+    Event(EventRecord),
+    /// The watcher fell behind the live events and `missed` of them were dropped; the
+    /// stored ones can be replayed from the last sequence it saw.
+    Lagged {
+        /// How many events it missed.
+        missed: u64,
+    },
+}
+
+/// `replay`, then what `live` receives, with a [`WatchItem::Lagged`] wherever the
+/// receiver fell behind.
+fn watch_stream(
+    replay: Vec<EventRecord>,
+    live: tokio::sync::broadcast::Receiver<EventRecord>,
+) -> impl futures::Stream<Item = WatchItem> + Send {
+    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+    use tokio_stream::StreamExt as _;
+    let live = tokio_stream::wrappers::BroadcastStream::new(live).map(|item| match item {
+        Ok(record) => WatchItem::Event(record),
+        Err(BroadcastStreamRecvError::Lagged(missed)) => {
+            tracing::warn!(missed, "an event watcher fell behind");
+            WatchItem::Lagged { missed }
+        }
+    });
+    tokio_stream::iter(replay.into_iter().map(WatchItem::Event)).chain(live)
 }
 
 /// Node names: 1 to 63 characters of lower-case letters, digits, `-` and `.`, starting
@@ -541,8 +575,32 @@ pub fn validate_node_name(name: &str) -> ServiceResult<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_told_how_many_events_it_missed() {
+        use futures::StreamExt as _;
+        let (tx, rx) = tokio::sync::broadcast::channel(2);
+        let record = |sequence: u64| EventRecord {
+            sequence,
+            event: NewEvent { at: Utc::now(), kind: "k".into(), actor: "a".into(), subject: "s".into(), message: String::new() },
+        };
+        let mut stream = Box::pin(watch_stream(vec![record(1)], rx));
+        for sequence in 2..=6 {
+            tx.send(record(sequence)).expect("send");
+        }
+        drop(tx);
+        let items: Vec<String> = stream
+            .by_ref()
+            .map(|item| match item {
+                WatchItem::Event(r) => format!("event {}", r.sequence),
+                WatchItem::Lagged { missed } => format!("lagged {missed}"),
+            })
+            .collect()
+            .await;
+        assert_eq!(items, ["event 1", "lagged 3", "event 5", "event 6"]);
+    }
 
     /// A control plane on a fresh SQLite file in `dir`.
     pub(crate) async fn control_plane(dir: &std::path::Path) -> Arc<ControlPlane> {
