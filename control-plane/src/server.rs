@@ -61,6 +61,7 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
     };
     let monitor = tokio::spawn(control_plane.clone().run_node_monitor());
     let reconciler = tokio::spawn(control_plane.clone().run_reconciler());
+    let retention = tokio::spawn(control_plane.clone().run_event_retention());
     let mut grpc = tokio::spawn(crate::grpc::serve(control_plane.clone(), grpc_listener, shutdown(shutdown_rx.clone())));
     let mut rest = tokio::spawn(crate::http::serve(control_plane.clone(), rest_listener, rest_tls, shutdown(shutdown_rx.clone())));
 
@@ -78,6 +79,7 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
     let _ = shutdown_tx.send(true);
     monitor.abort();
     reconciler.abort();
+    retention.abort();
     if let Some(agent) = agent {
         agent.abort();
     }

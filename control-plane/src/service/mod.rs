@@ -34,6 +34,9 @@ use crate::pki::ClusterPki;
 use crate::ratelimit::{Audit, AuditLimiter, RateLimiter};
 use crate::store::Store;
 
+/// How often events past their retention are deleted.
+pub const EVENT_RETENTION_PERIOD: Duration = Duration::from_secs(600);
+
 /// `security.refused` events recorded per node and minute; further refusals are
 /// counted and summarised in one event when the minute is over.
 pub const REFUSAL_EVENTS_PER_MINUTE: u32 = 10;
@@ -523,6 +526,37 @@ impl ControlPlane {
         Ok(Box::pin(watch_stream(replay, live)))
     }
 
+    /// Deletes the events past the retention ([`Config::events_max_age`],
+    /// [`Config::events_max_count`]) at `now`; returns how many.
+    pub async fn prune_events(&self, now: DateTime<Utc>) -> ServiceResult<u64> {
+        let older_than = self
+            .config
+            .events_max_age
+            .and_then(|age| chrono::Duration::from_std(age).ok())
+            .and_then(|age| now.checked_sub_signed(age));
+        let keep = self.config.events_max_count;
+        if older_than.is_none() && keep.is_none() {
+            return Ok(0);
+        }
+        let deleted = self.store.prune_events(older_than, keep).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, "events past their retention deleted");
+        }
+        Ok(deleted)
+    }
+
+    /// Runs [`ControlPlane::prune_events`] now and every [`EVENT_RETENTION_PERIOD`].
+    pub async fn run_event_retention(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(EVENT_RETENTION_PERIOD);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(err) = self.prune_events(Utc::now()).await {
+                tracing::error!(error = %err, "event retention failed; retrying at the next period");
+            }
+        }
+    }
+
     /// Wakes the reconciler (after a change of desired or observed state).
     pub fn nudge_reconciler(&self) {
         self.reconcile.notify_one();
@@ -604,9 +638,38 @@ pub(crate) mod tests {
 
     /// A control plane on a fresh SQLite file in `dir`.
     pub(crate) async fn control_plane(dir: &std::path::Path) -> Arc<ControlPlane> {
+        control_plane_with(Config::new(dir.to_owned())).await
+    }
+
+    async fn control_plane_with(config: Config) -> Arc<ControlPlane> {
+        let dir = config.data_dir.clone();
         let store = crate::store::open(&format!("sqlite://{}", dir.join("diplo.db").display())).await.expect("store");
-        let pki = ClusterPki::load_or_create(dir, &[]).expect("pki");
-        ControlPlane::new(Config::new(dir.to_owned()), store, pki).await.expect("control plane")
+        let pki = ClusterPki::load_or_create(&dir, &[]).expect("pki");
+        ControlPlane::new(config, store, pki).await.expect("control plane")
+    }
+
+    #[tokio::test]
+    async fn events_past_their_retention_are_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path().to_owned());
+        config.events_max_count = Some(5);
+        config.events_max_age = Some(Duration::from_secs(3600));
+        let control_plane = control_plane_with(config).await;
+        for i in 0..20 {
+            control_plane.emit("test.event", "system", "s", format!("event {i}")).await;
+        }
+        assert_eq!(control_plane.prune_events(Utc::now()).await.expect("prune"), 15);
+        let kept = control_plane.store().list_events(0, 100).await.expect("events");
+        assert_eq!(kept.iter().map(|e| e.event.message.as_str()).collect::<Vec<_>>(), ["event 15", "event 16", "event 17", "event 18", "event 19"]);
+        // Two hours on, all of them are past the age limit.
+        assert_eq!(control_plane.prune_events(Utc::now() + chrono::Duration::hours(2)).await.expect("prune"), 5);
+        // Without limits nothing goes.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path().to_owned());
+        (config.events_max_count, config.events_max_age) = (None, None);
+        let unlimited = control_plane_with(config).await;
+        unlimited.emit("test.event", "system", "s", "kept".into()).await;
+        assert_eq!(unlimited.prune_events(Utc::now() + chrono::Duration::days(10_000)).await.expect("prune"), 0);
     }
 
     #[tokio::test]
