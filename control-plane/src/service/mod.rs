@@ -52,6 +52,9 @@ pub struct JoinInput {
     pub csr_pem: String,
     /// Source address, for logs and the node record.
     pub address: String,
+    /// Re-join: the id of the node the agent was (its certificate expired); empty: a
+    /// new node.
+    pub rejoin_node_id: String,
 }
 
 // The token carries its secret: debug output leaves it out.
@@ -182,6 +185,9 @@ impl ControlPlane {
             .filter(|record| record.secret_hash == hash_secret(&token.secret))
             .ok_or_else(|| ServiceError::Unauthenticated("join token not recognized".into()))?;
         tokens::join_token_usable(&record, now)?;
+        if !input.rejoin_node_id.is_empty() {
+            return self.rejoin(input, record, now).await;
+        }
         if self.store.get_node(&input.node_name).await?.is_some() {
             return Err(ServiceError::AlreadyExists(format!(
                 "node name {:?} is already in the cluster; pick another --name or remove it with `diplo nodes rm {}`",
@@ -216,6 +222,63 @@ impl ControlPlane {
             .await;
         Ok(JoinOutput {
             node_id,
+            certificate_pem,
+            ca_pem: self.pki.ca.cert_pem().to_owned(),
+            expires_at: DateTime::from_timestamp(expires.unix_timestamp(), 0).unwrap_or(now),
+        })
+    }
+
+    /// A node whose certificate expired while it was offline joins again with a join
+    /// token, keeping its id (so its containers, labelled with it, stay its own). Only
+    /// for a node of that name and id that is not connected and was last seen longer
+    /// ago than a node certificate lives: its old certificate can no longer be used.
+    async fn rejoin(&self, input: JoinInput, token: crate::model::JoinTokenRecord, now: DateTime<Utc>) -> ServiceResult<JoinOutput> {
+        let node_id = diplo_api::text::node_text(&input.rejoin_node_id);
+        let node = self
+            .store
+            .get_node(&input.node_name)
+            .await?
+            .filter(|node| node.id == input.rejoin_node_id)
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!(
+                    "no node {:?} with id {node_id} in this cluster: join as a new node (delete the agent's data directory)",
+                    input.node_name
+                ))
+            })?;
+        let live = self.nodes.live_status(&node.id);
+        let last_seen = live.as_ref().map_or(node.last_seen_at, |l| l.last_seen_at.max(node.last_seen_at));
+        let lifetime = chrono::Duration::from_std(self.config.node_cert_lifetime).unwrap_or(chrono::Duration::MAX);
+        let expired_by = last_seen.checked_add_signed(lifetime).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        if live.as_ref().is_some_and(|l| l.connected) || expired_by >= now {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "node {} was seen at {} and its certificate may still be valid (until {}): re-joining is allowed only after that, or remove it with `diplo nodes rm {}`",
+                node.name,
+                last_seen.to_rfc3339(),
+                expired_by.to_rfc3339(),
+                node.name
+            )));
+        }
+        let (certificate_pem, expires) = self
+            .pki
+            .ca
+            .sign_node_csr(&input.csr_pem, &node.id, &node.name, self.config.node_cert_lifetime)
+            .map_err(|e| ServiceError::invalid("csr_pem", e.to_string()))?;
+        if !self.store.use_join_token(&token.id, now).await? {
+            return Err(ServiceError::Unauthenticated(format!("join token {} is no longer usable", token.id)));
+        }
+        if !self.nodes.contains(&node.id) {
+            self.nodes.track_joined(&node.id);
+        }
+        tracing::info!(node_id = %node.id, node = %node.name, address = %input.address, token_id = %token.id, "node re-joined after its certificate expired");
+        self.emit(
+            "node.rejoined",
+            &format!("node:{}", node.id),
+            &node.id,
+            format!("node {} re-joined from {} with join token {} (its certificate had expired)", node.name, input.address, token.id),
+        )
+        .await;
+        Ok(JoinOutput {
+            node_id: node.id,
             certificate_pem,
             ca_pem: self.pki.ca.cert_pem().to_owned(),
             expires_at: DateTime::from_timestamp(expires.unix_timestamp(), 0).unwrap_or(now),
@@ -646,6 +709,31 @@ pub(crate) mod tests {
         let store = crate::store::open(&format!("sqlite://{}", dir.join("diplo.db").display())).await.expect("store");
         let pki = ClusterPki::load_or_create(&dir, &[]).expect("pki");
         ControlPlane::new(config, store, pki).await.expect("control plane")
+    }
+
+    #[tokio::test]
+    async fn a_join_token_cannot_take_over_a_node_whose_certificate_may_be_valid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control_plane = control_plane(dir.path()).await;
+        let admin = Caller::Operator { name: "admin".into(), role: Role::Admin };
+        let token = || async { control_plane.create_join_token(&admin, None, false, Default::default()).await.expect("token").token };
+        let join = |token: String, name: &str, rejoin_node_id: &str| JoinInput {
+            token,
+            node_name: name.into(),
+            csr_pem: diplo_api::pki::generate_csr(name).expect("csr").1,
+            address: "10.0.0.9:5000".into(),
+            rejoin_node_id: rejoin_node_id.into(),
+        };
+        let joined = control_plane.join(join(token().await, "pi", "")).await.expect("join");
+        // Just seen: its certificate is valid for a day yet.
+        let err = control_plane.join(join(token().await, "pi", &joined.node_id)).await.expect_err("refused");
+        assert!(matches!(err, ServiceError::FailedPrecondition(_)), "{err}");
+        assert!(err.to_string().contains("diplo nodes rm pi"), "{err}");
+        // Another node's id, or a name that is not the node's: not found.
+        let err = control_plane.join(join(token().await, "pi", "another-id")).await.expect_err("refused");
+        assert!(matches!(err, ServiceError::NotFound(_)), "{err}");
+        let err = control_plane.join(join(token().await, "other", &joined.node_id)).await.expect_err("refused");
+        assert!(matches!(err, ServiceError::NotFound(_)), "{err}");
     }
 
     #[tokio::test]
