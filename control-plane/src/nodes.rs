@@ -81,6 +81,16 @@ impl<T> NodeRegistry<T> {
         self.insert(node_id, persisted, false);
     }
 
+    /// [`NodeRegistry::track`] for a stored node: its grace period starts now, but its
+    /// last heartbeat stays the stored `last_seen_at` (what re-joining after an expired
+    /// certificate is judged by).
+    pub fn track_stored(&self, node_id: &str, persisted: NodeStatus, last_seen_at: DateTime<Utc>) {
+        self.insert(node_id, persisted, false);
+        if let Some(node) = self.lock().get_mut(node_id) {
+            node.last_seen_wall = last_seen_at;
+        }
+    }
+
     /// Starts tracking a node that has just joined: `unhealthy` until its session opens
     /// (then `ready`), `down` if it stays silent past the grace period.
     pub fn track_joined(&self, node_id: &str) {
@@ -279,6 +289,15 @@ mod tests {
         assert_eq!(newer[0].status, NodeStatus::Down);
         registry.mark_persisted(&newer);
         assert!(registry.tick(start + Duration::from_secs(32)).is_empty(), "persisted: reported no more");
+    }
+
+    #[test]
+    fn a_stored_node_keeps_its_last_heartbeat_but_gets_a_full_grace_period() {
+        let registry: NodeRegistry<()> = NodeRegistry::new(HB, GRACE);
+        let long_ago = Utc::now() - chrono::Duration::days(3);
+        registry.track_stored("n1", NodeStatus::Ready, long_ago);
+        assert_eq!(registry.live_status("n1").expect("known").last_seen_at, long_ago);
+        assert!(registry.tick(Instant::now()).is_empty(), "not down at once after a restart");
     }
 
     #[test]

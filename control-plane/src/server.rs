@@ -92,13 +92,17 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
 }
 
 /// Starts this host's agent in-process, joining with a fresh single-use token unless it
-/// already has an identity from an earlier run.
+/// already has an identity from an earlier run whose certificate is still valid (an
+/// expired one re-joins as the same node with the token).
 async fn start_local_agent(
     control_plane: &Arc<ControlPlane>,
     agent_dir: &Path,
     grpc_addr: std::net::SocketAddr,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let token = if diplo_agent::identity::Identity::exists(agent_dir) {
+    let usable = diplo_agent::identity::Identity::load(agent_dir).ok().is_some_and(|identity| {
+        diplo_agent::session::certificate_expired(&identity.cert_pem, time::OffsetDateTime::now_utc()).is_none()
+    });
+    let token = if diplo_agent::identity::Identity::exists(agent_dir) && usable {
         None
     } else {
         let system = Caller::Operator { name: "dev-mode".into(), role: Role::Admin };

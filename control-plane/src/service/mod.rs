@@ -121,7 +121,7 @@ impl ControlPlane {
     pub async fn new(config: Config, store: Arc<dyn Store>, pki: ClusterPki) -> ServiceResult<Arc<Self>> {
         let nodes = NodeRegistry::new(config.heartbeat_interval, config.down_grace);
         for node in store.list_nodes().await? {
-            nodes.track(&node.id, node.status);
+            nodes.track_stored(&node.id, node.status, node.last_seen_at);
         }
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let api_tokens = tokens::ApiTokenCache::new(store.list_api_tokens().await?);
@@ -326,6 +326,10 @@ impl ControlPlane {
             .ca
             .sign_node_csr(csr_pem, node_id, &node.name, self.config.node_cert_lifetime)
             .map_err(|e| ServiceError::invalid("csr_pem", e.to_string()))?;
+        // The store's last_seen_at is then never older than the node's newest
+        // certificate, which re-joining after an expired certificate relies on.
+        let seen = crate::model::NodeStatusChange { node_id: node_id.clone(), status: NodeStatus::Ready, last_seen_at: Utc::now() };
+        self.store.apply_status_changes(&[seen]).await?;
         tracing::info!(node_id = %node_id, node = %node.name, "node certificate renewed");
         let until = DateTime::from_timestamp(expires.unix_timestamp(), 0).unwrap_or_else(Utc::now);
         self.emit("node.certificate_renewed", &caller.actor(), node_id, format!("node {} certificate renewed until {}", node.name, until.to_rfc3339()))
