@@ -118,6 +118,7 @@ pub async fn ensure_identity(
     // A re-joining node keeps its name and key.
     let node_name = rejoin.as_ref().map_or(node_name, |identity| identity.node_name.as_str());
     let rejoin_node_id = rejoin.as_ref().map_or("", |identity| identity.node_id.as_str());
+    let rejoin_certificate = rejoin.as_ref().map_or("", |identity| identity.cert_pem.as_str());
     let (key_pem, csr_pem) = match &rejoin {
         Some(identity) => {
             tracing::warn!(node_id = %identity.node_id, node = %identity.node_name, "node certificate expired; re-joining as the same node with the given token");
@@ -127,7 +128,7 @@ pub async fn ensure_identity(
     };
     let mut backoff = Backoff::default();
     let response = loop {
-        match join_once(server, &token, node_name, &csr_pem, rejoin_node_id).await {
+        match join_once(server, &token, node_name, &csr_pem, (rejoin_node_id, rejoin_certificate)).await {
             Ok(response) => break response,
             Err(JoinAttempt::Fatal(err)) => return Err(err),
             Err(JoinAttempt::Retry(reason)) => {
@@ -164,7 +165,7 @@ async fn join_once(
     token: &JoinToken,
     node_name: &str,
     csr_pem: &str,
-    rejoin_node_id: &str,
+    (rejoin_node_id, rejoin_certificate): (&str, &str),
 ) -> Result<pb::JoinResponse, JoinAttempt> {
     let channel = match connect_pinned(server, &token.ca_hash).await {
         Ok(channel) => channel,
@@ -176,6 +177,7 @@ async fn join_once(
         node_name: node_name.to_owned(),
         csr_pem: csr_pem.to_owned(),
         node_id: rejoin_node_id.to_owned(),
+        certificate_pem: rejoin_certificate.to_owned(),
     };
     match AgentServiceClient::new(channel).join(request).await {
         Ok(response) => Ok(response.into_inner()),

@@ -136,6 +136,7 @@ async fn try_join(
         node_name: name.to_owned(),
         csr_pem,
         node_id: String::new(),
+        certificate_pem: String::new(),
     };
     let response = AgentServiceClient::new(channel)
         .join(request)

@@ -104,7 +104,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let address = remote(&request);
         let req = request.into_inner();
-        let input = JoinInput { token: req.token, node_name: req.node_name, csr_pem: req.csr_pem, address, rejoin_node_id: req.node_id };
+        let input = JoinInput { token: req.token, node_name: req.node_name, csr_pem: req.csr_pem, address, rejoin_node_id: req.node_id, rejoin_certificate_pem: req.certificate_pem };
         let out = self.control_plane.join(input).await.map_err(|err| {
             tracing::warn!(error = %err, "join refused");
             status_from(err)

@@ -55,6 +55,8 @@ pub struct JoinInput {
     /// Re-join: the id of the node the agent was (its certificate expired); empty: a
     /// new node.
     pub rejoin_node_id: String,
+    /// Re-join: that node's last certificate, for the key that signed `csr_pem`.
+    pub rejoin_certificate_pem: String,
 }
 
 // The token carries its secret: debug output leaves it out.
@@ -230,8 +232,9 @@ impl ControlPlane {
 
     /// A node whose certificate expired while it was offline joins again with a join
     /// token, keeping its id (so its containers, labelled with it, stay its own). Only
-    /// for a node of that name and id that is not connected and was last seen longer
-    /// ago than a node certificate lives: its old certificate can no longer be used.
+    /// for a node of that name and id that is not connected, and only with proof that
+    /// the request comes from it: its last certificate, issued by this CA to that id for
+    /// the key that signed the CSR.
     async fn rejoin(&self, input: JoinInput, token: crate::model::JoinTokenRecord, now: DateTime<Utc>) -> ServiceResult<JoinOutput> {
         let node_id = diplo_api::text::node_text(&input.rejoin_node_id);
         let node = self
@@ -245,17 +248,16 @@ impl ControlPlane {
                     input.node_name
                 ))
             })?;
-        let live = self.nodes.live_status(&node.id);
-        let last_seen = live.as_ref().map_or(node.last_seen_at, |l| l.last_seen_at.max(node.last_seen_at));
-        let lifetime = chrono::Duration::from_std(self.config.node_cert_lifetime).unwrap_or(chrono::Duration::MAX);
-        let expired_by = last_seen.checked_add_signed(lifetime).unwrap_or(DateTime::<Utc>::MAX_UTC);
-        if live.as_ref().is_some_and(|l| l.connected) || expired_by >= now {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "node {} was seen at {} and its certificate may still be valid (until {}): re-joining is allowed only after that, or remove it with `diplo nodes rm {}`",
-                node.name,
-                last_seen.to_rfc3339(),
-                expired_by.to_rfc3339(),
+        if !self.pki.ca.proves_node_key(&input.rejoin_certificate_pem, &node.id, &input.csr_pem) {
+            return Err(ServiceError::PermissionDenied(format!(
+                "re-joining as node {} needs that node's last certificate and a CSR signed with its key",
                 node.name
+            )));
+        }
+        if self.nodes.live_status(&node.id).is_some_and(|live| live.connected) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "node {} is connected: a node re-joins only while it is offline (or remove it with `diplo nodes rm {}`)",
+                node.name, node.name
             )));
         }
         let (certificate_pem, expires) = self
@@ -716,28 +718,43 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn a_join_token_cannot_take_over_a_node_whose_certificate_may_be_valid() {
+    async fn only_the_node_itself_can_rejoin_under_its_id() {
         let dir = tempfile::tempdir().expect("tempdir");
         let control_plane = control_plane(dir.path()).await;
         let admin = Caller::Operator { name: "admin".into(), role: Role::Admin };
         let token = || async { control_plane.create_join_token(&admin, None, false, Default::default()).await.expect("token").token };
-        let join = |token: String, name: &str, rejoin_node_id: &str| JoinInput {
+        let join = |token: String, name: &str, csr_pem: String, rejoin: (&str, &str)| JoinInput {
             token,
             node_name: name.into(),
-            csr_pem: diplo_api::pki::generate_csr(name).expect("csr").1,
+            csr_pem,
             address: "10.0.0.9:5000".into(),
-            rejoin_node_id: rejoin_node_id.into(),
+            rejoin_node_id: rejoin.0.into(),
+            rejoin_certificate_pem: rejoin.1.into(),
         };
-        let joined = control_plane.join(join(token().await, "pi", "")).await.expect("join");
-        // Just seen: its certificate is valid for a day yet.
-        let err = control_plane.join(join(token().await, "pi", &joined.node_id)).await.expect_err("refused");
-        assert!(matches!(err, ServiceError::FailedPrecondition(_)), "{err}");
-        assert!(err.to_string().contains("diplo nodes rm pi"), "{err}");
+        let (key, csr) = diplo_api::pki::generate_csr("pi").expect("csr");
+        let joined = control_plane.join(join(token().await, "pi", csr, ("", ""))).await.expect("join");
+        let own_csr = || diplo_api::pki::csr_for_key("pi", &key).expect("csr");
+        let stranger_csr = || diplo_api::pki::generate_csr("pi").expect("csr").1;
+        // A join token alone, or with the node's certificate but another key: refused.
+        for (csr, cert) in [(own_csr(), ""), (stranger_csr(), joined.certificate_pem.as_str())] {
+            let err = control_plane.join(join(token().await, "pi", csr, (&joined.node_id, cert))).await.expect_err("refused");
+            assert!(matches!(err, ServiceError::PermissionDenied(_)), "{err}");
+        }
         // Another node's id, or a name that is not the node's: not found.
-        let err = control_plane.join(join(token().await, "pi", "another-id")).await.expect_err("refused");
+        let err = control_plane.join(join(token().await, "pi", own_csr(), ("another-id", &joined.certificate_pem))).await.expect_err("refused");
         assert!(matches!(err, ServiceError::NotFound(_)), "{err}");
-        let err = control_plane.join(join(token().await, "other", &joined.node_id)).await.expect_err("refused");
+        let err = control_plane.join(join(token().await, "other", own_csr(), (&joined.node_id, &joined.certificate_pem))).await.expect_err("refused");
         assert!(matches!(err, ServiceError::NotFound(_)), "{err}");
+        // The node itself (its certificate, its key), offline: the same id, a new certificate.
+        let rejoined = control_plane.join(join(token().await, "pi", own_csr(), (&joined.node_id, &joined.certificate_pem))).await.expect("rejoin");
+        assert_eq!(rejoined.node_id, joined.node_id);
+        assert_ne!(rejoined.certificate_pem, joined.certificate_pem);
+        assert_eq!(control_plane.store().list_nodes().await.expect("nodes").len(), 1);
+        // Connected: refused.
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        control_plane.nodes.connect(&joined.node_id, tx).expect("tracked");
+        let err = control_plane.join(join(token().await, "pi", own_csr(), (&joined.node_id, &joined.certificate_pem))).await.expect_err("refused");
+        assert!(matches!(err, ServiceError::FailedPrecondition(_)), "{err}");
     }
 
     #[tokio::test]
