@@ -223,7 +223,8 @@ pub fn command_result(request_id: &str, node_id: &str, runtime: Runtime, outcome
 /// The domain outcome of a wire result.
 pub fn command_outcome(result: pb::CommandResult) -> CommandOutcome {
     if !result.ok {
-        return Err(CommandError { code: CommandErrorCode::parse(&result.error_code), message: result.error_message });
+        let message = crate::text::bounded(&result.error_message, crate::text::NODE_MESSAGE_MAX);
+        return Err(CommandError { code: CommandErrorCode::parse(&result.error_code), message });
     }
     Ok(CommandOutput {
         container: result.container.map(|c| container_info(c).0),

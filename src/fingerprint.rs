@@ -108,8 +108,10 @@ impl From<&Fingerprint> for pb::NodeFingerprint {
 
 impl From<pb::NodeFingerprint> for Fingerprint {
     /// Runtimes with an unknown or unspecified kind are dropped; the preferred runtime
-    /// is recomputed from the rules rather than trusted from the wire.
+    /// is recomputed from the rules rather than trusted from the wire; every text is
+    /// bounded ([`crate::text::node_text`]; runtime errors to a message's length).
     fn from(fp: pb::NodeFingerprint) -> Self {
+        use crate::text::{bounded, node_text, NODE_MESSAGE_MAX};
         let runtimes = fp
             .runtimes
             .into_iter()
@@ -118,26 +120,26 @@ impl From<pb::NodeFingerprint> for Fingerprint {
                 Some(RuntimeReport {
                     runtime,
                     available: r.available,
-                    version: r.version,
-                    endpoint: r.endpoint,
-                    error: r.error,
+                    version: node_text(&r.version),
+                    endpoint: node_text(&r.endpoint),
+                    error: bounded(&r.error, NODE_MESSAGE_MAX),
                     rootless: r.rootless,
                 })
             })
             .collect();
         Fingerprint {
-            hostname: fp.hostname,
-            os: fp.os,
-            os_release: fp.os_release,
-            arch: fp.arch,
-            kernel: fp.kernel,
+            hostname: node_text(&fp.hostname),
+            os: node_text(&fp.os),
+            os_release: node_text(&fp.os_release),
+            arch: node_text(&fp.arch),
+            kernel: node_text(&fp.kernel),
             cpus: fp.cpus,
             memory_bytes: fp.memory_bytes,
-            raspberry_pi_model: fp.raspberry_pi_model,
-            virtualization: fp.virtualization,
+            raspberry_pi_model: node_text(&fp.raspberry_pi_model),
+            virtualization: node_text(&fp.virtualization),
             runtimes,
-            agent_version: fp.agent_version,
-            labels: fp.labels.into_iter().collect(),
+            agent_version: node_text(&fp.agent_version),
+            labels: fp.labels.iter().map(|(k, v)| (node_text(k), node_text(v))).collect(),
         }
     }
 }

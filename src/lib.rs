@@ -17,6 +17,7 @@ pub mod pki;
 #[cfg(feature = "registry")]
 pub mod registry;
 pub mod runtime;
+pub mod text;
 pub mod token;
 pub mod wire;
 

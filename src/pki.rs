@@ -155,6 +155,31 @@ impl CertificateAuthority {
         Ok((csr.signed_by(&self.issuer)?.pem(), expires))
     }
 
+    /// Whether `cert_pem` is a node certificate this CA issued to `node_id` (whatever
+    /// its validity period) for the key that signed `csr_pem`: proof that the CSR comes
+    /// from that node, even after its certificate expired.
+    pub fn proves_node_key(&self, cert_pem: &str, node_id: &str, csr_pem: &str) -> bool {
+        let check = || -> Result<bool, PkiError> {
+            let cert_der = pem_to_der(cert_pem)?;
+            let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| invalid("certificate", e))?;
+            let (_, ca) = x509_parser::parse_x509_certificate(&self.cert_der).map_err(|e| invalid("CA certificate", e))?;
+            if cert.verify_signature(Some(ca.public_key())).is_err() {
+                return Ok(false);
+            }
+            if peer_identity(&cert_der)? != (PeerIdentity::Node { node_id: node_id.to_owned() }) {
+                return Ok(false);
+            }
+            let csr_der = pem_to_der(csr_pem)?;
+            let (_, csr) = <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&csr_der)
+                .map_err(|e| invalid("CSR", e))?;
+            if csr.verify_signature().is_err() {
+                return Ok(false);
+            }
+            Ok(csr.certification_request_info.subject_pki.raw == cert.public_key().raw)
+        };
+        check().unwrap_or(false)
+    }
+
     fn issue(&self, params: CertificateParams) -> Result<CertifiedKey, PkiError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -268,6 +293,25 @@ fn invalid(what: &'static str, reason: impl std::fmt::Display) -> PkiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_nodes_own_key_and_certificate_prove_it_is_that_node() {
+        let ca = CertificateAuthority::generate("t").expect("CA");
+        let other_ca = CertificateAuthority::generate("other").expect("CA");
+        let (key, csr) = generate_csr("pi").expect("CSR");
+        let (cert, _) = ca.sign_node_csr(&csr, "id-1", "pi", Duration::from_secs(1)).expect("cert");
+        let (foreign, _) = other_ca.sign_node_csr(&csr, "id-1", "pi", Duration::from_secs(1)).expect("cert");
+        let again = csr_for_key("pi", &key).expect("CSR");
+        let (_, stranger) = generate_csr("pi").expect("CSR");
+        // The same key (a fresh CSR for it), even once the certificate has expired.
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(ca.proves_node_key(&cert, "id-1", &again));
+        assert!(!ca.proves_node_key(&cert, "id-2", &again), "another node's id");
+        assert!(!ca.proves_node_key(&cert, "id-1", &stranger), "another key");
+        assert!(!ca.proves_node_key(&foreign, "id-1", &again), "another CA");
+        assert!(!ca.proves_node_key("garbage", "id-1", &again));
+        assert!(!ca.proves_node_key(&cert, "id-1", "garbage"));
+    }
 
     const DAY: Duration = Duration::from_secs(86_400);
 

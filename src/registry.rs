@@ -202,25 +202,92 @@ fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Registr
     serde_json::from_slice(bytes).map_err(|e| RegistryError::Failed(format!("invalid {what}: {e}")))
 }
 
+/// The largest manifest, token answer or image config read from a registry.
+pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long a manifest, token or image config request may take in all (connecting,
+/// waiting, reading the body), unless [`RegistryClient::with_request_timeout`] says.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a blob download may go without receiving anything (its total time depends
+/// on its size, so it has no total limit).
+pub const BLOB_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Redirects followed per request, at most.
+const MAX_REDIRECTS: usize = 5;
+
 /// Talks to registries.
+///
+/// What a registry (or anyone on its path) sends cannot steer the client elsewhere:
+/// manifest and token requests follow redirects only on the same scheme, host and port,
+/// blob downloads also to another host over HTTPS (registries send blobs from their
+/// CDN) but never from HTTPS to plain HTTP; a token realm is used only over HTTPS or on
+/// the registry's own host and port; documents are read up to [`MAX_DOCUMENT_BYTES`]
+/// within [`REQUEST_TIMEOUT`]; and error messages give the status, never the body.
 pub struct RegistryClient {
     http: reqwest::Client,
+    blobs: reqwest::Client,
     config: RegistryConfig,
+    request_timeout: Duration,
     /// Bearer tokens by `registry/repository`.
     tokens: Mutex<HashMap<String, String>>,
+}
+
+/// Whether two URLs have the same scheme, host and port.
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// Whether a redirect from `from` to `to` may be followed: same origin, or for blobs
+/// (`cross_host`) any HTTPS URL reached without leaving HTTPS.
+fn redirect_allowed(from: &reqwest::Url, to: &reqwest::Url, cross_host: bool) -> bool {
+    same_origin(from, to) || (cross_host && to.scheme() == "https" && from.scheme() == "https")
+}
+
+fn redirect_policy(cross_host: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        let allowed = attempt.previous().last().is_some_and(|from| redirect_allowed(from, attempt.url(), cross_host));
+        if allowed {
+            attempt.follow()
+        } else {
+            let to = attempt.url();
+            let target = format!("{}://{}", to.scheme(), to.host_str().unwrap_or("?"));
+            attempt.error(format!("refused to follow a redirect to {target}: another host or scheme than the registry's"))
+        }
+    })
 }
 
 impl RegistryClient {
     /// A client that says it is `user_agent`; `config` says which registries speak plain
     /// HTTP.
     pub fn new(config: RegistryConfig, user_agent: &str) -> RegistryResult<Self> {
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .connect_timeout(Duration::from_secs(15))
-            .user_agent(user_agent)
-            .build()
-            .map_err(|e| RegistryError::Failed(format!("cannot build the registry client: {e}")))?;
-        Ok(RegistryClient { http, config, tokens: Mutex::new(HashMap::new()) })
+        let build = |cross_host: bool| {
+            reqwest::Client::builder()
+                .use_rustls_tls()
+                .connect_timeout(Duration::from_secs(15))
+                .read_timeout(BLOB_STALL_TIMEOUT)
+                .redirect(redirect_policy(cross_host))
+                .user_agent(user_agent)
+                .build()
+                .map_err(|e| RegistryError::Failed(format!("cannot build the registry client: {e}")))
+        };
+        Ok(RegistryClient {
+            http: build(false)?,
+            blobs: build(true)?,
+            config,
+            request_timeout: REQUEST_TIMEOUT,
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The same client with another total time limit for manifest, token and image
+    /// config requests.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
     }
 
     fn repository_url(&self, reference: &Reference) -> String {
@@ -232,17 +299,17 @@ impl RegistryClient {
     /// repository or manifest is [`RegistryError::NotFound`].
     pub async fn manifest(&self, reference: &Reference, tag_or_digest: &str) -> RegistryResult<FetchedManifest> {
         let url = format!("{}/manifests/{tag_or_digest}", self.repository_url(reference));
-        let response = self.get(reference, &url, &MANIFEST_TYPES.join(", ")).await?;
+        let response = self.request(Fetch::Document, reqwest::Method::GET, reference, &url, &MANIFEST_TYPES.join(", ")).await?;
         let status = response.status();
         if matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             return Err(RegistryError::NotFound(reference.to_string()));
         }
         if !status.is_success() {
-            return Err(RegistryError::Failed(format!("registry answered {status} for {url}: {}", body_text(response).await)));
+            return Err(unexpected_status(status, &url));
         }
         let header_type =
             response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
-        let bytes = response.bytes().await.map_err(|e| RegistryError::Unreachable(format!("reading {url}: {e}")))?.to_vec();
+        let bytes = read_bounded(response, &url).await?;
         let digest = sha256_digest(&bytes);
         if tag_or_digest.starts_with("sha256:") && tag_or_digest != digest {
             return Err(RegistryError::Failed(format!("manifest {tag_or_digest} from {url} has digest {digest}")));
@@ -259,7 +326,7 @@ impl RegistryClient {
     /// registry does not say.
     pub async fn manifest_digest(&self, reference: &Reference, tag_or_digest: &str) -> RegistryResult<Option<String>> {
         let url = format!("{}/manifests/{tag_or_digest}", self.repository_url(reference));
-        let response = self.request(reqwest::Method::HEAD, reference, &url, &MANIFEST_TYPES.join(", ")).await?;
+        let response = self.request(Fetch::Document, reqwest::Method::HEAD, reference, &url, &MANIFEST_TYPES.join(", ")).await?;
         let status = response.status();
         if matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             return Err(RegistryError::NotFound(reference.to_string()));
@@ -277,14 +344,26 @@ impl RegistryClient {
 
     /// Starts downloading blob `digest`; the caller reads the body.
     pub async fn blob(&self, reference: &Reference, digest: &str) -> RegistryResult<reqwest::Response> {
+        self.blob_response(Fetch::Blob, reference, digest).await
+    }
+
+    /// Downloads blob `digest` whole, if it is no larger than [`MAX_DOCUMENT_BYTES`]
+    /// (an image config), within the request time limit.
+    pub async fn small_blob(&self, reference: &Reference, digest: &str) -> RegistryResult<Vec<u8>> {
         let url = format!("{}/blobs/{digest}", self.repository_url(reference));
-        let response = self.get(reference, &url, "*/*").await?;
+        let response = self.blob_response(Fetch::SmallBlob, reference, digest).await?;
+        read_bounded(response, &url).await
+    }
+
+    async fn blob_response(&self, fetch: Fetch, reference: &Reference, digest: &str) -> RegistryResult<reqwest::Response> {
+        let url = format!("{}/blobs/{digest}", self.repository_url(reference));
+        let response = self.request(fetch, reqwest::Method::GET, reference, &url, "*/*").await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             return Err(RegistryError::Failed(format!("blob {digest} of {reference} is missing from its registry")));
         }
         if !status.is_success() {
-            return Err(RegistryError::Failed(format!("registry answered {status} for {url}: {}", body_text(response).await)));
+            return Err(unexpected_status(status, &url));
         }
         Ok(response)
     }
@@ -296,44 +375,50 @@ impl RegistryClient {
         let platforms = match manifest_platforms(&fetched.media_type, &fetched.bytes)? {
             ManifestPlatforms::Listed(platforms) => platforms,
             ManifestPlatforms::InConfig(config) => {
-                let response = self.blob(reference, &config.digest).await?;
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| RegistryError::Unreachable(format!("downloading the config of {reference}: {e}")))?;
+                let bytes = self.small_blob(reference, &config.digest).await?;
                 vec![config_platform(&bytes)?]
             }
         };
         Ok(ImagePlatforms { digest: fetched.digest, platforms })
     }
 
-    async fn get(&self, reference: &Reference, url: &str, accept: &str) -> RegistryResult<reqwest::Response> {
-        self.request(reqwest::Method::GET, reference, url, accept).await
-    }
-
     /// A request with the cached token; on 401 with a bearer challenge, fetches an
     /// anonymous token and retries once.
-    async fn request(&self, method: reqwest::Method, reference: &Reference, url: &str, accept: &str) -> RegistryResult<reqwest::Response> {
+    async fn request(
+        &self,
+        fetch: Fetch,
+        method: reqwest::Method,
+        reference: &Reference,
+        url: &str,
+        accept: &str,
+    ) -> RegistryResult<reqwest::Response> {
         let key = format!("{}/{}", reference.registry, reference.repository);
         let token = self.tokens.lock().ok().and_then(|tokens| tokens.get(&key).cloned());
-        let response = self.send(method.clone(), url, accept, token.as_deref()).await?;
+        let response = self.send(fetch, method.clone(), url, accept, token.as_deref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
         let Some(challenge) = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
             return Ok(response);
         };
-        let Some(token) = self.fetch_token(&challenge, reference).await? else {
+        let Some(token) = self.fetch_token(&challenge, reference, url).await? else {
             return Ok(response);
         };
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.insert(key, token.clone());
         }
-        self.send(method, url, accept, Some(&token)).await
+        self.send(fetch, method, url, accept, Some(&token)).await
     }
 
-    async fn send(&self, method: reqwest::Method, url: &str, accept: &str, token: Option<&str>) -> RegistryResult<reqwest::Response> {
-        let mut request = self.http.request(method, url).header(ACCEPT, accept);
+    async fn send(&self, fetch: Fetch, method: reqwest::Method, url: &str, accept: &str, token: Option<&str>) -> RegistryResult<reqwest::Response> {
+        let mut request = match fetch {
+            Fetch::Document | Fetch::SmallBlob => {
+                let client = if fetch == Fetch::SmallBlob { &self.blobs } else { &self.http };
+                client.request(method, url).timeout(self.request_timeout)
+            }
+            Fetch::Blob => self.blobs.request(method, url),
+        }
+        .header(ACCEPT, accept);
         if let Some(token) = token
             && let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}"))
         {
@@ -342,14 +427,17 @@ impl RegistryClient {
         request.send().await.map_err(|e| RegistryError::Unreachable(format!("cannot reach registry at {url}: {}", describe(&e))))
     }
 
-    /// Anonymous token for a `Bearer realm=...,service=...,scope=...` challenge; `None`
-    /// for other schemes (Basic needs credentials Diplo does not have).
-    async fn fetch_token(&self, challenge: &str, reference: &Reference) -> RegistryResult<Option<String>> {
+    /// Anonymous token for a `Bearer realm=...,service=...,scope=...` challenge from
+    /// the registry at `challenged` (a URL); `None` for other schemes (Basic needs
+    /// credentials Diplo does not have). A realm that is neither HTTPS nor on the
+    /// registry's own host and port is refused.
+    async fn fetch_token(&self, challenge: &str, reference: &Reference, challenged: &str) -> RegistryResult<Option<String>> {
         let Some(params) = challenge.strip_prefix("Bearer ").or_else(|| challenge.strip_prefix("bearer ")) else {
             return Ok(None);
         };
         let params = parse_challenge(params);
         let Some(realm) = params.get("realm") else { return Ok(None) };
+        realm_allowed(realm, challenged)?;
         let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", reference.repository));
         let mut query = vec![("scope", scope)];
         if let Some(service) = params.get("service") {
@@ -359,13 +447,16 @@ impl RegistryClient {
             .http
             .get(realm)
             .query(&query)
+            .timeout(self.request_timeout)
             .send()
             .await
             .map_err(|e| RegistryError::Unreachable(format!("cannot reach token service {realm}: {}", describe(&e))))?;
         if !response.status().is_success() {
             return Ok(None);
         }
-        let body: serde_json::Value = response.json().await.map_err(|e| RegistryError::Failed(format!("token from {realm}: {e}")))?;
+        let bytes = read_bounded(response, realm).await?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| RegistryError::Failed(format!("the token service {realm} answered no JSON")))?;
         Ok(body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str()).map(str::to_owned))
     }
 }
@@ -413,10 +504,51 @@ fn parse_challenge(params: &str) -> HashMap<String, String> {
     out
 }
 
-async fn body_text(response: reqwest::Response) -> String {
-    let text = response.text().await.unwrap_or_default();
-    let text = text.trim();
-    if text.chars().count() > 300 { format!("{}...", text.chars().take(300).collect::<String>()) } else { text.to_owned() }
+/// Which client and time limit a request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// A manifest or token: same-origin redirects, total time limit.
+    Document,
+    /// An image config: redirects as for blobs, total time limit.
+    SmallBlob,
+    /// A layer, streamed by the caller: redirects to HTTPS hosts, stall limit only.
+    Blob,
+}
+
+/// A token realm may be used over HTTPS, or on the registry's own scheme, host and
+/// port (a plain-HTTP registry serving its own tokens).
+fn realm_allowed(realm: &str, challenged: &str) -> RegistryResult<()> {
+    let refused = || RegistryError::Failed("refused the registry's token realm: neither HTTPS nor the registry's own host".to_owned());
+    let realm = reqwest::Url::parse(realm).map_err(|_| refused())?;
+    if realm.scheme() == "https" {
+        return Ok(());
+    }
+    match reqwest::Url::parse(challenged) {
+        Ok(registry) if same_origin(&realm, &registry) => Ok(()),
+        _ => Err(refused()),
+    }
+}
+
+/// The error for an unexpected answer: its status and the URL asked, never the body
+/// (which the registry, or whatever answered in its place, chose).
+fn unexpected_status(status: StatusCode, url: &str) -> RegistryError {
+    RegistryError::Failed(format!("registry answered {status} for {url}"))
+}
+
+/// The body of `response`, refused beyond [`MAX_DOCUMENT_BYTES`] (as announced or as read).
+async fn read_bounded(mut response: reqwest::Response, url: &str) -> RegistryResult<Vec<u8>> {
+    let too_large = || RegistryError::Failed(format!("the answer for {url} is larger than {MAX_DOCUMENT_BYTES} bytes"));
+    if response.content_length().is_some_and(|length| length > MAX_DOCUMENT_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| RegistryError::Unreachable(format!("reading {url}: {}", describe(&e))))? {
+        if bytes.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// A short sentence for a transport error: the OS error for connection failures
@@ -537,5 +669,158 @@ mod tests {
         assert_eq!(config_platform(config), Ok(platform("linux", "arm64", Some("v8"))));
         assert!(config_platform(br#"{"config":{}}"#).is_err());
         assert!(manifest_platforms("application/vnd.example", b"{}").is_err());
+    }
+
+    /// A canned HTTP/1.1 server on 127.0.0.1: `answer(path)` gives status line, extra
+    /// headers and body for each request; every request's path is recorded.
+    struct Server {
+        addr: std::net::SocketAddr,
+        hits: std::sync::Arc<Mutex<Vec<String>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn server(answer: impl Fn(&str) -> Option<(String, Vec<u8>)> + Send + Sync + 'static) -> Server {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hits = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let answer = std::sync::Arc::new(answer);
+        let recorded = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let (answer, recorded) = (answer.clone(), recorded.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    recorded.lock().expect("hits").push(path.clone());
+                    // `None`: hold the connection open and say nothing.
+                    let Some((head, body)) = answer(&path) else {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    };
+                    let mut response = format!("{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).into_bytes();
+                    response.extend_from_slice(&body);
+                    let _ = tcp.write_all(&response).await;
+                });
+            }
+        });
+        Server { addr, hits, task }
+    }
+
+    fn reference(addr: std::net::SocketAddr) -> Reference {
+        Reference::parse(&format!("{addr}/diplo/test:latest")).expect("reference")
+    }
+
+    fn client() -> RegistryClient {
+        RegistryClient::new(RegistryConfig::default(), "diplo-test").expect("client")
+    }
+
+    const INDEX: &str = r#"{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:a","size":1,"platform":{"architecture":"arm64","os":"linux"}}]}"#;
+
+    fn ok_index() -> Option<(String, Vec<u8>)> {
+        Some((format!("HTTP/1.1 200 OK\r\ncontent-type: {MEDIA_OCI_INDEX}"), INDEX.as_bytes().to_vec()))
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_host_is_not_followed() {
+        let elsewhere = server(|_| ok_index()).await;
+        let target = format!("http://{}/v2/diplo/test/manifests/latest", elsewhere.addr);
+        let registry = server(move |_| Some((format!("HTTP/1.1 302 Found\r\nlocation: {target}"), Vec::new()))).await;
+        let err = client().platforms(&reference(registry.addr)).await.expect_err("refused");
+        assert!(err.to_string().contains("redirect"), "{err}");
+        assert!(elsewhere.hits.lock().expect("hits").is_empty(), "the other host was contacted");
+        // A redirect on the registry's own host is followed.
+        let own = server(|path| {
+            if path.ends_with("/latest") {
+                Some(("HTTP/1.1 307 Temporary Redirect\r\nlocation: /v2/diplo/test/manifests/moved".to_owned(), Vec::new()))
+            } else {
+                ok_index()
+            }
+        })
+        .await;
+        let platforms = client().platforms(&reference(own.addr)).await.expect("same-host redirect followed");
+        assert_eq!(platforms.platforms, vec![platform("linux", "arm64", None)]);
+    }
+
+    #[test]
+    fn blobs_may_come_from_another_https_host_only() {
+        let url = |u: &str| reqwest::Url::parse(u).expect("url");
+        assert!(redirect_allowed(&url("https://r.io/v2/x"), &url("https://r.io/blob"), false));
+        assert!(!redirect_allowed(&url("https://r.io/v2/x"), &url("https://cdn.io/blob"), false));
+        assert!(!redirect_allowed(&url("https://r.io/v2/x"), &url("https://r.io:8443/blob"), false));
+        assert!(!redirect_allowed(&url("https://r.io/v2/x"), &url("http://r.io/blob"), false));
+        assert!(redirect_allowed(&url("https://r.io/v2/x"), &url("https://cdn.io/blob"), true));
+        assert!(!redirect_allowed(&url("https://r.io/v2/x"), &url("http://cdn.io/blob"), true));
+        assert!(!redirect_allowed(&url("http://127.0.0.1:5000/v2/x"), &url("https://169.254.169.254/"), true));
+    }
+
+    #[tokio::test]
+    async fn a_token_realm_over_plain_http_on_another_host_is_refused() {
+        let tokens = server(|_| Some(("HTTP/1.1 200 OK\r\ncontent-type: application/json".to_owned(), br#"{"token":"t"}"#.to_vec()))).await;
+        let realm = format!("http://{}/token", tokens.addr);
+        let registry = server(move |_| {
+            Some((format!("HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"{realm}\",service=\"r\""), Vec::new()))
+        })
+        .await;
+        let err = client().platforms(&reference(registry.addr)).await.expect_err("refused");
+        assert!(err.to_string().contains("token realm"), "{err}");
+        assert!(tokens.hits.lock().expect("hits").is_empty(), "the token service was contacted");
+
+        // The registry's own host may serve tokens over plain HTTP.
+        let own = server(|path| {
+            if path.starts_with("/token") {
+                Some(("HTTP/1.1 200 OK\r\ncontent-type: application/json".to_owned(), br#"{"token":"t"}"#.to_vec()))
+            } else {
+                None
+            }
+        })
+        .await;
+        let realm = format!("http://{}/token", own.addr);
+        let registry = server(move |_| {
+            Some((format!("HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"{realm}\""), Vec::new()))
+        })
+        .await;
+        // Not the same origin as the registry (another port): refused as well.
+        assert!(client().platforms(&reference(registry.addr)).await.is_err());
+        assert!(realm_allowed(&format!("http://{}/token", registry.addr), &format!("http://{}/v2/x/manifests/y", registry.addr)).is_ok());
+        assert!(realm_allowed("https://auth.example/token", "http://127.0.0.1:5000/v2/x").is_ok());
+        assert!(realm_allowed("http://auth.example/token", "https://auth.example/v2/x").is_err());
+        assert!(realm_allowed("file:///etc/passwd", "http://127.0.0.1:5000/v2/x").is_err());
+    }
+
+    #[tokio::test]
+    async fn error_messages_do_not_echo_the_body() {
+        let registry = server(|_| Some(("HTTP/1.1 500 Internal Server Error".to_owned(), b"SECRET-INTERNAL-PAGE <html>".to_vec()))).await;
+        let err = client().platforms(&reference(registry.addr)).await.expect_err("failed");
+        let text = err.to_string();
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(text.contains("500"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn oversized_documents_and_silent_registries_are_cut_off() {
+        let big = server(|_| Some((format!("HTTP/1.1 200 OK\r\ncontent-type: {MEDIA_OCI_INDEX}"), vec![b' '; MAX_DOCUMENT_BYTES + 1]))).await;
+        let err = client().platforms(&reference(big.addr)).await.expect_err("too large");
+        assert!(err.to_string().contains("larger than"), "{err}");
+
+        let silent = server(|_| None).await;
+        let started = std::time::Instant::now();
+        let client = client().with_request_timeout(Duration::from_millis(500));
+        assert!(client.platforms(&reference(silent.addr)).await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
     }
 }

@@ -8,6 +8,7 @@ use crate::container::{
     Protocol, RestartPolicy,
 };
 use crate::pb;
+use crate::text::node_text;
 
 /// A wire message that does not make a valid domain value.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -184,7 +185,8 @@ pub fn container_state(info: &ContainerInfo, node_id: &str, runtime: crate::runt
 }
 
 /// The domain form of an observed container, with the node id and runtime it came with.
-/// Ports that are out of range are dropped (an agent never reports them).
+/// Ports that are out of range are dropped (an agent never reports them); texts are
+/// bounded with [`node_text`].
 pub fn container_info(state: pb::ContainerState) -> (ContainerInfo, String, Option<crate::runtime::Runtime>) {
     let runtime = pb::RuntimeKind::try_from(state.runtime).ok().and_then(pb::RuntimeKind::runtime);
     let ports = state
@@ -199,24 +201,24 @@ pub fn container_info(state: pb::ContainerState) -> (ContainerInfo, String, Opti
         })
         .collect();
     let info = ContainerInfo {
-        id: state.id,
-        name: state.name,
-        image: state.image,
+        id: node_text(&state.id),
+        name: node_text(&state.name),
+        image: node_text(&state.image),
         status: status_from_name(&state.status),
         exit_code: i64::from(state.exit_code),
         pid: (state.pid != 0).then_some(state.pid),
-        ip_address: (!state.ip_address.is_empty()).then_some(state.ip_address),
+        ip_address: (!state.ip_address.is_empty()).then(|| node_text(&state.ip_address)),
         ports,
-        started_at: (!state.started_at.is_empty()).then_some(state.started_at),
+        started_at: (!state.started_at.is_empty()).then(|| node_text(&state.started_at)),
         health: match state.health.as_str() {
             "starting" => Some(Health::Starting),
             "healthy" => Some(Health::Healthy),
             "unhealthy" => Some(Health::Unhealthy),
             _ => None,
         },
-        labels: state.labels.into_iter().collect(),
+        labels: state.labels.iter().map(|(k, v)| (node_text(k), node_text(v))).collect(),
     };
-    (info, state.node_id, runtime)
+    (info, node_text(&state.node_id), runtime)
 }
 
 impl From<&ContainerStats> for pb::ContainerStats {
@@ -247,6 +249,31 @@ impl From<pb::ContainerStats> for ContainerStats {
 mod tests {
     use super::*;
     use crate::runtime::Runtime;
+
+    #[test]
+    fn texts_a_node_reports_are_bounded() {
+        let huge = format!("{}\n\u{1b}[2J", "x".repeat(100_000));
+        let state = pb::ContainerState {
+            id: huge.clone(),
+            name: huge.clone(),
+            image: huge.clone(),
+            node_id: huge.clone(),
+            labels: [(huge.clone(), huge.clone())].into_iter().collect(),
+            ..Default::default()
+        };
+        let (info, node_id, _) = container_info(state);
+        for text in [&info.id, &info.name, &info.image, &node_id].into_iter().chain(info.labels.iter().flat_map(|(k, v)| [k, v])) {
+            assert!(text.chars().count() <= crate::text::NODE_TEXT_MAX + 1, "{} chars", text.chars().count());
+            assert!(!text.contains('\n') && !text.contains('\u{1b}'));
+        }
+        let fingerprint: crate::fingerprint::Fingerprint =
+            pb::NodeFingerprint { hostname: huge.clone(), kernel: huge.clone(), ..Default::default() }.into();
+        assert!(fingerprint.hostname.chars().count() <= crate::text::NODE_TEXT_MAX + 1);
+        assert!(fingerprint.kernel.chars().count() <= crate::text::NODE_TEXT_MAX + 1);
+        let refused = crate::command::command_outcome(pb::CommandResult { ok: false, error_message: huge, ..Default::default() });
+        let message = refused.expect_err("an error").message;
+        assert!(message.chars().count() <= crate::text::NODE_MESSAGE_MAX + 1);
+    }
 
     fn spec() -> ContainerSpec {
         ContainerSpec {

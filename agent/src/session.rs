@@ -42,25 +42,93 @@ pub enum AgentError {
     /// Generating the key or CSR.
     #[error(transparent)]
     Pki(#[from] diplo_api::pki::PkiError),
+    /// The node certificate expired (the agent was offline longer than it lives) and no
+    /// token was given to re-join with.
+    #[error(
+        "the certificate of node {node} expired at {expired_at} (this agent was offline longer than a node certificate lives). \
+         To re-join as the same node, keeping its containers: create a join token on the control plane with \
+         `diplo join-token create`, then start this agent again with the same data directory and \
+         `diplo-agent --token '<token>' ...`"
+    )]
+    CertificateExpired {
+        /// Node name.
+        node: String,
+        /// When the certificate expired (RFC 3339).
+        expired_at: String,
+    },
 }
 
-/// Joins with `token` unless `data_dir` already holds an identity; returns it.
+/// When `cert_pem` expired, if it has by `now` (an unreadable certificate counts as
+/// valid: the TLS layer reports what is wrong with it).
+pub fn certificate_expired(cert_pem: &str, now: time::OffsetDateTime) -> Option<time::OffsetDateTime> {
+    diplo_api::pki::not_after_pem(cert_pem).ok().filter(|not_after| *not_after <= now)
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| at.to_string())
+}
+
+/// What to do at start with the identity in the data directory (if any) and the token
+/// given (if any).
+#[derive(Debug, PartialEq, Eq)]
+enum Start {
+    /// Use the saved identity.
+    Saved,
+    /// Join as a new node.
+    Join,
+    /// Join again as the same node: its certificate expired.
+    Rejoin,
+    /// Stop: the certificate expired at this time and no token was given.
+    Expired(time::OffsetDateTime),
+}
+
+fn start_action(saved_cert: Option<&str>, token_given: bool, now: time::OffsetDateTime) -> Start {
+    match saved_cert.map(|cert| certificate_expired(cert, now)) {
+        None => Start::Join,
+        Some(None) => Start::Saved,
+        Some(Some(_)) if token_given => Start::Rejoin,
+        Some(Some(expired_at)) => Start::Expired(expired_at),
+    }
+}
+
+/// Joins with `token` unless `data_dir` already holds an identity; returns it. A saved
+/// identity whose certificate expired re-joins with `token` as the same node (same id
+/// and key), or, without a token, stops with [`AgentError::CertificateExpired`].
 pub async fn ensure_identity(
     server: &str,
     token: Option<&str>,
     node_name: &str,
     data_dir: &Path,
 ) -> Result<Identity, AgentError> {
-    if Identity::exists(data_dir) {
-        let identity = Identity::load(data_dir)?;
-        tracing::info!(node_id = %identity.node_id, node = %identity.node_name, "using saved node identity");
-        return Ok(identity);
-    }
+    let saved = if Identity::exists(data_dir) { Some(Identity::load(data_dir)?) } else { None };
+    let rejoin = match start_action(saved.as_ref().map(|i| i.cert_pem.as_str()), token.is_some(), time::OffsetDateTime::now_utc()) {
+        Start::Saved => {
+            let identity = saved.ok_or_else(|| AgentError::NoToken(data_dir.display().to_string()))?;
+            tracing::info!(node_id = %identity.node_id, node = %identity.node_name, "using saved node identity");
+            return Ok(identity);
+        }
+        Start::Expired(expired_at) => {
+            let node = saved.map_or_else(|| node_name.to_owned(), |i| i.node_name);
+            return Err(AgentError::CertificateExpired { node, expired_at: rfc3339(expired_at) });
+        }
+        Start::Rejoin => saved,
+        Start::Join => None,
+    };
     let token: JoinToken = token.ok_or_else(|| AgentError::NoToken(data_dir.display().to_string()))?.parse()?;
-    let (key_pem, csr_pem) = diplo_api::pki::generate_csr(node_name)?;
+    // A re-joining node keeps its name and key.
+    let node_name = rejoin.as_ref().map_or(node_name, |identity| identity.node_name.as_str());
+    let rejoin_node_id = rejoin.as_ref().map_or("", |identity| identity.node_id.as_str());
+    let rejoin_certificate = rejoin.as_ref().map_or("", |identity| identity.cert_pem.as_str());
+    let (key_pem, csr_pem) = match &rejoin {
+        Some(identity) => {
+            tracing::warn!(node_id = %identity.node_id, node = %identity.node_name, "node certificate expired; re-joining as the same node with the given token");
+            (identity.key_pem.clone(), diplo_api::pki::csr_for_key(&identity.node_name, &identity.key_pem)?)
+        }
+        None => diplo_api::pki::generate_csr(node_name)?,
+    };
     let mut backoff = Backoff::default();
     let response = loop {
-        match join_once(server, &token, node_name, &csr_pem).await {
+        match join_once(server, &token, node_name, &csr_pem, (rejoin_node_id, rejoin_certificate)).await {
             Ok(response) => break response,
             Err(JoinAttempt::Fatal(err)) => return Err(err),
             Err(JoinAttempt::Retry(reason)) => {
@@ -92,13 +160,25 @@ enum JoinAttempt {
     Retry(String),
 }
 
-async fn join_once(server: &str, token: &JoinToken, node_name: &str, csr_pem: &str) -> Result<pb::JoinResponse, JoinAttempt> {
+async fn join_once(
+    server: &str,
+    token: &JoinToken,
+    node_name: &str,
+    csr_pem: &str,
+    (rejoin_node_id, rejoin_certificate): (&str, &str),
+) -> Result<pb::JoinResponse, JoinAttempt> {
     let channel = match connect_pinned(server, &token.ca_hash).await {
         Ok(channel) => channel,
         Err(err @ (TlsError::CaMismatch { .. } | TlsError::Address(_))) => return Err(JoinAttempt::Fatal(err.into())),
         Err(err) => return Err(JoinAttempt::Retry(err.to_string())),
     };
-    let request = pb::JoinRequest { token: token.to_string(), node_name: node_name.to_owned(), csr_pem: csr_pem.to_owned() };
+    let request = pb::JoinRequest {
+        token: token.to_string(),
+        node_name: node_name.to_owned(),
+        csr_pem: csr_pem.to_owned(),
+        node_id: rejoin_node_id.to_owned(),
+        certificate_pem: rejoin_certificate.to_owned(),
+    };
     match AgentServiceClient::new(channel).join(request).await {
         Ok(response) => Ok(response.into_inner()),
         Err(status) if retryable(&status) => Err(JoinAttempt::Retry(status.message().to_owned())),
@@ -180,6 +260,10 @@ async fn session_once(
     executor: &Executor,
     backoff: &mut Backoff,
 ) -> SessionEnd {
+    // An expired certificate cannot get through TLS: retrying would never end.
+    if let Some(expired_at) = certificate_expired(&identity.cert_pem, time::OffsetDateTime::now_utc()) {
+        return SessionEnd::Fatal(AgentError::CertificateExpired { node: identity.node_name.clone(), expired_at: rfc3339(expired_at) });
+    }
     let channel = match connect_mtls(server, &identity.ca_pem, &identity.cert_pem, &identity.key_pem).await {
         Ok(channel) => channel,
         Err(err @ TlsError::Pem { .. }) => return SessionEnd::Fatal(err.into()),
@@ -391,6 +475,28 @@ fn end_for(status: tonic::Status) -> SessionEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expired_certificate_stops_the_agent_or_rejoins_with_a_token() {
+        let ca = diplo_api::pki::CertificateAuthority::generate("t").expect("CA");
+        let (_key, csr) = diplo_api::pki::generate_csr("pi").expect("CSR");
+        let (cert, _) = ca.sign_node_csr(&csr, "id-1", "pi", Duration::from_secs(3600)).expect("certificate");
+        let now = time::OffsetDateTime::now_utc();
+        let later = now + time::Duration::hours(2);
+        assert_eq!(certificate_expired(&cert, now), None);
+        let expired_at = certificate_expired(&cert, later).expect("expired two hours on");
+        assert!(expired_at > now && expired_at <= later);
+        assert_eq!(start_action(None, true, now), Start::Join);
+        assert_eq!(start_action(None, false, now), Start::Join);
+        assert_eq!(start_action(Some(&cert), false, now), Start::Saved);
+        assert_eq!(start_action(Some(&cert), true, now), Start::Saved, "a valid identity ignores the token");
+        assert_eq!(start_action(Some(&cert), true, later), Start::Rejoin);
+        assert_eq!(start_action(Some(&cert), false, later), Start::Expired(expired_at));
+        let message = AgentError::CertificateExpired { node: "pi".into(), expired_at: rfc3339(expired_at) }.to_string();
+        for hint in ["diplo join-token create", "diplo-agent --token", "same node"] {
+            assert!(message.contains(hint), "{message}");
+        }
+    }
 
     #[test]
     fn rate_limited_joins_are_retried_after_the_hinted_wait() {

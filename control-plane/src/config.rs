@@ -4,12 +4,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Default of [`Config::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 /// Everything the control plane needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where the CA, credentials and the SQLite database live.
     pub data_dir: PathBuf,
-    /// REST gateway address.
+    /// REST gateway address (see [`Config::default_rest_addr`]).
     pub rest_addr: SocketAddr,
     /// gRPC (TLS) address.
     pub grpc_addr: SocketAddr,
@@ -29,6 +32,13 @@ pub struct Config {
     pub join_rate_limit: u32,
     /// Certificate and key for serving REST over HTTPS; `None`: plain HTTP.
     pub rest_tls: Option<RestTls>,
+    /// Most gRPC connections open at once (TLS handshakes under way included); the
+    /// connections beyond are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Events older than this are deleted (`None`: kept whatever their age).
+    pub events_max_age: Option<Duration>,
+    /// At most this many events are kept, the newest (`None`: no count limit).
+    pub events_max_count: Option<u64>,
 }
 
 /// PEM files for the REST gateway's TLS.
@@ -41,12 +51,13 @@ pub struct RestTls {
 }
 
 impl Config {
-    /// Defaults for a data directory: REST on 8080, gRPC on 7443, 5 s heartbeats,
-    /// down after 30 s, 24 h node certificates, 10 join attempts per minute and IP.
+    /// Defaults for a data directory: REST on loopback port 8080, gRPC on 7443, 5 s
+    /// heartbeats, down after 30 s, 24 h node certificates, 10 join attempts per minute
+    /// and IP, 1024 gRPC connections, events kept 30 days and at most 100 000.
     pub fn new(data_dir: PathBuf) -> Self {
         Config {
             data_dir,
-            rest_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            rest_addr: Self::default_rest_addr(false),
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 7443)),
             database_url: None,
             heartbeat_interval: Duration::from_secs(5),
@@ -55,7 +66,17 @@ impl Config {
             node_cert_lifetime: Duration::from_secs(24 * 3600),
             join_rate_limit: 10,
             rest_tls: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            events_max_age: Some(Duration::from_secs(30 * 24 * 3600)),
+            events_max_count: Some(100_000),
         }
+    }
+
+    /// Where REST listens unless told: plain HTTP carries bearer tokens in clear, so
+    /// without TLS only this host can reach it (`127.0.0.1:8080`); with TLS, every
+    /// interface (`0.0.0.0:8080`).
+    pub fn default_rest_addr(tls: bool) -> SocketAddr {
+        if tls { SocketAddr::from(([0, 0, 0, 0], 8080)) } else { SocketAddr::from(([127, 0, 0, 1], 8080)) }
     }
 
     /// The database URL in effect: the configured one or the embedded SQLite file.
@@ -73,5 +94,19 @@ impl Config {
         } else {
             addr
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_rest_listens_on_loopback_by_default() {
+        let config = Config::new(PathBuf::from("/tmp/x"));
+        assert!(config.rest_addr.ip().is_loopback(), "{}", config.rest_addr);
+        assert_eq!(config.rest_addr.port(), 8080);
+        assert!(Config::default_rest_addr(false).ip().is_loopback());
+        assert!(Config::default_rest_addr(true).ip().is_unspecified());
     }
 }

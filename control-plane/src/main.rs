@@ -39,9 +39,10 @@ struct Options {
     /// Data directory (CA, credentials, SQLite database).
     #[arg(long, env = "DIPLO_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// REST listen address.
-    #[arg(long, env = "DIPLO_REST_ADDR", default_value = "0.0.0.0:8080")]
-    rest_addr: SocketAddr,
+    /// REST listen address (default: 127.0.0.1:8080 over plain HTTP, 0.0.0.0:8080 with
+    /// --rest-tls-cert/--rest-tls-key).
+    #[arg(long, env = "DIPLO_REST_ADDR")]
+    rest_addr: Option<SocketAddr>,
     /// gRPC (TLS) listen address.
     #[arg(long, env = "DIPLO_GRPC_ADDR", default_value = "0.0.0.0:7443")]
     grpc_addr: SocketAddr,
@@ -69,6 +70,15 @@ struct Options {
     /// PEM private key for serving REST over HTTPS (with --rest-tls-cert).
     #[arg(long, env = "DIPLO_REST_TLS_KEY")]
     rest_tls_key: Option<PathBuf>,
+    /// Most gRPC connections open at once; the ones beyond are closed at once.
+    #[arg(long, env = "DIPLO_MAX_CONNECTIONS", default_value_t = diplo_control_plane::config::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Events older than this are deleted (e.g. 30d; 0: kept whatever their age).
+    #[arg(long, env = "DIPLO_EVENTS_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    events_max_age: Duration,
+    /// At most this many events are kept, the newest (0: no limit).
+    #[arg(long, env = "DIPLO_EVENTS_MAX_COUNT", default_value_t = 100_000)]
+    events_max_count: u64,
 }
 
 impl Options {
@@ -77,7 +87,6 @@ impl Options {
             anyhow::bail!("invalid --heartbeat-interval: must be greater than zero");
         }
         let mut config = Config::new(self.data_dir.unwrap_or_else(|| PathBuf::from(default_dir)));
-        config.rest_addr = self.rest_addr;
         config.grpc_addr = self.grpc_addr;
         config.database_url = self.database_url.filter(|url| !url.is_empty());
         config.heartbeat_interval = self.heartbeat_interval;
@@ -99,6 +108,13 @@ impl Options {
                 "--rest-tls-key (DIPLO_REST_TLS_KEY) is set but --rest-tls-cert (DIPLO_REST_TLS_CERT) is missing: HTTPS needs both"
             ),
         };
+        config.rest_addr = self.rest_addr.unwrap_or_else(|| Config::default_rest_addr(config.rest_tls.is_some()));
+        if self.max_connections == 0 {
+            anyhow::bail!("invalid --max-connections: must be at least 1");
+        }
+        config.max_connections = self.max_connections;
+        config.events_max_age = Some(self.events_max_age).filter(|age| !age.is_zero());
+        config.events_max_count = Some(self.events_max_count).filter(|count| *count > 0);
         Ok(config)
     }
 }
@@ -135,5 +151,40 @@ mod tests {
         assert!(dev.allow_host_path.is_empty(), "nothing is allowed by default");
         let err = Cli::try_parse_from(["diplo-control-plane", "serve", "--allow-host-path", "/srv/a"]).err().expect("serve runs no agent");
         assert!(err.to_string().contains("--allow-host-path"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> anyhow::Result<Config> {
+        let mut argv = vec!["diplo-control-plane", "serve", "--data-dir", "/tmp/diplo-test"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(options) | Command::Dev(options) => options.into_config("/tmp/diplo-test"),
+        }
+    }
+
+    #[test]
+    fn rest_listens_on_loopback_unless_told_or_served_over_tls() {
+        // The environment must not decide for the test.
+        assert!(std::env::var_os("DIPLO_REST_ADDR").is_none(), "DIPLO_REST_ADDR is set");
+        assert_eq!(config(&[]).expect("config").rest_addr, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(config(&["--rest-addr", "0.0.0.0:9000"]).expect("config").rest_addr, "0.0.0.0:9000".parse().expect("addr"));
+        let tls = config(&["--rest-tls-cert", "c.pem", "--rest-tls-key", "k.pem"]).expect("config");
+        assert_eq!(tls.rest_addr, "0.0.0.0:8080".parse().expect("addr"));
+    }
+
+    #[test]
+    fn connection_cap_and_event_retention_flags() {
+        let defaults = config(&[]).expect("config");
+        assert_eq!(defaults.max_connections, 1024);
+        assert_eq!(defaults.events_max_age, Some(Duration::from_secs(30 * 24 * 3600)));
+        assert_eq!(defaults.events_max_count, Some(100_000));
+        let set = config(&["--max-connections", "8", "--events-max-age", "0", "--events-max-count", "0"]).expect("config");
+        assert_eq!((set.max_connections, set.events_max_age, set.events_max_count), (8, None, None));
+        let err = config(&["--max-connections", "0"]).expect_err("refused").to_string();
+        assert!(err.contains("--max-connections"), "{err}");
     }
 }

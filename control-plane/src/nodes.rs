@@ -81,6 +81,16 @@ impl<T> NodeRegistry<T> {
         self.insert(node_id, persisted, false);
     }
 
+    /// [`NodeRegistry::track`] for a stored node: its grace period starts now, but its
+    /// last heartbeat stays the stored `last_seen_at` (what re-joining after an expired
+    /// certificate is judged by).
+    pub fn track_stored(&self, node_id: &str, persisted: NodeStatus, last_seen_at: DateTime<Utc>) {
+        self.insert(node_id, persisted, false);
+        if let Some(node) = self.lock().get_mut(node_id) {
+            node.last_seen_wall = last_seen_at;
+        }
+    }
+
     /// Starts tracking a node that has just joined: `unhealthy` until its session opens
     /// (then `ready`), `down` if it stays silent past the grace period.
     pub fn track_joined(&self, node_id: &str) {
@@ -195,7 +205,20 @@ impl<T> NodeRegistry<T> {
         all
     }
 
-    /// Re-evaluates every node at `now` and returns the changes not yet persisted.
+    /// Records that `changes` were written to the store: [`NodeRegistry::tick`] reports
+    /// them no more.
+    pub fn mark_persisted(&self, changes: &[NodeStatusChange]) {
+        let mut nodes = self.lock();
+        for change in changes {
+            if let Some(node) = nodes.get_mut(&change.node_id) {
+                node.persisted = change.status;
+            }
+        }
+    }
+
+    /// Re-evaluates every node at `now` and returns the statuses that differ from the
+    /// persisted ones: a change is reported again at every tick until
+    /// [`NodeRegistry::mark_persisted`] records it written (a failed write is retried).
     pub fn tick(&self, now: Instant) -> Vec<NodeStatusChange> {
         let mut changes = Vec::new();
         for (id, node) in self.lock().iter_mut() {
@@ -205,7 +228,6 @@ impl<T> NodeRegistry<T> {
             }
             node.status = status;
             if node.status != node.persisted {
-                node.persisted = node.status;
                 changes.push(NodeStatusChange { node_id: id.clone(), status: node.status, last_seen_at: node.last_seen_wall });
             }
         }
@@ -241,12 +263,41 @@ mod tests {
         let changes = registry.tick(start + Duration::from_secs(16));
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].status, NodeStatus::Unhealthy);
+        registry.mark_persisted(&changes);
         assert!(registry.tick(start + Duration::from_secs(17)).is_empty(), "reported once");
-        assert_eq!(registry.tick(start + Duration::from_secs(31))[0].status, NodeStatus::Down);
+        let down = registry.tick(start + Duration::from_secs(31));
+        assert_eq!(down[0].status, NodeStatus::Down);
+        registry.mark_persisted(&down);
         assert!(registry.heartbeat("n1"));
         let revived = registry.tick(Instant::now());
         assert_eq!(revived[0].status, NodeStatus::Ready);
         assert!(!registry.heartbeat("unknown"));
+    }
+
+    #[test]
+    fn a_change_whose_write_failed_is_reported_again_until_persisted() {
+        let registry: NodeRegistry<()> = NodeRegistry::new(HB, GRACE);
+        registry.track("n1", NodeStatus::Ready);
+        let start = Instant::now();
+        let changes = registry.tick(start + Duration::from_secs(16));
+        assert_eq!(changes.len(), 1);
+        // The write of that batch failed: nothing marked persisted, the next tick retries.
+        let again = registry.tick(start + Duration::from_secs(17));
+        assert_eq!(again, changes, "a change not persisted is reported again");
+        // The status moved on meanwhile: the newest one is reported.
+        let newer = registry.tick(start + Duration::from_secs(31));
+        assert_eq!(newer[0].status, NodeStatus::Down);
+        registry.mark_persisted(&newer);
+        assert!(registry.tick(start + Duration::from_secs(32)).is_empty(), "persisted: reported no more");
+    }
+
+    #[test]
+    fn a_stored_node_keeps_its_last_heartbeat_but_gets_a_full_grace_period() {
+        let registry: NodeRegistry<()> = NodeRegistry::new(HB, GRACE);
+        let long_ago = Utc::now() - chrono::Duration::days(3);
+        registry.track_stored("n1", NodeStatus::Ready, long_ago);
+        assert_eq!(registry.live_status("n1").expect("known").last_seen_at, long_ago);
+        assert!(registry.tick(Instant::now()).is_empty(), "not down at once after a restart");
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
     };
     let monitor = tokio::spawn(control_plane.clone().run_node_monitor());
     let reconciler = tokio::spawn(control_plane.clone().run_reconciler());
+    let retention = tokio::spawn(control_plane.clone().run_event_retention());
     let mut grpc = tokio::spawn(crate::grpc::serve(control_plane.clone(), grpc_listener, shutdown(shutdown_rx.clone())));
     let mut rest = tokio::spawn(crate::http::serve(control_plane.clone(), rest_listener, rest_tls, shutdown(shutdown_rx.clone())));
 
@@ -84,6 +85,7 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
     let _ = shutdown_tx.send(true);
     monitor.abort();
     reconciler.abort();
+    retention.abort();
     if let Some(agent) = agent {
         agent.abort();
     }
@@ -96,14 +98,18 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
 }
 
 /// Starts this host's agent in-process, joining with a fresh single-use token unless it
-/// already has an identity from an earlier run.
+/// already has an identity from an earlier run whose certificate is still valid (an
+/// expired one re-joins as the same node with the token).
 async fn start_local_agent(
     control_plane: &Arc<ControlPlane>,
     agent_dir: &Path,
     grpc_addr: std::net::SocketAddr,
     host_paths: diplo_agent::host_paths::HostPathPolicy,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let token = if diplo_agent::identity::Identity::exists(agent_dir) {
+    let usable = diplo_agent::identity::Identity::load(agent_dir).ok().is_some_and(|identity| {
+        diplo_agent::session::certificate_expired(&identity.cert_pem, time::OffsetDateTime::now_utc()).is_none()
+    });
+    let token = if diplo_agent::identity::Identity::exists(agent_dir) && usable {
         None
     } else {
         let system = Caller::Operator { name: "dev-mode".into(), role: Role::Admin };

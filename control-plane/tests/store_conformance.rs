@@ -79,6 +79,7 @@ conformance!(
     api_tokens_crud,
     events_sequence_and_paging,
     events_concurrent_appends,
+    events_retention,
     deployments_create_get_list,
     deployments_duplicates,
     deployments_save_and_revisions,
@@ -870,6 +871,41 @@ mod cases {
             .map(|e| e.sequence)
             .collect();
         assert_eq!(listed, sequences);
+    }
+
+    pub async fn events_retention(store: Arc<dyn Store>) {
+        let mut sequences = Vec::new();
+        for n in 0..10 {
+            // event(n) is n ms after t0.
+            sequences.push(store.append_event(&event(n * 1000)).await.expect("append"));
+        }
+        let listed = |store: Arc<dyn Store>| async move {
+            store.list_events(0, 100).await.expect("list").into_iter().map(|e| e.sequence).collect::<Vec<_>>()
+        };
+        // Nothing to do: nothing removed.
+        assert_eq!(store.prune_events(None, None).await.expect("prune"), 0);
+        assert_eq!(store.prune_events(Some(t0()), Some(100)).await.expect("prune"), 0);
+        assert_eq!(listed(store.clone()).await, sequences);
+
+        // By age: events before the cut-off go, the one at it stays.
+        let cut = t0() + Duration::milliseconds(3000);
+        assert_eq!(store.prune_events(Some(cut), None).await.expect("prune by age"), 3);
+        assert_eq!(listed(store.clone()).await, sequences[3..]);
+
+        // By count: the newest stay.
+        assert_eq!(store.prune_events(None, Some(4)).await.expect("prune by count"), 3);
+        assert_eq!(listed(store.clone()).await, sequences[6..]);
+        assert_eq!(store.prune_events(None, Some(4)).await.expect("again"), 0);
+
+        // Both at once, and keeping none at all.
+        assert_eq!(store.prune_events(Some(t0() + Duration::milliseconds(7000)), Some(3)).await.expect("both"), 1);
+        assert_eq!(listed(store.clone()).await, sequences[7..]);
+        assert_eq!(store.prune_events(None, Some(0)).await.expect("keep none"), 3);
+        assert!(listed(store.clone()).await.is_empty());
+
+        // Sequence numbers go on increasing after pruning.
+        let next = store.append_event(&event(1)).await.expect("append");
+        assert!(next > sequences[9], "{next} after {}", sequences[9]);
     }
 
     // ---- deployments ----

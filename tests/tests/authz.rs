@@ -142,6 +142,8 @@ async fn try_join(
         token: token.to_owned(),
         node_name: name.to_owned(),
         csr_pem,
+        node_id: String::new(),
+        certificate_pem: String::new(),
     };
     let response = AgentServiceClient::new(channel)
         .join(request)

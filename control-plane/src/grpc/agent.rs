@@ -104,7 +104,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let address = remote(&request);
         let req = request.into_inner();
-        let input = JoinInput { token: req.token, node_name: req.node_name, csr_pem: req.csr_pem, address };
+        let input = JoinInput { token: req.token, node_name: req.node_name, csr_pem: req.csr_pem, address, rejoin_node_id: req.node_id, rejoin_certificate_pem: req.certificate_pem };
         let out = self.control_plane.join(input).await.map_err(|err| {
             tracing::warn!(error = %err, "join refused");
             status_from(err)
@@ -167,7 +167,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
                     }
                     Ok(Some(pb::AgentMessage { body: Some(Body::Result(result)) })) => {
                         let request_id = result.request_id.clone();
-                        tracing::debug!(node_id = %node_id, request_id = %request_id, ok = result.ok, "command result");
+                        tracing::debug!(node_id = %node_id, request_id = %diplo_api::text::node_text(&request_id), ok = result.ok, "command result");
                         if let Err(err) = control_plane.command_result(&caller, &request_id, command_outcome(result)).await {
                             tracing::warn!(node_id = %node_id, error = %err, "command result refused; ending session");
                             refused = Some(status_from(err));

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::auth::caller;
 use super::convert::{status_from, timestamp};
 use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, InstanceRecord, InstanceStatus, Strategy};
-use crate::service::{ControlPlane, DeployInput, DeploymentView};
+use crate::service::{ControlPlane, DeployInput, DeploymentView, WatchItem};
 
 /// The gRPC face of deployments and events.
 pub struct DeploymentApi {
@@ -203,24 +203,58 @@ impl pb::event_service_server::EventService for DeploymentApi {
         let caller = caller(&self.control_plane, &request).await?;
         let req = request.into_inner();
         let after = req.replay.then_some(req.after_sequence);
-        let (replay, live) = self.control_plane.watch_events(&caller, after).await.map_err(status_from)?;
+        let items = self.control_plane.watch_events(&caller, after).await.map_err(status_from)?;
         let kinds = req.kinds;
-        let to_pb = move |record: crate::model::EventRecord| -> Option<Result<pb::Event, Status>> {
-            if !kinds.is_empty() && !kinds.iter().any(|k| record.event.kind.starts_with(k.as_str())) {
+        let to_pb = move |item: WatchItem| -> Option<Result<pb::Event, Status>> {
+            if let WatchItem::Event(record) = &item
+                && !kinds.is_empty()
+                && !kinds.iter().any(|k| record.event.kind.starts_with(k.as_str()))
+            {
                 return None;
             }
-            Some(Ok(pb::Event {
-                sequence: record.sequence,
-                at: Some(timestamp(record.event.at)),
-                kind: record.event.kind,
-                actor: record.event.actor,
-                subject: record.event.subject,
-                message: record.event.message,
-                attributes: Default::default(),
-            }))
+            Some(Ok(event_to_pb(item)))
         };
-        let live = tokio_stream::StreamExt::filter_map(tokio_stream::wrappers::BroadcastStream::new(live), |r| r.ok());
-        let all = tokio_stream::StreamExt::chain(tokio_stream::iter(replay), live);
-        Ok(Response::new(Box::pin(tokio_stream::StreamExt::filter_map(all, to_pb))))
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::filter_map(items, to_pb))))
+    }
+}
+
+/// Kind of the marker a watcher that fell behind receives (whatever kinds it asked for).
+pub const LAGGED_KIND: &str = "watch.lagged";
+
+/// An event on the wire; a lag becomes a [`LAGGED_KIND`] marker (sequence 0) whose
+/// `missed` attribute says how many events were dropped.
+fn event_to_pb(item: WatchItem) -> pb::Event {
+    match item {
+        WatchItem::Event(record) => pb::Event {
+            sequence: record.sequence,
+            at: Some(timestamp(record.event.at)),
+            kind: record.event.kind,
+            actor: record.event.actor,
+            subject: record.event.subject,
+            message: record.event.message,
+            attributes: Default::default(),
+        },
+        WatchItem::Lagged { missed } => pb::Event {
+            sequence: 0,
+            at: Some(timestamp(chrono::Utc::now())),
+            kind: LAGGED_KIND.to_owned(),
+            actor: "system".to_owned(),
+            subject: String::new(),
+            message: format!("this watcher fell behind and missed {missed} event(s); watch again with replay from the last sequence seen"),
+            attributes: [("missed".to_owned(), missed.to_string())].into_iter().collect(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lag_is_a_marker_event_on_the_wire() {
+        let marker = event_to_pb(WatchItem::Lagged { missed: 42 });
+        assert_eq!((marker.kind.as_str(), marker.sequence), (LAGGED_KIND, 0));
+        assert_eq!(marker.attributes.get("missed").map(String::as_str), Some("42"));
+        assert!(marker.message.contains("missed 42"), "{}", marker.message);
     }
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod containers;
 mod convert;
 mod deployments;
+mod incoming;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,10 @@ pub enum GrpcServeError {
 /// presented, must chain to the cluster CA; each RPC then checks who is calling.
 /// Reflection needs a credential too (any role); only `AgentService.Join` and
 /// `grpc.health.v1` are open.
+///
+/// At most [`crate::config::Config::max_connections`] connections are open at once
+/// (the ones beyond are closed as soon as they are accepted), a TLS handshake must be
+/// over within [`incoming::HANDSHAKE_TIMEOUT`], and TCP keepalive finds dead peers.
 pub async fn serve(
     control_plane: Arc<ControlPlane>,
     listener: tokio::net::TcpListener,
@@ -55,7 +60,8 @@ pub async fn serve(
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&pki.server_chain_pem, &pki.server_key_pem))
         .client_ca_root(Certificate::from_pem(pki.ca.cert_pem()))
-        .client_auth_optional(true);
+        .client_auth_optional(true)
+        .timeout(incoming::HANDSHAKE_TIMEOUT);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AgentServiceServer<agent::AgentApi>>().await;
@@ -79,8 +85,9 @@ pub async fn serve(
         require_credential,
     );
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tracing::info!(%addr, "gRPC (TLS) listening");
+    let max_connections = control_plane.config().max_connections;
+    let incoming = incoming::limited(listener, max_connections);
+    tracing::info!(%addr, max_connections, "gRPC (TLS) listening");
     Server::builder()
         .tls_config(tls)
         .map_err(|source| GrpcServeError::Transport { addr, source })?

@@ -22,7 +22,7 @@ use super::ApiError;
 use crate::auth::Caller;
 use crate::error::ServiceError;
 use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, InstanceRecord, Strategy};
-use crate::service::{ControlPlane, DeployInput, DeploymentView, InstanceView};
+use crate::service::{ControlPlane, DeployInput, DeploymentView, InstanceView, WatchItem};
 
 type Api = State<Arc<ControlPlane>>;
 
@@ -411,21 +411,61 @@ pub struct EventsQuery {
     after: Option<u64>,
 }
 
-/// Server-Sent Events: every event as `event: KIND`, `id: SEQUENCE`, JSON data.
+/// Server-Sent Events: every event as `event: KIND`, `id: SEQUENCE`, JSON data. A
+/// watcher that fell behind gets `event: lagged` with `{"missed": N}` (reconnect with
+/// `?after=` the last id seen to replay them).
 pub async fn events(State(cp): Api, Extension(caller): Extension<Caller>, Query(q): Query<EventsQuery>) -> Result<Response, ApiError> {
-    let (replay, live) = cp.watch_events(&caller, q.after).await?;
-    let to_sse = |record: crate::model::EventRecord| {
-        let data = json!({
-            "sequence": record.sequence,
-            "at": record.event.at,
-            "kind": record.event.kind,
-            "actor": record.event.actor,
-            "subject": record.event.subject,
-            "message": record.event.message,
-        });
-        Ok::<_, Infallible>(Event::default().event(record.event.kind.clone()).id(record.sequence.to_string()).data(data.to_string()))
-    };
-    let live = tokio_stream::StreamExt::filter_map(tokio_stream::wrappers::BroadcastStream::new(live), |r| r.ok());
-    let stream = tokio_stream::StreamExt::map(tokio_stream::StreamExt::chain(tokio_stream::iter(replay), live), to_sse);
+    let items = cp.watch_events(&caller, q.after).await?;
+    let stream = tokio_stream::StreamExt::map(items, |item| Ok::<_, Infallible>(sse_event(item)));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn sse_event(item: WatchItem) -> Event {
+    match item {
+        WatchItem::Event(record) => {
+            let data = json!({
+                "sequence": record.sequence,
+                "at": record.event.at,
+                "kind": record.event.kind,
+                "actor": record.event.actor,
+                "subject": record.event.subject,
+                "message": record.event.message,
+            });
+            Event::default().event(record.event.kind.clone()).id(record.sequence.to_string()).data(data.to_string())
+        }
+        WatchItem::Lagged { missed } => Event::default().event("lagged").data(json!({ "missed": missed }).to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Role;
+
+    #[tokio::test]
+    async fn an_sse_watcher_that_falls_behind_gets_a_lagged_event() {
+        use futures::StreamExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = crate::service::tests::control_plane(dir.path()).await;
+        let caller = Caller::Operator { name: "admin".into(), role: Role::Admin };
+        let response = events(State(cp.clone()), Extension(caller), Query(EventsQuery { after: None })).await.expect("watch");
+        // More events than the live buffer holds, while the watcher reads nothing.
+        for i in 0..1100 {
+            cp.emit("test.event", "system", "s", format!("event {i}")).await;
+        }
+        let mut body = response.into_body().into_data_stream();
+        let mut text = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(chunk)) = body.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                if text.contains("event: lagged") && text.contains("event 1099") {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "no lagged event within 10 s; got {} bytes", text.len());
+        let lagged = text.split("\n\n").find(|frame| frame.contains("event: lagged")).expect("lagged frame");
+        assert!(lagged.contains(r#"data: {"missed":"#), "{lagged}");
+    }
 }

@@ -31,8 +31,15 @@ use crate::error::{ServiceError, ServiceResult};
 use crate::model::{EventRecord, NewEvent, NodeRecord, NodeStatus, ObservedContainer, Role, SessionMessage};
 use crate::nodes::NodeRegistry;
 use crate::pki::ClusterPki;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Audit, AuditLimiter, RateLimiter};
 use crate::store::Store;
+
+/// How often events past their retention are deleted.
+pub const EVENT_RETENTION_PERIOD: Duration = Duration::from_secs(600);
+
+/// `security.refused` events recorded per node and minute; further refusals are
+/// counted and summarised in one event when the minute is over.
+pub const REFUSAL_EVENTS_PER_MINUTE: u32 = 10;
 
 /// A join request as the service sees it.
 #[derive(Clone)]
@@ -45,6 +52,11 @@ pub struct JoinInput {
     pub csr_pem: String,
     /// Source address, for logs and the node record.
     pub address: String,
+    /// Re-join: the id of the node the agent was (its certificate expired); empty: a
+    /// new node.
+    pub rejoin_node_id: String,
+    /// Re-join: that node's last certificate, for the key that signed `csr_pem`.
+    pub rejoin_certificate_pem: String,
 }
 
 // The token carries its secret: debug output leaves it out.
@@ -99,6 +111,8 @@ pub struct ControlPlane {
     in_flight: reconciler::InFlight,
     api_tokens: tokens::ApiTokenCache,
     join_limiter: RateLimiter,
+    /// `security.refused` events per node and minute.
+    refusal_audit: AuditLimiter,
     /// Image platforms read from registries (placement's hard filter), cached.
     image_platforms: Arc<images::PlatformCache>,
 }
@@ -109,7 +123,7 @@ impl ControlPlane {
     pub async fn new(config: Config, store: Arc<dyn Store>, pki: ClusterPki) -> ServiceResult<Arc<Self>> {
         let nodes = NodeRegistry::new(config.heartbeat_interval, config.down_grace);
         for node in store.list_nodes().await? {
-            nodes.track(&node.id, node.status);
+            nodes.track_stored(&node.id, node.status, node.last_seen_at);
         }
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let api_tokens = tokens::ApiTokenCache::new(store.list_api_tokens().await?);
@@ -125,6 +139,7 @@ impl ControlPlane {
             in_flight: Default::default(),
             api_tokens,
             join_limiter,
+            refusal_audit: AuditLimiter::new(REFUSAL_EVENTS_PER_MINUTE, Duration::from_secs(60)),
             image_platforms: images::PlatformCache::new(diplo_api::registry::RegistryConfig::default()),
         }))
     }
@@ -172,6 +187,9 @@ impl ControlPlane {
             .filter(|record| record.secret_hash == hash_secret(&token.secret))
             .ok_or_else(|| ServiceError::Unauthenticated("join token not recognized".into()))?;
         tokens::join_token_usable(&record, now)?;
+        if !input.rejoin_node_id.is_empty() {
+            return self.rejoin(input, record, now).await;
+        }
         if self.store.get_node(&input.node_name).await?.is_some() {
             return Err(ServiceError::AlreadyExists(format!(
                 "node name {:?} is already in the cluster; pick another --name or remove it with `diplo nodes rm {}`",
@@ -206,6 +224,63 @@ impl ControlPlane {
             .await;
         Ok(JoinOutput {
             node_id,
+            certificate_pem,
+            ca_pem: self.pki.ca.cert_pem().to_owned(),
+            expires_at: DateTime::from_timestamp(expires.unix_timestamp(), 0).unwrap_or(now),
+        })
+    }
+
+    /// A node whose certificate expired while it was offline joins again with a join
+    /// token, keeping its id (so its containers, labelled with it, stay its own). Only
+    /// for a node of that name and id that is not connected, and only with proof that
+    /// the request comes from it: its last certificate, issued by this CA to that id for
+    /// the key that signed the CSR.
+    async fn rejoin(&self, input: JoinInput, token: crate::model::JoinTokenRecord, now: DateTime<Utc>) -> ServiceResult<JoinOutput> {
+        let node_id = diplo_api::text::node_text(&input.rejoin_node_id);
+        let node = self
+            .store
+            .get_node(&input.node_name)
+            .await?
+            .filter(|node| node.id == input.rejoin_node_id)
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!(
+                    "no node {:?} with id {node_id} in this cluster: join as a new node (delete the agent's data directory)",
+                    input.node_name
+                ))
+            })?;
+        if !self.pki.ca.proves_node_key(&input.rejoin_certificate_pem, &node.id, &input.csr_pem) {
+            return Err(ServiceError::PermissionDenied(format!(
+                "re-joining as node {} needs that node's last certificate and a CSR signed with its key",
+                node.name
+            )));
+        }
+        if self.nodes.live_status(&node.id).is_some_and(|live| live.connected) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "node {} is connected: a node re-joins only while it is offline (or remove it with `diplo nodes rm {}`)",
+                node.name, node.name
+            )));
+        }
+        let (certificate_pem, expires) = self
+            .pki
+            .ca
+            .sign_node_csr(&input.csr_pem, &node.id, &node.name, self.config.node_cert_lifetime)
+            .map_err(|e| ServiceError::invalid("csr_pem", e.to_string()))?;
+        if !self.store.use_join_token(&token.id, now).await? {
+            return Err(ServiceError::Unauthenticated(format!("join token {} is no longer usable", token.id)));
+        }
+        if !self.nodes.contains(&node.id) {
+            self.nodes.track_joined(&node.id);
+        }
+        tracing::info!(node_id = %node.id, node = %node.name, address = %input.address, token_id = %token.id, "node re-joined after its certificate expired");
+        self.emit(
+            "node.rejoined",
+            &format!("node:{}", node.id),
+            &node.id,
+            format!("node {} re-joined from {} with join token {} (its certificate had expired)", node.name, input.address, token.id),
+        )
+        .await;
+        Ok(JoinOutput {
+            node_id: node.id,
             certificate_pem,
             ca_pem: self.pki.ca.cert_pem().to_owned(),
             expires_at: DateTime::from_timestamp(expires.unix_timestamp(), 0).unwrap_or(now),
@@ -253,6 +328,10 @@ impl ControlPlane {
             .ca
             .sign_node_csr(csr_pem, node_id, &node.name, self.config.node_cert_lifetime)
             .map_err(|e| ServiceError::invalid("csr_pem", e.to_string()))?;
+        // The store's last_seen_at is then never older than the node's newest
+        // certificate, which re-joining after an expired certificate relies on.
+        let seen = crate::model::NodeStatusChange { node_id: node_id.clone(), status: NodeStatus::Ready, last_seen_at: Utc::now() };
+        self.store.apply_status_changes(&[seen]).await?;
         tracing::info!(node_id = %node_id, node = %node.name, "node certificate renewed");
         let until = DateTime::from_timestamp(expires.unix_timestamp(), 0).unwrap_or_else(Utc::now);
         self.emit("node.certificate_renewed", &caller.actor(), node_id, format!("node {} certificate renewed until {}", node.name, until.to_rfc3339()))
@@ -308,32 +387,68 @@ impl ControlPlane {
     ) -> ServiceResult<()> {
         let own = caller.require_any_node()?;
         match reported.into_iter().find(|id| !id.is_empty() && *id != own) {
-            Some(other) => Err(self.refuse(caller, format!("{what} reported a container of node {other}")).await),
+            Some(other) => {
+                Err(self.refuse(caller, format!("{what} reported a container of node {}", diplo_api::text::node_text(other))).await)
+            }
             None => Ok(()),
         }
     }
 
     /// Records something a node tried and the node authorizer refused as a
     /// `security.refused` event (who and what; never a secret), and returns the
-    /// `PermissionDenied` error to answer with.
+    /// `PermissionDenied` error to answer with. `attempt` is bounded and escaped
+    /// ([`diplo_api::text::node_text`]); at most [`REFUSAL_EVENTS_PER_MINUTE`] events are
+    /// recorded per node and minute, the rest are counted and summarised.
     pub async fn refuse(&self, caller: &Caller, attempt: String) -> ServiceError {
         let actor = caller.actor();
         let subject = match caller {
             Caller::Node { node_id } => node_id.clone(),
             Caller::Operator { name, .. } => name.clone(),
         };
-        tracing::warn!(actor = %actor, attempt = %attempt, "refused by the node authorizer");
-        self.emit("security.refused", &actor, &subject, format!("{actor} refused: {attempt}")).await;
+        let attempt = diplo_api::text::node_text(&attempt);
+        match self.refusal_audit.admit(&subject, Instant::now()) {
+            Audit::Record { suppressed_before } => {
+                if suppressed_before > 0 {
+                    self.emit_refusal_summary(&subject, suppressed_before).await;
+                }
+                tracing::warn!(actor = %actor, attempt = %attempt, "refused by the node authorizer");
+                self.emit("security.refused", &actor, &subject, format!("{actor} refused: {attempt}")).await;
+            }
+            Audit::Suppress => tracing::debug!(actor = %actor, attempt = %attempt, "refused by the node authorizer (not audited: over the rate)"),
+        }
         ServiceError::PermissionDenied(format!("{actor} may act only for its own node: {attempt}"))
+    }
+
+    /// The event that stands for `count` refusals of `subject` not recorded one by one.
+    async fn emit_refusal_summary(&self, subject: &str, count: u64) {
+        tracing::warn!(subject, count, "refusals not audited one by one (over the rate)");
+        let message = format!(
+            "{count} more refusal(s) of {subject} within a minute were not recorded one by one (at most {REFUSAL_EVENTS_PER_MINUTE} a minute)"
+        );
+        self.emit("security.refused", "system", subject, message).await;
+    }
+
+    /// Summarises the refusals of every node whose audit minute ended with refusals
+    /// left unrecorded.
+    pub async fn flush_refusal_summaries(&self, now: Instant) {
+        for (subject, count) in self.refusal_audit.take_ended(now) {
+            self.emit_refusal_summary(&subject, count).await;
+        }
     }
 
     /// Re-evaluates node health and persists the changes in one batch.
     pub async fn check_nodes(&self, now: Instant) -> ServiceResult<()> {
+        // A change stays pending in the registry until written: a failed write is
+        // retried, with whatever status the node has by then, at the next tick.
         let changes = self.nodes.tick(now);
         if changes.is_empty() {
             return Ok(());
         }
-        self.store.apply_status_changes(&changes).await?;
+        if let Err(err) = self.store.apply_status_changes(&changes).await {
+            tracing::warn!(error = %err, changes = changes.len(), "cannot persist node status changes; retrying at the next check");
+            return Err(err.into());
+        }
+        self.nodes.mark_persisted(&changes);
         for change in &changes {
             tracing::warn!(node_id = %change.node_id, status = %change.status, last_seen = %change.last_seen_at, "node status changed");
             let message = format!("node is {} (last heartbeat {})", change.status, change.last_seen_at.to_rfc3339());
@@ -353,6 +468,7 @@ impl ControlPlane {
             if let Err(err) = self.check_nodes(Instant::now()).await {
                 tracing::error!(error = %err, "node health check failed");
             }
+            self.flush_refusal_summaries(Instant::now()).await;
         }
     }
 
@@ -450,7 +566,8 @@ impl ControlPlane {
         }
     }
 
-    async fn emit(&self, kind: &str, actor: &str, subject: &str, message: String) {
+    /// Records an event and passes it to the watchers.
+    pub(crate) async fn emit(&self, kind: &str, actor: &str, subject: &str, message: String) {
         let event = NewEvent { at: Utc::now(), kind: kind.to_owned(), actor: actor.to_owned(), subject: subject.to_owned(), message };
         match self.store.append_event(&event).await {
             Ok(sequence) => {
@@ -461,25 +578,89 @@ impl ControlPlane {
         }
     }
 
-    /// Events from now on (after replaying stored ones above `after`, up to 1000).
+    /// Events from now on (after replaying stored ones above `after`, up to 1000), as
+    /// [`WatchItem`]s: a watcher too slow for the live events is told how many it
+    /// missed instead of losing them silently.
     pub async fn watch_events(
         &self,
         caller: &Caller,
         after: Option<u64>,
-    ) -> ServiceResult<(Vec<EventRecord>, tokio::sync::broadcast::Receiver<EventRecord>)> {
+    ) -> ServiceResult<std::pin::Pin<Box<dyn futures::Stream<Item = WatchItem> + Send>>> {
         caller.require_operator(Role::Viewer)?;
         let live = self.events.subscribe();
         let replay = match after {
             Some(after) => self.store.list_events(after, 1000).await?,
             None => Vec::new(),
         };
-        Ok((replay, live))
+        Ok(Box::pin(watch_stream(replay, live)))
+    }
+
+    /// Deletes the events past the retention ([`Config::events_max_age`],
+    /// [`Config::events_max_count`]) at `now`; returns how many.
+    pub async fn prune_events(&self, now: DateTime<Utc>) -> ServiceResult<u64> {
+        let older_than = self
+            .config
+            .events_max_age
+            .and_then(|age| chrono::Duration::from_std(age).ok())
+            .and_then(|age| now.checked_sub_signed(age));
+        let keep = self.config.events_max_count;
+        if older_than.is_none() && keep.is_none() {
+            return Ok(0);
+        }
+        let deleted = self.store.prune_events(older_than, keep).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, "events past their retention deleted");
+        }
+        Ok(deleted)
+    }
+
+    /// Runs [`ControlPlane::prune_events`] now and every [`EVENT_RETENTION_PERIOD`].
+    pub async fn run_event_retention(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(EVENT_RETENTION_PERIOD);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(err) = self.prune_events(Utc::now()).await {
+                tracing::error!(error = %err, "event retention failed; retrying at the next period");
+            }
+        }
     }
 
     /// Wakes the reconciler (after a change of desired or observed state).
     pub fn nudge_reconciler(&self) {
         self.reconcile.notify_one();
     }
+}
+
+/// What an event watcher receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchItem {
+    /// The next event.
+    Event(EventRecord),
+    /// The watcher fell behind the live events and `missed` of them were dropped; the
+    /// stored ones can be replayed from the last sequence it saw.
+    Lagged {
+        /// How many events it missed.
+        missed: u64,
+    },
+}
+
+/// `replay`, then what `live` receives, with a [`WatchItem::Lagged`] wherever the
+/// receiver fell behind.
+fn watch_stream(
+    replay: Vec<EventRecord>,
+    live: tokio::sync::broadcast::Receiver<EventRecord>,
+) -> impl futures::Stream<Item = WatchItem> + Send {
+    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+    use tokio_stream::StreamExt as _;
+    let live = tokio_stream::wrappers::BroadcastStream::new(live).map(|item| match item {
+        Ok(record) => WatchItem::Event(record),
+        Err(BroadcastStreamRecvError::Lagged(missed)) => {
+            tracing::warn!(missed, "an event watcher fell behind");
+            WatchItem::Lagged { missed }
+        }
+    });
+    tokio_stream::iter(replay.into_iter().map(WatchItem::Event)).chain(live)
 }
 
 /// Node names: 1 to 63 characters of lower-case letters, digits, `-` and `.`, starting
@@ -497,8 +678,135 @@ pub fn validate_node_name(name: &str) -> ServiceResult<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_told_how_many_events_it_missed() {
+        use futures::StreamExt as _;
+        let (tx, rx) = tokio::sync::broadcast::channel(2);
+        let record = |sequence: u64| EventRecord {
+            sequence,
+            event: NewEvent { at: Utc::now(), kind: "k".into(), actor: "a".into(), subject: "s".into(), message: String::new() },
+        };
+        let mut stream = Box::pin(watch_stream(vec![record(1)], rx));
+        for sequence in 2..=6 {
+            tx.send(record(sequence)).expect("send");
+        }
+        drop(tx);
+        let items: Vec<String> = stream
+            .by_ref()
+            .map(|item| match item {
+                WatchItem::Event(r) => format!("event {}", r.sequence),
+                WatchItem::Lagged { missed } => format!("lagged {missed}"),
+            })
+            .collect()
+            .await;
+        assert_eq!(items, ["event 1", "lagged 3", "event 5", "event 6"]);
+    }
+
+    /// A control plane on a fresh SQLite file in `dir`.
+    pub(crate) async fn control_plane(dir: &std::path::Path) -> Arc<ControlPlane> {
+        control_plane_with(Config::new(dir.to_owned())).await
+    }
+
+    async fn control_plane_with(config: Config) -> Arc<ControlPlane> {
+        let dir = config.data_dir.clone();
+        let store = crate::store::open(&format!("sqlite://{}", dir.join("diplo.db").display())).await.expect("store");
+        let pki = ClusterPki::load_or_create(&dir, &[]).expect("pki");
+        ControlPlane::new(config, store, pki).await.expect("control plane")
+    }
+
+    #[tokio::test]
+    async fn only_the_node_itself_can_rejoin_under_its_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control_plane = control_plane(dir.path()).await;
+        let admin = Caller::Operator { name: "admin".into(), role: Role::Admin };
+        let token = || async { control_plane.create_join_token(&admin, None, false, Default::default()).await.expect("token").token };
+        let join = |token: String, name: &str, csr_pem: String, rejoin: (&str, &str)| JoinInput {
+            token,
+            node_name: name.into(),
+            csr_pem,
+            address: "10.0.0.9:5000".into(),
+            rejoin_node_id: rejoin.0.into(),
+            rejoin_certificate_pem: rejoin.1.into(),
+        };
+        let (key, csr) = diplo_api::pki::generate_csr("pi").expect("csr");
+        let joined = control_plane.join(join(token().await, "pi", csr, ("", ""))).await.expect("join");
+        let own_csr = || diplo_api::pki::csr_for_key("pi", &key).expect("csr");
+        let stranger_csr = || diplo_api::pki::generate_csr("pi").expect("csr").1;
+        // A join token alone, or with the node's certificate but another key: refused.
+        for (csr, cert) in [(own_csr(), ""), (stranger_csr(), joined.certificate_pem.as_str())] {
+            let err = control_plane.join(join(token().await, "pi", csr, (&joined.node_id, cert))).await.expect_err("refused");
+            assert!(matches!(err, ServiceError::PermissionDenied(_)), "{err}");
+        }
+        // Another node's id, or a name that is not the node's: not found.
+        let err = control_plane.join(join(token().await, "pi", own_csr(), ("another-id", &joined.certificate_pem))).await.expect_err("refused");
+        assert!(matches!(err, ServiceError::NotFound(_)), "{err}");
+        let err = control_plane.join(join(token().await, "other", own_csr(), (&joined.node_id, &joined.certificate_pem))).await.expect_err("refused");
+        assert!(matches!(err, ServiceError::NotFound(_)), "{err}");
+        // The node itself (its certificate, its key), offline: the same id, a new certificate.
+        let rejoined = control_plane.join(join(token().await, "pi", own_csr(), (&joined.node_id, &joined.certificate_pem))).await.expect("rejoin");
+        assert_eq!(rejoined.node_id, joined.node_id);
+        assert_ne!(rejoined.certificate_pem, joined.certificate_pem);
+        assert_eq!(control_plane.store().list_nodes().await.expect("nodes").len(), 1);
+        // Connected: refused.
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        control_plane.nodes.connect(&joined.node_id, tx).expect("tracked");
+        let err = control_plane.join(join(token().await, "pi", own_csr(), (&joined.node_id, &joined.certificate_pem))).await.expect_err("refused");
+        assert!(matches!(err, ServiceError::FailedPrecondition(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn events_past_their_retention_are_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path().to_owned());
+        config.events_max_count = Some(5);
+        config.events_max_age = Some(Duration::from_secs(3600));
+        let control_plane = control_plane_with(config).await;
+        for i in 0..20 {
+            control_plane.emit("test.event", "system", "s", format!("event {i}")).await;
+        }
+        assert_eq!(control_plane.prune_events(Utc::now()).await.expect("prune"), 15);
+        let kept = control_plane.store().list_events(0, 100).await.expect("events");
+        assert_eq!(kept.iter().map(|e| e.event.message.as_str()).collect::<Vec<_>>(), ["event 15", "event 16", "event 17", "event 18", "event 19"]);
+        // Two hours on, all of them are past the age limit.
+        assert_eq!(control_plane.prune_events(Utc::now() + chrono::Duration::hours(2)).await.expect("prune"), 5);
+        // Without limits nothing goes.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(dir.path().to_owned());
+        (config.events_max_count, config.events_max_age) = (None, None);
+        let unlimited = control_plane_with(config).await;
+        unlimited.emit("test.event", "system", "s", "kept".into()).await;
+        assert_eq!(unlimited.prune_events(Utc::now() + chrono::Duration::days(10_000)).await.expect("prune"), 0);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_audited_bounded_and_at_most_n_a_minute_per_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control_plane = control_plane(dir.path()).await;
+        let hostile = Caller::Node { node_id: "node-a".into() };
+        let other = Caller::Node { node_id: "node-b".into() };
+        let long_id = format!("{}\n\u{1b}[2Jforged line", "x".repeat(50_000));
+        for _ in 0..200 {
+            let err = control_plane.authorize_report(&hostile, "heartbeat", [long_id.as_str()]).await.expect_err("refused");
+            assert!(err.to_string().chars().count() < 600, "the answer quotes the whole id");
+        }
+        control_plane.authorize_report(&other, "hello", ["node-c"]).await.expect_err("refused");
+        let events = control_plane.store().list_events(0, 1000).await.expect("events");
+        let of = |node: &str| events.iter().filter(|e| e.event.kind == "security.refused" && e.event.subject == node).count();
+        assert_eq!(of("node-a"), REFUSAL_EVENTS_PER_MINUTE as usize, "events of the hostile node");
+        assert_eq!(of("node-b"), 1, "another node keeps its own quota");
+        for event in &events {
+            assert!(event.event.message.chars().count() < 400, "{} chars", event.event.message.chars().count());
+            assert!(!event.event.message.contains('\n') && !event.event.message.contains('\u{1b}'), "{:?}", event.event.message);
+        }
+        // When the minute is over, one event says how many went unrecorded.
+        control_plane.flush_refusal_summaries(Instant::now() + Duration::from_secs(61)).await;
+        let events = control_plane.store().list_events(0, 1000).await.expect("events");
+        let summary = events.iter().rev().find(|e| e.event.subject == "node-a").expect("summary");
+        assert!(summary.event.message.starts_with("190 more refusal(s) of node-a"), "{}", summary.event.message);
+    }
 
     #[test]
     fn node_names_are_validated_naming_the_field() {

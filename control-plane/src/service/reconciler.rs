@@ -119,11 +119,10 @@ impl World {
                 for instance in self.instances.iter().filter(|i| {
                     i.node_id.as_deref() == Some(node.id.as_str()) && i.desired == InstanceDesired::Run && i.status != InstanceStatus::Lost
                 }) {
-                    *candidate.instances.entry(instance.deployment_id.clone()).or_insert(0) += 1;
+                    let count = candidate.instances.entry(instance.deployment_id.clone()).or_insert(0);
+                    *count = count.saturating_add(1);
                     if let Some(spec) = specs.get(&instance.deployment_id) {
-                        candidate.used_cpu_millis += u64::from(spec.container.cpu_millis.unwrap_or(0));
-                        candidate.used_memory_bytes += spec.container.memory_bytes.unwrap_or(0);
-                        candidate.used_ports.extend(spec.container.ports.iter().map(|p| (p.host_port, p.protocol)));
+                        add_usage(&mut candidate, spec);
                     }
                 }
                 for (_, container) in self.observed.iter().filter(|(n, _)| *n == node.id) {
@@ -612,9 +611,78 @@ impl ControlPlane {
 /// Accounts a new placement on its candidate, so later deployments in the same pass see it.
 fn account(candidates: &mut [NodeCandidate], node_id: &str, deployment_id: &str, spec: &DeploymentSpec) {
     if let Some(candidate) = candidates.iter_mut().find(|c| c.id == node_id) {
-        *candidate.instances.entry(deployment_id.to_owned()).or_insert(0) += 1;
-        candidate.used_cpu_millis += u64::from(spec.container.cpu_millis.unwrap_or(0));
-        candidate.used_memory_bytes += spec.container.memory_bytes.unwrap_or(0);
-        candidate.used_ports.extend(spec.container.ports.iter().map(|p| (p.host_port, p.protocol)));
+        let count = candidate.instances.entry(deployment_id.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        add_usage(candidate, spec);
+    }
+}
+
+/// Adds what one instance of `spec` uses to `candidate`, saturating: sizes come from
+/// operators and capacities from nodes, and neither may overflow the sums.
+fn add_usage(candidate: &mut NodeCandidate, spec: &DeploymentSpec) {
+    candidate.used_cpu_millis = candidate.used_cpu_millis.saturating_add(u64::from(spec.container.cpu_millis.unwrap_or(0)));
+    candidate.used_memory_bytes = candidate.used_memory_bytes.saturating_add(spec.container.memory_bytes.unwrap_or(0));
+    candidate.used_ports.extend(spec.container.ports.iter().map(|p| (p.host_port, p.protocol)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn spec(cpu_millis: Option<u32>, memory_bytes: Option<u64>) -> DeploymentSpec {
+        DeploymentSpec {
+            name: "web".into(),
+            replicas: 1,
+            runtime: None,
+            constraints: Default::default(),
+            strategy: Default::default(),
+            max_parallel: 1,
+            container: diplo_api::container::ContainerSpec { cpu_millis, memory_bytes, ..Default::default() },
+        }
+    }
+
+    fn candidate(cpus: u32, memory_bytes: u64) -> NodeCandidate {
+        NodeCandidate {
+            id: "n".into(),
+            name: "n".into(),
+            os: "linux".into(),
+            arch: "amd64".into(),
+            raspberry_pi: false,
+            ready: true,
+            cordoned: false,
+            labels: Default::default(),
+            runtimes: Vec::new(),
+            cpu_millis: u64::from(cpus) * 1000,
+            memory_bytes,
+            used_cpu_millis: 0,
+            used_memory_bytes: 0,
+            used_ports: Default::default(),
+            images: Default::default(),
+            instances: Default::default(),
+        }
+    }
+
+    proptest! {
+        /// Usage adds up without overflowing, whatever nodes report and specs ask for
+        /// (u64::MAX included): it saturates, and placement still runs.
+        #[test]
+        fn usage_saturates_instead_of_overflowing(
+            cpus in prop_oneof![Just(u32::MAX), any::<u32>()],
+            memory in prop_oneof![Just(u64::MAX), any::<u64>()],
+            requests in proptest::collection::vec((prop_oneof![Just(u32::MAX), any::<u32>()], prop_oneof![Just(u64::MAX), any::<u64>()]), 1..20),
+        ) {
+            let mut node = candidate(cpus, memory);
+            let (mut cpu_sum, mut memory_sum) = (0u128, 0u128);
+            for (cpu, mem) in &requests {
+                add_usage(&mut node, &spec(Some(*cpu), Some(*mem)));
+                cpu_sum += u128::from(*cpu);
+                memory_sum += u128::from(*mem);
+            }
+            prop_assert_eq!(u128::from(node.used_cpu_millis), cpu_sum.min(u128::from(u64::MAX)));
+            prop_assert_eq!(u128::from(node.used_memory_bytes), memory_sum.min(u128::from(u64::MAX)));
+            let request = request_for("d", &spec(Some(u32::MAX), Some(u64::MAX)), 3, None);
+            let _ = crate::scheduler::place(&[node], &request);
+        }
     }
 }

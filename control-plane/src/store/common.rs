@@ -347,6 +347,33 @@ macro_rules! impl_store {
                     rows.iter().map(event_from_row).collect()
                 }
 
+                async fn prune_events(
+                    &self,
+                    older_than: Option<DateTime<Utc>>,
+                    keep: Option<u64>,
+                ) -> StoreResult<u64> {
+                    let mut deleted = 0;
+                    if let Some(cut) = older_than {
+                        let done = sqlx::query("DELETE FROM events WHERE at < $1")
+                            .bind(millis(cut))
+                            .execute(&self.pool)
+                            .await?;
+                        deleted += done.rows_affected();
+                    }
+                    if let Some(keep) = keep {
+                        // The newest event beyond the `keep` newest, and all before it.
+                        let done = sqlx::query(
+                            "DELETE FROM events WHERE sequence <= \
+                             (SELECT sequence FROM events ORDER BY sequence DESC LIMIT 1 OFFSET $1)",
+                        )
+                        .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+                        .execute(&self.pool)
+                        .await?;
+                        deleted += done.rows_affected();
+                    }
+                    Ok(deleted)
+                }
+
                 // ---- deployments ----
 
                 async fn create_deployment(

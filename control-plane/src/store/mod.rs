@@ -133,6 +133,10 @@ pub trait Store: Send + Sync + 'static {
     async fn append_event(&self, event: &NewEvent) -> StoreResult<u64>;
     /// Up to `limit` events with a sequence number above `after`, oldest first.
     async fn list_events(&self, after: u64, limit: u32) -> StoreResult<Vec<EventRecord>>;
+    /// Deletes the events older than `older_than` and all but the newest `keep` (each
+    /// limit only when given); returns how many were deleted. Sequence numbers are never
+    /// reused.
+    async fn prune_events(&self, older_than: Option<DateTime<Utc>>, keep: Option<u64>) -> StoreResult<u64>;
 
     // ---- deployments ----
 
