@@ -152,17 +152,12 @@ mod tests {
         let err = Cli::try_parse_from(["diplo-control-plane", "serve", "--allow-host-path", "/srv/a"]).err().expect("serve runs no agent");
         assert!(err.to_string().contains("--allow-host-path"), "{err}");
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     fn config(args: &[&str]) -> anyhow::Result<Config> {
         let mut argv = vec!["diplo-control-plane", "serve", "--data-dir", "/tmp/diplo-test"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv)?.command {
-            Command::Serve(options) | Command::Dev(options) => options.into_config("/tmp/diplo-test"),
+            Command::Serve(options) | Command::Dev(DevOptions { options, .. }) => options.into_config("/tmp/diplo-test"),
         }
     }
 

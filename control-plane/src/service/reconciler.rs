@@ -652,6 +652,7 @@ mod tests {
             ready: true,
             cordoned: false,
             labels: Default::default(),
+            reported_labels: Default::default(),
             runtimes: Vec::new(),
             cpu_millis: u64::from(cpus) * 1000,
             memory_bytes,
