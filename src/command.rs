@@ -10,6 +10,7 @@ use crate::wire::{container_info, container_state, WireError};
 
 /// One lifecycle operation for an agent.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant, reason = "one command per operator call or reconciler step, moved a few times: boxing the spec would buy nothing")]
 pub enum CommandOp {
     /// Pull the image if needed, create and start a container.
     Create(ContainerSpec),

@@ -202,6 +202,7 @@ pub struct ObservedContainer {
 
 /// A message pushed down an agent's session (the gRPC adapter converts it to the wire).
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant, reason = "a command is the common message; boxing it would only add an allocation")]
 pub enum SessionMessage {
     /// First answer to the agent's hello: its node id and the heartbeat interval to keep.
     Welcome {

@@ -59,6 +59,9 @@ impl Reference {
                 && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
                 && part.starts_with(|c: char| c.is_ascii_alphanumeric())
         };
+        if !registry_host_ok(&registry) {
+            return Err(format!("{reference:?}: invalid registry host {registry:?} (letters, digits, '.', '-', and an optional :port)"));
+        }
         if registry.is_empty() || !repository.split('/').all(component_ok) {
             return Err(format!("{reference:?}: invalid repository name (lowercase letters, digits, '.', '_', '-', '/')"));
         }
@@ -75,6 +78,29 @@ impl Reference {
     pub fn manifest_reference(&self) -> &str {
         self.digest.as_deref().or(self.tag.as_deref()).unwrap_or("latest")
     }
+}
+
+/// `host[:port]` as a registry is named: DNS labels of letters, digits and `-` (not at either
+/// end) separated by dots, or a bracketed IPv6 address; an optional numeric port. Nothing
+/// else may reach a URL, a command line or a config file as a registry's name.
+fn registry_host_ok(registry: &str) -> bool {
+    let port_ok = |port: &str| !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = registry.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else { return false };
+        return v6.parse::<std::net::Ipv6Addr>().is_ok() && (after.is_empty() || after.strip_prefix(':').is_some_and(port_ok));
+    }
+    let (host, port) = match registry.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (registry, None),
+    };
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    port.is_none_or(port_ok) && !host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok)
 }
 
 impl fmt::Display for Reference {
@@ -108,7 +134,10 @@ mod tests {
         assert_eq!(r.tag, None);
         assert_eq!(r.manifest_reference(), digest);
         assert_eq!(r.to_string(), format!("example.com:443/a/b@{digest}"));
-        for bad in ["", "UPPER/case", "x:", "x@sha256:12", "a//b"] {
+        for good in ["registry.local/a", "reg-1.example.com:5000/a", "[::1]:5000/a/b", "localhost:5000/x"] {
+            assert!(Reference::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "UPPER/case", "x:", "x@sha256:12", "a//b", "-x.y/foo", "a.b#c/foo", "x.-y/foo", "a.b:port/foo", "a..b/foo", "[zz]:1/a", "a.b:123456/x"] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
     }

@@ -294,8 +294,8 @@ impl ContainerdRuntime {
         let config_bytes = match self.read_blob_if_present(&manifest.config.digest).await? {
             Some(bytes) => bytes,
             None => {
-                let response = self.registry.blob(reference, &manifest.config.digest).await?;
-                let bytes = response.bytes().await.map_err(|e| failed(format!("downloading config of {reference}: {e}")))?.to_vec();
+                // A config is a small document: read within the registry client's size and time limits.
+                let bytes = self.registry.small_blob(reference, &manifest.config.digest).await?;
                 self.write_blob(lease, &manifest.config, BlobSource::Memory(Some(bytes.clone())), HashMap::new()).await?;
                 bytes
             }
@@ -508,7 +508,12 @@ impl ContainerdRuntime {
         let mut out = Vec::new();
         loop {
             match stream.message().await {
-                Ok(Some(chunk)) => out.extend_from_slice(&chunk.data),
+                Ok(Some(chunk)) => {
+                    out.extend_from_slice(&chunk.data);
+                    if out.len() > diplo_api::registry::MAX_DOCUMENT_BYTES {
+                        return Err(failed(format!("blob {digest} is larger than {} bytes", diplo_api::registry::MAX_DOCUMENT_BYTES)));
+                    }
+                }
                 Ok(None) => break,
                 Err(status) if status.code() == Code::NotFound => return Ok(None),
                 Err(status) => return Err(grpc_error(status)),

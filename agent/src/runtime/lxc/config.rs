@@ -206,10 +206,11 @@ pub(super) fn check_reference(reference: &str) -> RuntimeResult<()> {
     if reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid("image", format!("{reference:?} is not an image reference")));
     }
-    let parsed = Reference::parse(reference).map_err(|message| invalid("image", message))?;
-    let host_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':');
-    if reference.starts_with('-') || !parsed.registry.chars().all(host_ok) || parsed.registry.starts_with(['-', '.', ':']) {
-        return Err(invalid("image", format!("{reference:?}: invalid registry {:?}", parsed.registry)));
+    // The parser admits only well-formed registry hosts and repository names, so nothing
+    // that reaches skopeo can start with `-`.
+    Reference::parse(reference).map_err(|message| invalid("image", message))?;
+    if reference.starts_with('-') {
+        return Err(invalid("image", format!("{reference:?} is not an image reference")));
     }
     Ok(())
 }
