@@ -2184,6 +2184,16 @@ async fn a_label_a_node_reports_itself_does_not_attract_constrained_workloads() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(placed, vouched.id, "the instance goes to the node the admin labelled, not {}", claimer.id);
+
+    // Listings tell the two kinds of labels apart: `labels` are the admin's, the node's own
+    // claims stay in its fingerprint.
+    let nodes = admin(&control_plane).await.list_nodes(pb::ListNodesRequest::default()).await.expect("nodes").into_inner().nodes;
+    let node = |id: &str| nodes.iter().find(|n| n.id == id).cloned().unwrap_or_else(|| panic!("node {id} listed: {nodes:?}"));
+    let (claimer_node, vouched_node) = (node(&claimer.id), node(&vouched.id));
+    assert!(claimer_node.labels.is_empty(), "{claimer_node:?}");
+    assert_eq!(claimer_node.fingerprint.as_ref().map(|f| f.labels.get("zone").cloned()), Some(Some("secure".to_owned())));
+    assert_eq!(vouched_node.labels.get("zone").map(String::as_str), Some("secure"), "{vouched_node:?}");
+    assert!(vouched_node.fingerprint.as_ref().is_some_and(|f| !f.labels.contains_key("zone")), "{vouched_node:?}");
 }
 
 #[tokio::test]

@@ -37,8 +37,7 @@ pub fn node_status(status: NodeStatus) -> pb::NodeStatus {
 }
 
 pub fn node(record: &NodeRecord) -> pb::Node {
-    let mut fingerprint = pb::NodeFingerprint::from(&record.fingerprint);
-    fingerprint.labels.extend(record.labels.clone());
+    let fingerprint = pb::NodeFingerprint::from(&record.fingerprint);
     pb::Node {
         id: record.id.clone(),
         name: record.name.clone(),
@@ -48,6 +47,7 @@ pub fn node(record: &NodeRecord) -> pb::Node {
         joined_at: Some(timestamp(record.joined_at)),
         last_seen_at: Some(timestamp(record.last_seen_at)),
         address: record.address.clone(),
+        labels: record.labels.clone().into_iter().collect(),
     }
 }
 
