@@ -363,11 +363,9 @@ impl ContainerdRuntime {
 
     fn write_state(&self, id: &str, state: &State) -> RuntimeResult<()> {
         let dir = self.container_dir(id);
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| failed(e.to_string()))?;
-        let temporary = dir.join("state.json.tmp");
-        std::fs::write(&temporary, bytes)
-            .and_then(|()| std::fs::rename(&temporary, dir.join("state.json")))
-            .map_err(|e| failed(format!("cannot write state of {id}: {e}")))
+        let text = serde_json::to_string_pretty(state).map_err(|e| failed(e.to_string()))?;
+        // The spec holds the environment (secrets): written 0600 through a fresh temporary name.
+        diplo_api::files::write_private(&dir.join("state.json"), &text).map_err(|e| failed(format!("cannot write state of {id}: {e}")))
     }
 
     fn spawn_log_copier(&self, id: &str, stdout: tokio::net::unix::pipe::Receiver, stderr: tokio::net::unix::pipe::Receiver) {

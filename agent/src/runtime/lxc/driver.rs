@@ -321,10 +321,9 @@ impl LxcRuntime {
 
     fn save(&self, state: &State) -> RuntimeResult<()> {
         let dir = self.dir(&state.spec.name);
-        let text = serde_json::to_vec_pretty(state).map_err(|e| failed(format!("cannot encode the state of {}: {e}", state.spec.name)))?;
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, dir.join(STATE_FILE)))
+        let text = serde_json::to_string_pretty(state).map_err(|e| failed(format!("cannot encode the state of {}: {e}", state.spec.name)))?;
+        // The spec holds the environment (secrets): written 0600 through a fresh temporary name.
+        diplo_api::files::write_private(&dir.join(STATE_FILE), &text)
             .map_err(|e| failed(format!("cannot write {}: {}", dir.join(STATE_FILE).display(), describe_io(&e))))
     }
 
