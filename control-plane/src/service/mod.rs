@@ -9,6 +9,7 @@ mod instances;
 mod reconciler;
 mod tokens;
 
+pub use commands::{stream_end_note, COMMAND_TIMEOUT};
 pub use containers::{check_container_spec, place_container, ContainerView, CreateContainer, Logs, RuntimeStatus, DEFAULT_STOP_GRACE};
 pub use deployments::{validate_deployment_spec, DeployInput, Deployed, DeploymentView};
 pub use images::{PlatformCache, PlatformLookup, PLATFORMS_TTL};
@@ -280,6 +281,8 @@ impl ControlPlane {
     pub fn close_session(&self, node_id: &str, session: u64) {
         self.nodes.disconnect(node_id, session);
         tracing::info!(node_id, session, "session closed");
+        // No answer can come back on it any more: its waiters fail now, not at their timeout.
+        self.end_session_commands(node_id, session);
     }
 
     /// Checks that a node certificate still belongs to a node of the cluster.
