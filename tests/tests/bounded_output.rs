@@ -87,9 +87,10 @@ fn follow_until(control_plane: &ControlPlane, path: &str, token: &str, marker: &
 
 fn bounded_logs_on(runtime: &str) {
     let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(30)));
-    let _cleanup = RemoveAllOnDrop(&control_plane);
     let token = control_plane.join_token(&[]);
     let mut agent: Agent = control_plane.start_agent_with_env("big-logs", Some(&token), &[("DIPLO_RUNTIMES", runtime)]);
+    // Declared after the agent: dropped (removing the containers) while it still runs.
+    let _cleanup = RemoveAllOnDrop(&control_plane);
     let node = wait_until("the node to be ready", Duration::from_secs(60), POLL, || {
         let nodes = control_plane.try_nodes()?;
         match diplo_tests::find_node(&nodes, "big-logs") {
@@ -162,6 +163,13 @@ fn bounded_logs_on(runtime: &str) {
         assert!(stdout.len() <= 4 * 1024 * 1024 + 64, "{} bytes", stdout.len());
         assert_eq!(exec["exit_code"], 0, "{}", exec["stderr"]);
     }
+
+    // Over gRPC (the CLI) too: the default tail, and the maximum enforced naming `tail`.
+    let shown = control_plane.cli_ok(&["containers", "logs", &name]);
+    assert_eq!(shown.lines().count(), 1000, "the CLI's default tail");
+    let refused = control_plane.cli(&["containers", "logs", "--tail", "10001", &name]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && message.contains("invalid tail"), "{message}");
 
     let peak = memory_kib(pid, "VmHWM");
     eprintln!("[test] {runtime}: the agent's VmRSS was {rss_before} KiB before the reads, its VmHWM {peak} KiB after");
