@@ -172,7 +172,7 @@ impl ControlPlane {
 
     /// Starts a container.
     pub async fn start_container(&self, caller: &Caller, id: &str) -> ServiceResult<ContainerView> {
-        self.lifecycle(caller, id, "started", |id| CommandOp::Start(id)).await
+        self.lifecycle(caller, id, "started", CommandOp::Start).await
     }
 
     /// Stops a container (SIGTERM, SIGKILL after `grace`).
@@ -183,7 +183,7 @@ impl ControlPlane {
 
     /// Restarts a container.
     pub async fn restart_container(&self, caller: &Caller, id: &str) -> ServiceResult<ContainerView> {
-        self.lifecycle(caller, id, "restarted", |id| CommandOp::Restart(id)).await
+        self.lifecycle(caller, id, "restarted", CommandOp::Restart).await
     }
 
     /// Removes a container; `force` stops it first.

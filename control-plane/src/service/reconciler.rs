@@ -266,7 +266,7 @@ impl ControlPlane {
     async fn reconcile_deployment(
         self: &Arc<Self>,
         world: &World,
-        candidates: &mut Vec<NodeCandidate>,
+        candidates: &mut [NodeCandidate],
         deployment: &DeploymentRecord,
         mut instances: Vec<InstanceRecord>,
         platforms: Option<&PlatformLookup>,
