@@ -3,8 +3,10 @@
 //!   take the instance out of reconciliation: stopped behind Diplo's back afterwards,
 //!   it is started again;
 //! * a node whose session closes while a command waits for it fails that command at
-//!   once (503 within seconds), not at the command timeout.
+//!   once (503 within seconds), not at the command timeout, and a reader following
+//!   that node's logs sees its stream end with a note saying why.
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use diplo_tests::{wait_until, ControlPlane, ControlPlaneOptions};
@@ -146,6 +148,19 @@ fn a_session_that_closes_fails_its_pending_command_at_once() {
     assert_eq!(created.status, 201, "{}", created.body);
     let id = created.json()["id"].as_str().expect("id").to_owned();
 
+    // A reader following the container's (quiet) logs.
+    let mut follower = std::net::TcpStream::connect(control_plane.rest_addr()).expect("connect to REST");
+    follower.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
+    write!(
+        follower,
+        "GET /api/v1/containers/{id}/logs?follow=true HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        control_plane.admin_token()
+    )
+    .expect("send the follow request");
+    let mut head = [0u8; 12];
+    follower.read_exact(&mut head).expect("the follow answer starts");
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+
     // An exec that takes a minute; the agent dies while it runs.
     let exec = {
         let url = format!("/api/v1/containers/{id}/exec");
@@ -169,4 +184,12 @@ fn a_session_that_closes_fails_its_pending_command_at_once() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("disconnected"), "{body}");
     assert!(after_kill < Duration::from_secs(10), "the exec failed {after_kill:?} after the agent died");
+
+    // The followed logs ended too, saying why (the session closing or the agent's
+    // output stream failing, whichever the control plane noticed first).
+    let mut rest = Vec::new();
+    let read = follower.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(read.is_ok(), "the followed logs did not end: {read:?} after {rest:?}");
+    assert!(rest.contains("[output ended: "), "{rest}");
 }
