@@ -232,10 +232,15 @@ impl ControlPlane {
         let welcome = SessionMessage::Welcome { node_id: node_id.clone(), heartbeat_interval: self.config.heartbeat_interval };
         // The channel is new and empty: this cannot fail for lack of room.
         let _ = tx.try_send(welcome);
+        let replaced = self.nodes.session(node_id).map(|(session, _)| session);
         let session = self
             .nodes
             .connect(node_id, tx)
             .ok_or_else(|| ServiceError::PermissionDenied(format!("node {node_id} is not a member of this cluster")))?;
+        // The agent left its previous session: nothing sent on it can be answered any more.
+        if let Some(replaced) = replaced {
+            self.end_session_commands(node_id, replaced);
+        }
         self.nodes.set_containers(node_id, containers);
         let runtimes: Vec<&str> = fingerprint.available_runtimes().iter().map(|r| r.name()).collect();
         tracing::info!(node_id = %node_id, node = %node.name, address, runtimes = ?runtimes, session, "session opened");
