@@ -229,9 +229,15 @@ pub const MAX_LOG_TAIL: u32 = 10_000;
 /// does not follow returns; the rest is left out and [`output_truncated_note`] says so.
 pub const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 
-/// The line that replaces output left out beyond [`MAX_OUTPUT_BYTES`].
+/// The line that replaces output left out beyond [`MAX_OUTPUT_BYTES`] (at the end).
 pub fn output_truncated_note() -> String {
     format!("\n[output truncated after {} MiB]\n", MAX_OUTPUT_BYTES / (1024 * 1024))
+}
+
+/// The line that opens a log read whose older lines were left out to stay within
+/// [`MAX_OUTPUT_BYTES`] (the newest are kept).
+pub fn log_truncated_note() -> String {
+    format!("[earlier lines left out: only the last {} MiB of the log are returned]\n", MAX_OUTPUT_BYTES / (1024 * 1024))
 }
 
 impl LogOptions {
@@ -346,6 +352,7 @@ mod tests {
         assert_eq!(with(Some(MAX_LOG_TAIL + 1)).bounded().tail, Some(MAX_LOG_TAIL));
         assert_eq!(with(None).bounded().tail, Some(DEFAULT_LOG_TAIL));
         assert_eq!(output_truncated_note(), "\n[output truncated after 4 MiB]\n");
+        assert!(log_truncated_note().contains("last 4 MiB"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
 
-use diplo_api::container::{output_truncated_note, ExecOutput, LogChunk, OutputStream, MAX_OUTPUT_BYTES};
+use diplo_api::container::{log_truncated_note, output_truncated_note, ExecOutput, LogChunk, OutputStream, MAX_OUTPUT_BYTES};
 
 /// Size of the blocks [`tail_lines`] reads.
 pub const TAIL_BLOCK: usize = 64 * 1024;
@@ -71,8 +71,8 @@ pub fn tail_lines<R: Read + Seek>(file: &mut R, end: u64, lines: usize, max_byte
     }
     let (start, truncated) = match start {
         Some(start) => (start, false),
-        // The whole file holds fewer lines than wanted.
-        None if position == 0 => (0, false),
+        // The whole file holds fewer lines than wanted, and fits the budget.
+        None if end <= max_bytes as u64 => (0, false),
         // Out of budget: begin with the first line that starts within it, or else
         // with the last `max_bytes` bytes of the one line that fills it.
         None => {
@@ -193,7 +193,7 @@ pub async fn collect_process(mut command: tokio::process::Command) -> io::Result
 }
 
 /// The newest output of a log read, kept up to a byte budget: older chunks are
-/// dropped as newer ones come; when any were, stdout starts with the note.
+/// dropped as newer ones come; when any were, stdout starts with the log's note.
 #[derive(Debug)]
 pub struct TailCollector {
     chunks: VecDeque<LogChunk>,
@@ -240,7 +240,7 @@ impl TailCollector {
     pub fn finish(self) -> ExecOutput {
         let mut output = ExecOutput::default();
         if self.dropped {
-            output.stdout.extend_from_slice(output_truncated_note().trim_start().as_bytes());
+            output.stdout.extend_from_slice(log_truncated_note().as_bytes());
         }
         for chunk in self.chunks {
             match chunk.stream {
@@ -309,6 +309,9 @@ mod tests {
         assert_eq!((tail.data.as_slice(), tail.truncated), (&b"789\n"[..], true));
         let tail = tail_of(b"01234\n6789", 3, 3, 2);
         assert_eq!((tail.data.as_slice(), tail.truncated), (&b"789"[..], true));
+        // A file one byte longer than the budget, with fewer lines than wanted.
+        let tail = tail_of(b"\n\nabc", 5, 4, 1);
+        assert_eq!((tail.data.as_slice(), tail.truncated), (&b"\nabc"[..], true));
     }
 
     #[test]
@@ -352,8 +355,7 @@ mod tests {
             logs.push(LogChunk { stream, data: data.as_bytes().to_vec() });
         }
         let output = logs.finish();
-        let note = output_truncated_note();
-        assert_eq!(output.stdout, format!("{}new\n", note.trim_start()).into_bytes());
+        assert_eq!(output.stdout, format!("{}new\n", log_truncated_note()).into_bytes());
         assert_eq!(output.stderr, b"e\n");
         let mut whole = TailCollector::new(100);
         whole.push(LogChunk { stream: OutputStream::Stdout, data: b"all\n".to_vec() });
@@ -374,7 +376,7 @@ mod tests {
         }
 
         #[test]
-        fn a_budgeted_tail_is_a_suffix_of_whole_lines_within_the_budget(
+        fn a_budgeted_tail_is_a_suffix_within_the_budget(
             text in proptest::collection::vec(prop_oneof![1 => Just(b'\n'), 6 => any::<u8>()], 0..300),
             lines in 1usize..30,
             max_bytes in 1usize..120,
