@@ -229,6 +229,43 @@ pub struct LogOptions {
     pub timestamps: bool,
 }
 
+/// Lines a log read goes back when it names no `tail` (or 0).
+pub const DEFAULT_LOG_TAIL: u32 = 1_000;
+/// The most lines a log read may go back.
+pub const MAX_LOG_TAIL: u32 = 10_000;
+/// The most bytes of output (stdout and stderr together) an exec or a log read that
+/// does not follow returns; the rest is left out and [`output_truncated_note`] says so.
+pub const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The line that replaces output left out beyond [`MAX_OUTPUT_BYTES`] (at the end).
+pub fn output_truncated_note() -> String {
+    format!("\n[output truncated after {} MiB]\n", MAX_OUTPUT_BYTES / (1024 * 1024))
+}
+
+/// The line that opens a log read whose older lines were left out to stay within
+/// [`MAX_OUTPUT_BYTES`] (the newest are kept).
+pub fn log_truncated_note() -> String {
+    format!("[earlier lines left out: only the last {} MiB of the log are returned]\n", MAX_OUTPUT_BYTES / (1024 * 1024))
+}
+
+impl LogOptions {
+    /// How many lines to go back: `tail`, or [`DEFAULT_LOG_TAIL`] when it is unset or
+    /// 0. A `tail` above [`MAX_LOG_TAIL`] is refused with a message for the `tail` field.
+    pub fn tail_lines(&self) -> Result<u32, String> {
+        match self.tail {
+            None | Some(0) => Ok(DEFAULT_LOG_TAIL),
+            Some(lines) if lines > MAX_LOG_TAIL => Err(format!("{lines} lines is more than the maximum of {MAX_LOG_TAIL}")),
+            Some(lines) => Ok(lines),
+        }
+    }
+
+    /// These options with `tail` always set: as [`LogOptions::tail_lines`] gives it,
+    /// capped at [`MAX_LOG_TAIL`] instead of refused (for readers that must not fail).
+    pub fn bounded(self) -> LogOptions {
+        LogOptions { tail: Some(self.tail_lines().unwrap_or(MAX_LOG_TAIL)), ..self }
+    }
+}
+
 /// Which stream a log chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -320,6 +357,20 @@ mod tests {
         for free in ["team", "diplo", "diplonode", "x.diplo.node", "", "é"] {
             assert!(!is_reserved_label(free), "{free}");
         }
+    }
+
+    #[test]
+    fn log_tails_default_and_are_capped() {
+        let with = |tail| LogOptions { tail, ..LogOptions::default() };
+        for (tail, lines) in [(None, Ok(DEFAULT_LOG_TAIL)), (Some(0), Ok(DEFAULT_LOG_TAIL)), (Some(5), Ok(5)), (Some(MAX_LOG_TAIL), Ok(MAX_LOG_TAIL))] {
+            assert_eq!(with(tail).tail_lines(), lines, "{tail:?}");
+        }
+        let refused = with(Some(MAX_LOG_TAIL + 1)).tail_lines().expect_err("above the maximum");
+        assert!(refused.contains("10000"), "{refused}");
+        assert_eq!(with(Some(MAX_LOG_TAIL + 1)).bounded().tail, Some(MAX_LOG_TAIL));
+        assert_eq!(with(None).bounded().tail, Some(DEFAULT_LOG_TAIL));
+        assert_eq!(output_truncated_note(), "\n[output truncated after 4 MiB]\n");
+        assert!(log_truncated_note().contains("last 4 MiB"));
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub mod pb {
 
     /// Encoded file descriptor set of `diplo.v1`, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("diplo_descriptor");
+
+    /// The largest gRPC message any Diplo client or server sends or accepts, set
+    /// explicitly on both sides: twice [`crate::container::MAX_OUTPUT_BYTES`], so that
+    /// a command result carrying the most output an agent returns always fits.
+    pub const MAX_MESSAGE_BYTES: usize = 2 * crate::container::MAX_OUTPUT_BYTES;
 }
 
 /// Installs rustls' ring crypto provider for the process. Every binary and test

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use diplo_api::command::{AgentCommand, CommandError, CommandErrorCode, CommandOp, CommandOutcome, CommandOutput};
-use diplo_api::container::{ContainerInfo, ExecOutput, LogChunk, LogOptions, OutputStream, LABEL_NODE};
+use diplo_api::container::{ContainerInfo, ExecOutput, LogChunk, LogOptions, LABEL_NODE};
 use diplo_api::runtime::Runtime;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 
 use crate::host_paths::HostPathPolicy;
+use crate::runtime::output::TailCollector;
 use crate::runtime::{ContainerRuntime, RuntimeError, RuntimeStream};
 
 /// The runtimes this node can drive, by kind.
@@ -71,7 +72,7 @@ impl Executor {
     /// Opens a followed log stream for a `Logs` command with `follow`.
     pub fn follow_logs(&self, runtime: Runtime, id: String, options: LogOptions) -> BoxFuture<'static, Result<RuntimeStream<LogChunk>, CommandError>> {
         let driver = self.driver(runtime).cloned();
-        Box::pin(async move { driver?.logs(&id, options).await.map_err(command_error) })
+        Box::pin(async move { driver?.logs(&id, options.bounded()).await.map_err(command_error) })
     }
 
     /// Every container this node created (Diplo's labels with this node's id), on every
@@ -123,7 +124,7 @@ async fn run_op(driver: Arc<dyn ContainerRuntime>, op: CommandOp, node_id: Strin
         }
         CommandOp::Exec { id, argv } => CommandOutput { exec: Some(driver.exec(id, argv).await?), ..Default::default() },
         CommandOp::Logs { id, options } => {
-            CommandOutput { exec: Some(collect_logs(driver.logs(id, *options).await?).await?), ..Default::default() }
+            CommandOutput { exec: Some(collect_logs(driver.logs(id, options.bounded()).await?).await?), ..Default::default() }
         }
         CommandOp::PullImage(image) => {
             driver.ensure_image(image).await?;
@@ -153,16 +154,14 @@ async fn create_and_start(driver: &dyn ContainerRuntime, spec: &diplo_api::conta
     driver.inspect(&id).await
 }
 
+/// The newest [`MAX_OUTPUT_BYTES`](diplo_api::container::MAX_OUTPUT_BYTES) of a log
+/// read that does not follow (older output is dropped as it is read, with a note).
 async fn collect_logs(mut stream: RuntimeStream<LogChunk>) -> Result<ExecOutput, RuntimeError> {
-    let mut output = ExecOutput::default();
+    let mut output = TailCollector::default();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        match chunk.stream {
-            OutputStream::Stdout => output.stdout.extend(chunk.data),
-            OutputStream::Stderr => output.stderr.extend(chunk.data),
-        }
+        output.push(chunk?);
     }
-    Ok(output)
+    Ok(output.finish())
 }
 
 /// Maps a driver error to the code the control plane turns into a gRPC/HTTP status.

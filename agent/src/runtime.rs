@@ -7,6 +7,7 @@ pub mod containerd;
 pub mod docker;
 mod docker_api;
 pub mod lxc;
+pub mod output;
 pub mod podman;
 pub mod rootfs;
 

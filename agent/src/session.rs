@@ -179,11 +179,17 @@ async fn join_once(
         node_id: rejoin_node_id.to_owned(),
         certificate_pem: rejoin_certificate.to_owned(),
     };
-    match AgentServiceClient::new(channel).join(request).await {
+    match agent_client(channel).join(request).await {
         Ok(response) => Ok(response.into_inner()),
         Err(status) if retryable(&status) => Err(JoinAttempt::Retry(status.message().to_owned())),
         Err(status) => Err(JoinAttempt::Fatal(AgentError::Refused(status.message().to_owned()))),
     }
+}
+
+/// The agent service's client, with the message size limit set explicitly on both
+/// directions ([`pb::MAX_MESSAGE_BYTES`], as the control plane's server has).
+fn agent_client(channel: tonic::transport::Channel) -> AgentServiceClient<tonic::transport::Channel> {
+    AgentServiceClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES).max_encoding_message_size(pb::MAX_MESSAGE_BYTES)
 }
 
 fn retryable(status: &tonic::Status) -> bool {
@@ -269,7 +275,7 @@ async fn session_once(
         Err(err @ TlsError::Pem { .. }) => return SessionEnd::Fatal(err.into()),
         Err(err) => return SessionEnd::Retry(err.to_string()),
     };
-    let mut client = AgentServiceClient::new(channel);
+    let mut client = agent_client(channel);
     let fingerprint = probe(probe_config).await;
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
     let hello = pb::Hello { fingerprint: Some((&fingerprint).into()), containers: observed(executor, &identity.node_id).await };
@@ -393,7 +399,10 @@ fn spawn_command(
     });
 }
 
-/// Streams a command's output to the control plane until either side stops.
+/// Streams a command's output to the control plane until either side stops. The
+/// stream always ends with an explicit end-of-output chunk, after a note on stderr
+/// when the runtime's stream failed; when the control plane stops reading (its reader
+/// went away), the runtime's stream is dropped at once, even while it is idle.
 fn forward_output(
     mut client: AgentServiceClient<tonic::transport::Channel>,
     request_id: String,
@@ -402,16 +411,35 @@ fn forward_output(
     let (tx, rx) = mpsc::channel::<pb::OutputChunk>(16);
     tokio::spawn(async move {
         let mut stream = stream;
-        while let Some(Ok(chunk)) = stream.next().await {
-            let stream_name = match chunk.stream {
-                OutputStream::Stdout => "stdout",
-                OutputStream::Stderr => "stderr",
+        let chunk = |stream: &str, data: Vec<u8>, eof: bool| pb::OutputChunk { request_id: request_id.clone(), stream: stream.into(), data, eof };
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                () = tx.closed() => return,
             };
-            let chunk = pb::OutputChunk { request_id: request_id.clone(), stream: stream_name.into(), data: chunk.data, eof: false };
-            if tx.send(chunk).await.is_err() {
-                break;
+            let message = match next {
+                Some(Ok(item)) => {
+                    let stream_name = match item.stream {
+                        OutputStream::Stdout => "stdout",
+                        OutputStream::Stderr => "stderr",
+                    };
+                    chunk(stream_name, item.data, false)
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(request_id = %request_id, error = %err, "output stream failed");
+                    let note = format!("\n[output ended: {err}]\n").into_bytes();
+                    if tx.send(chunk("stderr", note, false)).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                None => break,
+            };
+            if tx.send(message).await.is_err() {
+                return;
             }
         }
+        let _ = tx.send(chunk("stdout", Vec::new(), true)).await;
     });
     Box::pin(async move {
         if let Err(status) = client.stream_output(ReceiverStream::new(rx)).await {

@@ -26,6 +26,15 @@ pub fn context_path(explicit: Option<PathBuf>) -> Result<PathBuf> {
     })
 }
 
+/// A Diplo service client with its message size limit set explicitly in both
+/// directions ([`diplo_api::pb::MAX_MESSAGE_BYTES`], as the control plane's server has).
+macro_rules! limited {
+    ($client:expr) => {
+        $client.max_decoding_message_size(diplo_api::pb::MAX_MESSAGE_BYTES).max_encoding_message_size(diplo_api::pb::MAX_MESSAGE_BYTES)
+    };
+}
+pub(crate) use limited;
+
 /// Opens a gRPC channel to the context's control plane with its operator certificate.
 pub async fn connect(context: &CliContext) -> Result<Channel> {
     let read = |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));

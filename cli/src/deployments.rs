@@ -33,7 +33,7 @@ pub struct DeployArgs {
 /// Deploys, then shows progress until every replica runs (exit 0) or the timeout passes
 /// with the deployment still not running (exit 1, with its message).
 pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
-    let mut client = DeploymentServiceClient::new(channel);
+    let mut client = crate::client::limited!(DeploymentServiceClient::new(channel));
     let runtime = match &args.runtime {
         Some(name) => pb::RuntimeKind::from(name.parse::<diplo_api::runtime::Runtime>()?) as i32,
         None => 0,
@@ -93,7 +93,7 @@ pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
 
 /// `diplo apps …`.
 pub async fn apps(channel: Channel, command: crate::AppsCommand) -> Result<()> {
-    let mut client = DeploymentServiceClient::new(channel);
+    let mut client = crate::client::limited!(DeploymentServiceClient::new(channel));
     match command {
         crate::AppsCommand::Ls { output } => {
             let list = client.list_deployments(pb::ListDeploymentsRequest {}).await.map_err(status_error)?.into_inner().deployments;
@@ -164,7 +164,7 @@ fn deployment_json(d: &pb::Deployment) -> serde_json::Value {
 
 /// `diplo events [-f]`: stored events, then (with `follow`) new ones as they happen.
 pub async fn events(channel: Channel, follow: bool) -> Result<()> {
-    let mut client = EventServiceClient::new(channel);
+    let mut client = crate::client::limited!(EventServiceClient::new(channel));
     let mut stream = client
         .watch(pb::WatchRequest { kinds: Vec::new(), after_sequence: 0, replay: true })
         .await

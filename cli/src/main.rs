@@ -287,7 +287,7 @@ pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
 async fn run(cli: Cli) -> Result<()> {
     let context = CliContext::load(&client::context_path(cli.config)?)?;
     let channel = client::connect(&context).await?;
-    let mut cluster = ClusterServiceClient::new(channel.clone());
+    let mut cluster = client::limited!(ClusterServiceClient::new(channel.clone()));
     match cli.command {
         Command::Status { output } => {
             let status = cluster.get_status(pb::GetStatusRequest {}).await.map_err(status_error)?.into_inner();
@@ -319,7 +319,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Nodes { command } => nodes(&mut cluster, command).await?,
         Command::JoinToken { command } => join_token(&mut cluster, command).await?,
         Command::ApiToken { command } => api_token(&mut cluster, command).await?,
-        Command::Containers { command } => containers::run(ContainerServiceClient::new(channel), command).await?,
+        Command::Containers { command } => containers::run(client::limited!(ContainerServiceClient::new(channel)), command).await?,
         Command::Deploy { name, image, replicas, publish, env, runtime, node, strategy, restart, idempotency_key, detach, timeout, command } => {
             let args = deployments::DeployArgs {
                 name, image, replicas, publish, env, runtime, node, strategy, restart, idempotency_key, detach, timeout, command,

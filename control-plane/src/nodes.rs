@@ -167,9 +167,9 @@ impl<T> NodeRegistry<T> {
         })
     }
 
-    /// The downstream channel of the node's open session.
-    pub fn downstream(&self, node_id: &str) -> Option<Downstream<T>> {
-        self.lock().get(node_id).and_then(|node| node.session.as_ref().map(|(_, tx)| tx.clone()))
+    /// The node's open session: its number and downstream channel.
+    pub fn session(&self, node_id: &str) -> Option<(u64, Downstream<T>)> {
+        self.lock().get(node_id).and_then(|node| node.session.as_ref().map(|(session, tx)| (*session, tx.clone())))
     }
 
     /// Replaces what a node reported running (from a hello or heartbeat).

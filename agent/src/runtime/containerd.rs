@@ -960,8 +960,8 @@ impl ContainerRuntime for ContainerdRuntime {
             self.wait_log_copier(&container.id, Duration::from_secs(2)).await;
         }
         let path = self.container_dir(&container.id).join(LOG_FILE);
-        let (records, mut offset) =
-            logs::tail(&path, options.tail).await.map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+        let lines = options.bounded().tail.unwrap_or(diplo_api::container::DEFAULT_LOG_TAIL);
+        let (records, mut offset) = logs::tail(&path, lines).await.map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<RuntimeResult<LogChunk>>(64);
         let channel = self.channel.clone();
         let container_id = container.id.clone();
@@ -981,9 +981,10 @@ impl ContainerRuntime for ContainerdRuntime {
                 let task = tasks.get(request(GetRequest { container_id: container_id.clone(), exec_id: String::new() }, None)).await;
                 let alive = task.ok().and_then(|r| r.into_inner().process).is_some_and(|p| running(Some(&p)))
                     || copier_done.as_ref().is_some_and(|done| !*done.borrow());
-                match logs::read_from(&path, offset).await {
+                let more = match logs::read_from(&path, offset).await {
                     Ok((data, end)) => {
                         offset = end;
+                        let more = data.len() == logs::READ_STEP;
                         pending.extend_from_slice(&data);
                         let (records, used) = logs::parse_records(&pending);
                         pending.drain(..used);
@@ -992,11 +993,15 @@ impl ContainerRuntime for ContainerdRuntime {
                                 return;
                             }
                         }
+                        more
                     }
                     Err(e) => {
                         let _ = tx.send(Err(failed(format!("cannot read {}: {e}", path.display())))).await;
                         return;
                     }
+                };
+                if more {
+                    continue;
                 }
                 if !alive || tx.is_closed() {
                     return;
@@ -1058,8 +1063,14 @@ impl ContainerRuntime for ContainerdRuntime {
             let _ =
                 tasks.delete_process(request(DeleteProcessRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None)).await;
             let exit_code = outcome?;
-            let read = |path: &Path| std::fs::read(path).map_err(|e| failed(format!("cannot read {}: {e}", path.display())));
-            Ok(ExecOutput { exit_code, stdout: read(&stdout)?, stderr: read(&stderr)? })
+            // Each file is read only as far as the output budget goes.
+            let mut collected = crate::runtime::output::OutputCollector::default();
+            for (path, stream) in [(&stdout, diplo_api::container::OutputStream::Stdout), (&stderr, diplo_api::container::OutputStream::Stderr)] {
+                let (data, _) = crate::runtime::output::read_span(path, 0, diplo_api::container::MAX_OUTPUT_BYTES + 1)
+                    .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+                collected.push(stream, &data);
+            }
+            Ok(collected.finish(exit_code))
         }
         .await;
         let _ = std::fs::remove_file(&stdout);

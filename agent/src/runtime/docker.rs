@@ -713,7 +713,7 @@ impl ContainerRuntime for DockerRuntime {
             since: 0,
             until: 0,
             timestamps: options.timestamps,
-            tail: options.tail.map_or_else(|| "all".to_owned(), |tail| tail.to_string()),
+            tail: options.bounded().tail.unwrap_or(diplo_api::container::DEFAULT_LOG_TAIL).to_string(),
         };
         let (runtime, socket, name) = (self.runtime, self.socket.clone(), id.to_owned());
         let stream = docker.logs(&target, Some(options)).filter_map(move |item| {
@@ -744,7 +744,8 @@ impl ContainerRuntime for DockerRuntime {
             ..Default::default()
         };
         let exec = docker.create_exec(target, config).await.map_err(|e| self.error(&e, "container", id))?;
-        let mut output = ExecOutput::default();
+        // Output beyond the budget is read and dropped, so that the command can finish.
+        let mut output = super::output::OutputCollector::default();
         let started = docker
             .start_exec(&exec.id, Some(StartExecOptions { detach: false, tty: false, output_capacity: None }))
             .await
@@ -755,8 +756,8 @@ impl ContainerRuntime for DockerRuntime {
         drop(input);
         while let Some(item) = stream.next().await {
             match item.map_err(|e| self.error(&e, "container", id))? {
-                LogOutput::StdOut { message } | LogOutput::Console { message } => output.stdout.extend_from_slice(&message),
-                LogOutput::StdErr { message } => output.stderr.extend_from_slice(&message),
+                LogOutput::StdOut { message } | LogOutput::Console { message } => output.push(OutputStream::Stdout, &message),
+                LogOutput::StdErr { message } => output.push(OutputStream::Stderr, &message),
                 LogOutput::StdIn { .. } => {}
             }
         }
@@ -767,8 +768,7 @@ impl ContainerRuntime for DockerRuntime {
             if inspected.running != Some(true)
                 && let Some(code) = inspected.exit_code
             {
-                output.exit_code = code;
-                return Ok(output);
+                return Ok(output.finish(code));
             }
             if Instant::now() >= deadline {
                 return Err(RuntimeError::Failed {

@@ -198,28 +198,56 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let caller = caller(&self.control_plane, &request).await?;
         caller.require_any_node().map_err(status_from)?;
         let mut chunks = request.into_inner();
-        let mut sink = None;
-        let mut request_id = String::new();
-        while let Some(chunk) = chunks.message().await? {
-            if sink.is_none() {
-                request_id = chunk.request_id.clone();
-                match self.control_plane.output_sink(&caller, &request_id).await.map_err(status_from)? {
-                    Some(tx) => sink = Some(tx),
-                    None => return Err(Status::cancelled("nobody is reading this output any more")),
+        // The first chunk names the command; the stream is forgotten however it ends.
+        let Some(first) = chunks.message().await? else { return Ok(Response::new(pb::StreamOutputResponse {})) };
+        let request_id = first.request_id.clone();
+        let Some(sink) = self.control_plane.output_sink(&caller, &request_id).await.map_err(status_from)? else {
+            return Err(Status::cancelled("nobody is reading this output any more"));
+        };
+        let _forget = CloseOutput { control_plane: &self.control_plane, request_id: &request_id };
+        let mut next = Some(first);
+        loop {
+            let chunk = match next.take() {
+                Some(chunk) => chunk,
+                None => {
+                    let received = tokio::select! {
+                        received = chunks.message() => received,
+                        () = sink.closed() => return Err(Status::cancelled("the reader went away")),
+                    };
+                    match received {
+                        Ok(Some(chunk)) => chunk,
+                        // Ended without its end-of-output mark: the reader is told.
+                        Ok(None) => {
+                            let _ = sink.try_send(crate::service::stream_end_note("the agent's output stream ended early"));
+                            break;
+                        }
+                        Err(status) => {
+                            let _ = sink.try_send(crate::service::stream_end_note(&format!("the agent's output stream failed: {}", status.message())));
+                            return Err(status);
+                        }
+                    }
                 }
-            }
+            };
             if chunk.eof {
                 break;
             }
             let stream = if chunk.stream == "stderr" { OutputStream::Stderr } else { OutputStream::Stdout };
-            if let Some(tx) = &sink
-                && tx.send(LogChunk { stream, data: chunk.data }).await.is_err()
-            {
-                self.control_plane.close_output(&request_id);
+            if sink.send(LogChunk { stream, data: chunk.data }).await.is_err() {
                 return Err(Status::cancelled("the reader went away"));
             }
         }
-        self.control_plane.close_output(&request_id);
         Ok(Response::new(pb::StreamOutputResponse {}))
+    }
+}
+
+/// Forgets an output stream when its handler ends, whichever way.
+struct CloseOutput<'a> {
+    control_plane: &'a ControlPlane,
+    request_id: &'a str,
+}
+
+impl Drop for CloseOutput<'_> {
+    fn drop(&mut self) {
+        self.control_plane.close_output(self.request_id);
     }
 }

@@ -41,6 +41,14 @@ pub enum GrpcServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// A Diplo service with its message size limit set explicitly in both directions
+/// ([`diplo_api::pb::MAX_MESSAGE_BYTES`], as every Diplo client has).
+macro_rules! limited {
+    ($server:expr) => {
+        $server.max_decoding_message_size(diplo_api::pb::MAX_MESSAGE_BYTES).max_encoding_message_size(diplo_api::pb::MAX_MESSAGE_BYTES)
+    };
+}
+
 /// Serves gRPC over TLS on `listener` until `shutdown` resolves. Client certificates
 /// are optional at the handshake (so that `Join` works without one) but, when
 /// presented, must chain to the cluster CA; each RPC then checks who is calling.
@@ -96,11 +104,11 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AgentServiceServer::new(agent::AgentApi::new(control_plane.clone())))
-        .add_service(ClusterServiceServer::new(cluster::ClusterApi::new(control_plane.clone())))
-        .add_service(ContainerServiceServer::new(containers::ContainerApi::new(control_plane.clone())))
-        .add_service(DeploymentServiceServer::new(deployments::DeploymentApi::new(control_plane.clone())))
-        .add_service(EventServiceServer::new(deployments::DeploymentApi::new(control_plane)))
+        .add_service(limited!(AgentServiceServer::new(agent::AgentApi::new(control_plane.clone()))))
+        .add_service(limited!(ClusterServiceServer::new(cluster::ClusterApi::new(control_plane.clone()))))
+        .add_service(limited!(ContainerServiceServer::new(containers::ContainerApi::new(control_plane.clone()))))
+        .add_service(limited!(DeploymentServiceServer::new(deployments::DeploymentApi::new(control_plane.clone()))))
+        .add_service(limited!(EventServiceServer::new(deployments::DeploymentApi::new(control_plane))))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|source| GrpcServeError::Transport { addr, source })

@@ -9,6 +9,7 @@ mod status;
 pub mod tls;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
@@ -18,13 +19,19 @@ use axum::Router;
 
 use crate::auth::Caller;
 use crate::error::ServiceError;
-use crate::service::ControlPlane;
+use crate::service::{ControlPlane, COMMAND_TIMEOUT};
 
 pub use error::ApiError;
 
+/// How long a REST call that does not stream may take before it is answered 503: a
+/// little longer than a command may take on a node, so that a node's own timeout is
+/// what a caller normally sees.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(COMMAND_TIMEOUT.as_secs() + 30);
+
 /// Builds the REST router.
 pub fn router(control_plane: Arc<ControlPlane>) -> Router {
-    let api = Router::new()
+    // Calls answered once done: each within [`REQUEST_TIMEOUT`].
+    let timed = Router::new()
         .route("/api/status", get(status::system_status))
         .route("/api/v1/compute/cluster/status", get(status::cluster_status))
         .route("/api/v1/nodes", get(status::list_nodes))
@@ -34,7 +41,6 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/containers/{id}/start", post(containers::start))
         .route("/api/v1/containers/{id}/stop", post(containers::stop))
         .route("/api/v1/containers/{id}/restart", post(containers::restart))
-        .route("/api/v1/containers/{id}/logs", get(containers::logs))
         .route("/api/v1/containers/{id}/exec", post(containers::exec))
         .route("/api/v1/runtime/info", get(containers::runtime_info))
         .route("/api/{runtime}/status", get(containers::runtime_status))
@@ -53,9 +59,26 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/compute/instances/{id}/stop", put(deployments::stop_instance))
         .route("/api/v1/compute/instances/{id}/restart", put(deployments::restart_instance))
         .route("/api/v1/compute/instances/{id}/usage", get(deployments::instance_usage))
-        .route("/api/v1/events", get(deployments::events))
-        .route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(REQUEST_TIMEOUT, time_limit));
+    // Calls that may stream for as long as the caller reads (followed logs, events).
+    let streaming = Router::new()
+        .route("/api/v1/containers/{id}/logs", get(containers::logs))
+        .route("/api/v1/events", get(deployments::events));
+    let api = timed.merge(streaming).route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
     Router::new().route("/healthz", get(|| async { "ok" })).merge(api).with_state(control_plane)
+}
+
+/// Answers 503 for a call that is not done within `limit` (its handler is dropped,
+/// which releases whatever it held).
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(%method, path, limit_s = limit.as_secs(), "REST call timed out");
+            ApiError::from(ServiceError::Unavailable(format!("{method} {path} did not finish within {limit:?}"))).into_response()
+        }
+    }
 }
 
 /// Serves the REST gateway on `listener` until `shutdown` resolves: over HTTPS with
@@ -92,5 +115,32 @@ async fn authenticate(State(control_plane): State<Arc<ControlPlane>>, mut reques
             next.run(request).await
         }
         Err(err) => ApiError::from(err).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn calls_that_do_not_finish_in_time_are_answered_503() {
+        let slow = || async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "late"
+        };
+        // Fallback handlers, so that these test paths stay out of the route walk of the authz tests.
+        let limited = |app: Router| app.layer(middleware::from_fn_with_state(Duration::from_millis(100), time_limit));
+        let (slow, quick) = (limited(Router::new().fallback(slow)), limited(Router::new().fallback(|| async { "ok" })));
+        let started = std::time::Instant::now();
+        let response = slow.oneshot(Request::get("/slow").body(Body::empty()).expect("request")).await.expect("response");
+        assert_eq!(response.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.expect("body");
+        assert!(String::from_utf8_lossy(&body).contains("GET /slow did not finish within"), "{body:?}");
+        let response = quick.oneshot(Request::get("/quick").body(Body::empty()).expect("request")).await.expect("response");
+        assert_eq!(response.status(), axum::http::StatusCode::OK);
+        assert!(REQUEST_TIMEOUT > COMMAND_TIMEOUT);
     }
 }

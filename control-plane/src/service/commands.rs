@@ -1,45 +1,188 @@
 //! Sending commands down an agent's session and waiting for their results; routing the
 //! bulk output (followed logs) an agent streams back, tagged with the command's id.
+//!
+//! Every command ends: sending it and waiting for its result together take at most
+//! [`COMMAND_TIMEOUT`]; a waiter that goes away (a client that disconnects) takes its
+//! entry with it; and when a node's session closes, every command sent on it fails at
+//! once as `Unavailable` and every output stream of that node ends with a note.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use diplo_api::command::{AgentCommand, CommandErrorCode, CommandOp, CommandOutcome, CommandOutput};
-use diplo_api::container::LogChunk;
+use diplo_api::container::{LogChunk, OutputStream};
 use diplo_api::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ServiceError, ServiceResult};
 use crate::model::SessionMessage;
 
-/// How long a command may take on the agent (pulls included).
+/// How long a command may take on the agent (pulls included), sending it included.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Commands awaiting their result, and output streams awaiting their chunks.
-#[derive(Default)]
+/// Where a command went: its node and the session it was sent on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Route {
+    node_id: String,
+    session: u64,
+}
+
+/// Entries by request id, each with where its command went.
+type Routed<T> = Arc<Mutex<HashMap<String, (Route, T)>>>;
+
+/// Commands awaiting their result, and output streams awaiting their chunks, by
+/// request id.
+#[derive(Default, Clone)]
 pub struct PendingCommands {
-    results: Mutex<HashMap<String, (String, oneshot::Sender<CommandOutcome>)>>,
-    outputs: Mutex<HashMap<String, (String, mpsc::Sender<LogChunk>)>>,
+    results: Routed<oneshot::Sender<CommandOutcome>>,
+    outputs: Routed<mpsc::Sender<LogChunk>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A command's place among the pending results: removed when dropped, whichever way
+/// its waiter ends (answered, timed out, cancelled).
+#[must_use = "the pending result is forgotten when this is dropped"]
+pub struct PendingResult {
+    pending: PendingCommands,
+    request_id: String,
+}
+
+impl Drop for PendingResult {
+    fn drop(&mut self) {
+        lock(&self.pending.results).remove(&self.request_id);
+    }
+}
+
+/// An output stream's place among the pending outputs until it is handed to its
+/// reader: removed when dropped unless [`PendingOutput::keep`] was called.
+#[must_use = "the pending output is forgotten when this is dropped"]
+pub struct PendingOutput {
+    pending: PendingCommands,
+    request_id: String,
+    keep: bool,
+}
+
+impl PendingOutput {
+    /// Leaves the entry for the agent's stream (which ends it).
+    fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for PendingOutput {
+    fn drop(&mut self) {
+        if !self.keep {
+            lock(&self.pending.outputs).remove(&self.request_id);
+        }
+    }
+}
+
+impl PendingCommands {
+    /// Registers a command sent on `session` of `node_id`; its result arrives on the receiver.
+    fn expect_result(&self, request_id: &str, node_id: &str, session: u64) -> (PendingResult, oneshot::Receiver<CommandOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        let route = Route { node_id: node_id.to_owned(), session };
+        lock(&self.results).insert(request_id.to_owned(), (route, tx));
+        (PendingResult { pending: self.clone(), request_id: request_id.to_owned() }, rx)
+    }
+
+    /// Registers an output stream for a command to `node_id` (its session is set by
+    /// [`PendingCommands::expect_result`] of the same command).
+    fn expect_output(&self, request_id: &str, node_id: &str, session: u64) -> (PendingOutput, mpsc::Receiver<LogChunk>) {
+        let (tx, rx) = mpsc::channel(64);
+        let route = Route { node_id: node_id.to_owned(), session };
+        lock(&self.outputs).insert(request_id.to_owned(), (route, tx));
+        (PendingOutput { pending: self.clone(), request_id: request_id.to_owned(), keep: false }, rx)
+    }
+
+    /// The node a pending result is expected from.
+    fn result_node(&self, request_id: &str) -> Option<String> {
+        lock(&self.results).get(request_id).map(|(route, _)| route.node_id.clone())
+    }
+
+    /// Hands a result to its waiter; `false` when nobody waits for it any more.
+    fn deliver(&self, request_id: &str, outcome: CommandOutcome) -> bool {
+        match lock(&self.results).remove(request_id) {
+            Some((_, tx)) => tx.send(outcome).is_ok(),
+            None => false,
+        }
+    }
+
+    /// The node an output stream is expected from, and its sink.
+    fn output(&self, request_id: &str) -> Option<(String, mpsc::Sender<LogChunk>)> {
+        lock(&self.outputs).get(request_id).map(|(route, tx)| (route.node_id.clone(), tx.clone()))
+    }
+
+    /// Forgets an output stream.
+    fn close_output(&self, request_id: &str) {
+        lock(&self.outputs).remove(request_id);
+    }
+
+    /// Ends everything sent on `session` of `node_id`: each waiting command fails at
+    /// once (`Unavailable`), each output stream gets a last note and ends. Returns how
+    /// many commands and streams were ended.
+    fn session_closed(&self, node_id: &str, session: u64) -> usize {
+        let on_session = |route: &Route| route.node_id == node_id && route.session == session;
+        let failed: Vec<_> = {
+            let mut results = lock(&self.results);
+            let ids: Vec<String> = results.iter().filter(|(_, (route, _))| on_session(route)).map(|(id, _)| id.clone()).collect();
+            ids.into_iter().filter_map(|id| results.remove(&id)).collect()
+        };
+        let ended: Vec<_> = {
+            let mut outputs = lock(&self.outputs);
+            let ids: Vec<String> = outputs.iter().filter(|(_, (route, _))| on_session(route)).map(|(id, _)| id.clone()).collect();
+            ids.into_iter().filter_map(|id| outputs.remove(&id)).collect()
+        };
+        let count = failed.len() + ended.len();
+        for (_, tx) in failed {
+            let _ = tx.send(Err(diplo_api::command::CommandError {
+                code: CommandErrorCode::Unavailable,
+                message: format!("node {node_id} disconnected before answering"),
+            }));
+        }
+        for (_, tx) in ended {
+            // Best effort: a reader that is behind simply sees the stream end.
+            let _ = tx.try_send(stream_end_note(&format!("node {node_id} disconnected")));
+        }
+        count
+    }
+}
+
+/// The last chunk of an output stream that ends for another reason than its source
+/// ending: says why, on stderr.
+pub fn stream_end_note(reason: &str) -> LogChunk {
+    LogChunk { stream: OutputStream::Stderr, data: format!("\n[output ended: {reason}]\n").into_bytes() }
+}
+
+/// Sends `message` down a session, giving up at `deadline` (a session whose agent does
+/// not read fills its channel, and a send would otherwise wait forever).
+async fn send_within(downstream: &mpsc::Sender<SessionMessage>, message: SessionMessage, deadline: Instant, node_id: &str) -> ServiceResult<()> {
+    match tokio::time::timeout_at(deadline, downstream.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(ServiceError::Unavailable(format!("node {node_id} is not connected"))),
+        Err(_) => Err(ServiceError::Unavailable(format!(
+            "node {node_id} did not take the command within {COMMAND_TIMEOUT:?}: its session is not being read"
+        ))),
+    }
+}
+
 impl ControlPlane {
-    /// Sends a command to a node and waits for its result.
+    /// Sends a command to a node and waits for its result, [`COMMAND_TIMEOUT`] at most.
     pub(crate) async fn send_command(&self, node_id: &str, runtime: Runtime, op: CommandOp) -> ServiceResult<CommandOutput> {
-        let (request_id, rx) = self.dispatch(node_id, runtime, op).await?;
-        let outcome = match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let (_pending, rx) = self.dispatch(node_id, runtime, op, &request_id, deadline).await?;
+        let outcome = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => return Err(ServiceError::Unavailable(format!("node {node_id} went away before answering"))),
-            Err(_) => {
-                lock(&self.pending.results).remove(&request_id);
-                return Err(ServiceError::Unavailable(format!("node {node_id} did not answer within {COMMAND_TIMEOUT:?}")));
-            }
+            Err(_) => return Err(ServiceError::Unavailable(format!("node {node_id} did not answer within {COMMAND_TIMEOUT:?}"))),
         };
         outcome.map_err(|err| match err.code {
             CommandErrorCode::NotFound => ServiceError::NotFound(err.message),
@@ -54,81 +197,69 @@ impl ControlPlane {
     }
 
     /// Sends a command whose output the agent will stream back; returns the receiver of
-    /// that output once the agent has accepted the command.
+    /// that output once the agent has accepted the command. The stream ends when the
+    /// agent's output ends, the agent's stream fails, or the node's session closes (the
+    /// last two with a note saying so).
     pub(crate) async fn open_output(&self, node_id: &str, runtime: Runtime, op: CommandOp) -> ServiceResult<mpsc::Receiver<LogChunk>> {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
         let request_id = uuid::Uuid::new_v4().to_string();
-        let (tx, rx) = mpsc::channel(64);
-        lock(&self.pending.outputs).insert(request_id.clone(), (node_id.to_owned(), tx));
-        let sent = self.dispatch_with_id(node_id, runtime, op, request_id.clone()).await;
-        let accepted = match sent {
-            Ok(result) => tokio::time::timeout(COMMAND_TIMEOUT, result).await,
-            Err(err) => {
-                lock(&self.pending.outputs).remove(&request_id);
-                return Err(err);
+        let (session, downstream) = self.session_of(node_id)?;
+        let (output, rx) = self.pending.expect_output(&request_id, node_id, session);
+        let (_pending, result) = self.pending.expect_result(&request_id, node_id, session);
+        let command = AgentCommand { request_id: request_id.clone(), runtime, op };
+        tracing::debug!(node_id, request_id = %request_id, %runtime, "sending command with output");
+        send_within(&downstream, SessionMessage::Command(command), deadline, node_id).await?;
+        match tokio::time::timeout_at(deadline, result).await {
+            Ok(Ok(Ok(_))) => {
+                output.keep();
+                Ok(rx)
             }
-        };
-        match accepted {
-            Ok(Ok(Ok(_))) => Ok(rx),
-            Ok(Ok(Err(err))) => {
-                lock(&self.pending.outputs).remove(&request_id);
-                Err(ServiceError::FailedPrecondition(err.message))
-            }
-            _ => {
-                lock(&self.pending.outputs).remove(&request_id);
-                Err(ServiceError::Unavailable(format!("node {node_id} did not accept the command")))
-            }
+            Ok(Ok(Err(err))) if err.code == CommandErrorCode::Unavailable => Err(ServiceError::Unavailable(err.message)),
+            Ok(Ok(Err(err))) => Err(ServiceError::FailedPrecondition(err.message)),
+            _ => Err(ServiceError::Unavailable(format!("node {node_id} did not accept the command"))),
         }
     }
 
-    async fn dispatch(&self, node_id: &str, runtime: Runtime, op: CommandOp) -> ServiceResult<(String, oneshot::Receiver<CommandOutcome>)> {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let rx = self.dispatch_with_id(node_id, runtime, op, request_id.clone()).await?;
-        Ok((request_id, rx))
+    /// The open session of a node: its number and downstream channel.
+    fn session_of(&self, node_id: &str) -> ServiceResult<(u64, mpsc::Sender<SessionMessage>)> {
+        self.nodes.session(node_id).ok_or_else(|| ServiceError::Unavailable(format!("node {node_id} is not connected")))
     }
 
-    async fn dispatch_with_id(
+    async fn dispatch(
         &self,
         node_id: &str,
         runtime: Runtime,
         op: CommandOp,
-        request_id: String,
-    ) -> ServiceResult<oneshot::Receiver<CommandOutcome>> {
-        let downstream = self
-            .nodes
-            .downstream(node_id)
-            .ok_or_else(|| ServiceError::Unavailable(format!("node {node_id} is not connected")))?;
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pending.results).insert(request_id.clone(), (node_id.to_owned(), tx));
-        let command = AgentCommand { request_id: request_id.clone(), runtime, op };
-        tracing::debug!(node_id, request_id = %request_id, %runtime, "sending command");
-        if downstream.send(SessionMessage::Command(command)).await.is_err() {
-            lock(&self.pending.results).remove(&request_id);
-            return Err(ServiceError::Unavailable(format!("node {node_id} is not connected")));
-        }
-        Ok(rx)
+        request_id: &str,
+        deadline: Instant,
+    ) -> ServiceResult<(PendingResult, oneshot::Receiver<CommandOutcome>)> {
+        let (session, downstream) = self.session_of(node_id)?;
+        let (pending, rx) = self.pending.expect_result(request_id, node_id, session);
+        let command = AgentCommand { request_id: request_id.to_owned(), runtime, op };
+        tracing::debug!(node_id, request_id, %runtime, "sending command");
+        send_within(&downstream, SessionMessage::Command(command), deadline, node_id).await?;
+        Ok((pending, rx))
     }
 
     /// Delivers a command result from the caller's own node. A result for another
     /// node's command is refused and audited (`security.refused`).
     pub async fn command_result(&self, caller: &Caller, request_id: &str, outcome: CommandOutcome) -> ServiceResult<()> {
         caller.require_any_node()?;
-        let foreign = {
-            let mut results = lock(&self.pending.results);
-            match results.get(request_id) {
-                None => {
-                    tracing::debug!(request_id, "result for no pending command (timed out?)");
-                    return Ok(());
-                }
-                Some((node_id, _)) if caller.require_node(node_id).is_err() => node_id.clone(),
-                Some(_) => {
-                    if let Some((_, tx)) = results.remove(request_id) {
-                        let _ = tx.send(outcome);
-                    }
-                    return Ok(());
-                }
+        match self.pending.result_node(request_id) {
+            None => {
+                tracing::debug!(request_id, "result for no pending command (timed out?)");
+                Ok(())
             }
-        };
-        Err(self.refuse(caller, format!("sent the result of command {request_id}, which was sent to node {foreign}")).await)
+            Some(node_id) if caller.require_node(&node_id).is_err() => {
+                Err(self.refuse(caller, format!("sent the result of command {request_id}, which was sent to node {node_id}")).await)
+            }
+            Some(_) => {
+                if !self.pending.deliver(request_id, outcome) {
+                    tracing::debug!(request_id, "result for a command nobody waits for any more");
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The sink for a command's bulk output, for the caller's own node; `None` when
@@ -136,19 +267,90 @@ impl ControlPlane {
     /// audited (`security.refused`).
     pub async fn output_sink(&self, caller: &Caller, request_id: &str) -> ServiceResult<Option<mpsc::Sender<LogChunk>>> {
         caller.require_any_node()?;
-        let foreign = {
-            let outputs = lock(&self.pending.outputs);
-            match outputs.get(request_id) {
-                None => return Ok(None),
-                Some((node_id, _)) if caller.require_node(node_id).is_err() => node_id.clone(),
-                Some((_, tx)) => return Ok(Some(tx.clone())),
+        match self.pending.output(request_id) {
+            None => Ok(None),
+            Some((node_id, _)) if caller.require_node(&node_id).is_err() => {
+                Err(self.refuse(caller, format!("streamed output for command {request_id}, which was sent to node {node_id}")).await)
             }
-        };
-        Err(self.refuse(caller, format!("streamed output for command {request_id}, which was sent to node {foreign}")).await)
+            Some((_, tx)) => Ok(Some(tx)),
+        }
     }
 
     /// Forgets an output stream that ended.
     pub fn close_output(&self, request_id: &str) {
-        lock(&self.pending.outputs).remove(request_id);
+        self.pending.close_output(request_id);
+    }
+
+    /// Ends the commands and output streams sent on a session that closed.
+    pub(super) fn end_session_commands(&self, node_id: &str, session: u64) {
+        let ended = self.pending.session_closed(node_id, session);
+        if ended > 0 {
+            tracing::info!(node_id, session, ended, "commands of a closed session failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diplo_api::command::CommandError;
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_away_takes_its_entry_with_it() {
+        let pending = PendingCommands::default();
+        let (guard, rx) = pending.expect_result("r1", "n1", 1);
+        assert_eq!(pending.result_node("r1").as_deref(), Some("n1"));
+        // A cancelled waiter: the future holding the guard is dropped before the answer.
+        let waiter = async move {
+            let _guard = guard;
+            rx.await
+        };
+        assert!(tokio::time::timeout(Duration::from_millis(20), waiter).await.is_err());
+        assert_eq!(pending.result_node("r1"), None);
+        assert!(!pending.deliver("r1", Ok(CommandOutput::default())));
+
+        let (output, _rx) = pending.expect_output("r2", "n1", 1);
+        drop(output);
+        assert!(pending.output("r2").is_none());
+        let (output, _rx) = pending.expect_output("r3", "n1", 1);
+        output.keep();
+        assert!(pending.output("r3").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_closed_session_fails_its_commands_at_once_and_ends_its_streams() {
+        let pending = PendingCommands::default();
+        let (_a, on_old) = pending.expect_result("a", "n1", 1);
+        let (_b, on_new) = pending.expect_result("b", "n1", 2);
+        let (_c, other_node) = pending.expect_result("c", "n2", 1);
+        let (output, mut stream) = pending.expect_output("d", "n1", 1);
+        output.keep();
+
+        assert_eq!(pending.session_closed("n1", 1), 2);
+        let failed = tokio::time::timeout(Duration::from_secs(1), on_old).await.expect("woken at once").expect("an outcome");
+        assert_eq!(failed.expect_err("failed").code, CommandErrorCode::Unavailable);
+        let note = stream.recv().await.expect("a last note");
+        assert!(String::from_utf8_lossy(&note.data).contains("node n1 disconnected"), "{note:?}");
+        assert!(stream.recv().await.is_none(), "the stream ends");
+
+        // Commands on the newer session and on other nodes are untouched.
+        assert!(pending.deliver("b", Err(CommandError { code: CommandErrorCode::NotFound, message: "x".into() })));
+        assert!(on_new.await.expect("answered").is_err());
+        assert!(pending.deliver("c", Ok(CommandOutput::default())));
+        assert!(other_node.await.expect("answered").is_ok());
+    }
+
+    #[tokio::test]
+    async fn sending_to_a_session_nobody_reads_gives_up_at_the_deadline() {
+        let (tx, rx) = mpsc::channel(1);
+        let welcome = || SessionMessage::Welcome { node_id: "n1".into(), heartbeat_interval: Duration::from_secs(1) };
+        tx.try_send(welcome()).expect("room for one");
+        let started = std::time::Instant::now();
+        let sent = send_within(&tx, welcome(), Instant::now() + Duration::from_millis(100), "n1").await;
+        assert!(matches!(sent, Err(ServiceError::Unavailable(ref m)) if m.contains("n1")), "{sent:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(rx);
+        let closed = send_within(&tx, welcome(), Instant::now() + Duration::from_secs(5), "n1").await;
+        assert!(matches!(closed, Err(ServiceError::Unavailable(ref m)) if m.contains("not connected")), "{closed:?}");
     }
 }

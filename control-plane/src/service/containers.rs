@@ -45,9 +45,9 @@ pub struct CreateContainer {
     pub node: Option<String>,
 }
 
-/// Either the whole logs, or a live stream of them.
+/// Either the logs so far, or a live stream of them.
 pub enum Logs {
-    /// Everything so far.
+    /// The last lines so far (bounded in lines and bytes).
     Complete(ExecOutput),
     /// Output as it comes, until the container stops or the receiver is dropped.
     Follow(mpsc::Receiver<LogChunk>),
@@ -173,7 +173,7 @@ impl ControlPlane {
 
     /// Starts a container.
     pub async fn start_container(&self, caller: &Caller, id: &str) -> ServiceResult<ContainerView> {
-        self.lifecycle(caller, id, "started", |id| CommandOp::Start(id)).await
+        self.lifecycle(caller, id, "started", CommandOp::Start).await
     }
 
     /// Stops a container (SIGTERM, SIGKILL after `grace`).
@@ -184,7 +184,7 @@ impl ControlPlane {
 
     /// Restarts a container.
     pub async fn restart_container(&self, caller: &Caller, id: &str) -> ServiceResult<ContainerView> {
-        self.lifecycle(caller, id, "restarted", |id| CommandOp::Restart(id)).await
+        self.lifecycle(caller, id, "restarted", CommandOp::Restart).await
     }
 
     /// Removes a container; `force` stops it first.
@@ -197,7 +197,8 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Runs argv inside a container.
+    /// Runs argv inside a container; its output comes back up to
+    /// [`MAX_OUTPUT_BYTES`](diplo_api::container::MAX_OUTPUT_BYTES), then with a note.
     pub async fn exec_in_container(&self, caller: &Caller, id: &str, argv: Vec<String>) -> ServiceResult<ExecOutput> {
         caller.require_operator(Role::Deployer)?;
         if argv.is_empty() || argv[0].is_empty() {
@@ -209,9 +210,14 @@ impl ControlPlane {
         Ok(output.exec.unwrap_or_default())
     }
 
-    /// A container's logs, whole or followed.
+    /// A container's logs: the last `tail` lines
+    /// ([`DEFAULT_LOG_TAIL`](diplo_api::container::DEFAULT_LOG_TAIL) when unset, at most
+    /// [`MAX_LOG_TAIL`](diplo_api::container::MAX_LOG_TAIL); more is refused), whole (at most
+    /// [`MAX_OUTPUT_BYTES`](diplo_api::container::MAX_OUTPUT_BYTES), the newest) or followed.
     pub async fn container_logs(&self, caller: &Caller, id: &str, options: LogOptions) -> ServiceResult<Logs> {
         caller.require_operator(Role::Viewer)?;
+        let tail = options.tail_lines().map_err(|message| ServiceError::invalid("tail", message))?;
+        let options = LogOptions { tail: Some(tail), ..options };
         let found = self.find_container(id)?;
         let op = CommandOp::Logs { id: found.info.id.clone(), options };
         if options.follow {

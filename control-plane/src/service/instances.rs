@@ -128,9 +128,10 @@ impl ControlPlane {
     ) -> ServiceResult<InstanceView> {
         caller.require_operator(Role::Deployer)?;
         let Located { mut view, node_id, container } = self.locate_instance(id).await?;
-        if !self.in_flight.begin(&view.instance.id) {
+        // Held until this call ends, however it ends (a caller that goes away included).
+        let Some(in_flight) = self.in_flight.begin(&view.instance.id) else {
             return Err(ServiceError::FailedPrecondition(format!("instance {id} has a command under way; try again")));
-        }
+        };
         let result = async {
             let runtime = container.runtime;
             let output = self.send_command(&node_id, runtime, op(container.info.id.clone())).await?;
@@ -146,7 +147,7 @@ impl ControlPlane {
             Ok::<_, ServiceError>(())
         }
         .await;
-        self.in_flight.end(&view.instance.id);
+        drop(in_flight);
         result?;
         let name = view.container.as_ref().map(|c| c.name.clone()).unwrap_or_default();
         let message = format!("instance {} of {} {verb} (container {name})", view.instance.id, view.deployment);

@@ -9,6 +9,7 @@ mod instances;
 mod reconciler;
 mod tokens;
 
+pub use commands::{stream_end_note, COMMAND_TIMEOUT};
 pub use containers::{check_container_spec, check_workload, place_container, ContainerView, CreateContainer, Logs, RuntimeStatus, DEFAULT_STOP_GRACE};
 pub use deployments::{validate_deployment_spec, DeployInput, HIDDEN_ENV_VALUE, Deployed, DeploymentView};
 pub use images::{PlatformCache, PlatformLookup, PLATFORMS_TTL};
@@ -306,10 +307,15 @@ impl ControlPlane {
         let welcome = SessionMessage::Welcome { node_id: node_id.clone(), heartbeat_interval: self.config.heartbeat_interval };
         // The channel is new and empty: this cannot fail for lack of room.
         let _ = tx.try_send(welcome);
+        let replaced = self.nodes.session(node_id).map(|(session, _)| session);
         let session = self
             .nodes
             .connect(node_id, tx)
             .ok_or_else(|| ServiceError::PermissionDenied(format!("node {node_id} is not a member of this cluster")))?;
+        // The agent left its previous session: nothing sent on it can be answered any more.
+        if let Some(replaced) = replaced {
+            self.end_session_commands(node_id, replaced);
+        }
         self.nodes.set_containers(node_id, containers);
         let runtimes: Vec<&str> = fingerprint.available_runtimes().iter().map(|r| r.name()).collect();
         tracing::info!(node_id = %node_id, node = %node.name, address, runtimes = ?runtimes, session, "session opened");
@@ -359,6 +365,8 @@ impl ControlPlane {
     pub fn close_session(&self, node_id: &str, session: u64) {
         self.nodes.disconnect(node_id, session);
         tracing::info!(node_id, session, "session closed");
+        // No answer can come back on it any more: its waiters fail now, not at their timeout.
+        self.end_session_commands(node_id, session);
     }
 
     /// Checks that a node certificate still belongs to a node of the cluster.

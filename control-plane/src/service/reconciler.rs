@@ -31,20 +31,34 @@ const CREATE_RETRY: chrono::TimeDelta = chrono::TimeDelta::seconds(20);
 const FAILED_RETRY: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// Commands sent and not answered yet, by instance id (so a pass never sends twice).
+/// A marker lives as long as the [`InFlightGuard`] that [`InFlight::begin`] returns, so
+/// it is released on every exit path: answered, failed, or the waiting future dropped
+/// (a client that disconnects, a task that is cancelled).
 #[derive(Default)]
-pub struct InFlight(Mutex<HashSet<String>>);
+pub struct InFlight(Arc<Mutex<HashSet<String>>>);
+
+/// The marker of one command under way; dropping it ends the command's turn.
+#[must_use = "the in-flight marker is released when this is dropped"]
+pub struct InFlightGuard {
+    set: Arc<Mutex<HashSet<String>>>,
+    key: String,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
+    }
+}
 
 impl InFlight {
-    pub(super) fn begin(&self, instance: &str) -> bool {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(instance.to_owned())
+    /// Marks `key` as having a command under way; `None` when it already has one.
+    pub(super) fn begin(&self, key: &str) -> Option<InFlightGuard> {
+        let inserted = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.to_owned());
+        inserted.then(|| InFlightGuard { set: Arc::clone(&self.0), key: key.to_owned() })
     }
 
-    pub(super) fn end(&self, instance: &str) {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(instance);
-    }
-
-    fn contains(&self, instance: &str) -> bool {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(instance)
+    fn contains(&self, key: &str) -> bool {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(key)
     }
 }
 
@@ -250,7 +264,7 @@ impl ControlPlane {
     async fn reconcile_deployment(
         self: &Arc<Self>,
         world: &World,
-        candidates: &mut Vec<NodeCandidate>,
+        candidates: &mut [NodeCandidate],
         deployment: &DeploymentRecord,
         mut instances: Vec<InstanceRecord>,
         platforms: Option<&PlatformLookup>,
@@ -508,54 +522,46 @@ impl ControlPlane {
                 continue;
             }
             let this = self.clone();
-            let (node_id, runtime, id, key) = (node_id.clone(), container.runtime, container.info.id.clone(), format!("orphan:{instance}"));
-            if !self.in_flight.begin(&key) {
-                continue;
-            }
+            let (node_id, runtime, id) = (node_id.clone(), container.runtime, container.info.id.clone());
+            let Some(in_flight) = self.in_flight.begin(&format!("orphan:{instance}")) else { continue };
             tokio::spawn(async move {
+                let _in_flight = in_flight;
                 tracing::info!(node_id = %node_id, container = %id, "removing a surplus copy");
                 if let Err(err) = this.send_command(&node_id, runtime, CommandOp::Remove { id: id.clone(), force: true }).await {
                     tracing::warn!(node_id = %node_id, container = %id, error = %err, "could not remove a surplus copy");
                 }
                 this.nodes.forget_container(&node_id, &id);
-                this.in_flight.end(&key);
             });
         }
     }
 
     fn dispatch_create(self: &Arc<Self>, deployment: &DeploymentRecord, instance: &InstanceRecord) {
         let (Some(node_id), Some(runtime)) = (instance.node_id.clone(), instance.runtime) else { return };
-        if !self.in_flight.begin(&instance.id) {
-            return;
-        }
+        let Some(in_flight) = self.in_flight.begin(&instance.id) else { return };
         let spec = instance_container(deployment, instance);
         let this = self.clone();
         let (instance_id, deployment_id) = (instance.id.clone(), instance.deployment_id.clone());
         tokio::spawn(async move {
             let outcome = this.send_command(&node_id, runtime, CommandOp::Create(spec)).await;
-            this.finish(&deployment_id, &instance_id, &node_id, runtime, outcome).await;
+            this.finish(&deployment_id, &instance_id, &node_id, runtime, outcome, in_flight).await;
         });
     }
 
     fn dispatch_lifecycle(self: &Arc<Self>, instance: &InstanceRecord, node_id: &str, op: CommandOp) {
         let Some(runtime) = instance.runtime else { return };
-        if !self.in_flight.begin(&instance.id) {
-            return;
-        }
+        let Some(in_flight) = self.in_flight.begin(&instance.id) else { return };
         let this = self.clone();
         let (instance_id, node_id, deployment_id) = (instance.id.clone(), node_id.to_owned(), instance.deployment_id.clone());
         tokio::spawn(async move {
             let outcome = this.send_command(&node_id, runtime, op).await;
-            this.finish(&deployment_id, &instance_id, &node_id, runtime, outcome).await;
+            this.finish(&deployment_id, &instance_id, &node_id, runtime, outcome, in_flight).await;
         });
     }
 
     /// Removes an instance's container on its node, then the instance record.
     pub(super) fn dispatch_remove(self: &Arc<Self>, instance: &InstanceRecord, node_id: &str, container_id: String) {
         let Some(runtime) = instance.runtime else { return };
-        if !self.in_flight.begin(&instance.id) {
-            return;
-        }
+        let Some(in_flight) = self.in_flight.begin(&instance.id) else { return };
         let this = self.clone();
         let (instance_id, node_id) = (instance.id.clone(), node_id.to_owned());
         tokio::spawn(async move {
@@ -569,13 +575,21 @@ impl ControlPlane {
                 }
                 Err(err) => tracing::warn!(instance = %instance_id, error = %err, "remove failed; will retry"),
             }
-            this.in_flight.end(&instance_id);
+            drop(in_flight);
             this.nudge_reconciler();
         });
     }
 
-    /// Records the outcome of a create/start/restart on the instance.
-    async fn finish(&self, deployment_id: &str, instance_id: &str, node_id: &str, runtime: diplo_api::runtime::Runtime, outcome: ServiceResult<CommandOutput>) {
+    /// Records the outcome of a create/start/restart on the instance, then ends its turn.
+    async fn finish(
+        &self,
+        deployment_id: &str,
+        instance_id: &str,
+        node_id: &str,
+        runtime: diplo_api::runtime::Runtime,
+        outcome: ServiceResult<CommandOutput>,
+        in_flight: InFlightGuard,
+    ) {
         let update = async {
             let Some(mut instance) = self.store.list_instances(Some(deployment_id)).await?.into_iter().find(|i| i.id == instance_id) else {
                 return Ok::<(), ServiceError>(());
@@ -603,7 +617,7 @@ impl ControlPlane {
         if let Err(err) = update.await {
             tracing::error!(instance = %instance_id, error = %err, "could not record a command outcome");
         }
-        self.in_flight.end(instance_id);
+        drop(in_flight);
         self.nudge_reconciler();
     }
 }
@@ -685,5 +699,52 @@ mod tests {
             let request = request_for("d", &spec(Some(u32::MAX), Some(u64::MAX)), 3, None);
             let _ = crate::scheduler::place(&[node], &request);
         }
+    }
+
+    #[test]
+    fn a_marker_lasts_as_long_as_its_guard() {
+        let in_flight = InFlight::default();
+        let guard = in_flight.begin("i1").expect("free");
+        assert!(in_flight.begin("i1").is_none(), "one command at a time");
+        assert!(in_flight.contains("i1"));
+        let other = in_flight.begin("i2").expect("another key is free");
+        drop(guard);
+        assert!(!in_flight.contains("i1"));
+        assert!(in_flight.begin("i1").is_some(), "free again");
+        assert!(in_flight.contains("i2"));
+        drop(other);
+        assert!(!in_flight.contains("i2"));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_command_releases_its_marker() {
+        let in_flight = InFlight::default();
+        // A waiter whose future is dropped (a client that disconnected mid-call).
+        let guard = in_flight.begin("i1").expect("free");
+        let waiting = async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        };
+        assert!(tokio::time::timeout(Duration::from_millis(20), waiting).await.is_err());
+        assert!(!in_flight.contains("i1"), "released when the future was dropped");
+
+        // A task that is aborted.
+        let guard = in_flight.begin("i2").expect("free");
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        task.abort();
+        assert!(task.await.expect_err("aborted").is_cancelled());
+        assert!(!in_flight.contains("i2"), "released when the task was aborted");
+
+        // A task that panics.
+        let guard = in_flight.begin("i3").expect("free");
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            panic!("command handler failed");
+        });
+        assert!(task.await.expect_err("panicked").is_panic());
+        assert!(!in_flight.contains("i3"), "released on a panic");
     }
 }

@@ -2,21 +2,23 @@
 //! a copier task in the agent stamps each line and appends it to one log file in the
 //! CRI format (`<RFC 3339 time> <stdout|stderr> <F|P> <bytes>`: `F` a full line whose
 //! newline was dropped, `P` a part of a longer or unterminated line), so that logs keep
-//! the order of both streams and can carry timestamps. Reading tails records backwards;
-//! following polls the file.
+//! the order of both streams and can carry timestamps. Reading tails records backwards
+//! from the end of the file; following polls the file, a bounded step at a time.
 //!
 //! The shim keeps a reader of its own on each FIFO, so the container never gets EPIPE
 //! when the agent is away; it blocks once the FIFO buffer is full, until a new agent
 //! reattaches a copier.
 
-use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
 use diplo_api::container::{LogChunk, OutputStream};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-const BLOCK: u64 = 64 * 1024;
+use crate::runtime::output;
+
+/// The most bytes one read of a followed log takes in (the rest waits for the next).
+pub const READ_STEP: usize = 1024 * 1024;
 /// A line longer than this is written in parts.
 const MAX_RECORD: usize = 16 * 1024;
 
@@ -165,61 +167,35 @@ async fn read_stream(mut pipe: pipe::Receiver, stream: OutputStream, records: to
     }
 }
 
-/// The last `lines` records of the log at `path` (all when `None`) and the file's
-/// length; a missing file is empty.
-pub async fn tail(path: &Path, lines: Option<u32>) -> std::io::Result<(Vec<Record>, u64)> {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(e),
-    };
-    let len = file.metadata().await?.len();
-    let wanted = match lines {
-        Some(0) => return Ok((Vec::new(), len)),
-        Some(n) => n as usize,
-        None => usize::MAX,
-    };
-    // Read blocks from the end until the buffer holds more than `wanted` newlines.
-    let mut buffer: Vec<u8> = Vec::new();
-    let mut position = len;
-    while position > 0 && (wanted == usize::MAX || buffer.iter().filter(|b| **b == b'\n').count() <= wanted) {
-        let start = position.saturating_sub(BLOCK);
-        let mut block = vec![0u8; (position - start) as usize];
-        file.seek(SeekFrom::Start(start)).await?;
-        file.read_exact(&mut block).await?;
-        block.extend_from_slice(&buffer);
-        buffer = block;
-        position = start;
-    }
-    // Drop a first line that may be cut, unless the buffer starts at the file's start.
-    let body = if position > 0 {
-        match buffer.iter().position(|b| *b == b'\n') {
-            Some(i) => &buffer[i + 1..],
-            None => &[][..],
-        }
-    } else {
-        &buffer[..]
-    };
-    let (mut records, _) = parse_records(body);
-    if records.len() > wanted {
-        records.drain(..records.len() - wanted);
-    }
-    Ok((records, len))
+/// The last `lines` records of the log at `path`, read from its end (at most
+/// [`output::MAX_TAIL_READ`] bytes of it), and the offset after the last complete record
+/// (where following goes on); a missing file is empty.
+pub async fn tail(path: &Path, lines: u32) -> std::io::Result<(Vec<Record>, u64)> {
+    let path = path.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        output::tail_lines(&mut file, len, lines as usize, output::MAX_TAIL_READ, output::TAIL_BLOCK).map(Some)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    let Some(tail) = read else { return Ok((Vec::new(), 0)) };
+    // A record being written as this read is not complete yet: following reads it whole.
+    let (records, used) = parse_records(&tail.data);
+    Ok((records, tail.start + used as u64))
 }
 
-/// The bytes appended to `path` since `offset` (starting over if it shrank).
+/// The bytes appended to `path` since `offset` (starting over if it shrank), at most
+/// [`READ_STEP`] of them, and the offset after them.
 pub async fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<u8>, u64)> {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
-        Err(e) => return Err(e),
-    };
-    let len = file.metadata().await?.len();
-    let offset = if len < offset { 0 } else { offset };
-    file.seek(SeekFrom::Start(offset)).await?;
-    let mut data = Vec::with_capacity((len - offset) as usize);
-    file.read_to_end(&mut data).await?;
-    let end = offset + data.len() as u64;
+    let path = path.to_owned();
+    let (data, start) =
+        tokio::task::spawn_blocking(move || output::read_span(&path, offset, READ_STEP)).await.map_err(std::io::Error::other)??;
+    let end = start + data.len() as u64;
     Ok((data, end))
 }
 
@@ -260,15 +236,21 @@ mod tests {
             encode(if i % 2 == 0 { OutputStream::Stdout } else { OutputStream::Stderr }, true, format!("line {i}").as_bytes(), &mut text);
         }
         std::fs::write(&path, &text).unwrap();
-        let (records, end) = tail(&path, Some(3)).await.unwrap();
+        let (records, end) = tail(&path, 3).await.unwrap();
         let data: Vec<&[u8]> = records.iter().map(|r| r.data.as_slice()).collect();
         assert_eq!(data, [&b"line 19997\n"[..], b"line 19998\n", b"line 19999\n"]);
         assert_eq!(end, text.len() as u64);
-        assert_eq!(tail(&path, None).await.unwrap().0.len(), 20_000);
+        assert_eq!(tail(&path, 30_000).await.unwrap().0.len(), 20_000);
+        assert!(tail(&path, 0).await.unwrap().0.is_empty());
         std::fs::OpenOptions::new().append(true).open(&path).and_then(|mut f| std::io::Write::write_all(&mut f, b"more")).unwrap();
         let (data, next) = read_from(&path, end).await.unwrap();
         assert_eq!(data, b"more");
         assert_eq!(next, end + 4);
-        assert_eq!(tail(&dir.path().join("missing"), Some(1)).await.unwrap(), (Vec::new(), 0));
+        assert_eq!(tail(&dir.path().join("missing"), 1).await.unwrap(), (Vec::new(), 0));
+        // A record cut by a concurrent write is left for following to read whole.
+        std::fs::write(&path, b"t stdout F whole\nt stdout F ha").unwrap();
+        let (records, end) = tail(&path, 5).await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(end, 17);
     }
 }

@@ -1308,11 +1308,8 @@ impl ContainerRuntime for LxcRuntime {
         let state = self.load(id)?;
         self.await_pump_if_ended(&state.spec.name).await;
         let files = self.log_files(&state);
-        let (lines, offset) = files.lines_since(0, options.follow);
-        let lines = match options.tail {
-            Some(n) => logs::tail(lines, n),
-            None => lines,
-        };
+        let lines = options.bounded().tail.unwrap_or(diplo_api::container::DEFAULT_LOG_TAIL);
+        let (lines, offset) = files.tail(lines, options.follow);
         let first = logs::chunks(lines, options.timestamps);
         if !options.follow {
             return Ok(Box::pin(futures::stream::iter(first.into_iter().map(Ok))));
@@ -1336,11 +1333,17 @@ impl ContainerRuntime for LxcRuntime {
                     tokio::time::sleep(LOG_DRAIN).await;
                     ended = true;
                 }
-                let (lines, next) = files.lines_since(offset, !ended);
-                offset = next;
-                for chunk in logs::chunks(lines, timestamps) {
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        return;
+                // What is there, a bounded step at a time.
+                loop {
+                    let (lines, next, full) = files.lines_since(offset, !ended);
+                    offset = next;
+                    for chunk in logs::chunks(lines, timestamps) {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if !full {
+                        break;
                     }
                 }
                 if ended {
@@ -1367,8 +1370,15 @@ impl ContainerRuntime for LxcRuntime {
         }
         let mut args = self.args(name, &["--clear-env", "--"]);
         args.extend(argv.iter().map(OsString::from));
-        let output = run_tool("lxc-attach", &args, None).await?;
-        Ok(ExecOutput { exit_code: exit_code(output.status), stdout: output.stdout, stderr: output.stderr })
+        let mut command = tokio::process::Command::new("lxc-attach");
+        command.args(&args);
+        match crate::runtime::output::collect_process(command).await {
+            Ok((status, output)) => Ok(output.finish(exit_code(status))),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                Err(RuntimeError::Unavailable { runtime: Runtime::Lxc, message: "lxc-attach not found on PATH".to_owned() })
+            }
+            Err(error) => Err(failed(format!("cannot run lxc-attach: {}", describe_io(&error)))),
+        }
     }
 
     async fn stats(&self, id: &str) -> RuntimeResult<ContainerStats> {

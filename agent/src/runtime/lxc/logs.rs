@@ -22,7 +22,7 @@
 //! Without a static shell, the console log is read instead: everything as stdout, timed
 //! by the file's modification time.
 
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,6 +30,8 @@ use std::time::Duration;
 
 use diplo_api::container::{LogChunk, OutputStream};
 use tokio::io::AsyncReadExt;
+
+use crate::runtime::output;
 
 /// Directory (in the container directory) holding the FIFOs.
 pub(super) const LOG_DIR: &str = "diplo-log";
@@ -41,6 +43,10 @@ pub(super) const CONTAINER_SHIM: &str = "/.diplo/sh";
 const RECORDS: &str = "diplo-log.records";
 /// Longer lines are recorded in pieces (Docker splits at 16 KiB too).
 pub(super) const MAX_LINE: usize = 16 * 1024;
+/// The most bytes one read of a followed log takes in (the rest waits for the next).
+pub(super) const READ_STEP: usize = 1024 * 1024;
+/// The most bytes of output one log chunk carries.
+const MAX_CHUNK: usize = 64 * 1024;
 /// How often the pump checks whether the container still runs.
 const LIVENESS_POLL: Duration = Duration::from_millis(200);
 
@@ -109,20 +115,49 @@ impl LogFiles {
         Ok(())
     }
 
-    /// The lines from byte `offset` of the underlying file on, and the offset after the
-    /// last complete line. With `complete_only` false, a trailing piece without newline is
-    /// taken too (console mode; records are always complete lines).
-    pub fn lines_since(&self, offset: u64, complete_only: bool) -> (Vec<Line>, u64) {
+    /// The lines from byte `offset` of the underlying file on (at most [`READ_STEP`]
+    /// bytes of it), the offset after the last complete line, and whether the step was
+    /// full (more may be waiting). With `complete_only` false, a trailing piece without
+    /// newline is taken too (console mode; records are always complete lines).
+    pub fn lines_since(&self, offset: u64, complete_only: bool) -> (Vec<Line>, u64, bool) {
+        let (data, start) = read_from(self.path(), offset);
+        let full = data.len() == READ_STEP;
+        // A step that holds no line end at all is one long console line: taken as a piece.
+        let complete_only = complete_only && (!full || data.contains(&b'\n'));
+        let (lines, used) = self.parse(&data, complete_only);
+        (lines, start + used as u64, full)
+    }
+
+    /// The last `lines` lines, read from the end of the underlying file (at most
+    /// [`output::MAX_TAIL_READ`] bytes of it), and the offset after the last complete
+    /// one (where following goes on). `complete_only` as for [`LogFiles::lines_since`].
+    pub fn tail(&self, lines: u32, complete_only: bool) -> (Vec<Line>, u64) {
+        let Ok(mut file) = std::fs::File::open(self.path()) else { return (Vec::new(), 0) };
+        let end = file.metadata().map_or(0, |m| m.len());
+        let Ok(tail) = output::tail_lines(&mut file, end, lines as usize, output::MAX_TAIL_READ, output::TAIL_BLOCK) else {
+            return (Vec::new(), end);
+        };
+        let (found, used) = self.parse(&tail.data, complete_only);
+        (found, tail.start + used as u64)
+    }
+
+    fn path(&self) -> &Path {
         match self {
-            LogFiles::Records { records, .. } => {
-                let (data, start) = read_from(records, offset);
+            LogFiles::Records { records, .. } => records,
+            LogFiles::Console(path) => path,
+        }
+    }
+
+    /// The lines of `data`, and how many bytes they took.
+    fn parse(&self, data: &[u8], complete_only: bool) -> (Vec<Line>, usize) {
+        match self {
+            LogFiles::Records { .. } => {
                 let end = data.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
                 let lines = data[..end].split(|b| *b == b'\n').filter(|r| !r.is_empty()).filter_map(parse_record).collect();
-                (lines, start + end as u64)
+                (lines, end)
             }
             LogFiles::Console(path) => {
                 let nanos = std::fs::metadata(path).and_then(|m| m.modified()).map_or_else(|_| now_nanos(), system_nanos);
-                let (data, start) = read_from(path, offset);
                 let mut lines = Vec::new();
                 let mut position = 0;
                 while position < data.len() {
@@ -134,23 +169,16 @@ impl LogFiles {
                     lines.push(Line { stream: OutputStream::Stdout, nanos, data: crlf_to_lf(&data[position..end]) });
                     position = end;
                 }
-                (lines, start + position as u64)
+                (lines, position)
             }
         }
     }
 }
 
-/// Bytes of `path` from `offset` (from 0 if the file is shorter: replaced) to its end,
-/// with the offset they start at.
+/// Bytes of `path` from `offset` (from 0 if the file is shorter: replaced), at most
+/// [`READ_STEP`] of them, with the offset they start at.
 fn read_from(path: &Path, offset: u64) -> (Vec<u8>, u64) {
-    let Ok(mut file) = std::fs::File::open(path) else { return (Vec::new(), offset) };
-    let length = file.metadata().map_or(0, |m| m.len());
-    let offset = if length < offset { 0 } else { offset };
-    let mut data = Vec::new();
-    if file.seek(SeekFrom::Start(offset)).is_ok() {
-        let _ = file.read_to_end(&mut data);
-    }
-    (data, offset)
+    output::read_span(path, offset, READ_STEP).unwrap_or((Vec::new(), offset))
 }
 
 /// One record line (without its newline): `NANOS o|e F|P BYTES`.
@@ -271,12 +299,6 @@ pub(super) async fn pump(fifos: [PathBuf; 2], records: PathBuf, pid: PidSlot) ->
     }
 }
 
-/// Keeps the last `tail` lines.
-pub(super) fn tail(mut lines: Vec<Line>, tail: u32) -> Vec<Line> {
-    let keep = (tail as usize).min(lines.len());
-    lines.split_off(lines.len() - keep)
-}
-
 /// RFC 3339 with nanoseconds, as Docker prints log times.
 pub(super) fn format_time(nanos: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(nanos).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -291,8 +313,9 @@ fn system_nanos(time: std::time::SystemTime) -> i64 {
     time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// Consecutive lines of one stream become one chunk; with `timestamps`, every line is
-/// prefixed with its time and a blank.
+/// Consecutive lines of one stream become one chunk of at most [`MAX_CHUNK`] bytes
+/// (unless one line is longer); with `timestamps`, every line is prefixed with its time
+/// and a blank.
 pub(super) fn chunks(lines: Vec<Line>, timestamps: bool) -> Vec<LogChunk> {
     let mut chunks: Vec<LogChunk> = Vec::new();
     for line in lines {
@@ -303,7 +326,7 @@ pub(super) fn chunks(lines: Vec<Line>, timestamps: bool) -> Vec<LogChunk> {
         }
         data.extend_from_slice(&line.data);
         match chunks.last_mut() {
-            Some(last) if last.stream == line.stream => last.data.extend_from_slice(&data),
+            Some(last) if last.stream == line.stream && last.data.len() + data.len() <= MAX_CHUNK => last.data.extend_from_slice(&data),
             _ => chunks.push(LogChunk { stream: line.stream, data }),
         }
     }
@@ -340,11 +363,11 @@ mod tests {
         let files = LogFiles::records(dir.path());
         let LogFiles::Records { records, .. } = &files else { unreachable!() };
         std::fs::write(records, b"1 e F err\n2 o F out\n3 o F hal").expect("write");
-        let (lines, offset) = files.lines_since(0, true);
+        let (lines, offset, _) = files.lines_since(0, true);
         assert_eq!(lines.len(), 2);
         assert_eq!((lines[0].stream, lines[1].stream), (OutputStream::Stderr, OutputStream::Stdout));
         assert_eq!(offset, 20);
-        let (lines, same) = files.lines_since(offset, true);
+        let (lines, same, _) = files.lines_since(offset, true);
         assert!(lines.is_empty());
         assert_eq!(same, offset);
     }
@@ -358,13 +381,57 @@ mod tests {
             line(OutputStream::Stderr, "e\n"),
             line(OutputStream::Stdout, "c\n"),
         ];
-        assert_eq!(tail(lines.clone(), 1), vec![line(OutputStream::Stdout, "c\n")]);
-        assert_eq!(tail(lines.clone(), 9).len(), 4);
         let grouped = chunks(lines, false);
         assert_eq!(grouped.len(), 3);
         assert_eq!(grouped[0].data, b"a\nb\n");
         let stamped = chunks(vec![line(OutputStream::Stdout, "x\n")], true);
         assert_eq!(String::from_utf8_lossy(&stamped[0].data), "2023-11-14T22:13:20.000000000Z x\n");
+        // Many lines of one stream: chunks stay small.
+        let many = chunks(vec![line(OutputStream::Stdout, &"y".repeat(1000)); 1000], false);
+        assert!(many.len() > 10 && many.iter().all(|c| c.data.len() <= MAX_CHUNK), "{}", many.len());
+        assert_eq!(many.iter().map(|c| c.data.len()).sum::<usize>(), 1_000_000);
+    }
+
+    #[test]
+    fn tails_are_read_from_the_end_of_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = LogFiles::records(dir.path());
+        let LogFiles::Records { records, .. } = &files else { unreachable!() };
+        let mut text = Vec::new();
+        for i in 0..50_000 {
+            text.extend(format_record(i, (i % 2) as usize, true, format!("line {i}").as_bytes()));
+        }
+        text.extend_from_slice(b"50000 o F half-writ");
+        std::fs::write(records, &text).expect("write");
+        let (lines, offset) = files.tail(3, true);
+        let shown: Vec<&[u8]> = lines.iter().map(|l| l.data.as_slice()).collect();
+        assert_eq!(shown, [&b"line 49998\n"[..], b"line 49999\n"]);
+        assert_eq!(offset, (text.len() - b"50000 o F half-writ".len()) as u64);
+        assert_eq!(files.tail(0, true), (Vec::new(), text.len() as u64));
+
+        let console = dir.path().join("console.log");
+        std::fs::write(&console, b"a\r\nb\nc\npartial").expect("write");
+        let files = LogFiles::console(&console);
+        let (lines, offset) = files.tail(2, false);
+        assert_eq!(lines.iter().map(|l| l.data.as_slice()).collect::<Vec<_>>(), [&b"c\n"[..], b"partial"]);
+        assert_eq!(offset, 14);
+        let (lines, offset) = files.tail(2, true);
+        assert_eq!(lines.iter().map(|l| l.data.as_slice()).collect::<Vec<_>>(), [&b"c\n"[..]]);
+        assert_eq!(offset, 7);
+        assert_eq!(LogFiles::console(&dir.path().join("missing")).tail(5, true), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn followed_reads_take_a_bounded_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let console = dir.path().join("console.log");
+        // One line longer than a step: taken in pieces, never stuck.
+        std::fs::write(&console, vec![b'z'; READ_STEP + 10]).expect("write");
+        let files = LogFiles::console(&console);
+        let (lines, offset, full) = files.lines_since(0, true);
+        assert_eq!((lines.len(), offset, full), (1, READ_STEP as u64, true));
+        let (lines, offset, full) = files.lines_since(offset, true);
+        assert_eq!((lines.len(), offset, full), (0, READ_STEP as u64, false));
     }
 
     #[test]
@@ -373,10 +440,10 @@ mod tests {
         let console = dir.path().join("console.log");
         std::fs::write(&console, b"hi\r\nthere").expect("write");
         let files = LogFiles::console(&console);
-        let (lines, offset) = files.lines_since(0, true);
+        let (lines, offset, _) = files.lines_since(0, true);
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].data, b"hi\n");
-        let (lines, _) = files.lines_since(offset, false);
+        let (lines, _, _) = files.lines_since(offset, false);
         assert_eq!(lines[0].data, b"there");
     }
 
@@ -398,7 +465,7 @@ mod tests {
         pid.store(child.id().expect("pid"), Ordering::Relaxed);
         child.wait().await.expect("wait");
         tokio::time::timeout(Duration::from_secs(5), pump).await.expect("pump ends").expect("join").expect("pump");
-        let (lines, _) = files.lines_since(0, true);
+        let (lines, _, _) = files.lines_since(0, true);
         let shown: Vec<(OutputStream, &[u8])> = lines.iter().map(|l| (l.stream, l.data.as_slice())).collect();
         assert_eq!(
             shown,
