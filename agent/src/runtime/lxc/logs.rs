@@ -246,12 +246,18 @@ pub(super) type PidSlot = Arc<AtomicU32>;
 /// `lxc-start` so that even the first output is timed and ordered.
 pub(super) async fn pump(fifos: [PathBuf; 2], records: PathBuf, pid: PidSlot) -> io::Result<()> {
     let open = |path: &Path| {
-        // The directory is the container's to write in: never follow what it put there.
-        use std::os::unix::fs::FileTypeExt;
-        if !std::fs::symlink_metadata(path)?.file_type().is_fifo() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a FIFO", path.display())));
-        }
-        tokio::net::unix::pipe::OpenOptions::new().read_write(true).open_receiver(path)
+        // The directory is the container's to write in: never follow what it put there, and
+        // check what was opened (not the name, which the container can swap in between).
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        // Refuses anything but a FIFO (a regular file, a device, ...).
+        tokio::net::unix::pipe::Receiver::from_file(file)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a FIFO: {e}", path.display())))
     };
     let mut out = open(&fifos[0])?;
     let mut err = open(&fifos[1])?;
@@ -476,5 +482,32 @@ mod tests {
             ]
         );
         assert!(lines[0].nanos + 150_000_000 <= lines[1].nanos, "times: {lines:?}");
+    }
+
+    #[tokio::test]
+    async fn the_pump_opens_only_the_fifos_themselves() {
+        // The container can replace its FIFOs by a link (to a host FIFO or file) or a file.
+        for swap in ["link-to-fifo", "link-to-file", "regular-file"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let files = LogFiles::records(dir.path());
+            files.prepare(None).await.expect("prepare");
+            let LogFiles::Records { fifos, records } = files.clone() else { unreachable!() };
+            let elsewhere = tempfile::tempdir().expect("tempdir");
+            let host_file = elsewhere.path().join("host-file");
+            std::fs::write(&host_file, "host\n").expect("host file");
+            let host_fifo = elsewhere.path().join("host-fifo");
+            let made = std::process::Command::new("mkfifo").arg(&host_fifo).status().expect("mkfifo");
+            assert!(made.success());
+            std::fs::remove_file(&fifos[0]).expect("remove fifo");
+            match swap {
+                "link-to-fifo" => std::os::unix::fs::symlink(&host_fifo, &fifos[0]).expect("link"),
+                "link-to-file" => std::os::unix::fs::symlink(&host_file, &fifos[0]).expect("link"),
+                _ => std::fs::write(&fifos[0], "x").expect("file"),
+            }
+            let pid: PidSlot = Arc::new(AtomicU32::new(0));
+            let outcome = tokio::time::timeout(Duration::from_secs(5), pump(fifos.clone(), records, pid)).await.expect("the pump does not block");
+            assert!(outcome.is_err(), "{swap}: the pump must refuse {}", fifos[0].display());
+            assert_eq!(std::fs::read_to_string(&host_file).expect("host file"), "host\n", "{swap}");
+        }
     }
 }
