@@ -6,11 +6,14 @@ use std::time::Duration;
 use crate::container::{ContainerInfo, ContainerSpec, ContainerStats, ExecOutput, LogOptions};
 use crate::pb;
 use crate::runtime::Runtime;
-use crate::wire::{container_info, container_state, WireError};
+use crate::wire::{WireError, container_info, container_state};
 
 /// One lifecycle operation for an agent.
 #[derive(Debug, Clone, PartialEq)]
-#[allow(clippy::large_enum_variant, reason = "one command per operator call or reconciler step, moved a few times: boxing the spec would buy nothing")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one command per operator call or reconciler step, moved a few times: boxing the spec would buy nothing"
+)]
 pub enum CommandOp {
     /// Pull the image if needed, create and start a container.
     Create(ContainerSpec),

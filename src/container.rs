@@ -330,9 +330,7 @@ pub enum RuntimeEventKind {
 pub fn validate_container_name(name: &str) -> Result<(), String> {
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     if name.is_empty() || name.len() > 63 || !name.chars().all(ok) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(format!(
-            "{name:?} must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
-        ));
+        return Err(format!("{name:?} must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"));
     }
     Ok(())
 }
@@ -362,7 +360,9 @@ mod tests {
     #[test]
     fn log_tails_default_and_are_capped() {
         let with = |tail| LogOptions { tail, ..LogOptions::default() };
-        for (tail, lines) in [(None, Ok(DEFAULT_LOG_TAIL)), (Some(0), Ok(DEFAULT_LOG_TAIL)), (Some(5), Ok(5)), (Some(MAX_LOG_TAIL), Ok(MAX_LOG_TAIL))] {
+        for (tail, lines) in
+            [(None, Ok(DEFAULT_LOG_TAIL)), (Some(0), Ok(DEFAULT_LOG_TAIL)), (Some(5), Ok(5)), (Some(MAX_LOG_TAIL), Ok(MAX_LOG_TAIL))]
+        {
             assert_eq!(with(tail).tail_lines(), lines, "{tail:?}");
         }
         let refused = with(Some(MAX_LOG_TAIL + 1)).tail_lines().expect_err("above the maximum");

@@ -37,12 +37,7 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 /// Creates `path` as a new 0600 file: fails if anything (a file, a symbolic link,
 /// dangling or not) is already there.
 fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ impl From<pb::NodeFingerprint> for Fingerprint {
     /// is recomputed from the rules rather than trusted from the wire; every text is
     /// bounded ([`crate::text::node_text`]; runtime errors to a message's length).
     fn from(fp: pb::NodeFingerprint) -> Self {
-        use crate::text::{bounded, node_text, NODE_MESSAGE_MAX};
+        use crate::text::{NODE_MESSAGE_MAX, bounded, node_text};
         let runtimes = fp
             .runtimes
             .into_iter()

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -89,12 +89,7 @@ impl CertificateAuthority {
         let cert = params.self_signed(&key)?;
         let cert_pem = cert.pem();
         let key_pem = key.serialize_pem();
-        Ok(CertificateAuthority {
-            cert_der: cert.der().to_vec(),
-            issuer: Issuer::new(params, key),
-            cert_pem,
-            key_pem,
-        })
+        Ok(CertificateAuthority { cert_der: cert.der().to_vec(), issuer: Issuer::new(params, key), cert_pem, key_pem })
     }
 
     /// Loads a CA from its PEM certificate and PEM key.
@@ -170,8 +165,9 @@ impl CertificateAuthority {
                 return Ok(false);
             }
             let csr_der = pem_to_der(csr_pem)?;
-            let (_, csr) = <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&csr_der)
-                .map_err(|e| invalid("CSR", e))?;
+            let (_, csr) =
+                <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&csr_der)
+                    .map_err(|e| invalid("CSR", e))?;
             if csr.verify_signature().is_err() {
                 return Ok(false);
             }
@@ -228,10 +224,7 @@ pub fn not_before_pem(cert_pem: &str) -> Result<OffsetDateTime, PkiError> {
 /// The Diplo identity in a (verified) DER certificate.
 pub fn peer_identity(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| invalid("certificate", e))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| invalid("certificate", e))?
-        .ok_or(PkiError::NoIdentity)?;
+    let san = cert.subject_alternative_name().map_err(|e| invalid("certificate", e))?.ok_or(PkiError::NoIdentity)?;
     for name in &san.value.general_names {
         if let x509_parser::extensions::GeneralName::URI(uri) = name
             && let Some(identity) = parse_identity_uri(uri)
@@ -247,8 +240,7 @@ fn parse_identity_uri(uri: &str) -> Option<PeerIdentity> {
         return (!node_id.is_empty()).then(|| PeerIdentity::Node { node_id: node_id.to_owned() });
     }
     let (role, name) = uri.strip_prefix(SPIFFE_OPERATOR)?.split_once('/')?;
-    (!role.is_empty() && !name.is_empty())
-        .then(|| PeerIdentity::Operator { role: role.to_owned(), name: name.to_owned() })
+    (!role.is_empty() && !name.is_empty()).then(|| PeerIdentity::Operator { role: role.to_owned(), name: name.to_owned() })
 }
 
 fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
@@ -344,10 +336,7 @@ mod tests {
         let ca = CertificateAuthority::generate("test").expect("ca");
         let op = ca.issue_operator("admin", "admin", DAY).expect("operator");
         let der = pem_to_der(&op.cert_pem).expect("der");
-        assert_eq!(
-            peer_identity(&der).expect("identity"),
-            PeerIdentity::Operator { role: "admin".into(), name: "admin".into() }
-        );
+        assert_eq!(peer_identity(&der).expect("identity"), PeerIdentity::Operator { role: "admin".into(), name: "admin".into() });
     }
 
     #[test]

@@ -410,7 +410,14 @@ impl RegistryClient {
         self.send(fetch, method, url, accept, Some(&token)).await
     }
 
-    async fn send(&self, fetch: Fetch, method: reqwest::Method, url: &str, accept: &str, token: Option<&str>) -> RegistryResult<reqwest::Response> {
+    async fn send(
+        &self,
+        fetch: Fetch,
+        method: reqwest::Method,
+        url: &str,
+        accept: &str,
+        token: Option<&str>,
+    ) -> RegistryResult<reqwest::Response> {
         let mut request = match fetch {
             Fetch::Document | Fetch::SmallBlob => {
                 let client = if fetch == Fetch::SmallBlob { &self.blobs } else { &self.http };
@@ -790,10 +797,8 @@ mod tests {
         })
         .await;
         let realm = format!("http://{}/token", own.addr);
-        let registry = server(move |_| {
-            Some((format!("HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"{realm}\""), Vec::new()))
-        })
-        .await;
+        let registry =
+            server(move |_| Some((format!("HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"{realm}\""), Vec::new()))).await;
         // Not the same origin as the registry (another port): refused as well.
         assert!(client().platforms(&reference(registry.addr)).await.is_err());
         assert!(realm_allowed(&format!("http://{}/token", registry.addr), &format!("http://{}/v2/x/manifests/y", registry.addr)).is_ok());
@@ -813,7 +818,8 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_documents_and_silent_registries_are_cut_off() {
-        let big = server(|_| Some((format!("HTTP/1.1 200 OK\r\ncontent-type: {MEDIA_OCI_INDEX}"), vec![b' '; MAX_DOCUMENT_BYTES + 1]))).await;
+        let big =
+            server(|_| Some((format!("HTTP/1.1 200 OK\r\ncontent-type: {MEDIA_OCI_INDEX}"), vec![b' '; MAX_DOCUMENT_BYTES + 1]))).await;
         let err = client().platforms(&reference(big.addr)).await.expect_err("too large");
         assert!(err.to_string().contains("larger than"), "{err}");
 

@@ -51,10 +51,7 @@ impl FromStr for Runtime {
     type Err = UnknownRuntime;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Runtime::ALL
-            .into_iter()
-            .find(|runtime| runtime.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| UnknownRuntime(s.to_owned()))
+        Runtime::ALL.into_iter().find(|runtime| runtime.name().eq_ignore_ascii_case(s.trim())).ok_or_else(|| UnknownRuntime(s.to_owned()))
     }
 }
 

@@ -37,21 +37,14 @@ pub struct JoinToken {
 impl JoinToken {
     /// Makes a fresh token for a CA with the given hash.
     pub fn generate(ca_hash: &str) -> Self {
-        JoinToken {
-            ca_hash: ca_hash.to_ascii_lowercase(),
-            id: random_alnum(ID_LEN),
-            secret: random_alnum(SECRET_LEN),
-        }
+        JoinToken { ca_hash: ca_hash.to_ascii_lowercase(), id: random_alnum(ID_LEN), secret: random_alnum(SECRET_LEN) }
     }
 }
 
 // The secret never appears in debug output or logs.
 impl fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JoinToken")
-            .field("ca_hash", &self.ca_hash)
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("JoinToken").field("ca_hash", &self.ca_hash).field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -66,9 +59,7 @@ impl FromStr for JoinToken {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.trim().split("::");
-        let (Some(prefix), Some(ca_hash), Some(credential), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(prefix), Some(ca_hash), Some(credential), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed("expected DIPLO1::<ca-hash>::<id>.<secret>"));
         };
         if prefix != JOIN_PREFIX {
@@ -114,10 +105,7 @@ impl FromStr for ApiToken {
     type Err = TokenError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .trim()
-            .strip_prefix(API_PREFIX)
-            .ok_or(TokenError::Malformed("API tokens start with dpl_"))?;
+        let rest = s.trim().strip_prefix(API_PREFIX).ok_or(TokenError::Malformed("API tokens start with dpl_"))?;
         let (id, secret) = split_credential(rest)?;
         Ok(ApiToken { id, secret })
     }
@@ -129,9 +117,7 @@ pub fn hash_secret(secret: &str) -> String {
 }
 
 fn split_credential(credential: &str) -> Result<(String, String), TokenError> {
-    let (id, secret) = credential
-        .split_once('.')
-        .ok_or(TokenError::Malformed("expected <id>.<secret> after the prefix"))?;
+    let (id, secret) = credential.split_once('.').ok_or(TokenError::Malformed("expected <id>.<secret> after the prefix"))?;
     let alnum = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
     if !alnum(id) || !alnum(secret) {
         return Err(TokenError::Malformed("token id and secret must be non-empty and alphanumeric"));

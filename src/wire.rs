@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use crate::container::{
-    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, Health, HealthCheck, Mount, PortMapping,
-    Protocol, RestartPolicy,
+    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, Health, HealthCheck, Mount, PortMapping, Protocol, RestartPolicy,
 };
 use crate::pb;
 use crate::text::node_text;

@@ -101,7 +101,10 @@ enum Cli {
     Podman,
     Ctr,
     /// `lxc-create -t oci` from this OCI layout URL, then `lxc-start -d`, under `lxc_path`.
-    Lxc { lxc_path: PathBuf, url: String },
+    Lxc {
+        lxc_path: PathBuf,
+        url: String,
+    },
 }
 
 impl Cli {
@@ -181,10 +184,9 @@ impl Cli {
             Cli::Docker => format!("docker run -d --name N{port} {image} {command}"),
             Cli::Podman => format!("podman run -d --tls-verify=false --name N{port} {image} {command}"),
             Cli::Ctr => format!("ctr -n {CTR_NAMESPACE} run -d {image} N {command}"),
-            Cli::Lxc { lxc_path, url } => format!(
-                "lxc-create -n N -P {p} -t oci -- --url {url} && lxc-start -n N -P {p} -d -- {command}",
-                p = lxc_path.display()
-            ),
+            Cli::Lxc { lxc_path, url } => {
+                format!("lxc-create -n N -P {p} -t oci -- --url {url} && lxc-start -n N -P {p} -d -- {command}", p = lxc_path.display())
+            }
         }
     }
 }
@@ -237,9 +239,7 @@ impl Owned {
                 Runtime::Containerd => format!("ctr -n {CTR_NAMESPACE} containers ls (container named {name} by label diplo.name)"),
                 Runtime::Lxc => format!("lxc-destroy -f -n {name}"),
             },
-            Owned::Cli(cli, name) => {
-                cli.remove_commands(name).iter().map(|argv| show(argv)).collect::<Vec<_>>().join(" ; ")
-            }
+            Owned::Cli(cli, name) => cli.remove_commands(name).iter().map(|argv| show(argv)).collect::<Vec<_>>().join(" ; "),
         }
     }
 }
@@ -492,7 +492,14 @@ async fn once(target: &Target, settings: &Settings, ledger: &Ledger, side: Side,
 /// Warm-up and measured rounds of one variant (with or without a published port).
 async fn measure(target: &Target, settings: &Settings, ledger: &Ledger, ports: bool) -> BenchResult<Row> {
     let label = if ports { format!("{} + 1 port", target.runtime) } else { target.runtime.to_string() };
-    let mut row = Row { label: label.clone(), cli_command: target.cli.describe(&settings.image, ports), diplo: Vec::new(), diplo_create: Vec::new(), cli: Vec::new(), cli_create: Vec::new() };
+    let mut row = Row {
+        label: label.clone(),
+        cli_command: target.cli.describe(&settings.image, ports),
+        diplo: Vec::new(),
+        diplo_create: Vec::new(),
+        cli: Vec::new(),
+        cli_create: Vec::new(),
+    };
     let pid = std::process::id();
     let variant = if ports { "p" } else { "n" };
     let total = settings.warmup + settings.iterations;
@@ -672,7 +679,13 @@ fn print_report(settings: &Settings, fingerprint: &Fingerprint, outcomes: &[Outc
     println!();
     println!("## Container create+start latency");
     println!();
-    println!("Image `{}`, command `{}`, {} measured rounds per side after {} warm-up rounds.", settings.image, COMMAND.join(" "), settings.iterations, settings.warmup);
+    println!(
+        "Image `{}`, command `{}`, {} measured rounds per side after {} warm-up rounds.",
+        settings.image,
+        COMMAND.join(" "),
+        settings.iterations,
+        settings.warmup
+    );
     println!();
     for line in machine_info(fingerprint) {
         println!("{line}");
@@ -701,7 +714,9 @@ fn print_report(settings: &Settings, fingerprint: &Fingerprint, outcomes: &[Outc
     println!();
     println!("Details (ms): min / mean / max per side; medians split into create and start where there are two steps");
     println!();
-    println!("| runtime | Diplo min | Diplo mean | Diplo max | Diplo create / start (median) | CLI min | CLI mean | CLI max | CLI create / start (median) | CLI command |");
+    println!(
+        "| runtime | Diplo min | Diplo mean | Diplo max | Diplo create / start (median) | CLI min | CLI mean | CLI max | CLI create / start (median) | CLI command |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for outcome in outcomes {
         if let Outcome::Measured(row) = outcome {

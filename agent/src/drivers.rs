@@ -7,10 +7,10 @@ use diplo_api::fingerprint::Fingerprint;
 use diplo_api::runtime::Runtime;
 
 use crate::fingerprint::ProbeConfig;
-use crate::runtime::containerd::ContainerdRuntime;
 use crate::port_publisher::PortPublisher;
+use crate::runtime::containerd::ContainerdRuntime;
 use crate::runtime::docker::DockerRuntime;
-use crate::runtime::lxc::{LxcRuntime, DEFAULT_LXC_PATH};
+use crate::runtime::lxc::{DEFAULT_LXC_PATH, LxcRuntime};
 use crate::runtime::{ContainerRuntime, RegistryConfig};
 
 /// Connects a driver for each available runtime of node `node_id`. A runtime whose driver cannot start is
@@ -45,12 +45,8 @@ pub async fn connect_available(
 /// agent restart (their ports are published by this process, so they need publishing
 /// again).
 async fn lxc_driver(registry: &RegistryConfig, data_dir: &Path, node_id: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
-    let driver = LxcRuntime::new(
-        PathBuf::from(DEFAULT_LXC_PATH),
-        data_dir.join("lxc-images"),
-        registry.clone(),
-        Arc::new(PortPublisher::new()),
-    );
+    let driver =
+        LxcRuntime::new(PathBuf::from(DEFAULT_LXC_PATH), data_dir.join("lxc-images"), registry.clone(), Arc::new(PortPublisher::new()));
     match driver.resume_running(Some(node_id)).await {
         Ok(0) => {}
         Ok(count) => tracing::info!(count, "re-adopted running LXC containers"),

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use diplo_api::command::{AgentCommand, CommandError, CommandErrorCode, CommandOp, CommandOutcome, CommandOutput};
-use diplo_api::container::{ContainerInfo, ExecOutput, LogChunk, LogOptions, LABEL_NODE};
+use diplo_api::container::{ContainerInfo, ExecOutput, LABEL_NODE, LogChunk, LogOptions};
 use diplo_api::runtime::Runtime;
-use futures::future::BoxFuture;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 
 use crate::host_paths::HostPathPolicy;
 use crate::runtime::output::TailCollector;
@@ -70,7 +70,12 @@ impl Executor {
     }
 
     /// Opens a followed log stream for a `Logs` command with `follow`.
-    pub fn follow_logs(&self, runtime: Runtime, id: String, options: LogOptions) -> BoxFuture<'static, Result<RuntimeStream<LogChunk>, CommandError>> {
+    pub fn follow_logs(
+        &self,
+        runtime: Runtime,
+        id: String,
+        options: LogOptions,
+    ) -> BoxFuture<'static, Result<RuntimeStream<LogChunk>, CommandError>> {
         let driver = self.driver(runtime).cloned();
         Box::pin(async move { driver?.logs(&id, options.bounded()).await.map_err(command_error) })
     }
@@ -142,7 +147,10 @@ fn container(info: ContainerInfo) -> CommandOutput {
 
 /// Pulls, creates and starts; a container that fails to start is removed again so that
 /// nothing half-created stays behind.
-async fn create_and_start(driver: &dyn ContainerRuntime, spec: &diplo_api::container::ContainerSpec) -> Result<ContainerInfo, RuntimeError> {
+async fn create_and_start(
+    driver: &dyn ContainerRuntime,
+    spec: &diplo_api::container::ContainerSpec,
+) -> Result<ContainerInfo, RuntimeError> {
     driver.ensure_image(&spec.image).await?;
     let id = driver.create(spec).await?;
     if let Err(err) = driver.start(&id).await {

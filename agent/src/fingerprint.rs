@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use diplo_api::runtime::Runtime;
 use diplo_api::fingerprint::{Fingerprint, RuntimeReport};
+use diplo_api::runtime::Runtime;
 use tracing::debug;
 
 use crate::runtime::{containerd, docker, lxc, podman};
@@ -242,20 +242,13 @@ fn read_trimmed(path: &str) -> String {
 
 /// The socket path in a `DOCKER_HOST` value, `None` unless it is `unix://…`.
 pub fn docker_socket_from_host(docker_host: &str) -> Option<String> {
-    docker_host
-        .trim()
-        .strip_prefix("unix://")
-        .filter(|path| !path.is_empty())
-        .map(str::to_owned)
+    docker_host.trim().strip_prefix("unix://").filter(|path| !path.is_empty()).map(str::to_owned)
 }
 
 /// `PRETTY_NAME` from os-release text, unquoted; `None` when absent or empty.
 pub fn parse_os_release(text: &str) -> Option<String> {
     let value = text.lines().find_map(|line| line.trim().strip_prefix("PRETTY_NAME="))?.trim();
-    let unquoted = ['"', '\'']
-        .iter()
-        .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
-        .unwrap_or(value);
+    let unquoted = ['"', '\''].iter().find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q))).unwrap_or(value);
     // os-release allows shell escapes inside double quotes: \" \\ \$ \`
     let mut out = String::with_capacity(unquoted.len());
     let mut chars = unquoted.chars();
@@ -285,10 +278,7 @@ pub fn parse_meminfo_total(text: &str) -> Option<u64> {
 
 /// Number of `processor` entries in `/proc/cpuinfo` text.
 pub fn count_cpuinfo_processors(text: &str) -> u32 {
-    let count = text
-        .lines()
-        .filter(|line| line.split(':').next().is_some_and(|key| key.trim() == "processor"))
-        .count();
+    let count = text.lines().filter(|line| line.split(':').next().is_some_and(|key| key.trim() == "processor")).count();
     u32::try_from(count).unwrap_or(u32::MAX)
 }
 
@@ -349,10 +339,8 @@ pub struct VirtEvidence {
 /// DMI (`kvm`, `qemu`, `vmware`, `virtualbox`, `hyper-v`, `xen`), then `vm` for an
 /// unnamed hypervisor announced by the CPU flag, else `bare-metal`.
 pub fn virtualization(evidence: &VirtEvidence) -> &'static str {
-    let environ_says_container = evidence
-        .pid1_environ
-        .as_deref()
-        .is_some_and(|env| env.split('\0').any(|entry| entry.starts_with("container=")));
+    let environ_says_container =
+        evidence.pid1_environ.as_deref().is_some_and(|env| env.split('\0').any(|entry| entry.starts_with("container=")));
     let cgroup_says_container = evidence.pid1_cgroup.as_deref().is_some_and(cgroup_hints_container);
     if evidence.dockerenv || evidence.containerenv || environ_says_container || cgroup_says_container {
         return "container";
@@ -368,10 +356,7 @@ pub fn virtualization(evidence: &VirtEvidence) -> &'static str {
 /// Whether `/proc/1/cgroup` text places PID 1 under a container manager.
 fn cgroup_hints_container(cgroup: &str) -> bool {
     const HINTS: [&str; 8] = ["docker", "lxc", "kubepods", "libpod", "containerd", "podman", "garden", "machine.slice"];
-    cgroup
-        .lines()
-        .filter_map(|line| line.splitn(3, ':').nth(2))
-        .any(|path| HINTS.iter().any(|hint| path.contains(hint)))
+    cgroup.lines().filter_map(|line| line.splitn(3, ':').nth(2)).any(|path| HINTS.iter().any(|hint| path.contains(hint)))
 }
 
 /// The hypervisor named by DMI `sys_vendor` / `product_name`, if any.
@@ -447,10 +432,7 @@ mod tests {
 
     #[test]
     fn raspberry_pi_model_from_device_tree() {
-        assert_eq!(
-            raspberry_pi_model(b"Raspberry Pi 4 Model B Rev 1.4\0").as_deref(),
-            Some("Raspberry Pi 4 Model B Rev 1.4")
-        );
+        assert_eq!(raspberry_pi_model(b"Raspberry Pi 4 Model B Rev 1.4\0").as_deref(), Some("Raspberry Pi 4 Model B Rev 1.4"));
         assert_eq!(raspberry_pi_model(b"Pine64 RockPro64 v2.1\0"), None);
         assert_eq!(raspberry_pi_model(b"\0"), None);
     }
@@ -473,7 +455,12 @@ mod tests {
         let bare = VirtEvidence { pid1_cgroup: Some("0::/\n".into()), ..Default::default() };
         assert_eq!(virtualization(&bare), "bare-metal");
         assert_eq!(virtualization(&VirtEvidence { cpu_hypervisor_flag: true, ..bare.clone() }), "vm");
-        let kvm = VirtEvidence { sys_vendor: Some("QEMU\n".into()), product_name: Some("KVM Virtual Machine\n".into()), cpu_hypervisor_flag: true, ..bare.clone() };
+        let kvm = VirtEvidence {
+            sys_vendor: Some("QEMU\n".into()),
+            product_name: Some("KVM Virtual Machine\n".into()),
+            cpu_hypervisor_flag: true,
+            ..bare.clone()
+        };
         assert_eq!(virtualization(&kvm), "kvm");
         assert_eq!(virtualization(&VirtEvidence { dockerenv: true, ..kvm.clone() }), "container");
         assert_eq!(virtualization(&VirtEvidence { containerenv: true, ..bare.clone() }), "container");

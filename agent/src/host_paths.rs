@@ -31,9 +31,7 @@ impl HostPathPolicy {
         let allowed = allowed
             .into_iter()
             .filter(|path| !path.as_os_str().is_empty())
-            .map(|path| {
-                normalise(&path).map_err(|why| format!("invalid {ALLOW_HOST_PATH_FLAG} {}: {why}", path.display()))
-            })
+            .map(|path| normalise(&path).map_err(|why| format!("invalid {ALLOW_HOST_PATH_FLAG} {}: {why}", path.display())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(HostPathPolicy { allowed })
     }

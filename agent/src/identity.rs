@@ -72,8 +72,7 @@ impl Identity {
             std::fs::read_to_string(&path).map_err(|source| IdentityError::Io { path, source })
         };
         let node_path = dir.join(NODE);
-        let node: NodeFile =
-            serde_json::from_str(&read(NODE)?).map_err(|source| IdentityError::Json { path: node_path, source })?;
+        let node: NodeFile = serde_json::from_str(&read(NODE)?).map_err(|source| IdentityError::Json { path: node_path, source })?;
         Ok(Identity { node_id: node.node_id, node_name: node.node_name, key_pem: read(KEY)?, cert_pem: read(CERT)?, ca_pem: read(CA)? })
     }
 
@@ -116,13 +115,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("agent");
         assert!(!Identity::exists(&path));
-        let identity = Identity {
-            node_id: "id".into(),
-            node_name: "pi".into(),
-            key_pem: "key".into(),
-            cert_pem: "cert".into(),
-            ca_pem: "ca".into(),
-        };
+        let identity =
+            Identity { node_id: "id".into(), node_name: "pi".into(), key_pem: "key".into(), cert_pem: "cert".into(), ca_pem: "ca".into() };
         identity.save(&path).expect("save");
         assert!(Identity::exists(&path));
         let loaded = Identity::load(&path).expect("load");

@@ -29,9 +29,7 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     diplo_api::install_crypto_provider();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DIPLO_LOG").unwrap_or_else(|_| "info,h2=warn,bollard=warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DIPLO_LOG").unwrap_or_else(|_| "info,h2=warn,bollard=warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -63,16 +61,8 @@ mod tests {
 
     #[test]
     fn host_paths_are_allowed_one_flag_each() {
-        let cli = Cli::try_parse_from([
-            "diplo-agent",
-            "--server",
-            "cp:7443",
-            "--allow-host-path",
-            "/srv/a",
-            "--allow-host-path",
-            "/srv/b",
-        ])
-        .expect("two allowed host paths");
+        let cli = Cli::try_parse_from(["diplo-agent", "--server", "cp:7443", "--allow-host-path", "/srv/a", "--allow-host-path", "/srv/b"])
+            .expect("two allowed host paths");
         assert_eq!(cli.allow_host_path, vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
         let cli = Cli::try_parse_from(["diplo-agent", "--server", "cp:7443"]).expect("no allowed host path");
         assert!(cli.allow_host_path.is_empty(), "nothing is allowed by default");

@@ -143,10 +143,7 @@ impl PortPublisher {
 
     /// The forwards filed under `owner`: `(host_port, protocol, target)`.
     pub fn published(&self, owner: &str) -> Vec<(u16, Protocol, SocketAddr)> {
-        self.lock()
-            .get(owner)
-            .map(|ports| ports.iter().map(|p| (p.host_port, p.protocol, p.target)).collect())
-            .unwrap_or_default()
+        self.lock().get(owner).map(|ports| ports.iter().map(|p| (p.host_port, p.protocol, p.target)).collect()).unwrap_or_default()
     }
 
     /// The owner of the forward on `host_port`/`protocol`, if this publisher has one.

@@ -16,9 +16,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use diplo_api::container::{
-    ContainerInfo, ContainerSpec, ContainerStats, ExecOutput, LogChunk, LogOptions, RuntimeEvent,
-};
+use diplo_api::container::{ContainerInfo, ContainerSpec, ContainerStats, ExecOutput, LogChunk, LogOptions, RuntimeEvent};
 use diplo_api::runtime::Runtime;
 use futures::Stream;
 

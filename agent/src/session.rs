@@ -11,15 +11,15 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use diplo_api::command::{command_result, AgentCommand, CommandOp, CommandOutcome, CommandOutput};
+use diplo_api::command::{AgentCommand, CommandOp, CommandOutcome, CommandOutput, command_result};
 use diplo_api::container::OutputStream;
 use diplo_api::wire::container_state;
 use tokio_stream::StreamExt;
 
 use crate::executor::Executor;
-use crate::fingerprint::{probe, ProbeConfig};
+use crate::fingerprint::{ProbeConfig, probe};
 use crate::identity::Identity;
-use crate::tls::{connect_mtls, connect_pinned, TlsError};
+use crate::tls::{TlsError, connect_mtls, connect_pinned};
 
 /// Why the agent stopped for good (retrying cannot help).
 #[derive(Debug, thiserror::Error)]
@@ -94,12 +94,7 @@ fn start_action(saved_cert: Option<&str>, token_given: bool, now: time::OffsetDa
 /// Joins with `token` unless `data_dir` already holds an identity; returns it. A saved
 /// identity whose certificate expired re-joins with `token` as the same node (same id
 /// and key), or, without a token, stops with [`AgentError::CertificateExpired`].
-pub async fn ensure_identity(
-    server: &str,
-    token: Option<&str>,
-    node_name: &str,
-    data_dir: &Path,
-) -> Result<Identity, AgentError> {
+pub async fn ensure_identity(server: &str, token: Option<&str>, node_name: &str, data_dir: &Path) -> Result<Identity, AgentError> {
     let saved = if Identity::exists(data_dir) { Some(Identity::load(data_dir)?) } else { None };
     let rejoin = match start_action(saved.as_ref().map(|i| i.cert_pem.as_str()), token.is_some(), time::OffsetDateTime::now_utc()) {
         Start::Saved => {
@@ -411,7 +406,8 @@ fn forward_output(
     let (tx, rx) = mpsc::channel::<pb::OutputChunk>(16);
     tokio::spawn(async move {
         let mut stream = stream;
-        let chunk = |stream: &str, data: Vec<u8>, eof: bool| pb::OutputChunk { request_id: request_id.clone(), stream: stream.into(), data, eof };
+        let chunk =
+            |stream: &str, data: Vec<u8>, eof: bool| pb::OutputChunk { request_id: request_id.clone(), stream: stream.into(), data, eof };
         loop {
             let next = tokio::select! {
                 next = stream.next() => next,
@@ -540,10 +536,9 @@ mod tests {
         let issued = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("timestamp");
         let backdate = time::Duration::try_from(diplo_api::pki::CLOCK_SKEW_ALLOWANCE).expect("allowance");
         // As the control plane issues them: not_before backdated, not_after = issued + lifetime.
-        for (lifetime, expected) in [
-            (time::Duration::minutes(2), time::Duration::seconds(80)),
-            (time::Duration::hours(24), time::Duration::hours(16)),
-        ] {
+        for (lifetime, expected) in
+            [(time::Duration::minutes(2), time::Duration::seconds(80)), (time::Duration::hours(24), time::Duration::hours(16))]
+        {
             assert_eq!(renewal_at(issued - backdate, issued + lifetime), issued + expected, "{lifetime}");
         }
         // Not backdated (shorter than the allowance): counted from not_before.

@@ -5,8 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -18,9 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The server's CA is not the one the join token pins.
-    #[error(
-        "the control plane's CA does not match the join token: the token pins sha256 {expected}, the server presented {presented}"
-    )]
+    #[error("the control plane's CA does not match the join token: the token pins sha256 {expected}, the server presented {presented}")]
     CaMismatch {
         /// Hash from the token.
         expected: String,
@@ -144,9 +142,7 @@ pub async fn connect_mtls(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.map_err(pem_err("CA certificate"))?)?;
     }
-    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem_err("node certificate"))?;
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(pem_err("node certificate"))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(pem_err("node key"))?;
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?

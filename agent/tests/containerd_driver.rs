@@ -468,9 +468,19 @@ async fn image_user_files_are_read_inside_the_image_only() {
     type Plant<'a> = Box<dyn Fn(&Path) + 'a>;
     let cases: Vec<(&str, Plant<'_>, String, &str)> = vec![
         // Only the host's file knows this user: an absolute link resolves inside the image.
-        ("host-passwd", Box::new(|etc: &Path| std::os::unix::fs::symlink(host_passwd.path(), etc.join("passwd")).expect("symlink")), user.clone(), user.as_str()),
+        (
+            "host-passwd",
+            Box::new(|etc: &Path| std::os::unix::fs::symlink(host_passwd.path(), etc.join("passwd")).expect("symlink")),
+            user.clone(),
+            user.as_str(),
+        ),
         // Endless: /dev/zero of the image (absent), never the host's.
-        ("zero-passwd", Box::new(|etc: &Path| std::os::unix::fs::symlink("/dev/zero", etc.join("passwd")).expect("symlink")), "someone".to_owned(), "someone"),
+        (
+            "zero-passwd",
+            Box::new(|etc: &Path| std::os::unix::fs::symlink("/dev/zero", etc.join("passwd")).expect("symlink")),
+            "someone".to_owned(),
+            "someone",
+        ),
         // Blocks any reader: refused without opening it for long.
         ("fifo-group", Box::new(|etc: &Path| hostile_image::mkfifo(&etc.join("group"))), "1000:staff".to_owned(), "/etc/group"),
     ];
@@ -509,7 +519,11 @@ async fn image_user_files_are_read_inside_the_image_only() {
 
     // A working directory under /proc (a runtime's leaked descriptor leads to the host).
     let archive = dir.path().join("proc-cwd.tar");
-    hostile_image::oci_archive(&root, serde_json::json!({ "WorkingDir": "/proc/self/fd/7", "Cmd": ["/bin/sh", "-c", "sleep 30"] }), &archive);
+    hostile_image::oci_archive(
+        &root,
+        serde_json::json!({ "WorkingDir": "/proc/self/fd/7", "Cmd": ["/bin/sh", "-c", "sleep 30"] }),
+        &archive,
+    );
     let reference = format!("diplo-test/hostile-{}-proc-cwd:v1", h.prefix);
     h.rt().import_image(&archive, &reference).await.expect("import");
     let spec = ContainerSpec { image: reference.clone(), command: Vec::new(), ..h.spec("proc-cwd", "") };

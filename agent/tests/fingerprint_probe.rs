@@ -54,11 +54,7 @@ async fn probes_this_host() {
     );
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     for runtime in Runtime::ALL {
-        let report = fp
-            .runtimes
-            .iter()
-            .find(|r| r.runtime == runtime)
-            .unwrap_or_else(|| panic!("no report for {runtime}"));
+        let report = fp.runtimes.iter().find(|r| r.runtime == runtime).unwrap_or_else(|| panic!("no report for {runtime}"));
         println!(
             "{runtime}: available={} version={:?} endpoint={} rootless={} error={:?}",
             report.available, report.version, report.endpoint, report.rootless, report.error

@@ -16,8 +16,8 @@ use diplo_agent::port_publisher::PortPublisher;
 use diplo_agent::runtime::lxc::{self, LxcRuntime};
 use diplo_agent::runtime::{ContainerRuntime, RegistryConfig, RuntimeError};
 use diplo_api::container::{
-    ContainerInfo, ContainerSpec, ContainerStatus, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogOptions, Mount, OutputStream,
-    PortMapping, Protocol, RuntimeEventKind,
+    ContainerInfo, ContainerSpec, ContainerStatus, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogOptions, Mount, OutputStream, PortMapping,
+    Protocol, RuntimeEventKind,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

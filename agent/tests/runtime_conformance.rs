@@ -23,8 +23,8 @@ use diplo_agent::fingerprint::ProbeConfig;
 use diplo_agent::runtime::docker::DockerRuntime;
 use diplo_agent::runtime::{ContainerRuntime, RegistryConfig, RuntimeError, podman};
 use diplo_api::container::{
-    ContainerInfo, ContainerSpec, ContainerStatus, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk, LogOptions,
-    OutputStream, PortMapping, Protocol, RuntimeEventKind,
+    ContainerInfo, ContainerSpec, ContainerStatus, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk, LogOptions, OutputStream, PortMapping,
+    Protocol, RuntimeEventKind,
 };
 use diplo_api::runtime::Runtime;
 use futures::StreamExt;
@@ -255,7 +255,11 @@ async fn run_suite(target: Target) {
         Ok(version) => println!("{kind} {version}: running the runtime conformance suite"),
         Err(error) if ci() => panic!("{kind} is unavailable and CI=true: {error}"),
         Err(error) => {
-            eprintln!("\n{}\n!!! SKIPPING the {kind} conformance suite: {error}\n!!! (set CI=true to make this a failure)\n{}\n", "!".repeat(78), "!".repeat(78));
+            eprintln!(
+                "\n{}\n!!! SKIPPING the {kind} conformance suite: {error}\n!!! (set CI=true to make this a failure)\n{}\n",
+                "!".repeat(78),
+                "!".repeat(78)
+            );
             return;
         }
     }
@@ -346,8 +350,9 @@ fn ensure_pull_tag_in_registry() {
         http(REGISTRY, "GET", "/v2/diplo/busybox/manifests/latest", &[("Accept", accept)], b"").expect("registry answers");
     assert_eq!(status, 200, "the registry has no diplo/busybox:latest (run scripts/setup-host)");
     let media_type = headers.iter().find(|(n, _)| n == "content-type").map(|(_, v)| v.clone()).expect("content type");
-    let (status, _, body) = http(REGISTRY, "PUT", &format!("/v2/diplo/busybox/manifests/{tag}"), &[("Content-Type", &media_type)], &manifest)
-        .expect("registry answers");
+    let (status, _, body) =
+        http(REGISTRY, "PUT", &format!("/v2/diplo/busybox/manifests/{tag}"), &[("Content-Type", &media_type)], &manifest)
+            .expect("registry answers");
     assert_eq!(status, 201, "tagging diplo/busybox:{tag} in the registry: {}", String::from_utf8_lossy(&body));
 }
 
@@ -641,7 +646,9 @@ async fn host_port_in_use_is_a_conflict(ctx: &Ctx) {
         Err(error) => Err(error),
     };
     match outcome {
-        Err(RuntimeError::Conflict(message)) => assert!(message.contains(&port.to_string()), "conflict does not name port {port}: {message}"),
+        Err(RuntimeError::Conflict(message)) => {
+            assert!(message.contains(&port.to_string()), "conflict does not name port {port}: {message}")
+        }
         other => panic!("expected a conflict on host port {port}, got {other:?}"),
     }
     drop(listener);
@@ -732,7 +739,14 @@ mod lxc_conformance {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lxc_conforms() {
         let cache = tempfile::tempdir().expect("tempdir");
-        let make = || LxcRuntime::new(PathBuf::from(DEFAULT_LXC_PATH), cache.path().to_path_buf(), RegistryConfig::default(), Arc::new(PortPublisher::new()));
+        let make = || {
+            LxcRuntime::new(
+                PathBuf::from(DEFAULT_LXC_PATH),
+                cache.path().to_path_buf(),
+                RegistryConfig::default(),
+                Arc::new(PortPublisher::new()),
+            )
+        };
         let backdoor = LxcTools { images: make(), scratch: tempfile::tempdir().expect("tempdir") };
         run_suite(Target::new(make()).with_backdoor(backdoor)).await;
     }
@@ -766,7 +780,10 @@ mod lxc_conformance {
             }
             let url = format!("oci:{}:latest", layout.display());
             run("lxc-create", &["-n", name, "-P", DEFAULT_LXC_PATH, "-t", "oci", "--", "--url", &url])?;
-            run("lxc-start", &["-n", name, "-P", DEFAULT_LXC_PATH, "-d", "--", "/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"])?;
+            run(
+                "lxc-start",
+                &["-n", name, "-P", DEFAULT_LXC_PATH, "-d", "--", "/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"],
+            )?;
             Ok(name.to_owned())
         }
 

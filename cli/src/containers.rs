@@ -9,7 +9,7 @@ use diplo_api::pb::container_service_client::ContainerServiceClient;
 use tonic::transport::Channel;
 
 use crate::output::runtime_name;
-use crate::{status_error, ContainersCommand, Format};
+use crate::{ContainersCommand, Format, status_error};
 
 /// Runs one `containers` subcommand.
 pub async fn run(mut client: ContainerServiceClient<Channel>, command: ContainersCommand) -> Result<()> {

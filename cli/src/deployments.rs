@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use diplo_api::pb;
 use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
 use diplo_api::pb::event_service_client::EventServiceClient;
@@ -165,11 +165,8 @@ fn deployment_json(d: &pb::Deployment) -> serde_json::Value {
 /// `diplo events [-f]`: stored events, then (with `follow`) new ones as they happen.
 pub async fn events(channel: Channel, follow: bool) -> Result<()> {
     let mut client = crate::client::limited!(EventServiceClient::new(channel));
-    let mut stream = client
-        .watch(pb::WatchRequest { kinds: Vec::new(), after_sequence: 0, replay: true })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let mut stream =
+        client.watch(pb::WatchRequest { kinds: Vec::new(), after_sequence: 0, replay: true }).await.map_err(status_error)?.into_inner();
     loop {
         let next = if follow {
             stream.message().await.map_err(status_error)?
@@ -181,10 +178,7 @@ pub async fn events(channel: Channel, follow: bool) -> Result<()> {
             }
         };
         let Some(event) = next else { return Ok(()) };
-        let at = event
-            .at
-            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
-            .map_or_else(String::new, |t| t.to_rfc3339());
+        let at = event.at.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0)).map_or_else(String::new, |t| t.to_rfc3339());
         println!("{at}  {:<22}  {:<28}  {}", event.kind, event.actor, event.message);
     }
 }

@@ -291,11 +291,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Status { output } => {
             let status = cluster.get_status(pb::GetStatusRequest {}).await.map_err(status_error)?.into_inner();
-            let runtimes: Vec<&str> = status
-                .available_runtimes
-                .iter()
-                .map(|k| output::runtime_name(*k))
-                .collect();
+            let runtimes: Vec<&str> = status.available_runtimes.iter().map(|k| output::runtime_name(*k)).collect();
             match output {
                 Format::Json => println!(
                     "{}",
@@ -320,9 +316,35 @@ async fn run(cli: Cli) -> Result<()> {
         Command::JoinToken { command } => join_token(&mut cluster, command).await?,
         Command::ApiToken { command } => api_token(&mut cluster, command).await?,
         Command::Containers { command } => containers::run(client::limited!(ContainerServiceClient::new(channel)), command).await?,
-        Command::Deploy { name, image, replicas, publish, env, runtime, node, strategy, restart, idempotency_key, detach, timeout, command } => {
+        Command::Deploy {
+            name,
+            image,
+            replicas,
+            publish,
+            env,
+            runtime,
+            node,
+            strategy,
+            restart,
+            idempotency_key,
+            detach,
+            timeout,
+            command,
+        } => {
             let args = deployments::DeployArgs {
-                name, image, replicas, publish, env, runtime, node, strategy, restart, idempotency_key, detach, timeout, command,
+                name,
+                image,
+                replicas,
+                publish,
+                env,
+                runtime,
+                node,
+                strategy,
+                restart,
+                idempotency_key,
+                detach,
+                timeout,
+                command,
             };
             deployments::deploy(channel, args).await?
         }
@@ -376,7 +398,13 @@ async fn join_token(cluster: &mut Cluster, command: JoinTokenCommand) -> Result<
             for token in tokens {
                 let expires = token.expires_at.map(|t| t.seconds).and_then(|s| chrono::DateTime::from_timestamp(s, 0));
                 let expired = expires.is_some_and(|at| at <= chrono::Utc::now());
-                let state = if token.revoked { "revoked" } else if expired { "expired" } else { "active" };
+                let state = if token.revoked {
+                    "revoked"
+                } else if expired {
+                    "expired"
+                } else {
+                    "active"
+                };
                 let expires = expires.map_or("-".into(), |at| at.to_rfc3339());
                 println!("{:<10}  {:<25}  {:<10}  {:>4}  {state}", token.id, expires, token.single_use, token.uses);
             }
@@ -403,7 +431,13 @@ async fn api_token(cluster: &mut Cluster, command: ApiTokenCommand) -> Result<()
             for token in tokens {
                 let expires = time(token.expires_at);
                 let expired = expires.is_some_and(|at| at <= chrono::Utc::now());
-                let state = if token.revoked { "revoked" } else if expired { "expired" } else { "active" };
+                let state = if token.revoked {
+                    "revoked"
+                } else if expired {
+                    "expired"
+                } else {
+                    "active"
+                };
                 let created = time(token.created_at).map_or("-".into(), |at| at.to_rfc3339());
                 let expires = expires.map_or("never".into(), |at| at.to_rfc3339());
                 println!("{:<10}  {:<20}  {:<8}  {created:<25}  {expires:<25}  {state}", token.id, token.name, token.role);

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use diplo_api::pb;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// Short name of a wire runtime kind.
 pub fn runtime_name(kind: i32) -> &'static str {
@@ -59,7 +59,8 @@ pub fn node_json(node: &pb::Node) -> Value {
 
 /// Nodes as an aligned table.
 pub fn nodes_table(nodes: &[pb::Node]) -> String {
-    let mut rows = vec![["NAME", "STATUS", "OS/ARCH", "RUNTIMES", "PREFERRED", "VIRT", "CPUS", "MEMORY", "LAST SEEN"].map(String::from).to_vec()];
+    let mut rows =
+        vec![["NAME", "STATUS", "OS/ARCH", "RUNTIMES", "PREFERRED", "VIRT", "CPUS", "MEMORY", "LAST SEEN"].map(String::from).to_vec()];
     let now = Utc::now();
     for node in nodes {
         let fp = node.fingerprint.clone().unwrap_or_default();

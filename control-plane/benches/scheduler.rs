@@ -72,8 +72,7 @@ fn cluster(size: usize, seed: u64) -> Vec<NodeCandidate> {
             let memory_bytes = *rng.pick(&[2, 4, 8, 16, 32, 64]) * GIB;
             let used_ports: HashSet<(u16, Protocol)> =
                 (0..rng.below(5)).map(|_| (*rng.pick(&[80, 443, 8080, 5432, 6379, 9090]), Protocol::Tcp)).collect();
-            let images: BTreeSet<String> =
-                (0..rng.below(7)).map(|_| format!("registry.example/app-{}:1.0", rng.below(20))).collect();
+            let images: BTreeSet<String> = (0..rng.below(7)).map(|_| format!("registry.example/app-{}:1.0", rng.below(20))).collect();
             let instances: BTreeMap<String, u32> =
                 (0..rng.below(7)).map(|_| (format!("dep-{}", rng.below(200)), 1 + rng.below(3) as u32)).collect();
             NodeCandidate {
@@ -119,10 +118,7 @@ fn web(count: u32) -> PlacementRequest {
 /// A pickier one: spread, a zone label, a host port.
 fn constrained(count: u32) -> PlacementRequest {
     PlacementRequest {
-        constraints: Constraints {
-            labels: BTreeMap::from([("role".to_owned(), "edge".to_owned())]),
-            ..Constraints::default()
-        },
+        constraints: Constraints { labels: BTreeMap::from([("role".to_owned(), "edge".to_owned())]), ..Constraints::default() },
         ports: vec![(8080, Protocol::Tcp)],
         strategy: Strategy::Spread,
         ..web(count)
@@ -171,10 +167,7 @@ fn micros(nanos: u128) -> String {
 
 fn percentiles() {
     println!("\ndecision latency (one call at a time, single thread)");
-    println!(
-        "{:<12} {:>6} {:>9} {:>10} {:>10} {:>10} {:>14}",
-        "request", "nodes", "replicas", "p50", "p99", "max", "decisions/s"
-    );
+    println!("{:<12} {:>6} {:>9} {:>10} {:>10} {:>10} {:>14}", "request", "nodes", "replicas", "p50", "p99", "max", "decisions/s");
     for size in SIZES {
         let nodes = cluster(size, 42);
         for (label, replicas, runs) in [("web", 1u32, 3_000), ("constrained", 1, 3_000), ("web", 100, 300)] {

@@ -57,9 +57,7 @@ impl Caller {
     pub fn require_node(&self, node_id: &str) -> Result<(), ServiceError> {
         match self {
             Caller::Node { node_id: own } if own == node_id => Ok(()),
-            Caller::Node { node_id: own } => {
-                Err(ServiceError::PermissionDenied(format!("node {own} may not act for node {node_id}")))
-            }
+            Caller::Node { node_id: own } => Err(ServiceError::PermissionDenied(format!("node {own} may not act for node {node_id}"))),
             Caller::Operator { .. } => Err(ServiceError::PermissionDenied("only the node's own certificate may do this".into())),
         }
     }

@@ -89,11 +89,7 @@ impl Config {
 
     /// An address clients on this host can dial to reach `addr` (unspecified → loopback).
     pub fn local_dial_addr(addr: SocketAddr) -> SocketAddr {
-        if addr.ip().is_unspecified() {
-            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
-        } else {
-            addr
-        }
+        if addr.ip().is_unspecified() { SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()) } else { addr }
     }
 }
 

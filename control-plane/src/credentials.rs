@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use diplo_api::context::CliContext;
-use diplo_api::token::{hash_secret, ApiToken};
+use diplo_api::token::{ApiToken, hash_secret};
 
 use crate::model::Role;
-use crate::pki::{write_private, PkiSetupError};
+use crate::pki::{PkiSetupError, write_private};
 use crate::service::ControlPlane;
 
 const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use diplo_control_plane::config::{Config, RestTls};
-use diplo_control_plane::server::{run, Mode};
+use diplo_control_plane::server::{Mode, run};
 
 #[derive(Parser)]
 #[command(name = "diplo-control-plane", version, about = "Diplo control plane")]
@@ -123,9 +123,7 @@ impl Options {
 async fn main() -> anyhow::Result<()> {
     diplo_api::install_crypto_provider();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DIPLO_LOG").unwrap_or_else(|_| "info,sqlx=warn,h2=warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DIPLO_LOG").unwrap_or_else(|_| "info,sqlx=warn,h2=warn".into()))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {

@@ -196,11 +196,8 @@ impl<T> NodeRegistry<T> {
 
     /// Every observed container with its node id, ordered by node then name.
     pub fn containers(&self) -> Vec<(String, ObservedContainer)> {
-        let mut all: Vec<(String, ObservedContainer)> = self
-            .lock()
-            .iter()
-            .flat_map(|(id, node)| node.containers.iter().map(move |c| (id.clone(), c.clone())))
-            .collect();
+        let mut all: Vec<(String, ObservedContainer)> =
+            self.lock().iter().flat_map(|(id, node)| node.containers.iter().map(move |c| (id.clone(), c.clone()))).collect();
         all.sort_by(|a, b| (&a.0, &a.1.info.name).cmp(&(&b.0, &b.1.info.name)));
         all
     }

@@ -58,12 +58,7 @@ impl ClusterPki {
         names.sort();
         names.dedup();
         let server = ca.issue_server(&names, SERVER_CERT_LIFETIME)?;
-        Ok(ClusterPki {
-            server_chain_pem: format!("{}{}", server.cert_pem, ca.cert_pem()),
-            server_key_pem: server.key_pem,
-            ca,
-            created,
-        })
+        Ok(ClusterPki { server_chain_pem: format!("{}{}", server.cert_pem, ca.cert_pem()), server_key_pem: server.key_pem, ca, created })
     }
 }
 

@@ -177,12 +177,8 @@ pub fn place(nodes: &[NodeCandidate], request: &PlacementRequest) -> Result<Vec<
 
     let count = request.count as usize;
     let mut placed = Vec::with_capacity(count.min(entries.len().max(1)).min(1024));
-    let mut heap: BinaryHeap<Key<'_>> = entries
-        .iter()
-        .enumerate()
-        .filter(|(_, entry)| ctx.refusal(entry).is_none())
-        .map(|(slot, entry)| entry.key(slot, &ctx))
-        .collect();
+    let mut heap: BinaryHeap<Key<'_>> =
+        entries.iter().enumerate().filter(|(_, entry)| ctx.refusal(entry).is_none()).map(|(slot, entry)| entry.key(slot, &ctx)).collect();
     // Keys are exact or (not yet looked up) upper bounds. A popped bound is looked up and
     // goes back exact; a popped exact key beats every other node's bound, so it is the
     // best. Only the chosen node's score changes, so every other key stays valid.
@@ -416,11 +412,7 @@ impl<'r> Context<'r> {
     /// scanning a small set beats hashing every requested port (SipHash is not cheap).
     fn port_in_use(&self, node: &NodeCandidate) -> bool {
         let used = &node.used_ports;
-        if used.len() <= 8 {
-            used.iter().any(|port| self.ports.contains(port))
-        } else {
-            self.ports.iter().any(|port| used.contains(port))
-        }
+        if used.len() <= 8 { used.iter().any(|port| self.ports.contains(port)) } else { self.ports.iter().any(|port| used.contains(port)) }
     }
 
     /// The checks that change as replicas land: resources and ports taken in this call.
@@ -495,9 +487,9 @@ impl<'r> Context<'r> {
             Refusal::Arch(want) => format!("arch is {}, constraint wants {want}", node.arch),
             Refusal::Label { key, want } => match (node.labels.get(key), node.reported_labels.get(key)) {
                 (Some(have), _) => format!("label {key}={have}, constraint wants {key}={want}"),
-                (None, Some(reported)) => format!(
-                    "missing label {key}={want} (the node reports {key}={reported} itself; only labels an admin set count)"
-                ),
+                (None, Some(reported)) => {
+                    format!("missing label {key}={want} (the node reports {key}={reported} itself; only labels an admin set count)")
+                }
                 (None, None) => format!("missing label {key}={want}"),
             },
             Refusal::RuntimeMissing(runtime) => {
@@ -546,8 +538,7 @@ impl<'a> Entry<'a> {
     /// (the image counted as present if the node holds any image, no instances counted).
     fn score(&self, ctx: &Context<'_>) -> i64 {
         let request = ctx.request;
-        let (local, existing) =
-            if self.looked_up { (self.local, self.existing) } else { (ctx.may_be_local(self.node), 0) };
+        let (local, existing) = if self.looked_up { (self.local, self.existing) } else { (ctx.may_be_local(self.node), 0) };
         // Deployments on the node, counting this one once replicas land here. Before a
         // look-up nothing has landed (`commit` needs one), so this is exact either way.
         let load = self.node.instances.len() as u64 + u64::from(self.placed > 0 && existing == 0);
@@ -742,12 +733,7 @@ mod tests {
     }
 
     fn request(count: u32) -> PlacementRequest {
-        PlacementRequest {
-            deployment_id: "dep".to_owned(),
-            count,
-            image: "nginx:1.27".to_owned(),
-            ..PlacementRequest::default()
-        }
+        PlacementRequest { deployment_id: "dep".to_owned(), count, image: "nginx:1.27".to_owned(), ..PlacementRequest::default() }
     }
 
     fn on(placements: &[Placement]) -> Vec<&str> {
@@ -805,25 +791,18 @@ mod tests {
         assert!(no_fit.placed.is_empty());
         assert_eq!(
             no_fit.reasons,
-            vec![
-                "a: runtime containerd not available (has docker)",
-                "b: runtime containerd not available (has lxc, podman)",
-            ]
+            vec!["a: runtime containerd not available (has docker)", "b: runtime containerd not available (has lxc, podman)",]
         );
         assert!(no_fit.to_string().contains("runtime containerd not available"), "{no_fit}");
     }
 
     #[test]
     fn nodes_without_a_usable_runtime_are_skipped() {
-        let nodes =
-            [node("none", "amd64", &[]), NodeCandidate { os: "darwin".to_owned(), ..node("mac", "arm64", &[Lxc]) }];
+        let nodes = [node("none", "amd64", &[]), NodeCandidate { os: "darwin".to_owned(), ..node("mac", "arm64", &[Lxc]) }];
         let no_fit = place(&nodes, &request(1)).unwrap_err();
         assert_eq!(
             no_fit.reasons,
-            vec![
-                "mac: no usable runtime for darwin/arm64 (has lxc)",
-                "none: no usable runtime for linux/amd64 (has none)"
-            ]
+            vec!["mac: no usable runtime for darwin/arm64 (has lxc)", "none: no usable runtime for linux/amd64 (has none)"]
         );
     }
 
@@ -847,24 +826,15 @@ mod tests {
         assert_eq!(run(Constraints { labels, ..Constraints::default() }), "id-eu-1");
 
         let labels = BTreeMap::from([("zone".to_owned(), "eu".to_owned())]);
-        let no_fit = place(
-            &nodes,
-            &with(Constraints { labels, os: Some("linux".to_owned()), arch: Some("arm64".to_owned()), node: None }),
-        )
-        .unwrap_err();
+        let no_fit = place(&nodes, &with(Constraints { labels, os: Some("linux".to_owned()), arch: Some("arm64".to_owned()), node: None }))
+            .unwrap_err();
         assert_eq!(
             no_fit.reasons,
-            vec![
-                "eu-1: arch is amd64, constraint wants arm64",
-                "pi: missing label zone=eu",
-                "us-1: arch is amd64, constraint wants arm64",
-            ]
+            vec!["eu-1: arch is amd64, constraint wants arm64", "pi: missing label zone=eu", "us-1: arch is amd64, constraint wants arm64",]
         );
-        let no_fit =
-            place(&nodes, &with(Constraints { os: Some("darwin".to_owned()), ..Constraints::default() })).unwrap_err();
+        let no_fit = place(&nodes, &with(Constraints { os: Some("darwin".to_owned()), ..Constraints::default() })).unwrap_err();
         assert_eq!(no_fit.reasons[0], "eu-1: os is linux, constraint wants darwin");
-        let no_fit =
-            place(&nodes, &with(Constraints { node: Some("nope".to_owned()), ..Constraints::default() })).unwrap_err();
+        let no_fit = place(&nodes, &with(Constraints { node: Some("nope".to_owned()), ..Constraints::default() })).unwrap_err();
         assert_eq!(no_fit.reasons[1], "pi: not node \"nope\" (constraint)");
         let labels = BTreeMap::from([("zone".to_owned(), "eu".to_owned())]);
         let only_us = [nodes[1].clone()];
@@ -895,12 +865,21 @@ mod tests {
                 &[("zone", "secure")],
                 Err("n: label zone=public, constraint wants zone=secure"),
             ),
-            (&[("zone", "secure")], &[("disk", "ssd")], &[("zone", "secure"), ("disk", "ssd")], Err("n: missing label disk=ssd (the node reports disk=ssd itself; only labels an admin set count)")),
-            (&[], &[("os", "linux")], &[("os", "linux")], Err("n: missing label os=linux (the node reports os=linux itself; only labels an admin set count)")),
+            (
+                &[("zone", "secure")],
+                &[("disk", "ssd")],
+                &[("zone", "secure"), ("disk", "ssd")],
+                Err("n: missing label disk=ssd (the node reports disk=ssd itself; only labels an admin set count)"),
+            ),
+            (
+                &[],
+                &[("os", "linux")],
+                &[("os", "linux")],
+                Err("n: missing label os=linux (the node reports os=linux itself; only labels an admin set count)"),
+            ),
         ];
         for (admin, reported, wanted, expected) in cases {
-            let candidate =
-                NodeCandidate { labels: labels(admin), reported_labels: labels(reported), ..node("n", "amd64", &[Docker]) };
+            let candidate = NodeCandidate { labels: labels(admin), reported_labels: labels(reported), ..node("n", "amd64", &[Docker]) };
             let constraints = Constraints { labels: labels(wanted), ..Constraints::default() };
             let got = place(&[candidate], &PlacementRequest { constraints, ..request(1) });
             match expected {
@@ -988,8 +967,7 @@ mod tests {
 
     #[test]
     fn binpack_fills_busy_nodes_and_spread_prefers_empty_ones() {
-        let busy =
-            NodeCandidate { used_cpu_millis: 3_000, used_memory_bytes: 4 * GIB, ..node("busy", "amd64", &[Docker]) };
+        let busy = NodeCandidate { used_cpu_millis: 3_000, used_memory_bytes: 4 * GIB, ..node("busy", "amd64", &[Docker]) };
         let idle = node("idle", "amd64", &[Docker]);
         let nodes = [idle, busy];
         let sized = PlacementRequest { cpu_millis: 500, memory_bytes: 256 * MIB, ..request(1) };
@@ -1032,20 +1010,14 @@ mod tests {
         nodes.push(NodeCandidate { os: "a-very-long-os-name".to_owned(), ..node("long", "amd64", &[Docker]) });
         nodes.push(node("x86", "x86_64", &[Docker]));
         nodes.push(NodeCandidate { raspberry_pi: true, ..node("pi", "x86_64", &[Docker, Lxc]) });
-        let pick = |os: &str, arch: &str| PlacementRequest {
-            image_platforms: Some(vec![(os.to_owned(), arch.to_owned())]),
-            ..request(1)
-        };
+        let pick = |os: &str, arch: &str| PlacementRequest { image_platforms: Some(vec![(os.to_owned(), arch.to_owned())]), ..request(1) };
         assert_eq!(on(&place(&nodes, &pick("linux", "arch33")).unwrap()), vec!["id-n33"]);
         assert_eq!(on(&place(&nodes, &pick("a-very-long-os-name", "amd64")).unwrap()), vec!["id-long"]);
         // The Pi (same os/arch strings as x86, another class) gets LXC, x86 Docker.
         let amd64 = PlacementRequest { count: 2, ports: vec![(80, Protocol::Tcp)], ..pick("linux", "amd64") };
         assert_eq!(
             place(&nodes, &amd64).unwrap(),
-            vec![
-                Placement { node_id: "id-pi".to_owned(), runtime: Lxc },
-                Placement { node_id: "id-x86".to_owned(), runtime: Docker },
-            ]
+            vec![Placement { node_id: "id-pi".to_owned(), runtime: Lxc }, Placement { node_id: "id-x86".to_owned(), runtime: Docker },]
         );
         assert_eq!(pack("linux"), pack("linux"));
         assert_ne!(pack("arm"), pack("arm\0"));
@@ -1062,8 +1034,7 @@ mod tests {
 
     // ---- properties ----
 
-    const PORTS: [(u16, Protocol); 4] =
-        [(80, Protocol::Tcp), (80, Protocol::Udp), (8080, Protocol::Tcp), (53, Protocol::Udp)];
+    const PORTS: [(u16, Protocol); 4] = [(80, Protocol::Tcp), (80, Protocol::Udp), (8080, Protocol::Tcp), (53, Protocol::Udp)];
 
     fn subset<T: Copy + std::fmt::Debug>(items: &'static [T]) -> impl proptest::strategy::Strategy<Value = Vec<T>> {
         proptest::collection::vec(any::<bool>(), items.len())

@@ -39,12 +39,10 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
     tracing::info!(backend = store.backend(), database = %crate::store::mask_password(&db_url), "state store ready");
     let pki = ClusterPki::load_or_create(&config.data_dir, &config.tls_sans).context("preparing the cluster PKI")?;
 
-    let grpc_listener = TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;
-    let rest_listener = TcpListener::bind(config.rest_addr)
-        .await
-        .with_context(|| format!("cannot listen for REST on {}", config.rest_addr))?;
+    let grpc_listener =
+        TcpListener::bind(config.grpc_addr).await.with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;
+    let rest_listener =
+        TcpListener::bind(config.rest_addr).await.with_context(|| format!("cannot listen for REST on {}", config.rest_addr))?;
     let grpc_addr = Config::local_dial_addr(grpc_listener.local_addr()?);
     let rest_addr = Config::local_dial_addr(rest_listener.local_addr()?);
 
@@ -71,9 +69,7 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
 
     let agent = match mode {
         Mode::Serve => None,
-        Mode::Dev { host_paths } => {
-            Some(start_local_agent(&control_plane, &config.data_dir.join("agent"), grpc_addr, host_paths).await?)
-        }
+        Mode::Dev { host_paths } => Some(start_local_agent(&control_plane, &config.data_dir.join("agent"), grpc_addr, host_paths).await?),
     };
 
     let outcome = tokio::select! {
@@ -106,16 +102,14 @@ async fn start_local_agent(
     grpc_addr: std::net::SocketAddr,
     host_paths: diplo_agent::host_paths::HostPathPolicy,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let usable = diplo_agent::identity::Identity::load(agent_dir).ok().is_some_and(|identity| {
-        diplo_agent::session::certificate_expired(&identity.cert_pem, time::OffsetDateTime::now_utc()).is_none()
-    });
+    let usable = diplo_agent::identity::Identity::load(agent_dir)
+        .ok()
+        .is_some_and(|identity| diplo_agent::session::certificate_expired(&identity.cert_pem, time::OffsetDateTime::now_utc()).is_none());
     let token = if diplo_agent::identity::Identity::exists(agent_dir) && usable {
         None
     } else {
         let system = Caller::Operator { name: "dev-mode".into(), role: Role::Admin };
-        let created = control_plane
-            .create_join_token(&system, Some(Duration::from_secs(600)), true, Default::default())
-            .await?;
+        let created = control_plane.create_join_token(&system, Some(Duration::from_secs(600)), true, Default::default()).await?;
         Some(created.token)
     };
     let name = sanitize_node_name(&crate::pki::hostname());
@@ -130,11 +124,8 @@ async fn start_local_agent(
 
 /// A host name made into a valid node name.
 fn sanitize_node_name(hostname: &str) -> String {
-    let name: String = hostname
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
-        .collect();
+    let name: String =
+        hostname.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect();
     let name = name.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     if name.is_empty() { "local".to_owned() } else { name.chars().take(63).collect() }
 }

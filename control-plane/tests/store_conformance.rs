@@ -20,10 +20,7 @@ type Case = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Runs a case on a fresh SQLite file.
 async fn with_sqlite(case: Case) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!(
-        "sqlite://{}",
-        dir.path().join("state").join("diplo.db").display()
-    );
+    let url = format!("sqlite://{}", dir.path().join("state").join("diplo.db").display());
     let store = store::open(&url).await.expect("open sqlite store");
     assert_eq!(store.backend(), "sqlite");
     case(store).await;
@@ -96,30 +93,22 @@ mod cases {
     use std::sync::Arc;
 
     use chrono::{DateTime, Duration, TimeZone, Utc};
-    use diplo_api::container::{
-        ContainerSpec, HealthCheck, Mount, PortMapping, Protocol, RestartPolicy,
-    };
+    use diplo_api::container::{ContainerSpec, HealthCheck, Mount, PortMapping, Protocol, RestartPolicy};
     use diplo_api::fingerprint::Fingerprint;
     use diplo_api::runtime::Runtime;
     use diplo_control_plane::model::{
-        ApiTokenRecord, Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus,
-        InstanceDesired, InstanceRecord, InstanceStatus, JoinTokenRecord, NewEvent, NodeRecord,
-        NodeStatus, NodeStatusChange, Role, Strategy,
+        ApiTokenRecord, Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceDesired, InstanceRecord, InstanceStatus,
+        JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, NodeStatusChange, Role, Strategy,
     };
     use diplo_control_plane::store::{Store, StoreError};
 
     /// A fixed time at millisecond precision (what the stores keep).
     fn t0() -> DateTime<Utc> {
-        Utc.timestamp_millis_opt(1_750_000_000_123)
-            .single()
-            .expect("valid time")
+        Utc.timestamp_millis_opt(1_750_000_000_123).single().expect("valid time")
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn fingerprint(hostname: &str, cpus: u32) -> Fingerprint {
@@ -194,10 +183,7 @@ mod cases {
             name: name.to_owned(),
             replicas,
             max_parallel: 1,
-            container: ContainerSpec {
-                image: image.to_owned(),
-                ..ContainerSpec::default()
-            },
+            container: ContainerSpec { image: image.to_owned(), ..ContainerSpec::default() },
             ..DeploymentSpec::default()
         }
     }
@@ -221,16 +207,8 @@ mod cases {
                 image: "registry.example/app:1.2.3".to_owned(),
                 command: vec!["serve".to_owned(), "--port=8080".to_owned()],
                 env: labels(&[("MODE", "prod"), ("QUOTE", "a \"b\" 'c' ünïcode")]),
-                ports: vec![PortMapping {
-                    host_port: 8080,
-                    container_port: 80,
-                    protocol: Protocol::Udp,
-                }],
-                mounts: vec![Mount {
-                    source: "/srv/data".to_owned(),
-                    target: "/data".to_owned(),
-                    read_only: true,
-                }],
+                ports: vec![PortMapping { host_port: 8080, container_port: 80, protocol: Protocol::Udp }],
+                mounts: vec![Mount { source: "/srv/data".to_owned(), target: "/data".to_owned(), read_only: true }],
                 memory_bytes: Some(256 << 20),
                 cpu_millis: Some(500),
                 restart_policy: RestartPolicy::UnlessStopped,
@@ -282,29 +260,15 @@ mod cases {
     }
 
     async fn get_deployment(store: &dyn Store, key: &str) -> DeploymentRecord {
-        store
-            .get_deployment(key)
-            .await
-            .expect("get_deployment")
-            .unwrap_or_else(|| panic!("no deployment {key}"))
+        store.get_deployment(key).await.expect("get_deployment").unwrap_or_else(|| panic!("no deployment {key}"))
     }
 
     async fn instance_ids(store: &dyn Store, deployment_id: Option<&str>) -> Vec<String> {
-        store
-            .list_instances(deployment_id)
-            .await
-            .expect("list_instances")
-            .into_iter()
-            .map(|i| i.id)
-            .collect()
+        store.list_instances(deployment_id).await.expect("list_instances").into_iter().map(|i| i.id).collect()
     }
 
     async fn get_node(store: &dyn Store, key: &str) -> NodeRecord {
-        store
-            .get_node(key)
-            .await
-            .expect("get_node")
-            .unwrap_or_else(|| panic!("no node {key}"))
+        store.get_node(key).await.expect("get_node").unwrap_or_else(|| panic!("no node {key}"))
     }
 
     // ---- nodes ----
@@ -330,13 +294,7 @@ mod cases {
         assert_eq!(get_node(&*store, "charlie").await, c);
 
         // Ordered by name, whatever the insertion order.
-        let names: Vec<String> = store
-            .list_nodes()
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|n| n.name)
-            .collect();
+        let names: Vec<String> = store.list_nodes().await.expect("list").into_iter().map(|n| n.name).collect();
         assert_eq!(names, ["alpha", "bravo", "charlie"]);
 
         // An id wins over another node's equal name.
@@ -347,10 +305,7 @@ mod cases {
     }
 
     pub async fn nodes_duplicate_id_or_name(store: Arc<dyn Store>) {
-        store
-            .insert_node(&node("n-1", "alpha"))
-            .await
-            .expect("insert");
+        store.insert_node(&node("n-1", "alpha")).await.expect("insert");
 
         match store.insert_node(&node("n-2", "alpha")).await {
             Err(StoreError::AlreadyExists { what, key }) => {
@@ -379,10 +334,7 @@ mod cases {
 
         let fp = fingerprint("alpha-rebuilt", 8);
         let seen = t0() + Duration::minutes(10);
-        store
-            .record_session("n-1", &fp, "198.51.100.7:51234", seen)
-            .await
-            .expect("session");
+        store.record_session("n-1", &fp, "198.51.100.7:51234", seen).await.expect("session");
 
         let got = get_node(&*store, "n-1").await;
         assert_eq!(got.fingerprint, fp);
@@ -409,57 +361,28 @@ mod cases {
 
         let later = t0() + Duration::minutes(3);
         let changes = [
-            NodeStatusChange {
-                node_id: "n-1".into(),
-                status: NodeStatus::Unhealthy,
-                last_seen_at: later,
-            },
-            NodeStatusChange {
-                node_id: "ghost".into(),
-                status: NodeStatus::Down,
-                last_seen_at: later,
-            },
-            NodeStatusChange {
-                node_id: "n-3".into(),
-                status: NodeStatus::Down,
-                last_seen_at: later + Duration::seconds(1),
-            },
+            NodeStatusChange { node_id: "n-1".into(), status: NodeStatus::Unhealthy, last_seen_at: later },
+            NodeStatusChange { node_id: "ghost".into(), status: NodeStatus::Down, last_seen_at: later },
+            NodeStatusChange { node_id: "n-3".into(), status: NodeStatus::Down, last_seen_at: later + Duration::seconds(1) },
         ];
-        store
-            .apply_status_changes(&changes)
-            .await
-            .expect("batch with an unknown id");
+        store.apply_status_changes(&changes).await.expect("batch with an unknown id");
 
         let a = get_node(&*store, "n-1").await;
         assert_eq!((a.status, a.last_seen_at), (NodeStatus::Unhealthy, later));
         let b = get_node(&*store, "n-2").await;
         assert_eq!(b, node("n-2", "bravo"), "node outside the batch untouched");
         let c = get_node(&*store, "n-3").await;
-        assert_eq!(
-            (c.status, c.last_seen_at),
-            (NodeStatus::Down, later + Duration::seconds(1))
-        );
-        assert_eq!(
-            store.get_node("ghost").await.expect("get"),
-            None,
-            "unknown id not created"
-        );
+        assert_eq!((c.status, c.last_seen_at), (NodeStatus::Down, later + Duration::seconds(1)));
+        assert_eq!(store.get_node("ghost").await.expect("get"), None, "unknown id not created");
 
         // Back to ready.
-        let back = [NodeStatusChange {
-            node_id: "n-3".into(),
-            status: NodeStatus::Ready,
-            last_seen_at: later,
-        }];
+        let back = [NodeStatusChange { node_id: "n-3".into(), status: NodeStatus::Ready, last_seen_at: later }];
         store.apply_status_changes(&back).await.expect("batch");
         assert_eq!(get_node(&*store, "n-3").await.status, NodeStatus::Ready);
     }
 
     pub async fn nodes_cordon(store: Arc<dyn Store>) {
-        store
-            .insert_node(&node("n-1", "alpha"))
-            .await
-            .expect("insert");
+        store.insert_node(&node("n-1", "alpha")).await.expect("insert");
         store.set_cordoned("n-1", true).await.expect("cordon");
         assert!(get_node(&*store, "n-1").await.cordoned);
         store.set_cordoned("n-1", true).await.expect("cordon twice");
@@ -472,21 +395,12 @@ mod cases {
             other => panic!("unknown node: expected NotFound, got {other:?}"),
         }
         // By name is not by id.
-        assert!(matches!(
-            store.set_cordoned("alpha", true).await,
-            Err(StoreError::NotFound { .. })
-        ));
+        assert!(matches!(store.set_cordoned("alpha", true).await, Err(StoreError::NotFound { .. })));
     }
 
     pub async fn nodes_delete(store: Arc<dyn Store>) {
-        store
-            .insert_node(&node("n-1", "alpha"))
-            .await
-            .expect("insert");
-        store
-            .insert_node(&node("n-2", "bravo"))
-            .await
-            .expect("insert");
+        store.insert_node(&node("n-1", "alpha")).await.expect("insert");
+        store.insert_node(&node("n-2", "bravo")).await.expect("insert");
         assert!(store.delete_node("n-1").await.expect("delete"));
         assert!(!store.delete_node("n-1").await.expect("delete again"));
         assert!(!store.delete_node("ghost").await.expect("delete unknown"));
@@ -494,10 +408,7 @@ mod cases {
         assert_eq!(store.get_node("alpha").await.expect("get"), None);
         assert_eq!(store.list_nodes().await.expect("list").len(), 1);
         // The name is free again.
-        store
-            .insert_node(&node("n-9", "alpha"))
-            .await
-            .expect("reuse name");
+        store.insert_node(&node("n-9", "alpha")).await.expect("reuse name");
         assert_eq!(get_node(&*store, "alpha").await.id, "n-9");
     }
 
@@ -514,124 +425,51 @@ mod cases {
         store.insert_join_token(&old).await.expect("insert");
         store.insert_join_token(&new).await.expect("insert");
 
-        assert_eq!(
-            store.get_join_token("jt-old").await.expect("get"),
-            Some(old.clone())
-        );
-        assert_eq!(
-            store.get_join_token("jt-new").await.expect("get"),
-            Some(new.clone())
-        );
+        assert_eq!(store.get_join_token("jt-old").await.expect("get"), Some(old.clone()));
+        assert_eq!(store.get_join_token("jt-new").await.expect("get"), Some(new.clone()));
 
         // Newest first.
-        let ids: Vec<String> = store
-            .list_join_tokens()
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
+        let ids: Vec<String> = store.list_join_tokens().await.expect("list").into_iter().map(|t| t.id).collect();
         assert_eq!(ids, ["jt-new", "jt-old"]);
 
-        match store
-            .insert_join_token(&join_token("jt-old", t0(), false))
-            .await
-        {
+        match store.insert_join_token(&join_token("jt-old", t0(), false)).await {
             Err(StoreError::AlreadyExists { key, .. }) => assert_eq!(key, "jt-old"),
             other => panic!("duplicate join token: expected AlreadyExists, got {other:?}"),
         }
 
         assert!(store.revoke_join_token("jt-old").await.expect("revoke"));
-        assert!(
-            store
-                .revoke_join_token("jt-old")
-                .await
-                .expect("revoke twice")
-        );
-        assert!(
-            !store
-                .revoke_join_token("ghost")
-                .await
-                .expect("revoke unknown")
-        );
-        let revoked = store
-            .get_join_token("jt-old")
-            .await
-            .expect("get")
-            .expect("present");
+        assert!(store.revoke_join_token("jt-old").await.expect("revoke twice"));
+        assert!(!store.revoke_join_token("ghost").await.expect("revoke unknown"));
+        let revoked = store.get_join_token("jt-old").await.expect("get").expect("present");
         assert!(revoked.revoked);
-        assert_eq!(
-            revoked,
-            JoinTokenRecord {
-                revoked: true,
-                ..old
-            }
-        );
+        assert_eq!(revoked, JoinTokenRecord { revoked: true, ..old });
     }
 
     pub async fn join_tokens_expired_and_revoked(store: Arc<dyn Store>) {
         let token = join_token("jt", t0(), false);
         store.insert_join_token(&token).await.expect("insert");
 
-        assert!(
-            !store
-                .use_join_token("ghost", t0())
-                .await
-                .expect("use unknown")
-        );
+        assert!(!store.use_join_token("ghost", t0()).await.expect("use unknown"));
 
         // Usable until just before expiry, refused at and after it.
         let just_before = token.expires_at - Duration::milliseconds(1);
         assert!(store.use_join_token("jt", just_before).await.expect("use"));
-        assert!(
-            !store
-                .use_join_token("jt", token.expires_at)
-                .await
-                .expect("use at expiry")
-        );
-        assert!(
-            !store
-                .use_join_token("jt", token.expires_at + Duration::days(1))
-                .await
-                .expect("use after expiry")
-        );
-        assert_eq!(
-            store
-                .get_join_token("jt")
-                .await
-                .expect("get")
-                .expect("present")
-                .uses,
-            1
-        );
+        assert!(!store.use_join_token("jt", token.expires_at).await.expect("use at expiry"));
+        assert!(!store.use_join_token("jt", token.expires_at + Duration::days(1)).await.expect("use after expiry"));
+        assert_eq!(store.get_join_token("jt").await.expect("get").expect("present").uses, 1);
 
         // Revoked: refused even within its lifetime.
         assert!(store.revoke_join_token("jt").await.expect("revoke"));
         assert!(!store.use_join_token("jt", t0()).await.expect("use revoked"));
-        assert_eq!(
-            store
-                .get_join_token("jt")
-                .await
-                .expect("get")
-                .expect("present")
-                .uses,
-            1
-        );
+        assert_eq!(store.get_join_token("jt").await.expect("get").expect("present").uses, 1);
     }
 
     pub async fn join_tokens_single_use(store: Arc<dyn Store>) {
-        store
-            .insert_join_token(&join_token("jt", t0(), true))
-            .await
-            .expect("insert");
+        store.insert_join_token(&join_token("jt", t0(), true)).await.expect("insert");
         assert!(store.use_join_token("jt", t0()).await.expect("first use"));
         assert!(!store.use_join_token("jt", t0()).await.expect("second use"));
         assert!(!store.use_join_token("jt", t0()).await.expect("third use"));
-        let got = store
-            .get_join_token("jt")
-            .await
-            .expect("get")
-            .expect("present");
+        let got = store.get_join_token("jt").await.expect("get").expect("present");
         assert_eq!(got.uses, 1);
         assert!(!got.revoked);
     }
@@ -640,10 +478,7 @@ mod cases {
         // Several rounds, each with its own token and two (then more) racing joins.
         for round in 0..10 {
             let id = format!("jt-{round}");
-            store
-                .insert_join_token(&join_token(&id, t0(), true))
-                .await
-                .expect("insert");
+            store.insert_join_token(&join_token(&id, t0(), true)).await.expect("insert");
             let racers = if round < 5 { 2 } else { 6 };
             let barrier = Arc::new(tokio::sync::Barrier::new(racers));
             let tasks: Vec<_> = (0..racers)
@@ -661,27 +496,13 @@ mod cases {
                     winners += 1;
                 }
             }
-            assert_eq!(
-                winners, 1,
-                "round {round}: exactly one racer wins a single-use token"
-            );
-            assert_eq!(
-                store
-                    .get_join_token(&id)
-                    .await
-                    .expect("get")
-                    .expect("present")
-                    .uses,
-                1
-            );
+            assert_eq!(winners, 1, "round {round}: exactly one racer wins a single-use token");
+            assert_eq!(store.get_join_token(&id).await.expect("get").expect("present").uses, 1);
         }
     }
 
     pub async fn join_tokens_multi_use(store: Arc<dyn Store>) {
-        store
-            .insert_join_token(&join_token("jt", t0(), false))
-            .await
-            .expect("insert");
+        store.insert_join_token(&join_token("jt", t0(), false)).await.expect("insert");
         for _ in 0..5 {
             assert!(store.use_join_token("jt", t0()).await.expect("use"));
         }
@@ -695,15 +516,7 @@ mod cases {
         for task in tasks {
             assert!(task.await.expect("task"));
         }
-        assert_eq!(
-            store
-                .get_join_token("jt")
-                .await
-                .expect("get")
-                .expect("present")
-                .uses,
-            13
-        );
+        assert_eq!(store.get_join_token("jt").await.expect("get").expect("present").uses, 13);
     }
 
     // ---- API tokens ----
@@ -720,63 +533,24 @@ mod cases {
             store.insert_api_token(t).await.expect("insert");
         }
 
-        assert_eq!(
-            store.get_api_token("at-1").await.expect("get"),
-            Some(admin.clone())
-        );
-        assert_eq!(
-            store.get_api_token("at-2").await.expect("get"),
-            Some(deployer.clone())
-        );
-        assert_eq!(
-            store.get_api_token("at-3").await.expect("get"),
-            Some(viewer.clone())
-        );
+        assert_eq!(store.get_api_token("at-1").await.expect("get"), Some(admin.clone()));
+        assert_eq!(store.get_api_token("at-2").await.expect("get"), Some(deployer.clone()));
+        assert_eq!(store.get_api_token("at-3").await.expect("get"), Some(viewer.clone()));
 
-        let ids: Vec<String> = store
-            .list_api_tokens()
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
+        let ids: Vec<String> = store.list_api_tokens().await.expect("list").into_iter().map(|t| t.id).collect();
         assert_eq!(ids, ["at-3", "at-2", "at-1"], "newest first");
 
-        match store
-            .insert_api_token(&api_token("at-1", t0(), Role::Viewer))
-            .await
-        {
+        match store.insert_api_token(&api_token("at-1", t0(), Role::Viewer)).await {
             Err(StoreError::AlreadyExists { key, .. }) => assert_eq!(key, "at-1"),
             other => panic!("duplicate API token: expected AlreadyExists, got {other:?}"),
         }
-        assert_eq!(
-            store.get_api_token("at-1").await.expect("get"),
-            Some(admin.clone())
-        );
+        assert_eq!(store.get_api_token("at-1").await.expect("get"), Some(admin.clone()));
 
         assert!(store.revoke_api_token("at-2").await.expect("revoke"));
         assert!(store.revoke_api_token("at-2").await.expect("revoke twice"));
-        assert!(
-            !store
-                .revoke_api_token("ghost")
-                .await
-                .expect("revoke unknown")
-        );
-        assert_eq!(
-            store.get_api_token("at-2").await.expect("get"),
-            Some(ApiTokenRecord {
-                revoked: true,
-                ..deployer
-            })
-        );
-        assert!(
-            !store
-                .get_api_token("at-1")
-                .await
-                .expect("get")
-                .expect("present")
-                .revoked
-        );
+        assert!(!store.revoke_api_token("ghost").await.expect("revoke unknown"));
+        assert_eq!(store.get_api_token("at-2").await.expect("get"), Some(ApiTokenRecord { revoked: true, ..deployer }));
+        assert!(!store.get_api_token("at-1").await.expect("get").expect("present").revoked);
     }
 
     // ---- events ----
@@ -788,10 +562,7 @@ mod cases {
         for n in 0..10 {
             sequences.push(store.append_event(&event(n)).await.expect("append"));
         }
-        assert!(
-            sequences.windows(2).all(|w| w[0] < w[1]),
-            "strictly increasing: {sequences:?}"
-        );
+        assert!(sequences.windows(2).all(|w| w[0] < w[1]), "strictly increasing: {sequences:?}");
         assert!(sequences[0] > 0);
 
         let all = store.list_events(0, 100).await.expect("list");
@@ -814,35 +585,11 @@ mod cases {
         assert_eq!(paged, sequences);
 
         let tail = store.list_events(sequences[6], 100).await.expect("tail");
-        assert_eq!(
-            tail.iter().map(|e| e.sequence).collect::<Vec<_>>(),
-            sequences[7..]
-        );
-        assert!(
-            store
-                .list_events(sequences[9], 100)
-                .await
-                .expect("past end")
-                .is_empty()
-        );
-        assert!(
-            store
-                .list_events(u64::MAX, 100)
-                .await
-                .expect("huge after")
-                .is_empty()
-        );
-        assert!(
-            store
-                .list_events(0, 0)
-                .await
-                .expect("zero limit")
-                .is_empty()
-        );
-        assert_eq!(
-            store.list_events(0, 1).await.expect("one")[0].sequence,
-            sequences[0]
-        );
+        assert_eq!(tail.iter().map(|e| e.sequence).collect::<Vec<_>>(), sequences[7..]);
+        assert!(store.list_events(sequences[9], 100).await.expect("past end").is_empty());
+        assert!(store.list_events(u64::MAX, 100).await.expect("huge after").is_empty());
+        assert!(store.list_events(0, 0).await.expect("zero limit").is_empty());
+        assert_eq!(store.list_events(0, 1).await.expect("one")[0].sequence, sequences[0]);
 
         // Later appends continue above everything listed.
         let next = store.append_event(&event(99)).await.expect("append");
@@ -863,13 +610,7 @@ mod cases {
         sequences.sort_unstable();
         sequences.dedup();
         assert_eq!(sequences.len(), 20, "distinct sequence numbers");
-        let listed: Vec<u64> = store
-            .list_events(0, 100)
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|e| e.sequence)
-            .collect();
+        let listed: Vec<u64> = store.list_events(0, 100).await.expect("list").into_iter().map(|e| e.sequence).collect();
         assert_eq!(listed, sequences);
     }
 
@@ -913,10 +654,7 @@ mod cases {
     pub async fn deployments_create_get_list(store: Arc<dyn Store>) {
         assert!(store.list_deployments().await.expect("list").is_empty());
         assert_eq!(store.get_deployment("nope").await.expect("get"), None);
-        assert_eq!(
-            store.find_deployment_by_key("nope").await.expect("find"),
-            None
-        );
+        assert_eq!(store.find_deployment_by_key("nope").await.expect("find"), None);
 
         let web = deployment("d-2", "web", None);
         let mut api = deployment("d-1", "api", Some("key-1"));
@@ -937,61 +675,26 @@ mod cases {
         assert_eq!(get_deployment(&*store, "d-3").await, worker);
 
         // Ordered by name, whatever the insertion order.
-        let names: Vec<String> = store
-            .list_deployments()
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|d| d.spec.name)
-            .collect();
+        let names: Vec<String> = store.list_deployments().await.expect("list").into_iter().map(|d| d.spec.name).collect();
         assert_eq!(names, ["api", "web", "worker"]);
-        assert_eq!(
-            store.list_deployments().await.expect("list")[2],
-            worker,
-            "listed records are complete"
-        );
+        assert_eq!(store.list_deployments().await.expect("list")[2], worker, "listed records are complete");
 
         // By idempotency key.
-        assert_eq!(
-            store.find_deployment_by_key("key-1").await.expect("find"),
-            Some(api.clone())
-        );
-        assert_eq!(
-            store.find_deployment_by_key("key-3").await.expect("find"),
-            Some(worker.clone())
-        );
-        assert_eq!(
-            store.find_deployment_by_key("d-1").await.expect("find"),
-            None
-        );
+        assert_eq!(store.find_deployment_by_key("key-1").await.expect("find"), Some(api.clone()));
+        assert_eq!(store.find_deployment_by_key("key-3").await.expect("find"), Some(worker.clone()));
+        assert_eq!(store.find_deployment_by_key("d-1").await.expect("find"), None);
 
         // Creating writes revision 1 with its spec, and only that.
-        assert_eq!(
-            store.get_revision("d-3", 1).await.expect("revision"),
-            Some(worker.spec.clone())
-        );
-        assert_eq!(
-            store.get_revision("d-2", 1).await.expect("revision"),
-            Some(web.spec.clone())
-        );
+        assert_eq!(store.get_revision("d-3", 1).await.expect("revision"), Some(worker.spec.clone()));
+        assert_eq!(store.get_revision("d-2", 1).await.expect("revision"), Some(web.spec.clone()));
         assert_eq!(store.get_revision("d-3", 2).await.expect("revision"), None);
         assert_eq!(store.get_revision("d-3", 0).await.expect("revision"), None);
-        assert_eq!(
-            store.get_revision("ghost", 1).await.expect("revision"),
-            None
-        );
-        assert_eq!(
-            store.get_revision("worker", 1).await.expect("revision"),
-            None,
-            "revisions are by id, not by name"
-        );
+        assert_eq!(store.get_revision("ghost", 1).await.expect("revision"), None);
+        assert_eq!(store.get_revision("worker", 1).await.expect("revision"), None, "revisions are by id, not by name");
 
         // An id wins over another deployment's equal name.
         let tricky = deployment("d-4", "d-1", None);
-        store
-            .create_deployment(&tricky)
-            .await
-            .expect("create tricky");
+        store.create_deployment(&tricky).await.expect("create tricky");
         assert_eq!(get_deployment(&*store, "d-1").await.spec.name, "api");
         assert_eq!(get_deployment(&*store, "d-4").await.spec.name, "d-1");
     }
@@ -1000,20 +703,14 @@ mod cases {
         let first = deployment("d-1", "web", Some("key-1"));
         store.create_deployment(&first).await.expect("create");
 
-        match store
-            .create_deployment(&deployment("d-2", "web", None))
-            .await
-        {
+        match store.create_deployment(&deployment("d-2", "web", None)).await {
             Err(StoreError::AlreadyExists { what, key }) => {
                 assert_eq!(what, "deployment");
                 assert_eq!(key, "web");
             }
             other => panic!("duplicate name: expected AlreadyExists, got {other:?}"),
         }
-        match store
-            .create_deployment(&deployment("d-1", "api", None))
-            .await
-        {
+        match store.create_deployment(&deployment("d-1", "api", None)).await {
             Err(StoreError::AlreadyExists { what, key }) => {
                 assert_eq!(what, "deployment");
                 assert_eq!(key, "d-1");
@@ -1031,10 +728,7 @@ mod cases {
         }
 
         // The key still finds the first deployment, and nothing was half-written.
-        assert_eq!(
-            store.find_deployment_by_key("key-1").await.expect("find"),
-            Some(first.clone())
-        );
+        assert_eq!(store.find_deployment_by_key("key-1").await.expect("find"), Some(first.clone()));
         assert_eq!(store.get_deployment("api").await.expect("get"), None);
         assert_eq!(store.get_deployment("d-2").await.expect("get"), None);
         assert_eq!(store.get_deployment("d-3").await.expect("get"), None);
@@ -1049,24 +743,15 @@ mod cases {
         assert_eq!(store.list_deployments().await.expect("list").len(), 1);
 
         // Deployments without a key never conflict with each other.
-        store
-            .create_deployment(&deployment("d-4", "db", None))
-            .await
-            .expect("no key");
-        store
-            .create_deployment(&deployment("d-5", "cache", None))
-            .await
-            .expect("no key either");
+        store.create_deployment(&deployment("d-4", "db", None)).await.expect("no key");
+        store.create_deployment(&deployment("d-5", "cache", None)).await.expect("no key either");
         assert_eq!(store.list_deployments().await.expect("list").len(), 3);
     }
 
     pub async fn deployments_save_and_revisions(store: Arc<dyn Store>) {
         let created = deployment("d-1", "web", Some("key-1"));
         store.create_deployment(&created).await.expect("create");
-        store
-            .create_deployment(&deployment("d-2", "api", None))
-            .await
-            .expect("create other");
+        store.create_deployment(&deployment("d-2", "api", None)).await.expect("create other");
 
         // A new revision: recorded next to the first.
         let mut v2 = created.clone();
@@ -1078,15 +763,8 @@ mod cases {
         store.save_deployment(&v2).await.expect("save revision 2");
         assert_eq!(get_deployment(&*store, "d-1").await, v2);
         assert_eq!(get_deployment(&*store, "web").await, v2);
-        assert_eq!(
-            store.get_revision("d-1", 1).await.expect("revision"),
-            Some(created.spec.clone()),
-            "revision 1 kept"
-        );
-        assert_eq!(
-            store.get_revision("d-1", 2).await.expect("revision"),
-            Some(v2.spec.clone())
-        );
+        assert_eq!(store.get_revision("d-1", 1).await.expect("revision"), Some(created.spec.clone()), "revision 1 kept");
+        assert_eq!(store.get_revision("d-1", 2).await.expect("revision"), Some(v2.spec.clone()));
 
         // Same revision again: the deployment is updated, the recorded revision is not
         // duplicated nor rewritten.
@@ -1095,20 +773,10 @@ mod cases {
         again.message = "1 of 5 instances failing".to_owned();
         again.spec.replicas = 7;
         again.updated_at = t0() + Duration::minutes(2);
-        store
-            .save_deployment(&again)
-            .await
-            .expect("save same revision");
-        store
-            .save_deployment(&again)
-            .await
-            .expect("save same revision twice");
+        store.save_deployment(&again).await.expect("save same revision");
+        store.save_deployment(&again).await.expect("save same revision twice");
         assert_eq!(get_deployment(&*store, "d-1").await, again);
-        assert_eq!(
-            store.get_revision("d-1", 2).await.expect("revision"),
-            Some(v2.spec.clone()),
-            "a recorded revision is never rewritten"
-        );
+        assert_eq!(store.get_revision("d-1", 2).await.expect("revision"), Some(v2.spec.clone()), "a recorded revision is never rewritten");
         assert_eq!(store.get_revision("d-1", 3).await.expect("revision"), None);
 
         // Revision 3, renaming: the name follows the spec.
@@ -1121,15 +789,7 @@ mod cases {
         assert_eq!(get_deployment(&*store, "frontend").await, v3);
         assert_eq!(store.get_deployment("web").await.expect("get"), None);
         for (revision, expected) in [(1, &created.spec), (2, &v2.spec), (3, &v3.spec)] {
-            assert_eq!(
-                store
-                    .get_revision("d-1", revision)
-                    .await
-                    .expect("revision")
-                    .as_ref(),
-                Some(expected),
-                "revision {revision}"
-            );
+            assert_eq!(store.get_revision("d-1", revision).await.expect("revision").as_ref(), Some(expected), "revision {revision}");
         }
 
         // The creating request's key and the creation time stay.
@@ -1143,28 +803,16 @@ mod cases {
         assert_eq!(got.idempotency_key.as_deref(), Some("key-1"));
         assert_eq!(got.created_at, created.created_at);
         assert_eq!((got.revision, got.updated_at), (4, v4.updated_at));
-        assert_eq!(
-            store.find_deployment_by_key("key-1").await.expect("find"),
-            Some(got)
-        );
+        assert_eq!(store.find_deployment_by_key("key-1").await.expect("find"), Some(got));
 
         // The other deployment is untouched.
-        assert_eq!(
-            get_deployment(&*store, "d-2").await,
-            deployment("d-2", "api", None)
-        );
+        assert_eq!(get_deployment(&*store, "d-2").await, deployment("d-2", "api", None));
         assert_eq!(store.get_revision("d-2", 2).await.expect("revision"), None);
     }
 
     pub async fn deployments_save_conflicts(store: Arc<dyn Store>) {
-        store
-            .create_deployment(&deployment("d-1", "web", None))
-            .await
-            .expect("create");
-        store
-            .create_deployment(&deployment("d-2", "api", None))
-            .await
-            .expect("create");
+        store.create_deployment(&deployment("d-1", "web", None)).await.expect("create");
+        store.create_deployment(&deployment("d-2", "api", None)).await.expect("create");
 
         let mut ghost = deployment("ghost", "ghost", None);
         ghost.revision = 2;
@@ -1176,17 +824,11 @@ mod cases {
             other => panic!("unknown deployment: expected NotFound, got {other:?}"),
         }
         assert_eq!(store.get_deployment("ghost").await.expect("get"), None);
-        assert_eq!(
-            store.get_revision("ghost", 2).await.expect("revision"),
-            None
-        );
+        assert_eq!(store.get_revision("ghost", 2).await.expect("revision"), None);
         // By name is not by id.
         let mut by_name = deployment("web", "web", None);
         by_name.revision = 2;
-        assert!(matches!(
-            store.save_deployment(&by_name).await,
-            Err(StoreError::NotFound { .. })
-        ));
+        assert!(matches!(store.save_deployment(&by_name).await, Err(StoreError::NotFound { .. })));
         assert_eq!(store.get_revision("d-1", 2).await.expect("revision"), None);
 
         // Renaming onto another deployment's name, in a new revision: nothing changes.
@@ -1199,10 +841,7 @@ mod cases {
             }
             other => panic!("name clash: expected AlreadyExists, got {other:?}"),
         }
-        assert_eq!(
-            get_deployment(&*store, "d-2").await,
-            deployment("d-2", "api", None)
-        );
+        assert_eq!(get_deployment(&*store, "d-2").await, deployment("d-2", "api", None));
         assert_eq!(get_deployment(&*store, "web").await.id, "d-1");
         assert_eq!(store.get_revision("d-2", 2).await.expect("revision"), None);
     }
@@ -1217,21 +856,14 @@ mod cases {
         v2.spec.replicas = 3;
         store.save_deployment(&v2).await.expect("save");
         store
-            .insert_instances(&[
-                instance("i-1", "d-1", 0),
-                instance("i-2", "d-2", 1),
-                instance("i-3", "d-1", 2),
-            ])
+            .insert_instances(&[instance("i-1", "d-1", 0), instance("i-2", "d-2", 1), instance("i-3", "d-1", 2)])
             .await
             .expect("insert instances");
 
         assert!(store.delete_deployment("d-1").await.expect("delete"));
         assert_eq!(store.get_deployment("d-1").await.expect("get"), None);
         assert_eq!(store.get_deployment("web").await.expect("get"), None);
-        assert_eq!(
-            store.find_deployment_by_key("key-1").await.expect("find"),
-            None
-        );
+        assert_eq!(store.find_deployment_by_key("key-1").await.expect("find"), None);
         assert_eq!(store.get_revision("d-1", 1).await.expect("revision"), None);
         assert_eq!(store.get_revision("d-1", 2).await.expect("revision"), None);
         assert!(instance_ids(&*store, Some("d-1")).await.is_empty());
@@ -1239,22 +871,11 @@ mod cases {
 
         // The other deployment keeps everything.
         assert_eq!(get_deployment(&*store, "d-2").await, api);
-        assert_eq!(
-            store.get_revision("d-2", 1).await.expect("revision"),
-            Some(api.spec.clone())
-        );
+        assert_eq!(store.get_revision("d-2", 1).await.expect("revision"), Some(api.spec.clone()));
 
         assert!(!store.delete_deployment("d-1").await.expect("delete again"));
-        assert!(
-            !store
-                .delete_deployment("ghost")
-                .await
-                .expect("delete unknown")
-        );
-        assert!(
-            !store.delete_deployment("api").await.expect("by name"),
-            "by name is not by id"
-        );
+        assert!(!store.delete_deployment("ghost").await.expect("delete unknown"));
+        assert!(!store.delete_deployment("api").await.expect("by name"), "by name is not by id");
         assert_eq!(store.list_deployments().await.expect("list"), vec![api]);
 
         // Id, name and key are free again, with no history left over.
@@ -1269,22 +890,14 @@ mod cases {
 
     pub async fn instances_insert_list(store: Arc<dyn Store>) {
         for (id, name) in [("d-1", "web"), ("d-2", "api")] {
-            store
-                .create_deployment(&deployment(id, name, None))
-                .await
-                .expect("create");
+            store.create_deployment(&deployment(id, name, None)).await.expect("create");
         }
         assert!(instance_ids(&*store, None).await.is_empty());
         store.insert_instances(&[]).await.expect("empty batch");
 
         // Every status, desired state and runtime, and both empty and set options.
-        let statuses = [
-            InstanceStatus::Pending,
-            InstanceStatus::Starting,
-            InstanceStatus::Running,
-            InstanceStatus::Failed,
-            InstanceStatus::Lost,
-        ];
+        let statuses =
+            [InstanceStatus::Pending, InstanceStatus::Starting, InstanceStatus::Running, InstanceStatus::Failed, InstanceStatus::Lost];
         let mut placed: Vec<InstanceRecord> = Vec::new();
         for (n, status) in statuses.into_iter().enumerate() {
             let mut i = instance(&format!("i-p{n}"), "d-1", 100 - n as i64 * 10);
@@ -1292,11 +905,7 @@ mod cases {
             i.node_id = Some(format!("n-{n}"));
             i.runtime = Some(Runtime::ALL[n % Runtime::ALL.len()]);
             i.container_id = Some(format!("c0ffee{n}"));
-            i.desired = if n % 2 == 0 {
-                InstanceDesired::Run
-            } else {
-                InstanceDesired::Remove
-            };
+            i.desired = if n % 2 == 0 { InstanceDesired::Run } else { InstanceDesired::Remove };
             i.status = status;
             i.message = format!("note {n}: \"quoted\" ünïcode");
             i.updated_at = i.created_at + Duration::seconds(n as i64);
@@ -1309,12 +918,7 @@ mod cases {
         let other_late = instance("i-o2", "d-2", 1_000);
 
         let mut batch = placed.clone();
-        batch.extend([
-            tie_b.clone(),
-            other_late.clone(),
-            tie_a.clone(),
-            other.clone(),
-        ]);
+        batch.extend([tie_b.clone(), other_late.clone(), tie_a.clone(), other.clone()]);
         store.insert_instances(&batch).await.expect("insert batch");
 
         // Every field intact, ordered by creation time then id.
@@ -1323,63 +927,34 @@ mod cases {
         expected.extend([tie_a.clone(), tie_b.clone()]);
         expected.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         assert_eq!(d1, expected);
-        assert_eq!(
-            d1.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
-            ["i-ta", "i-tb", "i-p4", "i-p3", "i-p2", "i-p1", "i-p0"]
-        );
-        assert_eq!(
-            store.list_instances(Some("d-2")).await.expect("list d-2"),
-            vec![other.clone(), other_late.clone()]
-        );
+        assert_eq!(d1.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["i-ta", "i-tb", "i-p4", "i-p3", "i-p2", "i-p1", "i-p0"]);
+        assert_eq!(store.list_instances(Some("d-2")).await.expect("list d-2"), vec![other.clone(), other_late.clone()]);
 
         // All deployments: one ordering across them.
-        assert_eq!(
-            instance_ids(&*store, None).await,
-            [
-                "i-o1", "i-ta", "i-tb", "i-p4", "i-p3", "i-p2", "i-p1", "i-p0", "i-o2"
-            ]
-        );
+        assert_eq!(instance_ids(&*store, None).await, ["i-o1", "i-ta", "i-tb", "i-p4", "i-p3", "i-p2", "i-p1", "i-p0", "i-o2"]);
         assert!(instance_ids(&*store, Some("ghost")).await.is_empty());
-        assert!(
-            instance_ids(&*store, Some("web")).await.is_empty(),
-            "by deployment id, not name"
-        );
+        assert!(instance_ids(&*store, Some("web")).await.is_empty(), "by deployment id, not name");
     }
 
     pub async fn instances_insert_is_atomic(store: Arc<dyn Store>) {
-        store
-            .create_deployment(&deployment("d-1", "web", None))
-            .await
-            .expect("create");
+        store.create_deployment(&deployment("d-1", "web", None)).await.expect("create");
         let first = instance("i-1", "d-1", 0);
-        store
-            .insert_instances(std::slice::from_ref(&first))
-            .await
-            .expect("insert");
+        store.insert_instances(std::slice::from_ref(&first)).await.expect("insert");
 
         // A taken id in the middle of a batch: nothing of the batch is inserted.
         let mut taken = instance("i-1", "d-1", 5);
         taken.status = InstanceStatus::Running;
-        match store
-            .insert_instances(&[instance("i-2", "d-1", 1), taken, instance("i-3", "d-1", 2)])
-            .await
-        {
+        match store.insert_instances(&[instance("i-2", "d-1", 1), taken, instance("i-3", "d-1", 2)]).await {
             Err(StoreError::AlreadyExists { what, key }) => {
                 assert_eq!(what, "instance");
                 assert_eq!(key, "i-1");
             }
             other => panic!("duplicate instance id: expected AlreadyExists, got {other:?}"),
         }
-        assert_eq!(
-            store.list_instances(None).await.expect("list"),
-            vec![first.clone()]
-        );
+        assert_eq!(store.list_instances(None).await.expect("list"), vec![first.clone()]);
 
         // The same id twice within one batch.
-        match store
-            .insert_instances(&[instance("i-4", "d-1", 1), instance("i-4", "d-1", 2)])
-            .await
-        {
+        match store.insert_instances(&[instance("i-4", "d-1", 1), instance("i-4", "d-1", 2)]).await {
             Err(StoreError::AlreadyExists { what, key }) => {
                 assert_eq!(what, "instance");
                 assert_eq!(key, "i-4");
@@ -1389,10 +964,7 @@ mod cases {
         assert_eq!(instance_ids(&*store, None).await, ["i-1"]);
 
         // An unknown deployment: NotFound, nothing inserted.
-        match store
-            .insert_instances(&[instance("i-5", "d-1", 1), instance("i-6", "ghost", 2)])
-            .await
-        {
+        match store.insert_instances(&[instance("i-5", "d-1", 1), instance("i-6", "ghost", 2)]).await {
             Err(StoreError::NotFound { what, key }) => {
                 assert_eq!(what, "deployment");
                 assert_eq!(key, "ghost");
@@ -1402,21 +974,12 @@ mod cases {
         assert_eq!(instance_ids(&*store, None).await, ["i-1"]);
 
         // The store still works after the failed batches.
-        store
-            .insert_instances(&[instance("i-2", "d-1", 1), instance("i-3", "d-1", 2)])
-            .await
-            .expect("insert after failures");
-        assert_eq!(
-            instance_ids(&*store, Some("d-1")).await,
-            ["i-1", "i-2", "i-3"]
-        );
+        store.insert_instances(&[instance("i-2", "d-1", 1), instance("i-3", "d-1", 2)]).await.expect("insert after failures");
+        assert_eq!(instance_ids(&*store, Some("d-1")).await, ["i-1", "i-2", "i-3"]);
     }
 
     pub async fn instances_update(store: Arc<dyn Store>) {
-        store
-            .create_deployment(&deployment("d-1", "web", None))
-            .await
-            .expect("create");
+        store.create_deployment(&deployment("d-1", "web", None)).await.expect("create");
         let mut originals = Vec::new();
         for n in 1..=3 {
             let mut i = instance(&format!("i-{n}"), "d-1", n);
@@ -1445,21 +1008,14 @@ mod cases {
         removed.message = "node n-1 down".to_owned();
         removed.updated_at = later + Duration::seconds(1);
         let ghost = instance("ghost", "d-1", 9);
-        store
-            .update_instances(&[started.clone(), ghost, removed.clone()])
-            .await
-            .expect("batch with an unknown id");
+        store.update_instances(&[started.clone(), ghost, removed.clone()]).await.expect("batch with an unknown id");
 
         assert_eq!(
             store.list_instances(Some("d-1")).await.expect("list"),
             vec![started.clone(), originals[1].clone(), removed.clone()],
             "updated, untouched, updated"
         );
-        assert_eq!(
-            instance_ids(&*store, None).await,
-            ["i-1", "i-2", "i-3"],
-            "unknown id not created"
-        );
+        assert_eq!(instance_ids(&*store, None).await, ["i-1", "i-2", "i-3"], "unknown id not created");
 
         // And back: options set again, repeated updates are idempotent.
         let mut restarted = removed.clone();
@@ -1469,53 +1025,30 @@ mod cases {
         restarted.desired = InstanceDesired::Run;
         restarted.status = InstanceStatus::Starting;
         for _ in 0..2 {
-            store
-                .update_instances(std::slice::from_ref(&restarted))
-                .await
-                .expect("update");
+            store.update_instances(std::slice::from_ref(&restarted)).await.expect("update");
         }
-        assert_eq!(
-            store.list_instances(Some("d-1")).await.expect("list")[2],
-            restarted
-        );
+        assert_eq!(store.list_instances(Some("d-1")).await.expect("list")[2], restarted);
     }
 
     pub async fn instances_delete(store: Arc<dyn Store>) {
         for (id, name) in [("d-1", "web"), ("d-2", "api")] {
-            store
-                .create_deployment(&deployment(id, name, None))
-                .await
-                .expect("create");
+            store.create_deployment(&deployment(id, name, None)).await.expect("create");
         }
         store
-            .insert_instances(&[
-                instance("i-1", "d-1", 0),
-                instance("i-2", "d-1", 1),
-                instance("i-3", "d-2", 2),
-                instance("i-4", "d-1", 3),
-            ])
+            .insert_instances(&[instance("i-1", "d-1", 0), instance("i-2", "d-1", 1), instance("i-3", "d-2", 2), instance("i-4", "d-1", 3)])
             .await
             .expect("insert");
         store.delete_instances(&[]).await.expect("empty batch");
         assert_eq!(instance_ids(&*store, None).await.len(), 4);
 
-        store
-            .delete_instances(&["i-1".to_owned(), "ghost".to_owned(), "i-3".to_owned()])
-            .await
-            .expect("delete with an unknown id");
+        store.delete_instances(&["i-1".to_owned(), "ghost".to_owned(), "i-3".to_owned()]).await.expect("delete with an unknown id");
         assert_eq!(instance_ids(&*store, None).await, ["i-2", "i-4"]);
         assert!(instance_ids(&*store, Some("d-2")).await.is_empty());
-        store
-            .delete_instances(&["i-1".to_owned()])
-            .await
-            .expect("delete again");
+        store.delete_instances(&["i-1".to_owned()]).await.expect("delete again");
 
         // Deployments are untouched, and the ids are free again.
         assert_eq!(store.list_deployments().await.expect("list").len(), 2);
-        store
-            .insert_instances(&[instance("i-1", "d-2", 9)])
-            .await
-            .expect("reuse id");
+        store.insert_instances(&[instance("i-1", "d-2", 9)]).await.expect("reuse id");
         assert_eq!(instance_ids(&*store, Some("d-2")).await, ["i-1"]);
         assert_eq!(instance_ids(&*store, None).await, ["i-2", "i-4", "i-1"]);
     }
@@ -1531,14 +1064,8 @@ async fn sqlite_reopen_keeps_data() {
     use diplo_control_plane::store::SqliteStore;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!(
-        "sqlite://{}",
-        dir.path().join("a").join("b").join("diplo.db").display()
-    );
-    let at = Utc
-        .timestamp_millis_opt(1_750_000_000_000)
-        .single()
-        .expect("time");
+    let url = format!("sqlite://{}", dir.path().join("a").join("b").join("diplo.db").display());
+    let at = Utc.timestamp_millis_opt(1_750_000_000_000).single().expect("time");
     let node = NodeRecord {
         id: "n-1".into(),
         name: "alpha".into(),
@@ -1550,31 +1077,18 @@ async fn sqlite_reopen_keeps_data() {
         last_seen_at: at,
         address: "192.0.2.1:1".into(),
     };
-    let event = NewEvent {
-        at,
-        kind: "node.joined".into(),
-        actor: "system".into(),
-        subject: "n-1".into(),
-        message: "joined".into(),
-    };
+    let event = NewEvent { at, kind: "node.joined".into(), actor: "system".into(), subject: "n-1".into(), message: "joined".into() };
 
     let first = SqliteStore::open(&url).await.expect("first open");
     first.insert_node(&node).await.expect("insert");
     let seq = first.append_event(&event).await.expect("append");
     first.close().await;
     drop(first);
-    assert!(
-        dir.path().join("a/b/diplo.db").is_file(),
-        "file and parent dirs created"
-    );
+    assert!(dir.path().join("a/b/diplo.db").is_file(), "file and parent dirs created");
 
     for round in 0..2 {
         let again = SqliteStore::open(&url).await.expect("reopen");
-        assert_eq!(
-            again.get_node("n-1").await.expect("get"),
-            Some(node.clone()),
-            "round {round}"
-        );
+        assert_eq!(again.get_node("n-1").await.expect("get"), Some(node.clone()), "round {round}");
         let events = again.list_events(0, 10).await.expect("events");
         assert_eq!(events.len(), 1 + round);
         assert_eq!(events[0].sequence, seq);
@@ -1606,37 +1120,23 @@ async fn sqlite_unusable_path_fails_with_connect() {
 #[tokio::test]
 async fn postgres_unreachable_fails_fast() {
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        store::open("postgres://diplo:s3cr3t-pw@127.0.0.1:1/nope"),
-    )
-    .await
-    .expect("store::open gave up within 10 s");
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), store::open("postgres://diplo:s3cr3t-pw@127.0.0.1:1/nope"))
+        .await
+        .expect("store::open gave up within 10 s");
     let err = match result {
         Err(err) => err,
         Ok(_) => panic!("connected to 127.0.0.1:1"),
     };
     let message = err.to_string();
-    assert!(
-        matches!(err, store::StoreError::Connect { .. }),
-        "{message}"
-    );
+    assert!(matches!(err, store::StoreError::Connect { .. }), "{message}");
     assert!(message.contains("127.0.0.1:1"), "{message}");
     assert!(!message.contains("s3cr3t-pw"), "{message}");
-    eprintln!(
-        "unreachable PostgreSQL after {:?}: {message}",
-        started.elapsed()
-    );
+    eprintln!("unreachable PostgreSQL after {:?}: {message}", started.elapsed());
 }
 
 #[tokio::test]
 async fn unsupported_url() {
-    for url in [
-        "mysql://x",
-        "mysql://root:hunter2@db/x",
-        "",
-        "/var/lib/diplo/state.db",
-    ] {
+    for url in ["mysql://x", "mysql://root:hunter2@db/x", "", "/var/lib/diplo/state.db"] {
         match store::open(url).await {
             Err(store::StoreError::UnsupportedUrl(shown)) => {
                 assert!(!shown.contains("hunter2"), "{shown}");
@@ -1673,28 +1173,20 @@ mod pg {
                         );
                     }
                     // Straight to stderr, past libtest's output capture, so it shows.
-                    let notice = format!(
-                        "\n******** skipped: {ENV} not set (PostgreSQL conformance not run) ********\n"
-                    );
+                    let notice = format!("\n******** skipped: {ENV} not set (PostgreSQL conformance not run) ********\n");
                     let _ = std::io::Write::write_all(&mut std::io::stderr(), notice.as_bytes());
                     return None;
                 }
             };
             let name = format!("diplo_conf_{}", uuid::Uuid::new_v4().simple());
-            let mut admin = PgConnection::connect(&base_url)
-                .await
-                .unwrap_or_else(|e| panic!("cannot connect to {ENV}: {e}"));
+            let mut admin = PgConnection::connect(&base_url).await.unwrap_or_else(|e| panic!("cannot connect to {ENV}: {e}"));
             sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&mut admin)
                 .await
                 .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
             let _ = admin.close().await;
             let url = with_database(&base_url, &name);
-            Some(TestDatabase {
-                base_url,
-                name,
-                url,
-            })
+            Some(TestDatabase { base_url, name, url })
         }
 
         /// Drops the database, ignoring failures.

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use diplo_api::command::command_outcome;
-use diplo_api::container::{LogChunk, OutputStream, LABEL_NODE};
+use diplo_api::container::{LABEL_NODE, LogChunk, OutputStream};
 use diplo_api::fingerprint::Fingerprint;
 use diplo_api::pb::{self, agent_message::Body};
 use diplo_api::pki::CertificateAuthority;

@@ -137,7 +137,20 @@ mod tests {
         for good in ["registry.local/a", "reg-1.example.com:5000/a", "[::1]:5000/a/b", "localhost:5000/x"] {
             assert!(Reference::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "UPPER/case", "x:", "x@sha256:12", "a//b", "-x.y/foo", "a.b#c/foo", "x.-y/foo", "a.b:port/foo", "a..b/foo", "[zz]:1/a", "a.b:123456/x"] {
+        for bad in [
+            "",
+            "UPPER/case",
+            "x:",
+            "x@sha256:12",
+            "a//b",
+            "-x.y/foo",
+            "a.b#c/foo",
+            "x.-y/foo",
+            "a.b:port/foo",
+            "a..b/foo",
+            "[zz]:1/a",
+            "a.b:123456/x",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
     }

@@ -80,14 +80,9 @@ fn binaries_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().expect("cannot find the test executable's path");
-        let parent = exe
-            .parent()
-            .expect("the test executable has a parent directory");
+        let parent = exe.parent().expect("the test executable has a parent directory");
         let profile_dir = if parent.file_name().is_some_and(|n| n == "deps") {
-            parent
-                .parent()
-                .expect("deps/ has a parent directory")
-                .to_owned()
+            parent.parent().expect("deps/ has a parent directory").to_owned()
         } else {
             parent.to_owned()
         };
@@ -104,15 +99,8 @@ fn binaries_dir() -> &'static Path {
 /// later tests of a run neither rebuild nor see binaries change under them, and a
 /// failed build fails them at once.
 fn build_binaries(profile_dir: &Path) {
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("debug")
-        .to_owned();
-    let mut target_dir = profile_dir
-        .parent()
-        .expect("the profile directory has a parent")
-        .to_owned();
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
+    let mut target_dir = profile_dir.parent().expect("the profile directory has a parent").to_owned();
     let mut triple = None;
     // `<target>/<triple>/<profile>` when built with `--target`.
     if !target_dir.join("CACHEDIR.TAG").exists()
@@ -125,27 +113,16 @@ fn build_binaries(profile_dir: &Path) {
     let stamp = std::env::var("NEXTEST_RUN_ID")
         .ok()
         .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-        .map(|id| {
-            target_dir
-                .join("tmp")
-                .join(format!("diplo-tests-build-{profile}-{id}"))
-        });
-    if let Some(outcome) = stamp
-        .as_deref()
-        .and_then(|path| std::fs::read_to_string(path).ok())
-    {
+        .map(|id| target_dir.join("tmp").join(format!("diplo-tests-build-{profile}-{id}")));
+    if let Some(outcome) = stamp.as_deref().and_then(|path| std::fs::read_to_string(path).ok()) {
         assert!(outcome.trim() == "ok", "{}", outcome.trim());
         return;
     }
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("Cargo.toml");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
     let mut command = Command::new(&cargo);
-    command
-        .args(["build", "--workspace", "--bins", "--manifest-path"])
-        .arg(&manifest);
+    command.args(["build", "--workspace", "--bins", "--manifest-path"]).arg(&manifest);
     command.env("CARGO_TARGET_DIR", &target_dir);
     remove_cargo_test_env(&mut command);
     match profile.as_str() {
@@ -168,9 +145,9 @@ fn build_binaries(profile_dir: &Path) {
             "`cargo build --workspace --bins` failed ({status}); fix the build, or build the binaries yourself \
              (`cargo build --workspace`) and set DIPLO_TESTS_NO_BUILD=1"
         )),
-        Err(e) => Err(format!(
-            "cannot run {cargo:?} to build the binaries ({e}); run `cargo build --workspace` and set DIPLO_TESTS_NO_BUILD=1"
-        )),
+        Err(e) => {
+            Err(format!("cannot run {cargo:?} to build the binaries ({e}); run `cargo build --workspace` and set DIPLO_TESTS_NO_BUILD=1"))
+        }
     };
     if let Some(stamp) = &stamp {
         let _ = std::fs::create_dir_all(stamp.parent().unwrap_or(&target_dir));
@@ -237,10 +214,7 @@ fn remove_old_stamps(current: &Path) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > Duration::from_secs(3600));
-        let ours = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("diplo-tests-build-"));
+        let ours = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("diplo-tests-build-"));
         if ours && old && path != current {
             let _ = std::fs::remove_file(path);
         }
@@ -269,20 +243,12 @@ fn command_for(bin: Binary) -> Command {
 /// A free TCP port on 127.0.0.1 (bound to port 0, read, released). Another process may
 /// take it in between; [`ControlPlane::start`] retries with new ports when that happens.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("cannot bind 127.0.0.1:0")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("cannot bind 127.0.0.1:0").port()
 }
 
 /// Calls `check` every `poll` until it returns `Ok`, and returns that value. Panics
 /// after `timeout`, naming `what` and quoting the last `Err` observation.
-pub fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    poll: Duration,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
+pub fn wait_until<T>(what: &str, timeout: Duration, poll: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
     let started = Instant::now();
     let mut attempts = 0u32;
     loop {
@@ -293,9 +259,7 @@ pub fn wait_until<T>(
         };
         let elapsed = started.elapsed();
         if elapsed >= timeout {
-            panic!(
-                "timed out after {elapsed:.1?} ({attempts} checks) waiting for {what}; last observation: {last}"
-            );
+            panic!("timed out after {elapsed:.1?} ({attempts} checks) waiting for {what}; last observation: {last}");
         }
         std::thread::sleep(poll.min(timeout - elapsed));
     }
@@ -320,9 +284,7 @@ fn read_lossy(path: &Path) -> String {
 pub fn output_with_timeout(mut command: Command, timeout: Duration) -> Output {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let description = format!("{command:?}");
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -332,18 +294,8 @@ pub fn output_with_timeout(mut command: Command, timeout: Duration) -> Output {
             bytes
         })
     };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -357,11 +309,7 @@ pub fn output_with_timeout(mut command: Command, timeout: Duration) -> Output {
             Err(e) => panic!("waiting for {description}: {e}"),
         }
     };
-    Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    }
+    Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
 }
 
 /// A REST response.
@@ -376,12 +324,7 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// The body parsed as JSON (panics with the body when it is not JSON).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "response (HTTP {}) is not JSON ({e}): {}",
-                self.status, self.body
-            )
-        })
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("response (HTTP {}) is not JSON ({e}): {}", self.status, self.body))
     }
 }
 
@@ -392,21 +335,12 @@ pub fn http_get(url: &str, authorization: Option<&str>) -> Result<HttpResponse, 
 }
 
 /// `METHOD url` with an optional JSON body; see [`http_get`].
-pub fn http_request(
-    method: &str,
-    url: &str,
-    authorization: Option<&str>,
-    body: Option<serde_json::Value>,
-) -> Result<HttpResponse, String> {
+pub fn http_request(method: &str, url: &str, authorization: Option<&str>, body: Option<serde_json::Value>) -> Result<HttpResponse, String> {
     let url = url.to_owned();
     let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
     let authorization = authorization.map(str::to_owned);
     std::thread::spawn(move || {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(HTTP_TIMEOUT)
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
+        let client = reqwest::blocking::Client::builder().timeout(HTTP_TIMEOUT).no_proxy().build().map_err(|e| e.to_string())?;
         let mut request = client.request(method.clone(), &url);
         if let Some(value) = authorization {
             request = request.header(reqwest::header::AUTHORIZATION, value);
@@ -416,9 +350,7 @@ pub fn http_request(
         }
         let response = request.send().map_err(|e| format!("{method} {url}: {e}"))?;
         let status = response.status().as_u16();
-        let body = response
-            .text()
-            .map_err(|e| format!("GET {url}: reading the body: {e}"))?;
+        let body = response.text().map_err(|e| format!("GET {url}: reading the body: {e}"))?;
         Ok(HttpResponse { status, body })
     })
     .join()
@@ -443,23 +375,11 @@ impl Process {
         let stdout = PathBuf::from(format!("{}.stdout", log_base.display()));
         let stderr = PathBuf::from(format!("{}.stderr", log_base.display()));
         let open = |path: &Path| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .unwrap_or_else(|e| panic!("cannot open log {}: {e}", path.display()))
+            OpenOptions::new().create(true).append(true).open(path).unwrap_or_else(|e| panic!("cannot open log {}: {e}", path.display()))
         };
         command.stdout(open(&stdout)).stderr(open(&stderr));
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {label} ({command:?}): {e}"));
-        Process {
-            label: label.to_owned(),
-            child,
-            exit: None,
-            stdout,
-            stderr,
-        }
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {label} ({command:?}): {e}"));
+        Process { label: label.to_owned(), child, exit: None, stdout, stderr }
     }
 
     /// The OS process id.
@@ -470,10 +390,7 @@ impl Process {
     /// Its exit status, if it has exited (does not block).
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
-            self.exit = self
-                .child
-                .try_wait()
-                .unwrap_or_else(|e| panic!("waiting for {}: {e}", self.label));
+            self.exit = self.child.try_wait().unwrap_or_else(|e| panic!("waiting for {}: {e}", self.label));
         }
         self.exit
     }
@@ -554,11 +471,7 @@ pub struct ControlPlaneOptions {
 impl ControlPlaneOptions {
     /// Fast failure detection: 1 s heartbeats, down after `down_grace`.
     pub fn fast(down_grace: Duration) -> Self {
-        ControlPlaneOptions {
-            heartbeat_interval: Some(Duration::from_secs(1)),
-            down_grace: Some(down_grace),
-            ..Default::default()
-        }
+        ControlPlaneOptions { heartbeat_interval: Some(Duration::from_secs(1)), down_grace: Some(down_grace), ..Default::default() }
     }
 }
 
@@ -580,41 +493,27 @@ impl ControlPlane {
     /// Starts a control plane and waits (up to [`STARTUP_TIMEOUT`]) until `cli.toml`
     /// exists and `GET /healthz` answers. Retries with other ports if one was taken.
     pub fn start(options: ControlPlaneOptions) -> ControlPlane {
-        let dir = tempfile::Builder::new()
-            .prefix("diplo-test-")
-            .tempdir()
-            .expect("cannot create a temporary directory");
+        let dir = tempfile::Builder::new().prefix("diplo-test-").tempdir().expect("cannot create a temporary directory");
         let mut attempt = 0;
         let mut dir = Some(dir);
         loop {
             attempt += 1;
-            let mut control_plane =
-                Self::spawn_in(dir.take().expect("temporary directory"), &options);
+            let mut control_plane = Self::spawn_in(dir.take().expect("temporary directory"), &options);
             match control_plane.wait_ready(STARTUP_TIMEOUT) {
                 Ok(()) => return control_plane,
-                Err(reason)
-                    if attempt < 3 && control_plane.process.stderr().contains("cannot listen") =>
-                {
-                    eprintln!(
-                        "[harness] control plane could not bind its ports ({reason}); retrying with others"
-                    );
+                Err(reason) if attempt < 3 && control_plane.process.stderr().contains("cannot listen") => {
+                    eprintln!("[harness] control plane could not bind its ports ({reason}); retrying with others");
                     control_plane.process.kill();
                     dir = control_plane.dir.take();
                 }
-                Err(reason) => panic!(
-                    "the control plane did not come up: {reason}\n{}",
-                    control_plane.process.logs()
-                ),
+                Err(reason) => panic!("the control plane did not come up: {reason}\n{}", control_plane.process.logs()),
             }
         }
     }
 
     /// Spawns a control plane without waiting for it (to watch it fail, for example).
     pub fn spawn(options: ControlPlaneOptions) -> ControlPlane {
-        let dir = tempfile::Builder::new()
-            .prefix("diplo-test-")
-            .tempdir()
-            .expect("cannot create a temporary directory");
+        let dir = tempfile::Builder::new().prefix("diplo-test-").tempdir().expect("cannot create a temporary directory");
         Self::spawn_in(dir, &options)
     }
 
@@ -625,14 +524,7 @@ impl ControlPlane {
             rest_addr.set_port(free_port());
         }
         let process = Self::spawn_process(dir.path(), grpc_addr, rest_addr, options);
-        ControlPlane {
-            process,
-            grpc_addr,
-            rest_addr,
-            data_dir: dir.path().join("data"),
-            dir: Some(dir),
-            options: options.clone(),
-        }
+        ControlPlane { process, grpc_addr, rest_addr, data_dir: dir.path().join("data"), dir: Some(dir), options: options.clone() }
     }
 
     /// Kills the control plane with SIGKILL (a crash) and starts it again on the same
@@ -683,17 +575,12 @@ impl ControlPlane {
                     Ok(response) if response.status == 200 && response.body.trim() == "ok" => {
                         return Ok(());
                     }
-                    Ok(response) => format!(
-                        "/healthz answered HTTP {}: {}",
-                        response.status, response.body
-                    ),
+                    Ok(response) => format!("/healthz answered HTTP {}: {}", response.status, response.body),
                     Err(e) => e,
                 }
             };
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "not ready after {timeout:?}; last observation: {last}"
-                ));
+                return Err(format!("not ready after {timeout:?}; last observation: {last}"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -742,8 +629,7 @@ impl ControlPlane {
     /// The contents of a file in its data directory (panics when unreadable).
     pub fn read_file(&self, name: &str) -> String {
         let path = self.file(name);
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
     }
 
     /// The admin's REST bearer token (`admin.token`, trimmed).
@@ -758,8 +644,7 @@ impl ControlPlane {
 
     /// `GET <path>` on the REST gateway with a raw `Authorization` header, if given.
     pub fn rest_get(&self, path: &str, authorization: Option<&str>) -> HttpResponse {
-        http_get(&self.rest_url(path), authorization)
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+        http_get(&self.rest_url(path), authorization).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
     }
 
     /// `GET <path>` as the admin; panics unless it answers 200 with JSON.
@@ -800,10 +685,7 @@ impl ControlPlane {
     /// Runs `diplo --config <data>/cli.toml <args>` (time limit [`CLI_TIMEOUT`]).
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut command = command_for(Binary::Cli);
-        command
-            .arg("--config")
-            .arg(self.file("cli.toml"))
-            .args(args);
+        command.arg("--config").arg(self.file("cli.toml")).args(args);
         output_with_timeout(command, CLI_TIMEOUT)
     }
 
@@ -825,10 +707,7 @@ impl ControlPlane {
         let mut args = vec!["join-token", "create"];
         args.extend_from_slice(extra);
         let token = self.cli_ok(&args).trim().to_owned();
-        assert!(
-            token.starts_with("DIPLO1::"),
-            "unexpected join token output: {token:?}"
-        );
+        assert!(token.starts_with("DIPLO1::"), "unexpected join token output: {token:?}");
         token
     }
 
@@ -837,21 +716,12 @@ impl ControlPlane {
     pub fn try_nodes(&self) -> Result<Vec<serde_json::Value>, String> {
         let output = self.cli(&["nodes", "ls", "-o", "json"]);
         if !output.status.success() {
-            return Err(format!(
-                "`diplo nodes ls` failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            ));
+            return Err(format!("`diplo nodes ls` failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr)));
         }
         match serde_json::from_slice(&output.stdout) {
             Ok(serde_json::Value::Array(nodes)) => Ok(nodes),
-            Ok(other) => Err(format!(
-                "`diplo nodes ls -o json` printed a non-array: {other}"
-            )),
-            Err(e) => Err(format!(
-                "`diplo nodes ls -o json` printed invalid JSON ({e}): {}",
-                String::from_utf8_lossy(&output.stdout)
-            )),
+            Ok(other) => Err(format!("`diplo nodes ls -o json` printed a non-array: {other}")),
+            Err(e) => Err(format!("`diplo nodes ls -o json` printed invalid JSON ({e}): {}", String::from_utf8_lossy(&output.stdout))),
         }
     }
 
@@ -862,12 +732,7 @@ impl ControlPlane {
 
     /// Where [`ControlPlane::start_agent`] keeps the agent called `name`.
     pub fn agent_data_dir(&self, name: &str) -> PathBuf {
-        self.dir
-            .as_ref()
-            .expect("temporary directory")
-            .path()
-            .join("agents")
-            .join(name)
+        self.dir.as_ref().expect("temporary directory").path().join("agents").join(name)
     }
 
     /// Starts an agent called `name` with its data in [`ControlPlane::agent_data_dir`].
@@ -913,27 +778,16 @@ impl Agent {
     /// [`Agent::start`] with extra environment variables (e.g. fingerprint overrides).
     pub fn start_with_env(server: &str, name: &str, token: Option<&str>, data_dir: &Path, env: &[(&str, &str)]) -> Agent {
         if let Some(parent) = data_dir.parent() {
-            std::fs::create_dir_all(parent)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+            std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
         }
         let mut command = command_for(Binary::Agent);
-        command
-            .arg("--server")
-            .arg(server)
-            .arg("--name")
-            .arg(name)
-            .arg("--data-dir")
-            .arg(data_dir);
+        command.arg("--server").arg(server).arg("--name").arg(name).arg("--data-dir").arg(data_dir);
         if let Some(token) = token {
             command.arg("--token").arg(token);
         }
         command.envs(env.iter().copied());
         let process = Process::spawn(&format!("agent {name}"), command, data_dir);
-        Agent {
-            process,
-            name: name.to_owned(),
-            data_dir: data_dir.to_owned(),
-        }
+        Agent { process, name: name.to_owned(), data_dir: data_dir.to_owned() }
     }
 
     /// Its node name.

@@ -50,9 +50,7 @@ struct Bearer(Option<MetadataValue<Ascii>>);
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
+            request.metadata_mut().insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -66,13 +64,8 @@ fn bearer(token: Option<&str>) -> Bearer {
 
 /// A TLS channel to the control plane presenting `identity` when given; `Err` when
 /// the connection (handshake included) fails.
-async fn try_connect(
-    control_plane: &ControlPlane,
-    identity: Option<Identity>,
-) -> Result<Channel, String> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(control_plane.read_file("ca.pem")))
-        .domain_name("localhost");
+async fn try_connect(control_plane: &ControlPlane, identity: Option<Identity>) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(control_plane.read_file("ca.pem"))).domain_name("localhost");
     if let Some(identity) = identity {
         tls = tls.identity(identity);
     }
@@ -88,16 +81,11 @@ async fn try_connect(
 }
 
 async fn connect(control_plane: &ControlPlane, identity: Option<Identity>) -> Channel {
-    try_connect(control_plane, identity)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect: {e}\n{}", control_plane.logs()))
+    try_connect(control_plane, identity).await.unwrap_or_else(|e| panic!("cannot connect: {e}\n{}", control_plane.logs()))
 }
 
 fn admin_identity(control_plane: &ControlPlane) -> Identity {
-    Identity::from_pem(
-        control_plane.read_file("admin.pem"),
-        control_plane.read_file("admin-key.pem"),
-    )
+    Identity::from_pem(control_plane.read_file("admin.pem"), control_plane.read_file("admin-key.pem"))
 }
 
 async fn admin(control_plane: &ControlPlane) -> ClusterServiceClient<Channel> {
@@ -119,23 +107,11 @@ impl JoinedNode {
     }
 }
 
-async fn join_token(
-    control_plane: &ControlPlane,
-    request: pb::CreateJoinTokenRequest,
-) -> pb::CreateJoinTokenResponse {
-    admin(control_plane)
-        .await
-        .create_join_token(request)
-        .await
-        .expect("CreateJoinToken as admin")
-        .into_inner()
+async fn join_token(control_plane: &ControlPlane, request: pb::CreateJoinTokenRequest) -> pb::CreateJoinTokenResponse {
+    admin(control_plane).await.create_join_token(request).await.expect("CreateJoinToken as admin").into_inner()
 }
 
-async fn try_join(
-    control_plane: &ControlPlane,
-    token: &str,
-    name: &str,
-) -> Result<JoinedNode, Status> {
+async fn try_join(control_plane: &ControlPlane, token: &str, name: &str) -> Result<JoinedNode, Status> {
     let (key_pem, csr_pem) = diplo_api::pki::generate_csr(name).expect("CSR");
     let channel = connect(control_plane, None).await;
     let request = pb::JoinRequest {
@@ -145,10 +121,7 @@ async fn try_join(
         node_id: String::new(),
         certificate_pem: String::new(),
     };
-    let response = AgentServiceClient::new(channel)
-        .join(request)
-        .await?
-        .into_inner();
+    let response = AgentServiceClient::new(channel).join(request).await?.into_inner();
     Ok(JoinedNode {
         id: response.node_id,
         name: name.to_owned(),
@@ -159,33 +132,18 @@ async fn try_join(
 }
 
 async fn join(control_plane: &ControlPlane, name: &str) -> JoinedNode {
-    let token = join_token(control_plane, pb::CreateJoinTokenRequest::default())
-        .await
-        .token;
-    try_join(control_plane, &token, name)
-        .await
-        .unwrap_or_else(|s| panic!("join {name}: {s:?}\n{}", control_plane.logs()))
+    let token = join_token(control_plane, pb::CreateJoinTokenRequest::default()).await.token;
+    try_join(control_plane, &token, name).await.unwrap_or_else(|s| panic!("join {name}: {s:?}\n{}", control_plane.logs()))
 }
 
 fn hello(containers: Vec<pb::ContainerState>) -> pb::AgentMessage {
-    let hello = pb::Hello {
-        fingerprint: Some(pb::NodeFingerprint::default()),
-        containers,
-    };
-    pb::AgentMessage {
-        body: Some(pb::agent_message::Body::Hello(hello)),
-    }
+    let hello = pb::Hello { fingerprint: Some(pb::NodeFingerprint::default()), containers };
+    pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }
 }
 
 fn heartbeat(containers: Vec<pb::ContainerState>) -> pb::AgentMessage {
-    let beat = pb::Heartbeat {
-        sequence: 1,
-        containers,
-        runtimes: Vec::new(),
-    };
-    pb::AgentMessage {
-        body: Some(pb::agent_message::Body::Heartbeat(beat)),
-    }
+    let beat = pb::Heartbeat { sequence: 1, containers, runtimes: Vec::new() };
+    pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) }
 }
 
 /// Opens a session with `hello`; returns the sender of further messages and the
@@ -193,33 +151,19 @@ fn heartbeat(containers: Vec<pb::ContainerState>) -> pb::AgentMessage {
 async fn open_session(
     channel: Channel,
     hello: pb::AgentMessage,
-) -> Result<
-    (
-        mpsc::Sender<pb::AgentMessage>,
-        Streaming<pb::ControlMessage>,
-    ),
-    Status,
-> {
+) -> Result<(mpsc::Sender<pb::AgentMessage>, Streaming<pb::ControlMessage>), Status> {
     let (tx, rx) = mpsc::channel(8);
     tx.send(hello).await.expect("queue hello");
-    let mut downstream = AgentServiceClient::new(channel)
-        .session(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut downstream = AgentServiceClient::new(channel).session(ReceiverStream::new(rx)).await?.into_inner();
     match downstream.message().await? {
-        Some(pb::ControlMessage {
-            body: Some(pb::control_message::Body::Welcome(_)),
-        }) => Ok((tx, downstream)),
+        Some(pb::ControlMessage { body: Some(pb::control_message::Body::Welcome(_)) }) => Ok((tx, downstream)),
         other => panic!("a welcome expected first, got {other:?}"),
     }
 }
 
 /// How a session's downstream ended within `limit`: `Err(status)`, or `Ok(())` for a
 /// clean end. Panics when it is still open.
-async fn session_end(
-    downstream: &mut Streaming<pb::ControlMessage>,
-    limit: Duration,
-) -> Result<(), Status> {
+async fn session_end(downstream: &mut Streaming<pb::ControlMessage>, limit: Duration) -> Result<(), Status> {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -235,51 +179,31 @@ async fn session_end(
 /// Every stored event (replayed through `EventService.Watch` as the admin).
 async fn events(control_plane: &ControlPlane) -> Vec<pb::Event> {
     let channel = connect(control_plane, Some(admin_identity(control_plane))).await;
-    let request = pb::WatchRequest {
-        kinds: Vec::new(),
-        after_sequence: 0,
-        replay: true,
-    };
-    let mut stream = EventServiceClient::new(channel)
-        .watch(request)
-        .await
-        .expect("Watch as admin")
-        .into_inner();
+    let request = pb::WatchRequest { kinds: Vec::new(), after_sequence: 0, replay: true };
+    let mut stream = EventServiceClient::new(channel).watch(request).await.expect("Watch as admin").into_inner();
     let mut all = Vec::new();
-    while let Ok(Ok(Some(event))) =
-        tokio::time::timeout(Duration::from_millis(700), stream.message()).await
-    {
+    while let Ok(Ok(Some(event))) = tokio::time::timeout(Duration::from_millis(700), stream.message()).await {
         all.push(event);
     }
     all
 }
 
 /// Polls the events until one matches.
-async fn wait_for_event(
-    control_plane: &ControlPlane,
-    what: &str,
-    matches: impl Fn(&pb::Event) -> bool,
-) -> pb::Event {
+async fn wait_for_event(control_plane: &ControlPlane, what: &str, matches: impl Fn(&pb::Event) -> bool) -> pb::Event {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let all = events(control_plane).await;
         if let Some(event) = all.iter().find(|e| matches(e)) {
             return event.clone();
         }
-        assert!(
-            Instant::now() < deadline,
-            "no event {what}; events: {all:#?}"
-        );
+        assert!(Instant::now() < deadline, "no event {what}; events: {all:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// A failure of the connection (handshake refused), not an answer of a service.
 fn is_transport_failure(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unknown | Code::Unavailable | Code::Cancelled
-    )
+    matches!(status.code(), Code::Unknown | Code::Unavailable | Code::Cancelled)
 }
 
 // ---------------------------------------------------------------------------------
@@ -313,14 +237,7 @@ enum Who {
     Node,
 }
 
-const EVERYONE: [Who; 6] = [
-    Who::Nobody,
-    Who::UnknownToken,
-    Who::Viewer,
-    Who::Deployer,
-    Who::Admin,
-    Who::Node,
-];
+const EVERYONE: [Who; 6] = [Who::Nobody, Who::UnknownToken, Who::Viewer, Who::Deployer, Who::Admin, Who::Node];
 
 /// `None`: let through (any answer but Unauthenticated / PermissionDenied);
 /// `Some(code)`: refused with that code.
@@ -354,9 +271,7 @@ macro_rules! rpc {
         Rpc {
             method: $method,
             access: Access::$access,
-            call: |channel| {
-                Box::pin(async move { $client::new(channel).$rpc($request).await.map(drop) })
-            },
+            call: |channel| Box::pin(async move { $client::new(channel).$rpc($request).await.map(drop) }),
         }
     };
 }
@@ -367,12 +282,7 @@ fn nope() -> String {
 }
 
 fn container_spec(name: &str) -> pb::ContainerSpec {
-    pb::ContainerSpec {
-        name: name.into(),
-        image: "busybox".into(),
-        restart_policy: "no".into(),
-        ..Default::default()
-    }
+    pb::ContainerSpec { name: name.into(), image: "busybox".into(), restart_policy: "no".into(), ..Default::default() }
 }
 
 fn deployment_spec(name: &str) -> pb::DeploymentSpec {
@@ -402,9 +312,7 @@ fn list_services_request_v1alpha() -> tonic_reflection::pb::v1alpha::ServerRefle
 }
 
 fn renew_request() -> pb::RenewCertificateRequest {
-    pb::RenewCertificateRequest {
-        csr_pem: diplo_api::pki::generate_csr("authz-node").expect("CSR").1,
-    }
+    pb::RenewCertificateRequest { csr_pem: diplo_api::pki::generate_csr("authz-node").expect("CSR").1 }
 }
 
 fn output_chunks() -> tokio_stream::Iter<std::vec::IntoIter<pb::OutputChunk>> {
@@ -418,21 +326,11 @@ fn output_chunks() -> tokio_stream::Iter<std::vec::IntoIter<pb::OutputChunk>> {
 
 /// A container spec mounting the host's `/`.
 fn host_root_spec(name: &str) -> pb::ContainerSpec {
-    pb::ContainerSpec {
-        mounts: vec![pb::Mount {
-            source: "/".into(),
-            target: "/host".into(),
-            read_only: true,
-        }],
-        ..container_spec(name)
-    }
+    pb::ContainerSpec { mounts: vec![pb::Mount { source: "/".into(), target: "/host".into(), read_only: true }], ..container_spec(name) }
 }
 
 fn host_root_deployment(name: &str) -> pb::DeploymentSpec {
-    pb::DeploymentSpec {
-        container: Some(host_root_spec(name)),
-        ..deployment_spec(name)
-    }
+    pb::DeploymentSpec { container: Some(host_root_spec(name)), ..deployment_spec(name) }
 }
 
 /// Requests whose content asks for more than their RPC's role: a host bind mount is for
@@ -451,18 +349,12 @@ fn privileged_requests() -> Vec<Rpc> {
         rpc!(
             "diplo.v1.DeploymentService/Deploy with a host bind mount",
             Admin,
-            DeploymentServiceClient::deploy(pb::DeployRequest {
-                spec: Some(host_root_deployment("authz-probe")),
-                ..Default::default()
-            })
+            DeploymentServiceClient::deploy(pb::DeployRequest { spec: Some(host_root_deployment("authz-probe")), ..Default::default() })
         ),
         rpc!(
             "diplo.v1.DeploymentService/Update with a host bind mount",
             Admin,
-            DeploymentServiceClient::update(pb::UpdateRequest {
-                spec: Some(host_root_deployment("authz-nope")),
-                ..Default::default()
-            })
+            DeploymentServiceClient::update(pb::UpdateRequest { spec: Some(host_root_deployment("authz-nope")), ..Default::default() })
         ),
     ]
 }
@@ -474,62 +366,18 @@ fn rpcs() -> Vec<Rpc> {
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as ReflectionV1alpha;
     vec![
         // AgentService
-        rpc!(
-            "diplo.v1.AgentService/Join",
-            Open,
-            AgentServiceClient::join(pb::JoinRequest::default())
-        ),
-        rpc!(
-            "diplo.v1.AgentService/RenewCertificate",
-            Node,
-            AgentServiceClient::renew_certificate(renew_request())
-        ),
-        rpc!(
-            "diplo.v1.AgentService/Session",
-            Node,
-            AgentServiceClient::session(tokio_stream::iter(vec![hello(Vec::new())]))
-        ),
-        rpc!(
-            "diplo.v1.AgentService/StreamOutput",
-            Node,
-            AgentServiceClient::stream_output(output_chunks())
-        ),
+        rpc!("diplo.v1.AgentService/Join", Open, AgentServiceClient::join(pb::JoinRequest::default())),
+        rpc!("diplo.v1.AgentService/RenewCertificate", Node, AgentServiceClient::renew_certificate(renew_request())),
+        rpc!("diplo.v1.AgentService/Session", Node, AgentServiceClient::session(tokio_stream::iter(vec![hello(Vec::new())]))),
+        rpc!("diplo.v1.AgentService/StreamOutput", Node, AgentServiceClient::stream_output(output_chunks())),
         // ClusterService
-        rpc!(
-            "diplo.v1.ClusterService/GetStatus",
-            Viewer,
-            ClusterServiceClient::get_status(pb::GetStatusRequest {})
-        ),
-        rpc!(
-            "diplo.v1.ClusterService/ListNodes",
-            Viewer,
-            ClusterServiceClient::list_nodes(pb::ListNodesRequest {})
-        ),
-        rpc!(
-            "diplo.v1.ClusterService/GetNode",
-            Viewer,
-            ClusterServiceClient::get_node(pb::GetNodeRequest { node: nope() })
-        ),
-        rpc!(
-            "diplo.v1.ClusterService/CordonNode",
-            Admin,
-            ClusterServiceClient::cordon_node(pb::NodeRef { node: nope() })
-        ),
-        rpc!(
-            "diplo.v1.ClusterService/UncordonNode",
-            Admin,
-            ClusterServiceClient::uncordon_node(pb::NodeRef { node: nope() })
-        ),
-        rpc!(
-            "diplo.v1.ClusterService/DrainNode",
-            Admin,
-            ClusterServiceClient::drain_node(pb::NodeRef { node: nope() })
-        ),
-        rpc!(
-            "diplo.v1.ClusterService/RemoveNode",
-            Admin,
-            ClusterServiceClient::remove_node(pb::NodeRef { node: nope() })
-        ),
+        rpc!("diplo.v1.ClusterService/GetStatus", Viewer, ClusterServiceClient::get_status(pb::GetStatusRequest {})),
+        rpc!("diplo.v1.ClusterService/ListNodes", Viewer, ClusterServiceClient::list_nodes(pb::ListNodesRequest {})),
+        rpc!("diplo.v1.ClusterService/GetNode", Viewer, ClusterServiceClient::get_node(pb::GetNodeRequest { node: nope() })),
+        rpc!("diplo.v1.ClusterService/CordonNode", Admin, ClusterServiceClient::cordon_node(pb::NodeRef { node: nope() })),
+        rpc!("diplo.v1.ClusterService/UncordonNode", Admin, ClusterServiceClient::uncordon_node(pb::NodeRef { node: nope() })),
+        rpc!("diplo.v1.ClusterService/DrainNode", Admin, ClusterServiceClient::drain_node(pb::NodeRef { node: nope() })),
+        rpc!("diplo.v1.ClusterService/RemoveNode", Admin, ClusterServiceClient::remove_node(pb::NodeRef { node: nope() })),
         rpc!(
             "diplo.v1.ClusterService/CreateJoinToken",
             Admin,
@@ -539,11 +387,7 @@ fn rpcs() -> Vec<Rpc> {
                 labels: Default::default()
             })
         ),
-        rpc!(
-            "diplo.v1.ClusterService/ListJoinTokens",
-            Admin,
-            ClusterServiceClient::list_join_tokens(pb::ListJoinTokensRequest {})
-        ),
+        rpc!("diplo.v1.ClusterService/ListJoinTokens", Admin, ClusterServiceClient::list_join_tokens(pb::ListJoinTokensRequest {})),
         rpc!(
             "diplo.v1.ClusterService/RevokeJoinToken",
             Admin,
@@ -558,11 +402,7 @@ fn rpcs() -> Vec<Rpc> {
                 ttl_seconds: 60
             })
         ),
-        rpc!(
-            "diplo.v1.ClusterService/ListApiTokens",
-            Admin,
-            ClusterServiceClient::list_api_tokens(pb::ListApiTokensRequest {})
-        ),
+        rpc!("diplo.v1.ClusterService/ListApiTokens", Admin, ClusterServiceClient::list_api_tokens(pb::ListApiTokensRequest {})),
         rpc!(
             "diplo.v1.ClusterService/RevokeApiToken",
             Admin,
@@ -591,10 +431,7 @@ fn rpcs() -> Vec<Rpc> {
         rpc!(
             "diplo.v1.ContainerService/StopContainer",
             Deployer,
-            ContainerServiceClient::stop_container(pb::StopContainerRequest {
-                id: nope(),
-                grace_seconds: 1
-            })
+            ContainerServiceClient::stop_container(pb::StopContainerRequest { id: nope(), grace_seconds: 1 })
         ),
         rpc!(
             "diplo.v1.ContainerService/RestartContainer",
@@ -604,35 +441,23 @@ fn rpcs() -> Vec<Rpc> {
         rpc!(
             "diplo.v1.ContainerService/RemoveContainer",
             Deployer,
-            ContainerServiceClient::remove_container(pb::RemoveContainerRequest {
-                id: nope(),
-                force: true
-            })
+            ContainerServiceClient::remove_container(pb::RemoveContainerRequest { id: nope(), force: true })
         ),
         rpc!(
             "diplo.v1.ContainerService/ContainerLogs",
             Viewer,
-            ContainerServiceClient::container_logs(pb::ContainerLogsRequest {
-                id: nope(),
-                ..Default::default()
-            })
+            ContainerServiceClient::container_logs(pb::ContainerLogsRequest { id: nope(), ..Default::default() })
         ),
         rpc!(
             "diplo.v1.ContainerService/Exec",
             Deployer,
-            ContainerServiceClient::exec(pb::ExecRequest {
-                id: nope(),
-                argv: vec!["true".into()]
-            })
+            ContainerServiceClient::exec(pb::ExecRequest { id: nope(), argv: vec!["true".into()] })
         ),
         // DeploymentService
         rpc!(
             "diplo.v1.DeploymentService/Deploy",
             Deployer,
-            DeploymentServiceClient::deploy(pb::DeployRequest {
-                spec: Some(deployment_spec("authz-probe")),
-                ..Default::default()
-            })
+            DeploymentServiceClient::deploy(pb::DeployRequest { spec: Some(deployment_spec("authz-probe")), ..Default::default() })
         ),
         rpc!(
             "diplo.v1.DeploymentService/GetDeployment",
@@ -644,27 +469,13 @@ fn rpcs() -> Vec<Rpc> {
             Viewer,
             DeploymentServiceClient::list_deployments(pb::ListDeploymentsRequest {})
         ),
-        rpc!(
-            "diplo.v1.DeploymentService/Scale",
-            Deployer,
-            DeploymentServiceClient::scale(pb::ScaleRequest {
-                name: nope(),
-                replicas: 2
-            })
-        ),
+        rpc!("diplo.v1.DeploymentService/Scale", Deployer, DeploymentServiceClient::scale(pb::ScaleRequest { name: nope(), replicas: 2 })),
         rpc!(
             "diplo.v1.DeploymentService/Update",
             Deployer,
-            DeploymentServiceClient::update(pb::UpdateRequest {
-                spec: Some(deployment_spec("authz-nope")),
-                ..Default::default()
-            })
+            DeploymentServiceClient::update(pb::UpdateRequest { spec: Some(deployment_spec("authz-nope")), ..Default::default() })
         ),
-        rpc!(
-            "diplo.v1.DeploymentService/Rollback",
-            Deployer,
-            DeploymentServiceClient::rollback(pb::DeploymentRef { name: nope() })
-        ),
+        rpc!("diplo.v1.DeploymentService/Rollback", Deployer, DeploymentServiceClient::rollback(pb::DeploymentRef { name: nope() })),
         rpc!(
             "diplo.v1.DeploymentService/DeleteDeployment",
             Deployer,
@@ -676,22 +487,10 @@ fn rpcs() -> Vec<Rpc> {
             DeploymentServiceClient::list_instances(pb::ListInstancesRequest::default())
         ),
         // EventService
-        rpc!(
-            "diplo.v1.EventService/Watch",
-            Viewer,
-            EventServiceClient::watch(pb::WatchRequest::default())
-        ),
+        rpc!("diplo.v1.EventService/Watch", Viewer, EventServiceClient::watch(pb::WatchRequest::default())),
         // Health: open, so that load balancers and probes need nothing.
-        rpc!(
-            "grpc.health.v1.Health/Check",
-            Open,
-            HealthClient::check(tonic_health::pb::HealthCheckRequest::default())
-        ),
-        rpc!(
-            "grpc.health.v1.Health/Watch",
-            Open,
-            HealthClient::watch(tonic_health::pb::HealthCheckRequest::default())
-        ),
+        rpc!("grpc.health.v1.Health/Check", Open, HealthClient::check(tonic_health::pb::HealthCheckRequest::default())),
+        rpc!("grpc.health.v1.Health/Watch", Open, HealthClient::watch(tonic_health::pb::HealthCheckRequest::default())),
         // Reflection: any credential.
         rpc!(
             "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -701,9 +500,7 @@ fn rpcs() -> Vec<Rpc> {
         rpc!(
             "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
             AnyCredential,
-            ReflectionV1alpha::server_reflection_info(tokio_stream::iter(vec![
-                list_services_request_v1alpha()
-            ]))
+            ReflectionV1alpha::server_reflection_info(tokio_stream::iter(vec![list_services_request_v1alpha()]))
         ),
     ]
 }
@@ -713,24 +510,15 @@ fn declared_methods(service: &str, files: Vec<Vec<u8>>) -> Vec<String> {
     let mut methods = Vec::new();
     let mut found = false;
     for bytes in files {
-        let file =
-            prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("a file descriptor");
+        let file = prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("a file descriptor");
         for declared in &file.service {
             if format!("{}.{}", file.package(), declared.name()) == service {
                 found = true;
-                methods.extend(
-                    declared
-                        .method
-                        .iter()
-                        .map(|m| format!("{service}/{}", m.name())),
-                );
+                methods.extend(declared.method.iter().map(|m| format!("{service}/{}", m.name())));
             }
         }
     }
-    assert!(
-        found,
-        "reflection returned no descriptor declaring {service}"
-    );
+    assert!(found, "reflection returned no descriptor declaring {service}");
     methods
 }
 
@@ -741,88 +529,41 @@ async fn reflected_methods(channel: Channel) -> BTreeSet<String> {
 
     let mut v1_client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
     let mut ask_v1 = async |request: v1::server_reflection_request::MessageRequest| {
-        let request = v1::ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(request),
-        };
-        let mut responses = v1_client
-            .server_reflection_info(tokio_stream::iter([request]))
-            .await
-            .expect("reflection v1")
-            .into_inner();
-        responses
-            .message()
-            .await
-            .expect("a reflection answer")
-            .expect("not the end")
-            .message_response
-            .expect("an answer")
+        let request = v1::ServerReflectionRequest { host: String::new(), message_request: Some(request) };
+        let mut responses = v1_client.server_reflection_info(tokio_stream::iter([request])).await.expect("reflection v1").into_inner();
+        responses.message().await.expect("a reflection answer").expect("not the end").message_response.expect("an answer")
     };
-    let mut v1alpha_client =
-        v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let mut v1alpha_client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
     let mut ask_v1alpha = async |request: v1alpha::server_reflection_request::MessageRequest| {
-        let request = v1alpha::ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(request),
-        };
-        let mut responses = v1alpha_client
-            .server_reflection_info(tokio_stream::iter([request]))
-            .await
-            .expect("reflection v1alpha")
-            .into_inner();
-        responses
-            .message()
-            .await
-            .expect("a reflection answer")
-            .expect("not the end")
-            .message_response
-            .expect("an answer")
+        let request = v1alpha::ServerReflectionRequest { host: String::new(), message_request: Some(request) };
+        let mut responses =
+            v1alpha_client.server_reflection_info(tokio_stream::iter([request])).await.expect("reflection v1alpha").into_inner();
+        responses.message().await.expect("a reflection answer").expect("not the end").message_response.expect("an answer")
     };
 
     let mut methods = BTreeSet::new();
-    let services = match ask_v1(v1::server_reflection_request::MessageRequest::ListServices(
-        String::new(),
-    ))
-    .await
-    {
+    let services = match ask_v1(v1::server_reflection_request::MessageRequest::ListServices(String::new())).await {
         v1::server_reflection_response::MessageResponse::ListServicesResponse(list) => {
             list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
         }
         other => panic!("v1 ListServices answered {other:?}"),
     };
     for service in &services {
-        match ask_v1(
-            v1::server_reflection_request::MessageRequest::FileContainingSymbol(service.clone()),
-        )
-        .await
-        {
+        match ask_v1(v1::server_reflection_request::MessageRequest::FileContainingSymbol(service.clone())).await {
             v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files) => {
                 methods.extend(declared_methods(service, files.file_descriptor_proto));
             }
             other => panic!("v1 FileContainingSymbol({service}) answered {other:?}"),
         }
     }
-    let more = match ask_v1alpha(
-        v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-    )
-    .await
-    {
-        v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list) => list
-            .service
-            .into_iter()
-            .map(|s| s.name)
-            .filter(|s| !services.contains(s))
-            .collect::<Vec<_>>(),
+    let more = match ask_v1alpha(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())).await {
+        v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list) => {
+            list.service.into_iter().map(|s| s.name).filter(|s| !services.contains(s)).collect::<Vec<_>>()
+        }
         other => panic!("v1alpha ListServices answered {other:?}"),
     };
     for service in &more {
-        match ask_v1alpha(
-            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
-                service.clone(),
-            ),
-        )
-        .await
-        {
+        match ask_v1alpha(v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(service.clone())).await {
             v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files) => {
                 methods.extend(declared_methods(service, files.file_descriptor_proto));
             }
@@ -837,8 +578,7 @@ async fn reflected_methods(channel: Channel) -> BTreeSet<String> {
 async fn raw_call(channel: Channel, path: &str) -> Status {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("channel ready");
-    let path =
-        tonic::codegen::http::uri::PathAndQuery::try_from(format!("/{path}")).expect("a path");
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!("/{path}")).expect("a path");
     let codec = tonic_prost::ProstCodec::<(), ()>::default();
     match grpc.unary(Request::new(()), path, codec).await {
         Ok(_) => Status::ok(""),
@@ -858,17 +598,8 @@ async fn every_rpc_requires_the_right_credential() {
     let admin_channel = connect(&control_plane, Some(admin_identity(&control_plane))).await;
     let mut admin_client = ClusterServiceClient::new(admin_channel.clone());
     let mut token = async |role: &str| {
-        let request = pb::CreateApiTokenRequest {
-            name: format!("walk-{role}"),
-            role: role.into(),
-            ttl_seconds: 3600,
-        };
-        admin_client
-            .create_api_token(request)
-            .await
-            .expect("CreateApiToken as admin")
-            .into_inner()
-            .token
+        let request = pb::CreateApiTokenRequest { name: format!("walk-{role}"), role: role.into(), ttl_seconds: 3600 };
+        admin_client.create_api_token(request).await.expect("CreateApiToken as admin").into_inner().token
     };
     let viewer = token("viewer").await;
     let deployer = token("deployer").await;
@@ -891,10 +622,7 @@ async fn every_rpc_requires_the_right_credential() {
     }
     eprintln!("[test] declared but not served (skipped): {unserved:?}");
     let missing: Vec<_> = listed.difference(&reflected).collect();
-    assert!(
-        missing.is_empty(),
-        "the walk lists RPCs reflection does not know: {missing:?}"
-    );
+    assert!(missing.is_empty(), "the walk lists RPCs reflection does not know: {missing:?}");
 
     let mut channels = BTreeMap::new();
     for who in EVERYONE {
@@ -907,10 +635,7 @@ async fn every_rpc_requires_the_right_credential() {
             Who::Node => (Some(node.identity()), None),
         };
         let channel = connect(&control_plane, identity).await;
-        channels.insert(
-            format!("{who:?}"),
-            InterceptedService::new(channel, bearer(token)),
-        );
+        channels.insert(format!("{who:?}"), InterceptedService::new(channel, bearer(token)));
     }
 
     let mut failures = Vec::new();
@@ -940,13 +665,7 @@ async fn every_rpc_requires_the_right_credential() {
         }
     }
     eprintln!("[test] {calls} calls over {} RPCs", table.len());
-    assert!(
-        failures.is_empty(),
-        "{} wrong answers:\n{}\n{}",
-        failures.len(),
-        failures.join("\n"),
-        control_plane.logs()
-    );
+    assert!(failures.is_empty(), "{} wrong answers:\n{}\n{}", failures.len(), failures.join("\n"), control_plane.logs());
 }
 
 // ---------------------------------------------------------------------------------
@@ -961,195 +680,57 @@ struct Route {
     body: Option<serde_json::Value>,
 }
 
-fn route(
-    method: &'static str,
-    template: &'static str,
-    access: Access,
-    path: &'static str,
-) -> Route {
-    Route {
-        method,
-        template,
-        access,
-        path,
-        body: None,
-    }
+fn route(method: &'static str, template: &'static str, access: Access, path: &'static str) -> Route {
+    Route { method, template, access, path, body: None }
 }
 
 fn routes() -> Vec<Route> {
     use Access::*;
-    let deploy_body =
-        || Some(serde_json::json!({"name": "authz-rest", "image": "busybox", "replicas": 1}));
+    let deploy_body = || Some(serde_json::json!({"name": "authz-rest", "image": "busybox", "replicas": 1}));
     vec![
         route("GET", "/healthz", Open, "/healthz"),
         route("GET", "/api/status", Viewer, "/api/status"),
-        route(
-            "GET",
-            "/api/v1/compute/cluster/status",
-            Viewer,
-            "/api/v1/compute/cluster/status",
-        ),
+        route("GET", "/api/v1/compute/cluster/status", Viewer, "/api/v1/compute/cluster/status"),
         route("GET", "/api/v1/nodes", Viewer, "/api/v1/nodes"),
-        route(
-            "GET",
-            "/api/v1/nodes/{node}",
-            Viewer,
-            "/api/v1/nodes/authz-nope",
-        ),
+        route("GET", "/api/v1/nodes/{node}", Viewer, "/api/v1/nodes/authz-nope"),
         route("GET", "/api/v1/containers", Viewer, "/api/v1/containers"),
         Route {
             body: Some(serde_json::json!({"name": "authz-rest", "image": "busybox"})),
             ..route("POST", "/api/v1/containers", Deployer, "/api/v1/containers")
         },
-        route(
-            "DELETE",
-            "/api/v1/containers/{id}",
-            Deployer,
-            "/api/v1/containers/authz-nope",
-        ),
-        route(
-            "POST",
-            "/api/v1/containers/{id}/start",
-            Deployer,
-            "/api/v1/containers/authz-nope/start",
-        ),
-        route(
-            "POST",
-            "/api/v1/containers/{id}/stop",
-            Deployer,
-            "/api/v1/containers/authz-nope/stop",
-        ),
-        route(
-            "POST",
-            "/api/v1/containers/{id}/restart",
-            Deployer,
-            "/api/v1/containers/authz-nope/restart",
-        ),
-        route(
-            "GET",
-            "/api/v1/containers/{id}/logs",
-            Viewer,
-            "/api/v1/containers/authz-nope/logs",
-        ),
+        route("DELETE", "/api/v1/containers/{id}", Deployer, "/api/v1/containers/authz-nope"),
+        route("POST", "/api/v1/containers/{id}/start", Deployer, "/api/v1/containers/authz-nope/start"),
+        route("POST", "/api/v1/containers/{id}/stop", Deployer, "/api/v1/containers/authz-nope/stop"),
+        route("POST", "/api/v1/containers/{id}/restart", Deployer, "/api/v1/containers/authz-nope/restart"),
+        route("GET", "/api/v1/containers/{id}/logs", Viewer, "/api/v1/containers/authz-nope/logs"),
         Route {
             body: Some(serde_json::json!({"argv": ["true"]})),
-            ..route(
-                "POST",
-                "/api/v1/containers/{id}/exec",
-                Deployer,
-                "/api/v1/containers/authz-nope/exec",
-            )
+            ..route("POST", "/api/v1/containers/{id}/exec", Deployer, "/api/v1/containers/authz-nope/exec")
         },
-        route(
-            "GET",
-            "/api/v1/runtime/info",
-            Viewer,
-            "/api/v1/runtime/info",
-        ),
+        route("GET", "/api/v1/runtime/info", Viewer, "/api/v1/runtime/info"),
         route("GET", "/api/{runtime}/status", Viewer, "/api/docker/status"),
-        Route {
-            body: deploy_body(),
-            ..route(
-                "POST",
-                "/api/unified/deploy",
-                Deployer,
-                "/api/unified/deploy",
-            )
-        },
-        Route {
-            body: deploy_body(),
-            ..route("POST", "/api/deploy", Deployer, "/api/deploy")
-        },
+        Route { body: deploy_body(), ..route("POST", "/api/unified/deploy", Deployer, "/api/unified/deploy") },
+        Route { body: deploy_body(), ..route("POST", "/api/deploy", Deployer, "/api/deploy") },
         route("GET", "/api/v1/deployments", Viewer, "/api/v1/deployments"),
+        Route { body: deploy_body(), ..route("POST", "/api/v1/deployments", Deployer, "/api/v1/deployments") },
+        route("GET", "/api/v1/deployments/{name}", Viewer, "/api/v1/deployments/authz-nope"),
         Route {
-            body: deploy_body(),
-            ..route(
-                "POST",
-                "/api/v1/deployments",
-                Deployer,
-                "/api/v1/deployments",
-            )
+            body: Some(serde_json::json!({"name": "authz-nope", "image": "busybox", "replicas": 1})),
+            ..route("PUT", "/api/v1/deployments/{name}", Deployer, "/api/v1/deployments/authz-nope")
         },
-        route(
-            "GET",
-            "/api/v1/deployments/{name}",
-            Viewer,
-            "/api/v1/deployments/authz-nope",
-        ),
-        Route {
-            body: Some(
-                serde_json::json!({"name": "authz-nope", "image": "busybox", "replicas": 1}),
-            ),
-            ..route(
-                "PUT",
-                "/api/v1/deployments/{name}",
-                Deployer,
-                "/api/v1/deployments/authz-nope",
-            )
-        },
-        route(
-            "DELETE",
-            "/api/v1/deployments/{name}",
-            Deployer,
-            "/api/v1/deployments/authz-nope",
-        ),
+        route("DELETE", "/api/v1/deployments/{name}", Deployer, "/api/v1/deployments/authz-nope"),
         Route {
             body: Some(serde_json::json!({"replicas": 2})),
-            ..route(
-                "POST",
-                "/api/v1/deployments/{name}/scale",
-                Deployer,
-                "/api/v1/deployments/authz-nope/scale",
-            )
+            ..route("POST", "/api/v1/deployments/{name}/scale", Deployer, "/api/v1/deployments/authz-nope/scale")
         },
-        route(
-            "POST",
-            "/api/v1/deployments/{name}/rollback",
-            Deployer,
-            "/api/v1/deployments/authz-nope/rollback",
-        ),
-        route(
-            "GET",
-            "/api/v1/compute/instances",
-            Viewer,
-            "/api/v1/compute/instances",
-        ),
-        route(
-            "GET",
-            "/api/v1/compute/instances/{id}",
-            Viewer,
-            "/api/v1/compute/instances/authz-nope",
-        ),
-        route(
-            "DELETE",
-            "/api/v1/compute/instances/{id}",
-            Deployer,
-            "/api/v1/compute/instances/authz-nope",
-        ),
-        route(
-            "PUT",
-            "/api/v1/compute/instances/{id}/start",
-            Deployer,
-            "/api/v1/compute/instances/authz-nope/start",
-        ),
-        route(
-            "PUT",
-            "/api/v1/compute/instances/{id}/stop",
-            Deployer,
-            "/api/v1/compute/instances/authz-nope/stop",
-        ),
-        route(
-            "PUT",
-            "/api/v1/compute/instances/{id}/restart",
-            Deployer,
-            "/api/v1/compute/instances/authz-nope/restart",
-        ),
-        route(
-            "GET",
-            "/api/v1/compute/instances/{id}/usage",
-            Viewer,
-            "/api/v1/compute/instances/authz-nope/usage",
-        ),
+        route("POST", "/api/v1/deployments/{name}/rollback", Deployer, "/api/v1/deployments/authz-nope/rollback"),
+        route("GET", "/api/v1/compute/instances", Viewer, "/api/v1/compute/instances"),
+        route("GET", "/api/v1/compute/instances/{id}", Viewer, "/api/v1/compute/instances/authz-nope"),
+        route("DELETE", "/api/v1/compute/instances/{id}", Deployer, "/api/v1/compute/instances/authz-nope"),
+        route("PUT", "/api/v1/compute/instances/{id}/start", Deployer, "/api/v1/compute/instances/authz-nope/start"),
+        route("PUT", "/api/v1/compute/instances/{id}/stop", Deployer, "/api/v1/compute/instances/authz-nope/stop"),
+        route("PUT", "/api/v1/compute/instances/{id}/restart", Deployer, "/api/v1/compute/instances/authz-nope/restart"),
+        route("GET", "/api/v1/compute/instances/{id}/usage", Viewer, "/api/v1/compute/instances/authz-nope/usage"),
         route("GET", "/api/v1/events", Viewer, "/api/v1/events"),
     ]
 }
@@ -1158,38 +739,18 @@ fn routes() -> Vec<Route> {
 /// admins only.
 fn privileged_routes() -> Vec<Route> {
     use Access::*;
-    let body = |name: &str| {
-        Some(serde_json::json!({"name": name, "image": "busybox", "replicas": 1, "volumes": ["/:/host:ro"]}))
-    };
+    let body = |name: &str| Some(serde_json::json!({"name": name, "image": "busybox", "replicas": 1, "volumes": ["/:/host:ro"]}));
     vec![
-        Route {
-            body: body("authz-rest"),
-            ..route("POST", "/api/unified/deploy", Admin, "/api/unified/deploy")
-        },
-        Route {
-            body: body("authz-rest"),
-            ..route("POST", "/api/v1/deployments", Admin, "/api/v1/deployments")
-        },
-        Route {
-            body: body("authz-nope"),
-            ..route(
-                "PUT",
-                "/api/v1/deployments/{name}",
-                Admin,
-                "/api/v1/deployments/authz-nope",
-            )
-        },
+        Route { body: body("authz-rest"), ..route("POST", "/api/unified/deploy", Admin, "/api/unified/deploy") },
+        Route { body: body("authz-rest"), ..route("POST", "/api/v1/deployments", Admin, "/api/v1/deployments") },
+        Route { body: body("authz-nope"), ..route("PUT", "/api/v1/deployments/{name}", Admin, "/api/v1/deployments/authz-nope") },
     ]
 }
 
 /// `(METHOD, path)` of every `.route(…)` in the REST router's source.
 fn router_routes() -> BTreeSet<(String, String)> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../control-plane/src/http/mod.rs"
-    );
-    let source =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../control-plane/src/http/mod.rs");
+    let source = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     let mut found = BTreeSet::new();
     let mut rest = source.as_str();
     while let Some(start) = rest.find(".route(") {
@@ -1229,20 +790,11 @@ fn router_routes() -> BTreeSet<(String, String)> {
 
 /// `METHOD url` with a bearer token; the status and (unless it is an event stream)
 /// the body.
-fn rest_call(
-    method: &str,
-    url: &str,
-    token: Option<&str>,
-    body: Option<serde_json::Value>,
-) -> (u16, String) {
+fn rest_call(method: &str, url: &str, token: Option<&str>, body: Option<serde_json::Value>) -> (u16, String) {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let (url, token) = (url.to_owned(), token.map(str::to_owned));
     std::thread::spawn(move || {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .no_proxy()
-            .build()
-            .expect("client");
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).no_proxy().build().expect("client");
         let mut request = client.request(method.clone(), &url);
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -1250,9 +802,7 @@ fn rest_call(
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let response = request.send().unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = response.status().as_u16();
         let streaming = response
             .headers()
@@ -1260,33 +810,21 @@ fn rest_call(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         // An event stream never ends: its status is the answer.
-        let body = if streaming {
-            String::new()
-        } else {
-            response.text().unwrap_or_default()
-        };
+        let body = if streaming { String::new() } else { response.text().unwrap_or_default() };
         (status, body)
     })
     .join()
     .expect("the HTTP thread panicked")
 }
 
-fn create_api_token(
-    control_plane: &ControlPlane,
-    role: &str,
-    name: &str,
-    ttl: Option<&str>,
-) -> String {
+fn create_api_token(control_plane: &ControlPlane, role: &str, name: &str, ttl: Option<&str>) -> String {
     let mut args = vec!["api-token", "create", "--role", role, "--name", name];
     if let Some(ttl) = ttl {
         args.extend(["--ttl", ttl]);
     }
     let stdout = control_plane.cli_ok(&args);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert!(
-        lines.len() == 1 && lines[0].starts_with("dpl_"),
-        "only the token expected, got {stdout:?}"
-    );
+    assert!(lines.len() == 1 && lines[0].starts_with("dpl_"), "only the token expected, got {stdout:?}");
     lines[0].to_owned()
 }
 
@@ -1298,22 +836,13 @@ fn every_rest_route_requires_the_right_bearer_token() {
     let admin = control_plane.admin_token();
 
     let table = routes();
-    let listed: BTreeSet<(String, String)> = table
-        .iter()
-        .map(|r| (r.method.to_owned(), r.template.to_owned()))
-        .collect();
+    let listed: BTreeSet<(String, String)> = table.iter().map(|r| (r.method.to_owned(), r.template.to_owned())).collect();
     assert_eq!(listed.len(), table.len(), "a route is listed twice");
     let served = router_routes();
     let missing: Vec<_> = served.difference(&listed).collect();
-    assert!(
-        missing.is_empty(),
-        "routes without an entry in this walk (add them to routes()): {missing:?}"
-    );
+    assert!(missing.is_empty(), "routes without an entry in this walk (add them to routes()): {missing:?}");
     let stale: Vec<_> = listed.difference(&served).collect();
-    assert!(
-        stale.is_empty(),
-        "the walk lists routes the router does not have: {stale:?}"
-    );
+    assert!(stale.is_empty(), "the walk lists routes the router does not have: {stale:?}");
 
     let callers: [(Who, Option<&str>); 5] = [
         (Who::Nobody, None),
@@ -1326,12 +855,7 @@ fn every_rest_route_requires_the_right_bearer_token() {
     let privileged = privileged_routes();
     for route in table.iter().chain(&privileged) {
         for (who, token) in callers {
-            let (status, body) = rest_call(
-                route.method,
-                &control_plane.rest_url(route.path),
-                token,
-                route.body.clone(),
-            );
+            let (status, body) = rest_call(route.method, &control_plane.rest_url(route.path), token, route.body.clone());
             let expected = refusal(route.access, who).map(|code| match code {
                 Code::Unauthenticated => 401,
                 _ => 403,
@@ -1341,23 +865,17 @@ fn every_rest_route_requires_the_right_bearer_token() {
                 None => status != 401 && status != 403,
             };
             if !fine {
-                failures.push(format!("{} {} as {who:?}: expected {expected:?} (None: let through), got {status} {body}", route.method, route.path));
-            }
-            if expected.is_some() && !body.trim_start().starts_with('{') {
                 failures.push(format!(
-                    "{} {} as {who:?}: a JSON error body expected, got {body:?}",
+                    "{} {} as {who:?}: expected {expected:?} (None: let through), got {status} {body}",
                     route.method, route.path
                 ));
             }
+            if expected.is_some() && !body.trim_start().starts_with('{') {
+                failures.push(format!("{} {} as {who:?}: a JSON error body expected, got {body:?}", route.method, route.path));
+            }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} wrong answers:\n{}\n{}",
-        failures.len(),
-        failures.join("\n"),
-        control_plane.logs()
-    );
+    assert!(failures.is_empty(), "{} wrong answers:\n{}\n{}", failures.len(), failures.join("\n"), control_plane.logs());
 }
 
 // ---------------------------------------------------------------------------------
@@ -1389,62 +907,37 @@ async fn a_node_reporting_another_nodes_containers_is_refused_and_audited() {
     let a_channel = connect(&control_plane, Some(a.identity())).await;
 
     // Hello naming B's container: the session is not opened.
-    let status = open_session(
-        a_channel.clone(),
-        hello(vec![foreign_container(&b.id, false)]),
-    )
-    .await
-    .expect_err("a hello with another node's container must be refused");
+    let status = open_session(a_channel.clone(), hello(vec![foreign_container(&b.id, false)]))
+        .await
+        .expect_err("a hello with another node's container must be refused");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(
-        status.message().contains(&b.id),
-        "the refusal names what was tried: {status:?}"
-    );
+    assert!(status.message().contains(&b.id), "the refusal names what was tried: {status:?}");
     let event = wait_for_event(&control_plane, "security.refused for the hello", |e| {
-        e.kind == "security.refused"
-            && e.actor == format!("node:{}", a.id)
-            && e.message.contains("hello")
+        e.kind == "security.refused" && e.actor == format!("node:{}", a.id) && e.message.contains("hello")
     })
     .await;
-    assert!(
-        event.message.contains(&b.id) && event.at.is_some(),
-        "{event:?}"
-    );
+    assert!(event.message.contains(&b.id) && event.at.is_some(), "{event:?}");
 
     // Its own containers are fine; a heartbeat claiming B's (by label) ends the session.
     let mut own = foreign_container(&a.id, false);
     own.labels.insert("diplo.node".into(), a.id.clone());
     let (tx, mut downstream) = open_session(a_channel.clone(), hello(vec![own.clone()]))
         .await
-        .unwrap_or_else(|s| {
-            panic!(
-                "a hello with its own containers: {s:?}\n{}",
-                control_plane.logs()
-            )
-        });
-    tx.send(heartbeat(vec![own.clone()]))
-        .await
-        .expect("send heartbeat");
-    tx.send(heartbeat(vec![own, foreign_container(&b.id, true)]))
-        .await
-        .expect("send heartbeat");
+        .unwrap_or_else(|s| panic!("a hello with its own containers: {s:?}\n{}", control_plane.logs()));
+    tx.send(heartbeat(vec![own.clone()])).await.expect("send heartbeat");
+    tx.send(heartbeat(vec![own, foreign_container(&b.id, true)])).await.expect("send heartbeat");
     let end = session_end(&mut downstream, Duration::from_secs(10)).await;
     let status = end.expect_err("the session must end with an error");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     wait_for_event(&control_plane, "security.refused for the heartbeat", |e| {
-        e.kind == "security.refused"
-            && e.actor == format!("node:{}", a.id)
-            && e.message.contains("heartbeat")
-            && e.message.contains(&b.id)
+        e.kind == "security.refused" && e.actor == format!("node:{}", a.id) && e.message.contains("heartbeat") && e.message.contains(&b.id)
     })
     .await;
 
     // Output for a command A was never sent is refused to an operator outright.
     let admin_channel = connect(&control_plane, Some(admin_identity(&control_plane))).await;
-    let status = AgentServiceClient::new(admin_channel)
-        .stream_output(output_chunks())
-        .await
-        .expect_err("operators cannot stream command output");
+    let status =
+        AgentServiceClient::new(admin_channel).stream_output(output_chunks()).await.expect_err("operators cannot stream command output");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     drop(tx);
 }
@@ -1453,98 +946,50 @@ async fn a_node_reporting_another_nodes_containers_is_refused_and_audited() {
 async fn node_certificates_from_another_ca_expired_or_removed_are_refused() {
     diplo_api::install_crypto_provider();
     const LIFETIME_S: i64 = 4;
-    let options = ControlPlaneOptions {
-        env: vec![("DIPLO_NODE_CERT_LIFETIME".into(), format!("{LIFETIME_S}s"))],
-        ..Default::default()
-    };
+    let options = ControlPlaneOptions { env: vec![("DIPLO_NODE_CERT_LIFETIME".into(), format!("{LIFETIME_S}s"))], ..Default::default() };
     let control_plane = ControlPlane::start(options);
     let short = join(&control_plane, "short-lived").await;
 
     // While valid, the certificate works.
     let channel = connect(&control_plane, Some(short.identity())).await;
-    AgentServiceClient::new(channel)
-        .renew_certificate(renew_request())
-        .await
-        .expect("RenewCertificate while valid");
+    AgentServiceClient::new(channel).renew_certificate(renew_request()).await.expect("RenewCertificate while valid");
 
     // A certificate for the same node id from another CA: refused by TLS.
     let rogue_ca = diplo_api::pki::CertificateAuthority::generate("rogue").expect("rogue CA");
     let (rogue_key, csr) = diplo_api::pki::generate_csr("short-lived").expect("CSR");
-    let (rogue_cert, _) = rogue_ca
-        .sign_node_csr(&csr, &short.id, "short-lived", Duration::from_secs(3600))
-        .expect("rogue node cert");
-    expect_handshake_refused(
-        &control_plane,
-        Identity::from_pem(rogue_cert, rogue_key),
-        "a node certificate from another CA",
-    )
-    .await;
+    let (rogue_cert, _) = rogue_ca.sign_node_csr(&csr, &short.id, "short-lived", Duration::from_secs(3600)).expect("rogue node cert");
+    expect_handshake_refused(&control_plane, Identity::from_pem(rogue_cert, rogue_key), "a node certificate from another CA").await;
 
     // Once expired, refused by TLS (a new connection: the handshake checks validity).
-    let expired_at =
-        Duration::from_secs(u64::try_from(short.expires_at).expect("expiry after 1970"));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock");
+    let expired_at = Duration::from_secs(u64::try_from(short.expires_at).expect("expiry after 1970"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
     tokio::time::sleep(expired_at.saturating_sub(now) + Duration::from_millis(1500)).await;
-    expect_handshake_refused(
-        &control_plane,
-        short.identity(),
-        "an expired node certificate",
-    )
-    .await;
+    expect_handshake_refused(&control_plane, short.identity(), "an expired node certificate").await;
 
     // A removed node: its open session ends at once and its next call is refused.
     let gone = join(&control_plane, "to-remove").await;
     let gone_channel = connect(&control_plane, Some(gone.identity())).await;
-    let (_tx, mut downstream) = open_session(gone_channel.clone(), hello(Vec::new()))
-        .await
-        .expect("session of to-remove");
+    let (_tx, mut downstream) = open_session(gone_channel.clone(), hello(Vec::new())).await.expect("session of to-remove");
     let removed_at = Instant::now();
     let out = control_plane.cli_ok(&["nodes", "rm", "to-remove"]);
     assert!(out.contains("removed"), "{out}");
-    let status = session_end(&mut downstream, Duration::from_secs(5))
-        .await
-        .expect_err("the session must end with an error");
-    eprintln!(
-        "[test] session of the removed node ended {:.1?} after `nodes rm`",
-        removed_at.elapsed()
-    );
+    let status = session_end(&mut downstream, Duration::from_secs(5)).await.expect_err("the session must end with an error");
+    eprintln!("[test] session of the removed node ended {:.1?} after `nodes rm`", removed_at.elapsed());
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     for (what, outcome) in [
-        (
-            "RenewCertificate",
-            AgentServiceClient::new(gone_channel.clone())
-                .renew_certificate(renew_request())
-                .await
-                .map(drop),
-        ),
-        (
-            "Session",
-            open_session(gone_channel.clone(), hello(Vec::new()))
-                .await
-                .map(drop),
-        ),
+        ("RenewCertificate", AgentServiceClient::new(gone_channel.clone()).renew_certificate(renew_request()).await.map(drop)),
+        ("Session", open_session(gone_channel.clone(), hello(Vec::new())).await.map(drop)),
         (
             "reflection",
-            tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
-                gone_channel.clone(),
-            )
-            .server_reflection_info(tokio_stream::iter(vec![list_services_request()]))
-            .await
-            .map(drop),
+            tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(gone_channel.clone())
+                .server_reflection_info(tokio_stream::iter(vec![list_services_request()]))
+                .await
+                .map(drop),
         ),
     ] {
         let status = outcome.expect_err(what);
-        assert_eq!(
-            status.code(),
-            Code::PermissionDenied,
-            "{what} by a removed node: {status:?}"
-        );
-        assert!(
-            status.message().contains("not a member"),
-            "{what}: {status:?}"
-        );
+        assert_eq!(status.code(), Code::PermissionDenied, "{what} by a removed node: {status:?}");
+        assert!(status.message().contains("not a member"), "{what}: {status:?}");
     }
     assert!(find_node(&control_plane.nodes(), "to-remove").is_none());
     assert_eq!(gone.name, "to-remove");
@@ -1554,17 +999,11 @@ async fn expect_handshake_refused(control_plane: &ControlPlane, identity: Identi
     match try_connect(control_plane, Some(identity)).await {
         Err(e) => eprintln!("[test] {what}: refused at connect: {e}"),
         // TLS 1.3: the client may finish its side first; the first call then fails.
-        Ok(channel) => match AgentServiceClient::new(channel)
-            .renew_certificate(renew_request())
-            .await
-        {
+        Ok(channel) => match AgentServiceClient::new(channel).renew_certificate(renew_request()).await {
             Ok(_) => panic!("{what} was accepted"),
             Err(status) => {
                 eprintln!("[test] {what}: refused at the first call: {status:?}");
-                assert!(
-                    is_transport_failure(&status),
-                    "{what}: the TLS layer should refuse it, got {status:?}"
-                );
+                assert!(is_transport_failure(&status), "{what}: the TLS layer should refuse it, got {status:?}");
             }
         },
     }
@@ -1578,39 +1017,18 @@ async fn api_tokens_are_created_listed_revoked_and_expire_with_audit() {
     diplo_api::install_crypto_provider();
     let control_plane = ControlPlane::start(ControlPlaneOptions::default());
     let token = create_api_token(&control_plane, "viewer", "ci-reader", Some("1h"));
-    let id = token
-        .trim_start_matches("dpl_")
-        .split('.')
-        .next()
-        .expect("id")
-        .to_owned();
+    let id = token.trim_start_matches("dpl_").split('.').next().expect("id").to_owned();
     let secret = token.rsplit('.').next().expect("secret").to_owned();
 
     let listed = control_plane.cli_ok(&["api-token", "ls"]);
-    let line = listed
-        .lines()
-        .find(|l| l.starts_with(&id))
-        .unwrap_or_else(|| panic!("{id} not listed:\n{listed}"));
-    assert!(
-        line.contains("ci-reader") && line.contains("viewer") && line.ends_with("active"),
-        "{line}"
-    );
+    let line = listed.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{id} not listed:\n{listed}"));
+    assert!(line.contains("ci-reader") && line.contains("viewer") && line.ends_with("active"), "{line}");
     assert!(!listed.contains(&secret), "the secret is listed:\n{listed}");
 
-    let status = rest_call(
-        "GET",
-        &control_plane.rest_url("/api/v1/nodes"),
-        Some(&token),
-        None,
-    );
+    let status = rest_call("GET", &control_plane.rest_url("/api/v1/nodes"), Some(&token), None);
     assert_eq!(status.0, 200, "a viewer reads: {status:?}");
     let body = serde_json::json!({"name": "nope", "image": "busybox"});
-    let status = rest_call(
-        "POST",
-        &control_plane.rest_url("/api/v1/deployments"),
-        Some(&token),
-        Some(body),
-    );
+    let status = rest_call("POST", &control_plane.rest_url("/api/v1/deployments"), Some(&token), Some(body));
     assert_eq!(status.0, 403, "a viewer cannot deploy: {status:?}");
 
     // The role is checked, naming the field: by the CLI and by the service.
@@ -1620,11 +1038,7 @@ async fn api_tokens_are_created_listed_revoked_and_expire_with_audit() {
     assert!(stderr.contains("--role"), "{stderr}");
     let status = admin(&control_plane)
         .await
-        .create_api_token(pb::CreateApiTokenRequest {
-            name: String::new(),
-            role: "boss".into(),
-            ttl_seconds: 0,
-        })
+        .create_api_token(pb::CreateApiTokenRequest { name: String::new(), role: "boss".into(), ttl_seconds: 0 })
         .await
         .expect_err("an unknown role");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -1633,78 +1047,42 @@ async fn api_tokens_are_created_listed_revoked_and_expire_with_audit() {
     // Revoked: refused from the next request on, with the reason.
     let out = control_plane.cli_ok(&["api-token", "revoke", &id]);
     assert!(out.contains("revoked"), "{out}");
-    let (status, body) = rest_call(
-        "GET",
-        &control_plane.rest_url("/api/v1/nodes"),
-        Some(&token),
-        None,
-    );
+    let (status, body) = rest_call("GET", &control_plane.rest_url("/api/v1/nodes"), Some(&token), None);
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("revoked"), "{body}");
     let listed = control_plane.cli_ok(&["api-token", "ls"]);
-    assert!(
-        listed
-            .lines()
-            .any(|l| l.starts_with(&id) && l.ends_with("revoked")),
-        "{listed}"
-    );
+    assert!(listed.lines().any(|l| l.starts_with(&id) && l.ends_with("revoked")), "{listed}");
 
     // Expired: refused with the reason.
     let short = admin(&control_plane)
         .await
-        .create_api_token(pb::CreateApiTokenRequest {
-            name: "short".into(),
-            role: "admin".into(),
-            ttl_seconds: 1,
-        })
+        .create_api_token(pb::CreateApiTokenRequest { name: "short".into(), role: "admin".into(), ttl_seconds: 1 })
         .await
         .expect("CreateApiToken")
         .into_inner();
     assert!(short.expires_at.is_some());
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (status, body) = rest_call(
-        "GET",
-        &control_plane.rest_url("/api/status"),
-        Some(&short.token),
-        None,
-    );
+    let (status, body) = rest_call("GET", &control_plane.rest_url("/api/status"), Some(&short.token), None);
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("expired"), "{body}");
 
     // Audited with who and what; no event carries a secret.
     let all = events(&control_plane).await;
-    let created = all
-        .iter()
-        .find(|e| e.kind == "api_token.created" && e.subject == id)
-        .expect("api_token.created");
+    let created = all.iter().find(|e| e.kind == "api_token.created" && e.subject == id).expect("api_token.created");
     assert_eq!(created.actor, "admin:admin", "{created:?}");
     assert!(created.at.is_some());
-    let revoked = all
-        .iter()
-        .find(|e| e.kind == "api_token.revoked" && e.subject == id)
-        .expect("api_token.revoked");
+    let revoked = all.iter().find(|e| e.kind == "api_token.revoked" && e.subject == id).expect("api_token.revoked");
     assert_eq!(revoked.actor, "admin:admin", "{revoked:?}");
     let short_secret = short.token.rsplit('.').next().expect("secret");
-    let admin_secret = control_plane
-        .admin_token()
-        .rsplit('.')
-        .next()
-        .expect("secret")
-        .to_owned();
+    let admin_secret = control_plane.admin_token().rsplit('.').next().expect("secret").to_owned();
     for event in &all {
         let text = format!("{event:?}");
         for secret in [secret.as_str(), short_secret, admin_secret.as_str()] {
-            assert!(
-                !text.contains(secret),
-                "an event carries a token secret: {event:?}"
-            );
+            assert!(!text.contains(secret), "an event carries a token secret: {event:?}");
         }
     }
     let logs = format!("{}{}", control_plane.stdout(), control_plane.stderr());
-    assert!(
-        !logs.contains(&secret) && !logs.contains(short_secret),
-        "a token secret is in the logs"
-    );
+    assert!(!logs.contains(&secret) && !logs.contains(short_secret), "a token secret is in the logs");
 }
 
 // ---------------------------------------------------------------------------------
@@ -1714,49 +1092,24 @@ async fn api_tokens_are_created_listed_revoked_and_expire_with_audit() {
 async fn join_attempts_are_rate_limited_per_source_and_agents_retry() {
     diplo_api::install_crypto_provider();
     const LIMIT: usize = 6;
-    let options = ControlPlaneOptions {
-        env: vec![("DIPLO_JOIN_RATE_LIMIT".into(), LIMIT.to_string())],
-        ..Default::default()
-    };
+    let options = ControlPlaneOptions { env: vec![("DIPLO_JOIN_RATE_LIMIT".into(), LIMIT.to_string())], ..Default::default() };
     let control_plane = ControlPlane::start(options);
-    let token = join_token(&control_plane, pb::CreateJoinTokenRequest::default())
-        .await
-        .token;
+    let token = join_token(&control_plane, pb::CreateJoinTokenRequest::default()).await.token;
     for attempt in 0..LIMIT {
-        let status = try_join(&control_plane, "not-a-token", "limited")
-            .await
-            .err()
-            .expect("a bad token is refused");
-        assert_eq!(
-            status.code(),
-            Code::InvalidArgument,
-            "attempt {attempt}: {status:?}"
-        );
+        let status = try_join(&control_plane, "not-a-token", "limited").await.err().expect("a bad token is refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "attempt {attempt}: {status:?}");
     }
-    let status = try_join(&control_plane, &token, "limited")
-        .await
-        .err()
-        .expect("rate limited");
+    let status = try_join(&control_plane, &token, "limited").await.err().expect("rate limited");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let message = status.message();
-    assert!(
-        message.starts_with("too many join attempts from 127.0.0.1; retry in "),
-        "{message}"
-    );
-    let seconds: u64 = message
-        .rsplit("retry in ")
-        .next()
-        .and_then(|s| s.trim_end_matches(" s").parse().ok())
-        .expect("seconds");
+    assert!(message.starts_with("too many join attempts from 127.0.0.1; retry in "), "{message}");
+    let seconds: u64 = message.rsplit("retry in ").next().and_then(|s| s.trim_end_matches(" s").parse().ok()).expect("seconds");
     assert!((1..=10).contains(&seconds), "{message}");
 
     // An agent is refused at first, waits and joins.
     let (mut agent, _) = control_plane.start_ready_agent("patient", Some(&token));
     let stderr = agent.stderr();
-    assert!(
-        stderr.contains("too many join attempts"),
-        "the agent met the limit and retried:\n{stderr}"
-    );
+    assert!(stderr.contains("too many join attempts"), "the agent met the limit and retried:\n{stderr}");
     agent.kill();
 }
 
@@ -1769,9 +1122,7 @@ const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 
 /// A name unique to this run, so that leftovers of a failed run never collide.
 fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{prefix}-{}-{nanos:x}", std::process::id())
 }
 
@@ -1787,11 +1138,7 @@ async fn admin_channel(control_plane: &ControlPlane) -> Ch {
 }
 
 fn mount(source: &str, target: &str) -> pb::Mount {
-    pb::Mount {
-        source: source.into(),
-        target: target.into(),
-        read_only: false,
-    }
+    pb::Mount { source: source.into(), target: target.into(), read_only: false }
 }
 
 /// A long-running container of the test image.
@@ -1807,12 +1154,7 @@ fn sleeper(name: &str, mounts: Vec<pb::Mount>) -> pb::ContainerSpec {
 }
 
 fn create_request(spec: pb::ContainerSpec) -> pb::CreateContainerRequest {
-    pb::CreateContainerRequest {
-        spec: Some(spec),
-        runtime: pb::RuntimeKind::Docker as i32,
-        node: String::new(),
-        start: true,
-    }
+    pb::CreateContainerRequest { spec: Some(spec), runtime: pb::RuntimeKind::Docker as i32, node: String::new(), start: true }
 }
 
 fn deploy_request(spec: pb::ContainerSpec, constraints: Option<pb::Constraints>) -> pb::DeployRequest {
@@ -1864,9 +1206,7 @@ impl Drop for RemoveWorkloadsOnDrop<'_> {
             }
         }
         for volume in &self.volumes {
-            let _ = std::process::Command::new("docker")
-                .args(["volume", "rm", "-f", volume])
-                .output();
+            let _ = std::process::Command::new("docker").args(["volume", "rm", "-f", volume]).output();
         }
     }
 }
@@ -1890,16 +1230,10 @@ async fn host_bind_mounts_are_for_admins_and_held_to_the_agents_allowlist() {
         &[("DIPLO_RUNTIMES", "docker"), ("DIPLO_ALLOW_HOST_PATHS", &allowed_text)],
     );
     // Dropped before the agent, which removes what the test created.
-    let _cleanup = RemoveWorkloadsOnDrop {
-        control_plane: &control_plane,
-        volumes: vec![volume.clone()],
-    };
+    let _cleanup = RemoveWorkloadsOnDrop { control_plane: &control_plane, volumes: vec![volume.clone()] };
     let available = node["available"].to_string();
     if !available.contains("docker") {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "CI=true but docker is not available on the node: {node}"
-        );
+        assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "CI=true but docker is not available on the node: {node}");
         eprintln!("[test] SKIPPED: docker is not available here (not CI)");
         return;
     }
@@ -1912,12 +1246,7 @@ async fn host_bind_mounts_are_for_admins_and_held_to_the_agents_allowlist() {
         "name": unique("root-rest"), "image": IMAGE, "replicas": 1,
         "command": ["sleep", "300"], "volumes": ["/:/host"],
     });
-    let (status, answer) = rest_call(
-        "POST",
-        &control_plane.rest_url("/api/v1/deployments"),
-        Some(&deployer),
-        Some(body),
-    );
+    let (status, answer) = rest_call("POST", &control_plane.rest_url("/api/v1/deployments"), Some(&deployer), Some(body));
     assert_eq!(status, 403, "a deployer mounting / over REST: {answer}");
     assert!(answer.contains("admin") && answer.contains("host path /"), "{answer}");
     let refused = ContainerServiceClient::new(deployer_channel.clone())
@@ -1950,10 +1279,7 @@ async fn host_bind_mounts_are_for_admins_and_held_to_the_agents_allowlist() {
             .expect_err("a host path outside the agent's allowlist");
         assert_eq!(refused.code(), Code::PermissionDenied, "{source}: {refused:?}");
         let message = refused.message();
-        assert!(
-            message.contains(&format!("host path {source} ")) && message.contains(resolved),
-            "{message}"
-        );
+        assert!(message.contains(&format!("host path {source} ")) && message.contains(resolved), "{message}");
         assert!(
             message.contains("--allow-host-path") && message.contains(&allowed_text),
             "the refusal names the flag and the allowlist: {message}"
@@ -1979,12 +1305,8 @@ async fn host_bind_mounts_are_for_admins_and_held_to_the_agents_allowlist() {
     let body = serde_json::json!({
         "name": name, "image": IMAGE, "replicas": 1, "command": ["sleep", "300"], "volumes": ["/:/host"],
     });
-    let (status, answer) = rest_call(
-        "POST",
-        &control_plane.rest_url("/api/v1/deployments"),
-        Some(&control_plane.admin_token()),
-        Some(body),
-    );
+    let (status, answer) =
+        rest_call("POST", &control_plane.rest_url("/api/v1/deployments"), Some(&control_plane.admin_token()), Some(body));
     assert_eq!(status, 201, "{answer}");
     let message = diplo_tests::wait_until("the instance to fail", Duration::from_secs(60), Duration::from_millis(250), || {
         let instances = control_plane.rest_json(&format!("/api/v1/compute/instances?deployment={name}"));
@@ -2033,10 +1355,7 @@ async fn diplo_labels_are_refused_in_containers_and_deployments() {
 #[tokio::test]
 async fn viewers_read_deployments_without_environment_values() {
     diplo_api::install_crypto_provider();
-    let options = ControlPlaneOptions {
-        heartbeat_interval: Some(Duration::from_secs(30)),
-        ..Default::default()
-    };
+    let options = ControlPlaneOptions { heartbeat_interval: Some(Duration::from_secs(30)), ..Default::default() };
     let control_plane = ControlPlane::start(options);
     let viewer = create_api_token(&control_plane, "viewer", "env-viewer", Some("1h"));
     let deployer = create_api_token(&control_plane, "deployer", "env-deployer", Some("1h"));
@@ -2069,18 +1388,9 @@ async fn viewers_read_deployments_without_environment_values() {
         let env = environment(deployment);
         assert!(env.contains_key("DB_PASSWORD") && env["DB_PASSWORD"] != "s3cret-value", "{what}: the name stays, the value goes: {env:?}");
     }
-    let (status, answer) = rest_call(
-        "GET",
-        &control_plane.rest_url(&format!("/api/v1/deployments/{name}")),
-        Some(&viewer),
-        None,
-    );
+    let (status, answer) = rest_call("GET", &control_plane.rest_url(&format!("/api/v1/deployments/{name}")), Some(&viewer), None);
     assert!(status == 200 && !answer.contains("s3cret-value"), "REST shows a viewer: {status} {answer}");
-    let got = DeploymentServiceClient::new(deployer_channel)
-        .get_deployment(reference)
-        .await
-        .expect("a deployer reads")
-        .into_inner();
+    let got = DeploymentServiceClient::new(deployer_channel).get_deployment(reference).await.expect("a deployer reads").into_inner();
     assert_eq!(environment(&got)["DB_PASSWORD"], "s3cret-value", "a deployer sees what it deployed");
 }
 
@@ -2105,29 +1415,18 @@ fn fingerprint(labels: BTreeMap<String, String>) -> pb::NodeFingerprint {
 }
 
 fn hello_with(fingerprint: pb::NodeFingerprint) -> pb::AgentMessage {
-    pb::AgentMessage {
-        body: Some(pb::agent_message::Body::Hello(pb::Hello {
-            fingerprint: Some(fingerprint),
-            containers: Vec::new(),
-        })),
-    }
+    pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(pb::Hello { fingerprint: Some(fingerprint), containers: Vec::new() })) }
 }
 
 #[tokio::test]
 async fn a_label_a_node_reports_itself_does_not_attract_constrained_workloads() {
     diplo_api::install_crypto_provider();
-    let options = ControlPlaneOptions {
-        heartbeat_interval: Some(Duration::from_secs(30)),
-        ..Default::default()
-    };
+    let options = ControlPlaneOptions { heartbeat_interval: Some(Duration::from_secs(30)), ..Default::default() };
     let control_plane = ControlPlane::start(options);
     let deployer = create_api_token(&control_plane, "deployer", "zone-deployer", Some("1h"));
     let mut deployments = DeploymentServiceClient::new(token_channel(&control_plane, &deployer).await);
     let secure = BTreeMap::from([("zone".to_owned(), "secure".to_owned())]);
-    let constraints = pb::Constraints {
-        labels: secure.clone().into_iter().collect(),
-        ..Default::default()
-    };
+    let constraints = pb::Constraints { labels: secure.clone().into_iter().collect(), ..Default::default() };
 
     // A node that claims zone=secure in its own fingerprint.
     let claimer = join(&control_plane, "claimer").await;
@@ -2141,34 +1440,21 @@ async fn a_label_a_node_reports_itself_does_not_attract_constrained_workloads() 
         .await
         .expect_err("only the node itself says it is in zone secure");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(
-        refused.message().contains("claimer: missing label zone=secure (the node reports zone=secure itself"),
-        "{refused:?}"
-    );
+    assert!(refused.message().contains("claimer: missing label zone=secure (the node reports zone=secure itself"), "{refused:?}");
 
     // A node the admin put in zone secure (its join token's labels) gets it.
-    let token = join_token(
-        &control_plane,
-        pb::CreateJoinTokenRequest {
-            labels: secure.clone().into_iter().collect(),
-            ..Default::default()
-        },
-    )
-    .await
-    .token;
-    let vouched = try_join(&control_plane, &token, "vouched")
-        .await
-        .unwrap_or_else(|s| panic!("join: {s:?}"));
+    let token =
+        join_token(&control_plane, pb::CreateJoinTokenRequest { labels: secure.clone().into_iter().collect(), ..Default::default() })
+            .await
+            .token;
+    let vouched = try_join(&control_plane, &token, "vouched").await.unwrap_or_else(|s| panic!("join: {s:?}"));
     let channel = connect(&control_plane, Some(vouched.identity())).await;
     let (_vouched_session, _vouched_down) = open_session(channel, hello_with(fingerprint(BTreeMap::new())))
         .await
         .unwrap_or_else(|s| panic!("session: {s:?}\n{}", control_plane.logs()));
     let mut spec = sleeper(&name, Vec::new());
     spec.environment.insert("TOKEN".into(), "for-the-secure-zone".into());
-    deployments
-        .deploy(deploy_request(spec, Some(constraints)))
-        .await
-        .unwrap_or_else(|s| panic!("deploy: {s:?}\n{}", control_plane.logs()));
+    deployments.deploy(deploy_request(spec, Some(constraints))).await.unwrap_or_else(|s| panic!("deploy: {s:?}\n{}", control_plane.logs()));
     let deadline = Instant::now() + Duration::from_secs(20);
     let placed = loop {
         let instances = deployments
@@ -2205,28 +1491,21 @@ async fn dev_mode_holds_its_local_agent_to_the_allowlist() {
     let allowed_text = allowed.display().to_string();
     let options = ControlPlaneOptions {
         dev: true,
-        env: vec![
-            ("DIPLO_RUNTIMES".into(), "docker".into()),
-            ("DIPLO_ALLOW_HOST_PATHS".into(), allowed_text.clone()),
-        ],
+        env: vec![("DIPLO_RUNTIMES".into(), "docker".into()), ("DIPLO_ALLOW_HOST_PATHS".into(), allowed_text.clone())],
         ..Default::default()
     };
     let control_plane = ControlPlane::start(options);
-    let node = diplo_tests::wait_until("the local agent to be ready", Duration::from_secs(60), Duration::from_millis(250), || {
-        match control_plane.try_nodes()?.first() {
+    let node =
+        diplo_tests::wait_until("the local agent to be ready", Duration::from_secs(60), Duration::from_millis(250), || match control_plane
+            .try_nodes()?
+            .first()
+        {
             Some(node) if node["status"] == "ready" && node["os"] != "" => Ok(node.clone()),
             other => Err(format!("{other:?}")),
-        }
-    });
-    let _cleanup = RemoveWorkloadsOnDrop {
-        control_plane: &control_plane,
-        volumes: Vec::new(),
-    };
+        });
+    let _cleanup = RemoveWorkloadsOnDrop { control_plane: &control_plane, volumes: Vec::new() };
     if !node["available"].to_string().contains("docker") {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "CI=true but docker is not available on the local node: {node}"
-        );
+        assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "CI=true but docker is not available on the local node: {node}");
         eprintln!("[test] SKIPPED: docker is not available here (not CI)");
         return;
     }
@@ -2236,10 +1515,7 @@ async fn dev_mode_holds_its_local_agent_to_the_allowlist() {
         .await
         .expect_err("/ is outside the local agent's allowlist");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    assert!(
-        refused.message().contains("--allow-host-path") && refused.message().contains(&allowed_text),
-        "{refused:?}"
-    );
+    assert!(refused.message().contains("--allow-host-path") && refused.message().contains(&allowed_text), "{refused:?}");
     ContainerServiceClient::new(admin)
         .create_container(create_request(sleeper(&unique("dev-in"), vec![mount(&allowed_text, "/data")])))
         .await

@@ -7,8 +7,8 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use diplo_tests::{http_request, wait_until, Agent, ControlPlane, ControlPlaneOptions};
-use serde_json::{json, Value};
+use diplo_tests::{Agent, ControlPlane, ControlPlaneOptions, http_request, wait_until};
+use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const POLL: Duration = Duration::from_millis(500);
@@ -37,7 +37,8 @@ impl Drop for RemoveAllOnDrop<'_> {
         let Ok(Value::Array(listed)) = serde_json::from_str::<Value>(&listed.body) else { return };
         for container in listed {
             if let Some(id) = container["id"].as_str() {
-                let _ = http_request("DELETE", &self.0.rest_url(&format!("/api/v1/containers/{id}?force=true")), Some(&authorization), None);
+                let _ =
+                    http_request("DELETE", &self.0.rest_url(&format!("/api/v1/containers/{id}?force=true")), Some(&authorization), None);
             }
         }
     }
@@ -70,13 +71,18 @@ fn get(control_plane: &ControlPlane, path: &str, token: &str) -> (u16, String) {
 fn follow_until(control_plane: &ControlPlane, path: &str, token: &str, marker: &str) -> usize {
     let mut stream = std::net::TcpStream::connect(control_plane.rest_addr()).expect("connect to REST");
     stream.set_read_timeout(Some(Duration::from_secs(60))).expect("read timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").expect("send the request");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
     let mut received = Vec::new();
     let mut buffer = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let count = stream.read(&mut buffer).unwrap_or_else(|e| panic!("reading the followed logs: {e}; so far {} bytes", received.len()));
-        assert!(count > 0, "the followed logs ended before {marker:?}: {}", String::from_utf8_lossy(&received[received.len().saturating_sub(500)..]));
+        assert!(
+            count > 0,
+            "the followed logs ended before {marker:?}: {}",
+            String::from_utf8_lossy(&received[received.len().saturating_sub(500)..])
+        );
         received.extend_from_slice(&buffer[..count]);
         if let Some(at) = received.windows(marker.len()).position(|w| w == marker.as_bytes()) {
             return at;
@@ -106,7 +112,9 @@ fn bounded_logs_on(runtime: &str) {
     }
 
     // 50 MiB of output, then a marker, then quiet.
-    let script = format!("yes diplo-bounded-output-line-0123456789abcdefghijklmnopqrstuvwxyz | head -c {LOG_BYTES}; echo; echo {DONE}; exec sleep 3600");
+    let script = format!(
+        "yes diplo-bounded-output-line-0123456789abcdefghijklmnopqrstuvwxyz | head -c {LOG_BYTES}; echo; echo {DONE}; exec sleep 3600"
+    );
     let name = unique(&format!("big-{runtime}"));
     let created = control_plane.rest(
         "POST",

@@ -9,8 +9,8 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use diplo_tests::{wait_until, ControlPlane, ControlPlaneOptions};
-use serde_json::{json, Value};
+use diplo_tests::{ControlPlane, ControlPlaneOptions, wait_until};
+use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const POLL: Duration = Duration::from_millis(300);
@@ -27,7 +27,10 @@ fn docker(args: &[&str]) -> String {
 
 /// Docker containers of a deployment, running or not.
 fn docker_containers(deployment: &str) -> Vec<String> {
-    docker(&["ps", "-a", "-q", "--no-trunc", "--filter", &format!("label=diplo.deployment={deployment}")]).lines().map(str::to_owned).collect()
+    docker(&["ps", "-a", "-q", "--no-trunc", "--filter", &format!("label=diplo.deployment={deployment}")])
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Deletes the deployment and, failing that, its containers, when dropped.
@@ -57,7 +60,13 @@ impl Drop for RemoveContainerOnDrop {
 
 /// `METHOD url` as the admin with a client-side time limit: `Err` when it runs out (the
 /// client then hangs up).
-fn request_with_limit(control_plane: &ControlPlane, method: &str, path: &str, body: Option<Value>, limit: Duration) -> Result<(u16, String), String> {
+fn request_with_limit(
+    control_plane: &ControlPlane,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    limit: Duration,
+) -> Result<(u16, String), String> {
     let url = control_plane.rest_url(path);
     let token = control_plane.admin_token();
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
@@ -104,7 +113,8 @@ fn a_client_that_disconnects_mid_restart_leaves_the_instance_reconciled() {
 
     // The client gives up (and hangs up) after 2 s, in the middle of the restart.
     let started = Instant::now();
-    let hung_up = request_with_limit(&control_plane, "PUT", &format!("/api/v1/compute/instances/{id}/restart"), None, Duration::from_secs(2));
+    let hung_up =
+        request_with_limit(&control_plane, "PUT", &format!("/api/v1/compute/instances/{id}/restart"), None, Duration::from_secs(2));
     assert!(hung_up.is_err(), "the restart was expected to outlast the client: {hung_up:?}");
     assert!(started.elapsed() < Duration::from_secs(8));
 
@@ -168,7 +178,8 @@ fn a_session_that_closes_fails_its_pending_command_at_once() {
         std::thread::scope(|scope| {
             let waiting = scope.spawn(move || {
                 let sent = Instant::now();
-                let outcome = request_with_limit(control_plane, "POST", &url, Some(json!({"argv": ["sleep", "60"]})), Duration::from_secs(150));
+                let outcome =
+                    request_with_limit(control_plane, "POST", &url, Some(json!({"argv": ["sleep", "60"]})), Duration::from_secs(150));
                 (outcome, Instant::now(), sent)
             });
             std::thread::sleep(Duration::from_secs(3));

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use diplo_tests::{free_port, http_get, wait_until, ControlPlane, ControlPlaneOptions};
-use serde_json::{json, Value};
+use diplo_tests::{ControlPlane, ControlPlaneOptions, free_port, http_get, wait_until};
+use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const POLL: Duration = Duration::from_millis(250);
@@ -25,7 +25,9 @@ struct RemoveAllOnDrop<'a>(&'a ControlPlane);
 impl Drop for RemoveAllOnDrop<'_> {
     fn drop(&mut self) {
         let authorization = format!("Bearer {}", self.0.admin_token());
-        let Ok(listed) = diplo_tests::http_request("GET", &self.0.rest_url("/api/v1/containers"), Some(&authorization), None) else { return };
+        let Ok(listed) = diplo_tests::http_request("GET", &self.0.rest_url("/api/v1/containers"), Some(&authorization), None) else {
+            return;
+        };
         let Ok(Value::Array(listed)) = serde_json::from_str::<Value>(&listed.body) else { return };
         for container in listed {
             if let Some(id) = container["id"].as_str() {
@@ -214,7 +216,8 @@ fn container_lifecycle_on_lxc() {
 fn bad_container_requests_get_clear_errors_and_leave_nothing_behind() {
     let (control_plane, _agent, available) = cluster();
     let _cleanup = RemoveAllOnDrop(&control_plane);
-    let runtime = if available.iter().any(|r| r == "docker") { "docker" } else { available.first().map(String::as_str).unwrap_or("docker") };
+    let runtime =
+        if available.iter().any(|r| r == "docker") { "docker" } else { available.first().map(String::as_str).unwrap_or("docker") };
     let create = |body: Value| control_plane.rest("POST", "/api/v1/containers", Some(body));
 
     let unknown = create(json!({"image": "127.0.0.1:5000/diplo/no-such-image:latest", "name": unique("ghost"), "runtime_type": runtime}));
@@ -259,11 +262,8 @@ fn a_killed_agent_readopts_its_containers_without_restarting_them() {
     let (control_plane, mut agent, available) = cluster();
     let _cleanup = RemoveAllOnDrop(&control_plane);
     // One container per runtime (three of them), so that re-adoption is shown on each.
-    let runtimes: Vec<&str> = ["docker", "containerd", "lxc", "podman"]
-        .into_iter()
-        .filter(|r| available.iter().any(|a| a == r))
-        .take(3)
-        .collect();
+    let runtimes: Vec<&str> =
+        ["docker", "containerd", "lxc", "podman"].into_iter().filter(|r| available.iter().any(|a| a == r)).take(3).collect();
     assert!(!in_ci() || runtimes.len() == 3, "CI=true needs three runtimes, have {available:?}");
     let mut ports = BTreeMap::new();
     for runtime in &runtimes {
@@ -279,7 +279,8 @@ fn a_killed_agent_readopts_its_containers_without_restarting_them() {
         assert_eq!(created.status, 201, "{}", created.body);
         ports.insert(created.json()["id"].as_str().expect("id").to_owned(), port);
     }
-    let before: BTreeMap<String, Value> = containers(&control_plane).into_iter().map(|c| (c["id"].as_str().unwrap_or("").to_owned(), c)).collect();
+    let before: BTreeMap<String, Value> =
+        containers(&control_plane).into_iter().map(|c| (c["id"].as_str().unwrap_or("").to_owned(), c)).collect();
     assert_eq!(before.len(), runtimes.len(), "{before:?}");
     for port in ports.values() {
         wait_until("httpd before the kill", Duration::from_secs(30), POLL, || get_text(*port));

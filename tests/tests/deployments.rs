@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use diplo_tests::{wait_until, Agent, ControlPlane, ControlPlaneOptions};
-use serde_json::{json, Value};
+use diplo_tests::{Agent, ControlPlane, ControlPlaneOptions, wait_until};
+use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const POLL: Duration = Duration::from_millis(300);
@@ -54,10 +54,8 @@ fn running_nodes(deployment: &Value) -> Vec<String> {
 fn cluster(names: &[&str]) -> (ControlPlane, Vec<Agent>) {
     let control_plane = ControlPlane::start(ControlPlaneOptions::fast(DOWN_GRACE));
     let token = control_plane.join_token(&[]);
-    let agents = names
-        .iter()
-        .map(|name| control_plane.start_ready_agent_with_env(name, Some(&token), &[("DIPLO_RUNTIMES", "docker")]).0)
-        .collect();
+    let agents =
+        names.iter().map(|name| control_plane.start_ready_agent_with_env(name, Some(&token), &[("DIPLO_RUNTIMES", "docker")]).0).collect();
     (control_plane, agents)
 }
 
@@ -164,11 +162,7 @@ fn replicas_spread_and_move_when_a_node_dies_then_the_surplus_copy_goes() {
 fn a_control_plane_killed_mid_deploy_converges_without_duplicates() {
     let (mut control_plane, _agents) = cluster(&["m1", "m2"]);
     let name = unique("crash");
-    let created = control_plane.rest(
-        "POST",
-        "/api/deploy",
-        Some(json!({"name": name, "image": IMAGE, "replicas": 3, "command": httpd()})),
-    );
+    let created = control_plane.rest("POST", "/api/deploy", Some(json!({"name": name, "image": IMAGE, "replicas": 3, "command": httpd()})));
     assert_eq!(created.status, 201, "{}", created.body);
     // Crash right after the deploy was accepted, while instances are being created.
     control_plane.crash_and_restart();
@@ -193,8 +187,7 @@ fn runtime_choice_follows_each_nodes_platform_and_a_forced_runtime_needs_a_node(
     let control_plane = ControlPlane::start(ControlPlaneOptions::fast(DOWN_GRACE));
     let token = control_plane.join_token(&[]);
     let limited = [("DIPLO_RUNTIMES", "docker,lxc")];
-    let (_pi, pi) = control_plane
-        .start_ready_agent_with_env("pi", Some(&token), &[limited[0], ("DIPLO_FINGERPRINT_ARCH", "arm64")]);
+    let (_pi, pi) = control_plane.start_ready_agent_with_env("pi", Some(&token), &[limited[0], ("DIPLO_FINGERPRINT_ARCH", "arm64")]);
     let (_x86, x86) = control_plane.start_ready_agent_with_env("x86", Some(&token), &limited);
     assert_eq!(pi["arch"], "arm64");
     assert_eq!(pi["preferred"], "lxc", "{pi}");
@@ -238,7 +231,8 @@ fn runtime_choice_follows_each_nodes_platform_and_a_forced_runtime_needs_a_node(
 
     let bad = control_plane.rest("POST", "/api/unified/deploy", Some(json!({"name": "x", "image": IMAGE, "replicas": -1})));
     assert_eq!(bad.status, 400, "{}", bad.body);
-    let no_image = control_plane.rest("POST", "/api/unified/deploy", Some(json!({"name": "x", "repo_url": "file:///nonexistent/repo.git"})));
+    let no_image =
+        control_plane.rest("POST", "/api/unified/deploy", Some(json!({"name": "x", "repo_url": "file:///nonexistent/repo.git"})));
     assert_eq!(no_image.status, 400, "{}", no_image.body);
     assert!(no_image.body.contains("image"), "{}", no_image.body);
 }
@@ -265,15 +259,15 @@ fn rolling_update_rollback_and_drain() {
     let (control_plane, _agents) = cluster(&["r1", "r2"]);
     let name = unique("roll");
     let _cleanup = DeleteOnDrop(&control_plane, name.clone());
-    let spec = |version: &str| json!({"name": name, "image": IMAGE, "replicas": 2, "command": httpd(), "environment": {"VERSION": version}});
+    let spec =
+        |version: &str| json!({"name": name, "image": IMAGE, "replicas": 2, "command": httpd(), "environment": {"VERSION": version}});
     let created = control_plane.rest("POST", "/api/unified/deploy", Some(spec("1")));
     assert_eq!(created.status, 201, "{}", created.body);
     let converged = |what: &str, revision: u64, version: &str| {
         wait_until(what, Duration::from_secs(120), POLL, || {
             let d = deployment(&control_plane, &name);
-            let current = d["instances"].as_array().map_or(0, |l| {
-                l.iter().filter(|i| i["revision"] == revision && i["status"] == "running").count()
-            });
+            let current =
+                d["instances"].as_array().map_or(0, |l| l.iter().filter(|i| i["revision"] == revision && i["status"] == "running").count());
             let versions = versions(&name);
             if d["status"] == "running" && d["revision"] == revision && current == 2 && versions == [version, version] {
                 Ok(())
@@ -356,11 +350,8 @@ fn image_platforms_filter_placement_and_unknown_images_are_refused() {
     // on each node), none to the arm64 node, although its Docker could run it.
     let name = unique("amd64-only");
     let _cleanup = DeleteOnDrop(&control_plane, name.clone());
-    let created = control_plane.rest(
-        "POST",
-        "/api/unified/deploy",
-        Some(json!({"name": name, "image": IMAGE, "replicas": 2, "command": httpd()})),
-    );
+    let created =
+        control_plane.rest("POST", "/api/unified/deploy", Some(json!({"name": name, "image": IMAGE, "replicas": 2, "command": httpd()})));
     assert_eq!(created.status, 201, "{}", created.body);
     assert_eq!(created.json()["runtime_type"], "docker", "{}", created.body);
     let running = wait_until("2 replicas on x86", Duration::from_secs(90), POLL, || {

@@ -27,10 +27,8 @@ fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
 
 #[test]
 fn silent_and_excess_grpc_connections_are_closed() {
-    let options = ControlPlaneOptions {
-        env: vec![("DIPLO_MAX_CONNECTIONS".to_owned(), CAP.to_string())],
-        ..ControlPlaneOptions::default()
-    };
+    let options =
+        ControlPlaneOptions { env: vec![("DIPLO_MAX_CONNECTIONS".to_owned(), CAP.to_string())], ..ControlPlaneOptions::default() };
     let control_plane = ControlPlane::start(options);
     let addr = control_plane.grpc_addr();
 

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use diplo_tests::{wait_until, ControlPlane, ControlPlaneOptions};
-use serde_json::{json, Value};
+use diplo_tests::{ControlPlane, ControlPlaneOptions, wait_until};
+use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const POLL: Duration = Duration::from_millis(300);
@@ -27,7 +27,8 @@ fn docker_containers(deployment: &str) -> Vec<String> {
 
 /// Whether Docker says the container runs.
 fn docker_running(id: &str) -> bool {
-    let output = std::process::Command::new("docker").args(["inspect", "--format", "{{.State.Running}}", id]).output().expect("docker inspect");
+    let output =
+        std::process::Command::new("docker").args(["inspect", "--format", "{{.State.Running}}", id]).output().expect("docker inspect");
     String::from_utf8_lossy(&output.stdout).trim() == "true"
 }
 

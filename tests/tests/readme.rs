@@ -131,12 +131,7 @@ fn readme_commands_work_from_a_clean_checkout() {
     let run_line = example.first().expect("a first container example").clone();
     assert!(run_line.starts_with("diplo containers run "), "{run_line}");
     let curl_line = example.get(1).filter(|l| l.starts_with("curl ")).expect("the example is followed by a curl").clone();
-    let name = run_line
-        .split_whitespace()
-        .skip_while(|w| *w != "--name")
-        .nth(1)
-        .expect("the example names its container")
-        .to_owned();
+    let name = run_line.split_whitespace().skip_while(|w| *w != "--name").nth(1).expect("the example names its container").to_owned();
 
     // The example's host port must not be one the control plane itself listens on by default.
     let published = run_line
@@ -149,7 +144,10 @@ fn readme_commands_work_from_a_clean_checkout() {
     for flag in ["--rest-addr", "--grpc-addr"] {
         let row = readme.lines().find(|l| l.starts_with(&format!("| `{flag}`"))).unwrap_or_else(|| panic!("README documents {flag}"));
         let default_port = row.rsplit(':').next().map(|p| p.trim_matches(|c: char| !c.is_ascii_digit())).unwrap_or_default();
-        assert_ne!(published, default_port, "the README's first container example publishes host port {published}, which {flag} holds by default");
+        assert_ne!(
+            published, default_port,
+            "the README's first container example publishes host port {published}, which {flag} holds by default"
+        );
     }
 
     let dir = tempfile::Builder::new().prefix("diplo-readme-").tempdir().expect("tempdir");

@@ -21,9 +21,7 @@ struct RestCertificate {
 fn rest_certificate() -> RestCertificate {
     let dir = tempfile::tempdir().expect("temporary directory");
     let ca = CertificateAuthority::generate("rest-tls-test").expect("CA");
-    let server = ca
-        .issue_server(&["127.0.0.1".into(), "localhost".into()], Duration::from_secs(3600))
-        .expect("server certificate");
+    let server = ca.issue_server(&["127.0.0.1".into(), "localhost".into()], Duration::from_secs(3600)).expect("server certificate");
     let cert = dir.path().join("rest.pem");
     let key = dir.path().join("rest-key.pem");
     std::fs::write(&cert, &server.cert_pem).expect("write the certificate");
@@ -75,8 +73,7 @@ fn get(url: &str, ca_pem: Option<&str>, bearer: Option<&str>) -> Result<(u16, St
 #[test]
 fn rest_is_served_over_https_with_the_given_certificate_and_plain_http_is_refused() {
     let rest = rest_certificate();
-    let mut control_plane =
-        ControlPlane::spawn(env(&[("DIPLO_REST_TLS_CERT", &rest.cert), ("DIPLO_REST_TLS_KEY", &rest.key)]));
+    let mut control_plane = ControlPlane::spawn(env(&[("DIPLO_REST_TLS_CERT", &rest.cert), ("DIPLO_REST_TLS_KEY", &rest.key)]));
     let rest_addr = control_plane.rest_addr();
     let https = |path: &str| format!("https://{rest_addr}{path}");
     // The harness's readiness check speaks plain HTTP: wait for HTTPS here.
@@ -154,8 +151,5 @@ fn half_configured_or_unusable_rest_tls_is_refused_naming_the_flag_or_the_file()
     // A key that is not the certificate's: both files are named.
     let other = rest_certificate();
     let stderr = refused(env(&[("DIPLO_REST_TLS_CERT", &rest.cert), ("DIPLO_REST_TLS_KEY", &other.key)]));
-    assert!(
-        stderr.contains(&rest.cert.display().to_string()) && stderr.contains(&other.key.display().to_string()),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&rest.cert.display().to_string()) && stderr.contains(&other.key.display().to_string()), "{stderr}");
 }

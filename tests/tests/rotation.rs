@@ -107,7 +107,8 @@ fn agent_renews_its_certificate_twice_without_dropping_its_session() {
                 observations += 1;
                 let node = find_node(&nodes, NODE).unwrap_or_else(|| panic!("{NODE} is not listed: {nodes:?}"));
                 assert_eq!(
-                    node["status"], "ready",
+                    node["status"],
+                    "ready",
                     "{NODE} left ready after {} renewal(s), {:.1?} into the test: {node:#}\n{}\n{}",
                     certificates.len() - 1,
                     test_started.elapsed(),
@@ -115,10 +116,8 @@ fn agent_renews_its_certificate_twice_without_dropping_its_session() {
                     control_plane.logs()
                 );
                 assert_eq!(node["id"], node_id.as_str(), "the node keeps its id: {node:#}");
-                let seen: DateTime<Utc> = node["last_seen_at"]
-                    .as_str()
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or_else(|| panic!("no last_seen_at: {node:#}"));
+                let seen: DateTime<Utc> =
+                    node["last_seen_at"].as_str().and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("no last_seen_at: {node:#}"));
                 if let Some(previous) = last_seen {
                     assert!(seen >= previous, "last_seen_at went back from {previous} to {seen}");
                     advances += u32::from(seen > previous);
@@ -138,11 +137,7 @@ fn agent_renews_its_certificate_twice_without_dropping_its_session() {
         let previous = certificates.last().expect("the first certificate");
         if current.pem != previous.pem {
             let gap = current.seen - previous.seen;
-            eprintln!(
-                "[test] renewal {} after {gap:.1?}: valid until {}",
-                certificates.len(),
-                current.not_after
-            );
+            eprintln!("[test] renewal {} after {gap:.1?}: valid until {}", certificates.len(), current.not_after);
             assert!(
                 gap >= MIN_RENEWAL_GAP,
                 "renewed {gap:.1?} after the previous certificate; renewal is due two thirds into a {LIFETIME:?} lifetime\n{}",
@@ -185,12 +180,7 @@ fn agent_renews_its_certificate_twice_without_dropping_its_session() {
     }
     // One session all along, on both sides.
     let control_plane_log = control_plane.stderr();
-    assert_eq!(
-        count(&control_plane_log, "session opened"),
-        1,
-        "the session was opened once:\n{}",
-        control_plane.logs()
-    );
+    assert_eq!(count(&control_plane_log, "session opened"), 1, "the session was opened once:\n{}", control_plane.logs());
     assert_eq!(count(&control_plane_log, "session closed"), 0, "the session never closed:\n{}", control_plane.logs());
     assert_eq!(count(&control_plane_log, "node certificate renewed"), 2, "{}", control_plane.logs());
     let agent_log = agent.stderr();
@@ -205,9 +195,6 @@ fn agent_renews_its_certificate_twice_without_dropping_its_session() {
     assert_eq!(count(&events, "node.certificate_renewed"), 2, "two renewals audited:\n{events}");
     assert_eq!(count(&events, "node.unhealthy") + count(&events, "node.down"), 0, "{events}");
     let renewed: Vec<&str> = events.lines().filter(|l| l.contains("node.certificate_renewed")).collect();
-    assert!(
-        renewed.iter().all(|l| l.contains(&format!("node:{node_id}"))),
-        "the node renewed its own certificate: {renewed:#?}"
-    );
+    assert!(renewed.iter().all(|l| l.contains(&format!("node:{node_id}"))), "the node renewed its own certificate: {renewed:#?}");
     eprintln!("[test] done in {:.1?}", test_started.elapsed());
 }

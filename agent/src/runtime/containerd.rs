@@ -238,7 +238,6 @@ fn rootfs_dirs(mounts: &[PbMount]) -> Vec<PathBuf> {
     dirs
 }
 
-
 impl ContainerdRuntime {
     /// Connects to containerd on `socket` (a path or `unix://path`) and checks that it
     /// answers. `state_dir` holds per-container state, logs and CNI allocations.
@@ -526,11 +525,9 @@ impl ContainerdRuntime {
             return Ok(());
         }
         let (ports, cached, chain) = match &state.network {
-            Some(network) => (
-                network.ports.clone(),
-                Some(network.result.clone()),
-                network.chain.clone().unwrap_or_else(cni::Network::legacy_chain),
-            ),
+            Some(network) => {
+                (network.ports.clone(), Some(network.result.clone()), network.chain.clone().unwrap_or_else(cni::Network::legacy_chain))
+            }
             None => (spec.ports.clone(), None, cni::Network::chain(&spec.ports)),
         };
         let deleted = self.network.del(id, &netns, &chain, &ports, cached.as_ref()).await;
@@ -1065,7 +1062,9 @@ impl ContainerRuntime for ContainerdRuntime {
             let exit_code = outcome?;
             // Each file is read only as far as the output budget goes.
             let mut collected = crate::runtime::output::OutputCollector::default();
-            for (path, stream) in [(&stdout, diplo_api::container::OutputStream::Stdout), (&stderr, diplo_api::container::OutputStream::Stderr)] {
+            for (path, stream) in
+                [(&stdout, diplo_api::container::OutputStream::Stdout), (&stderr, diplo_api::container::OutputStream::Stderr)]
+            {
                 let (data, _) = crate::runtime::output::read_span(path, 0, diplo_api::container::MAX_OUTPUT_BYTES + 1)
                     .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
                 collected.push(stream, &data);

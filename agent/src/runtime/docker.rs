@@ -11,12 +11,12 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ImportImageOptions, LogsOptions, RemoveContainerOptions,
-    RemoveImageOptions, RestartContainerOptions, StartContainerOptions, StatsOptions, StopContainerOptions, TagImageOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ImportImageOptions, LogsOptions, RemoveContainerOptions, RemoveImageOptions,
+    RestartContainerOptions, StartContainerOptions, StatsOptions, StopContainerOptions, TagImageOptions,
 };
 use diplo_api::container::{
-    ContainerInfo, ContainerSpec, ContainerStats, ExecOutput, LABEL_INSTANCE, LogChunk, LogOptions, OutputStream,
-    PortMapping, Protocol, RuntimeEvent, validate_container_name,
+    ContainerInfo, ContainerSpec, ContainerStats, ExecOutput, LABEL_INSTANCE, LogChunk, LogOptions, OutputStream, PortMapping, Protocol,
+    RuntimeEvent, validate_container_name,
 };
 use diplo_api::fingerprint::RuntimeReport;
 use diplo_api::runtime::Runtime;
@@ -210,11 +210,7 @@ impl DockerRuntime {
 
     /// Pulls through `POST /images/create` (Docker).
     async fn pull_compat(&self, docker: &Docker, image: &ImageRef, reference: &str) -> RuntimeResult<()> {
-        let options = CreateImageOptions {
-            from_image: Some(image.repository.clone()),
-            tag: Some(image.tag.clone()),
-            ..Default::default()
-        };
+        let options = CreateImageOptions { from_image: Some(image.repository.clone()), tag: Some(image.tag.clone()), ..Default::default() };
         let mut progress = docker.create_image(Some(options), None, None);
         while let Some(item) = progress.next().await {
             match item {
@@ -297,10 +293,9 @@ impl DockerRuntime {
             E::DockerResponseServerError { status_code: 400..=499, message } => {
                 RuntimeError::InvalidArgument { field: "archive", message: message.trim().to_owned() }
             }
-            E::DockerResponseServerError { message, .. } | E::DockerStreamError { error: message } => RuntimeError::Failed {
-                runtime: self.runtime,
-                message: format!("importing {reference}: {}", message.trim()),
-            },
+            E::DockerResponseServerError { message, .. } | E::DockerStreamError { error: message } => {
+                RuntimeError::Failed { runtime: self.runtime, message: format!("importing {reference}: {}", message.trim()) }
+            }
             other => self.error(other, "image", reference),
         }
     }
@@ -453,9 +448,7 @@ fn parse_http_response(response: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
 }
 
 /// The file at `path` as a stream of byte chunks.
-async fn file_chunks(
-    path: &Path,
-) -> std::io::Result<impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static> {
+async fn file_chunks(path: &Path) -> std::io::Result<impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static> {
     let file = tokio::fs::File::open(path).await?;
     Ok(futures::stream::try_unfold(file, |mut file| async move {
         let mut buffer = vec![0u8; 256 * 1024];
@@ -501,7 +494,10 @@ impl ContainerRuntime for DockerRuntime {
         docker_api::check_image_reference(reference)?;
         let target = ImageRef::parse(reference);
         if target.digest {
-            return Err(RuntimeError::InvalidArgument { field: "image", message: format!("cannot tag an image with a digest ({reference})") });
+            return Err(RuntimeError::InvalidArgument {
+                field: "image",
+                message: format!("cannot tag an image with a digest ({reference})"),
+            });
         }
         let bad_archive = |error: std::io::Error| RuntimeError::InvalidArgument {
             field: "archive",
@@ -543,10 +539,9 @@ impl ContainerRuntime for DockerRuntime {
                             RuntimeError::InvalidArgument { field: "archive", message: message.trim().to_owned() }
                         }
                         bollard::errors::Error::DockerResponseServerError { message, .. }
-                        | bollard::errors::Error::DockerStreamError { error: message } => RuntimeError::Failed {
-                            runtime: self.runtime,
-                            message: format!("importing {reference}: {}", message.trim()),
-                        },
+                        | bollard::errors::Error::DockerStreamError { error: message } => {
+                            RuntimeError::Failed { runtime: self.runtime, message: format!("importing {reference}: {}", message.trim()) }
+                        }
                         other => self.error(other, "image", reference),
                     })?;
                 }
@@ -677,11 +672,8 @@ impl ContainerRuntime for DockerRuntime {
         let filters = format!(r#"{{"label":["{LABEL_INSTANCE}"]}}"#);
         let path = format!("/containers/json?all=1&filters={}", query_escape(&filters));
         let listed: Vec<Listed> = self.get_json(docker, &path, "container", "*").await?;
-        let ids: Vec<String> = listed
-            .into_iter()
-            .filter(|entry| entry.labels.as_ref().is_some_and(docker_api::is_diplo))
-            .map(|entry| entry.id)
-            .collect();
+        let ids: Vec<String> =
+            listed.into_iter().filter(|entry| entry.labels.as_ref().is_some_and(docker_api::is_diplo)).map(|entry| entry.id).collect();
         let inspected = futures::future::join_all(ids.iter().map(|id| self.inspect_any(docker, id))).await;
         let mut containers = Vec::with_capacity(ids.len());
         for result in inspected {
@@ -809,9 +801,10 @@ impl ContainerRuntime for DockerRuntime {
         let since = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
         let options = EventsOptions { since: Some(since), until: None, filters: Some(filters) };
         let (runtime, socket) = (self.runtime, self.socket.clone());
-        let stream = docker.events(Some(options)).map_err(move |error| map_error(runtime, &socket, &error, "events", "")).try_filter_map(
-            |message| futures::future::ready(Ok(docker_api::runtime_event(&message))),
-        );
+        let stream = docker
+            .events(Some(options))
+            .map_err(move |error| map_error(runtime, &socket, &error, "events", ""))
+            .try_filter_map(|message| futures::future::ready(Ok(docker_api::runtime_event(&message))));
         Ok(Box::pin(stream))
     }
 }

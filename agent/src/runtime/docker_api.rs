@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 
 use bollard::models::{
-    ContainerCreateBody, ContainerStatsResponse, EventMessage, HealthConfig, HostConfig, Mount as ApiMount, MountType,
-    PortBinding, RestartPolicy as ApiRestart, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerStatsResponse, EventMessage, HealthConfig, HostConfig, Mount as ApiMount, MountType, PortBinding,
+    RestartPolicy as ApiRestart, RestartPolicyNameEnum,
+};
+use diplo_api::container::{
+    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, Health, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_NODE, PortMapping,
+    Protocol, RestartPolicy, RuntimeEvent, RuntimeEventKind,
 };
 use serde::Deserialize;
-use diplo_api::container::{
-    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, Health, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_NODE,
-    PortMapping, Protocol, RestartPolicy, RuntimeEvent, RuntimeEventKind,
-};
 
 use super::RuntimeError;
 
@@ -462,8 +462,7 @@ pub(crate) fn container_stats(response: &ContainerStatsResponse) -> ContainerSta
         .unwrap_or(1);
     let cpu_delta = cpu.saturating_sub(precpu);
     let system_delta = system.saturating_sub(presystem);
-    let cpu_percent =
-        if precpu > 0 && system_delta > 0 { cpu_delta as f64 / system_delta as f64 * f64::from(cpus) * 100.0 } else { 0.0 };
+    let cpu_percent = if precpu > 0 && system_delta > 0 { cpu_delta as f64 / system_delta as f64 * f64::from(cpus) * 100.0 } else { 0.0 };
 
     let memory = response.memory_stats.clone().unwrap_or_default();
     let usage = memory.usage.unwrap_or(0);
@@ -474,9 +473,10 @@ pub(crate) fn container_stats(response: &ContainerStatsResponse) -> ContainerSta
     // Without a limit the kernel reports an enormous number (or the host's memory).
     let limit = if limit >= i64::MAX as u64 / 2 { 0 } else { limit };
 
-    let (rx, tx) = response.networks.iter().flat_map(HashMap::values).fold((0u64, 0u64), |(rx, tx), net| {
-        (rx.saturating_add(net.rx_bytes.unwrap_or(0)), tx.saturating_add(net.tx_bytes.unwrap_or(0)))
-    });
+    let (rx, tx) =
+        response.networks.iter().flat_map(HashMap::values).fold((0u64, 0u64), |(rx, tx), net| {
+            (rx.saturating_add(net.rx_bytes.unwrap_or(0)), tx.saturating_add(net.tx_bytes.unwrap_or(0)))
+        });
     ContainerStats {
         cpu_percent,
         memory_bytes: usage.saturating_sub(cache),
@@ -743,12 +743,16 @@ mod tests {
         assert_eq!((info.status, info.exit_code, info.pid), (ContainerStatus::Exited, 137, None));
         assert_eq!(info.health, Some(Health::Healthy));
         assert_eq!(info.ip_address.as_deref(), Some("10.88.0.2"));
-        assert_eq!(info.ports, vec![
-            PortMapping { host_port: 5353, container_port: 53, protocol: Protocol::Udp },
-            PortMapping { host_port: 18080, container_port: 8080, protocol: Protocol::Tcp },
-        ]);
+        assert_eq!(
+            info.ports,
+            vec![
+                PortMapping { host_port: 5353, container_port: 53, protocol: Protocol::Udp },
+                PortMapping { host_port: 18080, container_port: 8080, protocol: Protocol::Tcp },
+            ]
+        );
         assert!(info.labels.is_empty());
-        let created: Inspected = serde_json::from_str(r#"{"State":{"Status":"configured","StartedAt":"0001-01-01T00:00:00Z"}}"#).expect("parse");
+        let created: Inspected =
+            serde_json::from_str(r#"{"State":{"Status":"configured","StartedAt":"0001-01-01T00:00:00Z"}}"#).expect("parse");
         let info = container_info(created);
         assert_eq!((info.status, info.started_at), (ContainerStatus::Created, None));
     }
@@ -769,7 +773,10 @@ mod tests {
         assert_eq!(kind(event("die", &ours)), Some(RuntimeEventKind::Die));
         assert_eq!(kind(event("oom", &ours)), Some(RuntimeEventKind::Oom));
         assert_eq!(kind(event("health_status: healthy", &ours)), Some(RuntimeEventKind::Healthy));
-        assert_eq!(kind(event("health_status", &[(LABEL_INSTANCE, "i"), ("health_status", "unhealthy")])), Some(RuntimeEventKind::Unhealthy));
+        assert_eq!(
+            kind(event("health_status", &[(LABEL_INSTANCE, "i"), ("health_status", "unhealthy")])),
+            Some(RuntimeEventKind::Unhealthy)
+        );
         assert_eq!(kind(event("create", &ours)), None);
         assert_eq!(kind(event("start", &[("name", "foreign")])), None);
         assert_eq!(kind(event("start", &[])), None);

@@ -88,11 +88,7 @@ async fn probe_at(path_var: Option<OsString>, default_config: &Path, sys_class_n
 
 /// Runs `lxc-create --version`, its trimmed output or why it failed.
 async fn lxc_version(binary: &Path, timeout: Duration) -> Result<String, String> {
-    let run = tokio::process::Command::new(binary)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
+    let run = tokio::process::Command::new(binary).arg("--version").stdin(std::process::Stdio::null()).kill_on_drop(true).output();
     let shown = binary.display();
     match tokio::time::timeout(timeout, run).await {
         Err(_) => Err(format!("{shown} --version did not finish within {}", describe_timeout(timeout))),

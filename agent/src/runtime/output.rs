@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
 
-use diplo_api::container::{log_truncated_note, output_truncated_note, ExecOutput, LogChunk, OutputStream, MAX_OUTPUT_BYTES};
+use diplo_api::container::{ExecOutput, LogChunk, MAX_OUTPUT_BYTES, OutputStream, log_truncated_note, output_truncated_note};
 
 /// Size of the blocks [`tail_lines`] reads.
 pub const TAIL_BLOCK: usize = 64 * 1024;

@@ -200,9 +200,7 @@ pub fn write_file(root: &Path, path: &str, contents: &[u8]) -> Result<(), String
     if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
         return Err(format!("{shown} in the image is not a regular file"));
     }
-    file.set_len(0)
-        .and_then(|()| file.write_all(contents))
-        .map_err(|e| format!("cannot write {shown} in the root filesystem: {e}"))
+    file.set_len(0).and_then(|()| file.write_all(contents)).map_err(|e| format!("cannot write {shown} in the root filesystem: {e}"))
 }
 
 fn describe_type(metadata: &std::fs::Metadata) -> &'static str {

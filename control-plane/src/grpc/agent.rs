@@ -13,7 +13,7 @@ use super::convert::{session_message, status_from, timestamp};
 use crate::model::{ObservedContainer, SessionMessage};
 use crate::service::{ControlPlane, JoinInput};
 use diplo_api::command::command_outcome;
-use diplo_api::container::{LogChunk, OutputStream, LABEL_NODE};
+use diplo_api::container::{LABEL_NODE, LogChunk, OutputStream};
 use diplo_api::wire::container_info;
 
 /// The gRPC face of the agent-facing half of [`ControlPlane`].
@@ -104,7 +104,14 @@ impl pb::agent_service_server::AgentService for AgentApi {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let address = remote(&request);
         let req = request.into_inner();
-        let input = JoinInput { token: req.token, node_name: req.node_name, csr_pem: req.csr_pem, address, rejoin_node_id: req.node_id, rejoin_certificate_pem: req.certificate_pem };
+        let input = JoinInput {
+            token: req.token,
+            node_name: req.node_name,
+            csr_pem: req.csr_pem,
+            address,
+            rejoin_node_id: req.node_id,
+            rejoin_certificate_pem: req.certificate_pem,
+        };
         let out = self.control_plane.join(input).await.map_err(|err| {
             tracing::warn!(error = %err, "join refused");
             status_from(err)
@@ -191,10 +198,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         Ok(Response::new(outbound))
     }
 
-    async fn stream_output(
-        &self,
-        request: Request<Streaming<pb::OutputChunk>>,
-    ) -> Result<Response<pb::StreamOutputResponse>, Status> {
+    async fn stream_output(&self, request: Request<Streaming<pb::OutputChunk>>) -> Result<Response<pb::StreamOutputResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         caller.require_any_node().map_err(status_from)?;
         let mut chunks = request.into_inner();
@@ -222,7 +226,10 @@ impl pb::agent_service_server::AgentService for AgentApi {
                             break;
                         }
                         Err(status) => {
-                            let _ = sink.try_send(crate::service::stream_end_note(&format!("the agent's output stream failed: {}", status.message())));
+                            let _ = sink.try_send(crate::service::stream_end_note(&format!(
+                                "the agent's output stream failed: {}",
+                                status.message()
+                            )));
                             return Err(status);
                         }
                     }

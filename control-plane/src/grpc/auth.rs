@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use diplo_api::pki::{peer_identity, PeerIdentity};
+use diplo_api::pki::{PeerIdentity, peer_identity};
 use tonic::metadata::MetadataMap;
 use tonic::transport::CertificateDer;
 use tonic::{Request, Status};

@@ -84,10 +84,7 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         }))
     }
 
-    async fn list_join_tokens(
-        &self,
-        request: Request<pb::ListJoinTokensRequest>,
-    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+    async fn list_join_tokens(&self, request: Request<pb::ListJoinTokensRequest>) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         let tokens = self.control_plane.list_join_tokens(&caller).await.map_err(status_from)?;
         Ok(Response::new(pb::ListJoinTokensResponse { tokens: tokens.iter().map(join_token).collect() }))
@@ -102,18 +99,12 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         Ok(Response::new(pb::RevokeJoinTokenResponse {}))
     }
 
-    async fn create_api_token(
-        &self,
-        request: Request<pb::CreateApiTokenRequest>,
-    ) -> Result<Response<pb::CreateApiTokenResponse>, Status> {
+    async fn create_api_token(&self, request: Request<pb::CreateApiTokenRequest>) -> Result<Response<pb::CreateApiTokenResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         let req = request.into_inner();
         let ttl = (req.ttl_seconds > 0).then(|| Duration::from_secs(req.ttl_seconds));
-        let created = self
-            .control_plane
-            .create_api_token(&caller, NewApiToken { name: req.name, role: req.role, ttl })
-            .await
-            .map_err(status_from)?;
+        let created =
+            self.control_plane.create_api_token(&caller, NewApiToken { name: req.name, role: req.role, ttl }).await.map_err(status_from)?;
         Ok(Response::new(pb::CreateApiTokenResponse {
             token: created.token,
             id: created.record.id.clone(),
@@ -121,19 +112,13 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         }))
     }
 
-    async fn list_api_tokens(
-        &self,
-        request: Request<pb::ListApiTokensRequest>,
-    ) -> Result<Response<pb::ListApiTokensResponse>, Status> {
+    async fn list_api_tokens(&self, request: Request<pb::ListApiTokensRequest>) -> Result<Response<pb::ListApiTokensResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         let tokens = self.control_plane.list_api_tokens(&caller).await.map_err(status_from)?;
         Ok(Response::new(pb::ListApiTokensResponse { tokens: tokens.iter().map(api_token).collect() }))
     }
 
-    async fn revoke_api_token(
-        &self,
-        request: Request<pb::RevokeApiTokenRequest>,
-    ) -> Result<Response<pb::RevokeApiTokenResponse>, Status> {
+    async fn revoke_api_token(&self, request: Request<pb::RevokeApiTokenRequest>) -> Result<Response<pb::RevokeApiTokenResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         self.control_plane.revoke_api_token(&caller, &request.into_inner().id).await.map_err(status_from)?;
         Ok(Response::new(pb::RevokeApiTokenResponse {}))

@@ -33,10 +33,7 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>
 
 #[tonic::async_trait]
 impl pb::container_service_server::ContainerService for ContainerApi {
-    async fn list_containers(
-        &self,
-        request: Request<pb::ListContainersRequest>,
-    ) -> Result<Response<pb::ListContainersResponse>, Status> {
+    async fn list_containers(&self, request: Request<pb::ListContainersRequest>) -> Result<Response<pb::ListContainersResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         let node = request.into_inner().node;
         let views = self.control_plane.list_containers(&caller, Some(&node)).await.map_err(status_from)?;
@@ -53,11 +50,7 @@ impl pb::container_service_server::ContainerService for ContainerApi {
             Err(_) => return Err(Status::invalid_argument(format!("invalid runtime: unknown value {}", req.runtime))),
         };
         let node = (!req.node.is_empty()).then_some(req.node);
-        let view = self
-            .control_plane
-            .create_container(&caller, CreateContainer { spec, runtime, node })
-            .await
-            .map_err(status_from)?;
+        let view = self.control_plane.create_container(&caller, CreateContainer { spec, runtime, node }).await.map_err(status_from)?;
         Ok(Response::new(state(&view)))
     }
 

@@ -173,19 +173,13 @@ impl pb::deployment_service_server::DeploymentService for DeploymentApi {
         Ok(Response::new(deployment_to_pb(&deployment, &[])))
     }
 
-    async fn delete_deployment(
-        &self,
-        request: Request<pb::DeploymentRef>,
-    ) -> Result<Response<pb::DeleteDeploymentResponse>, Status> {
+    async fn delete_deployment(&self, request: Request<pb::DeploymentRef>) -> Result<Response<pb::DeleteDeploymentResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         self.control_plane.delete_deployment(&caller, &request.into_inner().name).await.map_err(status_from)?;
         Ok(Response::new(pb::DeleteDeploymentResponse {}))
     }
 
-    async fn list_instances(
-        &self,
-        request: Request<pb::ListInstancesRequest>,
-    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+    async fn list_instances(&self, request: Request<pb::ListInstancesRequest>) -> Result<Response<pb::ListInstancesResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         let name = request.into_inner().deployment;
         let instances = self.control_plane.list_instances(&caller, Some(&name)).await.map_err(status_from)?;

@@ -71,10 +71,8 @@ impl AsyncWrite for LimitedStream {
 /// and the like) are logged and waited out, never passed on.
 pub fn limited(listener: TcpListener, max: usize) -> impl Stream<Item = io::Result<LimitedStream>> + Send + 'static {
     let slots = Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS)));
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE_TIME)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_RETRIES);
+    let keepalive =
+        socket2::TcpKeepalive::new().with_time(KEEPALIVE_TIME).with_interval(KEEPALIVE_INTERVAL).with_retries(KEEPALIVE_RETRIES);
     futures::stream::unfold((listener, slots, keepalive, 0u64), move |(listener, slots, keepalive, mut refused)| async move {
         loop {
             let (tcp, peer) = match listener.accept().await {

@@ -84,14 +84,10 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let require_credential = auth::RequireCredential::new(control_plane.clone());
-    let reflection_v1 = InterceptedService::new(
-        reflection(tonic_reflection::server::Builder::configure()).build_v1()?,
-        require_credential.clone(),
-    );
-    let reflection_v1alpha = InterceptedService::new(
-        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?,
-        require_credential,
-    );
+    let reflection_v1 =
+        InterceptedService::new(reflection(tonic_reflection::server::Builder::configure()).build_v1()?, require_credential.clone());
+    let reflection_v1alpha =
+        InterceptedService::new(reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?, require_credential);
 
     let max_connections = control_plane.config().max_connections;
     let incoming = incoming::limited(listener, max_connections);

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use diplo_api::container::{ContainerSpec, LogOptions, PortMapping, Protocol, RestartPolicy};
 use diplo_api::runtime::Runtime;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::ApiError;
 use crate::auth::Caller;
@@ -55,11 +55,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Api
 
 pub(super) fn parse_port(field: &'static str, text: &str) -> Result<u16, ServiceError> {
     let number = text.split('/').next().unwrap_or(text);
-    number
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| ServiceError::invalid(field, format!("{text:?} is not a port (1-65535)")))
+    number.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| ServiceError::invalid(field, format!("{text:?} is not a port (1-65535)")))
 }
 
 impl CreateBody {
@@ -72,12 +68,8 @@ impl CreateBody {
                 Ok(PortMapping { host_port: parse_port("ports", host)?, container_port: parse_port("ports", container)?, protocol })
             })
             .collect::<Result<Vec<_>, ServiceError>>()?;
-        let restart_policy: RestartPolicy = self
-            .restart_policy
-            .as_deref()
-            .unwrap_or("no")
-            .parse()
-            .map_err(|e: String| ServiceError::invalid("restart_policy", e))?;
+        let restart_policy: RestartPolicy =
+            self.restart_policy.as_deref().unwrap_or("no").parse().map_err(|e: String| ServiceError::invalid("restart_policy", e))?;
         let runtime = self
             .runtime_type
             .filter(|r| !r.is_empty())
@@ -152,7 +144,11 @@ pub struct NodeFilter {
     node: Option<String>,
 }
 
-pub async fn list(State(cp): Api, Extension(caller): Extension<Caller>, Query(q): Query<NodeFilter>) -> Result<Json<Vec<ContainerJson>>, ApiError> {
+pub async fn list(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<NodeFilter>,
+) -> Result<Json<Vec<ContainerJson>>, ApiError> {
     let views = cp.list_containers(&caller, q.node.as_deref()).await?;
     Ok(Json(views.into_iter().map(Into::into).collect()))
 }
@@ -182,7 +178,11 @@ pub async fn stop(
     Ok(Json(cp.stop_container(&caller, &id, q.grace.map(Duration::from_secs)).await?.into()))
 }
 
-pub async fn restart(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<ContainerJson>, ApiError> {
+pub async fn restart(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<ContainerJson>, ApiError> {
     Ok(Json(cp.restart_container(&caller, &id).await?.into()))
 }
 
@@ -239,7 +239,12 @@ pub struct ExecBody {
     argv: Vec<String>,
 }
 
-pub async fn exec(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn exec(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let body: ExecBody = parse_body(&body)?;
     let output = cp.exec_in_container(&caller, &id, body.argv).await?;
     Ok(Json(json!({
@@ -249,7 +254,11 @@ pub async fn exec(State(cp): Api, Extension(caller): Extension<Caller>, Path(id)
     })))
 }
 
-pub async fn runtime_status(State(cp): Api, Extension(caller): Extension<Caller>, Path(runtime): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn runtime_status(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Path(runtime): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let runtime: Runtime = runtime.parse().map_err(|e: diplo_api::runtime::UnknownRuntime| ServiceError::NotFound(e.to_string()))?;
     let status = cp.runtime_status(&caller, runtime).await?;
     let nodes: Vec<Value> = status

@@ -15,10 +15,10 @@ use axum::{Extension, Json};
 use diplo_api::container::{ContainerSpec, HealthCheck, Mount, PortMapping, Protocol, RestartPolicy};
 use diplo_api::runtime::Runtime;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::containers::{parse_body, parse_port};
 use super::ApiError;
+use super::containers::{parse_body, parse_port};
 use crate::auth::Caller;
 use crate::error::ServiceError;
 use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, InstanceRecord, Strategy};
@@ -155,12 +155,8 @@ impl DeployBody {
                 Ok(PortMapping { host_port: parse_port("ports", host)?, container_port: parse_port("ports", container)?, protocol })
             })
             .collect::<Result<Vec<_>, ServiceError>>()?;
-        let restart_policy: RestartPolicy = self
-            .restart_policy
-            .as_deref()
-            .unwrap_or("always")
-            .parse()
-            .map_err(|e: String| ServiceError::invalid("restart_policy", e))?;
+        let restart_policy: RestartPolicy =
+            self.restart_policy.as_deref().unwrap_or("always").parse().map_err(|e: String| ServiceError::invalid("restart_policy", e))?;
         let runtime = self
             .runtime_type
             .filter(|r| !r.is_empty())
@@ -296,13 +292,23 @@ pub struct ScaleBody {
     replicas: u32,
 }
 
-pub async fn scale(State(cp): Api, Extension(caller): Extension<Caller>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn scale(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let body: ScaleBody = parse_body(&body)?;
     let deployment = cp.scale(&caller, &name, body.replicas).await?;
     Ok(Json(deployment_json(&deployment, &[])))
 }
 
-pub async fn update(State(cp): Api, Extension(caller): Extension<Caller>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn update(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let body: DeployBody = parse_body(&body)?;
     if body.name != name {
         return Err(ServiceError::invalid("name", format!("the body names {:?} but the path {name:?}", body.name)).into());
@@ -327,7 +333,11 @@ pub struct InstanceFilter {
     deployment: Option<String>,
 }
 
-pub async fn instances(State(cp): Api, Extension(caller): Extension<Caller>, Query(q): Query<InstanceFilter>) -> Result<Json<Vec<Value>>, ApiError> {
+pub async fn instances(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<InstanceFilter>,
+) -> Result<Json<Vec<Value>>, ApiError> {
     let names: BTreeMap<String, String> =
         cp.list_deployments(&caller).await?.into_iter().map(|v| (v.deployment.id, v.deployment.spec.name)).collect();
     let instances = cp.list_instances(&caller, q.deployment.as_deref()).await?;
@@ -379,7 +389,11 @@ pub async fn stop_instance(
 }
 
 /// `PUT /api/v1/compute/instances/{id}/restart`.
-pub async fn restart_instance(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn restart_instance(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(instance_view_json(&cp.restart_instance(&caller, &id).await?)))
 }
 

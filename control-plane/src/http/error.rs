@@ -1,9 +1,9 @@
 //! Service errors as JSON responses: `{"error": {"code", "message"}}` with the HTTP
 //! status of the same meaning.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
 use crate::error::ServiceError;
 
@@ -20,9 +20,7 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self.0 {
-            ServiceError::InvalidArgument { .. } | ServiceError::InvalidRequest(_) => {
-                (StatusCode::BAD_REQUEST, "invalid_argument")
-            }
+            ServiceError::InvalidArgument { .. } | ServiceError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
             ServiceError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
             ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ServiceError::ResourceExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),

@@ -7,9 +7,9 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
-use super::containers::{parse_body, CreateBody, ExecBody};
-use super::deployments::{DeployBody, ScaleBody};
 use super::ApiError;
+use super::containers::{CreateBody, ExecBody, parse_body};
+use super::deployments::{DeployBody, ScaleBody};
 use crate::error::ServiceError;
 use crate::model::DeploymentSpec;
 use crate::service::CreateContainer;

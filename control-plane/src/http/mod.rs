@@ -11,15 +11,15 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::Router;
 
 use crate::auth::Caller;
 use crate::error::ServiceError;
-use crate::service::{ControlPlane, COMMAND_TIMEOUT};
+use crate::service::{COMMAND_TIMEOUT, ControlPlane};
 
 pub use error::ApiError;
 
@@ -47,10 +47,7 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/unified/deploy", post(deployments::deploy))
         .route("/api/deploy", post(deployments::deploy))
         .route("/api/v1/deployments", get(deployments::list).post(deployments::deploy))
-        .route(
-            "/api/v1/deployments/{name}",
-            get(deployments::get).put(deployments::update).delete(deployments::delete),
-        )
+        .route("/api/v1/deployments/{name}", get(deployments::get).put(deployments::update).delete(deployments::delete))
         .route("/api/v1/deployments/{name}/scale", post(deployments::scale))
         .route("/api/v1/deployments/{name}/rollback", post(deployments::rollback))
         .route("/api/v1/compute/instances", get(deployments::instances))
@@ -61,9 +58,8 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/compute/instances/{id}/usage", get(deployments::instance_usage))
         .route_layer(middleware::from_fn_with_state(REQUEST_TIMEOUT, time_limit));
     // Calls that may stream for as long as the caller reads (followed logs, events).
-    let streaming = Router::new()
-        .route("/api/v1/containers/{id}/logs", get(containers::logs))
-        .route("/api/v1/events", get(deployments::events));
+    let streaming =
+        Router::new().route("/api/v1/containers/{id}/logs", get(containers::logs)).route("/api/v1/events", get(deployments::events));
     let api = timed.merge(streaming).route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
     Router::new().route("/healthz", get(|| async { "ok" })).merge(api).with_state(control_plane)
 }
@@ -106,8 +102,7 @@ pub async fn serve(
 async fn authenticate(State(control_plane): State<Arc<ControlPlane>>, mut request: Request, next: Next) -> Response {
     let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(bearer) = header.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))) else {
-        return ApiError::from(ServiceError::Unauthenticated("missing `Authorization: Bearer <token>` header".into()))
-            .into_response();
+        return ApiError::from(ServiceError::Unauthenticated("missing `Authorization: Bearer <token>` header".into())).into_response();
     };
     match control_plane.authenticate_bearer(bearer.trim()) {
         Ok(caller) => {

@@ -11,8 +11,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,7 +156,9 @@ mod tests {
 
         assert!(server_config(&cert, &key).is_ok());
         let message = |cert: &Path, key: &Path| server_config(cert, key).expect_err("refused").to_string();
-        for (cert, key, named) in [(&missing, &key, &missing), (&garbage, &key, &garbage), (&cert, &missing, &missing), (&cert, &garbage, &garbage)] {
+        for (cert, key, named) in
+            [(&missing, &key, &missing), (&garbage, &key, &garbage), (&cert, &missing, &missing), (&cert, &garbage, &garbage)]
+        {
             let text = message(cert, key);
             assert!(text.contains(&named.display().to_string()), "{text}");
         }

@@ -163,7 +163,12 @@ pub fn stream_end_note(reason: &str) -> LogChunk {
 
 /// Sends `message` down a session, giving up at `deadline` (a session whose agent does
 /// not read fills its channel, and a send would otherwise wait forever).
-async fn send_within(downstream: &mpsc::Sender<SessionMessage>, message: SessionMessage, deadline: Instant, node_id: &str) -> ServiceResult<()> {
+async fn send_within(
+    downstream: &mpsc::Sender<SessionMessage>,
+    message: SessionMessage,
+    deadline: Instant,
+    node_id: &str,
+) -> ServiceResult<()> {
     match tokio::time::timeout_at(deadline, downstream.send(message)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(ServiceError::Unavailable(format!("node {node_id} is not connected"))),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use diplo_api::command::CommandOp;
 use diplo_api::container::{
-    is_reserved_label, validate_container_name, ContainerInfo, ContainerSpec, ExecOutput, LogChunk, LogOptions,
-    LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_NODE, RESERVED_LABEL_PREFIX,
+    ContainerInfo, ContainerSpec, ExecOutput, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_NODE, LogChunk, LogOptions, RESERVED_LABEL_PREFIX,
+    is_reserved_label, validate_container_name,
 };
 use diplo_api::fingerprint::RuntimeReport;
 use diplo_api::runtime::Runtime;
@@ -244,13 +244,7 @@ impl ControlPlane {
         })
     }
 
-    async fn lifecycle(
-        &self,
-        caller: &Caller,
-        id: &str,
-        verb: &str,
-        op: impl FnOnce(String) -> CommandOp,
-    ) -> ServiceResult<ContainerView> {
+    async fn lifecycle(&self, caller: &Caller, id: &str, verb: &str, op: impl FnOnce(String) -> CommandOp) -> ServiceResult<ContainerView> {
         caller.require_operator(Role::Deployer)?;
         let found = self.find_container(id)?;
         let output = self.send_command(&found.node_id, found.runtime, op(found.info.id.clone())).await?;
@@ -267,13 +261,12 @@ impl ControlPlane {
         }
         let all = self.nodes.containers();
         let exact: Vec<_> = all.iter().filter(|(_, c)| c.info.id == id || c.info.name == id).collect();
-        let matches = if exact.is_empty() && id.len() >= 4 {
-            all.iter().filter(|(_, c)| c.info.id.starts_with(id)).collect()
-        } else {
-            exact
-        };
+        let matches =
+            if exact.is_empty() && id.len() >= 4 { all.iter().filter(|(_, c)| c.info.id.starts_with(id)).collect() } else { exact };
         match matches.as_slice() {
-            [(node_id, c)] => Ok(ContainerView { node_id: node_id.clone(), node_name: String::new(), runtime: c.runtime, info: c.info.clone() }),
+            [(node_id, c)] => {
+                Ok(ContainerView { node_id: node_id.clone(), node_name: String::new(), runtime: c.runtime, info: c.info.clone() })
+            }
             [] => Err(ServiceError::NotFound(format!("container {id:?} not found"))),
             _ => Err(ServiceError::invalid("id", format!("{id:?} matches several containers; use the full id"))),
         }
@@ -285,12 +278,7 @@ impl ControlPlane {
 }
 
 fn view(names: &HashMap<String, String>, node_id: String, container: ObservedContainer) -> ContainerView {
-    ContainerView {
-        node_name: names.get(&node_id).cloned().unwrap_or_default(),
-        node_id,
-        runtime: container.runtime,
-        info: container.info,
-    }
+    ContainerView { node_name: names.get(&node_id).cloned().unwrap_or_default(), node_id, runtime: container.runtime, info: container.info }
 }
 
 /// The checks every workload (a container, or a deployment's container template) goes

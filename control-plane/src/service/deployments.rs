@@ -3,9 +3,9 @@
 use chrono::Utc;
 use diplo_api::container::validate_container_name;
 
+use super::ControlPlane;
 use super::containers::check_workload;
 use super::images::PlatformLookup;
-use super::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ServiceError, ServiceResult};
 use crate::model::{DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceRecord, Role};
@@ -110,11 +110,7 @@ impl ControlPlane {
             let fit = self.placement_preview(&spec, platforms.platforms()).await?;
             runtime = fit.runtime.or(runtime);
             if fit.placed == 0 {
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "no node can run {}: {}",
-                    spec.name,
-                    fit.reasons.join("; ")
-                )));
+                return Err(ServiceError::FailedPrecondition(format!("no node can run {}: {}", spec.name, fit.reasons.join("; "))));
             }
         }
         let now = Utc::now();

@@ -45,9 +45,7 @@ impl PlatformLookup {
     pub fn note(&self, image: &str) -> Option<String> {
         match self {
             PlatformLookup::Known(_) => None,
-            PlatformLookup::UnknownImage(reference) => {
-                Some(format!("image platforms not checked: {reference} is not in its registry"))
-            }
+            PlatformLookup::UnknownImage(reference) => Some(format!("image platforms not checked: {reference} is not in its registry")),
             PlatformLookup::InvalidReference(message) => Some(format!("image platforms not checked: {message}")),
             PlatformLookup::Unavailable(why) => Some(format!("image platforms of {image} not checked: {why}")),
         }

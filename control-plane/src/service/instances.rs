@@ -20,8 +20,8 @@ use diplo_api::command::CommandOp;
 use diplo_api::container::{ContainerInfo, ContainerStats, LABEL_INSTANCE};
 use diplo_api::runtime::Runtime;
 
-use super::containers::DEFAULT_STOP_GRACE;
 use super::ControlPlane;
+use super::containers::DEFAULT_STOP_GRACE;
 use crate::auth::Caller;
 use crate::error::{ServiceError, ServiceResult};
 use crate::model::{InstanceDesired, InstanceRecord, InstanceStatus, ObservedContainer, Role};

@@ -9,13 +9,15 @@ mod instances;
 mod reconciler;
 mod tokens;
 
-pub use commands::{stream_end_note, COMMAND_TIMEOUT};
-pub use containers::{check_container_spec, check_workload, place_container, ContainerView, CreateContainer, Logs, RuntimeStatus, DEFAULT_STOP_GRACE};
-pub use deployments::{validate_deployment_spec, DeployInput, HIDDEN_ENV_VALUE, Deployed, DeploymentView};
-pub use images::{PlatformCache, PlatformLookup, PLATFORMS_TTL};
+pub use commands::{COMMAND_TIMEOUT, stream_end_note};
+pub use containers::{
+    ContainerView, CreateContainer, DEFAULT_STOP_GRACE, Logs, RuntimeStatus, check_container_spec, check_workload, place_container,
+};
+pub use deployments::{DeployInput, Deployed, DeploymentView, HIDDEN_ENV_VALUE, validate_deployment_spec};
+pub use images::{PLATFORMS_TTL, PlatformCache, PlatformLookup};
 pub use instances::{InstanceUsage, InstanceView};
-pub use reconciler::{instance_container, Fit, RECONCILE_PERIOD};
-pub use tokens::{ApiTokenCache, CreatedApiToken, CreatedJoinToken, NewApiToken, DEFAULT_JOIN_TOKEN_TTL};
+pub use reconciler::{Fit, RECONCILE_PERIOD, instance_container};
+pub use tokens::{ApiTokenCache, CreatedApiToken, CreatedJoinToken, DEFAULT_JOIN_TOKEN_TTL, NewApiToken};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use diplo_api::fingerprint::Fingerprint;
 use diplo_api::runtime::Runtime;
-use diplo_api::token::{hash_secret, JoinToken};
+use diplo_api::token::{JoinToken, hash_secret};
 use tokio::sync::mpsc;
 
 use crate::auth::Caller;
@@ -169,9 +171,7 @@ impl ControlPlane {
         if let Err(wait) = self.join_limiter.check(&source, Instant::now()) {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             tracing::warn!(source = %source, retry_in_s = seconds, "join attempt refused: rate limit");
-            return Err(ServiceError::ResourceExhausted(format!(
-                "too many join attempts from {source}; retry in {seconds} s"
-            )));
+            return Err(ServiceError::ResourceExhausted(format!("too many join attempts from {source}; retry in {seconds} s")));
         }
         let token: JoinToken = input.token.parse().map_err(|e| ServiceError::invalid("token", format!("{e}")))?;
         validate_node_name(&input.node_name)?;
@@ -238,17 +238,12 @@ impl ControlPlane {
     /// the key that signed the CSR.
     async fn rejoin(&self, input: JoinInput, token: crate::model::JoinTokenRecord, now: DateTime<Utc>) -> ServiceResult<JoinOutput> {
         let node_id = diplo_api::text::node_text(&input.rejoin_node_id);
-        let node = self
-            .store
-            .get_node(&input.node_name)
-            .await?
-            .filter(|node| node.id == input.rejoin_node_id)
-            .ok_or_else(|| {
-                ServiceError::NotFound(format!(
-                    "no node {:?} with id {node_id} in this cluster: join as a new node (delete the agent's data directory)",
-                    input.node_name
-                ))
-            })?;
+        let node = self.store.get_node(&input.node_name).await?.filter(|node| node.id == input.rejoin_node_id).ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "no node {:?} with id {node_id} in this cluster: join as a new node (delete the agent's data directory)",
+                input.node_name
+            ))
+        })?;
         if !self.pki.ca.proves_node_key(&input.rejoin_certificate_pem, &node.id, &input.csr_pem) {
             return Err(ServiceError::PermissionDenied(format!(
                 "re-joining as node {} needs that node's last certificate and a CSR signed with its key",
@@ -340,8 +335,13 @@ impl ControlPlane {
         self.store.apply_status_changes(&[seen]).await?;
         tracing::info!(node_id = %node_id, node = %node.name, "node certificate renewed");
         let until = DateTime::from_timestamp(expires.unix_timestamp(), 0).unwrap_or_else(Utc::now);
-        self.emit("node.certificate_renewed", &caller.actor(), node_id, format!("node {} certificate renewed until {}", node.name, until.to_rfc3339()))
-            .await;
+        self.emit(
+            "node.certificate_renewed",
+            &caller.actor(),
+            node_id,
+            format!("node {} certificate renewed until {}", node.name, until.to_rfc3339()),
+        )
+        .await;
         Ok(JoinOutput {
             node_id: node_id.clone(),
             certificate_pem,
@@ -422,7 +422,9 @@ impl ControlPlane {
                 tracing::warn!(actor = %actor, attempt = %attempt, "refused by the node authorizer");
                 self.emit("security.refused", &actor, &subject, format!("{actor} refused: {attempt}")).await;
             }
-            Audit::Suppress => tracing::debug!(actor = %actor, attempt = %attempt, "refused by the node authorizer (not audited: over the rate)"),
+            Audit::Suppress => {
+                tracing::debug!(actor = %actor, attempt = %attempt, "refused by the node authorizer (not audited: over the rate)")
+            }
         }
         ServiceError::PermissionDenied(format!("{actor} may act only for its own node: {attempt}"))
     }
@@ -503,11 +505,8 @@ impl ControlPlane {
     /// Counts of nodes by status and the union of runtimes on ready nodes.
     pub async fn cluster_status(&self, caller: &Caller) -> ServiceResult<ClusterStatus> {
         let nodes = self.list_nodes(caller).await?;
-        let mut available: Vec<Runtime> = nodes
-            .iter()
-            .filter(|n| n.status == NodeStatus::Ready)
-            .flat_map(|n| n.fingerprint.available_runtimes())
-            .collect();
+        let mut available: Vec<Runtime> =
+            nodes.iter().filter(|n| n.status == NodeStatus::Ready).flat_map(|n| n.fingerprint.available_runtimes()).collect();
         available.sort();
         available.dedup();
         Ok(ClusterStatus { nodes, available_runtimes: available, instances_total: 0, instances_running: 0 })
@@ -521,7 +520,8 @@ impl ControlPlane {
         record.cordoned = cordoned;
         self.apply_live_status(&mut record);
         let kind = if cordoned { "node.cordoned" } else { "node.uncordoned" };
-        self.emit(kind, &caller.actor(), &record.id, format!("node {} {}", record.name, if cordoned { "cordoned" } else { "uncordoned" })).await;
+        self.emit(kind, &caller.actor(), &record.id, format!("node {} {}", record.name, if cordoned { "cordoned" } else { "uncordoned" }))
+            .await;
         Ok(record)
     }
 
@@ -606,11 +606,8 @@ impl ControlPlane {
     /// Deletes the events past the retention ([`Config::events_max_age`],
     /// [`Config::events_max_count`]) at `now`; returns how many.
     pub async fn prune_events(&self, now: DateTime<Utc>) -> ServiceResult<u64> {
-        let older_than = self
-            .config
-            .events_max_age
-            .and_then(|age| chrono::Duration::from_std(age).ok())
-            .and_then(|age| now.checked_sub_signed(age));
+        let older_than =
+            self.config.events_max_age.and_then(|age| chrono::Duration::from_std(age).ok()).and_then(|age| now.checked_sub_signed(age));
         let keep = self.config.events_max_count;
         if older_than.is_none() && keep.is_none() {
             return Ok(0);
@@ -659,8 +656,8 @@ fn watch_stream(
     replay: Vec<EventRecord>,
     live: tokio::sync::broadcast::Receiver<EventRecord>,
 ) -> impl futures::Stream<Item = WatchItem> + Send {
-    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
     use tokio_stream::StreamExt as _;
+    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
     let live = tokio_stream::wrappers::BroadcastStream::new(live).map(|item| match item {
         Ok(record) => WatchItem::Event(record),
         Err(BroadcastStreamRecvError::Lagged(missed)) => {
@@ -749,19 +746,27 @@ pub(crate) mod tests {
             assert!(matches!(err, ServiceError::PermissionDenied(_)), "{err}");
         }
         // Another node's id, or a name that is not the node's: not found.
-        let err = control_plane.join(join(token().await, "pi", own_csr(), ("another-id", &joined.certificate_pem))).await.expect_err("refused");
+        let err =
+            control_plane.join(join(token().await, "pi", own_csr(), ("another-id", &joined.certificate_pem))).await.expect_err("refused");
         assert!(matches!(err, ServiceError::NotFound(_)), "{err}");
-        let err = control_plane.join(join(token().await, "other", own_csr(), (&joined.node_id, &joined.certificate_pem))).await.expect_err("refused");
+        let err = control_plane
+            .join(join(token().await, "other", own_csr(), (&joined.node_id, &joined.certificate_pem)))
+            .await
+            .expect_err("refused");
         assert!(matches!(err, ServiceError::NotFound(_)), "{err}");
         // The node itself (its certificate, its key), offline: the same id, a new certificate.
-        let rejoined = control_plane.join(join(token().await, "pi", own_csr(), (&joined.node_id, &joined.certificate_pem))).await.expect("rejoin");
+        let rejoined =
+            control_plane.join(join(token().await, "pi", own_csr(), (&joined.node_id, &joined.certificate_pem))).await.expect("rejoin");
         assert_eq!(rejoined.node_id, joined.node_id);
         assert_ne!(rejoined.certificate_pem, joined.certificate_pem);
         assert_eq!(control_plane.store().list_nodes().await.expect("nodes").len(), 1);
         // Connected: refused.
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         control_plane.nodes.connect(&joined.node_id, tx).expect("tracked");
-        let err = control_plane.join(join(token().await, "pi", own_csr(), (&joined.node_id, &joined.certificate_pem))).await.expect_err("refused");
+        let err = control_plane
+            .join(join(token().await, "pi", own_csr(), (&joined.node_id, &joined.certificate_pem)))
+            .await
+            .expect_err("refused");
         assert!(matches!(err, ServiceError::FailedPrecondition(_)), "{err}");
     }
 
@@ -777,7 +782,10 @@ pub(crate) mod tests {
         }
         assert_eq!(control_plane.prune_events(Utc::now()).await.expect("prune"), 15);
         let kept = control_plane.store().list_events(0, 100).await.expect("events");
-        assert_eq!(kept.iter().map(|e| e.event.message.as_str()).collect::<Vec<_>>(), ["event 15", "event 16", "event 17", "event 18", "event 19"]);
+        assert_eq!(
+            kept.iter().map(|e| e.event.message.as_str()).collect::<Vec<_>>(),
+            ["event 15", "event 16", "event 17", "event 18", "event 19"]
+        );
         // Two hours on, all of them are past the age limit.
         assert_eq!(control_plane.prune_events(Utc::now() + chrono::Duration::hours(2)).await.expect("prune"), 5);
         // Without limits nothing goes.

@@ -11,15 +11,15 @@ use std::time::Duration;
 use chrono::Utc;
 use diplo_api::command::{CommandOp, CommandOutput};
 use diplo_api::container::{
-    ContainerInfo, ContainerSpec, ContainerStatus, Health, RestartPolicy, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_NODE,
+    ContainerInfo, ContainerSpec, ContainerStatus, Health, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_NODE, RestartPolicy,
 };
 
-use super::images::PlatformLookup;
 use super::ControlPlane;
+use super::images::PlatformLookup;
 use crate::error::{ServiceError, ServiceResult};
 use crate::model::{
-    DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceDesired, InstanceRecord, InstanceStatus, NodeRecord,
-    NodeStatus, ObservedContainer,
+    DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceDesired, InstanceRecord, InstanceStatus, NodeRecord, NodeStatus,
+    ObservedContainer,
 };
 use crate::scheduler::{self, NodeCandidate, PlacementRequest};
 
@@ -234,8 +234,7 @@ impl ControlPlane {
         let mut candidates = world.candidates(&specs);
         let platforms = self.image_platforms_of(&world.deployments).await;
         for deployment in &world.deployments {
-            let instances: Vec<InstanceRecord> =
-                world.instances.iter().filter(|i| i.deployment_id == deployment.id).cloned().collect();
+            let instances: Vec<InstanceRecord> = world.instances.iter().filter(|i| i.deployment_id == deployment.id).cloned().collect();
             if deployment.status == DeploymentStatus::Deleting {
                 self.reconcile_deletion(&world, deployment, instances).await?;
             } else {
@@ -250,11 +249,8 @@ impl ControlPlane {
     /// The platforms of every live deployment's image (cached; the registry is only
     /// waited for the first time an image is met, all images at once).
     async fn image_platforms_of(self: &Arc<Self>, deployments: &[DeploymentRecord]) -> HashMap<String, PlatformLookup> {
-        let mut images: Vec<&str> = deployments
-            .iter()
-            .filter(|d| d.status != DeploymentStatus::Deleting)
-            .map(|d| d.spec.container.image.as_str())
-            .collect();
+        let mut images: Vec<&str> =
+            deployments.iter().filter(|d| d.status != DeploymentStatus::Deleting).map(|d| d.spec.container.image.as_str()).collect();
         images.sort_unstable();
         images.dedup();
         let lookups = futures::future::join_all(images.iter().map(|image| self.image_platforms.lookup(image))).await;
@@ -308,7 +304,8 @@ impl ControlPlane {
                         if instance.status != InstanceStatus::Running {
                             instance.status = InstanceStatus::Running;
                             instance.message = String::new();
-                            self.emit("instance.running", "system", &instance.id, format!("{} runs on node {node_id}", container.name)).await;
+                            self.emit("instance.running", "system", &instance.id, format!("{} runs on node {node_id}", container.name))
+                                .await;
                         }
                     }
                     ContainerStatus::Running => {
@@ -352,8 +349,7 @@ impl ControlPlane {
 
         // 2. Counts at the current revision, and what older revisions still run.
         let active = |i: &&InstanceRecord| i.desired == InstanceDesired::Run && i.status != InstanceStatus::Lost;
-        let current: Vec<InstanceRecord> =
-            instances.iter().filter(active).filter(|i| i.revision == deployment.revision).cloned().collect();
+        let current: Vec<InstanceRecord> = instances.iter().filter(active).filter(|i| i.revision == deployment.revision).cloned().collect();
         let old: Vec<InstanceRecord> = instances.iter().filter(active).filter(|i| i.revision != deployment.revision).cloned().collect();
         let running_current = current.iter().filter(|i| i.status == InstanceStatus::Running).count();
         let replicas = deployment.spec.replicas as usize;
@@ -478,8 +474,13 @@ impl ControlPlane {
                 && fresh.status != DeploymentStatus::Deleting
             {
                 if status != fresh.status {
-                    self.emit(&format!("deployment.{}", status.as_str()), "system", &fresh.id, format!("{} is {}", fresh.spec.name, status.as_str()))
-                        .await;
+                    self.emit(
+                        &format!("deployment.{}", status.as_str()),
+                        "system",
+                        &fresh.id,
+                        format!("{} is {}", fresh.spec.name, status.as_str()),
+                    )
+                    .await;
                 }
                 fresh.status = status;
                 fresh.message = message;
@@ -490,7 +491,12 @@ impl ControlPlane {
         Ok(())
     }
 
-    async fn reconcile_deletion(self: &Arc<Self>, world: &World, deployment: &DeploymentRecord, instances: Vec<InstanceRecord>) -> ServiceResult<()> {
+    async fn reconcile_deletion(
+        self: &Arc<Self>,
+        world: &World,
+        deployment: &DeploymentRecord,
+        instances: Vec<InstanceRecord>,
+    ) -> ServiceResult<()> {
         let mut gone = Vec::new();
         for instance in &instances {
             let node = instance.node_id.as_deref().unwrap_or_default();

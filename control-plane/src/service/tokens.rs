@@ -8,7 +8,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diplo_api::token::{hash_secret, ApiToken, JoinToken};
+use diplo_api::token::{ApiToken, JoinToken, hash_secret};
 
 use super::ControlPlane;
 use crate::auth::Caller;

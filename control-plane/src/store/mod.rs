@@ -9,8 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    ApiTokenRecord, DeploymentRecord, DeploymentSpec, EventRecord, InstanceRecord, JoinTokenRecord, NewEvent,
-    NodeRecord, NodeStatusChange,
+    ApiTokenRecord, DeploymentRecord, DeploymentSpec, EventRecord, InstanceRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatusChange,
 };
 use diplo_api::fingerprint::Fingerprint;
 
@@ -88,13 +87,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>>;
     /// Records a fresh session: new fingerprint, address, status ready and last seen
     /// time. `NotFound` for an unknown id.
-    async fn record_session(
-        &self,
-        node_id: &str,
-        fingerprint: &Fingerprint,
-        address: &str,
-        seen_at: DateTime<Utc>,
-    ) -> StoreResult<()>;
+    async fn record_session(&self, node_id: &str, fingerprint: &Fingerprint, address: &str, seen_at: DateTime<Utc>) -> StoreResult<()>;
     /// Applies a batch of status changes in one transaction; unknown ids are skipped.
     async fn apply_status_changes(&self, changes: &[NodeStatusChange]) -> StoreResult<()>;
     /// Sets or clears the cordon flag. `NotFound` for an unknown id.

@@ -37,10 +37,7 @@ impl PostgresStore {
     /// migrations. Fails within about 7 seconds, naming the URL (password masked),
     /// when the server cannot be reached.
     pub async fn open(url: &str) -> StoreResult<Self> {
-        let connect_error = |reason: String| StoreError::Connect {
-            url: mask_password(url),
-            reason,
-        };
+        let connect_error = |reason: String| StoreError::Connect { url: mask_password(url), reason };
         let options = PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?;
         let pool = match PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
@@ -60,10 +57,7 @@ impl PostgresStore {
                     }
                     Err(_) => "no answer".to_owned(),
                 };
-                return Err(connect_error(format!(
-                    "timed out after {}s: {reason}",
-                    ACQUIRE_TIMEOUT.as_secs()
-                )));
+                return Err(connect_error(format!("timed out after {}s: {reason}", ACQUIRE_TIMEOUT.as_secs())));
             }
             Err(e) => return Err(connect_error(e.to_string())),
         };
@@ -82,11 +76,7 @@ fn node_conflict(err: sqlx::Error, node: &NodeRecord) -> StoreError {
     insert_error(err, "node", |db| {
         // PostgreSQL names the constraint, e.g. `nodes_name_key`.
         let violated = db.constraint().unwrap_or_else(|| db.message());
-        if violated.contains("nodes_name_key") {
-            node.name.clone()
-        } else {
-            node.id.clone()
-        }
+        if violated.contains("nodes_name_key") { node.name.clone() } else { node.id.clone() }
     })
 }
 

@@ -15,8 +15,8 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{StoreError, StoreResult};
 use crate::model::{
-    ApiTokenRecord, DeploymentRecord, DeploymentStatus, EventRecord, InstanceDesired,
-    InstanceRecord, InstanceStatus, JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, Role,
+    ApiTokenRecord, DeploymentRecord, DeploymentStatus, EventRecord, InstanceDesired, InstanceRecord, InstanceStatus, JoinTokenRecord,
+    NewEvent, NodeRecord, NodeStatus, Role,
 };
 use diplo_api::runtime::Runtime;
 
@@ -30,47 +30,29 @@ pub(super) fn millis(t: DateTime<Utc>) -> i64 {
 /// A stored timestamp (unix milliseconds) read back; `Corrupt` naming `column` when it
 /// is out of range.
 pub(super) fn time(column: &'static str, ms: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt {
-        column,
-        reason: format!("timestamp {ms} out of range"),
-    })
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt { column, reason: format!("timestamp {ms} out of range") })
 }
 
 /// A value as stored in a JSON text column; `Corrupt` naming `column` when it cannot be
 /// encoded.
 pub(super) fn to_json<T: serde::Serialize>(column: &'static str, value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
-        column,
-        reason: format!("cannot encode: {e}"),
-    })
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt { column, reason: format!("cannot encode: {e}") })
 }
 
 /// A JSON text column read back; `Corrupt` naming `column` when it does not decode.
-pub(super) fn from_json<T: serde::de::DeserializeOwned>(
-    column: &'static str,
-    text: &str,
-) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        column,
-        reason: e.to_string(),
-    })
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(column: &'static str, text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { column, reason: e.to_string() })
 }
 
 /// An event sequence number as stored (`BIGINT`) read back; `Corrupt` when negative.
 pub(super) fn sequence(value: i64) -> StoreResult<u64> {
-    u64::try_from(value).map_err(|e| StoreError::Corrupt {
-        column: "events.sequence",
-        reason: format!("{value}: {e}"),
-    })
+    u64::try_from(value).map_err(|e| StoreError::Corrupt { column: "events.sequence", reason: format!("{value}: {e}") })
 }
 
 /// A stored count or revision number (`BIGINT`) read back; `Corrupt` naming `column`
 /// when it does not fit a `u32`.
 pub(super) fn small_count(column: &'static str, value: i64) -> StoreResult<u32> {
-    u32::try_from(value).map_err(|e| StoreError::Corrupt {
-        column,
-        reason: format!("{value}: {e}"),
-    })
+    u32::try_from(value).map_err(|e| StoreError::Corrupt { column, reason: format!("{value}: {e}") })
 }
 
 /// An instance's desired state as stored.
@@ -86,10 +68,7 @@ fn parse_desired(text: &str) -> StoreResult<InstanceDesired> {
     match text {
         "run" => Ok(InstanceDesired::Run),
         "remove" => Ok(InstanceDesired::Remove),
-        other => Err(StoreError::Corrupt {
-            column: "instances.desired",
-            reason: format!("unknown desired state {other:?}"),
-        }),
+        other => Err(StoreError::Corrupt { column: "instances.desired", reason: format!("unknown desired state {other:?}") }),
     }
 }
 
@@ -112,10 +91,7 @@ fn parse_instance_status(text: &str) -> StoreResult<InstanceStatus> {
         "running" => Ok(InstanceStatus::Running),
         "failed" => Ok(InstanceStatus::Failed),
         "lost" => Ok(InstanceStatus::Lost),
-        other => Err(StoreError::Corrupt {
-            column: "instances.status",
-            reason: format!("unknown instance status {other:?}"),
-        }),
+        other => Err(StoreError::Corrupt { column: "instances.status", reason: format!("unknown instance status {other:?}") }),
     }
 }
 
@@ -124,20 +100,13 @@ fn parse_instance_status(text: &str) -> StoreResult<InstanceStatus> {
 /// Maps a unique-key violation to `AlreadyExists`, anything else to `Database`. `key`
 /// gets the driver's error (which names the violated key in a dialect of its own) and
 /// returns the conflicting key for the message.
-pub(super) fn insert_error(
-    err: sqlx::Error,
-    what: &'static str,
-    key: impl FnOnce(&dyn DatabaseError) -> String,
-) -> StoreError {
+pub(super) fn insert_error(err: sqlx::Error, what: &'static str, key: impl FnOnce(&dyn DatabaseError) -> String) -> StoreError {
     insert_conflict(err, |db| (what, key(db)))
 }
 
 /// [`insert_error`] for tables with several unique keys of different kinds: `conflict`
 /// gets the driver's error and returns both the kind and the conflicting key.
-pub(super) fn insert_conflict(
-    err: sqlx::Error,
-    conflict: impl FnOnce(&dyn DatabaseError) -> (&'static str, String),
-) -> StoreError {
+pub(super) fn insert_conflict(err: sqlx::Error, conflict: impl FnOnce(&dyn DatabaseError) -> (&'static str, String)) -> StoreError {
     if let sqlx::Error::Database(db) = &err
         && db.is_unique_violation()
     {
@@ -154,10 +123,7 @@ pub(super) fn insert_instance_error(err: sqlx::Error, instance: &InstanceRecord)
     if let sqlx::Error::Database(db) = &err
         && db.is_foreign_key_violation()
     {
-        return StoreError::NotFound {
-            what: "deployment",
-            key: instance.deployment_id.clone(),
-        };
+        return StoreError::NotFound { what: "deployment", key: instance.deployment_id.clone() };
     }
     insert_error(err, "instance", |_| instance.id.clone())
 }
@@ -166,10 +132,7 @@ pub(super) fn insert_instance_error(err: sqlx::Error, instance: &InstanceRecord)
 /// count of changed rows).
 pub(super) fn require_found(affected: u64, what: &'static str, key: &str) -> StoreResult<()> {
     if affected == 0 {
-        return Err(StoreError::NotFound {
-            what,
-            key: key.to_owned(),
-        });
+        return Err(StoreError::NotFound { what, key: key.to_owned() });
     }
     Ok(())
 }
@@ -197,20 +160,12 @@ where
 
 /// A row of either backend: its columns decode to every Rust type the tables use.
 pub(super) trait StoreRow:
-    ReadColumn<String>
-    + ReadColumn<Option<String>>
-    + ReadColumn<i64>
-    + ReadColumn<Option<i64>>
-    + ReadColumn<bool>
+    ReadColumn<String> + ReadColumn<Option<String>> + ReadColumn<i64> + ReadColumn<Option<i64>> + ReadColumn<bool>
 {
 }
 
 impl<R> StoreRow for R where
-    R: ReadColumn<String>
-        + ReadColumn<Option<String>>
-        + ReadColumn<i64>
-        + ReadColumn<Option<i64>>
-        + ReadColumn<bool>
+    R: ReadColumn<String> + ReadColumn<Option<String>> + ReadColumn<i64> + ReadColumn<Option<i64>> + ReadColumn<bool>
 {
 }
 
@@ -222,10 +177,7 @@ pub(super) fn node_from_row<R: StoreRow>(row: &R) -> StoreResult<NodeRecord> {
     Ok(NodeRecord {
         id: row.column("id")?,
         name: row.column("name")?,
-        status: NodeStatus::from_str(&status).map_err(|reason| StoreError::Corrupt {
-            column: "nodes.status",
-            reason,
-        })?,
+        status: NodeStatus::from_str(&status).map_err(|reason| StoreError::Corrupt { column: "nodes.status", reason })?,
         fingerprint: from_json("nodes.fingerprint", &fingerprint)?,
         cordoned: row.column("cordoned")?,
         labels: from_json::<BTreeMap<String, String>>("nodes.labels", &labels)?,
@@ -259,14 +211,9 @@ pub(super) fn api_token_from_row<R: StoreRow>(row: &R) -> StoreResult<ApiTokenRe
         id: row.column("id")?,
         secret_hash: row.column("secret_hash")?,
         name: row.column("name")?,
-        role: Role::from_str(&role).map_err(|reason| StoreError::Corrupt {
-            column: "api_tokens.role",
-            reason,
-        })?,
+        role: Role::from_str(&role).map_err(|reason| StoreError::Corrupt { column: "api_tokens.role", reason })?,
         created_at: time("api_tokens.created_at", row.column("created_at")?)?,
-        expires_at: expires_at
-            .map(|ms| time("api_tokens.expires_at", ms))
-            .transpose()?,
+        expires_at: expires_at.map(|ms| time("api_tokens.expires_at", ms)).transpose()?,
         revoked: row.column("revoked")?,
     })
 }
@@ -293,10 +240,7 @@ pub(super) fn deployment_from_row<R: StoreRow>(row: &R) -> StoreResult<Deploymen
         id: row.column("id")?,
         revision: small_count("deployments.revision", row.column("revision")?)?,
         spec: from_json("deployments.spec", &spec)?,
-        status: DeploymentStatus::from_str(&status).map_err(|reason| StoreError::Corrupt {
-            column: "deployments.status",
-            reason,
-        })?,
+        status: DeploymentStatus::from_str(&status).map_err(|reason| StoreError::Corrupt { column: "deployments.status", reason })?,
         message: row.column("message")?,
         idempotency_key: row.column("idempotency_key")?,
         created_at: time("deployments.created_at", row.column("created_at")?)?,
@@ -315,12 +259,7 @@ pub(super) fn instance_from_row<R: StoreRow>(row: &R) -> StoreResult<InstanceRec
         revision: small_count("instances.revision", row.column("revision")?)?,
         node_id: row.column("node_id")?,
         runtime: runtime
-            .map(|name| {
-                Runtime::from_str(&name).map_err(|e| StoreError::Corrupt {
-                    column: "instances.runtime",
-                    reason: e.to_string(),
-                })
-            })
+            .map(|name| Runtime::from_str(&name).map_err(|e| StoreError::Corrupt { column: "instances.runtime", reason: e.to_string() }))
             .transpose()?,
         container_id: row.column("container_id")?,
         desired: parse_desired(&desired)?,

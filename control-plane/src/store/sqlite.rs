@@ -11,9 +11,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::common::impl_store;
 use super::rows::{insert_conflict, insert_error, sequence};
@@ -37,10 +35,7 @@ impl SqliteStore {
     /// Opens (creating it and its parent directory when missing) the database a
     /// `sqlite://PATH` URL names and runs the pending migrations.
     pub async fn open(url: &str) -> StoreResult<Self> {
-        let connect_error = |reason: String| StoreError::Connect {
-            url: mask_password(url),
-            reason,
-        };
+        let connect_error = |reason: String| StoreError::Connect { url: mask_password(url), reason };
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| connect_error(e.to_string()))?
             .create_if_missing(true)
@@ -53,9 +48,7 @@ impl SqliteStore {
             return Err(connect_error("no file path in the URL".to_owned()));
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            create_dir(parent).map_err(|e| {
-                connect_error(format!("cannot create directory {}: {e}", parent.display()))
-            })?;
+            create_dir(parent).map_err(|e| connect_error(format!("cannot create directory {}: {e}", parent.display())))?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
@@ -84,11 +77,7 @@ fn create_dir(dir: &Path) -> std::io::Result<()> {
 fn node_conflict(err: sqlx::Error, node: &NodeRecord) -> StoreError {
     insert_error(err, "node", |db| {
         // SQLite names the column: "UNIQUE constraint failed: nodes.name".
-        if db.message().contains("nodes.name") {
-            node.name.clone()
-        } else {
-            node.id.clone()
-        }
+        if db.message().contains("nodes.name") { node.name.clone() } else { node.id.clone() }
     })
 }
 

@@ -131,7 +131,10 @@ impl Network {
     fn forward_rules(&self) -> [Vec<String>; 2] {
         let comment = format!("diplo: containers on {}", self.bridge);
         let rule = |args: &[&str]| -> Vec<String> {
-            args.iter().map(|a| (*a).to_owned()).chain(["-m", "comment", "--comment", &comment, "-j", "ACCEPT"].map(str::to_owned)).collect()
+            args.iter()
+                .map(|a| (*a).to_owned())
+                .chain(["-m", "comment", "--comment", &comment, "-j", "ACCEPT"].map(str::to_owned))
+                .collect()
         };
         [
             rule(&["-i", &self.bridge, "-s", &self.subnet]),

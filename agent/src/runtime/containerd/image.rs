@@ -611,7 +611,10 @@ fn archive_member(dir: &Path, name: &str) -> RuntimeResult<PathBuf> {
 /// `algorithm:hex`.
 fn blob_member(dir: &Path, digest: &str) -> RuntimeResult<PathBuf> {
     let well_formed = digest.split_once(':').filter(|(algorithm, hex)| {
-        !algorithm.is_empty() && algorithm.chars().all(|c| c.is_ascii_alphanumeric()) && !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())
+        !algorithm.is_empty()
+            && algorithm.chars().all(|c| c.is_ascii_alphanumeric())
+            && !hex.is_empty()
+            && hex.chars().all(|c| c.is_ascii_hexdigit())
     });
     let Some((algorithm, hex)) = well_formed else {
         return Err(RuntimeError::InvalidArgument { field: "archive", message: format!("{digest:?} is not a digest") });
@@ -724,7 +727,10 @@ async fn docker_archive_manifest(dir: &Path, reference: &Reference) -> RuntimeRe
         annotations: None,
     };
     let lookup: BlobPaths = Box::new(move |digest: &str| {
-        paths.get(digest).cloned().ok_or_else(|| RuntimeError::InvalidArgument { field: "archive", message: format!("no file for {digest}") })
+        paths
+            .get(digest)
+            .cloned()
+            .ok_or_else(|| RuntimeError::InvalidArgument { field: "archive", message: format!("no file for {digest}") })
     });
     Ok((descriptor, bytes, lookup))
 }

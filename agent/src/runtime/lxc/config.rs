@@ -223,12 +223,16 @@ pub(super) fn validate(spec: &ContainerSpec) -> RuntimeResult<()> {
         if key.is_empty() || key.contains('=') || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid("env", format!("{key:?} is not a valid variable name")));
         }
-        check_value(ConfigValue::Text(&format!("{key}={value}"))).map_err(|reason| invalid("env", format!("the value of {key}: {reason}")))?;
+        check_value(ConfigValue::Text(&format!("{key}={value}")))
+            .map_err(|reason| invalid("env", format!("the value of {key}: {reason}")))?;
     }
     let mut seen = std::collections::HashSet::new();
     for port in &spec.ports {
         if port.host_port == 0 {
-            return Err(invalid("ports", format!("host port 0 (for container port {}): the LXC driver needs an explicit host port", port.container_port)));
+            return Err(invalid(
+                "ports",
+                format!("host port 0 (for container port {}): the LXC driver needs an explicit host port", port.container_port),
+            ));
         }
         if port.container_port == 0 {
             return Err(invalid("ports", format!("container port 0 (for host port {})", port.host_port)));
@@ -389,7 +393,9 @@ pub(super) fn config_block(spec: &ContainerSpec, inputs: &BlockInputs<'_>) -> Ru
                 out.put("cpu_millis", "period", "lxc.cgroup.cpu.cfs_period_us", Words(&[&period.to_string()]))?;
                 out.put("cpu_millis", "quota", "lxc.cgroup.cpu.cfs_quota_us", Words(&[&quota.to_string()]))?;
             }
-            CgroupVersion::V2 => out.put("cpu_millis", "quota", "lxc.cgroup2.cpu.max", Words(&[&quota.to_string(), &period.to_string()]))?,
+            CgroupVersion::V2 => {
+                out.put("cpu_millis", "quota", "lxc.cgroup2.cpu.max", Words(&[&quota.to_string(), &period.to_string()]))?
+            }
         }
     }
     if spec.read_only {
@@ -413,7 +419,9 @@ pub(super) fn config_block(spec: &ContainerSpec, inputs: &BlockInputs<'_>) -> Ru
             out.put("cap_drop", "capabilities", "lxc.cap.drop", Words(&[]))?;
             out.put("cap_drop", "capabilities", "lxc.cap.keep", Words(&["none"]))?;
         }
-        CapDrop::Some(names) => out.put("cap_drop", "capabilities", "lxc.cap.drop", Words(&names.iter().map(String::as_str).collect::<Vec<_>>()))?,
+        CapDrop::Some(names) => {
+            out.put("cap_drop", "capabilities", "lxc.cap.drop", Words(&names.iter().map(String::as_str).collect::<Vec<_>>()))?
+        }
     }
     if spec.no_new_privileges {
         out.put("no_new_privileges", "no_new_privs", "lxc.no_new_privs", Words(&["1"]))?;
@@ -512,8 +520,12 @@ pub(super) fn start_error(log: &str) -> Option<String> {
         .map(|line| line.split_once(" - ").map_or(line, |(_, rest)| rest.split_once(" - ").map_or(rest, |(_, m)| m)).trim())
         .collect();
     let generic = |m: &&str| {
-        m.contains("sync_wait") || m.contains("An error occurred in another process") || m.contains("failed to start")
-            || m.contains("Received container state") || m.contains("To get more details") || m.contains("Additional information")
+        m.contains("sync_wait")
+            || m.contains("An error occurred in another process")
+            || m.contains("failed to start")
+            || m.contains("Received container state")
+            || m.contains("To get more details")
+            || m.contains("Additional information")
             || m.contains("Failed to spawn container")
     };
     messages.iter().find(|m| !generic(m)).or_else(|| messages.first()).map(|m| (*m).to_owned())
@@ -629,7 +641,13 @@ mod tests {
         s.cap_drop = vec!["ALL".into()];
         s.no_new_privileges = true;
         let network = LxcNetwork::default();
-        let mounts = [ResolvedMount { requested: "/data".into(), source: "/srv/data".into(), target: "data".into(), read_only: true, is_file: false }];
+        let mounts = [ResolvedMount {
+            requested: "/data".into(),
+            source: "/srv/data".into(),
+            target: "data".into(),
+            read_only: true,
+            is_file: false,
+        }];
         let tmpfs = [("/tmp".to_owned(), "tmp".to_owned())];
         let console = PathBuf::from("/var/lib/lxc/web/console.log");
         let rootfs = PathBuf::from("/var/lib/lxc/web/rootfs");
@@ -695,7 +713,10 @@ mod tests {
         ));
         let bad_env = ["A=1\nlxc.hook.start-host = /bin/true".to_owned()];
         let bad_image = ImageLines { env: &bad_env, ..image.clone() };
-        assert!(matches!(config_block(&s, &BlockInputs { image: &bad_image, ..inputs.clone() }), Err(RuntimeError::InvalidArgument { field: "image", .. })));
+        assert!(matches!(
+            config_block(&s, &BlockInputs { image: &bad_image, ..inputs.clone() }),
+            Err(RuntimeError::InvalidArgument { field: "image", .. })
+        ));
         let bad_image = ImageLines { cwd: "/\nlxc.hook.pre-start = /bin/true", ..image.clone() };
         assert!(matches!(
             config_block(&s, &BlockInputs { image: &bad_image, ..inputs.clone() }),
@@ -782,7 +803,9 @@ mod tests {
 
     #[test]
     fn lxc_info_is_parsed() {
-        let info = parse_info("Name:           c1\nState:          RUNNING\nPID:            7066\nIP:             fe80::1\nIP:             10.0.3.200\n");
+        let info = parse_info(
+            "Name:           c1\nState:          RUNNING\nPID:            7066\nIP:             fe80::1\nIP:             10.0.3.200\n",
+        );
         assert_eq!(info, InfoOutput { state: "RUNNING".into(), pid: Some(7066), ip: Some("10.0.3.200".into()) });
         assert_eq!(parse_info("State:          STOPPED\n").pid, None);
     }
@@ -792,7 +815,8 @@ mod tests {
         let error = "lxc-start c 2026 DEBUG    start - ../src/lxc/start.c:signal_handler:464 - Container init process 5903 exited\n\
                      lxc-start c 2026 INFO     error - ../src/lxc/error.c:lxc_error_set_and_log:31 - Child <5903> ended on error (2)\n";
         assert_eq!(parse_exit_code(error), Some(2));
-        let killed = "lxc-start c 2026 INFO     error - ../src/lxc/error.c:lxc_error_set_and_log:34 - Child <10075> ended on signal Killed(9)\n";
+        let killed =
+            "lxc-start c 2026 INFO     error - ../src/lxc/error.c:lxc_error_set_and_log:34 - Child <10075> ended on signal Killed(9)\n";
         assert_eq!(parse_exit_code(killed), Some(137));
         assert_eq!(parse_exit_code("lxc-start c 2026 INFO start - x - Container init process 5 exited\n"), Some(0));
         assert_eq!(parse_exit_code("nothing\n"), None);

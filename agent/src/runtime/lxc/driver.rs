@@ -43,8 +43,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use diplo_api::container::{
-    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, ExecOutput, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk,
-    LogOptions, Protocol, RuntimeEvent, RuntimeEventKind, validate_container_name,
+    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, ExecOutput, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk, LogOptions,
+    Protocol, RuntimeEvent, RuntimeEventKind, validate_container_name,
 };
 use diplo_api::runtime::Runtime;
 use serde::{Deserialize, Serialize};
@@ -321,7 +321,8 @@ impl LxcRuntime {
 
     fn save(&self, state: &State) -> RuntimeResult<()> {
         let dir = self.dir(&state.spec.name);
-        let text = serde_json::to_string_pretty(state).map_err(|e| failed(format!("cannot encode the state of {}: {e}", state.spec.name)))?;
+        let text =
+            serde_json::to_string_pretty(state).map_err(|e| failed(format!("cannot encode the state of {}: {e}", state.spec.name)))?;
         // The spec holds the environment (secrets): written 0600 through a fresh temporary name.
         diplo_api::files::write_private(&dir.join(STATE_FILE), &text)
             .map_err(|e| failed(format!("cannot write {}: {}", dir.join(STATE_FILE).display(), describe_io(&e))))
@@ -424,14 +425,26 @@ impl LxcRuntime {
             let mut tarball = archive.to_path_buf();
             if image::is_gzip(archive) {
                 tarball = tmp.join(".rootfs.tar");
-                let output = std::fs::File::create(&tarball).map_err(|e| failed(format!("cannot create {}: {}", tarball.display(), describe_io(&e))))?;
+                let output = std::fs::File::create(&tarball)
+                    .map_err(|e| failed(format!("cannot create {}: {}", tarball.display(), describe_io(&e))))?;
                 let mut command = tokio::process::Command::new("gzip");
-                command.arg("-dc").arg("--").arg(archive).stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped()).kill_on_drop(true);
+                command
+                    .arg("-dc")
+                    .arg("--")
+                    .arg(archive)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(output))
+                    .stderr(Stdio::piped())
+                    .kill_on_drop(true);
                 let done = finish("gzip", command, Some(Duration::from_secs(1800))).await?;
                 if !done.status.success() {
                     return Err(RuntimeError::InvalidArgument {
                         field: "archive",
-                        message: format!("{} is not a readable gzip archive: {}", archive.display(), String::from_utf8_lossy(&done.stderr).trim()),
+                        message: format!(
+                            "{} is not a readable gzip archive: {}",
+                            archive.display(),
+                            String::from_utf8_lossy(&done.stderr).trim()
+                        ),
                     });
                 }
             }
@@ -477,7 +490,9 @@ impl LxcRuntime {
         }
         for port in &spec.ports {
             let shown = format!("{}/{}", port.host_port, config::protocol_name(port.protocol));
-            if let Some(owner) = self.publisher.owner_of(port.host_port, port.protocol).or_else(|| reserved.get(&(port.host_port, port.protocol)).cloned()) {
+            if let Some(owner) =
+                self.publisher.owner_of(port.host_port, port.protocol).or_else(|| reserved.get(&(port.host_port, port.protocol)).cloned())
+            {
                 return Err(RuntimeError::Conflict(format!("host port {shown} is already in use (published for container {owner})")));
             }
             let bound = match port.protocol {
@@ -490,7 +505,10 @@ impl LxcRuntime {
                     return Err(RuntimeError::Conflict(format!("host port {shown} is already in use")));
                 }
                 Err(error) => {
-                    return Err(RuntimeError::InvalidArgument { field: "ports", message: format!("cannot bind host port {shown}: {}", describe_io(&error)) });
+                    return Err(RuntimeError::InvalidArgument {
+                        field: "ports",
+                        message: format!("cannot bind host port {shown}: {}", describe_io(&error)),
+                    });
                 }
             }
         }
@@ -501,7 +519,8 @@ impl LxcRuntime {
     fn resolve_mounts(&self, spec: &ContainerSpec) -> RuntimeResult<Vec<ResolvedMount>> {
         let mut mounts = Vec::new();
         for mount in &spec.mounts {
-            let target = config::relative_target(&mount.target).map_err(|message| RuntimeError::InvalidArgument { field: "mounts", message })?;
+            let target =
+                config::relative_target(&mount.target).map_err(|message| RuntimeError::InvalidArgument { field: "mounts", message })?;
             let (source, is_file) = if mount.is_bind() {
                 let source = PathBuf::from(&mount.source);
                 let metadata = std::fs::metadata(&source).map_err(|e| RuntimeError::InvalidArgument {
@@ -554,9 +573,10 @@ impl LxcRuntime {
         let cursor = reservations.join(".last");
         let last = std::fs::read_to_string(&cursor).ok().and_then(|t| t.trim().parse().ok());
         loop {
-            let ip = self.network.pick(&used, last).ok_or_else(|| {
-                RuntimeError::Conflict(format!("no free address left in {}-{}", self.network.first, self.network.last))
-            })?;
+            let ip = self
+                .network
+                .pick(&used, last)
+                .ok_or_else(|| RuntimeError::Conflict(format!("no free address left in {}-{}", self.network.first, self.network.last)))?;
             let path = reservations.join(ip.to_string());
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(_) => {
@@ -591,7 +611,14 @@ impl LxcRuntime {
     /// image's user resolved in it, `/etc/hostname` and `/etc/hosts`, mount points, the
     /// config block, resolv.conf, the state file. What LXC's `oci` template would do, but
     /// confined to the rootfs (see [`rootfs`]) and with every config value checked.
-    async fn configure(&self, spec: &ContainerSpec, layout: &Path, argv: Vec<String>, ip: Ipv4Addr, mounts: &[ResolvedMount]) -> RuntimeResult<()> {
+    async fn configure(
+        &self,
+        spec: &ContainerSpec,
+        layout: &Path,
+        argv: Vec<String>,
+        ip: Ipv4Addr,
+        mounts: &[ResolvedMount],
+    ) -> RuntimeResult<()> {
         let dir = self.dir(&spec.name);
         let rootfs = dir.join("rootfs");
         let invalid = |field: &'static str| move |message: String| RuntimeError::InvalidArgument { field, message };
@@ -623,7 +650,13 @@ impl LxcRuntime {
             let copy = dir.join(SHIM_COPY);
             std::fs::copy(shim, &copy).map_err(|e| failed(format!("cannot copy the shim {}: {}", shim.display(), describe_io(&e))))?;
             let relative = |path: &str| path.trim_start_matches('/').to_owned();
-            mounts.push(ResolvedMount { requested: logs::CONTAINER_SHIM.to_owned(), source: copy, target: relative(logs::CONTAINER_SHIM), read_only: true, is_file: true });
+            mounts.push(ResolvedMount {
+                requested: logs::CONTAINER_SHIM.to_owned(),
+                source: copy,
+                target: relative(logs::CONTAINER_SHIM),
+                read_only: true,
+                is_file: true,
+            });
             mounts.push(ResolvedMount {
                 requested: logs::CONTAINER_LOG_DIR.to_owned(),
                 source: dir.join(logs::LOG_DIR),
@@ -645,8 +678,10 @@ impl LxcRuntime {
             tmpfs.push((path.clone(), prepare_target(&rootfs, &relative, false).map_err(invalid("tmpfs"))?));
         }
         let console_log = dir.join(CONSOLE_LOG);
-        let included: &[&str] = if rootless() { &["common.conf", "userns.conf", "oci.common.conf"] } else { &["common.conf", "oci.common.conf"] };
-        let includes: Vec<PathBuf> = included.iter().map(|name| Path::new(LXC_TEMPLATE_CONFIG).join(name)).filter(|path| path.is_file()).collect();
+        let included: &[&str] =
+            if rootless() { &["common.conf", "userns.conf", "oci.common.conf"] } else { &["common.conf", "oci.common.conf"] };
+        let includes: Vec<PathBuf> =
+            included.iter().map(|name| Path::new(LXC_TEMPLATE_CONFIG).join(name)).filter(|path| path.is_file()).collect();
         let cwd = rootfs::working_dir(&settings.working_dir)
             .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?;
         let image_lines = ImageLines { rootfs: &rootfs, includes: &includes, env: &settings.env, uid: user.uid, gid: user.gid, cwd: &cwd };
@@ -705,9 +740,12 @@ impl LxcRuntime {
     /// the MAC address of an earlier container with this address, and the host would
     /// send to it until the entry expires. Best effort (`ip neigh flush`).
     async fn forget_neighbour(&self, ip: Ipv4Addr) {
-        let args: Vec<OsString> = ["neigh", "flush", "to", &ip.to_string(), "dev", &self.network.bridge].iter().map(OsString::from).collect();
+        let args: Vec<OsString> =
+            ["neigh", "flush", "to", &ip.to_string(), "dev", &self.network.bridge].iter().map(OsString::from).collect();
         match run_tool("ip", &args, Some(Duration::from_secs(10))).await {
-            Ok(output) if !output.status.success() => debug!(%ip, error = %String::from_utf8_lossy(&output.stderr).trim(), "ip neigh flush failed"),
+            Ok(output) if !output.status.success() => {
+                debug!(%ip, error = %String::from_utf8_lossy(&output.stderr).trim(), "ip neigh flush failed")
+            }
             Err(error) => debug!(%ip, %error, "cannot run ip neigh flush"),
             Ok(_) => {}
         }
@@ -788,7 +826,8 @@ impl LxcRuntime {
         let number = |path: PathBuf| read(path).and_then(|t| t.parse::<u64>().ok());
         let stat_field = |path: PathBuf, key: &str| {
             read(path).and_then(|t| {
-                t.lines().find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse::<u64>().ok()))
+                t.lines()
+                    .find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse::<u64>().ok()))
             })
         };
         let mut v1: HashMap<String, PathBuf> = HashMap::new();
@@ -1006,7 +1045,10 @@ fn check_tar(path: &Path) -> Result<(), String> {
     if &header[257..262] == b"ustar" {
         return Ok(());
     }
-    let stored = std::str::from_utf8(&header[148..156]).ok().map(|t| t.trim_matches(|c: char| c == '\0' || c == ' ')).and_then(|t| u32::from_str_radix(t, 8).ok());
+    let stored = std::str::from_utf8(&header[148..156])
+        .ok()
+        .map(|t| t.trim_matches(|c: char| c == '\0' || c == ' '))
+        .and_then(|t| u32::from_str_radix(t, 8).ok());
     let mut copy = header;
     copy[148..156].copy_from_slice(b"        ");
     let sum: u32 = copy.iter().map(|b| u32::from(*b)).sum();
@@ -1167,7 +1209,11 @@ impl ContainerRuntime for LxcRuntime {
             }
             let stdout = String::from_utf8_lossy(&output.stdout);
             let detail = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-            return Err(failed(format!("lxc-create {name} from {}: {message}{}", spec.image, if detail.is_empty() { String::new() } else { format!(" ({})", detail.trim()) })));
+            return Err(failed(format!(
+                "lxc-create {name} from {}: {message}{}",
+                spec.image,
+                if detail.is_empty() { String::new() } else { format!(" ({})", detail.trim()) }
+            )));
         }
         let configured = self.configure(spec, &layout, argv, ip, &mounts).await;
         drop(reservation);
@@ -1201,7 +1247,8 @@ impl ContainerRuntime for LxcRuntime {
         }
         self.publisher.unpublish_owner(&name).await;
         let log_path = self.dir(&name).join(START_LOG);
-        let log = std::fs::File::create(&log_path).map_err(|e| failed(format!("cannot create {}: {}", log_path.display(), describe_io(&e))))?;
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| failed(format!("cannot create {}: {}", log_path.display(), describe_io(&e))))?;
         let launch = self.launch_argv(&state)?;
         self.forget_neighbour(state.ip).await;
         // Read the output from the first byte on.
@@ -1394,7 +1441,9 @@ impl ContainerRuntime for LxcRuntime {
         if let Some(usage_ns) = cpu {
             let now = CpuSample { at: Instant::now(), usage_ns };
             let previous = match self.remember_cpu(name, Some(now)) {
-                Some(previous) if now.at.duration_since(previous.at) < Duration::from_secs(60) && previous.usage_ns <= usage_ns => Some(previous),
+                Some(previous) if now.at.duration_since(previous.at) < Duration::from_secs(60) && previous.usage_ns <= usage_ns => {
+                    Some(previous)
+                }
                 _ => None,
             };
             // Without a recent reading, take two a short while apart.
@@ -1463,7 +1512,10 @@ mod tests {
         std::fs::create_dir_all(&outside).expect("mkdir");
         // An absolute link resolves inside the rootfs, not on the host.
         symlink(&outside, rootfs.join("escape")).expect("symlink");
-        assert_eq!(prepare_target(&rootfs, "escape/data", false).as_deref(), Ok(outside.strip_prefix("/").expect("abs").join("data").to_str().expect("utf8")));
+        assert_eq!(
+            prepare_target(&rootfs, "escape/data", false).as_deref(),
+            Ok(outside.strip_prefix("/").expect("abs").join("data").to_str().expect("utf8"))
+        );
         assert!(rootfs.join(outside.strip_prefix("/").expect("abs")).join("data").is_dir());
         assert!(!outside.join("data").exists());
         // Relative links and .. stay inside too.

@@ -24,11 +24,8 @@ pub(super) fn registry_of(reference: &str) -> Option<&str> {
 /// (`127.0.0.1_5000_diplo_busybox_latest-3f2a…`).
 pub(super) fn cache_dir_name(reference: &str) -> String {
     let normalized = normalize_reference(reference);
-    let readable: String = normalized
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') { c } else { '_' })
-        .take(80)
-        .collect();
+    let readable: String =
+        normalized.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') { c } else { '_' }).take(80).collect();
     let digest = hex::encode(Sha256::digest(normalized.as_bytes()));
     format!("{readable}-{}", &digest[..16])
 }
@@ -140,9 +137,9 @@ fn read_json(path: &Path) -> Result<serde_json::Value, String> {
 fn image_config(layout: &Path) -> Result<serde_json::Value, String> {
     let index = read_json(&layout.join("index.json"))?;
     let manifests = index.get("manifests").and_then(serde_json::Value::as_array).ok_or("index.json lists no manifests")?;
-    let tagged = manifests.iter().find(|m| {
-        m.pointer("/annotations/org.opencontainers.image.ref.name").and_then(serde_json::Value::as_str) == Some(CACHE_TAG)
-    });
+    let tagged = manifests
+        .iter()
+        .find(|m| m.pointer("/annotations/org.opencontainers.image.ref.name").and_then(serde_json::Value::as_str) == Some(CACHE_TAG));
     let entry = tagged.or_else(|| manifests.first()).ok_or("index.json lists no manifests")?;
     let digest = entry.get("digest").and_then(serde_json::Value::as_str).ok_or("manifest entry without digest")?;
     let mut manifest = read_json(&blob_path(layout, digest)?)?;

@@ -505,7 +505,8 @@ mod tests {
                 _ => std::fs::write(&fifos[0], "x").expect("file"),
             }
             let pid: PidSlot = Arc::new(AtomicU32::new(0));
-            let outcome = tokio::time::timeout(Duration::from_secs(5), pump(fifos.clone(), records, pid)).await.expect("the pump does not block");
+            let outcome =
+                tokio::time::timeout(Duration::from_secs(5), pump(fifos.clone(), records, pid)).await.expect("the pump does not block");
             assert!(outcome.is_err(), "{swap}: the pump must refuse {}", fifos[0].display());
             assert_eq!(std::fs::read_to_string(&host_file).expect("host file"), "host\n", "{swap}");
         }
