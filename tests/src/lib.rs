@@ -826,6 +826,38 @@ impl Agent {
     }
 }
 
+/// A name no other test of this run (nor a recent run) uses: `prefix-<pid><nanos>`.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{:x}{:x}", std::process::id(), nanos % 0xffff)
+}
+
+/// The Docker containers (ids) of a deployment, running or not, found by Diplo's label.
+pub fn docker_containers_of(deployment: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args(["ps", "-a", "-q", "--no-trunc", "--filter", &format!("label=diplo.deployment={deployment}")])
+        .output()
+        .expect("run docker ps");
+    String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
+}
+
+/// Deletes a deployment (REST) when dropped and waits up to 20 s for its Docker containers
+/// to go; what is still there then is force-removed. Declare it after the control plane.
+pub struct DeleteDeploymentOnDrop<'a>(pub &'a ControlPlane, pub String);
+
+impl Drop for DeleteDeploymentOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.rest("DELETE", &format!("/api/v1/deployments/{}", self.1), None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !docker_containers_of(&self.1).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        for id in docker_containers_of(&self.1) {
+            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        }
+    }
+}
+
 /// This host's architecture in Go/OCI spelling, as agents report it.
 pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {

@@ -9,44 +9,15 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use diplo_tests::{ControlPlane, ControlPlaneOptions, wait_until};
+use diplo_tests::{ControlPlane, ControlPlaneOptions, DeleteDeploymentOnDrop, unique_name, wait_until};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const POLL: Duration = Duration::from_millis(300);
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}-{:x}{:x}", std::process::id(), nanos % 0xffff)
-}
-
 fn docker(args: &[&str]) -> String {
     let output = std::process::Command::new("docker").args(args).output().expect("run docker");
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// Docker containers of a deployment, running or not.
-fn docker_containers(deployment: &str) -> Vec<String> {
-    docker(&["ps", "-a", "-q", "--no-trunc", "--filter", &format!("label=diplo.deployment={deployment}")])
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Deletes the deployment and, failing that, its containers, when dropped.
-struct DeleteOnDrop<'a>(&'a ControlPlane, String);
-
-impl Drop for DeleteOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.rest("DELETE", &format!("/api/v1/deployments/{}", self.1), None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !docker_containers(&self.1).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(POLL);
-        }
-        for id in docker_containers(&self.1) {
-            docker(&["rm", "-f", &id]);
-        }
-    }
 }
 
 /// Removes a Docker container by name when dropped.
@@ -89,8 +60,8 @@ fn a_client_that_disconnects_mid_restart_leaves_the_instance_reconciled() {
     let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(30)));
     let token = control_plane.join_token(&[]);
     let (_agent, _node) = control_plane.start_ready_agent_with_env("cmd-1", Some(&token), &[("DIPLO_RUNTIMES", "docker")]);
-    let name = unique("cmdend");
-    let _cleanup = DeleteOnDrop(&control_plane, name.clone());
+    let name = unique_name("cmdend");
+    let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
     // PID 1 ignores SIGTERM: a restart waits for the stop grace period (10 s), then kills.
     let stubborn = ["/bin/sh", "-c", "trap '' TERM; while true; do sleep 1; done"];
     let created = control_plane.rest(
@@ -148,7 +119,7 @@ fn a_session_that_closes_fails_its_pending_command_at_once() {
     let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(30)));
     let token = control_plane.join_token(&[]);
     let (mut agent, _node) = control_plane.start_ready_agent_with_env("cmd-2", Some(&token), &[("DIPLO_RUNTIMES", "docker")]);
-    let name = unique("pending");
+    let name = unique_name("pending");
     let _cleanup = RemoveContainerOnDrop(name.clone());
     let created = control_plane.rest(
         "POST",

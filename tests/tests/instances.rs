@@ -3,48 +3,19 @@
 //! policy `always` starts it again), delete (the deployment replaces the instance with a
 //! new one), unknown ids.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use diplo_tests::{ControlPlane, ControlPlaneOptions, wait_until};
+use diplo_tests::{ControlPlane, ControlPlaneOptions, DeleteDeploymentOnDrop, docker_containers_of, unique_name, wait_until};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const POLL: Duration = Duration::from_millis(300);
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}-{:x}{:x}", std::process::id(), nanos % 0xffff)
-}
-
-/// Docker containers of a deployment, as Docker itself lists them (running or not).
-fn docker_containers(deployment: &str) -> Vec<String> {
-    let output = std::process::Command::new("docker")
-        .args(["ps", "-a", "-q", "--no-trunc", "--filter", &format!("label=diplo.deployment={deployment}")])
-        .output()
-        .expect("run docker ps");
-    String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
-}
 
 /// Whether Docker says the container runs.
 fn docker_running(id: &str) -> bool {
     let output =
         std::process::Command::new("docker").args(["inspect", "--format", "{{.State.Running}}", id]).output().expect("docker inspect");
     String::from_utf8_lossy(&output.stdout).trim() == "true"
-}
-
-struct DeleteOnDrop<'a>(&'a ControlPlane, String);
-
-impl Drop for DeleteOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.rest("DELETE", &format!("/api/v1/deployments/{}", self.1), None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !docker_containers(&self.1).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(POLL);
-        }
-        for id in docker_containers(&self.1) {
-            let _ = std::process::Command::new("docker").args(["rm", "-f", &id]).output();
-        }
-    }
 }
 
 /// The deployment's one running instance (of desired `run`), once there is exactly one.
@@ -63,8 +34,8 @@ fn an_instance_is_sampled_restarted_stopped_and_replaced() {
     let token = control_plane.join_token(&[]);
     let (_agent, node) = control_plane.start_ready_agent_with_env("i1", Some(&token), &[("DIPLO_RUNTIMES", "docker")]);
     let node_id = node["id"].as_str().expect("node id").to_owned();
-    let name = unique("inst");
-    let _cleanup = DeleteOnDrop(&control_plane, name.clone());
+    let name = unique_name("inst");
+    let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
     let httpd = ["/bin/sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"];
     let created = control_plane.rest(
         "POST",
@@ -118,7 +89,7 @@ fn an_instance_is_sampled_restarted_stopped_and_replaced() {
             Err(shown.to_string())
         }
     });
-    assert_eq!(docker_containers(&name), vec![container_id.clone()], "started again, not recreated");
+    assert_eq!(docker_containers_of(&name), vec![container_id.clone()], "started again, not recreated");
 
     // Delete: the instance goes; the deployment (still 1 replica) gets a new one.
     let deleted = control_plane.rest("DELETE", &path(""), None);
@@ -128,13 +99,13 @@ fn an_instance_is_sampled_restarted_stopped_and_replaced() {
         let gone = control_plane.rest("GET", &path(""), None).status == 404;
         let d = control_plane.rest_json(&format!("/api/v1/deployments/{name}"));
         let instances = d["instances"].as_array().cloned().unwrap_or_default();
-        let containers = docker_containers(&name);
+        let containers = docker_containers_of(&name);
         match instances.as_slice() {
             [only] if gone && only["id"] != id.as_str() && only["status"] == "running" && containers.len() == 1 => Ok(only.clone()),
             _ => Err(format!("gone: {gone}, containers: {containers:?}, {d}")),
         }
     });
-    assert!(!docker_containers(&name).contains(&container_id), "the old container was removed");
+    assert!(!docker_containers_of(&name).contains(&container_id), "the old container was removed");
     let new_id = replacement["id"].as_str().expect("id");
     assert_eq!(control_plane.rest_json(&format!("/api/v1/compute/instances/{new_id}"))["status"], "running");
 

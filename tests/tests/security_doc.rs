@@ -63,11 +63,11 @@ fn every_claim_cites_tests_that_exist() {
         }
         if let Some(bullet) = line.strip_prefix("* ") {
             claims.push(bullet.to_owned());
-        } else if line.starts_with("  ") && !claims.is_empty() {
-            if let Some(last) = claims.last_mut() {
-                last.push(' ');
-                last.push_str(line.trim());
-            }
+        } else if line.starts_with("  ")
+            && let Some(last) = claims.last_mut()
+        {
+            last.push(' ');
+            last.push_str(line.trim());
         }
     }
     assert!(claims.len() >= 20, "SECURITY.md lost its claims: {claims:?}");
