@@ -637,6 +637,12 @@ impl ControlPlane {
         self.read_file("admin.token").trim().to_owned()
     }
 
+    /// [`ControlPlane::admin_token`], or `None` when `admin.token` cannot be read: for
+    /// cleanup code, which must never panic.
+    pub fn try_admin_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.file("admin.token")).ok().map(|token| token.trim().to_owned())
+    }
+
     /// `http://<rest addr><path>`.
     pub fn rest_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.rest_addr)
@@ -834,26 +840,49 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// The Docker containers (ids) of a deployment, running or not, found by Diplo's label.
 pub fn docker_containers_of(deployment: &str) -> Vec<String> {
+    try_docker_containers_of(deployment).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`docker_containers_of`], with `Err` instead of a panic when `docker ps` cannot run
+/// or fails: for cleanup code.
+pub fn try_docker_containers_of(deployment: &str) -> Result<Vec<String>, String> {
     let output = Command::new("docker")
         .args(["ps", "-a", "-q", "--no-trunc", "--filter", &format!("label=diplo.deployment={deployment}")])
         .output()
-        .expect("run docker ps");
-    String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
+        .map_err(|e| format!("cannot run docker ps: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("docker ps failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect())
 }
 
 /// Deletes a deployment (REST) when dropped and waits up to 20 s for its Docker containers
-/// to go; what is still there then is force-removed. Declare it after the control plane.
+/// to go; what is still there then is force-removed, also when the control plane is
+/// gone. Never panics (a panic while the test unwinds would abort the whole test
+/// process). Declare it after the control plane.
 pub struct DeleteDeploymentOnDrop<'a>(pub &'a ControlPlane, pub String);
 
 impl Drop for DeleteDeploymentOnDrop<'_> {
     fn drop(&mut self) {
-        let _ = self.0.rest("DELETE", &format!("/api/v1/deployments/{}", self.1), None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !docker_containers_of(&self.1).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(300));
+        let url = self.0.rest_url(&format!("/api/v1/deployments/{}", self.1));
+        let deleted = self
+            .0
+            .try_admin_token()
+            .and_then(|token| http_request("DELETE", &url, Some(&format!("Bearer {token}")), None).ok())
+            .is_some_and(|response| (200..300).contains(&response.status));
+        if deleted {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while try_docker_containers_of(&self.1).is_ok_and(|ids| !ids.is_empty()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(300));
+            }
         }
-        for id in docker_containers_of(&self.1) {
-            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        match try_docker_containers_of(&self.1) {
+            Ok(ids) => {
+                for id in ids {
+                    let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+                }
+            }
+            Err(error) => eprintln!("[harness] cleanup of deployment {}: {error}", self.1),
         }
     }
 }

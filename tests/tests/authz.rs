@@ -1180,33 +1180,39 @@ struct RemoveWorkloadsOnDrop<'a> {
 
 impl Drop for RemoveWorkloadsOnDrop<'_> {
     fn drop(&mut self) {
-        let cp = self.control_plane;
-        let auth = format!("Bearer {}", cp.admin_token());
-        let list = |path: &str| -> Vec<serde_json::Value> {
-            diplo_tests::http_request("GET", &cp.rest_url(path), Some(&auth), None)
-                .ok()
-                .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-                .and_then(|v| v.as_array().cloned())
-                .unwrap_or_default()
-        };
-        for deployment in list("/api/v1/deployments") {
-            if let Some(name) = deployment["name"].as_str() {
-                let url = cp.rest_url(&format!("/api/v1/deployments/{name}"));
-                let _ = diplo_tests::http_request("DELETE", &url, Some(&auth), None);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !list("/api/v1/deployments").is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        for container in list("/api/v1/containers") {
-            if let Some(id) = container["id"].as_str() {
-                let url = cp.rest_url(&format!("/api/v1/containers/{id}?force=true"));
-                let _ = diplo_tests::http_request("DELETE", &url, Some(&auth), None);
-            }
+        if let Some(token) = self.control_plane.try_admin_token() {
+            remove_workloads(self.control_plane, &format!("Bearer {token}"));
         }
         for volume in &self.volumes {
             let _ = std::process::Command::new("docker").args(["volume", "rm", "-f", volume]).output();
+        }
+    }
+}
+
+/// Deletes every deployment, waits (up to 30 s) until they are gone, then force-removes
+/// every container; never panics.
+fn remove_workloads(cp: &ControlPlane, auth: &str) {
+    let list = |path: &str| -> Vec<serde_json::Value> {
+        diplo_tests::http_request("GET", &cp.rest_url(path), Some(auth), None)
+            .ok()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    for deployment in list("/api/v1/deployments") {
+        if let Some(name) = deployment["name"].as_str() {
+            let url = cp.rest_url(&format!("/api/v1/deployments/{name}"));
+            let _ = diplo_tests::http_request("DELETE", &url, Some(auth), None);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !list("/api/v1/deployments").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for container in list("/api/v1/containers") {
+        if let Some(id) = container["id"].as_str() {
+            let url = cp.rest_url(&format!("/api/v1/containers/{id}?force=true"));
+            let _ = diplo_tests::http_request("DELETE", &url, Some(auth), None);
         }
     }
 }

@@ -32,7 +32,8 @@ struct RemoveAllOnDrop<'a>(&'a ControlPlane);
 
 impl Drop for RemoveAllOnDrop<'_> {
     fn drop(&mut self) {
-        let authorization = format!("Bearer {}", self.0.admin_token());
+        let Some(token) = self.0.try_admin_token() else { return };
+        let authorization = format!("Bearer {token}");
         let Ok(listed) = http_request("GET", &self.0.rest_url("/api/v1/containers"), Some(&authorization), None) else { return };
         let Ok(Value::Array(listed)) = serde_json::from_str::<Value>(&listed.body) else { return };
         for container in listed {
