@@ -876,14 +876,31 @@ impl Drop for DeleteDeploymentOnDrop<'_> {
                 std::thread::sleep(Duration::from_millis(300));
             }
         }
-        match try_docker_containers_of(&self.1) {
-            Ok(ids) => {
-                for id in ids {
-                    let _ = Command::new("docker").args(["rm", "-f", &id]).output();
-                }
+        remove_docker_containers_of(&self.1);
+    }
+}
+
+/// Force-removes the Docker containers of a deployment (by Diplo's label) when dropped,
+/// without asking any control plane: for the stretch of a test where a
+/// [`DeleteDeploymentOnDrop`] cannot hold the control plane yet (while it is restarted).
+/// Never panics.
+pub struct RemoveDockerContainersOnDrop(pub String);
+
+impl Drop for RemoveDockerContainersOnDrop {
+    fn drop(&mut self) {
+        remove_docker_containers_of(&self.0);
+    }
+}
+
+/// `docker rm -f` of every container of `deployment`; failures are reported, not raised.
+fn remove_docker_containers_of(deployment: &str) {
+    match try_docker_containers_of(deployment) {
+        Ok(ids) => {
+            for id in ids {
+                let _ = Command::new("docker").args(["rm", "-f", &id]).output();
             }
-            Err(error) => eprintln!("[harness] cleanup of deployment {}: {error}", self.1),
         }
+        Err(error) => eprintln!("[harness] cleanup of deployment {deployment}: {error}"),
     }
 }
 

@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use diplo_tests::{Agent, ControlPlane, ControlPlaneOptions, DeleteDeploymentOnDrop, docker_containers_of, wait_until};
+use diplo_tests::{
+    Agent, ControlPlane, ControlPlaneOptions, DeleteDeploymentOnDrop, RemoveDockerContainersOnDrop, docker_containers_of, wait_until,
+};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
@@ -136,6 +138,8 @@ fn replicas_spread_and_move_when_a_node_dies_then_the_surplus_copy_goes() {
 fn a_control_plane_killed_mid_deploy_converges_without_duplicates() {
     let (mut control_plane, _agents) = cluster(&["m1", "m2"]);
     let name = unique("crash");
+    // Until the control plane is back and the guard below can hold it.
+    let _leftovers = RemoveDockerContainersOnDrop(name.clone());
     let created = control_plane.rest("POST", "/api/deploy", Some(json!({"name": name, "image": IMAGE, "replicas": 3, "command": httpd()})));
     assert_eq!(created.status, 201, "{}", created.body);
     // Crash right after the deploy was accepted, while instances are being created.
@@ -171,6 +175,8 @@ fn runtime_choice_follows_each_nodes_platform_and_a_forced_runtime_needs_a_node(
         let name = unique(&format!("on-{node}"));
         // Image platforms are a hard filter: the arm64 node needs an image built for arm64.
         let image = if node == "pi" { multi_platform_image() } else { IMAGE.to_owned() };
+        // Removes the deployment (LXC or Docker) when an assertion below fails.
+        let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
         let created = control_plane.rest(
             "POST",
             "/api/unified/deploy",
