@@ -832,10 +832,15 @@ impl Agent {
     }
 }
 
-/// A name no other test of this run (nor a recent run) uses: `prefix-<pid><nanos>`.
+/// A name no other test of this run (nor a recent run) uses:
+/// `prefix-<pid>-<sequence><nanos>`, all hexadecimal. The process id tells apart the test
+/// processes running at once, the sequence the calls within one process (tests sharing a
+/// process under `cargo test`), the clock a recent run whose process had the same id.
 pub fn unique_name(prefix: &str) -> String {
+    static SEQUENCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let sequence = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}-{:x}{:x}", std::process::id(), nanos % 0xffff)
+    format!("{prefix}-{:x}-{sequence:x}{:04x}", std::process::id(), nanos % 0xffff)
 }
 
 /// The Docker containers (ids) of a deployment, running or not, found by Diplo's label.
@@ -918,4 +923,15 @@ pub fn host_arch() -> &'static str {
 /// The node called `name` in a node list, if any.
 pub fn find_node<'a>(nodes: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
     nodes.iter().find(|node| node["name"] == name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unique_names_never_repeat_within_a_process() {
+        let names: Vec<String> = (0..20_000).map(|_| super::unique_name("web")).collect();
+        let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "repeated names among {} calls", names.len());
+        assert!(names.iter().all(|n| n.starts_with(&format!("web-{:x}-", std::process::id()))), "{:?}", &names[..3]);
+    }
 }

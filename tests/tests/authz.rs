@@ -28,6 +28,7 @@ use diplo_api::pb::cluster_service_client::ClusterServiceClient;
 use diplo_api::pb::container_service_client::ContainerServiceClient;
 use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
 use diplo_api::pb::event_service_client::EventServiceClient;
+use diplo_tests::unique_name as unique;
 use diplo_tests::{ControlPlane, ControlPlaneOptions, find_node};
 use prost::Message;
 use tokio::sync::mpsc;
@@ -1119,12 +1120,6 @@ async fn join_attempts_are_rate_limited_per_source_and_agents_retry() {
 
 /// The test image in the local registry.
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
-
-/// A name unique to this run, so that leftovers of a failed run never collide.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
 
 /// A gRPC channel presenting an API token.
 async fn token_channel(control_plane: &ControlPlane, token: &str) -> Ch {

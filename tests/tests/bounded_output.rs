@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use diplo_tests::unique_name as unique;
 use diplo_tests::{Agent, ControlPlane, ControlPlaneOptions, http_request, wait_until};
 use serde_json::{Value, json};
 
@@ -17,11 +18,6 @@ const LOG_BYTES: u64 = 50 * 1024 * 1024;
 /// The most the agent's memory may grow over all the reads.
 const MAX_GROWTH_KIB: u64 = 100 * 1024;
 const DONE: &str = "diplo-log-done";
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")

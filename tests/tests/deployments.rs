@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use diplo_tests::unique_name as unique;
 use diplo_tests::{
     Agent, ControlPlane, ControlPlaneOptions, DeleteDeploymentOnDrop, RemoveDockerContainersOnDrop, docker_containers_of, wait_until,
 };
@@ -15,11 +16,6 @@ use serde_json::{Value, json};
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const POLL: Duration = Duration::from_millis(300);
 const DOWN_GRACE: Duration = Duration::from_secs(6);
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}-{:x}{:x}", std::process::id(), nanos % 0xffff)
-}
 
 fn httpd() -> Vec<&'static str> {
     vec!["/bin/sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"]
