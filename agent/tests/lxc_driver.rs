@@ -16,8 +16,8 @@ use diplo_agent::port_publisher::PortPublisher;
 use diplo_agent::runtime::lxc::{self, LxcRuntime};
 use diplo_agent::runtime::{ContainerRuntime, RegistryConfig, RuntimeError};
 use diplo_api::container::{
-    ContainerInfo, ContainerSpec, ContainerStatus, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogOptions, Mount, OutputStream, PortMapping,
-    Protocol, RuntimeEventKind,
+    ContainerInfo, ContainerSpec, ContainerStatus, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_NODE, LogOptions, Mount, OutputStream,
+    PortMapping, Protocol, RuntimeEventKind,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -162,6 +162,28 @@ async fn http_get(port: u16) -> std::io::Result<String> {
 
 async fn info_started(env: &Env, id: &str) -> String {
     env.rt().inspect(id).await.expect("inspect").started_at.expect("started_at")
+}
+
+/// Asserts that RFC 3339 time `later` is no earlier than `earlier` (less a second of
+/// rounding) and at most `within` after it. Compares instants, not calendar dates: a
+/// test running across midnight passes.
+fn assert_close_after(later: &str, earlier: &str, within: Duration) {
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap_or_else(|e| panic!("{t:?} is not RFC 3339: {e}"));
+    let gap = parse(later) - parse(earlier);
+    let within = chrono::Duration::from_std(within).expect("a small duration");
+    assert!(gap >= -chrono::Duration::seconds(1) && gap <= within, "{later} is not within {within} after {earlier} (gap {gap})");
+}
+
+#[test]
+fn time_comparisons_survive_midnight() {
+    // A container started just before midnight logs its first line just after it: the
+    // calendar dates differ, the instants are 300 ms apart.
+    assert_ne!("2026-12-02T00:00:00.200000000Z"[..10], "2026-12-01T23:59:59.900Z"[..10]);
+    assert_close_after("2026-12-02T00:00:00.200000000Z", "2026-12-01T23:59:59.900Z", Duration::from_secs(30));
+    assert_close_after("2026-12-01T10:00:00Z", "2026-12-01T10:00:00.500Z", Duration::from_secs(30));
+    for (later, earlier) in [("2026-12-01T10:01:00Z", "2026-12-01T10:00:00Z"), ("2026-12-01T09:59:58Z", "2026-12-01T10:00:00Z")] {
+        assert!(std::panic::catch_unwind(|| assert_close_after(later, earlier, Duration::from_secs(30))).is_err(), "{later} vs {earlier}");
+    }
 }
 
 fn assert_not_found<T: std::fmt::Debug>(result: Result<T, RuntimeError>, what: &str) {
@@ -314,7 +336,8 @@ async fn short_runs_report_exit_codes_events_and_logs() {
     assert_eq!(stamped.len(), 2, "{out:?}");
     assert!(stamped[0].starts_with("20") && stamped[0].ends_with("Z first-line"), "{out:?}");
     let started = info_started(&env, &id).await;
-    assert!(stamped[0][..10] == started[..10], "log time {} vs start {started}", stamped[0]);
+    let logged = stamped[0].strip_suffix(" first-line").expect("a timestamp before the line");
+    assert_close_after(logged, &started, Duration::from_secs(30));
 
     // Exec needs a running container.
     assert!(matches!(env.rt().exec(&id, &["true".to_owned()]).await, Err(RuntimeError::Conflict(_))));
@@ -460,13 +483,22 @@ async fn imports_a_root_filesystem_tarball() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_driver_resumes_running_containers() {
     let Some(env) = env().await else { return };
+    // This test's agent and a neighbour agent sharing the LXC path (as other tests of this
+    // run do): the new driver must take over exactly this node's containers.
+    let own_node = format!("{}-node", env.prefix);
     let port = free_port();
     let mut spec = env.spec(
         "resume",
         "mkdir -p /www && echo resumed > /www/index.html && httpd -p 8080 -h /www && i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.1; done",
     );
     spec.ports = vec![PortMapping { host_port: port, container_port: 8080, protocol: Protocol::Tcp }];
+    spec.labels = BTreeMap::from([(LABEL_NODE.to_owned(), own_node.clone())]);
     let id = env.run(&spec).await;
+    let neighbour_port = free_port();
+    let mut neighbour = env.spec("neighbour", "mkdir -p /www && echo neighbour > /www/index.html && exec httpd -f -p 8080 -h /www");
+    neighbour.ports = vec![PortMapping { host_port: neighbour_port, container_port: 8080, protocol: Protocol::Tcp }];
+    neighbour.labels = BTreeMap::from([(LABEL_NODE.to_owned(), format!("{}-other-node", env.prefix))]);
+    let neighbour_id = env.run(&neighbour).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (before, _) = env.logs(&id, LogOptions::default()).await;
     assert!(before.contains("tick-1\n"), "{before:?}");
@@ -476,14 +508,21 @@ async fn a_new_driver_resumes_running_containers() {
     drop(runtime);
     drop(publisher);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "port {port} still published");
+    for p in [port, neighbour_port] {
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", p)).await.is_err(), "port {p} still published");
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let publisher = Arc::new(PortPublisher::new());
     let runtime = LxcRuntime::new(PathBuf::from(LXC_PATH), cache.path().to_path_buf(), RegistryConfig::default(), Arc::clone(&publisher));
     let env = Env { runtime: Arc::new(runtime), publisher, prefix, guard, _cache: cache };
-    assert!(env.runtime.resume_running(None).await.expect("resume") >= 1);
+    let resumed = env.runtime.resume_running(Some(&own_node)).await.expect("resume");
+    assert_eq!(resumed, 1, "the driver of {own_node} took over {resumed} containers, only its own 1 expected");
     assert_eq!(env.rt().inspect(&id).await.expect("inspect").status, ContainerStatus::Running);
+    // The neighbour's container keeps running, but its port is not this driver's to publish.
+    assert_eq!(env.rt().inspect(&neighbour_id).await.expect("inspect").status, ContainerStatus::Running);
+    assert!(env.publisher.published(&neighbour_id).is_empty(), "the neighbour's port was taken over");
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", neighbour_port)).await.is_err(), "port {neighbour_port} published");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match http_get(port).await {
@@ -502,6 +541,7 @@ async fn a_new_driver_resumes_running_containers() {
     assert!(ticks.len() > 10, "{after:?}");
     assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
     env.rt().remove(&id, true).await.expect("remove");
+    env.rt().remove(&neighbour_id, true).await.expect("remove the neighbour");
 }
 
 mod hostile_image;

@@ -637,6 +637,12 @@ impl ControlPlane {
         self.read_file("admin.token").trim().to_owned()
     }
 
+    /// [`ControlPlane::admin_token`], or `None` when `admin.token` cannot be read: for
+    /// cleanup code, which must never panic.
+    pub fn try_admin_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.file("admin.token")).ok().map(|token| token.trim().to_owned())
+    }
+
     /// `http://<rest addr><path>`.
     pub fn rest_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.rest_addr)
@@ -826,35 +832,80 @@ impl Agent {
     }
 }
 
-/// A name no other test of this run (nor a recent run) uses: `prefix-<pid><nanos>`.
+/// A name no other test of this run (nor a recent run) uses:
+/// `prefix-<pid>-<sequence><nanos>`, all hexadecimal. The process id tells apart the test
+/// processes running at once, the sequence the calls within one process (tests sharing a
+/// process under `cargo test`), the clock a recent run whose process had the same id.
 pub fn unique_name(prefix: &str) -> String {
+    static SEQUENCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let sequence = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}-{:x}{:x}", std::process::id(), nanos % 0xffff)
+    format!("{prefix}-{:x}-{sequence:x}{:04x}", std::process::id(), nanos % 0xffff)
 }
 
 /// The Docker containers (ids) of a deployment, running or not, found by Diplo's label.
 pub fn docker_containers_of(deployment: &str) -> Vec<String> {
+    try_docker_containers_of(deployment).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`docker_containers_of`], with `Err` instead of a panic when `docker ps` cannot run
+/// or fails: for cleanup code.
+pub fn try_docker_containers_of(deployment: &str) -> Result<Vec<String>, String> {
     let output = Command::new("docker")
         .args(["ps", "-a", "-q", "--no-trunc", "--filter", &format!("label=diplo.deployment={deployment}")])
         .output()
-        .expect("run docker ps");
-    String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
+        .map_err(|e| format!("cannot run docker ps: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("docker ps failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect())
 }
 
 /// Deletes a deployment (REST) when dropped and waits up to 20 s for its Docker containers
-/// to go; what is still there then is force-removed. Declare it after the control plane.
+/// to go; what is still there then is force-removed, also when the control plane is
+/// gone. Never panics (a panic while the test unwinds would abort the whole test
+/// process). Declare it after the control plane.
 pub struct DeleteDeploymentOnDrop<'a>(pub &'a ControlPlane, pub String);
 
 impl Drop for DeleteDeploymentOnDrop<'_> {
     fn drop(&mut self) {
-        let _ = self.0.rest("DELETE", &format!("/api/v1/deployments/{}", self.1), None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !docker_containers_of(&self.1).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(300));
+        let url = self.0.rest_url(&format!("/api/v1/deployments/{}", self.1));
+        let deleted = self
+            .0
+            .try_admin_token()
+            .and_then(|token| http_request("DELETE", &url, Some(&format!("Bearer {token}")), None).ok())
+            .is_some_and(|response| (200..300).contains(&response.status));
+        if deleted {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while try_docker_containers_of(&self.1).is_ok_and(|ids| !ids.is_empty()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(300));
+            }
         }
-        for id in docker_containers_of(&self.1) {
-            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        remove_docker_containers_of(&self.1);
+    }
+}
+
+/// Force-removes the Docker containers of a deployment (by Diplo's label) when dropped,
+/// without asking any control plane: for the stretch of a test where a
+/// [`DeleteDeploymentOnDrop`] cannot hold the control plane yet (while it is restarted).
+/// Never panics.
+pub struct RemoveDockerContainersOnDrop(pub String);
+
+impl Drop for RemoveDockerContainersOnDrop {
+    fn drop(&mut self) {
+        remove_docker_containers_of(&self.0);
+    }
+}
+
+/// `docker rm -f` of every container of `deployment`; failures are reported, not raised.
+fn remove_docker_containers_of(deployment: &str) {
+    match try_docker_containers_of(deployment) {
+        Ok(ids) => {
+            for id in ids {
+                let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+            }
         }
+        Err(error) => eprintln!("[harness] cleanup of deployment {deployment}: {error}"),
     }
 }
 
@@ -872,4 +923,15 @@ pub fn host_arch() -> &'static str {
 /// The node called `name` in a node list, if any.
 pub fn find_node<'a>(nodes: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
     nodes.iter().find(|node| node["name"] == name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unique_names_never_repeat_within_a_process() {
+        let names: Vec<String> = (0..20_000).map(|_| super::unique_name("web")).collect();
+        let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "repeated names among {} calls", names.len());
+        assert!(names.iter().all(|n| n.starts_with(&format!("web-{:x}-", std::process::id()))), "{:?}", &names[..3]);
+    }
 }

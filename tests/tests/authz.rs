@@ -28,6 +28,7 @@ use diplo_api::pb::cluster_service_client::ClusterServiceClient;
 use diplo_api::pb::container_service_client::ContainerServiceClient;
 use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
 use diplo_api::pb::event_service_client::EventServiceClient;
+use diplo_tests::unique_name as unique;
 use diplo_tests::{ControlPlane, ControlPlaneOptions, find_node};
 use prost::Message;
 use tokio::sync::mpsc;
@@ -1120,12 +1121,6 @@ async fn join_attempts_are_rate_limited_per_source_and_agents_retry() {
 /// The test image in the local registry.
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 
-/// A name unique to this run, so that leftovers of a failed run never collide.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
-
 /// A gRPC channel presenting an API token.
 async fn token_channel(control_plane: &ControlPlane, token: &str) -> Ch {
     InterceptedService::new(connect(control_plane, None).await, bearer(Some(token)))
@@ -1180,33 +1175,39 @@ struct RemoveWorkloadsOnDrop<'a> {
 
 impl Drop for RemoveWorkloadsOnDrop<'_> {
     fn drop(&mut self) {
-        let cp = self.control_plane;
-        let auth = format!("Bearer {}", cp.admin_token());
-        let list = |path: &str| -> Vec<serde_json::Value> {
-            diplo_tests::http_request("GET", &cp.rest_url(path), Some(&auth), None)
-                .ok()
-                .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-                .and_then(|v| v.as_array().cloned())
-                .unwrap_or_default()
-        };
-        for deployment in list("/api/v1/deployments") {
-            if let Some(name) = deployment["name"].as_str() {
-                let url = cp.rest_url(&format!("/api/v1/deployments/{name}"));
-                let _ = diplo_tests::http_request("DELETE", &url, Some(&auth), None);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !list("/api/v1/deployments").is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        for container in list("/api/v1/containers") {
-            if let Some(id) = container["id"].as_str() {
-                let url = cp.rest_url(&format!("/api/v1/containers/{id}?force=true"));
-                let _ = diplo_tests::http_request("DELETE", &url, Some(&auth), None);
-            }
+        if let Some(token) = self.control_plane.try_admin_token() {
+            remove_workloads(self.control_plane, &format!("Bearer {token}"));
         }
         for volume in &self.volumes {
             let _ = std::process::Command::new("docker").args(["volume", "rm", "-f", volume]).output();
+        }
+    }
+}
+
+/// Deletes every deployment, waits (up to 30 s) until they are gone, then force-removes
+/// every container; never panics.
+fn remove_workloads(cp: &ControlPlane, auth: &str) {
+    let list = |path: &str| -> Vec<serde_json::Value> {
+        diplo_tests::http_request("GET", &cp.rest_url(path), Some(auth), None)
+            .ok()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    for deployment in list("/api/v1/deployments") {
+        if let Some(name) = deployment["name"].as_str() {
+            let url = cp.rest_url(&format!("/api/v1/deployments/{name}"));
+            let _ = diplo_tests::http_request("DELETE", &url, Some(auth), None);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !list("/api/v1/deployments").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for container in list("/api/v1/containers") {
+        if let Some(id) = container["id"].as_str() {
+            let url = cp.rest_url(&format!("/api/v1/containers/{id}?force=true"));
+            let _ = diplo_tests::http_request("DELETE", &url, Some(auth), None);
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use diplo_tests::unique_name as unique;
 use diplo_tests::{Agent, ControlPlane, ControlPlaneOptions, http_request, wait_until};
 use serde_json::{Value, json};
 
@@ -18,11 +19,6 @@ const LOG_BYTES: u64 = 50 * 1024 * 1024;
 const MAX_GROWTH_KIB: u64 = 100 * 1024;
 const DONE: &str = "diplo-log-done";
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
-
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
@@ -32,7 +28,8 @@ struct RemoveAllOnDrop<'a>(&'a ControlPlane);
 
 impl Drop for RemoveAllOnDrop<'_> {
     fn drop(&mut self) {
-        let authorization = format!("Bearer {}", self.0.admin_token());
+        let Some(token) = self.0.try_admin_token() else { return };
+        let authorization = format!("Bearer {token}");
         let Ok(listed) = http_request("GET", &self.0.rest_url("/api/v1/containers"), Some(&authorization), None) else { return };
         let Ok(Value::Array(listed)) = serde_json::from_str::<Value>(&listed.body) else { return };
         for container in listed {

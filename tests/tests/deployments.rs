@@ -7,29 +7,18 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use diplo_tests::{Agent, ControlPlane, ControlPlaneOptions, wait_until};
+use diplo_tests::unique_name as unique;
+use diplo_tests::{
+    Agent, ControlPlane, ControlPlaneOptions, DeleteDeploymentOnDrop, RemoveDockerContainersOnDrop, docker_containers_of, wait_until,
+};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const POLL: Duration = Duration::from_millis(300);
 const DOWN_GRACE: Duration = Duration::from_secs(6);
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}-{:x}{:x}", std::process::id(), nanos % 0xffff)
-}
-
 fn httpd() -> Vec<&'static str> {
     vec!["/bin/sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"]
-}
-
-/// Docker containers of a deployment, as Docker itself lists them (running or not).
-fn docker_containers(deployment: &str) -> Vec<String> {
-    let output = std::process::Command::new("docker")
-        .args(["ps", "-a", "-q", "--filter", &format!("label=diplo.deployment={deployment}")])
-        .output()
-        .expect("run docker ps");
-    String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
 }
 
 fn deployment(control_plane: &ControlPlane, name: &str) -> Value {
@@ -59,28 +48,11 @@ fn cluster(names: &[&str]) -> (ControlPlane, Vec<Agent>) {
     (control_plane, agents)
 }
 
-struct DeleteOnDrop<'a>(&'a ControlPlane, String);
-
-impl Drop for DeleteOnDrop<'_> {
-    fn drop(&mut self) {
-        let authorization = format!("Bearer {}", self.0.admin_token());
-        let url = self.0.rest_url(&format!("/api/v1/deployments/{}", self.1));
-        let _ = diplo_tests::http_request("DELETE", &url, Some(&authorization), None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !docker_containers(&self.1).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(POLL);
-        }
-        for id in docker_containers(&self.1) {
-            let _ = std::process::Command::new("docker").args(["rm", "-f", &id]).output();
-        }
-    }
-}
-
 #[test]
 fn replicas_spread_and_move_when_a_node_dies_then_the_surplus_copy_goes() {
     let (control_plane, mut agents) = cluster(&["n1", "n2", "n3"]);
     let name = unique("web");
-    let _cleanup = DeleteOnDrop(&control_plane, name.clone());
+    let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
     let body = json!({"name": name, "image": IMAGE, "replicas": 3, "command": httpd(), "restart_policy": "always"});
     let key = format!("key-{name}");
     let authorization = format!("Bearer {}", control_plane.admin_token());
@@ -116,7 +88,7 @@ fn replicas_spread_and_move_when_a_node_dies_then_the_surplus_copy_goes() {
         let nodes: BTreeSet<String> = running_nodes(&d).into_iter().collect();
         if d["status"] == "running" && nodes.len() == 3 { Ok(nodes) } else { Err(d.to_string()) }
     });
-    assert_eq!(docker_containers(&name).len(), 3);
+    assert_eq!(docker_containers_of(&name).len(), 3);
 
     // Kill n1's agent: once n1 is down, its replica runs elsewhere within 30 s.
     let n1 = control_plane.nodes().into_iter().find(|n| n["name"] == "n1").expect("n1");
@@ -138,7 +110,7 @@ fn replicas_spread_and_move_when_a_node_dies_then_the_surplus_copy_goes() {
     // n1 comes back: its old copy is removed, one copy kept: three containers in all.
     agents[0] = control_plane.start_agent_with_env("n1", None, &[("DIPLO_RUNTIMES", "docker")]);
     wait_until("the surplus copy to be removed", Duration::from_secs(60), POLL, || {
-        let containers = docker_containers(&name);
+        let containers = docker_containers_of(&name);
         let d = deployment(&control_plane, &name);
         if containers.len() == 3 && running_nodes(&d).len() == 3 { Ok(()) } else { Err(format!("{containers:?} {d}")) }
     });
@@ -147,14 +119,14 @@ fn replicas_spread_and_move_when_a_node_dies_then_the_surplus_copy_goes() {
     let scaled = control_plane.rest("POST", &format!("/api/v1/deployments/{name}/scale"), Some(json!({"replicas": 1})));
     assert_eq!(scaled.status, 200, "{}", scaled.body);
     wait_until("one replica left", Duration::from_secs(60), POLL, || {
-        let containers = docker_containers(&name);
+        let containers = docker_containers_of(&name);
         if containers.len() == 1 { Ok(()) } else { Err(format!("{containers:?}")) }
     });
     let deleted = control_plane.rest("DELETE", &format!("/api/v1/deployments/{name}"), None);
     assert_eq!(deleted.status, 202, "{}", deleted.body);
     wait_until("everything removed", Duration::from_secs(60), POLL, || {
         let gone = control_plane.rest("GET", &format!("/api/v1/deployments/{name}"), None).status == 404;
-        if gone && docker_containers(&name).is_empty() { Ok(()) } else { Err(format!("{:?}", docker_containers(&name))) }
+        if gone && docker_containers_of(&name).is_empty() { Ok(()) } else { Err(format!("{:?}", docker_containers_of(&name))) }
     });
 }
 
@@ -162,14 +134,16 @@ fn replicas_spread_and_move_when_a_node_dies_then_the_surplus_copy_goes() {
 fn a_control_plane_killed_mid_deploy_converges_without_duplicates() {
     let (mut control_plane, _agents) = cluster(&["m1", "m2"]);
     let name = unique("crash");
+    // Until the control plane is back and the guard below can hold it.
+    let _leftovers = RemoveDockerContainersOnDrop(name.clone());
     let created = control_plane.rest("POST", "/api/deploy", Some(json!({"name": name, "image": IMAGE, "replicas": 3, "command": httpd()})));
     assert_eq!(created.status, 201, "{}", created.body);
     // Crash right after the deploy was accepted, while instances are being created.
     control_plane.crash_and_restart();
-    let _cleanup = DeleteOnDrop(&control_plane, name.clone());
+    let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
     wait_until("the deployment to converge", Duration::from_secs(120), POLL, || {
         let d = deployment(&control_plane, &name);
-        let containers = docker_containers(&name);
+        let containers = docker_containers_of(&name);
         if d["status"] == "running" && running_nodes(&d).len() == 3 && containers.len() == 3 {
             Ok(())
         } else {
@@ -178,7 +152,7 @@ fn a_control_plane_killed_mid_deploy_converges_without_duplicates() {
     });
     // And it stays at exactly three.
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(docker_containers(&name).len(), 3, "no duplicate appeared");
+    assert_eq!(docker_containers_of(&name).len(), 3, "no duplicate appeared");
     assert_eq!(running_nodes(&deployment(&control_plane, &name)).len(), 3);
 }
 
@@ -197,6 +171,8 @@ fn runtime_choice_follows_each_nodes_platform_and_a_forced_runtime_needs_a_node(
         let name = unique(&format!("on-{node}"));
         // Image platforms are a hard filter: the arm64 node needs an image built for arm64.
         let image = if node == "pi" { multi_platform_image() } else { IMAGE.to_owned() };
+        // Removes the deployment (LXC or Docker) when an assertion below fails.
+        let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
         let created = control_plane.rest(
             "POST",
             "/api/unified/deploy",
@@ -239,7 +215,7 @@ fn runtime_choice_follows_each_nodes_platform_and_a_forced_runtime_needs_a_node(
 
 /// `VERSION` of every container of a deployment, as Docker reports their environment.
 fn versions(deployment: &str) -> Vec<String> {
-    docker_containers(deployment)
+    docker_containers_of(deployment)
         .iter()
         .map(|id| {
             let output = std::process::Command::new("docker")
@@ -258,7 +234,7 @@ fn versions(deployment: &str) -> Vec<String> {
 fn rolling_update_rollback_and_drain() {
     let (control_plane, _agents) = cluster(&["r1", "r2"]);
     let name = unique("roll");
-    let _cleanup = DeleteOnDrop(&control_plane, name.clone());
+    let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
     let spec =
         |version: &str| json!({"name": name, "image": IMAGE, "replicas": 2, "command": httpd(), "environment": {"VERSION": version}});
     let created = control_plane.rest("POST", "/api/unified/deploy", Some(spec("1")));
@@ -295,7 +271,7 @@ fn rolling_update_rollback_and_drain() {
     wait_until("r1 to be drained", Duration::from_secs(90), POLL, || {
         let d = deployment(&control_plane, &name);
         let nodes = running_nodes(&d);
-        let containers = docker_containers(&name);
+        let containers = docker_containers_of(&name);
         if nodes.len() == 2 && !nodes.contains(&r1_id) && containers.len() == 2 { Ok(()) } else { Err(format!("{containers:?} {d}")) }
     });
     let r1 = control_plane.nodes().into_iter().find(|n| n["name"] == "r1").expect("r1");
@@ -349,7 +325,7 @@ fn image_platforms_filter_placement_and_unknown_images_are_refused() {
     // IMAGE is one linux/amd64 manifest: both replicas go to x86 (spreading would put one
     // on each node), none to the arm64 node, although its Docker could run it.
     let name = unique("amd64-only");
-    let _cleanup = DeleteOnDrop(&control_plane, name.clone());
+    let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
     let created =
         control_plane.rest("POST", "/api/unified/deploy", Some(json!({"name": name, "image": IMAGE, "replicas": 2, "command": httpd()})));
     assert_eq!(created.status, 201, "{}", created.body);
@@ -386,7 +362,7 @@ fn image_platforms_filter_placement_and_unknown_images_are_refused() {
 
     // A registry that cannot be reached does not block placement; the message says why.
     let unreachable = unique("unreachable");
-    let _cleanup_unreachable = DeleteOnDrop(&control_plane, unreachable.clone());
+    let _cleanup_unreachable = DeleteDeploymentOnDrop(&control_plane, unreachable.clone());
     let accepted = control_plane.rest(
         "POST",
         "/api/unified/deploy",
@@ -398,4 +374,33 @@ fn image_platforms_filter_placement_and_unknown_images_are_refused() {
         let message = d["message"].as_str().unwrap_or_default();
         if message.contains("not checked") && message.contains("127.0.0.1:1") { Ok(()) } else { Err(d.to_string()) }
     });
+}
+
+/// A cleanup guard runs while a failed assertion unwinds the test, with the control plane
+/// already gone: it still removes the test's Docker containers, and it does not panic (a
+/// panic while unwinding aborts the whole test process, skipping every later guard).
+#[test]
+fn cleanup_guard_removes_containers_when_the_test_fails_and_the_control_plane_is_gone() {
+    let name = unique("guarded");
+    let mut control_plane = ControlPlane::spawn(ControlPlaneOptions::default());
+    control_plane.process().kill();
+    let label = format!("diplo.deployment={name}");
+    let output = std::process::Command::new("docker")
+        .args(["run", "-d", "--name", &name, "--label", &label, IMAGE, "sleep", "300"])
+        .output()
+        .expect("run docker");
+    assert!(output.status.success(), "docker run: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(docker_containers_of(&name).len(), 1);
+
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
+        panic!("an assertion failed midway");
+    }));
+    let payload = outcome.expect_err("the test body panicked");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"an assertion failed midway"), "the guard panicked in turn");
+    let left = docker_containers_of(&name);
+    for id in &left {
+        let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+    }
+    assert!(left.is_empty(), "the guard left {left:?} behind");
 }

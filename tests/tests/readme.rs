@@ -131,7 +131,8 @@ fn readme_commands_work_from_a_clean_checkout() {
     let run_line = example.first().expect("a first container example").clone();
     assert!(run_line.starts_with("diplo containers run "), "{run_line}");
     let curl_line = example.get(1).filter(|l| l.starts_with("curl ")).expect("the example is followed by a curl").clone();
-    let name = run_line.split_whitespace().skip_while(|w| *w != "--name").nth(1).expect("the example names its container").to_owned();
+    let readme_name =
+        run_line.split_whitespace().skip_while(|w| *w != "--name").nth(1).expect("the example names its container").to_owned();
 
     // The example's host port must not be one the control plane itself listens on by default.
     let published = run_line
@@ -149,6 +150,15 @@ fn readme_commands_work_from_a_clean_checkout() {
             "the README's first container example publishes host port {published}, which {flag} holds by default"
         );
     }
+
+    // The example runs as written but for its container name and host port: this run's
+    // own, so that two runs (or a developer's `scripts/dev`) on one host never meet.
+    let name = diplo_tests::unique_name(&readme_name);
+    let port = diplo_tests::free_port().to_string();
+    let run_line = isolate(&run_line, (&readme_name, &name), (&published, &port));
+    let curl_line = isolate(&curl_line, (&readme_name, &name), (&published, &port));
+    assert!(run_line.contains(&name) && run_line.contains(&format!("{port}:")), "{run_line}");
+    assert!(curl_line.contains(&format!(":{port}")), "the curl does not ask the example's port: {curl_line}");
 
     let dir = tempfile::Builder::new().prefix("diplo-readme-").tempdir().expect("tempdir");
     let checkout = dir.path().join("diplo");
@@ -211,6 +221,48 @@ fn readme_commands_work_from_a_clean_checkout() {
     assert!(killed.success());
     let status = process.wait_exit(Duration::from_secs(60));
     assert!(status.is_some(), "the control plane did not stop within 60 s of SIGTERM:\n{}", process.logs());
+}
+
+/// `line` with the container name `name.0` (after `--name`) and the host port `port.0`
+/// (of `-p HOST:CONTAINER`, or `localhost:HOST` / `127.0.0.1:HOST`) replaced by `name.1`
+/// and `port.1`; every other word, quoting included, is kept as it is.
+fn isolate(line: &str, name: (&str, &str), port: (&str, &str)) -> String {
+    let mut previous = "";
+    let mut words = Vec::new();
+    for word in line.split(' ') {
+        let replaced = match previous {
+            "--name" if word == name.0 => name.1.to_owned(),
+            "-p" | "--publish" => match word.split_once(':') {
+                Some((host, container)) if host == port.0 => format!("{}:{container}", port.1),
+                _ => word.to_owned(),
+            },
+            _ => ["localhost", "127.0.0.1"]
+                .iter()
+                .find(|host| word == format!("{host}:{}", port.0))
+                .map_or_else(|| word.to_owned(), |host| format!("{host}:{}", port.1)),
+        };
+        previous = word;
+        words.push(replaced);
+    }
+    words.join(" ")
+}
+
+#[test]
+fn examples_are_isolated_by_name_and_host_port_only() {
+    let swap = |line: &str| isolate(line, ("web", "web-1a2b"), ("8088", "40123"));
+    let cases = [
+        (
+            "diplo containers run --name web -p 8088:80 img /bin/sh -c 'echo web > /www/index.html && exec httpd -f -p 80 -h /www'",
+            "diplo containers run --name web-1a2b -p 40123:80 img /bin/sh -c 'echo web > /www/index.html && exec httpd -f -p 80 -h /www'",
+        ),
+        ("curl -s localhost:8088", "curl -s localhost:40123"),
+        ("curl -s 127.0.0.1:8088/index.html", "curl -s 127.0.0.1:8088/index.html"),
+        ("diplo containers run --name other -p 9000:8088 img", "diplo containers run --name other -p 9000:8088 img"),
+        ("diplo containers rm -f web", "diplo containers rm -f web"),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(swap(line), expected, "{line}");
+    }
 }
 
 #[test]
