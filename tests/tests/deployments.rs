@@ -130,15 +130,53 @@ fn replicas_spread_and_move_when_a_node_dies_then_the_surplus_copy_goes() {
     });
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Resumes frozen agents when dropped (a failing test must not leave them stopped).
+struct ContinueOnDrop(Vec<u32>);
+
+impl Drop for ContinueOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
+        }
+    }
+}
+
 #[test]
 fn a_control_plane_killed_mid_deploy_converges_without_duplicates() {
-    let (mut control_plane, _agents) = cluster(&["m1", "m2"]);
+    let (mut control_plane, mut agents) = cluster(&["m1", "m2"]);
     let name = unique("crash");
     // Until the control plane is back and the guard below can hold it.
     let _leftovers = RemoveDockerContainersOnDrop(name.clone());
+    // The crash must fall between "instances recorded" and "containers created": the
+    // agents are frozen (SIGSTOP), so the create commands the control plane sends stay
+    // unanswered, whatever the machine's speed. Frozen agents miss heartbeats, so the
+    // deploy follows at once, well within the 3 s before they would turn unhealthy.
+    let pids: Vec<u32> = agents.iter_mut().map(|a| a.process().pid()).collect();
+    let _resume = ContinueOnDrop(pids.clone());
+    for pid in &pids {
+        signal(*pid, "STOP");
+    }
     let created = control_plane.rest("POST", "/api/deploy", Some(json!({"name": name, "image": IMAGE, "replicas": 3, "command": httpd()})));
     assert_eq!(created.status, 201, "{}", created.body);
-    // Crash right after the deploy was accepted, while instances are being created.
+    // Inside the window: the store holds the three instance records, no container exists.
+    wait_until("the instance records", Duration::from_secs(10), Duration::from_millis(50), || {
+        let d = deployment(&control_plane, &name);
+        let recorded = d["instances"].as_array().map_or(0, Vec::len);
+        if recorded == 3 { Ok(()) } else { Err(d.to_string()) }
+    });
+    let d = deployment(&control_plane, &name);
+    assert!(d["instances"].as_array().is_some_and(|l| l.iter().all(|i| i["status"] != "running")), "nothing runs yet: {d}");
+    assert_eq!(docker_containers_of(&name), Vec::<String>::new(), "no container exists yet");
+    control_plane.process().kill();
+    for pid in &pids {
+        signal(*pid, "CONT");
+    }
     control_plane.crash_and_restart();
     let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
     wait_until("the deployment to converge", Duration::from_secs(120), POLL, || {

@@ -1,0 +1,259 @@
+//! Every verb of the README's CLI sections runs here, through the real `diplo` binary,
+//! against a control plane with a real agent on Docker, and each is checked by what it
+//! changed (Docker itself, the deployment's state, the node's state):
+//! `deploy`, `apps ls | show | scale | rollback | rm`, `containers run | logs -f | stop |
+//! start | restart | exec | rm`, `nodes show | cordon | uncordon`, `events -f`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diplo_tests::{Binary, ControlPlane, ControlPlaneOptions, DeleteDeploymentOnDrop, docker_containers_of, unique_name, wait_until};
+use serde_json::{Value, json};
+
+const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
+const POLL: Duration = Duration::from_millis(300);
+const NODE: &str = "cli-node";
+
+/// A `diplo … -f` process whose stdout lines are collected as they come; killed when
+/// dropped.
+struct Following {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Following {
+    fn start(control_plane: &ControlPlane, args: &[&str]) -> Following {
+        let mut command = Command::new(diplo_tests::binary(Binary::Cli));
+        command.env_remove("DIPLO_CONFIG").arg("--config").arg(control_plane.file("cli.toml")).args(args);
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = command.spawn().expect("run diplo");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
+            }
+        });
+        Following { child, lines }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Waits until a printed line contains `needle`.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        wait_until(&format!("a line with {needle:?}"), timeout, POLL, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("it exited with {status}; printed {:?}", self.lines()));
+            }
+            let lines = self.lines();
+            if lines.iter().any(|l| l.contains(needle)) { Ok(()) } else { Err(format!("{lines:?}")) }
+        });
+    }
+
+    fn still_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_out(control_plane: &ControlPlane, args: &[&str]) -> Value {
+    let out = control_plane.cli_ok(args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("`diplo {}` printed no JSON ({e}): {out}", args.join(" ")))
+}
+
+fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().expect("run docker");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// `VERSION` in the environment of every container of a deployment.
+fn versions(deployment: &str) -> Vec<String> {
+    let mut all: Vec<String> = docker_containers_of(deployment)
+        .iter()
+        .map(|id| {
+            docker(&["inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", id])
+                .lines()
+                .find_map(|l| l.strip_prefix("VERSION=").map(str::to_owned))
+                .unwrap_or_default()
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Force-removes a direct container by Docker id when dropped.
+struct RemoveContainerOnDrop(Arc<Mutex<Option<String>>>);
+
+impl Drop for RemoveContainerOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        }
+    }
+}
+
+#[test]
+fn every_readme_cli_verb_runs_against_a_real_agent() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(30)));
+    let token = control_plane.join_token(&[]);
+    let (_agent, node) = control_plane.start_ready_agent_with_env(NODE, Some(&token), &[("DIPLO_RUNTIMES", "docker")]);
+    let node_id = node["id"].as_str().expect("node id").to_owned();
+    let mut events = Following::start(&control_plane, &["events", "-f"]);
+
+    // ---- nodes show | cordon | uncordon ----
+    let shown = json_out(&control_plane, &["nodes", "show", NODE]);
+    assert_eq!(shown["id"], node_id.as_str(), "{shown:#}");
+    assert_eq!(shown["status"], "ready", "{shown:#}");
+    assert_eq!(shown["cordoned"], false, "{shown:#}");
+    let cordoned = json_out(&control_plane, &["nodes", "cordon", NODE]);
+    assert_eq!(cordoned["cordoned"], true, "{cordoned:#}");
+    assert_eq!(json_out(&control_plane, &["nodes", "show", &node_id])["cordoned"], true);
+    // A cordoned node takes no new deployment.
+    let name = unique_name("cli-app");
+    let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
+    let refused = control_plane.cli(&["deploy", &name, "--image", IMAGE, "-d", "sleep", "1000"]);
+    assert!(!refused.status.success(), "deploy on a cordoned node: {}", String::from_utf8_lossy(&refused.stdout));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(NODE), "{}", String::from_utf8_lossy(&refused.stderr));
+    let uncordoned = json_out(&control_plane, &["nodes", "uncordon", NODE]);
+    assert_eq!(uncordoned["cordoned"], false, "{uncordoned:#}");
+
+    // ---- deploy: shows progress until every replica runs ----
+    let script = "while true; do echo tick-$VERSION; sleep 1; done";
+    let deployed = control_plane.cli_ok(&["deploy", &name, "--image", IMAGE, "-r", "1", "-e", "VERSION=1", "/bin/sh", "-c", script]);
+    assert!(deployed.contains(&format!("deployment {name} created")), "{deployed}");
+    assert!(deployed.contains(&format!("{name}: running")), "deploy returns once it runs: {deployed}");
+    assert_eq!(docker_containers_of(&name).len(), 1);
+    assert_eq!(versions(&name), ["1"]);
+
+    // ---- apps ls | show ----
+    let listed = json_out(&control_plane, &["apps", "ls", "-o", "json"]);
+    let entry = listed.as_array().and_then(|l| l.iter().find(|d| d["name"] == name.as_str())).unwrap_or_else(|| panic!("{listed:#}"));
+    assert_eq!(entry["status"], "running", "{entry:#}");
+    assert_eq!(entry["replicas"], 1, "{entry:#}");
+    let table = control_plane.cli_ok(&["apps", "ls"]);
+    assert!(table.lines().any(|l| l.starts_with(&name) && l.contains("running") && l.contains("1/1")), "{table}");
+    let shown = json_out(&control_plane, &["apps", "show", &name]);
+    assert_eq!(shown["revision"], 1, "{shown:#}");
+    assert_eq!(shown["instances"][0]["node_id"], node_id.as_str(), "{shown:#}");
+    assert_eq!(shown["instances"][0]["container_id"].as_str().map(|id| id.len() >= 12), Some(true), "{shown:#}");
+
+    // ---- apps scale ----
+    let scaled = control_plane.cli_ok(&["apps", "scale", &name, "2"]);
+    assert!(scaled.contains("scaled to 2"), "{scaled}");
+    wait_until("2 containers", Duration::from_secs(90), POLL, || {
+        let shown = json_out(&control_plane, &["apps", "show", &name]);
+        let running = shown["instances"].as_array().map_or(0, |l| l.iter().filter(|i| i["status"] == "running").count());
+        let containers = docker_containers_of(&name);
+        if running == 2 && containers.len() == 2 { Ok(()) } else { Err(format!("{containers:?} {shown}")) }
+    });
+
+    // ---- apps rollback: none at revision 1, then back to the spec of 1 after an update ----
+    let early = control_plane.cli(&["apps", "rollback", &name]);
+    assert!(!early.status.success(), "nothing to roll back to");
+    assert!(String::from_utf8_lossy(&early.stderr).contains("no previous revision"), "{}", String::from_utf8_lossy(&early.stderr));
+    let update =
+        json!({"name": name, "image": IMAGE, "replicas": 2, "command": ["/bin/sh", "-c", script], "environment": {"VERSION": "2"}});
+    let updated = control_plane.rest("PUT", &format!("/api/v1/deployments/{name}"), Some(update));
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    wait_until("revision 2 everywhere", Duration::from_secs(120), POLL, || {
+        let v = versions(&name);
+        if v == ["2", "2"] { Ok(()) } else { Err(format!("{v:?}")) }
+    });
+    let rolled = control_plane.cli_ok(&["apps", "rollback", &name]);
+    assert!(rolled.contains("now revision 3"), "{rolled}");
+    wait_until("the spec of revision 1 back everywhere", Duration::from_secs(120), POLL, || {
+        let v = versions(&name);
+        let shown = json_out(&control_plane, &["apps", "show", &name]);
+        if v == ["1", "1"] && shown["status"] == "running" { Ok(()) } else { Err(format!("{v:?} {shown}")) }
+    });
+
+    // ---- apps rm ----
+    let removed = control_plane.cli_ok(&["apps", "rm", &name]);
+    assert!(removed.contains("is being deleted"), "{removed}");
+    wait_until("the deployment and its containers gone", Duration::from_secs(60), POLL, || {
+        let show = control_plane.cli(&["apps", "show", &name]);
+        let containers = docker_containers_of(&name);
+        if !show.status.success() && containers.is_empty() { Ok(()) } else { Err(format!("{containers:?}")) }
+    });
+
+    // ---- containers run | logs -f | stop | start | restart | exec | rm ----
+    let direct = unique_name("cli-ctr");
+    let docker_id = Arc::new(Mutex::new(None));
+    let _remove = RemoveContainerOnDrop(docker_id.clone());
+    let id = control_plane
+        .cli_ok(&[
+            "containers",
+            "run",
+            "--name",
+            &direct,
+            IMAGE,
+            "/bin/sh",
+            "-c",
+            "i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.3; done",
+        ])
+        .trim()
+        .to_owned();
+    assert!(!id.is_empty(), "run prints the container's id");
+    *docker_id.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id.clone());
+    assert_eq!(docker(&["inspect", "--format", "{{.State.Running}}", &id]), "true");
+    let running = |expected: &str| {
+        wait_until(&format!("{direct} running={expected}"), Duration::from_secs(30), POLL, || {
+            let state = docker(&["inspect", "--format", "{{.State.Running}}", &id]);
+            if state == expected { Ok(()) } else { Err(state) }
+        });
+    };
+
+    // logs -f prints lines as the container writes them, and keeps going.
+    let mut logs = Following::start(&control_plane, &["containers", "logs", "-f", &direct]);
+    logs.wait_for("line-", Duration::from_secs(30));
+    let seen = logs.lines().len();
+    wait_until("more lines while following", Duration::from_secs(15), POLL, || {
+        let now = logs.lines().len();
+        if now >= seen + 3 { Ok(()) } else { Err(format!("{now} lines")) }
+    });
+    assert!(logs.still_running(), "logs -f keeps following");
+    drop(logs);
+
+    let started_at = docker(&["inspect", "--format", "{{.State.StartedAt}}", &id]);
+    assert_eq!(control_plane.cli_ok(&["containers", "stop", "-t", "1", &direct]).trim(), direct);
+    running("false");
+    assert_eq!(control_plane.cli_ok(&["containers", "start", &direct]).trim(), direct);
+    running("true");
+    let restarted_from = docker(&["inspect", "--format", "{{.State.StartedAt}}", &id]);
+    assert_ne!(restarted_from, started_at, "start ran it again");
+    control_plane.cli_ok(&["containers", "restart", &direct]);
+    running("true");
+    assert_ne!(docker(&["inspect", "--format", "{{.State.StartedAt}}", &id]), restarted_from, "restart ran it again");
+    let exec = control_plane.cli(&["containers", "exec", &direct, "sh", "-c", "echo hi; exit 3"]);
+    assert_eq!(exec.status.code(), Some(3), "exec exits with the command's code");
+    assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "hi");
+    let listed = json_out(&control_plane, &["containers", "ls", "--node", NODE, "-o", "json"]);
+    assert!(listed.as_array().is_some_and(|l| l.iter().any(|c| c["id"] == id.as_str() && c["status"] == "running")), "{listed:#}");
+    // rm refuses a running container without -f, removes it with -f.
+    let refused = control_plane.cli(&["containers", "rm", &direct]);
+    assert!(!refused.status.success(), "rm of a running container without -f");
+    assert_eq!(docker(&["inspect", "--format", "{{.State.Running}}", &id]), "true");
+    control_plane.cli_ok(&["containers", "rm", "-f", &direct]);
+    wait_until(&format!("{direct} removed"), Duration::from_secs(30), POLL, || {
+        let output = Command::new("docker").args(["inspect", &id]).output().expect("docker inspect");
+        if output.status.success() { Err("still there".into()) } else { Ok(()) }
+    });
+
+    // ---- events -f: printed what happened since it started, and still follows ----
+    events.wait_for("deployment.created", Duration::from_secs(15));
+    events.wait_for("deployment.deleted", Duration::from_secs(15));
+    events.wait_for("node.cordoned", Duration::from_secs(15));
+    assert!(events.still_running(), "events -f keeps following");
+}
