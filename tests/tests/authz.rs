@@ -282,13 +282,18 @@ fn nope() -> String {
 }
 
 fn container_spec(name: &str) -> pb::ContainerSpec {
-    pb::ContainerSpec { name: name.into(), image: "busybox".into(), restart_policy: "no".into(), ..Default::default() }
+    pb::ContainerSpec {
+        name: name.into(),
+        image: "127.0.0.1:5000/diplo/busybox:latest".into(),
+        restart_policy: "no".into(),
+        ..Default::default()
+    }
 }
 
 fn deployment_spec(name: &str) -> pb::DeploymentSpec {
     pb::DeploymentSpec {
         name: name.into(),
-        image: "busybox".into(),
+        image: "127.0.0.1:5000/diplo/busybox:latest".into(),
         replicas: 1,
         container: Some(container_spec(name)),
         ..Default::default()
@@ -686,7 +691,7 @@ fn route(method: &'static str, template: &'static str, access: Access, path: &'s
 
 fn routes() -> Vec<Route> {
     use Access::*;
-    let deploy_body = || Some(serde_json::json!({"name": "authz-rest", "image": "busybox", "replicas": 1}));
+    let deploy_body = || Some(serde_json::json!({"name": "authz-rest", "image": "127.0.0.1:5000/diplo/busybox:latest", "replicas": 1}));
     vec![
         route("GET", "/healthz", Open, "/healthz"),
         route("GET", "/api/status", Viewer, "/api/status"),
@@ -695,7 +700,7 @@ fn routes() -> Vec<Route> {
         route("GET", "/api/v1/nodes/{node}", Viewer, "/api/v1/nodes/authz-nope"),
         route("GET", "/api/v1/containers", Viewer, "/api/v1/containers"),
         Route {
-            body: Some(serde_json::json!({"name": "authz-rest", "image": "busybox"})),
+            body: Some(serde_json::json!({"name": "authz-rest", "image": "127.0.0.1:5000/diplo/busybox:latest"})),
             ..route("POST", "/api/v1/containers", Deployer, "/api/v1/containers")
         },
         route("DELETE", "/api/v1/containers/{id}", Deployer, "/api/v1/containers/authz-nope"),
@@ -715,7 +720,7 @@ fn routes() -> Vec<Route> {
         Route { body: deploy_body(), ..route("POST", "/api/v1/deployments", Deployer, "/api/v1/deployments") },
         route("GET", "/api/v1/deployments/{name}", Viewer, "/api/v1/deployments/authz-nope"),
         Route {
-            body: Some(serde_json::json!({"name": "authz-nope", "image": "busybox", "replicas": 1})),
+            body: Some(serde_json::json!({"name": "authz-nope", "image": "127.0.0.1:5000/diplo/busybox:latest", "replicas": 1})),
             ..route("PUT", "/api/v1/deployments/{name}", Deployer, "/api/v1/deployments/authz-nope")
         },
         route("DELETE", "/api/v1/deployments/{name}", Deployer, "/api/v1/deployments/authz-nope"),
@@ -739,7 +744,9 @@ fn routes() -> Vec<Route> {
 /// admins only.
 fn privileged_routes() -> Vec<Route> {
     use Access::*;
-    let body = |name: &str| Some(serde_json::json!({"name": name, "image": "busybox", "replicas": 1, "volumes": ["/:/host:ro"]}));
+    let body = |name: &str| {
+        Some(serde_json::json!({"name": name, "image": "127.0.0.1:5000/diplo/busybox:latest", "replicas": 1, "volumes": ["/:/host:ro"]}))
+    };
     vec![
         Route { body: body("authz-rest"), ..route("POST", "/api/unified/deploy", Admin, "/api/unified/deploy") },
         Route { body: body("authz-rest"), ..route("POST", "/api/v1/deployments", Admin, "/api/v1/deployments") },
@@ -886,7 +893,7 @@ fn foreign_container(node_id: &str, by_label: bool) -> pb::ContainerState {
         id: "c0ffee".into(),
         name: "stolen".into(),
         runtime: pb::RuntimeKind::Docker as i32,
-        image: "busybox".into(),
+        image: "127.0.0.1:5000/diplo/busybox:latest".into(),
         status: "running".into(),
         ..Default::default()
     };
@@ -1027,7 +1034,7 @@ async fn api_tokens_are_created_listed_revoked_and_expire_with_audit() {
 
     let status = rest_call("GET", &control_plane.rest_url("/api/v1/nodes"), Some(&token), None);
     assert_eq!(status.0, 200, "a viewer reads: {status:?}");
-    let body = serde_json::json!({"name": "nope", "image": "busybox"});
+    let body = serde_json::json!({"name": "nope", "image": "127.0.0.1:5000/diplo/busybox:latest"});
     let status = rest_call("POST", &control_plane.rest_url("/api/v1/deployments"), Some(&token), Some(body));
     assert_eq!(status.0, 403, "a viewer cannot deploy: {status:?}");
 
