@@ -253,7 +253,13 @@ fn command_for(bin: Binary) -> Command {
 /// Whether this is a CI run: `CI` set to any non-empty value. Under CI nothing may be
 /// skipped (see [`skip_or_fail`]).
 pub fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|value| !value.is_empty())
+    is_ci(std::env::var_os("CI").as_deref())
+}
+
+/// Whether a value of `CI` (`None`: unset) makes a CI run: any non-empty value does,
+/// `false` and `0` included, so that no spelling lets a skip through.
+pub fn is_ci(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|value| !value.is_empty())
 }
 
 /// The one way a test skips part or all of itself because something it needs (a

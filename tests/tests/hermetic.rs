@@ -97,3 +97,13 @@ fn dropping_a_control_plane_with_a_recorded_host_fails_the_test() {
     let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("registry-1.docker.io"), "the failure names the host: {message}");
 }
+
+#[test]
+fn ci_is_any_non_empty_value_of_ci() {
+    use std::ffi::OsStr;
+    for (value, ci) in
+        [(None, false), (Some(""), false), (Some("true"), true), (Some("1"), true), (Some("yes"), true), (Some("false"), true)]
+    {
+        assert_eq!(diplo_tests::is_ci(value.map(OsStr::new)), ci, "CI={value:?}");
+    }
+}
