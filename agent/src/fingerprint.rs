@@ -25,10 +25,6 @@ pub const DEFAULT_PODMAN_SOCKET: &str = "/run/podman/podman.sock";
 /// How long each runtime probe may take.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Environment variable overriding the reported architecture (for tests).
-pub const ARCH_OVERRIDE_ENV: &str = "DIPLO_FINGERPRINT_ARCH";
-/// Environment variable overriding the reported OS (for tests).
-pub const OS_OVERRIDE_ENV: &str = "DIPLO_FINGERPRINT_OS";
 /// Comma-separated runtimes this agent may use (e.g. `docker,lxc`); unset: all.
 pub const RUNTIMES_ENV: &str = "DIPLO_RUNTIMES";
 
@@ -41,9 +37,10 @@ pub struct ProbeConfig {
     pub containerd_socket: String,
     /// Podman's Docker-compatible API socket path.
     pub podman_socket: String,
-    /// Report this architecture instead of the host's (normalised to Go/OCI spelling).
+    /// Report this architecture instead of the detected one (normalised to Go/OCI
+    /// spelling): the agent's `--arch`, for hosts whose detection is wrong.
     pub arch_override: Option<String>,
-    /// Report this OS instead of the host's.
+    /// Report this OS instead of the detected one: the agent's `--os`.
     pub os_override: Option<String>,
     /// Node labels, reported as given.
     pub labels: BTreeMap<String, String>,
@@ -74,8 +71,7 @@ impl Default for ProbeConfig {
 impl ProbeConfig {
     /// The defaults adjusted by the environment: `DOCKER_HOST=unix:///path` names the
     /// Docker socket (other schemes are ignored: only local sockets are probed),
-    /// `DIPLO_FINGERPRINT_ARCH` and `DIPLO_FINGERPRINT_OS` override arch and OS.
-    /// Empty variables count as unset.
+    /// `DIPLO_RUNTIMES` limits the runtimes. Empty variables count as unset.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -90,8 +86,6 @@ impl ProbeConfig {
                 None => debug!(docker_host = %host, "DOCKER_HOST is not a unix socket; probing {DEFAULT_DOCKER_SOCKET}"),
             }
         }
-        config.arch_override = var(ARCH_OVERRIDE_ENV).map(|arch| go_arch(&arch));
-        config.os_override = var(OS_OVERRIDE_ENV);
         if let Some(list) = var(RUNTIMES_ENV) {
             let parsed: Vec<Runtime> = list
                 .split(',')
@@ -480,16 +474,14 @@ mod tests {
         assert_eq!(ProbeConfig::from_lookup(vars(&[])), ProbeConfig::default());
         let config = ProbeConfig::from_lookup(vars(&[
             ("DOCKER_HOST", "unix:///run/user/1000/docker.sock"),
-            (ARCH_OVERRIDE_ENV, "aarch64"),
-            (OS_OVERRIDE_ENV, "darwin"),
+            ("DIPLO_FINGERPRINT_ARCH", "arm64"),
+            ("DIPLO_FINGERPRINT_OS", "darwin"),
         ]));
         assert_eq!(config.docker_socket, "/run/user/1000/docker.sock");
-        assert_eq!(config.arch_override.as_deref(), Some("arm64"));
-        assert_eq!(config.os_override.as_deref(), Some("darwin"));
+        assert_eq!((config.arch_override, config.os_override), (None, None), "no environment variable fakes the platform");
         assert_eq!(config.timeout, DEFAULT_PROBE_TIMEOUT);
-        let config = ProbeConfig::from_lookup(vars(&[("DOCKER_HOST", "tcp://10.0.0.1:2375"), (ARCH_OVERRIDE_ENV, " ")]));
+        let config = ProbeConfig::from_lookup(vars(&[("DOCKER_HOST", "tcp://10.0.0.1:2375")]));
         assert_eq!(config.docker_socket, DEFAULT_DOCKER_SOCKET);
-        assert_eq!(config.arch_override, None);
     }
 
     #[test]

@@ -23,6 +23,23 @@ struct Cli {
     /// default). Absolute, without `..`; symbolic links are resolved before the check.
     #[arg(long = "allow-host-path", value_name = "DIR", env = "DIPLO_ALLOW_HOST_PATHS", value_delimiter = ',')]
     allow_host_path: Vec<PathBuf>,
+    /// Report this CPU architecture instead of the detected one, for a host whose
+    /// detection is wrong (e.g. a 32-bit userland on a 64-bit kernel): Go/OCI spelling
+    /// (`amd64`, `arm64`, `arm`; `x86_64` and `aarch64` are read as such). Placement
+    /// uses it to match images to nodes.
+    #[arg(long, value_name = "ARCH", env = "DIPLO_ARCH")]
+    arch: Option<String>,
+    /// Report this operating system instead of the detected one (e.g. `linux`).
+    #[arg(long, value_name = "OS", env = "DIPLO_OS")]
+    os: Option<String>,
+}
+
+impl Cli {
+    /// The platform overrides, normalised; blank values count as not given.
+    fn platform_overrides(&self) -> (Option<String>, Option<String>) {
+        let given = |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+        (given(&self.arch).map(|arch| diplo_agent::fingerprint::go_arch(&arch)), given(&self.os))
+    }
 }
 
 #[tokio::main]
@@ -33,6 +50,7 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let (arch_override, os_override) = cli.platform_overrides();
     let name = cli.name.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_lowercase()).unwrap_or_else(|_| "node".into())
     });
@@ -45,6 +63,8 @@ async fn main() -> std::process::ExitCode {
     };
     let mut config = diplo_agent::AgentConfig::new(cli.server, cli.token, name, cli.data_dir);
     config.host_paths = host_paths;
+    config.probe.arch_override = arch_override;
+    config.probe.os_override = os_override;
     tokio::select! {
         result = diplo_agent::run(config) => {
             let err = result.err().map(|e| e.to_string()).unwrap_or_else(|| "stopped".into());
@@ -66,5 +86,15 @@ mod tests {
         assert_eq!(cli.allow_host_path, vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
         let cli = Cli::try_parse_from(["diplo-agent", "--server", "cp:7443"]).expect("no allowed host path");
         assert!(cli.allow_host_path.is_empty(), "nothing is allowed by default");
+    }
+
+    #[test]
+    fn the_platform_is_overridden_by_flags_only() {
+        let cli = Cli::try_parse_from(["diplo-agent", "--server", "cp:7443", "--arch", "aarch64", "--os", "linux"]).expect("parse");
+        assert_eq!(cli.platform_overrides(), (Some("arm64".to_owned()), Some("linux".to_owned())));
+        let cli = Cli::try_parse_from(["diplo-agent", "--server", "cp:7443", "--arch", " "]).expect("parse");
+        assert_eq!(cli.platform_overrides(), (None, None), "blank is not an override");
+        let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
+        assert!(help.contains("--arch <ARCH>") && help.contains("--os <OS>"), "documented in --help: {help}");
     }
 }

@@ -52,7 +52,6 @@ async fn probes_this_host() {
         fp.virtualization,
         fp.raspberry_pi_model
     );
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     for runtime in Runtime::ALL {
         let report = fp.runtimes.iter().find(|r| r.runtime == runtime).unwrap_or_else(|| panic!("no report for {runtime}"));
         println!(
@@ -65,8 +64,8 @@ async fn probes_this_host() {
         } else {
             assert!(!report.error.is_empty(), "{runtime} is unavailable without saying why");
         }
-        if ci {
-            assert!(report.available, "CI=true: {runtime} must be available, but: {}", report.error);
+        if !report.available {
+            diplo_tests::skip_or_fail(&format!("{runtime} is not available on this host: {}", report.error));
         }
     }
     println!("preferred runtime: {:?}", fp.preferred_runtime());

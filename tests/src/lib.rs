@@ -9,6 +9,15 @@
 //! * [`wait_until`] polls a condition against a deadline and fails with the last
 //!   observation.
 //!
+//! * Hermetic: every control plane and agent runs with `HTTP_PROXY`, `HTTPS_PROXY` and
+//!   `ALL_PROXY` pointing at an [`EgressRecorder`] on 127.0.0.1 and `NO_PROXY` naming
+//!   only loopback. The recorder refuses every request and notes its target host; when
+//!   a [`ControlPlane`] is dropped (test not already failing) and anything was noted,
+//!   the test fails naming the hosts. A test that means to reach out reads and clears
+//!   the record with [`ControlPlane::take_egress_hosts`].
+//! * [`skip_or_fail`] is the one way to skip for a missing runtime or tool: a loud skip
+//!   on a developer's machine, a failure when `CI` is set to any non-empty value.
+//!
 //! Every test gets its own directories and ports, so tests run in parallel. Child
 //! processes are killed (SIGKILL) when their handle is dropped; when the test is
 //! panicking, the tails of their logs are printed and the temporary directory is kept.
@@ -22,11 +31,12 @@
 //! it and use binaries built beforehand.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a control plane may take to come up.
@@ -235,6 +245,146 @@ fn command_for(bin: Binary) -> Command {
     }
     command.stdin(Stdio::null());
     command
+}
+
+// ---------------------------------------------------------------------------------
+// Skips
+
+/// Whether this is a CI run: `CI` set to any non-empty value. Under CI nothing may be
+/// skipped (see [`skip_or_fail`]).
+pub fn in_ci() -> bool {
+    is_ci(std::env::var_os("CI").as_deref())
+}
+
+/// Whether a value of `CI` (`None`: unset) makes a CI run: any non-empty value does,
+/// `false` and `0` included, so that no spelling lets a skip through.
+pub fn is_ci(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|value| !value.is_empty())
+}
+
+/// The one way a test skips part or all of itself because something it needs (a
+/// runtime, a tool, a service) is missing here: under CI ([`in_ci`]) it panics with
+/// `reason`; elsewhere it prints `reason` loudly and returns, and the caller skips.
+pub fn skip_or_fail(reason: &str) {
+    assert!(!in_ci(), "CI is set, so nothing may be skipped, but: {reason}");
+    eprintln!("\n{0}\n!!! SKIPPED: {reason}\n!!! (set CI=1 to make this a failure)\n{0}\n", "!".repeat(78));
+}
+
+// ---------------------------------------------------------------------------------
+// Egress recorder
+
+/// An HTTP proxy on 127.0.0.1 that refuses every request (`403`) and records the host
+/// it was asked to reach (`CONNECT host:port`, an absolute URI or the `Host` header).
+/// Processes under test get it as their proxy, so any connection they try to make off
+/// this machine is refused and named. Stops accepting when dropped.
+pub struct EgressRecorder {
+    addr: SocketAddr,
+    hosts: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EgressRecorder {
+    /// Starts the recorder on a free loopback port.
+    pub fn start() -> EgressRecorder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind the egress recorder to 127.0.0.1:0");
+        let addr = listener.local_addr().expect("the egress recorder's address");
+        let hosts = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (hosts_, stop_) = (hosts.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop_.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let hosts = hosts_.clone();
+                std::thread::spawn(move || refuse(stream, &hosts));
+            }
+        });
+        EgressRecorder { addr, hosts, stop }
+    }
+
+    /// `http://127.0.0.1:<port>`, the value for the `*_PROXY` variables.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The variables that send a process's outbound HTTP(S) here, loopback excepted
+    /// (upper and lower case: Rust's reqwest reads the former, Go and curl both).
+    pub fn proxy_env(&self) -> Vec<(String, String)> {
+        let url = self.url();
+        let mut env = Vec::new();
+        for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+            env.push((name.to_owned(), url.clone()));
+            env.push((name.to_ascii_lowercase(), url.clone()));
+        }
+        for name in ["NO_PROXY", "no_proxy"] {
+            env.push((name.to_owned(), "127.0.0.1,localhost,::1".to_owned()));
+        }
+        env
+    }
+
+    /// The hosts asked for so far, in order, and forgets them.
+    pub fn take_hosts(&self) -> Vec<String> {
+        std::mem::take(&mut *self.hosts.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Drop for EgressRecorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees `stop`.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+/// Reads a proxy request's head, records its target host (or what could be read of the
+/// request, when it names none), then answers `403`: recorded before the client can see
+/// the refusal.
+fn refuse(mut stream: TcpStream, hosts: &Mutex<Vec<String>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+        }
+    }
+    hosts.lock().unwrap_or_else(PoisonError::into_inner).push(proxy_target(&String::from_utf8_lossy(&head)));
+    let _ = stream.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+}
+
+/// The host a proxy request head asks for: `CONNECT host:port`, `GET http://host/…`, or
+/// the `Host` header; the first line itself when none of those is there.
+pub fn proxy_target(head: &str) -> String {
+    let first = head.lines().next().unwrap_or("").trim();
+    let mut words = first.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let authority = if method.eq_ignore_ascii_case("CONNECT") {
+        Some(target)
+    } else if let Some((_, rest)) = target.split_once("://") {
+        Some(rest.split(['/', '?']).next().unwrap_or(rest))
+    } else {
+        head.lines()
+            .find_map(|line| line.split_once(':').filter(|(name, _)| name.trim().eq_ignore_ascii_case("host")).map(|(_, v)| v.trim()))
+    };
+    match authority.filter(|a| !a.is_empty()) {
+        Some(authority) => strip_port(authority).to_owned(),
+        None => format!("(unparsed request: {first:?})"),
+    }
+}
+
+/// `host:443` → `host`, `[::1]:80` → `::1`; a bare host is kept.
+fn strip_port(authority: &str) -> &str {
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) && !host.contains(':') => host,
+        _ => authority,
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -483,6 +633,7 @@ pub struct ControlPlane {
     data_dir: PathBuf,
     dir: Option<tempfile::TempDir>,
     options: ControlPlaneOptions,
+    egress: EgressRecorder,
 }
 
 fn humantime(duration: Duration) -> String {
@@ -523,8 +674,9 @@ impl ControlPlane {
         while rest_addr.port() == grpc_addr.port() {
             rest_addr.set_port(free_port());
         }
-        let process = Self::spawn_process(dir.path(), grpc_addr, rest_addr, options);
-        ControlPlane { process, grpc_addr, rest_addr, data_dir: dir.path().join("data"), dir: Some(dir), options: options.clone() }
+        let egress = EgressRecorder::start();
+        let process = Self::spawn_process(dir.path(), grpc_addr, rest_addr, options, &egress);
+        ControlPlane { process, grpc_addr, rest_addr, data_dir: dir.path().join("data"), dir: Some(dir), options: options.clone(), egress }
     }
 
     /// Kills the control plane with SIGKILL (a crash) and starts it again on the same
@@ -532,15 +684,22 @@ impl ControlPlane {
     pub fn crash_and_restart(&mut self) {
         self.process.kill();
         let dir = self.dir.as_ref().expect("temporary directory").path().to_owned();
-        self.process = Self::spawn_process(&dir, self.grpc_addr, self.rest_addr, &self.options);
+        self.process = Self::spawn_process(&dir, self.grpc_addr, self.rest_addr, &self.options, &self.egress);
         if let Err(reason) = self.wait_ready(STARTUP_TIMEOUT) {
             panic!("the control plane did not come back: {reason}\n{}", self.process.logs());
         }
     }
 
-    fn spawn_process(dir: &Path, grpc_addr: SocketAddr, rest_addr: SocketAddr, options: &ControlPlaneOptions) -> Process {
+    fn spawn_process(
+        dir: &Path,
+        grpc_addr: SocketAddr,
+        rest_addr: SocketAddr,
+        options: &ControlPlaneOptions,
+        egress: &EgressRecorder,
+    ) -> Process {
         let data_dir = dir.join("data");
         let mut command = command_for(Binary::ControlPlane);
+        command.envs(egress.proxy_env());
         command
             .arg(if options.dev { "dev" } else { "serve" })
             .env("DIPLO_DATA_DIR", &data_dir)
@@ -748,7 +907,17 @@ impl ControlPlane {
 
     /// [`ControlPlane::start_agent`] with extra environment variables.
     pub fn start_agent_with_env(&self, name: &str, token: Option<&str>, env: &[(&str, &str)]) -> Agent {
-        Agent::start_with_env(&self.grpc_addr.to_string(), name, token, &self.agent_data_dir(name), env)
+        let proxy = self.egress.proxy_env();
+        let mut all: Vec<(&str, &str)> = proxy.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        all.extend_from_slice(env);
+        Agent::start_with_env(&self.grpc_addr.to_string(), name, token, &self.agent_data_dir(name), &all)
+    }
+
+    /// The hosts off this machine that the control plane or its agents tried to reach
+    /// so far (see [`EgressRecorder`]), and forgets them: a test that reaches out on
+    /// purpose asserts on them here instead of failing when the control plane drops.
+    pub fn take_egress_hosts(&self) -> Vec<String> {
+        self.egress.take_hosts()
     }
 }
 
@@ -759,6 +928,14 @@ impl Drop for ControlPlane {
             && let Some(dir) = self.dir.take()
         {
             eprintln!("[harness] test failed; keeping {}", dir.keep().display());
+        }
+        if !std::thread::panicking() {
+            let hosts = self.egress.take_hosts();
+            assert!(
+                hosts.is_empty(),
+                "the control plane or an agent of this test tried to reach hosts off this machine: {hosts:?}; \
+                 tests must be hermetic (use the local registry, 127.0.0.1:5000/diplo/busybox:latest)"
+            );
         }
     }
 }

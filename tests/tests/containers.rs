@@ -34,10 +34,6 @@ impl Drop for RemoveAllOnDrop<'_> {
     }
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// A shell command serving `text` over HTTP on port 8080 and logging a marker first.
 fn httpd(text: &str) -> Vec<String> {
     let script = format!("mkdir -p /www && echo {text} > /www/index.html && echo started-{text} && exec httpd -f -p 8080 -h /www");
@@ -59,8 +55,7 @@ fn wanted(runtime: &str, available: &[String]) -> bool {
     if available.iter().any(|r| r == runtime) {
         return true;
     }
-    assert!(!in_ci(), "CI=true but {runtime} is not available on the node: {available:?}");
-    eprintln!("[test] SKIPPED: {runtime} is not available here (not CI)");
+    diplo_tests::skip_or_fail(&format!("{runtime} is not available on the node: {available:?}"));
     false
 }
 
@@ -257,10 +252,8 @@ fn bad_container_requests_get_clear_errors_and_leave_nothing_behind() {
 fn a_killed_agent_readopts_its_containers_without_restarting_them() {
     let (control_plane, mut agent, available) = cluster();
     let _cleanup = RemoveAllOnDrop(&control_plane);
-    // One container per runtime (three of them), so that re-adoption is shown on each.
-    let runtimes: Vec<&str> =
-        ["docker", "containerd", "lxc", "podman"].into_iter().filter(|r| available.iter().any(|a| a == r)).take(3).collect();
-    assert!(!in_ci() || runtimes.len() == 3, "CI=true needs three runtimes, have {available:?}");
+    // One container per runtime (all four), so that re-adoption is shown on each.
+    let runtimes: Vec<&str> = ["docker", "containerd", "lxc", "podman"].into_iter().filter(|r| wanted(r, &available)).collect();
     let mut ports = BTreeMap::new();
     for runtime in &runtimes {
         let port = free_port();

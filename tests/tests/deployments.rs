@@ -199,7 +199,7 @@ fn runtime_choice_follows_each_nodes_platform_and_a_forced_runtime_needs_a_node(
     let control_plane = ControlPlane::start(ControlPlaneOptions::fast(DOWN_GRACE));
     let token = control_plane.join_token(&[]);
     let limited = [("DIPLO_RUNTIMES", "docker,lxc")];
-    let (_pi, pi) = control_plane.start_ready_agent_with_env("pi", Some(&token), &[limited[0], ("DIPLO_FINGERPRINT_ARCH", "arm64")]);
+    let (_pi, pi) = control_plane.start_ready_agent_with_env("pi", Some(&token), &[limited[0], ("DIPLO_ARCH", "arm64")]);
     let (_x86, x86) = control_plane.start_ready_agent_with_env("x86", Some(&token), &limited);
     assert_eq!(pi["arch"], "arm64");
     assert_eq!(pi["preferred"], "lxc", "{pi}");
@@ -354,7 +354,7 @@ fn image_platforms_filter_placement_and_unknown_images_are_refused() {
     let control_plane = ControlPlane::start(ControlPlaneOptions::fast(DOWN_GRACE));
     let token = control_plane.join_token(&[]);
     let docker = ("DIPLO_RUNTIMES", "docker");
-    let (_arm, arm) = control_plane.start_ready_agent_with_env("arm", Some(&token), &[docker, ("DIPLO_FINGERPRINT_ARCH", "arm64")]);
+    let (_arm, arm) = control_plane.start_ready_agent_with_env("arm", Some(&token), &[docker, ("DIPLO_ARCH", "arm64")]);
     let (_x86, x86) = control_plane.start_ready_agent_with_env("x86", Some(&token), &[docker]);
     assert_eq!(arm["arch"], "arm64", "{arm}");
     assert_eq!(x86["arch"], "amd64", "this test needs an amd64 host: {x86}");

@@ -90,9 +90,9 @@ fn node_joins_turns_unhealthy_then_down_and_rejoins_with_its_identity() {
             report["error"]
         );
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        for runtime in ALL_RUNTIMES {
-            assert!(available.contains(runtime), "CI hosts run all four runtimes, {runtime} is not available: {node:#}");
+    for runtime in ALL_RUNTIMES {
+        if !available.contains(runtime) {
+            diplo_tests::skip_or_fail(&format!("{runtime} is not available, the fingerprint of it is not checked: {node:#}"));
         }
     }
     let preferred = node["preferred"].as_str().map(str::to_owned);
@@ -106,9 +106,14 @@ fn node_joins_turns_unhealthy_then_down_and_rejoins_with_its_identity() {
     let status = control_plane.rest_json("/api/status");
     assert_eq!(status["system"]["os"], "linux", "{status:#}");
     assert_eq!(status["system"]["architecture"], host_arch(), "{status:#}");
-    assert_eq!(status["system"]["runtime"], "hybrid", "{status:#}");
+    let kind = match available.len() {
+        0 => "none",
+        1 => available.first().map_or("none", String::as_str),
+        _ => "hybrid",
+    };
+    assert_eq!(status["system"]["runtime"], kind, "derived from the available runtimes: {status:#}");
     assert!(status["timestamp"].is_string(), "{status:#}");
-    assert_eq!(status["applications"], serde_json::json!([]), "{status:#}");
+    assert_eq!(status["applications"], serde_json::json!([]), "no deployment yet: {status:#}");
     assert_eq!(strings(&status["runtime"]["available"]), available, "union over the one ready node: {status:#}");
     let rest_nodes = status["nodes"].as_array().expect("nodes array");
     assert_eq!(rest_nodes.len(), 1, "{status:#}");

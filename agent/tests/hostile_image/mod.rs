@@ -34,8 +34,7 @@ impl Drop for HostFile {
 /// static busybox on the host.
 pub fn busybox_root(dir: &Path) -> Option<PathBuf> {
     if !Path::new("/bin/busybox").is_file() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "/bin/busybox is required under CI=true");
-        eprintln!("!!! no /bin/busybox on this host: hostile image test skipped");
+        diplo_tests::skip_or_fail("no /bin/busybox on this host: the hostile image test needs it");
         return None;
     }
     let root = dir.join("root");

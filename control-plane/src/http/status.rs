@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::ApiError;
 use crate::auth::Caller;
 use crate::model::{NodeRecord, NodeStatus};
-use crate::service::ControlPlane;
+use crate::service::{ControlPlane, DeploymentView};
 
 /// `GET /api/status`.
 #[derive(Debug, Serialize)]
@@ -19,7 +19,7 @@ pub struct SystemStatus {
     timestamp: DateTime<Utc>,
     system: SystemInfo,
     runtime: RuntimeSummary,
-    applications: Vec<serde_json::Value>,
+    applications: Vec<Application>,
     nodes: Vec<NodeView>,
 }
 
@@ -27,7 +27,43 @@ pub struct SystemStatus {
 struct SystemInfo {
     os: &'static str,
     architecture: String,
-    runtime: &'static str,
+    /// See [`runtime_kind`].
+    runtime: String,
+}
+
+/// A deployment as `/api/status` lists it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+struct Application {
+    name: String,
+    status: &'static str,
+    /// Desired replicas.
+    replicas: u32,
+    /// The runtime it is pinned to, else the one its instances run on (`None`: not placed
+    /// yet, or spread over several).
+    runtime: Option<Runtime>,
+}
+
+impl From<&DeploymentView> for Application {
+    fn from(view: &DeploymentView) -> Self {
+        let spec = &view.deployment.spec;
+        let runtime = spec.runtime.or_else(|| {
+            let mut placed = view.instances.iter().filter_map(|i| i.runtime);
+            let first = placed.next()?;
+            placed.all(|r| r == first).then_some(first)
+        });
+        Application { name: spec.name.clone(), status: view.deployment.status.as_str(), replicas: spec.replicas, runtime }
+    }
+}
+
+/// What the cluster runs on, in one word: `hybrid` when its ready nodes offer more than
+/// one runtime, the runtime's name when they offer one, `none` when they offer none.
+fn runtime_kind(available: &[Runtime]) -> String {
+    match available {
+        [] => "none".to_owned(),
+        [only] => only.to_string(),
+        [first, rest @ ..] if rest.iter().all(|r| r == first) => first.to_string(),
+        _ => "hybrid".to_owned(),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -106,11 +142,12 @@ pub async fn system_status(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<SystemStatus>, ApiError> {
     let status = control_plane.cluster_status(&caller).await?;
+    let deployments = control_plane.list_deployments(&caller).await?;
     let arch = host_arch();
     let preferred = PlatformClass::of(std::env::consts::OS, &arch, false).preferred(&status.available_runtimes);
     Ok(Json(SystemStatus {
         timestamp: Utc::now(),
-        system: SystemInfo { os: std::env::consts::OS, architecture: arch, runtime: "hybrid" },
+        system: SystemInfo { os: std::env::consts::OS, architecture: arch, runtime: runtime_kind(&status.available_runtimes) },
         runtime: RuntimeSummary {
             available: status.available_runtimes.clone(),
             preferred,
@@ -118,7 +155,7 @@ pub async fn system_status(
             supported_languages: Vec::new(),
             supported_images: Vec::new(),
         },
-        applications: Vec::new(),
+        applications: deployments.iter().map(Application::from).collect(),
         nodes: status.nodes.iter().map(NodeView::from).collect(),
     }))
 }
@@ -154,4 +191,24 @@ pub async fn get_node(
 ) -> Result<Json<NodeView>, ApiError> {
     let record = control_plane.get_node(&caller, &node).await?;
     Ok(Json(NodeView::from(&record)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_kind_is_derived_from_the_available_runtimes() {
+        use Runtime::*;
+        let cases: [(&[Runtime], &str); 5] = [
+            (&[], "none"),
+            (&[Docker], "docker"),
+            (&[Lxc], "lxc"),
+            (&[Docker, Lxc], "hybrid"),
+            (&[Docker, Containerd, Lxc, Podman], "hybrid"),
+        ];
+        for (available, kind) in cases {
+            assert_eq!(runtime_kind(available), kind, "{available:?}");
+        }
+    }
 }
