@@ -331,6 +331,47 @@ mod tests {
         assert!(expires > OffsetDateTime::now_utc() + time::Duration::hours(23));
     }
 
+    /// A CSR is only a public key to the control plane: whatever names, CA flag or key
+    /// usages it asks for, the issued certificate carries the node's URI SAN alone, is
+    /// not a CA and is good for client authentication only.
+    #[test]
+    fn a_csr_asking_for_extra_names_gets_only_the_nodes_uri_san() {
+        let ca = CertificateAuthority::generate("test").expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let mut asked = CertificateParams::new(vec!["control-plane.example".to_owned(), "127.0.0.1".to_owned()]).expect("params");
+        asked.distinguished_name = distinguished_name("admin", "diplo-operators");
+        asked.subject_alt_names.push(uri_san("spiffe://diplo/operator/admin/root").expect("uri"));
+        asked.subject_alt_names.push(uri_san("spiffe://diplo/node/someone-else").expect("uri"));
+        asked.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        asked.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let csr = asked.serialize_request(&key).expect("csr").pem().expect("pem");
+        // The CSR does carry the names: the control plane is the one dropping them.
+        let parsed = CertificateSigningRequestParams::from_pem(&csr).expect("parse csr");
+        assert_eq!(parsed.params.subject_alt_names.len(), 4, "{:?}", parsed.params.subject_alt_names);
+
+        let (cert_pem, _) = ca.sign_node_csr(&csr, "node-1", "pi", DAY).expect("sign");
+        let der = pem_to_der(&cert_pem).expect("der");
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("certificate");
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .expect("SAN extension")
+            .expect("a SAN")
+            .value
+            .general_names
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        assert_eq!(names, vec!["URI(spiffe://diplo/node/node-1)".to_owned()], "the node's URI SAN alone");
+        assert_eq!(peer_identity(&der).expect("identity"), PeerIdentity::Node { node_id: "node-1".into() });
+        assert!(!cert.is_ca(), "a node certificate is never a CA");
+        let eku = cert.extended_key_usage().expect("EKU").expect("an EKU").value;
+        assert!(eku.client_auth && !eku.server_auth, "client authentication only: {eku:?}");
+        let cn: Vec<&str> = cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).collect();
+        assert_eq!(cn, vec!["pi"], "the subject is the node's name, not the CSR's");
+        // The key is the CSR's: the node keeps its private key.
+        assert_eq!(cert.public_key().raw, rcgen::PublicKeyData::subject_public_key_info(&key).as_slice());
+    }
+
     #[test]
     fn operator_certificate_carries_role_and_name() {
         let ca = CertificateAuthority::generate("test").expect("ca");

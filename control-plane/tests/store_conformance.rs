@@ -81,6 +81,7 @@ conformance!(
     deployments_duplicates,
     deployments_save_and_revisions,
     deployments_save_conflicts,
+    deployments_status_is_compare_and_set,
     deployments_delete_cascades,
     instances_insert_list,
     instances_insert_is_atomic,
@@ -844,6 +845,43 @@ mod cases {
         assert_eq!(get_deployment(&*store, "d-2").await, deployment("d-2", "api", None));
         assert_eq!(get_deployment(&*store, "web").await.id, "d-1");
         assert_eq!(store.get_revision("d-2", 2).await.expect("revision"), None);
+    }
+
+    /// A status computed from a read is written only while the row is as read: a scale
+    /// or a deletion saved in between wins.
+    pub async fn deployments_status_is_compare_and_set(store: Arc<dyn Store>) {
+        let read = deployment("d-1", "web", None);
+        store.create_deployment(&read).await.expect("create");
+        let later = t0() + Duration::seconds(5);
+
+        // Unchanged since the read: written.
+        assert!(store.set_deployment_status(&read, DeploymentStatus::Running, "", later).await.expect("set"));
+        let running = get_deployment(&*store, "d-1").await;
+        assert_eq!((running.status, running.updated_at), (DeploymentStatus::Running, later));
+        assert_eq!(running.spec, read.spec, "the spec is untouched");
+        // The same read again: the row moved on, nothing is written.
+        assert!(!store.set_deployment_status(&read, DeploymentStatus::Degraded, "x", later).await.expect("set"));
+        assert_eq!(get_deployment(&*store, "d-1").await, running);
+
+        // Marked for deletion after the read: the deletion stays.
+        let mut deleting = running.clone();
+        deleting.status = DeploymentStatus::Deleting;
+        deleting.updated_at = later + Duration::seconds(1);
+        store.save_deployment(&deleting).await.expect("mark deleting");
+        assert!(!store.set_deployment_status(&running, DeploymentStatus::Deploying, "1/2 running", later).await.expect("set"));
+        assert_eq!(get_deployment(&*store, "d-1").await, deleting, "a deletion is never undone");
+
+        // Scaled (same revision, same status) after the read: the scale stays.
+        let other = deployment("d-2", "api", None);
+        store.create_deployment(&other).await.expect("create");
+        let mut scaled = other.clone();
+        scaled.spec.replicas = 5;
+        scaled.updated_at = later;
+        store.save_deployment(&scaled).await.expect("scale");
+        assert!(!store.set_deployment_status(&other, DeploymentStatus::Running, "", later).await.expect("set"));
+        assert_eq!(get_deployment(&*store, "d-2").await, scaled);
+        // Unknown deployment: nothing written.
+        assert!(!store.set_deployment_status(&deployment("d-9", "ghost", None), DeploymentStatus::Running, "", later).await.expect("set"));
     }
 
     pub async fn deployments_delete_cascades(store: Arc<dyn Store>) {

@@ -48,9 +48,18 @@ pub struct CreateBody {
     labels: BTreeMap<String, String>,
 }
 
-/// Parses a JSON body, answering 400 with serde's message (which names the field).
+/// Parses a JSON body, answering 400 with serde's message prefixed by the path of the
+/// field at fault (`resources.memory: invalid type ...`): serde names unknown and
+/// missing fields itself, but not the field whose value has the wrong type or range.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError(ServiceError::invalid("body", e.to_string())))
+    let invalid = |message: String| ApiError(ServiceError::invalid("body", message));
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        invalid(if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) })
+    })?;
+    deserializer.end().map_err(|e| invalid(e.to_string()))?;
+    Ok(value)
 }
 
 pub(super) fn parse_port(field: &'static str, text: &str) -> Result<u16, ServiceError> {
@@ -302,4 +311,44 @@ pub async fn runtime_info(State(cp): Api, Extension(caller): Extension<Caller>) 
         "build_dir": Value::Null,
         "nodes": per_node,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        replicas: u32,
+        #[serde(default)]
+        resources: Option<Limits>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Limits {
+        memory: u64,
+    }
+
+    /// A 400 for a bad body names the field at fault, whatever serde found wrong.
+    #[test]
+    fn a_bad_body_is_refused_naming_the_field() {
+        for (body, names) in [
+            (r#"{"replicas": -1}"#, "replicas"),
+            (r#"{"replicas": "two"}"#, "replicas"),
+            (r#"{"replicas": 1, "resources": {"memory": -5}}"#, "resources.memory"),
+            (r#"{"replicas": 1, "replicaz": 2}"#, "replicaz"),
+            (r#"{"resources": null}"#, "replicas"),
+            (r#"{"replicas": 1} trailing"#, "trailing characters"),
+            ("not json", "expected"),
+        ] {
+            let err = parse_body::<Body>(&Bytes::from(body)).expect_err(body);
+            let message = err.0.to_string();
+            assert!(message.contains(names), "{body}: {message}");
+            assert!(matches!(err.0, ServiceError::InvalidArgument { field: "body", .. }), "{body}: {message}");
+        }
+        assert_eq!(parse_body::<Body>(&Bytes::from(r#"{"replicas": 3}"#)).expect("valid").replicas, 3);
+    }
 }

@@ -345,6 +345,54 @@ mod tests {
         assert!(other_node.await.expect("answered").is_ok());
     }
 
+    fn exec_output(stdout: &str) -> CommandOutput {
+        CommandOutput {
+            exec: Some(diplo_api::container::ExecOutput { exit_code: 0, stdout: stdout.into(), stderr: Vec::new() }),
+            ..Default::default()
+        }
+    }
+
+    /// A node answering, or streaming output for, a command sent to another node is
+    /// refused and audited as `security.refused`, and the command still waits for its
+    /// own node, whose answer and output reach the caller.
+    #[tokio::test]
+    async fn results_and_output_for_another_nodes_command_are_refused_and_the_genuine_answer_still_arrives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control_plane = super::super::tests::control_plane(dir.path()).await;
+        let (genuine, intruder) = (Caller::Node { node_id: "node-a".into() }, Caller::Node { node_id: "node-b".into() });
+        let (_waiting, answer) = control_plane.pending.expect_result("req-result", "node-a", 1);
+        let (output, mut stream) = control_plane.pending.expect_output("req-output", "node-a", 1);
+        output.keep();
+
+        let refused = control_plane.command_result(&intruder, "req-result", Ok(exec_output("forged"))).await;
+        assert!(matches!(refused, Err(ServiceError::PermissionDenied(ref m)) if m.contains("req-result")), "{refused:?}");
+        let refused = control_plane.output_sink(&intruder, "req-output").await;
+        assert!(
+            matches!(refused, Err(ServiceError::PermissionDenied(ref m)) if m.contains("req-output")),
+            "{:?}",
+            refused.map(|s| s.is_some())
+        );
+
+        let events = control_plane.store().list_events(0, 100).await.expect("events");
+        let refusals: Vec<_> = events.iter().filter(|e| e.event.kind == "security.refused").collect();
+        assert_eq!(refusals.len(), 2, "both attempts audited: {events:?}");
+        for (refusal, request_id) in refusals.iter().zip(["req-result", "req-output"]) {
+            assert_eq!(refusal.event.actor, "node:node-b", "{refusal:?}");
+            assert_eq!(refusal.event.subject, "node-b", "{refusal:?}");
+            assert!(refusal.event.message.contains(request_id) && refusal.event.message.contains("node-a"), "{refusal:?}");
+        }
+
+        // The genuine node's answer and output still reach the waiting caller.
+        control_plane.command_result(&genuine, "req-result", Ok(exec_output("genuine"))).await.expect("the node's own result");
+        let outcome = tokio::time::timeout(Duration::from_secs(5), answer).await.expect("answered").expect("an outcome");
+        let exec = outcome.expect("success").exec.expect("exec output");
+        assert_eq!(exec.stdout, b"genuine", "the genuine node's answer, not the forged one");
+        let sink = control_plane.output_sink(&genuine, "req-output").await.expect("the node's own output").expect("a waiting caller");
+        sink.send(LogChunk { stream: OutputStream::Stdout, data: b"genuine output".to_vec() }).await.expect("send");
+        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.recv()).await.expect("streamed").expect("a chunk");
+        assert_eq!(chunk.data, b"genuine output");
+    }
+
     #[tokio::test]
     async fn sending_to_a_session_nobody_reads_gives_up_at_the_deadline() {
         let (tx, rx) = mpsc::channel(1);

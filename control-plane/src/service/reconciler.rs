@@ -467,25 +467,17 @@ impl ControlPlane {
             message = if message.is_empty() { note } else { format!("{message}; {note}") };
         }
         if status != deployment.status || message != deployment.message {
-            // Re-read so that a concurrent scale or update is not overwritten.
-            if let Some(mut fresh) = self.store.get_deployment(&deployment.id).await?
-                && fresh.revision == deployment.revision
-                && fresh.spec == deployment.spec
-                && fresh.status != DeploymentStatus::Deleting
-            {
-                if status != fresh.status {
-                    self.emit(
-                        &format!("deployment.{}", status.as_str()),
-                        "system",
-                        &fresh.id,
-                        format!("{} is {}", fresh.spec.name, status.as_str()),
-                    )
-                    .await;
-                }
-                fresh.status = status;
-                fresh.message = message;
-                fresh.updated_at = now;
-                self.store.save_deployment(&fresh).await?;
+            // Written only if the deployment is still as read at the start of this pass:
+            // a concurrent scale, update or deletion is never overwritten.
+            let written = self.store.set_deployment_status(deployment, status, &message, now).await?;
+            if written && status != deployment.status {
+                self.emit(
+                    &format!("deployment.{}", status.as_str()),
+                    "system",
+                    &deployment.id,
+                    format!("{} is {}", deployment.spec.name, status.as_str()),
+                )
+                .await;
             }
         }
         Ok(())

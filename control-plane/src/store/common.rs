@@ -494,6 +494,29 @@ macro_rules! impl_store {
                         .transpose()
                 }
 
+                async fn set_deployment_status(
+                    &self,
+                    read: &DeploymentRecord,
+                    status: $crate::model::DeploymentStatus,
+                    message: &str,
+                    updated_at: DateTime<Utc>,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "UPDATE deployments SET status = $1, message = $2, updated_at = $3 \
+                         WHERE id = $4 AND revision = $5 AND status = $6 AND updated_at = $7",
+                    )
+                    .bind(status.as_str())
+                    .bind(message)
+                    .bind(millis(updated_at))
+                    .bind(&read.id)
+                    .bind(i64::from(read.revision))
+                    .bind(read.status.as_str())
+                    .bind(millis(read.updated_at))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
                 async fn delete_deployment(&self, deployment_id: &str) -> StoreResult<bool> {
                     // Children first and explicitly, rather than relying on ON DELETE CASCADE.
                     let mut tx = self.pool.begin().await?;

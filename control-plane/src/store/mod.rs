@@ -146,6 +146,17 @@ pub trait Store: Send + Sync + 'static {
     /// `deployment.revision` with `deployment.spec` if that revision is new. `NotFound`
     /// for an unknown id.
     async fn save_deployment(&self, deployment: &DeploymentRecord) -> StoreResult<()>;
+    /// Sets a deployment's status and message only if its row is still as `read` left
+    /// it (same revision, status and `updated_at`, which every write sets): a status
+    /// computed from an earlier read never overwrites a concurrent scale, update or
+    /// deletion. `false` when nothing was written.
+    async fn set_deployment_status(
+        &self,
+        read: &DeploymentRecord,
+        status: crate::model::DeploymentStatus,
+        message: &str,
+        updated_at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
     /// The spec of one revision of a deployment.
     async fn get_revision(&self, deployment_id: &str, revision: u32) -> StoreResult<Option<DeploymentSpec>>;
     /// Deletes a deployment with its revisions and instances; `false` when there was none.
