@@ -22,8 +22,11 @@ pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// Podman's Docker-compatible API socket (rootful `podman system service`).
 pub const DEFAULT_PODMAN_SOCKET: &str = "/run/podman/podman.sock";
-/// How long each runtime probe may take.
-pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long each runtime probe may take. A socket nobody listens on fails at once; the
+/// limit only matters for a daemon that accepts and is slow to answer, as Podman's API is
+/// on a loaded host (seen taking more than 3 s): such a runtime is alive and must count.
+/// The probes run concurrently, so this bounds the whole probe.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Comma-separated runtimes this agent may use (e.g. `docker,lxc`); unset: all.
 pub const RUNTIMES_ENV: &str = "DIPLO_RUNTIMES";
@@ -52,7 +55,7 @@ pub struct ProbeConfig {
 }
 
 impl Default for ProbeConfig {
-    /// The standard socket paths, no overrides, no labels, a 3 s timeout. Reads no
+    /// The standard socket paths, no overrides, no labels, [`DEFAULT_PROBE_TIMEOUT`]. Reads no
     /// environment; see [`ProbeConfig::from_env`].
     fn default() -> Self {
         ProbeConfig {
