@@ -66,7 +66,7 @@ impl Fingerprint {
         PlatformClass::of(&self.os, &self.arch, !self.raspberry_pi_model.is_empty())
     }
 
-    /// The preferred runtime among the available ones (SPEC §2).
+    /// The preferred runtime among the available ones (the platform's preference order).
     pub fn preferred_runtime(&self) -> Option<Runtime> {
         self.platform().preferred(&self.available_runtimes())
     }

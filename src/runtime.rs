@@ -1,4 +1,4 @@
-//! Container runtimes: their names and the per-platform preference rules (SPEC §2).
+//! Container runtimes: their names and the per-platform preference rules: Raspberry Pi and other ARM boards LXC → Docker → containerd → Podman; x86_64 Linux Docker → containerd → Podman → LXC; macOS Docker → containerd; anything else the first available.
 
 use std::fmt;
 use std::str::FromStr;
@@ -113,7 +113,7 @@ impl PlatformClass {
         }
     }
 
-    /// Runtimes in order of preference on this platform (SPEC §2). `Other` has no
+    /// Runtimes in order of preference on this platform. `Other` has no
     /// order of its own: callers take the first available.
     pub fn preference(self) -> &'static [Runtime] {
         use Runtime::*;

@@ -1,6 +1,6 @@
 //! Probes this host for the facts an agent reports when it joins: OS, architecture,
 //! kernel, CPUs, memory, Raspberry Pi model, virtualization and which container
-//! runtimes answer (SPEC §2).
+//! runtimes answer.
 //!
 //! Probing never fails: a fact that cannot be read is left empty (or 0) and a
 //! `tracing::debug!` line says why. The parsing of what the host offers lives in small

@@ -1,4 +1,4 @@
-//! Live node tracking: heartbeats update memory only (DESIGN invariant 7); a monitor
+//! Live node tracking: heartbeats update memory only (nothing in a hot path touches the database); a monitor
 //! turns silence into `unhealthy` (3 missed heartbeats) and `down` (past the grace
 //! period) and hands the changes to the caller to persist in one batch.
 

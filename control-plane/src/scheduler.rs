@@ -1,6 +1,6 @@
 //! The scheduler: which nodes run a deployment's new replicas.
 //!
-//! [`place`] is a pure function (DESIGN.md invariant 2): no I/O, no clock, no randomness,
+//! [`place`] is a pure function: no I/O, no clock, no randomness,
 //! and its answer depends only on its arguments. It takes its own input types, filled by the
 //! caller from the store's view of the cluster, never wire types.
 //!
@@ -9,7 +9,7 @@
 //! 1. **Filter.** A node is eligible when it is ready and not cordoned, matches the
 //!    constraints (node id or name, os, arch, and every label among those an admin gave
 //!    the node: what a node reports about itself never counts), offers a runtime (the
-//!    forced one, or any runtime its platform accepts, SPEC §2), runs an os/arch the image is built for
+//!    forced one, or any runtime its platform accepts), runs an os/arch the image is built for
 //!    (when the image's platforms are known), has the CPU and memory free (a capacity of 0
 //!    means unknown and is not checked) and has every requested host port free.
 //! 2. **Score** (integers only, higher is better), a weighted sum whose terms are bounded so

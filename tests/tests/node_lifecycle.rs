@@ -30,7 +30,7 @@ fn node_status(control_plane: &ControlPlane) -> Result<(String, Value), String> 
     Ok((status.to_owned(), node.clone()))
 }
 
-/// SPEC §2: the preferred runtime among those available, for a non-Pi Linux host.
+/// The preferred runtime among those available, for a non-Pi Linux host.
 fn expected_preferred(arch: &str, available: &BTreeSet<String>) -> Option<String> {
     let order: &[&str] = match arch {
         "amd64" => &["docker", "containerd", "podman", "lxc"],
@@ -97,7 +97,7 @@ fn node_joins_turns_unhealthy_then_down_and_rejoins_with_its_identity() {
     }
     let preferred = node["preferred"].as_str().map(str::to_owned);
     if let Some(expected) = expected_preferred(host_arch(), &available) {
-        assert_eq!(preferred.as_deref(), Some(expected.as_str()), "SPEC §2 preference on {}: {node:#}", host_arch());
+        assert_eq!(preferred.as_deref(), Some(expected.as_str()), "platform preference on {}: {node:#}", host_arch());
     } else if available.is_empty() {
         assert_eq!(preferred, None, "no runtime, no preference: {node:#}");
     }

@@ -26,7 +26,7 @@ type Api = State<Arc<ControlPlane>>;
 /// Operations every driver implements, reported by `/api/{runtime}/status`.
 const CAPABILITIES: [&str; 10] = ["pull", "create", "start", "stop", "restart", "remove", "logs", "exec", "stats", "events"];
 
-/// `POST /api/v1/containers` body (SPEC shape plus `command`, `runtime_type`, `node`).
+/// `POST /api/v1/containers` body (mikrocloud's shape plus `command`, `runtime_type`, `node`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {

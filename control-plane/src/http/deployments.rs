@@ -1,4 +1,4 @@
-//! Deployment routes: `/api/unified/deploy` and `/api/deploy` (SPEC shape),
+//! Deployment routes: `/api/unified/deploy` and `/api/deploy` (the Diplo deploy shape),
 //! `/api/v1/deployments*`, `/api/v1/compute/instances*`, and `/api/v1/events` (SSE).
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Status routes: `/api/status` (SPEC shape plus `nodes`), cluster status, nodes.
+//! Status routes: `/api/status` (the documented shape plus `nodes`), cluster status, nodes.
 
 use std::sync::Arc;
 

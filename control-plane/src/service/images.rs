@@ -1,5 +1,5 @@
 //! Image platforms, read from the registry and cached per image reference: the
-//! scheduler's hard filter (DESIGN invariant 6). A fresh answer is kept for
+//! scheduler's hard filter (an image runs only where it is built for). A fresh answer is kept for
 //! [`PLATFORMS_TTL`]; after that it is still used while a background refresh asks the
 //! registry again (a `HEAD` first: when the manifest digest did not move, nothing else is
 //! fetched), so a reconcile pass only waits for the registry the first time it meets an
