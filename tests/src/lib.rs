@@ -1038,6 +1038,27 @@ pub fn try_docker_containers_of(deployment: &str) -> Result<Vec<String>, String>
     Ok(String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect())
 }
 
+/// Force-removes every container the control plane knows when dropped, so that a failing
+/// test leaves nothing running behind (declare it after the control plane). Never panics.
+pub struct RemoveAllContainersOnDrop<'a>(pub &'a ControlPlane);
+
+impl Drop for RemoveAllContainersOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(token) = self.0.try_admin_token() else { return };
+        let authorization = format!("Bearer {token}");
+        let Ok(listed) = http_request("GET", &self.0.rest_url("/api/v1/containers"), Some(&authorization), None) else {
+            return;
+        };
+        let Ok(serde_json::Value::Array(listed)) = serde_json::from_str::<serde_json::Value>(&listed.body) else { return };
+        for container in listed {
+            if let Some(id) = container["id"].as_str() {
+                let url = self.0.rest_url(&format!("/api/v1/containers/{id}?force=true"));
+                let _ = http_request("DELETE", &url, Some(&authorization), None);
+            }
+        }
+    }
+}
+
 /// Deletes a deployment (REST) when dropped and waits up to 20 s for its Docker containers
 /// to go; what is still there then is force-removed, also when the control plane is
 /// gone. Never panics (a panic while the test unwinds would abort the whole test

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use diplo_tests::unique_name as unique;
-use diplo_tests::{Agent, ControlPlane, ControlPlaneOptions, http_request, wait_until};
+use diplo_tests::{Agent, ControlPlane, ControlPlaneOptions, RemoveAllContainersOnDrop, http_request, wait_until};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
@@ -18,24 +18,6 @@ const LOG_BYTES: u64 = 50 * 1024 * 1024;
 /// The most the agent's memory may grow over all the reads.
 const MAX_GROWTH_KIB: u64 = 100 * 1024;
 const DONE: &str = "diplo-log-done";
-
-/// Force-removes every container the control plane knows when dropped.
-struct RemoveAllOnDrop<'a>(&'a ControlPlane);
-
-impl Drop for RemoveAllOnDrop<'_> {
-    fn drop(&mut self) {
-        let Some(token) = self.0.try_admin_token() else { return };
-        let authorization = format!("Bearer {token}");
-        let Ok(listed) = http_request("GET", &self.0.rest_url("/api/v1/containers"), Some(&authorization), None) else { return };
-        let Ok(Value::Array(listed)) = serde_json::from_str::<Value>(&listed.body) else { return };
-        for container in listed {
-            if let Some(id) = container["id"].as_str() {
-                let _ =
-                    http_request("DELETE", &self.0.rest_url(&format!("/api/v1/containers/{id}?force=true")), Some(&authorization), None);
-            }
-        }
-    }
-}
 
 /// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
 fn memory_kib(pid: u32, field: &str) -> u64 {
@@ -89,7 +71,7 @@ fn bounded_logs_on(runtime: &str) {
     let token = control_plane.join_token(&[]);
     let mut agent: Agent = control_plane.start_agent_with_env("big-logs", Some(&token), &[("DIPLO_RUNTIMES", runtime)]);
     // Declared after the agent: dropped (removing the containers) while it still runs.
-    let _cleanup = RemoveAllOnDrop(&control_plane);
+    let _cleanup = RemoveAllContainersOnDrop(&control_plane);
     let node = wait_until("the node to be ready", Duration::from_secs(60), POLL, || {
         let nodes = control_plane.try_nodes()?;
         match diplo_tests::find_node(&nodes, "big-logs") {

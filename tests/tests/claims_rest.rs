@@ -10,7 +10,9 @@ use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use diplo_tests::{ControlPlane, ControlPlaneOptions, HttpResponse, docker_containers_of, host_arch, unique_name, wait_until};
+use diplo_tests::{
+    ControlPlane, ControlPlaneOptions, HttpResponse, RemoveAllContainersOnDrop, docker_containers_of, host_arch, unique_name, wait_until,
+};
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -41,26 +43,6 @@ fn assert_error(what: &str, response: &HttpResponse, status: u16, code: &str) {
     assert!(!message.trim().is_empty(), "{what}: an empty message: {body}");
 }
 
-/// Removes every container the control plane knows when dropped (declare it after the
-/// control plane).
-struct RemoveContainersOnDrop<'a>(&'a ControlPlane);
-
-impl Drop for RemoveContainersOnDrop<'_> {
-    fn drop(&mut self) {
-        let authorization = format!("Bearer {}", self.0.admin_token());
-        let Ok(listed) = diplo_tests::http_request("GET", &self.0.rest_url("/api/v1/containers"), Some(&authorization), None) else {
-            return;
-        };
-        let Ok(Value::Array(listed)) = serde_json::from_str::<Value>(&listed.body) else { return };
-        for container in listed {
-            if let Some(id) = container["id"].as_str() {
-                let url = self.0.rest_url(&format!("/api/v1/containers/{id}?force=true"));
-                let _ = diplo_tests::http_request("DELETE", &url, Some(&authorization), None);
-            }
-        }
-    }
-}
-
 fn dev_control_plane() -> ControlPlane {
     ControlPlane::start(ControlPlaneOptions { dev: true, ..Default::default() })
 }
@@ -88,7 +70,7 @@ fn docker_available(node: &Value) -> bool {
 #[test]
 fn dev_mode_runs_exactly_one_ready_node_for_this_host_that_runs_containers() {
     let control_plane = dev_control_plane();
-    let _cleanup = RemoveContainersOnDrop(&control_plane);
+    let _cleanup = RemoveAllContainersOnDrop(&control_plane);
     let node = dev_node(&control_plane);
     // Still one node a moment later: the in-process agent joined once.
     std::thread::sleep(Duration::from_secs(2));
@@ -209,7 +191,7 @@ fn watch_events(control_plane: &ControlPlane) -> mpsc::Receiver<Result<SseEvent,
 #[test]
 fn rest_errors_share_one_json_shape_and_the_event_stream_tells_a_deployments_lifecycle() {
     let control_plane = dev_control_plane();
-    let _cleanup = RemoveContainersOnDrop(&control_plane);
+    let _cleanup = RemoveAllContainersOnDrop(&control_plane);
     let node = dev_node(&control_plane);
 
     // 401 on several routes, without a token or with a wrong one.

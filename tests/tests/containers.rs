@@ -7,32 +7,11 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use diplo_tests::unique_name as unique;
-use diplo_tests::{ControlPlane, ControlPlaneOptions, free_port, http_get, wait_until};
+use diplo_tests::{ControlPlane, ControlPlaneOptions, RemoveAllContainersOnDrop, free_port, http_get, wait_until};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const POLL: Duration = Duration::from_millis(250);
-
-/// Force-removes every container the control plane knows when dropped, so that a
-/// failing test leaves nothing running behind (declare it after the control plane).
-struct RemoveAllOnDrop<'a>(&'a ControlPlane);
-
-impl Drop for RemoveAllOnDrop<'_> {
-    fn drop(&mut self) {
-        let Some(token) = self.0.try_admin_token() else { return };
-        let authorization = format!("Bearer {token}");
-        let Ok(listed) = diplo_tests::http_request("GET", &self.0.rest_url("/api/v1/containers"), Some(&authorization), None) else {
-            return;
-        };
-        let Ok(Value::Array(listed)) = serde_json::from_str::<Value>(&listed.body) else { return };
-        for container in listed {
-            if let Some(id) = container["id"].as_str() {
-                let url = self.0.rest_url(&format!("/api/v1/containers/{id}?force=true"));
-                let _ = diplo_tests::http_request("DELETE", &url, Some(&authorization), None);
-            }
-        }
-    }
-}
 
 /// A shell command serving `text` over HTTP on port 8080 and logging a marker first.
 fn httpd(text: &str) -> Vec<String> {
@@ -72,7 +51,7 @@ fn containers(control_plane: &ControlPlane) -> Vec<Value> {
 
 fn lifecycle_on(runtime: &str) {
     let (control_plane, _agent, available) = cluster();
-    let _cleanup = RemoveAllOnDrop(&control_plane);
+    let _cleanup = RemoveAllContainersOnDrop(&control_plane);
     if !wanted(runtime, &available) {
         return;
     }
@@ -206,7 +185,7 @@ fn container_lifecycle_on_lxc() {
 #[test]
 fn bad_container_requests_get_clear_errors_and_leave_nothing_behind() {
     let (control_plane, _agent, available) = cluster();
-    let _cleanup = RemoveAllOnDrop(&control_plane);
+    let _cleanup = RemoveAllContainersOnDrop(&control_plane);
     let runtime =
         if available.iter().any(|r| r == "docker") { "docker" } else { available.first().map(String::as_str).unwrap_or("docker") };
     let create = |body: Value| control_plane.rest("POST", "/api/v1/containers", Some(body));
@@ -251,7 +230,7 @@ fn bad_container_requests_get_clear_errors_and_leave_nothing_behind() {
 #[test]
 fn a_killed_agent_readopts_its_containers_without_restarting_them() {
     let (control_plane, mut agent, available) = cluster();
-    let _cleanup = RemoveAllOnDrop(&control_plane);
+    let _cleanup = RemoveAllContainersOnDrop(&control_plane);
     // One container per runtime (all four), so that re-adoption is shown on each.
     let runtimes: Vec<&str> = ["docker", "containerd", "lxc", "podman"].into_iter().filter(|r| wanted(r, &available)).collect();
     let mut ports = BTreeMap::new();
