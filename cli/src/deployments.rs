@@ -13,20 +13,46 @@ use tonic::transport::Channel;
 use crate::output::runtime_name;
 use crate::status_error;
 
-/// What `diplo deploy` asks for.
+/// What `diplo deploy` asks for (its flags and arguments).
+#[derive(Debug, clap::Args)]
 pub struct DeployArgs {
+    /// Deployment name.
     pub name: String,
+    /// Image reference.
+    #[arg(long)]
     pub image: String,
+    /// Number of replicas.
+    #[arg(short, long, default_value_t = 1)]
     pub replicas: u32,
+    /// Publish HOST:CONTAINER[/udp] (repeatable).
+    #[arg(short, long = "publish")]
     pub publish: Vec<String>,
+    /// Environment KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
     pub env: Vec<String>,
+    /// Runtime: docker, containerd, lxc or podman (default: each node's preferred).
+    #[arg(long)]
     pub runtime: Option<String>,
+    /// Only this node (id or name).
+    #[arg(long)]
     pub node: Option<String>,
+    /// binpack (default) or spread.
+    #[arg(long)]
     pub strategy: Option<String>,
+    /// Restart policy: no, always, on-failure, unless-stopped.
+    #[arg(long, default_value = "always")]
     pub restart: String,
+    /// Same key twice creates one deployment.
+    #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Return at once instead of showing progress.
+    #[arg(short, long)]
     pub detach: bool,
+    /// Give up showing progress after this long (e.g. 2m).
+    #[arg(long, default_value = "3m", value_parser = parse_timeout)]
     pub timeout: Duration,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true)]
     pub command: Vec<String>,
 }
 

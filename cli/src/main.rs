@@ -52,46 +52,7 @@ enum Command {
         command: ContainersCommand,
     },
     /// Deploy an image as a set of replicas the control plane keeps running.
-    Deploy {
-        /// Deployment name.
-        name: String,
-        /// Image reference.
-        #[arg(long)]
-        image: String,
-        /// Number of replicas.
-        #[arg(short, long, default_value_t = 1)]
-        replicas: u32,
-        /// Publish HOST:CONTAINER[/udp] (repeatable).
-        #[arg(short, long = "publish")]
-        publish: Vec<String>,
-        /// Environment KEY=VALUE (repeatable).
-        #[arg(short, long = "env")]
-        env: Vec<String>,
-        /// Runtime: docker, containerd, lxc or podman (default: each node's preferred).
-        #[arg(long)]
-        runtime: Option<String>,
-        /// Only this node (id or name).
-        #[arg(long)]
-        node: Option<String>,
-        /// binpack (default) or spread.
-        #[arg(long)]
-        strategy: Option<String>,
-        /// Restart policy: no, always, on-failure, unless-stopped.
-        #[arg(long, default_value = "always")]
-        restart: String,
-        /// Same key twice creates one deployment.
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        /// Return at once instead of showing progress.
-        #[arg(short, long)]
-        detach: bool,
-        /// Give up showing progress after this long (e.g. 2m).
-        #[arg(long, default_value = "3m", value_parser = deployments::parse_timeout)]
-        timeout: Duration,
-        /// Command and arguments.
-        #[arg(trailing_var_arg = true)]
-        command: Vec<String>,
-    },
+    Deploy(deployments::DeployArgs),
     /// Deployments.
     Apps {
         #[command(subcommand)]
@@ -316,38 +277,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::JoinToken { command } => join_token(&mut cluster, command).await?,
         Command::ApiToken { command } => api_token(&mut cluster, command).await?,
         Command::Containers { command } => containers::run(client::limited!(ContainerServiceClient::new(channel)), command).await?,
-        Command::Deploy {
-            name,
-            image,
-            replicas,
-            publish,
-            env,
-            runtime,
-            node,
-            strategy,
-            restart,
-            idempotency_key,
-            detach,
-            timeout,
-            command,
-        } => {
-            let args = deployments::DeployArgs {
-                name,
-                image,
-                replicas,
-                publish,
-                env,
-                runtime,
-                node,
-                strategy,
-                restart,
-                idempotency_key,
-                detach,
-                timeout,
-                command,
-            };
-            deployments::deploy(channel, args).await?
-        }
+        Command::Deploy(args) => deployments::deploy(channel, args).await?,
         Command::Apps { command } => deployments::apps(channel, command).await?,
         Command::Events { follow } => deployments::events(channel, follow).await?,
     }
