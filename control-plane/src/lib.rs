@@ -10,6 +10,7 @@ pub mod http;
 pub mod model;
 pub mod nodes;
 pub mod pki;
+pub mod planner;
 pub mod ratelimit;
 pub mod scheduler;
 pub mod server;

@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use super::ControlPlane;
 use crate::auth::Caller;
 use crate::error::{ServiceError, ServiceResult};
-use crate::model::{NodeRecord, NodeStatus, ObservedContainer, Role};
+use crate::model::{Constraints, NodeStatus, ObservedContainer, Role, Strategy};
+use crate::planner::DIRECT;
+use crate::scheduler::{self, NodeCandidate, PlacementRequest};
 
 /// Default grace period between SIGTERM and SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -66,57 +68,34 @@ pub struct RuntimeStatus {
     pub nodes: Vec<(String, RuntimeReport)>,
 }
 
-/// Picks the node and runtime for a new container: ready, not cordoned nodes that offer
-/// the forced runtime (or any runtime), fewest containers first, then by name. With no
-/// candidate, the error lists each node's reason.
+/// Picks the node and runtime for a new container with the scheduler, as for a
+/// deployment's replica: ready, not cordoned nodes (only `node`, an id, when given) that
+/// offer the forced runtime (or a usable one for their platform), have room for its CPU
+/// and memory, its host ports free and, when the image's platforms are known, its
+/// platform. Direct containers spread: a node's direct containers count against it. With
+/// no candidate, the error lists each node's reason.
 pub fn place_container(
-    nodes: &[NodeRecord],
-    container_counts: &HashMap<String, usize>,
-    forced_node: Option<&str>,
-    forced_runtime: Option<Runtime>,
+    candidates: &[NodeCandidate],
+    spec: &ContainerSpec,
+    node: Option<String>,
+    runtime: Option<Runtime>,
+    platforms: Option<Vec<(String, String)>>,
 ) -> Result<(String, Runtime), Vec<String>> {
-    let mut reasons = Vec::new();
-    let mut candidates = Vec::new();
-    for node in nodes {
-        if forced_node.is_some_and(|wanted| wanted != node.id && wanted != node.name) {
-            continue;
-        }
-        let runtime = match forced_runtime {
-            Some(runtime) if node.fingerprint.available_runtimes().contains(&runtime) => Some(runtime),
-            Some(runtime) => {
-                reasons.push(format!("{}: {runtime} is not available", node.name));
-                continue;
-            }
-            None => node.fingerprint.preferred_runtime(),
-        };
-        let Some(runtime) = runtime else {
-            reasons.push(format!("{}: no container runtime available", node.name));
-            continue;
-        };
-        if node.status != NodeStatus::Ready {
-            reasons.push(format!("{}: node is {}", node.name, node.status));
-            continue;
-        }
-        if node.cordoned {
-            reasons.push(format!("{}: node is cordoned", node.name));
-            continue;
-        }
-        candidates.push((container_counts.get(&node.id).copied().unwrap_or(0), node.name.clone(), node.id.clone(), runtime));
-    }
-    candidates.sort();
-    match candidates.into_iter().next() {
-        Some((_, _, id, runtime)) => Ok((id, runtime)),
-        None => {
-            if let Some(wanted) = forced_node
-                && reasons.is_empty()
-            {
-                reasons.push(format!("{wanted}: no such node"));
-            }
-            if reasons.is_empty() {
-                reasons.push("the cluster has no nodes".into());
-            }
-            Err(reasons)
-        }
+    let request = PlacementRequest {
+        deployment_id: DIRECT.to_owned(),
+        count: 1,
+        image: spec.image.clone(),
+        image_platforms: platforms,
+        runtime,
+        constraints: Constraints { node, ..Default::default() },
+        cpu_millis: u64::from(spec.cpu_millis.unwrap_or(0)),
+        memory_bytes: spec.memory_bytes.unwrap_or(0),
+        ports: spec.ports.iter().map(|p| (p.host_port, p.protocol)).collect(),
+        strategy: Strategy::Spread,
+    };
+    match scheduler::place(candidates, &request) {
+        Ok(placed) => placed.into_iter().next().map(|p| (p.node_id, p.runtime)).ok_or_else(|| vec!["no node fits".to_owned()]),
+        Err(no_fit) => Err(no_fit.reasons),
     }
 }
 
@@ -147,18 +126,16 @@ impl ControlPlane {
         if self.nodes.containers().iter().any(|(_, c)| c.info.name == spec.name) {
             return Err(ServiceError::AlreadyExists(format!("a container named {:?} already exists", spec.name)));
         }
-        let mut nodes = self.store.list_nodes().await?;
-        for node in &mut nodes {
-            self.apply_live_status(node);
-        }
-        let counts = self.nodes.containers().into_iter().fold(HashMap::new(), |mut counts, (node_id, _)| {
-            *counts.entry(node_id).or_insert(0usize) += 1;
-            counts
-        });
-        let (node_id, runtime) = place_container(&nodes, &counts, request.node.as_deref(), request.runtime)
+        let node = match request.node.as_deref() {
+            Some(node) => Some(self.find_node(node).await?.id),
+            None => None,
+        };
+        let platforms = self.image_platforms.lookup(&spec.image).await.platforms();
+        let candidates = self.placement_candidates().await?;
+        let (node_id, runtime) = place_container(&candidates, &spec, node, request.runtime, platforms)
             .map_err(|reasons| ServiceError::FailedPrecondition(format!("no node can run this container: {}", reasons.join("; "))))?;
         spec.labels.insert(LABEL_INSTANCE.into(), uuid::Uuid::new_v4().to_string());
-        spec.labels.insert(LABEL_DEPLOYMENT.into(), "direct".into());
+        spec.labels.insert(LABEL_DEPLOYMENT.into(), DIRECT.into());
         spec.labels.insert(LABEL_NODE.into(), node_id.clone());
         let name = spec.name.clone();
         let output = self.send_command(&node_id, runtime, CommandOp::Create(spec)).await?;
@@ -324,6 +301,7 @@ fn duplicate_host_port(spec: &ContainerSpec) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::NodeRecord;
     use chrono::Utc;
     use diplo_api::container::Mount;
     use diplo_api::fingerprint::Fingerprint;
@@ -406,16 +384,46 @@ mod tests {
         }
     }
 
+    /// Candidates for `nodes`, with `direct` direct containers on the first one.
+    fn candidates(nodes: &[NodeRecord], direct: usize) -> Vec<NodeCandidate> {
+        let observed: Vec<(String, ObservedContainer)> = (0..direct)
+            .map(|n| {
+                let labels = [(LABEL_DEPLOYMENT.to_owned(), DIRECT.to_owned()), (LABEL_INSTANCE.to_owned(), format!("x{n}"))].into();
+                (nodes[0].id.clone(), ObservedContainer { runtime: Runtime::Docker, info: crate::planner::tests_support::info(labels) })
+            })
+            .collect();
+        let states = nodes.iter().map(|n| (n, crate::planner::NodeState { status: n.status, connected: true }));
+        crate::planner::candidates(states, &[], &HashMap::new(), &observed)
+    }
+
     #[test]
     fn placement_prefers_the_platform_runtime_and_the_emptiest_node() {
         let nodes = vec![
             node("pi", "arm64", &[Runtime::Docker, Runtime::Lxc], NodeStatus::Ready),
             node("x86", "amd64", &[Runtime::Lxc, Runtime::Docker], NodeStatus::Ready),
         ];
-        let busy = HashMap::from([("id-pi".to_owned(), 3)]);
-        assert_eq!(place_container(&nodes, &busy, None, None), Ok(("id-x86".into(), Runtime::Docker)));
-        assert_eq!(place_container(&nodes, &HashMap::new(), Some("pi"), None), Ok(("id-pi".into(), Runtime::Lxc)));
-        assert_eq!(place_container(&nodes, &busy, None, Some(Runtime::Lxc)), Ok(("id-x86".into(), Runtime::Lxc)));
+        let spec = ContainerSpec::default();
+        let busy = candidates(&nodes, 3);
+        assert_eq!(place_container(&busy, &spec, None, None, None), Ok(("id-x86".into(), Runtime::Docker)));
+        assert_eq!(place_container(&candidates(&nodes, 0), &spec, Some("id-pi".into()), None, None), Ok(("id-pi".into(), Runtime::Lxc)));
+        assert_eq!(place_container(&busy, &spec, None, Some(Runtime::Lxc), None), Ok(("id-x86".into(), Runtime::Lxc)));
+        // The image's platforms, capacity and host ports count as for deployments.
+        let arm_only = Some(vec![("linux".to_owned(), "arm64".to_owned())]);
+        assert_eq!(place_container(&busy, &spec, None, None, arm_only), Ok(("id-pi".into(), Runtime::Lxc)));
+        let mut full = candidates(&nodes, 0);
+        full[1].used_ports.insert((8080, diplo_api::container::Protocol::Tcp));
+        full[0].memory_bytes = 1 << 20;
+        let big = ContainerSpec {
+            memory_bytes: Some(1 << 30),
+            ports: vec![diplo_api::container::PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: diplo_api::container::Protocol::Tcp,
+            }],
+            ..Default::default()
+        };
+        let reasons = place_container(&full, &big, None, None, None).expect_err("nothing fits");
+        assert!(reasons[0].starts_with("pi: not enough memory") && reasons[1].starts_with("x86: host port 8080/tcp in use"), "{reasons:?}");
     }
 
     #[test]
@@ -423,11 +431,11 @@ mod tests {
         let mut cordoned = node("c", "amd64", &[Runtime::Docker], NodeStatus::Ready);
         cordoned.cordoned = true;
         let nodes = vec![node("a", "amd64", &[Runtime::Docker], NodeStatus::Down), cordoned];
-        let reasons = place_container(&nodes, &HashMap::new(), None, None).unwrap_err();
-        assert_eq!(reasons, vec!["a: node is down".to_owned(), "c: node is cordoned".to_owned()]);
-        let reasons = place_container(&nodes, &HashMap::new(), None, Some(Runtime::Containerd)).unwrap_err();
-        assert!(reasons.iter().all(|r| r.contains("containerd is not available")), "{reasons:?}");
-        let reasons = place_container(&nodes, &HashMap::new(), Some("ghost"), None).unwrap_err();
-        assert_eq!(reasons, vec!["ghost: no such node".to_owned()]);
+        let spec = ContainerSpec::default();
+        let reasons = place_container(&candidates(&nodes, 0), &spec, None, None, None).unwrap_err();
+        assert_eq!(reasons, vec!["a: not ready".to_owned(), "c: cordoned".to_owned()]);
+        let nodes = vec![node("a", "amd64", &[Runtime::Docker], NodeStatus::Ready)];
+        let reasons = place_container(&candidates(&nodes, 0), &spec, None, Some(Runtime::Containerd), None).unwrap_err();
+        assert!(reasons.iter().all(|r| r.contains("runtime containerd not available")), "{reasons:?}");
     }
 }

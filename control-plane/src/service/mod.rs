@@ -9,6 +9,7 @@ mod instances;
 mod reconciler;
 mod tokens;
 
+pub use crate::planner::instance_container;
 pub use commands::{COMMAND_TIMEOUT, stream_end_note};
 pub use containers::{
     ContainerView, CreateContainer, DEFAULT_STOP_GRACE, Logs, RuntimeStatus, check_container_spec, check_workload, place_container,
@@ -16,7 +17,7 @@ pub use containers::{
 pub use deployments::{DeployInput, Deployed, DeploymentView, HIDDEN_ENV_VALUE, validate_deployment_spec};
 pub use images::{PLATFORMS_TTL, PlatformCache, PlatformLookup};
 pub use instances::{InstanceUsage, InstanceView};
-pub use reconciler::{Fit, RECONCILE_PERIOD, instance_container};
+pub use reconciler::{CommandSink, Fit, RECONCILE_PERIOD};
 pub use tokens::{ApiTokenCache, CreatedApiToken, CreatedJoinToken, DEFAULT_JOIN_TOKEN_TTL, NewApiToken};
 
 use std::sync::Arc;
