@@ -36,6 +36,9 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
     };
     let db_url = config.effective_database_url();
     let store = crate::store::open(&db_url).await.context("opening the state store")?;
+    // Nodes, deployments and instances are served from memory from here on; every write
+    // still reaches the database first.
+    let store: Arc<dyn crate::store::Store> = crate::store::CachedStore::load(store).await.context("loading the state store")?;
     tracing::info!(backend = store.backend(), database = %crate::store::mask_password(&db_url), "state store ready");
     let pki = ClusterPki::load_or_create(&config.data_dir, &config.tls_sans).context("preparing the cluster PKI")?;
 

@@ -4,6 +4,8 @@
 //! `conformance!` macro turns each into one test per backend:
 //!
 //! * `sqlite::<case>` on a fresh file in a temporary directory;
+//! * `cached::<case>` on the in-memory view of nodes, deployments and instances
+//!   (`CachedStore`) written through to a fresh SQLite file;
 //! * `postgres::<case>` on a fresh database `diplo_conf_<random>` created through
 //!   `DIPLO_TEST_DATABASE_URL` (e.g. `postgres://diplo:diplo@127.0.0.1:5432/diplo_test`)
 //!   and dropped afterwards. Without that variable the PostgreSQL tests are skipped
@@ -23,6 +25,15 @@ async fn with_sqlite(case: Case) {
     let url = format!("sqlite://{}", dir.path().join("state").join("diplo.db").display());
     let store = store::open(&url).await.expect("open sqlite store");
     assert_eq!(store.backend(), "sqlite");
+    case(store).await;
+}
+
+/// Runs a case on the in-memory view written through to a fresh SQLite file: it must
+/// answer exactly as the database does.
+async fn with_cached(case: Case) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("state").join("diplo.db").display());
+    let store = store::CachedStore::load(store::open(&url).await.expect("open sqlite store")).await.expect("load");
     case(store).await;
 }
 
@@ -47,6 +58,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::with_sqlite(|s| Box::pin(super::cases::$case(s))).await;
+                }
+            )*
+        }
+        mod cached {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::with_cached(|s| Box::pin(super::cases::$case(s))).await;
                 }
             )*
         }

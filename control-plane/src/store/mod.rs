@@ -13,11 +13,13 @@ use crate::model::{
 };
 use diplo_api::fingerprint::Fingerprint;
 
+mod cached;
 mod common;
 mod postgres;
 mod rows;
 mod sqlite;
 
+pub use cached::CachedStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
