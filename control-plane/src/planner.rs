@@ -62,8 +62,8 @@ pub struct Snapshot {
     observed: Vec<(String, ObservedContainer)>,
     /// `(node id, instance id)` → index in `observed`.
     by_instance: HashMap<(String, String), usize>,
-    /// Keys of commands under way (instance ids, `orphan:<instance id>`).
-    in_flight: HashSet<String>,
+    /// Keys of commands under way.
+    in_flight: HashSet<CommandKey>,
     /// Scheduler candidates, with the usage of every live instance; placements made by
     /// earlier plans of the same pass are added with [`Snapshot::account`].
     candidates: Vec<NodeCandidate>,
@@ -79,7 +79,7 @@ impl Snapshot {
     pub fn new(
         nodes: HashMap<String, NodeState>,
         observed: Vec<(String, ObservedContainer)>,
-        in_flight: HashSet<String>,
+        in_flight: HashSet<CommandKey>,
         candidates: Vec<NodeCandidate>,
         images: HashMap<String, PlatformLookup>,
     ) -> Self {
@@ -258,19 +258,24 @@ pub struct PlannedCommand {
     pub op: InstanceOp,
 }
 
-impl PlannedCommand {
-    /// The in-flight key: one command at a time per key.
-    pub fn key(&self) -> String {
-        match &self.target {
-            Target::Instance { instance_id, .. } => instance_id.clone(),
-            Target::Orphan { instance_id } => orphan_key(instance_id),
-        }
-    }
+/// What one command at a time is allowed for: an instance, or a surplus copy (a container
+/// whose instance no longer exists, by the instance id its label names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CommandKey {
+    /// An instance (reconciler commands and operators' instance operations alike).
+    Instance(String),
+    /// The removal of a surplus copy.
+    SurplusCopy(String),
 }
 
-/// The in-flight key of a surplus copy's removal.
-pub fn orphan_key(instance_id: &str) -> String {
-    format!("orphan:{instance_id}")
+impl PlannedCommand {
+    /// The in-flight key: one command at a time per key.
+    pub fn key(&self) -> CommandKey {
+        match &self.target {
+            Target::Instance { instance_id, .. } => CommandKey::Instance(instance_id.clone()),
+            Target::Orphan { instance_id } => CommandKey::SurplusCopy(instance_id.clone()),
+        }
+    }
 }
 
 /// The operations the reconciler sends.
@@ -321,7 +326,8 @@ pub struct Plan {
 impl Plan {
     fn command(&mut self, snapshot: &Snapshot, instance: &InstanceRecord, node_id: &str, op: InstanceOp) {
         let Some(runtime) = instance.runtime else { return };
-        if snapshot.in_flight.contains(&instance.id) || self.commands.iter().any(|c| c.key() == instance.id) {
+        let key = CommandKey::Instance(instance.id.clone());
+        if snapshot.in_flight.contains(&key) || self.commands.iter().any(|c| c.key() == key) {
             return;
         }
         let target = Target::Instance { deployment_id: instance.deployment_id.clone(), instance_id: instance.id.clone() };
@@ -405,7 +411,7 @@ pub fn plan(
                 }
                 ContainerStatus::Paused | ContainerStatus::Restarting => {}
             }
-        } else if snapshot.usable(&node_id) && !snapshot.in_flight.contains(&instance.id) {
+        } else if snapshot.usable(&node_id) && !snapshot.in_flight.contains(&CommandKey::Instance(instance.id.clone())) {
             // Placed but not (or no longer) observed: (re)create after a pause.
             let waited = now - instance.updated_at;
             let due = match instance.status {
@@ -564,7 +570,7 @@ pub fn plan_orphans(snapshot: &Snapshot, known_instances: &HashSet<&str>) -> Vec
         if direct || known_instances.contains(instance.as_str()) || !snapshot.usable(node_id) {
             continue;
         }
-        let key = orphan_key(instance);
+        let key = CommandKey::SurplusCopy(instance.clone());
         if snapshot.in_flight.contains(&key) || commands.iter().any(|c: &PlannedCommand| c.key() == key) {
             continue;
         }

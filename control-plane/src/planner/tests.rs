@@ -94,7 +94,7 @@ fn snapshot(nodes: &[(&str, NodeStatus, bool)], observed: Vec<(&str, ObservedCon
     Snapshot::new(
         states,
         observed.into_iter().map(|(n, c)| (n.to_owned(), c)).collect(),
-        in_flight.iter().map(|k| (*k).to_owned()).collect(),
+        in_flight.iter().map(|k| CommandKey::Instance((*k).to_owned())).collect(),
         candidates,
         HashMap::new(),
     )
@@ -573,7 +573,10 @@ proptest! {
             .iter()
             .filter(|i| i.desired == InstanceDesired::Remove)
             .map(|i| i.id.clone())
-            .chain(plan.commands.iter().filter(|c| matches!(c.op, InstanceOp::Remove(_))).map(PlannedCommand::key))
+            .chain(plan.commands.iter().filter(|c| matches!(c.op, InstanceOp::Remove(_))).filter_map(|c| match c.key() {
+                CommandKey::Instance(id) => Some(id),
+                CommandKey::SurplusCopy(_) => None,
+            }))
             .chain(plan.delete.iter().cloned())
             .collect();
         prop_assert!(running.iter().any(|i| !removed.contains(&i.id)), "every running copy removed: {:#?}", plan);
@@ -587,7 +590,7 @@ proptest! {
         let mut keys = HashSet::new();
         for command in &plan.commands {
             prop_assert!(world.usable(&command.node_id), "{:?}", command);
-            prop_assert!(keys.insert(command.key()), "two commands for {}", command.key());
+            prop_assert!(keys.insert(command.key()), "two commands for {:?}", command.key());
         }
         // New records are placed on usable nodes too.
         for record in &plan.insert {

@@ -129,7 +129,7 @@ impl ControlPlane {
         caller.require_operator(Role::Deployer)?;
         let Located { mut view, node_id, container } = self.locate_instance(id).await?;
         // Held until this call ends, however it ends (a caller that goes away included).
-        let Some(in_flight) = self.in_flight.begin(&view.instance.id) else {
+        let Some(in_flight) = self.in_flight.begin(&crate::planner::CommandKey::Instance(view.instance.id.clone())) else {
             return Err(ServiceError::FailedPrecondition(format!("instance {id} has a command under way; try again")));
         };
         let result = async {

@@ -19,7 +19,7 @@ use super::ControlPlane;
 use super::images::PlatformLookup;
 use crate::error::{ServiceError, ServiceResult};
 use crate::model::{DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceRecord, InstanceStatus, ObservedContainer};
-use crate::planner::{self, InstanceOp, NodeState, Plan, PlannedCommand, Snapshot, Target};
+use crate::planner::{self, CommandKey, InstanceOp, NodeState, Plan, PlannedCommand, Snapshot, Target};
 use crate::scheduler;
 
 /// How often the reconciler runs without being nudged.
@@ -51,19 +51,18 @@ impl From<InstanceOp> for CommandOp {
     }
 }
 
-/// Commands sent and not answered yet, by key (an instance id, or `orphan:<id>` for a
-/// surplus copy), so a pass never sends twice. A marker lives as long as the
+/// Commands sent and not answered yet, by [`CommandKey`], so a pass never sends twice. A marker lives as long as the
 /// [`InFlightGuard`] that [`InFlight::begin`] returns, so it is released on every exit
 /// path: answered, failed, or the waiting future dropped (a client that disconnects, a
 /// task that is cancelled).
 #[derive(Default)]
-pub struct InFlight(Arc<Mutex<HashSet<String>>>);
+pub struct InFlight(Arc<Mutex<HashSet<CommandKey>>>);
 
 /// The marker of one command under way; dropping it ends the command's turn.
 #[must_use = "the in-flight marker is released when this is dropped"]
 pub struct InFlightGuard {
-    set: Arc<Mutex<HashSet<String>>>,
-    key: String,
+    set: Arc<Mutex<HashSet<CommandKey>>>,
+    key: CommandKey,
 }
 
 impl Drop for InFlightGuard {
@@ -74,18 +73,18 @@ impl Drop for InFlightGuard {
 
 impl InFlight {
     /// Marks `key` as having a command under way; `None` when it already has one.
-    pub(super) fn begin(&self, key: &str) -> Option<InFlightGuard> {
-        let inserted = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.to_owned());
-        inserted.then(|| InFlightGuard { set: Arc::clone(&self.0), key: key.to_owned() })
+    pub(super) fn begin(&self, key: &CommandKey) -> Option<InFlightGuard> {
+        let inserted = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone());
+        inserted.then(|| InFlightGuard { set: Arc::clone(&self.0), key: key.clone() })
     }
 
     #[cfg(test)]
-    fn contains(&self, key: &str) -> bool {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(key)
+    fn contains(&self, instance: &str) -> bool {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&CommandKey::Instance(instance.to_owned()))
     }
 
     /// The keys under way now.
-    fn keys(&self) -> HashSet<String> {
+    fn keys(&self) -> HashSet<CommandKey> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
@@ -436,13 +435,13 @@ mod tests {
     #[test]
     fn a_marker_lasts_as_long_as_its_guard() {
         let in_flight = InFlight::default();
-        let guard = in_flight.begin("i1").expect("free");
-        assert!(in_flight.begin("i1").is_none(), "one command at a time");
+        let guard = in_flight.begin(&CommandKey::Instance("i1".into())).expect("free");
+        assert!(in_flight.begin(&CommandKey::Instance("i1".into())).is_none(), "one command at a time");
         assert!(in_flight.contains("i1"));
-        let other = in_flight.begin("i2").expect("another key is free");
+        let other = in_flight.begin(&CommandKey::Instance("i2".into())).expect("another key is free");
         drop(guard);
         assert!(!in_flight.contains("i1"));
-        assert!(in_flight.begin("i1").is_some(), "free again");
+        assert!(in_flight.begin(&CommandKey::Instance("i1".into())).is_some(), "free again");
         assert!(in_flight.contains("i2"));
         drop(other);
         assert!(!in_flight.contains("i2"));
@@ -452,7 +451,7 @@ mod tests {
     async fn a_cancelled_command_releases_its_marker() {
         let in_flight = InFlight::default();
         // A waiter whose future is dropped (a client that disconnected mid-call).
-        let guard = in_flight.begin("i1").expect("free");
+        let guard = in_flight.begin(&CommandKey::Instance("i1".into())).expect("free");
         let waiting = async move {
             let _guard = guard;
             std::future::pending::<()>().await;
@@ -461,7 +460,7 @@ mod tests {
         assert!(!in_flight.contains("i1"), "released when the future was dropped");
 
         // A task that is aborted.
-        let guard = in_flight.begin("i2").expect("free");
+        let guard = in_flight.begin(&CommandKey::Instance("i2".into())).expect("free");
         let task = tokio::spawn(async move {
             let _guard = guard;
             std::future::pending::<()>().await;
@@ -471,7 +470,7 @@ mod tests {
         assert!(!in_flight.contains("i2"), "released when the task was aborted");
 
         // A task that panics.
-        let guard = in_flight.begin("i3").expect("free");
+        let guard = in_flight.begin(&CommandKey::Instance("i3".into())).expect("free");
         let task = tokio::spawn(async move {
             let _guard = guard;
             panic!("command handler failed");
