@@ -59,7 +59,7 @@ pub struct DeployArgs {
 /// Deploys, then shows progress until every replica runs (exit 0) or the timeout passes
 /// with the deployment still not running (exit 1, with its message).
 pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
-    let mut client = crate::client::limited!(DeploymentServiceClient::new(channel));
+    let mut client = crate::client::limited!(DeploymentServiceClient::new(channel.clone()));
     let runtime = match &args.runtime {
         Some(name) => pb::RuntimeKind::from(name.parse::<diplo_api::runtime::Runtime>()?) as i32,
         None => 0,
@@ -84,6 +84,14 @@ pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
         ..Default::default()
     };
     let request = pb::DeployRequest { spec: Some(spec), idempotency_key: args.idempotency_key.unwrap_or_default() };
+    // Progress is read again whenever the cluster reports an event (watched from before
+    // the deploy, so none is missed), and at least every second.
+    let mut events = if args.detach {
+        None
+    } else {
+        let mut watcher = crate::client::limited!(EventServiceClient::new(channel));
+        watcher.watch(pb::WatchRequest::default()).await.ok().map(tonic::Response::into_inner)
+    };
     let deployment = client.deploy(request).await.map_err(status_error)?.into_inner();
     println!("deployment {} created (id {}, revision {})", args.name, deployment.id, deployment.revision);
     if args.detach {
@@ -113,7 +121,20 @@ pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
         if started.elapsed() > args.timeout {
             bail!("{} is still {} after {:?}: {}", args.name, current.status, args.timeout, current.message);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        next_event(&mut events, Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits for the next cluster event, at most `wait`; without a stream (or once it ended),
+/// just waits.
+async fn next_event(events: &mut Option<tonic::Streaming<pb::Event>>, wait: Duration) {
+    let Some(stream) = events else {
+        tokio::time::sleep(wait).await;
+        return;
+    };
+    match tokio::time::timeout(wait, stream.message()).await {
+        Ok(Ok(Some(_))) | Err(_) => {}
+        Ok(Ok(None) | Err(_)) => *events = None,
     }
 }
 
