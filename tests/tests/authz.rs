@@ -143,7 +143,7 @@ fn hello(containers: Vec<pb::ContainerState>) -> pb::AgentMessage {
 }
 
 fn heartbeat(containers: Vec<pb::ContainerState>) -> pb::AgentMessage {
-    let beat = pb::Heartbeat { sequence: 1, containers, runtimes: Vec::new() };
+    let beat = pb::Heartbeat { sequence: 1, containers, full: true, ..Default::default() };
     pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) }
 }
 

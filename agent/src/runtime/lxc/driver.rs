@@ -1096,6 +1096,9 @@ async fn watch_events(lxc_path: PathBuf, publisher: Arc<PortPublisher>, tx: mpsc
         };
         let mut events = Vec::new();
         for (name, (running, started)) in &current {
+            if !previous.contains_key(name) && !*running && started.is_none() {
+                events.push((name.clone(), RuntimeEventKind::Changed));
+            }
             let (was_running, was_started) = previous.get(name).cloned().unwrap_or((false, None));
             let restarted = started.is_some() && *started != was_started;
             if *running && (!was_running || restarted) {
@@ -1112,8 +1115,11 @@ async fn watch_events(lxc_path: PathBuf, publisher: Arc<PortPublisher>, tx: mpsc
             }
         }
         for (name, (was_running, _)) in &previous {
-            if *was_running && !current.contains_key(name) {
-                events.push((name.clone(), RuntimeEventKind::Die));
+            if !current.contains_key(name) {
+                if *was_running {
+                    events.push((name.clone(), RuntimeEventKind::Die));
+                }
+                events.push((name.clone(), RuntimeEventKind::Removed));
             }
         }
         for (name, kind) in events {
