@@ -147,6 +147,15 @@ impl pb::agent_service_server::AgentService for AgentApi {
             loop {
                 match inbound.message().await {
                     Ok(Some(pb::AgentMessage { body: Some(Body::Heartbeat(beat)) })) => {
+                        tracing::debug!(
+                            node_id = %node_id,
+                            sequence = beat.sequence,
+                            full = beat.full,
+                            containers = beat.containers.len(),
+                            removed = beat.removed.len(),
+                            bytes = prost::Message::encoded_len(&beat),
+                            "heartbeat received"
+                        );
                         let checked = match container_report("heartbeat", beat.containers, beat.removed, beat.full) {
                             Ok(report) => control_plane.heartbeat(&caller, &node_id, report).await,
                             Err(err) => Err(ServiceError::InvalidRequest(err.to_string())),
