@@ -172,13 +172,6 @@ impl<T> NodeRegistry<T> {
         self.lock().get(node_id).and_then(|node| node.session.as_ref().map(|(session, tx)| (*session, tx.clone())))
     }
 
-    /// Replaces what a node reported running (from a hello or heartbeat).
-    pub fn set_containers(&self, node_id: &str, containers: Vec<ObservedContainer>) {
-        if let Some(node) = self.lock().get_mut(node_id) {
-            node.containers = containers;
-        }
-    }
-
     /// Applies what a node reported about its containers: with `full`, `upserted` replaces
     /// the whole view; otherwise each entry of `upserted` replaces the one of the same
     /// runtime and id (or is added), and each of `removed` is forgotten. Only this node's
