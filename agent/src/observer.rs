@@ -317,6 +317,104 @@ mod tests {
         }
     }
 
+    /// A runtime whose first event stream yields one event then fails, and whose later
+    /// streams yield a removal then stay open.
+    struct Flaky {
+        containers: std::sync::Mutex<Vec<ContainerInfo>>,
+        subscriptions: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl ContainerRuntime for Flaky {
+        fn runtime(&self) -> Runtime {
+            Runtime::Docker
+        }
+        async fn version(&self) -> crate::runtime::RuntimeResult<String> {
+            Ok("fake".into())
+        }
+        async fn ensure_image(&self, _: &str) -> crate::runtime::RuntimeResult<()> {
+            Ok(())
+        }
+        async fn import_image(&self, _: &std::path::Path, _: &str) -> crate::runtime::RuntimeResult<()> {
+            Ok(())
+        }
+        async fn create(&self, _: &diplo_api::container::ContainerSpec) -> crate::runtime::RuntimeResult<String> {
+            Err(RuntimeError::Unsupported { runtime: Runtime::Docker, operation: "create" })
+        }
+        async fn start(&self, _: &str) -> crate::runtime::RuntimeResult<()> {
+            Ok(())
+        }
+        async fn stop(&self, _: &str, _: Duration) -> crate::runtime::RuntimeResult<()> {
+            Ok(())
+        }
+        async fn restart(&self, _: &str, _: Duration) -> crate::runtime::RuntimeResult<()> {
+            Ok(())
+        }
+        async fn remove(&self, _: &str, _: bool) -> crate::runtime::RuntimeResult<()> {
+            Ok(())
+        }
+        async fn list(&self) -> crate::runtime::RuntimeResult<Vec<ContainerInfo>> {
+            Ok(self.containers.lock().expect("lock").clone())
+        }
+        async fn inspect(&self, id: &str) -> crate::runtime::RuntimeResult<ContainerInfo> {
+            let found = self.containers.lock().expect("lock").iter().find(|c| c.id == id).cloned();
+            found.ok_or_else(|| RuntimeError::NotFound { what: "container", name: id.into() })
+        }
+        async fn logs(
+            &self,
+            _: &str,
+            _: diplo_api::container::LogOptions,
+        ) -> crate::runtime::RuntimeResult<crate::runtime::RuntimeStream<diplo_api::container::LogChunk>> {
+            Err(RuntimeError::Unsupported { runtime: Runtime::Docker, operation: "logs" })
+        }
+        async fn exec(&self, _: &str, _: &[String]) -> crate::runtime::RuntimeResult<diplo_api::container::ExecOutput> {
+            Err(RuntimeError::Unsupported { runtime: Runtime::Docker, operation: "exec" })
+        }
+        async fn stats(&self, _: &str) -> crate::runtime::RuntimeResult<diplo_api::container::ContainerStats> {
+            Err(RuntimeError::Unsupported { runtime: Runtime::Docker, operation: "stats" })
+        }
+        async fn events(&self) -> crate::runtime::RuntimeResult<crate::runtime::RuntimeStream<RuntimeEvent>> {
+            let event = |id: &str, kind| Ok(RuntimeEvent { container_id: id.into(), kind });
+            if self.subscriptions.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                let failure = Err(RuntimeError::Unavailable { runtime: Runtime::Docker, message: "daemon restarted".into() });
+                Ok(Box::pin(futures::stream::iter([event("a", RuntimeEventKind::Die), failure])))
+            } else {
+                Ok(Box::pin(futures::stream::iter([event("a", RuntimeEventKind::Removed)]).chain(futures::stream::pending())))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_event_stream_falls_back_to_a_full_list_and_is_followed_again() {
+        let mut mine = info("a", ContainerStatus::Exited);
+        mine.labels.insert(diplo_api::container::LABEL_NODE.into(), "n1".into());
+        let mut foreign = info("b", ContainerStatus::Running);
+        foreign.labels.insert(diplo_api::container::LABEL_NODE.into(), "n2".into());
+        let driver = Arc::new(Flaky { containers: std::sync::Mutex::new(vec![mine.clone(), foreign]), subscriptions: Default::default() });
+        let (tx, mut rx) = mpsc::channel(16);
+        let watcher = tokio::spawn(watch_runtime(driver.clone(), "n1".into(), tx));
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let next = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("an observation within 5 s");
+            seen.push(next.expect("the watcher goes on"));
+        }
+        let listed = Observation::Listed(Runtime::Docker, vec![mine.clone()]);
+        assert_eq!(
+            seen,
+            [
+                Observation::Upsert(Runtime::Docker, mine),
+                // The stream failed: a full list (this node's containers only) ...
+                listed.clone(),
+                // ... and, subscribed again after the backoff, one more for the gap.
+                listed,
+                Observation::Gone(Runtime::Docker, "a".into()),
+            ]
+        );
+        assert_eq!(driver.subscriptions.load(std::sync::atomic::Ordering::SeqCst), 2);
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), watcher).await.expect("the watcher ends with its receiver").expect("no panic");
+    }
+
     #[test]
     fn the_tracker_reports_each_change_once_and_a_full_list_resets_it() {
         let mut tracker = Tracker::default();
