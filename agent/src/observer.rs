@@ -272,7 +272,8 @@ mod tests {
         use Observation::{Gone, Listed, Upsert};
         use Runtime::{Docker, Lxc};
         let running = view(&[(Docker, "a", Running), (Docker, "b", Running), (Lxc, "a", Running)]);
-        let cases: Vec<(&str, BTreeMap<ContainerKey, ContainerInfo>, Vec<Observation>, Vec<&str>)> = vec![
+        type Case = (&'static str, BTreeMap<ContainerKey, ContainerInfo>, Vec<Observation>, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
             ("nothing observed", running.clone(), vec![], vec![]),
             ("same state again", running.clone(), vec![Upsert(Docker, info("a", Running))], vec![]),
             ("killed outside Diplo", running.clone(), vec![Upsert(Docker, info("a", Exited))], vec!["docker/a=Exited"]),

@@ -34,16 +34,14 @@ const WITHIN: Duration = Duration::from_secs(5);
 async fn docker_events_follow_a_kill_and_a_removal_outside_diplo() {
     let socket = ProbeConfig::from_env().docker_socket;
     let driver = Arc::new(DockerRuntime::connect(&socket, RegistryConfig::default(), Runtime::Docker));
-    let tool = |verb: &'static str| move |id: &str| run("docker", &[verb, id]);
-    lifecycle(driver, tool("kill"), Some(Box::new(tool("rm")))).await;
+    lifecycle(driver, |id: &str| run("docker", &["kill", id]), Some("docker")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_events_follow_a_kill_and_a_removal_outside_diplo() {
     let socket = ProbeConfig::from_env().podman_socket;
     let driver = Arc::new(podman::connect(&socket, RegistryConfig::default()));
-    let tool = |verb: &'static str| move |id: &str| run("podman", &[verb, id]);
-    lifecycle(driver, tool("kill"), Some(Box::new(tool("rm")))).await;
+    lifecycle(driver, |id: &str| run("podman", &["kill", id]), Some("podman")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,9 +116,9 @@ async fn expect(rx: &mut mpsc::Receiver<Observation>, what: &str, wanted: impl F
 }
 
 /// Starts a container of node `node_id` under [`watch_runtime`], kills it with `kill`
-/// (outside Diplo), removes it (with `remove_outside`, else through the driver), and
+/// (outside Diplo), removes it (with `<remove_with> rm`, else through the driver), and
 /// checks that each step is observed.
-async fn lifecycle(driver: Arc<dyn ContainerRuntime>, kill: impl Fn(&str), remove_outside: Option<Box<dyn Fn(&str) + Send>>) {
+async fn lifecycle(driver: Arc<dyn ContainerRuntime>, kill: impl Fn(&str), remove_with: Option<&str>) {
     let runtime = driver.runtime();
     if let Err(error) = driver.version().await {
         return diplo_tests::skip_or_fail(&format!("{runtime} is unavailable, its event test is not run: {error}"));
@@ -154,8 +152,8 @@ async fn lifecycle(driver: Arc<dyn ContainerRuntime>, kill: impl Fn(&str), remov
     let took = expect(&mut rx, "the kill outside Diplo", is(ContainerStatus::Exited)).await;
     println!("{runtime}: killed outside Diplo, observed after {took:?}");
 
-    match remove_outside {
-        Some(remove) => remove(&id),
+    match remove_with {
+        Some(program) => run(program, &["rm", &id]),
         None => driver.remove(&id, false).await.unwrap_or_else(|e| panic!("{runtime}: remove: {e}")),
     }
     let gone = |o: &Observation| matches!(o, Observation::Gone(r, gone) if *r == runtime && *gone == id);
