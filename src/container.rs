@@ -323,6 +323,10 @@ pub enum RuntimeEventKind {
     Healthy,
     /// Health turned unhealthy.
     Unhealthy,
+    /// Some other change of its state (created, paused, resumed, renamed): inspect it.
+    Changed,
+    /// Removed: the runtime no longer has it.
+    Removed,
 }
 
 /// Checks a container name: 1 to 63 characters of letters, digits, `_`, `.` and `-`,

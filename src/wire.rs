@@ -220,6 +220,129 @@ pub fn container_info(state: pb::ContainerState) -> (ContainerInfo, String, Opti
     (info, node_text(&state.node_id), runtime)
 }
 
+/// Most containers one report (a hello or heartbeat) may carry, states and removals
+/// together.
+pub const MAX_REPORTED_CONTAINERS: usize = 10_000;
+
+/// Longest container id (bytes) a report may carry; runtimes' ids are 64 hex digits.
+pub const MAX_REPORTED_ID_BYTES: usize = 256;
+
+/// Most labels one reported container may carry.
+pub const MAX_REPORTED_LABELS: usize = 256;
+
+/// Most published ports one reported container may carry.
+pub const MAX_REPORTED_PORTS: usize = 1024;
+
+/// One container a node reports, with the node id it gave (for the node authorizer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedContainer {
+    /// The runtime running it.
+    pub runtime: crate::runtime::Runtime,
+    /// Its state, texts bounded with [`node_text`].
+    pub info: ContainerInfo,
+    /// The node id the report gave for it (empty: none).
+    pub node_id: String,
+}
+
+impl ReportedContainer {
+    /// The node ids the report gives for this container: its `node_id` and its
+    /// `diplo.node` label (what the node authorizer checks).
+    pub fn claimed_nodes(&self) -> impl Iterator<Item = &str> {
+        [Some(self.node_id.as_str()), self.info.labels.get(crate::container::LABEL_NODE).map(String::as_str)].into_iter().flatten()
+    }
+}
+
+/// What a node reports about its containers in one hello or heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerReport {
+    /// `upserted` is every container of the node, replacing the last view.
+    pub full: bool,
+    /// Containers whose state is new or changed (all of them with `full`).
+    pub upserted: Vec<ReportedContainer>,
+    /// Containers gone from their runtime, by runtime and id (empty with `full`).
+    pub removed: Vec<(crate::runtime::Runtime, String)>,
+}
+
+impl ContainerReport {
+    /// Whether the report says nothing about containers (an idle heartbeat).
+    pub fn is_empty(&self) -> bool {
+        !self.full && self.upserted.is_empty() && self.removed.is_empty()
+    }
+}
+
+fn reported_id(field: String, id: &str) -> Result<(), WireError> {
+    if id.is_empty() {
+        return Err(invalid(field, "a container id is required"));
+    }
+    if id.len() > MAX_REPORTED_ID_BYTES {
+        return Err(invalid(field, format!("{} bytes; at most {MAX_REPORTED_ID_BYTES}", id.len())));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(invalid(field, "control characters are not allowed"));
+    }
+    Ok(())
+}
+
+fn reported_runtime(field: String, value: i32) -> Result<crate::runtime::Runtime, WireError> {
+    pb::RuntimeKind::try_from(value)
+        .ok()
+        .and_then(pb::RuntimeKind::runtime)
+        .ok_or_else(|| invalid(field, format!("{value} is not a runtime")))
+}
+
+/// The validated domain form of a node's report: `containers` and `removed` as a hello
+/// (`message` = `hello`, always `full`) or heartbeat carries them. Refused, naming the
+/// field, when it holds more than [`MAX_REPORTED_CONTAINERS`] entries, a container id
+/// that is empty, longer than [`MAX_REPORTED_ID_BYTES`] or has control characters, an
+/// unknown runtime, more than [`MAX_REPORTED_LABELS`] labels or [`MAX_REPORTED_PORTS`]
+/// ports on one container, or removals in a full report. Other texts are bounded with
+/// [`node_text`] as in [`container_info`].
+pub fn container_report(
+    message: &str,
+    containers: Vec<pb::ContainerState>,
+    removed: Vec<pb::RemovedContainer>,
+    full: bool,
+) -> Result<ContainerReport, WireError> {
+    let entries = containers.len().saturating_add(removed.len());
+    if entries > MAX_REPORTED_CONTAINERS {
+        return Err(invalid(format!("{message}.containers"), format!("{entries} entries; at most {MAX_REPORTED_CONTAINERS}")));
+    }
+    if full && !removed.is_empty() {
+        return Err(invalid(format!("{message}.removed"), "a full report lists what exists, it removes nothing"));
+    }
+    let upserted = containers
+        .into_iter()
+        .enumerate()
+        .map(|(i, state)| {
+            let field = |name: &str| format!("{message}.containers[{i}].{name}");
+            reported_id(field("id"), &state.id)?;
+            let runtime = reported_runtime(field("runtime"), state.runtime)?;
+            if state.labels.len() > MAX_REPORTED_LABELS {
+                return Err(invalid(field("labels"), format!("{} labels; at most {MAX_REPORTED_LABELS}", state.labels.len())));
+            }
+            if state.ports.len() > MAX_REPORTED_PORTS {
+                return Err(invalid(field("ports"), format!("{} ports; at most {MAX_REPORTED_PORTS}", state.ports.len())));
+            }
+            let (info, node_id, _) = container_info(state);
+            Ok(ReportedContainer { runtime, info, node_id })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let removed = removed
+        .into_iter()
+        .enumerate()
+        .map(|(i, gone)| {
+            reported_id(format!("{message}.removed[{i}].id"), &gone.id)?;
+            Ok((reported_runtime(format!("{message}.removed[{i}].runtime"), gone.runtime)?, gone.id))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ContainerReport { full, upserted, removed })
+}
+
+/// The wire form of a removal.
+pub fn removed_container(runtime: crate::runtime::Runtime, id: &str) -> pb::RemovedContainer {
+    pb::RemovedContainer { id: id.to_owned(), runtime: pb::RuntimeKind::from(runtime) as i32 }
+}
+
 impl From<&ContainerStats> for pb::ContainerStats {
     fn from(stats: &ContainerStats) -> Self {
         pb::ContainerStats {
@@ -319,6 +442,75 @@ mod tests {
         let mut wire = pb::ContainerSpec::from(&spec());
         wire.image = " ".into();
         assert_eq!(ContainerSpec::try_from(wire).unwrap_err().field, "image");
+    }
+
+    fn state(id: &str, runtime: Runtime) -> pb::ContainerState {
+        let info = ContainerInfo {
+            id: id.into(),
+            name: "web".into(),
+            image: "img".into(),
+            status: ContainerStatus::Exited,
+            exit_code: 137,
+            pid: None,
+            ip_address: None,
+            ports: Vec::new(),
+            started_at: None,
+            health: None,
+            labels: [(crate::container::LABEL_NODE.to_owned(), "n1".to_owned())].into(),
+        };
+        container_state(&info, "n1", runtime)
+    }
+
+    #[test]
+    fn a_delta_round_trips_and_names_the_nodes_it_claims() {
+        let report =
+            container_report("heartbeat", vec![state("abc", Runtime::Docker)], vec![removed_container(Runtime::Lxc, "gone")], false)
+                .expect("valid");
+        assert!(!report.full && !report.is_empty());
+        assert_eq!(report.upserted[0].runtime, Runtime::Docker);
+        assert_eq!(report.upserted[0].info.status, ContainerStatus::Exited);
+        assert_eq!(report.upserted[0].claimed_nodes().collect::<Vec<_>>(), ["n1", "n1"]);
+        assert_eq!(report.removed, [(Runtime::Lxc, "gone".to_owned())]);
+        assert!(container_report("heartbeat", Vec::new(), Vec::new(), false).expect("idle").is_empty());
+        assert!(!container_report("heartbeat", Vec::new(), Vec::new(), true).expect("empty full list").is_empty());
+    }
+
+    #[test]
+    fn hostile_reports_are_refused_naming_the_field() {
+        let many = |n: usize| (0..n).map(|i| state(&format!("c{i}"), Runtime::Docker)).collect::<Vec<_>>();
+        let gone = |id: &str, runtime: i32| pb::RemovedContainer { id: id.into(), runtime };
+        let docker = pb::RuntimeKind::Docker as i32;
+        let mut unknown_runtime = state("abc", Runtime::Docker);
+        unknown_runtime.runtime = 0;
+        let mut labels = state("abc", Runtime::Docker);
+        labels.labels = (0..=MAX_REPORTED_LABELS).map(|i| (format!("k{i}"), String::new())).collect();
+        let mut ports = state("abc", Runtime::Docker);
+        ports.ports = vec![pb::PortMapping { host_port: 80, container_port: 80, protocol: "tcp".into() }; MAX_REPORTED_PORTS + 1];
+        let cases: Vec<(Vec<pb::ContainerState>, Vec<pb::RemovedContainer>, bool, &str)> = vec![
+            (many(MAX_REPORTED_CONTAINERS + 1), Vec::new(), false, "heartbeat.containers"),
+            (many(MAX_REPORTED_CONTAINERS), vec![gone("x", docker)], false, "heartbeat.containers"),
+            (vec![state("", Runtime::Docker)], Vec::new(), false, "heartbeat.containers[0].id"),
+            (vec![state(&"x".repeat(MAX_REPORTED_ID_BYTES + 1), Runtime::Docker)], Vec::new(), false, "heartbeat.containers[0].id"),
+            (vec![state("a\nb", Runtime::Docker)], Vec::new(), false, "heartbeat.containers[0].id"),
+            (vec![unknown_runtime], Vec::new(), false, "heartbeat.containers[0].runtime"),
+            (vec![labels], Vec::new(), false, "heartbeat.containers[0].labels"),
+            (vec![ports], Vec::new(), false, "heartbeat.containers[0].ports"),
+            (Vec::new(), vec![gone("ok", docker), gone("", docker)], false, "heartbeat.removed[1].id"),
+            (Vec::new(), vec![gone(&"y".repeat(100_000), docker)], false, "heartbeat.removed[0].id"),
+            (Vec::new(), vec![gone("x", 0)], false, "heartbeat.removed[0].runtime"),
+            (Vec::new(), vec![gone("x", 99)], false, "heartbeat.removed[0].runtime"),
+            (Vec::new(), vec![gone("x", docker)], true, "heartbeat.removed"),
+        ];
+        for (containers, removed, full, field) in cases {
+            let err = container_report("heartbeat", containers, removed, full).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.to_string().len() < 300, "the error quotes the input: {err}");
+        }
+        // At the bound: accepted.
+        assert_eq!(
+            container_report("heartbeat", many(MAX_REPORTED_CONTAINERS), Vec::new(), true).expect("at the bound").upserted.len(),
+            MAX_REPORTED_CONTAINERS
+        );
     }
 
     #[test]

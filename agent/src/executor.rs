@@ -80,18 +80,24 @@ impl Executor {
         Box::pin(async move { driver?.logs(&id, options.bounded()).await.map_err(command_error) })
     }
 
+    /// The node's id (its containers carry it as [`LABEL_NODE`]).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Every driver, by runtime.
+    pub fn drivers(&self) -> Vec<(Runtime, Arc<dyn ContainerRuntime>)> {
+        self.runtimes.iter().map(|(runtime, driver)| (*runtime, Arc::clone(driver))).collect()
+    }
+
     /// Every container this node created (Diplo's labels with this node's id), on every
     /// runtime; containers of other agents sharing a runtime are not ours. A runtime that
     /// fails to list is skipped (and logged) so that one broken daemon hides nothing else.
     pub async fn observe(&self) -> Vec<(Runtime, ContainerInfo)> {
         let node_id = self.node_id.as_str();
         let lists = futures::future::join_all(self.runtimes.iter().map(|(runtime, driver)| async move {
-            match driver.list().await {
-                Ok(list) => list
-                    .into_iter()
-                    .filter(|info| info.labels.get(LABEL_NODE).is_some_and(|owner| owner == node_id))
-                    .map(|info| (*runtime, info))
-                    .collect(),
+            match list_owned(driver.as_ref(), node_id).await {
+                Ok(list) => list.into_iter().map(|info| (*runtime, info)).collect(),
                 Err(err) => {
                     tracing::warn!(%runtime, error = %err, "cannot list containers");
                     Vec::new()
@@ -101,6 +107,16 @@ impl Executor {
         .await;
         lists.into_iter().flatten().collect()
     }
+}
+
+/// Whether `info` is a container of node `node_id` (its [`LABEL_NODE`] label says so).
+pub fn owned_by(info: &ContainerInfo, node_id: &str) -> bool {
+    info.labels.get(LABEL_NODE).is_some_and(|owner| owner == node_id)
+}
+
+/// The containers of node `node_id` on one runtime.
+pub async fn list_owned(driver: &dyn ContainerRuntime, node_id: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+    Ok(driver.list().await?.into_iter().filter(|info| owned_by(info, node_id)).collect())
 }
 
 async fn run_op(driver: Arc<dyn ContainerRuntime>, op: CommandOp, node_id: String) -> Result<CommandOutput, RuntimeError> {

@@ -6,6 +6,7 @@ pub mod executor;
 pub mod fingerprint;
 pub mod host_paths;
 pub mod identity;
+pub mod observer;
 pub mod port_publisher;
 pub mod runtime;
 pub mod session;

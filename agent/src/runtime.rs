@@ -110,6 +110,23 @@ pub trait ContainerRuntime: Send + Sync {
     async fn exec(&self, id: &str, argv: &[String]) -> RuntimeResult<ExecOutput>;
     /// A resource usage sample.
     async fn stats(&self, id: &str) -> RuntimeResult<ContainerStats>;
-    /// Start, die, oom and health events of Diplo's containers.
+    /// Follows what happens to Diplo's containers from now on: start, die, oom, health
+    /// changes, other changes of state (created, paused, resumed, renamed: `Changed`) and
+    /// removal (`Removed`), each naming the container by the id [`ContainerRuntime::list`]
+    /// and [`ContainerRuntime::inspect`] give it. The contract:
+    ///
+    /// * nothing is missed while the stream is open (Docker and Podman replay from the
+    ///   moment of the call; containerd's subscription and LXC's monitor are in place a
+    ///   moment after it returns, and a change within that moment waits for the caller's
+    ///   next full list). Events may repeat, and may name containers of other nodes
+    ///   sharing the runtime: the caller inspects the container and keeps its own;
+    /// * an event says *that* a container changed, not its whole state: inspect it (a
+    ///   `NotFound` then means it is gone);
+    /// * the stream ends, or yields an error and ends, when the runtime's source fails
+    ///   (daemon restarted, monitor exited): the caller lists in full and subscribes
+    ///   again.
+    ///
+    /// Docker and Podman follow their events API, containerd its event service (tasks and
+    /// containers in Diplo's namespace), LXC `lxc-monitor` and its lxcpath directory.
     async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>>;
 }

@@ -13,12 +13,13 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use diplo_api::command::{AgentCommand, CommandOp, CommandOutcome, CommandOutput, command_result};
 use diplo_api::container::OutputStream;
-use diplo_api::wire::container_state;
+use diplo_api::wire::{container_state, removed_container};
 use tokio_stream::StreamExt;
 
 use crate::executor::Executor;
 use crate::fingerprint::{ProbeConfig, probe};
 use crate::identity::Identity;
+use crate::observer::{COALESCE, Delta, Observation, RESYNC_INTERVAL, Tracker, watch_runtime};
 use crate::tls::{TlsError, connect_mtls, connect_pinned};
 
 /// Why the agent stopped for good (retrying cannot help).
@@ -273,7 +274,18 @@ async fn session_once(
     let mut client = agent_client(channel);
     let fingerprint = probe(probe_config).await;
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
-    let hello = pb::Hello { fingerprint: Some((&fingerprint).into()), containers: observed(executor, &identity.node_id).await };
+    // Events are followed from before the first full list, so that nothing between the
+    // two is missed; the watchers end with the session (the set aborts them when dropped).
+    let (observed_tx, mut observed_rx) = mpsc::channel::<Observation>(1024);
+    let mut watchers = tokio::task::JoinSet::new();
+    for (_, driver) in executor.drivers() {
+        watchers.spawn(watch_runtime(driver, identity.node_id.clone(), observed_tx.clone()));
+    }
+    drop(observed_tx);
+    let mut tracker = Tracker::default();
+    let listed = executor.observe().await;
+    tracker.full(&listed);
+    let hello = pb::Hello { fingerprint: Some((&fingerprint).into()), containers: wire_states(&listed, &identity.node_id) };
     // Fresh channel with room for 16: the hello always fits.
     let _ = tx.try_send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) });
     let mut downstream = match client.session(ReceiverStream::new(rx)).await {
@@ -293,6 +305,10 @@ async fn session_once(
 
     let mut heartbeat = tokio::time::interval(interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC_INTERVAL, RESYNC_INTERVAL);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the changes queued so far are sent (a short while after the first of them).
+    let mut flush_at: Option<tokio::time::Instant> = None;
     let mut sequence = 0u64;
     let mut renew_at = renewal_time(&identity.cert_pem);
     // A renewal runs beside the loop, so that heartbeats go on while it is under way.
@@ -300,11 +316,39 @@ async fn session_once(
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
+                flush_at = None;
                 sequence += 1;
-                let containers = observed(executor, &identity.node_id).await;
-                let beat = pb::Heartbeat { sequence, containers, runtimes: Vec::new() };
-                if tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) }).await.is_err() {
+                let beat = delta_heartbeat(sequence, tracker.take_delta(), &identity.node_id);
+                if !send_heartbeat(&tx, beat).await {
                     return SessionEnd::Retry("session stream closed".into());
+                }
+            }
+            _ = resync.tick() => {
+                // What is already queued is older than the list: it goes first, the list supersedes it.
+                while let Ok(observation) = observed_rx.try_recv() {
+                    tracker.observe(observation);
+                }
+                let listed = executor.observe().await;
+                tracker.full(&listed);
+                flush_at = None;
+                sequence += 1;
+                let beat = pb::Heartbeat { sequence, containers: wire_states(&listed, &identity.node_id), full: true, ..Default::default() };
+                if !send_heartbeat(&tx, beat).await {
+                    return SessionEnd::Retry("session stream closed".into());
+                }
+            }
+            Some(observation) = observed_rx.recv() => {
+                tracker.observe(observation);
+                flush_at.get_or_insert_with(|| tokio::time::Instant::now() + COALESCE);
+            }
+            () = sleep_until_some(flush_at) => {
+                flush_at = None;
+                let changes = tracker.take_delta();
+                if !changes.is_empty() {
+                    sequence += 1;
+                    if !send_heartbeat(&tx, delta_heartbeat(sequence, changes, &identity.node_id)).await {
+                        return SessionEnd::Retry("session stream closed".into());
+                    }
                 }
             }
             _ = tokio::time::sleep_until(renew_at), if renewal.is_none() => {
@@ -340,9 +384,44 @@ async fn session_once(
     }
 }
 
-/// Wire states of every container Diplo runs here.
-async fn observed(executor: &Executor, node_id: &str) -> Vec<pb::ContainerState> {
-    executor.observe().await.iter().map(|(runtime, info)| container_state(info, node_id, *runtime)).collect()
+/// Wire states of containers of node `node_id`.
+fn wire_states(
+    containers: &[(diplo_api::runtime::Runtime, diplo_api::container::ContainerInfo)],
+    node_id: &str,
+) -> Vec<pb::ContainerState> {
+    containers.iter().map(|(runtime, info)| container_state(info, node_id, *runtime)).collect()
+}
+
+/// A heartbeat carrying `changes` (none: an idle heartbeat, with no container at all).
+fn delta_heartbeat(sequence: u64, changes: Delta, node_id: &str) -> pb::Heartbeat {
+    pb::Heartbeat {
+        sequence,
+        containers: wire_states(&changes.upserted, node_id),
+        removed: changes.removed.iter().map(|(runtime, id)| removed_container(*runtime, id)).collect(),
+        full: false,
+        runtimes: Vec::new(),
+    }
+}
+
+/// Sends a heartbeat up the session; `false` when the session is closed.
+async fn send_heartbeat(tx: &mpsc::Sender<pb::AgentMessage>, beat: pb::Heartbeat) -> bool {
+    tracing::debug!(
+        sequence = beat.sequence,
+        full = beat.full,
+        containers = beat.containers.len(),
+        removed = beat.removed.len(),
+        bytes = prost::Message::encoded_len(&beat),
+        "heartbeat"
+    );
+    tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) }).await.is_ok()
+}
+
+/// Waits until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs a command in the background and sends its result up the session; a followed

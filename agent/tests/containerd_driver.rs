@@ -320,7 +320,8 @@ async fn stop_honours_the_grace_period_and_events_follow() {
     tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(event) = events.next().await {
             let event = event.expect("event");
-            if event.container_id == id {
+            // Other changes (created, task deleted) come as `Changed`: the lifecycle is what counts here.
+            if event.container_id == id && event.kind != diplo_api::container::RuntimeEventKind::Changed {
                 kinds.push(event.kind);
                 if kinds.len() == 2 {
                     return;

@@ -306,7 +306,8 @@ async fn short_runs_report_exit_codes_events_and_logs() {
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = events.next().await {
             let event = event.expect("event");
-            if event.container_id == id {
+            // Other changes (created, paused) come as `Changed`: the lifecycle is what counts here.
+            if event.container_id == id && event.kind != RuntimeEventKind::Changed {
                 seen.push(event.kind);
                 if event.kind == RuntimeEventKind::Die {
                     return;

@@ -564,7 +564,8 @@ async fn events_report_start_and_die(ctx: &Ctx) {
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = events.next().await {
             let event = event.expect("event");
-            if event.container_id == id {
+            // Other changes (created, paused) come as `Changed`: the lifecycle is what counts here.
+            if event.container_id == id && event.kind != RuntimeEventKind::Changed {
                 seen.push(event.kind);
                 if event.kind == RuntimeEventKind::Die {
                     return;

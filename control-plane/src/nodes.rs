@@ -172,11 +172,32 @@ impl<T> NodeRegistry<T> {
         self.lock().get(node_id).and_then(|node| node.session.as_ref().map(|(session, tx)| (*session, tx.clone())))
     }
 
-    /// Replaces what a node reported running (from a hello or heartbeat).
-    pub fn set_containers(&self, node_id: &str, containers: Vec<ObservedContainer>) {
-        if let Some(node) = self.lock().get_mut(node_id) {
-            node.containers = containers;
+    /// Applies what a node reported about its containers: with `full`, `upserted` replaces
+    /// the whole view; otherwise each entry of `upserted` replaces the one of the same
+    /// runtime and id (or is added), and each of `removed` is forgotten. Only this node's
+    /// view changes. Returns whether anything changed (`false` for an unknown node).
+    pub fn apply_report(
+        &self,
+        node_id: &str,
+        full: bool,
+        upserted: Vec<ObservedContainer>,
+        removed: &[(diplo_api::runtime::Runtime, String)],
+    ) -> bool {
+        let mut nodes = self.lock();
+        let Some(node) = nodes.get_mut(node_id) else { return false };
+        let before = node.containers.clone();
+        if full {
+            node.containers = upserted;
+        } else {
+            for container in upserted {
+                match node.containers.iter_mut().find(|c| c.runtime == container.runtime && c.info.id == container.info.id) {
+                    Some(entry) => *entry = container,
+                    None => node.containers.push(container),
+                }
+            }
+            node.containers.retain(|c| !removed.iter().any(|(runtime, id)| c.runtime == *runtime && c.info.id == *id));
         }
+        node.containers != before
     }
 
     /// Records one container's latest state (after a command), replacing the old entry.
@@ -308,6 +329,64 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         registry.connect("n1", tx);
         assert_eq!(registry.live_status("n1").expect("known").status, NodeStatus::Ready);
+    }
+
+    fn observed(runtime: diplo_api::runtime::Runtime, id: &str, status: diplo_api::container::ContainerStatus) -> ObservedContainer {
+        ObservedContainer {
+            runtime,
+            info: diplo_api::container::ContainerInfo {
+                id: id.into(),
+                name: id.into(),
+                image: "img".into(),
+                status,
+                exit_code: 0,
+                pid: None,
+                ip_address: None,
+                ports: Vec::new(),
+                started_at: None,
+                health: None,
+                labels: Default::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn reports_upsert_and_forget_by_runtime_and_id_and_a_full_list_replaces() {
+        use diplo_api::container::ContainerStatus::{Exited, Running};
+        use diplo_api::runtime::Runtime::{Docker, Lxc};
+        let registry: NodeRegistry<()> = NodeRegistry::new(HB, GRACE);
+        registry.track("n1", NodeStatus::Ready);
+        registry.track("n2", NodeStatus::Ready);
+        let view = |node: &str| {
+            let mut all: Vec<(String, String, String)> = registry
+                .containers()
+                .into_iter()
+                .filter(|(n, _)| n == node)
+                .map(|(_, c)| (c.runtime.to_string(), c.info.id, format!("{:?}", c.info.status)))
+                .collect();
+            all.sort();
+            all
+        };
+        let row = |runtime: &str, id: &str, status: &str| (runtime.to_owned(), id.to_owned(), status.to_owned());
+        assert!(registry.apply_report("n1", true, vec![observed(Docker, "a", Running), observed(Lxc, "a", Running)], &[]));
+        assert!(registry.apply_report("n2", true, vec![observed(Docker, "b", Running)], &[]));
+        assert!(!registry.apply_report("n1", false, vec![observed(Docker, "a", Running)], &[]), "the same state changes nothing");
+        assert!(!registry.apply_report("n1", false, Vec::new(), &[]), "an idle heartbeat changes nothing");
+        assert!(registry.apply_report("n1", false, vec![observed(Docker, "a", Exited), observed(Docker, "c", Running)], &[]));
+        assert_eq!(view("n1"), [row("docker", "a", "Exited"), row("docker", "c", "Running"), row("lxc", "a", "Running")]);
+        // A removal names a runtime and an id: the LXC container of the same id stays.
+        assert!(registry.apply_report("n1", false, Vec::new(), &[(Docker, "a".into())]));
+        assert_eq!(view("n1"), [row("docker", "c", "Running"), row("lxc", "a", "Running")]);
+        // A node removes only from its own view.
+        assert!(!registry.apply_report("n1", false, Vec::new(), &[(Docker, "b".into())]));
+        assert_eq!(view("n2"), [row("docker", "b", "Running")]);
+        // A full list replaces, an empty one clears.
+        assert!(registry.apply_report("n1", true, vec![observed(Lxc, "z", Exited)], &[]));
+        assert_eq!(view("n1"), [row("lxc", "z", "Exited")]);
+        assert!(!registry.apply_report("n1", true, vec![observed(Lxc, "z", Exited)], &[]));
+        assert!(registry.apply_report("n1", true, Vec::new(), &[]));
+        assert!(view("n1").is_empty());
+        assert!(!registry.apply_report("unknown", true, vec![observed(Docker, "x", Running)], &[]));
     }
 
     #[tokio::test]

@@ -143,7 +143,7 @@ fn hello(containers: Vec<pb::ContainerState>) -> pb::AgentMessage {
 }
 
 fn heartbeat(containers: Vec<pb::ContainerState>) -> pb::AgentMessage {
-    let beat = pb::Heartbeat { sequence: 1, containers, runtimes: Vec::new() };
+    let beat = pb::Heartbeat { sequence: 1, containers, full: true, ..Default::default() };
     pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) }
 }
 
@@ -948,6 +948,51 @@ async fn a_node_reporting_another_nodes_containers_is_refused_and_audited() {
         AgentServiceClient::new(admin_channel).stream_output(output_chunks()).await.expect_err("operators cannot stream command output");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     drop(tx);
+}
+
+#[tokio::test]
+async fn deltas_naming_another_node_or_out_of_bounds_end_the_session() {
+    diplo_api::install_crypto_provider();
+    let control_plane = ControlPlane::start(ControlPlaneOptions::default());
+    let a = join(&control_plane, "node-a").await;
+    let b = join(&control_plane, "node-b").await;
+    let a_channel = connect(&control_plane, Some(a.identity())).await;
+    let delta = |containers: Vec<pb::ContainerState>, removed: Vec<pb::RemovedContainer>| {
+        let beat = pb::Heartbeat { sequence: 2, containers, removed, full: false, ..Default::default() };
+        pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) }
+    };
+    let gone = |id: String| pb::RemovedContainer { id, runtime: pb::RuntimeKind::Docker as i32 };
+    let cases: Vec<(&str, pb::AgentMessage, Code, &str)> = vec![
+        ("a delta claiming B's container by label", delta(vec![foreign_container(&b.id, true)], vec![]), Code::PermissionDenied, &b.id),
+        ("a delta claiming B's container by node id", delta(vec![foreign_container(&b.id, false)], vec![]), Code::PermissionDenied, &b.id),
+        (
+            "a delta of too many removals",
+            delta(vec![], (0..=diplo_api::wire::MAX_REPORTED_CONTAINERS).map(|i| gone(format!("c{i}"))).collect()),
+            Code::InvalidArgument,
+            "heartbeat.containers",
+        ),
+        ("a removal with a huge id", delta(vec![], vec![gone("x".repeat(100_000))]), Code::InvalidArgument, "heartbeat.removed[0].id"),
+        (
+            "a removal of no runtime",
+            delta(vec![], vec![pb::RemovedContainer { id: "c0ffee".into(), runtime: 0 }]),
+            Code::InvalidArgument,
+            "heartbeat.removed[0].runtime",
+        ),
+    ];
+    for (what, message, code, named) in cases {
+        let (tx, mut downstream) = open_session(a_channel.clone(), hello(Vec::new()))
+            .await
+            .unwrap_or_else(|s| panic!("a hello without containers: {s:?}\n{}", control_plane.logs()));
+        tx.send(delta(vec![], vec![])).await.expect("an idle heartbeat");
+        tx.send(message).await.expect("send the delta");
+        let status = session_end(&mut downstream, Duration::from_secs(10)).await.expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(status.message().contains(named), "{what}: the refusal names {named}: {status:?}");
+        assert!(status.message().len() < 1000, "{what}: the refusal quotes the input");
+    }
+    let refused =
+        events(&control_plane).await.into_iter().filter(|e| e.kind == "security.refused" && e.message.contains("heartbeat")).count();
+    assert_eq!(refused, 2, "each delta naming another node is audited");
 }
 
 #[tokio::test]

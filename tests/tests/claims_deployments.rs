@@ -291,7 +291,7 @@ async fn session(link: &Link, cluster: &Arc<Mutex<Cluster>>, node_id: &str, labe
         tokio::select! {
             _ = beat.tick() => {
                 sequence += 1;
-                let beat = pb::Heartbeat { sequence, containers: reported(cluster, node_id), runtimes: Vec::new() };
+                let beat = pb::Heartbeat { sequence, containers: reported(cluster, node_id), full: true, ..Default::default() };
                 tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) }).await.map_err(|e| e.to_string())?;
             }
             message = downstream.message() => {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use containerd_client::events::{TaskExit, TaskOom, TaskStart};
+use containerd_client::events::{ContainerCreate, ContainerDelete, ContainerUpdate, TaskDelete, TaskExit, TaskOom, TaskStart};
 use containerd_client::services::v1::container::Runtime as ContainerRuntimeInfo;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest};
@@ -1115,10 +1115,7 @@ impl ContainerRuntime for ContainerdRuntime {
         // Fail now if containerd is away; the subscription itself answers only with its
         // first event (containerd sends no headers before), so it runs in a task of its own.
         VersionClient::new(self.channel.clone()).version(()).await.map_err(grpc_error)?;
-        let filters = ["/tasks/start", "/tasks/exit", "/tasks/oom"]
-            .iter()
-            .map(|topic| format!("namespace=={NAMESPACE},topic==\"{topic}\""))
-            .collect();
+        let filters = EVENT_TOPICS.iter().map(|topic| format!("namespace=={NAMESPACE},topic==\"{topic}\"")).collect();
         let (tx, rx) = tokio::sync::mpsc::channel::<RuntimeResult<RuntimeEvent>>(256);
         let mut client = EventsClient::new(self.channel.clone());
         tokio::spawn(async move {
@@ -1156,6 +1153,11 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 }
 
+/// The containerd topics Diplo follows: its tasks' lifecycle and its containers'
+/// creation, update and deletion.
+const EVENT_TOPICS: [&str; 7] =
+    ["/tasks/start", "/tasks/exit", "/tasks/oom", "/tasks/delete", "/containers/create", "/containers/update", "/containers/delete"];
+
 /// A containerd event as a Diplo event, if it is one Diplo follows.
 fn runtime_event(envelope: containerd_client::types::Envelope) -> Option<RuntimeEvent> {
     if envelope.namespace != NAMESPACE {
@@ -1173,6 +1175,16 @@ fn runtime_event(envelope: containerd_client::types::Envelope) -> Option<Runtime
             (exit.container_id, RuntimeEventKind::Die)
         }
         "/tasks/oom" => (TaskOom::decode(data.as_slice()).ok()?.container_id, RuntimeEventKind::Oom),
+        "/tasks/delete" => {
+            let deleted = TaskDelete::decode(data.as_slice()).ok()?;
+            if !deleted.id.is_empty() && deleted.id != deleted.container_id {
+                return None;
+            }
+            (deleted.container_id, RuntimeEventKind::Changed)
+        }
+        "/containers/create" => (ContainerCreate::decode(data.as_slice()).ok()?.id, RuntimeEventKind::Changed),
+        "/containers/update" => (ContainerUpdate::decode(data.as_slice()).ok()?.id, RuntimeEventKind::Changed),
+        "/containers/delete" => (ContainerDelete::decode(data.as_slice()).ok()?.id, RuntimeEventKind::Removed),
         _ => return None,
     };
     Some(RuntimeEvent { container_id, kind })

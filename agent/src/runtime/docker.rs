@@ -792,7 +792,10 @@ impl ContainerRuntime for DockerRuntime {
         // `label` only as key=value, so it gets the type filter alone; the rest is
         // filtered here for both.
         if self.runtime != Runtime::Podman {
-            filters.insert("event".to_owned(), ["start", "die", "oom", "health_status"].map(str::to_owned).to_vec());
+            filters.insert(
+                "event".to_owned(),
+                ["create", "start", "die", "oom", "health_status", "pause", "unpause", "rename", "destroy"].map(str::to_owned).to_vec(),
+            );
             filters.insert("label".to_owned(), vec![LABEL_INSTANCE.to_owned()]);
         }
         // The request goes out at the stream's first poll; `since` = now makes the

@@ -505,6 +505,9 @@ pub(crate) fn runtime_event(message: &EventMessage) -> Option<RuntimeEvent> {
         "start" => RuntimeEventKind::Start,
         "die" => RuntimeEventKind::Die,
         "oom" => RuntimeEventKind::Oom,
+        // Docker says `destroy`, Podman `remove`.
+        "destroy" | "remove" => RuntimeEventKind::Removed,
+        "create" | "pause" | "unpause" | "rename" => RuntimeEventKind::Changed,
         "health_status" => {
             let state = detail.or_else(|| attributes.get("health_status").map(String::as_str))?;
             match state {
@@ -777,7 +780,10 @@ mod tests {
             kind(event("health_status", &[(LABEL_INSTANCE, "i"), ("health_status", "unhealthy")])),
             Some(RuntimeEventKind::Unhealthy)
         );
-        assert_eq!(kind(event("create", &ours)), None);
+        assert_eq!(kind(event("create", &ours)), Some(RuntimeEventKind::Changed));
+        assert_eq!(kind(event("destroy", &ours)), Some(RuntimeEventKind::Removed));
+        assert_eq!(kind(event("remove", &ours)), Some(RuntimeEventKind::Removed));
+        assert_eq!(kind(event("exec_start: sh", &ours)), None);
         assert_eq!(kind(event("start", &[("name", "foreign")])), None);
         assert_eq!(kind(event("start", &[])), None);
     }

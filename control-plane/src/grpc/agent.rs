@@ -10,11 +10,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::caller;
 use super::convert::{session_message, status_from, timestamp};
-use crate::model::{ObservedContainer, SessionMessage};
+use crate::error::ServiceError;
+use crate::model::SessionMessage;
 use crate::service::{ControlPlane, JoinInput};
 use diplo_api::command::command_outcome;
-use diplo_api::container::{LABEL_NODE, LogChunk, OutputStream};
-use diplo_api::wire::container_info;
+use diplo_api::container::{LogChunk, OutputStream};
+use diplo_api::wire::container_report;
 
 /// The gRPC face of the agent-facing half of [`ControlPlane`].
 pub struct AgentApi {
@@ -29,23 +30,6 @@ impl AgentApi {
 
 fn remote<T>(request: &Request<T>) -> String {
     request.remote_addr().map(|addr| addr.to_string()).unwrap_or_default()
-}
-
-/// Observed containers from the wire; entries without a known runtime are dropped.
-fn observed(states: Vec<pb::ContainerState>) -> Vec<ObservedContainer> {
-    states
-        .into_iter()
-        .filter_map(|state| {
-            let (info, _, runtime) = container_info(state);
-            Some(ObservedContainer { runtime: runtime?, info })
-        })
-        .collect()
-}
-
-/// The node ids a report gives for its containers: each state's `node_id` and
-/// `diplo.node` label (for the node authorizer).
-fn reported_nodes(states: &[pb::ContainerState]) -> impl Iterator<Item = &str> {
-    states.iter().flat_map(|state| [Some(state.node_id.as_str()), state.labels.get(LABEL_NODE).map(String::as_str)]).flatten()
 }
 
 type ControlStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
@@ -148,8 +132,9 @@ impl pb::agent_service_server::AgentService for AgentApi {
             None => return Err(Status::invalid_argument("invalid session: closed before hello")),
         };
         let fingerprint = hello.fingerprint.ok_or_else(|| Status::invalid_argument("invalid hello.fingerprint: missing"))?;
-        self.control_plane.authorize_report(&caller, "hello", reported_nodes(&hello.containers)).await.map_err(status_from)?;
-        let containers = observed(hello.containers);
+        let report =
+            container_report("hello", hello.containers, Vec::new(), true).map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let containers = report.upserted;
         let (node_id, session, downstream) =
             self.control_plane.open_session(&caller, fingerprint.into(), containers, &address).await.map_err(status_from)?;
 
@@ -162,9 +147,18 @@ impl pb::agent_service_server::AgentService for AgentApi {
             loop {
                 match inbound.message().await {
                     Ok(Some(pb::AgentMessage { body: Some(Body::Heartbeat(beat)) })) => {
-                        let checked = match control_plane.authorize_report(&caller, "heartbeat", reported_nodes(&beat.containers)).await {
-                            Ok(()) => control_plane.heartbeat(&caller, &node_id, observed(beat.containers)),
-                            Err(err) => Err(err),
+                        tracing::debug!(
+                            node_id = %node_id,
+                            sequence = beat.sequence,
+                            full = beat.full,
+                            containers = beat.containers.len(),
+                            removed = beat.removed.len(),
+                            bytes = prost::Message::encoded_len(&beat),
+                            "heartbeat received"
+                        );
+                        let checked = match container_report("heartbeat", beat.containers, beat.removed, beat.full) {
+                            Ok(report) => control_plane.heartbeat(&caller, &node_id, report).await,
+                            Err(err) => Err(ServiceError::InvalidRequest(err.to_string())),
                         };
                         if let Err(err) = checked {
                             tracing::warn!(node_id = %node_id, error = %err, "heartbeat refused; ending session");

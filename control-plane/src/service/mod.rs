@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use diplo_api::fingerprint::Fingerprint;
 use diplo_api::runtime::Runtime;
 use diplo_api::token::{JoinToken, hash_secret};
+use diplo_api::wire::{ContainerReport, ReportedContainer};
 use tokio::sync::mpsc;
 
 use crate::auth::Caller;
@@ -291,12 +292,13 @@ impl ControlPlane {
         &self,
         caller: &Caller,
         fingerprint: Fingerprint,
-        containers: Vec<ObservedContainer>,
+        containers: Vec<ReportedContainer>,
         address: &str,
     ) -> ServiceResult<(String, u64, mpsc::Receiver<SessionMessage>)> {
         let Caller::Node { node_id } = caller else {
             return Err(ServiceError::PermissionDenied("only a node certificate can open a session".into()));
         };
+        self.authorize_containers(caller, "hello", &containers).await?;
         let node = self.known_node(node_id).await?;
         self.store.record_session(node_id, &fingerprint, address, Utc::now()).await?;
         let (tx, rx) = mpsc::channel(64);
@@ -312,7 +314,9 @@ impl ControlPlane {
         if let Some(replaced) = replaced {
             self.end_session_commands(node_id, replaced);
         }
-        self.nodes.set_containers(node_id, containers);
+        if self.nodes.apply_report(node_id, true, observed(containers), &[]) {
+            self.nudge_reconciler();
+        }
         let runtimes: Vec<&str> = fingerprint.available_runtimes().iter().map(|r| r.name()).collect();
         tracing::info!(node_id = %node_id, node = %node.name, address, runtimes = ?runtimes, session, "session opened");
         self.emit("node.ready", &caller.actor(), node_id, format!("node {} connected", node.name)).await;
@@ -351,15 +355,21 @@ impl ControlPlane {
         })
     }
 
-    /// Records a heartbeat from the caller's own node with the containers it runs.
-    pub fn heartbeat(&self, caller: &Caller, node_id: &str, containers: Vec<ObservedContainer>) -> ServiceResult<()> {
+    /// Records a heartbeat from the caller's own node and applies the container report
+    /// it carries (a full list replaces the node's view; a delta upserts and forgets
+    /// entries of that node only), after the node authorizer
+    /// ([`ControlPlane::authorize_report`]) passed every reported container. Wakes the
+    /// reconciler when the view changed.
+    pub async fn heartbeat(&self, caller: &Caller, node_id: &str, report: ContainerReport) -> ServiceResult<()> {
         caller.require_node(node_id)?;
-        if self.nodes.heartbeat(node_id) {
-            self.nodes.set_containers(node_id, containers);
-            Ok(())
-        } else {
-            Err(ServiceError::PermissionDenied(format!("node {node_id} has been removed from the cluster")))
+        self.authorize_containers(caller, "heartbeat", &report.upserted).await?;
+        if !self.nodes.heartbeat(node_id) {
+            return Err(ServiceError::PermissionDenied(format!("node {node_id} has been removed from the cluster")));
         }
+        if self.nodes.apply_report(node_id, report.full, observed(report.upserted), &report.removed) {
+            self.nudge_reconciler();
+        }
+        Ok(())
     }
 
     /// Forgets a session whose stream ended.
@@ -386,8 +396,10 @@ impl ControlPlane {
 
     /// Node authorizer for reports: a node may report only its own node and
     /// containers. `reported` are the node ids a hello or heartbeat gives for its
-    /// containers (empty: not given). A report naming another node is refused with
-    /// `PermissionDenied` and audited as `security.refused`.
+    /// containers (each state's `node_id` and `diplo.node` label; empty: not given),
+    /// in full lists and deltas alike. A report naming another node is refused with
+    /// `PermissionDenied` and audited as `security.refused`. Removals carry no node id:
+    /// they apply to the reporting node's own view only, so they cannot touch another's.
     pub async fn authorize_report<'a>(
         &self,
         caller: &Caller,
@@ -395,9 +407,23 @@ impl ControlPlane {
         reported: impl IntoIterator<Item = &'a str>,
     ) -> ServiceResult<()> {
         let own = caller.require_any_node()?;
-        match reported.into_iter().find(|id| !id.is_empty() && *id != own) {
+        let foreign = reported.into_iter().find(|id| !id.is_empty() && *id != own).map(str::to_owned);
+        self.refuse_foreign(caller, what, foreign).await
+    }
+
+    /// [`ControlPlane::authorize_report`] for the containers of a report.
+    pub async fn authorize_containers(&self, caller: &Caller, what: &str, containers: &[ReportedContainer]) -> ServiceResult<()> {
+        let own = caller.require_any_node()?;
+        let foreign =
+            containers.iter().flat_map(ReportedContainer::claimed_nodes).find(|id| !id.is_empty() && *id != own).map(str::to_owned);
+        self.refuse_foreign(caller, what, foreign).await
+    }
+
+    /// The refusal of a report that named `foreign`, another node (`None`: it named none).
+    async fn refuse_foreign(&self, caller: &Caller, what: &str, foreign: Option<String>) -> ServiceResult<()> {
+        match foreign {
             Some(other) => {
-                Err(self.refuse(caller, format!("{what} reported a container of node {}", diplo_api::text::node_text(other))).await)
+                Err(self.refuse(caller, format!("{what} reported a container of node {}", diplo_api::text::node_text(&other))).await)
             }
             None => Ok(()),
         }
@@ -638,6 +664,11 @@ impl ControlPlane {
     }
 }
 
+/// Reported containers as the registry keeps them.
+fn observed(reported: Vec<ReportedContainer>) -> Vec<ObservedContainer> {
+    reported.into_iter().map(|c| ObservedContainer { runtime: c.runtime, info: c.info }).collect()
+}
+
 /// What an event watcher receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchItem {
@@ -823,6 +854,92 @@ pub(crate) mod tests {
         let events = control_plane.store().list_events(0, 1000).await.expect("events");
         let summary = events.iter().rev().find(|e| e.event.subject == "node-a").expect("summary");
         assert!(summary.event.message.starts_with("190 more refusal(s) of node-a"), "{}", summary.event.message);
+    }
+
+    #[tokio::test]
+    async fn deltas_pass_the_node_authorizer_and_change_only_the_reporting_node() {
+        use diplo_api::container::{ContainerInfo, ContainerStatus, LABEL_NODE};
+        use diplo_api::wire::{container_report, container_state, removed_container};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control_plane = control_plane(dir.path()).await;
+        for node in ["node-a", "node-b"] {
+            control_plane.nodes.track(node, NodeStatus::Ready);
+        }
+        let (a, b) = (Caller::Node { node_id: "node-a".into() }, Caller::Node { node_id: "node-b".into() });
+        let state = |id: &str, node_id: &str, label: &str, status: ContainerStatus| {
+            let info = ContainerInfo {
+                id: id.into(),
+                name: id.into(),
+                image: "img".into(),
+                status,
+                exit_code: 0,
+                pid: None,
+                ip_address: None,
+                ports: Vec::new(),
+                started_at: None,
+                health: None,
+                labels: [(LABEL_NODE.to_owned(), label.to_owned())].into(),
+            };
+            let mut state = container_state(&info, node_id, Runtime::Docker);
+            state.node_id = node_id.into();
+            state
+        };
+        let report = |containers, removed, full| container_report("heartbeat", containers, removed, full).expect("valid on the wire");
+        let view = || {
+            control_plane
+                .nodes
+                .containers()
+                .into_iter()
+                .map(|(node, c)| format!("{node}:{}:{:?}", c.info.id, c.info.status))
+                .collect::<Vec<_>>()
+        };
+        let nudged = || async { tokio::time::timeout(Duration::from_millis(50), control_plane.reconcile.notified()).await.is_ok() };
+        control_plane
+            .heartbeat(&b, "node-b", report(vec![state("cb", "node-b", "node-b", ContainerStatus::Running)], vec![], true))
+            .await
+            .expect("a full list of its own");
+        assert!(nudged().await, "a changed view wakes the reconciler");
+        // A delta naming another node, by node id or by label, is refused and changes nothing.
+        for (node_id, label) in [("node-b", "node-a"), ("node-a", "node-b"), ("", "node-b")] {
+            let err = control_plane
+                .heartbeat(&a, "node-a", report(vec![state("cb", node_id, label, ContainerStatus::Exited)], vec![], false))
+                .await
+                .expect_err("another node's container");
+            assert!(matches!(err, ServiceError::PermissionDenied(_)), "{err}");
+        }
+        // Nor can a node send a heartbeat as another.
+        let err = control_plane
+            .heartbeat(&a, "node-b", report(vec![], vec![removed_container(Runtime::Docker, "cb")], false))
+            .await
+            .expect_err("another node's heartbeat");
+        assert!(matches!(err, ServiceError::PermissionDenied(_)), "{err}");
+        assert_eq!(view(), ["node-b:cb:Running"]);
+        assert!(!nudged().await, "nothing changed");
+        // Its own container is upserted; a removal of another node's container id touches only its own view.
+        control_plane
+            .heartbeat(
+                &a,
+                "node-a",
+                report(
+                    vec![state("ca", "node-a", "node-a", ContainerStatus::Exited)],
+                    vec![removed_container(Runtime::Docker, "cb")],
+                    false,
+                ),
+            )
+            .await
+            .expect("its own delta");
+        assert_eq!(view(), ["node-a:ca:Exited", "node-b:cb:Running"]);
+        assert!(nudged().await);
+        // An idle heartbeat changes nothing and wakes nobody; its own removal applies.
+        control_plane.heartbeat(&a, "node-a", report(vec![], vec![], false)).await.expect("idle");
+        assert!(!nudged().await, "an idle heartbeat wakes nobody");
+        control_plane
+            .heartbeat(&a, "node-a", report(vec![], vec![removed_container(Runtime::Docker, "ca")], false))
+            .await
+            .expect("removal");
+        assert_eq!(view(), ["node-b:cb:Running"]);
+        let refusals = control_plane.store().list_events(0, 100).await.expect("events");
+        assert_eq!(refusals.iter().filter(|e| e.event.kind == "security.refused").count(), 3, "each refused delta is audited");
     }
 
     #[test]

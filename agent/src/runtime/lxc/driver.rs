@@ -28,9 +28,13 @@
 //!   go to two FIFOs the agent copies into a timed record file (see `logs.rs`); without
 //!   one, the console log (`lxc.console.logfile`, always configured) is read as stdout.
 //!   Follow polls the file.
-//! * **Events**: LXC has no event API the agent can rely on; [`LxcRuntime::events`] polls
-//!   `lxc-ls --running` every second and emits `Start`/`Die` on transitions (a run shorter
-//!   than the poll is noticed from its recorded start time).
+//! * **Events**: [`LxcRuntime::events`] follows `lxc-monitor -P LXCPATH -n '.*'` (state
+//!   changes from LXC's monitor, `RUNNING` → `Start`, `STOPPED` → `Die`; its output is
+//!   read in lines of at most [`MONITOR_LINE_MAX`] bytes, longer ones are dropped), and
+//!   reads the lxcpath directory every second for containers created and removed (no
+//!   process is spawned for that). Without `lxc-monitor`, it polls `lxc-ls --running`
+//!   every second and emits `Start`/`Die` on transitions (a run shorter than the poll is
+//!   noticed from its recorded start time).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -1073,6 +1077,129 @@ async fn snapshot(lxc_path: &Path) -> RuntimeResult<BTreeMap<String, (bool, Opti
         .collect())
 }
 
+/// The longest line of `lxc-monitor` output read; a longer one (from a hostile name,
+/// say) is dropped whole.
+pub const MONITOR_LINE_MAX: usize = 4096;
+
+/// The event an `lxc-monitor` line stands for: `'NAME' changed state to [STATE]` with a
+/// valid container name; `None` for every other line and state.
+fn monitor_event(line: &str) -> Option<(String, RuntimeEventKind)> {
+    let (name, rest) = line.trim_end().strip_prefix('\'')?.split_once('\'')?;
+    validate_container_name(name).ok()?;
+    let state = rest.strip_prefix(" changed state to [")?.strip_suffix(']')?;
+    let kind = match state {
+        "RUNNING" => RuntimeEventKind::Start,
+        "STOPPED" => RuntimeEventKind::Die,
+        "FROZEN" | "THAWED" => RuntimeEventKind::Changed,
+        _ => return None,
+    };
+    Some((name.to_owned(), kind))
+}
+
+/// Lines of a reader, each at most `max` bytes: a longer line is skipped whole. Safe to
+/// cancel between reads (a partial line waits in the buffer).
+struct BoundedLines<R> {
+    reader: R,
+    line: Vec<u8>,
+    overlong: bool,
+    max: usize,
+}
+
+impl<R: tokio::io::AsyncBufRead + Unpin> BoundedLines<R> {
+    fn new(reader: R, max: usize) -> Self {
+        BoundedLines { reader, line: Vec::new(), overlong: false, max }
+    }
+
+    /// The next line (without its newline), `Some(None)` for a line that was too long,
+    /// `None` at the end.
+    async fn next_line(&mut self) -> io::Result<Option<Option<String>>> {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                return Ok(None);
+            }
+            let (chunk, complete) = match available.iter().position(|b| *b == b'\n') {
+                Some(at) => (&available[..at], true),
+                None => (available, false),
+            };
+            if !self.overlong {
+                if self.line.len() + chunk.len() > self.max {
+                    self.overlong = true;
+                    self.line.clear();
+                } else {
+                    self.line.extend_from_slice(chunk);
+                }
+            }
+            let used = chunk.len() + usize::from(complete);
+            self.reader.consume(used);
+            if complete {
+                let line = (!std::mem::take(&mut self.overlong)).then(|| String::from_utf8_lossy(&self.line).into_owned());
+                self.line.clear();
+                return Ok(Some(line));
+            }
+        }
+    }
+}
+
+/// Follows `lxc-monitor` for the containers under `lxc_path` (a child process, killed
+/// when this ends) and the lxcpath directory for containers created and removed, until
+/// the receiver goes away; an error ends it when the monitor fails or exits.
+async fn follow_monitor(
+    lxc_path: PathBuf,
+    publisher: Arc<PortPublisher>,
+    mut child: tokio::process::Child,
+    tx: mpsc::Sender<RuntimeResult<RuntimeEvent>>,
+) {
+    let Some(stdout) = child.stdout.take() else {
+        let _ = tx.send(Err(failed("lxc-monitor: no output"))).await;
+        return;
+    };
+    let mut lines = BoundedLines::new(tokio::io::BufReader::new(stdout), MONITOR_LINE_MAX);
+    let mut names: BTreeSet<String> = owned_names(&lxc_path).into_iter().collect();
+    let mut tick = tokio::time::interval(EVENT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut events = Vec::new();
+        tokio::select! {
+            () = tx.closed() => return,
+            _ = tick.tick() => {
+                let now: BTreeSet<String> = owned_names(&lxc_path).into_iter().collect();
+                events.extend(now.difference(&names).map(|name| (name.clone(), RuntimeEventKind::Changed)));
+                events.extend(names.difference(&now).map(|name| (name.clone(), RuntimeEventKind::Removed)));
+                names = now;
+            }
+            line = lines.next_line() => match line {
+                Ok(Some(Some(line))) => {
+                    if let Some((name, kind)) = monitor_event(&line)
+                        && lxc_path.join(&name).join(STATE_FILE).is_file()
+                    {
+                        events.push((name, kind));
+                    }
+                }
+                Ok(Some(None)) => debug!(max = MONITOR_LINE_MAX, "an overlong lxc-monitor line was dropped"),
+                Ok(None) => {
+                    let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| describe_io(&e));
+                    let _ = tx.send(Err(failed(format!("lxc-monitor exited ({status})")))).await;
+                    return;
+                }
+                Err(error) => {
+                    let _ = tx.send(Err(failed(format!("reading lxc-monitor: {}", describe_io(&error))))).await;
+                    return;
+                }
+            },
+        }
+        for (name, kind) in events {
+            if matches!(kind, RuntimeEventKind::Die | RuntimeEventKind::Removed) {
+                publisher.unpublish_owner(&name).await;
+            }
+            if tx.send(Ok(RuntimeEvent { container_id: name, kind })).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// The event poll: compares snapshots every second until the receiver goes away.
 async fn watch_events(lxc_path: PathBuf, publisher: Arc<PortPublisher>, tx: mpsc::Sender<RuntimeResult<RuntimeEvent>>) {
     let mut previous = match snapshot(&lxc_path).await {
@@ -1096,6 +1223,9 @@ async fn watch_events(lxc_path: PathBuf, publisher: Arc<PortPublisher>, tx: mpsc
         };
         let mut events = Vec::new();
         for (name, (running, started)) in &current {
+            if !previous.contains_key(name) && !*running && started.is_none() {
+                events.push((name.clone(), RuntimeEventKind::Changed));
+            }
             let (was_running, was_started) = previous.get(name).cloned().unwrap_or((false, None));
             let restarted = started.is_some() && *started != was_started;
             if *running && (!was_running || restarted) {
@@ -1112,8 +1242,11 @@ async fn watch_events(lxc_path: PathBuf, publisher: Arc<PortPublisher>, tx: mpsc
             }
         }
         for (name, (was_running, _)) in &previous {
-            if *was_running && !current.contains_key(name) {
-                events.push((name.clone(), RuntimeEventKind::Die));
+            if !current.contains_key(name) {
+                if *was_running {
+                    events.push((name.clone(), RuntimeEventKind::Die));
+                }
+                events.push((name.clone(), RuntimeEventKind::Removed));
             }
         }
         for (name, kind) in events {
@@ -1474,7 +1607,25 @@ impl ContainerRuntime for LxcRuntime {
 
     async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>> {
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(watch_events(self.lxc_path.clone(), Arc::clone(&self.publisher), tx));
+        let monitor = tokio::process::Command::new("lxc-monitor")
+            .arg("-P")
+            .arg(&self.lxc_path)
+            .args(["-n", ".*"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        match monitor {
+            Ok(child) => {
+                tokio::spawn(follow_monitor(self.lxc_path.clone(), Arc::clone(&self.publisher), child, tx));
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                debug!("no lxc-monitor: polling lxc-ls for events");
+                tokio::spawn(watch_events(self.lxc_path.clone(), Arc::clone(&self.publisher), tx));
+            }
+            Err(error) => return Err(failed(format!("lxc-monitor: {}", describe_io(&error)))),
+        }
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
@@ -1501,6 +1652,39 @@ fn network_bytes(pid: u32) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitor_lines_become_events() {
+        let cases = [
+            ("'web-1' changed state to [RUNNING]\n", Some(("web-1", RuntimeEventKind::Start))),
+            ("'web-1' changed state to [STOPPED]", Some(("web-1", RuntimeEventKind::Die))),
+            ("'web-1' changed state to [FROZEN]", Some(("web-1", RuntimeEventKind::Changed))),
+            ("'web-1' changed state to [STARTING]", None),
+            ("'web-1' exited with status [0]", None),
+            ("'../etc' changed state to [RUNNING]", None),
+            ("'a b' changed state to [RUNNING]", None),
+            ("web-1 changed state to [RUNNING]", None),
+            ("'web-1' changed state to [RUNNING", None),
+            ("", None),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(monitor_event(line), expected.map(|(name, kind)| (name.to_owned(), kind)), "{line:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn monitor_output_is_read_in_bounded_lines() {
+        let long = "x".repeat(100);
+        let input = format!("short\n{long}\nnext\n{long}\ntail");
+        // A reader that hands out 7 bytes at a time: lines span several reads.
+        let reader = tokio::io::BufReader::with_capacity(7, input.as_bytes());
+        let mut lines = BoundedLines::new(reader, 16);
+        let mut seen = Vec::new();
+        while let Some(line) = lines.next_line().await.expect("read") {
+            seen.push(line);
+        }
+        assert_eq!(seen, [Some("short".to_owned()), None, Some("next".to_owned()), None]);
+    }
 
     #[test]
     fn targets_are_confined_to_the_rootfs() {
