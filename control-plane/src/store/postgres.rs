@@ -9,6 +9,7 @@
 //! [`Store::use_join_token`]: super::Store::use_join_token
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -16,11 +17,12 @@ use sqlx::{ConnectOptions, Connection};
 
 use super::common::impl_store;
 use super::rows::{insert_conflict, insert_error, sequence};
+use super::writer::WriterGate;
 use super::{StoreError, StoreResult, mask_password};
 use crate::model::{DeploymentRecord, NodeRecord};
 
 /// How long opening the pool (or any later acquire) waits for a connection.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the diagnostic connection attempt after a pool time-out may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections in the pool.
@@ -37,14 +39,29 @@ impl PostgresStore {
     /// migrations. Fails within about 7 seconds, naming the URL (password masked),
     /// when the server cannot be reached.
     pub async fn open(url: &str) -> StoreResult<Self> {
+        Self::open_gated(url, None).await
+    }
+
+    /// [`PostgresStore::open`] for the writer: with a gate, the pool hands out only
+    /// connections of a process that holds the writer lock (checked on every new
+    /// connection in the database, and before reusing an idle one in memory).
+    pub(super) async fn open_gated(url: &str, gate: Option<Arc<WriterGate>>) -> StoreResult<Self> {
         let connect_error = |reason: String| StoreError::Connect { url: mask_password(url), reason };
         let options = PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?;
-        let pool = match PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
-            .await
-        {
+        let mut pool_options = PgPoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(ACQUIRE_TIMEOUT);
+        if let Some(gate) = gate {
+            let on_connect = gate.clone();
+            pool_options = pool_options
+                .after_connect(move |conn, _| {
+                    let gate = on_connect.clone();
+                    Box::pin(async move { gate.check_new_connection(conn).await })
+                })
+                .before_acquire(move |_, _| {
+                    let open = gate.is_open();
+                    Box::pin(async move { Ok(open) })
+                });
+        }
+        let pool = match pool_options.connect_with(options.clone()).await {
             Ok(pool) => pool,
             Err(sqlx::Error::PoolTimedOut) => {
                 // The pool retries refused connections until its deadline and then only

@@ -7,7 +7,7 @@
 //!
 //! [`Store::use_join_token`]: super::Store::use_join_token
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -36,20 +36,8 @@ impl SqliteStore {
     /// `sqlite://PATH` URL names and runs the pending migrations.
     pub async fn open(url: &str) -> StoreResult<Self> {
         let connect_error = |reason: String| StoreError::Connect { url: mask_password(url), reason };
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| connect_error(e.to_string()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let path = options.get_filename();
-        if path.as_os_str().is_empty() {
-            return Err(connect_error("no file path in the URL".to_owned()));
-        }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            create_dir(parent).map_err(|e| connect_error(format!("cannot create directory {}: {e}", parent.display())))?;
-        }
+        let options = Self::options(url)?;
+        Self::prepare_path(url)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -58,6 +46,37 @@ impl SqliteStore {
             .map_err(|e| connect_error(e.to_string()))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(SqliteStore { pool })
+    }
+
+    /// The connection options a `sqlite://PATH` URL names.
+    fn options(url: &str) -> StoreResult<SqliteConnectOptions> {
+        Ok(SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Connect { url: mask_password(url), reason: e.to_string() })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true))
+    }
+
+    /// The database file a `sqlite://PATH` URL names, with its parent directory created
+    /// when missing.
+    pub(super) fn prepare_path(url: &str) -> StoreResult<PathBuf> {
+        let connect_error = |reason: String| StoreError::Connect { url: mask_password(url), reason };
+        let options = Self::options(url)?;
+        let path = options.get_filename();
+        if path.as_os_str().is_empty() {
+            return Err(connect_error("no file path in the URL".to_owned()));
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_dir(parent).map_err(|e| connect_error(format!("cannot create directory {}: {e}", parent.display())))?;
+        }
+        Ok(path.to_owned())
+    }
+
+    /// The pool.
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// Closes every connection, checkpointing the WAL; later calls fail.
