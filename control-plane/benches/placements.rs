@@ -46,7 +46,8 @@ struct Scale {
     rows_per_case: usize,
 }
 
-const FULL: Scale = Scale { nodes: 5_000, deployments: 1_000, replicas: 100, batch_sizes: &[1, 10, 100, 1_000, 5_000], rows_per_case: 5_000 };
+const FULL: Scale =
+    Scale { nodes: 5_000, deployments: 1_000, replicas: 100, batch_sizes: &[1, 10, 100, 1_000, 5_000], rows_per_case: 5_000 };
 const SMOKE: Scale = Scale { nodes: 200, deployments: 10, replicas: 10, batch_sizes: &[1, 100], rows_per_case: 100 };
 
 fn main() {
@@ -189,7 +190,8 @@ fn spec(name: &str, n: usize) -> DeploymentSpec {
         1 => {
             spec.strategy = Strategy::Spread;
             spec.constraints = Constraints { labels: [("role".to_owned(), "edge".to_owned())].into(), ..Constraints::default() };
-            spec.container.ports = vec![PortMapping { host_port: 20_000 + (n % 10_000) as u16, container_port: 80, protocol: Protocol::Tcp }];
+            spec.container.ports =
+                vec![PortMapping { host_port: 20_000 + (n % 10_000) as u16, container_port: 80, protocol: Protocol::Tcp }];
         }
         2 => spec.runtime = Some(Runtime::Docker),
         _ => {}

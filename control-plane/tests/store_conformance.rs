@@ -109,6 +109,7 @@ conformance!(
     events_sequence_and_paging,
     events_concurrent_appends,
     events_retention,
+    events_append_batch,
     deployments_create_get_list,
     deployments_duplicates,
     deployments_save_and_revisions,
@@ -591,6 +592,33 @@ mod cases {
     }
 
     // ---- events ----
+
+    pub async fn events_append_batch(store: Arc<dyn Store>) {
+        assert!(store.append_events(&[]).await.expect("empty batch").is_empty());
+        let first = store.append_event(&event(0)).await.expect("append");
+
+        // Numbers in the order given, above every earlier one; the events stored as given.
+        let batch: Vec<NewEvent> = (1..=3).map(event).collect();
+        let numbers = store.append_events(&batch).await.expect("append batch");
+        assert_eq!(numbers.len(), 3);
+        assert!(numbers[0] > first && numbers.windows(2).all(|w| w[0] < w[1]), "{first} then {numbers:?}");
+        let listed = store.list_events(first, 10).await.expect("list");
+        assert_eq!(listed.iter().map(|e| e.sequence).collect::<Vec<_>>(), numbers);
+        assert_eq!(listed.into_iter().map(|e| e.event).collect::<Vec<_>>(), batch);
+
+        // A batch larger than any one statement takes, interleaved with single appends.
+        let large: Vec<NewEvent> = (10..1_310).map(event).collect();
+        let nine = event(9);
+        let (numbers, single) = tokio::join!(store.append_events(&large), store.append_event(&nine));
+        let (numbers, single) = (numbers.expect("large batch"), single.expect("single"));
+        assert_eq!(numbers.len(), large.len());
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]));
+        assert!(!numbers.contains(&single));
+        let listed = store.list_events(first, 2_000).await.expect("list");
+        assert_eq!(listed.len(), 3 + 1 + large.len());
+        let of_batch: Vec<_> = listed.iter().filter(|e| numbers.contains(&e.sequence)).collect();
+        assert_eq!(of_batch.iter().map(|e| &e.event).cloned().collect::<Vec<_>>(), large, "stored in the order given");
+    }
 
     pub async fn events_sequence_and_paging(store: Arc<dyn Store>) {
         assert!(store.list_events(0, 100).await.expect("list").is_empty());

@@ -135,6 +135,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an event and returns its sequence number (strictly increasing).
     async fn append_event(&self, event: &NewEvent) -> StoreResult<u64>;
+    /// Appends events in one transaction and returns their sequence numbers, in the
+    /// order given (strictly increasing, and above every number handed out before).
+    async fn append_events(&self, events: &[NewEvent]) -> StoreResult<Vec<u64>>;
     /// Up to `limit` events with a sequence number above `after`, oldest first.
     async fn list_events(&self, after: u64, limit: u32) -> StoreResult<Vec<EventRecord>>;
     /// Deletes the events older than `older_than` and all but the newest `keep` (each
