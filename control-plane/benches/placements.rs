@@ -12,8 +12,12 @@
 //! * `placements`: 5,000 simulated nodes with mixed fingerprints, 1,000 deployments of
 //!   100 replicas each placed as the reconciler does it, one deployment per pass: place
 //!   with `scheduler::place`, account the usage on the candidates, commit the instances
-//!   with `insert_instances`. It prints placements/s including the commit, and how the
-//!   time splits between the scheduler and the store.
+//!   with `insert_instances`, record one `instance.placed` event per instance with
+//!   `append_events`. It prints placements/s including the commits, and how the time
+//!   splits between the scheduler, the instances and the events;
+//! * `events`: the same events appended one transaction each (`append_event`);
+//! * `account`: what finding each chosen node by a linear search over the candidates
+//!   would add per placement.
 //!
 //! `cargo test --benches` runs it once in a small configuration (no `--bench` argument).
 
@@ -25,7 +29,7 @@ use chrono::Utc;
 use diplo_api::container::{ContainerSpec, PortMapping, Protocol};
 use diplo_api::runtime::Runtime;
 use diplo_control_plane::model::{
-    Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceDesired, InstanceRecord, InstanceStatus, Strategy,
+    Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceDesired, InstanceRecord, InstanceStatus, NewEvent, Strategy,
 };
 use diplo_control_plane::scheduler::{NodeCandidate, Placement, PlacementRequest, place};
 use diplo_control_plane::store::{self, Store};
@@ -231,6 +235,57 @@ fn account(nodes: &mut [NodeCandidate], by_id: &HashMap<String, usize>, placemen
     node.used_ports.extend(request.ports.iter().copied());
 }
 
+/// One `instance.placed` event per created instance, as the reconciler words it.
+fn placed_events(spec: &DeploymentSpec, created: &[InstanceRecord]) -> Vec<NewEvent> {
+    created
+        .iter()
+        .map(|i| NewEvent {
+            at: i.created_at,
+            kind: "instance.placed".to_owned(),
+            actor: "system".to_owned(),
+            subject: i.id.clone(),
+            message: format!("{} placed on node {}", spec.name, i.node_id.as_deref().unwrap_or_default()),
+        })
+        .collect()
+}
+
+/// The same events appended one transaction each (`append_event`), for comparison.
+async fn events_one_at_a_time(store: &dyn Store, scale: &Scale) {
+    let backend = store.backend();
+    let count = (scale.replicas as usize * 20).min(2_000);
+    let created: Vec<InstanceRecord> = (0..count).map(|n| instance("dep-00000", &format!("node-{n}"), Runtime::Docker)).collect();
+    let events = placed_events(&spec("app-00000", 0), &created);
+    let start = Instant::now();
+    for event in &events {
+        store.append_event(event).await.expect("append");
+    }
+    let one_by_one = start.elapsed();
+    println!(
+        "events {backend:<8} append_event one at a time: {count} in {:.2}s, {:.0} events/s",
+        one_by_one.as_secs_f64(),
+        rate(count, one_by_one)
+    );
+}
+
+/// What finding each placed node by a linear search over the candidates (instead of an
+/// index) would cost.
+fn account_by_linear_search(nodes: &[NodeCandidate], chosen: &[String]) {
+    let start = Instant::now();
+    let mut found = 0usize;
+    for id in chosen {
+        found += usize::from(std::hint::black_box(nodes).iter().any(|n| &n.id == id));
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(found, chosen.len());
+    println!(
+        "account  linear search over {} candidates for {} placements: {:.2}s ({:.1} µs per placement)",
+        nodes.len(),
+        chosen.len(),
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 / chosen.len() as f64
+    );
+}
+
 async fn placements(store: Arc<dyn Store>, scale: &Scale) {
     let backend = store.backend();
     let mut nodes = cluster(scale.nodes, 42);
@@ -244,8 +299,9 @@ async fn placements(store: Arc<dyn Store>, scale: &Scale) {
         deployments.push((id, spec, platforms(n)));
     }
 
-    let (mut placing, mut committing) = (Duration::ZERO, Duration::ZERO);
+    let (mut placing, mut committing, mut recording) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut placed = 0usize;
+    let mut chosen: Vec<String> = Vec::with_capacity(scale.deployments * scale.replicas as usize);
     let start = Instant::now();
     for (id, spec, image_platforms) in &deployments {
         let t = Instant::now();
@@ -260,23 +316,34 @@ async fn placements(store: Arc<dyn Store>, scale: &Scale) {
         let t = Instant::now();
         store.insert_instances(&created).await.expect("commit placements");
         committing += t.elapsed();
+        // The reconciler records one `instance.placed` event per instance: here as one batch.
+        let t = Instant::now();
+        store.append_events(&placed_events(spec, &created)).await.expect("record events");
+        recording += t.elapsed();
         placed += created.len();
+        chosen.extend(decisions.into_iter().map(|d| d.node_id));
     }
     let total = start.elapsed();
     assert_eq!(placed, scale.deployments * scale.replicas as usize);
     println!(
         "placements {backend:<8} nodes={} deployments={} replicas={} placed={placed} total={:.2}s place={:.2}s commit={:.2}s \
-         {:.0} placements/s (scheduler alone {:.0}/s, store alone {:.0}/s)",
+         events={:.2}s {:.0} placements/s with their events ({:.0}/s without; scheduler alone {:.0}/s, \
+         instances alone {:.0}/s, events batched {:.0}/s)",
         scale.nodes,
         scale.deployments,
         scale.replicas,
         total.as_secs_f64(),
         placing.as_secs_f64(),
         committing.as_secs_f64(),
+        recording.as_secs_f64(),
         rate(placed, total),
+        rate(placed, placing + committing),
         rate(placed, placing),
         rate(placed, committing),
+        rate(placed, recording),
     );
+    events_one_at_a_time(&*store, scale).await;
+    account_by_linear_search(&nodes, &chosen);
     let listed = store.list_instances(None).await.expect("list");
     assert_eq!(listed.len(), placed, "every placement is durable");
 }
