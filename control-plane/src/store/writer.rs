@@ -41,6 +41,8 @@ pub const WRITER_LOCK_KEY: i64 = 0x4449_504c_4f57_5254;
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one check, connection attempt or lock attempt of the keeper may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(3);
+/// The pause between attempts to reach a PostgreSQL server that refuses connections.
+const CONNECT_RETRY: Duration = Duration::from_millis(250);
 /// The `application_name` of the PostgreSQL connection holding the lock.
 pub const LEASE_APPLICATION_NAME: &str = "diplo-control-plane writer lease";
 
@@ -301,10 +303,18 @@ async fn read_sqlite_holder(url: &str) -> Option<WriterIdentity> {
 async fn open_postgres_writer(url: &str, me: &WriterIdentity) -> StoreResult<(PostgresStore, WriterLease)> {
     let connect_error = |reason: String| StoreError::Connect { url: mask_password(url), reason };
     let options = PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?.application_name(LEASE_APPLICATION_NAME);
-    let mut conn = match tokio::time::timeout(super::postgres::ACQUIRE_TIMEOUT, options.connect()).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(connect_error(e.to_string())),
-        Err(_) => return Err(connect_error(format!("no answer within {}s", super::postgres::ACQUIRE_TIMEOUT.as_secs()))),
+    // Like the pool, keep trying a server that is starting up, for a while.
+    let deadline = tokio::time::Instant::now() + super::postgres::ACQUIRE_TIMEOUT;
+    let mut conn = loop {
+        let reason = match tokio::time::timeout_at(deadline, options.connect()).await {
+            Ok(Ok(conn)) => break conn,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
+        if tokio::time::Instant::now() + CONNECT_RETRY >= deadline {
+            return Err(connect_error(format!("gave up after {}s: {reason}", super::postgres::ACQUIRE_TIMEOUT.as_secs())));
+        }
+        tokio::time::sleep(CONNECT_RETRY).await;
     };
     let Some(backend_pid) = try_lock(&mut conn).await? else {
         let holder = pg_holder::read(&mut conn).await;
