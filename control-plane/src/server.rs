@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::model::Role;
 use crate::pki::ClusterPki;
 use crate::service::ControlPlane;
+use crate::store::{StoreError, WriterIdentity};
 
 /// How the control plane runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,11 +36,17 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
         None => None,
     };
     let db_url = config.effective_database_url();
-    let store = crate::store::open(&db_url).await.context("opening the state store")?;
+    // The writer lock comes first: a second control plane on this database stops here,
+    // before it migrates, writes or listens.
+    let me = WriterIdentity::this_process();
+    let (store, mut lease) = crate::store::open_writer(&db_url, &me).await.map_err(|err| match err {
+        err @ StoreError::WriterTaken { .. } => anyhow::Error::new(err),
+        err => anyhow::Error::new(err).context("opening the state store"),
+    })?;
     // Nodes, deployments and instances are served from memory from here on; every write
-    // still reaches the database first.
+    // still reaches the database first (this process is its only writer).
     let store: Arc<dyn crate::store::Store> = crate::store::CachedStore::load(store).await.context("loading the state store")?;
-    tracing::info!(backend = store.backend(), database = %crate::store::mask_password(&db_url), "state store ready");
+    tracing::info!(backend = store.backend(), database = %crate::store::mask_password(&db_url), writer = %me, "state store ready, this control plane is its writer");
     let pki = ClusterPki::load_or_create(&config.data_dir, &config.tls_sans).context("preparing the cluster PKI")?;
 
     let grpc_listener =
@@ -79,6 +86,9 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
         _ = shutdown_signal() => Ok(()),
         result = &mut grpc => result.context("gRPC task").and_then(|r| r.context("gRPC server")),
         result = &mut rest => result.context("REST task").and_then(|r| r.context("REST server")),
+        // Another control plane became the writer while the database was unreachable:
+        // this one stops at once (its store already refuses to serve).
+        lost = lease.lost() => Err(anyhow::Error::new(lost)),
     };
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
@@ -93,6 +103,7 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
         let _ = (&mut rest).await;
     })
     .await;
+    lease.release().await;
     outcome
 }
 

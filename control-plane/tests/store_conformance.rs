@@ -18,6 +18,8 @@ use std::sync::Arc;
 use diplo_control_plane::store::{self, Store};
 
 type Case = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A case that opens the store itself (several times, as several control planes would).
+type UrlCase = fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Runs a case on a fresh SQLite file.
 async fn with_sqlite(case: Case) {
@@ -39,7 +41,7 @@ async fn with_cached(case: Case) {
 
 /// Runs a case on a fresh PostgreSQL database, or skips (fails on CI) without one.
 async fn with_postgres(case: Case) {
-    let Some(db) = pg::TestDatabase::create().await else {
+    let Some(db) = diplo_tests::postgres::TestDatabase::create().await else {
         return;
     };
     let store = store::open(&db.url).await.expect("open postgres store");
@@ -51,13 +53,37 @@ async fn with_postgres(case: Case) {
     }
 }
 
+/// Runs a URL case on the URL of a fresh SQLite file.
+async fn with_sqlite_url(case: UrlCase) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    case(format!("sqlite://{}", dir.path().join("state").join("diplo.db").display())).await;
+}
+
+/// Runs a URL case on the URL of a fresh PostgreSQL database, or skips (fails on CI).
+async fn with_postgres_url(case: UrlCase) {
+    let Some(db) = diplo_tests::postgres::TestDatabase::create().await else {
+        return;
+    };
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(case(db.url.clone()))).await;
+    db.drop_best_effort().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
+    ($($case:ident),* $(,)?; by_url: $($url_case:ident),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::with_sqlite(|s| Box::pin(super::cases::$case(s))).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $url_case() {
+                    super::with_sqlite_url(|url| Box::pin(super::cases::$url_case(url))).await;
                 }
             )*
         }
@@ -74,6 +100,12 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::with_postgres(|s| Box::pin(super::cases::$case(s))).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $url_case() {
+                    super::with_postgres_url(|url| Box::pin(super::cases::$url_case(url))).await;
                 }
             )*
         }
@@ -96,6 +128,7 @@ conformance!(
     events_sequence_and_paging,
     events_concurrent_appends,
     events_retention,
+    events_append_batch,
     deployments_create_get_list,
     deployments_duplicates,
     deployments_save_and_revisions,
@@ -106,6 +139,10 @@ conformance!(
     instances_insert_is_atomic,
     instances_update,
     instances_delete,
+    instances_large_batches;
+    by_url:
+    writer_acquire_refuse_release,
+    writer_freed_when_its_holder_dies,
 );
 
 mod cases {
@@ -120,7 +157,7 @@ mod cases {
         ApiTokenRecord, Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceDesired, InstanceRecord, InstanceStatus,
         JoinTokenRecord, NewEvent, NodeRecord, NodeStatus, NodeStatusChange, Role, Strategy,
     };
-    use diplo_control_plane::store::{Store, StoreError};
+    use diplo_control_plane::store::{self, Store, StoreError, WriterIdentity};
 
     /// A fixed time at millisecond precision (what the stores keep).
     fn t0() -> DateTime<Utc> {
@@ -574,6 +611,33 @@ mod cases {
     }
 
     // ---- events ----
+
+    pub async fn events_append_batch(store: Arc<dyn Store>) {
+        assert!(store.append_events(&[]).await.expect("empty batch").is_empty());
+        let first = store.append_event(&event(0)).await.expect("append");
+
+        // Numbers in the order given, above every earlier one; the events stored as given.
+        let batch: Vec<NewEvent> = (1..=3).map(event).collect();
+        let numbers = store.append_events(&batch).await.expect("append batch");
+        assert_eq!(numbers.len(), 3);
+        assert!(numbers[0] > first && numbers.windows(2).all(|w| w[0] < w[1]), "{first} then {numbers:?}");
+        let listed = store.list_events(first, 10).await.expect("list");
+        assert_eq!(listed.iter().map(|e| e.sequence).collect::<Vec<_>>(), numbers);
+        assert_eq!(listed.into_iter().map(|e| e.event).collect::<Vec<_>>(), batch);
+
+        // A batch larger than any one statement takes, interleaved with single appends.
+        let large: Vec<NewEvent> = (10..1_310).map(event).collect();
+        let nine = event(9);
+        let (numbers, single) = tokio::join!(store.append_events(&large), store.append_event(&nine));
+        let (numbers, single) = (numbers.expect("large batch"), single.expect("single"));
+        assert_eq!(numbers.len(), large.len());
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]));
+        assert!(!numbers.contains(&single));
+        let listed = store.list_events(first, 2_000).await.expect("list");
+        assert_eq!(listed.len(), 3 + 1 + large.len());
+        let of_batch: Vec<_> = listed.iter().filter(|e| numbers.contains(&e.sequence)).collect();
+        assert_eq!(of_batch.iter().map(|e| &e.event).cloned().collect::<Vec<_>>(), large, "stored in the order given");
+    }
 
     pub async fn events_sequence_and_paging(store: Arc<dyn Store>) {
         assert!(store.list_events(0, 100).await.expect("list").is_empty());
@@ -1109,6 +1173,123 @@ mod cases {
         assert_eq!(instance_ids(&*store, Some("d-2")).await, ["i-1"]);
         assert_eq!(instance_ids(&*store, None).await, ["i-2", "i-4", "i-1"]);
     }
+
+    pub async fn instances_large_batches(store: Arc<dyn Store>) {
+        // Batches far above any statement's bind-parameter limit, every field set on half
+        // of them, and all of one batch back in one list.
+        store.create_deployment(&deployment("d-1", "web", None)).await.expect("create");
+        let batch: Vec<InstanceRecord> = (0..5_000_i64)
+            .map(|n| {
+                let mut i = instance(&format!("i-{n:05}"), "d-1", n);
+                if n % 2 == 0 {
+                    i.node_id = Some(format!("n-{}", n % 97));
+                    i.runtime = Some(Runtime::ALL[n as usize % Runtime::ALL.len()]);
+                    i.container_id = Some(format!("c-{n}"));
+                    i.status = InstanceStatus::Running;
+                    i.message = format!("placed {n}");
+                }
+                i
+            })
+            .collect();
+        store.insert_instances(&batch).await.expect("insert 5,000");
+        assert_eq!(store.list_instances(Some("d-1")).await.expect("list"), batch);
+
+        let mut updated = batch.clone();
+        for i in updated.iter_mut().step_by(3) {
+            i.status = InstanceStatus::Lost;
+            i.desired = InstanceDesired::Remove;
+            i.node_id = None;
+            i.message = "node down".to_owned();
+            i.updated_at += Duration::seconds(1);
+        }
+        store.update_instances(&updated).await.expect("update 5,000");
+        assert_eq!(store.list_instances(None).await.expect("list"), updated);
+
+        // A taken id at the end of a large batch: nothing of it is inserted.
+        let mut again: Vec<InstanceRecord> = (5_000..9_999_i64).map(|n| instance(&format!("i-{n:05}"), "d-1", n)).collect();
+        again.push(instance("i-00042", "d-1", 0));
+        match store.insert_instances(&again).await {
+            Err(StoreError::AlreadyExists { what: "instance", key }) => assert_eq!(key, "i-00042"),
+            other => panic!("taken id in a large batch: expected AlreadyExists, got {other:?}"),
+        }
+        assert_eq!(store.list_instances(None).await.expect("list").len(), 5_000);
+
+        let ids: Vec<String> = updated.iter().filter(|i| i.desired == InstanceDesired::Remove).map(|i| i.id.clone()).collect();
+        store.delete_instances(&ids).await.expect("delete");
+        let left = store.list_instances(None).await.expect("list");
+        assert_eq!(left.len(), 5_000 - ids.len());
+        assert!(left.iter().all(|i| i.desired == InstanceDesired::Run));
+    }
+
+    // ---- the writer lock ----
+
+    fn writer(name: &str, pid: u32) -> WriterIdentity {
+        WriterIdentity { host: format!("host-{name}"), pid, started_at: t0(), version: format!("0.0.{pid}") }
+    }
+
+    /// Opens as writer `me`; panics unless refused with `WriterTaken` naming `holder`.
+    async fn expect_refused(url: &str, me: &WriterIdentity, holder: &WriterIdentity) {
+        match store::open_writer(url, me).await {
+            Err(err @ StoreError::WriterTaken { .. }) => {
+                let message = err.to_string();
+                assert!(matches!(&err, StoreError::WriterTaken { holder: Some(h) } if h == holder), "{err:?}");
+                let named = format!("another control plane (pid {} on host {}, since ", holder.pid, holder.host);
+                assert!(message.starts_with(&named), "{message}");
+                assert!(
+                    message.ends_with("is the writer for this database; stop it first or point this one at another database"),
+                    "{message}"
+                );
+            }
+            Err(other) => panic!("second writer: expected WriterTaken, got {other}"),
+            Ok(_) => panic!("a second writer was let in while {holder} holds the lock"),
+        }
+    }
+
+    pub async fn writer_acquire_refuse_release(url: String) {
+        let (a, b, c) = (writer("a", 1111), writer("b", 2222), writer("c", 3333));
+        let (store_a, lease_a) = store::open_writer(&url, &a).await.expect("first writer");
+        assert!(lease_a.is_held());
+        store_a.insert_node(&node("n-1", "alpha")).await.expect("the writer writes");
+
+        // Refused, told who holds it, and again (a refusal leaves nothing behind).
+        expect_refused(&url, &b, &a).await;
+        expect_refused(&url, &c, &a).await;
+        store_a.insert_node(&node("n-2", "beta")).await.expect("the writer still writes");
+
+        // Released: the next one gets it and sees the data.
+        lease_a.release().await;
+        let (store_b, lease_b) = store::open_writer(&url, &b).await.expect("writer after a release");
+        assert_eq!(store_b.list_nodes().await.expect("list").len(), 2);
+        expect_refused(&url, &a, &b).await;
+        lease_b.release().await;
+        let (_store_c, lease_c) = store::open_writer(&url, &c).await.expect("third writer");
+        expect_refused(&url, &a, &c).await;
+        lease_c.release().await;
+    }
+
+    pub async fn writer_freed_when_its_holder_dies(url: String) {
+        let (a, b, c) = (writer("a", 1111), writer("b", 2222), writer("c", 3333));
+        let (store_a, lease_a) = store::open_writer(&url, &a).await.expect("first writer");
+        store_a.insert_node(&node("n-1", "alpha")).await.expect("the writer writes");
+        // Gone without releasing (as with SIGKILL): its record stays, its lock does not.
+        drop(lease_a);
+        drop(store_a);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (store_b, lease_b) = loop {
+            match store::open_writer(&url, &b).await {
+                Ok(opened) => break opened,
+                Err(StoreError::WriterTaken { holder }) if std::time::Instant::now() < deadline => {
+                    assert_eq!(holder.as_ref(), Some(&a), "only the dead writer can hold it");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("the lock of a dead writer was not freed: {err}"),
+            }
+        };
+        assert_eq!(store_b.list_nodes().await.expect("list").len(), 1);
+        // The stale record was overwritten.
+        expect_refused(&url, &c, &b).await;
+        lease_b.release().await;
+    }
 }
 
 // ---- backend-specific tests ----
@@ -1204,68 +1385,128 @@ async fn unsupported_url() {
     }
 }
 
-/// Per-test PostgreSQL databases.
-mod pg {
-    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+// ---- the PostgreSQL writer lock across connection failures ----
 
-    const ENV: &str = "DIPLO_TEST_DATABASE_URL";
+/// A writer whose lock connection is killed (as by a PostgreSQL restart) takes the lock
+/// again and writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writer_takes_the_lock_again_after_its_connection_breaks() {
+    with_postgres_url(|url| {
+        Box::pin(async move {
+            use diplo_control_plane::store::{StoreError, WriterIdentity};
+            let at = chrono::DateTime::from_timestamp_millis(1_750_000_000_000).expect("t");
+            let me = WriterIdentity { host: "host-a".into(), pid: 1111, started_at: at, version: "x".into() };
+            let (store_a, lease) = store::open_writer(&url, &me).await.expect("writer");
+            let mut admin = admin_connection(&url).await;
+            let before = lease_sessions(&mut admin).await;
+            assert_eq!(before.len(), 1, "one lease session");
+            assert_eq!(terminate_lease_sessions(&mut admin).await, 1);
 
-    pub struct TestDatabase {
-        base_url: String,
-        name: String,
-        pub url: String,
-    }
-
-    impl TestDatabase {
-        /// Creates `diplo_conf_<random>`; `None` (after a loud notice) when no server is
-        /// configured outside CI. On CI (`CI=true`) a missing server is a failure.
-        pub async fn create() -> Option<TestDatabase> {
-            let base_url = match std::env::var(ENV) {
-                Ok(url) if !url.trim().is_empty() => url,
-                _ => {
-                    diplo_tests::skip_or_fail(&format!(
-                        "{ENV} is not set (e.g. postgres://diplo:diplo@127.0.0.1:5432/diplo_test): PostgreSQL conformance is not run"
-                    ));
-                    return None;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            loop {
+                let now = lease_sessions(&mut admin).await;
+                if now.len() == 1 && now != before && lease.is_held() && store_a.list_nodes().await.is_ok() {
+                    break;
                 }
-            };
-            let name = format!("diplo_conf_{}", uuid::Uuid::new_v4().simple());
-            let mut admin = PgConnection::connect(&base_url).await.unwrap_or_else(|e| panic!("cannot connect to {ENV}: {e}"));
-            sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await
-                .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-            let _ = admin.close().await;
-            let url = with_database(&base_url, &name);
-            Some(TestDatabase { base_url, name, url })
-        }
-
-        /// Drops the database, ignoring failures.
-        pub async fn drop_best_effort(self) {
-            if let Ok(mut admin) = PgConnection::connect(&self.base_url).await {
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-                if let Err(e) = sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await {
-                    eprintln!("could not drop test database {}: {e}", self.name);
-                }
-                let _ = admin.close().await;
+                assert!(std::time::Instant::now() < deadline, "the writer did not take its lock again");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
-        }
-    }
+            // It holds the lock again, under its own name.
+            let other = WriterIdentity { host: "host-b".into(), pid: 2222, ..me.clone() };
+            match store::open_writer(&url, &other).await {
+                Err(StoreError::WriterTaken { holder }) => assert_eq!(holder.as_ref(), Some(&me)),
+                Err(err) => panic!("{err}"),
+                Ok(_) => panic!("a second writer got in after the first took its lock again"),
+            }
+            assert!(!store_a.delete_node("n-x").await.expect("writes again"));
+            lease.release().await;
+        })
+    })
+    .await;
+}
 
-    /// The URL with its database path replaced, query string kept.
-    fn with_database(url: &str, database: &str) -> String {
-        let (main, query) = match url.split_once('?') {
-            Some((main, query)) => (main, Some(query)),
-            None => (url, None),
-        };
-        let authority_start = main.find("://").map_or(0, |i| i + 3);
-        let base = match main[authority_start..].find('/') {
-            Some(slash) => &main[..authority_start + slash],
-            None => main,
-        };
-        match query {
-            Some(query) => format!("{base}/{database}?{query}"),
-            None => format!("{base}/{database}"),
-        }
-    }
+/// When another process takes the lock while the writer's lock connection is down, the
+/// first one learns it lost the lock (naming the new holder) and its store serves no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writer_that_lost_its_lock_stops() {
+    with_postgres_url(|url| {
+        Box::pin(async move {
+            use diplo_control_plane::store::{StoreError, WRITER_LOCK_KEY, WriterIdentity};
+            let at = chrono::DateTime::from_timestamp_millis(1_750_000_000_000).expect("t");
+            let me = WriterIdentity { host: "host-a".into(), pid: 1111, started_at: at, version: "x".into() };
+            let (store_a, mut lease) = store::open_writer(&url, &me).await.expect("writer");
+            store_a.list_nodes().await.expect("serves");
+
+            // Another session queues for the lock, then the writer's session is killed: the
+            // queued one gets it (a try-lock never jumps the queue).
+            let mut other = admin_connection(&url).await;
+            let taker = tokio::spawn(async move {
+                sqlx::query("SELECT pg_advisory_lock($1)").bind(WRITER_LOCK_KEY).execute(&mut other).await.expect("lock");
+                sqlx::query(
+                    "INSERT INTO writer_lease (id, host, pid, started_at, version) VALUES (1, 'host-b', 2222, 1750000000000, 'y') \
+                     ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, \
+                     started_at = excluded.started_at, version = excluded.version",
+                )
+                .execute(&mut other)
+                .await
+                .expect("record");
+                other
+            });
+            let mut admin = admin_connection(&url).await;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let waiting: bool =
+                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)")
+                        .fetch_one(&mut admin)
+                        .await
+                        .expect("pg_locks");
+                if waiting {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the other session never queued");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            assert_eq!(terminate_lease_sessions(&mut admin).await, 1);
+            let _other = tokio::time::timeout(std::time::Duration::from_secs(10), taker).await.expect("lock taken").expect("task");
+
+            let lost = tokio::time::timeout(std::time::Duration::from_secs(15), lease.lost()).await.expect("the loss is noticed");
+            match &lost {
+                StoreError::WriterTaken { holder: Some(holder) } => assert_eq!((holder.host.as_str(), holder.pid), ("host-b", 2222)),
+                other => panic!("expected WriterTaken naming the new holder, got {other:?}"),
+            }
+            assert!(lost.to_string().contains("pid 2222 on host host-b"), "{lost}");
+            assert!(!lease.is_held());
+            // Nothing more is written through the old writer's store.
+            let refused = store_a.delete_node("n-1").await;
+            assert!(refused.is_err(), "the store of a writer that lost its lock still wrote: {refused:?}");
+        })
+    })
+    .await;
+}
+
+/// The backend pids of the sessions holding writer locks on this database.
+async fn lease_sessions(admin: &mut sqlx::PgConnection) -> Vec<i32> {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() ORDER BY pid")
+        .bind(diplo_control_plane::store::LEASE_APPLICATION_NAME)
+        .fetch_all(admin)
+        .await
+        .expect("pg_stat_activity")
+}
+
+async fn admin_connection(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url).await.expect("connect")
+}
+
+/// Kills the sessions holding writer locks on this database (waiting until they are
+/// gone); returns how many.
+async fn terminate_lease_sessions(admin: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity \
+         WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind(diplo_control_plane::store::LEASE_APPLICATION_NAME)
+    .fetch_one(admin)
+    .await
+    .expect("terminate")
 }

@@ -1133,3 +1133,76 @@ mod tests {
         assert!(names.iter().all(|n| n.starts_with(&format!("web-{:x}-", std::process::id()))), "{:?}", &names[..3]);
     }
 }
+
+// ---------------------------------------------------------------------------------
+// PostgreSQL
+
+/// Fresh PostgreSQL databases per test, on the server `DIPLO_TEST_DATABASE_URL` names.
+pub mod postgres {
+    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+    /// The variable naming the test server (e.g.
+    /// `postgres://diplo:diplo@127.0.0.1:5432/diplo_test`).
+    pub const ENV: &str = "DIPLO_TEST_DATABASE_URL";
+
+    /// A database `diplo_conf_<random>` of its own, dropped by [`TestDatabase::drop_best_effort`].
+    pub struct TestDatabase {
+        base_url: String,
+        name: String,
+        /// The URL of the fresh database.
+        pub url: String,
+    }
+
+    impl TestDatabase {
+        /// Creates `diplo_conf_<random>`; `None` (after a loud notice) when no server is
+        /// configured outside CI. On CI (`CI=true`) a missing server is a failure.
+        pub async fn create() -> Option<TestDatabase> {
+            let base_url = match std::env::var(ENV) {
+                Ok(url) if !url.trim().is_empty() => url,
+                _ => {
+                    super::skip_or_fail(&format!(
+                        "{ENV} is not set (e.g. postgres://diplo:diplo@127.0.0.1:5432/diplo_test): PostgreSQL tests are not run"
+                    ));
+                    return None;
+                }
+            };
+            let name = format!("diplo_conf_{}", uuid::Uuid::new_v4().simple());
+            let mut admin = PgConnection::connect(&base_url).await.unwrap_or_else(|e| panic!("cannot connect to {ENV}: {e}"));
+            sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+            let _ = admin.close().await;
+            let url = with_database(&base_url, &name);
+            Some(TestDatabase { base_url, name, url })
+        }
+
+        /// Drops the database, ignoring failures.
+        pub async fn drop_best_effort(self) {
+            if let Ok(mut admin) = PgConnection::connect(&self.base_url).await {
+                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+                if let Err(e) = sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await {
+                    eprintln!("could not drop test database {}: {e}", self.name);
+                }
+                let _ = admin.close().await;
+            }
+        }
+    }
+
+    /// The URL with its database path replaced, query string kept.
+    fn with_database(url: &str, database: &str) -> String {
+        let (main, query) = match url.split_once('?') {
+            Some((main, query)) => (main, Some(query)),
+            None => (url, None),
+        };
+        let authority_start = main.find("://").map_or(0, |i| i + 3);
+        let base = match main[authority_start..].find('/') {
+            Some(slash) => &main[..authority_start + slash],
+            None => main,
+        };
+        match query {
+            Some(query) => format!("{base}/{database}?{query}"),
+            None => format!("{base}/{database}"),
+        }
+    }
+}

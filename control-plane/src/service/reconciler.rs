@@ -18,7 +18,7 @@ use diplo_api::runtime::Runtime;
 use super::ControlPlane;
 use super::images::PlatformLookup;
 use crate::error::{ServiceError, ServiceResult};
-use crate::model::{DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceRecord, InstanceStatus, ObservedContainer};
+use crate::model::{DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceRecord, InstanceStatus, NewEvent, ObservedContainer};
 use crate::planner::{self, CommandKey, InstanceOp, NodeState, Plan, PlannedCommand, Snapshot, Target};
 use crate::scheduler;
 
@@ -238,12 +238,13 @@ impl ControlPlane {
                     Some((format!("deployment.{}", status.as_str()), format!("{} is {}", deployment.spec.name, status.as_str())));
             }
         }
-        for event in plan.events {
-            self.emit(&event.kind, "system", &event.subject, event.message).await;
-        }
+        let now = Utc::now();
+        let event = |kind: String, subject: String, message: String| NewEvent { at: now, kind, actor: "system".into(), subject, message };
+        let mut events: Vec<NewEvent> = plan.events.into_iter().map(|e| event(e.kind, e.subject, e.message)).collect();
         if let Some((kind, message)) = status_event {
-            self.emit(&kind, "system", &deployment.id, message).await;
+            events.push(event(kind, deployment.id.clone(), message));
         }
+        self.emit_all(events).await;
         for command in plan.commands {
             self.send_planned(sink, command);
         }

@@ -201,6 +201,10 @@ impl Store for CachedStore {
         self.inner.append_event(event).await
     }
 
+    async fn append_events(&self, events: &[NewEvent]) -> StoreResult<Vec<u64>> {
+        self.inner.append_events(events).await
+    }
+
     async fn list_events(&self, after: u64, limit: u32) -> StoreResult<Vec<EventRecord>> {
         self.inner.list_events(after, limit).await
     }

@@ -18,10 +18,12 @@ mod common;
 mod postgres;
 mod rows;
 mod sqlite;
+mod writer;
 
 pub use cached::CachedStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use writer::{CHECK_INTERVAL, LEASE_APPLICATION_NAME, WRITER_LOCK_KEY, WriterIdentity, WriterLease, open_writer, sqlite_lock_path};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,15 @@ pub enum StoreError {
         column: &'static str,
         /// Decoder message.
         reason: String,
+    },
+    /// Another control plane holds the database's writer lock.
+    #[error(
+        "another control plane ({}) is the writer for this database; stop it first or point this one at another database",
+        writer::describe_holder(.holder)
+    )]
+    WriterTaken {
+        /// The holder as it recorded itself, when it did.
+        holder: Option<WriterIdentity>,
     },
     /// Any other database error.
     #[error("database error: {0}")]
@@ -126,6 +137,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an event and returns its sequence number (strictly increasing).
     async fn append_event(&self, event: &NewEvent) -> StoreResult<u64>;
+    /// Appends events in one transaction and returns their sequence numbers, in the
+    /// order given (strictly increasing, and above every number handed out before).
+    async fn append_events(&self, events: &[NewEvent]) -> StoreResult<Vec<u64>>;
     /// Up to `limit` events with a sequence number above `after`, oldest first.
     async fn list_events(&self, after: u64, limit: u32) -> StoreResult<Vec<EventRecord>>;
     /// Deletes the events older than `older_than` and all but the newest `keep` (each
@@ -176,7 +190,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_instances(&self, ids: &[String]) -> StoreResult<()>;
 }
 
-/// Opens the store a URL names and runs its migrations: `sqlite://PATH` (created when
+/// Opens the store a URL names and runs its migrations, without taking the writer lock
+/// (tools and tests; a control plane opens with [`open_writer`]): `sqlite://PATH` (created when
 /// missing) or `postgres://…` / `postgresql://…`. Gives up within about 10 seconds
 /// when the database cannot be reached, naming it (password masked).
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {

@@ -9,18 +9,21 @@
 //! [`Store::use_join_token`]: super::Store::use_join_token
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
 use super::common::impl_store;
-use super::rows::{insert_conflict, insert_error, sequence};
+use super::rows::{desired_str, insert_conflict, insert_error, instance_status_str, last_per_id, millis, sequence};
+use super::writer::WriterGate;
 use super::{StoreError, StoreResult, mask_password};
-use crate::model::{DeploymentRecord, NodeRecord};
+use crate::model::{DeploymentRecord, InstanceRecord, NodeRecord};
+use diplo_api::runtime::Runtime;
 
 /// How long opening the pool (or any later acquire) waits for a connection.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the diagnostic connection attempt after a pool time-out may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections in the pool.
@@ -37,14 +40,29 @@ impl PostgresStore {
     /// migrations. Fails within about 7 seconds, naming the URL (password masked),
     /// when the server cannot be reached.
     pub async fn open(url: &str) -> StoreResult<Self> {
+        Self::open_gated(url, None).await
+    }
+
+    /// [`PostgresStore::open`] for the writer: with a gate, the pool hands out only
+    /// connections of a process that holds the writer lock (checked on every new
+    /// connection in the database, and before reusing an idle one in memory).
+    pub(super) async fn open_gated(url: &str, gate: Option<Arc<WriterGate>>) -> StoreResult<Self> {
         let connect_error = |reason: String| StoreError::Connect { url: mask_password(url), reason };
         let options = PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?;
-        let pool = match PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
-            .await
-        {
+        let mut pool_options = PgPoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(ACQUIRE_TIMEOUT);
+        if let Some(gate) = gate {
+            let on_connect = gate.clone();
+            pool_options = pool_options
+                .after_connect(move |conn, _| {
+                    let gate = on_connect.clone();
+                    Box::pin(async move { gate.check_new_connection(conn).await })
+                })
+                .before_acquire(move |_, _| {
+                    let open = gate.is_open();
+                    Box::pin(async move { Ok(open) })
+                });
+        }
+        let pool = match pool_options.connect_with(options.clone()).await {
             Ok(pool) => pool,
             Err(sqlx::Error::PoolTimedOut) => {
                 // The pool retries refused connections until its deadline and then only
@@ -96,6 +114,54 @@ fn deployment_conflict(err: sqlx::Error, deployment: &DeploymentRecord) -> Store
     })
 }
 
+/// A batch of instances as one array per column (PostgreSQL binds each as one parameter).
+struct InstanceColumns<'a> {
+    id: Vec<&'a str>,
+    deployment_id: Vec<&'a str>,
+    revision: Vec<i64>,
+    node_id: Vec<Option<&'a str>>,
+    runtime: Vec<Option<&'static str>>,
+    container_id: Vec<Option<&'a str>>,
+    desired: Vec<&'static str>,
+    status: Vec<&'static str>,
+    message: Vec<&'a str>,
+    created_at: Vec<i64>,
+    updated_at: Vec<i64>,
+}
+
+impl<'a> InstanceColumns<'a> {
+    fn new(instances: impl ExactSizeIterator<Item = &'a InstanceRecord>) -> Self {
+        let n = instances.len();
+        let mut c = InstanceColumns {
+            id: Vec::with_capacity(n),
+            deployment_id: Vec::with_capacity(n),
+            revision: Vec::with_capacity(n),
+            node_id: Vec::with_capacity(n),
+            runtime: Vec::with_capacity(n),
+            container_id: Vec::with_capacity(n),
+            desired: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            message: Vec::with_capacity(n),
+            created_at: Vec::with_capacity(n),
+            updated_at: Vec::with_capacity(n),
+        };
+        for i in instances {
+            c.id.push(&i.id);
+            c.deployment_id.push(&i.deployment_id);
+            c.revision.push(i64::from(i.revision));
+            c.node_id.push(i.node_id.as_deref());
+            c.runtime.push(i.runtime.map(Runtime::name));
+            c.container_id.push(i.container_id.as_deref());
+            c.desired.push(desired_str(i.desired));
+            c.status.push(instance_status_str(i.status));
+            c.message.push(&i.message);
+            c.created_at.push(millis(i.created_at));
+            c.updated_at.push(millis(i.updated_at));
+        }
+        c
+    }
+}
+
 impl_store! {
     store: PostgresStore,
     database: sqlx::Postgres,
@@ -103,6 +169,79 @@ impl_store! {
     node_conflict: node_conflict,
     deployment_conflict: deployment_conflict,
     specific: {
+        // ---- instances ----
+        //
+        // Each batch is one statement over arrays, whatever its size: one round trip, one
+        // plan, atomic by itself.
+
+        async fn insert_instances(&self, instances: &[InstanceRecord]) -> StoreResult<()> {
+            if instances.is_empty() {
+                return Ok(());
+            }
+            let c = InstanceColumns::new(instances.iter());
+            let inserted = sqlx::query(
+                "INSERT INTO instances (id, deployment_id, revision, node_id, runtime, container_id, \
+                 desired, status, message, created_at, updated_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                 $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[])",
+            )
+            .bind(&c.id)
+            .bind(&c.deployment_id)
+            .bind(&c.revision)
+            .bind(&c.node_id)
+            .bind(&c.runtime)
+            .bind(&c.container_id)
+            .bind(&c.desired)
+            .bind(&c.status)
+            .bind(&c.message)
+            .bind(&c.created_at)
+            .bind(&c.updated_at)
+            .execute(&self.pool)
+            .await;
+            match inserted {
+                Ok(_) => Ok(()),
+                Err(err) => Err(self.instance_batch_error(err, instances).await),
+            }
+        }
+
+        async fn update_instances(&self, instances: &[InstanceRecord]) -> StoreResult<()> {
+            // The deployment and the creation time of an instance never change. An id given
+            // twice gets its last record, as if the updates ran one after the other.
+            if instances.is_empty() {
+                return Ok(());
+            }
+            let c = InstanceColumns::new(last_per_id(instances).into_iter());
+            sqlx::query(
+                "UPDATE instances AS i SET revision = u.revision, node_id = u.node_id, \
+                 runtime = u.runtime, container_id = u.container_id, desired = u.desired, \
+                 status = u.status, message = u.message, updated_at = u.updated_at \
+                 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+                 $6::text[], $7::text[], $8::text[], $9::bigint[]) \
+                 AS u(id, revision, node_id, runtime, container_id, desired, status, message, updated_at) \
+                 WHERE i.id = u.id",
+            )
+            .bind(&c.id)
+            .bind(&c.revision)
+            .bind(&c.node_id)
+            .bind(&c.runtime)
+            .bind(&c.container_id)
+            .bind(&c.desired)
+            .bind(&c.status)
+            .bind(&c.message)
+            .bind(&c.updated_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+
+        async fn delete_instances(&self, ids: &[String]) -> StoreResult<()> {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            sqlx::query("DELETE FROM instances WHERE id = ANY($1::text[])").bind(ids).execute(&self.pool).await?;
+            Ok(())
+        }
+
         // ---- events ----
 
         async fn append_event(&self, event: &NewEvent) -> StoreResult<u64> {
@@ -117,6 +256,39 @@ impl_store! {
             let value = Self::insert_event(&mut *tx, event).await?;
             tx.commit().await?;
             sequence(value)
+        }
+
+        async fn append_events(&self, events: &[NewEvent]) -> StoreResult<Vec<u64>> {
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            // One statement over arrays, under the same lock as `append_event`. UNNEST yields
+            // the rows in array order and each takes the next sequence value as it is
+            // inserted, so the sorted numbers are the events' in the order given.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+            let at: Vec<i64> = events.iter().map(|e| millis(e.at)).collect();
+            let kind: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+            let actor: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();
+            let subject: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+            let message: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+            let mut values: Vec<i64> = sqlx::query_scalar(
+                "INSERT INTO events (at, kind, actor, subject, message) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                 RETURNING sequence",
+            )
+            .bind(&at)
+            .bind(&kind)
+            .bind(&actor)
+            .bind(&subject)
+            .bind(&message)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            values.sort_unstable();
+            values.into_iter().map(sequence).collect()
         }
     },
 }

@@ -116,16 +116,14 @@ pub(super) fn insert_conflict(err: sqlx::Error, conflict: impl FnOnce(&dyn Datab
     StoreError::Database(err)
 }
 
-/// Maps the failure of inserting `instance`: a taken id to `AlreadyExists`, a
-/// deployment id naming no deployment (foreign key) to `NotFound`, anything else to
-/// `Database`.
-pub(super) fn insert_instance_error(err: sqlx::Error, instance: &InstanceRecord) -> StoreError {
-    if let sqlx::Error::Database(db) = &err
-        && db.is_foreign_key_violation()
-    {
-        return StoreError::NotFound { what: "deployment", key: instance.deployment_id.clone() };
+/// The instances of a batch of updates, each id once with its last record: applying them
+/// at once gives what applying the batch one by one would.
+pub(super) fn last_per_id(instances: &[InstanceRecord]) -> Vec<&InstanceRecord> {
+    let mut last = std::collections::HashMap::with_capacity(instances.len());
+    for (index, instance) in instances.iter().enumerate() {
+        last.insert(instance.id.as_str(), index);
     }
-    insert_error(err, "instance", |_| instance.id.clone())
+    instances.iter().enumerate().filter(|(index, i)| last[i.id.as_str()] == *index).map(|(_, i)| i).collect()
 }
 
 /// `NotFound` for `what` `key` when a statement changed no row (`affected` is its

@@ -1,0 +1,14 @@
+-- Who is the writer for this database, PostgreSQL backend.
+-- Keep in step with migrations/sqlite/0004_writer_lease.sql: same table, same semantics.
+-- The writer role itself is a session-level advisory lock held by the writer's own
+-- connection; this one row only names its holder, so that a second control plane can
+-- say who it is. A holder killed with SIGKILL leaves its row behind: the next writer
+-- overwrites it.
+
+CREATE TABLE writer_lease (
+    id         SMALLINT NOT NULL PRIMARY KEY CHECK (id = 1),
+    host       TEXT     NOT NULL,
+    pid        BIGINT   NOT NULL,
+    started_at BIGINT   NOT NULL,
+    version    TEXT     NOT NULL
+);
