@@ -15,6 +15,12 @@
 //!   with `insert_instances`, record one `instance.placed` event per instance with
 //!   `append_events`. It prints placements/s including the commits, and how the time
 //!   splits between the scheduler, the instances and the events;
+//! * `reconciler`: the same 100,000 replicas (other deployments) through the reconciler's
+//!   own decision and write path: `planner::plan` for each deployment on a snapshot of the
+//!   5,000 nodes (the plan accounted on the snapshot before the next), then what applying a
+//!   plan writes, through the control plane's in-memory store (`CachedStore`): the instance
+//!   records, the plan's events in one batch, the deployment's status. Commands are not sent
+//!   (no nodes behind the candidates): placements/s including every commit;
 //! * `events`: the same events appended one transaction each (`append_event`);
 //! * `account`: what finding each chosen node by a linear search over the candidates
 //!   would add per placement.
@@ -346,4 +352,77 @@ async fn placements(store: Arc<dyn Store>, scale: &Scale) {
     account_by_linear_search(&nodes, &chosen);
     let listed = store.list_instances(None).await.expect("list");
     assert_eq!(listed.len(), placed, "every placement is durable");
+    planned_placements(store, scale, placed).await;
+}
+
+/// The reconciler's path: plan each deployment, account the plan, write what applying it
+/// writes (through the in-memory store, as the control plane runs).
+async fn planned_placements(store: Arc<dyn Store>, scale: &Scale, before: usize) {
+    use diplo_control_plane::model::NodeStatus;
+    use diplo_control_plane::planner::{self, NodeState, Snapshot};
+    use diplo_control_plane::service::PlatformLookup;
+
+    let backend = store.backend();
+    let store: Arc<dyn Store> = store::CachedStore::load(store).await.expect("load the in-memory store");
+    let nodes = cluster(scale.nodes, 42);
+    let states = nodes
+        .iter()
+        .map(|n| (n.id.clone(), NodeState { status: if n.ready { NodeStatus::Ready } else { NodeStatus::Unhealthy }, connected: true }))
+        .collect();
+    let mut images = HashMap::new();
+    let mut deployments = Vec::with_capacity(scale.deployments);
+    for n in 0..scale.deployments {
+        let mut spec = spec(&format!("planned-{n:05}"), n);
+        spec.replicas = scale.replicas;
+        if let Some(platforms) = platforms(n) {
+            images.insert(spec.container.image.clone(), PlatformLookup::Known(platforms));
+        }
+        let record = deployment(&format!("planned-{n:05}"), spec);
+        store.create_deployment(&record).await.expect("create deployment");
+        deployments.push(record);
+    }
+    let mut snapshot = Snapshot::new(states, Vec::new(), Default::default(), nodes, images);
+    let mut sequence = 0u64;
+    let mut new_id = || {
+        sequence += 1;
+        format!("planned-instance-{sequence:07}")
+    };
+    let (mut planning, mut writing) = (Duration::ZERO, Duration::ZERO);
+    let mut placed = 0usize;
+    let start = Instant::now();
+    for deployment in &deployments {
+        let t = Instant::now();
+        let plan = planner::plan(&snapshot, deployment, &[], Utc::now(), &mut new_id);
+        snapshot.account(&plan, &deployment.spec);
+        planning += t.elapsed();
+        assert_eq!(plan.insert.len(), scale.replicas as usize, "{}: {:?}", deployment.id, plan.reasons);
+        let t = Instant::now();
+        store.insert_instances(&plan.insert).await.expect("commit placements");
+        let at = Utc::now();
+        let events: Vec<NewEvent> = plan
+            .events
+            .into_iter()
+            .map(|e| NewEvent { at, kind: e.kind, actor: "system".into(), subject: e.subject, message: e.message })
+            .collect();
+        store.append_events(&events).await.expect("record events");
+        if let Some((status, message)) = &plan.status {
+            store.set_deployment_status(deployment, *status, message, at).await.expect("status");
+        }
+        writing += t.elapsed();
+        placed += plan.insert.len();
+    }
+    let total = start.elapsed();
+    println!(
+        "reconciler {backend:<8} nodes={} deployments={} replicas={} placed={placed} total={:.2}s plan={:.2}s writes={:.2}s \
+         {:.0} placements/s including every commit (planner alone {:.0}/s)",
+        scale.nodes,
+        scale.deployments,
+        scale.replicas,
+        total.as_secs_f64(),
+        planning.as_secs_f64(),
+        writing.as_secs_f64(),
+        rate(placed, total),
+        rate(placed, planning),
+    );
+    assert_eq!(store.list_instances(None).await.expect("list").len(), before + placed, "every placement is durable");
 }
