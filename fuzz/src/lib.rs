@@ -7,12 +7,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use diplo_api::command::command_outcome;
-use diplo_api::container::{LABEL_NODE, LogChunk, OutputStream};
+use diplo_api::container::{LogChunk, OutputStream};
 use diplo_api::fingerprint::Fingerprint;
 use diplo_api::pb::{self, agent_message::Body};
 use diplo_api::pki::CertificateAuthority;
 use diplo_api::token::{ApiToken, JoinToken};
-use diplo_api::wire::{container_info, container_state};
+use diplo_api::wire::{container_info, container_report, container_state};
 use diplo_control_plane::http::fuzz as rest;
 use diplo_control_plane::model::DeploymentSpec;
 use prost::Message;
@@ -35,9 +35,9 @@ pub fn agent_message(data: &[u8]) {
             if let Some(fingerprint) = hello.fingerprint {
                 node_fingerprint(fingerprint);
             }
-            containers(hello.containers);
+            report("hello", hello.containers, Vec::new(), true);
         }
-        Some(Body::Heartbeat(beat)) => containers(beat.containers),
+        Some(Body::Heartbeat(beat)) => report("heartbeat", beat.containers, beat.removed, beat.full),
         Some(Body::Result(result)) => {
             let outcome = command_outcome(result);
             let _ = format!("{outcome:?}");
@@ -57,14 +57,15 @@ fn node_fingerprint(wire: pb::NodeFingerprint) {
     let _ = pb::NodeFingerprint::from(&fingerprint).encode_to_vec();
 }
 
-/// Observed containers: the node ids they claim (for the node authorizer), their domain
-/// form, and the wire form they are shown in again.
-fn containers(states: Vec<pb::ContainerState>) {
-    for state in states {
-        let _claimed = [Some(state.node_id.as_str()), state.labels.get(LABEL_NODE).map(String::as_str)];
-        let (info, node_id, runtime) = container_info(state);
-        let Some(runtime) = runtime else { continue };
-        // What the control plane shows is what it read: converting again changes nothing.
+/// A container report, through the one validated conversion the control plane applies
+/// (`container_report`): the node ids each container claims (for the node authorizer),
+/// and the wire form it is shown in again, which converts back to what was read.
+fn report(message: &str, states: Vec<pb::ContainerState>, removed: Vec<pb::RemovedContainer>, full: bool) {
+    let Ok(report) = container_report(message, states, removed, full) else { return };
+    assert!(!full || report.removed.is_empty(), "a full report removes nothing");
+    for container in report.upserted {
+        let _claimed: Vec<&str> = container.claimed_nodes().collect();
+        let (info, node_id, runtime) = (container.info, container.node_id, container.runtime);
         let (again, again_node, again_runtime) = container_info(container_state(&info, &node_id, runtime));
         assert_eq!((&again, &again_node, again_runtime), (&info, &node_id, Some(runtime)));
     }

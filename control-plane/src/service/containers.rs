@@ -281,21 +281,27 @@ pub fn check_workload(caller: &Caller, spec: &ContainerSpec) -> ServiceResult<()
     Ok(())
 }
 
-/// The checks of a container to run that need no state: its name, image and ports.
+/// The checks of a container to run that need no state: its name, then the template checks.
 pub fn check_container_spec(spec: &ContainerSpec) -> ServiceResult<()> {
     validate_container_name(&spec.name).map_err(|message| ServiceError::invalid("name", message))?;
+    check_container_template(spec)
+}
+
+/// The checks every container spec passes, a direct container's or a deployment's
+/// template alike: an image reference, no host port published twice (per protocol),
+/// absolute mount targets.
+pub fn check_container_template(spec: &ContainerSpec) -> ServiceResult<()> {
     if spec.image.trim().is_empty() {
         return Err(ServiceError::invalid("image", "an image reference is required"));
     }
-    if let Some(port) = duplicate_host_port(spec) {
-        return Err(ServiceError::invalid("ports", format!("host port {port} is published twice")));
+    let mut seen = std::collections::HashSet::new();
+    if let Some(port) = spec.ports.iter().find(|port| !seen.insert((port.host_port, port.protocol))) {
+        return Err(ServiceError::invalid("ports", format!("host port {} is published twice", port.host_port)));
+    }
+    if let Some(mount) = spec.mounts.iter().find(|mount| !mount.target.starts_with('/')) {
+        return Err(ServiceError::invalid("volumes", format!("{:?} must be an absolute path", mount.target)));
     }
     Ok(())
-}
-
-fn duplicate_host_port(spec: &ContainerSpec) -> Option<u16> {
-    let mut seen = std::collections::HashSet::new();
-    spec.ports.iter().find(|p| !seen.insert((p.host_port, p.protocol))).map(|p| p.host_port)
 }
 
 #[cfg(test)]

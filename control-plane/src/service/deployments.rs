@@ -51,24 +51,10 @@ pub fn validate_deployment_spec(spec: &DeploymentSpec) -> ServiceResult<()> {
     if spec.name.len() > MAX_DEPLOYMENT_NAME {
         return Err(ServiceError::invalid("name", format!("at most {MAX_DEPLOYMENT_NAME} characters")));
     }
-    if spec.container.image.trim().is_empty() {
-        return Err(ServiceError::invalid("image", "an image reference is required"));
-    }
     if spec.replicas > MAX_REPLICAS {
         return Err(ServiceError::invalid("replicas", format!("at most {MAX_REPLICAS}")));
     }
-    let mut seen = std::collections::HashSet::new();
-    for port in &spec.container.ports {
-        if !seen.insert((port.host_port, port.protocol)) {
-            return Err(ServiceError::invalid("ports", format!("host port {} is published twice", port.host_port)));
-        }
-    }
-    for mount in &spec.container.mounts {
-        if !mount.target.starts_with('/') {
-            return Err(ServiceError::invalid("volumes", format!("{:?} must be an absolute path", mount.target)));
-        }
-    }
-    Ok(())
+    super::containers::check_container_template(&spec.container)
 }
 
 /// Deployments as `caller` may read them: environment values (often credentials) only
