@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     protos.sort();
     tonic_prost_build::configure()
+        // Small eager buffers: one session stream per node stays open (see `codec.rs`).
+        .codec_path("crate::codec::DiploCodec")
         .file_descriptor_set_path(out_dir.join("diplo_descriptor.bin"))
         .compile_protos(&protos, &[PathBuf::from("proto")])?;
     println!("cargo:rerun-if-changed=proto/diplo/v1");

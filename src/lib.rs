@@ -8,6 +8,7 @@
 //! * `registry` (feature `registry`): image references, an OCI registry client, and
 //!   the platforms an image is built for.
 
+pub mod codec;
 pub mod command;
 pub mod container;
 pub mod context;

@@ -107,6 +107,27 @@ impl ProbeConfig {
     }
 }
 
+/// Where a session's fingerprint comes from: probing this host (what `diplo-agent`
+/// does, at every session start), or a fixed one given by the caller (simulated nodes,
+/// which have no host of their own to probe).
+#[derive(Debug, Clone)]
+pub enum FingerprintSource {
+    /// Probe this host with this configuration.
+    Probe(ProbeConfig),
+    /// Report this fingerprint as it is.
+    Fixed(Fingerprint),
+}
+
+impl FingerprintSource {
+    /// The fingerprint to report now.
+    pub async fn fingerprint(&self) -> Fingerprint {
+        match self {
+            FingerprintSource::Probe(config) => probe(config).await,
+            FingerprintSource::Fixed(fingerprint) => fingerprint.clone(),
+        }
+    }
+}
+
 /// Probes this host. Never fails; unreadable facts are left empty or 0. The four runtime
 /// probes run concurrently with each other and with the reading of host facts, each
 /// bounded by `config.timeout`.

@@ -62,5 +62,6 @@ pub async fn run(config: AgentConfig) -> Result<(), session::AgentError> {
     let drivers = drivers::connect_available(&fingerprint, &config.probe, &config.registry, &config.data_dir, &identity.node_id).await;
     let executor = executor::Executor::new(identity.node_id.clone(), drivers).with_host_paths(config.host_paths.clone());
     tracing::info!(runtimes = ?executor.runtimes(), allowed_host_paths = ?config.host_paths.allowed(), "runtime drivers ready");
-    Err(session::run_sessions(&config.server, identity, &config.data_dir, &config.probe, &executor).await)
+    let source = fingerprint::FingerprintSource::Probe(config.probe.clone());
+    Err(session::run_sessions(&config.server, identity, &config.data_dir, &source, &executor).await)
 }

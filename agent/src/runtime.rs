@@ -6,6 +6,7 @@
 pub mod containerd;
 pub mod docker;
 mod docker_api;
+pub mod fake;
 pub mod lxc;
 pub mod output;
 pub mod podman;

@@ -17,7 +17,7 @@ use diplo_api::wire::{container_state, removed_container};
 use tokio_stream::StreamExt;
 
 use crate::executor::Executor;
-use crate::fingerprint::{ProbeConfig, probe};
+use crate::fingerprint::FingerprintSource;
 use crate::identity::Identity;
 use crate::observer::{COALESCE, Delta, Observation, RESYNC_INTERVAL, Tracker, watch_runtime};
 use crate::tls::{TlsError, connect_mtls, connect_pinned};
@@ -227,18 +227,19 @@ impl Backoff {
     }
 }
 
-/// Keeps a session open forever, reconnecting as needed. Returns only when the control
+/// Keeps a session open forever, reconnecting as needed; every session starts with a
+/// Hello carrying the fingerprint `fingerprint` gives at that moment. Returns only when the control
 /// plane refuses the node for good (removed, or its certificate is no longer valid).
 pub async fn run_sessions(
     server: &str,
     mut identity: Identity,
     data_dir: &Path,
-    probe_config: &ProbeConfig,
+    fingerprint: &FingerprintSource,
     executor: &Executor,
 ) -> AgentError {
     let mut backoff = Backoff::default();
     loop {
-        match session_once(server, &mut identity, data_dir, probe_config, executor, &mut backoff).await {
+        match session_once(server, &mut identity, data_dir, fingerprint, executor, &mut backoff).await {
             SessionEnd::Fatal(err) => return err,
             SessionEnd::Retry(reason) => {
                 let wait = backoff.next_delay();
@@ -258,7 +259,7 @@ async fn session_once(
     server: &str,
     identity: &mut Identity,
     data_dir: &Path,
-    probe_config: &ProbeConfig,
+    fingerprint_source: &FingerprintSource,
     executor: &Executor,
     backoff: &mut Backoff,
 ) -> SessionEnd {
@@ -272,7 +273,7 @@ async fn session_once(
         Err(err) => return SessionEnd::Retry(err.to_string()),
     };
     let mut client = agent_client(channel);
-    let fingerprint = probe(probe_config).await;
+    let fingerprint = fingerprint_source.fingerprint().await;
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
     // Events are followed from before the first full list, so that nothing between the
     // two is missed; the watchers end with the session (the set aborts them when dropped).

@@ -201,8 +201,10 @@ pub struct ObservedContainer {
 }
 
 /// A message pushed down an agent's session (the gRPC adapter converts it to the wire).
+///
+/// Kept small (the command is boxed): every open session's queue allocates its first
+/// block of slots up front, so the size of this type is paid once per connected node.
 #[derive(Debug, Clone, PartialEq)]
-#[allow(clippy::large_enum_variant, reason = "a command is the common message; boxing it would only add an allocation")]
 pub enum SessionMessage {
     /// First answer to the agent's hello: its node id and the heartbeat interval to keep.
     Welcome {
@@ -212,7 +214,7 @@ pub enum SessionMessage {
         heartbeat_interval: std::time::Duration,
     },
     /// A command to carry out.
-    Command(diplo_api::command::AgentCommand),
+    Command(Box<diplo_api::command::AgentCommand>),
 }
 
 /// Where a deployment's instances may run.
@@ -371,4 +373,18 @@ pub struct InstanceRecord {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_message_is_small_so_that_idle_session_queues_cost_little() {
+        // Every open session has a downstream queue, whose first block of 32 slots is
+        // allocated when the queue is made: at 10,000 sessions, each byte of a message
+        // costs 320 kB whether a command is ever sent or not.
+        let size = std::mem::size_of::<SessionMessage>();
+        assert!(size <= 64, "SessionMessage is {size} bytes");
+    }
 }

@@ -60,6 +60,8 @@ pub enum Binary {
     Agent,
     /// `diplo`, the operator CLI.
     Cli,
+    /// `diplo-hollow`, simulated nodes.
+    Hollow,
 }
 
 impl Binary {
@@ -68,6 +70,7 @@ impl Binary {
             Binary::ControlPlane => "diplo-control-plane",
             Binary::Agent => "diplo-agent",
             Binary::Cli => "diplo",
+            Binary::Hollow => "diplo-hollow",
         }
     }
 }
@@ -911,6 +914,23 @@ impl ControlPlane {
         let mut all: Vec<(&str, &str)> = proxy.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         all.extend_from_slice(env);
         Agent::start_with_env(&self.grpc_addr.to_string(), name, token, &self.agent_data_dir(name), &all)
+    }
+
+    /// Starts `diplo-hollow --count <count> --data-dir <data_dir> [--token <token>]`
+    /// against this control plane: `count` simulated nodes (`hollow-00001`, ...) in one
+    /// process, logging to `<data_dir>.stdout` / `.stderr` (appended, so a restarted
+    /// process keeps the earlier logs).
+    pub fn start_hollow(&self, count: u32, token: Option<&str>, data_dir: &Path) -> Process {
+        if let Some(parent) = data_dir.parent() {
+            std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+        }
+        let mut command = command_for(Binary::Hollow);
+        command.envs(self.egress.proxy_env());
+        command.arg("--server").arg(self.grpc_addr.to_string()).arg("--count").arg(count.to_string()).arg("--data-dir").arg(data_dir);
+        if let Some(token) = token {
+            command.arg("--token").arg(token);
+        }
+        Process::spawn("diplo-hollow", command, data_dir)
     }
 
     /// The hosts off this machine that the control plane or its agents tried to reach

@@ -94,7 +94,7 @@ pub fn session_message(message: SessionMessage) -> pb::ControlMessage {
             node_id,
             heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
         }),
-        SessionMessage::Command(command) => pb::control_message::Body::Command((&command).into()),
+        SessionMessage::Command(command) => pb::control_message::Body::Command(command.as_ref().into()),
     };
     pb::ControlMessage { body: Some(body) }
 }

@@ -213,7 +213,7 @@ impl ControlPlane {
         let (_pending, result) = self.pending.expect_result(&request_id, node_id, session);
         let command = AgentCommand { request_id: request_id.clone(), runtime, op };
         tracing::debug!(node_id, request_id = %request_id, %runtime, "sending command with output");
-        send_within(&downstream, SessionMessage::Command(command), deadline, node_id).await?;
+        send_within(&downstream, SessionMessage::Command(Box::new(command)), deadline, node_id).await?;
         match tokio::time::timeout_at(deadline, result).await {
             Ok(Ok(Ok(_))) => {
                 output.keep();
@@ -242,7 +242,7 @@ impl ControlPlane {
         let (pending, rx) = self.pending.expect_result(request_id, node_id, session);
         let command = AgentCommand { request_id: request_id.to_owned(), runtime, op };
         tracing::debug!(node_id, request_id, %runtime, "sending command");
-        send_within(&downstream, SessionMessage::Command(command), deadline, node_id).await?;
+        send_within(&downstream, SessionMessage::Command(Box::new(command)), deadline, node_id).await?;
         Ok((pending, rx))
     }
 
