@@ -9,6 +9,13 @@ use clap::{Parser, Subcommand};
 use diplo_control_plane::config::{Config, RestTls};
 use diplo_control_plane::server::{Mode, run};
 
+/// jemalloc, configured (see `.cargo/config.toml`) to hand freed memory back to the system
+/// within a second: with 10,000 nodes connected, the control plane's resident memory stays
+/// near what its sessions use (≈ 457 MiB) instead of what the join storm once needed
+/// (≈ 547 MiB with the system allocator).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "diplo-control-plane", version, about = "Diplo control plane")]
 struct Cli {
