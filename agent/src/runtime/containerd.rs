@@ -679,7 +679,13 @@ impl ContainerdRuntime {
         };
         let ip = cni::ip_of(&result);
         let mut state = self.read_state(id);
+        let previous_run = (state.started_at.clone(), state.finished_at.clone(), state.exit_code);
         state.network = Some(NetworkState { result, ports: spec.ports.clone(), ip: ip.clone(), chain: Some(chain) });
+        // The run is recorded before the task starts: the runtime's start event can make the
+        // agent inspect the container before this call returns, and it must see the run.
+        state.started_at = Some(now_rfc3339());
+        state.finished_at = None;
+        state.exit_code = None;
         let started = async {
             self.write_state(id, &state)?;
             let (out_reader, err_reader) = created?;
@@ -697,13 +703,15 @@ impl ContainerdRuntime {
             if let Err(cleanup) = self.teardown_network(id, &spec).await {
                 tracing::warn!(id, error = %cleanup, "network cleanup after a failed start failed");
             }
+            // No run happened: the container keeps the record of its previous one.
+            let mut state = self.read_state(id);
+            (state.started_at, state.finished_at, state.exit_code) = previous_run;
+            if let Err(restore) = self.write_state(id, &state) {
+                tracing::warn!(id, error = %restore, "could not restore the state after a failed start");
+            }
             return Err(error);
         }
-        let mut state = self.read_state(id);
-        state.started_at = Some(now_rfc3339());
-        state.finished_at = None;
-        state.exit_code = None;
-        self.write_state(id, &state)
+        Ok(())
     }
 
     /// Creates the output FIFOs and the task (not started); returns the FIFOs' readers.

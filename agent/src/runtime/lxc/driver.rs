@@ -1390,19 +1390,32 @@ impl ContainerRuntime for LxcRuntime {
         args.push(log_path.clone().into_os_string());
         args.push("--".into());
         args.extend(launch.iter().map(OsString::from));
+        // The run is recorded before the container starts: its start event can make the
+        // agent inspect it before this call returns, and it must see the run.
+        let previous_run = state.started_at.replace(now_rfc3339());
+        self.save(&state)?;
         // The daemonised monitor may keep inherited descriptors: give it the log file
         // rather than pipes nobody would close.
         let mut command = tokio::process::Command::new("lxc-start");
         command.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log)).kill_on_drop(true);
-        let status = finish("lxc-start", command, Some(Duration::from_secs(120))).await?.status;
-        if !status.success() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let failure = match finish("lxc-start", command, Some(Duration::from_secs(120))).await {
+            Ok(output) if output.status.success() => None,
+            Ok(output) => {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let message = config::start_error(&log).unwrap_or_else(|| format!("lxc-start exited with {}", output.status));
+                Some(failed(format!("cannot start {name} ({}): {message}", config::show_argv(&state.argv))))
+            }
+            Err(error) => Some(error),
+        };
+        if let Some(error) = failure {
             self.stop_pump(&name);
-            let message = config::start_error(&log).unwrap_or_else(|| format!("lxc-start exited with {status}"));
-            return Err(failed(format!("cannot start {name} ({}): {message}", config::show_argv(&state.argv))));
+            // No run happened: the container keeps the record of its previous one.
+            state.started_at = previous_run;
+            if let Err(restore) = self.save(&state) {
+                tracing::warn!(container = %name, error = %restore, "could not restore the state after a failed start");
+            }
+            return Err(error);
         }
-        state.started_at = Some(now_rfc3339());
-        self.save(&state)?;
         self.remember_cpu(&name, None);
         let pid = self.info(&name).await.ok().and_then(|i| i.pid);
         if let Some(slot) = pid_slot {
