@@ -207,6 +207,26 @@ pub struct ContainerInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+impl ContainerInfo {
+    /// A container as first seen: its id, name, image and status, with no process, address,
+    /// published ports, health or labels yet (set them with struct update syntax).
+    pub fn new(id: impl Into<String>, name: impl Into<String>, image: impl Into<String>, status: ContainerStatus) -> Self {
+        ContainerInfo {
+            id: id.into(),
+            name: name.into(),
+            image: image.into(),
+            status,
+            exit_code: 0,
+            pid: None,
+            ip_address: None,
+            ports: Vec::new(),
+            started_at: None,
+            health: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
 /// What an exec returned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {

@@ -446,17 +446,9 @@ mod tests {
 
     fn state(id: &str, runtime: Runtime) -> pb::ContainerState {
         let info = ContainerInfo {
-            id: id.into(),
-            name: "web".into(),
-            image: "img".into(),
-            status: ContainerStatus::Exited,
             exit_code: 137,
-            pid: None,
-            ip_address: None,
-            ports: Vec::new(),
-            started_at: None,
-            health: None,
             labels: [(crate::container::LABEL_NODE.to_owned(), "n1".to_owned())].into(),
+            ..ContainerInfo::new(id, "web", "img", ContainerStatus::Exited)
         };
         container_state(&info, "n1", runtime)
     }

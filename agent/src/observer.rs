@@ -242,17 +242,8 @@ mod tests {
 
     fn info(id: &str, status: ContainerStatus) -> ContainerInfo {
         ContainerInfo {
-            id: id.into(),
-            name: format!("n-{id}"),
-            image: "img".into(),
-            status,
             exit_code: if status == ContainerStatus::Exited { 137 } else { 0 },
-            pid: None,
-            ip_address: None,
-            ports: Vec::new(),
-            started_at: None,
-            health: None,
-            labels: Default::default(),
+            ..ContainerInfo::new(id, format!("n-{id}"), "img", status)
         }
     }
 

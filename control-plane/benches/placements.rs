@@ -35,7 +35,7 @@ use chrono::Utc;
 use diplo_api::container::{ContainerSpec, PortMapping, Protocol};
 use diplo_api::runtime::Runtime;
 use diplo_control_plane::model::{
-    Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceDesired, InstanceRecord, InstanceStatus, NewEvent, Strategy,
+    Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceRecord, InstanceStatus, NewEvent, Strategy,
 };
 use diplo_control_plane::scheduler::{NodeCandidate, Placement, PlacementRequest, place};
 use diplo_control_plane::store::{self, Store};
@@ -104,20 +104,7 @@ fn deployment(id: &str, spec: DeploymentSpec) -> DeploymentRecord {
 }
 
 fn instance(deployment_id: &str, node_id: &str, runtime: Runtime) -> InstanceRecord {
-    let now = Utc::now();
-    InstanceRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        deployment_id: deployment_id.to_owned(),
-        revision: 1,
-        node_id: Some(node_id.to_owned()),
-        runtime: Some(runtime),
-        container_id: None,
-        desired: InstanceDesired::Run,
-        status: InstanceStatus::Starting,
-        message: String::new(),
-        created_at: now,
-        updated_at: now,
-    }
+    InstanceRecord::placed(uuid::Uuid::new_v4().to_string(), deployment_id, 1, node_id, runtime, Utc::now())
 }
 
 fn rate(rows: usize, elapsed: Duration) -> f64 {

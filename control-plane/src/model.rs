@@ -375,6 +375,33 @@ pub struct InstanceRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl InstanceRecord {
+    /// A replica just placed on `node_id` with `runtime`, at `revision` of its deployment:
+    /// desired running, starting, no container yet.
+    pub fn placed(
+        id: String,
+        deployment_id: &str,
+        revision: u32,
+        node_id: &str,
+        runtime: diplo_api::runtime::Runtime,
+        now: DateTime<Utc>,
+    ) -> Self {
+        InstanceRecord {
+            id,
+            deployment_id: deployment_id.to_owned(),
+            revision,
+            node_id: Some(node_id.to_owned()),
+            runtime: Some(runtime),
+            container_id: None,
+            desired: InstanceDesired::Run,
+            status: InstanceStatus::Starting,
+            message: String::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

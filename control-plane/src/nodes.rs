@@ -332,22 +332,7 @@ mod tests {
     }
 
     fn observed(runtime: diplo_api::runtime::Runtime, id: &str, status: diplo_api::container::ContainerStatus) -> ObservedContainer {
-        ObservedContainer {
-            runtime,
-            info: diplo_api::container::ContainerInfo {
-                id: id.into(),
-                name: id.into(),
-                image: "img".into(),
-                status,
-                exit_code: 0,
-                pid: None,
-                ip_address: None,
-                ports: Vec::new(),
-                started_at: None,
-                health: None,
-                labels: Default::default(),
-            },
-        }
+        ObservedContainer { runtime, info: diplo_api::container::ContainerInfo::new(id, id, "img", status) }
     }
 
     #[test]

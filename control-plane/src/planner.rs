@@ -459,19 +459,8 @@ pub fn plan(
             }
         };
         for placement in placements {
-            let instance = InstanceRecord {
-                id: new_id(),
-                deployment_id: deployment.id.clone(),
-                revision: deployment.revision,
-                node_id: Some(placement.node_id.clone()),
-                runtime: Some(placement.runtime),
-                container_id: None,
-                desired: InstanceDesired::Run,
-                status: InstanceStatus::Starting,
-                message: String::new(),
-                created_at: now,
-                updated_at: now,
-            };
+            let instance =
+                InstanceRecord::placed(new_id(), &deployment.id, deployment.revision, &placement.node_id, placement.runtime, now);
             plan.event("instance.placed", &instance.id, format!("{} placed on node {}", deployment.spec.name, placement.node_id));
             plan.command(snapshot, &instance, &placement.node_id, InstanceOp::Create(Box::new(instance_container(deployment, &instance))));
             plan.insert.push(instance);
@@ -586,28 +575,3 @@ pub fn plan_orphans(snapshot: &Snapshot, known_instances: &HashSet<&str>) -> Vec
 
 #[cfg(test)]
 mod tests;
-
-/// Builders shared by the control plane's unit tests.
-#[cfg(test)]
-pub(crate) mod tests_support {
-    use std::collections::BTreeMap;
-
-    use diplo_api::container::{ContainerInfo, ContainerStatus};
-
-    /// A running container with these labels and nothing else.
-    pub(crate) fn info(labels: BTreeMap<String, String>) -> ContainerInfo {
-        ContainerInfo {
-            id: String::new(),
-            name: String::new(),
-            image: String::new(),
-            status: ContainerStatus::Running,
-            exit_code: 0,
-            pid: None,
-            ip_address: None,
-            ports: Vec::new(),
-            started_at: None,
-            health: None,
-            labels,
-        }
-    }
-}

@@ -169,17 +169,9 @@ impl ContainerRuntime for FakeRuntime {
         }
         let id = hex::encode(rand::random::<[u8; 32]>());
         let info = ContainerInfo {
-            id: id.clone(),
-            name: spec.name.clone(),
-            image: spec.image.clone(),
-            status: ContainerStatus::Created,
-            exit_code: 0,
-            pid: None,
-            ip_address: None,
             ports: spec.ports.clone(),
-            started_at: None,
-            health: None,
             labels: labels_for(spec, None).into_iter().collect(),
+            ..ContainerInfo::new(id.clone(), spec.name.clone(), spec.image.clone(), ContainerStatus::Created)
         };
         let log =
             vec![format!("{} [hollow] created {} from {} on simulated {} (nothing runs)", now(), spec.name, spec.image, self.runtime)];

@@ -41,19 +41,7 @@ fn deployment(replicas: u32, revision: u32) -> DeploymentRecord {
 }
 
 fn instance(id: &str, node: &str, revision: u32, status: InstanceStatus, age_s: i64) -> InstanceRecord {
-    InstanceRecord {
-        id: id.into(),
-        deployment_id: "d1".into(),
-        revision,
-        node_id: Some(node.into()),
-        runtime: Some(Runtime::Docker),
-        container_id: None,
-        desired: InstanceDesired::Run,
-        status,
-        message: String::new(),
-        created_at: t0() - TimeDelta::seconds(age_s),
-        updated_at: t0() - TimeDelta::seconds(age_s),
-    }
+    InstanceRecord { status, ..InstanceRecord::placed(id.into(), "d1", revision, node, Runtime::Docker, t0() - TimeDelta::seconds(age_s)) }
 }
 
 fn container(instance: &str, status: ContainerStatus, exit_code: i64, health: Option<Health>) -> ObservedContainer {
@@ -61,12 +49,10 @@ fn container(instance: &str, status: ContainerStatus, exit_code: i64, health: Op
     ObservedContainer {
         runtime: Runtime::Docker,
         info: ContainerInfo {
-            id: format!("c-{instance}"),
-            name: format!("web-{instance}"),
-            status,
             exit_code,
             health,
-            ..tests_support::info(labels)
+            labels,
+            ..ContainerInfo::new(format!("c-{instance}"), format!("web-{instance}"), "", status)
         },
     }
 }

@@ -395,7 +395,13 @@ mod tests {
         let observed: Vec<(String, ObservedContainer)> = (0..direct)
             .map(|n| {
                 let labels = [(LABEL_DEPLOYMENT.to_owned(), DIRECT.to_owned()), (LABEL_INSTANCE.to_owned(), format!("x{n}"))].into();
-                (nodes[0].id.clone(), ObservedContainer { runtime: Runtime::Docker, info: crate::planner::tests_support::info(labels) })
+                (
+                    nodes[0].id.clone(),
+                    ObservedContainer {
+                        runtime: Runtime::Docker,
+                        info: ContainerInfo { labels, ..ContainerInfo::new("", "", "", diplo_api::container::ContainerStatus::Running) },
+                    },
+                )
             })
             .collect();
         let states = nodes.iter().map(|n| (n, crate::planner::NodeState { status: n.status, connected: true }));

@@ -916,19 +916,8 @@ pub(crate) mod tests {
         }
         let (a, b) = (Caller::Node { node_id: "node-a".into() }, Caller::Node { node_id: "node-b".into() });
         let state = |id: &str, node_id: &str, label: &str, status: ContainerStatus| {
-            let info = ContainerInfo {
-                id: id.into(),
-                name: id.into(),
-                image: "img".into(),
-                status,
-                exit_code: 0,
-                pid: None,
-                ip_address: None,
-                ports: Vec::new(),
-                started_at: None,
-                health: None,
-                labels: [(LABEL_NODE.to_owned(), label.to_owned())].into(),
-            };
+            let info =
+                ContainerInfo { labels: [(LABEL_NODE.to_owned(), label.to_owned())].into(), ..ContainerInfo::new(id, id, "img", status) };
             let mut state = container_state(&info, node_id, Runtime::Docker);
             state.node_id = node_id.into();
             state

@@ -109,9 +109,9 @@ struct World {
 }
 
 impl ControlPlane {
-    /// Reads desired and observed state; `images`: the platforms of the deployments'
-    /// images (empty: not looked up).
-    async fn world(&self, images: HashMap<String, PlatformLookup>) -> ServiceResult<World> {
+    /// Reads observed state and the instances of `deployments`; `images`: the platforms of
+    /// the deployments' images (empty: not looked up).
+    async fn world(&self, deployments: Vec<DeploymentRecord>, images: HashMap<String, PlatformLookup>) -> ServiceResult<World> {
         let mut nodes = self.store.list_nodes().await?;
         for node in &mut nodes {
             self.apply_live_status(node);
@@ -121,7 +121,6 @@ impl ControlPlane {
             .map(|n| (n.id.clone(), NodeState { status: n.status, connected: self.nodes.live_status(&n.id).is_some_and(|l| l.connected) }))
             .collect();
         let observed = self.nodes.containers();
-        let deployments = self.store.list_deployments().await?;
         let instances = self.store.list_instances(None).await?;
         let specs: HashMap<String, DeploymentSpec> = deployments.iter().map(|d| (d.id.clone(), d.spec.clone())).collect();
         let candidates = planner::candidates(nodes.iter().map(|n| (n, states[&n.id])), &instances, &specs, &observed);
@@ -138,15 +137,16 @@ impl ControlPlane {
 
     /// The scheduler's view of the nodes now (usage of every live instance included).
     pub(super) async fn placement_candidates(&self) -> ServiceResult<Vec<crate::scheduler::NodeCandidate>> {
-        Ok(self.world(HashMap::new()).await?.snapshot.candidates().to_vec())
+        let deployments = self.store.list_deployments().await?;
+        Ok(self.world(deployments, HashMap::new()).await?.snapshot.candidates().to_vec())
     }
 
     /// How many replicas of `spec` fit on the cluster now, on nodes whose os/arch is one
     /// of `platforms` (the image's; `None`: not checked).
     pub(crate) async fn placement_preview(&self, spec: &DeploymentSpec, platforms: Option<Vec<(String, String)>>) -> ServiceResult<Fit> {
-        let world = self.world(HashMap::new()).await?;
+        let candidates = self.placement_candidates().await?;
         let request = planner::request_for("preview", spec, spec.replicas.max(1), platforms);
-        Ok(match scheduler::place(world.snapshot.candidates(), &request) {
+        Ok(match scheduler::place(&candidates, &request) {
             Ok(placed) => Fit {
                 placed: u32::try_from(placed.len()).unwrap_or(u32::MAX),
                 runtime: placed.first().map(|p| p.runtime),
@@ -181,7 +181,7 @@ impl ControlPlane {
     pub(crate) async fn reconcile_with(self: &Arc<Self>, sink: &Arc<dyn CommandSink>) -> ServiceResult<()> {
         let deployments = self.store.list_deployments().await?;
         let images = self.image_platforms_of(&deployments).await;
-        let World { mut snapshot, deployments, instances } = self.world(images).await?;
+        let World { mut snapshot, deployments, instances } = self.world(deployments, images).await?;
         let now = Utc::now();
         let mut new_id = || uuid::Uuid::new_v4().to_string();
         for deployment in &deployments {
@@ -338,7 +338,6 @@ impl ControlPlane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::InstanceDesired;
     use crate::planner::{PlannedEvent, Target};
     use crate::store::Store;
     use diplo_api::container::LABEL_INSTANCE;
@@ -357,8 +356,15 @@ mod tests {
             let instance = spec.labels.get(LABEL_INSTANCE).cloned().unwrap_or_default();
             let stored = self.store.list_instances(None).await?.iter().any(|i| i.id == instance);
             self.seen.lock().expect("lock").push((format!("{node_id}/{instance}"), stored));
-            let mut info = crate::planner::tests_support::info(spec.labels.clone());
-            info.id = format!("container-of-{instance}");
+            let info = diplo_api::container::ContainerInfo {
+                labels: spec.labels.clone(),
+                ..diplo_api::container::ContainerInfo::new(
+                    format!("container-of-{instance}"),
+                    "",
+                    "",
+                    diplo_api::container::ContainerStatus::Running,
+                )
+            };
             Ok(CommandOutput { container: Some(info), ..Default::default() })
         }
     }
@@ -379,19 +385,7 @@ mod tests {
             updated_at: now,
         };
         control_plane.store.create_deployment(&deployment).await.expect("deployment");
-        let instance = InstanceRecord {
-            id: "i1".into(),
-            deployment_id: "d1".into(),
-            revision: 1,
-            node_id: Some("n1".into()),
-            runtime: Some(Runtime::Docker),
-            container_id: None,
-            desired: InstanceDesired::Run,
-            status: InstanceStatus::Starting,
-            message: String::new(),
-            created_at: now,
-            updated_at: now,
-        };
+        let instance = InstanceRecord::placed("i1".into(), "d1", 1, "n1", Runtime::Docker, now);
         let plan = Plan {
             insert: vec![instance.clone()],
             commands: vec![PlannedCommand {
