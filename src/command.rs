@@ -55,6 +55,10 @@ pub enum CommandOp {
     Inspect(String),
     /// Sample a container's resource use.
     Stats(String),
+    /// Build an image from git (output streams back; the end comes as a build report).
+    Build(Box<crate::build::BuildSpec>),
+    /// Cancel a running build by its id.
+    CancelBuild(String),
 }
 
 /// A command with its correlation id and the runtime it targets.
@@ -163,6 +167,8 @@ impl From<&AgentCommand> for pb::Command {
             CommandOp::PullImage(image) => Op::PullImage(image.clone()),
             CommandOp::Inspect(id) => Op::Inspect(id.clone()),
             CommandOp::Stats(id) => Op::Stats(id.clone()),
+            CommandOp::Build(spec) => Op::Build(spec.as_ref().into()),
+            CommandOp::CancelBuild(id) => Op::CancelBuild(id.clone()),
         };
         pb::Command { request_id: command.request_id.clone(), runtime: pb::RuntimeKind::from(command.runtime) as i32, op: Some(op) }
     }
@@ -192,6 +198,8 @@ impl TryFrom<pb::Command> for AgentCommand {
             Op::PullImage(image) => CommandOp::PullImage(image),
             Op::Inspect(id) => CommandOp::Inspect(id),
             Op::Stats(id) => CommandOp::Stats(id),
+            Op::Build(build) => CommandOp::Build(Box::new(build.try_into()?)),
+            Op::CancelBuild(id) => CommandOp::CancelBuild(id),
         };
         Ok(AgentCommand { request_id: command.request_id, runtime, op })
     }

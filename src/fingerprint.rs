@@ -53,6 +53,9 @@ pub struct Fingerprint {
     /// Labels the node reports about itself: informational only, placement constraints
     /// match the labels an admin gave the node (its join token's), never these.
     pub labels: BTreeMap<String, String>,
+    /// Image builders usable on the host, in preference order.
+    #[serde(default)]
+    pub builders: Vec<crate::build::Builder>,
 }
 
 impl Fingerprint {
@@ -102,6 +105,7 @@ impl From<&Fingerprint> for pb::NodeFingerprint {
             preferred_runtime: fp.preferred_runtime().map_or(pb::RuntimeKind::Unspecified, Into::into) as i32,
             agent_version: fp.agent_version.clone(),
             labels: fp.labels.clone().into_iter().collect(),
+            builders: fp.builders.iter().map(|b| b.as_str().to_owned()).collect(),
         }
     }
 }
@@ -140,6 +144,8 @@ impl From<pb::NodeFingerprint> for Fingerprint {
             runtimes,
             agent_version: node_text(&fp.agent_version),
             labels: fp.labels.iter().map(|(k, v)| (node_text(k), node_text(v))).collect(),
+            // Unknown builder names are dropped, duplicates kept once.
+            builders: crate::build::Builder::ALL.into_iter().filter(|b| fp.builders.iter().any(|name| name == b.as_str())).collect(),
         }
     }
 }
@@ -170,6 +176,7 @@ mod tests {
             raspberry_pi_model: "Raspberry Pi 4 Model B Rev 1.4".into(),
             runtimes: vec![report(Runtime::Docker, true), report(Runtime::Lxc, true), report(Runtime::Podman, false)],
             labels: BTreeMap::from([("zone".into(), "garage".into())]),
+            builders: vec![crate::build::Builder::Docker, crate::build::Builder::Buildah],
             ..Fingerprint::default()
         };
         let wire = pb::NodeFingerprint::from(&fp);

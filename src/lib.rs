@@ -5,9 +5,11 @@
 //! * [`pki`]: the cluster CA, node and operator certificates, peer identities.
 //! * [`runtime`]: the container runtimes and the per-platform preference rules.
 //! * [`fingerprint`]: what an agent reports about its host.
+//! * [`build`]: builds from git, as the control plane asks them of a builder node.
 //! * `registry` (feature `registry`): image references, an OCI registry client, and
 //!   the platforms an image is built for.
 
+pub mod build;
 pub mod codec;
 pub mod command;
 pub mod container;

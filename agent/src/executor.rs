@@ -153,6 +153,12 @@ async fn run_op(driver: Arc<dyn ContainerRuntime>, op: CommandOp, node_id: Strin
         }
         CommandOp::Inspect(id) => container(driver.inspect(id).await?),
         CommandOp::Stats(id) => CommandOutput { stats: Some(driver.stats(id).await?), ..Default::default() },
+        CommandOp::Build(_) | CommandOp::CancelBuild(_) => {
+            return Err(RuntimeError::Unsupported {
+                runtime: driver.runtime(),
+                operation: "builds (run by the agent's build service, not a runtime)",
+            });
+        }
     };
     Ok(output)
 }

@@ -167,6 +167,7 @@ pub async fn probe(config: &ProbeConfig) -> Fingerprint {
         runtimes,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         labels: config.labels.clone(),
+        builders: Vec::new(),
     }
 }
 

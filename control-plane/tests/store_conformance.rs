@@ -182,6 +182,7 @@ mod cases {
             runtimes: Vec::new(),
             agent_version: "0.1.0".to_owned(),
             labels: labels(&[("zone", "attic")]),
+            builders: vec![diplo_api::build::Builder::Buildah],
         }
     }
 

@@ -131,6 +131,8 @@ pub fn fingerprint(index: u32) -> Fingerprint {
         runtimes,
         agent_version: format!("{}-hollow", env!("CARGO_PKG_VERSION")),
         labels: BTreeMap::from([("hollow".to_owned(), profile.name.to_owned())]),
+        // Simulated nodes build nothing: no builder is offered.
+        builders: Vec::new(),
     }
 }
 
