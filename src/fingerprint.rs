@@ -56,6 +56,9 @@ pub struct Fingerprint {
     /// Image builders usable on the host, in preference order.
     #[serde(default)]
     pub builders: Vec<crate::build::Builder>,
+    /// Directory under which builds clone their workspaces (empty: the node builds nothing).
+    #[serde(default)]
+    pub build_dir: String,
 }
 
 impl Fingerprint {
@@ -106,6 +109,7 @@ impl From<&Fingerprint> for pb::NodeFingerprint {
             agent_version: fp.agent_version.clone(),
             labels: fp.labels.clone().into_iter().collect(),
             builders: fp.builders.iter().map(|b| b.as_str().to_owned()).collect(),
+            build_dir: fp.build_dir.clone(),
         }
     }
 }
@@ -146,6 +150,7 @@ impl From<pb::NodeFingerprint> for Fingerprint {
             labels: fp.labels.iter().map(|(k, v)| (node_text(k), node_text(v))).collect(),
             // Unknown builder names are dropped, duplicates kept once.
             builders: crate::build::Builder::ALL.into_iter().filter(|b| fp.builders.iter().any(|name| name == b.as_str())).collect(),
+            build_dir: node_text(&fp.build_dir),
         }
     }
 }

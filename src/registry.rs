@@ -49,11 +49,42 @@ pub enum RegistryError {
 /// Result alias for registry calls.
 pub type RegistryResult<T> = Result<T, RegistryError>;
 
-/// Where images come from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Where images come from and where builds push them.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct RegistryConfig {
     /// Registries (`host:port`) reached over plain HTTP. Loopback registries always are.
     pub insecure: Vec<String>,
+    /// The cluster registry (`host:port`) builds push to, when there is one.
+    pub cluster: Option<String>,
+    /// Credentials by registry (`host:port`).
+    pub credentials: BTreeMap<String, RegistryCredential>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    /// Names the registries that have credentials, never the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("insecure", &self.insecure)
+            .field("cluster", &self.cluster)
+            .field("credentials_for", &self.credentials.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A user name and password (or token) for one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredential {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredential {
+    /// The user name only: a password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredential").field("username", &self.username).field("password", &"<redacted>").finish()
+    }
 }
 
 impl RegistryConfig {
@@ -61,6 +92,11 @@ impl RegistryConfig {
     pub fn is_insecure(&self, registry: &str) -> bool {
         let host = registry.rsplit_once(':').map_or(registry, |(host, _)| host);
         host == "localhost" || host.starts_with("127.") || host == "[::1]" || self.insecure.iter().any(|r| r == registry)
+    }
+
+    /// The credentials for `registry` (`host:port`), if any were given.
+    pub fn credential(&self, registry: &str) -> Option<&RegistryCredential> {
+        self.credentials.get(registry)
     }
 }
 
@@ -610,7 +646,7 @@ mod tests {
 
     #[test]
     fn loopback_registries_are_plain_http() {
-        let config = RegistryConfig { insecure: vec!["registry.lan:5000".to_owned()] };
+        let config = RegistryConfig { insecure: vec!["registry.lan:5000".to_owned()], ..Default::default() };
         for insecure in ["127.0.0.1:5000", "localhost:5000", "localhost", "[::1]:5000", "registry.lan:5000"] {
             assert!(config.is_insecure(insecure), "{insecure}");
         }

@@ -168,6 +168,7 @@ pub async fn probe(config: &ProbeConfig) -> Fingerprint {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         labels: config.labels.clone(),
         builders: Vec::new(),
+        build_dir: String::new(),
     }
 }
 

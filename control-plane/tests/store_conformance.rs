@@ -183,6 +183,7 @@ mod cases {
             agent_version: "0.1.0".to_owned(),
             labels: labels(&[("zone", "attic")]),
             builders: vec![diplo_api::build::Builder::Buildah],
+            build_dir: "/var/lib/diplo/agent/builds".to_owned(),
         }
     }
 

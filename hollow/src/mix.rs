@@ -133,6 +133,7 @@ pub fn fingerprint(index: u32) -> Fingerprint {
         labels: BTreeMap::from([("hollow".to_owned(), profile.name.to_owned())]),
         // Simulated nodes build nothing: no builder is offered.
         builders: Vec::new(),
+        build_dir: String::new(),
     }
 }
 
