@@ -363,11 +363,12 @@ impl BuildSpec {
         if self.image.is_empty() || self.image.len() > 512 || self.image.contains(|c: char| c.is_whitespace() || c.is_control()) {
             return Err(("image_tag".into(), format!("{:?} is not an image reference", self.image)));
         }
-        if let Some(language) = &self.language {
-            if language.is_empty() || language.len() > 32 || !language.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(("language".into(), format!("{language:?} is not a language name")));
-            }
+        if let Some(language) = &self.language
+            && (language.is_empty()
+                || language.len() > 32
+                || !language.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return Err(("language".into(), format!("{language:?} is not a language name")));
         }
         for (key, image) in &self.base_images {
             if image.is_empty() || image.len() > 512 || image.contains(|c: char| c.is_whitespace() || c.is_control()) {
