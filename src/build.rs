@@ -572,7 +572,8 @@ mod tests {
 
     #[test]
     fn hostile_fields_are_refused_naming_the_field() {
-        let cases: Vec<(fn(&mut BuildSpec), &str)> = vec![
+        type Mutation = fn(&mut BuildSpec);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|s| s.git_repo = "--upload-pack=touch /tmp/x".into(), "git_repo"),
             (|s| s.git_repo = "ext::sh -c touch% /tmp/pwned".into(), "git_repo"),
             (|s| s.git_repo = "https://-oProxyCommand=x/repo".into(), "git_repo"),
