@@ -259,12 +259,41 @@ pub struct DeploymentSpec {
     pub max_parallel: u32,
     /// Template for every instance's container (`name` is set per instance).
     pub container: diplo_api::container::ContainerSpec,
+    /// Where the image comes from when it is built from git: the repository, the branch
+    /// and, once built, the commit and the build (recorded with each revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+}
+
+/// A deployment built from a git repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SourceSpec {
+    /// Repository URL.
+    pub repo_url: String,
+    /// Branch built; `None`: the repository's default branch.
+    pub branch: Option<String>,
+    /// Language given by the user (detection otherwise).
+    pub language: Option<String>,
+    /// The commit this revision's image was built from (empty while building).
+    pub commit: String,
+    /// The build that made this revision's image (or is making it).
+    pub build_id: String,
+    /// While a new build of a running deployment is under way: the spec it asked for,
+    /// applied with the new image when the build succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Box<DeploymentSpec>>,
 }
 
 /// A deployment's lifecycle as shown to operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeploymentStatus {
+    /// Its image is being built from source (the previous revision, if any, keeps
+    /// running meanwhile).
+    Building,
+    /// Its first build failed: nothing runs; the message says why.
+    Failed,
     /// Instances are being placed or started.
     Deploying,
     /// Every desired instance runs.
@@ -279,6 +308,8 @@ impl DeploymentStatus {
     /// Lower-case name, as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
+            DeploymentStatus::Building => "building",
+            DeploymentStatus::Failed => "failed",
             DeploymentStatus::Deploying => "deploying",
             DeploymentStatus::Running => "running",
             DeploymentStatus::Degraded => "degraded",
@@ -292,6 +323,8 @@ impl FromStr for DeploymentStatus {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "building" => Ok(DeploymentStatus::Building),
+            "failed" => Ok(DeploymentStatus::Failed),
             "deploying" => Ok(DeploymentStatus::Deploying),
             "running" => Ok(DeploymentStatus::Running),
             "degraded" => Ok(DeploymentStatus::Degraded),

@@ -283,6 +283,14 @@ mod cases {
                     retries: 3,
                 }),
             },
+            source: Some(diplo_control_plane::model::SourceSpec {
+                repo_url: "https://git.example/app.git".to_owned(),
+                branch: Some("main".to_owned()),
+                language: Some("go".to_owned()),
+                commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+                build_id: "b-1".to_owned(),
+                pending: Some(Box::new(DeploymentSpec { name: name.to_owned(), replicas: 1, ..Default::default() })),
+            }),
         }
     }
 

@@ -7,6 +7,7 @@ mod deployments;
 mod images;
 mod instances;
 mod reconciler;
+mod source;
 mod tokens;
 
 pub use crate::planner::instance_container;
