@@ -3,8 +3,9 @@
 //! Every template installs the dependencies from the manifests alone before the source
 //! is copied (a one-line source change reuses those layers), builds in a separate stage
 //! where there is a build step, and runs as the non-root user `10001:10001` (created
-//! with `addgroup`/`adduser` on Alpine and BusyBox images; the `generic` image, whatever
-//! it is, only gets `USER 10001:10001`).
+//! with `addgroup`/`adduser` on the Alpine images: an override of `go-runtime`,
+//! `rust-runtime`, `node`, `python` or `java-runtime` must have them; the `static` and
+//! `generic` images, whatever they are, only get `USER 10001:10001`).
 //!
 //! # Base images
 //!
@@ -310,8 +311,9 @@ fn env_value(value: &str) -> String {
     out
 }
 
-/// The non-root user, created on an Alpine or BusyBox image.
-const ADD_USER: &str = "addgroup -S -g 10001 app && adduser -S -D -H -u 10001 -G app app";
+/// The non-root user `app` (10001:10001, home `/home/app`: npm and pip want one),
+/// created with BusyBox's `addgroup`/`adduser` on the Alpine images.
+const ADD_USER: &str = "addgroup -S -g 10001 app && adduser -S -D -u 10001 -G app app";
 
 /// A Dockerfile being written.
 struct Dockerfile<'a> {
@@ -672,8 +674,9 @@ fn static_site(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImage
             dir
         }
     };
+    // No user is created: a bare BusyBox image may have no `adduser`, and `httpd` needs
+    // no account, only the numeric `USER`.
     out.from(server, None);
-    out.line(format!("RUN {ADD_USER}"));
     out.variables();
     out.line(format!("COPY {source} /site"));
     let port_text = port.to_string();
@@ -692,4 +695,537 @@ fn generic(out: &mut Dockerfile<'_>, base: &BaseImages, port: u16) -> Result<(),
     out.source();
     out.finish(port, None, &[]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::build::detect::{MemoryRepo, detect};
+
+    /// Every Dockerfile instruction keyword.
+    const INSTRUCTIONS: &[&str] = &[
+        "ADD",
+        "ARG",
+        "CMD",
+        "COPY",
+        "ENTRYPOINT",
+        "ENV",
+        "EXPOSE",
+        "FROM",
+        "HEALTHCHECK",
+        "LABEL",
+        "MAINTAINER",
+        "ONBUILD",
+        "RUN",
+        "SHELL",
+        "STOPSIGNAL",
+        "USER",
+        "VOLUME",
+        "WORKDIR",
+    ];
+
+    /// The instructions of a Dockerfile, as its parser splits them (any line break).
+    fn instructions(dockerfile: &str) -> Vec<String> {
+        dockerfile
+            .split(['\n', '\r'])
+            .filter_map(|line| line.split_whitespace().next())
+            .map(str::to_ascii_uppercase)
+            .filter(|word| INSTRUCTIONS.contains(&word.as_str()))
+            .collect()
+    }
+
+    fn options() -> TemplateOptions {
+        TemplateOptions::default()
+    }
+
+    fn rendered(files: &[(&str, &str)], language: Option<Language>, options: &TemplateOptions) -> Rendered {
+        let detection = detect(&MemoryRepo::of(files), language).expect("detect");
+        render(&detection, options).unwrap_or_else(|e| panic!("{files:?}: {e}"))
+    }
+
+    /// Checks what every template promises, whatever the language: instructions only
+    /// (no continuation lines), a `FROM` first, the manifests and the dependency
+    /// installation before the source in every stage, the final stage running as
+    /// `10001:10001`, the port exposed, the command in exec form.
+    fn check_structure(name: &str, dockerfile: &str, port: u16) {
+        let lines: Vec<&str> = dockerfile.lines().filter(|line| !line.is_empty() && !line.starts_with('#')).collect();
+        for line in &lines {
+            let word = line.split_whitespace().next().unwrap_or_default();
+            assert!(INSTRUCTIONS.contains(&word), "{name}: {line:?} is not an instruction");
+            assert!(!line.ends_with('\\'), "{name}: {line:?} continues on the next line");
+        }
+        assert!(lines.first().is_some_and(|line| line.starts_with("FROM ")), "{name}: starts with FROM");
+        let stages: Vec<&[&str]> = {
+            let starts: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| l.starts_with("FROM ")).map(|(i, _)| i).collect();
+            starts.iter().enumerate().map(|(n, &start)| &lines[start..*starts.get(n + 1).unwrap_or(&lines.len())]).collect()
+        };
+        for stage in &stages {
+            if let Some(source) = stage.iter().position(|line| *line == "COPY . ." || line.starts_with("COPY . /")) {
+                let after = &stage[source..];
+                assert!(
+                    !after.iter().any(|line| line.starts_with("COPY ") && line.ends_with(" ./") && !line.starts_with("COPY --from")),
+                    "{name}: a manifest copied after the source"
+                );
+                for install in [
+                    "npm ci",
+                    "npm install",
+                    "yarn install",
+                    "pnpm install",
+                    "pip install",
+                    "poetry install",
+                    "go mod download",
+                    "dependency:go-offline",
+                ] {
+                    assert!(!after.iter().any(|line| line.contains(install)), "{name}: {install} after the source");
+                }
+            }
+        }
+        let last = stages.last().expect("a stage");
+        let user = last.iter().position(|line| *line == "USER 10001:10001").unwrap_or_else(|| panic!("{name}: no USER 10001"));
+        assert!(!last[user..].iter().any(|line| line.starts_with("RUN ")), "{name}: RUN after USER");
+        assert!(last.contains(&format!("EXPOSE {port}").as_str()), "{name}: EXPOSE {port}");
+        let cmd = last.iter().find_map(|line| line.strip_prefix("CMD ")).unwrap_or_else(|| panic!("{name}: no CMD"));
+        let args: Vec<String> = serde_json::from_str(cmd).unwrap_or_else(|e| panic!("{name}: CMD {cmd} is not exec form: {e}"));
+        assert!(!args.is_empty(), "{name}: empty CMD");
+    }
+
+    /// Compares with `src/build/golden/NAME.Dockerfile`. `DIPLO_BLESS=1 cargo test -p
+    /// diplo-api` rewrites the golden files instead (review the diff by eye: they must
+    /// read as Dockerfiles a person would write).
+    fn golden(name: &str, rendered: &Rendered) {
+        check_structure(name, &rendered.dockerfile, rendered.port);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/build/golden").join(format!("{name}.Dockerfile"));
+        if std::env::var_os("DIPLO_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("golden dir");
+            std::fs::write(&path, &rendered.dockerfile).expect("bless");
+            return;
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (DIPLO_BLESS=1 cargo test -p diplo-api writes it)", path.display()));
+        assert_eq!(rendered.dockerfile, expected, "{name} differs from {} (DIPLO_BLESS=1 rewrites it)", path.display());
+    }
+
+    const NEXT_PACKAGE: &str =
+        r#"{"name":"web","scripts":{"build":"next build","start":"next start"},"dependencies":{"next":"15.0.0","react":"19.0.0"}}"#;
+
+    fn cases() -> Vec<(&'static str, Rendered)> {
+        let with = |f: fn(&mut TemplateOptions)| {
+            let mut o = options();
+            f(&mut o);
+            o
+        };
+        let o = options();
+        vec![
+            ("go", rendered(&[("go.mod", "module example.com/app\n"), ("go.sum", ""), ("main.go", "package main")], None, &o)),
+            ("go-cmd", rendered(&[("go.mod", "module example.com/app\n"), ("cmd/server/main.go", "package main")], None, &o)),
+            (
+                "node-npm",
+                rendered(
+                    &[
+                        ("package.json", r#"{"scripts":{"start":"node server.js"},"dependencies":{"express":"^4"}}"#),
+                        ("package-lock.json", "{}"),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            (
+                "node-yarn",
+                rendered(&[("package.json", r#"{"scripts":{"start":"node dist/index.js","build":"tsc"}}"#), ("yarn.lock", "")], None, &o),
+            ),
+            (
+                "node-yarn-berry",
+                rendered(
+                    &[
+                        ("package.json", r#"{"packageManager":"yarn@4.5.0","scripts":{"start":"node index.js"}}"#),
+                        ("yarn.lock", ""),
+                        (".yarnrc.yml", ""),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            ("node-pnpm", rendered(&[("package.json", r#"{"scripts":{"start":"node index.js"}}"#), ("pnpm-lock.yaml", "")], None, &o)),
+            ("node-next", rendered(&[("package.json", NEXT_PACKAGE), ("package-lock.json", "{}")], None, &o)),
+            ("node-main", rendered(&[("package.json", r#"{"main":"src/server.js"}"#)], None, &o)),
+            ("python-flask", rendered(&[("requirements.txt", "flask==3.0.3\nflask-cors\n"), ("app.py", "")], None, &o)),
+            ("python-flask-main", rendered(&[("requirements.txt", "Flask\n"), ("main.py", "")], None, &o)),
+            (
+                "python-django-gunicorn",
+                rendered(
+                    &[
+                        ("requirements.txt", "Django>=5\ngunicorn\n"),
+                        ("manage.py", "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')"),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            (
+                "python-django",
+                rendered(
+                    &[
+                        ("requirements.txt", "django\n"),
+                        ("manage.py", "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')"),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            (
+                "python-fastapi",
+                rendered(
+                    &[
+                        ("pyproject.toml", "[project]\nname = \"api\"\ndependencies = [\"fastapi>=0.115\", \"uvicorn[standard]\"]\n"),
+                        ("main.py", ""),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            (
+                "python-poetry",
+                rendered(
+                    &[
+                        (
+                            "pyproject.toml",
+                            "[tool.poetry]\nname = \"svc\"\n[tool.poetry.dependencies]\npython = \"^3.13\"\nflask = \"^3\"\n",
+                        ),
+                        ("poetry.lock", ""),
+                        ("app.py", ""),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            (
+                "python-pipenv",
+                rendered(&[("Pipfile", "[packages]\nrequests = \"*\"\n"), ("Pipfile.lock", "{}"), ("main.py", "")], None, &o),
+            ),
+            ("python-plain", rendered(&[("main.py", "print('hello')")], None, &o)),
+            ("rust", rendered(&[("Cargo.toml", "[package]\nname = \"svc\"\nversion = \"0.1.0\"\n"), ("Cargo.lock", "")], None, &o)),
+            ("java-maven", rendered(&[("pom.xml", "<project/>")], None, &o)),
+            ("java-gradle", rendered(&[("build.gradle", ""), ("settings.gradle", "")], None, &o)),
+            ("static-root", rendered(&[("index.html", "<html>")], None, &o)),
+            ("static-public", rendered(&[("public/index.html", "<html>")], None, &o)),
+            (
+                "static-build",
+                rendered(
+                    &[("package.json", r#"{"scripts":{"build":"vite build"}}"#), ("package-lock.json", "{}")],
+                    Some(Language::Static),
+                    &with(|o| o.build_command = Some("npm run build".into())),
+                ),
+            ),
+            (
+                "static-build-output",
+                rendered(
+                    &[("build.sh", "mkdir -p out/site")],
+                    Some(Language::Static),
+                    &with(|o| {
+                        o.build_command = Some("sh build.sh".into());
+                        o.output_dir = Some("./out/site/".into());
+                    }),
+                ),
+            ),
+            (
+                "generic",
+                rendered(&[("run.sh", "")], Some(Language::Generic), &with(|o| o.start_command = Some("./run.sh --port 8080".into()))),
+            ),
+            (
+                "go-overrides",
+                rendered(
+                    &[("go.mod", "module x"), ("main.go", "")],
+                    None,
+                    &with(|o| {
+                        o.base_images = BaseImages::with_overrides(
+                            &parse_base_images("go=registry.lan/golang:1.24-alpine, go-runtime=registry.lan/alpine@sha256:0123abcd")
+                                .expect("parse"),
+                        )
+                        .expect("overrides")
+                    }),
+                ),
+            ),
+            (
+                "node-start-command-variables",
+                rendered(
+                    &[("package.json", r#"{"scripts":{"start":"node index.js"}}"#), ("package-lock.json", "{}")],
+                    None,
+                    &with(|o| {
+                        o.start_command = Some("node server.js --name \"my app\"".into());
+                        o.variables =
+                            [("PORT".to_owned(), "4000".to_owned()), ("GREETING".to_owned(), "hello $USER \"friend\"".to_owned())].into();
+                    }),
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn templates_match_their_golden_files() {
+        let cases = cases();
+        for (name, rendered) in &cases {
+            golden(name, rendered);
+        }
+        // No golden file without its case.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/build/golden");
+        for entry in std::fs::read_dir(&dir).expect("golden dir") {
+            let file = entry.expect("entry").file_name().into_string().expect("utf-8");
+            let name = file.strip_suffix(".Dockerfile").unwrap_or(&file);
+            assert!(cases.iter().any(|(case, _)| *case == name), "{file}: no test renders it");
+        }
+    }
+
+    #[test]
+    fn ports_per_language_and_framework() {
+        let o = options();
+        let port = |files: &[(&str, &str)]| rendered(files, None, &o).port;
+        assert_eq!(port(&[("go.mod", "module x")]), 8080);
+        assert_eq!(port(&[("package.json", r#"{"main":"a.js"}"#)]), 3000);
+        assert_eq!(port(&[("requirements.txt", "flask")]), 5000);
+        assert_eq!(port(&[("requirements.txt", "django")]), 8000);
+        assert_eq!(port(&[("requirements.txt", "fastapi")]), 8000);
+        assert_eq!(port(&[("main.py", "")]), 8000);
+        assert_eq!(port(&[("Cargo.toml", "[package]\nname = \"x\"")]), 8080);
+        assert_eq!(port(&[("pom.xml", "")]), 8080);
+        assert_eq!(port(&[("index.html", "")]), 8080);
+        let mut o = options();
+        o.variables.insert("PORT".into(), "9090".into());
+        let flask = rendered(&[("requirements.txt", "flask")], None, &o);
+        assert_eq!(flask.port, 9090);
+        assert!(flask.dockerfile.contains(r#"CMD ["flask", "run", "--host", "0.0.0.0", "--port", "9090"]"#), "{}", flask.dockerfile);
+        assert!(flask.dockerfile.contains("EXPOSE 9090\n"));
+        o.variables.insert("PORT".into(), "not-a-port".into());
+        assert_eq!(rendered(&[("requirements.txt", "flask")], None, &o).port, 5000);
+    }
+
+    #[test]
+    fn what_has_no_template_is_refused_clearly() {
+        let o = options();
+        let refused = |files: &[(&str, &str)], language: Option<Language>| {
+            render(&detect(&MemoryRepo::of(files), language).expect("detect"), &o).unwrap_err()
+        };
+        assert!(refused(&[("Dockerfile", "FROM x")], None).contains("own Dockerfile"));
+        assert!(refused(&[("compose.yaml", "")], None).contains("compose"));
+        assert!(refused(&[], Some(Language::Generic)).contains("start command"));
+        assert!(refused(&[("Cargo.toml", "[workspace]\nmembers = []\n")], None).contains("Cargo.toml names no binary"));
+        assert!(refused(&[("requirements.txt", "requests")], None).contains("give a start command"));
+        assert!(refused(&[("package.json", "{}")], None).contains("give a start command"));
+        assert!(refused(&[("README.md", "")], Some(Language::Static)).contains("output directory"));
+        assert!(refused(&[], Some(Language::Java)).contains("pom.xml"));
+        // With a start command, what lacked an entry point renders.
+        let mut o = options();
+        o.start_command = Some("python -m app".into());
+        let python = render(&detect(&MemoryRepo::of(&[("requirements.txt", "requests")]), None).expect("detect"), &o).expect("render");
+        assert!(python.dockerfile.ends_with("CMD [\"sh\", \"-c\", \"python -m app\"]\n"), "{}", python.dockerfile);
+    }
+
+    #[test]
+    fn base_images_parse_and_validate() {
+        assert_eq!(BaseImages::keys().len(), DEFAULT_IMAGES.len());
+        let defaults = BaseImages::defaults();
+        for key in BaseImages::keys() {
+            assert!(!defaults.get(key).is_empty(), "{key}");
+        }
+        assert_eq!(defaults.get("go"), "golang:1.24-alpine");
+        assert_eq!(defaults.get("static"), "busybox:stable");
+        assert_eq!(defaults.get("nope"), "");
+        assert_eq!(parse_base_images(""), Ok(BTreeMap::new()));
+        assert_eq!(
+            parse_base_images("static=127.0.0.1:5000/diplo/busybox:latest,python=registry.lan/python:3.13-alpine"),
+            Ok([
+                ("static".to_owned(), "127.0.0.1:5000/diplo/busybox:latest".to_owned()),
+                ("python".to_owned(), "registry.lan/python:3.13-alpine".to_owned())
+            ]
+            .into())
+        );
+        let err = parse_base_images("cobol=x").unwrap_err();
+        assert!(err.contains("\"cobol\"") && err.contains("go-runtime") && err.contains("static-build"), "{err}");
+        for bad in ["go", "go=", "go=a b", "go=x\nRUN id", "go=-x", "go=$IMAGE", "go=a,go=b", "go=\"x\""] {
+            assert!(parse_base_images(bad).is_err(), "{bad:?}");
+        }
+        let err = BaseImages::with_overrides(&[("go".to_owned(), "x\ny".to_owned())].into()).unwrap_err();
+        assert!(err.starts_with("base_images:"), "{err}");
+        assert!(BaseImages::with_overrides(&[("ruby".to_owned(), "ruby:3".to_owned())].into()).is_err());
+        assert_eq!(supported_languages().len(), Language::ALL.len());
+        assert!(supported_languages().contains(&"python"));
+        let images = default_images();
+        assert!(images.contains(&"alpine:3.20".to_owned()) && images.contains(&"debian:bookworm-slim".to_owned()));
+        assert_eq!(images.iter().filter(|image| *image == "alpine:3.20").count(), 1, "each image once");
+    }
+
+    #[test]
+    fn options_follow_the_spec() {
+        use crate::build::{Builder, DEFAULT_BUILD_TIMEOUT};
+        let mut spec = BuildSpec {
+            build_id: "b".into(),
+            git_repo: "https://h/r".into(),
+            git_branch: None,
+            builder: Builder::Docker,
+            image: "i".into(),
+            push: false,
+            buildpack: Buildpack::Nixpacks { start_command: "./start".into(), variables: [("A".to_owned(), "1".to_owned())].into() },
+            language: None,
+            base_images: [("node".to_owned(), "registry.lan/node:22".to_owned())].into(),
+            timeout: DEFAULT_BUILD_TIMEOUT,
+        };
+        let o = TemplateOptions::for_spec(&spec).expect("options");
+        assert_eq!(
+            (o.start_command.as_deref(), o.variables.len(), o.base_images.get("node")),
+            (Some("./start"), 1, "registry.lan/node:22")
+        );
+        spec.buildpack = Buildpack::Static { build_command: "make".into(), output_dir: "out".into() };
+        let o = TemplateOptions::for_spec(&spec).expect("options");
+        assert_eq!((o.build_command.as_deref(), o.output_dir.as_deref(), o.start_command), (Some("make"), Some("out"), None));
+        spec.base_images.insert("ruby".into(), "ruby".into());
+        assert!(TemplateOptions::for_spec(&spec).unwrap_err().contains("ruby"));
+    }
+
+    /// Undoes [`env_value`] the way the Dockerfile parser reads a double-quoted word.
+    fn unquote(word: &str) -> String {
+        let inner = word.strip_prefix('"').and_then(|w| w.strip_suffix('"')).expect("quoted");
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                let next = chars.next().expect("escaped character");
+                assert!(matches!(next, '\\' | '"' | '$'), "unexpected escape \\{next}");
+                out.push(next);
+            } else {
+                assert!(c != '"', "unescaped quote in {word}");
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn go_detection() -> Detection {
+        detect(&MemoryRepo::of(&[("go.mod", "module x"), ("go.sum", ""), ("main.go", "")]), None).expect("detect")
+    }
+
+    #[test]
+    fn user_input_never_adds_an_instruction() {
+        let detection = go_detection();
+        let baseline = |variables: usize| {
+            let mut o = options();
+            o.start_command = Some("x".into());
+            o.variables = (0..variables).map(|i| (format!("V{i}"), "x".to_owned())).collect();
+            instructions(&render(&detection, &o).expect("baseline").dockerfile)
+        };
+        // Refused, naming the field.
+        type Mutation = fn(&mut TemplateOptions);
+        let refused: &[(Mutation, &str)] = &[
+            (|o| o.variables = [("EVIL".to_owned(), "x\n RUN rm -rf /".to_owned())].into(), "nixpacks_config.variables.EVIL"),
+            (|o| o.variables = [("EVIL".to_owned(), "x\r\nRUN rm -rf /".to_owned())].into(), "nixpacks_config.variables.EVIL"),
+            (|o| o.variables = [("A B".to_owned(), "x".to_owned())].into(), "nixpacks_config.variables"),
+            (|o| o.variables = [("A=B\nRUN id".to_owned(), "x".to_owned())].into(), "nixpacks_config.variables"),
+            (|o| o.start_command = Some("sleep 1\nRUN rm -rf /".into()), "nixpacks_config.start_command"),
+            (|o| o.build_command = Some("make\rRUN id".into()), "static_config.build_command"),
+            (|o| o.output_dir = Some("../etc".into()), "static_config.output_dir"),
+            (|o| o.output_dir = Some("/etc".into()), "static_config.output_dir"),
+            (|o| o.output_dir = Some("dist /etc".into()), "static_config.output_dir"),
+            (|o| o.output_dir = Some("$HOME".into()), "static_config.output_dir"),
+        ];
+        for (mutate, field) in refused {
+            let mut o = options();
+            o.start_command = Some("x".into());
+            mutate(&mut o);
+            let language = if field.starts_with("static") { Language::Static } else { Language::Go };
+            let detection = detect(&MemoryRepo::of(&[("go.mod", "module x"), ("index.html", "")]), Some(language)).expect("detect");
+            let err = render(&detection, &o).unwrap_err();
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+        // Encoded: the same instructions as with plain values, the values intact.
+        let command = r#"echo "it's" \"quoted\" \\ back\slash ]"] && exec ./app"#;
+        let value = r#"a "b" \c $HOME ${PATH} `id` ] #x"#;
+        let mut o = options();
+        o.start_command = Some(command.into());
+        o.variables = [("GREETING".to_owned(), value.to_owned())].into();
+        let dockerfile = render(&detection, &o).expect("render").dockerfile;
+        assert_eq!(instructions(&dockerfile), baseline(1), "{dockerfile}");
+        let cmd = dockerfile.lines().find_map(|line| line.strip_prefix("CMD ")).expect("CMD");
+        assert_eq!(serde_json::from_str::<Vec<String>>(cmd).expect("json"), ["sh", "-c", command]);
+        let envs: Vec<&str> = dockerfile.lines().filter_map(|line| line.strip_prefix("ENV GREETING=")).collect();
+        assert_eq!(envs.len(), 2, "build and runtime stages");
+        for env in envs {
+            assert_eq!(unquote(env), value);
+        }
+    }
+
+    fn hostile_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            prop::collection::vec(
+                prop_oneof![
+                    Just("\n".to_owned()),
+                    Just("\r".to_owned()),
+                    Just("\\".to_owned()),
+                    Just("\"".to_owned()),
+                    Just("'".to_owned()),
+                    Just("$".to_owned()),
+                    Just("]".to_owned()),
+                    Just("#".to_owned()),
+                    Just(" ".to_owned()),
+                    Just("\t".to_owned()),
+                    Just("\u{2028}".to_owned()),
+                    Just("RUN rm -rf /".to_owned()),
+                    Just("USER root".to_owned()),
+                    "[a-z]{1,4}",
+                ],
+                0..12,
+            )
+            .prop_map(|parts| parts.concat()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever the values and the commands, the Dockerfile has the template's
+        /// instructions and no more: it is either rendered with the values intact or
+        /// refused naming the field.
+        #[test]
+        fn arbitrary_values_never_add_instructions(value in hostile_text(), command in hostile_text(), build in hostile_text(), static_site in any::<bool>()) {
+            let detection = if static_site {
+                detect(&MemoryRepo::of(&[("index.html", "")]), None).expect("detect")
+            } else {
+                go_detection()
+            };
+            let plain = TemplateOptions {
+                start_command: Some("x".into()),
+                build_command: Some("x".into()),
+                variables: [("VALUE".to_owned(), "x".to_owned())].into(),
+                ..options()
+            };
+            let expected = instructions(&render(&detection, &plain).expect("plain").dockerfile);
+            let given = TemplateOptions {
+                start_command: Some(format!("x{command}")),
+                build_command: Some(format!("x{build}")),
+                variables: [("VALUE".to_owned(), value.clone())].into(),
+                ..options()
+            };
+            match render(&detection, &given) {
+                Ok(rendered) => {
+                    prop_assert_eq!(instructions(&rendered.dockerfile), expected);
+                    for line in rendered.dockerfile.lines() {
+                        prop_assert!(!line.ends_with('\\'), "continuation: {}", line);
+                        if let Some(env) = line.strip_prefix("ENV VALUE=") {
+                            prop_assert_eq!(unquote(env), value.clone());
+                        }
+                        if let Some(cmd) = line.strip_prefix("CMD [\"sh\"") {
+                            let args: Vec<String> = serde_json::from_str(&format!("[\"sh\"{cmd}")).expect("json");
+                            prop_assert_eq!(&args[2], &format!("x{command}"));
+                        }
+                    }
+                }
+                Err(err) => prop_assert!(
+                    ["nixpacks_config.variables.VALUE", "nixpacks_config.start_command", "static_config.build_command"].iter().any(|field| err.starts_with(field)),
+                    "unexpected error {}", err
+                ),
+            }
+        }
+    }
 }

@@ -1,0 +1,15 @@
+FROM gradle:8-jdk21 AS build
+WORKDIR /src
+COPY settings.gradle build.gradle ./
+# Dependencies only (failures surface in the real build below).
+RUN gradle dependencies --no-daemon -q || true
+COPY . .
+RUN gradle build -x test --no-daemon -q && jar="$(find build/libs -maxdepth 1 -name '*.jar' ! -name '*-plain.jar' ! -name '*-sources.jar' ! -name '*-javadoc.jar' ! -name 'original-*' | head -n 1)" && [ -n "$jar" ] && cp "$jar" /app.jar
+
+FROM eclipse-temurin:21-jre-alpine
+RUN addgroup -S -g 10001 app && adduser -S -D -u 10001 -G app app
+WORKDIR /app
+COPY --from=build /app.jar /app/app.jar
+USER 10001:10001
+EXPOSE 8080
+CMD ["java", "-jar", "/app/app.jar"]

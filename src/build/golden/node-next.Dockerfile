@@ -1,0 +1,16 @@
+FROM node:22-alpine AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci
+COPY . .
+RUN npm run build
+
+FROM node:22-alpine
+RUN apk add --no-cache dumb-init && addgroup -S -g 10001 app && adduser -S -D -u 10001 -G app app
+WORKDIR /app
+ENV NODE_ENV=production
+COPY --from=build /app ./
+USER 10001:10001
+EXPOSE 3000
+ENTRYPOINT ["dumb-init", "--"]
+CMD ["npm", "start"]

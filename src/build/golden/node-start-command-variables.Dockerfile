@@ -1,0 +1,13 @@
+FROM node:22-alpine
+RUN apk add --no-cache dumb-init && addgroup -S -g 10001 app && adduser -S -D -u 10001 -G app app
+WORKDIR /app
+ENV NODE_ENV=production
+ENV GREETING="hello \$USER \"friend\""
+ENV PORT="4000"
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev
+COPY . .
+USER 10001:10001
+EXPOSE 4000
+ENTRYPOINT ["dumb-init", "--"]
+CMD ["sh", "-c", "node server.js --name \"my app\""]
