@@ -624,7 +624,10 @@ fn examine_node(repo: &dyn RepoFiles, detection: &mut Detection) {
         _ if repo.read("npm-shrinkwrap.json").is_some() => "npm-shrinkwrap.json",
         _ => "package-lock.json",
     };
-    let mut manifests = vec!["package.json".to_owned()];
+    let mut manifests = Vec::new();
+    if repo.read("package.json").is_some() {
+        manifests.push("package.json".to_owned());
+    }
     if repo.read(lock).is_some() {
         manifests.push(lock.to_owned());
     }
@@ -909,6 +912,11 @@ mod tests {
         }
         let berry = detected(&[("package.json", r#"{"packageManager":"yarn@4.5.0"}"#), ("yarn.lock", "")]);
         assert!(berry.hints.yarn_berry);
+        let berry = detected(&[("package.json", "{}"), (".yarnrc.yml", ""), ("yarn.lock", "")]);
+        assert_eq!((berry.hints.yarn_berry, berry.hints.manifests.len()), (true, 3));
+        // Without package.json (the language given), there is nothing to copy.
+        let bare = detect(&MemoryRepo::of(&[("index.js", "")]), Some(Language::Node)).expect("given");
+        assert!(bare.hints.manifests.is_empty());
         assert!(!detected(&[("package.json", "{}"), ("yarn.lock", "")]).hints.yarn_berry);
 
         let next = detected(&[(

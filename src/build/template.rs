@@ -156,7 +156,8 @@ pub struct TemplateOptions {
     /// the template exposes and passes to servers it starts.
     pub variables: BTreeMap<String, String>,
     /// Shell command run after the source is copied, in the stage that builds (for a
-    /// static site: the command producing it, in a `static-build` stage).
+    /// static site: the command producing it, in a `static-build` stage; for Node it
+    /// replaces `npm run build`).
     pub build_command: Option<String>,
     /// Static site: the directory served (relative, without `..`).
     pub output_dir: Option<String>,
@@ -397,7 +398,8 @@ fn go(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port: 
 /// The command installing a Node project's dependencies (`production`: without the
 /// development ones).
 fn node_install(detection: &Detection, production: bool) -> String {
-    let locked = detection.hints.manifests.len() > 1;
+    // A lock file is any manifest but these two.
+    let locked = detection.hints.manifests.iter().any(|name| name != "package.json" && name != ".yarnrc.yml");
     match detection.package_manager {
         Some(PackageManager::Pnpm) => {
             let mut command = "corepack enable && pnpm install".to_owned();
@@ -466,7 +468,9 @@ fn node(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
         out.line("WORKDIR /app");
         out.variables();
         out.manifests(&hints.manifests);
-        out.line(format!("RUN {}", node_install(detection, false)));
+        if !hints.manifests.is_empty() {
+            out.line(format!("RUN {}", node_install(detection, false)));
+        }
         out.source();
         if hints.node_build_script && out.user.build_command.is_none() {
             out.line("RUN npm run build");
@@ -478,7 +482,9 @@ fn node(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
         out.from(image, None);
         runtime_prelude(out);
         out.manifests(&hints.manifests);
-        out.line(format!("RUN {}", node_install(detection, true)));
+        if !hints.manifests.is_empty() {
+            out.line(format!("RUN {}", node_install(detection, true)));
+        }
         out.source();
     }
     out.finish(port, Some(&["dumb-init", "--"]), &command);
@@ -600,14 +606,14 @@ fn rust(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
 }
 
 /// Java: Maven or Gradle resolve the dependencies from the build files, build the jar
-/// (tests skipped), which runs on a JRE.
+/// (tests skipped; Gradle's `assemble`), which runs on a JRE.
 fn java(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port: u16) -> Result<(), String> {
     let (image, warm, build, libs) = match detection.package_manager {
         Some(PackageManager::Maven) => {
-            (base.get("java-maven"), "mvn -B -q dependency:go-offline || true", "mvn -B -q package -DskipTests", "target")
+            (base.get("java-maven"), "mvn -B -q dependency:go-offline || true", "mvn -B package -DskipTests", "target")
         }
         Some(PackageManager::Gradle) => {
-            (base.get("java-gradle"), "gradle dependencies --no-daemon -q || true", "gradle build -x test --no-daemon -q", "build/libs")
+            (base.get("java-gradle"), "gradle dependencies --no-daemon -q || true", "gradle assemble --no-daemon", "build/libs")
         }
         _ => return Err("java: no pom.xml, build.gradle or build.gradle.kts at the root".into()),
     };
@@ -620,7 +626,7 @@ fn java(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
     out.source();
     out.line(format!(
         "RUN {build} && jar=\"$(find {libs} -maxdepth 1 -name '*.jar' ! -name '*-plain.jar' ! -name '*-sources.jar' ! -name '*-javadoc.jar' ! -name 'original-*' | head -n 1)\" \
-         && [ -n \"$jar\" ] && cp \"$jar\" /app.jar"
+         && if [ -z \"$jar\" ]; then echo 'no jar built in {libs}/' >&2; exit 1; fi && cp \"$jar\" /app.jar"
     ));
     out.from(base.get("java-runtime"), None);
     out.line(format!("RUN {ADD_USER}"));
@@ -977,6 +983,37 @@ mod tests {
             let name = file.strip_suffix(".Dockerfile").unwrap_or(&file);
             assert!(cases.iter().any(|(case, _)| *case == name), "{file}: no test renders it");
         }
+    }
+
+    /// The last stage of a Dockerfile.
+    fn last_stage(dockerfile: &str) -> &str {
+        &dockerfile[dockerfile.rfind("FROM ").expect("a stage")..]
+    }
+
+    /// The static and generic images run nothing in their final stage: a bare BusyBox
+    /// (no `adduser`) or any image an operator picks serves, with a numeric user.
+    #[test]
+    fn static_and_generic_final_stages_need_nothing_from_their_image() {
+        let mut with_build = options();
+        with_build.build_command = Some("npm run build".into());
+        let mut generic = options();
+        generic.start_command = Some("./serve".into());
+        for (files, language, o) in [
+            (&[("index.html", "")][..], None, options()),
+            (&[("public/index.html", "")][..], None, options()),
+            (&[("package.json", "{}")][..], Some(Language::Static), with_build),
+            (&[][..], Some(Language::Generic), generic),
+        ] {
+            let dockerfile = rendered(files, language, &o).dockerfile;
+            let last = last_stage(&dockerfile);
+            assert!(!last.contains("\nRUN "), "{dockerfile}");
+            assert!(last.contains("USER 10001:10001\n"), "{dockerfile}");
+        }
+        // Node without a package.json (the language given, a start command): nothing to install.
+        let mut o = options();
+        o.start_command = Some("node x.js".into());
+        let node = rendered(&[("x.js", "")], Some(Language::Node), &o).dockerfile;
+        assert!(!node.contains("npm install") && !node.contains("npm ci"), "{node}");
     }
 
     #[test]

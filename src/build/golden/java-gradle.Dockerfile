@@ -4,7 +4,7 @@ COPY settings.gradle build.gradle ./
 # Dependencies only (failures surface in the real build below).
 RUN gradle dependencies --no-daemon -q || true
 COPY . .
-RUN gradle build -x test --no-daemon -q && jar="$(find build/libs -maxdepth 1 -name '*.jar' ! -name '*-plain.jar' ! -name '*-sources.jar' ! -name '*-javadoc.jar' ! -name 'original-*' | head -n 1)" && [ -n "$jar" ] && cp "$jar" /app.jar
+RUN gradle assemble --no-daemon && jar="$(find build/libs -maxdepth 1 -name '*.jar' ! -name '*-plain.jar' ! -name '*-sources.jar' ! -name '*-javadoc.jar' ! -name 'original-*' | head -n 1)" && if [ -z "$jar" ]; then echo 'no jar built in build/libs/' >&2; exit 1; fi && cp "$jar" /app.jar
 
 FROM eclipse-temurin:21-jre-alpine
 RUN addgroup -S -g 10001 app && adduser -S -D -u 10001 -G app app

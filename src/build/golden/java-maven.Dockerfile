@@ -4,7 +4,7 @@ COPY pom.xml ./
 # Dependencies only (failures surface in the real build below).
 RUN mvn -B -q dependency:go-offline || true
 COPY . .
-RUN mvn -B -q package -DskipTests && jar="$(find target -maxdepth 1 -name '*.jar' ! -name '*-plain.jar' ! -name '*-sources.jar' ! -name '*-javadoc.jar' ! -name 'original-*' | head -n 1)" && [ -n "$jar" ] && cp "$jar" /app.jar
+RUN mvn -B package -DskipTests && jar="$(find target -maxdepth 1 -name '*.jar' ! -name '*-plain.jar' ! -name '*-sources.jar' ! -name '*-javadoc.jar' ! -name 'original-*' | head -n 1)" && if [ -z "$jar" ]; then echo 'no jar built in target/' >&2; exit 1; fi && cp "$jar" /app.jar
 
 FROM eclipse-temurin:21-jre-alpine
 RUN addgroup -S -g 10001 app && adduser -S -D -u 10001 -G app app
