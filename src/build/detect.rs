@@ -312,6 +312,9 @@ impl MemoryRepo {
 
 impl RepoFiles for MemoryRepo {
     fn exists(&self, path: &str) -> bool {
+        if path.is_empty() {
+            return true;
+        }
         let prefix = format!("{path}/");
         self.0.contains_key(path) || self.0.keys().any(|key| key.starts_with(&prefix))
     }
@@ -354,7 +357,9 @@ impl DirRepo {
     /// a symbolic link; `None` otherwise (or for an absolute path, `..`, `.`).
     fn resolve(&self, relative: &str) -> Option<(PathBuf, std::fs::Metadata)> {
         let mut path = self.root.clone();
-        let mut meta = std::fs::symlink_metadata(&path).ok()?;
+        // The root is the builder's own choice (it may be reached through a link);
+        // everything under it comes from the repository.
+        let mut meta = std::fs::metadata(&path).ok()?;
         if !meta.is_dir() {
             return None;
         }

@@ -712,6 +712,9 @@ mod tests {
     use super::*;
     use crate::build::detect::{MemoryRepo, detect};
 
+    /// A repository's files.
+    type Files<'a> = Vec<(&'a str, &'a str)>;
+
     /// Every Dockerfile instruction keyword.
     const INSTRUCTIONS: &[&str] = &[
         "ADD",
@@ -1219,7 +1222,41 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Names taken from the repository (a Rust binary, a Node main file, a Go
+        /// command directory, a Django project, pyproject dependencies) never add an
+        /// instruction either: they are checked or written in exec form.
+        #[test]
+        fn repository_contents_never_add_instructions(text in hostile_text()) {
+            let toml_string = toml::Value::String(text.clone()).to_string();
+            let package = serde_json::json!({ "main": text.clone() }).to_string();
+            let manage = format!("os.environ.setdefault('DJANGO_SETTINGS_MODULE', '{text}.settings')");
+            let pyproject = format!("[project]\nname = \"x\"\ndependencies = [\"requests\", {toml_string}]\n");
+            let cargo = format!("[package]\nname = {toml_string}\n");
+            let go_main = format!("cmd/{text}/main.go");
+            let repos: Vec<(Files<'_>, Files<'_>)> = vec![
+                (vec![("Cargo.toml", &cargo)], vec![("Cargo.toml", "[package]\nname = \"x\"\n")]),
+                (vec![("package.json", &package), ("index.js", "")], vec![("package.json", "{}"), ("index.js", "")]),
+                (vec![("go.mod", "module x"), (&go_main, "")], vec![("go.mod", "module x"), ("cmd/x/main.go", "")]),
+                (
+                    vec![("requirements.txt", "django\ngunicorn"), ("manage.py", &manage)],
+                    vec![("requirements.txt", "django\ngunicorn"), ("manage.py", "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'x.settings')")],
+                ),
+                (vec![("pyproject.toml", &pyproject), ("main.py", "")], vec![("pyproject.toml", "[project]\nname = \"x\"\ndependencies = [\"requests\", \"x\"]\n"), ("main.py", "")]),
+            ];
+            for (hostile, plain) in repos {
+                let expected = instructions(&rendered(&plain, None, &options()).dockerfile);
+                let Ok(detection) = detect(&MemoryRepo::of(&hostile), None) else { continue };
+                if let Ok(rendered) = render(&detection, &options()) {
+                    for line in rendered.dockerfile.lines().filter(|line| !line.is_empty() && !line.starts_with('#')) {
+                        let word = line.split_whitespace().next().unwrap_or_default();
+                        prop_assert!(INSTRUCTIONS.contains(&word) && !line.ends_with('\\'), "{:?} in {}", line, rendered.dockerfile);
+                    }
+                    prop_assert_eq!(instructions(&rendered.dockerfile), expected, "{}", rendered.dockerfile);
+                }
+            }
+        }
 
         /// Whatever the values and the commands, the Dockerfile has the template's
         /// instructions and no more: it is either rendered with the values intact or
