@@ -588,6 +588,8 @@ fn rust(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
         .ok_or("rust: Cargo.toml names no binary ([package] name, default-run or [[bin]] name): is it a workspace root?")?;
     let locked = if detection.hints.manifests.iter().any(|name| name == "Cargo.lock") { " --locked" } else { "" };
     out.from(base.get("rust"), Some("build"));
+    // C headers for crates with native code (ring, zstd-sys, ...).
+    out.line("RUN apk add --no-cache musl-dev");
     out.line("WORKDIR /src");
     out.variables();
     out.manifests(&detection.hints.manifests);

@@ -1,4 +1,5 @@
 FROM rust:1-alpine AS build
+RUN apk add --no-cache musl-dev
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 # Dependencies only: a placeholder crate (failures surface in the real build below).
