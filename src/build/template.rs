@@ -2,10 +2,12 @@
 //!
 //! Every template installs the dependencies from the manifests alone before the source
 //! is copied (a one-line source change reuses those layers), builds in a separate stage
-//! where there is a build step, and runs as the non-root user `10001:10001` (created
-//! with `addgroup`/`adduser` on the Alpine images: an override of `go-runtime`,
-//! `rust-runtime`, `node`, `python` or `java-runtime` must have them; the `static` and
-//! `generic` images, whatever they are, only get `USER 10001:10001`).
+//! where there is a build step, and runs as the non-root user `10001:10001`: created as
+//! `app` with the image's `useradd`, else BusyBox's `adduser`, else an `/etc/passwd`
+//! line, so a Debian or bare BusyBox mirror of a base image works too; the `static` and
+//! `generic` images, whatever they are, only get `USER 10001:10001` (BusyBox `httpd`
+//! needs no account). Templates use Alpine's `apk` only for `dumb-init` (`node`) and
+//! `musl-dev` (`rust`).
 //!
 //! # Base images
 //!
@@ -312,9 +314,14 @@ fn env_value(value: &str) -> String {
     out
 }
 
-/// The non-root user `app` (10001:10001, home `/home/app`: npm and pip want one),
-/// created with BusyBox's `addgroup`/`adduser` on the Alpine images.
-const ADD_USER: &str = "addgroup -S -g 10001 app && adduser -S -D -u 10001 -G app app";
+/// The non-root user `app` (10001:10001, with a home: npm and pip want one), created
+/// with the base image's own tools: `useradd` (Debian, Ubuntu, Alpine with shadow),
+/// else BusyBox's `adduser` (Alpine), else an `/etc/passwd` line (a bare BusyBox).
+const ADD_USER: &str = concat!(
+    "if command -v useradd >/dev/null; then groupadd -g 10001 app && useradd -u 10001 -g app -m -s /sbin/nologin app; \\\n",
+    "    elif command -v adduser >/dev/null; then addgroup -S -g 10001 app && adduser -S -D -u 10001 -G app app; \\\n",
+    "    else echo 'app:x:10001:10001::/tmp:/sbin/nologin' >> /etc/passwd && echo 'app:x:10001:' >> /etc/group; fi",
+);
 
 /// A Dockerfile being written.
 struct Dockerfile<'a> {
@@ -458,7 +465,8 @@ fn node(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
         );
     };
     let runtime_prelude = |out: &mut Dockerfile<'_>| {
-        out.line(format!("RUN apk add --no-cache dumb-init && {ADD_USER}"));
+        out.line("RUN apk add --no-cache dumb-init");
+        out.line(format!("RUN {ADD_USER}"));
         out.line("WORKDIR /app");
         out.line("ENV NODE_ENV=production");
         out.variables();
@@ -491,8 +499,12 @@ fn node(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
     Ok(())
 }
 
-/// Python: dependencies installed into `/venv` in a `deps` stage (pip, poetry or
-/// pipenv), copied into the runtime stage before the source; the framework's server.
+/// Python: dependencies installed with `pip install --target /deps` in a `deps` stage
+/// (poetry and pipenv export their lock to a requirements file first), copied into the
+/// runtime stage before the source (`PYTHONPATH=/deps`, scripts in `/deps/bin`); the
+/// framework's server. `--target` rather than a virtual environment: it needs nothing
+/// but `pip`, so a Debian `python3` + `pip` mirror image works as well as the official
+/// one.
 fn python(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port: u16) -> Result<(), String> {
     let image = base.get("python");
     let hints = &detection.hints;
@@ -520,27 +532,33 @@ fn python(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, po
             None => return Err("python: no app.py, main.py, server.py or run.py at the root: give a start command".into()),
         },
     };
-    let install: Option<(Vec<String>, String)> = match detection.package_manager {
-        Some(PackageManager::Poetry) => Some((
-            vec!["python -m venv /opt/poetry && /opt/poetry/bin/pip install --no-cache-dir poetry".to_owned()],
-            "VIRTUAL_ENV=/venv /opt/poetry/bin/poetry install --no-root --only main --no-interaction".to_owned(),
-        )),
-        Some(PackageManager::Pipenv) => {
-            let lock = if hints.manifests.iter().any(|name| name == "Pipfile.lock") { "" } else { "/opt/pipenv/bin/pipenv lock && " };
+    // (tools installed first, their own layer; the command installing the dependencies
+    // into /deps once the manifests are copied)
+    const PIP: &str = "pip install --no-cache-dir --target /deps";
+    let install: Option<(Option<&str>, String)> = match detection.package_manager {
+        Some(PackageManager::Poetry) => {
+            const POETRY: &str = "PYTHONPATH=/opt/poetry /opt/poetry/bin/poetry";
+            let lock = if hints.manifests.iter().any(|name| name == "poetry.lock") { String::new() } else { format!("{POETRY} lock && ") };
             Some((
-                vec!["python -m venv /opt/pipenv && /opt/pipenv/bin/pip install --no-cache-dir pipenv".to_owned()],
-                format!(
-                    "{lock}/opt/pipenv/bin/pipenv requirements > /tmp/requirements.txt && pip install --no-cache-dir -r /tmp/requirements.txt"
-                ),
+                Some("pip install --no-cache-dir --target /opt/poetry poetry poetry-plugin-export"),
+                format!("{lock}{POETRY} export --only main --without-hashes -o /tmp/requirements.txt && {PIP} -r /tmp/requirements.txt"),
+            ))
+        }
+        Some(PackageManager::Pipenv) => {
+            const PIPENV: &str = "PYTHONPATH=/opt/pipenv /opt/pipenv/bin/pipenv";
+            let lock = if hints.manifests.iter().any(|name| name == "Pipfile.lock") { String::new() } else { format!("{PIPENV} lock && ") };
+            Some((
+                Some("pip install --no-cache-dir --target /opt/pipenv pipenv"),
+                format!("{lock}{PIPENV} requirements > /tmp/requirements.txt && {PIP} -r /tmp/requirements.txt"),
             ))
         }
         Some(PackageManager::Pip) if hints.manifests.iter().any(|name| name == "requirements.txt") => {
-            Some((vec![], "pip install --no-cache-dir -r requirements.txt".to_owned()))
+            Some((None, format!("{PIP} -r requirements.txt")))
         }
         Some(PackageManager::Pip) if !hints.pyproject_requirements.is_empty() => {
-            let mut args = vec!["pip", "install", "--no-cache-dir"];
+            let mut args = vec!["pip", "install", "--no-cache-dir", "--target", "/deps"];
             args.extend(hints.pyproject_requirements.iter().map(String::as_str));
-            Some((vec![], exec(&args)))
+            Some((None, exec(&args)))
         }
         _ => None,
     };
@@ -549,13 +567,9 @@ fn python(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, po
         out.from(image, Some("deps"));
         out.line("WORKDIR /app");
         out.variables();
-        let mut venv = "python -m venv /venv".to_owned();
-        for tool in tools {
-            venv.push_str(" && ");
-            venv.push_str(&tool);
+        if let Some(tools) = tools {
+            out.line(format!("RUN {tools}"));
         }
-        out.line(format!("RUN {venv}"));
-        out.line("ENV PATH=\"/venv/bin:$PATH\"");
         // `[project] dependencies` are installed by name (exec form): no manifest to copy.
         if !install.starts_with('[') {
             out.manifests(&hints.manifests);
@@ -566,12 +580,13 @@ fn python(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, po
     out.line(format!("RUN {ADD_USER}"));
     out.line("WORKDIR /app");
     if installs {
-        env.push("PATH=\"/venv/bin:$PATH\"".to_owned());
+        env.push("PYTHONPATH=/deps".to_owned());
+        env.push("PATH=\"/deps/bin:$PATH\"".to_owned());
     }
     out.line(format!("ENV {}", env.join(" ")));
     out.variables();
     if installs {
-        out.line("COPY --from=deps /venv /venv");
+        out.line("COPY --from=deps /deps /deps");
     }
     out.source();
     out.finish(port, None, &command);
@@ -739,14 +754,41 @@ mod tests {
         "WORKDIR",
     ];
 
-    /// The instructions of a Dockerfile, as its parser splits them (any line break).
+    /// The logical lines of a Dockerfile: physical lines (split at any line break, more
+    /// eagerly than the parser) with those ending in `\` joined to the next.
+    fn logical_lines(dockerfile: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut current: Option<String> = None;
+        for line in dockerfile.split(['\n', '\r']) {
+            let joined = match current.take() {
+                Some(mut previous) => {
+                    previous.push_str(line);
+                    previous
+                }
+                None => line.to_owned(),
+            };
+            match joined.trim_end().strip_suffix('\\') {
+                Some(head) => current = Some(head.to_owned()),
+                None => lines.push(joined),
+            }
+        }
+        lines.extend(current);
+        lines
+    }
+
+    /// The instructions of a Dockerfile, in order.
     fn instructions(dockerfile: &str) -> Vec<String> {
-        dockerfile
-            .split(['\n', '\r'])
+        logical_lines(dockerfile)
+            .iter()
             .filter_map(|line| line.split_whitespace().next())
             .map(str::to_ascii_uppercase)
             .filter(|word| INSTRUCTIONS.contains(&word.as_str()))
             .collect()
+    }
+
+    /// The first word of every physical line: what user input must never change.
+    fn skeleton(dockerfile: &str) -> Vec<String> {
+        dockerfile.split(['\n', '\r']).map(|line| line.split_whitespace().next().unwrap_or_default().to_owned()).collect()
     }
 
     fn options() -> TemplateOptions {
@@ -763,11 +805,17 @@ mod tests {
     /// installation before the source in every stage, the final stage running as
     /// `10001:10001`, the port exposed, the command in exec form.
     fn check_structure(name: &str, dockerfile: &str, port: u16) {
-        let lines: Vec<&str> = dockerfile.lines().filter(|line| !line.is_empty() && !line.starts_with('#')).collect();
+        let logical = logical_lines(dockerfile);
+        let lines: Vec<&str> = logical.iter().map(String::as_str).filter(|line| !line.is_empty() && !line.starts_with('#')).collect();
         for line in &lines {
             let word = line.split_whitespace().next().unwrap_or_default();
             assert!(INSTRUCTIONS.contains(&word), "{name}: {line:?} is not an instruction");
-            assert!(!line.ends_with('\\'), "{name}: {line:?} continues on the next line");
+        }
+        for (line, next) in dockerfile.lines().zip(dockerfile.lines().skip(1)) {
+            if line.ends_with('\\') {
+                assert!(line.starts_with("RUN ") || line.starts_with("    "), "{name}: only RUN continues: {line:?}");
+                assert!(next.starts_with("    "), "{name}: a continuation is indented: {next:?}");
+            }
         }
         assert!(lines.first().is_some_and(|line| line.starts_with("FROM ")), "{name}: starts with FROM");
         let stages: Vec<&[&str]> = {
@@ -1248,13 +1296,11 @@ mod tests {
                 (vec![("pyproject.toml", &pyproject), ("main.py", "")], vec![("pyproject.toml", "[project]\nname = \"x\"\ndependencies = [\"requests\", \"x\"]\n"), ("main.py", "")]),
             ];
             for (hostile, plain) in repos {
-                let expected = instructions(&rendered(&plain, None, &options()).dockerfile);
+                let plain = rendered(&plain, None, &options()).dockerfile;
+                let (expected, expected_skeleton) = (instructions(&plain), skeleton(&plain));
                 let Ok(detection) = detect(&MemoryRepo::of(&hostile), None) else { continue };
                 if let Ok(rendered) = render(&detection, &options()) {
-                    for line in rendered.dockerfile.lines().filter(|line| !line.is_empty() && !line.starts_with('#')) {
-                        let word = line.split_whitespace().next().unwrap_or_default();
-                        prop_assert!(INSTRUCTIONS.contains(&word) && !line.ends_with('\\'), "{:?} in {}", line, rendered.dockerfile);
-                    }
+                    prop_assert_eq!(skeleton(&rendered.dockerfile), expected_skeleton, "{}", rendered.dockerfile);
                     prop_assert_eq!(instructions(&rendered.dockerfile), expected, "{}", rendered.dockerfile);
                 }
             }
@@ -1276,7 +1322,8 @@ mod tests {
                 variables: [("VALUE".to_owned(), "x".to_owned())].into(),
                 ..options()
             };
-            let expected = instructions(&render(&detection, &plain).expect("plain").dockerfile);
+            let plain = render(&detection, &plain).expect("plain").dockerfile;
+            let (expected, expected_skeleton) = (instructions(&plain), skeleton(&plain));
             let given = TemplateOptions {
                 start_command: Some(format!("x{command}")),
                 build_command: Some(format!("x{build}")),
@@ -1286,8 +1333,8 @@ mod tests {
             match render(&detection, &given) {
                 Ok(rendered) => {
                     prop_assert_eq!(instructions(&rendered.dockerfile), expected);
+                    prop_assert_eq!(skeleton(&rendered.dockerfile), expected_skeleton);
                     for line in rendered.dockerfile.lines() {
-                        prop_assert!(!line.ends_with('\\'), "continuation: {}", line);
                         if let Some(env) = line.strip_prefix("ENV VALUE=") {
                             prop_assert_eq!(unquote(env), value.clone());
                         }
