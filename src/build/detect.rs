@@ -343,7 +343,10 @@ impl RepoFiles for MemoryRepo {
 /// component of a path is checked with `symlink_metadata`, the file is opened with
 /// `O_NOFOLLOW` and must be a regular file, and at most [`MAX_FILE_BYTES`] are read (a
 /// larger file reads as absent). A hostile repository's `requirements.txt ->
-/// /etc/shadow` is therefore absent, never read.
+/// /etc/shadow` is therefore absent, never read. The checks of the intermediate
+/// directories and the final open are separate steps: the checkout must not change
+/// while it is read (it is the builder's own clone; the repository's content cannot run
+/// before the build starts).
 #[derive(Debug, Clone)]
 pub struct DirRepo {
     root: PathBuf,
@@ -1074,6 +1077,8 @@ mod tests {
         std::fs::write(dir.path().join("public/index.html"), "<html>").expect("write");
         let repo = DirRepo::new(dir.path());
         assert_eq!(repo.read("package.json"), None, "larger than the limit: absent");
+        std::fs::write(dir.path().join("exact.txt"), &big[1..]).expect("write");
+        assert_eq!(repo.read("exact.txt").map(|t| t.len() as u64), Some(MAX_FILE_BYTES), "the limit itself is read");
         assert_eq!(repo.read("ok.txt").map(|t| t.len()), Some(1000));
         assert!(repo.exists("public") && repo.exists("public/index.html") && !repo.exists("public/nope"));
         assert_eq!(repo.read("public"), None, "a directory is not a file");
