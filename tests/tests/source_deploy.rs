@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 const REGISTRY: &str = "127.0.0.1:5000";
 const BUSYBOX: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const GO_BASE: &str = "127.0.0.1:5000/diplo/base/go:1.19-bookworm";
-const PYTHON_BASE: &str = "127.0.0.1:5000/diplo/base/python:3.11";
+const PYTHON_BASE: &str = "127.0.0.1:5000/diplo/base/python:3.11-venv";
 const POLL: Duration = Duration::from_millis(250);
 /// Builds compile Go on a loaded 2-core machine: minutes, not seconds.
 const BUILD_WAIT: Duration = Duration::from_secs(420);
