@@ -1361,10 +1361,11 @@ mod tests {
 
 #[cfg(test)]
 mod builder_tests {
-    use super::*;
+    use std::collections::BTreeMap;
+
+    use super::{BuilderCandidate, normalize_arch, pick_builder};
     use diplo_api::build::Builder::{self, *};
     use proptest::prelude::*;
-    use proptest::strategy::Strategy as _;
 
     fn node(id: &str, arch: &str, builders: &[Builder]) -> BuilderCandidate {
         BuilderCandidate {
