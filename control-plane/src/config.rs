@@ -39,6 +39,14 @@ pub struct Config {
     pub events_max_age: Option<Duration>,
     /// At most this many events are kept, the newest (`None`: no count limit).
     pub events_max_count: Option<u64>,
+    /// The cluster registry (`host:port`) that images built without a registry part in
+    /// their name are pushed to; `None`: such images stay on the node that built them.
+    pub registry: Option<String>,
+    /// Time a build may take, clone included.
+    pub build_timeout: Duration,
+    /// Base images by language key (`static`, `python`, ...), overriding the builders'
+    /// defaults.
+    pub base_images: std::collections::BTreeMap<String, String>,
 }
 
 /// PEM files for the REST gateway's TLS.
@@ -69,6 +77,9 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             events_max_age: Some(Duration::from_secs(30 * 24 * 3600)),
             events_max_count: Some(100_000),
+            registry: None,
+            build_timeout: diplo_api::build::DEFAULT_BUILD_TIMEOUT,
+            base_images: std::collections::BTreeMap::new(),
         }
     }
 
@@ -93,6 +104,30 @@ impl Config {
     }
 }
 
+/// Parses base image overrides, each `LANG=IMAGE` (`static=nginx:alpine`), into a map
+/// by language key; the error names the entry at fault.
+pub fn parse_base_images<S: AsRef<str>>(entries: &[S]) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut images = std::collections::BTreeMap::new();
+    for entry in entries {
+        let entry = entry.as_ref().trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let (language, image) = entry.split_once('=').ok_or_else(|| format!("{entry:?}: expected LANG=IMAGE"))?;
+        let (language, image) = (language.trim(), image.trim());
+        let key_ok =
+            !language.is_empty() && language.len() <= 32 && language.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !key_ok {
+            return Err(format!("{entry:?}: {language:?} is not a language key"));
+        }
+        if image.is_empty() || image.len() > 512 || image.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{entry:?}: {image:?} is not an image reference"));
+        }
+        images.insert(language.to_ascii_lowercase(), image.to_owned());
+    }
+    Ok(images)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +139,16 @@ mod tests {
         assert_eq!(config.rest_addr.port(), 8080);
         assert!(Config::default_rest_addr(false).ip().is_loopback());
         assert!(Config::default_rest_addr(true).ip().is_unspecified());
+    }
+
+    #[test]
+    fn base_images_parse_and_name_the_entry_at_fault() {
+        let images = parse_base_images(&["static=nginx:alpine", " python = python:3.12-slim ", ""]).expect("valid");
+        assert_eq!(images.get("static").map(String::as_str), Some("nginx:alpine"));
+        assert_eq!(images.get("python").map(String::as_str), Some("python:3.12-slim"));
+        for bad in ["static", "=img", "py thon=img", "go=", "go=a b"] {
+            let err = parse_base_images(&[bad]).expect_err(bad);
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
     }
 }
