@@ -691,11 +691,11 @@ mod tests {
         let cases: Vec<(Option<&str>, Option<&str>, Result<(&str, bool), &str>)> = vec![
             (Some("app:v1"), cluster, Ok(("10.0.0.1:5000/app:v1", true))),
             (Some("team/app"), cluster, Ok(("10.0.0.1:5000/team/app:b-1", true))),
-            (None, cluster, Ok(("10.0.0.1:5000/my-app:b-1", true))),
+            (None, cluster, Ok(("10.0.0.1:5000/my_app:b-1", true))),
             (Some("ghcr.io/me/app:1.0"), cluster, Ok(("ghcr.io/me/app:1.0", true))),
             (Some("localhost:5000/app"), None, Ok(("localhost:5000/app:b-1", true))),
             (Some("app:v1"), None, Ok(("app:v1", false))),
-            (None, None, Ok(("my-app:b-1", false))),
+            (None, None, Ok(("my_app:b-1", false))),
             (Some("App:v1"), cluster, Err("not an image name")),
             (Some("app:-x"), cluster, Err("not a valid tag")),
             (Some("app@sha256:abc"), cluster, Err("not a digest")),
