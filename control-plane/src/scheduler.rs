@@ -1384,14 +1384,17 @@ mod builder_tests {
         let none = BTreeMap::new();
         let arm = Some(("linux", "arm64"));
         let busy = |id: &str, n: u32| BTreeMap::from([(id.to_owned(), n)]);
-        let cases: Vec<(
-            &str,
+        /// Name, nodes, platform, preferred node, running builds, expected node and builder
+        /// (or a part of the error).
+        type Case<'a> = (
+            &'a str,
             Vec<BuilderCandidate>,
-            Option<(&str, &str)>,
-            Option<&str>,
+            Option<(&'a str, &'a str)>,
+            Option<&'a str>,
             BTreeMap<String, u32>,
-            Result<(&str, Builder), &str>,
-        )> = vec![
+            Result<(&'a str, Builder), &'a str>,
+        );
+        let cases: Vec<Case<'_>> = vec![
             (
                 "docker beats podman beats buildah",
                 vec![node("a", "amd64", &[Buildah]), node("b", "amd64", &[Podman]), node("c", "amd64", &[Docker])],

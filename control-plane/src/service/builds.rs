@@ -688,7 +688,9 @@ mod tests {
     #[test]
     fn images_go_to_the_cluster_registry_unless_named_elsewhere() {
         let cluster = Some("10.0.0.1:5000");
-        let cases: Vec<(Option<&str>, Option<&str>, Result<(&str, bool), &str>)> = vec![
+        /// Image tag, cluster registry, expected image and push (or a part of the error).
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Result<(&'a str, bool), &'a str>);
+        let cases: Vec<Case<'_>> = vec![
             (Some("app:v1"), cluster, Ok(("10.0.0.1:5000/app:v1", true))),
             (Some("team/app"), cluster, Ok(("10.0.0.1:5000/team/app:b-1", true))),
             (None, cluster, Ok(("10.0.0.1:5000/my_app:b-1", true))),
