@@ -519,3 +519,107 @@ async fn builds_left_running_by_a_crash_fail_at_restart() {
     assert_eq!(build["message"], "interrupted: the control plane restarted");
     assert!(build["finished_at"].is_string());
 }
+
+/// Runs `diplo --config <cli.toml> args…` off the async runtime.
+fn cli(control_plane: &ControlPlane, args: &[&str]) -> tokio::task::JoinHandle<std::process::Output> {
+    let mut command = std::process::Command::new(diplo_tests::binary(diplo_tests::Binary::Cli));
+    command.env_remove("DIPLO_CONFIG").arg("--config").arg(control_plane.file("cli.toml")).args(args);
+    tokio::task::spawn_blocking(move || diplo_tests::output_with_timeout(command, diplo_tests::CLI_TIMEOUT))
+}
+
+fn text(output: &std::process::Output) -> (bool, String, String) {
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_starts_lists_shows_follows_and_cancels_builds() {
+    let (control_plane, node, mut session) = cluster_with_builder("cli", builder_fingerprint("amd64", &["docker"])).await;
+    let start = cli(
+        &control_plane,
+        &[
+            "builds",
+            "start",
+            "--repo",
+            "https://git.example/app.git",
+            "--id",
+            "cli-1",
+            "--dockerfile",
+            "Dockerfile.prod",
+            "--build-arg",
+            "V=1",
+            "--image",
+            "app:v1",
+        ],
+    );
+    let command = session.next_command(LIMIT).await;
+    let Some(pb::command::Op::Build(build)) = command.op.clone() else { panic!("Build expected: {command:?}") };
+    assert_eq!(
+        (build.buildpack_type.as_str(), build.dockerfile_path.as_str(), build.image.as_str()),
+        ("dockerfile", "Dockerfile.prod", "app:v1")
+    );
+    assert_eq!(build.build_args.get("V").map(String::as_str), Some("1"));
+    session.answer(&command.request_id, None).await;
+    let (ok, stdout, stderr) = text(&start.await.expect("thread"));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&format!("build cli-1 running on node {} with docker", node.id)), "{stdout}");
+
+    let output = session.open_output(&command.request_id);
+    output.send(b"hello\n".to_vec()).await.expect("output");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (ok, stdout, stderr) = text(&cli(&control_plane, &["builds", "logs", "cli-1"]).await.expect("thread"));
+        assert!(ok, "{stderr}");
+        if stdout == "hello\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "logs: {stdout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let follow = cli(&control_plane, &["builds", "logs", "-f", "cli-1"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!follow.is_finished(), "logs -f ends with the build");
+    output.send(b"world\n".to_vec()).await.expect("output");
+    drop(output);
+    session.report(succeeded("cli-1", "app:v1")).await;
+    let (ok, stdout, stderr) = text(&follow.await.expect("thread"));
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "hello\nworld\n");
+
+    let (ok, stdout, stderr) = text(&cli(&control_plane, &["builds", "ls"]).await.expect("thread"));
+    assert!(ok && stdout.lines().any(|l| l.starts_with("cli-1") && l.contains("succeeded") && l.contains("docker")), "{stdout}{stderr}");
+    let (_, stdout, _) = text(&cli(&control_plane, &["builds", "ls", "-o", "json"]).await.expect("thread"));
+    let listed: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(listed[0]["id"], "cli-1");
+    let (_, stdout, _) = text(&cli(&control_plane, &["builds", "show", "cli-1"]).await.expect("thread"));
+    let shown: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(
+        (shown["status"].as_str(), shown["digest"].as_str()),
+        (Some("succeeded"), Some(format!("sha256:{}", "ab".repeat(32)).as_str()))
+    );
+
+    // Cancel.
+    let start = cli(&control_plane, &["builds", "start", "--repo", "https://git.example/app.git", "--id", "cli-2"]);
+    let command = session.next_command(LIMIT).await;
+    session.answer(&command.request_id, None).await;
+    assert!(start.await.expect("thread").status.success());
+    let cancel = cli(&control_plane, &["builds", "cancel", "cli-2"]);
+    let command = session.next_command(LIMIT).await;
+    assert_eq!(command.op, Some(pb::command::Op::CancelBuild("cli-2".into())));
+    session.answer(&command.request_id, None).await;
+    let (ok, stdout, stderr) = text(&cancel.await.expect("thread"));
+    assert!(ok && stdout.trim() == "build cli-2 cancelled", "{stdout}{stderr}");
+
+    // Refusals: flags, and a build no node can take.
+    let (ok, _, stderr) = text(
+        &cli(&control_plane, &["builds", "start", "--repo", "https://git.example/app.git", "--build-arg", "V=1"]).await.expect("thread"),
+    );
+    assert!(!ok && stderr.contains("--build-arg"), "{stderr}");
+    let (ok, _, stderr) = text(&cli(&control_plane, &["builds", "start", "--repo=--upload-pack=x"]).await.expect("thread"));
+    assert!(!ok && stderr.contains("git_repo"), "{stderr}");
+    let (ok, _, stderr) = text(
+        &cli(&control_plane, &["builds", "start", "--repo", "https://git.example/app.git", "--platform", "linux/s390x"])
+            .await
+            .expect("thread"),
+    );
+    assert!(!ok && stderr.contains("runs linux/s390x"), "{stderr}");
+}
