@@ -104,30 +104,6 @@ impl Config {
     }
 }
 
-/// Parses base image overrides, each `LANG=IMAGE` (`static=nginx:alpine`), into a map
-/// by language key; the error names the entry at fault.
-pub fn parse_base_images<S: AsRef<str>>(entries: &[S]) -> Result<std::collections::BTreeMap<String, String>, String> {
-    let mut images = std::collections::BTreeMap::new();
-    for entry in entries {
-        let entry = entry.as_ref().trim();
-        if entry.is_empty() {
-            continue;
-        }
-        let (language, image) = entry.split_once('=').ok_or_else(|| format!("{entry:?}: expected LANG=IMAGE"))?;
-        let (language, image) = (language.trim(), image.trim());
-        let key_ok =
-            !language.is_empty() && language.len() <= 32 && language.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !key_ok {
-            return Err(format!("{entry:?}: {language:?} is not a language key"));
-        }
-        if image.is_empty() || image.len() > 512 || image.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            return Err(format!("{entry:?}: {image:?} is not an image reference"));
-        }
-        images.insert(language.to_ascii_lowercase(), image.to_owned());
-    }
-    Ok(images)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,16 +115,5 @@ mod tests {
         assert_eq!(config.rest_addr.port(), 8080);
         assert!(Config::default_rest_addr(false).ip().is_loopback());
         assert!(Config::default_rest_addr(true).ip().is_unspecified());
-    }
-
-    #[test]
-    fn base_images_parse_and_name_the_entry_at_fault() {
-        let images = parse_base_images(&["static=nginx:alpine", " python = python:3.12-slim ", ""]).expect("valid");
-        assert_eq!(images.get("static").map(String::as_str), Some("nginx:alpine"));
-        assert_eq!(images.get("python").map(String::as_str), Some("python:3.12-slim"));
-        for bad in ["static", "=img", "py thon=img", "go=", "go=a b"] {
-            let err = parse_base_images(&[bad]).expect_err(bad);
-            assert!(err.contains(&format!("{bad:?}")), "{err}");
-        }
     }
 }

@@ -136,7 +136,7 @@ impl Options {
             );
         }
         config.build_timeout = self.build_timeout;
-        config.base_images = diplo_control_plane::config::parse_base_images(&self.base_image)
+        config.base_images = diplo_api::build::template::parse_base_images(&self.base_image.join(","))
             .map_err(|e| anyhow::anyhow!("invalid --base-image (DIPLO_BASE_IMAGES): {e}"))?;
         Ok(config)
     }
@@ -214,7 +214,8 @@ mod tests {
         assert_eq!(set.build_timeout, Duration::from_secs(600));
         assert_eq!(set.base_images.len(), 2);
         assert_eq!(set.base_images.get("go").map(String::as_str), Some("golang:1.23"));
-        for bad in [&["--build-timeout", "0s"][..], &["--build-timeout", "7h"], &["--base-image", "nginx"]] {
+        for bad in [&["--build-timeout", "0s"][..], &["--build-timeout", "7h"], &["--base-image", "nginx"], &["--base-image", "cobol=img"]]
+        {
             let err = config(bad).expect_err("refused").to_string();
             assert!(err.contains(bad[0]), "{err}");
         }

@@ -623,3 +623,43 @@ async fn the_cli_starts_lists_shows_follows_and_cancels_builds() {
     );
     assert!(!ok && stderr.contains("runs linux/s390x"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_languages_and_images_and_runtime_info_the_build_directory() {
+    let options = ControlPlaneOptions {
+        env: vec![("DIPLO_BASE_IMAGES".into(), "static=127.0.0.1:5000/diplo/busybox:latest".into())],
+        ..Default::default()
+    };
+    let control_plane = ControlPlane::start(options);
+    let node = FakeNode::join(&control_plane, &unique_name("dirs")).await;
+    let _session = node.open_session(&control_plane, builder_fingerprint("amd64", &["docker"])).await;
+    wait_ready(&control_plane, &node.name).await;
+    let status = control_plane.rest_json("/api/status");
+    let languages: Vec<&str> =
+        status["runtime"]["supported_languages"].as_array().expect("languages").iter().filter_map(Value::as_str).collect();
+    for language in ["go", "node", "python"] {
+        assert!(languages.contains(&language), "{languages:?}");
+    }
+    let images: Vec<&str> = status["runtime"]["supported_images"].as_array().expect("images").iter().filter_map(Value::as_str).collect();
+    assert!(images.contains(&"127.0.0.1:5000/diplo/busybox:latest"), "the configured base image: {images:?}");
+    assert!(images.len() > 3, "{images:?}");
+    let info = control_plane.rest_json("/api/v1/runtime/info");
+    assert_eq!(info["build_dir"], "/var/lib/diplo/builds", "{info:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_repository_url_reach_the_builder_node_only() {
+    let (control_plane, _node, mut session) = cluster_with_builder("secret", builder_fingerprint("amd64", &["docker"])).await;
+    let repo = "https://deploy:s3cr3t-t0ken@git.example/app.git";
+    let (response, _, build) = start_accepted(&control_plane, &mut session, json!({"id": "secret-1", "git_repo": repo})).await;
+    assert_eq!(build.git_repo, repo, "the node gets the URL it clones");
+    assert_eq!(response.json()["git_repo"], "https://deploy:***@git.example/app.git");
+    let viewer = api_token(&control_plane, "viewer").await;
+    for path in ["/api/v1/images/build/secret-1", "/api/v1/images/builds"] {
+        let read = rest(&control_plane, &viewer, "GET", path, None).await;
+        assert!(!read.body.contains("s3cr3t"), "{path}: {}", read.body);
+    }
+    let events = event_kinds(&control_plane).await;
+    assert!(events.iter().any(|(k, _)| k == "build.started"), "{events:?}");
+    assert!(events.iter().all(|(_, m)| !m.contains("s3cr3t")), "{events:?}");
+}
