@@ -44,6 +44,9 @@ pub struct Config {
     pub registry: Option<String>,
     /// Time a build may take, clone included.
     pub build_timeout: Duration,
+    /// How long after its timeout a build's node may still report before the build
+    /// fails.
+    pub build_report_grace: Duration,
     /// Base images by language key (`static`, `python`, ...), overriding the builders'
     /// defaults.
     pub base_images: std::collections::BTreeMap<String, String>,
@@ -79,6 +82,7 @@ impl Config {
             events_max_count: Some(100_000),
             registry: None,
             build_timeout: diplo_api::build::DEFAULT_BUILD_TIMEOUT,
+            build_report_grace: Duration::from_secs(60),
             base_images: std::collections::BTreeMap::new(),
         }
     }

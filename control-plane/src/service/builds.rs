@@ -7,8 +7,8 @@
 //! the stored status, so a final status is never overwritten: a report that comes after
 //! a cancel, or a cancel after the report, changes nothing. A build ends failed when its
 //! node's session closes before it reported, when the node has not reported within the
-//! build timeout plus [`REPORT_GRACE`], and (at start-up) when a previous control plane
-//! left it unfinished.
+//! build timeout plus a grace period (`Config::build_report_grace`, a minute by
+//! default), and (at start-up) when a previous control plane left it unfinished.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -29,8 +29,6 @@ use crate::scheduler::{BuilderCandidate, pick_builder};
 
 /// The most output kept per build, in memory and in the store: the last bytes.
 pub const BUILD_LOG_MAX: usize = 4 << 20;
-/// How long after its timeout a build's node may still report before the build fails.
-pub const REPORT_GRACE: Duration = Duration::from_secs(60);
 /// Most builds a list returns.
 pub const BUILD_LIST_MAX: u32 = 500;
 /// How long the end of a build waits for the last of its output before storing it.
@@ -416,7 +414,7 @@ impl ControlPlane {
 
     /// Reads a build's output into its log and watches for its end: the node's report
     /// or a cancel (which finish it elsewhere), its node disconnecting, or the report
-    /// not coming within the timeout plus [`REPORT_GRACE`].
+    /// not coming within the timeout plus `Config::build_report_grace`.
     fn spawn_supervisor(
         self: &Arc<Self>,
         id: String,
@@ -431,16 +429,17 @@ impl ControlPlane {
             reader.output_done.send_replace(true);
         });
         let control_plane = self.clone();
-        let deadline = tokio::time::Instant::now() + self.config.build_timeout + REPORT_GRACE;
+        let grace = self.config.build_report_grace;
+        let deadline = tokio::time::Instant::now() + self.config.build_timeout + grace;
         tokio::spawn(async move {
             let mut ended = live.ended.subscribe();
             let reason = tokio::select! {
                 _ = ended.wait_for(|ended| *ended) => return,
                 () = live.abort_notify.notified() => lock(&live.abort).clone().unwrap_or_else(|| "the build was aborted".into()),
                 () = tokio::time::sleep_until(deadline) => format!(
-                    "its node did not report within the build timeout ({}) plus {} s",
+                    "its node did not report within the build timeout ({}) plus {}",
                     humantime::format_duration(control_plane.config.build_timeout),
-                    REPORT_GRACE.as_secs()
+                    humantime::format_duration(grace)
                 ),
             };
             tracing::warn!(build_id = %id, reason = %reason, "build failed");
@@ -735,6 +734,112 @@ mod tests {
         assert!(text.starts_with("[4 bytes of earlier output dropped"), "{text}");
         assert!(contents.ends_with(b"aaatail"));
         assert_eq!(log.data.len(), BUILD_LOG_MAX);
+    }
+
+    /// A control plane with one connected, ready node offering `builders`, whose
+    /// commands are accepted at once (and reported to `commands`).
+    async fn with_builder(
+        dir: &std::path::Path,
+        config: impl FnOnce(&mut crate::config::Config),
+    ) -> (Arc<ControlPlane>, String, tokio::sync::mpsc::Receiver<diplo_api::command::AgentCommand>) {
+        use crate::model::{NodeRecord, SessionMessage};
+        let mut settings = crate::config::Config::new(dir.to_owned());
+        config(&mut settings);
+        let control_plane = super::super::tests::control_plane_with(settings).await;
+        let fingerprint = diplo_api::fingerprint::Fingerprint {
+            os: "linux".into(),
+            arch: "amd64".into(),
+            builders: vec![Builder::Docker],
+            ..Default::default()
+        };
+        let node = NodeRecord {
+            id: "node-a".into(),
+            name: "a".into(),
+            status: NodeStatus::Ready,
+            fingerprint,
+            cordoned: false,
+            labels: BTreeMap::new(),
+            joined_at: Utc::now(),
+            last_seen_at: Utc::now(),
+            address: String::new(),
+        };
+        control_plane.store.insert_node(&node).await.expect("node");
+        control_plane.nodes.track("node-a", NodeStatus::Ready);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        control_plane.nodes.connect("node-a", tx).expect("tracked");
+        let (seen_tx, seen) = tokio::sync::mpsc::channel(8);
+        let answering = control_plane.clone();
+        tokio::spawn(async move {
+            let caller = Caller::Node { node_id: "node-a".into() };
+            while let Some(message) = rx.recv().await {
+                if let SessionMessage::Command(command) = message {
+                    let outcome = Ok(diplo_api::command::CommandOutput::default());
+                    answering.command_result(&caller, &command.request_id, outcome).await.expect("own result");
+                    let _ = seen_tx.send(*command).await;
+                }
+            }
+        });
+        (control_plane, "node-a".into(), seen)
+    }
+
+    fn admin() -> Caller {
+        Caller::Operator { name: "admin".into(), role: Role::Admin }
+    }
+
+    #[tokio::test]
+    async fn a_build_whose_node_never_reports_fails_after_its_timeout_and_grace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (control_plane, _, mut commands) = with_builder(dir.path(), |config| {
+            config.build_timeout = Duration::from_secs(1);
+            config.build_report_grace = Duration::from_millis(200);
+        })
+        .await;
+        let request = StartBuild { id: Some("silent".into()), git_repo: "https://git.example/app.git".into(), ..Default::default() };
+        let started = control_plane.start_build(&admin(), request).await.expect("start");
+        assert_eq!(started.status, BuildStatus::Running);
+        let command = commands.recv().await.expect("the Build command");
+        assert!(matches!(&command.op, CommandOp::Build(spec) if spec.timeout == Duration::from_secs(1)), "{command:?}");
+        let ended = tokio::time::timeout(Duration::from_secs(20), control_plane.wait_build("silent")).await.expect("ends").expect("build");
+        assert_eq!(ended.status, BuildStatus::Failed);
+        assert!(ended.message.contains("did not report within the build timeout (1s) plus 200ms"), "{}", ended.message);
+    }
+
+    #[tokio::test]
+    async fn a_build_for_a_deployment_is_waited_for_until_its_report() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (control_plane, node_id, mut commands) =
+            with_builder(dir.path(), |config| config.registry = Some("10.0.0.1:5000".into())).await;
+        let request = StartBuild {
+            git_repo: "https://git.example/app.git".into(),
+            deployment_id: Some("dep-1".into()),
+            prefer_node: Some(node_id.clone()),
+            ..Default::default()
+        };
+        let started = control_plane.start_build(&admin(), request).await.expect("start");
+        assert_eq!((started.deployment_id.as_deref(), started.pushed), (Some("dep-1"), true));
+        assert_eq!(started.image, format!("10.0.0.1:5000/app:{}", started.id));
+        let command = commands.recv().await.expect("the Build command");
+        assert!(matches!(&command.op, CommandOp::Build(spec) if spec.push && spec.image == started.image), "{command:?}");
+        let waiting = {
+            let control_plane = control_plane.clone();
+            let id = started.id.clone();
+            tokio::spawn(async move { control_plane.wait_build(&id).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "still running");
+        let report = BuildReport {
+            image: format!("{}@sha256:{}", started.image, "c".repeat(64)),
+            digest: format!("sha256:{}", "c".repeat(64)),
+            status: BuildStatus::Succeeded,
+            ..BuildReport::failed(started.id.clone(), "")
+        };
+        // Another node's report is refused; the build's own node's is taken.
+        let other = Caller::Node { node_id: "node-b".into() };
+        assert!(matches!(control_plane.build_report(&other, report.clone()).await, Err(ServiceError::PermissionDenied(_))));
+        control_plane.build_report(&Caller::Node { node_id }, report).await.expect("own report");
+        let ended = tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("ends").expect("task").expect("build");
+        assert_eq!((ended.status, ended.digest.as_str()), (BuildStatus::Succeeded, format!("sha256:{}", "c".repeat(64)).as_str()));
+        assert_eq!(ended.deployment_id.as_deref(), Some("dep-1"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod reconciler;
 mod tokens;
 
 pub use crate::planner::instance_container;
-pub use builds::{BUILD_LIST_MAX, BUILD_LOG_MAX, BuildLogStream, REPORT_GRACE, StartBuild, parse_platform, resolve_image};
+pub use builds::{BUILD_LIST_MAX, BUILD_LOG_MAX, BuildLogStream, StartBuild, parse_platform, resolve_image};
 pub use commands::{COMMAND_TIMEOUT, stream_end_note};
 pub use containers::{
     ContainerView, CreateContainer, DEFAULT_STOP_GRACE, Logs, RuntimeStatus, check_container_spec, check_workload, place_container,
@@ -803,7 +803,7 @@ pub(crate) mod tests {
         control_plane_with(Config::new(dir.to_owned())).await
     }
 
-    async fn control_plane_with(config: Config) -> Arc<ControlPlane> {
+    pub(crate) async fn control_plane_with(config: Config) -> Arc<ControlPlane> {
         let dir = config.data_dir.clone();
         let store = crate::store::open(&format!("sqlite://{}", dir.join("diplo.db").display())).await.expect("store");
         let pki = ClusterPki::load_or_create(&dir, &[]).expect("pki");
