@@ -263,6 +263,13 @@ async fn followed_logs_stream_until_the_build_ends() {
     }
     assert_eq!(String::from_utf8_lossy(&text), "cloning\nbuilding\ndone\n");
     assert_eq!(get_build(&control_plane, "follow-1").await["status"], "succeeded");
+    // Following an ended build serves its stored log and ends at once.
+    let started = Instant::now();
+    let ended = rest(&control_plane, &control_plane.admin_token(), "GET", "/api/v1/images/build/follow-1/logs?follow=true", None).await;
+    assert_eq!((ended.status, ended.body.as_str()), (200, "cloning\nbuilding\ndone\n"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let missing = rest(&control_plane, &control_plane.admin_token(), "GET", "/api/v1/images/build/nope/logs", None).await;
+    assert_eq!(missing.status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
