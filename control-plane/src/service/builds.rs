@@ -498,6 +498,9 @@ impl ControlPlane {
         };
         tracing::info!(build_id = %id, %status, image = %build.image, message = %build.message, "build ended");
         self.emit(&format!("build.{status}"), actor, &format!("build:{id}"), format!("build {id} {what}")).await;
+        if let Some(deployment_id) = &build.deployment_id {
+            self.source_build_finished(deployment_id, &super::source::BuiltSource::from(&build)).await?;
+        }
         Ok(true)
     }
 

@@ -76,7 +76,7 @@ impl ControlPlane {
     /// (`NotFound`) or no node could run it now (`FailedPrecondition`, with each node's
     /// reason, e.g. `n1: image is linux/amd64 only, node is linux/arm64`). A registry that
     /// cannot be asked does not block it: the image's platforms are then not checked.
-    pub async fn deploy(&self, caller: &Caller, input: DeployInput) -> ServiceResult<Deployed> {
+    pub async fn deploy(self: &std::sync::Arc<Self>, caller: &Caller, input: DeployInput) -> ServiceResult<Deployed> {
         caller.require_operator(Role::Deployer)?;
         if input.spec.source.is_some() {
             return self.deploy_from_source(caller, input).await;

@@ -154,6 +154,7 @@ impl ControlPlane {
             builds: Default::default(),
         });
         control_plane.fail_interrupted_builds().await?;
+        control_plane.resume_source_deployments().await?;
         Ok(control_plane)
     }
 

@@ -4,15 +4,19 @@
 //! reconciler rolls out like any update. A new commit is deployed by deploying the same
 //! name again: the running revision keeps running while the new image builds.
 
+use std::sync::Arc;
+
 use chrono::Utc;
-use diplo_api::build::{BuildStatus, validate_branch, validate_repo_url};
+use diplo_api::build::{BuildStatus, Builder, Buildpack, validate_branch, validate_repo_url};
+use diplo_api::runtime::Runtime;
 
 use super::ControlPlane;
+use super::builds::StartBuild;
 use super::containers::check_workload;
 use super::deployments::{DeployInput, Deployed, validate_deployment_spec};
 use crate::auth::Caller;
 use crate::error::{ServiceError, ServiceResult};
-use crate::model::{DeploymentRecord, DeploymentSpec, DeploymentStatus, SourceSpec};
+use crate::model::{BuildRecord, DeploymentRecord, DeploymentSpec, DeploymentStatus, SourceSpec};
 
 /// What a finished build tells the deployment it was made for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +34,42 @@ pub struct BuiltSource {
     /// Where it was built, when the image stayed on that node (no cluster registry):
     /// the node and the runtime that can run it there.
     pub local_to: Option<(String, diplo_api::runtime::Runtime)>,
+}
+
+impl BuiltSource {
+    /// A build's end with nothing known yet but its id.
+    fn new(build_id: &str) -> Self {
+        BuiltSource {
+            build_id: build_id.to_owned(),
+            status: BuildStatus::Failed,
+            message: String::new(),
+            image: String::new(),
+            commit: String::new(),
+            local_to: None,
+        }
+    }
+}
+
+impl From<&BuildRecord> for BuiltSource {
+    /// An image that was not pushed stays on its builder node: Docker's and Podman's own
+    /// images run there on that runtime, and buildah's (containers-storage) on Podman.
+    fn from(build: &BuildRecord) -> Self {
+        let local_to = match (build.pushed, &build.node_id, build.builder) {
+            (false, Some(node), Some(builder)) => {
+                let runtime = if builder == Builder::Docker { Runtime::Docker } else { Runtime::Podman };
+                Some((node.clone(), runtime))
+            }
+            _ => None,
+        };
+        BuiltSource {
+            build_id: build.id.clone(),
+            status: build.status,
+            message: build.message.clone(),
+            image: build.image.clone(),
+            commit: build.commit.clone(),
+            local_to,
+        }
+    }
 }
 
 /// Checks the source part of a deployment; the error names the field.
@@ -63,7 +103,7 @@ pub fn built_spec(current: &DeploymentSpec, built: &BuiltSource) -> DeploymentSp
 impl ControlPlane {
     /// Commits a deployment built from source and starts its build; deploying an
     /// existing deployment's name again rebuilds it (a new commit becomes a rolling update).
-    pub(super) async fn deploy_from_source(&self, caller: &Caller, input: DeployInput) -> ServiceResult<Deployed> {
+    pub(super) async fn deploy_from_source(self: &Arc<Self>, caller: &Caller, input: DeployInput) -> ServiceResult<Deployed> {
         let mut spec = input.spec;
         let source = spec.source.clone().ok_or_else(|| ServiceError::invalid("repo_url", "a repository URL is required"))?;
         validate_source(&source)?;
@@ -120,7 +160,7 @@ impl ControlPlane {
     /// Builds an existing deployment again from its (possibly changed) source and
     /// settings; the running revision keeps running until the new image is rolled out.
     /// The requested spec waits on the record (`source.pending`) for the build's end.
-    async fn rebuild(&self, caller: &Caller, mut deployment: DeploymentRecord, spec: DeploymentSpec) -> ServiceResult<Deployed> {
+    async fn rebuild(self: &Arc<Self>, caller: &Caller, mut deployment: DeploymentRecord, spec: DeploymentSpec) -> ServiceResult<Deployed> {
         if deployment.status == DeploymentStatus::Deleting {
             return Err(ServiceError::FailedPrecondition(format!("deployment {:?} is being deleted", deployment.spec.name)));
         }
@@ -157,10 +197,53 @@ impl ControlPlane {
         Ok(Deployed { runtime: deployment.spec.runtime, deployment })
     }
 
-    /// Starts the build of `deployment`'s source with id `build_id`.
-    async fn start_source_build(&self, caller: &Caller, deployment: &DeploymentRecord, build_id: &str) -> ServiceResult<()> {
-        let _ = (caller, deployment, build_id);
-        Err(ServiceError::Unavailable("builds from source are being wired".into()))
+    /// Starts the build of `deployment`'s source with id `build_id`, for the platform its
+    /// constraints ask for (preferring the node it is pinned to).
+    async fn start_source_build(self: &Arc<Self>, caller: &Caller, deployment: &DeploymentRecord, build_id: &str) -> ServiceResult<()> {
+        let source = deployment.spec.source.clone().unwrap_or_default();
+        let constraints = &deployment.spec.constraints;
+        let platform = constraints.arch.as_ref().map(|arch| format!("{}/{arch}", constraints.os.as_deref().unwrap_or("linux")));
+        let request = StartBuild {
+            id: Some(build_id.to_owned()),
+            git_repo: source.repo_url,
+            git_branch: source.branch,
+            buildpack: Buildpack::Detect,
+            image_tag: Some(format!("{}:{}", deployment.spec.name, build_id)),
+            language: source.language,
+            platform,
+            prefer_node: constraints.node.clone(),
+            deployment_id: Some(deployment.id.clone()),
+        };
+        let build = self.start_build(caller, request).await?;
+        // A build that could not even start (no builder) ends here and now.
+        if build.status.is_final() {
+            self.source_build_finished(&deployment.id, &BuiltSource::from(&build)).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings deployments still `building` up to date with their builds' ends (a control
+    /// plane that stopped between a build's end and the deployment's update); run at
+    /// start-up, after unfinished builds were marked failed.
+    pub(crate) async fn resume_source_deployments(&self) -> ServiceResult<()> {
+        for deployment in self.store.list_deployments().await? {
+            let Some(source) = deployment.spec.source.as_ref().filter(|_| deployment.status == DeploymentStatus::Building) else {
+                continue;
+            };
+            match self.store.get_build(&source.build_id).await? {
+                Some(build) if build.status.is_final() => self.source_build_finished(&deployment.id, &BuiltSource::from(&build)).await?,
+                Some(_) => {}
+                None => {
+                    let lost = BuiltSource {
+                        status: BuildStatus::Failed,
+                        message: "its build was never recorded".into(),
+                        ..BuiltSource::new(&source.build_id)
+                    };
+                    self.source_build_finished(&deployment.id, &lost).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies the end of a deployment's build: a success makes the next revision with the
