@@ -8,11 +8,11 @@ use diplo_api::runtime::Runtime;
 
 use crate::fingerprint::ProbeConfig;
 use crate::port_publisher::PortPublisher;
+use crate::registry::SharedRegistry;
+use crate::runtime::ContainerRuntime;
 use crate::runtime::containerd::ContainerdRuntime;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::lxc::{DEFAULT_LXC_PATH, LxcRuntime};
-use crate::registry::SharedRegistry;
-use crate::runtime::ContainerRuntime;
 
 /// Connects a driver for each available runtime of node `node_id`. A runtime whose driver cannot start is
 /// left out and logged; the others still work. Every driver reads `registry` at pull

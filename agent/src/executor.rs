@@ -26,7 +26,12 @@ pub struct Executor {
 impl Executor {
     /// An executor for `node_id` over the given drivers, allowing no host bind mount.
     pub fn new(node_id: String, runtimes: Vec<Arc<dyn ContainerRuntime>>) -> Self {
-        Executor { node_id, runtimes: runtimes.into_iter().map(|r| (r.runtime(), r)).collect(), host_paths: HostPathPolicy::default(), registry: Default::default() }
+        Executor {
+            node_id,
+            runtimes: runtimes.into_iter().map(|r| (r.runtime(), r)).collect(),
+            host_paths: HostPathPolicy::default(),
+            registry: Default::default(),
+        }
     }
 
     /// The same executor, letting containers bind-mount the host paths `policy` allows.

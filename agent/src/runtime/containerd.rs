@@ -44,8 +44,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use super::docker::{describe_error, describe_timeout};
-use crate::registry::SharedRegistry;
 use super::{ContainerRuntime, RuntimeError, RuntimeResult, RuntimeStream, rootfs};
+use crate::registry::SharedRegistry;
 
 /// Probes containerd on `socket` (a path, or `unix://path`): available when the
 /// `Version` RPC answers within `timeout`; `version` is the one it reports. containerd

@@ -349,11 +349,8 @@ fn daemon_message(error: &bollard::errors::Error) -> Option<&str> {
 /// A pull that the daemon refused with `message`.
 fn pull_failure(runtime: Runtime, reference: &str, message: &str) -> RuntimeError {
     if docker_api::means_unauthorized(message) {
-        let message = if message.to_ascii_lowercase().contains("unauthorized") {
-            message.to_owned()
-        } else {
-            format!("unauthorized: {message}")
-        };
+        let message =
+            if message.to_ascii_lowercase().contains("unauthorized") { message.to_owned() } else { format!("unauthorized: {message}") };
         RuntimeError::Failed { runtime, message: format!("pulling {reference}: {message}") }
     } else if docker_api::means_missing_image(message) {
         RuntimeError::NotFound { what: "image", name: reference.to_owned() }

@@ -59,8 +59,8 @@ use super::config::{self, BlockInputs, CgroupVersion, ImageLines, InfoOutput, Lx
 use super::image;
 use super::logs::{self, LogFiles};
 use crate::port_publisher::PortPublisher;
-use crate::runtime::docker::{describe_io, describe_timeout};
 use crate::registry::SharedRegistry;
+use crate::runtime::docker::{describe_io, describe_timeout};
 use crate::runtime::{ContainerRuntime, RuntimeError, RuntimeResult, RuntimeStream, rootfs};
 
 /// `diplo.deployment` of a container created on its own.
@@ -396,7 +396,8 @@ impl LxcRuntime {
             let message = image::skopeo_message(&stderr);
             if crate::runtime::docker_api::means_unauthorized(&stderr) {
                 let _ = std::fs::remove_dir_all(&tmp);
-                let message = if message.to_ascii_lowercase().contains("unauthorized") { message } else { format!("unauthorized: {message}") };
+                let message =
+                    if message.to_ascii_lowercase().contains("unauthorized") { message } else { format!("unauthorized: {message}") };
                 return Err(failed(format!("cannot get image {reference}: {message}")));
             }
             not_found_seen |= image::is_not_found(&stderr);
