@@ -39,6 +39,11 @@ pub struct Config {
     pub events_max_age: Option<Duration>,
     /// At most this many events are kept, the newest (`None`: no count limit).
     pub events_max_count: Option<u64>,
+    // ---- registries ----
+    /// The cluster registry (`host:port`) builds push to, when there is one.
+    pub registry: Option<String>,
+    /// Registries (`host:port`) reached over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
 }
 
 /// PEM files for the REST gateway's TLS.
@@ -69,6 +74,8 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             events_max_age: Some(Duration::from_secs(30 * 24 * 3600)),
             events_max_count: Some(100_000),
+            registry: None,
+            insecure_registries: Vec::new(),
         }
     }
 

@@ -79,6 +79,15 @@ impl PlatformCache {
         Arc::new(PlatformCache { client, client_error, entries: Mutex::new(HashMap::new()) })
     }
 
+    /// Uses `config` (insecure registries, credentials) from now on; what was cached is
+    /// forgotten, as new credentials may open images refused before.
+    pub fn set_registry_config(&self, config: RegistryConfig) {
+        if let Some(client) = &self.client {
+            client.set_config(config);
+        }
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
     /// The platforms of `image`: cached when fresh; when stale, the cached answer while a
     /// refresh runs in the background; asked now (at most [`LOOKUP_TIMEOUT`]) only the
     /// first time.
@@ -183,6 +192,9 @@ impl PlatformCache {
                 (PlatformLookup::Known(pairs), Some(digest))
             }
             Ok(Err(RegistryError::NotFound(reference))) => (PlatformLookup::UnknownImage(reference), None),
+            // Registries answer 401 for images that do not exist as well (Docker Hub does
+            // for any unknown repository): an image refused is treated as unknown.
+            Ok(Err(RegistryError::Unauthorized(reference))) => (PlatformLookup::UnknownImage(reference), None),
             Ok(Err(err)) => (PlatformLookup::Unavailable(err.to_string()), None),
             Err(_) => (PlatformLookup::Unavailable(format!("the registry of {reference} did not answer within {LOOKUP_TIMEOUT:?}")), None),
         }

@@ -188,6 +188,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_instances(&self, deployment_id: Option<&str>) -> StoreResult<Vec<InstanceRecord>>;
     /// Deletes instances by id in one transaction.
     async fn delete_instances(&self, ids: &[String]) -> StoreResult<()>;
+
+    // ---- registry credentials ----
+
+    /// Stores the credential for its registry, replacing one there was; `true` when
+    /// there was none.
+    async fn set_registry_credential(&self, credential: &crate::model::RegistryCredentialRecord) -> StoreResult<bool>;
+    /// Every stored registry credential, by registry name.
+    async fn list_registry_credentials(&self) -> StoreResult<Vec<crate::model::RegistryCredentialRecord>>;
+    /// Deletes the credential for `registry`; `false` when there was none.
+    async fn delete_registry_credential(&self, registry: &str) -> StoreResult<bool>;
 }
 
 /// Opens the store a URL names and runs its migrations, without taking the writer lock
