@@ -28,6 +28,7 @@ use diplo_api::pb::cluster_service_client::ClusterServiceClient;
 use diplo_api::pb::container_service_client::ContainerServiceClient;
 use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
 use diplo_api::pb::event_service_client::EventServiceClient;
+use diplo_api::pb::registry_service_client::RegistryServiceClient;
 use diplo_tests::unique_name as unique;
 use diplo_tests::{ControlPlane, ControlPlaneOptions, find_node};
 use prost::Message;
@@ -492,6 +493,18 @@ fn rpcs() -> Vec<Rpc> {
             Viewer,
             DeploymentServiceClient::list_instances(pb::ListInstancesRequest::default())
         ),
+        // RegistryService
+        rpc!(
+            "diplo.v1.RegistryService/Login",
+            Admin,
+            RegistryServiceClient::login(pb::RegistryLoginRequest {
+                registry: "authz-probe.invalid:5000".into(),
+                username: "probe".into(),
+                password: "probe-password".into()
+            })
+        ),
+        rpc!("diplo.v1.RegistryService/Logout", Admin, RegistryServiceClient::logout(pb::RegistryLogoutRequest { registry: nope() })),
+        rpc!("diplo.v1.RegistryService/List", Deployer, RegistryServiceClient::list(pb::ListRegistryLoginsRequest {})),
         // EventService
         rpc!("diplo.v1.EventService/Watch", Viewer, EventServiceClient::watch(pb::WatchRequest::default())),
         // Health: open, so that load balancers and probes need nothing.
@@ -738,6 +751,12 @@ fn routes() -> Vec<Route> {
         route("PUT", "/api/v1/compute/instances/{id}/restart", Deployer, "/api/v1/compute/instances/authz-nope/restart"),
         route("GET", "/api/v1/compute/instances/{id}/usage", Viewer, "/api/v1/compute/instances/authz-nope/usage"),
         route("GET", "/api/v1/events", Viewer, "/api/v1/events"),
+        route("GET", "/api/v1/registries", Deployer, "/api/v1/registries"),
+        Route {
+            body: Some(serde_json::json!({"registry": "authz-rest.invalid:5000", "username": "probe", "password": "probe-password"})),
+            ..route("POST", "/api/v1/registries", Admin, "/api/v1/registries")
+        },
+        route("DELETE", "/api/v1/registries/{registry}", Admin, "/api/v1/registries/authz-nope.invalid:5000"),
     ]
 }
 
