@@ -1256,9 +1256,9 @@ mod tests {
         );
         let client = RegistryClient::new(config, "diplo-test").expect("client");
         assert!(client.platforms(&reference(other.addr)).await.is_err());
-        let seen = seen.lock().expect("seen");
-        assert!(!seen.is_empty());
-        assert!(seen.iter().all(|(_, auth)| auth.is_none()), "{seen:?}");
+        let requests = seen.lock().expect("seen").clone();
+        assert!(!requests.is_empty());
+        assert!(requests.iter().all(|(_, auth)| auth.is_none()), "{requests:?}");
 
         // A bearer realm on another host over plain HTTP gets nothing either.
         let (tokens, token_hits) = auth_server(|_| "Basic realm=\"x\"".to_owned(), "never".to_owned()).await;
