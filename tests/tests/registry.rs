@@ -1,8 +1,8 @@
 //! Registry credentials through the whole system: an admin stores the credential of a
 //! registry that wants a password (REST and CLI), the agent learns it over its session
 //! and pulls a private image with it; nobody reads the password back (listings, events,
-//! logs); deployers and viewers cannot set credentials; bad registry names are refused
-//! naming the field; after a logout a new pull fails as unauthorized.
+//! logs, the database files); deployers and viewers cannot set credentials; bad registry
+//! names are refused naming the field; after a logout a new pull fails as unauthorized.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -40,6 +40,22 @@ fn cli_login(control_plane: &ControlPlane, registry: &str, username: &str, passw
         .expect("run diplo");
     child.stdin.take().expect("stdin").write_all(format!("{password}\n").as_bytes()).expect("write the password");
     child.wait_with_output().expect("diplo ran")
+}
+
+/// Fails when a file under `dir` contains `secret`.
+fn assert_nowhere_in_files(dir: &std::path::Path, secret: &str) {
+    let mut paths = vec![dir.to_owned()];
+    let mut scanned = 0;
+    while let Some(path) = paths.pop() {
+        if path.is_dir() {
+            paths.extend(std::fs::read_dir(&path).expect("data directory").flatten().map(|entry| entry.path()));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            scanned += 1;
+            let found = bytes.windows(secret.len()).any(|window| window == secret.as_bytes());
+            assert!(!found, "{} holds the secret in clear", path.display());
+        }
+    }
+    assert!(scanned > 0, "no file under {}", dir.display());
 }
 
 #[test]
@@ -123,6 +139,11 @@ fn a_private_image_runs_with_the_credential_an_admin_stored_and_the_password_nev
     );
     assert_eq!(created.status, 201, "create from {first} on {runtime}: {}", created.body);
     assert_eq!(created.json()["status"], "running", "{}", created.body);
+
+    // The database holds the credential sealed with the data directory's key file: no
+    // file of the control plane holds the password in clear.
+    assert_nowhere_in_files(control_plane.data_dir(), &password);
+    assert!(control_plane.file("registry-credentials.key").exists());
 
     // After a logout, a pull of an image not cached anywhere fails as unauthorized.
     let second = private_image(&mut registry, "after-logout");

@@ -137,7 +137,8 @@ impl ControlPlane {
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let api_tokens = tokens::ApiTokenCache::new(store.list_api_tokens().await?);
         let join_limiter = RateLimiter::new(config.join_rate_limit, Duration::from_secs(60));
-        let registry = registries::load(&config, store.as_ref()).await?;
+        let seal = registries::PasswordSeal::open_or_create(&config.data_dir)?;
+        let registry = registries::load(&config, store.as_ref(), &seal).await?;
         Ok(Arc::new(ControlPlane {
             config,
             store,
@@ -151,7 +152,7 @@ impl ControlPlane {
             join_limiter,
             refusal_audit: AuditLimiter::new(REFUSAL_EVENTS_PER_MINUTE, Duration::from_secs(60)),
             image_platforms: images::PlatformCache::new(registry.clone()),
-            registry_settings: registries::RegistrySettings::new(registry),
+            registry_settings: registries::RegistrySettings::new(registry, seal),
         }))
     }
 
