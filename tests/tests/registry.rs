@@ -126,19 +126,25 @@ fn a_private_image_runs_with_the_credential_an_admin_stored_and_the_password_nev
     let table = control_plane.cli_ok(&["registry", "ls"]);
     assert!(table.contains(&registry.addr) && !table.contains(&password), "{table}");
 
-    // A container from the private image runs: the agent pulled with the credential it
-    // learnt over its session.
-    let created = call(
-        &control_plane,
-        "POST",
-        "/api/v1/containers",
-        &admin,
-        Some(
-            json!({"image": first, "name": unique("private"), "runtime_type": runtime, "command": ["sleep", "3600"], "restart_policy": "no"}),
-        ),
-    );
+    // A container from the private image runs on the agent that was connected when the
+    // credential was stored: it learnt it over its session.
+    let node_id = node["id"].as_str().expect("node id").to_owned();
+    let run = |image: &str, node: &str| {
+        let body = json!({"image": image, "name": unique("private"), "runtime_type": runtime, "node": node,
+                          "command": ["sleep", "3600"], "restart_policy": "no"});
+        call(&control_plane, "POST", "/api/v1/containers", &admin, Some(body))
+    };
+    let created = run(&first, &node_id);
     assert_eq!(created.status, 201, "create from {first} on {runtime}: {}", created.body);
     assert_eq!(created.json()["status"], "running", "{}", created.body);
+
+    // An agent that connects later gets the credential right after its welcome.
+    let later = private_image(&mut registry, "welcome");
+    let (late_agent, late_node) = control_plane.start_ready_agent("node-reg-late", Some(&token));
+    let late_id = late_node["id"].as_str().expect("node id").to_owned();
+    let created_late = run(&later, &late_id);
+    assert_eq!(created_late.status, 201, "create from {later} on the late agent: {}", created_late.body);
+    assert_eq!(created_late.json()["node_id"], late_id.as_str(), "{}", created_late.body);
 
     // The database holds the credential sealed with the data directory's key file: no
     // file of the control plane holds the password in clear.
@@ -170,5 +176,6 @@ fn a_private_image_runs_with_the_credential_an_admin_stored_and_the_password_nev
     assert!(!events.contains(&password), "{events}");
     assert!(!control_plane.logs().contains(&password), "the control plane logged the password");
     assert!(!agent.logs().contains(&password), "the agent logged the password");
+    assert!(!late_agent.logs().contains(&password), "the late agent logged the password");
     assert!(!refused.body.contains(&password) && !created.body.contains(&password));
 }
