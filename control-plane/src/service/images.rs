@@ -244,4 +244,26 @@ mod tests {
         assert!(matches!(&closed, PlatformLookup::Unavailable(why) if why.contains("cannot reach registry")), "{closed:?}");
         assert_eq!(closed.platforms(), None);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn private_images_are_read_with_the_credentials_set_later() {
+        use diplo_api::registry::RegistryCredential;
+        let mut registry = match diplo_tests::private_registry::PrivateRegistry::start() {
+            Ok(registry) => registry,
+            Err(err) => return diplo_tests::skip_or_fail(&format!("no private registry: {err:#}")),
+        };
+        let image = registry.push(&diplo_tests::unique_name("platforms")).expect("push to the private registry");
+        let cache = PlatformCache::new(RegistryConfig::default());
+        // Refused without a credential: treated as an unknown image, as before.
+        assert_eq!(cache.lookup_fresh(&image).await, PlatformLookup::UnknownImage(image.clone()));
+        let mut config = RegistryConfig::default();
+        config
+            .credentials
+            .insert(registry.addr.clone(), RegistryCredential { username: registry.username.clone(), password: registry.password.clone() });
+        cache.set_registry_config(config);
+        match cache.lookup(&image).await {
+            PlatformLookup::Known(platforms) => assert!(platforms.iter().all(|(os, _)| os == "linux"), "{platforms:?}"),
+            other => panic!("with the credential: {other:?}"),
+        }
+    }
 }
