@@ -68,9 +68,10 @@ fn a_private_image_runs_with_the_credential_an_admin_stored_and_the_password_nev
     let password = registry.password.clone();
 
     let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(30)));
-    let _cleanup = RemoveAllContainersOnDrop(&control_plane);
     let token = control_plane.join_token(&[]);
     let (agent, node) = control_plane.start_ready_agent("node-reg", Some(&token));
+    // Declared after the agent: dropped (and run) while the agent still runs.
+    let _cleanup = RemoveAllContainersOnDrop(&control_plane);
     let available: Vec<String> =
         node["available"].as_array().expect("available").iter().map(|v| v.as_str().unwrap_or("").to_owned()).collect();
     let runtime = if available.iter().any(|r| r == "docker") { "docker" } else { available.first().map_or("docker", String::as_str) };
@@ -141,6 +142,7 @@ fn a_private_image_runs_with_the_credential_an_admin_stored_and_the_password_nev
     // An agent that connects later gets the credential right after its welcome.
     let later = private_image(&mut registry, "welcome");
     let (late_agent, late_node) = control_plane.start_ready_agent("node-reg-late", Some(&token));
+    let _cleanup_late = RemoveAllContainersOnDrop(&control_plane);
     let late_id = late_node["id"].as_str().expect("node id").to_owned();
     let created_late = run(&later, &late_id);
     assert_eq!(created_late.status, 201, "create from {later} on the late agent: {}", created_late.body);
