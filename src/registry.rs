@@ -34,10 +34,14 @@ pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.man
 /// What went wrong talking to a registry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
-    /// The registry does not have this repository or manifest (or refuses anonymous
-    /// access to it): the image reference.
+    /// The registry does not have this repository or manifest: the image reference.
     #[error("image {0} not found")]
     NotFound(String),
+    /// The registry refused access to the image (401 or 403): no credentials for it,
+    /// wrong ones, or (on registries that answer so for anything unknown) no such
+    /// image. The image reference; never the credentials.
+    #[error("image {0}: unauthorized: the registry refused access (no credentials for it, or wrong ones)")]
+    Unauthorized(String),
     /// The registry (or its token service) could not be reached.
     #[error("{0}")]
     Unreachable(String),
@@ -98,6 +102,128 @@ impl RegistryConfig {
     pub fn credential(&self, registry: &str) -> Option<&RegistryCredential> {
         self.credentials.get(registry)
     }
+
+    /// The settings as sent to agents over their session.
+    pub fn to_settings(&self) -> crate::pb::RegistrySettings {
+        crate::pb::RegistrySettings {
+            cluster_registry: self.cluster.clone().unwrap_or_default(),
+            insecure: self.insecure.clone(),
+            credentials: self
+                .credentials
+                .iter()
+                .map(|(registry, credential)| crate::pb::RegistryCredential {
+                    registry: registry.clone(),
+                    username: credential.username.clone(),
+                    password: credential.password.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The settings an agent received: registry names that fail
+    /// [`validate_registry_name`] and credentials without a user name or password are
+    /// refused, naming the field (never its value beyond the registry name).
+    pub fn from_settings(settings: crate::pb::RegistrySettings) -> Result<Self, RegistryNameError> {
+        let cluster = match settings.cluster_registry.as_str() {
+            "" => None,
+            name => Some(validate_registry_name("registry.cluster_registry", name)?.to_owned()),
+        };
+        let mut insecure = Vec::with_capacity(settings.insecure.len());
+        for name in &settings.insecure {
+            insecure.push(validate_registry_name("registry.insecure", name)?.to_owned());
+        }
+        let mut credentials = BTreeMap::new();
+        for credential in settings.credentials {
+            validate_registry_name("registry.credentials.registry", &credential.registry)?;
+            if credential.username.is_empty() || credential.username.len() > MAX_USERNAME_BYTES {
+                return Err(RegistryNameError::new("registry.credentials.username", "must be 1 to 256 bytes"));
+            }
+            if credential.password.is_empty() || credential.password.len() > MAX_PASSWORD_BYTES {
+                return Err(RegistryNameError::new("registry.credentials.password", "must be 1 to 4096 bytes"));
+            }
+            credentials.insert(credential.registry, RegistryCredential { username: credential.username, password: credential.password });
+        }
+        Ok(RegistryConfig { insecure, cluster, credentials })
+    }
+}
+
+/// The longest registry user name accepted.
+pub const MAX_USERNAME_BYTES: usize = 256;
+/// The longest registry password (or token) accepted.
+pub const MAX_PASSWORD_BYTES: usize = 4096;
+/// The longest registry name (`host[:port]`) accepted.
+pub const MAX_REGISTRY_NAME_BYTES: usize = 255;
+
+/// A field that does not hold a valid registry setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct RegistryNameError {
+    /// The field at fault (`registry`, `registry.insecure`, ...).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl RegistryNameError {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        RegistryNameError { field, message: message.into() }
+    }
+}
+
+/// Checks that `name` is a registry `host[:port]`: a DNS name or IPv4 address (or an
+/// IPv6 address in brackets), an optional port 1-65535, no scheme, no path, no user
+/// part, at most [`MAX_REGISTRY_NAME_BYTES`]. Returns it unchanged; `field` names the
+/// culprit in the error.
+pub fn validate_registry_name<'a>(field: &'static str, name: &'a str) -> Result<&'a str, RegistryNameError> {
+    let bad = |message: &str| Err(RegistryNameError::new(field, message));
+    if name.is_empty() {
+        return bad("must not be empty");
+    }
+    if name.len() > MAX_REGISTRY_NAME_BYTES {
+        return bad("longer than 255 bytes");
+    }
+    if name.contains("://") {
+        return bad("must be host[:port], without a scheme");
+    }
+    if name.contains('/') {
+        return bad("must be host[:port], without a path");
+    }
+    let (host, port) = if let Some(rest) = name.strip_prefix('[') {
+        let Some((address, after)) = rest.split_once(']') else { return bad("an IPv6 address must be closed by ']'") };
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("not a valid IPv6 address");
+        }
+        match after {
+            "" => (None, None),
+            port => match port.strip_prefix(':') {
+                Some(port) => (None, Some(port)),
+                None => return bad("must be host[:port]"),
+            },
+        }
+    } else {
+        match name.split_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(name), None),
+        }
+    };
+    if let Some(port) = port
+        && !(port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0))
+    {
+        return bad("the port must be a number from 1 to 65535");
+    }
+    if let Some(host) = host {
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        if host.is_empty() || !host.split('.').all(label_ok) {
+            return bad("must be host[:port] with a DNS name or IP address as host");
+        }
+    }
+    Ok(name)
 }
 
 /// An OCI descriptor as found in manifests and indexes.
@@ -263,10 +389,11 @@ const MAX_REDIRECTS: usize = 5;
 pub struct RegistryClient {
     http: reqwest::Client,
     blobs: reqwest::Client,
-    config: RegistryConfig,
+    /// Replaced whole by [`RegistryClient::set_config`]; each request reads it once.
+    config: std::sync::RwLock<std::sync::Arc<RegistryConfig>>,
     request_timeout: Duration,
-    /// Bearer tokens by `registry/repository`.
-    tokens: Mutex<HashMap<String, String>>,
+    /// How requests are authorised, by `registry/repository`.
+    tokens: Mutex<HashMap<String, Auth>>,
 }
 
 /// Whether two URLs have the same scheme, host and port.
@@ -313,7 +440,7 @@ impl RegistryClient {
         Ok(RegistryClient {
             http: build(false)?,
             blobs: build(true)?,
-            config,
+            config: std::sync::RwLock::new(std::sync::Arc::new(config)),
             request_timeout: REQUEST_TIMEOUT,
             tokens: Mutex::new(HashMap::new()),
         })
@@ -326,8 +453,26 @@ impl RegistryClient {
         self
     }
 
+    /// The settings in use now.
+    pub fn config(&self) -> std::sync::Arc<RegistryConfig> {
+        self.config.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Uses `config` from the next request on (new credentials, insecure registries);
+    /// tokens obtained so far are dropped when it differs.
+    pub fn set_config(&self, config: RegistryConfig) {
+        let mut current = self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if **current != config {
+            *current = std::sync::Arc::new(config);
+            drop(current);
+            if let Ok(mut tokens) = self.tokens.lock() {
+                tokens.clear();
+            }
+        }
+    }
+
     fn repository_url(&self, reference: &Reference) -> String {
-        let scheme = if self.config.is_insecure(&reference.registry) { "http" } else { "https" };
+        let scheme = if self.config().is_insecure(&reference.registry) { "http" } else { "https" };
         format!("{scheme}://{}/v2/{}", reference.api_host(), reference.repository)
     }
 
@@ -337,8 +482,11 @@ impl RegistryClient {
         let url = format!("{}/manifests/{tag_or_digest}", self.repository_url(reference));
         let response = self.request(Fetch::Document, reqwest::Method::GET, reference, &url, &MANIFEST_TYPES.join(", ")).await?;
         let status = response.status();
-        if matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        if status == StatusCode::NOT_FOUND {
             return Err(RegistryError::NotFound(reference.to_string()));
+        }
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(RegistryError::Unauthorized(reference.to_string()));
         }
         if !status.is_success() {
             return Err(unexpected_status(status, &url));
@@ -364,8 +512,11 @@ impl RegistryClient {
         let url = format!("{}/manifests/{tag_or_digest}", self.repository_url(reference));
         let response = self.request(Fetch::Document, reqwest::Method::HEAD, reference, &url, &MANIFEST_TYPES.join(", ")).await?;
         let status = response.status();
-        if matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        if status == StatusCode::NOT_FOUND {
             return Err(RegistryError::NotFound(reference.to_string()));
+        }
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(RegistryError::Unauthorized(reference.to_string()));
         }
         if !status.is_success() {
             return Err(RegistryError::Failed(format!("registry answered {status} for HEAD {url}")));
@@ -398,6 +549,9 @@ impl RegistryClient {
         if status == StatusCode::NOT_FOUND {
             return Err(RegistryError::Failed(format!("blob {digest} of {reference} is missing from its registry")));
         }
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(RegistryError::Unauthorized(reference.to_string()));
+        }
         if !status.is_success() {
             return Err(unexpected_status(status, &url));
         }
@@ -418,8 +572,13 @@ impl RegistryClient {
         Ok(ImagePlatforms { digest: fetched.digest, platforms })
     }
 
-    /// A request with the cached token; on 401 with a bearer challenge, fetches an
-    /// anonymous token and retries once.
+    /// A request with the cached authorization for the repository; on 401 with a
+    /// challenge, authenticates and retries once: for `Bearer`, a token from the realm
+    /// (with HTTP basic auth when there is a credential for the reference's registry,
+    /// anonymous otherwise); for `Basic`, the credential itself. A credential is only
+    /// ever sent for its own registry (`host:port` of the reference), to that registry's
+    /// URLs and to the token realm it names (HTTPS, or its own origin); reqwest drops
+    /// the `Authorization` header on a redirect to another host.
     async fn request(
         &self,
         fetch: Fetch,
@@ -429,21 +588,32 @@ impl RegistryClient {
         accept: &str,
     ) -> RegistryResult<reqwest::Response> {
         let key = format!("{}/{}", reference.registry, reference.repository);
-        let token = self.tokens.lock().ok().and_then(|tokens| tokens.get(&key).cloned());
-        let response = self.send(fetch, method.clone(), url, accept, token.as_deref()).await?;
+        let config = self.config();
+        let credential = config.credential(&reference.registry);
+        let cached = self.tokens.lock().ok().and_then(|tokens| tokens.get(&key).cloned());
+        let cached = cached.filter(|auth| !matches!(auth, Auth::Basic) || credential.is_some());
+        let response = self.send(fetch, method.clone(), url, accept, cached.as_ref(), credential).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
         let Some(challenge) = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
             return Ok(response);
         };
-        let Some(token) = self.fetch_token(&challenge, reference, url).await? else {
-            return Ok(response);
+        let auth = if is_scheme(&challenge, "basic") {
+            if credential.is_none() {
+                return Ok(response);
+            }
+            Auth::Basic
+        } else {
+            match self.fetch_token(&challenge, reference, url, credential).await? {
+                Some(token) => Auth::Bearer(token),
+                None => return Ok(response),
+            }
         };
         if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.insert(key, token.clone());
+            tokens.insert(key, auth.clone());
         }
-        self.send(fetch, method, url, accept, Some(&token)).await
+        self.send(fetch, method, url, accept, Some(&auth), credential).await
     }
 
     async fn send(
@@ -452,7 +622,8 @@ impl RegistryClient {
         method: reqwest::Method,
         url: &str,
         accept: &str,
-        token: Option<&str>,
+        auth: Option<&Auth>,
+        credential: Option<&RegistryCredential>,
     ) -> RegistryResult<reqwest::Response> {
         let mut request = match fetch {
             Fetch::Document | Fetch::SmallBlob => {
@@ -462,23 +633,35 @@ impl RegistryClient {
             Fetch::Blob => self.blobs.request(method, url),
         }
         .header(ACCEPT, accept);
-        if let Some(token) = token
-            && let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}"))
-        {
-            request = request.header(AUTHORIZATION, value);
+        match (auth, credential) {
+            (Some(Auth::Bearer(token)), _) => {
+                if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                    request = request.header(AUTHORIZATION, value);
+                }
+            }
+            (Some(Auth::Basic), Some(credential)) => {
+                request = request.basic_auth(&credential.username, Some(&credential.password));
+            }
+            _ => {}
         }
         request.send().await.map_err(|e| RegistryError::Unreachable(format!("cannot reach registry at {url}: {}", describe(&e))))
     }
 
-    /// Anonymous token for a `Bearer realm=...,service=...,scope=...` challenge from
-    /// the registry at `challenged` (a URL); `None` for other schemes (Basic needs
-    /// credentials Diplo does not have). A realm that is neither HTTPS nor on the
-    /// registry's own host and port is refused.
-    async fn fetch_token(&self, challenge: &str, reference: &Reference, challenged: &str) -> RegistryResult<Option<String>> {
-        let Some(params) = challenge.strip_prefix("Bearer ").or_else(|| challenge.strip_prefix("bearer ")) else {
+    /// A token for a `Bearer realm=...,service=...,scope=...` challenge from the
+    /// registry at `challenged` (a URL), asked with HTTP basic auth when `credential`
+    /// is given, anonymously otherwise; `None` for other schemes. A realm that is
+    /// neither HTTPS nor on the registry's own host and port is refused.
+    async fn fetch_token(
+        &self,
+        challenge: &str,
+        reference: &Reference,
+        challenged: &str,
+        credential: Option<&RegistryCredential>,
+    ) -> RegistryResult<Option<String>> {
+        if !is_scheme(challenge, "bearer") {
             return Ok(None);
-        };
-        let params = parse_challenge(params);
+        }
+        let params = parse_challenge(&challenge[challenge.find(' ').map_or(challenge.len(), |at| at + 1)..]);
         let Some(realm) = params.get("realm") else { return Ok(None) };
         realm_allowed(realm, challenged)?;
         let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", reference.repository));
@@ -486,14 +669,17 @@ impl RegistryClient {
         if let Some(service) = params.get("service") {
             query.push(("service", service.clone()));
         }
-        let response = self
-            .http
-            .get(realm)
-            .query(&query)
-            .timeout(self.request_timeout)
+        let mut request = self.http.get(realm).query(&query).timeout(self.request_timeout);
+        if let Some(credential) = credential {
+            request = request.basic_auth(&credential.username, Some(&credential.password));
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| RegistryError::Unreachable(format!("cannot reach token service {realm}: {}", describe(&e))))?;
+        if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(RegistryError::Unauthorized(reference.to_string()));
+        }
         if !response.status().is_success() {
             return Ok(None);
         }
@@ -502,6 +688,20 @@ impl RegistryClient {
             serde_json::from_slice(&bytes).map_err(|_| RegistryError::Failed(format!("the token service {realm} answered no JSON")))?;
         Ok(body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str()).map(str::to_owned))
     }
+}
+
+/// How a repository's requests are authorised once challenged.
+#[derive(Clone)]
+enum Auth {
+    /// A bearer token from the realm.
+    Bearer(String),
+    /// HTTP basic auth with the registry's credential.
+    Basic,
+}
+
+/// Whether the `WWW-Authenticate` value `challenge` uses `scheme` (lower case).
+fn is_scheme(challenge: &str, scheme: &str) -> bool {
+    challenge.split_whitespace().next().is_some_and(|first| first.eq_ignore_ascii_case(scheme))
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -864,5 +1064,209 @@ mod tests {
         let client = client().with_request_timeout(Duration::from_millis(500));
         assert!(client.platforms(&reference(silent.addr)).await.is_err());
         assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+    }
+    fn credentials_for(registry: &str, password: &str) -> RegistryConfig {
+        let mut config = RegistryConfig::default();
+        config.credentials.insert(registry.to_owned(), RegistryCredential { username: "alice".to_owned(), password: password.to_owned() });
+        config
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_password() {
+        let mut config = credentials_for("r.example:5000", "hunter2-SECRET");
+        config.cluster = Some("r.example:5000".to_owned());
+        let text = format!("{config:?} {:?}", config.credentials["r.example:5000"]);
+        assert!(!text.contains("hunter2-SECRET"), "{text}");
+        assert!(text.contains("r.example:5000") && text.contains("alice"), "{text}");
+    }
+
+    #[test]
+    fn settings_convert_both_ways_and_bad_ones_name_the_field() {
+        let mut config = credentials_for("r.example:5000", "pw");
+        config.cluster = Some("r.example:5000".to_owned());
+        config.insecure = vec!["lan:5000".to_owned()];
+        let settings = config.to_settings();
+        assert_eq!(settings.cluster_registry, "r.example:5000");
+        assert_eq!(settings.credentials.len(), 1);
+        assert_eq!(RegistryConfig::from_settings(settings.clone()), Ok(config));
+        assert_eq!(RegistryConfig::from_settings(crate::pb::RegistrySettings::default()), Ok(RegistryConfig::default()));
+
+        let mut bad = settings.clone();
+        bad.credentials[0].registry = "https://r.example".to_owned();
+        assert_eq!(RegistryConfig::from_settings(bad).map_err(|e| e.field), Err("registry.credentials.registry"));
+        let mut bad = settings.clone();
+        bad.credentials[0].password = String::new();
+        let err = RegistryConfig::from_settings(bad).expect_err("empty password");
+        assert_eq!(err.field, "registry.credentials.password");
+        let mut bad = settings.clone();
+        bad.credentials[0].username = String::new();
+        assert_eq!(RegistryConfig::from_settings(bad).map_err(|e| e.field), Err("registry.credentials.username"));
+        let mut bad = settings.clone();
+        bad.insecure = vec!["a b".to_owned()];
+        assert_eq!(RegistryConfig::from_settings(bad).map_err(|e| e.field), Err("registry.insecure"));
+        let mut bad = settings;
+        bad.cluster_registry = "r/x".to_owned();
+        assert_eq!(RegistryConfig::from_settings(bad).map_err(|e| e.field), Err("registry.cluster_registry"));
+    }
+
+    #[test]
+    fn registry_names_are_host_and_port_only() {
+        for good in ["127.0.0.1:5000", "localhost", "registry.example.com", "r-1.lan:443", "[::1]:5000", "[fe80::1]", "ghcr.io"] {
+            assert_eq!(validate_registry_name("registry", good), Ok(good), "{good}");
+        }
+        let long = format!("{}.com", "a.".repeat(130));
+        for bad in [
+            "",
+            "https://r.example",
+            "r.example/path",
+            "r.example:0",
+            "r.example:65536",
+            "r.example:port",
+            "user@r.example",
+            "-r.example",
+            "r..example",
+            "r.example:",
+            "[::1",
+            "[nope]:5000",
+            "a b",
+            long.as_str(),
+        ] {
+            let err = validate_registry_name("registry", bad).expect_err(bad);
+            assert_eq!(err.field, "registry", "{bad}");
+        }
+    }
+
+    /// The `Authorization` header of each request, by path.
+    type Seen = std::sync::Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+    /// A registry on 127.0.0.1 that wants `Authorization: expected` on `/v2/` paths and
+    /// challenges with `challenge`; `/token` answers a token only to basic auth
+    /// `alice:pw`. Records every request's path and `Authorization` header.
+    async fn auth_server(challenge: impl Fn(std::net::SocketAddr) -> String + Send + Sync + 'static, expected: String) -> (Server, Seen) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let challenge = std::sync::Arc::new(challenge(addr));
+        let expected = std::sync::Arc::new(expected);
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let (recorded, challenge, expected) = (recorded.clone(), challenge.clone(), expected.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let authorization = head
+                        .lines()
+                        .find_map(|line| line.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("authorization")))
+                        .map(|(_, v)| v.trim().to_owned());
+                    recorded.lock().expect("seen").push((path.clone(), authorization.clone()));
+                    let basic = format!("Basic {}", base64_encode(b"alice:pw"));
+                    let (head, body) = if path.starts_with("/token") {
+                        if authorization.as_deref() == Some(basic.as_str()) {
+                            ("HTTP/1.1 200 OK\r\ncontent-type: application/json".to_owned(), br#"{"token":"T0KEN"}"#.to_vec())
+                        } else {
+                            ("HTTP/1.1 401 Unauthorized".to_owned(), Vec::new())
+                        }
+                    } else if authorization.as_deref() == Some(expected.as_str()) {
+                        (format!("HTTP/1.1 200 OK\r\ncontent-type: {MEDIA_OCI_INDEX}"), INDEX.as_bytes().to_vec())
+                    } else {
+                        (format!("HTTP/1.1 401 Unauthorized\r\nwww-authenticate: {challenge}"), Vec::new())
+                    };
+                    let mut response = format!("{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).into_bytes();
+                    response.extend_from_slice(&body);
+                    let _ = tcp.write_all(&response).await;
+                });
+            }
+        });
+        (Server { addr, hits: std::sync::Arc::new(Mutex::new(Vec::new())), task }, seen)
+    }
+
+    fn base64_encode(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn basic_challenges_are_answered_with_the_registry_credential() {
+        let expected = format!("Basic {}", base64_encode(b"alice:pw"));
+        let (registry, seen) = auth_server(|_| "Basic realm=\"test\"".to_owned(), expected).await;
+        let with = RegistryClient::new(credentials_for(&registry.addr.to_string(), "pw"), "diplo-test").expect("client");
+        let platforms = with.platforms(&reference(registry.addr)).await.expect("authorised");
+        assert_eq!(platforms.platforms, vec![platform("linux", "arm64", None)]);
+
+        let err = client().platforms(&reference(registry.addr)).await.expect_err("no credential");
+        assert!(matches!(&err, RegistryError::Unauthorized(image) if image.contains("diplo/test")), "{err:?}");
+        assert!(err.to_string().contains("unauthorized"), "{err}");
+        let wrong = RegistryClient::new(credentials_for(&registry.addr.to_string(), "nope"), "diplo-test").expect("client");
+        let err = wrong.platforms(&reference(registry.addr)).await.expect_err("wrong credential");
+        assert!(!err.to_string().contains("nope"), "{err}");
+        assert!(seen.lock().expect("seen").iter().any(|(_, auth)| auth.is_none()), "the first request goes without credentials");
+    }
+
+    #[tokio::test]
+    async fn bearer_challenges_get_a_token_with_the_credential() {
+        let (registry, seen) = auth_server(
+            |addr| format!("Bearer realm=\"http://{addr}/token\",service=\"test\",scope=\"repository:diplo/test:pull\""),
+            "Bearer T0KEN".to_owned(),
+        )
+        .await;
+        let with = RegistryClient::new(credentials_for(&registry.addr.to_string(), "pw"), "diplo-test").expect("client");
+        with.platforms(&reference(registry.addr)).await.expect("authorised");
+        // The token is kept: a second look-up asks no token again.
+        with.platforms(&reference(registry.addr)).await.expect("authorised");
+        let tokens = seen.lock().expect("seen").iter().filter(|(path, _)| path.starts_with("/token")).count();
+        assert_eq!(tokens, 1);
+        // Anonymous: the token service refuses, and the error says so.
+        let err = client().platforms(&reference(registry.addr)).await.expect_err("anonymous");
+        assert!(err.to_string().contains("unauthorized"), "{err}");
+        // Credentials that change are used from the next request on.
+        let later = client();
+        later.set_config(credentials_for(&registry.addr.to_string(), "pw"));
+        later.platforms(&reference(registry.addr)).await.expect("authorised after set_config");
+    }
+
+    #[tokio::test]
+    async fn a_credential_is_never_sent_to_another_registry() {
+        let (other, seen) = auth_server(|_| "Basic realm=\"other\"".to_owned(), "never".to_owned()).await;
+        // A credential for some registry, and one for another port of the same host.
+        let mut config = credentials_for("r.example:5000", "pw");
+        config.credentials.insert(
+            format!("127.0.0.1:{}", other.addr.port() ^ 1),
+            RegistryCredential { username: "bob".to_owned(), password: "pw2".to_owned() },
+        );
+        let client = RegistryClient::new(config, "diplo-test").expect("client");
+        assert!(client.platforms(&reference(other.addr)).await.is_err());
+        let requests = seen.lock().expect("seen").clone();
+        assert!(!requests.is_empty());
+        assert!(requests.iter().all(|(_, auth)| auth.is_none()), "{requests:?}");
+
+        // A bearer realm on another host over plain HTTP gets nothing either.
+        let (tokens, token_hits) = auth_server(|_| "Basic realm=\"x\"".to_owned(), "never".to_owned()).await;
+        let realm = format!("http://{}/token", tokens.addr);
+        let registry =
+            server(move |_| Some((format!("HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"{realm}\""), Vec::new()))).await;
+        let client = RegistryClient::new(credentials_for(&registry.addr.to_string(), "pw"), "diplo-test").expect("client");
+        assert!(client.platforms(&reference(registry.addr)).await.is_err());
+        assert!(token_hits.lock().expect("seen").is_empty(), "the foreign realm was contacted");
     }
 }

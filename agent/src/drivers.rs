@@ -8,17 +8,19 @@ use diplo_api::runtime::Runtime;
 
 use crate::fingerprint::ProbeConfig;
 use crate::port_publisher::PortPublisher;
+use crate::registry::SharedRegistry;
+use crate::runtime::ContainerRuntime;
 use crate::runtime::containerd::ContainerdRuntime;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::lxc::{DEFAULT_LXC_PATH, LxcRuntime};
-use crate::runtime::{ContainerRuntime, RegistryConfig};
 
 /// Connects a driver for each available runtime of node `node_id`. A runtime whose driver cannot start is
-/// left out and logged; the others still work.
+/// left out and logged; the others still work. Every driver reads `registry` at pull
+/// time, so settings the control plane sends later apply to the next pull.
 pub async fn connect_available(
     fingerprint: &Fingerprint,
     probe: &ProbeConfig,
-    registry: &RegistryConfig,
+    registry: &SharedRegistry,
     data_dir: &Path,
     node_id: &str,
 ) -> Vec<Arc<dyn ContainerRuntime>> {
@@ -44,7 +46,7 @@ pub async fn connect_available(
 /// The LXC driver, which first takes over containers still running from before an
 /// agent restart (their ports are published by this process, so they need publishing
 /// again).
-async fn lxc_driver(registry: &RegistryConfig, data_dir: &Path, node_id: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
+async fn lxc_driver(registry: &SharedRegistry, data_dir: &Path, node_id: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
     let driver =
         LxcRuntime::new(PathBuf::from(DEFAULT_LXC_PATH), data_dir.join("lxc-images"), registry.clone(), Arc::new(PortPublisher::new()));
     match driver.resume_running(Some(node_id)).await {

@@ -20,18 +20,38 @@ pub struct Executor {
     node_id: String,
     runtimes: BTreeMap<Runtime, Arc<dyn ContainerRuntime>>,
     host_paths: HostPathPolicy,
+    registry: crate::registry::SharedRegistry,
 }
 
 impl Executor {
     /// An executor for `node_id` over the given drivers, allowing no host bind mount.
     pub fn new(node_id: String, runtimes: Vec<Arc<dyn ContainerRuntime>>) -> Self {
-        Executor { node_id, runtimes: runtimes.into_iter().map(|r| (r.runtime(), r)).collect(), host_paths: HostPathPolicy::default() }
+        Executor {
+            node_id,
+            runtimes: runtimes.into_iter().map(|r| (r.runtime(), r)).collect(),
+            host_paths: HostPathPolicy::default(),
+            registry: Default::default(),
+        }
     }
 
     /// The same executor, letting containers bind-mount the host paths `policy` allows.
     pub fn with_host_paths(mut self, policy: HostPathPolicy) -> Self {
         self.host_paths = policy;
         self
+    }
+
+    /// The same executor, its drivers reading registry settings from `registry` (the
+    /// session updates it with what the control plane sends).
+    pub fn with_registry(mut self, registry: crate::registry::SharedRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The registry settings in force, shared with the drivers and updated by the
+    /// session; [`SharedRegistry::current`](crate::registry::SharedRegistry::current)
+    /// gives the live [`RegistryConfig`](crate::runtime::RegistryConfig) (for builds).
+    pub fn registry(&self) -> &crate::registry::SharedRegistry {
+        &self.registry
     }
 
     /// Refuses a container whose bind mounts reach outside the host path allowlist,

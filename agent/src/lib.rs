@@ -8,6 +8,7 @@ pub mod host_paths;
 pub mod identity;
 pub mod observer;
 pub mod port_publisher;
+pub mod registry;
 pub mod runtime;
 pub mod session;
 pub mod tls;
@@ -33,7 +34,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// How the host is probed.
     pub probe: ProbeConfig,
-    /// Registries reached over plain HTTP (loopback ones always are).
+    /// The agent's own registry settings (registries reached over plain HTTP; loopback
+    /// ones always are), merged with what the control plane sends over the session.
     pub registry: runtime::RegistryConfig,
     /// Host paths containers may bind-mount (none by default).
     pub host_paths: host_paths::HostPathPolicy,
@@ -59,8 +61,11 @@ impl AgentConfig {
 pub async fn run(config: AgentConfig) -> Result<(), session::AgentError> {
     let identity = session::ensure_identity(&config.server, config.token.as_deref(), &config.name, &config.data_dir).await?;
     let fingerprint = fingerprint::probe(&config.probe).await;
-    let drivers = drivers::connect_available(&fingerprint, &config.probe, &config.registry, &config.data_dir, &identity.node_id).await;
-    let executor = executor::Executor::new(identity.node_id.clone(), drivers).with_host_paths(config.host_paths.clone());
+    let shared_registry = registry::SharedRegistry::new(config.registry.clone());
+    let drivers = drivers::connect_available(&fingerprint, &config.probe, &shared_registry, &config.data_dir, &identity.node_id).await;
+    let executor = executor::Executor::new(identity.node_id.clone(), drivers)
+        .with_host_paths(config.host_paths.clone())
+        .with_registry(shared_registry);
     tracing::info!(runtimes = ?executor.runtimes(), allowed_host_paths = ?config.host_paths.allowed(), "runtime drivers ready");
     let source = fingerprint::FingerprintSource::Probe(config.probe.clone());
     Err(session::run_sessions(&config.server, identity, &config.data_dir, &source, &executor).await)

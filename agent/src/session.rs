@@ -377,11 +377,26 @@ async fn session_once(
                 Ok(Some(pb::ControlMessage { body: Some(pb::control_message::Body::Command(command)) })) => {
                     spawn_command(command, executor.clone(), client.clone(), tx.clone(), identity.node_id.clone());
                 }
+                Ok(Some(pb::ControlMessage { body: Some(pb::control_message::Body::Registry(settings)) })) => {
+                    apply_registry_settings(executor.registry(), settings);
+                }
                 Ok(Some(message)) => tracing::debug!(?message, "control message ignored"),
                 Ok(None) => return SessionEnd::Retry("the control plane closed the session".into()),
                 Err(status) => return end_for(status),
             },
         }
+    }
+}
+
+/// Takes the registry settings the control plane sent: every later pull uses them. Bad
+/// settings are logged (without secrets) and the previous ones kept.
+fn apply_registry_settings(registry: &crate::registry::SharedRegistry, settings: pb::RegistrySettings) {
+    match diplo_api::registry::RegistryConfig::from_settings(settings) {
+        Ok(config) => {
+            tracing::info!(registry = ?config, "registry settings received");
+            registry.apply(config);
+        }
+        Err(err) => tracing::warn!(error = %err, "registry settings refused"),
     }
 }
 

@@ -6,6 +6,7 @@ mod client;
 mod containers;
 mod deployments;
 mod output;
+mod registry;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -79,6 +80,11 @@ enum Command {
     ApiToken {
         #[command(subcommand)]
         command: ApiTokenCommand,
+    },
+    /// Credentials for image registries (login/logout: admin only).
+    Registry {
+        #[command(subcommand)]
+        command: registry::RegistryCommand,
     },
 }
 
@@ -287,6 +293,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Apps { command } => deployments::apps(channel, command).await?,
         Command::Events { follow } => deployments::events(channel, follow).await?,
         Command::Builds { command } => builds::run(channel, command).await?,
+        Command::Registry { command } => {
+            registry::run(client::limited!(diplo_api::pb::registry_service_client::RegistryServiceClient::new(channel)), command).await?
+        }
     }
     Ok(())
 }

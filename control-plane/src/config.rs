@@ -39,9 +39,6 @@ pub struct Config {
     pub events_max_age: Option<Duration>,
     /// At most this many events are kept, the newest (`None`: no count limit).
     pub events_max_count: Option<u64>,
-    /// The cluster registry (`host:port`) that images built without a registry part in
-    /// their name are pushed to; `None`: such images stay on the node that built them.
-    pub registry: Option<String>,
     /// Time a build may take, clone included.
     pub build_timeout: Duration,
     /// How long after its timeout a build's node may still report before the build
@@ -50,6 +47,12 @@ pub struct Config {
     /// Base images by language key (`static`, `python`, ...), overriding the builders'
     /// defaults.
     pub base_images: std::collections::BTreeMap<String, String>,
+    // ---- registries ----
+    /// The cluster registry (`host:port`) builds push to (images built without a
+    /// registry part in their name); `None`: such images stay on the node that built them.
+    pub registry: Option<String>,
+    /// Registries (`host:port`) reached over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
 }
 
 /// PEM files for the REST gateway's TLS.
@@ -84,6 +87,7 @@ impl Config {
             build_timeout: diplo_api::build::DEFAULT_BUILD_TIMEOUT,
             build_report_grace: Duration::from_secs(60),
             base_images: std::collections::BTreeMap::new(),
+            insecure_registries: Vec::new(),
         }
     }
 

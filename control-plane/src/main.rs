@@ -93,6 +93,13 @@ struct Options {
     /// DIPLO_BASE_IMAGES: "static=IMG,python=IMG").
     #[arg(long = "base-image", value_name = "LANG=IMAGE", env = "DIPLO_BASE_IMAGES", value_delimiter = ',')]
     base_image: Vec<String>,
+    /// The cluster registry (HOST:PORT) builds push to; agents learn it over their session.
+    #[arg(long = "registry", value_name = "HOST:PORT", env = "DIPLO_REGISTRY")]
+    registry: Option<String>,
+    /// A registry (HOST:PORT) reached over plain HTTP (repeatable; loopback ones always
+    /// are); agents learn the list over their session.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", env = "DIPLO_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registry: Vec<String>,
 }
 
 impl Options {
@@ -138,6 +145,15 @@ impl Options {
         config.build_timeout = self.build_timeout;
         config.base_images = diplo_api::build::template::parse_base_images(&self.base_image.join(","))
             .map_err(|e| anyhow::anyhow!("invalid --base-image (DIPLO_BASE_IMAGES): {e}"))?;
+        config.registry = self.registry.filter(|r| !r.is_empty());
+        config.insecure_registries = self.insecure_registry.into_iter().filter(|r| !r.is_empty()).collect();
+        for (flag, name) in
+            config.registry.iter().map(|r| ("--registry", r)).chain(config.insecure_registries.iter().map(|r| ("--insecure-registry", r)))
+        {
+            if let Err(err) = diplo_api::registry::validate_registry_name("registry", name) {
+                anyhow::bail!("invalid {flag} {name:?}: {}", err.message);
+            }
+        }
         Ok(config)
     }
 }
@@ -190,6 +206,20 @@ mod tests {
         assert_eq!(config(&["--rest-addr", "0.0.0.0:9000"]).expect("config").rest_addr, "0.0.0.0:9000".parse().expect("addr"));
         let tls = config(&["--rest-tls-cert", "c.pem", "--rest-tls-key", "k.pem"]).expect("config");
         assert_eq!(tls.rest_addr, "0.0.0.0:8080".parse().expect("addr"));
+    }
+
+    #[test]
+    fn registry_flags() {
+        let defaults = config(&[]).expect("config");
+        assert_eq!((defaults.registry, defaults.insecure_registries.len()), (None, 0));
+        let set = config(&["--registry", "10.0.0.5:5000", "--insecure-registry", "10.0.0.5:5000", "--insecure-registry", "lan:5000"])
+            .expect("config");
+        assert_eq!(set.registry.as_deref(), Some("10.0.0.5:5000"));
+        assert_eq!(set.insecure_registries, vec!["10.0.0.5:5000".to_owned(), "lan:5000".to_owned()]);
+        let err = config(&["--registry", "http://r:5000"]).expect_err("scheme refused").to_string();
+        assert!(err.contains("--registry"), "{err}");
+        let err = config(&["--insecure-registry", "r/x"]).expect_err("path refused").to_string();
+        assert!(err.contains("--insecure-registry"), "{err}");
     }
 
     #[test]

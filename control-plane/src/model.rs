@@ -167,6 +167,30 @@ pub struct ApiTokenRecord {
     pub revoked: bool,
 }
 
+/// The credential for one image registry, as stored. `Debug` never shows the password.
+#[derive(Clone, PartialEq)]
+pub struct RegistryCredentialRecord {
+    /// `host[:port]`.
+    pub registry: String,
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+    /// When it was last set.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for RegistryCredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentialRecord")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
 /// An event to append to the log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
@@ -215,6 +239,9 @@ pub enum SessionMessage {
     },
     /// A command to carry out.
     Command(Box<diplo_api::command::AgentCommand>),
+    /// The cluster's registry settings (credentials included): sent after the welcome
+    /// and whenever they change.
+    Registry(std::sync::Arc<diplo_api::registry::RegistryConfig>),
 }
 
 /// Where a deployment's instances may run.

@@ -172,6 +172,11 @@ impl<T> NodeRegistry<T> {
         self.lock().get(node_id).and_then(|node| node.session.as_ref().map(|(session, tx)| (*session, tx.clone())))
     }
 
+    /// The downstream of every open session.
+    pub fn sessions(&self) -> Vec<Downstream<T>> {
+        self.lock().values().filter_map(|node| node.session.as_ref().map(|(_, tx)| tx.clone())).collect()
+    }
+
     /// Applies what a node reported about its containers: with `full`, `upserted` replaces
     /// the whole view; otherwise each entry of `upserted` replaces the one of the same
     /// runtime and id (or is added), and each of `removed` is forgotten. Only this node's

@@ -142,7 +142,8 @@ conformance!(
     instances_large_batches,
     builds_insert_get_list,
     builds_update_is_compare_and_set,
-    builds_logs;
+    builds_logs,
+    registry_credentials_set_list_delete;
     by_url:
     writer_acquire_refuse_release,
     writer_freed_when_its_holder_dies,
@@ -587,6 +588,28 @@ mod cases {
             assert!(task.await.expect("task"));
         }
         assert_eq!(store.get_join_token("jt").await.expect("get").expect("present").uses, 13);
+    }
+
+    // ---- registry credentials ----
+
+    pub async fn registry_credentials_set_list_delete(store: Arc<dyn Store>) {
+        use diplo_control_plane::model::RegistryCredentialRecord;
+        assert!(store.list_registry_credentials().await.expect("list").is_empty());
+        let credential = |registry: &str, password: &str, at: DateTime<Utc>| RegistryCredentialRecord {
+            registry: registry.to_owned(),
+            username: "alice".to_owned(),
+            password: password.to_owned(),
+            updated_at: at,
+        };
+        assert!(store.set_registry_credential(&credential("r.example:5000", "one", t0())).await.expect("set"), "new");
+        assert!(store.set_registry_credential(&credential("a.example", "two", t0())).await.expect("set"), "new");
+        let replaced = credential("r.example:5000", "three", t0() + Duration::seconds(5));
+        assert!(!store.set_registry_credential(&replaced).await.expect("set"), "replaced, not new");
+        let listed = store.list_registry_credentials().await.expect("list");
+        assert_eq!(listed, vec![credential("a.example", "two", t0()), replaced], "by registry, the newest value");
+        assert!(store.delete_registry_credential("a.example").await.expect("delete"));
+        assert!(!store.delete_registry_credential("a.example").await.expect("delete again"));
+        assert_eq!(store.list_registry_credentials().await.expect("list").len(), 1);
     }
 
     // ---- API tokens ----

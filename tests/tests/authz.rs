@@ -29,6 +29,7 @@ use diplo_api::pb::cluster_service_client::ClusterServiceClient;
 use diplo_api::pb::container_service_client::ContainerServiceClient;
 use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
 use diplo_api::pb::event_service_client::EventServiceClient;
+use diplo_api::pb::registry_service_client::RegistryServiceClient;
 use diplo_tests::unique_name as unique;
 use diplo_tests::{ControlPlane, ControlPlaneOptions, find_node};
 use prost::Message;
@@ -503,6 +504,18 @@ fn rpcs() -> Vec<Rpc> {
         rpc!("diplo.v1.BuildService/ListBuilds", Viewer, BuildServiceClient::list_builds(pb::ListBuildsRequest {})),
         rpc!("diplo.v1.BuildService/CancelBuild", Deployer, BuildServiceClient::cancel_build(pb::BuildRef { id: nope() })),
         rpc!("diplo.v1.BuildService/BuildLogs", Viewer, BuildServiceClient::build_logs(pb::BuildLogsRequest { id: nope(), follow: false })),
+        // RegistryService
+        rpc!(
+            "diplo.v1.RegistryService/Login",
+            Admin,
+            RegistryServiceClient::login(pb::RegistryLoginRequest {
+                registry: "authz-probe.invalid:5000".into(),
+                username: "probe".into(),
+                password: "probe-password".into()
+            })
+        ),
+        rpc!("diplo.v1.RegistryService/Logout", Admin, RegistryServiceClient::logout(pb::RegistryLogoutRequest { registry: nope() })),
+        rpc!("diplo.v1.RegistryService/List", Deployer, RegistryServiceClient::list(pb::ListRegistryLoginsRequest {})),
         // EventService
         rpc!("diplo.v1.EventService/Watch", Viewer, EventServiceClient::watch(pb::WatchRequest::default())),
         // Health: open, so that load balancers and probes need nothing.
@@ -757,6 +770,12 @@ fn routes() -> Vec<Route> {
         route("GET", "/api/v1/images/build/{id}", Viewer, "/api/v1/images/build/authz-nope"),
         route("DELETE", "/api/v1/images/build/{id}", Deployer, "/api/v1/images/build/authz-nope"),
         route("GET", "/api/v1/images/build/{id}/logs", Viewer, "/api/v1/images/build/authz-nope/logs"),
+        route("GET", "/api/v1/registries", Deployer, "/api/v1/registries"),
+        Route {
+            body: Some(serde_json::json!({"registry": "authz-rest.invalid:5000", "username": "probe", "password": "probe-password"})),
+            ..route("POST", "/api/v1/registries", Admin, "/api/v1/registries")
+        },
+        route("DELETE", "/api/v1/registries/{registry}", Admin, "/api/v1/registries/authz-nope.invalid:5000"),
     ]
 }
 

@@ -44,7 +44,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use super::docker::{describe_error, describe_timeout};
-use super::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream, rootfs};
+use super::{ContainerRuntime, RuntimeError, RuntimeResult, RuntimeStream, rootfs};
+use crate::registry::SharedRegistry;
 
 /// Probes containerd on `socket` (a path, or `unix://path`): available when the
 /// `Version` RPC answers within `timeout`; `version` is the one it reports. containerd
@@ -133,6 +134,8 @@ struct NetworkState {
 pub struct ContainerdRuntime {
     channel: Channel,
     registry: RegistryClient,
+    /// The settings `registry` is brought up to date with before each pull.
+    registry_settings: SharedRegistry,
     state_dir: PathBuf,
     snapshotter: String,
     network: cni::Network,
@@ -193,6 +196,7 @@ impl From<RegistryError> for RuntimeError {
     fn from(error: RegistryError) -> Self {
         match error {
             RegistryError::NotFound(image) => not_found_image(&image),
+            unauthorized @ RegistryError::Unauthorized(_) => failed(unauthorized.to_string()),
             RegistryError::Unreachable(message) | RegistryError::Failed(message) => failed(message),
         }
     }
@@ -241,7 +245,9 @@ fn rootfs_dirs(mounts: &[PbMount]) -> Vec<PathBuf> {
 impl ContainerdRuntime {
     /// Connects to containerd on `socket` (a path or `unix://path`) and checks that it
     /// answers. `state_dir` holds per-container state, logs and CNI allocations.
-    pub async fn connect(socket: &str, registry: RegistryConfig, state_dir: PathBuf) -> RuntimeResult<Self> {
+    /// Pulls use the settings `registry` holds at the time of each pull.
+    pub async fn connect(socket: &str, registry: impl Into<SharedRegistry>, state_dir: PathBuf) -> RuntimeResult<Self> {
+        let shared: SharedRegistry = registry.into();
         let path = socket.strip_prefix("unix://").unwrap_or(socket).to_owned();
         let unavailable = |message: String| RuntimeError::Unavailable { runtime: Runtime::Containerd, message };
         if !Path::new(&path).exists() {
@@ -265,7 +271,8 @@ impl ContainerdRuntime {
         };
         ContainerdRuntime {
             channel,
-            registry: RegistryClient::new(registry, concat!("diplo-agent/", env!("CARGO_PKG_VERSION")))?,
+            registry: RegistryClient::new(shared.current(), concat!("diplo-agent/", env!("CARGO_PKG_VERSION")))?,
+            registry_settings: shared,
             state_dir,
             snapshotter: SNAPSHOTTER.to_owned(),
             network,

@@ -27,7 +27,10 @@ use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
 use super::docker_api::{self, ArchiveKind, ImageRef, Inspected, Listed};
-use super::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream};
+use super::{ContainerRuntime, RuntimeError, RuntimeResult, RuntimeStream};
+use crate::registry::SharedRegistry;
+use base64::Engine as _;
+use bollard::auth::DockerCredentials;
 
 /// Probes the Docker daemon on `socket` (a path, or `unix://path`): available when the
 /// daemon answers `/version` within `timeout`; `version` is the server's version string.
@@ -98,7 +101,7 @@ const EXEC_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DockerRuntime {
     runtime: Runtime,
     socket: String,
-    registry: RegistryConfig,
+    registry: SharedRegistry,
     node: Option<String>,
     client: OnceCell<Docker>,
 }
@@ -114,11 +117,12 @@ impl DockerRuntime {
     /// Images from registries that `registry` calls insecure (loopback always) are
     /// pulled over plain HTTP by Podman; Docker decides that itself (loopback is allowed
     /// by default, other registries need `insecure-registries` in its `daemon.json`).
-    pub fn connect(socket: &str, registry: RegistryConfig, runtime: Runtime) -> DockerRuntime {
+    /// Both send the credential `registry` holds for the image's registry at pull time.
+    pub fn connect(socket: &str, registry: impl Into<SharedRegistry>, runtime: Runtime) -> DockerRuntime {
         DockerRuntime {
             runtime,
             socket: socket.strip_prefix("unix://").unwrap_or(socket).to_owned(),
-            registry,
+            registry: registry.into(),
             node: None,
             client: OnceCell::new(),
         }
@@ -211,7 +215,13 @@ impl DockerRuntime {
     /// Pulls through `POST /images/create` (Docker).
     async fn pull_compat(&self, docker: &Docker, image: &ImageRef, reference: &str) -> RuntimeResult<()> {
         let options = CreateImageOptions { from_image: Some(image.repository.clone()), tag: Some(image.tag.clone()), ..Default::default() };
-        let mut progress = docker.create_image(Some(options), None, None);
+        let credentials = self.registry.current().credential(image.registry()).map(|credential| DockerCredentials {
+            username: Some(credential.username.clone()),
+            password: Some(credential.password.clone()),
+            serveraddress: Some(image.registry().to_owned()),
+            ..Default::default()
+        });
+        let mut progress = docker.create_image(Some(options), None, credentials);
         while let Some(item) = progress.next().await {
             match item {
                 Ok(info) => debug!(image = reference, status = info.status.as_deref().unwrap_or_default(), "pull"),
@@ -242,9 +252,19 @@ impl DockerRuntime {
     /// without an `insecure = true` entry in `registries.conf`. bollard has no call for
     /// it, so this is one HTTP/1.0 request on the socket.
     async fn pull_libpod(&self, image: &ImageRef, reference: &str) -> RuntimeResult<()> {
-        let tls_verify = !self.registry.is_insecure(image.registry());
+        let registry = self.registry.current();
+        let tls_verify = !registry.is_insecure(image.registry());
         let path = format!("/v4.0.0/libpod/images/pull?reference={}&tlsVerify={tls_verify}", query_escape(&image.qualified()));
-        let answer = unix_request(&self.socket, "POST", &path, PULL_IDLE_TIMEOUT).await;
+        // The credential travels in a header over the local socket, never in the URL.
+        let auth = registry.credential(image.registry()).map(|credential| {
+            let json = serde_json::json!({
+                "username": credential.username,
+                "password": credential.password,
+                "serveraddress": image.registry(),
+            });
+            format!("X-Registry-Auth: {}\r\n", base64::engine::general_purpose::URL_SAFE.encode(json.to_string()))
+        });
+        let answer = unix_request_with(&self.socket, "POST", &path, auth.as_deref().unwrap_or(""), PULL_IDLE_TIMEOUT).await;
         let (status, body) = answer.map_err(|error| RuntimeError::Unavailable {
             runtime: self.runtime,
             message: format!("{}: {}", self.socket, describe_io(&error)),
@@ -328,7 +348,11 @@ fn daemon_message(error: &bollard::errors::Error) -> Option<&str> {
 
 /// A pull that the daemon refused with `message`.
 fn pull_failure(runtime: Runtime, reference: &str, message: &str) -> RuntimeError {
-    if docker_api::means_missing_image(message) {
+    if docker_api::means_unauthorized(message) {
+        let message =
+            if message.to_ascii_lowercase().contains("unauthorized") { message.to_owned() } else { format!("unauthorized: {message}") };
+        RuntimeError::Failed { runtime, message: format!("pulling {reference}: {message}") }
+    } else if docker_api::means_missing_image(message) {
         RuntimeError::NotFound { what: "image", name: reference.to_owned() }
     } else {
         RuntimeError::Failed { runtime, message: format!("pulling {reference}: {message}") }
@@ -386,9 +410,14 @@ fn query_escape(value: &str) -> String {
 /// Sends `METHOD path` with HTTP/1.0 on the unix socket and returns the status and
 /// body, reading until the server closes; fails when it stays silent for `idle`.
 async fn unix_request(socket: &str, method: &str, path: &str, idle: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+    unix_request_with(socket, method, path, "", idle).await
+}
+
+/// [`unix_request`] with `headers` (complete `Name: value\r\n` lines) added.
+async fn unix_request_with(socket: &str, method: &str, path: &str, headers: &str, idle: Duration) -> std::io::Result<(u16, Vec<u8>)> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {}", describe_timeout(idle)));
     let mut stream = tokio::time::timeout(idle, tokio::net::UnixStream::connect(socket)).await.map_err(|_| timed_out())??;
-    let request = format!("{method} {path} HTTP/1.0\r\nHost: d\r\nContent-Length: 0\r\n\r\n");
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: d\r\n{headers}Content-Length: 0\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     let mut buffer = vec![0u8; 16 * 1024];

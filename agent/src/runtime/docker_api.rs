@@ -608,6 +608,15 @@ pub(crate) fn loaded_images(stream_text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a daemon's pull error means the registry refused the credentials (or
+/// wanted some).
+pub(crate) fn means_unauthorized(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["unauthorized", "no basic auth credentials", "authentication required", "401 unauthorized"]
+        .iter()
+        .any(|needle| message.contains(needle))
+}
+
 /// Whether a daemon's pull error means the image (or repository, or tag) does not exist.
 pub(crate) fn means_missing_image(message: &str) -> bool {
     let message = message.to_ascii_lowercase();

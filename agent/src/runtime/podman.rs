@@ -7,12 +7,11 @@ use std::time::Duration;
 use diplo_api::fingerprint::RuntimeReport;
 use diplo_api::runtime::Runtime;
 
-use super::RegistryConfig;
 use super::docker::{DockerRuntime, probe_docker_api};
 
 /// The Podman service on `socket` (a path, or `unix://path`) as a container runtime;
 /// see [`DockerRuntime::connect`] (nothing is sent before the first operation).
-pub fn connect(socket: &str, registry: RegistryConfig) -> DockerRuntime {
+pub fn connect(socket: &str, registry: impl Into<crate::registry::SharedRegistry>) -> DockerRuntime {
     DockerRuntime::connect(socket, registry, Runtime::Podman)
 }
 
@@ -37,7 +36,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_socket_makes_the_driver_unavailable() {
-        use crate::runtime::{ContainerRuntime, RuntimeError};
+        use crate::runtime::{ContainerRuntime, RegistryConfig, RuntimeError};
         let podman = connect("unix:///nonexistent/podman.sock", RegistryConfig::default());
         assert_eq!(podman.runtime(), Runtime::Podman);
         assert_eq!(podman.socket(), "/nonexistent/podman.sock");

@@ -95,6 +95,7 @@ pub fn session_message(message: SessionMessage) -> pb::ControlMessage {
             heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
         }),
         SessionMessage::Command(command) => pb::control_message::Body::Command(command.as_ref().into()),
+        SessionMessage::Registry(config) => pb::control_message::Body::Registry(config.to_settings()),
     };
     pb::ControlMessage { body: Some(body) }
 }

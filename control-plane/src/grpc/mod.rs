@@ -9,6 +9,7 @@ mod containers;
 mod convert;
 mod deployments;
 mod incoming;
+mod registries;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use diplo_api::pb::cluster_service_server::ClusterServiceServer;
 use diplo_api::pb::container_service_server::ContainerServiceServer;
 use diplo_api::pb::deployment_service_server::DeploymentServiceServer;
 use diplo_api::pb::event_service_server::EventServiceServer;
+use diplo_api::pb::registry_service_server::RegistryServiceServer;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -108,6 +110,7 @@ pub async fn serve(
         .add_service(limited!(ContainerServiceServer::new(containers::ContainerApi::new(control_plane.clone()))))
         .add_service(limited!(DeploymentServiceServer::new(deployments::DeploymentApi::new(control_plane.clone()))))
         .add_service(limited!(BuildServiceServer::new(builds::BuildApi::new(control_plane.clone()))))
+        .add_service(limited!(RegistryServiceServer::new(registries::RegistryApi::new(control_plane.clone()))))
         .add_service(limited!(EventServiceServer::new(deployments::DeploymentApi::new(control_plane))))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

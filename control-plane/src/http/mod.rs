@@ -6,6 +6,7 @@ mod containers;
 mod deployments;
 mod error;
 pub mod fuzz;
+mod registries;
 mod status;
 pub mod tls;
 
@@ -44,6 +45,8 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/containers/{id}/restart", post(containers::restart))
         .route("/api/v1/containers/{id}/exec", post(containers::exec))
         .route("/api/v1/runtime/info", get(containers::runtime_info))
+        .route("/api/v1/registries", get(registries::list).post(registries::login))
+        .route("/api/v1/registries/{registry}", axum::routing::delete(registries::logout))
         .route("/api/{runtime}/status", get(containers::runtime_status))
         .route("/api/unified/deploy", post(deployments::deploy))
         .route("/api/deploy", post(deployments::deploy))

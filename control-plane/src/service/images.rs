@@ -79,6 +79,15 @@ impl PlatformCache {
         Arc::new(PlatformCache { client, client_error, entries: Mutex::new(HashMap::new()) })
     }
 
+    /// Uses `config` (insecure registries, credentials) from now on; what was cached is
+    /// forgotten, as new credentials may open images refused before.
+    pub fn set_registry_config(&self, config: RegistryConfig) {
+        if let Some(client) = &self.client {
+            client.set_config(config);
+        }
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
     /// The platforms of `image`: cached when fresh; when stale, the cached answer while a
     /// refresh runs in the background; asked now (at most [`LOOKUP_TIMEOUT`]) only the
     /// first time.
@@ -183,6 +192,9 @@ impl PlatformCache {
                 (PlatformLookup::Known(pairs), Some(digest))
             }
             Ok(Err(RegistryError::NotFound(reference))) => (PlatformLookup::UnknownImage(reference), None),
+            // Registries answer 401 for images that do not exist as well (Docker Hub does
+            // for any unknown repository): an image refused is treated as unknown.
+            Ok(Err(RegistryError::Unauthorized(reference))) => (PlatformLookup::UnknownImage(reference), None),
             Ok(Err(err)) => (PlatformLookup::Unavailable(err.to_string()), None),
             Err(_) => (PlatformLookup::Unavailable(format!("the registry of {reference} did not answer within {LOOKUP_TIMEOUT:?}")), None),
         }
@@ -231,5 +243,27 @@ mod tests {
         let closed = cache.lookup("127.0.0.1:1/x/y:latest").await;
         assert!(matches!(&closed, PlatformLookup::Unavailable(why) if why.contains("cannot reach registry")), "{closed:?}");
         assert_eq!(closed.platforms(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn private_images_are_read_with_the_credentials_set_later() {
+        use diplo_api::registry::RegistryCredential;
+        let mut registry = match diplo_tests::private_registry::PrivateRegistry::start() {
+            Ok(registry) => registry,
+            Err(err) => return diplo_tests::skip_or_fail(&format!("no private registry: {err:#}")),
+        };
+        let image = registry.push(&diplo_tests::unique_name("platforms")).expect("push to the private registry");
+        let cache = PlatformCache::new(RegistryConfig::default());
+        // Refused without a credential: treated as an unknown image, as before.
+        assert_eq!(cache.lookup_fresh(&image).await, PlatformLookup::UnknownImage(image.clone()));
+        let mut config = RegistryConfig::default();
+        config
+            .credentials
+            .insert(registry.addr.clone(), RegistryCredential { username: registry.username.clone(), password: registry.password.clone() });
+        cache.set_registry_config(config);
+        match cache.lookup(&image).await {
+            PlatformLookup::Known(platforms) => assert!(platforms.iter().all(|(os, _)| os == "linux"), "{platforms:?}"),
+            other => panic!("with the credential: {other:?}"),
+        }
     }
 }

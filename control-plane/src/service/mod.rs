@@ -8,6 +8,7 @@ mod deployments;
 mod images;
 mod instances;
 mod reconciler;
+mod registries;
 mod source;
 mod tokens;
 
@@ -21,6 +22,7 @@ pub use deployments::{DeployInput, Deployed, DeploymentView, HIDDEN_ENV_VALUE, v
 pub use images::{PLATFORMS_TTL, PlatformCache, PlatformLookup};
 pub use instances::{InstanceUsage, InstanceView};
 pub use reconciler::{CommandSink, Fit, RECONCILE_PERIOD};
+pub use registries::{RegistryLogin, RegistryLoginRequest, check_registry_name};
 pub use tokens::{ApiTokenCache, CreatedApiToken, CreatedJoinToken, DEFAULT_JOIN_TOKEN_TTL, NewApiToken};
 
 use std::sync::Arc;
@@ -125,6 +127,8 @@ pub struct ControlPlane {
     image_platforms: Arc<images::PlatformCache>,
     /// Builds not finished yet: their output and followers.
     builds: builds::LiveBuilds,
+    /// Registry settings (flags and stored credentials), as agents get them.
+    registry_settings: registries::RegistrySettings,
 }
 
 impl ControlPlane {
@@ -138,6 +142,8 @@ impl ControlPlane {
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let api_tokens = tokens::ApiTokenCache::new(store.list_api_tokens().await?);
         let join_limiter = RateLimiter::new(config.join_rate_limit, Duration::from_secs(60));
+        let seal = registries::PasswordSeal::open_or_create(&config.data_dir)?;
+        let registry = registries::load(&config, store.as_ref(), &seal).await?;
         let control_plane = Arc::new(ControlPlane {
             config,
             store,
@@ -150,7 +156,8 @@ impl ControlPlane {
             api_tokens,
             join_limiter,
             refusal_audit: AuditLimiter::new(REFUSAL_EVENTS_PER_MINUTE, Duration::from_secs(60)),
-            image_platforms: images::PlatformCache::new(diplo_api::registry::RegistryConfig::default()),
+            image_platforms: images::PlatformCache::new(registry.clone()),
+            registry_settings: registries::RegistrySettings::new(registry, seal),
             builds: Default::default(),
         });
         control_plane.fail_interrupted_builds().await?;
@@ -314,11 +321,15 @@ impl ControlPlane {
         let welcome = SessionMessage::Welcome { node_id: node_id.clone(), heartbeat_interval: self.config.heartbeat_interval };
         // The channel is new and empty: this cannot fail for lack of room.
         let _ = tx.try_send(welcome);
+        let registry_tx = tx.clone();
         let replaced = self.nodes.session(node_id).map(|(session, _)| session);
         let session = self
             .nodes
             .connect(node_id, tx)
             .ok_or_else(|| ServiceError::PermissionDenied(format!("node {node_id} is not a member of this cluster")))?;
+        // Read once the session is reachable by `registry_changed`: never older than
+        // what a concurrent change sends it.
+        let _ = registry_tx.try_send(self.registry_message());
         // The agent left its previous session: nothing sent on it can be answered any more.
         if let Some(replaced) = replaced {
             self.end_session_commands(node_id, replaced);

@@ -342,4 +342,18 @@ impl Store for CachedStore {
     async fn get_build_log(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
         self.inner.get_build_log(id).await
     }
+
+    // ---- registry credentials (rarely read: not cached) ----
+
+    async fn set_registry_credential(&self, credential: &crate::model::RegistryCredentialRecord) -> StoreResult<bool> {
+        self.inner.set_registry_credential(credential).await
+    }
+
+    async fn list_registry_credentials(&self) -> StoreResult<Vec<crate::model::RegistryCredentialRecord>> {
+        self.inner.list_registry_credentials().await
+    }
+
+    async fn delete_registry_credential(&self, registry: &str) -> StoreResult<bool> {
+        self.inner.delete_registry_credential(registry).await
+    }
 }

@@ -674,6 +674,50 @@ macro_rules! impl_store {
                     Ok(log)
                 }
 
+                // ---- registry credentials ----
+
+                async fn set_registry_credential(
+                    &self,
+                    credential: &$crate::model::RegistryCredentialRecord,
+                ) -> StoreResult<bool> {
+                    let mut tx = self.pool.begin().await?;
+                    let existed = sqlx::query("SELECT 1 FROM registry_credentials WHERE registry = $1")
+                        .bind(&credential.registry)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .is_some();
+                    sqlx::query(
+                        "INSERT INTO registry_credentials (registry, username, password, updated_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (registry) DO UPDATE SET \
+                         username = excluded.username, password = excluded.password, \
+                         updated_at = excluded.updated_at",
+                    )
+                    .bind(&credential.registry)
+                    .bind(&credential.username)
+                    .bind(&credential.password)
+                    .bind(millis(credential.updated_at))
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(!existed)
+                }
+
+                async fn list_registry_credentials(
+                    &self,
+                ) -> StoreResult<Vec<$crate::model::RegistryCredentialRecord>> {
+                    self.fetch_all(
+                        "SELECT registry, username, password, updated_at \
+                         FROM registry_credentials ORDER BY registry",
+                        $crate::store::rows::registry_credential_from_row,
+                    )
+                    .await
+                }
+
+                async fn delete_registry_credential(&self, registry: &str) -> StoreResult<bool> {
+                    self.execute_keyed("DELETE FROM registry_credentials WHERE registry = $1", registry)
+                        .await
+                }
+
                 $($specific)*
             }
         };

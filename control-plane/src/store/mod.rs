@@ -207,6 +207,16 @@ pub trait Store: Send + Sync + 'static {
     async fn save_build_log(&self, id: &str, log: &[u8]) -> StoreResult<bool>;
     /// A build's stored output; `None` when there is no such build.
     async fn get_build_log(&self, id: &str) -> StoreResult<Option<Vec<u8>>>;
+
+    // ---- registry credentials ----
+
+    /// Stores the credential for its registry, replacing one there was; `true` when
+    /// there was none.
+    async fn set_registry_credential(&self, credential: &crate::model::RegistryCredentialRecord) -> StoreResult<bool>;
+    /// Every stored registry credential, by registry name.
+    async fn list_registry_credentials(&self) -> StoreResult<Vec<crate::model::RegistryCredentialRecord>>;
+    /// Deletes the credential for `registry`; `false` when there was none.
+    async fn delete_registry_credential(&self, registry: &str) -> StoreResult<bool>;
 }
 
 /// Opens the store a URL names and runs its migrations, without taking the writer lock

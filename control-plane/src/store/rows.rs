@@ -216,6 +216,16 @@ pub(super) fn api_token_from_row<R: StoreRow>(row: &R) -> StoreResult<ApiTokenRe
     })
 }
 
+/// Decodes a row of `registry_credentials` (all its columns).
+pub(super) fn registry_credential_from_row<R: StoreRow>(row: &R) -> StoreResult<crate::model::RegistryCredentialRecord> {
+    Ok(crate::model::RegistryCredentialRecord {
+        registry: row.column("registry")?,
+        username: row.column("username")?,
+        password: row.column("password")?,
+        updated_at: time("registry_credentials.updated_at", row.column("updated_at")?)?,
+    })
+}
+
 /// Decodes a row of `events` (all its columns).
 pub(super) fn event_from_row<R: StoreRow>(row: &R) -> StoreResult<EventRecord> {
     Ok(EventRecord {

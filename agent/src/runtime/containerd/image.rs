@@ -279,6 +279,7 @@ impl ContainerdRuntime {
 
     /// Pulls `reference` from its registry into the content store, records and unpacks it.
     async fn pull_leased(&self, lease: &Lease, reference: &Reference) -> RuntimeResult<()> {
+        self.registry.set_config(self.registry_settings.current());
         let mut fetched = self.registry.manifest(reference, reference.manifest_reference()).await?;
         if is_index(&fetched.media_type) {
             let index: Index = parse_json(&fetched.bytes, "image index")?;

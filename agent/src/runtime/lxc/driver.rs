@@ -59,8 +59,9 @@ use super::config::{self, BlockInputs, CgroupVersion, ImageLines, InfoOutput, Lx
 use super::image;
 use super::logs::{self, LogFiles};
 use crate::port_publisher::PortPublisher;
+use crate::registry::SharedRegistry;
 use crate::runtime::docker::{describe_io, describe_timeout};
-use crate::runtime::{ContainerRuntime, RegistryConfig, RuntimeError, RuntimeResult, RuntimeStream, rootfs};
+use crate::runtime::{ContainerRuntime, RuntimeError, RuntimeResult, RuntimeStream, rootfs};
 
 /// `diplo.deployment` of a container created on its own.
 const DIRECT_DEPLOYMENT: &str = "direct";
@@ -132,7 +133,7 @@ struct CpuSample {
 pub struct LxcRuntime {
     lxc_path: PathBuf,
     image_cache: PathBuf,
-    registry: RegistryConfig,
+    registry: SharedRegistry,
     publisher: Arc<PortPublisher>,
     network: LxcNetwork,
     cgroup_root: PathBuf,
@@ -185,12 +186,13 @@ fn elf_has_no_interpreter(head: &[u8]) -> bool {
 
 impl LxcRuntime {
     /// A driver for containers under `lxc_path` (normally [`DEFAULT_LXC_PATH`]) keeping
-    /// pulled images under `image_cache`, publishing ports with `publisher`.
-    pub fn new(lxc_path: PathBuf, image_cache: PathBuf, registry: RegistryConfig, publisher: Arc<PortPublisher>) -> Self {
+    /// pulled images under `image_cache`, publishing ports with `publisher`. Pulls use
+    /// the settings `registry` holds at the time of each pull.
+    pub fn new(lxc_path: PathBuf, image_cache: PathBuf, registry: impl Into<SharedRegistry>, publisher: Arc<PortPublisher>) -> Self {
         LxcRuntime {
             lxc_path,
             image_cache,
-            registry,
+            registry: registry.into(),
             publisher,
             network: LxcNetwork::default(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
@@ -342,14 +344,26 @@ impl LxcRuntime {
         if image::layout_present(&layout) {
             return Ok(layout);
         }
-        let insecure = image::registry_of(reference).is_some_and(|registry| self.registry.is_insecure(registry));
+        let settings = self.registry.current();
+        let registry = image::registry_of(reference).unwrap_or(diplo_api::registry::DOCKER_HUB);
         let source = format!("docker://{reference}");
         let mut args: Vec<&str> = vec!["copy", "--quiet"];
-        if insecure {
+        if settings.is_insecure(registry) {
             args.push("--src-tls-verify=false");
         }
+        // The credential goes to skopeo in a 0600 file removed after the copy, never on argv.
+        let authfile = match settings.credential(registry) {
+            Some(credential) => Some(image::AuthFile::write(&self.image_cache, registry, credential)?),
+            None => None,
+        };
+        let authfile_arg = authfile.as_ref().map(|file| format!("--src-authfile={}", file.path().display()));
+        if let Some(arg) = &authfile_arg {
+            args.push(arg);
+        }
         args.push(&source);
-        self.fill_layout(&layout, &[args], reference, false).await?;
+        let filled = self.fill_layout(&layout, &[args], reference, false).await;
+        drop(authfile);
+        filled?;
         Ok(layout)
     }
 
@@ -379,8 +393,15 @@ impl LxcRuntime {
                 break;
             }
             let stderr = String::from_utf8_lossy(&output.stderr);
+            let message = image::skopeo_message(&stderr);
+            if crate::runtime::docker_api::means_unauthorized(&stderr) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                let message =
+                    if message.to_ascii_lowercase().contains("unauthorized") { message } else { format!("unauthorized: {message}") };
+                return Err(failed(format!("cannot get image {reference}: {message}")));
+            }
             not_found_seen |= image::is_not_found(&stderr);
-            messages.push(image::skopeo_message(&stderr));
+            messages.push(message);
             let _ = std::fs::remove_dir_all(&tmp);
         }
         if !messages.is_empty() {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::runtime::{RuntimeError, RuntimeResult};
+
 /// The tag every cached layout stores its one image under.
 pub(super) const CACHE_TAG: &str = "latest";
 
@@ -28,6 +30,38 @@ pub(super) fn cache_dir_name(reference: &str) -> String {
         normalized.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') { c } else { '_' }).take(80).collect();
     let digest = hex::encode(Sha256::digest(normalized.as_bytes()));
     format!("{readable}-{}", &digest[..16])
+}
+
+/// A containers-auth.json (`{"auths": {registry: {"auth": base64(user:password)}}}`)
+/// for skopeo's `--src-authfile`: written 0600 under a fresh name, removed when dropped.
+pub(super) struct AuthFile {
+    path: PathBuf,
+}
+
+impl AuthFile {
+    /// Writes the file for `credential` of `registry` in `dir`.
+    pub(super) fn write(dir: &Path, registry: &str, credential: &diplo_api::registry::RegistryCredential) -> RuntimeResult<Self> {
+        let failed = |message: String| RuntimeError::Failed { runtime: diplo_api::runtime::Runtime::Lxc, message };
+        use base64::Engine as _;
+        std::fs::create_dir_all(dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(format!(".auth-{}-{:016x}.json", std::process::id(), rand::random::<u64>()));
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", credential.username, credential.password));
+        let text = serde_json::json!({ "auths": { registry: { "auth": auth } } }).to_string();
+        diplo_api::files::write_private(&path, &text)
+            .map_err(|e| failed(format!("cannot write the registry credential file {}: {e}", path.display())))?;
+        Ok(AuthFile { path })
+    }
+
+    /// Where it is.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for AuthFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Whether skopeo's error text means the image does not exist (as opposed to the
