@@ -134,6 +134,7 @@ conformance!(
     deployments_save_and_revisions,
     deployments_save_conflicts,
     deployments_status_is_compare_and_set,
+    deployments_store_every_status,
     deployments_delete_cascades,
     instances_insert_list,
     instances_insert_is_atomic,
@@ -964,6 +965,29 @@ mod cases {
         assert_eq!(get_deployment(&*store, "d-2").await, deployment("d-2", "api", None));
         assert_eq!(get_deployment(&*store, "web").await.id, "d-1");
         assert_eq!(store.get_revision("d-2", 2).await.expect("revision"), None);
+    }
+
+    /// Every status a deployment can have is stored and read back, the statuses of a
+    /// deployment built from source (revision 0 while building) included.
+    pub async fn deployments_store_every_status(store: Arc<dyn Store>) {
+        let mut record = deployment("d-1", "web", None);
+        record.revision = 0;
+        record.spec.container.image = String::new();
+        record.status = DeploymentStatus::Building;
+        store.create_deployment(&record).await.expect("create while building");
+        assert_eq!(get_deployment(&*store, "d-1").await, record);
+        for status in [
+            DeploymentStatus::Failed,
+            DeploymentStatus::Building,
+            DeploymentStatus::Deploying,
+            DeploymentStatus::Running,
+            DeploymentStatus::Degraded,
+            DeploymentStatus::Deleting,
+        ] {
+            record.status = status;
+            store.save_deployment(&record).await.expect("save");
+            assert_eq!(get_deployment(&*store, "d-1").await.status, status);
+        }
     }
 
     /// A status computed from a read is written only while the row is as read: a scale

@@ -245,10 +245,19 @@ fn runtime_choice_follows_each_nodes_platform_and_a_forced_runtime_needs_a_node(
 
     let bad = control_plane.rest("POST", "/api/unified/deploy", Some(json!({"name": "x", "image": IMAGE, "replicas": -1})));
     assert_eq!(bad.status, 400, "{}", bad.body);
-    let no_image =
-        control_plane.rest("POST", "/api/unified/deploy", Some(json!({"name": "x", "repo_url": "file:///nonexistent/repo.git"})));
-    assert_eq!(no_image.status, 400, "{}", no_image.body);
-    assert!(no_image.body.contains("image"), "{}", no_image.body);
+    let both = control_plane.rest(
+        "POST",
+        "/api/unified/deploy",
+        Some(json!({"name": "x", "image": IMAGE, "repo_url": "file:///srv/repos/app.git"})),
+    );
+    assert_eq!(both.status, 400, "{}", both.body);
+    assert!(both.body.contains("repo_url"), "{}", both.body);
+    let hostile = control_plane.rest("POST", "/api/unified/deploy", Some(json!({"name": "x", "repo_url": "--upload-pack=touch /tmp/x"})));
+    assert_eq!(hostile.status, 400, "{}", hostile.body);
+    assert!(hostile.body.contains("repo_url"), "{}", hostile.body);
+    let neither = control_plane.rest("POST", "/api/unified/deploy", Some(json!({"name": "x"})));
+    assert_eq!(neither.status, 400, "{}", neither.body);
+    assert_eq!(control_plane.rest_json("/api/v1/deployments"), json!([]), "nothing was committed");
 }
 
 /// `VERSION` of every container of a deployment, as Docker reports their environment.

@@ -44,13 +44,15 @@ impl SqliteStore {
         let connect_error = |reason: String| StoreError::Connect { url: mask_password(url), reason };
         let options = Self::options(url)?;
         Self::prepare_path(url)?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(|e| connect_error(e.to_string()))?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let pool =
+            || SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options.clone());
+        // Migrations on a pool of their own: a migration that edits the schema's text
+        // (SQLite cannot alter a CHECK constraint otherwise) leaves the connection that
+        // ran it with the old schema in memory; the store's pool is opened afterwards.
+        let migrations = pool().await.map_err(|e| connect_error(e.to_string()))?;
+        sqlx::migrate!("./migrations/sqlite").run(&migrations).await?;
+        migrations.close().await;
+        let pool = pool().await.map_err(|e| connect_error(e.to_string()))?;
         Ok(SqliteStore { pool })
     }
 
