@@ -20,18 +20,35 @@ pub struct Executor {
     node_id: String,
     runtimes: BTreeMap<Runtime, Arc<dyn ContainerRuntime>>,
     host_paths: HostPathPolicy,
+    builds: Option<crate::build::Builds>,
 }
 
 impl Executor {
     /// An executor for `node_id` over the given drivers, allowing no host bind mount.
     pub fn new(node_id: String, runtimes: Vec<Arc<dyn ContainerRuntime>>) -> Self {
-        Executor { node_id, runtimes: runtimes.into_iter().map(|r| (r.runtime(), r)).collect(), host_paths: HostPathPolicy::default() }
+        Executor {
+            node_id,
+            runtimes: runtimes.into_iter().map(|r| (r.runtime(), r)).collect(),
+            host_paths: HostPathPolicy::default(),
+            builds: None,
+        }
     }
 
     /// The same executor, letting containers bind-mount the host paths `policy` allows.
     pub fn with_host_paths(mut self, policy: HostPathPolicy) -> Self {
         self.host_paths = policy;
         self
+    }
+
+    /// The same executor, running the builds it is sent with `builds`.
+    pub fn with_builds(mut self, builds: crate::build::Builds) -> Self {
+        self.builds = Some(builds);
+        self
+    }
+
+    /// This node's builds, when it runs any.
+    pub fn builds(&self) -> Option<&crate::build::Builds> {
+        self.builds.as_ref()
     }
 
     /// Refuses a container whose bind mounts reach outside the host path allowlist,

@@ -453,6 +453,10 @@ fn spawn_command(
             }
         };
         tracing::info!(request_id = %command.request_id, runtime = %command.runtime, op = ?std::mem::discriminant(&command.op), "command");
+        if matches!(command.op, CommandOp::Build(_) | CommandOp::CancelBuild(_)) {
+            build_command(command, &executor, client, session, node_id).await;
+            return;
+        }
         if let CommandOp::Logs { id, options } = &command.op
             && options.follow
         {
@@ -472,6 +476,51 @@ fn spawn_command(
         let result = command_result(&command.request_id, &node_id, command.runtime, &outcome);
         let _ = session.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Result(result)) }).await;
     });
+}
+
+/// A build command: a build is acknowledged at once (or refused), its output streamed
+/// like a followed log, and its report sent up the session before that output ends; a
+/// cancellation is answered at once.
+async fn build_command(
+    command: AgentCommand,
+    executor: &Executor,
+    client: AgentServiceClient<tonic::transport::Channel>,
+    session: mpsc::Sender<pb::AgentMessage>,
+    node_id: String,
+) {
+    use diplo_api::command::{CommandError, CommandErrorCode};
+    let builds = executor
+        .builds()
+        .cloned()
+        .ok_or_else(|| CommandError { code: CommandErrorCode::FailedPrecondition, message: "this node runs no builds".into() });
+    let (outcome, output) = match (command.op, builds) {
+        (_, Err(refused)) => (Err(refused), None),
+        (CommandOp::Build(spec), Ok(builds)) => {
+            let reports = session.clone();
+            let on_report: crate::build::OnReport = Box::new(move |report| {
+                Box::pin(async move {
+                    let message = pb::AgentMessage { body: Some(pb::agent_message::Body::BuildReport(pb::BuildReport::from(&report))) };
+                    if reports.send(message).await.is_err() {
+                        tracing::warn!(build = %report.build_id, "session closed before the build report could be sent");
+                    }
+                })
+            });
+            match builds.start(*spec, builds.registry(), on_report) {
+                Ok(stream) => (Ok(CommandOutput::default()), Some(stream)),
+                Err(refused) => (Err(refused), None),
+            }
+        }
+        (CommandOp::CancelBuild(id), Ok(builds)) => (builds.cancel(&id).map(|()| CommandOutput::default()), None),
+        (_, Ok(_)) => return,
+    };
+    if let Err(err) = &outcome {
+        tracing::warn!(request_id = %command.request_id, error = %err.message, "build command refused");
+    }
+    let result = command_result(&command.request_id, &node_id, command.runtime, &outcome);
+    let _ = session.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Result(result)) }).await;
+    if let Some(stream) = output {
+        forward_output(client, command.request_id.clone(), stream).await;
+    }
 }
 
 /// Streams a command's output to the control plane until either side stops. The
