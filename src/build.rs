@@ -11,6 +11,12 @@ use std::time::Duration;
 use crate::pb;
 use crate::wire::WireError;
 
+pub mod detect;
+pub mod template;
+
+pub use detect::{Detection, DirRepo, Framework, Language, MemoryRepo, PackageManager, RepoFiles, detect};
+pub use template::{BaseImages, Rendered, TemplateOptions, default_images, parse_base_images, render, supported_languages};
+
 /// Longest repository URL accepted.
 pub const MAX_REPO_URL: usize = 2048;
 /// Longest branch name accepted.
