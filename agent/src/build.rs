@@ -7,6 +7,7 @@
 //! left.
 
 pub mod buildah;
+pub mod compose;
 pub mod git;
 pub mod log;
 pub mod redact;
@@ -305,39 +306,132 @@ pub struct Plan {
     pub detected_from: String,
 }
 
-/// Decides what to build from the cloned repository `repo`.
+/// Name of the Dockerfile a template is rendered into, at the repository root.
+pub const RENDERED_DOCKERFILE: &str = ".diplo.Dockerfile";
+
+/// Decides what to build from the cloned repository `repo`: the repository's own
+/// Dockerfile (or compose file), else the language detected (or given) and its
+/// template, rendered into [`RENDERED_DOCKERFILE`].
 pub fn plan(spec: &BuildSpec, repo: &Path) -> Result<Plan, String> {
-    let given_language = spec.language.clone().unwrap_or_default();
-    let single = |dockerfile: String, build_args: BTreeMap<String, String>| Target {
+    use diplo_api::build::detect::{DirRepo, Language, RepoFiles, detect, spec_language};
+    use diplo_api::build::template::{TemplateOptions, render};
+    let single = |dockerfile: &str, build_args: BTreeMap<String, String>| Target {
         service: None,
         image: spec.image.clone(),
         context: String::new(),
-        dockerfile,
+        dockerfile: dockerfile.to_owned(),
         build_args,
+    };
+    let files = DirRepo::new(repo);
+    let compose = |path: &str, only: &str, detected_from: String| -> Result<Plan, String> {
+        let path = if path.is_empty() { "docker-compose.yml" } else { path };
+        workspace::resolve_file(repo, path, "compose_config.compose_file")?;
+        let text = files.read(path).ok_or_else(|| format!("compose_config.compose_file {path:?} cannot be read (larger than 1 MiB?)"))?;
+        let targets = compose::targets(&text, path, &spec.image, only)?;
+        Ok(Plan { targets, language: Language::Compose.as_str().into(), detected_from })
     };
     match &spec.buildpack {
         Buildpack::Dockerfile { path, build_args } => {
             let path = if path.is_empty() { "Dockerfile" } else { path.as_str() };
             workspace::resolve_file(repo, path, "dockerfile_config.dockerfile_path")?;
             Ok(Plan {
-                targets: vec![single(path.to_owned(), build_args.clone())],
-                language: given_language,
+                targets: vec![single(path, build_args.clone())],
+                language: Language::Dockerfile.as_str().into(),
                 detected_from: path.to_owned(),
             })
         }
-        Buildpack::Detect => match workspace::resolve_file(repo, "Dockerfile", "Dockerfile") {
-            Ok(_) => Ok(Plan {
-                targets: vec![single("Dockerfile".into(), BTreeMap::new())],
-                language: given_language,
-                detected_from: "Dockerfile".into(),
-            }),
-            Err(err) if err.contains("does not exist") => {
-                Err("the repository has no Dockerfile, and language detection is not available on this agent".into())
+        Buildpack::Compose { compose_file, service } => compose(compose_file, service, "compose_config".into()),
+        Buildpack::Detect | Buildpack::Static { .. } | Buildpack::Nixpacks { .. } => {
+            // A Dockerfile in the repository wins over detection; one that is a link is
+            // refused, not skipped.
+            if matches!(spec.buildpack, Buildpack::Detect) && std::fs::symlink_metadata(repo.join("Dockerfile")).is_ok() {
+                workspace::resolve_file(repo, "Dockerfile", "Dockerfile")?;
+                return Ok(Plan {
+                    targets: vec![single("Dockerfile", BTreeMap::new())],
+                    language: spec.language.clone().unwrap_or_else(|| Language::Dockerfile.as_str().into()),
+                    detected_from: "Dockerfile".into(),
+                });
             }
-            Err(err) => Err(err),
-        },
-        other => Err(format!("buildpack_type {:?} is not supported by this agent yet", other.kind())),
+            let detection = detect(&files, spec_language(spec)?)?;
+            match detection.language {
+                Language::Dockerfile => Ok(Plan {
+                    targets: vec![single("Dockerfile", BTreeMap::new())],
+                    language: detection.language.as_str().into(),
+                    detected_from: detection.detected_from,
+                }),
+                Language::Compose => compose(&detection.detected_from, "", detection.detected_from.clone()),
+                _ => {
+                    let rendered = render(&detection, &TemplateOptions::for_spec(spec)?)?;
+                    write_new_file(&repo.join(RENDERED_DOCKERFILE), &rendered.dockerfile)?;
+                    Ok(Plan {
+                        targets: vec![single(RENDERED_DOCKERFILE, BTreeMap::new())],
+                        language: detection.language.as_str().into(),
+                        detected_from: detection.detected_from,
+                    })
+                }
+            }
+        }
     }
+}
+
+/// Writes `text` to a file that must not exist yet (never through a link the
+/// repository planted).
+fn write_new_file(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    file.write_all(text.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Whether a program is on `PATH`.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// The nixpacks buildpack with the `nixpacks` binary: it writes its Dockerfile into
+/// the repository (`.nixpacks/Dockerfile`), which the spec's builder then builds.
+async fn nixpacks_plan(
+    spec: &BuildSpec,
+    repo: &Path,
+    home: &Path,
+    start_command: &str,
+    variables: &BTreeMap<String, String>,
+) -> Result<Plan, String> {
+    let mut args: Vec<String> =
+        vec!["build".into(), repo.display().to_string(), "--out".into(), repo.display().to_string(), "--name".into(), spec.image.clone()];
+    if !start_command.is_empty() {
+        args.push("--start-cmd".into());
+        args.push(start_command.to_owned());
+    }
+    for (name, value) in variables {
+        args.push("--env".into());
+        args.push(format!("{name}={value}"));
+    }
+    let output = tokio::process::Command::new("nixpacks")
+        .args(&args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run nixpacks: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("nixpacks failed: {}", String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    workspace::resolve_file(repo, ".nixpacks/Dockerfile", "nixpacks output")?;
+    Ok(Plan {
+        targets: vec![Target {
+            service: None,
+            image: spec.image.clone(),
+            context: String::new(),
+            dockerfile: ".nixpacks/Dockerfile".into(),
+            build_args: BTreeMap::new(),
+        }],
+        language: "nixpacks".into(),
+        detected_from: "nixpacks".into(),
+    })
 }
 
 async fn execute(
@@ -358,7 +452,14 @@ async fn execute(
     if let Ok(mut slot) = leftovers.commit.lock() {
         *slot = commit.clone();
     }
-    let plan = plan(spec, &repo)?;
+    let plan = match &spec.buildpack {
+        Buildpack::Nixpacks { start_command, variables } if on_path("nixpacks") => {
+            nixpacks_plan(spec, &repo, &workspace.home(), start_command, variables).await?
+        }
+        _ => plan(spec, &repo)?,
+    };
+    log.note(&format!("building as {} (from {})", if plan.language.is_empty() { "given" } else { &plan.language }, plan.detected_from))
+        .await;
     let mut report = BuildReport::failed(&spec.build_id, "");
     report.status = BuildStatus::Succeeded;
     report.commit = commit;

@@ -309,7 +309,7 @@ pub fn registry_of(image: &str) -> String {
 pub fn step_image_id(line: &str) -> Option<&str> {
     let rest = line.trim().strip_prefix("--->").or_else(|| line.trim().strip_prefix("-->"))?.trim();
     let rest = rest.strip_prefix("sha256:").unwrap_or(rest);
-    (rest.len() >= 12 && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(rest)
+    (rest.len() >= 10 && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(rest)
 }
 
 /// The manifest digest in a push status line (`latest: digest: sha256:… size: 528`).
@@ -356,6 +356,7 @@ mod tests {
     fn step_ids_and_digests_are_read_from_output() {
         assert_eq!(step_image_id(" ---> 1a2b3c4d5e6f"), Some("1a2b3c4d5e6f"));
         assert_eq!(step_image_id("--> 0123456789ab"), Some("0123456789ab"));
+        assert_eq!(step_image_id("--> ae07c151456"), Some("ae07c151456"), "Podman's short ids have 11 digits");
         assert_eq!(step_image_id(" ---> Running in 1a2b3c4d5e6f"), None);
         assert_eq!(step_image_id(" ---> Using cache"), None);
         assert_eq!(step_image_id("STEP 1/3: FROM x"), None);
