@@ -13,7 +13,7 @@ pub mod log;
 pub mod redact;
 pub mod workspace;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -190,8 +190,8 @@ struct Leftovers {
     steps: Mutex<Vec<String>>,
     /// Images tagged so far.
     tagged: Mutex<Vec<String>>,
-    /// buildah's working containers before the build.
-    buildah_before: Mutex<Option<HashSet<String>>>,
+    /// The buildah process running, if any.
+    buildah_pid: Mutex<Option<u32>>,
     /// The commit, once cloned.
     commit: Mutex<String>,
 }
@@ -262,13 +262,14 @@ async fn remove_leftovers(config: &BuildConfig, spec: &BuildSpec, registry: &Reg
             engine.remove_leftovers(&steps, None).await;
         }
         Builder::Buildah => {
-            let before = leftovers.buildah_before.lock().ok().and_then(|b| b.clone());
-            if let Some(before) = before {
-                for image in &tagged {
-                    buildah::remove_leftovers(&before, &[], Some(image)).await;
-                }
-                buildah::remove_leftovers(&before, &steps, None).await;
+            let running = leftovers.buildah_pid.lock().ok().and_then(|mut pid| pid.take());
+            if let Some(pid) = running {
+                buildah::terminate(pid).await;
             }
+            for image in &tagged {
+                buildah::remove_leftovers(&[], Some(image)).await;
+            }
+            buildah::remove_leftovers(&steps, None).await;
         }
     }
 }
@@ -525,26 +526,34 @@ async fn build_target(
             (id, pushed)
         }
         Builder::Buildah => {
-            let before = buildah::containers().await;
-            if let Ok(mut slot) = leftovers.buildah_before.lock() {
-                *slot = Some(before);
-            }
             let authfile =
                 buildah::write_auth_file(workspace.root(), registry).map_err(|e| format!("writing the registry auth file: {e}"))?;
             let home = workspace.home();
             for image in &base_images {
                 let insecure = registry.is_insecure(&registry_of(image));
-                buildah::run(&buildah::pull_args(image, insecure, authfile.as_deref()), &home, log, &leftovers.steps)
-                    .await
-                    .map_err(|e| format!("pulling the base image {image}: {e}"))?;
+                buildah::run(
+                    &buildah::pull_args(image, insecure, authfile.as_deref()),
+                    &home,
+                    log,
+                    &leftovers.steps,
+                    &leftovers.buildah_pid,
+                )
+                .await
+                .map_err(|e| format!("pulling the base image {image}: {e}"))?;
             }
             let args = buildah::bud_args(&spec.build_id, &target.image, &dockerfile, &context, &target.build_args, authfile.as_deref());
-            buildah::run(&args, &home, log, &leftovers.steps).await?;
+            buildah::run(&args, &home, log, &leftovers.steps, &leftovers.buildah_pid).await?;
             let pushed = if spec.push {
                 let digestfile = workspace.root().join(format!("digest-{index}"));
                 let insecure = registry.is_insecure(&registry_of(&target.image));
-                buildah::run(&buildah::push_args(&target.image, &digestfile, insecure, authfile.as_deref()), &home, log, &leftovers.steps)
-                    .await?;
+                buildah::run(
+                    &buildah::push_args(&target.image, &digestfile, insecure, authfile.as_deref()),
+                    &home,
+                    log,
+                    &leftovers.steps,
+                    &leftovers.buildah_pid,
+                )
+                .await?;
                 let digest = std::fs::read_to_string(&digestfile).map(|d| d.trim().to_owned()).ok().filter(|d| d.starts_with("sha256:"));
                 Some(digest)
             } else {

@@ -201,6 +201,21 @@ fn untagged_step_images(builder: Builder, log: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether no process whose command line holds `marker` is left within 15 s.
+async fn step_stops(marker: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let found = Command::new("pgrep").args(["-f", marker]).output().is_ok_and(|o| o.status.success());
+        if !found {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 // ------------------------------------------------------------------ happy paths
 
 const DOCKERFILE: &str =
@@ -361,7 +376,8 @@ async fn timeouts_and_cancellations_stop_the_build_and_clean_up() {
         if !available(builder).await {
             continue;
         }
-        let dockerfile = format!("FROM {BASE}\nRUN echo sleeping-{} && sleep 30\n", suffix());
+        let marker = format!("sleeping-{}", suffix());
+        let dockerfile = format!("FROM {BASE}\nRUN echo {marker} && sleep 30\n");
         let repo = Repo::new(&[("Dockerfile", &dockerfile)], &[]);
         let harness = Harness::new(repo.root.path(), None);
         let image = format!("127.0.0.1:5000/diplo-test/slow-{}:v1", suffix());
@@ -380,6 +396,7 @@ async fn timeouts_and_cancellations_stop_the_build_and_clean_up() {
         );
         assert!(harness.workspaces().is_empty(), "{builder}");
         assert!(!image_exists(builder, &image), "{builder}");
+        assert!(step_stops(&marker).await, "{builder}: the step's process was stopped");
 
         // Cancelled once the slow step runs.
         let id = format!("c-{}", suffix());
@@ -416,6 +433,7 @@ async fn timeouts_and_cancellations_stop_the_build_and_clean_up() {
         assert!(started.elapsed() < Duration::from_secs(25), "{builder}");
         assert!(harness.workspaces().is_empty(), "{builder}");
         assert!(matches!(harness.builds.cancel(&id), Err(e) if e.code == CommandErrorCode::NotFound), "{builder}: gone once ended");
+        assert!(step_stops(&marker).await, "{builder}: the step's process was stopped");
     }
 }
 

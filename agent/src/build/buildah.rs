@@ -2,7 +2,7 @@
 //! vectors, never a shell string; credentials in a private auth file, never on the
 //! command line.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -92,8 +92,16 @@ pub fn write_auth_file(dir: &Path, config: &RegistryConfig) -> std::io::Result<O
 }
 
 /// Runs `buildah args`, its output (both streams) going to `log`; step image ids go to
-/// `steps`. Fails with the last lines of output.
-pub async fn run(args: &[String], home: &Path, log: &BuildLog, steps: &Mutex<Vec<String>>) -> Result<(), String> {
+/// `steps`, its process id to `running` while it runs. Fails with the last lines of
+/// output. Dropped before the end (timeout, cancellation), buildah is not killed here:
+/// the caller [`terminate`]s it, so that it removes its working container itself.
+pub async fn run(
+    args: &[String],
+    home: &Path,
+    log: &BuildLog,
+    steps: &Mutex<Vec<String>>,
+    running: &Mutex<Option<u32>>,
+) -> Result<(), String> {
     let mut child = tokio::process::Command::new("buildah")
         .args(args)
         .env_clear()
@@ -102,13 +110,18 @@ pub async fn run(args: &[String], home: &Path, log: &BuildLog, steps: &Mutex<Vec
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run buildah: {}", crate::runtime::docker::describe_io(&e)))?;
+    if let Ok(mut slot) = running.lock() {
+        *slot = child.id();
+    }
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let (_, _, status) =
         tokio::join!(pump(stdout, OutputStream::Stdout, log, steps), pump(stderr, OutputStream::Stderr, log, steps), child.wait());
+    if let Ok(mut slot) = running.lock() {
+        *slot = None;
+    }
     let status = status.map_err(|e| format!("buildah: {e}"))?;
     if status.success() {
         Ok(())
@@ -132,25 +145,48 @@ async fn pump(reader: Option<impl tokio::io::AsyncRead + Unpin>, stream: OutputS
     }
 }
 
-/// Ids of buildah's working containers now.
-pub async fn containers() -> HashSet<String> {
-    let output = tokio::process::Command::new("buildah")
-        .args(["containers", "--quiet", "--notruncate"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await;
-    match output {
-        Ok(output) if output.status.success() => {
-            String::from_utf8_lossy(&output.stdout).lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()
-        }
-        _ => HashSet::new(),
+/// How long buildah may take to clean up after SIGTERM before it is killed.
+const TERMINATE_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Stops a buildah cut short: SIGTERM, on which it stops the step and removes its
+/// working container, then SIGKILL if it is still there after a grace period.
+pub async fn terminate(pid: u32) {
+    signal(pid, "TERM").await;
+    let deadline = tokio::time::Instant::now() + TERMINATE_GRACE;
+    while alive(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if alive(pid) {
+        tracing::warn!(pid, "buildah did not stop within its grace period; killing it (a working container may be left)");
+        signal(pid, "KILL").await;
     }
 }
 
-/// Removes what a failed or cut-short build left: working containers that appeared
-/// since `before`, the untagged images of its steps, and `image` when given.
-pub async fn remove_leftovers(before: &HashSet<String>, steps: &[String], image: Option<&str>) {
+/// Sends a signal with `kill(1)` (the agent has no unsafe code to call kill(2)).
+async fn signal(pid: u32, name: &str) {
+    let _ = tokio::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+}
+
+/// Whether process `pid` still runs (a zombie, ended and not yet collected, does not).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => {
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z" && state != "X")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Removes what a failed or cut-short build left: the untagged images of its steps,
+/// and `image` when given.
+pub async fn remove_leftovers(steps: &[String], image: Option<&str>) {
     let quiet = |args: Vec<String>| async move {
         let _ = tokio::process::Command::new("buildah")
             .args(args)
@@ -161,9 +197,6 @@ pub async fn remove_leftovers(before: &HashSet<String>, steps: &[String], image:
             .status()
             .await;
     };
-    for id in containers().await.difference(before) {
-        quiet(vec!["rm".into(), id.clone()]).await;
-    }
     if let Some(image) = image {
         quiet(vec!["rmi".into(), image.to_owned()]).await;
     }

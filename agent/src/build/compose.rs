@@ -118,8 +118,12 @@ pub fn targets(text: &str, compose_path: &str, image: &str, only: &str) -> Resul
     Ok(targets)
 }
 
-/// `base/relative`, normalising `.` components (`..` is left for the check to refuse).
+/// `base/relative`, normalising `.` components (`..` and absolute paths are left for
+/// the check to refuse).
 fn join(base: &str, relative: &str) -> String {
+    if relative.starts_with('/') {
+        return relative.to_owned();
+    }
     let parts: Vec<&str> = base.split('/').chain(relative.split('/')).filter(|p| !p.is_empty() && *p != ".").collect();
     parts.join("/")
 }
