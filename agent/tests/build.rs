@@ -570,3 +570,27 @@ async fn a_static_site_builds_on_the_busybox_web_server() {
     let out = Command::new("docker").args(["run", "--rm", "--entrypoint", "cat", &image, "/site/index.html"]).output().expect("run");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "<h1>static</h1>\n", "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nixpacks_without_the_binary_uses_templates_with_the_start_command_and_variables() {
+    if !available(Builder::Docker).await {
+        return;
+    }
+    let repo = Repo::new(&[("run.sh", "echo unused\n")], &[]);
+    let harness = Harness::new(repo.root.path(), None);
+    let image = format!("127.0.0.1:5000/diplo-test/nix-{}:v1", suffix());
+    let _images = Images(vec![(Builder::Docker, image.clone())]);
+    let mut build = spec(&format!("n-{}", suffix()), &repo.url, Builder::Docker, &image);
+    build.buildpack = Buildpack::Nixpacks {
+        start_command: "echo started with $GREETING".into(),
+        variables: [("GREETING".to_owned(), "hello-vars".to_owned())].into(),
+    };
+    build.language = Some("generic".into());
+    build.base_images = [("generic".to_owned(), BASE.to_owned())].into();
+    build.push = false;
+    let (report, log) = harness.run(build, RegistryConfig::default()).await;
+    assert_eq!(report.status, BuildStatus::Succeeded, "{report:?}\n{log}");
+    assert_eq!((report.language.as_str(), report.detected_from.as_str()), ("generic", "language"));
+    let out = Command::new("docker").args(["run", "--rm", &image]).output().expect("run");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "started with hello-vars", "{}", String::from_utf8_lossy(&out.stderr));
+}
