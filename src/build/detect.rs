@@ -110,6 +110,7 @@ pub const LANGUAGE_NAMES: &[&str] = &[
     "golang",
     "node",
     "nodejs",
+    "node.js",
     "javascript",
     "js",
     "typescript",
@@ -119,6 +120,7 @@ pub const LANGUAGE_NAMES: &[&str] = &[
     "rust",
     "java",
     "dockerfile",
+    "docker",
     "static",
     "docker-compose",
     "compose",
@@ -312,6 +314,9 @@ impl MemoryRepo {
 
 impl RepoFiles for MemoryRepo {
     fn exists(&self, path: &str) -> bool {
+        if path.is_empty() {
+            return true;
+        }
         let prefix = format!("{path}/");
         self.0.contains_key(path) || self.0.keys().any(|key| key.starts_with(&prefix))
     }
@@ -338,7 +343,10 @@ impl RepoFiles for MemoryRepo {
 /// component of a path is checked with `symlink_metadata`, the file is opened with
 /// `O_NOFOLLOW` and must be a regular file, and at most [`MAX_FILE_BYTES`] are read (a
 /// larger file reads as absent). A hostile repository's `requirements.txt ->
-/// /etc/shadow` is therefore absent, never read.
+/// /etc/shadow` is therefore absent, never read. The checks of the intermediate
+/// directories and the final open are separate steps: the checkout must not change
+/// while it is read (it is the builder's own clone; the repository's content cannot run
+/// before the build starts).
 #[derive(Debug, Clone)]
 pub struct DirRepo {
     root: PathBuf,
@@ -354,7 +362,9 @@ impl DirRepo {
     /// a symbolic link; `None` otherwise (or for an absolute path, `..`, `.`).
     fn resolve(&self, relative: &str) -> Option<(PathBuf, std::fs::Metadata)> {
         let mut path = self.root.clone();
-        let mut meta = std::fs::symlink_metadata(&path).ok()?;
+        // The root is the builder's own choice (it may be reached through a link);
+        // everything under it comes from the repository.
+        let mut meta = std::fs::metadata(&path).ok()?;
         if !meta.is_dir() {
             return None;
         }
@@ -624,7 +634,10 @@ fn examine_node(repo: &dyn RepoFiles, detection: &mut Detection) {
         _ if repo.read("npm-shrinkwrap.json").is_some() => "npm-shrinkwrap.json",
         _ => "package-lock.json",
     };
-    let mut manifests = vec!["package.json".to_owned()];
+    let mut manifests = Vec::new();
+    if repo.read("package.json").is_some() {
+        manifests.push("package.json".to_owned());
+    }
     if repo.read(lock).is_some() {
         manifests.push(lock.to_owned());
     }
@@ -759,4 +772,344 @@ fn django_project(manage_py: &str) -> Option<String> {
     let project = value.strip_suffix(".settings").or_else(|| value.rsplit_once('.').map(|(p, _)| p))?;
     (!project.is_empty() && project.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')))
         .then(|| project.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository's files, for table tests.
+    type Files = &'static [(&'static str, &'static str)];
+
+    fn detected(files: &[(&str, &str)]) -> Detection {
+        detect(&MemoryRepo::of(files), None).unwrap_or_else(|e| panic!("{files:?}: {e}"))
+    }
+
+    #[test]
+    fn every_language_is_detected_from_its_marker() {
+        let cases: &[(Files, Language, &str, Option<PackageManager>, u16)] = &[
+            (&[("Dockerfile", "FROM scratch\nEXPOSE 9000/tcp\n")], Language::Dockerfile, "Dockerfile", None, 9000),
+            (&[("Dockerfile", "FROM scratch\n")], Language::Dockerfile, "Dockerfile", None, 8080),
+            (&[("docker-compose.yml", "services: {}")], Language::Compose, "docker-compose.yml", None, 8080),
+            (&[("docker-compose.yaml", "services: {}")], Language::Compose, "docker-compose.yaml", None, 8080),
+            (&[("compose.yaml", "services: {}")], Language::Compose, "compose.yaml", None, 8080),
+            (&[("compose.yml", "services: {}")], Language::Compose, "compose.yml", None, 8080),
+            (&[("go.mod", "module x\n"), ("main.go", "package main")], Language::Go, "go.mod", Some(PackageManager::GoModules), 8080),
+            (&[("Cargo.toml", "[package]\nname = \"svc\"\n")], Language::Rust, "Cargo.toml", Some(PackageManager::Cargo), 8080),
+            (&[("package.json", "{}")], Language::Node, "package.json", Some(PackageManager::Npm), 3000),
+            (&[("requirements.txt", "requests\n")], Language::Python, "requirements.txt", Some(PackageManager::Pip), 8000),
+            (&[("Pipfile", "[packages]\nrequests = \"*\"\n")], Language::Python, "Pipfile", Some(PackageManager::Pipenv), 8000),
+            (
+                &[("pyproject.toml", "[project]\nname = \"x\"\ndependencies = [\"requests\"]\n")],
+                Language::Python,
+                "pyproject.toml",
+                Some(PackageManager::Pip),
+                8000,
+            ),
+            (
+                &[("pyproject.toml", "[tool.poetry]\nname = \"x\"\n[tool.poetry.dependencies]\npython = \"^3.12\"\n")],
+                Language::Python,
+                "pyproject.toml",
+                Some(PackageManager::Poetry),
+                8000,
+            ),
+            (&[("main.py", "print(1)")], Language::Python, "main.py", None, 8000),
+            (&[("app.py", "print(1)")], Language::Python, "app.py", None, 8000),
+            (&[("pom.xml", "<project/>")], Language::Java, "pom.xml", Some(PackageManager::Maven), 8080),
+            (&[("build.gradle", "plugins {}")], Language::Java, "build.gradle", Some(PackageManager::Gradle), 8080),
+            (&[("build.gradle.kts", "plugins {}")], Language::Java, "build.gradle.kts", Some(PackageManager::Gradle), 8080),
+            (&[("index.html", "<html>")], Language::Static, "index.html", None, 8080),
+            (&[("public/index.html", "<html>")], Language::Static, "public/index.html", None, 8080),
+            (&[("dist/index.html", "<html>")], Language::Static, "dist/index.html", None, 8080),
+            (&[("build/index.html", "<html>")], Language::Static, "build/index.html", None, 8080),
+        ];
+        for (files, language, from, manager, port) in cases {
+            let d = detected(files);
+            assert_eq!((d.language, d.detected_from.as_str(), d.package_manager, d.port), (*language, *from, *manager, *port), "{files:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_marker_in_order_wins() {
+        let all = [
+            ("Dockerfile", "FROM scratch"),
+            ("compose.yaml", "services: {}"),
+            ("go.mod", "module x"),
+            ("Cargo.toml", "[package]\nname = \"x\""),
+            ("package.json", "{}"),
+            ("requirements.txt", "flask"),
+            ("pom.xml", "<project/>"),
+            ("main.py", ""),
+            ("index.html", ""),
+        ];
+        let order =
+            ["Dockerfile", "compose.yaml", "go.mod", "Cargo.toml", "package.json", "requirements.txt", "pom.xml", "main.py", "index.html"];
+        for (skip, expected) in order.iter().enumerate() {
+            let d = detected(&all[skip..]);
+            assert_eq!(d.detected_from, *expected, "markers from {expected} on");
+        }
+        // A Django app with a package.json for its front-end tooling is Node: the order
+        // is fixed; the language field overrides it.
+        let files = [("package.json", "{}"), ("requirements.txt", "django")];
+        assert_eq!(detected(&files).language, Language::Node);
+        let d = detect(&MemoryRepo::of(&files), Some(Language::Python)).expect("given");
+        assert_eq!((d.language, d.detected_from.as_str(), d.framework), (Language::Python, "language", Some(Framework::Django)));
+        // index.html next to a package.json is a Node project (its build makes the site).
+        assert_eq!(detected(&[("package.json", "{}"), ("index.html", "")]).language, Language::Node);
+        // Poetry's pyproject wins over a requirements.txt; a Pipfile wins over a requirements.txt.
+        let poetry = [("pyproject.toml", "[tool.poetry]\nname = \"x\""), ("requirements.txt", "flask")];
+        assert_eq!(detected(&poetry).package_manager, Some(PackageManager::Poetry));
+        assert_eq!(detected(&[("Pipfile", ""), ("requirements.txt", "")]).package_manager, Some(PackageManager::Pipenv));
+        assert_eq!(detected(&[("pyproject.toml", "[project]\nname = \"x\""), ("requirements.txt", "")]).detected_from, "requirements.txt");
+    }
+
+    #[test]
+    fn a_given_language_wins_and_aliases_parse() {
+        let repo = MemoryRepo::of(&[("go.mod", "module x")]);
+        let d = detect(&repo, Some(Language::Static)).expect("given");
+        assert_eq!((d.language, d.detected_from.as_str()), (Language::Static, "language"));
+        let d = detect(&MemoryRepo::default(), Some(Language::Generic)).expect("generic needs no marker");
+        assert_eq!(d.language, Language::Generic);
+        for (name, language) in [
+            ("go", Language::Go),
+            ("golang", Language::Go),
+            ("node", Language::Node),
+            ("nodejs", Language::Node),
+            ("javascript", Language::Node),
+            ("js", Language::Node),
+            ("typescript", Language::Node),
+            ("Python", Language::Python),
+            ("py", Language::Python),
+            ("rust", Language::Rust),
+            ("java", Language::Java),
+            ("dockerfile", Language::Dockerfile),
+            ("static", Language::Static),
+            ("docker-compose", Language::Compose),
+            ("compose", Language::Compose),
+            ("generic", Language::Generic),
+        ] {
+            assert_eq!(name.parse::<Language>(), Ok(language), "{name}");
+        }
+        for language in Language::ALL {
+            assert_eq!(language.as_str().parse::<Language>(), Ok(language));
+        }
+        let err = "cobol".parse::<Language>().unwrap_err();
+        assert!(err.contains("cobol") && err.contains("golang") && err.contains("docker-compose"), "{err}");
+    }
+
+    #[test]
+    fn nothing_detectable_is_an_error_naming_what_was_looked_for() {
+        let err = detect(&MemoryRepo::of(&[("README.md", "hello"), ("src/lib.c", "")]), None).unwrap_err();
+        for looked in ["no detectable language", "Dockerfile", "go.mod", "package.json", "requirements.txt", "pom.xml", "index.html"] {
+            assert!(err.contains(looked), "{looked} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn node_package_managers_and_frameworks() {
+        let cases: &[(Files, PackageManager, &[&str])] = &[
+            (&[("package.json", "{}")], PackageManager::Npm, &["package.json"]),
+            (&[("package.json", "{}"), ("package-lock.json", "{}")], PackageManager::Npm, &["package.json", "package-lock.json"]),
+            (&[("package.json", "{}"), ("yarn.lock", "")], PackageManager::Yarn, &["package.json", "yarn.lock"]),
+            (&[("package.json", "{}"), ("pnpm-lock.yaml", "")], PackageManager::Pnpm, &["package.json", "pnpm-lock.yaml"]),
+            (&[("package.json", r#"{"packageManager":"pnpm@9.1.0"}"#)], PackageManager::Pnpm, &["package.json"]),
+            (&[("package.json", r#"{"packageManager":"yarn@1.22.0"}"#)], PackageManager::Yarn, &["package.json"]),
+        ];
+        for (files, manager, manifests) in cases {
+            let d = detected(files);
+            assert_eq!(d.package_manager, Some(*manager), "{files:?}");
+            assert_eq!(d.hints.manifests, *manifests, "{files:?}");
+        }
+        let berry = detected(&[("package.json", r#"{"packageManager":"yarn@4.5.0"}"#), ("yarn.lock", "")]);
+        assert!(berry.hints.yarn_berry);
+        let berry = detected(&[("package.json", "{}"), (".yarnrc.yml", ""), ("yarn.lock", "")]);
+        assert_eq!((berry.hints.yarn_berry, berry.hints.manifests.len()), (true, 3));
+        // Without package.json (the language given), there is nothing to copy.
+        let bare = detect(&MemoryRepo::of(&[("index.js", "")]), Some(Language::Node)).expect("given");
+        assert!(bare.hints.manifests.is_empty());
+        assert!(!detected(&[("package.json", "{}"), ("yarn.lock", "")]).hints.yarn_berry);
+
+        let next = detected(&[(
+            "package.json",
+            r#"{"dependencies":{"next":"15","react":"19"},"scripts":{"build":"next build","start":"next start"}}"#,
+        )]);
+        assert_eq!((next.framework, next.hints.node_build_script, next.hints.node_start_script), (Some(Framework::Next), true, true));
+        let express = detected(&[("package.json", r#"{"dependencies":{"express":"^4"},"main":"./src/server.js"}"#)]);
+        assert_eq!((express.framework, express.hints.node_main.as_deref()), (Some(Framework::Express), Some("src/server.js")));
+        let dev_only = detected(&[("package.json", r#"{"devDependencies":{"express":"^4"}}"#), ("index.js", "")]);
+        assert_eq!((dev_only.framework, dev_only.hints.node_main.as_deref()), (Some(Framework::Express), Some("index.js")));
+        // Not a dependency named express: a script mentioning it.
+        assert_eq!(detected(&[("package.json", r#"{"scripts":{"start":"node express.js"}}"#)]).framework, None);
+        // A main outside the repository is ignored.
+        assert_eq!(detected(&[("package.json", r#"{"main":"../../etc/passwd"}"#)]).hints.node_main, None);
+        // A broken package.json is still Node, with nothing known.
+        assert_eq!(detected(&[("package.json", "{not json")]).language, Language::Node);
+    }
+
+    #[test]
+    fn python_frameworks_are_package_names_not_substrings() {
+        let framework = |requirements: &str| detected(&[("requirements.txt", requirements)]).framework;
+        let cases: &[(&str, Option<Framework>)] = &[
+            ("flask", Some(Framework::Flask)),
+            ("Flask==3.0.2", Some(Framework::Flask)),
+            ("flask-cors\n", None),
+            ("flask_cors>=4\nrequests", None),
+            ("flask-cors\nflask>=2 ; python_version >= '3.9'\n", Some(Framework::Flask)),
+            ("  FLASK[async] ~= 3.0  # the web framework\n", Some(Framework::Flask)),
+            ("# flask\nrequests", None),
+            ("requests # flask is not used", None),
+            ("-r base.txt\n--index-url https://pypi.example/simple\n-e git+https://x/flask.git#egg=flask\n", None),
+            ("django-environ\n", None),
+            ("Django>=5,<6\ngunicorn\n", Some(Framework::Django)),
+            ("fastapi[standard]==0.115\n", Some(Framework::FastApi)),
+            ("fastapi-utils\n", None),
+            ("flask\nfastapi\n", Some(Framework::FastApi)),
+        ];
+        for (requirements, expected) in cases {
+            assert_eq!(framework(requirements), *expected, "{requirements:?}");
+        }
+    }
+
+    #[test]
+    fn python_manifests_pyproject_poetry_and_pipfile() {
+        let pep621 = detected(&[
+            ("pyproject.toml", "[project]\nname = \"svc\"\ndependencies = [\"FastAPI>=0.110\", \"uvicorn[standard]\"]\n"),
+            ("main.py", ""),
+        ]);
+        assert_eq!((pep621.framework, pep621.package_manager), (Some(Framework::FastApi), Some(PackageManager::Pip)));
+        assert_eq!(pep621.hints.pyproject_requirements, ["FastAPI>=0.110", "uvicorn[standard]"]);
+        assert_eq!(pep621.hints.entry.as_deref(), Some("main.py"));
+        assert_eq!(pep621.port, 8000);
+
+        let poetry = detected(&[
+            ("pyproject.toml", "[tool.poetry]\nname = \"svc\"\n[tool.poetry.dependencies]\npython = \"^3.12\"\nFlask = \"^3\"\n"),
+            ("poetry.lock", ""),
+            ("app.py", ""),
+        ]);
+        assert_eq!((poetry.framework, poetry.package_manager, poetry.port), (Some(Framework::Flask), Some(PackageManager::Poetry), 5000));
+        assert_eq!(poetry.hints.manifests, ["pyproject.toml", "poetry.lock"]);
+        assert!(poetry.hints.pyproject_requirements.is_empty());
+
+        let pipenv = detected(&[("Pipfile", "[packages]\ndjango = \"*\"\n[dev-packages]\nflask = \"*\"\n"), ("Pipfile.lock", "{}")]);
+        assert_eq!((pipenv.framework, pipenv.package_manager), (Some(Framework::Django), Some(PackageManager::Pipenv)));
+        assert_eq!(pipenv.hints.manifests, ["Pipfile", "Pipfile.lock"]);
+
+        let django = detected(&[
+            ("requirements.txt", "django\ngunicorn\n"),
+            ("manage.py", "import os\nos.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')\n"),
+        ]);
+        assert_eq!((django.hints.django_project.as_deref(), django.hints.entry.as_deref()), (Some("mysite"), Some("manage.py")));
+        let hostile = detected(&[
+            ("requirements.txt", "django"),
+            ("manage.py", "os.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", \"a b;rm.settings\")"),
+        ]);
+        assert_eq!(hostile.hints.django_project, None);
+        // A plain script: the file that exists.
+        assert_eq!(detected(&[("requirements.txt", "requests"), ("main.py", "")]).hints.entry.as_deref(), Some("main.py"));
+        assert_eq!(detected(&[("requirements.txt", "requests"), ("app.py", ""), ("main.py", "")]).hints.entry.as_deref(), Some("app.py"));
+    }
+
+    #[test]
+    fn go_rust_and_java_hints() {
+        assert_eq!(detected(&[("go.mod", "module x"), ("go.sum", ""), ("main.go", "")]).hints.manifests, ["go.mod", "go.sum"]);
+        assert_eq!(detected(&[("go.mod", "module x"), ("main.go", "")]).hints.go_package.as_deref(), Some("."));
+        assert_eq!(detected(&[("go.mod", "module x"), ("cmd/server/main.go", "")]).hints.go_package.as_deref(), Some("./cmd/server"));
+        let rust = |toml: &str| detected(&[("Cargo.toml", toml)]).hints.binary;
+        assert_eq!(rust("[package]\nname = \"svc\"\n").as_deref(), Some("svc"));
+        assert_eq!(rust("[package]\nname = \"svc\"\ndefault-run = \"api\"\n").as_deref(), Some("api"));
+        assert_eq!(rust("[package]\nname = \"svc\"\n[[bin]]\nname = \"web\"\npath = \"src/web.rs\"\n").as_deref(), Some("web"));
+        assert_eq!(rust("[workspace]\nmembers = [\"a\"]\n"), None);
+        assert_eq!(rust("[package]\nname = \"$(reboot)\"\n"), None);
+        let cargo = detected(&[("Cargo.toml", "[package]\nname = \"x\""), ("Cargo.lock", "")]);
+        assert_eq!(cargo.hints.manifests, ["Cargo.toml", "Cargo.lock"]);
+        let spring = detected(&[("pom.xml", "<parent><artifactId>spring-boot-starter-parent</artifactId></parent>")]);
+        assert_eq!(spring.framework, Some(Framework::SpringBoot));
+        let gradle = detected(&[("build.gradle.kts", ""), ("settings.gradle.kts", "")]);
+        assert_eq!(gradle.hints.manifests, ["settings.gradle.kts", "build.gradle.kts"]);
+    }
+
+    #[test]
+    fn requirement_names_normalise() {
+        assert_eq!(requirement_name("Flask_SQLAlchemy>=3").as_deref(), Some("flask-sqlalchemy"));
+        assert_eq!(requirement_name("zope.interface").as_deref(), Some("zope-interface"));
+        assert_eq!(requirement_name("uvicorn[standard]@https://x").as_deref(), Some("uvicorn"));
+        assert_eq!(requirement_name("   "), None);
+        assert_eq!(
+            django_project("os.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", \"config.settings.prod\")").as_deref(),
+            Some("config.settings")
+        );
+    }
+
+    #[test]
+    fn dir_repo_never_follows_symbolic_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("main.py"), "print('hi')").expect("write");
+        std::os::unix::fs::symlink("/etc/passwd", root.join("requirements.txt")).expect("symlink");
+        let outside = tempfile::tempdir().expect("outside");
+        std::fs::write(outside.path().join("index.html"), "secret").expect("write");
+        std::fs::write(outside.path().join("go.mod"), "module secret").expect("write");
+        std::os::unix::fs::symlink(outside.path(), root.join("public")).expect("dir symlink");
+        std::os::unix::fs::symlink(outside.path().join("go.mod"), root.join("go.mod")).expect("symlink");
+        std::os::unix::fs::symlink("dangling-target", root.join("Dockerfile")).expect("dangling");
+        let repo = DirRepo::new(root);
+        assert_eq!(repo.read("requirements.txt"), None, "a link to /etc/passwd is never read");
+        assert!(!repo.exists("requirements.txt"));
+        assert_eq!(repo.read("public/index.html"), None, "a linked directory is never entered");
+        assert!(repo.list("public").is_empty());
+        assert_eq!(repo.read("main.py").as_deref(), Some("print('hi')"));
+        for hostile in ["../etc/passwd", "/etc/passwd", "./main.py", "a//b", "main.py/"] {
+            assert_eq!(repo.read(hostile), None, "{hostile}");
+        }
+        // Detection sees the plain script only: the links are absent.
+        let d = detect(&repo, None).expect("detect");
+        assert_eq!((d.language, d.detected_from.as_str(), d.package_manager), (Language::Python, "main.py", None));
+        assert_eq!(repo.list(""), ["Dockerfile", "go.mod", "main.py", "public", "requirements.txt"]);
+    }
+
+    #[test]
+    fn dir_repo_reads_at_most_a_mebibyte() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = "x".repeat(usize::try_from(MAX_FILE_BYTES).expect("size") + 1);
+        std::fs::write(dir.path().join("package.json"), &big).expect("write");
+        std::fs::write(dir.path().join("ok.txt"), "x".repeat(1000)).expect("write");
+        std::fs::create_dir_all(dir.path().join("public/css")).expect("mkdir");
+        std::fs::write(dir.path().join("public/index.html"), "<html>").expect("write");
+        let repo = DirRepo::new(dir.path());
+        assert_eq!(repo.read("package.json"), None, "larger than the limit: absent");
+        std::fs::write(dir.path().join("exact.txt"), &big[1..]).expect("write");
+        assert_eq!(repo.read("exact.txt").map(|t| t.len() as u64), Some(MAX_FILE_BYTES), "the limit itself is read");
+        assert_eq!(repo.read("ok.txt").map(|t| t.len()), Some(1000));
+        assert!(repo.exists("public") && repo.exists("public/index.html") && !repo.exists("public/nope"));
+        assert_eq!(repo.read("public"), None, "a directory is not a file");
+        assert_eq!(repo.list("public"), ["css", "index.html"]);
+        assert_eq!(repo.list("public/index.html"), Vec::<String>::new());
+        // An unreadable package.json is no marker: the site in public/ is found.
+        assert_eq!(detect(&repo, None).expect("detect").language, Language::Static);
+    }
+
+    #[test]
+    fn spec_languages() {
+        use crate::build::{BuildSpec, Builder, Buildpack, DEFAULT_BUILD_TIMEOUT};
+        let mut spec = BuildSpec {
+            build_id: "b".into(),
+            git_repo: "https://h/r".into(),
+            git_branch: None,
+            builder: Builder::Docker,
+            image: "i".into(),
+            push: false,
+            buildpack: Buildpack::Detect,
+            language: Some("javascript".into()),
+            base_images: BTreeMap::new(),
+            timeout: DEFAULT_BUILD_TIMEOUT,
+        };
+        assert_eq!(spec_language(&spec), Ok(Some(Language::Node)));
+        spec.language = Some("cobol".into());
+        assert!(spec_language(&spec).unwrap_err().starts_with("language:"));
+        spec.buildpack = Buildpack::Static { build_command: String::new(), output_dir: String::new() };
+        assert_eq!(spec_language(&spec), Ok(Some(Language::Static)));
+        spec.language = None;
+        spec.buildpack = Buildpack::Detect;
+        assert_eq!(spec_language(&spec), Ok(None));
+    }
 }

@@ -2,9 +2,12 @@
 //!
 //! Every template installs the dependencies from the manifests alone before the source
 //! is copied (a one-line source change reuses those layers), builds in a separate stage
-//! where there is a build step, and runs as the non-root user `10001:10001` (created
-//! with `addgroup`/`adduser` on Alpine and BusyBox images; the `generic` image, whatever
-//! it is, only gets `USER 10001:10001`).
+//! where there is a build step, and runs as the non-root user `10001:10001`: created as
+//! `app` with the image's `useradd`, else BusyBox's `adduser`, else an `/etc/passwd`
+//! line, so a Debian or bare BusyBox mirror of a base image works too; the `static` and
+//! `generic` images, whatever they are, only get `USER 10001:10001` (BusyBox `httpd`
+//! needs no account). Templates use Alpine's `apk` only for `dumb-init` (`node`) and
+//! `musl-dev` (`rust`).
 //!
 //! # Base images
 //!
@@ -155,7 +158,8 @@ pub struct TemplateOptions {
     /// the template exposes and passes to servers it starts.
     pub variables: BTreeMap<String, String>,
     /// Shell command run after the source is copied, in the stage that builds (for a
-    /// static site: the command producing it, in a `static-build` stage).
+    /// static site: the command producing it, in a `static-build` stage; for Node it
+    /// replaces `npm run build`).
     pub build_command: Option<String>,
     /// Static site: the directory served (relative, without `..`).
     pub output_dir: Option<String>,
@@ -310,8 +314,14 @@ fn env_value(value: &str) -> String {
     out
 }
 
-/// The non-root user, created on an Alpine or BusyBox image.
-const ADD_USER: &str = "addgroup -S -g 10001 app && adduser -S -D -H -u 10001 -G app app";
+/// The non-root user `app` (10001:10001, with a home: npm and pip want one), created
+/// with the base image's own tools: `useradd` (Debian, Ubuntu, Alpine with shadow),
+/// else BusyBox's `adduser` (Alpine), else an `/etc/passwd` line (a bare BusyBox).
+const ADD_USER: &str = concat!(
+    "if command -v useradd >/dev/null; then groupadd -g 10001 app && useradd -u 10001 -g app -m -s /sbin/nologin app; \\\n",
+    "    elif command -v adduser >/dev/null; then addgroup -S -g 10001 app && adduser -S -D -u 10001 -G app app; \\\n",
+    "    else echo 'app:x:10001:10001::/tmp:/sbin/nologin' >> /etc/passwd && echo 'app:x:10001:' >> /etc/group; fi",
+);
 
 /// A Dockerfile being written.
 struct Dockerfile<'a> {
@@ -395,7 +405,8 @@ fn go(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port: 
 /// The command installing a Node project's dependencies (`production`: without the
 /// development ones).
 fn node_install(detection: &Detection, production: bool) -> String {
-    let locked = detection.hints.manifests.len() > 1;
+    // A lock file is any manifest but these two.
+    let locked = detection.hints.manifests.iter().any(|name| name != "package.json" && name != ".yarnrc.yml");
     match detection.package_manager {
         Some(PackageManager::Pnpm) => {
             let mut command = "corepack enable && pnpm install".to_owned();
@@ -454,7 +465,8 @@ fn node(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
         );
     };
     let runtime_prelude = |out: &mut Dockerfile<'_>| {
-        out.line(format!("RUN apk add --no-cache dumb-init && {ADD_USER}"));
+        out.line("RUN apk add --no-cache dumb-init");
+        out.line(format!("RUN {ADD_USER}"));
         out.line("WORKDIR /app");
         out.line("ENV NODE_ENV=production");
         out.variables();
@@ -464,7 +476,9 @@ fn node(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
         out.line("WORKDIR /app");
         out.variables();
         out.manifests(&hints.manifests);
-        out.line(format!("RUN {}", node_install(detection, false)));
+        if !hints.manifests.is_empty() {
+            out.line(format!("RUN {}", node_install(detection, false)));
+        }
         out.source();
         if hints.node_build_script && out.user.build_command.is_none() {
             out.line("RUN npm run build");
@@ -476,15 +490,21 @@ fn node(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
         out.from(image, None);
         runtime_prelude(out);
         out.manifests(&hints.manifests);
-        out.line(format!("RUN {}", node_install(detection, true)));
+        if !hints.manifests.is_empty() {
+            out.line(format!("RUN {}", node_install(detection, true)));
+        }
         out.source();
     }
     out.finish(port, Some(&["dumb-init", "--"]), &command);
     Ok(())
 }
 
-/// Python: dependencies installed into `/venv` in a `deps` stage (pip, poetry or
-/// pipenv), copied into the runtime stage before the source; the framework's server.
+/// Python: dependencies installed with `pip install --target /deps` in a `deps` stage
+/// (poetry and pipenv export their lock to a requirements file first), copied into the
+/// runtime stage before the source (`PYTHONPATH=/deps`, scripts in `/deps/bin`); the
+/// framework's server. `--target` rather than a virtual environment: it needs nothing
+/// but `pip`, so a Debian `python3` + `pip` mirror image works as well as the official
+/// one.
 fn python(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port: u16) -> Result<(), String> {
     let image = base.get("python");
     let hints = &detection.hints;
@@ -512,27 +532,33 @@ fn python(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, po
             None => return Err("python: no app.py, main.py, server.py or run.py at the root: give a start command".into()),
         },
     };
-    let install: Option<(Vec<String>, String)> = match detection.package_manager {
-        Some(PackageManager::Poetry) => Some((
-            vec!["python -m venv /opt/poetry && /opt/poetry/bin/pip install --no-cache-dir poetry".to_owned()],
-            "VIRTUAL_ENV=/venv /opt/poetry/bin/poetry install --no-root --only main --no-interaction".to_owned(),
-        )),
-        Some(PackageManager::Pipenv) => {
-            let lock = if hints.manifests.iter().any(|name| name == "Pipfile.lock") { "" } else { "/opt/pipenv/bin/pipenv lock && " };
+    // (tools installed first, their own layer; the command installing the dependencies
+    // into /deps once the manifests are copied)
+    const PIP: &str = "pip install --no-cache-dir --target /deps";
+    let install: Option<(Option<&str>, String)> = match detection.package_manager {
+        Some(PackageManager::Poetry) => {
+            const POETRY: &str = "PYTHONPATH=/opt/poetry /opt/poetry/bin/poetry";
+            let lock = if hints.manifests.iter().any(|name| name == "poetry.lock") { String::new() } else { format!("{POETRY} lock && ") };
             Some((
-                vec!["python -m venv /opt/pipenv && /opt/pipenv/bin/pip install --no-cache-dir pipenv".to_owned()],
-                format!(
-                    "{lock}/opt/pipenv/bin/pipenv requirements > /tmp/requirements.txt && pip install --no-cache-dir -r /tmp/requirements.txt"
-                ),
+                Some("pip install --no-cache-dir --target /opt/poetry poetry poetry-plugin-export"),
+                format!("{lock}{POETRY} export --only main --without-hashes -o /tmp/requirements.txt && {PIP} -r /tmp/requirements.txt"),
+            ))
+        }
+        Some(PackageManager::Pipenv) => {
+            const PIPENV: &str = "PYTHONPATH=/opt/pipenv /opt/pipenv/bin/pipenv";
+            let lock = if hints.manifests.iter().any(|name| name == "Pipfile.lock") { String::new() } else { format!("{PIPENV} lock && ") };
+            Some((
+                Some("pip install --no-cache-dir --target /opt/pipenv pipenv"),
+                format!("{lock}{PIPENV} requirements > /tmp/requirements.txt && {PIP} -r /tmp/requirements.txt"),
             ))
         }
         Some(PackageManager::Pip) if hints.manifests.iter().any(|name| name == "requirements.txt") => {
-            Some((vec![], "pip install --no-cache-dir -r requirements.txt".to_owned()))
+            Some((None, format!("{PIP} -r requirements.txt")))
         }
         Some(PackageManager::Pip) if !hints.pyproject_requirements.is_empty() => {
-            let mut args = vec!["pip", "install", "--no-cache-dir"];
+            let mut args = vec!["pip", "install", "--no-cache-dir", "--target", "/deps"];
             args.extend(hints.pyproject_requirements.iter().map(String::as_str));
-            Some((vec![], exec(&args)))
+            Some((None, exec(&args)))
         }
         _ => None,
     };
@@ -541,13 +567,9 @@ fn python(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, po
         out.from(image, Some("deps"));
         out.line("WORKDIR /app");
         out.variables();
-        let mut venv = "python -m venv /venv".to_owned();
-        for tool in tools {
-            venv.push_str(" && ");
-            venv.push_str(&tool);
+        if let Some(tools) = tools {
+            out.line(format!("RUN {tools}"));
         }
-        out.line(format!("RUN {venv}"));
-        out.line("ENV PATH=\"/venv/bin:$PATH\"");
         // `[project] dependencies` are installed by name (exec form): no manifest to copy.
         if !install.starts_with('[') {
             out.manifests(&hints.manifests);
@@ -558,12 +580,13 @@ fn python(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, po
     out.line(format!("RUN {ADD_USER}"));
     out.line("WORKDIR /app");
     if installs {
-        env.push("PATH=\"/venv/bin:$PATH\"".to_owned());
+        env.push("PYTHONPATH=/deps".to_owned());
+        env.push("PATH=\"/deps/bin:$PATH\"".to_owned());
     }
     out.line(format!("ENV {}", env.join(" ")));
     out.variables();
     if installs {
-        out.line("COPY --from=deps /venv /venv");
+        out.line("COPY --from=deps /deps /deps");
     }
     out.source();
     out.finish(port, None, &command);
@@ -580,6 +603,8 @@ fn rust(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
         .ok_or("rust: Cargo.toml names no binary ([package] name, default-run or [[bin]] name): is it a workspace root?")?;
     let locked = if detection.hints.manifests.iter().any(|name| name == "Cargo.lock") { " --locked" } else { "" };
     out.from(base.get("rust"), Some("build"));
+    // C headers for crates with native code (ring, zstd-sys, ...).
+    out.line("RUN apk add --no-cache musl-dev");
     out.line("WORKDIR /src");
     out.variables();
     out.manifests(&detection.hints.manifests);
@@ -598,14 +623,14 @@ fn rust(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
 }
 
 /// Java: Maven or Gradle resolve the dependencies from the build files, build the jar
-/// (tests skipped), which runs on a JRE.
+/// (tests skipped; Gradle's `assemble`), which runs on a JRE.
 fn java(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port: u16) -> Result<(), String> {
     let (image, warm, build, libs) = match detection.package_manager {
         Some(PackageManager::Maven) => {
-            (base.get("java-maven"), "mvn -B -q dependency:go-offline || true", "mvn -B -q package -DskipTests", "target")
+            (base.get("java-maven"), "mvn -B -q dependency:go-offline || true", "mvn -B package -DskipTests", "target")
         }
         Some(PackageManager::Gradle) => {
-            (base.get("java-gradle"), "gradle dependencies --no-daemon -q || true", "gradle build -x test --no-daemon -q", "build/libs")
+            (base.get("java-gradle"), "gradle dependencies --no-daemon -q || true", "gradle assemble --no-daemon", "build/libs")
         }
         _ => return Err("java: no pom.xml, build.gradle or build.gradle.kts at the root".into()),
     };
@@ -618,7 +643,7 @@ fn java(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImages, port
     out.source();
     out.line(format!(
         "RUN {build} && jar=\"$(find {libs} -maxdepth 1 -name '*.jar' ! -name '*-plain.jar' ! -name '*-sources.jar' ! -name '*-javadoc.jar' ! -name 'original-*' | head -n 1)\" \
-         && [ -n \"$jar\" ] && cp \"$jar\" /app.jar"
+         && if [ -z \"$jar\" ]; then echo 'no jar built in {libs}/' >&2; exit 1; fi && cp \"$jar\" /app.jar"
     ));
     out.from(base.get("java-runtime"), None);
     out.line(format!("RUN {ADD_USER}"));
@@ -672,8 +697,9 @@ fn static_site(out: &mut Dockerfile<'_>, detection: &Detection, base: &BaseImage
             dir
         }
     };
+    // No user is created: a bare BusyBox image may have no `adduser`, and `httpd` needs
+    // no account, only the numeric `USER`.
     out.from(server, None);
-    out.line(format!("RUN {ADD_USER}"));
     out.variables();
     out.line(format!("COPY {source} /site"));
     let port_text = port.to_string();
@@ -692,4 +718,637 @@ fn generic(out: &mut Dockerfile<'_>, base: &BaseImages, port: u16) -> Result<(),
     out.source();
     out.finish(port, None, &[]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::build::detect::{MemoryRepo, detect};
+
+    /// A repository's files.
+    type Files<'a> = Vec<(&'a str, &'a str)>;
+
+    /// Every Dockerfile instruction keyword.
+    const INSTRUCTIONS: &[&str] = &[
+        "ADD",
+        "ARG",
+        "CMD",
+        "COPY",
+        "ENTRYPOINT",
+        "ENV",
+        "EXPOSE",
+        "FROM",
+        "HEALTHCHECK",
+        "LABEL",
+        "MAINTAINER",
+        "ONBUILD",
+        "RUN",
+        "SHELL",
+        "STOPSIGNAL",
+        "USER",
+        "VOLUME",
+        "WORKDIR",
+    ];
+
+    /// The logical lines of a Dockerfile: physical lines (split at any line break, more
+    /// eagerly than the parser) with those ending in `\` joined to the next.
+    fn logical_lines(dockerfile: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut current: Option<String> = None;
+        for line in dockerfile.split(['\n', '\r']) {
+            let joined = match current.take() {
+                Some(mut previous) => {
+                    previous.push_str(line);
+                    previous
+                }
+                None => line.to_owned(),
+            };
+            match joined.trim_end().strip_suffix('\\') {
+                Some(head) => current = Some(head.to_owned()),
+                None => lines.push(joined),
+            }
+        }
+        lines.extend(current);
+        lines
+    }
+
+    /// The instructions of a Dockerfile, in order.
+    fn instructions(dockerfile: &str) -> Vec<String> {
+        logical_lines(dockerfile)
+            .iter()
+            .filter_map(|line| line.split_whitespace().next())
+            .map(str::to_ascii_uppercase)
+            .filter(|word| INSTRUCTIONS.contains(&word.as_str()))
+            .collect()
+    }
+
+    /// The first word of every physical line: what user input must never change.
+    fn skeleton(dockerfile: &str) -> Vec<String> {
+        dockerfile.split(['\n', '\r']).map(|line| line.split_whitespace().next().unwrap_or_default().to_owned()).collect()
+    }
+
+    fn options() -> TemplateOptions {
+        TemplateOptions::default()
+    }
+
+    fn rendered(files: &[(&str, &str)], language: Option<Language>, options: &TemplateOptions) -> Rendered {
+        let detection = detect(&MemoryRepo::of(files), language).expect("detect");
+        render(&detection, options).unwrap_or_else(|e| panic!("{files:?}: {e}"))
+    }
+
+    /// Checks what every template promises, whatever the language: instructions only
+    /// (no continuation lines), a `FROM` first, the manifests and the dependency
+    /// installation before the source in every stage, the final stage running as
+    /// `10001:10001`, the port exposed, the command in exec form.
+    fn check_structure(name: &str, dockerfile: &str, port: u16) {
+        let logical = logical_lines(dockerfile);
+        let lines: Vec<&str> = logical.iter().map(String::as_str).filter(|line| !line.is_empty() && !line.starts_with('#')).collect();
+        for line in &lines {
+            let word = line.split_whitespace().next().unwrap_or_default();
+            assert!(INSTRUCTIONS.contains(&word), "{name}: {line:?} is not an instruction");
+        }
+        for (line, next) in dockerfile.lines().zip(dockerfile.lines().skip(1)) {
+            if line.ends_with('\\') {
+                assert!(line.starts_with("RUN ") || line.starts_with("    "), "{name}: only RUN continues: {line:?}");
+                assert!(next.starts_with("    "), "{name}: a continuation is indented: {next:?}");
+            }
+        }
+        assert!(lines.first().is_some_and(|line| line.starts_with("FROM ")), "{name}: starts with FROM");
+        let stages: Vec<&[&str]> = {
+            let starts: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| l.starts_with("FROM ")).map(|(i, _)| i).collect();
+            starts.iter().enumerate().map(|(n, &start)| &lines[start..*starts.get(n + 1).unwrap_or(&lines.len())]).collect()
+        };
+        for stage in &stages {
+            if let Some(source) = stage.iter().position(|line| *line == "COPY . ." || line.starts_with("COPY . /")) {
+                let after = &stage[source..];
+                assert!(
+                    !after.iter().any(|line| line.starts_with("COPY ") && line.ends_with(" ./") && !line.starts_with("COPY --from")),
+                    "{name}: a manifest copied after the source"
+                );
+                for install in [
+                    "npm ci",
+                    "npm install",
+                    "yarn install",
+                    "pnpm install",
+                    "pip install",
+                    "poetry install",
+                    "go mod download",
+                    "dependency:go-offline",
+                ] {
+                    assert!(!after.iter().any(|line| line.contains(install)), "{name}: {install} after the source");
+                }
+            }
+        }
+        let last = stages.last().expect("a stage");
+        let user = last.iter().position(|line| *line == "USER 10001:10001").unwrap_or_else(|| panic!("{name}: no USER 10001"));
+        assert!(!last[user..].iter().any(|line| line.starts_with("RUN ")), "{name}: RUN after USER");
+        assert!(last.contains(&format!("EXPOSE {port}").as_str()), "{name}: EXPOSE {port}");
+        let cmd = last.iter().find_map(|line| line.strip_prefix("CMD ")).unwrap_or_else(|| panic!("{name}: no CMD"));
+        let args: Vec<String> = serde_json::from_str(cmd).unwrap_or_else(|e| panic!("{name}: CMD {cmd} is not exec form: {e}"));
+        assert!(!args.is_empty(), "{name}: empty CMD");
+    }
+
+    /// Compares with `src/build/golden/NAME.Dockerfile`. `DIPLO_BLESS=1 cargo test -p
+    /// diplo-api` rewrites the golden files instead (review the diff by eye: they must
+    /// read as Dockerfiles a person would write).
+    fn golden(name: &str, rendered: &Rendered) {
+        check_structure(name, &rendered.dockerfile, rendered.port);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/build/golden").join(format!("{name}.Dockerfile"));
+        if std::env::var_os("DIPLO_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("golden dir");
+            std::fs::write(&path, &rendered.dockerfile).expect("bless");
+            return;
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (DIPLO_BLESS=1 cargo test -p diplo-api writes it)", path.display()));
+        assert_eq!(rendered.dockerfile, expected, "{name} differs from {} (DIPLO_BLESS=1 rewrites it)", path.display());
+    }
+
+    const NEXT_PACKAGE: &str =
+        r#"{"name":"web","scripts":{"build":"next build","start":"next start"},"dependencies":{"next":"15.0.0","react":"19.0.0"}}"#;
+
+    fn cases() -> Vec<(&'static str, Rendered)> {
+        let with = |f: fn(&mut TemplateOptions)| {
+            let mut o = options();
+            f(&mut o);
+            o
+        };
+        let o = options();
+        vec![
+            ("go", rendered(&[("go.mod", "module example.com/app\n"), ("go.sum", ""), ("main.go", "package main")], None, &o)),
+            ("go-cmd", rendered(&[("go.mod", "module example.com/app\n"), ("cmd/server/main.go", "package main")], None, &o)),
+            (
+                "node-npm",
+                rendered(
+                    &[
+                        ("package.json", r#"{"scripts":{"start":"node server.js"},"dependencies":{"express":"^4"}}"#),
+                        ("package-lock.json", "{}"),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            (
+                "node-yarn",
+                rendered(&[("package.json", r#"{"scripts":{"start":"node dist/index.js","build":"tsc"}}"#), ("yarn.lock", "")], None, &o),
+            ),
+            (
+                "node-yarn-berry",
+                rendered(
+                    &[
+                        ("package.json", r#"{"packageManager":"yarn@4.5.0","scripts":{"start":"node index.js"}}"#),
+                        ("yarn.lock", ""),
+                        (".yarnrc.yml", ""),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            ("node-pnpm", rendered(&[("package.json", r#"{"scripts":{"start":"node index.js"}}"#), ("pnpm-lock.yaml", "")], None, &o)),
+            ("node-next", rendered(&[("package.json", NEXT_PACKAGE), ("package-lock.json", "{}")], None, &o)),
+            ("node-main", rendered(&[("package.json", r#"{"main":"src/server.js"}"#)], None, &o)),
+            ("python-flask", rendered(&[("requirements.txt", "flask==3.0.3\nflask-cors\n"), ("app.py", "")], None, &o)),
+            ("python-flask-main", rendered(&[("requirements.txt", "Flask\n"), ("main.py", "")], None, &o)),
+            (
+                "python-django-gunicorn",
+                rendered(
+                    &[
+                        ("requirements.txt", "Django>=5\ngunicorn\n"),
+                        ("manage.py", "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')"),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            (
+                "python-django",
+                rendered(
+                    &[
+                        ("requirements.txt", "django\n"),
+                        ("manage.py", "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')"),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            (
+                "python-fastapi",
+                rendered(
+                    &[
+                        ("pyproject.toml", "[project]\nname = \"api\"\ndependencies = [\"fastapi>=0.115\", \"uvicorn[standard]\"]\n"),
+                        ("main.py", ""),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            (
+                "python-poetry",
+                rendered(
+                    &[
+                        (
+                            "pyproject.toml",
+                            "[tool.poetry]\nname = \"svc\"\n[tool.poetry.dependencies]\npython = \"^3.13\"\nflask = \"^3\"\n",
+                        ),
+                        ("poetry.lock", ""),
+                        ("app.py", ""),
+                    ],
+                    None,
+                    &o,
+                ),
+            ),
+            (
+                "python-pipenv",
+                rendered(&[("Pipfile", "[packages]\nrequests = \"*\"\n"), ("Pipfile.lock", "{}"), ("main.py", "")], None, &o),
+            ),
+            ("python-plain", rendered(&[("main.py", "print('hello')")], None, &o)),
+            ("rust", rendered(&[("Cargo.toml", "[package]\nname = \"svc\"\nversion = \"0.1.0\"\n"), ("Cargo.lock", "")], None, &o)),
+            ("java-maven", rendered(&[("pom.xml", "<project/>")], None, &o)),
+            ("java-gradle", rendered(&[("build.gradle", ""), ("settings.gradle", "")], None, &o)),
+            ("static-root", rendered(&[("index.html", "<html>")], None, &o)),
+            ("static-public", rendered(&[("public/index.html", "<html>")], None, &o)),
+            (
+                "static-build",
+                rendered(
+                    &[("package.json", r#"{"scripts":{"build":"vite build"}}"#), ("package-lock.json", "{}")],
+                    Some(Language::Static),
+                    &with(|o| o.build_command = Some("npm run build".into())),
+                ),
+            ),
+            (
+                "static-build-output",
+                rendered(
+                    &[("build.sh", "mkdir -p out/site")],
+                    Some(Language::Static),
+                    &with(|o| {
+                        o.build_command = Some("sh build.sh".into());
+                        o.output_dir = Some("./out/site/".into());
+                    }),
+                ),
+            ),
+            (
+                "generic",
+                rendered(&[("run.sh", "")], Some(Language::Generic), &with(|o| o.start_command = Some("./run.sh --port 8080".into()))),
+            ),
+            (
+                "go-overrides",
+                rendered(
+                    &[("go.mod", "module x"), ("main.go", "")],
+                    None,
+                    &with(|o| {
+                        o.base_images = BaseImages::with_overrides(
+                            &parse_base_images("go=registry.lan/golang:1.24-alpine, go-runtime=registry.lan/alpine@sha256:0123abcd")
+                                .expect("parse"),
+                        )
+                        .expect("overrides")
+                    }),
+                ),
+            ),
+            (
+                "node-start-command-variables",
+                rendered(
+                    &[("package.json", r#"{"scripts":{"start":"node index.js"}}"#), ("package-lock.json", "{}")],
+                    None,
+                    &with(|o| {
+                        o.start_command = Some("node server.js --name \"my app\"".into());
+                        o.variables =
+                            [("PORT".to_owned(), "4000".to_owned()), ("GREETING".to_owned(), "hello $USER \"friend\"".to_owned())].into();
+                    }),
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn templates_match_their_golden_files() {
+        let cases = cases();
+        for (name, rendered) in &cases {
+            golden(name, rendered);
+        }
+        // No golden file without its case.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/build/golden");
+        for entry in std::fs::read_dir(&dir).expect("golden dir") {
+            let file = entry.expect("entry").file_name().into_string().expect("utf-8");
+            let name = file.strip_suffix(".Dockerfile").unwrap_or(&file);
+            assert!(cases.iter().any(|(case, _)| *case == name), "{file}: no test renders it");
+        }
+    }
+
+    /// The last stage of a Dockerfile.
+    fn last_stage(dockerfile: &str) -> &str {
+        &dockerfile[dockerfile.rfind("FROM ").expect("a stage")..]
+    }
+
+    /// The static and generic images run nothing in their final stage: a bare BusyBox
+    /// (no `adduser`) or any image an operator picks serves, with a numeric user.
+    #[test]
+    fn static_and_generic_final_stages_need_nothing_from_their_image() {
+        let mut with_build = options();
+        with_build.build_command = Some("npm run build".into());
+        let mut generic = options();
+        generic.start_command = Some("./serve".into());
+        for (files, language, o) in [
+            (&[("index.html", "")][..], None, options()),
+            (&[("public/index.html", "")][..], None, options()),
+            (&[("package.json", "{}")][..], Some(Language::Static), with_build),
+            (&[][..], Some(Language::Generic), generic),
+        ] {
+            let dockerfile = rendered(files, language, &o).dockerfile;
+            let last = last_stage(&dockerfile);
+            assert!(!last.contains("\nRUN "), "{dockerfile}");
+            assert!(last.contains("USER 10001:10001\n"), "{dockerfile}");
+        }
+        // Node without a package.json (the language given, a start command): nothing to install.
+        let mut o = options();
+        o.start_command = Some("node x.js".into());
+        let node = rendered(&[("x.js", "")], Some(Language::Node), &o).dockerfile;
+        assert!(!node.contains("npm install") && !node.contains("npm ci"), "{node}");
+    }
+
+    #[test]
+    fn ports_per_language_and_framework() {
+        let o = options();
+        let port = |files: &[(&str, &str)]| rendered(files, None, &o).port;
+        assert_eq!(port(&[("go.mod", "module x")]), 8080);
+        assert_eq!(port(&[("package.json", r#"{"main":"a.js"}"#)]), 3000);
+        assert_eq!(port(&[("requirements.txt", "flask")]), 5000);
+        assert_eq!(port(&[("requirements.txt", "django")]), 8000);
+        assert_eq!(port(&[("requirements.txt", "fastapi")]), 8000);
+        assert_eq!(port(&[("main.py", "")]), 8000);
+        assert_eq!(port(&[("Cargo.toml", "[package]\nname = \"x\"")]), 8080);
+        assert_eq!(port(&[("pom.xml", "")]), 8080);
+        assert_eq!(port(&[("index.html", "")]), 8080);
+        let mut o = options();
+        o.variables.insert("PORT".into(), "9090".into());
+        let flask = rendered(&[("requirements.txt", "flask")], None, &o);
+        assert_eq!(flask.port, 9090);
+        assert!(flask.dockerfile.contains(r#"CMD ["flask", "run", "--host", "0.0.0.0", "--port", "9090"]"#), "{}", flask.dockerfile);
+        assert!(flask.dockerfile.contains("EXPOSE 9090\n"));
+        o.variables.insert("PORT".into(), "not-a-port".into());
+        assert_eq!(rendered(&[("requirements.txt", "flask")], None, &o).port, 5000);
+    }
+
+    #[test]
+    fn what_has_no_template_is_refused_clearly() {
+        let o = options();
+        let refused = |files: &[(&str, &str)], language: Option<Language>| {
+            render(&detect(&MemoryRepo::of(files), language).expect("detect"), &o).unwrap_err()
+        };
+        assert!(refused(&[("Dockerfile", "FROM x")], None).contains("own Dockerfile"));
+        assert!(refused(&[("compose.yaml", "")], None).contains("compose"));
+        assert!(refused(&[], Some(Language::Generic)).contains("start command"));
+        assert!(refused(&[("Cargo.toml", "[workspace]\nmembers = []\n")], None).contains("Cargo.toml names no binary"));
+        assert!(refused(&[("requirements.txt", "requests")], None).contains("give a start command"));
+        assert!(refused(&[("package.json", "{}")], None).contains("give a start command"));
+        assert!(refused(&[("README.md", "")], Some(Language::Static)).contains("output directory"));
+        assert!(refused(&[], Some(Language::Java)).contains("pom.xml"));
+        // With a start command, what lacked an entry point renders.
+        let mut o = options();
+        o.start_command = Some("python -m app".into());
+        let python = render(&detect(&MemoryRepo::of(&[("requirements.txt", "requests")]), None).expect("detect"), &o).expect("render");
+        assert!(python.dockerfile.ends_with("CMD [\"sh\", \"-c\", \"python -m app\"]\n"), "{}", python.dockerfile);
+    }
+
+    #[test]
+    fn base_images_parse_and_validate() {
+        assert_eq!(BaseImages::keys().len(), DEFAULT_IMAGES.len());
+        let defaults = BaseImages::defaults();
+        for key in BaseImages::keys() {
+            assert!(!defaults.get(key).is_empty(), "{key}");
+        }
+        assert_eq!(defaults.get("go"), "golang:1.24-alpine");
+        assert_eq!(defaults.get("static"), "busybox:stable");
+        assert_eq!(defaults.get("nope"), "");
+        assert_eq!(parse_base_images(""), Ok(BTreeMap::new()));
+        assert_eq!(
+            parse_base_images("static=127.0.0.1:5000/diplo/busybox:latest,python=registry.lan/python:3.13-alpine"),
+            Ok([
+                ("static".to_owned(), "127.0.0.1:5000/diplo/busybox:latest".to_owned()),
+                ("python".to_owned(), "registry.lan/python:3.13-alpine".to_owned())
+            ]
+            .into())
+        );
+        let err = parse_base_images("cobol=x").unwrap_err();
+        assert!(err.contains("\"cobol\"") && err.contains("go-runtime") && err.contains("static-build"), "{err}");
+        for bad in ["go", "go=", "go=a b", "go=x\nRUN id", "go=-x", "go=$IMAGE", "go=a,go=b", "go=\"x\""] {
+            assert!(parse_base_images(bad).is_err(), "{bad:?}");
+        }
+        let err = BaseImages::with_overrides(&[("go".to_owned(), "x\ny".to_owned())].into()).unwrap_err();
+        assert!(err.starts_with("base_images:"), "{err}");
+        assert!(BaseImages::with_overrides(&[("ruby".to_owned(), "ruby:3".to_owned())].into()).is_err());
+        assert_eq!(supported_languages().len(), Language::ALL.len());
+        assert!(supported_languages().contains(&"python"));
+        let images = default_images();
+        assert!(images.contains(&"alpine:3.20".to_owned()) && images.contains(&"debian:bookworm-slim".to_owned()));
+        assert_eq!(images.iter().filter(|image| *image == "alpine:3.20").count(), 1, "each image once");
+    }
+
+    #[test]
+    fn options_follow_the_spec() {
+        use crate::build::{Builder, DEFAULT_BUILD_TIMEOUT};
+        let mut spec = BuildSpec {
+            build_id: "b".into(),
+            git_repo: "https://h/r".into(),
+            git_branch: None,
+            builder: Builder::Docker,
+            image: "i".into(),
+            push: false,
+            buildpack: Buildpack::Nixpacks { start_command: "./start".into(), variables: [("A".to_owned(), "1".to_owned())].into() },
+            language: None,
+            base_images: [("node".to_owned(), "registry.lan/node:22".to_owned())].into(),
+            timeout: DEFAULT_BUILD_TIMEOUT,
+        };
+        let o = TemplateOptions::for_spec(&spec).expect("options");
+        assert_eq!(
+            (o.start_command.as_deref(), o.variables.len(), o.base_images.get("node")),
+            (Some("./start"), 1, "registry.lan/node:22")
+        );
+        spec.buildpack = Buildpack::Static { build_command: "make".into(), output_dir: "out".into() };
+        let o = TemplateOptions::for_spec(&spec).expect("options");
+        assert_eq!((o.build_command.as_deref(), o.output_dir.as_deref(), o.start_command), (Some("make"), Some("out"), None));
+        spec.base_images.insert("ruby".into(), "ruby".into());
+        assert!(TemplateOptions::for_spec(&spec).unwrap_err().contains("ruby"));
+    }
+
+    /// Undoes [`env_value`] the way the Dockerfile parser reads a double-quoted word.
+    fn unquote(word: &str) -> String {
+        let inner = word.strip_prefix('"').and_then(|w| w.strip_suffix('"')).expect("quoted");
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                let next = chars.next().expect("escaped character");
+                assert!(matches!(next, '\\' | '"' | '$'), "unexpected escape \\{next}");
+                out.push(next);
+            } else {
+                assert!(c != '"', "unescaped quote in {word}");
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn go_detection() -> Detection {
+        detect(&MemoryRepo::of(&[("go.mod", "module x"), ("go.sum", ""), ("main.go", "")]), None).expect("detect")
+    }
+
+    #[test]
+    fn user_input_never_adds_an_instruction() {
+        let detection = go_detection();
+        let baseline = |variables: usize| {
+            let mut o = options();
+            o.start_command = Some("x".into());
+            o.variables = (0..variables).map(|i| (format!("V{i}"), "x".to_owned())).collect();
+            instructions(&render(&detection, &o).expect("baseline").dockerfile)
+        };
+        // Refused, naming the field.
+        type Mutation = fn(&mut TemplateOptions);
+        let refused: &[(Mutation, &str)] = &[
+            (|o| o.variables = [("EVIL".to_owned(), "x\n RUN rm -rf /".to_owned())].into(), "nixpacks_config.variables.EVIL"),
+            (|o| o.variables = [("EVIL".to_owned(), "x\r\nRUN rm -rf /".to_owned())].into(), "nixpacks_config.variables.EVIL"),
+            (|o| o.variables = [("A B".to_owned(), "x".to_owned())].into(), "nixpacks_config.variables"),
+            (|o| o.variables = [("A=B\nRUN id".to_owned(), "x".to_owned())].into(), "nixpacks_config.variables"),
+            (|o| o.start_command = Some("sleep 1\nRUN rm -rf /".into()), "nixpacks_config.start_command"),
+            (|o| o.build_command = Some("make\rRUN id".into()), "static_config.build_command"),
+            (|o| o.output_dir = Some("../etc".into()), "static_config.output_dir"),
+            (|o| o.output_dir = Some("/etc".into()), "static_config.output_dir"),
+            (|o| o.output_dir = Some("dist /etc".into()), "static_config.output_dir"),
+            (|o| o.output_dir = Some("$HOME".into()), "static_config.output_dir"),
+        ];
+        for (mutate, field) in refused {
+            let mut o = options();
+            o.start_command = Some("x".into());
+            mutate(&mut o);
+            let language = if field.starts_with("static") { Language::Static } else { Language::Go };
+            let detection = detect(&MemoryRepo::of(&[("go.mod", "module x"), ("index.html", "")]), Some(language)).expect("detect");
+            let err = render(&detection, &o).unwrap_err();
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+        // Encoded: the same instructions as with plain values, the values intact.
+        let command = r#"echo "it's" \"quoted\" \\ back\slash ]"] && exec ./app"#;
+        let value = r#"a "b" \c $HOME ${PATH} `id` ] #x"#;
+        let mut o = options();
+        o.start_command = Some(command.into());
+        o.variables = [("GREETING".to_owned(), value.to_owned())].into();
+        let dockerfile = render(&detection, &o).expect("render").dockerfile;
+        assert_eq!(instructions(&dockerfile), baseline(1), "{dockerfile}");
+        let cmd = dockerfile.lines().find_map(|line| line.strip_prefix("CMD ")).expect("CMD");
+        assert_eq!(serde_json::from_str::<Vec<String>>(cmd).expect("json"), ["sh", "-c", command]);
+        let envs: Vec<&str> = dockerfile.lines().filter_map(|line| line.strip_prefix("ENV GREETING=")).collect();
+        assert_eq!(envs.len(), 2, "build and runtime stages");
+        for env in envs {
+            assert_eq!(unquote(env), value);
+        }
+    }
+
+    fn hostile_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            prop::collection::vec(
+                prop_oneof![
+                    Just("\n".to_owned()),
+                    Just("\r".to_owned()),
+                    Just("\\".to_owned()),
+                    Just("\"".to_owned()),
+                    Just("'".to_owned()),
+                    Just("$".to_owned()),
+                    Just("]".to_owned()),
+                    Just("#".to_owned()),
+                    Just(" ".to_owned()),
+                    Just("\t".to_owned()),
+                    Just("\u{2028}".to_owned()),
+                    Just("RUN rm -rf /".to_owned()),
+                    Just("USER root".to_owned()),
+                    "[a-z]{1,4}",
+                ],
+                0..12,
+            )
+            .prop_map(|parts| parts.concat()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Names taken from the repository (a Rust binary, a Node main file, a Go
+        /// command directory, a Django project, pyproject dependencies) never add an
+        /// instruction either: they are checked or written in exec form.
+        #[test]
+        fn repository_contents_never_add_instructions(text in hostile_text()) {
+            let toml_string = toml::Value::String(text.clone()).to_string();
+            let package = serde_json::json!({ "main": text.clone() }).to_string();
+            let manage = format!("os.environ.setdefault('DJANGO_SETTINGS_MODULE', '{text}.settings')");
+            let pyproject = format!("[project]\nname = \"x\"\ndependencies = [\"requests\", {toml_string}]\n");
+            let cargo = format!("[package]\nname = {toml_string}\n");
+            let go_main = format!("cmd/{text}/main.go");
+            let repos: Vec<(Files<'_>, Files<'_>)> = vec![
+                (vec![("Cargo.toml", &cargo)], vec![("Cargo.toml", "[package]\nname = \"x\"\n")]),
+                (vec![("package.json", &package), ("index.js", "")], vec![("package.json", "{}"), ("index.js", "")]),
+                (vec![("go.mod", "module x"), (&go_main, "")], vec![("go.mod", "module x"), ("cmd/x/main.go", "")]),
+                (
+                    vec![("requirements.txt", "django\ngunicorn"), ("manage.py", &manage)],
+                    vec![("requirements.txt", "django\ngunicorn"), ("manage.py", "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'x.settings')")],
+                ),
+                (vec![("pyproject.toml", &pyproject), ("main.py", "")], vec![("pyproject.toml", "[project]\nname = \"x\"\ndependencies = [\"requests\", \"x\"]\n"), ("main.py", "")]),
+            ];
+            for (hostile, plain) in repos {
+                let plain = rendered(&plain, None, &options()).dockerfile;
+                let (expected, expected_skeleton) = (instructions(&plain), skeleton(&plain));
+                let Ok(detection) = detect(&MemoryRepo::of(&hostile), None) else { continue };
+                if let Ok(rendered) = render(&detection, &options()) {
+                    prop_assert_eq!(skeleton(&rendered.dockerfile), expected_skeleton, "{}", rendered.dockerfile);
+                    prop_assert_eq!(instructions(&rendered.dockerfile), expected, "{}", rendered.dockerfile);
+                }
+            }
+        }
+
+        /// Whatever the values and the commands, the Dockerfile has the template's
+        /// instructions and no more: it is either rendered with the values intact or
+        /// refused naming the field.
+        #[test]
+        fn arbitrary_values_never_add_instructions(value in hostile_text(), command in hostile_text(), build in hostile_text(), static_site in any::<bool>()) {
+            let detection = if static_site {
+                detect(&MemoryRepo::of(&[("index.html", "")]), None).expect("detect")
+            } else {
+                go_detection()
+            };
+            let plain = TemplateOptions {
+                start_command: Some("x".into()),
+                build_command: Some("x".into()),
+                variables: [("VALUE".to_owned(), "x".to_owned())].into(),
+                ..options()
+            };
+            let plain = render(&detection, &plain).expect("plain").dockerfile;
+            let (expected, expected_skeleton) = (instructions(&plain), skeleton(&plain));
+            let given = TemplateOptions {
+                start_command: Some(format!("x{command}")),
+                build_command: Some(format!("x{build}")),
+                variables: [("VALUE".to_owned(), value.clone())].into(),
+                ..options()
+            };
+            match render(&detection, &given) {
+                Ok(rendered) => {
+                    prop_assert_eq!(instructions(&rendered.dockerfile), expected);
+                    prop_assert_eq!(skeleton(&rendered.dockerfile), expected_skeleton);
+                    for line in rendered.dockerfile.lines() {
+                        if let Some(env) = line.strip_prefix("ENV VALUE=") {
+                            prop_assert_eq!(unquote(env), value.clone());
+                        }
+                        if let Some(cmd) = line.strip_prefix("CMD [\"sh\"") {
+                            let args: Vec<String> = serde_json::from_str(&format!("[\"sh\"{cmd}")).expect("json");
+                            prop_assert_eq!(&args[2], &format!("x{command}"));
+                        }
+                    }
+                }
+                Err(err) => prop_assert!(
+                    ["nixpacks_config.variables.VALUE", "nixpacks_config.start_command", "static_config.build_command"].iter().any(|field| err.starts_with(field)),
+                    "unexpected error {}", err
+                ),
+            }
+        }
+    }
 }
