@@ -345,7 +345,7 @@ async fn compose_services_with_a_build_section_are_built_and_pushed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_step_fails_the_build_and_leaves_nothing() {
-    for builder in [Builder::Docker, Builder::Podman] {
+    for builder in [Builder::Docker, Builder::Podman, Builder::Buildah] {
         if !available(builder).await {
             continue;
         }
@@ -456,7 +456,7 @@ async fn links_out_of_the_workspace_are_never_followed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_and_cancellations_stop_the_build_and_clean_up() {
-    for builder in [Builder::Docker, Builder::Buildah] {
+    for builder in [Builder::Docker, Builder::Podman, Builder::Buildah] {
         if !available(builder).await {
             continue;
         }
