@@ -15,6 +15,7 @@ pub mod workspace;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use diplo_api::build::{BuildReport, BuildSpec, BuildStatus, Builder, Buildpack};
@@ -183,6 +184,25 @@ pub fn parse_builders(list: &str) -> Vec<Builder> {
         .collect()
 }
 
+/// Podman builds of this agent under way.
+static PODMAN_BUILDS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a Podman build in [`PODMAN_BUILDS`] while it lives.
+struct PodmanBuild;
+
+impl PodmanBuild {
+    fn start() -> Self {
+        PODMAN_BUILDS.fetch_add(1, Ordering::SeqCst);
+        PodmanBuild
+    }
+}
+
+impl Drop for PodmanBuild {
+    fn drop(&mut self) {
+        PODMAN_BUILDS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// What a build leaves behind that a failure must remove.
 #[derive(Default)]
 struct Leftovers {
@@ -192,6 +212,8 @@ struct Leftovers {
     tagged: Mutex<Vec<String>>,
     /// The buildah process running, if any.
     buildah_pid: Mutex<Option<u32>>,
+    /// Podman's working containers before the build.
+    podman_before: Mutex<Option<std::collections::HashSet<String>>>,
     /// The commit, once cloned.
     commit: Mutex<String>,
 }
@@ -255,6 +277,17 @@ async fn remove_leftovers(config: &BuildConfig, spec: &BuildSpec, registry: &Reg
     match spec.builder {
         Builder::Docker | Builder::Podman => {
             let engine = engine(config, spec.builder, registry);
+            let before = leftovers.podman_before.lock().ok().and_then(|mut b| b.take());
+            if let Some(before) = before {
+                // Podman leaves the working containers of a build whose request was
+                // dropped; which ones are this build's is only known when no other
+                // Podman build of this agent ran meanwhile.
+                if PODMAN_BUILDS.load(Ordering::SeqCst) == 0 {
+                    engine.remove_working_containers(&before).await;
+                } else {
+                    tracing::warn!(build = %spec.build_id, "another Podman build is running: this build's working containers are left in Podman's storage");
+                }
+            }
             engine.remove_leftovers(&steps, None).await;
             for image in &tagged {
                 engine.remove_leftovers(&[], Some(image)).await;
@@ -512,6 +545,13 @@ async fn build_target(
                 .await
                 .map_err(|e| format!("packing the build context: {e}"))??;
             let engine = engine(config, spec.builder, registry);
+            let _running = (spec.builder == Builder::Podman).then(PodmanBuild::start);
+            if spec.builder == Builder::Podman {
+                let before = engine.working_containers().await.ok();
+                if let Ok(mut slot) = leftovers.podman_before.lock() {
+                    *slot = before;
+                }
+            }
             let request = EngineBuild {
                 build_id: &spec.build_id,
                 image: &target.image,

@@ -461,7 +461,14 @@ async fn timeouts_and_cancellations_stop_the_build_and_clean_up() {
             continue;
         }
         let marker = format!("sleeping-{}", suffix());
-        let dockerfile = format!("FROM {BASE}\nRUN echo {marker} && sleep 30\n");
+        // Podman's working containers name their image: a base of this test's own
+        // tells its leftovers from those of builds running beside it.
+        let base = match builder {
+            Builder::Podman => podman_base(&marker),
+            _ => BASE.to_owned(),
+        };
+        let _base = Images(if builder == Builder::Podman { vec![(builder, base.clone())] } else { vec![] });
+        let dockerfile = format!("FROM {base}\nRUN echo {marker} && sleep 30\n");
         let repo = Repo::new(&[("Dockerfile", &dockerfile)], &[]);
         let harness = Harness::new(repo.root.path(), None);
         let image = format!("127.0.0.1:5000/diplo-test/slow-{}:v1", suffix());
@@ -518,7 +525,28 @@ async fn timeouts_and_cancellations_stop_the_build_and_clean_up() {
         assert!(harness.workspaces().is_empty(), "{builder}");
         assert!(matches!(harness.builds.cancel(&id), Err(e) if e.code == CommandErrorCode::NotFound), "{builder}: gone once ended");
         assert!(step_stops(&marker).await, "{builder}: the step's process was stopped");
+        if builder == Builder::Podman {
+            assert_eq!(podman_working_containers(&base), Vec::<String>::new(), "no working container is left");
+        }
     }
+}
+
+/// A local Podman image of its own (`localhost/diplo-test/base-…`), made from the
+/// registry's BusyBox.
+fn podman_base(marker: &str) -> String {
+    let name = format!("localhost/diplo-test/base-{marker}");
+    let dir = tempfile::tempdir().expect("context");
+    std::fs::write(dir.path().join("Containerfile"), format!("FROM {BASE}\nRUN echo {marker} > /marker\n")).expect("Containerfile");
+    let out =
+        Command::new("podman").args(["build", "--tls-verify=false", "-q", "-t", &name]).arg(dir.path()).output().expect("podman build");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    name
+}
+
+/// Podman's (buildah) working containers made from `image`.
+fn podman_working_containers(image: &str) -> Vec<String> {
+    let out = Command::new("podman").args(["ps", "-a", "--external", "--format", "{{.ID}} {{.Image}}"]).output().expect("podman ps");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|line| line.contains(image)).map(str::to_owned).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! comes back to the build's log, an error detail fails the build, and what a failed
 //! build left (untagged images of its steps) can be removed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -249,6 +249,42 @@ impl EngineBuilder {
                 if let Err(error) = docker.remove_image(&summary.id, Some(options), None).await {
                     tracing::debug!(image = %summary.id, error = %describe_bollard(&error), "cannot remove a failed build's image");
                 }
+            }
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Podman: ids of the working containers its builds keep in storage (`external`
+    /// containers, state `storage`). A build cut short (its request dropped) leaves its
+    /// working containers there.
+    pub async fn working_containers(&self) -> Result<HashSet<String>, String> {
+        let (status, body) =
+            unix_request(&self.socket, "GET", "/v4.0.0/libpod/containers/json?all=true&external=true", &[], Duration::from_secs(60))
+                .await
+                .map_err(|e| describe_io(&e))?;
+        if !(200..300).contains(&status) {
+            return Err(daemon_error_text(&body));
+        }
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        Ok(listed
+            .iter()
+            .filter(|c| c.get("State").and_then(serde_json::Value::as_str) == Some("storage"))
+            .filter_map(|c| c.get("Id").and_then(serde_json::Value::as_str).map(str::to_owned))
+            .collect())
+    }
+
+    /// Podman: removes the working containers that are not in `before`.
+    pub async fn remove_working_containers(&self, before: &HashSet<String>) {
+        let Ok(now) = self.working_containers().await else { return };
+        for id in now.difference(before) {
+            let path = format!("/v4.0.0/libpod/containers/{}?force=true", query_escape(id));
+            match unix_request(&self.socket, "DELETE", &path, &[], Duration::from_secs(60)).await {
+                Ok((200..=299, _)) => tracing::debug!(container = %id, "removed a cut-short build's working container"),
+                Ok((_, body)) => {
+                    tracing::warn!(container = %id, error = %daemon_error_text(&body), "cannot remove a build's working container")
+                }
+                Err(error) => tracing::warn!(container = %id, error = %describe_io(&error), "cannot remove a build's working container"),
             }
         }
     }
