@@ -636,3 +636,23 @@ async fn nixpacks_without_the_binary_uses_templates_with_the_start_command_and_v
     let out = Command::new("docker").args(["run", "--rm", &image]).output().expect("run");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "started with hello-vars", "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fingerprint_offers_this_hosts_builders_and_build_dir() {
+    let mut config = ProbeConfig::from_env();
+    config.build_dir = "/srv/diplo/builds".into();
+    config.allowed = None;
+    config.builders = None;
+    let fingerprint = diplo_agent::fingerprint::probe(&config).await;
+    assert_eq!(fingerprint.build_dir, "/srv/diplo/builds");
+    for builder in Builder::ALL {
+        if available(builder).await {
+            assert!(fingerprint.builders.contains(&builder), "{builder} works here and is offered: {:?}", fingerprint.builders);
+        }
+    }
+    // Restricting the runtimes takes their builders away; DIPLO_BUILDERS restricts the rest.
+    config.allowed = Some(vec![diplo_api::runtime::Runtime::Containerd]);
+    config.builders = Some(vec![Builder::Docker, Builder::Buildah]);
+    let restricted = diplo_agent::fingerprint::probe(&config).await;
+    assert!(restricted.builders.iter().all(|b| *b == Builder::Buildah), "{:?}", restricted.builders);
+}
