@@ -19,8 +19,17 @@ pub struct DeployArgs {
     /// Deployment name.
     pub name: String,
     /// Image reference.
+    #[arg(long, required_unless_present = "repo", conflicts_with = "repo")]
+    pub image: Option<String>,
+    /// Build from this git repository instead (its build log is shown, then the rollout).
     #[arg(long)]
-    pub image: String,
+    pub repo: Option<String>,
+    /// Branch to build (default: the repository's default branch).
+    #[arg(long, requires = "repo")]
+    pub branch: Option<String>,
+    /// Language of the repository (default: detected).
+    #[arg(long, requires = "repo")]
+    pub language: Option<String>,
     /// Number of replicas.
     #[arg(short, long, default_value_t = 1)]
     pub replicas: u32,
@@ -65,7 +74,7 @@ pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
         None => 0,
     };
     let container = pb::ContainerSpec {
-        image: args.image.clone(),
+        image: args.image.clone().unwrap_or_default(),
         command: args.command,
         environment: crate::containers::parse_pairs(&args.env, "--env")?,
         ports: args.publish.iter().map(|p| crate::containers::parse_publish(p)).collect::<Result<_>>()?,
@@ -74,7 +83,10 @@ pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
     };
     let spec = pb::DeploymentSpec {
         name: args.name.clone(),
-        image: args.image,
+        image: args.image.unwrap_or_default(),
+        repo_url: args.repo.unwrap_or_default(),
+        git_branch: args.branch.unwrap_or_default(),
+        language: args.language.unwrap_or_default(),
         replicas: args.replicas,
         runtime,
         constraints: Some(pb::Constraints { node: args.node.unwrap_or_default(), ..Default::default() }),
@@ -89,18 +101,29 @@ pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
     let mut events = if args.detach {
         None
     } else {
-        let mut watcher = crate::client::limited!(EventServiceClient::new(channel));
+        let mut watcher = crate::client::limited!(EventServiceClient::new(channel.clone()));
         watcher.watch(pb::WatchRequest::default()).await.ok().map(tonic::Response::into_inner)
     };
     let deployment = client.deploy(request).await.map_err(status_error)?.into_inner();
-    println!("deployment {} created (id {}, revision {})", args.name, deployment.id, deployment.revision);
+    let build_id = deployment.spec.as_ref().map(|s| s.build_id.clone()).unwrap_or_default();
+    if deployment.status == "building" {
+        println!("deployment {} (id {}) is building {build_id}", args.name, deployment.id);
+    } else {
+        println!("deployment {} created (id {}, revision {})", args.name, deployment.id, deployment.revision);
+    }
     if args.detach {
         return Ok(());
+    }
+    if deployment.status == "building" && !build_id.is_empty() {
+        follow_build_log(channel, &build_id).await?;
     }
     let started = Instant::now();
     let mut last = String::new();
     loop {
         let current = client.get_deployment(pb::DeploymentRef { name: args.name.clone() }).await.map_err(status_error)?.into_inner();
+        if current.status == "failed" {
+            bail!("{} failed: {}", args.name, current.message);
+        }
         let counts = current.instances.iter().fold(HashMap::<&str, usize>::new(), |mut counts, i| {
             *counts.entry(i.status.as_str()).or_default() += 1;
             counts
@@ -123,6 +146,22 @@ pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
         }
         next_event(&mut events, Duration::from_secs(1)).await;
     }
+}
+
+/// Prints a build's output as it comes until the build ends.
+async fn follow_build_log(channel: Channel, build_id: &str) -> Result<()> {
+    use std::io::Write;
+    let mut builds = crate::client::limited!(pb::build_service_client::BuildServiceClient::new(channel));
+    let mut lines =
+        builds.build_logs(pb::BuildLogsRequest { id: build_id.to_owned(), follow: true }).await.map_err(status_error)?.into_inner();
+    let mut stdout = std::io::stdout();
+    while let Some(line) = lines.message().await.map_err(status_error)? {
+        stdout.write_all(&line.data).context("writing the build log")?;
+    }
+    stdout.flush().context("writing the build log")?;
+    let build = builds.get_build(pb::BuildRef { id: build_id.to_owned() }).await.map_err(status_error)?.into_inner();
+    println!("build {build_id}: {} {}", build.status, build.image);
+    Ok(())
 }
 
 /// Waits for the next cluster event, at most `wait`; without a stream (or once it ended),

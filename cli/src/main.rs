@@ -1,6 +1,7 @@
 //! `diplo`: the operator CLI. Talks gRPC (mTLS) to the control plane named by its
 //! context file.
 
+mod builds;
 mod client;
 mod containers;
 mod deployments;
@@ -27,7 +28,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum Format {
     Table,
     Json,
@@ -57,6 +58,11 @@ enum Command {
     Apps {
         #[command(subcommand)]
         command: AppsCommand,
+    },
+    /// Images built from git repositories.
+    Builds {
+        #[command(subcommand)]
+        command: builds::BuildsCommand,
     },
     /// Cluster events (deployments, instances, nodes, audit).
     Events {
@@ -280,6 +286,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Deploy(args) => deployments::deploy(channel, args).await?,
         Command::Apps { command } => deployments::apps(channel, command).await?,
         Command::Events { follow } => deployments::events(channel, follow).await?,
+        Command::Builds { command } => builds::run(channel, command).await?,
     }
     Ok(())
 }

@@ -39,6 +39,17 @@ pub struct Config {
     pub events_max_age: Option<Duration>,
     /// At most this many events are kept, the newest (`None`: no count limit).
     pub events_max_count: Option<u64>,
+    /// The cluster registry (`host:port`) that images built without a registry part in
+    /// their name are pushed to; `None`: such images stay on the node that built them.
+    pub registry: Option<String>,
+    /// Time a build may take, clone included.
+    pub build_timeout: Duration,
+    /// How long after its timeout a build's node may still report before the build
+    /// fails.
+    pub build_report_grace: Duration,
+    /// Base images by language key (`static`, `python`, ...), overriding the builders'
+    /// defaults.
+    pub base_images: std::collections::BTreeMap<String, String>,
 }
 
 /// PEM files for the REST gateway's TLS.
@@ -69,6 +80,10 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             events_max_age: Some(Duration::from_secs(30 * 24 * 3600)),
             events_max_count: Some(100_000),
+            registry: None,
+            build_timeout: diplo_api::build::DEFAULT_BUILD_TIMEOUT,
+            build_report_grace: Duration::from_secs(60),
+            base_images: std::collections::BTreeMap::new(),
         }
     }
 

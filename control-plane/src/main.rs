@@ -86,6 +86,13 @@ struct Options {
     /// At most this many events are kept, the newest (0: no limit).
     #[arg(long, env = "DIPLO_EVENTS_MAX_COUNT", default_value_t = 100_000)]
     events_max_count: u64,
+    /// Time a build may take, clone included (e.g. 30m).
+    #[arg(long, env = "DIPLO_BUILD_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    build_timeout: Duration,
+    /// Base image for a language's builds, LANG=IMAGE (repeatable, or comma-separated in
+    /// DIPLO_BASE_IMAGES: "static=IMG,python=IMG").
+    #[arg(long = "base-image", value_name = "LANG=IMAGE", env = "DIPLO_BASE_IMAGES", value_delimiter = ',')]
+    base_image: Vec<String>,
 }
 
 impl Options {
@@ -122,6 +129,15 @@ impl Options {
         config.max_connections = self.max_connections;
         config.events_max_age = Some(self.events_max_age).filter(|age| !age.is_zero());
         config.events_max_count = Some(self.events_max_count).filter(|count| *count > 0);
+        if self.build_timeout.is_zero() || self.build_timeout > diplo_api::build::MAX_BUILD_TIMEOUT {
+            anyhow::bail!(
+                "invalid --build-timeout: must be between 1s and {}",
+                humantime::format_duration(diplo_api::build::MAX_BUILD_TIMEOUT)
+            );
+        }
+        config.build_timeout = self.build_timeout;
+        config.base_images = diplo_api::build::template::parse_base_images(&self.base_image.join(","))
+            .map_err(|e| anyhow::anyhow!("invalid --base-image (DIPLO_BASE_IMAGES): {e}"))?;
         Ok(config)
     }
 }
@@ -186,5 +202,22 @@ mod tests {
         assert_eq!((set.max_connections, set.events_max_age, set.events_max_count), (8, None, None));
         let err = config(&["--max-connections", "0"]).expect_err("refused").to_string();
         assert!(err.contains("--max-connections"), "{err}");
+    }
+
+    #[test]
+    fn build_flags() {
+        let defaults = config(&[]).expect("config");
+        assert_eq!(defaults.build_timeout, Duration::from_secs(30 * 60));
+        assert!(defaults.base_images.is_empty());
+        let set =
+            config(&["--build-timeout", "10m", "--base-image", "static=nginx:alpine", "--base-image", "go=golang:1.23"]).expect("config");
+        assert_eq!(set.build_timeout, Duration::from_secs(600));
+        assert_eq!(set.base_images.len(), 2);
+        assert_eq!(set.base_images.get("go").map(String::as_str), Some("golang:1.23"));
+        for bad in [&["--build-timeout", "0s"][..], &["--build-timeout", "7h"], &["--base-image", "nginx"], &["--base-image", "cobol=img"]]
+        {
+            let err = config(bad).expect_err("refused").to_string();
+            assert!(err.contains(bad[0]), "{err}");
+        }
     }
 }

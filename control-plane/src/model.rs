@@ -259,12 +259,41 @@ pub struct DeploymentSpec {
     pub max_parallel: u32,
     /// Template for every instance's container (`name` is set per instance).
     pub container: diplo_api::container::ContainerSpec,
+    /// Where the image comes from when it is built from git: the repository, the branch
+    /// and, once built, the commit and the build (recorded with each revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+}
+
+/// A deployment built from a git repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SourceSpec {
+    /// Repository URL.
+    pub repo_url: String,
+    /// Branch built; `None`: the repository's default branch.
+    pub branch: Option<String>,
+    /// Language given by the user (detection otherwise).
+    pub language: Option<String>,
+    /// The commit this revision's image was built from (empty while building).
+    pub commit: String,
+    /// The build that made this revision's image (or is making it).
+    pub build_id: String,
+    /// While a new build of a running deployment is under way: the spec it asked for,
+    /// applied with the new image when the build succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Box<DeploymentSpec>>,
 }
 
 /// A deployment's lifecycle as shown to operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeploymentStatus {
+    /// Its image is being built from source (the previous revision, if any, keeps
+    /// running meanwhile).
+    Building,
+    /// Its first build failed: nothing runs; the message says why.
+    Failed,
     /// Instances are being placed or started.
     Deploying,
     /// Every desired instance runs.
@@ -279,6 +308,8 @@ impl DeploymentStatus {
     /// Lower-case name, as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
+            DeploymentStatus::Building => "building",
+            DeploymentStatus::Failed => "failed",
             DeploymentStatus::Deploying => "deploying",
             DeploymentStatus::Running => "running",
             DeploymentStatus::Degraded => "degraded",
@@ -292,6 +323,8 @@ impl FromStr for DeploymentStatus {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "building" => Ok(DeploymentStatus::Building),
+            "failed" => Ok(DeploymentStatus::Failed),
             "deploying" => Ok(DeploymentStatus::Deploying),
             "running" => Ok(DeploymentStatus::Running),
             "degraded" => Ok(DeploymentStatus::Degraded),
@@ -399,6 +432,79 @@ impl InstanceRecord {
             created_at: now,
             updated_at: now,
         }
+    }
+}
+
+// ---- builds ----
+
+/// A build of an image from git, as stored and shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    /// The build's id.
+    pub id: String,
+    /// Where it stands.
+    #[serde(with = "build_status_name")]
+    pub status: diplo_api::build::BuildStatus,
+    /// Repository URL.
+    pub git_repo: String,
+    /// Branch or tag; `None`: the repository's default branch.
+    pub git_branch: Option<String>,
+    /// The commit built (known once its node reports).
+    pub commit: String,
+    /// Language built for (detected or given).
+    pub language: String,
+    /// The file that gave the language away, or `"language"` when given.
+    pub detected_from: String,
+    /// `buildpack_type` asked for (`""`: detection).
+    pub buildpack_type: String,
+    /// The builder that runs it, once a node is chosen.
+    pub builder: Option<diplo_api::build::Builder>,
+    /// The node that runs it, once chosen.
+    pub node_id: Option<String>,
+    /// Platform asked for (`linux/arm64`); `None`: any.
+    pub platform: Option<String>,
+    /// Image reference: the tag asked for, then what the node built (with digest once pushed).
+    pub image: String,
+    /// `sha256:…` digest of the image, once built.
+    pub digest: String,
+    /// Whether the image goes to (went to) a registry; `false`: it exists on its builder node only.
+    pub pushed: bool,
+    /// Compose buildpack: service name → image.
+    pub service_images: BTreeMap<String, String>,
+    /// Why it failed, or progress.
+    pub message: String,
+    /// When it was asked for.
+    pub created_at: DateTime<Utc>,
+    /// When its node was given it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Deployment this build feeds, if any.
+    pub deployment_id: Option<String>,
+    /// Who asked for it (`operator:NAME`, `system`).
+    pub requested_by: String,
+}
+
+impl BuildRecord {
+    /// Seconds from start (or creation) to the end, or to `now` while it runs.
+    pub fn duration_seconds(&self, now: DateTime<Utc>) -> f64 {
+        let from = self.started_at.unwrap_or(self.created_at);
+        let to = self.finished_at.unwrap_or(now);
+        (to - from).num_milliseconds().max(0) as f64 / 1000.0
+    }
+}
+
+/// A [`diplo_api::build::BuildStatus`] as its lower-case name in JSON.
+mod build_status_name {
+    use diplo_api::build::BuildStatus;
+
+    pub fn serialize<S: serde::Serializer>(status: &BuildStatus, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(status.as_str())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<BuildStatus, D::Error> {
+        let text: String = serde::Deserialize::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

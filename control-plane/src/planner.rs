@@ -351,6 +351,10 @@ pub fn plan(
     if deployment.status == DeploymentStatus::Deleting {
         return plan_deletion(snapshot, deployment, instances);
     }
+    // Built from source and not built yet (or its first build failed): nothing to run.
+    if deployment.spec.container.image.is_empty() {
+        return Plan::default();
+    }
     let mut plan = Plan::default();
     let mut instances = instances.to_vec();
     let mut lost_here: Vec<InstanceRecord> = Vec::new();
@@ -521,7 +525,9 @@ pub fn plan(
     if let Some(note) = snapshot.images.get(image).and_then(|p| p.note(image)) {
         message = if message.is_empty() { note } else { format!("{message}; {note}") };
     }
-    if status != deployment.status || message != deployment.message {
+    // While a new image is being built the deployment says so; the build's end sets the
+    // status again.
+    if deployment.status != DeploymentStatus::Building && (status != deployment.status || message != deployment.message) {
         plan.status = Some((status, message));
     }
     plan

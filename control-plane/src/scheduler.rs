@@ -707,6 +707,81 @@ fn bytes(value: u64) -> String {
     format!("{value}B")
 }
 
+/// A node as the choice of a builder sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuilderCandidate {
+    /// Stable node id.
+    pub id: String,
+    /// Node name (a preferred node may be named by id or name).
+    pub name: String,
+    /// OS family (`linux`).
+    pub os: String,
+    /// Architecture, Go/OCI spelling (`uname -m` spellings work too).
+    pub arch: String,
+    /// Heartbeats arrive on time.
+    pub ready: bool,
+    /// Operators asked that nothing new lands here.
+    pub cordoned: bool,
+    /// Image builders the node offers.
+    pub builders: Vec<diplo_api::build::Builder>,
+}
+
+/// Chooses the node and builder for a build: among ready, uncordoned nodes that offer
+/// a builder and run `platform` (`(os, arch)`, when given), `prefer_node` (id or name)
+/// wins when it is one of them; then the best builder (Docker, then Podman, then
+/// Buildah), then the fewest builds running (`running`, by node id), then the lowest
+/// id. Pure: the answer depends only on the arguments, not on their order. The error
+/// says why no node fits.
+pub fn pick_builder(
+    nodes: &[BuilderCandidate],
+    platform: Option<(&str, &str)>,
+    prefer_node: Option<&str>,
+    running: &BTreeMap<String, u32>,
+) -> Result<(String, diplo_api::build::Builder), String> {
+    use diplo_api::build::Builder;
+    let best_builder = |node: &BuilderCandidate| Builder::ALL.into_iter().find(|b| node.builders.contains(b));
+    let on_platform = |node: &BuilderCandidate| {
+        platform.is_none_or(|(os, arch)| normalize_os(&node.os) == normalize_os(os) && normalize_arch(&node.arch) == normalize_arch(arch))
+    };
+    let usable = |node: &&BuilderCandidate| node.ready && !node.cordoned;
+    let best = nodes
+        .iter()
+        .filter(usable)
+        .filter(|node| on_platform(node))
+        .filter_map(|node| best_builder(node).map(|builder| (node, builder)))
+        .min_by(|(a, builder_a), (b, builder_b)| {
+            let preferred = |node: &BuilderCandidate| !prefer_node.is_some_and(|p| p == node.id || p == node.name);
+            let load = |node: &BuilderCandidate| running.get(&node.id).copied().unwrap_or(0);
+            (preferred(a), builder_a, load(a), &a.id).cmp(&(preferred(b), builder_b, load(b), &b.id))
+        });
+    if let Some((node, builder)) = best {
+        return Ok((node.id.clone(), builder));
+    }
+    let with_builder: Vec<&BuilderCandidate> = nodes.iter().filter(|node| !node.builders.is_empty()).collect();
+    if with_builder.is_empty() {
+        return Err(format!(
+            "no node has an image builder (docker, podman or buildah) among {} node(s): install one on a node or build elsewhere",
+            nodes.len()
+        ));
+    }
+    let usable_builders: Vec<&BuilderCandidate> = with_builder.iter().copied().filter(usable).collect();
+    if usable_builders.is_empty() {
+        let down = with_builder.iter().filter(|node| !node.ready).count();
+        let cordoned = with_builder.iter().filter(|node| node.ready && node.cordoned).count();
+        return Err(format!(
+            "no ready node with an image builder: of {} node(s) with one, {down} not ready and {cordoned} cordoned",
+            with_builder.len()
+        ));
+    }
+    let (os, arch) = platform.unwrap_or_default();
+    let offered: BTreeSet<String> =
+        usable_builders.iter().map(|node| format!("{}/{}", normalize_os(&node.os), normalize_arch(&node.arch))).collect();
+    Err(format!(
+        "no ready node with an image builder runs {os}/{arch} (builders run on {})",
+        offered.into_iter().collect::<Vec<_>>().join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1279,6 +1354,195 @@ mod tests {
                 for node in running.iter().filter(|node| added.contains_key(node.id.as_str())) {
                     prop_assert!(total(node) - 1 <= least, "{} has {} while another has {}", node.id, total(node), least);
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod builder_tests {
+    use std::collections::BTreeMap;
+
+    use super::{BuilderCandidate, normalize_arch, pick_builder};
+    use diplo_api::build::Builder::{self, *};
+    use proptest::prelude::*;
+
+    fn node(id: &str, arch: &str, builders: &[Builder]) -> BuilderCandidate {
+        BuilderCandidate {
+            id: id.into(),
+            name: format!("name-{id}"),
+            os: "linux".into(),
+            arch: arch.into(),
+            ready: true,
+            cordoned: false,
+            builders: builders.to_vec(),
+        }
+    }
+
+    #[test]
+    fn builders_are_chosen_by_preference_platform_and_load() {
+        let none = BTreeMap::new();
+        let arm = Some(("linux", "arm64"));
+        let busy = |id: &str, n: u32| BTreeMap::from([(id.to_owned(), n)]);
+        /// Name, nodes, platform, preferred node, running builds, expected node and builder
+        /// (or a part of the error).
+        type Case<'a> = (
+            &'a str,
+            Vec<BuilderCandidate>,
+            Option<(&'a str, &'a str)>,
+            Option<&'a str>,
+            BTreeMap<String, u32>,
+            Result<(&'a str, Builder), &'a str>,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "docker beats podman beats buildah",
+                vec![node("a", "amd64", &[Buildah]), node("b", "amd64", &[Podman]), node("c", "amd64", &[Docker])],
+                None,
+                None,
+                none.clone(),
+                Ok(("c", Docker)),
+            ),
+            (
+                "a node's best builder counts",
+                vec![node("a", "amd64", &[Buildah, Podman]), node("b", "amd64", &[Buildah])],
+                None,
+                None,
+                none.clone(),
+                Ok(("a", Podman)),
+            ),
+            (
+                "the preferred node wins over a better builder",
+                vec![node("a", "amd64", &[Docker]), node("b", "amd64", &[Buildah])],
+                None,
+                Some("b"),
+                none.clone(),
+                Ok(("b", Buildah)),
+            ),
+            (
+                "preferred by name",
+                vec![node("a", "amd64", &[Docker]), node("b", "amd64", &[Docker])],
+                None,
+                Some("name-b"),
+                none.clone(),
+                Ok(("b", Docker)),
+            ),
+            (
+                "a preferred node that cannot build is passed over",
+                vec![node("a", "amd64", &[Docker]), node("b", "amd64", &[])],
+                None,
+                Some("b"),
+                none.clone(),
+                Ok(("a", Docker)),
+            ),
+            (
+                "fewer running builds",
+                vec![node("a", "amd64", &[Docker]), node("b", "amd64", &[Docker])],
+                None,
+                None,
+                busy("a", 2),
+                Ok(("b", Docker)),
+            ),
+            (
+                "lowest id breaks ties",
+                vec![node("b", "amd64", &[Docker]), node("a", "amd64", &[Docker])],
+                None,
+                None,
+                none.clone(),
+                Ok(("a", Docker)),
+            ),
+            (
+                "platform filters, uname spellings too",
+                vec![node("a", "amd64", &[Docker]), node("b", "aarch64", &[Buildah])],
+                arm,
+                None,
+                none.clone(),
+                Ok(("b", Buildah)),
+            ),
+            (
+                "no builder at all",
+                vec![node("a", "amd64", &[]), node("b", "arm64", &[])],
+                None,
+                None,
+                none.clone(),
+                Err("no node has an image builder"),
+            ),
+            (
+                "none for the platform",
+                vec![node("a", "amd64", &[Docker]), node("b", "arm64", &[])],
+                arm,
+                None,
+                none.clone(),
+                Err("no ready node with an image builder runs linux/arm64 (builders run on linux/amd64)"),
+            ),
+            (
+                "builders only on down or cordoned nodes",
+                vec![
+                    BuilderCandidate { ready: false, ..node("a", "amd64", &[Docker]) },
+                    BuilderCandidate { cordoned: true, ..node("b", "amd64", &[Docker]) },
+                ],
+                None,
+                None,
+                none.clone(),
+                Err("of 2 node(s) with one, 1 not ready and 1 cordoned"),
+            ),
+            ("no node", vec![], None, None, none.clone(), Err("no node has an image builder")),
+        ];
+        for (name, nodes, platform, prefer, running, expected) in cases {
+            let got = pick_builder(&nodes, platform, prefer, &running);
+            match (&got, expected) {
+                (Ok((id, builder)), Ok((want_id, want_builder))) => assert_eq!((id.as_str(), *builder), (want_id, want_builder), "{name}"),
+                (Err(message), Err(want)) => assert!(message.contains(want), "{name}: {message}"),
+                _ => panic!("{name}: got {got:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    fn any_node() -> impl proptest::strategy::Strategy<Value = BuilderCandidate> {
+        (
+            0..20u8,
+            prop::sample::select(vec!["amd64", "arm64", "x86_64"]),
+            any::<bool>(),
+            any::<bool>(),
+            prop::sample::subsequence(Builder::ALL.to_vec(), 0..=3),
+        )
+            .prop_map(|(id, arch, ready, cordoned, builders)| BuilderCandidate {
+                ready,
+                cordoned,
+                ..node(&format!("n{id}"), arch, &builders)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn never_picks_a_node_that_cannot_build_and_the_order_does_not_matter(
+            nodes in proptest::collection::vec(any_node(), 0..12),
+            platform in prop::option::of(prop::sample::select(vec![("linux", "amd64"), ("linux", "arm64")])),
+            prefer in prop::option::of(0..20u8),
+            loads in proptest::collection::btree_map(0..20u8, 0..4u32, 0..8),
+        ) {
+            // Ids are unique among nodes.
+            let mut nodes = nodes;
+            nodes.sort_by(|a, b| a.id.cmp(&b.id));
+            nodes.dedup_by(|a, b| a.id == b.id);
+            let prefer = prefer.map(|p| format!("n{p}"));
+            let running: BTreeMap<String, u32> = loads.into_iter().map(|(id, n)| (format!("n{id}"), n)).collect();
+            let picked = pick_builder(&nodes, platform, prefer.as_deref(), &running);
+            let mut reversed = nodes.clone();
+            reversed.reverse();
+            prop_assert_eq!(&picked, &pick_builder(&reversed, platform, prefer.as_deref(), &running));
+            if let Ok((id, builder)) = &picked {
+                let chosen = nodes.iter().find(|n| &n.id == id).expect("a given node");
+                prop_assert!(chosen.ready && !chosen.cordoned, "{chosen:?}");
+                prop_assert!(chosen.builders.contains(builder), "{chosen:?} {builder}");
+                if let Some((_, arch)) = platform {
+                    prop_assert_eq!(normalize_arch(&chosen.arch), arch);
+                }
+            } else {
+                let fits = nodes.iter().any(|n| {
+                    n.ready && !n.cordoned && !n.builders.is_empty() && platform.is_none_or(|(_, arch)| normalize_arch(&n.arch) == arch)
+                });
+                prop_assert!(!fits, "a node fits but none was picked: {picked:?}");
             }
         }
     }

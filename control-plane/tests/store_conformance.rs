@@ -139,7 +139,10 @@ conformance!(
     instances_insert_is_atomic,
     instances_update,
     instances_delete,
-    instances_large_batches;
+    instances_large_batches,
+    builds_insert_get_list,
+    builds_update_is_compare_and_set,
+    builds_logs;
     by_url:
     writer_acquire_refuse_release,
     writer_freed_when_its_holder_dies,
@@ -283,6 +286,14 @@ mod cases {
                     retries: 3,
                 }),
             },
+            source: Some(diplo_control_plane::model::SourceSpec {
+                repo_url: "https://git.example/app.git".to_owned(),
+                branch: Some("main".to_owned()),
+                language: Some("go".to_owned()),
+                commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+                build_id: "b-1".to_owned(),
+                pending: Some(Box::new(DeploymentSpec { name: name.to_owned(), replicas: 1, ..Default::default() })),
+            }),
         }
     }
 
@@ -1245,6 +1256,89 @@ mod cases {
             Err(other) => panic!("second writer: expected WriterTaken, got {other}"),
             Ok(_) => panic!("a second writer was let in while {holder} holds the lock"),
         }
+    }
+
+    // ---- builds ----
+
+    fn build(id: &str, created_ms: i64) -> diplo_control_plane::model::BuildRecord {
+        diplo_control_plane::model::BuildRecord {
+            id: id.into(),
+            status: diplo_api::build::BuildStatus::Queued,
+            git_repo: "https://git.example/app.git".into(),
+            git_branch: Some("main".into()),
+            commit: String::new(),
+            language: String::new(),
+            detected_from: String::new(),
+            buildpack_type: "dockerfile".into(),
+            builder: None,
+            node_id: None,
+            platform: Some("linux/arm64".into()),
+            image: format!("127.0.0.1:5000/app:{id}"),
+            digest: String::new(),
+            pushed: true,
+            service_images: BTreeMap::new(),
+            message: String::new(),
+            created_at: Utc.timestamp_millis_opt(created_ms).single().expect("time"),
+            started_at: None,
+            finished_at: None,
+            deployment_id: (id == "b-2").then(|| "dep-1".to_owned()),
+            requested_by: "operator:admin".into(),
+        }
+    }
+
+    pub async fn builds_insert_get_list(store: Arc<dyn Store>) {
+        for (id, at) in [("b-1", 1_000), ("b-2", 3_000), ("b-3", 2_000)] {
+            store.insert_build(&build(id, at)).await.expect("insert");
+        }
+        assert_eq!(store.get_build("b-2").await.expect("get"), Some(build("b-2", 3_000)));
+        assert_eq!(store.get_build("nope").await.expect("get"), None);
+        let ids = |builds: Vec<diplo_control_plane::model::BuildRecord>| builds.into_iter().map(|b| b.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.list_builds(10).await.expect("list")), ["b-2", "b-3", "b-1"], "newest first");
+        assert_eq!(ids(store.list_builds(2).await.expect("list")), ["b-2", "b-3"], "the newest `limit`");
+        match store.insert_build(&build("b-1", 5_000)).await {
+            Err(StoreError::AlreadyExists { what: "build", key }) => assert_eq!(key, "b-1"),
+            other => panic!("duplicate build id: {other:?}"),
+        }
+    }
+
+    pub async fn builds_update_is_compare_and_set(store: Arc<dyn Store>) {
+        use diplo_api::build::{BuildStatus, Builder};
+        let queued = build("b-1", 1_000);
+        store.insert_build(&queued).await.expect("insert");
+        let mut running = queued.clone();
+        running.status = BuildStatus::Running;
+        running.node_id = Some("node-a".into());
+        running.builder = Some(Builder::Podman);
+        running.started_at = Some(Utc.timestamp_millis_opt(1_500).single().expect("time"));
+        assert!(store.update_build(&running, BuildStatus::Queued).await.expect("update"));
+        assert_eq!(store.get_build("b-1").await.expect("get"), Some(running.clone()));
+        // Cancelled while running.
+        let mut cancelled = running.clone();
+        cancelled.status = BuildStatus::Cancelled;
+        cancelled.message = "cancelled by operator:admin".into();
+        assert!(store.update_build(&cancelled, BuildStatus::Running).await.expect("cancel"));
+        // A late report computed from the running record: not written.
+        let mut succeeded = running.clone();
+        succeeded.status = BuildStatus::Succeeded;
+        succeeded.digest = "sha256:abc".into();
+        assert!(!store.update_build(&succeeded, BuildStatus::Running).await.expect("late report"));
+        assert!(!store.update_build(&succeeded, BuildStatus::Queued).await.expect("stale"));
+        assert_eq!(store.get_build("b-1").await.expect("get"), Some(cancelled), "the final status stays");
+        let mut ghost = build("ghost", 1_000);
+        ghost.status = BuildStatus::Failed;
+        assert!(!store.update_build(&ghost, BuildStatus::Queued).await.expect("unknown id"));
+    }
+
+    pub async fn builds_logs(store: Arc<dyn Store>) {
+        store.insert_build(&build("b-1", 1_000)).await.expect("insert");
+        assert_eq!(store.get_build_log("b-1").await.expect("log"), Some(Vec::new()), "empty until stored");
+        let log: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        assert!(store.save_build_log("b-1", &log).await.expect("save"));
+        assert_eq!(store.get_build_log("b-1").await.expect("log"), Some(log));
+        assert!(!store.save_build_log("nope", b"x").await.expect("save"));
+        assert_eq!(store.get_build_log("nope").await.expect("log"), None);
+        // Storing the log leaves the record as it was.
+        assert_eq!(store.get_build("b-1").await.expect("get"), Some(build("b-1", 1_000)));
     }
 
     pub async fn writer_acquire_refuse_release(url: String) {

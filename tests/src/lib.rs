@@ -1226,3 +1226,249 @@ pub mod postgres {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Fake nodes
+
+/// Nodes played by the test itself over real gRPC: they join with a join token, open a
+/// session with the fingerprint the test chooses, keep it alive with heartbeats, and
+/// answer the commands they receive as the test says (results, streamed output, build
+/// reports).
+pub mod fake_node {
+    use std::time::Duration;
+
+    use diplo_api::pb;
+    use diplo_api::pb::agent_service_client::AgentServiceClient;
+    use diplo_api::pb::cluster_service_client::ClusterServiceClient;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::Status;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+    use super::ControlPlane;
+
+    /// A TLS channel to the control plane's gRPC port presenting `identity` when given.
+    pub async fn connect(control_plane: &ControlPlane, identity: Option<Identity>) -> Channel {
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(control_plane.read_file("ca.pem"))).domain_name("localhost");
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
+        Endpoint::from_shared(format!("https://{}", control_plane.grpc_addr()))
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("TLS config")
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect: {e:?}\n{}", control_plane.logs()))
+    }
+
+    /// The admin's certificate and key, as the control plane wrote them.
+    pub fn admin_identity(control_plane: &ControlPlane) -> Identity {
+        Identity::from_pem(control_plane.read_file("admin.pem"), control_plane.read_file("admin-key.pem"))
+    }
+
+    /// A fingerprint of a Linux node on `arch` with Docker available and `builders`.
+    pub fn builder_fingerprint(arch: &str, builders: &[&str]) -> pb::NodeFingerprint {
+        pb::NodeFingerprint {
+            hostname: "fake".into(),
+            os: "linux".into(),
+            arch: arch.into(),
+            cpus: 2,
+            memory_bytes: 2 << 30,
+            runtimes: vec![pb::RuntimeStatus {
+                kind: pb::RuntimeKind::Docker as i32,
+                available: true,
+                version: "27.0".into(),
+                endpoint: "/var/run/docker.sock".into(),
+                ..Default::default()
+            }],
+            builders: builders.iter().map(|b| (*b).to_owned()).collect(),
+            build_dir: if builders.is_empty() { String::new() } else { "/var/lib/diplo/builds".into() },
+            ..Default::default()
+        }
+    }
+
+    /// A node joined through the `Join` RPC (its key stays here).
+    pub struct FakeNode {
+        /// Node id the control plane gave it.
+        pub id: String,
+        /// Its name.
+        pub name: String,
+        cert_pem: String,
+        key_pem: String,
+    }
+
+    impl FakeNode {
+        /// Joins as `name` with a fresh join token made by the admin.
+        pub async fn join(control_plane: &ControlPlane, name: &str) -> FakeNode {
+            let admin = connect(control_plane, Some(admin_identity(control_plane))).await;
+            let token = ClusterServiceClient::new(admin)
+                .create_join_token(pb::CreateJoinTokenRequest::default())
+                .await
+                .expect("CreateJoinToken as admin")
+                .into_inner()
+                .token;
+            let (key_pem, csr_pem) = diplo_api::pki::generate_csr(name).expect("CSR");
+            let request = pb::JoinRequest { token, node_name: name.to_owned(), csr_pem, ..Default::default() };
+            let response = AgentServiceClient::new(connect(control_plane, None).await)
+                .join(request)
+                .await
+                .unwrap_or_else(|s| panic!("join {name}: {s:?}\n{}", control_plane.logs()))
+                .into_inner();
+            FakeNode { id: response.node_id, name: name.to_owned(), cert_pem: response.certificate_pem, key_pem }
+        }
+
+        /// Its node certificate and key.
+        pub fn identity(&self) -> Identity {
+            Identity::from_pem(&self.cert_pem, &self.key_pem)
+        }
+
+        /// Opens a session with `fingerprint`; heartbeats every 500 ms keep it ready.
+        pub async fn open_session(&self, control_plane: &ControlPlane, fingerprint: pb::NodeFingerprint) -> FakeSession {
+            let channel = connect(control_plane, Some(self.identity())).await;
+            let (upstream, rx) = mpsc::channel(16);
+            let hello = pb::Hello { fingerprint: Some(fingerprint), containers: Vec::new() };
+            upstream.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) }).await.expect("queue hello");
+            let mut downstream = AgentServiceClient::new(channel.clone())
+                .session(ReceiverStream::new(rx))
+                .await
+                .unwrap_or_else(|s| panic!("session of {}: {s:?}\n{}", self.name, control_plane.logs()))
+                .into_inner();
+            let (commands_tx, commands) = mpsc::channel(64);
+            let (end_tx, end) = tokio::sync::oneshot::channel();
+            let reader = tokio::spawn(async move {
+                let ended = loop {
+                    match downstream.message().await {
+                        Ok(Some(pb::ControlMessage { body: Some(pb::control_message::Body::Command(command)) })) => {
+                            let _ = commands_tx.send(command).await;
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => break Ok(()),
+                        Err(status) => break Err(status),
+                    }
+                };
+                let _ = end_tx.send(ended);
+            });
+            let beats = upstream.clone();
+            let heartbeats = tokio::spawn(async move {
+                for sequence in 1.. {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let beat = pb::Heartbeat { sequence, full: true, ..Default::default() };
+                    if beats.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(beat)) }).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            FakeSession { channel, upstream: Some(upstream), commands, end: Some(end), tasks: vec![reader, heartbeats] }
+        }
+    }
+
+    /// An open session of a [`FakeNode`]. Dropping it closes the session.
+    pub struct FakeSession {
+        channel: Channel,
+        upstream: Option<mpsc::Sender<pb::AgentMessage>>,
+        commands: mpsc::Receiver<pb::Command>,
+        end: Option<tokio::sync::oneshot::Receiver<Result<(), Status>>>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Drop for FakeSession {
+        fn drop(&mut self) {
+            for task in &self.tasks {
+                task.abort();
+            }
+        }
+    }
+
+    impl FakeSession {
+        /// The next command the control plane sends, within `limit`.
+        pub async fn next_command(&mut self, limit: Duration) -> pb::Command {
+            tokio::time::timeout(limit, self.commands.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no command within {limit:?}"))
+                .expect("the session ended before a command came")
+        }
+
+        /// Whether a command comes within `limit` (and which).
+        pub async fn try_next_command(&mut self, limit: Duration) -> Option<pb::Command> {
+            tokio::time::timeout(limit, self.commands.recv()).await.ok().flatten()
+        }
+
+        /// Sends a message on the session.
+        pub async fn send(&self, body: pb::agent_message::Body) {
+            let upstream = self.upstream.as_ref().expect("session open");
+            upstream.send(pb::AgentMessage { body: Some(body) }).await.expect("session open");
+        }
+
+        /// Answers a command: success, or failure with `error_code` and message.
+        pub async fn answer(&self, request_id: &str, error: Option<(&str, &str)>) {
+            let result = pb::CommandResult {
+                request_id: request_id.to_owned(),
+                ok: error.is_none(),
+                error_code: error.map(|(code, _)| code.to_owned()).unwrap_or_default(),
+                error_message: error.map(|(_, message)| message.to_owned()).unwrap_or_default(),
+                ..Default::default()
+            };
+            self.send(pb::agent_message::Body::Result(result)).await;
+        }
+
+        /// Streams `chunks` of stdout for a command, then its end, over `StreamOutput`.
+        pub async fn stream_output(&self, request_id: &str, chunks: &[&[u8]]) {
+            let mut messages: Vec<pb::OutputChunk> = chunks
+                .iter()
+                .map(|data| pb::OutputChunk { request_id: request_id.to_owned(), stream: "stdout".into(), data: data.to_vec(), eof: false })
+                .collect();
+            messages.push(pb::OutputChunk { request_id: request_id.to_owned(), eof: true, ..Default::default() });
+            AgentServiceClient::new(self.channel.clone()).stream_output(tokio_stream::iter(messages)).await.expect("StreamOutput");
+        }
+
+        /// Streams output for a command over `StreamOutput` as the returned sender is fed,
+        /// until it is dropped (which sends the end).
+        pub fn open_output(&self, request_id: &str) -> mpsc::Sender<Vec<u8>> {
+            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+            let (chunks_tx, chunks_rx) = mpsc::channel(16);
+            let request_id = request_id.to_owned();
+            tokio::spawn(async move {
+                while let Some(data) = rx.recv().await {
+                    let chunk = pb::OutputChunk { request_id: request_id.clone(), stream: "stdout".into(), data, eof: false };
+                    if chunks_tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = chunks_tx.send(pb::OutputChunk { request_id, eof: true, ..Default::default() }).await;
+            });
+            let channel = self.channel.clone();
+            tokio::spawn(async move {
+                let _ = AgentServiceClient::new(channel).stream_output(ReceiverStream::new(chunks_rx)).await;
+            });
+            tx
+        }
+
+        /// Sends a build report.
+        pub async fn report(&self, report: pb::BuildReport) {
+            self.send(pb::agent_message::Body::BuildReport(report)).await;
+        }
+
+        /// Closes the session from the node's side.
+        pub fn close(&mut self) {
+            self.upstream = None;
+            for task in &self.tasks {
+                task.abort();
+            }
+        }
+
+        /// How the session ended within `limit` (`Err(status)` when refused); panics when
+        /// it is still open.
+        pub async fn ended(&mut self, limit: Duration) -> Result<(), Status> {
+            let end = self.end.take().expect("ended asked once");
+            match tokio::time::timeout(limit, end).await {
+                Ok(Ok(ended)) => ended,
+                Ok(Err(_)) => Ok(()),
+                Err(_) => panic!("the session is still open {limit:?} later"),
+            }
+        }
+    }
+}

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use diplo_api::pb;
 use diplo_api::pb::agent_service_client::AgentServiceClient;
+use diplo_api::pb::build_service_client::BuildServiceClient;
 use diplo_api::pb::cluster_service_client::ClusterServiceClient;
 use diplo_api::pb::container_service_client::ContainerServiceClient;
 use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
@@ -492,6 +493,16 @@ fn rpcs() -> Vec<Rpc> {
             Viewer,
             DeploymentServiceClient::list_instances(pb::ListInstancesRequest::default())
         ),
+        // BuildService
+        rpc!(
+            "diplo.v1.BuildService/StartBuild",
+            Deployer,
+            BuildServiceClient::start_build(pb::BuildRequest { git_repo: "https://git.example/authz.git".into(), ..Default::default() })
+        ),
+        rpc!("diplo.v1.BuildService/GetBuild", Viewer, BuildServiceClient::get_build(pb::BuildRef { id: nope() })),
+        rpc!("diplo.v1.BuildService/ListBuilds", Viewer, BuildServiceClient::list_builds(pb::ListBuildsRequest {})),
+        rpc!("diplo.v1.BuildService/CancelBuild", Deployer, BuildServiceClient::cancel_build(pb::BuildRef { id: nope() })),
+        rpc!("diplo.v1.BuildService/BuildLogs", Viewer, BuildServiceClient::build_logs(pb::BuildLogsRequest { id: nope(), follow: false })),
         // EventService
         rpc!("diplo.v1.EventService/Watch", Viewer, EventServiceClient::watch(pb::WatchRequest::default())),
         // Health: open, so that load balancers and probes need nothing.
@@ -738,6 +749,14 @@ fn routes() -> Vec<Route> {
         route("PUT", "/api/v1/compute/instances/{id}/restart", Deployer, "/api/v1/compute/instances/authz-nope/restart"),
         route("GET", "/api/v1/compute/instances/{id}/usage", Viewer, "/api/v1/compute/instances/authz-nope/usage"),
         route("GET", "/api/v1/events", Viewer, "/api/v1/events"),
+        Route {
+            body: Some(serde_json::json!({"git_repo": "https://git.example/authz.git"})),
+            ..route("POST", "/api/v1/images/build", Deployer, "/api/v1/images/build")
+        },
+        route("GET", "/api/v1/images/builds", Viewer, "/api/v1/images/builds"),
+        route("GET", "/api/v1/images/build/{id}", Viewer, "/api/v1/images/build/authz-nope"),
+        route("DELETE", "/api/v1/images/build/{id}", Deployer, "/api/v1/images/build/authz-nope"),
+        route("GET", "/api/v1/images/build/{id}/logs", Viewer, "/api/v1/images/build/authz-nope/logs"),
     ]
 }
 

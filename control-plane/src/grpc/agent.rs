@@ -175,6 +175,17 @@ impl pb::agent_service_server::AgentService for AgentApi {
                             break;
                         }
                     }
+                    Ok(Some(pb::AgentMessage { body: Some(Body::BuildReport(report)) })) => {
+                        let checked = match diplo_api::build::BuildReport::try_from(report) {
+                            Ok(report) => control_plane.build_report(&caller, report).await,
+                            Err(err) => Err(ServiceError::InvalidRequest(format!("invalid build_report.{}: {}", err.field, err.message))),
+                        };
+                        if let Err(err) = checked {
+                            tracing::warn!(node_id = %node_id, error = %err, "build report refused; ending session");
+                            refused = Some(status_from(err));
+                            break;
+                        }
+                    }
                     Ok(Some(_)) => tracing::warn!(node_id = %node_id, "unexpected session message ignored"),
                     Ok(None) => break,
                     Err(status) => {

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::caller;
 use super::convert::{status_from, timestamp};
-use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, InstanceRecord, InstanceStatus, Strategy};
+use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, InstanceRecord, InstanceStatus, SourceSpec, Strategy};
 use crate::service::{ControlPlane, DeployInput, DeploymentView, WatchItem};
 
 /// The gRPC face of deployments and events.
@@ -34,10 +34,24 @@ pub fn spec_from_pb(spec: Option<pb::DeploymentSpec>) -> Result<DeploymentSpec, 
     if container.image.is_empty() {
         container.image = spec.image.clone();
     }
-    if container.image.is_empty() && !spec.repo_url.is_empty() {
-        return Err(invalid("image", "building from repo_url is not available yet: give an OCI image"));
+    // A repository is built first: the image comes from the build.
+    let source = (!spec.repo_url.is_empty()).then(|| SourceSpec {
+        repo_url: spec.repo_url.clone(),
+        branch: (!spec.git_branch.is_empty()).then(|| spec.git_branch.clone()),
+        language: (!spec.language.is_empty()).then(|| spec.language.clone()),
+        ..Default::default()
+    });
+    if source.is_some() && !container.image.is_empty() {
+        return Err(invalid("repo_url", "give either an image or a repo_url, not both"));
     }
-    let container = diplo_api::container::ContainerSpec::try_from(container).map_err(|e| invalid(&e.field, &e.message))?;
+    let container = if source.is_some() {
+        container.image = BUILD_PENDING.into();
+        let mut template = diplo_api::container::ContainerSpec::try_from(container).map_err(|e| invalid(&e.field, &e.message))?;
+        template.image.clear();
+        template
+    } else {
+        diplo_api::container::ContainerSpec::try_from(container).map_err(|e| invalid(&e.field, &e.message))?
+    };
     let runtime = match pb::RuntimeKind::try_from(spec.runtime) {
         Ok(kind) => kind.runtime(),
         Err(_) => return Err(invalid("runtime", format!("unknown value {}", spec.runtime))),
@@ -61,15 +75,23 @@ pub fn spec_from_pb(spec: Option<pb::DeploymentSpec>) -> Result<DeploymentSpec, 
         strategy,
         max_parallel: spec.max_parallel.max(1),
         container,
+        source,
     })
 }
+
+/// Stands in for the image of a deployment built from source while its template is
+/// checked (the build makes the real one).
+const BUILD_PENDING: &str = "build-pending";
 
 fn spec_to_pb(spec: &DeploymentSpec) -> pb::DeploymentSpec {
     pb::DeploymentSpec {
         name: spec.name.clone(),
         image: spec.container.image.clone(),
-        repo_url: String::new(),
-        language: String::new(),
+        repo_url: spec.source.as_ref().map(|s| s.repo_url.clone()).unwrap_or_default(),
+        language: spec.source.as_ref().and_then(|s| s.language.clone()).unwrap_or_default(),
+        git_branch: spec.source.as_ref().and_then(|s| s.branch.clone()).unwrap_or_default(),
+        commit: spec.source.as_ref().map(|s| s.commit.clone()).unwrap_or_default(),
+        build_id: spec.source.as_ref().map(|s| s.build_id.clone()).unwrap_or_default(),
         replicas: spec.replicas,
         runtime: spec.runtime.map_or(pb::RuntimeKind::Unspecified, Into::into) as i32,
         constraints: Some(pb::Constraints {

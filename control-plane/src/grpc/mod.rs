@@ -3,6 +3,7 @@
 
 mod agent;
 mod auth;
+mod builds;
 mod cluster;
 mod containers;
 mod convert;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diplo_api::pb::agent_service_server::AgentServiceServer;
+use diplo_api::pb::build_service_server::BuildServiceServer;
 use diplo_api::pb::cluster_service_server::ClusterServiceServer;
 use diplo_api::pb::container_service_server::ContainerServiceServer;
 use diplo_api::pb::deployment_service_server::DeploymentServiceServer;
@@ -77,6 +79,7 @@ pub async fn serve(
     health_reporter.set_serving::<ContainerServiceServer<containers::ContainerApi>>().await;
     health_reporter.set_serving::<DeploymentServiceServer<deployments::DeploymentApi>>().await;
     health_reporter.set_serving::<EventServiceServer<deployments::DeploymentApi>>().await;
+    health_reporter.set_serving::<BuildServiceServer<builds::BuildApi>>().await;
 
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
@@ -104,6 +107,7 @@ pub async fn serve(
         .add_service(limited!(ClusterServiceServer::new(cluster::ClusterApi::new(control_plane.clone()))))
         .add_service(limited!(ContainerServiceServer::new(containers::ContainerApi::new(control_plane.clone()))))
         .add_service(limited!(DeploymentServiceServer::new(deployments::DeploymentApi::new(control_plane.clone()))))
+        .add_service(limited!(BuildServiceServer::new(builds::BuildApi::new(control_plane.clone()))))
         .add_service(limited!(EventServiceServer::new(deployments::DeploymentApi::new(control_plane))))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

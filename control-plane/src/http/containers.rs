@@ -299,16 +299,18 @@ pub async fn runtime_info(State(cp): Api, Extension(caller): Extension<Caller>) 
                 "runtime": preferred,
                 "socket_path": report.map(|r| r.endpoint.clone()),
                 "rootless": report.is_some_and(|r| r.rootless),
-                "build_dir": Value::Null,
+                "build_dir": Some(&node.fingerprint.build_dir).filter(|dir| !dir.is_empty()),
             })
         })
         .collect();
     let first = per_node.first().cloned().unwrap_or_else(|| json!({}));
+    // The build directory of the first node that builds.
+    let build_dir = per_node.iter().find_map(|node| node.get("build_dir").filter(|dir| !dir.is_null()).cloned());
     Ok(Json(json!({
         "runtime": first.get("runtime").cloned().unwrap_or(Value::Null),
         "socket_path": first.get("socket_path").cloned().unwrap_or(Value::Null),
         "rootless": first.get("rootless").cloned().unwrap_or(Value::Bool(false)),
-        "build_dir": Value::Null,
+        "build_dir": build_dir.unwrap_or(Value::Null),
         "nodes": per_node,
     })))
 }

@@ -21,7 +21,7 @@ use super::ApiError;
 use super::containers::{parse_body, parse_port};
 use crate::auth::Caller;
 use crate::error::ServiceError;
-use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, InstanceRecord, Strategy};
+use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceRecord, SourceSpec, Strategy};
 use crate::service::{ControlPlane, DeployInput, DeploymentView, InstanceView, WatchItem};
 
 type Api = State<Arc<ControlPlane>>;
@@ -70,6 +70,9 @@ pub struct DeployBody {
     repo_url: Option<String>,
     #[serde(default)]
     language: Option<String>,
+    /// Branch to build (`repo_url`); the repository's default branch when absent.
+    #[serde(default)]
+    git_branch: Option<String>,
     #[serde(default)]
     runtime_type: Option<String>,
     #[serde(default)]
@@ -140,12 +143,22 @@ fn mount(text: &str) -> Result<Mount, ServiceError> {
 impl DeployBody {
     /// The deployment spec this body asks for.
     pub(super) fn into_spec(self) -> Result<DeploymentSpec, ServiceError> {
-        let image = match (self.image.filter(|i| !i.trim().is_empty()), self.repo_url.filter(|r| !r.is_empty())) {
-            (Some(image), _) => image,
-            (None, Some(_)) => {
-                return Err(ServiceError::invalid("image", "building from repo_url is not available yet: give an OCI image"));
+        // An image runs as it is; a repository is built first (the image comes from the build).
+        let (image, source) = match (self.image.filter(|i| !i.trim().is_empty()), self.repo_url.filter(|r| !r.is_empty())) {
+            (Some(_), Some(_)) => return Err(ServiceError::invalid("repo_url", "give either an image or a repo_url, not both")),
+            (Some(image), None) => (image, None),
+            (None, Some(repo_url)) => {
+                let source = SourceSpec {
+                    repo_url,
+                    branch: self.git_branch.filter(|b| !b.is_empty()),
+                    language: self.language.filter(|l| !l.is_empty()),
+                    ..Default::default()
+                };
+                (String::new(), Some(source))
             }
-            (None, None) => return Err(ServiceError::invalid("image", "an image reference is required")),
+            (None, None) => {
+                return Err(ServiceError::invalid("image", "an image reference (image) or a repository (repo_url) is required"));
+            }
         };
         let ports = self
             .ports
@@ -198,7 +211,6 @@ impl DeployBody {
             labels: self.labels,
             healthcheck,
         };
-        let _ = self.language;
         Ok(DeploymentSpec {
             name: self.name,
             replicas: self.replicas.unwrap_or(1),
@@ -207,6 +219,7 @@ impl DeployBody {
             strategy: self.strategy.unwrap_or_default(),
             max_parallel: self.max_parallel.unwrap_or(1),
             container,
+            source,
         })
     }
 }
@@ -235,6 +248,13 @@ fn deployment_json(deployment: &DeploymentRecord, instances: &[InstanceRecord]) 
         "id": deployment.id,
         "name": spec.name,
         "image": spec.container.image,
+        "source": spec.source.as_ref().map(|source| json!({
+            "repo_url": source.repo_url,
+            "git_branch": source.branch,
+            "language": source.language,
+            "commit": (!source.commit.is_empty()).then_some(&source.commit),
+            "build_id": (!source.build_id.is_empty()).then_some(&source.build_id),
+        })),
         "revision": deployment.revision,
         "replicas": spec.replicas,
         "running": running,
@@ -255,26 +275,36 @@ fn view_json(view: &DeploymentView) -> Value {
 
 pub async fn deploy(State(cp): Api, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let body: DeployBody = parse_body(&body)?;
-    let repo_url = body.repo_url.clone().unwrap_or_default();
-    let language = body.language.clone().unwrap_or_default();
     let spec = body.into_spec()?;
     let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let deployed = cp.deploy(&caller, DeployInput { spec, idempotency_key }).await?;
     let d = &deployed.deployment;
+    let source = d.spec.source.clone().unwrap_or_default();
+    let message = match d.status {
+        DeploymentStatus::Building => {
+            format!("building {} from {}, then deploying {} replica(s)", source.build_id, source.repo_url, d.spec.replicas)
+        }
+        _ => format!("deploying {} replica(s) of {}", d.spec.replicas, d.spec.container.image),
+    };
     let body = json!({
         "id": d.id,
         "name": d.spec.name,
-        "repo_url": repo_url,
-        "language": language,
+        "repo_url": source.repo_url,
+        "git_branch": source.branch,
+        "language": source.language,
+        "build_id": (!source.build_id.is_empty()).then_some(&source.build_id),
         "runtime_type": deployed.runtime,
         "image": d.spec.container.image,
         "replicas": d.spec.replicas,
         "revision": d.revision,
         "status": d.status.as_str(),
-        "message": format!("deploying {} replica(s) of {}", d.spec.replicas, d.spec.container.image),
+        "message": message,
         "created_at": d.created_at,
     });
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    // A new deployment is created (201); deploying an existing source deployment again
+    // starts its rebuild (202).
+    let status = if d.revision > 0 && d.status == DeploymentStatus::Building { StatusCode::ACCEPTED } else { StatusCode::CREATED };
+    Ok((status, Json(body)).into_response())
 }
 
 pub async fn list(State(cp): Api, Extension(caller): Extension<Caller>) -> Result<Json<Vec<Value>>, ApiError> {

@@ -1,6 +1,7 @@
 //! REST gateway (JSON): thin axum handlers over [`ControlPlane`]. Every route but
 //! `GET /healthz` needs `Authorization: Bearer <token>`.
 
+mod builds;
 mod containers;
 mod deployments;
 mod error;
@@ -56,10 +57,15 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/compute/instances/{id}/stop", put(deployments::stop_instance))
         .route("/api/v1/compute/instances/{id}/restart", put(deployments::restart_instance))
         .route("/api/v1/compute/instances/{id}/usage", get(deployments::instance_usage))
+        .route("/api/v1/images/build", post(builds::start))
+        .route("/api/v1/images/builds", get(builds::list))
+        .route("/api/v1/images/build/{id}", get(builds::get).delete(builds::cancel))
         .route_layer(middleware::from_fn_with_state(REQUEST_TIMEOUT, time_limit));
     // Calls that may stream for as long as the caller reads (followed logs, events).
-    let streaming =
-        Router::new().route("/api/v1/containers/{id}/logs", get(containers::logs)).route("/api/v1/events", get(deployments::events));
+    let streaming = Router::new()
+        .route("/api/v1/containers/{id}/logs", get(containers::logs))
+        .route("/api/v1/events", get(deployments::events))
+        .route("/api/v1/images/build/{id}/logs", get(builds::logs));
     let api = timed.merge(streaming).route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
     Router::new().route("/healthz", get(|| async { "ok" })).merge(api).with_state(control_plane)
 }

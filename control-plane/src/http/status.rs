@@ -137,6 +137,17 @@ fn host_arch() -> String {
     }
 }
 
+/// The base images builds use: the defaults, then the configured overrides, each once.
+fn supported_images(overrides: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut images = diplo_api::build::template::default_images();
+    for image in overrides.values() {
+        if !images.contains(image) {
+            images.push(image.clone());
+        }
+    }
+    images
+}
+
 pub async fn system_status(
     State(control_plane): State<Arc<ControlPlane>>,
     Extension(caller): Extension<Caller>,
@@ -151,9 +162,8 @@ pub async fn system_status(
         runtime: RuntimeSummary {
             available: status.available_runtimes.clone(),
             preferred,
-            // Builds from source arrive with the build issue; until then nothing is claimed.
-            supported_languages: Vec::new(),
-            supported_images: Vec::new(),
+            supported_languages: diplo_api::build::template::supported_languages().into_iter().map(str::to_owned).collect(),
+            supported_images: supported_images(&control_plane.config().base_images),
         },
         applications: deployments.iter().map(Application::from).collect(),
         nodes: status.nodes.iter().map(NodeView::from).collect(),

@@ -31,6 +31,7 @@ fn deployment(replicas: u32, revision: u32) -> DeploymentRecord {
                 restart_policy: RestartPolicy::Always,
                 ..Default::default()
             },
+            source: None,
         },
         status: DeploymentStatus::Deploying,
         message: String::new(),
@@ -127,6 +128,30 @@ fn updated<'a>(plan: &'a Plan, id: &str) -> &'a InstanceRecord {
 
 const READY: NodeStatus = NodeStatus::Ready;
 const DOWN: NodeStatus = NodeStatus::Down;
+
+#[test]
+fn a_deployment_whose_image_is_not_built_yet_plans_nothing() {
+    let world = snapshot(&[("n1", READY, true)], vec![], &[]);
+    for status in [DeploymentStatus::Building, DeploymentStatus::Failed] {
+        let mut waiting = deployment(2, 0);
+        waiting.spec.container.image = String::new();
+        waiting.status = status;
+        let plan = run_plan(&world, &waiting, &[]);
+        assert!(plan.insert.is_empty() && plan.commands.is_empty() && plan.status.is_none(), "{status:?}: {plan:#?}");
+    }
+}
+
+#[test]
+fn while_a_new_image_builds_the_running_revision_is_kept_and_the_status_stays_building() {
+    let world = snapshot(&[("n1", READY, true), ("n2", READY, true)], vec![("n1", running("a"))], &[]);
+    let mut rebuilding = deployment(2, 1);
+    rebuilding.status = DeploymentStatus::Building;
+    rebuilding.message = "building b-2".into();
+    let plan = run_plan(&world, &rebuilding, &[instance("a", "n1", 1, InstanceStatus::Running, 60)]);
+    assert_eq!(plan.insert.len(), 1, "the missing replica is still placed: {plan:#?}");
+    assert!(plan.delete.is_empty());
+    assert_eq!(plan.status, None, "the build's end decides the status");
+}
 
 #[test]
 fn a_new_deployment_places_and_creates_every_replica() {
@@ -382,6 +407,7 @@ fn spec(cpu_millis: Option<u32>, memory_bytes: Option<u64>) -> DeploymentSpec {
         strategy: Default::default(),
         max_parallel: 1,
         container: diplo_api::container::ContainerSpec { cpu_millis, memory_bytes, ..Default::default() },
+        source: None,
     }
 }
 

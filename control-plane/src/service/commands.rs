@@ -289,6 +289,7 @@ impl ControlPlane {
     /// Ends the commands and output streams sent on a session that closed.
     pub(super) fn end_session_commands(&self, node_id: &str, session: u64) {
         let ended = self.pending.session_closed(node_id, session);
+        self.builds.session_closed(node_id, session);
         if ended > 0 {
             tracing::info!(node_id, session, ended, "commands of a closed session failed");
         }

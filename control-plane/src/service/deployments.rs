@@ -78,6 +78,9 @@ impl ControlPlane {
     /// cannot be asked does not block it: the image's platforms are then not checked.
     pub async fn deploy(&self, caller: &Caller, input: DeployInput) -> ServiceResult<Deployed> {
         caller.require_operator(Role::Deployer)?;
+        if input.spec.source.is_some() {
+            return self.deploy_from_source(caller, input).await;
+        }
         let mut spec = input.spec;
         spec.max_parallel = spec.max_parallel.max(1);
         validate_deployment_spec(&spec)?;

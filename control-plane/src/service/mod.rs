@@ -1,15 +1,18 @@
 //! The one service layer: every capability is a method here, called by both the gRPC
 //! and the REST adapters with domain types.
 
+mod builds;
 mod commands;
 mod containers;
 mod deployments;
 mod images;
 mod instances;
 mod reconciler;
+mod source;
 mod tokens;
 
 pub use crate::planner::instance_container;
+pub use builds::{BUILD_LIST_MAX, BUILD_LOG_MAX, BuildLogStream, StartBuild, parse_platform, resolve_image};
 pub use commands::{COMMAND_TIMEOUT, stream_end_note};
 pub use containers::{
     ContainerView, CreateContainer, DEFAULT_STOP_GRACE, Logs, RuntimeStatus, check_container_spec, check_workload, place_container,
@@ -120,6 +123,8 @@ pub struct ControlPlane {
     refusal_audit: AuditLimiter,
     /// Image platforms read from registries (placement's hard filter), cached.
     image_platforms: Arc<images::PlatformCache>,
+    /// Builds not finished yet: their output and followers.
+    builds: builds::LiveBuilds,
 }
 
 impl ControlPlane {
@@ -133,7 +138,7 @@ impl ControlPlane {
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let api_tokens = tokens::ApiTokenCache::new(store.list_api_tokens().await?);
         let join_limiter = RateLimiter::new(config.join_rate_limit, Duration::from_secs(60));
-        Ok(Arc::new(ControlPlane {
+        let control_plane = Arc::new(ControlPlane {
             config,
             store,
             pki,
@@ -146,7 +151,10 @@ impl ControlPlane {
             join_limiter,
             refusal_audit: AuditLimiter::new(REFUSAL_EVENTS_PER_MINUTE, Duration::from_secs(60)),
             image_platforms: images::PlatformCache::new(diplo_api::registry::RegistryConfig::default()),
-        }))
+            builds: Default::default(),
+        });
+        control_plane.fail_interrupted_builds().await?;
+        Ok(control_plane)
     }
 
     /// The settings in effect.
@@ -796,7 +804,7 @@ pub(crate) mod tests {
         control_plane_with(Config::new(dir.to_owned())).await
     }
 
-    async fn control_plane_with(config: Config) -> Arc<ControlPlane> {
+    pub(crate) async fn control_plane_with(config: Config) -> Arc<ControlPlane> {
         let dir = config.data_dir.clone();
         let store = crate::store::open(&format!("sqlite://{}", dir.join("diplo.db").display())).await.expect("store");
         let pki = ClusterPki::load_or_create(&dir, &[]).expect("pki");

@@ -316,4 +316,30 @@ impl Store for CachedStore {
         }
         Ok(())
     }
+
+    // ---- builds (not cached: read rarely, written by one task per build) ----
+
+    async fn insert_build(&self, build: &crate::model::BuildRecord) -> StoreResult<()> {
+        self.inner.insert_build(build).await
+    }
+
+    async fn get_build(&self, id: &str) -> StoreResult<Option<crate::model::BuildRecord>> {
+        self.inner.get_build(id).await
+    }
+
+    async fn list_builds(&self, limit: u32) -> StoreResult<Vec<crate::model::BuildRecord>> {
+        self.inner.list_builds(limit).await
+    }
+
+    async fn update_build(&self, build: &crate::model::BuildRecord, expected: diplo_api::build::BuildStatus) -> StoreResult<bool> {
+        self.inner.update_build(build, expected).await
+    }
+
+    async fn save_build_log(&self, id: &str, log: &[u8]) -> StoreResult<bool> {
+        self.inner.save_build_log(id, log).await
+    }
+
+    async fn get_build_log(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.get_build_log(id).await
+    }
 }

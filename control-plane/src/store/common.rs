@@ -54,7 +54,7 @@ macro_rules! impl_store {
             };
             use $crate::store::common::INSERT_REVISION;
             use $crate::store::rows::{
-                api_token_from_row, deployment_from_row, event_from_row, from_json, insert_error,
+                api_token_from_row, build_from_row, deployment_from_row, event_from_row, from_json, insert_error,
                 instance_from_row, join_token_from_row, millis, node_from_row, require_found, to_json,
             };
             use $crate::store::{Store, StoreError, StoreResult};
@@ -602,6 +602,76 @@ macro_rules! impl_store {
                             .await
                         }
                     }
+                }
+
+                // ---- builds ----
+
+                async fn insert_build(&self, build: &$crate::model::BuildRecord) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO builds (id, status, deployment_id, record, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(&build.id)
+                    .bind(build.status.as_str())
+                    .bind(build.deployment_id.as_deref())
+                    .bind(to_json("builds.record", build)?)
+                    .bind(millis(build.created_at))
+                    .bind(millis(Utc::now()))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| insert_error(e, "build", |_| build.id.clone()))?;
+                    Ok(())
+                }
+
+                async fn get_build(&self, id: &str) -> StoreResult<Option<$crate::model::BuildRecord>> {
+                    self.fetch_keyed("SELECT status, record FROM builds WHERE id = $1", id, build_from_row).await
+                }
+
+                async fn list_builds(&self, limit: u32) -> StoreResult<Vec<$crate::model::BuildRecord>> {
+                    let rows = sqlx::query(
+                        "SELECT status, record FROM builds ORDER BY created_at DESC, id DESC LIMIT $1",
+                    )
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(build_from_row).collect()
+                }
+
+                async fn update_build(
+                    &self,
+                    build: &$crate::model::BuildRecord,
+                    expected: diplo_api::build::BuildStatus,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "UPDATE builds SET status = $1, deployment_id = $2, record = $3, updated_at = $4 \
+                         WHERE id = $5 AND status = $6",
+                    )
+                    .bind(build.status.as_str())
+                    .bind(build.deployment_id.as_deref())
+                    .bind(to_json("builds.record", build)?)
+                    .bind(millis(Utc::now()))
+                    .bind(&build.id)
+                    .bind(expected.as_str())
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn save_build_log(&self, id: &str, log: &[u8]) -> StoreResult<bool> {
+                    let done = sqlx::query("UPDATE builds SET log = $1 WHERE id = $2")
+                        .bind(log)
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn get_build_log(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
+                    let log: Option<Vec<u8>> = sqlx::query_scalar("SELECT log FROM builds WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    Ok(log)
                 }
 
                 $($specific)*

@@ -9,8 +9,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    ApiTokenRecord, DeploymentRecord, DeploymentSpec, EventRecord, InstanceRecord, JoinTokenRecord, NewEvent, NodeRecord, NodeStatusChange,
+    ApiTokenRecord, BuildRecord, DeploymentRecord, DeploymentSpec, EventRecord, InstanceRecord, JoinTokenRecord, NewEvent, NodeRecord,
+    NodeStatusChange,
 };
+use diplo_api::build::BuildStatus;
 use diplo_api::fingerprint::Fingerprint;
 
 mod cached;
@@ -188,6 +190,23 @@ pub trait Store: Send + Sync + 'static {
     async fn list_instances(&self, deployment_id: Option<&str>) -> StoreResult<Vec<InstanceRecord>>;
     /// Deletes instances by id in one transaction.
     async fn delete_instances(&self, ids: &[String]) -> StoreResult<()>;
+
+    // ---- builds ----
+
+    /// Inserts a build. `AlreadyExists` when its id is taken.
+    async fn insert_build(&self, build: &BuildRecord) -> StoreResult<()>;
+    /// Build by id.
+    async fn get_build(&self, id: &str) -> StoreResult<Option<BuildRecord>>;
+    /// The newest `limit` builds, newest first (by creation time, then id).
+    async fn list_builds(&self, limit: u32) -> StoreResult<Vec<BuildRecord>>;
+    /// Replaces a build (by id) only if its stored status is still `expected`: a write
+    /// computed from an earlier read (a late report, a cancel racing the end) never
+    /// overwrites the status another write set. `false` when nothing was written.
+    async fn update_build(&self, build: &BuildRecord, expected: BuildStatus) -> StoreResult<bool>;
+    /// Stores a build's output; `false` when there is no such build.
+    async fn save_build_log(&self, id: &str, log: &[u8]) -> StoreResult<bool>;
+    /// A build's stored output; `None` when there is no such build.
+    async fn get_build_log(&self, id: &str) -> StoreResult<Option<Vec<u8>>>;
 }
 
 /// Opens the store a URL names and runs its migrations, without taking the writer lock

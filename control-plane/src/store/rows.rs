@@ -246,6 +246,16 @@ pub(super) fn deployment_from_row<R: StoreRow>(row: &R) -> StoreResult<Deploymen
     })
 }
 
+/// Decodes a row of `builds` (`status` and `record`; the column's status is the one
+/// conditional writes compare, and wins).
+pub(super) fn build_from_row<R: StoreRow>(row: &R) -> StoreResult<crate::model::BuildRecord> {
+    let record: String = row.column("record")?;
+    let status: String = row.column("status")?;
+    let mut build: crate::model::BuildRecord = from_json("builds.record", &record)?;
+    build.status = status.parse().map_err(|reason| StoreError::Corrupt { column: "builds.status", reason })?;
+    Ok(build)
+}
+
 /// Decodes a row of `instances` (all its columns).
 pub(super) fn instance_from_row<R: StoreRow>(row: &R) -> StoreResult<InstanceRecord> {
     let runtime: Option<String> = row.column("runtime")?;
