@@ -21,6 +21,7 @@ pub struct Executor {
     runtimes: BTreeMap<Runtime, Arc<dyn ContainerRuntime>>,
     host_paths: HostPathPolicy,
     registry: crate::registry::SharedRegistry,
+    builds: Option<crate::build::Builds>,
 }
 
 impl Executor {
@@ -31,6 +32,7 @@ impl Executor {
             runtimes: runtimes.into_iter().map(|r| (r.runtime(), r)).collect(),
             host_paths: HostPathPolicy::default(),
             registry: Default::default(),
+            builds: None,
         }
     }
 
@@ -52,6 +54,17 @@ impl Executor {
     /// gives the live [`RegistryConfig`](crate::runtime::RegistryConfig) (for builds).
     pub fn registry(&self) -> &crate::registry::SharedRegistry {
         &self.registry
+    }
+
+    /// The same executor, running the builds it is sent with `builds`.
+    pub fn with_builds(mut self, builds: crate::build::Builds) -> Self {
+        self.builds = Some(builds);
+        self
+    }
+
+    /// This node's builds, when it runs any.
+    pub fn builds(&self) -> Option<&crate::build::Builds> {
+        self.builds.as_ref()
     }
 
     /// Refuses a container whose bind mounts reach outside the host path allowlist,

@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use diplo_api::build::Builder;
 use diplo_api::fingerprint::{Fingerprint, RuntimeReport};
 use diplo_api::runtime::Runtime;
 use tracing::debug;
 
+use crate::build::{BUILDERS_ENV, parse_builders};
 use crate::runtime::{containerd, docker, lxc, podman};
 
 /// Docker's API socket when `DOCKER_HOST` does not name another.
@@ -52,6 +54,10 @@ pub struct ProbeConfig {
     /// Only these runtimes may be used on this node (`None`: all). Others are reported
     /// unavailable, saying so.
     pub allowed: Option<Vec<Runtime>>,
+    /// Only these builders may be offered (`None`: all found), from `DIPLO_BUILDERS`.
+    pub builders: Option<Vec<Builder>>,
+    /// Where builds make their workspaces (reported as is).
+    pub build_dir: String,
 }
 
 impl Default for ProbeConfig {
@@ -67,6 +73,8 @@ impl Default for ProbeConfig {
             labels: BTreeMap::new(),
             timeout: DEFAULT_PROBE_TIMEOUT,
             allowed: None,
+            builders: None,
+            build_dir: String::new(),
         }
     }
 }
@@ -103,6 +111,9 @@ impl ProbeConfig {
                 .collect();
             config.allowed = Some(parsed);
         }
+        if let Some(list) = var(BUILDERS_ENV) {
+            config.builders = Some(parse_builders(&list));
+        }
         config
     }
 }
@@ -133,11 +144,12 @@ impl FingerprintSource {
 /// bounded by `config.timeout`.
 pub async fn probe(config: &ProbeConfig) -> Fingerprint {
     let host = tokio::task::spawn_blocking(HostFacts::read);
-    let (docker, containerd, lxc, podman) = tokio::join!(
+    let (docker, containerd, lxc, podman, buildah) = tokio::join!(
         docker::probe(&config.docker_socket, config.timeout),
         containerd::probe(&config.containerd_socket, config.timeout),
         lxc::probe(config.timeout),
         podman::probe(&config.podman_socket, config.timeout),
+        crate::build::buildah::available(),
     );
     let host = host.await.unwrap_or_else(|error| {
         debug!(%error, "reading host facts failed; reporting none");
@@ -150,6 +162,7 @@ pub async fn probe(config: &ProbeConfig) -> Fingerprint {
             report.error = format!("disabled on this agent ({RUNTIMES_ENV})");
         }
     }
+    let builders = builders_of(&runtimes, buildah, config.builders.as_deref());
     for report in &runtimes {
         debug!(runtime = %report.runtime, available = report.available, version = %report.version,
             endpoint = %report.endpoint, error = %report.error, "runtime probed");
@@ -167,9 +180,25 @@ pub async fn probe(config: &ProbeConfig) -> Fingerprint {
         runtimes,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         labels: config.labels.clone(),
-        builders: Vec::new(),
-        build_dir: String::new(),
+        builders,
+        build_dir: config.build_dir.clone(),
     }
+}
+
+/// The builders of a node: Docker and Podman where those runtimes are available (after
+/// `DIPLO_RUNTIMES`), buildah where `buildah --version` answered; only those `allowed`
+/// lists when it is given (`DIPLO_BUILDERS`).
+pub fn builders_of(runtimes: &[RuntimeReport], buildah: bool, allowed: Option<&[Builder]>) -> Vec<Builder> {
+    let available = |runtime: Runtime| runtimes.iter().any(|r| r.runtime == runtime && r.available);
+    Builder::ALL
+        .into_iter()
+        .filter(|builder| match builder {
+            Builder::Docker => available(Runtime::Docker),
+            Builder::Podman => available(Runtime::Podman),
+            Builder::Buildah => buildah,
+        })
+        .filter(|builder| allowed.is_none_or(|allowed| allowed.contains(builder)))
+        .collect()
 }
 
 /// Facts read from the host's files (blocking reads of procfs/sysfs).
@@ -508,6 +537,24 @@ mod tests {
         assert_eq!(config.timeout, DEFAULT_PROBE_TIMEOUT);
         let config = ProbeConfig::from_lookup(vars(&[("DOCKER_HOST", "tcp://10.0.0.1:2375")]));
         assert_eq!(config.docker_socket, DEFAULT_DOCKER_SOCKET);
+    }
+
+    #[test]
+    fn builders_follow_runtimes_buildah_and_the_allowlist() {
+        let report = |runtime, available| RuntimeReport {
+            runtime,
+            available,
+            version: String::new(),
+            endpoint: String::new(),
+            error: String::new(),
+            rootless: false,
+        };
+        let runtimes = vec![report(Runtime::Docker, true), report(Runtime::Podman, false), report(Runtime::Containerd, true)];
+        assert_eq!(builders_of(&runtimes, true, None), vec![Builder::Docker, Builder::Buildah]);
+        assert_eq!(builders_of(&runtimes, false, None), vec![Builder::Docker]);
+        assert_eq!(builders_of(&runtimes, true, Some(&[Builder::Buildah, Builder::Podman])), vec![Builder::Buildah]);
+        let vars = |name: &str| (name == "DIPLO_BUILDERS").then(|| "buildah, bogus".to_owned());
+        assert_eq!(ProbeConfig::from_lookup(vars).builders, Some(vec![Builder::Buildah]));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Diplo's node agent: fingerprints its host, joins the cluster over mTLS and keeps one
 //! session open to the control plane. See `ARCHITECTURE.md` for the map.
 
+pub mod build;
 pub mod drivers;
 pub mod executor;
 pub mod fingerprint;
@@ -39,6 +40,10 @@ pub struct AgentConfig {
     pub registry: runtime::RegistryConfig,
     /// Host paths containers may bind-mount (none by default).
     pub host_paths: host_paths::HostPathPolicy,
+    /// Where builds make their workspaces (`None`: `<data dir>/builds`).
+    pub build_dir: Option<PathBuf>,
+    /// Where `file://` repositories may be built from (none by default).
+    pub build_file_repos: build::git::FileRepos,
 }
 
 impl AgentConfig {
@@ -52,7 +57,14 @@ impl AgentConfig {
             probe: ProbeConfig::from_env(),
             registry: runtime::RegistryConfig::default(),
             host_paths: host_paths::HostPathPolicy::default(),
+            build_dir: None,
+            build_file_repos: build::git::FileRepos::default(),
         }
+    }
+
+    /// Where builds make their workspaces.
+    pub fn build_dir(&self) -> PathBuf {
+        self.build_dir.clone().unwrap_or_else(|| self.data_dir.join("builds"))
     }
 }
 
@@ -60,13 +72,20 @@ impl AgentConfig {
 /// (bad token, CA mismatch, node removed).
 pub async fn run(config: AgentConfig) -> Result<(), session::AgentError> {
     let identity = session::ensure_identity(&config.server, config.token.as_deref(), &config.name, &config.data_dir).await?;
-    let fingerprint = fingerprint::probe(&config.probe).await;
+    let mut probe = config.probe.clone();
+    probe.build_dir = config.build_dir().display().to_string();
+    let fingerprint = fingerprint::probe(&probe).await;
     let shared_registry = registry::SharedRegistry::new(config.registry.clone());
-    let drivers = drivers::connect_available(&fingerprint, &config.probe, &shared_registry, &config.data_dir, &identity.node_id).await;
+    let drivers = drivers::connect_available(&fingerprint, &probe, &shared_registry, &config.data_dir, &identity.node_id).await;
+    let mut build_config = build::BuildConfig::new(config.build_dir(), probe.docker_socket.clone(), probe.podman_socket.clone());
+    build_config.file_repos = config.build_file_repos.clone();
+    let builds = build::Builds::new(build_config, fingerprint.builders.clone(), config.registry.clone());
     let executor = executor::Executor::new(identity.node_id.clone(), drivers)
         .with_host_paths(config.host_paths.clone())
-        .with_registry(shared_registry);
-    tracing::info!(runtimes = ?executor.runtimes(), allowed_host_paths = ?config.host_paths.allowed(), "runtime drivers ready");
-    let source = fingerprint::FingerprintSource::Probe(config.probe.clone());
+        .with_registry(shared_registry)
+        .with_builds(builds);
+    tracing::info!(runtimes = ?executor.runtimes(), builders = ?fingerprint.builders, build_dir = %config.build_dir().display(),
+        file_repos = ?config.build_file_repos.roots(), allowed_host_paths = ?config.host_paths.allowed(), "runtime drivers ready");
+    let source = fingerprint::FingerprintSource::Probe(probe);
     Err(session::run_sessions(&config.server, identity, &config.data_dir, &source, &executor).await)
 }

@@ -23,6 +23,14 @@ struct Cli {
     /// default). Absolute, without `..`; symbolic links are resolved before the check.
     #[arg(long = "allow-host-path", value_name = "DIR", env = "DIPLO_ALLOW_HOST_PATHS", value_delimiter = ',')]
     allow_host_path: Vec<PathBuf>,
+    /// Where builds clone and build (default: `<data dir>/builds`); each build gets a
+    /// fresh directory inside, removed when it ends.
+    #[arg(long, value_name = "DIR", env = "DIPLO_BUILD_DIR")]
+    build_dir: Option<PathBuf>,
+    /// A directory whose git repositories may be built from as `file://` URLs
+    /// (repeatable; none by default). Symbolic links are resolved before the check.
+    #[arg(long = "build-file-repos", value_name = "DIR", env = "DIPLO_BUILD_FILE_REPOS", value_delimiter = ':')]
+    build_file_repos: Vec<PathBuf>,
     /// Report this CPU architecture instead of the detected one, for a host whose
     /// detection is wrong (e.g. a 32-bit userland on a 64-bit kernel): Go/OCI spelling
     /// (`amd64`, `arm64`, `arm`; `x86_64` and `aarch64` are read as such). Placement
@@ -61,8 +69,17 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let file_repos = match diplo_agent::build::git::FileRepos::new(cli.build_file_repos) {
+        Ok(repos) => repos,
+        Err(err) => {
+            eprintln!("diplo-agent: error: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let mut config = diplo_agent::AgentConfig::new(cli.server, cli.token, name, cli.data_dir);
     config.host_paths = host_paths;
+    config.build_dir = cli.build_dir;
+    config.build_file_repos = file_repos;
     config.probe.arch_override = arch_override;
     config.probe.os_override = os_override;
     tokio::select! {
@@ -86,6 +103,26 @@ mod tests {
         assert_eq!(cli.allow_host_path, vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
         let cli = Cli::try_parse_from(["diplo-agent", "--server", "cp:7443"]).expect("no allowed host path");
         assert!(cli.allow_host_path.is_empty(), "nothing is allowed by default");
+    }
+
+    #[test]
+    fn build_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "diplo-agent",
+            "--server",
+            "cp:7443",
+            "--build-dir",
+            "/srv/builds",
+            "--build-file-repos",
+            "/srv/a",
+            "--build-file-repos",
+            "/srv/b",
+        ])
+        .expect("build flags");
+        assert_eq!(cli.build_dir, Some(PathBuf::from("/srv/builds")));
+        assert_eq!(cli.build_file_repos, vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+        let cli = Cli::try_parse_from(["diplo-agent", "--server", "cp:7443"]).expect("no build flags");
+        assert!(cli.build_file_repos.is_empty() && cli.build_dir.is_none());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! containerd-client); every container Diplo creates carries Diplo's labels, and
 //! `list` returns only those.
 
+pub mod build_api;
 pub mod containerd;
 pub mod docker;
 mod docker_api;

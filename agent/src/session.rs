@@ -468,6 +468,10 @@ fn spawn_command(
             }
         };
         tracing::info!(request_id = %command.request_id, runtime = %command.runtime, op = ?std::mem::discriminant(&command.op), "command");
+        if matches!(command.op, CommandOp::Build(_) | CommandOp::CancelBuild(_)) {
+            build_command(command, &executor, client, session, node_id).await;
+            return;
+        }
         if let CommandOp::Logs { id, options } = &command.op
             && options.follow
         {
@@ -487,6 +491,55 @@ fn spawn_command(
         let result = command_result(&command.request_id, &node_id, command.runtime, &outcome);
         let _ = session.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Result(result)) }).await;
     });
+}
+
+/// A build command: a build is acknowledged at once (or refused), its output streamed
+/// like a followed log, and its report sent up the session before that output ends; a
+/// cancellation is answered at once.
+async fn build_command(
+    command: AgentCommand,
+    executor: &Executor,
+    client: AgentServiceClient<tonic::transport::Channel>,
+    session: mpsc::Sender<pb::AgentMessage>,
+    node_id: String,
+) {
+    use diplo_api::command::{CommandError, CommandErrorCode};
+    let builds = executor
+        .builds()
+        .cloned()
+        .ok_or_else(|| CommandError { code: CommandErrorCode::FailedPrecondition, message: "this node runs no builds".into() });
+    // The report never overtakes the acknowledgement, however fast the build fails.
+    let (acked, ack_sent) = tokio::sync::oneshot::channel::<()>();
+    let (outcome, output) = match (command.op, builds) {
+        (_, Err(refused)) => (Err(refused), None),
+        (CommandOp::Build(spec), Ok(builds)) => {
+            let reports = session.clone();
+            let on_report: crate::build::OnReport = Box::new(move |report| {
+                Box::pin(async move {
+                    let _ = ack_sent.await;
+                    let message = pb::AgentMessage { body: Some(pb::agent_message::Body::BuildReport(pb::BuildReport::from(&report))) };
+                    if reports.send(message).await.is_err() {
+                        tracing::warn!(build = %report.build_id, "session closed before the build report could be sent");
+                    }
+                })
+            });
+            match builds.start(*spec, executor.registry().current(), on_report) {
+                Ok(stream) => (Ok(CommandOutput::default()), Some(stream)),
+                Err(refused) => (Err(refused), None),
+            }
+        }
+        (CommandOp::CancelBuild(id), Ok(builds)) => (builds.cancel(&id).map(|()| CommandOutput::default()), None),
+        (_, Ok(_)) => return,
+    };
+    if let Err(err) = &outcome {
+        tracing::warn!(request_id = %command.request_id, error = %err.message, "build command refused");
+    }
+    let result = command_result(&command.request_id, &node_id, command.runtime, &outcome);
+    let _ = session.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Result(result)) }).await;
+    let _ = acked.send(());
+    if let Some(stream) = output {
+        forward_output(client, command.request_id.clone(), stream).await;
+    }
 }
 
 /// Streams a command's output to the control plane until either side stops. The
@@ -594,6 +647,70 @@ fn end_for(status: tonic::Status) -> SessionEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A build command through the session's command path: refused at once when the
+    /// node cannot run it, else acknowledged, then its report sent up the session.
+    #[tokio::test]
+    async fn build_commands_are_acknowledged_then_reported_on_the_session() {
+        use diplo_api::build::{BuildSpec, BuildStatus, Builder, Buildpack};
+        use diplo_api::runtime::Runtime;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config = crate::build::BuildConfig::new(dir.path().join("builds"), "/nonexistent/d.sock".into(), "/nonexistent/p.sock".into());
+        let builds = crate::build::Builds::new(config, vec![Builder::Docker], diplo_api::registry::RegistryConfig::default());
+        let executor = Executor::default().with_builds(builds);
+        // Output goes nowhere: the build goes on and still reports.
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let client = agent_client(channel);
+        let spec = |id: &str, repo: &str, builder| BuildSpec {
+            build_id: id.into(),
+            git_repo: repo.into(),
+            git_branch: None,
+            builder,
+            image: "127.0.0.1:5000/x:1".into(),
+            push: false,
+            buildpack: Buildpack::Detect,
+            language: None,
+            base_images: Default::default(),
+            timeout: Duration::from_secs(60),
+        };
+        let command =
+            |request_id: &str, op| pb::Command::from(&AgentCommand { request_id: request_id.into(), runtime: Runtime::Docker, op });
+        let (tx, mut rx) = mpsc::channel(16);
+        let result = |message: Option<pb::AgentMessage>| match message.and_then(|m| m.body) {
+            Some(pb::agent_message::Body::Result(result)) => result,
+            other => panic!("expected a command result, got {other:?}"),
+        };
+
+        for (op, code) in [
+            (CommandOp::Build(Box::new(spec("b1", "https://h/x.git", Builder::Buildah))), "FAILED_PRECONDITION"),
+            (CommandOp::Build(Box::new(spec("b2", "file:///srv/x", Builder::Docker))), "PERMISSION_DENIED"),
+            (CommandOp::CancelBuild("nothing".into()), "NOT_FOUND"),
+        ] {
+            spawn_command(command("r-refused", op), executor.clone(), client.clone(), tx.clone(), "n1".into());
+            let refused = result(rx.recv().await);
+            assert_eq!((refused.ok, refused.error_code.as_str()), (false, code), "{refused:?}");
+        }
+
+        spawn_command(
+            command("r-build", CommandOp::Build(Box::new(spec("b3", "https://127.0.0.1:9/x.git", Builder::Docker)))),
+            executor.clone(),
+            client.clone(),
+            tx.clone(),
+            "n1".into(),
+        );
+        let ack = result(rx.recv().await);
+        assert!(ack.ok && ack.request_id == "r-build", "{ack:?}");
+        match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("a report in time").and_then(|m| m.body) {
+            Some(pb::agent_message::Body::BuildReport(report)) => {
+                assert_eq!((report.build_id.as_str(), report.status.as_str()), ("b3", BuildStatus::Failed.as_str()));
+                assert!(report.error.contains("127.0.0.1"), "git's message: {}", report.error);
+            }
+            other => panic!("expected the build report, got {other:?}"),
+        }
+        let no_builds = Executor::default();
+        spawn_command(command("r-none", CommandOp::CancelBuild("b3".into())), no_builds, client, tx, "n1".into());
+        assert_eq!(result(rx.recv().await).error_code, "FAILED_PRECONDITION");
+    }
 
     #[test]
     fn an_expired_certificate_stops_the_agent_or_rejoins_with_a_token() {

@@ -395,7 +395,7 @@ fn grace_seconds(grace: Duration) -> i32 {
 }
 
 /// Percent-encodes a query value (image references need it only for `+`).
-fn query_escape(value: &str) -> String {
+pub(super) fn query_escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'/' | b':' | b'@') {
@@ -432,7 +432,7 @@ async fn unix_request_with(socket: &str, method: &str, path: &str, headers: &str
 }
 
 /// The `message` of a daemon's JSON error body, else the body itself.
-fn daemon_error_text(body: &[u8]) -> String {
+pub(super) fn daemon_error_text(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     serde_json::from_str::<serde_json::Value>(&text)
         .ok()
@@ -441,7 +441,7 @@ fn daemon_error_text(body: &[u8]) -> String {
 }
 
 /// Status and body of a complete HTTP/1.x response (chunked or not).
-fn parse_http_response(response: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+pub(super) fn parse_http_response(response: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
     let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad HTTP response: {why}"));
     let end = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| invalid("no end of headers"))?;
     let head = String::from_utf8_lossy(&response[..end]);
@@ -477,7 +477,9 @@ fn parse_http_response(response: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
 }
 
 /// The file at `path` as a stream of byte chunks.
-async fn file_chunks(path: &Path) -> std::io::Result<impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static> {
+pub(super) async fn file_chunks(
+    path: &Path,
+) -> std::io::Result<impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static> {
     let file = tokio::fs::File::open(path).await?;
     Ok(futures::stream::try_unfold(file, |mut file| async move {
         let mut buffer = vec![0u8; 256 * 1024];
@@ -843,7 +845,7 @@ impl ContainerRuntime for DockerRuntime {
 
 /// A short sentence for a bollard error: the OS error for connection failures, the
 /// daemon's message for HTTP errors.
-fn describe_bollard(error: &bollard::errors::Error) -> String {
+pub(super) fn describe_bollard(error: &bollard::errors::Error) -> String {
     use bollard::errors::Error as E;
     match error {
         E::SocketNotFoundError(_) => "no such socket".to_owned(),
