@@ -184,22 +184,22 @@ pub fn parse_builders(list: &str) -> Vec<Builder> {
         .collect()
 }
 
-/// Podman builds of this agent under way.
-static PODMAN_BUILDS: AtomicUsize = AtomicUsize::new(0);
+/// Builds of this agent under way in the container storage Podman and buildah share.
+static SHARED_STORAGE_BUILDS: AtomicUsize = AtomicUsize::new(0);
 
-/// Counts a Podman build in [`PODMAN_BUILDS`] while it lives.
-struct PodmanBuild;
+/// Counts a Podman or buildah build in [`SHARED_STORAGE_BUILDS`] while it lives.
+struct SharedStorageBuild;
 
-impl PodmanBuild {
+impl SharedStorageBuild {
     fn start() -> Self {
-        PODMAN_BUILDS.fetch_add(1, Ordering::SeqCst);
-        PodmanBuild
+        SHARED_STORAGE_BUILDS.fetch_add(1, Ordering::SeqCst);
+        SharedStorageBuild
     }
 }
 
-impl Drop for PodmanBuild {
+impl Drop for SharedStorageBuild {
     fn drop(&mut self) {
-        PODMAN_BUILDS.fetch_sub(1, Ordering::SeqCst);
+        SHARED_STORAGE_BUILDS.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -251,13 +251,14 @@ async fn run(
     let report = match outcome {
         Ok(report) => report,
         Err(cut) => {
+            let cut_short = !matches!(cut, Cut::Failed(_));
             let (status, error) = match cut {
                 Cut::Failed(message) => (BuildStatus::Failed, message),
                 Cut::Timeout => (BuildStatus::Failed, format!("build exceeded its timeout of {} s", spec.timeout.as_secs())),
                 Cut::Cancelled => (BuildStatus::Cancelled, "build cancelled".to_owned()),
             };
             log.note(&format!("build {status}: {error}")).await;
-            remove_leftovers(config, spec, registry, &leftovers).await;
+            remove_leftovers(config, spec, registry, &leftovers, cut_short).await;
             let mut report = BuildReport::failed(&spec.build_id, log.redact(&error));
             report.status = status;
             report.commit = leftovers.commit.lock().map(|c| c.clone()).unwrap_or_default();
@@ -271,21 +272,23 @@ async fn run(
     report
 }
 
-async fn remove_leftovers(config: &BuildConfig, spec: &BuildSpec, registry: &RegistryConfig, leftovers: &Leftovers) {
+/// Removes what a failed build left; `cut_short`: it was stopped (timeout,
+/// cancellation) rather than failing on its own, which Podman does not clean up after.
+async fn remove_leftovers(config: &BuildConfig, spec: &BuildSpec, registry: &RegistryConfig, leftovers: &Leftovers, cut_short: bool) {
     let steps = leftovers.steps.lock().map(|s| s.clone()).unwrap_or_default();
     let tagged = leftovers.tagged.lock().map(|s| s.clone()).unwrap_or_default();
     match spec.builder {
         Builder::Docker | Builder::Podman => {
             let engine = engine(config, spec.builder, registry);
             let before = leftovers.podman_before.lock().ok().and_then(|mut b| b.take());
-            if let Some(before) = before {
+            if let Some(before) = before.filter(|_| cut_short) {
                 // Podman leaves the working containers of a build whose request was
-                // dropped; which ones are this build's is only known when no other
-                // Podman build of this agent ran meanwhile.
-                if PODMAN_BUILDS.load(Ordering::SeqCst) == 0 {
-                    engine.remove_working_containers(&before).await;
+                // dropped: those made since it started from its base or step images,
+                // when no other build of this agent uses the same storage meanwhile.
+                if SHARED_STORAGE_BUILDS.load(Ordering::SeqCst) == 0 {
+                    engine.remove_working_containers(&before, &steps).await;
                 } else {
-                    tracing::warn!(build = %spec.build_id, "another Podman build is running: this build's working containers are left in Podman's storage");
+                    tracing::warn!(build = %spec.build_id, "another Podman or buildah build is running: this build's working containers are left in Podman's storage");
                 }
             }
             engine.remove_leftovers(&steps, None).await;
@@ -545,7 +548,7 @@ async fn build_target(
                 .await
                 .map_err(|e| format!("packing the build context: {e}"))??;
             let engine = engine(config, spec.builder, registry);
-            let _running = (spec.builder == Builder::Podman).then(PodmanBuild::start);
+            let _running = (spec.builder == Builder::Podman).then(SharedStorageBuild::start);
             if spec.builder == Builder::Podman {
                 let before = engine.working_containers().await.ok();
                 if let Ok(mut slot) = leftovers.podman_before.lock() {
@@ -566,6 +569,7 @@ async fn build_target(
             (id, pushed)
         }
         Builder::Buildah => {
+            let _running = SharedStorageBuild::start();
             let authfile =
                 buildah::write_auth_file(workspace.root(), registry).map_err(|e| format!("writing the registry auth file: {e}"))?;
             let home = workspace.home();

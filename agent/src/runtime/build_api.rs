@@ -85,6 +85,14 @@ impl EngineBuilder {
             for image in request.base_images {
                 log.note(&format!("pulling {image}")).await;
                 podman.ensure_image(image).await.map_err(|e| format!("pulling the base image {image}: {e}"))?;
+                // Working containers name the image they start from: a cut-short build's
+                // are told from others' by it (see `remove_working_containers`).
+                if let Ok(inspected) = docker.inspect_image(image).await
+                    && let Some(id) = inspected.id
+                    && let Ok(mut steps) = steps.lock()
+                {
+                    steps.push(id.trim_start_matches("sha256:").to_owned());
+                }
             }
         }
         let labels: HashMap<String, String> = [(LABEL_BUILD.to_owned(), request.build_id.to_owned())].into();
@@ -259,6 +267,12 @@ impl EngineBuilder {
     /// containers, state `storage`). A build cut short (its request dropped) leaves its
     /// working containers there.
     pub async fn working_containers(&self) -> Result<HashSet<String>, String> {
+        Ok(self.working_containers_from(&[]).await?.into_iter().collect())
+    }
+
+    /// The working containers started from one of `images` (ids or id prefixes; empty:
+    /// all).
+    async fn working_containers_from(&self, images: &[String]) -> Result<Vec<String>, String> {
         let (status, body) =
             unix_request(&self.socket, "GET", "/v4.0.0/libpod/containers/json?all=true&external=true", &[], Duration::from_secs(60))
                 .await
@@ -267,17 +281,27 @@ impl EngineBuilder {
             return Err(daemon_error_text(&body));
         }
         let listed: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let from_images = |c: &serde_json::Value| {
+            let image = c.get("ImageID").and_then(serde_json::Value::as_str).unwrap_or_default().trim_start_matches("sha256:");
+            images.is_empty()
+                || (!image.is_empty() && images.iter().any(|i| !i.is_empty() && image.starts_with(i.trim_start_matches("sha256:"))))
+        };
         Ok(listed
             .iter()
             .filter(|c| c.get("State").and_then(serde_json::Value::as_str) == Some("storage"))
+            .filter(|c| from_images(c))
             .filter_map(|c| c.get("Id").and_then(serde_json::Value::as_str).map(str::to_owned))
             .collect())
     }
 
-    /// Podman: removes the working containers that are not in `before`.
-    pub async fn remove_working_containers(&self, before: &HashSet<String>) {
-        let Ok(now) = self.working_containers().await else { return };
-        for id in now.difference(before) {
+    /// Podman: removes the working containers that are not in `before` and started
+    /// from one of `images` (the build's base and step images).
+    pub async fn remove_working_containers(&self, before: &HashSet<String>, images: &[String]) {
+        if images.is_empty() {
+            return;
+        }
+        let Ok(now) = self.working_containers_from(images).await else { return };
+        for id in now.iter().filter(|id| !before.contains(*id)) {
             let path = format!("/v4.0.0/libpod/containers/{}?force=true", query_escape(id));
             match unix_request(&self.socket, "DELETE", &path, &[], Duration::from_secs(60)).await {
                 Ok((200..=299, _)) => tracing::debug!(container = %id, "removed a cut-short build's working container"),
