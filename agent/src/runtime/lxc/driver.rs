@@ -346,7 +346,7 @@ impl LxcRuntime {
         }
         let settings = self.registry.current();
         let registry = image::registry_of(reference).unwrap_or(diplo_api::registry::DOCKER_HUB);
-        let source = format!("docker://{reference}");
+        let source = image::skopeo_source(reference);
         let mut args: Vec<&str> = vec!["copy", "--quiet"];
         if settings.is_insecure(registry) {
             args.push("--src-tls-verify=false");
@@ -629,6 +629,13 @@ impl LxcRuntime {
         if !output.status.success() {
             return Err(failed(format!("cannot unpack image {reference}: {}", config::tool_error(&output.stderr))));
         }
+        // umoci applies the mode of the layers' `./` entry to the root (often 0700, the
+        // mode of the directory an image was made from); Docker, Podman and containerd
+        // give a container's root 0755 whatever the image says, and so does this driver,
+        // or an image whose user is not root could not reach its own files.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(rootfs, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| failed(format!("cannot set the mode of {}: {}", rootfs.display(), describe_io(&e))))?;
         Ok(())
     }
 

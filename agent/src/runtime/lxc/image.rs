@@ -22,6 +22,23 @@ pub(super) fn registry_of(reference: &str) -> Option<&str> {
     (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
 }
 
+/// The `docker://` source skopeo is given for `reference`. skopeo refuses a reference
+/// with both a tag and a digest (`repo:tag@sha256:…`, how built images are deployed), so
+/// the digest alone names the image then: it is what the tag pointed to when recorded.
+pub(super) fn skopeo_source(reference: &str) -> String {
+    match reference.split_once('@') {
+        Some((name, digest)) => {
+            let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+            let name = match name[last_slash..].rfind(':') {
+                Some(colon) => &name[..last_slash + colon],
+                None => name,
+            };
+            format!("docker://{name}@{digest}")
+        }
+        None => format!("docker://{reference}"),
+    }
+}
+
 /// The cache directory name of a reference: readable and unique
 /// (`127.0.0.1_5000_diplo_busybox_latest-3f2a…`).
 pub(super) fn cache_dir_name(reference: &str) -> String {
@@ -299,6 +316,19 @@ pub(super) fn is_gzip(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn skopeo_gets_the_digest_alone_when_a_reference_has_both() {
+        let cases = [
+            ("127.0.0.1:5000/app:b1@sha256:abc", "docker://127.0.0.1:5000/app@sha256:abc"),
+            ("127.0.0.1:5000/app@sha256:abc", "docker://127.0.0.1:5000/app@sha256:abc"),
+            ("127.0.0.1:5000/team/app:v1", "docker://127.0.0.1:5000/team/app:v1"),
+            ("busybox", "docker://busybox"),
+        ];
+        for (reference, source) in cases {
+            assert_eq!(skopeo_source(reference), source, "{reference}");
+        }
+    }
+
     use super::*;
 
     #[test]
