@@ -14,10 +14,9 @@ use bollard::query_parameters::{BuildImageOptions, ListImagesOptions, PushImageO
 use diplo_api::container::OutputStream;
 use diplo_api::runtime::Runtime;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
-use super::docker::{DockerRuntime, daemon_error_text, describe_bollard, describe_io, file_chunks, parse_http_response, query_escape};
+use super::docker::{DockerRuntime, daemon_error_text, describe_bollard, describe_io, file_chunks, query_escape};
 use super::docker_api::ImageRef;
 use super::{ContainerRuntime, RegistryConfig};
 use crate::build::log::BuildLog;
@@ -379,8 +378,8 @@ pub fn pushed_digest(status: &str) -> Option<String> {
     (hex.len() == 64).then(|| format!("sha256:{hex}"))
 }
 
-/// `METHOD path` with HTTP/1.0 and `headers` on the unix socket; status and body,
-/// read until the server closes; fails when it stays silent for `idle`.
+/// `METHOD path` with HTTP/1.0 and `headers` on the unix socket; status and body, read
+/// until the server closes (the Docker driver's raw request, headers as pairs).
 async fn unix_request(
     socket: &str,
     method: &str,
@@ -388,24 +387,8 @@ async fn unix_request(
     headers: &[(String, String)],
     idle: Duration,
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time");
-    let mut stream = tokio::time::timeout(idle, tokio::net::UnixStream::connect(socket)).await.map_err(|_| timed_out())??;
-    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: d\r\nContent-Length: 0\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    let mut buffer = vec![0u8; 16 * 1024];
-    loop {
-        let read = tokio::time::timeout(idle, stream.read(&mut buffer)).await.map_err(|_| timed_out())??;
-        if read == 0 {
-            break;
-        }
-        response.extend_from_slice(&buffer[..read]);
-    }
-    parse_http_response(&response)
+    let lines: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    super::docker::unix_request_with(socket, method, path, &lines, idle).await
 }
 
 #[cfg(test)]

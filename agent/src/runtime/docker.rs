@@ -414,7 +414,13 @@ async fn unix_request(socket: &str, method: &str, path: &str, idle: Duration) ->
 }
 
 /// [`unix_request`] with `headers` (complete `Name: value\r\n` lines) added.
-async fn unix_request_with(socket: &str, method: &str, path: &str, headers: &str, idle: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+pub(super) async fn unix_request_with(
+    socket: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    idle: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {}", describe_timeout(idle)));
     let mut stream = tokio::time::timeout(idle, tokio::net::UnixStream::connect(socket)).await.map_err(|_| timed_out())??;
     let request = format!("{method} {path} HTTP/1.0\r\nHost: d\r\n{headers}Content-Length: 0\r\n\r\n");
