@@ -26,8 +26,8 @@ fn ca() -> &'static CertificateAuthority {
     CA.get_or_init(|| CertificateAuthority::generate("fuzz").expect("a CA can be generated"))
 }
 
-/// `AgentService.Session` messages: hello (fingerprint and containers), heartbeats and
-/// command results.
+/// `AgentService.Session` messages: hello (fingerprint and containers), heartbeats,
+/// command results and build reports.
 pub fn agent_message(data: &[u8]) {
     let Ok(message) = pb::AgentMessage::decode(data) else { return };
     match message.body {
@@ -42,8 +42,18 @@ pub fn agent_message(data: &[u8]) {
             let outcome = command_outcome(result);
             let _ = format!("{outcome:?}");
         }
+        Some(Body::BuildReport(report)) => build_report(report),
         None => {}
     }
+}
+
+/// A build's end as its node reports it: checked and bounded once, it stays the same
+/// through the wire again (the control plane stores it and may pass it on).
+fn build_report(wire: pb::BuildReport) {
+    let Ok(report) = diplo_api::build::BuildReport::try_from(wire) else { return };
+    assert!(report.status.is_final(), "a report that does not end a build was accepted");
+    let again = diplo_api::build::BuildReport::try_from(pb::BuildReport::from(&report)).expect("an accepted report converts again");
+    assert_eq!(again, report, "a checked report changed through the wire");
 }
 
 /// A hello's fingerprint becomes the node's, is stored as JSON (`nodes.fingerprint`) and
