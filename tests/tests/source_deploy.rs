@@ -214,12 +214,14 @@ fn the_seed_body_deploys_a_go_and_a_python_app_and_a_new_commit_rolls_out() {
 
     // A new commit deploys as revision 2, rolled out in place of revision 1.
     let second = commit(&go_repo, &refs(&go_app("hello again from go")), "second");
-    let again = unified_deploy(&control_plane, json!({"name": go_name, "repo_url": url(&go_repo), "language": "go"}));
+    let again = unified_deploy(&control_plane, json!({"name": go_name, "repo_url": url(&go_repo), "language": "go", "git_branch": "main"}));
     assert_eq!(again["status"], "building");
+    assert_eq!(again["git_branch"], "main", "the source asked for now is built: {again:#}");
     let (updated, _) = follow(&control_plane, &go_name, |d| {
         running_at_revision(2)(d) && d["instances"].as_array().is_some_and(|l| l.iter().all(|i| i["revision"] == 2))
     });
     assert_eq!(updated["source"]["commit"], second);
+    assert_eq!(updated["source"]["git_branch"], "main");
     assert_eq!(answer(&updated, 2, 8080), "hello again from go");
 
     // Python, detected from requirements.txt.

@@ -178,9 +178,11 @@ impl ControlPlane {
         }
         let build_id = uuid::Uuid::new_v4().to_string();
         let (previous_status, previous_message) = (deployment.status, std::mem::take(&mut deployment.message));
+        // The source asked for now (its branch or language may differ) is what is built.
         let mut requested = spec;
-        requested.source = None;
-        deployment.spec.source = Some(SourceSpec { build_id: build_id.clone(), pending: Some(Box::new(requested)), ..current.clone() });
+        let source = requested.source.take().unwrap_or_else(|| current.clone());
+        deployment.spec.source =
+            Some(SourceSpec { build_id: build_id.clone(), commit: String::new(), pending: Some(Box::new(requested)), ..source });
         deployment.status = DeploymentStatus::Building;
         deployment.message = format!("building {build_id}");
         deployment.updated_at = Utc::now();
@@ -282,6 +284,10 @@ impl ControlPlane {
             deployment.status = DeploymentStatus::Failed;
             deployment.message = why.clone();
         } else {
+            // The running revision's spec, source and commit included, as it was recorded.
+            if let Some(running) = self.store.get_revision(&deployment.id, deployment.revision).await? {
+                deployment.spec = running;
+            }
             deployment.status = DeploymentStatus::Deploying;
             deployment.message = format!("{why}; revision {} keeps running", deployment.revision);
         }
