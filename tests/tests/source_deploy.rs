@@ -217,6 +217,9 @@ fn the_seed_body_deploys_a_go_and_a_python_app_and_a_new_commit_rolls_out() {
     let again = unified_deploy(&control_plane, json!({"name": go_name, "repo_url": url(&go_repo), "language": "go", "git_branch": "main"}));
     assert_eq!(again["status"], "building");
     assert_eq!(again["git_branch"], "main", "the source asked for now is built: {again:#}");
+    let scaled = control_plane.rest("POST", &format!("/api/v1/deployments/{go_name}/scale"), Some(json!({"replicas": 3})));
+    assert_eq!(scaled.status, 409, "a change waits for the build: {}", scaled.body);
+    assert!(scaled.body.contains("building"), "{}", scaled.body);
     let (updated, _) = follow(&control_plane, &go_name, |d| {
         running_at_revision(2)(d) && d["instances"].as_array().is_some_and(|l| l.iter().all(|i| i["revision"] == 2))
     });

@@ -286,6 +286,14 @@ impl ControlPlane {
         if deployment.status == DeploymentStatus::Deleting {
             return Err(ServiceError::FailedPrecondition(format!("deployment {name:?} is being deleted")));
         }
+        // The build's end applies the spec its deploy asked for: a change made meanwhile
+        // would be lost, so it waits for the build.
+        if deployment.status == DeploymentStatus::Building {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "deployment {name:?} is building ({}): change it once the build has ended",
+                deployment.message
+            )));
+        }
         Ok(deployment)
     }
 }
