@@ -78,7 +78,6 @@ pub struct Builds {
 struct Inner {
     config: BuildConfig,
     builders: Vec<Builder>,
-    registry: RegistryConfig,
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
@@ -87,24 +86,20 @@ struct Inner {
 pub type OnReport = Box<dyn FnOnce(BuildReport) -> BoxFuture<'static, ()> + Send>;
 
 impl Builds {
-    /// Builds with `builders` (those available on this node) and registry settings
-    /// `registry`; removes the workspaces earlier runs left in the build directory.
-    pub fn new(config: BuildConfig, builders: Vec<Builder>, registry: RegistryConfig) -> Self {
+    /// Builds with `builders` (those available on this node); removes the workspaces
+    /// earlier runs left in the build directory. Each build gets the registry settings in
+    /// force when it starts ([`Builds::start`]).
+    pub fn new(config: BuildConfig, builders: Vec<Builder>) -> Self {
         let swept = workspace::sweep(&config.build_dir);
         if swept > 0 {
             tracing::info!(count = swept, build_dir = %config.build_dir.display(), "removed leftover build workspaces");
         }
-        Builds { inner: Arc::new(Inner { config, builders, registry, running: Mutex::new(HashMap::new()) }) }
+        Builds { inner: Arc::new(Inner { config, builders, running: Mutex::new(HashMap::new()) }) }
     }
 
     /// The builders offered.
     pub fn builders(&self) -> &[Builder] {
         &self.inner.builders
-    }
-
-    /// The registry settings builds start with.
-    pub fn registry(&self) -> RegistryConfig {
-        self.inner.registry.clone()
     }
 
     /// The configuration.

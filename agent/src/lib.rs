@@ -79,7 +79,7 @@ pub async fn run(config: AgentConfig) -> Result<(), session::AgentError> {
     let drivers = drivers::connect_available(&fingerprint, &probe, &shared_registry, &config.data_dir, &identity.node_id).await;
     let mut build_config = build::BuildConfig::new(config.build_dir(), probe.docker_socket.clone(), probe.podman_socket.clone());
     build_config.file_repos = config.build_file_repos.clone();
-    let builds = build::Builds::new(build_config, fingerprint.builders.clone(), config.registry.clone());
+    let builds = build::Builds::new(build_config, fingerprint.builders.clone());
     let executor = executor::Executor::new(identity.node_id.clone(), drivers)
         .with_host_paths(config.host_paths.clone())
         .with_registry(shared_registry)

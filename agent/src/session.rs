@@ -656,7 +656,7 @@ mod tests {
         use diplo_api::runtime::Runtime;
         let dir = tempfile::tempdir().expect("temporary directory");
         let config = crate::build::BuildConfig::new(dir.path().join("builds"), "/nonexistent/d.sock".into(), "/nonexistent/p.sock".into());
-        let builds = crate::build::Builds::new(config, vec![Builder::Docker], diplo_api::registry::RegistryConfig::default());
+        let builds = crate::build::Builds::new(config, vec![Builder::Docker]);
         let executor = Executor::default().with_builds(builds);
         // Output goes nowhere: the build goes on and still reports.
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();

@@ -92,7 +92,7 @@ impl Harness {
         if let Some(limit) = output_limit {
             config.output_limit = limit;
         }
-        Harness { builds: Builds::new(config, Builder::ALL.to_vec(), RegistryConfig::default()), build_dir }
+        Harness { builds: Builds::new(config, Builder::ALL.to_vec()), build_dir }
     }
 
     /// Runs `spec` to its end: the report and the whole output.
@@ -404,11 +404,7 @@ async fn file_repositories_outside_the_allowlist_are_refused_at_once() {
     assert!(err.message.contains("outside the directories"), "{}", err.message);
 
     let probe = ProbeConfig::from_env();
-    let none = Builds::new(
-        BuildConfig::new(elsewhere.path().join("b"), probe.docker_socket, probe.podman_socket),
-        vec![Builder::Docker],
-        RegistryConfig::default(),
-    );
+    let none = Builds::new(BuildConfig::new(elsewhere.path().join("b"), probe.docker_socket, probe.podman_socket), vec![Builder::Docker]);
     let err = none
         .start(spec("none", &repo.url, Builder::Docker, "x:1"), RegistryConfig::default(), Box::new(|_| Box::pin(async {})))
         .err()

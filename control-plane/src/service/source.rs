@@ -216,11 +216,9 @@ impl ControlPlane {
             prefer_node: constraints.node.clone(),
             deployment_id: Some(deployment.id.clone()),
         };
-        let build = self.start_build(caller, request).await?;
-        // A build that could not even start (no builder) ends here and now.
-        if build.status.is_final() {
-            self.source_build_finished(&deployment.id, &BuiltSource::from(&build)).await?;
-        }
+        // A build that cannot start (no builder) is ended by the build service, whose end
+        // of every build with a deployment updates that deployment.
+        self.start_build(caller, request).await?;
         Ok(())
     }
 
