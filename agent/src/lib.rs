@@ -87,5 +87,18 @@ pub async fn run(config: AgentConfig) -> Result<(), session::AgentError> {
     tracing::info!(runtimes = ?executor.runtimes(), builders = ?fingerprint.builders, build_dir = %config.build_dir().display(),
         file_repos = ?config.build_file_repos.roots(), allowed_host_paths = ?config.host_paths.allowed(), "runtime drivers ready");
     let source = fingerprint::FingerprintSource::Probe(probe);
+    notify_started(&identity.node_id, &config.server);
     Err(session::run_sessions(&config.server, identity, &config.data_dir, &source, &executor).await)
+}
+
+/// Tells the service manager (systemd, `Type=notify`) that the agent has started: it holds
+/// its node identity (joined now, or saved from before) and its runtime drivers, and from
+/// here on connects its session and keeps reconnecting it. A control plane that is away
+/// does not hold the start up (nor fail it): the agent's containers keep running and the
+/// session comes back when the control plane does. A no-op without `NOTIFY_SOCKET`.
+fn notify_started(node_id: &str, server: &str) {
+    let status = format!("node {node_id}: connecting to {server}");
+    if let Err(err) = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]) {
+        tracing::warn!(error = %err, "cannot notify the service manager (NOTIFY_SOCKET) that the agent started");
+    }
 }

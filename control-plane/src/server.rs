@@ -81,6 +81,10 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
         Mode::Serve => None,
         Mode::Dev { host_paths } => Some(start_local_agent(&control_plane, &config.data_dir.join("agent"), grpc_addr, host_paths).await?),
     };
+    notify_service_manager(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("gRPC on {grpc_addr}, REST on {rest_url}")),
+    ]);
 
     let outcome = tokio::select! {
         _ = shutdown_signal() => Ok(()),
@@ -91,6 +95,7 @@ pub async fn run(config: Config, mode: Mode) -> Result<()> {
         lost = lease.lost() => Err(anyhow::Error::new(lost)),
     };
     tracing::info!("shutting down");
+    notify_service_manager(&[sd_notify::NotifyState::Stopping]);
     let _ = shutdown_tx.send(true);
     monitor.abort();
     reconciler.abort();
@@ -134,6 +139,15 @@ async fn start_local_agent(
             tracing::error!(error = format!("{err:#}"), "local agent stopped");
         }
     }))
+}
+
+/// Tells the service manager (systemd, `Type=notify`) how the control plane is doing:
+/// `READY=1` once its gRPC and REST listeners accept connections, `STOPPING=1` when it
+/// shuts down. A no-op without `NOTIFY_SOCKET`.
+fn notify_service_manager(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(states) {
+        tracing::warn!(error = %err, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
 }
 
 /// A host name made into a valid node name.
