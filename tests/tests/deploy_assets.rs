@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use diplo_tests::{Agent, Binary, ControlPlane, ControlPlaneOptions, binary, find_node, http_get, output_with_timeout, skip_or_fail};
+use diplo_tests::{
+    Agent, Binary, ControlPlane, ControlPlaneOptions, binary, find_node, http_get, output_with_timeout, skip_or_fail, wait_until,
+};
 
 /// The repository's root.
 fn repository_root() -> PathBuf {
@@ -269,7 +271,227 @@ fn agent_notifies_ready_once_joined_and_again_when_its_control_plane_is_away() {
     assert!(again.process().try_exit().is_none(), "the agent keeps running without its control plane:\n{}", again.logs());
 }
 
-#[allow(dead_code)]
-fn mode_of(path: &Path) -> u32 {
-    std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+// ---------------------------------------------------------------------------------
+// install.sh
+
+#[test]
+fn install_sh_carries_the_agent_unit_of_deploy_systemd() {
+    let script = std::fs::read_to_string(deploy_file("install.sh")).expect("deploy/install.sh");
+    let start = script.find("<<'UNIT'\n").expect("install.sh has the unit as a here-document") + "<<'UNIT'\n".len();
+    let end = start + script[start..].find("\nUNIT\n").expect("the here-document's end");
+    let embedded = &script[start..=end];
+    let unit = unit_text("diplo-agent.service").replace("ExecStart=/usr/bin/diplo-agent", "ExecStart=/usr/local/bin/diplo-agent");
+    assert_eq!(embedded, unit, "install.sh's unit must be deploy/systemd/diplo-agent.service with the binary in /usr/local/bin");
+    let mode = std::fs::metadata(deploy_file("install.sh")).expect("install.sh").permissions().mode();
+    assert!(mode & 0o111 != 0, "install.sh is executable");
+}
+
+/// A lab host: a network namespace of its own on a private /24 (10.250.N.0/24, never the
+/// SO1 192.168.100.0/24), joined to the root namespace by a veth pair: the root side is
+/// 10.250.N.1, the lab host 10.250.N.2. Everything running inside is killed and the
+/// namespace and link removed when dropped.
+struct LabHost {
+    netns: String,
+    veth: String,
+    subnet: u8,
+}
+
+impl LabHost {
+    fn create() -> LabHost {
+        let suffix =
+            diplo_tests::unique_name("x").trim_start_matches("x-").chars().filter(char::is_ascii_alphanumeric).take(6).collect::<String>();
+        let addresses = Command::new("ip").args(["-4", "-o", "addr"]).output().expect("ip addr");
+        let taken = String::from_utf8_lossy(&addresses.stdout).into_owned();
+        let subnet = (100u8..=250)
+            .cycle()
+            .skip(usize::from(suffix.bytes().fold(0u8, |a, b| a.wrapping_mul(31).wrapping_add(b)) % 150))
+            .take(151)
+            .find(|n| !taken.contains(&format!("10.250.{n}.")))
+            .expect("a free 10.250.N.0/24");
+        let lab = LabHost { netns: format!("diplo-install-{suffix}"), veth: format!("dinst{suffix}"), subnet };
+        let peer = format!("{}p", lab.veth);
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), lab.netns.clone()],
+            vec!["link".into(), "add".into(), lab.veth.clone(), "type".into(), "veth".into(), "peer".into(), "name".into(), peer.clone()],
+            vec!["link".into(), "set".into(), peer.clone(), "netns".into(), lab.netns.clone()],
+            vec!["addr".into(), "add".into(), format!("{}/24", lab.root_addr()), "dev".into(), lab.veth.clone()],
+            vec!["link".into(), "set".into(), lab.veth.clone(), "up".into()],
+            vec!["-n".into(), lab.netns.clone(), "addr".into(), "add".into(), format!("10.250.{subnet}.2/24"), "dev".into(), peer.clone()],
+            vec!["-n".into(), lab.netns.clone(), "link".into(), "set".into(), peer, "up".into()],
+            vec!["-n".into(), lab.netns.clone(), "link".into(), "set".into(), "lo".into(), "up".into()],
+        ];
+        for step in steps {
+            let mut command = Command::new("ip");
+            command.args(&step);
+            let (ok, text) = run(command, Duration::from_secs(20));
+            assert!(ok, "ip {} failed: {text}", step.join(" "));
+        }
+        lab
+    }
+
+    /// The root namespace's address on the lab host's link.
+    fn root_addr(&self) -> String {
+        format!("10.250.{}.1", self.subnet)
+    }
+
+    /// `sh -c script` on the lab host, in a mount namespace of its own whose `tmpfs`
+    /// covers every path install.sh writes (the machine's own files stay untouched).
+    fn sh(&self, script: &str) -> (bool, String) {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns, "unshare", "--mount", "--propagation", "private", "sh", "-c"]);
+        command.arg(format!("set -e\nfor d in {TMPFS_PATHS}; do mount -t tmpfs -o mode=0755 tmpfs \"$d\"; done\nset +e\n{script}"));
+        command.env_remove("DIPLO_SERVER").env_remove("DIPLO_TOKEN").env_remove("DIPLO_NODE_NAME");
+        run(command, Duration::from_secs(240))
+    }
+}
+
+/// What install.sh writes, each covered by a tmpfs on the lab host.
+const TMPFS_PATHS: &str = "/usr/local/bin /etc/default /etc/systemd/system /var/lib /var/log";
+
+impl Drop for LabHost {
+    fn drop(&mut self) {
+        if let Ok(output) = Command::new("ip").args(["netns", "pids", &self.netns]).output() {
+            for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+/// `python3 -m http.server` serving `dir` on `addr:port` (killed when dropped).
+fn serve_files(dir: &Path, addr: &str, log_dir: &Path) -> (diplo_tests::Process, u16) {
+    let port = diplo_tests::free_port();
+    let mut command = Command::new("python3");
+    command.args(["-m", "http.server", "--bind", addr, "--directory"]).arg(dir).arg(port.to_string());
+    let process = diplo_tests::Process::spawn("http server", command, &log_dir.join("http"));
+    let url = format!("http://{addr}:{port}/install.sh");
+    wait_until("the file server", Duration::from_secs(20), Duration::from_millis(100), || {
+        http_get(&url, None)
+            .map_err(|e| e.to_string())
+            .and_then(|r| if r.status == 200 { Ok(()) } else { Err(format!("HTTP {}", r.status)) })
+    });
+    (process, port)
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let mut command = Command::new("sha256sum");
+    command.arg(path);
+    let (ok, text) = run(command, Duration::from_secs(60));
+    assert!(ok, "sha256sum: {text}");
+    text.split_whitespace().next().expect("a checksum").to_owned()
+}
+
+#[test]
+fn install_sh_installs_and_joins_an_agent_on_a_lab_host_and_refuses_bad_input() {
+    let tools_here = ["ip", "unshare", "curl", "python3", "sha256sum"].iter().all(|tool| {
+        let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+        if !found {
+            skip_or_fail(&format!("`{tool}` is not installed; scripts/setup-host installs it"));
+        }
+        found
+    });
+    if !tools_here {
+        return;
+    }
+    let lab = LabHost::create();
+    let root_addr = lab.root_addr();
+    let grpc_port = diplo_tests::free_port();
+    let control_plane = ControlPlane::start(ControlPlaneOptions {
+        env: vec![("DIPLO_GRPC_ADDR".to_owned(), format!("{root_addr}:{grpc_port}")), ("DIPLO_TLS_SANS".to_owned(), root_addr.clone())],
+        ..Default::default()
+    });
+    let files = tempfile::Builder::new().prefix("diplo-install-files-").tempdir().expect("temporary directory");
+    std::fs::copy(deploy_file("install.sh"), files.path().join("install.sh")).expect("install.sh");
+    let agent = files.path().join("diplo-agent");
+    if std::fs::hard_link(binary(Binary::Agent), &agent).is_err() {
+        std::fs::copy(binary(Binary::Agent), &agent).expect("the agent binary");
+    }
+    let checksum = sha256_hex(&agent);
+    let (_server, http_port) = serve_files(files.path(), &root_addr, files.path());
+    let base = format!("http://{root_addr}:{http_port}");
+    let server = format!("{root_addr}:{grpc_port}");
+    let token = control_plane.join_token(&["--single-use"]);
+    let name = diplo_tests::unique_name("installed");
+    let host_defaults_before = Path::new("/etc/default/diplo-agent").exists();
+    let host_binary_before = Path::new("/usr/local/bin/diplo-agent").exists();
+
+    // Refused before anything is installed: each line's output must name the fault, and
+    // the lab host must have no agent or settings after it.
+    let ok_args = format!("--server {server} --token '{token}' --name {name}");
+    let refusals = [
+        (format!("{ok_args} --agent-url {base}/diplo-agent --sha256 {}", "0".repeat(64)), "SHA-256"),
+        (format!("--server '{server} x' --token '{token}' --agent-url {base}/diplo-agent"), "--server"),
+        (format!("--server {server} --token '{token}\"' --agent-url {base}/diplo-agent"), "--token"),
+        (
+            format!(
+                "--server {server} --token '{token}
+DIPLO_X=1' --agent-url {base}/diplo-agent"
+            ),
+            "--token",
+        ),
+        (format!("--server {server} --name 'a b' --token '{token}' --agent-url {base}/diplo-agent"), "--name"),
+        (format!("--server {server} --agent-url {base}/diplo-agent"), "--token is required"),
+        (ok_args.clone(), "--agent-url"),
+        (format!("{ok_args} --agent-url {base}/no-such-file"), "cannot download"),
+    ];
+    for (args, names) in &refusals {
+        let (ok, text) = lab.sh(&format!(
+            "curl -sfL {base}/install.sh | sh -s -- {args}; rc=$?\n\
+             test -e /usr/local/bin/diplo-agent && echo LEFT-BINARY; test -e /etc/default/diplo-agent && echo LEFT-DEFAULTS; exit $rc"
+        ));
+        assert!(!ok, "install.sh accepted {args:?}: {text}");
+        assert!(text.contains(names), "the refusal of {args:?} names {names:?}: {text}");
+        assert!(!text.contains("LEFT-"), "a refused install left files behind ({args:?}): {text}");
+    }
+    // An unsupported OS or architecture is refused with a clear message.
+    let fake_os = files.path().join("os-release");
+    std::fs::write(&fake_os, "ID=fedora\nPRETTY_NAME=\"Fedora Linux 40\"\n").expect("fake os-release");
+    let (ok, text) = lab.sh(&format!(
+        "mount --bind {} /etc/os-release && curl -sfL {base}/install.sh | sh -s -- {ok_args} --agent-url {base}/diplo-agent",
+        fake_os.display()
+    ));
+    assert!(!ok && text.contains("unsupported operating system: Fedora Linux 40"), "{text}");
+    let fake_bin = files.path().join("fake-bin");
+    std::fs::create_dir_all(&fake_bin).expect("fake bin");
+    std::fs::write(fake_bin.join("uname"), "#!/bin/sh\necho mips64\n").expect("fake uname");
+    std::fs::set_permissions(fake_bin.join("uname"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (ok, text) = lab
+        .sh(&format!("curl -sfL {base}/install.sh | PATH={}:$PATH sh -s -- {ok_args} --agent-url {base}/diplo-agent", fake_bin.display()));
+    assert!(!ok && text.contains("unsupported architecture: mips64"), "{text}");
+
+    // The one-liner: downloaded, checked, installed, configured, started, joined.
+    let (ok, text) = lab.sh(&format!(
+        "curl -sfL {base}/install.sh | sh -s -- {ok_args} --agent-url {base}/diplo-agent --sha256 {checksum} || exit 1\n\
+         stat -c 'MODE %a %U %n' /etc/default/diplo-agent /usr/local/bin/diplo-agent /var/lib/diplo/agent\n\
+         sed 's/^/DEFAULTS /' /etc/default/diplo-agent"
+    ));
+    assert!(ok, "install.sh failed on the lab host: {text}");
+    for expected in [
+        "checksum ok".to_owned(),
+        "systemd is not running here".to_owned(),
+        format!("diplo-agent joined as {name}"),
+        "MODE 600 root /etc/default/diplo-agent".to_owned(),
+        "MODE 755 root /usr/local/bin/diplo-agent".to_owned(),
+        "MODE 700 root /var/lib/diplo/agent".to_owned(),
+        format!("DEFAULTS DIPLO_SERVER={server}"),
+        format!("DEFAULTS DIPLO_NODE_NAME={name}"),
+        format!("DEFAULTS DIPLO_TOKEN={token}"),
+    ] {
+        assert!(text.contains(&expected), "missing {expected:?} in:\n{text}");
+    }
+    let said = text.split("MODE ").next().unwrap_or_default();
+    let secret = token.rsplit('.').next().expect("the token's secret");
+    assert!(!said.contains(secret), "install.sh never prints the token's secret: {said}");
+    let node = wait_until(&format!("{name} to be ready"), Duration::from_secs(90), Duration::from_millis(500), || {
+        let nodes = control_plane.try_nodes()?;
+        match find_node(&nodes, &name) {
+            Some(node) if node["status"] == "ready" => Ok(node.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(node["status"], "ready");
+    assert_eq!(Path::new("/etc/default/diplo-agent").exists(), host_defaults_before, "the machine's /etc/default is untouched");
+    assert_eq!(Path::new("/usr/local/bin/diplo-agent").exists(), host_binary_before, "the machine's /usr/local/bin is untouched");
 }
