@@ -495,3 +495,77 @@ DIPLO_X=1' --agent-url {base}/diplo-agent"
     assert_eq!(Path::new("/etc/default/diplo-agent").exists(), host_defaults_before, "the machine's /etc/default is untouched");
     assert_eq!(Path::new("/usr/local/bin/diplo-agent").exists(), host_binary_before, "the machine's /usr/local/bin is untouched");
 }
+
+// ---------------------------------------------------------------------------------
+// cloud-init
+
+const SO1_HOSTS: [(&str, &str); 3] = [("vm1", "192.168.100.10"), ("vm2", "192.168.100.11"), ("vm3", "192.168.100.12")];
+
+/// `cloud-init schema --config-file FILE`: `Ok` when cloud-init calls it valid.
+fn cloud_config_schema(file: &Path) -> Result<String, String> {
+    let mut command = Command::new("cloud-init");
+    command.arg("schema").arg("--config-file").arg(file);
+    let (ok, text) = run(command, Duration::from_secs(60));
+    if ok && text.contains("Valid cloud-config") { Ok(text) } else { Err(text) }
+}
+
+/// A network-config rendered by cloud-init for Debian (ifupdown): the rendered files'
+/// text, or cloud-init's complaint.
+fn render_network_config(file: &Path) -> Result<String, String> {
+    let out = tempfile::Builder::new().prefix("diplo-netcfg-").tempdir().expect("temporary directory");
+    let mut command = Command::new("cloud-init");
+    command.args(["devel", "net-convert", "--kind", "yaml", "--distro", "debian", "--output-kind", "eni", "--network-data"]);
+    command.arg(file).arg("--directory").arg(out.path());
+    let (ok, text) = run(command, Duration::from_secs(60));
+    if !ok {
+        return Err(text);
+    }
+    let mut command = Command::new("sh");
+    command.arg("-c").arg("find . -type f -exec cat {} +").current_dir(out.path());
+    let (_, rendered) = run(command, Duration::from_secs(10));
+    Ok(rendered)
+}
+
+#[test]
+fn cloud_init_user_data_and_network_config_validate_and_broken_ones_do_not() {
+    if !have_tool("cloud-init", &["--version"], "scripts/setup-assets (Debian's cloud-init package)") {
+        return;
+    }
+    for (vm, address) in SO1_HOSTS {
+        let user_data = deploy_file(&format!("cloud-init/{vm}.user-data"));
+        cloud_config_schema(&user_data).unwrap_or_else(|e| panic!("{} is not valid cloud-config: {e}", user_data.display()));
+        let text = std::fs::read_to_string(&user_data).expect("user-data");
+        assert!(text.starts_with("#cloud-config\n"), "{vm}: cloud-init reads user-data as cloud-config only with the header");
+        for needed in [&format!("hostname: {vm}"), "install.sh | sh -s -- --server @DIPLO_SERVER@ --token '@DIPLO_TOKEN@'", "--sha256"] {
+            assert!(text.contains(needed), "{vm}.user-data lacks {needed:?}");
+        }
+        let runtime = if vm == "vm3" { "docker.io" } else { "containerd" };
+        assert!(text.contains(&format!("  - {runtime}\n")), "{vm} installs {runtime}");
+
+        let network = deploy_file(&format!("cloud-init/{vm}.network-config"));
+        let rendered = render_network_config(&network).unwrap_or_else(|e| panic!("{} does not render: {e}", network.display()));
+        assert!(rendered.contains(&format!("address {address}/24")), "{vm} gets {address}: {rendered}");
+        assert!(rendered.contains("route add default gw 192.168.100.1"), "{vm}'s route: {rendered}");
+    }
+
+    // A broken file is refused: a list given as a string, a command that is a number, YAML
+    // that does not parse.
+    let dir = tempfile::Builder::new().prefix("diplo-cloud-init-").tempdir().expect("temporary directory");
+    let vm1 = std::fs::read_to_string(deploy_file("cloud-init/vm1.user-data")).expect("vm1.user-data");
+    let broken = [
+        ("packages-string", vm1.replacen("packages:\n  - containerd\n", "packages: containerd\n  - containerd\n", 1)),
+        ("runcmd-number", format!("{vm1}\nruncmd: 5\n").replacen("runcmd:\n", "bootcmd: 5\nruncmd:\n", 1)),
+        ("bad-yaml", vm1.replacen("hostname: vm1", "hostname: [vm1", 1)),
+    ];
+    for (name, text) in broken {
+        assert_ne!(text, vm1, "{name}: the change did not apply");
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("broken user-data");
+        let err = cloud_config_schema(&path).expect_err(&format!("{name} was accepted"));
+        eprintln!("{name} refused as expected: {}", err.trim());
+    }
+    let network = std::fs::read_to_string(deploy_file("cloud-init/vm1.network-config")).expect("vm1.network-config");
+    let path = dir.path().join("bad-network");
+    std::fs::write(&path, network.replace("192.168.100.10/24", "192.168.100.300/24")).expect("broken network-config");
+    render_network_config(&path).expect_err("an impossible address was accepted");
+}
