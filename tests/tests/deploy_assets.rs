@@ -569,3 +569,160 @@ fn cloud_init_user_data_and_network_config_validate_and_broken_ones_do_not() {
     std::fs::write(&path, network.replace("192.168.100.10/24", "192.168.100.300/24")).expect("broken network-config");
     render_network_config(&path).expect_err("an impossible address was accepted");
 }
+
+// ---------------------------------------------------------------------------------
+// .deb packages
+
+const PACKAGES: [&str; 3] = ["diplo-control-plane", "diplo-agent", "diplo"];
+
+/// Builds the three packages with `cargo deb --no-build` from the binaries under test:
+/// cargo-deb takes a release build's binaries from `<target>/release/`, so a target
+/// directory of our own holds links to them there. Returns the .deb files by package.
+fn build_packages(out: &Path) -> Vec<(String, PathBuf)> {
+    let target = out.join("target");
+    std::fs::create_dir_all(target.join("release")).expect("target/release");
+    for bin_kind in [Binary::ControlPlane, Binary::Agent, Binary::Cli] {
+        let built = binary(bin_kind);
+        let at = target.join("release").join(built.file_name().expect("binary name"));
+        if std::fs::hard_link(&built, &at).is_err() {
+            std::fs::copy(&built, &at).expect("copying a binary");
+        }
+    }
+    PACKAGES
+        .iter()
+        .map(|package| {
+            let mut command = Command::new("cargo");
+            command
+                .args(["deb", "--no-build", "--fast", "--package", package, "--manifest-path"])
+                .arg(repository_root().join("Cargo.toml"))
+                .arg("--output")
+                .arg(out)
+                .env("CARGO_TARGET_DIR", &target);
+            diplo_tests::remove_cargo_test_env(&mut command);
+            let (ok, text) = run(command, Duration::from_secs(300));
+            assert!(ok, "cargo deb -p {package} failed: {text}");
+            let deb = text.lines().map(str::trim).find(|line| line.ends_with(".deb")).map(PathBuf::from).expect("the .deb's path");
+            (package.to_string(), deb)
+        })
+        .collect()
+}
+
+fn dpkg_deb(args: &[&str], deb: &Path) -> String {
+    let mut command = Command::new("dpkg-deb");
+    command.args(args).arg(deb);
+    let (ok, text) = run(command, Duration::from_secs(60));
+    assert!(ok, "dpkg-deb {args:?} {} failed: {text}", deb.display());
+    text
+}
+
+#[test]
+fn deb_packages_build_and_install_into_an_isolated_root() {
+    if !have_tool("cargo-deb", &["--version"], "scripts/setup-assets (cargo install cargo-deb)")
+        || !have_tool("dpkg-deb", &["--version"], "Debian's dpkg")
+    {
+        return;
+    }
+    let out = tempfile::Builder::new().prefix("diplo-debs-").tempdir().expect("temporary directory");
+    let debs = build_packages(out.path());
+    let deb = |name: &str| debs.iter().find(|(package, _)| package == name).map(|(_, deb)| deb.clone()).expect("built");
+
+    // Contents: binaries, units, the settings files as conffiles (the agent's 0600).
+    let expected: [(&str, &[&str]); 3] = [
+        (
+            "diplo-control-plane",
+            &[
+                "-rwxr-xr-x 0/0 ./usr/bin/diplo-control-plane",
+                "-rw-r--r-- 0/0 ./usr/lib/systemd/system/diplo-control-plane.service",
+                "-rw-r--r-- 0/0 ./etc/default/diplo-control-plane",
+            ],
+        ),
+        (
+            "diplo-agent",
+            &[
+                "-rwxr-xr-x 0/0 ./usr/bin/diplo-agent",
+                "-rw-r--r-- 0/0 ./usr/lib/systemd/system/diplo-agent.service",
+                "-rw------- 0/0 ./etc/default/diplo-agent",
+            ],
+        ),
+        ("diplo", &["-rwxr-xr-x 0/0 ./usr/bin/diplo"]),
+    ];
+    for (package, entries) in expected {
+        let listing = dpkg_deb(&["-c"], &deb(package));
+        // "mode owner size date time path": keep mode, owner and path.
+        let files: Vec<String> = listing
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|fields| fields.len() >= 6)
+            .map(|fields| format!("{} {} {}", fields[0], fields[1], fields[5]))
+            .collect();
+        for entry in entries {
+            assert!(files.iter().any(|file| file == entry), "{package}: no {entry:?} in {files:#?}");
+        }
+        let info = dpkg_deb(&["-I"], &deb(package));
+        assert!(info.contains(&format!("Package: {package}\n")) && info.contains("Depends: libc6"), "{package}: {info}");
+    }
+    let control = tempfile::Builder::new().prefix("diplo-deb-control-").tempdir().expect("temporary directory");
+    let mut extract = Command::new("dpkg-deb");
+    extract.arg("-e").arg(deb("diplo-control-plane")).arg(control.path());
+    assert!(run(extract, Duration::from_secs(30)).0, "dpkg-deb -e");
+    let conffiles = std::fs::read_to_string(control.path().join("conffiles")).expect("conffiles");
+    assert_eq!(conffiles.trim(), "/etc/default/diplo-control-plane");
+    let postinst = std::fs::read_to_string(control.path().join("postinst")).expect("postinst");
+    assert!(postinst.contains("useradd --system") && postinst.contains("deb-systemd-helper enable diplo-control-plane.service"));
+
+    // Installed for real, by dpkg, in a mount namespace whose /usr, /etc and /var are
+    // overlays over the machine's (their changes land in a tmpfs): postinst creates the
+    // user, the binaries run, the units verify at their installed paths.
+    let host_user = Command::new("getent").args(["passwd", "diplo"]).output().expect("getent").status.success();
+    let scratch = tempfile::Builder::new().prefix("diplo-deb-root-").tempdir().expect("temporary directory");
+    let debs_list: Vec<String> = debs.iter().map(|(_, deb)| deb.display().to_string()).collect();
+    let script = format!(
+        "set -e\n\
+         s={scratch}\n\
+         mount -t tmpfs tmpfs \"$s\"\n\
+         for d in usr etc var; do mkdir -p \"$s/$d-up\" \"$s/$d-work\"; \
+           mount -t overlay overlay -o \"lowerdir=/$d,upperdir=$s/$d-up,workdir=$s/$d-work\" \"/$d\"; done\n\
+         DEBIAN_FRONTEND=noninteractive dpkg -i {debs}\n\
+         echo \"USER $(getent passwd diplo)\"\n\
+         stat -c 'MODE %a %U %n' /etc/default/diplo-agent /etc/default/diplo-control-plane\n\
+         dpkg-query -W -f='STATUS ${{Package}} ${{Status}}\\n' diplo diplo-agent diplo-control-plane\n\
+         echo \"VERSION $(runuser -u diplo -- /usr/bin/diplo-control-plane --version)\"\n\
+         echo \"VERSION $(/usr/bin/diplo-agent --version)\"\n\
+         echo \"VERSION $(/usr/bin/diplo --version)\"\n\
+         test -L /etc/systemd/system/multi-user.target.wants/diplo-control-plane.service && echo ENABLED control-plane\n\
+         test -e /etc/systemd/system/multi-user.target.wants/diplo-agent.service && echo ENABLED agent\n\
+         SYSTEMD_PAGER= systemd-analyze verify /usr/lib/systemd/system/diplo-control-plane.service \
+           /usr/lib/systemd/system/diplo-agent.service 2>&1 | sed 's/^/VERIFY /'\n\
+         echo DONE",
+        scratch = scratch.path().display(),
+        debs = debs_list.join(" "),
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let (ok, text) = run(command, Duration::from_secs(180));
+    assert!(ok && text.contains("DONE"), "installing the packages failed: {text}");
+    let user = text.lines().find_map(|line| line.strip_prefix("USER ")).unwrap_or_default();
+    let fields: Vec<&str> = user.split(':').collect();
+    assert!(
+        fields.len() == 7 && fields[0] == "diplo" && fields[6] == "/usr/sbin/nologin",
+        "postinst creates the system user diplo: {text}"
+    );
+    assert!(fields[2].parse::<u32>().is_ok_and(|uid| uid > 0 && uid < 1000), "diplo is a system user: {user}");
+    for expected in [
+        "MODE 600 root /etc/default/diplo-agent",
+        "MODE 644 root /etc/default/diplo-control-plane",
+        "STATUS diplo install ok installed",
+        "STATUS diplo-agent install ok installed",
+        "STATUS diplo-control-plane install ok installed",
+        &format!("VERSION diplo-control-plane {}", env!("CARGO_PKG_VERSION")),
+        &format!("VERSION diplo-agent {}", env!("CARGO_PKG_VERSION")),
+        &format!("VERSION diplo {}", env!("CARGO_PKG_VERSION")),
+        "ENABLED control-plane",
+    ] {
+        assert!(text.lines().any(|line| line == expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("ENABLED agent"), "the agent's unit waits for its settings: not enabled by the package");
+    assert!(!text.contains("VERIFY "), "the installed units do not verify: {text}");
+    // The machine itself is untouched.
+    assert_eq!(Command::new("getent").args(["passwd", "diplo"]).output().expect("getent").status.success(), host_user);
+}
