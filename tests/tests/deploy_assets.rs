@@ -334,6 +334,15 @@ impl LabHost {
         format!("10.250.{}.1", self.subnet)
     }
 
+    /// The pid of the `diplo-agent` running on the lab host, if one does.
+    fn agent_pid(&self) -> Option<u32> {
+        let output = Command::new("ip").args(["netns", "pids", &self.netns]).output().ok()?;
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .filter_map(|pid| pid.parse::<u32>().ok())
+            .find(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "diplo-agent"))
+    }
+
     /// `sh -c script` on the lab host, in a mount namespace of its own whose `tmpfs`
     /// covers every path install.sh writes (the machine's own files stay untouched).
     fn sh(&self, script: &str) -> (bool, String) {
@@ -494,6 +503,59 @@ DIPLO_X=1' --agent-url {base}/diplo-agent"
     assert_eq!(node["status"], "ready");
     assert_eq!(Path::new("/etc/default/diplo-agent").exists(), host_defaults_before, "the machine's /etc/default is untouched");
     assert_eq!(Path::new("/usr/local/bin/diplo-agent").exists(), host_binary_before, "the machine's /usr/local/bin is untouched");
+
+    // Run again without a token (an upgrade), on the same lab host (the agent's own mount
+    // namespace): the agent it started is replaced, and the node keeps its identity.
+    let agent_pid = lab.agent_pid().expect("the installed agent runs on the lab host");
+    let mut rerun = Command::new("nsenter");
+    rerun.args(["-t", &agent_pid.to_string(), "-m", "-n", "sh", "-c"]).arg(format!(
+        "curl -sfL {base}/install.sh | sh -s -- --server {server} --name {name} --agent-url {base}/diplo-agent --sha256 {checksum}\n\
+         rc=$?; sed 's/^/DEFAULTS /' /etc/default/diplo-agent; exit $rc"
+    ));
+    let (ok, text) = run(rerun, Duration::from_secs(240));
+    assert!(ok, "the second install failed: {text}");
+    assert!(text.contains(&format!("stopping the agent started before (pid {agent_pid})")), "{text}");
+    assert!(!text.contains("DEFAULTS DIPLO_TOKEN="), "no token, none written: {text}");
+    let new_pid = lab.agent_pid().expect("the new agent runs");
+    assert_ne!(new_pid, agent_pid, "the agent was replaced");
+    wait_until(&format!("{name} to be ready again"), Duration::from_secs(90), Duration::from_millis(500), || {
+        let nodes = control_plane.try_nodes()?;
+        let same: Vec<_> = nodes.iter().filter(|n| n["name"] == name.as_str()).collect();
+        match same.as_slice() {
+            [again] if again["id"] == node["id"] && again["status"] == "ready" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+
+    // Where systemd runs, the unit is installed and `systemctl enable --now` started (a
+    // stand-in systemctl records the calls; the unit it was given verifies).
+    let fake_systemd = files.path().join("fake-systemd");
+    std::fs::create_dir_all(&fake_systemd).expect("fake systemd");
+    std::fs::write(
+        fake_systemd.join("systemctl"),
+        "#!/bin/sh\necho \"systemctl $*\" >>/run/systemd/calls\n[ \"$1\" = is-active ] && exit 3\nexit 0\n",
+    )
+    .expect("fake systemctl");
+    std::fs::set_permissions(fake_systemd.join("systemctl"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (ok, text) = lab.sh(&format!(
+        "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system || exit 1\n\
+         curl -sfL {base}/install.sh | PATH={fake}:$PATH sh -s -- {ok_args}-sd --agent-url {base}/diplo-agent --sha256 {checksum} || exit 1\n\
+         sed 's/^/CALL /' /run/systemd/calls\n\
+         stat -c 'MODE %a %U %n' /etc/systemd/system/diplo-agent.service\n\
+         SYSTEMD_PAGER= systemd-analyze verify /etc/systemd/system/diplo-agent.service 2>&1 | sed 's/^/VERIFY /'\n\
+         echo DONE",
+        fake = fake_systemd.display()
+    ));
+    assert!(ok && text.contains("DONE"), "install.sh with systemd failed: {text}");
+    for expected in [
+        "CALL systemctl daemon-reload",
+        "CALL systemctl enable --now diplo-agent.service",
+        "MODE 644 root /etc/systemd/system/diplo-agent.service",
+        "diplo-agent is running under systemd",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("systemd is not running here") && !text.contains("VERIFY "), "{text}");
 }
 
 // ---------------------------------------------------------------------------------
