@@ -346,9 +346,26 @@ impl LabHost {
     /// `sh -c script` on the lab host, in a mount namespace of its own whose `tmpfs`
     /// covers every path install.sh writes (the machine's own files stay untouched).
     fn sh(&self, script: &str) -> (bool, String) {
+        self.sh_after(&format!("for d in {TMPFS_PATHS}; do mount -t tmpfs -o mode=0755 tmpfs \"$d\"; done"), script)
+    }
+
+    /// `sh -c script` on the lab host, in a mount namespace of its own whose /usr, /etc and
+    /// /var are overlays over the machine's, their changes in a tmpfs at `scratch` (for
+    /// dpkg, which needs its database and writes all three).
+    fn sh_overlays(&self, scratch: &Path, script: &str) -> (bool, String) {
+        let overlays = format!(
+            "s={scratch}\nmount -t tmpfs tmpfs \"$s\"\n\
+             for d in usr etc var; do mkdir -p \"$s/$d-up\" \"$s/$d-work\"; \
+             mount -t overlay overlay -o \"lowerdir=/$d,upperdir=$s/$d-up,workdir=$s/$d-work\" \"/$d\"; done",
+            scratch = scratch.display()
+        );
+        self.sh_after(&overlays, script)
+    }
+
+    fn sh_after(&self, mounts: &str, script: &str) -> (bool, String) {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.netns, "unshare", "--mount", "--propagation", "private", "sh", "-c"]);
-        command.arg(format!("set -e\nfor d in {TMPFS_PATHS}; do mount -t tmpfs -o mode=0755 tmpfs \"$d\"; done\nset +e\n{script}"));
+        command.arg(format!("set -e\n{mounts}\nset +e\n{script}"));
         command.env_remove("DIPLO_SERVER").env_remove("DIPLO_TOKEN").env_remove("DIPLO_NODE_NAME");
         run(command, Duration::from_secs(240))
     }
@@ -640,7 +657,7 @@ const PACKAGES: [&str; 3] = ["diplo-control-plane", "diplo-agent", "diplo"];
 /// Builds the three packages with `cargo deb --no-build` from the binaries under test:
 /// cargo-deb takes a release build's binaries from `<target>/release/`, so a target
 /// directory of our own holds links to them there. Returns the .deb files by package.
-fn build_packages(out: &Path) -> Vec<(String, PathBuf)> {
+fn build_packages(out: &Path, packages: &[&str]) -> Vec<(String, PathBuf)> {
     let target = out.join("target");
     std::fs::create_dir_all(target.join("release")).expect("target/release");
     for bin_kind in [Binary::ControlPlane, Binary::Agent, Binary::Cli] {
@@ -650,7 +667,7 @@ fn build_packages(out: &Path) -> Vec<(String, PathBuf)> {
             std::fs::copy(&built, &at).expect("copying a binary");
         }
     }
-    PACKAGES
+    packages
         .iter()
         .map(|package| {
             let mut command = Command::new("cargo");
@@ -685,7 +702,7 @@ fn deb_packages_build_and_install_into_an_isolated_root() {
         return;
     }
     let out = tempfile::Builder::new().prefix("diplo-debs-").tempdir().expect("temporary directory");
-    let debs = build_packages(out.path());
+    let debs = build_packages(out.path(), &PACKAGES);
     let deb = |name: &str| debs.iter().find(|(package, _)| package == name).map(|(_, deb)| deb.clone()).expect("built");
 
     // Contents: binaries, units, the settings files as conffiles (the agent's 0600).
@@ -787,4 +804,57 @@ fn deb_packages_build_and_install_into_an_isolated_root() {
     assert!(!text.contains("VERIFY "), "the installed units do not verify: {text}");
     // The machine itself is untouched.
     assert_eq!(Command::new("getent").args(["passwd", "diplo"]).output().expect("getent").status.success(), host_user);
+}
+
+#[test]
+fn install_sh_installs_the_agent_package_on_a_lab_host() {
+    if !have_tool("cargo-deb", &["--version"], "scripts/setup-assets (cargo install cargo-deb)") {
+        return;
+    }
+    let files = tempfile::Builder::new().prefix("diplo-install-deb-").tempdir().expect("temporary directory");
+    let debs = build_packages(files.path(), &["diplo-agent"]);
+    let deb = debs[0].1.clone();
+    let checksum = sha256_hex(&deb);
+    let lab = LabHost::create();
+    let root_addr = lab.root_addr();
+    let grpc_port = diplo_tests::free_port();
+    let control_plane = ControlPlane::start(ControlPlaneOptions {
+        env: vec![("DIPLO_GRPC_ADDR".to_owned(), format!("{root_addr}:{grpc_port}")), ("DIPLO_TLS_SANS".to_owned(), root_addr.clone())],
+        ..Default::default()
+    });
+    let token = control_plane.join_token(&["--single-use"]);
+    let name = diplo_tests::unique_name("packaged");
+    let scratch = tempfile::Builder::new().prefix("diplo-install-deb-root-").tempdir().expect("temporary directory");
+    let (ok, text) = lab.sh_overlays(
+        scratch.path(),
+        &format!(
+            "sh {script} --server {root_addr}:{grpc_port} --token '{token}' --name {name} --agent-file {deb} --sha256 {checksum} || exit 1\n\
+             dpkg-query -W -f='STATUS ${{Package}} ${{Status}}\\n' diplo-agent\n\
+             stat -c 'MODE %a %U %n' /etc/default/diplo-agent /usr/bin/diplo-agent\n\
+             test -e \"$s/usr-up/local/bin/diplo-agent\" && echo LOCAL-BINARY\n\
+             sed 's/^/DEFAULTS /' /etc/default/diplo-agent\n\
+             echo DONE",
+            script = deploy_file("install.sh").display(),
+            deb = deb.display(),
+        ),
+    );
+    assert!(ok && text.contains("DONE"), "install.sh with the .deb failed: {text}");
+    for expected in [
+        "installing the diplo-agent package",
+        "STATUS diplo-agent install ok installed",
+        "MODE 600 root /etc/default/diplo-agent",
+        "MODE 755 root /usr/bin/diplo-agent",
+        &format!("DEFAULTS DIPLO_SERVER={root_addr}:{grpc_port}"),
+        &format!("diplo-agent joined as {name}"),
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("LOCAL-BINARY"), "a package installs /usr/bin/diplo-agent only: {text}");
+    wait_until(&format!("{name} to be ready"), Duration::from_secs(90), Duration::from_millis(500), || {
+        let nodes = control_plane.try_nodes()?;
+        match find_node(&nodes, &name) {
+            Some(node) if node["status"] == "ready" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
 }
