@@ -41,6 +41,17 @@ agent_url=${DIPLO_AGENT_URL:-}
 agent_file=${DIPLO_AGENT_FILE:-}
 sha256=${DIPLO_AGENT_SHA256:-}
 
+usage() {
+    cat <<'USAGE'
+usage: install.sh --server HOST:PORT --token 'DIPLO1::…' (--agent-url URL | --agent-file PATH)
+                  [--sha256 HEX] [--name NAME]
+Installs diplo-agent, writes /etc/default/diplo-agent (0600) and starts the agent (under
+systemd: systemctl enable --now diplo-agent). Each option may also come from the
+environment: DIPLO_SERVER, DIPLO_TOKEN, DIPLO_AGENT_URL, DIPLO_AGENT_FILE,
+DIPLO_AGENT_SHA256, DIPLO_NODE_NAME.
+USAGE
+}
+
 # needs_value OPTION ARGC: an option's value must follow it.
 needs_value() { [ "$2" -ge 2 ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
@@ -57,7 +68,7 @@ while [ $# -gt 0 ]; do
         --agent-file=*) agent_file=${1#*=}; shift ;;
         --sha256) needs_value "$1" $#; sha256=$2; shift 2 ;;
         --sha256=*) sha256=${1#*=}; shift ;;
-        -h|--help) sed -n '2,22p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
@@ -132,7 +143,8 @@ say "host: $os_name, $arch"
 
 # ------------------------------------------------------------------ the agent
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT INT TERM
+trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 
 if [ -n "$agent_url" ]; then
     say "downloading $agent_url"
@@ -253,6 +265,10 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
         chmod 0644 "$UNIT.new"
         mv -f "$UNIT.new" "$UNIT"
         say "wrote $UNIT"
+    elif [ -f "$UNIT" ] && grep -q '^ExecStart=/usr/local/bin/diplo-agent' "$UNIT"; then
+        # An earlier install of the binary: the package's unit takes over.
+        rm -f "$UNIT"
+        say "removed $UNIT (the package's unit runs /usr/bin/diplo-agent)"
     fi
     systemctl daemon-reload
     # Type=notify: this returns once the agent has joined (or fails with the reason).
