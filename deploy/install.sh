@@ -23,6 +23,9 @@
 # Run it again to upgrade: the node keeps its identity (/var/lib/diplo/agent).
 set -eu
 
+# The whole script is one compound command, closed on its last line: sh reads all of it
+# before it runs any of it, so a download cut short (`curl … | sh`) runs nothing.
+{
 AGENT_BIN=/usr/local/bin/diplo-agent
 DEFAULTS=/etc/default/diplo-agent
 UNIT=/etc/systemd/system/diplo-agent.service
@@ -318,3 +321,4 @@ done
 sleep 1
 [ -d "/proc/$pid" ] || { tail -n 30 "$LOG_FILE" >&2 || true; die "diplo-agent stopped after joining (log: $LOG_FILE)"; }
 say "diplo-agent joined as $name and runs in the background (pid $pid, log $LOG_FILE)"
+}

@@ -286,6 +286,26 @@ fn install_sh_carries_the_agent_unit_of_deploy_systemd() {
     assert!(mode & 0o111 != 0, "install.sh is executable");
 }
 
+#[test]
+fn install_sh_cut_short_in_transit_runs_nothing() {
+    let script = std::fs::read(deploy_file("install.sh")).expect("deploy/install.sh");
+    let run_piped = |bytes: &[u8]| {
+        let dir = tempfile::Builder::new().prefix("diplo-install-cut-").tempdir().expect("temporary directory");
+        let path = dir.path().join("install.sh");
+        std::fs::write(&path, bytes).expect("script");
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(format!("sh -s -- --help < {}", path.display()));
+        run(command, Duration::from_secs(30))
+    };
+    let (ok, text) = run_piped(&script);
+    assert!(ok && text.contains("usage: install.sh"), "the whole script answers --help: {text}");
+    // Cut anywhere before its last line, sh refuses it whole: not even --help runs.
+    for cut in [script.len() / 4, script.len() / 2, script.len() * 3 / 4, script.len() - 3] {
+        let (ok, text) = run_piped(&script[..cut]);
+        assert!(!ok && !text.contains("usage: install.sh"), "cut at byte {cut}, something ran: {text}");
+    }
+}
+
 /// A lab host: a network namespace of its own on a private /24 (10.250.N.0/24, never the
 /// SO1 192.168.100.0/24), joined to the root namespace by a veth pair: the root side is
 /// 10.250.N.1, the lab host 10.250.N.2. Everything running inside is killed and the
