@@ -183,6 +183,9 @@ if [ "$(head -c 8 "$work/agent")" = '!<arch>' ]; then
 else
     install -d -m 0755 "$(dirname "$AGENT_BIN")"
     install -m 0755 "$work/agent" "$AGENT_BIN.new"
+    # Tried before it replaces an agent already installed.
+    "$AGENT_BIN.new" --version >/dev/null 2>&1 \
+        || { rm -f "$AGENT_BIN.new"; die "the downloaded agent does not run on this host ($arch): is it the build for $arch?"; }
     mv -f "$AGENT_BIN.new" "$AGENT_BIN"
     packaged=0
 fi

@@ -481,6 +481,8 @@ DIPLO_X=1' --agent-url {base}/diplo-agent"
         (format!("--server {server} --agent-url {base}/diplo-agent"), "--token is required"),
         (ok_args.clone(), "--agent-url"),
         (format!("{ok_args} --agent-url {base}/no-such-file"), "cannot download"),
+        // Not an agent for this host (here: a shell script that refuses --version).
+        (format!("{ok_args} --agent-url {base}/install.sh"), "does not run on this host"),
     ];
     for (args, names) in &refusals {
         let (ok, text) = lab.sh(&format!(
