@@ -99,10 +99,9 @@ choose_virt_type() {
 
 case "$action" in
     create)
-        virsh_ dominfo "$name" >/dev/null 2>&1 && die "a VM named $name exists (vm.sh destroy $name first)"
-        virsh_ net-info "$network" >/dev/null 2>&1 || die "--network: no libvirt network $network (deploy/libvirt/network.sh create)"
         [[ "$memory" =~ ^[0-9]+$ ]] && [ "$memory" -ge 128 ] || die "--memory: MiB, at least 128: $memory"
         [[ "$vcpus" =~ ^[0-9]+$ ]] && [ "$vcpus" -ge 1 ] || die "--vcpus: a positive number: $vcpus"
+        case "$virt_type" in auto|kvm|qemu) ;; *) die "--virt-type: auto, kvm or qemu, got $virt_type" ;; esac
         if [ -z "$mac" ]; then
             h=$(printf '%s' "$name" | sha256sum)
             mac="52:54:00:${h:0:2}:${h:2:2}:${h:4:2}"
@@ -110,6 +109,17 @@ case "$action" in
         [[ "$mac" =~ ^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$ ]] || die "--mac: six hex pairs, got $mac"
         if [ -n "$ip" ]; then
             [[ "$ip" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "--ip: an IPv4 address without prefix, got $ip"
+        fi
+        # Both end up on the kernel command line, where a space starts another argument.
+        server_re='^[][A-Za-z0-9:._-]*$'
+        token_re='^[A-Za-z0-9:._+/=-]*$'
+        [[ "$server" =~ $server_re ]] || die "--server: HOST:PORT without spaces, got $server"
+        [[ "$token" =~ $token_re ]] || die "--token: a join token (DIPLO1::…) without spaces"
+        [ -z "$kernel" ] || [ -f "$kernel" ] || die "--kernel: no file $kernel"
+        [ -z "$image" ] || [ -f "$image" ] || die "--image: no file $image"
+        virsh_ dominfo "$name" >/dev/null 2>&1 && die "a VM named $name exists (vm.sh destroy $name first)"
+        virsh_ net-info "$network" >/dev/null 2>&1 || die "--network: no libvirt network $network (deploy/libvirt/network.sh create)"
+        if [ -n "$ip" ]; then
             prefix=$(net_prefix)
             [ "${ip%.*}" = "$prefix" ] || die "--ip: $ip is not in network $network ($prefix.0/24)"
             virsh_ net-update "$network" add ip-dhcp-host "<host mac='$mac' name='$name' ip='$ip'/>" --live --config >/dev/null
@@ -132,7 +142,7 @@ case "$action" in
             [ -n "$token" ] && cmdline+=" diplo.token=$token"
             [ -n "$ip" ] && cmdline+=" diplo.ip=$ip/24 diplo.gw=${ip%.*}.1"
             args+=(--boot "kernel=$(readlink -f "$kernel"),initrd=$(readlink -f "$initrd"),kernel_args=$cmdline"
-                   --disk none --events on_reboot=destroy,on_poweroff=destroy)
+                   --import --disk none --events on_reboot=destroy,on_poweroff=destroy)
         elif [ -n "$image" ]; then
             [ -f "$image" ] || die "--image: no file $image"
             disk="$pool_dir/$name.qcow2"
