@@ -3,7 +3,8 @@
 #
 #   deploy/libvirt/vm.sh create NAME [--network diplo-so1] [--memory MiB] [--vcpus N]
 #                        [--mac 52:54:00:..] [--ip A.B.C.D]
-#                        [--virt-type auto|kvm|qemu] [--console-log FILE] [--connect URI]
+#                        [--virt-type auto|kvm|qemu] [--osinfo linux2022] [--console-log FILE]
+#                        [--connect URI]
 #                        (direct kernel boot)
 #                        --kernel VMLINUZ --initrd INITRD [--kernel-args "..."]
 #                        [--server HOST:PORT] [--token DIPLO1::...]
@@ -28,13 +29,13 @@
 set -euo pipefail
 
 die() { echo "vm.sh: $*" >&2; exit 1; }
-usage() { sed -n '4,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [ $# -ge 2 ] || usage
 action="$1"; name="$2"; shift 2
 [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$ ]] || die "NAME: letters, digits, '-', '_', '.' (at most 50): $name"
 
-network="diplo-so1"; memory=1024; vcpus=1; mac=""; ip=""; virt_type=auto; console_log=""
+network="diplo-so1"; osinfo=linux2022; memory=1024; vcpus=1; mac=""; ip=""; virt_type=auto; console_log=""
 kernel=""; initrd=""; kernel_args=""; server=""; token=""
 image=""; disk_size=10G; pool_dir=/var/lib/libvirt/images; user_data=""; meta_data=""; network_config=""
 keep_disk=0
@@ -43,6 +44,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --network) network="$2"; shift 2 ;;
         --memory) memory="$2"; shift 2 ;;
+        --osinfo) osinfo="$2"; shift 2 ;;
         --vcpus) vcpus="$2"; shift 2 ;;
         --mac) mac="$2"; shift 2 ;;
         --ip) ip="$2"; shift 2 ;;
@@ -127,7 +129,7 @@ case "$action" in
         vt=$(choose_virt_type)
         args=(--connect "$uri" --name "$name" --memory "$memory" --vcpus "$vcpus" --virt-type "$vt"
               --network "network=$network,mac=$mac,model=virtio" --rng /dev/urandom
-              --graphics none --noautoconsole --osinfo detect=on,require=off)
+              --graphics none --noautoconsole --osinfo "$osinfo")
         if [ -n "$console_log" ]; then
             args+=(--serial "file,path=$console_log")
         else
