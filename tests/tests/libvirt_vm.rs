@@ -15,6 +15,9 @@ use diplo_tests::{Binary, ControlPlane, ControlPlaneOptions, Process, find_node,
 use serde_json::json;
 
 const SOURCE_IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
+/// Name prefixes of the test's VMs and networks (`unique_name`, which holds the pid).
+const VM_PREFIX: &str = "diplo-vm";
+const NETWORK_PREFIX: &str = "diplo-vmt";
 const POLL: Duration = Duration::from_millis(500);
 /// A TCG boot with the agent's first join (key, CSR, certificate) takes well under this.
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
@@ -85,6 +88,52 @@ fn libvirt_scripts_name_the_bad_argument() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{script} {args:?} succeeded");
         assert!(stderr.contains(field), "{script} {args:?}: the error does not name {field}: {stderr}");
+    }
+}
+
+/// The process id in a name made by `unique_name(prefix)` (`<prefix>-<pid hex>-<suffix>`).
+fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
+    let (pid, suffix) = rest.split_once('-')?;
+    if suffix.is_empty() || !suffix.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(pid, 16).ok()
+}
+
+#[test]
+fn owner_pid_reads_unique_names_only() {
+    let cases: &[(&str, &str, Option<u32>)] = &[
+        ("diplo-vm-6391-12289", "diplo-vm", Some(0x6391)),
+        ("diplo-vmt-20f1-0aebd", "diplo-vmt", Some(0x20f1)),
+        ("diplo-vmt-20f1-0aebd", "diplo-vm", None),
+        ("diplo-vm-zz-1", "diplo-vm", None),
+        ("diplo-vm-12", "diplo-vm", None),
+        ("diplo-vm-12-", "diplo-vm", None),
+        ("vm1", "diplo-vm", None),
+        ("diplo-so1", "diplo-vmt", None),
+    ];
+    for (name, prefix, want) in cases {
+        assert_eq!(owner_pid(name, prefix), *want, "{name} with prefix {prefix}");
+    }
+}
+
+/// Removes the VMs and networks of earlier runs of this test whose process is gone (a
+/// run killed by a time limit cannot tear down).
+fn remove_stale(vm_prefix: &str, network_prefix: &str) {
+    let libvirt = repo_root().join("deploy/libvirt");
+    let gone = |pid: u32| !Path::new(&format!("/proc/{pid}")).exists();
+    for vm in virsh(&["list", "--all", "--name"]).unwrap_or_default().lines().map(str::trim) {
+        if owner_pid(vm, vm_prefix).is_some_and(gone) {
+            eprintln!("[libvirt_vm] removing the stale VM {vm}");
+            let _ = run(libvirt.join("vm.sh"), &["destroy", vm], Duration::from_secs(120));
+        }
+    }
+    for network in virsh(&["net-list", "--all", "--name"]).unwrap_or_default().lines().map(str::trim) {
+        if owner_pid(network, network_prefix).is_some_and(gone) {
+            eprintln!("[libvirt_vm] removing the stale network {network}");
+            let _ = run(libvirt.join("network.sh"), &["destroy", "--name", network], Duration::from_secs(60));
+        }
     }
 }
 
@@ -182,6 +231,7 @@ fn a_libvirt_vm_joins_and_runs_a_container() {
         diplo_tests::skip_or_fail(&format!("scripts/setup-vm failed: {e}"));
         return;
     }
+    remove_stale(VM_PREFIX, NETWORK_PREFIX);
     let dir = tempfile::Builder::new().prefix("diplo-vm-test-").tempdir().expect("temporary directory");
     // libvirt's QEMU and virtlogd read the kernel and write the console log here.
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
@@ -199,7 +249,7 @@ fn a_libvirt_vm_joins_and_runs_a_container() {
     eprintln!("[libvirt_vm] image built in {:.1?}", started.elapsed());
 
     // A NAT network of the test's own, on a /24 nobody uses (never the lab's 192.168.100.0/24).
-    let network = unique_name("diplo-vmt");
+    let network = unique_name(NETWORK_PREFIX);
     let console = dir.path().join("console.log");
     let mut teardown = Teardown { vm: None, network: None, console: console.clone() };
     let mut taken = Vec::new();
@@ -263,7 +313,7 @@ fn a_libvirt_vm_joins_and_runs_a_container() {
     let token = control_plane.join_token(&[]);
 
     // One VM, TCG, direct kernel boot; its agent joins with the token from the kernel command line.
-    let vm = unique_name("diplo-vm");
+    let vm = unique_name(VM_PREFIX);
     let boot = Instant::now();
     teardown.vm = Some(vm.clone());
     let created = run(
