@@ -21,8 +21,9 @@
 # reservation for --mac (derived from NAME when not given) in the libvirt network.
 #
 # --virt-type auto (the default) uses KVM only when /dev/kvm is usable and a bounded probe
-# boots the kernel to its first panic under KVM within 20 s (KVM that hangs is not used);
-# otherwise QEMU's TCG emulation (slow but works everywhere). kvm or qemu forces one.
+# boots a kernel (--kernel, else the host's newest /boot/vmlinuz-*) to its first panic under
+# KVM within 20 s (KVM that hangs is not used); otherwise QEMU's TCG emulation (slow but
+# works everywhere). kvm or qemu forces one.
 #
 # destroy stops and undefines the VM, removes its DHCP reservation and its disk (unless
 # --keep-disk); a VM that does not exist is not an error.
@@ -84,11 +85,14 @@ choose_virt_type() {
     if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ] || ! virsh_ domcapabilities --virttype kvm >/dev/null 2>&1; then
         echo qemu; return
     fi
-    if [ -n "$kernel" ]; then
+    # The probe boots a kernel: the VM's own, else the host's newest in /boot.
+    local probe="$kernel"
+    [ -n "$probe" ] || probe=$(ls -1t /boot/vmlinuz-* 2>/dev/null | head -1)
+    if [ -n "$probe" ] && [ -r "$probe" ]; then
         # Without a root file system the kernel panics at once; panic=-1 reboots and
         # -no-reboot ends QEMU. A KVM that hangs never gets there.
         if timeout 20 qemu-system-x86_64 -accel kvm -m 256 -nodefaults -display none -no-reboot \
-            -serial stdio -kernel "$kernel" -append "console=ttyS0 panic=-1" 2>/dev/null | grep -qm1 'Kernel panic'; then
+            -serial stdio -kernel "$probe" -append "console=ttyS0 panic=-1" 2>/dev/null | grep -qm1 'Kernel panic'; then
             echo kvm
         else
             echo "vm.sh: KVM did not boot the kernel within 20 s: using TCG" >&2
