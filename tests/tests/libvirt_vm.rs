@@ -137,6 +137,18 @@ fn remove_stale(vm_prefix: &str, network_prefix: &str) {
     }
 }
 
+/// The command lines of the processes whose command line contains `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_str().is_some_and(|name| name.chars().all(|c| c.is_ascii_digit())))
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(needle))
+        .collect()
+}
+
 /// Runs a command to completion within `timeout`; `Err` carries its output.
 fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str], timeout: Duration) -> Result<String, String> {
     let mut command = Command::new(program.as_ref());
@@ -423,6 +435,10 @@ fn a_libvirt_vm_joins_and_runs_a_container() {
     assert!(!domains.lines().any(|l| l.trim() == vm), "the VM is still defined: {domains}");
     let networks = virsh(&["net-list", "--all", "--name"]).expect("virsh net-list");
     assert!(!networks.lines().any(|l| l.trim() == network), "the network is still defined: {networks}");
+    // No QEMU for the VM, no dnsmasq for the network (libvirt names them in their arguments).
+    let left: Vec<String> =
+        [format!("guest={vm},"), format!("/{network}.conf")].iter().flat_map(|needle| processes_mentioning(needle)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
     let links = run("ip", &["-4", "route"], Duration::from_secs(10)).unwrap_or_default();
     assert!(!links.contains(&format!("192.168.{octet}.0/24")), "the network's route is still there: {links}");
 }
