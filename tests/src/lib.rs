@@ -619,6 +619,10 @@ pub struct ControlPlaneOptions {
     /// Run `diplo-control-plane dev` (with its in-process agent for this host) instead
     /// of `serve`.
     pub dev: bool,
+    /// The address the gRPC port listens on instead of 127.0.0.1 (say, a VM network's
+    /// gateway, so that agents in VMs reach it); it is also put into `DIPLO_TLS_SANS`
+    /// (an explicit `DIPLO_TLS_SANS` in `env` wins).
+    pub grpc_listen_ip: Option<std::net::IpAddr>,
 }
 
 impl ControlPlaneOptions {
@@ -672,7 +676,8 @@ impl ControlPlane {
     }
 
     fn spawn_in(dir: tempfile::TempDir, options: &ControlPlaneOptions) -> ControlPlane {
-        let grpc_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let grpc_ip = options.grpc_listen_ip.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let grpc_addr = SocketAddr::new(grpc_ip, free_port());
         let mut rest_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         while rest_addr.port() == grpc_addr.port() {
             rest_addr.set_port(free_port());
@@ -716,6 +721,9 @@ impl ControlPlane {
         }
         if let Some(url) = &options.database_url {
             command.env("DIPLO_DATABASE_URL", url);
+        }
+        if let Some(ip) = options.grpc_listen_ip {
+            command.env("DIPLO_TLS_SANS", ip.to_string());
         }
         command.envs(options.env.iter().map(|(k, v)| (k, v)));
         Process::spawn("control plane", command, &dir.join("control-plane"))
