@@ -4,8 +4,9 @@
 //! every cross call from every namespace, `drill-cut` cuts vm2's link and times the
 //! failover, `down` removes everything. Needs root and the runtimes of `scripts/setup-host`.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
 use diplo_tests::{Binary, binary, skip_or_fail};
@@ -32,6 +33,38 @@ fn so1_lab(verb: &str) -> Output {
 
 fn text(output: &Output) -> String {
     format!("--- stdout\n{}--- stderr\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// The lock every user of the lab (one network, one set of paths and ports per machine)
+/// holds for its whole run.
+const LAB_LOCK: &str = "/run/lock/diplo-so1-lab.lock";
+
+/// An exclusive `flock` on [`LAB_LOCK`], held by a `flock … cat` child until this is
+/// dropped or the test process dies (its stdin closes either way).
+struct LabLock(Child);
+
+impl LabLock {
+    /// Waits until no other run holds the lab.
+    fn acquire() -> LabLock {
+        let mut child = Command::new("flock")
+            .args(["-x", LAB_LOCK, "sh", "-c", "echo locked; exec cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run flock {LAB_LOCK}: {e}"));
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("flock's stdout is piped");
+        BufReader::new(stdout).read_line(&mut line).expect("reading flock's answer");
+        assert_eq!(line.trim(), "locked", "flock {LAB_LOCK} did not take the lock");
+        LabLock(child)
+    }
+}
+
+impl Drop for LabLock {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
 }
 
 /// Runs `down` when dropped, so that a failing test leaves nothing behind either.
@@ -84,7 +117,7 @@ fn seconds_are_read_from_the_drill_line() {
 
 #[test]
 fn so1_layout_serves_every_cross_call_and_survives_a_cut_link() {
-    let missing: Vec<&str> = ["ip", "nsenter", "containerd", "ctr", "dockerd", "docker-registry", "skopeo", "psql", "jq", "git"]
+    let missing: Vec<&str> = ["flock", "ip", "nsenter", "containerd", "ctr", "dockerd", "docker-registry", "skopeo", "psql", "jq", "git"]
         .into_iter()
         .filter(|tool| !Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()))
         .collect();
@@ -93,6 +126,8 @@ fn so1_layout_serves_every_cross_call_and_survives_a_cut_link() {
         skip_or_fail(&format!("the SO1 lab needs root (root: {root}) and these tools: {missing:?} (scripts/setup-host)"));
         return;
     }
+    // Declared first, dropped last: the lab is down before another run may take it.
+    let _lock = LabLock::acquire();
     // A lab left by an earlier run that was killed goes first.
     let _ = so1_lab("down");
     let _down = Down;
