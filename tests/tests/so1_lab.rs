@@ -46,6 +46,9 @@ struct LabLock(Child);
 impl LabLock {
     /// Waits until no other run holds the lab.
     fn acquire() -> LabLock {
+        if let Some(dir) = Path::new(LAB_LOCK).parent() {
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        }
         let mut child = Command::new("flock")
             .args(["-x", LAB_LOCK, "sh", "-c", "echo locked; exec cat"])
             .stdin(Stdio::piped())
