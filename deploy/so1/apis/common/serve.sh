@@ -18,6 +18,8 @@ respond() { # STATUS BODY
 }
 
 read -r method path _ || exit 0
+# Only characters that need no escaping in the JSON answers.
+path=$(printf '%s' "$path" | tr -cd 'A-Za-z0-9/_.-')
 while read -r header; do
     [ -z "$(printf '%s' "$header" | tr -d '\r')" ] && break
 done
@@ -48,7 +50,9 @@ info)
     respond '200 OK' "$(info "$id")" ;;
 llamar-api[0-9])
     peer=${action#llamar-}
-    addrs=$(eval "printf '%s' \"\${$(echo "$peer" | tr a-z A-Z)_ADDRS:-}\"")
+    # apiM's candidates are in APIM_ADDRS (M is one digit, checked by the pattern above).
+    addrs=""
+    eval "addrs=\${API${peer#api}_ADDRS:-}"
     for addr in $addrs; do
         if answer=$(get "$addr" "/$peer/$id/info") && [ -n "$answer" ]; then
             respond '200 OK' "{\"api\":\"$API\",\"id\":\"$id\",\"host\":\"$host\",\"called\":\"$peer\",\"via\":\"$addr\",\"self\":$(info "$id"),\"answer\":$answer}"
