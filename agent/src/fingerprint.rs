@@ -30,6 +30,10 @@ pub const DEFAULT_PODMAN_SOCKET: &str = "/run/podman/podman.sock";
 /// The probes run concurrently, so this bounds the whole probe.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// containerd's socket when not [`DEFAULT_CONTAINERD_SOCKET`], spelt as `ctr` reads it: a
+/// path or `unix://path`.
+pub const CONTAINERD_ADDRESS_ENV: &str = "CONTAINERD_ADDRESS";
+
 /// Comma-separated runtimes this agent may use (e.g. `docker,lxc`); unset: all.
 pub const RUNTIMES_ENV: &str = "DIPLO_RUNTIMES";
 
@@ -82,6 +86,7 @@ impl Default for ProbeConfig {
 impl ProbeConfig {
     /// The defaults adjusted by the environment: `DOCKER_HOST=unix:///path` names the
     /// Docker socket (other schemes are ignored: only local sockets are probed),
+    /// `CONTAINERD_ADDRESS=/path` (or `unix:///path`) names containerd's socket,
     /// `DIPLO_RUNTIMES` limits the runtimes. Empty variables count as unset.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -95,6 +100,14 @@ impl ProbeConfig {
             match docker_socket_from_host(&host) {
                 Some(socket) => config.docker_socket = socket,
                 None => debug!(docker_host = %host, "DOCKER_HOST is not a unix socket; probing {DEFAULT_DOCKER_SOCKET}"),
+            }
+        }
+        if let Some(address) = var(CONTAINERD_ADDRESS_ENV) {
+            match containerd_socket_from_address(&address) {
+                Some(socket) => config.containerd_socket = socket,
+                None => {
+                    tracing::warn!(containerd_address = %address, "{CONTAINERD_ADDRESS_ENV} is not a unix socket path; probing {DEFAULT_CONTAINERD_SOCKET}")
+                }
             }
         }
         if let Some(list) = var(RUNTIMES_ENV) {
@@ -292,6 +305,14 @@ fn read_trimmed(path: &str) -> String {
 /// The socket path in a `DOCKER_HOST` value, `None` unless it is `unix://…`.
 pub fn docker_socket_from_host(docker_host: &str) -> Option<String> {
     docker_host.trim().strip_prefix("unix://").filter(|path| !path.is_empty()).map(str::to_owned)
+}
+
+/// The socket path in a `CONTAINERD_ADDRESS` value: an absolute path, or `unix://` and an
+/// absolute path; `None` for anything else (containerd serves its API on unix sockets only).
+pub fn containerd_socket_from_address(address: &str) -> Option<String> {
+    let path = address.trim();
+    let path = path.strip_prefix("unix://").unwrap_or(path);
+    path.starts_with('/').then(|| path.to_owned())
 }
 
 /// `PRETTY_NAME` from os-release text, unquoted; `None` when absent or empty.
@@ -537,6 +558,20 @@ mod tests {
         assert_eq!(config.timeout, DEFAULT_PROBE_TIMEOUT);
         let config = ProbeConfig::from_lookup(vars(&[("DOCKER_HOST", "tcp://10.0.0.1:2375")]));
         assert_eq!(config.docker_socket, DEFAULT_DOCKER_SOCKET);
+        for (address, socket) in [
+            ("/run/diplo-so1/vm1/containerd.sock", "/run/diplo-so1/vm1/containerd.sock"),
+            ("unix:///run/diplo-so1/vm2/containerd.sock", "/run/diplo-so1/vm2/containerd.sock"),
+            (" /run/c.sock ", "/run/c.sock"),
+            ("", DEFAULT_CONTAINERD_SOCKET),
+            ("tcp://10.0.0.1:1234", DEFAULT_CONTAINERD_SOCKET),
+            ("relative/containerd.sock", DEFAULT_CONTAINERD_SOCKET),
+            ("unix://", DEFAULT_CONTAINERD_SOCKET),
+        ] {
+            let lookup = |name: &str| (name == CONTAINERD_ADDRESS_ENV).then(|| address.to_owned());
+            let config = ProbeConfig::from_lookup(lookup);
+            assert_eq!(config.containerd_socket, socket, "CONTAINERD_ADDRESS={address:?}");
+            assert_eq!(config.docker_socket, DEFAULT_DOCKER_SOCKET, "CONTAINERD_ADDRESS={address:?} leaves Docker's socket alone");
+        }
     }
 
     #[test]
