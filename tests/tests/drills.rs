@@ -1,0 +1,325 @@
+//! Failure drills against real binaries, each printing one `DRILL <name>: <figures>` line
+//! (the figures BENCHMARKS.md records) and asserting its targets:
+//!
+//! * `postgres_outage`: the control plane's own PostgreSQL (a private instance, never the
+//!   shared one) stopped for 30 s: every write answers 503 with `Retry-After` within 1 s,
+//!   reads answer 200, a write succeeds again within 5 s of PostgreSQL's return, and the
+//!   database holds exactly the writes answered 2xx (checked after a restart, from the
+//!   database itself).
+//! * `control_plane_kill_mid_rollout`: kill -9 of the control plane while an update
+//!   replaces replicas on a real agent; after the restart the deployment converges on the
+//!   new revision with exactly the desired containers in the runtime.
+//! * `agent_restart_loop`: an agent killed and started again every few seconds for a
+//!   minute while its containers exit and are restarted by their policy: no orphan or
+//!   duplicate container, and the restart counts the API reports never go backwards.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use diplo_tests::unique_name as unique;
+use diplo_tests::{
+    ControlPlane, ControlPlaneOptions, DeleteDeploymentOnDrop, RemoveDockerContainersOnDrop, docker_containers_of, free_port,
+    output_with_timeout, skip_or_fail, wait_until,
+};
+use serde_json::{Value, json};
+
+const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
+const POLL: Duration = Duration::from_millis(250);
+/// Where Debian's PostgreSQL 15 server binaries live.
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn httpd() -> Vec<&'static str> {
+    vec!["/bin/sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"]
+}
+
+// ---------------------------------------------------------------------------------
+// REST with timing and headers
+
+/// One REST answer with how long it took and its `Retry-After` header.
+#[derive(Debug)]
+struct Timed {
+    status: u16,
+    body: String,
+    retry_after: Option<String>,
+    took: Duration,
+}
+
+/// `METHOD path` as the admin, timed; a transport failure (or no answer within 10 s)
+/// is reported as status 0.
+fn timed(control_plane: &ControlPlane, method: &str, path: &str, body: Option<Value>) -> Timed {
+    let url = control_plane.rest_url(path);
+    let authorization = format!("Bearer {}", control_plane.admin_token());
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).no_proxy().build().expect("client");
+        let mut request = client.request(method, &url).header("Authorization", authorization);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let started = Instant::now();
+        match request.send() {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let body = response.text().unwrap_or_default();
+                Timed { status, body, retry_after, took: started.elapsed() }
+            }
+            Err(error) => Timed { status: 0, body: error.to_string(), retry_after: None, took: started.elapsed() },
+        }
+    })
+    .join()
+    .expect("the HTTP thread panicked")
+}
+
+fn deployment(control_plane: &ControlPlane, name: &str) -> Value {
+    control_plane.rest_json(&format!("/api/v1/deployments/{name}"))
+}
+
+/// Instances of a deployment that run and are meant to.
+fn running(deployment: &Value) -> Vec<&Value> {
+    deployment["instances"]
+        .as_array()
+        .map(|list| list.iter().filter(|i| i["status"] == "running" && i["desired"] == "run").collect())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------
+// A PostgreSQL server of the test's own
+
+/// A PostgreSQL server in a temporary directory, on a free port, run as the `postgres`
+/// user: the drill stops and starts it at will without touching the shared server.
+/// Stopped (immediately) and removed when dropped.
+struct PrivatePostgres {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    /// Creates and starts one with a superuser `diplo` and a database `diplo`; `None`
+    /// (after [`skip_or_fail`]) when PostgreSQL's binaries are missing.
+    fn start() -> Option<PrivatePostgres> {
+        if !Path::new(PG_BIN).join("initdb").is_file() {
+            skip_or_fail(&format!("{PG_BIN}/initdb is missing (Debian's postgresql-15): the PostgreSQL drills are not run"));
+            return None;
+        }
+        let dir = std::env::temp_dir().join(unique("diplo-drill-pg"));
+        std::fs::create_dir_all(&dir).expect("create the PostgreSQL directory");
+        let server = PrivatePostgres { dir, port: free_port() };
+        run_checked(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&server.dir));
+        run_checked(
+            server
+                .as_postgres("initdb")
+                .args(["-A", "trust", "-U", "diplo", "--no-sync", "-E", "UTF8", "-D"])
+                .arg(server.data_dir()),
+        );
+        server.pg_ctl_start();
+        run_checked(server.as_postgres("createdb").args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "diplo", "diplo"]));
+        Some(server)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// `runuser -u postgres -- <PG_BIN>/<tool>`.
+    fn as_postgres(&self, tool: &str) -> Command {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(Path::new(PG_BIN).join(tool));
+        command
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://diplo@127.0.0.1:{}/diplo", self.port)
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    fn pg_ctl_start(&self) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.display());
+        run_checked(
+            self.as_postgres("pg_ctl")
+                .arg("-D")
+                .arg(self.data_dir())
+                .arg("-l")
+                .arg(self.dir.join("server.log"))
+                .args(["-o", &options, "-w", "-t", "30", "start"]),
+        );
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    fn pg_ctl_stop(&self) {
+        run_checked(self.as_postgres("pg_ctl").arg("-D").arg(self.data_dir()).args(["-m", "immediate", "-w", "-t", "30", "stop"]));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.as_postgres("pg_ctl").arg("-D").arg(self.data_dir()).args(["-m", "immediate", "-w", "-t", "10", "stop"]).output();
+        if std::thread::panicking() {
+            eprintln!("[drill] PostgreSQL log:\n{}", std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run_checked(command: &mut Command) {
+    let description = format!("{command:?}");
+    let mut owned = Command::new(command.get_program());
+    owned.args(command.get_args());
+    let output = output_with_timeout(owned, Duration::from_secs(60));
+    assert!(
+        output.status.success(),
+        "{description} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// PostgreSQL stopped for 30 s
+
+/// The longest a write may take to be refused while the database is away.
+const REFUSAL_LIMIT: Duration = Duration::from_secs(1);
+/// How long PostgreSQL stays away.
+const OUTAGE: Duration = Duration::from_secs(30);
+/// How soon after PostgreSQL's return a write must succeed.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(5);
+
+#[test]
+fn postgres_outage() {
+    let Some(postgres) = PrivatePostgres::start() else { return };
+    let options = ControlPlaneOptions { database_url: Some(postgres.url()), ..ControlPlaneOptions::fast(Duration::from_secs(10)) };
+    let mut control_plane = ControlPlane::start(options);
+    let token = control_plane.join_token(&[]);
+    let (_agent, _) = control_plane.start_ready_agent_with_env(&unique("pg"), Some(&token), &[("DIPLO_RUNTIMES", "docker")]);
+
+    // Before the outage: `kept` runs one replica, `doomed` is there to be deleted.
+    let kept = unique("kept");
+    let doomed = unique("doomed");
+    let _kept_containers = RemoveDockerContainersOnDrop(kept.clone());
+    let _doomed_containers = RemoveDockerContainersOnDrop(doomed.clone());
+    for name in [&kept, &doomed] {
+        let created = control_plane.rest("POST", "/api/v1/deployments", Some(json!({"name": name, "image": IMAGE, "command": httpd()})));
+        assert_eq!(created.status, 201, "{}", created.body);
+        wait_until(&format!("{name} running"), Duration::from_secs(90), POLL, || {
+            let d = deployment(&control_plane, name);
+            if d["status"] == "running" && running(&d).len() == 1 { Ok(()) } else { Err(d.to_string()) }
+        });
+    }
+    let before: Vec<Value> = ["/api/v1/deployments", "/api/v1/compute/instances"].iter().map(|p| control_plane.rest_json(p)).collect();
+
+    // The outage: every write is refused quickly with 503 and Retry-After, every read of
+    // nodes, deployments, instances and status still answers.
+    postgres.pg_ctl_stop();
+    let stopped_at = Instant::now();
+    let mut refused: Vec<String> = Vec::new();
+    let mut slowest_write = Duration::ZERO;
+    let mut slowest_read = Duration::ZERO;
+    let mut writes = 0u32;
+    let mut reads = 0u32;
+    let mut round = 0u32;
+    while stopped_at.elapsed() < OUTAGE {
+        round += 1;
+        let refused_name = unique("refused");
+        let attempts = [
+            ("POST", "/api/v1/deployments".to_owned(), Some(json!({"name": refused_name, "image": IMAGE, "command": httpd()}))),
+            ("POST", format!("/api/v1/deployments/{kept}/scale"), Some(json!({"replicas": 3}))),
+            ("PUT", format!("/api/v1/deployments/{kept}"), Some(json!({"name": kept, "image": IMAGE, "command": httpd(), "replicas": 2}))),
+            ("DELETE", format!("/api/v1/deployments/{doomed}"), None),
+        ];
+        refused.push(refused_name);
+        for (method, path, body) in attempts {
+            let answer = timed(&control_plane, method, &path, body);
+            writes += 1;
+            slowest_write = slowest_write.max(answer.took);
+            assert_eq!(answer.status, 503, "{method} {path} during the outage (round {round}): {answer:?}");
+            assert!(answer.took <= REFUSAL_LIMIT, "{method} {path} took {:?} to be refused: {answer:?}", answer.took);
+            let retry_after: u64 = answer
+                .retry_after
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{method} {path}: no numeric Retry-After: {answer:?}"));
+            assert!((1..=30).contains(&retry_after), "Retry-After {retry_after}");
+            assert!(answer.body.contains("database"), "the error says the database is away: {}", answer.body);
+        }
+        for path in ["/api/v1/nodes", "/api/v1/deployments", &format!("/api/v1/deployments/{kept}"), "/api/v1/compute/instances", "/api/status"]
+        {
+            let answer = timed(&control_plane, "GET", path, None);
+            reads += 1;
+            slowest_read = slowest_read.max(answer.took);
+            assert_eq!(answer.status, 200, "GET {path} during the outage: {answer:?}");
+            assert!(answer.took <= REFUSAL_LIMIT, "GET {path} took {:?}", answer.took);
+        }
+        // gRPC writes answer UNAVAILABLE (the CLI names the code).
+        if round % 5 == 1 {
+            let started = Instant::now();
+            let output = control_plane.cli(&["join-token", "create"]);
+            let took = started.elapsed();
+            slowest_write = slowest_write.max(took);
+            writes += 1;
+            let stderr = String::from_utf8_lossy(&output.stderr).to_lowercase();
+            assert!(!output.status.success(), "join-token create succeeded during the outage");
+            assert!(stderr.contains("unavailable"), "join-token create during the outage: {stderr}");
+            assert!(took <= Duration::from_secs(2), "join-token create took {took:?} (a CLI process included)");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Nothing of the refused writes reached memory either.
+    let during: Vec<Value> = ["/api/v1/deployments", "/api/v1/compute/instances"].iter().map(|p| control_plane.rest_json(p)).collect();
+    assert_eq!(deployment_names(&during[0]), deployment_names(&before[0]), "the refused writes changed nothing");
+    assert_eq!(instance_ids(&during[1]), instance_ids(&before[1]), "the reconciler changed no instance while the database was away");
+
+    // PostgreSQL back: a write succeeds within 5 s.
+    postgres.pg_ctl_start();
+    let back_at = Instant::now();
+    let after = unique("after");
+    let _after_containers = RemoveDockerContainersOnDrop(after.clone());
+    let recovered = wait_until("a write to succeed after PostgreSQL's return", RECOVERY_LIMIT * 3, Duration::from_millis(100), || {
+        let answer = timed(&control_plane, "POST", "/api/v1/deployments", Some(json!({"name": after, "image": IMAGE, "command": httpd()})));
+        if answer.status == 201 { Ok(back_at.elapsed()) } else { Err(format!("{answer:?}")) }
+    });
+    assert!(recovered <= RECOVERY_LIMIT, "the first write succeeded {recovered:?} after PostgreSQL's return");
+
+    // Nothing lost, nothing half-applied, read back from the database after a restart.
+    control_plane.crash_and_restart();
+    let _cleanup: Vec<DeleteDeploymentOnDrop> =
+        [&kept, &doomed, &after].iter().map(|name| DeleteDeploymentOnDrop(&control_plane, (*name).clone())).collect();
+    let names = deployment_names(&control_plane.rest_json("/api/v1/deployments"));
+    let expected: BTreeSet<String> = [&kept, &doomed, &after].iter().map(|n| (*n).clone()).collect();
+    assert_eq!(names, expected, "exactly the writes answered 2xx are in the database");
+    let kept_now = deployment(&control_plane, &kept);
+    assert_eq!(kept_now["replicas"], 1, "{kept_now}");
+    assert_eq!(kept_now["revision"], before[0].as_array().and_then(|l| l.iter().find(|d| d["name"] == kept.as_str())).expect("kept")["revision"]);
+    for name in [&kept, &doomed, &after] {
+        wait_until(&format!("{name} running one replica"), Duration::from_secs(90), POLL, || {
+            let d = deployment(&control_plane, name);
+            let containers = docker_containers_of(name);
+            let recorded = d["instances"].as_array().map_or(0, Vec::len);
+            if d["status"] == "running" && running(&d).len() == 1 && recorded == 1 && containers.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{containers:?} {d}"))
+            }
+        });
+    }
+    for name in &refused {
+        assert_eq!(docker_containers_of(name), Vec::<String>::new(), "no container of the refused deployment {name}");
+    }
+    println!(
+        "DRILL postgres_outage: {writes} writes refused (503 + Retry-After) over {:.0?}, slowest refusal {slowest_write:.0?}, \
+         {reads} reads answered, slowest read {slowest_read:.0?}, first write {recovered:.1?} after PostgreSQL's return",
+        OUTAGE
+    );
+}
+
+fn deployment_names(list: &Value) -> BTreeSet<String> {
+    list.as_array().map(|l| l.iter().filter_map(|d| d["name"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+fn instance_ids(list: &Value) -> BTreeMap<String, (Value, Value)> {
+    list.as_array()
+        .map(|l| l.iter().filter_map(|i| Some((i["id"].as_str()?.to_owned(), (i["desired"].clone(), i["revision"].clone())))).collect())
+        .unwrap_or_default()
+}
