@@ -109,10 +109,7 @@ impl PrivatePostgres {
         let server = PrivatePostgres { dir, port: free_port() };
         run_checked(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&server.dir));
         run_checked(
-            server
-                .as_postgres("initdb")
-                .args(["-A", "trust", "-U", "diplo", "--no-sync", "-E", "UTF8", "-D"])
-                .arg(server.data_dir()),
+            server.as_postgres("initdb").args(["-A", "trust", "-U", "diplo", "--no-sync", "-E", "UTF8", "-D"]).arg(server.data_dir()),
         );
         server.pg_ctl_start();
         run_checked(server.as_postgres("createdb").args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "diplo", "diplo"]));
@@ -244,7 +241,8 @@ fn postgres_outage() {
             assert!((1..=30).contains(&retry_after), "Retry-After {retry_after}");
             assert!(answer.body.contains("database"), "the error says the database is away: {}", answer.body);
         }
-        for path in ["/api/v1/nodes", "/api/v1/deployments", &format!("/api/v1/deployments/{kept}"), "/api/v1/compute/instances", "/api/status"]
+        for path in
+            ["/api/v1/nodes", "/api/v1/deployments", &format!("/api/v1/deployments/{kept}"), "/api/v1/compute/instances", "/api/status"]
         {
             let answer = timed(&control_plane, "GET", path, None);
             reads += 1;
@@ -291,7 +289,10 @@ fn postgres_outage() {
     assert_eq!(names, expected, "exactly the writes answered 2xx are in the database");
     let kept_now = deployment(&control_plane, &kept);
     assert_eq!(kept_now["replicas"], 1, "{kept_now}");
-    assert_eq!(kept_now["revision"], before[0].as_array().and_then(|l| l.iter().find(|d| d["name"] == kept.as_str())).expect("kept")["revision"]);
+    assert_eq!(
+        kept_now["revision"],
+        before[0].as_array().and_then(|l| l.iter().find(|d| d["name"] == kept.as_str())).expect("kept")["revision"]
+    );
     for name in [&kept, &doomed, &after] {
         wait_until(&format!("{name} running one replica"), Duration::from_secs(90), POLL, || {
             let d = deployment(&control_plane, name);
@@ -322,4 +323,248 @@ fn instance_ids(list: &Value) -> BTreeMap<String, (Value, Value)> {
     list.as_array()
         .map(|l| l.iter().filter_map(|i| Some((i["id"].as_str()?.to_owned(), (i["desired"].clone(), i["revision"].clone())))).collect())
         .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------
+// kill -9 of the control plane during a rollout
+
+/// The Docker containers of a deployment by Diplo's labels: (instance label, the
+/// drill's `drill.rev` label, state).
+fn labelled_containers(deployment: &str) -> Vec<(String, String, String)> {
+    let output = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=diplo.deployment={deployment}"),
+            "--format",
+            "{{.Label \"diplo.instance\"}} {{.Label \"drill.rev\"}} {{.State}}",
+        ])
+        .output()
+        .expect("run docker ps");
+    assert!(output.status.success(), "docker ps: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            Some((parts.next()?.to_owned(), parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned()))
+        })
+        .collect()
+}
+
+const ROLLOUT_REPLICAS: usize = 4;
+
+#[test]
+fn control_plane_kill_mid_rollout() {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let Some(database) = runtime.block_on(diplo_tests::postgres::TestDatabase::create()) else { return };
+    let options = ControlPlaneOptions { database_url: Some(database.url.clone()), ..ControlPlaneOptions::fast(Duration::from_secs(10)) };
+    let mut control_plane = ControlPlane::start(options);
+    let token = control_plane.join_token(&[]);
+    let _agents: Vec<_> = (1..=2)
+        .map(|i| control_plane.start_ready_agent_with_env(&unique(&format!("roll{i}")), Some(&token), &[("DIPLO_RUNTIMES", "docker")]).0)
+        .collect();
+    let name = unique("roll");
+    let _leftovers = RemoveDockerContainersOnDrop(name.clone());
+    let spec = |rev: &str| {
+        json!({
+            "name": name, "image": IMAGE, "command": httpd(), "replicas": ROLLOUT_REPLICAS, "max_parallel": 1,
+            "strategy": "spread", "labels": {"drill.rev": rev},
+        })
+    };
+    let created = control_plane.rest("POST", "/api/v1/deployments", Some(spec("1")));
+    assert_eq!(created.status, 201, "{}", created.body);
+    wait_until("revision 1 running", Duration::from_secs(120), POLL, || {
+        let d = deployment(&control_plane, &name);
+        if d["status"] == "running" && running(&d).len() == ROLLOUT_REPLICAS { Ok(()) } else { Err(d.to_string()) }
+    });
+
+    // Update, and kill the control plane once the rollout is under way: some replicas
+    // of revision 2 placed, some of revision 1 still meant to run.
+    let updated = control_plane.rest("PUT", &format!("/api/v1/deployments/{name}"), Some(spec("2")));
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    let midway = wait_until("the rollout to be midway", Duration::from_secs(60), Duration::from_millis(50), || {
+        let d = deployment(&control_plane, &name);
+        let instances = d["instances"].as_array().cloned().unwrap_or_default();
+        let new = instances.iter().filter(|i| i["revision"] == 2).count();
+        let old = instances.iter().filter(|i| i["revision"] == 1 && i["desired"] == "run").count();
+        if new >= 1 && old >= 1 { Ok(format!("{new} new, {old} old")) } else { Err(d.to_string()) }
+    });
+    control_plane.process().kill();
+    let killed_at = Instant::now();
+    control_plane.crash_and_restart();
+    let restarted = killed_at.elapsed();
+    let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
+
+    // Converged: revision 2 everywhere, exactly the desired containers, each owned by a
+    // running instance of revision 2.
+    let check = || -> Result<(), String> {
+        let d = deployment(&control_plane, &name);
+        let containers = labelled_containers(&name);
+        let owners: BTreeSet<String> =
+            running(&d).iter().filter(|i| i["revision"] == 2).filter_map(|i| i["id"].as_str().map(str::to_owned)).collect();
+        let recorded = d["instances"].as_array().map_or(0, Vec::len);
+        let labelled: BTreeSet<String> = containers.iter().map(|(instance, _, _)| instance.clone()).collect();
+        let converged = d["status"] == "running"
+            && d["revision"] == 2
+            && recorded == ROLLOUT_REPLICAS
+            && owners.len() == ROLLOUT_REPLICAS
+            && containers.len() == ROLLOUT_REPLICAS
+            && labelled == owners
+            && containers.iter().all(|(_, rev, state)| rev == "2" && state == "running");
+        if converged { Ok(()) } else { Err(format!("containers {containers:?}, deployment {d}")) }
+    };
+    wait_until("the rollout to converge after the restart", Duration::from_secs(120), POLL, &check);
+    let converged = killed_at.elapsed();
+    // And it stays so: no late duplicate.
+    std::thread::sleep(Duration::from_secs(5));
+    check().unwrap_or_else(|e| panic!("after 5 s more: {e}"));
+    drop(_cleanup);
+    drop(control_plane);
+    runtime.block_on(database.drop_best_effort());
+    println!(
+        "DRILL control_plane_kill_mid_rollout: killed with {midway} of {ROLLOUT_REPLICAS} replicas, back up in {restarted:.1?}, \
+         converged on revision 2 with exactly {ROLLOUT_REPLICAS} containers {converged:.1?} after the kill"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// An agent restarted in a loop while its containers restart
+
+/// How long the agent is restarted in a loop.
+const LOOP: Duration = Duration::from_secs(60);
+const LOOP_REPLICAS: usize = 2;
+
+/// What the drill has seen of one container through the API.
+#[derive(Debug, Default)]
+struct Seen {
+    instance: String,
+    restart_count: u64,
+    /// When the API first showed its current count.
+    counted_at: Option<Instant>,
+    /// The longest the API showed one count (no restart seen meanwhile).
+    largest_gap: Duration,
+}
+
+/// Containers of `deployment` as `GET /api/v1/containers` lists them: (container id,
+/// instance label, restart count). `None` when the API does not answer 200.
+fn api_containers(control_plane: &ControlPlane, deployment: &str) -> Option<Vec<(String, String, u64)>> {
+    let answer = timed(control_plane, "GET", "/api/v1/containers", None);
+    if answer.status != 200 {
+        return None;
+    }
+    let list: Value = serde_json::from_str(&answer.body).ok()?;
+    Some(
+        list.as_array()?
+            .iter()
+            .filter(|c| c["labels"]["diplo.deployment"] == deployment)
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap_or_default().to_owned(),
+                    c["labels"]["diplo.instance"].as_str().unwrap_or_default().to_owned(),
+                    c["restart_count"].as_u64().unwrap_or_else(|| panic!("no restart_count in {c}")),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn agent_restart_loop() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(30)));
+    let token = control_plane.join_token(&[]);
+    let node = unique("loop");
+    let env = [("DIPLO_RUNTIMES", "docker")];
+    let (mut agent, _) = control_plane.start_ready_agent_with_env(&node, Some(&token), &env);
+    let name = unique("flappy");
+    let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
+    // Each container runs 3 s, exits 1 and is started again by Docker's restart policy.
+    let created = control_plane.rest(
+        "POST",
+        "/api/v1/deployments",
+        Some(json!({"name": name, "image": IMAGE, "replicas": LOOP_REPLICAS, "restart_policy": "always",
+                    "command": ["/bin/sh", "-c", "sleep 3; exit 1"]})),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    wait_until("both containers to have restarted once", Duration::from_secs(90), POLL, || {
+        let listed = api_containers(&control_plane, &name).unwrap_or_default();
+        if listed.len() == LOOP_REPLICAS && listed.iter().all(|(_, _, count)| *count >= 1) { Ok(()) } else { Err(format!("{listed:?}")) }
+    });
+
+    let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
+    let mut most_in_runtime = 0usize;
+    let mut observe = |control_plane: &ControlPlane| {
+        let now = Instant::now();
+        if let Some(listed) = api_containers(control_plane, &name) {
+            for (id, instance, count) in listed {
+                let entry = seen.entry(id.clone()).or_insert_with(|| Seen { instance: instance.clone(), ..Seen::default() });
+                assert!(
+                    count >= entry.restart_count,
+                    "the restart count of container {id} went back from {} to {count}\n{}",
+                    entry.restart_count,
+                    control_plane.logs()
+                );
+                assert_eq!(entry.instance, instance, "container {id} changed owner");
+                if count > entry.restart_count || entry.counted_at.is_none() {
+                    entry.restart_count = count;
+                    entry.counted_at = Some(now);
+                }
+                let unchanged = entry.counted_at.map_or(Duration::ZERO, |at| now - at);
+                entry.largest_gap = entry.largest_gap.max(unchanged);
+            }
+        }
+        let in_runtime = docker_containers_of(&name).len();
+        most_in_runtime = most_in_runtime.max(in_runtime);
+        assert!(in_runtime <= LOOP_REPLICAS, "{in_runtime} containers of {name} in Docker, {LOOP_REPLICAS} wanted");
+    };
+
+    let started = Instant::now();
+    let mut restarts_of_agent = 0u32;
+    while started.elapsed() < LOOP {
+        agent.kill();
+        restarts_of_agent += 1;
+        let down_for = Duration::from_millis(500 + u64::from(restarts_of_agent % 4) * 250);
+        let until = Instant::now() + down_for;
+        while Instant::now() < until {
+            observe(&control_plane);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent = control_plane.start_agent_with_env(&node, None, &env);
+        let up_until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < up_until {
+            observe(&control_plane);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // Settled: exactly the replicas, each owned by a live instance, nothing orphaned, and
+    // the counts still where they were or higher.
+    let settled = wait_until("the deployment to settle after the loop", Duration::from_secs(60), POLL, || {
+        observe(&control_plane);
+        let d = deployment(&control_plane, &name);
+        let owners: BTreeSet<String> = d["instances"]
+            .as_array()
+            .map(|l| l.iter().filter(|i| i["desired"] == "run").filter_map(|i| i["id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let listed = api_containers(&control_plane, &name).unwrap_or_default();
+        let labelled: BTreeSet<String> = listed.iter().map(|(_, instance, _)| instance.clone()).collect();
+        let in_runtime = docker_containers_of(&name);
+        if owners.len() == LOOP_REPLICAS && listed.len() == LOOP_REPLICAS && labelled == owners && in_runtime.len() == LOOP_REPLICAS {
+            Ok(listed)
+        } else {
+            Err(format!("owners {owners:?}, API containers {listed:?}, Docker {in_runtime:?}"))
+        }
+    });
+    let ids: BTreeSet<&String> = settled.iter().map(|(id, _, _)| id).collect();
+    let restarts: u64 = seen.iter().filter(|(id, _)| ids.contains(id)).map(|(_, s)| s.restart_count).sum();
+    let largest_gap = seen.values().map(|s| s.largest_gap).max().unwrap_or_default();
+    let replaced = seen.len() - ids.len();
+    assert_eq!(replaced, 0, "containers were replaced while the agent restarted: {seen:?}");
+    assert!(restarts >= 2 * LOOP_REPLICAS as u64, "the containers kept restarting during the loop: {seen:?}");
+    agent.kill();
+    println!(
+        "DRILL agent_restart_loop: agent killed and restarted {restarts_of_agent} times in {LOOP:.0?}, {restarts} container restarts seen, \
+         restart counts never went back, at most {most_in_runtime} containers in Docker for {LOOP_REPLICAS} replicas, \
+         no orphan, largest gap between two restarts seen of one container {largest_gap:.1?}"
+    );
 }
