@@ -220,6 +220,15 @@ fn postgres_outage() {
     let mut round = 0u32;
     while stopped_at.elapsed() < OUTAGE {
         round += 1;
+        if round == 2 {
+            // Work for the reconciler (after a first round of writes right at the stop):
+            // `kept` loses its container. Its instance must be recorded before a
+            // container is asked for, and that write fails: no container comes back until
+            // the database does.
+            for id in docker_containers_of(&kept) {
+                run_checked(Command::new("docker").args(["rm", "-f", &id]));
+            }
+        }
         let refused_name = unique("refused");
         let attempts = [
             ("POST", "/api/v1/deployments".to_owned(), Some(json!({"name": refused_name, "image": IMAGE, "command": httpd()}))),
@@ -276,6 +285,9 @@ fn postgres_outage() {
             assert!(stderr.contains("unavailable"), "join-token create during the outage: {stderr}");
             assert!(took <= Duration::from_secs(2), "join-token create took {took:?} (a CLI process included)");
         }
+        if round >= 2 {
+            assert_eq!(docker_containers_of(&kept), Vec::<String>::new(), "a container of {kept} was created while the database was away");
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     // Nothing of the refused writes reached memory either.
@@ -293,6 +305,16 @@ fn postgres_outage() {
         if answer.status == 201 { Ok(back_at.elapsed()) } else { Err(format!("{answer:?}")) }
     });
     assert!(recovered <= RECOVERY_LIMIT, "the first write succeeded {recovered:?} after PostgreSQL's return");
+
+    // The reconciler waited for the database, saying so once, not on every pass, and
+    // goes on once it is back.
+    wait_until("the reconciler to go on", Duration::from_secs(20), POLL, || {
+        let log = control_plane.stderr();
+        if log.contains("reconciling again") { Ok(()) } else { Err("not yet".to_owned()) }
+    });
+    let log = control_plane.stderr();
+    assert_eq!(log.matches("reconcile pass skipped").count(), 1, "{}", control_plane.logs());
+    assert_eq!(log.matches("reconcile pass failed").count(), 0, "{}", control_plane.logs());
 
     // Nothing lost, nothing half-applied, read back from the database after a restart.
     control_plane.crash_and_restart();
