@@ -415,8 +415,9 @@ fn control_plane_kill_mid_rollout() {
         if d["status"] == "running" && running(&d).len() == ROLLOUT_REPLICAS { Ok(()) } else { Err(d.to_string()) }
     });
 
-    // Update, and kill the control plane once the rollout is under way: some replicas
-    // of revision 2 placed, some of revision 1 still meant to run.
+    // Update, and kill the control plane once the rollout is under way: a replica of
+    // revision 1 already replaced, the next one of revision 2 placed, others of revision
+    // 1 still meant to run.
     let updated = control_plane.rest("PUT", &format!("/api/v1/deployments/{name}"), Some(spec("2")));
     assert_eq!(updated.status, 200, "{}", updated.body);
     let midway = wait_until("the rollout to be midway", Duration::from_secs(60), Duration::from_millis(50), || {
@@ -424,7 +425,7 @@ fn control_plane_kill_mid_rollout() {
         let instances = d["instances"].as_array().cloned().unwrap_or_default();
         let new = instances.iter().filter(|i| i["revision"] == 2).count();
         let old = instances.iter().filter(|i| i["revision"] == 1 && i["desired"] == "run").count();
-        if new >= 1 && old >= 1 { Ok(format!("{new} new, {old} old")) } else { Err(d.to_string()) }
+        if new >= 2 && old >= 1 { Ok(format!("{new} new, {old} old")) } else { Err(d.to_string()) }
     });
     control_plane.process().kill();
     let killed_at = Instant::now();
@@ -441,6 +442,10 @@ fn control_plane_kill_mid_rollout() {
             running(&d).iter().filter(|i| i["revision"] == 2).filter_map(|i| i["id"].as_str().map(str::to_owned)).collect();
         let recorded = d["instances"].as_array().map_or(0, Vec::len);
         let labelled: BTreeSet<String> = containers.iter().map(|(instance, _, _)| instance.clone()).collect();
+        // Never two containers for one instance, nor more of the new revision than wanted.
+        assert_eq!(labelled.len(), containers.len(), "two containers for one instance after the restart: {containers:?}");
+        let new_revision = containers.iter().filter(|(_, rev, _)| rev == "2").count();
+        assert!(new_revision <= ROLLOUT_REPLICAS, "more containers of revision 2 than replicas: {containers:?}");
         let converged = d["status"] == "running"
             && d["revision"] == 2
             && recorded == ROLLOUT_REPLICAS

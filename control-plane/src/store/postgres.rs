@@ -28,7 +28,7 @@ pub(super) const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a store call waits for a pool connection before failing as unavailable:
 /// short, so that a request answers "database unreachable" within a second instead of
 /// hanging while the server is away.
-pub(super) const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(600);
+pub(super) const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long the diagnostic connection attempt after a pool time-out may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections in the pool.
