@@ -187,11 +187,21 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(5);
 #[test]
 fn postgres_outage() {
     let Some(postgres) = PrivatePostgres::start() else { return };
-    let options = ControlPlaneOptions { database_url: Some(postgres.url()), ..ControlPlaneOptions::fast(Duration::from_secs(10)) };
+    // Nodes go down only after 60 s: the witness below stays away for part of the outage.
+    let options = ControlPlaneOptions { database_url: Some(postgres.url()), ..ControlPlaneOptions::fast(Duration::from_secs(60)) };
     let mut control_plane = ControlPlane::start(options);
     let token = control_plane.join_token(&[]);
+    let docker = [("DIPLO_RUNTIMES", "docker")];
     let node = unique("pg");
-    let (_agent, _) = control_plane.start_ready_agent_with_env(&node, Some(&token), &[("DIPLO_RUNTIMES", "docker")]);
+    let (_agent, _) = control_plane.start_ready_agent_with_env(&node, Some(&token), &docker);
+    // The witness's agent is killed during the outage and started again before its end:
+    // its node's status must change in reads all the same, and its session open once
+    // the database is back.
+    let witness = unique("pgw");
+    let (mut witness_agent, _) = control_plane.start_ready_agent_with_env(&witness, Some(&token), &docker);
+    let mut witness_killed_at: Option<Instant> = None;
+    let mut witness_restarted = false;
+    let mut witness_unhealthy_seen = false;
 
     // Before the outage: `kept` runs one replica, `doomed` is there to be deleted.
     let kept = unique("kept");
@@ -199,7 +209,11 @@ fn postgres_outage() {
     let _kept_containers = RemoveDockerContainersOnDrop(kept.clone());
     let _doomed_containers = RemoveDockerContainersOnDrop(doomed.clone());
     for name in [&kept, &doomed] {
-        let created = control_plane.rest("POST", "/api/v1/deployments", Some(json!({"name": name, "image": IMAGE, "command": httpd()})));
+        let created = control_plane.rest(
+            "POST",
+            "/api/v1/deployments",
+            Some(json!({"name": name, "image": IMAGE, "command": httpd(), "constraints": {"node": node}})),
+        );
         assert_eq!(created.status, 201, "{}", created.body);
         wait_until(&format!("{name} running"), Duration::from_secs(90), POLL, || {
             let d = deployment(&control_plane, name);
@@ -220,6 +234,14 @@ fn postgres_outage() {
     let mut round = 0u32;
     while stopped_at.elapsed() < OUTAGE {
         round += 1;
+        if round == 3 {
+            witness_agent.kill();
+            witness_killed_at = Some(Instant::now());
+        }
+        if !witness_restarted && stopped_at.elapsed() > OUTAGE - Duration::from_secs(10) {
+            witness_agent = control_plane.start_agent_with_env(&witness, None, &docker);
+            witness_restarted = true;
+        }
         if round == 2 {
             // Work for the reconciler (after a first round of writes right at the stop):
             // `kept` loses its container. Its instance must be recorded before a
@@ -262,8 +284,15 @@ fn postgres_outage() {
             if path == "/api/v1/nodes" {
                 // Heartbeats keep the node ready: its state lives in memory.
                 let nodes: Value = serde_json::from_str(&answer.body).expect("nodes JSON");
-                let status = nodes.as_array().and_then(|l| l.iter().find(|n| n["name"] == node.as_str())).map(|n| n["status"].clone());
-                assert_eq!(status, Some(json!("ready")), "the node during the outage: {nodes}");
+                let status_of =
+                    |name: &str| nodes.as_array().and_then(|l| l.iter().find(|n| n["name"] == name)).map(|n| n["status"].clone());
+                assert_eq!(status_of(&node), Some(json!("ready")), "the node during the outage: {nodes}");
+                // The witness's silence shows, although its new status cannot be written.
+                if witness_killed_at.is_some_and(|at| at.elapsed() > Duration::from_secs(5)) {
+                    let status = status_of(&witness);
+                    assert_ne!(status, Some(json!("ready")), "the silent witness during the outage: {nodes}");
+                    witness_unhealthy_seen |= status == Some(json!("unhealthy"));
+                }
             }
         }
         // A read of what only the database holds (the event log's replay) is refused as
@@ -301,10 +330,17 @@ fn postgres_outage() {
     let after = unique("after");
     let _after_containers = RemoveDockerContainersOnDrop(after.clone());
     let recovered = wait_until("a write to succeed after PostgreSQL's return", RECOVERY_LIMIT * 3, Duration::from_millis(100), || {
-        let answer = timed(&control_plane, "POST", "/api/v1/deployments", Some(json!({"name": after, "image": IMAGE, "command": httpd()})));
+        let body = json!({"name": after, "image": IMAGE, "command": httpd(), "constraints": {"node": node}});
+        let answer = timed(&control_plane, "POST", "/api/v1/deployments", Some(body));
         if answer.status == 201 { Ok(back_at.elapsed()) } else { Err(format!("{answer:?}")) }
     });
     assert!(recovered <= RECOVERY_LIMIT, "the first write succeeded {recovered:?} after PostgreSQL's return");
+    assert!(witness_unhealthy_seen, "the witness was never shown unhealthy during the outage");
+    let witness_back = wait_until("the witness's session after PostgreSQL's return", Duration::from_secs(60), POLL, || {
+        let nodes = control_plane.rest_json("/api/v1/nodes");
+        let ready = nodes.as_array().and_then(|l| l.iter().find(|n| n["name"] == witness.as_str())).is_some_and(|n| n["status"] == "ready");
+        if ready { Ok(back_at.elapsed()) } else { Err(nodes.to_string()) }
+    });
 
     // The reconciler waited for the database, saying so once, not on every pass, and
     // goes on once it is back.
@@ -346,7 +382,8 @@ fn postgres_outage() {
     }
     println!(
         "DRILL postgres_outage: {writes} writes refused (503 + Retry-After) over {:.0?}, slowest refusal {slowest_write:.0?}, \
-         {reads} reads answered, slowest read {slowest_read:.0?}, first write {recovered:.1?} after PostgreSQL's return",
+         {reads} reads answered, slowest read {slowest_read:.0?}, first write {recovered:.1?} after PostgreSQL's return, \
+         an agent restarted during the outage back {witness_back:.1?} after it",
         OUTAGE
     );
 }
