@@ -73,6 +73,29 @@ fn timed(control_plane: &ControlPlane, method: &str, path: &str, body: Option<Va
     .expect("the HTTP thread panicked")
 }
 
+/// Kills the control plane (SIGKILL, by the pid it holds) when the test fails, before
+/// the container guards declared ahead of it remove what it made: a live control plane
+/// would create those containers again in between. Update the pid after a restart.
+struct StopControlPlaneOnFailure(std::cell::Cell<u32>);
+
+impl StopControlPlaneOnFailure {
+    fn new(control_plane: &mut ControlPlane) -> Self {
+        StopControlPlaneOnFailure(std::cell::Cell::new(control_plane.process().pid()))
+    }
+
+    fn update(&self, control_plane: &mut ControlPlane) {
+        self.0.set(control_plane.process().pid());
+    }
+}
+
+impl Drop for StopControlPlaneOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill").args(["-KILL", &self.0.get().to_string()]).status();
+        }
+    }
+}
+
 fn deployment(control_plane: &ControlPlane, name: &str) -> Value {
     control_plane.rest_json(&format!("/api/v1/deployments/{name}"))
 }
@@ -206,8 +229,11 @@ fn postgres_outage() {
     // Before the outage: `kept` runs one replica, `doomed` is there to be deleted.
     let kept = unique("kept");
     let doomed = unique("doomed");
+    let after = unique("after");
     let _kept_containers = RemoveDockerContainersOnDrop(kept.clone());
     let _doomed_containers = RemoveDockerContainersOnDrop(doomed.clone());
+    let _after_containers = RemoveDockerContainersOnDrop(after.clone());
+    let stop_on_failure = StopControlPlaneOnFailure::new(&mut control_plane);
     for name in [&kept, &doomed] {
         let created = control_plane.rest(
             "POST",
@@ -327,8 +353,6 @@ fn postgres_outage() {
     // PostgreSQL back: a write succeeds within 5 s.
     postgres.pg_ctl_start();
     let back_at = Instant::now();
-    let after = unique("after");
-    let _after_containers = RemoveDockerContainersOnDrop(after.clone());
     let recovered = wait_until("a write to succeed after PostgreSQL's return", RECOVERY_LIMIT * 3, Duration::from_millis(100), || {
         let body = json!({"name": after, "image": IMAGE, "command": httpd(), "constraints": {"node": node}});
         let answer = timed(&control_plane, "POST", "/api/v1/deployments", Some(body));
@@ -354,6 +378,7 @@ fn postgres_outage() {
 
     // Nothing lost, nothing half-applied, read back from the database after a restart.
     control_plane.crash_and_restart();
+    stop_on_failure.update(&mut control_plane);
     let _cleanup: Vec<DeleteDeploymentOnDrop> =
         [&kept, &doomed, &after].iter().map(|name| DeleteDeploymentOnDrop(&control_plane, (*name).clone())).collect();
     let names = deployment_names(&control_plane.rest_json("/api/v1/deployments"));
@@ -439,6 +464,7 @@ fn control_plane_kill_mid_rollout() {
         .collect();
     let name = unique("roll");
     let _leftovers = RemoveDockerContainersOnDrop(name.clone());
+    let stop_on_failure = StopControlPlaneOnFailure::new(&mut control_plane);
     let spec = |rev: &str| {
         json!({
             "name": name, "image": IMAGE, "command": httpd(), "replicas": ROLLOUT_REPLICAS, "max_parallel": 1,
@@ -467,8 +493,9 @@ fn control_plane_kill_mid_rollout() {
     control_plane.process().kill();
     let killed_at = Instant::now();
     control_plane.crash_and_restart();
+    stop_on_failure.update(&mut control_plane);
     let restarted = killed_at.elapsed();
-    let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
+    let cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
 
     // Converged: revision 2 everywhere, exactly the desired containers, each owned by a
     // running instance of revision 2.
@@ -497,7 +524,7 @@ fn control_plane_kill_mid_rollout() {
     // And it stays so: no late duplicate.
     std::thread::sleep(Duration::from_secs(5));
     check().unwrap_or_else(|e| panic!("after 5 s more: {e}"));
-    drop(_cleanup);
+    drop(cleanup);
     drop(control_plane);
     runtime.block_on(database.drop_best_effort());
     println!(
