@@ -121,10 +121,16 @@ struct PrivatePostgres {
 
 impl PrivatePostgres {
     /// Creates and starts one with a superuser `diplo` and a database `diplo`; `None`
-    /// (after [`skip_or_fail`]) when PostgreSQL's binaries are missing.
+    /// (after [`skip_or_fail`]) when PostgreSQL's binaries are missing or the test does
+    /// not run as root.
     fn start() -> Option<PrivatePostgres> {
         if !Path::new(PG_BIN).join("initdb").is_file() {
             skip_or_fail(&format!("{PG_BIN}/initdb is missing (Debian's postgresql-15): the PostgreSQL drills are not run"));
+            return None;
+        }
+        let root = Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+        if !root {
+            skip_or_fail("the PostgreSQL drills run their own server as the postgres user: they need root");
             return None;
         }
         let dir = std::env::temp_dir().join(unique("diplo-drill-pg"));
