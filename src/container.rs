@@ -205,6 +205,10 @@ pub struct ContainerInfo {
     pub health: Option<Health>,
     /// All labels.
     pub labels: BTreeMap<String, String>,
+    /// How many times the runtime itself restarted it by its restart policy, as the
+    /// runtime counts (Docker and Podman keep the count across daemon restarts); 0 for
+    /// runtimes that do not restart containers by themselves.
+    pub restart_count: u32,
 }
 
 impl ContainerInfo {
@@ -223,6 +227,7 @@ impl ContainerInfo {
             started_at: None,
             health: None,
             labels: BTreeMap::new(),
+            restart_count: 0,
         }
     }
 }

@@ -180,6 +180,7 @@ pub fn container_state(info: &ContainerInfo, node_id: &str, runtime: crate::runt
         },
         labels: info.labels.clone().into_iter().collect(),
         pid: info.pid.unwrap_or(0),
+        restart_count: info.restart_count,
     }
 }
 
@@ -216,6 +217,7 @@ pub fn container_info(state: pb::ContainerState) -> (ContainerInfo, String, Opti
             _ => None,
         },
         labels: state.labels.iter().map(|(k, v)| (node_text(k), node_text(v))).collect(),
+        restart_count: state.restart_count,
     };
     (info, node_text(&state.node_id), runtime)
 }
@@ -519,6 +521,7 @@ mod tests {
             started_at: Some("2026-01-01T00:00:00Z".into()),
             health: Some(Health::Healthy),
             labels: [("diplo.instance".to_owned(), "i1".to_owned())].into(),
+            restart_count: 7,
         };
         let (back, node, runtime) = container_info(container_state(&info, "n1", Runtime::Lxc));
         assert_eq!((back, node.as_str(), runtime), (info, "n1", Some(Runtime::Lxc)));

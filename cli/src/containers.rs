@@ -97,6 +97,7 @@ fn container_json(c: &pb::ContainerState) -> serde_json::Value {
         "started_at": c.started_at,
         "health": c.health,
         "labels": c.labels,
+        "restart_count": c.restart_count,
     })
 }
 

@@ -59,6 +59,8 @@ impl From<StoreError> for ServiceError {
         match err {
             StoreError::AlreadyExists { .. } => ServiceError::AlreadyExists(err.to_string()),
             StoreError::NotFound { .. } => ServiceError::NotFound(err.to_string()),
+            // The database is away: the caller may retry the same request later.
+            other if other.is_unavailable() => ServiceError::Unavailable(format!("database unavailable: {other}")),
             other => ServiceError::Internal(other.to_string()),
         }
     }

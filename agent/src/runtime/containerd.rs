@@ -787,6 +787,8 @@ impl ContainerdRuntime {
             started_at: state.started_at,
             health: None,
             labels: container.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            // containerd restarts nothing by itself: the control plane starts exited tasks.
+            restart_count: 0,
         }
     }
 

@@ -279,6 +279,8 @@ pub(crate) struct Inspected {
     pub host_config: Option<InspectedHostConfig>,
     /// Networks the container is on.
     pub network_settings: Option<InspectedNetworkSettings>,
+    /// Restarts the daemon made by the restart policy.
+    pub restart_count: Option<i64>,
 }
 
 /// `Config` of an inspected container.
@@ -412,6 +414,7 @@ pub(crate) fn container_info(inspected: Inspected) -> ContainerInfo {
         started_at: state.started_at.filter(|at| !at.is_empty() && !at.starts_with("0001-")),
         health,
         labels: config.labels.unwrap_or_default().into_iter().collect(),
+        restart_count: inspected.restart_count.and_then(|count| u32::try_from(count).ok()).unwrap_or(0),
     }
 }
 
@@ -767,6 +770,21 @@ mod tests {
             serde_json::from_str(r#"{"State":{"Status":"configured","StartedAt":"0001-01-01T00:00:00Z"}}"#).expect("parse");
         let info = container_info(created);
         assert_eq!((info.status, info.started_at), (ContainerStatus::Created, None));
+        assert_eq!(info.restart_count, 0, "no count reported: none");
+    }
+
+    #[test]
+    fn the_daemons_restart_count_is_read_and_nonsense_is_zero() {
+        for (json, expected) in [
+            (r#"{"RestartCount":4,"State":{"Status":"running"}}"#, 4),
+            (r#"{"RestartCount":0}"#, 0),
+            (r#"{"RestartCount":-1}"#, 0),
+            (r#"{"RestartCount":null}"#, 0),
+            (r#"{"RestartCount":99999999999}"#, 0),
+        ] {
+            let info = container_info(serde_json::from_str(json).expect("parse"));
+            assert_eq!(info.restart_count, expected, "{json}");
+        }
     }
 
     #[test]

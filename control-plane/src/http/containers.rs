@@ -115,6 +115,7 @@ pub struct ContainerJson {
     started_at: Option<String>,
     health: Option<diplo_api::container::Health>,
     labels: BTreeMap<String, String>,
+    restart_count: u32,
 }
 
 impl From<ContainerView> for ContainerJson {
@@ -141,6 +142,7 @@ impl From<ContainerView> for ContainerJson {
             exit_code: view.info.exit_code,
             pid: view.info.pid,
             started_at: view.info.started_at,
+            restart_count: view.info.restart_count,
             health: view.info.health,
             labels: view.info.labels,
         }

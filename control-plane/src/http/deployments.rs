@@ -386,6 +386,7 @@ fn instance_view_json(view: &InstanceView) -> Value {
             "exit_code": c.exit_code,
             "started_at": c.started_at,
             "health": c.health,
+            "restart_count": c.restart_count,
         }),
         None => Value::Null,
     };

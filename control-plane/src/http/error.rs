@@ -2,10 +2,14 @@
 //! status of the same meaning.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ServiceError;
+
+/// Seconds a client is told to wait (`Retry-After`) before retrying a request answered
+/// 503: the database or node it needs is away, and comes back on its own.
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// A service error on its way out as JSON.
 #[derive(Debug)]
@@ -32,6 +36,45 @@ impl IntoResponse for ApiError {
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let body = serde_json::json!({ "error": { "code": code, "message": self.0.to_string() } });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(err: ServiceError) -> Response {
+        ApiError(err).into_response()
+    }
+
+    #[test]
+    fn unavailable_answers_503_with_retry_after_and_other_errors_without() {
+        let response = answer(ServiceError::Unavailable("database unavailable: gone".into()));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some(RETRY_AFTER_SECS.to_string().as_str()));
+        for (err, status) in [
+            (ServiceError::Internal("boom".into()), StatusCode::INTERNAL_SERVER_ERROR),
+            (ServiceError::NotFound("x".into()), StatusCode::NOT_FOUND),
+            (ServiceError::invalid("replicas", "negative"), StatusCode::BAD_REQUEST),
+            (ServiceError::ResourceExhausted("slow down".into()), StatusCode::TOO_MANY_REQUESTS),
+        ] {
+            let response = answer(err);
+            assert_eq!(response.status(), status);
+            assert!(response.headers().get(header::RETRY_AFTER).is_none(), "{status}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_database_is_503_and_a_broken_statement_500() {
+        use crate::store::StoreError;
+        let away = StoreError::Database(sqlx::Error::PoolTimedOut);
+        assert_eq!(answer(away.into()).status(), StatusCode::SERVICE_UNAVAILABLE);
+        let wrong = StoreError::Database(sqlx::Error::RowNotFound);
+        assert_eq!(answer(wrong.into()).status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

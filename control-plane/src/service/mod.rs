@@ -502,7 +502,10 @@ impl ControlPlane {
             return Ok(());
         }
         if let Err(err) = self.store.apply_status_changes(&changes).await {
-            tracing::warn!(error = %err, changes = changes.len(), "cannot persist node status changes; retrying at the next check");
+            // While the database is away the caller says so once, not at every tick.
+            if !err.is_unavailable() {
+                tracing::warn!(error = %err, changes = changes.len(), "cannot persist node status changes; retrying at the next check");
+            }
             return Err(err.into());
         }
         self.nodes.mark_persisted(&changes);
@@ -520,10 +523,24 @@ impl ControlPlane {
         let period = (self.config.heartbeat_interval / 2).min(Duration::from_secs(1));
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Node statuses keep changing in memory (and show in reads) while the database
+        // is away; their writes are retried at every tick, said once per outage.
+        let mut waiting_since: Option<Instant> = None;
         loop {
             ticker.tick().await;
-            if let Err(err) = self.check_nodes(Instant::now()).await {
-                tracing::error!(error = %err, "node health check failed");
+            match self.check_nodes(Instant::now()).await {
+                Ok(()) => {
+                    if let Some(since) = waiting_since.take() {
+                        tracing::info!(waited_ms = since.elapsed().as_millis() as u64, "database back; node status changes written");
+                    }
+                }
+                Err(ServiceError::Unavailable(reason)) => {
+                    if waiting_since.is_none() {
+                        tracing::warn!(%reason, "node status changes kept in memory: waiting for the database to return");
+                        waiting_since = Some(Instant::now());
+                    }
+                }
+                Err(err) => tracing::error!(error = %err, "node health check failed"),
             }
             self.flush_refusal_summaries(Instant::now()).await;
         }

@@ -64,7 +64,7 @@ macro_rules! impl_store {
             impl $store {
                 /// Runs `sql` with `key` bound to `$1`; returns whether it changed any row.
                 async fn execute_keyed(&self, sql: &'static str, key: &str) -> StoreResult<bool> {
-                    let done = sqlx::query(sql).bind(key).execute(&self.pool).await?;
+                    let done = sqlx::query(sql).bind(key).execute(self.serving()?).await?;
                     Ok(done.rows_affected() > 0)
                 }
 
@@ -77,7 +77,7 @@ macro_rules! impl_store {
                 ) -> StoreResult<Option<T>> {
                     let row = sqlx::query(sql)
                         .bind(key)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(self.serving()?)
                         .await?;
                     row.as_ref().map(decode).transpose()
                 }
@@ -88,7 +88,7 @@ macro_rules! impl_store {
                     sql: &'static str,
                     decode: fn(&<$db as sqlx::Database>::Row) -> StoreResult<T>,
                 ) -> StoreResult<Vec<T>> {
-                    let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+                    let rows = sqlx::query(sql).fetch_all(self.serving()?).await?;
                     rows.iter().map(decode).collect()
                 }
 
@@ -99,13 +99,13 @@ macro_rules! impl_store {
                     key: &str,
                     decode: fn(&<$db as sqlx::Database>::Row) -> StoreResult<T>,
                 ) -> StoreResult<Vec<T>> {
-                    let rows = sqlx::query(sql).bind(key).fetch_all(&self.pool).await?;
+                    let rows = sqlx::query(sql).bind(key).fetch_all(self.serving()?).await?;
                     rows.iter().map(decode).collect()
                 }
 
                 /// Whether `sql` (with `key` bound to `$1`) returns a row.
                 async fn exists(&self, sql: &'static str, key: &str) -> StoreResult<bool> {
-                    Ok(sqlx::query(sql).bind(key).fetch_optional(&self.pool).await?.is_some())
+                    Ok(sqlx::query(sql).bind(key).fetch_optional(self.serving()?).await?.is_some())
                 }
 
                 /// Maps the failure of inserting `instances` as one batch (nothing of it was
@@ -179,7 +179,7 @@ macro_rules! impl_store {
                     .bind(millis(node.joined_at))
                     .bind(millis(node.last_seen_at))
                     .bind(&node.address)
-                    .execute(&self.pool)
+                    .execute(self.serving()?)
                     .await
                     .map_err(|e| $node_conflict(e, node))?;
                     Ok(())
@@ -220,7 +220,7 @@ macro_rules! impl_store {
                     .bind(address)
                     .bind(millis(seen_at))
                     .bind(node_id)
-                    .execute(&self.pool)
+                    .execute(self.serving()?)
                     .await?;
                     require_found(done.rows_affected(), "node", node_id)
                 }
@@ -232,7 +232,7 @@ macro_rules! impl_store {
                     if changes.is_empty() {
                         return Ok(());
                     }
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.serving()?.begin().await?;
                     for change in changes {
                         sqlx::query("UPDATE nodes SET status = $1, last_seen_at = $2 WHERE id = $3")
                             .bind(change.status.as_str())
@@ -249,7 +249,7 @@ macro_rules! impl_store {
                     let done = sqlx::query("UPDATE nodes SET cordoned = $1 WHERE id = $2")
                         .bind(cordoned)
                         .bind(node_id)
-                        .execute(&self.pool)
+                        .execute(self.serving()?)
                         .await?;
                     require_found(done.rows_affected(), "node", node_id)
                 }
@@ -275,7 +275,7 @@ macro_rules! impl_store {
                     .bind(i64::from(token.uses))
                     .bind(token.revoked)
                     .bind(to_json("join_tokens.labels", &token.labels)?)
-                    .execute(&self.pool)
+                    .execute(self.serving()?)
                     .await
                     .map_err(|e| insert_error(e, "join token", |_| token.id.clone()))?;
                     Ok(())
@@ -310,7 +310,7 @@ macro_rules! impl_store {
                     )
                     .bind(id)
                     .bind(millis(now))
-                    .execute(&self.pool)
+                    .execute(self.serving()?)
                     .await?;
                     Ok(done.rows_affected() == 1)
                 }
@@ -334,7 +334,7 @@ macro_rules! impl_store {
                     .bind(millis(token.created_at))
                     .bind(token.expires_at.map(millis))
                     .bind(token.revoked)
-                    .execute(&self.pool)
+                    .execute(self.serving()?)
                     .await
                     .map_err(|e| insert_error(e, "API token", |_| token.id.clone()))?;
                     Ok(())
@@ -378,7 +378,7 @@ macro_rules! impl_store {
                     )
                     .bind(after)
                     .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.serving()?)
                     .await?;
                     rows.iter().map(event_from_row).collect()
                 }
@@ -392,7 +392,7 @@ macro_rules! impl_store {
                     if let Some(cut) = older_than {
                         let done = sqlx::query("DELETE FROM events WHERE at < $1")
                             .bind(millis(cut))
-                            .execute(&self.pool)
+                            .execute(self.serving()?)
                             .await?;
                         deleted += done.rows_affected();
                     }
@@ -403,7 +403,7 @@ macro_rules! impl_store {
                              (SELECT sequence FROM events ORDER BY sequence DESC LIMIT 1 OFFSET $1)",
                         )
                         .bind(i64::try_from(keep).unwrap_or(i64::MAX))
-                        .execute(&self.pool)
+                        .execute(self.serving()?)
                         .await?;
                         deleted += done.rows_affected();
                     }
@@ -417,7 +417,7 @@ macro_rules! impl_store {
                     deployment: &DeploymentRecord,
                 ) -> StoreResult<()> {
                     let spec = to_json("deployments.spec", &deployment.spec)?;
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.serving()?.begin().await?;
                     sqlx::query(
                         "INSERT INTO deployments (id, name, revision, spec, status, message, \
                          idempotency_key, created_at, updated_at) \
@@ -486,7 +486,7 @@ macro_rules! impl_store {
                     // The idempotency key and the creation time belong to the creating request and
                     // are kept; the name follows the spec.
                     let spec = to_json("deployments.spec", &deployment.spec)?;
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.serving()?.begin().await?;
                     let done = sqlx::query(
                         "UPDATE deployments SET name = $1, revision = $2, spec = $3, status = $4, \
                          message = $5, updated_at = $6 WHERE id = $7",
@@ -524,7 +524,7 @@ macro_rules! impl_store {
                     )
                     .bind(deployment_id)
                     .bind(i64::from(revision))
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.serving()?)
                     .await?;
                     spec.map(|text| from_json("deployment_revisions.spec", &text))
                         .transpose()
@@ -548,14 +548,14 @@ macro_rules! impl_store {
                     .bind(i64::from(read.revision))
                     .bind(read.status.as_str())
                     .bind(millis(read.updated_at))
-                    .execute(&self.pool)
+                    .execute(self.serving()?)
                     .await?;
                     Ok(done.rows_affected() > 0)
                 }
 
                 async fn delete_deployment(&self, deployment_id: &str) -> StoreResult<bool> {
                     // Children first and explicitly, rather than relying on ON DELETE CASCADE.
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.serving()?.begin().await?;
                     for sql in [
                         "DELETE FROM instances WHERE deployment_id = $1",
                         "DELETE FROM deployment_revisions WHERE deployment_id = $1",
@@ -617,7 +617,7 @@ macro_rules! impl_store {
                     .bind(to_json("builds.record", build)?)
                     .bind(millis(build.created_at))
                     .bind(millis(Utc::now()))
-                    .execute(&self.pool)
+                    .execute(self.serving()?)
                     .await
                     .map_err(|e| insert_error(e, "build", |_| build.id.clone()))?;
                     Ok(())
@@ -632,7 +632,7 @@ macro_rules! impl_store {
                         "SELECT status, record FROM builds ORDER BY created_at DESC, id DESC LIMIT $1",
                     )
                     .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.serving()?)
                     .await?;
                     rows.iter().map(build_from_row).collect()
                 }
@@ -652,7 +652,7 @@ macro_rules! impl_store {
                     .bind(millis(Utc::now()))
                     .bind(&build.id)
                     .bind(expected.as_str())
-                    .execute(&self.pool)
+                    .execute(self.serving()?)
                     .await?;
                     Ok(done.rows_affected() > 0)
                 }
@@ -661,7 +661,7 @@ macro_rules! impl_store {
                     let done = sqlx::query("UPDATE builds SET log = $1 WHERE id = $2")
                         .bind(log)
                         .bind(id)
-                        .execute(&self.pool)
+                        .execute(self.serving()?)
                         .await?;
                     Ok(done.rows_affected() > 0)
                 }
@@ -669,7 +669,7 @@ macro_rules! impl_store {
                 async fn get_build_log(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
                     let log: Option<Vec<u8>> = sqlx::query_scalar("SELECT log FROM builds WHERE id = $1")
                         .bind(id)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(self.serving()?)
                         .await?;
                     Ok(log)
                 }
@@ -680,7 +680,7 @@ macro_rules! impl_store {
                     &self,
                     credential: &$crate::model::RegistryCredentialRecord,
                 ) -> StoreResult<bool> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.serving()?.begin().await?;
                     let existed = sqlx::query("SELECT 1 FROM registry_credentials WHERE registry = $1")
                         .bind(&credential.registry)
                         .fetch_optional(&mut *tx)

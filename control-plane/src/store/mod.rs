@@ -77,9 +77,52 @@ pub enum StoreError {
         /// The holder as it recorded itself, when it did.
         holder: Option<WriterIdentity>,
     },
+    /// The database is away (this control plane is taking its writer lock again after
+    /// the connection holding it broke): nothing is read or written until it is back.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+/// SQLSTATEs that mean the server is gone or going, not that the statement is wrong:
+/// `admin_shutdown`, `crash_shutdown`, `cannot_connect_now` (class 08, connection
+/// exceptions, is matched by its prefix).
+const UNREACHABLE_SQLSTATES: [&str; 3] = ["57P01", "57P02", "57P03"];
+
+impl StoreError {
+    /// Whether the error means the database cannot be reached right now (connection
+    /// refused or broken, no connection within the pool's time-out, server shutting
+    /// down, writer lock being taken again) rather than that the request or the data is
+    /// wrong: the same request may succeed once the database is back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::Connect { .. } | StoreError::WriterTaken { .. } => true,
+            StoreError::Database(err) => sqlx_unavailable(err),
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(err)) => sqlx_unavailable(err),
+            StoreError::AlreadyExists { .. }
+            | StoreError::NotFound { .. }
+            | StoreError::UnsupportedUrl(_)
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// [`StoreError::is_unavailable`] for a driver error.
+fn sqlx_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| unreachable_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// Whether a SQLSTATE says the server cannot serve the connection (class 08 or one of
+/// [`UNREACHABLE_SQLSTATES`]).
+fn unreachable_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || UNREACHABLE_SQLSTATES.contains(&code)
 }
 
 /// Result alias for store calls.
@@ -240,5 +283,55 @@ pub fn mask_password(url: &str) -> String {
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod unavailable_tests {
+    use super::*;
+
+    #[test]
+    fn errors_that_mean_the_database_is_away_are_told_apart_from_the_others() {
+        let io = |kind: std::io::ErrorKind| StoreError::Database(sqlx::Error::Io(std::io::Error::from(kind)));
+        let table: Vec<(StoreError, bool)> = vec![
+            (StoreError::Database(sqlx::Error::PoolTimedOut), true),
+            (StoreError::Database(sqlx::Error::PoolClosed), true),
+            (StoreError::Database(sqlx::Error::WorkerCrashed), true),
+            (io(std::io::ErrorKind::ConnectionRefused), true),
+            (io(std::io::ErrorKind::ConnectionReset), true),
+            (io(std::io::ErrorKind::BrokenPipe), true),
+            (io(std::io::ErrorKind::UnexpectedEof), true),
+            (StoreError::Unavailable("lock being taken again".into()), true),
+            (StoreError::Connect { url: "postgres://x".into(), reason: "refused".into() }, true),
+            (StoreError::WriterTaken { holder: None }, true),
+            (StoreError::Database(sqlx::Error::RowNotFound), false),
+            (StoreError::Database(sqlx::Error::ColumnNotFound("x".into())), false),
+            (StoreError::Database(sqlx::Error::Protocol("bad message".into())), false),
+            (StoreError::AlreadyExists { what: "node", key: "n1".into() }, false),
+            (StoreError::NotFound { what: "node", key: "n1".into() }, false),
+            (StoreError::Corrupt { column: "nodes.labels", reason: "not JSON".into() }, false),
+            (StoreError::UnsupportedUrl("mysql://x".into()), false),
+        ];
+        for (err, expected) in table {
+            assert_eq!(err.is_unavailable(), expected, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn sqlstates_of_a_server_gone_or_going_are_unreachable() {
+        for (code, expected) in [
+            ("08000", true),
+            ("08006", true),
+            ("08001", true),
+            ("57P01", true),
+            ("57P02", true),
+            ("57P03", true),
+            ("23505", false),
+            ("40001", false),
+            ("42P01", false),
+            ("57014", false),
+        ] {
+            assert_eq!(unreachable_sqlstate(code), expected, "{code}");
+        }
     }
 }

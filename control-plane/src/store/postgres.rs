@@ -22,8 +22,13 @@ use super::{StoreError, StoreResult, mask_password};
 use crate::model::{DeploymentRecord, InstanceRecord, NodeRecord};
 use diplo_api::runtime::Runtime;
 
-/// How long opening the pool (or any later acquire) waits for a connection.
-pub(super) const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening the store keeps trying to reach a server that refuses connections
+/// (one starting up, for example).
+pub(super) const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a store call waits for a pool connection before failing as unavailable:
+/// short, so that a request answers "database unreachable" within a second instead of
+/// hanging while the server is away.
+pub(super) const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long the diagnostic connection attempt after a pool time-out may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections in the pool.
@@ -33,6 +38,10 @@ const MAX_CONNECTIONS: u32 = 10;
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The writer's gate: while it is closed (the lock is being taken again after the
+    /// database went away) calls fail at once as unavailable instead of waiting for a
+    /// connection the pool cannot hand out.
+    gate: Option<Arc<WriterGate>>,
 }
 
 impl PostgresStore {
@@ -50,6 +59,7 @@ impl PostgresStore {
         let connect_error = |reason: String| StoreError::Connect { url: mask_password(url), reason };
         let options = PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?;
         let mut pool_options = PgPoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(ACQUIRE_TIMEOUT);
+        let store_gate = gate.clone();
         if let Some(gate) = gate {
             let on_connect = gate.clone();
             pool_options = pool_options
@@ -62,25 +72,46 @@ impl PostgresStore {
                     Box::pin(async move { Ok(open) })
                 });
         }
-        let pool = match pool_options.connect_with(options.clone()).await {
-            Ok(pool) => pool,
-            Err(sqlx::Error::PoolTimedOut) => {
-                // The pool retries refused connections until its deadline and then only
-                // says it timed out: one more direct attempt tells why.
-                let reason = match tokio::time::timeout(PROBE_TIMEOUT, options.connect()).await {
-                    Ok(Err(e)) => e.to_string(),
-                    Ok(Ok(conn)) => {
-                        let _ = conn.close().await;
-                        "server answered only after the pool timed out".to_owned()
-                    }
-                    Err(_) => "no answer".to_owned(),
-                };
-                return Err(connect_error(format!("timed out after {}s: {reason}", ACQUIRE_TIMEOUT.as_secs())));
+        // The first connection may take longer than a later acquire: keep trying a server
+        // that refuses connections until OPEN_TIMEOUT.
+        let pool = pool_options.connect_lazy_with(options.clone());
+        let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
+        loop {
+            match pool.acquire().await {
+                Ok(conn) => {
+                    drop(conn);
+                    break;
+                }
+                Err(sqlx::Error::PoolTimedOut) if tokio::time::Instant::now() < deadline => {}
+                Err(sqlx::Error::PoolTimedOut) => {
+                    // The pool retries refused connections until its deadline and then only
+                    // says it timed out: one more direct attempt tells why.
+                    let reason = match tokio::time::timeout(PROBE_TIMEOUT, options.connect()).await {
+                        Ok(Err(e)) => e.to_string(),
+                        Ok(Ok(conn)) => {
+                            let _ = conn.close().await;
+                            "server answered only after the pool timed out".to_owned()
+                        }
+                        Err(_) => "no answer".to_owned(),
+                    };
+                    return Err(connect_error(format!("timed out after {}s: {reason}", OPEN_TIMEOUT.as_secs())));
+                }
+                Err(e) => return Err(connect_error(e.to_string())),
             }
-            Err(e) => return Err(connect_error(e.to_string())),
-        };
+        }
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore { pool, gate: store_gate })
+    }
+
+    /// The pool, unless this store is a writer's whose lock is being taken again:
+    /// then `Unavailable` at once.
+    fn serving(&self) -> StoreResult<&PgPool> {
+        match &self.gate {
+            Some(gate) if !gate.is_open() => {
+                Err(StoreError::Unavailable("the connection holding the writer lock broke; waiting for the database to return".into()))
+            }
+            _ => Ok(&self.pool),
+        }
     }
 
     /// Closes every connection of the pool; later calls fail.
@@ -196,7 +227,7 @@ impl_store! {
             .bind(&c.message)
             .bind(&c.created_at)
             .bind(&c.updated_at)
-            .execute(&self.pool)
+            .execute(self.serving()?)
             .await;
             match inserted {
                 Ok(_) => Ok(()),
@@ -229,7 +260,7 @@ impl_store! {
             .bind(&c.status)
             .bind(&c.message)
             .bind(&c.updated_at)
-            .execute(&self.pool)
+            .execute(self.serving()?)
             .await?;
             Ok(())
         }
@@ -238,7 +269,7 @@ impl_store! {
             if ids.is_empty() {
                 return Ok(());
             }
-            sqlx::query("DELETE FROM instances WHERE id = ANY($1::text[])").bind(ids).execute(&self.pool).await?;
+            sqlx::query("DELETE FROM instances WHERE id = ANY($1::text[])").bind(ids).execute(self.serving()?).await?;
             Ok(())
         }
 
@@ -249,7 +280,7 @@ impl_store! {
             // commit out of sequence order and a reader paging with `after` would skip one.
             // The table lock (self-conflicting, readers unaffected) makes sequence order
             // commit order, across replicas too.
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.serving()?.begin().await?;
             sqlx::query("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
                 .execute(&mut *tx)
                 .await?;
@@ -265,7 +296,7 @@ impl_store! {
             // One statement over arrays, under the same lock as `append_event`. UNNEST yields
             // the rows in array order and each takes the next sequence value as it is
             // inserted, so the sorted numbers are the events' in the order given.
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.serving()?.begin().await?;
             sqlx::query("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
                 .execute(&mut *tx)
                 .await?;

@@ -87,6 +87,11 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// The pool, for the store's calls (SQLite is a local file: always there).
+    fn serving(&self) -> StoreResult<&SqlitePool> {
+        Ok(&self.pool)
+    }
+
     /// Closes every connection, checkpointing the WAL; later calls fail.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -140,7 +145,7 @@ impl_store! {
             if instances.is_empty() {
                 return Ok(());
             }
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.serving()?.begin().await?;
             for chunk in instances.chunks(ROWS_PER_STATEMENT) {
                 let mut insert = QueryBuilder::<sqlx::Sqlite>::new(format!("INSERT INTO instances ({INSTANCE_COLUMNS}) "));
                 insert.push_values(chunk, |mut row, i| {
@@ -172,7 +177,7 @@ impl_store! {
                 return Ok(());
             }
             let latest = last_per_id(instances);
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.serving()?.begin().await?;
             for chunk in latest.chunks(ROWS_PER_STATEMENT) {
                 let mut update = QueryBuilder::<sqlx::Sqlite>::new(
                     "WITH u (id, revision, node_id, runtime, container_id, desired, status, message, updated_at) AS (",
@@ -205,7 +210,7 @@ impl_store! {
             }
             sqlx::query("DELETE FROM instances WHERE id IN (SELECT value FROM json_each($1))")
                 .bind(to_json("instances.id", &ids)?)
-                .execute(&self.pool)
+                .execute(self.serving()?)
                 .await?;
             Ok(())
         }
@@ -215,7 +220,7 @@ impl_store! {
         async fn append_event(&self, event: &NewEvent) -> StoreResult<u64> {
             // Writers are serialised, so sequence order is also commit order: a reader
             // paging with `after` never misses an event committed later with a lower number.
-            let value = Self::insert_event(&self.pool, event).await?;
+            let value = Self::insert_event(self.serving()?, event).await?;
             sequence(value)
         }
 
@@ -226,7 +231,7 @@ impl_store! {
             // Rows get increasing numbers in the order they are inserted, so the sorted
             // numbers are the events' in the order given.
             let mut values = Vec::with_capacity(events.len());
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.serving()?.begin().await?;
             for chunk in events.chunks(ROWS_PER_STATEMENT) {
                 let mut insert = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO events (at, kind, actor, subject, message) ");
                 insert.push_values(chunk, |mut row, e| {

@@ -37,8 +37,9 @@ use super::{PostgresStore, SqliteStore, Store, StoreError, StoreResult, mask_pas
 
 /// The PostgreSQL advisory lock key of the writer role ("DIPLOWRT" in ASCII).
 pub const WRITER_LOCK_KEY: i64 = 0x4449_504c_4f57_5254;
-/// How often the PostgreSQL keeper checks its connection.
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the PostgreSQL keeper checks its connection: the longest the store keeps
+/// handing out connections after the database went away, before it refuses at once.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How long one check, connection attempt or lock attempt of the keeper may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(3);
 /// The pause between attempts to reach a PostgreSQL server that refuses connections.
@@ -304,7 +305,7 @@ async fn open_postgres_writer(url: &str, me: &WriterIdentity) -> StoreResult<(Po
     let connect_error = |reason: String| StoreError::Connect { url: mask_password(url), reason };
     let options = PgConnectOptions::from_str(url).map_err(|e| connect_error(e.to_string()))?.application_name(LEASE_APPLICATION_NAME);
     // Like the pool, keep trying a server that is starting up, for a while.
-    let deadline = tokio::time::Instant::now() + super::postgres::ACQUIRE_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + super::postgres::OPEN_TIMEOUT;
     let mut conn = loop {
         let reason = match tokio::time::timeout_at(deadline, options.connect()).await {
             Ok(Ok(conn)) => break conn,
@@ -312,7 +313,7 @@ async fn open_postgres_writer(url: &str, me: &WriterIdentity) -> StoreResult<(Po
             Err(_) => "no answer".to_owned(),
         };
         if tokio::time::Instant::now() + CONNECT_RETRY >= deadline {
-            return Err(connect_error(format!("gave up after {}s: {reason}", super::postgres::ACQUIRE_TIMEOUT.as_secs())));
+            return Err(connect_error(format!("gave up after {}s: {reason}", super::postgres::OPEN_TIMEOUT.as_secs())));
         }
         tokio::time::sleep(CONNECT_RETRY).await;
     };

@@ -847,6 +847,8 @@ impl LxcRuntime {
             started_at: state.started_at.clone(),
             health: None,
             labels: state.spec.labels.clone(),
+            // LXC restarts nothing by itself: the control plane starts stopped containers.
+            restart_count: 0,
         }
     }
 
