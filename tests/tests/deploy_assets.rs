@@ -106,6 +106,17 @@ fn unit_values(text: &str, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// A control plane whose gRPC port listens on `addr` (the root side of a lab host's link),
+/// with `addr` in its server certificate; returns it with that port.
+fn control_plane_for(addr: &str) -> (ControlPlane, u16) {
+    let grpc_port = diplo_tests::free_port();
+    let control_plane = ControlPlane::start(ControlPlaneOptions {
+        env: vec![("DIPLO_GRPC_ADDR".to_owned(), format!("{addr}:{grpc_port}")), ("DIPLO_TLS_SANS".to_owned(), addr.to_owned())],
+        ..Default::default()
+    });
+    (control_plane, grpc_port)
+}
+
 #[test]
 fn units_pass_systemd_analyze_verify_and_a_broken_unit_does_not() {
     if !have_tool("systemd-analyze", &["--version"], "scripts/setup-assets (Debian's systemd package)") {
@@ -443,11 +454,7 @@ fn install_sh_installs_and_joins_an_agent_on_a_lab_host_and_refuses_bad_input() 
     }
     let lab = LabHost::create();
     let root_addr = lab.root_addr();
-    let grpc_port = diplo_tests::free_port();
-    let control_plane = ControlPlane::start(ControlPlaneOptions {
-        env: vec![("DIPLO_GRPC_ADDR".to_owned(), format!("{root_addr}:{grpc_port}")), ("DIPLO_TLS_SANS".to_owned(), root_addr.clone())],
-        ..Default::default()
-    });
+    let (control_plane, grpc_port) = control_plane_for(&root_addr);
     let files = tempfile::Builder::new().prefix("diplo-install-files-").tempdir().expect("temporary directory");
     std::fs::copy(deploy_file("install.sh"), files.path().join("install.sh")).expect("install.sh");
     let agent = files.path().join("diplo-agent");
@@ -839,11 +846,7 @@ fn install_sh_installs_the_agent_package_on_a_lab_host() {
     let checksum = sha256_hex(&deb);
     let lab = LabHost::create();
     let root_addr = lab.root_addr();
-    let grpc_port = diplo_tests::free_port();
-    let control_plane = ControlPlane::start(ControlPlaneOptions {
-        env: vec![("DIPLO_GRPC_ADDR".to_owned(), format!("{root_addr}:{grpc_port}")), ("DIPLO_TLS_SANS".to_owned(), root_addr.clone())],
-        ..Default::default()
-    });
+    let (control_plane, grpc_port) = control_plane_for(&root_addr);
     let token = control_plane.join_token(&["--single-use"]);
     let name = diplo_tests::unique_name("packaged");
     let scratch = tempfile::Builder::new().prefix("diplo-install-deb-root-").tempdir().expect("temporary directory");

@@ -525,23 +525,11 @@ impl ControlPlane {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Node statuses keep changing in memory (and show in reads) while the database
         // is away; their writes are retried at every tick, said once per outage.
-        let mut waiting_since: Option<Instant> = None;
+        let mut outage =
+            DatabaseOutage::new("node status changes kept in memory", "node status changes written", "node health check failed");
         loop {
             ticker.tick().await;
-            match self.check_nodes(Instant::now()).await {
-                Ok(()) => {
-                    if let Some(since) = waiting_since.take() {
-                        tracing::info!(waited_ms = since.elapsed().as_millis() as u64, "database back; node status changes written");
-                    }
-                }
-                Err(ServiceError::Unavailable(reason)) => {
-                    if waiting_since.is_none() {
-                        tracing::warn!(%reason, "node status changes kept in memory: waiting for the database to return");
-                        waiting_since = Some(Instant::now());
-                    }
-                }
-                Err(err) => tracing::error!(error = %err, "node health check failed"),
-            }
+            outage.observe(self.check_nodes(Instant::now()).await);
             self.flush_refusal_summaries(Instant::now()).await;
         }
     }
@@ -767,6 +755,42 @@ pub fn validate_node_name(name: &str) -> ServiceResult<()> {
         ));
     }
     Ok(())
+}
+
+/// Tells the log once that a background loop waits for the database (its passes fail as
+/// unavailable) and once that it goes on, instead of an error at every pass; other
+/// failures are logged each time.
+pub(crate) struct DatabaseOutage {
+    waiting: &'static str,
+    back: &'static str,
+    failed: &'static str,
+    since: Option<Instant>,
+}
+
+impl DatabaseOutage {
+    /// `waiting` is logged when an outage starts, `back` when it ends, `failed` with any
+    /// other error.
+    pub(crate) fn new(waiting: &'static str, back: &'static str, failed: &'static str) -> Self {
+        DatabaseOutage { waiting, back, failed, since: None }
+    }
+
+    /// Notes the result of one pass of the loop.
+    pub(crate) fn observe(&mut self, result: ServiceResult<()>) {
+        match result {
+            Ok(()) => {
+                if let Some(since) = self.since.take() {
+                    tracing::info!(waited_ms = since.elapsed().as_millis() as u64, "database back; {}", self.back);
+                }
+            }
+            Err(ServiceError::Unavailable(reason)) => {
+                if self.since.is_none() {
+                    tracing::warn!(%reason, "{}: waiting for the database to return", self.waiting);
+                    self.since = Some(Instant::now());
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "{}", self.failed),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -165,22 +165,9 @@ impl ControlPlane {
     /// are written before any command is sent, and those writes fail): that is said once
     /// when it starts and once when passes succeed again, not on every pass.
     pub async fn run_reconciler(self: Arc<Self>) {
-        let mut waiting_since: Option<std::time::Instant> = None;
+        let mut outage = super::DatabaseOutage::new("reconcile pass skipped", "reconciling again", "reconcile pass failed");
         loop {
-            match self.reconcile_once().await {
-                Ok(()) => {
-                    if let Some(since) = waiting_since.take() {
-                        tracing::info!(waited_ms = since.elapsed().as_millis() as u64, "database back; reconciling again");
-                    }
-                }
-                Err(ServiceError::Unavailable(reason)) => {
-                    if waiting_since.is_none() {
-                        tracing::warn!(%reason, "reconcile pass skipped: waiting for the database to return");
-                        waiting_since = Some(std::time::Instant::now());
-                    }
-                }
-                Err(err) => tracing::error!(error = %err, "reconcile pass failed"),
-            }
+            outage.observe(self.reconcile_once().await);
             let _ = tokio::time::timeout(RECONCILE_PERIOD, self.reconcile.notified()).await;
         }
     }
