@@ -1087,22 +1087,28 @@ impl Drop for RemoveAllContainersOnDrop<'_> {
     }
 }
 
-/// Deletes a deployment (REST) when dropped and waits up to 20 s for its Docker containers
-/// to go; what is still there then is force-removed, also when the control plane is
-/// gone. Never panics (a panic while the test unwinds would abort the whole test
-/// process). Declare it after the control plane.
+/// Deletes a deployment (REST) when dropped and waits up to 30 s for it to be gone — the
+/// control plane forgets a deleted deployment only once its nodes report none of its
+/// containers, on every runtime — and for its Docker containers to go; Docker containers
+/// still there then are force-removed, also when the control plane is gone. Never panics
+/// (a panic while the test unwinds would abort the whole test process). Declare it after
+/// the control plane and the agents, so that it runs while they still do.
 pub struct DeleteDeploymentOnDrop<'a>(pub &'a ControlPlane, pub String);
 
 impl Drop for DeleteDeploymentOnDrop<'_> {
     fn drop(&mut self) {
         let url = self.0.rest_url(&format!("/api/v1/deployments/{}", self.1));
-        let deleted = self
-            .0
-            .try_admin_token()
-            .and_then(|token| http_request("DELETE", &url, Some(&format!("Bearer {token}")), None).ok())
-            .is_some_and(|response| (200..300).contains(&response.status));
+        let Some(authorization) = self.0.try_admin_token().map(|token| format!("Bearer {token}")) else {
+            remove_docker_containers_of(&self.1);
+            return;
+        };
+        let deleted = http_request("DELETE", &url, Some(&authorization), None).is_ok_and(|response| (200..300).contains(&response.status));
         if deleted {
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let gone = || http_request("GET", &url, Some(&authorization), None).is_ok_and(|response| response.status == 404);
+            while !gone() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(300));
+            }
             while try_docker_containers_of(&self.1).is_ok_and(|ids| !ids.is_empty()) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(300));
             }

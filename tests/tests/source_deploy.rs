@@ -274,8 +274,10 @@ fn an_image_built_on_a_docker_node_runs_on_containerd_only_and_lxc_only_nodes() 
     let _containerd = agent(&control_plane, "ctrd-only", "containerd", "", &repos);
     let _lxc = agent(&control_plane, "lxc-only", "lxc", "", &repos);
     let repo = repos.create("go-app", &refs(&go_app("hello from anywhere")));
+    let mut names = Vec::new();
     for runtime in ["containerd", "lxc"] {
         let name = unique_name(&format!("go-on-{runtime}"));
+        names.push(name.clone());
         let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
         let port = diplo_tests::free_port();
         let body = json!({
@@ -295,6 +297,15 @@ fn an_image_built_on_a_docker_node_runs_on_containerd_only_and_lxc_only_nodes() 
         });
         assert_eq!(body, "hello from anywhere", "{runtime}");
     }
+    // Deleting each deployment (the guards above) removed its container on both runtimes:
+    // an LXC container left behind would keep its published port reserved for good.
+    let lxc = Command::new("lxc-ls").arg("-1").output().expect("lxc-ls");
+    let left: Vec<String> = String::from_utf8_lossy(&lxc.stdout)
+        .split_whitespace()
+        .filter(|c| names.iter().any(|n| c.starts_with(n.as_str())))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "LXC containers left after their deployments were deleted: {left:?}");
 }
 
 /// Dangling Docker images (by id) whose history runs one of `steps`: what this test's
@@ -340,12 +351,14 @@ fn bad_sources_fail_the_build_and_the_deployment_and_leave_nothing_behind() {
         (json!({"repo_url": url(&failing)}), "about to fail"),
         (json!({"repo_url": url(&slow)}), "timeout"),
     ];
+    let mut build_ids = Vec::new();
     for (mut body, cause) in cases {
         let name = unique_name("bad-source");
         let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
         body["name"] = json!(name);
         let created = unified_deploy(&control_plane, body.clone());
         let build_id = created["build_id"].as_str().expect("build id").to_owned();
+        build_ids.push(build_id.clone());
         let (failed, seen) = follow(&control_plane, &name, |d| d["status"] == "failed");
         assert!(!seen.iter().any(|s| s == "running" || s == "deploying"), "{body}: {seen:?}");
         let message = failed["message"].as_str().unwrap_or_default().to_lowercase();
@@ -367,6 +380,14 @@ fn bad_sources_fail_the_build_and_the_deployment_and_leave_nothing_behind() {
     }
     let left: Vec<_> = dangling_images_of(&steps).difference(&dangling_before).cloned().collect();
     assert!(left.is_empty(), "no dangling image left by the failed builds: {left:?}");
-    let containers = Command::new("docker").args(["ps", "-aq", "--filter", "label=diplo.build"]).output().expect("docker ps");
-    assert!(containers.stdout.is_empty(), "no build container left");
+    // Only this test's builds: other tests build on the same Docker at the same time.
+    for build_id in &build_ids {
+        wait_until(&format!("no build container left by build {build_id}"), Duration::from_secs(15), POLL, || {
+            let containers = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &format!("label=diplo.build={build_id}")])
+                .output()
+                .expect("docker ps");
+            if containers.stdout.is_empty() { Ok(()) } else { Err(String::from_utf8_lossy(&containers.stdout).into_owned()) }
+        });
+    }
 }
