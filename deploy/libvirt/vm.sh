@@ -189,7 +189,9 @@ case "$action" in
             die "give --kernel/--initrd (direct kernel boot) or --image (a cloud image)"
         fi
         virt-install "${args[@]}" >/dev/null
-        echo "vm $name: $vt, ${memory} MiB, $vcpus vCPU, mac $mac${ip:+, ip $ip}, ${bridge:+bridge $bridge}${bridge:-network $network}"
+        attached="network $network"
+        [ -z "$bridge" ] || attached="bridge $bridge"
+        echo "vm $name: $vt, ${memory} MiB, $vcpus vCPU, mac $mac${ip:+, ip $ip}, $attached"
         ;;
     destroy)
         if virsh_ dominfo "$name" >/dev/null 2>&1; then
