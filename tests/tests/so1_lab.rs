@@ -151,6 +151,11 @@ fn so1_layout_serves_every_cross_call_and_survives_a_cut_link() {
     let _down = Down;
     let started = Instant::now();
 
+    // vm-join needs the lab: without it, it fails at once and says so.
+    let early = so1_lab("vm-join");
+    assert!(!early.status.success(), "scripts/so1-lab vm-join succeeded without a lab:\n{}", text(&early));
+    assert!(String::from_utf8_lossy(&early.stderr).contains("the lab is not up"), "{}", text(&early));
+
     let up = so1_lab("up");
     assert!(up.status.success(), "scripts/so1-lab up failed:\n{}", text(&up));
     let up_s = started.elapsed().as_secs_f64();
@@ -185,17 +190,29 @@ fn so1_layout_serves_every_cross_call_and_survives_a_cut_link() {
 
     // The VM joins after the drill: api3 never goes to vm4 (its placement is limited to the
     // labelled vm1 and vm2), and the emulated VM's CPU load stays out of the drill's figures.
-    let vm_join = so1_lab("vm-join");
-    let out = String::from_utf8_lossy(&vm_join.stdout).to_string();
-    println!("{out}");
-    assert!(vm_join.status.success(), "scripts/so1-lab vm-join failed:\n{}", text(&vm_join));
-    let line = out.lines().find(|l| l.starts_with("so1-lab vm-join: vm4 ready after")).unwrap_or_else(|| panic!("no vm-join line:\n{out}"));
-    let ready = seconds_after(line, "vm4 ready after ").unwrap_or_else(|| panic!("no boot-to-ready figure: {line}"));
-    let answering = seconds_after(line, "container answering after ").unwrap_or_else(|| panic!("no container figure: {line}"));
-    assert!(ready > 0.0 && answering > 0.0, "{line}");
-    let status = so1_lab("status");
-    let status_out = String::from_utf8_lossy(&status.stdout).to_string();
-    assert!(status_out.lines().any(|l| l.starts_with("vm4 ready") && l.contains(VM4)), "status shows the VM:\n{status_out}");
+    // QEMU and libvirt come from scripts/setup-vm (run by vm-join too); without them the
+    // VM part is skipped, or fails under CI.
+    let setup_vm = Command::new(repo_root().join("scripts/setup-vm")).output();
+    match setup_vm {
+        Ok(setup) if setup.status.success() => {
+            let vm_join = so1_lab("vm-join");
+            let out = String::from_utf8_lossy(&vm_join.stdout).to_string();
+            println!("{out}");
+            assert!(vm_join.status.success(), "scripts/so1-lab vm-join failed:\n{}", text(&vm_join));
+            let line = out
+                .lines()
+                .find(|l| l.starts_with("so1-lab vm-join: vm4 ready after"))
+                .unwrap_or_else(|| panic!("no vm-join line:\n{out}"));
+            let ready = seconds_after(line, "vm4 ready after ").unwrap_or_else(|| panic!("no boot-to-ready figure: {line}"));
+            let answering = seconds_after(line, "container answering after ").unwrap_or_else(|| panic!("no container figure: {line}"));
+            assert!(ready > 0.0 && answering > 0.0, "{line}");
+            let status = so1_lab("status");
+            let status_out = String::from_utf8_lossy(&status.stdout).to_string();
+            assert!(status_out.lines().any(|l| l.starts_with("vm4 ready") && l.contains(VM4)), "status shows the VM:\n{status_out}");
+        }
+        Ok(setup) => skip_or_fail(&format!("scripts/setup-vm failed: the VM does not join the lab:\n{}", text(&setup))),
+        Err(e) => skip_or_fail(&format!("cannot run scripts/setup-vm: {e}")),
+    }
 
     let down_output = so1_lab("down");
     assert!(down_output.status.success(), "scripts/so1-lab down failed:\n{}", text(&down_output));
