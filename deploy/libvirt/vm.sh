@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates and removes Diplo host VMs with virt-install.
 #
-#   deploy/libvirt/vm.sh create NAME [--network diplo-so1] [--memory MiB] [--vcpus N]
+#   deploy/libvirt/vm.sh create NAME [--network diplo-so1 | --bridge BR] [--memory MiB] [--vcpus N]
 #                        [--mac 52:54:00:..] [--ip A.B.C.D]
 #                        [--virt-type auto|kvm|qemu] [--osinfo linux2022] [--console-log FILE]
 #                        [--connect URI]
@@ -20,6 +20,11 @@
 # cloud-init user-data given (deploy/cloud-init/). --ip pins the address with a DHCP
 # reservation for --mac (derived from NAME when not given) in the libvirt network.
 #
+# --bridge BR attaches the VM to an existing Linux bridge instead of a libvirt network
+# (--network and --bridge exclude each other). Nobody serves DHCP there for libvirt: --ip
+# only goes on the kernel command line (direct kernel boot; gateway: the /24's .1), and
+# must be in the bridge's /24 when the bridge has an IPv4 address.
+#
 # --virt-type auto (the default) uses KVM only when /dev/kvm is usable and a bounded probe
 # boots a kernel (--kernel, else the host's newest /boot/vmlinuz-*) to its first panic under
 # KVM within 20 s (KVM that hangs is not used); otherwise QEMU's TCG emulation (slow but
@@ -36,14 +41,15 @@ usage() { sed -n '4,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 action="$1"; name="$2"; shift 2
 [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$ ]] || die "NAME: letters, digits, '-', '_', '.' (at most 50): $name"
 
-network="diplo-so1"; osinfo=linux2022; memory=1024; vcpus=1; mac=""; ip=""; virt_type=auto; console_log=""
+network="diplo-so1"; network_given=0; bridge=""; osinfo=linux2022; memory=1024; vcpus=1; mac=""; ip=""; virt_type=auto; console_log=""
 kernel=""; initrd=""; kernel_args=""; server=""; token=""
 image=""; disk_size=10G; pool_dir=/var/lib/libvirt/images; user_data=""; meta_data=""; network_config=""
 keep_disk=0
 uri="${LIBVIRT_DEFAULT_URI:-qemu:///system}"
 while [ $# -gt 0 ]; do
     case "$1" in
-        --network) network="$2"; shift 2 ;;
+        --network) network="$2"; network_given=1; shift 2 ;;
+        --bridge) bridge="$2"; shift 2 ;;
         --memory) memory="$2"; shift 2 ;;
         --osinfo) osinfo="$2"; shift 2 ;;
         --vcpus) vcpus="$2"; shift 2 ;;
@@ -107,6 +113,10 @@ case "$action" in
     create)
         [[ "$memory" =~ ^[0-9]+$ ]] && [ "$memory" -ge 128 ] || die "--memory: MiB, at least 128: $memory"
         [[ "$vcpus" =~ ^[0-9]+$ ]] && [ "$vcpus" -ge 1 ] || die "--vcpus: a positive number: $vcpus"
+        if [ -n "$bridge" ]; then
+            [ "$network_given" = 0 ] || die "--bridge and --network exclude each other"
+            [[ "$bridge" =~ ^[A-Za-z0-9_.-]{1,15}$ ]] || die "--bridge: an interface name (at most 15 characters), got $bridge"
+        fi
         case "$virt_type" in auto|kvm|qemu) ;; *) die "--virt-type: auto, kvm or qemu, got $virt_type" ;; esac
         if [ -z "$mac" ]; then
             h=$(printf '%s' "$name" | sha256sum)
@@ -124,15 +134,26 @@ case "$action" in
         [ -z "$kernel" ] || [ -f "$kernel" ] || die "--kernel: no file $kernel"
         [ -z "$image" ] || [ -f "$image" ] || die "--image: no file $image"
         virsh_ dominfo "$name" >/dev/null 2>&1 && die "a VM named $name exists (vm.sh destroy $name first)"
-        virsh_ net-info "$network" >/dev/null 2>&1 || die "--network: no libvirt network $network (deploy/libvirt/network.sh create)"
-        if [ -n "$ip" ]; then
+        if [ -n "$bridge" ]; then
+            [ -d "/sys/class/net/$bridge/bridge" ] || die "--bridge: no Linux bridge $bridge"
+            [ -z "$image" ] || [ -z "$ip" ] || die "--ip with --bridge needs direct kernel boot (--kernel): nobody serves DHCP on $bridge"
+            if [ -n "$ip" ]; then
+                prefix=$(ip -4 -o addr show dev "$bridge" | awk '{print $4}' | head -1 | cut -d. -f1-3)
+                [ -z "$prefix" ] || [ "${ip%.*}" = "$prefix" ] || die "--ip: $ip is not in bridge $bridge's network ($prefix.0/24)"
+            fi
+            nic="bridge=$bridge,mac=$mac,model=virtio"
+        else
+            virsh_ net-info "$network" >/dev/null 2>&1 || die "--network: no libvirt network $network (deploy/libvirt/network.sh create)"
+            nic="network=$network,mac=$mac,model=virtio"
+        fi
+        if [ -n "$ip" ] && [ -z "$bridge" ]; then
             prefix=$(net_prefix)
             [ "${ip%.*}" = "$prefix" ] || die "--ip: $ip is not in network $network ($prefix.0/24)"
             virsh_ net-update "$network" add ip-dhcp-host "<host mac='$mac' name='$name' ip='$ip'/>" --live --config >/dev/null
         fi
         vt=$(choose_virt_type)
         args=(--connect "$uri" --name "$name" --memory "$memory" --vcpus "$vcpus" --virt-type "$vt"
-              --network "network=$network,mac=$mac,model=virtio" --rng /dev/urandom
+              --network "$nic" --rng /dev/urandom
               --graphics none --noautoconsole --osinfo "$osinfo")
         if [ -n "$console_log" ]; then
             args+=(--serial "file,path=$console_log")
@@ -168,17 +189,20 @@ case "$action" in
             die "give --kernel/--initrd (direct kernel boot) or --image (a cloud image)"
         fi
         virt-install "${args[@]}" >/dev/null
-        echo "vm $name: $vt, ${memory} MiB, $vcpus vCPU, mac $mac${ip:+, ip $ip}, network $network"
+        attached="network $network"
+        [ -z "$bridge" ] || attached="bridge $bridge"
+        echo "vm $name: $vt, ${memory} MiB, $vcpus vCPU, mac $mac${ip:+, ip $ip}, $attached"
         ;;
     destroy)
         if virsh_ dominfo "$name" >/dev/null 2>&1; then
-            macs=$(virsh_ domiflist "$name" 2>/dev/null | awk '{print $5, $3}')
+            # Only interfaces on a libvirt network have reservations (not those on a bridge).
+            macs=$(virsh_ domiflist "$name" 2>/dev/null | awk '$2 == "network" {print $5, $3}' || true)
             virsh_ destroy "$name" >/dev/null 2>&1 || true
             virsh_ undefine "$name" --nvram >/dev/null 2>&1 || virsh_ undefine "$name" >/dev/null
             # Drop the DHCP reservations made for its interfaces.
             while read -r m net; do
                 [ -n "$m" ] || continue
-                host=$(virsh_ net-dumpxml "$net" 2>/dev/null | grep -i "<host mac='$m'" | head -1 | sed 's/^ *//')
+                host=$(virsh_ net-dumpxml "$net" 2>/dev/null | grep -i "<host mac='$m'" | head -1 | sed 's/^ *//' || true)
                 [ -n "$host" ] && virsh_ net-update "$net" delete ip-dhcp-host "$host" --live --config >/dev/null 2>&1 || true
             done <<< "$macs"
         fi

@@ -80,6 +80,10 @@ fn libvirt_scripts_name_the_bad_argument() {
         ("vm.sh", &["create", "vm1", "--server", "h:1 init=/bin/sh"], "--server"),
         ("vm.sh", &["create", "vm1", "--kernel", "/nonexistent/vmlinuz"], "--kernel"),
         ("vm.sh", &["create", "vm1", "--surprise"], "--surprise"),
+        ("vm.sh", &["create", "vm1", "--bridge", "diplo-so1", "--network", "default"], "--bridge and --network exclude"),
+        ("vm.sh", &["create", "vm1", "--network", "default", "--bridge", "diplo-so1"], "--bridge and --network exclude"),
+        ("vm.sh", &["create", "vm1", "--bridge", "bad bridge"], "--bridge: "),
+        ("vm.sh", &["create", "vm1", "--bridge", "a-bridge-name-too-long"], "--bridge: "),
     ];
     for (script, args, field) in cases {
         let mut command = Command::new(dir.join(script));

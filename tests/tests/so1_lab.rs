@@ -2,7 +2,9 @@
 //! runtime daemon and an agent each, the registry on vm3, the control plane on PostgreSQL.
 //! `up` builds and deploys the three sample APIs through Diplo, `test` calls every API and
 //! every cross call from every namespace, `drill-cut` cuts vm2's link and times the
-//! failover, `down` removes everything. Needs root and the runtimes of `scripts/setup-host`.
+//! failover, `vm-join` boots a real libvirt VM (TCG) on the lab's bridge whose agent joins
+//! the lab's control plane and runs a container called from vm1, `down` removes everything.
+//! Needs root and the runtimes of `scripts/setup-host` (libvirt and QEMU: `scripts/setup-vm`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -82,9 +84,19 @@ impl Drop for Down {
     }
 }
 
-/// What the lab may leave behind: namespaces, the bridge, processes with its paths.
+/// The libvirt domain `so1-lab vm-join` boots.
+const VM4: &str = "diplo-so1-vm4";
+
+/// What the lab may leave behind: namespaces, the bridge, processes with its paths, the
+/// VM of `vm-join` (its libvirt domain, its QEMU).
 fn leftovers() -> Vec<String> {
     let mut left = Vec::new();
+    let domains = Command::new("virsh").args(["-q", "-c", "qemu:///system", "list", "--all", "--name"]).output();
+    if let Ok(domains) = domains
+        && String::from_utf8_lossy(&domains.stdout).lines().any(|l| l.trim() == VM4)
+    {
+        left.push(format!("libvirt domain {VM4}"));
+    }
     for vm in ["vm1", "vm2", "vm3"] {
         if Path::new(&format!("/run/netns/diplo-{vm}")).exists() {
             left.push(format!("network namespace diplo-{vm}"));
@@ -96,14 +108,14 @@ fn leftovers() -> Vec<String> {
     for entry in std::fs::read_dir("/proc").expect("/proc is readable").flatten() {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("/run/diplo-so1") || cmdline.contains("/var/lib/diplo-so1") {
+        if cmdline.contains("/run/diplo-so1") || cmdline.contains("/var/lib/diplo-so1") || cmdline.contains(&format!("guest={VM4},")) {
             left.push(format!("process {}: {cmdline}", entry.file_name().to_string_lossy()));
         }
     }
     left
 }
 
-/// The seconds after `label` in a `DRILL link-cut:` line (`down after 16.6 s`).
+/// The seconds after `label` in a `DRILL link-cut:` or `so1-lab vm-join:` line (`down after 16.6 s`).
 fn seconds_after(line: &str, label: &str) -> Option<f64> {
     let rest = &line[line.find(label)? + label.len()..];
     rest.split_whitespace().next()?.parse().ok()
@@ -116,6 +128,9 @@ fn seconds_are_read_from_the_drill_line() {
     assert_eq!(seconds_after(line, "api3 running on vm1 after "), Some(17.2));
     assert_eq!(seconds_after(line, "calls ok after "), None);
     assert_eq!(seconds_after(line, "absent "), None);
+    let line = "so1-lab vm-join: vm4 ready after 31.2 s, container answering after 14.0 s";
+    assert_eq!(seconds_after(line, "vm4 ready after "), Some(31.2));
+    assert_eq!(seconds_after(line, "container answering after "), Some(14.0));
 }
 
 #[test]
@@ -135,6 +150,11 @@ fn so1_layout_serves_every_cross_call_and_survives_a_cut_link() {
     let _ = so1_lab("down");
     let _down = Down;
     let started = Instant::now();
+
+    // vm-join needs the lab: without it, it fails at once and says so.
+    let early = so1_lab("vm-join");
+    assert!(!early.status.success(), "scripts/so1-lab vm-join succeeded without a lab:\n{}", text(&early));
+    assert!(String::from_utf8_lossy(&early.stderr).contains("the lab is not up"), "{}", text(&early));
 
     let up = so1_lab("up");
     assert!(up.status.success(), "scripts/so1-lab up failed:\n{}", text(&up));
@@ -167,6 +187,32 @@ fn so1_layout_serves_every_cross_call_and_survives_a_cut_link() {
     assert!(calls >= moved, "calls ok ({calls} s) only once api3 runs again ({moved} s)");
     let back = out.lines().find(|l| l.starts_with("DRILL link-cut: link back:")).unwrap_or_else(|| panic!("no link-back line:\n{out}"));
     assert!(back.contains("one api3") && back.contains("calls ok"), "{back}");
+
+    // The VM joins after the drill: api3 never goes to vm4 (its placement is limited to the
+    // labelled vm1 and vm2), and the emulated VM's CPU load stays out of the drill's figures.
+    // QEMU and libvirt come from scripts/setup-vm (run by vm-join too); without them the
+    // VM part is skipped, or fails under CI.
+    let setup_vm = Command::new(repo_root().join("scripts/setup-vm")).output();
+    match setup_vm {
+        Ok(setup) if setup.status.success() => {
+            let vm_join = so1_lab("vm-join");
+            let out = String::from_utf8_lossy(&vm_join.stdout).to_string();
+            println!("{out}");
+            assert!(vm_join.status.success(), "scripts/so1-lab vm-join failed:\n{}", text(&vm_join));
+            let line = out
+                .lines()
+                .find(|l| l.starts_with("so1-lab vm-join: vm4 ready after"))
+                .unwrap_or_else(|| panic!("no vm-join line:\n{out}"));
+            let ready = seconds_after(line, "vm4 ready after ").unwrap_or_else(|| panic!("no boot-to-ready figure: {line}"));
+            let answering = seconds_after(line, "container answering after ").unwrap_or_else(|| panic!("no container figure: {line}"));
+            assert!(ready > 0.0 && answering > 0.0, "{line}");
+            let status = so1_lab("status");
+            let status_out = String::from_utf8_lossy(&status.stdout).to_string();
+            assert!(status_out.lines().any(|l| l.starts_with("vm4 ready") && l.contains(VM4)), "status shows the VM:\n{status_out}");
+        }
+        Ok(setup) => skip_or_fail(&format!("scripts/setup-vm failed: the VM does not join the lab:\n{}", text(&setup))),
+        Err(e) => skip_or_fail(&format!("cannot run scripts/setup-vm: {e}")),
+    }
 
     let down_output = so1_lab("down");
     assert!(down_output.status.success(), "scripts/so1-lab down failed:\n{}", text(&down_output));
