@@ -15,14 +15,9 @@ use diplo_tests::{
     Agent, Binary, ControlPlane, ControlPlaneOptions, binary, find_node, http_get, output_with_timeout, skip_or_fail, wait_until,
 };
 
-/// The repository's root.
-fn repository_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// `deploy/<relative>`.
 fn deploy_file(relative: &str) -> PathBuf {
-    repository_root().join("deploy").join(relative)
+    diplo_tests::repository_root().join("deploy").join(relative)
 }
 
 /// Whether `program` runs here (`program --version` or the given probe succeeds); when it
@@ -702,7 +697,7 @@ fn build_packages(out: &Path, packages: &[&str]) -> Vec<(String, PathBuf)> {
             let mut command = Command::new("cargo");
             command
                 .args(["deb", "--no-build", "--fast", "--package", package, "--manifest-path"])
-                .arg(repository_root().join("Cargo.toml"))
+                .arg(diplo_tests::repository_root().join("Cargo.toml"))
                 .arg("--output")
                 .arg(out)
                 .env("CARGO_TARGET_DIR", &target);

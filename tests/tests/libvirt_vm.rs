@@ -24,10 +24,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(240);
 /// Pulling busybox and starting it in the emulated VM.
 const RUNNING_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// The third octet of a free `192.168.N.0/24` for the test's network: none of the
 /// networks in `routes` (`ip -4 route` output) or `taken`, from `start` upwards in
 /// 101..=199 (192.168.100.0/24 belongs to the SO1 lab and is never chosen), wrapping.
@@ -63,7 +59,7 @@ fn pick_subnet_skips_used_networks_and_the_lab() {
 /// `deploy/libvirt/*.sh` refuse bad arguments before they touch libvirt, naming the option.
 #[test]
 fn libvirt_scripts_name_the_bad_argument() {
-    let dir = repo_root().join("deploy/libvirt");
+    let dir = diplo_tests::repository_root().join("deploy/libvirt");
     let cases: &[(&str, &[&str], &str)] = &[
         ("network.sh", &["create", "--subnet", "10.0.0.0/8"], "--subnet"),
         ("network.sh", &["create", "--subnet", "192.168.300.0/24"], "--subnet"),
@@ -125,7 +121,7 @@ fn owner_pid_reads_unique_names_only() {
 /// Removes the VMs and networks of earlier runs of this test whose process is gone (a
 /// run killed by a time limit cannot tear down).
 fn remove_stale(vm_prefix: &str, network_prefix: &str) {
-    let libvirt = repo_root().join("deploy/libvirt");
+    let libvirt = diplo_tests::repository_root().join("deploy/libvirt");
     let gone = |pid: u32| !Path::new(&format!("/proc/{pid}")).exists();
     for vm in virsh(&["list", "--all", "--name"]).unwrap_or_default().lines().map(str::trim) {
         if owner_pid(vm, vm_prefix).is_some_and(gone) {
@@ -188,7 +184,7 @@ struct Teardown {
 
 impl Teardown {
     fn destroy(&mut self) -> Vec<String> {
-        let libvirt = repo_root().join("deploy/libvirt");
+        let libvirt = diplo_tests::repository_root().join("deploy/libvirt");
         let mut errors = Vec::new();
         if let Some(vm) = self.vm.take()
             && let Err(e) = run(libvirt.join("vm.sh"), &["destroy", &vm], Duration::from_secs(120))
@@ -243,7 +239,7 @@ fn start_registry(addr: &str, dir: &Path) -> Process {
 #[test]
 fn a_libvirt_vm_joins_and_runs_a_container() {
     // Tools: installed and started by scripts/setup-vm (a failure there fails the test in CI).
-    if let Err(e) = run(repo_root().join("scripts/setup-vm"), &[], Duration::from_secs(900)) {
+    if let Err(e) = run(diplo_tests::repository_root().join("scripts/setup-vm"), &[], Duration::from_secs(900)) {
         diplo_tests::skip_or_fail(&format!("scripts/setup-vm failed: {e}"));
         return;
     }
@@ -257,7 +253,7 @@ fn a_libvirt_vm_joins_and_runs_a_container() {
     let agent = diplo_tests::binary(Binary::Agent);
     let started = Instant::now();
     run(
-        repo_root().join("scripts/vm-image"),
+        diplo_tests::repository_root().join("scripts/vm-image"),
         &[image.to_str().expect("utf-8 path"), "--agent", agent.to_str().expect("utf-8 path")],
         Duration::from_secs(600),
     )
@@ -275,7 +271,7 @@ fn a_libvirt_vm_joins_and_runs_a_container() {
         let octet = pick_subnet(&routes, &taken, start).expect("no free 192.168.N.0/24 for the test's network");
         teardown.network = Some(network.clone());
         match run(
-            repo_root().join("deploy/libvirt/network.sh"),
+            diplo_tests::repository_root().join("deploy/libvirt/network.sh"),
             &["create", "--name", &network, "--subnet", &format!("192.168.{octet}.0/24")],
             Duration::from_secs(60),
         ) {
@@ -333,7 +329,7 @@ fn a_libvirt_vm_joins_and_runs_a_container() {
     let boot = Instant::now();
     teardown.vm = Some(vm.clone());
     let created = run(
-        repo_root().join("deploy/libvirt/vm.sh"),
+        diplo_tests::repository_root().join("deploy/libvirt/vm.sh"),
         &[
             "create",
             &vm,

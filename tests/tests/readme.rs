@@ -10,7 +10,7 @@
 //! finds everything fresh). Ports are taken by the system (`DIPLO_REST_ADDR` and
 //! `DIPLO_GRPC_ADDR` set to port 0): a developer's own `scripts/dev` may be running.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -18,10 +18,6 @@ use diplo_tests::{Process, output_with_timeout, remove_cargo_test_env, target_di
 
 /// `scripts/dev` runs `scripts/setup-host` (idempotent) and a no-op build before it starts.
 const DEV_START_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn repository_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The shell lines of the fenced `sh` blocks of `markdown`, in order, comments and
 /// blank lines dropped, continuation lines (`\` at the end) joined.
@@ -69,7 +65,7 @@ fn clean_checkout(into: &Path) {
         into = into.display()
     );
     let mut command = Command::new("bash");
-    command.arg("-c").arg(script).current_dir(repository_root());
+    command.arg("-c").arg(script).current_dir(diplo_tests::repository_root());
     let output = output_with_timeout(command, Duration::from_secs(120));
     assert!(output.status.success(), "copying the checkout failed: {}", String::from_utf8_lossy(&output.stderr));
     assert!(into.join("scripts/dev").is_file(), "the checkout has no scripts/dev");
@@ -119,7 +115,7 @@ impl Drop for RemoveContainer<'_> {
 
 #[test]
 fn readme_commands_work_from_a_clean_checkout() {
-    let readme = std::fs::read_to_string(repository_root().join("README.md")).expect("README.md");
+    let readme = std::fs::read_to_string(diplo_tests::repository_root().join("README.md")).expect("README.md");
     let two_commands = section_blocks(&readme, "## Two commands");
     assert!(two_commands.len() >= 3, "README's two-commands section lost its blocks: {two_commands:?}");
     let start = &two_commands[0];

@@ -2,11 +2,7 @@
 //! a test name that no longer exists (renamed, deleted), fails here.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-
-fn repository_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use std::path::Path;
 
 /// Every `fn NAME` and `mod NAME` in the Rust sources of the repository (tests included).
 fn function_names(dir: &Path, names: &mut BTreeSet<String>) {
@@ -45,9 +41,9 @@ fn cited_tests(line: &str) -> Vec<String> {
 
 #[test]
 fn every_claim_cites_tests_that_exist() {
-    let text = std::fs::read_to_string(repository_root().join("SECURITY.md")).expect("SECURITY.md");
+    let text = std::fs::read_to_string(diplo_tests::repository_root().join("SECURITY.md")).expect("SECURITY.md");
     let mut names = BTreeSet::new();
-    function_names(&repository_root(), &mut names);
+    function_names(&diplo_tests::repository_root(), &mut names);
     assert!(names.contains("every_claim_cites_tests_that_exist"), "the source walk finds this very test");
 
     // A claim is a bullet with its continuation lines, under a `##` heading other than Parties.

@@ -7,7 +7,7 @@
 //! Needs root and the runtimes of `scripts/setup-host` (libvirt and QEMU: `scripts/setup-vm`).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
@@ -19,14 +19,10 @@ const DOWN_TARGET_S: f64 = 30.0;
 /// Longest the drill may take to have api3 running on another node after the cut.
 const REPLACED_TARGET_S: f64 = 45.0;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
-}
-
 /// Runs `scripts/so1-lab VERB` with the binaries under test; output captured.
 fn so1_lab(verb: &str) -> Output {
     let bin_dir = binary(Binary::Agent).parent().expect("binaries have a directory").to_owned();
-    Command::new(repo_root().join("scripts/so1-lab"))
+    Command::new(diplo_tests::repository_root().join("scripts/so1-lab"))
         .arg(verb)
         .env("SO1_BIN_DIR", bin_dir)
         .output()
@@ -192,7 +188,7 @@ fn so1_layout_serves_every_cross_call_and_survives_a_cut_link() {
     // labelled vm1 and vm2), and the emulated VM's CPU load stays out of the drill's figures.
     // QEMU and libvirt come from scripts/setup-vm (run by vm-join too); without them the
     // VM part is skipped, or fails under CI.
-    let setup_vm = Command::new(repo_root().join("scripts/setup-vm")).output();
+    let setup_vm = Command::new(diplo_tests::repository_root().join("scripts/setup-vm")).output();
     match setup_vm {
         Ok(setup) if setup.status.success() => {
             let vm_join = so1_lab("vm-join");

@@ -316,6 +316,8 @@ pub(super) fn is_gzip(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn skopeo_gets_the_digest_alone_when_a_reference_has_both() {
         let cases = [
@@ -328,8 +330,6 @@ mod tests {
             assert_eq!(skopeo_source(reference), source, "{reference}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn references_are_normalised() {
