@@ -361,6 +361,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_node_level_operation_without_a_node_takes_the_only_ready_node_or_asks_for_one() {
+        use crate::service::pick_only_ready_node;
+        let ready = |name: &str| node(name, "x86_64", &[Runtime::Docker], NodeStatus::Ready);
+        let down = |name: &str| node(name, "x86_64", &[Runtime::Docker], NodeStatus::Down);
+        for (nodes, expected) in [
+            (vec![ready("a")], Ok("a")),
+            (vec![down("a"), ready("b")], Ok("b")),
+            (vec![], Err("no node is ready")),
+            (vec![down("a")], Err("no node is ready")),
+            (vec![ready("a"), ready("b")], Err("2 nodes are ready (a, b)")),
+        ] {
+            let what = format!("{:?}", nodes.iter().map(|n| (&n.name, n.status)).collect::<Vec<_>>());
+            match (pick_only_ready_node(nodes), expected) {
+                (Ok(node), Ok(name)) => assert_eq!(node.name, name, "{what}"),
+                (Err(ServiceError::InvalidArgument { field, message }), Err(text)) => {
+                    assert_eq!(field, "node", "{what}");
+                    assert!(message.contains(text) && message.contains("?node="), "{what}: {message}");
+                }
+                (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
     fn node(name: &str, arch: &str, runtimes: &[Runtime], status: NodeStatus) -> NodeRecord {
         NodeRecord {
             id: format!("id-{name}"),

@@ -554,6 +554,17 @@ impl ControlPlane {
         Ok(record)
     }
 
+    /// The node a node-level operation (images, volumes, networks on one host) acts on:
+    /// `node` (an id or a name) when given; otherwise the only ready node. With no
+    /// ready node, or several, the caller must name one.
+    pub async fn resolve_node(&self, caller: &Caller, node: Option<&str>) -> ServiceResult<NodeRecord> {
+        if let Some(node) = node.map(str::trim).filter(|n| !n.is_empty()) {
+            return self.get_node(caller, node).await;
+        }
+        let nodes = self.list_nodes(caller).await?;
+        pick_only_ready_node(nodes)
+    }
+
     /// Counts of nodes by status and the union of runtimes on ready nodes.
     pub async fn cluster_status(&self, caller: &Caller) -> ServiceResult<ClusterStatus> {
         let nodes = self.list_nodes(caller).await?;
@@ -741,6 +752,22 @@ fn watch_stream(
         }
     });
     tokio_stream::iter(replay.into_iter().map(WatchItem::Event)).chain(live)
+}
+
+/// The only ready node among `nodes`, or an error naming `node` that lists what to choose from.
+pub fn pick_only_ready_node(nodes: Vec<NodeRecord>) -> ServiceResult<NodeRecord> {
+    let ready: Vec<NodeRecord> = nodes.into_iter().filter(|n| n.status == NodeStatus::Ready).collect();
+    match ready.len() {
+        1 => Ok(ready.into_iter().next().expect("one node")),
+        0 => Err(ServiceError::invalid("node", "no node is ready: name one with ?node=<name>")),
+        _ => {
+            let names: Vec<&str> = ready.iter().map(|n| n.name.as_str()).collect();
+            Err(ServiceError::invalid(
+                "node",
+                format!("{} nodes are ready ({}): name one with ?node=<name>", names.len(), names.join(", ")),
+            ))
+        }
+    }
 }
 
 /// Node names: 1 to 63 characters of lower-case letters, digits, `-` and `.`, starting
