@@ -61,6 +61,26 @@ pub enum CommandOp {
     CancelBuild(String),
 }
 
+impl CommandOp {
+    /// The operation's name, one of a fixed set (a metric label and a span name).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CommandOp::Create(_) => "create",
+            CommandOp::Start(_) => "start",
+            CommandOp::Stop { .. } => "stop",
+            CommandOp::Restart(_) => "restart",
+            CommandOp::Remove { .. } => "remove",
+            CommandOp::Exec { .. } => "exec",
+            CommandOp::Logs { .. } => "logs",
+            CommandOp::PullImage(_) => "pull_image",
+            CommandOp::Inspect(_) => "inspect",
+            CommandOp::Stats(_) => "stats",
+            CommandOp::Build(_) => "build",
+            CommandOp::CancelBuild(_) => "cancel_build",
+        }
+    }
+}
+
 /// A command with its correlation id and the runtime it targets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentCommand {
@@ -70,7 +90,14 @@ pub struct AgentCommand {
     pub runtime: Runtime,
     /// The operation.
     pub op: CommandOp,
+    /// W3C trace context of the span that sent the command (the agent's span that runs it
+    /// is its child); `None` when the sender's trace is not exported.
+    pub traceparent: Option<String>,
 }
+
+/// The longest `traceparent` a command carries (a version-00 value is 55 characters;
+/// longer ones are dropped on receipt).
+pub const MAX_TRACEPARENT_LEN: usize = 128;
 
 /// Error categories an agent reports, mirroring gRPC codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +197,12 @@ impl From<&AgentCommand> for pb::Command {
             CommandOp::Build(spec) => Op::Build(spec.as_ref().into()),
             CommandOp::CancelBuild(id) => Op::CancelBuild(id.clone()),
         };
-        pb::Command { request_id: command.request_id.clone(), runtime: pb::RuntimeKind::from(command.runtime) as i32, op: Some(op) }
+        pb::Command {
+            request_id: command.request_id.clone(),
+            runtime: pb::RuntimeKind::from(command.runtime) as i32,
+            op: Some(op),
+            traceparent: command.traceparent.clone().unwrap_or_default(),
+        }
     }
 }
 
@@ -201,7 +233,8 @@ impl TryFrom<pb::Command> for AgentCommand {
             Op::Build(build) => CommandOp::Build(Box::new(build.try_into()?)),
             Op::CancelBuild(id) => CommandOp::CancelBuild(id),
         };
-        Ok(AgentCommand { request_id: command.request_id, runtime, op })
+        let traceparent = Some(command.traceparent).filter(|t| !t.is_empty() && t.len() <= MAX_TRACEPARENT_LEN);
+        Ok(AgentCommand { request_id: command.request_id, runtime, op, traceparent })
     }
 }
 
@@ -260,10 +293,20 @@ mod tests {
             CommandOp::Inspect("c".into()),
         ];
         for op in ops {
-            let command = AgentCommand { request_id: "r1".into(), runtime: Runtime::Podman, op };
+            let command = AgentCommand { request_id: "r1".into(), runtime: Runtime::Podman, op, traceparent: None };
             assert_eq!(AgentCommand::try_from(pb::Command::from(&command)), Ok(command));
         }
-        let missing = pb::Command { request_id: "r".into(), runtime: 0, op: None };
+        let traced = AgentCommand {
+            request_id: "r2".into(),
+            runtime: Runtime::Docker,
+            op: CommandOp::Start("c".into()),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        };
+        assert_eq!(AgentCommand::try_from(pb::Command::from(&traced)), Ok(traced.clone()));
+        let mut oversized = pb::Command::from(&traced);
+        oversized.traceparent = "0".repeat(MAX_TRACEPARENT_LEN + 1);
+        assert_eq!(AgentCommand::try_from(oversized).expect("still a command").traceparent, None, "an oversized traceparent is dropped");
+        let missing = pb::Command { request_id: "r".into(), runtime: 0, op: None, traceparent: String::new() };
         assert_eq!(AgentCommand::try_from(missing).unwrap_err().field, "runtime");
     }
 

@@ -8,6 +8,8 @@
 //! * [`build`]: builds from git, as the control plane asks them of a builder node.
 //! * `registry` (feature `registry`): image references, an OCI registry client, and
 //!   the platforms an image is built for.
+//! * `telemetry` (feature `telemetry`): the daemons' logs (human or JSON) and OTLP traces,
+//!   and the W3C trace context they pass on.
 
 pub mod build;
 pub mod codec;
@@ -20,6 +22,8 @@ pub mod pki;
 #[cfg(feature = "registry")]
 pub mod registry;
 pub mod runtime;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 pub mod text;
 pub mod token;
 pub mod wire;

@@ -9,6 +9,7 @@ use diplo_api::container::{ContainerInfo, ExecOutput, LABEL_NODE, LogChunk, LogO
 use diplo_api::runtime::Runtime;
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use tracing::Instrument;
 
 use crate::host_paths::HostPathPolicy;
 use crate::runtime::output::TailCollector;
@@ -152,7 +153,22 @@ pub async fn list_owned(driver: &dyn ContainerRuntime, node_id: &str) -> Result<
     Ok(driver.list().await?.into_iter().filter(|info| owned_by(info, node_id)).collect())
 }
 
+/// Runs `op` on `driver` inside a `runtime.<kind>` span naming the runtime (and the image
+/// of a create).
 async fn run_op(driver: Arc<dyn ContainerRuntime>, op: CommandOp, node_id: String) -> Result<CommandOutput, RuntimeError> {
+    let span = tracing::info_span!(
+        "runtime",
+        otel.name = %format!("runtime.{}", op.kind()),
+        runtime = %driver.runtime(),
+        image = tracing::field::Empty,
+    );
+    if let CommandOp::Create(spec) = &op {
+        span.record("image", spec.image.as_str());
+    }
+    run_driver(driver, op, node_id).instrument(span).await
+}
+
+async fn run_driver(driver: Arc<dyn ContainerRuntime>, op: CommandOp, node_id: String) -> Result<CommandOutput, RuntimeError> {
     let driver = driver.as_ref();
     let output = match &op {
         CommandOp::Create(spec) => {
@@ -248,7 +264,7 @@ mod tests {
 
     fn create(mounts: Vec<Mount>) -> AgentCommand {
         let spec = ContainerSpec { name: "web".into(), image: "busybox".into(), mounts, ..ContainerSpec::default() };
-        AgentCommand { request_id: "r1".into(), runtime: Runtime::Docker, op: CommandOp::Create(spec) }
+        AgentCommand { request_id: "r1".into(), runtime: Runtime::Docker, op: CommandOp::Create(spec), traceparent: None }
     }
 
     #[tokio::test]

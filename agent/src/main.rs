@@ -53,10 +53,19 @@ impl Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     diplo_api::install_crypto_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DIPLO_LOG").unwrap_or_else(|_| "info,h2=warn,bollard=warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let telemetry = match diplo_api::telemetry::init("diplo-agent", "info,h2=warn,bollard=warn") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("diplo-agent: error: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = agent_main().await;
+    telemetry.shutdown().await;
+    code
+}
+
+async fn agent_main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let (arch_override, os_override) = cli.platform_overrides();
     let name = cli.name.unwrap_or_else(|| {
@@ -89,6 +98,18 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
         _ = tokio::signal::ctrl_c() => std::process::ExitCode::SUCCESS,
+        _ = terminated() => std::process::ExitCode::SUCCESS,
+    }
+}
+
+/// Resolves on SIGTERM (how systemd and the test harness stop the agent), so that the
+/// spans still batched are exported before the process exits.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending().await,
     }
 }
 

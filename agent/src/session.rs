@@ -15,6 +15,7 @@ use diplo_api::command::{AgentCommand, CommandOp, CommandOutcome, CommandOutput,
 use diplo_api::container::OutputStream;
 use diplo_api::wire::{container_state, removed_container};
 use tokio_stream::StreamExt;
+use tracing::Instrument;
 
 use crate::executor::Executor;
 use crate::fingerprint::FingerprintSource;
@@ -467,30 +468,45 @@ fn spawn_command(
                 return;
             }
         };
-        tracing::info!(request_id = %command.request_id, runtime = %command.runtime, op = ?std::mem::discriminant(&command.op), "command");
-        if matches!(command.op, CommandOp::Build(_) | CommandOp::CancelBuild(_)) {
-            build_command(command, &executor, client, session, node_id).await;
-            return;
+        let span = tracing::info_span!("command", otel.name = %format!("command.{}", command.op.kind()), request_id = %command.request_id, runtime = %command.runtime, op = command.op.kind());
+        if let Some(traceparent) = &command.traceparent {
+            diplo_api::telemetry::continue_trace(&span, traceparent);
         }
-        if let CommandOp::Logs { id, options } = &command.op
-            && options.follow
-        {
-            let stream = executor.follow_logs(command.runtime, id.clone(), *options).await;
-            let ack: CommandOutcome = stream.as_ref().map(|_| CommandOutput::default()).map_err(Clone::clone);
-            let result = command_result(&command.request_id, &node_id, command.runtime, &ack);
-            let _ = session.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Result(result)) }).await;
-            if let Ok(stream) = stream {
-                forward_output(client, command.request_id.clone(), stream).await;
-            }
-            return;
-        }
-        let outcome = executor.execute(command.clone()).await;
-        if let Err(err) = &outcome {
-            tracing::warn!(request_id = %command.request_id, error = %err.message, "command failed");
-        }
-        let result = command_result(&command.request_id, &node_id, command.runtime, &outcome);
-        let _ = session.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Result(result)) }).await;
+        run_command(command, executor, client, session, node_id).instrument(span).await;
     });
+}
+
+/// Runs one valid command (inside its `command` span) and answers it.
+async fn run_command(
+    command: AgentCommand,
+    executor: Executor,
+    client: AgentServiceClient<tonic::transport::Channel>,
+    session: mpsc::Sender<pb::AgentMessage>,
+    node_id: String,
+) {
+    tracing::info!("command");
+    if matches!(command.op, CommandOp::Build(_) | CommandOp::CancelBuild(_)) {
+        build_command(command, &executor, client, session, node_id).await;
+        return;
+    }
+    if let CommandOp::Logs { id, options } = &command.op
+        && options.follow
+    {
+        let stream = executor.follow_logs(command.runtime, id.clone(), *options).await;
+        let ack: CommandOutcome = stream.as_ref().map(|_| CommandOutput::default()).map_err(Clone::clone);
+        let result = command_result(&command.request_id, &node_id, command.runtime, &ack);
+        let _ = session.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Result(result)) }).await;
+        if let Ok(stream) = stream {
+            forward_output(client, command.request_id.clone(), stream).await;
+        }
+        return;
+    }
+    let outcome = executor.execute(command.clone()).await;
+    if let Err(err) = &outcome {
+        tracing::warn!(request_id = %command.request_id, error = %err.message, "command failed");
+    }
+    let result = command_result(&command.request_id, &node_id, command.runtime, &outcome);
+    let _ = session.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Result(result)) }).await;
 }
 
 /// A build command: a build is acknowledged at once (or refused), its output streamed
@@ -673,8 +689,9 @@ mod tests {
             base_images: Default::default(),
             timeout: Duration::from_secs(60),
         };
-        let command =
-            |request_id: &str, op| pb::Command::from(&AgentCommand { request_id: request_id.into(), runtime: Runtime::Docker, op });
+        let command = |request_id: &str, op| {
+            pb::Command::from(&AgentCommand { request_id: request_id.into(), runtime: Runtime::Docker, op, traceparent: None })
+        };
         let (tx, mut rx) = mpsc::channel(16);
         let result = |message: Option<pb::AgentMessage>| match message.and_then(|m| m.body) {
             Some(pb::agent_message::Body::Result(result)) => result,

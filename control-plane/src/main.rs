@@ -161,11 +161,15 @@ impl Options {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     diplo_api::install_crypto_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DIPLO_LOG").unwrap_or_else(|_| "info,sqlx=warn,h2=warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let telemetry = diplo_api::telemetry::init("diplo-control-plane", "info,sqlx=warn,h2=warn")?;
+    let result = serve(Cli::parse()).await;
+    // Spans of the last requests (and of a failed start) are exported before exiting.
+    telemetry.shutdown().await;
+    result
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Serve(options) => run(options.into_config("/var/lib/diplo/control-plane")?, Mode::Serve).await,
         Command::Dev(dev) => {
             let host_paths = diplo_agent::host_paths::HostPathPolicy::new(dev.allow_host_path).map_err(anyhow::Error::msg)?;

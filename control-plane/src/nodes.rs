@@ -257,6 +257,11 @@ impl<T> NodeRegistry<T> {
         changes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         changes
     }
+
+    /// Every tracked node's status and whether it has a session open (for metrics).
+    pub fn census(&self) -> Vec<(NodeStatus, bool)> {
+        self.lock().values().map(|node| (node.status, node.session.is_some())).collect()
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use diplo_api::container::{LogChunk, OutputStream};
 use diplo_api::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::ControlPlane;
 use crate::auth::Caller;
@@ -120,6 +121,11 @@ impl PendingCommands {
         lock(&self.outputs).get(request_id).map(|(route, tx)| (route.node_id.clone(), tx.clone()))
     }
 
+    /// How many commands await their result, and how many output streams are open.
+    pub(super) fn counts(&self) -> (usize, usize) {
+        (lock(&self.results).len(), lock(&self.outputs).len())
+    }
+
     /// Forgets an output stream.
     fn close_output(&self, request_id: &str) {
         lock(&self.outputs).remove(request_id);
@@ -161,6 +167,21 @@ pub fn stream_end_note(reason: &str) -> LogChunk {
     LogChunk { stream: OutputStream::Stderr, data: format!("\n[output ended: {reason}]\n").into_bytes() }
 }
 
+/// A command's outcome as a metric label: `ok` or the error's class.
+fn outcome_label<T>(result: &ServiceResult<T>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(ServiceError::NotFound(_)) => "not_found",
+        Err(ServiceError::AlreadyExists(_)) => "already_exists",
+        Err(ServiceError::InvalidRequest(_) | ServiceError::InvalidArgument { .. }) => "invalid_argument",
+        Err(ServiceError::Unsupported(_)) => "unimplemented",
+        Err(ServiceError::Unavailable(_)) => "unavailable",
+        Err(ServiceError::FailedPrecondition(_)) => "failed_precondition",
+        Err(ServiceError::PermissionDenied(_)) => "permission_denied",
+        Err(_) => "internal",
+    }
+}
+
 /// Sends `message` down a session, giving up at `deadline` (a session whose agent does
 /// not read fills its channel, and a send would otherwise wait forever).
 async fn send_within(
@@ -180,7 +201,18 @@ async fn send_within(
 
 impl ControlPlane {
     /// Sends a command to a node and waits for its result, [`COMMAND_TIMEOUT`] at most.
+    ///
+    /// Runs in a `command.<kind>` span whose trace context travels with the command (the
+    /// agent's work is its child), and counts the command by kind and outcome.
     pub(crate) async fn send_command(&self, node_id: &str, runtime: Runtime, op: CommandOp) -> ServiceResult<CommandOutput> {
+        let kind = op.kind();
+        let span = tracing::info_span!("command", otel.name = %format!("command.{kind}"), node_id, %runtime, op = kind);
+        let result = self.send_command_traced(node_id, runtime, op).instrument(span).await;
+        self.metrics.command(kind, outcome_label(&result));
+        result
+    }
+
+    async fn send_command_traced(&self, node_id: &str, runtime: Runtime, op: CommandOp) -> ServiceResult<CommandOutput> {
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         let request_id = uuid::Uuid::new_v4().to_string();
         let (_pending, rx) = self.dispatch(node_id, runtime, op, &request_id, deadline).await?;
@@ -208,13 +240,15 @@ impl ControlPlane {
     pub(crate) async fn open_output(&self, node_id: &str, runtime: Runtime, op: CommandOp) -> ServiceResult<mpsc::Receiver<LogChunk>> {
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         let request_id = uuid::Uuid::new_v4().to_string();
+        let kind = op.kind();
         let (session, downstream) = self.session_of(node_id)?;
         let (output, rx) = self.pending.expect_output(&request_id, node_id, session);
         let (_pending, result) = self.pending.expect_result(&request_id, node_id, session);
-        let command = AgentCommand { request_id: request_id.clone(), runtime, op };
+        let traceparent = diplo_api::telemetry::current_traceparent();
+        let command = AgentCommand { request_id: request_id.clone(), runtime, op, traceparent };
         tracing::debug!(node_id, request_id = %request_id, %runtime, "sending command with output");
         send_within(&downstream, SessionMessage::Command(Box::new(command)), deadline, node_id).await?;
-        match tokio::time::timeout_at(deadline, result).await {
+        let accepted = match tokio::time::timeout_at(deadline, result).await {
             Ok(Ok(Ok(_))) => {
                 output.keep();
                 Ok(rx)
@@ -222,7 +256,9 @@ impl ControlPlane {
             Ok(Ok(Err(err))) if err.code == CommandErrorCode::Unavailable => Err(ServiceError::Unavailable(err.message)),
             Ok(Ok(Err(err))) => Err(ServiceError::FailedPrecondition(err.message)),
             _ => Err(ServiceError::Unavailable(format!("node {node_id} did not accept the command"))),
-        }
+        };
+        self.metrics.command(kind, outcome_label(&accepted));
+        accepted
     }
 
     /// The open session of a node: its number and downstream channel.
@@ -240,7 +276,8 @@ impl ControlPlane {
     ) -> ServiceResult<(PendingResult, oneshot::Receiver<CommandOutcome>)> {
         let (session, downstream) = self.session_of(node_id)?;
         let (pending, rx) = self.pending.expect_result(request_id, node_id, session);
-        let command = AgentCommand { request_id: request_id.to_owned(), runtime, op };
+        let traceparent = diplo_api::telemetry::current_traceparent();
+        let command = AgentCommand { request_id: request_id.to_owned(), runtime, op, traceparent };
         tracing::debug!(node_id, request_id, %runtime, "sending command");
         send_within(&downstream, SessionMessage::Command(Box::new(command)), deadline, node_id).await?;
         Ok((pending, rx))

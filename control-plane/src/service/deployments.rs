@@ -127,6 +127,7 @@ impl ControlPlane {
             Err(err) => return Err(err.into()),
         }
         tracing::info!(deployment = %record.spec.name, id = %record.id, replicas = record.spec.replicas, "deployment created");
+        self.rollout_started(&record.id);
         self.emit(
             "deployment.created",
             &caller.actor(),
@@ -229,6 +230,7 @@ impl ControlPlane {
         deployment.status = DeploymentStatus::Deploying;
         deployment.updated_at = Utc::now();
         self.store.save_deployment(&deployment).await?;
+        self.rollout_started(&deployment.id);
         let message = format!("{} updated to revision {}", deployment.spec.name, deployment.revision);
         self.emit("deployment.updated", &caller.actor(), &deployment.id, message).await;
         self.nudge_reconciler();
@@ -256,6 +258,7 @@ impl ControlPlane {
         deployment.status = DeploymentStatus::Deploying;
         deployment.updated_at = Utc::now();
         self.store.save_deployment(&deployment).await?;
+        self.rollout_started(&deployment.id);
         let message = format!("{name} rolled back from revision {from} to the spec of revision {} (now {})", from - 1, deployment.revision);
         self.emit("deployment.rolled_back", &caller.actor(), &deployment.id, message).await;
         self.nudge_reconciler();

@@ -10,6 +10,7 @@ mod instances;
 mod reconciler;
 mod registries;
 mod source;
+mod telemetry;
 mod tokens;
 
 pub use crate::planner::instance_container;
@@ -129,6 +130,11 @@ pub struct ControlPlane {
     builds: builds::LiveBuilds,
     /// Registry settings (flags and stored credentials), as agents get them.
     registry_settings: registries::RegistrySettings,
+    /// The metrics served at `/metrics`.
+    metrics: crate::metrics::Metrics,
+    /// Trace context of the request that created or updated each deployment, until its
+    /// rollout has run (the reconciler's commands continue that trace).
+    rollout_traces: telemetry::RolloutTraces,
 }
 
 impl ControlPlane {
@@ -159,6 +165,8 @@ impl ControlPlane {
             image_platforms: images::PlatformCache::new(registry.clone()),
             registry_settings: registries::RegistrySettings::new(registry, seal),
             builds: Default::default(),
+            metrics: crate::metrics::Metrics::new(),
+            rollout_traces: Default::default(),
         });
         control_plane.fail_interrupted_builds().await?;
         control_plane.resume_source_deployments().await?;
@@ -386,6 +394,7 @@ impl ControlPlane {
         if !self.nodes.heartbeat(node_id) {
             return Err(ServiceError::PermissionDenied(format!("node {node_id} has been removed from the cluster")));
         }
+        self.metrics.heartbeat();
         if self.nodes.apply_report(node_id, report.full, observed(report.upserted), &report.removed) {
             self.nudge_reconciler();
         }

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use diplo_api::command::{CommandOp, CommandOutput};
 use diplo_api::runtime::Runtime;
+use tracing::Instrument;
 
 use super::ControlPlane;
 use super::images::PlatformLookup;
@@ -180,6 +181,13 @@ impl ControlPlane {
 
     /// One pass over every deployment, commands going to `sink`.
     pub(crate) async fn reconcile_with(self: &Arc<Self>, sink: &Arc<dyn CommandSink>) -> ServiceResult<()> {
+        let started = tokio::time::Instant::now();
+        let result = self.reconcile_pass(sink).await;
+        self.metrics.reconcile_pass(started.elapsed());
+        result
+    }
+
+    async fn reconcile_pass(self: &Arc<Self>, sink: &Arc<dyn CommandSink>) -> ServiceResult<()> {
         let deployments = self.store.list_deployments().await?;
         let images = self.image_platforms_of(&deployments).await;
         let World { mut snapshot, deployments, instances } = self.world(deployments, images).await?;
@@ -230,10 +238,14 @@ impl ControlPlane {
         }
         if plan.delete_deployment {
             self.store.delete_deployment(&deployment.id).await?;
+            self.rollout_status(&deployment.id, None);
         }
         let mut status_event = None;
         if let Some((status, message)) = &plan.status {
             let written = self.store.set_deployment_status(deployment, *status, message, Utc::now()).await?;
+            if written {
+                self.rollout_status(&deployment.id, Some(*status));
+            }
             if written && *status != deployment.status {
                 status_event =
                     Some((format!("deployment.{}", status.as_str()), format!("{} is {}", deployment.spec.name, status.as_str())));
@@ -246,6 +258,9 @@ impl ControlPlane {
             events.push(event(kind, deployment.id.clone(), message));
         }
         self.emit_all(events).await;
+        // The commands continue the trace of the request that started the rollout.
+        let span = if plan.commands.is_empty() { tracing::Span::none() } else { self.rollout_span(&deployment.id, &deployment.spec.name) };
+        let _entered = span.enter();
         for command in plan.commands {
             self.send_planned(sink, command);
         }
@@ -258,42 +273,45 @@ impl ControlPlane {
     fn send_planned(self: &Arc<Self>, sink: &Arc<dyn CommandSink>, command: PlannedCommand) {
         let Some(in_flight) = self.in_flight.begin(&command.key()) else { return };
         let (this, sink) = (self.clone(), sink.clone());
-        tokio::spawn(async move {
-            let PlannedCommand { target, node_id, runtime, op } = command;
-            let removed = match &op {
-                InstanceOp::Remove(id) => Some(id.clone()),
-                _ => None,
-            };
-            let outcome = sink.send(&node_id, runtime, op.into()).await;
-            match (target, removed) {
-                (Target::Instance { deployment_id, instance_id }, None) => {
-                    this.finish(&deployment_id, &instance_id, &node_id, runtime, outcome).await;
-                }
-                (Target::Instance { instance_id, .. }, Some(container_id)) => match outcome {
-                    Ok(_) | Err(ServiceError::NotFound(_)) => {
-                        this.nodes.forget_container(&node_id, &container_id);
-                        if let Err(err) = this.store.delete_instances(std::slice::from_ref(&instance_id)).await {
-                            tracing::error!(instance = %instance_id, error = %err, "could not delete a removed instance");
-                        }
+        tokio::spawn(
+            async move {
+                let PlannedCommand { target, node_id, runtime, op } = command;
+                let removed = match &op {
+                    InstanceOp::Remove(id) => Some(id.clone()),
+                    _ => None,
+                };
+                let outcome = sink.send(&node_id, runtime, op.into()).await;
+                match (target, removed) {
+                    (Target::Instance { deployment_id, instance_id }, None) => {
+                        this.finish(&deployment_id, &instance_id, &node_id, runtime, outcome).await;
                     }
-                    Err(err) => tracing::warn!(instance = %instance_id, error = %err, "remove failed; will retry"),
-                },
-                (Target::Orphan { .. }, container) => {
-                    let container = container.unwrap_or_default();
-                    match outcome {
+                    (Target::Instance { instance_id, .. }, Some(container_id)) => match outcome {
                         Ok(_) | Err(ServiceError::NotFound(_)) => {
-                            tracing::info!(node_id = %node_id, container = %container, "surplus copy removed");
-                            this.nodes.forget_container(&node_id, &container);
+                            this.nodes.forget_container(&node_id, &container_id);
+                            if let Err(err) = this.store.delete_instances(std::slice::from_ref(&instance_id)).await {
+                                tracing::error!(instance = %instance_id, error = %err, "could not delete a removed instance");
+                            }
                         }
-                        Err(err) => {
-                            tracing::warn!(node_id = %node_id, container = %container, error = %err, "could not remove a surplus copy")
+                        Err(err) => tracing::warn!(instance = %instance_id, error = %err, "remove failed; will retry"),
+                    },
+                    (Target::Orphan { .. }, container) => {
+                        let container = container.unwrap_or_default();
+                        match outcome {
+                            Ok(_) | Err(ServiceError::NotFound(_)) => {
+                                tracing::info!(node_id = %node_id, container = %container, "surplus copy removed");
+                                this.nodes.forget_container(&node_id, &container);
+                            }
+                            Err(err) => {
+                                tracing::warn!(node_id = %node_id, container = %container, error = %err, "could not remove a surplus copy")
+                            }
                         }
                     }
                 }
+                drop(in_flight);
+                this.nudge_reconciler();
             }
-            drop(in_flight);
-            this.nudge_reconciler();
-        });
+            .in_current_span(),
+        );
     }
 
     /// Removes an instance's container on its node, then the instance record.
