@@ -720,6 +720,7 @@ fn routes() -> Vec<Route> {
     vec![
         route("GET", "/healthz", Open, "/healthz"),
         route("GET", "/api/status", Viewer, "/api/status"),
+        route("GET", "/metrics", Viewer, "/metrics"),
         route("GET", "/api/v1/compute/cluster/status", Viewer, "/api/v1/compute/cluster/status"),
         route("GET", "/api/v1/nodes", Viewer, "/api/v1/nodes"),
         route("GET", "/api/v1/nodes/{node}", Viewer, "/api/v1/nodes/authz-nope"),

@@ -9,6 +9,7 @@ mod containers;
 mod convert;
 mod deployments;
 mod incoming;
+mod observe;
 mod registries;
 
 use std::net::SocketAddr;
@@ -102,6 +103,7 @@ pub async fn serve(
         .map_err(|source| GrpcServeError::Transport { addr, source })?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(observe::ObserveLayer::new(control_plane.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

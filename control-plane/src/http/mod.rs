@@ -6,6 +6,7 @@ mod containers;
 mod deployments;
 mod error;
 pub mod fuzz;
+mod metrics;
 mod registries;
 mod status;
 pub mod tls;
@@ -69,8 +70,16 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/containers/{id}/logs", get(containers::logs))
         .route("/api/v1/events", get(deployments::events))
         .route("/api/v1/images/build/{id}/logs", get(builds::logs));
-    let api = timed.merge(streaming).route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
-    Router::new().route("/healthz", get(|| async { "ok" })).merge(api).with_state(control_plane)
+    let api = timed
+        .merge(streaming)
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(api)
+        .route_layer(middleware::from_fn(metrics::matched_route))
+        .layer(middleware::from_fn_with_state(control_plane.clone(), metrics::observe))
+        .with_state(control_plane)
 }
 
 /// Answers 503 for a call that is not done within `limit` (its handler is dropped,

@@ -11,7 +11,10 @@ use std::sync::Mutex;
 use tokio::time::Instant;
 
 use super::ControlPlane;
+use crate::auth::Caller;
+use crate::error::ServiceResult;
 use crate::metrics::{LiveCounts, Metrics};
+use crate::model::Role;
 use crate::model::{DeploymentStatus, NodeStatus};
 
 /// One rollout under way.
@@ -37,8 +40,9 @@ impl ControlPlane {
         &self.metrics
     }
 
-    /// The metrics as Prometheus text, live gauges read now.
-    pub fn render_metrics(&self) -> String {
+    /// The metrics as Prometheus text, live gauges read now; any operator may read them.
+    pub fn render_metrics(&self, caller: &Caller) -> ServiceResult<String> {
+        caller.require_operator(Role::Viewer)?;
         let mut live = LiveCounts::default();
         for (status, connected) in self.nodes.census() {
             match status {
@@ -49,7 +53,7 @@ impl ControlPlane {
             live.sessions += usize::from(connected);
         }
         (live.pending_commands, live.output_streams) = self.pending.counts();
-        self.metrics.render(live)
+        Ok(self.metrics.render(live))
     }
 
     /// A rollout of `deployment_id` starts now, in the current span's trace.
