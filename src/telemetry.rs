@@ -169,6 +169,12 @@ pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
     }
 }
 
+/// Renames `span` as exported (a span's name is fixed when it starts, but an HTTP
+/// request's route is known only after routing).
+pub fn rename(span: &tracing::Span, name: String) {
+    span.context().span().update_name(name);
+}
+
 /// `00-<trace id>-<span id>-<flags>`.
 fn format_traceparent(context: &SpanContext) -> String {
     format!("00-{}-{}-{:02x}", context.trace_id(), context.span_id(), context.trace_flags().to_u8())

@@ -44,7 +44,6 @@ pub(super) async fn observe(State(control_plane): State<Arc<ControlPlane>>, requ
     let method = request.method().clone();
     let span = tracing::info_span!(
         "http.request",
-        otel.name = tracing::field::Empty,
         http.request.method = %method,
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
@@ -56,7 +55,7 @@ pub(super) async fn observe(State(control_plane): State<Arc<ControlPlane>>, requ
     let response = next.run(request).instrument(span.clone()).await;
     let route = response.extensions().get::<MatchedPath>().map_or(UNMATCHED, MatchedPath::as_str);
     let status = response.status().as_u16();
-    span.record("otel.name", format!("{method} {route}"));
+    diplo_api::telemetry::rename(&span, format!("{method} {route}"));
     span.record("http.route", route);
     span.record("http.response.status_code", status);
     control_plane.metrics().rest_request(route, &method, status, started.elapsed());
