@@ -260,3 +260,60 @@ fn metrics_after_a_deploy_hold_the_documented_series_with_bounded_labels() {
         assert!(line.starts_with("diplo_"), "{line}");
     }
 }
+
+/// Force-removes a Docker container by name when dropped; never panics.
+struct DockerRmOnDrop(String);
+
+impl Drop for DockerRmOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn terminate(process: &mut diplo_tests::Process, what: &str) {
+    let status = std::process::Command::new("kill").arg("-TERM").arg(process.pid().to_string()).status().expect("running kill");
+    assert!(status.success(), "kill -TERM {what}");
+    let exit = process.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("{what} did not stop on SIGTERM:\n{}", process.logs()));
+    assert!(exit.success(), "{what} exited with {exit} on SIGTERM:\n{}", process.logs());
+}
+
+#[test]
+fn spans_still_batched_are_exported_when_the_daemons_stop() {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let receiver = Receiver::default();
+    let endpoint = receiver.serve(&runtime);
+    // Batches would leave only after 10 minutes: what arrives is what the exit flushed.
+    let env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "600000".to_owned()),
+        ("OTEL_SERVICE_NAME".to_owned(), "diplo-flush-test".to_owned()),
+    ];
+    let mut control_plane =
+        ControlPlane::start(ControlPlaneOptions { env: env.clone(), ..ControlPlaneOptions::fast(Duration::from_secs(30)) });
+    let token = control_plane.join_token(&[]);
+    let agent_env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (mut agent, _node) = control_plane.start_ready_agent_with_env("node-flush", Some(&token), &agent_env);
+    let name = unique("otel-flush");
+    let _container = DockerRmOnDrop(name.clone());
+    let created = control_plane.rest(
+        "POST",
+        "/api/v1/containers",
+        Some(json!({"image": IMAGE, "name": name, "runtime_type": "docker", "command": ["sleep", "300"], "restart_policy": "no"})),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    let removed = control_plane.rest("DELETE", &format!("/api/v1/containers/{id}?force=true"), None);
+    assert!((200..300).contains(&removed.status), "{}", removed.body);
+    assert!(receiver.spans().is_empty(), "nothing leaves before the batch delay: {:?}", receiver.spans());
+
+    terminate(agent.process(), "the agent");
+    terminate(control_plane.process(), "the control plane");
+    let spans = receiver.spans();
+    let names: Vec<(&str, &str)> = spans.iter().map(|s| (s.service.as_str(), s.name.as_str())).collect();
+    assert!(names.contains(&("diplo-flush-test", "runtime.create")), "OTEL_SERVICE_NAME names the agent's spans: {names:?}");
+    assert!(names.contains(&("diplo-flush-test", "POST /api/v1/containers")), "the control plane's spans: {names:?}");
+}
