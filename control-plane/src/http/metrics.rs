@@ -18,7 +18,23 @@ use crate::service::ControlPlane;
 /// The route label of a request that matched no route (the raw path is never a label).
 pub const UNMATCHED: &str = "unmatched";
 
+/// The OpenAPI description of this module's routes, merged into the served document.
+#[allow(dead_code)]
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(metrics))]
+pub(super) struct Doc;
+
 /// `GET /metrics`: the control plane's metrics, for any authenticated caller.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "metrics",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every `diplo_` series in the Prometheus (OpenMetrics) text format", body = String, content_type = "application/openmetrics-text"),
+        (status = 401, description = "No valid bearer token"),
+    )
+)]
 pub(super) async fn metrics(State(control_plane): State<Arc<ControlPlane>>, Extension(caller): Extension<Caller>) -> Response {
     match control_plane.render_metrics(&caller) {
         Ok(text) => ([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
@@ -60,4 +76,17 @@ pub(super) async fn observe(State(control_plane): State<Arc<ControlPlane>>, requ
     span.record("http.response.status_code", status);
     control_plane.metrics().rest_request(route, &method, status, started.elapsed());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    #[test]
+    fn the_openapi_description_names_the_route_and_its_answers() {
+        let doc = serde_json::to_value(super::Doc::openapi()).expect("serializable");
+        let get = &doc["paths"]["/metrics"]["get"];
+        assert!(get["responses"]["200"]["content"]["application/openmetrics-text"].is_object(), "{get}");
+        assert!(get["responses"]["401"].is_object(), "{get}");
+    }
 }
