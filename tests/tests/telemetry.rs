@@ -317,3 +317,36 @@ fn spans_still_batched_are_exported_when_the_daemons_stop() {
     assert!(names.contains(&("diplo-flush-test", "runtime.create")), "OTEL_SERVICE_NAME names the agent's spans: {names:?}");
     assert!(names.contains(&("diplo-flush-test", "POST /api/v1/containers")), "the control plane's spans: {names:?}");
 }
+
+#[test]
+fn json_logs_on_request_and_an_unknown_format_stops_the_daemons_naming_the_variable() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions {
+        env: vec![("DIPLO_LOG_FORMAT".to_owned(), "json".to_owned())],
+        ..ControlPlaneOptions::fast(Duration::from_secs(30))
+    });
+    let listening = wait_until("the control plane's JSON log lines", Duration::from_secs(30), POLL, || {
+        let stderr = control_plane.stderr();
+        let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+        let parsed: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).map_err(|e| format!("{line:?} is not JSON: {e}")))
+            .collect::<Result<_, _>>()?;
+        parsed
+            .into_iter()
+            .find(|line| line["fields"]["message"] == "REST listening")
+            .ok_or_else(|| format!("no REST listening line yet: {stderr}"))
+    });
+    assert_eq!(listening["level"], "INFO", "{listening}");
+    assert!(listening["fields"]["addr"].is_string(), "structured fields stay fields: {listening}");
+
+    for (binary, args) in
+        [(diplo_tests::Binary::ControlPlane, vec!["serve"]), (diplo_tests::Binary::Agent, vec!["--server", "127.0.0.1:1"])]
+    {
+        let mut command = std::process::Command::new(diplo_tests::binary(binary));
+        command.args(&args).env("DIPLO_LOG_FORMAT", "yaml").env("DIPLO_DATA_DIR", "/nonexistent/diplo-log-format-test");
+        let output = diplo_tests::output_with_timeout(command, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{binary:?} started with DIPLO_LOG_FORMAT=yaml: {stderr}");
+        assert!(stderr.contains("DIPLO_LOG_FORMAT") && stderr.contains("yaml"), "{binary:?}: {stderr}");
+    }
+}
