@@ -187,14 +187,27 @@ fn a_deploy_is_one_trace_from_the_rest_call_to_the_runtime_call_on_the_node() {
     .expect("request thread")
     .expect("GET /api/status");
     assert_eq!(status, 200);
-    wait_until("the REST span in the caller's trace", Duration::from_secs(30), POLL, || {
-        let spans = receiver.spans();
-        spans
-            .iter()
-            .find(|s| s.name == "GET /api/status" && s.trace_id == caller_trace && s.parent_span_id == caller_span)
-            .map(|_| ())
-            .ok_or_else(|| format!("{} spans, none in trace {caller_trace}", spans.len()))
+    // And by the gRPC span of a call whose metadata carries one.
+    let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
+    runtime.block_on(async {
+        use diplo_tests::fake_node::{admin_identity, connect};
+        let channel = connect(&control_plane, Some(admin_identity(&control_plane))).await;
+        let mut client = diplo_api::pb::cluster_service_client::ClusterServiceClient::new(channel);
+        let mut request = tonic::Request::new(diplo_api::pb::GetStatusRequest::default());
+        let traceparent = format!("00-{grpc_trace}-{caller_span}-01").parse().expect("metadata value");
+        request.metadata_mut().insert("traceparent", traceparent);
+        client.get_status(request).await.expect("GetStatus");
     });
+    for (name, trace) in [("GET /api/status", caller_trace), ("diplo.v1.ClusterService/GetStatus", grpc_trace)] {
+        wait_until(&format!("the {name} span in the caller's trace"), Duration::from_secs(30), POLL, || {
+            let spans = receiver.spans();
+            spans
+                .iter()
+                .find(|s| s.name == name && s.trace_id == trace && s.parent_span_id == caller_span)
+                .map(|_| ())
+                .ok_or_else(|| format!("{} spans, no {name} in trace {trace}", spans.len()))
+        });
+    }
 }
 
 /// The value of the first series line starting with `prefix` (labels included).
