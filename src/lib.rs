@@ -19,6 +19,7 @@ pub mod fingerprint;
 pub mod pki;
 #[cfg(feature = "registry")]
 pub mod registry;
+pub mod resources;
 pub mod runtime;
 pub mod text;
 pub mod token;
