@@ -253,6 +253,14 @@ impl DockerRuntime {
         if !found.managed() {
             return Err(not_managed("network", network));
         }
+        // Podman's Docker-compatible API removes a network with containers attached (it
+        // disconnects them); Docker refuses. Diplo refuses on both.
+        if !found.containers.is_empty() {
+            return Err(RuntimeError::Conflict(format!(
+                "network {network:?} is in use by {}; disconnect them first",
+                found.containers.join(", ")
+            )));
+        }
         let docker = self.docker().await?;
         docker.remove_network(&found.id).await.map_err(|e| self.resource_error(&e, "network", network))
     }
