@@ -1,8 +1,8 @@
 //! Images, networks and volumes through the drivers, against the real runtimes of this
 //! host (`scripts/setup-host`: Docker, Podman, containerd, LXC and the registry on
-//! 127.0.0.1:5000). Docker and Podman do everything; containerd manages its images and
-//! answers `Unsupported` naming itself for networks and volumes; LXC answers
-//! `Unsupported` naming itself for all three. Commands go through the same functions
+//! 127.0.0.1:5000). Docker and Podman do everything; containerd and LXC (its image
+//! cache) manage their images and answer `Unsupported` naming themselves for networks
+//! and volumes. Commands go through the same functions
 //! the executor runs (`diplo_agent::resources`), so the name checks and list caps are
 //! those of a real command.
 //!
@@ -322,14 +322,41 @@ async fn containerd_manages_its_images_and_refuses_networks_and_volumes() {
     assert_unsupported(volume_op(rt, &VolumeOp::Prune).await, Runtime::Containerd, "prune volumes");
 }
 
-#[tokio::test]
-async fn lxc_refuses_images_networks_and_volumes_naming_itself() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lxc_manages_its_image_cache_and_refuses_networks_and_volumes() {
+    let report = diplo_agent::runtime::lxc::probe(std::time::Duration::from_secs(10)).await;
+    if !report.available {
+        return diplo_tests::skip_or_fail(&format!("LXC is unavailable: {}", report.error));
+    }
     let cache = tempfile::tempdir().expect("tempdir");
     let runtime =
         LxcRuntime::new(PathBuf::from("/var/lib/lxc"), cache.path().into(), RegistryConfig::default(), Arc::new(PortPublisher::new()));
     let rt: &dyn ContainerRuntime = &runtime;
-    assert_unsupported(image_op(rt, &ImageOp::List).await, Runtime::Lxc, "list images");
-    assert_unsupported(image_op(rt, &ImageOp::Prune { all: true }).await, Runtime::Lxc, "prune images");
+    assert!(image_op(rt, &ImageOp::List).await.expect("empty cache").images.is_empty());
+    rt.ensure_image(IMAGE).await.expect("pull into the cache");
+    let listed = image_op(rt, &ImageOp::List).await.expect("list").images;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].tags, [IMAGE], "{listed:?}");
+    assert!(listed[0].size_bytes > 0 && !listed[0].created.is_empty(), "{listed:?}");
+    assert_eq!(rt.inspect_image(IMAGE).await.expect("inspect").id, listed[0].id);
+    assert_eq!(rt.inspect_image(&listed[0].id).await.expect("inspect by id").id, listed[0].id);
+    assert!(matches!(rt.inspect_image("127.0.0.1:5000/diplo/nothing:x").await, Err(RuntimeError::NotFound { what: "image", .. })));
+    assert!(matches!(rt.inspect_image("../etc").await, Err(RuntimeError::InvalidArgument { .. } | RuntimeError::NotFound { .. })));
+    image_op(rt, &ImageOp::Remove { image: IMAGE.into(), force: false }).await.expect("remove");
+    assert!(matches!(rt.inspect_image(IMAGE).await, Err(RuntimeError::NotFound { .. })));
+
+    // A leftover of an interrupted pull goes only once old; `all` takes every cached image.
+    rt.ensure_image(IMAGE).await.expect("pull again");
+    let fresh = cache.path().join(".tmp-1-00000000");
+    std::fs::create_dir(&fresh).expect("leftover");
+    let report = image_op(rt, &ImageOp::Prune { all: false }).await.expect("prune").prune.expect("report");
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert!(fresh.is_dir() && rt.inspect_image(IMAGE).await.is_ok());
+    let report = image_op(rt, &ImageOp::Prune { all: true }).await.expect("prune all").prune.expect("report");
+    assert_eq!(report.removed, [listed[0].id.clone()], "{report:?}");
+    assert!(report.reclaimed_bytes > 0);
+    assert!(image_op(rt, &ImageOp::List).await.expect("list").images.is_empty());
+
     assert_unsupported(network_op(rt, &NetworkOp::List).await, Runtime::Lxc, "list networks");
     assert_unsupported(network_op(rt, &NetworkOp::Remove("n".into())).await, Runtime::Lxc, "remove network");
     assert_unsupported(volume_op(rt, &VolumeOp::List).await, Runtime::Lxc, "list volumes");

@@ -4,7 +4,7 @@
 //! sent, and runs one command on that node's agent. A runtime without such objects
 //! answers [`ServiceError::Unsupported`] naming itself.
 //!
-//! Roles: viewers read; deployers pull images, create networks and volumes, connect and
+//! The caller's role is checked first, then the request, then the node. Roles: viewers read; deployers pull images, create networks and volumes, connect and
 //! disconnect containers, and remove the networks and volumes Diplo created; admins
 //! alone remove images (any image of the node's store, shared with whatever else runs
 //! there) and prune. Every write is recorded as an event.
@@ -96,6 +96,7 @@ impl ControlPlane {
 
     /// One image by reference or id.
     pub async fn inspect_image(&self, caller: &Caller, target: NodeTarget<'_>, image: &str) -> ServiceResult<ImageInfo> {
+        caller.require_operator(Role::Viewer)?;
         check_image(image)?;
         let op = CommandOp::Image(ImageOp::Inspect(image.to_owned()));
         let (_, _, output) = self.node_resource_command(caller, Role::Viewer, target, op).await?;
@@ -104,6 +105,7 @@ impl ControlPlane {
 
     /// Makes an image present on the node (pulled when missing) and describes it.
     pub async fn pull_image(&self, caller: &Caller, target: NodeTarget<'_>, image: &str) -> ServiceResult<ImageInfo> {
+        caller.require_operator(Role::Deployer)?;
         check_image(image)?;
         let op = CommandOp::PullImage(image.to_owned());
         let (node_id, runtime, _) = self.node_resource_command(caller, Role::Deployer, target, op).await?;
@@ -117,6 +119,7 @@ impl ControlPlane {
     /// Removes an image from the node's store (admins: the store is the node's, not
     /// only Diplo's). The runtime refuses an image a container uses (409) unless `force`.
     pub async fn remove_image(&self, caller: &Caller, target: NodeTarget<'_>, image: &str, force: bool) -> ServiceResult<()> {
+        caller.require_operator(Role::Admin)?;
         check_image(image)?;
         let op = CommandOp::Image(ImageOp::Remove { image: image.to_owned(), force });
         let (node_id, runtime, _) = self.node_resource_command(caller, Role::Admin, target, op).await?;
@@ -137,6 +140,7 @@ impl ControlPlane {
 
     /// Creates a network (driver `bridge`), labelled as Diplo's.
     pub async fn create_network(&self, caller: &Caller, target: NodeTarget<'_>, spec: NetworkSpec) -> ServiceResult<NetworkInfo> {
+        caller.require_operator(Role::Deployer)?;
         spec.validate().map_err(|(field, message)| ServiceError::invalid(field, message))?;
         let name = spec.name.clone();
         let op = CommandOp::Network(NetworkOp::Create(spec));
@@ -154,6 +158,7 @@ impl ControlPlane {
 
     /// One network with its containers.
     pub async fn inspect_network(&self, caller: &Caller, target: NodeTarget<'_>, name: &str) -> ServiceResult<NetworkInfo> {
+        caller.require_operator(Role::Viewer)?;
         check_name("network", name)?;
         let op = CommandOp::Network(NetworkOp::Inspect(name.to_owned()));
         let (_, _, output) = self.node_resource_command(caller, Role::Viewer, target, op).await?;
@@ -162,6 +167,7 @@ impl ControlPlane {
 
     /// Removes a network Diplo created; one in use or not Diplo's is refused (409).
     pub async fn remove_network(&self, caller: &Caller, target: NodeTarget<'_>, name: &str) -> ServiceResult<()> {
+        caller.require_operator(Role::Deployer)?;
         check_name("network", name)?;
         let op = CommandOp::Network(NetworkOp::Remove(name.to_owned()));
         let (node_id, runtime, _) = self.node_resource_command(caller, Role::Deployer, target, op).await?;
@@ -178,6 +184,7 @@ impl ControlPlane {
         container: &str,
         connect: bool,
     ) -> ServiceResult<NetworkInfo> {
+        caller.require_operator(Role::Deployer)?;
         check_name("network", network)?;
         diplo_api::container::validate_container_name(container).map_err(|message| ServiceError::invalid("container", message))?;
         let (network_owned, container_owned) = (network.to_owned(), container.to_owned());
@@ -194,6 +201,7 @@ impl ControlPlane {
 
     /// Creates a volume, labelled as Diplo's.
     pub async fn create_volume(&self, caller: &Caller, target: NodeTarget<'_>, spec: VolumeSpec) -> ServiceResult<VolumeInfo> {
+        caller.require_operator(Role::Deployer)?;
         spec.validate().map_err(|(field, message)| ServiceError::invalid(field, message))?;
         let name = spec.name.clone();
         let (node_id, runtime, output) =
@@ -211,6 +219,7 @@ impl ControlPlane {
 
     /// One volume.
     pub async fn inspect_volume(&self, caller: &Caller, target: NodeTarget<'_>, name: &str) -> ServiceResult<VolumeInfo> {
+        caller.require_operator(Role::Viewer)?;
         check_name("volume", name)?;
         let op = CommandOp::Volume(VolumeOp::Inspect(name.to_owned()));
         let (_, _, output) = self.node_resource_command(caller, Role::Viewer, target, op).await?;
@@ -219,6 +228,7 @@ impl ControlPlane {
 
     /// Removes a volume Diplo created; one in use or not Diplo's is refused (409).
     pub async fn remove_volume(&self, caller: &Caller, target: NodeTarget<'_>, name: &str) -> ServiceResult<()> {
+        caller.require_operator(Role::Deployer)?;
         check_name("volume", name)?;
         let op = CommandOp::Volume(VolumeOp::Remove(name.to_owned()));
         let (node_id, runtime, _) = self.node_resource_command(caller, Role::Deployer, target, op).await?;
