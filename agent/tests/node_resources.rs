@@ -188,7 +188,7 @@ async fn networks(rt: &dyn ContainerRuntime, left: &Leftovers, prefix: &str) {
     let created = network_op(rt, &NetworkOp::Create(spec.clone())).await.expect("create network").networks;
     assert_eq!(created[0].name, name);
     assert!(created[0].managed(), "{:?}", created[0]);
-    assert_eq!(created[0].subnets, [subnet.clone()]);
+    assert_eq!(created[0].subnets, std::slice::from_ref(&subnet));
     assert!(created[0].internal);
     assert_eq!(created[0].labels.get("team").map(String::as_str), Some("res"));
     assert!(matches!(rt.create_network(&spec).await, Err(RuntimeError::Conflict(_))), "a second network of the same name");
