@@ -59,6 +59,12 @@ pub enum CommandOp {
     Build(Box<crate::build::BuildSpec>),
     /// Cancel a running build by its id.
     CancelBuild(String),
+    /// An image operation.
+    Image(crate::resources::ImageOp),
+    /// A network operation.
+    Network(crate::resources::NetworkOp),
+    /// A volume operation.
+    Volume(crate::resources::VolumeOp),
 }
 
 impl CommandOp {
@@ -168,6 +174,8 @@ pub struct CommandOutput {
     pub exec: Option<ExecOutput>,
     /// Resource sample.
     pub stats: Option<ContainerStats>,
+    /// Images, networks and volumes listed, inspected, created or pruned.
+    pub resources: crate::resources::ResourceOutput,
 }
 
 /// The outcome of a command, as the control plane sees it.
@@ -196,6 +204,9 @@ impl From<&AgentCommand> for pb::Command {
             CommandOp::Stats(id) => Op::Stats(id.clone()),
             CommandOp::Build(spec) => Op::Build(spec.as_ref().into()),
             CommandOp::CancelBuild(id) => Op::CancelBuild(id.clone()),
+            CommandOp::Image(op) => Op::Image(op.into()),
+            CommandOp::Network(op) => Op::Network(op.into()),
+            CommandOp::Volume(op) => Op::Volume(op.into()),
         };
         pb::Command {
             request_id: command.request_id.clone(),
@@ -232,6 +243,9 @@ impl TryFrom<pb::Command> for AgentCommand {
             Op::Stats(id) => CommandOp::Stats(id),
             Op::Build(build) => CommandOp::Build(Box::new(build.try_into()?)),
             Op::CancelBuild(id) => CommandOp::CancelBuild(id),
+            Op::Image(op) => CommandOp::Image(op.try_into()?),
+            Op::Network(op) => CommandOp::Network(op.try_into()?),
+            Op::Volume(op) => CommandOp::Volume(op.try_into()?),
         };
         let traceparent = Some(command.traceparent).filter(|t| !t.is_empty() && t.len() <= MAX_TRACEPARENT_LEN);
         Ok(AgentCommand { request_id: command.request_id, runtime, op, traceparent })
@@ -253,6 +267,11 @@ pub fn command_result(request_id: &str, node_id: &str, runtime: Runtime, outcome
                 stdout: exec.stdout,
                 stderr: exec.stderr,
                 stats: output.stats.as_ref().map(Into::into),
+                images: output.resources.images.iter().map(Into::into).collect(),
+                networks: output.resources.networks.iter().map(Into::into).collect(),
+                volumes: output.resources.volumes.iter().map(Into::into).collect(),
+                prune: output.resources.prune.as_ref().map(Into::into),
+                truncated: output.resources.truncated,
             }
         }
         Err(err) => pb::CommandResult {
@@ -275,6 +294,13 @@ pub fn command_outcome(result: pb::CommandResult) -> CommandOutcome {
         container: result.container.map(|c| container_info(c).0),
         exec: Some(ExecOutput { exit_code: i64::from(result.exit_code), stdout: result.stdout, stderr: result.stderr }),
         stats: result.stats.map(Into::into),
+        resources: crate::resources::ResourceOutput {
+            images: result.images.into_iter().take(crate::resources::MAX_LISTED).map(Into::into).collect(),
+            networks: result.networks.into_iter().take(crate::resources::MAX_LISTED).map(Into::into).collect(),
+            volumes: result.volumes.into_iter().take(crate::resources::MAX_LISTED).map(Into::into).collect(),
+            prune: result.prune.map(Into::into),
+            truncated: result.truncated,
+        },
     })
 }
 

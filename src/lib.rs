@@ -21,6 +21,7 @@ pub mod fingerprint;
 pub mod pki;
 #[cfg(feature = "registry")]
 pub mod registry;
+pub mod resources;
 pub mod runtime;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

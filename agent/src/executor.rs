@@ -202,6 +202,9 @@ async fn run_driver(driver: Arc<dyn ContainerRuntime>, op: CommandOp, node_id: S
         }
         CommandOp::Inspect(id) => container(driver.inspect(id).await?),
         CommandOp::Stats(id) => CommandOutput { stats: Some(driver.stats(id).await?), ..Default::default() },
+        CommandOp::Image(op) => resources(crate::resources::image_op(driver, op).await?),
+        CommandOp::Network(op) => resources(crate::resources::network_op(driver, op).await?),
+        CommandOp::Volume(op) => resources(crate::resources::volume_op(driver, op).await?),
         CommandOp::Build(_) | CommandOp::CancelBuild(_) => {
             return Err(RuntimeError::Unsupported {
                 runtime: driver.runtime(),
@@ -210,6 +213,10 @@ async fn run_driver(driver: Arc<dyn ContainerRuntime>, op: CommandOp, node_id: S
         }
     };
     Ok(output)
+}
+
+fn resources(output: diplo_api::resources::ResourceOutput) -> CommandOutput {
+    CommandOutput { resources: output, ..Default::default() }
 }
 
 fn container(info: ContainerInfo) -> CommandOutput {

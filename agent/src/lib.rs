@@ -10,6 +10,7 @@ pub mod identity;
 pub mod observer;
 pub mod port_publisher;
 pub mod registry;
+pub mod resources;
 pub mod runtime;
 pub mod session;
 pub mod tls;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use diplo_api::container::{ContainerInfo, ContainerSpec, ContainerStats, ExecOutput, LogChunk, LogOptions, RuntimeEvent};
+use diplo_api::resources::{ImageInfo, NetworkInfo, NetworkSpec, PruneReport, VolumeInfo, VolumeSpec};
 use diplo_api::runtime::Runtime;
 use futures::Stream;
 
@@ -131,4 +132,74 @@ pub trait ContainerRuntime: Send + Sync {
     /// Docker and Podman follow their events API, containerd its event service (tasks and
     /// containers in Diplo's namespace), LXC `lxc-monitor` and its lxcpath directory.
     async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>>;
+
+    // Images, networks and volumes. A runtime without such objects keeps the default,
+    // which answers `Unsupported` naming the runtime and the operation.
+
+    /// Every image in the runtime's local store.
+    async fn list_images(&self) -> RuntimeResult<Vec<ImageInfo>> {
+        Err(unsupported(self.runtime(), "listing images"))
+    }
+    /// One image by reference or id.
+    async fn inspect_image(&self, _image: &str) -> RuntimeResult<ImageInfo> {
+        Err(unsupported(self.runtime(), "inspecting images"))
+    }
+    /// Removes an image; the runtime refuses one a container uses (`Conflict`) unless
+    /// `force` (and still refuses one a running container uses).
+    async fn remove_image(&self, _image: &str, _force: bool) -> RuntimeResult<()> {
+        Err(unsupported(self.runtime(), "removing images"))
+    }
+    /// Removes images no container uses: every one with `all`, else untagged ones only.
+    async fn prune_images(&self, _all: bool) -> RuntimeResult<PruneReport> {
+        Err(unsupported(self.runtime(), "pruning images"))
+    }
+    /// Creates a network labelled [`diplo_api::resources::LABEL_MANAGED`].
+    async fn create_network(&self, _spec: &NetworkSpec) -> RuntimeResult<NetworkInfo> {
+        Err(unsupported(self.runtime(), "networks"))
+    }
+    /// Every network.
+    async fn list_networks(&self) -> RuntimeResult<Vec<NetworkInfo>> {
+        Err(unsupported(self.runtime(), "networks"))
+    }
+    /// One network by name or id, with its attached containers.
+    async fn inspect_network(&self, _network: &str) -> RuntimeResult<NetworkInfo> {
+        Err(unsupported(self.runtime(), "networks"))
+    }
+    /// Removes a network Diplo created (`Conflict` for any other, or one in use).
+    async fn remove_network(&self, _network: &str) -> RuntimeResult<()> {
+        Err(unsupported(self.runtime(), "networks"))
+    }
+    /// Attaches one of Diplo's containers (`NotFound` for any other container).
+    async fn connect_network(&self, _network: &str, _container: &str) -> RuntimeResult<()> {
+        Err(unsupported(self.runtime(), "networks"))
+    }
+    /// Detaches one of Diplo's containers.
+    async fn disconnect_network(&self, _network: &str, _container: &str) -> RuntimeResult<()> {
+        Err(unsupported(self.runtime(), "networks"))
+    }
+    /// Creates a volume labelled [`diplo_api::resources::LABEL_MANAGED`].
+    async fn create_volume(&self, _spec: &VolumeSpec) -> RuntimeResult<VolumeInfo> {
+        Err(unsupported(self.runtime(), "volumes"))
+    }
+    /// Every volume.
+    async fn list_volumes(&self) -> RuntimeResult<Vec<VolumeInfo>> {
+        Err(unsupported(self.runtime(), "volumes"))
+    }
+    /// One volume by name.
+    async fn inspect_volume(&self, _volume: &str) -> RuntimeResult<VolumeInfo> {
+        Err(unsupported(self.runtime(), "volumes"))
+    }
+    /// Removes a volume Diplo created (`Conflict` for any other, or one in use).
+    async fn remove_volume(&self, _volume: &str) -> RuntimeResult<()> {
+        Err(unsupported(self.runtime(), "volumes"))
+    }
+    /// Removes the volumes Diplo created that no container uses.
+    async fn prune_volumes(&self) -> RuntimeResult<PruneReport> {
+        Err(unsupported(self.runtime(), "volumes"))
+    }
+}
+
+/// The answer of a runtime that cannot do `operation`.
+pub fn unsupported(runtime: Runtime, operation: &'static str) -> RuntimeError {
+    RuntimeError::Unsupported { runtime, operation }
 }

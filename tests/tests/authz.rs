@@ -29,6 +29,7 @@ use diplo_api::pb::cluster_service_client::ClusterServiceClient;
 use diplo_api::pb::container_service_client::ContainerServiceClient;
 use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
 use diplo_api::pb::event_service_client::EventServiceClient;
+use diplo_api::pb::node_resource_service_client::NodeResourceServiceClient;
 use diplo_api::pb::registry_service_client::RegistryServiceClient;
 use diplo_tests::unique_name as unique;
 use diplo_tests::{ControlPlane, ControlPlaneOptions, find_node};
@@ -284,6 +285,22 @@ fn nope() -> String {
     "authz-nope".to_owned()
 }
 
+fn image_request() -> pb::ImageRequest {
+    pb::ImageRequest { node: nope(), runtime: 0, image: "127.0.0.1:5000/diplo/busybox:latest".into() }
+}
+
+fn network_request() -> pb::NetworkRequest {
+    pb::NetworkRequest { node: nope(), runtime: 0, name: nope() }
+}
+
+fn attachment_request() -> pb::NetworkAttachmentRequest {
+    pb::NetworkAttachmentRequest { node: nope(), runtime: 0, network: nope(), container: nope() }
+}
+
+fn volume_request() -> pb::VolumeRequest {
+    pb::VolumeRequest { node: nope(), runtime: 0, name: nope() }
+}
+
 fn container_spec(name: &str) -> pb::ContainerSpec {
     pb::ContainerSpec {
         name: name.into(),
@@ -516,6 +533,59 @@ fn rpcs() -> Vec<Rpc> {
         ),
         rpc!("diplo.v1.RegistryService/Logout", Admin, RegistryServiceClient::logout(pb::RegistryLogoutRequest { registry: nope() })),
         rpc!("diplo.v1.RegistryService/List", Deployer, RegistryServiceClient::list(pb::ListRegistryLoginsRequest {})),
+        // NodeResourceService (a node that does not exist: NotFound once let through)
+        rpc!(
+            "diplo.v1.NodeResourceService/ListImages",
+            Viewer,
+            NodeResourceServiceClient::list_images(pb::ListImagesRequest { node: nope(), runtime: 0 })
+        ),
+        rpc!("diplo.v1.NodeResourceService/PullImage", Deployer, NodeResourceServiceClient::pull_image(image_request())),
+        rpc!("diplo.v1.NodeResourceService/InspectImage", Viewer, NodeResourceServiceClient::inspect_image(image_request())),
+        rpc!(
+            "diplo.v1.NodeResourceService/RemoveImage",
+            Admin,
+            NodeResourceServiceClient::remove_image(pb::RemoveImageRequest { node: nope(), image: "busybox".into(), ..Default::default() })
+        ),
+        rpc!(
+            "diplo.v1.NodeResourceService/PruneImages",
+            Admin,
+            NodeResourceServiceClient::prune_images(pb::PruneImagesRequest { node: nope(), ..Default::default() })
+        ),
+        rpc!(
+            "diplo.v1.NodeResourceService/CreateNetwork",
+            Deployer,
+            NodeResourceServiceClient::create_network(pb::CreateNetworkRequest { node: nope(), name: nope(), ..Default::default() })
+        ),
+        rpc!(
+            "diplo.v1.NodeResourceService/ListNetworks",
+            Viewer,
+            NodeResourceServiceClient::list_networks(pb::ListNetworksRequest { node: nope(), runtime: 0 })
+        ),
+        rpc!("diplo.v1.NodeResourceService/InspectNetwork", Viewer, NodeResourceServiceClient::inspect_network(network_request())),
+        rpc!("diplo.v1.NodeResourceService/RemoveNetwork", Deployer, NodeResourceServiceClient::remove_network(network_request())),
+        rpc!("diplo.v1.NodeResourceService/ConnectNetwork", Deployer, NodeResourceServiceClient::connect_network(attachment_request())),
+        rpc!(
+            "diplo.v1.NodeResourceService/DisconnectNetwork",
+            Deployer,
+            NodeResourceServiceClient::disconnect_network(attachment_request())
+        ),
+        rpc!(
+            "diplo.v1.NodeResourceService/CreateVolume",
+            Deployer,
+            NodeResourceServiceClient::create_volume(pb::CreateVolumeRequest { node: nope(), name: nope(), ..Default::default() })
+        ),
+        rpc!(
+            "diplo.v1.NodeResourceService/ListVolumes",
+            Viewer,
+            NodeResourceServiceClient::list_volumes(pb::ListVolumesRequest { node: nope(), runtime: 0 })
+        ),
+        rpc!("diplo.v1.NodeResourceService/InspectVolume", Viewer, NodeResourceServiceClient::inspect_volume(volume_request())),
+        rpc!("diplo.v1.NodeResourceService/RemoveVolume", Deployer, NodeResourceServiceClient::remove_volume(volume_request())),
+        rpc!(
+            "diplo.v1.NodeResourceService/PruneVolumes",
+            Admin,
+            NodeResourceServiceClient::prune_volumes(pb::PruneVolumesRequest { node: nope(), runtime: 0 })
+        ),
         // EventService
         rpc!("diplo.v1.EventService/Watch", Viewer, EventServiceClient::watch(pb::WatchRequest::default())),
         // Health: open, so that load balancers and probes need nothing.
@@ -717,6 +787,9 @@ fn route(method: &'static str, template: &'static str, access: Access, path: &'s
 fn routes() -> Vec<Route> {
     use Access::*;
     let deploy_body = || Some(serde_json::json!({"name": "authz-rest", "image": "127.0.0.1:5000/diplo/busybox:latest", "replicas": 1}));
+    let pull_body = || Some(serde_json::json!({"image": "127.0.0.1:5000/diplo/busybox:latest"}));
+    let name_body = || Some(serde_json::json!({"name": "authz-rest"}));
+    let attach_body = || Some(serde_json::json!({"container": "authz-nope"}));
     vec![
         route("GET", "/healthz", Open, "/healthz"),
         route("GET", "/api/status", Viewer, "/api/status"),
@@ -777,6 +850,71 @@ fn routes() -> Vec<Route> {
             ..route("POST", "/api/v1/registries", Admin, "/api/v1/registries")
         },
         route("DELETE", "/api/v1/registries/{registry}", Admin, "/api/v1/registries/authz-nope.invalid:5000"),
+        // Images, networks and volumes on a node (a node that does not exist: 404 once let through).
+        route("GET", "/api/v1/images", Viewer, "/api/v1/images?node=authz-nope"),
+        Route { body: pull_body(), ..route("POST", "/api/v1/images/pull", Deployer, "/api/v1/images/pull?node=authz-nope") },
+        route("POST", "/api/v1/images/prune", Admin, "/api/v1/images/prune?node=authz-nope"),
+        route("GET", "/api/v1/images/{reference}", Viewer, "/api/v1/images/127.0.0.1:5000%2Fdiplo%2Fbusybox:latest?node=authz-nope"),
+        route("DELETE", "/api/v1/images/{reference}", Admin, "/api/v1/images/127.0.0.1:5000%2Fdiplo%2Fbusybox:latest?node=authz-nope"),
+        route("GET", "/api/v1/networks", Viewer, "/api/v1/networks?node=authz-nope"),
+        Route { body: name_body(), ..route("POST", "/api/v1/networks", Deployer, "/api/v1/networks?node=authz-nope") },
+        route("GET", "/api/v1/networks/{name}", Viewer, "/api/v1/networks/authz-nope?node=authz-nope"),
+        route("DELETE", "/api/v1/networks/{name}", Deployer, "/api/v1/networks/authz-nope?node=authz-nope"),
+        Route {
+            body: attach_body(),
+            ..route("POST", "/api/v1/networks/{name}/connect", Deployer, "/api/v1/networks/authz-nope/connect?node=authz-nope")
+        },
+        Route {
+            body: attach_body(),
+            ..route("POST", "/api/v1/networks/{name}/disconnect", Deployer, "/api/v1/networks/authz-nope/disconnect?node=authz-nope")
+        },
+        route("GET", "/api/v1/volumes", Viewer, "/api/v1/volumes?node=authz-nope"),
+        Route { body: name_body(), ..route("POST", "/api/v1/volumes", Deployer, "/api/v1/volumes?node=authz-nope") },
+        route("POST", "/api/v1/volumes/prune", Admin, "/api/v1/volumes/prune?node=authz-nope"),
+        route("GET", "/api/v1/volumes/{name}", Viewer, "/api/v1/volumes/authz-nope?node=authz-nope"),
+        route("DELETE", "/api/v1/volumes/{name}", Deployer, "/api/v1/volumes/authz-nope?node=authz-nope"),
+        route("GET", "/api/v1/docker/images", Viewer, "/api/v1/docker/images?node=authz-nope"),
+        Route { body: pull_body(), ..route("POST", "/api/v1/docker/images/pull", Deployer, "/api/v1/docker/images/pull?node=authz-nope") },
+        route("POST", "/api/v1/docker/images/prune", Admin, "/api/v1/docker/images/prune?node=authz-nope"),
+        route(
+            "GET",
+            "/api/v1/docker/images/{reference}",
+            Viewer,
+            "/api/v1/docker/images/127.0.0.1:5000%2Fdiplo%2Fbusybox:latest?node=authz-nope",
+        ),
+        route(
+            "DELETE",
+            "/api/v1/docker/images/{reference}",
+            Admin,
+            "/api/v1/docker/images/127.0.0.1:5000%2Fdiplo%2Fbusybox:latest?node=authz-nope",
+        ),
+        route("GET", "/api/v1/docker/networks", Viewer, "/api/v1/docker/networks?node=authz-nope"),
+        Route { body: name_body(), ..route("POST", "/api/v1/docker/networks", Deployer, "/api/v1/docker/networks?node=authz-nope") },
+        route("GET", "/api/v1/docker/networks/{name}", Viewer, "/api/v1/docker/networks/authz-nope?node=authz-nope"),
+        route("DELETE", "/api/v1/docker/networks/{name}", Deployer, "/api/v1/docker/networks/authz-nope?node=authz-nope"),
+        Route {
+            body: attach_body(),
+            ..route(
+                "POST",
+                "/api/v1/docker/networks/{name}/connect",
+                Deployer,
+                "/api/v1/docker/networks/authz-nope/connect?node=authz-nope",
+            )
+        },
+        Route {
+            body: attach_body(),
+            ..route(
+                "POST",
+                "/api/v1/docker/networks/{name}/disconnect",
+                Deployer,
+                "/api/v1/docker/networks/authz-nope/disconnect?node=authz-nope",
+            )
+        },
+        route("GET", "/api/v1/docker/volumes", Viewer, "/api/v1/docker/volumes?node=authz-nope"),
+        Route { body: name_body(), ..route("POST", "/api/v1/docker/volumes", Deployer, "/api/v1/docker/volumes?node=authz-nope") },
+        route("POST", "/api/v1/docker/volumes/prune", Admin, "/api/v1/docker/volumes/prune?node=authz-nope"),
+        route("GET", "/api/v1/docker/volumes/{name}", Viewer, "/api/v1/docker/volumes/authz-nope?node=authz-nope"),
+        route("DELETE", "/api/v1/docker/volumes/{name}", Deployer, "/api/v1/docker/volumes/authz-nope?node=authz-nope"),
     ]
 }
 

@@ -7,6 +7,7 @@
 
 mod cni;
 mod image;
+mod images;
 mod logs;
 mod metrics;
 mod spec;
@@ -1126,6 +1127,22 @@ impl ContainerRuntime for ContainerdRuntime {
             network_rx_bytes,
             network_tx_bytes,
         })
+    }
+
+    async fn list_images(&self) -> RuntimeResult<Vec<diplo_api::resources::ImageInfo>> {
+        self.images().await
+    }
+
+    async fn inspect_image(&self, image: &str) -> RuntimeResult<diplo_api::resources::ImageInfo> {
+        self.image(image).await
+    }
+
+    async fn remove_image(&self, image: &str, force: bool) -> RuntimeResult<()> {
+        self.delete_image(image, force).await
+    }
+
+    async fn prune_images(&self, _all: bool) -> RuntimeResult<diplo_api::resources::PruneReport> {
+        self.prune_unused_images().await
     }
 
     async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>> {

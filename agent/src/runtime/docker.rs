@@ -31,6 +31,9 @@ use super::{ContainerRuntime, RuntimeError, RuntimeResult, RuntimeStream};
 use crate::registry::SharedRegistry;
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
+use diplo_api::resources::{ImageInfo, NetworkInfo, NetworkSpec, PruneReport, VolumeInfo, VolumeSpec};
+
+mod resources;
 
 /// Probes the Docker daemon on `socket` (a path, or `unix://path`): available when the
 /// daemon answers `/version` within `timeout`; `version` is the server's version string.
@@ -846,6 +849,65 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(move |error| map_error(runtime, &socket, &error, "events", ""))
             .try_filter_map(|message| futures::future::ready(Ok(docker_api::runtime_event(&message))));
         Ok(Box::pin(stream))
+    }
+    async fn list_images(&self) -> RuntimeResult<Vec<ImageInfo>> {
+        self.images().await
+    }
+
+    async fn inspect_image(&self, image: &str) -> RuntimeResult<ImageInfo> {
+        self.image(image).await
+    }
+
+    async fn remove_image(&self, image: &str, force: bool) -> RuntimeResult<()> {
+        self.delete_image(image, force).await
+    }
+
+    async fn prune_images(&self, all: bool) -> RuntimeResult<PruneReport> {
+        self.prune_unused_images(all).await
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec) -> RuntimeResult<NetworkInfo> {
+        self.new_network(spec).await
+    }
+
+    async fn list_networks(&self) -> RuntimeResult<Vec<NetworkInfo>> {
+        self.networks().await
+    }
+
+    async fn inspect_network(&self, network: &str) -> RuntimeResult<NetworkInfo> {
+        self.network(network).await
+    }
+
+    async fn remove_network(&self, network: &str) -> RuntimeResult<()> {
+        self.delete_network(network).await
+    }
+
+    async fn connect_network(&self, network: &str, container: &str) -> RuntimeResult<()> {
+        self.attach(network, container, true).await
+    }
+
+    async fn disconnect_network(&self, network: &str, container: &str) -> RuntimeResult<()> {
+        self.attach(network, container, false).await
+    }
+
+    async fn create_volume(&self, spec: &VolumeSpec) -> RuntimeResult<VolumeInfo> {
+        self.new_volume(spec).await
+    }
+
+    async fn list_volumes(&self) -> RuntimeResult<Vec<VolumeInfo>> {
+        self.volumes().await
+    }
+
+    async fn inspect_volume(&self, volume: &str) -> RuntimeResult<VolumeInfo> {
+        self.volume(volume).await
+    }
+
+    async fn remove_volume(&self, volume: &str) -> RuntimeResult<()> {
+        self.delete_volume(volume).await
+    }
+
+    async fn prune_volumes(&self) -> RuntimeResult<PruneReport> {
+        self.prune_managed_volumes().await
     }
 }
 

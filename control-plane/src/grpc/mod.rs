@@ -9,6 +9,7 @@ mod containers;
 mod convert;
 mod deployments;
 mod incoming;
+mod node_resources;
 mod observe;
 mod registries;
 
@@ -22,6 +23,7 @@ use diplo_api::pb::cluster_service_server::ClusterServiceServer;
 use diplo_api::pb::container_service_server::ContainerServiceServer;
 use diplo_api::pb::deployment_service_server::DeploymentServiceServer;
 use diplo_api::pb::event_service_server::EventServiceServer;
+use diplo_api::pb::node_resource_service_server::NodeResourceServiceServer;
 use diplo_api::pb::registry_service_server::RegistryServiceServer;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -83,6 +85,7 @@ pub async fn serve(
     health_reporter.set_serving::<DeploymentServiceServer<deployments::DeploymentApi>>().await;
     health_reporter.set_serving::<EventServiceServer<deployments::DeploymentApi>>().await;
     health_reporter.set_serving::<BuildServiceServer<builds::BuildApi>>().await;
+    health_reporter.set_serving::<NodeResourceServiceServer<node_resources::NodeResourceApi>>().await;
 
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
@@ -113,6 +116,7 @@ pub async fn serve(
         .add_service(limited!(DeploymentServiceServer::new(deployments::DeploymentApi::new(control_plane.clone()))))
         .add_service(limited!(BuildServiceServer::new(builds::BuildApi::new(control_plane.clone()))))
         .add_service(limited!(RegistryServiceServer::new(registries::RegistryApi::new(control_plane.clone()))))
+        .add_service(limited!(NodeResourceServiceServer::new(node_resources::NodeResourceApi::new(control_plane.clone()))))
         .add_service(limited!(EventServiceServer::new(deployments::DeploymentApi::new(control_plane))))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

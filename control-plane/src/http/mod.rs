@@ -7,6 +7,7 @@ mod deployments;
 mod error;
 pub mod fuzz;
 mod metrics;
+mod node_resources;
 mod registries;
 mod status;
 pub mod tls;
@@ -64,6 +65,29 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/images/build", post(builds::start))
         .route("/api/v1/images/builds", get(builds::list))
         .route("/api/v1/images/build/{id}", get(builds::get).delete(builds::cancel))
+        // Images, networks and volumes on a node (`?node=&runtime=`), and under /api/v1/docker/* with Docker.
+        .route("/api/v1/images", get(node_resources::list_images))
+        .route("/api/v1/images/pull", post(node_resources::pull_image))
+        .route("/api/v1/images/prune", post(node_resources::prune_images))
+        .route("/api/v1/images/{reference}", get(node_resources::inspect_image).delete(node_resources::remove_image))
+        .route("/api/v1/networks", get(node_resources::list_networks).post(node_resources::create_network))
+        .route("/api/v1/networks/{name}", get(node_resources::inspect_network).delete(node_resources::remove_network))
+        .route("/api/v1/networks/{name}/connect", post(node_resources::connect_network))
+        .route("/api/v1/networks/{name}/disconnect", post(node_resources::disconnect_network))
+        .route("/api/v1/volumes", get(node_resources::list_volumes).post(node_resources::create_volume))
+        .route("/api/v1/volumes/prune", post(node_resources::prune_volumes))
+        .route("/api/v1/volumes/{name}", get(node_resources::inspect_volume).delete(node_resources::remove_volume))
+        .route("/api/v1/docker/images", get(node_resources::docker_list_images))
+        .route("/api/v1/docker/images/pull", post(node_resources::docker_pull_image))
+        .route("/api/v1/docker/images/prune", post(node_resources::docker_prune_images))
+        .route("/api/v1/docker/images/{reference}", get(node_resources::docker_inspect_image).delete(node_resources::docker_remove_image))
+        .route("/api/v1/docker/networks", get(node_resources::docker_list_networks).post(node_resources::docker_create_network))
+        .route("/api/v1/docker/networks/{name}", get(node_resources::docker_inspect_network).delete(node_resources::docker_remove_network))
+        .route("/api/v1/docker/networks/{name}/connect", post(node_resources::docker_connect_network))
+        .route("/api/v1/docker/networks/{name}/disconnect", post(node_resources::docker_disconnect_network))
+        .route("/api/v1/docker/volumes", get(node_resources::docker_list_volumes).post(node_resources::docker_create_volume))
+        .route("/api/v1/docker/volumes/prune", post(node_resources::docker_prune_volumes))
+        .route("/api/v1/docker/volumes/{name}", get(node_resources::docker_inspect_volume).delete(node_resources::docker_remove_volume))
         .route_layer(middleware::from_fn_with_state(REQUEST_TIMEOUT, time_limit));
     // Calls that may stream for as long as the caller reads (followed logs, events).
     let streaming = Router::new()

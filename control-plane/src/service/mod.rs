@@ -7,6 +7,7 @@ mod containers;
 mod deployments;
 mod images;
 mod instances;
+mod node_resources;
 mod reconciler;
 mod registries;
 mod source;
@@ -22,6 +23,7 @@ pub use containers::{
 pub use deployments::{DeployInput, Deployed, DeploymentView, HIDDEN_ENV_VALUE, validate_deployment_spec};
 pub use images::{PLATFORMS_TTL, PlatformCache, PlatformLookup};
 pub use instances::{InstanceUsage, InstanceView};
+pub use node_resources::{Listed, NodeTarget, check_image, check_name};
 pub use reconciler::{CommandSink, Fit, RECONCILE_PERIOD};
 pub use registries::{RegistryLogin, RegistryLoginRequest, check_registry_name};
 pub use tokens::{ApiTokenCache, CreatedApiToken, CreatedJoinToken, DEFAULT_JOIN_TOKEN_TTL, NewApiToken};

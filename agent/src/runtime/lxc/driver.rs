@@ -57,6 +57,8 @@ use tracing::{debug, warn};
 
 use super::config::{self, BlockInputs, CgroupVersion, ImageLines, InfoOutput, LxcNetwork, ResolvedMount};
 use super::image;
+
+mod images;
 use super::logs::{self, LogFiles};
 use crate::port_publisher::PortPublisher;
 use crate::registry::SharedRegistry;
@@ -411,6 +413,8 @@ impl LxcRuntime {
             }
             return Err(failed(format!("cannot get image {reference}: {}", messages.join("; "))));
         }
+        // Which reference the layout holds, for the image list (best effort: a layout without it is listed untagged).
+        let _ = std::fs::write(tmp.join(images::REFERENCE_FILE), image::normalize_reference(reference));
         self.install_layout(&tmp, layout, replace)
     }
 
@@ -1646,6 +1650,22 @@ impl ContainerRuntime for LxcRuntime {
             network_rx_bytes,
             network_tx_bytes,
         })
+    }
+
+    async fn list_images(&self) -> RuntimeResult<Vec<diplo_api::resources::ImageInfo>> {
+        self.cached_images()
+    }
+
+    async fn inspect_image(&self, image: &str) -> RuntimeResult<diplo_api::resources::ImageInfo> {
+        self.cached_image(image)
+    }
+
+    async fn remove_image(&self, image: &str, _force: bool) -> RuntimeResult<()> {
+        self.uncache_image(image)
+    }
+
+    async fn prune_images(&self, all: bool) -> RuntimeResult<diplo_api::resources::PruneReport> {
+        self.prune_cache(all)
     }
 
     async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>> {
