@@ -83,6 +83,9 @@ impl CommandOp {
             CommandOp::Stats(_) => "stats",
             CommandOp::Build(_) => "build",
             CommandOp::CancelBuild(_) => "cancel_build",
+            CommandOp::Image(_) => "image",
+            CommandOp::Network(_) => "network",
+            CommandOp::Volume(_) => "volume",
         }
     }
 }
