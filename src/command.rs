@@ -59,6 +59,26 @@ pub enum CommandOp {
     Build(Box<crate::build::BuildSpec>),
     /// Cancel a running build by its id.
     CancelBuild(String),
+    /// Freeze every process of a container.
+    Pause(String),
+    /// Thaw a paused container.
+    Unpause(String),
+    /// Read a path out of a container as a tar archive.
+    CopyOut {
+        /// Container id.
+        id: String,
+        /// Absolute path inside the container.
+        path: String,
+    },
+    /// Extract a tar archive into a directory of a container.
+    CopyIn {
+        /// Container id.
+        id: String,
+        /// Absolute directory inside the container.
+        dir: String,
+        /// The tar archive.
+        archive: Vec<u8>,
+    },
 }
 
 /// A command with its correlation id and the runtime it targets.
@@ -141,6 +161,8 @@ pub struct CommandOutput {
     pub exec: Option<ExecOutput>,
     /// Resource sample.
     pub stats: Option<ContainerStats>,
+    /// A tar archive read out of a container.
+    pub archive: Option<Vec<u8>>,
 }
 
 /// The outcome of a command, as the control plane sees it.
@@ -169,6 +191,10 @@ impl From<&AgentCommand> for pb::Command {
             CommandOp::Stats(id) => Op::Stats(id.clone()),
             CommandOp::Build(spec) => Op::Build(spec.as_ref().into()),
             CommandOp::CancelBuild(id) => Op::CancelBuild(id.clone()),
+            CommandOp::Pause(id) => Op::Pause(id.clone()),
+            CommandOp::Unpause(id) => Op::Unpause(id.clone()),
+            CommandOp::CopyOut { id, path } => Op::CopyOut(pb::CopyOut { id: id.clone(), path: path.clone() }),
+            CommandOp::CopyIn { id, dir, archive } => Op::CopyIn(pb::CopyIn { id: id.clone(), dir: dir.clone(), archive: archive.clone() }),
         };
         pb::Command { request_id: command.request_id.clone(), runtime: pb::RuntimeKind::from(command.runtime) as i32, op: Some(op) }
     }
@@ -200,6 +226,10 @@ impl TryFrom<pb::Command> for AgentCommand {
             Op::Stats(id) => CommandOp::Stats(id),
             Op::Build(build) => CommandOp::Build(Box::new(build.try_into()?)),
             Op::CancelBuild(id) => CommandOp::CancelBuild(id),
+            Op::Pause(id) => CommandOp::Pause(id),
+            Op::Unpause(id) => CommandOp::Unpause(id),
+            Op::CopyOut(copy) => CommandOp::CopyOut { id: copy.id, path: copy.path },
+            Op::CopyIn(copy) => CommandOp::CopyIn { id: copy.id, dir: copy.dir, archive: copy.archive },
         };
         Ok(AgentCommand { request_id: command.request_id, runtime, op })
     }
@@ -220,6 +250,7 @@ pub fn command_result(request_id: &str, node_id: &str, runtime: Runtime, outcome
                 stdout: exec.stdout,
                 stderr: exec.stderr,
                 stats: output.stats.as_ref().map(Into::into),
+                archive: output.archive.clone().unwrap_or_default(),
             }
         }
         Err(err) => pb::CommandResult {
@@ -242,6 +273,7 @@ pub fn command_outcome(result: pb::CommandResult) -> CommandOutcome {
         container: result.container.map(|c| container_info(c).0),
         exec: Some(ExecOutput { exit_code: i64::from(result.exit_code), stdout: result.stdout, stderr: result.stderr }),
         stats: result.stats.map(Into::into),
+        archive: (!result.archive.is_empty()).then_some(result.archive),
     })
 }
 
@@ -258,6 +290,10 @@ mod tests {
             CommandOp::Exec { id: "c".into(), argv: vec!["ls".into()] },
             CommandOp::Logs { id: "c".into(), options: LogOptions { follow: true, tail: Some(5), timestamps: false } },
             CommandOp::Inspect("c".into()),
+            CommandOp::Pause("c".into()),
+            CommandOp::Unpause("c".into()),
+            CommandOp::CopyOut { id: "c".into(), path: "/etc/hosts".into() },
+            CommandOp::CopyIn { id: "c".into(), dir: "/tmp".into(), archive: vec![1, 2, 3] },
         ];
         for op in ops {
             let command = AgentCommand { request_id: "r1".into(), runtime: Runtime::Podman, op };
@@ -277,5 +313,8 @@ mod tests {
         let ok = CommandOutput { exec: Some(ExecOutput { exit_code: 3, stdout: b"out".to_vec(), stderr: vec![] }), ..Default::default() };
         let back = command_outcome(command_result("r", "n", Runtime::Docker, &Ok(ok))).expect("ok");
         assert_eq!(back.exec.expect("exec").exit_code, 3);
+        let ok = CommandOutput { archive: Some(b"tar bytes".to_vec()), ..Default::default() };
+        let back = command_outcome(command_result("r", "n", Runtime::Lxc, &Ok(ok))).expect("ok");
+        assert_eq!(back.archive.as_deref(), Some(&b"tar bytes"[..]));
     }
 }

@@ -9,6 +9,7 @@
 //! * `registry` (feature `registry`): image references, an OCI registry client, and
 //!   the platforms an image is built for.
 
+pub mod archive;
 pub mod build;
 pub mod codec;
 pub mod command;

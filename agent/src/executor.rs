@@ -186,6 +186,19 @@ async fn run_op(driver: Arc<dyn ContainerRuntime>, op: CommandOp, node_id: Strin
         }
         CommandOp::Inspect(id) => container(driver.inspect(id).await?),
         CommandOp::Stats(id) => CommandOutput { stats: Some(driver.stats(id).await?), ..Default::default() },
+        CommandOp::Pause(id) => {
+            driver.pause(id).await?;
+            container(driver.inspect(id).await?)
+        }
+        CommandOp::Unpause(id) => {
+            driver.unpause(id).await?;
+            container(driver.inspect(id).await?)
+        }
+        CommandOp::CopyOut { id, path } => CommandOutput { archive: Some(driver.copy_from(id, path).await?), ..Default::default() },
+        CommandOp::CopyIn { id, dir, archive } => {
+            driver.copy_to(id, dir, archive.clone()).await?;
+            CommandOutput::default()
+        }
         CommandOp::Build(_) | CommandOp::CancelBuild(_) => {
             return Err(RuntimeError::Unsupported {
                 runtime: driver.runtime(),
