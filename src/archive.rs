@@ -153,7 +153,8 @@ mod tests {
     #[test]
     fn archives_with_relative_members_pass_and_hostile_ones_are_refused() {
         use tar::EntryType::{Directory, Link, Regular, Symlink};
-        let good = tar_of(&[("dir/", Directory, ""), ("dir/file", Regular, ""), ("link", Symlink, "/etc/passwd"), ("hard", Link, "dir/file")]);
+        let good =
+            tar_of(&[("dir/", Directory, ""), ("dir/file", Regular, ""), ("link", Symlink, "/etc/passwd"), ("hard", Link, "dir/file")]);
         assert_eq!(check_archive(&good), Ok(4));
         for (members, says) in [
             (vec![("../../x", Regular, "")], "`..`"),

@@ -25,8 +25,8 @@ use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest,
     ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, ListTasksRequest, MetricsRequest,
-    PauseTaskRequest, ResumeTaskRequest, StartRequest, SubscribeRequest, WaitRequest, containers_client::ContainersClient, events_client::EventsClient,
-    tasks_client::TasksClient,
+    PauseTaskRequest, ResumeTaskRequest, StartRequest, SubscribeRequest, WaitRequest, containers_client::ContainersClient,
+    events_client::EventsClient, tasks_client::TasksClient,
 };
 use containerd_client::types::Mount as PbMount;
 use containerd_client::types::v1::{Process, Status as TaskStatus};

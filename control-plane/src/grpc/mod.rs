@@ -5,6 +5,7 @@ mod agent;
 mod auth;
 mod builds;
 mod cluster;
+mod container_ops;
 mod containers;
 mod convert;
 mod deployments;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use diplo_api::pb::agent_service_server::AgentServiceServer;
 use diplo_api::pb::build_service_server::BuildServiceServer;
 use diplo_api::pb::cluster_service_server::ClusterServiceServer;
+use diplo_api::pb::container_ops_service_server::ContainerOpsServiceServer;
 use diplo_api::pb::container_service_server::ContainerServiceServer;
 use diplo_api::pb::deployment_service_server::DeploymentServiceServer;
 use diplo_api::pb::event_service_server::EventServiceServer;
@@ -82,6 +84,7 @@ pub async fn serve(
     health_reporter.set_serving::<DeploymentServiceServer<deployments::DeploymentApi>>().await;
     health_reporter.set_serving::<EventServiceServer<deployments::DeploymentApi>>().await;
     health_reporter.set_serving::<BuildServiceServer<builds::BuildApi>>().await;
+    health_reporter.set_serving::<ContainerOpsServiceServer<container_ops::ContainerOpsApi>>().await;
 
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
@@ -111,6 +114,7 @@ pub async fn serve(
         .add_service(limited!(DeploymentServiceServer::new(deployments::DeploymentApi::new(control_plane.clone()))))
         .add_service(limited!(BuildServiceServer::new(builds::BuildApi::new(control_plane.clone()))))
         .add_service(limited!(RegistryServiceServer::new(registries::RegistryApi::new(control_plane.clone()))))
+        .add_service(limited!(ContainerOpsServiceServer::new(container_ops::ContainerOpsApi::new(control_plane.clone()))))
         .add_service(limited!(EventServiceServer::new(deployments::DeploymentApi::new(control_plane))))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
