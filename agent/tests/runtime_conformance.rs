@@ -385,7 +385,9 @@ const STUBBORN: &str = "trap 'echo ignoring TERM' TERM; while true; do sleep 0.1
 // ------------------------------------------------------------------ cases
 
 /// A container script that counts tenths of seconds into /tmp/count until SIGTERM.
-const COUNTER: &str = "trap 'exit 0' TERM; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done";
+/// (written aside then renamed, so that a reader never sees it empty).
+const COUNTER: &str =
+    "trap 'exit 0' TERM; i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done";
 
 async fn read_counter(ctx: &Ctx, id: &str) -> u64 {
     let output = ctx.rt().exec(id, &["cat".to_owned(), "/tmp/count".to_owned()]).await.expect("exec cat /tmp/count");
@@ -397,7 +399,22 @@ async fn pause_freezes_and_unpause_thaws(ctx: &Ctx) {
     ctx.wait_for(&id, Duration::from_secs(10), "running", |c| c.status == ContainerStatus::Running).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = read_counter(ctx, &id).await;
+    let mut events = ctx.rt().events().await.expect("events");
+    // Give the subscription a moment to be in place at the daemon.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     ctx.rt().pause(&id).await.expect("pause");
+    // Whoever follows the events learns of the pause (and inspects to see it).
+    let full_id = ctx.rt().inspect(&id).await.expect("inspect").id;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.next()).await {
+            Ok(Some(Ok(event))) if event.container_id == full_id || event.container_id == id => break,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no event for the pause of {id}: {other:?}"),
+        }
+    }
+    drop(events);
     ctx.rt().pause(&id).await.expect("pausing a paused container does nothing");
     let info = ctx.rt().inspect(&id).await.expect("inspect paused");
     assert_eq!(info.status, ContainerStatus::Paused, "{info:?}");

@@ -100,7 +100,10 @@ fn viewer_token(control_plane: &ControlPlane) -> String {
 }
 
 fn container_ops_on(runtime: &str) {
+    let started = Instant::now();
+    let phase = |what: &str| println!("{runtime}: {what} at {:.1?}", started.elapsed());
     let Some((control_plane, _agent)) = cluster(runtime) else { return };
+    phase("cluster up");
     let _cleanup = RemoveAllContainersOnDrop(&control_plane);
     let admin = control_plane.admin_token();
     let name = unique(&format!("ops-{runtime}"));
@@ -125,6 +128,7 @@ fn container_ops_on(runtime: &str) {
     let unpaused = control_plane.rest("POST", &format!("/api/v1/containers/{id}/unpause"), None);
     assert_eq!((unpaused.status, unpaused.json()["status"].as_str()), (200, Some("running")), "{}", unpaused.body);
 
+    phase("A file copied in, then out");
     // A file copied in, then out (REST under both prefixes), is the same.
     let archive = tar_of(&[("in/", ""), ("in/hello.txt", &format!("hello {runtime}\n"))]);
     let (status, _, body) = raw(&control_plane, &admin, "PUT", &format!("/api/v1/containers/{id}/archive?path=/tmp"), archive);
@@ -136,6 +140,7 @@ fn container_ops_on(runtime: &str) {
     assert_eq!((status, kind.as_str()), (200, "application/x-tar"), "{}", String::from_utf8_lossy(&body));
     assert_eq!(untar(&body), vec![("hello.txt".to_owned(), format!("hello {runtime}\n"))]);
 
+    phase("Hostile archives");
     // Hostile archives: members climbing out or absolute are refused before any runtime
     // sees them; a symbolic link to a host directory resolves inside the container.
     // None of them writes into the host directory they aim at.
@@ -155,6 +160,7 @@ fn container_ops_on(runtime: &str) {
     println!("{runtime}: a symlink then a file through it: HTTP {status} {}", String::from_utf8_lossy(&body));
     assert!(std::fs::read_dir(host_dir.path()).expect("host dir").next().is_none(), "a copy-in wrote into the host's {host}");
 
+    phase("Too large");
     // Too large: refused with 413 naming the bound; a path that is not absolute: 400.
     let big = vec![0u8; MAX_ARCHIVE_BYTES + 1];
     let (status, _, body) = raw(&control_plane, &admin, "PUT", &format!("/api/v1/containers/{id}/archive?path=/tmp"), big);
@@ -165,6 +171,7 @@ fn container_ops_on(runtime: &str) {
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("path"));
 
+    phase("Stats");
     // Stats: one sample, then a stream of at least two a second apart.
     let sample = control_plane.rest("GET", &format!("/api/v1/containers/{id}/stats"), None);
     assert_eq!(sample.status, 200, "{}", sample.body);
@@ -179,7 +186,7 @@ fn container_ops_on(runtime: &str) {
         .expect("stats stream");
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/x-ndjson"));
-    let started = Instant::now();
+    let streamed = Instant::now();
     let mut lines = BufReader::new(response).lines();
     let mut read_at = Vec::new();
     for _ in 0..2 {
@@ -189,9 +196,10 @@ fn container_ops_on(runtime: &str) {
         read_at.push(sample["read_at"].as_str().expect("read_at").to_owned());
     }
     assert!(read_at[0] < read_at[1], "{read_at:?}");
-    assert!(started.elapsed() >= Duration::from_millis(800), "samples come about a second apart: {:?}", started.elapsed());
+    assert!(streamed.elapsed() >= Duration::from_millis(800), "samples come about a second apart: {:?}", streamed.elapsed());
     drop(lines);
 
+    phase("A viewer reads stats");
     // A viewer reads stats but may not pause, unpause or copy.
     let viewer = viewer_token(&control_plane);
     let (status, _, _) = raw(&control_plane, &viewer, "GET", &format!("/api/v1/containers/{id}/stats"), vec![]);
@@ -206,6 +214,7 @@ fn container_ops_on(runtime: &str) {
         assert_eq!(status, 403, "{method} {path}: {}", String::from_utf8_lossy(&body));
     }
 
+    phase("Once the container is gone");
     // Once the container is gone, a stream ends by itself.
     let response = client
         .get(control_plane.rest_url(&format!("/api/v1/containers/{id}/stats?stream=true")))
@@ -221,6 +230,7 @@ fn container_ops_on(runtime: &str) {
     });
     let count = rx.recv_timeout(Duration::from_secs(15)).expect("the stream ends once the container is gone");
     assert!(count >= 1, "{count} samples");
+    phase("done");
 }
 
 #[test]

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use containerd_client::events::{ContainerCreate, ContainerDelete, ContainerUpdate, TaskDelete, TaskExit, TaskOom, TaskStart};
+use containerd_client::events::{
+    ContainerCreate, ContainerDelete, ContainerUpdate, TaskDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart,
+};
 use containerd_client::services::v1::container::Runtime as ContainerRuntimeInfo;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest};
@@ -1240,10 +1242,19 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 }
 
-/// The containerd topics Diplo follows: its tasks' lifecycle and its containers'
-/// creation, update and deletion.
-const EVENT_TOPICS: [&str; 7] =
-    ["/tasks/start", "/tasks/exit", "/tasks/oom", "/tasks/delete", "/containers/create", "/containers/update", "/containers/delete"];
+/// The containerd topics Diplo follows: its tasks' lifecycle (pauses included) and its
+/// containers' creation, update and deletion.
+const EVENT_TOPICS: [&str; 9] = [
+    "/tasks/start",
+    "/tasks/exit",
+    "/tasks/oom",
+    "/tasks/delete",
+    "/tasks/paused",
+    "/tasks/resumed",
+    "/containers/create",
+    "/containers/update",
+    "/containers/delete",
+];
 
 /// A containerd event as a Diplo event, if it is one Diplo follows.
 fn runtime_event(envelope: containerd_client::types::Envelope) -> Option<RuntimeEvent> {
@@ -1269,6 +1280,8 @@ fn runtime_event(envelope: containerd_client::types::Envelope) -> Option<Runtime
             }
             (deleted.container_id, RuntimeEventKind::Changed)
         }
+        "/tasks/paused" => (TaskPaused::decode(data.as_slice()).ok()?.container_id, RuntimeEventKind::Changed),
+        "/tasks/resumed" => (TaskResumed::decode(data.as_slice()).ok()?.container_id, RuntimeEventKind::Changed),
         "/containers/create" => (ContainerCreate::decode(data.as_slice()).ok()?.id, RuntimeEventKind::Changed),
         "/containers/update" => (ContainerUpdate::decode(data.as_slice()).ok()?.id, RuntimeEventKind::Changed),
         "/containers/delete" => (ContainerDelete::decode(data.as_slice()).ok()?.id, RuntimeEventKind::Removed),

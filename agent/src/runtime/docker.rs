@@ -893,10 +893,16 @@ impl ContainerRuntime for DockerRuntime {
         // that would land outside it.
         let options = bollard::query_parameters::UploadToContainerOptions { path: dir.to_owned(), ..Default::default() };
         let patient = docker.clone().with_timeout(REQUEST_TIMEOUT * 2);
-        patient
-            .upload_to_container(&found.id, Some(options), bollard::body_full(Bytes::from(archive)))
-            .await
-            .map_err(|e| self.error(&e, "path", dir))
+        patient.upload_to_container(&found.id, Some(options), bollard::body_full(Bytes::from(archive))).await.map_err(|error| {
+            match daemon_message(&error) {
+                // The daemon could not extract a member (a path through a link that leads
+                // nowhere inside the container, say): the archive is at fault.
+                Some(message) if message.contains("Error processing tar file") => {
+                    RuntimeError::InvalidArgument { field: "archive", message: message.to_owned() }
+                }
+                _ => self.error(&error, "path", dir),
+            }
+        })
     }
 }
 
