@@ -190,6 +190,24 @@ pub(crate) fn archive_too_large(path: &str) -> RuntimeError {
     }
 }
 
+/// The error for an archive the runtime could not extract inside the container (a
+/// member through a link that leads nowhere, a read-only directory): its message.
+pub(crate) fn archive_refused(message: &str) -> RuntimeError {
+    RuntimeError::InvalidArgument {
+        field: "archive",
+        message: format!("the archive could not be extracted in the container: {}", diplo_api::text::bounded(message, 1024)),
+    }
+}
+
+/// The error for a `tar -x` run inside a container that failed on directory `dir`: not
+/// found when the directory does not exist, else the archive could not be extracted.
+pub(crate) fn tar_in_failed(runtime: Runtime, dir: &str, exit_code: i64, stderr: &[u8]) -> RuntimeError {
+    match tar_failed(runtime, dir, exit_code, stderr) {
+        RuntimeError::Failed { message, .. } => archive_refused(&message),
+        other => other,
+    }
+}
+
 /// The error for a `tar` run inside a container that failed on `what` (the path):
 /// not found when tar says the path does not exist.
 pub(crate) fn tar_failed(runtime: Runtime, what: &str, exit_code: i64, stderr: &[u8]) -> RuntimeError {

@@ -157,7 +157,11 @@ fn container_ops_on(runtime: &str) {
     let link = format!("-> {host}");
     let hostile = tar_of(&[("escape", link.as_str()), ("escape/owned", "pwned\n")]);
     let (status, _, body) = raw(&control_plane, &admin, "PUT", &format!("/api/v1/containers/{id}/archive?path=/tmp"), hostile);
-    println!("{runtime}: a symlink then a file through it: HTTP {status} {}", String::from_utf8_lossy(&body));
+    // Where the link leads nowhere inside the container, the runtime cannot extract the
+    // file: the archive is at fault (Docker, Podman and busybox's tar all refuse it).
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 400, "a symlink then a file through it: {body}");
+    assert!(body.contains("archive"), "{body}");
     assert!(std::fs::read_dir(host_dir.path()).expect("host dir").next().is_none(), "a copy-in wrote into the host's {host}");
 
     phase("Too large");

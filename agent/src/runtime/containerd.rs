@@ -1195,7 +1195,7 @@ impl ContainerRuntime for ContainerdRuntime {
         let (exit_code, _, stderr) =
             self.exec_raw(id, &super::tar_in_argv(dir), Some(&archive), diplo_api::container::MAX_OUTPUT_BYTES).await?;
         if exit_code != 0 {
-            return Err(super::tar_failed(Runtime::Containerd, dir, exit_code, &stderr));
+            return Err(super::tar_in_failed(Runtime::Containerd, dir, exit_code, &stderr));
         }
         Ok(())
     }

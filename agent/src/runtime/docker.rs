@@ -894,12 +894,10 @@ impl ContainerRuntime for DockerRuntime {
         let options = bollard::query_parameters::UploadToContainerOptions { path: dir.to_owned(), ..Default::default() };
         let patient = docker.clone().with_timeout(REQUEST_TIMEOUT * 2);
         patient.upload_to_container(&found.id, Some(options), bollard::body_full(Bytes::from(archive))).await.map_err(|error| {
-            match daemon_message(&error) {
+            match &error {
                 // The daemon could not extract a member (a path through a link that leads
                 // nowhere inside the container, say): the archive is at fault.
-                Some(message) if message.contains("Error processing tar file") => {
-                    RuntimeError::InvalidArgument { field: "archive", message: message.to_owned() }
-                }
+                bollard::errors::Error::DockerResponseServerError { status_code: 500, message } => super::archive_refused(message.trim()),
                 _ => self.error(&error, "path", dir),
             }
         })

@@ -1729,7 +1729,7 @@ impl ContainerRuntime for LxcRuntime {
             self.attach_piped(id, &crate::runtime::tar_in_argv(dir), Some(archive), diplo_api::container::MAX_OUTPUT_BYTES).await?;
         let code = exit_code(output.status);
         if code != 0 {
-            return Err(crate::runtime::tar_failed(Runtime::Lxc, dir, code, &output.stderr));
+            return Err(crate::runtime::tar_in_failed(Runtime::Lxc, dir, code, &output.stderr));
         }
         Ok(())
     }
