@@ -16,12 +16,14 @@ const POLL: Duration = Duration::from_millis(250);
 /// The most an archive copy carries either way (`diplo_api::archive::MAX_ARCHIVE_BYTES`).
 const MAX_ARCHIVE_BYTES: usize = 4 * 1024 * 1024;
 
-/// A control plane and one agent offering `runtime` only; `None` (after a skip, or a
-/// failure under CI) when the node does not offer it.
-fn cluster(runtime: &str) -> Option<(ControlPlane, diplo_tests::Agent)> {
+/// A control plane and one agent (offering `runtime` only when `only`, else every
+/// runtime of the host); `None` (after a skip, or a failure under CI) when the node does
+/// not offer `runtime`.
+fn cluster(runtime: &str, only: bool) -> Option<(ControlPlane, diplo_tests::Agent)> {
     let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(30)));
     let token = control_plane.join_token(&[]);
-    let (agent, node) = control_plane.start_ready_agent_with_env(&unique("ops"), Some(&token), &[("DIPLO_RUNTIMES", runtime)]);
+    let env: &[(&str, &str)] = if only { &[("DIPLO_RUNTIMES", runtime)] } else { &[] };
+    let (agent, node) = control_plane.start_ready_agent_with_env(&unique("ops"), Some(&token), env);
     let available: Vec<String> =
         node["available"].as_array().expect("available").iter().map(|v| v.as_str().unwrap_or("").to_owned()).collect();
     if !available.iter().any(|r| r == runtime) {
@@ -102,7 +104,7 @@ fn viewer_token(control_plane: &ControlPlane) -> String {
 fn container_ops_on(runtime: &str) {
     let started = Instant::now();
     let phase = |what: &str| println!("{runtime}: {what} at {:.1?}", started.elapsed());
-    let Some((control_plane, _agent)) = cluster(runtime) else { return };
+    let Some((control_plane, _agent)) = cluster(runtime, false) else { return };
     phase("cluster up");
     let _cleanup = RemoveAllContainersOnDrop(&control_plane);
     let admin = control_plane.admin_token();
@@ -261,7 +263,7 @@ fn container_ops_on_lxc() {
 /// replaces it across several passes, and runs it again once unpaused.
 #[test]
 fn the_reconciler_leaves_a_paused_deployment_instance_alone() {
-    let Some((control_plane, _agent)) = cluster("docker") else { return };
+    let Some((control_plane, _agent)) = cluster("docker", true) else { return };
     let name = unique("paused");
     let _cleanup = DeleteDeploymentOnDrop(&control_plane, name.clone());
     let command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"];
