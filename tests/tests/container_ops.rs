@@ -205,6 +205,25 @@ fn container_ops_on(runtime: &str) {
     assert!(streamed.elapsed() >= Duration::from_millis(800), "samples come about a second apart: {:?}", streamed.elapsed());
     drop(lines);
 
+    // The same over gRPC: ContainerOpsService.ContainerStats with `follow` streams samples.
+    diplo_api::install_crypto_provider();
+    let executor = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let grpc_samples = executor.block_on(async {
+        use diplo_tests::fake_node::{admin_identity, connect};
+        let channel = connect(&control_plane, Some(admin_identity(&control_plane))).await;
+        let mut client = diplo_api::pb::container_ops_service_client::ContainerOpsServiceClient::new(channel);
+        let request = diplo_api::pb::ContainerStatsRequest { id: id.clone(), follow: true };
+        let mut stream = client.container_stats(request).await.expect("ContainerStats").into_inner();
+        let mut samples = Vec::new();
+        while samples.len() < 2 {
+            samples.push(stream.message().await.expect("a sample").expect("the stream goes on"));
+        }
+        samples
+    });
+    assert!(grpc_samples.iter().all(|s| s.container_id == id && s.stats.is_some()), "{grpc_samples:?}");
+    assert!(grpc_samples[0].read_at < grpc_samples[1].read_at, "{grpc_samples:?}");
+    drop(executor);
+
     phase("A viewer reads stats");
     // A viewer reads stats but may not pause, unpause or copy.
     let viewer = viewer_token(&control_plane);
