@@ -65,6 +65,26 @@ pub enum CommandOp {
     Network(crate::resources::NetworkOp),
     /// A volume operation.
     Volume(crate::resources::VolumeOp),
+    /// Freeze every process of a container.
+    Pause(String),
+    /// Thaw a paused container.
+    Unpause(String),
+    /// Read a path out of a container as a tar archive.
+    CopyOut {
+        /// Container id.
+        id: String,
+        /// Absolute path inside the container.
+        path: String,
+    },
+    /// Extract a tar archive into a directory of a container.
+    CopyIn {
+        /// Container id.
+        id: String,
+        /// Absolute directory inside the container.
+        dir: String,
+        /// The tar archive.
+        archive: Vec<u8>,
+    },
 }
 
 impl CommandOp {
@@ -86,6 +106,10 @@ impl CommandOp {
             CommandOp::Image(_) => "image",
             CommandOp::Network(_) => "network",
             CommandOp::Volume(_) => "volume",
+            CommandOp::Pause(_) => "pause",
+            CommandOp::Unpause(_) => "unpause",
+            CommandOp::CopyOut { .. } => "copy_out",
+            CommandOp::CopyIn { .. } => "copy_in",
         }
     }
 }
@@ -179,6 +203,8 @@ pub struct CommandOutput {
     pub stats: Option<ContainerStats>,
     /// Images, networks and volumes listed, inspected, created or pruned.
     pub resources: crate::resources::ResourceOutput,
+    /// A tar archive read out of a container.
+    pub archive: Option<Vec<u8>>,
 }
 
 /// The outcome of a command, as the control plane sees it.
@@ -210,6 +236,10 @@ impl From<&AgentCommand> for pb::Command {
             CommandOp::Image(op) => Op::Image(op.into()),
             CommandOp::Network(op) => Op::Network(op.into()),
             CommandOp::Volume(op) => Op::Volume(op.into()),
+            CommandOp::Pause(id) => Op::Pause(id.clone()),
+            CommandOp::Unpause(id) => Op::Unpause(id.clone()),
+            CommandOp::CopyOut { id, path } => Op::CopyOut(pb::CopyOut { id: id.clone(), path: path.clone() }),
+            CommandOp::CopyIn { id, dir, archive } => Op::CopyIn(pb::CopyIn { id: id.clone(), dir: dir.clone(), archive: archive.clone() }),
         };
         pb::Command {
             request_id: command.request_id.clone(),
@@ -249,6 +279,10 @@ impl TryFrom<pb::Command> for AgentCommand {
             Op::Image(op) => CommandOp::Image(op.try_into()?),
             Op::Network(op) => CommandOp::Network(op.try_into()?),
             Op::Volume(op) => CommandOp::Volume(op.try_into()?),
+            Op::Pause(id) => CommandOp::Pause(id),
+            Op::Unpause(id) => CommandOp::Unpause(id),
+            Op::CopyOut(copy) => CommandOp::CopyOut { id: copy.id, path: copy.path },
+            Op::CopyIn(copy) => CommandOp::CopyIn { id: copy.id, dir: copy.dir, archive: copy.archive },
         };
         let traceparent = Some(command.traceparent).filter(|t| !t.is_empty() && t.len() <= MAX_TRACEPARENT_LEN);
         Ok(AgentCommand { request_id: command.request_id, runtime, op, traceparent })
@@ -275,6 +309,7 @@ pub fn command_result(request_id: &str, node_id: &str, runtime: Runtime, outcome
                 volumes: output.resources.volumes.iter().map(Into::into).collect(),
                 prune: output.resources.prune.as_ref().map(Into::into),
                 truncated: output.resources.truncated,
+                archive: output.archive.clone().unwrap_or_default(),
             }
         }
         Err(err) => pb::CommandResult {
@@ -304,6 +339,7 @@ pub fn command_outcome(result: pb::CommandResult) -> CommandOutcome {
             prune: result.prune.map(Into::into),
             truncated: result.truncated,
         },
+        archive: (!result.archive.is_empty()).then_some(result.archive),
     })
 }
 
@@ -320,6 +356,10 @@ mod tests {
             CommandOp::Exec { id: "c".into(), argv: vec!["ls".into()] },
             CommandOp::Logs { id: "c".into(), options: LogOptions { follow: true, tail: Some(5), timestamps: false } },
             CommandOp::Inspect("c".into()),
+            CommandOp::Pause("c".into()),
+            CommandOp::Unpause("c".into()),
+            CommandOp::CopyOut { id: "c".into(), path: "/etc/hosts".into() },
+            CommandOp::CopyIn { id: "c".into(), dir: "/tmp".into(), archive: vec![1, 2, 3] },
         ];
         for op in ops {
             let command = AgentCommand { request_id: "r1".into(), runtime: Runtime::Podman, op, traceparent: None };
@@ -349,5 +389,8 @@ mod tests {
         let ok = CommandOutput { exec: Some(ExecOutput { exit_code: 3, stdout: b"out".to_vec(), stderr: vec![] }), ..Default::default() };
         let back = command_outcome(command_result("r", "n", Runtime::Docker, &Ok(ok))).expect("ok");
         assert_eq!(back.exec.expect("exec").exit_code, 3);
+        let ok = CommandOutput { archive: Some(b"tar bytes".to_vec()), ..Default::default() };
+        let back = command_outcome(command_result("r", "n", Runtime::Lxc, &Ok(ok))).expect("ok");
+        assert_eq!(back.archive.as_deref(), Some(&b"tar bytes"[..]));
     }
 }

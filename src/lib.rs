@@ -11,6 +11,7 @@
 //! * `telemetry` (feature `telemetry`): the daemons' logs (human or JSON) and OTLP traces,
 //!   and the W3C trace context they pass on.
 
+pub mod archive;
 pub mod build;
 pub mod codec;
 pub mod command;

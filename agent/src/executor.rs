@@ -205,6 +205,19 @@ async fn run_driver(driver: Arc<dyn ContainerRuntime>, op: CommandOp, node_id: S
         CommandOp::Image(op) => resources(crate::resources::image_op(driver, op).await?),
         CommandOp::Network(op) => resources(crate::resources::network_op(driver, op).await?),
         CommandOp::Volume(op) => resources(crate::resources::volume_op(driver, op).await?),
+        CommandOp::Pause(id) => {
+            driver.pause(id).await?;
+            container(driver.inspect(id).await?)
+        }
+        CommandOp::Unpause(id) => {
+            driver.unpause(id).await?;
+            container(driver.inspect(id).await?)
+        }
+        CommandOp::CopyOut { id, path } => CommandOutput { archive: Some(driver.copy_from(id, path).await?), ..Default::default() },
+        CommandOp::CopyIn { id, dir, archive } => {
+            driver.copy_to(id, dir, archive.clone()).await?;
+            CommandOutput::default()
+        }
         CommandOp::Build(_) | CommandOp::CancelBuild(_) => {
             return Err(RuntimeError::Unsupported {
                 runtime: driver.runtime(),

@@ -197,9 +197,97 @@ pub trait ContainerRuntime: Send + Sync {
     async fn prune_volumes(&self) -> RuntimeResult<PruneReport> {
         Err(unsupported(self.runtime(), "volumes"))
     }
+
+    /// Freezes every process of a running container; it then reads as
+    /// [`ContainerStatus::Paused`](diplo_api::container::ContainerStatus::Paused) until
+    /// [`ContainerRuntime::unpause`]. Pausing a paused container does nothing.
+    async fn pause(&self, id: &str) -> RuntimeResult<()> {
+        let _ = id;
+        Err(RuntimeError::Unsupported { runtime: self.runtime(), operation: "pause" })
+    }
+    /// Thaws a paused container. Unpausing a running container does nothing.
+    async fn unpause(&self, id: &str) -> RuntimeResult<()> {
+        let _ = id;
+        Err(RuntimeError::Unsupported { runtime: self.runtime(), operation: "unpause" })
+    }
+    /// A tar archive of `path` (absolute, checked by
+    /// [`check_container_path`](diplo_api::archive::check_container_path)) inside a
+    /// running container, its one top-level member named after the path's last
+    /// component. Read by the runtime inside the container, never from the host; larger
+    /// than [`MAX_ARCHIVE_BYTES`](diplo_api::archive::MAX_ARCHIVE_BYTES): `InvalidArgument`.
+    async fn copy_from(&self, id: &str, path: &str) -> RuntimeResult<Vec<u8>> {
+        let _ = (id, path);
+        Err(RuntimeError::Unsupported { runtime: self.runtime(), operation: "copying files out of a container" })
+    }
+    /// Extracts `archive` (checked by [`check_archive`](diplo_api::archive::check_archive))
+    /// into directory `dir` (absolute, existing) of a running container, by the runtime
+    /// inside the container, never on the host.
+    async fn copy_to(&self, id: &str, dir: &str, archive: Vec<u8>) -> RuntimeResult<()> {
+        let _ = (id, dir, archive);
+        Err(RuntimeError::Unsupported { runtime: self.runtime(), operation: "copying files into a container" })
+    }
 }
 
 /// The answer of a runtime that cannot do `operation`.
 pub fn unsupported(runtime: Runtime, operation: &'static str) -> RuntimeError {
     RuntimeError::Unsupported { runtime, operation }
+
+}
+
+/// The argv that writes a tar of `path` (checked) to stdout, run inside a container.
+pub(crate) fn tar_out_argv(path: &str) -> Vec<String> {
+    let (parent, name) = diplo_api::archive::split_container_path(path);
+    ["tar", "-cf", "-", "-C", &parent, "--", &name].map(str::to_owned).to_vec()
+}
+
+/// The argv that extracts a tar read from stdin into `dir` (checked), run inside a
+/// container.
+pub(crate) fn tar_in_argv(dir: &str) -> Vec<String> {
+    ["tar", "-xf", "-", "-C", dir].map(str::to_owned).to_vec()
+}
+
+/// Checks a path to copy from or to (`field`), as the trait's methods require.
+pub(crate) fn check_copy_path(field: &'static str, path: &str) -> RuntimeResult<()> {
+    diplo_api::archive::check_container_path(path).map_err(|message| RuntimeError::InvalidArgument { field, message })
+}
+
+/// The error for an archive read out of a container that outgrew the bound.
+pub(crate) fn archive_too_large(path: &str) -> RuntimeError {
+    RuntimeError::InvalidArgument {
+        field: "path",
+        message: format!(
+            "{path} archives to more than {} bytes ({} MiB), the most a copy carries",
+            diplo_api::archive::MAX_ARCHIVE_BYTES,
+            diplo_api::archive::MAX_ARCHIVE_BYTES >> 20
+        ),
+    }
+}
+
+/// The error for an archive the runtime could not extract inside the container (a
+/// member through a link that leads nowhere, a read-only directory): its message.
+pub(crate) fn archive_refused(message: &str) -> RuntimeError {
+    RuntimeError::InvalidArgument {
+        field: "archive",
+        message: format!("the archive could not be extracted in the container: {}", diplo_api::text::bounded(message, 1024)),
+    }
+}
+
+/// The error for a `tar -x` run inside a container that failed on directory `dir`: not
+/// found when the directory does not exist, else the archive could not be extracted.
+pub(crate) fn tar_in_failed(runtime: Runtime, dir: &str, exit_code: i64, stderr: &[u8]) -> RuntimeError {
+    match tar_failed(runtime, dir, exit_code, stderr) {
+        RuntimeError::Failed { message, .. } => archive_refused(&message),
+        other => other,
+    }
+}
+
+/// The error for a `tar` run inside a container that failed on `what` (the path):
+/// not found when tar says the path does not exist.
+pub(crate) fn tar_failed(runtime: Runtime, what: &str, exit_code: i64, stderr: &[u8]) -> RuntimeError {
+    let text = String::from_utf8_lossy(stderr);
+    let text = diplo_api::text::bounded(text.trim(), 1024);
+    if text.contains("No such file") || text.contains("Cannot stat") {
+        return RuntimeError::NotFound { what: "path", name: what.to_owned() };
+    }
+    RuntimeError::Failed { runtime, message: format!("tar inside the container failed ({what}, exit {exit_code}): {text}") }
 }

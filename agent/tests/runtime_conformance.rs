@@ -286,6 +286,8 @@ async fn run_suite(target: Target) {
     case!(taken_name_is_a_conflict);
     case!(invalid_name_is_rejected);
     case!(imports_archives);
+    case!(pause_freezes_and_unpause_thaws);
+    case!(copies_files_in_and_out_as_tar);
     let elapsed = started.elapsed();
     drop(ctx);
     println!("{kind}: conformance suite passed in {elapsed:.2?}");
@@ -381,6 +383,152 @@ const POLITE: &str = "trap 'exit 0' TERM; while true; do sleep 0.1; done";
 const STUBBORN: &str = "trap 'echo ignoring TERM' TERM; while true; do sleep 0.1; done";
 
 // ------------------------------------------------------------------ cases
+
+/// A container script that counts tenths of seconds into /tmp/count until SIGTERM.
+/// (written aside then renamed, so that a reader never sees it empty).
+const COUNTER: &str =
+    "trap 'exit 0' TERM; i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done";
+
+async fn read_counter(ctx: &Ctx, id: &str) -> u64 {
+    let output = ctx.rt().exec(id, &["cat".to_owned(), "/tmp/count".to_owned()]).await.expect("exec cat /tmp/count");
+    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or_else(|_| panic!("counter: {output:?}"))
+}
+
+async fn pause_freezes_and_unpause_thaws(ctx: &Ctx) {
+    let id = ctx.run(&ctx.spec("pause", COUNTER)).await;
+    ctx.wait_for(&id, Duration::from_secs(10), "running", |c| c.status == ContainerStatus::Running).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = read_counter(ctx, &id).await;
+    let mut events = ctx.rt().events().await.expect("events");
+    // Give the subscription a moment to be in place at the daemon.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ctx.rt().pause(&id).await.expect("pause");
+    // Whoever follows the events learns of the pause (and inspects to see it).
+    let full_id = ctx.rt().inspect(&id).await.expect("inspect").id;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.next()).await {
+            Ok(Some(Ok(event))) if event.container_id == full_id || event.container_id == id => break,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no event for the pause of {id}: {other:?}"),
+        }
+    }
+    drop(events);
+    ctx.rt().pause(&id).await.expect("pausing a paused container does nothing");
+    let info = ctx.rt().inspect(&id).await.expect("inspect paused");
+    assert_eq!(info.status, ContainerStatus::Paused, "{info:?}");
+    assert!(ctx.rt().list().await.expect("list").iter().any(|c| c.id == info.id && c.status == ContainerStatus::Paused));
+    // Frozen for 1.5 s: the counter (10 a second when running) hardly moves.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ctx.rt().inspect(&id).await.expect("inspect").status, ContainerStatus::Paused);
+    ctx.rt().unpause(&id).await.expect("unpause");
+    ctx.rt().unpause(&id).await.expect("unpausing a running container does nothing");
+    let after = read_counter(ctx, &id).await;
+    assert!(after.saturating_sub(before) < 8, "the container kept running while paused: counter {before} → {after}");
+    let info = ctx.wait_for(&id, Duration::from_secs(5), "running", |c| c.status == ContainerStatus::Running).await;
+    assert!(info.pid.is_some(), "{info:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = read_counter(ctx, &id).await;
+    assert!(later > after, "the container does not run after unpause: counter {after} → {later}");
+    let ghost = format!("{}-ghost", ctx.prefix);
+    assert_not_found(ctx.rt().pause(&ghost).await, "container", &ghost);
+    ctx.rt().remove(&id, true).await.expect("remove");
+}
+
+/// A tar holding `members` (name, content; a name ending in `/` is a directory, content
+/// `-> target` a symbolic link), names written raw as a hostile client would.
+fn tar_of(members: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, content) in members {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        let data: &[u8] = if let Some(target) = content.strip_prefix("-> ") {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+            b""
+        } else if name.ends_with('/') {
+            header.set_entry_type(tar::EntryType::Directory);
+            b""
+        } else {
+            header.set_entry_type(tar::EntryType::Regular);
+            content.as_bytes()
+        };
+        header.set_mode(if name.ends_with('/') { 0o755 } else { 0o644 });
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append(&header, data).expect("append");
+    }
+    builder.into_inner().expect("tar")
+}
+
+/// The members of a tar: name → content (regular files only).
+fn untar(archive: &[u8]) -> std::collections::BTreeMap<String, String> {
+    let mut files = std::collections::BTreeMap::new();
+    for entry in tar::Archive::new(archive).entries().expect("a tar") {
+        let mut entry = entry.expect("member");
+        let name = entry.path().expect("name").display().to_string();
+        let mut content = String::new();
+        if entry.header().entry_type().is_file() {
+            entry.read_to_string(&mut content).expect("content");
+        }
+        files.insert(name, content);
+    }
+    files
+}
+
+async fn copies_files_in_and_out_as_tar(ctx: &Ctx) {
+    let id = ctx.run(&ctx.spec("copy", POLITE)).await;
+    ctx.wait_for(&id, Duration::from_secs(10), "running", |c| c.status == ContainerStatus::Running).await;
+
+    let archive = tar_of(&[("d/", ""), ("d/hello.txt", "hello from the host\n"), ("d/sub/", ""), ("d/sub/deep.txt", "deep\n")]);
+    ctx.rt().copy_to(&id, "/tmp", archive).await.expect("copy in");
+    let output = ctx.rt().exec(&id, &["cat".to_owned(), "/tmp/d/hello.txt".to_owned()]).await.expect("exec cat");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hello from the host\n");
+    let files = untar(&ctx.rt().copy_from(&id, "/tmp/d").await.expect("copy out a directory"));
+    assert_eq!(files.get("d/hello.txt").map(String::as_str), Some("hello from the host\n"), "{files:?}");
+    assert_eq!(files.get("d/sub/deep.txt").map(String::as_str), Some("deep\n"), "{files:?}");
+    let files = untar(&ctx.rt().copy_from(&id, "/tmp/d/hello.txt").await.expect("copy out a file"));
+    assert_eq!(files.into_iter().collect::<Vec<_>>(), vec![("hello.txt".to_owned(), "hello from the host\n".to_owned())]);
+
+    // A symbolic link to a host directory, then a file through it: resolved inside the
+    // container, so the host directory stays empty whatever the runtime answers.
+    let host_dir = tempfile::tempdir().expect("host directory");
+    let host = host_dir.path().display().to_string();
+    let hostile = tar_of(&[("escape", &format!("-> {host}")), ("escape/owned", "pwned\n")]);
+    let answer = ctx.rt().copy_to(&id, "/tmp", hostile).await;
+    assert!(
+        std::fs::read_dir(host_dir.path()).expect("read host dir").next().is_none(),
+        "a copy into the container wrote into the host directory {host} (answer {answer:?})"
+    );
+    // The link leads nowhere inside the container: the runtime cannot extract the file.
+    assert!(matches!(answer, Err(RuntimeError::InvalidArgument { field: "archive", .. })), "{answer:?}");
+    // Members that climb out or are absolute are refused before any runtime sees them.
+    for members in [[("../../escaped", "x\n")], [("/tmp/absolute", "x\n")]] {
+        match ctx.rt().copy_to(&id, "/tmp", tar_of(&members)).await {
+            Err(RuntimeError::InvalidArgument { field: "archive", .. }) => {}
+            other => panic!("{members:?}: {other:?}"),
+        }
+    }
+    for bad in ["tmp", "/tmp/../etc", "/tmp/\0"] {
+        assert!(matches!(ctx.rt().copy_from(&id, bad).await, Err(RuntimeError::InvalidArgument { field: "path", .. })), "{bad:?}");
+        assert!(matches!(ctx.rt().copy_to(&id, bad, vec![]).await, Err(RuntimeError::InvalidArgument { field: "dir", .. })), "{bad:?}");
+    }
+    match ctx.rt().copy_from(&id, "/no/such/path").await {
+        Err(RuntimeError::NotFound { .. }) => {}
+        other => panic!("a missing path: {other:?}"),
+    }
+    // More than the bound is refused, naming it.
+    let dd = ["dd", "if=/dev/zero", "of=/tmp/big", "bs=1048576", "count=5"].map(str::to_owned).to_vec();
+    assert_eq!(ctx.rt().exec(&id, &dd).await.expect("dd").exit_code, 0);
+    match ctx.rt().copy_from(&id, "/tmp/big").await {
+        Err(RuntimeError::InvalidArgument { field: "path", message }) => assert!(message.contains("4194304"), "{message}"),
+        other => panic!("an archive above the bound: {:?}", other.map(|a| a.len())),
+    }
+    let ghost = format!("{}-ghost", ctx.prefix);
+    assert_not_found(ctx.rt().copy_from(&ghost, "/etc/hosts").await, "container", &ghost);
+    ctx.rt().remove(&id, true).await.expect("remove");
+}
 
 async fn pulls_from_the_local_registry(ctx: &Ctx) {
     ensure_pull_tag_in_registry();

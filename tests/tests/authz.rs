@@ -26,6 +26,7 @@ use diplo_api::pb;
 use diplo_api::pb::agent_service_client::AgentServiceClient;
 use diplo_api::pb::build_service_client::BuildServiceClient;
 use diplo_api::pb::cluster_service_client::ClusterServiceClient;
+use diplo_api::pb::container_ops_service_client::ContainerOpsServiceClient;
 use diplo_api::pb::container_service_client::ContainerServiceClient;
 use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
 use diplo_api::pb::event_service_client::EventServiceClient;
@@ -478,6 +479,36 @@ fn rpcs() -> Vec<Rpc> {
             Deployer,
             ContainerServiceClient::exec(pb::ExecRequest { id: nope(), argv: vec!["true".into()] })
         ),
+        // ContainerOpsService
+        rpc!(
+            "diplo.v1.ContainerOpsService/PauseContainer",
+            Deployer,
+            ContainerOpsServiceClient::pause_container(pb::PauseContainerRequest { id: nope() })
+        ),
+        rpc!(
+            "diplo.v1.ContainerOpsService/UnpauseContainer",
+            Deployer,
+            ContainerOpsServiceClient::unpause_container(pb::UnpauseContainerRequest { id: nope() })
+        ),
+        rpc!(
+            "diplo.v1.ContainerOpsService/ContainerStats",
+            Viewer,
+            ContainerOpsServiceClient::container_stats(pb::ContainerStatsRequest { id: nope(), follow: true })
+        ),
+        rpc!(
+            "diplo.v1.ContainerOpsService/CopyFromContainer",
+            Deployer,
+            ContainerOpsServiceClient::copy_from_container(pb::CopyFromContainerRequest { id: nope(), path: "/etc/hosts".into() })
+        ),
+        rpc!(
+            "diplo.v1.ContainerOpsService/CopyToContainer",
+            Deployer,
+            ContainerOpsServiceClient::copy_to_container(pb::CopyToContainerRequest {
+                id: nope(),
+                dir: "/tmp".into(),
+                archive: vec![0; 1024]
+            })
+        ),
         // DeploymentService
         rpc!(
             "diplo.v1.DeploymentService/Deploy",
@@ -811,6 +842,16 @@ fn routes() -> Vec<Route> {
             body: Some(serde_json::json!({"argv": ["true"]})),
             ..route("POST", "/api/v1/containers/{id}/exec", Deployer, "/api/v1/containers/authz-nope/exec")
         },
+        route("POST", "/api/v1/containers/{id}/pause", Deployer, "/api/v1/containers/authz-nope/pause"),
+        route("POST", "/api/v1/containers/{id}/unpause", Deployer, "/api/v1/containers/authz-nope/unpause"),
+        route("GET", "/api/v1/containers/{id}/stats", Viewer, "/api/v1/containers/authz-nope/stats"),
+        route("GET", "/api/v1/containers/{id}/archive", Deployer, "/api/v1/containers/authz-nope/archive?path=/etc/hosts"),
+        route("PUT", "/api/v1/containers/{id}/archive", Deployer, "/api/v1/containers/authz-nope/archive?path=/tmp"),
+        route("POST", "/api/v1/docker/containers/{id}/pause", Deployer, "/api/v1/docker/containers/authz-nope/pause"),
+        route("POST", "/api/v1/docker/containers/{id}/unpause", Deployer, "/api/v1/docker/containers/authz-nope/unpause"),
+        route("GET", "/api/v1/docker/containers/{id}/stats", Viewer, "/api/v1/docker/containers/authz-nope/stats"),
+        route("GET", "/api/v1/docker/containers/{id}/archive", Deployer, "/api/v1/docker/containers/authz-nope/archive?path=/etc/hosts"),
+        route("PUT", "/api/v1/docker/containers/{id}/archive", Deployer, "/api/v1/docker/containers/authz-nope/archive?path=/tmp"),
         route("GET", "/api/v1/runtime/info", Viewer, "/api/v1/runtime/info"),
         route("GET", "/api/{runtime}/status", Viewer, "/api/docker/status"),
         Route { body: deploy_body(), ..route("POST", "/api/unified/deploy", Deployer, "/api/unified/deploy") },

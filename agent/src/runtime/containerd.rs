@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use containerd_client::events::{ContainerCreate, ContainerDelete, ContainerUpdate, TaskDelete, TaskExit, TaskOom, TaskStart};
+use containerd_client::events::{
+    ContainerCreate, ContainerDelete, ContainerUpdate, TaskDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart,
+};
 use containerd_client::services::v1::container::Runtime as ContainerRuntimeInfo;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest};
@@ -26,8 +28,8 @@ use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest,
     ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, ListTasksRequest, MetricsRequest,
-    StartRequest, SubscribeRequest, WaitRequest, containers_client::ContainersClient, events_client::EventsClient,
-    tasks_client::TasksClient,
+    PauseTaskRequest, ResumeTaskRequest, StartRequest, SubscribeRequest, WaitRequest, containers_client::ContainersClient,
+    events_client::EventsClient, tasks_client::TasksClient,
 };
 use containerd_client::types::Mount as PbMount;
 use containerd_client::types::v1::{Process, Status as TaskStatus};
@@ -403,6 +405,81 @@ impl ContainerdRuntime {
         {
             copier.handle.abort();
         }
+    }
+
+    /// Runs `argv` in the running container `id` (an exec process), its stdin read from
+    /// `stdin` (none: empty), and returns its exit code, stdout and stderr, each read up
+    /// to `limit` bytes. Output goes through files in the agent's state directory, never
+    /// through a path of the container.
+    async fn exec_raw(&self, id: &str, argv: &[String], stdin: Option<&[u8]>, limit: usize) -> RuntimeResult<(i64, Vec<u8>, Vec<u8>)> {
+        if argv.is_empty() {
+            return Err(RuntimeError::InvalidArgument { field: "argv", message: "exec needs a command".to_owned() });
+        }
+        let container = self.container(id).await?;
+        let id = container.id.as_str();
+        let running = self.task(id).await?.is_some_and(|p| p.status == TaskStatus::Running as i32);
+        if !running {
+            return Err(RuntimeError::Conflict(format!("container {} is not running", Self::stored_spec(&container).name)));
+        }
+        let runtime_spec: serde_json::Value =
+            container.spec.as_ref().and_then(|any| serde_json::from_slice(&any.value).ok()).unwrap_or_default();
+        let process = spec::exec_process(&runtime_spec, argv);
+        let exec_id = format!("exec-{}", random_hex(8));
+        let dir = self.container_dir(id).join("exec");
+        std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+        let (stdout, stderr) = (dir.join(format!("{exec_id}.out")), dir.join(format!("{exec_id}.err")));
+        let input = dir.join(format!("{exec_id}.in"));
+        let result = async {
+            for path in [&stdout, &stderr] {
+                std::fs::File::create(path).map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
+            }
+            // The shim copies a regular file to the process's stdin and closes it at its end.
+            if let Some(data) = stdin {
+                std::fs::write(&input, data).map_err(|e| failed(format!("cannot write {}: {e}", input.display())))?;
+            }
+            let mut tasks = TasksClient::new(self.channel.clone());
+            let exec = ExecProcessRequest {
+                container_id: id.to_owned(),
+                stdin: if stdin.is_some() { input.display().to_string() } else { String::new() },
+                stdout: stdout.display().to_string(),
+                stderr: stderr.display().to_string(),
+                terminal: false,
+                spec: Some(prost_types::Any {
+                    type_url: spec::PROCESS_TYPE_URL.to_owned(),
+                    value: serde_json::to_vec(&process).map_err(|e| failed(e.to_string()))?,
+                }),
+                exec_id: exec_id.clone(),
+            };
+            tasks.exec(request(exec, None)).await.map_err(grpc_error)?;
+            let outcome = async {
+                tasks
+                    .start(request(StartRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None))
+                    .await
+                    .map_err(grpc_error)?;
+                let waited = tasks
+                    .wait(request(WaitRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None))
+                    .await
+                    .map_err(grpc_error)?;
+                Ok::<i64, RuntimeError>(i64::from(waited.into_inner().exit_status))
+            }
+            .await;
+            // Deleting the process waits for the shim to finish copying its output.
+            let _ =
+                tasks.delete_process(request(DeleteProcessRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None)).await;
+            let exit_code = outcome?;
+            // Each file is read only as far as `limit`.
+            let read = |path: &PathBuf| {
+                crate::runtime::output::read_span(path, 0, limit)
+                    .map(|(data, _)| data)
+                    .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))
+            };
+            Ok((exit_code, read(&stdout)?, read(&stderr)?))
+        }
+        .await;
+        for path in [&stdout, &stderr, &input] {
+            let _ = std::fs::remove_file(path);
+        }
+        result
     }
 
     async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
@@ -1028,71 +1105,11 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 
     async fn exec(&self, id: &str, argv: &[String]) -> RuntimeResult<ExecOutput> {
-        if argv.is_empty() {
-            return Err(RuntimeError::InvalidArgument { field: "argv", message: "exec needs a command".to_owned() });
-        }
-        let container = self.container(id).await?;
-        let id = container.id.as_str();
-        let running = self.task(id).await?.is_some_and(|p| p.status == TaskStatus::Running as i32);
-        if !running {
-            return Err(RuntimeError::Conflict(format!("container {} is not running", Self::stored_spec(&container).name)));
-        }
-        let runtime_spec: serde_json::Value =
-            container.spec.as_ref().and_then(|any| serde_json::from_slice(&any.value).ok()).unwrap_or_default();
-        let process = spec::exec_process(&runtime_spec, argv);
-        let exec_id = format!("exec-{}", random_hex(8));
-        let dir = self.container_dir(id).join("exec");
-        std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
-        let (stdout, stderr) = (dir.join(format!("{exec_id}.out")), dir.join(format!("{exec_id}.err")));
-        let result = async {
-            for path in [&stdout, &stderr] {
-                std::fs::File::create(path).map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
-            }
-            let mut tasks = TasksClient::new(self.channel.clone());
-            let exec = ExecProcessRequest {
-                container_id: id.to_owned(),
-                stdin: String::new(),
-                stdout: stdout.display().to_string(),
-                stderr: stderr.display().to_string(),
-                terminal: false,
-                spec: Some(prost_types::Any {
-                    type_url: spec::PROCESS_TYPE_URL.to_owned(),
-                    value: serde_json::to_vec(&process).map_err(|e| failed(e.to_string()))?,
-                }),
-                exec_id: exec_id.clone(),
-            };
-            tasks.exec(request(exec, None)).await.map_err(grpc_error)?;
-            let outcome = async {
-                tasks
-                    .start(request(StartRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None))
-                    .await
-                    .map_err(grpc_error)?;
-                let waited = tasks
-                    .wait(request(WaitRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None))
-                    .await
-                    .map_err(grpc_error)?;
-                Ok::<i64, RuntimeError>(i64::from(waited.into_inner().exit_status))
-            }
-            .await;
-            // Deleting the process waits for the shim to finish copying its output.
-            let _ =
-                tasks.delete_process(request(DeleteProcessRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None)).await;
-            let exit_code = outcome?;
-            // Each file is read only as far as the output budget goes.
-            let mut collected = crate::runtime::output::OutputCollector::default();
-            for (path, stream) in
-                [(&stdout, diplo_api::container::OutputStream::Stdout), (&stderr, diplo_api::container::OutputStream::Stderr)]
-            {
-                let (data, _) = crate::runtime::output::read_span(path, 0, diplo_api::container::MAX_OUTPUT_BYTES + 1)
-                    .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
-                collected.push(stream, &data);
-            }
-            Ok(collected.finish(exit_code))
-        }
-        .await;
-        let _ = std::fs::remove_file(&stdout);
-        let _ = std::fs::remove_file(&stderr);
-        result
+        let (exit_code, stdout, stderr) = self.exec_raw(id, argv, None, diplo_api::container::MAX_OUTPUT_BYTES + 1).await?;
+        let mut collected = crate::runtime::output::OutputCollector::default();
+        collected.push(diplo_api::container::OutputStream::Stdout, &stdout);
+        collected.push(diplo_api::container::OutputStream::Stderr, &stderr);
+        Ok(collected.finish(exit_code))
     }
 
     async fn stats(&self, id: &str) -> RuntimeResult<ContainerStats> {
@@ -1145,6 +1162,61 @@ impl ContainerRuntime for ContainerdRuntime {
         self.prune_unused_images().await
     }
 
+    async fn pause(&self, id: &str) -> RuntimeResult<()> {
+        let container = self.container(id).await?;
+        let id = container.id.as_str();
+        let _guard = self.lock(id).await;
+        match self.task(id).await?.and_then(|p| TaskStatus::try_from(p.status).ok()) {
+            Some(TaskStatus::Paused | TaskStatus::Pausing) => Ok(()),
+            Some(TaskStatus::Running) => TasksClient::new(self.channel.clone())
+                .pause(request(PauseTaskRequest { container_id: id.to_owned() }, None))
+                .await
+                .map(drop)
+                .map_err(grpc_error),
+            _ => Err(RuntimeError::Conflict(format!("container {} is not running", Self::stored_spec(&container).name))),
+        }
+    }
+
+    async fn unpause(&self, id: &str) -> RuntimeResult<()> {
+        let container = self.container(id).await?;
+        let id = container.id.as_str();
+        let _guard = self.lock(id).await;
+        match self.task(id).await?.and_then(|p| TaskStatus::try_from(p.status).ok()) {
+            Some(TaskStatus::Paused | TaskStatus::Pausing) => TasksClient::new(self.channel.clone())
+                .resume(request(ResumeTaskRequest { container_id: id.to_owned() }, None))
+                .await
+                .map(drop)
+                .map_err(grpc_error),
+            _ => Ok(()),
+        }
+    }
+
+    async fn copy_from(&self, id: &str, path: &str) -> RuntimeResult<Vec<u8>> {
+        super::check_copy_path("path", path)?;
+        // tar runs inside the container: the path is resolved in its root, never the host's.
+        let limit = diplo_api::archive::MAX_ARCHIVE_BYTES;
+        let (exit_code, archive, stderr) = self.exec_raw(id, &super::tar_out_argv(path), None, limit + 1).await?;
+        if exit_code != 0 {
+            return Err(super::tar_failed(Runtime::Containerd, path, exit_code, &stderr));
+        }
+        if archive.len() > limit {
+            return Err(super::archive_too_large(path));
+        }
+        Ok(archive)
+    }
+
+    async fn copy_to(&self, id: &str, dir: &str, archive: Vec<u8>) -> RuntimeResult<()> {
+        super::check_copy_path("dir", dir)?;
+        diplo_api::archive::check_archive(&archive).map_err(|message| RuntimeError::InvalidArgument { field: "archive", message })?;
+        // tar runs inside the container: whatever the archive holds lands in its root.
+        let (exit_code, _, stderr) =
+            self.exec_raw(id, &super::tar_in_argv(dir), Some(&archive), diplo_api::container::MAX_OUTPUT_BYTES).await?;
+        if exit_code != 0 {
+            return Err(super::tar_in_failed(Runtime::Containerd, dir, exit_code, &stderr));
+        }
+        Ok(())
+    }
+
     async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>> {
         // Fail now if containerd is away; the subscription itself answers only with its
         // first event (containerd sends no headers before), so it runs in a task of its own.
@@ -1187,10 +1259,19 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 }
 
-/// The containerd topics Diplo follows: its tasks' lifecycle and its containers'
-/// creation, update and deletion.
-const EVENT_TOPICS: [&str; 7] =
-    ["/tasks/start", "/tasks/exit", "/tasks/oom", "/tasks/delete", "/containers/create", "/containers/update", "/containers/delete"];
+/// The containerd topics Diplo follows: its tasks' lifecycle (pauses included) and its
+/// containers' creation, update and deletion.
+const EVENT_TOPICS: [&str; 9] = [
+    "/tasks/start",
+    "/tasks/exit",
+    "/tasks/oom",
+    "/tasks/delete",
+    "/tasks/paused",
+    "/tasks/resumed",
+    "/containers/create",
+    "/containers/update",
+    "/containers/delete",
+];
 
 /// A containerd event as a Diplo event, if it is one Diplo follows.
 fn runtime_event(envelope: containerd_client::types::Envelope) -> Option<RuntimeEvent> {
@@ -1216,6 +1297,8 @@ fn runtime_event(envelope: containerd_client::types::Envelope) -> Option<Runtime
             }
             (deleted.container_id, RuntimeEventKind::Changed)
         }
+        "/tasks/paused" => (TaskPaused::decode(data.as_slice()).ok()?.container_id, RuntimeEventKind::Changed),
+        "/tasks/resumed" => (TaskResumed::decode(data.as_slice()).ok()?.container_id, RuntimeEventKind::Changed),
         "/containers/create" => (ContainerCreate::decode(data.as_slice()).ok()?.id, RuntimeEventKind::Changed),
         "/containers/update" => (ContainerUpdate::decode(data.as_slice()).ok()?.id, RuntimeEventKind::Changed),
         "/containers/delete" => (ContainerDelete::decode(data.as_slice()).ok()?.id, RuntimeEventKind::Removed),

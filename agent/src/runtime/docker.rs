@@ -909,6 +909,61 @@ impl ContainerRuntime for DockerRuntime {
     async fn prune_volumes(&self) -> RuntimeResult<PruneReport> {
         self.prune_managed_volumes().await
     }
+
+    async fn pause(&self, id: &str) -> RuntimeResult<()> {
+        let docker = self.docker().await?;
+        let found = self.owned(docker, id).await?;
+        if found.state.as_ref().and_then(|s| s.status.as_deref()) == Some("paused") {
+            return Ok(());
+        }
+        docker.pause_container(&found.id).await.map_err(|e| self.error(&e, "container", id))
+    }
+
+    async fn unpause(&self, id: &str) -> RuntimeResult<()> {
+        let docker = self.docker().await?;
+        let found = self.owned(docker, id).await?;
+        if found.state.as_ref().and_then(|s| s.status.as_deref()) != Some("paused") {
+            return Ok(());
+        }
+        docker.unpause_container(&found.id).await.map_err(|e| self.error(&e, "container", id))
+    }
+
+    async fn copy_from(&self, id: &str, path: &str) -> RuntimeResult<Vec<u8>> {
+        super::check_copy_path("path", path)?;
+        let docker = self.docker().await?;
+        let found = self.owned(docker, id).await?;
+        // The daemon reads the path inside the container's root filesystem.
+        let options = bollard::query_parameters::DownloadFromContainerOptions { path: path.to_owned() };
+        let mut stream = docker.download_from_container(&found.id, Some(options));
+        let mut archive = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.error(&e, "path", path))?;
+            if archive.len() + chunk.len() > diplo_api::archive::MAX_ARCHIVE_BYTES {
+                return Err(super::archive_too_large(path));
+            }
+            archive.extend_from_slice(&chunk);
+        }
+        Ok(archive)
+    }
+
+    async fn copy_to(&self, id: &str, dir: &str, archive: Vec<u8>) -> RuntimeResult<()> {
+        super::check_copy_path("dir", dir)?;
+        diplo_api::archive::check_archive(&archive).map_err(|message| RuntimeError::InvalidArgument { field: "archive", message })?;
+        let docker = self.docker().await?;
+        let found = self.owned(docker, id).await?;
+        // The daemon extracts inside the container's root filesystem, refusing members
+        // that would land outside it.
+        let options = bollard::query_parameters::UploadToContainerOptions { path: dir.to_owned(), ..Default::default() };
+        let patient = docker.clone().with_timeout(REQUEST_TIMEOUT * 2);
+        patient.upload_to_container(&found.id, Some(options), bollard::body_full(Bytes::from(archive))).await.map_err(|error| {
+            match &error {
+                // The daemon could not extract a member (a path through a link that leads
+                // nowhere inside the container, say): the archive is at fault.
+                bollard::errors::Error::DockerResponseServerError { status_code: 500, message } => super::archive_refused(message.trim()),
+                _ => self.error(&error, "path", dir),
+            }
+        })
+    }
 }
 
 /// A short sentence for a bollard error: the OS error for connection failures, the

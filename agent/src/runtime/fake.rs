@@ -276,6 +276,37 @@ impl ContainerRuntime for FakeRuntime {
         self.with_container(id, |_| Ok(ContainerStats::default()))
     }
 
+    async fn pause(&self, id: &str) -> RuntimeResult<()> {
+        let paused = self.with_container(id, |container| match container.info.status {
+            ContainerStatus::Running => {
+                container.info.status = ContainerStatus::Paused;
+                container.log.push(format!("{} [hollow] paused (simulated)", now()));
+                Ok(Some(container.info.id.clone()))
+            }
+            ContainerStatus::Paused => Ok(None),
+            _ => Err(RuntimeError::Conflict(format!("container {} is not running", container.info.name))),
+        })?;
+        if let Some(key) = paused {
+            self.emit(&key, RuntimeEventKind::Changed);
+        }
+        Ok(())
+    }
+
+    async fn unpause(&self, id: &str) -> RuntimeResult<()> {
+        let resumed = self.with_container(id, |container| {
+            if container.info.status != ContainerStatus::Paused {
+                return Ok(None);
+            }
+            container.info.status = ContainerStatus::Running;
+            container.log.push(format!("{} [hollow] unpaused (simulated)", now()));
+            Ok(Some(container.info.id.clone()))
+        })?;
+        if let Some(key) = resumed {
+            self.emit(&key, RuntimeEventKind::Changed);
+        }
+        Ok(())
+    }
+
     async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>> {
         let stream = tokio_stream::wrappers::BroadcastStream::new(self.events.subscribe()).filter_map(|event| {
             // A reader that fell behind misses the events it could not keep up with.

@@ -192,6 +192,66 @@ pub async fn collect_process(mut command: tokio::process::Command) -> io::Result
     Ok((child.wait().await?, collected))
 }
 
+/// What [`run_piped`] read from a process.
+#[derive(Debug)]
+pub struct PipedOutput {
+    /// How it ended (killed when its stdout outgrew the limit).
+    pub status: std::process::ExitStatus,
+    /// Its stdout, up to the limit.
+    pub stdout: Vec<u8>,
+    /// Its stderr, up to [`MAX_OUTPUT_BYTES`].
+    pub stderr: Vec<u8>,
+    /// Whether stdout went beyond the limit (the process was then killed).
+    pub overflow: bool,
+}
+
+/// Runs `command` with `stdin` written to its standard input (then closed; none: no
+/// input), reading its stdout up to `limit` bytes: beyond that it is killed and
+/// [`PipedOutput::overflow`] says so. Raw bytes, no note: for archives.
+pub async fn run_piped(mut command: tokio::process::Command, stdin: Option<Vec<u8>>, limit: usize) -> io::Result<PipedOutput> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let input = if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() };
+    command.stdin(input).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    let mut child = command.spawn()?;
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(data), Some(mut pipe)) => Some(tokio::spawn(async move {
+            // A process that exits early closes its end: the rest is not needed.
+            let _ = pipe.write_all(&data).await;
+            let _ = pipe.shutdown().await;
+        })),
+        _ => None,
+    };
+    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut out_buffer, mut err_buffer) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut overflow = false;
+    while stdout.is_some() || stderr.is_some() {
+        tokio::select! {
+            read = async { match stdout.as_mut() { Some(pipe) => pipe.read(&mut out_buffer).await, None => std::future::pending().await } } => match read? {
+                0 => stdout = None,
+                count if out.len() + count > limit => {
+                    overflow = true;
+                    let _ = child.start_kill();
+                    break;
+                }
+                count => out.extend_from_slice(&out_buffer[..count]),
+            },
+            read = async { match stderr.as_mut() { Some(pipe) => pipe.read(&mut err_buffer).await, None => std::future::pending().await } } => match read? {
+                0 => stderr = None,
+                count => {
+                    let room = MAX_OUTPUT_BYTES.saturating_sub(err.len());
+                    err.extend_from_slice(&err_buffer[..count.min(room)]);
+                }
+            },
+        }
+    }
+    let status = child.wait().await?;
+    if let Some(writer) = writer {
+        writer.abort();
+    }
+    Ok(PipedOutput { status, stdout: out, stderr: err, overflow })
+}
+
 /// The newest output of a log read, kept up to a byte budget: older chunks are
 /// dropped as newer ones come; when any were, stdout starts with the log's note.
 #[derive(Debug)]

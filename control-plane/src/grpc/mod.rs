@@ -5,6 +5,7 @@ mod agent;
 mod auth;
 mod builds;
 mod cluster;
+mod container_ops;
 mod containers;
 mod convert;
 mod deployments;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use diplo_api::pb::agent_service_server::AgentServiceServer;
 use diplo_api::pb::build_service_server::BuildServiceServer;
 use diplo_api::pb::cluster_service_server::ClusterServiceServer;
+use diplo_api::pb::container_ops_service_server::ContainerOpsServiceServer;
 use diplo_api::pb::container_service_server::ContainerServiceServer;
 use diplo_api::pb::deployment_service_server::DeploymentServiceServer;
 use diplo_api::pb::event_service_server::EventServiceServer;
@@ -86,6 +88,7 @@ pub async fn serve(
     health_reporter.set_serving::<EventServiceServer<deployments::DeploymentApi>>().await;
     health_reporter.set_serving::<BuildServiceServer<builds::BuildApi>>().await;
     health_reporter.set_serving::<NodeResourceServiceServer<node_resources::NodeResourceApi>>().await;
+    health_reporter.set_serving::<ContainerOpsServiceServer<container_ops::ContainerOpsApi>>().await;
 
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
@@ -117,6 +120,7 @@ pub async fn serve(
         .add_service(limited!(BuildServiceServer::new(builds::BuildApi::new(control_plane.clone()))))
         .add_service(limited!(RegistryServiceServer::new(registries::RegistryApi::new(control_plane.clone()))))
         .add_service(limited!(NodeResourceServiceServer::new(node_resources::NodeResourceApi::new(control_plane.clone()))))
+        .add_service(limited!(ContainerOpsServiceServer::new(container_ops::ContainerOpsApi::new(control_plane.clone()))))
         .add_service(limited!(EventServiceServer::new(deployments::DeploymentApi::new(control_plane))))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -2,6 +2,7 @@
 //! `GET /healthz` needs `Authorization: Bearer <token>`.
 
 mod builds;
+mod container_ops;
 mod containers;
 mod deployments;
 mod error;
@@ -94,6 +95,20 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/containers/{id}/logs", get(containers::logs))
         .route("/api/v1/events", get(deployments::events))
         .route("/api/v1/images/build/{id}/logs", get(builds::logs));
+    // Container operations (pause, stats, tar copies), also under mikrocloud's Docker
+    // paths; a sample stream lasts as long as the caller reads, the others are timed.
+    let ops_timed = Router::new()
+        .route("/api/v1/containers/{id}/pause", post(container_ops::pause))
+        .route("/api/v1/containers/{id}/unpause", post(container_ops::unpause))
+        .route("/api/v1/containers/{id}/archive", get(container_ops::copy_out).put(container_ops::copy_in).layer(unlimited()))
+        .route("/api/v1/docker/containers/{id}/pause", post(container_ops::pause))
+        .route("/api/v1/docker/containers/{id}/unpause", post(container_ops::unpause))
+        .route("/api/v1/docker/containers/{id}/archive", get(container_ops::copy_out).put(container_ops::copy_in).layer(unlimited()));
+    let ops_streaming = Router::new()
+        .route("/api/v1/containers/{id}/stats", get(container_ops::stats))
+        .route("/api/v1/docker/containers/{id}/stats", get(container_ops::stats));
+    let timed = timed.merge(ops_timed.route_layer(middleware::from_fn_with_state(REQUEST_TIMEOUT, time_limit)));
+    let streaming = streaming.merge(ops_streaming);
     let api = timed
         .merge(streaming)
         .route("/metrics", get(metrics::metrics))
@@ -104,6 +119,12 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route_layer(middleware::from_fn(metrics::matched_route))
         .layer(middleware::from_fn_with_state(control_plane.clone(), metrics::observe))
         .with_state(control_plane)
+}
+
+/// No body limit of axum's: the handler reads the body up to its own bound and
+/// answers 413 beyond it.
+fn unlimited() -> axum::extract::DefaultBodyLimit {
+    axum::extract::DefaultBodyLimit::disable()
 }
 
 /// Answers 503 for a call that is not done within `limit` (its handler is dropped,

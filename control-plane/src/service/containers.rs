@@ -221,7 +221,13 @@ impl ControlPlane {
         })
     }
 
-    async fn lifecycle(&self, caller: &Caller, id: &str, verb: &str, op: impl FnOnce(String) -> CommandOp) -> ServiceResult<ContainerView> {
+    pub(super) async fn lifecycle(
+        &self,
+        caller: &Caller,
+        id: &str,
+        verb: &str,
+        op: impl FnOnce(String) -> CommandOp,
+    ) -> ServiceResult<ContainerView> {
         caller.require_operator(Role::Deployer)?;
         let found = self.find_container(id)?;
         let output = self.send_command(&found.node_id, found.runtime, op(found.info.id.clone())).await?;
@@ -232,7 +238,7 @@ impl ControlPlane {
     }
 
     /// A container by id, unique id prefix (≥ 4 characters) or name.
-    fn find_container(&self, id: &str) -> ServiceResult<ContainerView> {
+    pub(super) fn find_container(&self, id: &str) -> ServiceResult<ContainerView> {
         if id.trim().is_empty() {
             return Err(ServiceError::invalid("id", "a container id or name is required"));
         }

@@ -3,6 +3,7 @@
 
 mod builds;
 mod commands;
+mod container_ops;
 mod containers;
 mod deployments;
 mod images;
@@ -17,6 +18,7 @@ mod tokens;
 pub use crate::planner::instance_container;
 pub use builds::{BUILD_LIST_MAX, BUILD_LOG_MAX, BuildLogStream, StartBuild, parse_platform, resolve_image};
 pub use commands::{COMMAND_TIMEOUT, stream_end_note};
+pub use container_ops::{ContainerSample, STATS_INTERVAL};
 pub use containers::{
     ContainerView, CreateContainer, DEFAULT_STOP_GRACE, Logs, RuntimeStatus, check_container_spec, check_workload, place_container,
 };

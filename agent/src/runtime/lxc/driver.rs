@@ -247,7 +247,8 @@ impl LxcRuntime {
                 continue;
             }
             let Ok(info) = self.info(&name).await else { continue };
-            if info.state != "RUNNING" {
+            // A frozen container keeps its ports: it runs again once thawed.
+            if !matches!(info.state.as_str(), "RUNNING" | "FROZEN" | "FREEZING") {
                 continue;
             }
             self.publish_ports(&state).await?;
@@ -313,6 +314,33 @@ impl LxcRuntime {
     }
 
     /// `-n NAME -P LXC_PATH` followed by `rest`.
+    /// Runs `argv` attached inside the running container `id` with `stdin` as its input,
+    /// its stdout read up to `limit` (see [`run_piped`](crate::runtime::output::run_piped)).
+    async fn attach_piped(
+        &self,
+        id: &str,
+        argv: &[String],
+        stdin: Option<Vec<u8>>,
+        limit: usize,
+    ) -> RuntimeResult<crate::runtime::output::PipedOutput> {
+        let state = self.load(id)?;
+        let name = &state.spec.name;
+        if self.info(name).await?.state != "RUNNING" {
+            return Err(RuntimeError::Conflict(format!("container {name} is not running")));
+        }
+        let mut args = self.args(name, &["--clear-env", "--"]);
+        args.extend(argv.iter().map(OsString::from));
+        let mut command = tokio::process::Command::new("lxc-attach");
+        command.args(&args);
+        match crate::runtime::output::run_piped(command, stdin, limit).await {
+            Ok(output) => Ok(output),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                Err(RuntimeError::Unavailable { runtime: Runtime::Lxc, message: "lxc-attach not found on PATH".to_owned() })
+            }
+            Err(error) => Err(failed(format!("cannot run lxc-attach: {}", describe_io(&error)))),
+        }
+    }
+
     fn args(&self, name: &str, rest: &[&str]) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["-n".into(), name.into(), "-P".into(), self.lxc_path.clone().into_os_string()];
         args.extend(rest.iter().map(OsString::from));
@@ -1524,7 +1552,9 @@ impl ContainerRuntime for LxcRuntime {
         let state = self.load(id)?;
         let info = self.info(&state.spec.name).await?;
         let container = self.container_info(&state, &info);
-        if container.status != ContainerStatus::Running && !self.publisher.published(&container.name).is_empty() {
+        if !matches!(container.status, ContainerStatus::Running | ContainerStatus::Paused)
+            && !self.publisher.published(&container.name).is_empty()
+        {
             // It ended by itself: its forwards lead nowhere.
             self.publisher.unpublish_owner(&container.name).await;
         }
@@ -1666,6 +1696,62 @@ impl ContainerRuntime for LxcRuntime {
 
     async fn prune_images(&self, all: bool) -> RuntimeResult<diplo_api::resources::PruneReport> {
         self.prune_cache(all)
+    }
+
+    async fn pause(&self, id: &str) -> RuntimeResult<()> {
+        let state = self.load(id)?;
+        let name = &state.spec.name;
+        match self.info(name).await?.state.as_str() {
+            "FROZEN" => return Ok(()),
+            "RUNNING" | "FREEZING" => {}
+            _ => return Err(RuntimeError::Conflict(format!("container {name} is not running"))),
+        }
+        let output = run_tool("lxc-freeze", &self.args(name, &[]), Some(Duration::from_secs(30))).await?;
+        if !output.status.success() {
+            return Err(failed(format!("lxc-freeze {name}: {}", config::tool_error(&output.stderr))));
+        }
+        Ok(())
+    }
+
+    async fn unpause(&self, id: &str) -> RuntimeResult<()> {
+        let state = self.load(id)?;
+        let name = &state.spec.name;
+        if !matches!(self.info(name).await?.state.as_str(), "FROZEN" | "FREEZING" | "THAWED") {
+            return Ok(());
+        }
+        let output = run_tool("lxc-unfreeze", &self.args(name, &[]), Some(Duration::from_secs(30))).await?;
+        if !output.status.success() {
+            return Err(failed(format!("lxc-unfreeze {name}: {}", config::tool_error(&output.stderr))));
+        }
+        Ok(())
+    }
+
+    async fn copy_from(&self, id: &str, path: &str) -> RuntimeResult<Vec<u8>> {
+        crate::runtime::check_copy_path("path", path)?;
+        let limit = diplo_api::archive::MAX_ARCHIVE_BYTES;
+        // tar runs attached inside the container: the path is resolved in its root.
+        let output = self.attach_piped(id, &crate::runtime::tar_out_argv(path), None, limit).await?;
+        if output.overflow {
+            return Err(crate::runtime::archive_too_large(path));
+        }
+        let code = exit_code(output.status);
+        if code != 0 {
+            return Err(crate::runtime::tar_failed(Runtime::Lxc, path, code, &output.stderr));
+        }
+        Ok(output.stdout)
+    }
+
+    async fn copy_to(&self, id: &str, dir: &str, archive: Vec<u8>) -> RuntimeResult<()> {
+        crate::runtime::check_copy_path("dir", dir)?;
+        diplo_api::archive::check_archive(&archive).map_err(|message| RuntimeError::InvalidArgument { field: "archive", message })?;
+        // tar runs attached inside the container: whatever the archive holds lands in its root.
+        let output =
+            self.attach_piped(id, &crate::runtime::tar_in_argv(dir), Some(archive), diplo_api::container::MAX_OUTPUT_BYTES).await?;
+        let code = exit_code(output.status);
+        if code != 0 {
+            return Err(crate::runtime::tar_in_failed(Runtime::Lxc, dir, code, &output.stderr));
+        }
+        Ok(())
     }
 
     async fn events(&self) -> RuntimeResult<RuntimeStream<RuntimeEvent>> {
