@@ -6,7 +6,7 @@ mod auth;
 mod builds;
 mod cluster;
 mod containers;
-mod convert;
+pub(crate) mod convert;
 mod deployments;
 mod incoming;
 mod registries;

@@ -1,11 +1,15 @@
 //! REST gateway (JSON): thin axum handlers over [`ControlPlane`]. Every route but
-//! `GET /healthz` needs `Authorization: Bearer <token>`.
+//! `GET /healthz`, `GET /api/openapi.json` and `GET /api/docs` needs
+//! `Authorization: Bearer <token>`. Errors are problem documents (`application/problem+json`,
+//! see [`error`]); lists are paged (see [`page`]).
 
 mod builds;
 mod containers;
 mod deployments;
-mod error;
+pub mod error;
 pub mod fuzz;
+pub mod openapi;
+pub mod page;
 mod registries;
 mod status;
 pub mod tls;
@@ -23,7 +27,7 @@ use crate::auth::Caller;
 use crate::error::ServiceError;
 use crate::service::{COMMAND_TIMEOUT, ControlPlane};
 
-pub use error::ApiError;
+pub use error::{ApiError, Problem};
 
 /// How long a REST call that does not stream may take before it is answered 503: a
 /// little longer than a command may take on a node, so that a node's own timeout is
@@ -69,8 +73,19 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/containers/{id}/logs", get(containers::logs))
         .route("/api/v1/events", get(deployments::events))
         .route("/api/v1/images/build/{id}/logs", get(builds::logs));
-    let api = timed.merge(streaming).route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
-    Router::new().route("/healthz", get(|| async { "ok" })).merge(api).with_state(control_plane)
+    let api = timed
+        .merge(streaming)
+        .route_layer(middleware::from_fn(error::require_json))
+        .route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(openapi::healthz))
+        .route("/api/openapi.json", get(openapi::openapi_json))
+        .route("/api/docs", get(openapi::docs))
+        .route("/api/docs/redoc.standalone.js", get(openapi::redoc_js))
+        .merge(api)
+        .fallback(error::no_route)
+        .layer(middleware::from_fn(error::problems))
+        .with_state(control_plane)
 }
 
 /// Answers 503 for a call that is not done within `limit` (its handler is dropped,
