@@ -84,7 +84,9 @@ pub struct DeployBody {
     runtime_type: Option<String>,
     #[serde(default)]
     environment: BTreeMap<String, String>,
+    /// 0–1000; 1 when absent.
     #[serde(default)]
+    #[schema(maximum = 1000)]
     replicas: Option<u32>,
     #[serde(default)]
     ports: BTreeMap<String, String>,
@@ -450,6 +452,8 @@ pub async fn get(State(cp): Api, Extension(caller): Extension<Caller>, Path(name
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleBody {
+    /// 0–1000.
+    #[schema(maximum = 1000)]
     replicas: u32,
 }
 

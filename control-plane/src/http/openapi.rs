@@ -36,7 +36,7 @@ const COMMON_ERRORS: [(u16, &str); 10] = [
 
 /// The public routes of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(healthz, openapi_json, docs))]
+#[openapi(paths(healthz, openapi_json, docs, redoc_js))]
 struct PublicDoc;
 
 /// The document: every module's routes, the bearer scheme on every route but the public
@@ -151,6 +151,8 @@ pub async fn docs() -> Html<&'static str> {
 }
 
 /// The Redoc bundle the page loads.
+#[utoipa::path(get, path = "/api/docs/redoc.standalone.js", tag = "docs",
+    responses((status = 200, description = "The vendored Redoc bundle", body = String, content_type = "text/javascript")))]
 pub async fn redoc_js() -> Response {
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8")),
