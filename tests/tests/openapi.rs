@@ -209,13 +209,21 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
     assert!(cases >= 1000, "only {cases} generated cases:\n{stdout}");
 }
 
-/// The number of test cases Schemathesis reports having generated (its summary line
-/// `Test cases: N generated, ...`).
+/// The number of test cases Schemathesis reports having generated: its summary says
+/// `Test cases:` and, on the next line, `N generated, ...`.
 fn generated_cases(stdout: &str) -> u64 {
-    stdout
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("Test cases:").and_then(|rest| rest.split_whitespace().next()?.parse().ok()))
-        .unwrap_or(0)
+    let mut lines = stdout.lines().map(str::trim).skip_while(|line| !line.starts_with("Test cases:"));
+    let header = lines.next().unwrap_or_default();
+    let inline = header.strip_prefix("Test cases:").map(str::trim).filter(|rest| !rest.is_empty());
+    let line = inline.or_else(|| lines.find(|line| !line.is_empty())).unwrap_or_default();
+    line.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn the_case_count_is_read_from_the_summary() {
+    assert_eq!(generated_cases("API Operations:\n\nTest cases:\n  3445 generated, 3445 passed\n\nSeed: 11\n"), 3445);
+    assert_eq!(generated_cases("Test cases: 12 generated, 12 passed\n"), 12);
+    assert_eq!(generated_cases("no summary\n"), 0);
 }
 
 fn tail(text: &str) -> &str {

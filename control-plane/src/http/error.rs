@@ -179,10 +179,7 @@ pub async fn problems(request: Request, next: Next) -> Response {
         Err(_) => String::new(),
     };
     let detail = match (status, text.is_empty()) {
-        (StatusCode::METHOD_NOT_ALLOWED, _) => {
-            let allowed = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            format!("{method} is not allowed on {path}; allowed: {allowed}")
-        }
+        (StatusCode::METHOD_NOT_ALLOWED, _) => format!("{method} is not allowed on {path} (the Allow header lists the methods that are)"),
         (_, true) => format!("{method} {path}: {}", status.canonical_reason().unwrap_or("error")),
         (_, false) => text,
     };
