@@ -124,8 +124,10 @@ mod tests {
 
     #[test]
     fn limits_and_cursors_are_parsed_or_refused_naming_the_parameter() {
+        /// `?limit=`, `?cursor=`, and the page or the field refused.
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Result<Page, &'a str>);
         let cursor = encode_cursor("b");
-        let cases: [(Option<&str>, Option<&str>, Result<Page, &str>); 10] = [
+        let cases: [Case; 10] = [
             (None, None, Ok(page(DEFAULT_LIMIT, None))),
             (Some(""), Some(""), Ok(page(DEFAULT_LIMIT, None))),
             (Some("1"), None, Ok(page(1, None))),
