@@ -1122,7 +1122,8 @@ impl Drop for RemoveAllContainersOnDrop<'_> {
     fn drop(&mut self) {
         let Some(token) = self.0.try_admin_token() else { return };
         let authorization = format!("Bearer {token}");
-        let Ok(listed) = http_request("GET", &self.0.rest_url("/api/v1/containers"), Some(&authorization), None) else {
+        // The largest page: the list is paged.
+        let Ok(listed) = http_request("GET", &self.0.rest_url("/api/v1/containers?limit=1000"), Some(&authorization), None) else {
             return;
         };
         let Ok(serde_json::Value::Array(listed)) = serde_json::from_str::<serde_json::Value>(&listed.body) else { return };

@@ -164,12 +164,16 @@ fn errors_are_problem_documents_end_to_end() {
     ] {
         assert_problem(path, &call(cp, "GET", path, true, None, None), 400, Some(field));
     }
-    // An image whose registry host does not resolve names nothing the node can pull: a
-    // client error (404), not a server error.
+    // An image whose registry host does not resolve (`.invalid` never does) names nothing
+    // the node can pull: a client error (404), not a server error. The control plane's
+    // look-up of the image's platforms goes to the harness's refusing proxy, which names
+    // that host: the only one this test reaches for, on purpose.
     let container = diplo_tests::unique_name("openapi-unresolvable");
     let body = format!(r#"{{"image": "registry.invalid/diplo/none:1", "name": "{container}", "runtime_type": "docker"}}"#);
     let problem = assert_problem("an image from nowhere", &call(cp, "POST", "/api/v1/containers", true, json, Some(&body)), 404, None);
     assert!(problem["detail"].as_str().unwrap_or_default().contains("registry.invalid"), "{problem}");
+    let reached = cp.take_egress_hosts();
+    assert!(reached.iter().all(|host| host == "registry.invalid"), "{reached:?}");
     let (status, headers, body) = call(cp, "GET", "/api/v1/nodes?limit=1&status=ready", true, None, None);
     assert_eq!(status, 200, "{body}");
     let nodes: Value = serde_json::from_str(&body).expect("JSON");
@@ -213,6 +217,12 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
         output.status,
         tail(&control_plane.logs())
     );
+    // Generated image references name arbitrary registries; the harness's proxy refused
+    // the control plane's look-ups of them (nothing left this machine over HTTP).
+    let reached = control_plane.take_egress_hosts();
+    if !reached.is_empty() {
+        eprintln!("[openapi] generated image references named these hosts (refused by the proxy): {reached:?}");
+    }
     let cases = generated_cases(&stdout);
     assert!(cases >= 1000, "only {cases} generated cases:\n{stdout}");
 }
