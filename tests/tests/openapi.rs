@@ -205,6 +205,8 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--report", "ndjson", "--report-dir"])
         .arg(report.path())
+        // Its cache (`.schemathesis/`) goes to the scratch directory, not into the tree.
+        .current_dir(report.path())
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_TELEMETRY", "false")
         .env("NO_PROXY", "*");
