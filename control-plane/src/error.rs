@@ -52,6 +52,23 @@ impl ServiceError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         ServiceError::InvalidArgument { field, message: message.into() }
     }
+
+    /// The gRPC status code of this error: the one classification both adapters use
+    /// (gRPC answers with it, REST names it in a problem document's `code`).
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            ServiceError::InvalidArgument { .. } | ServiceError::InvalidRequest(_) => tonic::Code::InvalidArgument,
+            ServiceError::Unsupported(_) => tonic::Code::Unimplemented,
+            ServiceError::Unavailable(_) => tonic::Code::Unavailable,
+            ServiceError::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
+            ServiceError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            ServiceError::PermissionDenied(_) => tonic::Code::PermissionDenied,
+            ServiceError::NotFound(_) => tonic::Code::NotFound,
+            ServiceError::AlreadyExists(_) => tonic::Code::AlreadyExists,
+            ServiceError::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
+            ServiceError::Internal(_) => tonic::Code::Internal,
+        }
+    }
 }
 
 impl From<StoreError> for ServiceError {

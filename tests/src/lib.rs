@@ -438,6 +438,49 @@ pub fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
 }
 
+/// `(METHOD, path)` of every `.route(…)` in the REST router's source
+/// (control-plane/src/http/mod.rs), for tests that check a list of routes against what
+/// the control plane serves.
+pub fn rest_router_routes() -> std::collections::BTreeSet<(String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../control-plane/src/http/mod.rs");
+    let source = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let mut found = std::collections::BTreeSet::new();
+    let mut rest = source.as_str();
+    while let Some(start) = rest.find(".route(") {
+        rest = &rest[start + ".route(".len()..];
+        // The call's arguments: up to the matching parenthesis.
+        let mut depth = 1;
+        let end = rest
+            .char_indices()
+            .find(|(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map(|(i, _)| i)
+            .expect("a closing parenthesis");
+        let arguments = &rest[..end];
+        let template = arguments.split('"').nth(1).expect("a path literal");
+        for method in ["get", "post", "put", "delete", "patch"] {
+            let call = format!("{method}(");
+            let mut from = 0;
+            while let Some(at) = arguments[from..].find(&call) {
+                let at = from + at;
+                let before = arguments[..at].chars().next_back();
+                if before.is_none_or(|c| !(c.is_alphanumeric() || c == '_')) {
+                    found.insert((method.to_uppercase(), template.to_owned()));
+                }
+                from = at + call.len();
+            }
+        }
+    }
+    assert!(found.len() > 10, "parsing the router found only {found:?}");
+    found
+}
+
 /// Runs `command` with its output captured; kills it after `timeout`.
 pub fn output_with_timeout(mut command: Command, timeout: Duration) -> Output {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -1079,7 +1122,8 @@ impl Drop for RemoveAllContainersOnDrop<'_> {
     fn drop(&mut self) {
         let Some(token) = self.0.try_admin_token() else { return };
         let authorization = format!("Bearer {token}");
-        let Ok(listed) = http_request("GET", &self.0.rest_url("/api/v1/containers"), Some(&authorization), None) else {
+        // The largest page: the list is paged.
+        let Ok(listed) = http_request("GET", &self.0.rest_url("/api/v1/containers?limit=1000"), Some(&authorization), None) else {
             return;
         };
         let Ok(serde_json::Value::Array(listed)) = serde_json::from_str::<serde_json::Value>(&listed.body) else { return };

@@ -823,6 +823,9 @@ fn routes() -> Vec<Route> {
     let attach_body = || Some(serde_json::json!({"container": "authz-nope"}));
     vec![
         route("GET", "/healthz", Open, "/healthz"),
+        route("GET", "/api/openapi.json", Open, "/api/openapi.json"),
+        route("GET", "/api/docs", Open, "/api/docs"),
+        route("GET", "/api/docs/redoc.standalone.js", Open, "/api/docs/redoc.standalone.js"),
         route("GET", "/api/status", Viewer, "/api/status"),
         route("GET", "/metrics", Viewer, "/metrics"),
         route("GET", "/api/v1/compute/cluster/status", Viewer, "/api/v1/compute/cluster/status"),
@@ -973,47 +976,6 @@ fn privileged_routes() -> Vec<Route> {
     ]
 }
 
-/// `(METHOD, path)` of every `.route(…)` in the REST router's source.
-fn router_routes() -> BTreeSet<(String, String)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../control-plane/src/http/mod.rs");
-    let source = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
-    let mut found = BTreeSet::new();
-    let mut rest = source.as_str();
-    while let Some(start) = rest.find(".route(") {
-        rest = &rest[start + ".route(".len()..];
-        // The call's arguments: up to the matching parenthesis.
-        let mut depth = 1;
-        let end = rest
-            .char_indices()
-            .find(|(_, c)| {
-                match c {
-                    '(' => depth += 1,
-                    ')' => depth -= 1,
-                    _ => {}
-                }
-                depth == 0
-            })
-            .map(|(i, _)| i)
-            .expect("a closing parenthesis");
-        let arguments = &rest[..end];
-        let template = arguments.split('"').nth(1).expect("a path literal");
-        for method in ["get", "post", "put", "delete", "patch"] {
-            let call = format!("{method}(");
-            let mut from = 0;
-            while let Some(at) = arguments[from..].find(&call) {
-                let at = from + at;
-                let before = arguments[..at].chars().next_back();
-                if before.is_none_or(|c| !(c.is_alphanumeric() || c == '_')) {
-                    found.insert((method.to_uppercase(), template.to_owned()));
-                }
-                from = at + call.len();
-            }
-        }
-    }
-    assert!(found.len() > 10, "parsing the router found only {found:?}");
-    found
-}
-
 /// `METHOD url` with a bearer token; the status and (unless it is an event stream)
 /// the body.
 fn rest_call(method: &str, url: &str, token: Option<&str>, body: Option<serde_json::Value>) -> (u16, String) {
@@ -1064,7 +1026,7 @@ fn every_rest_route_requires_the_right_bearer_token() {
     let table = routes();
     let listed: BTreeSet<(String, String)> = table.iter().map(|r| (r.method.to_owned(), r.template.to_owned())).collect();
     assert_eq!(listed.len(), table.len(), "a route is listed twice");
-    let served = router_routes();
+    let served = diplo_tests::rest_router_routes();
     let missing: Vec<_> = served.difference(&listed).collect();
     assert!(missing.is_empty(), "routes without an entry in this walk (add them to routes()): {missing:?}");
     let stale: Vec<_> = listed.difference(&served).collect();

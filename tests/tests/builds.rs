@@ -366,7 +366,7 @@ async fn bad_requests_are_refused_naming_the_field() {
     for (body, field) in cases {
         let response = rest(&control_plane, &admin, "POST", "/api/v1/images/build", Some(body.clone())).await;
         assert_eq!(response.status, 400, "{body}: {}", response.body);
-        let message = response.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        let message = response.json()["detail"].as_str().unwrap_or_default().to_owned();
         assert!(message.contains(field), "{body}: the message {message:?} does not name {field}");
     }
     let mut grpc = admin_builds(&control_plane).await;

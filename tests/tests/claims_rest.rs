@@ -1,7 +1,8 @@
 //! What the REST gateway and the control plane's modes promise, with the real binaries:
 //! `diplo-control-plane dev` runs one ready node for this host (its in-process agent)
-//! that runs containers; REST errors are JSON `{"error": {"code", "message"}}` whatever
-//! the route and status (400, 401, 404, 409), a taken container or deployment name is a
+//! that runs containers; REST errors are RFC 9457 problem documents `{"type", "title",
+//! "status", "detail", "code", "field"?}` whatever the route and status (400, 401, 404,
+//! 409), a taken container or deployment name is a
 //! 409; `/api/v1/events` streams a deployment's lifecycle as server-sent events with
 //! `id`, `event` and `data` fields; `--tls-san` names end up in the server certificate.
 
@@ -28,19 +29,25 @@ fn sleeper(name: &str) -> Value {
     json!({"image": IMAGE, "name": name, "command": ["sleep", "300"], "runtime_type": "docker", "restart_policy": "no"})
 }
 
-/// Asserts the error shape: `{"error": {"code": <code>, "message": <non-empty>}}` with
-/// `status`, and nothing else at the top level.
+/// Asserts the error shape: a problem document (`type`, `title`, `status`, `detail`,
+/// `code`, and `field` for an invalid argument) with `status` and the gRPC status name
+/// `code`, and nothing else at the top level.
 fn assert_error(what: &str, response: &HttpResponse, status: u16, code: &str) {
     assert_eq!(response.status, status, "{what}: {}", response.body);
     let body: Value =
         serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{what}: the error is not JSON ({e}): {}", response.body));
     let object = body.as_object().unwrap_or_else(|| panic!("{what}: not an object: {body}"));
-    assert_eq!(object.keys().collect::<Vec<_>>(), vec!["error"], "{what}: one `error` member: {body}");
-    let error = body["error"].as_object().unwrap_or_else(|| panic!("{what}: `error` is not an object: {body}"));
-    assert_eq!(error.keys().map(String::as_str).collect::<BTreeSet<_>>(), BTreeSet::from(["code", "message"]), "{what}: {body}");
-    assert_eq!(body["error"]["code"], code, "{what}: {body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(!message.trim().is_empty(), "{what}: an empty message: {body}");
+    let keys: BTreeSet<&str> = object.keys().map(String::as_str).collect();
+    let mut expected = BTreeSet::from(["type", "title", "status", "detail", "code"]);
+    if object.contains_key("field") {
+        expected.insert("field");
+    }
+    assert_eq!(keys, expected, "{what}: {body}");
+    assert_eq!(body["status"], status, "{what}: {body}");
+    assert_eq!(body["code"], code, "{what}: {body}");
+    assert!(body["type"].as_str().is_some_and(|t| t.starts_with("https://diplo.dev/problems/")), "{what}: {body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(!detail.trim().is_empty(), "{what}: an empty detail: {body}");
 }
 
 fn dev_control_plane() -> ControlPlane {
@@ -118,7 +125,7 @@ fn dev_mode_runs_exactly_one_ready_node_for_this_host_that_runs_containers() {
 
     // A taken name is a conflict, in the error shape.
     let again = control_plane.rest("POST", "/api/v1/containers", Some(sleeper(&name)));
-    assert_error("a second container with a taken name", &again, 409, "already_exists");
+    assert_error("a second container with a taken name", &again, 409, "ALREADY_EXISTS");
     assert!(again.body.contains(&name), "names the container: {}", again.body);
 }
 
@@ -200,10 +207,10 @@ fn rest_errors_share_one_json_shape_and_the_event_stream_tells_a_deployments_lif
     {
         let url = control_plane.rest_url(path);
         let none = diplo_tests::http_request(method, &url, None, None).expect("REST");
-        assert_error(&format!("{method} {path} without a token"), &none, 401, "unauthenticated");
+        assert_error(&format!("{method} {path} without a token"), &none, 401, "UNAUTHENTICATED");
         let wrong =
             diplo_tests::http_request(method, &url, Some("Bearer dpl_abcdefgh.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"), None).expect("REST");
-        assert_error(&format!("{method} {path} with an unknown token"), &wrong, 401, "unauthenticated");
+        assert_error(&format!("{method} {path} with an unknown token"), &wrong, 401, "UNAUTHENTICATED");
     }
     // 404 on several routes.
     for (method, path) in [
@@ -213,18 +220,18 @@ fn rest_errors_share_one_json_shape_and_the_event_stream_tells_a_deployments_lif
         ("POST", "/api/v1/containers/no-such-container/start"),
         ("GET", "/api/v1/compute/instances/no-such-instance"),
     ] {
-        assert_error(&format!("{method} {path}"), &control_plane.rest(method, path, None), 404, "not_found");
+        assert_error(&format!("{method} {path}"), &control_plane.rest(method, path, None), 404, "NOT_FOUND");
     }
     // 400 on several routes, naming the field.
     let bad_runtime =
         control_plane.rest("POST", "/api/v1/containers", Some(json!({"image": IMAGE, "name": "x", "runtime_type": "vmware"})));
-    assert_error("a container on an unknown runtime", &bad_runtime, 400, "invalid_argument");
+    assert_error("a container on an unknown runtime", &bad_runtime, 400, "INVALID_ARGUMENT");
     assert!(bad_runtime.body.contains("runtime_type"), "{}", bad_runtime.body);
     let unknown_field = control_plane.rest("POST", "/api/v1/deployments", Some(json!({"name": "x", "image": IMAGE, "replicaz": 2})));
-    assert_error("a deployment with an unknown field", &unknown_field, 400, "invalid_argument");
+    assert_error("a deployment with an unknown field", &unknown_field, 400, "INVALID_ARGUMENT");
     assert!(unknown_field.body.contains("replicaz"), "{}", unknown_field.body);
     let bad_scale = control_plane.rest("POST", "/api/v1/deployments/x/scale", Some(json!({"replicas": -1})));
-    assert_error("a negative scale", &bad_scale, 400, "invalid_argument");
+    assert_error("a negative scale", &bad_scale, 400, "INVALID_ARGUMENT");
     assert!(bad_scale.body.contains("replicas"), "{}", bad_scale.body);
     if !docker_available(&node) {
         return;
@@ -240,7 +247,7 @@ fn rest_errors_share_one_json_shape_and_the_event_stream_tells_a_deployments_lif
     let deployment_id = created.json()["id"].as_str().expect("deployment id").to_owned();
     // 409 on a taken deployment name (no idempotency key).
     let taken = control_plane.rest("POST", "/api/v1/deployments", Some(body));
-    assert_error("a second deployment with a taken name", &taken, 409, "already_exists");
+    assert_error("a second deployment with a taken name", &taken, 409, "ALREADY_EXISTS");
     assert!(taken.body.contains(&name), "names the deployment: {}", taken.body);
 
     wait_until("the replica to run", Duration::from_secs(90), POLL, || {

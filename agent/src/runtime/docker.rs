@@ -357,6 +357,10 @@ fn pull_failure(runtime: Runtime, reference: &str, message: &str) -> RuntimeErro
         RuntimeError::Failed { runtime, message: format!("pulling {reference}: {message}") }
     } else if docker_api::means_missing_image(message) {
         RuntimeError::NotFound { what: "image", name: reference.to_owned() }
+    } else if docker_api::means_unresolvable_registry(message) {
+        // The registry's host name does not resolve here: the reference names nothing
+        // this node can reach (a caller's mistake, or a node without that network).
+        RuntimeError::NotFound { what: "image", name: format!("{reference} ({message})") }
     } else {
         RuntimeError::Failed { runtime, message: format!("pulling {reference}: {message}") }
     }
@@ -1099,5 +1103,36 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(!report.available);
         assert_eq!(report.error, format!("no answer from {} within 300ms", path.display()));
+    }
+}
+
+#[cfg(test)]
+mod pull_failure_tests {
+    use super::*;
+
+    /// A pull is classified by what the daemon says: a missing image and a registry host
+    /// that does not resolve are NotFound (the caller's reference names nothing this node
+    /// can reach); anything else (a refused connection included) Failed.
+    #[test]
+    fn pull_failures_are_classified_by_the_daemons_message() {
+        let dns = r#"Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io on 10.255.255.53:53: no such host"#;
+        let refused = r#"Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused"#;
+        let cases = [
+            ("manifest unknown: manifest unknown", "not found"),
+            (dns, "not found"),
+            (refused, "failed"),
+            ("unauthorized: authentication required", "failed"),
+            ("something odd", "failed"),
+        ];
+        for (message, kind) in cases {
+            let got = match pull_failure(Runtime::Docker, "x:1", message) {
+                RuntimeError::NotFound { .. } => "not found",
+                RuntimeError::Failed { .. } => "failed",
+                other => panic!("{message}: {other:?}"),
+            };
+            assert_eq!(got, kind, "{message}");
+        }
+        // The reason stays in the message.
+        assert!(pull_failure(Runtime::Docker, "x:1", dns).to_string().contains("no such host"));
     }
 }

@@ -620,6 +620,12 @@ pub(crate) fn means_unauthorized(message: &str) -> bool {
         .any(|needle| message.contains(needle))
 }
 
+/// Whether a daemon's pull error means the registry's host name does not resolve.
+pub(crate) fn means_unresolvable_registry(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("no such host") || message.contains("name or service not known") || message.contains("name does not resolve")
+}
+
 /// Whether a daemon's pull error means the image (or repository, or tag) does not exist.
 pub(crate) fn means_missing_image(message: &str) -> bool {
     let message = message.to_ascii_lowercase();

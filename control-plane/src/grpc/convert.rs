@@ -7,21 +7,10 @@ use crate::error::ServiceError;
 use crate::model::{ApiTokenRecord, JoinTokenRecord, NodeRecord, NodeStatus, SessionMessage};
 use crate::service::ClusterStatus;
 
-/// Maps a service error to the gRPC status with the same meaning.
+/// Maps a service error to the gRPC status with the same meaning (the code is
+/// [`ServiceError::grpc_code`], which REST's problem documents name too).
 pub fn status_from(err: ServiceError) -> tonic::Status {
-    let message = err.to_string();
-    match err {
-        ServiceError::InvalidArgument { .. } | ServiceError::InvalidRequest(_) => tonic::Status::invalid_argument(message),
-        ServiceError::Unsupported(_) => tonic::Status::unimplemented(message),
-        ServiceError::Unavailable(_) => tonic::Status::unavailable(message),
-        ServiceError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
-        ServiceError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
-        ServiceError::PermissionDenied(_) => tonic::Status::permission_denied(message),
-        ServiceError::NotFound(_) => tonic::Status::not_found(message),
-        ServiceError::AlreadyExists(_) => tonic::Status::already_exists(message),
-        ServiceError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
-        ServiceError::Internal(_) => tonic::Status::internal(message),
-    }
+    tonic::Status::new(err.grpc_code(), err.to_string())
 }
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {

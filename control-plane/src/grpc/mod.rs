@@ -7,7 +7,7 @@ mod builds;
 mod cluster;
 mod container_ops;
 mod containers;
-mod convert;
+pub(crate) mod convert;
 mod deployments;
 mod incoming;
 mod node_resources;

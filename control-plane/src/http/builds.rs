@@ -6,14 +6,17 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiError;
 use super::containers::parse_body;
+use super::error::Problem;
+use super::page::{Order, Page, next_page_headers, paginate};
 use crate::auth::Caller;
 use crate::error::ServiceError;
 use crate::model::BuildRecord;
@@ -22,7 +25,7 @@ use crate::service::{ControlPlane, StartBuild};
 type Api = State<Arc<ControlPlane>>;
 
 /// `nixpacks_config`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NixpacksConfig {
     start_command: String,
@@ -30,7 +33,7 @@ pub struct NixpacksConfig {
 }
 
 /// `static_config`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StaticConfig {
     build_command: String,
@@ -38,7 +41,7 @@ pub struct StaticConfig {
 }
 
 /// `dockerfile_config`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DockerfileConfig {
     dockerfile_path: String,
@@ -46,7 +49,7 @@ pub struct DockerfileConfig {
 }
 
 /// `compose_config`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ComposeConfig {
     compose_file: String,
@@ -54,14 +57,16 @@ pub struct ComposeConfig {
 }
 
 /// `POST /api/v1/images/build` body: mikrocloud's, plus `language` and `platform`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildBody {
     #[serde(default)]
     id: Option<String>,
+    /// The repository to build (https, ssh or a local path the node can read).
     git_repo: String,
     #[serde(default)]
     git_branch: Option<String>,
+    /// `nixpacks`, `static`, `dockerfile` or `compose`; detected when absent.
     #[serde(default)]
     buildpack_type: Option<String>,
     #[serde(default)]
@@ -112,9 +117,11 @@ impl BuildBody {
 }
 
 /// A build as REST shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BuildJson {
     id: String,
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`.
+    #[schema(value_type = String)]
     status: &'static str,
     git_repo: String,
     git_branch: Option<String>,
@@ -122,6 +129,8 @@ pub struct BuildJson {
     language: String,
     detected_from: String,
     buildpack_type: String,
+    /// `docker`, `podman` or `buildah`.
+    #[schema(value_type = Option<String>)]
     builder: Option<diplo_api::build::Builder>,
     node_id: Option<String>,
     platform: Option<String>,
@@ -169,6 +178,8 @@ impl From<BuildRecord> for BuildJson {
 }
 
 /// `POST /api/v1/images/build`: 202 with the build.
+#[utoipa::path(post, path = "/api/v1/images/build", tag = "builds", request_body = BuildBody,
+    responses((status = 202, description = "Queued", body = BuildJson)))]
 pub async fn start(State(cp): Api, Extension(caller): Extension<Caller>, body: Bytes) -> Result<Response, ApiError> {
     let request = parse_body::<BuildBody>(&body)?.into_request()?;
     let build = cp.start_build(&caller, request).await?;
@@ -176,30 +187,77 @@ pub async fn start(State(cp): Api, Extension(caller): Extension<Caller>, body: B
 }
 
 /// `GET /api/v1/images/build/{id}`.
+#[utoipa::path(get, path = "/api/v1/images/build/{id}", tag = "builds", params(("id" = String, Path, description = "Build id")),
+    responses((status = 200, description = "The build", body = BuildJson)))]
 pub async fn get(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<BuildJson>, ApiError> {
     Ok(Json(cp.get_build(&caller, &id).await?.into()))
 }
 
-/// `GET /api/v1/images/builds`: newest first.
-pub async fn list(State(cp): Api, Extension(caller): Extension<Caller>) -> Result<Json<Vec<BuildJson>>, ApiError> {
-    Ok(Json(cp.list_builds(&caller).await?.into_iter().map(BuildJson::from).collect()))
+/// `?limit=&cursor=&node=&status=` for the build list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BuildListQuery {
+    /// Items per page (1–1000, default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// The `X-Next-Cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only builds on this node (id).
+    node: Option<String>,
+    /// Only builds in this state (`queued`, `running`, `succeeded`, `failed`, `cancelled`).
+    status: Option<String>,
+}
+
+/// `GET /api/v1/images/builds`: newest first, paged (`X-Next-Cursor` when more remain).
+#[utoipa::path(get, path = "/api/v1/images/builds", tag = "builds", params(BuildListQuery),
+    responses((status = 200, description = "One page of builds", body = Vec<BuildJson>,
+        headers(("x-next-cursor" = String, description = "The cursor of the next page, when more remain")))))]
+pub async fn list(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<BuildListQuery>,
+) -> Result<(HeaderMap, Json<Vec<BuildJson>>), ApiError> {
+    let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
+    let status = q
+        .status
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<diplo_api::build::BuildStatus>().map_err(|e| ServiceError::invalid("status", e)))
+        .transpose()?;
+    let node = q.node.filter(|n| !n.is_empty());
+    let builds: Vec<BuildRecord> = cp
+        .list_builds(&caller)
+        .await?
+        .into_iter()
+        .filter(|b| status.is_none_or(|s| b.status == s) && node.as_ref().is_none_or(|n| b.node_id.as_ref() == Some(n)))
+        .collect();
+    let key = |b: &BuildRecord| format!("{}/{}", b.created_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true), b.id);
+    let (builds, next) = paginate(builds, key, Order::Descending, &page);
+    let headers = next_page_headers("/api/v1/images/builds", page.limit, next.as_deref());
+    Ok((headers, Json(builds.into_iter().map(BuildJson::from).collect())))
 }
 
 /// `DELETE /api/v1/images/build/{id}`: cancels; an ended build is returned as it is.
+#[utoipa::path(delete, path = "/api/v1/images/build/{id}", tag = "builds", params(("id" = String, Path, description = "Build id")),
+    responses((status = 200, description = "Cancelled, or ended already", body = BuildJson)))]
 pub async fn cancel(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<BuildJson>, ApiError> {
     Ok(Json(cp.cancel_build(&caller, &id).await?.into()))
 }
 
 /// `?follow=true` for build logs.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
+    /// Stream until the build ends.
     #[serde(default)]
     follow: bool,
 }
 
 /// `GET /api/v1/images/build/{id}/logs[?follow=true]`: text/plain, the output so far,
 /// then (followed) until the build ends.
+#[utoipa::path(get, path = "/api/v1/images/build/{id}/logs", tag = "builds", params(("id" = String, Path, description = "Build id"), LogsQuery),
+    responses((status = 200, description = "The build output", body = String, content_type = "text/plain")))]
 pub async fn logs(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
@@ -210,3 +268,11 @@ pub async fn logs(
     let body = Body::from_stream(futures::StreamExt::map(stream, Ok::<_, std::convert::Infallible>));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
+
+/// The build routes of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(start, get, list, cancel, logs),
+    components(schemas(BuildBody, NixpacksConfig, StaticConfig, DockerfileConfig, ComposeConfig, BuildJson, Problem))
+)]
+pub(super) struct Doc;

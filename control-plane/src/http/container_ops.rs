@@ -239,7 +239,6 @@ fn too_large() -> Response {
 }
 
 /// This module's part of the OpenAPI document.
-#[allow(dead_code, reason = "merged into the document served at /api/openapi.json")]
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(pause, unpause, stats, copy_out, copy_in), components(schemas(StatsSample, CopiedIn)))]
 pub(super) struct Doc;

@@ -7,16 +7,20 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use chrono::DateTime;
 use chrono::Utc;
+use diplo_api::container::ContainerStatus;
 use diplo_api::container::{ContainerSpec, LogOptions, PortMapping, Protocol, RestartPolicy};
 use diplo_api::runtime::Runtime;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiError;
+use super::error::Problem;
+use super::page::{Order, Page, next_page_headers, paginate, parse_filter};
 use crate::auth::Caller;
 use crate::error::ServiceError;
 use crate::service::{ContainerView, ControlPlane, CreateContainer, Logs};
@@ -27,21 +31,27 @@ type Api = State<Arc<ControlPlane>>;
 const CAPABILITIES: [&str; 10] = ["pull", "create", "start", "stop", "restart", "remove", "logs", "exec", "stats", "events"];
 
 /// `POST /api/v1/containers` body (mikrocloud's shape plus `command`, `runtime_type`, `node`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    /// Image reference.
     image: String,
+    /// Container name (unique).
     name: String,
+    /// Host port → container port (`"8080": "80"`, `"53": "53/udp"`).
     #[serde(default)]
     ports: BTreeMap<String, String>,
     #[serde(default)]
     environment: BTreeMap<String, String>,
+    /// `no`, `always`, `unless-stopped` or `on-failure[:N]`.
     #[serde(default)]
     restart_policy: Option<String>,
     #[serde(default)]
     command: Vec<String>,
+    /// `docker`, `podman`, `containerd` or `lxc`; the scheduler's choice when absent.
     #[serde(default)]
     runtime_type: Option<String>,
+    /// Node name or id; the scheduler's choice when absent.
     #[serde(default)]
     node: Option<String>,
     #[serde(default)]
@@ -99,20 +109,27 @@ impl CreateBody {
 }
 
 /// A container as REST shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ContainerJson {
     id: String,
     name: String,
     image: String,
-    status: diplo_api::container::ContainerStatus,
+    /// `created`, `running`, `paused`, `restarting`, `exited` or `unknown`.
+    #[schema(value_type = String)]
+    status: ContainerStatus,
+    /// Node name.
     node: String,
     node_id: String,
+    #[schema(value_type = String)]
     runtime: Runtime,
+    /// Host port → container port.
     ports: BTreeMap<String, String>,
     ip_address: Option<String>,
     exit_code: i64,
     pid: Option<u32>,
     started_at: Option<String>,
+    /// `starting`, `healthy` or `unhealthy`; null without a health check.
+    #[schema(value_type = Option<String>)]
     health: Option<diplo_api::container::Health>,
     labels: BTreeMap<String, String>,
     restart_count: u32,
@@ -149,37 +166,75 @@ impl From<ContainerView> for ContainerJson {
     }
 }
 
-/// `?node=` filter.
-#[derive(Debug, Deserialize)]
-pub struct NodeFilter {
+/// `?limit=&cursor=&node=&status=&runtime=` for the container list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ContainerListQuery {
+    /// Items per page (1–1000, default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// The `X-Next-Cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only containers on this node (name or id).
     node: Option<String>,
+    /// Only containers in this state (`running`, `exited`, ...).
+    status: Option<String>,
+    /// Only containers of this runtime.
+    runtime: Option<String>,
 }
 
+/// Parses a `?runtime=` filter, refusing an unknown runtime naming `runtime`.
+pub(super) fn runtime_filter(text: Option<&str>) -> Result<Option<Runtime>, ServiceError> {
+    text.filter(|t| !t.is_empty()).map(|t| t.parse::<Runtime>().map_err(|e| ServiceError::invalid("runtime", e.to_string()))).transpose()
+}
+
+/// Lists containers: sorted by name, paged (`X-Next-Cursor` when more remain).
+#[utoipa::path(get, path = "/api/v1/containers", tag = "containers", params(ContainerListQuery),
+    responses((status = 200, description = "One page of containers", body = Vec<ContainerJson>,
+        headers(("x-next-cursor" = String, description = "The cursor of the next page, when more remain")))))]
 pub async fn list(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<NodeFilter>,
-) -> Result<Json<Vec<ContainerJson>>, ApiError> {
+    Query(q): Query<ContainerListQuery>,
+) -> Result<(HeaderMap, Json<Vec<ContainerJson>>), ApiError> {
+    let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
+    let status = q.status.as_deref().filter(|s| !s.is_empty()).map(|s| parse_filter::<ContainerStatus>("status", s)).transpose()?;
+    let runtime = runtime_filter(q.runtime.as_deref())?;
     let views = cp.list_containers(&caller, q.node.as_deref()).await?;
-    Ok(Json(views.into_iter().map(Into::into).collect()))
+    let views: Vec<ContainerView> =
+        views.into_iter().filter(|v| status.is_none_or(|s| v.info.status == s) && runtime.is_none_or(|r| v.runtime == r)).collect();
+    let (views, next) = paginate(views, |v| format!("{}\u{0}{}", v.info.name, v.info.id), Order::Ascending, &page);
+    let headers = next_page_headers("/api/v1/containers", page.limit, next.as_deref());
+    Ok((headers, Json(views.into_iter().map(Into::into).collect())))
 }
 
+/// Creates and starts a container on a chosen or scheduled node.
+#[utoipa::path(post, path = "/api/v1/containers", tag = "containers", request_body = CreateBody,
+    responses((status = 201, description = "Created and started", body = ContainerJson)))]
 pub async fn create(State(cp): Api, Extension(caller): Extension<Caller>, body: Bytes) -> Result<Response, ApiError> {
     let request = parse_body::<CreateBody>(&body)?.into_request()?;
     let view = cp.create_container(&caller, request).await?;
     Ok((StatusCode::CREATED, Json(ContainerJson::from(view))).into_response())
 }
 
+/// Starts a container.
+#[utoipa::path(post, path = "/api/v1/containers/{id}/start", tag = "containers", params(("id" = String, Path, description = "Container id or name")),
+    responses((status = 200, description = "Started", body = ContainerJson)))]
 pub async fn start(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<ContainerJson>, ApiError> {
     Ok(Json(cp.start_container(&caller, &id).await?.into()))
 }
 
 /// `?grace=SECONDS` for stop.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StopQuery {
+    /// Seconds to wait after SIGTERM before SIGKILL.
     grace: Option<u64>,
 }
 
+/// Stops a container.
+#[utoipa::path(post, path = "/api/v1/containers/{id}/stop", tag = "containers", params(("id" = String, Path, description = "Container id or name"), StopQuery),
+    responses((status = 200, description = "Stopped", body = ContainerJson)))]
 pub async fn stop(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
@@ -189,6 +244,9 @@ pub async fn stop(
     Ok(Json(cp.stop_container(&caller, &id, q.grace.map(Duration::from_secs)).await?.into()))
 }
 
+/// Restarts a container.
+#[utoipa::path(post, path = "/api/v1/containers/{id}/restart", tag = "containers", params(("id" = String, Path, description = "Container id or name")),
+    responses((status = 200, description = "Restarted", body = ContainerJson)))]
 pub async fn restart(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
@@ -198,12 +256,17 @@ pub async fn restart(
 }
 
 /// `?force=true` for delete.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RemoveQuery {
+    /// Remove even when running.
     #[serde(default)]
     force: bool,
 }
 
+/// Removes a container.
+#[utoipa::path(delete, path = "/api/v1/containers/{id}", tag = "containers", params(("id" = String, Path, description = "Container id or name"), RemoveQuery),
+    responses((status = 204, description = "Removed")))]
 pub async fn remove(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
@@ -215,15 +278,22 @@ pub async fn remove(
 }
 
 /// `?follow=&tail=&timestamps=` for logs.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
+    /// Stream until the container stops or the caller hangs up.
     #[serde(default)]
     follow: bool,
+    /// Only the last N lines.
     tail: Option<u32>,
+    /// Prefix each line with its time.
     #[serde(default)]
     timestamps: bool,
 }
 
+/// A container's output (stdout then stderr), as text; followed on request.
+#[utoipa::path(get, path = "/api/v1/containers/{id}/logs", tag = "containers", params(("id" = String, Path, description = "Container id or name"), LogsQuery),
+    responses((status = 200, description = "The output", body = String, content_type = "text/plain")))]
 pub async fn logs(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
@@ -244,78 +314,167 @@ pub async fn logs(
 }
 
 /// `POST /api/v1/containers/{id}/exec` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecBody {
+    /// The command and its arguments.
     argv: Vec<String>,
 }
 
+/// What a command run in a container printed, and its exit code.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecOutput {
+    exit_code: i64,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a command in a running container.
+#[utoipa::path(post, path = "/api/v1/containers/{id}/exec", tag = "containers", params(("id" = String, Path, description = "Container id or name")),
+    request_body = ExecBody, responses((status = 200, description = "The command ran", body = ExecOutput)))]
 pub async fn exec(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ExecOutput>, ApiError> {
     let body: ExecBody = parse_body(&body)?;
     let output = cp.exec_in_container(&caller, &id, body.argv).await?;
-    Ok(Json(json!({
-        "exit_code": output.exit_code,
-        "stdout": String::from_utf8_lossy(&output.stdout),
-        "stderr": String::from_utf8_lossy(&output.stderr),
-    })))
+    Ok(Json(ExecOutput {
+        exit_code: output.exit_code,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }))
 }
 
+/// One node's report for a runtime.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuntimeNodeJson {
+    node: String,
+    available: bool,
+    version: String,
+    endpoint: String,
+    error: String,
+}
+
+/// `GET /api/{runtime}/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuntimeStatusJson {
+    #[schema(value_type = String)]
+    runtime_type: Runtime,
+    available: bool,
+    version: String,
+    capabilities: Vec<String>,
+    supported_images: Vec<String>,
+    timestamp: DateTime<Utc>,
+    nodes: Vec<RuntimeNodeJson>,
+}
+
+/// A runtime's availability over the ready nodes.
+#[utoipa::path(get, path = "/api/{runtime}/status", tag = "runtimes",
+    params(("runtime" = String, Path, description = "docker, podman, containerd or lxc")),
+    responses((status = 200, description = "The runtime's status", body = RuntimeStatusJson)))]
 pub async fn runtime_status(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
     Path(runtime): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RuntimeStatusJson>, ApiError> {
     let runtime: Runtime = runtime.parse().map_err(|e: diplo_api::runtime::UnknownRuntime| ServiceError::NotFound(e.to_string()))?;
     let status = cp.runtime_status(&caller, runtime).await?;
-    let nodes: Vec<Value> = status
+    let nodes = status
         .nodes
         .iter()
-        .map(|(node, r)| json!({"node": node, "available": r.available, "version": r.version, "endpoint": r.endpoint, "error": r.error}))
+        .map(|(node, r)| RuntimeNodeJson {
+            node: node.clone(),
+            available: r.available,
+            version: r.version.clone(),
+            endpoint: r.endpoint.clone(),
+            error: r.error.clone(),
+        })
         .collect();
-    Ok(Json(json!({
-        "runtime_type": runtime,
-        "available": status.available,
-        "version": status.version,
-        "capabilities": if status.available { CAPABILITIES.to_vec() } else { Vec::new() },
-        "supported_images": ["oci"],
-        "timestamp": Utc::now(),
-        "nodes": nodes,
-    })))
+    Ok(Json(RuntimeStatusJson {
+        runtime_type: runtime,
+        available: status.available,
+        version: status.version,
+        capabilities: if status.available { CAPABILITIES.iter().map(|c| (*c).to_owned()).collect() } else { Vec::new() },
+        supported_images: vec!["oci".to_owned()],
+        timestamp: Utc::now(),
+        nodes,
+    }))
 }
 
-pub async fn runtime_info(State(cp): Api, Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
+/// One node's runtime, as `/api/v1/runtime/info` lists it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RuntimeInfoNode {
+    node: String,
+    #[schema(value_type = String)]
+    status: crate::model::NodeStatus,
+    #[schema(value_type = Option<String>)]
+    runtime: Option<Runtime>,
+    socket_path: Option<String>,
+    rootless: bool,
+    build_dir: Option<String>,
+}
+
+/// `GET /api/v1/runtime/info`: the first node's runtime, and every node's.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuntimeInfoJson {
+    #[schema(value_type = Option<String>)]
+    runtime: Option<Runtime>,
+    socket_path: Option<String>,
+    rootless: bool,
+    /// The build directory of the first node that builds.
+    build_dir: Option<String>,
+    nodes: Vec<RuntimeInfoNode>,
+}
+
+/// The runtime of each node (its preferred one), its socket and build directory.
+#[utoipa::path(get, path = "/api/v1/runtime/info", tag = "runtimes",
+    responses((status = 200, description = "Runtime information", body = RuntimeInfoJson)))]
+pub async fn runtime_info(State(cp): Api, Extension(caller): Extension<Caller>) -> Result<Json<RuntimeInfoJson>, ApiError> {
     let nodes = cp.list_nodes(&caller).await?;
-    let per_node: Vec<Value> = nodes
+    let per_node: Vec<RuntimeInfoNode> = nodes
         .iter()
         .map(|node| {
             let preferred = node.fingerprint.preferred_runtime();
             let report = node.fingerprint.runtimes.iter().find(|r| Some(r.runtime) == preferred);
-            json!({
-                "node": node.name,
-                "status": node.status,
-                "runtime": preferred,
-                "socket_path": report.map(|r| r.endpoint.clone()),
-                "rootless": report.is_some_and(|r| r.rootless),
-                "build_dir": Some(&node.fingerprint.build_dir).filter(|dir| !dir.is_empty()),
-            })
+            RuntimeInfoNode {
+                node: node.name.clone(),
+                status: node.status,
+                runtime: preferred,
+                socket_path: report.map(|r| r.endpoint.clone()),
+                rootless: report.is_some_and(|r| r.rootless),
+                build_dir: Some(node.fingerprint.build_dir.clone()).filter(|dir| !dir.is_empty()),
+            }
         })
         .collect();
-    let first = per_node.first().cloned().unwrap_or_else(|| json!({}));
-    // The build directory of the first node that builds.
-    let build_dir = per_node.iter().find_map(|node| node.get("build_dir").filter(|dir| !dir.is_null()).cloned());
-    Ok(Json(json!({
-        "runtime": first.get("runtime").cloned().unwrap_or(Value::Null),
-        "socket_path": first.get("socket_path").cloned().unwrap_or(Value::Null),
-        "rootless": first.get("rootless").cloned().unwrap_or(Value::Bool(false)),
-        "build_dir": build_dir.unwrap_or(Value::Null),
-        "nodes": per_node,
-    })))
+    let first = per_node.first();
+    Ok(Json(RuntimeInfoJson {
+        runtime: first.and_then(|n| n.runtime),
+        socket_path: first.and_then(|n| n.socket_path.clone()),
+        rootless: first.is_some_and(|n| n.rootless),
+        build_dir: per_node.iter().find_map(|n| n.build_dir.clone()),
+        nodes: per_node,
+    }))
 }
+
+/// The container and runtime routes of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list, create, start, stop, restart, remove, logs, exec, runtime_status, runtime_info),
+    components(schemas(
+        CreateBody,
+        ContainerJson,
+        ExecBody,
+        ExecOutput,
+        RuntimeStatusJson,
+        RuntimeNodeJson,
+        RuntimeInfoJson,
+        RuntimeInfoNode,
+        Problem
+    ))
+)]
+pub(super) struct Doc;
 
 #[cfg(test)]
 mod tests {

@@ -12,32 +12,39 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
 use diplo_api::container::{ContainerSpec, HealthCheck, Mount, PortMapping, Protocol, RestartPolicy};
 use diplo_api::runtime::Runtime;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiError;
-use super::containers::{parse_body, parse_port};
+use super::containers::{parse_body, parse_port, runtime_filter};
+use super::error::Problem;
+use super::page::{Order, Page, next_page_headers, paginate, parse_filter};
 use crate::auth::Caller;
 use crate::error::ServiceError;
-use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceRecord, SourceSpec, Strategy};
+use crate::model::{
+    Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceDesired, InstanceRecord, InstanceStatus, SourceSpec, Strategy,
+};
 use crate::service::{ControlPlane, DeployInput, DeploymentView, InstanceView, WatchItem};
 
 type Api = State<Arc<ControlPlane>>;
 
 /// Resource limits as users write them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesBody {
-    /// `256m`, `1g`, or bytes.
+    /// `256m`, `1g`, or a number of bytes.
+    #[schema(value_type = Option<String>)]
     memory: Option<Value>,
     /// Cores, e.g. 0.5.
     cpus: Option<f64>,
 }
 
 /// Health check as users write it (seconds).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthBody {
     test: Vec<String>,
@@ -59,8 +66,8 @@ fn default_retries() -> u32 {
     3
 }
 
-/// `POST /api/unified/deploy` body.
-#[derive(Debug, Deserialize)]
+/// `POST /api/unified/deploy` body: an image to run, or a repository to build and run.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployBody {
     name: String,
@@ -77,15 +84,21 @@ pub struct DeployBody {
     runtime_type: Option<String>,
     #[serde(default)]
     environment: BTreeMap<String, String>,
+    /// 0–1000; 1 when absent.
     #[serde(default)]
+    #[schema(maximum = 1000)]
     replicas: Option<u32>,
     #[serde(default)]
     ports: BTreeMap<String, String>,
     #[serde(default)]
     command: Vec<String>,
+    /// Where instances may run (`node`, `runtime`, `labels`, ...).
     #[serde(default)]
+    #[schema(value_type = Object)]
     constraints: Constraints,
+    /// `spread` or `binpack`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     strategy: Option<Strategy>,
     #[serde(default)]
     max_parallel: Option<u32>,
@@ -224,55 +237,138 @@ impl DeployBody {
     }
 }
 
-fn instance_json(instance: &InstanceRecord, deployment: Option<&str>) -> Value {
-    json!({
-        "id": instance.id,
-        "deployment": deployment,
-        "deployment_id": instance.deployment_id,
-        "revision": instance.revision,
-        "node": instance.node_id,
-        "runtime": instance.runtime,
-        "container_id": instance.container_id,
-        "status": instance.status,
-        "desired": instance.desired,
-        "message": instance.message,
-        "created_at": instance.created_at,
-        "updated_at": instance.updated_at,
-    })
+/// An instance (one replica of a deployment) as REST shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstanceJson {
+    id: String,
+    /// The deployment's name.
+    deployment: Option<String>,
+    deployment_id: String,
+    revision: u32,
+    /// The node's id, once placed.
+    node: Option<String>,
+    #[schema(value_type = Option<String>)]
+    runtime: Option<Runtime>,
+    container_id: Option<String>,
+    /// `pending`, `starting`, `running`, `failed` or `lost`.
+    #[schema(value_type = String)]
+    status: InstanceStatus,
+    /// `run` or `remove`.
+    #[schema(value_type = String)]
+    desired: InstanceDesired,
+    message: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
-fn deployment_json(deployment: &DeploymentRecord, instances: &[InstanceRecord]) -> Value {
+fn instance_json(instance: &InstanceRecord, deployment: Option<&str>) -> InstanceJson {
+    InstanceJson {
+        id: instance.id.clone(),
+        deployment: deployment.map(str::to_owned),
+        deployment_id: instance.deployment_id.clone(),
+        revision: instance.revision,
+        node: instance.node_id.clone(),
+        runtime: instance.runtime,
+        container_id: instance.container_id.clone(),
+        status: instance.status,
+        desired: instance.desired,
+        message: instance.message.clone(),
+        created_at: instance.created_at,
+        updated_at: instance.updated_at,
+    }
+}
+
+/// Where a deployment built from source comes from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceJson {
+    repo_url: String,
+    git_branch: Option<String>,
+    language: Option<String>,
+    commit: Option<String>,
+    build_id: Option<String>,
+}
+
+/// A deployment as REST shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeploymentJson {
+    id: String,
+    name: String,
+    image: String,
+    source: Option<SourceJson>,
+    revision: u32,
+    replicas: u32,
+    running: usize,
+    #[schema(value_type = Option<String>)]
+    runtime_type: Option<Runtime>,
+    #[schema(value_type = String)]
+    strategy: Strategy,
+    #[schema(value_type = Object)]
+    constraints: Constraints,
+    /// `building`, `deploying`, `running`, `degraded`, `failed`, `deleting`, ...
+    status: String,
+    message: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    instances: Vec<InstanceJson>,
+}
+
+fn deployment_json(deployment: &DeploymentRecord, instances: &[InstanceRecord]) -> DeploymentJson {
     let spec = &deployment.spec;
-    let running = instances.iter().filter(|i| i.status == crate::model::InstanceStatus::Running).count();
-    json!({
-        "id": deployment.id,
-        "name": spec.name,
-        "image": spec.container.image,
-        "source": spec.source.as_ref().map(|source| json!({
-            "repo_url": source.repo_url,
-            "git_branch": source.branch,
-            "language": source.language,
-            "commit": (!source.commit.is_empty()).then_some(&source.commit),
-            "build_id": (!source.build_id.is_empty()).then_some(&source.build_id),
-        })),
-        "revision": deployment.revision,
-        "replicas": spec.replicas,
-        "running": running,
-        "runtime_type": spec.runtime,
-        "strategy": spec.strategy,
-        "constraints": spec.constraints,
-        "status": deployment.status.as_str(),
-        "message": deployment.message,
-        "created_at": deployment.created_at,
-        "updated_at": deployment.updated_at,
-        "instances": instances.iter().map(|i| instance_json(i, Some(&spec.name))).collect::<Vec<_>>(),
-    })
+    let running = instances.iter().filter(|i| i.status == InstanceStatus::Running).count();
+    DeploymentJson {
+        id: deployment.id.clone(),
+        name: spec.name.clone(),
+        image: spec.container.image.clone(),
+        source: spec.source.as_ref().map(|source| SourceJson {
+            repo_url: source.repo_url.clone(),
+            git_branch: source.branch.clone(),
+            language: source.language.clone(),
+            commit: Some(source.commit.clone()).filter(|c| !c.is_empty()),
+            build_id: Some(source.build_id.clone()).filter(|b| !b.is_empty()),
+        }),
+        revision: deployment.revision,
+        replicas: spec.replicas,
+        running,
+        runtime_type: spec.runtime,
+        strategy: spec.strategy,
+        constraints: spec.constraints.clone(),
+        status: deployment.status.as_str().to_owned(),
+        message: deployment.message.clone(),
+        created_at: deployment.created_at,
+        updated_at: deployment.updated_at,
+        instances: instances.iter().map(|i| instance_json(i, Some(&spec.name))).collect(),
+    }
 }
 
-fn view_json(view: &DeploymentView) -> Value {
+fn view_json(view: &DeploymentView) -> DeploymentJson {
     deployment_json(&view.deployment, &view.instances)
 }
 
+/// What a deploy call answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeployJson {
+    id: String,
+    name: String,
+    repo_url: String,
+    git_branch: Option<String>,
+    language: Option<String>,
+    build_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    runtime_type: Option<Runtime>,
+    image: String,
+    replicas: u32,
+    revision: u32,
+    status: String,
+    message: String,
+    created_at: DateTime<Utc>,
+}
+
+/// Deploys an image, or builds a repository and deploys the image built: 201 for a new
+/// deployment, 202 when deploying a source deployment again starts its rebuild. Served at
+/// `/api/v1/deployments`, `/api/unified/deploy` and `/api/deploy` alike.
+#[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", request_body = DeployBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key answers the first call's deployment")),
+    responses((status = 201, description = "Deploying", body = DeployJson), (status = 202, description = "Rebuilding", body = DeployJson)))]
 pub async fn deploy(State(cp): Api, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let body: DeployBody = parse_body(&body)?;
     let spec = body.into_spec()?;
@@ -286,59 +382,104 @@ pub async fn deploy(State(cp): Api, Extension(caller): Extension<Caller>, header
         }
         _ => format!("deploying {} replica(s) of {}", d.spec.replicas, d.spec.container.image),
     };
-    let body = json!({
-        "id": d.id,
-        "name": d.spec.name,
-        "repo_url": source.repo_url,
-        "git_branch": source.branch,
-        "language": source.language,
-        "build_id": (!source.build_id.is_empty()).then_some(&source.build_id),
-        "runtime_type": deployed.runtime,
-        "image": d.spec.container.image,
-        "replicas": d.spec.replicas,
-        "revision": d.revision,
-        "status": d.status.as_str(),
-        "message": message,
-        "created_at": d.created_at,
-    });
+    let body = DeployJson {
+        id: d.id.clone(),
+        name: d.spec.name.clone(),
+        repo_url: source.repo_url.clone(),
+        git_branch: source.branch.clone(),
+        language: source.language.clone(),
+        build_id: Some(source.build_id.clone()).filter(|b| !b.is_empty()),
+        runtime_type: deployed.runtime,
+        image: d.spec.container.image.clone(),
+        replicas: d.spec.replicas,
+        revision: d.revision,
+        status: d.status.as_str().to_owned(),
+        message,
+        created_at: d.created_at,
+    };
     // A new deployment is created (201); deploying an existing source deployment again
     // starts its rebuild (202).
     let status = if d.revision > 0 && d.status == DeploymentStatus::Building { StatusCode::ACCEPTED } else { StatusCode::CREATED };
     Ok((status, Json(body)).into_response())
 }
 
-pub async fn list(State(cp): Api, Extension(caller): Extension<Caller>) -> Result<Json<Vec<Value>>, ApiError> {
-    Ok(Json(cp.list_deployments(&caller).await?.iter().map(view_json).collect()))
+/// `?limit=&cursor=&status=&runtime=` for the deployment list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeploymentListQuery {
+    /// Items per page (1–1000, default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// The `X-Next-Cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only deployments in this state (`running`, `degraded`, ...).
+    status: Option<String>,
+    /// Only deployments pinned to this runtime.
+    runtime: Option<String>,
 }
 
-pub async fn get(State(cp): Api, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+/// Lists deployments with their instances: sorted by name, paged.
+#[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments", params(DeploymentListQuery),
+    responses((status = 200, description = "One page of deployments", body = Vec<DeploymentJson>,
+        headers(("x-next-cursor" = String, description = "The cursor of the next page, when more remain")))))]
+pub async fn list(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<DeploymentListQuery>,
+) -> Result<(HeaderMap, Json<Vec<DeploymentJson>>), ApiError> {
+    let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
+    let status = q.status.as_deref().filter(|s| !s.is_empty()).map(|s| parse_filter::<DeploymentStatus>("status", s)).transpose()?;
+    let runtime = runtime_filter(q.runtime.as_deref())?;
+    let views: Vec<DeploymentView> = cp
+        .list_deployments(&caller)
+        .await?
+        .into_iter()
+        .filter(|v| status.is_none_or(|s| v.deployment.status == s) && runtime.is_none_or(|r| v.deployment.spec.runtime == Some(r)))
+        .collect();
+    let (views, next) = paginate(views, |v| v.deployment.spec.name.clone(), Order::Ascending, &page);
+    let headers = next_page_headers("/api/v1/deployments", page.limit, next.as_deref());
+    Ok((headers, Json(views.iter().map(view_json).collect())))
+}
+
+/// One deployment with its instances.
+#[utoipa::path(get, path = "/api/v1/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = "Deployment name")),
+    responses((status = 200, description = "The deployment", body = DeploymentJson)))]
+pub async fn get(State(cp): Api, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<Json<DeploymentJson>, ApiError> {
     Ok(Json(view_json(&cp.get_deployment(&caller, &name).await?)))
 }
 
 /// `POST /api/v1/deployments/{name}/scale` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleBody {
+    /// 0–1000.
+    #[schema(maximum = 1000)]
     replicas: u32,
 }
 
+/// Sets a deployment's number of replicas.
+#[utoipa::path(post, path = "/api/v1/deployments/{name}/scale", tag = "deployments", params(("name" = String, Path, description = "Deployment name")),
+    request_body = ScaleBody, responses((status = 200, description = "Scaling", body = DeploymentJson)))]
 pub async fn scale(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeploymentJson>, ApiError> {
     let body: ScaleBody = parse_body(&body)?;
     let deployment = cp.scale(&caller, &name, body.replicas).await?;
     Ok(Json(deployment_json(&deployment, &[])))
 }
 
+/// Replaces a deployment's spec (a new revision, rolled out by its strategy).
+#[utoipa::path(put, path = "/api/v1/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = "Deployment name")),
+    request_body = DeployBody, responses((status = 200, description = "Updating", body = DeploymentJson)))]
 pub async fn update(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeploymentJson>, ApiError> {
     let body: DeployBody = parse_body(&body)?;
     if body.name != name {
         return Err(ServiceError::invalid("name", format!("the body names {:?} but the path {name:?}", body.name)).into());
@@ -347,118 +488,232 @@ pub async fn update(
     Ok(Json(deployment_json(&deployment, &[])))
 }
 
-pub async fn rollback(State(cp): Api, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+/// Rolls a deployment back to its previous revision.
+#[utoipa::path(post, path = "/api/v1/deployments/{name}/rollback", tag = "deployments", params(("name" = String, Path, description = "Deployment name")),
+    responses((status = 200, description = "Rolling back", body = DeploymentJson)))]
+pub async fn rollback(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<DeploymentJson>, ApiError> {
     let deployment = cp.rollback(&caller, &name).await?;
     Ok(Json(deployment_json(&deployment, &[])))
 }
 
+/// Deletes a deployment: 202, its instances are removed in the background.
+#[utoipa::path(delete, path = "/api/v1/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = "Deployment name")),
+    responses((status = 202, description = "Deleting")))]
 pub async fn delete(State(cp): Api, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     cp.delete_deployment(&caller, &name).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
-/// `?deployment=` filter.
-#[derive(Debug, Deserialize)]
-pub struct InstanceFilter {
+/// `?limit=&cursor=&deployment=&node=&status=&runtime=` for the instance list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InstanceListQuery {
+    /// Items per page (1–1000, default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// The `X-Next-Cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only this deployment's instances (name or id).
     deployment: Option<String>,
+    /// Only instances on this node (name or id).
+    node: Option<String>,
+    /// Only instances in this state (`pending`, `starting`, `running`, `failed`, `lost`).
+    status: Option<String>,
+    /// Only instances on this runtime.
+    runtime: Option<String>,
 }
 
+/// Lists instances: oldest first, paged (`X-Next-Cursor` when more remain).
+#[utoipa::path(get, path = "/api/v1/compute/instances", tag = "instances", params(InstanceListQuery),
+    responses((status = 200, description = "One page of instances", body = Vec<InstanceJson>,
+        headers(("x-next-cursor" = String, description = "The cursor of the next page, when more remain")))))]
 pub async fn instances(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<InstanceFilter>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+    Query(q): Query<InstanceListQuery>,
+) -> Result<(HeaderMap, Json<Vec<InstanceJson>>), ApiError> {
+    let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
+    let status = q.status.as_deref().filter(|s| !s.is_empty()).map(|s| parse_filter::<InstanceStatus>("status", s)).transpose()?;
+    let runtime = runtime_filter(q.runtime.as_deref())?;
+    let node = match q.node.as_deref().filter(|n| !n.is_empty()) {
+        Some(node) => Some(cp.get_node(&caller, node).await?.id),
+        None => None,
+    };
     let names: BTreeMap<String, String> =
         cp.list_deployments(&caller).await?.into_iter().map(|v| (v.deployment.id, v.deployment.spec.name)).collect();
-    let instances = cp.list_instances(&caller, q.deployment.as_deref()).await?;
-    Ok(Json(instances.iter().map(|i| instance_json(i, names.get(&i.deployment_id).map(String::as_str))).collect()))
+    let instances: Vec<InstanceRecord> = cp
+        .list_instances(&caller, q.deployment.as_deref())
+        .await?
+        .into_iter()
+        .filter(|i| {
+            status.is_none_or(|s| i.status == s)
+                && runtime.is_none_or(|r| i.runtime == Some(r))
+                && node.as_ref().is_none_or(|n| i.node_id.as_ref() == Some(n))
+        })
+        .collect();
+    let key = |i: &InstanceRecord| format!("{}/{}", i.created_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true), i.id);
+    let (instances, next) = paginate(instances, key, Order::Ascending, &page);
+    let headers = next_page_headers("/api/v1/compute/instances", page.limit, next.as_deref());
+    Ok((headers, Json(instances.iter().map(|i| instance_json(i, names.get(&i.deployment_id).map(String::as_str))).collect())))
+}
+
+/// An instance's container as its node last reported it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstanceContainerJson {
+    id: String,
+    name: String,
+    image: String,
+    #[schema(value_type = String)]
+    status: diplo_api::container::ContainerStatus,
+    exit_code: i64,
+    started_at: Option<String>,
+    #[schema(value_type = Option<String>)]
+    health: Option<diplo_api::container::Health>,
+    restart_count: u32,
+}
+
+/// An instance with its container.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstanceViewJson {
+    #[serde(flatten)]
+    instance: InstanceJson,
+    /// Null until its node reports a container.
+    container: Option<InstanceContainerJson>,
 }
 
 /// An instance with its container as its node last reported it.
-fn instance_view_json(view: &InstanceView) -> Value {
-    let mut value = instance_json(&view.instance, Some(&view.deployment));
-    value["container"] = match &view.container {
-        Some(c) => json!({
-            "id": c.id,
-            "name": c.name,
-            "image": c.image,
-            "status": c.status,
-            "exit_code": c.exit_code,
-            "started_at": c.started_at,
-            "health": c.health,
-            "restart_count": c.restart_count,
+fn instance_view_json(view: &InstanceView) -> InstanceViewJson {
+    InstanceViewJson {
+        instance: instance_json(&view.instance, Some(&view.deployment)),
+        container: view.container.as_ref().map(|c| InstanceContainerJson {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            image: c.image.clone(),
+            status: c.status,
+            exit_code: c.exit_code,
+            started_at: c.started_at.clone(),
+            health: c.health,
+            restart_count: c.restart_count,
         }),
-        None => Value::Null,
-    };
-    value
+    }
 }
 
-pub async fn instance(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+/// One instance with its container.
+#[utoipa::path(get, path = "/api/v1/compute/instances/{id}", tag = "instances", params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "The instance", body = InstanceViewJson)))]
+pub async fn instance(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceViewJson>, ApiError> {
     Ok(Json(instance_view_json(&cp.get_instance(&caller, &id).await?)))
 }
 
 /// `PUT /api/v1/compute/instances/{id}/start`.
-pub async fn start_instance(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/start", tag = "instances", params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "Started", body = InstanceViewJson)))]
+pub async fn start_instance(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceViewJson>, ApiError> {
     Ok(Json(instance_view_json(&cp.start_instance(&caller, &id).await?)))
 }
 
 /// `?grace=SECONDS` for stop.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StopQuery {
+    /// Seconds to wait after SIGTERM before SIGKILL.
     grace: Option<u64>,
 }
 
 /// `PUT /api/v1/compute/instances/{id}/stop`: the deployment's restart policy applies
 /// afterwards, as after any exit.
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/stop", tag = "instances", params(("id" = String, Path, description = "Instance id"), StopQuery),
+    responses((status = 200, description = "Stopped", body = InstanceViewJson)))]
 pub async fn stop_instance(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<StopQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InstanceViewJson>, ApiError> {
     Ok(Json(instance_view_json(&cp.stop_instance(&caller, &id, q.grace.map(Duration::from_secs)).await?)))
 }
 
 /// `PUT /api/v1/compute/instances/{id}/restart`.
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/restart", tag = "instances", params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "Restarted", body = InstanceViewJson)))]
 pub async fn restart_instance(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InstanceViewJson>, ApiError> {
     Ok(Json(instance_view_json(&cp.restart_instance(&caller, &id).await?)))
 }
 
 /// `DELETE /api/v1/compute/instances/{id}`: 202; the deployment replaces the instance.
+#[utoipa::path(delete, path = "/api/v1/compute/instances/{id}", tag = "instances", params(("id" = String, Path, description = "Instance id")),
+    responses((status = 202, description = "Being replaced", body = InstanceViewJson)))]
 pub async fn delete_instance(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let view = cp.delete_instance(&caller, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(instance_view_json(&view))).into_response())
 }
 
+/// One resource usage sample of an instance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageJson {
+    instance_id: String,
+    node: String,
+    #[schema(value_type = String)]
+    runtime: Runtime,
+    cpu_percent: f64,
+    memory_bytes: u64,
+    memory_limit_bytes: u64,
+    network_rx_bytes: u64,
+    network_tx_bytes: u64,
+    timestamp: DateTime<Utc>,
+}
+
 /// `GET /api/v1/compute/instances/{id}/usage`: one sample taken on the instance's node.
-pub async fn instance_usage(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/compute/instances/{id}/usage", tag = "instances", params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "One sample", body = UsageJson)))]
+pub async fn instance_usage(
+    State(cp): Api,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<UsageJson>, ApiError> {
     let usage = cp.instance_usage(&caller, &id).await?;
-    Ok(Json(json!({
-        "instance_id": usage.instance_id,
-        "node": usage.node_id,
-        "runtime": usage.runtime,
-        "cpu_percent": usage.stats.cpu_percent,
-        "memory_bytes": usage.stats.memory_bytes,
-        "memory_limit_bytes": usage.stats.memory_limit_bytes,
-        "network_rx_bytes": usage.stats.network_rx_bytes,
-        "network_tx_bytes": usage.stats.network_tx_bytes,
-        "timestamp": chrono::Utc::now(),
-    })))
+    Ok(Json(UsageJson {
+        instance_id: usage.instance_id,
+        node: usage.node_id,
+        runtime: usage.runtime,
+        cpu_percent: usage.stats.cpu_percent,
+        memory_bytes: usage.stats.memory_bytes,
+        memory_limit_bytes: usage.stats.memory_limit_bytes,
+        network_rx_bytes: usage.stats.network_rx_bytes,
+        network_tx_bytes: usage.stats.network_tx_bytes,
+        timestamp: Utc::now(),
+    }))
 }
 
 /// `?after=SEQUENCE` to replay stored events first.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Replay the stored events after this sequence number first.
     after: Option<u64>,
 }
 
 /// Server-Sent Events: every event as `event: KIND`, `id: SEQUENCE`, JSON data. A
 /// watcher that fell behind gets `event: lagged` with `{"missed": N}` (reconnect with
 /// `?after=` the last id seen to replay them).
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsQuery),
+    responses((status = 200, description = "The event stream", body = String, content_type = "text/event-stream")))]
 pub async fn events(State(cp): Api, Extension(caller): Extension<Caller>, Query(q): Query<EventsQuery>) -> Result<Response, ApiError> {
     let items = cp.watch_events(&caller, q.after).await?;
     let stream = tokio_stream::StreamExt::map(items, |item| Ok::<_, Infallible>(sse_event(item)));
@@ -481,6 +736,43 @@ fn sse_event(item: WatchItem) -> Event {
         WatchItem::Lagged { missed } => Event::default().event("lagged").data(json!({ "missed": missed }).to_string()),
     }
 }
+
+/// The deployment, instance and event routes of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        deploy,
+        list,
+        get,
+        update,
+        delete,
+        scale,
+        rollback,
+        instances,
+        instance,
+        start_instance,
+        stop_instance,
+        restart_instance,
+        delete_instance,
+        instance_usage,
+        events
+    ),
+    components(schemas(
+        DeployBody,
+        ResourcesBody,
+        HealthBody,
+        ScaleBody,
+        DeployJson,
+        DeploymentJson,
+        SourceJson,
+        InstanceJson,
+        InstanceViewJson,
+        InstanceContainerJson,
+        UsageJson,
+        Problem
+    ))
+)]
+pub(super) struct Doc;
 
 #[cfg(test)]
 mod tests {

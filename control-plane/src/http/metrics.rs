@@ -19,7 +19,6 @@ use crate::service::ControlPlane;
 pub const UNMATCHED: &str = "unmatched";
 
 /// The OpenAPI description of this module's routes, merged into the served document.
-#[allow(dead_code)]
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(metrics))]
 pub(super) struct Doc;

@@ -1,14 +1,18 @@
 //! REST gateway (JSON): thin axum handlers over [`ControlPlane`]. Every route but
-//! `GET /healthz` needs `Authorization: Bearer <token>`.
+//! `GET /healthz`, `GET /api/openapi.json` and `GET /api/docs` needs
+//! `Authorization: Bearer <token>`. Errors are problem documents (`application/problem+json`,
+//! see [`error`]); lists are paged (see [`page`]).
 
 mod builds;
 mod container_ops;
 mod containers;
 mod deployments;
-mod error;
+pub mod error;
 pub mod fuzz;
 mod metrics;
 mod node_resources;
+pub mod openapi;
+pub mod page;
 mod registries;
 mod status;
 pub mod tls;
@@ -26,7 +30,7 @@ use crate::auth::Caller;
 use crate::error::ServiceError;
 use crate::service::{COMMAND_TIMEOUT, ControlPlane};
 
-pub use error::ApiError;
+pub use error::{ApiError, Problem};
 
 /// How long a REST call that does not stream may take before it is answered 503: a
 /// little longer than a command may take on a node, so that a node's own timeout is
@@ -107,16 +111,23 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
     let ops_streaming = Router::new()
         .route("/api/v1/containers/{id}/stats", get(container_ops::stats))
         .route("/api/v1/docker/containers/{id}/stats", get(container_ops::stats));
-    let timed = timed.merge(ops_timed.route_layer(middleware::from_fn_with_state(REQUEST_TIMEOUT, time_limit)));
     let streaming = streaming.merge(ops_streaming);
     let api = timed
         .merge(streaming)
         .route("/metrics", get(metrics::metrics))
+        .route_layer(middleware::from_fn(error::require_json))
+        // Copies into containers carry tar bodies, not JSON; pause and unpause carry none.
+        .merge(ops_timed.route_layer(middleware::from_fn_with_state(REQUEST_TIMEOUT, time_limit)))
         .route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(openapi::healthz))
+        .route("/api/openapi.json", get(openapi::openapi_json))
+        .route("/api/docs", get(openapi::docs))
+        .route("/api/docs/redoc.standalone.js", get(openapi::redoc_js))
         .merge(api)
         .route_layer(middleware::from_fn(metrics::matched_route))
+        .fallback(error::no_route)
+        .layer(middleware::from_fn(error::problems))
         .layer(middleware::from_fn_with_state(control_plane.clone(), metrics::observe))
         .with_state(control_plane)
 }

@@ -621,7 +621,6 @@ docker_route!(
 );
 
 /// The OpenAPI description of these routes.
-#[allow(dead_code, reason = "merged into the document served at /api/openapi.json by the OpenAPI module")]
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(

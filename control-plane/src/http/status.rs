@@ -2,19 +2,24 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use diplo_api::runtime::{PlatformClass, Runtime};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiError;
+use super::containers::runtime_filter;
+use super::error::Problem;
+use super::page::{Order, Page, next_page_headers, paginate, parse_filter};
 use crate::auth::Caller;
 use crate::model::{NodeRecord, NodeStatus};
 use crate::service::{ControlPlane, DeploymentView};
 
 /// `GET /api/status`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SystemStatus {
     timestamp: DateTime<Utc>,
     system: SystemInfo,
@@ -23,7 +28,7 @@ pub struct SystemStatus {
     nodes: Vec<NodeView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct SystemInfo {
     os: &'static str,
     architecture: String,
@@ -32,7 +37,7 @@ struct SystemInfo {
 }
 
 /// A deployment as `/api/status` lists it.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
 struct Application {
     name: String,
     status: &'static str,
@@ -40,6 +45,7 @@ struct Application {
     replicas: u32,
     /// The runtime it is pinned to, else the one its instances run on (`None`: not placed
     /// yet, or spread over several).
+    #[schema(value_type = Option<String>)]
     runtime: Option<Runtime>,
 }
 
@@ -66,19 +72,23 @@ fn runtime_kind(available: &[Runtime]) -> String {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct RuntimeSummary {
+    #[schema(value_type = Vec<String>)]
     available: Vec<Runtime>,
+    #[schema(value_type = Option<String>)]
     preferred: Option<Runtime>,
     supported_languages: Vec<String>,
     supported_images: Vec<String>,
 }
 
 /// A node as REST shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct NodeView {
     id: String,
     name: String,
+    /// `ready`, `unhealthy` or `down`.
+    #[schema(value_type = String)]
     status: NodeStatus,
     cordoned: bool,
     os: String,
@@ -90,8 +100,12 @@ pub struct NodeView {
     memory_bytes: u64,
     virtualization: String,
     raspberry_pi_model: String,
+    #[schema(value_type = Vec<String>)]
     available: Vec<Runtime>,
+    #[schema(value_type = Option<String>)]
     preferred: Option<Runtime>,
+    /// Each runtime's probe: `runtime`, `available`, `version`, `endpoint`, `error`, `rootless`.
+    #[schema(value_type = Vec<Object>)]
     runtimes: Vec<diplo_api::fingerprint::RuntimeReport>,
     labels: std::collections::BTreeMap<String, String>,
     address: String,
@@ -148,6 +162,8 @@ fn supported_images(overrides: &std::collections::BTreeMap<String, String>) -> V
     images
 }
 
+/// The system, its runtimes, applications (deployments) and nodes.
+#[utoipa::path(get, path = "/api/status", tag = "status", responses((status = 200, description = "System status", body = SystemStatus)))]
 pub async fn system_status(
     State(control_plane): State<Arc<ControlPlane>>,
     Extension(caller): Extension<Caller>,
@@ -170,30 +186,89 @@ pub async fn system_status(
     }))
 }
 
+/// Node counts by state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeCounts {
+    total: usize,
+    ready: u32,
+    unhealthy: u32,
+    down: u32,
+}
+
+/// Instance counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstanceCounts {
+    total: u32,
+    running: u32,
+}
+
+/// `GET /api/v1/compute/cluster/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterStatusJson {
+    nodes: NodeCounts,
+    instances: InstanceCounts,
+}
+
+/// Nodes by state and instances.
+#[utoipa::path(get, path = "/api/v1/compute/cluster/status", tag = "status",
+    responses((status = 200, description = "Cluster status", body = ClusterStatusJson)))]
 pub async fn cluster_status(
     State(control_plane): State<Arc<ControlPlane>>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ClusterStatusJson>, ApiError> {
     let status = control_plane.cluster_status(&caller).await?;
-    Ok(Json(serde_json::json!({
-        "nodes": {
-            "total": status.nodes.len(),
-            "ready": status.count(NodeStatus::Ready),
-            "unhealthy": status.count(NodeStatus::Unhealthy),
-            "down": status.count(NodeStatus::Down),
+    Ok(Json(ClusterStatusJson {
+        nodes: NodeCounts {
+            total: status.nodes.len(),
+            ready: status.count(NodeStatus::Ready),
+            unhealthy: status.count(NodeStatus::Unhealthy),
+            down: status.count(NodeStatus::Down),
         },
-        "instances": { "total": status.instances_total, "running": status.instances_running },
-    })))
+        instances: InstanceCounts { total: status.instances_total, running: status.instances_running },
+    }))
 }
 
+/// `?limit=&cursor=&status=&runtime=` for the node list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NodeListQuery {
+    /// Items per page (1–1000, default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// The `X-Next-Cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only nodes in this state (`ready`, `unhealthy`, `down`).
+    status: Option<String>,
+    /// Only nodes where this runtime is available.
+    runtime: Option<String>,
+}
+
+/// Lists nodes: sorted by name, paged (`X-Next-Cursor` when more remain).
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", params(NodeListQuery),
+    responses((status = 200, description = "One page of nodes", body = Vec<NodeView>,
+        headers(("x-next-cursor" = String, description = "The cursor of the next page, when more remain")))))]
 pub async fn list_nodes(
     State(control_plane): State<Arc<ControlPlane>>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Vec<NodeView>>, ApiError> {
-    let nodes = control_plane.list_nodes(&caller).await?;
-    Ok(Json(nodes.iter().map(NodeView::from).collect()))
+    Query(q): Query<NodeListQuery>,
+) -> Result<(HeaderMap, Json<Vec<NodeView>>), ApiError> {
+    let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
+    let status = q.status.as_deref().filter(|s| !s.is_empty()).map(|s| parse_filter::<NodeStatus>("status", s)).transpose()?;
+    let runtime = runtime_filter(q.runtime.as_deref())?;
+    let nodes: Vec<NodeRecord> = control_plane
+        .list_nodes(&caller)
+        .await?
+        .into_iter()
+        .filter(|n| status.is_none_or(|s| n.status == s) && runtime.is_none_or(|r| n.fingerprint.available_runtimes().contains(&r)))
+        .collect();
+    let (nodes, next) = paginate(nodes, |n| format!("{}\u{0}{}", n.name, n.id), Order::Ascending, &page);
+    let headers = next_page_headers("/api/v1/nodes", page.limit, next.as_deref());
+    Ok((headers, Json(nodes.iter().map(NodeView::from).collect())))
 }
 
+/// One node, by name or id.
+#[utoipa::path(get, path = "/api/v1/nodes/{node}", tag = "nodes", params(("node" = String, Path, description = "Node name or id")),
+    responses((status = 200, description = "The node", body = NodeView)))]
 pub async fn get_node(
     State(control_plane): State<Arc<ControlPlane>>,
     Extension(caller): Extension<Caller>,
@@ -202,6 +277,24 @@ pub async fn get_node(
     let record = control_plane.get_node(&caller, &node).await?;
     Ok(Json(NodeView::from(&record)))
 }
+
+/// The status and node routes of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(system_status, cluster_status, list_nodes, get_node),
+    components(schemas(
+        SystemStatus,
+        SystemInfo,
+        RuntimeSummary,
+        Application,
+        NodeView,
+        ClusterStatusJson,
+        NodeCounts,
+        InstanceCounts,
+        Problem
+    ))
+)]
+pub(super) struct Doc;
 
 #[cfg(test)]
 mod tests {

@@ -50,7 +50,7 @@ impl RegistrySettings {
 }
 
 /// A registry login as listed: never the password.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RegistryLogin {
     /// `host[:port]`.
     pub registry: String,
