@@ -36,6 +36,21 @@ pub struct ResourcesBody {
     cpus: Option<f64>,
 }
 
+impl ResourcesBody {
+    /// The memory limit in bytes and the CPU limit in millicores; errors name the field.
+    pub(super) fn limits(&self) -> Result<(Option<u64>, Option<u32>), ServiceError> {
+        let memory_bytes = self.memory.as_ref().map(memory_bytes).transpose()?;
+        let cpu_millis = match self.cpus {
+            Some(cpus) if !(0.001..=1024.0).contains(&cpus) => {
+                return Err(ServiceError::invalid("resources.cpus", format!("{cpus} is not between 0.001 and 1024")));
+            }
+            Some(cpus) => Some((cpus * 1000.0).round() as u32),
+            None => None,
+        };
+        Ok((memory_bytes, cpu_millis))
+    }
+}
+
 /// Health check as users write it (seconds).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,17 +131,7 @@ fn memory_bytes(value: &Value) -> Result<u64, ServiceError> {
     if let Some(bytes) = value.as_u64() {
         return Ok(bytes);
     }
-    let text = value.as_str().ok_or_else(bad)?.trim().to_ascii_lowercase();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let factor = match unit.trim_end_matches('b') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    number.checked_mul(factor).ok_or_else(bad)
+    diplo_api::container::parse_memory(value.as_str().ok_or_else(bad)?).map_err(|_| bad())
 }
 
 fn mount(text: &str) -> Result<Mount, ServiceError> {
@@ -175,15 +180,7 @@ impl DeployBody {
             .filter(|r| !r.is_empty())
             .map(|r| r.parse::<Runtime>().map_err(|e| ServiceError::invalid("runtime_type", e.to_string())))
             .transpose()?;
-        let resources = self.resources.unwrap_or_default();
-        let memory_bytes = resources.memory.as_ref().map(memory_bytes).transpose()?;
-        let cpu_millis = match resources.cpus {
-            Some(cpus) if !(0.001..=1024.0).contains(&cpus) => {
-                return Err(ServiceError::invalid("resources.cpus", format!("{cpus} is not between 0.001 and 1024")));
-            }
-            Some(cpus) => Some((cpus * 1000.0).round() as u32),
-            None => None,
-        };
+        let (memory_bytes, cpu_millis) = self.resources.unwrap_or_default().limits()?;
         let healthcheck = match self.healthcheck {
             Some(h) if h.test.is_empty() => return Err(ServiceError::invalid("healthcheck.test", "a command is required")),
             Some(h) => Some(HealthCheck {
@@ -227,6 +224,7 @@ impl DeployBody {
 fn instance_json(instance: &InstanceRecord, deployment: Option<&str>) -> Value {
     json!({
         "id": instance.id,
+        "direct": false,
         "deployment": deployment,
         "deployment_id": instance.deployment_id,
         "revision": instance.revision,
@@ -371,7 +369,12 @@ pub async fn instances(
     let names: BTreeMap<String, String> =
         cp.list_deployments(&caller).await?.into_iter().map(|v| (v.deployment.id, v.deployment.spec.name)).collect();
     let instances = cp.list_instances(&caller, q.deployment.as_deref()).await?;
-    Ok(Json(instances.iter().map(|i| instance_json(i, names.get(&i.deployment_id).map(String::as_str))).collect()))
+    let mut all: Vec<Value> = instances.iter().map(|i| instance_json(i, names.get(&i.deployment_id).map(String::as_str))).collect();
+    // Direct containers are instances too, unless one deployment's instances were asked for.
+    if q.deployment.as_deref().is_none_or(str::is_empty) {
+        all.extend(super::compute::direct_instances(&cp, &caller).await?);
+    }
+    Ok(Json(all))
 }
 
 /// An instance with its container as its node last reported it.

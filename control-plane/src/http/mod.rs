@@ -2,6 +2,7 @@
 //! `GET /healthz` needs `Authorization: Bearer <token>`.
 
 mod builds;
+mod compute;
 mod containers;
 mod deployments;
 mod error;
@@ -54,8 +55,12 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/deployments/{name}", get(deployments::get).put(deployments::update).delete(deployments::delete))
         .route("/api/v1/deployments/{name}/scale", post(deployments::scale))
         .route("/api/v1/deployments/{name}/rollback", post(deployments::rollback))
-        .route("/api/v1/compute/instances", get(deployments::instances))
-        .route("/api/v1/compute/instances/{id}", get(deployments::instance).delete(deployments::delete_instance))
+        .route("/api/v1/compute/instances", get(deployments::instances).post(compute::create_instance))
+        .route(
+            "/api/v1/compute/instances/{id}",
+            get(deployments::instance).put(compute::update_instance).delete(deployments::delete_instance),
+        )
+        .route("/api/v1/compute/backends/{backend}/info", get(compute::backend_info))
         .route("/api/v1/compute/instances/{id}/start", put(deployments::start_instance))
         .route("/api/v1/compute/instances/{id}/stop", put(deployments::stop_instance))
         .route("/api/v1/compute/instances/{id}/restart", put(deployments::restart_instance))
