@@ -1111,7 +1111,7 @@ async fn api_tokens_are_created_listed_revoked_and_expire_with_audit() {
     let id = token.trim_start_matches("dpl_").split('.').next().expect("id").to_owned();
     let secret = token.rsplit('.').next().expect("secret").to_owned();
 
-    let listed = control_plane.cli_ok(&["api-token", "ls"]);
+    let listed = control_plane.cli_ok(&["api-token", "ls", "-o", "table"]);
     let line = listed.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{id} not listed:\n{listed}"));
     assert!(line.contains("ci-reader") && line.contains("viewer") && line.ends_with("active"), "{line}");
     assert!(!listed.contains(&secret), "the secret is listed:\n{listed}");
@@ -1141,7 +1141,7 @@ async fn api_tokens_are_created_listed_revoked_and_expire_with_audit() {
     let (status, body) = rest_call("GET", &control_plane.rest_url("/api/v1/nodes"), Some(&token), None);
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("revoked"), "{body}");
-    let listed = control_plane.cli_ok(&["api-token", "ls"]);
+    let listed = control_plane.cli_ok(&["api-token", "ls", "-o", "table"]);
     assert!(listed.lines().any(|l| l.starts_with(&id) && l.ends_with("revoked")), "{listed}");
 
     // Expired: refused with the reason.
