@@ -33,8 +33,8 @@ pub struct AddArgs {
     #[arg(long, required_unless_present = "from")]
     pub server: Option<String>,
     /// REST gateway, http(s)://HOST:PORT.
-    #[arg(long, default_value = "")]
-    pub rest: String,
+    #[arg(long)]
+    pub rest: Option<String>,
     /// PEM CA certificate of the cluster.
     #[arg(long, required_unless_present = "from")]
     pub ca: Option<PathBuf>,
@@ -45,8 +45,8 @@ pub struct AddArgs {
     #[arg(long, required_unless_present = "from")]
     pub key: Option<PathBuf>,
     /// File holding a REST bearer token.
-    #[arg(long, default_value = "")]
-    pub token_file: PathBuf,
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// Make it the current context too.
     #[arg(long = "use")]
     pub make_current: bool,
@@ -81,11 +81,11 @@ fn context_of(args: &AddArgs) -> Result<CliContext> {
     }
     Ok(CliContext {
         server,
-        rest: args.rest.clone(),
+        rest: args.rest.clone().unwrap_or_default(),
         ca: path(&args.ca),
         cert: path(&args.cert),
         key: path(&args.key),
-        token_file: absolute(&args.token_file, &cwd),
+        token_file: path(&args.token_file),
     })
 }
 

@@ -107,7 +107,7 @@ fn instances_are_created_listed_counted_updated_and_backends_described() {
     assert_eq!(updated.status, 202, "{}", updated.body);
     let updated = updated.json();
     assert_eq!((updated["deployment"].as_str(), updated["revision"].as_u64()), (Some(app.as_str()), Some(2)), "{updated}");
-    wait_until("the new memory limit in force", Duration::from_secs(120), POLL, || {
+    let instance_id = wait_until("the new memory limit in force", Duration::from_secs(120), POLL, || {
         let d = control_plane.rest_json(&format!("/api/v1/deployments/{app}"));
         let running: Vec<Value> = d["instances"]
             .as_array()
@@ -117,8 +117,14 @@ fn instances_are_created_listed_counted_updated_and_backends_described() {
             .filter(|i| i["status"] == "running" && i["revision"] == 2 && i["desired"] == "run")
             .collect();
         let memory = running.first().and_then(|i| i["container_id"].as_str()).and_then(docker_memory);
-        if d["status"] == "running" && running.len() == 1 && memory == Some(96 << 20) { Ok(()) } else { Err(format!("{memory:?} {d}")) }
+        match running.first().and_then(|i| i["id"].as_str()) {
+            Some(id) if d["status"] == "running" && running.len() == 1 && memory == Some(96 << 20) => Ok(id.to_owned()),
+            _ => Err(format!("{memory:?} {d}")),
+        }
     });
+    // The updated instance was replaced by one of the new revision: the old id is gone.
+    let gone = control_plane.rest("PUT", &path, Some(json!({"restart_policy": "always"})));
+    assert_eq!(gone.status, 404, "{}", gone.body);
     for (id, body, status, needle) in [
         (chosen_id.as_str(), json!({"resources": {"memory": "96m"}}), 409, "direct container"),
         (instance_id.as_str(), json!({}), 400, "nothing to update"),
