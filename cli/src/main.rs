@@ -91,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         command: registry::RegistryCommand,
     },
+    /// A backend (runtime) across the cluster: nodes, versions, capabilities, instances.
+    Backends {
+        #[command(subcommand)]
+        command: BackendsCommand,
+    },
     /// Named control planes in the config file: list, switch, add.
     Context {
         #[command(subcommand)]
@@ -100,6 +105,15 @@ enum Command {
     Completion {
         /// bash, zsh or fish.
         shell: Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendsCommand {
+    /// Show one backend: docker, containerd, lxc or podman.
+    Info {
+        #[arg(value_parser = |s: &str| s.parse::<diplo_api::runtime::Runtime>().map_err(|e| e.to_string()))]
+        backend: diplo_api::runtime::Runtime,
     },
 }
 
@@ -337,6 +351,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Registry { command } => {
             registry::run(client::limited!(diplo_api::pb::registry_service_client::RegistryServiceClient::new(channel)), command, format)
                 .await?
+        }
+        Command::Backends { command: BackendsCommand::Info { backend } } => {
+            let runtime = pb::RuntimeKind::from(backend) as i32;
+            let info = cluster.get_backend(pb::GetBackendRequest { runtime }).await.map_err(status_error)?.into_inner();
+            output::print(format, &output::backend_json(&info), || output::backend_table(&info))?;
         }
         Command::Completion { .. } | Command::Context { .. } => {}
     }

@@ -156,6 +156,48 @@ pub fn node_json(node: &pb::Node) -> Value {
     })
 }
 
+/// A backend as JSON (`diplo backends info`).
+pub fn backend_json(backend: &pb::Backend) -> Value {
+    let nodes: Vec<Value> = backend
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({"node": n.node_name, "node_id": n.node_id, "status": status_name(n.status), "available": n.available,
+                   "version": n.version, "error": (!n.error.is_empty()).then_some(&n.error),
+                   "instances": {"total": n.instances_total, "running": n.instances_running}})
+        })
+        .collect();
+    json!({
+        "backend": runtime_name(backend.runtime),
+        "available": backend.available,
+        "capabilities": backend.capabilities,
+        "nodes": nodes,
+        "instances": {"total": backend.instances_total, "running": backend.instances_running},
+    })
+}
+
+/// A backend for people: its capabilities and instances, then its nodes as a table.
+pub fn backend_table(backend: &pb::Backend) -> String {
+    let rows = backend.nodes.iter().map(|n| {
+        [
+            n.node_name.clone(),
+            status_name(n.status).to_owned(),
+            if n.available { "yes".to_owned() } else { format!("no: {}", n.error) },
+            if n.version.is_empty() { "-".to_owned() } else { n.version.clone() },
+            format!("{}/{}", n.instances_running, n.instances_total),
+        ]
+    });
+    format!(
+        "Backend: {} ({})\nCapabilities: {}\nInstances: {} total, {} running\n\n{}",
+        runtime_name(backend.runtime),
+        if backend.available { "available" } else { "not available" },
+        backend.capabilities.join(", "),
+        backend.instances_total,
+        backend.instances_running,
+        table(["NODE", "STATUS", "AVAILABLE", "VERSION", "INSTANCES"], rows)
+    )
+}
+
 /// Nodes as an aligned table.
 pub fn nodes_table(nodes: &[pb::Node]) -> String {
     let now = Utc::now();

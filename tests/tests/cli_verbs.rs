@@ -296,6 +296,12 @@ fn outputs_contexts_completion_exit_codes_and_instance_verbs() {
     let table = control_plane.cli_ok(&["nodes", "ls", "-o", "table"]);
     assert!(table.starts_with("NAME") && table.contains(&node_name), "{table}");
 
+    // ---- backends info: the runtime across the cluster ----
+    let backend: Value = serde_json::from_str(&control_plane.cli_ok(&["backends", "info", "docker", "-o", "json"])).expect("JSON");
+    assert_eq!(backend["nodes"][0]["node"], node_name.as_str(), "{backend}");
+    assert!(backend["capabilities"].as_array().is_some_and(|c| c.contains(&json!("healthcheck"))), "{backend}");
+    assert_eq!(control_plane.cli(&["backends", "info", "kvm"]).status.code(), Some(2), "an unknown backend is a usage error");
+
     // ---- completion for three shells ----
     for (shell, marker) in [("bash", "complete"), ("zsh", "#compdef diplo"), ("fish", "complete -c diplo")] {
         let script = control_plane.cli_ok(&["completion", shell]);
