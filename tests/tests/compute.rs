@@ -77,6 +77,8 @@ fn instances_are_created_listed_counted_updated_and_backends_described() {
     let names: Vec<&str> = direct.iter().filter_map(|i| i["name"].as_str()).collect();
     assert!(names.contains(&chosen.as_str()) && names.contains(&scheduled.as_str()), "{listed}");
     assert_eq!(counts(&control_plane), (2, 2), "two direct containers, both running");
+    let shown = control_plane.rest_json(&format!("/api/v1/compute/instances/{chosen_id}"));
+    assert_eq!((shown["direct"].as_bool(), shown["name"].as_str()), (Some(true), Some(chosen.as_str())), "{shown}");
 
     // ---- a deployment: its instance counted too, its application in /api/status ----
     let app = unique_name("ci-app");

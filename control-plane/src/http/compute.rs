@@ -157,6 +157,15 @@ pub(super) async fn direct_instances(cp: &ControlPlane, caller: &Caller) -> Resu
         .collect()
 }
 
+/// A direct container by id or name as an instance, for `GET /api/v1/compute/instances/{id}`
+/// when no deployment instance has that id.
+pub(super) async fn direct_instance(cp: &ControlPlane, caller: &Caller, id: &str) -> Result<Option<serde_json::Value>, ApiError> {
+    let found = cp.direct_instances(caller).await?.into_iter().find(|d| d.container.info.id == id || d.container.info.name == id);
+    found
+        .map(|d| serde_json::to_value(DirectInstanceJson::from(d)).map_err(|e| ApiError(ServiceError::Internal(e.to_string()))))
+        .transpose()
+}
+
 /// `POST /api/v1/compute/instances`: a direct container through the same service call
 /// as `POST /api/v1/containers` and gRPC `CreateContainer`; 201 with the instance.
 #[utoipa::path(

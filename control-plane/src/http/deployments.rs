@@ -397,7 +397,15 @@ fn instance_view_json(view: &InstanceView) -> Value {
 }
 
 pub async fn instance(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(instance_view_json(&cp.get_instance(&caller, &id).await?)))
+    match cp.get_instance(&caller, &id).await {
+        Ok(view) => Ok(Json(instance_view_json(&view))),
+        // A direct container is an instance too.
+        Err(ServiceError::NotFound(message)) => match super::compute::direct_instance(&cp, &caller, &id).await? {
+            Some(direct) => Ok(Json(direct)),
+            None => Err(ServiceError::NotFound(message).into()),
+        },
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// `PUT /api/v1/compute/instances/{id}/start`.
