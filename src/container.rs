@@ -354,6 +354,23 @@ pub enum RuntimeEventKind {
     Removed,
 }
 
+/// A memory size as users write it: `256m`, `1g`, `512k` (powers of 1024, an optional
+/// trailing `b`, any case) or a plain number of bytes.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a size like 256m or 1g");
+    let text = text.trim().to_ascii_lowercase();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(factor).ok_or_else(bad)
+}
+
 /// Checks a container name: 1 to 63 characters of letters, digits, `_`, `.` and `-`,
 /// starting with a letter or digit (what every runtime accepts).
 pub fn validate_container_name(name: &str) -> Result<(), String> {
@@ -366,6 +383,18 @@ pub fn validate_container_name(name: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn memory_sizes_parse_with_units_and_name_bad_ones() {
+        let cases =
+            [("256m", Some(256 << 20)), ("1G", Some(1 << 30)), ("512kb", Some(512 << 10)), ("1000", Some(1000)), (" 2g ", Some(2 << 30))];
+        for (text, expected) in cases {
+            assert_eq!(parse_memory(text).ok(), expected, "{text}");
+        }
+        for bad in ["", "lots", "12t", "m", "-1m", "99999999999999999999g"] {
+            assert!(parse_memory(bad).expect_err(bad).contains("is not a size"), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -135,6 +135,158 @@ impl PlatformClass {
     }
 }
 
+/// An operation or container setting a runtime driver may or may not honour. The table
+/// [`Runtime::capabilities`] is the one source for what each driver supports: the control
+/// plane reports it (`/api/{runtime}/status`, backend info) and refuses a workload that
+/// asks a runtime for something it lacks ([`Runtime::check_spec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// Pull images.
+    Pull,
+    /// Create containers.
+    Create,
+    /// Start containers.
+    Start,
+    /// Stop containers.
+    Stop,
+    /// Restart containers.
+    Restart,
+    /// Remove containers.
+    Remove,
+    /// Read containers' logs.
+    Logs,
+    /// Run commands in containers.
+    Exec,
+    /// Sample containers' resource usage.
+    Stats,
+    /// Report container events as they happen.
+    Events,
+    /// Limit a container's memory and CPU.
+    ResourceLimits,
+    /// Publish container ports on the host.
+    PortPublishing,
+    /// Run a container's health check itself (`healthcheck`).
+    Healthcheck,
+    /// Restart exited containers itself by their restart policy (elsewhere the control
+    /// plane restarts them, and `restart_count` stays 0).
+    RuntimeRestartPolicy,
+    /// Freeze and thaw a container's processes.
+    Pause,
+    /// Copy files into and out of a container as tar archives.
+    CopyFiles,
+    /// List, inspect, remove and prune the node's images.
+    Images,
+    /// Create, remove, connect and disconnect networks.
+    Networks,
+    /// Create, remove and prune named volumes.
+    Volumes,
+}
+
+impl Capability {
+    /// The name reports use (`resource_limits`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Pull => "pull",
+            Capability::Create => "create",
+            Capability::Start => "start",
+            Capability::Stop => "stop",
+            Capability::Restart => "restart",
+            Capability::Remove => "remove",
+            Capability::Logs => "logs",
+            Capability::Exec => "exec",
+            Capability::Stats => "stats",
+            Capability::Events => "events",
+            Capability::ResourceLimits => "resource_limits",
+            Capability::PortPublishing => "port_publishing",
+            Capability::Healthcheck => "healthcheck",
+            Capability::RuntimeRestartPolicy => "runtime_restart_policy",
+            Capability::Pause => "pause",
+            Capability::CopyFiles => "copy_files",
+            Capability::Images => "images",
+            Capability::Networks => "networks",
+            Capability::Volumes => "volumes",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What every driver implements.
+const COMMON_CAPABILITIES: [Capability; 15] = [
+    Capability::Pull,
+    Capability::Create,
+    Capability::Start,
+    Capability::Stop,
+    Capability::Restart,
+    Capability::Remove,
+    Capability::Logs,
+    Capability::Exec,
+    Capability::Stats,
+    Capability::Events,
+    Capability::ResourceLimits,
+    Capability::PortPublishing,
+    Capability::Pause,
+    Capability::CopyFiles,
+    Capability::Images,
+];
+
+/// A container setting a runtime cannot honour: `field` of the spec, and the runtime.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{runtime} does not support {field} ({capability}); runtimes that do: {supported}")]
+pub struct Unsupported {
+    /// The spec's field at fault.
+    pub field: &'static str,
+    /// The runtime asked.
+    pub runtime: Runtime,
+    /// The capability it lacks.
+    pub capability: Capability,
+    /// The runtimes that have it, comma separated.
+    pub supported: String,
+}
+
+impl Runtime {
+    /// What this runtime's driver supports, in a stable order.
+    pub fn capabilities(self) -> Vec<Capability> {
+        let mut capabilities = COMMON_CAPABILITIES.to_vec();
+        match self {
+            // Docker and Podman run health checks and restart policies in the daemon, and
+            // keep network and volume objects.
+            Runtime::Docker | Runtime::Podman => {
+                capabilities.extend([Capability::Healthcheck, Capability::RuntimeRestartPolicy, Capability::Networks, Capability::Volumes]);
+            }
+            // containerd and LXC have no daemon-side health checks or restart policies, and
+            // no network or volume objects here.
+            Runtime::Containerd | Runtime::Lxc => {}
+        }
+        capabilities
+    }
+
+    /// Whether this runtime's driver supports `capability`.
+    pub fn supports(self, capability: Capability) -> bool {
+        self.capabilities().contains(&capability)
+    }
+
+    /// Refuses a container spec asking this runtime for a setting it cannot honour (a
+    /// health check on a runtime that runs none would silently never report health).
+    pub fn check_spec(self, spec: &crate::container::ContainerSpec) -> Result<(), Unsupported> {
+        let needs = [(spec.healthcheck.is_some(), "healthcheck", Capability::Healthcheck)];
+        match needs.into_iter().find(|&(asked, _, capability)| asked && !self.supports(capability)) {
+            None => Ok(()),
+            Some((_, field, capability)) => Err(Unsupported {
+                field,
+                runtime: self,
+                capability,
+                supported: Runtime::ALL.into_iter().filter(|r| r.supports(capability)).map(Runtime::name).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +315,41 @@ mod tests {
         assert_eq!(PlatformClass::of("darwin", "arm64", false).preferred(&[Lxc]), None);
         assert_eq!(PlatformClass::of("freebsd", "riscv64", false).preferred(&[Podman, Lxc]), Some(Podman));
         assert_eq!(PlatformClass::of("linux", "amd64", false).preferred(&[]), None);
+    }
+
+    #[test]
+    fn capabilities_say_what_each_driver_supports_and_drive_refusals() {
+        use crate::container::{ContainerSpec, HealthCheck};
+        let cases = [(Docker, true), (Podman, true), (Containerd, false), (Lxc, false)];
+        let checked = ContainerSpec {
+            healthcheck: Some(HealthCheck {
+                test: vec!["true".into()],
+                interval: std::time::Duration::from_secs(5),
+                timeout: std::time::Duration::from_secs(1),
+                retries: 3,
+            }),
+            ..ContainerSpec::default()
+        };
+        for (runtime, daemon_side) in cases {
+            let capabilities = runtime.capabilities();
+            for common in COMMON_CAPABILITIES {
+                assert!(capabilities.contains(&common), "{runtime} lacks {common}");
+            }
+            assert_eq!(runtime.supports(Capability::Healthcheck), daemon_side, "{runtime}");
+            assert_eq!(runtime.supports(Capability::RuntimeRestartPolicy), daemon_side, "{runtime}");
+            assert_eq!(runtime.supports(Capability::Networks), daemon_side, "{runtime}");
+            assert_eq!(runtime.supports(Capability::Volumes), daemon_side, "{runtime}");
+            assert_eq!(runtime.check_spec(&ContainerSpec::default()), Ok(()), "{runtime}");
+            match runtime.check_spec(&checked) {
+                Ok(()) => assert!(daemon_side, "{runtime} accepted a health check it cannot run"),
+                Err(refusal) => {
+                    assert!(!daemon_side, "{runtime} refused a health check it runs");
+                    assert_eq!(refusal.field, "healthcheck");
+                    let message = refusal.to_string();
+                    assert!(message.contains(runtime.name()) && message.contains("docker, podman"), "{message}");
+                }
+            }
+        }
+        assert_eq!(serde_json::to_value(Capability::ResourceLimits).ok(), Some(serde_json::json!("resource_limits")));
     }
 }

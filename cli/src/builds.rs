@@ -9,7 +9,8 @@ use diplo_api::pb::build_service_client::BuildServiceClient;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::{Format, status_error};
+use crate::output::Format;
+use crate::status_error;
 
 /// What `diplo builds start` asks for.
 #[derive(Debug, clap::Args)]
@@ -52,11 +53,7 @@ pub enum BuildsCommand {
     /// Start a build.
     Start(StartArgs),
     /// List builds, newest first.
-    Ls {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Format,
-    },
+    Ls,
     /// Show one build (JSON).
     Show { id: String },
     /// Print a build's output.
@@ -154,9 +151,9 @@ async fn print_logs(client: &mut BuildServiceClient<Channel>, id: String, follow
 }
 
 /// Runs a `diplo builds` command.
-pub async fn run(channel: Channel, command: BuildsCommand) -> Result<()> {
+pub async fn run(channel: Channel, command: BuildsCommand, format: Format) -> Result<()> {
     let mut client = crate::client::limited!(BuildServiceClient::new(channel));
-    let show = |build: &pb::Build| println!("{}", serde_json::to_string_pretty(&build_json(build)).unwrap_or_default());
+    let show = |build: &pb::Build| crate::output::print_document(format, &build_json(build));
     match command {
         BuildsCommand::Start(args) => {
             let follow = args.follow;
@@ -174,14 +171,11 @@ pub async fn run(channel: Channel, command: BuildsCommand) -> Result<()> {
                 println!("build {} succeeded: {}", done.id, done.image);
             }
         }
-        BuildsCommand::Ls { output } => {
+        BuildsCommand::Ls => {
             let builds = client.list_builds(pb::ListBuildsRequest {}).await.map_err(status_error)?.into_inner().builds;
-            match output {
-                Format::Json => println!("{}", Value::Array(builds.iter().map(build_json).collect())),
-                Format::Table => println!("{}", table(&builds)),
-            }
+            crate::output::print(format, &Value::Array(builds.iter().map(build_json).collect()), || table(&builds))?;
         }
-        BuildsCommand::Show { id } => show(&client.get_build(pb::BuildRef { id }).await.map_err(status_error)?.into_inner()),
+        BuildsCommand::Show { id } => show(&client.get_build(pb::BuildRef { id }).await.map_err(status_error)?.into_inner())?,
         BuildsCommand::Logs { id, follow } => print_logs(&mut client, id, follow).await?,
         BuildsCommand::Cancel { id } => {
             let build = client.cancel_build(pb::BuildRef { id }).await.map_err(status_error)?.into_inner();

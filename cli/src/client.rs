@@ -26,6 +26,16 @@ pub fn context_path(explicit: Option<PathBuf>) -> Result<PathBuf> {
     })
 }
 
+/// The config file `diplo context` changes: the one in use (see [`context_path`]), or
+/// `~/.config/diplo/config.toml` when there is none yet.
+pub fn config_path_for_writing(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    if let Ok(path) = context_path(explicit.clone()) {
+        return Ok(path);
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set: pass --config FILE")?;
+    Ok(PathBuf::from(home).join(".config/diplo/config.toml"))
+}
+
 /// A Diplo service client with its message size limit set explicitly in both
 /// directions ([`diplo_api::pb::MAX_MESSAGE_BYTES`], as the control plane's server has).
 macro_rules! limited {
@@ -55,4 +65,11 @@ fn host_of(server: &str) -> Result<String> {
     let uri: tonic::codegen::http::Uri = server.parse().with_context(|| format!("invalid server address {server:?}"))?;
     let host = uri.host().with_context(|| format!("no host in server address {server:?}"))?;
     Ok(host.trim_start_matches('[').trim_end_matches(']').to_owned())
+}
+
+/// Node names by node id, for tables that show where things run.
+pub async fn node_names(channel: Channel) -> Result<std::collections::HashMap<String, String>> {
+    let mut cluster = limited!(diplo_api::pb::cluster_service_client::ClusterServiceClient::new(channel));
+    let nodes = cluster.list_nodes(diplo_api::pb::ListNodesRequest {}).await.map_err(crate::status_error)?.into_inner().nodes;
+    Ok(nodes.into_iter().map(|n| (n.id, n.name)).collect())
 }

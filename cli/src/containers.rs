@@ -8,19 +8,20 @@ use diplo_api::pb;
 use diplo_api::pb::container_service_client::ContainerServiceClient;
 use tonic::transport::Channel;
 
+use crate::output::Format;
 use crate::output::runtime_name;
-use crate::{ContainersCommand, Format, status_error};
+use crate::{ContainersCommand, status_error};
 
 /// Runs one `containers` subcommand.
-pub async fn run(mut client: ContainerServiceClient<Channel>, command: ContainersCommand) -> Result<()> {
+pub async fn run(channel: Channel, command: ContainersCommand, format: Format) -> Result<()> {
+    let mut client = crate::client::limited!(ContainerServiceClient::new(channel.clone()));
     match command {
-        ContainersCommand::Ls { node, output } => {
+        ContainersCommand::Ls { node } => {
             let request = pb::ListContainersRequest { node: node.unwrap_or_default() };
             let containers = client.list_containers(request).await.map_err(status_error)?.into_inner().containers;
-            match output {
-                Format::Json => println!("{}", serde_json::Value::Array(containers.iter().map(container_json).collect())),
-                Format::Table => print_table(&containers),
-            }
+            let names = crate::client::node_names(channel).await?;
+            let list = containers.iter().map(|c| container_json(c, &names)).collect();
+            crate::output::print(format, &serde_json::Value::Array(list), || table(&containers, &names))?;
         }
         ContainersCommand::Run { name, publish, env, runtime, node, restart, image, command } => {
             let runtime = match runtime {
@@ -81,7 +82,7 @@ pub async fn run(mut client: ContainerServiceClient<Channel>, command: Container
     Ok(())
 }
 
-fn container_json(c: &pb::ContainerState) -> serde_json::Value {
+fn container_json(c: &pb::ContainerState, names: &HashMap<String, String>) -> serde_json::Value {
     let ports: HashMap<String, String> = c.ports.iter().map(|p| (p.host_port.to_string(), p.container_port.to_string())).collect();
     serde_json::json!({
         "id": c.id,
@@ -89,6 +90,7 @@ fn container_json(c: &pb::ContainerState) -> serde_json::Value {
         "image": c.image,
         "status": c.status,
         "node_id": c.node_id,
+        "node": names.get(&c.node_id),
         "runtime": runtime_name(c.runtime),
         "ports": ports,
         "ip_address": c.ip_address,
@@ -101,21 +103,20 @@ fn container_json(c: &pb::ContainerState) -> serde_json::Value {
     })
 }
 
-fn print_table(containers: &[pb::ContainerState]) {
-    println!("{:<14}  {:<20}  {:<10}  {:<10}  {:<12}  {:<16}  IMAGE", "ID", "NAME", "STATUS", "RUNTIME", "NODE", "PORTS");
-    for c in containers {
+fn table(containers: &[pb::ContainerState], names: &HashMap<String, String>) -> String {
+    let rows = containers.iter().map(|c| {
         let ports: Vec<String> = c.ports.iter().map(|p| format!("{}->{}", p.host_port, p.container_port)).collect();
-        let id: String = c.id.chars().take(12).collect();
-        let node: String = c.node_id.chars().take(12).collect();
-        println!(
-            "{id:<14}  {:<20}  {:<10}  {:<10}  {node:<12}  {:<16}  {}",
-            c.name,
-            c.status,
-            runtime_name(c.runtime),
+        [
+            c.id.chars().take(12).collect(),
+            c.name.clone(),
+            c.status.clone(),
+            runtime_name(c.runtime).to_owned(),
+            crate::output::node_label(names, &c.node_id),
             ports.join(","),
-            c.image
-        );
-    }
+            c.image.clone(),
+        ]
+    });
+    crate::output::table(["ID", "NAME", "STATUS", "RUNTIME", "NODE", "PORTS", "IMAGE"], rows)
 }
 
 pub(crate) fn parse_pairs(pairs: &[String], flag: &str) -> Result<HashMap<String, String>> {

@@ -10,7 +10,7 @@ use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
 use diplo_api::pb::event_service_client::EventServiceClient;
 use tonic::transport::Channel;
 
-use crate::output::runtime_name;
+use crate::output::{Format, runtime_name};
 use crate::status_error;
 
 /// What `diplo deploy` asks for (its flags and arguments).
@@ -115,13 +115,15 @@ pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
         return Ok(());
     }
     if deployment.status == "building" && !build_id.is_empty() {
-        follow_build_log(channel, &build_id).await?;
+        follow_build_log(channel.clone(), &build_id).await?;
     }
     let started = Instant::now();
     let mut last = String::new();
+    let mut progress = crate::output::Progress::on_stderr();
     loop {
         let current = client.get_deployment(pb::DeploymentRef { name: args.name.clone() }).await.map_err(status_error)?.into_inner();
         if current.status == "failed" {
+            progress.finish();
             bail!("{} failed: {}", args.name, current.message);
         }
         let counts = current.instances.iter().fold(HashMap::<&str, usize>::new(), |mut counts, i| {
@@ -131,17 +133,22 @@ pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
         let mut summary: Vec<String> = counts.iter().map(|(status, n)| format!("{n} {status}")).collect();
         summary.sort();
         let line = format!("{}: {} [{}] {}", args.name, current.status, summary.join(", "), current.message);
-        if line != last {
-            println!("{line}");
-            last = line;
-        }
         if current.status == "running" {
+            progress.finish();
+            println!("{line}");
+            let names = crate::client::node_names(channel.clone()).await.unwrap_or_default();
             for instance in &current.instances {
-                println!("  {}  node {}  {}  {}", instance.id, instance.node_id, runtime_name(instance.runtime), instance.status);
+                let node = crate::output::node_label(&names, &instance.node_id);
+                println!("  {}  node {node}  {}  {}", instance.id, runtime_name(instance.runtime), instance.status);
             }
             return Ok(());
         }
+        if line != last {
+            progress.update(&format!("{line} ({}s)", started.elapsed().as_secs()));
+            last = line;
+        }
         if started.elapsed() > args.timeout {
+            progress.finish();
             bail!("{} is still {} after {:?}: {}", args.name, current.status, args.timeout, current.message);
         }
         next_event(&mut events, Duration::from_secs(1)).await;
@@ -178,38 +185,47 @@ async fn next_event(events: &mut Option<tonic::Streaming<pb::Event>>, wait: Dura
 }
 
 /// `diplo apps …`.
-pub async fn apps(channel: Channel, command: crate::AppsCommand) -> Result<()> {
-    let mut client = crate::client::limited!(DeploymentServiceClient::new(channel));
+pub async fn apps(channel: Channel, command: crate::AppsCommand, format: Format) -> Result<()> {
+    let mut client = crate::client::limited!(DeploymentServiceClient::new(channel.clone()));
     match command {
-        crate::AppsCommand::Ls { output } => {
+        crate::AppsCommand::Ls => {
             let list = client.list_deployments(pb::ListDeploymentsRequest {}).await.map_err(status_error)?.into_inner().deployments;
-            match output {
-                crate::Format::Json => println!("{}", serde_json::Value::Array(list.iter().map(deployment_json).collect())),
-                crate::Format::Table => {
-                    println!("{:<24}  {:<10}  {:>8}  {:>4}  {:<30}  MESSAGE", "NAME", "STATUS", "RUNNING", "REV", "IMAGE");
-                    for d in &list {
-                        let spec = d.spec.clone().unwrap_or_default();
-                        let running = d.instances.iter().filter(|i| i.status == "running").count();
-                        println!(
-                            "{:<24}  {:<10}  {:>8}  {:>4}  {:<30}  {}",
-                            spec.name,
-                            d.status,
-                            format!("{running}/{}", spec.replicas),
-                            d.revision,
-                            spec.image,
-                            d.message
-                        );
-                    }
-                }
-            }
+            let names = crate::client::node_names(channel).await?;
+            let value = serde_json::Value::Array(list.iter().map(|d| deployment_json(d, &names)).collect());
+            crate::output::print(format, &value, || {
+                let rows = list.iter().map(|d| {
+                    let spec = d.spec.clone().unwrap_or_default();
+                    let running: Vec<&pb::Instance> = d.instances.iter().filter(|i| i.status == "running").collect();
+                    let mut nodes: Vec<String> = running.iter().map(|i| crate::output::node_label(&names, &i.node_id)).collect();
+                    nodes.sort();
+                    nodes.dedup();
+                    [
+                        spec.name,
+                        d.status.clone(),
+                        format!("{}/{}", running.len(), spec.replicas),
+                        d.revision.to_string(),
+                        spec.image,
+                        if nodes.is_empty() { "-".to_owned() } else { nodes.join(",") },
+                        d.message.clone(),
+                    ]
+                });
+                crate::output::table(["NAME", "STATUS", "RUNNING", "REV", "IMAGE", "NODES", "MESSAGE"], rows)
+            })?;
         }
         crate::AppsCommand::Show { name } => {
             let d = client.get_deployment(pb::DeploymentRef { name }).await.map_err(status_error)?.into_inner();
-            println!("{}", serde_json::to_string_pretty(&deployment_json(&d))?);
+            let names = crate::client::node_names(channel).await?;
+            crate::output::print_document(format, &deployment_json(&d, &names))?;
         }
         crate::AppsCommand::Scale { name, replicas } => {
             let d = client.scale(pb::ScaleRequest { name: name.clone(), replicas }).await.map_err(status_error)?.into_inner();
             println!("{name} scaled to {replicas} (revision {})", d.revision);
+        }
+        crate::AppsCommand::Update(args) => {
+            let current = client.get_deployment(pb::DeploymentRef { name: args.name.clone() }).await.map_err(status_error)?.into_inner();
+            let request = update_request(current, &args)?;
+            let d = client.update(request).await.map_err(status_error)?.into_inner();
+            println!("{} updated (now revision {}, {})", args.name, d.revision, d.status);
         }
         crate::AppsCommand::Rollback { name } => {
             let d = client.rollback(pb::DeploymentRef { name: name.clone() }).await.map_err(status_error)?.into_inner();
@@ -223,15 +239,103 @@ pub async fn apps(channel: Channel, command: crate::AppsCommand) -> Result<()> {
     Ok(())
 }
 
-fn deployment_json(d: &pb::Deployment) -> serde_json::Value {
+/// What `diplo apps update` changes; what is not given stays as it is.
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    /// Deployment name.
+    pub name: String,
+    /// New image reference.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// New number of replicas.
+    #[arg(short, long)]
+    pub replicas: Option<u32>,
+    /// Set an environment variable KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Remove an environment variable (repeatable).
+    #[arg(long = "unset-env")]
+    pub unset_env: Vec<String>,
+    /// Memory limit, e.g. 256m, 1g.
+    #[arg(long, value_parser = parse_memory_flag)]
+    pub memory: Option<u64>,
+    /// CPU limit in cores, e.g. 0.5.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Restart policy: no, always, on-failure, unless-stopped.
+    #[arg(long)]
+    pub restart: Option<String>,
+    /// Replace the published ports: HOST:CONTAINER[/udp] (repeatable).
+    #[arg(short, long = "publish")]
+    pub publish: Vec<String>,
+    /// Instances replaced at once during the rollout.
+    #[arg(long)]
+    pub max_parallel: Option<u32>,
+    /// New command and arguments.
+    #[arg(trailing_var_arg = true)]
+    pub command: Vec<String>,
+}
+
+/// `--memory 256m` for clap.
+pub fn parse_memory_flag(text: &str) -> std::result::Result<u64, String> {
+    diplo_api::container::parse_memory(text)
+}
+
+/// CPU cores as millicores; errors name the flag.
+pub fn cpu_millis(cpus: f64) -> Result<u32> {
+    if !(0.001..=1024.0).contains(&cpus) {
+        bail!("invalid --cpus {cpus}: between 0.001 and 1024");
+    }
+    Ok((cpus * 1000.0).round() as u32)
+}
+
+/// The `Update` request for `current` changed by `args`.
+pub fn update_request(current: pb::Deployment, args: &UpdateArgs) -> Result<pb::UpdateRequest> {
+    let mut spec = current.spec.unwrap_or_default();
+    let mut container = spec.container.take().unwrap_or_default();
+    if let Some(image) = &args.image {
+        spec.image = image.clone();
+        container.image = image.clone();
+    }
+    if let Some(replicas) = args.replicas {
+        spec.replicas = replicas;
+    }
+    for key in &args.unset_env {
+        container.environment.remove(key);
+    }
+    container.environment.extend(crate::containers::parse_pairs(&args.env, "--env")?);
+    if let Some(memory) = args.memory {
+        container.memory_bytes = memory;
+    }
+    if let Some(cpus) = args.cpus {
+        container.cpu_millis = cpu_millis(cpus)?;
+    }
+    if let Some(restart) = &args.restart {
+        container.restart_policy = restart.clone();
+    }
+    if !args.publish.is_empty() {
+        container.ports = args.publish.iter().map(|p| crate::containers::parse_publish(p)).collect::<Result<_>>()?;
+    }
+    if !args.command.is_empty() {
+        container.command = args.command.clone();
+    }
+    if let Some(max_parallel) = args.max_parallel {
+        spec.max_parallel = max_parallel;
+    }
+    let max_parallel = spec.max_parallel;
+    spec.container = Some(container);
+    Ok(pb::UpdateRequest { spec: Some(spec), max_parallel })
+}
+
+fn deployment_json(d: &pb::Deployment, names: &HashMap<String, String>) -> serde_json::Value {
     let spec = d.spec.clone().unwrap_or_default();
     let instances: Vec<serde_json::Value> = d
         .instances
         .iter()
         .map(|i| {
             serde_json::json!({
-                "id": i.id, "node_id": i.node_id, "runtime": runtime_name(i.runtime), "status": i.status,
-                "revision": i.revision, "container_id": i.container.as_ref().map(|c| c.id.clone()),
+                "id": i.id, "node_id": i.node_id, "node": names.get(&i.node_id), "runtime": runtime_name(i.runtime),
+                "status": i.status, "revision": i.revision, "container_id": i.container.as_ref().map(|c| c.id.clone()),
             })
         })
         .collect();
@@ -249,7 +353,7 @@ fn deployment_json(d: &pb::Deployment) -> serde_json::Value {
 }
 
 /// `diplo events [-f]`: stored events, then (with `follow`) new ones as they happen.
-pub async fn events(channel: Channel, follow: bool) -> Result<()> {
+pub async fn events(channel: Channel, follow: bool, format: Format) -> Result<()> {
     let mut client = crate::client::limited!(EventServiceClient::new(channel));
     let mut stream =
         client.watch(pb::WatchRequest { kinds: Vec::new(), after_sequence: 0, replay: true }).await.map_err(status_error)?.into_inner();
@@ -265,7 +369,17 @@ pub async fn events(channel: Channel, follow: bool) -> Result<()> {
         };
         let Some(event) = next else { return Ok(()) };
         let at = event.at.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0)).map_or_else(String::new, |t| t.to_rfc3339());
-        println!("{at}  {:<22}  {:<28}  {}", event.kind, event.actor, event.message);
+        // One line per event: JSON lines, or YAML documents, or columns.
+        let value = serde_json::json!({
+            "sequence": event.sequence, "at": at, "kind": event.kind, "actor": event.actor, "subject": event.subject, "message": event.message,
+        });
+        match format {
+            Format::Json => println!("{value}"),
+            Format::Yaml => println!("---\n{}", crate::output::render(format, &value, String::new)?),
+            Format::Table => println!("{at}  {:<22}  {:<28}  {}", event.kind, event.actor, event.message),
+        }
+        use std::io::Write as _;
+        std::io::stdout().flush().context("writing events")?;
     }
 }
 

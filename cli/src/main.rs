@@ -4,7 +4,10 @@
 mod builds;
 mod client;
 mod containers;
+mod contexts;
 mod deployments;
+mod exit;
+mod instances;
 mod output;
 mod registry;
 
@@ -13,36 +16,33 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use diplo_api::context::CliContext;
+use clap::{CommandFactory, Parser, Subcommand};
+use diplo_api::context::ContextFile;
 use diplo_api::pb;
 use diplo_api::pb::cluster_service_client::ClusterServiceClient;
-use diplo_api::pb::container_service_client::ContainerServiceClient;
 
 #[derive(Parser)]
-#[command(name = "diplo", version, about = "Operate a Diplo cluster")]
+#[command(name = "diplo", version, about = "Operate a Diplo cluster", after_help = exit::HELP)]
 struct Cli {
-    /// CLI context file (default: ~/.config/diplo/config.toml, then ./.diplo/cli.toml).
+    /// CLI config file (default: ~/.config/diplo/config.toml, then ./.diplo/cli.toml).
     #[arg(long, global = true, env = "DIPLO_CONFIG")]
     config: Option<PathBuf>,
+    /// Context of the config file to use (default: its current one).
+    #[arg(long, global = true, env = "DIPLO_CONTEXT")]
+    context: Option<String>,
+    /// Output format (default: table on a terminal, json otherwise).
+    #[arg(short, long, global = true, value_enum, env = "DIPLO_OUTPUT")]
+    output: Option<Format>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum Format {
-    Table,
-    Json,
-}
+pub(crate) use output::Format;
 
 #[derive(Subcommand)]
 enum Command {
-    /// Cluster status: nodes by health and the runtimes available.
-    Status {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Format,
-    },
+    /// Cluster status: nodes by health, instances, and the runtimes available.
+    Status,
     /// Nodes of the cluster.
     Nodes {
         #[command(subcommand)]
@@ -59,6 +59,11 @@ enum Command {
     Apps {
         #[command(subcommand)]
         command: AppsCommand,
+    },
+    /// Instances: deployment replicas and direct containers (the compute view).
+    Instances {
+        #[command(subcommand)]
+        command: instances::InstancesCommand,
     },
     /// Images built from git repositories.
     Builds {
@@ -86,17 +91,45 @@ enum Command {
         #[command(subcommand)]
         command: registry::RegistryCommand,
     },
+    /// A backend (runtime) across the cluster: nodes, versions, capabilities, instances.
+    Backends {
+        #[command(subcommand)]
+        command: BackendsCommand,
+    },
+    /// Named control planes in the config file: list, switch, add.
+    Context {
+        #[command(subcommand)]
+        command: contexts::ContextCommand,
+    },
+    /// Print a shell completion script: `diplo completion bash > /etc/bash_completion.d/diplo`.
+    Completion {
+        /// bash, zsh or fish.
+        shell: Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendsCommand {
+    /// Show one backend: docker, containerd, lxc or podman.
+    Info {
+        #[arg(value_parser = |s: &str| s.parse::<diplo_api::runtime::Runtime>().map_err(|e| e.to_string()))]
+        backend: diplo_api::runtime::Runtime,
+    },
+}
+
+/// Shells `diplo completion` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
 enum NodesCommand {
     /// List nodes.
-    Ls {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Format,
-    },
-    /// Show one node (JSON).
+    Ls,
+    /// Show one node.
     Show { node: String },
     /// Stop new work from landing on a node.
     Cordon { node: String },
@@ -111,15 +144,14 @@ enum NodesCommand {
 #[derive(Subcommand)]
 pub(crate) enum AppsCommand {
     /// List deployments.
-    Ls {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Format,
-    },
-    /// Show one deployment with its instances (JSON).
+    Ls,
+    /// Show one deployment with its instances.
     Show { name: String },
     /// Change the number of replicas.
     Scale { name: String, replicas: u32 },
+    /// Change a deployment (image, replicas, env, resources, restart policy, ports,
+    /// command): a new revision, rolled out.
+    Update(deployments::UpdateArgs),
     /// Go back to the previous revision.
     Rollback { name: String },
     /// Delete a deployment and its containers.
@@ -133,9 +165,6 @@ pub(crate) enum ContainersCommand {
         /// Only this node.
         #[arg(long)]
         node: Option<String>,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Format,
     },
     /// Pull, create and start a container.
     Run {
@@ -243,85 +272,113 @@ enum ApiTokenCommand {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     diplo_api::install_crypto_provider();
-    match run(Cli::parse()).await {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and succeed; usage errors exit 2.
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() { std::process::ExitCode::from(exit::USAGE) } else { std::process::ExitCode::SUCCESS };
+        }
+    };
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("diplo: error: {err:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(exit::exit_code(&err))
         }
     }
 }
 
-/// A gRPC status as a CLI error (its message names what went wrong).
+/// A gRPC status as a CLI error: its message names what went wrong, its code sets the
+/// exit code ([`exit::exit_code`]).
 pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", status.message())
+    anyhow::Error::new(exit::StatusError(status))
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let context = CliContext::load(&client::context_path(cli.config)?)?;
+    use std::io::IsTerminal;
+    let format = Format::resolve(cli.output, std::io::stdout().is_terminal());
+    // Commands that need no control plane.
+    let command = match cli.command {
+        Command::Completion { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "diplo", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Context { command } => return contexts::run(&client::config_path_for_writing(cli.config)?, command, format),
+        command => command,
+    };
+    let path = client::context_path(cli.config)?;
+    let (_, context) = ContextFile::load(&path)?.select(cli.context.as_deref(), &path)?;
     let channel = client::connect(&context).await?;
     let mut cluster = client::limited!(ClusterServiceClient::new(channel.clone()));
-    match cli.command {
-        Command::Status { output } => {
+    match command {
+        Command::Status => {
             let status = cluster.get_status(pb::GetStatusRequest {}).await.map_err(status_error)?.into_inner();
             let runtimes: Vec<&str> = status.available_runtimes.iter().map(|k| output::runtime_name(*k)).collect();
-            match output {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::json!({
-                        "nodes": {"total": status.nodes_total, "ready": status.nodes_ready, "unhealthy": status.nodes_unhealthy, "down": status.nodes_down},
-                        "instances": {"total": status.instances_total, "running": status.instances_running},
-                        "available_runtimes": runtimes,
-                    })
-                ),
-                Format::Table => {
-                    println!("Control plane: {}", context.server);
-                    println!(
+            let value = serde_json::json!({
+                "server": context.server,
+                "nodes": {"total": status.nodes_total, "ready": status.nodes_ready, "unhealthy": status.nodes_unhealthy, "down": status.nodes_down},
+                "instances": {"total": status.instances_total, "running": status.instances_running},
+                "available_runtimes": runtimes,
+            });
+            output::print(format, &value, || {
+                [
+                    format!("Control plane: {}", context.server),
+                    format!(
                         "Nodes: {} total, {} ready, {} unhealthy, {} down",
                         status.nodes_total, status.nodes_ready, status.nodes_unhealthy, status.nodes_down
-                    );
-                    println!("Instances: {} total, {} running", status.instances_total, status.instances_running);
-                    println!("Runtimes available: {}", if runtimes.is_empty() { "none".into() } else { runtimes.join(", ") });
-                }
-            }
+                    ),
+                    format!("Instances: {} total, {} running", status.instances_total, status.instances_running),
+                    format!("Runtimes available: {}", if runtimes.is_empty() { "none".into() } else { runtimes.join(", ") }),
+                ]
+                .join("\n")
+            })?;
         }
-        Command::Nodes { command } => nodes(&mut cluster, command).await?,
-        Command::JoinToken { command } => join_token(&mut cluster, command).await?,
-        Command::ApiToken { command } => api_token(&mut cluster, command).await?,
-        Command::Containers { command } => containers::run(client::limited!(ContainerServiceClient::new(channel)), command).await?,
+        Command::Nodes { command } => nodes(&mut cluster, command, format).await?,
+        Command::JoinToken { command } => join_token(&mut cluster, command, format).await?,
+        Command::ApiToken { command } => api_token(&mut cluster, command, format).await?,
+        Command::Containers { command } => containers::run(channel, command, format).await?,
+        Command::Instances { command } => instances::run(channel, command, format).await?,
         Command::Deploy(args) => deployments::deploy(channel, args).await?,
-        Command::Apps { command } => deployments::apps(channel, command).await?,
-        Command::Events { follow } => deployments::events(channel, follow).await?,
-        Command::Builds { command } => builds::run(channel, command).await?,
+        Command::Apps { command } => deployments::apps(channel, command, format).await?,
+        Command::Events { follow } => deployments::events(channel, follow, format).await?,
+        Command::Builds { command } => builds::run(channel, command, format).await?,
         Command::Registry { command } => {
-            registry::run(client::limited!(diplo_api::pb::registry_service_client::RegistryServiceClient::new(channel)), command).await?
+            registry::run(client::limited!(diplo_api::pb::registry_service_client::RegistryServiceClient::new(channel)), command, format)
+                .await?
         }
+        Command::Backends { command: BackendsCommand::Info { backend } } => {
+            let runtime = pb::RuntimeKind::from(backend) as i32;
+            let info = cluster.get_backend(pb::GetBackendRequest { runtime }).await.map_err(status_error)?.into_inner();
+            output::print(format, &output::backend_json(&info), || output::backend_table(&info))?;
+        }
+        Command::Completion { .. } | Command::Context { .. } => {}
     }
     Ok(())
 }
 
 type Cluster = ClusterServiceClient<tonic::transport::Channel>;
 
-async fn nodes(cluster: &mut Cluster, command: NodesCommand) -> Result<()> {
+async fn nodes(cluster: &mut Cluster, command: NodesCommand, format: Format) -> Result<()> {
     let node_ref = |node: String| pb::NodeRef { node };
-    let show = |node: pb::Node| println!("{}", serde_json::to_string_pretty(&output::node_json(&node)).unwrap_or_default());
+    let show = |node: pb::Node| output::print_document(format, &output::node_json(&node));
     match command {
-        NodesCommand::Ls { output: format } => {
+        NodesCommand::Ls => {
             let nodes = cluster.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner().nodes;
-            match format {
-                Format::Json => {
-                    let list: Vec<_> = nodes.iter().map(output::node_json).collect();
-                    println!("{}", serde_json::Value::Array(list));
-                }
-                Format::Table => println!("{}", output::nodes_table(&nodes)),
-            }
+            let list: Vec<_> = nodes.iter().map(output::node_json).collect();
+            output::print(format, &serde_json::Value::Array(list), || output::nodes_table(&nodes))?;
         }
         NodesCommand::Show { node } => {
-            show(cluster.get_node(pb::GetNodeRequest { node }).await.map_err(status_error)?.into_inner());
+            show(cluster.get_node(pb::GetNodeRequest { node }).await.map_err(status_error)?.into_inner())?;
         }
-        NodesCommand::Cordon { node } => show(cluster.cordon_node(node_ref(node)).await.map_err(status_error)?.into_inner()),
-        NodesCommand::Uncordon { node } => show(cluster.uncordon_node(node_ref(node)).await.map_err(status_error)?.into_inner()),
-        NodesCommand::Drain { node } => show(cluster.drain_node(node_ref(node)).await.map_err(status_error)?.into_inner()),
+        NodesCommand::Cordon { node } => show(cluster.cordon_node(node_ref(node)).await.map_err(status_error)?.into_inner())?,
+        NodesCommand::Uncordon { node } => show(cluster.uncordon_node(node_ref(node)).await.map_err(status_error)?.into_inner())?,
+        NodesCommand::Drain { node } => show(cluster.drain_node(node_ref(node)).await.map_err(status_error)?.into_inner())?,
         NodesCommand::Rm { node } => {
             cluster.remove_node(node_ref(node.clone())).await.map_err(status_error)?;
             println!("node {node} removed");
@@ -330,7 +387,7 @@ async fn nodes(cluster: &mut Cluster, command: NodesCommand) -> Result<()> {
     Ok(())
 }
 
-async fn join_token(cluster: &mut Cluster, command: JoinTokenCommand) -> Result<()> {
+async fn join_token(cluster: &mut Cluster, command: JoinTokenCommand, format: Format) -> Result<()> {
     match command {
         JoinTokenCommand::Create { ttl, single_use, labels } => {
             let labels = parse_labels(&labels)?;
@@ -340,20 +397,25 @@ async fn join_token(cluster: &mut Cluster, command: JoinTokenCommand) -> Result<
         }
         JoinTokenCommand::Ls => {
             let tokens = cluster.list_join_tokens(pb::ListJoinTokensRequest {}).await.map_err(status_error)?.into_inner().tokens;
-            println!("{:<10}  {:<25}  {:<10}  {:>4}  STATE", "ID", "EXPIRES", "SINGLE-USE", "USES");
-            for token in tokens {
-                let expires = token.expires_at.map(|t| t.seconds).and_then(|s| chrono::DateTime::from_timestamp(s, 0));
-                let expired = expires.is_some_and(|at| at <= chrono::Utc::now());
-                let state = if token.revoked {
-                    "revoked"
-                } else if expired {
-                    "expired"
-                } else {
-                    "active"
-                };
-                let expires = expires.map_or("-".into(), |at| at.to_rfc3339());
-                println!("{:<10}  {:<25}  {:<10}  {:>4}  {state}", token.id, expires, token.single_use, token.uses);
-            }
+            let rows: Vec<[String; 5]> = tokens
+                .iter()
+                .map(|token| {
+                    let expires = token.expires_at.map(|t| t.seconds).and_then(|s| chrono::DateTime::from_timestamp(s, 0));
+                    let state = token_state(token.revoked, expires.is_some_and(|at| at <= chrono::Utc::now()));
+                    let expires = expires.map_or("-".into(), |at| at.to_rfc3339());
+                    [token.id.clone(), expires, token.single_use.to_string(), token.uses.to_string(), state.to_owned()]
+                })
+                .collect();
+            let list: Vec<serde_json::Value> = tokens
+                .iter()
+                .zip(&rows)
+                .map(|(t, row)| {
+                    serde_json::json!({"id": t.id, "expires_at": row[1], "single_use": t.single_use, "uses": t.uses, "state": row[4], "labels": t.labels})
+                })
+                .collect();
+            output::print(format, &serde_json::Value::Array(list), || {
+                output::table(["ID", "EXPIRES", "SINGLE-USE", "USES", "STATE"], rows)
+            })?;
         }
         JoinTokenCommand::Revoke { id } => {
             cluster.revoke_join_token(pb::RevokeJoinTokenRequest { id: id.clone() }).await.map_err(status_error)?;
@@ -363,7 +425,7 @@ async fn join_token(cluster: &mut Cluster, command: JoinTokenCommand) -> Result<
     Ok(())
 }
 
-async fn api_token(cluster: &mut Cluster, command: ApiTokenCommand) -> Result<()> {
+async fn api_token(cluster: &mut Cluster, command: ApiTokenCommand, format: Format) -> Result<()> {
     let time = |t: Option<prost_types::Timestamp>| t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0));
     match command {
         ApiTokenCommand::Create { role, ttl, name } => {
@@ -373,21 +435,25 @@ async fn api_token(cluster: &mut Cluster, command: ApiTokenCommand) -> Result<()
         }
         ApiTokenCommand::Ls => {
             let tokens = cluster.list_api_tokens(pb::ListApiTokensRequest {}).await.map_err(status_error)?.into_inner().tokens;
-            println!("{:<10}  {:<20}  {:<8}  {:<25}  {:<25}  STATE", "ID", "NAME", "ROLE", "CREATED", "EXPIRES");
-            for token in tokens {
-                let expires = time(token.expires_at);
-                let expired = expires.is_some_and(|at| at <= chrono::Utc::now());
-                let state = if token.revoked {
-                    "revoked"
-                } else if expired {
-                    "expired"
-                } else {
-                    "active"
-                };
-                let created = time(token.created_at).map_or("-".into(), |at| at.to_rfc3339());
-                let expires = expires.map_or("never".into(), |at| at.to_rfc3339());
-                println!("{:<10}  {:<20}  {:<8}  {created:<25}  {expires:<25}  {state}", token.id, token.name, token.role);
-            }
+            let rows: Vec<[String; 6]> = tokens
+                .iter()
+                .map(|token| {
+                    let expires = time(token.expires_at);
+                    let state = token_state(token.revoked, expires.is_some_and(|at| at <= chrono::Utc::now()));
+                    let created = time(token.created_at).map_or("-".into(), |at| at.to_rfc3339());
+                    let expires = expires.map_or("never".into(), |at| at.to_rfc3339());
+                    [token.id.clone(), token.name.clone(), token.role.clone(), created, expires, state.to_owned()]
+                })
+                .collect();
+            let list: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|row| {
+                    serde_json::json!({"id": row[0], "name": row[1], "role": row[2], "created_at": row[3], "expires_at": row[4], "state": row[5]})
+                })
+                .collect();
+            output::print(format, &serde_json::Value::Array(list), || {
+                output::table(["ID", "NAME", "ROLE", "CREATED", "EXPIRES", "STATE"], rows)
+            })?;
         }
         ApiTokenCommand::Revoke { id } => {
             cluster.revoke_api_token(pb::RevokeApiTokenRequest { id: id.clone() }).await.map_err(status_error)?;
@@ -395,6 +461,17 @@ async fn api_token(cluster: &mut Cluster, command: ApiTokenCommand) -> Result<()
         }
     }
     Ok(())
+}
+
+/// A token's state: revoked first, then expired, else active.
+fn token_state(revoked: bool, expired: bool) -> &'static str {
+    if revoked {
+        "revoked"
+    } else if expired {
+        "expired"
+    } else {
+        "active"
+    }
 }
 
 fn parse_labels(labels: &[String]) -> Result<HashMap<String, String>> {

@@ -10,7 +10,8 @@ use diplo_api::pb;
 use diplo_api::pb::registry_service_client::RegistryServiceClient;
 use tonic::transport::Channel;
 
-use crate::{Format, status_error};
+use crate::output::Format;
+use crate::status_error;
 
 /// `diplo registry` subcommands.
 #[derive(Subcommand)]
@@ -32,15 +33,11 @@ pub enum RegistryCommand {
         registry: String,
     },
     /// The stored credentials: registry, user name, last change (never a password).
-    Ls {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Format,
-    },
+    Ls,
 }
 
 /// Runs one `registry` subcommand.
-pub async fn run(mut client: RegistryServiceClient<Channel>, command: RegistryCommand) -> Result<()> {
+pub async fn run(mut client: RegistryServiceClient<Channel>, command: RegistryCommand, format: Format) -> Result<()> {
     match command {
         RegistryCommand::Login { registry, username, password_stdin } => {
             let password = read_password(password_stdin)?;
@@ -52,26 +49,19 @@ pub async fn run(mut client: RegistryServiceClient<Channel>, command: RegistryCo
             client.logout(pb::RegistryLogoutRequest { registry: registry.clone() }).await.map_err(status_error)?;
             println!("Removed the credential for {registry}");
         }
-        RegistryCommand::Ls { output } => {
+        RegistryCommand::Ls => {
             let logins = client.list(pb::ListRegistryLoginsRequest {}).await.map_err(status_error)?.into_inner().logins;
             let time = |t: Option<prost_types::Timestamp>| {
                 t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0)).map_or("-".to_owned(), |at| at.to_rfc3339())
             };
-            match output {
-                Format::Json => {
-                    let list: Vec<_> = logins
-                        .iter()
-                        .map(|l| serde_json::json!({"registry": l.registry, "username": l.username, "updated_at": time(l.updated_at)}))
-                        .collect();
-                    println!("{}", serde_json::Value::Array(list));
-                }
-                Format::Table => {
-                    println!("{:<30}  {:<20}  UPDATED", "REGISTRY", "USERNAME");
-                    for login in logins {
-                        println!("{:<30}  {:<20}  {}", login.registry, login.username, time(login.updated_at));
-                    }
-                }
-            }
+            let list: Vec<_> = logins
+                .iter()
+                .map(|l| serde_json::json!({"registry": l.registry, "username": l.username, "updated_at": time(l.updated_at)}))
+                .collect();
+            crate::output::print(format, &serde_json::Value::Array(list), || {
+                let rows = logins.iter().map(|l| [l.registry.clone(), l.username.clone(), time(l.updated_at)]);
+                crate::output::table(["REGISTRY", "USERNAME", "UPDATED"], rows)
+            })?;
         }
     }
     Ok(())

@@ -398,6 +398,11 @@ fn rpcs() -> Vec<Rpc> {
         rpc!("diplo.v1.AgentService/StreamOutput", Node, AgentServiceClient::stream_output(output_chunks())),
         // ClusterService
         rpc!("diplo.v1.ClusterService/GetStatus", Viewer, ClusterServiceClient::get_status(pb::GetStatusRequest {})),
+        rpc!(
+            "diplo.v1.ClusterService/GetBackend",
+            Viewer,
+            ClusterServiceClient::get_backend(pb::GetBackendRequest { runtime: pb::RuntimeKind::Docker as i32 })
+        ),
         rpc!("diplo.v1.ClusterService/ListNodes", Viewer, ClusterServiceClient::list_nodes(pb::ListNodesRequest {})),
         rpc!("diplo.v1.ClusterService/GetNode", Viewer, ClusterServiceClient::get_node(pb::GetNodeRequest { node: nope() })),
         rpc!("diplo.v1.ClusterService/CordonNode", Admin, ClusterServiceClient::cordon_node(pb::NodeRef { node: nope() })),
@@ -541,6 +546,31 @@ fn rpcs() -> Vec<Rpc> {
             "diplo.v1.DeploymentService/ListInstances",
             Viewer,
             DeploymentServiceClient::list_instances(pb::ListInstancesRequest::default())
+        ),
+        rpc!("diplo.v1.DeploymentService/StartInstance", Deployer, DeploymentServiceClient::start_instance(pb::InstanceRef { id: nope() })),
+        rpc!(
+            "diplo.v1.DeploymentService/StopInstance",
+            Deployer,
+            DeploymentServiceClient::stop_instance(pb::StopInstanceRequest { id: nope(), grace_seconds: 1 })
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/RestartInstance",
+            Deployer,
+            DeploymentServiceClient::restart_instance(pb::InstanceRef { id: nope() })
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/DeleteInstance",
+            Deployer,
+            DeploymentServiceClient::delete_instance(pb::InstanceRef { id: nope() })
+        ),
+        rpc!(
+            "diplo.v1.DeploymentService/UpdateInstance",
+            Deployer,
+            DeploymentServiceClient::update_instance(pb::UpdateInstanceRequest {
+                id: nope(),
+                restart_policy: "always".into(),
+                ..Default::default()
+            })
         ),
         // BuildService
         rpc!(
@@ -873,6 +903,15 @@ fn routes() -> Vec<Route> {
         },
         route("POST", "/api/v1/deployments/{name}/rollback", Deployer, "/api/v1/deployments/authz-nope/rollback"),
         route("GET", "/api/v1/compute/instances", Viewer, "/api/v1/compute/instances"),
+        Route {
+            body: Some(serde_json::json!({"name": "authz-rest", "image": "127.0.0.1:5000/diplo/busybox:latest"})),
+            ..route("POST", "/api/v1/compute/instances", Deployer, "/api/v1/compute/instances")
+        },
+        Route {
+            body: Some(serde_json::json!({"restart_policy": "always"})),
+            ..route("PUT", "/api/v1/compute/instances/{id}", Deployer, "/api/v1/compute/instances/authz-nope")
+        },
+        route("GET", "/api/v1/compute/backends/{backend}/info", Viewer, "/api/v1/compute/backends/docker/info"),
         route("GET", "/api/v1/compute/instances/{id}", Viewer, "/api/v1/compute/instances/authz-nope"),
         route("DELETE", "/api/v1/compute/instances/{id}", Deployer, "/api/v1/compute/instances/authz-nope"),
         route("PUT", "/api/v1/compute/instances/{id}/start", Deployer, "/api/v1/compute/instances/authz-nope/start"),
@@ -1253,7 +1292,7 @@ async fn api_tokens_are_created_listed_revoked_and_expire_with_audit() {
     let id = token.trim_start_matches("dpl_").split('.').next().expect("id").to_owned();
     let secret = token.rsplit('.').next().expect("secret").to_owned();
 
-    let listed = control_plane.cli_ok(&["api-token", "ls"]);
+    let listed = control_plane.cli_ok(&["api-token", "ls", "-o", "table"]);
     let line = listed.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{id} not listed:\n{listed}"));
     assert!(line.contains("ci-reader") && line.contains("viewer") && line.ends_with("active"), "{line}");
     assert!(!listed.contains(&secret), "the secret is listed:\n{listed}");
@@ -1283,7 +1322,7 @@ async fn api_tokens_are_created_listed_revoked_and_expire_with_audit() {
     let (status, body) = rest_call("GET", &control_plane.rest_url("/api/v1/nodes"), Some(&token), None);
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("revoked"), "{body}");
-    let listed = control_plane.cli_ok(&["api-token", "ls"]);
+    let listed = control_plane.cli_ok(&["api-token", "ls", "-o", "table"]);
     assert!(listed.lines().any(|l| l.starts_with(&id) && l.ends_with("revoked")), "{listed}");
 
     // Expired: refused with the reason.

@@ -592,7 +592,7 @@ async fn the_cli_starts_lists_shows_follows_and_cancels_builds() {
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "hello\nworld\n");
 
-    let (ok, stdout, stderr) = text(&cli(&control_plane, &["builds", "ls"]).await.expect("thread"));
+    let (ok, stdout, stderr) = text(&cli(&control_plane, &["builds", "ls", "-o", "table"]).await.expect("thread"));
     assert!(ok && stdout.lines().any(|l| l.starts_with("cli-1") && l.contains("succeeded") && l.contains("docker")), "{stdout}{stderr}");
     let (_, stdout, _) = text(&cli(&control_plane, &["builds", "ls", "-o", "json"]).await.expect("thread"));
     let listed: Value = serde_json::from_str(&stdout).expect("JSON");

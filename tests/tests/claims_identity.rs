@@ -96,7 +96,7 @@ fn a_renewed_certificate_is_the_one_the_agent_restarts_on_and_keeps_the_nodes_ke
     assert_eq!(nodes[0]["id"], node_id.as_str(), "the same node");
     // No new join: the session opened on the renewed certificate as it was.
     assert_eq!(read(&cert_path), renewed, "the agent did not need another certificate to come back");
-    let events = control_plane.cli_ok(&["events"]);
+    let events = control_plane.cli_ok(&["events", "-o", "table"]);
     assert_eq!(count(&events, "node.joined"), 1, "joined once:\n{events}");
     assert_eq!(count(&events, "node.rejoined"), 0, "never re-joined:\n{events}");
     assert_eq!(count(&events, "node.certificate_renewed"), 1, "{events}");
@@ -153,7 +153,7 @@ async fn impostor(
 
 /// Join tokens and their use counts, as `diplo join-token ls` shows them.
 fn token_uses(control_plane: &ControlPlane) -> Vec<u64> {
-    let listed = control_plane.cli_ok(&["join-token", "ls"]);
+    let listed = control_plane.cli_ok(&["join-token", "ls", "-o", "table"]);
     listed
         .lines()
         .skip(1)

@@ -142,7 +142,7 @@ fn every_readme_cli_verb_runs_against_a_real_agent() {
     let entry = listed.as_array().and_then(|l| l.iter().find(|d| d["name"] == name.as_str())).unwrap_or_else(|| panic!("{listed:#}"));
     assert_eq!(entry["status"], "running", "{entry:#}");
     assert_eq!(entry["replicas"], 1, "{entry:#}");
-    let table = control_plane.cli_ok(&["apps", "ls"]);
+    let table = control_plane.cli_ok(&["apps", "ls", "-o", "table"]);
     assert!(table.lines().any(|l| l.starts_with(&name) && l.contains("running") && l.contains("1/1")), "{table}");
     let shown = json_out(&control_plane, &["apps", "show", &name]);
     assert_eq!(shown["revision"], 1, "{shown:#}");
@@ -256,4 +256,173 @@ fn every_readme_cli_verb_runs_against_a_real_agent() {
     events.wait_for("deployment.deleted", Duration::from_secs(15));
     events.wait_for("node.cordoned", Duration::from_secs(15));
     assert!(events.still_running(), "events -f keeps following");
+}
+
+/// Runs `diplo --config CONFIG ARGS` with no DIPLO_* variable of the test's environment.
+fn diplo_with(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(diplo_tests::binary(Binary::Cli));
+    for name in ["DIPLO_CONFIG", "DIPLO_CONTEXT", "DIPLO_OUTPUT"] {
+        command.env_remove(name);
+    }
+    command.arg("--config").arg(config).args(args).stdin(Stdio::null());
+    diplo_tests::output_with_timeout(command, Duration::from_secs(30))
+}
+
+fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn outputs_contexts_completion_exit_codes_and_instance_verbs() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(30)));
+    let token = control_plane.join_token(&[]);
+    let node_name = unique_name("cli-out");
+    let (agent, node) = control_plane.start_ready_agent_with_env(&node_name, Some(&token), &[("DIPLO_RUNTIMES", "docker")]);
+    let node_id = node["id"].as_str().expect("node id").to_owned();
+    let _containers = diplo_tests::RemoveAllContainersOnDrop(&control_plane);
+    let cli_toml = control_plane.file("cli.toml");
+
+    // ---- -o json | yaml carry the same data; JSON when stdout is not a terminal ----
+    let as_json: Value = serde_json::from_str(&control_plane.cli_ok(&["nodes", "ls", "-o", "json"])).expect("JSON");
+    let as_yaml: Value = serde_norway::from_str(&control_plane.cli_ok(&["nodes", "ls", "-o", "yaml"])).expect("YAML");
+    let piped: Value = serde_json::from_str(&control_plane.cli_ok(&["nodes", "ls"])).expect("JSON when piped");
+    let key = |v: &Value| -> Vec<(String, String, String)> {
+        v.as_array().expect("a list").iter().map(|n| (n["id"].to_string(), n["name"].to_string(), n["status"].to_string())).collect()
+    };
+    assert_eq!(key(&as_json), key(&as_yaml));
+    assert_eq!(key(&as_json), key(&piped));
+    let status: Value = serde_norway::from_str(&control_plane.cli_ok(&["status", "-o", "yaml"])).expect("status YAML");
+    assert_eq!(status["nodes"]["ready"], 1, "{status}");
+    let table = control_plane.cli_ok(&["nodes", "ls", "-o", "table"]);
+    assert!(table.starts_with("NAME") && table.contains(&node_name), "{table}");
+
+    // ---- backends info: the runtime across the cluster ----
+    let backend: Value = serde_json::from_str(&control_plane.cli_ok(&["backends", "info", "docker", "-o", "json"])).expect("JSON");
+    assert_eq!(backend["nodes"][0]["node"], node_name.as_str(), "{backend}");
+    assert!(backend["capabilities"].as_array().is_some_and(|c| c.contains(&json!("healthcheck"))), "{backend}");
+    assert_eq!(control_plane.cli(&["backends", "info", "kvm"]).status.code(), Some(2), "an unknown backend is a usage error");
+
+    // ---- completion for three shells ----
+    for (shell, marker) in [("bash", "complete"), ("zsh", "#compdef diplo"), ("fish", "complete -c diplo")] {
+        let script = control_plane.cli_ok(&["completion", shell]);
+        assert!(script.contains(marker) && script.contains("instances") && script.contains("context"), "{shell}: {script}");
+    }
+    let help = control_plane.cli_ok(&["--help"]);
+    assert!(help.contains("Exit codes:") && help.contains("3  not found"), "{help}");
+
+    // ---- instances: create on a backend and node, ls with node names, stop/start/restart, update refused, rm ----
+    let name = unique_name("cli-inst");
+    let id = control_plane
+        .cli_ok(&[
+            "instances",
+            "create",
+            "--name",
+            &name,
+            "--backend",
+            "docker",
+            "--node",
+            &node_name,
+            "--memory",
+            "32m",
+            IMAGE,
+            "sleep",
+            "1000",
+        ])
+        .trim()
+        .to_owned();
+    let listed: Value = serde_json::from_str(&control_plane.cli_ok(&["instances", "ls", "-o", "json"])).expect("JSON");
+    let mine = listed.as_array().and_then(|l| l.iter().find(|i| i["id"] == id.as_str())).cloned().unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(
+        (mine["direct"].as_bool(), mine["node"].as_str(), mine["node_id"].as_str()),
+        (Some(true), Some(node_name.as_str()), Some(node_id.as_str()))
+    );
+    let table = control_plane.cli_ok(&["instances", "ls", "-o", "table"]);
+    assert!(table.lines().any(|l| l.starts_with(&id[..12]) && l.contains("(direct)") && l.contains(&node_name)), "{table}");
+    let containers = control_plane.cli_ok(&["containers", "ls", "-o", "table"]);
+    assert!(containers.lines().any(|l| l.contains(&name) && l.contains(&node_name)), "node names in tables: {containers}");
+    assert_eq!(docker(&["inspect", "--format", "{{.HostConfig.Memory}}", &id]), (32u64 << 20).to_string());
+    control_plane.cli_ok(&["instances", "stop", "-t", "1", &id]);
+    assert_eq!(docker(&["inspect", "--format", "{{.State.Running}}", &id]), "false");
+    control_plane.cli_ok(&["instances", "start", &id]);
+    control_plane.cli_ok(&["instances", "restart", &id]);
+    assert_eq!(docker(&["inspect", "--format", "{{.State.Running}}", &id]), "true");
+    let refused = control_plane.cli(&["instances", "update", &id, "--memory", "64m"]);
+    assert_eq!(refused.status.code(), Some(7), "a direct container's settings are fixed: {refused:?}");
+
+    // ---- exit codes: not found 3, invalid 5, conflict 7, usage 2 ----
+    for (args, code) in [
+        (vec!["apps", "show", "no-such-app"], 3),
+        (vec!["containers", "run", "--name", "bad name!", IMAGE], 5),
+        (vec!["containers", "run", "--name", name.as_str(), IMAGE], 7),
+        (vec!["nodes", "frobnicate"], 2),
+    ] {
+        let output = control_plane.cli(&args);
+        assert_eq!(output.status.code(), Some(code), "diplo {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    }
+    control_plane.cli_ok(&["instances", "rm", &id]);
+    wait_until("the instance gone", Duration::from_secs(30), POLL, || {
+        let listed = control_plane.cli_ok(&["instances", "ls", "-o", "json"]);
+        if listed.contains(&id) { Err(listed) } else { Ok(()) }
+    });
+
+    // ---- contexts: add from a cli.toml and from parts, ls, use; unreachable exits 6, denied 4 ----
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    let ok = |args: &[&str]| {
+        let output = diplo_with(&config, args);
+        assert!(output.status.success(), "diplo {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        stdout_of(&output)
+    };
+    ok(&["context", "add", "lab", "--from", &cli_toml.display().to_string()]);
+    let data = |file: &str| control_plane.file(file).display().to_string();
+    let away = format!("https://127.0.0.1:{}", diplo_tests::free_port());
+    ok(&[
+        "context",
+        "add",
+        "away",
+        "--server",
+        &away,
+        "--ca",
+        &data("ca.pem"),
+        "--cert",
+        &data("admin.pem"),
+        "--key",
+        &data("admin-key.pem"),
+    ]);
+    let agent_file = |file: &str| agent.data_dir().join(file).display().to_string();
+    let server = format!("https://{}", control_plane.grpc_addr());
+    ok(&[
+        "context",
+        "add",
+        "as-node",
+        "--server",
+        &server,
+        "--ca",
+        &agent_file("ca.pem"),
+        "--cert",
+        &agent_file("node.pem"),
+        "--key",
+        &agent_file("node-key.pem"),
+    ]);
+    let contexts: Value = serde_json::from_str(&ok(&["context", "ls", "-o", "json"])).expect("JSON");
+    let current: Vec<&str> =
+        contexts.as_array().expect("list").iter().filter(|c| c["current"] == true).filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(current, ["lab"], "the first context added is current: {contexts}");
+    assert_eq!(contexts.as_array().map(Vec::len), Some(3), "{contexts}");
+    let yaml: Value = serde_norway::from_str(&ok(&["context", "ls", "-o", "yaml"])).expect("YAML");
+    assert_eq!(yaml, contexts, "the same data in YAML");
+    let status: Value = serde_json::from_str(&ok(&["status"])).expect("status through the current context");
+    assert_eq!(status["nodes"]["ready"], 1, "{status}");
+    ok(&["context", "use", "away"]);
+    let unreachable = diplo_with(&config, &["status"]);
+    assert_eq!(unreachable.status.code(), Some(6), "unreachable: {}", String::from_utf8_lossy(&unreachable.stderr));
+    let named = diplo_with(&config, &["--context", "lab", "status", "-o", "json"]);
+    assert!(named.status.success(), "--context picks another: {}", String::from_utf8_lossy(&named.stderr));
+    let denied = diplo_with(&config, &["--context", "as-node", "nodes", "ls"]);
+    assert_eq!(denied.status.code(), Some(4), "a node certificate is denied: {}", String::from_utf8_lossy(&denied.stderr));
+    let unknown = diplo_with(&config, &["context", "use", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("away, lab"), "{}", String::from_utf8_lossy(&unknown.stderr));
+    // The control plane's single-context cli.toml still reads as it is.
+    assert!(std::fs::read_to_string(&cli_toml).expect("cli.toml").contains("server ="));
 }

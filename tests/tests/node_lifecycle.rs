@@ -134,7 +134,7 @@ fn node_joins_turns_unhealthy_then_down_and_rejoins_with_its_identity() {
     assert_eq!(cli_status["nodes"]["ready"], 1, "{cli_status:#}");
     assert_eq!(cli_status["nodes"]["total"], 1, "{cli_status:#}");
     assert_eq!(strings(&cli_status["available_runtimes"]), available, "{cli_status:#}");
-    assert!(control_plane.cli_ok(&["status"]).contains("1 ready"), "table output of `diplo status`");
+    assert!(control_plane.cli_ok(&["status", "-o", "table"]).contains("1 ready"), "table output of `diplo status`");
 
     // ---- SIGKILL: ready → unhealthy → down ----
     agent.kill();

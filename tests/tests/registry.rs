@@ -124,7 +124,7 @@ fn a_private_image_runs_with_the_credential_an_admin_stored_and_the_password_nev
     let entry = entries.as_array().and_then(|list| list.iter().find(|e| e["registry"] == registry.addr.as_str())).expect("listed");
     assert_eq!(entry["username"], registry.username.as_str());
     assert!(entry.get("password").is_none(), "{entry}");
-    let table = control_plane.cli_ok(&["registry", "ls"]);
+    let table = control_plane.cli_ok(&["registry", "ls", "-o", "table"]);
     assert!(table.contains(&registry.addr) && !table.contains(&password), "{table}");
 
     // A container from the private image runs on the agent that was connected when the
@@ -173,7 +173,7 @@ fn a_private_image_runs_with_the_credential_an_admin_stored_and_the_password_nev
     assert!(refused.body.contains("private/bb"), "names the image: {}", refused.body);
 
     // The password is in no event, no log line, no answer.
-    let events = control_plane.cli_ok(&["events"]);
+    let events = control_plane.cli_ok(&["events", "-o", "table"]);
     assert!(events.contains("registry.login") && events.contains("registry.logout"), "{events}");
     assert!(!events.contains(&password), "{events}");
     assert!(!control_plane.logs().contains(&password), "the control plane logged the password");

@@ -188,7 +188,7 @@ fn agent_renews_its_certificate_twice_without_dropping_its_session() {
     assert_eq!(count(&agent_log, "reconnecting"), 0, "the agent never reconnected:\n{}", agent.logs());
     assert_eq!(count(&agent_log, "node certificate renewed"), 2, "{}", agent.logs());
     // And the audit trail agrees.
-    let events = control_plane.cli_ok(&["events"]);
+    let events = control_plane.cli_ok(&["events", "-o", "table"]);
     // `node.ready` from the session opening ("connected"), not from health checks.
     let connected = events.lines().filter(|l| l.contains("node.ready") && l.contains("connected")).count();
     assert_eq!(connected, 1, "one node.ready event for a session opening:\n{events}");

@@ -29,6 +29,36 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         Ok(Response::new(cluster_status(&status)))
     }
 
+    async fn get_backend(&self, request: Request<pb::GetBackendRequest>) -> Result<Response<pb::Backend>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let kind = request.into_inner().runtime;
+        let Some(runtime) = pb::RuntimeKind::try_from(kind).ok().and_then(pb::RuntimeKind::runtime) else {
+            return Err(Status::invalid_argument(format!("invalid runtime: {kind} is not a runtime")));
+        };
+        let info = self.control_plane.backend_info(&caller, runtime).await.map_err(status_from)?;
+        Ok(Response::new(pb::Backend {
+            runtime: pb::RuntimeKind::from(info.runtime) as i32,
+            available: info.available,
+            capabilities: info.capabilities.iter().map(|c| c.name().to_owned()).collect(),
+            nodes: info
+                .nodes
+                .into_iter()
+                .map(|n| pb::BackendNode {
+                    node_id: n.node_id,
+                    node_name: n.node_name,
+                    status: super::convert::node_status(n.status) as i32,
+                    available: n.available,
+                    version: n.version,
+                    error: n.error,
+                    instances_total: n.instances.total,
+                    instances_running: n.instances.running,
+                })
+                .collect(),
+            instances_total: info.instances.total,
+            instances_running: info.instances.running,
+        }))
+    }
+
     async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         let nodes = self.control_plane.list_nodes(&caller).await.map_err(status_from)?;

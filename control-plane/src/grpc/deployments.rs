@@ -1,8 +1,10 @@
 //! `DeploymentService` and `EventService`.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use diplo_api::container::RestartPolicy;
 use diplo_api::pb;
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -10,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::auth::caller;
 use super::convert::{status_from, timestamp};
 use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, InstanceRecord, InstanceStatus, SourceSpec, Strategy};
-use crate::service::{ControlPlane, DeployInput, DeploymentView, WatchItem};
+use crate::service::{ControlPlane, DeployInput, DeploymentView, DirectInstance, InstanceUpdate, InstanceView, WatchItem};
 
 /// The gRPC face of deployments and events.
 pub struct DeploymentApi {
@@ -125,6 +127,8 @@ fn instance_to_pb(instance: &InstanceRecord, deployment: &str) -> pb::Instance {
         runtime: instance.runtime.map_or(pb::RuntimeKind::Unspecified, Into::into) as i32,
         status: status.into(),
         container: instance.container_id.as_ref().map(|id| pb::ContainerState { id: id.clone(), ..Default::default() }),
+        direct: false,
+        node_name: String::new(),
     }
 }
 
@@ -204,8 +208,93 @@ impl pb::deployment_service_server::DeploymentService for DeploymentApi {
     async fn list_instances(&self, request: Request<pb::ListInstancesRequest>) -> Result<Response<pb::ListInstancesResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         let name = request.into_inner().deployment;
-        let instances = self.control_plane.list_instances(&caller, Some(&name)).await.map_err(status_from)?;
-        Ok(Response::new(pb::ListInstancesResponse { instances: instances.iter().map(|i| instance_to_pb(i, &name)).collect() }))
+        let cp = &self.control_plane;
+        let instances = cp.list_instances(&caller, Some(&name)).await.map_err(status_from)?;
+        let deployments: HashMap<String, String> = cp
+            .list_deployments(&caller)
+            .await
+            .map_err(status_from)?
+            .into_iter()
+            .map(|v| (v.deployment.id, v.deployment.spec.name))
+            .collect();
+        let nodes: HashMap<String, String> =
+            cp.list_nodes(&caller).await.map_err(status_from)?.into_iter().map(|n| (n.id, n.name)).collect();
+        let mut listed: Vec<pb::Instance> = instances
+            .iter()
+            .map(|i| {
+                let mut instance = instance_to_pb(i, deployments.get(&i.deployment_id).map_or(name.as_str(), String::as_str));
+                instance.node_name = nodes.get(&instance.node_id).cloned().unwrap_or_default();
+                instance
+            })
+            .collect();
+        if name.is_empty() {
+            listed.extend(cp.direct_instances(&caller).await.map_err(status_from)?.into_iter().map(direct_to_pb));
+        }
+        Ok(Response::new(pb::ListInstancesResponse { instances: listed }))
+    }
+
+    async fn start_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::Instance>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let view = self.control_plane.start_instance(&caller, &request.into_inner().id).await.map_err(status_from)?;
+        Ok(Response::new(instance_view_to_pb(&view)))
+    }
+
+    async fn stop_instance(&self, request: Request<pb::StopInstanceRequest>) -> Result<Response<pb::Instance>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let req = request.into_inner();
+        let grace = (req.grace_seconds > 0).then(|| std::time::Duration::from_secs(u64::from(req.grace_seconds)));
+        let view = self.control_plane.stop_instance(&caller, &req.id, grace).await.map_err(status_from)?;
+        Ok(Response::new(instance_view_to_pb(&view)))
+    }
+
+    async fn restart_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::Instance>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let view = self.control_plane.restart_instance(&caller, &request.into_inner().id).await.map_err(status_from)?;
+        Ok(Response::new(instance_view_to_pb(&view)))
+    }
+
+    async fn delete_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::Instance>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let view = self.control_plane.delete_instance(&caller, &request.into_inner().id).await.map_err(status_from)?;
+        Ok(Response::new(instance_view_to_pb(&view)))
+    }
+
+    async fn update_instance(&self, request: Request<pb::UpdateInstanceRequest>) -> Result<Response<pb::Deployment>, Status> {
+        let caller = caller(&self.control_plane, &request).await?;
+        let req = request.into_inner();
+        let restart_policy = (!req.restart_policy.is_empty())
+            .then(|| req.restart_policy.parse::<RestartPolicy>().map_err(|e| invalid("restart_policy", e)))
+            .transpose()?;
+        let update = InstanceUpdate { memory_bytes: req.memory_bytes, cpu_millis: req.cpu_millis, restart_policy };
+        let deployment = self.control_plane.update_instance(&caller, &req.id, update).await.map_err(status_from)?;
+        Ok(Response::new(deployment_to_pb(&deployment, &[])))
+    }
+}
+
+/// An instance with its container as last observed.
+fn instance_view_to_pb(view: &InstanceView) -> pb::Instance {
+    let mut instance = instance_to_pb(&view.instance, &view.deployment);
+    if let Some(container) = &view.container {
+        let node = view.instance.node_id.as_deref().unwrap_or_default();
+        let runtime = view.instance.runtime.unwrap_or(diplo_api::runtime::Runtime::Docker);
+        instance.container = Some(diplo_api::wire::container_state(container, node, runtime));
+    }
+    instance
+}
+
+/// A direct container as an instance.
+fn direct_to_pb(direct: DirectInstance) -> pb::Instance {
+    let state = diplo_api::wire::container_state(&direct.container.info, &direct.node_id, direct.container.runtime);
+    pb::Instance {
+        id: direct.container.info.id.clone(),
+        deployment: String::new(),
+        revision: 0,
+        node_id: direct.node_id,
+        runtime: pb::RuntimeKind::from(direct.container.runtime) as i32,
+        status: state.status.clone(),
+        container: Some(state),
+        direct: true,
+        node_name: direct.node_name,
     }
 }
 

@@ -27,9 +27,6 @@ use crate::service::{ContainerView, ControlPlane, CreateContainer, Logs};
 
 type Api = State<Arc<ControlPlane>>;
 
-/// Operations every driver implements, reported by `/api/{runtime}/status`.
-const CAPABILITIES: [&str; 10] = ["pull", "create", "start", "stop", "restart", "remove", "logs", "exec", "stats", "events"];
-
 /// `POST /api/v1/containers` body (mikrocloud's shape plus `command`, `runtime_type`, `node`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -77,16 +74,20 @@ pub(super) fn parse_port(field: &'static str, text: &str) -> Result<u16, Service
     number.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| ServiceError::invalid(field, format!("{text:?} is not a port (1-65535)")))
 }
 
+/// `{"HOST": "CONTAINER[/udp]"}` as port mappings; errors name `ports`.
+pub(super) fn port_mappings(ports: &BTreeMap<String, String>) -> Result<Vec<PortMapping>, ServiceError> {
+    ports
+        .iter()
+        .map(|(host, container)| {
+            let protocol = if container.ends_with("/udp") { Protocol::Udp } else { Protocol::Tcp };
+            Ok(PortMapping { host_port: parse_port("ports", host)?, container_port: parse_port("ports", container)?, protocol })
+        })
+        .collect()
+}
+
 impl CreateBody {
     pub(super) fn into_request(self) -> Result<CreateContainer, ServiceError> {
-        let ports = self
-            .ports
-            .iter()
-            .map(|(host, container)| {
-                let protocol = if container.ends_with("/udp") { Protocol::Udp } else { Protocol::Tcp };
-                Ok(PortMapping { host_port: parse_port("ports", host)?, container_port: parse_port("ports", container)?, protocol })
-            })
-            .collect::<Result<Vec<_>, ServiceError>>()?;
+        let ports = port_mappings(&self.ports)?;
         let restart_policy: RestartPolicy =
             self.restart_policy.as_deref().unwrap_or("no").parse().map_err(|e: String| ServiceError::invalid("restart_policy", e))?;
         let runtime = self
@@ -364,7 +365,9 @@ pub struct RuntimeStatusJson {
     runtime_type: Runtime,
     available: bool,
     version: String,
-    capabilities: Vec<String>,
+    /// What the runtime's driver supports (`pull`, `pause`, `healthcheck`, `networks`, ...).
+    #[schema(value_type = Vec<String>)]
+    capabilities: Vec<diplo_api::runtime::Capability>,
     supported_images: Vec<String>,
     timestamp: DateTime<Utc>,
     nodes: Vec<RuntimeNodeJson>,
@@ -396,7 +399,7 @@ pub async fn runtime_status(
         runtime_type: runtime,
         available: status.available,
         version: status.version,
-        capabilities: if status.available { CAPABILITIES.iter().map(|c| (*c).to_owned()).collect() } else { Vec::new() },
+        capabilities: if status.available { runtime.capabilities() } else { Vec::new() },
         supported_images: vec!["oci".to_owned()],
         timestamp: Utc::now(),
         nodes,

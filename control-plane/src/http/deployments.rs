@@ -43,6 +43,21 @@ pub struct ResourcesBody {
     cpus: Option<f64>,
 }
 
+impl ResourcesBody {
+    /// The memory limit in bytes and the CPU limit in millicores; errors name the field.
+    pub(super) fn limits(&self) -> Result<(Option<u64>, Option<u32>), ServiceError> {
+        let memory_bytes = self.memory.as_ref().map(memory_bytes).transpose()?;
+        let cpu_millis = match self.cpus {
+            Some(cpus) if !(0.001..=1024.0).contains(&cpus) => {
+                return Err(ServiceError::invalid("resources.cpus", format!("{cpus} is not between 0.001 and 1024")));
+            }
+            Some(cpus) => Some((cpus * 1000.0).round() as u32),
+            None => None,
+        };
+        Ok((memory_bytes, cpu_millis))
+    }
+}
+
 /// Health check as users write it (seconds).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -129,17 +144,7 @@ fn memory_bytes(value: &Value) -> Result<u64, ServiceError> {
     if let Some(bytes) = value.as_u64() {
         return Ok(bytes);
     }
-    let text = value.as_str().ok_or_else(bad)?.trim().to_ascii_lowercase();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let factor = match unit.trim_end_matches('b') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    number.checked_mul(factor).ok_or_else(bad)
+    diplo_api::container::parse_memory(value.as_str().ok_or_else(bad)?).map_err(|_| bad())
 }
 
 fn mount(text: &str) -> Result<Mount, ServiceError> {
@@ -188,15 +193,7 @@ impl DeployBody {
             .filter(|r| !r.is_empty())
             .map(|r| r.parse::<Runtime>().map_err(|e| ServiceError::invalid("runtime_type", e.to_string())))
             .transpose()?;
-        let resources = self.resources.unwrap_or_default();
-        let memory_bytes = resources.memory.as_ref().map(memory_bytes).transpose()?;
-        let cpu_millis = match resources.cpus {
-            Some(cpus) if !(0.001..=1024.0).contains(&cpus) => {
-                return Err(ServiceError::invalid("resources.cpus", format!("{cpus} is not between 0.001 and 1024")));
-            }
-            Some(cpus) => Some((cpus * 1000.0).round() as u32),
-            None => None,
-        };
+        let (memory_bytes, cpu_millis) = self.resources.unwrap_or_default().limits()?;
         let healthcheck = match self.healthcheck {
             Some(h) if h.test.is_empty() => return Err(ServiceError::invalid("healthcheck.test", "a command is required")),
             Some(h) => Some(HealthCheck {
@@ -241,6 +238,8 @@ impl DeployBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InstanceJson {
     id: String,
+    /// Always false: an instance of a deployment (direct containers are listed too, with true).
+    direct: bool,
     /// The deployment's name.
     deployment: Option<String>,
     deployment_id: String,
@@ -264,6 +263,7 @@ pub struct InstanceJson {
 fn instance_json(instance: &InstanceRecord, deployment: Option<&str>) -> InstanceJson {
     InstanceJson {
         id: instance.id.clone(),
+        direct: false,
         deployment: deployment.map(str::to_owned),
         deployment_id: instance.deployment_id.clone(),
         revision: instance.revision,
@@ -527,15 +527,15 @@ pub struct InstanceListQuery {
     runtime: Option<String>,
 }
 
-/// Lists instances: oldest first, paged (`X-Next-Cursor` when more remain).
+/// Lists instances, direct containers included: oldest first, paged (`X-Next-Cursor` when more remain).
 #[utoipa::path(get, path = "/api/v1/compute/instances", tag = "instances", params(InstanceListQuery),
-    responses((status = 200, description = "One page of instances", body = Vec<InstanceJson>,
+    responses((status = 200, description = "One page of instances (deployment instances, then direct containers)", body = Vec<InstanceItemJson>,
         headers(("x-next-cursor" = String, description = "The cursor of the next page, when more remain")))))]
 pub async fn instances(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
     Query(q): Query<InstanceListQuery>,
-) -> Result<(HeaderMap, Json<Vec<InstanceJson>>), ApiError> {
+) -> Result<(HeaderMap, Json<Vec<InstanceItemJson>>), ApiError> {
     let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
     let status = q.status.as_deref().filter(|s| !s.is_empty()).map(|s| parse_filter::<InstanceStatus>("status", s)).transpose()?;
     let runtime = runtime_filter(q.runtime.as_deref())?;
@@ -545,7 +545,7 @@ pub async fn instances(
     };
     let names: BTreeMap<String, String> =
         cp.list_deployments(&caller).await?.into_iter().map(|v| (v.deployment.id, v.deployment.spec.name)).collect();
-    let instances: Vec<InstanceRecord> = cp
+    let mut items: Vec<InstanceItemJson> = cp
         .list_instances(&caller, q.deployment.as_deref())
         .await?
         .into_iter()
@@ -554,11 +554,47 @@ pub async fn instances(
                 && runtime.is_none_or(|r| i.runtime == Some(r))
                 && node.as_ref().is_none_or(|n| i.node_id.as_ref() == Some(n))
         })
+        .map(|i| InstanceItemJson::Deployment(instance_json(&i, names.get(&i.deployment_id).map(String::as_str))))
         .collect();
-    let key = |i: &InstanceRecord| format!("{}/{}", i.created_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true), i.id);
-    let (instances, next) = paginate(instances, key, Order::Ascending, &page);
+    // Direct containers are instances too, unless one deployment's instances were asked
+    // for; a running one matches `status=running`, and no other status.
+    if q.deployment.as_deref().is_none_or(str::is_empty) {
+        let running = diplo_api::container::ContainerStatus::Running;
+        let direct = cp.direct_instances(&caller).await?.into_iter().filter(|d| {
+            status.is_none_or(|s| s == InstanceStatus::Running && d.container.info.status == running)
+                && runtime.is_none_or(|r| d.container.runtime == r)
+                && node.as_ref().is_none_or(|n| &d.node_id == n)
+        });
+        items.extend(direct.map(|d| InstanceItemJson::Direct(d.into())));
+    }
+    // Deployment instances oldest first, then direct containers by id.
+    let key = |item: &InstanceItemJson| match item {
+        InstanceItemJson::Deployment(i) => format!("{}/{}", i.created_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true), i.id),
+        InstanceItemJson::Direct(d) => format!("~direct/{}", d.id()),
+    };
+    let (items, next) = paginate(items, key, Order::Ascending, &page);
     let headers = next_page_headers("/api/v1/compute/instances", page.limit, next.as_deref());
-    Ok((headers, Json(instances.iter().map(|i| instance_json(i, names.get(&i.deployment_id).map(String::as_str))).collect())))
+    Ok((headers, Json(items)))
+}
+
+/// An item of the instance list: an instance of a deployment, or a direct container.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum InstanceItemJson {
+    /// An instance of a deployment (`direct: false`).
+    Deployment(InstanceJson),
+    /// A container created outside any deployment (`direct: true`).
+    Direct(super::compute::DirectInstanceJson),
+}
+
+/// One instance: of a deployment with its container, or a direct container.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum InstanceDetailJson {
+    /// An instance of a deployment with its container.
+    Deployment(InstanceViewJson),
+    /// A container created outside any deployment.
+    Direct(super::compute::DirectInstanceJson),
 }
 
 /// An instance's container as its node last reported it.
@@ -602,15 +638,23 @@ fn instance_view_json(view: &InstanceView) -> InstanceViewJson {
     }
 }
 
-/// One instance with its container.
-#[utoipa::path(get, path = "/api/v1/compute/instances/{id}", tag = "instances", params(("id" = String, Path, description = "Instance id")),
-    responses((status = 200, description = "The instance", body = InstanceViewJson)))]
+/// One instance with its container, or a direct container (by id or name) as an instance.
+#[utoipa::path(get, path = "/api/v1/compute/instances/{id}", tag = "instances", params(("id" = String, Path, description = "Instance id, or a direct container's id or name")),
+    responses((status = 200, description = "The instance", body = InstanceDetailJson)))]
 pub async fn instance(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<InstanceViewJson>, ApiError> {
-    Ok(Json(instance_view_json(&cp.get_instance(&caller, &id).await?)))
+) -> Result<Json<InstanceDetailJson>, ApiError> {
+    match cp.get_instance(&caller, &id).await {
+        Ok(view) => Ok(Json(InstanceDetailJson::Deployment(instance_view_json(&view)))),
+        // A direct container is an instance too.
+        Err(ServiceError::NotFound(message)) => match super::compute::direct_instance(&cp, &caller, &id).await? {
+            Some(direct) => Ok(Json(InstanceDetailJson::Direct(direct))),
+            None => Err(ServiceError::NotFound(message).into()),
+        },
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// `PUT /api/v1/compute/instances/{id}/start`.
@@ -767,6 +811,8 @@ fn sse_event(item: WatchItem) -> Event {
         SourceJson,
         InstanceJson,
         InstanceViewJson,
+        InstanceItemJson,
+        InstanceDetailJson,
         InstanceContainerJson,
         UsageJson,
         Problem

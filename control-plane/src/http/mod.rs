@@ -4,6 +4,7 @@
 //! see [`error`]); lists are paged (see [`page`]).
 
 mod builds;
+mod compute;
 mod container_ops;
 mod containers;
 mod deployments;
@@ -61,8 +62,12 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/deployments/{name}", get(deployments::get).put(deployments::update).delete(deployments::delete))
         .route("/api/v1/deployments/{name}/scale", post(deployments::scale))
         .route("/api/v1/deployments/{name}/rollback", post(deployments::rollback))
-        .route("/api/v1/compute/instances", get(deployments::instances))
-        .route("/api/v1/compute/instances/{id}", get(deployments::instance).delete(deployments::delete_instance))
+        .route("/api/v1/compute/instances", get(deployments::instances).post(compute::create_instance))
+        .route(
+            "/api/v1/compute/instances/{id}",
+            get(deployments::instance).put(compute::update_instance).delete(deployments::delete_instance),
+        )
+        .route("/api/v1/compute/backends/{backend}/info", get(compute::backend_info))
         .route("/api/v1/compute/instances/{id}/start", put(deployments::start_instance))
         .route("/api/v1/compute/instances/{id}/stop", put(deployments::stop_instance))
         .route("/api/v1/compute/instances/{id}/restart", put(deployments::restart_instance))

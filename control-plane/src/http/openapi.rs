@@ -62,6 +62,7 @@ pub fn document() -> OpenApi {
         super::metrics::Doc::openapi(),
         super::node_resources::Doc::openapi(),
         super::container_ops::Doc::openapi(),
+        super::compute::Doc::openapi(),
     ] {
         doc.merge(module);
     }

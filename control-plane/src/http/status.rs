@@ -40,6 +40,8 @@ struct SystemInfo {
 #[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
 struct Application {
     name: String,
+    /// Its image (empty while a deployment from source builds its first one).
+    image: String,
     status: &'static str,
     /// Desired replicas.
     replicas: u32,
@@ -57,7 +59,13 @@ impl From<&DeploymentView> for Application {
             let first = placed.next()?;
             placed.all(|r| r == first).then_some(first)
         });
-        Application { name: spec.name.clone(), status: view.deployment.status.as_str(), replicas: spec.replicas, runtime }
+        Application {
+            name: spec.name.clone(),
+            image: spec.container.image.clone(),
+            status: view.deployment.status.as_str(),
+            replicas: spec.replicas,
+            runtime,
+        }
     }
 }
 

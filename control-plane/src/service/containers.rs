@@ -134,6 +134,7 @@ impl ControlPlane {
         let candidates = self.placement_candidates().await?;
         let (node_id, runtime) = place_container(&candidates, &spec, node, request.runtime, platforms)
             .map_err(|reasons| ServiceError::FailedPrecondition(format!("no node can run this container: {}", reasons.join("; "))))?;
+        check_runtime_supports(runtime, &spec)?;
         spec.labels.insert(LABEL_INSTANCE.into(), uuid::Uuid::new_v4().to_string());
         spec.labels.insert(LABEL_DEPLOYMENT.into(), DIRECT.into());
         spec.labels.insert(LABEL_NODE.into(), node_id.clone());
@@ -285,6 +286,12 @@ pub fn check_workload(caller: &Caller, spec: &ContainerSpec) -> ServiceResult<()
         )));
     }
     Ok(())
+}
+
+/// Refuses a spec asking `runtime` for a setting its driver cannot honour (the runtime
+/// capability table), naming the field and the runtime.
+pub fn check_runtime_supports(runtime: Runtime, spec: &ContainerSpec) -> ServiceResult<()> {
+    runtime.check_spec(spec).map_err(|refusal| ServiceError::invalid(refusal.field, refusal.to_string()))
 }
 
 /// The checks of a container to run that need no state: its name, then the template checks.

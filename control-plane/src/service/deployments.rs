@@ -54,6 +54,9 @@ pub fn validate_deployment_spec(spec: &DeploymentSpec) -> ServiceResult<()> {
     if spec.replicas > MAX_REPLICAS {
         return Err(ServiceError::invalid("replicas", format!("at most {MAX_REPLICAS}")));
     }
+    if let Some(runtime) = spec.runtime {
+        super::containers::check_runtime_supports(runtime, &spec.container)?;
+    }
     super::containers::check_container_template(&spec.container)
 }
 

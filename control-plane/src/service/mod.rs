@@ -3,6 +3,7 @@
 
 mod builds;
 mod commands;
+mod compute;
 mod container_ops;
 mod containers;
 mod deployments;
@@ -19,6 +20,7 @@ pub use crate::planner::instance_container;
 pub use builds::{BUILD_LIST_MAX, BUILD_LOG_MAX, BuildLogStream, StartBuild, parse_platform, resolve_image};
 pub use commands::{COMMAND_TIMEOUT, stream_end_note};
 pub use container_ops::{ContainerSample, STATS_INTERVAL};
+pub use compute::{BackendInfo, BackendNode, DirectInstance, InstanceCounts, InstanceUpdate};
 pub use containers::{
     ContainerView, CreateContainer, DEFAULT_STOP_GRACE, Logs, RuntimeStatus, check_container_spec, check_workload, place_container,
 };
@@ -101,9 +103,9 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeRecord>,
     /// Union of the runtimes available on ready nodes.
     pub available_runtimes: Vec<Runtime>,
-    /// Instances known (deployments come with a later issue).
+    /// Instances: deployment instances not being removed, and direct containers.
     pub instances_total: u32,
-    /// Instances running.
+    /// Those whose container runs.
     pub instances_running: u32,
 }
 
@@ -585,7 +587,8 @@ impl ControlPlane {
             nodes.iter().filter(|n| n.status == NodeStatus::Ready).flat_map(|n| n.fingerprint.available_runtimes()).collect();
         available.sort();
         available.dedup();
-        Ok(ClusterStatus { nodes, available_runtimes: available, instances_total: 0, instances_running: 0 })
+        let instances = self.count_instances().await?;
+        Ok(ClusterStatus { nodes, available_runtimes: available, instances_total: instances.total, instances_running: instances.running })
     }
 
     /// Cordons or uncordons a node.
