@@ -454,7 +454,6 @@ fn every_seed_curl_example_answers_with_the_documented_fields() {
         env: vec![("DIPLO_BASE_IMAGES".to_owned(), every_stage)],
         ..ControlPlaneOptions::fast(Duration::from_secs(30))
     });
-    let _containers = RemoveAllContainersOnDrop(&control_plane);
     let token = control_plane.join_token(&[]);
     let root = repos.dir.path().display().to_string();
     let (_agent, _node) = control_plane.start_ready_agent_with_env(
@@ -462,6 +461,8 @@ fn every_seed_curl_example_answers_with_the_documented_fields() {
         Some(&token),
         &[("DIPLO_BUILDERS", "docker"), ("DIPLO_BUILD_FILE_REPOS", root.as_str())],
     );
+    // After the agent: dropped while it still runs the containers.
+    let _containers = RemoveAllContainersOnDrop(&control_plane);
 
     // A deployment of the test's own, whose instance the LibGo instance examples use.
     let own = unique_name("seed-own");

@@ -164,8 +164,13 @@ pub async fn list(
     Ok(Json(views.into_iter().map(Into::into).collect()))
 }
 
+/// A `POST /api/v1/containers` body as the request it makes.
+pub(super) fn create_request(body: &Bytes) -> Result<CreateContainer, ApiError> {
+    Ok(parse_body::<CreateBody>(body)?.into_request()?)
+}
+
 pub async fn create(State(cp): Api, Extension(caller): Extension<Caller>, body: Bytes) -> Result<Response, ApiError> {
-    let request = parse_body::<CreateBody>(&body)?.into_request()?;
+    let request = create_request(&body)?;
     let view = cp.create_container(&caller, request).await?;
     Ok((StatusCode::CREATED, Json(ContainerJson::from(view))).into_response())
 }
