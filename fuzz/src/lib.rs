@@ -1,19 +1,21 @@
-//! What the control plane does with bytes from an agent or from a REST client, as plain
-//! functions for the fuzz targets in `fuzz_targets/`: decode, then the same domain
-//! conversions and checks the control plane applies (and, where the result is stored or
-//! sent on, that it survives that). None of them may panic, whatever the input.
+//! What the control plane does with bytes from an agent or from a REST client, for the
+//! fuzz targets in `fuzz_targets/`: decode, then the control plane's own functions (the
+//! session handler's [`session_event`], the output stream's [`log_chunk`], the join's
+//! [`check_join_request`], the REST handlers' body parsing in `http::fuzz`), never a copy
+//! of them; then what must hold of whatever they accepted (and, where the result is
+//! stored or sent on, that it survives that). None of them may panic, whatever the input.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use diplo_api::command::command_outcome;
-use diplo_api::container::{LogChunk, OutputStream};
 use diplo_api::fingerprint::Fingerprint;
 use diplo_api::pb::{self, agent_message::Body};
 use diplo_api::pki::CertificateAuthority;
 use diplo_api::token::{ApiToken, JoinToken};
-use diplo_api::wire::{container_info, container_report, container_state};
+use diplo_api::wire::{ReportedContainer, container_info, container_state};
+use diplo_control_plane::grpc::{SessionEvent, log_chunk, session_event};
 use diplo_control_plane::http::fuzz as rest;
+use diplo_control_plane::service::{check_join_request, foreign_claim};
 use diplo_control_plane::model::DeploymentSpec;
 use prost::Message;
 
@@ -26,31 +28,34 @@ fn ca() -> &'static CertificateAuthority {
     CA.get_or_init(|| CertificateAuthority::generate("fuzz").expect("a CA can be generated"))
 }
 
-/// `AgentService.Session` messages: hello (fingerprint and containers), heartbeats,
-/// command results and build reports.
+/// `AgentService.Session` messages (hello, heartbeats, command results, build reports)
+/// through the session handler's own decode and check ([`session_event`]), then the
+/// node authorizer's rule on the containers a report claims ([`foreign_claim`]), and
+/// what must hold of whatever was accepted.
 pub fn agent_message(data: &[u8]) {
     let Ok(message) = pb::AgentMessage::decode(data) else { return };
-    match message.body {
-        Some(Body::Hello(hello)) => {
-            if let Some(fingerprint) = hello.fingerprint {
-                node_fingerprint(fingerprint);
-            }
-            report("hello", hello.containers, Vec::new(), true);
+    let full_heartbeat = matches!(&message.body, Some(Body::Heartbeat(beat)) if beat.full);
+    let Ok(Some(event)) = session_event(message) else { return };
+    match event {
+        SessionEvent::Hello { fingerprint, containers } => {
+            node_fingerprint(fingerprint);
+            report(&containers);
         }
-        Some(Body::Heartbeat(beat)) => report("heartbeat", beat.containers, beat.removed, beat.full),
-        Some(Body::Result(result)) => {
-            let outcome = command_outcome(result);
-            let _ = format!("{outcome:?}");
+        SessionEvent::Heartbeat { report: checked, .. } => {
+            assert!(!full_heartbeat || checked.removed.is_empty(), "a full report removes nothing");
+            assert_eq!(checked.full, full_heartbeat);
+            report(&checked.upserted);
         }
-        Some(Body::BuildReport(report)) => build_report(report),
-        None => {}
+        SessionEvent::Result { request_id, outcome } => {
+            let _ = format!("{request_id:?} {outcome:?}");
+        }
+        SessionEvent::BuildReport(report) => build_report(report),
     }
 }
 
-/// A build's end as its node reports it: checked and bounded once, it stays the same
+/// A build's end as the session accepted it: it ends the build, and it stays the same
 /// through the wire again (the control plane stores it and may pass it on).
-fn build_report(wire: pb::BuildReport) {
-    let Ok(report) = diplo_api::build::BuildReport::try_from(wire) else { return };
+fn build_report(report: diplo_api::build::BuildReport) {
     assert!(report.status.is_final(), "a report that does not end a build was accepted");
     let again = diplo_api::build::BuildReport::try_from(pb::BuildReport::from(&report)).expect("an accepted report converts again");
     assert_eq!(again, report, "a checked report changed through the wire");
@@ -58,8 +63,7 @@ fn build_report(wire: pb::BuildReport) {
 
 /// A hello's fingerprint becomes the node's, is stored as JSON (`nodes.fingerprint`) and
 /// read back, drives placement, and is sent to operators.
-fn node_fingerprint(wire: pb::NodeFingerprint) {
-    let fingerprint = Fingerprint::from(wire);
+fn node_fingerprint(fingerprint: Fingerprint) {
     let _ = (fingerprint.available_runtimes(), fingerprint.platform(), fingerprint.preferred_runtime());
     let json = serde_json::to_string(&fingerprint).expect("a fingerprint serializes to JSON");
     let stored: Fingerprint = serde_json::from_str(&json).expect("a stored fingerprint reads back");
@@ -67,17 +71,22 @@ fn node_fingerprint(wire: pb::NodeFingerprint) {
     let _ = pb::NodeFingerprint::from(&fingerprint).encode_to_vec();
 }
 
-/// A container report, through the one validated conversion the control plane applies
-/// (`container_report`): the node ids each container claims (for the node authorizer),
-/// and the wire form it is shown in again, which converts back to what was read.
-fn report(message: &str, states: Vec<pb::ContainerState>, removed: Vec<pb::RemovedContainer>, full: bool) {
-    let Ok(report) = container_report(message, states, removed, full) else { return };
-    assert!(!full || report.removed.is_empty(), "a full report removes nothing");
-    for container in report.upserted {
-        let _claimed: Vec<&str> = container.claimed_nodes().collect();
-        let (info, node_id, runtime) = (container.info, container.node_id, container.runtime);
-        let (again, again_node, again_runtime) = container_info(container_state(&info, &node_id, runtime));
-        assert_eq!((&again, &again_node, again_runtime), (&info, &node_id, Some(runtime)));
+/// Accepted containers: the node authorizer's rule (a node that claims none of them
+/// for another node passes it, whichever node it is), and the wire form they are shown
+/// in again, which converts back to what was read.
+fn report(containers: &[ReportedContainer]) {
+    if let Some(other) = foreign_claim(NODE_ID, containers) {
+        assert_ne!(other, NODE_ID);
+        assert!(!other.is_empty());
+    }
+    for container in containers {
+        let claimed: Vec<&str> = container.claimed_nodes().filter(|id| !id.is_empty()).collect();
+        if let Some(first) = claimed.first() {
+            assert_eq!(foreign_claim(first, std::slice::from_ref(container)), claimed.iter().copied().find(|id| id != first));
+        }
+        let (info, node_id, runtime) = (&container.info, &container.node_id, container.runtime);
+        let (again, again_node, again_runtime) = container_info(container_state(info, node_id, runtime));
+        assert_eq!((&again, &again_node, again_runtime), (info, node_id, Some(runtime)));
     }
 }
 
@@ -85,15 +94,14 @@ fn report(message: &str, states: Vec<pb::ContainerState>, removed: Vec<pb::Remov
 /// by the cluster CA.
 pub fn join_request(data: &[u8]) {
     let Ok(request) = pb::JoinRequest::decode(data) else { return };
-    if let Ok(token) = request.token.parse::<JoinToken>() {
-        let printed = token.to_string();
-        let reparsed: JoinToken = printed.parse().expect("a printed join token parses");
-        assert_eq!(reparsed.to_string(), printed);
-        let _ = diplo_api::token::hash_secret(&token.secret);
-    }
-    if diplo_control_plane::service::validate_node_name(&request.node_name).is_ok() {
-        sign(&request.csr_pem, &request.node_name);
-    }
+    // The join's own checks that need no store, then what it does with an accepted token
+    // (it looks up the hash of its secret) and name (the CSR is signed for it).
+    let Ok(token) = check_join_request(&request.token, &request.node_name) else { return };
+    let printed = token.to_string();
+    let reparsed: JoinToken = printed.parse().expect("a printed join token parses");
+    assert_eq!(reparsed.to_string(), printed);
+    let _ = diplo_api::token::hash_secret(&token.secret);
+    sign(&request.csr_pem, &request.node_name);
 }
 
 /// `AgentService.RenewCertificate`: the CSR, signed for an existing node.
@@ -117,9 +125,11 @@ fn sign(csr_pem: &str, node_name: &str) {
 /// `AgentService.StreamOutput` chunks, as forwarded to the reader.
 pub fn output_chunk(data: &[u8]) {
     let Ok(chunk) = pb::OutputChunk::decode(data) else { return };
-    let stream = if chunk.stream == "stderr" { OutputStream::Stderr } else { OutputStream::Stdout };
-    let forwarded = LogChunk { stream, data: chunk.data };
-    let _ = (chunk.request_id.len(), chunk.eof, forwarded.data.len());
+    let (eof, length) = (chunk.eof, chunk.data.len());
+    match log_chunk(chunk) {
+        Some(forwarded) => assert!(!eof && forwarded.data.len() == length, "a chunk is forwarded whole"),
+        None => assert!(eof, "only the end-of-output mark is not forwarded"),
+    }
 }
 
 /// `POST /api/v1/containers`, and (the same bytes) as a bearer token.

@@ -13,9 +13,75 @@ use super::convert::{session_message, status_from, timestamp};
 use crate::error::ServiceError;
 use crate::model::SessionMessage;
 use crate::service::{ControlPlane, JoinInput};
-use diplo_api::command::command_outcome;
+use diplo_api::build::BuildReport;
+use diplo_api::command::{CommandOutcome, command_outcome};
 use diplo_api::container::{LogChunk, OutputStream};
-use diplo_api::wire::container_report;
+use diplo_api::fingerprint::Fingerprint;
+use diplo_api::wire::{ContainerReport, ReportedContainer, container_report};
+
+/// An agent's session message, decoded and checked: what the session handler passes to
+/// the service. The one conversion of agent input on this path (the fuzz targets call
+/// [`session_event`] too).
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// The session's first message: what the node offers and every container it has.
+    Hello {
+        /// The node's fingerprint.
+        fingerprint: Fingerprint,
+        /// Its containers (a full report).
+        containers: Vec<ReportedContainer>,
+    },
+    /// A heartbeat and the container report it carries (full or delta).
+    Heartbeat {
+        /// The agent's heartbeat counter.
+        sequence: u64,
+        /// Its container report.
+        report: ContainerReport,
+    },
+    /// The outcome of a command the control plane sent.
+    Result {
+        /// The command's request id, as the agent sent it (looked up, never trusted).
+        request_id: String,
+        /// What the command did.
+        outcome: CommandOutcome,
+    },
+    /// A build's end, bounded and checked.
+    BuildReport(BuildReport),
+}
+
+/// Checks an agent's session message: the container reports through
+/// [`container_report`], results through [`command_outcome`], build reports through
+/// their checked conversion. `Ok(None)`: a message without a body (ignored). Errors name
+/// the field at fault; a session refuses the message (and ends) with them.
+pub fn session_event(message: pb::AgentMessage) -> Result<Option<SessionEvent>, ServiceError> {
+    let invalid = |err: diplo_api::wire::WireError| ServiceError::InvalidRequest(err.to_string());
+    Ok(Some(match message.body {
+        None => return Ok(None),
+        Some(Body::Hello(hello)) => {
+            let fingerprint = hello.fingerprint.ok_or_else(|| ServiceError::invalid("hello.fingerprint", "missing"))?;
+            let report = container_report("hello", hello.containers, Vec::new(), true).map_err(invalid)?;
+            SessionEvent::Hello { fingerprint: fingerprint.into(), containers: report.upserted }
+        }
+        Some(Body::Heartbeat(beat)) => SessionEvent::Heartbeat {
+            sequence: beat.sequence,
+            report: container_report("heartbeat", beat.containers, beat.removed, beat.full).map_err(invalid)?,
+        },
+        Some(Body::Result(result)) => SessionEvent::Result { request_id: result.request_id.clone(), outcome: command_outcome(result) },
+        Some(Body::BuildReport(report)) => SessionEvent::BuildReport(
+            BuildReport::try_from(report)
+                .map_err(|err| ServiceError::InvalidRequest(format!("invalid build_report.{}: {}", err.field, err.message)))?,
+        ),
+    }))
+}
+
+/// An output chunk as it is forwarded to the reader; `None` for the end-of-output mark.
+pub fn log_chunk(chunk: pb::OutputChunk) -> Option<LogChunk> {
+    if chunk.eof {
+        return None;
+    }
+    let stream = if chunk.stream == "stderr" { OutputStream::Stderr } else { OutputStream::Stdout };
+    Some(LogChunk { stream, data: chunk.data })
+}
 
 /// The gRPC face of the agent-facing half of [`ControlPlane`].
 pub struct AgentApi {
@@ -126,17 +192,16 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let caller = caller(&self.control_plane, &request).await?;
         let address = remote(&request);
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
-            Some(pb::AgentMessage { body: Some(Body::Hello(hello)) }) => hello,
+        let first = match inbound.message().await? {
+            Some(message @ pb::AgentMessage { body: Some(Body::Hello(_)) }) => message,
             Some(_) => return Err(Status::invalid_argument("invalid session: the first message must be hello")),
             None => return Err(Status::invalid_argument("invalid session: closed before hello")),
         };
-        let fingerprint = hello.fingerprint.ok_or_else(|| Status::invalid_argument("invalid hello.fingerprint: missing"))?;
-        let report =
-            container_report("hello", hello.containers, Vec::new(), true).map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let containers = report.upserted;
+        let Some(SessionEvent::Hello { fingerprint, containers }) = session_event(first).map_err(status_from)? else {
+            return Err(Status::internal("a hello message was not read as a hello"));
+        };
         let (node_id, session, downstream) =
-            self.control_plane.open_session(&caller, fingerprint.into(), containers, &address).await.map_err(status_from)?;
+            self.control_plane.open_session(&caller, fingerprint, containers, &address).await.map_err(status_from)?;
 
         let control_plane = self.control_plane.clone();
         let (end_tx, end_rx) = oneshot::channel();
@@ -145,53 +210,50 @@ impl pb::agent_service_server::AgentService for AgentApi {
             // Why the session ends, when it is refused.
             let mut refused = None;
             loop {
-                match inbound.message().await {
-                    Ok(Some(pb::AgentMessage { body: Some(Body::Heartbeat(beat)) })) => {
-                        tracing::debug!(
-                            node_id = %node_id,
-                            sequence = beat.sequence,
-                            full = beat.full,
-                            containers = beat.containers.len(),
-                            removed = beat.removed.len(),
-                            bytes = prost::Message::encoded_len(&beat),
-                            "heartbeat received"
-                        );
-                        let checked = match container_report("heartbeat", beat.containers, beat.removed, beat.full) {
-                            Ok(report) => control_plane.heartbeat(&caller, &node_id, report).await,
-                            Err(err) => Err(ServiceError::InvalidRequest(err.to_string())),
-                        };
-                        if let Err(err) = checked {
-                            tracing::warn!(node_id = %node_id, error = %err, "heartbeat refused; ending session");
-                            refused = Some(status_from(err));
-                            break;
-                        }
-                    }
-                    Ok(Some(pb::AgentMessage { body: Some(Body::Result(result)) })) => {
-                        let request_id = result.request_id.clone();
-                        tracing::debug!(node_id = %node_id, request_id = %diplo_api::text::node_text(&request_id), ok = result.ok, "command result");
-                        if let Err(err) = control_plane.command_result(&caller, &request_id, command_outcome(result)).await {
-                            tracing::warn!(node_id = %node_id, error = %err, "command result refused; ending session");
-                            refused = Some(status_from(err));
-                            break;
-                        }
-                    }
-                    Ok(Some(pb::AgentMessage { body: Some(Body::BuildReport(report)) })) => {
-                        let checked = match diplo_api::build::BuildReport::try_from(report) {
-                            Ok(report) => control_plane.build_report(&caller, report).await,
-                            Err(err) => Err(ServiceError::InvalidRequest(format!("invalid build_report.{}: {}", err.field, err.message))),
-                        };
-                        if let Err(err) = checked {
-                            tracing::warn!(node_id = %node_id, error = %err, "build report refused; ending session");
-                            refused = Some(status_from(err));
-                            break;
-                        }
-                    }
-                    Ok(Some(_)) => tracing::warn!(node_id = %node_id, "unexpected session message ignored"),
+                let message = match inbound.message().await {
+                    Ok(Some(message)) => message,
                     Ok(None) => break,
                     Err(status) => {
                         tracing::info!(node_id = %node_id, error = %status, "session stream error");
                         break;
                     }
+                };
+                let bytes = prost::Message::encoded_len(&message);
+                let what = match &message.body {
+                    Some(Body::Heartbeat(_)) => "heartbeat",
+                    Some(Body::Result(_)) => "command result",
+                    Some(Body::BuildReport(_)) => "build report",
+                    // A hello after the first, or no body at all: not read.
+                    Some(Body::Hello(_)) | None => {
+                        tracing::warn!(node_id = %node_id, "unexpected session message ignored");
+                        continue;
+                    }
+                };
+                let applied = match session_event(message) {
+                    Err(err) => Err(err),
+                    Ok(None | Some(SessionEvent::Hello { .. })) => continue,
+                    Ok(Some(SessionEvent::Heartbeat { sequence, report })) => {
+                        tracing::debug!(
+                            node_id = %node_id,
+                            sequence,
+                            full = report.full,
+                            containers = report.upserted.len(),
+                            removed = report.removed.len(),
+                            bytes,
+                            "heartbeat received"
+                        );
+                        control_plane.heartbeat(&caller, &node_id, report).await
+                    }
+                    Ok(Some(SessionEvent::Result { request_id, outcome })) => {
+                        tracing::debug!(node_id = %node_id, request_id = %diplo_api::text::node_text(&request_id), ok = outcome.is_ok(), "command result");
+                        control_plane.command_result(&caller, &request_id, outcome).await
+                    }
+                    Ok(Some(SessionEvent::BuildReport(report))) => control_plane.build_report(&caller, report).await,
+                };
+                if let Err(err) = applied {
+                    tracing::warn!(node_id = %node_id, error = %err, "{what} refused; ending session");
+                    refused = Some(status_from(err));
+                    break;
                 }
             }
             if let Some(status) = refused {
@@ -240,11 +302,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
                     }
                 }
             };
-            if chunk.eof {
-                break;
-            }
-            let stream = if chunk.stream == "stderr" { OutputStream::Stderr } else { OutputStream::Stdout };
-            if sink.send(LogChunk { stream, data: chunk.data }).await.is_err() {
+            let Some(chunk) = log_chunk(chunk) else { break };
+            if sink.send(chunk).await.is_err() {
                 return Err(Status::cancelled("the reader went away"));
             }
         }
@@ -261,5 +320,85 @@ struct CloseOutput<'a> {
 impl Drop for CloseOutput<'_> {
     fn drop(&mut self) {
         self.control_plane.close_output(self.request_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(body: Body) -> pb::AgentMessage {
+        pb::AgentMessage { body: Some(body) }
+    }
+
+    fn container(id: &str, runtime: pb::RuntimeKind) -> pb::ContainerState {
+        pb::ContainerState { id: id.into(), runtime: runtime as i32, ..Default::default() }
+    }
+
+    /// The error message a refused session message is answered with.
+    fn refusal(message: pb::AgentMessage) -> String {
+        match session_event(message) {
+            Err(err) => status_from(err).message().to_owned(),
+            Ok(event) => panic!("accepted: {event:?}"),
+        }
+    }
+
+    #[test]
+    fn session_messages_are_checked_once_and_refusals_name_the_field() {
+        let hello =
+            pb::Hello { fingerprint: Some(pb::NodeFingerprint::default()), containers: vec![container("c1", pb::RuntimeKind::Docker)] };
+        match session_event(message(Body::Hello(hello.clone()))) {
+            Ok(Some(SessionEvent::Hello { containers, .. })) => assert_eq!(containers[0].info.id, "c1"),
+            other => panic!("{other:?}"),
+        }
+        let beat = pb::Heartbeat {
+            sequence: 7,
+            full: false,
+            containers: vec![container("c1", pb::RuntimeKind::Docker)],
+            removed: vec![pb::RemovedContainer { id: "c2".into(), runtime: pb::RuntimeKind::Podman as i32 }],
+            ..Default::default()
+        };
+        match session_event(message(Body::Heartbeat(beat.clone()))) {
+            Ok(Some(SessionEvent::Heartbeat { sequence: 7, report })) => {
+                assert_eq!((report.upserted.len(), report.removed.len(), report.full), (1, 1, false));
+            }
+            other => panic!("{other:?}"),
+        }
+        let result = pb::CommandResult { request_id: "r1".into(), ok: true, ..Default::default() };
+        assert!(matches!(
+            session_event(message(Body::Result(result))),
+            Ok(Some(SessionEvent::Result { request_id, outcome: Ok(_) })) if request_id == "r1"
+        ));
+        assert!(matches!(session_event(pb::AgentMessage { body: None }), Ok(None)));
+
+        let cases: Vec<(pb::AgentMessage, &str)> = vec![
+            (message(Body::Hello(pb::Hello { fingerprint: None, ..hello.clone() })), "invalid hello.fingerprint: missing"),
+            (
+                message(Body::Hello(pb::Hello { containers: vec![container("", pb::RuntimeKind::Docker)], ..hello })),
+                "hello.containers[0].id",
+            ),
+            (message(Body::Heartbeat(pb::Heartbeat { full: true, ..beat.clone() })), "heartbeat.removed"),
+            (
+                message(Body::Heartbeat(pb::Heartbeat { containers: vec![container("c3", pb::RuntimeKind::Unspecified)], ..beat })),
+                "heartbeat.containers[0].runtime",
+            ),
+            (
+                message(Body::BuildReport(pb::BuildReport { build_id: "b1".into(), status: "running".into(), ..Default::default() })),
+                "invalid build_report.status",
+            ),
+        ];
+        for (message, field) in cases {
+            let refused = refusal(message);
+            assert!(refused.contains(field), "{refused:?} does not name {field}");
+        }
+    }
+
+    #[test]
+    fn output_chunks_are_forwarded_whole_until_the_end_mark() {
+        let chunk = |stream: &str, eof: bool| pb::OutputChunk { request_id: "r".into(), stream: stream.into(), data: b"x".to_vec(), eof };
+        let forwarded = log_chunk(chunk("stderr", false)).expect("forwarded");
+        assert_eq!((forwarded.stream, forwarded.data.as_slice()), (OutputStream::Stderr, &b"x"[..]));
+        assert_eq!(log_chunk(chunk("anything", false)).map(|c| c.stream), Some(OutputStream::Stdout));
+        assert!(log_chunk(chunk("stdout", true)).is_none());
     }
 }

@@ -32,6 +32,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::service::ControlPlane;
 
+pub use agent::{SessionEvent, log_chunk, session_event};
 pub use convert::status_from;
 
 /// Errors while starting the gRPC server.

@@ -209,11 +209,16 @@ pub async fn list(
     Ok((headers, Json(views.into_iter().map(Into::into).collect())))
 }
 
+/// A `POST /api/v1/containers` body as the request it makes.
+pub(super) fn create_request(body: &Bytes) -> Result<CreateContainer, ApiError> {
+    Ok(parse_body::<CreateBody>(body)?.into_request()?)
+}
+
 /// Creates and starts a container on a chosen or scheduled node.
 #[utoipa::path(post, path = "/api/v1/containers", tag = "containers", request_body = CreateBody,
     responses((status = 201, description = "Created and started", body = ContainerJson)))]
 pub async fn create(State(cp): Api, Extension(caller): Extension<Caller>, body: Bytes) -> Result<Response, ApiError> {
-    let request = parse_body::<CreateBody>(&body)?.into_request()?;
+    let request = create_request(&body)?;
     let view = cp.create_container(&caller, request).await?;
     Ok((StatusCode::CREATED, Json(ContainerJson::from(view))).into_response())
 }

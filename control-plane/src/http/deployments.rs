@@ -344,6 +344,21 @@ fn view_json(view: &DeploymentView) -> DeploymentJson {
     deployment_json(&view.deployment, &view.instances)
 }
 
+/// A deploy body (`POST /api/unified/deploy`, `/api/deploy`, `/api/v1/deployments`) as
+/// the deployment spec it asks for.
+pub(super) fn deploy_spec(body: &Bytes) -> Result<DeploymentSpec, ApiError> {
+    Ok(parse_body::<DeployBody>(body)?.into_spec()?)
+}
+
+/// A `PUT /api/v1/deployments/{name}` body as the spec it asks for; it must name `name`.
+pub(super) fn update_spec(name: &str, body: &Bytes) -> Result<DeploymentSpec, ApiError> {
+    let body: DeployBody = parse_body(body)?;
+    if body.name != name {
+        return Err(ServiceError::invalid("name", format!("the body names {:?} but the path {name:?}", body.name)).into());
+    }
+    Ok(body.into_spec()?)
+}
+
 /// What a deploy call answers.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeployJson {
@@ -370,8 +385,7 @@ pub struct DeployJson {
     params(("Idempotency-Key" = Option<String>, Header, description = "The same key answers the first call's deployment")),
     responses((status = 201, description = "Deploying", body = DeployJson), (status = 202, description = "Rebuilding", body = DeployJson)))]
 pub async fn deploy(State(cp): Api, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let body: DeployBody = parse_body(&body)?;
-    let spec = body.into_spec()?;
+    let spec = deploy_spec(&body)?;
     let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let deployed = cp.deploy(&caller, DeployInput { spec, idempotency_key }).await?;
     let d = &deployed.deployment;
@@ -480,11 +494,7 @@ pub async fn update(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<DeploymentJson>, ApiError> {
-    let body: DeployBody = parse_body(&body)?;
-    if body.name != name {
-        return Err(ServiceError::invalid("name", format!("the body names {:?} but the path {name:?}", body.name)).into());
-    }
-    let deployment = cp.update_deployment(&caller, body.into_spec()?).await?;
+    let deployment = cp.update_deployment(&caller, update_spec(&name, &body)?).await?;
     Ok(Json(deployment_json(&deployment, &[])))
 }
 

@@ -8,10 +8,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
 use super::ApiError;
-use super::containers::{CreateBody, ExecBody, parse_body};
-use super::deployments::{DeployBody, ScaleBody};
-use crate::error::ServiceError;
-use crate::model::DeploymentSpec;
+use super::containers::{ExecBody, create_request, parse_body};
+use super::deployments::{ScaleBody, deploy_spec, update_spec};
+use crate::auth::Caller;
+use crate::model::{DeploymentSpec, Role};
 use crate::service::CreateContainer;
 
 /// The status of the JSON error response the client would get.
@@ -19,35 +19,35 @@ fn rejected(err: ApiError) -> StatusCode {
     err.into_response().status()
 }
 
-/// `POST /api/v1/containers`: the body, its conversion to a request, and the name,
-/// image and port checks `create_container` makes before placing it.
+/// `POST /api/v1/containers`: the body and its conversion to a request as the handler
+/// reads them, then the checks `create_container` makes before placing it
+/// ([`check_create_container`](crate::service::check_create_container)).
 pub fn create_container(body: &[u8]) -> Result<CreateContainer, StatusCode> {
-    let request = parse_body::<CreateBody>(&Bytes::copy_from_slice(body))
-        .and_then(|body| body.into_request().map_err(ApiError::from))
-        .map_err(rejected)?;
-    crate::service::check_container_spec(&request.spec).map_err(|e| rejected(e.into()))?;
+    let request = create_request(&Bytes::copy_from_slice(body)).map_err(rejected)?;
+    crate::service::check_create_container(&admin(), &request.spec).map_err(|e| rejected(e.into()))?;
     Ok(request)
 }
 
-/// `POST /api/unified/deploy` (and `/api/deploy`, `POST /api/v1/deployments`): the
-/// body, its conversion to a deployment spec, and `validate_deployment_spec`.
-pub fn deploy(body: &[u8]) -> Result<DeploymentSpec, StatusCode> {
-    let mut spec = parse_body::<DeployBody>(&Bytes::copy_from_slice(body))
-        .and_then(|body| body.into_spec().map_err(ApiError::from))
-        .map_err(rejected)?;
-    spec.max_parallel = spec.max_parallel.max(1);
-    crate::service::validate_deployment_spec(&spec).map_err(|e| rejected(e.into()))?;
-    Ok(spec)
+/// An admin: the caller every check passes for (host bind mounts included).
+fn admin() -> Caller {
+    Caller::Operator { name: "fuzz".into(), role: Role::Admin }
 }
 
-/// `PUT /api/v1/deployments/{name}`: as [`deploy`], for the deployment `name`.
+/// `POST /api/unified/deploy` (and `/api/deploy`, `POST /api/v1/deployments`): the
+/// body, its conversion to a deployment spec, and the deploy's own checks before any I/O
+/// ([`check_deploy_spec`](crate::service::check_deploy_spec): from an image or from a
+/// repository).
+pub fn deploy(body: &[u8]) -> Result<DeploymentSpec, StatusCode> {
+    let spec = deploy_spec(&Bytes::copy_from_slice(body)).map_err(rejected)?;
+    crate::service::check_deploy_spec(&admin(), spec).map_err(|e| rejected(e.into()))
+}
+
+/// `PUT /api/v1/deployments/{name}`: the body as the handler reads it for the deployment
+/// `name`, then the update's own checks before any I/O
+/// ([`check_update_spec`](crate::service::check_update_spec)).
 pub fn update_deployment(name: &str, body: &[u8]) -> Result<DeploymentSpec, StatusCode> {
-    let spec = deploy(body)?;
-    if spec.name != name {
-        let err = ServiceError::invalid("name", format!("the body names {:?} but the path {name:?}", spec.name));
-        return Err(rejected(err.into()));
-    }
-    Ok(spec)
+    let spec = update_spec(name, &Bytes::copy_from_slice(body)).map_err(rejected)?;
+    crate::service::check_update_spec(&admin(), spec).map_err(|e| rejected(e.into()))
 }
 
 /// `POST /api/v1/deployments/{name}/scale`.

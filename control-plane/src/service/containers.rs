@@ -121,8 +121,7 @@ impl ControlPlane {
     pub async fn create_container(&self, caller: &Caller, request: CreateContainer) -> ServiceResult<ContainerView> {
         caller.require_operator(Role::Deployer)?;
         let mut spec = request.spec;
-        check_container_spec(&spec)?;
-        check_workload(caller, &spec)?;
+        check_create_container(caller, &spec)?;
         if self.nodes.containers().iter().any(|(_, c)| c.info.name == spec.name) {
             return Err(ServiceError::AlreadyExists(format!("a container named {:?} already exists", spec.name)));
         }
@@ -263,6 +262,13 @@ impl ControlPlane {
 
 fn view(names: &HashMap<String, String>, node_id: String, container: ObservedContainer) -> ContainerView {
     ContainerView { node_name: names.get(&node_id).cloned().unwrap_or_default(), node_id, runtime: container.runtime, info: container.info }
+}
+
+/// The checks of a new container that need no I/O, as `create_container` makes them for
+/// `caller`: its name, image and ports ([`check_container_spec`]), then [`check_workload`].
+pub fn check_create_container(caller: &Caller, spec: &ContainerSpec) -> ServiceResult<()> {
+    check_container_spec(spec)?;
+    check_workload(caller, spec)
 }
 
 /// The checks every workload (a container, or a deployment's container template) goes

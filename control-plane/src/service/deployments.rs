@@ -60,6 +60,38 @@ pub fn validate_deployment_spec(spec: &DeploymentSpec) -> ServiceResult<()> {
     super::containers::check_container_template(&spec.container)
 }
 
+/// The checks of a new deployment that need no I/O, as `deploy` makes them for `caller`
+/// (REST and gRPC alike): a deployment built from a repository (`source`) has a valid
+/// source and no image, and everything else checked like any deployment; then
+/// [`check_workload`]. Returns the spec as it is committed (`max_parallel` at least 1).
+pub fn check_deploy_spec(caller: &Caller, mut spec: DeploymentSpec) -> ServiceResult<DeploymentSpec> {
+    spec.max_parallel = spec.max_parallel.max(1);
+    match &spec.source {
+        Some(source) => {
+            super::source::validate_source(source)?;
+            if !spec.container.image.trim().is_empty() {
+                return Err(ServiceError::invalid("image", "give either an image or a repository to build, not both"));
+            }
+            // Everything but the image (which the build makes) is checked like any deployment.
+            let mut probe = spec.clone();
+            probe.container.image = "pending-build".into();
+            validate_deployment_spec(&probe)?;
+        }
+        None => validate_deployment_spec(&spec)?,
+    }
+    check_workload(caller, &spec.container)?;
+    Ok(spec)
+}
+
+/// The checks of a deployment update that need no I/O, as `update_deployment` makes them
+/// for `caller`; returns the spec as it is committed (`max_parallel` at least 1).
+pub fn check_update_spec(caller: &Caller, mut spec: DeploymentSpec) -> ServiceResult<DeploymentSpec> {
+    validate_deployment_spec(&spec)?;
+    check_workload(caller, &spec.container)?;
+    spec.max_parallel = spec.max_parallel.max(1);
+    Ok(spec)
+}
+
 /// Deployments as `caller` may read them: environment values (often credentials) only
 /// for deployers and admins; viewers see the variable names with [`HIDDEN_ENV_VALUE`].
 /// Every adapter reads deployments through this, so the rule holds for REST and gRPC.
@@ -81,13 +113,10 @@ impl ControlPlane {
     /// cannot be asked does not block it: the image's platforms are then not checked.
     pub async fn deploy(self: &std::sync::Arc<Self>, caller: &Caller, input: DeployInput) -> ServiceResult<Deployed> {
         caller.require_operator(Role::Deployer)?;
-        if input.spec.source.is_some() {
-            return self.deploy_from_source(caller, input).await;
+        let spec = check_deploy_spec(caller, input.spec)?;
+        if spec.source.is_some() {
+            return self.deploy_from_source(caller, DeployInput { spec, idempotency_key: input.idempotency_key }).await;
         }
-        let mut spec = input.spec;
-        spec.max_parallel = spec.max_parallel.max(1);
-        validate_deployment_spec(&spec)?;
-        check_workload(caller, &spec.container)?;
         if let Some(key) = input.idempotency_key.as_deref().filter(|k| !k.is_empty())
             && let Some(existing) = self.store.find_deployment_by_key(key).await?
         {
@@ -217,11 +246,8 @@ impl ControlPlane {
     /// `max_parallel` instances at a time.
     pub async fn update_deployment(&self, caller: &Caller, spec: DeploymentSpec) -> ServiceResult<DeploymentRecord> {
         caller.require_operator(Role::Deployer)?;
-        validate_deployment_spec(&spec)?;
-        check_workload(caller, &spec.container)?;
+        let spec = check_update_spec(caller, spec)?;
         let mut deployment = self.find_live_deployment(&spec.name).await?;
-        let mut spec = spec;
-        spec.max_parallel = spec.max_parallel.max(1);
         if spec == deployment.spec {
             return Ok(deployment);
         }

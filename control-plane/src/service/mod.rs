@@ -22,9 +22,12 @@ pub use commands::{COMMAND_TIMEOUT, stream_end_note};
 pub use container_ops::{ContainerSample, STATS_INTERVAL};
 pub use compute::{BackendInfo, BackendNode, DirectInstance, InstanceCounts, InstanceUpdate};
 pub use containers::{
-    ContainerView, CreateContainer, DEFAULT_STOP_GRACE, Logs, RuntimeStatus, check_container_spec, check_workload, place_container,
+    ContainerView, CreateContainer, DEFAULT_STOP_GRACE, Logs, RuntimeStatus, check_container_spec, check_create_container, check_workload,
+    place_container,
 };
-pub use deployments::{DeployInput, Deployed, DeploymentView, HIDDEN_ENV_VALUE, validate_deployment_spec};
+pub use deployments::{
+    DeployInput, Deployed, DeploymentView, HIDDEN_ENV_VALUE, check_deploy_spec, check_update_spec, validate_deployment_spec,
+};
 pub use images::{PLATFORMS_TTL, PlatformCache, PlatformLookup};
 pub use instances::{InstanceUsage, InstanceView};
 pub use node_resources::{Listed, NodeTarget, check_image, check_name};
@@ -205,8 +208,7 @@ impl ControlPlane {
             tracing::warn!(source = %source, retry_in_s = seconds, "join attempt refused: rate limit");
             return Err(ServiceError::ResourceExhausted(format!("too many join attempts from {source}; retry in {seconds} s")));
         }
-        let token: JoinToken = input.token.parse().map_err(|e| ServiceError::invalid("token", format!("{e}")))?;
-        validate_node_name(&input.node_name)?;
+        let token = check_join_request(&input.token, &input.node_name)?;
         if token.ca_hash != self.pki.ca.fingerprint() {
             return Err(ServiceError::PermissionDenied(
                 "the join token was issued by another cluster: its CA hash does not match this control plane's CA".into(),
@@ -449,8 +451,7 @@ impl ControlPlane {
     /// [`ControlPlane::authorize_report`] for the containers of a report.
     pub async fn authorize_containers(&self, caller: &Caller, what: &str, containers: &[ReportedContainer]) -> ServiceResult<()> {
         let own = caller.require_any_node()?;
-        let foreign =
-            containers.iter().flat_map(ReportedContainer::claimed_nodes).find(|id| !id.is_empty() && *id != own).map(str::to_owned);
+        let foreign = foreign_claim(own, containers).map(str::to_owned);
         self.refuse_foreign(caller, what, foreign).await
     }
 
@@ -735,6 +736,20 @@ impl ControlPlane {
 }
 
 /// Reported containers as the registry keeps them.
+/// The first other node a node's container report claims a container of (each
+/// container's `node_id` and `diplo.node` label; empty: not given), if any: a node may
+/// report its own containers only.
+pub fn foreign_claim<'a>(own: &str, containers: &'a [ReportedContainer]) -> Option<&'a str> {
+    containers.iter().flat_map(ReportedContainer::claimed_nodes).find(|id| !id.is_empty() && *id != own)
+}
+
+/// The checks of a join request that need no store: the token's form and the node name.
+pub fn check_join_request(token: &str, node_name: &str) -> ServiceResult<JoinToken> {
+    let token: JoinToken = token.parse().map_err(|e| ServiceError::invalid("token", format!("{e}")))?;
+    validate_node_name(node_name)?;
+    Ok(token)
+}
+
 fn observed(reported: Vec<ReportedContainer>) -> Vec<ObservedContainer> {
     reported.into_iter().map(|c| ObservedContainer { runtime: c.runtime, info: c.info }).collect()
 }

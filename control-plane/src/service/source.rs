@@ -12,8 +12,7 @@ use diplo_api::runtime::Runtime;
 
 use super::ControlPlane;
 use super::builds::StartBuild;
-use super::containers::check_workload;
-use super::deployments::{DeployInput, Deployed, validate_deployment_spec};
+use super::deployments::{DeployInput, Deployed};
 use crate::auth::Caller;
 use crate::error::{ServiceError, ServiceResult};
 use crate::model::{BuildRecord, DeploymentRecord, DeploymentSpec, DeploymentStatus, SourceSpec};
@@ -103,19 +102,10 @@ pub fn built_spec(current: &DeploymentSpec, built: &BuiltSource) -> DeploymentSp
 impl ControlPlane {
     /// Commits a deployment built from source and starts its build; deploying an
     /// existing deployment's name again rebuilds it (a new commit becomes a rolling update).
+    /// `input.spec` has passed [`check_deploy_spec`](super::deployments::check_deploy_spec).
     pub(super) async fn deploy_from_source(self: &Arc<Self>, caller: &Caller, input: DeployInput) -> ServiceResult<Deployed> {
         let mut spec = input.spec;
         let source = spec.source.clone().ok_or_else(|| ServiceError::invalid("repo_url", "a repository URL is required"))?;
-        validate_source(&source)?;
-        if !spec.container.image.trim().is_empty() {
-            return Err(ServiceError::invalid("image", "give either an image or a repository to build, not both"));
-        }
-        spec.max_parallel = spec.max_parallel.max(1);
-        // Everything but the image (which the build makes) is checked like any deployment.
-        let mut probe = spec.clone();
-        probe.container.image = "pending-build".into();
-        validate_deployment_spec(&probe)?;
-        check_workload(caller, &spec.container)?;
         if let Some(key) = input.idempotency_key.as_deref().filter(|k| !k.is_empty())
             && let Some(existing) = self.store.find_deployment_by_key(key).await?
         {
