@@ -231,7 +231,6 @@ pub trait ContainerRuntime: Send + Sync {
 /// The answer of a runtime that cannot do `operation`.
 pub fn unsupported(runtime: Runtime, operation: &'static str) -> RuntimeError {
     RuntimeError::Unsupported { runtime, operation }
-
 }
 
 /// The argv that writes a tar of `path` (checked) to stdout, run inside a container.

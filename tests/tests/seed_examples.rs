@@ -49,7 +49,21 @@ const EXPECTED_TO_PASS: &[&str] = &[
     "libgo-restart-instance",
     "libgo-instance-usage",
     "libgo-cluster-status",
+    "libgo-create-instance",
+    "libgo-backend-info",
+    "libgo-update-instance",
     "libgo-delete-instance",
+    "libgo-docker-pause",
+    "libgo-docker-unpause",
+    "libgo-docker-stats",
+    "libgo-docker-list-images",
+    "libgo-docker-pull-image",
+    "libgo-docker-create-network",
+    "libgo-docker-list-networks",
+    "libgo-docker-remove-network",
+    "libgo-docker-create-volume",
+    "libgo-docker-list-volumes",
+    "libgo-docker-remove-volume",
     "mikrocloud-delete-container",
 ];
 
@@ -499,6 +513,19 @@ fn every_seed_curl_example_answers_with_the_documented_fields() {
                         if (200..300).contains(&status) {
                             if example.name == "mikrocloud-create-container" {
                                 adjust.container = answer["id"].as_str().map(str::to_owned);
+                            }
+                            // The update replaced the instance by one of a new revision.
+                            if example.name == "libgo-update-instance" {
+                                let revision = answer["revision"].clone();
+                                adjust.instance =
+                                    wait_until("the updated instance", Duration::from_secs(90), Duration::from_millis(300), || {
+                                        let d = control_plane.rest_json(&format!("/api/v1/deployments/{own}"));
+                                        d["instances"]
+                                            .as_array()
+                                            .and_then(|list| list.iter().find(|i| i["status"] == "running" && i["revision"] == revision))
+                                            .and_then(|i| i["id"].as_str().map(str::to_owned))
+                                            .ok_or_else(|| format!("{d:#}"))
+                                    });
                             }
                             if path.starts_with("/api/unified/deploy") || path.starts_with("/api/deploy") {
                                 if let Some(name) = answer["name"].as_str() {
