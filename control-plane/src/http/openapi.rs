@@ -17,6 +17,15 @@ pub const PUBLIC_PATHS: [&str; 4] = ["/healthz", "/api/openapi.json", "/api/docs
 /// Paths that answer exactly as another documented path (the same handler).
 const ALIASES: [(&str, &str); 2] = [("/api/unified/deploy", "/api/v1/deployments"), ("/api/deploy", "/api/v1/deployments")];
 
+/// Paths served by the same handlers as another documented path, every method alike: the
+/// container operations under mikrocloud's Docker-specific prefix.
+const MIRRORS: [(&str, &str); 4] = [
+    ("/api/v1/docker/containers/{id}/pause", "/api/v1/containers/{id}/pause"),
+    ("/api/v1/docker/containers/{id}/unpause", "/api/v1/containers/{id}/unpause"),
+    ("/api/v1/docker/containers/{id}/stats", "/api/v1/containers/{id}/stats"),
+    ("/api/v1/docker/containers/{id}/archive", "/api/v1/containers/{id}/archive"),
+];
+
 /// The security scheme every non-public operation requires.
 const BEARER: &str = "bearer";
 
@@ -83,6 +92,14 @@ pub fn finish(mut doc: OpenApi) -> OpenApi {
             doc.paths.paths.insert(alias.to_owned(), item);
         }
     }
+    for (mirror, original) in MIRRORS {
+        if let Some(mut item) = doc.paths.paths.get(original).cloned() {
+            for op in operations(&mut item) {
+                op.operation_id = op.operation_id.as_ref().map(|id| format!("{id}_docker"));
+            }
+            doc.paths.paths.insert(mirror.to_owned(), item);
+        }
+    }
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(BEARER, SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     for (path, item) in doc.paths.paths.iter_mut() {
@@ -93,6 +110,15 @@ pub fn finish(mut doc: OpenApi) -> OpenApi {
             op.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
             for (status, description) in COMMON_ERRORS {
                 op.responses.responses.entry(status.to_string()).or_insert_with(|| problem_response(description));
+            }
+            // An error a handler documents by its description alone is a problem document too.
+            for (status, response) in op.responses.responses.iter_mut() {
+                if let RefOr::T(response) = response
+                    && status.starts_with(['4', '5'])
+                    && response.content.is_empty()
+                {
+                    response.content.insert(PROBLEM_JSON.to_owned(), Content::new(Some(Ref::from_schema_name("Problem"))));
+                }
             }
         }
     }
