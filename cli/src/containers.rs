@@ -101,7 +101,7 @@ async fn print_state(channel: Channel, state: &pb::ContainerState, format: Forma
 }
 
 fn stats_json(sample: &pb::ContainerStatsSample, names: &HashMap<String, String>) -> serde_json::Value {
-    let stats = sample.stats.clone().unwrap_or_default();
+    let stats = sample.stats.unwrap_or_default();
     serde_json::json!({
         "container_id": sample.container_id,
         "node_id": sample.node_id,
@@ -117,7 +117,7 @@ fn stats_json(sample: &pb::ContainerStatsSample, names: &HashMap<String, String>
 }
 
 fn stats_table(sample: &pb::ContainerStatsSample, names: &HashMap<String, String>) -> String {
-    let stats = sample.stats.clone().unwrap_or_default();
+    let stats = sample.stats.unwrap_or_default();
     let mib = |bytes: u64| format!("{:.1}MiB", bytes as f64 / f64::from(1u32 << 20));
     let limit = if stats.memory_limit_bytes == 0 { "-".to_owned() } else { mib(stats.memory_limit_bytes) };
     let row = [
