@@ -10,6 +10,7 @@ mod exit;
 mod instances;
 mod output;
 mod registry;
+mod resources;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -59,6 +60,21 @@ enum Command {
     Apps {
         #[command(subcommand)]
         command: AppsCommand,
+    },
+    /// Images of a runtime on a node.
+    Images {
+        #[command(subcommand)]
+        command: resources::ImagesCommand,
+    },
+    /// Networks of a runtime on a node.
+    Networks {
+        #[command(subcommand)]
+        command: resources::NetworksCommand,
+    },
+    /// Volumes of a runtime on a node.
+    Volumes {
+        #[command(subcommand)]
+        command: resources::VolumesCommand,
     },
     /// Instances: deployment replicas and direct containers (the compute view).
     Instances {
@@ -227,6 +243,25 @@ pub(crate) enum ContainersCommand {
         #[arg(trailing_var_arg = true, required = true)]
         argv: Vec<String>,
     },
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Unpause { id: String },
+    /// Resource use of a container: one sample, or one a second with --follow.
+    Stats {
+        id: String,
+        /// Keep sampling until interrupted or the container is gone.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Copy files: `cp ID:PATH LOCAL_DIR` out of a container, `cp LOCAL_PATH ID:DIR` into it
+    /// (at most 4 MiB as tar).
+    Cp {
+        /// ID:PATH inside a container, or a local path.
+        source: String,
+        /// A local directory, or ID:DIR inside a container.
+        destination: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -344,6 +379,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::ApiToken { command } => api_token(&mut cluster, command, format).await?,
         Command::Containers { command } => containers::run(channel, command, format).await?,
         Command::Instances { command } => instances::run(channel, command, format).await?,
+        Command::Images { command } => resources::images(channel, command, format).await?,
+        Command::Networks { command } => resources::networks(channel, command, format).await?,
+        Command::Volumes { command } => resources::volumes(channel, command, format).await?,
         Command::Deploy(args) => deployments::deploy(channel, args).await?,
         Command::Apps { command } => deployments::apps(channel, command, format).await?,
         Command::Events { follow } => deployments::events(channel, follow, format).await?,

@@ -2,7 +2,9 @@
 //! against a control plane with a real agent on Docker, and each is checked by what it
 //! changed (Docker itself, the deployment's state, the node's state):
 //! `deploy`, `apps ls | show | scale | rollback | rm`, `containers run | logs -f | stop |
-//! start | restart | exec | rm`, `nodes show | cordon | uncordon`, `events -f`.
+//! start | restart | exec | rm`, `nodes show | cordon | uncordon`, `events -f`; then the
+//! node-resource and container-operation verbs: `images pull | ls | inspect`, `volumes` and
+//! `networks create | ls | inspect | rm`, `containers pause | unpause | stats | cp`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -425,4 +427,136 @@ fn outputs_contexts_completion_exit_codes_and_instance_verbs() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("away, lab"), "{}", String::from_utf8_lossy(&unknown.stderr));
     // The control plane's single-context cli.toml still reads as it is.
     assert!(std::fs::read_to_string(&cli_toml).expect("cli.toml").contains("server ="));
+}
+
+/// Docker objects a test made, removed when dropped whatever happened.
+#[derive(Default)]
+struct DockerLeftovers {
+    containers: Vec<String>,
+    networks: Vec<String>,
+    volumes: Vec<String>,
+}
+
+impl Drop for DockerLeftovers {
+    fn drop(&mut self) {
+        let run = |args: &[&str]| {
+            let _ = Command::new("docker").args(args).output();
+        };
+        self.containers.iter().for_each(|c| run(&["rm", "-f", c]));
+        self.networks.iter().for_each(|n| run(&["network", "rm", n]));
+        self.volumes.iter().for_each(|v| run(&["volume", "rm", "-f", v]));
+    }
+}
+
+fn docker_ok(args: &[&str]) -> bool {
+    Command::new("docker").args(args).output().is_ok_and(|o| o.status.success())
+}
+
+/// A /24 in 10.160–199.x.0 unlikely to collide with another test's network.
+fn random_subnet() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let r = nanos ^ std::process::id().rotate_left(16);
+    format!("10.{}.{}.0/24", 160 + (r % 40), (r >> 8) % 256)
+}
+
+#[test]
+fn image_volume_network_and_container_ops_verbs_run_against_a_real_agent() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(30)));
+    let token = control_plane.join_token(&[]);
+    let node = unique_name("cli-res");
+    let (_agent, _) = control_plane.start_ready_agent_with_env(&node, Some(&token), &[("DIPLO_RUNTIMES", "docker")]);
+    let mut left = DockerLeftovers::default();
+    let on = ["--node", node.as_str(), "--runtime", "docker"];
+    let with_target = |args: &[&str]| -> Vec<String> { args.iter().chain(&on).map(|a| (*a).to_owned()).collect() };
+    let ok_of = |args: Vec<String>| -> String { control_plane.cli_ok(&args.iter().map(String::as_str).collect::<Vec<_>>()) };
+    let json_of = |args: Vec<String>| -> Value {
+        let out = ok_of(args.clone());
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("`diplo {}` printed no JSON ({e}): {out}", args.join(" ")))
+    };
+
+    // ---- images pull | ls | inspect ----
+    let pulled = json_of(with_target(&["images", "pull", IMAGE, "-o", "json"]));
+    assert!(pulled["tags"].as_array().is_some_and(|t| t.contains(&json!(IMAGE))), "{pulled:#}");
+    let image_id = pulled["id"].as_str().expect("image id").to_owned();
+    let listed = json_of(with_target(&["images", "ls", "-o", "json"]));
+    assert!(listed.as_array().is_some_and(|l| l.iter().any(|i| i["id"] == image_id.as_str())), "{listed:#}");
+    let table = ok_of(with_target(&["images", "ls", "-o", "table"]));
+    assert!(table.starts_with("ID") && table.contains(IMAGE), "{table}");
+    let inspected = json_of(with_target(&["images", "inspect", IMAGE, "-o", "json"]));
+    assert_eq!(inspected["id"], image_id.as_str(), "{inspected:#}");
+    let yaml = control_plane.cli_ok(&["images", "inspect", IMAGE, "--node", &node, "-o", "yaml"]);
+    let yaml: Value = serde_norway::from_str(&yaml).expect("YAML");
+    assert_eq!(yaml["id"], image_id.as_str(), "{yaml:#}");
+    let missing = control_plane.cli(&["images", "inspect", "127.0.0.1:5000/diplo/no-such-image:none", "--node", &node]);
+    assert_eq!(missing.status.code(), Some(3), "an unknown image is not found: {}", String::from_utf8_lossy(&missing.stderr));
+
+    // ---- volumes create | ls | inspect | rm ----
+    let volume = unique_name("cli-vol");
+    left.volumes.push(volume.clone());
+    let created = json_of(with_target(&["volumes", "create", &volume, "--label", "team=cli", "-o", "json"]));
+    assert_eq!((created["name"].as_str(), created["managed"].as_bool()), (Some(volume.as_str()), Some(true)), "{created:#}");
+    assert_eq!(created["labels"]["team"], "cli", "{created:#}");
+    assert!(docker_ok(&["volume", "inspect", &volume]), "the volume exists in Docker");
+    let listed = json_of(with_target(&["volumes", "ls", "-o", "json"]));
+    assert!(listed.as_array().is_some_and(|l| l.iter().any(|v| v["name"] == volume.as_str())), "{listed:#}");
+    assert_eq!(json_of(with_target(&["volumes", "inspect", &volume, "-o", "json"]))["name"], volume.as_str());
+    assert_eq!(ok_of(with_target(&["volumes", "rm", &volume])).trim(), volume);
+    assert!(!docker_ok(&["volume", "inspect", &volume]), "the volume is gone from Docker");
+
+    // ---- networks create | ls | inspect | rm ----
+    let network = unique_name("cli-net");
+    let subnet = random_subnet();
+    left.networks.push(network.clone());
+    let created = json_of(with_target(&["networks", "create", &network, "--subnet", &subnet, "--label", "team=cli", "-o", "json"]));
+    assert_eq!((created["subnets"][0].as_str(), created["managed"].as_bool()), (Some(subnet.as_str()), Some(true)), "{created:#}");
+    assert!(docker_ok(&["network", "inspect", &network]), "the network exists in Docker");
+    let listed = json_of(with_target(&["networks", "ls", "-o", "json"]));
+    assert!(listed.as_array().is_some_and(|l| l.iter().any(|n| n["name"] == network.as_str())), "{listed:#}");
+    assert_eq!(json_of(with_target(&["networks", "inspect", &network, "-o", "json"]))["name"], network.as_str());
+    let bad = control_plane.cli(&["networks", "create", &unique_name("cli-bad"), "--subnet", "10.0.0.0/99", "--node", &node]);
+    assert_eq!(bad.status.code(), Some(5), "a bad subnet is invalid: {}", String::from_utf8_lossy(&bad.stderr));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("subnet"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert_eq!(ok_of(with_target(&["networks", "rm", &network])).trim(), network);
+    assert!(!docker_ok(&["network", "inspect", &network]), "the network is gone from Docker");
+
+    // ---- containers pause | unpause ----
+    let name = unique_name("cli-ops");
+    left.containers.push(name.clone());
+    let id = control_plane.cli_ok(&["containers", "run", "--name", &name, "--node", &node, IMAGE, "sleep", "1000"]).trim().to_owned();
+    left.containers.push(id.clone());
+    let paused = json_out(&control_plane, &["containers", "pause", &name, "-o", "json"]);
+    assert_eq!((paused["status"].as_str(), paused["node"].as_str()), (Some("paused"), Some(node.as_str())), "{paused:#}");
+    assert_eq!(docker(&["inspect", "--format", "{{.State.Paused}}", &id]), "true");
+    wait_until("containers ls shows it paused", Duration::from_secs(30), POLL, || {
+        let listed = json_out(&control_plane, &["containers", "ls", "-o", "json"]);
+        let status = listed.as_array().and_then(|l| l.iter().find(|c| c["id"] == id.as_str())).map(|c| c["status"].clone());
+        if status == Some(json!("paused")) { Ok(()) } else { Err(format!("{status:?}")) }
+    });
+    let table = control_plane.cli_ok(&["containers", "unpause", &name, "-o", "table"]);
+    assert!(table.lines().any(|l| l.contains(&name) && l.contains("running") && l.contains(&node)), "{table}");
+    assert_eq!(docker(&["inspect", "--format", "{{.State.Paused}}", &id]), "false");
+
+    // ---- containers stats: one sample ----
+    let sample = json_out(&control_plane, &["containers", "stats", &name, "-o", "json"]);
+    assert_eq!((sample["container_id"].as_str(), sample["node"].as_str()), (Some(id.as_str()), Some(node.as_str())), "{sample:#}");
+    assert!(sample["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{sample:#}");
+
+    // ---- containers cp: a directory in, one file back out, the same bytes ----
+    let local = tempfile::tempdir().expect("tempdir");
+    let payload = format!("payload {} {}\n", unique_name("bytes"), "x".repeat(5000));
+    let source = local.path().join("cli-cp");
+    std::fs::create_dir(&source).expect("mkdir");
+    std::fs::write(source.join("payload.txt"), &payload).expect("write");
+    let copied_in = control_plane.cli_ok(&["containers", "cp", &source.display().to_string(), &format!("{name}:/tmp")]);
+    assert!(copied_in.contains("members"), "{copied_in}");
+    let exec = control_plane.cli(&["containers", "exec", &name, "cat", "/tmp/cli-cp/payload.txt"]);
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), payload, "the file inside the container");
+    let out = tempfile::tempdir().expect("tempdir");
+    control_plane.cli_ok(&["containers", "cp", &format!("{name}:/tmp/cli-cp/payload.txt"), &out.path().display().to_string()]);
+    assert_eq!(std::fs::read_to_string(out.path().join("payload.txt")).expect("copied out"), payload);
+    let nowhere =
+        control_plane.cli(&["containers", "cp", &format!("{name}:/tmp/cli-cp"), &out.path().join("missing").display().to_string()]);
+    assert!(!nowhere.status.success(), "a missing local directory is refused");
+
+    control_plane.cli_ok(&["containers", "rm", "-f", &name]);
 }
