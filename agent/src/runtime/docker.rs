@@ -165,7 +165,8 @@ impl DockerRuntime {
     }
 
     /// `GET path` (under the negotiated API version) as JSON, read leniently where
-    /// bollard's models are too strict for Podman. 404 → not found `what` `name`.
+    /// bollard's models are too strict for Podman. 404 → not found `what` `name`; 400 → an
+    /// invalid `what`.
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         docker: &Docker,
@@ -183,6 +184,8 @@ impl DockerRuntime {
                 message: format!("unexpected answer to GET {path}: {error}"),
             }),
             404 => Err(RuntimeError::NotFound { what, name: name.to_owned() }),
+            // A parameter the daemon refused (an image reference it cannot parse, say).
+            400 => Err(RuntimeError::InvalidArgument { field: what, message: format!("{name}: {}", daemon_error_text(&body)) }),
             _ => Err(RuntimeError::Failed { runtime: self.runtime, message: daemon_error_text(&body) }),
         }
     }
@@ -331,6 +334,11 @@ fn map_error(runtime: Runtime, socket: &str, error: &bollard::errors::Error, wha
     match error {
         E::DockerResponseServerError { status_code: 404, .. } => RuntimeError::NotFound { what, name: name.to_owned() },
         E::DockerResponseServerError { status_code: 409, message } => RuntimeError::Conflict(message.trim().to_owned()),
+        // The daemon refused a parameter (an image reference it cannot parse, say): the
+        // caller's `what` is at fault.
+        E::DockerResponseServerError { status_code: 400, message } => {
+            RuntimeError::InvalidArgument { field: what, message: format!("{name}: {}", message.trim()) }
+        }
         E::DockerResponseServerError { message, .. } => RuntimeError::Failed { runtime, message: message.trim().to_owned() },
         E::SocketNotFoundError(_) | E::HyperLegacyError { .. } | E::IOError { .. } | E::RequestTimeoutError => {
             RuntimeError::Unavailable { runtime, message: format!("{socket}: {}", describe_bollard(error)) }
@@ -355,6 +363,8 @@ fn pull_failure(runtime: Runtime, reference: &str, message: &str) -> RuntimeErro
         let message =
             if message.to_ascii_lowercase().contains("unauthorized") { message.to_owned() } else { format!("unauthorized: {message}") };
         RuntimeError::Failed { runtime, message: format!("pulling {reference}: {message}") }
+    } else if message.contains("invalid reference format") {
+        RuntimeError::InvalidArgument { field: "image", message: format!("{reference}: {message}") }
     } else if docker_api::means_missing_image(message) {
         RuntimeError::NotFound { what: "image", name: reference.to_owned() }
     } else if docker_api::means_unresolvable_registry(message) {
@@ -1123,11 +1133,13 @@ mod pull_failure_tests {
             (refused, "failed"),
             ("unauthorized: authentication required", "failed"),
             ("something odd", "failed"),
+            ("invalid reference format", "invalid"),
         ];
         for (message, kind) in cases {
             let got = match pull_failure(Runtime::Docker, "x:1", message) {
                 RuntimeError::NotFound { .. } => "not found",
                 RuntimeError::Failed { .. } => "failed",
+                RuntimeError::InvalidArgument { field: "image", .. } => "invalid",
                 other => panic!("{message}: {other:?}"),
             };
             assert_eq!(got, kind, "{message}");
