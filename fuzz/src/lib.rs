@@ -15,8 +15,8 @@ use diplo_api::token::{ApiToken, JoinToken};
 use diplo_api::wire::{ReportedContainer, container_info, container_state};
 use diplo_control_plane::grpc::{SessionEvent, log_chunk, session_event};
 use diplo_control_plane::http::fuzz as rest;
-use diplo_control_plane::service::{check_join_request, foreign_claim};
 use diplo_control_plane::model::DeploymentSpec;
+use diplo_control_plane::service::{check_join_request, foreign_claim};
 use prost::Message;
 
 /// The node id certificates are issued for.
