@@ -1537,3 +1537,29 @@ pub mod fake_node {
         }
     }
 }
+
+/// A tar of `members` (name, content; a name ending in `/` is a directory, content
+/// `-> target` a symbolic link), names written raw as a hostile client would.
+pub fn tar_of(members: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, content) in members {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        let data: &[u8] = if let Some(target) = content.strip_prefix("-> ") {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+            b""
+        } else if name.ends_with('/') {
+            header.set_entry_type(tar::EntryType::Directory);
+            b""
+        } else {
+            header.set_entry_type(tar::EntryType::Regular);
+            content.as_bytes()
+        };
+        header.set_mode(if name.ends_with('/') { 0o755 } else { 0o644 });
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append(&header, data).expect("append");
+    }
+    builder.into_inner().expect("tar")
+}

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::time::{Duration, Instant};
 
 use diplo_tests::unique_name as unique;
-use diplo_tests::{ControlPlane, ControlPlaneOptions, DeleteDeploymentOnDrop, RemoveAllContainersOnDrop, wait_until};
+use diplo_tests::{ControlPlane, ControlPlaneOptions, DeleteDeploymentOnDrop, RemoveAllContainersOnDrop, tar_of, wait_until};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
@@ -47,32 +47,6 @@ fn raw(control_plane: &ControlPlane, token: &str, method: &str, path: &str, body
     let status = response.status().as_u16();
     let kind = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     (status, kind, response.bytes().expect("body").to_vec())
-}
-
-/// A tar of `members` (name, content; a name ending in `/` is a directory, content
-/// `-> target` a symbolic link), names written raw as a hostile client would.
-fn tar_of(members: &[(&str, &str)]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, content) in members {
-        let mut header = tar::Header::new_gnu();
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        let data: &[u8] = if let Some(target) = content.strip_prefix("-> ") {
-            header.set_entry_type(tar::EntryType::Symlink);
-            header.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
-            b""
-        } else if name.ends_with('/') {
-            header.set_entry_type(tar::EntryType::Directory);
-            b""
-        } else {
-            header.set_entry_type(tar::EntryType::Regular);
-            content.as_bytes()
-        };
-        header.set_mode(if name.ends_with('/') { 0o755 } else { 0o644 });
-        header.set_size(data.len() as u64);
-        header.set_cksum();
-        builder.append(&header, data).expect("append");
-    }
-    builder.into_inner().expect("tar")
 }
 
 /// Regular files of a tar: name → content.
