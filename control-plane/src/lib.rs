@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod memo;
 pub mod metrics;
 pub mod model;
 pub mod nodes;

@@ -3,7 +3,8 @@
 //! period) and hands the changes to the caller to persist in one batch.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -57,7 +58,14 @@ pub struct NodeRegistry<T> {
     down_grace: Duration,
     nodes: Mutex<HashMap<String, LiveNode<T>>>,
     next_session: std::sync::atomic::AtomicU64,
+    /// Bumped, under the `nodes` lock, whenever any node's container list changes.
+    containers_version: AtomicU64,
+    /// Every container, sorted, as of a version: shared by readers until the next change.
+    snapshot: crate::memo::Memo<Vec<(String, ObservedContainer)>>,
 }
+
+/// Every observed container with its node id, ordered by node then name; shared, not copied.
+pub type SharedContainers = Arc<Vec<(String, ObservedContainer)>>;
 
 impl<T> NodeRegistry<T> {
     /// An empty registry with the cluster's timing settings.
@@ -67,12 +75,19 @@ impl<T> NodeRegistry<T> {
             down_grace,
             nodes: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(1),
+            containers_version: AtomicU64::new(0),
+            snapshot: crate::memo::Memo::default(),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveNode<T>>> {
         // A poisoned lock only means another thread panicked mid-update of plain data.
         self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that a container list changed; called with the `nodes` lock held.
+    fn containers_changed(&self) {
+        self.containers_version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Starts tracking a node as last seen now with a known persisted status. Nodes
@@ -107,7 +122,9 @@ impl<T> NodeRegistry<T> {
             containers: Vec::new(),
             awaiting_session,
         };
-        self.lock().insert(node_id.to_owned(), node);
+        let mut nodes = self.lock();
+        nodes.insert(node_id.to_owned(), node);
+        self.containers_changed();
     }
 
     /// Records an opened session (which also counts as a heartbeat and is persisted by
@@ -150,7 +167,12 @@ impl<T> NodeRegistry<T> {
 
     /// Stops tracking a node; its session stream, if any, is closed.
     pub fn remove(&self, node_id: &str) -> bool {
-        self.lock().remove(node_id).is_some()
+        let mut nodes = self.lock();
+        let removed = nodes.remove(node_id).is_some();
+        if removed {
+            self.containers_changed();
+        }
+        removed
     }
 
     /// Whether the node is tracked (it exists and was not removed).
@@ -202,30 +224,58 @@ impl<T> NodeRegistry<T> {
             }
             node.containers.retain(|c| !removed.iter().any(|(runtime, id)| c.runtime == *runtime && c.info.id == *id));
         }
-        node.containers != before
+        let changed = node.containers != before;
+        if changed {
+            self.containers_changed();
+        }
+        changed
     }
 
     /// Records one container's latest state (after a command), replacing the old entry.
     pub fn upsert_container(&self, node_id: &str, container: ObservedContainer) {
-        if let Some(node) = self.lock().get_mut(node_id) {
+        let mut nodes = self.lock();
+        if let Some(node) = nodes.get_mut(node_id) {
             node.containers.retain(|c| c.info.id != container.info.id);
             node.containers.push(container);
+            self.containers_changed();
         }
     }
 
     /// Forgets a removed container.
     pub fn forget_container(&self, node_id: &str, container_id: &str) {
-        if let Some(node) = self.lock().get_mut(node_id) {
+        let mut nodes = self.lock();
+        if let Some(node) = nodes.get_mut(node_id) {
+            let before = node.containers.len();
             node.containers.retain(|c| c.info.id != container_id);
+            if node.containers.len() != before {
+                self.containers_changed();
+            }
         }
     }
 
-    /// Every observed container with its node id, ordered by node then name.
+    /// Every observed container with its node id, ordered by node then name (a copy).
     pub fn containers(&self) -> Vec<(String, ObservedContainer)> {
-        let mut all: Vec<(String, ObservedContainer)> =
-            self.lock().iter().flat_map(|(id, node)| node.containers.iter().map(move |c| (id.clone(), c.clone()))).collect();
-        all.sort_by(|a, b| (&a.0, &a.1.info.name).cmp(&(&b.0, &b.1.info.name)));
-        all
+        self.shared_containers().as_ref().clone()
+    }
+
+    /// A number that changes whenever any node's container list changes: what was read
+    /// from [`NodeRegistry::shared_containers`] after seeing version `v` is at least as
+    /// new as `v`.
+    pub fn containers_version(&self) -> u64 {
+        self.containers_version.load(Ordering::Acquire)
+    }
+
+    /// Every observed container with its node id, ordered by node then name; built once
+    /// per change and shared by every reader until the next one.
+    pub fn shared_containers(&self) -> SharedContainers {
+        // The version is read with the lock held: nothing changes between it and the copy.
+        let nodes = self.lock();
+        self.snapshot.get_or_build(self.containers_version(), || {
+            let mut all: Vec<(String, ObservedContainer)> =
+                nodes.iter().flat_map(|(id, node)| node.containers.iter().map(move |c| (id.clone(), c.clone()))).collect();
+            all.sort_by(|a, b| (&a.0, &a.1.info.name).cmp(&(&b.0, &b.1.info.name)));
+            all
+        })
     }
 
     /// Records that `changes` were written to the store: [`NodeRegistry::tick`] reports
@@ -382,6 +432,42 @@ mod tests {
         assert!(registry.apply_report("n1", true, Vec::new(), &[]));
         assert!(view("n1").is_empty());
         assert!(!registry.apply_report("unknown", true, vec![observed(Docker, "x", Running)], &[]));
+    }
+
+    #[test]
+    fn the_container_version_moves_with_every_change_and_only_then() {
+        use diplo_api::container::ContainerStatus::{Exited, Running};
+        use diplo_api::runtime::Runtime::Docker;
+        let registry: NodeRegistry<()> = NodeRegistry::new(HB, GRACE);
+        registry.track("n1", NodeStatus::Ready);
+        // Each step: what it does, and whether the list may have changed.
+        type Step = Box<dyn Fn(&NodeRegistry<()>)>;
+        let report = |status| {
+            move |r: &NodeRegistry<()>| {
+                r.apply_report("n1", true, vec![observed(Docker, "a", status)], &[]);
+            }
+        };
+        let steps: Vec<(&str, Step, bool)> = vec![
+            ("a report with a new container", Box::new(report(Running)), true),
+            ("the same report", Box::new(report(Running)), false),
+            ("an idle heartbeat", Box::new(|r| assert!(r.heartbeat("n1"))), false),
+            ("a status change", Box::new(report(Exited)), true),
+            ("an upsert after a command", Box::new(|r| r.upsert_container("n1", observed(Docker, "b", Running))), true),
+            ("forgetting an unknown container", Box::new(|r| r.forget_container("n1", "zzz")), false),
+            ("forgetting a known one", Box::new(|r| r.forget_container("n1", "b")), true),
+            ("a node joining", Box::new(|r| r.track_joined("n2")), true),
+            ("removing an unknown node", Box::new(|r| assert!(!r.remove("n9"))), false),
+            ("removing a node", Box::new(|r| assert!(r.remove("n1"))), true),
+        ];
+        for (what, step, changes) in steps {
+            let (version, before) = (registry.containers_version(), registry.shared_containers());
+            step(&registry);
+            let after = registry.shared_containers();
+            assert_eq!(registry.containers_version() != version, changes, "{what}: version");
+            // Unchanged: readers share one copy; changed: they get a new one.
+            assert_eq!(!Arc::ptr_eq(&before, &after), changes, "{what}: shared list");
+            assert_eq!(*after, registry.containers(), "{what}: the shared list is the list");
+        }
     }
 
     #[tokio::test]

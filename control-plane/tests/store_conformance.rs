@@ -144,7 +144,8 @@ conformance!(
     builds_insert_get_list,
     builds_update_is_compare_and_set,
     builds_logs,
-    registry_credentials_set_list_delete;
+    registry_credentials_set_list_delete,
+    generation_moves_with_every_write;
     by_url:
     writer_acquire_refuse_release,
     writer_freed_when_its_holder_dies,
@@ -1157,6 +1158,46 @@ mod cases {
         // The store still works after the failed batches.
         store.insert_instances(&[instance("i-2", "d-1", 1), instance("i-3", "d-1", 2)]).await.expect("insert after failures");
         assert_eq!(instance_ids(&*store, Some("d-1")).await, ["i-1", "i-2", "i-3"]);
+    }
+
+    /// A store that tells its generation moves it with every write of nodes,
+    /// deployments and instances, and never with a read; one that cannot tell never
+    /// starts telling.
+    pub async fn generation_moves_with_every_write(store: Arc<dyn Store>) {
+        let tells = store.generation().is_some();
+        let mut last = store.generation();
+        let mut step = |store: &dyn Store, what: &str, writes: bool| {
+            let now = store.generation();
+            assert_eq!(now.is_some(), tells, "{what}: a store tells its generation always or never");
+            if tells {
+                assert_eq!(now != last, writes, "{what}: generation {last:?} -> {now:?}");
+            }
+            last = now;
+        };
+        store.insert_node(&node("n-1", "pi-1")).await.expect("insert node");
+        step(&*store, "insert a node", true);
+        store.list_nodes().await.expect("list nodes");
+        store.get_node("pi-1").await.expect("get node");
+        step(&*store, "read nodes", false);
+        store.set_cordoned("n-1", true).await.expect("cordon");
+        step(&*store, "cordon", true);
+        store.create_deployment(&deployment("d-1", "web", None)).await.expect("create");
+        step(&*store, "create a deployment", true);
+        store.insert_instances(&[instance("i-1", "d-1", 0)]).await.expect("insert instances");
+        step(&*store, "insert an instance", true);
+        store.list_deployments().await.expect("list deployments");
+        store.list_instances(None).await.expect("list instances");
+        step(&*store, "read deployments and instances", false);
+        let mut running = instance("i-1", "d-1", 0);
+        running.status = InstanceStatus::Running;
+        store.update_instances(&[running]).await.expect("update instances");
+        step(&*store, "update an instance", true);
+        store.delete_instances(&["i-1".to_owned()]).await.expect("delete instances");
+        step(&*store, "delete an instance", true);
+        assert!(store.delete_deployment("d-1").await.expect("delete"));
+        step(&*store, "delete a deployment", true);
+        assert!(store.delete_node("n-1").await.expect("delete node"));
+        step(&*store, "delete a node", true);
     }
 
     pub async fn instances_update(store: Arc<dyn Store>) {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::DateTime;
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiError;
+use super::cache::{CachedAnswer, ListCache};
 use super::error::Problem;
 use super::page::{Order, Page, next_page_headers, paginate, parse_filter};
 use crate::auth::Caller;
@@ -196,8 +197,16 @@ pub(super) fn runtime_filter(text: Option<&str>) -> Result<Option<Runtime>, Serv
 pub async fn list(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
+    Extension(cache): Extension<Arc<ListCache>>,
+    RawQuery(raw): RawQuery,
     Query(q): Query<ContainerListQuery>,
-) -> Result<(HeaderMap, Json<Vec<ContainerJson>>), ApiError> {
+) -> Result<CachedAnswer, ApiError> {
+    // Read before the list: the list is at least as new as the version it is kept under.
+    let version = cp.containers_version(&caller)?;
+    let key = raw.unwrap_or_default();
+    if let Some(answer) = cache.get(version, &key) {
+        return Ok(answer);
+    }
     let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
     let status = q.status.as_deref().filter(|s| !s.is_empty()).map(|s| parse_filter::<ContainerStatus>("status", s)).transpose()?;
     let runtime = runtime_filter(q.runtime.as_deref())?;
@@ -206,7 +215,11 @@ pub async fn list(
         views.into_iter().filter(|v| status.is_none_or(|s| v.info.status == s) && runtime.is_none_or(|r| v.runtime == r)).collect();
     let (views, next) = paginate(views, |v| format!("{}\u{0}{}", v.info.name, v.info.id), Order::Ascending, &page);
     let headers = next_page_headers("/api/v1/containers", page.limit, next.as_deref());
-    Ok((headers, Json(views.into_iter().map(Into::into).collect())))
+    let items: Vec<ContainerJson> = views.into_iter().map(Into::into).collect();
+    let answer =
+        CachedAnswer::json(headers, &items).map_err(|e| ServiceError::Internal(format!("cannot serialise the container list: {e}")))?;
+    cache.put(version, key, answer.clone());
+    Ok(answer)
 }
 
 /// A `POST /api/v1/containers` body as the request it makes.

@@ -4,6 +4,7 @@
 //! see [`error`]); lists are paged (see [`page`]).
 
 mod builds;
+mod cache;
 mod compute;
 mod container_ops;
 mod containers;
@@ -134,6 +135,7 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .fallback(error::no_route)
         .layer(middleware::from_fn(error::problems))
         .layer(middleware::from_fn_with_state(control_plane.clone(), metrics::observe))
+        .layer(axum::Extension(Arc::new(cache::ListCache::default())))
         .with_state(control_plane)
 }
 

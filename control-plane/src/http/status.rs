@@ -16,7 +16,7 @@ use super::error::Problem;
 use super::page::{Order, Page, next_page_headers, paginate, parse_filter};
 use crate::auth::Caller;
 use crate::model::{NodeRecord, NodeStatus};
-use crate::service::{ControlPlane, DeploymentView};
+use crate::service::{ControlPlane, DeploymentSummary};
 
 /// `GET /api/status`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -51,20 +51,14 @@ struct Application {
     runtime: Option<Runtime>,
 }
 
-impl From<&DeploymentView> for Application {
-    fn from(view: &DeploymentView) -> Self {
-        let spec = &view.deployment.spec;
-        let runtime = spec.runtime.or_else(|| {
-            let mut placed = view.instances.iter().filter_map(|i| i.runtime);
-            let first = placed.next()?;
-            placed.all(|r| r == first).then_some(first)
-        });
+impl From<&DeploymentSummary> for Application {
+    fn from(summary: &DeploymentSummary) -> Self {
         Application {
-            name: spec.name.clone(),
-            image: spec.container.image.clone(),
-            status: view.deployment.status.as_str(),
-            replicas: spec.replicas,
-            runtime,
+            name: summary.name.clone(),
+            image: summary.image.clone(),
+            status: summary.status.as_str(),
+            replicas: summary.replicas,
+            runtime: summary.runtime,
         }
     }
 }
@@ -177,7 +171,7 @@ pub async fn system_status(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<SystemStatus>, ApiError> {
     let status = control_plane.cluster_status(&caller).await?;
-    let deployments = control_plane.list_deployments(&caller).await?;
+    let deployments = control_plane.deployment_summaries(&caller).await?;
     let arch = host_arch();
     let preferred = PlatformClass::of(std::env::consts::OS, &arch, false).preferred(&status.available_runtimes);
     Ok(Json(SystemStatus {

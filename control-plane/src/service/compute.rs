@@ -167,9 +167,9 @@ pub fn apply_update(deployment: &DeploymentRecord, update: &InstanceUpdate) -> S
 impl ControlPlane {
     /// Instances counted across the cluster (see [`count_instances`]).
     pub async fn count_instances(&self) -> ServiceResult<InstanceCounts> {
-        let instances = self.store.list_instances(None).await?;
-        let containers = self.nodes.containers();
-        Ok(count_instances(&instances, containers.iter().map(|(_, c)| c)))
+        let views = self.shared_deployment_views().await?;
+        let containers = self.nodes.shared_containers();
+        Ok(count_instances(views.iter().flat_map(|v| &v.instances), containers.iter().map(|(_, c)| c)))
     }
 
     /// Direct containers (outside any deployment), listed as instances.

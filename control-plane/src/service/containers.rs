@@ -100,9 +100,17 @@ pub fn place_container(
 }
 
 impl ControlPlane {
+    /// A number that moves whenever what [`ControlPlane::list_containers`] answers may
+    /// change (a node's containers, a node joining or leaving); callers may keep what
+    /// they derived from a list per version. The same access as the list itself.
+    pub fn containers_version(&self, caller: &Caller) -> ServiceResult<u64> {
+        caller.require_operator(Role::Viewer)?;
+        Ok(self.nodes.containers_version())
+    }
+
     /// Containers Diplo runs, optionally on one node.
     pub async fn list_containers(&self, caller: &Caller, node: Option<&str>) -> ServiceResult<Vec<ContainerView>> {
-        caller.require_operator(Role::Viewer)?;
+        self.containers_version(caller)?;
         let names = self.node_names().await?;
         let node_id = match node.filter(|n| !n.is_empty()) {
             Some(node) => Some(self.find_node(node).await?.id),
@@ -110,10 +118,10 @@ impl ControlPlane {
         };
         Ok(self
             .nodes
-            .containers()
-            .into_iter()
+            .shared_containers()
+            .iter()
             .filter(|(id, _)| node_id.as_ref().is_none_or(|wanted| wanted == id))
-            .map(|(node_id, c)| view(&names, node_id, c))
+            .map(|(node_id, c)| view(&names, node_id.clone(), c.clone()))
             .collect())
     }
 
@@ -122,7 +130,7 @@ impl ControlPlane {
         caller.require_operator(Role::Deployer)?;
         let mut spec = request.spec;
         check_create_container(caller, &spec)?;
-        if self.nodes.containers().iter().any(|(_, c)| c.info.name == spec.name) {
+        if self.nodes.shared_containers().iter().any(|(_, c)| c.info.name == spec.name) {
             return Err(ServiceError::AlreadyExists(format!("a container named {:?} already exists", spec.name)));
         }
         let node = match request.node.as_deref() {

@@ -1,7 +1,11 @@
 //! Deployments: desired state committed first, then converged by the reconciler.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::Utc;
 use diplo_api::container::validate_container_name;
+use diplo_api::runtime::Runtime;
 
 use super::ControlPlane;
 use super::containers::check_workload;
@@ -34,6 +38,40 @@ pub struct Deployed {
     pub deployment: DeploymentRecord,
     /// Runtime chosen for the first replica (the forced one, or the best node's).
     pub runtime: Option<diplo_api::runtime::Runtime>,
+}
+
+/// A deployment in a few words: what the system status lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentSummary {
+    /// Its name.
+    pub name: String,
+    /// Its image (empty while a deployment from source builds its first one).
+    pub image: String,
+    /// Its status.
+    pub status: DeploymentStatus,
+    /// Desired replicas.
+    pub replicas: u32,
+    /// The runtime it is pinned to, else the one all its placed instances run on (`None`:
+    /// not placed yet, or spread over several runtimes).
+    pub runtime: Option<Runtime>,
+}
+
+impl From<&DeploymentView> for DeploymentSummary {
+    fn from(view: &DeploymentView) -> Self {
+        let spec = &view.deployment.spec;
+        let runtime = spec.runtime.or_else(|| {
+            let mut placed = view.instances.iter().filter_map(|i| i.runtime);
+            let first = placed.next()?;
+            placed.all(|r| r == first).then_some(first)
+        });
+        DeploymentSummary {
+            name: spec.name.clone(),
+            image: spec.container.image.clone(),
+            status: view.deployment.status,
+            replicas: spec.replicas,
+            runtime,
+        }
+    }
 }
 
 /// A deployment with its instances.
@@ -182,17 +220,44 @@ impl ControlPlane {
     /// Every deployment with its instances.
     pub async fn list_deployments(&self, caller: &Caller) -> ServiceResult<Vec<DeploymentView>> {
         caller.require_operator(Role::Viewer)?;
-        let instances = self.store.list_instances(None).await?;
-        Ok(self
-            .store
-            .list_deployments()
-            .await?
-            .into_iter()
-            .map(|deployment| {
-                let mine = instances.iter().filter(|i| i.deployment_id == deployment.id).cloned().collect();
-                visible_to(caller, DeploymentView { deployment, instances: mine })
-            })
-            .collect())
+        Ok(self.shared_deployment_views().await?.iter().map(|view| visible_to(caller, view.clone())).collect())
+    }
+
+    /// Every deployment in a few words (what the system status lists), by name.
+    pub async fn deployment_summaries(&self, caller: &Caller) -> ServiceResult<Vec<DeploymentSummary>> {
+        caller.require_operator(Role::Viewer)?;
+        Ok(self.shared_deployment_views().await?.iter().map(DeploymentSummary::from).collect())
+    }
+
+    /// Every deployment (by name) with its instances (by creation), as stored: built once
+    /// per store generation and shared by readers until the next write (a store without
+    /// a generation is read afresh every time). Not redacted: callers apply
+    /// [`visible_to`] before anything leaves the service.
+    pub(super) async fn shared_deployment_views(&self) -> ServiceResult<Arc<Vec<DeploymentView>>> {
+        // The generation is read before the store: what is read is at least that new.
+        let generation = self.store.generation();
+        if let Some(views) = generation.and_then(|g| self.deployment_views.get(g)) {
+            return Ok(views);
+        }
+        let mut instances: HashMap<String, Vec<InstanceRecord>> = HashMap::new();
+        for instance in self.store.list_instances(None).await? {
+            instances.entry(instance.deployment_id.clone()).or_default().push(instance);
+        }
+        let views: Arc<Vec<DeploymentView>> = Arc::new(
+            self.store
+                .list_deployments()
+                .await?
+                .into_iter()
+                .map(|deployment| {
+                    let mine = instances.remove(&deployment.id).unwrap_or_default();
+                    DeploymentView { deployment, instances: mine }
+                })
+                .collect(),
+        );
+        if let Some(generation) = generation {
+            self.deployment_views.put(generation, views.clone());
+        }
+        Ok(views)
     }
 
     /// Every instance, or one deployment's.
@@ -327,5 +392,56 @@ impl ControlPlane {
             )));
         }
         Ok(deployment)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(pinned: Option<Runtime>, placed: &[Option<Runtime>]) -> DeploymentView {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let mut spec = DeploymentSpec { name: "web".into(), replicas: 3, runtime: pinned, ..Default::default() };
+        spec.container.image = "busybox".into();
+        let deployment = DeploymentRecord {
+            id: "d1".into(),
+            revision: 1,
+            spec,
+            status: DeploymentStatus::Running,
+            message: String::new(),
+            idempotency_key: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let instances = placed
+            .iter()
+            .enumerate()
+            .map(|(i, runtime)| {
+                let mut instance = InstanceRecord::placed(format!("i{i}"), "d1", 1, "n1", Runtime::Docker, now);
+                instance.runtime = *runtime;
+                instance
+            })
+            .collect();
+        DeploymentView { deployment, instances }
+    }
+
+    #[test]
+    fn a_summary_names_the_pinned_runtime_else_the_one_every_placed_instance_uses() {
+        use Runtime::*;
+        type Case = (Option<Runtime>, &'static [Option<Runtime>], Option<Runtime>);
+        let cases: [Case; 6] = [
+            (Some(Lxc), &[Some(Docker)], Some(Lxc)),
+            (None, &[], None),
+            (None, &[None, None], None),
+            (None, &[Some(Podman), None, Some(Podman)], Some(Podman)),
+            (None, &[Some(Podman), Some(Containerd)], None),
+            (Some(Docker), &[], Some(Docker)),
+        ];
+        for (pinned, placed, expected) in cases {
+            let summary = DeploymentSummary::from(&view(pinned, placed));
+            assert_eq!(summary.runtime, expected, "pinned {pinned:?}, placed {placed:?}");
+            assert_eq!((summary.name.as_str(), summary.image.as_str(), summary.replicas), ("web", "busybox", 3));
+            assert_eq!(summary.status, DeploymentStatus::Running);
+        }
     }
 }

@@ -26,7 +26,8 @@ pub use containers::{
     place_container,
 };
 pub use deployments::{
-    DeployInput, Deployed, DeploymentView, HIDDEN_ENV_VALUE, check_deploy_spec, check_update_spec, validate_deployment_spec,
+    DeployInput, Deployed, DeploymentSummary, DeploymentView, HIDDEN_ENV_VALUE, check_deploy_spec, check_update_spec,
+    validate_deployment_spec,
 };
 pub use images::{PLATFORMS_TTL, PlatformCache, PlatformLookup};
 pub use instances::{InstanceUsage, InstanceView};
@@ -144,6 +145,8 @@ pub struct ControlPlane {
     /// Trace context of the request that created or updated each deployment, until its
     /// rollout has run (the reconciler's commands continue that trace).
     rollout_traces: telemetry::RolloutTraces,
+    /// Every deployment with its instances, as of the store's generation.
+    deployment_views: crate::memo::Memo<Vec<DeploymentView>>,
 }
 
 impl ControlPlane {
@@ -176,6 +179,7 @@ impl ControlPlane {
             builds: Default::default(),
             metrics: crate::metrics::Metrics::new(),
             rollout_traces: Default::default(),
+            deployment_views: Default::default(),
         });
         control_plane.fail_interrupted_builds().await?;
         control_plane.resume_source_deployments().await?;

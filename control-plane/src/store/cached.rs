@@ -28,6 +28,8 @@ pub struct CachedStore {
     /// Held across a write to the database and its copy in memory, so that two writes
     /// of the same record land in memory in the order they landed in the database.
     writes: tokio::sync::Mutex<()>,
+    /// Bumped with the memory lock held for writing: see [`Store::generation`].
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -59,15 +61,24 @@ impl CachedStore {
             deployments: inner.list_deployments().await?.into_iter().map(|d| (d.id.clone(), d)).collect(),
             instances: inner.list_instances(None).await?.into_iter().map(|i| (i.id.clone(), i)).collect(),
         };
-        Ok(Arc::new(CachedStore { inner, state: RwLock::new(state), writes: tokio::sync::Mutex::new(()) }))
+        Ok(Arc::new(CachedStore {
+            inner,
+            state: RwLock::new(state),
+            writes: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The memory lock for writing. The generation moves while it is held, so a reader
+    /// that saw the new generation can only read memory once this write is done.
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        let state = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        state
     }
 
     /// Reads one deployment back from the database after a write, so memory holds
@@ -97,6 +108,10 @@ fn by_id_or_name<'a, T>(map: &'a HashMap<String, T>, id_or_name: &str, name: imp
 impl Store for CachedStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(std::sync::atomic::Ordering::Acquire))
     }
 
     // ---- nodes ----

@@ -135,6 +135,14 @@ pub trait Store: Send + Sync + 'static {
     /// Backend name, `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
+    /// A number that changes whenever nodes, deployments or instances change, for
+    /// stores that serve them from memory: what is read after seeing generation `g` is
+    /// at least as new as `g`. `None` (the default) when the store cannot tell cheaply;
+    /// callers then read afresh every time.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
+
     // ---- nodes ----
 
     /// Inserts a new node. `AlreadyExists` when its id or name is taken.
