@@ -80,6 +80,15 @@ fn instances_are_created_listed_counted_updated_and_backends_described() {
     let shown = control_plane.rest_json(&format!("/api/v1/compute/instances/{chosen_id}"));
     assert_eq!((shown["direct"].as_bool(), shown["name"].as_str()), (Some(true), Some(chosen.as_str())), "{shown}");
 
+    // ---- a direct container's lifecycle through the instance routes (by name here) ----
+    for (action, status) in [("stop", "exited"), ("start", "running"), ("restart", "running")] {
+        let answer = control_plane.rest("PUT", &format!("/api/v1/compute/instances/{chosen}/{action}"), None);
+        assert_eq!(answer.status, 200, "{action}: {}", answer.body);
+        let answer = answer.json();
+        let seen = (answer["direct"].as_bool(), answer["id"].as_str(), answer["status"].as_str());
+        assert_eq!(seen, (Some(true), Some(chosen_id.as_str()), Some(status)), "{action}: {answer}");
+    }
+
     // ---- a deployment: its instance counted too, its application in /api/status ----
     let app = unique_name("ci-app");
     let _deployment = DeleteDeploymentOnDrop(&control_plane, app.clone());
@@ -166,4 +175,15 @@ fn instances_are_created_listed_counted_updated_and_backends_described() {
     );
     assert_eq!(refused.status, 400, "{}", refused.body);
     assert!(refused.body.contains("healthcheck") && refused.body.contains("lxc"), "{}", refused.body);
+
+    // ---- DELETE of a direct container through the instance route: gone at once (200) ----
+    let path = format!("/api/v1/compute/instances/{scheduled}");
+    let deleted = control_plane.rest("DELETE", &path, None);
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!((deleted.json()["direct"].as_bool(), deleted.json()["name"].as_str()), (Some(true), Some(scheduled.as_str())));
+    for method in ["GET", "DELETE"] {
+        let gone = control_plane.rest(method, &path, None);
+        assert_eq!(gone.status, 404, "{method} after the removal: {}", gone.body);
+    }
+    assert!(!control_plane.rest_json("/api/v1/containers").to_string().contains(scheduled.as_str()), "the container is no longer listed");
 }

@@ -181,6 +181,51 @@ fn errors_are_problem_documents_end_to_end() {
     assert!(headers.get("x-next-cursor").is_none(), "one node, one page: {headers:?}");
 }
 
+/// What the Schemathesis run leaves out, besides the event stream: image and volume prune
+/// and image pull, plain and Docker-prefixed, and tar copies in and out.
+const EXCLUDED_PATHS: &str = "^/api/v1/((docker/)?(images|volumes)/(prune|pull)|(docker/)?containers/\\{id\\}/archive)$";
+/// The operations left out: the event stream (1), prune and pull (images prune and pull,
+/// volumes prune; plain and Docker-prefixed: 6), archives (GET and PUT, two paths: 4).
+const EXCLUDED_OPERATIONS: u32 = 11;
+
+/// `(selected, total)` from the tool's "Operations: N selected / M total" line.
+fn selected_operations(stdout: &str) -> Option<(u32, u32)> {
+    let line = stdout.lines().find(|l| l.trim_start().starts_with("Operations:"))?;
+    let numbers: Vec<u32> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    match numbers[..] {
+        [selected, total] => Some((selected, total)),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_operation_count_is_read_from_the_tools_summary() {
+    assert_eq!(selected_operations("  Base URL: x\n    Operations:       77 selected / 88 total\n"), Some((77, 88)));
+    assert_eq!(selected_operations("no summary"), None);
+}
+
+#[test]
+fn the_exclusions_match_exactly_the_dangerous_and_ungeneratable_paths() {
+    let excluded = regex::Regex::new(EXCLUDED_PATHS).expect("a valid expression");
+    for path in [
+        "/api/v1/images/prune",
+        "/api/v1/images/pull",
+        "/api/v1/volumes/prune",
+        "/api/v1/docker/images/prune",
+        "/api/v1/docker/images/pull",
+        "/api/v1/docker/volumes/prune",
+        "/api/v1/containers/{id}/archive",
+        "/api/v1/docker/containers/{id}/archive",
+    ] {
+        assert!(excluded.is_match(path), "{path} must be left out");
+    }
+    for path in
+        ["/api/v1/images", "/api/v1/volumes", "/api/v1/images/{reference}", "/api/v1/containers/{id}/stats", "/api/v1/networks/prune"]
+    {
+        assert!(!excluded.is_match(path), "{path} must be tested");
+    }
+}
+
 #[test]
 fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
     let binary = std::env::var_os("DIPLO_SCHEMATHESIS").map_or_else(|| PathBuf::from(SCHEMATHESIS), PathBuf::from);
@@ -199,12 +244,12 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
         .args(["--header", &format!("Authorization: Bearer {}", control_plane.admin_token())])
         // The event stream never ends on its own: nothing to check in one answer.
         .args(["--exclude-path", "/api/v1/events"])
+        // ONE regular expression: the tool keeps only the last `--exclude-path-regex` given.
         // Pruning removes every unused image and volume of the host's shared daemons (other
         // tests' and the fixture's own images), and a pull of a generated reference makes the
-        // node's daemon look for registries off this machine: both stay out of the run.
-        .args(["--exclude-path-regex", "^/api/v1/(docker/)?(images|volumes)/(prune|pull)$"])
-        // Tar bodies (copies into containers) are not something the tool can generate.
-        .args(["--exclude-path-regex", "^/api/v1/(docker/)?containers/\\{id\\}/archive$"])
+        // node's daemon look for registries off this machine: both stay out of the run. Tar
+        // bodies (copies into containers) are not something the tool can generate.
+        .args(["--exclude-path-regex", EXCLUDED_PATHS])
         // One worker: Debian's Python 3.11 can fail parsing lambdas in concurrent threads
         // ("AST constructor recursion depth mismatch"), a fault of the tool, not of the API.
         .args(["--max-examples", "40", "--seed", "11", "--workers", "1", "--request-timeout", "20", "--no-shrink"])
@@ -219,6 +264,9 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
     let output = output_with_timeout(command, Duration::from_secs(600));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    // The exclusions took: exactly the excluded operations are left out.
+    let (selected, total) = selected_operations(&stdout).unwrap_or_else(|| panic!("no operation count in:\n{stdout}\n{stderr}"));
+    assert_eq!(total - selected, EXCLUDED_OPERATIONS, "operations left out of {total}:\n{stdout}");
     assert!(
         output.status.success(),
         "schemathesis failed ({}):\n{stdout}\n{stderr}\n--- control plane:\n{}",

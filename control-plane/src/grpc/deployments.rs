@@ -12,7 +12,9 @@ use tonic::{Request, Response, Status};
 use super::auth::caller;
 use super::convert::{status_from, timestamp};
 use crate::model::{Constraints, DeploymentRecord, DeploymentSpec, InstanceRecord, InstanceStatus, SourceSpec, Strategy};
-use crate::service::{ControlPlane, DeployInput, DeploymentView, DirectInstance, InstanceUpdate, InstanceView, WatchItem};
+use crate::service::{
+    AnyInstance, ControlPlane, DeployInput, DeploymentView, DirectInstance, InstanceAction, InstanceUpdate, InstanceView, WatchItem,
+};
 
 /// The gRPC face of deployments and events.
 pub struct DeploymentApi {
@@ -235,28 +237,31 @@ impl pb::deployment_service_server::DeploymentService for DeploymentApi {
 
     async fn start_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::Instance>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
-        let view = self.control_plane.start_instance(&caller, &request.into_inner().id).await.map_err(status_from)?;
-        Ok(Response::new(instance_view_to_pb(&view)))
+        let instance =
+            self.control_plane.act_on_instance(&caller, &request.into_inner().id, InstanceAction::Start).await.map_err(status_from)?;
+        Ok(Response::new(any_instance_to_pb(instance)))
     }
 
     async fn stop_instance(&self, request: Request<pb::StopInstanceRequest>) -> Result<Response<pb::Instance>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         let req = request.into_inner();
         let grace = (req.grace_seconds > 0).then(|| std::time::Duration::from_secs(u64::from(req.grace_seconds)));
-        let view = self.control_plane.stop_instance(&caller, &req.id, grace).await.map_err(status_from)?;
-        Ok(Response::new(instance_view_to_pb(&view)))
+        let instance = self.control_plane.act_on_instance(&caller, &req.id, InstanceAction::Stop(grace)).await.map_err(status_from)?;
+        Ok(Response::new(any_instance_to_pb(instance)))
     }
 
     async fn restart_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::Instance>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
-        let view = self.control_plane.restart_instance(&caller, &request.into_inner().id).await.map_err(status_from)?;
-        Ok(Response::new(instance_view_to_pb(&view)))
+        let instance =
+            self.control_plane.act_on_instance(&caller, &request.into_inner().id, InstanceAction::Restart).await.map_err(status_from)?;
+        Ok(Response::new(any_instance_to_pb(instance)))
     }
 
     async fn delete_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::Instance>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
-        let view = self.control_plane.delete_instance(&caller, &request.into_inner().id).await.map_err(status_from)?;
-        Ok(Response::new(instance_view_to_pb(&view)))
+        let instance =
+            self.control_plane.act_on_instance(&caller, &request.into_inner().id, InstanceAction::Delete).await.map_err(status_from)?;
+        Ok(Response::new(any_instance_to_pb(instance)))
     }
 
     async fn update_instance(&self, request: Request<pb::UpdateInstanceRequest>) -> Result<Response<pb::Deployment>, Status> {
@@ -280,6 +285,14 @@ fn instance_view_to_pb(view: &InstanceView) -> pb::Instance {
         instance.container = Some(diplo_api::wire::container_state(container, node, runtime));
     }
     instance
+}
+
+/// An instance of a deployment, or a direct container, as an instance.
+fn any_instance_to_pb(instance: AnyInstance) -> pb::Instance {
+    match instance {
+        AnyInstance::Deployment(view) => instance_view_to_pb(&view),
+        AnyInstance::Direct(direct) => direct_to_pb(direct),
+    }
 }
 
 /// A direct container as an instance.

@@ -154,13 +154,6 @@ impl From<DirectInstance> for DirectInstanceJson {
     }
 }
 
-/// A direct container by id or name as an instance, for `GET /api/v1/compute/instances/{id}`
-/// when no deployment instance has that id.
-pub(super) async fn direct_instance(cp: &ControlPlane, caller: &Caller, id: &str) -> Result<Option<DirectInstanceJson>, ApiError> {
-    let found = cp.direct_instances(caller).await?.into_iter().find(|d| d.container.info.id == id || d.container.info.name == id);
-    Ok(found.map(DirectInstanceJson::from))
-}
-
 /// `POST /api/v1/compute/instances`: a direct container through the same service call
 /// as `POST /api/v1/containers` and gRPC `CreateContainer`; 201 with the instance.
 #[utoipa::path(

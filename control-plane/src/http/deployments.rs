@@ -28,7 +28,7 @@ use crate::error::ServiceError;
 use crate::model::{
     Constraints, DeploymentRecord, DeploymentSpec, DeploymentStatus, InstanceDesired, InstanceRecord, InstanceStatus, SourceSpec, Strategy,
 };
-use crate::service::{ControlPlane, DeployInput, DeploymentView, InstanceView, WatchItem};
+use crate::service::{AnyInstance, ControlPlane, DeployInput, DeploymentView, InstanceAction, InstanceView, WatchItem};
 
 type Api = State<Arc<ControlPlane>>;
 
@@ -659,23 +659,33 @@ pub async fn instance(
     match cp.get_instance(&caller, &id).await {
         Ok(view) => Ok(Json(InstanceDetailJson::Deployment(instance_view_json(&view)))),
         // A direct container is an instance too.
-        Err(ServiceError::NotFound(message)) => match super::compute::direct_instance(&cp, &caller, &id).await? {
-            Some(direct) => Ok(Json(InstanceDetailJson::Direct(direct))),
+        Err(ServiceError::NotFound(message)) => match cp.find_direct_instance(&caller, &id).await? {
+            Some(direct) => Ok(Json(InstanceDetailJson::Direct(direct.into()))),
             None => Err(ServiceError::NotFound(message).into()),
         },
         Err(err) => Err(err.into()),
     }
 }
 
+impl From<AnyInstance> for InstanceDetailJson {
+    fn from(instance: AnyInstance) -> Self {
+        match instance {
+            AnyInstance::Deployment(view) => InstanceDetailJson::Deployment(instance_view_json(&view)),
+            AnyInstance::Direct(direct) => InstanceDetailJson::Direct(direct.into()),
+        }
+    }
+}
+
 /// `PUT /api/v1/compute/instances/{id}/start`.
-#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/start", tag = "instances", params(("id" = String, Path, description = "Instance id")),
-    responses((status = 200, description = "Started", body = InstanceViewJson)))]
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/start", tag = "instances",
+    params(("id" = String, Path, description = "Instance id, or a direct container's id or name")),
+    responses((status = 200, description = "Started", body = InstanceDetailJson)))]
 pub async fn start_instance(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<InstanceViewJson>, ApiError> {
-    Ok(Json(instance_view_json(&cp.start_instance(&caller, &id).await?)))
+) -> Result<Json<InstanceDetailJson>, ApiError> {
+    Ok(Json(cp.act_on_instance(&caller, &id, InstanceAction::Start).await?.into()))
 }
 
 /// `?grace=SECONDS` for stop.
@@ -686,36 +696,44 @@ pub struct StopQuery {
     grace: Option<u64>,
 }
 
-/// `PUT /api/v1/compute/instances/{id}/stop`: the deployment's restart policy applies
-/// afterwards, as after any exit.
-#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/stop", tag = "instances", params(("id" = String, Path, description = "Instance id"), StopQuery),
-    responses((status = 200, description = "Stopped", body = InstanceViewJson)))]
+/// `PUT /api/v1/compute/instances/{id}/stop`: for a deployment's instance, the deployment's
+/// restart policy applies afterwards, as after any exit.
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/stop", tag = "instances",
+    params(("id" = String, Path, description = "Instance id, or a direct container's id or name"), StopQuery),
+    responses((status = 200, description = "Stopped", body = InstanceDetailJson)))]
 pub async fn stop_instance(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<StopQuery>,
-) -> Result<Json<InstanceViewJson>, ApiError> {
-    Ok(Json(instance_view_json(&cp.stop_instance(&caller, &id, q.grace.map(Duration::from_secs)).await?)))
+) -> Result<Json<InstanceDetailJson>, ApiError> {
+    Ok(Json(cp.act_on_instance(&caller, &id, InstanceAction::Stop(q.grace.map(Duration::from_secs))).await?.into()))
 }
 
 /// `PUT /api/v1/compute/instances/{id}/restart`.
-#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/restart", tag = "instances", params(("id" = String, Path, description = "Instance id")),
-    responses((status = 200, description = "Restarted", body = InstanceViewJson)))]
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/restart", tag = "instances",
+    params(("id" = String, Path, description = "Instance id, or a direct container's id or name")),
+    responses((status = 200, description = "Restarted", body = InstanceDetailJson)))]
 pub async fn restart_instance(
     State(cp): Api,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<InstanceViewJson>, ApiError> {
-    Ok(Json(instance_view_json(&cp.restart_instance(&caller, &id).await?)))
+) -> Result<Json<InstanceDetailJson>, ApiError> {
+    Ok(Json(cp.act_on_instance(&caller, &id, InstanceAction::Restart).await?.into()))
 }
 
-/// `DELETE /api/v1/compute/instances/{id}`: 202; the deployment replaces the instance.
-#[utoipa::path(delete, path = "/api/v1/compute/instances/{id}", tag = "instances", params(("id" = String, Path, description = "Instance id")),
-    responses((status = 202, description = "Being replaced", body = InstanceViewJson)))]
+/// `DELETE /api/v1/compute/instances/{id}`: a deployment's instance 202 (its deployment
+/// replaces it); a direct container 200 (removed, stopped first).
+#[utoipa::path(delete, path = "/api/v1/compute/instances/{id}", tag = "instances",
+    params(("id" = String, Path, description = "Instance id, or a direct container's id or name")),
+    responses(
+        (status = 202, description = "A deployment's instance: being replaced", body = InstanceDetailJson),
+        (status = 200, description = "A direct container: removed (as it was just before)", body = InstanceDetailJson),
+    ))]
 pub async fn delete_instance(State(cp): Api, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let view = cp.delete_instance(&caller, &id).await?;
-    Ok((StatusCode::ACCEPTED, Json(instance_view_json(&view))).into_response())
+    let instance = cp.act_on_instance(&caller, &id, InstanceAction::Delete).await?;
+    let status = if matches!(instance, AnyInstance::Direct(_)) { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(InstanceDetailJson::from(instance))).into_response())
 }
 
 /// One resource usage sample of an instance.

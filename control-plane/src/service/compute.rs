@@ -48,6 +48,28 @@ pub fn count_instances<'a>(
     counts
 }
 
+/// What an operator does to an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceAction {
+    /// Start its stopped container.
+    Start,
+    /// Stop its container: SIGTERM, SIGKILL after the grace period (default 10 s).
+    Stop(Option<std::time::Duration>),
+    /// Restart its container in place.
+    Restart,
+    /// Remove it.
+    Delete,
+}
+
+/// An instance: one of a deployment's, or a direct container.
+#[derive(Debug, Clone)]
+pub enum AnyInstance {
+    /// A deployment's instance.
+    Deployment(super::InstanceView),
+    /// A direct container (for a deletion: as it was just before).
+    Direct(DirectInstance),
+}
+
 /// A direct container listed as an instance: its container id is its instance id.
 #[derive(Debug, Clone)]
 pub struct DirectInstance {
@@ -183,6 +205,53 @@ impl ControlPlane {
             .filter(|(_, c)| is_direct(c))
             .map(|(node_id, container)| DirectInstance { node_name: names.get(&node_id).cloned().unwrap_or_default(), node_id, container })
             .collect())
+    }
+
+    /// The direct container whose id or name is `id`, as an instance.
+    pub async fn find_direct_instance(&self, caller: &Caller, id: &str) -> ServiceResult<Option<DirectInstance>> {
+        Ok(self.direct_instances(caller).await?.into_iter().find(|d| d.container.info.id == id || d.container.info.name == id))
+    }
+
+    /// Starts, stops, restarts or deletes an instance: the deployment instance `id`, else
+    /// the direct container whose id or name is `id` (a direct container is an instance
+    /// too). A deleted deployment instance is replaced by its deployment; a deleted direct
+    /// container is gone (stopped first). `NotFound` when neither exists.
+    pub async fn act_on_instance(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        action: InstanceAction,
+    ) -> ServiceResult<AnyInstance> {
+        caller.require_operator(Role::Deployer)?;
+        let missing = match self.get_instance(caller, id).await {
+            Ok(_) => None,
+            Err(ServiceError::NotFound(message)) => Some(message),
+            Err(err) => return Err(err),
+        };
+        let Some(missing) = missing else {
+            let view = match action {
+                InstanceAction::Start => self.start_instance(caller, id).await?,
+                InstanceAction::Stop(grace) => self.stop_instance(caller, id, grace).await?,
+                InstanceAction::Restart => self.restart_instance(caller, id).await?,
+                InstanceAction::Delete => self.delete_instance(caller, id).await?,
+            };
+            return Ok(AnyInstance::Deployment(view));
+        };
+        let Some(direct) = self.find_direct_instance(caller, id).await? else {
+            return Err(ServiceError::NotFound(missing));
+        };
+        let container_id = direct.container.info.id.clone();
+        let view = match action {
+            InstanceAction::Start => self.start_container(caller, &container_id).await?,
+            InstanceAction::Stop(grace) => self.stop_container(caller, &container_id, grace).await?,
+            InstanceAction::Restart => self.restart_container(caller, &container_id).await?,
+            InstanceAction::Delete => {
+                self.remove_container(caller, &container_id, true).await?;
+                return Ok(AnyInstance::Direct(direct));
+            }
+        };
+        let container = ObservedContainer { runtime: view.runtime, info: view.info };
+        Ok(AnyInstance::Direct(DirectInstance { node_id: view.node_id, node_name: view.node_name, container }))
     }
 
     /// One backend (runtime) across the cluster.

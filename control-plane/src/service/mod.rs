@@ -19,7 +19,7 @@ mod tokens;
 pub use crate::planner::instance_container;
 pub use builds::{BUILD_LIST_MAX, BUILD_LOG_MAX, BuildLogStream, StartBuild, parse_platform, resolve_image};
 pub use commands::{COMMAND_TIMEOUT, stream_end_note};
-pub use compute::{BackendInfo, BackendNode, DirectInstance, InstanceCounts, InstanceUpdate};
+pub use compute::{AnyInstance, BackendInfo, BackendNode, DirectInstance, InstanceAction, InstanceCounts, InstanceUpdate};
 pub use container_ops::{ContainerSample, STATS_INTERVAL};
 pub use containers::{
     ContainerView, CreateContainer, DEFAULT_STOP_GRACE, Logs, RuntimeStatus, check_container_spec, check_create_container, check_workload,
