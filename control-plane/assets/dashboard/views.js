@@ -128,8 +128,8 @@ function nodeCard(node, usage, context) {
     : null;
   return h(
     "article",
-    { class: `card node status-${node.status}`, dataset: { node: node.name }, "aria-labelledby": `node-${node.id}` },
-    h("header", {}, h("h2", { id: `node-${node.id}` }, node.name), h("span", { class: "status" }, node.status), ...nodeBadges(node)),
+    { class: "card node", dataset: { node: node.name, status: node.status }, "aria-labelledby": `node-${node.id}` },
+    h("header", {}, h("h2", { id: `node-${node.id}` }, node.name), h("span", { class: `status status-${node.status}` }, node.status), ...nodeBadges(node)),
     h("p", { class: "platform" }, `${node.os}/${node.arch}`, node.raspberry_pi_model ? ` · ${node.raspberry_pi_model}` : "", node.os_release ? ` · ${node.os_release}` : ""),
     runtimes,
     h(
@@ -207,8 +207,8 @@ function clusterView(root, context) {
 function instanceLine(instance, names) {
   return h(
     "li",
-    { class: `instance status-${instance.status}`, dataset: { instance: instance.id } },
-    h("span", { class: "status" }, instance.status),
+    { class: "instance", dataset: { instance: instance.id, status: instance.status } },
+    h("span", { class: `status status-${instance.status}` }, instance.status),
     ` on ${names.get(instance.node) || instance.node || "—"}`,
     instance.runtime ? ` · ${instance.runtime}` : "",
     ` · rev ${instance.revision}`,
