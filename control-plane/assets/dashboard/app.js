@@ -1,7 +1,7 @@
 // The dashboard's shell: session, login and logout, routing by the URL's fragment
 // (`#/deployments/web`), and live updates from the event stream handed to the view shown.
 import { api, setCsrf, subscribeEvents } from "./api.js";
-import { VIEWS } from "./views.js";
+import { VIEWS, ago } from "./views.js";
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -92,6 +92,12 @@ $("#logout").addEventListener("click", async () => {
 });
 
 window.addEventListener("hashchange", route);
+// Relative times ("5 s ago") age on screen without asking the server anything.
+setInterval(() => {
+  for (const element of document.querySelectorAll("time[data-relative]")) {
+    element.textContent = ago(element.getAttribute("datetime"));
+  }
+}, 5000);
 window.addEventListener("diplo:unauthenticated", () => {
   if (state.session) showLogin("Your session ended: log in again.");
 });

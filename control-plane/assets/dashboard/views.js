@@ -33,7 +33,8 @@ function bytes(n) {
   return `${n.toFixed(n >= 10 || i === 0 ? 0 : 1)} ${units[i]}`;
 }
 
-function ago(when) {
+/** "5 s ago" for a time. */
+export function ago(when) {
   const seconds = Math.max(0, Math.round((Date.now() - new Date(when).getTime()) / 1000));
   if (seconds < 60) return `${seconds} s ago`;
   if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
@@ -142,7 +143,7 @@ function nodeCard(node, usage, context) {
       h("dt", {}, "Instances"),
       h("dd", {}, String(usage.instances)),
       h("dt", {}, "Last heartbeat"),
-      h("dd", {}, h("time", { datetime: node.last_seen_at }, ago(node.last_seen_at))),
+      h("dd", {}, h("time", { datetime: node.last_seen_at, dataset: { relative: "" } }, ago(node.last_seen_at))),
     ),
     actions,
   );

@@ -67,7 +67,9 @@ pub async fn index() -> Response {
 
 /// One of the dashboard's files (scripts, style sheet, icon).
 #[utoipa::path(get, path = "/ui/assets/{file}", tag = "dashboard", params(("file" = String, Path, description = "File name, e.g. app.js")),
-    responses((status = 200, description = "The file", body = String), (status = 404, description = "No such file")))]
+    responses((status = 200, description = "The file",
+            content((String = "text/javascript"), (String = "text/css"), (String = "image/svg+xml"))),
+        (status = 404, description = "No such file", body = Problem, content_type = "application/problem+json")))]
 pub async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
         Some((_, content_type, content)) => (page_headers(content_type, "no-cache"), *content).into_response(),
@@ -163,8 +165,10 @@ pub fn session_caller(control_plane: &ControlPlane, request: &Request) -> Option
 #[utoipa::path(post, path = "/ui/login", tag = "dashboard", request_body = LoginRequest,
     responses((status = 200, description = "Logged in; the session cookie is set", body = SessionInfo,
         headers(("set-cookie" = String, description = "diplo_session=<random id>; HttpOnly; SameSite=Strict; Path=/"))),
-        (status = 400, description = "No token in the body", body = Problem),
-        (status = 401, description = "The token is unknown, revoked or expired", body = Problem)))]
+        (status = 400, description = "No token in the body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "The token is unknown, revoked or expired", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not answered in time", body = Problem, content_type = "application/problem+json")))]
 pub async fn login(State(control_plane): State<Arc<ControlPlane>>, body: Bytes) -> Result<Response, ApiError> {
     // The token is a secret: a parse error never quotes the body.
     let request: LoginRequest =
@@ -180,7 +184,9 @@ pub async fn login(State(control_plane): State<Arc<ControlPlane>>, body: Bytes) 
 /// ended only with its CSRF token in `X-CSRF-Token` (403 otherwise).
 #[utoipa::path(post, path = "/ui/logout", tag = "dashboard",
     responses((status = 204, description = "Logged out; the cookie is deleted"),
-        (status = 403, description = "A live session without its CSRF token", body = Problem)))]
+        (status = 403, description = "A live session without its CSRF token", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body that is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not answered in time", body = Problem, content_type = "application/problem+json")))]
 pub async fn logout(State(control_plane): State<Arc<ControlPlane>>, request: Request) -> Result<Response, ApiError> {
     if let Some(session_id) = cookie(request.headers(), SESSION_COOKIE).filter(|id| !id.is_empty())
         && let Ok(session) = control_plane.dashboard_session(session_id)
