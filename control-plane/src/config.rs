@@ -53,6 +53,8 @@ pub struct Config {
     pub registry: Option<String>,
     /// Registries (`host:port`) reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// Idle time after which a dashboard session expires.
+    pub dashboard_session_idle: Duration,
 }
 
 /// PEM files for the REST gateway's TLS.
@@ -88,6 +90,7 @@ impl Config {
             build_report_grace: Duration::from_secs(60),
             base_images: std::collections::BTreeMap::new(),
             insecure_registries: Vec::new(),
+            dashboard_session_idle: crate::service::DEFAULT_SESSION_IDLE,
         }
     }
 

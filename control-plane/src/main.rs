@@ -100,6 +100,9 @@ struct Options {
     /// are); agents learn the list over their session.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT", env = "DIPLO_INSECURE_REGISTRIES", value_delimiter = ',')]
     insecure_registry: Vec<String>,
+    /// Idle time after which a dashboard login expires (e.g. 12h).
+    #[arg(long, env = "DIPLO_DASHBOARD_SESSION_IDLE", default_value = "12h", value_parser = humantime::parse_duration)]
+    dashboard_session_idle: Duration,
 }
 
 impl Options {
@@ -147,6 +150,10 @@ impl Options {
             .map_err(|e| anyhow::anyhow!("invalid --base-image (DIPLO_BASE_IMAGES): {e}"))?;
         config.registry = self.registry.filter(|r| !r.is_empty());
         config.insecure_registries = self.insecure_registry.into_iter().filter(|r| !r.is_empty()).collect();
+        if self.dashboard_session_idle.is_zero() {
+            anyhow::bail!("invalid --dashboard-session-idle: must be greater than zero");
+        }
+        config.dashboard_session_idle = self.dashboard_session_idle;
         for (flag, name) in
             config.registry.iter().map(|r| ("--registry", r)).chain(config.insecure_registries.iter().map(|r| ("--insecure-registry", r)))
         {

@@ -861,6 +861,23 @@ fn routes() -> Vec<Route> {
         route("GET", "/api/v1/compute/cluster/status", Viewer, "/api/v1/compute/cluster/status"),
         route("GET", "/api/v1/nodes", Viewer, "/api/v1/nodes"),
         route("GET", "/api/v1/nodes/{node}", Viewer, "/api/v1/nodes/authz-nope"),
+        route("DELETE", "/api/v1/nodes/{node}", Admin, "/api/v1/nodes/authz-nope"),
+        route("POST", "/api/v1/nodes/{node}/cordon", Admin, "/api/v1/nodes/authz-nope/cordon"),
+        route("POST", "/api/v1/nodes/{node}/uncordon", Admin, "/api/v1/nodes/authz-nope/uncordon"),
+        route("POST", "/api/v1/nodes/{node}/drain", Admin, "/api/v1/nodes/authz-nope/drain"),
+        route("GET", "/api/v1/api-tokens", Admin, "/api/v1/api-tokens"),
+        Route {
+            body: Some(serde_json::json!({"name": "authz-rest", "role": "viewer", "ttl": "1h"})),
+            ..route("POST", "/api/v1/api-tokens", Admin, "/api/v1/api-tokens")
+        },
+        route("DELETE", "/api/v1/api-tokens/{id}", Admin, "/api/v1/api-tokens/authz-nope"),
+        // The dashboard: its page, files, login and logout need no credential; the session
+        // endpoint answers any operator.
+        route("GET", "/", Open, "/"),
+        route("GET", "/ui/assets/{file}", Open, "/ui/assets/app.js"),
+        Route { body: Some(serde_json::json!({"token": ""})), ..route("POST", "/ui/login", Open, "/ui/login") },
+        route("POST", "/ui/logout", Open, "/ui/logout"),
+        route("GET", "/ui/session", Viewer, "/ui/session"),
         route("GET", "/api/v1/containers", Viewer, "/api/v1/containers"),
         Route {
             body: Some(serde_json::json!({"name": "authz-rest", "image": "127.0.0.1:5000/diplo/busybox:latest"})),

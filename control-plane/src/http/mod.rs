@@ -1,13 +1,17 @@
-//! REST gateway (JSON): thin axum handlers over [`ControlPlane`]. Every route but
-//! `GET /healthz`, `GET /api/openapi.json` and `GET /api/docs` needs
-//! `Authorization: Bearer <token>`. Errors are problem documents (`application/problem+json`,
+//! REST gateway (JSON): thin axum handlers over [`ControlPlane`], and the web dashboard
+//! ([`dashboard`]). Every route but `GET /healthz`, `GET /api/openapi.json`,
+//! `GET /api/docs`, the dashboard's page, assets, login and logout needs
+//! `Authorization: Bearer <token>` or a dashboard session cookie (writes with the cookie
+//! also need the session's `X-CSRF-Token`). Errors are problem documents (`application/problem+json`,
 //! see [`error`]); lists are paged (see [`page`]).
 
+mod admin;
 mod builds;
 mod cache;
 mod compute;
 mod container_ops;
 mod containers;
+pub mod dashboard;
 mod deployments;
 pub mod error;
 pub mod fuzz;
@@ -46,7 +50,13 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/status", get(status::system_status))
         .route("/api/v1/compute/cluster/status", get(status::cluster_status))
         .route("/api/v1/nodes", get(status::list_nodes))
-        .route("/api/v1/nodes/{node}", get(status::get_node))
+        .route("/api/v1/nodes/{node}", get(status::get_node).delete(admin::remove))
+        .route("/api/v1/nodes/{node}/cordon", post(admin::cordon))
+        .route("/api/v1/nodes/{node}/uncordon", post(admin::uncordon))
+        .route("/api/v1/nodes/{node}/drain", post(admin::drain))
+        .route("/api/v1/api-tokens", get(admin::list_tokens).post(admin::create_token))
+        .route("/api/v1/api-tokens/{id}", axum::routing::delete(admin::revoke_token))
+        .route("/ui/session", get(dashboard::session))
         .route("/api/v1/containers", get(containers::list).post(containers::create))
         .route("/api/v1/containers/{id}", axum::routing::delete(containers::remove))
         .route("/api/v1/containers/{id}/start", post(containers::start))
@@ -130,6 +140,15 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/api/docs", get(openapi::docs))
         .route("/api/docs/redoc.standalone.js", get(openapi::redoc_js))
+        .route("/", get(dashboard::index))
+        .route("/ui/assets/{file}", get(dashboard::asset))
+        .merge(
+            Router::new()
+                .route("/ui/login", post(dashboard::login))
+                .route("/ui/logout", post(dashboard::logout))
+                .route_layer(middleware::from_fn(error::require_json))
+                .route_layer(middleware::from_fn_with_state(REQUEST_TIMEOUT, time_limit)),
+        )
         .merge(api)
         .route_layer(middleware::from_fn(metrics::matched_route))
         .fallback(error::no_route)
@@ -179,11 +198,23 @@ pub async fn serve(
     }
 }
 
-/// Resolves the bearer token into a [`Caller`] stored in the request's extensions.
+/// Resolves the bearer token, or else the dashboard session cookie (see
+/// [`dashboard::session_caller`]), into a [`Caller`] stored in the request's extensions.
 async fn authenticate(State(control_plane): State<Arc<ControlPlane>>, mut request: Request, next: Next) -> Response {
     let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(bearer) = header.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))) else {
-        return ApiError::from(ServiceError::Unauthenticated("missing `Authorization: Bearer <token>` header".into())).into_response();
+        return match dashboard::session_caller(&control_plane, &request) {
+            Some(Ok(session)) => {
+                request.extensions_mut().insert::<Caller>(session.caller.clone());
+                request.extensions_mut().insert(session);
+                next.run(request).await
+            }
+            Some(Err(err)) => ApiError::from(err).into_response(),
+            None => ApiError::from(ServiceError::Unauthenticated(
+                "missing `Authorization: Bearer <token>` header (or a dashboard session cookie)".into(),
+            ))
+            .into_response(),
+        };
     };
     match control_plane.authenticate_bearer(bearer.trim()) {
         Ok(caller) => {

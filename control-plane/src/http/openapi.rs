@@ -12,7 +12,8 @@ use utoipa::openapi::{Content, OpenApi, Ref, RefOr, ResponseBuilder};
 use super::error::PROBLEM_JSON;
 
 /// Paths served without a token.
-pub const PUBLIC_PATHS: [&str; 4] = ["/healthz", "/api/openapi.json", "/api/docs", "/api/docs/redoc.standalone.js"];
+pub const PUBLIC_PATHS: [&str; 8] =
+    ["/healthz", "/api/openapi.json", "/api/docs", "/api/docs/redoc.standalone.js", "/", "/ui/assets/{file}", "/ui/login", "/ui/logout"];
 
 /// Paths that answer exactly as another documented path (the same handler).
 const ALIASES: [(&str, &str); 2] = [("/api/unified/deploy", "/api/v1/deployments"), ("/api/deploy", "/api/v1/deployments")];
@@ -55,7 +56,8 @@ pub fn document() -> OpenApi {
     doc.info.title = "Diplo".to_owned();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc.info.description = Some(
-        "Diplo's REST gateway. Every route but /healthz, /api/openapi.json and /api/docs needs `Authorization: Bearer <token>`. \
+        "Diplo's REST gateway. Every route but /healthz, /api/openapi.json, /api/docs and the dashboard's page, assets, login and \
+         logout needs `Authorization: Bearer <token>` or the dashboard's session cookie (whose writes also need `X-CSRF-Token`). \
          Errors are RFC 9457 problem documents (application/problem+json). Lists take ?limit= and ?cursor= and name the next \
          page's cursor in X-Next-Cursor."
             .to_owned(),
@@ -72,6 +74,8 @@ pub fn document() -> OpenApi {
         super::node_resources::Doc::openapi(),
         super::container_ops::Doc::openapi(),
         super::compute::Doc::openapi(),
+        super::admin::Doc::openapi(),
+        super::dashboard::Doc::openapi(),
     ] {
         doc.merge(module);
     }

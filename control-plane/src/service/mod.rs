@@ -12,6 +12,7 @@ mod instances;
 mod node_resources;
 mod reconciler;
 mod registries;
+mod sessions;
 mod source;
 mod telemetry;
 mod tokens;
@@ -34,6 +35,7 @@ pub use instances::{InstanceUsage, InstanceView};
 pub use node_resources::{Listed, NodeTarget, check_image, check_name};
 pub use reconciler::{CommandSink, Fit, RECONCILE_PERIOD};
 pub use registries::{RegistryLogin, RegistryLoginRequest, check_registry_name};
+pub use sessions::{DEFAULT_SESSION_IDLE, DashboardLogin, DashboardSession, MAX_SESSIONS, constant_time_eq};
 pub use tokens::{ApiTokenCache, CreatedApiToken, CreatedJoinToken, DEFAULT_JOIN_TOKEN_TTL, NewApiToken};
 
 use std::sync::Arc;
@@ -131,6 +133,8 @@ pub struct ControlPlane {
     reconcile: tokio::sync::Notify,
     in_flight: reconciler::InFlight,
     api_tokens: tokens::ApiTokenCache,
+    /// Dashboard sessions (cookie → API token), in memory only.
+    dashboard_sessions: sessions::DashboardSessions,
     join_limiter: RateLimiter,
     /// `security.refused` events per node and minute.
     refusal_audit: AuditLimiter,
@@ -172,6 +176,7 @@ impl ControlPlane {
             reconcile: tokio::sync::Notify::new(),
             in_flight: Default::default(),
             api_tokens,
+            dashboard_sessions: Default::default(),
             join_limiter,
             refusal_audit: AuditLimiter::new(REFUSAL_EVENTS_PER_MINUTE, Duration::from_secs(60)),
             image_platforms: images::PlatformCache::new(registry.clone()),

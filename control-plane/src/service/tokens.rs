@@ -104,14 +104,28 @@ impl ApiTokenCache {
             .get(&token.id)
             .filter(|record| record.secret_hash == hash_secret(&token.secret))
             .ok_or_else(|| ServiceError::Unauthenticated("bearer token not recognized".into()))?;
-        if record.revoked {
-            return Err(ServiceError::Unauthenticated("bearer token was revoked".into()));
-        }
-        if record.expires_at.is_some_and(|at| at <= now) {
-            return Err(ServiceError::Unauthenticated("bearer token expired".into()));
-        }
-        Ok(Caller::Operator { name: record.name.clone(), role: record.role })
+        usable_caller(record, now)
     }
+
+    /// The caller of the API token `id` at `now` (a dashboard session holds the id of the
+    /// token it was opened with, not its secret); revoked, expired and unknown tokens are
+    /// refused as [`ApiTokenCache::authenticate`] refuses them.
+    pub fn caller_of(&self, id: &str, now: DateTime<Utc>) -> ServiceResult<Caller> {
+        let records = self.read();
+        let record = records.get(id).ok_or_else(|| ServiceError::Unauthenticated("bearer token not recognized".into()))?;
+        usable_caller(record, now)
+    }
+}
+
+/// The caller an API token record stands for, unless it is revoked or expired at `now`.
+fn usable_caller(record: &ApiTokenRecord, now: DateTime<Utc>) -> ServiceResult<Caller> {
+    if record.revoked {
+        return Err(ServiceError::Unauthenticated("bearer token was revoked".into()));
+    }
+    if record.expires_at.is_some_and(|at| at <= now) {
+        return Err(ServiceError::Unauthenticated("bearer token expired".into()));
+    }
+    Ok(Caller::Operator { name: record.name.clone(), role: record.role })
 }
 
 impl ControlPlane {
