@@ -167,7 +167,7 @@ pub enum Capability {
     /// Publish container ports on the host.
     PortPublishing,
     /// Honour a container's health check (`healthcheck`: command, HTTP or TCP): every
-    /// runtime, the daemon running command checks on Docker and Podman and the agent's
+    /// runtime, the daemon running command checks on Docker and the agent's
     /// supervisor probing the rest.
     Healthcheck,
     /// The daemon restarts exited containers itself by their restart policy and counts the

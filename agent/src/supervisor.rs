@@ -14,11 +14,12 @@
 //! * restarts wait an exponential back-off ([`backoff`]: 1 s doubling to 60 s), reset once
 //!   the container has run for [`SETTLED`] without turning unhealthy.
 //!
-//! Where the runtime already does part of it, the daemon keeps that part: Docker and
-//! Podman run command checks and restart exited containers themselves (see
-//! [`Division`]); the supervisor probes HTTP and TCP checks there, and restarts unhealthy
-//! containers (which those daemons do not). containerd and LXC get all of it from the
-//! supervisor.
+//! Where the runtime already does part of it, the daemon keeps that part (see
+//! [`Division`]): Docker runs command checks, and Docker and Podman restart exited
+//! containers themselves; the supervisor probes every other check (HTTP and TCP on
+//! Docker, all of them on Podman, whose checks hang on systemd timers), and restarts
+//! unhealthy containers everywhere (no daemon does). containerd and LXC get all of it
+//! from the supervisor.
 //!
 //! [`Supervised`] wraps a driver: every container created through it with a health check
 //! or a restart policy gets a record (its check, its policy, whether it was stopped by
@@ -71,11 +72,15 @@ pub struct Division {
 }
 
 impl Division {
-    /// The division on `runtime`: Docker and Podman restart exited containers and run
-    /// command checks; containerd and LXC do neither.
+    /// The division on `runtime`: Docker restarts exited containers and runs command
+    /// checks; Podman restarts exited containers but runs its checks from systemd timers,
+    /// which do not fire without systemd, so the supervisor probes them; containerd and
+    /// LXC do neither.
     pub fn of(runtime: Runtime) -> Self {
-        let daemon = matches!(runtime, Runtime::Docker | Runtime::Podman);
-        Division { daemon_restarts_exits: daemon, daemon_runs_commands: daemon }
+        Division {
+            daemon_restarts_exits: matches!(runtime, Runtime::Docker | Runtime::Podman),
+            daemon_runs_commands: runtime == Runtime::Docker,
+        }
     }
 
     /// Whether the supervisor probes `check` itself (else the daemon reports its health).
@@ -889,6 +894,8 @@ mod tests {
             (Runtime::Docker, spec(RestartPolicy::No, Some(&command)), false),
             (Runtime::Docker, spec(RestartPolicy::Always, Some(&command)), true),
             (Runtime::Podman, spec(RestartPolicy::No, Some(&http)), true),
+            (Runtime::Podman, spec(RestartPolicy::No, Some(&command)), true),
+            (Runtime::Podman, spec(RestartPolicy::Always, None), false),
             (Runtime::Containerd, spec(RestartPolicy::No, None), false),
             (Runtime::Containerd, spec(RestartPolicy::ON_FAILURE, None), true),
             (Runtime::Lxc, spec(RestartPolicy::No, Some(&command)), true),
@@ -899,6 +906,7 @@ mod tests {
         assert!(!Division::of(Runtime::Docker).probes(&command));
         assert!(Division::of(Runtime::Docker).probes(&http));
         assert!(Division::of(Runtime::Lxc).probes(&command));
+        assert!(Division::of(Runtime::Podman).probes(&command));
     }
 
     #[test]
