@@ -964,4 +964,51 @@ mod tests {
         let tcp = HealthCheck { probe: HealthProbe::Tcp { port: addr.port() }, timeout: Duration::from_secs(1), ..check };
         assert!(!probe(&runtime, &info, &tcp).await, "nobody listens any more");
     }
+
+    #[tokio::test]
+    async fn supervision_resumes_after_an_agent_restart_from_its_records() {
+        use crate::runtime::fake::FakeRuntime;
+        const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = Arc::new(FakeRuntime::new(Runtime::Lxc));
+        let inner: Arc<dyn ContainerRuntime> = fake.clone();
+        inner.ensure_image(IMAGE).await.expect("image");
+        let spec = |name: &str| ContainerSpec {
+            name: name.into(),
+            image: IMAGE.into(),
+            restart_policy: RestartPolicy::Always,
+            ..ContainerSpec::default()
+        };
+        let agent = Supervised::new(Arc::clone(&inner), Some(dir.path().to_path_buf()));
+        let crashes = agent.create(&spec("crashes")).await.expect("create");
+        agent.start(&crashes).await.expect("start");
+        let by_hand = agent.create(&spec("by-hand")).await.expect("create");
+        agent.start(&by_hand).await.expect("start");
+        agent.stop("by-hand", Duration::from_secs(1)).await.expect("stop by name");
+        drop(agent);
+        // While the agent is away, one container exits.
+        inner.stop(&crashes, Duration::from_secs(1)).await.expect("exit");
+
+        let agent = Supervised::new(Arc::clone(&inner), Some(dir.path().to_path_buf()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let restarted = loop {
+            let info = agent.inspect(&crashes).await.expect("inspect");
+            if info.status == ContainerStatus::Running {
+                break info;
+            }
+            assert!(Instant::now() < deadline, "not restarted after the agent restart: {info:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(restarted.restart_count, 1, "{restarted:?}");
+        let stopped = agent.inspect(&by_hand).await.expect("inspect");
+        assert_eq!((stopped.status, stopped.restart_count), (ContainerStatus::Exited, 0), "stopped by hand stays stopped: {stopped:?}");
+        drop(agent);
+
+        // The count is kept on disk; a removed container's record goes with it.
+        let agent = Supervised::new(Arc::clone(&inner), Some(dir.path().to_path_buf()));
+        assert_eq!(agent.inspect(&crashes).await.expect("inspect").restart_count, 1);
+        agent.remove(&crashes, true).await.expect("remove");
+        assert!(!dir.path().join(format!("{crashes}.json")).exists(), "the record outlived its container");
+        assert!(dir.path().join(format!("{by_hand}.json")).exists());
+    }
 }
