@@ -197,7 +197,8 @@ pub enum ContainerStatus {
     Unknown,
 }
 
-/// Health as reported by the runtime's health check.
+/// Health as reported by the container's health check (run by the daemon or probed by the
+/// agent's supervisor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
@@ -234,9 +235,10 @@ pub struct ContainerInfo {
     pub health: Option<Health>,
     /// All labels.
     pub labels: BTreeMap<String, String>,
-    /// How many times the runtime itself restarted it by its restart policy, as the
-    /// runtime counts (Docker and Podman keep the count across daemon restarts); 0 for
-    /// runtimes that do not restart containers by themselves.
+    /// How many times it was restarted by its restart policy: the daemon's own count
+    /// (Docker and Podman keep it across daemon restarts) plus the restarts the agent's
+    /// supervisor made (after an exit on containerd and LXC, after turning unhealthy on
+    /// every runtime; kept across agent restarts).
     pub restart_count: u32,
 }
 
