@@ -166,10 +166,13 @@ pub enum Capability {
     ResourceLimits,
     /// Publish container ports on the host.
     PortPublishing,
-    /// Run a container's health check itself (`healthcheck`).
+    /// Honour a container's health check (`healthcheck`: command, HTTP or TCP): every
+    /// runtime, the daemon running command checks on Docker and the agent's
+    /// supervisor probing the rest.
     Healthcheck,
-    /// Restart exited containers itself by their restart policy (elsewhere the control
-    /// plane restarts them, and `restart_count` stays 0).
+    /// The daemon restarts exited containers itself by their restart policy and counts the
+    /// restarts; elsewhere the agent's supervisor does (restart policies hold on every
+    /// runtime either way).
     RuntimeRestartPolicy,
     /// Freeze and thaw a container's processes.
     Pause,
@@ -216,8 +219,9 @@ impl fmt::Display for Capability {
     }
 }
 
-/// What every driver implements.
-const COMMON_CAPABILITIES: [Capability; 15] = [
+/// What every driver implements (health checks through the agent's supervisor where the
+/// runtime runs none).
+const COMMON_CAPABILITIES: [Capability; 16] = [
     Capability::Pull,
     Capability::Create,
     Capability::Start,
@@ -230,6 +234,7 @@ const COMMON_CAPABILITIES: [Capability; 15] = [
     Capability::Events,
     Capability::ResourceLimits,
     Capability::PortPublishing,
+    Capability::Healthcheck,
     Capability::Pause,
     Capability::CopyFiles,
     Capability::Images,
@@ -254,13 +259,13 @@ impl Runtime {
     pub fn capabilities(self) -> Vec<Capability> {
         let mut capabilities = COMMON_CAPABILITIES.to_vec();
         match self {
-            // Docker and Podman run health checks and restart policies in the daemon, and
-            // keep network and volume objects.
+            // Docker and Podman restart exited containers in the daemon, and keep network and
+            // volume objects.
             Runtime::Docker | Runtime::Podman => {
-                capabilities.extend([Capability::Healthcheck, Capability::RuntimeRestartPolicy, Capability::Networks, Capability::Volumes]);
+                capabilities.extend([Capability::RuntimeRestartPolicy, Capability::Networks, Capability::Volumes]);
             }
-            // containerd and LXC have no daemon-side health checks or restart policies, and
-            // no network or volume objects here.
+            // containerd and LXC have no daemon-side restart policies (the agent supervises
+            // them), and no network or volume objects here.
             Runtime::Containerd | Runtime::Lxc => {}
         }
         capabilities
@@ -271,8 +276,8 @@ impl Runtime {
         self.capabilities().contains(&capability)
     }
 
-    /// Refuses a container spec asking this runtime for a setting it cannot honour (a
-    /// health check on a runtime that runs none would silently never report health).
+    /// Refuses a container spec asking this runtime for a setting it cannot honour, naming
+    /// the field and the runtime (never silently ignored).
     pub fn check_spec(self, spec: &crate::container::ContainerSpec) -> Result<(), Unsupported> {
         let needs = [(spec.healthcheck.is_some(), "healthcheck", Capability::Healthcheck)];
         match needs.into_iter().find(|&(asked, _, capability)| asked && !self.supports(capability)) {
@@ -319,37 +324,33 @@ mod tests {
 
     #[test]
     fn capabilities_say_what_each_driver_supports_and_drive_refusals() {
-        use crate::container::{ContainerSpec, HealthCheck};
+        use crate::container::{ContainerSpec, HealthCheck, HealthProbe, RestartPolicy};
         let cases = [(Docker, true), (Podman, true), (Containerd, false), (Lxc, false)];
-        let checked = ContainerSpec {
-            healthcheck: Some(HealthCheck {
-                test: vec!["true".into()],
-                interval: std::time::Duration::from_secs(5),
-                timeout: std::time::Duration::from_secs(1),
-                retries: 3,
-            }),
-            ..ContainerSpec::default()
-        };
+        let command = HealthCheck::command(vec!["true".into()]);
+        let checks = [
+            command.clone(),
+            HealthCheck { probe: HealthProbe::Http { port: 80, path: "/".into() }, ..command.clone() },
+            HealthCheck { probe: HealthProbe::Tcp { port: 5432 }, ..command },
+        ];
         for (runtime, daemon_side) in cases {
             let capabilities = runtime.capabilities();
             for common in COMMON_CAPABILITIES {
                 assert!(capabilities.contains(&common), "{runtime} lacks {common}");
             }
-            assert_eq!(runtime.supports(Capability::Healthcheck), daemon_side, "{runtime}");
+            assert!(runtime.supports(Capability::Healthcheck), "{runtime}: health checks hold on every runtime");
             assert_eq!(runtime.supports(Capability::RuntimeRestartPolicy), daemon_side, "{runtime}");
             assert_eq!(runtime.supports(Capability::Networks), daemon_side, "{runtime}");
             assert_eq!(runtime.supports(Capability::Volumes), daemon_side, "{runtime}");
             assert_eq!(runtime.check_spec(&ContainerSpec::default()), Ok(()), "{runtime}");
-            match runtime.check_spec(&checked) {
-                Ok(()) => assert!(daemon_side, "{runtime} accepted a health check it cannot run"),
-                Err(refusal) => {
-                    assert!(!daemon_side, "{runtime} refused a health check it runs");
-                    assert_eq!(refusal.field, "healthcheck");
-                    let message = refusal.to_string();
-                    assert!(message.contains(runtime.name()) && message.contains("docker, podman"), "{message}");
+            for check in &checks {
+                for policy in [RestartPolicy::No, RestartPolicy::Always, RestartPolicy::OnFailure(Some(2)), RestartPolicy::UnlessStopped] {
+                    let spec = ContainerSpec { healthcheck: Some(check.clone()), restart_policy: policy, ..ContainerSpec::default() };
+                    assert_eq!(runtime.check_spec(&spec), Ok(()), "{runtime} refused {policy} with {check:?}");
                 }
             }
         }
+        let refusal = Unsupported { field: "x", runtime: Lxc, capability: Capability::Networks, supported: "docker, podman".into() };
+        assert_eq!(refusal.to_string(), "lxc does not support x (networks); runtimes that do: docker, podman");
         assert_eq!(serde_json::to_value(Capability::ResourceLimits).ok(), Some(serde_json::json!("resource_limits")));
     }
 }

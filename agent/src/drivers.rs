@@ -13,8 +13,10 @@ use crate::runtime::ContainerRuntime;
 use crate::runtime::containerd::ContainerdRuntime;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::lxc::{DEFAULT_LXC_PATH, LxcRuntime};
+use crate::supervisor::Supervised;
 
-/// Connects a driver for each available runtime of node `node_id`. A runtime whose driver cannot start is
+/// Connects a driver for each available runtime of node `node_id`, each supervised (see
+/// [`crate::supervisor`]). A runtime whose driver cannot start is
 /// left out and logged; the others still work. Every driver reads `registry` at pull
 /// time, so settings the control plane sends later apply to the next pull.
 pub async fn connect_available(
@@ -36,7 +38,11 @@ pub async fn connect_available(
             Runtime::Lxc => lxc_driver(registry, data_dir, node_id).await,
         };
         match driver {
-            Ok(driver) => drivers.push(driver),
+            // Health checks and restart policies are supervised by the agent where the runtime does not.
+            Ok(driver) => {
+                let records = data_dir.join("supervisor").join(runtime.name());
+                drivers.push(Arc::new(Supervised::new(driver, Some(records))));
+            }
             Err(err) => tracing::warn!(%runtime, error = %err, "runtime available but its driver could not start"),
         }
     }

@@ -13,6 +13,7 @@ pub mod registry;
 pub mod resources;
 pub mod runtime;
 pub mod session;
+pub mod supervisor;
 pub mod tls;
 
 use std::path::PathBuf;

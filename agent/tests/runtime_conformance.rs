@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 use diplo_agent::fingerprint::ProbeConfig;
 use diplo_agent::runtime::docker::DockerRuntime;
 use diplo_agent::runtime::{ContainerRuntime, RegistryConfig, RuntimeError, podman};
+use diplo_agent::supervisor::Supervised;
 use diplo_api::container::{
-    ContainerInfo, ContainerSpec, ContainerStatus, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk, LogOptions, OutputStream, PortMapping,
-    Protocol, RuntimeEventKind,
+    ContainerInfo, ContainerSpec, ContainerStatus, Health, HealthCheck, HealthProbe, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk,
+    LogOptions, OutputStream, PortMapping, Protocol, RestartPolicy, RuntimeEventKind,
 };
 use diplo_api::runtime::Runtime;
 use diplo_tests::tar_of;
@@ -39,6 +40,8 @@ const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 const PULL_IMAGE: &str = "127.0.0.1:5000/diplo/busybox:conformance";
 /// The longest a runtime's whole suite may take.
 const SUITE_BUDGET: Duration = Duration::from_secs(60);
+/// The longest a runtime's supervision suite (health checks, restart policies) may take.
+const SUPERVISION_BUDGET: Duration = Duration::from_secs(90);
 
 // ------------------------------------------------------------------ runtimes under test
 
@@ -54,6 +57,18 @@ async fn podman_conforms() {
     let socket = ProbeConfig::from_env().podman_socket;
     let runtime = podman::connect(&socket, RegistryConfig::default());
     run_suite(Target::new(runtime).with_backdoor(Cli::new("podman"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_supervises() {
+    let socket = ProbeConfig::from_env().docker_socket;
+    run_supervision(Target::new(DockerRuntime::connect(&socket, RegistryConfig::default(), Runtime::Docker))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_supervises() {
+    let socket = ProbeConfig::from_env().podman_socket;
+    run_supervision(Target::new(podman::connect(&socket, RegistryConfig::default()))).await;
 }
 
 // ------------------------------------------------------------------ harness
@@ -134,8 +149,10 @@ struct Target {
 }
 
 impl Target {
+    /// `runtime` as the agent drives it: behind its supervisor (health checks, restart
+    /// policies), keeping its records in memory.
     fn new(runtime: impl ContainerRuntime + 'static) -> Self {
-        Target { runtime: Arc::new(runtime), backdoor: None }
+        Target { runtime: Arc::new(Supervised::new(Arc::new(runtime), None)), backdoor: None }
     }
 
     fn with_backdoor(mut self, backdoor: impl Backdoor + 'static) -> Self {
@@ -245,27 +262,63 @@ impl Drop for Cleanup {
     }
 }
 
-/// Runs every case against `target`, in order, within [`SUITE_BUDGET`].
-async fn run_suite(target: Target) {
+/// The context of a suite over `target`, or `None` (after a loud message, or a failure
+/// under `CI=true`) when its runtime does not answer.
+async fn context(target: Target, suite: &str) -> Option<Ctx> {
     let kind = target.runtime.runtime();
     match target.runtime.version().await {
-        Ok(version) => println!("{kind} {version}: running the runtime conformance suite"),
+        Ok(version) => println!("{kind} {version}: running the runtime {suite} suite"),
         Err(error) => {
-            diplo_tests::skip_or_fail(&format!("{kind} is unavailable, its conformance suite is not run: {error}"));
-            return;
+            diplo_tests::skip_or_fail(&format!("{kind} is unavailable, its {suite} suite is not run: {error}"));
+            return None;
         }
     }
     let backdoor = target.backdoor.filter(|b| b.available());
-    if backdoor.is_none() {
+    if backdoor.is_none() && target_needs_backdoor(suite) {
         diplo_tests::skip_or_fail(&format!("{kind}: no working CLI, the out-of-band checks are not run"));
     }
     let prefix = format!("diplo-conf-{:08x}", rand::random::<u32>());
-    let ctx = Ctx {
+    Some(Ctx {
         runtime: target.runtime.clone(),
         backdoor: backdoor.clone(),
         prefix,
         cleanup: Cleanup { runtime: target.runtime, backdoor, leftovers: Mutex::default() },
-    };
+    })
+}
+
+/// Whether a suite has out-of-band checks (the supervision suite has none).
+fn target_needs_backdoor(suite: &str) -> bool {
+    suite == "conformance"
+}
+
+/// Runs the supervision cases against `target` (health checks and restart policies, the
+/// same on every runtime), within [`SUPERVISION_BUDGET`]; the cases run side by side.
+async fn run_supervision(target: Target) {
+    let kind = target.runtime.runtime();
+    let Some(ctx) = context(target, "supervision").await else { return };
+    let started = Instant::now();
+    tokio::join!(
+        timed(kind, "an_unhealthy_container_is_restarted_by_its_policy", an_unhealthy_container_is_restarted_by_its_policy(&ctx)),
+        timed(kind, "on_failure_gives_up_after_its_retries", on_failure_gives_up_after_its_retries(&ctx)),
+        timed(kind, "policy_no_and_stopped_by_hand_stay_down", policy_no_and_stopped_by_hand_stay_down(&ctx)),
+        timed(kind, "http_and_tcp_checks_probe_the_container", http_and_tcp_checks_probe_the_container(&ctx)),
+    );
+    let elapsed = started.elapsed();
+    drop(ctx);
+    println!("{kind}: supervision suite passed in {elapsed:.2?}");
+    assert!(elapsed < SUPERVISION_BUDGET, "the {kind} supervision suite took {elapsed:?} (budget {SUPERVISION_BUDGET:?})");
+}
+
+async fn timed(kind: Runtime, name: &str, case: impl std::future::Future<Output = ()>) {
+    let at = Instant::now();
+    case.await;
+    println!("  {kind} {name:<50} ok ({:.2?})", at.elapsed());
+}
+
+/// Runs every case against `target`, in order, within [`SUITE_BUDGET`].
+async fn run_suite(target: Target) {
+    let kind = target.runtime.runtime();
+    let Some(ctx) = context(target, "conformance").await else { return };
     let started = Instant::now();
     macro_rules! case {
         ($case:ident) => {{
@@ -382,6 +435,98 @@ fn assert_not_found(result: Result<impl std::fmt::Debug, RuntimeError>, what: &s
 const POLITE: &str = "trap 'exit 0' TERM; while true; do sleep 0.1; done";
 /// A container script that ignores SIGTERM.
 const STUBBORN: &str = "trap 'echo ignoring TERM' TERM; while true; do sleep 0.1; done";
+
+// ------------------------------------------------------------------ supervision cases
+
+/// A check every second, failing at once, with `probe`.
+fn check(probe: HealthProbe) -> HealthCheck {
+    HealthCheck { probe, interval: Duration::from_secs(1), timeout: Duration::from_secs(2), retries: 1, start_period: Duration::ZERO }
+}
+
+/// A health check that passes, then fails once its file is removed through exec, turns
+/// the container unhealthy; its policy restarts it (the restart count grows) and its
+/// health comes back.
+async fn an_unhealthy_container_is_restarted_by_its_policy(ctx: &Ctx) {
+    let spec = ContainerSpec {
+        restart_policy: RestartPolicy::Always,
+        healthcheck: Some(check(HealthProbe::Shell { command: "test -f /tmp/ok".into() })),
+        ..ctx.spec("unhealthy", &format!("touch /tmp/ok; {POLITE}"))
+    };
+    let id = ctx.run(&spec).await;
+    let info = ctx.rt().inspect(&id).await.expect("inspect");
+    assert!(matches!(info.health, Some(Health::Starting | Health::Healthy)), "a checked container reports its health: {info:?}");
+    ctx.wait_for(&id, Duration::from_secs(20), "healthy", |c| c.health == Some(Health::Healthy)).await;
+    let removed = ctx.rt().exec(&id, &["rm".to_owned(), "/tmp/ok".to_owned()]).await.expect("exec rm");
+    assert_eq!(removed.exit_code, 0, "{removed:?}");
+    let info =
+        ctx.wait_for(&id, Duration::from_secs(30), "restarted", |c| c.restart_count >= 1 && c.status == ContainerStatus::Running).await;
+    assert_eq!(info.restart_count, 1, "{info:?}");
+    // The new run creates its file again: healthy again, without another restart.
+    let info = ctx.wait_for(&id, Duration::from_secs(20), "healthy again", |c| c.health == Some(Health::Healthy)).await;
+    assert_eq!(info.restart_count, 1, "{info:?}");
+    ctx.rt().remove(&id, true).await.expect("remove");
+}
+
+/// `on-failure:2` restarts a failing command twice, then leaves it exited.
+async fn on_failure_gives_up_after_its_retries(ctx: &Ctx) {
+    let spec = ContainerSpec { restart_policy: RestartPolicy::OnFailure(Some(2)), ..ctx.spec("onfailure", "sleep 0.2; exit 3") };
+    let id = ctx.run(&spec).await;
+    let info = ctx.wait_for(&id, Duration::from_secs(30), "restarted twice", |c| c.restart_count >= 2).await;
+    assert_eq!(info.restart_count, 2, "{info:?}");
+    // The next restart would come within 4 s of back-off: none comes.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let info = ctx.rt().inspect(&id).await.expect("inspect");
+    assert_eq!((info.status, info.exit_code, info.restart_count), (ContainerStatus::Exited, 3, 2), "{info:?}");
+    ctx.rt().remove(&id, true).await.expect("remove");
+}
+
+/// Policy `no` restarts neither an exit nor an unhealthy container; a container stopped
+/// by hand stays stopped whatever its policy.
+async fn policy_no_and_stopped_by_hand_stay_down(ctx: &Ctx) {
+    let exits = ctx.run(&ctx.spec("no-exit", "sleep 0.2; exit 3")).await;
+    let sick = ContainerSpec { healthcheck: Some(check(HealthProbe::Exec { argv: vec!["false".into()] })), ..ctx.spec("no-sick", POLITE) };
+    let sick = ctx.run(&sick).await;
+    let stopped = ctx.run(&ContainerSpec { restart_policy: RestartPolicy::Always, ..ctx.spec("by-hand", POLITE) }).await;
+    ctx.wait_for(&stopped, Duration::from_secs(10), "running", |c| c.status == ContainerStatus::Running).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ctx.rt().stop(&stopped, Duration::from_secs(5)).await.expect("stop by hand");
+    ctx.wait_for(&exits, Duration::from_secs(10), "exited", |c| c.status == ContainerStatus::Exited).await;
+    ctx.wait_for(&sick, Duration::from_secs(20), "unhealthy", |c| c.health == Some(Health::Unhealthy)).await;
+    // Past the first back-off, nothing was restarted.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (id, status) in [(&exits, ContainerStatus::Exited), (&sick, ContainerStatus::Running), (&stopped, ContainerStatus::Exited)] {
+        let info = ctx.rt().inspect(id).await.expect("inspect");
+        assert_eq!((info.status, info.restart_count), (status, 0), "{info:?}");
+    }
+    assert_eq!(ctx.rt().inspect(&sick).await.expect("inspect").health, Some(Health::Unhealthy));
+    for id in [&exits, &sick, &stopped] {
+        ctx.rt().remove(id, true).await.expect("remove");
+    }
+}
+
+/// HTTP and TCP checks reach a busybox `httpd` in the container: a page that answers is
+/// healthy; a missing page (404) and a closed port are unhealthy.
+async fn http_and_tcp_checks_probe_the_container(ctx: &Ctx) {
+    let serve = "mkdir -p /tmp/www && echo ok > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www";
+    let cases = [
+        ("http-ok", HealthProbe::Http { port: 8080, path: "/index.html".into() }, Health::Healthy),
+        ("tcp-ok", HealthProbe::Tcp { port: 8080 }, Health::Healthy),
+        ("http-404", HealthProbe::Http { port: 8080, path: "/missing".into() }, Health::Unhealthy),
+        ("tcp-closed", HealthProbe::Tcp { port: 8081 }, Health::Unhealthy),
+    ];
+    let mut ids = Vec::new();
+    for (case, probe, _) in &cases {
+        let spec = ContainerSpec { healthcheck: Some(check(probe.clone())), ..ctx.spec(case, serve) };
+        ids.push(ctx.run(&spec).await);
+    }
+    for ((case, _, expected), id) in cases.iter().zip(&ids) {
+        let info = ctx.wait_for(id, Duration::from_secs(20), &format!("{case}: {expected:?}"), |c| c.health == Some(*expected)).await;
+        assert_eq!((info.status, info.restart_count), (ContainerStatus::Running, 0), "{case}: {info:?}");
+    }
+    for id in &ids {
+        ctx.rt().remove(id, true).await.expect("remove");
+    }
+}
 
 // ------------------------------------------------------------------ cases
 
@@ -866,6 +1011,18 @@ mod lxc_conformance {
         run_suite(Target::new(make()).with_backdoor(backdoor)).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lxc_supervises() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let runtime = LxcRuntime::new(
+            PathBuf::from(DEFAULT_LXC_PATH),
+            cache.path().to_path_buf(),
+            RegistryConfig::default(),
+            Arc::new(PortPublisher::new()),
+        );
+        run_supervision(Target::new(runtime)).await;
+    }
+
     /// `lxc-*` and skopeo; images are the driver's cached OCI layouts.
     struct LxcTools {
         /// Only asked where a reference's layout lives.
@@ -1024,6 +1181,15 @@ mod containerd_suite {
         match ContainerdRuntime::connect(SOCKET, RegistryConfig::default(), state.path().join("containerd")).await {
             Ok(runtime) => run_suite(Target::new(runtime).with_backdoor(Ctr)).await,
             Err(error) => diplo_tests::skip_or_fail(&format!("containerd is unavailable, its conformance suite is not run: {error}")),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn containerd_supervises() {
+        let state = tempfile::tempdir().expect("state directory");
+        match ContainerdRuntime::connect(SOCKET, RegistryConfig::default(), state.path().join("containerd")).await {
+            Ok(runtime) => run_supervision(Target::new(runtime)).await,
+            Err(error) => diplo_tests::skip_or_fail(&format!("containerd is unavailable, its supervision suite is not run: {error}")),
         }
     }
 }

@@ -263,13 +263,19 @@ fn table(containers: &[pb::ContainerState], names: &HashMap<String, String>) -> 
             c.id.chars().take(12).collect(),
             c.name.clone(),
             c.status.clone(),
+            health_cell(&c.health),
             runtime_name(c.runtime).to_owned(),
             crate::output::node_label(names, &c.node_id),
             ports.join(","),
             c.image.clone(),
         ]
     });
-    crate::output::table(["ID", "NAME", "STATUS", "RUNTIME", "NODE", "PORTS", "IMAGE"], rows)
+    crate::output::table(["ID", "NAME", "STATUS", "HEALTH", "RUNTIME", "NODE", "PORTS", "IMAGE"], rows)
+}
+
+/// The HEALTH cell: `starting`, `healthy` or `unhealthy`, `-` without a health check.
+fn health_cell(health: &str) -> String {
+    if health.is_empty() { "-".to_owned() } else { health.to_owned() }
 }
 
 pub(crate) fn parse_pairs(pairs: &[String], flag: &str) -> Result<HashMap<String, String>> {
@@ -292,6 +298,33 @@ pub(crate) fn parse_publish(text: &str) -> Result<pb::PortMapping> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_container_table_shows_health_on_every_runtime() {
+        let state = |runtime: pb::RuntimeKind, health: &str| pb::ContainerState {
+            id: format!("{}-id", runtime.short_name()),
+            name: "web".into(),
+            status: "running".into(),
+            runtime: runtime as i32,
+            health: health.into(),
+            ..Default::default()
+        };
+        let rows = [
+            state(pb::RuntimeKind::Docker, "healthy"),
+            state(pb::RuntimeKind::Podman, ""),
+            state(pb::RuntimeKind::Containerd, "unhealthy"),
+            state(pb::RuntimeKind::Lxc, "starting"),
+        ];
+        let rendered = table(&rows, &HashMap::new());
+        let lines: Vec<&str> = rendered.lines().collect();
+        assert!(lines[0].split_whitespace().eq(["ID", "NAME", "STATUS", "HEALTH", "RUNTIME", "NODE", "PORTS", "IMAGE"]), "{rendered}");
+        for (line, (health, runtime)) in
+            lines[1..].iter().zip([("healthy", "docker"), ("-", "podman"), ("unhealthy", "containerd"), ("starting", "lxc")])
+        {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(&cells[3..5], [health, runtime], "{rendered}");
+        }
+    }
 
     #[test]
     fn copy_arguments_name_exactly_one_container() {

@@ -397,18 +397,22 @@ pub fn plan(
                         plan.event("instance.running", &instance.id, format!("{} runs on node {node_id}", container.name));
                     }
                 }
+                // Its node's agent restarts an unhealthy container by its restart policy (on
+                // every runtime): a restart from here too would make two.
                 ContainerStatus::Running => {
                     instance.status = InstanceStatus::Failed;
-                    instance.message = "health check failing; restarting".into();
-                    if snapshot.usable(&node_id) {
-                        plan.command(snapshot, instance, &node_id, InstanceOp::Restart(container.id.clone()));
-                    }
+                    instance.message = format!(
+                        "health check failing; its node restarts it by its restart policy ({})",
+                        deployment.spec.container.restart_policy
+                    );
                 }
                 ContainerStatus::Created | ContainerStatus::Exited | ContainerStatus::Unknown => {
                     instance.status = InstanceStatus::Failed;
                     instance.message = format!("container exited with code {}", container.exit_code);
                     let policy = deployment.spec.container.restart_policy;
-                    let restart = policy != RestartPolicy::No && !(policy == RestartPolicy::OnFailure && container.exit_code == 0);
+                    // `on-failure:N` gives up after N restarts (the node counts them).
+                    let exhausted = policy.max_retries().is_some_and(|max| container.restart_count >= max);
+                    let restart = policy != RestartPolicy::No && !(policy.is_on_failure() && container.exit_code == 0) && !exhausted;
                     if restart && snapshot.usable(&node_id) && now - before.updated_at > FAILED_RETRY {
                         plan.command(snapshot, instance, &node_id, InstanceOp::Start(container.id.clone()));
                     }

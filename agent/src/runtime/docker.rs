@@ -626,7 +626,13 @@ impl ContainerRuntime for DockerRuntime {
         // port would accept connections and never answer: leave the address to it
         // (every address, which includes 0.0.0.0).
         let host_ip = (self.runtime != Runtime::Podman).then_some("0.0.0.0");
-        let body = docker_api::create_body(spec, labels, host_ip)?;
+        let mut body = docker_api::create_body(spec, labels, host_ip)?;
+        if self.runtime == Runtime::Podman {
+            // Podman runs health checks from systemd timers, which a host without systemd
+            // (or a Podman service outside it) never fires: the agent's supervisor probes
+            // them instead (see `crate::supervisor::Division`).
+            body.healthcheck = None;
+        }
         check_host_ports(&spec.ports)?;
         let docker = self.docker().await?;
         let options = CreateContainerOptions { name: Some(spec.name.clone()), platform: String::new() };

@@ -201,32 +201,38 @@ fn a_lost_copy_is_kept_until_its_replacement_runs() {
 }
 
 #[test]
-fn an_unhealthy_container_is_restarted() {
+fn an_unhealthy_container_is_left_to_its_nodes_supervisor() {
     let world = snapshot(&[("n1", READY, true)], vec![("n1", container("i1", ContainerStatus::Running, 0, Some(Health::Unhealthy)))], &[]);
     let plan = run_plan(&world, &deployment(1, 1), &[instance("i1", "n1", 1, InstanceStatus::Running, 60)]);
-    assert_eq!(commands(&plan), [cmd("i1", "restart")]);
-    assert_eq!(updated(&plan, "i1").status, InstanceStatus::Failed);
+    assert!(commands(&plan).is_empty(), "the node restarts it by its policy, not the control plane as well");
+    let failed = updated(&plan, "i1");
+    assert_eq!(failed.status, InstanceStatus::Failed);
+    assert!(failed.message.contains("health check failing") && failed.message.contains("always"), "{}", failed.message);
     assert!(plan.insert.is_empty(), "a failing instance is restarted in place, not replaced");
 }
 
 #[test]
 fn an_exit_is_restarted_by_policy_after_the_back_off() {
-    // (policy, exit code, seconds since the last change, started again?)
+    // (policy, exit code, restarts so far, seconds since the last change, started again?)
     let cases = [
-        (RestartPolicy::Always, 0, 60, true),
-        (RestartPolicy::Always, 1, 60, true),
-        (RestartPolicy::Always, 1, 2, false),
-        (RestartPolicy::OnFailure, 1, 60, true),
-        (RestartPolicy::OnFailure, 0, 60, false),
-        (RestartPolicy::No, 1, 60, false),
+        (RestartPolicy::Always, 0, 0, 60, true),
+        (RestartPolicy::Always, 1, 9, 60, true),
+        (RestartPolicy::Always, 1, 0, 2, false),
+        (RestartPolicy::ON_FAILURE, 1, 0, 60, true),
+        (RestartPolicy::ON_FAILURE, 0, 0, 60, false),
+        (RestartPolicy::OnFailure(Some(2)), 1, 1, 60, true),
+        (RestartPolicy::OnFailure(Some(2)), 1, 2, 60, false),
+        (RestartPolicy::No, 1, 0, 60, false),
     ];
-    for (policy, exit_code, age, restarted) in cases {
+    for (policy, exit_code, restart_count, age, restarted) in cases {
         let mut d = deployment(1, 1);
         d.spec.container.restart_policy = policy;
-        let world = snapshot(&[("n1", READY, true)], vec![("n1", container("i1", ContainerStatus::Exited, exit_code, None))], &[]);
+        let mut exited = container("i1", ContainerStatus::Exited, exit_code, None);
+        exited.info.restart_count = restart_count;
+        let world = snapshot(&[("n1", READY, true)], vec![("n1", exited)], &[]);
         let plan = run_plan(&world, &d, &[instance("i1", "n1", 1, InstanceStatus::Failed, age)]);
         let expected = if restarted { vec![cmd("i1", "start")] } else { vec![] };
-        assert_eq!(commands(&plan), expected, "{policy:?} exit {exit_code} after {age} s");
+        assert_eq!(commands(&plan), expected, "{policy:?} exit {exit_code} after {restart_count} restarts, {age} s");
     }
 }
 
