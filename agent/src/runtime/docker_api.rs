@@ -708,6 +708,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 retries: 3,
             }),
+            ..ContainerSpec::default()
         };
         let labels = labels_for(&spec, Some("node-1"));
         assert_eq!(labels.get(LABEL_INSTANCE).map(String::as_str), Some("web"));
