@@ -213,6 +213,78 @@ pub fn parse_user(text: &str) -> Result<UserSpec, String> {
     Ok(UserSpec { user: user_part(user)?, group: group.map(user_part).transpose()? })
 }
 
+/// The capabilities a container gets unless its spec says otherwise: Docker's default
+/// set, given on every runtime that honours `cap_add`/`cap_drop`.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// The capability set of a container: [`DEFAULT_CAPABILITIES`] without `cap_drop`
+/// (`ALL` drops every one), then with `cap_add` (`ALL` adds every known one), as
+/// `docker run --cap-drop/--cap-add` combine them. Unknown names are refused.
+pub fn effective_capabilities(cap_drop: &[String], cap_add: &[String]) -> Result<Vec<&'static str>, String> {
+    let drop = cap_drop.iter().map(|c| normalize_capability(c)).collect::<Result<Vec<_>, _>>()?;
+    let add = cap_add.iter().map(|c| normalize_capability(c)).collect::<Result<Vec<_>, _>>()?;
+    let mut caps: Vec<&'static str> = if drop.iter().any(|c| c == "ALL") {
+        Vec::new()
+    } else {
+        DEFAULT_CAPABILITIES.iter().copied().filter(|c| !drop.iter().any(|d| d == c)).collect()
+    };
+    for name in &add {
+        let more: Vec<&'static str> =
+            if name == "ALL" { KNOWN_CAPABILITIES.to_vec() } else { KNOWN_CAPABILITIES.iter().copied().filter(|c| c == name).collect() };
+        for cap in more {
+            if !caps.contains(&cap) {
+                caps.push(cap);
+            }
+        }
+    }
+    Ok(caps)
+}
+
+/// The argv a container runs, by `docker run`'s rules: a spec `entrypoint` replaces the
+/// image's Entrypoint and Cmd (followed by the spec's `command`); otherwise the image's
+/// Entrypoint followed by the spec's `command`, or by the image's Cmd when the spec has none.
+pub fn process_argv(spec: &ContainerSpec, image_entrypoint: &[String], image_cmd: &[String]) -> Vec<String> {
+    if !spec.entrypoint.is_empty() {
+        return spec.entrypoint.iter().chain(&spec.command).cloned().collect();
+    }
+    let rest = if spec.command.is_empty() { image_cmd } else { &spec.command };
+    image_entrypoint.iter().chain(rest).cloned().collect()
+}
+
+/// The mount options of a tmpfs entry (`PATH[:OPTIONS]`), normalised: sizes in bytes
+/// (`size=67108864`), modes in octal, flags as given. Only for entries
+/// [`ContainerSpec::check_options`] accepted (anything else is left out).
+pub fn tmpfs_options(entry: &str) -> Vec<String> {
+    let (_, options) = split_tmpfs(entry);
+    options
+        .split(',')
+        .filter(|o| !o.is_empty())
+        .filter_map(|option| match option.split_once('=') {
+            Some(("size", size)) => crate::container::parse_memory(size).ok().map(|bytes| format!("size={bytes}")),
+            Some(("mode", mode)) if !mode.is_empty() && mode.len() <= 4 && mode.chars().all(|c| ('0'..='7').contains(&c)) => {
+                Some(format!("mode={mode}"))
+            }
+            None if matches!(option, "noexec" | "exec" | "nosuid" | "suid" | "nodev" | "dev" | "ro" | "rw") => Some(option.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A spec field at fault and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {message}")]
@@ -333,6 +405,10 @@ impl ContainerSpec {
         }
         if !self.working_dir.is_empty() {
             check_absolute("working_dir", &self.working_dir)?;
+            // The process's leaked descriptors (/proc/self/fd/N) would lead out of the container.
+            if self.working_dir.split('/').find(|part| !part.is_empty() && *part != ".") == Some("proc") {
+                return Err(refuse("working_dir", format!("{:?} lies under /proc", self.working_dir)));
+            }
         }
         if !self.stop_signal.is_empty() {
             normalize_signal(&self.stop_signal).map_err(|message| refuse("stop_signal", message))?;
@@ -409,6 +485,7 @@ mod tests {
             (ContainerSpec { working_dir: "srv".into(), ..base() }, "working_dir"),
             (ContainerSpec { working_dir: "/srv\0".into(), ..base() }, "working_dir"),
             (ContainerSpec { working_dir: "/a/../../etc".into(), ..base() }, "working_dir"),
+            (ContainerSpec { working_dir: "/proc/self/fd/7".into(), ..base() }, "working_dir"),
             (ContainerSpec { stop_signal: "SIGNOPE".into(), ..base() }, "stop_signal"),
             (ContainerSpec { stop_signal: "15".into(), ..base() }, "stop_signal"),
             (ContainerSpec { stop_grace: Some(MAX_STOP_GRACE_SECONDS + 1), ..base() }, "stop_grace"),
@@ -438,5 +515,39 @@ mod tests {
         assert_eq!(parse_user("nobody"), Ok(UserSpec { user: UserPart::Name("nobody".into()), group: None }));
         assert_eq!(split_tmpfs("/run:size=1m"), ("/run", "size=1m"));
         assert_eq!(split_tmpfs("/run"), ("/run", ""));
+        assert_eq!(tmpfs_options("/run:size=1m,mode=700,noexec,evil=1"), vec!["size=1048576", "mode=700", "noexec"]);
+        assert!(tmpfs_options("/run").is_empty());
+    }
+
+    #[test]
+    fn capabilities_combine_as_docker_run_does() {
+        let caps = |drop: &[&str], add: &[&str]| {
+            effective_capabilities(
+                &drop.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                &add.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(caps(&[], &[]).unwrap(), DEFAULT_CAPABILITIES.to_vec());
+        assert_eq!(caps(&["ALL"], &["net_bind_service"]).unwrap(), vec!["CAP_NET_BIND_SERVICE"]);
+        let without_raw = caps(&["NET_RAW"], &["SYS_TIME"]).unwrap();
+        assert!(!without_raw.contains(&"CAP_NET_RAW") && without_raw.contains(&"CAP_SYS_TIME") && without_raw.contains(&"CAP_CHOWN"));
+        assert_eq!(caps(&["ALL"], &["ALL"]).unwrap().len(), KNOWN_CAPABILITIES.len());
+        assert!(caps(&["bogus"], &[]).is_err());
+    }
+
+    #[test]
+    fn argv_follows_docker_run() {
+        let image_entry = vec!["/entry".to_owned()];
+        let image_cmd = vec!["serve".to_owned()];
+        let spec = |entrypoint: &[&str], command: &[&str]| ContainerSpec {
+            entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            ..ContainerSpec::default()
+        };
+        assert_eq!(process_argv(&spec(&[], &[]), &image_entry, &image_cmd), ["/entry", "serve"]);
+        assert_eq!(process_argv(&spec(&[], &["run"]), &image_entry, &image_cmd), ["/entry", "run"]);
+        assert_eq!(process_argv(&spec(&["/bin/sh", "-c"], &[]), &image_entry, &image_cmd), ["/bin/sh", "-c"]);
+        assert_eq!(process_argv(&spec(&["/bin/sh", "-c"], &["echo hi"]), &image_entry, &image_cmd), ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(process_argv(&spec(&[], &["ls"]), &[], &image_cmd), ["ls"]);
     }
 }
