@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,19 +21,38 @@ pub fn is_reserved_label(key: &str) -> bool {
     key.get(..RESERVED_LABEL_PREFIX.len()).is_some_and(|prefix| prefix.eq_ignore_ascii_case(RESERVED_LABEL_PREFIX))
 }
 
-/// When a runtime restarts a container by itself.
+/// When a container is restarted after it exits (and, when it has a health check, after
+/// it turns unhealthy).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String", into = "String")]
 pub enum RestartPolicy {
     /// Never.
     #[default]
     No,
-    /// Always, also after a daemon restart.
+    /// Always, also after a daemon or agent restart.
     Always,
-    /// When it exits non-zero.
-    OnFailure,
+    /// When it exits non-zero (`on-failure`), at most N times in a row (`on-failure:N`).
+    OnFailure(Option<u32>),
     /// Always, unless it was stopped by hand.
     UnlessStopped,
+}
+
+impl RestartPolicy {
+    /// `on-failure` without a limit.
+    pub const ON_FAILURE: RestartPolicy = RestartPolicy::OnFailure(None);
+
+    /// Whether the policy is `on-failure`, with or without a limit.
+    pub fn is_on_failure(self) -> bool {
+        matches!(self, RestartPolicy::OnFailure(_))
+    }
+
+    /// The most restarts in a row `on-failure:N` allows; `None` for no limit.
+    pub fn max_retries(self) -> Option<u32> {
+        match self {
+            RestartPolicy::OnFailure(max) => max,
+            _ => None,
+        }
+    }
 }
 
 impl FromStr for RestartPolicy {
@@ -44,21 +62,43 @@ impl FromStr for RestartPolicy {
         match s {
             "" | "no" => Ok(RestartPolicy::No),
             "always" => Ok(RestartPolicy::Always),
-            "on-failure" => Ok(RestartPolicy::OnFailure),
+            "on-failure" => Ok(RestartPolicy::OnFailure(None)),
             "unless-stopped" => Ok(RestartPolicy::UnlessStopped),
-            other => Err(format!("unknown restart policy {other:?}: expected no, always, on-failure or unless-stopped")),
+            other => match other.strip_prefix("on-failure:") {
+                Some(count) => match count.parse::<u32>() {
+                    Ok(0) => Ok(RestartPolicy::OnFailure(None)),
+                    Ok(max) => Ok(RestartPolicy::OnFailure(Some(max))),
+                    Err(_) => Err(format!("{other:?}: the on-failure retry count must be a number (on-failure:3)")),
+                },
+                None => Err(format!("unknown restart policy {other:?}: expected no, always, on-failure[:N] or unless-stopped")),
+            },
         }
     }
 }
 
 impl fmt::Display for RestartPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RestartPolicy::No => "no",
-            RestartPolicy::Always => "always",
-            RestartPolicy::OnFailure => "on-failure",
-            RestartPolicy::UnlessStopped => "unless-stopped",
-        })
+        match self {
+            RestartPolicy::No => f.write_str("no"),
+            RestartPolicy::Always => f.write_str("always"),
+            RestartPolicy::OnFailure(None) => f.write_str("on-failure"),
+            RestartPolicy::OnFailure(Some(max)) => write!(f, "on-failure:{max}"),
+            RestartPolicy::UnlessStopped => f.write_str("unless-stopped"),
+        }
+    }
+}
+
+impl TryFrom<String> for RestartPolicy {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<RestartPolicy> for String {
+    fn from(policy: RestartPolicy) -> Self {
+        policy.to_string()
     }
 }
 
@@ -102,18 +142,7 @@ impl Mount {
     }
 }
 
-/// A command run inside the container to judge its health.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthCheck {
-    /// argv of the check; exit 0 means healthy.
-    pub test: Vec<String>,
-    /// Time between checks.
-    pub interval: Duration,
-    /// Time a check may take.
-    pub timeout: Duration,
-    /// Consecutive failures before unhealthy.
-    pub retries: u32,
-}
+pub use crate::health::{HealthCheck, HealthProbe};
 
 /// Everything needed to create a container, on any runtime.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -423,10 +452,23 @@ mod tests {
 
     #[test]
     fn restart_policies_parse_and_print() {
-        for policy in [RestartPolicy::No, RestartPolicy::Always, RestartPolicy::OnFailure, RestartPolicy::UnlessStopped] {
+        for policy in [
+            RestartPolicy::No,
+            RestartPolicy::Always,
+            RestartPolicy::ON_FAILURE,
+            RestartPolicy::OnFailure(Some(2)),
+            RestartPolicy::UnlessStopped,
+        ] {
             assert_eq!(policy.to_string().parse::<RestartPolicy>(), Ok(policy));
+            assert_eq!(serde_json::from_value::<RestartPolicy>(serde_json::to_value(policy).expect("encodes")).ok(), Some(policy));
         }
-        assert!("sometimes".parse::<RestartPolicy>().is_err());
+        assert_eq!("on-failure:3".parse::<RestartPolicy>(), Ok(RestartPolicy::OnFailure(Some(3))));
+        assert_eq!(RestartPolicy::OnFailure(Some(3)).to_string(), "on-failure:3");
+        assert_eq!("on-failure:0".parse::<RestartPolicy>(), Ok(RestartPolicy::ON_FAILURE));
+        assert_eq!(serde_json::to_value(RestartPolicy::UnlessStopped).ok(), Some(serde_json::json!("unless-stopped")));
+        for bad in ["sometimes", "on-failure:", "on-failure:x", "on-failure:-1", "always:2"] {
+            assert!(bad.parse::<RestartPolicy>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod container;
 pub mod context;
 pub mod files;
 pub mod fingerprint;
+pub mod health;
 pub mod options;
 pub mod pki;
 #[cfg(feature = "registry")]

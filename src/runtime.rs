@@ -321,15 +321,7 @@ mod tests {
     fn capabilities_say_what_each_driver_supports_and_drive_refusals() {
         use crate::container::{ContainerSpec, HealthCheck};
         let cases = [(Docker, true), (Podman, true), (Containerd, false), (Lxc, false)];
-        let checked = ContainerSpec {
-            healthcheck: Some(HealthCheck {
-                test: vec!["true".into()],
-                interval: std::time::Duration::from_secs(5),
-                timeout: std::time::Duration::from_secs(1),
-                retries: 3,
-            }),
-            ..ContainerSpec::default()
-        };
+        let checked = ContainerSpec { healthcheck: Some(HealthCheck::command(vec!["true".into()])), ..ContainerSpec::default() };
         for (runtime, daemon_side) in cases {
             let capabilities = runtime.capabilities();
             for common in COMMON_CAPABILITIES {

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use crate::container::{
-    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, Health, HealthCheck, Mount, PortMapping, Protocol, RestartPolicy,
+    ContainerInfo, ContainerSpec, ContainerStats, ContainerStatus, Health, HealthCheck, HealthProbe, Mount, PortMapping, Protocol,
+    RestartPolicy,
 };
 use crate::pb;
 use crate::text::node_text;
@@ -59,12 +60,7 @@ impl From<&ContainerSpec> for pb::ContainerSpec {
             cap_drop: spec.cap_drop.clone(),
             no_new_privileges: spec.no_new_privileges,
             labels: spec.labels.clone().into_iter().collect(),
-            healthcheck: spec.healthcheck.as_ref().map(|h| pb::HealthCheck {
-                test: h.test.clone(),
-                interval_seconds: u32::try_from(h.interval.as_secs()).unwrap_or(u32::MAX),
-                timeout_seconds: u32::try_from(h.timeout.as_secs()).unwrap_or(u32::MAX),
-                retries: h.retries,
-            }),
+            healthcheck: spec.healthcheck.as_ref().map(health_to_wire),
             pids_limit: spec.pids_limit.unwrap_or(0),
             cap_add: spec.cap_add.clone(),
             user: spec.user.clone(),
@@ -116,15 +112,7 @@ impl TryFrom<pb::ContainerSpec> for ContainerSpec {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let restart_policy: RestartPolicy = spec.restart_policy.parse().map_err(|e: String| invalid("restart_policy", e))?;
-        let healthcheck = match spec.healthcheck {
-            Some(h) if !h.test.is_empty() => Some(HealthCheck {
-                test: h.test,
-                interval: Duration::from_secs(u64::from(h.interval_seconds.max(1))),
-                timeout: Duration::from_secs(u64::from(h.timeout_seconds.max(1))),
-                retries: h.retries.max(1),
-            }),
-            _ => None,
-        };
+        let healthcheck = spec.healthcheck.map(health_from_wire).transpose()?.flatten();
         Ok(ContainerSpec {
             name: spec.name,
             image: spec.image,
@@ -151,6 +139,58 @@ impl TryFrom<pb::ContainerSpec> for ContainerSpec {
             memory_reservation: (spec.memory_reservation > 0).then_some(spec.memory_reservation),
         })
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn health_to_wire(check: &HealthCheck) -> pb::HealthCheck {
+    let (port, path) = match &check.probe {
+        HealthProbe::Http { port, path } => (u32::from(*port), path.clone()),
+        HealthProbe::Tcp { port } => (u32::from(*port), String::new()),
+        HealthProbe::Exec { .. } | HealthProbe::Shell { .. } => (0, String::new()),
+    };
+    pb::HealthCheck {
+        test: check.probe.test().unwrap_or_default(),
+        interval_seconds: u32::try_from(check.interval.as_secs()).unwrap_or(u32::MAX),
+        timeout_seconds: u32::try_from(check.timeout.as_secs()).unwrap_or(u32::MAX),
+        retries: check.retries,
+        kind: check.probe.kind().to_owned(),
+        port,
+        path,
+        start_period_ms: millis(check.start_period),
+        interval_ms: millis(check.interval),
+        timeout_ms: millis(check.timeout),
+    }
+}
+
+/// A wire health check as the domain's, checked against the bounds; `None` for a command
+/// check with an empty test or `["NONE"]` (no check).
+fn health_from_wire(h: pb::HealthCheck) -> Result<Option<HealthCheck>, WireError> {
+    let probe = match h.kind.as_str() {
+        "" | "cmd" if h.test.is_empty() => return Ok(None),
+        "" | "cmd" => match HealthProbe::from_test(&h.test).map_err(|e| invalid("healthcheck.test", e))? {
+            Some(probe) => probe,
+            None => return Ok(None),
+        },
+        "http" => HealthProbe::Http {
+            port: port("healthcheck.port".into(), h.port)?,
+            path: if h.path.is_empty() { "/".to_owned() } else { h.path },
+        },
+        "tcp" => HealthProbe::Tcp { port: port("healthcheck.port".into(), h.port)? },
+        other => return Err(invalid("healthcheck.kind", format!("{other:?}: expected cmd, http or tcp"))),
+    };
+    let period = |ms: u64, seconds: u32| if ms > 0 { Duration::from_millis(ms) } else { Duration::from_secs(u64::from(seconds.max(1))) };
+    let check = HealthCheck {
+        probe,
+        interval: period(h.interval_ms, h.interval_seconds),
+        timeout: period(h.timeout_ms, h.timeout_seconds),
+        retries: h.retries.max(1),
+        start_period: Duration::from_millis(h.start_period_ms),
+    };
+    check.validate().map_err(|e| invalid(e.field, e.message))?;
+    Ok(Some(check))
 }
 
 fn status_name(status: ContainerStatus) -> &'static str {
@@ -432,10 +472,11 @@ mod tests {
             no_new_privileges: true,
             labels: [("team".to_owned(), "a".to_owned())].into(),
             healthcheck: Some(HealthCheck {
-                test: vec!["true".into()],
+                probe: HealthProbe::Exec { argv: vec!["true".into()] },
                 interval: Duration::from_secs(5),
                 timeout: Duration::from_secs(2),
                 retries: 3,
+                start_period: Duration::ZERO,
             }),
             pids_limit: Some(64),
             cap_add: vec!["NET_BIND_SERVICE".into()],
@@ -451,7 +492,45 @@ mod tests {
     #[test]
     fn specs_round_trip() {
         let spec = spec();
-        assert_eq!(ContainerSpec::try_from(pb::ContainerSpec::from(&spec)), Ok(spec));
+        assert_eq!(ContainerSpec::try_from(pb::ContainerSpec::from(&spec)), Ok(spec.clone()));
+        let base = spec.healthcheck.clone().expect("a check");
+        for probe in [
+            HealthProbe::Shell { command: "test -f /tmp/ok".into() },
+            HealthProbe::Http { port: 8080, path: "/healthz".into() },
+            HealthProbe::Tcp { port: 5432 },
+        ] {
+            let check = HealthCheck { probe, interval: Duration::from_millis(1500), start_period: Duration::from_secs(10), ..base.clone() };
+            let spec = ContainerSpec { healthcheck: Some(check), restart_policy: RestartPolicy::OnFailure(Some(2)), ..spec.clone() };
+            assert_eq!(ContainerSpec::try_from(pb::ContainerSpec::from(&spec)), Ok(spec));
+        }
+    }
+
+    #[test]
+    fn wire_health_checks_take_compose_forms_and_name_bad_fields() {
+        let with = |check: pb::HealthCheck| {
+            ContainerSpec::try_from(pb::ContainerSpec { healthcheck: Some(check), ..pb::ContainerSpec::from(&spec()) })
+        };
+        let cmd = |test: &[&str]| pb::HealthCheck {
+            test: test.iter().map(|s| (*s).to_owned()).collect(),
+            interval_seconds: 5,
+            ..Default::default()
+        };
+        assert_eq!(with(cmd(&["NONE"])).map(|s| s.healthcheck), Ok(None));
+        assert_eq!(with(pb::HealthCheck::default()).map(|s| s.healthcheck), Ok(None));
+        let shell = with(cmd(&["CMD-SHELL", "exit 0"])).expect("shell").healthcheck.expect("a check");
+        assert_eq!(shell.probe, HealthProbe::Shell { command: "exit 0".into() });
+        assert_eq!((shell.interval, shell.timeout, shell.retries), (Duration::from_secs(5), Duration::from_secs(1), 1));
+        let http = with(pb::HealthCheck { kind: "http".into(), port: 80, ..cmd(&[]) }).expect("http").healthcheck.expect("a check");
+        assert_eq!(http.probe, HealthProbe::Http { port: 80, path: "/".into() });
+        let field = |check| with(check).expect_err("refused").field;
+        assert_eq!(field(pb::HealthCheck { kind: "tcp".into(), ..cmd(&[]) }), "healthcheck.port");
+        assert_eq!(field(pb::HealthCheck { kind: "http".into(), port: 80, path: "x".into(), ..cmd(&[]) }), "healthcheck.path");
+        assert_eq!(field(pb::HealthCheck { kind: "grpc".into(), ..cmd(&[]) }), "healthcheck.kind");
+        assert_eq!(field(cmd(&["CMD-SHELL"])), "healthcheck.test");
+        assert_eq!(field(pb::HealthCheck { interval_ms: 200, ..cmd(&["true"]) }), "healthcheck.interval");
+        assert_eq!(field(pb::HealthCheck { timeout_seconds: 7200, ..cmd(&["true"]) }), "healthcheck.timeout");
+        assert_eq!(field(pb::HealthCheck { retries: 1000, ..cmd(&["true"]) }), "healthcheck.retries");
+        assert_eq!(field(pb::HealthCheck { start_period_ms: 4_000_000, ..cmd(&["true"]) }), "healthcheck.start_period");
     }
 
     #[test]

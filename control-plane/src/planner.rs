@@ -408,7 +408,7 @@ pub fn plan(
                     instance.status = InstanceStatus::Failed;
                     instance.message = format!("container exited with code {}", container.exit_code);
                     let policy = deployment.spec.container.restart_policy;
-                    let restart = policy != RestartPolicy::No && !(policy == RestartPolicy::OnFailure && container.exit_code == 0);
+                    let restart = policy != RestartPolicy::No && !(policy.is_on_failure() && container.exit_code == 0);
                     if restart && snapshot.usable(&node_id) && now - before.updated_at > FAILED_RETRY {
                         plan.command(snapshot, instance, &node_id, InstanceOp::Start(container.id.clone()));
                     }

@@ -282,10 +282,13 @@ mod cases {
                 no_new_privileges: true,
                 labels: labels(&[("team", "web")]),
                 healthcheck: Some(HealthCheck {
-                    test: vec!["curl".to_owned(), "-f".to_owned(), "localhost".to_owned()],
+                    probe: diplo_api::container::HealthProbe::Exec {
+                        argv: vec!["curl".to_owned(), "-f".to_owned(), "localhost".to_owned()],
+                    },
                     interval: std::time::Duration::from_secs(30),
                     timeout: std::time::Duration::from_millis(2500),
                     retries: 3,
+                    start_period: std::time::Duration::from_secs(5),
                 }),
                 pids_limit: Some(128),
                 cap_add: vec!["NET_BIND_SERVICE".to_owned()],

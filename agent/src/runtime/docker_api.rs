@@ -215,27 +215,32 @@ pub(crate) fn create_body(
         Some(diplo_api::options::stop_signal(spec).map_err(|message| invalid("stop_signal", message))?.0.to_owned())
     };
 
+    // The daemon runs command checks itself (its state reports their health); HTTP and
+    // TCP checks are probed from the node by the agent's supervisor.
     let healthcheck = match &spec.healthcheck {
         None => None,
         Some(check) => {
-            if check.test.is_empty() {
-                return Err(invalid("healthcheck", "the health check command is empty"));
+            check.validate().map_err(|e| invalid(e.field, e.message))?;
+            match check.probe.test() {
+                None => None,
+                Some(test) => Some(HealthConfig {
+                    test: Some(test),
+                    interval: Some(duration_nanos("healthcheck.interval", check.interval)?),
+                    timeout: Some(duration_nanos("healthcheck.timeout", check.timeout)?),
+                    retries: Some(i64::from(check.retries)),
+                    start_period: (!check.start_period.is_zero())
+                        .then(|| duration_nanos("healthcheck.start_period", check.start_period))
+                        .transpose()?,
+                    ..Default::default()
+                }),
             }
-            let test = std::iter::once("CMD".to_owned()).chain(check.test.iter().cloned()).collect();
-            Some(HealthConfig {
-                test: Some(test),
-                interval: Some(duration_nanos("healthcheck", check.interval)?),
-                timeout: Some(duration_nanos("healthcheck", check.timeout)?),
-                retries: Some(i64::from(check.retries)),
-                ..Default::default()
-            })
         }
     };
 
     let restart = match spec.restart_policy {
         RestartPolicy::No => RestartPolicyNameEnum::NO,
         RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
-        RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        RestartPolicy::OnFailure(_) => RestartPolicyNameEnum::ON_FAILURE,
         RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
     };
 
@@ -245,7 +250,7 @@ pub(crate) fn create_body(
         mounts: (!mounts.is_empty()).then_some(mounts),
         memory,
         nano_cpus,
-        restart_policy: Some(ApiRestart { name: Some(restart), maximum_retry_count: None }),
+        restart_policy: Some(ApiRestart { name: Some(restart), maximum_retry_count: spec.restart_policy.max_retries().map(i64::from) }),
         readonly_rootfs: Some(spec.read_only),
         tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
         cap_drop: (!spec.cap_drop.is_empty()).then(|| spec.cap_drop.clone()),
@@ -725,17 +730,18 @@ mod tests {
             ],
             memory_bytes: Some(64 << 20),
             cpu_millis: Some(500),
-            restart_policy: RestartPolicy::OnFailure,
+            restart_policy: RestartPolicy::OnFailure(Some(4)),
             read_only: true,
             tmpfs: vec!["/tmp".into()],
             cap_drop: vec!["ALL".into()],
             no_new_privileges: true,
             labels: BTreeMap::new(),
             healthcheck: Some(HealthCheck {
-                test: vec!["true".into()],
+                probe: diplo_api::container::HealthProbe::Exec { argv: vec!["true".into()] },
                 interval: Duration::from_secs(2),
                 timeout: Duration::from_secs(1),
                 retries: 3,
+                start_period: Duration::ZERO,
             }),
             ..ContainerSpec::default()
         };

@@ -13,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
-use diplo_api::container::{ContainerSpec, HealthCheck, Mount, PortMapping, Protocol, RestartPolicy};
+use diplo_api::container::{ContainerSpec, HealthCheck, HealthProbe, Mount, PortMapping, Protocol, RestartPolicy};
 use diplo_api::runtime::Runtime;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -196,12 +196,20 @@ impl DeployBody {
         let (memory_bytes, cpu_millis) = self.resources.unwrap_or_default().limits()?;
         let healthcheck = match self.healthcheck {
             Some(h) if h.test.is_empty() => return Err(ServiceError::invalid("healthcheck.test", "a command is required")),
-            Some(h) => Some(HealthCheck {
-                test: h.test,
-                interval: Duration::from_secs(h.interval.max(1)),
-                timeout: Duration::from_secs(h.timeout.max(1)),
-                retries: h.retries.max(1),
-            }),
+            Some(h) => match HealthProbe::from_test(&h.test).map_err(|e| ServiceError::invalid("healthcheck.test", e))? {
+                Some(probe) => {
+                    let check = HealthCheck {
+                        probe,
+                        interval: Duration::from_secs(h.interval.max(1)),
+                        timeout: Duration::from_secs(h.timeout.max(1)),
+                        retries: h.retries.max(1),
+                        start_period: Duration::ZERO,
+                    };
+                    check.validate().map_err(|e| ServiceError::invalid(e.field, e.message))?;
+                    Some(check)
+                }
+                None => None,
+            },
             None => None,
         };
         let container = ContainerSpec {

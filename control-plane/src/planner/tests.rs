@@ -216,8 +216,8 @@ fn an_exit_is_restarted_by_policy_after_the_back_off() {
         (RestartPolicy::Always, 0, 60, true),
         (RestartPolicy::Always, 1, 60, true),
         (RestartPolicy::Always, 1, 2, false),
-        (RestartPolicy::OnFailure, 1, 60, true),
-        (RestartPolicy::OnFailure, 0, 60, false),
+        (RestartPolicy::ON_FAILURE, 1, 60, true),
+        (RestartPolicy::ON_FAILURE, 0, 60, false),
         (RestartPolicy::No, 1, 60, false),
     ];
     for (policy, exit_code, age, restarted) in cases {
