@@ -1062,7 +1062,7 @@ fn host_cgroup_limits(pid: u32) -> String {
     let path_of = |controller: &str| {
         cgroups
             .lines()
-            .filter_map(|line| line.splitn(3, ':').nth(1).zip(line.splitn(3, ':').nth(2)))
+            .filter_map(|line| line.split_once(':').and_then(|(_, rest)| rest.split_once(':')))
             .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
             .map(|(_, path)| path.to_owned())
     };

@@ -53,7 +53,7 @@ pub struct DeployArgs {
     pub restart: String,
     /// Limits, hardening, stop and health options.
     #[command(flatten)]
-    pub options: crate::workload::WorkloadFlags,
+    pub options: Box<crate::workload::WorkloadFlags>,
     /// Same key twice creates one deployment.
     #[arg(long)]
     pub idempotency_key: Option<String>,

@@ -205,7 +205,7 @@ pub(crate) enum ContainersCommand {
         restart: String,
         /// Limits, hardening, stop and health options.
         #[command(flatten)]
-        options: workload::WorkloadFlags,
+        options: Box<workload::WorkloadFlags>,
         /// Image reference.
         image: String,
         /// Command and arguments.
