@@ -536,6 +536,32 @@ mod tests {
     }
 
     #[test]
+    fn every_runtime_honours_every_limit_and_hardening_option() {
+        // The capability table refuses none of these on any runtime: each driver applies
+        // them (the conformance suite checks them inside the containers).
+        let spec = ContainerSpec {
+            memory_bytes: Some(64 << 20),
+            memory_reservation: Some(32 << 20),
+            cpu_millis: Some(500),
+            pids_limit: Some(64),
+            read_only: true,
+            tmpfs: vec!["/scratch:size=1m".into()],
+            cap_drop: vec!["ALL".into()],
+            cap_add: vec!["NET_BIND_SERVICE".into()],
+            no_new_privileges: true,
+            user: "1234:2345".into(),
+            working_dir: "/home".into(),
+            entrypoint: vec!["/bin/sh".into(), "-c".into()],
+            stop_signal: "SIGUSR1".into(),
+            stop_grace: Some(1),
+            ..ContainerSpec::default()
+        };
+        for runtime in crate::runtime::Runtime::ALL {
+            assert_eq!(runtime.check_spec(&spec), Ok(()), "{runtime}");
+        }
+    }
+
+    #[test]
     fn argv_follows_docker_run() {
         let image_entry = vec!["/entry".to_owned()];
         let image_cmd = vec!["serve".to_owned()];
