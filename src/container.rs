@@ -177,6 +177,30 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     /// Health check.
     pub healthcheck: Option<HealthCheck>,
+    /// Most processes (tasks) the container may run; `None` leaves the runtime's default.
+    #[serde(default)]
+    pub pids_limit: Option<u32>,
+    /// Capabilities to add to the runtime's default set (`NET_ADMIN` or `CAP_NET_ADMIN`).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// User the process runs as: `uid[:gid]` or `name[:group]`; empty keeps the image's.
+    #[serde(default)]
+    pub user: String,
+    /// Absolute working directory of the process; empty keeps the image's.
+    #[serde(default)]
+    pub working_dir: String,
+    /// Signal that asks the process to stop (`SIGTERM`, `INT`, ...); empty means `SIGTERM`.
+    #[serde(default)]
+    pub stop_signal: String,
+    /// Seconds between the stop signal and SIGKILL; `None` leaves the driver's default.
+    #[serde(default)]
+    pub stop_grace: Option<u32>,
+    /// argv prefix replacing the image's entrypoint; empty keeps the image's.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// Memory the container is guaranteed (soft limit), bytes.
+    #[serde(default)]
+    pub memory_reservation: Option<u64>,
 }
 
 /// A container's lifecycle state.

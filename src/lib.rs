@@ -20,6 +20,7 @@ pub mod context;
 pub mod files;
 pub mod fingerprint;
 pub mod health;
+pub mod options;
 pub mod pki;
 #[cfg(feature = "registry")]
 pub mod registry;

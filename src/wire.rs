@@ -61,6 +61,14 @@ impl From<&ContainerSpec> for pb::ContainerSpec {
             no_new_privileges: spec.no_new_privileges,
             labels: spec.labels.clone().into_iter().collect(),
             healthcheck: spec.healthcheck.as_ref().map(health_to_wire),
+            pids_limit: spec.pids_limit.unwrap_or(0),
+            cap_add: spec.cap_add.clone(),
+            user: spec.user.clone(),
+            working_dir: spec.working_dir.clone(),
+            stop_signal: spec.stop_signal.clone(),
+            stop_grace_seconds: spec.stop_grace,
+            entrypoint: spec.entrypoint.clone(),
+            memory_reservation: spec.memory_reservation.unwrap_or(0),
         }
     }
 }
@@ -121,6 +129,14 @@ impl TryFrom<pb::ContainerSpec> for ContainerSpec {
             no_new_privileges: spec.no_new_privileges,
             labels: spec.labels.into_iter().collect(),
             healthcheck,
+            pids_limit: (spec.pids_limit > 0).then_some(spec.pids_limit),
+            cap_add: spec.cap_add,
+            user: spec.user,
+            working_dir: spec.working_dir,
+            stop_signal: spec.stop_signal,
+            stop_grace: spec.stop_grace_seconds,
+            entrypoint: spec.entrypoint,
+            memory_reservation: (spec.memory_reservation > 0).then_some(spec.memory_reservation),
         })
     }
 }
@@ -462,6 +478,14 @@ mod tests {
                 retries: 3,
                 start_period: Duration::ZERO,
             }),
+            pids_limit: Some(64),
+            cap_add: vec!["NET_BIND_SERVICE".into()],
+            user: "1000:1000".into(),
+            working_dir: "/srv".into(),
+            stop_signal: "SIGINT".into(),
+            stop_grace: Some(0),
+            entrypoint: vec!["/bin/sh".into(), "-c".into()],
+            memory_reservation: Some(32 << 20),
         }
     }
 

@@ -39,7 +39,7 @@ const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
 /// `ensure_image` really pulls (the suite adds it to the registry if missing).
 const PULL_IMAGE: &str = "127.0.0.1:5000/diplo/busybox:conformance";
 /// The longest a runtime's whole suite may take.
-const SUITE_BUDGET: Duration = Duration::from_secs(60);
+const SUITE_BUDGET: Duration = Duration::from_secs(90);
 /// The longest a runtime's supervision suite (health checks, restart policies) may take.
 const SUPERVISION_BUDGET: Duration = Duration::from_secs(90);
 
@@ -342,6 +342,10 @@ async fn run_suite(target: Target) {
     case!(imports_archives);
     case!(pause_freezes_and_unpause_thaws);
     case!(copies_files_in_and_out_as_tar);
+    case!(limits_are_in_force_inside);
+    case!(hardening_is_in_force_inside);
+    case!(user_workdir_and_entrypoint_replace_the_images);
+    case!(stop_signal_and_grace_come_from_the_spec);
     let elapsed = started.elapsed();
     drop(ctx);
     println!("{kind}: conformance suite passed in {elapsed:.2?}");
@@ -1191,5 +1195,154 @@ mod containerd_suite {
             Ok(runtime) => run_supervision(Target::new(runtime)).await,
             Err(error) => diplo_tests::skip_or_fail(&format!("containerd is unavailable, its supervision suite is not run: {error}")),
         }
+    }
+}
+
+// ------------------------------------------------------------------ workload options
+
+/// Runs `spec` to its exit and returns its stdout (asserting exit code 0).
+async fn output_of(ctx: &Ctx, spec: &ContainerSpec) -> String {
+    let id = ctx.run(spec).await;
+    let info = ctx.wait_for(&id, Duration::from_secs(20), "exited", |c| c.status == ContainerStatus::Exited).await;
+    let (out, err) = collect_logs(ctx, &id, LogOptions::default()).await;
+    assert_eq!(info.exit_code, 0, "{}: stdout {out:?} stderr {err:?}", spec.name);
+    ctx.rt().remove(&id, true).await.expect("remove");
+    out
+}
+
+/// The memory limit and reservation, CPU quota and pids limit, read from the container's
+/// own cgroup (v2 file names, or the v1 controllers' on a v1 host); `cgroupfs-hidden` when
+/// the container has no cgroup filesystem mounted.
+const CGROUP_LIMITS: &str = "if [ -f /sys/fs/cgroup/memory.max ]; then \
+      cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory.low /sys/fs/cgroup/cpu.max /sys/fs/cgroup/pids.max; \
+    elif [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then \
+      cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory/memory.soft_limit_in_bytes; \
+      echo \"$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)\"; \
+      cat /sys/fs/cgroup/pids/pids.max; \
+    else echo cgroupfs-hidden; fi";
+
+/// [`CGROUP_LIMITS`] read on the host for the process `pid`: the cgroups the kernel put
+/// it in (`/proc/PID/cgroup`), under the host's `/sys/fs/cgroup`.
+fn host_cgroup_limits(pid: u32) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/PID/cgroup");
+    let path_of = |controller: &str| {
+        cgroups
+            .lines()
+            .filter_map(|line| line.split_once(':').and_then(|(_, rest)| rest.split_once(':')))
+            .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
+            .map(|(_, path)| path.to_owned())
+    };
+    let read = |file: String| std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}")).trim().to_owned();
+    let v1 = |controller: &str, file: &str| {
+        let path = path_of(controller).unwrap_or_else(|| panic!("no {controller} cgroup in {cgroups}"));
+        read(format!("/sys/fs/cgroup/{controller}{path}/{file}"))
+    };
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        format!(
+            "{}\n{}\n{} {}\n{}\n",
+            v1("memory", "memory.limit_in_bytes"),
+            v1("memory", "memory.soft_limit_in_bytes"),
+            v1("cpu", "cpu.cfs_quota_us"),
+            v1("cpu", "cpu.cfs_period_us"),
+            v1("pids", "pids.max")
+        )
+    } else {
+        let path = cgroups.lines().find_map(|line| line.strip_prefix("0::")).expect("a cgroup v2 path").to_owned();
+        let file = |name: &str| read(format!("/sys/fs/cgroup{path}/{name}"));
+        format!("{}\n{}\n{}\n{}\n", file("memory.max"), file("memory.low"), file("cpu.max"), file("pids.max"))
+    }
+}
+
+async fn limits_are_in_force_inside(ctx: &Ctx) {
+    let spec = ContainerSpec {
+        memory_bytes: Some(64 << 20),
+        memory_reservation: Some(32 << 20),
+        cpu_millis: Some(500),
+        pids_limit: Some(64),
+        ..ctx.spec("limits", "sleep 60")
+    };
+    let id = ctx.run(&spec).await;
+    let info = ctx.wait_for(&id, Duration::from_secs(10), "running", |c| c.status == ContainerStatus::Running).await;
+    let argv = ["/bin/sh", "-c", CGROUP_LIMITS].map(str::to_owned);
+    let output = ctx.rt().exec(&id, &argv).await.expect("exec");
+    let mut inside = String::from_utf8_lossy(&output.stdout).into_owned();
+    if inside == "cgroupfs-hidden\n" {
+        // LXC mounts no cgroup filesystem into the container on a cgroup v1 host; the
+        // kernel's record of the container's cgroups is read on the host instead.
+        assert_eq!(ctx.rt().runtime(), Runtime::Lxc, "only LXC hides the cgroup filesystem");
+        inside = host_cgroup_limits(info.pid.expect("a running container has a pid"));
+    }
+    let expected = format!("{}\n{}\n50000 100000\n64\n", 64u64 << 20, 32u64 << 20);
+    assert_eq!(inside, expected, "cgroup limits of the container (stderr {:?})", String::from_utf8_lossy(&output.stderr));
+    ctx.rt().remove(&id, true).await.expect("remove");
+}
+
+async fn hardening_is_in_force_inside(ctx: &Ctx) {
+    let script = "grep -E '^(CapEff|NoNewPrivs):' /proc/self/status; \
+        if touch /x 2>/dev/null; then echo root-writable; else echo root-read-only; fi; \
+        touch /scratch/y && echo tmpfs-writable; grep ' /scratch ' /proc/mounts";
+    let spec = ContainerSpec {
+        read_only: true,
+        tmpfs: vec!["/scratch:size=1m".to_owned()],
+        cap_drop: vec!["ALL".to_owned()],
+        cap_add: vec!["NET_BIND_SERVICE".to_owned()],
+        no_new_privileges: true,
+        ..ctx.spec("hardening", script)
+    };
+    let out = output_of(ctx, &spec).await;
+    let lines: Vec<&str> = out.lines().collect();
+    let field = |name: &str| lines.iter().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_default().to_owned();
+    // Only CAP_NET_BIND_SERVICE (bit 10).
+    assert_eq!(field("CapEff:"), "0000000000000400", "{out}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{out}");
+    assert!(lines.contains(&"root-read-only"), "the root filesystem is writable: {out}");
+    assert!(lines.contains(&"tmpfs-writable"), "{out}");
+    let mount = lines.iter().find(|l| l.contains(" /scratch ")).unwrap_or_else(|| panic!("no /scratch mount: {out}"));
+    assert!(mount.starts_with("tmpfs /scratch tmpfs ") && mount.contains("size=1024k"), "{mount}");
+}
+
+async fn user_workdir_and_entrypoint_replace_the_images(ctx: &Ctx) {
+    let spec = ContainerSpec {
+        entrypoint: vec!["/bin/sh".to_owned(), "-c".to_owned()],
+        command: vec!["echo \"$0\"; id -u; id -g; pwd".to_owned()],
+        user: "1234:2345".to_owned(),
+        working_dir: "/home".to_owned(),
+        ..ctx.spec("identity", "unused")
+    };
+    let out = output_of(ctx, &spec).await;
+    assert_eq!(out, "/bin/sh\n1234\n2345\n/home\n", "entrypoint, user and working directory");
+}
+
+async fn stop_signal_and_grace_come_from_the_spec(ctx: &Ctx) {
+    // Exits on SIGUSR1 only: a SIGTERM would be ignored until the 10 s grace ran out.
+    let usr1 = ContainerSpec {
+        stop_signal: "USR1".to_owned(),
+        ..ctx.spec("stopsignal", "trap 'exit 0' USR1; trap '' TERM; while true; do sleep 0.1; done")
+    };
+    // Ignores SIGTERM; its own 1 s grace wins over the 30 s the stop asks.
+    let short = ContainerSpec { stop_grace: Some(1), ..ctx.spec("stopgrace", STUBBORN) };
+    let usr1_id = ctx.run(&usr1).await;
+    let short_id = ctx.run(&short).await;
+    for id in [&usr1_id, &short_id] {
+        ctx.wait_for(id, Duration::from_secs(10), "running", |c| c.status == ContainerStatus::Running).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let at = Instant::now();
+    ctx.rt().stop(&usr1_id, Duration::from_secs(10)).await.expect("stop usr1");
+    let took = at.elapsed();
+    let info = ctx.rt().inspect(&usr1_id).await.expect("inspect usr1");
+    assert!(took < Duration::from_secs(5), "the stop signal was not SIGUSR1: stop took {took:?} ({info:?})");
+    assert_eq!((info.status, info.exit_code), (ContainerStatus::Exited, 0), "{info:?}");
+
+    let at = Instant::now();
+    ctx.rt().stop(&short_id, Duration::from_secs(30)).await.expect("stop short");
+    let took = at.elapsed();
+    let info = ctx.rt().inspect(&short_id).await.expect("inspect short");
+    assert!(took >= Duration::from_secs(1), "SIGKILL came before the 1 s grace: {took:?}");
+    assert!(took < Duration::from_secs(8), "the spec's 1 s grace was not used: stop took {took:?}");
+    assert_eq!((info.status, info.exit_code), (ContainerStatus::Exited, 137), "{info:?}");
+    for id in [&usr1_id, &short_id] {
+        ctx.rt().remove(id, true).await.expect("remove");
     }
 }

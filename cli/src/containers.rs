@@ -24,20 +24,20 @@ pub async fn run(channel: Channel, command: ContainersCommand, format: Format) -
             let list = containers.iter().map(|c| container_json(c, &names)).collect();
             crate::output::print(format, &serde_json::Value::Array(list), || table(&containers, &names))?;
         }
-        ContainersCommand::Run { name, publish, env, runtime, node, restart, image, command } => {
+        ContainersCommand::Run { name, publish, env, runtime, node, restart, options, image, command } => {
             let runtime = match runtime {
                 Some(name) => pb::RuntimeKind::from(name.parse::<diplo_api::runtime::Runtime>()?) as i32,
                 None => 0,
             };
-            let spec = pb::ContainerSpec {
+            let mut spec = pb::ContainerSpec {
                 name,
                 image,
                 command,
-                environment: parse_pairs(&env, "--env")?,
                 ports: publish.iter().map(|p| parse_publish(p)).collect::<Result<_>>()?,
                 restart_policy: restart,
                 ..Default::default()
             };
+            options.apply(&mut spec, parse_pairs(&env, "--env")?)?;
             let request = pb::CreateContainerRequest { spec: Some(spec), runtime, node: node.unwrap_or_default(), start: true };
             let state = client.create_container(request).await.map_err(status_error)?.into_inner();
             println!("{}", state.id);

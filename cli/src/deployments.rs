@@ -48,9 +48,12 @@ pub struct DeployArgs {
     /// binpack (default) or spread.
     #[arg(long)]
     pub strategy: Option<String>,
-    /// Restart policy: no, always, on-failure, unless-stopped.
+    /// Restart policy: no, always, on-failure[:N], unless-stopped.
     #[arg(long, default_value = "always")]
     pub restart: String,
+    /// Limits, hardening, stop and health options.
+    #[command(flatten)]
+    pub options: Box<crate::workload::WorkloadFlags>,
     /// Same key twice creates one deployment.
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -73,14 +76,14 @@ pub async fn deploy(channel: Channel, args: DeployArgs) -> Result<()> {
         Some(name) => pb::RuntimeKind::from(name.parse::<diplo_api::runtime::Runtime>()?) as i32,
         None => 0,
     };
-    let container = pb::ContainerSpec {
+    let mut container = pb::ContainerSpec {
         image: args.image.clone().unwrap_or_default(),
         command: args.command,
-        environment: crate::containers::parse_pairs(&args.env, "--env")?,
         ports: args.publish.iter().map(|p| crate::containers::parse_publish(p)).collect::<Result<_>>()?,
         restart_policy: args.restart,
         ..Default::default()
     };
+    args.options.apply(&mut container, crate::containers::parse_pairs(&args.env, "--env")?)?;
     let spec = pb::DeploymentSpec {
         name: args.name.clone(),
         image: args.image.unwrap_or_default(),

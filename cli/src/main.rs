@@ -11,6 +11,7 @@ mod instances;
 mod output;
 mod registry;
 mod resources;
+mod workload;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -199,9 +200,12 @@ pub(crate) enum ContainersCommand {
         /// Node id or name (default: chosen by the control plane).
         #[arg(long)]
         node: Option<String>,
-        /// Restart policy: no, always, on-failure, unless-stopped.
+        /// Restart policy: no, always, on-failure[:N], unless-stopped.
         #[arg(long, default_value = "no")]
         restart: String,
+        /// Limits, hardening, stop and health options.
+        #[command(flatten)]
+        options: Box<workload::WorkloadFlags>,
         /// Image reference.
         image: String,
         /// Command and arguments.

@@ -564,8 +564,13 @@ impl ContainerdRuntime {
     }
 
     /// SIGTERM, `grace`, SIGKILL: returns once the task's process is gone.
-    async fn terminate(&self, id: &str, grace: Duration) -> RuntimeResult<()> {
-        self.kill(id, SIGTERM, false).await?;
+    /// Sends the container's stop signal (`stop_signal`, SIGTERM by default), then
+    /// SIGKILL when it has not exited within its `stop_grace` (or `grace` without one).
+    async fn terminate(&self, id: &str, spec: &ContainerSpec, grace: Duration) -> RuntimeResult<()> {
+        let (_, signal) =
+            diplo_api::options::stop_signal(spec).map_err(|message| RuntimeError::InvalidArgument { field: "stop_signal", message })?;
+        let grace = spec.stop_grace.map_or(grace, |seconds| Duration::from_secs(u64::from(seconds)));
+        self.kill(id, u32::try_from(signal).unwrap_or(SIGTERM), false).await?;
         if self.wait_exit(id, grace).await? {
             return Ok(());
         }
@@ -669,7 +674,11 @@ impl ContainerdRuntime {
             .map_err(grpc_error)?
             .into_inner()
             .mounts;
-        let image_user = local.config.config.as_ref().and_then(|c| c.user.clone()).unwrap_or_default();
+        // The spec's user wins over the image's.
+        let image_user = Some(spec.user.clone())
+            .filter(|user| !user.is_empty())
+            .or_else(|| local.config.config.as_ref().and_then(|c| c.user.clone()))
+            .unwrap_or_default();
         let user = if image_user.is_empty() {
             spec::User::default()
         } else {
@@ -680,7 +689,7 @@ impl ContainerdRuntime {
                 .await
                 .map_err(|e| failed(format!("user resolution task failed: {e}")))?
                 .map_err(|message| RuntimeError::InvalidArgument {
-                    field: "image",
+                    field: if spec.user.is_empty() { "image" } else { "user" },
                     message: format!("image {reference} user {image_user:?}: {message}"),
                 })?
         };
@@ -962,7 +971,7 @@ impl ContainerRuntime for ContainerdRuntime {
         if let Some(process) = self.task(id).await? {
             let status = TaskStatus::try_from(process.status).unwrap_or(TaskStatus::Unknown);
             if matches!(status, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing) {
-                self.terminate(id, grace).await?;
+                self.terminate(id, &spec, grace).await?;
             }
         }
         self.cleanup_task(id, &spec).await

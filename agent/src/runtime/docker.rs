@@ -700,6 +700,7 @@ impl ContainerRuntime for DockerRuntime {
         let docker = self.docker().await?;
         let found = self.owned(docker, id).await?;
         let target = found.id.as_str();
+        let grace = found.stop_grace(grace);
         let options = StopContainerOptions { t: Some(grace_seconds(grace)), signal: None };
         let patient = docker.clone().with_timeout(REQUEST_TIMEOUT + grace);
         patient.stop_container(target, Some(options)).await.map_err(|e| self.error(&e, "container", id))
@@ -709,6 +710,7 @@ impl ContainerRuntime for DockerRuntime {
         let docker = self.docker().await?;
         let found = self.owned(docker, id).await?;
         let target = found.id.as_str();
+        let grace = found.stop_grace(grace);
         let options = RestartContainerOptions { t: Some(grace_seconds(grace)), signal: None };
         let patient = docker.clone().with_timeout(REQUEST_TIMEOUT + grace);
         patient.restart_container(target, Some(options)).await.map_err(|error| match daemon_message(&error) {

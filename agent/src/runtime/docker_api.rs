@@ -30,6 +30,9 @@ pub(crate) fn labels_for(spec: &ContainerSpec, node: Option<&str>) -> HashMap<St
     if let Some(node) = node {
         labels.entry(LABEL_NODE.to_owned()).or_insert_with(|| node.to_owned());
     }
+    if let Some(seconds) = spec.stop_grace {
+        labels.insert(LABEL_STOP_GRACE.to_owned(), seconds.to_string());
+    }
     labels
 }
 
@@ -187,6 +190,7 @@ pub(crate) fn create_body(
         }
     }
 
+    spec.check_options().map_err(|refusal| invalid(refusal.field, refusal.message))?;
     let memory = match spec.memory_bytes {
         None => None,
         Some(0) => return Err(invalid("memory_bytes", "a memory limit of 0 bytes")),
@@ -199,15 +203,17 @@ pub(crate) fn create_body(
     };
 
     let mut tmpfs = HashMap::new();
-    for path in &spec.tmpfs {
-        if !path.starts_with('/') || path.contains(':') {
-            return Err(invalid("tmpfs", format!("{path:?} is not an absolute path")));
-        }
-        tmpfs.insert(path.clone(), String::new());
+    for entry in &spec.tmpfs {
+        let (path, _) = diplo_api::options::split_tmpfs(entry);
+        tmpfs.insert(path.to_owned(), diplo_api::options::tmpfs_options(entry).join(","));
     }
-    if let Some(cap) = spec.cap_drop.iter().find(|cap| cap.is_empty() || cap.contains(char::is_whitespace)) {
-        return Err(invalid("cap_drop", format!("{cap:?} is not a capability")));
-    }
+    let to_i64 = |field: &'static str, bytes: u64| i64::try_from(bytes).map_err(|_| invalid(field, format!("{bytes} is too large")));
+    let memory_reservation = spec.memory_reservation.map(|bytes| to_i64("memory_reservation", bytes)).transpose()?;
+    let stop_signal = if spec.stop_signal.is_empty() {
+        None
+    } else {
+        Some(diplo_api::options::stop_signal(spec).map_err(|message| invalid("stop_signal", message))?.0.to_owned())
+    };
 
     // The daemon runs command checks itself (its state reports their health); HTTP and
     // TCP checks are probed from the node by the agent's supervisor.
@@ -248,6 +254,9 @@ pub(crate) fn create_body(
         readonly_rootfs: Some(spec.read_only),
         tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
         cap_drop: (!spec.cap_drop.is_empty()).then(|| spec.cap_drop.clone()),
+        cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+        pids_limit: spec.pids_limit.map(i64::from),
+        memory_reservation,
         security_opt: spec.no_new_privileges.then(|| vec!["no-new-privileges".to_owned()]),
         ..Default::default()
     };
@@ -260,6 +269,11 @@ pub(crate) fn create_body(
         labels: Some(labels),
         healthcheck,
         host_config: Some(host_config),
+        entrypoint: (!spec.entrypoint.is_empty()).then(|| spec.entrypoint.clone()),
+        user: (!spec.user.is_empty()).then(|| spec.user.clone()),
+        working_dir: (!spec.working_dir.is_empty()).then(|| spec.working_dir.clone()),
+        stop_signal,
+        stop_timeout: spec.stop_grace.map(i64::from),
         ..Default::default()
     })
 }
@@ -296,6 +310,21 @@ pub(crate) struct InspectedConfig {
     pub image: Option<String>,
     /// Its labels.
     pub labels: Option<HashMap<String, String>>,
+}
+
+/// Label carrying a container's `stop_grace` in seconds (Podman reports a default
+/// `StopTimeout` for every container, so the daemon's field cannot tell it apart).
+pub(crate) const LABEL_STOP_GRACE: &str = "diplo.stop-grace";
+
+impl Inspected {
+    /// The grace period a stop of this container allows: the `stop_grace` it was created
+    /// with, else `grace`.
+    pub(crate) fn stop_grace(&self, grace: std::time::Duration) -> std::time::Duration {
+        self.labels()
+            .and_then(|labels| labels.get(LABEL_STOP_GRACE))
+            .and_then(|seconds| seconds.parse::<u64>().ok())
+            .map_or(grace, std::time::Duration::from_secs)
+    }
 }
 
 /// `State` of an inspected container.
@@ -714,6 +743,7 @@ mod tests {
                 retries: 3,
                 start_period: Duration::ZERO,
             }),
+            ..ContainerSpec::default()
         };
         let labels = labels_for(&spec, Some("node-1"));
         assert_eq!(labels.get(LABEL_INSTANCE).map(String::as_str), Some("web"));

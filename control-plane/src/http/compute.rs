@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiError;
 use super::containers::{parse_body, port_mappings};
-use super::deployments::ResourcesBody;
+use super::deployments::{HealthBody, ResourcesBody, WorkloadOptions};
 use crate::auth::Caller;
 use crate::error::ServiceError;
 use crate::service::{BackendInfo, ControlPlane, CreateContainer, DirectInstance, InstanceCounts, InstanceUpdate};
@@ -47,33 +47,78 @@ pub struct CreateInstanceBody {
     /// Published ports, `{"HOST": "CONTAINER[/udp]"}`.
     #[serde(default)]
     ports: BTreeMap<String, String>,
-    /// `{"memory": "256m" | bytes, "cpus": 0.5}`.
-    #[serde(default)]
-    resources: Option<ResourcesBody>,
     /// `no` (default), `always`, `on-failure`, `unless-stopped`.
     #[serde(default)]
     restart_policy: Option<String>,
     /// Labels (none in `diplo.*`).
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Limits: `{"memory": "256m", "memory_reservation": "128m", "cpus": 0.5, "pids_limit": 100}`.
+    #[serde(default)]
+    resources: Option<ResourcesBody>,
+    /// Health check run in (or against) the container.
+    #[serde(default)]
+    healthcheck: Option<HealthBody>,
+    /// Read-only root filesystem.
+    #[serde(default)]
+    read_only: bool,
+    /// tmpfs mounts: `/path` or `/path:size=64m,mode=1777`.
+    #[serde(default)]
+    tmpfs: Vec<String>,
+    /// Capabilities dropped from the default set (`ALL` for every one).
+    #[serde(default)]
+    cap_drop: Vec<String>,
+    /// Capabilities added to the default set (`NET_ADMIN`, `CAP_SYS_TIME`).
+    #[serde(default)]
+    cap_add: Vec<String>,
+    /// Forbid privilege escalation (setuid binaries, file capabilities).
+    #[serde(default)]
+    no_new_privileges: bool,
+    /// `uid[:gid]` or `name[:group]`; the image's when absent.
+    #[serde(default)]
+    user: Option<String>,
+    /// Absolute working directory; the image's when absent.
+    #[serde(default)]
+    working_dir: Option<String>,
+    /// argv replacing the image's entrypoint.
+    #[serde(default)]
+    entrypoint: Vec<String>,
+    /// Signal that asks the process to stop (`SIGTERM` when absent).
+    #[serde(default)]
+    stop_signal: Option<String>,
+    /// Seconds between the stop signal and SIGKILL.
+    #[serde(default)]
+    stop_grace: Option<u32>,
 }
 
 impl CreateInstanceBody {
     fn into_request(self) -> Result<CreateContainer, ServiceError> {
         let runtime = parse_backend_field(self.backend.as_deref())?;
-        let (memory_bytes, cpu_millis) = self.resources.unwrap_or_default().limits()?;
-        let spec = ContainerSpec {
+        let mut spec = ContainerSpec {
             name: self.name,
             image: self.image,
             command: self.command,
             env: self.env,
             ports: port_mappings(&self.ports)?,
             restart_policy: parse_restart_policy(self.restart_policy.as_deref())?.unwrap_or_default(),
-            memory_bytes,
-            cpu_millis,
             labels: self.labels,
             ..ContainerSpec::default()
         };
+        WorkloadOptions {
+            resources: self.resources,
+            healthcheck: self.healthcheck,
+            read_only: self.read_only,
+            tmpfs: self.tmpfs,
+            cap_drop: self.cap_drop,
+            cap_add: self.cap_add,
+            no_new_privileges: self.no_new_privileges,
+            user: self.user,
+            working_dir: self.working_dir,
+            entrypoint: self.entrypoint,
+            stop_signal: self.stop_signal,
+            stop_grace: self.stop_grace,
+        }
+        .apply(&mut spec)?;
         Ok(CreateContainer { spec, runtime, node: self.node.filter(|n| !n.trim().is_empty()) })
     }
 }

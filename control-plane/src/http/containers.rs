@@ -20,6 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::ApiError;
 use super::cache::{CachedAnswer, ListCache};
+use super::deployments::{HealthBody, ResourcesBody, WorkloadOptions};
 use super::error::Problem;
 use super::page::{Order, Page, next_page_headers, paginate, parse_filter};
 use crate::auth::Caller;
@@ -54,6 +55,42 @@ pub struct CreateBody {
     node: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Limits: `{"memory": "256m", "memory_reservation": "128m", "cpus": 0.5, "pids_limit": 100}`.
+    #[serde(default)]
+    resources: Option<ResourcesBody>,
+    /// Health check run in (or against) the container.
+    #[serde(default)]
+    healthcheck: Option<HealthBody>,
+    /// Read-only root filesystem.
+    #[serde(default)]
+    read_only: bool,
+    /// tmpfs mounts: `/path` or `/path:size=64m,mode=1777`.
+    #[serde(default)]
+    tmpfs: Vec<String>,
+    /// Capabilities dropped from the default set (`ALL` for every one).
+    #[serde(default)]
+    cap_drop: Vec<String>,
+    /// Capabilities added to the default set (`NET_ADMIN`, `CAP_SYS_TIME`).
+    #[serde(default)]
+    cap_add: Vec<String>,
+    /// Forbid privilege escalation (setuid binaries, file capabilities).
+    #[serde(default)]
+    no_new_privileges: bool,
+    /// `uid[:gid]` or `name[:group]`; the image's when absent.
+    #[serde(default)]
+    user: Option<String>,
+    /// Absolute working directory; the image's when absent.
+    #[serde(default)]
+    working_dir: Option<String>,
+    /// argv replacing the image's entrypoint.
+    #[serde(default)]
+    entrypoint: Vec<String>,
+    /// Signal that asks the process to stop (`SIGTERM` when absent).
+    #[serde(default)]
+    stop_signal: Option<String>,
+    /// Seconds between the stop signal and SIGKILL.
+    #[serde(default)]
+    stop_grace: Option<u32>,
 }
 
 /// Parses a JSON body, answering 400 with serde's message prefixed by the path of the
@@ -96,7 +133,7 @@ impl CreateBody {
             .filter(|r| !r.is_empty())
             .map(|r| r.parse::<Runtime>().map_err(|e| ServiceError::invalid("runtime_type", e.to_string())))
             .transpose()?;
-        let spec = ContainerSpec {
+        let mut spec = ContainerSpec {
             name: self.name,
             image: self.image,
             command: self.command,
@@ -106,6 +143,21 @@ impl CreateBody {
             labels: self.labels,
             ..ContainerSpec::default()
         };
+        WorkloadOptions {
+            resources: self.resources,
+            healthcheck: self.healthcheck,
+            read_only: self.read_only,
+            tmpfs: self.tmpfs,
+            cap_drop: self.cap_drop,
+            cap_add: self.cap_add,
+            no_new_privileges: self.no_new_privileges,
+            user: self.user,
+            working_dir: self.working_dir,
+            entrypoint: self.entrypoint,
+            stop_signal: self.stop_signal,
+            stop_grace: self.stop_grace,
+        }
+        .apply(&mut spec)?;
         Ok(CreateContainer { spec, runtime, node: self.node.filter(|n| !n.is_empty()) })
     }
 }
@@ -500,6 +552,41 @@ pub(super) struct Doc;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_bodies_carry_every_workload_option() {
+        let json = r#"{"name": "web", "image": "busybox", "runtime_type": "lxc",
+            "resources": {"memory": "64m", "memory_reservation": "32m", "cpus": 0.5, "pids_limit": 64},
+            "healthcheck": {"test": ["CMD-SHELL", "true"], "interval": 5, "start_period": 3},
+            "read_only": true, "tmpfs": ["/scratch:size=1m"], "cap_drop": ["ALL"], "cap_add": ["NET_BIND_SERVICE"],
+            "no_new_privileges": true, "user": "1234:2345", "working_dir": "/home",
+            "entrypoint": ["/bin/sh", "-c"], "command": ["id -u"], "stop_signal": "USR1", "stop_grace": 3}"#;
+        let spec = parse_body::<CreateBody>(&Bytes::from(json)).expect("parses").into_request().expect("valid").spec;
+        assert_eq!(
+            (spec.memory_bytes, spec.memory_reservation, spec.cpu_millis, spec.pids_limit),
+            (Some(64 << 20), Some(32 << 20), Some(500), Some(64))
+        );
+        let health = spec.healthcheck.as_ref().expect("health check");
+        assert_eq!((health.interval, health.start_period), (std::time::Duration::from_secs(5), std::time::Duration::from_secs(3)));
+        assert!(spec.read_only && spec.no_new_privileges);
+        assert_eq!(spec.tmpfs, ["/scratch:size=1m"]);
+        assert_eq!((spec.cap_drop.as_slice(), spec.cap_add.as_slice()), (&["ALL".to_owned()][..], &["NET_BIND_SERVICE".to_owned()][..]));
+        assert_eq!((spec.user.as_str(), spec.working_dir.as_str(), spec.stop_signal.as_str()), ("1234:2345", "/home", "USR1"));
+        assert_eq!((spec.entrypoint.len(), spec.command.len(), spec.stop_grace), (2, 1, Some(3)));
+        assert_eq!(spec.check_options(), Ok(()));
+        for (json, field) in [
+            (r#"{"name": "w", "image": "i", "resources": {"memory_reservation": "lots"}}"#, "resources.memory_reservation"),
+            (r#"{"name": "w", "image": "i", "healthcheck": {"test": []}}"#, "healthcheck.test"),
+            (r#"{"name": "w", "image": "i", "stop_grace": -1}"#, "stop_grace"),
+            (r#"{"name": "w", "image": "i", "resources": {"pids_limit": "x"}}"#, "resources.pids_limit"),
+        ] {
+            let error = parse_body::<CreateBody>(&Bytes::from(json))
+                .map_err(|e| e.0.to_string())
+                .and_then(|body| body.into_request().map(drop).map_err(|e| e.to_string()))
+                .expect_err(json);
+            assert!(error.contains(field), "{json}: {error}");
+        }
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]

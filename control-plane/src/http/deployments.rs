@@ -36,17 +36,24 @@ type Api = State<Arc<ControlPlane>>;
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesBody {
-    /// `256m`, `1g`, or a number of bytes.
+    /// Memory limit: `256m`, `1g`, or a number of bytes.
     #[schema(value_type = Option<String>)]
     memory: Option<Value>,
+    /// Memory guaranteed (soft limit): `128m`, `1g`, or a number of bytes.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    memory_reservation: Option<Value>,
     /// Cores, e.g. 0.5.
     cpus: Option<f64>,
+    /// Most processes the container may run.
+    #[serde(default)]
+    pids_limit: Option<u32>,
 }
 
 impl ResourcesBody {
     /// The memory limit in bytes and the CPU limit in millicores; errors name the field.
     pub(super) fn limits(&self) -> Result<(Option<u64>, Option<u32>), ServiceError> {
-        let memory_bytes = self.memory.as_ref().map(memory_bytes).transpose()?;
+        let memory_bytes = self.memory.as_ref().map(|v| memory_bytes("resources.memory", v)).transpose()?;
         let cpu_millis = match self.cpus {
             Some(cpus) if !(0.001..=1024.0).contains(&cpus) => {
                 return Err(ServiceError::invalid("resources.cpus", format!("{cpus} is not between 0.001 and 1024")));
@@ -55,6 +62,58 @@ impl ResourcesBody {
             None => None,
         };
         Ok((memory_bytes, cpu_millis))
+    }
+
+    /// Sets every limit of `spec` this body gives; errors name the field.
+    fn apply(&self, spec: &mut ContainerSpec) -> Result<(), ServiceError> {
+        (spec.memory_bytes, spec.cpu_millis) = self.limits()?;
+        spec.memory_reservation = self.memory_reservation.as_ref().map(|v| memory_bytes("resources.memory_reservation", v)).transpose()?;
+        spec.pids_limit = self.pids_limit;
+        Ok(())
+    }
+}
+
+/// The limits and hardening options a workload body (a container, a compute instance, a
+/// deployment's template) carries, as REST names them; [`WorkloadOptions::apply`] is the
+/// one conversion into the spec for all of them.
+#[derive(Debug, Default)]
+pub(super) struct WorkloadOptions {
+    pub resources: Option<ResourcesBody>,
+    pub healthcheck: Option<HealthBody>,
+    pub read_only: bool,
+    pub tmpfs: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub cap_add: Vec<String>,
+    pub no_new_privileges: bool,
+    pub user: Option<String>,
+    pub working_dir: Option<String>,
+    pub entrypoint: Vec<String>,
+    pub stop_signal: Option<String>,
+    pub stop_grace: Option<u32>,
+}
+
+impl WorkloadOptions {
+    /// Sets these options on `spec`; errors name the field. Everything else about them
+    /// is checked with the spec ([`ContainerSpec::check_options`]).
+    pub(super) fn apply(self, spec: &mut ContainerSpec) -> Result<(), ServiceError> {
+        if let Some(resources) = &self.resources {
+            resources.apply(spec)?;
+        }
+        spec.healthcheck = match self.healthcheck {
+            Some(h) => h.into_check()?,
+            None => None,
+        };
+        spec.read_only = self.read_only;
+        spec.tmpfs = self.tmpfs;
+        spec.cap_drop = self.cap_drop;
+        spec.cap_add = self.cap_add;
+        spec.no_new_privileges = self.no_new_privileges;
+        spec.user = self.user.unwrap_or_default();
+        spec.working_dir = self.working_dir.unwrap_or_default();
+        spec.entrypoint = self.entrypoint;
+        spec.stop_signal = self.stop_signal.unwrap_or_default();
+        spec.stop_grace = self.stop_grace;
+        Ok(())
     }
 }
 
@@ -69,6 +128,31 @@ pub struct HealthBody {
     timeout: u64,
     #[serde(default = "default_retries")]
     retries: u32,
+    /// Seconds after a start during which failures do not count.
+    #[serde(default)]
+    start_period: u64,
+}
+
+impl HealthBody {
+    /// The health check this body asks for (`None` for compose's `["NONE"]`); errors
+    /// name the field.
+    fn into_check(self) -> Result<Option<HealthCheck>, ServiceError> {
+        if self.test.is_empty() {
+            return Err(ServiceError::invalid("healthcheck.test", "a command is required"));
+        }
+        let Some(probe) = HealthProbe::from_test(&self.test).map_err(|e| ServiceError::invalid("healthcheck.test", e))? else {
+            return Ok(None);
+        };
+        let check = HealthCheck {
+            probe,
+            interval: Duration::from_secs(self.interval.max(1)),
+            timeout: Duration::from_secs(self.timeout.max(1)),
+            retries: self.retries.max(1),
+            start_period: Duration::from_secs(self.start_period),
+        };
+        check.validate().map_err(|e| ServiceError::invalid(e.field, e.message))?;
+        Ok(Some(check))
+    }
 }
 
 fn default_interval() -> u64 {
@@ -131,6 +215,24 @@ pub struct DeployBody {
     cap_drop: Vec<String>,
     #[serde(default)]
     no_new_privileges: bool,
+    /// Capabilities added to the default set (`NET_ADMIN`, `CAP_SYS_TIME`).
+    #[serde(default)]
+    cap_add: Vec<String>,
+    /// `uid[:gid]` or `name[:group]`; the image's when absent.
+    #[serde(default)]
+    user: Option<String>,
+    /// Absolute working directory; the image's when absent.
+    #[serde(default)]
+    working_dir: Option<String>,
+    /// argv replacing the image's entrypoint.
+    #[serde(default)]
+    entrypoint: Vec<String>,
+    /// Signal that asks the process to stop (`SIGTERM` when absent).
+    #[serde(default)]
+    stop_signal: Option<String>,
+    /// Seconds between the stop signal and SIGKILL.
+    #[serde(default)]
+    stop_grace: Option<u32>,
     /// `name:/path[:ro]` or `/host/path:/path[:ro]`.
     #[serde(default)]
     volumes: Vec<String>,
@@ -138,9 +240,10 @@ pub struct DeployBody {
     labels: BTreeMap<String, String>,
 }
 
-/// `256m` → bytes (k, m, g suffixes, powers of 1024), or a plain number of bytes.
-fn memory_bytes(value: &Value) -> Result<u64, ServiceError> {
-    let bad = || ServiceError::invalid("resources.memory", format!("{value} is not a size like 256m or 1g"));
+/// `256m` → bytes (k, m, g suffixes, powers of 1024), or a plain number of bytes; errors
+/// name `field`.
+fn memory_bytes(field: &'static str, value: &Value) -> Result<u64, ServiceError> {
+    let bad = || ServiceError::invalid(field, format!("{value} is not a size like 256m or 1g"));
     if let Some(bytes) = value.as_u64() {
         return Ok(bytes);
     }
@@ -193,42 +296,32 @@ impl DeployBody {
             .filter(|r| !r.is_empty())
             .map(|r| r.parse::<Runtime>().map_err(|e| ServiceError::invalid("runtime_type", e.to_string())))
             .transpose()?;
-        let (memory_bytes, cpu_millis) = self.resources.unwrap_or_default().limits()?;
-        let healthcheck = match self.healthcheck {
-            Some(h) if h.test.is_empty() => return Err(ServiceError::invalid("healthcheck.test", "a command is required")),
-            Some(h) => match HealthProbe::from_test(&h.test).map_err(|e| ServiceError::invalid("healthcheck.test", e))? {
-                Some(probe) => {
-                    let check = HealthCheck {
-                        probe,
-                        interval: Duration::from_secs(h.interval.max(1)),
-                        timeout: Duration::from_secs(h.timeout.max(1)),
-                        retries: h.retries.max(1),
-                        start_period: Duration::ZERO,
-                    };
-                    check.validate().map_err(|e| ServiceError::invalid(e.field, e.message))?;
-                    Some(check)
-                }
-                None => None,
-            },
-            None => None,
-        };
-        let container = ContainerSpec {
+        let mut container = ContainerSpec {
             name: String::new(),
             image,
             command: self.command,
             env: self.environment,
             ports,
             mounts: self.volumes.iter().map(|v| mount(v)).collect::<Result<_, _>>()?,
-            memory_bytes,
-            cpu_millis,
             restart_policy,
+            labels: self.labels,
+            ..ContainerSpec::default()
+        };
+        WorkloadOptions {
+            resources: self.resources,
+            healthcheck: self.healthcheck,
             read_only: self.read_only,
             tmpfs: self.tmpfs,
             cap_drop: self.cap_drop,
+            cap_add: self.cap_add,
             no_new_privileges: self.no_new_privileges,
-            labels: self.labels,
-            healthcheck,
-        };
+            user: self.user,
+            working_dir: self.working_dir,
+            entrypoint: self.entrypoint,
+            stop_signal: self.stop_signal,
+            stop_grace: self.stop_grace,
+        }
+        .apply(&mut container)?;
         Ok(DeploymentSpec {
             name: self.name,
             replicas: self.replicas.unwrap_or(1),

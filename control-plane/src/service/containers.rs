@@ -316,11 +316,13 @@ pub fn check_container_spec(spec: &ContainerSpec) -> ServiceResult<()> {
 
 /// The checks every container spec passes, a direct container's or a deployment's
 /// template alike: an image reference, no host port published twice (per protocol),
-/// absolute mount targets.
+/// absolute mount targets, and valid limits and hardening options
+/// ([`ContainerSpec::check_options`]).
 pub fn check_container_template(spec: &ContainerSpec) -> ServiceResult<()> {
     if spec.image.trim().is_empty() {
         return Err(ServiceError::invalid("image", "an image reference is required"));
     }
+    spec.check_options().map_err(|refusal| ServiceError::invalid(refusal.field, refusal.message))?;
     let mut seen = std::collections::HashSet::new();
     if let Some(port) = spec.ports.iter().find(|port| !seen.insert((port.host_port, port.protocol))) {
         return Err(ServiceError::invalid("ports", format!("host port {} is published twice", port.host_port)));

@@ -15,24 +15,6 @@ pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec
 /// `type_url` of a process spec (exec) in containerd.
 pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
-/// Docker's default capability set.
-pub const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub use crate::runtime::rootfs::User;
@@ -52,13 +34,11 @@ pub struct HostPaths<'a> {
     pub volumes: &'a Path,
 }
 
-/// argv: `spec.command` when given, else the image's Entrypoint + Cmd.
+/// argv by `docker run`'s rules ([`diplo_api::options::process_argv`]): the spec's
+/// entrypoint and command over the image's Entrypoint and Cmd.
 pub fn process_args(spec: &ContainerSpec, image: &ImageConfig) -> RuntimeResult<Vec<String>> {
-    if !spec.command.is_empty() {
-        return Ok(spec.command.clone());
-    }
     let run = image.config.clone().unwrap_or_default();
-    let args: Vec<String> = run.entrypoint.unwrap_or_default().into_iter().chain(run.cmd.unwrap_or_default()).collect();
+    let args = diplo_api::options::process_argv(spec, &run.entrypoint.unwrap_or_default(), &run.cmd.unwrap_or_default());
     if args.is_empty() {
         return Err(RuntimeError::InvalidArgument {
             field: "command",
@@ -87,27 +67,24 @@ pub fn environment(spec: &ContainerSpec, image: &ImageConfig) -> Vec<String> {
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// Docker's default capabilities minus `cap_drop` (`ALL` drops everything; names with
-/// or without `CAP_`, any case).
-pub fn capabilities(cap_drop: &[String]) -> Vec<String> {
-    let dropped: Vec<String> = cap_drop
-        .iter()
-        .map(|c| {
-            let upper = c.trim().to_ascii_uppercase();
-            if upper == "ALL" || upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") }
-        })
-        .collect();
-    if dropped.iter().any(|c| c == "ALL") {
-        return Vec::new();
-    }
-    DEFAULT_CAPABILITIES.iter().filter(|c| !dropped.iter().any(|d| d == *c)).map(|c| (*c).to_owned()).collect()
+/// The container's capabilities: Docker's default set with `cap_drop` and `cap_add`
+/// applied ([`diplo_api::options::effective_capabilities`]).
+pub fn capabilities(spec: &ContainerSpec) -> RuntimeResult<Vec<String>> {
+    diplo_api::options::effective_capabilities(&spec.cap_drop, &spec.cap_add)
+        .map(|caps| caps.into_iter().map(str::to_owned).collect())
+        .map_err(|message| RuntimeError::InvalidArgument { field: "cap_add", message })
 }
 
 /// The process part of the spec (also the template for execs).
 pub fn process(spec: &ContainerSpec, image: &ImageConfig, user: &User) -> RuntimeResult<Value> {
-    let caps = capabilities(&spec.cap_drop);
-    let cwd = crate::runtime::rootfs::working_dir(image.config.as_ref().and_then(|c| c.working_dir.as_deref()).unwrap_or_default())
-        .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?;
+    let caps = capabilities(spec)?;
+    let cwd = if spec.working_dir.is_empty() {
+        crate::runtime::rootfs::working_dir(image.config.as_ref().and_then(|c| c.working_dir.as_deref()).unwrap_or_default())
+            .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?
+    } else {
+        crate::runtime::rootfs::working_dir(&spec.working_dir)
+            .map_err(|message| RuntimeError::InvalidArgument { field: "working_dir", message })?
+    };
     Ok(json!({
         "terminal": false,
         "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
@@ -136,13 +113,24 @@ pub fn mounts(spec: &ContainerSpec, paths: &HostPaths<'_>) -> RuntimeResult<Vec<
         }
         mounts.push(json!({"destination": target, "type": "bind", "source": source, "options": ["rbind", "rprivate", "rw"]}));
     }
-    for target in &spec.tmpfs {
+    for entry in &spec.tmpfs {
+        let (target, _) = diplo_api::options::split_tmpfs(entry);
         if !target.starts_with('/') {
             return Err(RuntimeError::InvalidArgument { field: "tmpfs", message: format!("{target:?} is not an absolute path") });
         }
-        mounts.push(
-            json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "noexec", "mode=1777"]}),
-        );
+        let mut options: Vec<String> = ["nosuid", "nodev", "noexec", "mode=1777"].map(str::to_owned).to_vec();
+        for option in diplo_api::options::tmpfs_options(entry) {
+            let key = option.split('=').next().unwrap_or_default().to_owned();
+            let opposite = match key.as_str() {
+                "exec" => "noexec",
+                "suid" => "nosuid",
+                "dev" => "nodev",
+                _ => "",
+            };
+            options.retain(|o| o.split('=').next() != Some(key.as_str()) && o != opposite);
+            options.push(option);
+        }
+        mounts.push(json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": options}));
     }
     for mount in &spec.mounts {
         if !mount.target.starts_with('/') {
@@ -175,11 +163,19 @@ pub fn mounts(spec: &ContainerSpec, paths: &HostPaths<'_>) -> RuntimeResult<Vec<
 /// The whole runtime spec.
 pub fn runtime_spec(id: &str, spec: &ContainerSpec, image: &ImageConfig, user: &User, paths: &HostPaths<'_>) -> RuntimeResult<Value> {
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    spec.check_options().map_err(|refusal| RuntimeError::InvalidArgument { field: refusal.field, message: refusal.message })?;
+    let mut memory = serde_json::Map::new();
     if let Some(bytes) = spec.memory_bytes {
-        if bytes < 6 * 1024 * 1024 {
-            return Err(RuntimeError::InvalidArgument { field: "memory_bytes", message: "the minimum memory limit is 6 MiB".to_owned() });
-        }
-        resources["memory"] = json!({"limit": bytes});
+        memory.insert("limit".to_owned(), json!(bytes));
+    }
+    if let Some(bytes) = spec.memory_reservation {
+        memory.insert("reservation".to_owned(), json!(bytes));
+    }
+    if !memory.is_empty() {
+        resources["memory"] = Value::Object(memory);
+    }
+    if let Some(limit) = spec.pids_limit {
+        resources["pids"] = json!({"limit": limit});
     }
     if let Some(millis) = spec.cpu_millis {
         if millis == 0 {
@@ -264,6 +260,7 @@ mod tests {
 
     use super::super::image::RunConfig;
     use super::*;
+    use diplo_api::options::DEFAULT_CAPABILITIES;
 
     fn image(entrypoint: &[&str], cmd: &[&str], env: &[&str]) -> ImageConfig {
         ImageConfig {
@@ -284,7 +281,11 @@ mod tests {
         let mut spec = ContainerSpec { image: "x".into(), ..Default::default() };
         assert_eq!(process_args(&spec, &img).unwrap(), ["/entry", "a", "b"]);
         spec.command = vec!["sh".into()];
-        assert_eq!(process_args(&spec, &img).unwrap(), ["sh"]);
+        assert_eq!(process_args(&spec, &img).unwrap(), ["/entry", "sh"]);
+        spec.entrypoint = vec!["/bin/sh".into(), "-c".into()];
+        spec.command = vec!["echo hi".into()];
+        assert_eq!(process_args(&spec, &img).unwrap(), ["/bin/sh", "-c", "echo hi"]);
+        spec.entrypoint.clear();
         spec.command.clear();
         assert!(matches!(process_args(&spec, &image(&[], &[], &[])), Err(RuntimeError::InvalidArgument { field: "command", .. })));
     }
@@ -300,12 +301,21 @@ mod tests {
     }
 
     #[test]
-    fn capabilities_drop() {
-        assert_eq!(capabilities(&[]).len(), DEFAULT_CAPABILITIES.len());
-        let caps = capabilities(&["net_raw".into(), "CAP_KILL".into()]);
+    fn capabilities_drop_and_add() {
+        let with = |drop: &[&str], add: &[&str]| {
+            capabilities(&ContainerSpec {
+                cap_drop: drop.iter().map(|s| (*s).to_owned()).collect(),
+                cap_add: add.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            })
+        };
+        assert_eq!(with(&[], &[]).unwrap().len(), DEFAULT_CAPABILITIES.len());
+        let caps = with(&["net_raw", "CAP_KILL"], &[]).unwrap();
         assert!(!caps.contains(&"CAP_NET_RAW".to_owned()) && !caps.contains(&"CAP_KILL".to_owned()));
         assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len() - 2);
-        assert!(capabilities(&["all".into()]).is_empty());
+        assert!(with(&["all"], &[]).unwrap().is_empty());
+        assert_eq!(with(&["all"], &["sys_time"]).unwrap(), ["CAP_SYS_TIME"]);
+        assert!(matches!(with(&[], &["bogus"]), Err(RuntimeError::InvalidArgument { .. })));
     }
 
     #[test]
@@ -328,9 +338,19 @@ mod tests {
             tmpfs: vec!["/tmp".into()],
             mounts: vec![Mount { source: "data".into(), target: "/data".into(), read_only: true }],
             no_new_privileges: true,
+            pids_limit: Some(42),
+            memory_reservation: Some(32 << 20),
+            working_dir: "/srv".into(),
             ..Default::default()
         };
         let value = runtime_spec("abc", &spec, &ImageConfig::default(), &User::default(), &paths).unwrap();
+        assert_eq!(value["linux"]["resources"]["pids"]["limit"], 42);
+        assert_eq!(value["linux"]["resources"]["memory"]["reservation"], 32 << 20);
+        assert_eq!(value["process"]["cwd"], "/srv");
+        let sized = ContainerSpec { tmpfs: vec!["/run:size=1m,exec".into()], ..spec.clone() };
+        let value_sized = runtime_spec("abc", &sized, &ImageConfig::default(), &User::default(), &paths).unwrap();
+        let run = value_sized["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/run").cloned().unwrap();
+        assert_eq!(run["options"], json!(["nosuid", "nodev", "mode=1777", "size=1048576", "exec"]));
         assert_eq!(value["root"]["readonly"], true);
         assert_eq!(value["process"]["noNewPrivileges"], true);
         assert_eq!(value["linux"]["resources"]["memory"]["limit"], 64 << 20);

@@ -255,15 +255,16 @@ pub(super) fn validate(spec: &ContainerSpec) -> RuntimeResult<()> {
             }
         }
     }
-    for path in &spec.tmpfs {
-        relative_target(path).map_err(|m| invalid("tmpfs", m))?;
-    }
-    capabilities(&spec.cap_drop)?;
     if spec.memory_bytes == Some(0) {
         return Err(invalid("memory_bytes", "must be positive"));
     }
-    if spec.cpu_millis == Some(0) {
-        return Err(invalid("cpu_millis", "must be positive"));
+    spec.check_options().map_err(|refusal| invalid(refusal.field, refusal.message))?;
+    for entry in &spec.tmpfs {
+        relative_target(diplo_api::options::split_tmpfs(entry).0).map_err(|m| invalid("tmpfs", m))?;
+    }
+    capabilities(spec)?;
+    if !spec.working_dir.is_empty() {
+        check_value(ConfigValue::Text(&spec.working_dir)).map_err(|m| invalid("working_dir", m))?;
     }
     Ok(())
 }
@@ -310,34 +311,24 @@ pub(super) fn relative_target(target: &str) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
-/// What `cap_drop` asks for.
+/// What `cap_drop` and `cap_add` ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum CapDrop {
-    /// Nothing beyond LXC's defaults.
-    None,
-    /// Every capability.
-    All,
-    /// These (lower case, no `cap_` prefix, as LXC wants them).
-    Some(Vec<String>),
+pub(super) enum Capabilities {
+    /// Nothing: LXC's defaults.
+    Default,
+    /// Exactly these (lower case, no `cap_` prefix, as LXC wants them); none when empty.
+    Keep(Vec<String>),
 }
 
-/// Normalises `cap_drop` (`CAP_NET_RAW`, `net_raw`, `ALL`).
-pub(super) fn capabilities(cap_drop: &[String]) -> RuntimeResult<CapDrop> {
-    let mut names = Vec::new();
-    for cap in cap_drop {
-        let lower = cap.trim().to_ascii_lowercase();
-        if lower == "all" {
-            return Ok(CapDrop::All);
-        }
-        let name = lower.strip_prefix("cap_").unwrap_or(&lower);
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-            return Err(invalid("cap_drop", format!("{cap:?} is not a capability name")));
-        }
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_owned());
-        }
+/// The capability set `cap_drop` and `cap_add` give: Docker's default set with both
+/// applied ([`diplo_api::options::effective_capabilities`]), so a container has the same
+/// capabilities on LXC as on the other runtimes.
+pub(super) fn capabilities(spec: &ContainerSpec) -> RuntimeResult<Capabilities> {
+    if spec.cap_drop.is_empty() && spec.cap_add.is_empty() {
+        return Ok(Capabilities::Default);
     }
-    Ok(if names.is_empty() { CapDrop::None } else { CapDrop::Some(names) })
+    let caps = diplo_api::options::effective_capabilities(&spec.cap_drop, &spec.cap_add).map_err(|m| invalid("cap_add", m))?;
+    Ok(Capabilities::Keep(caps.iter().map(|cap| cap.trim_start_matches("CAP_").to_ascii_lowercase()).collect()))
 }
 
 /// The block appended to the config `lxc-create -t none` wrote: the image's settings,
@@ -365,9 +356,11 @@ pub(super) fn config_block(spec: &ContainerSpec, inputs: &BlockInputs<'_>) -> Ru
     out.put("image", "uid", "lxc.init.uid", Words(&[&image.uid.to_string()]))?;
     out.put("image", "gid", "lxc.init.gid", Words(&[&image.gid.to_string()]))?;
     out.put("image", &format!("image {} WorkingDir", spec.image), "lxc.init.cwd", Text(image.cwd))?;
-    // PID 1 gets SIGTERM on lxc-stop (LXC's default is SIGPWR, which an application
-    // ignores); lxc-stop -t GRACE sends SIGKILL when it has not exited by then.
-    out.put("name", "halt signal", "lxc.signal.halt", Words(&["SIGTERM"]))?;
+    // PID 1 gets its stop signal (SIGTERM unless `stop_signal` says otherwise) on
+    // lxc-stop (LXC's default is SIGPWR, which an application ignores); lxc-stop -t GRACE
+    // sends SIGKILL when it has not exited by then.
+    let (signal, _) = diplo_api::options::stop_signal(spec).map_err(|m| invalid("stop_signal", m))?;
+    out.put("stop_signal", "halt signal", "lxc.signal.halt", Words(&[signal]))?;
     let net = inputs.network;
     out.put("name", "network", "lxc.net", Words(&[]))?;
     out.put("name", "network", "lxc.net.0.type", Words(&["veth"]))?;
@@ -383,6 +376,20 @@ pub(super) fn config_block(spec: &ContainerSpec, inputs: &BlockInputs<'_>) -> Ru
         match inputs.cgroup {
             CgroupVersion::V1 => out.put("memory_bytes", "limit", "lxc.cgroup.memory.limit_in_bytes", Words(&[&bytes.to_string()]))?,
             CgroupVersion::V2 => out.put("memory_bytes", "limit", "lxc.cgroup2.memory.max", Words(&[&bytes.to_string()]))?,
+        }
+    }
+    if let Some(bytes) = spec.memory_reservation {
+        match inputs.cgroup {
+            CgroupVersion::V1 => {
+                out.put("memory_reservation", "reservation", "lxc.cgroup.memory.soft_limit_in_bytes", Words(&[&bytes.to_string()]))?
+            }
+            CgroupVersion::V2 => out.put("memory_reservation", "reservation", "lxc.cgroup2.memory.low", Words(&[&bytes.to_string()]))?,
+        }
+    }
+    if let Some(limit) = spec.pids_limit {
+        match inputs.cgroup {
+            CgroupVersion::V1 => out.put("pids_limit", "limit", "lxc.cgroup.pids.max", Words(&[&limit.to_string()]))?,
+            CgroupVersion::V2 => out.put("pids_limit", "limit", "lxc.cgroup2.pids.max", Words(&[&limit.to_string()]))?,
         }
     }
     if let Some(millis) = spec.cpu_millis {
@@ -403,7 +410,20 @@ pub(super) fn config_block(spec: &ContainerSpec, inputs: &BlockInputs<'_>) -> Ru
     }
     for (requested, target) in inputs.tmpfs {
         let what = format!("tmpfs {requested} (resolved in the image to {:?})", format!("/{target}"));
-        out.put("tmpfs", &what, "lxc.mount.entry", Words(&["tmpfs", target, "tmpfs", "rw,nosuid,nodev,mode=1777,create=dir", "0", "0"]))?;
+        let mut options: Vec<String> = ["rw", "nosuid", "nodev", "mode=1777"].map(str::to_owned).to_vec();
+        for option in diplo_api::options::tmpfs_options(requested) {
+            let key = option.split('=').next().unwrap_or_default().to_owned();
+            let opposite = match key.as_str() {
+                "ro" => "rw",
+                "suid" => "nosuid",
+                "dev" => "nodev",
+                _ => "",
+            };
+            options.retain(|o| o.split('=').next() != Some(key.as_str()) && o != opposite);
+            options.push(option);
+        }
+        options.push("create=dir".to_owned());
+        out.put("tmpfs", &what, "lxc.mount.entry", Words(&["tmpfs", target, "tmpfs", &options.join(","), "0", "0"]))?;
     }
     for mount in inputs.mounts {
         let source = mount.source.to_str().ok_or_else(|| invalid("mounts", format!("{} is not UTF-8", mount.source.display())))?;
@@ -412,16 +432,11 @@ pub(super) fn config_block(spec: &ContainerSpec, inputs: &BlockInputs<'_>) -> Ru
         let what = format!("mount {source} on {} (resolved in the image to {:?})", mount.requested, format!("/{}", mount.target));
         out.put("mounts", &what, "lxc.mount.entry", Words(&[source, &mount.target, "none", &format!("rbind,{create}{ro}"), "0", "0"]))?;
     }
-    match capabilities(&spec.cap_drop)? {
-        CapDrop::None => {}
-        CapDrop::All => {
-            // Keep and drop are exclusive; the included common.conf sets a drop list.
-            out.put("cap_drop", "capabilities", "lxc.cap.drop", Words(&[]))?;
-            out.put("cap_drop", "capabilities", "lxc.cap.keep", Words(&["none"]))?;
-        }
-        CapDrop::Some(names) => {
-            out.put("cap_drop", "capabilities", "lxc.cap.drop", Words(&names.iter().map(String::as_str).collect::<Vec<_>>()))?
-        }
+    if let Capabilities::Keep(names) = capabilities(spec)? {
+        // Keep and drop are exclusive; the included common.conf sets a drop list.
+        out.put("cap_drop", "capabilities", "lxc.cap.drop", Words(&[]))?;
+        let keep: Vec<&str> = if names.is_empty() { vec!["none"] } else { names.iter().map(String::as_str).collect() };
+        out.put("cap_add", "capabilities", "lxc.cap.keep", Words(&keep))?;
     }
     if spec.no_new_privileges {
         out.put("no_new_privileges", "no_new_privs", "lxc.no_new_privs", Words(&["1"]))?;
@@ -611,6 +626,11 @@ mod tests {
         assert_eq!(field(validate(&ContainerSpec { cap_drop: vec!["NET RAW".into()], ..spec() })), "cap_drop");
         assert_eq!(field(validate(&ContainerSpec { memory_bytes: Some(0), ..spec() })), "memory_bytes");
         assert_eq!(field(validate(&ContainerSpec { cpu_millis: Some(0), ..spec() })), "cpu_millis");
+        assert_eq!(field(validate(&ContainerSpec { user: "root\nlxc.init.uid = 0".into(), ..spec() })), "user");
+        assert_eq!(field(validate(&ContainerSpec { working_dir: "/srv\nlxc.hook.start = /x".into(), ..spec() })), "working_dir");
+        assert_eq!(field(validate(&ContainerSpec { stop_signal: "SIGTERM\nlxc.x = 1".into(), ..spec() })), "stop_signal");
+        assert_eq!(field(validate(&ContainerSpec { tmpfs: vec!["/tmp:size=1m 0 0\nlxc.x".into()], ..spec() })), "tmpfs");
+        assert_eq!(field(validate(&ContainerSpec { cap_add: vec!["sys_admin\nlxc.x".into()], ..spec() })), "cap_add");
     }
 
     #[test]
@@ -623,12 +643,22 @@ mod tests {
 
     #[test]
     fn capability_names_are_normalised() {
-        assert_eq!(capabilities(&[]).ok(), Some(CapDrop::None));
-        assert_eq!(capabilities(&["all".into()]).ok(), Some(CapDrop::All));
+        let with = |drop: &[&str], add: &[&str]| {
+            capabilities(&ContainerSpec {
+                cap_drop: drop.iter().map(|s| (*s).to_owned()).collect(),
+                cap_add: add.iter().map(|s| (*s).to_owned()).collect(),
+                ..spec()
+            })
+        };
+        assert_eq!(with(&[], &[]).ok(), Some(Capabilities::Default));
+        assert_eq!(with(&["all"], &[]).ok(), Some(Capabilities::Keep(vec![])));
         assert_eq!(
-            capabilities(&["CAP_NET_RAW".into(), "chown".into(), "net_raw".into()]).ok(),
-            Some(CapDrop::Some(vec!["net_raw".into(), "chown".into()]))
+            with(&["ALL"], &["CAP_NET_BIND_SERVICE", "chown"]).ok(),
+            Some(Capabilities::Keep(vec!["net_bind_service".into(), "chown".into()]))
         );
+        let Ok(Capabilities::Keep(without_raw)) = with(&["CAP_NET_RAW", "net_raw"], &[]) else { panic!("a keep list") };
+        assert!(!without_raw.contains(&"net_raw".to_owned()) && without_raw.contains(&"chown".to_owned()));
+        assert_eq!(without_raw.len(), diplo_api::options::DEFAULT_CAPABILITIES.len() - 1);
     }
 
     #[test]
@@ -689,6 +719,26 @@ mod tests {
         ] {
             assert!(block.contains(expected), "{expected:?} missing from\n{block}");
         }
+        let mut options = s.clone();
+        options.cap_drop = vec!["ALL".into()];
+        options.cap_add = vec!["NET_BIND_SERVICE".into()];
+        options.pids_limit = Some(50);
+        options.memory_reservation = Some(32 << 20);
+        options.stop_signal = "int".into();
+        let sized = [("/run:size=1m,noexec".to_owned(), "run".to_owned())];
+        let v2_options =
+            config_block(&options, &BlockInputs { cgroup: CgroupVersion::V2, tmpfs: &sized, ..inputs.clone() }).expect("block");
+        for expected in [
+            "lxc.cgroup2.pids.max = 50",
+            "lxc.cgroup2.memory.low = 33554432",
+            "lxc.signal.halt = SIGINT",
+            "lxc.cap.drop =\nlxc.cap.keep = net_bind_service",
+            "lxc.mount.entry = tmpfs run tmpfs rw,nosuid,nodev,mode=1777,size=1048576,noexec,create=dir 0 0",
+        ] {
+            assert!(v2_options.contains(expected), "{expected:?} missing from\n{v2_options}");
+        }
+        let v1_options = config_block(&options, &inputs).expect("block");
+        assert!(v1_options.contains("lxc.cgroup.pids.max = 50") && v1_options.contains("lxc.cgroup.memory.soft_limit_in_bytes = 33554432"));
         let v2 = config_block(&s, &BlockInputs { cgroup: CgroupVersion::V2, ..inputs }).expect("block");
         assert!(v2.contains("lxc.cgroup2.memory.max = 67108864"), "{v2}");
         assert!(v2.contains("lxc.cgroup2.cpu.max = 50000 100000"), "{v2}");

@@ -691,8 +691,11 @@ impl LxcRuntime {
             .map_err(|e| failed(format!("cannot read {}: {}", config_path.display(), describe_io(&e))))?;
         self.unpack(layout, &rootfs, &spec.image).await?;
         let settings = image::run_settings(layout).map_err(|e| failed(format!("image {}: {e}", spec.image)))?;
+        // The spec's user and working directory win over the image's.
+        let user_field = if spec.user.is_empty() { "image" } else { "user" };
         let user = {
-            let (rootfs, name, user) = (rootfs.clone(), spec.name.clone(), settings.user.clone());
+            let wanted = if spec.user.is_empty() { settings.user.clone() } else { spec.user.clone() };
+            let (rootfs, name, user) = (rootfs.clone(), spec.name.clone(), wanted);
             tokio::task::spawn_blocking(move || -> Result<rootfs::User, String> {
                 let resolved = rootfs::image_user(std::slice::from_ref(&rootfs), &user).map_err(|e| format!("user {user:?}: {e}"))?;
                 rootfs::write_file(&rootfs, "/etc/hostname", format!("{name}\n").as_bytes())?;
@@ -701,7 +704,7 @@ impl LxcRuntime {
             })
             .await
             .map_err(|e| failed(format!("rootfs task failed: {e}")))?
-            .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?
+            .map_err(|message| RuntimeError::InvalidArgument { field: user_field, message: format!("image {}: {message}", spec.image) })?
         };
         let mut mounts = mounts.to_vec();
         let state = State { spec: spec.clone(), argv, ip, created_at: now_rfc3339(), started_at: None, log_files: self.shim.is_some() };
@@ -737,17 +740,24 @@ impl LxcRuntime {
             resolved_mounts.push(ResolvedMount { target, ..mount.clone() });
         }
         let mut tmpfs = Vec::new();
-        for path in &spec.tmpfs {
-            let relative = config::relative_target(path).map_err(invalid("tmpfs"))?;
-            tmpfs.push((path.clone(), prepare_target(&rootfs, &relative, false).map_err(invalid("tmpfs"))?));
+        for entry in &spec.tmpfs {
+            let relative = config::relative_target(diplo_api::options::split_tmpfs(entry).0).map_err(invalid("tmpfs"))?;
+            tmpfs.push((entry.clone(), prepare_target(&rootfs, &relative, false).map_err(invalid("tmpfs"))?));
         }
         let console_log = dir.join(CONSOLE_LOG);
         let included: &[&str] =
             if rootless() { &["common.conf", "userns.conf", "oci.common.conf"] } else { &["common.conf", "oci.common.conf"] };
         let includes: Vec<PathBuf> =
             included.iter().map(|name| Path::new(LXC_TEMPLATE_CONFIG).join(name)).filter(|path| path.is_file()).collect();
-        let cwd = rootfs::working_dir(&settings.working_dir)
-            .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?;
+        let cwd = if spec.working_dir.is_empty() {
+            rootfs::working_dir(&settings.working_dir)
+                .map_err(|message| RuntimeError::InvalidArgument { field: "image", message: format!("image {}: {message}", spec.image) })?
+        } else {
+            // Created when missing (inside the rootfs), as the other runtimes do.
+            let relative = config::relative_target(&spec.working_dir).map_err(invalid("working_dir"))?;
+            prepare_target(&rootfs, &relative, false).map_err(invalid("working_dir"))?;
+            rootfs::working_dir(&spec.working_dir).map_err(invalid("working_dir"))?
+        };
         let image_lines = ImageLines { rootfs: &rootfs, includes: &includes, env: &settings.env, uid: user.uid, gid: user.gid, cwd: &cwd };
         let inputs = BlockInputs {
             cgroup: CgroupVersion::detect(&self.cgroup_root),
@@ -1370,7 +1380,7 @@ impl ContainerRuntime for LxcRuntime {
         let spec = &spec;
         let name = spec.name.as_str();
         let layout = self.pull(&spec.image).await?;
-        let argv = image::resolve_command(&layout, &spec.command).map_err(|e| failed(format!("image {}: {e}", spec.image)))?;
+        let argv = image::resolve_command(&layout, spec).map_err(|e| failed(format!("image {}: {e}", spec.image)))?;
 
         let _serial = CREATE_LOCK.lock().await;
         let dir = self.dir(name);
@@ -1496,6 +1506,8 @@ impl ContainerRuntime for LxcRuntime {
         let name = &state.spec.name;
         let info = self.info(name).await?;
         if info.state != "STOPPED" {
+            // The container's own grace period, when its spec sets one.
+            let grace = state.spec.stop_grace.map_or(grace, |seconds| Duration::from_secs(u64::from(seconds)));
             self.stop_container(name, grace).await?;
         }
         self.publisher.unpublish_owner(name).await;

@@ -116,9 +116,11 @@ pub(super) fn layout_present(layout: &Path) -> bool {
     layout.join("index.json").is_file() && layout.join("oci-layout").is_file()
 }
 
-/// The command actually run: `Entrypoint` + (`command` or `Cmd`), `/bin/sh` when that is
-/// empty (what LXC's oci template falls back to).
-pub(super) fn resolve_command(layout: &Path, command: &[String]) -> Result<Vec<String>, String> {
+/// The command actually run, by `docker run`'s rules
+/// ([`diplo_api::options::process_argv`]): the spec's entrypoint and command over the
+/// image's `Entrypoint` and `Cmd`; `/bin/sh` when that is empty (what LXC's oci
+/// template falls back to).
+pub(super) fn resolve_command(layout: &Path, spec: &diplo_api::container::ContainerSpec) -> Result<Vec<String>, String> {
     let config = image_config(layout)?;
     let strings = |key: &str| -> Vec<String> {
         config
@@ -128,12 +130,7 @@ pub(super) fn resolve_command(layout: &Path, command: &[String]) -> Result<Vec<S
             .map(|items| items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
             .unwrap_or_default()
     };
-    let mut argv = strings("Entrypoint");
-    if command.is_empty() {
-        argv.extend(strings("Cmd"));
-    } else {
-        argv.extend(command.iter().cloned());
-    }
+    let mut argv = diplo_api::options::process_argv(spec, &strings("Entrypoint"), &strings("Cmd"));
     if argv.is_empty() {
         argv.push("/bin/sh".to_owned());
     }
@@ -317,6 +314,7 @@ pub(super) fn is_gzip(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use diplo_api::container::ContainerSpec;
 
     #[test]
     fn skopeo_gets_the_digest_alone_when_a_reference_has_both() {
@@ -380,7 +378,7 @@ mod tests {
         let layout = dir.path().join("layout");
         write_rootfs_layout(&layout, &tar).expect("layout");
         assert!(layout_present(&layout));
-        assert_eq!(resolve_command(&layout, &[]).expect("argv"), ["/bin/sh"]);
+        assert_eq!(resolve_command(&layout, &ContainerSpec::default()).expect("argv"), ["/bin/sh"]);
         let config = image_config(&layout).expect("config");
         assert_eq!(config.pointer("/rootfs/diff_ids").and_then(serde_json::Value::as_array).map(Vec::len), Some(2));
     }
@@ -403,8 +401,14 @@ mod tests {
         std::fs::write(layout.join("index.json"), index).expect("write");
         std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("write");
         assert!(layout_present(layout));
-        assert_eq!(resolve_command(layout, &[]).expect("argv"), ["/bin/app", "--port", "80"]);
-        assert_eq!(resolve_command(layout, &["-v".to_owned()]).expect("argv"), ["/bin/app", "-v"]);
+        let with = |entrypoint: &[&str], command: &[&str]| ContainerSpec {
+            entrypoint: entrypoint.iter().map(|s| (*s).to_owned()).collect(),
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            ..ContainerSpec::default()
+        };
+        assert_eq!(resolve_command(layout, &with(&[], &[])).expect("argv"), ["/bin/app", "--port", "80"]);
+        assert_eq!(resolve_command(layout, &with(&[], &["-v"])).expect("argv"), ["/bin/app", "-v"]);
+        assert_eq!(resolve_command(layout, &with(&["/bin/sh", "-c"], &["echo"])).expect("argv"), ["/bin/sh", "-c", "echo"]);
         assert_eq!(run_settings(layout).expect("settings"), RunSettings::default());
     }
 }
