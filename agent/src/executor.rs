@@ -326,6 +326,27 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn commands_that_may_change_volumes_are_the_ones_reported_again() {
+        use diplo_api::resources::{VolumeOp, VolumeSpec};
+        let mount = |source: &str| Mount { source: source.into(), target: "/data".into(), read_only: false };
+        let with = |mounts| CommandOp::Create(ContainerSpec { mounts, ..ContainerSpec::default() });
+        let cases = [
+            (with(vec![mount("data")]), true),
+            (with(vec![mount("/srv/data")]), false),
+            (with(Vec::new()), false),
+            (CommandOp::Volume(VolumeOp::Create(VolumeSpec { name: "v".into(), ..VolumeSpec::default() })), true),
+            (CommandOp::Volume(VolumeOp::Remove("v".into())), true),
+            (CommandOp::Volume(VolumeOp::Prune), true),
+            (CommandOp::Volume(VolumeOp::List), false),
+            (CommandOp::Volume(VolumeOp::Inspect("v".into())), false),
+            (CommandOp::Start("web".into()), false),
+        ];
+        for (op, expected) in cases {
+            assert_eq!(changes_volumes(&op), expected, "{op:?}");
+        }
+    }
+
     fn create(mounts: Vec<Mount>) -> AgentCommand {
         let spec = ContainerSpec { name: "web".into(), image: "busybox".into(), mounts, ..ContainerSpec::default() };
         AgentCommand { request_id: "r1".into(), runtime: Runtime::Docker, op: CommandOp::Create(spec), traceparent: None }
