@@ -59,6 +59,44 @@ pub struct Fingerprint {
     /// Directory under which builds clone their workspaces (empty: the node builds nothing).
     #[serde(default)]
     pub build_dir: String,
+    /// Named volumes per runtime ([`volumes_from_wire`] bounds and checks them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: VolumeReport,
+}
+
+/// The most volume names a node reports per runtime; more are dropped.
+pub const MAX_REPORTED_VOLUMES: usize = 1_024;
+
+/// Named volumes per runtime, each list sorted and without duplicates.
+pub type VolumeReport = BTreeMap<Runtime, Vec<String>>;
+
+/// A runtime's volume names as reported: valid names only
+/// ([`crate::resources::validate_resource_name`]), sorted, each once, at most
+/// [`MAX_REPORTED_VOLUMES`].
+pub fn bounded_volume_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let valid: std::collections::BTreeSet<&str> =
+        names.into_iter().filter(|name| crate::resources::validate_resource_name(name).is_ok()).collect();
+    valid.into_iter().take(MAX_REPORTED_VOLUMES).map(str::to_owned).collect()
+}
+
+/// The wire form of a volume report.
+pub fn volumes_to_wire(volumes: &VolumeReport) -> Vec<pb::RuntimeVolumes> {
+    volumes
+        .iter()
+        .map(|(runtime, names)| pb::RuntimeVolumes { runtime: pb::RuntimeKind::from(*runtime) as i32, names: names.clone() })
+        .collect()
+}
+
+/// A volume report from the wire: unknown runtimes dropped, names bounded and checked
+/// ([`bounded_volume_names`]); a runtime listed twice keeps its last list.
+pub fn volumes_from_wire(volumes: &[pb::RuntimeVolumes]) -> VolumeReport {
+    volumes
+        .iter()
+        .filter_map(|entry| {
+            let runtime = pb::RuntimeKind::try_from(entry.runtime).ok()?.runtime()?;
+            Some((runtime, bounded_volume_names(entry.names.iter().map(String::as_str))))
+        })
+        .collect()
 }
 
 impl Fingerprint {
@@ -110,6 +148,7 @@ impl From<&Fingerprint> for pb::NodeFingerprint {
             labels: fp.labels.clone().into_iter().collect(),
             builders: fp.builders.iter().map(|b| b.as_str().to_owned()).collect(),
             build_dir: fp.build_dir.clone(),
+            volumes: volumes_to_wire(&fp.volumes),
         }
     }
 }
@@ -151,6 +190,7 @@ impl From<pb::NodeFingerprint> for Fingerprint {
             // Unknown builder names are dropped, duplicates kept once.
             builders: crate::build::Builder::ALL.into_iter().filter(|b| fp.builders.iter().any(|name| name == b.as_str())).collect(),
             build_dir: node_text(&fp.build_dir),
+            volumes: volumes_from_wire(&fp.volumes),
         }
     }
 }
@@ -158,6 +198,27 @@ impl From<pb::NodeFingerprint> for Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volume_reports_are_bounded_and_checked() {
+        let many: Vec<String> = (0..MAX_REPORTED_VOLUMES + 10).map(|i| format!("v{i:05}")).collect();
+        let wire = vec![
+            pb::RuntimeVolumes {
+                runtime: pb::RuntimeKind::Lxc as i32,
+                names: vec!["b".into(), "../etc".into(), "a".into(), "b".into(), String::new(), "x".repeat(200)],
+            },
+            pb::RuntimeVolumes { runtime: pb::RuntimeKind::Docker as i32, names: many },
+            pb::RuntimeVolumes { runtime: pb::RuntimeKind::Unspecified as i32, names: vec!["lost".into()] },
+            pb::RuntimeVolumes { runtime: 99, names: vec!["lost".into()] },
+        ];
+        let report = volumes_from_wire(&wire);
+        assert_eq!(report.keys().copied().collect::<Vec<_>>(), [Runtime::Docker, Runtime::Lxc]);
+        assert_eq!(report[&Runtime::Lxc], ["a", "b"]);
+        assert_eq!(report[&Runtime::Docker].len(), MAX_REPORTED_VOLUMES);
+        assert_eq!(volumes_from_wire(&volumes_to_wire(&report)), report, "a report round-trips");
+        let fp = Fingerprint { volumes: report.clone(), ..Fingerprint::default() };
+        assert_eq!(Fingerprint::from(pb::NodeFingerprint::from(&fp)).volumes, report);
+    }
 
     fn report(runtime: Runtime, available: bool) -> RuntimeReport {
         RuntimeReport {

@@ -181,6 +181,8 @@ pub struct VolumeInfo {
     pub labels: BTreeMap<String, String>,
     /// RFC 3339 creation time, empty when unknown.
     pub created: String,
+    /// Names of the containers mounting it, when the runtime says (inspect).
+    pub containers: Vec<String>,
 }
 
 impl VolumeInfo {
@@ -347,6 +349,7 @@ impl From<&VolumeInfo> for pb::VolumeSummary {
             labels: labels_map(&volume.labels),
             created: volume.created.clone(),
             managed: volume.managed(),
+            containers: volume.containers.clone(),
         }
     }
 }
@@ -359,6 +362,7 @@ impl From<pb::VolumeSummary> for VolumeInfo {
             mountpoint: volume.mountpoint,
             labels: volume.labels.into_iter().collect(),
             created: volume.created,
+            containers: volume.containers,
         }
     }
 }

@@ -182,7 +182,8 @@ pub enum Capability {
     Images,
     /// Create, remove, connect and disconnect networks.
     Networks,
-    /// Create, remove and prune named volumes.
+    /// Create, list, inspect, remove and prune named volumes (containerd and LXC: plain
+    /// directories of the agent, with their labels beside them).
     Volumes,
 }
 
@@ -220,8 +221,8 @@ impl fmt::Display for Capability {
 }
 
 /// What every driver implements (health checks through the agent's supervisor where the
-/// runtime runs none).
-const COMMON_CAPABILITIES: [Capability; 16] = [
+/// runtime runs none; named volumes as directories of the agent where the runtime keeps none).
+const COMMON_CAPABILITIES: [Capability; 17] = [
     Capability::Pull,
     Capability::Create,
     Capability::Start,
@@ -238,6 +239,7 @@ const COMMON_CAPABILITIES: [Capability; 16] = [
     Capability::Pause,
     Capability::CopyFiles,
     Capability::Images,
+    Capability::Volumes,
 ];
 
 /// A container setting a runtime cannot honour: `field` of the spec, and the runtime.
@@ -259,13 +261,13 @@ impl Runtime {
     pub fn capabilities(self) -> Vec<Capability> {
         let mut capabilities = COMMON_CAPABILITIES.to_vec();
         match self {
-            // Docker and Podman restart exited containers in the daemon, and keep network and
-            // volume objects.
+            // Docker and Podman restart exited containers in the daemon, and keep network
+            // objects.
             Runtime::Docker | Runtime::Podman => {
-                capabilities.extend([Capability::RuntimeRestartPolicy, Capability::Networks, Capability::Volumes]);
+                capabilities.extend([Capability::RuntimeRestartPolicy, Capability::Networks]);
             }
             // containerd and LXC have no daemon-side restart policies (the agent supervises
-            // them), and no network or volume objects here.
+            // them), and no network objects here.
             Runtime::Containerd | Runtime::Lxc => {}
         }
         capabilities
@@ -340,7 +342,7 @@ mod tests {
             assert!(runtime.supports(Capability::Healthcheck), "{runtime}: health checks hold on every runtime");
             assert_eq!(runtime.supports(Capability::RuntimeRestartPolicy), daemon_side, "{runtime}");
             assert_eq!(runtime.supports(Capability::Networks), daemon_side, "{runtime}");
-            assert_eq!(runtime.supports(Capability::Volumes), daemon_side, "{runtime}");
+            assert!(runtime.supports(Capability::Volumes), "{runtime}: named volumes work on every runtime");
             assert_eq!(runtime.check_spec(&ContainerSpec::default()), Ok(()), "{runtime}");
             for check in &checks {
                 for policy in [RestartPolicy::No, RestartPolicy::Always, RestartPolicy::OnFailure(Some(2)), RestartPolicy::UnlessStopped] {

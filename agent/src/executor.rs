@@ -23,6 +23,9 @@ pub struct Executor {
     host_paths: HostPathPolicy,
     registry: crate::registry::SharedRegistry,
     builds: Option<crate::build::Builds>,
+    /// Set by every command that may have changed the node's named volumes; the session
+    /// takes it to report them again.
+    volumes_changed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Executor {
@@ -34,6 +37,7 @@ impl Executor {
             host_paths: HostPathPolicy::default(),
             registry: Default::default(),
             builds: None,
+            volumes_changed: Arc::default(),
         }
     }
 
@@ -100,7 +104,14 @@ impl Executor {
         }
         let driver = self.driver(command.runtime).cloned();
         let node_id = self.node_id.clone();
-        Box::pin(async move { run_op(driver?, command.op, node_id).await.map_err(command_error) })
+        let changed = changes_volumes(&command.op).then(|| self.volumes_changed.clone());
+        Box::pin(async move {
+            let outcome = run_op(driver?, command.op, node_id).await.map_err(command_error);
+            if let Some(changed) = changed {
+                changed.store(true, std::sync::atomic::Ordering::Release);
+            }
+            outcome
+        })
     }
 
     /// Opens a followed log stream for a `Logs` command with `follow`.
@@ -124,6 +135,28 @@ impl Executor {
         self.runtimes.iter().map(|(runtime, driver)| (*runtime, Arc::clone(driver))).collect()
     }
 
+    /// Whether a command may have changed the node's named volumes since the last call.
+    pub fn take_volumes_changed(&self) -> bool {
+        self.volumes_changed.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// The names of the named volumes of every runtime, bounded
+    /// ([`diplo_api::fingerprint::bounded_volume_names`]). A runtime that fails to list
+    /// is left out (and logged): the control plane keeps its last report.
+    pub async fn volume_report(&self) -> diplo_api::fingerprint::VolumeReport {
+        let lists = futures::future::join_all(self.runtimes.iter().map(|(runtime, driver)| async move {
+            match driver.list_volumes().await {
+                Ok(volumes) => Some((*runtime, diplo_api::fingerprint::bounded_volume_names(volumes.iter().map(|v| v.name.as_str())))),
+                Err(err) => {
+                    tracing::warn!(%runtime, error = %err, "cannot list volumes");
+                    None
+                }
+            }
+        }))
+        .await;
+        lists.into_iter().flatten().collect()
+    }
+
     /// Every container this node created (Diplo's labels with this node's id), on every
     /// runtime; containers of other agents sharing a runtime are not ours. A runtime that
     /// fails to list is skipped (and logged) so that one broken daemon hides nothing else.
@@ -140,6 +173,17 @@ impl Executor {
         }))
         .await;
         lists.into_iter().flatten().collect()
+    }
+}
+
+/// Whether `op` may create or remove named volumes (a container mounting a volume that
+/// does not exist yet creates it).
+fn changes_volumes(op: &CommandOp) -> bool {
+    use diplo_api::resources::VolumeOp;
+    match op {
+        CommandOp::Create(spec) => spec.mounts.iter().any(|mount| !mount.is_bind()),
+        CommandOp::Volume(op) => matches!(op, VolumeOp::Create(_) | VolumeOp::Remove(_) | VolumeOp::Prune),
+        _ => false,
     }
 }
 
@@ -281,6 +325,27 @@ mod tests {
     use diplo_api::container::{ContainerSpec, Mount};
 
     use super::*;
+
+    #[test]
+    fn commands_that_may_change_volumes_are_the_ones_reported_again() {
+        use diplo_api::resources::{VolumeOp, VolumeSpec};
+        let mount = |source: &str| Mount { source: source.into(), target: "/data".into(), read_only: false };
+        let with = |mounts| CommandOp::Create(ContainerSpec { mounts, ..ContainerSpec::default() });
+        let cases = [
+            (with(vec![mount("data")]), true),
+            (with(vec![mount("/srv/data")]), false),
+            (with(Vec::new()), false),
+            (CommandOp::Volume(VolumeOp::Create(VolumeSpec { name: "v".into(), ..VolumeSpec::default() })), true),
+            (CommandOp::Volume(VolumeOp::Remove("v".into())), true),
+            (CommandOp::Volume(VolumeOp::Prune), true),
+            (CommandOp::Volume(VolumeOp::List), false),
+            (CommandOp::Volume(VolumeOp::Inspect("v".into())), false),
+            (CommandOp::Start("web".into()), false),
+        ];
+        for (op, expected) in cases {
+            assert_eq!(changes_volumes(&op), expected, "{op:?}");
+        }
+    }
 
     fn create(mounts: Vec<Mount>) -> AgentCommand {
         let spec = ContainerSpec { name: "web".into(), image: "busybox".into(), mounts, ..ContainerSpec::default() };

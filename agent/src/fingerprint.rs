@@ -195,6 +195,8 @@ pub async fn probe(config: &ProbeConfig) -> Fingerprint {
         labels: config.labels.clone(),
         builders,
         build_dir: config.build_dir.clone(),
+        // The session fills them in from the drivers.
+        volumes: Default::default(),
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod build_api;
 pub mod containerd;
+pub mod dir_volumes;
 pub mod docker;
 mod docker_api;
 pub mod fake;
@@ -231,6 +232,14 @@ pub trait ContainerRuntime: Send + Sync {
 /// The answer of a runtime that cannot do `operation`.
 pub fn unsupported(runtime: Runtime, operation: &'static str) -> RuntimeError {
     RuntimeError::Unsupported { runtime, operation }
+}
+
+/// The refusal to remove a network or volume Diplo did not create.
+pub(crate) fn not_managed(what: &str, name: &str) -> RuntimeError {
+    RuntimeError::Conflict(format!(
+        "{what} {name:?} was not created by Diplo (no {} label); Diplo removes only the {what}s it created",
+        diplo_api::resources::LABEL_MANAGED
+    ))
 }
 
 /// The argv that writes a tar of `path` (checked) to stdout, run inside a container.

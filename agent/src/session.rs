@@ -274,7 +274,9 @@ async fn session_once(
         Err(err) => return SessionEnd::Retry(err.to_string()),
     };
     let mut client = agent_client(channel);
-    let fingerprint = fingerprint_source.fingerprint().await;
+    let mut fingerprint = fingerprint_source.fingerprint().await;
+    fingerprint.volumes = executor.volume_report().await;
+    let _ = executor.take_volumes_changed();
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
     // Events are followed from before the first full list, so that nothing between the
     // two is missed; the watchers end with the session (the set aborts them when dropped).
@@ -320,7 +322,10 @@ async fn session_once(
             _ = heartbeat.tick() => {
                 flush_at = None;
                 sequence += 1;
-                let beat = delta_heartbeat(sequence, tracker.take_delta(), &identity.node_id);
+                let mut beat = delta_heartbeat(sequence, tracker.take_delta(), &identity.node_id);
+                if executor.take_volumes_changed() {
+                    beat.volumes = diplo_api::fingerprint::volumes_to_wire(&executor.volume_report().await);
+                }
                 if !send_heartbeat(&tx, beat).await {
                     return SessionEnd::Retry("session stream closed".into());
                 }
@@ -334,7 +339,9 @@ async fn session_once(
                 tracker.full(&listed);
                 flush_at = None;
                 sequence += 1;
-                let beat = pb::Heartbeat { sequence, containers: wire_states(&listed, &identity.node_id), full: true, ..Default::default() };
+                let _ = executor.take_volumes_changed();
+                let volumes = diplo_api::fingerprint::volumes_to_wire(&executor.volume_report().await);
+                let beat = pb::Heartbeat { sequence, containers: wire_states(&listed, &identity.node_id), full: true, volumes, ..Default::default() };
                 if !send_heartbeat(&tx, beat).await {
                     return SessionEnd::Retry("session stream closed".into());
                 }
@@ -417,6 +424,7 @@ fn delta_heartbeat(sequence: u64, changes: Delta, node_id: &str) -> pb::Heartbea
         removed: changes.removed.iter().map(|(runtime, id)| removed_container(*runtime, id)).collect(),
         full: false,
         runtimes: Vec::new(),
+        volumes: Vec::new(),
     }
 }
 

@@ -1,8 +1,8 @@
 //! Images, networks and volumes through the drivers, against the real runtimes of this
 //! host (`scripts/setup-host`: Docker, Podman, containerd, LXC and the registry on
 //! 127.0.0.1:5000). Docker and Podman do everything; containerd and LXC (its image
-//! cache) manage their images and answer `Unsupported` naming themselves for networks
-//! and volumes. Commands go through the same functions
+//! cache) manage their images and directory volumes (the volume flow itself is in the
+//! runtime conformance suite) and answer `Unsupported` naming themselves for networks. Commands go through the same functions
 //! the executor runs (`diplo_agent::resources`), so the name checks and list caps are
 //! those of a real command.
 //!
@@ -281,7 +281,7 @@ async fn volumes(rt: &dyn ContainerRuntime, left: &Leftovers, prefix: &str) {
 // ------------------------------------------------------------------ containerd and LXC
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containerd_manages_its_images_and_refuses_networks_and_volumes() {
+async fn containerd_manages_its_images_and_volumes_and_refuses_networks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = match ContainerdRuntime::connect("/run/containerd/containerd.sock", RegistryConfig::default(), dir.path().into()).await {
         Ok(runtime) => runtime,
@@ -314,16 +314,42 @@ async fn containerd_manages_its_images_and_refuses_networks_and_volumes() {
     let spec = NetworkSpec { name: "n".into(), driver: "bridge".into(), ..Default::default() };
     assert_unsupported(network_op(rt, &NetworkOp::Create(spec)).await, Runtime::Containerd, "create network");
     assert_unsupported(network_op(rt, &NetworkOp::List).await, Runtime::Containerd, "list networks");
-    assert_unsupported(
-        volume_op(rt, &VolumeOp::Create(VolumeSpec { name: "v".into(), ..Default::default() })).await,
-        Runtime::Containerd,
-        "create volume",
-    );
-    assert_unsupported(volume_op(rt, &VolumeOp::Prune).await, Runtime::Containerd, "prune volumes");
+    hand_made_volume_stays(rt, &dir.path().join("volumes")).await;
+}
+
+/// A directory volume Diplo did not create (no metadata) is listed, but neither removed
+/// nor pruned; names that are paths are refused naming the field.
+async fn hand_made_volume_stays(rt: &dyn ContainerRuntime, root: &std::path::Path) {
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let name = format!("{}-handmade", prefix());
+    let _guard = RemoveDir(root.join(&name));
+    std::fs::create_dir_all(root.join(&name)).expect("hand-made volume");
+    std::fs::write(root.join(&name).join("precious"), "x").expect("file");
+    let listed = volume_op(rt, &VolumeOp::List).await.expect("list volumes").volumes;
+    let found = listed.iter().find(|v| v.name == name).unwrap_or_else(|| panic!("{name} not in {listed:?}"));
+    assert!(!found.managed() && found.driver == "local", "{found:?}");
+    match volume_op(rt, &VolumeOp::Remove(name.clone())).await {
+        Err(RuntimeError::Conflict(message)) => assert!(message.contains("not created by Diplo"), "{message}"),
+        other => panic!("removing a hand-made volume: {other:?}"),
+    }
+    let report = volume_op(rt, &VolumeOp::Prune).await.expect("prune").prune.expect("report");
+    assert!(!report.removed.contains(&name), "{report:?}");
+    assert!(root.join(&name).join("precious").is_file());
+    for bad in ["../etc", "a/b", ".."] {
+        assert!(
+            matches!(volume_op(rt, &VolumeOp::Inspect(bad.into())).await, Err(RuntimeError::InvalidArgument { field: "volume", .. })),
+            "{bad:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lxc_manages_its_image_cache_and_refuses_networks_and_volumes() {
+async fn lxc_manages_its_image_cache_and_volumes_and_refuses_networks() {
     let report = diplo_agent::runtime::lxc::probe(std::time::Duration::from_secs(10)).await;
     if !report.available {
         return diplo_tests::skip_or_fail(&format!("LXC is unavailable: {}", report.error));
@@ -359,6 +385,5 @@ async fn lxc_manages_its_image_cache_and_refuses_networks_and_volumes() {
 
     assert_unsupported(network_op(rt, &NetworkOp::List).await, Runtime::Lxc, "list networks");
     assert_unsupported(network_op(rt, &NetworkOp::Remove("n".into())).await, Runtime::Lxc, "remove network");
-    assert_unsupported(volume_op(rt, &VolumeOp::List).await, Runtime::Lxc, "list volumes");
-    assert_unsupported(volume_op(rt, &VolumeOp::Remove("v".into())).await, Runtime::Lxc, "remove volume");
+    hand_made_volume_stays(rt, &PathBuf::from("/var/lib/lxc/.diplo-volumes")).await;
 }

@@ -12,6 +12,7 @@
 //! `CI=true`. Containers are named `diplo-conf-<random>-<case>` and removed at the end,
 //! also when a case panics.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -25,8 +26,9 @@ use diplo_agent::runtime::{ContainerRuntime, RegistryConfig, RuntimeError, podma
 use diplo_agent::supervisor::Supervised;
 use diplo_api::container::{
     ContainerInfo, ContainerSpec, ContainerStatus, Health, HealthCheck, HealthProbe, LABEL_DEPLOYMENT, LABEL_INSTANCE, LogChunk,
-    LogOptions, OutputStream, PortMapping, Protocol, RestartPolicy, RuntimeEventKind,
+    LogOptions, Mount, OutputStream, PortMapping, Protocol, RestartPolicy, RuntimeEventKind,
 };
+use diplo_api::resources::VolumeSpec;
 use diplo_api::runtime::Runtime;
 use diplo_tests::tar_of;
 use futures::StreamExt;
@@ -215,6 +217,7 @@ impl Ctx {
 #[derive(Default)]
 struct Leftovers {
     containers: Vec<String>,
+    volumes: Vec<String>,
     foreign: Vec<String>,
     images: Vec<String>,
 }
@@ -238,7 +241,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let leftovers = std::mem::take(&mut *self.lock());
         let runtime = self.runtime.clone();
-        let containers = leftovers.containers;
+        let (containers, volumes) = (leftovers.containers, leftovers.volumes);
         let cleaner = std::thread::spawn(move || {
             let Ok(executor) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             executor.block_on(async {
@@ -246,6 +249,12 @@ impl Drop for Cleanup {
                     match runtime.remove(&name, true).await {
                         Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
                         Err(error) => eprintln!("cleanup: cannot remove {name}: {error}"),
+                    }
+                }
+                for name in volumes {
+                    match runtime.remove_volume(&name).await {
+                        Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
+                        Err(error) => eprintln!("cleanup: cannot remove volume {name}: {error}"),
                     }
                 }
             });
@@ -346,6 +355,7 @@ async fn run_suite(target: Target) {
     case!(hardening_is_in_force_inside);
     case!(user_workdir_and_entrypoint_replace_the_images);
     case!(stop_signal_and_grace_come_from_the_spec);
+    case!(named_volumes_keep_data_between_containers);
     let elapsed = started.elapsed();
     drop(ctx);
     println!("{kind}: conformance suite passed in {elapsed:.2?}");
@@ -851,6 +861,50 @@ async fn events_report_start_and_die(ctx: &Ctx) {
     let info = ctx.rt().inspect(&id).await.expect("inspect");
     assert_eq!((info.status, info.exit_code), (ContainerStatus::Exited, 4));
     ctx.rt().remove(&id, false).await.expect("remove an exited container without force");
+}
+
+/// Named volumes on every runtime: created with labels, written by one container and
+/// read by another, refused while in use, pruned when unused, removed at last.
+async fn named_volumes_keep_data_between_containers(ctx: &Ctx) {
+    let (kept, spare) = (format!("{}-vol", ctx.prefix), format!("{}-spare", ctx.prefix));
+    ctx.cleanup.lock().volumes.extend([kept.clone(), spare.clone()]);
+    let spec = VolumeSpec { name: kept.clone(), labels: BTreeMap::from([("team".to_owned(), "conf".to_owned())]) };
+    let created = ctx.rt().create_volume(&spec).await.expect("create volume");
+    assert_eq!((created.name.as_str(), created.driver.as_str(), created.managed()), (kept.as_str(), "local", true), "{created:?}");
+    assert_eq!(created.labels.get("team").map(String::as_str), Some("conf"));
+    assert!(!created.mountpoint.is_empty(), "{created:?}");
+    assert!(matches!(ctx.rt().create_volume(&spec).await, Err(RuntimeError::Conflict(_))), "a second volume of the same name");
+    ctx.rt().create_volume(&VolumeSpec { name: spare.clone(), ..Default::default() }).await.expect("create spare");
+    let listed = ctx.rt().list_volumes().await.expect("list volumes");
+    assert!(listed.iter().any(|v| v.name == kept) && listed.iter().any(|v| v.name == spare), "{listed:?}");
+
+    let mount = |read_only| Mount { source: kept.clone(), target: "/data".to_owned(), read_only };
+    let mut writer = ctx.spec("vol-writer", "echo kept > /data/file");
+    writer.mounts = vec![mount(false)];
+    let writer_id = ctx.run(&writer).await;
+    let done = ctx.wait_for(&writer_id, Duration::from_secs(20), "exited", |c| c.status == ContainerStatus::Exited).await;
+    assert_eq!(done.exit_code, 0, "the writer failed: {done:?}");
+    let mut reader = ctx.spec("vol-reader", POLITE);
+    reader.mounts = vec![mount(true)];
+    let reader_id = ctx.run(&reader).await;
+    let read = ctx.rt().exec(&reader_id, &["cat".to_owned(), "/data/file".to_owned()]).await.expect("exec cat");
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "kept\n", "{read:?}");
+
+    let inspected = ctx.rt().inspect_volume(&kept).await.expect("inspect volume");
+    assert!(inspected.containers.contains(&reader.name), "{inspected:?}");
+    match ctx.rt().remove_volume(&kept).await {
+        Err(RuntimeError::Conflict(_)) => {}
+        other => panic!("removing a volume in use: {other:?}"),
+    }
+    let report = ctx.rt().prune_volumes().await.expect("prune volumes");
+    assert!(report.removed.contains(&spare) && !report.removed.contains(&kept), "{report:?}");
+    assert_not_found(ctx.rt().inspect_volume(&spare).await, "volume", &spare);
+
+    ctx.rt().remove(&reader_id, true).await.expect("remove reader");
+    ctx.rt().remove(&writer_id, true).await.expect("remove writer");
+    ctx.rt().remove_volume(&kept).await.expect("remove the unused volume");
+    assert_not_found(ctx.rt().inspect_volume(&kept).await, "volume", &kept);
+    assert!(matches!(ctx.rt().inspect_volume("../etc").await, Err(RuntimeError::InvalidArgument { .. })));
 }
 
 async fn remove_leaves_nothing(ctx: &Ctx) {

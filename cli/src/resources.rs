@@ -217,7 +217,8 @@ fn networks_table(networks: &[pb::NetworkSummary]) -> String {
 /// A volume as JSON.
 pub fn volume_json(volume: &pb::VolumeSummary) -> Value {
     json!({"name": volume.name, "driver": volume.driver, "mountpoint": volume.mountpoint, "labels": volume.labels,
-           "created": (!volume.created.is_empty()).then_some(&volume.created), "managed": volume.managed})
+           "created": (!volume.created.is_empty()).then_some(&volume.created), "managed": volume.managed,
+           "containers": volume.containers})
 }
 
 fn volumes_table(volumes: &[pb::VolumeSummary]) -> String {

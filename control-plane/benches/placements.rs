@@ -216,6 +216,7 @@ fn request(id: &str, spec: &DeploymentSpec, count: u32, image_platforms: Option<
         memory_bytes: spec.container.memory_bytes.unwrap_or(0),
         ports: spec.container.ports.iter().map(|p| (p.host_port, p.protocol)).collect(),
         strategy: spec.strategy,
+        volumes: Vec::new(),
     }
 }
 

@@ -36,6 +36,7 @@ fn web(count: u32) -> PlacementRequest {
         memory_bytes: 256 * MIB,
         ports: Vec::new(),
         strategy: Strategy::Binpack,
+        volumes: Vec::new(),
     }
 }
 

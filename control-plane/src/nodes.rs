@@ -36,6 +36,9 @@ struct LiveNode<T> {
     persisted: NodeStatus,
     session: Option<(u64, Downstream<T>)>,
     containers: Vec<ObservedContainer>,
+    /// Named volumes per runtime as the node reported them since this process started
+    /// (`None`: not yet; the stored fingerprint's list stands).
+    volumes: Option<diplo_api::fingerprint::VolumeReport>,
     /// Joined but no session yet: never counted ready before its first hello.
     awaiting_session: bool,
 }
@@ -120,6 +123,7 @@ impl<T> NodeRegistry<T> {
             persisted: status,
             session: None,
             containers: Vec::new(),
+            volumes: None,
             awaiting_session,
         };
         let mut nodes = self.lock();
@@ -229,6 +233,37 @@ impl<T> NodeRegistry<T> {
             self.containers_changed();
         }
         changed
+    }
+
+    /// Records a node's named volumes: with `full` the report replaces everything known,
+    /// otherwise only the runtimes it lists. Returns whether anything changed.
+    pub fn set_volumes(&self, node_id: &str, report: diplo_api::fingerprint::VolumeReport, full: bool) -> bool {
+        let mut nodes = self.lock();
+        let Some(node) = nodes.get_mut(node_id) else { return false };
+        let before = node.volumes.clone();
+        let known = node.volumes.get_or_insert_with(Default::default);
+        if full {
+            *known = report;
+        } else {
+            known.extend(report);
+        }
+        node.volumes != before
+    }
+
+    /// Changes the known volume names of one runtime of a node after a volume command
+    /// succeeded (the node's next report confirms them); the list stays sorted, bounded
+    /// and without duplicates.
+    pub fn edit_volumes(&self, node_id: &str, runtime: diplo_api::runtime::Runtime, edit: impl FnOnce(&mut Vec<String>)) {
+        let mut nodes = self.lock();
+        let Some(node) = nodes.get_mut(node_id) else { return };
+        let names = node.volumes.get_or_insert_with(Default::default).entry(runtime).or_default();
+        edit(names);
+        *names = diplo_api::fingerprint::bounded_volume_names(names.iter().map(String::as_str));
+    }
+
+    /// A node's named volumes per runtime as last reported, `None` before its first report.
+    pub fn volumes(&self, node_id: &str) -> Option<diplo_api::fingerprint::VolumeReport> {
+        self.lock().get(node_id).and_then(|node| node.volumes.clone())
     }
 
     /// Records one container's latest state (after a command), replacing the old entry.
@@ -393,6 +428,25 @@ mod tests {
 
     fn observed(runtime: diplo_api::runtime::Runtime, id: &str, status: diplo_api::container::ContainerStatus) -> ObservedContainer {
         ObservedContainer { runtime, info: diplo_api::container::ContainerInfo::new(id, id, "img", status) }
+    }
+
+    #[test]
+    fn volume_reports_replace_per_runtime_and_commands_edit_them() {
+        use diplo_api::runtime::Runtime::{Containerd, Docker};
+        let registry: NodeRegistry<()> = NodeRegistry::new(Duration::from_secs(1), Duration::from_secs(30));
+        registry.track("n1", NodeStatus::Ready);
+        assert_eq!(registry.volumes("n1"), None, "nothing reported yet");
+        let hello = [(Docker, vec!["a".to_owned()]), (Containerd, vec!["c".to_owned()])].into();
+        assert!(registry.set_volumes("n1", hello, true));
+        assert!(!registry.set_volumes("n1", [(Docker, vec!["a".to_owned()])].into(), false), "the same list changes nothing");
+        assert!(registry.set_volumes("n1", [(Docker, vec!["b".to_owned()])].into(), false));
+        let known = registry.volumes("n1").expect("reported");
+        assert_eq!((known[&Docker].as_slice(), known[&Containerd].as_slice()), (&["b".to_owned()][..], &["c".to_owned()][..]));
+        registry.edit_volumes("n1", Containerd, |names| names.extend(["d".to_owned(), "../x".to_owned(), "c".to_owned()]));
+        assert_eq!(registry.volumes("n1").expect("known")[&Containerd], ["c", "d"], "checked, sorted, once");
+        assert!(registry.set_volumes("n1", Default::default(), true), "a full report replaces all");
+        assert_eq!(registry.volumes("n1"), Some(Default::default()));
+        assert!(!registry.set_volumes("unknown", Default::default(), true));
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //!   replacement starts.
 //! * Scaling down removes the least advanced instances first (not running, newest first).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use diplo_api::container::{
@@ -124,6 +124,9 @@ impl Snapshot {
             let Some(node) = instance.node_id.as_deref() else { continue };
             if let Some(&index) = self.candidate_index.get(node) {
                 add_instance(&mut self.candidates[index], &instance.deployment_id, spec);
+                if let Some(runtime) = instance.runtime {
+                    self.candidates[index].volumes.entry(runtime).or_default().extend(named_volumes(&spec.container));
+                }
             }
         }
     }
@@ -154,6 +157,7 @@ pub fn candidates<'a>(
                 runtimes: fp.available_runtimes(),
                 cpu_millis: u64::from(fp.cpus) * 1000,
                 memory_bytes: fp.memory_bytes,
+                volumes: fp.volumes.iter().map(|(runtime, names)| (*runtime, names.iter().cloned().collect())).collect(),
                 ..Default::default()
             }
         })
@@ -162,7 +166,13 @@ pub fn candidates<'a>(
     for instance in instances.iter().filter(|i| i.desired == InstanceDesired::Run && i.status != InstanceStatus::Lost) {
         let Some(&slot) = instance.node_id.as_ref().and_then(|n| index.get(n)) else { continue };
         match specs.get(&instance.deployment_id) {
-            Some(spec) => add_instance(&mut list[slot], &instance.deployment_id, spec),
+            Some(spec) => {
+                add_instance(&mut list[slot], &instance.deployment_id, spec);
+                // Its volumes live there (or will once it starts) whatever the node reported last.
+                if let Some(runtime) = instance.runtime {
+                    list[slot].volumes.entry(runtime).or_default().extend(named_volumes(&spec.container));
+                }
+            }
             None => bump(&mut list[slot], &instance.deployment_id),
         }
     }
@@ -211,7 +221,14 @@ pub fn request_for(deployment_id: &str, spec: &DeploymentSpec, count: u32, platf
         memory_bytes: spec.container.memory_bytes.unwrap_or(0),
         ports: spec.container.ports.iter().map(|p| (p.host_port, p.protocol)).collect(),
         strategy: spec.strategy,
+        volumes: named_volumes(&spec.container),
     }
+}
+
+/// The named volumes (not host paths) `spec` mounts, each once, sorted.
+pub fn named_volumes(spec: &ContainerSpec) -> Vec<String> {
+    let names: BTreeSet<&str> = spec.mounts.iter().filter(|m| !m.is_bind()).map(|m| m.source.as_str()).collect();
+    names.into_iter().map(str::to_owned).collect()
 }
 
 /// The container an instance runs: the deployment's template, named after the instance

@@ -12,6 +12,13 @@
 //!    forced one, or any runtime its platform accepts), runs an os/arch the image is built for
 //!    (when the image's platforms are known), has the CPU and memory free (a capacity of 0
 //!    means unknown and is not checked) and has every requested host port free.
+//!    **Named volumes are sticky**: a volume is data on one node, so when a requested volume
+//!    exists on some node (ready or not), only the nodes holding every such volume are
+//!    eligible, under a runtime that holds them (a forced runtime that does not is refused).
+//!    A volume whose node is down makes the placement wait (the reason says so) rather
+//!    than start elsewhere on an empty volume. A volume no node has yet is created where
+//!    the first replica lands, and every further replica of the call follows it to that
+//!    node (like Compose on one host).
 //! 2. **Score** (integers only, higher is better), a weighted sum whose terms are bounded so
 //!    that anti-affinity outweighs everything else, and runtime preference everything below it;
 //!    image locality, fit and load are traded against each other:
@@ -102,6 +109,9 @@ pub struct NodeCandidate {
     pub images: BTreeSet<String>,
     /// Running instances per deployment id.
     pub instances: BTreeMap<String, u32>,
+    /// Named volumes on the node, per runtime (reported by the node, plus those of the
+    /// instances placed there).
+    pub volumes: BTreeMap<Runtime, BTreeSet<String>>,
 }
 
 /// What to place.
@@ -127,6 +137,8 @@ pub struct PlacementRequest {
     pub ports: Vec<(u16, Protocol)>,
     /// Binpack or spread.
     pub strategy: Strategy,
+    /// Named volumes each replica mounts (sticky: see the module docs).
+    pub volumes: Vec<String>,
 }
 
 /// One replica's place.
@@ -167,7 +179,7 @@ pub fn place(nodes: &[NodeCandidate], request: &PlacementRequest) -> Result<Vec<
     if request.count == 0 {
         return Ok(Vec::new());
     }
-    let ctx = Context::new(request);
+    let ctx = Context::new(request, nodes);
     let mut memo = PlatformMemo::default();
     if request.count == 1 {
         return place_one(nodes, &ctx, &mut memo);
@@ -185,6 +197,10 @@ pub fn place(nodes: &[NodeCandidate], request: &PlacementRequest) -> Result<Vec<
     while placed.len() < count {
         let Some(key) = heap.pop() else { break };
         let entry = &mut entries[key.slot];
+        // Replicas sharing a new volume follow the first one: other nodes drop out.
+        if ctx.follows_volume(entry) {
+            continue;
+        }
         if !entry.looked_up {
             entry.look_up(&ctx);
             heap.push(entry.key(key.slot, &ctx));
@@ -242,6 +258,12 @@ struct Context<'r> {
     ports: Vec<(u16, Protocol)>,
     /// A host port the request lists twice: it can never fit.
     duplicate_port: Option<(u16, Protocol)>,
+    /// The requested volumes that exist on some node, each with the names of the nodes
+    /// holding it and whether each is ready: only those nodes are eligible.
+    homes: Vec<(&'r str, Vec<(String, bool)>)>,
+    /// Once a replica of a request with volumes landed: its node's id and name, where every
+    /// further replica of the call goes.
+    stuck: std::cell::RefCell<Option<(String, String)>>,
 }
 
 /// An eligible node and its usage as replicas land on it during this call.
@@ -270,19 +292,32 @@ enum Refusal<'a> {
     NotTheNode(&'a str),
     Os(&'a str),
     Arch(&'a str),
-    Label { key: &'a str, want: &'a str },
+    Label {
+        key: &'a str,
+        want: &'a str,
+    },
     RuntimeMissing(Runtime),
     NoRuntime,
     ImagePlatform,
     DuplicatePort(u16, Protocol),
     PortInUse(u16, Protocol),
     PortTakenNow(u16, Protocol),
-    Cpu { free: u64 },
-    Memory { free: u64 },
+    Cpu {
+        free: u64,
+    },
+    Memory {
+        free: u64,
+    },
+    /// The node lacks this existing volume (under any runtime it may use).
+    VolumeElsewhere(&'a str),
+    /// The forced runtime does not hold this volume on the node.
+    VolumeRuntime(&'a str, Runtime),
+    /// An earlier replica of the call created the volumes on another node.
+    FollowsVolume,
 }
 
 impl<'r> Context<'r> {
-    fn new(request: &'r PlacementRequest) -> Self {
+    fn new(request: &'r PlacementRequest, nodes: &[NodeCandidate]) -> Self {
         let constraints = &request.constraints;
         let non_empty = |value: &'r Option<String>| value.as_deref().filter(|value| !value.is_empty());
         let platforms = request
@@ -299,6 +334,21 @@ impl<'r> Context<'r> {
                 ports.push(port);
             }
         }
+        let mut homes: Vec<(&'r str, Vec<(String, bool)>)> = Vec::new();
+        for volume in &request.volumes {
+            if homes.iter().any(|(seen, _)| *seen == volume.as_str()) {
+                continue;
+            }
+            let mut holders: Vec<(String, bool)> = nodes
+                .iter()
+                .filter(|node| node.volumes.values().any(|names| names.contains(volume.as_str())))
+                .map(|node| (if node.name.is_empty() { node.id.clone() } else { node.name.clone() }, node.ready))
+                .collect();
+            if !holders.is_empty() {
+                holders.sort();
+                homes.push((volume.as_str(), holders));
+            }
+        }
         Context {
             request,
             os: non_empty(&constraints.os).map(normalize_os),
@@ -306,7 +356,48 @@ impl<'r> Context<'r> {
             platforms,
             ports,
             duplicate_port,
+            homes,
+            stuck: std::cell::RefCell::new(None),
         }
+    }
+
+    /// Whether `node` holds every existing requested volume under `runtime`.
+    fn holds_volumes(&self, node: &NodeCandidate, runtime: Runtime) -> bool {
+        self.homes.iter().all(|(volume, _)| node.volumes.get(&runtime).is_some_and(|names| names.contains(*volume)))
+    }
+
+    /// The first existing requested volume the node lacks under every runtime.
+    fn missing_volume(&self, node: &NodeCandidate) -> Option<&'r str> {
+        self.homes.iter().map(|(volume, _)| *volume).find(|volume| !node.volumes.values().any(|names| names.contains(*volume)))
+    }
+
+    /// Whether an earlier replica of this call took the request's volumes to another node.
+    fn follows_volume(&self, entry: &Entry<'_>) -> bool {
+        self.stuck.borrow().as_ref().is_some_and(|(id, _)| *id != entry.node.id)
+    }
+
+    /// The runtime to use on `node` for the request's volumes, when `chosen` does not
+    /// hold them: the first of the platform's order (then the node's) that does.
+    fn volume_runtime(&self, node: &NodeCandidate, class: PlatformClass, chosen: (Runtime, i64)) -> Result<(Runtime, i64), Refusal<'r>> {
+        if self.homes.is_empty() || self.holds_volumes(node, chosen.0) {
+            return Ok(chosen);
+        }
+        if let Some(volume) = self.missing_volume(node) {
+            return Err(Refusal::VolumeElsewhere(volume));
+        }
+        if let Some(forced) = self.request.runtime {
+            let volume =
+                self.homes.iter().map(|(volume, _)| *volume).find(|volume| !node.volumes.get(&forced).is_some_and(|n| n.contains(*volume)));
+            return Err(Refusal::VolumeRuntime(volume.unwrap_or_default(), forced));
+        }
+        let preference = class.preference();
+        preference
+            .iter()
+            .chain(node.runtimes.iter())
+            .copied()
+            .find(|&runtime| node.runtimes.contains(&runtime) && self.holds_volumes(node, runtime))
+            .map(|runtime| (runtime, preference.iter().position(|&r| r == runtime).unwrap_or(0) as i64))
+            .ok_or_else(|| Refusal::VolumeElsewhere(self.homes[0].0))
     }
 
     fn constraints(&self) -> &'r Constraints {
@@ -382,6 +473,7 @@ impl<'r> Context<'r> {
                 }
             }
         };
+        let (runtime, rank) = self.volume_runtime(node, platform.class, (runtime, rank))?;
         if !platform.image_ok {
             return Err(Refusal::ImagePlatform);
         }
@@ -419,6 +511,9 @@ impl<'r> Context<'r> {
     fn refusal(&self, entry: &Entry<'_>) -> Option<Refusal<'r>> {
         let node = entry.node;
         let request = self.request;
+        if self.follows_volume(entry) {
+            return Some(Refusal::FollowsVolume);
+        }
         if node.cpu_millis != 0 && node.cpu_millis.saturating_sub(entry.used_cpu) < request.cpu_millis {
             return Some(Refusal::Cpu { free: node.cpu_millis.saturating_sub(entry.used_cpu) });
         }
@@ -444,6 +539,9 @@ impl<'r> Context<'r> {
         entry.used_cpu = entry.used_cpu.saturating_add(self.request.cpu_millis);
         entry.used_memory = entry.used_memory.saturating_add(self.request.memory_bytes);
         entry.placed += 1;
+        if !self.request.volumes.is_empty() {
+            self.stuck.borrow_mut().get_or_insert_with(|| (entry.node.id.clone(), entry.node.name.clone()));
+        }
         Placement { node_id: entry.node.id.clone(), runtime: entry.runtime }
     }
 
@@ -480,7 +578,10 @@ impl<'r> Context<'r> {
     fn explain(&self, node: &NodeCandidate, refusal: &Refusal<'_>) -> String {
         let request = self.request;
         match *refusal {
-            Refusal::NotReady => "not ready".to_owned(),
+            Refusal::NotReady => match self.homes.iter().find(|(volume, _)| node.volumes.values().any(|names| names.contains(*volume))) {
+                Some((volume, _)) => format!("not ready; volume {volume:?} lives on this node, so the placement waits for it"),
+                None => "not ready".to_owned(),
+            },
             Refusal::Cordoned => "cordoned".to_owned(),
             Refusal::NotTheNode(want) => format!("not node {want:?} (constraint)"),
             Refusal::Os(want) => format!("os is {}, constraint wants {want}", node.os),
@@ -517,6 +618,23 @@ impl<'r> Context<'r> {
             }
             Refusal::Memory { free } => {
                 format!("not enough memory: need {}, {} free", bytes(request.memory_bytes), bytes(free))
+            }
+            Refusal::VolumeElsewhere(volume) => {
+                let holders =
+                    self.homes.iter().find(|(name, _)| *name == volume).map(|(_, holders)| holders.as_slice()).unwrap_or_default();
+                let list: Vec<String> =
+                    holders.iter().map(|(name, ready)| if *ready { name.clone() } else { format!("{name} (not ready)") }).collect();
+                format!("the data of volume {volume:?} lives on node {}", list.join(", "))
+            }
+            Refusal::VolumeRuntime(volume, runtime) => {
+                let on: Vec<&str> =
+                    node.volumes.iter().filter(|(_, names)| names.contains(volume)).map(|(runtime, _)| runtime.name()).collect();
+                format!("volume {volume:?} lives here under {}, not {runtime}", on.join(", "))
+            }
+            Refusal::FollowsVolume => {
+                let stuck = self.stuck.borrow();
+                let name = stuck.as_ref().map_or("", |(id, name)| if name.is_empty() { id } else { name });
+                format!("replicas sharing named volumes stay together on node {name}")
             }
         }
     }
@@ -813,6 +931,68 @@ mod tests {
 
     fn on(placements: &[Placement]) -> Vec<&str> {
         placements.iter().map(|placement| placement.node_id.as_str()).collect()
+    }
+
+    fn with_volume(mut node: NodeCandidate, runtime: Runtime, volume: &str) -> NodeCandidate {
+        node.volumes.entry(runtime).or_default().insert(volume.to_owned());
+        node
+    }
+
+    /// `count` replicas mounting `volumes`, spread (the emptiest node first).
+    fn wanting(count: u32, volumes: &[&str]) -> PlacementRequest {
+        PlacementRequest { volumes: volumes.iter().map(|v| (*v).to_owned()).collect(), strategy: Strategy::Spread, ..request(count) }
+    }
+
+    #[test]
+    fn a_named_volume_pins_placement_to_its_node_and_runtime() {
+        // b is fuller than a, and holds the volume under lxc only: the replica goes to b, on lxc.
+        let a = node("a", "amd64", &[Docker, Lxc]);
+        let b = NodeCandidate { used_cpu_millis: 3_000, ..with_volume(node("b", "amd64", &[Docker, Lxc]), Lxc, "data") };
+        let nodes = [a.clone(), b.clone()];
+        let placed = place(&nodes, &wanting(1, &["data"])).expect("placed");
+        assert_eq!(placed, [Placement { node_id: "id-b".into(), runtime: Lxc }]);
+        // Without the volume, the emptier a wins on its preferred runtime.
+        assert_eq!(place(&nodes, &wanting(1, &[])).expect("placed"), [Placement { node_id: "id-a".into(), runtime: Docker }]);
+        // A forced runtime that does not hold the volume is refused, naming both.
+        let refused = place(&nodes, &PlacementRequest { runtime: Some(Docker), ..wanting(1, &["data"]) }).expect_err("refused");
+        assert_eq!(
+            refused.reasons,
+            ["a: the data of volume \"data\" lives on node b", "b: volume \"data\" lives here under lxc, not docker"],
+        );
+        // Replicas all follow the volume, even with anti-affinity.
+        let placed = place(&nodes, &wanting(3, &["data"])).expect("placed");
+        assert_eq!(on(&placed), ["id-b", "id-b", "id-b"]);
+    }
+
+    #[test]
+    fn a_new_volume_is_created_where_the_first_replica_lands_and_the_others_follow() {
+        let nodes = [node("a", "amd64", &[Docker]), node("b", "amd64", &[Docker]), node("c", "amd64", &[Docker])];
+        let placed = place(&nodes, &wanting(3, &["fresh"])).expect("placed");
+        assert_eq!(on(&placed), ["id-a", "id-a", "id-a"], "all replicas with the volume on one node");
+        // When the first node has no room for the others, they wait rather than split.
+        let tight: Vec<NodeCandidate> = nodes.iter().map(|n| NodeCandidate { cpu_millis: 1_000, ..n.clone() }).collect();
+        let no_fit = place(&tight, &PlacementRequest { cpu_millis: 600, ..wanting(2, &["fresh"]) }).expect_err("no room");
+        assert_eq!(on(&no_fit.placed), ["id-a"]);
+        assert_eq!(no_fit.reasons.len(), 3);
+        assert!(no_fit.reasons[1].contains("stay together on node a"), "{:?}", no_fit.reasons);
+    }
+
+    #[test]
+    fn a_volume_on_a_down_node_makes_the_placement_wait_and_says_why() {
+        let down = NodeCandidate { ready: false, ..with_volume(node("b", "amd64", &[Docker]), Docker, "data") };
+        let nodes = [node("a", "amd64", &[Docker]), down];
+        let no_fit = place(&nodes, &wanting(1, &["data"])).expect_err("waits");
+        assert_eq!(
+            no_fit.reasons,
+            [
+                "a: the data of volume \"data\" lives on node b (not ready)",
+                "b: not ready; volume \"data\" lives on this node, so the placement waits for it"
+            ],
+        );
+        // Two volumes living on different nodes can never be mounted together.
+        let split = [with_volume(node("a", "amd64", &[Docker]), Docker, "one"), with_volume(node("b", "amd64", &[Docker]), Docker, "two")];
+        let no_fit = place(&split, &wanting(1, &["one", "two"])).expect_err("split");
+        assert_eq!(no_fit.reasons, ["a: the data of volume \"two\" lives on node b", "b: the data of volume \"one\" lives on node a"]);
     }
 
     #[test]
@@ -1137,6 +1317,7 @@ mod tests {
             has_image in any::<bool>(),
             mine in 0..3u32,
             others in 0..5u32,
+            volumes in prop::option::weighted(0.3, (prop::sample::select(Runtime::ALL.to_vec()), prop::sample::select(vec!["data", "logs"]))),
         ) -> NodeCandidate {
             NodeCandidate {
                 id: String::new(),
@@ -1159,6 +1340,7 @@ mod tests {
                     .into_iter()
                     .filter(|(_, count)| *count > 0)
                     .collect(),
+                volumes: volumes.into_iter().map(|(runtime, name)| (runtime, BTreeSet::from([name.to_owned()]))).collect(),
             }
         }
     }
@@ -1184,6 +1366,7 @@ mod tests {
             memory_bytes in prop_oneof![Just(0u64), 0..4 * GIB],
             ports in prop_oneof![2 => Just(Vec::new()), 1 => subset(&PORTS)],
             spread in any::<bool>(),
+            volumes in prop_oneof![2 => Just(Vec::new()), 1 => subset(&["data", "logs", "fresh"])],
         ) -> PlacementRequest {
             PlacementRequest {
                 deployment_id: "dep".to_owned(),
@@ -1201,6 +1384,7 @@ mod tests {
                 memory_bytes,
                 ports,
                 strategy: if spread { Strategy::Spread } else { Strategy::Binpack },
+                volumes: volumes.into_iter().map(str::to_owned).collect(),
             }
         }
     }
@@ -1221,6 +1405,34 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_placement_with_a_volume_that_exists_on_some_node_is_always_on_one_of_those_nodes(
+            nodes in arb_nodes(12),
+            request in arb_request(),
+        ) {
+            let result = place(&nodes, &request);
+            let placed = outcome(&result);
+            for volume in &request.volumes {
+                let homes: Vec<&NodeCandidate> =
+                    nodes.iter().filter(|node| node.volumes.values().any(|names| names.contains(volume))).collect();
+                for placement in placed {
+                    if homes.is_empty() {
+                        continue;
+                    }
+                    let node = homes.iter().find(|node| node.id == placement.node_id);
+                    prop_assert!(node.is_some(), "{volume} exists elsewhere, yet a replica went to {}", placement.node_id);
+                    let node = node.unwrap();
+                    prop_assert!(node.volumes.get(&placement.runtime).is_some_and(|names| names.contains(volume)));
+                }
+            }
+            if !request.volumes.is_empty() {
+                prop_assert!(per_node(placed).len() <= 1, "replicas sharing volumes split: {:?}", placed);
+            }
+            if let Err(no_fit) = &result {
+                prop_assert_eq!(no_fit.reasons.len(), nodes.len().max(1));
+            }
+        }
+
         #[test]
         fn placements_respect_capacity_ports_and_eligibility(nodes in arb_nodes(12), request in arb_request()) {
             let result = place(&nodes, &request);
@@ -1262,7 +1474,7 @@ mod tests {
             request in arb_request(),
         ) {
             let request = PlacementRequest { count: 1, ..request };
-            let ctx = Context::new(&request);
+            let ctx = Context::new(&request, &nodes);
             let mut memo = PlatformMemo::default();
             let exact = nodes
                 .iter()
@@ -1304,6 +1516,8 @@ mod tests {
                 node.used_memory_bytes += request.memory_bytes;
                 node.used_ports.extend(request.ports.iter().filter(|(number, _)| *number != 0));
                 *node.instances.entry(request.deployment_id.clone()).or_insert(0) += 1;
+                // The replica's volumes now live there.
+                node.volumes.entry(placed[0].runtime).or_default().extend(request.volumes.iter().cloned());
                 one_by_one.extend(placed);
             }
             prop_assert_eq!(outcome(&batch), one_by_one.as_slice());

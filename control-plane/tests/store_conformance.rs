@@ -190,6 +190,8 @@ mod cases {
             labels: labels(&[("zone", "attic")]),
             builders: vec![diplo_api::build::Builder::Buildah],
             build_dir: "/var/lib/diplo/agent/builds".to_owned(),
+            // Kept with the node, so that sticky placement survives a restart.
+            volumes: [(diplo_api::runtime::Runtime::Lxc, vec!["data".to_owned()])].into(),
         }
     }
 

@@ -134,6 +134,7 @@ pub fn fingerprint(index: u32) -> Fingerprint {
         // Simulated nodes build nothing: no builder is offered.
         builders: Vec::new(),
         build_dir: String::new(),
+        volumes: Default::default(),
     }
 }
 

@@ -46,6 +46,7 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+use super::dir_volumes::{DirVolumes, volume_users};
 use super::docker::{describe_error, describe_timeout};
 use super::{ContainerRuntime, RuntimeError, RuntimeResult, RuntimeStream, rootfs};
 use crate::registry::SharedRegistry;
@@ -521,6 +522,26 @@ impl ContainerdRuntime {
         Ok(response.into_inner().containers.into_iter().next())
     }
 
+    /// The named volumes of this agent: directories under `state_dir/volumes`.
+    fn volumes(&self) -> DirVolumes {
+        DirVolumes::new(self.state_dir.join("volumes"), Runtime::Containerd)
+    }
+
+    /// Which containers of the namespace mount each named volume (every container
+    /// counts, created or running: removing a volume under a stopped one would lose
+    /// its data at its next start).
+    async fn volume_users(&self) -> RuntimeResult<std::collections::BTreeMap<String, Vec<String>>> {
+        let filter = format!("labels.\"{LABEL_INSTANCE}\"");
+        let containers = ContainersClient::new(self.channel.clone())
+            .list(request(ListContainersRequest { filters: vec![filter] }, None))
+            .await
+            .map_err(grpc_error)?
+            .into_inner()
+            .containers;
+        let specs: Vec<ContainerSpec> = containers.iter().map(Self::stored_spec).collect();
+        Ok(volume_users(&specs))
+    }
+
     /// The `ContainerSpec` stored with a container.
     fn stored_spec(container: &Container) -> ContainerSpec {
         container.extensions.get(SPEC_EXTENSION).and_then(|any| serde_json::from_slice(&any.value).ok()).unwrap_or_else(|| ContainerSpec {
@@ -653,14 +674,13 @@ impl ContainerdRuntime {
     ) -> RuntimeResult<()> {
         let dir = self.container_dir(id);
         let netns = cni::Network::netns_path(id);
-        let volumes = self.state_dir.join("volumes");
+        let volumes = self.volumes().root().to_owned();
         let (hosts, resolv, hostname) = (dir.join("hosts"), dir.join("resolv.conf"), dir.join("hostname"));
         let paths = spec::HostPaths { netns: &netns, hosts: &hosts, resolv_conf: &resolv, hostname: &hostname, volumes: &volumes };
         // Validate before touching anything.
         spec::runtime_spec(id, spec, &local.config, &spec::User::default(), &paths)?;
         for mount in spec.mounts.iter().filter(|m| !m.is_bind()) {
-            std::fs::create_dir_all(volumes.join(&mount.source))
-                .map_err(|e| failed(format!("cannot create volume {}: {e}", mount.source)))?;
+            self.volumes().ensure(&mount.source)?;
         }
         let prepare = PrepareSnapshotRequest {
             snapshotter: self.snapshotter.clone(),
@@ -1169,6 +1189,28 @@ impl ContainerRuntime for ContainerdRuntime {
 
     async fn prune_images(&self, _all: bool) -> RuntimeResult<diplo_api::resources::PruneReport> {
         self.prune_unused_images().await
+    }
+
+    async fn create_volume(&self, spec: &diplo_api::resources::VolumeSpec) -> RuntimeResult<diplo_api::resources::VolumeInfo> {
+        self.volumes().create(spec)
+    }
+
+    async fn list_volumes(&self) -> RuntimeResult<Vec<diplo_api::resources::VolumeInfo>> {
+        self.volumes().list(&self.volume_users().await?)
+    }
+
+    async fn inspect_volume(&self, volume: &str) -> RuntimeResult<diplo_api::resources::VolumeInfo> {
+        self.volumes().inspect(volume, &self.volume_users().await?)
+    }
+
+    async fn remove_volume(&self, volume: &str) -> RuntimeResult<()> {
+        let users = self.volume_users().await?;
+        self.volumes().remove(volume, &users)
+    }
+
+    async fn prune_volumes(&self) -> RuntimeResult<diplo_api::resources::PruneReport> {
+        let users = self.volume_users().await?;
+        self.volumes().prune(&users)
     }
 
     async fn pause(&self, id: &str) -> RuntimeResult<()> {

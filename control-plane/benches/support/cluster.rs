@@ -81,6 +81,7 @@ pub fn cluster(size: usize, seed: u64) -> Vec<NodeCandidate> {
                 used_ports,
                 images,
                 instances,
+                volumes: BTreeMap::new(),
             }
         })
         .collect()

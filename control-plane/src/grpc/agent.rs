@@ -37,6 +37,8 @@ pub enum SessionEvent {
         sequence: u64,
         /// Its container report.
         report: ContainerReport,
+        /// The named volumes of the runtimes it lists (checked and bounded).
+        volumes: diplo_api::fingerprint::VolumeReport,
     },
     /// The outcome of a command the control plane sent.
     Result {
@@ -64,6 +66,7 @@ pub fn session_event(message: pb::AgentMessage) -> Result<Option<SessionEvent>, 
         }
         Some(Body::Heartbeat(beat)) => SessionEvent::Heartbeat {
             sequence: beat.sequence,
+            volumes: diplo_api::fingerprint::volumes_from_wire(&beat.volumes),
             report: container_report("heartbeat", beat.containers, beat.removed, beat.full).map_err(invalid)?,
         },
         Some(Body::Result(result)) => SessionEvent::Result { request_id: result.request_id.clone(), outcome: command_outcome(result) },
@@ -232,7 +235,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 let applied = match session_event(message) {
                     Err(err) => Err(err),
                     Ok(None | Some(SessionEvent::Hello { .. })) => continue,
-                    Ok(Some(SessionEvent::Heartbeat { sequence, report })) => {
+                    Ok(Some(SessionEvent::Heartbeat { sequence, report, volumes })) => {
+                        control_plane.node_volumes(&node_id, volumes, false);
                         tracing::debug!(
                             node_id = %node_id,
                             sequence,
@@ -359,7 +363,7 @@ mod tests {
             ..Default::default()
         };
         match session_event(message(Body::Heartbeat(beat.clone()))) {
-            Ok(Some(SessionEvent::Heartbeat { sequence: 7, report })) => {
+            Ok(Some(SessionEvent::Heartbeat { sequence: 7, report, .. })) => {
                 assert_eq!((report.upserted.len(), report.removed.len(), report.full), (1, 1, false));
             }
             other => panic!("{other:?}"),

@@ -169,6 +169,9 @@ pub struct VolumeJson {
     pub created: String,
     /// Created through Diplo: only those may be removed or pruned.
     pub managed: bool,
+    /// Names of the containers mounting it (inspect; a volume in use is not removed).
+    #[serde(default)]
+    pub containers: Vec<String>,
 }
 
 impl From<VolumeInfo> for VolumeJson {
@@ -181,6 +184,7 @@ impl From<VolumeInfo> for VolumeJson {
             labels: volume.labels,
             created: volume.created,
             managed,
+            containers: volume.containers,
         }
     }
 }

@@ -436,6 +436,7 @@ fn candidate(cpus: u32, memory_bytes: u64) -> NodeCandidate {
         used_ports: Default::default(),
         images: Default::default(),
         instances: Default::default(),
+        volumes: Default::default(),
     }
 }
 

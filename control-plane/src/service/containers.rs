@@ -92,6 +92,7 @@ pub fn place_container(
         memory_bytes: spec.memory_bytes.unwrap_or(0),
         ports: spec.ports.iter().map(|p| (p.host_port, p.protocol)).collect(),
         strategy: Strategy::Spread,
+        volumes: crate::planner::named_volumes(spec),
     };
     match scheduler::place(candidates, &request) {
         Ok(placed) => placed.into_iter().next().map(|p| (p.node_id, p.runtime)).ok_or_else(|| vec!["no node fits".to_owned()]),

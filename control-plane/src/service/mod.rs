@@ -342,6 +342,7 @@ impl ControlPlane {
         self.authorize_containers(caller, "hello", &containers).await?;
         let node = self.known_node(node_id).await?;
         self.store.record_session(node_id, &fingerprint, address, Utc::now()).await?;
+        self.node_volumes(node_id, fingerprint.volumes.clone(), true);
         let (tx, rx) = mpsc::channel(64);
         let welcome = SessionMessage::Welcome { node_id: node_id.clone(), heartbeat_interval: self.config.heartbeat_interval };
         // The channel is new and empty: this cannot fail for lack of room.
@@ -416,6 +417,16 @@ impl ControlPlane {
             self.nudge_reconciler();
         }
         Ok(())
+    }
+
+    /// Records the named volumes a node reported (the session has checked and bounded
+    /// them): with `full` they replace all it reported before, otherwise the runtimes
+    /// listed. Placement of workloads mounting them follows at the next pass.
+    pub fn node_volumes(&self, node_id: &str, volumes: diplo_api::fingerprint::VolumeReport, full: bool) {
+        if (full || !volumes.is_empty()) && self.nodes.set_volumes(node_id, volumes, full) {
+            tracing::debug!(node_id, "node volumes changed");
+            self.nudge_reconciler();
+        }
     }
 
     /// Forgets a session whose stream ended.
@@ -660,6 +671,9 @@ impl ControlPlane {
         if let Some(live) = self.nodes.live_status(&node.id) {
             node.status = live.status;
             node.last_seen_at = live.last_seen_at.max(node.last_seen_at);
+        }
+        if let Some(volumes) = self.nodes.volumes(&node.id) {
+            node.fingerprint.volumes = volumes;
         }
     }
 

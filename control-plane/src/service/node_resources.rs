@@ -207,6 +207,8 @@ impl ControlPlane {
         let (node_id, runtime, output) =
             self.node_resource_command(caller, Role::Deployer, target, CommandOp::Volume(VolumeOp::Create(spec))).await?;
         self.audit(caller, "volume.created", &name, &node_id, runtime, format!("volume {name} created")).await;
+        // Placement is sticky from now on, not only from the node's next report.
+        self.nodes.edit_volumes(&node_id, runtime, |names| names.push(name.clone()));
         one(output.resources.volumes, "volume")
     }
 
@@ -233,6 +235,7 @@ impl ControlPlane {
         let op = CommandOp::Volume(VolumeOp::Remove(name.to_owned()));
         let (node_id, runtime, _) = self.node_resource_command(caller, Role::Deployer, target, op).await?;
         self.audit(caller, "volume.removed", name, &node_id, runtime, format!("volume {name} removed")).await;
+        self.nodes.edit_volumes(&node_id, runtime, |names| names.retain(|known| known != name));
         Ok(())
     }
 
@@ -241,6 +244,7 @@ impl ControlPlane {
         let (node_id, runtime, output) =
             self.node_resource_command(caller, Role::Admin, target, CommandOp::Volume(VolumeOp::Prune)).await?;
         let report = output.resources.prune.unwrap_or_default();
+        self.nodes.edit_volumes(&node_id, runtime, |names| names.retain(|known| !report.removed.contains(known)));
         self.audit(caller, "volumes.pruned", &node_id, &node_id, runtime, format!("{} volumes pruned", report.removed.len())).await;
         Ok(report)
     }

@@ -16,7 +16,7 @@ use diplo_api::resources::{
 use serde::Deserialize;
 
 use super::{DockerRuntime, docker_api, query_escape};
-use crate::runtime::{RuntimeError, RuntimeResult};
+use crate::runtime::{RuntimeError, RuntimeResult, not_managed};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -78,6 +78,14 @@ struct ListedEndpoint {
 struct ListedVolumes {
     #[serde(default)]
     volumes: Option<Vec<ListedVolume>>,
+}
+
+/// A container of `/containers/json`, for its names only.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct VolumeUser {
+    #[serde(default)]
+    names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,18 +152,13 @@ fn volume_info(volume: ListedVolume) -> VolumeInfo {
         mountpoint: volume.mountpoint,
         labels: sorted(volume.labels),
         created: volume.created_at,
+        containers: Vec::new(),
     }
 }
 
 /// A network or volume name (or a network id) fit for a URL path.
 fn checked_name(field: &'static str, name: &str) -> RuntimeResult<()> {
     validate_resource_name(name).map_err(|message| RuntimeError::InvalidArgument { field, message })
-}
-
-fn not_managed(what: &str, name: &str) -> RuntimeError {
-    RuntimeError::Conflict(format!(
-        "{what} {name:?} was not created by Diplo (no {LABEL_MANAGED} label); Diplo removes only the {what}s it created"
-    ))
 }
 
 fn managed_labels(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
@@ -308,7 +311,15 @@ impl DockerRuntime {
         checked_name("volume", volume)?;
         let docker = self.docker().await?;
         let found: ListedVolume = self.get_json(docker, &format!("/volumes/{}", query_escape(volume)), "volume", volume).await?;
-        Ok(volume_info(found))
+        let mut info = volume_info(found);
+        // The containers mounting it, Diplo's or not (names without the leading `/`).
+        let filters = serde_json::json!({ "volume": [volume] }).to_string();
+        let path = format!("/containers/json?all=1&filters={}", query_escape(&filters));
+        let users: Vec<VolumeUser> = self.get_json(docker, &path, "volume", volume).await?;
+        info.containers =
+            users.into_iter().filter_map(|u| u.names.into_iter().next()).map(|n| n.trim_start_matches('/').to_owned()).collect();
+        info.containers.sort();
+        Ok(info)
     }
 
     pub(super) async fn delete_volume(&self, volume: &str) -> RuntimeResult<()> {

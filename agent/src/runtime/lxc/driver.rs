@@ -57,6 +57,7 @@ use tracing::{debug, warn};
 
 use super::config::{self, BlockInputs, CgroupVersion, ImageLines, InfoOutput, LxcNetwork, ResolvedMount};
 use super::image;
+use crate::runtime::dir_volumes::{DirVolumes, volume_users};
 
 mod images;
 use super::logs::{self, LogFiles};
@@ -572,6 +573,17 @@ impl LxcRuntime {
         Ok(())
     }
 
+    /// The named volumes: directories under `<lxcpath>/.diplo-volumes`.
+    fn volumes(&self) -> DirVolumes {
+        DirVolumes::new(self.lxc_path.join(VOLUMES), Runtime::Lxc)
+    }
+
+    /// Which of Diplo's containers (created, stopped or running) mount each named volume.
+    fn volume_users(&self) -> BTreeMap<String, Vec<String>> {
+        let states: Vec<State> = owned_names(&self.lxc_path).iter().filter_map(|name| load_state(&self.lxc_path.join(name))).collect();
+        volume_users(states.iter().map(|state| &state.spec))
+    }
+
     /// Bind sources (must exist) and volume directories (created) of `spec`.
     fn resolve_mounts(&self, spec: &ContainerSpec) -> RuntimeResult<Vec<ResolvedMount>> {
         let mut mounts = Vec::new();
@@ -586,10 +598,7 @@ impl LxcRuntime {
                 })?;
                 (source, !metadata.is_dir())
             } else {
-                let source = self.lxc_path.join(VOLUMES).join(&mount.source);
-                std::fs::create_dir_all(&source)
-                    .map_err(|e| failed(format!("cannot create volume directory {}: {}", source.display(), describe_io(&e))))?;
-                (source, false)
+                (self.volumes().ensure(&mount.source)?, false)
             };
             mounts.push(ResolvedMount { requested: mount.target.clone(), source, target, read_only: mount.read_only, is_file });
         }
@@ -1708,6 +1717,26 @@ impl ContainerRuntime for LxcRuntime {
 
     async fn prune_images(&self, all: bool) -> RuntimeResult<diplo_api::resources::PruneReport> {
         self.prune_cache(all)
+    }
+
+    async fn create_volume(&self, spec: &diplo_api::resources::VolumeSpec) -> RuntimeResult<diplo_api::resources::VolumeInfo> {
+        self.volumes().create(spec)
+    }
+
+    async fn list_volumes(&self) -> RuntimeResult<Vec<diplo_api::resources::VolumeInfo>> {
+        self.volumes().list(&self.volume_users())
+    }
+
+    async fn inspect_volume(&self, volume: &str) -> RuntimeResult<diplo_api::resources::VolumeInfo> {
+        self.volumes().inspect(volume, &self.volume_users())
+    }
+
+    async fn remove_volume(&self, volume: &str) -> RuntimeResult<()> {
+        self.volumes().remove(volume, &self.volume_users())
+    }
+
+    async fn prune_volumes(&self) -> RuntimeResult<diplo_api::resources::PruneReport> {
+        self.volumes().prune(&self.volume_users())
     }
 
     async fn pause(&self, id: &str) -> RuntimeResult<()> {
