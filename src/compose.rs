@@ -111,14 +111,82 @@ pub type EnvFileReader<'a> = Option<&'a dyn Fn(&str) -> Result<String, String>>;
 // ---------------------------------------------------------------------------------------
 // The document as written (serde, unknown keys refused).
 
-/// A string or a list of strings (`command: a b` or `command: [a, b]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A string or a list of strings (`command: a b` or `command: [a, b]`); numbers and
+/// booleans are read as their text (`command: [sleep, 10]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum StringOrList {
     /// One string.
     One(String),
     /// A list.
     List(Vec<String>),
+}
+
+/// A scalar read as text (numbers and booleans too).
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Text(deserializer.deserialize_any(TextVisitor)?))
+    }
+}
+
+struct TextVisitor;
+
+impl serde::de::Visitor<'_> for TextVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for StringOrList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = StringOrList;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StringOrList, E> {
+                Ok(StringOrList::One(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StringOrList, E> {
+                Ok(StringOrList::One(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StringOrList, E> {
+                Ok(StringOrList::One(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<StringOrList, E> {
+                Ok(StringOrList::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StringOrList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(Text(item)) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(StringOrList::List(items))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A scalar: string, integer, float or boolean (`cpus: 0.5` or `cpus: "0.5"`).

@@ -125,6 +125,8 @@ services:
     assert_eq!(stack.services["api"].depends_on, BTreeMap::from([("db".to_owned(), DependsCondition::ServiceStarted)]));
     assert_eq!(stack.services["web"].depends_on["db"], DependsCondition::ServiceHealthy);
     assert_eq!(start_order(&stack), ["db", "api", "web"]);
+    let numbers = service("services:\n  s:\n    image: b\n    command: [sleep, 10, true]\n", "s");
+    assert_eq!(numbers.container.command, ["sleep", "10", "true"], "scalars in lists are read as text");
 }
 
 #[test]
@@ -199,6 +201,8 @@ fn bad_files_name_the_line_and_the_key() {
         ("services:\n  web:\n    image: b\n    volumes: [\"/data\"]\n", 4, "services.web.volumes", "anonymous"),
         ("services:\n  web:\n    image: b\n    volumes: [\"/a:rel\"]\n", 4, "services.web.volumes", "absolute path"),
         ("services:\n  web:\n    image: b\n    tmpfs: [\"/run:size=1m\"]\n", 4, "services.web.tmpfs", "absolute path"),
+        ("services:\n  web:\n    image: b\n    tmpfs: {a: b}\n", 4, "services.web.tmpfs", "a string or a list of strings"),
+        ("services:\n  web:\n    image: b\n    command: [sleep, [1]]\n", 4, "services.web.command[1]", "expected a string"),
         ("services:\n  web:\n    image: b\n    mem_limit: lots\n", 4, "services.web.mem_limit", "not a size"),
         ("services:\n  web:\n    image: b\n    cpus: -1\n", 4, "services.web.cpus", "CPU count"),
         ("services:\n  web:\n    image: b\n    restart: sometimes\n", 4, "services.web.restart", "unknown restart policy"),

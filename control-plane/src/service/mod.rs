@@ -13,6 +13,7 @@ mod node_resources;
 mod reconciler;
 mod registries;
 mod source;
+mod stacks;
 mod telemetry;
 mod tokens;
 
@@ -33,6 +34,10 @@ pub use instances::{InstanceUsage, InstanceView};
 pub use node_resources::{Listed, NodeTarget, check_image, check_name};
 pub use reconciler::{CommandSink, Fit, RECONCILE_PERIOD};
 pub use registries::{RegistryLogin, RegistryLoginRequest, check_registry_name};
+pub use stacks::{
+    LABEL_STACK, ServiceProgress, StackServiceView, StackView, check_stack, check_stack_name, service_deployment_spec,
+    stack_deployment_name, stack_volume_name, startable,
+};
 pub use tokens::{ApiTokenCache, CreatedApiToken, CreatedJoinToken, DEFAULT_JOIN_TOKEN_TTL, NewApiToken};
 
 use std::sync::Arc;
