@@ -927,6 +927,14 @@ fn routes() -> Vec<Route> {
         route("GET", "/api/v1/images/build/{id}", Viewer, "/api/v1/images/build/authz-nope"),
         route("DELETE", "/api/v1/images/build/{id}", Deployer, "/api/v1/images/build/authz-nope"),
         route("GET", "/api/v1/images/build/{id}/logs", Viewer, "/api/v1/images/build/authz-nope/logs"),
+        route("GET", "/api/v1/stacks", Viewer, "/api/v1/stacks"),
+        // A file without services: refused (400) once let through, so nothing is created.
+        Route {
+            body: Some(serde_json::json!({"services": {}})),
+            ..route("POST", "/api/v1/stacks", Deployer, "/api/v1/stacks?name=authz-rest")
+        },
+        route("GET", "/api/v1/stacks/{name}", Viewer, "/api/v1/stacks/authz-nope"),
+        route("DELETE", "/api/v1/stacks/{name}", Deployer, "/api/v1/stacks/authz-nope"),
         route("GET", "/api/v1/registries", Deployer, "/api/v1/registries"),
         Route {
             body: Some(serde_json::json!({"registry": "authz-rest.invalid:5000", "username": "probe", "password": "probe-password"})),

@@ -163,8 +163,9 @@ pub struct StackView {
 impl ControlPlane {
     /// Deploys a compose document as the stack `name`, or updates the stack of that name:
     /// services whose spec changed get a new revision, services no longer in the file are
-    /// deleted. Nothing is written when any service is refused.
-    pub async fn deploy_stack(self: &std::sync::Arc<Self>, caller: &Caller, name: &str, source: &str) -> ServiceResult<StackView> {
+    /// deleted. Nothing is written when any service is refused. Returns whether the stack
+    /// is new, and the stack.
+    pub async fn deploy_stack(self: &std::sync::Arc<Self>, caller: &Caller, name: &str, source: &str) -> ServiceResult<(bool, StackView)> {
         caller.require_operator(Role::Deployer)?;
         let (stack, specs) = check_stack(caller, name, source)?;
         let existing = self.store.get_stack(name).await?;
@@ -237,7 +238,7 @@ impl ControlPlane {
             .await;
         self.advance_stacks().await?;
         self.nudge_reconciler();
-        self.get_stack(caller, name).await
+        Ok((created, self.get_stack(caller, name).await?))
     }
 
     /// Marks one service's deployment of a stack for deletion, if it exists.
