@@ -148,6 +148,14 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     /// Health check.
     pub healthcheck: Option<HealthCheck>,
+    /// A network the container joins instead of the runtime's default one, created on the
+    /// node (labelled as Diplo's) when missing: how a stack's services share one network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Names other containers on [`ContainerSpec::network`] reach this one by (a stack's
+    /// service name); only with a network.
+    #[serde(default)]
+    pub network_aliases: Vec<String>,
 }
 
 /// A container's lifecycle state.

@@ -274,7 +274,10 @@ impl Runtime {
     /// Refuses a container spec asking this runtime for a setting it cannot honour (a
     /// health check on a runtime that runs none would silently never report health).
     pub fn check_spec(self, spec: &crate::container::ContainerSpec) -> Result<(), Unsupported> {
-        let needs = [(spec.healthcheck.is_some(), "healthcheck", Capability::Healthcheck)];
+        let needs = [
+            (spec.healthcheck.is_some(), "healthcheck", Capability::Healthcheck),
+            (spec.network.is_some(), "network", Capability::Networks),
+        ];
         match needs.into_iter().find(|&(asked, _, capability)| asked && !self.supports(capability)) {
             None => Ok(()),
             Some((_, field, capability)) => Err(Unsupported {
@@ -349,6 +352,14 @@ mod tests {
                     assert!(message.contains(runtime.name()) && message.contains("docker, podman"), "{message}");
                 }
             }
+        }
+        for runtime in [Containerd, Lxc] {
+            let networked = ContainerSpec { network: Some("diplo-shop".into()), ..ContainerSpec::default() };
+            let refusal = runtime.check_spec(&networked).expect_err("no network objects");
+            assert_eq!(refusal.field, "network", "{runtime}");
+        }
+        for runtime in [Docker, Podman] {
+            assert_eq!(runtime.check_spec(&ContainerSpec { network: Some("n".into()), ..ContainerSpec::default() }), Ok(()), "{runtime}");
         }
         assert_eq!(serde_json::to_value(Capability::ResourceLimits).ok(), Some(serde_json::json!("resource_limits")));
     }

@@ -65,6 +65,8 @@ impl From<&ContainerSpec> for pb::ContainerSpec {
                 timeout_seconds: u32::try_from(h.timeout.as_secs()).unwrap_or(u32::MAX),
                 retries: h.retries,
             }),
+            network: spec.network.clone().unwrap_or_default(),
+            network_aliases: spec.network_aliases.clone(),
         }
     }
 }
@@ -133,6 +135,8 @@ impl TryFrom<pb::ContainerSpec> for ContainerSpec {
             no_new_privileges: spec.no_new_privileges,
             labels: spec.labels.into_iter().collect(),
             healthcheck,
+            network: Some(spec.network).filter(|n| !n.is_empty()),
+            network_aliases: spec.network_aliases,
         })
     }
 }
@@ -421,6 +425,8 @@ mod tests {
                 timeout: Duration::from_secs(2),
                 retries: 3,
             }),
+            network: Some("diplo-shop".into()),
+            network_aliases: vec!["web".into(), "www".into()],
         }
     }
 

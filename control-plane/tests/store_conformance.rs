@@ -288,6 +288,8 @@ mod cases {
                     timeout: std::time::Duration::from_millis(2500),
                     retries: 3,
                 }),
+                network: Some("diplo-shop".to_owned()),
+                network_aliases: vec!["web".to_owned()],
             },
             source: Some(diplo_control_plane::model::SourceSpec {
                 repo_url: "https://git.example/app.git".to_owned(),

@@ -628,6 +628,9 @@ impl ContainerRuntime for DockerRuntime {
         let host_ip = (self.runtime != Runtime::Podman).then_some("0.0.0.0");
         let body = docker_api::create_body(spec, labels, host_ip)?;
         check_host_ports(&spec.ports)?;
+        if let Some(network) = &spec.network {
+            self.ensure_network(network).await?;
+        }
         let docker = self.docker().await?;
         let options = CreateContainerOptions { name: Some(spec.name.clone()), platform: String::new() };
         let created = match docker.create_container(Some(options), body).await {

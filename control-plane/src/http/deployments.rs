@@ -220,6 +220,7 @@ impl DeployBody {
             no_new_privileges: self.no_new_privileges,
             labels: self.labels,
             healthcheck,
+            ..ContainerSpec::default()
         };
         Ok(DeploymentSpec {
             name: self.name,

@@ -71,9 +71,17 @@ pub fn stack_volume_name(stack: &str, volume: &str) -> String {
     format!("{stack}_{volume}")
 }
 
-/// A service's deployment spec (before the workload checks and the stack label).
+/// The network a stack's services share on their node: `diplo-<stack>`.
+pub fn stack_network_name(stack: &str) -> String {
+    format!("diplo-{stack}")
+}
+
+/// A service's deployment spec (before the workload checks and the stack label): on the
+/// stack's network, reachable by its service name and its aliases.
 pub fn service_deployment_spec(stack: &str, service_name: &str, service: &ServiceSpec) -> DeploymentSpec {
     let mut container = service.container.clone();
+    container.network = Some(stack_network_name(stack));
+    container.network_aliases = std::iter::once(service_name.to_owned()).chain(service.aliases.iter().cloned()).collect();
     for mount in &mut container.mounts {
         if !mount.is_bind() {
             mount.source = stack_volume_name(stack, &mount.source);
@@ -434,6 +442,8 @@ mod tests {
         assert_eq!(deployment.name, "shop-web");
         assert_eq!(deployment.container.mounts[0].source, "shop_data", "named volumes are the stack's own");
         assert_eq!(deployment.container.mounts[1].source, "/srv", "host paths stay");
+        assert_eq!(deployment.container.network.as_deref(), Some("diplo-shop"));
+        assert_eq!(deployment.container.network_aliases, ["web"], "reachable by its service name");
     }
 
     #[test]
