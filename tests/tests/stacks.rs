@@ -62,7 +62,13 @@ impl Drop for DeleteStackOnDrop<'_> {
                 let _ = Command::new("docker").args(["rm", "-f", &id]).output();
             }
         }
-        let _ = Command::new("docker").args(["network", "rm", &format!("diplo-{}", self.1)]).output();
+        // By id: a name may have been taken twice.
+        let filter = format!("name=^diplo-{}$", self.1);
+        if let Ok(listed) = Command::new("docker").args(["network", "ls", "-q", "--filter", &filter]).output() {
+            for id in String::from_utf8_lossy(&listed.stdout).lines() {
+                let _ = Command::new("docker").args(["network", "rm", id]).output();
+            }
+        }
     }
 }
 
@@ -130,6 +136,9 @@ fn a_stack_starts_in_dependency_order_and_its_services_reach_each_other_by_name(
         Command::new("docker").args(["inspect", "-f", "{{json .NetworkSettings.Networks}}", &containers[0]]).output().expect("docker");
     let networks = String::from_utf8_lossy(&network.stdout);
     assert!(networks.contains(&format!("diplo-{stack}")), "on the stack's network: {networks}");
+    let same_name =
+        Command::new("docker").args(["network", "ls", "-q", "--filter", &format!("name=^diplo-{stack}$")]).output().expect("docker");
+    assert_eq!(String::from_utf8_lossy(&same_name.stdout).lines().count(), 1, "one network per stack");
 }
 
 #[test]
@@ -156,4 +165,62 @@ fn a_bad_compose_file_is_refused_naming_line_and_key_and_nothing_is_created() {
         assert_eq!(control_plane.rest("GET", &format!("/api/v1/deployments/{stack}-{service}"), None).status, 404, "{service}");
     }
     assert_eq!(control_plane.rest_json("/api/v1/deployments"), serde_json::json!([]), "no deployment was created");
+}
+
+#[test]
+fn the_cli_deploys_a_stack_reads_env_files_and_a_second_deploy_changes_only_what_changed() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(6)));
+    let token = control_plane.join_token(&[]);
+    let (_agent, _) = control_plane.start_ready_agent_with_env(&unique("stack-cli"), Some(&token), &[("DIPLO_RUNTIMES", "docker")]);
+    let stack = unique("cli");
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|s| format!("{stack}-{s}")).collect();
+    let _cleanup = DeleteStackOnDrop(&control_plane, stack.clone(), names.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("compose.yml");
+    let file_arg = file.to_string_lossy().into_owned();
+    std::fs::write(dir.path().join("b.env"), "GREETING=from-env-file\n").expect("write");
+    let version = |b_value: &str, with_c: bool| {
+        let c = if with_c { format!("  c:\n    image: {IMAGE}\n    command: [sleep, \"3600\"]\n") } else { String::new() };
+        format!(
+            "services:\n  a:\n    image: {IMAGE}\n    command: [sleep, \"3600\"]\n  b:\n    image: {IMAGE}\n    command: [sleep, \"3600\"]\n    env_file: b.env\n    environment:\n      VALUE: {b_value}\n{c}"
+        )
+    };
+
+    std::fs::write(&file, version("one", true)).expect("write");
+    let deployed: Value =
+        serde_json::from_str(&control_plane.cli_ok(&["-o", "json", "stack", "deploy", "-f", &file_arg, &stack])).expect("JSON");
+    assert_eq!(deployed["services"].as_array().map(Vec::len), Some(3), "{deployed}");
+    wait_until("every service to run", Duration::from_secs(60), POLL, || {
+        let view: Value = serde_json::from_str(&control_plane.cli_ok(&["-o", "json", "stack", "ps", &stack])).map_err(|e| e.to_string())?;
+        let all = ["a", "b", "c"].iter().all(|s| service(&view, s)["running"].as_u64() == Some(1));
+        if all { Ok(()) } else { Err(format!("{view}")) }
+    });
+
+    let b = docker_containers_of(&format!("{stack}-b"));
+    let env = Command::new("docker").args(["inspect", "-f", "{{json .Config.Env}}", &b[0]]).output().expect("docker inspect");
+    let env = String::from_utf8_lossy(&env.stdout);
+    assert!(env.contains("GREETING=from-env-file") && env.contains("VALUE=one"), "the env_file was read next to the compose file: {env}");
+
+    // b changes, a does not, c is gone.
+    std::fs::write(&file, version("two", false)).expect("write");
+    control_plane.cli_ok(&["stack", "deploy", "-f", &file_arg, &stack]);
+    let revision = |service: &str| control_plane.rest_json(&format!("/api/v1/deployments/{stack}-{service}"))["revision"].as_u64();
+    assert_eq!(revision("a"), Some(1), "an unchanged service keeps its revision");
+    assert_eq!(revision("b"), Some(2), "a changed service gets a new revision");
+    wait_until("c to be removed", Duration::from_secs(60), POLL, || {
+        let status = control_plane.rest("GET", &format!("/api/v1/deployments/{stack}-c"), None).status;
+        if status == 404 { Ok(()) } else { Err(status.to_string()) }
+    });
+    let listed: Value = serde_json::from_str(&control_plane.cli_ok(&["-o", "json", "stack", "ls"])).expect("JSON");
+    assert_eq!(listed[0]["name"], stack.as_str(), "{listed}");
+    assert_eq!(listed[0]["services"].as_array().map(Vec::len), Some(2), "{listed}");
+
+    control_plane.cli_ok(&["stack", "rm", &stack]);
+    for name in &names {
+        wait_until(&format!("{name} to be removed"), Duration::from_secs(60), POLL, || {
+            let status = control_plane.rest("GET", &format!("/api/v1/deployments/{name}"), None).status;
+            if status == 404 { Ok(()) } else { Err(status.to_string()) }
+        });
+    }
+    assert!(!control_plane.cli(&["stack", "ps", &stack]).status.success(), "the stack is gone");
 }

@@ -236,6 +236,10 @@ impl DockerRuntime {
     /// Creates the bridge network `name` (labelled as Diplo's) unless it exists: the
     /// network a container spec asks to join. A concurrent creation is not an error.
     pub(super) async fn ensure_network(&self, name: &str) -> RuntimeResult<()> {
+        // Docker creates a second network of the same name when two creations race (the
+        // replicas of a stack's services are created at once): one creation at a time.
+        static CREATING: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+        let _one_at_a_time = CREATING.get_or_init(|| tokio::sync::Mutex::new(())).lock().await;
         match self.network(name).await {
             Ok(_) => return Ok(()),
             Err(RuntimeError::NotFound { .. }) => {}
