@@ -201,6 +201,14 @@ pub struct ContainerSpec {
     /// Memory the container is guaranteed (soft limit), bytes.
     #[serde(default)]
     pub memory_reservation: Option<u64>,
+    /// A network the container joins instead of the runtime's default one, created on the
+    /// node (labelled as Diplo's) when missing: how a stack's services share one network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Names other containers on [`ContainerSpec::network`] reach this one by (a stack's
+    /// service name); only with a network.
+    #[serde(default)]
+    pub network_aliases: Vec<String>,
 }
 
 /// A container's lifecycle state.

@@ -6,6 +6,7 @@
 //! * [`runtime`]: the container runtimes and the per-platform preference rules.
 //! * [`fingerprint`]: what an agent reports about its host.
 //! * [`build`]: builds from git, as the control plane asks them of a builder node.
+//! * [`compose`]: compose files parsed and validated as stacks.
 //! * `registry` (feature `registry`): image references, an OCI registry client, and
 //!   the platforms an image is built for.
 //! * `telemetry` (feature `telemetry`): the daemons' logs (human or JSON) and OTLP traces,
@@ -15,6 +16,7 @@ pub mod archive;
 pub mod build;
 pub mod codec;
 pub mod command;
+pub mod compose;
 pub mod container;
 pub mod context;
 pub mod files;

@@ -281,7 +281,10 @@ impl Runtime {
     /// Refuses a container spec asking this runtime for a setting it cannot honour, naming
     /// the field and the runtime (never silently ignored).
     pub fn check_spec(self, spec: &crate::container::ContainerSpec) -> Result<(), Unsupported> {
-        let needs = [(spec.healthcheck.is_some(), "healthcheck", Capability::Healthcheck)];
+        let needs = [
+            (spec.healthcheck.is_some(), "healthcheck", Capability::Healthcheck),
+            (spec.network.is_some(), "network", Capability::Networks),
+        ];
         match needs.into_iter().find(|&(asked, _, capability)| asked && !self.supports(capability)) {
             None => Ok(()),
             Some((_, field, capability)) => Err(Unsupported {
@@ -353,6 +356,14 @@ mod tests {
         }
         let refusal = Unsupported { field: "x", runtime: Lxc, capability: Capability::Networks, supported: "docker, podman".into() };
         assert_eq!(refusal.to_string(), "lxc does not support x (networks); runtimes that do: docker, podman");
+        for runtime in [Containerd, Lxc] {
+            let networked = ContainerSpec { network: Some("diplo-shop".into()), ..ContainerSpec::default() };
+            let refusal = runtime.check_spec(&networked).expect_err("no network objects");
+            assert_eq!(refusal.field, "network", "{runtime}");
+        }
+        for runtime in [Docker, Podman] {
+            assert_eq!(runtime.check_spec(&ContainerSpec { network: Some("n".into()), ..ContainerSpec::default() }), Ok(()), "{runtime}");
+        }
         assert_eq!(serde_json::to_value(Capability::ResourceLimits).ok(), Some(serde_json::json!("resource_limits")));
     }
 }

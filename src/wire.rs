@@ -69,6 +69,8 @@ impl From<&ContainerSpec> for pb::ContainerSpec {
             stop_grace_seconds: spec.stop_grace,
             entrypoint: spec.entrypoint.clone(),
             memory_reservation: spec.memory_reservation.unwrap_or(0),
+            network: spec.network.clone().unwrap_or_default(),
+            network_aliases: spec.network_aliases.clone(),
         }
     }
 }
@@ -137,6 +139,8 @@ impl TryFrom<pb::ContainerSpec> for ContainerSpec {
             stop_grace: spec.stop_grace_seconds,
             entrypoint: spec.entrypoint,
             memory_reservation: (spec.memory_reservation > 0).then_some(spec.memory_reservation),
+            network: Some(spec.network).filter(|n| !n.is_empty()),
+            network_aliases: spec.network_aliases,
         })
     }
 }
@@ -486,6 +490,8 @@ mod tests {
             stop_grace: Some(0),
             entrypoint: vec!["/bin/sh".into(), "-c".into()],
             memory_reservation: Some(32 << 20),
+            network: Some("diplo-shop".into()),
+            network_aliases: vec!["web".into(), "www".into()],
         }
     }
 

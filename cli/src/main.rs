@@ -11,6 +11,7 @@ mod instances;
 mod output;
 mod registry;
 mod resources;
+mod stacks;
 mod workload;
 
 use std::collections::HashMap;
@@ -107,6 +108,11 @@ enum Command {
     Registry {
         #[command(subcommand)]
         command: registry::RegistryCommand,
+    },
+    /// Compose files deployed as stacks: deploy -f FILE NAME, ls, ps NAME, rm NAME.
+    Stack {
+        #[command(subcommand)]
+        command: stacks::StackCommand,
     },
     /// A backend (runtime) across the cluster: nodes, versions, capabilities, instances.
     Backends {
@@ -393,6 +399,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Registry { command } => {
             registry::run(client::limited!(diplo_api::pb::registry_service_client::RegistryServiceClient::new(channel)), command, format)
                 .await?
+        }
+        Command::Stack { command } => {
+            stacks::run(client::limited!(diplo_api::pb::stack_service_client::StackServiceClient::new(channel)), command, format).await?
         }
         Command::Backends { command: BackendsCommand::Info { backend } } => {
             let runtime = pb::RuntimeKind::from(backend) as i32;

@@ -361,6 +361,21 @@ impl FromStr for DeploymentStatus {
     }
 }
 
+/// A stack as persisted: a compose file deployed as the deployments `<name>-<service>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StackRecord {
+    /// Unique name (the prefix of its deployments' names).
+    pub name: String,
+    /// The compose document as it was sent.
+    pub source: String,
+    /// The validated stack the document describes.
+    pub spec: diplo_api::compose::StackSpec,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last deploy.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// A deployment as persisted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentRecord {

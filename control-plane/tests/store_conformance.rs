@@ -145,7 +145,8 @@ conformance!(
     builds_update_is_compare_and_set,
     builds_logs,
     registry_credentials_set_list_delete,
-    generation_moves_with_every_write;
+    generation_moves_with_every_write,
+    stacks_save_get_list_delete;
     by_url:
     writer_acquire_refuse_release,
     writer_freed_when_its_holder_dies,
@@ -301,6 +302,8 @@ mod cases {
                 stop_grace: Some(20),
                 entrypoint: vec!["/bin/sh".to_owned(), "-c".to_owned()],
                 memory_reservation: Some(128 << 20),
+                network: Some("diplo-shop".to_owned()),
+                network_aliases: vec!["web".to_owned()],
             },
             source: Some(diplo_control_plane::model::SourceSpec {
                 repo_url: "https://git.example/app.git".to_owned(),
@@ -625,6 +628,34 @@ mod cases {
         assert!(store.delete_registry_credential("a.example").await.expect("delete"));
         assert!(!store.delete_registry_credential("a.example").await.expect("delete again"));
         assert_eq!(store.list_registry_credentials().await.expect("list").len(), 1);
+    }
+
+    // ---- stacks ----
+
+    pub async fn stacks_save_get_list_delete(store: Arc<dyn Store>) {
+        use diplo_control_plane::model::StackRecord;
+        assert!(store.list_stacks().await.expect("list").is_empty());
+        assert_eq!(store.get_stack("shop").await.expect("get"), None);
+        let source = "services:\n  web:\n    image: busybox\n    healthcheck:\n      test: [CMD, true]\n      interval: 2s\n";
+        let spec = diplo_api::compose::parse(source, None).expect("parses");
+        let stack = |name: &str, source: &str, at: DateTime<Utc>| StackRecord {
+            name: name.to_owned(),
+            source: source.to_owned(),
+            spec: spec.clone(),
+            created_at: at,
+            updated_at: at,
+        };
+        assert!(store.save_stack(&stack("shop", source, t0())).await.expect("save"), "new");
+        assert!(store.save_stack(&stack("blog", source, t0())).await.expect("save"), "new");
+        assert_eq!(store.get_stack("shop").await.expect("get"), Some(stack("shop", source, t0())), "the spec reads back as written");
+        let mut updated = stack("shop", "services: {}", t0() + Duration::seconds(5));
+        assert!(!store.save_stack(&updated).await.expect("save again"), "replaced, not new");
+        updated.created_at = t0();
+        let listed = store.list_stacks().await.expect("list");
+        assert_eq!(listed, vec![stack("blog", source, t0()), updated], "by name; the creation time kept, the rest replaced");
+        assert!(store.delete_stack("blog").await.expect("delete"));
+        assert!(!store.delete_stack("blog").await.expect("delete again"));
+        assert_eq!(store.list_stacks().await.expect("list").len(), 1);
     }
 
     // ---- API tokens ----

@@ -32,6 +32,7 @@ use diplo_api::pb::deployment_service_client::DeploymentServiceClient;
 use diplo_api::pb::event_service_client::EventServiceClient;
 use diplo_api::pb::node_resource_service_client::NodeResourceServiceClient;
 use diplo_api::pb::registry_service_client::RegistryServiceClient;
+use diplo_api::pb::stack_service_client::StackServiceClient;
 use diplo_tests::unique_name as unique;
 use diplo_tests::{ControlPlane, ControlPlaneOptions, find_node};
 use prost::Message;
@@ -594,6 +595,15 @@ fn rpcs() -> Vec<Rpc> {
         ),
         rpc!("diplo.v1.RegistryService/Logout", Admin, RegistryServiceClient::logout(pb::RegistryLogoutRequest { registry: nope() })),
         rpc!("diplo.v1.RegistryService/List", Deployer, RegistryServiceClient::list(pb::ListRegistryLoginsRequest {})),
+        // StackService (a file without services: InvalidArgument once let through, nothing created)
+        rpc!(
+            "diplo.v1.StackService/Deploy",
+            Deployer,
+            StackServiceClient::deploy(pb::DeployStackRequest { name: "authz-probe".into(), compose: "services: {}\n".into() })
+        ),
+        rpc!("diplo.v1.StackService/List", Viewer, StackServiceClient::list(pb::ListStacksRequest {})),
+        rpc!("diplo.v1.StackService/Get", Viewer, StackServiceClient::get(pb::GetStackRequest { name: nope() })),
+        rpc!("diplo.v1.StackService/Delete", Deployer, StackServiceClient::delete(pb::DeleteStackRequest { name: nope() })),
         // NodeResourceService (a node that does not exist: NotFound once let through)
         rpc!(
             "diplo.v1.NodeResourceService/ListImages",
@@ -944,6 +954,14 @@ fn routes() -> Vec<Route> {
         route("GET", "/api/v1/images/build/{id}", Viewer, "/api/v1/images/build/authz-nope"),
         route("DELETE", "/api/v1/images/build/{id}", Deployer, "/api/v1/images/build/authz-nope"),
         route("GET", "/api/v1/images/build/{id}/logs", Viewer, "/api/v1/images/build/authz-nope/logs"),
+        route("GET", "/api/v1/stacks", Viewer, "/api/v1/stacks"),
+        // A file without services: refused (400) once let through, so nothing is created.
+        Route {
+            body: Some(serde_json::json!({"services": {}})),
+            ..route("POST", "/api/v1/stacks", Deployer, "/api/v1/stacks?name=authz-rest")
+        },
+        route("GET", "/api/v1/stacks/{name}", Viewer, "/api/v1/stacks/authz-nope"),
+        route("DELETE", "/api/v1/stacks/{name}", Deployer, "/api/v1/stacks/authz-nope"),
         route("GET", "/api/v1/registries", Deployer, "/api/v1/registries"),
         Route {
             body: Some(serde_json::json!({"registry": "authz-rest.invalid:5000", "username": "probe", "password": "probe-password"})),

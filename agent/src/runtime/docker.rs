@@ -634,6 +634,9 @@ impl ContainerRuntime for DockerRuntime {
             body.healthcheck = None;
         }
         check_host_ports(&spec.ports)?;
+        if let Some(network) = &spec.network {
+            self.ensure_network(network).await?;
+        }
         let docker = self.docker().await?;
         let options = CreateContainerOptions { name: Some(spec.name.clone()), platform: String::new() };
         let created = match docker.create_container(Some(options), body).await {

@@ -244,7 +244,20 @@ pub(crate) fn create_body(
         RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
     };
 
+    if !spec.network_aliases.is_empty() && spec.network.is_none() {
+        return Err(invalid("network_aliases", "aliases need a network"));
+    }
+    let networking_config = spec.network.as_ref().map(|network| bollard::models::NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(
+            network.clone(),
+            bollard::models::EndpointSettings {
+                aliases: (!spec.network_aliases.is_empty()).then(|| spec.network_aliases.clone()),
+                ..Default::default()
+            },
+        )])),
+    });
     let host_config = HostConfig {
+        network_mode: spec.network.clone(),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         binds: (!binds.is_empty()).then_some(binds),
         mounts: (!mounts.is_empty()).then_some(mounts),
@@ -274,6 +287,7 @@ pub(crate) fn create_body(
         working_dir: (!spec.working_dir.is_empty()).then(|| spec.working_dir.clone()),
         stop_signal,
         stop_timeout: spec.stop_grace.map(i64::from),
+        networking_config,
         ..Default::default()
     })
 }
@@ -743,6 +757,8 @@ mod tests {
                 retries: 3,
                 start_period: Duration::ZERO,
             }),
+            network: Some("diplo-shop".into()),
+            network_aliases: vec!["web".into()],
             ..ContainerSpec::default()
         };
         let labels = labels_for(&spec, Some("node-1"));
@@ -770,6 +786,9 @@ mod tests {
         assert_eq!(health.interval, Some(2_000_000_000));
         assert_eq!(body.env, Some(vec!["A=1".to_owned()]));
         assert_eq!(body.cmd, Some(vec!["httpd".to_owned(), "-f".to_owned()]));
+        assert_eq!(host.network_mode.as_deref(), Some("diplo-shop"));
+        let endpoints = body.networking_config.and_then(|n| n.endpoints_config).expect("endpoints");
+        assert_eq!(endpoints["diplo-shop"].aliases, Some(vec!["web".to_owned()]), "reachable by its alias on that network");
     }
 
     #[test]

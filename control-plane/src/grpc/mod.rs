@@ -13,6 +13,7 @@ mod incoming;
 mod node_resources;
 mod observe;
 mod registries;
+mod stacks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use diplo_api::pb::deployment_service_server::DeploymentServiceServer;
 use diplo_api::pb::event_service_server::EventServiceServer;
 use diplo_api::pb::node_resource_service_server::NodeResourceServiceServer;
 use diplo_api::pb::registry_service_server::RegistryServiceServer;
+use diplo_api::pb::stack_service_server::StackServiceServer;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -120,6 +122,7 @@ pub async fn serve(
         .add_service(limited!(DeploymentServiceServer::new(deployments::DeploymentApi::new(control_plane.clone()))))
         .add_service(limited!(BuildServiceServer::new(builds::BuildApi::new(control_plane.clone()))))
         .add_service(limited!(RegistryServiceServer::new(registries::RegistryApi::new(control_plane.clone()))))
+        .add_service(limited!(StackServiceServer::new(stacks::StackApi::new(control_plane.clone()))))
         .add_service(limited!(NodeResourceServiceServer::new(node_resources::NodeResourceApi::new(control_plane.clone()))))
         .add_service(limited!(ContainerOpsServiceServer::new(container_ops::ContainerOpsApi::new(control_plane.clone()))))
         .add_service(limited!(EventServiceServer::new(deployments::DeploymentApi::new(control_plane))))

@@ -20,6 +20,7 @@ mod node_resources;
 pub mod openapi;
 pub mod page;
 mod registries;
+mod stacks;
 mod status;
 pub mod tls;
 
@@ -128,12 +129,18 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/v1/containers/{id}/stats", get(container_ops::stats))
         .route("/api/v1/docker/containers/{id}/stats", get(container_ops::stats));
     let streaming = streaming.merge(ops_streaming);
+    // Stacks take compose documents: YAML or JSON bodies, checked by the handler.
+    let stacks = Router::new()
+        .route("/api/v1/stacks", get(stacks::list).post(stacks::deploy))
+        .route("/api/v1/stacks/{name}", get(stacks::get).delete(stacks::delete))
+        .route_layer(middleware::from_fn_with_state(REQUEST_TIMEOUT, time_limit));
     let api = timed
         .merge(streaming)
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn(error::require_json))
         // Copies into containers carry tar bodies, not JSON; pause and unpause carry none.
         .merge(ops_timed.route_layer(middleware::from_fn_with_state(REQUEST_TIMEOUT, time_limit)))
+        .merge(stacks)
         .route_layer(middleware::from_fn_with_state(control_plane.clone(), authenticate));
     Router::new()
         .route("/healthz", get(openapi::healthz))

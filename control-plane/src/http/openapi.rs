@@ -70,6 +70,7 @@ pub fn document() -> OpenApi {
         super::deployments::Doc::openapi(),
         super::builds::Doc::openapi(),
         super::registries::Doc::openapi(),
+        super::stacks::Doc::openapi(),
         super::metrics::Doc::openapi(),
         super::node_resources::Doc::openapi(),
         super::container_ops::Doc::openapi(),

@@ -275,7 +275,7 @@ impl ControlPlane {
     /// The platforms of `image` from its registry, asked now unless freshly known. An
     /// image its registry does not have is `NotFound`, a reference that does not parse
     /// `InvalidArgument`; an unreachable registry is not an error (platforms unknown).
-    async fn check_image(&self, image: &str) -> ServiceResult<PlatformLookup> {
+    pub(super) async fn check_image(&self, image: &str) -> ServiceResult<PlatformLookup> {
         let lookup = self.image_platforms.lookup_fresh(image).await;
         match &lookup {
             PlatformLookup::UnknownImage(reference) => Err(ServiceError::NotFound(format!(

@@ -14,6 +14,7 @@ mod reconciler;
 mod registries;
 mod sessions;
 mod source;
+mod stacks;
 mod telemetry;
 mod tokens;
 
@@ -36,6 +37,10 @@ pub use node_resources::{Listed, NodeTarget, check_image, check_name};
 pub use reconciler::{CommandSink, Fit, RECONCILE_PERIOD};
 pub use registries::{RegistryLogin, RegistryLoginRequest, check_registry_name};
 pub use sessions::{DEFAULT_SESSION_IDLE, DashboardLogin, DashboardSession, MAX_SESSIONS, constant_time_eq};
+pub use stacks::{
+    LABEL_STACK, ServiceProgress, StackServiceView, StackView, check_stack, check_stack_name, service_deployment_spec,
+    stack_deployment_name, stack_volume_name, startable,
+};
 pub use tokens::{ApiTokenCache, CreatedApiToken, CreatedJoinToken, DEFAULT_JOIN_TOKEN_TTL, NewApiToken};
 
 use std::sync::Arc;

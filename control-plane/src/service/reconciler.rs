@@ -188,6 +188,8 @@ impl ControlPlane {
     }
 
     async fn reconcile_pass(self: &Arc<Self>, sink: &Arc<dyn CommandSink>) -> ServiceResult<()> {
+        // Stack services whose dependencies came up since the last pass get their deployment.
+        self.advance_stacks().await?;
         let deployments = self.store.list_deployments().await?;
         let images = self.image_platforms_of(&deployments).await;
         let World { mut snapshot, deployments, instances } = self.world(deployments, images).await?;

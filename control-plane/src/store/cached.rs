@@ -371,4 +371,22 @@ impl Store for CachedStore {
     async fn delete_registry_credential(&self, registry: &str) -> StoreResult<bool> {
         self.inner.delete_registry_credential(registry).await
     }
+
+    // ---- stacks (read on deploys and by the stack rollout: not cached) ----
+
+    async fn save_stack(&self, stack: &crate::model::StackRecord) -> StoreResult<bool> {
+        self.inner.save_stack(stack).await
+    }
+
+    async fn get_stack(&self, name: &str) -> StoreResult<Option<crate::model::StackRecord>> {
+        self.inner.get_stack(name).await
+    }
+
+    async fn list_stacks(&self) -> StoreResult<Vec<crate::model::StackRecord>> {
+        self.inner.list_stacks().await
+    }
+
+    async fn delete_stack(&self, name: &str) -> StoreResult<bool> {
+        self.inner.delete_stack(name).await
+    }
 }

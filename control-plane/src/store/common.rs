@@ -718,6 +718,52 @@ macro_rules! impl_store {
                         .await
                 }
 
+                // ---- stacks ----
+
+                async fn save_stack(&self, stack: &$crate::model::StackRecord) -> StoreResult<bool> {
+                    let mut tx = self.serving()?.begin().await?;
+                    let existed = sqlx::query("SELECT 1 FROM stacks WHERE name = $1")
+                        .bind(&stack.name)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .is_some();
+                    sqlx::query(
+                        "INSERT INTO stacks (name, source, spec, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET \
+                         source = excluded.source, spec = excluded.spec, updated_at = excluded.updated_at",
+                    )
+                    .bind(&stack.name)
+                    .bind(&stack.source)
+                    .bind(to_json("stacks.spec", &stack.spec)?)
+                    .bind(millis(stack.created_at))
+                    .bind(millis(stack.updated_at))
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(!existed)
+                }
+
+                async fn get_stack(&self, name: &str) -> StoreResult<Option<$crate::model::StackRecord>> {
+                    self.fetch_keyed(
+                        "SELECT name, source, spec, created_at, updated_at FROM stacks WHERE name = $1",
+                        name,
+                        $crate::store::rows::stack_from_row,
+                    )
+                    .await
+                }
+
+                async fn list_stacks(&self) -> StoreResult<Vec<$crate::model::StackRecord>> {
+                    self.fetch_all(
+                        "SELECT name, source, spec, created_at, updated_at FROM stacks ORDER BY name",
+                        $crate::store::rows::stack_from_row,
+                    )
+                    .await
+                }
+
+                async fn delete_stack(&self, name: &str) -> StoreResult<bool> {
+                    self.execute_keyed("DELETE FROM stacks WHERE name = $1", name).await
+                }
+
                 $($specific)*
             }
         };

@@ -268,6 +268,18 @@ pub trait Store: Send + Sync + 'static {
     async fn list_registry_credentials(&self) -> StoreResult<Vec<crate::model::RegistryCredentialRecord>>;
     /// Deletes the credential for `registry`; `false` when there was none.
     async fn delete_registry_credential(&self, registry: &str) -> StoreResult<bool>;
+
+    // ---- stacks ----
+
+    /// Inserts a stack or replaces the one of that name (source, spec, `updated_at`; the
+    /// creation time is kept); `true` when it is new.
+    async fn save_stack(&self, stack: &crate::model::StackRecord) -> StoreResult<bool>;
+    /// The stack of that name.
+    async fn get_stack(&self, name: &str) -> StoreResult<Option<crate::model::StackRecord>>;
+    /// All stacks, ordered by name.
+    async fn list_stacks(&self) -> StoreResult<Vec<crate::model::StackRecord>>;
+    /// Deletes a stack's record (not its deployments); `false` when there was none.
+    async fn delete_stack(&self, name: &str) -> StoreResult<bool>;
 }
 
 /// Opens the store a URL names and runs its migrations, without taking the writer lock

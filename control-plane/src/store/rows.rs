@@ -226,6 +226,18 @@ pub(super) fn registry_credential_from_row<R: StoreRow>(row: &R) -> StoreResult<
     })
 }
 
+/// Decodes a row of `stacks` (all its columns).
+pub(super) fn stack_from_row<R: StoreRow>(row: &R) -> StoreResult<crate::model::StackRecord> {
+    let spec: String = row.column("spec")?;
+    Ok(crate::model::StackRecord {
+        name: row.column("name")?,
+        source: row.column("source")?,
+        spec: from_json("stacks.spec", &spec)?,
+        created_at: time("stacks.created_at", row.column("created_at")?)?,
+        updated_at: time("stacks.updated_at", row.column("updated_at")?)?,
+    })
+}
+
 /// Decodes a row of `events` (all its columns).
 pub(super) fn event_from_row<R: StoreRow>(row: &R) -> StoreResult<EventRecord> {
     Ok(EventRecord {

@@ -236,6 +236,25 @@ impl DockerRuntime {
         self.network(&spec.name).await
     }
 
+    /// Creates the bridge network `name` (labelled as Diplo's) unless it exists: the
+    /// network a container spec asks to join. A concurrent creation is not an error.
+    pub(super) async fn ensure_network(&self, name: &str) -> RuntimeResult<()> {
+        // Docker creates a second network of the same name when two creations race (the
+        // replicas of a stack's services are created at once): one creation at a time.
+        static CREATING: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+        let _one_at_a_time = CREATING.get_or_init(|| tokio::sync::Mutex::new(())).lock().await;
+        match self.network(name).await {
+            Ok(_) => return Ok(()),
+            Err(RuntimeError::NotFound { .. }) => {}
+            Err(error) => return Err(error),
+        }
+        let spec = NetworkSpec { name: name.to_owned(), driver: diplo_api::resources::NETWORK_DRIVER.to_owned(), ..NetworkSpec::default() };
+        match self.new_network(&spec).await {
+            Ok(_) | Err(RuntimeError::Conflict(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     pub(super) async fn networks(&self) -> RuntimeResult<Vec<NetworkInfo>> {
         let docker = self.docker().await?;
         let listed: Vec<ListedNetwork> = self.get_json(docker, "/networks", "network", "*").await?;

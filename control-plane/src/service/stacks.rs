@@ -1,0 +1,464 @@
+//! Stacks: a compose file deployed as one deployment per service, named
+//! `<stack>-<service>` and labelled `diplo.stack=<stack>`.
+//!
+//! A deploy checks the whole file (every service, image and placement) before it writes
+//! anything, then saves the stack; the stack rollout ([`ControlPlane::advance_stacks`],
+//! run on every reconcile pass) creates each service's deployment once the services it
+//! depends on are up (`service_started`: all its replicas run; `service_healthy`: all its
+//! replicas report healthy). Deploying a stack again updates only the services whose spec
+//! changed (a new revision each) and deletes the services no longer in the file.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use diplo_api::compose::{DependsCondition, ServiceSpec, StackSpec};
+use diplo_api::container::{ContainerStatus, Health, LABEL_DEPLOYMENT};
+
+use super::ControlPlane;
+use super::deployments::{MAX_DEPLOYMENT_NAME, check_deploy_spec};
+use crate::auth::Caller;
+use crate::error::{ServiceError, ServiceResult};
+use crate::model::{DeploymentRecord, DeploymentSpec, DeploymentStatus, Role, StackRecord};
+
+/// Label carrying the stack a deployment's containers belong to.
+pub const LABEL_STACK: &str = "diplo.stack";
+
+/// How far one service of a stack has come, as the rollout reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceProgress {
+    /// Its deployment exists.
+    pub created: bool,
+    /// Replicas it asks for.
+    pub replicas: u32,
+    /// Its containers that run.
+    pub running: u32,
+    /// Its containers that run and report healthy.
+    pub healthy: u32,
+}
+
+impl ServiceProgress {
+    /// Whether a dependent waiting on `condition` may start.
+    pub fn satisfies(&self, condition: DependsCondition) -> bool {
+        self.created
+            && match condition {
+                DependsCondition::ServiceStarted => self.running >= self.replicas,
+                DependsCondition::ServiceHealthy => self.healthy >= self.replicas,
+            }
+    }
+}
+
+/// The services of `stack` not created yet whose dependencies are all satisfied: the
+/// ones the rollout creates now, in name order.
+pub fn startable(stack: &StackSpec, progress: &BTreeMap<String, ServiceProgress>) -> Vec<String> {
+    stack
+        .services
+        .iter()
+        .filter(|(name, _)| !progress.get(*name).is_some_and(|p| p.created))
+        .filter(|(_, service)| {
+            service.depends_on.iter().all(|(dependency, condition)| progress.get(dependency).is_some_and(|p| p.satisfies(*condition)))
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// The deployment a service of a stack runs as.
+pub fn stack_deployment_name(stack: &str, service: &str) -> String {
+    format!("{stack}-{service}")
+}
+
+/// The name of a stack's named volume on the node: `<stack>_<volume>`, as compose names it.
+pub fn stack_volume_name(stack: &str, volume: &str) -> String {
+    format!("{stack}_{volume}")
+}
+
+/// The network a stack's services share on their node: `diplo-<stack>`.
+pub fn stack_network_name(stack: &str) -> String {
+    format!("diplo-{stack}")
+}
+
+/// A service's deployment spec (before the workload checks and the stack label): on the
+/// stack's network, reachable by its service name and its aliases.
+pub fn service_deployment_spec(stack: &str, service_name: &str, service: &ServiceSpec) -> DeploymentSpec {
+    let mut container = service.container.clone();
+    container.network = Some(stack_network_name(stack));
+    container.network_aliases = std::iter::once(service_name.to_owned()).chain(service.aliases.iter().cloned()).collect();
+    for mount in &mut container.mounts {
+        if !mount.is_bind() {
+            mount.source = stack_volume_name(stack, &mount.source);
+        }
+    }
+    DeploymentSpec {
+        name: stack_deployment_name(stack, service_name),
+        replicas: service.replicas,
+        max_parallel: 1,
+        container,
+        ..DeploymentSpec::default()
+    }
+}
+
+/// Checks a stack name: a container name short enough to prefix its deployments.
+pub fn check_stack_name(name: &str) -> ServiceResult<()> {
+    diplo_api::container::validate_container_name(name).map_err(|message| ServiceError::invalid("name", message))?;
+    if name.len() > MAX_DEPLOYMENT_NAME - 2 {
+        return Err(ServiceError::invalid("name", format!("at most {} characters", MAX_DEPLOYMENT_NAME - 2)));
+    }
+    Ok(())
+}
+
+/// The checks of a stack deploy that need no I/O, as `deploy_stack` makes them for
+/// `caller`: the name, the compose document (errors name its line and key), then every
+/// service's deployment as `deploy` checks it. Returns the stack and each service's
+/// deployment spec as it is committed (labelled with the stack).
+pub fn check_stack(caller: &Caller, name: &str, source: &str) -> ServiceResult<(StackSpec, BTreeMap<String, DeploymentSpec>)> {
+    check_stack_name(name)?;
+    let stack = diplo_api::compose::parse(source, None).map_err(|err| ServiceError::invalid("compose", err.to_string()))?;
+    let mut specs = BTreeMap::new();
+    for (service_name, service) in &stack.services {
+        let spec = service_deployment_spec(name, service_name, service);
+        if spec.name.len() > MAX_DEPLOYMENT_NAME {
+            return Err(ServiceError::invalid(
+                "compose",
+                format!(
+                    "services.{service_name}: the deployment name {:?} is longer than {MAX_DEPLOYMENT_NAME} characters: shorten the stack or the service name",
+                    spec.name
+                ),
+            ));
+        }
+        let mut spec = check_deploy_spec(caller, spec).map_err(|err| in_service(service_name, err))?;
+        spec.container.labels.insert(LABEL_STACK.to_owned(), name.to_owned());
+        specs.insert(service_name.clone(), spec);
+    }
+    Ok((stack, specs))
+}
+
+/// An error about one service's deployment, saying which service.
+fn in_service(service: &str, err: ServiceError) -> ServiceError {
+    match err {
+        ServiceError::InvalidArgument { field, message } => {
+            ServiceError::invalid("compose", format!("services.{service}: {field}: {message}"))
+        }
+        ServiceError::PermissionDenied(message) => ServiceError::PermissionDenied(format!("services.{service}: {message}")),
+        ServiceError::NotFound(message) => ServiceError::NotFound(format!("services.{service}: {message}")),
+        ServiceError::FailedPrecondition(message) => ServiceError::FailedPrecondition(format!("services.{service}: {message}")),
+        other => other,
+    }
+}
+
+/// One service of a stack as shown: its deployment once created.
+#[derive(Debug, Clone)]
+pub struct StackServiceView {
+    /// Service name.
+    pub name: String,
+    /// Its deployment's name.
+    pub deployment_name: String,
+    /// What it waits for.
+    pub depends_on: BTreeMap<String, DependsCondition>,
+    /// Its deployment; `None` while it waits for its dependencies.
+    pub deployment: Option<DeploymentRecord>,
+    /// Running and healthy replicas.
+    pub progress: ServiceProgress,
+}
+
+/// A stack with its services.
+#[derive(Debug, Clone)]
+pub struct StackView {
+    /// The stack.
+    pub stack: StackRecord,
+    /// Its services, by name.
+    pub services: Vec<StackServiceView>,
+}
+
+impl ControlPlane {
+    /// Deploys a compose document as the stack `name`, or updates the stack of that name:
+    /// services whose spec changed get a new revision, services no longer in the file are
+    /// deleted. Nothing is written when any service is refused. Returns whether the stack
+    /// is new, and the stack.
+    pub async fn deploy_stack(self: &std::sync::Arc<Self>, caller: &Caller, name: &str, source: &str) -> ServiceResult<(bool, StackView)> {
+        caller.require_operator(Role::Deployer)?;
+        let (stack, specs) = check_stack(caller, name, source)?;
+        let existing = self.store.get_stack(name).await?;
+        // Every check that reads state, before the first write.
+        let mut changed = Vec::new();
+        for (service_name, spec) in &specs {
+            match self.store.get_deployment(&spec.name).await? {
+                Some(deployment) if deployment.spec.container.labels.get(LABEL_STACK).map(String::as_str) != Some(name) => {
+                    return Err(ServiceError::AlreadyExists(format!(
+                        "services.{service_name}: deployment {:?} already exists outside stack {name:?}",
+                        spec.name
+                    )));
+                }
+                Some(deployment) if deployment.status == DeploymentStatus::Deleting => {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "services.{service_name}: deployment {:?} is being deleted: deploy again once it is gone",
+                        spec.name
+                    )));
+                }
+                Some(deployment) => {
+                    if deployment.spec != *spec {
+                        if deployment.spec.container.image != spec.container.image {
+                            self.check_image(&spec.container.image).await.map_err(|err| in_service(service_name, err))?;
+                        }
+                        changed.push((deployment, spec.clone()));
+                    }
+                }
+                None => {
+                    let platforms = self.check_image(&spec.container.image).await.map_err(|err| in_service(service_name, err))?;
+                    if spec.replicas > 0 {
+                        let fit = self.placement_preview(spec, platforms.platforms()).await?;
+                        if fit.placed == 0 {
+                            return Err(ServiceError::FailedPrecondition(format!(
+                                "services.{service_name}: no node can run {}: {}",
+                                spec.name,
+                                fit.reasons.join("; ")
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        let now = Utc::now();
+        let record = StackRecord {
+            name: name.to_owned(),
+            source: source.to_owned(),
+            spec: stack.clone(),
+            created_at: existing.as_ref().map_or(now, |s| s.created_at),
+            updated_at: now,
+        };
+        let created = self.store.save_stack(&record).await?;
+        for (mut deployment, spec) in changed {
+            deployment.revision += 1;
+            deployment.spec = spec;
+            deployment.status = DeploymentStatus::Deploying;
+            deployment.updated_at = now;
+            self.store.save_deployment(&deployment).await?;
+            self.rollout_started(&deployment.id);
+            let message = format!("{} updated to revision {} by stack {name}", deployment.spec.name, deployment.revision);
+            self.emit("deployment.updated", &caller.actor(), &deployment.id, message).await;
+        }
+        if let Some(previous) = &existing {
+            for gone in previous.spec.services.keys().filter(|s| !stack.services.contains_key(*s)) {
+                self.delete_stack_service(caller, name, gone).await?;
+            }
+        }
+        let verb = if created { "created" } else { "updated" };
+        tracing::info!(stack = %name, services = stack.services.len(), verb, "stack deployed");
+        self.emit(&format!("stack.{verb}"), &caller.actor(), name, format!("stack {name} {verb} with {} services", stack.services.len()))
+            .await;
+        self.advance_stacks().await?;
+        self.nudge_reconciler();
+        Ok((created, self.get_stack(caller, name).await?))
+    }
+
+    /// Marks one service's deployment of a stack for deletion, if it exists.
+    async fn delete_stack_service(&self, caller: &Caller, stack: &str, service: &str) -> ServiceResult<()> {
+        let deployment_name = stack_deployment_name(stack, service);
+        if let Some(mut deployment) = self.store.get_deployment(&deployment_name).await?
+            && deployment.status != DeploymentStatus::Deleting
+        {
+            deployment.status = DeploymentStatus::Deleting;
+            deployment.updated_at = Utc::now();
+            self.store.save_deployment(&deployment).await?;
+            self.emit(
+                "deployment.deleting",
+                &caller.actor(),
+                &deployment.id,
+                format!("{deployment_name} is being deleted with stack {stack}"),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// A stack with its services' deployments and progress.
+    pub async fn get_stack(&self, caller: &Caller, name: &str) -> ServiceResult<StackView> {
+        caller.require_operator(Role::Viewer)?;
+        if name.trim().is_empty() {
+            return Err(ServiceError::invalid("name", "a stack name is required"));
+        }
+        let stack = self.store.get_stack(name).await?.ok_or_else(|| ServiceError::NotFound(format!("stack {name:?} not found")))?;
+        let view = self.stack_view(stack).await?;
+        Ok(hide_env(caller, view))
+    }
+
+    /// Every stack with its services.
+    pub async fn list_stacks(&self, caller: &Caller) -> ServiceResult<Vec<StackView>> {
+        caller.require_operator(Role::Viewer)?;
+        let mut views = Vec::new();
+        for stack in self.store.list_stacks().await? {
+            views.push(hide_env(caller, self.stack_view(stack).await?));
+        }
+        Ok(views)
+    }
+
+    /// Deletes a stack: its services' deployments are marked for deletion (the reconciler
+    /// removes their containers), and the stack's record is removed.
+    pub async fn delete_stack(&self, caller: &Caller, name: &str) -> ServiceResult<()> {
+        caller.require_operator(Role::Deployer)?;
+        let stack = self.store.get_stack(name).await?.ok_or_else(|| ServiceError::NotFound(format!("stack {name:?} not found")))?;
+        for service in stack.spec.services.keys() {
+            self.delete_stack_service(caller, name, service).await?;
+        }
+        self.store.delete_stack(name).await?;
+        self.emit("stack.deleted", &caller.actor(), name, format!("stack {name} deleted")).await;
+        self.nudge_reconciler();
+        Ok(())
+    }
+
+    /// The stack rollout: creates the deployment of every service of every stack whose
+    /// dependencies are up ([`startable`]). Runs on every reconcile pass.
+    pub async fn advance_stacks(&self) -> ServiceResult<()> {
+        for stack in self.store.list_stacks().await? {
+            let progress = self.stack_progress(&stack.name, &stack.spec).await?;
+            for service_name in startable(&stack.spec, &progress) {
+                let Some(service) = stack.spec.services.get(&service_name) else { continue };
+                let mut spec = service_deployment_spec(&stack.name, &service_name, service);
+                spec.container.labels.insert(LABEL_STACK.to_owned(), stack.name.clone());
+                let now = Utc::now();
+                let record = DeploymentRecord {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    revision: 1,
+                    spec,
+                    status: DeploymentStatus::Deploying,
+                    message: String::new(),
+                    idempotency_key: None,
+                    created_at: now,
+                    updated_at: now,
+                };
+                match self.store.create_deployment(&record).await {
+                    Ok(()) => {}
+                    // Created meanwhile (a concurrent pass): nothing to do.
+                    Err(crate::store::StoreError::AlreadyExists { .. }) => continue,
+                    Err(err) => return Err(err.into()),
+                }
+                tracing::info!(stack = %stack.name, service = %service_name, deployment = %record.spec.name, "stack service started");
+                self.rollout_started(&record.id);
+                let message = format!(
+                    "deployment {} created by stack {} with {} replicas of {}",
+                    record.spec.name, stack.name, record.spec.replicas, record.spec.container.image
+                );
+                self.emit("deployment.created", "system", &record.id, message).await;
+                self.nudge_reconciler();
+            }
+        }
+        Ok(())
+    }
+
+    /// Each service's progress: whether its deployment exists, and its containers that
+    /// run and report healthy as the nodes last told.
+    async fn stack_progress(&self, stack: &str, spec: &StackSpec) -> ServiceResult<BTreeMap<String, ServiceProgress>> {
+        let observed = self.nodes.containers();
+        let mut progress = BTreeMap::new();
+        for (service_name, service) in &spec.services {
+            let deployment_name = stack_deployment_name(stack, service_name);
+            let created = self.store.get_deployment(&deployment_name).await?.is_some_and(|d| d.status != DeploymentStatus::Deleting);
+            let mine = observed
+                .iter()
+                .map(|(_, c)| &c.info)
+                .filter(|info| info.labels.get(LABEL_DEPLOYMENT) == Some(&deployment_name) && info.status == ContainerStatus::Running);
+            let (running, healthy) = mine
+                .fold((0u32, 0u32), |(running, healthy), info| (running + 1, healthy + u32::from(info.health == Some(Health::Healthy))));
+            progress.insert(service_name.clone(), ServiceProgress { created, replicas: service.replicas, running, healthy });
+        }
+        Ok(progress)
+    }
+
+    async fn stack_view(&self, stack: StackRecord) -> ServiceResult<StackView> {
+        let progress = self.stack_progress(&stack.name, &stack.spec).await?;
+        let mut services = Vec::new();
+        for (service_name, service) in &stack.spec.services {
+            let deployment_name = stack_deployment_name(&stack.name, service_name);
+            let deployment = self.store.get_deployment(&deployment_name).await?;
+            services.push(StackServiceView {
+                name: service_name.clone(),
+                deployment_name,
+                depends_on: service.depends_on.clone(),
+                deployment,
+                progress: progress.get(service_name).copied().unwrap_or_default(),
+            });
+        }
+        Ok(StackView { stack, services })
+    }
+}
+
+/// A stack as `caller` may read it: environment values (often credentials) only for
+/// deployers and admins, in the spec and in the source alike (viewers get no source).
+fn hide_env(caller: &Caller, mut view: StackView) -> StackView {
+    if !caller.has_role(Role::Deployer) {
+        view.stack.source = String::new();
+        for service in view.stack.spec.services.values_mut() {
+            for value in service.container.env.values_mut() {
+                *value = super::deployments::HIDDEN_ENV_VALUE.to_owned();
+            }
+        }
+        for service in &mut view.services {
+            if let Some(deployment) = &mut service.deployment {
+                for value in deployment.spec.container.env.values_mut() {
+                    *value = super::deployments::HIDDEN_ENV_VALUE.to_owned();
+                }
+            }
+        }
+    }
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(source: &str) -> StackSpec {
+        diplo_api::compose::parse(source, None).expect("parses")
+    }
+
+    #[test]
+    fn services_start_once_their_dependencies_are_up() {
+        let spec = stack(
+            "services:\n  db:\n    image: b\n    deploy: {replicas: 2}\n    healthcheck: {test: [CMD, x]}\n  cache:\n    image: b\n  api:\n    image: b\n    depends_on:\n      db: {condition: service_healthy}\n      cache: {condition: service_started}\n  web:\n    image: b\n    depends_on: [api]\n",
+        );
+        let p = |created, replicas, running, healthy| ServiceProgress { created, replicas, running, healthy };
+        let with = |entries: &[(&str, ServiceProgress)]| entries.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect::<BTreeMap<_, _>>();
+        let cases: Vec<(BTreeMap<String, ServiceProgress>, Vec<&str>, &str)> = vec![
+            (with(&[]), vec!["cache", "db"], "no dependencies: at once"),
+            (with(&[("db", p(true, 2, 0, 0)), ("cache", p(true, 1, 0, 0))]), vec![], "nothing up yet"),
+            (with(&[("db", p(true, 2, 2, 1)), ("cache", p(true, 1, 1, 0))]), vec![], "one of two replicas healthy is not enough"),
+            (with(&[("db", p(true, 2, 2, 2)), ("cache", p(true, 1, 0, 0))]), vec![], "cache not started yet"),
+            (with(&[("db", p(true, 2, 2, 2)), ("cache", p(true, 1, 1, 0))]), vec!["api"], "healthy and started"),
+            (with(&[("db", p(true, 2, 2, 2)), ("cache", p(true, 1, 1, 0)), ("api", p(true, 1, 0, 0))]), vec![], "api not running"),
+            (with(&[("db", p(true, 2, 2, 2)), ("cache", p(true, 1, 1, 0)), ("api", p(true, 1, 1, 0))]), vec!["web"], "api running"),
+            (with(&[("db", p(false, 2, 2, 2)), ("cache", p(true, 1, 1, 1))]), vec!["db"], "a dependency not created is not up"),
+        ];
+        for (progress, want, why) in cases {
+            assert_eq!(startable(&spec, &progress), want, "{why}: {progress:?}");
+        }
+    }
+
+    #[test]
+    fn stack_names_and_deployments_follow_the_deployment_rules() {
+        assert!(check_stack_name("shop").is_ok());
+        for bad in ["", "-x", "a b", &"s".repeat(53)] {
+            assert!(matches!(check_stack_name(bad), Err(ServiceError::InvalidArgument { field: "name", .. })), "{bad}");
+        }
+        let spec = stack("services:\n  web:\n    image: b\n    volumes: [data:/d, /srv:/s]\nvolumes:\n  data:\n");
+        let deployment = service_deployment_spec("shop", "web", &spec.services["web"]);
+        assert_eq!(deployment.name, "shop-web");
+        assert_eq!(deployment.container.mounts[0].source, "shop_data", "named volumes are the stack's own");
+        assert_eq!(deployment.container.mounts[1].source, "/srv", "host paths stay");
+        assert_eq!(deployment.container.network.as_deref(), Some("diplo-shop"));
+        assert_eq!(deployment.container.network_aliases, ["web"], "reachable by its service name");
+    }
+
+    #[test]
+    fn a_stack_is_checked_whole_before_anything() {
+        let deployer = Caller::Operator { name: "d".into(), role: Role::Deployer };
+        let ok = check_stack(&deployer, "shop", "services:\n  web:\n    image: b\n").expect("valid");
+        assert_eq!(ok.1["web"].container.labels.get(LABEL_STACK).map(String::as_str), Some("shop"));
+        let err = check_stack(&deployer, "shop", "services:\n  web:\n    image: b\n    nope: 1\n").expect_err("unknown key");
+        assert!(
+            matches!(&err, ServiceError::InvalidArgument { field: "compose", message } if message.starts_with("line 4: services.web.nope")),
+            "{err:?}"
+        );
+        let bind = check_stack(&deployer, "shop", "services:\n  web:\n    image: b\n    volumes: [/etc:/x]\n").expect_err("host path");
+        assert!(matches!(&bind, ServiceError::PermissionDenied(m) if m.starts_with("services.web: ")), "{bind:?}");
+        let long = check_stack(&deployer, &"s".repeat(40), &format!("services:\n  {}:\n    image: b\n", "w".repeat(20))).expect_err("long");
+        assert!(long.to_string().contains("longer than 54"), "{long}");
+    }
+}

@@ -1,0 +1,226 @@
+//! Stacks end to end on Docker: a two-service compose file (an httpd `web` with a health
+//! check, and a `client` that waits for `web` to be healthy and fetches `http://web:8080/`)
+//! starts in dependency order and resolves the service name; a bad file is refused with
+//! 400 naming its line and key, and nothing of it is created.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use diplo_tests::unique_name as unique;
+use diplo_tests::{ControlPlane, ControlPlaneOptions, HttpResponse, docker_containers_of, http_request, wait_until};
+use serde_json::Value;
+
+const IMAGE: &str = "127.0.0.1:5000/diplo/busybox:latest";
+const POLL: Duration = Duration::from_millis(300);
+
+/// `POST /api/v1/stacks?name=NAME` with a YAML body.
+fn post_yaml(control_plane: &ControlPlane, name: &str, yaml: &str) -> HttpResponse {
+    let url = control_plane.rest_url(&format!("/api/v1/stacks?name={name}"));
+    let authorization = format!("Bearer {}", control_plane.admin_token());
+    let body = yaml.to_owned();
+    std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).no_proxy().build().expect("client");
+        let response = client
+            .post(&url)
+            .header(reqwest::header::AUTHORIZATION, authorization)
+            .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+            .body(body)
+            .send()
+            .expect("POST /api/v1/stacks");
+        let status = response.status().as_u16();
+        HttpResponse { status, body: response.text().unwrap_or_default() }
+    })
+    .join()
+    .expect("the HTTP thread panicked")
+}
+
+fn service<'a>(stack: &'a Value, name: &str) -> &'a Value {
+    stack["services"].as_array().and_then(|services| services.iter().find(|s| s["name"] == name)).unwrap_or(&Value::Null)
+}
+
+/// Deletes the stack (REST) when dropped, waits for its deployments to go, then
+/// force-removes what is left on Docker (containers, the stack's network). Never panics.
+struct DeleteStackOnDrop<'a>(&'a ControlPlane, String, Vec<String>);
+
+impl Drop for DeleteStackOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(token) = self.0.try_admin_token() {
+            let authorization = format!("Bearer {token}");
+            let _ = http_request("DELETE", &self.0.rest_url(&format!("/api/v1/stacks/{}", self.1)), Some(&authorization), None);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for deployment in &self.2 {
+                let url = self.0.rest_url(&format!("/api/v1/deployments/{deployment}"));
+                while Instant::now() < deadline
+                    && !http_request("GET", &url, Some(&authorization), None).is_ok_and(|response| response.status == 404)
+                {
+                    std::thread::sleep(POLL);
+                }
+            }
+        }
+        for deployment in &self.2 {
+            for id in diplo_tests::try_docker_containers_of(deployment).unwrap_or_default() {
+                let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+            }
+        }
+        // By id: a name may have been taken twice.
+        let filter = format!("name=^diplo-{}$", self.1);
+        if let Ok(listed) = Command::new("docker").args(["network", "ls", "-q", "--filter", &filter]).output() {
+            for id in String::from_utf8_lossy(&listed.stdout).lines() {
+                let _ = Command::new("docker").args(["network", "rm", id]).output();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stack_starts_in_dependency_order_and_its_services_reach_each_other_by_name() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(6)));
+    let token = control_plane.join_token(&[]);
+    let (_agent, _) = control_plane.start_ready_agent_with_env(&unique("stack-node"), Some(&token), &[("DIPLO_RUNTIMES", "docker")]);
+    let stack = unique("st");
+    let (web, client) = (format!("{stack}-web"), format!("{stack}-client"));
+    let _cleanup = DeleteStackOnDrop(&control_plane, stack.clone(), vec![web.clone(), client.clone()]);
+
+    // web serves only after a few seconds; client fetches it by its service name.
+    let compose = format!(
+        r#"services:
+  web:
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "sleep 4; mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+      interval: 1s
+      timeout: 1s
+      retries: 60
+  client:
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "wget -q -O - http://web:8080/ && exec sleep 3600"]
+    depends_on:
+      web:
+        condition: service_healthy
+"#
+    );
+    let answer = post_yaml(&control_plane, &stack, &compose);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let deployed = answer.json();
+    assert_eq!(service(&deployed, "client")["status"], "waiting", "client waits for web: {deployed}");
+
+    // While web is not healthy, client has no deployment.
+    let healthy_at = wait_until("web to report healthy", Duration::from_secs(90), POLL, || {
+        let stack = control_plane.rest_json(&format!("/api/v1/stacks/{stack}"));
+        let (web_state, client_state) = (service(&stack, "web"), service(&stack, "client"));
+        if web_state["healthy"].as_u64() == Some(1) {
+            return Ok(Instant::now());
+        }
+        assert_eq!(client_state["status"], "waiting", "client started before web was healthy: {stack}");
+        assert_eq!(control_plane.rest("GET", &format!("/api/v1/deployments/{client}"), None).status, 404, "{stack}");
+        Err(format!("{stack}"))
+    });
+    let stack_view = wait_until("client to run", Duration::from_secs(60), POLL, || {
+        let view = control_plane.rest_json(&format!("/api/v1/stacks/{stack}"));
+        if service(&view, "client")["running"].as_u64() == Some(1) { Ok(view) } else { Err(format!("{view}")) }
+    });
+    assert!(healthy_at.elapsed() < Duration::from_secs(60), "{stack_view}");
+    assert_eq!(service(&stack_view, "client")["deployment"], client.as_str());
+
+    // The client fetched web's page through the name `web`.
+    let containers = docker_containers_of(&client);
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    let logs = wait_until("the client's fetch", Duration::from_secs(30), POLL, || {
+        let output = Command::new("docker").args(["logs", &containers[0]]).output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        if text.contains("hello-from-web") { Ok(text) } else { Err(text) }
+    });
+    assert!(logs.contains("hello-from-web"), "{logs}");
+    let network =
+        Command::new("docker").args(["inspect", "-f", "{{json .NetworkSettings.Networks}}", &containers[0]]).output().expect("docker");
+    let networks = String::from_utf8_lossy(&network.stdout);
+    assert!(networks.contains(&format!("diplo-{stack}")), "on the stack's network: {networks}");
+    let same_name =
+        Command::new("docker").args(["network", "ls", "-q", "--filter", &format!("name=^diplo-{stack}$")]).output().expect("docker");
+    assert_eq!(String::from_utf8_lossy(&same_name.stdout).lines().count(), 1, "one network per stack");
+}
+
+#[test]
+fn a_bad_compose_file_is_refused_naming_line_and_key_and_nothing_is_created() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(6)));
+    let stack = unique("bad");
+    let cases: [(&str, &str, &str); 3] = [
+        // The first service is fine; the second asks for what Diplo does not do.
+        ("services:\n  a:\n    image: busybox\n  b:\n    image: busybox\n    privileged: true\n", "line 6", "services.b.privileged"),
+        ("services:\n  a:\n    image: busybox\n    depends_on: [b]\n  b:\n    image: busybox\n    depends_on: [a]\n", "line 4", "cycle"),
+        ("services:\n  a:\n    image: busybox\n    volumes: [\"./src:/app\"]\n", "line 4", "services.a.volumes"),
+    ];
+    for (yaml, line, key) in cases {
+        let answer = post_yaml(&control_plane, &stack, yaml);
+        assert_eq!(answer.status, 400, "{yaml}\n{}", answer.body);
+        let problem = answer.json();
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(line) && detail.contains(key), "{yaml}\n{problem}");
+        assert_eq!(problem["field"], "compose", "{problem}");
+    }
+    assert_eq!(control_plane.rest("GET", &format!("/api/v1/stacks/{stack}"), None).status, 404);
+    assert_eq!(control_plane.rest_json("/api/v1/stacks"), serde_json::json!([]));
+    for service in ["a", "b"] {
+        assert_eq!(control_plane.rest("GET", &format!("/api/v1/deployments/{stack}-{service}"), None).status, 404, "{service}");
+    }
+    assert_eq!(control_plane.rest_json("/api/v1/deployments"), serde_json::json!([]), "no deployment was created");
+}
+
+#[test]
+fn the_cli_deploys_a_stack_reads_env_files_and_a_second_deploy_changes_only_what_changed() {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(6)));
+    let token = control_plane.join_token(&[]);
+    let (_agent, _) = control_plane.start_ready_agent_with_env(&unique("stack-cli"), Some(&token), &[("DIPLO_RUNTIMES", "docker")]);
+    let stack = unique("cli");
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|s| format!("{stack}-{s}")).collect();
+    let _cleanup = DeleteStackOnDrop(&control_plane, stack.clone(), names.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("compose.yml");
+    let file_arg = file.to_string_lossy().into_owned();
+    std::fs::write(dir.path().join("b.env"), "GREETING=from-env-file\n").expect("write");
+    let version = |b_value: &str, with_c: bool| {
+        let c = if with_c { format!("  c:\n    image: {IMAGE}\n    command: [sleep, \"3600\"]\n") } else { String::new() };
+        format!(
+            "services:\n  a:\n    image: {IMAGE}\n    command: [sleep, \"3600\"]\n  b:\n    image: {IMAGE}\n    command: [sleep, \"3600\"]\n    env_file: b.env\n    environment:\n      VALUE: {b_value}\n{c}"
+        )
+    };
+
+    std::fs::write(&file, version("one", true)).expect("write");
+    let deployed: Value =
+        serde_json::from_str(&control_plane.cli_ok(&["-o", "json", "stack", "deploy", "-f", &file_arg, &stack])).expect("JSON");
+    assert_eq!(deployed["services"].as_array().map(Vec::len), Some(3), "{deployed}");
+    wait_until("every service to run", Duration::from_secs(60), POLL, || {
+        let view: Value = serde_json::from_str(&control_plane.cli_ok(&["-o", "json", "stack", "ps", &stack])).map_err(|e| e.to_string())?;
+        let all = ["a", "b", "c"].iter().all(|s| service(&view, s)["running"].as_u64() == Some(1));
+        if all { Ok(()) } else { Err(format!("{view}")) }
+    });
+
+    let b = docker_containers_of(&format!("{stack}-b"));
+    let env = Command::new("docker").args(["inspect", "-f", "{{json .Config.Env}}", &b[0]]).output().expect("docker inspect");
+    let env = String::from_utf8_lossy(&env.stdout);
+    assert!(env.contains("GREETING=from-env-file") && env.contains("VALUE=one"), "the env_file was read next to the compose file: {env}");
+
+    // b changes, a does not, c is gone.
+    std::fs::write(&file, version("two", false)).expect("write");
+    control_plane.cli_ok(&["stack", "deploy", "-f", &file_arg, &stack]);
+    let revision = |service: &str| control_plane.rest_json(&format!("/api/v1/deployments/{stack}-{service}"))["revision"].as_u64();
+    assert_eq!(revision("a"), Some(1), "an unchanged service keeps its revision");
+    assert_eq!(revision("b"), Some(2), "a changed service gets a new revision");
+    wait_until("c to be removed", Duration::from_secs(60), POLL, || {
+        let status = control_plane.rest("GET", &format!("/api/v1/deployments/{stack}-c"), None).status;
+        if status == 404 { Ok(()) } else { Err(status.to_string()) }
+    });
+    let listed: Value = serde_json::from_str(&control_plane.cli_ok(&["-o", "json", "stack", "ls"])).expect("JSON");
+    assert_eq!(listed[0]["name"], stack.as_str(), "{listed}");
+    assert_eq!(listed[0]["services"].as_array().map(Vec::len), Some(2), "{listed}");
+
+    control_plane.cli_ok(&["stack", "rm", &stack]);
+    for name in &names {
+        wait_until(&format!("{name} to be removed"), Duration::from_secs(60), POLL, || {
+            let status = control_plane.rest("GET", &format!("/api/v1/deployments/{name}"), None).status;
+            if status == 404 { Ok(()) } else { Err(status.to_string()) }
+        });
+    }
+    assert!(!control_plane.cli(&["stack", "ps", &stack]).status.success(), "the stack is gone");
+}
