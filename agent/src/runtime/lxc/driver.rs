@@ -705,10 +705,12 @@ impl LxcRuntime {
         let user = {
             let wanted = if spec.user.is_empty() { settings.user.clone() } else { spec.user.clone() };
             let (rootfs, name, user) = (rootfs.clone(), spec.name.clone(), wanted);
+            let extra =
+                diplo_api::options::extra_hosts_lines(&spec.extra_hosts).map_err(|refusal| invalid(refusal.field)(refusal.message))?;
             tokio::task::spawn_blocking(move || -> Result<rootfs::User, String> {
                 let resolved = rootfs::image_user(std::slice::from_ref(&rootfs), &user).map_err(|e| format!("user {user:?}: {e}"))?;
                 rootfs::write_file(&rootfs, "/etc/hostname", format!("{name}\n").as_bytes())?;
-                rootfs::write_file(&rootfs, "/etc/hosts", image::hosts_file(&name).as_bytes())?;
+                rootfs::write_file(&rootfs, "/etc/hosts", image::hosts_file(&name, &extra).as_bytes())?;
                 Ok(resolved)
             })
             .await
