@@ -1,7 +1,8 @@
-//! Stacks end to end on Docker: a two-service compose file (an httpd `web` with a health
-//! check, and a `client` that waits for `web` to be healthy and fetches `http://web:8080/`)
-//! starts in dependency order and resolves the service name; a bad file is refused with
-//! 400 naming its line and key, and nothing of it is created.
+//! Stacks end to end on Docker and containerd: a two-service compose file (an httpd `web`
+//! with a health check, and a `client` that waits for `web` to be healthy and fetches
+//! `http://web:8080/`) starts in dependency order and resolves the service name (a shared
+//! network on Docker, `/etc/hosts` entries on containerd); a bad file is refused with 400
+//! naming its line and key, and nothing of it is created.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -223,4 +224,106 @@ fn the_cli_deploys_a_stack_reads_env_files_and_a_second_deploy_changes_only_what
         });
     }
     assert!(!control_plane.cli(&["stack", "ps", &stack]).status.success(), "the stack is gone");
+}
+
+/// The ids of the containers of `deployment` as the control plane lists them.
+fn containers_of(control_plane: &ControlPlane, deployment: &str) -> Vec<String> {
+    let listed = control_plane.rest_json("/api/v1/containers");
+    let prefix = format!("{deployment}-");
+    listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["name"].as_str().is_some_and(|name| name.starts_with(&prefix)))
+        .filter_map(|c| c["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Runs `argv` in container `id` through REST: (exit code, stdout + stderr).
+fn exec(control_plane: &ControlPlane, id: &str, argv: &[&str]) -> (i64, String) {
+    let answer = control_plane.rest("POST", &format!("/api/v1/containers/{id}/exec"), Some(serde_json::json!({ "argv": argv })));
+    assert_eq!(answer.status, 200, "{argv:?}: {}", answer.body);
+    let output = answer.json();
+    let text = format!("{}{}", output["stdout"].as_str().unwrap_or_default(), output["stderr"].as_str().unwrap_or_default());
+    (output["exit_code"].as_i64().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_stack_runs_on_containerd_in_order_by_name_with_its_limits_in_force() {
+    if !std::path::Path::new("/run/containerd/containerd.sock").exists() {
+        return diplo_tests::skip_or_fail("containerd is unavailable: the containerd stack test needs it");
+    }
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(6)));
+    let token = control_plane.join_token(&[]);
+    let (_agent, node) = control_plane.start_ready_agent_with_env(&unique("stack-ctrd"), Some(&token), &[("DIPLO_RUNTIMES", "containerd")]);
+    let stack = unique("sc");
+    let (web, client) = (format!("{stack}-web"), format!("{stack}-client"));
+    let _cleanup = DeleteStackOnDrop(&control_plane, stack.clone(), vec![web.clone(), client.clone()]);
+
+    // web: read-only root (its page on a tmpfs), 64 MiB of memory; client fetches it by name.
+    let compose = format!(
+        r#"services:
+  web:
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "sleep 3; echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    read_only: true
+    tmpfs: [/www]
+    mem_limit: 64m
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+      interval: 1s
+      timeout: 1s
+      retries: 60
+  client:
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "wget -q -O - http://web:8080/ && exec sleep 3600"]
+    depends_on:
+      web:
+        condition: service_healthy
+"#
+    );
+    let answer = post_yaml(&control_plane, &stack, &compose);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    assert_eq!(service(&answer.json(), "client")["status"], "waiting", "{}", answer.body);
+
+    wait_until("web to report healthy", Duration::from_secs(90), POLL, || {
+        let view = control_plane.rest_json(&format!("/api/v1/stacks/{stack}"));
+        if service(&view, "web")["healthy"].as_u64() == Some(1) {
+            return Ok(());
+        }
+        assert_eq!(control_plane.rest("GET", &format!("/api/v1/deployments/{client}"), None).status, 404, "client before web: {view}");
+        Err(format!("{view}"))
+    });
+    let view = wait_until("client to run", Duration::from_secs(60), POLL, || {
+        let view = control_plane.rest_json(&format!("/api/v1/stacks/{stack}"));
+        if service(&view, "client")["running"].as_u64() == Some(1) { Ok(view) } else { Err(format!("{view}")) }
+    });
+
+    // Both on the one node, the client's deployment held there.
+    let deployment = control_plane.rest_json(&format!("/api/v1/deployments/{client}"));
+    assert_eq!(deployment["constraints"]["node"].as_str(), node["id"].as_str(), "{deployment}");
+
+    // The client fetched web's page through the name `web` (its /etc/hosts entry).
+    let clients = containers_of(&control_plane, &client);
+    assert_eq!(clients.len(), 1, "{view}");
+    let logs = wait_until("the client's fetch", Duration::from_secs(30), POLL, || {
+        let answer = control_plane.rest("GET", &format!("/api/v1/containers/{}/logs", clients[0]), None);
+        if answer.body.contains("hello-from-web") { Ok(answer.body) } else { Err(answer.body) }
+    });
+    assert!(logs.contains("hello-from-web"), "{logs}");
+    let (_, hosts) = exec(&control_plane, &clients[0], &["cat", "/etc/hosts"]);
+    assert!(hosts.lines().any(|line| line.ends_with("\tweb")), "{hosts}");
+
+    // web's limits hold inside its container.
+    let webs = containers_of(&control_plane, &web);
+    assert_eq!(webs.len(), 1, "{view}");
+    let (code, memory) = exec(
+        &control_plane,
+        &webs[0],
+        &["sh", "-c", "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"],
+    );
+    assert_eq!((code, memory.trim()), (0, "67108864"), "the memory limit: {memory}");
+    let (code, touched) = exec(&control_plane, &webs[0], &["touch", "/written"]);
+    assert_ne!(code, 0, "the root is read-only: {touched}");
+    assert!(touched.to_lowercase().contains("read-only"), "{touched}");
 }
