@@ -5,7 +5,7 @@
 //! (`image`, over the shared registry client `diplo_api::registry`); containers get an OCI spec built here (`spec`), a network
 //! from the CNI plugins (`cni`) and their output in plain files (`logs`).
 
-mod cni;
+pub(crate) mod cni;
 mod image;
 mod images;
 mod logs;
