@@ -289,7 +289,7 @@ fn stack_with_limits_on(runtime: &str) {
       retries: 60
   client:
     image: {IMAGE}
-    command: ["/bin/sh", "-c", "wget -q -O - http://web:8080/ && exec sleep 3600"]
+    command: ["/bin/sh", "-c", "until wget -q -O - http://web:8080/; do sleep 1; done; exec sleep 3600"]
     depends_on:
       web:
         condition: service_healthy
@@ -352,6 +352,48 @@ fn stack_with_limits_on(runtime: &str) {
     let (code, touched) = exec(&control_plane, &webs[0], &["touch", "/written"]);
     assert_ne!(code, 0, "the root is read-only: {touched}");
     assert!(touched.to_lowercase().contains("read-only"), "{touched}");
+
+    // The same file again changes nothing (the addresses and the node are the rollout's).
+    let again = post_yaml(&control_plane, &stack, &compose);
+    assert_eq!(again.status, 200, "{}", again.body);
+    let revision = |deployment: &str| control_plane.rest_json(&format!("/api/v1/deployments/{deployment}"))["revision"].as_u64();
+    assert_eq!((revision(&web), revision(&client)), (Some(1), Some(1)), "an unchanged file is no change");
+
+    // web replaced at a new address: the client follows with a new revision naming it.
+    let web_run = || {
+        let listed = control_plane.rest_json("/api/v1/containers");
+        let prefix = format!("{web}-");
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"].as_str().is_some_and(|name| name.starts_with(&prefix)) && c["status"] == "running")
+            .find_map(|c| Some((c["id"].as_str()?.to_owned(), c["started_at"].as_str()?.to_owned(), c["ip_address"].as_str()?.to_owned())))
+    };
+    let (_, old_start, old_address) = web_run().expect("web runs with an address");
+    let removed = control_plane.rest("DELETE", &format!("/api/v1/containers/{}?force=true", webs[0]), None);
+    assert!(removed.status == 204 || removed.status == 200, "{}", removed.body);
+    let (_, _, new_address) = wait_until("web to run again", Duration::from_secs(90), POLL, || match web_run() {
+        Some(run) if run.1 != old_start => Ok(run),
+        other => Err(format!("{other:?}")),
+    });
+    if new_address != old_address {
+        wait_until("the client to name web's new address", Duration::from_secs(90), POLL, || {
+            let mut hosts = Vec::new();
+            for id in containers_of(&control_plane, &client) {
+                let answer = control_plane.rest(
+                    "POST",
+                    &format!("/api/v1/containers/{id}/exec"),
+                    Some(serde_json::json!({ "argv": ["cat", "/etc/hosts"] })),
+                );
+                if answer.status == 200 {
+                    hosts.push(answer.json()["stdout"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            let follows = revision(&client) == Some(2) && hosts.iter().any(|h| h.contains(&format!("{new_address}\tweb")));
+            if follows { Ok(()) } else { Err(format!("revision {:?}, hosts {hosts:?}", revision(&client))) }
+        });
+    }
 }
 
 /// The memory limit of the cgroup the kernel put process `pid` in, read on the host (v1
