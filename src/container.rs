@@ -209,6 +209,10 @@ pub struct ContainerSpec {
     /// service name); only with a network.
     #[serde(default)]
     pub network_aliases: Vec<String>,
+    /// Extra `/etc/hosts` entries, `name:ip` as `docker run --add-host` spells them: how a
+    /// stack's services reach each other by name on runtimes without network objects.
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
 }
 
 /// A container's lifecycle state.

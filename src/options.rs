@@ -356,11 +356,43 @@ fn check_tmpfs_options(options: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An extra hosts entry, `NAME:IP` as `docker run --add-host` spells it: a host name of
+/// dot-separated DNS labels (letters, digits and inner hyphens, 1-63 characters each, 253
+/// in all) and an IPv4 or IPv6 address. Returns the name and the address.
+pub fn parse_extra_host(entry: &str) -> Result<(&str, std::net::IpAddr), String> {
+    let (name, ip) = entry.split_once(':').ok_or_else(|| format!("{entry:?} is not NAME:IP"))?;
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!("{name:?} in {entry:?} is not a host name (DNS labels: letters, digits, inner hyphens)"));
+    }
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let ip = ip.parse().map_err(|_| format!("{ip:?} in {entry:?} is not an IP address"))?;
+    Ok((name, ip))
+}
+
+/// The `/etc/hosts` lines of a container's extra hosts entries (`IP<TAB>NAME`, one a line,
+/// in order), refusing an entry that is not `NAME:IP` ([`parse_extra_host`]).
+pub fn extra_hosts_lines(entries: &[String]) -> Result<String, OptionError> {
+    let mut text = String::new();
+    for entry in entries {
+        let (name, ip) = parse_extra_host(entry).map_err(|message| refuse("extra_hosts", message))?;
+        text.push_str(&format!("{ip}\t{name}\n"));
+    }
+    Ok(text)
+}
+
 impl ContainerSpec {
     /// Checks the limits and hardening options: bounded counts and lengths, known
     /// capability and signal names, a `uid[:gid]` or `name[:group]` user, absolute paths,
     /// no control characters, sizes and limits in range. The error names the field.
     pub fn check_options(&self) -> Result<(), OptionError> {
+        check_count("extra_hosts", self.extra_hosts.len())?;
+        extra_hosts_lines(&self.extra_hosts)?;
         if let Some(bytes) = self.memory_bytes
             && bytes < MIN_MEMORY_BYTES
         {
@@ -432,6 +464,31 @@ impl ContainerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_hosts_are_host_names_with_addresses() {
+        let good = [("web:10.89.0.7", "10.89.0.7\tweb\n"), ("db.internal:fd00::3", "fd00::3\tdb.internal\n"), ("x-1:[::1]", "::1\tx-1\n")];
+        for (entry, line) in good {
+            assert_eq!(extra_hosts_lines(&[entry.to_owned()]).as_deref(), Ok(line), "{entry}");
+        }
+        for bad in [
+            "web",
+            "web:",
+            ":10.0.0.1",
+            "-web:10.0.0.1",
+            "we b:10.0.0.1",
+            "web:10.0.0.256",
+            "web:host",
+            "a..b:10.0.0.1",
+            "web\n1.2.3.4 evil:10.0.0.1",
+        ] {
+            let spec = ContainerSpec { extra_hosts: vec![bad.to_owned()], ..ContainerSpec::default() };
+            let refusal = spec.check_options().expect_err(bad);
+            assert_eq!(refusal.field, "extra_hosts", "{bad}");
+        }
+        let two = ContainerSpec { extra_hosts: vec!["web:10.0.0.2".into(), "www:10.0.0.2".into()], ..ContainerSpec::default() };
+        assert_eq!(two.check_options(), Ok(()));
+    }
 
     fn field(spec: ContainerSpec) -> &'static str {
         spec.check_options().expect_err("refused").field

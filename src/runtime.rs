@@ -278,6 +278,20 @@ impl Runtime {
         self.capabilities().contains(&capability)
     }
 
+    /// The container a deployment's template runs as once placed on this runtime. A
+    /// runtime without network objects ([`Capability::Networks`]) runs it on its default
+    /// network instead of the template's `network` (and without its aliases): a stack's
+    /// services reach each other there through their `extra_hosts` entries, which every
+    /// runtime writes into the container's `/etc/hosts`. Asked directly (a container, or a
+    /// deployment forcing such a runtime), a `network` is refused ([`Runtime::check_spec`]).
+    pub fn placed_spec(self, mut spec: crate::container::ContainerSpec) -> crate::container::ContainerSpec {
+        if !self.supports(Capability::Networks) {
+            spec.network = None;
+            spec.network_aliases.clear();
+        }
+        spec
+    }
+
     /// Refuses a container spec asking this runtime for a setting it cannot honour, naming
     /// the field and the runtime (never silently ignored).
     pub fn check_spec(self, spec: &crate::container::ContainerSpec) -> Result<(), Unsupported> {
@@ -363,6 +377,19 @@ mod tests {
         }
         for runtime in [Docker, Podman] {
             assert_eq!(runtime.check_spec(&ContainerSpec { network: Some("n".into()), ..ContainerSpec::default() }), Ok(()), "{runtime}");
+        }
+        let stacked = ContainerSpec {
+            network: Some("diplo-shop".into()),
+            network_aliases: vec!["web".into()],
+            extra_hosts: vec!["db:10.89.0.7".into()],
+            ..ContainerSpec::default()
+        };
+        for (runtime, keeps_network) in cases {
+            let placed = runtime.placed_spec(stacked.clone());
+            assert_eq!(placed.network.is_some(), keeps_network, "{runtime}");
+            assert_eq!(placed.network_aliases.is_empty(), !keeps_network, "{runtime}");
+            assert_eq!(placed.extra_hosts, stacked.extra_hosts, "{runtime}: hosts entries hold everywhere");
+            assert_eq!(runtime.check_spec(&placed), Ok(()), "{runtime}: what is placed passes the capability table");
         }
         assert_eq!(serde_json::to_value(Capability::ResourceLimits).ok(), Some(serde_json::json!("resource_limits")));
     }

@@ -71,6 +71,7 @@ impl From<&ContainerSpec> for pb::ContainerSpec {
             memory_reservation: spec.memory_reservation.unwrap_or(0),
             network: spec.network.clone().unwrap_or_default(),
             network_aliases: spec.network_aliases.clone(),
+            extra_hosts: spec.extra_hosts.clone(),
         }
     }
 }
@@ -141,6 +142,7 @@ impl TryFrom<pb::ContainerSpec> for ContainerSpec {
             memory_reservation: (spec.memory_reservation > 0).then_some(spec.memory_reservation),
             network: Some(spec.network).filter(|n| !n.is_empty()),
             network_aliases: spec.network_aliases,
+            extra_hosts: spec.extra_hosts,
         })
     }
 }
@@ -492,6 +494,7 @@ mod tests {
             memory_reservation: Some(32 << 20),
             network: Some("diplo-shop".into()),
             network_aliases: vec!["web".into(), "www".into()],
+            extra_hosts: vec!["db:10.89.0.7".into(), "cache:fd00::3".into()],
         }
     }
 

@@ -231,10 +231,13 @@ pub fn named_volumes(spec: &ContainerSpec) -> Vec<String> {
     names.into_iter().map(str::to_owned).collect()
 }
 
-/// The container an instance runs: the deployment's template, named after the instance
-/// and labelled with its ids.
+/// The container an instance runs: the deployment's template as its runtime runs it
+/// ([`Runtime::placed_spec`]), named after the instance and labelled with its ids.
 pub fn instance_container(deployment: &DeploymentRecord, instance: &InstanceRecord) -> ContainerSpec {
     let mut spec = deployment.spec.container.clone();
+    if let Some(runtime) = instance.runtime {
+        spec = runtime.placed_spec(spec);
+    }
     spec.name = format!("{}-{}", deployment.spec.name, instance.id.chars().take(8).collect::<String>());
     spec.labels.insert(LABEL_DEPLOYMENT.into(), deployment.spec.name.clone());
     spec.labels.insert(LABEL_INSTANCE.into(), instance.id.clone());

@@ -304,6 +304,7 @@ mod cases {
                 memory_reservation: Some(128 << 20),
                 network: Some("diplo-shop".to_owned()),
                 network_aliases: vec!["web".to_owned()],
+                extra_hosts: vec!["db:10.89.0.7".to_owned()],
             },
             source: Some(diplo_control_plane::model::SourceSpec {
                 repo_url: "https://git.example/app.git".to_owned(),

@@ -1,7 +1,8 @@
-//! Stacks end to end on Docker: a two-service compose file (an httpd `web` with a health
-//! check, and a `client` that waits for `web` to be healthy and fetches `http://web:8080/`)
-//! starts in dependency order and resolves the service name; a bad file is refused with
-//! 400 naming its line and key, and nothing of it is created.
+//! Stacks end to end on Docker and containerd: a two-service compose file (an httpd `web`
+//! with a health check, and a `client` that waits for `web` to be healthy and fetches
+//! `http://web:8080/`) starts in dependency order and resolves the service name (a shared
+//! network on Docker, `/etc/hosts` entries on containerd); a bad file is refused with 400
+//! naming its line and key, and nothing of it is created.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -223,4 +224,187 @@ fn the_cli_deploys_a_stack_reads_env_files_and_a_second_deploy_changes_only_what
         });
     }
     assert!(!control_plane.cli(&["stack", "ps", &stack]).status.success(), "the stack is gone");
+}
+
+/// The ids of the containers of `deployment` as the control plane lists them.
+fn containers_of(control_plane: &ControlPlane, deployment: &str) -> Vec<String> {
+    let listed = control_plane.rest_json("/api/v1/containers");
+    let prefix = format!("{deployment}-");
+    listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["name"].as_str().is_some_and(|name| name.starts_with(&prefix)))
+        .filter_map(|c| c["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Runs `argv` in container `id` through REST: (exit code, stdout + stderr).
+fn exec(control_plane: &ControlPlane, id: &str, argv: &[&str]) -> (i64, String) {
+    let answer = control_plane.rest("POST", &format!("/api/v1/containers/{id}/exec"), Some(serde_json::json!({ "argv": argv })));
+    assert_eq!(answer.status, 200, "{argv:?}: {}", answer.body);
+    let output = answer.json();
+    let text = format!("{}{}", output["stdout"].as_str().unwrap_or_default(), output["stderr"].as_str().unwrap_or_default());
+    (output["exit_code"].as_i64().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_stack_runs_on_containerd_in_order_by_name_with_its_limits_in_force() {
+    stack_with_limits_on("containerd");
+}
+
+#[test]
+fn a_stack_runs_on_lxc_in_order_by_name_with_its_limits_in_force() {
+    stack_with_limits_on("lxc");
+}
+
+/// The two-service stack on `runtime` (a runtime without network objects): dependency
+/// order, names through `/etc/hosts`, one node, limits and read-only root in force.
+fn stack_with_limits_on(runtime: &str) {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(6)));
+    let token = control_plane.join_token(&[]);
+    let (_agent, node) =
+        control_plane.start_ready_agent_with_env(&unique(&format!("stack-{runtime}")), Some(&token), &[("DIPLO_RUNTIMES", runtime)]);
+    let available: Vec<&str> = node["available"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if !available.contains(&runtime) {
+        return diplo_tests::skip_or_fail(&format!("{runtime} is not available on the node: {available:?}"));
+    }
+    let stack = unique("sc");
+    let (web, client) = (format!("{stack}-web"), format!("{stack}-client"));
+    let _cleanup = DeleteStackOnDrop(&control_plane, stack.clone(), vec![web.clone(), client.clone()]);
+
+    // web: read-only root (its page on a tmpfs), 64 MiB of memory; client fetches it by name.
+    let compose = format!(
+        r#"services:
+  web:
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "sleep 3; echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    read_only: true
+    tmpfs: [/www]
+    mem_limit: 64m
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+      interval: 1s
+      timeout: 1s
+      retries: 60
+  client:
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "until wget -q -O - http://web:8080/; do sleep 1; done; exec sleep 3600"]
+    depends_on:
+      web:
+        condition: service_healthy
+"#
+    );
+    let answer = post_yaml(&control_plane, &stack, &compose);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    assert_eq!(service(&answer.json(), "client")["status"], "waiting", "{}", answer.body);
+
+    wait_until("web to report healthy", Duration::from_secs(120), POLL, || {
+        let view = control_plane.rest_json(&format!("/api/v1/stacks/{stack}"));
+        if service(&view, "web")["healthy"].as_u64() == Some(1) {
+            return Ok(());
+        }
+        assert_eq!(control_plane.rest("GET", &format!("/api/v1/deployments/{client}"), None).status, 404, "client before web: {view}");
+        Err(format!("{view}"))
+    });
+    let view = wait_until("client to run", Duration::from_secs(60), POLL, || {
+        let view = control_plane.rest_json(&format!("/api/v1/stacks/{stack}"));
+        if service(&view, "client")["running"].as_u64() == Some(1) { Ok(view) } else { Err(format!("{view}")) }
+    });
+
+    // Both on the one node, the client's deployment held there.
+    let deployment = control_plane.rest_json(&format!("/api/v1/deployments/{client}"));
+    assert_eq!(deployment["constraints"]["node"].as_str(), node["id"].as_str(), "{deployment}");
+
+    // The client fetched web's page through the name `web` (its /etc/hosts entry).
+    let clients = containers_of(&control_plane, &client);
+    assert_eq!(clients.len(), 1, "{view}");
+    let logs = wait_until("the client's fetch", Duration::from_secs(30), POLL, || {
+        let answer = control_plane.rest("GET", &format!("/api/v1/containers/{}/logs", clients[0]), None);
+        if answer.body.contains("hello-from-web") {
+            return Ok(answer.body);
+        }
+        let (_, seen) = exec(&control_plane, &clients[0], &["sh", "-c", "cat /etc/hosts; wget -T 2 -q -O - http://web:8080/"]);
+        Err(format!("logs {:?}; in the client: {seen}", answer.body))
+    });
+    assert!(logs.contains("hello-from-web"), "{logs}");
+    let (_, hosts) = exec(&control_plane, &clients[0], &["cat", "/etc/hosts"]);
+    assert!(hosts.lines().any(|line| line.ends_with("\tweb")), "{hosts}");
+
+    // web's limits hold inside its container.
+    let webs = containers_of(&control_plane, &web);
+    assert_eq!(webs.len(), 1, "{view}");
+    let (code, memory) = exec(
+        &control_plane,
+        &webs[0],
+        &["sh", "-c", "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"],
+    );
+    let memory = if runtime == "lxc" && code != 0 {
+        // LXC mounts no cgroup filesystem in the container: read its cgroup on the host.
+        let listed = control_plane.rest_json("/api/v1/containers");
+        let pid = listed.as_array().into_iter().flatten().find(|c| c["id"] == webs[0].as_str()).and_then(|c| c["pid"].as_u64());
+        host_memory_limit(pid.expect("web's pid") as u32)
+    } else {
+        assert_eq!(code, 0, "{memory}");
+        memory
+    };
+    assert_eq!(memory.trim(), "67108864", "the memory limit: {memory}");
+    let (code, touched) = exec(&control_plane, &webs[0], &["touch", "/written"]);
+    assert_ne!(code, 0, "the root is read-only: {touched}");
+    assert!(touched.to_lowercase().contains("read-only"), "{touched}");
+
+    // The same file again changes nothing (the addresses and the node are the rollout's).
+    let again = post_yaml(&control_plane, &stack, &compose);
+    assert_eq!(again.status, 200, "{}", again.body);
+    let revision = |deployment: &str| control_plane.rest_json(&format!("/api/v1/deployments/{deployment}"))["revision"].as_u64();
+    assert_eq!((revision(&web), revision(&client)), (Some(1), Some(1)), "an unchanged file is no change");
+
+    // web replaced at a new address: the client follows with a new revision naming it.
+    let web_run = || {
+        let listed = control_plane.rest_json("/api/v1/containers");
+        let prefix = format!("{web}-");
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"].as_str().is_some_and(|name| name.starts_with(&prefix)) && c["status"] == "running")
+            .find_map(|c| Some((c["id"].as_str()?.to_owned(), c["started_at"].as_str()?.to_owned(), c["ip_address"].as_str()?.to_owned())))
+    };
+    let (_, old_start, old_address) = web_run().expect("web runs with an address");
+    let removed = control_plane.rest("DELETE", &format!("/api/v1/containers/{}?force=true", webs[0]), None);
+    assert!(removed.status == 204 || removed.status == 200, "{}", removed.body);
+    let (_, _, new_address) = wait_until("web to run again", Duration::from_secs(90), POLL, || match web_run() {
+        Some(run) if run.1 != old_start => Ok(run),
+        other => Err(format!("{other:?}")),
+    });
+    if new_address != old_address {
+        wait_until("the client to name web's new address", Duration::from_secs(90), POLL, || {
+            let mut hosts = Vec::new();
+            for id in containers_of(&control_plane, &client) {
+                let answer = control_plane.rest(
+                    "POST",
+                    &format!("/api/v1/containers/{id}/exec"),
+                    Some(serde_json::json!({ "argv": ["cat", "/etc/hosts"] })),
+                );
+                if answer.status == 200 {
+                    hosts.push(answer.json()["stdout"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            let follows = revision(&client) == Some(2) && hosts.iter().any(|h| h.contains(&format!("{new_address}\tweb")));
+            if follows { Ok(()) } else { Err(format!("revision {:?}, hosts {hosts:?}", revision(&client))) }
+        });
+    }
+}
+
+/// The memory limit of the cgroup the kernel put process `pid` in, read on the host (v1
+/// `memory.limit_in_bytes` or v2 `memory.max`).
+fn host_memory_limit(pid: u32) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/PID/cgroup");
+    let entries: Vec<(&str, &str)> =
+        cgroups.lines().filter_map(|line| line.split_once(':').and_then(|(_, rest)| rest.split_once(':'))).collect();
+    let file = match entries.iter().find(|(controllers, _)| controllers.split(',').any(|c| c == "memory")) {
+        Some((_, path)) => format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"),
+        None => format!("/sys/fs/cgroup{}/memory.max", entries.iter().find(|(c, _)| c.is_empty()).map_or("", |(_, p)| p)),
+    };
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"))
 }

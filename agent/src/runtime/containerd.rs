@@ -5,7 +5,7 @@
 //! (`image`, over the shared registry client `diplo_api::registry`); containers get an OCI spec built here (`spec`), a network
 //! from the CNI plugins (`cni`) and their output in plain files (`logs`).
 
-mod cni;
+pub(crate) mod cni;
 mod image;
 mod images;
 mod logs;
@@ -651,15 +651,19 @@ impl ContainerdRuntime {
         Ok(())
     }
 
-    /// Writes the container's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
-    fn write_etc_files(&self, id: &str, name: &str, ip: Option<&str>) -> RuntimeResult<()> {
+    /// Writes the container's `/etc/hosts` (with the spec's extra hosts entries),
+    /// `/etc/resolv.conf` and `/etc/hostname`.
+    fn write_etc_files(&self, id: &str, spec: &ContainerSpec, ip: Option<&str>) -> RuntimeResult<()> {
+        let name = &spec.name;
+        let extra = diplo_api::options::extra_hosts_lines(&spec.extra_hosts)
+            .map_err(|refusal| RuntimeError::InvalidArgument { field: refusal.field, message: refusal.message })?;
         let dir = self.container_dir(id);
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let write = |file: &str, text: String| {
             // Rewritten in place: the bind mount follows the inode.
             std::fs::write(dir.join(file), text).map_err(|e| failed(format!("cannot write {file} of {id}: {e}")))
         };
-        write("hosts", spec::hosts_file(name, ip))?;
+        write("hosts", spec::hosts_file(name, ip, &extra))?;
         write("resolv.conf", spec::resolv_conf(&host_resolv))?;
         write("hostname", format!("{name}\n"))
     }
@@ -771,7 +775,7 @@ impl ContainerdRuntime {
         std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
         if !dir.join("hosts").exists() {
             // The task bind-mounts them; rewritten with the address before it starts.
-            self.write_etc_files(id, &spec.name, None)?;
+            self.write_etc_files(id, &spec, None)?;
         }
         let netns = cni::Network::create_netns(id).await.map_err(failed)?;
         let chain = cni::Network::chain(&spec.ports);
@@ -803,7 +807,7 @@ impl ContainerdRuntime {
         let started = async {
             self.write_state(id, &state)?;
             let (out_reader, err_reader) = created?;
-            self.write_etc_files(id, &spec.name, ip.as_deref())?;
+            self.write_etc_files(id, &spec, ip.as_deref())?;
             self.spawn_log_copier(id, out_reader, err_reader);
             TasksClient::new(self.channel.clone())
                 .start(request(StartRequest { container_id: id.to_owned(), exec_id: String::new() }, None))
@@ -963,7 +967,7 @@ impl ContainerRuntime for ContainerdRuntime {
         let dir = self.container_dir(&id);
         let result = async {
             std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
-            self.write_etc_files(&id, &spec.name, None)?;
+            self.write_etc_files(&id, spec, None)?;
             self.write_state(&id, &State::default())?;
             self.create_leased(&lease, &id, spec, &reference, &local).await
         }

@@ -247,6 +247,11 @@ pub(crate) fn create_body(
     if !spec.network_aliases.is_empty() && spec.network.is_none() {
         return Err(invalid("network_aliases", "aliases need a network"));
     }
+    let mut extra_hosts = Vec::with_capacity(spec.extra_hosts.len());
+    for entry in &spec.extra_hosts {
+        let (name, ip) = diplo_api::options::parse_extra_host(entry).map_err(|message| invalid("extra_hosts", message))?;
+        extra_hosts.push(format!("{name}:{ip}"));
+    }
     let networking_config = spec.network.as_ref().map(|network| bollard::models::NetworkingConfig {
         endpoints_config: Some(HashMap::from([(
             network.clone(),
@@ -258,6 +263,7 @@ pub(crate) fn create_body(
     });
     let host_config = HostConfig {
         network_mode: spec.network.clone(),
+        extra_hosts: (!extra_hosts.is_empty()).then_some(extra_hosts),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         binds: (!binds.is_empty()).then_some(binds),
         mounts: (!mounts.is_empty()).then_some(mounts),
@@ -759,6 +765,7 @@ mod tests {
             }),
             network: Some("diplo-shop".into()),
             network_aliases: vec!["web".into()],
+            extra_hosts: vec!["db:10.89.0.7".into(), "cache:[fd00::3]".into()],
             ..ContainerSpec::default()
         };
         let labels = labels_for(&spec, Some("node-1"));
@@ -778,6 +785,7 @@ mod tests {
         assert_eq!(host.nano_cpus, Some(500_000_000));
         assert_eq!(host.restart_policy.and_then(|p| p.name), Some(RestartPolicyNameEnum::ON_FAILURE));
         assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.extra_hosts, Some(vec!["db:10.89.0.7".to_owned(), "cache:fd00::3".to_owned()]), "--add-host spelling");
         assert!(host.tmpfs.expect("tmpfs").contains_key("/tmp"));
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
         assert_eq!(host.security_opt, Some(vec!["no-new-privileges".to_owned()]));

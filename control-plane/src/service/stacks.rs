@@ -7,8 +7,15 @@
 //! depends on are up (`service_started`: all its replicas run; `service_healthy`: all its
 //! replicas report healthy). Deploying a stack again updates only the services whose spec
 //! changed (a new revision each) and deletes the services no longer in the file.
+//!
+//! Names: on Docker and Podman a stack's services share the network `diplo-<stack>`,
+//! where each is reachable by its service name and aliases. A runtime without network
+//! objects runs them on its default network ([`diplo_api::runtime::Runtime::placed_spec`]);
+//! there each service gets `extra_hosts` entries naming the services it depends on at their
+//! observed addresses ([`service_hosts`]), and a new revision when one of those changes.
+//! A stack's services share the node of its first placed service ([`stack_anchor`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;
 use diplo_api::compose::{DependsCondition, ServiceSpec, StackSpec};
@@ -59,6 +66,57 @@ pub fn startable(stack: &StackSpec, progress: &BTreeMap<String, ServiceProgress>
         })
         .map(|(name, _)| name.clone())
         .collect()
+}
+
+/// The services `service` depends on, directly or through others.
+pub fn dependencies_of(stack: &StackSpec, service: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut todo = vec![service.to_owned()];
+    while let Some(next) = todo.pop() {
+        for dependency in stack.services.get(&next).map(|s| s.depends_on.keys()).into_iter().flatten() {
+            if found.insert(dependency.clone()) {
+                todo.push(dependency.clone());
+            }
+        }
+    }
+    found
+}
+
+/// A service's `extra_hosts` entries (`NAME:IP`) where its runtime has no network objects:
+/// every service it depends on (directly or through others), by its service name and its
+/// aliases, at the addresses of its running containers (`addresses`: service name to the
+/// addresses observed on runtimes without network objects). A dependency with no address
+/// observed keeps the entries `current` has for it: a restart between two reports changes
+/// nothing until its new address is known. Only dependencies get entries: they run before
+/// the dependent starts, so a dependency's new address gives the dependent a new revision
+/// and never the other way round (two services naming each other would restart each other
+/// without end).
+pub fn service_hosts(stack: &StackSpec, service: &str, addresses: &BTreeMap<String, BTreeSet<String>>, current: &[String]) -> Vec<String> {
+    let mut hosts = Vec::new();
+    for dependency in dependencies_of(stack, service) {
+        let aliases = stack.services.get(&dependency).map(|s| s.aliases.as_slice()).unwrap_or_default();
+        let names: Vec<&str> = std::iter::once(dependency.as_str()).chain(aliases.iter().map(String::as_str)).collect();
+        match addresses.get(&dependency).filter(|ips| !ips.is_empty()) {
+            Some(ips) => {
+                for name in &names {
+                    hosts.extend(ips.iter().map(|ip| format!("{name}:{ip}")));
+                }
+            }
+            None => hosts.extend(
+                current
+                    .iter()
+                    .filter(|entry| diplo_api::options::parse_extra_host(entry).is_ok_and(|(name, _)| names.contains(&name)))
+                    .cloned(),
+            ),
+        }
+    }
+    hosts
+}
+
+/// The node a stack's services share: the node of the first (in name order) of its
+/// services' deployments with a placed instance, `None` while none is placed.
+pub fn stack_anchor(placed: &BTreeMap<String, Vec<String>>) -> Option<String> {
+    placed.values().find_map(|nodes| nodes.first().cloned())
 }
 
 /// The deployment a service of a stack runs as.
@@ -175,12 +233,21 @@ impl ControlPlane {
     /// is new, and the stack.
     pub async fn deploy_stack(self: &std::sync::Arc<Self>, caller: &Caller, name: &str, source: &str) -> ServiceResult<(bool, StackView)> {
         caller.require_operator(Role::Deployer)?;
-        let (stack, specs) = check_stack(caller, name, source)?;
+        let (stack, mut specs) = check_stack(caller, name, source)?;
         let existing = self.store.get_stack(name).await?;
+        let addresses = self.stack_addresses(name, &stack);
         // Every check that reads state, before the first write.
         let mut changed = Vec::new();
-        for (service_name, spec) in &specs {
-            match self.store.get_deployment(&spec.name).await? {
+        for (service_name, spec) in &mut specs {
+            let current = self.store.get_deployment(&spec.name).await?;
+            // What the rollout set (peers' addresses, the shared node) is no change of the file.
+            let hosts = current.as_ref().map(|d| d.spec.container.extra_hosts.as_slice()).unwrap_or_default();
+            spec.container.extra_hosts = service_hosts(&stack, service_name, &addresses, hosts);
+            if let Some(current) = &current {
+                spec.constraints.node.clone_from(&current.spec.constraints.node);
+            }
+            let spec = &*spec;
+            match current {
                 Some(deployment) if deployment.spec.container.labels.get(LABEL_STACK).map(String::as_str) != Some(name) => {
                     return Err(ServiceError::AlreadyExists(format!(
                         "services.{service_name}: deployment {:?} already exists outside stack {name:?}",
@@ -309,10 +376,25 @@ impl ControlPlane {
     pub async fn advance_stacks(&self) -> ServiceResult<()> {
         for stack in self.store.list_stacks().await? {
             let progress = self.stack_progress(&stack.name, &stack.spec).await?;
-            for service_name in startable(&stack.spec, &progress) {
+            let addresses = self.stack_addresses(&stack.name, &stack.spec);
+            self.refresh_stack_hosts(&stack.name, &stack.spec, &addresses).await?;
+            let placed = self.stack_placements(&stack.name, &stack.spec).await?;
+            let anchor = stack_anchor(&placed);
+            let mut startable = startable(&stack.spec, &progress);
+            if anchor.is_none() {
+                // The first service placed decides the stack's node: the others wait for it.
+                if progress.values().any(|p| p.created) {
+                    startable.clear();
+                } else {
+                    startable.truncate(1);
+                }
+            }
+            for service_name in startable {
                 let Some(service) = stack.spec.services.get(&service_name) else { continue };
                 let mut spec = service_deployment_spec(&stack.name, &service_name, service);
                 spec.container.labels.insert(LABEL_STACK.to_owned(), stack.name.clone());
+                spec.container.extra_hosts = service_hosts(&stack.spec, &service_name, &addresses, &[]);
+                spec.constraints.node.clone_from(&anchor);
                 let now = Utc::now();
                 let record = DeploymentRecord {
                     id: uuid::Uuid::new_v4().to_string(),
@@ -341,6 +423,71 @@ impl ControlPlane {
             }
         }
         Ok(())
+    }
+
+    /// Gives a new revision to every service of a stack whose `extra_hosts` entries
+    /// ([`service_hosts`]) no longer match its dependencies' observed addresses.
+    async fn refresh_stack_hosts(
+        &self,
+        stack: &str,
+        spec: &StackSpec,
+        addresses: &BTreeMap<String, BTreeSet<String>>,
+    ) -> ServiceResult<()> {
+        for service_name in spec.services.keys() {
+            let Some(mut deployment) = self.store.get_deployment(&stack_deployment_name(stack, service_name)).await? else { continue };
+            if deployment.status == DeploymentStatus::Deleting {
+                continue;
+            }
+            let hosts = service_hosts(spec, service_name, addresses, &deployment.spec.container.extra_hosts);
+            if hosts == deployment.spec.container.extra_hosts {
+                continue;
+            }
+            deployment.revision += 1;
+            deployment.spec.container.extra_hosts = hosts;
+            deployment.status = DeploymentStatus::Deploying;
+            deployment.updated_at = Utc::now();
+            self.store.save_deployment(&deployment).await?;
+            self.rollout_started(&deployment.id);
+            tracing::info!(stack = %stack, service = %service_name, revision = deployment.revision, "stack service follows its dependencies' new addresses");
+            let message =
+                format!("{} updated to revision {}: its dependencies' addresses changed", deployment.spec.name, deployment.revision);
+            self.emit("deployment.updated", "system", &deployment.id, message).await;
+            self.nudge_reconciler();
+        }
+        Ok(())
+    }
+
+    /// The addresses of each service's running containers on runtimes without network
+    /// objects (where names resolve through `extra_hosts`), as the nodes last told.
+    fn stack_addresses(&self, stack: &str, spec: &StackSpec) -> BTreeMap<String, BTreeSet<String>> {
+        let observed = self.nodes.containers();
+        let mut addresses = BTreeMap::new();
+        for service_name in spec.services.keys() {
+            let deployment_name = stack_deployment_name(stack, service_name);
+            let ips: BTreeSet<String> = observed
+                .iter()
+                .map(|(_, c)| c)
+                .filter(|c| !c.runtime.supports(diplo_api::runtime::Capability::Networks))
+                .filter(|c| c.info.labels.get(LABEL_DEPLOYMENT) == Some(&deployment_name) && c.info.status == ContainerStatus::Running)
+                .filter_map(|c| c.info.ip_address.clone().filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()))
+                .collect();
+            addresses.insert(service_name.clone(), ips);
+        }
+        addresses
+    }
+
+    /// The nodes each created service's instances are placed on.
+    async fn stack_placements(&self, stack: &str, spec: &StackSpec) -> ServiceResult<BTreeMap<String, Vec<String>>> {
+        let mut placed = BTreeMap::new();
+        for service_name in spec.services.keys() {
+            let Some(deployment) = self.store.get_deployment(&stack_deployment_name(stack, service_name)).await? else { continue };
+            if deployment.status == DeploymentStatus::Deleting {
+                continue;
+            }
+            let nodes: Vec<String> = self.store.list_instances(Some(&deployment.id)).await?.into_iter().filter_map(|i| i.node_id).collect();
+            placed.insert(service_name.clone(), nodes);
+        }
+        Ok(placed)
     }
 
     /// Each service's progress: whether its deployment exists, and its containers that
@@ -429,6 +576,66 @@ mod tests {
         for (progress, want, why) in cases {
             assert_eq!(startable(&spec, &progress), want, "{why}: {progress:?}");
         }
+    }
+
+    #[test]
+    fn a_service_names_its_dependencies_at_their_observed_addresses() {
+        let spec = stack(
+            "services:\n  db:\n    image: b\n    container_name: shop-db\n  api:\n    image: b\n    depends_on: [db]\n  web:\n    image: b\n    depends_on: [api]\n  lone:\n    image: b\n",
+        );
+        assert_eq!(dependencies_of(&spec, "web"), BTreeSet::from(["api".to_owned(), "db".to_owned()]), "through api");
+        assert!(dependencies_of(&spec, "db").is_empty());
+        let at = |entries: &[(&str, &[&str])]| {
+            entries
+                .iter()
+                .map(|(service, ips)| ((*service).to_owned(), ips.iter().map(|ip| (*ip).to_owned()).collect::<BTreeSet<_>>()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        type Case = (&'static str, BTreeMap<String, BTreeSet<String>>, Vec<String>, Vec<String>, &'static str);
+        let cases: Vec<Case> = vec![
+            ("db", at(&[("api", &["10.0.0.3"])]), vec![], vec![], "no dependencies, no entries (never its dependents)"),
+            ("api", at(&[]), vec![], vec![], "nothing observed yet"),
+            ("api", at(&[("db", &["10.0.0.2"])]), vec![], strings(&["db:10.0.0.2", "shop-db:10.0.0.2"]), "by service name and alias"),
+            (
+                "web",
+                at(&[("db", &["10.0.0.2"]), ("api", &["10.0.0.4", "10.0.0.3"]), ("lone", &["10.0.0.9"])]),
+                vec![],
+                strings(&["api:10.0.0.3", "api:10.0.0.4", "db:10.0.0.2", "shop-db:10.0.0.2"]),
+                "transitive, every replica, not the services it does not depend on",
+            ),
+            (
+                "api",
+                at(&[("db", &[])]),
+                strings(&["db:10.0.0.2", "shop-db:10.0.0.2", "other:10.0.0.1"]),
+                strings(&["db:10.0.0.2", "shop-db:10.0.0.2"]),
+                "a dependency between two reports keeps its known address",
+            ),
+            (
+                "api",
+                at(&[("db", &["10.0.0.7"])]),
+                strings(&["db:10.0.0.2"]),
+                strings(&["db:10.0.0.7", "shop-db:10.0.0.7"]),
+                "a new address",
+            ),
+        ];
+        for (service, addresses, current, want, why) in cases {
+            assert_eq!(service_hosts(&spec, service, &addresses, &current), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_stack_is_anchored_to_its_first_placed_service() {
+        let placed = |entries: &[(&str, &[&str])]| {
+            entries
+                .iter()
+                .map(|(service, nodes)| ((*service).to_owned(), nodes.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(stack_anchor(&placed(&[])), None);
+        assert_eq!(stack_anchor(&placed(&[("api", &[])])), None, "created, not placed yet");
+        assert_eq!(stack_anchor(&placed(&[("api", &[]), ("db", &["n2", "n1"])])).as_deref(), Some("n2"));
+        assert_eq!(stack_anchor(&placed(&[("api", &["n1"]), ("db", &["n2"])])).as_deref(), Some("n1"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the network config on stdin, the result on stdout, `prevResult` passed along the chain.
 //!
 //! No per-container `firewall` plugin: the driver makes sure once (see
-//! [`Network::ensure_forward_rules`]) that the filter table's `FORWARD` chain accepts the
+//! [`ensure_bridge_forward_rules`]) that the filter table's `FORWARD` chain accepts the
 //! bridge's traffic, which is all the plugin's rules did (Docker sets the policy to `DROP`).
 //!
 //! Each container gets a network namespace of its own pinned at
@@ -123,42 +123,10 @@ impl Network {
         }
     }
 
-    /// The two filter-table `FORWARD` rules that let the bridge's traffic through: all of
-    /// it from the containers (out of the bridge, and container to container), and into
-    /// the containers what answers their connections or was forwarded to a published port
-    /// (`DNAT`). The same as the `firewall` plugin's per-address rules, plus published
-    /// ports reached from other hosts.
-    fn forward_rules(&self) -> [Vec<String>; 2] {
-        let comment = format!("diplo: containers on {}", self.bridge);
-        let rule = |args: &[&str]| -> Vec<String> {
-            args.iter()
-                .map(|a| (*a).to_owned())
-                .chain(["-m", "comment", "--comment", &comment, "-j", "ACCEPT"].map(str::to_owned))
-                .collect()
-        };
-        [
-            rule(&["-i", &self.bridge, "-s", &self.subnet]),
-            rule(&["-o", &self.bridge, "-d", &self.subnet, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT"]),
-        ]
-    }
-
-    /// Makes sure [`Self::forward_rules`] are at the top of `FORWARD` (idempotent; check
-    /// and insert under a host-wide `flock` so that agents starting together do not insert
-    /// them twice).
+    /// Makes sure this network's [`bridge_forward_rules`] are at the top of `FORWARD`
+    /// ([`ensure_bridge_forward_rules`]).
     pub async fn ensure_forward_rules(&self) -> Result<(), String> {
-        const CHECK_OR_INSERT: &str = r#"iptables -w -C FORWARD "$@" 2>/dev/null || iptables -w -I FORWARD 1 "$@""#;
-        for rule in self.forward_rules().iter().rev() {
-            let output = tokio::process::Command::new("flock")
-                .args(["-w", "30", FORWARD_LOCK, "sh", "-c", CHECK_OR_INSERT, "sh"])
-                .args(rule)
-                .output()
-                .await
-                .map_err(|e| format!("cannot run flock and iptables: {e}"))?;
-            if !output.status.success() {
-                return Err(format!("iptables -I FORWARD 1 {}: {}", rule.join(" "), String::from_utf8_lossy(&output.stderr).trim()));
-            }
-        }
-        Ok(())
+        ensure_bridge_forward_rules(&self.bridge, &self.subnet).await
     }
 
     /// CNI ADD of the whole chain into `netns`; returns the final result. On failure
@@ -307,6 +275,40 @@ async fn run_ip(args: &[&str]) -> Result<(), String> {
     if output.status.success() { Ok(()) } else { Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim())) }
 }
 
+/// The two filter-table `FORWARD` rules that let a container bridge's traffic through: all
+/// of it from the containers on `bridge` in `subnet` (out of the bridge, and container to
+/// container), and into the containers what answers their connections or was forwarded to
+/// a published port (`DNAT`). The same as the CNI `firewall` plugin's per-address rules,
+/// plus published ports reached from other hosts. Docker sets the `FORWARD` policy to
+/// `DROP`, and with bridge netfilter on, even traffic between two containers on one bridge
+/// passes that chain.
+pub(crate) fn bridge_forward_rules(bridge: &str, subnet: &str) -> [Vec<String>; 2] {
+    let comment = format!("diplo: containers on {bridge}");
+    let rule = |args: &[&str]| -> Vec<String> {
+        args.iter().map(|a| (*a).to_owned()).chain(["-m", "comment", "--comment", &comment, "-j", "ACCEPT"].map(str::to_owned)).collect()
+    };
+    [rule(&["-i", bridge, "-s", subnet]), rule(&["-o", bridge, "-d", subnet, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT"])]
+}
+
+/// Makes sure [`bridge_forward_rules`] are at the top of `FORWARD` (idempotent; check and
+/// insert under a host-wide `flock` so that agents starting together do not insert them
+/// twice).
+pub(crate) async fn ensure_bridge_forward_rules(bridge: &str, subnet: &str) -> Result<(), String> {
+    const CHECK_OR_INSERT: &str = r#"iptables -w -C FORWARD "$@" 2>/dev/null || iptables -w -I FORWARD 1 "$@""#;
+    for rule in bridge_forward_rules(bridge, subnet).iter().rev() {
+        let output = tokio::process::Command::new("flock")
+            .args(["-w", "30", FORWARD_LOCK, "sh", "-c", CHECK_OR_INSERT, "sh"])
+            .args(rule)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run flock and iptables: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("iptables -I FORWARD 1 {}: {}", rule.join(" "), String::from_utf8_lossy(&output.stderr).trim()));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,7 +348,7 @@ mod tests {
         assert_eq!(config["cniVersion"], CNI_VERSION);
         assert!(config.get("prevResult").is_some());
         assert_eq!(network.plugins(&Network::legacy_chain(), &[])[2]["type"], "firewall");
-        let [from, to] = network.forward_rules();
+        let [from, to] = bridge_forward_rules(&network.bridge, &network.subnet);
         assert_eq!(from[..4], ["-i", "diplo0", "-s", "10.89.0.0/16"]);
         assert_eq!(to[..4], ["-o", "diplo0", "-d", "10.89.0.0/16"]);
         assert_eq!(to.last().map(String::as_str), Some("ACCEPT"));

@@ -218,11 +218,12 @@ pub fn exec_process(container_spec: &Value, argv: &[String]) -> Value {
 }
 
 /// `/etc/hosts` for a container named `name` at `ip`.
-pub fn hosts_file(name: &str, ip: Option<&str>) -> String {
+pub fn hosts_file(name: &str, ip: Option<&str>, extra: &str) -> String {
     let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if let Some(ip) = ip {
         text.push_str(&format!("{ip}\t{name}\n"));
     }
+    text.push_str(extra);
     text
 }
 
@@ -260,6 +261,14 @@ mod tests {
 
     use super::super::image::RunConfig;
     use super::*;
+
+    #[test]
+    fn the_hosts_file_names_the_container_then_its_extra_hosts() {
+        let extra = diplo_api::options::extra_hosts_lines(&["web:10.89.0.7".to_owned()]).expect("valid");
+        let hosts = hosts_file("shop-api", Some("10.89.0.9"), &extra);
+        assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
+        assert!(hosts.ends_with("10.89.0.9\tshop-api\n10.89.0.7\tweb\n"), "{hosts}");
+    }
     use diplo_api::options::DEFAULT_CAPABILITIES;
 
     fn image(entrypoint: &[&str], cmd: &[&str], env: &[&str]) -> ImageConfig {

@@ -143,6 +143,8 @@ pub struct LxcRuntime {
     shim: Option<PathBuf>,
     cpu_samples: Mutex<HashMap<String, CpuSample>>,
     pumps: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Set once `FORWARD` lets the bridge's traffic through (containers reach each other).
+    forward_rules: tokio::sync::OnceCell<()>,
 }
 
 /// Static shells the driver looks for on the host, for the output shim.
@@ -202,7 +204,23 @@ impl LxcRuntime {
             shim: find_static_shell(),
             cpu_samples: Mutex::new(HashMap::new()),
             pumps: Mutex::new(HashMap::new()),
+            forward_rules: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// One-time (per driver) check that the filter table's `FORWARD` chain lets the
+    /// bridge's traffic through, as the containerd driver does for its own bridge: a
+    /// stack's services on one node reach each other across the bridge.
+    async fn ensure_forward_rules(&self) -> RuntimeResult<()> {
+        let network = &self.network;
+        let mask = u32::MAX.checked_shl(32 - u32::from(network.prefix.min(32))).unwrap_or(0);
+        let subnet = format!("{}/{}", std::net::Ipv4Addr::from(u32::from(network.gateway) & mask), network.prefix);
+        self.forward_rules
+            .get_or_try_init(|| async {
+                crate::runtime::containerd::cni::ensure_bridge_forward_rules(&network.bridge, &subnet).await.map_err(failed)
+            })
+            .await
+            .map(drop)
     }
 
     /// Uses `shell` (a statically linked `sh`, or `None` for the console log only) as the
@@ -705,10 +723,12 @@ impl LxcRuntime {
         let user = {
             let wanted = if spec.user.is_empty() { settings.user.clone() } else { spec.user.clone() };
             let (rootfs, name, user) = (rootfs.clone(), spec.name.clone(), wanted);
+            let extra =
+                diplo_api::options::extra_hosts_lines(&spec.extra_hosts).map_err(|refusal| invalid(refusal.field)(refusal.message))?;
             tokio::task::spawn_blocking(move || -> Result<rootfs::User, String> {
                 let resolved = rootfs::image_user(std::slice::from_ref(&rootfs), &user).map_err(|e| format!("user {user:?}: {e}"))?;
                 rootfs::write_file(&rootfs, "/etc/hostname", format!("{name}\n").as_bytes())?;
-                rootfs::write_file(&rootfs, "/etc/hosts", image::hosts_file(&name).as_bytes())?;
+                rootfs::write_file(&rootfs, "/etc/hosts", image::hosts_file(&name, &extra).as_bytes())?;
                 Ok(resolved)
             })
             .await
@@ -1464,6 +1484,7 @@ impl ContainerRuntime for LxcRuntime {
         let log =
             std::fs::File::create(&log_path).map_err(|e| failed(format!("cannot create {}: {}", log_path.display(), describe_io(&e))))?;
         let launch = self.launch_argv(&state)?;
+        self.ensure_forward_rules().await?;
         self.forget_neighbour(state.ip).await;
         // Read the output from the first byte on.
         let pid_slot = self.start_pump(&state);

@@ -161,10 +161,11 @@ pub(super) fn run_settings(layout: &Path) -> Result<RunSettings, String> {
     Ok(RunSettings { env, user: text("User"), working_dir: text("WorkingDir") })
 }
 
-/// The container's `/etc/hosts`: loopback names and its own name.
-pub(super) fn hosts_file(name: &str) -> String {
+/// The container's `/etc/hosts`: loopback names, its own name, then `extra` (the spec's
+/// extra hosts entries as `/etc/hosts` lines).
+pub(super) fn hosts_file(name: &str, extra: &str) -> String {
     format!(
-        "127.0.0.1   localhost\n127.0.1.1   {name}\n::1     localhost ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n"
+        "127.0.0.1   localhost\n127.0.1.1   {name}\n::1     localhost ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n{extra}"
     )
 }
 
