@@ -28,8 +28,8 @@ pub fn stack_to_pb(view: StackView) -> pb::Stack {
         .map(|service| {
             let spec = view.stack.spec.services.get(&service.name);
             pb::StackServiceStatus {
-                status: service.deployment.as_ref().map_or_else(|| "waiting".to_owned(), |d| d.status.as_str().to_owned()),
-                revision: service.deployment.as_ref().map_or(0, |d| d.revision),
+                status: service.status(),
+                revision: service.revision(),
                 image: spec.map(|s| s.container.image.clone()).unwrap_or_default(),
                 replicas: spec.map_or(0, |s| s.replicas),
                 running: service.progress.running,

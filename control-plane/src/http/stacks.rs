@@ -86,8 +86,8 @@ fn stack_json(view: StackView, with_source: bool) -> StackJson {
         .map(|service| {
             let spec = view.stack.spec.services.get(&service.name);
             StackServiceJson {
-                status: service.deployment.as_ref().map_or_else(|| "waiting".to_owned(), |d| d.status.as_str().to_owned()),
-                revision: service.deployment.as_ref().map_or(0, |d| d.revision),
+                status: service.status(),
+                revision: service.revision(),
                 image: spec.map(|s| s.container.image.clone()).unwrap_or_default(),
                 replicas: spec.map_or(0, |s| s.replicas),
                 running: service.progress.running,

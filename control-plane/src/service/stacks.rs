@@ -217,6 +217,18 @@ pub struct StackServiceView {
     pub progress: ServiceProgress,
 }
 
+impl StackServiceView {
+    /// Its deployment's status, or `waiting` while the deployment does not exist yet.
+    pub fn status(&self) -> String {
+        self.deployment.as_ref().map_or_else(|| "waiting".to_owned(), |d| d.status.as_str().to_owned())
+    }
+
+    /// Its deployment's revision, 0 while it waits.
+    pub fn revision(&self) -> u32 {
+        self.deployment.as_ref().map_or(0, |d| d.revision)
+    }
+}
+
 /// A stack with its services.
 #[derive(Debug, Clone)]
 pub struct StackView {
