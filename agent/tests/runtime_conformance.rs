@@ -794,6 +794,14 @@ async fn exec_returns_output_and_exit_code(ctx: &Ctx) {
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("root:"), "{output:?}");
     assert_eq!(output.exit_code, 0);
 
+    // A program that is not there: exit code 127 with the reason on stderr, as a shell
+    // reports it, on every runtime (not an error of the call).
+    let missing = ctx.rt().exec(&id, &["no-such-program".to_owned()]).await.expect("exec of a missing program");
+    assert_eq!(missing.exit_code, 127, "{missing:?}");
+    let reason = String::from_utf8_lossy(&missing.stderr);
+    assert!(reason.contains("no-such-program"), "the reason names the program: {missing:?}");
+    assert!(missing.stdout.is_empty(), "{missing:?}");
+
     assert!(matches!(ctx.rt().exec(&id, &[]).await, Err(RuntimeError::InvalidArgument { field: "argv", .. })));
     let ghost = format!("{}-ghost", ctx.prefix);
     assert_not_found(ctx.rt().exec(&ghost, &argv).await, "container", &ghost);

@@ -2,7 +2,9 @@
 //! with a health check, and a `client` that waits for `web` to be healthy and fetches
 //! `http://web:8080/`) starts in dependency order and resolves the service name (a shared
 //! network on Docker, `/etc/hosts` entries on containerd); a bad file is refused with 400
-//! naming its line and key, and nothing of it is created.
+//! naming its line and key, and nothing of it is created. The Croody compose file (six
+//! services, health-gated dependencies, limits, a read-only gateway) runs on all four
+//! runtimes.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -258,17 +260,26 @@ fn a_stack_runs_on_lxc_in_order_by_name_with_its_limits_in_force() {
     stack_with_limits_on("lxc");
 }
 
+/// A control plane and one agent offering only `runtime` (its name starts with `label`),
+/// with the node's record; `None` (after a skip, or a failure under `CI=true`) when the
+/// runtime is not available.
+fn one_node_with(runtime: &str, label: &str) -> Option<(ControlPlane, diplo_tests::Agent, Value)> {
+    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(6)));
+    let token = control_plane.join_token(&[]);
+    let (agent, node) =
+        control_plane.start_ready_agent_with_env(&unique(&format!("{label}-{runtime}")), Some(&token), &[("DIPLO_RUNTIMES", runtime)]);
+    let available: Vec<&str> = node["available"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if !available.contains(&runtime) {
+        diplo_tests::skip_or_fail(&format!("{runtime} is not available on the node: {available:?}"));
+        return None;
+    }
+    Some((control_plane, agent, node))
+}
+
 /// The two-service stack on `runtime` (a runtime without network objects): dependency
 /// order, names through `/etc/hosts`, one node, limits and read-only root in force.
 fn stack_with_limits_on(runtime: &str) {
-    let control_plane = ControlPlane::start(ControlPlaneOptions::fast(Duration::from_secs(6)));
-    let token = control_plane.join_token(&[]);
-    let (_agent, node) =
-        control_plane.start_ready_agent_with_env(&unique(&format!("stack-{runtime}")), Some(&token), &[("DIPLO_RUNTIMES", runtime)]);
-    let available: Vec<&str> = node["available"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    if !available.contains(&runtime) {
-        return diplo_tests::skip_or_fail(&format!("{runtime} is not available on the node: {available:?}"));
-    }
+    let Some((control_plane, _agent, node)) = one_node_with(runtime, "stack") else { return };
     let stack = unique("sc");
     let (web, client) = (format!("{stack}-web"), format!("{stack}-client"));
     let _cleanup = DeleteStackOnDrop(&control_plane, stack.clone(), vec![web.clone(), client.clone()]);
@@ -324,7 +335,7 @@ fn stack_with_limits_on(runtime: &str) {
         if answer.body.contains("hello-from-web") {
             return Ok(answer.body);
         }
-        let (_, seen) = exec(&control_plane, &clients[0], &["sh", "-c", "cat /etc/hosts; wget -T 2 -q -O - http://web:8080/"]);
+        let (_, seen) = exec(&control_plane, &clients[0], &["sh", "-c", "cat /etc/hosts; wget -q -O - http://web:8080/"]);
         Err(format!("logs {:?}; in the client: {seen}", answer.body))
     });
     assert!(logs.contains("hello-from-web"), "{logs}");
@@ -343,7 +354,7 @@ fn stack_with_limits_on(runtime: &str) {
         // LXC mounts no cgroup filesystem in the container: read its cgroup on the host.
         let listed = control_plane.rest_json("/api/v1/containers");
         let pid = listed.as_array().into_iter().flatten().find(|c| c["id"] == webs[0].as_str()).and_then(|c| c["pid"].as_u64());
-        host_memory_limit(pid.expect("web's pid") as u32)
+        host_cgroup_file(pid.expect("web's pid") as u32, "memory", "memory.limit_in_bytes", "memory.max")
     } else {
         assert_eq!(code, 0, "{memory}");
         memory
@@ -396,15 +407,176 @@ fn stack_with_limits_on(runtime: &str) {
     }
 }
 
-/// The memory limit of the cgroup the kernel put process `pid` in, read on the host (v1
-/// `memory.limit_in_bytes` or v2 `memory.max`).
-fn host_memory_limit(pid: u32) -> String {
+/// The file of a cgroup setting of process `pid`, read on the host: `controller/v1_file`
+/// under its v1 hierarchy, or `v2_file` under its unified one.
+fn host_cgroup_file(pid: u32, controller: &str, v1_file: &str, v2_file: &str) -> String {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/PID/cgroup");
     let entries: Vec<(&str, &str)> =
         cgroups.lines().filter_map(|line| line.split_once(':').and_then(|(_, rest)| rest.split_once(':'))).collect();
-    let file = match entries.iter().find(|(controllers, _)| controllers.split(',').any(|c| c == "memory")) {
-        Some((_, path)) => format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"),
-        None => format!("/sys/fs/cgroup{}/memory.max", entries.iter().find(|(c, _)| c.is_empty()).map_or("", |(_, p)| p)),
+    let file = match entries.iter().find(|(controllers, _)| controllers.split(',').any(|c| c == controller)) {
+        Some((_, path)) => format!("/sys/fs/cgroup/{controller}{path}/{v1_file}"),
+        None => format!("/sys/fs/cgroup{}/{v2_file}", entries.iter().find(|(c, _)| c.is_empty()).map_or("", |(_, p)| p)),
     };
     std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+// ------------------------------------------------------------------ the Croody file
+
+#[test]
+fn the_croody_file_runs_as_a_stack_on_docker() {
+    croody_on("docker");
+}
+
+#[test]
+fn the_croody_file_runs_as_a_stack_on_containerd() {
+    croody_on("containerd");
+}
+
+#[test]
+fn the_croody_file_runs_as_a_stack_on_podman() {
+    croody_on("podman");
+}
+
+#[test]
+fn the_croody_file_runs_as_a_stack_on_lxc() {
+    croody_on("lxc");
+}
+
+/// The Croody compose file of tests/fixtures (local images, test secrets) with its fixed
+/// host ports moved to free ones, and the host port now in front of the gateway's port 80.
+fn croody_compose() -> (String, u16) {
+    let path = diplo_tests::repository_root().join("tests/fixtures/croody-compose.yml");
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut gateway_port = 0;
+    for (fixed, container_port) in [("\"8080:80\"", "80"), ("\"8443:443\"", "443"), ("\"9090:9090\"", "9090")] {
+        assert!(text.contains(fixed), "the fixture publishes {fixed}");
+        let port = diplo_tests::free_port();
+        if container_port == "80" {
+            gateway_port = port;
+        }
+        text = text.replace(fixed, &format!("\"{port}:{container_port}\""));
+    }
+    (text, gateway_port)
+}
+
+/// A cgroup setting of the container `id`: read inside the container (cgroup v1 path,
+/// then v2), or on the host through its main process when the runtime mounts no cgroup
+/// filesystem inside (LXC).
+fn cgroup_setting(control_plane: &ControlPlane, id: &str, controller: &str, v1_file: &str, v2_file: &str) -> String {
+    let script = format!("cat /sys/fs/cgroup/{controller}/{v1_file} 2>/dev/null || cat /sys/fs/cgroup/{v2_file}");
+    let (code, inside) = exec(control_plane, id, &["sh", "-c", &script]);
+    if code == 0 {
+        return inside.trim().to_owned();
+    }
+    let listed = control_plane.rest_json("/api/v1/containers?limit=1000");
+    let pid = listed.as_array().into_iter().flatten().find(|c| c["id"] == id).and_then(|c| c["pid"].as_u64());
+    let pid = pid.unwrap_or_else(|| panic!("no pid for {id}, and inside: {inside}")) as u32;
+    host_cgroup_file(pid, controller, v1_file, v2_file).trim().to_owned()
+}
+
+/// The Croody stack on `runtime`: its six services start in dependency order (db healthy
+/// before croody is created, croody healthy before the gateway), the gateway reaches
+/// croody by name, the limits, the read-only root with its tmpfs, the environment and the
+/// named volume are in force inside the containers, and the gateway answers on its
+/// published port.
+fn croody_on(runtime: &str) {
+    let Some((control_plane, _agent, _)) = one_node_with(runtime, "croody") else { return };
+    let stack = unique("croody");
+    let services = ["gateway", "croody", "db", "telemetry-gateway", "ids-ml", "robot-sim"];
+    let deployment = |service: &str| format!("{stack}-{service}");
+    let _cleanup = DeleteStackOnDrop(&control_plane, stack.clone(), services.iter().map(|s| deployment(s)).collect());
+    let (compose, gateway_port) = croody_compose();
+
+    let answer = post_yaml(&control_plane, &stack, &compose);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let deployed = answer.json();
+    for waiting in ["croody", "gateway"] {
+        assert_eq!(service(&deployed, waiting)["status"], "waiting", "{waiting} waits: {deployed}");
+    }
+
+    // Every look at the stack: a service exists only once what it needs is healthy.
+    let mut created_order: Vec<String> = Vec::new();
+    let view = wait_until("every Croody service to run", Duration::from_secs(240), POLL, || {
+        let view = control_plane.rest_json(&format!("/api/v1/stacks/{stack}"));
+        for (service_name, needs) in [("croody", "db"), ("gateway", "croody")] {
+            if service(&view, service_name)["status"] != "waiting" {
+                assert!(service(&view, needs)["healthy"].as_u64() >= Some(1), "{service_name} exists before {needs} is healthy: {view}");
+            }
+        }
+        for name in services {
+            if service(&view, name)["status"] != "waiting" && !created_order.iter().any(|seen| seen == name) {
+                created_order.push(name.to_owned());
+            }
+        }
+        let all = services.iter().all(|name| service(&view, name)["running"].as_u64() == Some(1));
+        if all { Ok(view) } else { Err(format!("{view}")) }
+    });
+    let position = |name: &str| created_order.iter().position(|seen| seen == name).unwrap_or(usize::MAX);
+    assert!(position("db") < position("croody") && position("croody") < position("gateway"), "created in {created_order:?}");
+    assert!(service(&view, "croody")["healthy"].as_u64() == Some(1), "{view}");
+
+    let one = |service_name: &str| {
+        let ids = containers_of(&control_plane, &deployment(service_name));
+        assert_eq!(ids.len(), 1, "{service_name}: {ids:?} {view}");
+        ids[0].clone()
+    };
+    let (gateway, croody, db) = (one("gateway"), one("croody"), one("db"));
+
+    // The gateway calls croody by its service name; robot-sim names telemetry-gateway.
+    let page = wait_until("the gateway to fetch croody's page", Duration::from_secs(30), POLL, || {
+        let (code, text) = exec(
+            &control_plane,
+            &gateway,
+            &["sh", "-c", "wget -q -O - http://croody:8000/ || { cat /etc/hosts; nslookup croody; exit 1; }"],
+        );
+        if code == 0 { Ok(text) } else { Err(text) }
+    });
+    assert_eq!(page.trim(), "ok", "croody's page through its name");
+    let robot = one("robot-sim");
+    // Nothing listens there (the service sleeps): the name resolves and the port refuses.
+    let (_, resolved) = exec(&control_plane, &robot, &["sh", "-c", "wget -O /dev/null http://telemetry-gateway:9000/ 2>&1"]);
+    assert!(
+        resolved.contains("Connection refused") && !resolved.contains("bad address"),
+        "robot-sim resolves telemetry-gateway: {resolved}"
+    );
+
+    // The gateway's limits: 256 MiB, half a CPU, a read-only root with writable tmpfs.
+    let memory = cgroup_setting(&control_plane, &gateway, "memory", "memory.limit_in_bytes", "memory.max");
+    assert_eq!(memory, (256u64 << 20).to_string(), "the gateway's memory limit");
+    let cpu = cgroup_setting(&control_plane, &gateway, "cpu", "cpu.cfs_quota_us", "cpu.max");
+    let quota: Vec<f64> = cpu.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    let cpus = match quota.as_slice() {
+        [quota, period] => quota / period,
+        [quota] => {
+            quota / cgroup_setting(&control_plane, &gateway, "cpu", "cpu.cfs_period_us", "cpu.max").parse::<f64>().unwrap_or(f64::NAN)
+        }
+        _ => f64::NAN,
+    };
+    assert!((cpus - 0.5).abs() < 1e-9, "the gateway's CPU quota: {cpu} → {cpus}");
+    let (code, touched) = exec(&control_plane, &gateway, &["touch", "/written"]);
+    assert_ne!(code, 0, "the gateway's root is read-only: {touched}");
+    assert!(touched.to_lowercase().contains("read-only"), "{touched}");
+    for tmpfs in ["/var/cache/nginx", "/var/run"] {
+        let (code, text) = exec(&control_plane, &gateway, &["touch", &format!("{tmpfs}/written")]);
+        assert_eq!(code, 0, "{tmpfs} is a writable tmpfs: {text}");
+    }
+    let memory = cgroup_setting(&control_plane, &croody, "memory", "memory.limit_in_bytes", "memory.max");
+    assert_eq!(memory, (512u64 << 20).to_string(), "croody's memory limit");
+
+    // Environment and named volumes.
+    let (_, secret) = exec(&control_plane, &croody, &["sh", "-c", "echo \"$SECRET_KEY\""]);
+    assert_eq!(secret.trim(), "test-secret-key");
+    let (_, user) = exec(&control_plane, &db, &["sh", "-c", "echo \"$POSTGRES_USER\""]);
+    assert_eq!(user.trim(), "croody");
+    let (code, text) = exec(&control_plane, &croody, &["sh", "-c", "echo kept > /data/probe && cat /data/probe"]);
+    assert_eq!((code, text.trim()), (0, "kept"), "croody_data is mounted writable at /data");
+
+    // The gateway's HTTP server answers on the published port (an empty directory: 404).
+    let url = format!("http://127.0.0.1:{gateway_port}/");
+    let status =
+        wait_until("the gateway's published port", Duration::from_secs(30), POLL, || match http_request("GET", &url, None, None) {
+            Ok(response) => Ok(response.status),
+            Err(error) => Err(error),
+        });
+    assert!(status == 404 || status == 200 || status == 403, "the gateway's httpd answered {status}");
 }

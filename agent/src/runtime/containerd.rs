@@ -246,6 +246,12 @@ fn rootfs_dirs(mounts: &[PbMount]) -> Vec<PathBuf> {
     dirs
 }
 
+/// How an exec ended: its program exited with a code, or the runtime could not start it.
+enum ExecStart {
+    Exited(i64),
+    Refused(ExecOutput),
+}
+
 impl ContainerdRuntime {
     /// Connects to containerd on `socket` (a path or `unix://path`) and checks that it
     /// answers. `state_dir` holds per-container state, logs and CNI allocations.
@@ -453,21 +459,29 @@ impl ContainerdRuntime {
             };
             tasks.exec(request(exec, None)).await.map_err(grpc_error)?;
             let outcome = async {
-                tasks
-                    .start(request(StartRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None))
-                    .await
-                    .map_err(grpc_error)?;
+                let started = tasks.start(request(StartRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None)).await;
+                match started {
+                    Ok(_) => {}
+                    // The program could not be started: an exit code, as on every runtime.
+                    Err(status) if crate::runtime::output::is_start_failure(status.message()) => {
+                        return Ok(ExecStart::Refused(crate::runtime::output::start_failure(status.message())));
+                    }
+                    Err(status) => return Err(grpc_error(status)),
+                }
                 let waited = tasks
                     .wait(request(WaitRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None))
                     .await
                     .map_err(grpc_error)?;
-                Ok::<i64, RuntimeError>(i64::from(waited.into_inner().exit_status))
+                Ok::<ExecStart, RuntimeError>(ExecStart::Exited(i64::from(waited.into_inner().exit_status)))
             }
             .await;
             // Deleting the process waits for the shim to finish copying its output.
             let _ =
                 tasks.delete_process(request(DeleteProcessRequest { container_id: id.to_owned(), exec_id: exec_id.clone() }, None)).await;
-            let exit_code = outcome?;
+            let exit_code = match outcome? {
+                ExecStart::Exited(code) => code,
+                ExecStart::Refused(output) => return Ok((output.exit_code, output.stdout, output.stderr)),
+            };
             // Each file is read only as far as `limit`.
             let read = |path: &PathBuf| {
                 crate::runtime::output::read_span(path, 0, limit)

@@ -825,7 +825,7 @@ impl ContainerRuntime for DockerRuntime {
             if inspected.running != Some(true)
                 && let Some(code) = inspected.exit_code
             {
-                return Ok(output.finish(code));
+                return Ok(super::output::normalise_start_failure(output.finish(code)));
             }
             if Instant::now() >= deadline {
                 return Err(RuntimeError::Failed {

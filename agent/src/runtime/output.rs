@@ -167,6 +167,34 @@ impl OutputCollector {
     }
 }
 
+/// The mark of runc's refusal to start an exec's program (Docker and containerd pass
+/// its message on: Docker as the exec's stdout with exit code 126, containerd as the
+/// error of the start call).
+const START_FAILURE_MARK: &str = "OCI runtime exec failed";
+
+/// Whether `message` is a runtime's report that an exec's program could not be started.
+pub fn is_start_failure(message: &str) -> bool {
+    message.trim_start().starts_with(START_FAILURE_MARK)
+}
+
+/// What an exec whose program could not be started reports on every runtime, as a
+/// shell does: exit code 127 when the program is not there, 126 when it is there but
+/// cannot be run, the runtime's reason on stderr.
+pub fn start_failure(reason: &str) -> ExecOutput {
+    let reason = reason.trim();
+    let missing = ["executable file not found", "no such file or directory"].iter().any(|m| reason.to_ascii_lowercase().contains(m));
+    let mut collected = OutputCollector::default();
+    collected.push(OutputStream::Stderr, format!("{reason}\n").as_bytes());
+    collected.finish(if missing { 127 } else { 126 })
+}
+
+/// Docker's report of an exec that never started (exit code 126, runc's message on
+/// stdout) in the shape every runtime uses ([`start_failure`]); any other output as is.
+pub fn normalise_start_failure(output: ExecOutput) -> ExecOutput {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if output.exit_code == 126 && output.stderr.is_empty() && is_start_failure(&stdout) { start_failure(&stdout) } else { output }
+}
+
 /// Runs `command` (its stdin closed, stdout and stderr piped) to its end, keeping its
 /// output in an [`OutputCollector`]: what is beyond the budget is read and dropped, so
 /// that the process never blocks on a full pipe.
@@ -316,6 +344,35 @@ impl TailCollector {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn programs_that_cannot_start_exit_127_or_126_with_the_reason_on_stderr() {
+        let missing = "OCI runtime exec failed: exec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH: unknown";
+        let denied = "OCI runtime exec failed: exec failed: unable to start container process: exec: \"/etc\": permission denied: unknown";
+        let absent_path = "OCI runtime exec failed: exec failed: unable to start container process: exec: \"/x/y\": stat /x/y: no such file or directory: unknown";
+        // (exit code, stdout, stderr) as a runtime reports it → what every runtime answers.
+        let cases: [(i64, &str, &str, i64, &str, &str); 5] = [
+            (126, &format!("{missing}\r\n"), "", 127, "", &format!("{missing}\n")),
+            (126, denied, "", 126, "", &format!("{denied}\n")),
+            (126, absent_path, "", 127, "", &format!("{absent_path}\n")),
+            // A program that ran and exited 126 itself keeps its output.
+            (126, "OCI-like output of the program", "", 126, "OCI-like output of the program", ""),
+            (126, missing, "and something on stderr", 126, missing, "and something on stderr"),
+        ];
+        for (code, stdout, stderr, want_code, want_stdout, want_stderr) in cases {
+            let out = normalise_start_failure(ExecOutput {
+                exit_code: code,
+                stdout: stdout.as_bytes().to_vec(),
+                stderr: stderr.as_bytes().to_vec(),
+            });
+            assert_eq!(
+                (out.exit_code, String::from_utf8_lossy(&out.stdout).as_ref(), String::from_utf8_lossy(&out.stderr).as_ref()),
+                (want_code, want_stdout, want_stderr),
+                "{stdout:?}"
+            );
+        }
+        assert!(is_start_failure(missing) && !is_start_failure("exec failed"));
+    }
 
     /// The last `lines` lines of `text`, the obvious way.
     fn naive_tail(text: &[u8], lines: usize) -> Vec<u8> {
