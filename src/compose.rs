@@ -8,8 +8,9 @@
 //! `tmpfs`, `read_only`, `healthcheck`, `depends_on` (list, or map with
 //! `condition: service_started|service_healthy`), `deploy.replicas`,
 //! `deploy.resources.limits`, `mem_limit`, `cpus`, `restart`, `networks`; top-level
-//! `volumes` and `networks` (local driver only). Anything else is refused: an unknown key,
-//! `build` (build the image first and name it in `image`), variable interpolation
+//! `volumes` and `networks` (local driver only), and `build` (`context`, `dockerfile`,
+//! `args`; built by the control plane from the stack's git repository, `image` then naming
+//! the built image). Anything else is refused: an unknown key, variable interpolation
 //! (`${VAR}`; `$$` is a literal `$`), a reservation the model does not keep.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -92,6 +93,23 @@ pub struct ServiceSpec {
     pub aliases: Vec<String>,
     /// `container_name` as given (also one of the aliases).
     pub container_name: Option<String>,
+    /// Its `build:` section: its image is built from the stack's repository first (the
+    /// container's `image`, when given, names the built image; empty otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<ServiceBuild>,
+}
+
+/// A service's `build:` section, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceBuild {
+    /// Build context, relative to the compose file's directory in the repository.
+    pub context: String,
+    /// Dockerfile, relative to the context (`Dockerfile` when `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    /// `--build-arg`s.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
 }
 
 /// A compose file, validated: services by name, declared volumes and networks.
@@ -103,6 +121,26 @@ pub struct StackSpec {
     pub volumes: BTreeSet<String>,
     /// Networks declared at the top level.
     pub networks: BTreeSet<String>,
+    /// Where the services with `build:` are built from: given with the deploy, never read
+    /// from the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<StackRepository>,
+}
+
+/// The git repository a stack's `build:` sections refer to, and the builds made from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackRepository {
+    /// Repository URL.
+    pub repo_url: String,
+    /// Branch or tag; `None`: the default branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The compose file's path in the repository (build contexts are relative to its
+    /// directory).
+    pub compose_file: String,
+    /// The latest build of each built service, by service name (set by the control plane).
+    #[serde(default)]
+    pub builds: BTreeMap<String, String>,
 }
 
 /// How `env_file` entries are read: `None` refuses them (a server has no files of the
@@ -390,7 +428,7 @@ pub struct TopLevelObject {
 pub struct ComposeService {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Refused (build the image first).
+    /// A context path, or `context`, `dockerfile` and `args`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<serde_norway::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -571,16 +609,15 @@ impl Validator<'_> {
         if name.len() > MAX_SERVICE_NAME {
             return Err(self.error(&["services", name], format!("service names are at most {MAX_SERVICE_NAME} characters")));
         }
-        if raw.build.is_some() {
-            return Err(
-                self.error(&at("build"), "build is not supported in stacks: build and push the image (diplo build), then name it in image")
-            );
-        }
         let mut spec = ServiceSpec { replicas: 1, ..ServiceSpec::default() };
+        if let Some(build) = &raw.build {
+            spec.build = Some(self.build(name, build)?);
+        }
         let container = &mut spec.container;
         container.image = match raw.image.as_deref().map(str::trim) {
             Some(image) if !image.is_empty() => self.literal(&at("image"), image)?,
-            _ => return Err(self.error(&["services", name], "image is required")),
+            _ if spec.build.is_some() => String::new(),
+            _ => return Err(self.error(&["services", name], "image (or build) is required")),
         };
         if let Some(command) = &raw.command {
             container.command = self.argv(&at("command"), command)?;
@@ -763,6 +800,77 @@ impl Validator<'_> {
             }
         }
         Ok(spec)
+    }
+
+    /// A `build:` section: a context path, or a map of `context`, `dockerfile` and `args`
+    /// (a map or `KEY=VALUE` list); paths stay inside the repository.
+    fn build(&self, name: &str, value: &serde_norway::Value) -> Result<ServiceBuild, ComposeError> {
+        use serde_norway::Value;
+        let at = |key: &'static str| ["services", name, "build", key];
+        let text = |path: &[&str], value: &Value| match value {
+            Value::String(text) => self.literal(path, text),
+            _ => Err(self.error(path, "expected a string")),
+        };
+        let path = |path: &[&str], value: &Value| -> Result<String, ComposeError> {
+            let text = text(path, value)?;
+            if text.contains("://") || text.starts_with("git@") {
+                return Err(self.error(path, format!("{text:?}: a remote context is not supported: use a path in the stack's repository")));
+            }
+            crate::build::validate_repo_path(&path.join("."), &text).map_err(|message| self.error(path, message))?;
+            Ok(text)
+        };
+        let mut build = ServiceBuild::default();
+        match value {
+            Value::String(_) => build.context = path(&["services", name, "build"], value)?,
+            Value::Mapping(map) => {
+                for (key, value) in map {
+                    match key.as_str() {
+                        Some("context") => build.context = path(&at("context"), value)?,
+                        Some("dockerfile") => build.dockerfile = Some(path(&at("dockerfile"), value)?),
+                        Some("args") => {
+                            let entries: Vec<(String, String)> = match value {
+                                Value::Mapping(args) => args
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        let key = k.as_str().ok_or_else(|| self.error(&at("args"), "names are strings"))?;
+                                        let value = match v {
+                                            Value::String(text) => self.literal(&at("args"), text)?,
+                                            Value::Number(n) => n.to_string(),
+                                            Value::Bool(b) => b.to_string(),
+                                            _ => return Err(self.error(&at("args"), format!("{key}: expected a value"))),
+                                        };
+                                        Ok((key.to_owned(), value))
+                                    })
+                                    .collect::<Result<_, _>>()?,
+                                Value::Sequence(items) => items
+                                    .iter()
+                                    .map(|item| {
+                                        let entry = text(&at("args"), item)?;
+                                        entry
+                                            .split_once('=')
+                                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                                            .ok_or_else(|| self.error(&at("args"), format!("{entry:?}: expected KEY=VALUE")))
+                                    })
+                                    .collect::<Result<_, _>>()?,
+                                _ => return Err(self.error(&at("args"), "expected a map or a list of KEY=VALUE")),
+                            };
+                            build.args = entries.into_iter().collect();
+                            crate::build::validate_args("args", &build.args).map_err(|message| self.error(&at("args"), message))?;
+                        }
+                        Some(other) => {
+                            let key = ["services", name, "build", other];
+                            return Err(self.error(&key, format!("build.{other} is not supported (context, dockerfile and args are)")));
+                        }
+                        None => return Err(self.error(&["services", name, "build"], "keys are strings")),
+                    }
+                }
+                if build.context.is_empty() {
+                    build.context = ".".to_owned();
+                }
+            }
+            _ => return Err(self.error(&["services", name, "build"], "expected a context path or a map")),
+        }
+        Ok(build)
     }
 
     /// A string with `$$` read as `$`; any other `$` (variable interpolation) is refused.
@@ -1105,7 +1213,20 @@ impl StackSpec {
                     Some(ServiceNetworks::Map(map))
                 };
                 let raw = ComposeService {
-                    image: Some(escape(&c.image)),
+                    image: (!c.image.is_empty()).then(|| escape(&c.image)),
+                    build: service.build.as_ref().map(|build| {
+                        let mut map = serde_norway::Mapping::new();
+                        map.insert("context".into(), escape(&build.context).into());
+                        if let Some(dockerfile) = &build.dockerfile {
+                            map.insert("dockerfile".into(), escape(dockerfile).into());
+                        }
+                        if !build.args.is_empty() {
+                            let args: serde_norway::Mapping =
+                                build.args.iter().map(|(k, v)| (k.as_str().into(), escape(v).into())).collect();
+                            map.insert("args".into(), args.into());
+                        }
+                        serde_norway::Value::Mapping(map)
+                    }),
                     command: (!c.command.is_empty()).then(|| StringOrList::List(c.command.iter().map(|w| escape(w)).collect())),
                     entrypoint: (!c.entrypoint.is_empty()).then(|| StringOrList::List(c.entrypoint.iter().map(|w| escape(w)).collect())),
                     container_name: service.container_name.clone(),

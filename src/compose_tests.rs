@@ -169,8 +169,13 @@ fn bad_files_name_the_line_and_the_key() {
         ("services:\n  web:\n    image: b\n    privileged: true\n", 4, "services.web.privileged", "unknown field"),
         ("services:\n  web:\n    image: b\nconfigs: {}\n", 4, "configs", "unknown field"),
         ("services:\n  web:\n    image: b\n    deploy:\n      mode: global\n", 5, "services.web.deploy.mode", "unknown field"),
-        ("services:\n  web:\n    build: ./web\n", 3, "services.web.build", "build is not supported"),
-        ("services:\n  web:\n    command: [x]\n", 2, "services.web", "image is required"),
+        ("services:\n  web:\n    build: ../web\n", 3, "services.web.build", "inside the repository"),
+        ("services:\n  web:\n    build:\n      context: https://x/y.git\n", 4, "services.web.build.context", "remote context"),
+        ("services:\n  web:\n    build:\n      context: .\n      target: dev\n", 5, "services.web.build.target", "not supported"),
+        ("services:\n  web:\n    build:\n      dockerfile: /etc/passwd\n", 4, "services.web.build.dockerfile", "relative path"),
+        ("services:\n  web:\n    build:\n      args: [NOEQUALS]\n", 4, "services.web.build.args", "KEY=VALUE"),
+        ("services:\n  web:\n    build: ./x\n    image: ${TAG}\n", 4, "services.web.image", ""),
+        ("services:\n  web:\n    command: [x]\n", 2, "services.web", "image (or build) is required"),
         ("services:\n  web:\n    image: b\n    mem_reservation: lots\n", 4, "services.web.mem_reservation", "not a size"),
         (
             "services:\n  web:\n    image: b\n    deploy:\n      resources:\n        reservations: {cpus: 1}\n",
@@ -420,6 +425,7 @@ fn service_strategy(volumes: Vec<String>) -> impl Strategy<Value = ServiceSpec> 
                     networks: vec!["default".to_owned()],
                     aliases,
                     container_name: cname,
+                    build: None,
                 }
             },
         )
@@ -445,7 +451,18 @@ fn stack_strategy() -> impl Strategy<Value = StackSpec> {
                     }
                 }
             }
-            StackSpec { services, volumes, networks: BTreeSet::new() }
+            // Some services are built (with or without an image naming the result).
+            for (index, (name, service)) in services.iter_mut().enumerate() {
+                if seed >> (index + 40) & 1 == 1 {
+                    let dockerfile = (seed >> (index + 50) & 1 == 1).then(|| "Dockerfile.$dev".to_owned());
+                    let args = BTreeMap::from([("V".to_owned(), format!("{index}$"))]);
+                    service.build = Some(ServiceBuild { context: format!("./{name}"), dockerfile, args });
+                    if seed >> (index + 56) & 1 == 1 {
+                        service.container.image.clear();
+                    }
+                }
+            }
+            StackSpec { services, volumes, networks: BTreeSet::new(), repository: None }
         })
 }
 
@@ -458,4 +475,20 @@ proptest! {
         let json = serde_json::to_string(&stack.to_compose()).map_err(|err| TestCaseError::fail(err.to_string()))?;
         prop_assert_eq!(parse(&json, None).map_err(|err| TestCaseError::fail(format!("{err}\n{json}")))?, stack);
     }
+}
+
+#[test]
+fn build_sections_are_read_in_both_forms() {
+    let stack = ok(
+        "services:\n  api:\n    build: ./api\n  web:\n    image: reg/web:1\n    build:\n      context: web\n      dockerfile: Dockerfile.prod\n      args: [\"V=1\", \"PRICE=$$5\"]\n  db:\n    image: b\n",
+    );
+    let api = &stack.services["api"];
+    assert_eq!(api.build, Some(ServiceBuild { context: "./api".into(), dockerfile: None, args: BTreeMap::new() }));
+    assert_eq!(api.container.image, "", "no image: the control plane names the built one");
+    let web = &stack.services["web"];
+    let args = BTreeMap::from([("PRICE".to_owned(), "$5".to_owned()), ("V".to_owned(), "1".to_owned())]);
+    assert_eq!(web.build, Some(ServiceBuild { context: "web".into(), dockerfile: Some("Dockerfile.prod".into()), args }));
+    assert_eq!(web.container.image, "reg/web:1", "the image names the built result");
+    assert_eq!(stack.services["db"].build, None);
+    assert_eq!(ok(&stack.to_yaml()), stack, "round trip");
 }

@@ -1,6 +1,7 @@
 //! `diplo stack …`: compose files as stacks through `StackService`. `deploy` reads the
 //! file (and its `env_file`s, relative to the file) here, checks it with the same parser
-//! the control plane uses, and sends it.
+//! the control plane uses, and sends it, with the git repository (`--git`) its `build:`
+//! sections are built from.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,17 @@ pub enum StackCommand {
         /// The compose file (YAML or JSON).
         #[arg(short = 'f', long = "file", value_name = "FILE", default_value = "compose.yml")]
         file: PathBuf,
+        /// The git repository the services with `build:` are built from (by the cluster's
+        /// builders, from the pushed commit: push first).
+        #[arg(long = "git", value_name = "URL")]
+        git: Option<String>,
+        /// The branch or tag built (default: the repository's default branch).
+        #[arg(long, requires = "git")]
+        branch: Option<String>,
+        /// The compose file's path in the repository (default: FILE as given when it is
+        /// relative, else its file name).
+        #[arg(long = "compose-path", value_name = "PATH", requires = "git")]
+        compose_path: Option<String>,
         /// The stack's name: its services run as the deployments NAME-SERVICE.
         name: String,
     },
@@ -53,13 +65,23 @@ pub fn compose_to_send(file: &Path) -> Result<String> {
     Ok(if read_any.get() { spec.to_yaml() } else { source })
 }
 
+/// The compose file's path in the repository when not given: `file` as written when it is
+/// relative (run from the repository's root), else its file name.
+pub fn compose_path_in_repository(file: &Path) -> String {
+    if file.is_relative() {
+        file.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect::<PathBuf>().to_string_lossy().into_owned()
+    } else {
+        file.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
 fn stack_json(stack: &pb::Stack) -> Value {
     json!({
         "name": stack.name,
         "services": stack.services.iter().map(|s| json!({
             "name": s.name, "deployment": s.deployment, "status": s.status, "image": s.image,
             "replicas": s.replicas, "running": s.running, "healthy": s.healthy, "revision": s.revision,
-            "depends_on": s.depends_on,
+            "depends_on": s.depends_on, "build_id": s.build_id,
         })).collect::<Vec<_>>(),
     })
 }
@@ -86,9 +108,21 @@ fn services_table(stack: &pb::Stack) -> String {
 /// Runs one `stack` subcommand.
 pub async fn run(mut client: StackServiceClient<Channel>, command: StackCommand, format: Format) -> Result<()> {
     match command {
-        StackCommand::Deploy { file, name } => {
+        StackCommand::Deploy { file, git, branch, compose_path, name } => {
             let compose = compose_to_send(&file)?;
-            let answer = client.deploy(pb::DeployStackRequest { name: name.clone(), compose }).await.map_err(status_error)?.into_inner();
+            let compose_file = match (&git, compose_path) {
+                (None, _) => String::new(),
+                (Some(_), Some(path)) => path,
+                (Some(_), None) => compose_path_in_repository(&file),
+            };
+            let request = pb::DeployStackRequest {
+                name: name.clone(),
+                compose,
+                repo_url: git.unwrap_or_default(),
+                branch: branch.unwrap_or_default(),
+                compose_file,
+            };
+            let answer = client.deploy(request).await.map_err(status_error)?.into_inner();
             let stack = answer.stack.unwrap_or_default();
             eprintln!("{} stack {name} ({} services)", if answer.created { "Created" } else { "Updated" }, stack.services.len());
             crate::output::print(format, &stack_json(&stack), || services_table(&stack))?;
@@ -120,6 +154,15 @@ pub async fn run(mut client: StackServiceClient<Channel>, command: StackCommand,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_compose_path_in_the_repository_is_the_file_as_given_or_its_name() {
+        for (file, want) in
+            [("compose.yml", "compose.yml"), ("./deploy/compose.yml", "deploy/compose.yml"), ("/home/me/app/c.yml", "c.yml")]
+        {
+            assert_eq!(compose_path_in_repository(Path::new(file)), want, "{file}");
+        }
+    }
 
     #[test]
     fn env_files_are_read_next_to_the_compose_file_and_inlined() {

@@ -599,7 +599,11 @@ fn rpcs() -> Vec<Rpc> {
         rpc!(
             "diplo.v1.StackService/Deploy",
             Deployer,
-            StackServiceClient::deploy(pb::DeployStackRequest { name: "authz-probe".into(), compose: "services: {}\n".into() })
+            StackServiceClient::deploy(pb::DeployStackRequest {
+                name: "authz-probe".into(),
+                compose: "services: {}\n".into(),
+                ..Default::default()
+            })
         ),
         rpc!("diplo.v1.StackService/List", Viewer, StackServiceClient::list(pb::ListStacksRequest {})),
         rpc!("diplo.v1.StackService/Get", Viewer, StackServiceClient::get(pb::GetStackRequest { name: nope() })),

@@ -9,8 +9,7 @@
 //! fails the test, an unlisted one is reported (with what it answered) but does not.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use diplo_tests::{
@@ -294,17 +293,17 @@ impl Adjust<'_> {
 /// Local git repositories standing for the seed's github ones, one per seed URL, with
 /// sources matching its name (the agent may clone from their directory).
 struct Repos {
-    dir: tempfile::TempDir,
+    repos: diplo_tests::git_repos::GitRepos,
 }
 
 impl Repos {
     fn new() -> Repos {
-        Repos { dir: tempfile::Builder::new().prefix("diplo-seed-repos-").tempdir().expect("temporary directory") }
+        Repos { repos: diplo_tests::git_repos::GitRepos::new("diplo-seed-repos-") }
     }
 
     fn for_seed_url(&self, url: &str) -> String {
         let base = url.rsplit('/').next().unwrap_or(url).trim_end_matches(".git");
-        let path = self.dir.path().join(base);
+        let path = self.repos.root().join(base);
         if !path.exists() {
             let files: &[(&str, &str)] = match base {
                 "node-app" => &[("package.json", r#"{"scripts":{"start":"node server.js"}}"#), ("server.js", "")],
@@ -317,26 +316,10 @@ impl Repos {
                 ],
                 _ => &[("go.mod", "module example.com/app\n\ngo 1.19\n"), ("main.go", "package main\n\nfunc main() {}\n")],
             };
-            std::fs::create_dir_all(&path).expect("repository directory");
-            git(&path, &["init", "-q", "-b", "main"]);
-            for (name, content) in files {
-                std::fs::write(path.join(name), content).expect("file written");
-            }
-            git(&path, &["add", "-A"]);
-            git(&path, &["commit", "-q", "-m", "first"]);
+            self.repos.create(base, files);
         }
-        format!("file://{}", path.display())
+        diplo_tests::git_repos::file_url(&path)
     }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let output = Command::new("git")
-        .args(["-c", "user.name=diplo-test", "-c", "user.email=test@diplo.invalid"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// The value at a dotted path (`system.os`), when there.
@@ -469,7 +452,7 @@ fn every_seed_curl_example_answers_with_the_documented_fields() {
         ..ControlPlaneOptions::fast(Duration::from_secs(30))
     });
     let token = control_plane.join_token(&[]);
-    let root = repos.dir.path().display().to_string();
+    let root = repos.repos.root().display().to_string();
     let (_agent, _node) = control_plane.start_ready_agent_with_env(
         &unique_name("seed-node"),
         Some(&token),

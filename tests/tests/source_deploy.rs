@@ -9,10 +9,10 @@
 //! the test's directory); the base images stand in for golang/python/alpine and come from
 //! `scripts/base-images` (no image can be downloaded here).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use diplo_tests::git_repos::{GitRepos as Repos, commit, file_url as url, git};
 use diplo_tests::{Agent, ControlPlane, ControlPlaneOptions, DeleteDeploymentOnDrop, unique_name, wait_until};
 use serde_json::{Value, json};
 
@@ -27,57 +27,6 @@ const BUILD_WAIT: Duration = Duration::from_secs(420);
 /// `DIPLO_BASE_IMAGES` pointing every stage the tests use at the local stand-ins.
 fn base_images() -> String {
     format!("go={GO_BASE},go-runtime={BUSYBOX},python={PYTHON_BASE},static={BUSYBOX},generic={BUSYBOX}")
-}
-
-/// A directory of git repositories the agents may clone from (`file://`).
-struct Repos {
-    dir: tempfile::TempDir,
-}
-
-impl Repos {
-    fn new() -> Repos {
-        Repos { dir: tempfile::Builder::new().prefix("diplo-repos-").tempdir().expect("temporary directory") }
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// A repository `name` whose first commit holds `files`; returns its path.
-    fn create(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::create_dir_all(&path).expect("repository directory");
-        git(&path, &["init", "-q", "-b", "main"]);
-        commit(&path, files, "first");
-        path
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(["-c", "user.name=diplo-test", "-c", "user.email=test@diplo.invalid", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// Writes `files` and commits them; returns the commit hash.
-fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> String {
-    for (name, content) in files {
-        let path = repo.join(name);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("directories");
-        std::fs::write(&path, content).expect("file written");
-    }
-    git(repo, &["add", "-A"]);
-    git(repo, &["commit", "-q", "-m", message]);
-    git(repo, &["rev-parse", "HEAD"])
-}
-
-fn url(path: &Path) -> String {
-    format!("file://{}", path.display())
 }
 
 fn go_app(greeting: &str) -> Vec<(&'static str, String)> {
@@ -185,7 +134,7 @@ fn unified_deploy(control_plane: &ControlPlane, body: Value) -> Value {
 
 #[test]
 fn the_seed_body_deploys_a_go_and_a_python_app_and_a_new_commit_rolls_out() {
-    let repos = Repos::new();
+    let repos = Repos::new("diplo-repos-");
     let control_plane = control_plane(&[]);
     let _builder = agent(&control_plane, "builder", "docker", "docker", &repos);
 
@@ -241,7 +190,7 @@ fn the_seed_body_deploys_a_go_and_a_python_app_and_a_new_commit_rolls_out() {
 
 #[test]
 fn a_dockerfile_repository_and_a_static_site_build_and_run() {
-    let repos = Repos::new();
+    let repos = Repos::new("diplo-repos-");
     let control_plane = control_plane(&[]);
     let _builder = agent(&control_plane, "builder", "docker", "docker", &repos);
 
@@ -268,7 +217,7 @@ fn a_dockerfile_repository_and_a_static_site_build_and_run() {
 
 #[test]
 fn an_image_built_on_a_docker_node_runs_on_containerd_only_and_lxc_only_nodes() {
-    let repos = Repos::new();
+    let repos = Repos::new("diplo-repos-");
     let control_plane = control_plane(&[]);
     let _builder = agent(&control_plane, "builder", "docker", "docker", &repos);
     let _containerd = agent(&control_plane, "ctrd-only", "containerd", "", &repos);
@@ -335,7 +284,7 @@ fn workspaces(agent: &Agent) -> Vec<String> {
 
 #[test]
 fn bad_sources_fail_the_build_and_the_deployment_and_leave_nothing_behind() {
-    let repos = Repos::new();
+    let repos = Repos::new("diplo-repos-");
     let control_plane = control_plane(&[("DIPLO_BUILD_TIMEOUT", "20s")]);
     let builder = agent(&control_plane, "builder", "docker", "docker", &repos);
     let app = repos.create("app", &refs(&go_app("hello")));

@@ -18,7 +18,12 @@ const POLL: Duration = Duration::from_millis(300);
 
 /// `POST /api/v1/stacks?name=NAME` with a YAML body.
 fn post_yaml(control_plane: &ControlPlane, name: &str, yaml: &str) -> HttpResponse {
-    let url = control_plane.rest_url(&format!("/api/v1/stacks?name={name}"));
+    post_yaml_query(control_plane, &format!("name={name}"), yaml)
+}
+
+/// `POST /api/v1/stacks?QUERY` with a YAML body.
+fn post_yaml_query(control_plane: &ControlPlane, query: &str, yaml: &str) -> HttpResponse {
+    let url = control_plane.rest_url(&format!("/api/v1/stacks?{query}"));
     let authorization = format!("Bearer {}", control_plane.admin_token());
     let body = yaml.to_owned();
     std::thread::spawn(move || {
@@ -579,4 +584,101 @@ fn croody_on(runtime: &str) {
             Err(error) => Err(error),
         });
     assert!(status == 404 || status == 200 || status == 403, "the gateway's httpd answered {status}");
+}
+
+// ------------------------------------------------------------------ built services
+
+/// A service with `build:` is built from the stack's git repository (Docker's builder,
+/// pushed to the local registry) before it starts; its dependent waits for it; a new
+/// commit deployed again rolls the built service (only) to a new revision; without a
+/// repository the file is refused naming the line and the key.
+#[test]
+fn a_stacks_built_service_is_built_from_git_and_a_new_commit_rolls_it() {
+    let repos = diplo_tests::git_repos::GitRepos::new("diplo-stack-repos-");
+    let registry = ("DIPLO_REGISTRY".to_owned(), "127.0.0.1:5000".to_owned());
+    let control_plane =
+        ControlPlane::start(ControlPlaneOptions { env: vec![registry], ..ControlPlaneOptions::fast(Duration::from_secs(6)) });
+    let token = control_plane.join_token(&[]);
+    let root = repos.root().display().to_string();
+    let env = [("DIPLO_RUNTIMES", "docker"), ("DIPLO_BUILDERS", "docker"), ("DIPLO_BUILD_FILE_REPOS", root.as_str())];
+    let (_agent, _) = control_plane.start_ready_agent_with_env(&unique("stack-build"), Some(&token), &env);
+    let stack = unique("sb");
+    let (api, client) = (format!("{stack}-api"), format!("{stack}-client"));
+    let _cleanup = DeleteStackOnDrop(&control_plane, stack.clone(), vec![api.clone(), client.clone()]);
+
+    let compose = format!(
+        r#"services:
+  api:
+    build:
+      context: ./api
+      args:
+        SUFFIX: "!"
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+      interval: 1s
+      timeout: 1s
+      retries: 60
+  client:
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "until wget -q -O - http://api:8080/; do sleep 1; done; exec sleep 3600"]
+    depends_on:
+      api:
+        condition: service_healthy
+"#
+    );
+    let dockerfile = format!(
+        "FROM {IMAGE}\nARG SUFFIX\nCOPY page.txt /page.txt\nRUN mkdir /www && echo \"$(cat /page.txt)$SUFFIX\" > /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+    );
+    let repo =
+        repos.create("shop", &[("deploy/compose.yml", &compose), ("deploy/api/Dockerfile", &dockerfile), ("deploy/api/page.txt", "first")]);
+    let url = diplo_tests::git_repos::file_url(&repo);
+
+    // Without the repository: refused, naming the line and the key, nothing created.
+    let refused = post_yaml(&control_plane, &stack, &compose);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let detail = refused.json()["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("line 3: services.api.build: ") && detail.contains("repo_url"), "{detail}");
+    assert_eq!(control_plane.rest("GET", &format!("/api/v1/stacks/{stack}"), None).status, 404);
+
+    let query = format!("name={stack}&repo_url={url}&compose_file=deploy/compose.yml");
+    let answer = post_yaml_query(&control_plane, &query, &compose);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let deployed = answer.json();
+    let first_build = service(&deployed, "api")["build_id"].as_str().expect("the api's build").to_owned();
+    assert!(["building", "waiting"].contains(&service(&deployed, "api")["status"].as_str().unwrap_or_default()), "{deployed}");
+    assert_eq!(service(&deployed, "client")["status"], "waiting", "{deployed}");
+
+    let fetched = |id: &str| exec(&control_plane, id, &["wget", "-q", "-O", "-", "http://api:8080/"]).1;
+    let view = wait_until("the built api and its client to run", Duration::from_secs(300), POLL, || {
+        let view = control_plane.rest_json(&format!("/api/v1/stacks/{stack}"));
+        if service(&view, "client")["status"] != "waiting" {
+            assert_eq!(service(&view, "api")["healthy"].as_u64(), Some(1), "client before the built api was healthy: {view}");
+        }
+        if service(&view, "client")["running"].as_u64() == Some(1) { Ok(view) } else { Err(format!("{view}")) }
+    });
+    let build = control_plane.rest_json(&format!("/api/v1/images/build/{first_build}"));
+    assert_eq!(build["status"], "succeeded", "{build}");
+    let image = service(&view, "api")["image"].as_str().unwrap_or_default().to_owned();
+    assert!(image.starts_with(&format!("127.0.0.1:5000/{api}:{first_build}@sha256:")), "pushed and pinned: {image} {view}");
+    let clients = containers_of(&control_plane, &client);
+    assert_eq!(clients.len(), 1, "{view}");
+    assert_eq!(fetched(&clients[0]).trim(), "first!", "the client reaches the built api by name");
+
+    // A new commit, deployed again with the same file: the api is built again and rolls to
+    // revision 2; the client is unchanged.
+    diplo_tests::git_repos::commit(&repo, &[("deploy/api/page.txt", "second")], "second page");
+    let again = post_yaml_query(&control_plane, &query, &compose);
+    assert_eq!(again.status, 200, "{}", again.body);
+    let second_build = service(&again.json(), "api")["build_id"].as_str().expect("a new build").to_owned();
+    assert_ne!(second_build, first_build);
+    let revision = |deployment: &str| control_plane.rest_json(&format!("/api/v1/deployments/{deployment}"))["revision"].as_u64();
+    wait_until("the api's new build to run", Duration::from_secs(300), POLL, || {
+        let page = fetched(&clients[0]);
+        if revision(&api) == Some(2) && page.trim() == "second!" {
+            Ok(())
+        } else {
+            Err(format!("revision {:?}, page {page:?}", revision(&api)))
+        }
+    });
+    assert_eq!(revision(&client), Some(1), "the client did not change");
 }

@@ -30,7 +30,8 @@ pub fn stack_to_pb(view: StackView) -> pb::Stack {
             pb::StackServiceStatus {
                 status: service.status(),
                 revision: service.revision(),
-                image: spec.map(|s| s.container.image.clone()).unwrap_or_default(),
+                image: service.image(spec),
+                build_id: service.build.as_ref().map(|b| b.id.clone()).unwrap_or_default(),
                 replicas: spec.map_or(0, |s| s.replicas),
                 running: service.progress.running,
                 healthy: service.progress.healthy,
@@ -54,7 +55,8 @@ impl pb::stack_service_server::StackService for StackApi {
     async fn deploy(&self, request: Request<pb::DeployStackRequest>) -> Result<Response<pb::DeployStackResponse>, Status> {
         let caller = caller(&self.control_plane, &request).await?;
         let req = request.into_inner();
-        let (created, view) = self.control_plane.deploy_stack(&caller, &req.name, &req.compose).await.map_err(status_from)?;
+        let repository = crate::service::requested_repository(&req.repo_url, &req.branch, &req.compose_file).map_err(status_from)?;
+        let (created, view) = self.control_plane.deploy_stack(&caller, &req.name, &req.compose, repository).await.map_err(status_from)?;
         Ok(Response::new(pb::DeployStackResponse { created, stack: Some(stack_to_pb(view)) }))
     }
 

@@ -1,5 +1,6 @@
-//! Stack routes: `POST /api/v1/stacks?name=NAME` (deployer; the body a compose document,
-//! YAML as `application/yaml` or `text/yaml`, or the same as JSON; 201 new, 200 updated;
+//! Stack routes: `POST /api/v1/stacks?name=NAME[&repo_url=&branch=&compose_file=]`
+//! (deployer; the body a compose document, YAML as `application/yaml` or `text/yaml`, or
+//! the same as JSON; services with `build:` built from `repo_url`; 201 new, 200 updated;
 //! 400 naming the line and the key, nothing written), `GET /api/v1/stacks` (viewer),
 //! `GET /api/v1/stacks/{name}` (viewer: services with their status),
 //! `DELETE /api/v1/stacks/{name}` (deployer; 204).
@@ -38,6 +39,13 @@ pub fn is_yaml_media_type(value: &str) -> bool {
 pub struct DeployQuery {
     /// The stack's name (the prefix of its deployments' names).
     name: Option<String>,
+    /// The git repository the services with `build:` are built from.
+    repo_url: Option<String>,
+    /// Its branch or tag (default: the repository's default branch).
+    branch: Option<String>,
+    /// The compose file's path in the repository (default `docker-compose.yml`); build
+    /// contexts are relative to its directory.
+    compose_file: Option<String>,
 }
 
 /// One service of a stack.
@@ -61,6 +69,10 @@ pub struct StackServiceJson {
     revision: u32,
     /// Services it waits for, with the condition (`service_started`, `service_healthy`).
     depends_on: BTreeMap<String, String>,
+    /// The latest build of its image (services with `build:`; `building` or `failed`
+    /// until the image is built).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    build_id: Option<String>,
 }
 
 /// A stack with its services.
@@ -88,7 +100,8 @@ fn stack_json(view: StackView, with_source: bool) -> StackJson {
             StackServiceJson {
                 status: service.status(),
                 revision: service.revision(),
-                image: spec.map(|s| s.container.image.clone()).unwrap_or_default(),
+                image: service.image(spec),
+                build_id: service.build.as_ref().map(|b| b.id.clone()),
                 replicas: spec.map_or(0, |s| s.replicas),
                 running: service.progress.running,
                 healthy: service.progress.healthy,
@@ -138,7 +151,9 @@ pub async fn deploy(
         );
     }
     let source = std::str::from_utf8(&body).map_err(|_| ServiceError::invalid("compose", "the file is not UTF-8 text"))?;
-    let (created, view) = cp.deploy_stack(&caller, &name, source).await?;
+    let field = |value: &Option<String>| value.clone().unwrap_or_default();
+    let repository = crate::service::requested_repository(&field(&q.repo_url), &field(&q.branch), &field(&q.compose_file))?;
+    let (created, view) = cp.deploy_stack(&caller, &name, source, repository).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(stack_json(view, true))).into_response())
 }

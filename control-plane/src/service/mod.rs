@@ -38,8 +38,8 @@ pub use reconciler::{CommandSink, Fit, RECONCILE_PERIOD};
 pub use registries::{RegistryLogin, RegistryLoginRequest, check_registry_name};
 pub use sessions::{DEFAULT_SESSION_IDLE, DashboardLogin, DashboardSession, MAX_SESSIONS, constant_time_eq};
 pub use stacks::{
-    LABEL_STACK, ServiceProgress, StackServiceView, StackView, check_stack, check_stack_name, service_deployment_spec,
-    stack_deployment_name, stack_volume_name, startable,
+    BuiltImage, DEFAULT_COMPOSE_FILE, LABEL_STACK, ServiceProgress, StackServiceView, StackView, build_image_tag, built_image, check_stack,
+    check_stack_name, requested_repository, service_deployment_spec, stack_deployment_name, stack_volume_name, startable,
 };
 pub use tokens::{ApiTokenCache, CreatedApiToken, CreatedJoinToken, DEFAULT_JOIN_TOKEN_TTL, NewApiToken};
 

@@ -18,14 +18,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;
-use diplo_api::compose::{DependsCondition, ServiceSpec, StackSpec};
+use diplo_api::build::{BuildStatus, Buildpack};
+use diplo_api::compose::{DependsCondition, ServiceSpec, StackRepository, StackSpec};
 use diplo_api::container::{ContainerStatus, Health, LABEL_DEPLOYMENT};
 
 use super::ControlPlane;
+use super::builds::StartBuild;
 use super::deployments::{MAX_DEPLOYMENT_NAME, check_deploy_spec};
 use crate::auth::Caller;
 use crate::error::{ServiceError, ServiceResult};
-use crate::model::{DeploymentRecord, DeploymentSpec, DeploymentStatus, Role, StackRecord};
+use crate::model::{BuildRecord, DeploymentRecord, DeploymentSpec, DeploymentStatus, Role, StackRecord};
 
 /// Label carrying the stack a deployment's containers belong to.
 pub const LABEL_STACK: &str = "diplo.stack";
@@ -167,12 +169,33 @@ pub fn check_stack_name(name: &str) -> ServiceResult<()> {
 /// `caller`: the name, the compose document (errors name its line and key), then every
 /// service's deployment as `deploy` checks it. Returns the stack and each service's
 /// deployment spec as it is committed (labelled with the stack).
-pub fn check_stack(caller: &Caller, name: &str, source: &str) -> ServiceResult<(StackSpec, BTreeMap<String, DeploymentSpec>)> {
+pub fn check_stack(
+    caller: &Caller,
+    name: &str,
+    source: &str,
+    repository: Option<&StackRepository>,
+) -> ServiceResult<(StackSpec, BTreeMap<String, DeploymentSpec>)> {
     check_stack_name(name)?;
-    let stack = diplo_api::compose::parse(source, None).map_err(|err| ServiceError::invalid("compose", err.to_string()))?;
+    let mut stack = diplo_api::compose::parse(source, None).map_err(|err| ServiceError::invalid("compose", err.to_string()))?;
+    if let Some(repository) = repository {
+        check_stack_repository(repository)?;
+        stack.repository = Some(StackRepository { builds: BTreeMap::new(), ..repository.clone() });
+    }
     let mut specs = BTreeMap::new();
     for (service_name, service) in &stack.services {
-        let spec = service_deployment_spec(name, service_name, service);
+        let mut spec = service_deployment_spec(name, service_name, service);
+        if service.build.is_some() {
+            if repository.is_none() {
+                let error = diplo_api::compose::ComposeError {
+                    line: diplo_api::compose::locate(source, &["services", service_name, "build"]),
+                    key: format!("services.{service_name}.build"),
+                    message: "a service with build needs the stack's git repository: repo_url (diplo stack deploy --git URL)".to_owned(),
+                };
+                return Err(ServiceError::invalid("compose", error.to_string()));
+            }
+            // Checked with the name of the image to build; the rollout runs the built one.
+            spec.container.image = build_image_tag(name, service, "build");
+        }
         if spec.name.len() > MAX_DEPLOYMENT_NAME {
             return Err(ServiceError::invalid(
                 "compose",
@@ -187,6 +210,76 @@ pub fn check_stack(caller: &Caller, name: &str, source: &str) -> ServiceResult<(
         specs.insert(service_name.clone(), spec);
     }
     Ok((stack, specs))
+}
+
+/// The compose file's path in a stack's repository when the deploy names none.
+pub const DEFAULT_COMPOSE_FILE: &str = "docker-compose.yml";
+
+/// A stack deploy's repository from its request fields (empty: not given): `None`
+/// without a URL, which `branch` and `compose_file` then cannot go without.
+pub fn requested_repository(repo_url: &str, branch: &str, compose_file: &str) -> ServiceResult<Option<StackRepository>> {
+    let given = |text: &str| Some(text.trim()).filter(|t| !t.is_empty()).map(str::to_owned);
+    match given(repo_url) {
+        Some(repo_url) => Ok(Some(StackRepository {
+            repo_url,
+            branch: given(branch),
+            compose_file: given(compose_file).unwrap_or_else(|| DEFAULT_COMPOSE_FILE.to_owned()),
+            builds: BTreeMap::new(),
+        })),
+        None if given(branch).is_some() || given(compose_file).is_some() => {
+            Err(ServiceError::invalid("repo_url", "branch and compose_file need the repository's URL"))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Checks where a stack's services are built from; the error names the field.
+pub fn check_stack_repository(repository: &StackRepository) -> ServiceResult<()> {
+    diplo_api::build::validate_repo_url(&repository.repo_url).map_err(|message| ServiceError::invalid("repo_url", message))?;
+    if let Some(branch) = &repository.branch {
+        diplo_api::build::validate_branch(branch).map_err(|message| ServiceError::invalid("branch", message))?;
+    }
+    if repository.compose_file.is_empty() {
+        return Err(ServiceError::invalid("compose_file", "the compose file's path in the repository is required"));
+    }
+    diplo_api::build::validate_repo_path("compose_file", &repository.compose_file)
+        .map_err(|message| ServiceError::invalid("compose_file", message))
+}
+
+/// The image name a built service's build is given: the service's `image` when the file
+/// names one, else `<stack>:<tag>`. The compose build adds the service to the repository
+/// part: `<stack>-<service>:<tag>` (or `<repository>-<service>:<tag>`), in the cluster
+/// registry when there is one.
+pub fn build_image_tag(stack: &str, service: &ServiceSpec, tag: &str) -> String {
+    if service.container.image.is_empty() { format!("{stack}:{tag}") } else { service.container.image.clone() }
+}
+
+/// Where a built service's image stands, as the rollout reads its latest build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuiltImage {
+    /// The build runs (or waits for a builder).
+    Building,
+    /// The build failed or was cancelled: the service waits for a new deploy.
+    Failed(String),
+    /// Built: the image to run.
+    Ready(super::source::BuiltSource),
+}
+
+/// What the latest build of `service` says about its image (`None` for a build that was
+/// never recorded: failed).
+pub fn built_image(build: Option<&BuildRecord>, service: &str) -> BuiltImage {
+    let Some(build) = build else { return BuiltImage::Failed("its build was never recorded".to_owned()) };
+    match build.status {
+        BuildStatus::Succeeded => {
+            let mut built = super::source::BuiltSource::from(build);
+            if let Some(image) = build.service_images.get(service) {
+                built.image.clone_from(image);
+            }
+            BuiltImage::Ready(built)
+        }
+        status if status.is_final() => BuiltImage::Failed(format!("build {} {status}: {}", build.id, build.message)),
+        _ => BuiltImage::Building,
+    }
 }
 
 /// An error about one service's deployment, saying which service.
@@ -215,12 +308,30 @@ pub struct StackServiceView {
     pub deployment: Option<DeploymentRecord>,
     /// Running and healthy replicas.
     pub progress: ServiceProgress,
+    /// The latest build of its image, for a service with `build:`.
+    pub build: Option<BuildRecord>,
 }
 
 impl StackServiceView {
-    /// Its deployment's status, or `waiting` while the deployment does not exist yet.
+    /// Its deployment's status; before the deployment exists, `building` or `failed` after
+    /// its image's build, else `waiting` (for its dependencies).
     pub fn status(&self) -> String {
-        self.deployment.as_ref().map_or_else(|| "waiting".to_owned(), |d| d.status.as_str().to_owned())
+        if let Some(deployment) = &self.deployment {
+            return deployment.status.as_str().to_owned();
+        }
+        match self.build.as_ref().map(|b| b.status) {
+            Some(BuildStatus::Succeeded) | None => "waiting".to_owned(),
+            Some(status) if status.is_final() => "failed".to_owned(),
+            Some(_) => "building".to_owned(),
+        }
+    }
+
+    /// The image it runs: its deployment's, else the file's.
+    pub fn image(&self, spec: Option<&ServiceSpec>) -> String {
+        match &self.deployment {
+            Some(deployment) => deployment.spec.container.image.clone(),
+            None => spec.map(|s| s.container.image.clone()).unwrap_or_default(),
+        }
     }
 
     /// Its deployment's revision, 0 while it waits.
@@ -243,9 +354,19 @@ impl ControlPlane {
     /// services whose spec changed get a new revision, services no longer in the file are
     /// deleted. Nothing is written when any service is refused. Returns whether the stack
     /// is new, and the stack.
-    pub async fn deploy_stack(self: &std::sync::Arc<Self>, caller: &Caller, name: &str, source: &str) -> ServiceResult<(bool, StackView)> {
+    ///
+    /// Services with `build:` are built from `repository` (one build each, started with
+    /// every deploy so that a new commit is picked up); each runs once its build succeeded,
+    /// and a later build with a different image gives it a new revision.
+    pub async fn deploy_stack(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+        name: &str,
+        source: &str,
+        repository: Option<StackRepository>,
+    ) -> ServiceResult<(bool, StackView)> {
         caller.require_operator(Role::Deployer)?;
-        let (stack, mut specs) = check_stack(caller, name, source)?;
+        let (mut stack, mut specs) = check_stack(caller, name, source, repository.as_ref())?;
         let existing = self.store.get_stack(name).await?;
         let addresses = self.stack_addresses(name, &stack);
         // Every check that reads state, before the first write.
@@ -255,8 +376,14 @@ impl ControlPlane {
             // What the rollout set (peers' addresses, the shared node) is no change of the file.
             let hosts = current.as_ref().map(|d| d.spec.container.extra_hosts.as_slice()).unwrap_or_default();
             spec.container.extra_hosts = service_hosts(&stack, service_name, &addresses, hosts);
+            let built = stack.services.get(service_name).is_some_and(|s| s.build.is_some());
             if let Some(current) = &current {
                 spec.constraints.node.clone_from(&current.spec.constraints.node);
+                if built {
+                    // The rollout runs the built image (where it was built, if it stayed there).
+                    spec.container.image.clone_from(&current.spec.container.image);
+                    spec.runtime = current.spec.runtime;
+                }
             }
             let spec = &*spec;
             match current {
@@ -274,12 +401,14 @@ impl ControlPlane {
                 }
                 Some(deployment) => {
                     if deployment.spec != *spec {
-                        if deployment.spec.container.image != spec.container.image {
+                        if !built && deployment.spec.container.image != spec.container.image {
                             self.check_image(&spec.container.image).await.map_err(|err| in_service(service_name, err))?;
                         }
                         changed.push((deployment, spec.clone()));
                     }
                 }
+                // Its image does not exist yet: its build checks what it can.
+                None if built => {}
                 None => {
                     let platforms = self.check_image(&spec.container.image).await.map_err(|err| in_service(service_name, err))?;
                     if spec.replicas > 0 {
@@ -293,6 +422,25 @@ impl ControlPlane {
                         }
                     }
                 }
+            }
+        }
+        // Builds start before anything is written: one that cannot start refuses the deploy.
+        if let Some(repository) = stack.repository.as_mut() {
+            for (service_name, service) in stack.services.iter().filter(|(_, s)| s.build.is_some()) {
+                let build_id = uuid::Uuid::new_v4().to_string();
+                let request = StartBuild {
+                    id: Some(build_id.clone()),
+                    git_repo: repository.repo_url.clone(),
+                    git_branch: repository.branch.clone(),
+                    buildpack: Buildpack::Compose { compose_file: repository.compose_file.clone(), service: service_name.clone() },
+                    image_tag: Some(build_image_tag(name, service, &build_id)),
+                    language: None,
+                    platform: None,
+                    prefer_node: None,
+                    deployment_id: None,
+                };
+                self.start_build(caller, request).await.map_err(|err| in_service(service_name, err))?;
+                repository.builds.insert(service_name.clone(), build_id);
             }
         }
         let now = Utc::now();
@@ -387,12 +535,19 @@ impl ControlPlane {
     /// dependencies are up ([`startable`]). Runs on every reconcile pass.
     pub async fn advance_stacks(&self) -> ServiceResult<()> {
         for stack in self.store.list_stacks().await? {
+            let built = self.stack_builds(&stack.spec).await?;
+            self.follow_stack_builds(&stack.name, &built).await?;
             let progress = self.stack_progress(&stack.name, &stack.spec).await?;
             let addresses = self.stack_addresses(&stack.name, &stack.spec);
             self.refresh_stack_hosts(&stack.name, &stack.spec, &addresses).await?;
             let placed = self.stack_placements(&stack.name, &stack.spec).await?;
             let anchor = stack_anchor(&placed);
             let mut startable = startable(&stack.spec, &progress);
+            // A built service starts once its image is built.
+            startable.retain(|service| {
+                stack.spec.services.get(service).is_some_and(|s| s.build.is_none())
+                    || matches!(built.get(service), Some(BuiltImage::Ready(_)))
+            });
             if anchor.is_none() {
                 // The first service placed decides the stack's node: the others wait for it.
                 if progress.values().any(|p| p.created) {
@@ -407,6 +562,9 @@ impl ControlPlane {
                 spec.container.labels.insert(LABEL_STACK.to_owned(), stack.name.clone());
                 spec.container.extra_hosts = service_hosts(&stack.spec, &service_name, &addresses, &[]);
                 spec.constraints.node.clone_from(&anchor);
+                if let Some(BuiltImage::Ready(image)) = built.get(&service_name) {
+                    spec = super::source::built_spec(&spec, image);
+                }
                 let now = Utc::now();
                 let record = DeploymentRecord {
                     id: uuid::Uuid::new_v4().to_string(),
@@ -433,6 +591,41 @@ impl ControlPlane {
                 self.emit("deployment.created", "system", &record.id, message).await;
                 self.nudge_reconciler();
             }
+        }
+        Ok(())
+    }
+
+    /// Where the image of each built service of a stack stands (its latest build).
+    async fn stack_builds(&self, spec: &StackSpec) -> ServiceResult<BTreeMap<String, BuiltImage>> {
+        let mut built = BTreeMap::new();
+        for (service, build_id) in spec.repository.iter().flat_map(|r| r.builds.iter()) {
+            built.insert(service.clone(), built_image(self.store.get_build(build_id).await?.as_ref(), service));
+        }
+        Ok(built)
+    }
+
+    /// Gives a new revision to every created service of a stack whose latest build made an
+    /// image other than the one it runs.
+    async fn follow_stack_builds(&self, stack: &str, built: &BTreeMap<String, BuiltImage>) -> ServiceResult<()> {
+        for (service_name, image) in built {
+            let BuiltImage::Ready(image) = image else { continue };
+            let Some(mut deployment) = self.store.get_deployment(&stack_deployment_name(stack, service_name)).await? else { continue };
+            if deployment.status == DeploymentStatus::Deleting || deployment.spec.container.image == image.image {
+                continue;
+            }
+            deployment.spec = super::source::built_spec(&deployment.spec, image);
+            deployment.revision += 1;
+            deployment.status = DeploymentStatus::Deploying;
+            deployment.updated_at = Utc::now();
+            self.store.save_deployment(&deployment).await?;
+            self.rollout_started(&deployment.id);
+            tracing::info!(stack = %stack, service = %service_name, revision = deployment.revision, image = %image.image, "stack service runs its new build");
+            let message = format!(
+                "{} updated to revision {} with {} (build {})",
+                deployment.spec.name, deployment.revision, image.image, image.build_id
+            );
+            self.emit("deployment.updated", "build", &deployment.id, message).await;
+            self.nudge_reconciler();
         }
         Ok(())
     }
@@ -527,12 +720,17 @@ impl ControlPlane {
         for (service_name, service) in &stack.spec.services {
             let deployment_name = stack_deployment_name(&stack.name, service_name);
             let deployment = self.store.get_deployment(&deployment_name).await?;
+            let build = match stack.spec.repository.as_ref().and_then(|r| r.builds.get(service_name)) {
+                Some(id) => self.store.get_build(id).await?,
+                None => None,
+            };
             services.push(StackServiceView {
                 name: service_name.clone(),
                 deployment_name,
                 depends_on: service.depends_on.clone(),
                 deployment,
                 progress: progress.get(service_name).copied().unwrap_or_default(),
+                build,
             });
         }
         Ok(StackView { stack, services })
@@ -668,16 +866,109 @@ mod tests {
     #[test]
     fn a_stack_is_checked_whole_before_anything() {
         let deployer = Caller::Operator { name: "d".into(), role: Role::Deployer };
-        let ok = check_stack(&deployer, "shop", "services:\n  web:\n    image: b\n").expect("valid");
+        let ok = check_stack(&deployer, "shop", "services:\n  web:\n    image: b\n", None).expect("valid");
         assert_eq!(ok.1["web"].container.labels.get(LABEL_STACK).map(String::as_str), Some("shop"));
-        let err = check_stack(&deployer, "shop", "services:\n  web:\n    image: b\n    nope: 1\n").expect_err("unknown key");
+        let err = check_stack(&deployer, "shop", "services:\n  web:\n    image: b\n    nope: 1\n", None).expect_err("unknown key");
         assert!(
             matches!(&err, ServiceError::InvalidArgument { field: "compose", message } if message.starts_with("line 4: services.web.nope")),
             "{err:?}"
         );
-        let bind = check_stack(&deployer, "shop", "services:\n  web:\n    image: b\n    volumes: [/etc:/x]\n").expect_err("host path");
+        let bind =
+            check_stack(&deployer, "shop", "services:\n  web:\n    image: b\n    volumes: [/etc:/x]\n", None).expect_err("host path");
         assert!(matches!(&bind, ServiceError::PermissionDenied(m) if m.starts_with("services.web: ")), "{bind:?}");
-        let long = check_stack(&deployer, &"s".repeat(40), &format!("services:\n  {}:\n    image: b\n", "w".repeat(20))).expect_err("long");
+        let long =
+            check_stack(&deployer, &"s".repeat(40), &format!("services:\n  {}:\n    image: b\n", "w".repeat(20)), None).expect_err("long");
         assert!(long.to_string().contains("longer than 54"), "{long}");
+    }
+
+    #[test]
+    fn built_services_need_a_repository_and_are_checked_with_the_image_they_will_have() {
+        let deployer = Caller::Operator { name: "d".into(), role: Role::Deployer };
+        let file = "services:\n  db:\n    image: b\n  api:\n    build: ./api\n";
+        let err = check_stack(&deployer, "shop", file, None).expect_err("no repository");
+        assert!(
+            matches!(&err, ServiceError::InvalidArgument { field: "compose", message } if message.starts_with("line 5: services.api.build: ") && message.contains("repo_url")),
+            "{err:?}"
+        );
+        let repository = requested_repository("file:///srv/git/shop", "", "").expect("valid").expect("given");
+        assert_eq!((repository.compose_file.as_str(), repository.branch.as_ref()), (DEFAULT_COMPOSE_FILE, None));
+        let (stack, specs) = check_stack(&deployer, "shop", file, Some(&repository)).expect("valid");
+        assert_eq!(stack.repository.as_ref().map(|r| r.repo_url.as_str()), Some("file:///srv/git/shop"));
+        assert_eq!(specs["api"].container.image, "shop:build", "checked as the image its build is named");
+        assert_eq!(build_image_tag("shop", &stack.services["api"], "b1"), "shop:b1", "the compose build adds -api");
+        let named = diplo_api::compose::parse("services:\n  api:\n    image: reg/api:2\n    build: .\n", None).expect("parses");
+        assert_eq!(build_image_tag("shop", &named.services["api"], "b1"), "reg/api:2", "the file names it");
+
+        for (url, branch, path, field) in [
+            ("", "main", "", "repo_url"),
+            ("", "", "c.yml", "repo_url"),
+            ("ftp://x/y", "", "", "repo_url"),
+            ("file:///srv/git/shop", "-x", "", "branch"),
+            ("file:///srv/git/shop", "", "../c.yml", "compose_file"),
+        ] {
+            let checked = requested_repository(url, branch, path)
+                .and_then(|repository| repository.map_or(Ok(()), |repository| check_stack_repository(&repository)));
+            assert!(
+                matches!(&checked, Err(ServiceError::InvalidArgument { field: f, .. }) if *f == field),
+                "{url} {branch} {path}: {checked:?}"
+            );
+        }
+        assert_eq!(requested_repository(" ", "", "").expect("nothing given"), None);
+    }
+
+    #[test]
+    fn a_built_services_image_follows_its_latest_build() {
+        let record = |status: BuildStatus| BuildRecord {
+            id: "b1".into(),
+            status,
+            git_repo: "file:///r".into(),
+            git_branch: None,
+            commit: "c0ffee".into(),
+            language: String::new(),
+            detected_from: String::new(),
+            buildpack_type: "compose".into(),
+            builder: Some(diplo_api::build::Builder::Docker),
+            node_id: Some("n1".into()),
+            platform: None,
+            image: "reg/shop:b1".into(),
+            digest: String::new(),
+            pushed: true,
+            service_images: BTreeMap::from([("api".to_owned(), "reg/shop-api:b1@sha256:aa".to_owned())]),
+            message: "boom".into(),
+            deployment_id: None,
+            requested_by: "d".into(),
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+        };
+        assert_eq!(built_image(Some(&record(BuildStatus::Running)), "api"), BuiltImage::Building);
+        assert_eq!(built_image(Some(&record(BuildStatus::Queued)), "api"), BuiltImage::Building);
+        assert!(matches!(built_image(Some(&record(BuildStatus::Failed)), "api"), BuiltImage::Failed(m) if m.contains("boom")));
+        assert!(matches!(built_image(None, "api"), BuiltImage::Failed(_)));
+        match built_image(Some(&record(BuildStatus::Succeeded)), "api") {
+            BuiltImage::Ready(built) => {
+                assert_eq!(built.image, "reg/shop-api:b1@sha256:aa", "the service's own image");
+                assert_eq!(built.local_to, None, "pushed: it runs anywhere");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut local = record(BuildStatus::Succeeded);
+        local.pushed = false;
+        let BuiltImage::Ready(built) = built_image(Some(&local), "api") else { panic!("ready") };
+        assert_eq!(built.local_to, Some(("n1".to_owned(), diplo_api::runtime::Runtime::Docker)), "kept on its builder");
+
+        // The view: building or failed until the deployment exists.
+        let view = |build: Option<BuildRecord>| StackServiceView {
+            name: "api".into(),
+            deployment_name: "shop-api".into(),
+            depends_on: BTreeMap::new(),
+            deployment: None,
+            progress: ServiceProgress::default(),
+            build,
+        };
+        assert_eq!(view(Some(record(BuildStatus::Running))).status(), "building");
+        assert_eq!(view(Some(record(BuildStatus::Failed))).status(), "failed");
+        assert_eq!(view(Some(record(BuildStatus::Succeeded))).status(), "waiting", "built, waiting for its dependencies");
+        assert_eq!(view(None).status(), "waiting");
     }
 }
