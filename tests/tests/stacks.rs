@@ -584,6 +584,19 @@ fn croody_on(runtime: &str) {
             Err(error) => Err(error),
         });
     assert!(status == 404 || status == 200 || status == 403, "the gateway's httpd answered {status}");
+
+    // Deleting the stack removes its containers and, on runtimes with networks, the
+    // stack's network with the last of them.
+    let deleted = control_plane.rest("DELETE", &format!("/api/v1/stacks/{stack}"), None);
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    if runtime == "docker" || runtime == "podman" {
+        let filter = format!("name=^diplo-{stack}$");
+        wait_until("the stack's network to be removed", Duration::from_secs(90), POLL, || {
+            let listed = Command::new(runtime).args(["network", "ls", "-q", "--filter", &filter]).output().map_err(|e| e.to_string())?;
+            let ids = String::from_utf8_lossy(&listed.stdout).trim().to_owned();
+            if ids.is_empty() { Ok(()) } else { Err(ids) }
+        });
+    }
 }
 
 // ------------------------------------------------------------------ built services

@@ -634,9 +634,14 @@ impl ContainerRuntime for DockerRuntime {
             body.healthcheck = None;
         }
         check_host_ports(&spec.ports)?;
-        if let Some(network) = &spec.network {
-            self.ensure_network(network).await?;
-        }
+        let _network_kept = match &spec.network {
+            Some(network) => {
+                let guard = resources::network_lock().lock().await;
+                self.ensure_network(network).await?;
+                Some(guard)
+            }
+            None => None,
+        };
         let docker = self.docker().await?;
         let options = CreateContainerOptions { name: Some(spec.name.clone()), platform: String::new() };
         let created = match docker.create_container(Some(options), body).await {
@@ -729,7 +734,17 @@ impl ContainerRuntime for DockerRuntime {
         // `v` removes the container's anonymous volumes too; named volumes stay.
         let options = RemoveContainerOptions { force, v: true, link: false };
         let patient = docker.clone().with_timeout(REQUEST_TIMEOUT * 2);
-        patient.remove_container(target, Some(options)).await.map_err(|e| self.error(&e, "container", id))
+        patient.remove_container(target, Some(options)).await.map_err(|e| self.error(&e, "container", id))?;
+        let networks: Vec<String> = found
+            .network_settings
+            .as_ref()
+            .and_then(|settings| settings.networks.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.remove_unused_spec_networks(&networks).await;
+        Ok(())
     }
 
     async fn list(&self) -> RuntimeResult<Vec<ContainerInfo>> {

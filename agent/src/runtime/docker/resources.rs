@@ -161,6 +161,19 @@ fn checked_name(field: &'static str, name: &str) -> RuntimeResult<()> {
     validate_resource_name(name).map_err(|message| RuntimeError::InvalidArgument { field, message })
 }
 
+/// Label of the networks Diplo creates because a container spec asks to join them (a
+/// stack's network): removed again with the last container on them.
+pub(super) const LABEL_SPEC_NETWORK: &str = "diplo.spec-network";
+
+/// Held while a network a container spec needs is made and the container joins it, and
+/// while unused ones are removed: Docker creates a second network of the same name when
+/// two creations race (the replicas of a stack's services are created at once), and a
+/// network must not go between its check and a container joining it.
+pub(super) fn network_lock() -> &'static tokio::sync::Mutex<()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+}
+
 fn managed_labels(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
     let mut labels: HashMap<String, String> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     labels.insert(LABEL_MANAGED.to_owned(), "true".to_owned());
@@ -212,6 +225,12 @@ impl DockerRuntime {
     }
 
     pub(super) async fn new_network(&self, spec: &NetworkSpec) -> RuntimeResult<NetworkInfo> {
+        self.create_network(spec, &[]).await
+    }
+
+    /// Creates a checked network with Diplo's labels (`diplo.managed`, and `own_labels`,
+    /// which a request's labels may not set).
+    async fn create_network(&self, spec: &NetworkSpec, own_labels: &[(&str, &str)]) -> RuntimeResult<NetworkInfo> {
         spec.validate().map_err(|(field, message)| RuntimeError::InvalidArgument { field, message })?;
         let docker = self.docker().await?;
         // Docker accepts a second network of the same name; Diplo does not.
@@ -229,29 +248,57 @@ impl DockerRuntime {
             driver: Some(spec.driver.clone()),
             internal: Some(spec.internal),
             ipam,
-            labels: Some(managed_labels(&spec.labels)),
+            labels: Some(
+                managed_labels(&spec.labels)
+                    .into_iter()
+                    .chain(own_labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+                    .collect(),
+            ),
             ..Default::default()
         };
         docker.create_network(request).await.map_err(|e| self.resource_error(&e, "network", &spec.name))?;
         self.network(&spec.name).await
     }
 
-    /// Creates the bridge network `name` (labelled as Diplo's) unless it exists: the
-    /// network a container spec asks to join. A concurrent creation is not an error.
+    /// Creates the bridge network `name` (labelled as Diplo's, and as made for container
+    /// specs) unless it exists: the network a container spec asks to join. The caller
+    /// holds [`network_lock`] until the container joining it exists.
     pub(super) async fn ensure_network(&self, name: &str) -> RuntimeResult<()> {
-        // Docker creates a second network of the same name when two creations race (the
-        // replicas of a stack's services are created at once): one creation at a time.
-        static CREATING: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
-        let _one_at_a_time = CREATING.get_or_init(|| tokio::sync::Mutex::new(())).lock().await;
         match self.network(name).await {
             Ok(_) => return Ok(()),
             Err(RuntimeError::NotFound { .. }) => {}
             Err(error) => return Err(error),
         }
         let spec = NetworkSpec { name: name.to_owned(), driver: diplo_api::resources::NETWORK_DRIVER.to_owned(), ..NetworkSpec::default() };
-        match self.new_network(&spec).await {
+        match self.create_network(&spec, &[(LABEL_SPEC_NETWORK, "true")]).await {
             Ok(_) | Err(RuntimeError::Conflict(_)) => Ok(()),
             Err(error) => Err(error),
+        }
+    }
+
+    /// Removes the networks of `names` that Diplo made for container specs and that no
+    /// container uses any more (a stack's network once its last service is gone). Holds
+    /// [`network_lock`], so that no container is joining one meanwhile.
+    pub(super) async fn remove_unused_spec_networks(&self, names: &[String]) {
+        let _no_creation = network_lock().lock().await;
+        let Ok(docker) = self.docker().await else { return };
+        for name in names {
+            let Ok(found) = self.network(name).await else { continue };
+            if !found.managed() || !found.labels.contains_key(LABEL_SPEC_NETWORK) {
+                continue;
+            }
+            // Created and stopped containers count too (the network's own list has only
+            // running ones): they would not start again without it.
+            let filters = format!(r#"{{"network":[{}]}}"#, serde_json::Value::String(found.id.clone()));
+            let path = format!("/containers/json?all=1&filters={}", query_escape(&filters));
+            match self.get_json::<Vec<serde_json::Value>>(docker, &path, "container", "*").await {
+                Ok(attached) if attached.is_empty() => {}
+                _ => continue,
+            }
+            match self.delete_network(name).await {
+                Ok(()) => tracing::info!(runtime = %self.runtime, network = %name, "removed a network no container uses any more"),
+                Err(error) => tracing::warn!(runtime = %self.runtime, network = %name, %error, "cannot remove an unused network"),
+            }
         }
     }
 
