@@ -614,7 +614,7 @@ fn a_stacks_built_service_is_built_from_git_and_a_new_commit_rolls_it() {
     let token = control_plane.join_token(&[]);
     let root = repos.root().display().to_string();
     let env = [("DIPLO_RUNTIMES", "docker"), ("DIPLO_BUILDERS", "docker"), ("DIPLO_BUILD_FILE_REPOS", root.as_str())];
-    let (_agent, _) = control_plane.start_ready_agent_with_env(&unique("stack-build"), Some(&token), &env);
+    let (_agent, node) = control_plane.start_ready_agent_with_env(&unique("stack-build"), Some(&token), &env);
     let stack = unique("sb");
     let (api, client) = (format!("{stack}-api"), format!("{stack}-client"));
     let _cleanup = DeleteStackOnDrop(&control_plane, stack.clone(), vec![api.clone(), client.clone()]);
@@ -673,6 +673,8 @@ fn a_stacks_built_service_is_built_from_git_and_a_new_commit_rolls_it() {
     assert_eq!(build["status"], "succeeded", "{build}");
     let image = service(&view, "api")["image"].as_str().unwrap_or_default().to_owned();
     assert!(image.starts_with(&format!("127.0.0.1:5000/{api}:{first_build}@sha256:")), "pushed and pinned: {image} {view}");
+    let record = control_plane.rest_json(&format!("/api/v1/deployments/{api}"));
+    assert_eq!(record["constraints"]["arch"], node["arch"], "held to its builder's platform: {record}");
     let clients = containers_of(&control_plane, &client);
     assert_eq!(clients.len(), 1, "{view}");
     assert_eq!(fetched(&clients[0]).trim(), "first!", "the client reaches the built api by name");

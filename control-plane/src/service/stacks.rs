@@ -380,9 +380,12 @@ impl ControlPlane {
             if let Some(current) = &current {
                 spec.constraints.node.clone_from(&current.spec.constraints.node);
                 if built {
-                    // The rollout runs the built image (where it was built, if it stayed there).
+                    // The rollout runs the built image, on its builder's platform (and node,
+                    // if it stayed there); a compose file names no platform.
                     spec.container.image.clone_from(&current.spec.container.image);
                     spec.runtime = current.spec.runtime;
+                    spec.constraints.os.clone_from(&current.spec.constraints.os);
+                    spec.constraints.arch.clone_from(&current.spec.constraints.arch);
                 }
             }
             let spec = &*spec;
@@ -425,6 +428,12 @@ impl ControlPlane {
             }
         }
         // Builds start before anything is written: one that cannot start refuses the deploy.
+        // A stack placed already has its images built for its node's platform, there if it
+        // can build.
+        let anchor = match stack_anchor(&self.stack_placements(name, &stack).await?) {
+            Some(node) => self.store.get_node(&node).await?,
+            None => None,
+        };
         if let Some(repository) = stack.repository.as_mut() {
             for (service_name, service) in stack.services.iter().filter(|(_, s)| s.build.is_some()) {
                 let build_id = uuid::Uuid::new_v4().to_string();
@@ -435,8 +444,8 @@ impl ControlPlane {
                     buildpack: Buildpack::Compose { compose_file: repository.compose_file.clone(), service: service_name.clone() },
                     image_tag: Some(build_image_tag(name, service, &build_id)),
                     language: None,
-                    platform: None,
-                    prefer_node: None,
+                    platform: anchor.as_ref().map(|node| format!("{}/{}", node.fingerprint.os, node.fingerprint.arch)),
+                    prefer_node: anchor.as_ref().map(|node| node.id.clone()),
                     deployment_id: None,
                 };
                 self.start_build(caller, request).await.map_err(|err| in_service(service_name, err))?;
@@ -564,6 +573,7 @@ impl ControlPlane {
                 spec.constraints.node.clone_from(&anchor);
                 if let Some(BuiltImage::Ready(image)) = built.get(&service_name) {
                     spec = super::source::built_spec(&spec, image);
+                    self.hold_to_builder_platform(&mut spec, &image.build_id).await?;
                 }
                 let now = Utc::now();
                 let record = DeploymentRecord {
@@ -604,6 +614,26 @@ impl ControlPlane {
         Ok(built)
     }
 
+    /// Holds a built service to the platform of the node that built its image (an image
+    /// built on an amd64 server does not run on a Raspberry Pi), unless it names one.
+    async fn hold_to_builder_platform(&self, spec: &mut DeploymentSpec, build_id: &str) -> ServiceResult<()> {
+        if spec.constraints.arch.is_some() {
+            return Ok(());
+        }
+        let Some(node_id) = self.store.get_build(build_id).await?.and_then(|build| build.node_id) else {
+            tracing::warn!(deployment = %spec.name, build = %build_id, "the build of a built service names no node: no platform held");
+            return Ok(());
+        };
+        let Some(node) = self.store.get_node(&node_id).await? else {
+            tracing::warn!(deployment = %spec.name, build = %build_id, node = %node_id, "the node that built a service is gone: no platform held");
+            return Ok(());
+        };
+        tracing::info!(deployment = %spec.name, build = %build_id, os = %node.fingerprint.os, arch = %node.fingerprint.arch, "built service held to its builder's platform");
+        spec.constraints.os.get_or_insert(node.fingerprint.os);
+        spec.constraints.arch = Some(node.fingerprint.arch);
+        Ok(())
+    }
+
     /// Gives a new revision to every created service of a stack whose latest build made an
     /// image other than the one it runs.
     async fn follow_stack_builds(&self, stack: &str, built: &BTreeMap<String, BuiltImage>) -> ServiceResult<()> {
@@ -614,6 +644,7 @@ impl ControlPlane {
                 continue;
             }
             deployment.spec = super::source::built_spec(&deployment.spec, image);
+            self.hold_to_builder_platform(&mut deployment.spec, &image.build_id).await?;
             deployment.revision += 1;
             deployment.status = DeploymentStatus::Deploying;
             deployment.updated_at = Utc::now();
