@@ -18,7 +18,9 @@
 //!    A volume whose node is down makes the placement wait (the reason says so) rather
 //!    than start elsewhere on an empty volume. A volume no node has yet is created where
 //!    the first replica lands, and every further replica of the call follows it to that
-//!    node (like Compose on one host).
+//!    node (like Compose on one host). Replicas already running with the volumes hold new
+//!    ones to their node in the same way, even when another node has a volume of the same
+//!    name: placing replicas one at a time gives what placing them together gives.
 //! 2. **Score** (integers only, higher is better), a weighted sum whose terms are bounded so
 //!    that anti-affinity outweighs everything else, and runtime preference everything below it;
 //!    image locality, fit and load are traded against each other:
@@ -349,6 +351,19 @@ impl<'r> Context<'r> {
                 homes.push((volume.as_str(), holders));
             }
         }
+        // Replicas already running with the volumes hold the others to their node (the node
+        // with the most of them, then the smallest id): a volume's data is on one node, even
+        // when another node has a volume of the same name.
+        let stuck = if request.volumes.is_empty() {
+            None
+        } else {
+            nodes
+                .iter()
+                .filter(|node| node.instances.get(&request.deployment_id).is_some_and(|count| *count > 0))
+                .filter(|node| homes.iter().all(|(volume, _)| node.volumes.values().any(|names| names.contains(*volume))))
+                .max_by(|a, b| a.instances[&request.deployment_id].cmp(&b.instances[&request.deployment_id]).then_with(|| b.id.cmp(&a.id)))
+                .map(|node| (node.id.clone(), node.name.clone()))
+        };
         Context {
             request,
             os: non_empty(&constraints.os).map(normalize_os),
@@ -357,7 +372,7 @@ impl<'r> Context<'r> {
             ports,
             duplicate_port,
             homes,
-            stuck: std::cell::RefCell::new(None),
+            stuck: std::cell::RefCell::new(stuck),
         }
     }
 
@@ -975,6 +990,23 @@ mod tests {
         assert_eq!(on(&no_fit.placed), ["id-a"]);
         assert_eq!(no_fit.reasons.len(), 3);
         assert!(no_fit.reasons[1].contains("stay together on node a"), "{:?}", no_fit.reasons);
+    }
+
+    #[test]
+    fn replicas_already_running_with_a_volume_hold_the_others_to_their_node() {
+        // Both nodes have a volume named "data" (two different data sets); the deployment
+        // runs on b: a new replica joins it there even though a is emptier.
+        let a = with_volume(node("a", "amd64", &[Podman]), Podman, "data");
+        let mut b = NodeCandidate { used_cpu_millis: 3_000, ..with_volume(node("b", "amd64", &[Podman]), Podman, "data") };
+        b.instances.insert("dep".to_owned(), 1);
+        let placed = place(&[a.clone(), b.clone()], &wanting(1, &["data"])).expect("placed");
+        assert_eq!(on(&placed), ["id-b"]);
+        // No room left there: it waits, saying where its replicas are, rather than split.
+        let full = NodeCandidate { used_cpu_millis: 4_000, ..b.clone() };
+        let no_fit = place(&[a.clone(), full], &PlacementRequest { cpu_millis: 500, ..wanting(1, &["data"]) }).expect_err("no room");
+        assert!(no_fit.reasons.iter().any(|r| r.contains("stay together on node b")), "{:?}", no_fit.reasons);
+        // Without running replicas, the emptier holder wins.
+        assert_eq!(on(&place(&[a, NodeCandidate { instances: BTreeMap::new(), ..b }], &wanting(1, &["data"])).expect("placed")), ["id-a"]);
     }
 
     #[test]
