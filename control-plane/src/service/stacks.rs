@@ -430,10 +430,7 @@ impl ControlPlane {
         // Builds start before anything is written: one that cannot start refuses the deploy.
         // A stack placed already has its images built for its node's platform, there if it
         // can build.
-        let anchor = match stack_anchor(&self.stack_placements(name, &stack).await?) {
-            Some(node) => self.store.get_node(&node).await?,
-            None => None,
-        };
+        let anchor = if stack.repository.is_some() { self.stack_anchor_node(name, &stack).await? } else { None };
         if let Some(repository) = stack.repository.as_mut() {
             for (service_name, service) in stack.services.iter().filter(|(_, s)| s.build.is_some()) {
                 let build_id = uuid::Uuid::new_v4().to_string();
@@ -612,6 +609,14 @@ impl ControlPlane {
             built.insert(service.clone(), built_image(self.store.get_build(build_id).await?.as_ref(), service));
         }
         Ok(built)
+    }
+
+    /// The node a stack's services share, once one is placed.
+    async fn stack_anchor_node(&self, name: &str, stack: &StackSpec) -> ServiceResult<Option<crate::model::NodeRecord>> {
+        match stack_anchor(&self.stack_placements(name, stack).await?) {
+            Some(node) => Ok(self.store.get_node(&node).await?),
+            None => Ok(None),
+        }
     }
 
     /// Holds a built service to the platform of the node that built its image (an image
